@@ -1,0 +1,312 @@
+//! Runs a plan: each migration's SQL together with its history change, atomically.
+
+use std::time::Instant;
+
+use tokio_postgres::Client;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::{Error, Failure};
+use crate::history::{MARK, Statements};
+use crate::source::{Migration, Script};
+use crate::sql;
+
+/// What a run needs besides the plan.
+pub struct Context<'a> {
+    pub client: &'a Client,
+    pub statements: &'a Statements,
+    /// Recorded in `applied_by`: the Cloud Run execution, Kubernetes pod or host.
+    pub applied_by: &'a str,
+}
+
+/// Which way a migration runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+/// Who owns the transaction around one migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrap {
+    /// The migration gets a transaction of its own, committed with its history row.
+    Own,
+    /// The caller opened one transaction for the whole run.
+    Outer,
+}
+
+
+
+/// Applies (or rolls back) each migration in its own transaction, in the order given.
+/// Returns how many completed; on error, those before it stay applied.
+pub async fn each(
+    ctx: &Context<'_>,
+    plan: &[&Migration],
+    direction: Direction,
+    done: &mut usize,
+) -> Result<(), Error> {
+    for migration in plan {
+        if runs_outside_transaction(migration, direction) {
+            without_transaction(ctx, migration, direction).await?;
+        } else {
+            one(ctx, migration, direction, Wrap::Own).await?;
+        }
+        *done += 1;
+    }
+    Ok(())
+}
+
+/// Runs `work` inside one transaction, committed only when `commit` is set and `work`
+/// succeeded: `--single-transaction` commits, the dry run always rolls back.
+pub async fn transaction(
+    client: &Client,
+    commit: bool,
+    work: impl AsyncFnOnce() -> Result<(), Error>,
+) -> Result<(), Error> {
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(Error::database("opening the transaction"))?;
+    let result = work().await;
+    let end = if result.is_ok() && commit {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = client
+        .batch_execute(end)
+        .await
+        .map_err(Error::database("ending the transaction"));
+    result.and(ended)
+}
+
+/// Runs the plan inside the caller's transaction. A `-- no-transaction` migration cannot be
+/// part of it: the dry run lists it without running it, a real run refuses before starting.
+pub async fn inside(
+    ctx: &Context<'_>,
+    plan: &[&Migration],
+    direction: Direction,
+    dry_run: bool,
+) -> Result<(), Error> {
+    let unwrapped = |m: &&&Migration| runs_outside_transaction(m, direction);
+    if let (false, Some(migration)) = (dry_run, plan.iter().find(unwrapped)) {
+        return Err(Error::Config(format!(
+            "migration {} runs outside a transaction (-- no-transaction), so it cannot join --single-transaction; run without that flag",
+            migration.version
+        )));
+    }
+    for migration in plan {
+        if runs_outside_transaction(migration, direction) {
+            info!(version = migration.version, name = %migration.name, "dry run: listed, not executed (it runs outside a transaction)");
+        } else {
+            one(ctx, migration, direction, Wrap::Outer).await?;
+        }
+    }
+    Ok(())
+}
+
+fn runs_outside_transaction(migration: &Migration, direction: Direction) -> bool {
+    script(migration, direction).is_some_and(|s| sql::is_no_transaction(&s.sql))
+}
+
+/// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
+async fn when(
+    condition: bool,
+    query: impl Future<Output = Result<(), tokio_postgres::Error>>,
+) -> Result<(), tokio_postgres::Error> {
+    if condition { query.await } else { Ok(()) }
+}
+
+fn script(migration: &Migration, direction: Direction) -> Option<&Script> {
+    match direction {
+        Direction::Up => Some(&migration.up),
+        Direction::Down => migration.down.as_ref(),
+    }
+}
+
+/// Sends the migration's SQL, its history change and (with `Wrap::Own`) BEGIN and COMMIT as
+/// one pipeline: one round trip per migration. If the SQL fails, the server refuses the rest
+/// of the transaction and turns COMMIT into ROLLBACK, so nothing of it is kept or recorded.
+async fn one(
+    ctx: &Context<'_>,
+    migration: &Migration,
+    direction: Direction,
+    wrap: Wrap,
+) -> Result<(), Error> {
+    let span = info_span!("migration", version = migration.version, name = %migration.name);
+    async {
+        let Some(script) = script(migration, direction) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let client = ctx.client;
+        // Each arm sends its message on its first poll, in this order, before any of them
+        // waits for an answer: the five messages travel together.
+        let (begin, mark, body, record, commit) = tokio::join!(
+            when(wrap == Wrap::Own, client.batch_execute("BEGIN")),
+            client.batch_execute(MARK),
+            client.batch_execute(&script.sql),
+            record(ctx, migration, direction),
+            when(wrap == Wrap::Own, client.batch_execute("COMMIT")),
+        );
+        begin
+            .and(mark)
+            .map_err(Error::database("starting the migration's transaction"))?;
+        body.map_err(|e| failed(migration, script, 0, e))?;
+        record.map_err(Error::database("recording the migration in history"))?;
+        commit.map_err(Error::database("committing the migration"))?;
+        done(migration, script, direction, started);
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// A `-- no-transaction` file: each statement on its own, as CREATE INDEX CONCURRENTLY
+/// requires, then the history change. Statements that completed before a failure stay, which
+/// is why such files must be idempotent.
+async fn without_transaction(
+    ctx: &Context<'_>,
+    migration: &Migration,
+    direction: Direction,
+) -> Result<(), Error> {
+    let span = info_span!("migration", version = migration.version, name = %migration.name);
+    async {
+        let Some(script) = script(migration, direction) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let client = ctx.client;
+        let creates = match direction {
+            Direction::Up => sql::created_indexes(&script.sql),
+            Direction::Down => Vec::new(),
+        };
+        rebuild_invalid_indexes(client, &creates).await?;
+        client
+            .batch_execute(MARK)
+            .await
+            .map_err(Error::database("starting the migration"))?;
+        for statement in sql::split(&script.sql) {
+            client
+                .batch_execute(statement.text)
+                .await
+                .map_err(|e| failed(migration, script, statement.offset, e))?;
+        }
+        if let Some(index) = invalid_indexes(client, &creates).await?.into_iter().next() {
+            return Err(Error::InvalidIndex {
+                version: migration.version,
+                file: script.path.clone(),
+                index,
+            });
+        }
+        record(ctx, migration, direction)
+            .await
+            .map_err(Error::database("recording the migration in history"))?;
+        done(migration, script, direction, started);
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+async fn record(
+    ctx: &Context<'_>,
+    migration: &Migration,
+    direction: Direction,
+) -> Result<u64, tokio_postgres::Error> {
+    match direction {
+        Direction::Up => {
+            ctx.client
+                .execute(
+                    &ctx.statements.insert,
+                    &[
+                        &migration.version,
+                        &migration.name,
+                        &migration.checksum,
+                        &ctx.applied_by,
+                    ],
+                )
+                .await
+        }
+        Direction::Down => {
+            ctx.client
+                .execute(&ctx.statements.delete, &[&migration.version])
+                .await
+        }
+    }
+}
+
+/// A failed CREATE INDEX CONCURRENTLY leaves an INVALID index that `IF NOT EXISTS` would
+/// then accept as done; drop it so the file builds it again.
+async fn rebuild_invalid_indexes(client: &Client, names: &[String]) -> Result<(), Error> {
+    for index in invalid_indexes(client, names).await? {
+        warn!(index = %index, "dropping INVALID index left by an earlier failed build; it is built again");
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+            .await
+            .map_err(Error::database("dropping an INVALID index"))?;
+    }
+    Ok(())
+}
+
+/// The INVALID ones among `names`, resolved through the search path as the file's own
+/// CREATE INDEX would be, each returned schema-qualified and quoted by `regclass`.
+async fn invalid_indexes(client: &Client, names: &[String]) -> Result<Vec<String>, Error> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i \
+             WHERE NOT i.indisvalid AND i.indexrelid IN \
+             (SELECT to_regclass(quote_ident(n)) FROM unnest($1::text[]) AS n)",
+            &[&names],
+        )
+        .await
+        .map_err(Error::database("looking for INVALID indexes"))?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+fn done(migration: &Migration, script: &Script, direction: Direction, started: Instant) {
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let file = script.path.display();
+    match direction {
+        Direction::Up => info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration applied"),
+        Direction::Down => info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration rolled back"),
+    }
+}
+
+/// Turns the server's error into one that names the file, line and column. `offset` is the
+/// byte offset in the file of the text that was sent, since the server counts from there.
+fn failed(
+    migration: &Migration,
+    script: &Script,
+    offset: usize,
+    error: tokio_postgres::Error,
+) -> Error {
+    let Some(db) = error.as_db_error() else {
+        return Error::Database {
+            context: "running the migration",
+            source: error,
+        };
+    };
+    let position = match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(position)) => {
+            let before = script.sql[..offset].chars().count();
+            Some(sql::line_col(&script.sql, before + *position as usize))
+        }
+        _ => None,
+    };
+    let mut hint = db.hint().map(str::to_string);
+    if *db.code() == tokio_postgres::error::SqlState::ACTIVE_SQL_TRANSACTION {
+        hint = Some("start the file with `-- no-transaction` to run it outside a transaction".into());
+    }
+    Error::Apply(Box::new(Failure {
+        version: migration.version,
+        file: script.path.clone(),
+        position,
+        sqlstate: db.code().code().to_string(),
+        message: db.message().to_string(),
+        detail: db.detail().map(str::to_string),
+        hint,
+    }))
+}

@@ -1,0 +1,364 @@
+//! Every flag and environment variable: `Cli` is what was typed, `Config` what a run uses.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::Error;
+use crate::history::Table;
+use crate::plan::{Rollback, Target};
+use crate::{connect, log};
+
+/// Applies numbered plain-SQL migrations to PostgreSQL, once, before a deploy.
+#[derive(Debug, Parser)]
+#[command(name = "db-migrate", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Directory holding NNN_description.sql (and .down.sql) files.
+    #[arg(long, env = "MIGRATIONS_DIR", default_value = "migrations", global = true)]
+    pub dir: PathBuf,
+
+    /// postgresql://user:password@host:port/database, or key=value pairs. When unset, a .env
+    /// file in the working directory may supply DATABASE_URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// History table, `table` or `schema.table` (quoted as typed).
+    #[arg(
+        long,
+        env = "DB_MIGRATE_HISTORY_TABLE",
+        default_value = "schema_migrations",
+        global = true
+    )]
+    pub history_table: String,
+
+    /// How long to wait for another run's migration lock, e.g. 90s, 5m (plain number: seconds).
+    #[arg(long, env = "DB_MIGRATE_LOCK_WAIT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub lock_wait: Duration,
+
+    /// Apply pending migrations older than the newest applied one instead of refusing.
+    #[arg(long, env = "DB_MIGRATE_ALLOW_OUT_OF_ORDER", global = true)]
+    pub allow_out_of_order: bool,
+
+    /// auto: JSON lines when stderr is not a terminal, text when it is.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = log::Format::Auto, global = true)]
+    pub log_format: log::Format,
+
+    #[command(subcommand)]
+    pub command: CommandArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandArgs {
+    /// Apply pending migrations, each in its own transaction.
+    Up(UpArgs),
+    /// Roll back applied migrations, newest first.
+    Down(DownArgs),
+    /// Show every version with its state.
+    Status {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Exit 0 only when nothing is pending (7) and nothing drifted (4).
+    Verify,
+    /// Create the next NNN_description.sql and its .down.sql.
+    New {
+        /// What the migration does, e.g. "add thumbnail url".
+        description: String,
+    },
+    /// Record the current checksum of an applied file that was edited on purpose.
+    Repair {
+        #[arg(long)]
+        version: i64,
+    },
+    /// Record versions up to N as applied without running them (adopting a database).
+    Baseline {
+        #[arg(long)]
+        version: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Stop after this version.
+    #[arg(long)]
+    target: Option<i64>,
+    /// Run the pending migrations in a transaction that is rolled back.
+    #[arg(long, conflicts_with = "single_transaction")]
+    dry_run: bool,
+    /// Apply all pending migrations in one transaction: all or none.
+    #[arg(long)]
+    single_transaction: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("how_far").required(true).args(["steps", "to", "all"])))]
+pub struct DownArgs {
+    /// Roll back this many migrations.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// Roll back every migration newer than this version (0: all).
+    #[arg(long)]
+    to: Option<i64>,
+    /// Roll back every applied migration.
+    #[arg(long)]
+    all: bool,
+    /// Run the rollbacks in a transaction that is rolled back.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// How `up` (and `down`) hold their transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One transaction per migration.
+    Each,
+    /// One transaction for the whole run.
+    Single,
+    /// One transaction for the whole run, rolled back.
+    DryRun,
+}
+
+/// What to do, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Up { target: Target, mode: Mode },
+    Down { rollback: Rollback, mode: Mode },
+    Status { format: OutputFormat },
+    Verify,
+    New { description: String },
+    Repair { version: i64 },
+    Baseline { version: i64 },
+}
+
+impl Command {
+    /// The subcommand's name, for the summary event.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Up { .. } => "up",
+            Command::Down { .. } => "down",
+            Command::Status { .. } => "status",
+            Command::Verify => "verify",
+            Command::New { .. } => "new",
+            Command::Repair { .. } => "repair",
+            Command::Baseline { .. } => "baseline",
+        }
+    }
+}
+
+/// Everything a run uses, resolved; built only by [`Cli::config`] or by tests.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub command: Command,
+    pub dir: PathBuf,
+    /// `None` only for `new`, which needs no database.
+    pub database: Option<tokio_postgres::Config>,
+    pub history_table: Table,
+    pub lock_wait: Duration,
+    pub allow_out_of_order: bool,
+    /// Recorded in the history's `applied_by` column.
+    pub applied_by: String,
+}
+
+impl Cli {
+    /// Resolves what was typed into a [`Config`]: the one place that reads the environment
+    /// beyond clap's own `env` attributes.
+    pub fn config(self) -> Result<Config, Error> {
+        let command = command(self.command);
+        let url = match self.database_url {
+            Some(url) => Some(url),
+            None => dotenv_value(Path::new(".env"), "DATABASE_URL")?,
+        };
+        let database = match (&command, url) {
+            (Command::New { .. }, _) => None,
+            (_, Some(url)) => Some(connect::parse(&url)?),
+            (_, None) => {
+                return Err(Error::Config(
+                    "no database given; set DATABASE_URL (or pass --database-url, or put DATABASE_URL in .env)".into(),
+                ));
+            }
+        };
+        Ok(Config {
+            command,
+            dir: self.dir,
+            database,
+            history_table: Table::parse(&self.history_table)?,
+            lock_wait: self.lock_wait,
+            allow_out_of_order: self.allow_out_of_order,
+            applied_by: applied_by(),
+        })
+    }
+}
+
+fn command(args: CommandArgs) -> Command {
+    match args {
+        CommandArgs::Up(up) => Command::Up {
+            target: up.target.map_or(Target::Latest, Target::Version),
+            mode: mode(up.dry_run, up.single_transaction),
+        },
+        CommandArgs::Down(down) => Command::Down {
+            rollback: match (down.steps, down.to) {
+                (Some(steps), _) => Rollback::Steps(usize::try_from(steps).unwrap_or(usize::MAX)),
+                (None, Some(version)) => Rollback::To(version),
+                (None, None) => Rollback::All,
+            },
+            mode: mode(down.dry_run, false),
+        },
+        CommandArgs::Status { format } => Command::Status { format },
+        CommandArgs::Verify => Command::Verify,
+        CommandArgs::New { description } => Command::New { description },
+        CommandArgs::Repair { version } => Command::Repair { version },
+        CommandArgs::Baseline { version } => Command::Baseline { version },
+    }
+}
+
+fn mode(dry_run: bool, single_transaction: bool) -> Mode {
+    match (dry_run, single_transaction) {
+        (true, _) => Mode::DryRun,
+        (false, true) => Mode::Single,
+        (false, false) => Mode::Each,
+    }
+}
+
+/// Reads one key from a `.env` file without touching the process environment, so a real
+/// environment variable (already taken by clap) always wins.
+fn dotenv_value(path: &Path, key: &str) -> Result<Option<String>, Error> {
+    let entries = match dotenvy::from_path_iter(path) {
+        Ok(entries) => entries,
+        Err(e) if e.not_found() => return Ok(None),
+        Err(e) => return Err(dotenv_error(path, e)),
+    };
+    for entry in entries {
+        let (name, value) = entry.map_err(|e| dotenv_error(path, e))?;
+        if name == key {
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
+}
+
+fn dotenv_error(path: &Path, error: dotenvy::Error) -> Error {
+    // dotenvy's parse errors quote the offending line, which may hold a password.
+    let what = match error {
+        dotenvy::Error::LineParse(_, index) => format!("cannot parse it near byte {index}"),
+        dotenvy::Error::Io(e) => e.to_string(),
+        _ => "cannot read it".to_string(),
+    };
+    Error::Config(format!("{}: {what}; fix the file or set DATABASE_URL in the environment", path.display()))
+}
+
+/// Who applied a migration: the Cloud Run execution, the Kubernetes pod, or the host.
+fn applied_by() -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(execution) = var("CLOUD_RUN_EXECUTION") {
+        return format!("cloud-run/{execution}");
+    }
+    let host = var("HOSTNAME").or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+    });
+    match (var("KUBERNETES_SERVICE_HOST"), host) {
+        (Some(_), Some(pod)) => format!("pod/{pod}"),
+        (None, Some(host)) => host,
+        (_, None) => "unknown".to_string(),
+    }
+}
+
+/// `90`, `90s`, `1500ms`, `5m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration; write e.g. 30s, 1500ms or 5m"))?;
+    match unit.trim() {
+        "" | "s" => Ok(Duration::from_secs(value)),
+        "ms" => Ok(Duration::from_millis(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        other => Err(format!("unknown unit \"{other}\"; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("db-migrate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let cases = [
+            ("90", 90_000),
+            ("90s", 90_000),
+            ("1500ms", 1_500),
+            ("5m", 300_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+        }
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn up_flags_become_a_target_and_a_mode() {
+        let cases: [(&[&str], Target, Mode); 4] = [
+            (&["up"], Target::Latest, Mode::Each),
+            (&["up", "--target", "7"], Target::Version(7), Mode::Each),
+            (&["up", "--dry-run"], Target::Latest, Mode::DryRun),
+            (&["up", "--single-transaction"], Target::Latest, Mode::Single),
+        ];
+        for (args, target, mode) in cases {
+            let cli = parse(args).unwrap();
+            assert_eq!(command(cli.command), Command::Up { target, mode }, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn down_needs_exactly_one_extent() {
+        let cases: [(&[&str], Option<Rollback>); 6] = [
+            (&["down", "--steps", "2"], Some(Rollback::Steps(2))),
+            (&["down", "--to", "1"], Some(Rollback::To(1))),
+            (&["down", "--all"], Some(Rollback::All)),
+            (&["down"], None),
+            (&["down", "--all", "--steps", "1"], None),
+            (&["down", "--steps", "0"], None),
+        ];
+        for (args, expected) in cases {
+            let parsed = parse(args).ok().map(|cli| command(cli.command));
+            let rollback = parsed.map(|c| match c {
+                Command::Down { rollback, .. } => rollback,
+                other => panic!("{other:?}"),
+            });
+            assert_eq!(rollback, expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn dry_run_and_single_transaction_conflict() {
+        let error = parse(&["up", "--dry-run", "--single-transaction"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn dotenv_supplies_a_missing_value_only_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "# local\nOTHER=1\nDATABASE_URL=\"postgresql://u@h/d\"\n").unwrap();
+        assert_eq!(
+            dotenv_value(&path, "DATABASE_URL").unwrap().as_deref(),
+            Some("postgresql://u@h/d")
+        );
+        assert_eq!(dotenv_value(&dir.path().join("none"), "DATABASE_URL").unwrap(), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! The one error type of the library and the exit code each variant means.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can stop a run. Each variant carries what a reader needs to act on it;
+/// none carries a password or a full connection URL.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A migration's SQL failed; its transaction was rolled back and nothing was recorded.
+    #[error("{0}")]
+    Apply(Box<Failure>),
+
+    /// A no-transaction migration left an index the server marks INVALID (a failed
+    /// CREATE INDEX CONCURRENTLY), which `IF NOT EXISTS` would silently skip on the next run.
+    #[error(
+        "migration {version} ({}) left index \"{index}\" INVALID; the next run drops and rebuilds it, or fix the cause and run again",
+        .file.display()
+    )]
+    InvalidIndex {
+        version: i64,
+        file: PathBuf,
+        index: String,
+    },
+
+    /// The database failed outside a migration's own SQL (reading history, recording a row).
+    #[error("{context}: {}", describe_db(.source))]
+    Database {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// A flag or setting is wrong or missing; the message names it and the fix.
+    #[error("{0}")]
+    Config(String),
+
+    /// A file in the migrations directory breaks the naming or content rules.
+    #[error("{}: {problem}", .file.display())]
+    InvalidFile { file: PathBuf, problem: String },
+
+    /// The migrations directory (or a file in it) cannot be read or written.
+    #[error("{}: {source}", .path.display())]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An applied migration's file changed since it was applied.
+    #[error(
+        "migration {version} ({}) changed after it was applied: recorded checksum {recorded}, file checksum {actual}; restore the file and add a new migration instead, or run `db-migrate repair --version {version}` if the edit was deliberate",
+        .file.display()
+    )]
+    Drift {
+        version: i64,
+        file: PathBuf,
+        recorded: String,
+        actual: String,
+    },
+
+    /// An applied migration has no file in the directory.
+    #[error(
+        "migration {version} ({name}) is recorded as applied but has no file in the migrations directory; restore the file (or point --dir at the right directory)"
+    )]
+    MissingFile { version: i64, name: String },
+
+    /// A pending migration sorts before one that is already applied.
+    #[error(
+        "migration {version} is pending but {newest} is already applied; renumber it above {newest}, or pass --allow-out-of-order"
+    )]
+    OutOfOrder { version: i64, newest: i64 },
+
+    /// Baseline asked of a database that already has history.
+    #[error(
+        "the history table already records {count} migration(s); baseline is only for a database without history"
+    )]
+    HistoryNotEmpty { count: usize },
+
+    /// The server could not be reached or refused the login.
+    #[error("cannot connect to {target}: {}", describe_db(.source))]
+    Connect {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// Another run held the migration lock for longer than `--lock-wait`.
+    #[error(
+        "another db-migrate run held the migration lock for {}s; wait for it to finish or raise --lock-wait",
+        .waited.as_secs()
+    )]
+    LockTimeout { waited: Duration },
+
+    /// `verify` found migrations that are not applied yet.
+    #[error("{count} migration(s) pending, first {first}; run `db-migrate up`")]
+    Pending { count: usize, first: i64 },
+}
+
+impl Error {
+    /// The process exit code for this error; the table in README.md documents each one.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Apply(_) => 1,
+            Error::InvalidIndex { .. } => 1,
+            Error::Database { .. } => 1,
+            Error::Config(_) => 2,
+            Error::InvalidFile { .. } => 3,
+            Error::Directory { .. } => 3,
+            Error::Drift { .. } => 4,
+            Error::MissingFile { .. } => 4,
+            Error::OutOfOrder { .. } => 4,
+            Error::HistoryNotEmpty { .. } => 4,
+            Error::Connect { .. } => 5,
+            Error::LockTimeout { .. } => 6,
+            Error::Pending { .. } => 7,
+        }
+    }
+
+    /// Wraps a database failure that is not a migration's own SQL.
+    pub fn database(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        move |source| Error::Database { context, source }
+    }
+}
+
+/// The `outcome` field of a failed run's summary event, by exit code.
+pub fn outcome(exit_code: u8) -> &'static str {
+    match exit_code {
+        1 => "migration_failed",
+        2 => "config_error",
+        3 => "invalid_migrations",
+        4 => "history_mismatch",
+        5 => "connect_failed",
+        6 => "lock_timeout",
+        7 => "pending",
+        _ => "failed",
+    }
+}
+
+/// Renders a driver error with the server's SQLSTATE, message, detail and hint when there
+/// is one; tokio-postgres's own Display says only "db error".
+pub fn describe_db(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} {}", db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                text.push_str(&format!("; hint: {hint}"));
+            }
+            text
+        }
+        None => {
+            let mut text = error.to_string();
+            let mut cause = std::error::Error::source(error);
+            while let Some(inner) = cause {
+                text.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            text
+        }
+    }
+}
+
+/// Where and how a migration's SQL failed, as the server reported it.
+#[derive(Debug)]
+pub struct Failure {
+    pub version: i64,
+    pub file: PathBuf,
+    /// Line and column in the file, when the server gave an error position.
+    pub position: Option<(usize, usize)>,
+    pub sqlstate: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "migration {} failed at {}", self.version, self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        write!(f, ": {} {}", self.sqlstate, self.message)?;
+        if let Some(detail) = &self.detail {
+            write!(f, "; detail: {detail}")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "; hint: {hint}")?;
+        }
+        write!(f, "; rolled back, nothing recorded")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_error_names_file_line_column_and_sqlstate() {
+        let error = Error::Apply(Box::new(Failure {
+            version: 3,
+            file: PathBuf::from("migrations/003_x.sql"),
+            position: Some((4, 7)),
+            sqlstate: "42601".into(),
+            message: "syntax error at or near \"TABLEX\"".into(),
+            detail: None,
+            hint: Some("check the spelling".into()),
+        }));
+        let text = error.to_string();
+        assert!(text.contains("migrations/003_x.sql:4:7"), "{text}");
+        assert!(text.contains("42601"), "{text}");
+        assert!(text.contains("hint: check the spelling"), "{text}");
+        assert_eq!(error.exit_code(), 1);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        let cases: [(Error, u8); 6] = [
+            (Error::Config("x".into()), 2),
+            (
+                Error::InvalidFile {
+                    file: "a.sql".into(),
+                    problem: "p".into(),
+                },
+                3,
+            ),
+            (
+                Error::OutOfOrder {
+                    version: 1,
+                    newest: 2,
+                },
+                4,
+            ),
+            (
+                Error::LockTimeout {
+                    waited: Duration::from_secs(1),
+                },
+                6,
+            ),
+            (Error::Pending { count: 1, first: 1 }, 7),
+            (
+                Error::MissingFile {
+                    version: 1,
+                    name: "a".into(),
+                },
+                4,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.exit_code(), code, "{error}");
+        }
+    }
+}

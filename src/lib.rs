@@ -1,0 +1,251 @@
+//! db-migrate: applies numbered plain-SQL migrations to PostgreSQL as a one-shot job.
+//!
+//! The binary parses flags into a [`Config`] and calls [`run`]; everything else lives here.
+
+pub mod apply;
+pub mod cli;
+pub mod connect;
+pub mod error;
+pub mod history;
+pub mod lock;
+pub mod log;
+pub mod plan;
+pub mod source;
+pub mod sql;
+
+use tokio_postgres::Client;
+use tracing::{info, warn};
+
+pub use cli::{Command, Config, Mode};
+pub use error::Error;
+
+use apply::Direction;
+use history::Applied;
+use plan::Entry;
+use source::Migration;
+
+/// What a run did, for the summary event; filled in as the run goes, so a failed run still
+/// reports what it completed before the failure.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// The subcommand, e.g. `up`.
+    pub command: &'static str,
+    /// `user@host:port/database`.
+    pub target: Option<String>,
+    /// Migrations applied (or rolled back, for `down`).
+    pub applied: usize,
+    /// Migrations still pending when the run ended.
+    pub pending: usize,
+    pub dry_run: bool,
+    /// What `status` found.
+    pub status: Vec<Entry>,
+    /// Files `new` created.
+    pub created: Vec<std::path::PathBuf>,
+}
+
+/// Runs one command to completion.
+pub async fn run(config: &Config, summary: &mut Summary) -> Result<(), Error> {
+    if let Command::New { description } = &config.command {
+        let (up, down) = source::create(&config.dir, description)?;
+        info!(file = %up.display(), rollback = %down.display(), "migration created");
+        println!("{}\n{}", up.display(), down.display());
+        summary.created = vec![up, down];
+        return Ok(());
+    }
+    // Files are checked before any connection: a bad directory never touches the database.
+    let migrations = source::load(&config.dir)?;
+    let Some(database) = &config.database else {
+        return Err(Error::Config("no database given; set DATABASE_URL".into()));
+    };
+    summary.target = Some(connect::target(database));
+    let client = connect::open(database).await?;
+    match &config.command {
+        Command::Status { .. } | Command::Verify => inspect(config, &client, &migrations, summary).await,
+        _ => {
+            let table = &config.history_table;
+            lock::with(&client, table, config.lock_wait, async || {
+                change(config, &client, &migrations, summary).await
+            })
+            .await
+        }
+    }
+}
+
+/// `status` and `verify`: read only, no lock, never create the history table.
+async fn inspect(
+    config: &Config,
+    client: &Client,
+    migrations: &[Migration],
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let applied = history::applied(client, &config.history_table)
+        .await?
+        .unwrap_or_default();
+    summary.status = plan::status(migrations, &applied);
+    summary.pending = summary
+        .status
+        .iter()
+        .filter(|e| e.state == plan::State::Pending)
+        .count();
+    match &config.command {
+        Command::Verify => plan::verify(migrations, &applied, config.allow_out_of_order),
+        Command::Status { format } => {
+            // A closed stdout (`| head`) is the reader's choice, not a failed run.
+            let _ = log::print_status(&summary.status, *format == cli::OutputFormat::Json);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The commands that change the database, run under the migration lock.
+async fn change(
+    config: &Config,
+    client: &Client,
+    migrations: &[Migration],
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let table = &config.history_table;
+    let recorded = history::applied(client, table).await?;
+    if recorded.is_none() && matches!(config.command, Command::Up { .. }) && history::has_user_tables(client).await? {
+        warn!(
+            history_table = table.name(),
+            "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
+        );
+    }
+    let applied = recorded.clone().unwrap_or_default();
+    match &config.command {
+        Command::Up { target, mode } => {
+            let plan = plan::up(migrations, &applied, *target, config.allow_out_of_order)?;
+            summary.pending = plan.len();
+            if plan.is_empty() {
+                return Ok(());
+            }
+            let ready = recorded.is_some();
+            execute(config, client, &plan, Direction::Up, *mode, ready, summary).await
+        }
+        Command::Down { rollback, mode } => {
+            let plan = plan::down(migrations, &applied, *rollback)?;
+            execute(config, client, &plan, Direction::Down, *mode, true, summary).await
+        }
+        Command::Repair { version } => repair(client, table, migrations, &applied, *version).await,
+        Command::Baseline { version } => {
+            baseline(config, client, migrations, &applied, recorded.is_some(), *version, summary).await
+        }
+        Command::Status { .. } | Command::Verify | Command::New { .. } => Ok(()),
+    }
+}
+
+/// Runs a plan in the chosen mode. When the history table does not exist yet it is created
+/// first; for the dry run inside the transaction that is rolled back, so it leaves no trace.
+async fn execute(
+    config: &Config,
+    client: &Client,
+    plan: &[&Migration],
+    direction: Direction,
+    mode: Mode,
+    table_exists: bool,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let table = &config.history_table;
+    summary.dry_run = mode == Mode::DryRun;
+    let mut applied = 0;
+    let result = match mode {
+        Mode::Each => {
+            if !table_exists {
+                history::create(client, table).await?;
+            }
+            let statements = history::prepare(client, table).await?;
+            let ctx = context(config, client, &statements);
+            apply::each(&ctx, plan, direction, &mut applied).await
+        }
+        Mode::Single | Mode::DryRun => {
+            let commit = mode == Mode::Single;
+            apply::transaction(client, commit, async || {
+                if !table_exists {
+                    history::create(client, table).await?;
+                }
+                let statements = history::prepare(client, table).await?;
+                let ctx = context(config, client, &statements);
+                apply::inside(&ctx, plan, direction, !commit).await?;
+                applied = if commit { plan.len() } else { 0 };
+                Ok(())
+            })
+            .await
+        }
+    };
+    if result.is_ok() && mode == Mode::DryRun {
+        info!(would_apply = plan.len(), "dry run succeeded; everything was rolled back");
+    }
+    summary.applied = applied;
+    summary.pending = match direction {
+        Direction::Up => plan.len() - applied,
+        Direction::Down => 0,
+    };
+    result
+}
+
+fn context<'a>(
+    config: &'a Config,
+    client: &'a Client,
+    statements: &'a history::Statements,
+) -> apply::Context<'a> {
+    apply::Context {
+        client,
+        statements,
+        applied_by: &config.applied_by,
+    }
+}
+
+async fn repair(
+    client: &Client,
+    table: &history::Table,
+    migrations: &[Migration],
+    applied: &[Applied],
+    version: i64,
+) -> Result<(), Error> {
+    let file = migrations.iter().find(|m| m.version == version);
+    let row = applied.iter().find(|a| a.version == version);
+    let (Some(file), Some(row)) = (file, row) else {
+        return Err(Error::Config(format!(
+            "--version {version} must be both applied and present in the directory; `db-migrate status` lists them"
+        )));
+    };
+    if file.checksum == row.checksum {
+        info!(version, checksum = %row.checksum, "checksum already matches; nothing to repair");
+        return Ok(());
+    }
+    history::set_checksum(client, table, version, &file.checksum).await?;
+    warn!(version, old_checksum = %row.checksum, new_checksum = %file.checksum, "recorded checksum replaced");
+    Ok(())
+}
+
+async fn baseline(
+    config: &Config,
+    client: &Client,
+    migrations: &[Migration],
+    applied: &[Applied],
+    table_exists: bool,
+    version: i64,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    if !applied.is_empty() {
+        return Err(Error::HistoryNotEmpty {
+            count: applied.len(),
+        });
+    }
+    if !migrations.iter().any(|m| m.version == version) {
+        return Err(Error::Config(format!(
+            "--version {version} names no migration in the directory; pick the newest version the old scripts applied"
+        )));
+    }
+    let table = &config.history_table;
+    if !table_exists {
+        history::create(client, table).await?;
+    }
+    let adopted: Vec<&Migration> = migrations.iter().filter(|m| m.version <= version).collect();
+    history::record_baseline(client, table, &adopted, &config.applied_by).await?;
+    summary.applied = adopted.len();
+    info!(version, recorded = adopted.len(), "baseline recorded; nothing was executed");
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The migration lock: a session-level advisory lock, so two jobs never migrate at once.
+//!
+//! <https://www.postgresql.org/docs/current/explicit-locking.html#ADVISORY-LOCKS>. The lock
+//! belongs to the connection: a job that dies loses it with its session, and the next run
+//! goes ahead. The key is the pair (`CLASS_ID`, first four bytes of SHA-256 of the history
+//! table's name), so tools sharing a database with their own history tables don't collide.
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, SimpleQueryMessage};
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::history::Table;
+
+/// The first half of the advisory lock key: the ASCII bytes "dbmg".
+pub const CLASS_ID: i32 = 0x6462_6d67;
+
+/// The second half of the key, derived from the history table's name.
+pub fn object_id(table: &Table) -> i32 {
+    let digest = Sha256::digest(table.name().as_bytes());
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// Runs `work` while holding the lock, and releases the lock whatever `work` returns.
+pub async fn with<T>(
+    client: &Client,
+    table: &Table,
+    wait: Duration,
+    work: impl AsyncFnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let key = (CLASS_ID, object_id(table));
+    acquire(client, key, wait).await?;
+    let result = work().await;
+    release(client, key).await;
+    result
+}
+
+/// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
+/// deadline and the job can say who it is waiting for.
+async fn acquire(client: &Client, key: (i32, i32), wait: Duration) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    let mut announced = false;
+    loop {
+        if try_lock(client, key).await? {
+            if announced {
+                info!(waited_ms = elapsed_ms(started), "migration lock acquired");
+            }
+            return Ok(());
+        }
+        if !announced {
+            let holder = holder(client, key).await.unwrap_or_default();
+            info!(holder_pid = holder, "waiting for the migration lock held by another run");
+            announced = true;
+        }
+        if started.elapsed() + pause > wait {
+            return Err(Error::LockTimeout { waited: wait });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn try_lock(client: &Client, (class, object): (i32, i32)) -> Result<bool, Error> {
+    let query = format!("SELECT pg_try_advisory_lock({class}, {object})");
+    let messages = client
+        .simple_query(&query)
+        .await
+        .map_err(Error::database("taking the migration lock"))?;
+    Ok(first_value(&messages) == Some("t"))
+}
+
+/// The pid of the session holding the lock, for the log.
+async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<String> {
+    // pg_locks shows the two-key form's halves in classid and objid, as oids.
+    let query = format!(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = ({class}::bigint & 4294967295)::text::oid \
+         AND objid = ({object}::bigint & 4294967295)::text::oid AND objsubid = 2"
+    );
+    let messages = client.simple_query(&query).await.ok()?;
+    first_value(&messages).map(str::to_string)
+}
+
+async fn release(client: &Client, (class, object): (i32, i32)) {
+    let query = format!("SELECT pg_advisory_unlock({class}, {object})");
+    // When the connection is gone the server has already dropped the lock with the session.
+    if let Err(error) = client.simple_query(&query).await {
+        warn!(error = %error, "could not release the migration lock; it ends with the session");
+    }
+}
+
+fn first_value(messages: &[SimpleQueryMessage]) -> Option<&str> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    })
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_depends_on_the_history_table() {
+        let a = Table::parse("schema_migrations").unwrap();
+        let b = Table::parse("ops.schema_migrations").unwrap();
+        assert_eq!(object_id(&a), object_id(&a.clone()));
+        assert_ne!(object_id(&a), object_id(&b));
+        assert_eq!(&CLASS_ID.to_be_bytes(), b"dbmg");
+    }
+}

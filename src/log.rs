@@ -1,0 +1,174 @@
+//! Log setup (Cloud Logging JSON or text, on stderr) and the command output on stdout.
+
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::Summary;
+use crate::error::{self, Error};
+use crate::plan::Entry;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Installs the global subscriber, writing to stderr; called once, from `main`.
+pub fn init(format: Format) {
+    let json = match format {
+        Format::Json => true,
+        Format::Text => false,
+        Format::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(Level::INFO);
+    if json {
+        builder
+            .fmt_fields(JsonFields::new())
+            .event_format(CloudLogging)
+            .init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+/// One JSON object per event with the fields Cloud Logging reads at top level (`severity`,
+/// `message`, `time`), followed by the enclosing spans' fields and the event's own.
+/// <https://cloud.google.com/logging/docs/structured-logging#special-payload-fields>
+struct CloudLogging;
+
+impl<S, N> FormatEvent<S, N> for CloudLogging
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut object = Map::new();
+        object.insert("severity".into(), severity(event.metadata().level()).into());
+        let mut time = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        object.insert("time".into(), time.into());
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let fields = extensions.get::<FormattedFields<N>>();
+                if let Some(Ok(Value::Object(fields))) =
+                    fields.map(|f| serde_json::from_str::<Value>(&f.fields))
+                {
+                    object.extend(fields);
+                }
+            }
+        }
+        event.record(&mut Fields(&mut object));
+        writeln!(writer, "{}", Value::Object(object))
+    }
+}
+
+fn severity(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        Level::DEBUG | Level::TRACE => "DEBUG",
+    }
+}
+
+/// Collects an event's fields as JSON values, keeping numbers and booleans typed.
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+/// Logs the one summary event that ends every run and returns the exit code. A failure is
+/// logged here and nowhere else, as this event's message.
+pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -> u8 {
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let db = summary.target.as_deref().unwrap_or("-");
+    let (command, applied, pending) = (summary.command, summary.applied, summary.pending);
+    match result {
+        Ok(()) => {
+            let outcome = match (command, summary.dry_run, applied) {
+                (_, true, _) => "dry_run",
+                ("up", false, 0) => "up_to_date",
+                ("up", false, _) => "applied",
+                ("down", false, _) => "rolled_back",
+                _ => "ok",
+            };
+            tracing::info!(outcome, command, applied, pending, duration_ms, exit_code = 0, db, "db-migrate finished");
+            0
+        }
+        Err(failure) => {
+            let exit_code = failure.exit_code();
+            let outcome = error::outcome(exit_code);
+            tracing::error!(outcome, command, applied, pending, duration_ms, exit_code, db, "{failure}");
+            exit_code
+        }
+    }
+}
+
+/// Prints `status` to stdout: a table, or a JSON array for scripts.
+pub fn print_status(entries: &[Entry], json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let rows: Vec<Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "version": e.version,
+                    "name": e.name,
+                    "state": e.state.as_str(),
+                    "applied_at": e.applied_at,
+                    "execution_ms": e.execution_ms,
+                })
+            })
+            .collect();
+        writeln!(out, "{}", Value::Array(rows))?;
+    } else {
+        writeln!(out, "{:<8} {:<8} {:<25} {:>8}  NAME", "VERSION", "STATE", "APPLIED AT", "MS")?;
+        for e in entries {
+            writeln!(
+                out,
+                "{:<8} {:<8} {:<25} {:>8}  {}",
+                e.version,
+                e.state.as_str(),
+                e.applied_at.as_deref().unwrap_or("-"),
+                e.execution_ms.map_or("-".to_string(), |ms| ms.to_string()),
+                e.name
+            )?;
+        }
+    }
+    out.flush()
+}

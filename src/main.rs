@@ -1,0 +1,24 @@
+//! The `db-migrate` binary: parse flags, set up logging, run, turn the outcome into an exit code.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use db_migrate::cli::Cli;
+use db_migrate::{Summary, log};
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    log::init(cli.log_format);
+    let mut summary = Summary::default();
+    let result = cli.config().and_then(|config| {
+        summary.command = config.command.name();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| db_migrate::Error::Config(format!("cannot start the runtime: {e}")))?;
+        runtime.block_on(db_migrate::run(&config, &mut summary))
+    });
+    ExitCode::from(log::finish(&summary, &result, started))
+}

@@ -1,0 +1,343 @@
+//! Decides what to run from the migrations on disk and the applied history; no I/O.
+
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+use crate::history::Applied;
+use crate::source::Migration;
+
+/// How far `up` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Latest,
+    Version(i64),
+}
+
+/// How far `down` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollback {
+    Steps(usize),
+    /// Leaves this version as the newest applied one; 0 rolls back everything.
+    To(i64),
+    All,
+}
+
+/// The state of one version, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Applied,
+    Pending,
+    /// Applied, but the file changed since.
+    Drift,
+    /// Applied, but the file is gone.
+    Missing,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Applied => "applied",
+            State::Pending => "pending",
+            State::Drift => "drift",
+            State::Missing => "missing",
+        }
+    }
+}
+
+/// One line of `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub version: i64,
+    pub name: String,
+    pub state: State,
+    pub applied_at: Option<String>,
+    pub execution_ms: Option<i64>,
+}
+
+/// The migrations `up` applies, oldest first, after checking that history matches the files.
+pub fn up<'a>(
+    migrations: &'a [Migration],
+    applied: &[Applied],
+    target: Target,
+    allow_out_of_order: bool,
+) -> Result<Vec<&'a Migration>, Error> {
+    check_history(migrations, applied)?;
+    let limit = match target {
+        Target::Latest => i64::MAX,
+        Target::Version(version) => {
+            if !migrations.iter().any(|m| m.version == version) {
+                return Err(Error::Config(format!(
+                    "--target {version} names no migration in the directory; pick one of the versions `db-migrate status` lists"
+                )));
+            }
+            version
+        }
+    };
+    let applied_versions = by_version(applied);
+    let newest = applied.iter().map(|a| a.version).max();
+    let pending: Vec<&Migration> = migrations
+        .iter()
+        .filter(|m| m.version <= limit && !applied_versions.contains_key(&m.version))
+        .collect();
+    if let (Some(newest), false) = (newest, allow_out_of_order) {
+        if let Some(early) = pending.iter().find(|m| m.version < newest) {
+            return Err(Error::OutOfOrder {
+                version: early.version,
+                newest,
+            });
+        }
+    }
+    Ok(pending)
+}
+
+/// The migrations `down` rolls back, newest first. Every one of them must have a rollback
+/// file, checked before anything runs.
+pub fn down<'a>(
+    migrations: &'a [Migration],
+    applied: &[Applied],
+    rollback: Rollback,
+) -> Result<Vec<&'a Migration>, Error> {
+    check_history(migrations, applied)?;
+    let mut newest_first: Vec<i64> = applied.iter().map(|a| a.version).collect();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    let chosen: Vec<i64> = match rollback {
+        Rollback::All => newest_first,
+        Rollback::Steps(steps) => newest_first.into_iter().take(steps).collect(),
+        Rollback::To(version) => {
+            if version != 0 && !newest_first.contains(&version) {
+                return Err(Error::Config(format!(
+                    "--to {version} is not an applied version; pick one that `db-migrate status` shows as applied, or 0 for all"
+                )));
+            }
+            newest_first.into_iter().filter(|v| *v > version).collect()
+        }
+    };
+    let on_disk = by_version(migrations);
+    chosen
+        .into_iter()
+        .map(|version| {
+            // check_history guarantees every applied version has a file.
+            let migration = on_disk[&version];
+            match migration.down {
+                Some(_) => Ok(migration),
+                None => Err(Error::InvalidFile {
+                    file: migration.up.path.clone(),
+                    problem: format!(
+                        "has no rollback file, so down cannot pass version {version}; write {:03}_{}.down.sql or roll back less",
+                        version, migration.name
+                    ),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Every version on disk or in history, with its state, oldest first.
+pub fn status(migrations: &[Migration], applied: &[Applied]) -> Vec<Entry> {
+    let on_disk = by_version(migrations);
+    let recorded = by_version(applied);
+    let mut versions: Vec<i64> = on_disk.keys().chain(recorded.keys()).copied().collect();
+    versions.sort_unstable();
+    versions.dedup();
+    versions
+        .into_iter()
+        .map(|version| {
+            let file = on_disk.get(&version);
+            let row = recorded.get(&version);
+            let state = match (file, row) {
+                (Some(m), Some(a)) if m.checksum != a.checksum => State::Drift,
+                (Some(_), Some(_)) => State::Applied,
+                (Some(_), None) => State::Pending,
+                (None, _) => State::Missing,
+            };
+            Entry {
+                version,
+                name: file.map_or_else(|| row.map(|a| a.name.clone()).unwrap_or_default(), |m| m.name.clone()),
+                state,
+                applied_at: row.map(|a| a.applied_at.clone()),
+                execution_ms: row.map(|a| a.execution_ms),
+            }
+        })
+        .collect()
+}
+
+/// `verify`: drift or a missing file first (exit 4), then anything pending (exit 7).
+pub fn verify(
+    migrations: &[Migration],
+    applied: &[Applied],
+    allow_out_of_order: bool,
+) -> Result<(), Error> {
+    let pending = up(migrations, applied, Target::Latest, allow_out_of_order)?;
+    match pending.first() {
+        Some(first) => Err(Error::Pending {
+            count: pending.len(),
+            first: first.version,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses history that no longer matches the files: a changed applied file or a missing one.
+pub fn check_history(migrations: &[Migration], applied: &[Applied]) -> Result<(), Error> {
+    let on_disk = by_version(migrations);
+    for row in applied {
+        match on_disk.get(&row.version) {
+            None => {
+                return Err(Error::MissingFile {
+                    version: row.version,
+                    name: row.name.clone(),
+                });
+            }
+            Some(m) if m.checksum != row.checksum => {
+                return Err(Error::Drift {
+                    version: row.version,
+                    file: m.up.path.clone(),
+                    recorded: row.checksum.clone(),
+                    actual: m.checksum.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+trait Versioned {
+    fn version(&self) -> i64;
+}
+
+impl Versioned for Migration {
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+impl Versioned for Applied {
+    fn version(&self) -> i64 {
+        self.version
+    }
+}
+
+fn by_version<T: Versioned>(items: &[T]) -> BTreeMap<i64, &T> {
+    items.iter().map(|item| (item.version(), item)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Script;
+
+    fn migration(version: i64, with_down: bool) -> Migration {
+        let script = |suffix: &str| Script {
+            path: format!("m/{version:03}_m{version}{suffix}").into(),
+            sql: format!("SELECT {version};"),
+        };
+        Migration {
+            version,
+            name: format!("m{version}"),
+            up: script(".sql"),
+            down: with_down.then(|| script(".down.sql")),
+            checksum: format!("sum{version}"),
+        }
+    }
+
+    fn applied(version: i64) -> Applied {
+        Applied {
+            version,
+            name: format!("m{version}"),
+            checksum: format!("sum{version}"),
+            applied_at: "2026-01-01T00:00:00Z".into(),
+            execution_ms: 1,
+        }
+    }
+
+    fn versions(plan: &[&Migration]) -> Vec<i64> {
+        plan.iter().map(|m| m.version).collect()
+    }
+
+    #[test]
+    fn up_applies_pending_in_numeric_order_up_to_target() {
+        let disk = [migration(2, true), migration(10, true), migration(1000, true)];
+        let plan = up(&disk, &[applied(2)], Target::Latest, false).unwrap();
+        assert_eq!(versions(&plan), [10, 1000]);
+        let plan = up(&disk, &[applied(2)], Target::Version(10), false).unwrap();
+        assert_eq!(versions(&plan), [10]);
+        let error = up(&disk, &[], Target::Version(5), false).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn history_problems_stop_every_plan() {
+        let disk = [migration(1, true), migration(2, true)];
+        let mut changed = applied(1);
+        changed.checksum = "other".into();
+        let cases: [(Vec<Applied>, &str); 3] = [
+            (vec![changed], "changed after it was applied"),
+            (vec![applied(1), applied(3)], "has no file"),
+            (vec![applied(2)], "is pending but 2 is already applied"),
+        ];
+        for (history, expected) in cases {
+            let error = up(&disk, &history, Target::Latest, false).unwrap_err();
+            assert_eq!(error.exit_code(), 4, "{error}");
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn out_of_order_is_allowed_when_asked() {
+        let disk = [migration(1, true), migration(2, true)];
+        let plan = up(&disk, &[applied(2)], Target::Latest, true).unwrap();
+        assert_eq!(versions(&plan), [1]);
+    }
+
+    #[test]
+    fn down_rolls_back_newest_first() {
+        let disk = [migration(1, true), migration(2, true), migration(3, true)];
+        let history = [applied(1), applied(2), applied(3)];
+        let cases = [
+            (Rollback::Steps(1), vec![3]),
+            (Rollback::Steps(9), vec![3, 2, 1]),
+            (Rollback::To(1), vec![3, 2]),
+            (Rollback::To(0), vec![3, 2, 1]),
+            (Rollback::All, vec![3, 2, 1]),
+        ];
+        for (rollback, expected) in cases {
+            let plan = down(&disk, &history, rollback).unwrap();
+            assert_eq!(versions(&plan), expected, "{rollback:?}");
+        }
+    }
+
+    #[test]
+    fn down_across_a_missing_rollback_file_is_refused_before_anything_runs() {
+        let disk = [migration(1, false), migration(2, true)];
+        let history = [applied(1), applied(2)];
+        assert_eq!(versions(&down(&disk, &history, Rollback::Steps(1)).unwrap()), [2]);
+        let error = down(&disk, &history, Rollback::All).unwrap_err();
+        assert_eq!(error.exit_code(), 3);
+        assert!(error.to_string().contains("001_m1.down.sql"), "{error}");
+    }
+
+    #[test]
+    fn status_names_each_state() {
+        let disk = [migration(1, true), migration(2, true), migration(3, true)];
+        let mut changed = applied(2);
+        changed.checksum = "other".into();
+        let history = [applied(1), changed, applied(4)];
+        let states: Vec<(i64, State)> = status(&disk, &history)
+            .into_iter()
+            .map(|e| (e.version, e.state))
+            .collect();
+        assert_eq!(
+            states,
+            [(1, State::Applied), (2, State::Drift), (3, State::Pending), (4, State::Missing)]
+        );
+    }
+
+    #[test]
+    fn verify_reports_pending_with_its_own_exit_code() {
+        let disk = [migration(1, true), migration(2, true)];
+        assert!(verify(&disk, &[applied(1), applied(2)], false).is_ok());
+        let error = verify(&disk, &[applied(1)], false).unwrap_err();
+        assert_eq!(error.exit_code(), 7);
+    }
+}

@@ -1,0 +1,358 @@
+//! Reads and validates the migrations directory; the only module that touches migration files.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::sql;
+
+/// One numbered schema change: its forward script and, when written, its rollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub version: i64,
+    /// The description part of the file name, e.g. `create_video_requests`.
+    pub name: String,
+    pub up: Script,
+    pub down: Option<Script>,
+    /// SHA-256 (hex) of the forward file, CRLF folded to LF and a leading BOM dropped, so a
+    /// Windows checkout or an editor that adds a BOM does not count as a change.
+    pub checksum: String,
+}
+
+/// One SQL file as read from disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub path: PathBuf,
+    /// The file's text without a leading BOM.
+    pub sql: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// What a `.sql` file name says about the file.
+#[derive(Debug, PartialEq, Eq)]
+struct FileName<'a> {
+    version: i64,
+    name: &'a str,
+    direction: Direction,
+}
+
+const NAME_FIX: &str = "name it NNN_description.sql (or NNN_description.down.sql), e.g. 003_add_thumbnail_url.sql";
+
+/// Reads every migration in `dir`, refusing the whole directory at the first bad file so that
+/// nothing runs from a directory that is half right. Files not ending in `.sql` are ignored.
+pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
+    let mut ups: BTreeMap<i64, Script> = BTreeMap::new();
+    let mut downs: BTreeMap<i64, (String, Script)> = BTreeMap::new();
+    let mut names: BTreeMap<i64, String> = BTreeMap::new();
+    for path in sql_files(dir)? {
+        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let parsed = parse_name(file_name).map_err(|problem| invalid(&path, problem))?;
+        let script = read_script(&path)?;
+        match parsed.direction {
+            Direction::Up => {
+                if let Some(other) = ups.get(&parsed.version) {
+                    return Err(duplicate(&path, &other.path, parsed.version));
+                }
+                names.insert(parsed.version, parsed.name.to_string());
+                ups.insert(parsed.version, script);
+            }
+            Direction::Down => {
+                if let Some((_, other)) = downs.get(&parsed.version) {
+                    return Err(duplicate(&path, &other.path, parsed.version));
+                }
+                downs.insert(parsed.version, (parsed.name.to_string(), script));
+            }
+        }
+    }
+    pair(ups, downs, names)
+}
+
+/// Joins forward and rollback files by version and checks their contents.
+fn pair(
+    ups: BTreeMap<i64, Script>,
+    mut downs: BTreeMap<i64, (String, Script)>,
+    mut names: BTreeMap<i64, String>,
+) -> Result<Vec<Migration>, Error> {
+    let mut migrations = Vec::with_capacity(ups.len());
+    for (version, up) in ups {
+        let name = names.remove(&version).unwrap_or_default();
+        let down = match downs.remove(&version) {
+            Some((down_name, script)) if down_name == name => Some(script),
+            Some((_, script)) => {
+                return Err(invalid(
+                    &script.path,
+                    format!("rollback file does not match its forward file; name it {version:03}_{name}.down.sql"),
+                ));
+            }
+            None => None,
+        };
+        migrations.push(build(version, name, up, down)?);
+    }
+    if let Some((version, (name, script))) = downs.into_iter().next() {
+        return Err(invalid(
+            &script.path,
+            format!("rollback file has no forward file; add {version:03}_{name}.sql or delete it"),
+        ));
+    }
+    Ok(migrations)
+}
+
+fn build(version: i64, name: String, up: Script, down: Option<Script>) -> Result<Migration, Error> {
+    if sql::is_empty(&up.sql) {
+        return Err(invalid(
+            &up.path,
+            "file holds no SQL statement; write the change or delete the file".into(),
+        ));
+    }
+    check_content(&up)?;
+    if let Some(down) = &down {
+        check_content(down)?;
+    }
+    Ok(Migration {
+        version,
+        name,
+        checksum: checksum(&up.sql),
+        up,
+        down,
+    })
+}
+
+/// Refuses what only psql understands, and transaction control in a file the job wraps in
+/// its own transaction (a COMMIT there would end ours and leave the history row behind).
+fn check_content(script: &Script) -> Result<(), Error> {
+    if let Some((line, command)) = sql::meta_command(&script.sql) {
+        return Err(invalid(
+            &script.path,
+            format!("line {line}: psql meta-command {command} is not SQL; remove it (db-migrate runs plain SQL, one file per migration)"),
+        ));
+    }
+    if !sql::is_no_transaction(&script.sql) {
+        if let Some((line, keyword)) = sql::transaction_control(&script.sql) {
+            return Err(invalid(
+                &script.path,
+                format!("line {line}: {keyword} controls the transaction, which db-migrate owns; remove it (or start the file with `-- no-transaction` to run it outside one)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Lists the `.sql` files in `dir`, sorted by name so that the first error is the same
+/// on every machine.
+fn sql_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let entries = fs::read_dir(dir).map_err(|source| Error::Directory {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        let is_sql = path.extension().is_some_and(|e| e == "sql");
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if is_sql && !hidden && path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn read_script(path: &Path) -> Result<Script, Error> {
+    let bytes = fs::read(path).map_err(|source| Error::Directory {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        invalid(
+            path,
+            format!(
+                "not UTF-8 (invalid byte at offset {}); save the file as UTF-8",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    let sql = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
+    Ok(Script {
+        path: path.to_path_buf(),
+        sql,
+    })
+}
+
+fn parse_name(file_name: &str) -> Result<FileName<'_>, String> {
+    let (stem, direction) = match file_name.strip_suffix(".down.sql") {
+        Some(stem) => (stem, Direction::Down),
+        None => (
+            file_name.strip_suffix(".sql").unwrap_or(file_name),
+            Direction::Up,
+        ),
+    };
+    let (digits, name) = stem
+        .split_once('_')
+        .ok_or_else(|| format!("file name has no NNN_ version prefix; {NAME_FIX}"))?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("file name does not start with a version number; {NAME_FIX}"));
+    }
+    let version = digits
+        .parse::<i64>()
+        .map_err(|_| format!("version {digits} is too large (at most {})", i64::MAX))?;
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid_name {
+        return Err(format!(
+            "description \"{name}\" may hold only letters, digits, '_' and '-'; {NAME_FIX}"
+        ));
+    }
+    Ok(FileName {
+        version,
+        name,
+        direction,
+    })
+}
+
+/// The checksum recorded in history: SHA-256 of the text with CRLF folded to LF.
+pub fn checksum(sql: &str) -> String {
+    let digest = Sha256::digest(sql.replace("\r\n", "\n").as_bytes());
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// Creates `NNN_description.sql` and its `.down.sql` after the newest migration in `dir`,
+/// with the version as wide as the widest existing one (at least three digits).
+pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error> {
+    let slug = slug(description);
+    if slug.is_empty() {
+        return Err(Error::Config(format!(
+            "\"{description}\" has no letters or digits to name a migration; describe the change, e.g. \"add thumbnail url\""
+        )));
+    }
+    fs::create_dir_all(dir).map_err(|source| Error::Directory {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let existing = load(dir)?;
+    let version = existing.last().map_or(1, |m| m.version + 1);
+    let width = existing
+        .iter()
+        .map(|m| version_width(&m.up.path))
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let stem = format!("{version:0width$}_{slug}");
+    let up = dir.join(format!("{stem}.sql"));
+    let down = dir.join(format!("{stem}.down.sql"));
+    write_new(&up, &format!("-- {description}\n\n"))?;
+    write_new(&down, &format!("-- Rolls back {stem}.sql\n\n"))?;
+    Ok((up, down))
+}
+
+fn version_width(path: &Path) -> usize {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.bytes().take_while(u8::is_ascii_digit).count()
+}
+
+fn write_new(path: &Path, text: &str) -> Result<(), Error> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+        .map_err(|source| Error::Directory {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// `"Add thumbnail URL!"` -> `add_thumbnail_url`.
+fn slug(description: &str) -> String {
+    let lower = description.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.join("_")
+}
+
+fn invalid(path: &Path, problem: String) -> Error {
+    Error::InvalidFile {
+        file: path.to_path_buf(),
+        problem,
+    }
+}
+
+fn duplicate(path: &Path, other: &Path, version: i64) -> Error {
+    invalid(
+        path,
+        format!(
+            "version {version} is also used by {}; give one of them the next free number",
+            other.display()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_parse_into_version_name_and_direction() {
+        let cases = [
+            ("001_create_video_requests.sql", 1, "create_video_requests", Direction::Up),
+            ("001_create_video_requests.down.sql", 1, "create_video_requests", Direction::Down),
+            ("1000_later.sql", 1000, "later", Direction::Up),
+            ("7_x-y.sql", 7, "x-y", Direction::Up),
+        ];
+        for (file, version, name, direction) in cases {
+            let parsed = parse_name(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(parsed, FileName { version, name, direction }, "{file}");
+        }
+    }
+
+    #[test]
+    fn malformed_file_names_are_refused_with_the_fix() {
+        for file in [
+            "create.sql",
+            "v1_create.sql",
+            "_create.sql",
+            "001_.sql",
+            "001_has space.sql",
+            "99999999999999999999_big.sql",
+        ] {
+            let problem = parse_name(file).expect_err(file);
+            assert!(problem.contains("NNN_") || problem.contains("too large"), "{file}: {problem}");
+        }
+    }
+
+    #[test]
+    fn checksum_ignores_crlf() {
+        assert_eq!(checksum("SELECT 1;\r\nSELECT 2;\r\n"), checksum("SELECT 1;\nSELECT 2;\n"));
+        assert_ne!(checksum("SELECT 1;"), checksum("SELECT 2;"));
+        assert_eq!(checksum("").len(), 64);
+    }
+
+    #[test]
+    fn slug_keeps_letters_and_digits() {
+        assert_eq!(slug("Add thumbnail URL!"), "add_thumbnail_url");
+        assert_eq!(slug("  v2 -- index "), "v2_index");
+        assert_eq!(slug("!!"), "");
+    }
+}

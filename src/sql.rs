@@ -1,0 +1,880 @@
+//! A small PostgreSQL lexer: splits migration files into statements and answers the few
+//! questions the migrator asks about them, never mistaking quoted text or comments for code.
+
+/// One statement of a file, without its terminating semicolon.
+///
+/// `text` runs from the statement's first token to its last, so comments before the first
+/// token and after the last one are dropped, while comments in between are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement<'a> {
+    /// The statement's source text.
+    pub text: &'a str,
+    /// Byte offset of `text` within the source.
+    pub offset: usize,
+    /// 1-based line where `text` starts.
+    pub line: usize,
+}
+
+/// Splits a file into statements at top-level semicolons. Statements containing only
+/// whitespace/comments are dropped.
+pub fn split(sql: &str) -> Vec<Statement<'_>> {
+    let mut lines = LineCounter::new();
+    statements(sql)
+        .iter()
+        .filter_map(|tokens| {
+            let (first, last) = (tokens.first()?, tokens.last()?);
+            Some(Statement {
+                text: &sql[first.start..last.end],
+                offset: first.start,
+                line: lines.line_at(sql, first.start),
+            })
+        })
+        .collect()
+}
+
+/// True when the file holds no statement at all (only whitespace/comments).
+/// An unterminated block comment counts as content, so the server gets to report it.
+pub fn is_empty(sql: &str) -> bool {
+    tokens(sql).all(|t| matches!(t.kind, Kind::Space | Kind::Comment | Kind::Semicolon))
+}
+
+/// True when the file's first line is the directive `-- no-transaction`.
+pub fn is_no_transaction(sql: &str) -> bool {
+    let sql = sql.strip_prefix(BOM).unwrap_or(sql);
+    let first_line = sql.lines().next().unwrap_or_default();
+    first_line
+        .strip_prefix("--")
+        .map(|rest| rest.trim_start_matches([' ', '\t']).trim_end())
+        == Some("no-transaction")
+}
+
+/// Keywords that open or close a transaction when they start a statement.
+const TRANSACTION_KEYWORDS: [&str; 6] = ["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"];
+
+/// The first statement that controls the transaction itself, as (line, upper-case keyword).
+pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
+    statements(sql).iter().find_map(|tokens| {
+        let first = tokens.first().filter(|t| t.kind == Kind::Word)?;
+        let keyword = first.text(sql).to_ascii_uppercase();
+        TRANSACTION_KEYWORDS
+            .contains(&keyword.as_str())
+            .then(|| (line_of(sql, first.start), keyword))
+    })
+}
+
+/// The first psql meta-command (a backslash as the first non-blank character of a line,
+/// outside quotes and comments), as (line, command word such as `\set`).
+pub fn meta_command(sql: &str) -> Option<(usize, String)> {
+    tokens(sql)
+        .filter(|t| t.kind == Kind::Backslash)
+        .find(|t| starts_line(sql, t.start))
+        .map(|t| (line_of(sql, t.start), command_word(sql, t.start)))
+}
+
+/// Maps the server's error position (1-based, in characters of the text it received) to a
+/// 1-based (line, column in characters). Position 0 maps to the first character; positions
+/// past the end map to just after the last character, where "end of input" errors point.
+pub fn line_col(sql: &str, position: usize) -> (usize, usize) {
+    sql.chars()
+        .take(position.saturating_sub(1))
+        .fold((1, 1), |(line, col), c| match c {
+            '\n' => (line + 1, 1),
+            _ => (line, col + 1),
+        })
+}
+
+/// Names of the indexes the file creates, spelled as the catalog will store them.
+pub fn created_indexes(sql: &str) -> Vec<String> {
+    statements(sql)
+        .iter()
+        .filter_map(|tokens| created_index(sql, tokens))
+        .collect()
+}
+
+const BOM: &str = "\u{feff}";
+
+/// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Whitespace, including a leading byte-order mark.
+    Space,
+    /// A terminated comment.
+    Comment,
+    /// An unquoted identifier or keyword.
+    Word,
+    QuotedIdent,
+    /// Any string literal, including dollar-quoted ones.
+    Literal,
+    Semicolon,
+    Open,
+    Close,
+    Backslash,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    kind: Kind,
+    start: usize,
+    end: usize,
+}
+
+impl Token {
+    fn text<'a>(&self, sql: &'a str) -> &'a str {
+        sql.get(self.start..self.end).unwrap_or_default()
+    }
+
+    fn is_keyword(&self, sql: &str, keyword: &str) -> bool {
+        self.kind == Kind::Word && self.text(sql).eq_ignore_ascii_case(keyword)
+    }
+}
+
+/// Every token of the source, whitespace and comments included, so offsets stay exact.
+struct Tokens<'a> {
+    sql: &'a str,
+    pos: usize,
+}
+
+fn tokens(sql: &str) -> Tokens<'_> {
+    Tokens { sql, pos: 0 }
+}
+
+impl Iterator for Tokens<'_> {
+    type Item = Token;
+
+    fn next(&mut self) -> Option<Token> {
+        let start = self.pos;
+        if start >= self.sql.len() {
+            return None;
+        }
+        // Editors on Windows like to add a BOM, which the server would reject as code.
+        let (kind, end) = if start == 0 && self.sql.starts_with(BOM) {
+            (Kind::Space, BOM.len())
+        } else {
+            lex(self.sql, start)
+        };
+        self.pos = end;
+        Some(Token { kind, start, end })
+    }
+}
+
+/// Lexes the token starting at byte `i`. Every token ends at an ASCII byte or at the end of
+/// the source, so token boundaries are always char boundaries. Unterminated quotes run to
+/// the end of the source, so the server sees (and reports) the rest of the file.
+fn lex(sql: &str, i: usize) -> (Kind, usize) {
+    let b = sql.as_bytes();
+    let next = b.get(i + 1).copied();
+    match b[i] {
+        b'-' if next == Some(b'-') => (Kind::Comment, line_end(b, i)),
+        b'/' if next == Some(b'*') => block_comment(b, i),
+        b'\'' => (Kind::Literal, quoted_end(b, i + 1, b'\'')),
+        b'"' => (Kind::QuotedIdent, quoted_end(b, i + 1, b'"')),
+        b'$' => dollar(sql, i),
+        b'e' | b'E' if next == Some(b'\'') => (Kind::Literal, escape_string_end(b, i + 2)),
+        b'u' | b'U' if next == Some(b'&') => unicode_prefixed(b, i),
+        c if is_ident_start(c) => (Kind::Word, run_end(b, i + 1, is_ident_char)),
+        c if c.is_ascii_digit() => (Kind::Other, number_end(b, i)),
+        c if is_space(c) => (Kind::Space, run_end(b, i + 1, is_space)),
+        b';' => (Kind::Semicolon, i + 1),
+        b'(' => (Kind::Open, i + 1),
+        b')' => (Kind::Close, i + 1),
+        b'\\' => (Kind::Backslash, i + 1),
+        _ => (Kind::Other, i + 1),
+    }
+}
+
+fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+}
+
+/// Bytes >= 0x80 count as letters, as in PostgreSQL, so multi-byte characters are never split.
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_char(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+}
+
+fn is_tag_char(c: u8) -> bool {
+    is_ident_start(c) || c.is_ascii_digit()
+}
+
+fn run_end(b: &[u8], from: usize, pred: impl Fn(u8) -> bool) -> usize {
+    b[from..]
+        .iter()
+        .position(|&c| !pred(c))
+        .map_or(b.len(), |p| from + p)
+}
+
+fn line_end(b: &[u8], from: usize) -> usize {
+    run_end(b, from, |c| c != b'\n')
+}
+
+/// Letters glued to a number (`1e5`, `1abc`) belong to it, so they are never read as a
+/// keyword or as an `E'` string prefix.
+fn number_end(b: &[u8], i: usize) -> usize {
+    let end = run_end(b, i, |c| c.is_ascii_digit() || c == b'.' || c == b'_');
+    match b.get(end) {
+        Some(&c) if is_ident_start(c) => run_end(b, end, is_ident_char),
+        _ => end,
+    }
+}
+
+/// Block comments nest in PostgreSQL. An unterminated one is kept as code rather than a
+/// comment, so the statement holding it is sent and the server reports the error.
+fn block_comment(b: &[u8], i: usize) -> (Kind, usize) {
+    let mut depth = 0usize;
+    let mut j = i;
+    while j < b.len() {
+        match (b[j], b.get(j + 1)) {
+            (b'/', Some(b'*')) => {
+                depth += 1;
+                j += 2;
+            }
+            (b'*', Some(b'/')) => {
+                depth -= 1;
+                j += 2;
+                if depth == 0 {
+                    return (Kind::Comment, j);
+                }
+            }
+            _ => j += 1,
+        }
+    }
+    (Kind::Other, b.len())
+}
+
+/// End of a quoted run whose quote character is escaped by doubling it.
+fn quoted_end(b: &[u8], from: usize, quote: u8) -> usize {
+    let mut j = from;
+    while j < b.len() {
+        if b[j] == quote {
+            if b.get(j + 1) != Some(&quote) {
+                return j + 1;
+            }
+            j += 1;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
+/// End of an `E'...'` string, where a backslash also escapes the next byte.
+fn escape_string_end(b: &[u8], from: usize) -> usize {
+    let mut j = from;
+    while j < b.len() {
+        match (b[j], b.get(j + 1)) {
+            (b'\\', _) | (b'\'', Some(b'\'')) => j += 2,
+            (b'\'', _) => return j + 1,
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
+/// `U&'...'` and `U&"..."`: their backslash escapes never hide a quote, so plain rules do.
+fn unicode_prefixed(b: &[u8], i: usize) -> (Kind, usize) {
+    match b.get(i + 2) {
+        Some(b'\'') => (Kind::Literal, quoted_end(b, i + 3, b'\'')),
+        Some(b'"') => (Kind::QuotedIdent, quoted_end(b, i + 3, b'"')),
+        _ => (Kind::Word, run_end(b, i + 1, is_ident_char)),
+    }
+}
+
+/// A `$` starts a parameter (`$1`), a dollar-quoted string (`$$`, `$tag$`), or nothing.
+fn dollar(sql: &str, i: usize) -> (Kind, usize) {
+    let b = sql.as_bytes();
+    if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        return (Kind::Other, run_end(b, i + 1, |c| c.is_ascii_digit()));
+    }
+    let Some(close) = dollar_tag_end(b, i + 1) else {
+        return (Kind::Other, i + 1);
+    };
+    let delimiter = &sql[i..=close];
+    let body = close + 1;
+    let end = sql[body..]
+        .find(delimiter)
+        .map_or(sql.len(), |at| body + at + delimiter.len());
+    (Kind::Literal, end)
+}
+
+/// Position of the `$` closing a dollar-quote tag that starts at `from`, if there is one.
+fn dollar_tag_end(b: &[u8], from: usize) -> Option<usize> {
+    let end = match b.get(from) {
+        Some(&c) if is_ident_start(c) => run_end(b, from + 1, is_tag_char),
+        _ => from,
+    };
+    (b.get(end) == Some(&b'$')).then_some(end)
+}
+
+/// The code tokens (no whitespace or comments) of each non-empty statement.
+fn statements(sql: &str) -> Vec<Vec<Token>> {
+    let mut splitter = Splitter::default();
+    for token in tokens(sql) {
+        splitter.push(sql, token);
+    }
+    splitter.finish()
+}
+
+#[derive(Default)]
+struct Splitter {
+    done: Vec<Vec<Token>>,
+    current: Vec<Token>,
+    parens: usize,
+    body: AtomicBody,
+}
+
+impl Splitter {
+    fn push(&mut self, sql: &str, token: Token) {
+        match token.kind {
+            Kind::Space | Kind::Comment => {}
+            Kind::Semicolon if self.parens == 0 && self.body.depth == 0 => self.end_statement(),
+            _ => self.push_code(sql, token),
+        }
+    }
+
+    /// Semicolons inside parentheses stay in the statement, as psql keeps them (rule actions).
+    fn push_code(&mut self, sql: &str, token: Token) {
+        match token.kind {
+            Kind::Open => self.parens += 1,
+            Kind::Close => self.parens = self.parens.saturating_sub(1),
+            Kind::Word => self.body.word(token.text(sql), self.parens),
+            _ => {}
+        }
+        self.current.push(token);
+    }
+
+    fn end_statement(&mut self) {
+        let tokens = std::mem::take(&mut self.current);
+        if !tokens.is_empty() {
+            self.done.push(tokens);
+        }
+        self.parens = 0;
+        self.body = AtomicBody::default();
+    }
+
+    fn finish(mut self) -> Vec<Vec<Token>> {
+        self.end_statement();
+        self.done
+    }
+}
+
+/// Tracks `BEGIN ATOMIC ... END` in SQL-standard routine bodies with psql's heuristic, so
+/// their inner semicolons do not end the `CREATE FUNCTION`/`CREATE PROCEDURE` statement.
+#[derive(Default)]
+struct AtomicBody {
+    head: Vec<String>,
+    routine: bool,
+    depth: usize,
+}
+
+impl AtomicBody {
+    fn word(&mut self, word: &str, parens: usize) {
+        if self.head.len() < 4 {
+            self.head.push(word.to_ascii_lowercase());
+            self.routine = starts_routine(&self.head);
+        }
+        if !self.routine || parens > 0 {
+            return;
+        }
+        if word.eq_ignore_ascii_case("begin") {
+            self.depth += 1;
+        } else if word.eq_ignore_ascii_case("case") && self.depth > 0 {
+            // CASE also closes with END; outside a body it cannot be confused with one.
+            self.depth += 1;
+        } else if word.eq_ignore_ascii_case("end") {
+            self.depth = self.depth.saturating_sub(1);
+        }
+    }
+}
+
+fn starts_routine(head: &[String]) -> bool {
+    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+    matches!(
+        head.as_slice(),
+        ["create", "function" | "procedure", ..]
+            | ["create", "or", "replace", "function" | "procedure", ..]
+    )
+}
+
+/// Counts lines forward from the last offset asked about, so numbering every statement of a
+/// file stays linear.
+struct LineCounter {
+    offset: usize,
+    line: usize,
+}
+
+impl LineCounter {
+    fn new() -> Self {
+        LineCounter { offset: 0, line: 1 }
+    }
+
+    fn line_at(&mut self, sql: &str, offset: usize) -> usize {
+        let skipped = sql.as_bytes().get(self.offset..offset).unwrap_or_default();
+        self.line += skipped.iter().filter(|&&c| c == b'\n').count();
+        self.offset = offset;
+        self.line
+    }
+}
+
+fn line_of(sql: &str, offset: usize) -> usize {
+    LineCounter::new().line_at(sql, offset)
+}
+
+fn starts_line(sql: &str, at: usize) -> bool {
+    let line_start = sql[..at].rfind('\n').map_or(0, |p| p + 1);
+    sql[line_start..at]
+        .chars()
+        .all(|c| c.is_whitespace() || c == '\u{feff}')
+}
+
+/// psql reads a command name up to whitespace or the next backslash.
+fn command_word(sql: &str, at: usize) -> String {
+    let rest = &sql[at + 1..];
+    let len = rest
+        .find(|c: char| c.is_whitespace() || c == '\\')
+        .unwrap_or(rest.len());
+    format!("\\{}", &rest[..len])
+}
+
+/// `CREATE [UNIQUE] INDEX [CONCURRENTLY] [IF NOT EXISTS] name ON ...`
+fn created_index(sql: &str, tokens: &[Token]) -> Option<String> {
+    let rest = keyword(sql, tokens, "create")?;
+    let rest = optional(sql, rest, &["unique"]);
+    let rest = keyword(sql, rest, "index")?;
+    let rest = optional(sql, rest, &["concurrently"]);
+    let rest = optional(sql, rest, &["if", "not", "exists"]);
+    // Without a name the next token is ON; ON is reserved, so it can never be the name.
+    let [name, on, ..] = rest else {
+        return None;
+    };
+    if !on.is_keyword(sql, "on") {
+        return None;
+    }
+    identifier(sql, name)
+}
+
+fn keyword<'t>(sql: &str, tokens: &'t [Token], word: &str) -> Option<&'t [Token]> {
+    let (first, rest) = tokens.split_first()?;
+    first.is_keyword(sql, word).then_some(rest)
+}
+
+/// Skips `words` when all of them come next, in order.
+fn optional<'t>(sql: &str, tokens: &'t [Token], words: &[&str]) -> &'t [Token] {
+    words
+        .iter()
+        .try_fold(tokens, |rest, word| keyword(sql, rest, word))
+        .unwrap_or(tokens)
+}
+
+/// An identifier as the catalog stores it. Only ASCII is folded, as PostgreSQL does for
+/// multi-byte encodings.
+fn identifier(sql: &str, token: &Token) -> Option<String> {
+    let text = token.text(sql);
+    let name = match token.kind {
+        Kind::Word => text.to_ascii_lowercase(),
+        Kind::QuotedIdent => {
+            let quoted = &text[text.find('"')? + 1..];
+            quoted.strip_suffix('"')?.replace("\"\"", "\"")
+        }
+        _ => return None,
+    };
+    Some(truncate_identifier(name))
+}
+
+fn truncate_identifier(mut name: String) -> String {
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        let cut = (0..=MAX_IDENTIFIER_BYTES)
+            .rev()
+            .find(|&i| name.is_char_boundary(i))
+            .unwrap_or(0);
+        name.truncate(cut);
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(sql: &str) -> Vec<&str> {
+        split(sql).into_iter().map(|s| s.text).collect()
+    }
+
+    fn assert_splits(cases: &[(&str, &[&str])]) {
+        for (sql, expected) in cases {
+            assert_eq!(texts(sql), *expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn split_ignores_semicolons_in_strings_and_quoted_identifiers() {
+        assert_splits(&[
+            ("SELECT 1; SELECT 2;", &["SELECT 1", "SELECT 2"]),
+            ("SELECT 'a;''b'; SELECT 2", &["SELECT 'a;''b'", "SELECT 2"]),
+            // standard_conforming_strings: the backslash is a plain character.
+            (r"SELECT 'C:\'; SELECT 2", &[r"SELECT 'C:\'", "SELECT 2"]),
+            (
+                r"SELECT E'it\'s; ok'; SELECT 2",
+                &[r"SELECT E'it\'s; ok'", "SELECT 2"],
+            ),
+            (r"SELECT e'a\\'; SELECT 2", &[r"SELECT e'a\\'", "SELECT 2"]),
+            (
+                "SELECT E'a'';b'; SELECT 2",
+                &["SELECT E'a'';b'", "SELECT 2"],
+            ),
+            // `typE'` is an identifier followed by a plain string, not an E-string.
+            (
+                r"SELECT typE'\'; SELECT 2",
+                &[r"SELECT typE'\'", "SELECT 2"],
+            ),
+            (r"SELECT 1e'\'; SELECT 2", &[r"SELECT 1e'\'", "SELECT 2"]),
+            (
+                r"SELECT U&'d\0061t;a'; SELECT 2",
+                &[r"SELECT U&'d\0061t;a'", "SELECT 2"],
+            ),
+            (
+                r#"SELECT "a;""b" FROM t; SELECT 2"#,
+                &[r#"SELECT "a;""b" FROM t"#, "SELECT 2"],
+            ),
+        ]);
+    }
+
+    #[test]
+    fn split_ignores_semicolons_in_dollar_quotes() {
+        assert_splits(&[
+            (
+                "DO $$ BEGIN; RAISE NOTICE 'x'; END $$; SELECT 2",
+                &["DO $$ BEGIN; RAISE NOTICE 'x'; END $$", "SELECT 2"],
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS text AS $fn$ SELECT $$;$$ $fn$ LANGUAGE sql; SELECT 2",
+                &[
+                    "CREATE FUNCTION f() RETURNS text AS $fn$ SELECT $$;$$ $fn$ LANGUAGE sql",
+                    "SELECT 2",
+                ],
+            ),
+            (
+                "SELECT $a$ it's $b$; $a$; SELECT 2",
+                &["SELECT $a$ it's $b$; $a$", "SELECT 2"],
+            ),
+            (
+                "SELECT $_x1$;$_x1$; SELECT 2",
+                &["SELECT $_x1$;$_x1$", "SELECT 2"],
+            ),
+            // Parameters are not quotes, even when a `$` follows.
+            (
+                "PREPARE p AS SELECT $1 FROM t;SELECT $2",
+                &["PREPARE p AS SELECT $1 FROM t", "SELECT $2"],
+            ),
+            (
+                "SELECT $1$a$;$a$; SELECT 2",
+                &["SELECT $1$a$;$a$", "SELECT 2"],
+            ),
+            // A `$` inside an identifier does not open a quote.
+            (
+                "SELECT a$b$ FROM t; SELECT 2",
+                &["SELECT a$b$ FROM t", "SELECT 2"],
+            ),
+        ]);
+    }
+
+    #[test]
+    fn split_ignores_semicolons_in_comments_and_drops_outer_comments() {
+        assert_splits(&[
+            (
+                "SELECT 1 -- it's; \"x\n; SELECT 2",
+                &["SELECT 1", "SELECT 2"],
+            ),
+            (
+                "SELECT /* a /* b; ' */ c; \" */ 1; SELECT 2",
+                &["SELECT /* a /* b; ' */ c; \" */ 1", "SELECT 2"],
+            ),
+            (
+                "-- head\n/* c */ SELECT 1 /* mid */ + 2 -- tail\n;",
+                &["SELECT 1 /* mid */ + 2"],
+            ),
+            (
+                ";; -- only comments\n ; /* x; */ ;\nSELECT 1;;",
+                &["SELECT 1"],
+            ),
+            (
+                "SELECT 1 --;\r\n;\r\nSELECT 2\r\n",
+                &["SELECT 1", "SELECT 2"],
+            ),
+            ("\u{feff}SELECT 1", &["SELECT 1"]),
+        ]);
+    }
+
+    #[test]
+    fn split_keeps_routine_bodies_and_parentheses_whole() {
+        assert_splits(&[
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; SELECT 3;",
+                &[
+                    "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END",
+                    "SELECT 3",
+                ],
+            ),
+            (
+                "CREATE PROCEDURE p() BEGIN ATOMIC INSERT INTO t VALUES (1); END; CALL p();",
+                &[
+                    "CREATE PROCEDURE p() BEGIN ATOMIC INSERT INTO t VALUES (1); END",
+                    "CALL p()",
+                ],
+            ),
+            (
+                "create or replace function f(x int) returns int language sql begin atomic \
+                 select case when x > 0 then 1 else 2 end; select 3; end; select 4",
+                &[
+                    "create or replace function f(x int) returns int language sql begin atomic \
+                     select case when x > 0 then 1 else 2 end; select 3; end",
+                    "select 4",
+                ],
+            ),
+            (
+                "CREATE FUNCTION f(a int DEFAULT (CASE WHEN true THEN 1 END)) RETURNS int \
+                 LANGUAGE sql RETURN a; SELECT 2",
+                &[
+                    "CREATE FUNCTION f(a int DEFAULT (CASE WHEN true THEN 1 END)) RETURNS int \
+                     LANGUAGE sql RETURN a",
+                    "SELECT 2",
+                ],
+            ),
+            (
+                "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2)); SELECT 3",
+                &[
+                    "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))",
+                    "SELECT 3",
+                ],
+            ),
+            ("BEGIN; SELECT 1; END;", &["BEGIN", "SELECT 1", "END"]),
+            ("SELECT 1) ; SELECT 2", &["SELECT 1)", "SELECT 2"]),
+        ]);
+    }
+
+    #[test]
+    fn split_treats_the_rest_of_the_file_as_one_statement_after_an_unterminated_token() {
+        assert_splits(&[
+            (
+                "SELECT 1; SELECT 'oops; SELECT 2;\n",
+                &["SELECT 1", "SELECT 'oops; SELECT 2;\n"],
+            ),
+            (r"SELECT 1; SELECT E'\", &["SELECT 1", r"SELECT E'\"]),
+            (
+                "SELECT 1; DO $x$ BEGIN; END; $y$;",
+                &["SELECT 1", "DO $x$ BEGIN; END; $y$;"],
+            ),
+            ("SELECT 1; SELECT \"a; b", &["SELECT 1", "SELECT \"a; b"]),
+            (
+                "SELECT 1; SELECT /* a /* */ 2;",
+                &["SELECT 1", "SELECT /* a /* */ 2;"],
+            ),
+            ("SELECT 1; /* a", &["SELECT 1", "/* a"]),
+        ]);
+    }
+
+    #[test]
+    fn split_reports_offsets_and_lines_with_crlf() {
+        let sql = "-- head\r\nCREATE TABLE t (\r\n  a int\r\n);\r\n\r\n/* c */ INSERT INTO t VALUES (1)\r\n";
+        let insert = sql.find("INSERT").unwrap_or_default();
+        assert_eq!(
+            split(sql),
+            [
+                Statement {
+                    text: "CREATE TABLE t (\r\n  a int\r\n)",
+                    offset: 9,
+                    line: 2
+                },
+                Statement {
+                    text: "INSERT INTO t VALUES (1)",
+                    offset: insert,
+                    line: 6
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn is_empty_is_true_only_without_statements() {
+        let cases = [
+            ("", true),
+            (" \r\n\t", true),
+            ("-- x\n/* y; */;\n;", true),
+            ("\u{feff}\n", true),
+            ("SELECT 1", false),
+            ("-- x\nSELECT 1; -- y", false),
+            ("/* unterminated", false),
+            ("'", false),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(is_empty(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn is_no_transaction_accepts_only_the_exact_directive_on_the_first_line() {
+        let cases = [
+            (
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);",
+                true,
+            ),
+            ("-- no-transaction", true),
+            ("--no-transaction\n", true),
+            ("--  \tno-transaction \t\r\nSELECT 1", true),
+            ("\u{feff}-- no-transaction\n", true),
+            ("-- No-Transaction\n", false),
+            ("-- no-transactions\n", false),
+            ("-- no-transaction please\n", false),
+            ("  -- no-transaction\n", false),
+            ("\n-- no-transaction\n", false),
+            ("SELECT 1; -- no-transaction", false),
+            ("", false),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(is_no_transaction(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_control_finds_the_first_statement_starting_with_a_control_keyword() {
+        let cases = [
+            ("BEGIN;\nSELECT 1;", Some((1, "BEGIN"))),
+            ("select 1;\n  commit;", Some((2, "COMMIT"))),
+            ("-- c\nCOMMIT;", Some((2, "COMMIT"))),
+            ("/* a\nb */\n\nrollback", Some((4, "ROLLBACK"))),
+            (
+                "START TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+                Some((1, "START")),
+            ),
+            ("SELECT 1;\nEnd;", Some((2, "END"))),
+            ("ABORT;", Some((1, "ABORT"))),
+            ("CREATE TABLE t (a int);\r\n\r\nBegin;", Some((3, "BEGIN"))),
+            ("SELECT commit FROM t; UPDATE t SET begin = 1;", None),
+            ("DO $$ BEGIN\n COMMIT;\nEND $$;", None),
+            ("SELECT 'x;\nBEGIN';", None),
+            ("/* BEGIN; */ SELECT 1; -- COMMIT;", None),
+            ("SAVEPOINT a; RELEASE a;", None),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n SELECT 1;\nEND;\nSELECT 2;",
+                None,
+            ),
+            (
+                "CREATE PROCEDURE p()\nBEGIN ATOMIC\n INSERT INTO t VALUES (1);\nEND;\nCOMMIT;",
+                Some((5, "COMMIT")),
+            ),
+        ];
+        for (sql, expected) in cases {
+            let expected = expected.map(|(line, keyword)| (line, keyword.to_string()));
+            assert_eq!(transaction_control(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn meta_command_finds_a_backslash_starting_a_line_of_code() {
+        let cases = [
+            ("\\set x 1\nSELECT :x;", Some((1, "\\set"))),
+            ("SELECT 1;\n  \\i other.sql\n", Some((2, "\\i"))),
+            ("SELECT 1;\r\n\\connect db\r\n", Some((2, "\\connect"))),
+            ("\t\\dt+\n", Some((1, "\\dt+"))),
+            ("\u{feff}\\set x 1", Some((1, "\\set"))),
+            ("SELECT 'a\n\\set x';", None),
+            ("SELECT E'a\\'\n\\set x';", None),
+            ("DO $$\n\\set x\n$$;", None),
+            ("/*\n\\set x\n*/ SELECT 1;", None),
+            ("-- \\set x\nSELECT 1;", None),
+            ("SELECT \"a\n\\b\";", None),
+            ("SELECT 1 \\gset\n", None),
+            ("SELECT 1;", None),
+        ];
+        for (sql, expected) in cases {
+            let expected = expected.map(|(line, word)| (line, word.to_string()));
+            assert_eq!(meta_command(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn line_col_counts_characters_not_bytes_and_clamps() {
+        let cases = [
+            ("SELECT 1", 1, (1, 1)),
+            ("SELECT 1", 8, (1, 8)),
+            ("a\nbc", 3, (2, 1)),
+            ("a\nbc", 4, (2, 2)),
+            ("a\r\nb", 4, (2, 1)),
+            ("SELECT 'é', x", 13, (1, 13)),
+            ("é\nxé y", 6, (2, 4)),
+            ("-- 😀\nSELECT y", 13, (2, 8)),
+            ("ab", 0, (1, 1)),
+            ("ab", 3, (1, 3)),
+            ("ab", 99, (1, 3)),
+            ("", 5, (1, 1)),
+        ];
+        for (sql, position, expected) in cases {
+            assert_eq!(
+                line_col(sql, position),
+                expected,
+                "input: {sql:?} at {position}"
+            );
+        }
+    }
+
+    #[test]
+    fn created_indexes_lists_named_indexes_as_the_catalog_spells_them() {
+        let long = "a".repeat(70);
+        let long_sql = format!("CREATE INDEX {long} ON t (a)");
+        let cases: &[(&str, &[&str])] = &[
+            ("CREATE INDEX idx_a ON t (a);", &["idx_a"]),
+            (
+                "create unique index concurrently if not exists Idx_B on t (b);",
+                &["idx_b"],
+            ),
+            (
+                "CREATE INDEX CONCURRENTLY \"My Idx\" ON t (c);",
+                &["My Idx"],
+            ),
+            ("CREATE INDEX \"a\"\"b\" ON t (c);", &["a\"b"]),
+            ("CREATE INDEX IF NOT EXISTS f ON ONLY t (a);", &["f"]),
+            ("CREATE INDEX Été_IDX ON t (a)", &["Été_idx"]),
+            (
+                "CREATE INDEX ON t (a); CREATE INDEX CONCURRENTLY ON t (b);",
+                &[],
+            ),
+            (
+                "CREATE INDEX a ON t (a);\n-- CREATE INDEX b ON t (b);\n\
+                 CREATE TABLE x (i int);\nCREATE UNIQUE INDEX c ON x (i);",
+                &["a", "c"],
+            ),
+            (
+                "SELECT 'CREATE INDEX d ON t (a)'; DO $$ BEGIN CREATE INDEX e ON t (a); END $$;",
+                &[],
+            ),
+            (&long_sql, &[&long[..63]]),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(created_indexes(sql), *expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn every_prefix_of_tricky_input_is_handled_without_panicking() {
+        let sql = "\u{feff}E'\\'' $a$ $$ $a$ $1 /* /* */ */ -- c\r\n\"q\"\"\" U&'x' U&\"y\" 'é😀'\n \
+                   \\set x\nCREATE INDEX \"i\" ON t; CREATE FUNCTION f() BEGIN ATOMIC CASE END; END;";
+        let ends = sql.char_indices().map(|(at, _)| at).chain([sql.len()]);
+        for at in ends {
+            let prefix = &sql[..at];
+            for statement in split(prefix) {
+                let end = statement.offset + statement.text.len();
+                assert_eq!(&prefix[statement.offset..end], statement.text);
+            }
+            is_empty(prefix);
+            is_no_transaction(prefix);
+            transaction_control(prefix);
+            meta_command(prefix);
+            created_indexes(prefix);
+            line_col(prefix, at);
+        }
+    }
+}
