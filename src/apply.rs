@@ -34,8 +34,6 @@ enum Wrap {
     Outer,
 }
 
-
-
 /// Applies (or rolls back) each migration in its own transaction, in the order given.
 /// Returns how many completed; on error, those before it stay applied.
 pub async fn each(
@@ -270,8 +268,12 @@ fn done(migration: &Migration, script: &Script, direction: Direction, started: I
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let file = script.path.display();
     match direction {
-        Direction::Up => info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration applied"),
-        Direction::Down => info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration rolled back"),
+        Direction::Up => {
+            info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration applied")
+        }
+        Direction::Down => {
+            info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration rolled back")
+        }
     }
 }
 
@@ -298,7 +300,8 @@ fn failed(
     };
     let mut hint = db.hint().map(str::to_string);
     if *db.code() == tokio_postgres::error::SqlState::ACTIVE_SQL_TRANSACTION {
-        hint = Some("start the file with `-- no-transaction` to run it outside a transaction".into());
+        hint =
+            Some("start the file with `-- no-transaction` to run it outside a transaction".into());
     }
     Error::Apply(Box::new(Failure {
         version: migration.version,

@@ -15,7 +15,12 @@ use crate::{connect, log};
 #[command(name = "db-migrate", version, about, max_term_width = 100)]
 pub struct Cli {
     /// Directory holding NNN_description.sql (and .down.sql) files.
-    #[arg(long, env = "MIGRATIONS_DIR", default_value = "migrations", global = true)]
+    #[arg(
+        long,
+        env = "MIGRATIONS_DIR",
+        default_value = "migrations",
+        global = true
+    )]
     pub dir: PathBuf,
 
     /// postgresql://user:password@host:port/database, or key=value pairs. When unset, a .env
@@ -250,7 +255,10 @@ fn dotenv_error(path: &Path, error: dotenvy::Error) -> Error {
         dotenvy::Error::Io(e) => e.to_string(),
         _ => "cannot read it".to_string(),
     };
-    Error::Config(format!("{}: {what}; fix the file or set DATABASE_URL in the environment", path.display()))
+    Error::Config(format!(
+        "{}: {what}; fix the file or set DATABASE_URL in the environment",
+        path.display()
+    ))
 }
 
 /// Who applied a migration: the Cloud Run execution, the Kubernetes pod, or the host.
@@ -274,7 +282,9 @@ fn applied_by() -> String {
 /// `90`, `90s`, `1500ms`, `5m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let value: u64 = digits
         .parse()
@@ -304,7 +314,11 @@ mod tests {
             ("5m", 300_000),
         ];
         for (text, ms) in cases {
-            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
         }
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5h").is_err());
@@ -316,11 +330,19 @@ mod tests {
             (&["up"], Target::Latest, Mode::Each),
             (&["up", "--target", "7"], Target::Version(7), Mode::Each),
             (&["up", "--dry-run"], Target::Latest, Mode::DryRun),
-            (&["up", "--single-transaction"], Target::Latest, Mode::Single),
+            (
+                &["up", "--single-transaction"],
+                Target::Latest,
+                Mode::Single,
+            ),
         ];
         for (args, target, mode) in cases {
             let cli = parse(args).unwrap();
-            assert_eq!(command(cli.command), Command::Up { target, mode }, "{args:?}");
+            assert_eq!(
+                command(cli.command),
+                Command::Up { target, mode },
+                "{args:?}"
+            );
         }
     }
 
@@ -354,11 +376,18 @@ mod tests {
     fn dotenv_supplies_a_missing_value_only_from_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".env");
-        std::fs::write(&path, "# local\nOTHER=1\nDATABASE_URL=\"postgresql://u@h/d\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "# local\nOTHER=1\nDATABASE_URL=\"postgresql://u@h/d\"\n",
+        )
+        .unwrap();
         assert_eq!(
             dotenv_value(&path, "DATABASE_URL").unwrap().as_deref(),
             Some("postgresql://u@h/d")
         );
-        assert_eq!(dotenv_value(&dir.path().join("none"), "DATABASE_URL").unwrap(), None);
+        assert_eq!(
+            dotenv_value(&dir.path().join("none"), "DATABASE_URL").unwrap(),
+            None
+        );
     }
 }

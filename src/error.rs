@@ -178,7 +178,12 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "migration {} failed at {}", self.version, self.file.display())?;
+        write!(
+            f,
+            "migration {} failed at {}",
+            self.version,
+            self.file.display()
+        )?;
         if let Some((line, column)) = self.position {
             write!(f, ":{line}:{column}")?;
         }

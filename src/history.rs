@@ -49,7 +49,6 @@ impl Table {
     pub fn name(&self) -> &str {
         &self.name
     }
-
 }
 
 /// Reads every applied migration in one round trip; `None` when the table does not exist yet.
@@ -125,9 +124,7 @@ pub async fn has_user_tables(client: &Client) -> Result<bool, Error> {
         )
         .await
         .map_err(Error::database("looking for existing tables"))?;
-    Ok(rows
-        .iter()
-        .any(|m| matches!(m, SimpleQueryMessage::Row(_))))
+    Ok(rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))))
 }
 
 /// Starts the clock the history insert reads, so that the execution time is measured on the
@@ -172,7 +169,10 @@ pub async fn record_baseline(
         client.batch_execute(MARK).await?;
         for m in migrations {
             client
-                .execute(&statements.insert, &[&m.version, &m.name, &m.checksum, &applied_by])
+                .execute(
+                    &statements.insert,
+                    &[&m.version, &m.name, &m.checksum, &applied_by],
+                )
                 .await?;
         }
         client.batch_execute("COMMIT").await

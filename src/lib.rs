@@ -60,7 +60,9 @@ pub async fn run(config: &Config, summary: &mut Summary) -> Result<(), Error> {
     summary.target = Some(connect::target(database));
     let client = connect::open(database).await?;
     match &config.command {
-        Command::Status { .. } | Command::Verify => inspect(config, &client, &migrations, summary).await,
+        Command::Status { .. } | Command::Verify => {
+            inspect(config, &client, &migrations, summary).await
+        }
         _ => {
             let table = &config.history_table;
             lock::with(&client, table, config.lock_wait, async || {
@@ -107,7 +109,10 @@ async fn change(
 ) -> Result<(), Error> {
     let table = &config.history_table;
     let recorded = history::applied(client, table).await?;
-    if recorded.is_none() && matches!(config.command, Command::Up { .. }) && history::has_user_tables(client).await? {
+    if recorded.is_none()
+        && matches!(config.command, Command::Up { .. })
+        && history::has_user_tables(client).await?
+    {
         warn!(
             history_table = table.name(),
             "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
@@ -130,7 +135,16 @@ async fn change(
         }
         Command::Repair { version } => repair(client, table, migrations, &applied, *version).await,
         Command::Baseline { version } => {
-            baseline(config, client, migrations, &applied, recorded.is_some(), *version, summary).await
+            baseline(
+                config,
+                client,
+                migrations,
+                &applied,
+                recorded.is_some(),
+                *version,
+                summary,
+            )
+            .await
         }
         Command::Status { .. } | Command::Verify | Command::New { .. } => Ok(()),
     }
@@ -175,7 +189,10 @@ async fn execute(
         }
     };
     if result.is_ok() && mode == Mode::DryRun {
-        info!(would_apply = plan.len(), "dry run succeeded; everything was rolled back");
+        info!(
+            would_apply = plan.len(),
+            "dry run succeeded; everything was rolled back"
+        );
     }
     summary.applied = applied;
     summary.pending = match direction {
@@ -246,6 +263,10 @@ async fn baseline(
     let adopted: Vec<&Migration> = migrations.iter().filter(|m| m.version <= version).collect();
     history::record_baseline(client, table, &adopted, &config.applied_by).await?;
     summary.applied = adopted.len();
-    info!(version, recorded = adopted.len(), "baseline recorded; nothing was executed");
+    info!(
+        version,
+        recorded = adopted.len(),
+        "baseline recorded; nothing was executed"
+    );
     Ok(())
 }

@@ -52,7 +52,10 @@ async fn acquire(client: &Client, key: (i32, i32), wait: Duration) -> Result<(),
         }
         if !announced {
             let holder = holder(client, key).await.unwrap_or_default();
-            info!(holder_pid = holder, "waiting for the migration lock held by another run");
+            info!(
+                holder_pid = holder,
+                "waiting for the migration lock held by another run"
+            );
             announced = true;
         }
         if started.elapsed() + pause > wait {

@@ -127,13 +127,31 @@ pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -
                 ("down", false, _) => "rolled_back",
                 _ => "ok",
             };
-            tracing::info!(outcome, command, applied, pending, duration_ms, exit_code = 0, db, "db-migrate finished");
+            tracing::info!(
+                outcome,
+                command,
+                applied,
+                pending,
+                duration_ms,
+                exit_code = 0,
+                db,
+                "db-migrate finished"
+            );
             0
         }
         Err(failure) => {
             let exit_code = failure.exit_code();
             let outcome = error::outcome(exit_code);
-            tracing::error!(outcome, command, applied, pending, duration_ms, exit_code, db, "{failure}");
+            tracing::error!(
+                outcome,
+                command,
+                applied,
+                pending,
+                duration_ms,
+                exit_code,
+                db,
+                "{failure}"
+            );
             exit_code
         }
     }
@@ -157,7 +175,11 @@ pub fn print_status(entries: &[Entry], json: bool) -> std::io::Result<()> {
             .collect();
         writeln!(out, "{}", Value::Array(rows))?;
     } else {
-        writeln!(out, "{:<8} {:<8} {:<25} {:>8}  NAME", "VERSION", "STATE", "APPLIED AT", "MS")?;
+        writeln!(
+            out,
+            "{:<8} {:<8} {:<25} {:>8}  NAME",
+            "VERSION", "STATE", "APPLIED AT", "MS"
+        )?;
         for e in entries {
             writeln!(
                 out,

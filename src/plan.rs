@@ -152,7 +152,10 @@ pub fn status(migrations: &[Migration], applied: &[Applied]) -> Vec<Entry> {
             };
             Entry {
                 version,
-                name: file.map_or_else(|| row.map(|a| a.name.clone()).unwrap_or_default(), |m| m.name.clone()),
+                name: file.map_or_else(
+                    || row.map(|a| a.name.clone()).unwrap_or_default(),
+                    |m| m.name.clone(),
+                ),
                 state,
                 applied_at: row.map(|a| a.applied_at.clone()),
                 execution_ms: row.map(|a| a.execution_ms),
@@ -257,7 +260,11 @@ mod tests {
 
     #[test]
     fn up_applies_pending_in_numeric_order_up_to_target() {
-        let disk = [migration(2, true), migration(10, true), migration(1000, true)];
+        let disk = [
+            migration(2, true),
+            migration(10, true),
+            migration(1000, true),
+        ];
         let plan = up(&disk, &[applied(2)], Target::Latest, false).unwrap();
         assert_eq!(versions(&plan), [10, 1000]);
         let plan = up(&disk, &[applied(2)], Target::Version(10), false).unwrap();
@@ -311,7 +318,10 @@ mod tests {
     fn down_across_a_missing_rollback_file_is_refused_before_anything_runs() {
         let disk = [migration(1, false), migration(2, true)];
         let history = [applied(1), applied(2)];
-        assert_eq!(versions(&down(&disk, &history, Rollback::Steps(1)).unwrap()), [2]);
+        assert_eq!(
+            versions(&down(&disk, &history, Rollback::Steps(1)).unwrap()),
+            [2]
+        );
         let error = down(&disk, &history, Rollback::All).unwrap_err();
         assert_eq!(error.exit_code(), 3);
         assert!(error.to_string().contains("001_m1.down.sql"), "{error}");
@@ -329,7 +339,12 @@ mod tests {
             .collect();
         assert_eq!(
             states,
-            [(1, State::Applied), (2, State::Drift), (3, State::Pending), (4, State::Missing)]
+            [
+                (1, State::Applied),
+                (2, State::Drift),
+                (3, State::Pending),
+                (4, State::Missing)
+            ]
         );
     }
 

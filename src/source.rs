@@ -45,7 +45,8 @@ struct FileName<'a> {
     direction: Direction,
 }
 
-const NAME_FIX: &str = "name it NNN_description.sql (or NNN_description.down.sql), e.g. 003_add_thumbnail_url.sql";
+const NAME_FIX: &str =
+    "name it NNN_description.sql (or NNN_description.down.sql), e.g. 003_add_thumbnail_url.sql";
 
 /// Reads every migration in `dir`, refusing the whole directory at the first bad file so that
 /// nothing runs from a directory that is half right. Files not ending in `.sql` are ignored.
@@ -54,7 +55,10 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
     let mut downs: BTreeMap<i64, (String, Script)> = BTreeMap::new();
     let mut names: BTreeMap<i64, String> = BTreeMap::new();
     for path in sql_files(dir)? {
-        let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let parsed = parse_name(file_name).map_err(|problem| invalid(&path, problem))?;
         let script = read_script(&path)?;
         match parsed.direction {
@@ -90,7 +94,9 @@ fn pair(
             Some((_, script)) => {
                 return Err(invalid(
                     &script.path,
-                    format!("rollback file does not match its forward file; name it {version:03}_{name}.down.sql"),
+                    format!(
+                        "rollback file does not match its forward file; name it {version:03}_{name}.down.sql"
+                    ),
                 ));
             }
             None => None,
@@ -132,14 +138,18 @@ fn check_content(script: &Script) -> Result<(), Error> {
     if let Some((line, command)) = sql::meta_command(&script.sql) {
         return Err(invalid(
             &script.path,
-            format!("line {line}: psql meta-command {command} is not SQL; remove it (db-migrate runs plain SQL, one file per migration)"),
+            format!(
+                "line {line}: psql meta-command {command} is not SQL; remove it (db-migrate runs plain SQL, one file per migration)"
+            ),
         ));
     }
     if !sql::is_no_transaction(&script.sql) {
         if let Some((line, keyword)) = sql::transaction_control(&script.sql) {
             return Err(invalid(
                 &script.path,
-                format!("line {line}: {keyword} controls the transaction, which db-migrate owns; remove it (or start the file with `-- no-transaction` to run it outside one)"),
+                format!(
+                    "line {line}: {keyword} controls the transaction, which db-migrate owns; remove it (or start the file with `-- no-transaction` to run it outside one)"
+                ),
             ));
         }
     }
@@ -206,7 +216,9 @@ fn parse_name(file_name: &str) -> Result<FileName<'_>, String> {
         .split_once('_')
         .ok_or_else(|| format!("file name has no NNN_ version prefix; {NAME_FIX}"))?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("file name does not start with a version number; {NAME_FIX}"));
+        return Err(format!(
+            "file name does not start with a version number; {NAME_FIX}"
+        ));
     }
     let version = digits
         .parse::<i64>()
@@ -266,7 +278,10 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
 }
 
 fn version_width(path: &Path) -> usize {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     name.bytes().take_while(u8::is_ascii_digit).count()
 }
 
@@ -316,14 +331,32 @@ mod tests {
     #[test]
     fn file_names_parse_into_version_name_and_direction() {
         let cases = [
-            ("001_create_video_requests.sql", 1, "create_video_requests", Direction::Up),
-            ("001_create_video_requests.down.sql", 1, "create_video_requests", Direction::Down),
+            (
+                "001_create_video_requests.sql",
+                1,
+                "create_video_requests",
+                Direction::Up,
+            ),
+            (
+                "001_create_video_requests.down.sql",
+                1,
+                "create_video_requests",
+                Direction::Down,
+            ),
             ("1000_later.sql", 1000, "later", Direction::Up),
             ("7_x-y.sql", 7, "x-y", Direction::Up),
         ];
         for (file, version, name, direction) in cases {
             let parsed = parse_name(file).unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert_eq!(parsed, FileName { version, name, direction }, "{file}");
+            assert_eq!(
+                parsed,
+                FileName {
+                    version,
+                    name,
+                    direction
+                },
+                "{file}"
+            );
         }
     }
 
@@ -338,13 +371,19 @@ mod tests {
             "99999999999999999999_big.sql",
         ] {
             let problem = parse_name(file).expect_err(file);
-            assert!(problem.contains("NNN_") || problem.contains("too large"), "{file}: {problem}");
+            assert!(
+                problem.contains("NNN_") || problem.contains("too large"),
+                "{file}: {problem}"
+            );
         }
     }
 
     #[test]
     fn checksum_ignores_crlf() {
-        assert_eq!(checksum("SELECT 1;\r\nSELECT 2;\r\n"), checksum("SELECT 1;\nSELECT 2;\n"));
+        assert_eq!(
+            checksum("SELECT 1;\r\nSELECT 2;\r\n"),
+            checksum("SELECT 1;\nSELECT 2;\n")
+        );
         assert_ne!(checksum("SELECT 1;"), checksum("SELECT 2;"));
         assert_eq!(checksum("").len(), 64);
     }

@@ -1,0 +1,486 @@
+//! `up`, `down` and the history they keep, against a real PostgreSQL.
+
+mod support;
+
+use db_migrate::cli::{Command, Mode};
+use db_migrate::plan::{Rollback, Target};
+use support::{config, history, migrations, run, seed_dir, tables, up, up_ok};
+
+#[tokio::test]
+async fn seed_schema_matches_the_bot_column_by_column() {
+    let db = support::database().await;
+    let summary = up_ok(&db, &seed_dir()).await;
+    assert_eq!(summary.applied, 2);
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text, coalesce(column_default, '')::text
+             FROM information_schema.columns WHERE table_name = 'video_requests' ORDER BY ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap();
+    let columns: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let expected = [
+        ("id", "uuid", "NO", "gen_random_uuid()"),
+        ("user_id", "text", "NO", ""),
+        ("guild_id", "text", "NO", ""),
+        ("channel_id", "text", "NO", ""),
+        ("prompt", "text", "NO", ""),
+        ("duration_seconds", "integer", "NO", ""),
+        ("aspect_ratio", "text", "NO", ""),
+        ("resolution", "text", "NO", ""),
+        ("generate_audio", "boolean", "NO", "true"),
+        ("status", "text", "NO", ""),
+        ("operation_name", "text", "YES", ""),
+        ("created_at", "timestamp with time zone", "NO", "now()"),
+        ("started_at", "timestamp with time zone", "YES", ""),
+        ("completed_at", "timestamp with time zone", "YES", ""),
+        ("duration_ms", "integer", "YES", ""),
+        ("gcs_prefix", "text", "YES", ""),
+        ("video_urls", "ARRAY", "YES", ""),
+        ("error_message", "text", "YES", ""),
+    ];
+    let expected: Vec<(String, String, String, String)> = expected
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+        .collect();
+    assert_eq!(columns, expected);
+
+    let checks: Vec<String> = client
+        .query(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'video_requests'::regclass AND contype = 'c' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let joined = checks.join("\n");
+    for fragment in [
+        "4, 6, 8",
+        "'16:9'::text, '9:16'::text",
+        "'720p'::text, '1080p'::text",
+        "'timeout'::text",
+    ] {
+        assert!(
+            joined.contains(fragment),
+            "{fragment} missing from:\n{joined}"
+        );
+    }
+    assert_eq!(checks.len(), 4);
+    let primary: String = client
+        .query_one(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'video_requests'::regclass AND contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(primary, "PRIMARY KEY (id)");
+}
+
+#[tokio::test]
+async fn seed_indexes_serve_the_three_common_queries() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds,
+                 aspect_ratio, resolution, status, created_at)
+             SELECT 'user' || (i % 200), 'guild' || (i % 50), 'channel' || (i % 100), 'prompt ' || i,
+                 (ARRAY[4, 6, 8])[1 + i % 3], '16:9', '720p',
+                 (ARRAY['pending', 'generating', 'completed', 'failed', 'timeout'])[1 + i % 5],
+                 now() - i * interval '1 minute'
+             FROM generate_series(1, 5000) AS i;
+             ANALYZE video_requests;",
+        )
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "SELECT * FROM video_requests WHERE user_id = 'user7' ORDER BY created_at DESC LIMIT 10",
+            "idx_video_requests_user_created",
+        ),
+        (
+            "SELECT * FROM video_requests WHERE status = 'pending' ORDER BY created_at DESC LIMIT 10",
+            "idx_video_requests_status_created",
+        ),
+        (
+            "SELECT * FROM video_requests WHERE guild_id = 'guild3' ORDER BY created_at DESC LIMIT 10",
+            "idx_video_requests_guild_created",
+        ),
+    ];
+    for (query, index) in cases {
+        let plan: Vec<String> = client
+            .query(&format!("EXPLAIN (ANALYZE, COSTS OFF) {query}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains(index),
+            "{query} does not use {index}:\n{plan}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn second_run_finds_nothing_to_do() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let again = up_ok(&db, &seed_dir()).await;
+    assert_eq!((again.applied, again.pending), (0, 0));
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn history_rows_carry_name_checksum_time_and_who() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT name, checksum, applied_at <= now(), execution_ms >= 0, applied_by
+             FROM schema_migrations WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let file = std::fs::read_to_string(seed_dir().join("001_create_video_requests.sql")).unwrap();
+    assert_eq!(row.get::<_, String>(0), "create_video_requests");
+    assert_eq!(row.get::<_, String>(1), db_migrate::source::checksum(&file));
+    assert!(row.get::<_, bool>(2));
+    assert!(row.get::<_, bool>(3));
+    assert_eq!(row.get::<_, String>(4), "test");
+}
+
+#[tokio::test]
+async fn up_down_all_up_round_trips() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let down = Command::Down {
+        rollback: Rollback::All,
+        mode: Mode::Each,
+    };
+    let (summary, result) = run(&config(&db.url, &seed_dir(), down)).await;
+    result.unwrap();
+    assert_eq!(summary.applied, 2);
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["schema_migrations"]);
+    assert!(history(&client).await.is_empty());
+    up_ok(&db, &seed_dir()).await;
+    assert_eq!(
+        tables(&client).await,
+        ["schema_migrations", "video_requests"]
+    );
+    assert_eq!(history(&client).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn down_steps_rolls_back_only_the_newest() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let down = Command::Down {
+        rollback: Rollback::Steps(1),
+        mode: Mode::Each,
+    };
+    run(&config(&db.url, &seed_dir(), down)).await.1.unwrap();
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1]);
+    let indexes: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'idx_video_requests_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(indexes, 0);
+}
+
+fn three_with_a_broken_third() -> tempfile::TempDir {
+    migrations(&[
+        ("001_a.sql", "CREATE TABLE a (id int);"),
+        ("002_b.sql", "CREATE TABLE b (id int);"),
+        (
+            "003_c.sql",
+            "CREATE TABLE c (id int);\nINSERT INTO c VALUES (1);\nSELECT *\n  FROM no_such_table;\n",
+        ),
+    ])
+}
+
+#[tokio::test]
+async fn failing_third_migration_keeps_the_first_two_and_nothing_of_the_third() {
+    let db = support::database().await;
+    let dir = three_with_a_broken_third();
+    let (summary, result) = run(&config(&db.url, dir.path(), up())).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 1);
+    let text = error.to_string();
+    assert!(text.contains("003_c.sql:4:8"), "{text}");
+    assert!(text.contains("42P01"), "{text}");
+    assert_eq!((summary.applied, summary.pending), (2, 1));
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    assert_eq!(tables(&client).await, ["a", "b", "schema_migrations"]);
+}
+
+#[tokio::test]
+async fn single_transaction_applies_all_or_nothing() {
+    let db = support::database().await;
+    let dir = three_with_a_broken_third();
+    let single = Command::Up {
+        target: Target::Latest,
+        mode: Mode::Single,
+    };
+    let (_, result) = run(&config(&db.url, dir.path(), single.clone())).await;
+    assert_eq!(result.unwrap_err().exit_code(), 1);
+    let client = db.client().await;
+    assert!(
+        tables(&client).await.is_empty(),
+        "{:?}",
+        tables(&client).await
+    );
+
+    let good = migrations(&[
+        ("001_a.sql", "CREATE TABLE a (id int);"),
+        ("002_b.sql", "CREATE TABLE b (id int);"),
+    ]);
+    run(&config(&db.url, good.path(), single)).await.1.unwrap();
+    assert_eq!(history(&client).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn dry_run_reports_and_leaves_everything_untouched() {
+    let db = support::database().await;
+    let dry = Command::Up {
+        target: Target::Latest,
+        mode: Mode::DryRun,
+    };
+    let (summary, result) = run(&config(&db.url, &seed_dir(), dry.clone())).await;
+    result.unwrap();
+    assert!(summary.dry_run);
+    assert_eq!((summary.applied, summary.pending), (0, 2));
+    let client = db.client().await;
+    assert!(tables(&client).await.is_empty());
+
+    let broken = three_with_a_broken_third();
+    let (_, result) = run(&config(&db.url, broken.path(), dry)).await;
+    assert_eq!(result.unwrap_err().exit_code(), 1);
+    assert!(tables(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn target_stops_at_the_given_version() {
+    let db = support::database().await;
+    let to_one = Command::Up {
+        target: Target::Version(1),
+        mode: Mode::Each,
+    };
+    run(&config(&db.url, &seed_dir(), to_one)).await.1.unwrap();
+    assert_eq!(history(&db.client().await).await, [1]);
+}
+
+#[tokio::test]
+async fn versions_sort_as_numbers() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("999_first.sql", "CREATE TABLE t (id int);"),
+        ("1000_second.sql", "ALTER TABLE t ADD COLUMN v int;"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    assert_eq!(history(&db.client().await).await, [999, 1000]);
+}
+
+#[tokio::test]
+async fn changed_applied_migration_is_rejected_until_repaired() {
+    let db = support::database().await;
+    let dir = migrations(&[("001_a.sql", "CREATE TABLE a (id int);\n")]);
+    up_ok(&db, dir.path()).await;
+    support::append(&dir.path().join("001_a.sql"), "-- a deliberate comment\n");
+    std::fs::write(dir.path().join("002_b.sql"), "CREATE TABLE b (id int);").unwrap();
+    let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 4);
+    assert!(error.to_string().contains("repair --version 1"), "{error}");
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1], "nothing applied past drift");
+
+    let repair = Command::Repair { version: 1 };
+    run(&config(&db.url, dir.path(), repair)).await.1.unwrap();
+    up_ok(&db, dir.path()).await;
+    assert_eq!(history(&client).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn windows_line_endings_are_not_drift() {
+    let db = support::database().await;
+    let dir = migrations(&[(
+        "001_a.sql",
+        "CREATE TABLE a (id int);\nCREATE TABLE b (id int);\n",
+    )]);
+    up_ok(&db, dir.path()).await;
+    std::fs::write(
+        dir.path().join("001_a.sql"),
+        "\u{feff}CREATE TABLE a (id int);\r\nCREATE TABLE b (id int);\r\n",
+    )
+    .unwrap();
+    up_ok(&db, dir.path()).await;
+}
+
+#[tokio::test]
+async fn applied_version_missing_from_disk_is_rejected() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let dir = migrations(&[(
+        "001_create_video_requests.sql",
+        &std::fs::read_to_string(seed_dir().join("001_create_video_requests.sql")).unwrap(),
+    )]);
+    let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 4);
+    assert!(
+        error.to_string().contains("migration 2 (add_indexes)"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn out_of_order_pending_is_refused_unless_allowed() {
+    let db = support::database().await;
+    let dir = migrations(&[("002_b.sql", "CREATE TABLE b (id int);")]);
+    up_ok(&db, dir.path()).await;
+    std::fs::write(dir.path().join("001_a.sql"), "CREATE TABLE a (id int);").unwrap();
+    let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+    assert_eq!(result.unwrap_err().exit_code(), 4);
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [2]);
+
+    let mut allowed = config(&db.url, dir.path(), up());
+    allowed.allow_out_of_order = true;
+    run(&allowed).await.1.unwrap();
+    assert_eq!(history(&client).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn no_transaction_file_builds_an_index_concurrently() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_t.sql", "CREATE TABLE t (id int, v text);"),
+        (
+            "002_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_id ON t (id);\n",
+        ),
+    ]);
+    up_ok(&db, dir.path()).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    let valid: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN ('t_v'::regclass, 't_id'::regclass)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(valid, 2);
+}
+
+#[tokio::test]
+async fn concurrently_in_a_transactional_file_fails_with_a_hint() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_t.sql", "CREATE TABLE t (id int);"),
+        ("002_idx.sql", "CREATE INDEX CONCURRENTLY t_id ON t (id);"),
+    ]);
+    let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 1);
+    assert!(error.to_string().contains("-- no-transaction"), "{error}");
+}
+
+#[tokio::test]
+async fn invalid_index_from_a_failed_concurrent_build_is_dropped_and_rebuilt() {
+    let db = support::database().await;
+    let index = "-- no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n";
+    let dir = migrations(&[
+        (
+            "001_t.sql",
+            "CREATE TABLE t (v int); INSERT INTO t VALUES (1), (1);",
+        ),
+        ("002_idx.sql", index),
+    ]);
+    // Duplicates make the unique build fail and leave t_v behind, INVALID.
+    let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+    assert_eq!(result.unwrap_err().exit_code(), 1);
+    let client = db.client().await;
+    let invalid =
+        "SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indexrelid = to_regclass('t_v')";
+    let count: i64 = client.query_one(invalid, &[]).await.unwrap().get(0);
+    assert_eq!(count, 1, "the failed build leaves an INVALID index");
+    assert_eq!(history(&client).await, [1]);
+
+    client.batch_execute("DELETE FROM t").await.unwrap();
+    up_ok(&db, dir.path()).await;
+    let count: i64 = client.query_one(invalid, &[]).await.unwrap().get(0);
+    assert_eq!(
+        count, 0,
+        "IF NOT EXISTS must not have kept the INVALID index"
+    );
+    let valid: bool = client
+        .query_one(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_v'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(valid);
+    assert_eq!(history(&client).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn baseline_adopts_a_database_the_psql_scripts_migrated() {
+    let db = support::database().await;
+    let client = db.client().await;
+    for file in ["001_create_video_requests.sql", "002_add_indexes.sql"] {
+        client
+            .batch_execute(&std::fs::read_to_string(seed_dir().join(file)).unwrap())
+            .await
+            .unwrap();
+    }
+    let baseline = Command::Baseline { version: 2 };
+    let (summary, result) = run(&config(&db.url, &seed_dir(), baseline.clone())).await;
+    result.unwrap();
+    assert_eq!(summary.applied, 2);
+    assert_eq!(history(&client).await, [1, 2]);
+    let next = up_ok(&db, &seed_dir()).await;
+    assert_eq!(next.applied, 0);
+    let (_, again) = run(&config(&db.url, &seed_dir(), baseline)).await;
+    assert_eq!(again.unwrap_err().exit_code(), 4);
+}
+
+#[tokio::test]
+async fn history_table_name_is_configurable_and_schema_qualified() {
+    let db = support::database().await;
+    let mut cfg = config(&db.url, &seed_dir(), up());
+    cfg.history_table = db_migrate::history::Table::parse("ops.Migration History").unwrap();
+    run(&cfg).await.1.unwrap();
+    let client = db.client().await;
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM ops.\"Migration History\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+    run(&cfg).await.1.unwrap();
+}
