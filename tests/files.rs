@@ -1,0 +1,133 @@
+//! Bad migration files are refused with exit 3 before the database is touched.
+
+mod support;
+
+use db_migrate::cli::{Command, Mode};
+use db_migrate::plan::Rollback;
+use support::{config, history, migrations, run, tables, up, up_ok};
+
+const GOOD: (&str, &[u8]) = ("001_a.sql", b"CREATE TABLE a (id int);");
+
+#[tokio::test]
+async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched() {
+    let cases: &[(&[(&str, &[u8])], &str, &str)] = &[
+        (&[GOOD, ("001_b.sql", b"SELECT 1;")], "001_b.sql", "also used by"),
+        (&[GOOD, ("002_x.down.sql", b"SELECT 1;")], "002_x.down.sql", "no forward file"),
+        (&[GOOD, ("002_x.sql", b"SELECT 1;"), ("002_y.down.sql", b"SELECT 1;")], "002_y.down.sql", "does not match"),
+        (&[GOOD, ("create_users.sql", b"SELECT 1;")], "create_users.sql", "NNN_description.sql"),
+        (&[GOOD, ("002 add.sql", b"SELECT 1;")], "002 add.sql", "NNN_description.sql"),
+        (&[GOOD, ("002_empty.sql", b"-- nothing yet\n\n")], "002_empty.sql", "no SQL statement"),
+        (&[GOOD, ("002_latin1.sql", b"SELECT 'caf\xe9';")], "002_latin1.sql", "not UTF-8"),
+        (
+            &[GOOD, ("002_psql.sql", b"BEGIN;\nCREATE TABLE b (id int);\nCOMMIT;\n")],
+            "002_psql.sql",
+            "line 1: BEGIN controls the transaction",
+        ),
+        (
+            &[GOOD, ("002_rb.sql", b"CREATE TABLE b (id int);\n\nROLLBACK;\n")],
+            "002_rb.sql",
+            "line 3: ROLLBACK",
+        ),
+        (
+            &[GOOD, ("002_meta.sql", b"\\set ON_ERROR_STOP on\nCREATE TABLE b (id int);\n")],
+            "002_meta.sql",
+            "line 1: psql meta-command \\set",
+        ),
+        (
+            &[GOOD, ("002_inc.sql", b"CREATE TABLE b (id int);\n\\i other.sql\n")],
+            "002_inc.sql",
+            "line 2: psql meta-command \\i",
+        ),
+        (
+            &[GOOD, ("002_b.sql", b"SELECT 1;"), ("002_b.down.sql", b"\\connect other\nDROP TABLE b;")],
+            "002_b.down.sql",
+            "\\connect",
+        ),
+    ];
+    for (files, file, problem) in cases {
+        let db = support::database().await;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in *files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+        let error = result.expect_err(file);
+        let text = error.to_string();
+        assert_eq!(error.exit_code(), 3, "{text}");
+        assert!(text.contains(file), "{text} should name {file}");
+        assert!(text.contains(problem), "{text} should say {problem}");
+        assert!(tables(&db.client().await).await.is_empty(), "{file}: database was touched");
+    }
+}
+
+#[tokio::test]
+async fn statements_that_only_look_like_problems_are_accepted() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "001_tricky.sql",
+            "CREATE TABLE t (note text, \"commit\" int);\n\
+             INSERT INTO t VALUES ('BEGIN; -- not a comment', 1), (E'it\\'s; \\\\i fine', 2);\n\
+             /* BEGIN; COMMIT; \n\\set x */\n\
+             CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$\nBEGIN\n  RETURN 1;\nEND;\n$body$;\n\
+             CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC\n  INSERT INTO t VALUES ('x', 3);\nEND;\n",
+        ),
+        ("README.md", "notes; ignored"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    let client = db.client().await;
+    let rows: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 2);
+    assert_eq!(history(&client).await, [1]);
+}
+
+#[tokio::test]
+async fn down_across_a_migration_without_rollback_file_is_refused_before_anything_runs() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_a.sql", "CREATE TABLE a (id int);"),
+        ("002_b.sql", "CREATE TABLE b (id int);"),
+        ("002_b.down.sql", "DROP TABLE b;"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    let all = Command::Down {
+        rollback: Rollback::All,
+        mode: Mode::Each,
+    };
+    let (_, result) = run(&config(&db.url, dir.path(), all)).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 3);
+    assert!(error.to_string().contains("001_a.down.sql"), "{error}");
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    assert_eq!(tables(&client).await, ["a", "b", "schema_migrations"]);
+}
+
+#[tokio::test]
+async fn missing_directory_is_refused_with_exit_3() {
+    let db = support::database().await;
+    let missing = std::path::Path::new("/nonexistent/migrations");
+    let (_, result) = run(&config(&db.url, missing, up())).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 3);
+    assert!(error.to_string().contains("/nonexistent/migrations"), "{error}");
+}
+
+#[tokio::test]
+async fn new_creates_the_next_pair_after_the_newest_version() {
+    let dir = migrations(&[("009_a.sql", "SELECT 1;"), ("010_b.sql", "SELECT 1;")]);
+    let new = Command::New {
+        description: "Add thumbnail URL".into(),
+    };
+    let (summary, result) = run(&config("postgresql://u@localhost/d", dir.path(), new)).await;
+    result.unwrap();
+    let names: Vec<String> = summary
+        .created
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["011_add_thumbnail_url.sql", "011_add_thumbnail_url.down.sql"]);
+    // The new forward file is a placeholder until written: `up` refuses it as empty.
+    let loaded = db_migrate::source::load(dir.path()).unwrap_err();
+    assert_eq!(loaded.exit_code(), 3);
+}
