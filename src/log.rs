@@ -142,6 +142,10 @@ pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -
         Err(failure) => {
             let exit_code = failure.exit_code();
             let outcome = error::outcome(exit_code);
+            let (version, sqlstate) = match failure {
+                Error::Apply(f) => (Some(f.version), Some(f.sqlstate.as_str())),
+                _ => (None, None),
+            };
             tracing::error!(
                 outcome,
                 command,
@@ -150,6 +154,8 @@ pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -
                 duration_ms,
                 exit_code,
                 db,
+                version,
+                sqlstate,
                 "{failure}"
             );
             exit_code

@@ -11,35 +11,89 @@ const GOOD: (&str, &[u8]) = ("001_a.sql", b"CREATE TABLE a (id int);");
 #[tokio::test]
 async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched() {
     let cases: &[(&[(&str, &[u8])], &str, &str)] = &[
-        (&[GOOD, ("001_b.sql", b"SELECT 1;")], "001_b.sql", "also used by"),
-        (&[GOOD, ("002_x.down.sql", b"SELECT 1;")], "002_x.down.sql", "no forward file"),
-        (&[GOOD, ("002_x.sql", b"SELECT 1;"), ("002_y.down.sql", b"SELECT 1;")], "002_y.down.sql", "does not match"),
-        (&[GOOD, ("create_users.sql", b"SELECT 1;")], "create_users.sql", "NNN_description.sql"),
-        (&[GOOD, ("002 add.sql", b"SELECT 1;")], "002 add.sql", "NNN_description.sql"),
-        (&[GOOD, ("002_empty.sql", b"-- nothing yet\n\n")], "002_empty.sql", "no SQL statement"),
-        (&[GOOD, ("002_latin1.sql", b"SELECT 'caf\xe9';")], "002_latin1.sql", "not UTF-8"),
         (
-            &[GOOD, ("002_psql.sql", b"BEGIN;\nCREATE TABLE b (id int);\nCOMMIT;\n")],
+            &[GOOD, ("001_b.sql", b"SELECT 1;")],
+            "001_b.sql",
+            "also used by",
+        ),
+        (
+            &[GOOD, ("002_x.down.sql", b"SELECT 1;")],
+            "002_x.down.sql",
+            "no forward file",
+        ),
+        (
+            &[
+                GOOD,
+                ("002_x.sql", b"SELECT 1;"),
+                ("002_y.down.sql", b"SELECT 1;"),
+            ],
+            "002_y.down.sql",
+            "does not match",
+        ),
+        (
+            &[GOOD, ("create_users.sql", b"SELECT 1;")],
+            "create_users.sql",
+            "NNN_description.sql",
+        ),
+        (
+            &[GOOD, ("002 add.sql", b"SELECT 1;")],
+            "002 add.sql",
+            "NNN_description.sql",
+        ),
+        (
+            &[GOOD, ("002_empty.sql", b"-- nothing yet\n\n")],
+            "002_empty.sql",
+            "no SQL statement",
+        ),
+        (
+            &[GOOD, ("002_latin1.sql", b"SELECT 'caf\xe9';")],
+            "002_latin1.sql",
+            "not UTF-8",
+        ),
+        (
+            &[
+                GOOD,
+                (
+                    "002_psql.sql",
+                    b"BEGIN;\nCREATE TABLE b (id int);\nCOMMIT;\n",
+                ),
+            ],
             "002_psql.sql",
             "line 1: BEGIN controls the transaction",
         ),
         (
-            &[GOOD, ("002_rb.sql", b"CREATE TABLE b (id int);\n\nROLLBACK;\n")],
+            &[
+                GOOD,
+                ("002_rb.sql", b"CREATE TABLE b (id int);\n\nROLLBACK;\n"),
+            ],
             "002_rb.sql",
             "line 3: ROLLBACK",
         ),
         (
-            &[GOOD, ("002_meta.sql", b"\\set ON_ERROR_STOP on\nCREATE TABLE b (id int);\n")],
+            &[
+                GOOD,
+                (
+                    "002_meta.sql",
+                    b"\\set ON_ERROR_STOP on\nCREATE TABLE b (id int);\n",
+                ),
+            ],
             "002_meta.sql",
             "line 1: psql meta-command \\set",
         ),
         (
-            &[GOOD, ("002_inc.sql", b"CREATE TABLE b (id int);\n\\i other.sql\n")],
+            &[
+                GOOD,
+                ("002_inc.sql", b"CREATE TABLE b (id int);\n\\i other.sql\n"),
+            ],
             "002_inc.sql",
             "line 2: psql meta-command \\i",
         ),
         (
-            &[GOOD, ("002_b.sql", b"SELECT 1;"), ("002_b.down.sql", b"\\connect other\nDROP TABLE b;")],
+            &[
+                GOOD,
+                ("002_b.sql", b"SELECT 1;"),
+                ("002_b.down.sql", b"\\connect other\nDROP TABLE b;"),
+            ],
             "002_b.down.sql",
             "\\connect",
         ),
@@ -56,7 +110,10 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
         assert_eq!(error.exit_code(), 3, "{text}");
         assert!(text.contains(file), "{text} should name {file}");
         assert!(text.contains(problem), "{text} should say {problem}");
-        assert!(tables(&db.client().await).await.is_empty(), "{file}: database was touched");
+        assert!(
+            tables(&db.client().await).await.is_empty(),
+            "{file}: database was touched"
+        );
     }
 }
 
@@ -76,7 +133,11 @@ async fn statements_that_only_look_like_problems_are_accepted() {
     ]);
     up_ok(&db, dir.path()).await;
     let client = db.client().await;
-    let rows: i64 = client.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(rows, 2);
     assert_eq!(history(&client).await, [1]);
 }
@@ -110,7 +171,10 @@ async fn missing_directory_is_refused_with_exit_3() {
     let (_, result) = run(&config(&db.url, missing, up())).await;
     let error = result.unwrap_err();
     assert_eq!(error.exit_code(), 3);
-    assert!(error.to_string().contains("/nonexistent/migrations"), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/migrations"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -126,7 +190,13 @@ async fn new_creates_the_next_pair_after_the_newest_version() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["011_add_thumbnail_url.sql", "011_add_thumbnail_url.down.sql"]);
+    assert_eq!(
+        names,
+        [
+            "011_add_thumbnail_url.sql",
+            "011_add_thumbnail_url.down.sql"
+        ]
+    );
     // The new forward file is a placeholder until written: `up` refuses it as empty.
     let loaded = db_migrate::source::load(dir.path()).unwrap_err();
     assert_eq!(loaded.exit_code(), 3);

@@ -47,7 +47,10 @@ async fn sixteen_concurrent_processes_apply_each_migration_exactly_once() {
             .filter(|e| e["message"] == "migration applied")
             .count();
     }
-    assert_eq!(applied_events, 2, "each migration applied by exactly one process");
+    assert_eq!(
+        applied_events, 2,
+        "each migration applied by exactly one process"
+    );
     let client = db.client().await;
     assert_eq!(history(&client).await, [1, 2]);
 }
@@ -99,10 +102,16 @@ async fn waiting_run_proceeds_once_the_lock_is_released() {
         if sessions > 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the run never connected");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never connected"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(tables(&watcher).await.is_empty(), "applied while the lock was held");
+    assert!(
+        tables(&watcher).await.is_empty(),
+        "applied while the lock was held"
+    );
     drop(holder);
     let (summary, result) = waiting.await.unwrap();
     result.unwrap();

@@ -1,0 +1,365 @@
+//! The real binary: exit codes, what goes to stdout and stderr, the log format, secrets.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{Output, TestDb, binary, events, migrations, output, seed_dir};
+
+fn db_migrate(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
+    output(
+        binary()
+            .args(args)
+            .args(["--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
+/// The one summary event that ends every run.
+fn summary_event(out: &Output) -> serde_json::Value {
+    let events = events(&out.stderr);
+    let summaries: Vec<_> = events
+        .iter()
+        .filter(|e| e.get("outcome").is_some())
+        .collect();
+    assert_eq!(
+        summaries.len(),
+        1,
+        "exactly one summary event:\n{}",
+        out.stderr
+    );
+    assert_eq!(events.last(), Some(summaries[0]), "the summary comes last");
+    summaries[0].clone()
+}
+
+#[tokio::test]
+async fn json_logs_carry_cloud_logging_fields_and_one_summary() {
+    let db = support::database().await;
+    let out = db_migrate(&db, &seed_dir(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "", "up writes nothing to stdout");
+    for event in events(&out.stderr) {
+        assert!(event["severity"].is_string(), "{event}");
+        assert!(event["message"].is_string(), "{event}");
+        assert!(
+            event["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{event}"
+        );
+    }
+    let applied: Vec<_> = events(&out.stderr)
+        .into_iter()
+        .filter(|e| e["message"] == "migration applied")
+        .collect();
+    assert_eq!(applied.len(), 2);
+    assert_eq!(applied[0]["version"], 1);
+    assert_eq!(applied[0]["name"], "create_video_requests");
+    assert!(applied[0]["duration_ms"].is_u64());
+    let summary = summary_event(&out);
+    assert_eq!(summary["outcome"], "applied");
+    assert_eq!(summary["applied"], 2);
+    assert_eq!(summary["pending"], 0);
+    assert_eq!(summary["exit_code"], 0);
+    assert!(summary["duration_ms"].is_u64());
+    assert_eq!(
+        summary["db"],
+        format!("postgres@127.0.0.1:{}/{}", support::server().port, db.name)
+    );
+
+    let again = db_migrate(&db, &seed_dir(), &["up"]);
+    assert_eq!(summary_event(&again)["outcome"], "up_to_date");
+}
+
+#[tokio::test]
+async fn failed_migration_exits_1_with_file_position_and_sqlstate_in_the_summary() {
+    let db = support::database().await;
+    let dir = migrations(&[("001_bad.sql", "CREATE TABLE t (id int);\n  SELEC 1;\n")]);
+    let out = db_migrate(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let summary = summary_event(&out);
+    assert_eq!(summary["severity"], "ERROR");
+    assert_eq!(summary["outcome"], "migration_failed");
+    assert_eq!(summary["sqlstate"], "42601", "{}", out.stderr);
+    assert_eq!(summary["version"], 1);
+    let message = summary["message"].as_str().unwrap();
+    assert!(message.contains("001_bad.sql:2:3"), "{message}");
+}
+
+#[tokio::test]
+async fn status_goes_to_stdout_as_text_or_json() {
+    let db = support::database().await;
+    let out = db_migrate(&db, &seed_dir(), &["status"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(
+        lines[1].starts_with("1 ") && lines[1].contains("pending"),
+        "{}",
+        out.stdout
+    );
+
+    assert_eq!(
+        db_migrate(&db, &seed_dir(), &["up", "--target", "1"]).code,
+        0
+    );
+    let out = db_migrate(&db, &seed_dir(), &["status", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(rows[0]["state"], "applied");
+    assert!(rows[0]["applied_at"].is_string());
+    assert!(rows[0]["execution_ms"].is_i64());
+    assert_eq!(rows[1]["state"], "pending");
+    assert!(rows[1]["applied_at"].is_null());
+}
+
+#[tokio::test]
+async fn verify_gates_on_pending_and_drift() {
+    let db = support::database().await;
+    let dir = migrations(&[("001_a.sql", "CREATE TABLE a (id int);\n")]);
+    assert_eq!(db_migrate(&db, dir.path(), &["verify"]).code, 7);
+    assert_eq!(db_migrate(&db, dir.path(), &["up"]).code, 0);
+    assert_eq!(db_migrate(&db, dir.path(), &["verify"]).code, 0);
+    support::append(&dir.path().join("001_a.sql"), "-- edited\n");
+    let drift = db_migrate(&db, dir.path(), &["verify"]);
+    assert_eq!(drift.code, 4, "{}", drift.stderr);
+    assert_eq!(db_migrate(&db, dir.path(), &["status"]).code, 0);
+    assert!(
+        db_migrate(&db, dir.path(), &["status"])
+            .stdout
+            .contains("drift")
+    );
+}
+
+#[tokio::test]
+async fn exit_codes_for_usage_configuration_and_connection_problems() {
+    let unused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = format!("postgresql://u:p@127.0.0.1:{unused_port}/d");
+    let cases: [(&[&str], Option<&str>, i32); 5] = [
+        (&["frobnicate"], None, 2),
+        (&["down"], None, 2),
+        (&["up"], None, 2),
+        (&["up"], Some("postgresql://u@h:notaport/d"), 2),
+        (&["up"], Some(refused.as_str()), 5),
+    ];
+    let empty = tempfile::tempdir().unwrap();
+    for (args, url, code) in cases {
+        let mut command = binary();
+        command
+            .args(args)
+            .current_dir(empty.path())
+            .env("MIGRATIONS_DIR", seed_dir());
+        if let Some(url) = url {
+            command.env("DATABASE_URL", url);
+        }
+        let out = output(&mut command);
+        assert_eq!(out.code, code, "{args:?} {url:?}: {}", out.stderr);
+    }
+}
+
+#[tokio::test]
+async fn sentinel_password_never_appears_in_any_output() {
+    let sentinel = "Sentinel-Pw-7f3a9c";
+    let db = support::database().await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE bot LOGIN PASSWORD '{sentinel}'; GRANT ALL ON SCHEMA public TO bot;"
+        ))
+        .await
+        .unwrap();
+    let port = support::server().port;
+    let good = format!("postgresql://bot:{sentinel}@127.0.0.1:{port}/{}", db.name);
+    let wrong = format!(
+        "postgresql://bot:{sentinel}-wrong@127.0.0.1:{port}/{}",
+        db.name
+    );
+    let broken = format!("postgresql://bot:{sentinel}@127.0.0.1:notaport/{}", db.name);
+    let seed = |file: &str| std::fs::read_to_string(seed_dir().join(file)).unwrap();
+    let (first, second) = (
+        seed("001_create_video_requests.sql"),
+        seed("002_add_indexes.sql"),
+    );
+    let failing = migrations(&[
+        ("001_create_video_requests.sql", &first),
+        ("002_add_indexes.sql", &second),
+        ("003_bad.sql", "SELEC 1;"),
+    ]);
+    let runs: [(&str, &[&str], &Path, i32); 6] = [
+        (&good, &["up"], &seed_dir(), 0),
+        (&good, &["status"], &seed_dir(), 0),
+        (&good, &["verify"], &seed_dir(), 0),
+        (&good, &["up"], failing.path(), 1),
+        (&wrong, &["up"], &seed_dir(), 5),
+        (&broken, &["up"], &seed_dir(), 2),
+    ];
+    for (url, args, dir, code) in runs {
+        for format in ["json", "text"] {
+            let out = output(
+                binary()
+                    .args(args)
+                    .args(["--log-format", format])
+                    .env("DATABASE_URL", url)
+                    .env("MIGRATIONS_DIR", dir),
+            );
+            assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+            assert!(
+                !out.stdout.contains(sentinel),
+                "{args:?} stdout: {}",
+                out.stdout
+            );
+            assert!(
+                !out.stderr.contains(sentinel),
+                "{args:?} stderr: {}",
+                out.stderr
+            );
+        }
+    }
+    let help = output(binary().arg("--help").env("DATABASE_URL", &good));
+    assert_eq!(help.code, 0);
+    assert!(
+        help.stdout.contains("DATABASE_URL") && !help.stdout.contains(sentinel),
+        "{}",
+        help.stdout
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_fails_at_once_naming_authentication() {
+    let db = support::database().await;
+    let wrong = db
+        .url
+        .replace(support::SUPERUSER_PASSWORD, "not-the-password");
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", wrong)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let summary = summary_event(&out);
+    assert_eq!(summary["outcome"], "connect_failed");
+    assert!(
+        summary["message"].as_str().unwrap().contains("28P01"),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn existing_tables_without_history_warn_about_baseline() {
+    let db = support::database().await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE legacy (id int)")
+        .await
+        .unwrap();
+    let out = db_migrate(&db, &seed_dir(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let warning = events(&out.stderr)
+        .into_iter()
+        .find(|e| e["severity"] == "WARNING")
+        .expect("a warning");
+    assert!(
+        warning["message"].as_str().unwrap().contains("baseline"),
+        "{warning}"
+    );
+}
+
+#[tokio::test]
+async fn dotenv_supplies_database_url_but_the_environment_wins() {
+    let db = support::database().await;
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(
+        work.path().join(".env"),
+        format!("DATABASE_URL={}\n", db.url),
+    )
+    .unwrap();
+    let from_file = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .current_dir(work.path())
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(from_file.code, 0, "{}", from_file.stderr);
+    let refused = output(
+        binary()
+            .args(["status"])
+            .current_dir(work.path())
+            .env("MIGRATIONS_DIR", seed_dir())
+            .env("DATABASE_URL", "postgresql://u:p@127.0.0.1:1/none"),
+    );
+    assert_eq!(
+        refused.code, 5,
+        "the environment's DATABASE_URL must win: {}",
+        refused.stderr
+    );
+}
+
+#[tokio::test]
+async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
+    let db = support::database().await;
+    let work = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("package.json"), work.path().join("package.json")).unwrap();
+    std::fs::create_dir(work.path().join("scripts")).unwrap();
+    std::fs::copy(
+        root.join("scripts/db-migrate.sh"),
+        work.path().join("scripts/db-migrate.sh"),
+    )
+    .unwrap();
+    std::fs::create_dir(work.path().join("migrations")).unwrap();
+    for entry in std::fs::read_dir(seed_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            work.path().join("migrations").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        work.path().join(".env"),
+        format!("DATABASE_URL={}\n", db.url),
+    )
+    .unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_db-migrate"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let npm = |script: &str| {
+        let mut command = Command::new("npm");
+        command
+            .args(["run", "--silent", script])
+            .current_dir(work.path())
+            .env("PATH", &path)
+            .env("LOG_FORMAT", "json")
+            .env_remove("DATABASE_URL")
+            .env_remove("MIGRATIONS_DIR");
+        output(&mut command)
+    };
+    let up = npm("db:migrate");
+    assert_eq!(up.code, 0, "npm run db:migrate: {}", up.stderr);
+    assert_eq!(
+        events(&up.stderr)
+            .iter()
+            .filter(|e| e["message"] == "migration applied")
+            .count(),
+        2
+    );
+    let status = npm("db:migrate:status");
+    assert_eq!(
+        status.stdout.matches("applied").count(),
+        2,
+        "{}",
+        status.stdout
+    );
+    let down = npm("db:migrate:down");
+    assert_eq!(down.code, 0, "{}", down.stderr);
+    assert!(support::tables(&db.client().await).await == ["schema_migrations"]);
+}
