@@ -106,11 +106,14 @@ prepare_state_dir() {
 
 # 0 when the server is running, 3 when it is not (pg_ctl status's own codes).
 server_state() {
+  if [[ -d "$STATE" && ! -x "$STATE" ]]; then
+    die "cannot read $STATE as $(id -un); run as the user who started it"
+  fi
   [[ -f "$DATA/PG_VERSION" ]] || return 3
   local code=0
   as_server "$BIN/pg_ctl" status -D "$DATA" >/dev/null 2>&1 || code=$?
   if ((code == 4)); then
-    die "cannot read $DATA as $(id -un); run as the user who started it, or delete $STATE to start afresh"
+    die "cannot read $DATA as $(id -un); run as the user who started it"
   fi
   return "$code"
 }

@@ -6,11 +6,15 @@ use db_migrate::cli::{Command, Mode};
 use db_migrate::plan::Rollback;
 use support::{config, history, migrations, run, tables, up, up_ok};
 
-const GOOD: (&str, &[u8]) = ("001_a.sql", b"CREATE TABLE a (id int);");
+/// A file's name and bytes.
+type File = (&'static str, &'static [u8]);
+
+const GOOD: File = ("001_a.sql", b"CREATE TABLE a (id int);");
 
 #[tokio::test]
 async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched() {
-    let cases: &[(&[(&str, &[u8])], &str, &str)] = &[
+    // (the directory, the file the error must name, what it must say)
+    let cases: &[(&[File], &str, &str)] = &[
         (
             &[GOOD, ("001_b.sql", b"SELECT 1;")],
             "001_b.sql",
