@@ -16,6 +16,8 @@ pub struct Context<'a> {
     pub statements: &'a Statements,
     /// Recorded in `applied_by`: the Cloud Run execution, Kubernetes pod or host.
     pub applied_by: &'a str,
+    /// Everything runs inside a transaction that will be rolled back.
+    pub dry_run: bool,
 }
 
 /// Which way a migration runs.
@@ -152,7 +154,7 @@ async fn one(
         body.map_err(|e| failed(migration, script, 0, e))?;
         record.map_err(Error::database("recording the migration in history"))?;
         commit.map_err(Error::database("committing the migration"))?;
-        done(migration, script, direction, started);
+        done(ctx, migration, script, direction, started);
         Ok(())
     }
     .instrument(span)
@@ -199,7 +201,7 @@ async fn without_transaction(
         record(ctx, migration, direction)
             .await
             .map_err(Error::database("recording the migration in history"))?;
-        done(migration, script, direction, started);
+        done(ctx, migration, script, direction, started);
         Ok(())
     }
     .instrument(span)
@@ -264,17 +266,22 @@ async fn invalid_indexes(client: &Client, names: &[String]) -> Result<Vec<String
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-fn done(migration: &Migration, script: &Script, direction: Direction, started: Instant) {
+fn done(
+    ctx: &Context<'_>,
+    migration: &Migration,
+    script: &Script,
+    direction: Direction,
+    started: Instant,
+) {
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let file = script.path.display();
-    match direction {
-        Direction::Up => {
-            info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration applied")
-        }
-        Direction::Down => {
-            info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration rolled back")
-        }
-    }
+    let message = match (direction, ctx.dry_run) {
+        (Direction::Up, false) => "migration applied",
+        (Direction::Down, false) => "migration rolled back",
+        (Direction::Up, true) => "dry run: migration would apply",
+        (Direction::Down, true) => "dry run: migration would roll back",
+    };
+    info!(version = migration.version, name = %migration.name, %file, duration_ms, "{message}");
 }
 
 /// Turns the server's error into one that names the file, line and column. `offset` is the

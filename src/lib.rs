@@ -170,7 +170,7 @@ async fn execute(
                 history::create(client, table).await?;
             }
             let statements = history::prepare(client, table).await?;
-            let ctx = context(config, client, &statements);
+            let ctx = context(config, client, &statements, false);
             apply::each(&ctx, plan, direction, &mut applied).await
         }
         Mode::Single | Mode::DryRun => {
@@ -180,7 +180,7 @@ async fn execute(
                     history::create(client, table).await?;
                 }
                 let statements = history::prepare(client, table).await?;
-                let ctx = context(config, client, &statements);
+                let ctx = context(config, client, &statements, !commit);
                 apply::inside(&ctx, plan, direction, !commit).await?;
                 applied = if commit { plan.len() } else { 0 };
                 Ok(())
@@ -206,11 +206,13 @@ fn context<'a>(
     config: &'a Config,
     client: &'a Client,
     statements: &'a history::Statements,
+    dry_run: bool,
 ) -> apply::Context<'a> {
     apply::Context {
         client,
         statements,
         applied_by: &config.applied_by,
+        dry_run,
     }
 }
 

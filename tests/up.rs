@@ -280,6 +280,25 @@ async fn dry_run_reports_and_leaves_everything_untouched() {
 }
 
 #[tokio::test]
+async fn down_dry_run_leaves_schema_and_history_in_place() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let dry = Command::Down {
+        rollback: Rollback::All,
+        mode: Mode::DryRun,
+    };
+    let (summary, result) = run(&config(&db.url, &seed_dir(), dry)).await;
+    result.unwrap();
+    assert!(summary.dry_run);
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    assert_eq!(
+        tables(&client).await,
+        ["schema_migrations", "video_requests"]
+    );
+}
+
+#[tokio::test]
 async fn target_stops_at_the_given_version() {
     let db = support::database().await;
     let to_one = Command::Up {
