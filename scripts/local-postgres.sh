@@ -22,7 +22,7 @@ readonly DATA="$STATE/data"
 readonly LOG="$STATE/postgres.log"
 readonly PROGRAMS=(initdb pg_ctl postgres pg_isready)
 
-# Bound to this script's process, so that `main` can rely on it in every function.
+# Set by find_bin and find_server_user before any command runs.
 BIN=""
 SERVER_USER=""
 
@@ -88,8 +88,9 @@ as_server() {
 }
 
 check_port() {
-  [[ "$PORT" =~ ^[0-9]+$ ]] && ((PORT >= 1 && PORT <= 65535)) ||
+  if [[ ! "$PORT" =~ ^[1-9][0-9]{0,4}$ ]] || ((PORT > 65535)); then
     die "PGPORT=$PORT is not a port number (1-65535)"
+  fi
 }
 
 prepare_state_dir() {
