@@ -151,7 +151,7 @@ async fn one(
         begin
             .and(mark)
             .map_err(Error::database("starting the migration's transaction"))?;
-        body.map_err(|e| failed(migration, script, 0, e))?;
+        body.map_err(|e| failed(migration, script, 0, true, e))?;
         record.map_err(Error::database("recording the migration in history"))?;
         commit.map_err(Error::database("committing the migration"))?;
         done(ctx, migration, script, direction, started);
@@ -189,7 +189,7 @@ async fn without_transaction(
             client
                 .batch_execute(statement.text)
                 .await
-                .map_err(|e| failed(migration, script, statement.offset, e))?;
+                .map_err(|e| failed(migration, script, statement.offset, false, e))?;
         }
         if let Some(index) = invalid_indexes(client, &creates).await?.into_iter().next() {
             return Err(Error::InvalidIndex {
@@ -290,6 +290,7 @@ fn failed(
     migration: &Migration,
     script: &Script,
     offset: usize,
+    atomic: bool,
     error: tokio_postgres::Error,
 ) -> Error {
     let Some(db) = error.as_db_error() else {
@@ -318,5 +319,6 @@ fn failed(
         message: db.message().to_string(),
         detail: db.detail().map(str::to_string),
         hint,
+        atomic,
     }))
 }

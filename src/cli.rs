@@ -42,7 +42,8 @@ pub struct Cli {
     pub lock_wait: Duration,
 
     /// Apply pending migrations older than the newest applied one instead of refusing.
-    #[arg(long, env = "DB_MIGRATE_ALLOW_OUT_OF_ORDER", global = true)]
+    #[arg(long, env = "DB_MIGRATE_ALLOW_OUT_OF_ORDER", global = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_out_of_order: bool,
 
     /// auto: JSON lines when stderr is not a terminal, text when it is.
@@ -142,6 +143,21 @@ pub enum Command {
     Baseline { version: i64 },
 }
 
+impl CommandArgs {
+    /// The subcommand's name, for the summary event, known even when the rest is invalid.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandArgs::Up(_) => "up",
+            CommandArgs::Down(_) => "down",
+            CommandArgs::Status { .. } => "status",
+            CommandArgs::Verify => "verify",
+            CommandArgs::New { .. } => "new",
+            CommandArgs::Repair { .. } => "repair",
+            CommandArgs::Baseline { .. } => "baseline",
+        }
+    }
+}
+
 impl Command {
     /// The subcommand's name, for the summary event.
     pub fn name(&self) -> &'static str {
@@ -176,7 +192,8 @@ impl Cli {
     /// beyond clap's own `env` attributes.
     pub fn config(self) -> Result<Config, Error> {
         let command = command(self.command);
-        let url = match self.database_url {
+        // An empty variable (`DATABASE_URL=` in a manifest) counts as unset.
+        let url = match self.database_url.filter(|url| !url.trim().is_empty()) {
             Some(url) => Some(url),
             None => dotenv_value(Path::new(".env"), "DATABASE_URL")?,
         };

@@ -174,6 +174,8 @@ pub struct Failure {
     pub message: String,
     pub detail: Option<String>,
     pub hint: Option<String>,
+    /// False for a `-- no-transaction` file, whose earlier statements stay applied.
+    pub atomic: bool,
 }
 
 impl std::fmt::Display for Failure {
@@ -194,7 +196,14 @@ impl std::fmt::Display for Failure {
         if let Some(hint) = &self.hint {
             write!(f, "; hint: {hint}")?;
         }
-        write!(f, "; rolled back, nothing recorded")
+        if self.atomic {
+            write!(f, "; rolled back, nothing recorded")
+        } else {
+            write!(
+                f,
+                "; statements before it stay applied (no-transaction file), nothing recorded; fix the file and run again"
+            )
+        }
     }
 }
 
@@ -212,6 +221,7 @@ mod tests {
             message: "syntax error at or near \"TABLEX\"".into(),
             detail: None,
             hint: Some("check the spelling".into()),
+            atomic: true,
         }));
         let text = error.to_string();
         assert!(text.contains("migrations/003_x.sql:4:7"), "{text}");

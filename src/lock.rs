@@ -17,9 +17,13 @@ use crate::history::Table;
 /// The first half of the advisory lock key: the ASCII bytes "dbmg".
 pub const CLASS_ID: i32 = 0x6462_6d67;
 
-/// The second half of the key, derived from the history table's name.
+/// The second half of the key, derived from the history table's name without its schema, so
+/// that `schema_migrations` and `public.schema_migrations` share one lock (two tables of the
+/// same name in different schemas merely take turns).
 pub fn object_id(table: &Table) -> i32 {
-    let digest = Sha256::digest(table.name().as_bytes());
+    let name = table.name();
+    let unqualified = name.rsplit_once('.').map_or(name, |(_, table)| table);
+    let digest = Sha256::digest(unqualified.as_bytes());
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
@@ -58,10 +62,10 @@ async fn acquire(client: &Client, key: (i32, i32), wait: Duration) -> Result<(),
             );
             announced = true;
         }
-        if started.elapsed() + pause > wait {
+        let Some(left) = wait.checked_sub(started.elapsed()).filter(|l| !l.is_zero()) else {
             return Err(Error::LockTimeout { waited: wait });
-        }
-        tokio::time::sleep(pause).await;
+        };
+        tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
@@ -111,11 +115,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_depends_on_the_history_table() {
+    fn key_depends_on_the_history_table_name_not_its_schema() {
         let a = Table::parse("schema_migrations").unwrap();
-        let b = Table::parse("ops.schema_migrations").unwrap();
-        assert_eq!(object_id(&a), object_id(&a.clone()));
-        assert_ne!(object_id(&a), object_id(&b));
+        let b = Table::parse("public.schema_migrations").unwrap();
+        let c = Table::parse("other_history").unwrap();
+        assert_eq!(object_id(&a), object_id(&b));
+        assert_ne!(object_id(&a), object_id(&c));
         assert_eq!(&CLASS_ID.to_be_bytes(), b"dbmg");
     }
 }

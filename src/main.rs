@@ -11,9 +11,11 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let cli = Cli::parse();
     log::init(cli.log_format);
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        command: cli.command.name(),
+        ..Summary::default()
+    };
     let result = cli.config().and_then(|config| {
-        summary.command = config.command.name();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

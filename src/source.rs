@@ -113,12 +113,6 @@ fn pair(
 }
 
 fn build(version: i64, name: String, up: Script, down: Option<Script>) -> Result<Migration, Error> {
-    if sql::is_empty(&up.sql) {
-        return Err(invalid(
-            &up.path,
-            "file holds no SQL statement; write the change or delete the file".into(),
-        ));
-    }
     check_content(&up)?;
     if let Some(down) = &down {
         check_content(down)?;
@@ -135,6 +129,13 @@ fn build(version: i64, name: String, up: Script, down: Option<Script>) -> Result
 /// Refuses what only psql understands, and transaction control in a file the job wraps in
 /// its own transaction (a COMMIT there would end ours and leave the history row behind).
 fn check_content(script: &Script) -> Result<(), Error> {
+    // An empty rollback would delete the history row and undo nothing.
+    if sql::is_empty(&script.sql) {
+        return Err(invalid(
+            &script.path,
+            "file holds no SQL statement; write the change or delete the file".into(),
+        ));
+    }
     if let Some((line, command)) = sql::meta_command(&script.sql) {
         return Err(invalid(
             &script.path,

@@ -50,6 +50,15 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "no SQL statement",
         ),
         (
+            &[
+                GOOD,
+                ("002_b.sql", b"SELECT 1;"),
+                ("002_b.down.sql", b"-- irreversible\n"),
+            ],
+            "002_b.down.sql",
+            "no SQL statement",
+        ),
+        (
             &[GOOD, ("002_latin1.sql", b"SELECT 'caf\xe9';")],
             "002_latin1.sql",
             "not UTF-8",
