@@ -1,12 +1,14 @@
 //! Runs a plan: each migration's SQL together with its history change, atomically.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::{Error, Failure};
 use crate::history::{MARK, Statements};
+use crate::interrupt::Interrupt;
+use crate::monitor::{Monitor, Sample};
 use crate::source::{Migration, Script};
 use crate::sql;
 
@@ -18,7 +20,15 @@ pub struct Context<'a> {
     pub applied_by: &'a str,
     /// Everything runs inside a transaction that will be rolled back.
     pub dry_run: bool,
+    /// The server process of the run's session; another one means a transaction pooler.
+    pub backend_pid: i32,
+    /// How often a migration that hit the DDL lock timeout is tried again.
+    pub lock_retries: u32,
+    pub interrupt: &'a Interrupt,
 }
+
+/// SQLSTATE 55P03, lock_not_available: the statement hit `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Which way a migration runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,19 +50,69 @@ enum Wrap {
 /// Returns how many completed; on error, those before it stay applied.
 pub async fn each(
     ctx: &Context<'_>,
+    monitor: &mut Monitor<'_>,
     plan: &[&Migration],
     direction: Direction,
     done: &mut usize,
 ) -> Result<(), Error> {
     for migration in plan {
-        if runs_outside_transaction(migration, direction) {
-            without_transaction(ctx, migration, direction).await?;
-        } else {
-            one(ctx, migration, direction, Wrap::Own).await?;
-        }
+        ctx.interrupt.check()?;
+        with_lock_retries(ctx, monitor, migration, direction).await?;
         *done += 1;
     }
     Ok(())
+}
+
+/// Runs one migration; when it gives up on a table lock (lock_timeout) it has been rolled
+/// back whole, so it is tried again after a pause, up to `lock_retries` more times.
+async fn with_lock_retries(
+    ctx: &Context<'_>,
+    monitor: &mut Monitor<'_>,
+    migration: &Migration,
+    direction: Direction,
+) -> Result<(), Error> {
+    let mut pause = Duration::from_secs(1);
+    for attempt in 1.. {
+        let work = async {
+            if runs_outside_transaction(migration, direction) {
+                without_transaction(ctx, migration, direction).await
+            } else {
+                one(ctx, migration, direction, Wrap::Own).await
+            }
+        };
+        let (result, sample) = monitor.watch(migration.version, work).await;
+        if !is_lock_timeout(&result) {
+            return result;
+        }
+        let sample = sample.unwrap_or_default();
+        if attempt > ctx.lock_retries || ctx.interrupt.check().is_err() {
+            return Err(lock_timeout(migration, sample, attempt));
+        }
+        warn!(
+            version = migration.version,
+            attempt,
+            relation = sample.relation.as_deref(),
+            blocker_pid = sample.blocker_pid,
+            retry_in_ms = pause.as_millis() as u64,
+            "migration could not get a table lock in time; rolled back, retrying"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+    unreachable!("the retry loop only ends by returning")
+}
+
+fn is_lock_timeout(result: &Result<(), Error>) -> bool {
+    matches!(result, Err(Error::Apply(f)) if f.sqlstate == LOCK_NOT_AVAILABLE)
+}
+
+fn lock_timeout(migration: &Migration, sample: Sample, attempts: u32) -> Error {
+    Error::DdlLockTimeout {
+        version: migration.version,
+        attempts,
+        relation: sample.relation,
+        blocker_pid: sample.blocker_pid,
+    }
 }
 
 /// Runs `work` inside one transaction, committed only when `commit` is set and `work`
@@ -83,6 +143,7 @@ pub async fn transaction(
 /// part of it: the dry run lists it without running it, a real run refuses before starting.
 pub async fn inside(
     ctx: &Context<'_>,
+    monitor: &mut Monitor<'_>,
     plan: &[&Migration],
     direction: Direction,
     dry_run: bool,
@@ -98,7 +159,13 @@ pub async fn inside(
         if runs_outside_transaction(migration, direction) {
             info!(version = migration.version, name = %migration.name, "dry run: listed, not executed (it runs outside a transaction)");
         } else {
-            one(ctx, migration, direction, Wrap::Outer).await?;
+            ctx.interrupt.check()?;
+            let work = one(ctx, migration, direction, Wrap::Outer);
+            let (result, sample) = monitor.watch(migration.version, work).await;
+            if is_lock_timeout(&result) {
+                return Err(lock_timeout(migration, sample.unwrap_or_default(), 1));
+            }
+            result?;
         }
     }
     Ok(())
@@ -106,6 +173,23 @@ pub async fn inside(
 
 fn runs_outside_transaction(migration: &Migration, direction: Direction) -> bool {
     script(migration, direction).is_some_and(|s| sql::is_no_transaction(&s.sql))
+}
+
+/// The advisory lock and the session settings live in one server session. Behind a
+/// transaction pooler consecutive transactions can land on different ones, and the lock
+/// then protects nothing: stop rather than migrate unprotected.
+fn same_session(ctx: &Context<'_>, mark: &[SimpleQueryMessage]) -> Result<(), Error> {
+    let pid = mark.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(1).and_then(|pid| pid.parse::<i32>().ok()),
+        _ => None,
+    });
+    match pid {
+        Some(pid) if pid != ctx.backend_pid => Err(Error::Pooled {
+            first: ctx.backend_pid,
+            now: pid,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
@@ -143,14 +227,14 @@ async fn one(
         // waits for an answer: the five messages travel together.
         let (begin, mark, body, record, commit) = tokio::join!(
             when(wrap == Wrap::Own, client.batch_execute("BEGIN")),
-            client.batch_execute(MARK),
+            client.simple_query(MARK),
             client.batch_execute(&script.sql),
             record(ctx, migration, direction),
             when(wrap == Wrap::Own, client.batch_execute("COMMIT")),
         );
-        begin
-            .and(mark)
-            .map_err(Error::database("starting the migration's transaction"))?;
+        begin.map_err(Error::database("starting the migration's transaction"))?;
+        let mark = mark.map_err(Error::database("starting the migration's transaction"))?;
+        same_session(ctx, &mark)?;
         body.map_err(|e| failed(migration, script, 0, true, e))?;
         record.map_err(Error::database("recording the migration in history"))?;
         commit.map_err(Error::database("committing the migration"))?;
@@ -181,10 +265,11 @@ async fn without_transaction(
             Direction::Down => Vec::new(),
         };
         rebuild_invalid_indexes(client, &creates).await?;
-        client
-            .batch_execute(MARK)
+        let mark = client
+            .simple_query(MARK)
             .await
             .map_err(Error::database("starting the migration"))?;
+        same_session(ctx, &mark)?;
         for statement in sql::split(&script.sql) {
             client
                 .batch_execute(statement.text)

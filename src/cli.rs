@@ -46,6 +46,34 @@ pub struct Cli {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_out_of_order: bool,
 
+    /// How long to keep retrying the first connection while the database is unreachable,
+    /// starting up or out of connection slots.
+    #[arg(long, env = "DB_MIGRATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Duration,
+
+    /// lock_timeout for migration statements: a DDL that cannot get its table lock in time
+    /// gives up instead of queueing the bot's queries behind it.
+    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub ddl_lock_timeout: Duration,
+
+    /// How many times a migration that hit the DDL lock timeout is retried (with backoff)
+    /// before the run gives up with exit 6.
+    #[arg(
+        long,
+        env = "DB_MIGRATE_DDL_LOCK_RETRIES",
+        default_value_t = 5,
+        global = true
+    )]
+    pub ddl_lock_retries: u32,
+
+    /// statement_timeout for migration statements (default: none).
+    #[arg(long, env = "DB_MIGRATE_STATEMENT_TIMEOUT", value_parser = parse_duration, global = true)]
+    pub statement_timeout: Option<Duration>,
+
+    /// While a migration runs longer than this, log a progress event this often.
+    #[arg(long, env = "DB_MIGRATE_PROGRESS_INTERVAL", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub progress_interval: Duration,
+
     /// auto: JSON lines when stderr is not a terminal, text when it is.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = log::Format::Auto, global = true)]
     pub log_format: log::Format,
@@ -179,12 +207,34 @@ pub struct Config {
     pub command: Command,
     pub dir: PathBuf,
     /// `None` only for `new`, which needs no database.
-    pub database: Option<tokio_postgres::Config>,
+    pub database: Option<connect::Settings>,
     pub history_table: Table,
     pub lock_wait: Duration,
     pub allow_out_of_order: bool,
     /// Recorded in the history's `applied_by` column.
     pub applied_by: String,
+    /// How migration statements wait, and how the run reports on them.
+    pub session: Session,
+}
+
+/// Limits and reporting for migration statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub lock_timeout: Duration,
+    pub lock_retries: u32,
+    pub statement_timeout: Option<Duration>,
+    pub progress_interval: Duration,
+}
+
+impl Default for Session {
+    fn default() -> Session {
+        Session {
+            lock_timeout: Duration::from_secs(5),
+            lock_retries: 5,
+            statement_timeout: None,
+            progress_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Cli {
@@ -197,13 +247,21 @@ impl Cli {
             Some(url) => Some(url),
             None => dotenv_value(Path::new(".env"), "DATABASE_URL")?,
         };
+        let env: connect::Environment = connect::VARIABLES
+            .iter()
+            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .collect();
         let database = match (&command, url) {
             (Command::New { .. }, _) => None,
-            (_, Some(url)) => Some(connect::parse(&url)?),
-            (_, None) => {
+            (_, None) if !env.keys().any(|k| k == "PGHOST" || k == "PGDATABASE") => {
                 return Err(Error::Config(
-                    "no database given; set DATABASE_URL (or pass --database-url, or put DATABASE_URL in .env)".into(),
+                    "no database given; set DATABASE_URL (or --database-url, DATABASE_URL in .env, or PGHOST/PGDATABASE)".into(),
                 ));
+            }
+            (_, url) => {
+                let mut settings = connect::resolve(url.as_deref(), &env)?;
+                settings.retry_for = self.connect_timeout;
+                Some(settings)
             }
         };
         Ok(Config {
@@ -214,6 +272,12 @@ impl Cli {
             lock_wait: self.lock_wait,
             allow_out_of_order: self.allow_out_of_order,
             applied_by: applied_by(),
+            session: Session {
+                lock_timeout: self.ddl_lock_timeout,
+                lock_retries: self.ddl_lock_retries,
+                statement_timeout: self.statement_timeout,
+                progress_interval: self.progress_interval,
+            },
         })
     }
 }

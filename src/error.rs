@@ -78,9 +78,11 @@ pub enum Error {
     HistoryNotEmpty { count: usize },
 
     /// The server could not be reached or refused the login.
-    #[error("cannot connect to {target}: {}", describe_db(.source))]
+    #[error("cannot connect to {target}: {reason}")]
     Connect {
         target: String,
+        /// What went wrong and how to fix it: authentication, certificate, unreachable.
+        reason: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -91,6 +93,30 @@ pub enum Error {
         .waited.as_secs()
     )]
     LockTimeout { waited: Duration },
+
+    /// A migration kept hitting `lock_timeout` (SQLSTATE 55P03) on a table another session
+    /// holds; each attempt was rolled back.
+    #[error(
+        "migration {version} could not get a table lock in {attempts} attempt(s){}{}; it was rolled back each time; end the blocking session or retry when traffic is lower (--ddl-lock-timeout, --ddl-lock-retries)",
+        .relation.as_ref().map(|r| format!(" on {r}")).unwrap_or_default(),
+        .blocker_pid.map(|p| format!(", blocked by pid {p}")).unwrap_or_default()
+    )]
+    DdlLockTimeout {
+        version: i64,
+        attempts: u32,
+        relation: Option<String>,
+        blocker_pid: Option<i32>,
+    },
+
+    /// Consecutive transactions ran in different server sessions: a transaction pooler.
+    #[error(
+        "the connection goes through a transaction-pooling proxy (server session {first} became {now}), so the migration lock protects nothing; connect directly or through a session-pooling port"
+    )]
+    Pooled { first: i32, now: i32 },
+
+    /// SIGINT or SIGTERM stopped the run; the running migration was rolled back.
+    #[error("stopped by {}; the running migration was rolled back and the lock released", .0.name())]
+    Interrupted(crate::interrupt::Signal),
 
     /// `verify` found migrations that are not applied yet.
     #[error("{count} migration(s) pending, first {first}; run `db-migrate up`")]
@@ -113,6 +139,9 @@ impl Error {
             Error::HistoryNotEmpty { .. } => 4,
             Error::Connect { .. } => 5,
             Error::LockTimeout { .. } => 6,
+            Error::DdlLockTimeout { .. } => 6,
+            Error::Pooled { .. } => 2,
+            Error::Interrupted(signal) => 128 + signal.number(),
             Error::Pending { .. } => 7,
         }
     }
@@ -133,6 +162,7 @@ pub fn outcome(exit_code: u8) -> &'static str {
         5 => "connect_failed",
         6 => "lock_timeout",
         7 => "pending",
+        130 | 143 => "interrupted",
         _ => "failed",
     }
 }

@@ -128,8 +128,10 @@ pub async fn has_user_tables(client: &Client) -> Result<bool, Error> {
 }
 
 /// Starts the clock the history insert reads, so that the execution time is measured on the
-/// server and the insert can travel in the same pipeline as the migration's SQL.
-pub const MARK: &str = "SELECT set_config('db_migrate.started', clock_timestamp()::text, false)";
+/// server and the insert can travel in the same pipeline as the migration's SQL; also
+/// returns the backend pid, which `apply` checks to notice a transaction pooler.
+pub const MARK: &str =
+    "SELECT set_config('db_migrate.started', clock_timestamp()::text, false), pg_backend_pid()";
 
 /// Statements prepared once per run, so each migration's history change is one pipelined
 /// message rather than a prepare round trip of its own.

@@ -7,11 +7,14 @@ pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod history;
+pub mod interrupt;
 pub mod lock;
 pub mod log;
+pub mod monitor;
 pub mod plan;
 pub mod source;
 pub mod sql;
+pub mod tls;
 
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -21,6 +24,8 @@ pub use error::Error;
 
 use apply::Direction;
 use history::Applied;
+use interrupt::Interrupt;
+use monitor::Monitor;
 use plan::Entry;
 use source::Migration;
 
@@ -57,20 +62,53 @@ pub async fn run(config: &Config, summary: &mut Summary) -> Result<(), Error> {
     let Some(database) = &config.database else {
         return Err(Error::Config("no database given; set DATABASE_URL".into()));
     };
-    summary.target = Some(connect::target(database));
+    summary.target = Some(connect::target(&database.pg));
+    let interrupt = Interrupt::default();
+    interrupt::guard(
+        &interrupt,
+        connected(config, database, &migrations, &interrupt, summary),
+    )
+    .await
+}
+
+/// What the commands that change the database share.
+struct Run<'a> {
+    config: &'a Config,
+    database: &'a connect::Settings,
+    client: &'a Client,
+    migrations: &'a [Migration],
+    interrupt: &'a Interrupt,
+    backend_pid: i32,
+}
+
+async fn connected(
+    config: &Config,
+    database: &connect::Settings,
+    migrations: &[Migration],
+    interrupt: &Interrupt,
+    summary: &mut Summary,
+) -> Result<(), Error> {
     let client = connect::open(database).await?;
-    match &config.command {
-        Command::Status { .. } | Command::Verify => {
-            inspect(config, &client, &migrations, summary).await
-        }
-        _ => {
-            let table = &config.history_table;
-            lock::with(&client, table, config.lock_wait, async || {
-                change(config, &client, &migrations, summary).await
-            })
-            .await
-        }
+    interrupt.arm(client.cancel_token(), tls::Connector::new(&database.tls)?);
+    if let Command::Status { .. } | Command::Verify = &config.command {
+        return inspect(config, &client, migrations, summary).await;
     }
+    let session = &config.session;
+    let backend_pid =
+        connect::prepare_session(&client, session.lock_timeout, session.statement_timeout).await?;
+    let run = Run {
+        config,
+        database,
+        client: &client,
+        migrations,
+        interrupt,
+        backend_pid,
+    };
+    let table = &config.history_table;
+    lock::with(&client, table, config.lock_wait, interrupt, async || {
+        change(&run, summary).await
+    })
+    .await
 }
 
 /// `status` and `verify`: read only, no lock, never create the history table.
@@ -101,12 +139,8 @@ async fn inspect(
 }
 
 /// The commands that change the database, run under the migration lock.
-async fn change(
-    config: &Config,
-    client: &Client,
-    migrations: &[Migration],
-    summary: &mut Summary,
-) -> Result<(), Error> {
+async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
+    let (config, client, migrations) = (run.config, run.client, run.migrations);
     let table = &config.history_table;
     let recorded = history::applied(client, table).await?;
     if recorded.is_none()
@@ -127,11 +161,14 @@ async fn change(
                 return Ok(());
             }
             let ready = recorded.is_some();
-            execute(config, client, &plan, Direction::Up, *mode, ready, summary).await
+            execute(run, &plan, Direction::Up, *mode, ready, summary).await
         }
         Command::Down { rollback, mode } => {
             let plan = plan::down(migrations, &applied, *rollback)?;
-            execute(config, client, &plan, Direction::Down, *mode, true, summary).await
+            if plan.is_empty() {
+                return Ok(());
+            }
+            execute(run, &plan, Direction::Down, *mode, true, summary).await
         }
         Command::Repair { version } => repair(client, table, migrations, &applied, *version).await,
         Command::Baseline { version } => {
@@ -153,16 +190,23 @@ async fn change(
 /// Runs a plan in the chosen mode. When the history table does not exist yet it is created
 /// first; for the dry run inside the transaction that is rolled back, so it leaves no trace.
 async fn execute(
-    config: &Config,
-    client: &Client,
+    run: &Run<'_>,
     plan: &[&Migration],
     direction: Direction,
     mode: Mode,
     table_exists: bool,
     summary: &mut Summary,
 ) -> Result<(), Error> {
+    let (config, client) = (run.config, run.client);
     let table = &config.history_table;
     summary.dry_run = mode == Mode::DryRun;
+    let session = &config.session;
+    let mut monitor = Monitor::new(
+        run.database,
+        run.backend_pid,
+        session.progress_interval,
+        session.lock_timeout,
+    );
     let mut applied = 0;
     let result = match mode {
         Mode::Each => {
@@ -170,8 +214,8 @@ async fn execute(
                 history::create(client, table).await?;
             }
             let statements = history::prepare(client, table).await?;
-            let ctx = context(config, client, &statements, false);
-            apply::each(&ctx, plan, direction, &mut applied).await
+            let ctx = context(run, &statements, false);
+            apply::each(&ctx, &mut monitor, plan, direction, &mut applied).await
         }
         Mode::Single | Mode::DryRun => {
             let commit = mode == Mode::Single;
@@ -180,8 +224,8 @@ async fn execute(
                     history::create(client, table).await?;
                 }
                 let statements = history::prepare(client, table).await?;
-                let ctx = context(config, client, &statements, !commit);
-                apply::inside(&ctx, plan, direction, !commit).await?;
+                let ctx = context(run, &statements, !commit);
+                apply::inside(&ctx, &mut monitor, plan, direction, !commit).await?;
                 applied = if commit { plan.len() } else { 0 };
                 Ok(())
             })
@@ -203,16 +247,18 @@ async fn execute(
 }
 
 fn context<'a>(
-    config: &'a Config,
-    client: &'a Client,
+    run: &'a Run<'a>,
     statements: &'a history::Statements,
     dry_run: bool,
 ) -> apply::Context<'a> {
     apply::Context {
-        client,
+        client: run.client,
         statements,
-        applied_by: &config.applied_by,
+        applied_by: &run.config.applied_by,
         dry_run,
+        backend_pid: run.backend_pid,
+        lock_retries: run.config.session.lock_retries,
+        interrupt: run.interrupt,
     }
 }
 

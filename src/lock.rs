@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::history::Table;
+use crate::interrupt::Interrupt;
 
 /// The first half of the advisory lock key: the ASCII bytes "dbmg".
 pub const CLASS_ID: i32 = 0x6462_6d67;
@@ -32,10 +33,11 @@ pub async fn with<T>(
     client: &Client,
     table: &Table,
     wait: Duration,
+    interrupt: &Interrupt,
     work: impl AsyncFnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = (CLASS_ID, object_id(table));
-    acquire(client, key, wait).await?;
+    acquire(client, key, wait, interrupt).await?;
     let result = work().await;
     release(client, key).await;
     result
@@ -43,11 +45,17 @@ pub async fn with<T>(
 
 /// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
 /// deadline and the job can say who it is waiting for.
-async fn acquire(client: &Client, key: (i32, i32), wait: Duration) -> Result<(), Error> {
+async fn acquire(
+    client: &Client,
+    key: (i32, i32),
+    wait: Duration,
+    interrupt: &Interrupt,
+) -> Result<(), Error> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(20);
     let mut announced = false;
     loop {
+        interrupt.check()?;
         if try_lock(client, key).await? {
             if announced {
                 info!(waited_ms = elapsed_ms(started), "migration lock acquired");
@@ -84,6 +92,7 @@ async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<String> 
     // pg_locks shows the two-key form's halves in classid and objid, as oids.
     let query = format!(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND classid = ({class}::bigint & 4294967295)::text::oid \
          AND objid = ({object}::bigint & 4294967295)::text::oid AND objsubid = 2"
     );

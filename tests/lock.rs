@@ -137,3 +137,88 @@ async fn lock_of_a_session_that_died_is_gone_for_the_next_run() {
     run(&cfg).await.1.unwrap();
     assert_eq!(history(&admin).await, [1, 2]);
 }
+
+/// The seed applied, plus a third migration that needs an ACCESS EXCLUSIVE lock on
+/// video_requests; returns the directory and a session holding that table's lock.
+async fn blocked_third_migration(
+    db: &support::TestDb,
+) -> (tempfile::TempDir, tokio_postgres::Client, i32) {
+    support::up_ok(db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[(
+        "003_add_thumbnail_url.sql",
+        "ALTER TABLE video_requests ADD COLUMN thumbnail_url TEXT;",
+    )]);
+    let holder = db.client().await;
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    holder
+        .batch_execute("BEGIN; LOCK TABLE video_requests IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    (dir, holder, pid)
+}
+
+#[tokio::test]
+async fn ddl_behind_a_held_table_lock_reports_the_blocker_retries_and_succeeds_once_released() {
+    let db = support::database().await;
+    let (dir, holder, holder_pid) = blocked_third_migration(&db).await;
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "500ms"])
+            .args(["--ddl-lock-retries", "20", "--progress-interval", "200ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let progress = job.wait_for("a progress event naming the blocker", |e| {
+        e["message"] == "migration still running" && e["blocker_pid"] == holder_pid
+    });
+    assert_eq!(progress["version"], 3);
+    assert_eq!(progress["waiting_on_lock"], true);
+    assert_eq!(progress["relation"], "video_requests");
+    assert!(
+        progress["blocker_query"]
+            .as_str()
+            .unwrap()
+            .contains("LOCK TABLE")
+    );
+    let retry = job.wait_for("a retry after lock_timeout", |e| {
+        e["message"] == "migration could not get a table lock in time; rolled back, retrying"
+    });
+    assert_eq!(retry["relation"], "video_requests");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+    assert_eq!(history(&db.client().await).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn ddl_lock_never_released_exits_6_naming_relation_and_blocker() {
+    let db = support::database().await;
+    let (dir, _holder, holder_pid) = blocked_third_migration(&db).await;
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "300ms"])
+            .args(["--ddl-lock-retries", "1"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    let summary = support::events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(message.contains("video_requests"), "{message}");
+    assert!(message.contains(&format!("pid {holder_pid}")), "{message}");
+    let watcher = db.client().await;
+    assert_eq!(history(&watcher).await, [1, 2]);
+    let column: i64 = watcher
+        .query_one(
+            "SELECT count(*) FROM information_schema.columns WHERE column_name = 'thumbnail_url'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(column, 0);
+}

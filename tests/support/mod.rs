@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod certs;
+
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -55,6 +57,11 @@ pub fn server() -> &'static Server {
 pub struct ServerOptions {
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// pg_hba.conf lines placed before initdb's own rules, so they take precedence.
+    pub hba: Vec<String>,
+    /// Files (name, content) written into the data directory, readable only by the server,
+    /// e.g. a server key and certificates that `settings` name.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 fn external(url: &str) -> Server {
@@ -71,6 +78,11 @@ fn external(url: &str) -> Server {
 
 /// Starts a private server with `options`; it lives until the test process exits.
 pub fn start(options: &ServerOptions) -> Server {
+    start_on(options, free_port())
+}
+
+/// Like [`start`], on a port chosen by the caller (a test that starts the job first).
+pub fn start_on(options: &ServerOptions, port: u16) -> Server {
     let bin = bin_dir();
     let dir = tempfile::Builder::new()
         .prefix("db-migrate-test-pg")
@@ -101,7 +113,7 @@ pub fn start(options: &ServerOptions) -> Server {
         .status()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.join("initdb").display()));
     assert!(status.success(), "initdb failed: {status}");
-    let port = free_port();
+    write_server_files(&data, options, owner);
     let mut settings = vec![
         ("listen_addresses".to_string(), "127.0.0.1".to_string()),
         (
@@ -142,6 +154,21 @@ pub fn start(options: &ServerOptions) -> Server {
         port,
         socket_dir: Some(dir),
         _watchdog: Some(Mutex::new((child, stdin))),
+    }
+}
+
+fn write_server_files(data: &Path, options: &ServerOptions, owner: Option<(u32, u32)>) {
+    let hba_path = data.join("pg_hba.conf");
+    let defaults = std::fs::read_to_string(&hba_path).expect("read pg_hba.conf");
+    let hba = format!("{}\n{defaults}", options.hba.join("\n"));
+    std::fs::write(&hba_path, hba).expect("write pg_hba.conf");
+    for (name, content) in &options.files {
+        let path = data.join(name);
+        std::fs::write(&path, content).expect("write server file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown server file");
+        }
     }
 }
 
@@ -209,7 +236,7 @@ fn as_server_user(mut command: Command, owner: Option<(u32, u32)>) -> Command {
     command
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("no free port");
     listener.local_addr().expect("bound").port()
 }
@@ -288,16 +315,32 @@ pub fn seed_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations")
 }
 
+/// A migrations directory with the seed's files plus `extra` (name, content).
+pub fn copy_of_seed(extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(seed_dir()).expect("read seed dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+    }
+    for (name, content) in extra {
+        std::fs::write(dir.path().join(name), content).expect("write migration");
+    }
+    dir
+}
+
 /// A config as the CLI would build it, for `command` against `url` with migrations in `dir`.
 pub fn config(url: &str, dir: &Path, command: Cmd) -> Config {
     Config {
         command,
         dir: dir.to_path_buf(),
-        database: Some(db_migrate::connect::parse(url).expect("test URL parses")),
+        database: Some(
+            db_migrate::connect::resolve(Some(url), &Default::default()).expect("test URL parses"),
+        ),
         history_table: Table::parse("schema_migrations").expect("valid name"),
         lock_wait: Duration::from_secs(30),
         allow_out_of_order: false,
         applied_by: "test".into(),
+        session: Default::default(),
     }
 }
 
@@ -358,6 +401,15 @@ pub fn binary() -> Command {
         "DB_MIGRATE_HISTORY_TABLE",
         "DB_MIGRATE_LOCK_WAIT",
         "DB_MIGRATE_ALLOW_OUT_OF_ORDER",
+        "DB_MIGRATE_CONNECT_TIMEOUT",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "PGSSLMODE",
+        "PGPASSFILE",
+        "DATABASE_PASSWORD_FILE",
     ] {
         command.env_remove(var);
     }
@@ -395,4 +447,101 @@ pub fn append(path: &Path, text: &str) {
         .open(path)
         .expect("open");
     file.write_all(text.as_bytes()).expect("append");
+}
+
+/// A binary run in the background whose JSON log events are read as they come.
+pub struct Running {
+    child: Child,
+    events: std::sync::mpsc::Receiver<serde_json::Value>,
+    /// Every event read so far.
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Running {
+    /// Starts `command` (which should log JSON) with stderr piped.
+    pub fn spawn(command: &mut Command) -> Running {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn db-migrate");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (send, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let event = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "unparsed": line }));
+                if send.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Blocks until an event matching `wanted` arrives (at most 60 s) and returns it.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if wanted(&event) {
+                        return event;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no event {what} within 60 s; saw:\n{:#?}", self.seen);
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code (None when killed by a signal)
+    /// and every event it logged.
+    pub fn finish(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
+        let status = self.child.wait().expect("wait for db-migrate");
+        self.seen.extend(self.events.iter());
+        (status.code(), self.seen)
+    }
+}
+
+/// Polls `condition` every 20 ms for up to 60 s.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what} did not happen within 60 s");
 }

@@ -1,0 +1,111 @@
+//! SIGTERM and SIGINT: cancel the running statement, roll back, unlock, stop.
+//!
+//! Cloud Run sends SIGTERM and then SIGKILL 10 s later; Kubernetes waits
+//! `terminationGracePeriodSeconds`. The first signal asks the server to cancel the running
+//! statement (the cancel protocol, on a separate connection) and stops the run before its next
+//! migration; the run then rolls back and releases the lock as it does on any failure. A
+//! second signal exits at once: the server drops the transaction and the lock with the
+//! connection.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_postgres::CancelToken;
+use tracing::warn;
+
+use crate::error::Error;
+use crate::tls;
+
+/// A signal that stops the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    pub fn number(self) -> u8 {
+        match self {
+            Signal::Interrupt => 2,
+            Signal::Terminate => 15,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
+}
+
+/// How long the run may take to roll back and unlock after the first signal before it is
+/// abandoned to the server's own clean-up; well inside Cloud Run's 10 s.
+const GRACE: Duration = Duration::from_secs(6);
+
+/// Shared between the run and the signal watch: whether a signal came, and how to cancel
+/// the statement the run's connection is executing.
+/// Each is set at most once per run, hence `OnceLock`; it keeps the run's future `Send`.
+#[derive(Default)]
+pub struct Interrupt {
+    received: OnceLock<Signal>,
+    cancel: OnceLock<(CancelToken, tls::Connector)>,
+}
+
+impl Interrupt {
+    /// Called once the run's connection is open.
+    pub fn arm(&self, token: CancelToken, connector: tls::Connector) {
+        let _ = self.cancel.set((token, connector));
+    }
+
+    /// Err when a signal came: checked before each step that would change the database.
+    pub fn check(&self) -> Result<(), Error> {
+        match self.received.get() {
+            Some(signal) => Err(Error::Interrupted(*signal)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs `work`, watching for SIGTERM and SIGINT.
+pub async fn guard(
+    interrupt: &Interrupt,
+    work: impl Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without signal handlers the default action still ends the process.
+        return work.await;
+    };
+    tokio::pin!(work);
+    let received = tokio::select! {
+        result = &mut work => return result,
+        _ = int.recv() => Signal::Interrupt,
+        _ = term.recv() => Signal::Terminate,
+    };
+    let _ = interrupt.received.set(received);
+    warn!(
+        signal = received.name(),
+        "stopping: cancelling the running statement, rolling back, releasing the lock"
+    );
+    if let Some((token, connector)) = interrupt.cancel.get() {
+        if let Err(error) = token.cancel_query(connector.clone()).await {
+            warn!(error = %error, "could not send the cancel request; the server rolls back when the connection closes");
+        }
+    }
+    let second = tokio::select! {
+        _ = &mut work => None,
+        _ = tokio::time::sleep(GRACE) => None,
+        _ = int.recv() => Some(Signal::Interrupt),
+        _ = term.recv() => Some(Signal::Terminate),
+    };
+    if let Some(signal) = second {
+        // The server rolls back and unlocks when the connection closes with the process.
+        std::process::exit(128 + i32::from(signal.number()));
+    }
+    Err(Error::Interrupted(received))
+}

@@ -1,0 +1,198 @@
+//! Reaching the database: PG* variables, password files, unix sockets, waiting for a server
+//! that starts late, and failing at once on a wrong password.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Running, binary, history, output, seed_dir};
+
+const SENTINEL: &str = "Conn-Sentinel-4d1e";
+
+/// A database owned by a role of its own (returned) whose password is the sentinel.
+async fn sentinel_database() -> (support::TestDb, String) {
+    let db = support::database().await;
+    let role = format!("bot_{}", db.name);
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{SENTINEL}';
+             ALTER DATABASE \"{}\" OWNER TO {role};
+             ALTER SCHEMA public OWNER TO {role};",
+            db.name
+        ))
+        .await
+        .unwrap();
+    (db, role)
+}
+
+fn assert_no_sentinel(out: &support::Output) {
+    assert!(!out.stdout.contains(SENTINEL), "stdout: {}", out.stdout);
+    assert!(!out.stderr.contains(SENTINEL), "stderr: {}", out.stderr);
+}
+
+#[tokio::test]
+async fn pg_variables_and_password_files_reach_the_database() {
+    let (db, role) = sentinel_database().await;
+    let port = support::server().port.to_string();
+    let secrets = tempfile::tempdir().unwrap();
+    let mounted = secrets.path().join("password");
+    std::fs::write(&mounted, format!("{SENTINEL}\n")).unwrap();
+    let pgpass = secrets.path().join("pgpass");
+    std::fs::write(&pgpass, format!("127.0.0.1:{port}:*:{role}:{SENTINEL}\n")).unwrap();
+    let password_sources: [(&str, String); 3] = [
+        ("PGPASSWORD", SENTINEL.to_string()),
+        ("DATABASE_PASSWORD_FILE", mounted.display().to_string()),
+        ("PGPASSFILE", pgpass.display().to_string()),
+    ];
+    for (variable, value) in password_sources {
+        let out = output(
+            binary()
+                .args(["up", "--log-format", "json"])
+                .env("MIGRATIONS_DIR", seed_dir())
+                .env("PGHOST", "127.0.0.1")
+                .env("PGPORT", &port)
+                .env("PGUSER", &role)
+                .env("PGDATABASE", &db.name)
+                .env(variable, value),
+        );
+        assert_eq!(out.code, 0, "{variable}: {}", out.stderr);
+        assert_no_sentinel(&out);
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn password_from_a_file_completes_a_url_without_one() {
+    let (db, role) = sentinel_database().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let mounted = secrets.path().join("password");
+    std::fs::write(&mounted, SENTINEL).unwrap();
+    let url = format!(
+        "postgresql://{role}@127.0.0.1:{}/{}",
+        support::server().port,
+        db.name
+    );
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", url)
+            .env("MIGRATIONS_DIR", seed_dir())
+            .env("DATABASE_PASSWORD_FILE", &mounted),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_no_sentinel(&out);
+
+    let missing = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", "postgresql://conn_bot@127.0.0.1/x")
+            .env("MIGRATIONS_DIR", seed_dir())
+            .env("DATABASE_PASSWORD_FILE", "/run/secrets/absent"),
+    );
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/run/secrets/absent"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[tokio::test]
+async fn unix_socket_host_works() {
+    let db = support::database().await;
+    let server = support::server();
+    let socket_dir = server
+        .socket_dir
+        .as_ref()
+        .expect("a private server has a socket");
+    let url = format!(
+        "host={} port={} user=postgres password={} dbname={}",
+        socket_dir.display(),
+        server.port,
+        support::SUPERUSER_PASSWORD,
+        db.name
+    );
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("postgres@{}", socket_dir.display())),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn job_started_before_the_server_waits_for_it() {
+    let port = support::free_port();
+    let url = format!(
+        "postgresql://postgres:{}@127.0.0.1:{port}/postgres",
+        support::SUPERUSER_PASSWORD
+    );
+    let started = Instant::now();
+    let mut job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--connect-timeout", "60s"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    job.wait_for("a first retry", |e| {
+        e["message"] == "cannot connect yet; retrying"
+    });
+    // The scenario itself: the database comes up three seconds after the job.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _server = tokio::task::spawn_blocking(move || {
+        support::start_on(&support::ServerOptions::default(), port)
+    })
+    .await
+    .unwrap();
+    let (code, events) = job.finish();
+    let waited = started.elapsed();
+    assert_eq!(code, Some(0), "{events:#?}");
+    let retries: Vec<_> = events
+        .iter()
+        .filter(|e| e["message"] == "cannot connect yet; retrying")
+        .collect();
+    assert!(retries.len() >= 2, "{events:#?}");
+    for (i, retry) in retries.iter().enumerate() {
+        assert_eq!(retry["attempt"], i as u64 + 1);
+        assert!(retry["reason"].is_string());
+    }
+    eprintln!(
+        "late server: job finished after {waited:?} with {} retries",
+        retries.len()
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_fails_at_once_without_retrying() {
+    let (db, role) = sentinel_database().await;
+    let url = format!(
+        "postgresql://{role}:{SENTINEL}-wrong@127.0.0.1:{}/{}",
+        support::server().port,
+        db.name
+    );
+    let started = Instant::now();
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json", "--connect-timeout", "60s"])
+            .env("DATABASE_URL", url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    eprintln!("wrong password: exit after {:?}", started.elapsed());
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(!out.stderr.contains("retrying"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("authentication failed"),
+        "{}",
+        out.stderr
+    );
+    assert_no_sentinel(&out);
+}

@@ -1,0 +1,119 @@
+//! Stopping a run: SIGTERM rolls back and unlocks; SIGKILL leaves nothing that blocks the
+//! next run for long.
+
+mod support;
+
+use std::time::Instant;
+
+use support::{Running, binary, eventually, history};
+
+const SLOW: &str = "ALTER TABLE video_requests ADD COLUMN slow_marker int;\nSELECT pg_sleep(60);\n";
+
+/// Starts `up` on the seed plus a slow third migration, and waits until its pg_sleep runs.
+async fn job_in_slow_migration(db: &support::TestDb, dir: &std::path::Path) -> Running {
+    support::up_ok(db, &support::seed_dir()).await;
+    let job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    );
+    let watcher = db.client().await;
+    eventually("the slow migration to be running", || async {
+        let rows = watcher
+            .query(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                 AND application_name = 'db-migrate' AND state = 'active' AND query LIKE '%pg_sleep(60)%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        !rows.is_empty()
+    })
+    .await;
+    job
+}
+
+async fn column_exists(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT count(*) > 0 FROM information_schema.columns WHERE column_name = 'slow_marker'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn migration_lock_held(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_one(
+            "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory'
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+             AND classid = ($1::bigint & 4294967295)::text::oid",
+            &[&i64::from(db_migrate::lock::CLASS_ID)],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn sigterm_cancels_the_running_migration_rolls_back_and_exits_143() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[("003_slow.sql", SLOW)]);
+    let job = job_in_slow_migration(&db, dir.path()).await;
+    let signalled = Instant::now();
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    eprintln!("SIGTERM: exited {:?} after the signal", signalled.elapsed());
+    assert_eq!(code, Some(143), "{events:#?}");
+    let summary = events.last().unwrap();
+    assert_eq!(summary["outcome"], "interrupted");
+    assert_eq!(summary["exit_code"], 143);
+    let client = db.client().await;
+    assert_eq!(
+        history(&client).await,
+        [1, 2],
+        "nothing recorded for the cancelled migration"
+    );
+    assert!(
+        !column_exists(&client).await,
+        "the migration's DDL was rolled back"
+    );
+    assert!(
+        !migration_lock_held(&client).await,
+        "the migration lock was released"
+    );
+}
+
+#[tokio::test]
+async fn sigkill_mid_migration_leaves_nothing_half_applied_and_the_next_run_proceeds() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[("003_slow.sql", SLOW)]);
+    let job = job_in_slow_migration(&db, dir.path()).await;
+    job.signal("KILL");
+    let (code, _) = job.finish();
+    assert_eq!(code, None, "killed by the signal");
+    // The failed migration was never recorded, so it may be edited before the next run.
+    std::fs::write(
+        dir.path().join("003_slow.sql"),
+        "ALTER TABLE video_requests ADD COLUMN slow_marker int;\n",
+    )
+    .unwrap();
+    let next_started = Instant::now();
+    let out = support::output(
+        binary()
+            .args(["up", "--log-format", "json", "--lock-wait", "60s"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    eprintln!(
+        "SIGKILL: the next run finished after {:?}",
+        next_started.elapsed()
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3]);
+    assert!(column_exists(&client).await);
+}
