@@ -105,9 +105,14 @@ async fn connected(
         backend_pid,
     };
     let table = &config.history_table;
-    lock::with(&client, table, config.lock_wait, interrupt, async || {
-        change(&run, summary).await
-    })
+    lock::with(
+        &client,
+        table,
+        config.lock_wait,
+        backend_pid,
+        interrupt,
+        async || change(&run, summary).await,
+    )
     .await
 }
 

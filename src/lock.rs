@@ -29,38 +29,50 @@ pub fn object_id(table: &Table) -> i32 {
 }
 
 /// Runs `work` while holding the lock, and releases the lock whatever `work` returns.
+/// `session_pid` is the backend the session was set up on: the lock is only worth anything
+/// if it is taken there.
 pub async fn with<T>(
     client: &Client,
     table: &Table,
     wait: Duration,
+    session_pid: i32,
     interrupt: &Interrupt,
     work: impl AsyncFnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = (CLASS_ID, object_id(table));
-    acquire(client, key, wait, interrupt).await?;
+    let locked_on = acquire(client, key, wait, interrupt).await?;
+    if locked_on != session_pid {
+        // A transaction pooler moved us between server sessions: the lock sits on a session
+        // we may never see again. Give it back while we can and stop.
+        release(client, key).await;
+        return Err(Error::Pooled {
+            first: session_pid,
+            now: locked_on,
+        });
+    }
     let result = work().await;
     release(client, key).await;
     result
 }
 
 /// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
-/// deadline and the job can say who it is waiting for.
+/// deadline and the job can say who it is waiting for. Returns the backend pid that took it.
 async fn acquire(
     client: &Client,
     key: (i32, i32),
     wait: Duration,
     interrupt: &Interrupt,
-) -> Result<(), Error> {
+) -> Result<i32, Error> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(20);
     let mut announced = false;
     loop {
         interrupt.check()?;
-        if try_lock(client, key).await? {
+        if let Some(pid) = try_lock(client, key).await? {
             if announced {
                 info!(waited_ms = elapsed_ms(started), "migration lock acquired");
             }
-            return Ok(());
+            return Ok(pid);
         }
         if !announced {
             let holder = holder(client, key).await.unwrap_or_default();
@@ -78,13 +90,21 @@ async fn acquire(
     }
 }
 
-async fn try_lock(client: &Client, (class, object): (i32, i32)) -> Result<bool, Error> {
-    let query = format!("SELECT pg_try_advisory_lock({class}, {object})");
+/// The backend pid when the lock was taken, `None` when another session holds it.
+async fn try_lock(client: &Client, (class, object): (i32, i32)) -> Result<Option<i32>, Error> {
+    let query = format!("SELECT pg_try_advisory_lock({class}, {object}), pg_backend_pid()");
     let messages = client
         .simple_query(&query)
         .await
         .map_err(Error::database("taking the migration lock"))?;
-    Ok(first_value(&messages) == Some("t"))
+    let row = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    Ok(row
+        .filter(|row| row.get(0) == Some("t"))
+        .and_then(|row| row.get(1))
+        .and_then(|pid| pid.parse().ok()))
 }
 
 /// The pid of the session holding the lock, for the log.

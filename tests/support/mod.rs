@@ -204,7 +204,7 @@ fn bin_dir() -> PathBuf {
 }
 
 /// PostgreSQL refuses to run as root: as root, run its programs as the `postgres` user.
-fn server_user() -> Option<(u32, u32)> {
+pub fn server_user() -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     let is_root = passwd.lines().next().is_some() && unsafe_free_uid() == 0;
     if !is_root {
@@ -229,7 +229,7 @@ fn unsafe_free_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-fn as_server_user(mut command: Command, owner: Option<(u32, u32)>) -> Command {
+pub fn as_server_user(mut command: Command, owner: Option<(u32, u32)>) -> Command {
     if let Some((uid, gid)) = owner {
         command.uid(uid).gid(gid).env("HOME", "/tmp");
     }
