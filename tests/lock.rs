@@ -222,3 +222,51 @@ async fn ddl_lock_never_released_exits_6_naming_relation_and_blocker() {
         .get(0);
     assert_eq!(column, 0);
 }
+
+#[tokio::test]
+async fn concurrent_index_build_reports_its_phase_while_it_waits_for_writers() {
+    let db = support::database().await;
+    let dir = support::migrations(&[
+        (
+            "001_t.sql",
+            "CREATE TABLE t (id int, v int); INSERT INTO t SELECT i, i FROM generate_series(1, 1000) i;",
+        ),
+        (
+            "002_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n",
+        ),
+    ]);
+    let first = db_migrate::plan::Target::Version(1);
+    let to_first = db_migrate::cli::Command::Up {
+        target: first,
+        mode: db_migrate::cli::Mode::Each,
+    };
+    run(&config(&db.url, dir.path(), to_first)).await.1.unwrap();
+    // An open transaction that wrote to t: a concurrent build must wait for it to end.
+    let writer = db.client().await;
+    writer
+        .batch_execute("BEGIN; UPDATE t SET v = v WHERE id = 1")
+        .await
+        .unwrap();
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--progress-interval", "200ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let progress = job.wait_for("a progress event with the index build phase", |e| {
+        e["message"] == "migration still running" && e["index_phase"].is_string()
+    });
+    assert_eq!(progress["version"], 2);
+    assert!(
+        progress["index_phase"]
+            .as_str()
+            .unwrap()
+            .starts_with("waiting for"),
+        "{progress}"
+    );
+    writer.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}

@@ -423,13 +423,26 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// Runs `command` to completion. Every test URL carries the superuser password, so every
+/// run of the binary doubles as a check that no output ever repeats it.
 pub fn output(command: &mut Command) -> Output {
     let out = command.output().expect("run db-migrate");
-    Output {
+    let output = Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    assert_no_password(&output.stdout);
+    assert_no_password(&output.stderr);
+    output
+}
+
+/// Fails the test if `text` contains the superuser password.
+pub fn assert_no_password(text: &str) {
+    assert!(
+        !text.contains(SUPERUSER_PASSWORD),
+        "the database password appeared in output:\n{text}"
+    );
 }
 
 /// The JSON log events a run wrote to stderr.
@@ -526,6 +539,7 @@ impl Running {
     pub fn finish(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
         let status = self.child.wait().expect("wait for db-migrate");
         self.seen.extend(self.events.iter());
+        assert_no_password(&serde_json::Value::Array(self.seen.clone()).to_string());
         (status.code(), self.seen)
     }
 }
