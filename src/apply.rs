@@ -73,13 +73,7 @@ async fn with_lock_retries(
 ) -> Result<(), Error> {
     let mut pause = Duration::from_secs(1);
     for attempt in 1.. {
-        let work = async {
-            if runs_outside_transaction(migration, direction) {
-                without_transaction(ctx, migration, direction).await
-            } else {
-                one(ctx, migration, direction, Wrap::Own).await
-            }
-        };
+        let work = one(ctx, migration, direction, Wrap::Own);
         let (result, sample) = monitor.watch(migration.version, work).await;
         if !is_lock_timeout(&result) {
             return result;
@@ -207,42 +201,59 @@ fn script(migration: &Migration, direction: Direction) -> Option<&Script> {
     }
 }
 
-/// Sends the migration's SQL, its history change and (with `Wrap::Own`) BEGIN and COMMIT as
-/// one pipeline: one round trip per migration. If the SQL fails, the server refuses the rest
-/// of the transaction and turns COMMIT into ROLLBACK, so nothing of it is kept or recorded.
+/// Runs one migration (or its rollback) and logs it: a `-- no-transaction` file statement by
+/// statement, anything else as one pipelined transaction.
 async fn one(
     ctx: &Context<'_>,
     migration: &Migration,
     direction: Direction,
     wrap: Wrap,
 ) -> Result<(), Error> {
+    let Some(script) = script(migration, direction) else {
+        return Ok(());
+    };
     let span = info_span!("migration", version = migration.version, name = %migration.name);
     async {
-        let Some(script) = script(migration, direction) else {
-            return Ok(());
-        };
         let started = Instant::now();
-        let client = ctx.client;
-        // Each arm sends its message on its first poll, in this order, before any of them
-        // waits for an answer: the five messages travel together.
-        let (begin, mark, body, record, commit) = tokio::join!(
-            when(wrap == Wrap::Own, client.batch_execute("BEGIN")),
-            client.simple_query(MARK),
-            client.batch_execute(&script.sql),
-            record(ctx, migration, direction),
-            when(wrap == Wrap::Own, client.batch_execute("COMMIT")),
-        );
-        begin.map_err(Error::database("starting the migration's transaction"))?;
-        let mark = mark.map_err(Error::database("starting the migration's transaction"))?;
-        same_session(ctx, &mark)?;
-        body.map_err(|e| failed(migration, script, 0, true, e))?;
-        record.map_err(Error::database("recording the migration in history"))?;
-        commit.map_err(Error::database("committing the migration"))?;
+        if wrap == Wrap::Own && sql::is_no_transaction(&script.sql) {
+            without_transaction(ctx, migration, script, direction).await?;
+        } else {
+            pipelined(ctx, migration, script, direction, wrap).await?;
+        }
         done(ctx, migration, script, direction, started);
         Ok(())
     }
     .instrument(span)
     .await
+}
+
+/// Sends the migration's SQL, its history change and (with `Wrap::Own`) BEGIN and COMMIT as
+/// one pipeline: one round trip per migration. If the SQL fails, the server refuses the rest
+/// of the transaction and turns COMMIT into ROLLBACK, so nothing of it is kept or recorded.
+async fn pipelined(
+    ctx: &Context<'_>,
+    migration: &Migration,
+    script: &Script,
+    direction: Direction,
+    wrap: Wrap,
+) -> Result<(), Error> {
+    let client = ctx.client;
+    // Each arm sends its message on its first poll, in this order, before any of them
+    // waits for an answer: the five messages travel together.
+    let (begin, mark, body, record, commit) = tokio::join!(
+        when(wrap == Wrap::Own, client.batch_execute("BEGIN")),
+        client.simple_query(MARK),
+        client.batch_execute(&script.sql),
+        record(ctx, migration, direction),
+        when(wrap == Wrap::Own, client.batch_execute("COMMIT")),
+    );
+    begin.map_err(Error::database("starting the migration's transaction"))?;
+    let mark = mark.map_err(Error::database("starting the migration's transaction"))?;
+    same_session(ctx, &mark)?;
+    body.map_err(|e| failed(migration, script, 0, true, e))?;
+    record.map_err(Error::database("recording the migration in history"))?;
+    commit.map_err(Error::database("committing the migration"))?;
+    Ok(())
 }
 
 /// A `-- no-transaction` file: each statement on its own, as CREATE INDEX CONCURRENTLY
@@ -251,46 +262,37 @@ async fn one(
 async fn without_transaction(
     ctx: &Context<'_>,
     migration: &Migration,
+    script: &Script,
     direction: Direction,
 ) -> Result<(), Error> {
-    let span = info_span!("migration", version = migration.version, name = %migration.name);
-    async {
-        let Some(script) = script(migration, direction) else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let client = ctx.client;
-        let creates = match direction {
-            Direction::Up => sql::created_indexes(&script.sql),
-            Direction::Down => Vec::new(),
-        };
-        rebuild_invalid_indexes(client, &creates).await?;
-        let mark = client
-            .simple_query(MARK)
+    let client = ctx.client;
+    let creates = match direction {
+        Direction::Up => sql::created_indexes(&script.sql),
+        Direction::Down => Vec::new(),
+    };
+    rebuild_invalid_indexes(client, &creates).await?;
+    let mark = client
+        .simple_query(MARK)
+        .await
+        .map_err(Error::database("starting the migration"))?;
+    same_session(ctx, &mark)?;
+    for statement in sql::split(&script.sql) {
+        client
+            .batch_execute(statement.text)
             .await
-            .map_err(Error::database("starting the migration"))?;
-        same_session(ctx, &mark)?;
-        for statement in sql::split(&script.sql) {
-            client
-                .batch_execute(statement.text)
-                .await
-                .map_err(|e| failed(migration, script, statement.offset, false, e))?;
-        }
-        if let Some(index) = invalid_indexes(client, &creates).await?.into_iter().next() {
-            return Err(Error::InvalidIndex {
-                version: migration.version,
-                file: script.path.clone(),
-                index,
-            });
-        }
-        record(ctx, migration, direction)
-            .await
-            .map_err(Error::database("recording the migration in history"))?;
-        done(ctx, migration, script, direction, started);
-        Ok(())
+            .map_err(|e| failed(migration, script, statement.offset, false, e))?;
     }
-    .instrument(span)
-    .await
+    if let Some(index) = invalid_indexes(client, &creates).await?.into_iter().next() {
+        return Err(Error::InvalidIndex {
+            version: migration.version,
+            file: script.path.clone(),
+            index,
+        });
+    }
+    record(ctx, migration, direction)
+        .await
+        .map_err(Error::database("recording the migration in history"))?;
+    Ok(())
 }
 
 async fn record(

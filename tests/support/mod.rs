@@ -394,7 +394,7 @@ pub async fn tables(client: &Client) -> Vec<String> {
 /// The real binary, with the environment cleared of anything that would steer it.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_db-migrate"));
-    for var in [
+    let own = [
         "DATABASE_URL",
         "MIGRATIONS_DIR",
         "LOG_FORMAT",
@@ -402,15 +402,8 @@ pub fn binary() -> Command {
         "DB_MIGRATE_LOCK_WAIT",
         "DB_MIGRATE_ALLOW_OUT_OF_ORDER",
         "DB_MIGRATE_CONNECT_TIMEOUT",
-        "PGHOST",
-        "PGPORT",
-        "PGUSER",
-        "PGPASSWORD",
-        "PGDATABASE",
-        "PGSSLMODE",
-        "PGPASSFILE",
-        "DATABASE_PASSWORD_FILE",
-    ] {
+    ];
+    for var in own.iter().chain(db_migrate::connect::VARIABLES) {
         command.env_remove(var);
     }
     command
