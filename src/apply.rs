@@ -90,7 +90,7 @@ async fn with_lock_retries(
             retry_in_ms = pause.as_millis() as u64,
             "migration could not get a table lock in time; rolled back, retrying"
         );
-        tokio::time::sleep(pause).await;
+        ctx.interrupt.sleep(pause).await?;
         pause = (pause * 2).min(Duration::from_secs(30));
     }
     unreachable!("the retry loop only ends by returning")

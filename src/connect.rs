@@ -48,6 +48,7 @@ pub const VARIABLES: &[&str] = &[
     "PGPASSFILE",
     "DATABASE_PASSWORD_FILE",
     "HOME",
+    "USER",
 ];
 
 /// Builds the settings from `url` (a `postgresql://` URI or `key=value` pairs) or, when there
@@ -73,7 +74,8 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
             );
         }
     }
-    if let (None, Some(user)) = (pg.get_user(), var("PGUSER")) {
+    // libpq's default user is the operating-system user.
+    if let (None, Some(user)) = (pg.get_user(), var("PGUSER").or_else(|| var("USER"))) {
         pg.user(user);
     }
     if let (None, Some(database)) = (pg.get_dbname(), var("PGDATABASE")) {
@@ -278,10 +280,6 @@ fn percent_decode(text: &str) -> String {
                 out.push(byte);
                 i += 3;
             }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
             (byte, _) => {
                 out.push(byte);
                 i += 1;
@@ -406,6 +404,12 @@ async fn attempt(
     connector: &tls::Connector,
     mode: SslMode,
 ) -> Result<Client, tokio_postgres::Error> {
+    // libpq ignores sslmode on unix sockets (Cloud Run's /cloudsql socket among them): the
+    // socket never leaves the machine, and the server would refuse the TLS request there.
+    let mode = match settings.pg.get_hosts().first() {
+        Some(Host::Unix(_)) => SslMode::Disable,
+        _ => mode,
+    };
     let mut pg = settings.pg.clone();
     pg.ssl_mode(tls::tokio_mode(mode));
     let (client, connection) = pg.connect(connector.clone()).await?;
@@ -417,25 +421,12 @@ async fn attempt(
     let target = target(&settings.pg);
     match connector.negotiated() {
         Some(version) => info!(db = %target, tls = true, tls_version = %version, "connected"),
-        None if matches!(mode, SslMode::Prefer | SslMode::Allow)
-            && settings.tls.mode != SslMode::Disable =>
-        {
-            warn!(db = %target, tls = false, "connected without TLS: the server does not offer it (sslmode={})", mode_name(settings.tls.mode))
+        None if mode == SslMode::Prefer => {
+            warn!(db = %target, tls = false, "connected without TLS: the server does not offer it (sslmode=prefer)")
         }
         None => info!(db = %target, tls = false, "connected"),
     }
     Ok(client)
-}
-
-fn mode_name(mode: SslMode) -> &'static str {
-    match mode {
-        SslMode::Disable => "disable",
-        SslMode::Allow => "allow",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
-    }
 }
 
 fn transient(error: &tokio_postgres::Error) -> bool {
@@ -448,9 +439,24 @@ fn transient(error: &tokio_postgres::Error) -> bool {
                 || *code == SqlState::TOO_MANY_CONNECTIONS
                 || code.code().starts_with("08")
         }
-        // No SQLSTATE: the socket failed (refused, DNS, timeout, closed by a proxy).
-        None => true,
+        None => socket_failure(error),
     }
+}
+
+/// The socket failed (refused, DNS, timeout, reset, closed by a proxy), as opposed to a
+/// configuration or authentication problem that no retry mends. tokio-postgres exposes its
+/// error kinds only through Display, so the closed-connection and timeout kinds are read
+/// from there.
+fn socket_failure(error: &tokio_postgres::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(inner) = cause {
+        if inner.is::<std::io::Error>() {
+            return true;
+        }
+        cause = inner.source();
+    }
+    let text = error.to_string();
+    text.starts_with("connection closed") || text.starts_with("timeout")
 }
 
 /// What went wrong, in words a deploy log reader can act on.

@@ -97,7 +97,7 @@ pub enum Error {
     /// A migration kept hitting `lock_timeout` (SQLSTATE 55P03) on a table another session
     /// holds; each attempt was rolled back.
     #[error(
-        "migration {version} could not get a table lock in {attempts} attempt(s){}{}; it was rolled back each time; end the blocking session or retry when traffic is lower (--ddl-lock-timeout, --ddl-lock-retries)",
+        "migration {version} could not get a table lock in {attempts} attempt(s){}{}; nothing of it was recorded; end the blocking session or retry when traffic is lower (--ddl-lock-timeout, --ddl-lock-retries)",
         .relation.as_ref().map(|r| format!(" on {r}")).unwrap_or_default(),
         .blocker_pid.map(|p| format!(", blocked by pid {p}")).unwrap_or_default()
     )]
@@ -115,7 +115,7 @@ pub enum Error {
     Pooled { first: i32, now: i32 },
 
     /// SIGINT or SIGTERM stopped the run; the running migration was rolled back.
-    #[error("stopped by {}; the running migration was rolled back and the lock released", .0.name())]
+    #[error("stopped by {}; a migration in progress was rolled back and nothing of it recorded", .0.name())]
     Interrupted(crate::interrupt::Signal),
 
     /// `verify` found migrations that are not applied yet.

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 use tokio_postgres::CancelToken;
 use tracing::warn;
 
@@ -52,6 +53,8 @@ const GRACE: Duration = Duration::from_secs(6);
 pub struct Interrupt {
     received: OnceLock<Signal>,
     cancel: OnceLock<(CancelToken, tls::Connector)>,
+    /// Wakes waits (lock polling, retry pauses) so a signal ends them at once.
+    wake: Notify,
 }
 
 impl Interrupt {
@@ -65,6 +68,19 @@ impl Interrupt {
         match self.received.get() {
             Some(signal) => Err(Error::Interrupted(*signal)),
             None => Ok(()),
+        }
+    }
+
+    /// Sleeps for `pause`, or less when a signal comes (then Err).
+    pub async fn sleep(&self, pause: Duration) -> Result<(), Error> {
+        let woken = self.wake.notified();
+        tokio::pin!(woken);
+        // Registered before the check, so a signal in between still wakes us.
+        woken.as_mut().enable();
+        self.check()?;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => Ok(()),
+            _ = woken => self.check(),
         }
     }
 }
@@ -88,6 +104,11 @@ pub async fn guard(
         _ = term.recv() => Signal::Terminate,
     };
     let _ = interrupt.received.set(received);
+    interrupt.wake.notify_waiters();
+    if interrupt.cancel.get().is_none() {
+        // Not connected yet: nothing to roll back or unlock.
+        return Err(Error::Interrupted(received));
+    }
     warn!(
         signal = received.name(),
         "stopping: cancelling the running statement, rolling back, releasing the lock"

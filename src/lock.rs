@@ -40,39 +40,40 @@ pub async fn with<T>(
     work: impl AsyncFnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = (CLASS_ID, object_id(table));
-    let locked_on = acquire(client, key, wait, interrupt).await?;
-    if locked_on != session_pid {
-        // A transaction pooler moved us between server sessions: the lock sits on a session
-        // we may never see again. Give it back while we can and stop.
-        release(client, key).await;
-        return Err(Error::Pooled {
-            first: session_pid,
-            now: locked_on,
-        });
-    }
+    acquire(client, key, wait, session_pid, interrupt).await?;
     let result = work().await;
     release(client, key).await;
     result
 }
 
 /// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
-/// deadline and the job can say who it is waiting for. Returns the backend pid that took it.
+/// deadline and the job can say who it is waiting for.
 async fn acquire(
     client: &Client,
     key: (i32, i32),
     wait: Duration,
+    session_pid: i32,
     interrupt: &Interrupt,
-) -> Result<i32, Error> {
+) -> Result<(), Error> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(20);
     let mut announced = false;
     loop {
         interrupt.check()?;
-        if let Some(pid) = try_lock(client, key).await? {
-            if announced {
-                info!(waited_ms = elapsed_ms(started), "migration lock acquired");
+        match try_lock(client, key, session_pid).await? {
+            Attempt::Taken => {
+                if announced {
+                    info!(waited_ms = elapsed_ms(started), "migration lock acquired");
+                }
+                return Ok(());
             }
-            return Ok(pid);
+            Attempt::OtherSession(now) => {
+                return Err(Error::Pooled {
+                    first: session_pid,
+                    now,
+                });
+            }
+            Attempt::Held => {}
         }
         if !announced {
             let holder = holder(client, key).await.unwrap_or_default();
@@ -85,14 +86,32 @@ async fn acquire(
         let Some(left) = wait.checked_sub(started.elapsed()).filter(|l| !l.is_zero()) else {
             return Err(Error::LockTimeout { waited: wait });
         };
-        tokio::time::sleep(pause.min(left)).await;
+        interrupt.sleep(pause.min(left)).await?;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 
-/// The backend pid when the lock was taken, `None` when another session holds it.
-async fn try_lock(client: &Client, (class, object): (i32, i32)) -> Result<Option<i32>, Error> {
-    let query = format!("SELECT pg_try_advisory_lock({class}, {object}), pg_backend_pid()");
+/// What one try at the lock found.
+enum Attempt {
+    Taken,
+    /// Another run holds it.
+    Held,
+    /// This transaction ran in another server session (this pid): a transaction pooler.
+    OtherSession(i32),
+}
+
+/// Tries the lock only in the session that was set up: behind a transaction pooler the
+/// statement may land in another server session, where a lock would outlive this run (the
+/// pooler keeps that session open) and protect nothing.
+async fn try_lock(
+    client: &Client,
+    (class, object): (i32, i32),
+    session_pid: i32,
+) -> Result<Attempt, Error> {
+    let query = format!(
+        "SELECT CASE WHEN pg_backend_pid() = {session_pid} \
+         THEN pg_try_advisory_lock({class}, {object}) END, pg_backend_pid()"
+    );
     let messages = client
         .simple_query(&query)
         .await
@@ -101,10 +120,12 @@ async fn try_lock(client: &Client, (class, object): (i32, i32)) -> Result<Option
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    Ok(row
-        .filter(|row| row.get(0) == Some("t"))
-        .and_then(|row| row.get(1))
-        .and_then(|pid| pid.parse().ok()))
+    let pid = row.and_then(|r| r.get(1)).and_then(|p| p.parse().ok());
+    Ok(match (row.and_then(|r| r.get(0)), pid) {
+        (Some("t"), _) => Attempt::Taken,
+        (None, Some(pid)) if pid != session_pid => Attempt::OtherSession(pid),
+        _ => Attempt::Held,
+    })
 }
 
 /// The pid of the session holding the lock, for the log.

@@ -43,11 +43,17 @@ impl<'a> Monitor<'a> {
         progress_interval: Duration,
         lock_timeout: Duration,
     ) -> Monitor<'a> {
+        // A zero interval would make the progress schedule never advance.
+        let floor = Duration::from_millis(50);
         Monitor {
             settings,
             pid,
-            progress_interval,
-            lock_timeout,
+            progress_interval: progress_interval.max(floor),
+            // lock_timeout 0 means none: then only progress decides when to look.
+            lock_timeout: match lock_timeout.is_zero() {
+                true => Duration::MAX,
+                false => lock_timeout.max(floor),
+            },
             client: None,
         }
     }
