@@ -26,6 +26,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// How long to keep retrying transient failures of the first connection.
     pub retry_for: Duration,
+    /// What the connection is for, in its log events: `migration` or `monitor`.
+    pub purpose: &'static str,
 }
 
 /// The environment variables connection settings read, collected by `cli` (the one place that
@@ -106,6 +108,7 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
         pg,
         tls,
         retry_for: Duration::from_secs(60),
+        purpose: "migration",
     })
 }
 
@@ -420,11 +423,13 @@ async fn attempt(
     });
     let target = target(&settings.pg);
     match connector.negotiated() {
-        Some(version) => info!(db = %target, tls = true, tls_version = %version, "connected"),
-        None if mode == SslMode::Prefer => {
-            warn!(db = %target, tls = false, "connected without TLS: the server does not offer it (sslmode=prefer)")
+        Some(version) => {
+            info!(db = %target, connection = settings.purpose, tls = true, tls_version = %version, "connected")
         }
-        None => info!(db = %target, tls = false, "connected"),
+        None if mode == SslMode::Prefer => {
+            warn!(db = %target, connection = settings.purpose, tls = false, "connected without TLS: the server does not offer it (sslmode=prefer)")
+        }
+        None => info!(db = %target, connection = settings.purpose, tls = false, "connected"),
     }
     Ok(client)
 }

@@ -106,6 +106,7 @@ impl<'a> Monitor<'a> {
         if self.client.is_none() {
             let mut quick = self.settings.clone();
             quick.retry_for = Duration::ZERO;
+            quick.purpose = "monitor";
             self.client = connect::open(&quick).await.ok();
         }
         let client = self.client.as_ref()?;
