@@ -12,9 +12,9 @@ pub struct Applied {
     pub version: i64,
     pub name: String,
     pub checksum: String,
-    /// UTC, RFC 3339.
-    pub applied_at: String,
-    pub execution_ms: i64,
+    /// UTC, RFC 3339; read only for `status` (see [`Columns`]).
+    pub applied_at: Option<String>,
+    pub execution_ms: Option<i64>,
 }
 
 /// The history table's name, kept both as typed and as a quoted SQL identifier, so that the
@@ -51,12 +51,31 @@ impl Table {
     }
 }
 
+/// What a history query reads: the timing columns cost the server a `to_char` per row and
+/// only `status` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// version, name, checksum: what the checks and plans need.
+    Checks,
+    /// Also applied_at and execution_ms, for `status`.
+    WithTimes,
+}
+
 /// Reads every applied migration in one round trip; `None` when the table does not exist yet.
-pub async fn applied(client: &Client, table: &Table) -> Result<Option<Vec<Applied>>, Error> {
+/// Rows come in no particular order; `plan` keys them by version.
+pub async fn applied(
+    client: &Client,
+    table: &Table,
+    columns: Columns,
+) -> Result<Option<Vec<Applied>>, Error> {
+    let times = match columns {
+        Columns::Checks => "",
+        Columns::WithTimes => {
+            ", to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), execution_ms"
+        }
+    };
     let query = format!(
-        "SELECT version, name, checksum, \
-         to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), execution_ms \
-         FROM {} ORDER BY version",
+        "SELECT version, name, checksum{times} FROM {}",
         table.quoted
     );
     let messages = match client.simple_query(&query).await {
@@ -68,17 +87,15 @@ pub async fn applied(client: &Client, table: &Table) -> Result<Option<Vec<Applie
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    let mut applied = Vec::new();
-    for row in rows {
-        let text = |i: usize| row.get(i).unwrap_or_default().to_string();
-        applied.push(Applied {
-            version: text(0).parse().unwrap_or_default(),
-            name: text(1),
-            checksum: text(2),
-            applied_at: text(3),
-            execution_ms: text(4).parse().unwrap_or_default(),
-        });
-    }
+    let applied = rows
+        .map(|row| Applied {
+            version: row.get(0).and_then(|v| v.parse().ok()).unwrap_or_default(),
+            name: row.get(1).unwrap_or_default().to_string(),
+            checksum: row.get(2).unwrap_or_default().to_string(),
+            applied_at: row.try_get(3).ok().flatten().map(str::to_string),
+            execution_ms: row.try_get(4).ok().flatten().and_then(|ms| ms.parse().ok()),
+        })
+        .collect();
     Ok(Some(applied))
 }
 

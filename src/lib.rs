@@ -123,7 +123,11 @@ async fn inspect(
     migrations: &[Migration],
     summary: &mut Summary,
 ) -> Result<(), Error> {
-    let applied = history::applied(client, &config.history_table)
+    let columns = match &config.command {
+        Command::Status { .. } => history::Columns::WithTimes,
+        _ => history::Columns::Checks,
+    };
+    let applied = history::applied(client, &config.history_table, columns)
         .await?
         .unwrap_or_default();
     summary.status = plan::status(migrations, &applied);
@@ -147,7 +151,7 @@ async fn inspect(
 async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
     let (config, client, migrations) = (run.config, run.client, run.migrations);
     let table = &config.history_table;
-    let recorded = history::applied(client, table).await?;
+    let recorded = history::applied(client, table, history::Columns::Checks).await?;
     if recorded.is_none()
         && matches!(config.command, Command::Up { .. })
         && history::has_user_tables(client).await?
@@ -203,6 +207,13 @@ async fn execute(
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let (config, client) = (run.config, run.client);
+    // A new migration's rollback is checked with it, not first when an emergency needs it.
+    for migration in plan {
+        let forward = (direction == Direction::Up).then_some(&migration.up);
+        for script in forward.into_iter().chain(&migration.down) {
+            source::check(script)?;
+        }
+    }
     let table = &config.history_table;
     summary.dry_run = mode == Mode::DryRun;
     let session = &config.session;

@@ -157,8 +157,8 @@ pub fn status(migrations: &[Migration], applied: &[Applied]) -> Vec<Entry> {
                     |m| m.name.clone(),
                 ),
                 state,
-                applied_at: row.map(|a| a.applied_at.clone()),
-                execution_ms: row.map(|a| a.execution_ms),
+                applied_at: row.and_then(|a| a.applied_at.clone()),
+                execution_ms: row.and_then(|a| a.execution_ms),
             }
         })
         .collect()
@@ -249,8 +249,8 @@ mod tests {
             version,
             name: format!("m{version}"),
             checksum: format!("sum{version}"),
-            applied_at: "2026-01-01T00:00:00Z".into(),
-            execution_ms: 1,
+            applied_at: Some("2026-01-01T00:00:00Z".into()),
+            execution_ms: Some(1),
         }
     }
 

@@ -210,7 +210,8 @@ async fn new_creates_the_next_pair_after_the_newest_version() {
             "011_add_thumbnail_url.down.sql"
         ]
     );
-    // The new forward file is a placeholder until written: `up` refuses it as empty.
-    let loaded = db_migrate::source::load(dir.path()).unwrap_err();
-    assert_eq!(loaded.exit_code(), 3);
+    // The new files are placeholders until written: `up` refuses them as empty.
+    let loaded = db_migrate::source::load(dir.path()).unwrap();
+    let error = db_migrate::source::check(&loaded.last().unwrap().up).unwrap_err();
+    assert_eq!(error.exit_code(), 3);
 }
