@@ -53,24 +53,25 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
     let mut ups: BTreeMap<i64, Script> = BTreeMap::new();
     let mut downs: BTreeMap<i64, (String, Script)> = BTreeMap::new();
     let mut names: BTreeMap<i64, String> = BTreeMap::new();
-    for path in sql_files(dir)? {
-        let file_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let parsed = parse_name(file_name).map_err(|problem| invalid(&path, problem))?;
-        let script = read_script(&path)?;
+    let files = sql_files(dir)?;
+    let mut parsed = Vec::with_capacity(files.len());
+    for (file_name, path) in &files {
+        parsed.push(parse_name(file_name).map_err(|problem| invalid(path, problem))?);
+    }
+    let paths: Vec<&Path> = files.iter().map(|(_, path)| path.as_path()).collect();
+    for (parsed, script) in parsed.into_iter().zip(read_all(&paths)) {
+        let script = script?;
         match parsed.direction {
             Direction::Up => {
                 if let Some(other) = ups.get(&parsed.version) {
-                    return Err(duplicate(&path, &other.path, parsed.version));
+                    return Err(duplicate(&script.path, &other.path, parsed.version));
                 }
                 names.insert(parsed.version, parsed.name.to_string());
                 ups.insert(parsed.version, script);
             }
             Direction::Down => {
                 if let Some((_, other)) = downs.get(&parsed.version) {
-                    return Err(duplicate(&path, &other.path, parsed.version));
+                    return Err(duplicate(&script.path, &other.path, parsed.version));
                 }
                 downs.insert(parsed.version, (parsed.name.to_string(), script));
             }
@@ -155,9 +156,11 @@ pub fn check(script: &Script) -> Result<(), Error> {
     Ok(())
 }
 
-/// Lists the `.sql` files in `dir`, sorted by name so that the first error is the same
-/// on every machine.
-fn sql_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+/// Lists the `.sql` files in `dir` as (file name, path), sorted by name so that the first
+/// error is the same on every machine. The name is kept beside the path because taking it
+/// back out of a path, and comparing paths, parse them component by component: a fifth of a
+/// no-op run over 5,000 files.
+fn sql_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
     let entries = fs::read_dir(dir).map_err(|source| Error::Directory {
         path: dir.to_path_buf(),
         source,
@@ -168,44 +171,87 @@ fn sql_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
             path: dir.to_path_buf(),
             source,
         })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".sql") || name.starts_with('.') {
+            continue;
+        }
         let path = entry.path();
-        let is_sql = path.extension().is_some_and(|e| e == "sql");
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
         // The directory entry's own type costs no system call; only links need a stat.
         let is_file = match entry.file_type() {
             Ok(kind) if kind.is_symlink() => path.is_file(),
             Ok(kind) => kind.is_file(),
             Err(_) => false,
         };
-        if is_sql && !hidden && is_file {
-            paths.push(path);
+        if is_file {
+            paths.push((name, path));
         }
     }
-    paths.sort();
+    paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(paths)
 }
 
-fn read_script(path: &Path) -> Result<Script, Error> {
-    let bytes = fs::read(path).map_err(|source| Error::Directory {
+/// Reads every file, in order. Reading thousands of small files is mostly system calls, so
+/// large directories are split across the machine's cores.
+fn read_all(paths: &[&Path]) -> Vec<Result<Script, Error>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if paths.len() < 256 || threads == 1 {
+        return read_chunk(paths);
+    }
+    let chunk = paths.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || read_chunk(part)))
+            .collect();
+        readers
+            .into_iter()
+            // A reader only panics if reading does, which would abort the run anyway.
+            .flat_map(|reader| reader.join().expect("a file reader thread panicked"))
+            .collect()
+    })
+}
+
+fn read_chunk(paths: &[&Path]) -> Vec<Result<Script, Error>> {
+    let mut buffer = vec![0; 64 * 1024];
+    paths
+        .iter()
+        .map(|path| read_script(path, &mut buffer))
+        .collect()
+}
+
+/// Reads one file through `buffer` with one read when it fits: a read from a regular file
+/// comes back short only at its end, which saves the size query and the extra read that
+/// `fs::read` makes (a fifth of a no-op run over 5,000 files is system calls).
+fn read_script(path: &Path, buffer: &mut Vec<u8>) -> Result<Script, Error> {
+    let io_error = |source| Error::Directory {
         path: path.to_path_buf(),
         source,
-    })?;
-    let text = String::from_utf8(bytes).map_err(|e| {
+    };
+    let mut file = fs::File::open(path).map_err(io_error)?;
+    let mut len = 0;
+    loop {
+        if len == buffer.len() {
+            buffer.resize(buffer.len() * 2, 0);
+        }
+        let read = std::io::Read::read(&mut file, &mut buffer[len..]).map_err(io_error)?;
+        len += read;
+        if read == 0 || len < buffer.len() {
+            break;
+        }
+    }
+    let bytes = &buffer[..len];
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         invalid(
             path,
             format!(
                 "not UTF-8 (invalid byte at offset {}); save the file as UTF-8",
-                e.utf8_error().valid_up_to()
+                e.valid_up_to()
             ),
         )
     })?;
-    let sql = match text.strip_prefix('\u{feff}') {
-        Some(rest) => rest.to_string(),
-        None => text,
-    };
     Ok(Script {
         path: path.to_path_buf(),
-        sql,
+        sql: text.strip_prefix('\u{feff}').unwrap_or(text).to_string(),
     })
 }
 
