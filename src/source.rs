@@ -446,6 +446,28 @@ mod tests {
     }
 
     #[test]
+    fn large_directories_load_every_file_in_version_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for version in 1..=600 {
+            let sql = format!("CREATE TABLE t_{version} (id int);");
+            std::fs::write(dir.path().join(format!("{version:04}_t{version}.sql")), sql).unwrap();
+        }
+        let big = "-- padding\n".repeat(10_000);
+        std::fs::write(dir.path().join("0601_big.sql"), format!("{big}SELECT 1;")).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        assert_eq!(loaded.len(), 601);
+        for (i, migration) in loaded.iter().take(600).enumerate() {
+            let version = i as i64 + 1;
+            assert_eq!(migration.version, version);
+            assert_eq!(
+                migration.up.sql,
+                format!("CREATE TABLE t_{version} (id int);")
+            );
+        }
+        assert_eq!(loaded[600].up.sql.len(), big.len() + "SELECT 1;".len());
+    }
+
+    #[test]
     fn slug_keeps_letters_and_digits() {
         assert_eq!(slug("Add thumbnail URL!"), "add_thumbnail_url");
         assert_eq!(slug("  v2 -- index "), "v2_index");
