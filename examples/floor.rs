@@ -1,0 +1,20 @@
+//! The benchmark floor: the least any migration tool must do, so no tool can beat it.
+//!
+//! Connects once to `DATABASE_URL` (no TLS, a current-thread runtime, as db-migrate runs),
+//! makes one round trip (`SELECT 1` through the simple query protocol), closes the
+//! connection cleanly and exits. `scripts/bench.sh` times it next to the migration tools;
+//! see BENCHMARKS.md.
+
+use tokio_postgres::NoTls;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("DATABASE_URL").map_err(|e| format!("DATABASE_URL: {e}"))?;
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+    let driver = tokio::spawn(connection);
+    client.simple_query("SELECT 1").await?;
+    // Dropping the client sends Terminate; the driver then ends, as a tool's would on exit.
+    drop(client);
+    driver.await??;
+    Ok(())
+}
