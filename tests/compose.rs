@@ -146,14 +146,11 @@ async fn seed_migrations_applied_on_first_start_pass_verify() {
     assert_verify_passes(&db, &seed_dir());
     let client = db.client().await;
     assert_eq!(recorded(&client).await, expected(&seed_dir(), APPLIED_BY));
-    let timed: i64 = client
-        .query_one(
-            "SELECT count(*) FROM schema_migrations WHERE execution_ms >= 0 AND applied_at <= now()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let timed: i64 = support::one(
+        &client,
+        "SELECT count(*) FROM schema_migrations WHERE execution_ms >= 0 AND applied_at <= now()",
+    )
+    .await;
     assert_eq!(timed, 2);
 }
 

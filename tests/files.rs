@@ -146,11 +146,7 @@ async fn statements_that_only_look_like_problems_are_accepted() {
     ]);
     up_ok(&db, dir.path()).await;
     let client = db.client().await;
-    let rows: i64 = client
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let rows: i64 = support::one(&client, "SELECT count(*) FROM t").await;
     assert_eq!(rows, 2);
     assert_eq!(history(&client).await, [1]);
 }

@@ -35,14 +35,11 @@ async fn job_in_slow_migration(db: &support::TestDb, dir: &std::path::Path) -> R
 }
 
 async fn column_exists(client: &tokio_postgres::Client) -> bool {
-    client
-        .query_one(
-            "SELECT count(*) > 0 FROM information_schema.columns WHERE column_name = 'slow_marker'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
+    support::one(
+        client,
+        "SELECT count(*) > 0 FROM information_schema.columns WHERE column_name = 'slow_marker'",
+    )
+    .await
 }
 
 async fn migration_lock_held(client: &tokio_postgres::Client) -> bool {

@@ -91,14 +91,7 @@ async fn waiting_run_proceeds_once_the_lock_is_released() {
     // The run is waiting once its session exists and it has not applied anything.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let sessions: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate' AND datname = current_database()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let sessions: i64 = support::one(&watcher, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate' AND datname = current_database()").await;
         if sessions > 0 {
             break;
         }
@@ -122,11 +115,7 @@ async fn waiting_run_proceeds_once_the_lock_is_released() {
 async fn lock_of_a_session_that_died_is_gone_for_the_next_run() {
     let db = support::database().await;
     let holder = hold_lock(&db).await;
-    let pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = support::one(&holder, "SELECT pg_backend_pid()").await;
     let admin = db.client().await;
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
@@ -149,11 +138,7 @@ async fn blocked_third_migration(
         "ALTER TABLE video_requests ADD COLUMN thumbnail_url TEXT;",
     )]);
     let holder = db.client().await;
-    let pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = support::one(&holder, "SELECT pg_backend_pid()").await;
     holder
         .batch_execute("BEGIN; LOCK TABLE video_requests IN ACCESS EXCLUSIVE MODE")
         .await
@@ -212,14 +197,11 @@ async fn ddl_lock_never_released_exits_6_naming_relation_and_blocker() {
     assert!(message.contains(&format!("pid {holder_pid}")), "{message}");
     let watcher = db.client().await;
     assert_eq!(history(&watcher).await, [1, 2]);
-    let column: i64 = watcher
-        .query_one(
-            "SELECT count(*) FROM information_schema.columns WHERE column_name = 'thumbnail_url'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let column: i64 = support::one(
+        &watcher,
+        "SELECT count(*) FROM information_schema.columns WHERE column_name = 'thumbnail_url'",
+    )
+    .await;
     assert_eq!(column, 0);
 }
 

@@ -74,14 +74,7 @@ async fn seed_schema_matches_the_bot_column_by_column() {
         );
     }
     assert_eq!(checks.len(), 4);
-    let primary: String = client
-        .query_one(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'video_requests'::regclass AND contype = 'p'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let primary: String = support::one(&client, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'video_requests'::regclass AND contype = 'p'").await;
     assert_eq!(primary, "PRIMARY KEY (id)");
 }
 
@@ -196,14 +189,11 @@ async fn down_steps_rolls_back_only_the_newest() {
     run(&config(&db.url, &seed_dir(), down)).await.1.unwrap();
     let client = db.client().await;
     assert_eq!(history(&client).await, [1]);
-    let indexes: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'idx_video_requests_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let indexes: i64 = support::one(
+        &client,
+        "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'idx_video_requests_%'",
+    )
+    .await;
     assert_eq!(indexes, 0);
 }
 
@@ -403,14 +393,7 @@ async fn no_transaction_file_builds_an_index_concurrently() {
     up_ok(&db, dir.path()).await;
     let client = db.client().await;
     assert_eq!(history(&client).await, [1, 2]);
-    let valid: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN ('t_v'::regclass, 't_id'::regclass)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let valid: i64 = support::one(&client, "SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid IN ('t_v'::regclass, 't_id'::regclass)").await;
     assert_eq!(valid, 2);
 }
 
@@ -455,14 +438,11 @@ async fn invalid_index_from_a_failed_concurrent_build_is_dropped_and_rebuilt() {
         count, 0,
         "IF NOT EXISTS must not have kept the INVALID index"
     );
-    let valid: bool = client
-        .query_one(
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_v'::regclass",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let valid: bool = support::one(
+        &client,
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_v'::regclass",
+    )
+    .await;
     assert!(valid);
     assert_eq!(history(&client).await, [1, 2]);
 }
@@ -495,11 +475,7 @@ async fn history_table_name_is_configurable_and_schema_qualified() {
     cfg.history_table = db_migrate::history::Table::parse("ops.Migration History").unwrap();
     run(&cfg).await.1.unwrap();
     let client = db.client().await;
-    let count: i64 = client
-        .query_one("SELECT count(*) FROM ops.\"Migration History\"", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count: i64 = support::one(&client, "SELECT count(*) FROM ops.\"Migration History\"").await;
     assert_eq!(count, 2);
     run(&cfg).await.1.unwrap();
 }

@@ -365,6 +365,18 @@ pub async fn up_ok(db: &TestDb, dir: &Path) -> Summary {
     summary
 }
 
+/// The one value a one-row, one-column query returns.
+pub async fn one<T>(client: &Client, query: &str) -> T
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query_one(query, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .get(0)
+}
+
 /// Applied versions in the history table, oldest first.
 pub async fn history(client: &Client) -> Vec<i64> {
     client
