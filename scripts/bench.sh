@@ -16,6 +16,8 @@
 # Every long step runs under `timeout` (30 minutes at most). A run takes about 16 minutes on
 # 2 cores once the peers are installed; installing them adds about 5.
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
 
@@ -30,42 +32,12 @@ readonly PASSWORD=bench-superuser-pw
 # The order of the table's rows; `floor` and the two db-migrate builds are not peers.
 readonly PEERS=(sqlx refinery dbmate psql-loop)
 
-die() {
-  echo "bench.sh: $*" >&2
-  exit 1
-}
-
-note() {
-  echo "bench.sh: $*" >&2
-}
-
 update=
 case "${1:-}" in
 "") ;;
 --update) update=1 ;;
 *) die "usage: scripts/bench.sh [--update]" ;;
 esac
-
-as_root() {
-  if [[ "$(id -u)" -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null; then
-    sudo "$@"
-  else
-    die "'$*' needs root, and sudo is missing; install it once as root"
-  fi
-}
-
-apt_updated=
-apt_install() {
-  note "installing $* with apt-get"
-  if [[ -z "$apt_updated" ]]; then
-    as_root timeout 600 apt-get update -qq >&2
-    apt_updated=1
-  fi
-  DEBIAN_FRONTEND=noninteractive as_root timeout 900 \
-    apt-get install -y -qq --no-install-recommends "$@" >&2
-}
 
 # --- what the run needs -----------------------------------------------------------------
 

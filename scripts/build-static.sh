@@ -8,26 +8,9 @@
 # Prints the binary's path alone on stdout (for scripts/check-static.sh); cargo's output and
 # the path with the size go to stderr.
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-die() {
-  echo "build-static.sh: $*" >&2
-  exit 1
-}
-
-note() {
-  echo "build-static.sh: $*" >&2
-}
-
-as_root() {
-  if [[ "$(id -u)" -eq 0 ]]; then
-    "$@"
-  elif command -v sudo >/dev/null; then
-    sudo "$@"
-  else
-    die "'$*' needs root, and sudo is missing; run it as root once"
-  fi
-}
 
 case "$(uname -m)" in
 x86_64 | amd64) target=x86_64-unknown-linux-musl ;;

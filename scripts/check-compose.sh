@@ -10,25 +10,12 @@
 # Uses `docker compose` when it works, else `docker-compose`; installs Debian's docker-compose
 # (which also brings python3-yaml) when neither is there. Exits non-zero on any failure.
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 readonly ROOT
 readonly FILE="${1:-$ROOT/docker-compose.yml}"
-
-die() {
-  echo "check-compose.sh: $*" >&2
-  exit 1
-}
-
-as_root() {
-  if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
-
-apt_install() {
-  command -v apt-get >/dev/null || die "cannot install $*: no apt-get here; install it by hand"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 
 # Prints the compose command to use, installing one when there is none.
 find_compose() {

@@ -6,14 +6,11 @@
 #
 # Usage: scripts/check-dockerfile.sh
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 readonly HADOLINT_VERSION=2.15.1
-
-fail() {
-  echo "check-dockerfile.sh: FAIL: $*" >&2
-  exit 1
-}
 
 hadolint="$(command -v hadolint || true)"
 if [[ -z "$hadolint" ]]; then

@@ -11,26 +11,14 @@
 # Usage: scripts/check-static.sh   (as root: chroot needs it; CI runs as root)
 # Exits non-zero when a check fails; the last line is a one-line summary with the size.
 set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 readonly NONROOT=65532
 
-fail() {
-  echo "check-static.sh: FAIL: $*" >&2
-  exit 1
-}
-
-note() {
-  echo "check-static.sh: $*" >&2
-}
-
 [[ "$(id -u)" -eq 0 ]] || fail "run as root: the run in an empty root needs chroot"
 
-apt_install() {
-  note "installing $*"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
 command -v file >/dev/null || apt_install file
 command -v readelf >/dev/null || apt_install binutils
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || apt_install ca-certificates

@@ -282,30 +282,10 @@ async fn history_table_has_the_columns_db_migrate_creates() {
     let by_db_migrate = support::database().await;
     support::up_ok(&by_db_migrate, dir.path()).await;
     let shape = |client: Client| async move {
-        let columns = client
-            .query(
-                "SELECT column_name::text, data_type::text, is_nullable::text,
-                        coalesce(column_default, '')::text
-                 FROM information_schema.columns WHERE table_name = 'schema_migrations'
-                 ORDER BY ordinal_position",
-                &[],
-            )
-            .await
-            .unwrap();
-        let constraints = client
-            .query(
-                "SELECT pg_get_constraintdef(oid) FROM pg_constraint
-                 WHERE conrelid = 'schema_migrations'::regclass ORDER BY 1",
-                &[],
-            )
-            .await
-            .unwrap();
-        let columns: Vec<(String, String, String, String)> = columns
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect();
-        let constraints: Vec<String> = constraints.iter().map(|r| r.get(0)).collect();
-        (columns, constraints)
+        (
+            support::columns(&client, "schema_migrations").await,
+            support::constraints(&client, "schema_migrations").await,
+        )
     };
     let expected = shape(by_db_migrate.client().await).await;
     assert_eq!(expected.0.len(), 6);

@@ -377,6 +377,37 @@ where
         .get(0)
 }
 
+/// A table's columns from the catalog, in order: (name, type, nullable, default or "").
+pub async fn columns(client: &Client, table: &str) -> Vec<(String, String, String, String)> {
+    client
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable::text,
+                    coalesce(column_default, '')::text
+             FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )
+        .await
+        .expect("read columns")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// A table's constraints as `pg_get_constraintdef` prints them, sorted.
+pub async fn constraints(client: &Client, table: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = $1::text::regclass ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .expect("read constraints")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Applied versions in the history table, oldest first.
 pub async fn history(client: &Client) -> Vec<i64> {
     client
