@@ -119,7 +119,12 @@ pub async fn guard(
         }
     }
     let second = tokio::select! {
-        _ = &mut work => None,
+        // The run finished everything before the signal could stop it: that is the truth
+        // to report, not an interruption.
+        result = &mut work => match result {
+            Ok(()) => return Ok(()),
+            Err(_) => None,
+        },
         _ = tokio::time::sleep(GRACE) => None,
         _ = int.recv() => Some(Signal::Interrupt),
         _ = term.recv() => Some(Signal::Terminate),
