@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use crate::cloudsql::{self, IpType};
 use crate::error::Error;
 use crate::history::Table;
 use crate::plan::{Rollback, Target};
@@ -74,6 +75,60 @@ pub struct Cli {
     #[arg(long, env = "DB_MIGRATE_PROGRESS_INTERVAL", default_value = "10s", value_parser = parse_duration, global = true)]
     pub progress_interval: Duration,
 
+    /// Cloud SQL instance PROJECT:REGION:INSTANCE: without a host in DATABASE_URL the job
+    /// connects through the built-in connector (mutual TLS, no proxy); backups need it too.
+    #[arg(
+        long,
+        env = "CLOUD_SQL_INSTANCE",
+        global = true,
+        help_heading = "Cloud SQL"
+    )]
+    pub cloudsql_instance: Option<String>,
+
+    /// Which address of the instance the connector dials [default: public, then private].
+    #[arg(
+        long,
+        env = "CLOUD_SQL_IP_TYPE",
+        value_enum,
+        global = true,
+        help_heading = "Cloud SQL"
+    )]
+    pub ip_type: Option<IpType>,
+
+    /// IAM database login: the password is an OAuth2 token of the job's service account,
+    /// whose e-mail without `.gserviceaccount.com` is the user.
+    #[arg(long, env = "CLOUD_SQL_IAM_AUTH", global = true, help_heading = "Cloud SQL",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub iam_auth: bool,
+
+    /// Cloud SQL Admin API base URL (Private Service Connect for Google APIs).
+    #[arg(
+        long,
+        env = "CLOUD_SQL_ADMIN_ENDPOINT",
+        global = true,
+        help_heading = "Cloud SQL"
+    )]
+    pub cloudsql_admin_endpoint: Option<String>,
+
+    /// The port the instance's connector listener serves.
+    #[arg(
+        long,
+        env = "CLOUD_SQL_PORT",
+        default_value_t = 3307,
+        global = true,
+        help_heading = "Cloud SQL"
+    )]
+    pub cloudsql_port: u16,
+
+    /// Back the instance up through the Admin API before migrating: auto (only when
+    /// something is pending), always, never.
+    #[arg(long, env = "DB_MIGRATE_BACKUP", value_enum, default_value_t = Backup::Never, global = true, help_heading = "Cloud SQL")]
+    pub backup: Backup,
+
+    /// How long to wait for that backup before giving up with exit 8.
+    #[arg(long, env = "DB_MIGRATE_BACKUP_TIMEOUT", default_value = "20m", value_parser = parse_duration, global = true, help_heading = "Cloud SQL")]
+    pub backup_timeout: Duration,
+
     /// auto: JSON lines when stderr is not a terminal, text when it is.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = log::Format::Auto, global = true)]
     pub log_format: log::Format,
@@ -140,6 +195,16 @@ pub struct DownArgs {
     /// Run the rollbacks in a transaction that is rolled back.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// When to back the instance up before migrating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backup {
+    /// Only when at least one migration will run.
+    Auto,
+    /// Even when nothing is pending.
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -215,6 +280,10 @@ pub struct Config {
     pub applied_by: String,
     /// How migration statements wait, and how the run reports on them.
     pub session: Session,
+    /// The Cloud SQL instance, when one is named.
+    pub cloudsql: Option<std::sync::Arc<cloudsql::Connector>>,
+    pub backup: Backup,
+    pub backup_timeout: Duration,
 }
 
 /// Limits and reporting for migration statements.
@@ -241,6 +310,7 @@ impl Cli {
     /// Resolves what was typed into a [`Config`]: the one place that reads the environment
     /// beyond clap's own `env` attributes.
     pub fn config(self) -> Result<Config, Error> {
+        let cloudsql = self.cloudsql()?;
         let command = command(self.command);
         // An empty variable (`DATABASE_URL=` in a manifest) counts as unset.
         let url = match self.database_url.filter(|url| !url.trim().is_empty()) {
@@ -253,7 +323,10 @@ impl Cli {
             .collect();
         let database = match (&command, url) {
             (Command::New { .. }, _) => None,
-            (_, None) if !env.keys().any(|k| k == "PGHOST" || k == "PGDATABASE") => {
+            (_, None)
+                if cloudsql.is_none()
+                    && !env.keys().any(|k| k == "PGHOST" || k == "PGDATABASE") =>
+            {
                 return Err(Error::Config(
                     "no database given; set DATABASE_URL (or --database-url, DATABASE_URL in .env, or PGHOST/PGDATABASE)".into(),
                 ));
@@ -261,6 +334,13 @@ impl Cli {
             (_, url) => {
                 let mut settings = connect::resolve(url.as_deref(), &env)?;
                 settings.retry_for = self.connect_timeout;
+                if let Some(connector) = &cloudsql {
+                    settings.tunnel = settings.default_host;
+                    settings.cloudsql = Some(connector.clone());
+                    if connector.options.iam_auth {
+                        iam_user(&mut settings.pg);
+                    }
+                }
                 Some(settings)
             }
         };
@@ -278,7 +358,58 @@ impl Cli {
                 statement_timeout: self.statement_timeout,
                 progress_interval: self.progress_interval,
             },
+            cloudsql,
+            backup: self.backup,
+            backup_timeout: self.backup_timeout,
         })
+    }
+
+    fn cloudsql(&self) -> Result<Option<std::sync::Arc<cloudsql::Connector>>, Error> {
+        let instance = self
+            .cloudsql_instance
+            .as_deref()
+            .filter(|i| !i.trim().is_empty());
+        let Some(instance) = instance else {
+            let needs = [
+                (self.iam_auth, "--iam-auth (CLOUD_SQL_IAM_AUTH)"),
+                (self.ip_type.is_some(), "--ip-type (CLOUD_SQL_IP_TYPE)"),
+                (self.backup != Backup::Never, "--backup (DB_MIGRATE_BACKUP)"),
+            ];
+            if let Some((_, flag)) = needs.iter().find(|(set, _)| *set) {
+                return Err(Error::Config(format!(
+                    "{flag} needs the Cloud SQL instance; set --cloudsql-instance (CLOUD_SQL_INSTANCE) to PROJECT:REGION:INSTANCE"
+                )));
+            }
+            return Ok(None);
+        };
+        let instance = instance.trim().parse().map_err(|e: String| {
+            Error::Config(format!("--cloudsql-instance (CLOUD_SQL_INSTANCE): {e}"))
+        })?;
+        let admin_endpoint = self
+            .cloudsql_admin_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty());
+        Ok(Some(std::sync::Arc::new(cloudsql::Connector::new(
+            cloudsql::Options {
+                instance,
+                ip_type: self.ip_type,
+                iam_auth: self.iam_auth,
+                admin_endpoint,
+                port: self.cloudsql_port,
+            },
+        ))))
+    }
+}
+
+/// An IAM login's user is the service account's e-mail without `.gserviceaccount.com`; the
+/// full e-mail, the natural thing to paste, is shortened rather than refused.
+fn iam_user(pg: &mut tokio_postgres::Config) {
+    if let Some(short) = pg
+        .get_user()
+        .and_then(|user| user.strip_suffix(".gserviceaccount.com"))
+    {
+        let short = short.to_string();
+        pg.user(short);
     }
 }
 

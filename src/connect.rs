@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
 use tracing::{debug, info, warn};
 
+use crate::cloudsql;
 use crate::error::{Error, describe_db};
 use crate::tls::{self, SslMode, TlsSettings};
 
@@ -28,6 +30,52 @@ pub struct Settings {
     pub retry_for: Duration,
     /// What the connection is for, in its log events: `migration` or `monitor`.
     pub purpose: &'static str,
+    /// Neither the URL nor PGHOST named a host: `localhost` is only the default, and with a
+    /// Cloud SQL instance the connector is the way in.
+    pub default_host: bool,
+    /// The Cloud SQL instance, for the connector (when `tunnel`), IAM login and backups.
+    pub cloudsql: Option<Arc<cloudsql::Connector>>,
+    /// Connect through the Cloud SQL connector rather than to `pg`'s host.
+    pub tunnel: bool,
+}
+
+impl Settings {
+    /// `user@host:port/database`, or `user@PROJECT:REGION:INSTANCE/database` through the
+    /// connector: how every log line and error names the target.
+    pub fn target(&self) -> String {
+        match (&self.cloudsql, self.tunnel) {
+            (Some(connector), true) => connector.target(&self.pg),
+            _ => target(&self.pg),
+        }
+    }
+}
+
+/// Why a connection attempt failed, and whether waiting could mend it.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: Error,
+    pub transient: bool,
+}
+
+impl Failure {
+    pub fn fatal(error: Error) -> Failure {
+        Failure {
+            error,
+            transient: false,
+        }
+    }
+}
+
+/// A failed PostgreSQL connection or login, with the reason in words a reader can act on.
+pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
+    Failure {
+        transient: transient(&error),
+        error: Error::Connect {
+            target,
+            reason: reason(&error),
+            source: error,
+        },
+    }
 }
 
 /// The environment variables connection settings read, collected by `cli` (the one place that
@@ -62,6 +110,8 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
         None => (tokio_postgres::Config::new(), TlsSettings::default(), false),
     };
     let var = |name: &str| env.get(name).filter(|v| !v.is_empty()).cloned();
+    let default_host =
+        pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() && var("PGHOST").is_none();
     if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
         for host in var("PGHOST").as_deref().unwrap_or("localhost").split(',') {
             pg.host(host);
@@ -109,6 +159,9 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
         tls,
         retry_for: Duration::from_secs(60),
         purpose: "migration",
+        default_host,
+        cloudsql: None,
+        tunnel: false,
     })
 }
 
@@ -360,46 +413,73 @@ pub fn target(config: &tokio_postgres::Config) -> String {
 pub async fn open(settings: &Settings) -> Result<Client, Error> {
     // Built once, before any attempt: a missing certificate file is a configuration error
     // (exit 2), not a connection failure to retry.
-    let connector = tls::Connector::new(&settings.tls)?;
-    let target = target(&settings.pg);
+    let connector = match settings.tunnel {
+        true => None,
+        false => Some(tls::Connector::new(&settings.tls)?),
+    };
+    let target = settings.target();
     let deadline = Instant::now() + settings.retry_for;
     let mut pause = Duration::from_millis(200);
     for attempt in 1.. {
-        let error = match once(settings, &connector).await {
-            Ok(client) => return Ok(client),
-            Err(error) => error,
+        let result = match (&settings.cloudsql, &connector) {
+            (Some(cloudsql), None) => cloudsql.open(&settings.pg).await,
+            (_, Some(connector)) => once(settings, connector).await,
+            (None, None) => unreachable!("tunnel is only set with an instance"),
         };
-        let reason = reason(&error);
+        let failure = match result {
+            Ok(client) => {
+                if connector.is_none() {
+                    info!(db = %target, connection = settings.purpose, tls = true, tls_version = "TLSv1_3", via = "cloudsql-connector", "connected");
+                }
+                return Ok(client);
+            }
+            Err(failure) => failure,
+        };
         let wait = jitter(pause);
-        if !transient(&error) || Instant::now() + wait >= deadline {
-            return Err(Error::Connect {
-                target,
-                reason,
-                source: error,
-            });
+        if !failure.transient || Instant::now() + wait >= deadline {
+            return Err(failure.error);
         }
-        warn!(attempt, reason = %reason, retry_in_ms = wait.as_millis() as u64, db = %target, "cannot connect yet; retrying");
+        warn!(attempt, reason = %failure.error, retry_in_ms = wait.as_millis() as u64, db = %target, "cannot connect yet; retrying");
         tokio::time::sleep(wait).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
     unreachable!("the retry loop only ends by returning")
 }
 
+/// Asks the server to cancel what `token`'s session is running, over a connection of the
+/// same kind as the run's.
+pub async fn cancel(settings: &Settings, token: &CancelToken) -> Result<(), String> {
+    match (&settings.cloudsql, settings.tunnel) {
+        (Some(connector), true) => connector.cancel(token).await,
+        _ => {
+            let connector = tls::Connector::new(&settings.tls).map_err(|e| e.to_string())?;
+            token
+                .cancel_query(connector)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// One attempt, with libpq's `allow` (plaintext first, TLS when the server insists) done
 /// here since tokio-postgres has no such mode.
-async fn once(
-    settings: &Settings,
-    connector: &tls::Connector,
-) -> Result<Client, tokio_postgres::Error> {
-    let result = attempt(settings, connector, settings.tls.mode).await;
-    match (settings.tls.mode, &result) {
+async fn once(settings: &Settings, connector: &tls::Connector) -> Result<Client, Failure> {
+    let mut settings = std::borrow::Cow::Borrowed(settings);
+    // IAM database login through a socket or a proxy: the token is the password.
+    if let Some(cloudsql) = settings.cloudsql.as_ref().filter(|c| c.options.iam_auth) {
+        let token = cloudsql.login_token().await?;
+        settings.to_mut().pg.password(token);
+    }
+    let result = attempt(&settings, connector, settings.tls.mode).await;
+    let result = match (settings.tls.mode, &result) {
         (SslMode::Allow, Err(e))
             if e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
         {
-            attempt(settings, connector, SslMode::Require).await
+            attempt(&settings, connector, SslMode::Require).await
         }
         _ => result,
-    }
+    };
+    result.map_err(|e| failure(settings.target(), e))
 }
 
 async fn attempt(

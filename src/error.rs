@@ -87,6 +87,21 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The Cloud SQL connector failed at `step`: credentials, permissions, the Admin API, the
+    /// TLS handshake with the instance.
+    #[error("Cloud SQL instance {instance}: {step}: {reason}")]
+    CloudSql {
+        instance: String,
+        step: &'static str,
+        reason: String,
+    },
+
+    /// The backup before migrating failed or timed out; nothing was applied.
+    #[error(
+        "backup of Cloud SQL instance {instance} before migrating failed: {reason}; nothing was applied"
+    )]
+    Backup { instance: String, reason: String },
+
     /// Another run held the migration lock for longer than `--lock-wait`.
     #[error(
         "another db-migrate run held the migration lock for {}s; wait for it to finish or raise --lock-wait",
@@ -138,6 +153,8 @@ impl Error {
             Error::OutOfOrder { .. } => 4,
             Error::HistoryNotEmpty { .. } => 4,
             Error::Connect { .. } => 5,
+            Error::CloudSql { .. } => 5,
+            Error::Backup { .. } => 8,
             Error::LockTimeout { .. } => 6,
             Error::DdlLockTimeout { .. } => 6,
             Error::Pooled { .. } => 2,
@@ -162,6 +179,7 @@ pub fn outcome(exit_code: u8) -> &'static str {
         5 => "connect_failed",
         6 => "lock_timeout",
         7 => "pending",
+        8 => "backup_failed",
         130 | 143 => "interrupted",
         _ => "failed",
     }
@@ -262,7 +280,22 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_documented_table() {
-        let cases: [(Error, u8); 6] = [
+        let cases: [(Error, u8); 8] = [
+            (
+                Error::CloudSql {
+                    instance: "p:r:i".into(),
+                    step: "connectSettings",
+                    reason: "r".into(),
+                },
+                5,
+            ),
+            (
+                Error::Backup {
+                    instance: "p:r:i".into(),
+                    reason: "r".into(),
+                },
+                8,
+            ),
             (Error::Config("x".into()), 2),
             (
                 Error::InvalidFile {

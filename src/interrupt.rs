@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 use tokio_postgres::CancelToken;
 use tracing::warn;
 
+use crate::connect::{self, Settings};
 use crate::error::Error;
-use crate::tls;
 
 /// A signal that stops the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,15 +52,15 @@ const GRACE: Duration = Duration::from_secs(6);
 #[derive(Default)]
 pub struct Interrupt {
     received: OnceLock<Signal>,
-    cancel: OnceLock<(CancelToken, tls::Connector)>,
+    cancel: OnceLock<(CancelToken, Settings)>,
     /// Wakes waits (lock polling, retry pauses) so a signal ends them at once.
     wake: Notify,
 }
 
 impl Interrupt {
     /// Called once the run's connection is open.
-    pub fn arm(&self, token: CancelToken, connector: tls::Connector) {
-        let _ = self.cancel.set((token, connector));
+    pub fn arm(&self, token: CancelToken, settings: Settings) {
+        let _ = self.cancel.set((token, settings));
     }
 
     /// Err when a signal came: checked before each step that would change the database.
@@ -113,8 +113,8 @@ pub async fn guard(
         signal = received.name(),
         "stopping: cancelling the running statement, rolling back, releasing the lock"
     );
-    if let Some((token, connector)) = interrupt.cancel.get() {
-        if let Err(error) = token.cancel_query(connector.clone()).await {
+    if let Some((token, settings)) = interrupt.cancel.get() {
+        if let Err(error) = connect::cancel(settings, token).await {
             warn!(error = %error, "could not send the cancel request; the server rolls back when the connection closes");
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod cloudsql;
 pub mod connect;
 pub mod error;
 pub mod history;
@@ -46,6 +47,8 @@ pub struct Summary {
     pub status: Vec<Entry>,
     /// Files `new` created.
     pub created: Vec<std::path::PathBuf>,
+    /// The id of the backup taken before migrating.
+    pub backup: Option<String>,
 }
 
 /// Runs one command to completion.
@@ -62,7 +65,7 @@ pub async fn run(config: &Config, summary: &mut Summary) -> Result<(), Error> {
     let Some(database) = &config.database else {
         return Err(Error::Config("no database given; set DATABASE_URL".into()));
     };
-    summary.target = Some(connect::target(&database.pg));
+    summary.target = Some(database.target());
     let interrupt = Interrupt::default();
     interrupt::guard(
         &interrupt,
@@ -89,7 +92,7 @@ async fn connected(
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let client = connect::open(database).await?;
-    interrupt.arm(client.cancel_token(), tls::Connector::new(&database.tls)?);
+    interrupt.arm(client.cancel_token(), database.clone());
     if let Command::Status { .. } | Command::Verify = &config.command {
         return inspect(config, &client, migrations, summary).await;
     }
@@ -166,6 +169,8 @@ async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
         Command::Up { target, mode } => {
             let plan = plan::up(migrations, &applied, *target, config.allow_out_of_order)?;
             summary.pending = plan.len();
+            check(&plan, Direction::Up)?;
+            backup(run, &plan, *mode, summary).await?;
             if plan.is_empty() {
                 return Ok(());
             }
@@ -174,6 +179,8 @@ async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
         }
         Command::Down { rollback, mode } => {
             let plan = plan::down(migrations, &applied, *rollback)?;
+            check(&plan, Direction::Down)?;
+            backup(run, &plan, *mode, summary).await?;
             if plan.is_empty() {
                 return Ok(());
             }
@@ -196,6 +203,59 @@ async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
     }
 }
 
+/// The content rules for the files a plan runs, before any of them (or a backup) runs. A
+/// new migration's rollback is checked with it, not first when an emergency needs it.
+fn check(plan: &[&Migration], direction: Direction) -> Result<(), Error> {
+    for migration in plan {
+        let forward = (direction == Direction::Up).then_some(&migration.up);
+        for script in forward.into_iter().chain(&migration.down) {
+            source::check(script)?;
+        }
+    }
+    Ok(())
+}
+
+/// The backup `--backup` asks for, under the migration lock and before anything changes:
+/// `auto` only when the plan runs something, never for a dry run.
+async fn backup(
+    run: &Run<'_>,
+    plan: &[&Migration],
+    mode: Mode,
+    summary: &mut Summary,
+) -> Result<(), Error> {
+    let config = run.config;
+    let wanted = match config.backup {
+        cli::Backup::Never => false,
+        cli::Backup::Auto => !plan.is_empty(),
+        cli::Backup::Always => true,
+    };
+    let Some(connector) = config.cloudsql.as_ref().filter(|_| wanted) else {
+        return Ok(());
+    };
+    if mode == Mode::DryRun {
+        return Ok(());
+    }
+    let stem = |m: &Migration| {
+        m.up.path.file_stem().map_or_else(
+            || m.version.to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        )
+    };
+    let description = match (plan.first(), plan.last()) {
+        (Some(first), Some(last)) => {
+            format!("db-migrate before {}..{}", stem(first), stem(last))
+        }
+        _ => "db-migrate before a run with nothing pending".to_string(),
+    };
+    info!(instance = %connector.options.instance, description = %description, "backing up before migrating");
+    let id = connector
+        .backup(&description, config.backup_timeout, run.interrupt)
+        .await?;
+    info!(instance = %connector.options.instance, backup_id = %id, "backup done");
+    summary.backup = Some(id);
+    Ok(())
+}
+
 /// Runs a plan in the chosen mode. When the history table does not exist yet it is created
 /// first; for the dry run inside the transaction that is rolled back, so it leaves no trace.
 async fn execute(
@@ -207,13 +267,6 @@ async fn execute(
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let (config, client) = (run.config, run.client);
-    // A new migration's rollback is checked with it, not first when an emergency needs it.
-    for migration in plan {
-        let forward = (direction == Direction::Up).then_some(&migration.up);
-        for script in forward.into_iter().chain(&migration.down) {
-            source::check(script)?;
-        }
-    }
     let table = &config.history_table;
     summary.dry_run = mode == Mode::DryRun;
     let session = &config.session;

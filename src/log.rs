@@ -118,6 +118,7 @@ pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let db = summary.target.as_deref().unwrap_or("-");
     let (command, applied, pending) = (summary.command, summary.applied, summary.pending);
+    let backup_id = summary.backup.as_deref();
     match result {
         Ok(()) => {
             let outcome = match (command, summary.dry_run, applied) {
@@ -135,6 +136,7 @@ pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -
                 duration_ms,
                 exit_code = 0,
                 db,
+                backup_id,
                 "db-migrate finished"
             );
             0
@@ -154,6 +156,7 @@ pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -
                 duration_ms,
                 exit_code,
                 db,
+                backup_id,
                 version,
                 sqlstate,
                 "{failure}"

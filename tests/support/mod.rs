@@ -10,6 +10,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod certs;
+pub mod google;
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -341,6 +342,9 @@ pub fn config(url: &str, dir: &Path, command: Cmd) -> Config {
         allow_out_of_order: false,
         applied_by: "test".into(),
         session: Default::default(),
+        cloudsql: None,
+        backup: db_migrate::cli::Backup::Never,
+        backup_timeout: Duration::from_secs(60),
     }
 }
 
@@ -445,6 +449,15 @@ pub fn binary() -> Command {
         "DB_MIGRATE_LOCK_WAIT",
         "DB_MIGRATE_ALLOW_OUT_OF_ORDER",
         "DB_MIGRATE_CONNECT_TIMEOUT",
+        "DB_MIGRATE_BACKUP",
+        "DB_MIGRATE_BACKUP_TIMEOUT",
+        "CLOUD_SQL_INSTANCE",
+        "CLOUD_SQL_IP_TYPE",
+        "CLOUD_SQL_IAM_AUTH",
+        "CLOUD_SQL_ADMIN_ENDPOINT",
+        "CLOUD_SQL_PORT",
+        "GCE_METADATA_HOST",
+        "GOOGLE_APPLICATION_CREDENTIALS",
     ];
     for var in own.iter().chain(db_migrate::connect::VARIABLES) {
         command.env_remove(var);

@@ -1,0 +1,957 @@
+//! Cloud SQL without a proxy: the instance's address and CA from the Admin API, a short-lived
+//! client certificate for a key made in memory, mutual TLS straight to the instance, and the
+//! PostgreSQL protocol inside it, as Google's own connectors do.
+//!
+//! Nothing here is built until a run needs it: a plain `DATABASE_URL` run never initialises
+//! credentials or an HTTP client.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use google_cloud_auth::credentials::{AccessTokenCredentials, Builder as CredentialsBuilder};
+use google_cloud_gax::error::Error as ApiError;
+use google_cloud_gax::retry_policy::NeverRetry;
+use google_cloud_sql_v1::client::{SqlBackupRunsService, SqlConnectService, SqlOperationsService};
+use google_cloud_sql_v1::model;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_postgres::{CancelToken, Client};
+use tracing::{debug, info};
+
+use crate::connect::Failure;
+use crate::error::Error;
+
+/// The scope of the token that is the password of an IAM database login.
+const LOGIN_SCOPE: &str = "https://www.googleapis.com/auth/sqlservice.login";
+
+/// A certificate with less than this left is replaced before the next connection.
+pub const REFRESH_BEFORE: Duration = Duration::from_secs(4 * 60);
+
+/// How long one Admin API or metadata-server request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `PROJECT:REGION:INSTANCE`; the project may carry a domain (`example.com:project`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub project: String,
+    pub region: String,
+    pub name: String,
+}
+
+impl FromStr for Instance {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Instance, String> {
+        let mut parts = text.rsplitn(3, ':');
+        let (name, region, project) = (parts.next(), parts.next(), parts.next());
+        match (project, region, name) {
+            (Some(p), Some(r), Some(n)) if !p.is_empty() && !r.is_empty() && !n.is_empty() => {
+                Ok(Instance {
+                    project: p.to_string(),
+                    region: r.to_string(),
+                    name: n.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "\"{text}\" is not a Cloud SQL connection name; use PROJECT:REGION:INSTANCE as `gcloud sql instances describe INSTANCE --format='value(connectionName)'` prints it"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.project, self.region, self.name)
+    }
+}
+
+/// Which of the instance's addresses to connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpType {
+    Public,
+    Private,
+    Psc,
+}
+
+impl IpType {
+    fn as_str(self) -> &'static str {
+        match self {
+            IpType::Public => "public",
+            IpType::Private => "private",
+            IpType::Psc => "psc",
+        }
+    }
+}
+
+/// What the flags say about Cloud SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub instance: Instance,
+    /// `None`: public, then private.
+    pub ip_type: Option<IpType>,
+    pub iam_auth: bool,
+    /// The Admin API's base URL; `None` is Google's.
+    pub admin_endpoint: Option<String>,
+    /// The port the instance's connector listener serves.
+    pub port: u16,
+}
+
+/// The run's way to Cloud SQL: shared by every connection (the migration's, the monitor's,
+/// a cancel request) and by the backup, so credentials and certificate are fetched once.
+#[derive(Debug)]
+pub struct Connector {
+    pub options: Options,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    google: Option<Google>,
+    key: Option<Arc<ClientKey>>,
+    tunnel: Option<Arc<Tunnel>>,
+}
+
+/// Credentials and Admin API clients, built on first use.
+#[derive(Debug, Clone)]
+struct Google {
+    credentials: AccessTokenCredentials,
+    login: Option<AccessTokenCredentials>,
+    connect: SqlConnectService,
+}
+
+/// Where the instance listens: an IP address, or (Private Service Connect) the DNS name the
+/// consumer network resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Dial {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl std::fmt::Display for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dial::Ip(ip) => ip.fmt(f),
+            Dial::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Everything needed to open TLS to the instance, valid until `expires`.
+#[derive(Debug)]
+struct Tunnel {
+    tls: Arc<rustls::ClientConfig>,
+    address: Dial,
+    server_name: ServerName<'static>,
+    expires: SystemTime,
+}
+
+struct ClientKey {
+    public_pem: String,
+    pkcs8_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKey(..)")
+    }
+}
+
+impl Connector {
+    pub fn new(options: Options) -> Connector {
+        Connector {
+            options,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn instance(&self) -> String {
+        self.options.instance.to_string()
+    }
+
+    /// Opens a PostgreSQL session through mutual TLS to the instance.
+    pub async fn open(&self, pg: &tokio_postgres::Config) -> Result<Client, Failure> {
+        let tunnel = self.tunnel().await?;
+        let stream = self
+            .tls_stream(&tunnel, pg.get_connect_timeout().copied())
+            .await?;
+        let mut pg = pg.clone();
+        // The TLS is ours: tokio-postgres must not ask the server for it again inside.
+        pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        if self.options.iam_auth {
+            pg.password(self.login_token().await?);
+        }
+        let (client, connection) = pg
+            .connect_raw(stream, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| crate::connect::failure(self.target(&pg), e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(error = %error, "connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// `user@PROJECT:REGION:INSTANCE/database`.
+    pub fn target(&self, pg: &tokio_postgres::Config) -> String {
+        let user = pg.get_user().unwrap_or("?");
+        let database = pg.get_dbname().unwrap_or(user);
+        format!("{user}@{}/{database}", self.options.instance)
+    }
+
+    /// Sends the cancel request for `token`'s session through the same kind of tunnel.
+    pub async fn cancel(&self, token: &CancelToken) -> Result<(), String> {
+        let tunnel = self.tunnel().await.map_err(|f| f.error.to_string())?;
+        let stream = self
+            .tls_stream(&tunnel, Some(Duration::from_secs(5)))
+            .await
+            .map_err(|f| f.error.to_string())?;
+        token
+            .cancel_query_raw(stream, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The password of an IAM database login: an OAuth2 token with the login scope.
+    pub async fn login_token(&self) -> Result<String, Failure> {
+        let google = self.google().await?;
+        let credentials = google.login.as_ref().unwrap_or(&google.credentials);
+        self.token(credentials).await
+    }
+
+    async fn token(&self, credentials: &AccessTokenCredentials) -> Result<String, Failure> {
+        let fetched = tokio::time::timeout(REQUEST_TIMEOUT, credentials.access_token()).await;
+        match fetched {
+            Ok(Ok(token)) => Ok(token.token),
+            Ok(Err(error)) => Err(Failure::fatal(self.error(
+                "getting Google credentials",
+                format!("{}; {}", deepest(&error), credentials_hint()),
+            ))),
+            Err(_) => Err(Failure {
+                error: self.error(
+                    "getting Google credentials",
+                    format!(
+                        "no token within {}s; {}",
+                        REQUEST_TIMEOUT.as_secs(),
+                        credentials_hint()
+                    ),
+                ),
+                transient: true,
+            }),
+        }
+    }
+
+    fn error(&self, step: &'static str, reason: String) -> Error {
+        Error::CloudSql {
+            instance: self.instance(),
+            step,
+            reason,
+        }
+    }
+
+    /// Credentials and the Admin client, built once per run. The check that a token can be
+    /// had comes first so that missing credentials fail at once with advice, instead of
+    /// inside the API client's retries.
+    async fn google(&self) -> Result<Google, Failure> {
+        let mut state = self.state.lock().await;
+        if let Some(google) = &state.google {
+            return Ok(google.clone());
+        }
+        // The Google crates use rustls without choosing a provider; ring is the project's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let build = |scopes: Option<&str>| {
+            let builder = CredentialsBuilder::default();
+            let builder = match scopes {
+                Some(scope) => builder.with_scopes([scope]),
+                None => builder,
+            };
+            builder.build_access_token_credentials().map_err(|e| {
+                Failure::fatal(self.error(
+                    "loading Google credentials",
+                    format!("{}; {}", deepest(&e), credentials_hint()),
+                ))
+            })
+        };
+        let credentials = build(None)?;
+        self.token(&credentials).await?;
+        let login = match self.options.iam_auth {
+            true => Some(build(Some(LOGIN_SCOPE))?),
+            false => None,
+        };
+        let mut builder = SqlConnectService::builder()
+            .with_credentials(google_cloud_auth::credentials::Credentials::from(
+                credentials.clone(),
+            ))
+            .with_retry_policy(NeverRetry)
+            .with_attempt_timeout(REQUEST_TIMEOUT);
+        if let Some(endpoint) = &self.options.admin_endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let connect = builder.build().await.map_err(|e| {
+            Failure::fatal(self.error("building the Admin API client", deepest(&e)))
+        })?;
+        let google = Google {
+            credentials,
+            login,
+            connect,
+        };
+        state.google = Some(google.clone());
+        Ok(google)
+    }
+
+    /// The current tunnel, or a fresh one when there is none or its certificate is about
+    /// to expire.
+    async fn tunnel(&self) -> Result<Arc<Tunnel>, Failure> {
+        let google = self.google().await?;
+        let mut state = self.state.lock().await;
+        if let Some(tunnel) = &state.tunnel {
+            let left = tunnel
+                .expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            if left > REFRESH_BEFORE {
+                return Ok(tunnel.clone());
+            }
+            info!(
+                instance = %self.options.instance,
+                seconds_left = left.as_secs(),
+                "client certificate about to expire; fetching a new one"
+            );
+        }
+        let key = match &state.key {
+            Some(key) => key.clone(),
+            None => {
+                let key = Arc::new(make_key().map_err(|reason| {
+                    Failure::fatal(self.error("making the client key", reason))
+                })?);
+                state.key = Some(key.clone());
+                key
+            }
+        };
+        let tunnel = Arc::new(self.fetch(&google, &key).await?);
+        state.tunnel = Some(tunnel.clone());
+        Ok(tunnel)
+    }
+
+    /// Asks the Admin API for the instance's settings and a certificate for `key`, at once.
+    async fn fetch(&self, google: &Google, key: &ClientKey) -> Result<Tunnel, Failure> {
+        let Instance { project, name, .. } = &self.options.instance;
+        // Not `login_token()`: the caller holds the state lock it would take again.
+        let token = match &google.login {
+            Some(login) => Some(self.token(login).await?),
+            None => None,
+        };
+        let settings = google
+            .connect
+            .get_connect_settings()
+            .set_project(project)
+            .set_instance(name)
+            .send();
+        let mut request = google
+            .connect
+            .generate_ephemeral_cert()
+            .set_project(project)
+            .set_instance(name)
+            .set_public_key(key.public_pem.clone());
+        if let Some(token) = token {
+            request = request.set_access_token(token);
+        }
+        let (settings, certificate) = tokio::join!(settings, request.send());
+        let settings = settings.map_err(|e| self.api_failure("connectSettings", &e))?;
+        let certificate = certificate
+            .map_err(|e| self.api_failure("generateEphemeralCert", &e))?
+            .ephemeral_cert
+            .ok_or_else(|| {
+                Failure::fatal(self.error(
+                    "generateEphemeralCert",
+                    "the reply holds no certificate".into(),
+                ))
+            })?;
+        let (address, dns_name) = self.address(&settings)?;
+        let expires = certificate
+            .expiration_time
+            .as_ref()
+            .and_then(|t| u64::try_from(t.seconds()).ok())
+            .map_or(SystemTime::now() + Duration::from_secs(3600), |s| {
+                UNIX_EPOCH + Duration::from_secs(s)
+            });
+        let ca = settings
+            .server_ca_cert
+            .as_ref()
+            .map(|c| c.cert.as_str())
+            .unwrap_or_default();
+        let expected_cn = format!("{}:{}", project, name);
+        let tls = client_config(
+            ca,
+            &expected_cn,
+            dns_name.as_deref(),
+            &certificate.cert,
+            key,
+        )
+        .map_err(|reason| Failure::fatal(self.error("setting up TLS", reason)))?;
+        let server_name = match (&dns_name, &address) {
+            (Some(dns), _) => ServerName::try_from(dns.clone()).map_err(|e| {
+                Failure::fatal(self.error("setting up TLS", format!("DNS name: {e}")))
+            })?,
+            (None, Dial::Ip(ip)) => ServerName::IpAddress((*ip).into()),
+            (None, Dial::Name(name)) => ServerName::try_from(name.clone()).map_err(|e| {
+                Failure::fatal(self.error("setting up TLS", format!("DNS name: {e}")))
+            })?,
+        };
+        let seconds_left = expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs();
+        info!(
+            instance = %self.options.instance,
+            address = %address,
+            ca_mode = settings.server_ca_mode.name().unwrap_or("?"),
+            certificate_seconds_left = seconds_left,
+            "Cloud SQL client certificate issued"
+        );
+        Ok(Tunnel {
+            tls: Arc::new(tls),
+            address,
+            server_name,
+            expires,
+        })
+    }
+
+    /// The address to dial and the DNS name the server's certificate may carry.
+    fn address(
+        &self,
+        settings: &model::ConnectSettings,
+    ) -> Result<(Dial, Option<String>), Failure> {
+        let wanted = &self.options.instance.region;
+        if !settings.region.is_empty() && settings.region != *wanted {
+            return Err(Failure::fatal(Error::Config(format!(
+                "Cloud SQL instance {} is in region {}, not {wanted}; correct --cloudsql-instance to {}:{}:{}",
+                self.options.instance,
+                settings.region,
+                self.options.instance.project,
+                settings.region,
+                self.options.instance.name
+            ))));
+        }
+        let dns_name =
+            Some(settings.dns_name.trim_end_matches('.').to_string()).filter(|d| !d.is_empty());
+        let ip = |kind: model::SqlIpAddressType| {
+            settings
+                .ip_addresses
+                .iter()
+                .find(|m| m.r#type == kind)
+                .and_then(|m| m.ip_address.parse::<IpAddr>().ok())
+        };
+        let public = ip(model::SqlIpAddressType::Primary);
+        let private = ip(model::SqlIpAddressType::Private);
+        let chosen = match self.options.ip_type {
+            None => public.or(private),
+            Some(IpType::Public) => public,
+            Some(IpType::Private) => private,
+            Some(IpType::Psc) => None,
+        };
+        if let Some(address) = chosen {
+            return Ok((Dial::Ip(address), dns_name));
+        }
+        // Private Service Connect has no address in the settings: the consumer network's DNS
+        // resolves the instance's name to its endpoint.
+        if let (Some(IpType::Psc), true, Some(dns)) =
+            (self.options.ip_type, settings.psc_enabled, &dns_name)
+        {
+            return Ok((Dial::Name(dns.clone()), dns_name.clone()));
+        }
+        let mut has: Vec<&str> = Vec::new();
+        if public.is_some() {
+            has.push("public");
+        }
+        if private.is_some() {
+            has.push("private");
+        }
+        if settings.psc_enabled {
+            has.push("psc");
+        }
+        let asked = self
+            .options
+            .ip_type
+            .map_or("public or private", IpType::as_str);
+        Err(Failure::fatal(Error::Config(format!(
+            "Cloud SQL instance {} has no {asked} IP address; it has: {}; pick one with --ip-type",
+            self.options.instance,
+            match has.is_empty() {
+                true => "none".to_string(),
+                false => has.join(", "),
+            }
+        ))))
+    }
+
+    /// An Admin API failure in words that say what to do; throttling, server errors and an
+    /// unreachable endpoint are transient.
+    fn api_failure(&self, call: &'static str, error: &ApiError) -> Failure {
+        let status = http_status(error);
+        let message = error
+            .status()
+            .map(|s| s.message.clone())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| deepest(error));
+        match status {
+            Some(404) => Failure::fatal(Error::Config(format!(
+                "Cloud SQL instance {} not found ({message}); check --cloudsql-instance against `gcloud sql instances list --project {}`",
+                self.options.instance, self.options.instance.project
+            ))),
+            Some(403) => Failure::fatal(self.error(
+                call,
+                format!(
+                    "permission denied ({message}); grant the job's service account roles/cloudsql.client on project {} (and roles/cloudsql.instanceUser for --iam-auth), and enable the Cloud SQL Admin API",
+                    self.options.instance.project
+                ),
+            )),
+            Some(401) => Failure::fatal(self.error(
+                call,
+                format!("the credentials were refused ({message}); {}", credentials_hint()),
+            )),
+            Some(code) if code == 429 || code >= 500 => Failure {
+                error: self.error(call, format!("HTTP {code}: {message}")),
+                transient: true,
+            },
+            Some(code) => Failure::fatal(self.error(call, format!("HTTP {code}: {message}"))),
+            None if error.is_authentication() => Failure::fatal(self.error(
+                call,
+                format!("no usable credentials ({message}); {}", credentials_hint()),
+            )),
+            None => Failure {
+                error: self.error(
+                    call,
+                    format!(
+                        "cannot reach the Admin API at {} ({message})",
+                        self.options
+                            .admin_endpoint
+                            .as_deref()
+                            .unwrap_or("https://sqladmin.googleapis.com")
+                    ),
+                ),
+                transient: true,
+            },
+        }
+    }
+
+    async fn tls_stream(
+        &self,
+        tunnel: &Tunnel,
+        timeout: Option<Duration>,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+        let address = format!("{}:{}", tunnel.address, self.options.port);
+        let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
+        let dial = async {
+            match &tunnel.address {
+                Dial::Ip(ip) => TcpStream::connect((*ip, self.options.port)).await,
+                Dial::Name(name) => TcpStream::connect((name.as_str(), self.options.port)).await,
+            }
+        };
+        let tcp = match tokio::time::timeout(timeout, dial).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                return Err(Failure {
+                    error: self.error("connecting", format!("{address}: {e}")),
+                    transient: true,
+                });
+            }
+            Err(_) => {
+                return Err(Failure {
+                    error: self.error(
+                        "connecting",
+                        format!("{address}: no answer in {}s", timeout.as_secs()),
+                    ),
+                    transient: true,
+                });
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(tunnel.tls.clone());
+        connector
+            .connect(tunnel.server_name.clone(), tcp)
+            .await
+            .map_err(|e| match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+                Some(tls) => Failure::fatal(self.error(
+                    "TLS handshake",
+                    format!("{tls}; the address does not serve this instance, or its certificate changed: check --cloudsql-instance"),
+                )),
+                None => Failure {
+                    error: self.error("TLS handshake", format!("{address}: {e}")),
+                    transient: true,
+                },
+            })
+    }
+
+    /// Creates an on-demand backup and waits for it; returns its id.
+    pub async fn backup(
+        &self,
+        description: &str,
+        timeout: Duration,
+        interrupt: &crate::interrupt::Interrupt,
+    ) -> Result<String, Error> {
+        let failed = |reason: String| Error::Backup {
+            instance: self.instance(),
+            reason,
+        };
+        let google = self.google().await.map_err(|f| f.error)?;
+        let clients = self.backup_clients(&google).await?;
+        let Instance { project, name, .. } = &self.options.instance;
+        let started = std::time::Instant::now();
+        let mut operation = clients
+            .runs
+            .insert()
+            .set_project(project)
+            .set_instance(name)
+            .set_body(model::BackupRun::new().set_description(description))
+            .send()
+            .await
+            .map_err(|e| self.backup_error(e, &failed))?;
+        info!(instance = %self.options.instance, operation = %operation.name, "backup started");
+        let mut pause = Duration::from_millis(500);
+        loop {
+            if operation.status == model::operation::SqlOperationStatus::Done {
+                if let Some(errors) = operation.error.as_ref().filter(|e| !e.errors.is_empty()) {
+                    let text: Vec<String> = errors
+                        .errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.code, e.message))
+                        .collect();
+                    return Err(failed(format!(
+                        "operation {} failed: {}",
+                        operation.name,
+                        text.join("; ")
+                    )));
+                }
+                let id = operation
+                    .backup_context
+                    .as_ref()
+                    .map(|c| c.backup_id)
+                    .filter(|id| *id != 0)
+                    .map_or_else(|| operation.name.clone(), |id| id.to_string());
+                return Ok(id);
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= timeout {
+                return Err(failed(format!(
+                    "operation {} still {} after {}s (--backup-timeout); it may still finish: `gcloud sql operations describe {} --project {project}`",
+                    operation.name,
+                    operation.status.name().unwrap_or("running"),
+                    elapsed.as_secs(),
+                    operation.name
+                )));
+            }
+            info!(
+                instance = %self.options.instance,
+                operation = %operation.name,
+                state = operation.status.name().unwrap_or("?"),
+                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                "backup in progress"
+            );
+            interrupt.sleep(pause.min(timeout - elapsed)).await?;
+            pause = (pause * 2).min(Duration::from_secs(10));
+            operation = match clients
+                .operations
+                .get()
+                .set_project(project)
+                .set_operation(&operation.name)
+                .send()
+                .await
+            {
+                Ok(operation) => operation,
+                // A poll that fails transiently is simply tried again at the next tick.
+                Err(e) if self.api_failure("operations.get", &e).transient => continue,
+                Err(e) => return Err(self.backup_error(e, &failed)),
+            };
+        }
+    }
+
+    fn backup_error(&self, error: ApiError, failed: &dyn Fn(String) -> Error) -> Error {
+        match http_status(&error) {
+            Some(403) => failed(format!(
+                "permission denied ({}); grant the job's service account cloudsql.backupRuns.create (e.g. roles/cloudsql.editor) on project {}, or run with --backup never",
+                error
+                    .status()
+                    .map(|s| s.message.as_str())
+                    .unwrap_or_default(),
+                self.options.instance.project
+            )),
+            _ => match self.api_failure("backupRuns.insert", &error).error {
+                Error::CloudSql { reason, .. } => failed(reason),
+                other => other,
+            },
+        }
+    }
+
+    async fn backup_clients(&self, google: &Google) -> Result<BackupClients, Error> {
+        let credentials =
+            google_cloud_auth::credentials::Credentials::from(google.credentials.clone());
+        let endpoint = self.options.admin_endpoint.clone();
+        let runs = {
+            let mut builder = SqlBackupRunsService::builder()
+                .with_credentials(credentials.clone())
+                .with_retry_policy(NeverRetry)
+                .with_attempt_timeout(REQUEST_TIMEOUT);
+            if let Some(endpoint) = &endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            builder.build().await
+        };
+        let operations = {
+            let mut builder = SqlOperationsService::builder()
+                .with_credentials(credentials)
+                .with_retry_policy(NeverRetry)
+                .with_attempt_timeout(REQUEST_TIMEOUT);
+            if let Some(endpoint) = &endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            builder.build().await
+        };
+        match (runs, operations) {
+            (Ok(runs), Ok(operations)) => Ok(BackupClients { runs, operations }),
+            (Err(e), _) | (_, Err(e)) => Err(Error::Backup {
+                instance: self.instance(),
+                reason: format!("building the Admin API client: {}", deepest(&e)),
+            }),
+        }
+    }
+}
+
+struct BackupClients {
+    runs: SqlBackupRunsService,
+    operations: SqlOperationsService,
+}
+
+/// Where Application Default Credentials come from, for the message when there are none.
+fn credentials_hint() -> &'static str {
+    "provide credentials as Application Default Credentials: on Cloud Run or GKE Workload Identity run as a service account; elsewhere set GOOGLE_APPLICATION_CREDENTIALS to a key file or run `gcloud auth application-default login`"
+}
+
+/// The innermost cause: the Google crates wrap the useful text several layers down.
+fn deepest(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error;
+    while let Some(inner) = last.source() {
+        last = inner;
+    }
+    let (outer, inner) = (error.to_string(), last.to_string());
+    match outer == inner {
+        true => outer,
+        false => format!("{outer}: {inner}"),
+    }
+}
+
+/// The HTTP status, also when a retry limit wrapped the error that carried it.
+fn http_status(error: &ApiError) -> Option<u16> {
+    if let Some(code) = error.http_status_code() {
+        return Some(code);
+    }
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if let Some(code) = inner
+            .downcast_ref::<ApiError>()
+            .and_then(ApiError::http_status_code)
+        {
+            return Some(code);
+        }
+        cause = inner.source();
+    }
+    None
+}
+
+/// RSA-2048, as every Google connector uses; kept in memory only.
+fn make_key() -> Result<ClientKey, String> {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let key =
+        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| e.to_string())?;
+    let pkcs8_der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
+    let public_pem = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| e.to_string())?;
+    Ok(ClientKey {
+        public_pem,
+        pkcs8_der: pkcs8_der.as_bytes().to_vec(),
+    })
+}
+
+/// TLS 1.3 with the ephemeral certificate, trusting only the instance's CA.
+fn client_config(
+    ca_pem: &str,
+    expected_cn: &str,
+    dns_name: Option<&str>,
+    certificate_pem: &str,
+    key: &ClientKey,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).filter_map(Result::ok) {
+        roots
+            .add(certificate)
+            .map_err(|e| format!("the instance's CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("connectSettings holds no server CA certificate".into());
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
+            .filter_map(Result::ok)
+            .collect();
+    if chain.is_empty() {
+        return Err("generateEphemeralCert returned no certificate".into());
+    }
+    let verifier = InstanceVerifier {
+        roots: Arc::new(roots),
+        expected_cn: expected_cn.to_string(),
+        dns_name: dns_name.map(str::to_string),
+        provider: provider.clone(),
+    };
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der.clone()));
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("the client certificate: {e}"))
+}
+
+/// Checks the server the way Google's connectors do: the chain must end at the instance's
+/// CA; then a CAS-based instance's certificate names its DNS name, and a legacy
+/// per-instance certificate has `PROJECT:INSTANCE` as its common name.
+#[derive(Debug)]
+struct InstanceVerifier {
+    roots: Arc<rustls::RootCertStore>,
+    expected_cn: String,
+    dns_name: Option<String>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for InstanceVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let certificate = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &certificate,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        if let Some(dns) = &self.dns_name {
+            let named = ServerName::try_from(dns.as_str())
+                .is_ok_and(|name| rustls::client::verify_server_name(&certificate, &name).is_ok());
+            if named {
+                return Ok(ServerCertVerified::assertion());
+            }
+        }
+        match common_name(end_entity) {
+            Some(cn) if cn == self.expected_cn => Ok(ServerCertVerified::assertion()),
+            found => Err(rustls::Error::General(format!(
+                "the server certificate is for {}, not instance {}{}",
+                found.map_or_else(|| "no common name".to_string(), |cn| format!("\"{cn}\"")),
+                self.expected_cn,
+                self.dns_name
+                    .as_ref()
+                    .map(|d| format!(" (or {d})"))
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            certificate,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The subject's common name.
+fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::Decode;
+    use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
+    let parsed = x509_cert::Certificate::from_der(certificate.as_ref()).ok()?;
+    let cn = x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
+    parsed
+        .tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|attribute| attribute.oid == cn)
+        .and_then(|attribute| {
+            let value = &attribute.value;
+            value
+                .decode_as::<Utf8StringRef<'_>>()
+                .map(|s| s.as_str().to_string())
+                .or_else(|_| {
+                    value
+                        .decode_as::<PrintableStringRef<'_>>()
+                        .map(|s| s.as_str().to_string())
+                })
+                .ok()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_names_parse_with_and_without_a_domain() {
+        let plain: Instance = "my-proj:europe-west1:videos".parse().unwrap();
+        assert_eq!(
+            (
+                plain.project.as_str(),
+                plain.region.as_str(),
+                plain.name.as_str()
+            ),
+            ("my-proj", "europe-west1", "videos")
+        );
+        let domain: Instance = "example.com:proj:us-central1:db".parse().unwrap();
+        assert_eq!(domain.project, "example.com:proj");
+        assert_eq!(domain.to_string(), "example.com:proj:us-central1:db");
+        for bad in ["videos", "proj:videos", "proj::videos", ":r:i", "p:r:"] {
+            let error = bad.parse::<Instance>().unwrap_err();
+            assert!(error.contains("PROJECT:REGION:INSTANCE"), "{bad}: {error}");
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The Cloud SQL connector, IAM database login and the backup before migrating, against the
+//! stand-ins in `support::google` (Admin API, metadata server, instance TLS listener) and
+//! the real test PostgreSQL behind them.
+
+mod support;
+
+use std::process::Command;
+
+use support::google::{self, BackupOutcome, Google, Identity};
+use support::{Output, TestDb};
+
+/// A run of the real binary through the connector: no host in the URL, so the connector is
+/// the way in.
+fn run(google: &Google, db: &TestDb, args: &[&str]) -> Output {
+    let mut command = support::binary();
+    google.env(&mut command);
+    command
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_URL", connector_url(db))
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .env("DB_MIGRATE_CONNECT_TIMEOUT", "10s")
+        .args(args);
+    checked(&mut command)
+}
+
+/// Also asserts that no token the stand-ins handed out appears in any output.
+fn checked(command: &mut Command) -> Output {
+    let output = support::output(command);
+    for token in [google::ADMIN_TOKEN, google::LOGIN_TOKEN] {
+        for text in [&output.stdout, &output.stderr] {
+            assert!(!text.contains(token), "a token appeared in output:\n{text}");
+        }
+    }
+    output
+}
+
+/// The test database's URL without its host and port.
+fn connector_url(db: &TestDb) -> String {
+    format!(
+        "postgresql://{}:{}@/{}",
+        support::SUPERUSER,
+        support::SUPERUSER_PASSWORD,
+        db.name
+    )
+}
+
+fn summary(output: &Output) -> serde_json::Value {
+    support::events(&output.stderr)
+        .into_iter()
+        .rfind(|e| e.get("exit_code").is_some())
+        .unwrap_or_else(|| panic!("no summary event:\n{}", output.stderr))
+}
+
+async fn has_table(db: &TestDb, name: &str) -> bool {
+    let client = db.client().await;
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+        .await
+        .expect("to_regclass");
+    row.get(0)
+}
+
+fn server_port() -> u16 {
+    support::server().port
+}
+
+#[tokio::test]
+async fn up_through_the_connector_with_a_legacy_instance_certificate() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert!(has_table(&db, "video_requests").await);
+    let summary = summary(&output);
+    assert_eq!(
+        summary["db"],
+        format!("postgres@{}/{}", google::CONNECTION_NAME, db.name)
+    );
+    assert!(google.accepted() >= 1);
+
+    let settings = google.calls("connectSettings");
+    assert_eq!(settings.len(), 1, "{settings:#?}");
+    assert_eq!(settings[0].method, "GET");
+    assert_eq!(
+        settings[0].path,
+        format!(
+            "/v1/projects/{}/instances/{}/connectSettings",
+            google::PROJECT,
+            google::INSTANCE
+        )
+    );
+    assert!(settings[0].query.contains("enum-encoding%3Dint"));
+    assert_eq!(
+        settings[0].header("authorization"),
+        Some(format!("Bearer {}", google::ADMIN_TOKEN).as_str())
+    );
+    let certs = google.calls("generateEphemeralCert");
+    assert_eq!(certs.len(), 1);
+    let posted = certs[0].json();
+    let public_key = posted["public_key"].as_str().expect("public_key");
+    let spki = pem::parse(public_key).expect("PEM");
+    assert_eq!(spki.tag(), "PUBLIC KEY");
+    // An RSA-2048 SubjectPublicKeyInfo is 294 bytes and names rsaEncryption.
+    assert_eq!(spki.contents().len(), 294, "not an RSA-2048 key");
+    let rsa_encryption = [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    assert!(spki.contents().windows(9).any(|w| w == rsa_encryption));
+    assert!(
+        posted.get("access_token").is_none(),
+        "no token without --iam-auth"
+    );
+}
+
+#[tokio::test]
+async fn up_through_the_connector_with_a_cas_instance_certificate() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Cas, server_port());
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert!(has_table(&db, "video_requests").await);
+    let issued = support::events(&output.stderr)
+        .into_iter()
+        .find(|e| e["message"] == "Cloud SQL client certificate issued")
+        .expect("issued event");
+    assert_eq!(issued["ca_mode"], "GOOGLE_MANAGED_CAS_CA");
+}
+
+#[tokio::test]
+async fn a_server_certificate_for_another_instance_is_refused() {
+    let db = support::database().await;
+    let google = Google::start(Identity::OtherInstance, server_port());
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 5, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("TLS handshake"), "{message}");
+    assert!(message.contains("test-proj:other"), "{message}");
+    assert!(!has_table(&db, "schema_migrations").await);
+}
+
+#[tokio::test]
+async fn a_client_certificate_not_from_the_instance_ca_is_refused_by_the_instance() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    google.behave(|b| b.sign_with_unknown_ca = true);
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 5, "{}", output.stderr);
+    assert!(!google.refused().is_empty(), "the instance accepted it");
+    assert_eq!(google.accepted(), 0);
+    // Refused at once: no retry of a handshake that cannot succeed.
+    let retries = support::events(&output.stderr)
+        .into_iter()
+        .filter(|e| e["message"] == "cannot connect yet; retrying")
+        .count();
+    assert_eq!(retries, 0, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("client certificate"), "{message}");
+    assert!(!has_table(&db, "schema_migrations").await);
+}
+
+#[tokio::test]
+async fn a_region_that_does_not_match_the_connection_name_is_a_config_error() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    google.behave(|b| b.region = "us-central1".into());
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 2, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("region us-central1"), "{message}");
+    assert!(
+        message.contains("test-proj:us-central1:videos"),
+        "{message}"
+    );
+    assert_eq!(google.accepted(), 0);
+}
+
+#[tokio::test]
+async fn asking_for_an_ip_type_the_instance_lacks_names_the_types_it_has() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let output = run(&google, &db, &["up", "--ip-type", "private"]);
+    assert_eq!(output.code, 2, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("no private IP address"), "{message}");
+    assert!(message.contains("it has: public"), "{message}");
+    // The default takes the private address when there is no public one.
+    google.behave(|b| b.ip_addresses = vec![(3, "127.0.0.1".into())]);
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+}
+
+#[tokio::test]
+async fn permission_denied_names_the_role_and_not_found_is_a_config_error() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    google.behave(|b| {
+        b.failures = vec![("connectSettings", 403, "PERMISSION_DENIED")];
+    });
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 5, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("roles/cloudsql.client"), "{message}");
+    assert_eq!(
+        google.calls("connectSettings").len(),
+        1,
+        "403 is not retried"
+    );
+
+    google.behave(|b| {
+        b.failures = vec![("connectSettings", 404, "NOT_FOUND")];
+    });
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 2, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("not found"), "{message}");
+    assert!(!has_table(&db, "schema_migrations").await);
+}
+
+#[tokio::test]
+async fn transient_admin_api_failures_are_retried() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    google.behave(|b| {
+        b.failures = vec![
+            ("connectSettings", 503, "UNAVAILABLE"),
+            ("connectSettings", 429, "RESOURCE_EXHAUSTED"),
+        ];
+    });
+    let output = run(&google, &db, &["up"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let retries = support::events(&output.stderr)
+        .into_iter()
+        .filter(|e| e["message"] == "cannot connect yet; retrying")
+        .count();
+    assert_eq!(retries, 2, "{}", output.stderr);
+    assert_eq!(google.calls("connectSettings").len(), 3);
+}
+
+#[tokio::test]
+async fn no_credentials_fails_with_the_ways_to_provide_them() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let mut command = support::binary();
+    google.env(&mut command);
+    // A metadata server that is not there, as on a laptop without gcloud credentials.
+    command
+        .env(
+            "GCE_METADATA_HOST",
+            format!("127.0.0.1:{}", support::free_port()),
+        )
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_URL", connector_url(&db))
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .arg("up");
+    let output = checked(&mut command);
+    assert_eq!(output.code, 5, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("GOOGLE_APPLICATION_CREDENTIALS"),
+        "{message}"
+    );
+    assert!(google.requests().is_empty());
+}
+
+#[tokio::test]
+async fn iam_login_uses_the_login_token_as_password_of_the_mapped_user() {
+    let db = support::database().await;
+    let user = "migrator@test-proj.iam";
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS \"{user}\";
+             CREATE ROLE \"{user}\" LOGIN PASSWORD '{}';
+             GRANT ALL ON DATABASE \"{}\" TO \"{user}\";
+             GRANT ALL ON SCHEMA public TO \"{user}\";",
+            google::LOGIN_TOKEN,
+            db.name
+        ))
+        .await
+        .expect("create the IAM user");
+    let google = Google::start(Identity::Legacy, server_port());
+    let mut command = support::binary();
+    google.env(&mut command);
+    command
+        .env("LOG_FORMAT", "json")
+        .env("PGUSER", "migrator@test-proj.iam.gserviceaccount.com")
+        .env("PGDATABASE", &db.name)
+        .env("CLOUD_SQL_IAM_AUTH", "true")
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .arg("up");
+    let output = checked(&mut command);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let owner: String = admin
+        .query_one(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename = 'video_requests'",
+            &[],
+        )
+        .await
+        .expect("owner")
+        .get(0);
+    assert_eq!(owner, user);
+    let certs = google.calls("generateEphemeralCert");
+    assert_eq!(certs[0].json()["access_token"], google::LOGIN_TOKEN);
+    let tokens = google.calls("token");
+    assert!(
+        tokens.iter().any(|t| t.query.contains("sqlservice.login")),
+        "{tokens:#?}"
+    );
+    admin
+        .batch_execute(&format!("DROP OWNED BY \"{user}\"; DROP ROLE \"{user}\";"))
+        .await
+        .expect("drop the IAM user");
+}
+
+#[tokio::test]
+async fn a_certificate_about_to_expire_is_replaced_for_the_next_connection() {
+    let slow = [("001_slow.sql", "SELECT pg_sleep(0.6);\n")];
+    for (lifetime, expected) in [(3 * 60, 2), (3600, 1)] {
+        let db = support::database().await;
+        let dir = support::migrations(&slow);
+        let google = Google::start(Identity::Legacy, server_port());
+        google.behave(|b| b.certificate_lifetime = std::time::Duration::from_secs(lifetime));
+        let mut command = support::binary();
+        google.env(&mut command);
+        // The progress monitor opens the second connection once the migration runs 100 ms.
+        command
+            .env("LOG_FORMAT", "json")
+            .env("DATABASE_URL", connector_url(&db))
+            .env("MIGRATIONS_DIR", dir.path())
+            .env("DB_MIGRATE_PROGRESS_INTERVAL", "100ms")
+            .arg("up");
+        let output = checked(&mut command);
+        assert_eq!(output.code, 0, "{}", output.stderr);
+        let events = support::events(&output.stderr);
+        let monitor = events
+            .iter()
+            .filter(|e| e["message"] == "connected" && e["connection"] == "monitor")
+            .count();
+        assert_eq!(monitor, 1, "{}", output.stderr);
+        assert_eq!(
+            google.calls("generateEphemeralCert").len(),
+            expected,
+            "lifetime {lifetime}s"
+        );
+    }
+}
+
+/// A run with `--backup` through the stand-ins.
+fn backup_run(google: &Google, db: &TestDb, args: &[&str]) -> Output {
+    let mut command = support::binary();
+    google.env(&mut command);
+    command
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_URL", connector_url(db))
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .args(args);
+    checked(&mut command)
+}
+
+#[tokio::test]
+async fn backup_auto_backs_up_once_before_the_first_migration() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let output = backup_run(&google, &db, &["up", "--backup", "auto"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let inserts = google.calls("backupRuns.insert");
+    assert_eq!(inserts.len(), 1);
+    let description = inserts[0].json()["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        description.starts_with("db-migrate before 001_"),
+        "{description}"
+    );
+    assert_eq!(summary(&output)["backup_id"], google::BACKUP_ID);
+    let events = support::events(&output.stderr);
+    let position = |message: &str| {
+        events
+            .iter()
+            .position(|e| e["message"] == message)
+            .unwrap_or_else(|| panic!("no event {message}:\n{}", output.stderr))
+    };
+    assert!(position("backup done") < position("migration applied"));
+
+    // Nothing pending: no backup.
+    let output = backup_run(&google, &db, &["up", "--backup", "auto"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(google.calls("backupRuns.insert").len(), 1);
+    assert!(summary(&output).get("backup_id").is_none());
+    // always: a backup even so.
+    let output = backup_run(&google, &db, &["up", "--backup", "always"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(google.calls("backupRuns.insert").len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_backup_stops_the_run_with_exit_8_and_nothing_applied() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    google.behave(|b| b.backup = BackupOutcome::Fails);
+    let output = backup_run(&google, &db, &["up", "--backup", "auto"]);
+    assert_eq!(output.code, 8, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("Backup failed."), "{message}");
+    assert!(!has_table(&db, "video_requests").await);
+
+    google.behave(|b| b.backup = BackupOutcome::Hangs);
+    let output = backup_run(
+        &google,
+        &db,
+        &["up", "--backup", "auto", "--backup-timeout", "1s"],
+    );
+    assert_eq!(output.code, 8, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("--backup-timeout"), "{message}");
+    assert!(!has_table(&db, "video_requests").await);
+}
+
+#[tokio::test]
+async fn a_dry_run_never_backs_up() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let output = backup_run(&google, &db, &["up", "--dry-run", "--backup", "always"]);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert!(google.calls("backupRuns.insert").is_empty());
+}
+
+#[tokio::test]
+async fn backup_through_a_direct_connection_uses_the_instance_from_the_flag() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let mut command = support::binary();
+    google.env(&mut command);
+    // The URL names a host: the connection goes there (as through a socket or a proxy),
+    // and only the backup goes through the Admin API.
+    command
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_URL", &db.url)
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .args(["up", "--backup", "auto"]);
+    let output = checked(&mut command);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(google.calls("backupRuns.insert").len(), 1);
+    assert!(google.calls("generateEphemeralCert").is_empty());
+    assert_eq!(google.accepted(), 0);
+}
+
+#[tokio::test]
+async fn cloud_sql_flags_without_an_instance_are_refused() {
+    let db = support::database().await;
+    for flag in [["--backup", "auto"], ["--ip-type", "private"]] {
+        let mut command = support::binary();
+        command
+            .env("LOG_FORMAT", "json")
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", support::seed_dir())
+            .arg("up")
+            .args(flag);
+        let output = checked(&mut command);
+        assert_eq!(output.code, 2, "{}", output.stderr);
+        assert!(output.stderr.contains("--cloudsql-instance"));
+    }
+    let mut command = support::binary();
+    command
+        .env("DATABASE_URL", &db.url)
+        .env("CLOUD_SQL_INSTANCE", "just-a-name")
+        .arg("up");
+    let output = checked(&mut command);
+    assert_eq!(output.code, 2, "{}", output.stderr);
+    assert!(output.stderr.contains("PROJECT:REGION:INSTANCE"));
+}
