@@ -468,3 +468,83 @@ async fn cloud_sql_flags_without_an_instance_are_refused() {
     assert_eq!(output.code, 2, "{}", output.stderr);
     assert!(output.stderr.contains("PROJECT:REGION:INSTANCE"));
 }
+
+#[tokio::test]
+async fn sigterm_cancels_the_running_migration_through_the_connector() {
+    let db = support::database().await;
+    let dir = support::migrations(&[(
+        "001_slow.sql",
+        "CREATE TABLE slow_marker (id int);\nSELECT pg_sleep(60);\n",
+    )]);
+    let google = Google::start(Identity::Legacy, server_port());
+    let mut command = support::binary();
+    google.env(&mut command);
+    command
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_URL", connector_url(&db))
+        .env("MIGRATIONS_DIR", dir.path())
+        .arg("up");
+    let mut job = support::Running::spawn(&mut command);
+    job.wait_for("the migration to start", |e| {
+        e["message"] == "connected" && e["connection"] == "migration"
+    });
+    let watcher = db.client().await;
+    support::eventually("the slow migration to be running", || async {
+        let rows = watcher
+            .query(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                 AND state = 'active' AND query LIKE '%pg_sleep(60)%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        !rows.is_empty()
+    })
+    .await;
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    // The cancel request went through a tunnel of its own and reached the server.
+    assert!(
+        !events
+            .iter()
+            .any(|e| e["message"] == "could not send the cancel request; the server rolls back when the connection closes"),
+        "{events:#?}"
+    );
+    assert!(
+        google.accepted() >= 2,
+        "no second TLS session for the cancel"
+    );
+    assert!(!has_table(&db, "slow_marker").await);
+}
+
+#[tokio::test]
+async fn a_service_account_key_file_authenticates_the_admin_api() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = google.key_file(dir.path());
+    let mut command = support::binary();
+    google.env(&mut command);
+    // No metadata server: the key file must be what is used.
+    command
+        .env(
+            "GCE_METADATA_HOST",
+            format!("127.0.0.1:{}", support::free_port()),
+        )
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &key_file)
+        .env("LOG_FORMAT", "json")
+        .env("DATABASE_URL", connector_url(&db))
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .arg("up");
+    let output = checked(&mut command);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let settings = google.calls("connectSettings");
+    let bearer = settings[0]
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap();
+    let claims = google::jwt_claims(bearer).expect("a JWT");
+    assert_eq!(claims["iss"], google::SERVICE_ACCOUNT);
+    assert!(!output.stderr.contains(bearer));
+}

@@ -37,6 +37,8 @@ pub const DNS_NAME: &str = "1a2b3c4d5e6f.1a2b3c4d5e6f.europe-west1.sql.goog.";
 /// What the metadata server hands out: for the Admin API, and for IAM database login.
 pub const ADMIN_TOKEN: &str = "ya29.admin-token-sentinel-3f9c";
 pub const LOGIN_TOKEN: &str = "ya29.login-token-sentinel-81d2";
+/// The service account of key-file credentials.
+pub const SERVICE_ACCOUNT: &str = "migrator@test-proj.iam.gserviceaccount.com";
 /// The operation's backup id the stand-in reports.
 pub const BACKUP_ID: &str = "1700000000123";
 
@@ -352,7 +354,14 @@ fn respond(request: &Request, shared: &Shared, cas: bool) -> (u16, String) {
             _ => (404, "not found".into()),
         };
     }
-    if request.header("authorization") != Some(&format!("Bearer {ADMIN_TOKEN}")) {
+    let bearer = request
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // A metadata-server token, or the self-signed JWT google-cloud-auth makes from a
+    // service-account key file (its signature is not checked here).
+    let key_file_jwt = jwt_claims(bearer).is_some_and(|c| c["iss"] == SERVICE_ACCOUNT);
+    if bearer != ADMIN_TOKEN && !key_file_jwt {
         return google_error(
             401,
             "UNAUTHENTICATED",
@@ -437,6 +446,57 @@ fn respond(request: &Request, shared: &Shared, cas: bool) -> (u16, String) {
             (200, operation("op-backup-1", status, behaviour.backup))
         }
         _ => google_error(404, "NOT_FOUND", "no such method"),
+    }
+}
+
+/// The claims of a JWT, unverified.
+pub fn jwt_claims(token: &str) -> Option<Value> {
+    let payload = token.split('.').nth(1)?;
+    serde_json::from_slice(&base64url(payload)?).ok()
+}
+
+fn base64url(text: &str) -> Option<Vec<u8>> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().take_while(|&c| c != b'=') {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(value);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A service-account key file for [`SERVICE_ACCOUNT`] with a fresh RSA key, whose
+/// `token_uri` is this stand-in.
+impl Google {
+    pub fn key_file(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
+        let pem = key.to_pkcs8_pem(LineEnding::LF).expect("PKCS#8");
+        let file = json!({
+            "type": "service_account",
+            "project_id": PROJECT,
+            "private_key_id": "0123456789abcdef",
+            "private_key": pem.as_str(),
+            "client_email": SERVICE_ACCOUNT,
+            "client_id": "100000000000000000001",
+            "token_uri": format!("http://127.0.0.1:{}/token", self.http_port),
+        });
+        let path = dir.join("key.json");
+        std::fs::write(&path, file.to_string()).expect("write key file");
+        path
     }
 }
 
