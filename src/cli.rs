@@ -396,6 +396,9 @@ impl Cli {
                 iam_auth: self.iam_auth,
                 admin_endpoint,
                 port: self.cloudsql_port,
+                key_file: std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
             },
         ))))
     }

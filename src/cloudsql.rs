@@ -100,6 +100,8 @@ pub struct Options {
     pub admin_endpoint: Option<String>,
     /// The port the instance's connector listener serves.
     pub port: u16,
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, for IAM login with a service-account key file.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// The run's way to Cloud SQL: shared by every connection (the migration's, the monitor's,
@@ -121,8 +123,117 @@ struct State {
 #[derive(Debug, Clone)]
 struct Google {
     credentials: AccessTokenCredentials,
-    login: Option<AccessTokenCredentials>,
+    login: Option<Login>,
     connect: SqlConnectService,
+}
+
+/// Where the IAM login token comes from.
+#[derive(Debug, Clone)]
+enum Login {
+    Credentials(AccessTokenCredentials),
+    KeyFile(Arc<KeyFileLogin>),
+}
+
+/// IAM login with a service-account key file. google-cloud-auth turns a key file into
+/// self-signed JWTs (AIP-4111), which Google's APIs accept but a database login does not: it
+/// needs an OAuth2 access token. This trades a signed assertion for one at the key's
+/// `token_uri` (RFC 7523), as Google's other client libraries do.
+#[derive(Debug)]
+struct KeyFileLogin {
+    key: serde_json::Value,
+    token_uri: String,
+    /// The token and when it stops being worth using.
+    cached: Mutex<Option<(String, std::time::Instant)>>,
+}
+
+impl KeyFileLogin {
+    /// The key file when it is a service-account key, else None (other kinds of credentials
+    /// give real access tokens through google-cloud-auth).
+    fn load(path: &std::path::Path) -> Result<Option<KeyFileLogin>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let key: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+        if key["type"] != "service_account" {
+            return Ok(None);
+        }
+        let token_uri = key["token_uri"]
+            .as_str()
+            .unwrap_or("https://oauth2.googleapis.com/token")
+            .to_string();
+        Ok(Some(KeyFileLogin {
+            key,
+            token_uri,
+            cached: Mutex::new(None),
+        }))
+    }
+
+    /// Ok(token), or Err((reason, transient)).
+    async fn token(&self) -> Result<String, (String, bool)> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, good_until)) = cached.as_ref() {
+            if std::time::Instant::now() < *good_until {
+                return Ok(token.clone());
+            }
+        }
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let email = self.key["client_email"].as_str().unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT",
+            "kid": self.key["private_key_id"].as_str().unwrap_or_default()});
+        let claims = serde_json::json!({"iss": email, "scope": LOGIN_SCOPE,
+            "aud": self.token_uri, "iat": now, "exp": now + 3600});
+        let unsigned = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let signer =
+            google_cloud_auth::credentials::service_account::Builder::new(self.key.clone())
+                .build_signer()
+                .map_err(|e| (format!("the key file: {}", deepest(&e)), false))?;
+        let signature = signer
+            .sign(unsigned.as_bytes())
+            .await
+            .map_err(|e| (format!("signing with the key file: {}", deepest(&e)), false))?;
+        let assertion = format!("{unsigned}.{}", b64.encode(&signature));
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| (e.to_string(), false))?;
+        let reply = client
+            .post(&self.token_uri)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| (format!("{}: {}", self.token_uri, deepest(&e)), true))?;
+        let status = reply.status();
+        let body: serde_json::Value = reply.json().await.unwrap_or_default();
+        let Some(token) = body["access_token"]
+            .as_str()
+            .filter(|_| status.is_success())
+        else {
+            // An OAuth error names itself in `error` and `error_description`; neither holds
+            // a secret, unlike the rest of a reply might.
+            let reason = format!(
+                "{} answered {status}: {} {}",
+                self.token_uri,
+                body["error"].as_str().unwrap_or_default(),
+                body["error_description"].as_str().unwrap_or_default()
+            );
+            return Err((reason, status.is_server_error() || status.as_u16() == 429));
+        };
+        let lifetime = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(3600));
+        let good_until = std::time::Instant::now() + lifetime.saturating_sub(REFRESH_BEFORE);
+        *cached = Some((token.to_string(), good_until));
+        Ok(token.to_string())
+    }
 }
 
 /// Where the instance listens: an IP address, or (Private Service Connect) the DNS name the
@@ -221,8 +332,23 @@ impl Connector {
     /// The password of an IAM database login: an OAuth2 token with the login scope.
     pub async fn login_token(&self) -> Result<String, Failure> {
         let google = self.google().await?;
-        let credentials = google.login.as_ref().unwrap_or(&google.credentials);
-        self.token(credentials).await
+        self.login(&google).await
+    }
+
+    async fn login(&self, google: &Google) -> Result<String, Failure> {
+        match &google.login {
+            Some(Login::Credentials(credentials)) => self.token(credentials).await,
+            Some(Login::KeyFile(key_file)) => {
+                key_file
+                    .token()
+                    .await
+                    .map_err(|(reason, transient)| Failure {
+                        error: self.error("getting the IAM login token", reason),
+                        transient,
+                    })
+            }
+            None => self.token(&google.credentials).await,
+        }
     }
 
     async fn token(&self, credentials: &AccessTokenCredentials) -> Result<String, Failure> {
@@ -280,9 +406,16 @@ impl Connector {
         };
         let credentials = build(None)?;
         self.token(&credentials).await?;
-        let login = match self.options.iam_auth {
-            true => Some(build(Some(LOGIN_SCOPE))?),
-            false => None,
+        let key_file = match (&self.options.key_file, self.options.iam_auth) {
+            (Some(path), true) => KeyFileLogin::load(path).map_err(|reason| {
+                Failure::fatal(self.error("reading GOOGLE_APPLICATION_CREDENTIALS", reason))
+            })?,
+            _ => None,
+        };
+        let login = match (self.options.iam_auth, key_file) {
+            (false, _) => None,
+            (true, Some(key_file)) => Some(Login::KeyFile(Arc::new(key_file))),
+            (true, None) => Some(Login::Credentials(build(Some(LOGIN_SCOPE))?)),
         };
         let mut builder = SqlConnectService::builder()
             .with_credentials(google_cloud_auth::credentials::Credentials::from(
@@ -344,7 +477,7 @@ impl Connector {
         let Instance { project, name, .. } = &self.options.instance;
         // Not `login_token()`: the caller holds the state lock it would take again.
         let token = match &google.login {
-            Some(login) => Some(self.token(login).await?),
+            Some(_) => Some(self.login(google).await?),
             None => None,
         };
         let settings = google

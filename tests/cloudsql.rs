@@ -260,15 +260,17 @@ async fn no_credentials_fails_with_the_ways_to_provide_them() {
     assert!(google.requests().is_empty());
 }
 
-#[tokio::test]
-async fn iam_login_uses_the_login_token_as_password_of_the_mapped_user() {
-    let db = support::database().await;
-    let user = "migrator@test-proj.iam";
+/// The IAM user of the key-file service account (roles are per server, so each test that
+/// logs in has a user of its own).
+const IAM_USER: &str = "migrator@test-proj.iam";
+
+/// Creates an IAM database user whose password is the stand-in's login token, as Cloud SQL
+/// accepts that token for a `cloud_iam_service_account` user.
+async fn create_iam_user(db: &TestDb, user: &str) -> tokio_postgres::Client {
     let admin = db.client().await;
     admin
         .batch_execute(&format!(
-            "DROP ROLE IF EXISTS \"{user}\";
-             CREATE ROLE \"{user}\" LOGIN PASSWORD '{}';
+            "CREATE ROLE \"{user}\" LOGIN PASSWORD '{}';
              GRANT ALL ON DATABASE \"{}\" TO \"{user}\";
              GRANT ALL ON SCHEMA public TO \"{user}\";",
             google::LOGIN_TOKEN,
@@ -276,27 +278,45 @@ async fn iam_login_uses_the_login_token_as_password_of_the_mapped_user() {
         ))
         .await
         .expect("create the IAM user");
-    let google = Google::start(Identity::Legacy, server_port());
-    let mut command = support::binary();
-    google.env(&mut command);
-    command
-        .env("LOG_FORMAT", "json")
-        .env("PGUSER", "migrator@test-proj.iam.gserviceaccount.com")
-        .env("PGDATABASE", &db.name)
-        .env("CLOUD_SQL_IAM_AUTH", "true")
-        .env("MIGRATIONS_DIR", support::seed_dir())
-        .arg("up");
-    let output = checked(&mut command);
-    assert_eq!(output.code, 0, "{}", output.stderr);
-    let owner: String = admin
+    admin
+}
+
+async fn owner_of_video_requests(admin: &tokio_postgres::Client) -> String {
+    admin
         .query_one(
             "SELECT tableowner::text FROM pg_tables WHERE tablename = 'video_requests'",
             &[],
         )
         .await
         .expect("owner")
-        .get(0);
-    assert_eq!(owner, user);
+        .get(0)
+}
+
+async fn drop_iam_user(admin: &tokio_postgres::Client, user: &str) {
+    admin
+        .batch_execute(&format!("DROP OWNED BY \"{user}\"; DROP ROLE \"{user}\";"))
+        .await
+        .expect("drop what the IAM user owns");
+}
+
+#[tokio::test]
+async fn iam_login_uses_the_login_token_as_password_of_the_mapped_user() {
+    let db = support::database().await;
+    let user = "runner@test-proj.iam";
+    let admin = create_iam_user(&db, user).await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let mut command = support::binary();
+    google.env(&mut command);
+    command
+        .env("LOG_FORMAT", "json")
+        .env("PGUSER", "runner@test-proj.iam.gserviceaccount.com")
+        .env("PGDATABASE", &db.name)
+        .env("CLOUD_SQL_IAM_AUTH", "true")
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .arg("up");
+    let output = checked(&mut command);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(owner_of_video_requests(&admin).await, user);
     let certs = google.calls("generateEphemeralCert");
     assert_eq!(certs[0].json()["access_token"], google::LOGIN_TOKEN);
     let tokens = google.calls("token");
@@ -304,10 +324,45 @@ async fn iam_login_uses_the_login_token_as_password_of_the_mapped_user() {
         tokens.iter().any(|t| t.query.contains("sqlservice.login")),
         "{tokens:#?}"
     );
-    admin
-        .batch_execute(&format!("DROP OWNED BY \"{user}\"; DROP ROLE \"{user}\";"))
-        .await
-        .expect("drop the IAM user");
+    drop_iam_user(&admin, user).await;
+}
+
+#[tokio::test]
+async fn iam_login_with_a_key_file_trades_a_signed_assertion_for_a_token() {
+    let db = support::database().await;
+    let admin = create_iam_user(&db, IAM_USER).await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = google.key_file(dir.path());
+    let mut command = support::binary();
+    google.env(&mut command);
+    command
+        .env(
+            "GCE_METADATA_HOST",
+            format!("127.0.0.1:{}", support::free_port()),
+        )
+        .env("GOOGLE_APPLICATION_CREDENTIALS", &key_file)
+        .env("LOG_FORMAT", "json")
+        .env(
+            "DATABASE_URL",
+            format!("postgresql://migrator%40test-proj.iam@/{}", db.name),
+        )
+        .env("CLOUD_SQL_IAM_AUTH", "true")
+        .env("MIGRATIONS_DIR", support::seed_dir())
+        .arg("up");
+    let output = checked(&mut command);
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(owner_of_video_requests(&admin).await, IAM_USER);
+    // One exchange at the key's token_uri, cached for the certificate request and the login.
+    let exchanges: Vec<_> = google
+        .calls("token")
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(exchanges.len(), 1, "{exchanges:#?}");
+    let certs = google.calls("generateEphemeralCert");
+    assert_eq!(certs[0].json()["access_token"], google::LOGIN_TOKEN);
+    drop_iam_user(&admin, IAM_USER).await;
 }
 
 #[tokio::test]

@@ -354,6 +354,9 @@ fn respond(request: &Request, shared: &Shared, cas: bool) -> (u16, String) {
             _ => (404, "not found".into()),
         };
     }
+    if path == "/token" && request.method == "POST" {
+        return token_exchange(request);
+    }
     let bearer = request
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
@@ -447,6 +450,46 @@ fn respond(request: &Request, shared: &Shared, cas: bool) -> (u16, String) {
         }
         _ => google_error(404, "NOT_FOUND", "no such method"),
     }
+}
+
+/// The OAuth2 token endpoint of a key file's `token_uri`: a JWT-bearer grant (RFC 7523) for
+/// the service account gets the login token.
+fn token_exchange(request: &Request) -> (u16, String) {
+    let form: Vec<(&str, &str)> = request
+        .body
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .collect();
+    let field = |name: &str| form.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let grant = field("grant_type");
+    let claims = field("assertion").and_then(jwt_claims);
+    let error = |description: &str| {
+        let body = json!({"error": "invalid_grant", "error_description": description});
+        (400, body.to_string())
+    };
+    if grant != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer") {
+        return error("unsupported grant_type");
+    }
+    let Some(claims) = claims else {
+        return error("no assertion");
+    };
+    if claims["iss"] != SERVICE_ACCOUNT
+        || !claims["aud"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("/token"))
+    {
+        return error("Invalid JWT: iss or aud");
+    }
+    let token = match claims["scope"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("sqlservice.login")
+    {
+        true => LOGIN_TOKEN,
+        false => ADMIN_TOKEN,
+    };
+    let body = json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"});
+    (200, body.to_string())
 }
 
 /// The claims of a JWT, unverified.
