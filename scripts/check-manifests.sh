@@ -3,10 +3,16 @@
 #   - every YAML file parses;
 #   - the Kubernetes manifests validate against the Kubernetes schema (kubernetes-validate
 #     --strict), the CI files against the Cloud Build and GitHub workflow schemas;
-#   - the Kubernetes Job and the Cloud Run jobs have the settings deploy/*/README.md promise;
+#   - the Kubernetes Job and the Cloud Run jobs have the settings deploy/*/README.md promise,
+#     among them: each names its Cloud SQL instance (CLOUD_SQL_INSTANCE, or for Cloud Run the
+#     run.googleapis.com/cloudsql-instances annotation; both must agree, and a /cloudsql socket
+#     URL must name an annotated instance), an IAM login's user is the job's service account,
+#     the production jobs back up before migrating (DB_MIGRATE_BACKUP=auto) and the dry run
+#     does not;
 #   - every db-migrate invocation in them (container args, `gcloud run jobs ... --args`) is
 #     accepted by the binary's own parser, with and without the manifest's own environment;
-#   - the CI pipelines run dry run, backup, migration and bot deploy in that order.
+#   - the CI pipelines run dry run, migration and bot deploy in that order, with no
+#     `gcloud sql backups create` step (the production job backs up itself).
 # Installs its Python tools with pip when they are missing; builds target/debug/db-migrate
 # when it is missing (DB_MIGRATE_BIN names another binary).
 set -euo pipefail
@@ -49,6 +55,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 
 import yaml
 
@@ -126,6 +133,38 @@ def check_invocation(where, argv, container=None):
     run_binary(f"{where} (with its env)", argv, literal)
 
 
+def url_parts(url):
+    """(user, host) of a postgresql:// URL, percent-decoded; host is "" when the URL names
+    none (a host= query parameter counts). None for key=value strings and empty values."""
+    if not re.match(r"postgres(ql)?://", url):
+        return None
+    parsed = urllib.parse.urlsplit(url)
+    userinfo, _, hostport = parsed.netloc.rpartition("@")
+    host = hostport.rsplit(":", 1)[0] if not hostport.startswith("[") else hostport
+    query = urllib.parse.parse_qs(parsed.query)
+    host = host or (query.get("host") or query.get("hostaddr") or [""])[0]
+    return urllib.parse.unquote(userinfo.split(":", 1)[0]), host
+
+
+def check_cloudsql_env(where, container, instance, service_account):
+    """The connector's settings: the instance is named where the connector needs it, and an
+    IAM login's user is the service account the job runs as."""
+    env = env_map(container)
+    url = get(env, "DATABASE_URL", "value")
+    parts = url_parts(str(url)) if url is not None else None
+    if parts is not None and parts[1] == "" and "PGHOST" not in env and not instance:
+        fail(where, "DATABASE_URL names no host, so it needs CLOUD_SQL_INSTANCE for the connector "
+                    "(otherwise it connects to localhost)")
+    if str(get(env, "CLOUD_SQL_IAM_AUTH", "value")).lower() == "true" and parts is not None:
+        # db-migrate shortens a full e-mail the same way.
+        expected = (service_account or "").removesuffix(".gserviceaccount.com")
+        if parts[0].removesuffix(".gserviceaccount.com") != expected:
+            fail(where, f"IAM login as {parts[0]!r}, but the job runs as {service_account!r}: the "
+                        f"user must be {expected!r} (written with %40 in DATABASE_URL)")
+        if "PGPASSWORD" in env:
+            fail(where, "PGPASSWORD is set, but an IAM login's password is a token")
+
+
 def check_no_literal_secrets(where, container):
     env = env_map(container)
     if "value" in env.get("PGPASSWORD", {}):
@@ -179,6 +218,12 @@ def check_kubernetes(docs):
             for kind in ("requests", "limits"):
                 if not get(container, "resources", kind):
                     fail(cwhere, f"resources.{kind} missing")
+            env = env_map(container)
+            if "CLOUD_SQL_INSTANCE" not in env:
+                fail(cwhere, "CLOUD_SQL_INSTANCE missing (the Cloud SQL instance, PROJECT:REGION:INSTANCE)")
+            check_cloudsql_env(cwhere, container, "CLOUD_SQL_INSTANCE" in env,
+                               get(accounts.get(account), "metadata", "annotations",
+                                   "iam.gke.io/gcp-service-account"))
             check_no_literal_secrets(cwhere, container)
             argv = argv_of(cwhere, container)
             if argv is not None:
@@ -202,10 +247,9 @@ def check_cloud_run(docs):
             fail(where, "task timeoutSeconds must be a positive number")
         if not task.get("serviceAccountName"):
             fail(where, "task serviceAccountName missing (a dedicated service account)")
-        instances = get(job, "spec", "template", "metadata", "annotations",
-                        "run.googleapis.com/cloudsql-instances")
-        if not instances:
-            fail(where, "execution template lacks the run.googleapis.com/cloudsql-instances annotation")
+        annotation = get(job, "spec", "template", "metadata", "annotations",
+                         "run.googleapis.com/cloudsql-instances")
+        annotated = [i.strip() for i in str(annotation or "").split(",") if i.strip()]
         containers = task.get("containers") or []
         if len(containers) != 1:
             fail(where, "exactly one container")
@@ -213,10 +257,28 @@ def check_cloud_run(docs):
             env = env_map(container)
             if get(env, "LOG_FORMAT", "value") != "json":
                 fail(where, "LOG_FORMAT must be json")
+            # The instance: db-migrate's own setting (the connector, IAM login, backups), or
+            # Cloud Run's socket annotation; where both are given they must name the same one.
+            instance = get(env, "CLOUD_SQL_INSTANCE", "value")
+            if instance is None and not annotated:
+                fail(where, "names no Cloud SQL instance: set env CLOUD_SQL_INSTANCE (or the "
+                            "run.googleapis.com/cloudsql-instances annotation for a socket)")
+            if instance is not None and annotated and str(instance) not in annotated:
+                fail(where, f"CLOUD_SQL_INSTANCE {instance} is not among the annotated instances {annotated}")
             url = str(get(env, "DATABASE_URL", "value") or "")
             socket = re.search(r"[?&]host=/cloudsql/([^&]+)", url)
-            if instances and socket and socket.group(1) not in instances.split(","):
-                fail(where, f"DATABASE_URL's socket {socket.group(1)} is not an annotated instance")
+            if socket and socket.group(1) not in annotated:
+                fail(where, f"DATABASE_URL's socket {socket.group(1)} is not an annotated instance "
+                            "(run.googleapis.com/cloudsql-instances)")
+            # Production backs up before migrating; a dry run changes nothing and must not.
+            backup = get(env, "DB_MIGRATE_BACKUP", "value")
+            if "dry-run" in name:
+                if backup in ("auto", "always"):
+                    fail(where, f"DB_MIGRATE_BACKUP={backup} on a dry run: it changes nothing to back up")
+            elif backup != "auto":
+                fail(where, "DB_MIGRATE_BACKUP must be auto (the job backs up before migrating), "
+                            + ("but it is unset" if backup is None else f"not {backup!r}"))
+            check_cloudsql_env(where, container, instance is not None, task.get("serviceAccountName"))
             check_no_literal_secrets(where, container)
             argv = argv_of(where, container)
             if argv is None:
@@ -299,10 +361,11 @@ def check_ci(docs, run_jobs):
                         fail(path, f"gcloud run jobs execute {job} without --wait")
                     steps.append(f"execute {job}")
             elif words[:3] == ["sql", "backups", "create"]:
-                steps.append("backup")
+                fail(path, "gcloud sql backups create: unexpected, the production job backs up "
+                           "itself (DB_MIGRATE_BACKUP=auto)")
             elif words[:2] == ["run", "deploy"]:
                 steps.append("deploy bot")
-        expected = ["execute db-migrate-dry-run", "backup", "execute db-migrate", "deploy bot"]
+        expected = ["execute db-migrate-dry-run", "execute db-migrate", "deploy bot"]
         if steps != expected:
             fail(path, f"pipeline runs {steps}, expected {expected}")
 
