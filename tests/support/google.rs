@@ -51,6 +51,20 @@ pub enum Identity {
     Cas,
     /// A certificate from the right CA for another instance (`PROJECT:other`).
     OtherInstance,
+    /// Private Service Connect only: no IP addresses, and a DNS name (`localhost` here) that
+    /// the consumer network resolves to the endpoint and the certificate carries.
+    Psc,
+}
+
+impl Identity {
+    /// `dnsName` in connectSettings, with the trailing dot the API writes.
+    fn dns_name(self) -> &'static str {
+        match self {
+            Identity::Cas => DNS_NAME,
+            Identity::Psc => "localhost.",
+            Identity::Legacy | Identity::OtherInstance => "",
+        }
+    }
 }
 
 /// What the backup operation does.
@@ -166,20 +180,25 @@ impl Google {
             Identity::OtherInstance => params
                 .distinguished_name
                 .push(DnType::CommonName, format!("{PROJECT}:other")),
-            Identity::Cas => {
+            Identity::Cas | Identity::Psc => {
                 params
                     .distinguished_name
                     .push(DnType::CommonName, "Google Cloud SQL Server");
                 params.subject_alt_names = vec![SanType::DnsName(
-                    DNS_NAME.trim_end_matches('.').try_into().expect("DNS name"),
+                    identity
+                        .dns_name()
+                        .trim_end_matches('.')
+                        .try_into()
+                        .expect("DNS name"),
                 )];
             }
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = params.signed_by(&server_key, &server_ca).expect("sign");
         let mut behaviour = Behaviour::default();
-        if identity == Identity::Cas {
-            behaviour.region = REGION.into();
+        if identity == Identity::Psc {
+            behaviour.ip_addresses.clear();
+            behaviour.psc_enabled = true;
         }
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(behaviour),
@@ -190,14 +209,13 @@ impl Google {
             accepted: AtomicUsize::new(0),
             refused: Mutex::new(Vec::new()),
         });
-        let identity_is_cas = identity == Identity::Cas;
         let http = TcpListener::bind("127.0.0.1:0").expect("bind HTTP stand-in");
         let http_port = http.local_addr().expect("addr").port();
         let state = shared.clone();
         std::thread::spawn(move || {
             for stream in http.incoming().map_while(Result::ok) {
                 let state = state.clone();
-                std::thread::spawn(move || serve_http(stream, &state, identity_is_cas));
+                std::thread::spawn(move || serve_http(stream, &state, identity));
             }
         });
         let instance_port = start_instance(
@@ -267,12 +285,12 @@ fn authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
     (cert.pem(), Issuer::new(params, key))
 }
 
-fn serve_http(mut stream: TcpStream, shared: &Shared, cas: bool) {
+fn serve_http(mut stream: TcpStream, shared: &Shared, identity: Identity) {
     let Some(request) = read_request(&stream) else {
         return;
     };
     shared.requests.lock().unwrap().push(request.clone());
-    let (status, body) = respond(&request, shared, cas);
+    let (status, body) = respond(&request, shared, identity);
     let reason = match status {
         200 => "OK",
         401 => "Unauthorized",
@@ -334,7 +352,7 @@ fn google_error(status: u16, code: &str, message: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
-fn respond(request: &Request, shared: &Shared, cas: bool) -> (u16, String) {
+fn respond(request: &Request, shared: &Shared, identity: Identity) -> (u16, String) {
     let path = request.path.as_str();
     if let Some(rest) = path.strip_prefix("/computeMetadata/v1/") {
         if request.header("metadata-flavor") != Some("Google") {
@@ -399,8 +417,8 @@ fn respond(request: &Request, shared: &Shared, cas: bool) -> (u16, String) {
                 "databaseVersion": 172,
                 "backendType": 2,
                 "pscEnabled": behaviour.psc_enabled,
-                "dnsName": if cas { DNS_NAME } else { "" },
-                "serverCaMode": if cas { 2 } else { 1 },
+                "dnsName": identity.dns_name(),
+                "serverCaMode": if identity.dns_name().is_empty() { 1 } else { 2 },
             });
             (200, body.to_string())
         }
