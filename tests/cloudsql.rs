@@ -4,23 +4,36 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 
 use support::google::{self, BackupOutcome, Google, Identity};
 use support::{Output, TestDb};
 
-/// A run of the real binary through the connector: no host in the URL, so the connector is
-/// the way in.
-fn run(google: &Google, db: &TestDb, args: &[&str]) -> Output {
+/// The real binary pointed at the stand-ins, logging JSON, for `url` and the files in `dir`.
+fn job(google: &Google, url: &str, dir: &Path) -> Command {
     let mut command = support::binary();
     google.env(&mut command);
     command
         .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", connector_url(db))
-        .env("MIGRATIONS_DIR", support::seed_dir())
-        .env("DB_MIGRATE_CONNECT_TIMEOUT", "10s")
-        .args(args);
-    checked(&mut command)
+        .env("DATABASE_URL", url)
+        .env("MIGRATIONS_DIR", dir)
+        .env("DB_MIGRATE_CONNECT_TIMEOUT", "10s");
+    command
+}
+
+/// A run of the seed's migrations through the connector: no host in the URL, so the
+/// connector is the way in.
+fn run(google: &Google, db: &TestDb, args: &[&str]) -> Output {
+    checked(job(google, &connector_url(db), &support::seed_dir()).args(args))
+}
+
+/// Takes the metadata server away, as on a machine that is not on Google Cloud.
+fn without_metadata_server(command: &mut Command) -> &mut Command {
+    command.env(
+        "GCE_METADATA_HOST",
+        format!("127.0.0.1:{}", support::free_port()),
+    )
 }
 
 /// Also asserts that no token the stand-ins handed out appears in any output.
@@ -242,19 +255,9 @@ async fn transient_admin_api_failures_are_retried() {
 async fn no_credentials_fails_with_the_ways_to_provide_them() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
-    let mut command = support::binary();
-    google.env(&mut command);
-    // A metadata server that is not there, as on a laptop without gcloud credentials.
-    command
-        .env(
-            "GCE_METADATA_HOST",
-            format!("127.0.0.1:{}", support::free_port()),
-        )
-        .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", connector_url(&db))
-        .env("MIGRATIONS_DIR", support::seed_dir())
-        .arg("up");
-    let output = checked(&mut command);
+    // As on a laptop without gcloud credentials.
+    let mut command = job(&google, &connector_url(&db), &support::seed_dir());
+    let output = checked(without_metadata_server(&mut command).arg("up"));
     assert_eq!(output.code, 5, "{}", output.stderr);
     let message = summary(&output)["message"].as_str().unwrap().to_string();
     assert!(
@@ -309,14 +312,13 @@ async fn iam_login_uses_the_login_token_as_password_of_the_mapped_user() {
     let user = "runner@test-proj.iam";
     let admin = create_iam_user(&db, user).await;
     let google = Google::start(Identity::Legacy, server_port());
-    let mut command = support::binary();
-    google.env(&mut command);
+    // User and database from PGUSER and PGDATABASE alone, the user as the full e-mail.
+    let mut command = job(&google, "", &support::seed_dir());
     command
-        .env("LOG_FORMAT", "json")
+        .env_remove("DATABASE_URL")
         .env("PGUSER", "runner@test-proj.iam.gserviceaccount.com")
         .env("PGDATABASE", &db.name)
         .env("CLOUD_SQL_IAM_AUTH", "true")
-        .env("MIGRATIONS_DIR", support::seed_dir())
         .arg("up");
     let output = checked(&mut command);
     assert_eq!(output.code, 0, "{}", output.stderr);
@@ -338,21 +340,11 @@ async fn iam_login_with_a_key_file_trades_a_signed_assertion_for_a_token() {
     let google = Google::start(Identity::Legacy, server_port());
     let dir = tempfile::tempdir().unwrap();
     let key_file = google.key_file(dir.path());
-    let mut command = support::binary();
-    google.env(&mut command);
-    command
-        .env(
-            "GCE_METADATA_HOST",
-            format!("127.0.0.1:{}", support::free_port()),
-        )
+    let url = format!("postgresql://migrator%40test-proj.iam@/{}", db.name);
+    let mut command = job(&google, &url, &support::seed_dir());
+    without_metadata_server(&mut command)
         .env("GOOGLE_APPLICATION_CREDENTIALS", &key_file)
-        .env("LOG_FORMAT", "json")
-        .env(
-            "DATABASE_URL",
-            format!("postgresql://migrator%40test-proj.iam@/{}", db.name),
-        )
         .env("CLOUD_SQL_IAM_AUTH", "true")
-        .env("MIGRATIONS_DIR", support::seed_dir())
         .arg("up");
     let output = checked(&mut command);
     assert_eq!(output.code, 0, "{}", output.stderr);
@@ -377,16 +369,12 @@ async fn a_certificate_about_to_expire_is_replaced_for_the_next_connection() {
         let dir = support::migrations(&slow);
         let google = Google::start(Identity::Legacy, server_port());
         google.behave(|b| b.certificate_lifetime = std::time::Duration::from_secs(lifetime));
-        let mut command = support::binary();
-        google.env(&mut command);
         // The progress monitor opens the second connection once the migration runs 100 ms.
-        command
-            .env("LOG_FORMAT", "json")
-            .env("DATABASE_URL", connector_url(&db))
-            .env("MIGRATIONS_DIR", dir.path())
-            .env("DB_MIGRATE_PROGRESS_INTERVAL", "100ms")
-            .arg("up");
-        let output = checked(&mut command);
+        let output = checked(
+            job(&google, &connector_url(&db), dir.path())
+                .env("DB_MIGRATE_PROGRESS_INTERVAL", "100ms")
+                .arg("up"),
+        );
         assert_eq!(output.code, 0, "{}", output.stderr);
         let events = support::events(&output.stderr);
         let monitor = events
@@ -402,23 +390,11 @@ async fn a_certificate_about_to_expire_is_replaced_for_the_next_connection() {
     }
 }
 
-/// A run with `--backup` through the stand-ins.
-fn backup_run(google: &Google, db: &TestDb, args: &[&str]) -> Output {
-    let mut command = support::binary();
-    google.env(&mut command);
-    command
-        .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", connector_url(db))
-        .env("MIGRATIONS_DIR", support::seed_dir())
-        .args(args);
-    checked(&mut command)
-}
-
 #[tokio::test]
 async fn backup_auto_backs_up_once_before_the_first_migration() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
-    let output = backup_run(&google, &db, &["up", "--backup", "auto"]);
+    let output = run(&google, &db, &["up", "--backup", "auto"]);
     assert_eq!(output.code, 0, "{}", output.stderr);
     let inserts = google.calls("backupRuns.insert");
     assert_eq!(inserts.len(), 1);
@@ -441,12 +417,12 @@ async fn backup_auto_backs_up_once_before_the_first_migration() {
     assert!(position("backup done") < position("migration applied"));
 
     // Nothing pending: no backup.
-    let output = backup_run(&google, &db, &["up", "--backup", "auto"]);
+    let output = run(&google, &db, &["up", "--backup", "auto"]);
     assert_eq!(output.code, 0, "{}", output.stderr);
     assert_eq!(google.calls("backupRuns.insert").len(), 1);
     assert!(summary(&output).get("backup_id").is_none());
     // always: a backup even so.
-    let output = backup_run(&google, &db, &["up", "--backup", "always"]);
+    let output = run(&google, &db, &["up", "--backup", "always"]);
     assert_eq!(output.code, 0, "{}", output.stderr);
     assert_eq!(google.calls("backupRuns.insert").len(), 2);
 }
@@ -456,14 +432,14 @@ async fn a_failed_backup_stops_the_run_with_exit_8_and_nothing_applied() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
     google.behave(|b| b.backup = BackupOutcome::Fails);
-    let output = backup_run(&google, &db, &["up", "--backup", "auto"]);
+    let output = run(&google, &db, &["up", "--backup", "auto"]);
     assert_eq!(output.code, 8, "{}", output.stderr);
     let message = summary(&output)["message"].as_str().unwrap().to_string();
     assert!(message.contains("Backup failed."), "{message}");
     assert!(!has_table(&db, "video_requests").await);
 
     google.behave(|b| b.backup = BackupOutcome::Hangs);
-    let output = backup_run(
+    let output = run(
         &google,
         &db,
         &["up", "--backup", "auto", "--backup-timeout", "1s"],
@@ -478,7 +454,7 @@ async fn a_failed_backup_stops_the_run_with_exit_8_and_nothing_applied() {
 async fn a_dry_run_never_backs_up() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
-    let output = backup_run(&google, &db, &["up", "--dry-run", "--backup", "always"]);
+    let output = run(&google, &db, &["up", "--dry-run", "--backup", "always"]);
     assert_eq!(output.code, 0, "{}", output.stderr);
     assert!(google.calls("backupRuns.insert").is_empty());
 }
@@ -487,16 +463,10 @@ async fn a_dry_run_never_backs_up() {
 async fn backup_through_a_direct_connection_uses_the_instance_from_the_flag() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
-    let mut command = support::binary();
-    google.env(&mut command);
     // The URL names a host: the connection goes there (as through a socket or a proxy),
     // and only the backup goes through the Admin API.
-    command
-        .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", &db.url)
-        .env("MIGRATIONS_DIR", support::seed_dir())
-        .args(["up", "--backup", "auto"]);
-    let output = checked(&mut command);
+    let output =
+        checked(job(&google, &db.url, &support::seed_dir()).args(["up", "--backup", "auto"]));
     assert_eq!(output.code, 0, "{}", output.stderr);
     assert_eq!(google.calls("backupRuns.insert").len(), 1);
     assert!(google.calls("generateEphemeralCert").is_empty());
@@ -536,14 +506,7 @@ async fn sigterm_cancels_the_running_migration_through_the_connector() {
         "CREATE TABLE slow_marker (id int);\nSELECT pg_sleep(60);\n",
     )]);
     let google = Google::start(Identity::Legacy, server_port());
-    let mut command = support::binary();
-    google.env(&mut command);
-    command
-        .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", connector_url(&db))
-        .env("MIGRATIONS_DIR", dir.path())
-        .arg("up");
-    let mut job = support::Running::spawn(&mut command);
+    let mut job = support::Running::spawn(job(&google, &connector_url(&db), dir.path()).arg("up"));
     job.wait_for("the migration to start", |e| {
         e["message"] == "connected" && e["connection"] == "migration"
     });
@@ -583,18 +546,10 @@ async fn a_service_account_key_file_authenticates_the_admin_api() {
     let google = Google::start(Identity::Legacy, server_port());
     let dir = tempfile::tempdir().unwrap();
     let key_file = google.key_file(dir.path());
-    let mut command = support::binary();
-    google.env(&mut command);
     // No metadata server: the key file must be what is used.
-    command
-        .env(
-            "GCE_METADATA_HOST",
-            format!("127.0.0.1:{}", support::free_port()),
-        )
+    let mut command = job(&google, &connector_url(&db), &support::seed_dir());
+    without_metadata_server(&mut command)
         .env("GOOGLE_APPLICATION_CREDENTIALS", &key_file)
-        .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", connector_url(&db))
-        .env("MIGRATIONS_DIR", support::seed_dir())
         .arg("up");
     let output = checked(&mut command);
     assert_eq!(output.code, 0, "{}", output.stderr);

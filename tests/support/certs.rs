@@ -164,7 +164,8 @@ fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     path
 }
 
-fn authority(
+/// A self-signed CA named `name`, in PEM, and the issuer that signs with it.
+pub fn authority(
     name: &str,
     algorithm: &'static SignatureAlgorithm,
 ) -> (String, Issuer<'static, KeyPair>) {
