@@ -138,12 +138,20 @@ enum Login {
 /// self-signed JWTs (AIP-4111), which Google's APIs accept but a database login does not: it
 /// needs an OAuth2 access token. This trades a signed assertion for one at the key's
 /// `token_uri` (RFC 7523), as Google's other client libraries do.
-#[derive(Debug)]
 struct KeyFileLogin {
     key: serde_json::Value,
     token_uri: String,
     /// The token and when it stops being worth using.
     cached: Mutex<Option<(String, std::time::Instant)>>,
+}
+
+/// Names the endpoint only: the key and the token are secrets.
+impl std::fmt::Debug for KeyFileLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFileLogin")
+            .field("token_uri", &self.token_uri)
+            .finish_non_exhaustive()
+    }
 }
 
 impl KeyFileLogin {
@@ -1067,6 +1075,26 @@ fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_file_login_never_prints_its_key_or_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.json");
+        let key = serde_json::json!({"type": "service_account", "private_key": "SECRET-KEY",
+            "client_email": "sa@p.iam.gserviceaccount.com", "token_uri": "http://127.0.0.1:9/token"});
+        std::fs::write(&path, key.to_string()).unwrap();
+        let login = KeyFileLogin::load(&path)
+            .unwrap()
+            .expect("a service-account key");
+        *login.cached.try_lock().unwrap() =
+            Some(("SECRET-TOKEN".into(), std::time::Instant::now()));
+        let printed = format!("{login:?}");
+        assert!(printed.contains("http://127.0.0.1:9/token"), "{printed}");
+        assert!(!printed.contains("SECRET"), "{printed}");
+        let user_key = dir.path().join("user.json");
+        std::fs::write(&user_key, r#"{"type": "authorized_user"}"#).unwrap();
+        assert!(KeyFileLogin::load(&user_key).unwrap().is_none());
+    }
 
     #[test]
     fn connection_names_parse_with_and_without_a_domain() {
