@@ -204,6 +204,7 @@ pub enum Backup {
     Auto,
     /// Even when nothing is pending.
     Always,
+    /// Never (the default).
     Never,
 }
 
