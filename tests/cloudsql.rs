@@ -577,3 +577,57 @@ async fn private_service_connect_dials_the_instance_dns_name() {
     assert!(has_table(&db, "video_requests").await);
     assert!(google.accepted() >= 1);
 }
+
+#[tokio::test]
+async fn an_unreachable_admin_api_is_retried_until_the_connect_timeout() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    let output = checked(
+        job(&google, &connector_url(&db), &support::seed_dir())
+            .env("CLOUD_SQL_ADMIN_ENDPOINT", &closed)
+            .env("DB_MIGRATE_CONNECT_TIMEOUT", "2s")
+            .arg("up"),
+    );
+    assert_eq!(output.code, 5, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("cannot reach the Admin API"), "{message}");
+    assert!(message.contains(&closed), "{message}");
+    let retries = support::events(&output.stderr)
+        .into_iter()
+        .filter(|e| e["message"] == "cannot connect yet; retrying")
+        .count();
+    assert!(retries >= 1, "{}", output.stderr);
+}
+
+#[tokio::test]
+async fn a_refused_iam_login_fails_at_once_without_the_token_in_output() {
+    let db = support::database().await;
+    let user = "stranger@test-proj.iam";
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{user}\" LOGIN PASSWORD 'not-the-token'"
+        ))
+        .await
+        .unwrap();
+    let google = Google::start(Identity::Legacy, server_port());
+    let url = format!("postgresql://stranger%40test-proj.iam@/{}", db.name);
+    let output = checked(
+        job(&google, &url, &support::seed_dir())
+            .env("CLOUD_SQL_IAM_AUTH", "true")
+            .arg("up"),
+    );
+    assert_eq!(output.code, 5, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("authentication failed"), "{message}");
+    assert!(
+        !output.stderr.contains("cannot connect yet"),
+        "{}",
+        output.stderr
+    );
+    admin
+        .batch_execute(&format!("DROP ROLE \"{user}\""))
+        .await
+        .unwrap();
+}
