@@ -5,20 +5,24 @@
 //! Nothing here is built until a run needs it: a plain `DATABASE_URL` run never initialises
 //! credentials or an HTTP client.
 
+mod backup;
+mod certificates;
+mod key_file;
+
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use google_cloud_auth::credentials::{AccessTokenCredentials, Builder as CredentialsBuilder};
+use google_cloud_auth::credentials::{
+    AccessTokenCredentials, Builder as CredentialsBuilder, Credentials,
+};
+use google_cloud_gax::client_builder::ClientBuilder;
 use google_cloud_gax::error::Error as ApiError;
 use google_cloud_gax::retry_policy::NeverRetry;
-use google_cloud_sql_v1::client::{SqlBackupRunsService, SqlConnectService, SqlOperationsService};
+use google_cloud_sql_v1::client::SqlConnectService;
 use google_cloud_sql_v1::model;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_postgres::{CancelToken, Client};
@@ -26,6 +30,8 @@ use tracing::{debug, info};
 
 use crate::connect::Failure;
 use crate::error::Error;
+use certificates::{ClientKey, client_config, make_key};
+use key_file::KeyFileLogin;
 
 /// The scope of the token that is the password of an IAM database login.
 const LOGIN_SCOPE: &str = "https://www.googleapis.com/auth/sqlservice.login";
@@ -134,116 +140,6 @@ enum Login {
     KeyFile(Arc<KeyFileLogin>),
 }
 
-/// IAM login with a service-account key file. google-cloud-auth turns a key file into
-/// self-signed JWTs (AIP-4111), which Google's APIs accept but a database login does not: it
-/// needs an OAuth2 access token. This trades a signed assertion for one at the key's
-/// `token_uri` (RFC 7523), as Google's other client libraries do.
-struct KeyFileLogin {
-    key: serde_json::Value,
-    token_uri: String,
-    /// The token and when it stops being worth using.
-    cached: Mutex<Option<(String, std::time::Instant)>>,
-}
-
-/// Names the endpoint only: the key and the token are secrets.
-impl std::fmt::Debug for KeyFileLogin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyFileLogin")
-            .field("token_uri", &self.token_uri)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KeyFileLogin {
-    /// The key file when it is a service-account key, else None (other kinds of credentials
-    /// give real access tokens through google-cloud-auth).
-    fn load(path: &std::path::Path) -> Result<Option<KeyFileLogin>, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let key: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-        if key["type"] != "service_account" {
-            return Ok(None);
-        }
-        let token_uri = key["token_uri"]
-            .as_str()
-            .unwrap_or("https://oauth2.googleapis.com/token")
-            .to_string();
-        Ok(Some(KeyFileLogin {
-            key,
-            token_uri,
-            cached: Mutex::new(None),
-        }))
-    }
-
-    /// Ok(token), or Err((reason, transient)).
-    async fn token(&self) -> Result<String, (String, bool)> {
-        let mut cached = self.cached.lock().await;
-        if let Some((token, good_until)) = cached.as_ref() {
-            if std::time::Instant::now() < *good_until {
-                return Ok(token.clone());
-            }
-        }
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let email = self.key["client_email"].as_str().unwrap_or_default();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let header = serde_json::json!({"alg": "RS256", "typ": "JWT",
-            "kid": self.key["private_key_id"].as_str().unwrap_or_default()});
-        let claims = serde_json::json!({"iss": email, "scope": LOGIN_SCOPE,
-            "aud": self.token_uri, "iat": now, "exp": now + 3600});
-        let unsigned = format!(
-            "{}.{}",
-            b64.encode(header.to_string()),
-            b64.encode(claims.to_string())
-        );
-        let signer =
-            google_cloud_auth::credentials::service_account::Builder::new(self.key.clone())
-                .build_signer()
-                .map_err(|e| (format!("the key file: {}", deepest(&e)), false))?;
-        let signature = signer
-            .sign(unsigned.as_bytes())
-            .await
-            .map_err(|e| (format!("signing with the key file: {}", deepest(&e)), false))?;
-        let assertion = format!("{unsigned}.{}", b64.encode(&signature));
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| (e.to_string(), false))?;
-        let reply = client
-            .post(&self.token_uri)
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                ("assertion", assertion.as_str()),
-            ])
-            .send()
-            .await
-            .map_err(|e| (format!("{}: {}", self.token_uri, deepest(&e)), true))?;
-        let status = reply.status();
-        let body: serde_json::Value = reply.json().await.unwrap_or_default();
-        let Some(token) = body["access_token"]
-            .as_str()
-            .filter(|_| status.is_success())
-        else {
-            // An OAuth error names itself in `error` and `error_description`; neither holds
-            // a secret, unlike the rest of a reply might.
-            let reason = format!(
-                "{} answered {status}: {} {}",
-                self.token_uri,
-                body["error"].as_str().unwrap_or_default(),
-                body["error_description"].as_str().unwrap_or_default()
-            );
-            return Err((reason, status.is_server_error() || status.as_u16() == 429));
-        };
-        let lifetime = Duration::from_secs(body["expires_in"].as_u64().unwrap_or(3600));
-        let good_until = std::time::Instant::now() + lifetime.saturating_sub(REFRESH_BEFORE);
-        *cached = Some((token.to_string(), good_until));
-        Ok(token.to_string())
-    }
-}
-
 /// Where the instance listens: an IP address, or (Private Service Connect) the DNS name the
 /// consumer network resolves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,17 +164,6 @@ struct Tunnel {
     address: Dial,
     server_name: ServerName<'static>,
     expires: SystemTime,
-}
-
-struct ClientKey {
-    public_pem: String,
-    pkcs8_der: Vec<u8>,
-}
-
-impl std::fmt::Debug for ClientKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientKey(..)")
-    }
 }
 
 impl Connector {
@@ -389,6 +274,25 @@ impl Connector {
         }
     }
 
+    /// What every Admin API client shares: the credentials, the endpoint, a timeout for each
+    /// request, and no retries of its own: the connect loop retries within
+    /// `--connect-timeout`, the backup poll within `--backup-timeout`, and an insert must not
+    /// be sent twice.
+    fn admin<F>(
+        &self,
+        builder: ClientBuilder<F, Credentials>,
+        credentials: &Credentials,
+    ) -> ClientBuilder<F, Credentials> {
+        let builder = builder
+            .with_credentials(credentials.clone())
+            .with_retry_policy(NeverRetry)
+            .with_attempt_timeout(REQUEST_TIMEOUT);
+        match &self.options.admin_endpoint {
+            Some(endpoint) => builder.with_endpoint(endpoint),
+            None => builder,
+        }
+    }
+
     /// Credentials and the Admin client, built once per run. The check that a token can be
     /// had comes first so that missing credentials fail at once with advice, instead of
     /// inside the API client's retries.
@@ -425,15 +329,8 @@ impl Connector {
             (true, Some(key_file)) => Some(Login::KeyFile(Arc::new(key_file))),
             (true, None) => Some(Login::Credentials(build(Some(LOGIN_SCOPE))?)),
         };
-        let mut builder = SqlConnectService::builder()
-            .with_credentials(google_cloud_auth::credentials::Credentials::from(
-                credentials.clone(),
-            ))
-            .with_retry_policy(NeverRetry)
-            .with_attempt_timeout(REQUEST_TIMEOUT);
-        if let Some(endpoint) = &self.options.admin_endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
+        let admin = Credentials::from(credentials.clone());
+        let builder = self.admin(SqlConnectService::builder(), &admin);
         let connect = builder.build().await.map_err(|e| {
             Failure::fatal(self.error("building the Admin API client", deepest(&e)))
         })?;
@@ -514,7 +411,17 @@ impl Connector {
                     "the reply holds no certificate".into(),
                 ))
             })?;
-        let (address, dns_name) = self.address(&settings)?;
+        self.tunnel_to(&settings, &certificate, key)
+    }
+
+    /// The tunnel the instance's settings and a certificate for `key` make.
+    fn tunnel_to(
+        &self,
+        settings: &model::ConnectSettings,
+        certificate: &model::SslCert,
+        key: &ClientKey,
+    ) -> Result<Tunnel, Failure> {
+        let (address, dns_name) = self.address(settings)?;
         let expires = certificate
             .expiration_time
             .as_ref()
@@ -527,7 +434,9 @@ impl Connector {
             .as_ref()
             .map(|c| c.cert.as_str())
             .unwrap_or_default();
-        let expected_cn = format!("{}:{}", project, name);
+        let Instance { project, name, .. } = &self.options.instance;
+        let expected_cn = format!("{project}:{name}");
+        let setting_up = |reason: String| Failure::fatal(self.error("setting up TLS", reason));
         let tls = client_config(
             ca,
             &expected_cn,
@@ -535,15 +444,12 @@ impl Connector {
             &certificate.cert,
             key,
         )
-        .map_err(|reason| Failure::fatal(self.error("setting up TLS", reason)))?;
+        .map_err(setting_up)?;
+        // SNI carries the instance's DNS name when it has one; an IP address sends none.
         let server_name = match (&dns_name, &address) {
-            (Some(dns), _) => ServerName::try_from(dns.clone()).map_err(|e| {
-                Failure::fatal(self.error("setting up TLS", format!("DNS name: {e}")))
-            })?,
             (None, Dial::Ip(ip)) => ServerName::IpAddress((*ip).into()),
-            (None, Dial::Name(name)) => ServerName::try_from(name.clone()).map_err(|e| {
-                Failure::fatal(self.error("setting up TLS", format!("DNS name: {e}")))
-            })?,
+            (Some(name), _) | (None, Dial::Name(name)) => ServerName::try_from(name.clone())
+                .map_err(|e| setting_up(format!("DNS name {name}: {e}")))?,
         };
         let seconds_left = expires
             .duration_since(SystemTime::now())
@@ -728,144 +634,6 @@ impl Connector {
                 },
             })
     }
-
-    /// Creates an on-demand backup and waits for it; returns its id.
-    pub async fn backup(
-        &self,
-        description: &str,
-        timeout: Duration,
-        interrupt: &crate::interrupt::Interrupt,
-    ) -> Result<String, Error> {
-        let failed = |reason: String| Error::Backup {
-            instance: self.instance(),
-            reason,
-        };
-        let google = self.google().await.map_err(|f| f.error)?;
-        let clients = self.backup_clients(&google).await?;
-        let Instance { project, name, .. } = &self.options.instance;
-        let started = std::time::Instant::now();
-        let mut operation = clients
-            .runs
-            .insert()
-            .set_project(project)
-            .set_instance(name)
-            .set_body(model::BackupRun::new().set_description(description))
-            .send()
-            .await
-            .map_err(|e| self.backup_error(e, &failed))?;
-        info!(instance = %self.options.instance, operation = %operation.name, "backup started");
-        let mut pause = Duration::from_millis(500);
-        loop {
-            if operation.status == model::operation::SqlOperationStatus::Done {
-                if let Some(errors) = operation.error.as_ref().filter(|e| !e.errors.is_empty()) {
-                    let text: Vec<String> = errors
-                        .errors
-                        .iter()
-                        .map(|e| format!("{}: {}", e.code, e.message))
-                        .collect();
-                    return Err(failed(format!(
-                        "operation {} failed: {}",
-                        operation.name,
-                        text.join("; ")
-                    )));
-                }
-                let id = operation
-                    .backup_context
-                    .as_ref()
-                    .map(|c| c.backup_id)
-                    .filter(|id| *id != 0)
-                    .map_or_else(|| operation.name.clone(), |id| id.to_string());
-                return Ok(id);
-            }
-            let elapsed = started.elapsed();
-            if elapsed >= timeout {
-                return Err(failed(format!(
-                    "operation {} still {} after {}s (--backup-timeout); it may still finish: `gcloud sql operations describe {} --project {project}`",
-                    operation.name,
-                    operation.status.name().unwrap_or("running"),
-                    elapsed.as_secs(),
-                    operation.name
-                )));
-            }
-            info!(
-                instance = %self.options.instance,
-                operation = %operation.name,
-                state = operation.status.name().unwrap_or("?"),
-                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                "backup in progress"
-            );
-            interrupt.sleep(pause.min(timeout - elapsed)).await?;
-            pause = (pause * 2).min(Duration::from_secs(10));
-            operation = match clients
-                .operations
-                .get()
-                .set_project(project)
-                .set_operation(&operation.name)
-                .send()
-                .await
-            {
-                Ok(operation) => operation,
-                // A poll that fails transiently is simply tried again at the next tick.
-                Err(e) if self.api_failure("operations.get", &e).transient => continue,
-                Err(e) => return Err(self.backup_error(e, &failed)),
-            };
-        }
-    }
-
-    fn backup_error(&self, error: ApiError, failed: &dyn Fn(String) -> Error) -> Error {
-        match http_status(&error) {
-            Some(403) => failed(format!(
-                "permission denied ({}); grant the job's service account cloudsql.backupRuns.create (e.g. roles/cloudsql.editor) on project {}, or run with --backup never",
-                error
-                    .status()
-                    .map(|s| s.message.as_str())
-                    .unwrap_or_default(),
-                self.options.instance.project
-            )),
-            _ => match self.api_failure("backupRuns.insert", &error).error {
-                Error::CloudSql { reason, .. } => failed(reason),
-                other => other,
-            },
-        }
-    }
-
-    async fn backup_clients(&self, google: &Google) -> Result<BackupClients, Error> {
-        let credentials =
-            google_cloud_auth::credentials::Credentials::from(google.credentials.clone());
-        let endpoint = self.options.admin_endpoint.clone();
-        let runs = {
-            let mut builder = SqlBackupRunsService::builder()
-                .with_credentials(credentials.clone())
-                .with_retry_policy(NeverRetry)
-                .with_attempt_timeout(REQUEST_TIMEOUT);
-            if let Some(endpoint) = &endpoint {
-                builder = builder.with_endpoint(endpoint);
-            }
-            builder.build().await
-        };
-        let operations = {
-            let mut builder = SqlOperationsService::builder()
-                .with_credentials(credentials)
-                .with_retry_policy(NeverRetry)
-                .with_attempt_timeout(REQUEST_TIMEOUT);
-            if let Some(endpoint) = &endpoint {
-                builder = builder.with_endpoint(endpoint);
-            }
-            builder.build().await
-        };
-        match (runs, operations) {
-            (Ok(runs), Ok(operations)) => Ok(BackupClients { runs, operations }),
-            (Err(e), _) | (_, Err(e)) => Err(Error::Backup {
-                instance: self.instance(),
-                reason: format!("building the Admin API client: {}", deepest(&e)),
-            }),
-        }
-    }
-}
-
-struct BackupClients {
-    runs: SqlBackupRunsService,
-    operations: SqlOperationsService,
 }
 
 /// Where Application Default Credentials come from, for the message when there are none.
@@ -904,197 +672,9 @@ fn http_status(error: &ApiError) -> Option<u16> {
     None
 }
 
-/// RSA-2048, as every Google connector uses; kept in memory only.
-fn make_key() -> Result<ClientKey, String> {
-    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
-    let key =
-        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(|e| e.to_string())?;
-    let pkcs8_der = key.to_pkcs8_der().map_err(|e| e.to_string())?;
-    let public_pem = key
-        .to_public_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| e.to_string())?;
-    Ok(ClientKey {
-        public_pem,
-        pkcs8_der: pkcs8_der.as_bytes().to_vec(),
-    })
-}
-
-/// TLS 1.3 with the ephemeral certificate, trusting only the instance's CA.
-fn client_config(
-    ca_pem: &str,
-    expected_cn: &str,
-    dns_name: Option<&str>,
-    certificate_pem: &str,
-    key: &ClientKey,
-) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()).filter_map(Result::ok) {
-        roots
-            .add(certificate)
-            .map_err(|e| format!("the instance's CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("connectSettings holds no server CA certificate".into());
-    }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
-            .filter_map(Result::ok)
-            .collect();
-    if chain.is_empty() {
-        return Err("generateEphemeralCert returned no certificate".into());
-    }
-    let verifier = InstanceVerifier {
-        roots: Arc::new(roots),
-        expected_cn: expected_cn.to_string(),
-        dns_name: dns_name.map(str::to_string),
-        provider: provider.clone(),
-    };
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der.clone()));
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| format!("the client certificate: {e}"))
-}
-
-/// Checks the server the way Google's connectors do: the chain must end at the instance's
-/// CA; then a CAS-based instance's certificate names its DNS name, and a legacy
-/// per-instance certificate has `PROJECT:INSTANCE` as its common name.
-#[derive(Debug)]
-struct InstanceVerifier {
-    roots: Arc<rustls::RootCertStore>,
-    expected_cn: String,
-    dns_name: Option<String>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for InstanceVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let certificate = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &certificate,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        if let Some(dns) = &self.dns_name {
-            let named = ServerName::try_from(dns.as_str())
-                .is_ok_and(|name| rustls::client::verify_server_name(&certificate, &name).is_ok());
-            if named {
-                return Ok(ServerCertVerified::assertion());
-            }
-        }
-        match common_name(end_entity) {
-            Some(cn) if cn == self.expected_cn => Ok(ServerCertVerified::assertion()),
-            found => Err(rustls::Error::General(format!(
-                "the server certificate is for {}, not instance {}{}",
-                found.map_or_else(|| "no common name".to_string(), |cn| format!("\"{cn}\"")),
-                self.expected_cn,
-                self.dns_name
-                    .as_ref()
-                    .map(|d| format!(" (or {d})"))
-                    .unwrap_or_default()
-            ))),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// The subject's common name.
-fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
-    use x509_cert::der::Decode;
-    use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
-    let parsed = x509_cert::Certificate::from_der(certificate.as_ref()).ok()?;
-    let cn = x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-    parsed
-        .tbs_certificate
-        .subject
-        .0
-        .iter()
-        .flat_map(|rdn| rdn.0.iter())
-        .find(|attribute| attribute.oid == cn)
-        .and_then(|attribute| {
-            let value = &attribute.value;
-            value
-                .decode_as::<Utf8StringRef<'_>>()
-                .map(|s| s.as_str().to_string())
-                .or_else(|_| {
-                    value
-                        .decode_as::<PrintableStringRef<'_>>()
-                        .map(|s| s.as_str().to_string())
-                })
-                .ok()
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn key_file_login_never_prints_its_key_or_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key.json");
-        let key = serde_json::json!({"type": "service_account", "private_key": "SECRET-KEY",
-            "client_email": "sa@p.iam.gserviceaccount.com", "token_uri": "http://127.0.0.1:9/token"});
-        std::fs::write(&path, key.to_string()).unwrap();
-        let login = KeyFileLogin::load(&path)
-            .unwrap()
-            .expect("a service-account key");
-        *login.cached.try_lock().unwrap() =
-            Some(("SECRET-TOKEN".into(), std::time::Instant::now()));
-        let printed = format!("{login:?}");
-        assert!(printed.contains("http://127.0.0.1:9/token"), "{printed}");
-        assert!(!printed.contains("SECRET"), "{printed}");
-        let user_key = dir.path().join("user.json");
-        std::fs::write(&user_key, r#"{"type": "authorized_user"}"#).unwrap();
-        assert!(KeyFileLogin::load(&user_key).unwrap().is_none());
-    }
 
     #[test]
     fn connection_names_parse_with_and_without_a_domain() {
