@@ -507,8 +507,8 @@ fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
 /// What went wrong in a failed connection's TLS, in plain words: a certificate the checks
 /// refused, a client certificate the server refused, a server without TLS. None when TLS was
 /// not the cause. Such a failure repeats on every attempt, so it is not worth retrying.
-pub fn certificate_problem(error: &tokio_postgres::Error) -> Option<String> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+pub fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
     while let Some(current) = cause {
         if let Some(tls) = current.downcast_ref::<rustls::Error>() {
             return Some(describe(tls));

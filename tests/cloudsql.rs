@@ -631,3 +631,30 @@ async fn a_refused_iam_login_fails_at_once_without_the_token_in_output() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_admin_api_over_https_is_trusted_through_the_system_ca_bundle() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let mut command = job(&google, &connector_url(&db), &support::seed_dir());
+    let output = checked(google.https(&mut command).args(["up", "--backup", "auto"]));
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(google.calls("generateEphemeralCert").len(), 1);
+    assert_eq!(google.calls("backupRuns.insert").len(), 1);
+    // Without the CA the endpoint is not trusted: a certificate problem, final at once.
+    let mut command = job(&google, &connector_url(&db), &support::seed_dir());
+    google.https(&mut command).env_remove("SSL_CERT_FILE");
+    let output = checked(
+        command
+            .env("DB_MIGRATE_CONNECT_TIMEOUT", "1s")
+            .arg("status"),
+    );
+    assert_eq!(output.code, 5, "{}", output.stderr);
+    let message = summary(&output)["message"].as_str().unwrap().to_string();
+    assert!(message.contains("is not trusted"), "{message}");
+    assert!(
+        !output.stderr.contains("cannot connect yet"),
+        "{}",
+        output.stderr
+    );
+}

@@ -571,19 +571,29 @@ impl Connector {
                 call,
                 format!("no usable credentials ({message}); {}", credentials_hint()),
             )),
-            None => Failure {
-                error: self.error(
-                    call,
-                    format!(
-                        "cannot reach the Admin API at {} ({message})",
-                        self.options
-                            .admin_endpoint
-                            .as_deref()
-                            .unwrap_or("https://sqladmin.googleapis.com")
+            None => {
+                let endpoint = self
+                    .options
+                    .admin_endpoint
+                    .as_deref()
+                    .unwrap_or("https://sqladmin.googleapis.com");
+                // An endpoint whose certificate is not trusted stays so: no retry mends it.
+                if let Some(problem) = crate::tls::certificate_problem(error) {
+                    return Failure::fatal(self.error(
+                        call,
+                        format!(
+                            "the Admin API at {endpoint} is not trusted ({problem}); the system's CA bundle (/etc/ssl/certs/ca-certificates.crt, or SSL_CERT_FILE) must hold its CA"
+                        ),
+                    ));
+                }
+                Failure {
+                    error: self.error(
+                        call,
+                        format!("cannot reach the Admin API at {endpoint} ({message})"),
                     ),
-                ),
-                transient: true,
-            },
+                    transient: true,
+                }
+            }
         }
     }
 

@@ -14,7 +14,8 @@
 //! Every HTTP request is recorded for the tests to inspect.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,6 +157,10 @@ struct Shared {
 pub struct Google {
     /// The Admin API and the metadata server, on one HTTP port.
     pub http_port: u16,
+    /// The Admin API over HTTPS, as Google serves it, with a certificate for 127.0.0.1 from
+    /// the CA in `https_ca`.
+    pub https_port: u16,
+    https_ca: PathBuf,
     pub instance_port: u16,
     shared: Arc<Shared>,
     home: tempfile::TempDir,
@@ -215,6 +220,8 @@ impl Google {
                 std::thread::spawn(move || serve_http(stream, &state, identity));
             }
         });
+        let home = tempfile::tempdir().expect("tempdir");
+        let (https_port, https_ca) = start_https(&shared, identity, home.path());
         let instance_port = start_instance(
             &shared,
             server_cert.pem(),
@@ -224,9 +231,11 @@ impl Google {
         );
         Google {
             http_port,
+            https_port,
+            https_ca,
             instance_port,
             shared,
-            home: tempfile::tempdir().expect("tempdir"),
+            home,
         }
     }
 
@@ -243,6 +252,17 @@ impl Google {
             // No gcloud credentials of the machine's own may be found instead.
             .env("HOME", self.home.path())
             .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+    }
+
+    /// Points the Admin API at the HTTPS listener, trusting its CA through SSL_CERT_FILE, as
+    /// the system's CA bundle would be read in the image.
+    pub fn https<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        command
+            .env(
+                "CLOUD_SQL_ADMIN_ENDPOINT",
+                format!("https://127.0.0.1:{}", self.https_port),
+            )
+            .env("SSL_CERT_FILE", &self.https_ca)
     }
 
     pub fn behave(&self, change: impl FnOnce(&mut Behaviour)) {
@@ -276,8 +296,8 @@ fn authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
     super::certs::authority(name, &rcgen::PKCS_ECDSA_P256_SHA256)
 }
 
-fn serve_http(mut stream: TcpStream, shared: &Shared, identity: Identity) {
-    let Some(request) = read_request(&stream) else {
+fn serve_http(mut stream: impl Read + Write, shared: &Shared, identity: Identity) {
+    let Some(request) = read_request(&mut stream) else {
         return;
     };
     shared.requests.lock().unwrap().push(request.clone());
@@ -298,9 +318,10 @@ fn serve_http(mut stream: TcpStream, shared: &Shared, identity: Identity) {
         body.len()
     );
     let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.flush();
 }
 
-fn read_request(stream: &TcpStream) -> Option<Request> {
+fn read_request(stream: &mut impl Read) -> Option<Request> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -598,6 +619,42 @@ fn rfc3339(time: SystemTime) -> String {
         rest % 3600 / 60,
         rest % 60
     )
+}
+
+/// The Admin API over TLS, one thread a connection; returns the port and the CA's file.
+fn start_https(shared: &Arc<Shared>, identity: Identity, dir: &Path) -> (u16, PathBuf) {
+    let (ca_pem, ca) = authority("Admin API test CA");
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let cert = params.signed_by(&key, &ca).expect("sign");
+    let chain = vec![cert.der().clone()];
+    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("HTTPS config");
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind HTTPS stand-in");
+    let port = listener.local_addr().expect("addr").port();
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().map_while(Result::ok) {
+            let (shared, config) = (shared.clone(), config.clone());
+            std::thread::spawn(move || {
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                serve_http(rustls::StreamOwned::new(connection, tcp), &shared, identity);
+            });
+        }
+    });
+    let path = dir.join("admin-ca.pem");
+    std::fs::write(&path, ca_pem).expect("write CA");
+    (port, path)
 }
 
 /// The instance's TLS listener, on a runtime of its own so that it serves while the test
