@@ -336,7 +336,6 @@ impl Cli {
                 let mut settings = connect::resolve(url.as_deref(), &env)?;
                 settings.retry_for = self.connect_timeout;
                 if let Some(connector) = &cloudsql {
-                    settings.tunnel = settings.default_host;
                     settings.cloudsql = Some(connector.clone());
                     if connector.options.iam_auth {
                         iam_user(&mut settings.pg);

@@ -33,20 +33,40 @@ pub struct Settings {
     /// Neither the URL nor PGHOST named a host: `localhost` is only the default, and with a
     /// Cloud SQL instance the connector is the way in.
     pub default_host: bool,
-    /// The Cloud SQL instance, for the connector (when `tunnel`), IAM login and backups.
+    /// The Cloud SQL instance, for IAM login and, without a host, the connector.
     pub cloudsql: Option<Arc<cloudsql::Connector>>,
-    /// Connect through the Cloud SQL connector rather than to `pg`'s host.
-    pub tunnel: bool,
+}
+
+/// How a run's connections reach the server.
+enum Way<'a> {
+    /// To `pg`'s host, with TLS as the settings say.
+    Direct(tls::Connector),
+    /// Through the Cloud SQL connector's tunnel.
+    Tunnel(&'a cloudsql::Connector),
 }
 
 impl Settings {
+    /// The Cloud SQL connector, when connections go through it.
+    pub fn tunnel(&self) -> Option<&cloudsql::Connector> {
+        self.cloudsql.as_deref().filter(|_| self.default_host)
+    }
+
     /// `user@host:port/database`, or `user@PROJECT:REGION:INSTANCE/database` through the
     /// connector: how every log line and error names the target.
     pub fn target(&self) -> String {
-        match (&self.cloudsql, self.tunnel) {
-            (Some(connector), true) => connector.target(&self.pg),
-            _ => target(&self.pg),
+        match self.tunnel() {
+            Some(connector) => connector.target(&self.pg),
+            None => target(&self.pg),
         }
+    }
+
+    /// Built once, before any attempt: a missing certificate file is a configuration error
+    /// (exit 2), not a connection failure to retry.
+    fn way(&self) -> Result<Way<'_>, Error> {
+        Ok(match self.tunnel() {
+            Some(connector) => Way::Tunnel(connector),
+            None => Way::Direct(tls::Connector::new(&self.tls)?),
+        })
     }
 }
 
@@ -161,7 +181,6 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
         purpose: "migration",
         default_host,
         cloudsql: None,
-        tunnel: false,
     })
 }
 
@@ -411,28 +430,20 @@ pub fn target(config: &tokio_postgres::Config) -> String {
 /// backoff and jitter for up to `settings.retry_for`. Authentication and certificate failures
 /// are final at once: retrying them only delays the deploy.
 pub async fn open(settings: &Settings) -> Result<Client, Error> {
-    // Built once, before any attempt: a missing certificate file is a configuration error
-    // (exit 2), not a connection failure to retry.
-    let connector = match settings.tunnel {
-        true => None,
-        false => Some(tls::Connector::new(&settings.tls)?),
-    };
+    let way = settings.way()?;
     let target = settings.target();
     let deadline = Instant::now() + settings.retry_for;
     let mut pause = Duration::from_millis(200);
     for attempt in 1.. {
-        let result = match (&settings.cloudsql, &connector) {
-            (Some(cloudsql), None) => cloudsql.open(&settings.pg).await,
-            (_, Some(connector)) => once(settings, connector).await,
-            (None, None) => unreachable!("tunnel is only set with an instance"),
+        let result = match &way {
+            Way::Direct(connector) => once(settings, connector).await,
+            Way::Tunnel(cloudsql) => cloudsql.open(&settings.pg).await.inspect(|_| {
+                // The connector's TLS is always 1.3 (`cloudsql::certificates::client_config`).
+                info!(db = %target, connection = settings.purpose, tls = true, tls_version = "TLSv1_3", via = "cloudsql-connector", "connected");
+            }),
         };
         let failure = match result {
-            Ok(client) => {
-                if connector.is_none() {
-                    info!(db = %target, connection = settings.purpose, tls = true, tls_version = "TLSv1_3", via = "cloudsql-connector", "connected");
-                }
-                return Ok(client);
-            }
+            Ok(client) => return Ok(client),
             Err(failure) => failure,
         };
         let wait = jitter(pause);
@@ -449,15 +460,12 @@ pub async fn open(settings: &Settings) -> Result<Client, Error> {
 /// Asks the server to cancel what `token`'s session is running, over a connection of the
 /// same kind as the run's.
 pub async fn cancel(settings: &Settings, token: &CancelToken) -> Result<(), String> {
-    match (&settings.cloudsql, settings.tunnel) {
-        (Some(connector), true) => connector.cancel(token).await,
-        _ => {
-            let connector = tls::Connector::new(&settings.tls).map_err(|e| e.to_string())?;
-            token
-                .cancel_query(connector)
-                .await
-                .map_err(|e| e.to_string())
-        }
+    match settings.way().map_err(|e| e.to_string())? {
+        Way::Tunnel(connector) => connector.cancel(token).await,
+        Way::Direct(connector) => token
+            .cancel_query(connector)
+            .await
+            .map_err(|e| e.to_string()),
     }
 }
 
