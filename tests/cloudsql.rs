@@ -252,19 +252,62 @@ async fn transient_admin_api_failures_are_retried() {
 }
 
 #[tokio::test]
-async fn no_credentials_fails_with_the_ways_to_provide_them() {
+async fn no_credentials_fails_at_once_with_the_ways_to_provide_them() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
-    // As on a laptop without gcloud credentials.
-    let mut command = job(&google, &connector_url(&db), &support::seed_dir());
-    let output = checked(without_metadata_server(&mut command).arg("up"));
+    // As on a laptop without gcloud credentials: the metadata server's name does not resolve
+    // (.invalid never does, RFC 2606).
+    let output = checked(
+        job(&google, &connector_url(&db), &support::seed_dir())
+            .env("GCE_METADATA_HOST", "metadata.invalid")
+            .arg("up"),
+    );
     assert_eq!(output.code, 5, "{}", output.stderr);
     let message = summary(&output)["message"].as_str().unwrap().to_string();
     assert!(
         message.contains("GOOGLE_APPLICATION_CREDENTIALS"),
         "{message}"
     );
+    assert!(
+        !output.stderr.contains("cannot connect yet"),
+        "{}",
+        output.stderr
+    );
     assert!(google.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_metadata_server_that_starts_late_is_waited_for() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    // GKE's metadata server can refuse a new pod for its first seconds: here it starts
+    // listening 1.5 s after the job.
+    let port = support::free_port();
+    let target = google.http_port;
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind late");
+        for client in listener.incoming().map_while(Result::ok) {
+            let server = std::net::TcpStream::connect(("127.0.0.1", target)).expect("stand-in");
+            let (mut from_client, mut to_server) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
+            let (mut from_server, mut to_client) = (server, client);
+            std::thread::spawn(move || std::io::copy(&mut from_server, &mut to_client));
+        }
+    });
+    let output = checked(
+        job(&google, &connector_url(&db), &support::seed_dir())
+            .env("GCE_METADATA_HOST", format!("127.0.0.1:{port}"))
+            .arg("up"),
+    );
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    let retries = support::events(&output.stderr)
+        .into_iter()
+        .filter(|e| e["message"] == "cannot connect yet; retrying")
+        .count();
+    assert!(retries >= 1, "{}", output.stderr);
+    assert!(has_table(&db, "video_requests").await);
 }
 
 /// The IAM user of the key-file service account (roles are per server, so each test that

@@ -248,10 +248,16 @@ impl Connector {
         let fetched = tokio::time::timeout(REQUEST_TIMEOUT, credentials.access_token()).await;
         match fetched {
             Ok(Ok(token)) => Ok(token.token),
-            Ok(Err(error)) => Err(Failure::fatal(self.error(
-                "getting Google credentials",
-                format!("{}; {}", deepest(&error), credentials_hint()),
-            ))),
+            // GKE's metadata server takes a few seconds to serve a new pod, so a refused or
+            // failed fetch is retried; a metadata host whose name does not resolve means the
+            // job is not on Google Cloud, which no retry mends.
+            Ok(Err(error)) => Err(Failure {
+                transient: error.is_transient() && !unresolved(&error),
+                error: self.error(
+                    "getting Google credentials",
+                    format!("{}; {}", deepest(&error), credentials_hint()),
+                ),
+            }),
             Err(_) => Err(Failure {
                 error: self.error(
                     "getting Google credentials",
@@ -662,6 +668,26 @@ fn deepest(error: &(dyn std::error::Error + 'static)) -> String {
         true => outer,
         false => format!("{outer}: {inner}"),
     }
+}
+
+/// Whether a host name did not resolve somewhere in `error`'s causes. hyper-util reports it
+/// only in words ("dns error").
+fn unresolved(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        if current.to_string().starts_with("dns error") {
+            return true;
+        }
+        // io::Error::source skips the error it wraps; get_ref returns it.
+        cause = match current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner),
+            None => current.source(),
+        };
+    }
+    false
 }
 
 /// The HTTP status, also when a retry limit wrapped the error that carried it.
