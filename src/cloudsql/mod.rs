@@ -251,8 +251,15 @@ impl Connector {
             // GKE's metadata server takes a few seconds to serve a new pod, so a refused or
             // failed fetch is retried; a metadata host whose name does not resolve means the
             // job is not on Google Cloud, which no retry mends.
+            Ok(Err(error)) if unresolved(&error) => Err(Failure::fatal(self.error(
+                "getting Google credentials",
+                format!(
+                    "none found: no key file, no gcloud credentials, and the metadata server's name (metadata.google.internal, or GCE_METADATA_HOST) does not resolve; {}",
+                    credentials_hint()
+                ),
+            ))),
             Ok(Err(error)) => Err(Failure {
-                transient: error.is_transient() && !unresolved(&error),
+                transient: error.is_transient(),
                 error: self.error(
                     "getting Google credentials",
                     format!("{}; {}", deepest(&error), credentials_hint()),
