@@ -541,12 +541,8 @@ fn transient(error: &tokio_postgres::Error) -> bool {
 /// error kinds only through Display, so the closed-connection and timeout kinds are read
 /// from there.
 fn socket_failure(error: &tokio_postgres::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(inner) = cause {
-        if inner.is::<std::io::Error>() {
-            return true;
-        }
-        cause = inner.source();
+    if crate::error::causes(error).any(|cause| cause.is::<std::io::Error>()) {
+        return true;
     }
     let text = error.to_string();
     text.starts_with("connection closed") || text.starts_with("timeout")

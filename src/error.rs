@@ -185,6 +185,22 @@ pub fn outcome(exit_code: u8) -> &'static str {
     }
 }
 
+/// `error` and the errors that caused it, outermost first. An `io::Error`'s own `source`
+/// skips the error it wraps (rustls's, hyper's), so the walk looks inside it with `get_ref`.
+pub fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |current| {
+        match current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        }
+    })
+}
+
 /// Renders a driver error with the server's SQLSTATE, message, detail and hint when there
 /// is one; tokio-postgres's own Display says only "db error".
 pub fn describe_db(error: &tokio_postgres::Error) -> String {

@@ -508,25 +508,14 @@ fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
 /// refused, a client certificate the server refused, a server without TLS. None when TLS was
 /// not the cause. Such a failure repeats on every attempt, so it is not worth retrying.
 pub fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut cause = Some(error);
-    while let Some(current) = cause {
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+    crate::error::causes(error).find_map(|cause| {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
             return Some(describe(tls));
         }
         // tokio-postgres's fixed words for an 'N' answer to SSLRequest under require.
-        if current.to_string() == "server does not support TLS" {
-            return Some("server does not accept TLS connections (ssl = off)".into());
-        }
-        // io::Error::source skips the error it wraps; get_ref returns it.
-        cause = match current
-            .downcast_ref::<io::Error>()
-            .and_then(io::Error::get_ref)
-        {
-            Some(inner) => Some(inner),
-            None => current.source(),
-        };
-    }
-    None
+        (cause.to_string() == "server does not support TLS")
+            .then(|| "server does not accept TLS connections (ssl = off)".to_string())
+    })
 }
 
 fn describe(error: &rustls::Error) -> String {

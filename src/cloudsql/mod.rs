@@ -29,7 +29,7 @@ use tokio_postgres::{CancelToken, Client};
 use tracing::{debug, info};
 
 use crate::connect::Failure;
-use crate::error::Error;
+use crate::error::{Error, causes};
 use certificates::{ClientKey, client_config, make_key};
 use key_file::KeyFileLogin;
 
@@ -664,55 +664,29 @@ fn credentials_hint() -> &'static str {
     "provide credentials as Application Default Credentials: on Cloud Run or GKE Workload Identity run as a service account; elsewhere set GOOGLE_APPLICATION_CREDENTIALS to a key file or run `gcloud auth application-default login`"
 }
 
-/// The innermost cause: the Google crates wrap the useful text several layers down.
+/// The outermost and the innermost cause: the Google crates wrap the useful text several
+/// layers down.
 fn deepest(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = error;
-    while let Some(inner) = last.source() {
-        last = inner;
-    }
-    let (outer, inner) = (error.to_string(), last.to_string());
-    match outer == inner {
-        true => outer,
-        false => format!("{outer}: {inner}"),
+    let outer = error.to_string();
+    match causes(error).last().map(ToString::to_string) {
+        Some(inner) if inner != outer => format!("{outer}: {inner}"),
+        _ => outer,
     }
 }
 
 /// Whether a host name did not resolve somewhere in `error`'s causes. hyper-util reports it
 /// only in words ("dns error").
 fn unresolved(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(current) = cause {
-        if current.to_string().starts_with("dns error") {
-            return true;
-        }
-        // io::Error::source skips the error it wraps; get_ref returns it.
-        cause = match current
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-        {
-            Some(inner) => Some(inner),
-            None => current.source(),
-        };
-    }
-    false
+    causes(error).any(|cause| cause.to_string().starts_with("dns error"))
 }
 
 /// The HTTP status, also when a retry limit wrapped the error that carried it.
 fn http_status(error: &ApiError) -> Option<u16> {
-    if let Some(code) = error.http_status_code() {
-        return Some(code);
-    }
-    let mut cause = std::error::Error::source(error);
-    while let Some(inner) = cause {
-        if let Some(code) = inner
+    causes(error).find_map(|cause| {
+        cause
             .downcast_ref::<ApiError>()
             .and_then(ApiError::http_status_code)
-        {
-            return Some(code);
-        }
-        cause = inner.source();
-    }
-    None
+    })
 }
 
 #[cfg(test)]
