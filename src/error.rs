@@ -295,6 +295,18 @@ mod tests {
     }
 
     #[test]
+    fn causes_look_inside_io_errors() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("certificate refused")]
+        struct Inner;
+        let wrapped = std::io::Error::other(Inner);
+        // std's own chain skips what an io::Error wraps.
+        assert!(std::error::Error::source(&wrapped).is_none());
+        assert!(causes(&wrapped).any(|cause| cause.is::<Inner>()));
+        assert_eq!(causes(&wrapped).count(), 2);
+    }
+
+    #[test]
     fn exit_codes_follow_the_documented_table() {
         let cases: [(Error, u8); 8] = [
             (
