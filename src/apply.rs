@@ -6,22 +6,24 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::{Error, Failure};
-use crate::history::{MARK, Statements};
+use crate::history::{self, Elapsed, Table};
 use crate::interrupt::Interrupt;
 use crate::monitor::{Monitor, Sample};
+use crate::session::{self, Refusal, Session};
 use crate::source::{Migration, Script};
 use crate::sql;
 
 /// What a run needs besides the plan.
 pub struct Context<'a> {
     pub client: &'a Client,
-    pub statements: &'a Statements,
+    /// The history table, schema-qualified.
+    pub table: &'a Table,
+    /// The state each migration starts from, and its guards.
+    pub session: &'a Session,
     /// Recorded in `applied_by`: the Cloud Run execution, Kubernetes pod or host.
     pub applied_by: &'a str,
     /// Everything runs inside a transaction that will be rolled back.
     pub dry_run: bool,
-    /// The server process of the run's session; another one means a transaction pooler.
-    pub backend_pid: i32,
     /// How often a migration that hit the DDL lock timeout is tried again.
     pub lock_retries: u32,
     pub interrupt: &'a Interrupt,
@@ -172,14 +174,10 @@ fn runs_outside_transaction(migration: &Migration, direction: Direction) -> bool
 /// The advisory lock and the session settings live in one server session. Behind a
 /// transaction pooler consecutive transactions can land on different ones, and the lock
 /// then protects nothing: stop rather than migrate unprotected.
-fn same_session(ctx: &Context<'_>, mark: &[SimpleQueryMessage]) -> Result<(), Error> {
-    let pid = mark.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(1).and_then(|pid| pid.parse::<i32>().ok()),
-        _ => None,
-    });
-    match pid {
-        Some(pid) if pid != ctx.backend_pid => Err(Error::Pooled {
-            first: ctx.backend_pid,
+fn same_session(ctx: &Context<'_>, messages: &[SimpleQueryMessage]) -> Result<(), Error> {
+    match session::pid(messages) {
+        Some(pid) if pid != ctx.session.backend_pid => Err(Error::Pooled {
+            first: ctx.session.backend_pid,
             now: pid,
         }),
         _ => Ok(()),
@@ -227,9 +225,11 @@ async fn one(
     .await
 }
 
-/// Sends the migration's SQL, its history change and (with `Wrap::Own`) BEGIN and COMMIT as
-/// one pipeline: one round trip per migration. If the SQL fails, the server refuses the rest
-/// of the transaction and turns COMMIT into ROLLBACK, so nothing of it is kept or recorded.
+/// Sends the migration as one pipeline (see `session` for what each part guards): the
+/// session reset, the opening with its commit guard and lock check, the file sealed by the
+/// savepoint's release, the history change behind its check, and COMMIT. If anything fails
+/// the server refuses the rest of the transaction and turns COMMIT into ROLLBACK, so nothing
+/// of it is kept or recorded, whatever the file contains.
 async fn pipelined(
     ctx: &Context<'_>,
     migration: &Migration,
@@ -238,22 +238,54 @@ async fn pipelined(
     wrap: Wrap,
 ) -> Result<(), Error> {
     let client = ctx.client;
-    // Each arm sends its message on its first poll, in this order, before any of them
-    // waits for an answer: the five messages travel together.
-    let (begin, mark, body, record, commit) = tokio::join!(
-        when(wrap == Wrap::Own, client.batch_execute("BEGIN")),
-        client.simple_query(MARK),
-        client.batch_execute(&script.sql),
-        record(ctx, migration, direction),
-        when(wrap == Wrap::Own, client.batch_execute("COMMIT")),
+    let own = wrap == Wrap::Own;
+    let (open, body, record) = (
+        ctx.session.open(own),
+        format!("{}{}", script.sql, ctx.session.seal()),
+        format!(
+            "{}; {}",
+            ctx.session.check(),
+            change(ctx, migration, direction, Elapsed::Sealed)
+        ),
     );
-    begin.map_err(Error::database("starting the migration's transaction"))?;
-    let mark = mark.map_err(Error::database("starting the migration's transaction"))?;
-    same_session(ctx, &mark)?;
-    body.map_err(|e| failed(migration, script, 0, true, e))?;
-    record.map_err(Error::database("recording the migration in history"))?;
-    commit.map_err(Error::database("committing the migration"))?;
+    // Each arm sends its message on its first poll, in this order, before any of them
+    // waits for an answer: the messages travel together.
+    let (reset, open, body, record, commit) = tokio::join!(
+        when(own, client.batch_execute(ctx.session.reset())),
+        client.simple_query(&open),
+        client.batch_execute(&body),
+        client.simple_query(&record),
+        when(own, client.batch_execute("COMMIT")),
+    );
+    reset.map_err(Error::database("resetting the session"))?;
+    let open = open.map_err(|e| refused(migration, script, e, "starting the migration"))?;
+    same_session(ctx, &open)?;
+    body.map_err(|e| match session::refusal(&e) {
+        Some(_) => refused(migration, script, e, "running the migration"),
+        None => failed(migration, script, 0, true, e),
+    })?;
+    let record =
+        record.map_err(|e| refused(migration, script, e, "recording the migration in history"))?;
+    match rows(&record) {
+        Some(1) => {}
+        rows if direction == Direction::Up => {
+            return Err(Error::HistoryWrite {
+                version: migration.version,
+                rows: rows.unwrap_or_default(),
+            });
+        }
+        _ => {}
+    }
+    commit.map_err(|e| refused(migration, script, e, "committing the migration"))?;
     Ok(())
+}
+
+/// The number of rows the last statement of a simple query changed.
+fn rows(messages: &[SimpleQueryMessage]) -> Option<u64> {
+    messages.iter().rev().find_map(|m| match m {
+        SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+        _ => None,
+    })
 }
 
 /// A `-- no-transaction` file: each statement on its own, as CREATE INDEX CONCURRENTLY
@@ -266,16 +298,18 @@ async fn without_transaction(
     direction: Direction,
 ) -> Result<(), Error> {
     let client = ctx.client;
+    let started = Instant::now();
     let creates = match direction {
         Direction::Up => sql::created_indexes(&script.sql),
         Direction::Down => Vec::new(),
     };
-    rebuild_invalid_indexes(client, &creates).await?;
-    let mark = client
-        .simple_query(MARK)
+    let open = format!("{}; {}", ctx.session.reset(), ctx.session.check_lock());
+    let open = client
+        .simple_query(&open)
         .await
-        .map_err(Error::database("starting the migration"))?;
-    same_session(ctx, &mark)?;
+        .map_err(|e| refused(migration, script, e, "starting the migration"))?;
+    same_session(ctx, &open)?;
+    rebuild_invalid_indexes(client, &creates).await?;
     for statement in sql::split(&script.sql) {
         client
             .batch_execute(statement.text)
@@ -289,36 +323,55 @@ async fn without_transaction(
             index,
         });
     }
-    record(ctx, migration, direction)
+    let elapsed = Elapsed::Ms(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let record = format!(
+        "{}; {}",
+        ctx.session.check_outside(),
+        change(ctx, migration, direction, elapsed)
+    );
+    client
+        .batch_execute(&record)
         .await
-        .map_err(Error::database("recording the migration in history"))?;
+        .map_err(|e| refused(migration, script, e, "recording the migration in history"))?;
     Ok(())
 }
 
-async fn record(
+/// The history change for one migration: its row inserted, or deleted for a rollback.
+fn change(
     ctx: &Context<'_>,
     migration: &Migration,
     direction: Direction,
-) -> Result<u64, tokio_postgres::Error> {
+    elapsed: Elapsed,
+) -> String {
     match direction {
-        Direction::Up => {
-            ctx.client
-                .execute(
-                    &ctx.statements.insert,
-                    &[
-                        &migration.version,
-                        &migration.name,
-                        &migration.checksum,
-                        &ctx.applied_by,
-                    ],
-                )
-                .await
-        }
-        Direction::Down => {
-            ctx.client
-                .execute(&ctx.statements.delete, &[&migration.version])
-                .await
-        }
+        Direction::Up => history::insert(ctx.table, migration, ctx.applied_by, elapsed),
+        Direction::Down => history::delete(ctx.table, migration.version),
+    }
+}
+
+/// Turns one of our own refusals (see `session`) into the error that says what happened;
+/// any other failure outside the file's own SQL is a database error in `context`.
+fn refused(
+    migration: &Migration,
+    script: &Script,
+    error: tokio_postgres::Error,
+    context: &'static str,
+) -> Error {
+    let Some(refusal) = session::refusal(&error) else {
+        return Error::Database {
+            context,
+            source: error,
+        };
+    };
+    match refusal {
+        Refusal::LockLost => Error::LockLost {
+            version: migration.version,
+        },
+        _ => Error::TransactionEnded {
+            version: migration.version,
+            file: script.path.clone(),
+            refusal,
+        },
     }
 }
 

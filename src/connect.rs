@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
+use tokio_postgres::{CancelToken, Client};
 use tracing::{debug, info, warn};
 
 use crate::cloudsql;
@@ -574,35 +574,6 @@ fn jitter(pause: Duration) -> Duration {
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     let spread = (hasher.finish() % 501) as f64 / 1000.0; // 0.0 ..= 0.5
     pause.mul_f64(0.75 + spread)
-}
-
-/// Sets the session up for migrating and returns its backend pid. `lock_timeout` keeps a DDL
-/// that cannot get its table lock from queueing the bot's queries behind it;
-/// `client_connection_check_interval` (PostgreSQL 14+) lets the server notice within
-/// seconds that a killed job is gone, ending its statement and freeing the migration lock.
-pub async fn prepare_session(
-    client: &Client,
-    lock_timeout: Duration,
-    statement_timeout: Option<Duration>,
-) -> Result<i32, Error> {
-    let statement_ms = statement_timeout.map_or(0, |t| t.as_millis());
-    let query = format!(
-        "SELECT set_config('lock_timeout', '{}', false), \
-         set_config('statement_timeout', '{statement_ms}', false), \
-         CASE WHEN current_setting('server_version_num')::int >= 140000 \
-              THEN set_config('client_connection_check_interval', '2000', false) END, \
-         pg_backend_pid()",
-        lock_timeout.as_millis()
-    );
-    let messages = client
-        .simple_query(&query)
-        .await
-        .map_err(Error::database("setting up the session"))?;
-    let pid = messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(3).and_then(|pid| pid.parse().ok()),
-        _ => None,
-    });
-    Ok(pid.unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -23,6 +23,32 @@ pub enum Error {
         index: String,
     },
 
+    /// A migration ended (or tried to end) the transaction the run opened for it, or did not
+    /// run whole inside it; the server refused to commit it.
+    #[error(
+        "migration {version} ({}): {}; remove the transaction control from the file, or start it with `-- no-transaction` to run it outside a transaction",
+        .file.display(), .refusal.describe()
+    )]
+    TransactionEnded {
+        version: i64,
+        file: PathBuf,
+        refusal: crate::session::Refusal,
+    },
+
+    /// The session no longer held the migration lock when a migration was about to be
+    /// recorded or to start: an earlier migration released it.
+    #[error(
+        "the migration lock was no longer held at migration {version} (a migration that runs pg_advisory_unlock_all() or DISCARD ALL releases it, and another run may then start); migration {version} was not recorded and the run stopped; remove that call and run again"
+    )]
+    LockLost { version: i64 },
+
+    /// The history insert changed other than one row, after the migration's COMMIT had
+    /// already been sent.
+    #[error(
+        "recording migration {version} in history changed {rows} rows; its SQL may have been committed without its row; compare `db-migrate status` with the schema"
+    )]
+    HistoryWrite { version: i64, rows: u64 },
+
     /// The database failed outside a migration's own SQL (reading history, recording a row).
     #[error("{context}: {}", describe_db(.source))]
     Database {
@@ -144,6 +170,9 @@ impl Error {
         match self {
             Error::Apply(_) => 1,
             Error::InvalidIndex { .. } => 1,
+            Error::TransactionEnded { .. } => 1,
+            Error::HistoryWrite { .. } => 1,
+            Error::LockLost { .. } => 6,
             Error::Database { .. } => 1,
             Error::Config(_) => 2,
             Error::InvalidFile { .. } => 3,

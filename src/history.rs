@@ -1,10 +1,13 @@
 //! The history table (`schema_migrations` by default): its name, creation, rows and updates.
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::error::Error;
 use crate::source::Migration;
+
+/// PostgreSQL's limit for a name, in bytes (NAMEDATALEN - 1).
+const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// One applied migration as the history table records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,12 @@ impl Table {
                 "--history-table \"{name}\" must be `table` or `schema.table`, e.g. schema_migrations"
             )));
         }
+        // The server cuts longer names to 63 bytes, so two names would be one table.
+        if let Some(long) = parts.iter().find(|p| p.len() > MAX_IDENTIFIER_BYTES) {
+            return Err(Error::Config(format!(
+                "--history-table part \"{long}\" is longer than PostgreSQL's 63-byte limit for names; choose a shorter name"
+            )));
+        }
         let quoted: Vec<String> = parts
             .iter()
             .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
@@ -48,6 +57,41 @@ impl Table {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The same table, schema-qualified: an unqualified name is looked up once, at the start
+    /// of the run, as the search path finds it, or else placed in the current schema. From
+    /// then on no `SET search_path` in a migration (every pg_dump header has one), nor a
+    /// temporary table of the same name, can send history rows elsewhere.
+    pub async fn resolve(&self, client: &Client) -> Result<Table, Error> {
+        if self.quoted_schema.is_some() {
+            return Ok(self.clone());
+        }
+        let query = format!(
+            "SELECT pg_catalog.quote_ident(coalesce((SELECT n.nspname FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = pg_catalog.to_regclass({})), pg_catalog.current_schema()))",
+            literal(&self.quoted)
+        );
+        let messages = client
+            .simple_query(&query)
+            .await
+            .map_err(Error::database("finding the history table's schema"))?;
+        let schema = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        });
+        let Some(schema) = schema else {
+            return Err(Error::Config(format!(
+                "the search_path names no schema that exists, so there is nowhere for the history table; pass --history-table schema.{}",
+                self.name
+            )));
+        };
+        Ok(Table {
+            name: self.name.clone(),
+            quoted: format!("{schema}.{}", self.quoted),
+            quoted_schema: None,
+        })
     }
 }
 
@@ -144,33 +188,49 @@ pub async fn has_user_tables(client: &Client) -> Result<bool, Error> {
     Ok(rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))))
 }
 
-/// Starts the clock the history insert reads, so that the execution time is measured on the
-/// server and the insert can travel in the same pipeline as the migration's SQL; also
-/// returns the backend pid, which `apply` checks to notice a transaction pooler.
-pub const MARK: &str =
-    "SELECT set_config('db_migrate.started', clock_timestamp()::text, false), pg_backend_pid()";
-
-/// Statements prepared once per run, so each migration's history change is one pipelined
-/// message rather than a prepare round trip of its own.
-pub struct Statements {
-    pub insert: Statement,
-    pub delete: Statement,
+/// How a history insert learns the migration's execution time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elapsed {
+    /// Measured on the server by the transaction's seal (see `session`), so the insert can
+    /// travel in the same pipeline as the migration.
+    Sealed,
+    /// Measured by the job, for a `-- no-transaction` migration.
+    Ms(u64),
 }
 
-/// Prepares the insert and delete for `table`. The insert measures execution time on the
-/// server, from the mark `apply` sets before the migration's SQL to the insert itself, so it
-/// can travel in the same pipeline as the migration.
-pub async fn prepare(client: &Client, table: &Table) -> Result<Statements, Error> {
-    let insert = format!(
-        "INSERT INTO {} (version, name, checksum, execution_ms, applied_by) \
-         VALUES ($1, $2, $3, (extract(epoch FROM clock_timestamp() \
-         - current_setting('db_migrate.started')::timestamptz) * 1000)::bigint, $4)",
-        table.quoted
-    );
-    let delete = format!("DELETE FROM {} WHERE version = $1", table.quoted);
-    let (insert, delete) = tokio::try_join!(client.prepare(&insert), client.prepare(&delete))
-        .map_err(Error::database("preparing history statements"))?;
-    Ok(Statements { insert, delete })
+/// The insert recording `migration` as applied, as SQL text. Text rather than a prepared
+/// statement, because a migration may run `DEALLOCATE ALL`; every value is spelled so that
+/// no setting a migration leaves behind (`standard_conforming_strings`, `client_encoding`,
+/// `search_path`) changes what it means.
+pub fn insert(table: &Table, migration: &Migration, applied_by: &str, elapsed: Elapsed) -> String {
+    let execution_ms = match elapsed {
+        Elapsed::Sealed => "pg_catalog.current_setting('db_migrate.execution_ms')::bigint".into(),
+        Elapsed::Ms(ms) => ms.to_string(),
+    };
+    format!(
+        "INSERT INTO {} (version, name, checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {execution_ms}, {})",
+        table.quoted,
+        migration.version,
+        literal(&migration.name),
+        literal(&migration.checksum),
+        literal(applied_by),
+    )
+}
+
+/// The delete removing `version`'s row, as SQL text that raises an error (rolling back the
+/// rollback with it) when there was no such row.
+pub fn delete(table: &Table, version: i64) -> String {
+    format!(
+        "WITH deleted AS (DELETE FROM {} WHERE version = {version} RETURNING 1)          SELECT CASE WHEN pg_catalog.count(*) <> 1          THEN pg_catalog.current_setting('{}')::int END FROM deleted",
+        table.quoted,
+        crate::session::ROW_MISSING
+    )
+}
+
+/// A text value as plain ASCII that means the same under any session settings.
+fn literal(text: &str) -> String {
+    let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), 'UTF8')")
 }
 
 /// Records `migrations` as applied without running them (`baseline`), all in one
@@ -181,26 +241,15 @@ pub async fn record_baseline(
     migrations: &[&Migration],
     applied_by: &str,
 ) -> Result<(), Error> {
-    let statements = prepare(client, table).await?;
-    let fail = Error::database("recording the baseline");
-    let result: Result<(), tokio_postgres::Error> = async {
-        client.batch_execute("BEGIN").await?;
-        client.batch_execute(MARK).await?;
-        for m in migrations {
-            client
-                .execute(
-                    &statements.insert,
-                    &[&m.version, &m.name, &m.checksum, &applied_by],
-                )
-                .await?;
-        }
-        client.batch_execute("COMMIT").await
-    }
-    .await;
-    if result.is_err() {
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    result.map_err(fail)
+    let inserts: Vec<String> = migrations
+        .iter()
+        .map(|m| insert(table, m, applied_by, Elapsed::Ms(0)))
+        .collect();
+    // One message: the server runs it as one implicit transaction, all rows or none.
+    client
+        .batch_execute(&inserts.join(";\n"))
+        .await
+        .map_err(Error::database("recording the baseline"))
 }
 
 /// Replaces the recorded checksum of one version (`repair`).

@@ -13,6 +13,7 @@ pub mod lock;
 pub mod log;
 pub mod monitor;
 pub mod plan;
+pub mod session;
 pub mod source;
 pub mod sql;
 pub mod tls;
@@ -79,9 +80,11 @@ struct Run<'a> {
     config: &'a Config,
     database: &'a connect::Settings,
     client: &'a Client,
+    /// The history table, schema-qualified once for the whole run.
+    table: &'a history::Table,
     migrations: &'a [Migration],
     interrupt: &'a Interrupt,
-    backend_pid: i32,
+    session: session::Session,
 }
 
 async fn connected(
@@ -93,24 +96,28 @@ async fn connected(
 ) -> Result<(), Error> {
     let client = connect::open(database).await?;
     interrupt.arm(client.cancel_token(), database.clone());
+    let table = config.history_table.resolve(&client).await?;
     if let Command::Status { .. } | Command::Verify = &config.command {
-        return inspect(config, &client, migrations, summary).await;
+        return inspect(config, &client, &table, migrations, summary).await;
     }
-    let session = &config.session;
-    let backend_pid =
-        connect::prepare_session(&client, session.lock_timeout, session.statement_timeout).await?;
+    let limits = session::Limits {
+        lock_timeout: config.session.lock_timeout,
+        statement_timeout: config.session.statement_timeout,
+    };
+    let session = session::Session::prepare(&client, limits, lock::key(&table)).await?;
+    let backend_pid = session.backend_pid;
     let run = Run {
         config,
         database,
         client: &client,
+        table: &table,
         migrations,
         interrupt,
-        backend_pid,
+        session,
     };
-    let table = &config.history_table;
     lock::with(
         &client,
-        table,
+        &table,
         config.lock_wait,
         backend_pid,
         interrupt,
@@ -123,6 +130,7 @@ async fn connected(
 async fn inspect(
     config: &Config,
     client: &Client,
+    table: &history::Table,
     migrations: &[Migration],
     summary: &mut Summary,
 ) -> Result<(), Error> {
@@ -130,7 +138,7 @@ async fn inspect(
         Command::Status { .. } => history::Columns::WithTimes,
         _ => history::Columns::Checks,
     };
-    let applied = history::applied(client, &config.history_table, columns)
+    let applied = history::applied(client, table, columns)
         .await?
         .unwrap_or_default();
     summary.status = plan::status(migrations, &applied);
@@ -152,8 +160,7 @@ async fn inspect(
 
 /// The commands that change the database, run under the migration lock.
 async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
-    let (config, client, migrations) = (run.config, run.client, run.migrations);
-    let table = &config.history_table;
+    let (config, client, migrations, table) = (run.config, run.client, run.migrations, run.table);
     let recorded = history::applied(client, table, history::Columns::Checks).await?;
     if recorded.is_none()
         && matches!(config.command, Command::Up { .. })
@@ -189,8 +196,7 @@ async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
         Command::Repair { version } => repair(client, table, migrations, &applied, *version).await,
         Command::Baseline { version } => {
             baseline(
-                config,
-                client,
+                run,
                 migrations,
                 &applied,
                 recorded.is_some(),
@@ -266,13 +272,12 @@ async fn execute(
     table_exists: bool,
     summary: &mut Summary,
 ) -> Result<(), Error> {
-    let (config, client) = (run.config, run.client);
-    let table = &config.history_table;
+    let (config, client, table) = (run.config, run.client, run.table);
     summary.dry_run = mode == Mode::DryRun;
     let session = &config.session;
     let mut monitor = Monitor::new(
         run.database,
-        run.backend_pid,
+        run.session.backend_pid,
         session.progress_interval,
         session.lock_timeout,
     );
@@ -282,8 +287,7 @@ async fn execute(
             if !table_exists {
                 history::create(client, table).await?;
             }
-            let statements = history::prepare(client, table).await?;
-            let ctx = context(run, &statements, false);
+            let ctx = context(run, false);
             apply::each(&ctx, &mut monitor, plan, direction, &mut applied).await
         }
         Mode::Single | Mode::DryRun => {
@@ -292,8 +296,7 @@ async fn execute(
                 if !table_exists {
                     history::create(client, table).await?;
                 }
-                let statements = history::prepare(client, table).await?;
-                let ctx = context(run, &statements, !commit);
+                let ctx = context(run, !commit);
                 apply::inside(&ctx, &mut monitor, plan, direction, !commit).await?;
                 applied = if commit { plan.len() } else { 0 };
                 Ok(())
@@ -315,17 +318,13 @@ async fn execute(
     result
 }
 
-fn context<'a>(
-    run: &'a Run<'a>,
-    statements: &'a history::Statements,
-    dry_run: bool,
-) -> apply::Context<'a> {
+fn context<'a>(run: &'a Run<'a>, dry_run: bool) -> apply::Context<'a> {
     apply::Context {
         client: run.client,
-        statements,
+        table: run.table,
+        session: &run.session,
         applied_by: &run.config.applied_by,
         dry_run,
-        backend_pid: run.backend_pid,
         lock_retries: run.config.session.lock_retries,
         interrupt: run.interrupt,
     }
@@ -355,8 +354,7 @@ async fn repair(
 }
 
 async fn baseline(
-    config: &Config,
-    client: &Client,
+    run: &Run<'_>,
     migrations: &[Migration],
     applied: &[Applied],
     table_exists: bool,
@@ -373,12 +371,12 @@ async fn baseline(
             "--version {version} names no migration in the directory; pick the newest version the old scripts applied"
         )));
     }
-    let table = &config.history_table;
+    let (client, table) = (run.client, run.table);
     if !table_exists {
         history::create(client, table).await?;
     }
     let adopted: Vec<&Migration> = migrations.iter().filter(|m| m.version <= version).collect();
-    history::record_baseline(client, table, &adopted, &config.applied_by).await?;
+    history::record_baseline(client, table, &adopted, &run.config.applied_by).await?;
     summary.applied = adopted.len();
     info!(
         version,

@@ -28,6 +28,11 @@ pub fn object_id(table: &Table) -> i32 {
     i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
+/// The lock's two-part key for `table`.
+pub fn key(table: &Table) -> (i32, i32) {
+    (CLASS_ID, object_id(table))
+}
+
 /// Runs `work` while holding the lock, and releases the lock whatever `work` returns.
 /// `session_pid` is the backend the session was set up on: the lock is only worth anything
 /// if it is taken there.
@@ -39,7 +44,7 @@ pub async fn with<T>(
     interrupt: &Interrupt,
     work: impl AsyncFnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
-    let key = (CLASS_ID, object_id(table));
+    let key = key(table);
     acquire(client, key, wait, session_pid, interrupt).await?;
     let result = work().await;
     release(client, key).await;

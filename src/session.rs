@@ -1,0 +1,301 @@
+//! The migration session's policy: the settings every migration starts from, the guard that
+//! keeps a file from committing the transaction the run opened for it, and the checks that
+//! the server session and its migration lock are still the run's.
+//!
+//! A migration file is arbitrary SQL run in our session, so nothing it does may decide how
+//! the next one runs or whether its history row is written. Each transactional migration
+//! therefore travels as one pipeline:
+//!
+//! 1. [`Session::reset`]: `RESET ALL`, `RESET ROLE` and the run's own settings, outside the
+//!    transaction, so that a `SET default_transaction_read_only` cannot shape the next one;
+//! 2. [`Session::open`]: `BEGIN`, a `WITH HOLD` cursor whose query fails (so a `COMMIT` hidden
+//!    in the file fails and rolls everything back), a savepoint, and a check that this backend
+//!    still holds the migration lock, which raises an error (so the file never runs) if not;
+//! 3. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
+//!    (which fails if the file ended the transaction, rolling back whatever ran after that in
+//!    the message), `CLOSE` of the cursor, and a transaction-local token;
+//! 4. the history change, preceded by [`Session::check`], which raises an error unless the
+//!    token is set (the file ran whole, inside this transaction) and the lock is still held;
+//! 5. `COMMIT`, which the server turns into `ROLLBACK` after any of those errors.
+//!
+//! All five go out before the first answer comes back: one round trip per migration.
+
+use std::hash::BuildHasher;
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::error::Error;
+
+/// The savepoint opened right after `BEGIN`; releasing it fails once the transaction ended.
+const SAVEPOINT: &str = "db_migrate_migration";
+
+/// The cursor whose materialisation at `COMMIT` fails: its query reads a setting that does
+/// not exist, and `current_setting` is only evaluated when the cursor's rows are needed.
+const GUARD: &str = "db_migrate_guard";
+
+/// The unknown settings whose "unrecognized configuration parameter" errors stand for our
+/// own refusals; a plain SQL expression cannot raise an error of its choosing otherwise.
+pub const COMMIT_REFUSED: &str = "db_migrate.a_migration_may_not_end_its_transaction";
+pub const NOT_IN_TRANSACTION: &str =
+    "db_migrate.the_migration_did_not_run_whole_in_its_transaction";
+pub const LOCK_LOST: &str = "db_migrate.the_migration_lock_is_no_longer_held";
+pub const ROW_MISSING: &str = "db_migrate.the_history_row_to_delete_is_missing";
+pub const LEFT_OPEN: &str = "db_migrate.the_migration_left_a_transaction_open";
+
+/// How long the server waits on a migration session that is idle inside a transaction
+/// before ending it: a client lost between a migration's ALTER and its COMMIT otherwise
+/// leaves ACCESS EXCLUSIVE on the bot's table until someone kills the session. The job
+/// never idles inside a transaction on purpose: every migration is one pipeline.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The run's limits for migration statements.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+/// The migration session of one run: its server process and the SQL that re-establishes its
+/// state and guards each migration.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The server process the run's session was set up on; another one means a pooler.
+    pub backend_pid: i32,
+    reset: String,
+    lock_held: String,
+    token: String,
+}
+
+impl Session {
+    /// Applies the run's settings to the session and returns its policy. `lock` is the
+    /// migration lock's key, which every migration checks it still holds.
+    pub async fn prepare(
+        client: &Client,
+        limits: Limits,
+        lock: (i32, i32),
+    ) -> Result<Session, Error> {
+        let reset = reset_sql(limits);
+        let messages = client
+            .simple_query(&format!("{reset}; SELECT pg_catalog.pg_backend_pid()"))
+            .await
+            .map_err(Error::database("setting up the session"))?;
+        let backend_pid = last_row(&messages)
+            .and_then(|row| row.get(0))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_default();
+        Ok(Session {
+            backend_pid,
+            reset,
+            lock_held: lock_held_sql(lock),
+            token: token(),
+        })
+    }
+
+    /// Resets whatever the previous migration changed of the session, then sets the run's
+    /// own limits again. Runs outside any transaction (see the module docs).
+    pub fn reset(&self) -> &str {
+        &self.reset
+    }
+
+    /// Opens the migration's transaction (`begin`: false inside the run's own transaction,
+    /// for `--single-transaction` and the dry run), arms the commit guard and checks the lock.
+    /// Its one row is (backend pid).
+    pub fn open(&self, begin: bool) -> String {
+        let begin = if begin { "BEGIN; " } else { "" };
+        format!(
+            "{begin}DECLARE {GUARD} CURSOR WITH HOLD FOR \
+             SELECT pg_catalog.current_setting('{COMMIT_REFUSED}') FROM pg_catalog.generate_series(1, 1); \
+             SAVEPOINT {SAVEPOINT}; {}",
+            self.check_lock()
+        )
+    }
+
+    /// The lock check alone, for a `-- no-transaction` migration. Its one row is (backend pid).
+    pub fn check_lock(&self) -> String {
+        format!(
+            "SELECT CASE WHEN {} THEN pg_catalog.pg_backend_pid() \
+             ELSE pg_catalog.current_setting('{LOCK_LOST}')::int END",
+            self.lock_held
+        )
+    }
+
+    /// Appended to the file's text, in the same message: `RELEASE` fails when the file ended
+    /// the transaction, and then whatever the file ran after that in this message, in the
+    /// implicit transaction that followed, is rolled back with it. Starts on a new line after
+    /// a `;`, so that a trailing line comment or a missing semicolon cannot swallow it.
+    /// `execution_ms` is measured from the arrival of this message: the file's own run time.
+    /// `RESET ROLE` lets the history change run as the run's user even after a `SET ROLE`.
+    pub fn seal(&self) -> String {
+        format!(
+            "\n;RELEASE SAVEPOINT {SAVEPOINT}; CLOSE {GUARD}; RESET ROLE; \
+             SELECT pg_catalog.set_config('db_migrate.token', '{}', true), \
+             pg_catalog.set_config('db_migrate.execution_ms', \
+             (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000)::bigint::text, true)",
+            self.token
+        )
+    }
+
+    /// Precedes the history change: raises an error unless [`seal`](Self::seal) ran in this
+    /// very transaction and the lock is still held.
+    pub fn check(&self) -> String {
+        format!(
+            "SELECT CASE \
+             WHEN pg_catalog.current_setting('db_migrate.token', true) IS DISTINCT FROM '{}' \
+             THEN pg_catalog.current_setting('{NOT_IN_TRANSACTION}')::int \
+             WHEN NOT {} THEN pg_catalog.current_setting('{LOCK_LOST}')::int END",
+            self.token, self.lock_held
+        )
+    }
+
+    /// Precedes the history change of a `-- no-transaction` migration, which runs outside
+    /// any transaction: raises an error when the file left one open (its history row would
+    /// otherwise wait in it for a COMMIT that never comes). In a transaction of its own, a
+    /// statement starts when its transaction does. The lock is not checked here: the file's
+    /// statements have run and stay, so their row is written; a lost lock stops the run
+    /// before the next migration.
+    pub fn check_outside(&self) -> String {
+        format!(
+            "SELECT CASE \
+             WHEN pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() \
+             THEN pg_catalog.current_setting('{LEFT_OPEN}')::int END"
+        )
+    }
+}
+
+/// `RESET ALL` leaves the role alone (it is marked not to be reset), hence `RESET ROLE`.
+/// `client_connection_check_interval` (PostgreSQL 14+) ends the server's work soon after the
+/// job is killed, instead of at the migration's end.
+fn reset_sql(limits: Limits) -> String {
+    let statement_ms = limits.statement_timeout.map_or(0, |t| t.as_millis());
+    format!(
+        "RESET ALL; RESET ROLE; SELECT pg_catalog.set_config('lock_timeout', '{}', false), \
+         pg_catalog.set_config('statement_timeout', '{statement_ms}', false), \
+         pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', false), \
+         CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 \
+              THEN pg_catalog.set_config('client_connection_check_interval', '2000', false) END",
+        limits.lock_timeout.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+    )
+}
+
+/// True while this backend holds the two-key advisory lock; pg_locks shows the key's halves
+/// in classid and objid, as oids.
+fn lock_held_sql((class, object): (i32, i32)) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted \
+         AND pid = pg_catalog.pg_backend_pid() \
+         AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+         AND classid = ({class}::bigint & 4294967295)::text::oid \
+         AND objid = ({object}::bigint & 4294967295)::text::oid AND objsubid = 2)"
+    )
+}
+
+/// A value no file can know in advance, so only [`Session::seal`] sets the token.
+fn token() -> String {
+    let state = std::collections::hash_map::RandomState::new();
+    format!("{:016x}", state.hash_one(std::process::id()))
+}
+
+/// Why the server refused a migration, when the refusal is one of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The file tried to commit the transaction; the guard made that commit fail.
+    CommitRefused,
+    /// The file ended the transaction otherwise (a ROLLBACK), so the savepoint was gone.
+    TransactionEnded,
+    /// The history change found the file had not run whole inside its transaction.
+    NotInTransaction,
+    /// This backend no longer holds the migration lock.
+    LockLost,
+    /// The history row a rollback deletes was not there.
+    RowMissing,
+    /// A `-- no-transaction` file left a transaction open.
+    LeftOpen,
+}
+
+impl Refusal {
+    /// What happened, and what of the migration was kept, for the error message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::CommitRefused => {
+                "it tried to commit the transaction db-migrate runs it in (a COMMIT the file checks did not see); the server refused that commit, so nothing of it was kept and nothing was recorded"
+            }
+            Refusal::TransactionEnded => {
+                "it ended the transaction db-migrate runs it in (a ROLLBACK or similar the file checks did not see): what ran before that was rolled back, the rest of the file ran outside it and was rolled back too unless the file committed it itself; nothing was recorded"
+            }
+            Refusal::NotInTransaction => {
+                "its SQL did not run whole inside its transaction (the file was not sent, or ended early); nothing of it was committed and nothing was recorded"
+            }
+            Refusal::RowMissing => {
+                "its history row was already gone, so the rollback was not committed"
+            }
+            Refusal::LeftOpen => {
+                "it left a transaction open (a BEGIN without COMMIT); the statements since that BEGIN were rolled back and nothing was recorded"
+            }
+            Refusal::LockLost => "the migration lock is no longer held",
+        }
+    }
+}
+
+/// Recognises our own refusals among the server's errors.
+pub fn refusal(error: &tokio_postgres::Error) -> Option<Refusal> {
+    let db = error.as_db_error()?;
+    let message = db.message();
+    let code = db.code().code();
+    let names = [
+        (COMMIT_REFUSED, Refusal::CommitRefused),
+        (NOT_IN_TRANSACTION, Refusal::NotInTransaction),
+        (LOCK_LOST, Refusal::LockLost),
+        (ROW_MISSING, Refusal::RowMissing),
+        (LEFT_OPEN, Refusal::LeftOpen),
+    ];
+    if code == "42704" {
+        if let Some((_, refusal)) = names.iter().find(|(name, _)| message.contains(name)) {
+            return Some(*refusal);
+        }
+    }
+    // RELEASE outside a transaction block (25P01), or of a savepoint that is gone (3B001).
+    let released = (code == "25P01" && message.contains("RELEASE SAVEPOINT"))
+        || (code == "3B001" && message.contains(SAVEPOINT));
+    released.then_some(Refusal::TransactionEnded)
+}
+
+/// The last row, which is the final statement's: earlier ones (the reset's) come first.
+fn last_row(messages: &[SimpleQueryMessage]) -> Option<&tokio_postgres::SimpleQueryRow> {
+    messages.iter().rev().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    })
+}
+
+/// The backend pid in the last row [`Session::open`] or [`Session::check_lock`] returns.
+pub fn pid(messages: &[SimpleQueryMessage]) -> Option<i32> {
+    last_row(messages)?.get(0)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_differ_between_runs() {
+        assert_ne!(token(), token());
+        assert_eq!(token().len(), 16);
+    }
+
+    #[test]
+    fn reset_sets_the_run_limits_after_resetting_everything() {
+        let sql = reset_sql(Limits {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(90)),
+        });
+        assert!(sql.starts_with("RESET ALL; RESET ROLE;"), "{sql}");
+        assert!(sql.contains("'lock_timeout', '5000'"), "{sql}");
+        assert!(sql.contains("'statement_timeout', '90000'"), "{sql}");
+        assert!(
+            sql.contains("'idle_in_transaction_session_timeout', '60000'"),
+            "{sql}"
+        );
+    }
+}

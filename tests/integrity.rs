@@ -1,0 +1,413 @@
+//! History and schema never disagree: a history row exists exactly when its migration
+//! committed, and no migration changes how the next one runs.
+//!
+//! The transaction guards are tested through `apply` directly with SQL the file checks would
+//! refuse: they are the server-side net under the lexer, so they must hold for exactly the
+//! files a lexer gap would let through.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use db_migrate::apply::{self, Context, Direction};
+use db_migrate::error::Error;
+use db_migrate::history::{self, Table};
+use db_migrate::interrupt::Interrupt;
+use db_migrate::monitor::Monitor;
+use db_migrate::session::{Limits, Refusal, Session};
+use db_migrate::source::{Migration, Script};
+use db_migrate::{connect, lock};
+use support::{TestDb, history as recorded, migrations, one, run, tables, up};
+use tokio_postgres::Client;
+
+fn migration(version: i64, up: &str, down: Option<&str>) -> Migration {
+    let script = |sql: &str, suffix: &str| Script {
+        path: PathBuf::from(format!("{version:03}_m{suffix}.sql")),
+        sql: sql.to_string(),
+    };
+    Migration {
+        version,
+        name: "m".into(),
+        checksum: db_migrate::source::checksum(up),
+        up: script(up, ""),
+        down: down.map(|sql| script(sql, ".down")),
+    }
+}
+
+/// What `lib` sets up before applying: the resolved history table, the session and the lock.
+struct Harness {
+    client: Client,
+    table: Table,
+    session: Session,
+    settings: connect::Settings,
+    interrupt: Interrupt,
+}
+
+async fn harness(db: &TestDb) -> Harness {
+    let client = db.client().await;
+    let table = Table::parse("schema_migrations")
+        .expect("valid name")
+        .resolve(&client)
+        .await
+        .expect("resolve");
+    history::create(&client, &table).await.expect("create");
+    let key = lock::key(&table);
+    client
+        .batch_execute(&format!("SELECT pg_advisory_lock({}, {})", key.0, key.1))
+        .await
+        .expect("lock");
+    let limits = Limits {
+        lock_timeout: Duration::from_secs(5),
+        statement_timeout: None,
+    };
+    let session = Session::prepare(&client, limits, key)
+        .await
+        .expect("session");
+    Harness {
+        client,
+        table,
+        session,
+        settings: connect::resolve(Some(&db.url), &Default::default()).expect("url"),
+        interrupt: Interrupt::default(),
+    }
+}
+
+/// How `lib` runs a plan: each in its own transaction, or all inside one (`commit` false is
+/// the dry run).
+#[derive(Clone, Copy)]
+enum How {
+    Each,
+    Inside { commit: bool },
+}
+
+async fn apply(
+    h: &Harness,
+    plan: &[&Migration],
+    direction: Direction,
+    how: How,
+) -> Result<(), Error> {
+    let ctx = Context {
+        client: &h.client,
+        table: &h.table,
+        session: &h.session,
+        applied_by: "test",
+        dry_run: matches!(how, How::Inside { commit: false }),
+        lock_retries: 0,
+        interrupt: &h.interrupt,
+    };
+    let mut monitor = Monitor::new(
+        &h.settings,
+        h.session.backend_pid,
+        Duration::from_secs(60),
+        Duration::from_secs(5),
+    );
+    match how {
+        How::Each => {
+            let mut done = 0;
+            apply::each(&ctx, &mut monitor, plan, direction, &mut done).await
+        }
+        How::Inside { commit } => {
+            apply::transaction(&h.client, commit, async || {
+                apply::inside(&ctx, &mut monitor, plan, direction, !commit).await
+            })
+            .await
+        }
+    }
+}
+
+fn refusal(result: Result<(), Error>) -> Refusal {
+    match result {
+        Err(Error::TransactionEnded { refusal, .. }) => refusal,
+        other => panic!("expected the transaction guard to refuse, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_hidden_commit_is_refused_by_the_server_and_nothing_is_kept_or_recorded() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let bodies = [
+        "CREATE TABLE a (i int); COMMIT; CREATE TABLE b (i int)",
+        "CREATE TABLE a (i int); COMMIT AND CHAIN; CREATE TABLE b (i int)",
+        "CREATE TABLE a (i int); COMMIT; BEGIN; CREATE TABLE b (i int)",
+        "CREATE TABLE a (i int); END",
+    ];
+    for body in bodies {
+        let m = migration(1, body, None);
+        let result = apply(&h, &[&m], Direction::Up, How::Each).await;
+        assert_eq!(refusal(result), Refusal::CommitRefused, "{body}");
+        let client = db.client().await;
+        assert_eq!(tables(&client).await, ["schema_migrations"], "{body}");
+        assert!(recorded(&client).await.is_empty(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_hidden_rollback_keeps_nothing_of_the_file_and_records_nothing() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    for body in [
+        "CREATE TABLE a (i int); ROLLBACK; CREATE TABLE b (i int)",
+        "CREATE TABLE a (i int); ABORT; CREATE TABLE b (i int); SELECT 1",
+    ] {
+        let m = migration(1, body, None);
+        let result = apply(&h, &[&m], Direction::Up, How::Each).await;
+        assert_eq!(refusal(result), Refusal::TransactionEnded, "{body}");
+        let client = db.client().await;
+        assert_eq!(tables(&client).await, ["schema_migrations"], "{body}");
+        assert!(recorded(&client).await.is_empty(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_never_sent_gets_no_history_row() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    // The driver refuses to send text with a NUL byte; the history change still goes out.
+    let m = migration(1, "CREATE TABLE a (i int);\0", None);
+    let result = apply(&h, &[&m], Direction::Up, How::Each).await;
+    assert!(result.is_err(), "{result:?}");
+    let client = db.client().await;
+    assert!(recorded(&client).await.is_empty());
+    assert_eq!(tables(&client).await, ["schema_migrations"]);
+    // The session is usable afterwards: the next migration applies and is recorded.
+    let next = migration(2, "CREATE TABLE c (i int)", None);
+    apply(&h, &[&next], Direction::Up, How::Each)
+        .await
+        .expect("next migration");
+    assert_eq!(recorded(&client).await, [2]);
+}
+
+#[tokio::test]
+async fn a_dry_run_never_commits_whatever_the_files_contain() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let first = migration(1, "CREATE TABLE a (i int)", None);
+    let second = migration(
+        2,
+        "CREATE TABLE b (i int); COMMIT; CREATE TABLE c (i int)",
+        None,
+    );
+    let result = apply(
+        &h,
+        &[&first, &second],
+        Direction::Up,
+        How::Inside { commit: false },
+    )
+    .await;
+    assert_eq!(refusal(result), Refusal::CommitRefused);
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["schema_migrations"]);
+    assert!(recorded(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn single_transaction_is_all_or_nothing_even_with_a_hidden_commit() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let first = migration(1, "CREATE TABLE a (i int)", None);
+    let second = migration(2, "CREATE TABLE b (i int); COMMIT", None);
+    let result = apply(
+        &h,
+        &[&first, &second],
+        Direction::Up,
+        How::Inside { commit: true },
+    )
+    .await;
+    assert_eq!(refusal(result), Refusal::CommitRefused);
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["schema_migrations"]);
+    assert!(recorded(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_rollback_that_ends_its_transaction_keeps_the_history_row_and_the_table() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let m = migration(1, "CREATE TABLE a (i int)", Some("DROP TABLE a; COMMIT"));
+    apply(&h, &[&m], Direction::Up, How::Each)
+        .await
+        .expect("up");
+    let result = apply(&h, &[&m], Direction::Down, How::Each).await;
+    assert_eq!(refusal(result), Refusal::CommitRefused);
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+    assert_eq!(recorded(&client).await, [1]);
+}
+
+#[tokio::test]
+async fn releasing_the_migration_lock_in_a_migration_rolls_it_back_and_stops_with_exit_6() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_a.sql", "CREATE TABLE a (i int);"),
+        (
+            "002_unlock.sql",
+            "CREATE TABLE b (i int);\nSELECT pg_advisory_unlock_all();",
+        ),
+        ("003_c.sql", "CREATE TABLE c (i int);"),
+    ]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    let error = result.expect_err("the lock was released");
+    assert!(matches!(error, Error::LockLost { version: 2 }), "{error}");
+    assert_eq!(error.exit_code(), 6);
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, [1]);
+    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+}
+
+#[tokio::test]
+async fn discard_all_in_a_no_transaction_migration_stops_the_next_one_from_running() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "001_discard.sql",
+            "-- no-transaction\nCREATE TABLE a (i int);\nDISCARD ALL;",
+        ),
+        ("002_b.sql", "CREATE TABLE b (i int);"),
+    ]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    let error = result.expect_err("the lock was released");
+    assert!(matches!(error, Error::LockLost { version: 2 }), "{error}");
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, [1]);
+    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+}
+
+#[tokio::test]
+async fn a_no_transaction_file_that_leaves_a_transaction_open_is_not_recorded() {
+    let db = support::database().await;
+    let dir = migrations(&[(
+        "001_open.sql",
+        "-- no-transaction\nCREATE TABLE a (i int);\nBEGIN;\nCREATE TABLE b (i int);",
+    )]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    let error = result.expect_err("left open");
+    assert!(
+        matches!(
+            error,
+            Error::TransactionEnded {
+                refusal: Refusal::LeftOpen,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let client = db.client().await;
+    assert!(recorded(&client).await.is_empty());
+    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+}
+
+/// Applies `files` once in one run and once one migration per run, and returns both
+/// databases' tables with their schemas and the history, which must be the same.
+async fn batched_and_one_by_one(files: &[(&str, &str)]) -> [(Vec<String>, Vec<i64>); 2] {
+    let dir = migrations(files);
+    let together = support::database().await;
+    let (_, result) = run(&support::config(&together.url, dir.path(), up())).await;
+    result.unwrap_or_else(|e| panic!("one run: {e}"));
+    let apart = support::database().await;
+    for version in 1..=files.len() as i64 {
+        let command = db_migrate::Command::Up {
+            target: db_migrate::plan::Target::Version(version),
+            mode: db_migrate::Mode::Each,
+        };
+        let (_, result) = run(&support::config(&apart.url, dir.path(), command)).await;
+        result.unwrap_or_else(|e| panic!("run up to {version}: {e}"));
+    }
+    let mut out = Vec::new();
+    for db in [&together, &apart] {
+        let client = db.client().await;
+        let tables: Vec<String> = client
+            .query(
+                "SELECT schemaname || '.' || tablename || ' ' || tableowner FROM pg_tables \
+                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
+                 AND schemaname NOT LIKE 'pg\\_temp\\_%' ORDER BY 1",
+                &[],
+            )
+            .await
+            .expect("tables")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        out.push((tables, recorded(&client).await));
+    }
+    [out[0].clone(), out[1].clone()]
+}
+
+#[tokio::test]
+async fn session_settings_of_one_migration_do_not_reach_the_next() {
+    let [together, apart] = batched_and_one_by_one(&[
+        (
+            "001_settings.sql",
+            "CREATE SCHEMA app;\n\
+             DO $$ BEGIN CREATE ROLE dbm_integrity_other; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n\
+             SET search_path = app;\nSET lock_timeout = 0;\n\
+             SET default_transaction_read_only = on;\nSET ROLE dbm_integrity_other;",
+        ),
+        (
+            "002_table.sql",
+            "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout;",
+        ),
+        (
+            "003_pg_dump_header.sql",
+            "SELECT pg_catalog.set_config('search_path', '', false);\nCREATE TABLE public.t (i int);",
+        ),
+        (
+            "004_temp.sql",
+            "CREATE TEMP TABLE schema_migrations (version bigint);\nRESET ALL;\nDEALLOCATE ALL;",
+        ),
+        ("005_after.sql", "CREATE TABLE after_reset (i int);"),
+    ])
+    .await;
+    assert_eq!(together, apart);
+    let (tables, history) = together;
+    assert_eq!(history, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        tables,
+        [
+            "public.after_reset postgres",
+            "public.schema_migrations postgres",
+            "public.seen postgres",
+            "public.t postgres",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_run_limits_hold_for_every_migration() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "001_zero.sql",
+            "SET lock_timeout = 0;\nSET statement_timeout = 0;",
+        ),
+        (
+            "002_seen.sql",
+            "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, \
+             current_setting('idle_in_transaction_session_timeout') AS idle;",
+        ),
+    ]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    result.expect("up");
+    let client = db.client().await;
+    let lock_timeout: String = one(&client, "SELECT lock_timeout FROM seen").await;
+    let idle: String = one(&client, "SELECT idle FROM seen").await;
+    assert_eq!(lock_timeout, "5s");
+    assert_eq!(idle, "1min");
+}
+
+#[tokio::test]
+async fn dropping_a_table_named_like_the_history_table_in_another_schema_works() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "001_other.sql",
+            "CREATE SCHEMA other;\nCREATE TABLE other.schema_migrations (v int);",
+        ),
+        ("002_drop.sql", "DROP TABLE other.schema_migrations;"),
+    ]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    result.expect("up");
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, [1, 2]);
+}
