@@ -103,6 +103,8 @@ pub fn down<'a>(
     let chosen: Vec<i64> = match rollback {
         Rollback::All => newest_first,
         Rollback::Steps(steps) => newest_first.into_iter().take(steps).collect(),
+        // 0 means all, version 0 included (diesel numbers its first migration 0).
+        Rollback::To(0) => newest_first,
         Rollback::To(version) => {
             if version != 0 && !newest_first.contains(&version) {
                 return Err(Error::Config(format!(

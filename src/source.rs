@@ -172,22 +172,50 @@ fn sql_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
             source,
         })?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".sql") || name.starts_with('.') {
+        // Dot files are editors' and tools' (`.#001_x.sql` is Emacs's lock link).
+        if name.starts_with('.') || !has_sql_extension(&name) {
             continue;
         }
         let path = entry.path();
+        if !name.ends_with(".sql") {
+            return Err(invalid(
+                &path,
+                "the extension must be lower-case .sql, or the file would be skipped; rename it"
+                    .into(),
+            ));
+        }
         // The directory entry's own type costs no system call; only links need a stat.
         let is_file = match entry.file_type() {
             Ok(kind) if kind.is_symlink() => path.is_file(),
             Ok(kind) => kind.is_file(),
             Err(_) => false,
         };
-        if is_file {
-            paths.push((name, path));
+        if !is_file {
+            // Skipping it would apply the versions around it and fail every later run.
+            return Err(invalid(&path, not_a_file(&path)));
         }
+        paths.push((name, path));
     }
     paths.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(paths)
+}
+
+fn has_sql_extension(name: &str) -> bool {
+    name.len() > 4
+        && name.is_char_boundary(name.len() - 4)
+        && name[name.len() - 4..].eq_ignore_ascii_case(".sql")
+}
+
+fn not_a_file(path: &Path) -> String {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            "is a directory, not a migration file; move it out of the migrations directory".into()
+        }
+        Ok(meta) if meta.file_type().is_symlink() => {
+            "is a symbolic link to nothing readable; point it at the file or remove it".into()
+        }
+        _ => "is not a regular file; replace it with the migration file or remove it".into(),
+    }
 }
 
 /// Reads every file, in order. Reading thousands of small files is mostly system calls, so
@@ -240,6 +268,16 @@ fn read_script(path: &Path, buffer: &mut Vec<u8>) -> Result<Script, Error> {
         }
     }
     let bytes = &buffer[..len];
+    // The server cannot take a NUL byte, and the driver would refuse to send the file; a
+    // UTF-16 file without a byte-order mark is also valid UTF-8, full of them.
+    if let Some(offset) = bytes.iter().position(|&b| b == 0) {
+        return Err(invalid(
+            path,
+            format!(
+                "holds a NUL byte at offset {offset} (saved as UTF-16?); save the file as UTF-8 without NUL bytes"
+            ),
+        ));
+    }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         invalid(
             path,
@@ -319,7 +357,15 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
         source,
     })?;
     let existing = load(dir)?;
-    let version = existing.last().map_or(1, |m| m.version + 1);
+    let version = match existing.last() {
+        None => 1,
+        Some(newest) => newest.version.checked_add(1).ok_or_else(|| {
+            Error::Config(format!(
+                "the newest migration's version {} is the largest possible, so `new` has no number left; renumber the directory with smaller versions",
+                newest.version
+            ))
+        })?,
+    };
     let width = existing
         .iter()
         .map(|m| version_width(&m.up.path))

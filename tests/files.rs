@@ -110,6 +110,21 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "002_b.down.sql",
             "\\connect",
         ),
+        (
+            &[GOOD, ("002_nul.sql", b"CREATE TABLE b (id int);\0")],
+            "002_nul.sql",
+            "NUL byte at offset 24",
+        ),
+        (
+            &[GOOD, ("002_utf16.sql", b"S\0E\0L\0E\0C\0T\0 \x001\0")],
+            "002_utf16.sql",
+            "NUL byte at offset 1",
+        ),
+        (
+            &[GOOD, ("002_shout.SQL", b"CREATE TABLE b (id int);")],
+            "002_shout.SQL",
+            "lower-case .sql",
+        ),
     ];
     for (files, file, problem) in cases {
         let db = support::database().await;
@@ -210,4 +225,66 @@ async fn new_creates_the_next_pair_after_the_newest_version() {
     let loaded = db_migrate::source::load(dir.path()).unwrap();
     let error = db_migrate::source::check(&loaded.last().unwrap().up).unwrap_err();
     assert_eq!(error.exit_code(), 3);
+}
+
+#[tokio::test]
+async fn directories_and_dangling_links_named_like_migrations_are_refused() {
+    let db = support::database().await;
+    let cases: [(&str, &str); 2] = [
+        ("002_dir.sql", "is a directory"),
+        ("002_link.sql", "symbolic link to nothing"),
+    ];
+    for (name, problem) in cases {
+        let dir = migrations(&[
+            ("001_a.sql", "CREATE TABLE a (id int);"),
+            ("003_c.sql", "CREATE TABLE c (id int);"),
+        ]);
+        let path = dir.path().join(name);
+        if name.contains("dir") {
+            std::fs::create_dir(&path).unwrap();
+        } else {
+            std::os::unix::fs::symlink(dir.path().join("missing.sql"), &path).unwrap();
+        }
+        let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+        let error = result.expect_err(name);
+        let text = error.to_string();
+        assert_eq!(error.exit_code(), 3, "{text}");
+        assert!(text.contains(name) && text.contains(problem), "{text}");
+        assert!(tables(&db.client().await).await.is_empty(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn new_past_the_largest_version_is_a_clear_error_and_writes_nothing() {
+    let newest = format!("{}_last.sql", i64::MAX);
+    let dir = migrations(&[(newest.as_str(), "SELECT 1;")]);
+    let new = Command::New {
+        description: "one more".into(),
+    };
+    let (_, result) = run(&config("postgresql://u@localhost/d", dir.path(), new)).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 2, "{error}");
+    assert!(error.to_string().contains("largest possible"), "{error}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn down_to_0_rolls_back_version_0_too() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("00000000000000_setup.sql", "CREATE TABLE zero (id int);"),
+        ("00000000000000_setup.down.sql", "DROP TABLE zero;"),
+        ("001_a.sql", "CREATE TABLE a (id int);"),
+        ("001_a.down.sql", "DROP TABLE a;"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    let to_zero = Command::Down {
+        rollback: Rollback::To(0),
+        mode: Mode::Each,
+    };
+    let (_, result) = run(&config(&db.url, dir.path(), to_zero)).await;
+    result.unwrap();
+    let client = db.client().await;
+    assert!(history(&client).await.is_empty());
+    assert_eq!(tables(&client).await, ["schema_migrations"]);
 }
