@@ -97,6 +97,16 @@ pub enum Error {
     )]
     OutOfOrder { version: i64, newest: i64 },
 
+    /// A table of the history table's name exists but another tool made it.
+    #[error(
+        "the history table {table} was made by {tool}, not db-migrate (columns: {columns}); leave it as it is, give db-migrate a table of its own with --history-table (DB_MIGRATE_HISTORY_TABLE), e.g. db_migrate_history, and record what {tool} already applied with `db-migrate baseline --version N`"
+    )]
+    ForeignHistory {
+        table: String,
+        tool: &'static str,
+        columns: String,
+    },
+
     /// Baseline asked of a database that already has history.
     #[error(
         "the history table already records {count} migration(s); baseline is only for a database without history"
@@ -181,6 +191,7 @@ impl Error {
             Error::MissingFile { .. } => 4,
             Error::OutOfOrder { .. } => 4,
             Error::HistoryNotEmpty { .. } => 4,
+            Error::ForeignHistory { .. } => 4,
             Error::Connect { .. } => 5,
             Error::CloudSql { .. } => 5,
             Error::Backup { .. } => 8,

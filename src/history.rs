@@ -125,6 +125,9 @@ pub async fn applied(
     let messages = match client.simple_query(&query).await {
         Ok(messages) => messages,
         Err(e) if is_missing_relation(&e) => return Ok(None),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_COLUMN) => {
+            return Err(foreign(client, table).await);
+        }
         Err(e) => return Err(Error::database("reading the history table")(e)),
     };
     let rows = messages.iter().filter_map(|m| match m {
@@ -141,6 +144,36 @@ pub async fn applied(
         })
         .collect();
     Ok(Some(applied))
+}
+
+/// The error for a table of the history table's name that another tool made: its columns
+/// say which tool, and the fix keeps that tool's history intact.
+async fn foreign(client: &Client, table: &Table) -> Error {
+    let query = format!(
+        "SELECT pg_catalog.string_agg(attname || ' ' || pg_catalog.format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
+         FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass({}) AND attnum > 0 AND NOT attisdropped",
+        literal(&table.quoted)
+    );
+    let columns = match client.simple_query(&query).await {
+        Ok(messages) => messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        }),
+        Err(_) => None,
+    }
+    .unwrap_or_default();
+    let tool = if columns == "version bigint, dirty boolean" {
+        "golang-migrate"
+    } else if columns.starts_with("version character varying") && !columns.contains(',') {
+        "dbmate (or Rails)"
+    } else {
+        "another tool"
+    };
+    Error::ForeignHistory {
+        table: table.name.clone(),
+        tool,
+        columns,
+    }
 }
 
 fn is_missing_relation(error: &tokio_postgres::Error) -> bool {

@@ -411,3 +411,39 @@ async fn dropping_a_table_named_like_the_history_table_in_another_schema_works()
     let client = db.client().await;
     assert_eq!(recorded(&client).await, [1, 2]);
 }
+
+#[tokio::test]
+async fn a_history_table_another_tool_made_is_named_with_the_way_out() {
+    let cases = [
+        (
+            "CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)",
+            "golang-migrate",
+        ),
+        (
+            "CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY)",
+            "dbmate",
+        ),
+        (
+            "CREATE TABLE schema_migrations (id serial, filename text)",
+            "another tool",
+        ),
+    ];
+    let dir = migrations(&[("001_a.sql", "CREATE TABLE a (i int);")]);
+    for (table, tool) in cases {
+        let db = support::database().await;
+        let client = db.client().await;
+        client.batch_execute(table).await.expect("foreign table");
+        let status = db_migrate::Command::Status {
+            format: db_migrate::cli::OutputFormat::Text,
+        };
+        for command in [up(), status] {
+            let (_, result) = run(&support::config(&db.url, dir.path(), command)).await;
+            let error = result.expect_err(tool);
+            let text = error.to_string();
+            assert!(matches!(error, Error::ForeignHistory { .. }), "{text}");
+            assert_eq!(error.exit_code(), 4);
+            assert!(text.contains(tool) && text.contains("--history-table"), "{text}");
+        }
+        assert_eq!(tables(&client).await, ["schema_migrations"], "{tool}");
+    }
+}
