@@ -260,10 +260,18 @@ async fn pipelined(
     reset.map_err(Error::database("resetting the session"))?;
     let open = open.map_err(|e| refused(migration, script, e, "starting the migration"))?;
     same_session(ctx, &open)?;
-    body.map_err(|e| match session::refusal(&e) {
-        Some(_) => refused(migration, script, e, "running the migration"),
-        None => failed(migration, script, 0, true, e),
-    })?;
+    if let Err(e) = body {
+        if session::refusal(&e).is_some() {
+            return Err(refused(migration, script, e, "running the migration"));
+        }
+        let mut error = failed(migration, script, 0, true, e);
+        if let Error::Apply(failure) = &mut error {
+            if failure.position.is_none() && replayable(&failure.sqlstate) {
+                failure.position = locate(ctx, script, wrap).await;
+            }
+        }
+        return Err(error);
+    }
     let record =
         record.map_err(|e| refused(migration, script, e, "recording the migration in history"))?;
     match rows(&record) {
@@ -278,6 +286,39 @@ async fn pipelined(
     }
     commit.map_err(|e| refused(migration, script, e, "committing the migration"))?;
     Ok(())
+}
+
+/// Finds the failing statement when the server gave no position (42P01, 23505, ...): replays
+/// the file statement by statement inside a transaction (or back at the migration's
+/// savepoint) that is rolled back, guarded like the real run. Only after a failure, so a
+/// migration that succeeds stays one round trip.
+async fn locate(ctx: &Context<'_>, script: &Script, wrap: Wrap) -> Option<(usize, usize)> {
+    let client = ctx.client;
+    let (start, end) = match wrap {
+        Wrap::Own => (ctx.session.open(true), "ROLLBACK".to_string()),
+        Wrap::Outer => (ctx.session.rewind(), ctx.session.rewind()),
+    };
+    client.batch_execute(&start).await.ok()?;
+    let mut found = None;
+    for statement in sql::split(&script.sql) {
+        if client.batch_execute(statement.text).await.is_err() {
+            found = Some(statement.offset);
+            break;
+        }
+    }
+    // The caller's transaction is rolled back whatever this answers.
+    let _ = client.batch_execute(&end).await;
+    let before = script.sql[..found?].chars().count();
+    Some(sql::line_col(&script.sql, before + 1))
+}
+
+/// Failures that a replay would not meet again, or that say the session itself is in
+/// trouble: lock timeouts and deadlocks (classes 55, 40), cancellation and shutdown (57),
+/// connection and resource problems (08, 53), transaction state (25).
+fn replayable(sqlstate: &str) -> bool {
+    !["55", "40", "57", "08", "53", "25"]
+        .iter()
+        .any(|class| sqlstate.starts_with(class))
 }
 
 /// The number of rows the last statement of a simple query changed.
@@ -439,11 +480,13 @@ fn failed(
             source: error,
         };
     };
+    let before = script.sql[..offset].chars().count();
     let position = match db.position() {
         Some(tokio_postgres::error::ErrorPosition::Original(position)) => {
-            let before = script.sql[..offset].chars().count();
             Some(sql::line_col(&script.sql, before + *position as usize))
         }
+        // Sent statement by statement, the failing one is known: name where it starts.
+        _ if !atomic => Some(sql::line_col(&script.sql, before + 1)),
         _ => None,
     };
     let mut hint = db.hint().map(str::to_string);

@@ -111,6 +111,11 @@ impl Session {
         )
     }
 
+    /// Undoes everything since [`open`](Self::open) but stays in the transaction.
+    pub fn rewind(&self) -> String {
+        format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+    }
+
     /// The lock check alone, for a `-- no-transaction` migration. Its one row is (backend pid).
     pub fn check_lock(&self) -> String {
         format!(

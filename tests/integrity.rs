@@ -447,3 +447,54 @@ async fn a_history_table_another_tool_made_is_named_with_the_way_out() {
         assert_eq!(tables(&client).await, ["schema_migrations"], "{tool}");
     }
 }
+
+#[tokio::test]
+async fn errors_without_a_server_position_still_name_the_failing_line() {
+    // (file, mode, expected file:line:column, SQLSTATE)
+    let cases = [
+        (
+            "CREATE TABLE t (i int PRIMARY KEY);\nINSERT INTO t VALUES (1);\n\n  INSERT INTO t VALUES (1);\n",
+            db_migrate::Mode::Each,
+            "001_x.sql:4:3",
+            "23505",
+        ),
+        (
+            "CREATE TABLE t (i int);\nALTER TABLE missing ADD COLUMN x int;",
+            db_migrate::Mode::Each,
+            "001_x.sql:2:1",
+            "42P01",
+        ),
+        (
+            "CREATE TABLE t (i int PRIMARY KEY);\nINSERT INTO t VALUES (1);\n\n  INSERT INTO t VALUES (1);\n",
+            db_migrate::Mode::Single,
+            "001_x.sql:4:3",
+            "23505",
+        ),
+        (
+            "-- no-transaction\nCREATE TABLE t (i int);\n  DROP TABLE missing;",
+            db_migrate::Mode::Each,
+            "001_x.sql:3:3",
+            "42P01",
+        ),
+    ];
+    for (sql, mode, place, sqlstate) in cases {
+        let db = support::database().await;
+        let dir = migrations(&[("001_x.sql", sql)]);
+        let command = db_migrate::Command::Up {
+            target: db_migrate::plan::Target::Latest,
+            mode,
+        };
+        let (_, result) = run(&support::config(&db.url, dir.path(), command)).await;
+        let text = result.expect_err(sql).to_string();
+        assert!(text.contains(place) && text.contains(sqlstate), "{text}");
+        let client = db.client().await;
+        assert!(recorded(&client).await.is_empty(), "{sql}");
+        // --single-transaction creates the history table inside its transaction.
+        let kept = match (sql.starts_with("-- no-transaction"), mode) {
+            (true, _) => vec!["schema_migrations", "t"],
+            (false, db_migrate::Mode::Single) => vec![],
+            (false, _) => vec!["schema_migrations"],
+        };
+        assert_eq!(tables(&client).await, kept, "{sql}");
+    }
+}
