@@ -250,13 +250,27 @@ async fn pipelined(
     );
     // Each arm sends its message on its first poll, in this order, before any of them
     // waits for an answer: the messages travel together.
-    let (reset, open, body, record, commit) = tokio::join!(
+    let results = tokio::join!(
         when(own, client.batch_execute(ctx.session.reset())),
         client.simple_query(&open),
         client.batch_execute(&body),
         client.simple_query(&record),
         when(own, client.batch_execute("COMMIT")),
     );
+    let lost = [
+        results.0.as_ref().err(),
+        results.1.as_ref().err(),
+        results.2.as_ref().err(),
+        results.3.as_ref().err(),
+        results.4.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|e| is_connection_lost(e));
+    if let Some(error) = lost {
+        return Err(connection_lost(migration, script, wrap, error));
+    }
+    let (reset, open, body, record, commit) = results;
     reset.map_err(Error::database("resetting the session"))?;
     let open = open.map_err(|e| refused(migration, script, e, "starting the migration"))?;
     same_session(ctx, &open)?;
@@ -286,6 +300,43 @@ async fn pipelined(
     }
     commit.map_err(|e| refused(migration, script, e, "committing the migration"))?;
     Ok(())
+}
+
+/// The connection is gone: closed, broken, or ended by the server (a FATAL error such as
+/// 57P01 from pg_terminate_backend or a shutdown).
+fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
+        None => {
+            error.is_closed()
+                || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
+fn connection_lost(
+    migration: &Migration,
+    script: &Script,
+    wrap: Wrap,
+    error: &tokio_postgres::Error,
+) -> Error {
+    let outcome = match (wrap, sql::is_no_transaction(&script.sql)) {
+        (_, true) => {
+            "the statements of this -- no-transaction file that completed stay, and it is not recorded; run again (such files are idempotent)"
+        }
+        (Wrap::Own, false) => {
+            "its COMMIT had already been sent, so it may have committed: its history row exists exactly when it did, and `db-migrate status` (or the next run) shows which"
+        }
+        (Wrap::Outer, false) => {
+            "the run's one transaction ends with the connection, so nothing of this run was committed"
+        }
+    };
+    Error::ConnectionLost {
+        version: migration.version,
+        file: script.path.clone(),
+        cause: crate::error::describe_db(error),
+        outcome,
+    }
 }
 
 /// Finds the failing statement when the server gave no position (42P01, 23505, ...): replays
@@ -355,7 +406,10 @@ async fn without_transaction(
         client
             .batch_execute(statement.text)
             .await
-            .map_err(|e| failed(migration, script, statement.offset, false, e))?;
+            .map_err(|e| match is_connection_lost(&e) {
+                true => connection_lost(migration, script, Wrap::Own, &e),
+                false => failed(migration, script, statement.offset, false, e),
+            })?;
     }
     if let Some(index) = invalid_indexes(client, &creates).await?.into_iter().next() {
         return Err(Error::InvalidIndex {

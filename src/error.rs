@@ -49,6 +49,18 @@ pub enum Error {
     )]
     HistoryWrite { version: i64, rows: u64 },
 
+    /// The connection went away while a migration was in flight.
+    #[error(
+        "the connection was lost while migration {version} ({}) was running ({cause}); {outcome}",
+        .file.display()
+    )]
+    ConnectionLost {
+        version: i64,
+        file: PathBuf,
+        cause: String,
+        outcome: &'static str,
+    },
+
     /// The database failed outside a migration's own SQL (reading history, recording a row).
     #[error("{context}: {}", describe_db(.source))]
     Database {
@@ -182,6 +194,7 @@ impl Error {
             Error::InvalidIndex { .. } => 1,
             Error::TransactionEnded { .. } => 1,
             Error::HistoryWrite { .. } => 1,
+            Error::ConnectionLost { .. } => 1,
             Error::LockLost { .. } => 6,
             Error::Database { .. } => 1,
             Error::Config(_) => 2,

@@ -442,7 +442,10 @@ async fn a_history_table_another_tool_made_is_named_with_the_way_out() {
             let text = error.to_string();
             assert!(matches!(error, Error::ForeignHistory { .. }), "{text}");
             assert_eq!(error.exit_code(), 4);
-            assert!(text.contains(tool) && text.contains("--history-table"), "{text}");
+            assert!(
+                text.contains(tool) && text.contains("--history-table"),
+                "{text}"
+            );
         }
         assert_eq!(tables(&client).await, ["schema_migrations"], "{tool}");
     }
@@ -496,5 +499,45 @@ async fn errors_without_a_server_position_still_name_the_failing_line() {
             (false, _) => vec!["schema_migrations"],
         };
         assert_eq!(tables(&client).await, kept, "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn a_lost_connection_names_the_migration_in_flight_and_history_says_whether_it_committed() {
+    for file in [
+        "CREATE TABLE b (i int);\nSELECT pg_sleep(30);",
+        "-- no-transaction\nCREATE TABLE b (i int);\nSELECT pg_sleep(30);",
+    ] {
+        let db = support::database().await;
+        let dir = migrations(&[
+            ("001_a.sql", "CREATE TABLE a (i int);"),
+            ("002_b.sql", file),
+        ]);
+        let config = support::config(&db.url, dir.path(), up());
+        let job = tokio::spawn(async move { run(&config).await.1 });
+        let admin = db.client().await;
+        let terminated = "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                          WHERE query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()) AS t";
+        support::eventually("the migration to be running", || async {
+            one::<i64>(&admin, terminated).await > 0
+        })
+        .await;
+        let error = job.await.expect("job").expect_err("connection lost");
+        let text = error.to_string();
+        assert!(
+            matches!(error, Error::ConnectionLost { version: 2, .. }),
+            "{text}"
+        );
+        assert!(text.contains("002_b.sql"), "{text}");
+        let (kept, says) = if file.starts_with("-- no-transaction") {
+            (vec!["a", "b", "schema_migrations"], "completed stay")
+        } else {
+            (vec!["a", "schema_migrations"], "may have committed")
+        };
+        assert!(text.contains(says), "{text}");
+        // History tells the truth: 002 is not recorded, and only a no-transaction file's
+        // completed statements remain.
+        assert_eq!(recorded(&admin).await, [1]);
+        assert_eq!(tables(&admin).await, kept);
     }
 }
