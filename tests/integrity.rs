@@ -541,3 +541,111 @@ async fn a_lost_connection_names_the_migration_in_flight_and_history_says_whethe
         assert_eq!(tables(&admin).await, kept);
     }
 }
+
+/// A small deterministic generator, so a failing sequence of kills can be replayed from the
+/// seed the test prints.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// For every version: recorded in history exactly when its table exists with all its rows.
+async fn history_matches_schema(client: &Client, count: i64) {
+    let history = recorded(client).await;
+    for version in 1..=count {
+        let rows: Option<i64> = client
+            .query_one(
+                "SELECT (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I', $1::text), false, true, '')))[1]::text::bigint \
+                 WHERE to_regclass($1::text) IS NOT NULL",
+                &[&format!("t_{version}")],
+            )
+            .await
+            .ok()
+            .map(|row| row.get(0));
+        let applied = history.contains(&version);
+        assert_eq!(
+            applied,
+            rows.is_some(),
+            "version {version}: recorded {applied}, table exists {}",
+            rows.is_some()
+        );
+        if let Some(rows) = rows {
+            assert_eq!(rows, 2000, "version {version} is only partly there");
+        }
+    }
+}
+
+#[tokio::test]
+async fn random_kills_and_terms_never_leave_history_and_schema_disagreeing() {
+    const COUNT: i64 = 40;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
+    eprintln!("kill sequence seed: {seed}");
+    let mut random = XorShift(seed);
+    let files: Vec<(String, String)> = (1..=COUNT)
+        .map(|v| {
+            (
+                format!("{v:03}_t.sql"),
+                format!("CREATE TABLE t_{v} (i int);\nINSERT INTO t_{v} SELECT generate_series(1, 2000);\nSELECT pg_sleep(0.005);\n"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let dir = migrations(&refs);
+    let db = support::database().await;
+    let client = db.client().await;
+    let sessions = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'db-migrate'",
+        db.name
+    );
+    for round in 0..25 {
+        let mut job = support::Running::spawn(
+            support::binary()
+                .args(["up", "--log-format", "json", "--lock-wait", "60s"])
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        );
+        job.wait_for("the connection", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("connected"))
+                || e.get("outcome").is_some()
+        });
+        std::thread::sleep(Duration::from_millis(random.below(120)));
+        let signal = if random.below(2) == 0 { "KILL" } else { "TERM" };
+        // The job may have finished already; then kill has nothing to signal.
+        let _ = std::process::Command::new("kill")
+            .args([format!("-{signal}"), job.pid().to_string()])
+            .status();
+        let (code, _) = job.finish();
+        // A killed job's server session may still be finishing its transaction: judge the
+        // database once it is gone.
+        support::eventually("the job's session to end", || async {
+            one::<i64>(&client, &sessions).await == 0
+        })
+        .await;
+        history_matches_schema(&client, COUNT).await;
+        eprintln!(
+            "round {round}: {signal} -> {code:?}, {} applied",
+            recorded(&client).await.len()
+        );
+        if recorded(&client).await.len() as i64 == COUNT {
+            break;
+        }
+    }
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    result.expect("a clean run finishes the job");
+    assert_eq!(recorded(&client).await.len() as i64, COUNT);
+    history_matches_schema(&client, COUNT).await;
+}
