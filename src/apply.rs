@@ -272,11 +272,11 @@ async fn pipelined(
     }
     let (reset, open, body, record, commit) = results;
     reset.map_err(Error::database("resetting the session"))?;
-    let open = open.map_err(|e| refused(migration, script, e, "starting the migration"))?;
+    let open = open.map_err(|e| refused(ctx, migration, script, e, "starting the migration"))?;
     same_session(ctx, &open)?;
     if let Err(e) = body {
         if session::refusal(&e).is_some() {
-            return Err(refused(migration, script, e, "running the migration"));
+            return Err(refused(ctx, migration, script, e, "running the migration"));
         }
         let mut error = failed(migration, script, 0, true, e);
         if let Error::Apply(failure) = &mut error {
@@ -287,7 +287,7 @@ async fn pipelined(
         return Err(error);
     }
     let record =
-        record.map_err(|e| refused(migration, script, e, "recording the migration in history"))?;
+        record.map_err(|e| refused(ctx, migration, script, e, "recording the migration in history"))?;
     match rows(&record) {
         Some(1) => {}
         rows if direction == Direction::Up => {
@@ -298,7 +298,7 @@ async fn pipelined(
         }
         _ => {}
     }
-    commit.map_err(|e| refused(migration, script, e, "committing the migration"))?;
+    commit.map_err(|e| refused(ctx, migration, script, e, "committing the migration"))?;
     Ok(())
 }
 
@@ -399,7 +399,7 @@ async fn without_transaction(
     let open = client
         .simple_query(&open)
         .await
-        .map_err(|e| refused(migration, script, e, "starting the migration"))?;
+        .map_err(|e| refused(ctx, migration, script, e, "starting the migration"))?;
     same_session(ctx, &open)?;
     rebuild_invalid_indexes(client, &creates).await?;
     for statement in sql::split(&script.sql) {
@@ -427,7 +427,7 @@ async fn without_transaction(
     client
         .batch_execute(&record)
         .await
-        .map_err(|e| refused(migration, script, e, "recording the migration in history"))?;
+        .map_err(|e| refused(ctx, migration, script, e, "recording the migration in history"))?;
     Ok(())
 }
 
@@ -447,6 +447,7 @@ fn change(
 /// Turns one of our own refusals (see `session`) into the error that says what happened;
 /// any other failure outside the file's own SQL is a database error in `context`.
 fn refused(
+    ctx: &Context<'_>,
     migration: &Migration,
     script: &Script,
     error: tokio_postgres::Error,
@@ -461,6 +462,10 @@ fn refused(
     match refusal {
         Refusal::LockLost => Error::LockLost {
             version: migration.version,
+        },
+        Refusal::OtherSession(now) => Error::Pooled {
+            first: ctx.session.backend_pid,
+            now,
         },
         _ => Error::TransactionEnded {
             version: migration.version,

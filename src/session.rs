@@ -41,6 +41,8 @@ pub const NOT_IN_TRANSACTION: &str =
     "db_migrate.the_migration_did_not_run_whole_in_its_transaction";
 pub const LOCK_LOST: &str = "db_migrate.the_migration_lock_is_no_longer_held";
 pub const ROW_MISSING: &str = "db_migrate.the_history_row_to_delete_is_missing";
+/// Followed by the server session's pid.
+pub const OTHER_SESSION: &str = "db_migrate.the_migration_landed_in_server_session_";
 pub const LEFT_OPEN: &str = "db_migrate.the_migration_left_a_transaction_open";
 
 /// How long the server waits on a migration session that is idle inside a transaction
@@ -119,8 +121,9 @@ impl Session {
     /// The lock check alone, for a `-- no-transaction` migration. Its one row is (backend pid).
     pub fn check_lock(&self) -> String {
         format!(
-            "SELECT CASE WHEN {} THEN pg_catalog.pg_backend_pid() \
+            "SELECT CASE WHEN {} WHEN {} THEN pg_catalog.pg_backend_pid() \
              ELSE pg_catalog.current_setting('{LOCK_LOST}')::int END",
+            self.other_session(),
             self.lock_held
         )
     }
@@ -145,11 +148,23 @@ impl Session {
     /// very transaction and the lock is still held.
     pub fn check(&self) -> String {
         format!(
-            "SELECT CASE \
+            "SELECT CASE WHEN {} \
              WHEN pg_catalog.current_setting('db_migrate.token', true) IS DISTINCT FROM '{}' \
              THEN pg_catalog.current_setting('{NOT_IN_TRANSACTION}')::int \
              WHEN NOT {} THEN pg_catalog.current_setting('{LOCK_LOST}')::int END",
-            self.token, self.lock_held
+            self.other_session(),
+            self.token,
+            self.lock_held
+        )
+    }
+
+    /// A CASE arm that raises an error naming the server session when it is not the run's:
+    /// behind a transaction pooler the migration would otherwise run without the lock.
+    fn other_session(&self) -> String {
+        format!(
+            "pg_catalog.pg_backend_pid() <> {} \
+             THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int",
+            self.backend_pid
         )
     }
 
@@ -217,6 +232,8 @@ pub enum Refusal {
     RowMissing,
     /// A `-- no-transaction` file left a transaction open.
     LeftOpen,
+    /// The statement ran in another server session (this pid): a transaction pooler.
+    OtherSession(i32),
 }
 
 impl Refusal {
@@ -239,6 +256,7 @@ impl Refusal {
                 "it left a transaction open (a BEGIN without COMMIT); the statements since that BEGIN were rolled back and nothing was recorded"
             }
             Refusal::LockLost => "the migration lock is no longer held",
+            Refusal::OtherSession(_) => "it ran in another server session",
         }
     }
 }
@@ -256,6 +274,13 @@ pub fn refusal(error: &tokio_postgres::Error) -> Option<Refusal> {
         (LEFT_OPEN, Refusal::LeftOpen),
     ];
     if code == "42704" {
+        if let Some(pid) = message
+            .split_once(OTHER_SESSION)
+            .and_then(|(_, rest)| rest.split('"').next())
+            .and_then(|pid| pid.parse().ok())
+        {
+            return Some(Refusal::OtherSession(pid));
+        }
         if let Some((_, refusal)) = names.iter().find(|(name, _)| message.contains(name)) {
             return Some(*refusal);
         }
