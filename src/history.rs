@@ -322,6 +322,18 @@ mod tests {
     }
 
     #[test]
+    fn names_the_server_would_cut_to_63_bytes_are_refused() {
+        // Two such names would be one table behind two different lock keys.
+        let long = "h".repeat(64);
+        for name in [long.clone(), format!("ops.{long}"), format!("{long}.t")] {
+            let error = Table::parse(&name).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{name}");
+            assert!(error.to_string().contains("63-byte"), "{error}");
+        }
+        assert!(Table::parse(&"h".repeat(63)).is_ok());
+    }
+
+    #[test]
     fn malformed_table_names_are_configuration_errors() {
         for name in ["", "a.b.c", "a.", ".b"] {
             let error = Table::parse(name).unwrap_err();
