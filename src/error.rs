@@ -35,10 +35,9 @@ pub enum Error {
         refusal: crate::session::Refusal,
     },
 
-    /// The session no longer held the migration lock when a migration was about to be
-    /// recorded or to start: an earlier migration released it.
+    /// Another session took the migration lock after a migration released it.
     #[error(
-        "the migration lock was no longer held at migration {version} (a migration that runs pg_advisory_unlock_all() or DISCARD ALL releases it, and another run may then start); migration {version} was not recorded and the run stopped; remove that call and run again"
+        "another session took the migration lock by migration {version}, after a migration released it (pg_advisory_unlock_all(), DISCARD ALL); migration {version} was rolled back or not started, nothing of it was recorded, and the run stopped so two runs never migrate at once; remove that call and run again"
     )]
     LockLost { version: i64 },
 

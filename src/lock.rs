@@ -47,7 +47,7 @@ pub async fn with<T>(
     let key = key(table);
     acquire(client, key, wait, session_pid, interrupt).await?;
     let result = work().await;
-    release(client, key).await;
+    release(client).await;
     result
 }
 
@@ -146,10 +146,13 @@ async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<String> 
     first_value(&messages).map(str::to_string)
 }
 
-async fn release(client: &Client, (class, object): (i32, i32)) {
-    let query = format!("SELECT pg_advisory_unlock({class}, {object})");
+/// Releases every hold of the session's advisory locks: each migration's check of the
+/// migration lock adds one (see `session`), and a lock a migration took for itself would go
+/// with the session a moment later anyway.
+async fn release(client: &Client) {
+    let query = "SELECT pg_catalog.pg_advisory_unlock_all()";
     // When the connection is gone the server has already dropped the lock with the session.
-    if let Err(error) = client.simple_query(&query).await {
+    if let Err(error) = client.simple_query(query).await {
         warn!(error = %error, "could not release the migration lock; it ends with the session");
     }
 }

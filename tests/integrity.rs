@@ -236,19 +236,47 @@ async fn a_rollback_that_ends_its_transaction_keeps_the_history_row_and_the_tabl
     assert_eq!(recorded(&client).await, [1]);
 }
 
+/// Runs `up` over `files` while another session waits for the migration lock, as a second
+/// run would; returns the run's result once that session got the lock, which it then keeps.
+async fn up_while_another_run_waits(
+    db: &TestDb,
+    files: &[(&str, &str)],
+) -> (Result<(), Error>, Client) {
+    let dir = migrations(files);
+    let config = support::config(&db.url, dir.path(), up());
+    let key = lock::key(&config.history_table);
+    let waiter = db.client().await;
+    let job = tokio::spawn(async move { run(&config).await.1 });
+    let try_lock = format!("SELECT pg_try_advisory_lock({}, {})", key.0, key.1);
+    // The run itself holds the lock first: wait until it applied 001, then poll for it.
+    let client = db.client().await;
+    support::eventually("001 to be applied", || async {
+        recorded(&client).await.contains(&1)
+    })
+    .await;
+    support::eventually("the lock to come free", || async {
+        one::<bool>(&waiter, &try_lock).await
+    })
+    .await;
+    (job.await.expect("job"), waiter)
+}
+
 #[tokio::test]
-async fn releasing_the_migration_lock_in_a_migration_rolls_it_back_and_stops_with_exit_6() {
+async fn a_migration_that_releases_the_lock_is_rolled_back_when_another_run_took_it() {
     let db = support::database().await;
-    let dir = migrations(&[
-        ("001_a.sql", "CREATE TABLE a (i int);"),
-        (
-            "002_unlock.sql",
-            "CREATE TABLE b (i int);\nSELECT pg_advisory_unlock_all();",
-        ),
-        ("003_c.sql", "CREATE TABLE c (i int);"),
-    ]);
-    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
-    let error = result.expect_err("the lock was released");
+    let (result, _waiter) = up_while_another_run_waits(
+        &db,
+        &[
+            ("001_a.sql", "CREATE TABLE a (i int);"),
+            (
+                "002_unlock.sql",
+                "CREATE TABLE b (i int);\nSELECT pg_advisory_unlock_all();\nSELECT pg_sleep(2);",
+            ),
+            ("003_c.sql", "CREATE TABLE c (i int);"),
+        ],
+    )
+    .await;
+    let error = result.expect_err("another run took the lock");
     assert!(matches!(error, Error::LockLost { version: 2 }), "{error}");
     assert_eq!(error.exit_code(), 6);
     let client = db.client().await;
@@ -257,21 +285,57 @@ async fn releasing_the_migration_lock_in_a_migration_rolls_it_back_and_stops_wit
 }
 
 #[tokio::test]
-async fn discard_all_in_a_no_transaction_migration_stops_the_next_one_from_running() {
+async fn a_lock_released_and_free_again_is_taken_back_and_the_run_completes() {
     let db = support::database().await;
     let dir = migrations(&[
+        ("001_a.sql", "CREATE TABLE a (i int);"),
         (
-            "001_discard.sql",
-            "-- no-transaction\nCREATE TABLE a (i int);\nDISCARD ALL;",
+            "002_unlock.sql",
+            "CREATE TABLE b (i int);\nSELECT pg_advisory_unlock_all();",
         ),
-        ("002_b.sql", "CREATE TABLE b (i int);"),
+        (
+            "003_c.sql",
+            "-- no-transaction\nCREATE TABLE c (i int);\nDISCARD ALL;",
+        ),
+        ("004_d.sql", "CREATE TABLE d (i int);"),
     ]);
-    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
-    let error = result.expect_err("the lock was released");
-    assert!(matches!(error, Error::LockLost { version: 2 }), "{error}");
+    let config = support::config(&db.url, dir.path(), up());
+    let (_, result) = run(&config).await;
+    result.expect("nobody else wanted the lock");
     let client = db.client().await;
-    assert_eq!(recorded(&client).await, [1]);
-    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+    assert_eq!(recorded(&client).await, [1, 2, 3, 4]);
+    // The run let go of every hold it took: another session gets the lock at once.
+    let key = lock::key(&config.history_table);
+    let free: bool = one(
+        &client,
+        &format!("SELECT pg_try_advisory_lock({}, {})", key.0, key.1),
+    )
+    .await;
+    assert!(free);
+}
+
+#[tokio::test]
+async fn discard_all_in_a_no_transaction_migration_stops_the_next_one_when_another_run_took_the_lock()
+ {
+    let db = support::database().await;
+    let (result, _waiter) = up_while_another_run_waits(
+        &db,
+        &[
+            ("001_a.sql", "CREATE TABLE a (i int);"),
+            (
+                "002_discard.sql",
+                "-- no-transaction\nCREATE TABLE b (i int);\nDISCARD ALL;\nSELECT pg_sleep(2);",
+            ),
+            ("003_c.sql", "CREATE TABLE c (i int);"),
+        ],
+    )
+    .await;
+    let error = result.expect_err("another run took the lock");
+    assert!(matches!(error, Error::LockLost { version: 3 }), "{error}");
+    let client = db.client().await;
+    // The no-transaction file's statements ran and stay, so its row is written.
+    assert_eq!(recorded(&client).await, [1, 2]);
+    assert_eq!(tables(&client).await, ["a", "b", "schema_migrations"]);
 }
 
 #[tokio::test]
