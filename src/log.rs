@@ -24,13 +24,18 @@ pub enum Format {
     Text,
 }
 
-/// Installs the global subscriber, writing to stderr; called once, from `main`.
-pub fn init(format: Format) {
-    let json = match format {
+/// Whether `format` means JSON lines: `auto` does when stderr is not a terminal.
+pub fn json(format: Format) -> bool {
+    match format {
         Format::Json => true,
         Format::Text => false,
         Format::Auto => !std::io::stderr().is_terminal(),
-    };
+    }
+}
+
+/// Installs the global subscriber, writing to stderr; called once, from `main`.
+pub fn init(format: Format) {
+    let json = json(format);
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(Level::INFO);
@@ -164,6 +169,36 @@ pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -
             exit_code
         }
     }
+}
+
+/// A command line clap refused, ready to report; neither `text` nor `error` holds anything
+/// of what was typed that may be a password.
+#[derive(Debug)]
+pub struct Usage {
+    /// `--log-format` or LOG_FORMAT as typed, though the command line did not parse.
+    pub format: Format,
+    /// The subcommand, when one was recognisable, else `-`.
+    pub command: &'static str,
+    /// clap's text, for a terminal.
+    pub text: String,
+    /// The same in one line, for the summary event.
+    pub error: Error,
+}
+
+/// Ends a run whose command line clap refused like any failed run: with JSON logs, one
+/// summary event (`config_error`, exit 2), so a log pipeline sees why the job stopped; on a
+/// terminal, clap's text.
+pub fn usage(usage: Usage, started: Instant) -> u8 {
+    if !json(usage.format) {
+        eprint!("{}", usage.text);
+        return usage.error.exit_code();
+    }
+    init(Format::Json);
+    let summary = Summary {
+        command: usage.command,
+        ..Summary::default()
+    };
+    finish(&summary, &Err(usage.error), started)
 }
 
 /// Prints `status` to stdout: a table, or a JSON array for scripts.

@@ -9,7 +9,16 @@ use db_migrate::{Summary, log};
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            // --help and --version: clap's text on stdout, exit 0. Nothing to do if stdout
+            // is closed.
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => return ExitCode::from(log::usage(Cli::usage(&error), started)),
+    };
     log::init(cli.log_format);
     let mut summary = Summary {
         command: cli.command.name(),

@@ -161,6 +161,84 @@ async fn exit_codes_for_usage_configuration_and_connection_problems() {
     }
 }
 
+#[test]
+fn usage_errors_end_with_the_same_summary_event_as_other_configuration_errors() {
+    let run = |args: &[&str], log_format: Option<&str>| {
+        let mut command = binary();
+        command.args(args).env("MIGRATIONS_DIR", seed_dir());
+        if let Some(format) = log_format {
+            command.env("LOG_FORMAT", format);
+        }
+        output(&mut command)
+    };
+    // No database: a configuration error found after parsing, for comparison.
+    let config_error = summary_event(&run(&["up", "--log-format", "json"], None));
+    let fields = |event: &serde_json::Value| {
+        let mut keys: Vec<String> = event.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    // The flag, the variable, and auto (stderr is a pipe here) all mean JSON.
+    let cases: [(&[&str], Option<&str>, &str, &str); 6] = [
+        (
+            &["frobnicate", "--log-format", "json"],
+            None,
+            "-",
+            "unrecognized subcommand 'frobnicate'",
+        ),
+        (
+            &["up", "--lock-wait", "abc"],
+            Some("json"),
+            "up",
+            "\"abc\" is not a duration",
+        ),
+        (
+            &["status", "--no-such-flag"],
+            None,
+            "status",
+            "unexpected argument '--no-such-flag'",
+        ),
+        (&["down", "--log-format=json"], None, "down", "--steps"),
+        (&["--log-format", "json"], None, "-", "no command given"),
+        (
+            &["verify", "extra"],
+            Some("auto"),
+            "verify",
+            "unexpected argument 'extra'",
+        ),
+    ];
+    for (args, log_format, command, says) in cases {
+        let out = run(args, log_format);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        let summary = summary_event(&out);
+        assert_eq!(summary["outcome"], "config_error", "{summary}");
+        assert_eq!(summary["exit_code"], 2, "{summary}");
+        assert_eq!(summary["severity"], "ERROR", "{summary}");
+        assert_eq!(summary["command"], command, "{summary}");
+        assert_eq!(fields(&summary), fields(&config_error), "{args:?}");
+        let message = summary["message"].as_str().unwrap();
+        assert!(message.contains(says), "{args:?}: {message}");
+    }
+    let text = run(&["up", "--lock-wait", "abc", "--log-format", "text"], None);
+    assert_eq!(text.code, 2);
+    assert!(
+        text.stderr
+            .starts_with("error: invalid value 'abc' for '--lock-wait"),
+        "{}",
+        text.stderr
+    );
+    for args in [["--help"], ["--version"]] {
+        let out = run(&args, Some("json"));
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stdout.contains("db-migrate"),
+            "{args:?}: {}",
+            out.stdout
+        );
+        assert_eq!(out.stderr, "", "{args:?}");
+    }
+}
+
 #[tokio::test]
 async fn sentinel_password_never_appears_in_any_output() {
     let sentinel = "Sentinel-Pw-7f3a9c";

@@ -587,6 +587,16 @@ async fn sigterm_cancels_the_running_migration_through_the_connector() {
 }
 
 #[tokio::test]
+async fn the_tunnel_probes_a_silent_instance_within_30_seconds() {
+    let db = support::database().await;
+    let dir = support::migrations(&[("001_wait.sql", support::SLEEP)]);
+    let google = Google::start(Identity::Legacy, server_port());
+    let job = support::Running::spawn(job(&google, &connector_url(&db), dir.path()).arg("up"));
+    // tokio-postgres sets keepalives only on sockets it opens; the tunnel's is the connector's.
+    support::assert_probes_within_30_seconds(job, &db, google.instance_port).await;
+}
+
+#[tokio::test]
 async fn a_service_account_key_file_authenticates_the_admin_api() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());

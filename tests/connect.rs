@@ -196,3 +196,92 @@ async fn wrong_password_fails_at_once_without_retrying() {
     );
     assert_no_sentinel(&out);
 }
+
+#[tokio::test]
+async fn url_mistakes_are_accepted_or_refused_without_showing_the_password() {
+    let (db, role) = sentinel_database().await;
+    let port = support::server().port;
+    let name = &db.name;
+    let good = format!("postgresql://{role}:{SENTINEL}@127.0.0.1:{port}/{name}");
+    let finished = "db-migrate finished";
+    // DATABASE_URL, an extra argument, the exit code, and what stderr must say.
+    let cases: [(String, Option<&str>, i32, &str); 10] = [
+        (format!("\"{good}\""), None, 0, finished),
+        (format!("'{good}'"), None, 0, finished),
+        (
+            good.replace("postgresql:", "POSTGRESQL:"),
+            None,
+            0,
+            finished,
+        ),
+        (
+            good.replace("postgresql:", "postgresql+psycopg2:"),
+            None,
+            0,
+            finished,
+        ),
+        (
+            good.replace("postgresql:", "mysql:"),
+            None,
+            2,
+            "mysql:// URL",
+        ),
+        (
+            format!(
+                "host=127.0.0.1 port={port} user={role} password=Spaced {SENTINEL} dbname={name}"
+            ),
+            None,
+            2,
+            "single-quote a value with spaces",
+        ),
+        (
+            format!("postgresql://{role}:pw@{SENTINEL}@127.0.0.1:{port}/{name}"),
+            None,
+            2,
+            "percent-encode @ in the password as %40",
+        ),
+        (format!("\"{good}"), None, 2, "remove the quotes"),
+        (
+            format!("DATABASE_URL={good}"),
+            None,
+            2,
+            "what follows the =",
+        ),
+        // The URL as a stray argument, which clap repeats in its error.
+        (
+            good.clone(),
+            Some(&good),
+            2,
+            "give the database in DATABASE_URL",
+        ),
+    ];
+    for (url, argument, code, says) in cases {
+        for format in ["json", "text"] {
+            let out = output(
+                binary()
+                    .args(["status", "--log-format", format])
+                    .args(argument)
+                    .env("DATABASE_URL", &url)
+                    .env("MIGRATIONS_DIR", seed_dir())
+                    .env("DB_MIGRATE_CONNECT_TIMEOUT", "1s"),
+            );
+            assert_eq!(out.code, code, "{format} {says}: {}", out.stderr);
+            assert!(out.stderr.contains(says), "{format}: {}", out.stderr);
+            assert_no_sentinel(&out);
+        }
+    }
+}
+
+#[tokio::test]
+async fn job_connections_probe_a_silent_server_within_30_seconds() {
+    let db = support::database().await;
+    let dir = support::migrations(&[("001_wait.sql", support::SLEEP)]);
+    let job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    // Without db-migrate's settings the first probe would come after tokio-postgres's 2 h.
+    support::assert_probes_within_30_seconds(job, &db, support::server().port).await;
+}

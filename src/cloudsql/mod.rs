@@ -182,7 +182,7 @@ impl Connector {
     pub async fn open(&self, pg: &tokio_postgres::Config) -> Result<Client, Failure> {
         let tunnel = self.tunnel().await?;
         let stream = self
-            .tls_stream(&tunnel, pg.get_connect_timeout().copied())
+            .tls_stream(&tunnel, pg.get_connect_timeout().copied(), Some(pg))
             .await?;
         let mut pg = pg.clone();
         // The TLS is ours: tokio-postgres must not ask the server for it again inside.
@@ -213,7 +213,7 @@ impl Connector {
     pub async fn cancel(&self, token: &CancelToken) -> Result<(), String> {
         let tunnel = self.tunnel().await.map_err(|f| f.error.to_string())?;
         let stream = self
-            .tls_stream(&tunnel, Some(Duration::from_secs(5)))
+            .tls_stream(&tunnel, Some(Duration::from_secs(5)), None)
             .await
             .map_err(|f| f.error.to_string())?;
         token
@@ -614,6 +614,7 @@ impl Connector {
         &self,
         tunnel: &Tunnel,
         timeout: Option<Duration>,
+        keepalive: Option<&tokio_postgres::Config>,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failure> {
         let address = format!("{}:{}", tunnel.address, self.options.port);
         let timeout = timeout.unwrap_or(REQUEST_TIMEOUT);
@@ -642,6 +643,10 @@ impl Connector {
             }
         };
         let _ = tcp.set_nodelay(true);
+        // Set before the handshake, so that a server that vanishes during it is noticed too.
+        if let Err(error) = keepalive.map_or(Ok(()), |pg| keep_alive(&tcp, pg)) {
+            debug!(error = %error, "cannot set TCP keepalives on the tunnel's socket");
+        }
         let connector = tokio_rustls::TlsConnector::from(tunnel.tls.clone());
         connector
             .connect(tunnel.server_name.clone(), tcp)
@@ -657,6 +662,28 @@ impl Connector {
                 },
             })
     }
+}
+
+/// The run's keepalive and TCP_USER_TIMEOUT settings (`connect`'s defaults or the URL's) on
+/// the tunnel's socket: tokio-postgres applies them only to sockets it opens itself.
+fn keep_alive(tcp: &TcpStream, pg: &tokio_postgres::Config) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    if pg.get_keepalives() {
+        let mut keepalive = socket2::TcpKeepalive::new().with_time(pg.get_keepalives_idle());
+        if let Some(interval) = pg.get_keepalives_interval() {
+            keepalive = keepalive.with_interval(interval);
+        }
+        if let Some(retries) = pg.get_keepalives_retries() {
+            keepalive = keepalive.with_retries(retries);
+        }
+        socket.set_tcp_keepalive(&keepalive)?;
+    }
+    // TCP_USER_TIMEOUT is Linux's; tokio-postgres sets it only there too.
+    #[cfg(target_os = "linux")]
+    if let Some(timeout) = pg.get_tcp_user_timeout() {
+        socket.set_tcp_user_timeout(Some(*timeout))?;
+    }
+    Ok(())
 }
 
 /// Where Application Default Credentials come from, for the message when there are none.

@@ -608,3 +608,78 @@ where
     }
     panic!("{what} did not happen within 60 s");
 }
+
+/// A migration that runs until the test stops it.
+pub const SLEEP: &str = "SELECT pg_sleep(300);\n";
+
+/// Asserts that every connection of `job` to port `remote` on 127.0.0.1 sends its next
+/// keepalive probe within 30 s, read from the kernel's TCP table while the job runs [`SLEEP`]
+/// in `db`; then stops the job with SIGTERM.
+pub async fn assert_probes_within_30_seconds(job: Running, db: &TestDb, remote: u16) {
+    running(db, "pg_sleep(300)").await;
+    let timers = keepalive_timers(job.pid(), remote);
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    assert!(
+        !timers.is_empty()
+            && timers
+                .iter()
+                .all(|t| t.is_some_and(|left| left <= Duration::from_secs(30))),
+        "time to the next keepalive probe: {timers:?}"
+    );
+}
+
+/// Waits (up to 60 s) until another session in `db` runs a statement containing `text`.
+pub async fn running(db: &TestDb, text: &str) {
+    let watcher = db.client().await;
+    let pattern = format!("%{text}%");
+    eventually(
+        &format!("a statement with {text} to be running"),
+        || async {
+            let rows = watcher
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                     AND state = 'active' AND query LIKE $1 AND pid <> pg_backend_pid()",
+                    &[&pattern],
+                )
+                .await
+                .unwrap();
+            !rows.is_empty()
+        },
+    )
+    .await;
+}
+
+/// For each established TCP connection of process `pid` to port `remote` on 127.0.0.1, the
+/// time to its next keepalive probe, from the kernel's TCP table (None: no keepalive timer).
+pub fn keepalive_timers(pid: u32, remote: u16) -> Vec<Option<Duration>> {
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read the job's descriptors")
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let remote = format!("0100007F:{remote:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| {
+            f.len() > 9 && f[2] == remote && f[3] == "01" && sockets.contains(&f[9].to_string())
+        })
+        .map(|f| {
+            // `tr:tm->when`: timer 2 is the keepalive timer, its time left in 1/100 s.
+            let (kind, left) = f[5].split_once(':').expect("tr:tm->when");
+            let left = u64::from_str_radix(left, 16).expect("hex time left");
+            (kind == "02").then(|| Duration::from_millis(left * 10))
+        })
+        .collect()
+}
