@@ -286,8 +286,15 @@ async fn pipelined(
         }
         return Err(error);
     }
-    let record =
-        record.map_err(|e| refused(ctx, migration, script, e, "recording the migration in history"))?;
+    let record = record.map_err(|e| {
+        refused(
+            ctx,
+            migration,
+            script,
+            e,
+            "recording the migration in history",
+        )
+    })?;
     match rows(&record) {
         Some(1) => {}
         rows if direction == Direction::Up => {
@@ -424,10 +431,15 @@ async fn without_transaction(
         ctx.session.check_outside(),
         change(ctx, migration, direction, elapsed)
     );
-    client
-        .batch_execute(&record)
-        .await
-        .map_err(|e| refused(ctx, migration, script, e, "recording the migration in history"))?;
+    client.batch_execute(&record).await.map_err(|e| {
+        refused(
+            ctx,
+            migration,
+            script,
+            e,
+            "recording the migration in history",
+        )
+    })?;
     Ok(())
 }
 
