@@ -48,17 +48,24 @@ pub fn is_no_transaction(sql: &str) -> bool {
         == Some("no-transaction")
 }
 
-/// Keywords that open or close a transaction when they start a statement.
-const TRANSACTION_KEYWORDS: [&str; 6] = ["BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"];
-
-/// The first statement that controls the transaction itself, as (line, upper-case keyword).
+/// The first statement that ends or opens a transaction, as (line, keywords in upper case such
+/// as `COMMIT` or `PREPARE TRANSACTION`). Savepoints (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`)
+/// stay inside the transaction, so they are not reported.
 pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
     statements(sql).iter().find_map(|tokens| {
-        let first = tokens.first().filter(|t| t.kind == Kind::Word)?;
-        let keyword = first.text(sql).to_ascii_uppercase();
-        TRANSACTION_KEYWORDS
-            .contains(&keyword.as_str())
-            .then(|| (line_of(sql, first.start), keyword))
+        let keywords = control_keywords(sql, tokens)?;
+        Some((line_of(sql, tokens.first()?.start), keywords))
+    })
+}
+
+/// The first `COPY ... FROM STDIN` or `COPY ... TO STDOUT`, as (line, a short description
+/// such as `COPY ... FROM STDIN`). Its data would have to follow the statement over the
+/// protocol, which a plain SQL script cannot do; COPY to or from a file or program is not
+/// reported.
+pub fn copy_stdio(sql: &str) -> Option<(usize, String)> {
+    statements(sql).iter().find_map(|tokens| {
+        let description = copy_stdio_description(sql, tokens)?;
+        Some((line_of(sql, tokens.first()?.start), description))
     })
 }
 
@@ -209,8 +216,14 @@ fn run_end(b: &[u8], from: usize, pred: impl Fn(u8) -> bool) -> usize {
         .map_or(b.len(), |p| from + p)
 }
 
+/// A `--` comment ends at either newline byte: the server ends it at a lone `\r` too, so a
+/// statement after it on an old Mac-style line is code, not comment.
 fn line_end(b: &[u8], from: usize) -> usize {
-    run_end(b, from, |c| c != b'\n')
+    run_end(b, from, |c| !is_newline(c))
+}
+
+fn is_newline(c: u8) -> bool {
+    matches!(c, b'\n' | b'\r')
 }
 
 /// Letters glued to a number (`1e5`, `1abc`) belong to it, so they are never read as a
@@ -262,20 +275,47 @@ fn quoted_end(b: &[u8], from: usize, quote: u8) -> usize {
     b.len()
 }
 
-/// End of an `E'...'` string, where a backslash also escapes the next byte.
+/// End of an `E'...'` string, where a backslash also escapes the next byte. A constant
+/// continued on a later line is the same constant, and its parts keep the E rules, so
+/// `E'x'` + newline + `'a\''` is one string: read as a plain one, its `\'` would end it early
+/// and hide the code after it.
 fn escape_string_end(b: &[u8], from: usize) -> usize {
     let mut j = from;
     while j < b.len() {
         match (b[j], b.get(j + 1)) {
             (b'\\', _) | (b'\'', Some(b'\'')) => j += 2,
-            (b'\'', _) => return j + 1,
+            (b'\'', _) => match continuation(b, j + 1) {
+                Some(next) => j = next,
+                None => return j + 1,
+            },
             _ => j += 1,
         }
     }
     b.len()
 }
 
-/// `U&'...'` and `U&"..."`: their backslash escapes never hide a quote, so plain rules do.
+/// Where a string constant ending just before `from` continues: after whitespace holding at
+/// least one newline, and `--` comments, the next `'` opens the next part (scan.l's
+/// `quotecontinue`). A block comment in between does not continue it. Returns the position
+/// after that quote.
+fn continuation(b: &[u8], from: usize) -> Option<usize> {
+    let mut j = from;
+    let mut newline = false;
+    loop {
+        match (*b.get(j)?, b.get(j + 1)) {
+            (b'\'', _) if newline => return Some(j + 1),
+            (b'-', Some(b'-')) => j = line_end(b, j),
+            (c, _) if is_space(c) => {
+                newline |= is_newline(c);
+                j += 1;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// `U&'...'` and `U&"..."`: their backslash escapes never hide a quote, so plain rules do,
+/// continued parts included.
 fn unicode_prefixed(b: &[u8], i: usize) -> (Kind, usize) {
     match b.get(i + 2) {
         Some(b'\'') => (Kind::Literal, quoted_end(b, i + 3, b'\'')),
@@ -341,9 +381,9 @@ impl Splitter {
         match token.kind {
             Kind::Open => self.parens += 1,
             Kind::Close => self.parens = self.parens.saturating_sub(1),
-            Kind::Word => self.body.word(token.text(sql), self.parens),
             _ => {}
         }
+        self.body.code(sql, token, self.parens);
         self.current.push(token);
     }
 
@@ -362,17 +402,29 @@ impl Splitter {
     }
 }
 
-/// Tracks `BEGIN ATOMIC ... END` in SQL-standard routine bodies with psql's heuristic, so
-/// their inner semicolons do not end the `CREATE FUNCTION`/`CREATE PROCEDURE` statement.
+/// Tracks `BEGIN ATOMIC ... END` in SQL-standard routine bodies, so their inner semicolons
+/// do not end the `CREATE FUNCTION`/`CREATE PROCEDURE` statement. psql counts every BEGIN;
+/// BEGIN is an unreserved keyword, though, so `SELECT 1 AS begin` or `SET search_path = begin`
+/// would throw its count off. Only BEGIN directly followed by ATOMIC opens a body, at the top
+/// level of the statement (the server refuses a CREATE FUNCTION inside a body, and inside one
+/// `begin atomic` can be a column and its alias); CASE, which also closes with the reserved
+/// END, nests inside it.
 #[derive(Default)]
 struct AtomicBody {
     head: Vec<String>,
     routine: bool,
+    /// The previous code token was a top-level BEGIN of a routine statement.
+    after_begin: bool,
     depth: usize,
 }
 
 impl AtomicBody {
-    fn word(&mut self, word: &str, parens: usize) {
+    fn code(&mut self, sql: &str, token: Token, parens: usize) {
+        let after_begin = std::mem::take(&mut self.after_begin);
+        if token.kind != Kind::Word {
+            return;
+        }
+        let word = token.text(sql);
         if self.head.len() < 4 {
             self.head.push(word.to_ascii_lowercase());
             self.routine = starts_routine(&self.head);
@@ -380,13 +432,16 @@ impl AtomicBody {
         if !self.routine || parens > 0 {
             return;
         }
-        if word.eq_ignore_ascii_case("begin") {
+        let is = |keyword: &str| word.eq_ignore_ascii_case(keyword);
+        if self.depth == 0 {
+            if after_begin && is("atomic") {
+                self.depth = 1;
+            }
+            self.after_begin = is("begin");
+        } else if is("case") {
             self.depth += 1;
-        } else if word.eq_ignore_ascii_case("case") && self.depth > 0 {
-            // CASE also closes with END; outside a body it cannot be confused with one.
-            self.depth += 1;
-        } else if word.eq_ignore_ascii_case("end") {
-            self.depth = self.depth.saturating_sub(1);
+        } else if is("end") {
+            self.depth -= 1;
         }
     }
 }
@@ -455,6 +510,69 @@ fn created_index(sql: &str, tokens: &[Token]) -> Option<String> {
         return None;
     }
     identifier(sql, name)
+}
+
+/// What a statement's leading keywords do to the transaction (see `transaction_control`).
+/// BEGIN, START and ABORT have no savepoint form, and END is COMMIT.
+fn control_keywords(sql: &str, tokens: &[Token]) -> Option<String> {
+    let (first, rest) = tokens.split_first()?;
+    if first.kind != Kind::Word {
+        return None;
+    }
+    let word = first.text(sql).to_ascii_uppercase();
+    let prepared = keyword(sql, rest, "prepared").is_some();
+    match word.as_str() {
+        "BEGIN" | "START" | "END" | "ABORT" => Some(word),
+        "COMMIT" | "ROLLBACK" if prepared => Some(format!("{word} PREPARED")),
+        "COMMIT" => Some(word),
+        "ROLLBACK" => (!rolls_back_to_savepoint(sql, rest)).then_some(word),
+        // `PREPARE name AS ...` is a prepared statement, and its name may be `transaction`:
+        // only a string (the transaction's id) after TRANSACTION makes it a two-phase commit.
+        "PREPARE" => match rest {
+            [transaction, id, ..]
+                if transaction.is_keyword(sql, "transaction") && id.kind == Kind::Literal =>
+            {
+                Some("PREPARE TRANSACTION".into())
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name` undoes work back to a savepoint and
+/// leaves the transaction open.
+fn rolls_back_to_savepoint(sql: &str, rest: &[Token]) -> bool {
+    let rest = optional(sql, rest, &["work"]);
+    let rest = optional(sql, rest, &["transaction"]);
+    keyword(sql, rest, "to").is_some()
+}
+
+/// `COPY ... {FROM | TO} {STDIN | STDOUT}`. The direction is the first FROM or TO outside
+/// parentheses: a query or a column list sits inside them, and both words are reserved, so no
+/// unquoted table name can be one. The server takes STDIN and STDOUT alike as the client's
+/// side, whichever the direction, so either word counts after either.
+fn copy_stdio_description(sql: &str, tokens: &[Token]) -> Option<String> {
+    let rest = keyword(sql, tokens, "copy")?;
+    let mut parens = 0usize;
+    let at = rest.iter().position(|t| {
+        match t.kind {
+            Kind::Open => parens += 1,
+            Kind::Close => parens = parens.saturating_sub(1),
+            _ => {}
+        }
+        parens == 0 && (t.is_keyword(sql, "from") || t.is_keyword(sql, "to"))
+    })?;
+    let [direction, target, ..] = &rest[at..] else {
+        return None;
+    };
+    (target.is_keyword(sql, "stdin") || target.is_keyword(sql, "stdout")).then(|| {
+        format!(
+            "COPY ... {} {}",
+            direction.text(sql).to_ascii_uppercase(),
+            target.text(sql).to_ascii_uppercase()
+        )
+    })
 }
 
 fn keyword<'t>(sql: &str, tokens: &'t [Token], word: &str) -> Option<&'t [Token]> {
@@ -657,6 +775,121 @@ mod tests {
     }
 
     #[test]
+    fn split_continues_an_escape_string_on_a_later_line_with_its_escapes() {
+        assert_splits(&[
+            (
+                "COMMENT ON TABLE t IS E'x'\n'a\\'' ; COMMIT; SELECT '';",
+                &["COMMENT ON TABLE t IS E'x'\n'a\\''", "COMMIT", "SELECT ''"],
+            ),
+            (
+                "SELECT E'a'\n\n  'b\\';'\r\n'c\\'';SELECT 2",
+                &["SELECT E'a'\n\n  'b\\';'\r\n'c\\''", "SELECT 2"],
+            ),
+            // Old Mac line ends are newlines too.
+            (
+                "SELECT E'a'\r'\\';';SELECT 2",
+                &["SELECT E'a'\r'\\';'", "SELECT 2"],
+            ),
+            // `--` comments may sit in the whitespace between the parts.
+            (
+                "SELECT E'x' -- it's\n-- more\n'\\';'; SELECT 2",
+                &["SELECT E'x' -- it's\n-- more\n'\\';'", "SELECT 2"],
+            ),
+            // Without a newline, or across a block comment, the next string is a new, plain one.
+            (
+                "SELECT E'x' '\\'; SELECT 2",
+                &["SELECT E'x' '\\'", "SELECT 2"],
+            ),
+            (
+                "SELECT E'x' /* c */\n'\\'; SELECT 2",
+                &["SELECT E'x' /* c */\n'\\'", "SELECT 2"],
+            ),
+            (
+                "SELECT E'x'\n/* c */ '\\'; SELECT 2",
+                &["SELECT E'x'\n/* c */ '\\'", "SELECT 2"],
+            ),
+            // A plain string's continuation stays plain.
+            (
+                "SELECT 'x'\n'\\'; SELECT 2",
+                &["SELECT 'x'\n'\\'", "SELECT 2"],
+            ),
+            // A later E'' is a new string, not a continuation.
+            (
+                "SELECT E'x'\nE'\\''; SELECT 2",
+                &["SELECT E'x'\nE'\\''", "SELECT 2"],
+            ),
+            (
+                "-- no-transaction\nCOMMENT ON TABLE t IS E'it''s'\n'\\'s; fine';\n\
+                 CREATE INDEX CONCURRENTLY i ON t (a);",
+                &[
+                    "COMMENT ON TABLE t IS E'it''s'\n'\\'s; fine'",
+                    "CREATE INDEX CONCURRENTLY i ON t (a)",
+                ],
+            ),
+        ]);
+    }
+
+    #[test]
+    fn split_ends_a_line_comment_at_a_lone_carriage_return() {
+        assert_splits(&[
+            (
+                "SELECT 1; -- c\rCOMMIT; SELECT 2",
+                &["SELECT 1", "COMMIT", "SELECT 2"],
+            ),
+            ("SELECT E'x' -- c\r'\\';'", &["SELECT E'x' -- c\r'\\';'"]),
+        ]);
+    }
+
+    #[test]
+    fn split_opens_a_routine_body_only_at_begin_atomic() {
+        assert_splits(&[
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1 AS begin; END;\nCOMMIT;",
+                &[
+                    "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1 AS begin; END",
+                    "COMMIT",
+                ],
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = begin BEGIN ATOMIC SELECT 1; END; SELECT 2;",
+                &[
+                    "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = begin BEGIN ATOMIC SELECT 1; END",
+                    "SELECT 2",
+                ],
+            ),
+            (
+                "CREATE FUNCTION begin() RETURNS int LANGUAGE sql RETURN 1; SELECT 2",
+                &[
+                    "CREATE FUNCTION begin() RETURNS int LANGUAGE sql RETURN 1",
+                    "SELECT 2",
+                ],
+            ),
+            // Comments may separate BEGIN from ATOMIC; inside the body `begin atomic` is a
+            // column and its alias, and CASE ... END nests.
+            (
+                "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql BEGIN /* c */ -- d\n ATOMIC \
+                 SELECT begin atomic FROM t; SELECT CASE WHEN true THEN 1 END; end; SELECT 2",
+                &[
+                    "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql BEGIN /* c */ -- d\n ATOMIC \
+                     SELECT begin atomic FROM t; SELECT CASE WHEN true THEN 1 END; end",
+                    "SELECT 2",
+                ],
+            ),
+            (
+                "CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC UPDATE t SET begin = 1; END; SELECT 2",
+                &[
+                    "CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC UPDATE t SET begin = 1; END",
+                    "SELECT 2",
+                ],
+            ),
+            (
+                "UPDATE t SET begin = 1; SELECT begin FROM t; SELECT 2",
+                &["UPDATE t SET begin = 1", "SELECT begin FROM t", "SELECT 2"],
+            ),
+        ]);
+    }
+
+    #[test]
     fn split_treats_the_rest_of_the_file_as_one_statement_after_an_unterminated_token() {
         assert_splits(&[
             (
@@ -774,6 +1007,108 @@ mod tests {
     }
 
     #[test]
+    fn transaction_control_refuses_two_phase_commit_and_chaining() {
+        let cases = [
+            ("PREPARE TRANSACTION 'x';", (1, "PREPARE TRANSACTION")),
+            ("prepare transaction $$x$$", (1, "PREPARE TRANSACTION")),
+            ("SELECT 1;\ncommit prepared 'x';", (2, "COMMIT PREPARED")),
+            ("ROLLBACK PREPARED 'x';", (1, "ROLLBACK PREPARED")),
+            ("COMMIT AND CHAIN;", (1, "COMMIT")),
+            ("ROLLBACK AND CHAIN;", (1, "ROLLBACK")),
+            ("rollback transaction and no chain", (1, "ROLLBACK")),
+            ("ROLLBACK WORK;", (1, "ROLLBACK")),
+            ("SAVEPOINT a;\nROLLBACK TO a;\nABORT;", (3, "ABORT")),
+        ];
+        for (sql, (line, keywords)) in cases {
+            let expected = Some((line, keywords.to_string()));
+            assert_eq!(transaction_control(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_control_accepts_savepoints_and_prepared_statements() {
+        let cases = [
+            "SAVEPOINT a; RELEASE SAVEPOINT a; RELEASE a;",
+            "ROLLBACK TO a; ROLLBACK TO SAVEPOINT a; ROLLBACK WORK TO SAVEPOINT a; rollback transaction to a;",
+            "PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p;",
+            "PREPARE transaction AS SELECT 1; PREPARE transaction (int) AS SELECT $1;",
+            "SELECT prepared FROM t; SELECT 'PREPARE TRANSACTION ''x''';",
+        ];
+        for sql in cases {
+            assert_eq!(transaction_control(sql), None, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_control_sees_past_continued_strings_and_begin_identifiers() {
+        let cases = [
+            (
+                "COMMENT ON TABLE t IS E'x'\n'a\\'' ; COMMIT; SELECT '';",
+                Some((2, "COMMIT")),
+            ),
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1 AS begin; END;\nCOMMIT;",
+                Some((2, "COMMIT")),
+            ),
+            ("SELECT 1; -- c\rCOMMIT;", Some((1, "COMMIT"))),
+            // Without a newline the second string is a plain one, so this COMMIT is code.
+            ("SELECT E'x' '\\'; COMMIT; '", Some((1, "COMMIT"))),
+        ];
+        for (sql, expected) in cases {
+            let expected = expected.map(|(line, keyword)| (line, keyword.to_string()));
+            assert_eq!(transaction_control(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn copy_stdio_finds_copy_from_stdin_or_to_stdout() {
+        let cases = [
+            ("COPY t FROM STDIN;", (1, "COPY ... FROM STDIN")),
+            (
+                "SELECT 1;\ncopy t (a, b) from stdin with (format csv);",
+                (2, "COPY ... FROM STDIN"),
+            ),
+            (
+                "COPY (SELECT a FROM t) TO STDOUT",
+                (1, "COPY ... TO STDOUT"),
+            ),
+            (
+                "COPY (SELECT 1) TO stdout WITH (FORMAT csv, HEADER);",
+                (1, "COPY ... TO STDOUT"),
+            ),
+            ("COPY s.stdin FROM STDIN;", (1, "COPY ... FROM STDIN")),
+            // The server takes either word for the client's side, whichever the direction.
+            ("COPY t TO STDIN;", (1, "COPY ... TO STDIN")),
+            (
+                "CREATE TABLE t (a int);\n\nCOPY t\n  FROM STDIN;",
+                (3, "COPY ... FROM STDIN"),
+            ),
+        ];
+        for (sql, (line, description)) in cases {
+            let expected = Some((line, description.to_string()));
+            assert_eq!(copy_stdio(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn copy_stdio_ignores_files_programs_and_quoted_text() {
+        let cases = [
+            "COPY t FROM '/tmp/t.csv';",
+            "COPY t TO PROGRAM 'gzip > /tmp/t.gz';",
+            "COPY t FROM PROGRAM 'cat';",
+            "COPY stdin FROM '/tmp/x';",
+            "COPY (SELECT * FROM stdin) TO '/tmp/x';",
+            "SELECT 'COPY t FROM STDIN';",
+            "-- COPY t FROM STDIN\nSELECT 1;",
+            "DO $$ BEGIN COPY t FROM STDIN; END $$;",
+            "SELECT 1 FROM stdin;",
+        ];
+        for sql in cases {
+            assert_eq!(copy_stdio(sql), None, "input: {sql:?}");
+        }
+    }
+
+    #[test]
     fn meta_command_finds_a_backslash_starting_a_line_of_code() {
         let cases = [
             ("\\set x 1\nSELECT :x;", Some((1, "\\set"))),
@@ -873,6 +1208,7 @@ mod tests {
             is_no_transaction(prefix);
             transaction_control(prefix);
             meta_command(prefix);
+            copy_stdio(prefix);
             created_indexes(prefix);
             line_col(prefix, at);
         }
