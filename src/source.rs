@@ -135,6 +135,15 @@ pub fn check(script: &Script) -> Result<(), Error> {
             "file holds no SQL statement; write the change or delete the file".into(),
         ));
     }
+    // Before the meta-commands: a pg_dump data section ends its COPY data with `\.`.
+    if let Some((line, what)) = sql::copy_stdio(&script.sql) {
+        return Err(invalid(
+            &script.path,
+            format!(
+                "line {line}: {what} exchanges data with the client, which db-migrate does not do; use INSERT ... VALUES, or COPY from a file on the database server"
+            ),
+        ));
+    }
     if let Some((line, command)) = sql::meta_command(&script.sql) {
         return Err(invalid(
             &script.path,
@@ -143,8 +152,19 @@ pub fn check(script: &Script) -> Result<(), Error> {
             ),
         ));
     }
-    if !sql::is_no_transaction(&script.sql) {
-        if let Some((line, keyword)) = sql::transaction_control(&script.sql) {
+    let control = sql::transaction_control(&script.sql);
+    if let Some((line, keyword)) = control {
+        // Two-phase commit would leave a prepared transaction holding its locks after the
+        // run, so it is refused even outside a transaction.
+        if keyword.contains("PREPARE") {
+            return Err(invalid(
+                &script.path,
+                format!(
+                    "line {line}: {keyword} is two-phase commit, which a migration cannot use; remove it"
+                ),
+            ));
+        }
+        if !sql::is_no_transaction(&script.sql) {
             return Err(invalid(
                 &script.path,
                 format!(

@@ -121,6 +121,60 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "NUL byte at offset 1",
         ),
         (
+            &[
+                GOOD,
+                (
+                    "002_copy.sql",
+                    b"CREATE TABLE b (id int);\nCOPY b (id) FROM stdin;\n1\n\\.\n",
+                ),
+            ],
+            "002_copy.sql",
+            "line 2: COPY ... FROM STDIN exchanges data with the client",
+        ),
+        (
+            &[
+                GOOD,
+                ("002_out.sql", b"COPY (SELECT 1) TO STDOUT WITH (FORMAT csv);"),
+            ],
+            "002_out.sql",
+            "TO STDOUT",
+        ),
+        (
+            &[GOOD, ("002_2pc.sql", b"CREATE TABLE b (id int);\nPREPARE TRANSACTION 'x';")],
+            "002_2pc.sql",
+            "line 2: PREPARE TRANSACTION",
+        ),
+        (
+            &[
+                GOOD,
+                ("002_2pc.sql", b"-- no-transaction\nCOMMIT PREPARED 'x';"),
+            ],
+            "002_2pc.sql",
+            "two-phase commit",
+        ),
+        (
+            &[
+                GOOD,
+                (
+                    "002_hidden.sql",
+                    b"CREATE TABLE b (note text);\nCOMMENT ON TABLE b IS E'x'\n'a\\'' ; COMMIT; SELECT '';",
+                ),
+            ],
+            "002_hidden.sql",
+            "line 3: COMMIT",
+        ),
+        (
+            &[
+                GOOD,
+                (
+                    "002_label.sql",
+                    b"CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1 AS begin; END;\nCOMMIT;",
+                ),
+            ],
+            "002_label.sql",
+            "line 2: COMMIT",
+        ),
+        (
             &[GOOD, ("002_shout.SQL", b"CREATE TABLE b (id int);")],
             "002_shout.SQL",
             "lower-case .sql",
@@ -155,7 +209,13 @@ async fn statements_that_only_look_like_problems_are_accepted() {
              INSERT INTO t VALUES ('BEGIN; -- not a comment', 1), (E'it\\'s; \\\\i fine', 2);\n\
              /* BEGIN; COMMIT; \n\\set x */\n\
              CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $body$\nBEGIN\n  RETURN 1;\nEND;\n$body$;\n\
-             CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC\n  INSERT INTO t VALUES ('x', 3);\nEND;\n",
+             CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC\n  INSERT INTO t VALUES ('x', 3);\nEND;\n\
+             SAVEPOINT s;\nINSERT INTO t VALUES ('undone', 4);\nROLLBACK TO SAVEPOINT s;\nRELEASE s;\n\
+             CREATE FUNCTION g() RETURNS int LANGUAGE sql SET search_path = begin BEGIN ATOMIC SELECT 1 AS begin; END;\n",
+        ),
+        (
+            "002_comment.sql",
+            "-- no-transaction\nCREATE TABLE c (i int);\nCOMMENT ON TABLE c IS E'it\\'s'\n'continued \\' ; still the comment';\n",
         ),
         ("README.md", "notes; ignored"),
     ]);
@@ -163,7 +223,11 @@ async fn statements_that_only_look_like_problems_are_accepted() {
     let client = db.client().await;
     let rows: i64 = support::one(&client, "SELECT count(*) FROM t").await;
     assert_eq!(rows, 2);
-    assert_eq!(history(&client).await, [1]);
+    assert_eq!(history(&client).await, [1, 2]);
+    let comment: String =
+        support::one(&client, "SELECT obj_description('c'::regclass, 'pg_class')").await;
+    // The parts of a continued string are joined without the line break between them.
+    assert_eq!(comment, "it'scontinued ' ; still the comment");
 }
 
 #[tokio::test]
