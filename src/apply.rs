@@ -184,14 +184,6 @@ fn same_session(ctx: &Context<'_>, messages: &[SimpleQueryMessage]) -> Result<()
     }
 }
 
-/// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
-async fn when(
-    condition: bool,
-    query: impl Future<Output = Result<(), tokio_postgres::Error>>,
-) -> Result<(), tokio_postgres::Error> {
-    if condition { query.await } else { Ok(()) }
-}
-
 fn script(migration: &Migration, direction: Direction) -> Option<&Script> {
     match direction {
         Direction::Up => Some(&migration.up),
@@ -225,11 +217,11 @@ async fn one(
     .await
 }
 
-/// Sends the migration as one pipeline (see `session` for what each part guards): the
-/// session reset, the opening with its commit guard and lock check, the file sealed by the
-/// savepoint's release, the history change behind its check, and COMMIT. If anything fails
-/// the server refuses the rest of the transaction and turns COMMIT into ROLLBACK, so nothing
-/// of it is kept or recorded, whatever the file contains.
+/// Sends the migration as one pipeline of three messages (see `session` for what each part
+/// guards): the session reset and the opening with its commit guard and lock check; the file
+/// sealed by the savepoint's release; the history change behind its check, and COMMIT. If
+/// anything fails, the server skips the rest of the transaction, which the job then rolls
+/// back, so nothing of it is kept or recorded, whatever the file contains.
 async fn pipelined(
     ctx: &Context<'_>,
     migration: &Migration,
@@ -239,39 +231,54 @@ async fn pipelined(
 ) -> Result<(), Error> {
     let client = ctx.client;
     let own = wrap == Wrap::Own;
+    let commit = if own { "; COMMIT" } else { "" };
     let (open, body, record) = (
         ctx.session.open(own),
         format!("{}{}", script.sql, ctx.session.seal()),
         format!(
-            "{}; {}",
+            "{}; {}{commit}",
             ctx.session.check(),
             change(ctx, migration, direction, Elapsed::Sealed)
         ),
     );
     // Each arm sends its message on its first poll, in this order, before any of them
     // waits for an answer: the messages travel together.
-    let results = tokio::join!(
-        when(own, client.batch_execute(ctx.session.reset())),
+    let (open, body, record) = tokio::join!(
         client.simple_query(&open),
         client.batch_execute(&body),
         client.simple_query(&record),
-        when(own, client.batch_execute("COMMIT")),
     );
-    let lost = [
-        results.0.as_ref().err(),
-        results.1.as_ref().err(),
-        results.2.as_ref().err(),
-        results.3.as_ref().err(),
-        results.4.as_ref().err(),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|e| is_connection_lost(e));
-    if let Some(error) = lost {
+    let result = outcome(ctx, migration, script, direction, wrap, open, body, record).await;
+    if result.is_err() && own {
+        // A failure skipped the COMMIT and left the transaction open; a lost connection
+        // took it along already.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+type Answer<T> = Result<T, tokio_postgres::Error>;
+
+/// What the three answers of [`pipelined`] say, first failure first.
+#[allow(clippy::too_many_arguments)]
+async fn outcome(
+    ctx: &Context<'_>,
+    migration: &Migration,
+    script: &Script,
+    direction: Direction,
+    wrap: Wrap,
+    open: Answer<Vec<SimpleQueryMessage>>,
+    body: Answer<()>,
+    record: Answer<Vec<SimpleQueryMessage>>,
+) -> Result<(), Error> {
+    let errors = [
+        open.as_ref().err(),
+        body.as_ref().err(),
+        record.as_ref().err(),
+    ];
+    if let Some(error) = errors.into_iter().flatten().find(|e| is_connection_lost(e)) {
         return Err(connection_lost(migration, script, wrap, error));
     }
-    let (reset, open, body, record, commit) = results;
-    reset.map_err(Error::database("resetting the session"))?;
     let open = open.map_err(|e| refused(ctx, migration, script, e, "starting the migration"))?;
     same_session(ctx, &open)?;
     if let Err(e) = body {
@@ -287,25 +294,24 @@ async fn pipelined(
         return Err(error);
     }
     let record = record.map_err(|e| {
-        refused(
-            ctx,
-            migration,
-            script,
-            e,
-            "recording the migration in history",
-        )
+        let context = "recording the migration in history";
+        refused(ctx, migration, script, e, context)
     })?;
-    match rows(&record) {
-        Some(1) => {}
-        rows if direction == Direction::Up => {
-            return Err(Error::HistoryWrite {
-                version: migration.version,
-                rows: rows.unwrap_or_default(),
-            });
-        }
-        _ => {}
+    // The counts are the check's, the history change's and, in its own transaction, COMMIT's.
+    let counts: Vec<u64> = record
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+            _ => None,
+        })
+        .collect();
+    let inserted = counts.get(1).copied().unwrap_or_default();
+    if direction == Direction::Up && inserted != 1 {
+        return Err(Error::HistoryWrite {
+            version: migration.version,
+            rows: inserted,
+        });
     }
-    commit.map_err(|e| refused(ctx, migration, script, e, "committing the migration"))?;
     Ok(())
 }
 
@@ -353,7 +359,11 @@ fn connection_lost(
 async fn locate(ctx: &Context<'_>, script: &Script, wrap: Wrap) -> Option<(usize, usize)> {
     let client = ctx.client;
     let (start, end) = match wrap {
-        Wrap::Own => (ctx.session.open(true), "ROLLBACK".to_string()),
+        // The failed transaction is still open: end it first.
+        Wrap::Own => (
+            format!("ROLLBACK; {}", ctx.session.open(true)),
+            "ROLLBACK".to_string(),
+        ),
         Wrap::Outer => (ctx.session.rewind(), ctx.session.rewind()),
     };
     client.batch_execute(&start).await.ok()?;
@@ -377,14 +387,6 @@ fn replayable(sqlstate: &str) -> bool {
     !["55", "40", "57", "08", "53", "25"]
         .iter()
         .any(|class| sqlstate.starts_with(class))
-}
-
-/// The number of rows the last statement of a simple query changed.
-fn rows(messages: &[SimpleQueryMessage]) -> Option<u64> {
-    messages.iter().rev().find_map(|m| match m {
-        SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
-        _ => None,
-    })
 }
 
 /// A `-- no-transaction` file: each statement on its own, as CREATE INDEX CONCURRENTLY

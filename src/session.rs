@@ -100,15 +100,18 @@ impl Session {
         &self.reset
     }
 
-    /// Opens the migration's transaction (`begin`: false inside the run's own transaction,
-    /// for `--single-transaction` and the dry run), arms the commit guard and checks the lock.
-    /// Its one row is (backend pid).
+    /// Resets the session, opens the migration's transaction (`begin`: false inside the run's
+    /// own transaction, for `--single-transaction` and the dry run), arms the commit guard
+    /// and checks the lock. Its last row is (backend pid). The reset commits before BEGIN:
+    /// a transaction takes `default_transaction_read_only` and the isolation level from the
+    /// settings in force when it starts.
     pub fn open(&self, begin: bool) -> String {
-        let begin = if begin { "BEGIN; " } else { "" };
+        let begin = if begin { "COMMIT; BEGIN; " } else { "" };
         format!(
-            "{begin}DECLARE {GUARD} CURSOR WITH HOLD FOR \
+            "{}; {begin}DECLARE {GUARD} CURSOR WITH HOLD FOR \
              SELECT pg_catalog.current_setting('{COMMIT_REFUSED}') FROM pg_catalog.generate_series(1, 1); \
              SAVEPOINT {SAVEPOINT}; {}",
+            self.reset,
             self.check_lock()
         )
     }
