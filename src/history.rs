@@ -224,8 +224,8 @@ pub async fn has_user_tables(client: &Client) -> Result<bool, Error> {
 /// How a history insert learns the migration's execution time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elapsed {
-    /// Measured on the server by the transaction's seal (see `session`), so the insert can
-    /// travel in the same pipeline as the migration.
+    /// Measured on the server from the mark the migration's opening set (see `session`), so
+    /// the insert can travel in the same pipeline as the migration.
     Sealed,
     /// Measured by the job, for a `-- no-transaction` migration.
     Ms(u64),
@@ -237,7 +237,14 @@ pub enum Elapsed {
 /// `search_path`) changes what it means.
 pub fn insert(table: &Table, migration: &Migration, applied_by: &str, elapsed: Elapsed) -> String {
     let execution_ms = match elapsed {
-        Elapsed::Sealed => "pg_catalog.current_setting('db_migrate.execution_ms')::bigint".into(),
+        // From the mark the migration's opening set, or (when the file ran RESET ALL) from
+        // its transaction's start, a moment earlier.
+        Elapsed::Sealed => format!(
+            "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - \
+             coalesce(nullif(pg_catalog.current_setting('{}', true), '')::timestamptz, \
+             pg_catalog.transaction_timestamp())) * 1000)::bigint",
+            crate::session::STARTED
+        ),
         Elapsed::Ms(ms) => ms.to_string(),
     };
     format!(

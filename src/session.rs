@@ -27,6 +27,10 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::error::Error;
 
+/// When the migration started, for its `execution_ms` (transaction-local; see
+/// [`history::Elapsed`](crate::history::Elapsed)).
+pub const STARTED: &str = "db_migrate.started";
+
 /// The savepoint opened right after `BEGIN`; releasing it fails once the transaction ended.
 const SAVEPOINT: &str = "db_migrate_migration";
 
@@ -77,15 +81,24 @@ impl Session {
         limits: Limits,
         lock: (i32, i32),
     ) -> Result<Session, Error> {
-        let reset = reset_sql(limits);
         let messages = client
-            .simple_query(&format!("{reset}; SELECT pg_catalog.pg_backend_pid()"))
+            .simple_query(
+                "SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('server_version_num')",
+            )
             .await
             .map_err(Error::database("setting up the session"))?;
-        let backend_pid = last_row(&messages)
-            .and_then(|row| row.get(0))
-            .and_then(|pid| pid.parse().ok())
-            .unwrap_or_default();
+        let row = last_row(&messages);
+        let value = |i: usize| -> i32 {
+            row.and_then(|row| row.get(i))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default()
+        };
+        let (backend_pid, version) = (value(0), value(1));
+        let reset = reset_sql(limits, version);
+        client
+            .batch_execute(&reset)
+            .await
+            .map_err(Error::database("setting up the session"))?;
         Ok(Session {
             backend_pid,
             reset,
@@ -125,7 +138,8 @@ impl Session {
     pub fn check_lock(&self) -> String {
         format!(
             "SELECT CASE WHEN {} WHEN {} THEN pg_catalog.pg_backend_pid() \
-             ELSE pg_catalog.current_setting('{LOCK_LOST}')::int END",
+             ELSE pg_catalog.current_setting('{LOCK_LOST}')::int END, \
+             pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)",
             self.other_session(),
             self.lock_held
         )
@@ -135,14 +149,10 @@ impl Session {
     /// the transaction, and then whatever the file ran after that in this message, in the
     /// implicit transaction that followed, is rolled back with it. Starts on a new line after
     /// a `;`, so that a trailing line comment or a missing semicolon cannot swallow it.
-    /// `execution_ms` is measured from the arrival of this message: the file's own run time.
     /// `RESET ROLE` lets the history change run as the run's user even after a `SET ROLE`.
     pub fn seal(&self) -> String {
         format!(
-            "\n;RELEASE SAVEPOINT {SAVEPOINT}; CLOSE {GUARD}; RESET ROLE; \
-             SELECT pg_catalog.set_config('db_migrate.token', '{}', true), \
-             pg_catalog.set_config('db_migrate.execution_ms', \
-             (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - pg_catalog.statement_timestamp()) * 1000)::bigint::text, true)",
+            "\n;RELEASE SAVEPOINT {SAVEPOINT}; CLOSE {GUARD}; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
             self.token
         )
     }
@@ -189,14 +199,18 @@ impl Session {
 /// `RESET ALL` leaves the role alone (it is marked not to be reset), hence `RESET ROLE`.
 /// `client_connection_check_interval` (PostgreSQL 14+) ends the server's work soon after the
 /// job is killed, instead of at the migration's end.
-fn reset_sql(limits: Limits) -> String {
+/// Plain SET statements: the server neither plans nor returns rows for them, unlike
+/// `SELECT set_config(...)`, which costs several times as much per migration.
+fn reset_sql(limits: Limits, server_version: i32) -> String {
     let statement_ms = limits.statement_timeout.map_or(0, |t| t.as_millis());
+    let check = if server_version >= 140000 {
+        "; SET client_connection_check_interval = 2000"
+    } else {
+        ""
+    };
     format!(
-        "RESET ALL; RESET ROLE; SELECT pg_catalog.set_config('lock_timeout', '{}', false), \
-         pg_catalog.set_config('statement_timeout', '{statement_ms}', false), \
-         pg_catalog.set_config('idle_in_transaction_session_timeout', '{}', false), \
-         CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 \
-              THEN pg_catalog.set_config('client_connection_check_interval', '2000', false) END",
+        "RESET ALL; RESET ROLE; SET lock_timeout = {}; SET statement_timeout = {statement_ms}; \
+         SET idle_in_transaction_session_timeout = {}{check}",
         limits.lock_timeout.as_millis(),
         IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
     )
@@ -317,16 +331,23 @@ mod tests {
 
     #[test]
     fn reset_sets_the_run_limits_after_resetting_everything() {
-        let sql = reset_sql(Limits {
+        let limits = Limits {
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Some(Duration::from_secs(90)),
-        });
+        };
+        let sql = reset_sql(limits, 150_000);
         assert!(sql.starts_with("RESET ALL; RESET ROLE;"), "{sql}");
-        assert!(sql.contains("'lock_timeout', '5000'"), "{sql}");
-        assert!(sql.contains("'statement_timeout', '90000'"), "{sql}");
+        assert!(sql.contains("SET lock_timeout = 5000;"), "{sql}");
+        assert!(sql.contains("SET statement_timeout = 90000;"), "{sql}");
         assert!(
-            sql.contains("'idle_in_transaction_session_timeout', '60000'"),
+            sql.contains("SET idle_in_transaction_session_timeout = 60000"),
             "{sql}"
         );
+        assert!(
+            sql.ends_with("SET client_connection_check_interval = 2000"),
+            "{sql}"
+        );
+        // PostgreSQL 13 has no such setting.
+        assert!(!reset_sql(limits, 130_000).contains("client_connection_check_interval"));
     }
 }
