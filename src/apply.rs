@@ -236,8 +236,7 @@ async fn pipelined(
         ctx.session.open(own),
         format!("{}{}", script.sql, ctx.session.seal()),
         format!(
-            "{}; {}{commit}",
-            ctx.session.check(),
+            "{}{commit}",
             change(ctx, migration, direction, Elapsed::Sealed)
         ),
     );
@@ -297,7 +296,7 @@ async fn outcome(
         let context = "recording the migration in history";
         refused(ctx, migration, script, e, context)
     })?;
-    // The counts are the check's, the history change's and, in its own transaction, COMMIT's.
+    // The counts are the history change's and, in its own transaction, COMMIT's.
     let counts: Vec<u64> = record
         .iter()
         .filter_map(|m| match m {
@@ -305,7 +304,7 @@ async fn outcome(
             _ => None,
         })
         .collect();
-    let inserted = counts.get(1).copied().unwrap_or_default();
+    let inserted = counts.first().copied().unwrap_or_default();
     if direction == Direction::Up && inserted != 1 {
         return Err(Error::HistoryWrite {
             version: migration.version,
@@ -452,9 +451,14 @@ fn change(
     direction: Direction,
     elapsed: Elapsed,
 ) -> String {
+    // Only a transactional migration is guarded: its checks can still roll it back.
+    let guard = |value: &str| match elapsed {
+        Elapsed::Sealed => ctx.session.guard(value),
+        Elapsed::Ms(_) => value.to_string(),
+    };
     match direction {
-        Direction::Up => history::insert(ctx.table, migration, ctx.applied_by, elapsed),
-        Direction::Down => history::delete(ctx.table, migration.version),
+        Direction::Up => history::insert(ctx.table, migration, ctx.applied_by, elapsed, guard),
+        Direction::Down => history::delete(ctx.table, migration.version, guard),
     }
 }
 

@@ -221,6 +221,12 @@ pub async fn has_user_tables(client: &Client) -> Result<bool, Error> {
     Ok(rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))))
 }
 
+/// When the migration started, for its `execution_ms` (transaction-local).
+pub const STARTED: &str = "db_migrate.started";
+
+/// The unknown setting whose error stands for "the row a rollback deletes was not there".
+pub const ROW_MISSING: &str = "db_migrate.the_history_row_to_delete_is_missing";
+
 /// How a history insert learns the migration's execution time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elapsed {
@@ -235,7 +241,15 @@ pub enum Elapsed {
 /// statement, because a migration may run `DEALLOCATE ALL`; every value is spelled so that
 /// no setting a migration leaves behind (`standard_conforming_strings`, `client_encoding`,
 /// `search_path`) changes what it means.
-pub fn insert(table: &Table, migration: &Migration, applied_by: &str, elapsed: Elapsed) -> String {
+///
+/// `guard` wraps the version's SQL expression; it may raise an error instead (`session`).
+pub fn insert(
+    table: &Table,
+    migration: &Migration,
+    applied_by: &str,
+    elapsed: Elapsed,
+    guard: impl Fn(&str) -> String,
+) -> String {
     let execution_ms = match elapsed {
         // From the mark the migration's opening set, or (when the file ran RESET ALL) from
         // its transaction's start, a moment earlier.
@@ -243,14 +257,14 @@ pub fn insert(table: &Table, migration: &Migration, applied_by: &str, elapsed: E
             "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - \
              coalesce(nullif(pg_catalog.current_setting('{}', true), '')::timestamptz, \
              pg_catalog.transaction_timestamp())) * 1000)::bigint",
-            crate::session::STARTED
+            STARTED
         ),
         Elapsed::Ms(ms) => ms.to_string(),
     };
     format!(
         "INSERT INTO {} (version, name, checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {execution_ms}, {})",
         table.quoted,
-        migration.version,
+        guard(&migration.version.to_string()),
         literal(&migration.name),
         literal(&migration.checksum),
         literal(applied_by),
@@ -258,12 +272,14 @@ pub fn insert(table: &Table, migration: &Migration, applied_by: &str, elapsed: E
 }
 
 /// The delete removing `version`'s row, as SQL text that raises an error (rolling back the
-/// rollback with it) when there was no such row.
-pub fn delete(table: &Table, version: i64) -> String {
+/// rollback with it) when there was no such row. `guard` as for [`insert`].
+pub fn delete(table: &Table, version: i64, guard: impl Fn(&str) -> String) -> String {
     format!(
-        "WITH deleted AS (DELETE FROM {} WHERE version = {version} RETURNING 1)          SELECT CASE WHEN pg_catalog.count(*) <> 1          THEN pg_catalog.current_setting('{}')::int END FROM deleted",
+        "WITH deleted AS (DELETE FROM {} WHERE version = {version} RETURNING 1) \
+         SELECT CASE WHEN pg_catalog.count(*) <> 1 \
+         THEN pg_catalog.current_setting('{ROW_MISSING}')::int ELSE {} END FROM deleted",
         table.quoted,
-        crate::session::ROW_MISSING
+        guard("1")
     )
 }
 
@@ -283,7 +299,7 @@ pub async fn record_baseline(
 ) -> Result<(), Error> {
     let inserts: Vec<String> = migrations
         .iter()
-        .map(|m| insert(table, m, applied_by, Elapsed::Ms(0)))
+        .map(|m| insert(table, m, applied_by, Elapsed::Ms(0), str::to_string))
         .collect();
     // One message: the server runs it as one implicit transaction, all rows or none.
     client

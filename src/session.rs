@@ -4,21 +4,21 @@
 //!
 //! A migration file is arbitrary SQL run in our session, so nothing it does may decide how
 //! the next one runs or whether its history row is written. Each transactional migration
-//! therefore travels as one pipeline:
+//! therefore travels as three messages, all sent before the first answer comes back (one
+//! round trip per migration):
 //!
-//! 1. [`Session::reset`]: `RESET ALL`, `RESET ROLE` and the run's own settings, outside the
-//!    transaction, so that a `SET default_transaction_read_only` cannot shape the next one;
-//! 2. [`Session::open`]: `BEGIN`, a `WITH HOLD` cursor whose query fails (so a `COMMIT` hidden
-//!    in the file fails and rolls everything back), a savepoint, and a check that this backend
-//!    still holds the migration lock, which raises an error (so the file never runs) if not;
-//! 3. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
+//! 1. [`Session::open`]: `RESET ALL`, `RESET ROLE` and the run's own settings, committed before
+//!    `BEGIN` (a transaction takes `default_transaction_read_only` from the settings in force
+//!    when it starts); then a `WITH HOLD` cursor whose query fails, so that a `COMMIT` hidden
+//!    in the file fails and rolls everything back; then a savepoint;
+//! 2. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
 //!    (which fails if the file ended the transaction, rolling back whatever ran after that in
 //!    the message), `CLOSE` of the cursor, and a transaction-local token;
-//! 4. the history change, preceded by [`Session::check`], which raises an error unless the
-//!    token is set (the file ran whole, inside this transaction) and the lock is still held;
-//! 5. `COMMIT`, which the server turns into `ROLLBACK` after any of those errors.
+//! 3. the history change, whose value goes through [`Session::guard`]: an error unless this
+//!    is the run's server session, the token is set (the file ran whole, inside this
+//!    transaction) and the migration lock is held; then `COMMIT`.
 //!
-//! All five go out before the first answer comes back: one round trip per migration.
+//! After any error the server skips the rest, and the job rolls the transaction back.
 
 use std::hash::BuildHasher;
 use std::time::Duration;
@@ -26,10 +26,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::error::Error;
-
-/// When the migration started, for its `execution_ms` (transaction-local; see
-/// [`history::Elapsed`](crate::history::Elapsed)).
-pub const STARTED: &str = "db_migrate.started";
+use crate::history::{ROW_MISSING, STARTED};
 
 /// The savepoint opened right after `BEGIN`; releasing it fails once the transaction ended.
 const SAVEPOINT: &str = "db_migrate_migration";
@@ -44,7 +41,6 @@ pub const COMMIT_REFUSED: &str = "db_migrate.a_migration_may_not_end_its_transac
 pub const NOT_IN_TRANSACTION: &str =
     "db_migrate.the_migration_did_not_run_whole_in_its_transaction";
 pub const LOCK_LOST: &str = "db_migrate.the_migration_lock_is_no_longer_held";
-pub const ROW_MISSING: &str = "db_migrate.the_history_row_to_delete_is_missing";
 /// Followed by the server session's pid.
 pub const OTHER_SESSION: &str = "db_migrate.the_migration_landed_in_server_session_";
 pub const LEFT_OPEN: &str = "db_migrate.the_migration_left_a_transaction_open";
@@ -107,25 +103,31 @@ impl Session {
         })
     }
 
-    /// Resets whatever the previous migration changed of the session, then sets the run's
-    /// own limits again. Runs outside any transaction (see the module docs).
+    /// Resets whatever the previous migration changed of the session and sets the run's own
+    /// limits again.
     pub fn reset(&self) -> &str {
         &self.reset
     }
 
-    /// Resets the session, opens the migration's transaction (`begin`: false inside the run's
-    /// own transaction, for `--single-transaction` and the dry run), arms the commit guard
-    /// and checks the lock. Its last row is (backend pid). The reset commits before BEGIN:
-    /// a transaction takes `default_transaction_read_only` and the isolation level from the
-    /// settings in force when it starts.
+    /// The first message of a transactional migration (see the module docs). `begin`: false
+    /// inside the run's own transaction (`--single-transaction`, the dry run), which then
+    /// also marks the migration's start for its `execution_ms`; in a transaction of its own,
+    /// the transaction's start is the migration's.
     pub fn open(&self, begin: bool) -> String {
-        let begin = if begin { "COMMIT; BEGIN; " } else { "" };
+        let (begin, mark) = match begin {
+            true => ("COMMIT; BEGIN; ", String::new()),
+            false => (
+                "",
+                format!(
+                    "; SELECT pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)"
+                ),
+            ),
+        };
         format!(
             "{}; {begin}DECLARE {GUARD} CURSOR WITH HOLD FOR \
              SELECT pg_catalog.current_setting('{COMMIT_REFUSED}') FROM pg_catalog.generate_series(1, 1); \
-             SAVEPOINT {SAVEPOINT}; {}",
-            self.reset,
-            self.check_lock()
+             SAVEPOINT {SAVEPOINT}{mark}",
+            self.reset
         )
     }
 
@@ -134,12 +136,13 @@ impl Session {
         format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")
     }
 
-    /// The lock check alone, for a `-- no-transaction` migration. Its one row is (backend pid).
+    /// The check before a `-- no-transaction` migration, whose statements cannot be rolled
+    /// back: an error unless this is the run's server session and it holds the lock. Its one
+    /// row is (backend pid).
     pub fn check_lock(&self) -> String {
         format!(
             "SELECT CASE WHEN {} WHEN {} THEN pg_catalog.pg_backend_pid() \
-             ELSE pg_catalog.current_setting('{LOCK_LOST}')::int END, \
-             pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)",
+             ELSE pg_catalog.current_setting('{LOCK_LOST}')::int END",
             self.other_session(),
             self.lock_held
         )
@@ -157,14 +160,19 @@ impl Session {
         )
     }
 
-    /// Precedes the history change: raises an error unless [`seal`](Self::seal) ran in this
-    /// very transaction and the lock is still held.
-    pub fn check(&self) -> String {
+    /// `value` (an SQL expression in the history change), or an error unless this is the
+    /// run's server session, [`seal`](Self::seal) ran in this very transaction, and the
+    /// session holds the migration lock (taking it back if it is free). Inside the history
+    /// change itself rather than a statement before it: a SELECT of its own costs the server
+    /// a plan and a row per migration. The lock is checked here, just before COMMIT, rather
+    /// than before the file: a migration that finds it gone is rolled back either way, and
+    /// the run's migrations end holding it, so the next starts with it.
+    pub fn guard(&self, value: &str) -> String {
         format!(
-            "SELECT CASE WHEN {} \
+            "CASE WHEN {} \
              WHEN pg_catalog.current_setting('db_migrate.token', true) IS DISTINCT FROM '{}' \
              THEN pg_catalog.current_setting('{NOT_IN_TRANSACTION}')::int \
-             WHEN NOT {} THEN pg_catalog.current_setting('{LOCK_LOST}')::int END",
+             WHEN NOT {} THEN pg_catalog.current_setting('{LOCK_LOST}')::int ELSE {value} END",
             self.other_session(),
             self.token,
             self.lock_held
@@ -185,8 +193,8 @@ impl Session {
     /// any transaction: raises an error when the file left one open (its history row would
     /// otherwise wait in it for a COMMIT that never comes). In a transaction of its own, a
     /// statement starts when its transaction does. The lock is not checked here: the file's
-    /// statements have run and stay, so their row is written; a lost lock stops the run
-    /// before the next migration.
+    /// statements have run and stay, so their row is written; a lost lock stops the run at
+    /// the next migration.
     pub fn check_outside(&self) -> String {
         format!(
             "SELECT CASE \
