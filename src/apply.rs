@@ -1,7 +1,9 @@
 //! Runs a plan: each migration's SQL together with its history change, atomically.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -20,6 +22,9 @@ pub struct Context<'a> {
     pub table: &'a Table,
     /// The state each migration starts from, and its guards.
     pub session: &'a Session,
+    /// The prepared history change, for migrations in a transaction of their own; renewed
+    /// when a migration deallocates it.
+    pub prepared: Option<&'a Mutex<history::Statements>>,
     /// Recorded in `applied_by`: the Cloud Run execution, Kubernetes pod or host.
     pub applied_by: &'a str,
     /// Everything runs inside a transaction that will be rolled back.
@@ -217,11 +222,10 @@ async fn one(
     .await
 }
 
-/// Sends the migration as one pipeline of three messages (see `session` for what each part
-/// guards): the session reset and the opening with its commit guard and lock check; the file
-/// sealed by the savepoint's release; the history change behind its check, and COMMIT. If
-/// anything fails, the server skips the rest of the transaction, which the job then rolls
-/// back, so nothing of it is kept or recorded, whatever the file contains.
+/// Sends the migration as one pipeline (see `session` for what each part guards): the session
+/// reset and the opening with its commit guard; the file sealed by the savepoint's release;
+/// the history change, guarded; and COMMIT, which the server turns into ROLLBACK after any
+/// failure, so nothing of it is kept or recorded, whatever the file contains.
 async fn pipelined(
     ctx: &Context<'_>,
     migration: &Migration,
@@ -229,36 +233,108 @@ async fn pipelined(
     direction: Direction,
     wrap: Wrap,
 ) -> Result<(), Error> {
+    let prepared = match wrap {
+        // A poisoned lock still holds usable statements: nothing panics while holding it.
+        Wrap::Own => ctx
+            .prepared
+            .map(|cell| cell.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        Wrap::Outer => None,
+    };
+    let Some(statements) = prepared else {
+        return send(ctx, migration, script, direction, wrap, None).await;
+    };
+    let first = send(ctx, migration, script, direction, wrap, Some(&statements)).await;
+    let Err(Error::Database { source, .. }) = &first else {
+        return first;
+    };
+    if source.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+        return first;
+    }
+    // The file ran DEALLOCATE ALL: everything was rolled back; run it again with the history
+    // change as text, then prepare the statements again for the migrations after it.
+    info!(
+        version = migration.version,
+        "migration deallocated the prepared history statements; running it again"
+    );
+    let again = send(ctx, migration, script, direction, wrap, None).await;
+    if let Some(cell) = ctx.prepared {
+        let renewed = history::prepare(ctx.client, ctx.table, |v| ctx.session.guard(v)).await?;
+        *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
+    }
+    again
+}
+
+/// One attempt of [`pipelined`], with the history change prepared or as text.
+async fn send(
+    ctx: &Context<'_>,
+    migration: &Migration,
+    script: &Script,
+    direction: Direction,
+    wrap: Wrap,
+    prepared: Option<&history::Statements>,
+) -> Result<(), Error> {
     let client = ctx.client;
     let own = wrap == Wrap::Own;
-    let commit = if own { "; COMMIT" } else { "" };
-    let (open, body, record) = (
+    let (open, body) = (
         ctx.session.open(own),
         format!("{}{}", script.sql, ctx.session.seal()),
-        format!(
-            "{}{commit}",
-            change(ctx, migration, direction, Elapsed::Sealed)
-        ),
     );
+    let text = change(ctx, migration, direction, Elapsed::Sealed);
+    let record = async {
+        match (prepared, direction) {
+            (Some(statements), Direction::Up) => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+                    &migration.version,
+                    &migration.name,
+                    &migration.checksum,
+                    &ctx.applied_by,
+                ];
+                client.execute(&statements.insert, &params).await
+            }
+            (Some(statements), Direction::Down) => {
+                client
+                    .execute(&statements.delete, &[&migration.version])
+                    .await
+            }
+            (None, _) => client.simple_query(&text).await.map(|m| changed(&m)),
+        }
+    };
     // Each arm sends its message on its first poll, in this order, before any of them
     // waits for an answer: the messages travel together.
-    let (open, body, record) = tokio::join!(
+    let (open, body, record, commit) = tokio::join!(
         client.simple_query(&open),
         client.batch_execute(&body),
-        client.simple_query(&record),
+        record,
+        when(own, client.batch_execute("COMMIT")),
     );
-    let result = outcome(ctx, migration, script, direction, wrap, open, body, record).await;
-    if result.is_err() && own {
-        // A failure skipped the COMMIT and left the transaction open; a lost connection
-        // took it along already.
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    result
+    outcome(
+        ctx, migration, script, direction, wrap, open, body, record, commit,
+    )
+    .await
+}
+
+/// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
+async fn when(
+    condition: bool,
+    query: impl Future<Output = Result<(), tokio_postgres::Error>>,
+) -> Result<(), tokio_postgres::Error> {
+    if condition { query.await } else { Ok(()) }
+}
+
+/// The rows the first statement of a simple query changed: the history change's.
+fn changed(messages: &[SimpleQueryMessage]) -> u64 {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 type Answer<T> = Result<T, tokio_postgres::Error>;
 
-/// What the three answers of [`pipelined`] say, first failure first.
+/// What the answers of [`send`] say, first failure first.
 #[allow(clippy::too_many_arguments)]
 async fn outcome(
     ctx: &Context<'_>,
@@ -268,12 +344,14 @@ async fn outcome(
     wrap: Wrap,
     open: Answer<Vec<SimpleQueryMessage>>,
     body: Answer<()>,
-    record: Answer<Vec<SimpleQueryMessage>>,
+    record: Answer<u64>,
+    commit: Answer<()>,
 ) -> Result<(), Error> {
     let errors = [
         open.as_ref().err(),
         body.as_ref().err(),
         record.as_ref().err(),
+        commit.as_ref().err(),
     ];
     if let Some(error) = errors.into_iter().flatten().find(|e| is_connection_lost(e)) {
         return Err(connection_lost(migration, script, wrap, error));
@@ -292,25 +370,17 @@ async fn outcome(
         }
         return Err(error);
     }
-    let record = record.map_err(|e| {
+    let changed = record.map_err(|e| {
         let context = "recording the migration in history";
         refused(ctx, migration, script, e, context)
     })?;
-    // The counts are the history change's and, in its own transaction, COMMIT's.
-    let counts: Vec<u64> = record
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
-            _ => None,
-        })
-        .collect();
-    let inserted = counts.first().copied().unwrap_or_default();
-    if direction == Direction::Up && inserted != 1 {
+    if direction == Direction::Up && changed != 1 {
         return Err(Error::HistoryWrite {
             version: migration.version,
-            rows: inserted,
+            rows: changed,
         });
     }
+    commit.map_err(|e| refused(ctx, migration, script, e, "committing the migration"))?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The history table (`schema_migrations` by default): its name, creation, rows and updates.
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 use crate::error::Error;
 use crate::source::Migration;
@@ -250,17 +250,7 @@ pub fn insert(
     elapsed: Elapsed,
     guard: impl Fn(&str) -> String,
 ) -> String {
-    let execution_ms = match elapsed {
-        // From the mark the migration's opening set, or (when the file ran RESET ALL) from
-        // its transaction's start, a moment earlier.
-        Elapsed::Sealed => format!(
-            "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - \
-             coalesce(nullif(pg_catalog.current_setting('{}', true), '')::timestamptz, \
-             pg_catalog.transaction_timestamp())) * 1000)::bigint",
-            STARTED
-        ),
-        Elapsed::Ms(ms) => ms.to_string(),
-    };
+    let execution_ms = execution_ms(elapsed);
     format!(
         "INSERT INTO {} (version, name, checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {execution_ms}, {})",
         table.quoted,
@@ -271,9 +261,26 @@ pub fn insert(
     )
 }
 
+fn execution_ms(elapsed: Elapsed) -> String {
+    match elapsed {
+        // From the mark the migration's opening set, or (in a transaction of its own, or
+        // when the file ran RESET ALL) from its transaction's start, a moment earlier.
+        Elapsed::Sealed => format!(
+            "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - \
+             coalesce(nullif(pg_catalog.current_setting('{STARTED}', true), '')::timestamptz, \
+             pg_catalog.transaction_timestamp())) * 1000)::bigint"
+        ),
+        Elapsed::Ms(ms) => ms.to_string(),
+    }
+}
+
 /// The delete removing `version`'s row, as SQL text that raises an error (rolling back the
 /// rollback with it) when there was no such row. `guard` as for [`insert`].
 pub fn delete(table: &Table, version: i64, guard: impl Fn(&str) -> String) -> String {
+    delete_sql(table, &version.to_string(), guard)
+}
+
+fn delete_sql(table: &Table, version: &str, guard: impl Fn(&str) -> String) -> String {
     format!(
         "WITH deleted AS (DELETE FROM {} WHERE version = {version} RETURNING 1) \
          SELECT CASE WHEN pg_catalog.count(*) <> 1 \
@@ -287,6 +294,35 @@ pub fn delete(table: &Table, version: i64, guard: impl Fn(&str) -> String) -> St
 fn literal(text: &str) -> String {
     let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
     format!("pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), 'UTF8')")
+}
+
+/// The history change of a migration in a transaction of its own, prepared once per run so
+/// that each migration's row costs the server no parse or plan.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    /// Parameters: version, name, checksum, applied_by.
+    pub insert: Statement,
+    /// Parameter: version.
+    pub delete: Statement,
+}
+
+/// Prepares [`insert`] and [`delete`] with `guard` applied, as statements.
+pub async fn prepare(
+    client: &Client,
+    table: &Table,
+    guard: impl Fn(&str) -> String,
+) -> Result<Statements, Error> {
+    let insert = format!(
+        "INSERT INTO {} (version, name, checksum, execution_ms, applied_by) \
+         VALUES ({}, $2::text, $3::text, {}, $4::text)",
+        table.quoted,
+        guard("$1::bigint"),
+        execution_ms(Elapsed::Sealed),
+    );
+    let delete = delete_sql(table, "$1::bigint", guard);
+    let (insert, delete) = tokio::try_join!(client.prepare(&insert), client.prepare(&delete))
+        .map_err(Error::database("preparing the history statements"))?;
+    Ok(Statements { insert, delete })
 }
 
 /// Records `migrations` as applied without running them (`baseline`), all in one

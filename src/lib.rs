@@ -287,7 +287,9 @@ async fn execute(
             if !table_exists {
                 history::create(client, table).await?;
             }
-            let ctx = context(run, false);
+            let statements = history::prepare(client, table, |v| run.session.guard(v)).await?;
+            let prepared = std::sync::Mutex::new(statements);
+            let ctx = context(run, false, Some(&prepared));
             apply::each(&ctx, &mut monitor, plan, direction, &mut applied).await
         }
         Mode::Single | Mode::DryRun => {
@@ -296,7 +298,7 @@ async fn execute(
                 if !table_exists {
                     history::create(client, table).await?;
                 }
-                let ctx = context(run, !commit);
+                let ctx = context(run, !commit, None);
                 apply::inside(&ctx, &mut monitor, plan, direction, !commit).await?;
                 applied = if commit { plan.len() } else { 0 };
                 Ok(())
@@ -318,11 +320,16 @@ async fn execute(
     result
 }
 
-fn context<'a>(run: &'a Run<'a>, dry_run: bool) -> apply::Context<'a> {
+fn context<'a>(
+    run: &'a Run<'a>,
+    dry_run: bool,
+    prepared: Option<&'a std::sync::Mutex<history::Statements>>,
+) -> apply::Context<'a> {
     apply::Context {
         client: run.client,
         table: run.table,
         session: &run.session,
+        prepared,
         applied_by: &run.config.applied_by,
         dry_run,
         lock_retries: run.config.session.lock_retries,

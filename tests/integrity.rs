@@ -91,6 +91,7 @@ async fn apply(
         client: &h.client,
         table: &h.table,
         session: &h.session,
+        prepared: None,
         applied_by: "test",
         dry_run: matches!(how, How::Inside { commit: false }),
         lock_retries: 0,
