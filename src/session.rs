@@ -77,10 +77,16 @@ impl Session {
         limits: Limits,
         lock: (i32, i32),
     ) -> Result<Session, Error> {
+        // One round trip: the run's limits apply from here on, to the lock and history
+        // reads too; the server's version decides the reset each migration repeats.
+        let setup = format!(
+            "{}; SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('server_version_num'), \
+             CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 \
+             THEN pg_catalog.set_config('client_connection_check_interval', '2000', false) END",
+            reset_sql(limits, 0)
+        );
         let messages = client
-            .simple_query(
-                "SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('server_version_num')",
-            )
+            .simple_query(&setup)
             .await
             .map_err(Error::database("setting up the session"))?;
         let row = last_row(&messages);
@@ -91,10 +97,6 @@ impl Session {
         };
         let (backend_pid, version) = (value(0), value(1));
         let reset = reset_sql(limits, version);
-        client
-            .batch_execute(&reset)
-            .await
-            .map_err(Error::database("setting up the session"))?;
         Ok(Session {
             backend_pid,
             reset,
