@@ -714,3 +714,34 @@ async fn random_kills_and_terms_never_leave_history_and_schema_disagreeing() {
     assert_eq!(recorded(&client).await.len() as i64, COUNT);
     history_matches_schema(&client, COUNT).await;
 }
+
+#[tokio::test]
+async fn an_unqualified_history_table_goes_where_the_search_path_says_at_the_start() {
+    let db = support::database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA \"My App\"; ALTER DATABASE \"{}\" SET search_path = \"My App\"",
+            db.name
+        ))
+        .await
+        .expect("schema");
+    let dir = migrations(&[
+        (
+            "001_a.sql",
+            "CREATE TABLE a (i int);\nSET search_path = public;",
+        ),
+        ("002_b.sql", "CREATE TABLE b (i int);"),
+    ]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    result.expect("up");
+    let rows: i64 = one(&client, "SELECT count(*) FROM \"My App\".schema_migrations").await;
+    assert_eq!(rows, 2);
+    // Each migration starts from the database's search path, whatever 001 set.
+    let b: i64 = one(
+        &client,
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'My App' AND tablename = 'b'",
+    )
+    .await;
+    assert_eq!(b, 1);
+}
