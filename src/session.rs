@@ -7,13 +7,14 @@
 //! therefore travels as three messages, all sent before the first answer comes back (one
 //! round trip per migration):
 //!
-//! 1. [`Session::open`]: `RESET ALL`, `RESET ROLE` and the run's own settings, committed before
+//! 1. [`Session::open`]: `RESET ALL` and the run's own settings, committed before
 //!    `BEGIN` (a transaction takes `default_transaction_read_only` from the settings in force
 //!    when it starts); then a `WITH HOLD` cursor whose query fails, so that a `COMMIT` hidden
 //!    in the file fails and rolls everything back; then a savepoint;
 //! 2. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
 //!    (which fails if the file ended the transaction, rolling back whatever ran after that in
-//!    the message), `CLOSE` of the cursor, and a transaction-local token;
+//!    the message), `CLOSE` of the cursor, `RESET ROLE` (which `RESET ALL` leaves alone), and a
+//!    transaction-local token;
 //! 3. the history change, whose value goes through [`Session::guard`]: an error unless this
 //!    is the run's server session, the token is set (the file ran whole, inside this
 //!    transaction) and the migration lock is held; then `COMMIT`.
@@ -127,7 +128,7 @@ impl Session {
         };
         format!(
             "{}; {begin}DECLARE {GUARD} CURSOR WITH HOLD FOR \
-             SELECT pg_catalog.current_setting('{COMMIT_REFUSED}') FROM pg_catalog.generate_series(1, 1); \
+             SELECT pg_catalog.current_setting('{COMMIT_REFUSED}'); \
              SAVEPOINT {SAVEPOINT}{mark}",
             self.reset
         )
@@ -199,14 +200,16 @@ impl Session {
     /// the next migration.
     pub fn check_outside(&self) -> String {
         format!(
-            "SELECT CASE \
+            "RESET ROLE; SELECT CASE \
              WHEN pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() \
              THEN pg_catalog.current_setting('{LEFT_OPEN}')::int END"
         )
     }
 }
 
-/// `RESET ALL` leaves the role alone (it is marked not to be reset), hence `RESET ROLE`.
+/// `RESET ALL` leaves the role alone (it is marked not to be reset); the role is reset after
+/// each file instead, before its history row (see [`Session::seal`] and
+/// [`Session::check_outside`]), so that row is written as the run's user.
 /// `client_connection_check_interval` (PostgreSQL 14+) ends the server's work soon after the
 /// job is killed, instead of at the migration's end.
 /// Plain SET statements: the server neither plans nor returns rows for them, unlike
@@ -219,7 +222,7 @@ fn reset_sql(limits: Limits, server_version: i32) -> String {
         ""
     };
     format!(
-        "RESET ALL; RESET ROLE; SET lock_timeout = {}; SET statement_timeout = {statement_ms}; \
+        "RESET ALL; SET lock_timeout = {}; SET statement_timeout = {statement_ms}; \
          SET idle_in_transaction_session_timeout = {}{check}",
         limits.lock_timeout.as_millis(),
         IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
@@ -346,7 +349,7 @@ mod tests {
             statement_timeout: Some(Duration::from_secs(90)),
         };
         let sql = reset_sql(limits, 150_000);
-        assert!(sql.starts_with("RESET ALL; RESET ROLE;"), "{sql}");
+        assert!(sql.starts_with("RESET ALL; SET"), "{sql}");
         assert!(sql.contains("SET lock_timeout = 5000;"), "{sql}");
         assert!(sql.contains("SET statement_timeout = 90000;"), "{sql}");
         assert!(

@@ -745,3 +745,25 @@ async fn an_unqualified_history_table_goes_where_the_search_path_says_at_the_sta
     .await;
     assert_eq!(b, 1);
 }
+
+#[tokio::test]
+async fn a_set_role_in_a_no_transaction_file_does_not_stop_its_history_row() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "001_role.sql",
+            "-- no-transaction\nDO $$ BEGIN CREATE ROLE dbm_integrity_bare; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\nSET ROLE dbm_integrity_bare;",
+        ),
+        ("002_after.sql", "CREATE TABLE after_role (i int);"),
+    ]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    result.expect("the role has no rights on the history table, the run's user has");
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, [1, 2]);
+    let owner: String = one(
+        &client,
+        "SELECT tableowner::text FROM pg_tables WHERE tablename = 'after_role'",
+    )
+    .await;
+    assert_eq!(owner, "postgres");
+}
