@@ -279,7 +279,12 @@ async fn send(
         ctx.session.open(own),
         format!("{}{}", script.sql, ctx.session.seal()),
     );
-    let text = change(ctx, migration, direction, Elapsed::Sealed);
+    // Only the text form needs its values spelled out; the prepared one binds them.
+    let text = if prepared.is_none() {
+        change(ctx, migration, direction, Elapsed::Sealed)
+    } else {
+        String::new()
+    };
     let record = async {
         match (prepared, direction) {
             (Some(statements), Direction::Up) => {

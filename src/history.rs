@@ -229,6 +229,9 @@ pub const STARTED: &str = "db_migrate.started";
 /// The unknown setting whose error stands for "the row a rollback deletes was not there".
 pub const ROW_MISSING: &str = "db_migrate.the_history_row_to_delete_is_missing";
 
+/// The columns a history insert fills, in the order of its values.
+const COLUMNS: &str = "(version, name, checksum, execution_ms, applied_by)";
+
 /// How a history insert learns the migration's execution time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elapsed {
@@ -254,7 +257,7 @@ pub fn insert(
 ) -> String {
     let execution_ms = execution_ms(elapsed);
     format!(
-        "INSERT INTO {} (version, name, checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {execution_ms}, {})",
+        "INSERT INTO {} {COLUMNS} VALUES ({}, {}, {}, {execution_ms}, {})",
         table.quoted,
         guard(&migration.version.to_string()),
         literal(&migration.name),
@@ -315,7 +318,7 @@ pub async fn prepare(
     guard: impl Fn(&str) -> String,
 ) -> Result<Statements, Error> {
     let insert = format!(
-        "INSERT INTO {} (version, name, checksum, execution_ms, applied_by) \
+        "INSERT INTO {} {COLUMNS} \
          VALUES ({}, $2::text, $3::text, {}, $4::text)",
         table.quoted,
         guard("$1::bigint"),

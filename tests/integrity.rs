@@ -181,45 +181,29 @@ async fn a_body_that_is_never_sent_gets_no_history_row() {
 }
 
 #[tokio::test]
-async fn a_dry_run_never_commits_whatever_the_files_contain() {
-    let db = support::database().await;
-    let h = harness(&db).await;
-    let first = migration(1, "CREATE TABLE a (i int)", None);
-    let second = migration(
-        2,
-        "CREATE TABLE b (i int); COMMIT; CREATE TABLE c (i int)",
-        None,
-    );
-    let result = apply(
-        &h,
-        &[&first, &second],
-        Direction::Up,
-        How::Inside { commit: false },
-    )
-    .await;
-    assert_eq!(refusal(result), Refusal::CommitRefused);
-    let client = db.client().await;
-    assert_eq!(tables(&client).await, ["schema_migrations"]);
-    assert!(recorded(&client).await.is_empty());
-}
-
-#[tokio::test]
-async fn single_transaction_is_all_or_nothing_even_with_a_hidden_commit() {
-    let db = support::database().await;
-    let h = harness(&db).await;
-    let first = migration(1, "CREATE TABLE a (i int)", None);
-    let second = migration(2, "CREATE TABLE b (i int); COMMIT", None);
-    let result = apply(
-        &h,
-        &[&first, &second],
-        Direction::Up,
-        How::Inside { commit: true },
-    )
-    .await;
-    assert_eq!(refusal(result), Refusal::CommitRefused);
-    let client = db.client().await;
-    assert_eq!(tables(&client).await, ["schema_migrations"]);
-    assert!(recorded(&client).await.is_empty());
+async fn inside_the_runs_own_transaction_a_hidden_commit_keeps_nothing() {
+    // commit false is the dry run, which never commits; true is --single-transaction, all or
+    // nothing.
+    for commit in [false, true] {
+        let db = support::database().await;
+        let h = harness(&db).await;
+        let first = migration(1, "CREATE TABLE a (i int)", None);
+        let second = migration(
+            2,
+            "CREATE TABLE b (i int); COMMIT; CREATE TABLE c (i int)",
+            None,
+        );
+        let plan = [&first, &second];
+        let result = apply(&h, &plan, Direction::Up, How::Inside { commit }).await;
+        assert_eq!(refusal(result), Refusal::CommitRefused, "commit {commit}");
+        let client = db.client().await;
+        assert_eq!(
+            tables(&client).await,
+            ["schema_migrations"],
+            "commit {commit}"
+        );
+        assert!(recorded(&client).await.is_empty(), "commit {commit}");
+    }
 }
 
 #[tokio::test]
