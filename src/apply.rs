@@ -433,11 +433,9 @@ fn connection_lost(
 async fn locate(ctx: &Context<'_>, script: &Script, wrap: Wrap) -> Option<(usize, usize)> {
     let client = ctx.client;
     let (start, end) = match wrap {
-        // The failed transaction is still open: end it first.
-        Wrap::Own => (
-            format!("ROLLBACK; {}", ctx.session.open(true)),
-            "ROLLBACK".to_string(),
-        ),
+        // The pipeline's COMMIT already ended the failed transaction (as a ROLLBACK); another
+        // ROLLBACK would make the server warn.
+        Wrap::Own => (ctx.session.open(true), "ROLLBACK".to_string()),
         Wrap::Outer => (ctx.session.rewind(), ctx.session.rewind()),
     };
     client.batch_execute(&start).await.ok()?;

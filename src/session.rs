@@ -7,10 +7,11 @@
 //! therefore travels as three messages, all sent before the first answer comes back (one
 //! round trip per migration):
 //!
-//! 1. [`Session::open`]: `RESET ALL` and the run's own settings, committed before
-//!    `BEGIN` (a transaction takes `default_transaction_read_only` from the settings in force
-//!    when it starts); then a `WITH HOLD` cursor whose query fails, so that a `COMMIT` hidden
-//!    in the file fails and rolls everything back; then a savepoint;
+//! 1. [`Session::open`]: `RESET ALL` and the run's own settings, in a transaction committed
+//!    before the migration's `BEGIN` (a transaction takes `default_transaction_read_only`
+//!    from the settings in force when it starts); then a `WITH HOLD` cursor whose query
+//!    fails, so that a `COMMIT` hidden in the file fails and rolls everything back; then a
+//!    savepoint;
 //! 2. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
 //!    (which fails if the file ended the transaction, rolling back whatever ran after that in
 //!    the message), `CLOSE` of the cursor, `RESET ROLE` (which `RESET ALL` leaves alone), and a
@@ -117,20 +118,24 @@ impl Session {
     /// also marks the migration's start for its `execution_ms`; in a transaction of its own,
     /// the transaction's start is the migration's.
     pub fn open(&self, begin: bool) -> String {
-        let (begin, mark) = match begin {
-            true => ("COMMIT; BEGIN; ", String::new()),
+        let reset = &self.reset;
+        let (reset, mark) = match begin {
+            // The reset gets a transaction of its own, committed before the migration's:
+            // an explicit one, because a COMMIT that ends the implicit transaction of a
+            // multi-statement message makes the server warn "there is no transaction in
+            // progress", to the client and into its log, once per migration.
+            true => (format!("BEGIN; {reset}; COMMIT; BEGIN"), String::new()),
             false => (
-                "",
+                reset.clone(),
                 format!(
                     "; SELECT pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)"
                 ),
             ),
         };
         format!(
-            "{}; {begin}DECLARE {GUARD} CURSOR WITH HOLD FOR \
+            "{reset}; DECLARE {GUARD} CURSOR WITH HOLD FOR \
              SELECT pg_catalog.current_setting('{COMMIT_REFUSED}'); \
-             SAVEPOINT {SAVEPOINT}{mark}",
-            self.reset
+             SAVEPOINT {SAVEPOINT}{mark}"
         )
     }
 

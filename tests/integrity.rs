@@ -8,6 +8,7 @@
 mod support;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use db_migrate::apply::{self, Context, Direction};
@@ -19,7 +20,7 @@ use db_migrate::session::{Limits, Refusal, Session};
 use db_migrate::source::{Migration, Script};
 use db_migrate::{connect, lock};
 use support::{TestDb, history as recorded, migrations, one, run, tables, up};
-use tokio_postgres::Client;
+use tokio_postgres::{AsyncMessage, Client};
 
 fn migration(version: i64, up: &str, down: Option<&str>) -> Migration {
     let script = |sql: &str, suffix: &str| Script {
@@ -45,7 +46,10 @@ struct Harness {
 }
 
 async fn harness(db: &TestDb) -> Harness {
-    let client = db.client().await;
+    harness_with(db, db.client().await).await
+}
+
+async fn harness_with(db: &TestDb, client: Client) -> Harness {
     let table = Table::parse("schema_migrations")
         .expect("valid name")
         .resolve(&client)
@@ -115,6 +119,24 @@ async fn apply(
             .await
         }
     }
+}
+
+/// A client whose connection keeps every notice and warning the server sends it.
+async fn noticing_client(url: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&notices);
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notice(notice) = message {
+                let line = format!("{}: {}", notice.severity(), notice.message());
+                kept.lock().unwrap().push(line);
+            }
+        }
+    });
+    (client, notices)
 }
 
 fn refusal(result: Result<(), Error>) -> Refusal {
@@ -420,6 +442,39 @@ async fn session_settings_of_one_migration_do_not_reach_the_next() {
             "public.t postgres",
         ]
     );
+}
+
+#[tokio::test]
+async fn running_migrations_makes_the_server_warn_about_nothing() {
+    // A warning per migration lands in the server's log, which on Cloud SQL is the team's
+    // Cloud Logging: the session's own statements must not cause one.
+    let db = support::database().await;
+    let (client, notices) = noticing_client(&db.url).await;
+    let h = harness_with(&db, client).await;
+    notices.lock().unwrap().clear();
+    let a = migration(1, "CREATE TABLE a (i int);", Some("DROP TABLE a;"));
+    let b = migration(2, "CREATE TABLE b (i int);", None);
+    let index = "-- no-transaction\nCREATE INDEX CONCURRENTLY b_i ON b (i);";
+    let d = migration(4, index, None);
+    // Fails without a server position, so the failing statement is located by a replay.
+    let c = migration(
+        3,
+        "CREATE TABLE c (i int PRIMARY KEY);\nINSERT INTO c VALUES (1);\nINSERT INTO c VALUES (1);",
+        None,
+    );
+    apply(&h, &[&a, &b, &d], Direction::Up, How::Each)
+        .await
+        .expect("up");
+    apply(&h, &[&a], Direction::Down, How::Each)
+        .await
+        .expect("down");
+    let failed = apply(&h, &[&a, &c], Direction::Up, How::Each).await;
+    assert!(matches!(failed, Err(Error::Apply(_))), "{failed:?}");
+    apply(&h, &[&c], Direction::Up, How::Inside { commit: false })
+        .await
+        .expect_err("the dry run meets the same duplicate");
+    assert_eq!(recorded(&h.client).await, vec![1, 2, 4]);
+    assert_eq!(*notices.lock().unwrap(), Vec::<String>::new());
 }
 
 #[tokio::test]
