@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use crate::cloudsql::{self, IpType};
 use crate::error::Error;
 use crate::history::Table;
-use crate::plan::{Rollback, Target};
+use crate::plan::{Mode, Rollback, Target};
 use crate::{connect, log};
 
 /// Applies numbered plain-SQL migrations to PostgreSQL, once, before a deploy.
@@ -212,17 +212,6 @@ pub enum Backup {
 pub enum OutputFormat {
     Text,
     Json,
-}
-
-/// How `up` (and `down`) hold their transactions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// One transaction per migration.
-    Each,
-    /// One transaction for the whole run.
-    Single,
-    /// One transaction for the whole run, rolled back.
-    DryRun,
 }
 
 /// What to do, validated.

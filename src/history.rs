@@ -4,7 +4,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 use crate::error::Error;
-use crate::source::Migration;
+use crate::source::{Direction, Migration};
 
 /// PostgreSQL's limit for a name, in bytes (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
@@ -240,6 +240,22 @@ pub enum Elapsed {
     Sealed,
     /// Measured by the job, for a `-- no-transaction` migration.
     Ms(u64),
+}
+
+/// The history change for one migration as SQL text: its row inserted when it is applied,
+/// deleted when it is rolled back. `guard` as for [`insert`].
+pub fn change(
+    table: &Table,
+    direction: Direction,
+    migration: &Migration,
+    applied_by: &str,
+    elapsed: Elapsed,
+    guard: impl Fn(&str) -> String,
+) -> String {
+    match direction {
+        Direction::Up => insert(table, migration, applied_by, elapsed, guard),
+        Direction::Down => delete(table, migration.version, guard),
+    }
 }
 
 /// The insert recording `migration` as applied, as SQL text. Text rather than a prepared

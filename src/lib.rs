@@ -1,6 +1,8 @@
 //! db-migrate: applies numbered plain-SQL migrations to PostgreSQL as a one-shot job.
 //!
-//! The binary parses flags into a [`Config`] and calls [`run`]; everything else lives here.
+//! The binary parses flags into a [`Config`] and calls [`run`]; this module reads as the
+//! run's table of contents: load the files, connect, take the lock, plan, back up, apply.
+//! docs/architecture.md draws the modules and what each owns.
 
 pub mod apply;
 pub mod cli;
@@ -21,14 +23,12 @@ pub mod tls;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-pub use cli::{Command, Config, Mode};
+pub use cli::{Command, Config};
 pub use error::Error;
+pub use plan::Mode;
 
-use apply::Direction;
-use history::Applied;
 use interrupt::Interrupt;
-use monitor::Monitor;
-use plan::Entry;
+use plan::{Direction, Entry, Plan};
 use source::Migration;
 
 /// What a run did, for the summary event; filled in as the run goes, so a failed run still
@@ -52,343 +52,231 @@ pub struct Summary {
     pub backup: Option<String>,
 }
 
-/// Runs one command to completion.
-pub async fn run(config: &Config, summary: &mut Summary) -> Result<(), Error> {
-    if let Command::New { description } = &config.command {
-        let (up, down) = source::create(&config.dir, description)?;
-        info!(file = %up.display(), rollback = %down.display(), "migration created");
-        println!("{}\n{}", up.display(), down.display());
-        summary.created = vec![up, down];
-        return Ok(());
-    }
-    // Files are checked before any connection: a bad directory never touches the database.
-    let migrations = source::load(&config.dir)?;
-    let Some(database) = &config.database else {
-        return Err(Error::Config("no database given; set DATABASE_URL".into()));
+/// Runs one command to completion, and says what it did, also when it failed.
+pub async fn run(config: &Config) -> (Summary, Result<(), Error>) {
+    let mut job = Job {
+        config,
+        summary: Summary {
+            command: config.command.name(),
+            ..Summary::default()
+        },
     };
-    summary.target = Some(database.target());
-    let interrupt = Interrupt::default();
-    interrupt::guard(
-        &interrupt,
-        connected(config, database, &migrations, &interrupt, summary),
-    )
-    .await
+    let result = job.start().await;
+    (job.summary, result)
 }
 
-/// What the commands that change the database share.
-struct Run<'a> {
+/// One run: its configuration and what it has done so far.
+struct Job<'a> {
     config: &'a Config,
+    summary: Summary,
+}
+
+/// What the commands that talk to the database share once connected.
+struct Connected<'a> {
     database: &'a connect::Settings,
     client: &'a Client,
     /// The history table, schema-qualified once for the whole run.
     table: &'a history::Table,
     migrations: &'a [Migration],
     interrupt: &'a Interrupt,
-    session: session::Session,
 }
 
-async fn connected(
-    config: &Config,
-    database: &connect::Settings,
-    migrations: &[Migration],
-    interrupt: &Interrupt,
-    summary: &mut Summary,
-) -> Result<(), Error> {
-    let client = connect::open(database).await?;
-    interrupt.arm(client.cancel_token(), database.clone());
-    let table = config.history_table.resolve(&client).await?;
-    if let Command::Status { .. } | Command::Verify = &config.command {
-        return inspect(config, &client, &table, migrations, summary).await;
-    }
-    let limits = session::Limits {
-        lock_timeout: config.session.lock_timeout,
-        statement_timeout: config.session.statement_timeout,
-    };
-    let session = session::Session::prepare(&client, limits, lock::key(&table)).await?;
-    let backend_pid = session.backend_pid;
-    let run = Run {
-        config,
-        database,
-        client: &client,
-        table: &table,
-        migrations,
-        interrupt,
-        session,
-    };
-    lock::with(
-        &client,
-        &table,
-        config.lock_wait,
-        backend_pid,
-        interrupt,
-        async || change(&run, summary).await,
-    )
-    .await
-}
-
-/// `status` and `verify`: read only, no lock, never create the history table.
-async fn inspect(
-    config: &Config,
-    client: &Client,
-    table: &history::Table,
-    migrations: &[Migration],
-    summary: &mut Summary,
-) -> Result<(), Error> {
-    let columns = match &config.command {
-        Command::Status { .. } => history::Columns::WithTimes,
-        _ => history::Columns::Checks,
-    };
-    let applied = history::applied(client, table, columns)
-        .await?
-        .unwrap_or_default();
-    summary.status = plan::status(migrations, &applied);
-    summary.pending = summary
-        .status
-        .iter()
-        .filter(|e| e.state == plan::State::Pending)
-        .count();
-    match &config.command {
-        Command::Verify => plan::verify(migrations, &applied, config.allow_out_of_order),
-        Command::Status { format } => {
-            // A closed stdout (`| head`) is the reader's choice, not a failed run.
-            let _ = log::print_status(&summary.status, *format == cli::OutputFormat::Json);
-            Ok(())
+impl Job<'_> {
+    async fn start(&mut self) -> Result<(), Error> {
+        let config = self.config;
+        if let Command::New { description } = &config.command {
+            let (up, down) = source::create(&config.dir, description)?;
+            info!(file = %up.display(), rollback = %down.display(), "migration created");
+            println!("{}\n{}", up.display(), down.display());
+            self.summary.created = vec![up, down];
+            return Ok(());
         }
-        _ => Ok(()),
+        // Files are checked before any connection: a bad directory never touches the database.
+        let migrations = source::load(&config.dir)?;
+        let Some(database) = &config.database else {
+            return Err(Error::Config("no database given; set DATABASE_URL".into()));
+        };
+        self.summary.target = Some(database.target());
+        let interrupt = Interrupt::default();
+        let work = self.connect(database, &migrations, &interrupt);
+        interrupt::guard(&interrupt, work).await
     }
-}
 
-/// The commands that change the database, run under the migration lock.
-async fn change(run: &Run<'_>, summary: &mut Summary) -> Result<(), Error> {
-    let (config, client, migrations, table) = (run.config, run.client, run.migrations, run.table);
-    let recorded = history::applied(client, table, history::Columns::Checks).await?;
-    if recorded.is_none()
-        && matches!(config.command, Command::Up { .. })
-        && history::has_user_tables(client).await?
-    {
-        warn!(
-            history_table = table.name(),
-            "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
-        );
+    async fn connect(
+        &mut self,
+        database: &connect::Settings,
+        migrations: &[Migration],
+        interrupt: &Interrupt,
+    ) -> Result<(), Error> {
+        let client = connect::open(database).await?;
+        interrupt.arm(client.cancel_token(), database.clone());
+        let table = self.config.history_table.resolve(&client).await?;
+        let db = Connected {
+            database,
+            client: &client,
+            table: &table,
+            migrations,
+            interrupt,
+        };
+        if let Command::Status { .. } | Command::Verify = &self.config.command {
+            return self.inspect(&db).await;
+        }
+        let limits = session::Limits {
+            lock_timeout: self.config.session.lock_timeout,
+            statement_timeout: self.config.session.statement_timeout,
+        };
+        let session = session::Session::prepare(&client, limits, lock::key(&table)).await?;
+        let wait = self.config.lock_wait;
+        let pid = session.backend_pid;
+        let work = async || self.change(&db, &session).await;
+        lock::with(&client, &table, wait, pid, interrupt, work).await
     }
-    let applied = recorded.clone().unwrap_or_default();
-    match &config.command {
-        Command::Up { target, mode } => {
-            let plan = plan::up(migrations, &applied, *target, config.allow_out_of_order)?;
-            summary.pending = plan.len();
-            check(&plan, Direction::Up)?;
-            backup(run, &plan, *mode, summary).await?;
-            if plan.is_empty() {
+
+    /// `status` and `verify`: read only, no lock, never create the history table.
+    async fn inspect(&mut self, db: &Connected<'_>) -> Result<(), Error> {
+        let columns = match &self.config.command {
+            Command::Status { .. } => history::Columns::WithTimes,
+            _ => history::Columns::Checks,
+        };
+        let applied = history::applied(db.client, db.table, columns).await?;
+        let applied = applied.unwrap_or_default();
+        let status = plan::status(db.migrations, &applied);
+        self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
+        self.summary.status = status;
+        match &self.config.command {
+            Command::Verify => {
+                plan::verify(db.migrations, &applied, self.config.allow_out_of_order)
+            }
+            Command::Status { format } => {
+                // A closed stdout (`| head`) is the reader's choice, not a failed run.
+                let json = *format == cli::OutputFormat::Json;
+                let _ = log::print_status(&self.summary.status, json);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The commands that change the database, run under the migration lock.
+    async fn change(
+        &mut self,
+        db: &Connected<'_>,
+        session: &session::Session,
+    ) -> Result<(), Error> {
+        let (config, client, table) = (self.config, db.client, db.table);
+        let recorded = history::applied(client, table, history::Columns::Checks).await?;
+        let history_exists = recorded.is_some();
+        let up = matches!(config.command, Command::Up { .. });
+        if !history_exists && up && history::has_user_tables(client).await? {
+            warn!(
+                history_table = table.name(),
+                "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
+            );
+        }
+        let applied = recorded.unwrap_or_default();
+        let migrations = db.migrations;
+        let (plan, mode) = match &config.command {
+            Command::Up { target, mode } => {
+                let order = config.allow_out_of_order;
+                (plan::up(migrations, &applied, *target, order)?, *mode)
+            }
+            Command::Down { rollback, mode } => {
+                (plan::down(migrations, &applied, *rollback)?, *mode)
+            }
+            Command::Repair { version } => {
+                let Some((file, row)) = plan::repair(migrations, &applied, *version)? else {
+                    info!(version, "checksum already matches; nothing to repair");
+                    return Ok(());
+                };
+                history::set_checksum(client, table, *version, &file.checksum).await?;
+                warn!(version, old_checksum = %row.checksum, new_checksum = %file.checksum, "recorded checksum replaced");
                 return Ok(());
             }
-            let ready = recorded.is_some();
-            execute(run, &plan, Direction::Up, *mode, ready, summary).await
-        }
-        Command::Down { rollback, mode } => {
-            let plan = plan::down(migrations, &applied, *rollback)?;
-            check(&plan, Direction::Down)?;
-            backup(run, &plan, *mode, summary).await?;
-            if plan.is_empty() {
-                return Ok(());
-            }
-            execute(run, &plan, Direction::Down, *mode, true, summary).await
-        }
-        Command::Repair { version } => repair(client, table, migrations, &applied, *version).await,
-        Command::Baseline { version } => {
-            baseline(
-                run,
-                migrations,
-                &applied,
-                recorded.is_some(),
-                *version,
-                summary,
-            )
-            .await
-        }
-        Command::Status { .. } | Command::Verify | Command::New { .. } => Ok(()),
-    }
-}
-
-/// The content rules for the files a plan runs, before any of them (or a backup) runs. A
-/// new migration's rollback is checked with it, not first when an emergency needs it.
-fn check(plan: &[&Migration], direction: Direction) -> Result<(), Error> {
-    for migration in plan {
-        let forward = (direction == Direction::Up).then_some(&migration.up);
-        for script in forward.into_iter().chain(&migration.down) {
-            source::check(script)?;
-        }
-    }
-    Ok(())
-}
-
-/// The backup `--backup` asks for, under the migration lock and before anything changes:
-/// `auto` only when the plan runs something, never for a dry run.
-async fn backup(
-    run: &Run<'_>,
-    plan: &[&Migration],
-    mode: Mode,
-    summary: &mut Summary,
-) -> Result<(), Error> {
-    let config = run.config;
-    let wanted = match config.backup {
-        cli::Backup::Never => false,
-        cli::Backup::Auto => !plan.is_empty(),
-        cli::Backup::Always => true,
-    };
-    let Some(connector) = config.cloudsql.as_ref().filter(|_| wanted) else {
-        return Ok(());
-    };
-    if mode == Mode::DryRun {
-        return Ok(());
-    }
-    let stem = |m: &Migration| {
-        m.up.path.file_stem().map_or_else(
-            || m.version.to_string(),
-            |s| s.to_string_lossy().into_owned(),
-        )
-    };
-    let description = match (plan.first(), plan.last()) {
-        (Some(first), Some(last)) => {
-            format!("db-migrate before {}..{}", stem(first), stem(last))
-        }
-        _ => "db-migrate before a run with nothing pending".to_string(),
-    };
-    info!(instance = %connector.options.instance, description = %description, "backing up before migrating");
-    let id = connector
-        .backup(&description, config.backup_timeout, run.interrupt)
-        .await?;
-    info!(instance = %connector.options.instance, backup_id = %id, "backup done");
-    summary.backup = Some(id);
-    Ok(())
-}
-
-/// Runs a plan in the chosen mode. When the history table does not exist yet it is created
-/// first; for the dry run inside the transaction that is rolled back, so it leaves no trace.
-async fn execute(
-    run: &Run<'_>,
-    plan: &[&Migration],
-    direction: Direction,
-    mode: Mode,
-    table_exists: bool,
-    summary: &mut Summary,
-) -> Result<(), Error> {
-    let (config, client, table) = (run.config, run.client, run.table);
-    summary.dry_run = mode == Mode::DryRun;
-    let session = &config.session;
-    let mut monitor = Monitor::new(
-        run.database,
-        run.session.backend_pid,
-        session.progress_interval,
-        session.lock_timeout,
-    );
-    let mut applied = 0;
-    let result = match mode {
-        Mode::Each => {
-            if !table_exists {
-                history::create(client, table).await?;
-            }
-            let statements = history::prepare(client, table, |v| run.session.guard(v)).await?;
-            let prepared = std::sync::Mutex::new(statements);
-            let ctx = context(run, false, Some(&prepared));
-            apply::each(&ctx, &mut monitor, plan, direction, &mut applied).await
-        }
-        Mode::Single | Mode::DryRun => {
-            let commit = mode == Mode::Single;
-            apply::transaction(client, commit, async || {
-                if !table_exists {
+            Command::Baseline { version } => {
+                let adopted = plan::baseline(migrations, &applied, *version)?;
+                if !history_exists {
                     history::create(client, table).await?;
                 }
-                let ctx = context(run, !commit, None);
-                apply::inside(&ctx, &mut monitor, plan, direction, !commit).await?;
-                applied = if commit { plan.len() } else { 0 };
-                Ok(())
-            })
-            .await
+                history::record_baseline(client, table, &adopted, &config.applied_by).await?;
+                self.summary.applied = adopted.len();
+                info!(
+                    version,
+                    recorded = adopted.len(),
+                    "baseline recorded; nothing was executed"
+                );
+                return Ok(());
+            }
+            Command::Status { .. } | Command::Verify | Command::New { .. } => return Ok(()),
+        };
+        if plan.direction == Direction::Up {
+            self.summary.pending = plan.len();
         }
-    };
-    if result.is_ok() && mode == Mode::DryRun {
-        info!(
-            would_apply = plan.len(),
-            "dry run succeeded; everything was rolled back"
-        );
+        // Everything a plan can be refused for is refused before a backup is waited for.
+        plan.check(mode)?;
+        self.backup(db, &plan, mode).await?;
+        if plan.is_empty() {
+            return Ok(());
+        }
+        self.execute(db, session, &plan, mode, history_exists).await
     }
-    summary.applied = applied;
-    summary.pending = match direction {
-        Direction::Up => plan.len() - applied,
-        Direction::Down => 0,
-    };
-    result
-}
 
-fn context<'a>(
-    run: &'a Run<'a>,
-    dry_run: bool,
-    prepared: Option<&'a std::sync::Mutex<history::Statements>>,
-) -> apply::Context<'a> {
-    apply::Context {
-        client: run.client,
-        table: run.table,
-        session: &run.session,
-        prepared,
-        applied_by: &run.config.applied_by,
-        dry_run,
-        lock_retries: run.config.session.lock_retries,
-        interrupt: run.interrupt,
+    /// The backup `--backup` asks for, under the migration lock and before anything changes:
+    /// `auto` only when the plan runs something, never for a dry run.
+    async fn backup(
+        &mut self,
+        db: &Connected<'_>,
+        plan: &Plan<'_>,
+        mode: Mode,
+    ) -> Result<(), Error> {
+        let config = self.config;
+        let wanted = match config.backup {
+            cli::Backup::Never => false,
+            cli::Backup::Auto => !plan.is_empty(),
+            cli::Backup::Always => true,
+        };
+        let Some(connector) = config.cloudsql.as_ref().filter(|_| wanted) else {
+            return Ok(());
+        };
+        if mode == Mode::DryRun {
+            return Ok(());
+        }
+        let description = plan.describe();
+        info!(instance = %connector.options.instance, description = %description, "backing up before migrating");
+        let id = connector
+            .backup(&description, config.backup_timeout, db.interrupt)
+            .await?;
+        info!(instance = %connector.options.instance, backup_id = %id, "backup done");
+        self.summary.backup = Some(id);
+        Ok(())
     }
-}
 
-async fn repair(
-    client: &Client,
-    table: &history::Table,
-    migrations: &[Migration],
-    applied: &[Applied],
-    version: i64,
-) -> Result<(), Error> {
-    let file = migrations.iter().find(|m| m.version == version);
-    let row = applied.iter().find(|a| a.version == version);
-    let (Some(file), Some(row)) = (file, row) else {
-        return Err(Error::Config(format!(
-            "--version {version} must be both applied and present in the directory; `db-migrate status` lists them"
-        )));
-    };
-    if file.checksum == row.checksum {
-        info!(version, checksum = %row.checksum, "checksum already matches; nothing to repair");
-        return Ok(());
+    async fn execute(
+        &mut self,
+        db: &Connected<'_>,
+        session: &session::Session,
+        plan: &Plan<'_>,
+        mode: Mode,
+        history_exists: bool,
+    ) -> Result<(), Error> {
+        let limits = &self.config.session;
+        let ctx = apply::Context {
+            client: db.client,
+            table: db.table,
+            session,
+            applied_by: &self.config.applied_by,
+            lock_retries: limits.lock_retries,
+            interrupt: db.interrupt,
+        };
+        let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
+        let pid = session.backend_pid;
+        let mut monitor = monitor::Monitor::new(db.database, pid, interval, timeout);
+        let report = apply::run(&ctx, &mut monitor, plan, mode, history_exists).await;
+        self.summary.dry_run = mode == Mode::DryRun;
+        self.summary.applied = report.completed;
+        self.summary.pending = match plan.direction {
+            Direction::Up => plan.len() - report.completed,
+            Direction::Down => 0,
+        };
+        report.result
     }
-    history::set_checksum(client, table, version, &file.checksum).await?;
-    warn!(version, old_checksum = %row.checksum, new_checksum = %file.checksum, "recorded checksum replaced");
-    Ok(())
-}
-
-async fn baseline(
-    run: &Run<'_>,
-    migrations: &[Migration],
-    applied: &[Applied],
-    table_exists: bool,
-    version: i64,
-    summary: &mut Summary,
-) -> Result<(), Error> {
-    if !applied.is_empty() {
-        return Err(Error::HistoryNotEmpty {
-            count: applied.len(),
-        });
-    }
-    if !migrations.iter().any(|m| m.version == version) {
-        return Err(Error::Config(format!(
-            "--version {version} names no migration in the directory; pick the newest version the old scripts applied"
-        )));
-    }
-    let (client, table) = (run.client, run.table);
-    if !table_exists {
-        history::create(client, table).await?;
-    }
-    let adopted: Vec<&Migration> = migrations.iter().filter(|m| m.version <= version).collect();
-    history::record_baseline(client, table, &adopted, &run.config.applied_by).await?;
-    summary.applied = adopted.len();
-    info!(
-        version,
-        recorded = adopted.len(),
-        "baseline recorded; nothing was executed"
-    );
-    Ok(())
 }

@@ -20,16 +20,20 @@ fn main() -> ExitCode {
         Err(error) => return ExitCode::from(log::usage(Cli::usage(&error), started)),
     };
     log::init(cli.log_format);
-    let mut summary = Summary {
-        command: cli.command.name(),
-        ..Summary::default()
+    let command = cli.command.name();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| db_migrate::Error::Config(format!("cannot start the runtime: {e}")));
+    let (summary, result) = match cli.config().and_then(|config| Ok((config, runtime?))) {
+        Ok((config, runtime)) => runtime.block_on(db_migrate::run(&config)),
+        Err(error) => {
+            let summary = Summary {
+                command,
+                ..Summary::default()
+            };
+            (summary, Err(error))
+        }
     };
-    let result = cli.config().and_then(|config| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| db_migrate::Error::Config(format!("cannot start the runtime: {e}")))?;
-        runtime.block_on(db_migrate::run(&config, &mut summary))
-    });
     ExitCode::from(log::finish(&summary, &result, started))
 }

@@ -4,7 +4,120 @@ use std::collections::BTreeMap;
 
 use crate::error::Error;
 use crate::history::Applied;
-use crate::source::Migration;
+pub use crate::source::Direction;
+use crate::source::{self, Migration, Script};
+
+/// How `up` (and `down`) hold their transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One transaction per migration.
+    Each,
+    /// One transaction for the whole run.
+    Single,
+    /// One transaction for the whole run, rolled back.
+    DryRun,
+}
+
+/// What a run executes: its direction and its steps, in the order they run.
+#[derive(Debug, Clone)]
+pub struct Plan<'a> {
+    pub direction: Direction,
+    pub steps: Vec<Step<'a>>,
+}
+
+/// One migration of a plan and the file that runs for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    pub migration: &'a Migration,
+    /// The migration's own file for `up`, its rollback for `down`.
+    pub script: &'a Script,
+}
+
+impl<'a> Plan<'a> {
+    /// `migrations` in the order given, each with its file for `direction`. Rolling back a
+    /// migration without a rollback file is refused here, before anything runs.
+    pub fn new(
+        direction: Direction,
+        migrations: impl IntoIterator<Item = &'a Migration>,
+    ) -> Result<Plan<'a>, Error> {
+        let step = |migration: &'a Migration| {
+            let script = match direction {
+                Direction::Up => &migration.up,
+                Direction::Down => migration
+                    .down
+                    .as_ref()
+                    .ok_or_else(|| no_rollback(migration))?,
+            };
+            Ok(Step { migration, script })
+        };
+        let steps = migrations.into_iter().map(step).collect::<Result<_, _>>()?;
+        Ok(Plan { direction, steps })
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The plan's range by file name, for the backup taken before it:
+    /// `db-migrate before 003_add_x..005_drop_y`.
+    pub fn describe(&self) -> String {
+        let stem = |step: &Step| {
+            let path = &step.migration.up.path;
+            path.file_stem().map_or_else(
+                || step.migration.version.to_string(),
+                |s| s.to_string_lossy().into_owned(),
+            )
+        };
+        match (self.steps.first(), self.steps.last()) {
+            (Some(first), Some(last)) => {
+                format!("db-migrate before {}..{}", stem(first), stem(last))
+            }
+            _ => "db-migrate before a run with nothing pending".to_string(),
+        }
+    }
+
+    /// Everything that can be refused before the plan runs, and before any backup or
+    /// connection work: the content rules for each file the plan runs (for `up` also the
+    /// rollback, so a new migration's rollback is checked with it, not first when an
+    /// emergency needs it), and a `-- no-transaction` file in a `--single-transaction` run.
+    pub fn check(&self, mode: Mode) -> Result<(), Error> {
+        for step in &self.steps {
+            source::check(step.script)?;
+            if self.direction == Direction::Up {
+                step.migration.down.iter().try_for_each(source::check)?;
+            }
+        }
+        self.check_mode(mode)
+    }
+
+    /// Refuses a `-- no-transaction` file in a `--single-transaction` run (the dry run lists
+    /// it without running it).
+    pub fn check_mode(&self, mode: Mode) -> Result<(), Error> {
+        let outside = self.steps.iter().find(|s| s.script.no_transaction);
+        match (mode, outside) {
+            (Mode::Single, Some(step)) => Err(Error::Config(format!(
+                "migration {} runs outside a transaction (-- no-transaction), so it cannot join --single-transaction; run without that flag",
+                step.migration.version
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn no_rollback(migration: &Migration) -> Error {
+    let version = migration.version;
+    Error::InvalidFile {
+        file: migration.up.path.clone(),
+        problem: format!(
+            "has no rollback file, so down cannot pass version {version}; write {:03}_{}.down.sql or roll back less",
+            version, migration.name
+        ),
+    }
+}
 
 /// How far `up` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +144,12 @@ pub enum State {
     Drift,
     /// Applied, but the file is gone.
     Missing,
+}
+
+impl Entry {
+    pub fn is_pending(&self) -> bool {
+        self.state == State::Pending
+    }
 }
 
 impl State {
@@ -60,7 +179,7 @@ pub fn up<'a>(
     applied: &[Applied],
     target: Target,
     allow_out_of_order: bool,
-) -> Result<Vec<&'a Migration>, Error> {
+) -> Result<Plan<'a>, Error> {
     check_history(migrations, applied)?;
     let limit = match target {
         Target::Latest => i64::MAX,
@@ -87,7 +206,7 @@ pub fn up<'a>(
             });
         }
     }
-    Ok(pending)
+    Plan::new(Direction::Up, pending)
 }
 
 /// The migrations `down` rolls back, newest first. Every one of them must have a rollback
@@ -96,7 +215,7 @@ pub fn down<'a>(
     migrations: &'a [Migration],
     applied: &[Applied],
     rollback: Rollback,
-) -> Result<Vec<&'a Migration>, Error> {
+) -> Result<Plan<'a>, Error> {
     check_history(migrations, applied)?;
     let mut newest_first: Vec<i64> = applied.iter().map(|a| a.version).collect();
     newest_first.sort_unstable_by(|a, b| b.cmp(a));
@@ -114,24 +233,9 @@ pub fn down<'a>(
             newest_first.into_iter().filter(|v| *v > version).collect()
         }
     };
+    // check_history guarantees every applied version has a file.
     let on_disk = by_version(migrations);
-    chosen
-        .into_iter()
-        .map(|version| {
-            // check_history guarantees every applied version has a file.
-            let migration = on_disk[&version];
-            match migration.down {
-                Some(_) => Ok(migration),
-                None => Err(Error::InvalidFile {
-                    file: migration.up.path.clone(),
-                    problem: format!(
-                        "has no rollback file, so down cannot pass version {version}; write {:03}_{}.down.sql or roll back less",
-                        version, migration.name
-                    ),
-                }),
-            }
-        })
-        .collect()
+    Plan::new(Direction::Down, chosen.into_iter().map(|v| on_disk[&v]))
 }
 
 /// Every version on disk or in history, with its state, oldest first.
@@ -173,13 +277,49 @@ pub fn verify(
     allow_out_of_order: bool,
 ) -> Result<(), Error> {
     let pending = up(migrations, applied, Target::Latest, allow_out_of_order)?;
-    match pending.first() {
+    match pending.steps.first() {
         Some(first) => Err(Error::Pending {
             count: pending.len(),
-            first: first.version,
+            first: first.migration.version,
         }),
         None => Ok(()),
     }
+}
+
+/// `baseline`: the migrations up to `version` that the old scripts applied, to be recorded
+/// without running them; only into empty history.
+pub fn baseline<'a>(
+    migrations: &'a [Migration],
+    applied: &[Applied],
+    version: i64,
+) -> Result<Vec<&'a Migration>, Error> {
+    if !applied.is_empty() {
+        return Err(Error::HistoryNotEmpty {
+            count: applied.len(),
+        });
+    }
+    if !migrations.iter().any(|m| m.version == version) {
+        return Err(Error::Config(format!(
+            "--version {version} names no migration in the directory; pick the newest version the old scripts applied"
+        )));
+    }
+    Ok(migrations.iter().filter(|m| m.version <= version).collect())
+}
+
+/// `repair`: the file whose checksum replaces the recorded one, or `None` when they match.
+pub fn repair<'a>(
+    migrations: &'a [Migration],
+    applied: &'a [Applied],
+    version: i64,
+) -> Result<Option<(&'a Migration, &'a Applied)>, Error> {
+    let file = migrations.iter().find(|m| m.version == version);
+    let row = applied.iter().find(|a| a.version == version);
+    let (Some(file), Some(row)) = (file, row) else {
+        return Err(Error::Config(format!(
+            "--version {version} must be both applied and present in the directory; `db-migrate status` lists them"
+        )));
+    };
+    Ok((file.checksum != row.checksum).then_some((file, row)))
 }
 
 /// Refuses history that no longer matches the files: a changed applied file or a missing one.
@@ -230,12 +370,11 @@ fn by_version<T: Versioned>(items: &[T]) -> BTreeMap<i64, &T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Script;
 
     fn migration(version: i64, with_down: bool) -> Migration {
-        let script = |suffix: &str| Script {
-            path: format!("m/{version:03}_m{version}{suffix}").into(),
-            sql: format!("SELECT {version};"),
+        let script = |suffix: &str| {
+            let path = format!("m/{version:03}_m{version}{suffix}").into();
+            Script::new(path, format!("SELECT {version};"))
         };
         Migration {
             version,
@@ -256,8 +395,8 @@ mod tests {
         }
     }
 
-    fn versions(plan: &[&Migration]) -> Vec<i64> {
-        plan.iter().map(|m| m.version).collect()
+    fn versions(plan: &Plan) -> Vec<i64> {
+        plan.steps.iter().map(|s| s.migration.version).collect()
     }
 
     #[test]
@@ -326,6 +465,32 @@ mod tests {
         );
         let error = down(&disk, &history, Rollback::All).unwrap_err();
         assert_eq!(error.exit_code(), 3);
+        assert!(error.to_string().contains("001_m1.down.sql"), "{error}");
+    }
+
+    #[test]
+    fn a_single_transaction_run_refuses_a_no_transaction_file_before_anything_runs() {
+        let mut disk = [migration(1, true), migration(2, true)];
+        let index = "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);";
+        disk[1].up = Script::new("m/002_m2.sql".into(), index.into());
+        let plan = up(&disk, &[], Target::Latest, false).unwrap();
+        assert!(plan.check(Mode::Each).is_ok());
+        // The dry run lists it without running it.
+        assert!(plan.check(Mode::DryRun).is_ok());
+        let error = plan.check(Mode::Single).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("migration 2 "), "{error}");
+    }
+
+    #[test]
+    fn an_up_plan_checks_the_rollback_files_too() {
+        let mut disk = [migration(1, true)];
+        disk[0].down = Some(Script::new(
+            "m/001_m1.down.sql".into(),
+            "-- nothing\n".into(),
+        ));
+        let plan = up(&disk, &[], Target::Latest, false).unwrap();
+        let error = plan.check(Mode::Each).unwrap_err();
         assert!(error.to_string().contains("001_m1.down.sql"), "{error}");
     }
 

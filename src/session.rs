@@ -212,6 +212,30 @@ impl Session {
     }
 }
 
+/// Runs `work` inside one transaction, committed only when `commit` is set and `work`
+/// succeeded: `--single-transaction` commits, the dry run always rolls back.
+pub async fn transaction(
+    client: &Client,
+    commit: bool,
+    work: impl AsyncFnOnce() -> Result<(), Error>,
+) -> Result<(), Error> {
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(Error::database("opening the transaction"))?;
+    let result = work().await;
+    let end = if result.is_ok() && commit {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = client
+        .batch_execute(end)
+        .await
+        .map_err(Error::database("ending the transaction"));
+    result.and(ended)
+}
+
 /// `RESET ALL` leaves the role alone (it is marked not to be reset); the role is reset after
 /// each file instead, before its history row (see [`Session::seal`] and
 /// [`Session::check_outside`]), so that row is written as the run's user.

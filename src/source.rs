@@ -28,10 +28,25 @@ pub struct Script {
     pub path: PathBuf,
     /// The file's text without a leading BOM.
     pub sql: String,
+    /// The file starts with `-- no-transaction`: it runs statement by statement, outside any
+    /// transaction.
+    pub no_transaction: bool,
 }
 
+impl Script {
+    pub fn new(path: PathBuf, sql: String) -> Script {
+        let no_transaction = sql::is_no_transaction(&sql);
+        Script {
+            path,
+            sql,
+            no_transaction,
+        }
+    }
+}
+
+/// Which way a migration runs: its file applies it, its `.down.sql` file rolls it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub enum Direction {
     Up,
     Down,
 }
@@ -164,7 +179,7 @@ pub fn check(script: &Script) -> Result<(), Error> {
                 ),
             ));
         }
-        if !sql::is_no_transaction(&script.sql) {
+        if !script.no_transaction {
             return Err(invalid(
                 &script.path,
                 format!(
@@ -307,10 +322,8 @@ fn read_script(path: &Path, buffer: &mut Vec<u8>) -> Result<Script, Error> {
             ),
         )
     })?;
-    Ok(Script {
-        path: path.to_path_buf(),
-        sql: text.strip_prefix('\u{feff}').unwrap_or(text).to_string(),
-    })
+    let sql = text.strip_prefix('\u{feff}').unwrap_or(text).to_string();
+    Ok(Script::new(path.to_path_buf(), sql))
 }
 
 fn parse_name(file_name: &str) -> Result<FileName<'_>, String> {

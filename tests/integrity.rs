@@ -11,11 +11,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use db_migrate::apply::{self, Context, Direction};
+use db_migrate::apply::{self, Context};
 use db_migrate::error::Error;
 use db_migrate::history::{self, Table};
 use db_migrate::interrupt::Interrupt;
 use db_migrate::monitor::Monitor;
+use db_migrate::plan::{Direction, Mode, Plan};
 use db_migrate::session::{Limits, Refusal, Session};
 use db_migrate::source::{Migration, Script};
 use db_migrate::{connect, lock};
@@ -23,9 +24,11 @@ use support::{TestDb, history as recorded, migrations, one, run, tables, up};
 use tokio_postgres::{AsyncMessage, Client};
 
 fn migration(version: i64, up: &str, down: Option<&str>) -> Migration {
-    let script = |sql: &str, suffix: &str| Script {
-        path: PathBuf::from(format!("{version:03}_m{suffix}.sql")),
-        sql: sql.to_string(),
+    let script = |sql: &str, suffix: &str| {
+        Script::new(
+            PathBuf::from(format!("{version:03}_m{suffix}.sql")),
+            sql.to_string(),
+        )
     };
     Migration {
         version,
@@ -95,9 +98,7 @@ async fn apply(
         client: &h.client,
         table: &h.table,
         session: &h.session,
-        prepared: None,
         applied_by: "test",
-        dry_run: matches!(how, How::Inside { commit: false }),
         lock_retries: 0,
         interrupt: &h.interrupt,
     };
@@ -107,18 +108,15 @@ async fn apply(
         Duration::from_secs(60),
         Duration::from_secs(5),
     );
-    match how {
-        How::Each => {
-            let mut done = 0;
-            apply::each(&ctx, &mut monitor, plan, direction, &mut done).await
-        }
-        How::Inside { commit } => {
-            apply::transaction(&h.client, commit, async || {
-                apply::inside(&ctx, &mut monitor, plan, direction, !commit).await
-            })
-            .await
-        }
-    }
+    let mode = match how {
+        How::Each => Mode::Each,
+        How::Inside { commit: true } => Mode::Single,
+        How::Inside { commit: false } => Mode::DryRun,
+    };
+    let plan = Plan::new(direction, plan.iter().copied())?;
+    apply::run(&ctx, &mut monitor, &plan, mode, true)
+        .await
+        .result
 }
 
 /// A client whose connection keeps every notice and warning the server sends it.

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use db_migrate::cli::{Command as Cmd, Config, Mode};
+use db_migrate::Mode;
+use db_migrate::cli::{Command as Cmd, Config};
 use db_migrate::history::Table;
 use db_migrate::plan::Target;
 use db_migrate::{Error, Summary};
@@ -357,9 +358,7 @@ pub fn up() -> Cmd {
 
 /// Runs one command through the library, as the binary does.
 pub async fn run(config: &Config) -> (Summary, Result<(), Error>) {
-    let mut summary = Summary::default();
-    let result = db_migrate::run(config, &mut summary).await;
-    (summary, result)
+    db_migrate::run(config).await
 }
 
 /// Runs `up` on `db` with the migrations in `dir`, expecting success.

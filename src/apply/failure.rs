@@ -1,0 +1,113 @@
+//! What the server answered, as the error that says what happened to the migration.
+
+use tokio_postgres::error::SqlState;
+
+use super::{Run, Wrap};
+use crate::error::{Error, Failure};
+use crate::plan::Step;
+use crate::session::{self, Refusal};
+use crate::sql;
+
+/// The connection is gone: closed, broken, or ended by the server (a FATAL error such as
+/// 57P01 from pg_terminate_backend or a shutdown).
+pub(super) fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
+        None => {
+            error.is_closed()
+                || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
+}
+
+/// What a lost connection left behind, by how the migration in flight was running.
+pub(super) fn connection_lost(step: Step<'_>, wrap: Wrap, error: &tokio_postgres::Error) -> Error {
+    let outcome = match (wrap, step.script.no_transaction) {
+        (_, true) => {
+            "the statements of this -- no-transaction file that completed stay, and it is not recorded; run again (such files are idempotent)"
+        }
+        (Wrap::Own, false) => {
+            "its COMMIT had already been sent, so it may have committed: its history row exists exactly when it did, and `db-migrate status` (or the next run) shows which"
+        }
+        (Wrap::Outer, false) => {
+            "the run's one transaction ends with the connection, so nothing of this run was committed"
+        }
+    };
+    Error::ConnectionLost {
+        version: step.migration.version,
+        file: step.script.path.clone(),
+        cause: crate::error::describe_db(error),
+        outcome,
+    }
+}
+
+/// Turns one of our own refusals (see `session`) into the error that says what happened;
+/// any other failure outside the file's own SQL is a database error in `context`.
+pub(super) fn refused(
+    run: &Run<'_>,
+    step: Step<'_>,
+    error: tokio_postgres::Error,
+    context: &'static str,
+) -> Error {
+    let Some(refusal) = session::refusal(&error) else {
+        return Error::Database {
+            context,
+            source: error,
+        };
+    };
+    match refusal {
+        Refusal::LockLost => Error::LockLost {
+            version: step.migration.version,
+        },
+        Refusal::OtherSession(now) => Error::Pooled {
+            first: run.session.backend_pid,
+            now,
+        },
+        _ => Error::TransactionEnded {
+            version: step.migration.version,
+            file: step.script.path.clone(),
+            refusal,
+        },
+    }
+}
+
+/// Turns the server's error into one that names the file, line and column. `offset` is the
+/// byte offset in the file of the text that was sent, since the server counts from there.
+pub(super) fn failed(
+    step: Step<'_>,
+    offset: usize,
+    atomic: bool,
+    error: tokio_postgres::Error,
+) -> Error {
+    let Some(db) = error.as_db_error() else {
+        return Error::Database {
+            context: "running the migration",
+            source: error,
+        };
+    };
+    let (migration, script) = (step.migration, step.script);
+    let before = script.sql[..offset].chars().count();
+    let position = match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(position)) => {
+            Some(sql::line_col(&script.sql, before + *position as usize))
+        }
+        // Sent statement by statement, the failing one is known: name where it starts.
+        _ if !atomic => Some(sql::line_col(&script.sql, before + 1)),
+        _ => None,
+    };
+    let mut hint = db.hint().map(str::to_string);
+    if *db.code() == SqlState::ACTIVE_SQL_TRANSACTION {
+        hint =
+            Some("start the file with `-- no-transaction` to run it outside a transaction".into());
+    }
+    Error::Apply(Box::new(Failure {
+        version: migration.version,
+        file: script.path.clone(),
+        position,
+        sqlstate: db.code().code().to_string(),
+        message: db.message().to_string(),
+        detail: db.detail().map(str::to_string),
+        hint,
+        atomic,
+    }))
+}

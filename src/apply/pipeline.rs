@@ -1,0 +1,205 @@
+//! A transactional migration as one pipeline: every message sent before the first answer
+//! comes back, so a migration costs one round trip.
+
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres::error::SqlState;
+use tracing::info;
+
+use super::failure::{connection_lost, failed, is_connection_lost, refused};
+use super::{Run, Wrap, same_session};
+use crate::error::Error;
+use crate::history::{self, Elapsed};
+use crate::plan::{Direction, Step};
+use crate::session;
+use crate::source::Script;
+use crate::sql;
+
+/// Sends the migration as one pipeline (see `session` for what each part guards): the session
+/// reset and the opening with its commit guard; the file sealed by the savepoint's release;
+/// the history change, guarded; and COMMIT, which the server turns into ROLLBACK after any
+/// failure, so nothing of it is kept or recorded, whatever the file contains.
+pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<(), Error> {
+    let prepared = match wrap {
+        // A poisoned lock still holds usable statements: nothing panics while holding it.
+        Wrap::Own => run
+            .prepared
+            .as_ref()
+            .map(|cell| cell.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        Wrap::Outer => None,
+    };
+    let Some(statements) = prepared else {
+        return send(run, step, wrap, None).await;
+    };
+    let first = send(run, step, wrap, Some(&statements)).await;
+    let Err(Error::Database { source, .. }) = &first else {
+        return first;
+    };
+    if source.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+        return first;
+    }
+    // The file ran DEALLOCATE ALL: everything was rolled back; run it again with the history
+    // change as text, then prepare the statements again for the migrations after it.
+    info!(
+        version = step.migration.version,
+        "migration deallocated the prepared history statements; running it again"
+    );
+    let again = send(run, step, wrap, None).await;
+    if let Some(cell) = &run.prepared {
+        let renewed = history::prepare(run.client, run.table, |v| run.session.guard(v)).await?;
+        *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
+    }
+    again
+}
+
+/// One attempt of [`run`], with the history change prepared or as text.
+async fn send(
+    run: &Run<'_>,
+    step: Step<'_>,
+    wrap: Wrap,
+    prepared: Option<&history::Statements>,
+) -> Result<(), Error> {
+    let (client, migration) = (run.client, step.migration);
+    let own = wrap == Wrap::Own;
+    let (open, body) = (
+        run.session.open(own),
+        format!("{}{}", step.script.sql, run.session.seal()),
+    );
+    // Only the text form needs its values spelled out; the prepared one binds them.
+    let text = if prepared.is_none() {
+        super::history_change(run, migration, Elapsed::Sealed)
+    } else {
+        String::new()
+    };
+    let record = async {
+        match (prepared, run.direction) {
+            (Some(statements), Direction::Up) => {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
+                    &migration.version,
+                    &migration.name,
+                    &migration.checksum,
+                    &run.applied_by,
+                ];
+                client.execute(&statements.insert, &params).await
+            }
+            (Some(statements), Direction::Down) => {
+                client
+                    .execute(&statements.delete, &[&migration.version])
+                    .await
+            }
+            (None, _) => client.simple_query(&text).await.map(|m| changed(&m)),
+        }
+    };
+    // Each arm sends its message on its first poll, in this order, before any of them
+    // waits for an answer: the messages travel together.
+    let (open, body, record, commit) = tokio::join!(
+        client.simple_query(&open),
+        client.batch_execute(&body),
+        record,
+        when(own, client.batch_execute("COMMIT")),
+    );
+    outcome(run, step, wrap, open, body, record, commit).await
+}
+
+/// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
+async fn when(
+    condition: bool,
+    query: impl Future<Output = Result<(), tokio_postgres::Error>>,
+) -> Result<(), tokio_postgres::Error> {
+    if condition { query.await } else { Ok(()) }
+}
+
+/// The rows the first statement of a simple query changed: the history change's.
+fn changed(messages: &[SimpleQueryMessage]) -> u64 {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+type Answer<T> = Result<T, tokio_postgres::Error>;
+
+/// What the answers of [`send`] say, first failure first.
+#[allow(clippy::too_many_arguments)]
+async fn outcome(
+    run: &Run<'_>,
+    step: Step<'_>,
+    wrap: Wrap,
+    open: Answer<Vec<SimpleQueryMessage>>,
+    body: Answer<()>,
+    record: Answer<u64>,
+    commit: Answer<()>,
+) -> Result<(), Error> {
+    let errors = [
+        open.as_ref().err(),
+        body.as_ref().err(),
+        record.as_ref().err(),
+        commit.as_ref().err(),
+    ];
+    if let Some(error) = errors.into_iter().flatten().find(|e| is_connection_lost(e)) {
+        return Err(connection_lost(step, wrap, error));
+    }
+    let open = open.map_err(|e| refused(run, step, e, "starting the migration"))?;
+    same_session(run, &open)?;
+    if let Err(e) = body {
+        if session::refusal(&e).is_some() {
+            return Err(refused(run, step, e, "running the migration"));
+        }
+        let mut error = failed(step, 0, true, e);
+        if let Error::Apply(failure) = &mut error {
+            if failure.position.is_none() && replayable(&failure.sqlstate) {
+                failure.position = locate(run, step.script, wrap).await;
+            }
+        }
+        return Err(error);
+    }
+    let changed = record.map_err(|e| {
+        let context = "recording the migration in history";
+        refused(run, step, e, context)
+    })?;
+    if run.direction == Direction::Up && changed != 1 {
+        return Err(Error::HistoryWrite {
+            version: step.migration.version,
+            rows: changed,
+        });
+    }
+    commit.map_err(|e| refused(run, step, e, "committing the migration"))?;
+    Ok(())
+}
+
+/// Finds the failing statement when the server gave no position (42P01, 23505, ...): replays
+/// the file statement by statement inside a transaction (or back at the migration's
+/// savepoint) that is rolled back, guarded like the real run. Only after a failure, so a
+/// migration that succeeds stays one round trip.
+async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, usize)> {
+    let client = run.client;
+    let (start, end) = match wrap {
+        // The pipeline's COMMIT already ended the failed transaction (as a ROLLBACK); another
+        // ROLLBACK would make the server warn.
+        Wrap::Own => (run.session.open(true), "ROLLBACK".to_string()),
+        Wrap::Outer => (run.session.rewind(), run.session.rewind()),
+    };
+    client.batch_execute(&start).await.ok()?;
+    let mut found = None;
+    for statement in sql::split(&script.sql) {
+        if client.batch_execute(statement.text).await.is_err() {
+            found = Some(statement.offset);
+            break;
+        }
+    }
+    // The caller's transaction is rolled back whatever this answers.
+    let _ = client.batch_execute(&end).await;
+    let before = script.sql[..found?].chars().count();
+    Some(sql::line_col(&script.sql, before + 1))
+}
+
+/// Failures that a replay would not meet again, or that say the session itself is in
+/// trouble: lock timeouts and deadlocks (classes 55, 40), cancellation and shutdown (57),
+/// connection and resource problems (08, 53), transaction state (25).
+fn replayable(sqlstate: &str) -> bool {
+    !["55", "40", "57", "08", "53", "25"]
+        .iter()
+        .any(|class| sqlstate.starts_with(class))
+}
