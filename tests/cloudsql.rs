@@ -497,6 +497,26 @@ async fn a_failed_backup_stops_the_run_with_exit_8_and_nothing_applied() {
 }
 
 #[tokio::test]
+async fn a_plan_that_single_transaction_refuses_is_refused_before_the_backup() {
+    let db = support::database().await;
+    let google = Google::start(Identity::Legacy, server_port());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("001_a.sql"), "CREATE TABLE a (i int);\n").unwrap();
+    let index = "-- no-transaction\nCREATE INDEX CONCURRENTLY a_i ON a (i);\n";
+    std::fs::write(dir.path().join("002_index.sql"), index).unwrap();
+    let output = checked(job(&google, &connector_url(&db), dir.path()).args([
+        "up",
+        "--single-transaction",
+        "--backup",
+        "auto",
+    ]));
+    assert_eq!(output.code, 2, "{}", output.stderr);
+    assert!(failure_message(&output).contains("migration 2 runs outside a transaction"));
+    assert!(google.calls("backupRuns.insert").is_empty());
+    assert!(!has_table(&db, "a").await);
+}
+
+#[tokio::test]
 async fn a_dry_run_never_backs_up() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
