@@ -2,8 +2,10 @@
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage, Statement};
+use tracing::{info, warn};
 
 use crate::error::Error;
+use crate::plan;
 use crate::source::{Direction, Migration};
 
 /// PostgreSQL's limit for a name, in bytes (NAMEDATALEN - 1).
@@ -346,15 +348,21 @@ pub async fn prepare(
     Ok(Statements { insert, delete })
 }
 
-/// Records `migrations` as applied without running them (`baseline`), all in one
-/// transaction.
-pub async fn record_baseline(
+/// `baseline`: records the migrations up to `version` as applied without running them,
+/// all in one transaction, creating the table when it does not exist yet. Returns how many.
+pub async fn baseline(
     client: &Client,
     table: &Table,
-    migrations: &[&Migration],
+    migrations: &[Migration],
+    applied: Option<&[Applied]>,
+    version: i64,
     applied_by: &str,
-) -> Result<(), Error> {
-    let inserts: Vec<String> = migrations
+) -> Result<usize, Error> {
+    let adopted = plan::baseline(migrations, applied.unwrap_or_default(), version)?;
+    if applied.is_none() {
+        create(client, table).await?;
+    }
+    let inserts: Vec<String> = adopted
         .iter()
         .map(|m| insert(table, m, applied_by, Elapsed::Ms(0), str::to_string))
         .collect();
@@ -362,24 +370,31 @@ pub async fn record_baseline(
     client
         .batch_execute(&inserts.join(";\n"))
         .await
-        .map_err(Error::database("recording the baseline"))
+        .map_err(Error::database("recording the baseline"))?;
+    Ok(adopted.len())
 }
 
-/// Replaces the recorded checksum of one version (`repair`).
-pub async fn set_checksum(
+/// `repair`: replaces the recorded checksum of `version` with its file's.
+pub async fn repair(
     client: &Client,
     table: &Table,
+    migrations: &[Migration],
+    applied: &[Applied],
     version: i64,
-    checksum: &str,
 ) -> Result<(), Error> {
+    let Some((file, row)) = plan::repair(migrations, applied, version)? else {
+        info!(version, "checksum already matches; nothing to repair");
+        return Ok(());
+    };
     let query = format!(
         "UPDATE {} SET checksum = $2 WHERE version = $1",
         table.quoted
     );
     client
-        .execute(&query, &[&version, &checksum])
+        .execute(&query, &[&version, &file.checksum])
         .await
         .map_err(Error::database("updating the recorded checksum"))?;
+    warn!(version, old_checksum = %row.checksum, new_checksum = %file.checksum, "recorded checksum replaced");
     Ok(())
 }
 

@@ -173,35 +173,27 @@ impl Job<'_> {
                 "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
             );
         }
-        let applied = recorded.unwrap_or_default();
+        let applied = recorded.as_deref().unwrap_or_default();
         let migrations = db.migrations;
         let (plan, mode) = match &config.command {
             Command::Up { target, mode } => {
                 let order = config.allow_out_of_order;
-                (plan::up(migrations, &applied, *target, order)?, *mode)
+                (plan::up(migrations, applied, *target, order)?, *mode)
             }
             Command::Down { rollback, mode } => {
-                (plan::down(migrations, &applied, *rollback)?, *mode)
+                (plan::down(migrations, applied, *rollback)?, *mode)
             }
             Command::Repair { version } => {
-                let Some((file, row)) = plan::repair(migrations, &applied, *version)? else {
-                    info!(version, "checksum already matches; nothing to repair");
-                    return Ok(());
-                };
-                history::set_checksum(client, table, *version, &file.checksum).await?;
-                warn!(version, old_checksum = %row.checksum, new_checksum = %file.checksum, "recorded checksum replaced");
-                return Ok(());
+                return history::repair(client, table, migrations, applied, *version).await;
             }
             Command::Baseline { version } => {
-                let adopted = plan::baseline(migrations, &applied, *version)?;
-                if !history_exists {
-                    history::create(client, table).await?;
-                }
-                history::record_baseline(client, table, &adopted, &config.applied_by).await?;
-                self.summary.applied = adopted.len();
+                let (applied, by) = (recorded.as_deref(), &config.applied_by);
+                let count =
+                    history::baseline(client, table, migrations, applied, *version, by).await?;
+                self.summary.applied = count;
                 info!(
                     version,
-                    recorded = adopted.len(),
+                    recorded = count,
                     "baseline recorded; nothing was executed"
                 );
                 return Ok(());
