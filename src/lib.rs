@@ -127,9 +127,8 @@ impl Job<'_> {
         };
         let session = session::Session::prepare(&client, limits, lock::key(&table)).await?;
         let wait = self.config.lock_wait;
-        let pid = session.backend_pid;
         let work = async || self.change(&db, &session).await;
-        lock::with(&client, &table, wait, pid, interrupt, work).await
+        lock::with(&client, &table, wait, &session, interrupt, work).await
     }
 
     /// `status` and `verify`: read only, no lock, never create the history table.

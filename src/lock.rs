@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::error::Error;
 use crate::history::Table;
 use crate::interrupt::Interrupt;
+use crate::session::Session;
 
 /// The first half of the advisory lock key: the ASCII bytes "dbmg".
 pub const CLASS_ID: i32 = 0x6462_6d67;
@@ -33,19 +34,18 @@ pub fn key(table: &Table) -> (i32, i32) {
     (CLASS_ID, object_id(table))
 }
 
-/// Runs `work` while holding the lock, and releases the lock whatever `work` returns.
-/// `session_pid` is the backend the session was set up on: the lock is only worth anything
-/// if it is taken there.
+/// Runs `work` while holding the lock, and releases the lock whatever `work` returns. The
+/// lock is only worth anything if it is taken in the `session` that was set up.
 pub async fn with<T>(
     client: &Client,
     table: &Table,
     wait: Duration,
-    session_pid: i32,
+    session: &Session,
     interrupt: &Interrupt,
     work: impl AsyncFnOnce() -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = key(table);
-    acquire(client, key, wait, session_pid, interrupt).await?;
+    acquire(client, key, wait, session, interrupt).await?;
     let result = work().await;
     release(client).await;
     result
@@ -57,7 +57,7 @@ async fn acquire(
     client: &Client,
     key: (i32, i32),
     wait: Duration,
-    session_pid: i32,
+    session: &Session,
     interrupt: &Interrupt,
 ) -> Result<(), Error> {
     let started = Instant::now();
@@ -65,19 +65,14 @@ async fn acquire(
     let mut announced = false;
     loop {
         interrupt.check()?;
-        match try_lock(client, key, session_pid).await? {
+        match try_lock(client, key, session.backend_pid).await? {
             Attempt::Taken => {
                 if announced {
                     info!(waited_ms = elapsed_ms(started), "migration lock acquired");
                 }
                 return Ok(());
             }
-            Attempt::OtherSession(now) => {
-                return Err(Error::Pooled {
-                    first: session_pid,
-                    now,
-                });
-            }
+            Attempt::OtherSession(now) => return Err(session.pooled(now)),
             Attempt::Held => {}
         }
         if !announced {

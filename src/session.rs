@@ -107,6 +107,25 @@ impl Session {
         })
     }
 
+    /// The advisory lock and the session settings live in one server session. Behind a
+    /// transaction pooler consecutive transactions can land on different ones, and the lock
+    /// then protects nothing: an error when `pid`, the server session an answer came from,
+    /// is not the run's.
+    pub fn check_same(&self, pid: Option<i32>) -> Result<(), Error> {
+        match pid {
+            Some(now) if now != self.backend_pid => Err(self.pooled(now)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error for a statement that ran in server session `now`, not the run's.
+    pub fn pooled(&self, now: i32) -> Error {
+        Error::Pooled {
+            first: self.backend_pid,
+            now,
+        }
+    }
+
     /// Resets whatever the previous migration changed of the session and sets the run's own
     /// limits again.
     pub fn reset(&self) -> &str {

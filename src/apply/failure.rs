@@ -59,10 +59,7 @@ pub(super) fn refused(
         Refusal::LockLost => Error::LockLost {
             version: step.migration.version,
         },
-        Refusal::OtherSession(now) => Error::Pooled {
-            first: run.session.backend_pid,
-            now,
-        },
+        Refusal::OtherSession(now) => run.session.pooled(now),
         _ => Error::TransactionEnded {
             version: step.migration.version,
             file: step.script.path.clone(),

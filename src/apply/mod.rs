@@ -12,7 +12,7 @@ use std::ops::Deref;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::Error;
@@ -225,19 +225,6 @@ async fn inside(run: &Run<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>) -> Re
         result?;
     }
     Ok(())
-}
-
-/// The advisory lock and the session settings live in one server session. Behind a
-/// transaction pooler consecutive transactions can land on different ones, and the lock
-/// then protects nothing: stop rather than migrate unprotected.
-fn same_session(run: &Run<'_>, messages: &[SimpleQueryMessage]) -> Result<(), Error> {
-    match session::pid(messages) {
-        Some(pid) if pid != run.session.backend_pid => Err(Error::Pooled {
-            first: run.session.backend_pid,
-            now: pid,
-        }),
-        _ => Ok(()),
-    }
 }
 
 /// Runs one migration (or its rollback) and logs it: a `-- no-transaction` file statement by

@@ -6,10 +6,11 @@ use tokio_postgres::Client;
 use tracing::warn;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
-use super::{Run, Wrap, same_session};
+use super::{Run, Wrap};
 use crate::error::Error;
 use crate::history::Elapsed;
 use crate::plan::{Direction, Step};
+use crate::session;
 use crate::sql;
 
 /// A `-- no-transaction` file: each statement on its own, as CREATE INDEX CONCURRENTLY
@@ -27,7 +28,7 @@ pub(super) async fn run(run: &Run<'_>, step: Step<'_>) -> Result<(), Error> {
         .simple_query(&open)
         .await
         .map_err(|e| refused(run, step, e, "starting the migration"))?;
-    same_session(run, &open)?;
+    run.session.check_same(session::pid(&open))?;
     rebuild_invalid_indexes(client, &creates).await?;
     for statement in sql::split(&script.sql) {
         client

@@ -6,7 +6,7 @@ use tokio_postgres::error::SqlState;
 use tracing::info;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
-use super::{Run, Wrap, same_session};
+use super::{Run, Wrap};
 use crate::error::Error;
 use crate::history::{self, Elapsed};
 use crate::plan::{Direction, Step};
@@ -142,7 +142,7 @@ async fn outcome(
         return Err(connection_lost(step, wrap, error));
     }
     let open = open.map_err(|e| refused(run, step, e, "starting the migration"))?;
-    same_session(run, &open)?;
+    run.session.check_same(session::pid(&open))?;
     if let Err(e) = body {
         if session::refusal(&e).is_some() {
             return Err(refused(run, step, e, "running the migration"));
