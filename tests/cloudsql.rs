@@ -1,13 +1,15 @@
 //! The Cloud SQL connector, IAM database login and the backup before migrating, against the
-//! stand-ins in `support::google` (Admin API, metadata server, instance TLS listener) and
+//! stand-ins in `support/google.rs` (Admin API, metadata server, instance TLS listener) and
 //! the real test PostgreSQL behind them.
 
+#[path = "support/google.rs"]
+mod google;
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use support::google::{self, BackupOutcome, Google, Identity};
+use google::{BackupOutcome, Google, Identity};
 use support::{Output, TestDb};
 
 /// The real binary pointed at the stand-ins, logging JSON, for `url` and the files in `dir`.

@@ -1,7 +1,10 @@
 //! What the integration tests share: the throwaway PostgreSQL and its databases
 //! ([`server`]), the real binary ([`runner`]), queries of the catalogs and the history table
 //! ([`catalog`]), and here the migration directories and the library run most tests start
-//! from; with the Google ([`google`]) and certificate ([`certs`]) stand-ins.
+//! from.
+//!
+//! The Google and certificate stand-ins beside this file are not part of this module: each
+//! is compiled only into the test file that uses it.
 
 #![allow(
     dead_code,
@@ -17,9 +20,6 @@ mod server;
     reason = "some test binaries use nothing of one of these modules"
 )]
 pub use {catalog::*, runner::*, server::*};
-
-pub mod certs;
-pub mod google;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
