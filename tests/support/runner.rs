@@ -2,36 +2,49 @@
 //! completion ([`output`]) or in the background with its log events read as they come
 //! ([`Running`]).
 
+use std::ffi::{OsStr, OsString};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use clap::CommandFactory as _;
+use db_migrate::cli::Cli;
 
 use super::{SUPERUSER_PASSWORD, TestDb, running};
 
 /// The real binary, with the environment cleared of anything that would steer it.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_db-migrate"));
-    let own = [
-        "DATABASE_URL",
-        "MIGRATIONS_DIR",
-        "LOG_FORMAT",
-        "DB_MIGRATE_HISTORY_TABLE",
-        "DB_MIGRATE_LOCK_WAIT",
-        "DB_MIGRATE_ALLOW_OUT_OF_ORDER",
-        "DB_MIGRATE_CONNECT_TIMEOUT",
-        "DB_MIGRATE_BACKUP",
-        "DB_MIGRATE_BACKUP_TIMEOUT",
-        "CLOUD_SQL_INSTANCE",
-        "CLOUD_SQL_IP_TYPE",
-        "CLOUD_SQL_IAM_AUTH",
-        "CLOUD_SQL_ADMIN_ENDPOINT",
-        "CLOUD_SQL_PORT",
-        "GCE_METADATA_HOST",
-        "GOOGLE_APPLICATION_CREDENTIALS",
-    ];
-    for var in own.iter().chain(db_migrate::connect::VARIABLES) {
+    for var in steering_variables() {
         command.env_remove(var);
     }
     command
+}
+
+/// Read outside the flags: the key file by `cli` for IAM login, the metadata server's address
+/// by google-cloud-auth.
+const GOOGLE_VARIABLES: [&str; 2] = ["GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST"];
+
+/// The variables that steer a run: each flag's, from clap's own definitions, so a new flag
+/// is covered without being listed here; the PG* ones; and Google's.
+fn steering_variables() -> Vec<OsString> {
+    let mut variables = flag_variables(&Cli::command());
+    assert!(
+        variables.iter().any(|v| v == "DATABASE_URL"),
+        "clap reports no DATABASE_URL among the flags' variables: {variables:?}"
+    );
+    let others = db_migrate::connect::VARIABLES
+        .iter()
+        .chain(&GOOGLE_VARIABLES);
+    variables.extend(others.map(OsString::from));
+    variables
+}
+
+/// The variables of the flags of `command` and of its subcommands.
+fn flag_variables(command: &clap::Command) -> Vec<OsString> {
+    let own = command.get_arguments().filter_map(|arg| arg.get_env());
+    let mut variables: Vec<OsString> = own.map(OsStr::to_os_string).collect();
+    variables.extend(command.get_subcommands().flat_map(flag_variables));
+    variables
 }
 
 /// Output of a finished binary run.
