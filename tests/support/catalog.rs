@@ -47,7 +47,8 @@ pub async fn constraints(client: &Client, table: &str) -> Vec<String> {
         .collect()
 }
 
-/// Applied versions in the history table, oldest first.
+/// Applied versions in the history table, oldest first. Fails the test if the table can't be
+/// read: a test that expects no table asks [`tables`] instead.
 pub async fn history(client: &Client) -> Vec<i64> {
     client
         .query(
@@ -55,8 +56,13 @@ pub async fn history(client: &Client) -> Vec<i64> {
             &[],
         )
         .await
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default()
+        .unwrap_or_else(|e| {
+            let reason = e.as_db_error().map_or(e.to_string(), ToString::to_string);
+            panic!("cannot read the history table schema_migrations: {reason}")
+        })
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// Names of the tables in the public schema, sorted.
