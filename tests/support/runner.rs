@@ -4,6 +4,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory as _;
@@ -141,7 +142,13 @@ impl Running {
                         return event;
                     }
                 }
-                Err(_) => break,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "the job ended without an event {what}; saw:\n{:#?}",
+                        self.seen
+                    )
+                }
             }
         }
         panic!("no event {what} within 60 s; saw:\n{:#?}", self.seen);
