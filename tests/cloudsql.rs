@@ -1,13 +1,15 @@
 //! The Cloud SQL connector, IAM database login and the backup before migrating, against the
-//! stand-ins in `support::google` (Admin API, metadata server, instance TLS listener) and
+//! stand-ins in `support/google.rs` (Admin API, metadata server, instance TLS listener) and
 //! the real test PostgreSQL behind them.
 
+#[path = "support/google.rs"]
+mod google;
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use support::google::{self, BackupOutcome, Google, Identity};
+use google::{BackupOutcome, Google, Identity};
 use support::{Output, TestDb};
 
 /// The real binary pointed at the stand-ins, logging JSON, for `url` and the files in `dir`.
@@ -39,12 +41,17 @@ fn without_metadata_server(command: &mut Command) -> &mut Command {
 /// Also asserts that no token the stand-ins handed out appears in any output.
 fn checked(command: &mut Command) -> Output {
     let output = support::output(command);
-    for token in [google::ADMIN_TOKEN, google::LOGIN_TOKEN] {
-        for text in [&output.stdout, &output.stderr] {
-            assert!(!text.contains(token), "a token appeared in output:\n{text}");
-        }
+    for text in [&output.stdout, &output.stderr] {
+        assert_no_token(text);
     }
     output
+}
+
+/// Fails the test if `text` contains a token the stand-ins handed out.
+fn assert_no_token(text: &str) {
+    for token in [google::ADMIN_TOKEN, google::LOGIN_TOKEN] {
+        assert!(!text.contains(token), "a token appeared in output:\n{text}");
+    }
 }
 
 /// The test database's URL without its host and port.
@@ -287,12 +294,19 @@ async fn a_metadata_server_that_starts_late_is_waited_for() {
     let db = support::database().await;
     let google = Google::start(Identity::Legacy, server_port());
     // GKE's metadata server can refuse a new pod for its first seconds: here it starts
-    // listening 1.5 s after the job.
+    // listening only once the job has been refused and said it will retry.
     let port = support::free_port();
+    let mut job = support::Running::spawn(
+        job(&google, &connector_url(&db), &support::seed_dir())
+            .env("GCE_METADATA_HOST", format!("127.0.0.1:{port}"))
+            .arg("up"),
+    );
+    job.wait_for("a retry", |e| {
+        e["message"] == "cannot connect yet; retrying"
+    });
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind late");
     let target = google.http_port;
     std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_millis(1500));
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind late");
         for client in listener.incoming().map_while(Result::ok) {
             let server = std::net::TcpStream::connect(("127.0.0.1", target)).expect("stand-in");
             let (mut from_client, mut to_server) =
@@ -302,14 +316,9 @@ async fn a_metadata_server_that_starts_late_is_waited_for() {
             std::thread::spawn(move || std::io::copy(&mut from_server, &mut to_client));
         }
     });
-    let output = checked(
-        job(&google, &connector_url(&db), &support::seed_dir())
-            .env("GCE_METADATA_HOST", format!("127.0.0.1:{port}"))
-            .arg("up"),
-    );
-    assert_eq!(output.code, 0, "{}", output.stderr);
-    let retries = retries(&output);
-    assert!(retries >= 1, "{}", output.stderr);
+    let (code, events) = job.finish();
+    assert_no_token(&serde_json::Value::Array(events.clone()).to_string());
+    assert_eq!(code, Some(0), "{events:#?}");
     assert!(has_table(&db, "video_requests").await);
 }
 

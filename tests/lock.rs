@@ -88,27 +88,41 @@ async fn waiting_run_proceeds_once_the_lock_is_released() {
     let cfg = config(&db.url, &seed_dir(), up());
     let waiting = tokio::spawn(async move { run(&cfg).await });
     let watcher = db.client().await;
-    // The run is waiting once its session exists and it has not applied anything.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let sessions: i64 = support::one(&watcher, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate' AND datname = current_database()").await;
-        if sessions > 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The run is waiting once its session has asked for the lock the holder keeps; a run
+    // that ignored the lock would finish instead.
+    support::eventually("the run to try the migration lock or finish", || async {
+        let trying: i64 = support::one(
+            &watcher,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate'
+             AND datname = current_database() AND query LIKE '%pg_try_advisory_lock(%'",
+        )
+        .await;
+        trying > 0 || waiting.is_finished()
+    })
+    .await;
+    assert!(!waiting.is_finished(), "the run did not wait for the lock");
     assert!(
         tables(&watcher).await.is_empty(),
         "applied while the lock was held"
     );
+    let released_at: String = support::one(&holder, "SELECT clock_timestamp()::text").await;
     drop(holder);
     let (summary, result) = waiting.await.unwrap();
     result.unwrap();
     assert_eq!(summary.applied, 2);
+    // Each migration's transaction (its history row's applied_at) began after the release.
+    let early: i64 = watcher
+        .query_one(
+            "SELECT count(*) FROM schema_migrations WHERE applied_at <= $1::text::timestamptz",
+            &[&released_at],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        early, 0,
+        "applied before the lock was released at {released_at}"
+    );
 }
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! refuses plaintext (but for the superuser's setup connections), with certificates made per
 //! run; and against the shared server, which has TLS off.
 
+#[path = "support/certs.rs"]
+mod certs;
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,8 +11,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use certs::{ClientFiles, KeyFormat, Pki};
 use db_migrate::tls::{self, Connector, SslMode, TlsSettings};
-use support::certs::{ClientFiles, KeyFormat, Pki};
 use support::{SUPERUSER, SUPERUSER_PASSWORD, Server, ServerOptions};
 
 /// The role that logs in with a client certificate instead of a password.

@@ -2,11 +2,14 @@
 //! certificate for `localhost` and 127.0.0.1 signed by it, client certificates named after a
 //! role (for `cert` authentication), and an unrelated "wrong" CA.
 
+// tests/support/ca.rs: a file compiled through `#[path]` finds its submodules beside it.
+mod ca;
+
 use std::path::{Path, PathBuf};
 
+use ca::authority;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SignatureAlgorithm,
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, SignatureAlgorithm,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -162,20 +165,6 @@ fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, content).expect("write client file");
     path
-}
-
-/// A self-signed CA named `name`, in PEM, and the issuer that signs with it.
-pub fn authority(
-    name: &str,
-    algorithm: &'static SignatureAlgorithm,
-) -> (String, Issuer<'static, KeyPair>) {
-    let key = KeyPair::generate_for(algorithm).expect("CA key");
-    let mut params = CertificateParams::new(Vec::new()).expect("no names");
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let cert = params.self_signed(&key).expect("self-sign CA");
-    (cert.pem(), Issuer::new(params, key))
 }
 
 /// A key pair for rcgen to certify, and its PEM in `format`.

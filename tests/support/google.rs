@@ -13,6 +13,9 @@
 //!
 //! Every HTTP request is recorded for the tests to inspect.
 
+// tests/support/ca.rs: a file compiled through `#[path]` finds its submodules beside it.
+mod ca;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -293,7 +296,7 @@ impl Google {
 }
 
 fn authority(name: &str) -> (String, Issuer<'static, KeyPair>) {
-    super::certs::authority(name, &rcgen::PKCS_ECDSA_P256_SHA256)
+    ca::authority(name, &rcgen::PKCS_ECDSA_P256_SHA256)
 }
 
 fn serve_http(mut stream: impl Read + Write, shared: &Shared, identity: Identity) {
