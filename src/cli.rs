@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::cloudsql::{self, IpType};
-use crate::error::Error;
+use crate::error::{Error, Outcome};
 use crate::history::Table;
 use crate::plan::{Rollback, Target};
 use crate::{connect, log};
@@ -263,6 +263,25 @@ impl Command {
             Command::New { .. } => "new",
             Command::Repair { .. } => "repair",
             Command::Baseline { .. } => "baseline",
+        }
+    }
+
+    /// How a run of this command that succeeded ended, from what it did.
+    pub fn outcome(&self, dry_run: bool, applied: usize) -> Outcome {
+        match (self, dry_run, applied) {
+            (_, true, _) => Outcome::DryRun,
+            (Command::Up { .. }, false, 0) => Outcome::UpToDate,
+            (Command::Up { .. }, false, _) => Outcome::Applied,
+            (Command::Down { .. }, false, _) => Outcome::RolledBack,
+            (
+                Command::Status { .. }
+                | Command::Verify
+                | Command::New { .. }
+                | Command::Repair { .. }
+                | Command::Baseline { .. },
+                false,
+                _,
+            ) => Outcome::Ok,
         }
     }
 }
@@ -644,6 +663,34 @@ mod tests {
                 Command::Up { target, mode },
                 "{args:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_run_that_succeeded_is_named_by_its_command_and_what_it_did() {
+        let up = Command::Up {
+            target: Target::Latest,
+            mode: Mode::Each,
+        };
+        let down = Command::Down {
+            rollback: Rollback::All,
+            mode: Mode::Each,
+        };
+        let baseline = Command::Baseline { version: 3 };
+        let cases = [
+            (&up, false, 0, "up_to_date"),
+            (&up, false, 2, "applied"),
+            (&up, true, 0, "dry_run"),
+            (&down, false, 0, "rolled_back"),
+            (&down, false, 1, "rolled_back"),
+            (&down, true, 0, "dry_run"),
+            (&Command::Verify, false, 0, "ok"),
+            (&baseline, false, 3, "ok"),
+        ];
+        for (command, dry_run, applied, name) in cases {
+            let outcome = command.outcome(dry_run, applied);
+            assert_eq!(outcome.as_str(), name, "{command:?} {dry_run} {applied}");
+            assert_eq!(outcome.code(), 0);
         }
     }
 

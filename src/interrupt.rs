@@ -17,30 +17,7 @@ use tokio_postgres::CancelToken;
 use tracing::warn;
 
 use crate::connect::{self, Settings};
-use crate::error::Error;
-
-/// A signal that stops the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Interrupt,
-    Terminate,
-}
-
-impl Signal {
-    pub fn number(self) -> u8 {
-        match self {
-            Signal::Interrupt => 2,
-            Signal::Terminate => 15,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::Interrupt => "SIGINT",
-            Signal::Terminate => "SIGTERM",
-        }
-    }
-}
+use crate::error::{Error, Signal};
 
 /// How long the run may take to roll back and unlock after the first signal before it is
 /// abandoned to the server's own clean-up; well inside Cloud Run's 10 s.

@@ -29,7 +29,8 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(|e| db_migrate::Error::Config(format!("cannot start the runtime: {e}")))?;
-        runtime.block_on(db_migrate::run(&config, &mut summary))
+        runtime.block_on(db_migrate::run(&config, &mut summary))?;
+        Ok(config.command.outcome(summary.dry_run, summary.applied))
     });
     ExitCode::from(log::finish(&summary, &result, started))
 }
