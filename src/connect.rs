@@ -11,8 +11,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{CancelToken, Client};
 use tracing::{debug, info, warn};
 
+use crate::attempt::{Failure, failure};
 use crate::cloudsql;
-use crate::error::{Error, describe_db};
+use crate::error::Error;
 use crate::tls::{self, SslMode, TlsSettings};
 
 /// Seen in `pg_stat_activity.application_name` unless the settings name another.
@@ -85,34 +86,6 @@ impl Settings {
             Some(connector) => Way::Tunnel(connector),
             None => Way::Direct(tls::Connector::new(&self.tls)?),
         })
-    }
-}
-
-/// Why a connection attempt failed, and whether waiting could mend it.
-#[derive(Debug)]
-pub struct Failure {
-    pub error: Error,
-    pub transient: bool,
-}
-
-impl Failure {
-    pub fn fatal(error: Error) -> Failure {
-        Failure {
-            error,
-            transient: false,
-        }
-    }
-}
-
-/// A failed PostgreSQL connection or login, with the reason in words a reader can act on.
-pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
-    Failure {
-        transient: transient(&error),
-        error: Error::Connect {
-            target,
-            reason: reason(&error),
-            source: error,
-        },
     }
 }
 
@@ -835,50 +808,6 @@ async fn attempt(
         None => info!(db = %target, connection = settings.purpose, tls = false, "connected"),
     }
     Ok(client)
-}
-
-fn transient(error: &tokio_postgres::Error) -> bool {
-    if tls::certificate_problem(error).is_some() {
-        return false;
-    }
-    match error.code() {
-        Some(code) => {
-            *code == SqlState::CANNOT_CONNECT_NOW
-                || *code == SqlState::TOO_MANY_CONNECTIONS
-                || code.code().starts_with("08")
-        }
-        None => socket_failure(error),
-    }
-}
-
-/// The socket failed (refused, DNS, timeout, reset, closed by a proxy), as opposed to a
-/// configuration or authentication problem that no retry mends. tokio-postgres exposes its
-/// error kinds only through Display, so the closed-connection and timeout kinds are read
-/// from there.
-fn socket_failure(error: &tokio_postgres::Error) -> bool {
-    if crate::error::causes(error).any(|cause| cause.is::<std::io::Error>()) {
-        return true;
-    }
-    let text = error.to_string();
-    text.starts_with("connection closed") || text.starts_with("timeout")
-}
-
-/// What went wrong, in words a deploy log reader can act on.
-fn reason(error: &tokio_postgres::Error) -> String {
-    if let Some(problem) = tls::certificate_problem(error) {
-        return format!("TLS: {problem}");
-    }
-    match error.code() {
-        Some(code) if *code == SqlState::INVALID_PASSWORD => format!(
-            "authentication failed ({}); check the user and password",
-            describe_db(error)
-        ),
-        Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
-            "the server refused this login ({}); check pg_hba.conf, sslmode and the user",
-            describe_db(error)
-        ),
-        _ => describe_db(error),
-    }
 }
 
 /// ±25 % so that jobs restarted together do not retry in lockstep. The randomness comes

@@ -3,6 +3,7 @@
 //! The binary parses flags into a [`Config`] and calls [`run`]; everything else lives here.
 
 pub mod apply;
+pub mod attempt;
 pub mod cli;
 pub mod cloudsql;
 pub mod connect;

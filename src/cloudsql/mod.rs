@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{CancelToken, Client};
 use tracing::{debug, info};
 
-use crate::connect::Failure;
+use crate::attempt::{self, Failure};
 use crate::error::{Error, causes};
 use certificates::{ClientKey, client_config, make_key};
 use key_file::KeyFileLogin;
@@ -193,7 +193,7 @@ impl Connector {
         let (client, connection) = pg
             .connect_raw(stream, tokio_postgres::NoTls)
             .await
-            .map_err(|e| crate::connect::failure(self.target(&pg), e))?;
+            .map_err(|e| attempt::failure(self.target(&pg), e))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 debug!(error = %error, "connection closed");
