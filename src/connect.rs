@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 use crate::attempt::{Failure, failure};
 use crate::cloudsql;
 use crate::error::Error;
+use crate::interrupt;
 use crate::tls::{self, SslMode, TlsSettings};
 
 /// Seen in `pg_stat_activity.application_name` unless the settings name another.
@@ -57,11 +58,11 @@ pub struct Settings {
 }
 
 /// How a run's connections reach the server.
-enum Way<'a> {
+enum Way {
     /// To `pg`'s host, with TLS as the settings say.
     Direct(tls::Connector),
     /// Through the Cloud SQL connector's tunnel.
-    Tunnel(&'a cloudsql::Connector),
+    Tunnel(Arc<cloudsql::Connector>),
 }
 
 impl Settings {
@@ -81,8 +82,9 @@ impl Settings {
 
     /// Built once, before any attempt: a missing certificate file is a configuration error
     /// (exit 2), not a connection failure to retry.
-    fn way(&self) -> Result<Way<'_>, Error> {
-        Ok(match self.tunnel() {
+    fn way(&self) -> Result<Way, Error> {
+        let tunnel = self.cloudsql.clone().filter(|_| self.default_host);
+        Ok(match tunnel {
             Some(connector) => Way::Tunnel(connector),
             None => Way::Direct(tls::Connector::new(&self.tls)?),
         })
@@ -745,16 +747,20 @@ pub async fn open(settings: &Settings) -> Result<Client, Error> {
     unreachable!("the retry loop only ends by returning")
 }
 
-/// Asks the server to cancel what `token`'s session is running, over a connection of the
-/// same kind as the run's.
-pub async fn cancel(settings: &Settings, token: &CancelToken) -> Result<(), String> {
-    match settings.way().map_err(|e| e.to_string())? {
-        Way::Tunnel(connector) => connector.cancel(token).await,
-        Way::Direct(connector) => token
-            .cancel_query(connector)
-            .await
-            .map_err(|e| e.to_string()),
-    }
+/// The request that asks the server to cancel what `token`'s session is running, over a
+/// connection of the same kind as the run's, for a signal to send. Its TLS connector (or
+/// tunnel) is built now, at connect time: a signal during shutdown reads no certificate file.
+pub fn canceller(settings: &Settings, token: CancelToken) -> interrupt::Cancel {
+    let way = settings.way().map_err(|e| e.to_string());
+    Box::pin(async move {
+        match way? {
+            Way::Tunnel(connector) => connector.cancel(&token).await,
+            Way::Direct(connector) => token
+                .cancel_query(connector)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    })
 }
 
 /// One attempt, with libpq's `allow` (plaintext first, TLS when the server insists) done

@@ -96,7 +96,7 @@ async fn connected(
     summary: &mut Summary,
 ) -> Result<(), Error> {
     let client = connect::open(database).await?;
-    interrupt.arm(client.cancel_token(), database.clone());
+    interrupt.arm(connect::canceller(database, client.cancel_token()));
     let table = config.history_table.resolve(&client).await?;
     if let Command::Status { .. } | Command::Verify = &config.command {
         return inspect(config, &client, &table, migrations, summary).await;
