@@ -20,6 +20,10 @@ use crate::tls::{self, SslMode, TlsSettings};
 /// Seen in `pg_stat_activity.application_name` unless the settings name another.
 pub const APPLICATION_NAME: &str = "db-migrate";
 
+/// How long the first connection is retried while the server is unreachable, starting up or
+/// out of connection slots, unless `--connect-timeout` says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long one connection attempt may take when PGCONNECT_TIMEOUT does not say.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -172,7 +176,7 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
     Ok(Settings {
         pg,
         tls,
-        retry_for: Duration::from_secs(60),
+        retry_for: DEFAULT_CONNECT_TIMEOUT,
         purpose: "migration",
         default_host,
         cloudsql: None,

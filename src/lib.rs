@@ -6,6 +6,7 @@ pub mod apply;
 pub mod attempt;
 pub mod cli;
 pub mod cloudsql;
+pub mod config;
 pub mod connect;
 pub mod error;
 pub mod history;
@@ -22,7 +23,7 @@ pub mod tls;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-pub use cli::{Command, Config, Mode};
+pub use config::{Command, Config, Mode};
 pub use error::Error;
 
 use apply::Direction;
@@ -152,7 +153,7 @@ async fn inspect(
         Command::Verify => plan::verify(migrations, &applied, config.allow_out_of_order),
         Command::Status { format } => {
             // A closed stdout (`| head`) is the reader's choice, not a failed run.
-            let _ = log::print_status(&summary.status, *format == cli::OutputFormat::Json);
+            let _ = log::print_status(&summary.status, *format == config::OutputFormat::Json);
             Ok(())
         }
         _ => Ok(()),
@@ -232,9 +233,9 @@ async fn backup(
 ) -> Result<(), Error> {
     let config = run.config;
     let wanted = match config.backup {
-        cli::Backup::Never => false,
-        cli::Backup::Auto => !plan.is_empty(),
-        cli::Backup::Always => true,
+        config::Backup::Never => false,
+        config::Backup::Auto => !plan.is_empty(),
+        config::Backup::Always => true,
     };
     let Some(connector) = config.cloudsql.as_ref().filter(|_| wanted) else {
         return Ok(());

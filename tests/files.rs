@@ -2,8 +2,8 @@
 
 mod support;
 
-use db_migrate::cli::{Command, Mode};
 use db_migrate::plan::Rollback;
+use db_migrate::{Command, Mode};
 use support::{config, history, migrations, run, tables, up, up_ok};
 
 /// A file's name and bytes.

@@ -219,9 +219,9 @@ async fn concurrent_index_build_reports_its_phase_while_it_waits_for_writers() {
         ),
     ]);
     let first = db_migrate::plan::Target::Version(1);
-    let to_first = db_migrate::cli::Command::Up {
+    let to_first = db_migrate::Command::Up {
         target: first,
-        mode: db_migrate::cli::Mode::Each,
+        mode: db_migrate::Mode::Each,
     };
     run(&config(&db.url, dir.path(), to_first)).await.1.unwrap();
     // An open transaction that wrote to t: a concurrent build must wait for it to end.

@@ -2,8 +2,8 @@
 
 mod support;
 
-use db_migrate::cli::{Command, Mode};
 use db_migrate::plan::{Rollback, Target};
+use db_migrate::{Command, Mode};
 use support::{config, history, migrations, run, seed_dir, tables, up, up_ok};
 
 #[tokio::test]

@@ -39,6 +39,9 @@ const LOGIN_SCOPE: &str = "https://www.googleapis.com/auth/sqlservice.login";
 /// A certificate with less than this left is replaced before the next connection.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(4 * 60);
 
+/// The port an instance's connector listener serves.
+pub const DEFAULT_PORT: u16 = 3307;
+
 /// How long one Admin API or metadata-server request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

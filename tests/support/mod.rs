@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use db_migrate::cli::{Command as Cmd, Config, Mode};
 use db_migrate::history::Table;
 use db_migrate::plan::Target;
+use db_migrate::{Command as Cmd, Config, Mode};
 use db_migrate::{Error, Summary};
 use tokio_postgres::{Client, NoTls};
 
@@ -343,7 +343,7 @@ pub fn config(url: &str, dir: &Path, command: Cmd) -> Config {
         applied_by: "test".into(),
         session: Default::default(),
         cloudsql: None,
-        backup: db_migrate::cli::Backup::Never,
+        backup: db_migrate::config::Backup::Never,
         backup_timeout: Duration::from_secs(60),
     }
 }
