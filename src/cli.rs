@@ -95,7 +95,7 @@ pub struct Cli {
         global = true,
         help_heading = "Cloud SQL"
     )]
-    pub ip_type: Option<IpType>,
+    pub ip_type: Option<IpTypeArg>,
 
     /// IAM database login: the password is an OAuth2 token of the job's service account,
     /// whose e-mail without `.gserviceaccount.com` is the user.
@@ -132,8 +132,8 @@ pub struct Cli {
     pub backup_timeout: Span,
 
     /// auto: JSON lines when stderr is not a terminal, text when it is.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = log::Format::Auto, global = true)]
-    pub log_format: log::Format,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Auto, global = true)]
+    pub log_format: LogFormatArg,
 
     #[command(subcommand)]
     pub command: CommandArgs,
@@ -236,6 +236,42 @@ impl From<OutputFormatArg> for OutputFormat {
     }
 }
 
+/// `--log-format`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Auto,
+    Json,
+    Text,
+}
+
+impl From<LogFormatArg> for log::Format {
+    fn from(arg: LogFormatArg) -> log::Format {
+        match arg {
+            LogFormatArg::Auto => log::Format::Auto,
+            LogFormatArg::Json => log::Format::Json,
+            LogFormatArg::Text => log::Format::Text,
+        }
+    }
+}
+
+/// `--ip-type`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpTypeArg {
+    Public,
+    Private,
+    Psc,
+}
+
+impl From<IpTypeArg> for IpType {
+    fn from(arg: IpTypeArg) -> IpType {
+        match arg {
+            IpTypeArg::Public => IpType::Public,
+            IpTypeArg::Private => IpType::Private,
+            IpTypeArg::Psc => IpType::Psc,
+        }
+    }
+}
+
 impl CommandArgs {
     /// The subcommand's name, for the summary event, known even when the rest is invalid.
     pub fn name(&self) -> &'static str {
@@ -331,7 +367,7 @@ impl Cli {
         Ok(Some(std::sync::Arc::new(cloudsql::Connector::new(
             cloudsql::Options {
                 instance,
-                ip_type: self.ip_type,
+                ip_type: self.ip_type.map(IpType::from),
                 iam_auth: self.iam_auth,
                 admin_endpoint,
                 port: self.cloudsql_port,
@@ -420,7 +456,11 @@ fn typed_log_format(args: &[String], variable: Option<&str>) -> log::Format {
             _ => {}
         }
     }
-    let parse = |value: &str| log::Format::from_str(value, false).ok();
+    let parse = |value: &str| {
+        LogFormatArg::from_str(value, false)
+            .ok()
+            .map(log::Format::from)
+    };
     typed
         .and_then(parse)
         .or_else(|| variable.and_then(parse))

@@ -17,7 +17,7 @@ use crate::error::{Error, Outcome};
 use crate::plan::Entry;
 
 /// `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Auto,
     Json,

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         }
         Err(error) => return ExitCode::from(log::usage(Cli::usage(&error), started)),
     };
-    log::init(cli.log_format);
+    log::init(cli.log_format.into());
     let mut summary = Summary {
         command: cli.command.name(),
         ..Summary::default()

@@ -81,7 +81,7 @@ impl std::fmt::Display for Instance {
 }
 
 /// Which of the instance's addresses to connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpType {
     Public,
     Private,
