@@ -307,11 +307,8 @@ impl Cli {
             (_, url) => {
                 let mut settings = connect::resolve(url.as_deref(), &env)?;
                 settings.retry_for = self.connect_timeout.0;
-                if let Some(connector) = &cloudsql {
-                    settings.cloudsql = Some(connector.clone());
-                    if connector.options.iam_auth {
-                        iam_user(&mut settings.pg);
-                    }
+                if cloudsql.as_ref().is_some_and(|options| options.iam_auth) {
+                    iam_user(&mut settings.pg);
                 }
                 Some(settings)
             }
@@ -336,7 +333,7 @@ impl Cli {
         })
     }
 
-    fn cloudsql(&self) -> Result<Option<std::sync::Arc<cloudsql::Connector>>, Error> {
+    fn cloudsql(&self) -> Result<Option<cloudsql::Options>, Error> {
         let instance = self
             .cloudsql_instance
             .as_deref()
@@ -364,18 +361,16 @@ impl Cli {
             .cloudsql_admin_endpoint
             .clone()
             .filter(|e| !e.trim().is_empty());
-        Ok(Some(std::sync::Arc::new(cloudsql::Connector::new(
-            cloudsql::Options {
-                instance,
-                ip_type: self.ip_type.map(IpType::from),
-                iam_auth: self.iam_auth,
-                admin_endpoint,
-                port: self.cloudsql_port,
-                key_file: std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from),
-            },
-        ))))
+        Ok(Some(cloudsql::Options {
+            instance,
+            ip_type: self.ip_type.map(IpType::from),
+            iam_auth: self.iam_auth,
+            admin_endpoint,
+            port: self.cloudsql_port,
+            key_file: std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }))
     }
 }
 

@@ -2,7 +2,6 @@
 //! [`Config`] from flags and the environment; tests and library users call [`Config::new`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Outcome;
@@ -36,8 +35,9 @@ pub struct Config {
     pub applied_by: String,
     /// How migration statements wait, and how the run reports on them.
     pub session: Session,
-    /// The Cloud SQL instance, when one is named.
-    pub cloudsql: Option<Arc<cloudsql::Connector>>,
+    /// The Cloud SQL instance and how to reach it, when one is named; the run builds its
+    /// connector from this.
+    pub cloudsql: Option<cloudsql::Options>,
     pub backup: Backup,
     pub backup_timeout: Duration,
 }

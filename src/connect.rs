@@ -57,7 +57,8 @@ pub struct Settings {
     /// Neither the URL nor PGHOST named a host: `localhost` is only the default, and with a
     /// Cloud SQL instance the connector is the way in.
     pub default_host: bool,
-    /// The Cloud SQL instance, for IAM login and, without a host, the connector.
+    /// The run's Cloud SQL connector ([`Settings::with_cloudsql`]), for IAM login and,
+    /// without a host, the tunnel.
     pub cloudsql: Option<Arc<cloudsql::Connector>>,
 }
 
@@ -70,6 +71,14 @@ enum Way {
 }
 
 impl Settings {
+    /// These settings with the run's Cloud SQL connector, built from `options` once per run:
+    /// the run's connections, its cancel request and the backup share it, so credentials and
+    /// the client certificate are fetched once.
+    pub fn with_cloudsql(mut self, options: Option<cloudsql::Options>) -> Settings {
+        self.cloudsql = options.map(|options| Arc::new(cloudsql::Connector::new(options)));
+        self
+    }
+
     /// The Cloud SQL connector, when connections go through it.
     pub fn tunnel(&self) -> Option<&cloudsql::Connector> {
         self.cloudsql.as_deref().filter(|_| self.default_host)

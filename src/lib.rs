@@ -68,6 +68,7 @@ pub async fn run(config: &Config, summary: &mut Summary) -> Result<(), Error> {
     let Some(database) = &config.database else {
         return Err(Error::Config("no database given; set DATABASE_URL".into()));
     };
+    let database = &database.clone().with_cloudsql(config.cloudsql.clone());
     summary.target = Some(database.target());
     let interrupt = Interrupt::default();
     interrupt::guard(
@@ -237,7 +238,7 @@ async fn backup(
         config::Backup::Auto => !plan.is_empty(),
         config::Backup::Always => true,
     };
-    let Some(connector) = config.cloudsql.as_ref().filter(|_| wanted) else {
+    let Some(connector) = run.database.cloudsql.as_deref().filter(|_| wanted) else {
         return Ok(());
     };
     if mode == Mode::DryRun {
