@@ -570,6 +570,8 @@ impl std::str::FromStr for Span {
 }
 
 impl std::fmt::Display for Span {
+    /// Whole minutes above one in minutes, other whole seconds in seconds, as the defaults
+    /// have always read in `--help` (60s, 20m); clap parses the text back.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0.as_millis();
         match (ms % 1000, ms / 1000) {

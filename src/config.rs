@@ -9,8 +9,12 @@ use crate::history::Table;
 use crate::plan::{Rollback, Target};
 use crate::{cloudsql, connect};
 
-/// The defaults of the settings a flag can change; `cli` shows them in `--help`.
+// The defaults of the settings a flag can change: `cli` gives them to clap, which shows them
+// in `--help`, and `Config::new` uses them for what it is not given.
+
+/// The migrations directory.
 pub const DEFAULT_DIR: &str = "migrations";
+/// The history table, `table` or `schema.table`.
 pub const DEFAULT_HISTORY_TABLE: &str = "schema_migrations";
 /// How long to wait for another run's migration lock.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
@@ -18,7 +22,9 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many times a migration that hit `lock_timeout` is run again.
 pub const DEFAULT_LOCK_RETRIES: u32 = 5;
+/// How often a long migration logs a progress event.
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long to wait for the backup before migrating.
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// Everything a run uses, resolved.
