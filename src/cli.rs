@@ -1,4 +1,5 @@
-//! Every flag and environment variable: `Cli` is what was typed, `Config` what a run uses.
+//! Every flag and environment variable: `Cli` is what was typed, and [`Cli::config`] turns it
+//! into the [`Config`] a run uses.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -6,9 +7,10 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::cloudsql::{self, IpType};
+use crate::config::{self, Backup, Command, Config, Mode, OutputFormat, Session};
 use crate::error::Error;
 use crate::history::Table;
-use crate::plan::{Mode, Rollback, Target};
+use crate::plan::{Rollback, Target};
 use crate::{connect, log};
 
 /// Applies numbered plain-SQL migrations to PostgreSQL, once, before a deploy.
@@ -19,7 +21,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "MIGRATIONS_DIR",
-        default_value = "migrations",
+        default_value = config::DEFAULT_DIR,
         global = true
     )]
     pub dir: PathBuf,
@@ -33,14 +35,14 @@ pub struct Cli {
     #[arg(
         long,
         env = "DB_MIGRATE_HISTORY_TABLE",
-        default_value = "schema_migrations",
+        default_value = config::DEFAULT_HISTORY_TABLE,
         global = true
     )]
     pub history_table: String,
 
     /// How long to wait for another run's migration lock, e.g. 90s, 5m (plain number: seconds).
-    #[arg(long, env = "DB_MIGRATE_LOCK_WAIT", default_value = "60s", value_parser = parse_duration, global = true)]
-    pub lock_wait: Duration,
+    #[arg(long, env = "DB_MIGRATE_LOCK_WAIT", default_value_t = Span(config::DEFAULT_LOCK_WAIT), global = true)]
+    pub lock_wait: Span,
 
     /// Apply pending migrations older than the newest applied one instead of refusing.
     #[arg(long, env = "DB_MIGRATE_ALLOW_OUT_OF_ORDER", global = true,
@@ -49,31 +51,31 @@ pub struct Cli {
 
     /// How long to keep retrying the first connection while the database is unreachable,
     /// starting up or out of connection slots.
-    #[arg(long, env = "DB_MIGRATE_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
-    pub connect_timeout: Duration,
+    #[arg(long, env = "DB_MIGRATE_CONNECT_TIMEOUT", default_value_t = Span(connect::DEFAULT_CONNECT_TIMEOUT), global = true)]
+    pub connect_timeout: Span,
 
     /// lock_timeout for migration statements: a DDL that cannot get its table lock in time
     /// gives up instead of queueing the bot's queries behind it.
-    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value = "5s", value_parser = parse_duration, global = true)]
-    pub ddl_lock_timeout: Duration,
+    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value_t = Span(config::DEFAULT_LOCK_TIMEOUT), global = true)]
+    pub ddl_lock_timeout: Span,
 
     /// How many times a migration that hit the DDL lock timeout is retried (with backoff)
     /// before the run gives up with exit 6.
     #[arg(
         long,
         env = "DB_MIGRATE_DDL_LOCK_RETRIES",
-        default_value_t = 5,
+        default_value_t = config::DEFAULT_LOCK_RETRIES,
         global = true
     )]
     pub ddl_lock_retries: u32,
 
     /// statement_timeout for migration statements (default: none).
-    #[arg(long, env = "DB_MIGRATE_STATEMENT_TIMEOUT", value_parser = parse_duration, global = true)]
-    pub statement_timeout: Option<Duration>,
+    #[arg(long, env = "DB_MIGRATE_STATEMENT_TIMEOUT", global = true)]
+    pub statement_timeout: Option<Span>,
 
     /// While a migration runs longer than this, log a progress event this often.
-    #[arg(long, env = "DB_MIGRATE_PROGRESS_INTERVAL", default_value = "10s", value_parser = parse_duration, global = true)]
-    pub progress_interval: Duration,
+    #[arg(long, env = "DB_MIGRATE_PROGRESS_INTERVAL", default_value_t = Span(config::DEFAULT_PROGRESS_INTERVAL), global = true)]
+    pub progress_interval: Span,
 
     /// Cloud SQL instance PROJECT:REGION:INSTANCE: without a host in DATABASE_URL the job
     /// connects through the built-in connector (mutual TLS, no proxy); backups need it too.
@@ -93,7 +95,7 @@ pub struct Cli {
         global = true,
         help_heading = "Cloud SQL"
     )]
-    pub ip_type: Option<IpType>,
+    pub ip_type: Option<IpTypeArg>,
 
     /// IAM database login: the password is an OAuth2 token of the job's service account,
     /// whose e-mail without `.gserviceaccount.com` is the user.
@@ -114,7 +116,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "CLOUD_SQL_PORT",
-        default_value_t = 3307,
+        default_value_t = cloudsql::DEFAULT_PORT,
         global = true,
         help_heading = "Cloud SQL"
     )]
@@ -122,16 +124,16 @@ pub struct Cli {
 
     /// Back the instance up through the Admin API before migrating: auto (only when
     /// something is pending), always, never.
-    #[arg(long, env = "DB_MIGRATE_BACKUP", value_enum, default_value_t = Backup::Never, global = true, help_heading = "Cloud SQL")]
-    pub backup: Backup,
+    #[arg(long, env = "DB_MIGRATE_BACKUP", value_enum, default_value_t = BackupArg::Never, global = true, help_heading = "Cloud SQL")]
+    pub backup: BackupArg,
 
     /// How long to wait for that backup before giving up with exit 8.
-    #[arg(long, env = "DB_MIGRATE_BACKUP_TIMEOUT", default_value = "20m", value_parser = parse_duration, global = true, help_heading = "Cloud SQL")]
-    pub backup_timeout: Duration,
+    #[arg(long, env = "DB_MIGRATE_BACKUP_TIMEOUT", default_value_t = Span(config::DEFAULT_BACKUP_TIMEOUT), global = true, help_heading = "Cloud SQL")]
+    pub backup_timeout: Span,
 
     /// auto: JSON lines when stderr is not a terminal, text when it is.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = log::Format::Auto, global = true)]
-    pub log_format: log::Format,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Auto, global = true)]
+    pub log_format: LogFormatArg,
 
     #[command(subcommand)]
     pub command: CommandArgs,
@@ -145,8 +147,8 @@ pub enum CommandArgs {
     Down(DownArgs),
     /// Show every version with its state.
     Status {
-        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-        format: OutputFormat,
+        #[arg(long, value_enum, default_value_t = OutputFormatArg::Text)]
+        format: OutputFormatArg,
     },
     /// Exit 0 only when nothing is pending (7) and nothing drifted (4).
     Verify,
@@ -197,9 +199,9 @@ pub struct DownArgs {
     dry_run: bool,
 }
 
-/// When to back the instance up before migrating.
+/// `--backup`, as typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backup {
+pub enum BackupArg {
     /// Only when at least one migration will run.
     Auto,
     /// Even when nothing is pending.
@@ -208,91 +210,72 @@ pub enum Backup {
     Never,
 }
 
+impl From<BackupArg> for Backup {
+    fn from(arg: BackupArg) -> Backup {
+        match arg {
+            BackupArg::Auto => Backup::Auto,
+            BackupArg::Always => Backup::Always,
+            BackupArg::Never => Backup::Never,
+        }
+    }
+}
+
+/// `status --format`, as typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
+pub enum OutputFormatArg {
     Text,
     Json,
 }
 
-/// What to do, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Up { target: Target, mode: Mode },
-    Down { rollback: Rollback, mode: Mode },
-    Status { format: OutputFormat },
-    Verify,
-    New { description: String },
-    Repair { version: i64 },
-    Baseline { version: i64 },
+impl From<OutputFormatArg> for OutputFormat {
+    fn from(arg: OutputFormatArg) -> OutputFormat {
+        match arg {
+            OutputFormatArg::Text => OutputFormat::Text,
+            OutputFormatArg::Json => OutputFormat::Json,
+        }
+    }
+}
+
+/// `--log-format`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Auto,
+    Json,
+    Text,
+}
+
+impl From<LogFormatArg> for log::Format {
+    fn from(arg: LogFormatArg) -> log::Format {
+        match arg {
+            LogFormatArg::Auto => log::Format::Auto,
+            LogFormatArg::Json => log::Format::Json,
+            LogFormatArg::Text => log::Format::Text,
+        }
+    }
+}
+
+/// `--ip-type`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpTypeArg {
+    Public,
+    Private,
+    Psc,
+}
+
+impl From<IpTypeArg> for IpType {
+    fn from(arg: IpTypeArg) -> IpType {
+        match arg {
+            IpTypeArg::Public => IpType::Public,
+            IpTypeArg::Private => IpType::Private,
+            IpTypeArg::Psc => IpType::Psc,
+        }
+    }
 }
 
 impl CommandArgs {
     /// The subcommand's name, for the summary event, known even when the rest is invalid.
     pub fn name(&self) -> &'static str {
-        match self {
-            CommandArgs::Up(_) => "up",
-            CommandArgs::Down(_) => "down",
-            CommandArgs::Status { .. } => "status",
-            CommandArgs::Verify => "verify",
-            CommandArgs::New { .. } => "new",
-            CommandArgs::Repair { .. } => "repair",
-            CommandArgs::Baseline { .. } => "baseline",
-        }
-    }
-}
-
-impl Command {
-    /// The subcommand's name, for the summary event.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Up { .. } => "up",
-            Command::Down { .. } => "down",
-            Command::Status { .. } => "status",
-            Command::Verify => "verify",
-            Command::New { .. } => "new",
-            Command::Repair { .. } => "repair",
-            Command::Baseline { .. } => "baseline",
-        }
-    }
-}
-
-/// Everything a run uses, resolved; built only by [`Cli::config`] or by tests.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub command: Command,
-    pub dir: PathBuf,
-    /// `None` only for `new`, which needs no database.
-    pub database: Option<connect::Settings>,
-    pub history_table: Table,
-    pub lock_wait: Duration,
-    pub allow_out_of_order: bool,
-    /// Recorded in the history's `applied_by` column.
-    pub applied_by: String,
-    /// How migration statements wait, and how the run reports on them.
-    pub session: Session,
-    /// The Cloud SQL instance, when one is named.
-    pub cloudsql: Option<std::sync::Arc<cloudsql::Connector>>,
-    pub backup: Backup,
-    pub backup_timeout: Duration,
-}
-
-/// Limits and reporting for migration statements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Session {
-    pub lock_timeout: Duration,
-    pub lock_retries: u32,
-    pub statement_timeout: Option<Duration>,
-    pub progress_interval: Duration,
-}
-
-impl Default for Session {
-    fn default() -> Session {
-        Session {
-            lock_timeout: Duration::from_secs(5),
-            lock_retries: 5,
-            statement_timeout: None,
-            progress_interval: Duration::from_secs(10),
-        }
+        command(self).name()
     }
 }
 
@@ -301,7 +284,7 @@ impl Cli {
     /// beyond clap's own `env` attributes.
     pub fn config(self) -> Result<Config, Error> {
         let cloudsql = self.cloudsql()?;
-        let command = command(self.command);
+        let command = command(&self.command);
         // An empty variable (`DATABASE_URL=` in a manifest) counts as unset.
         let url = match self.database_url.filter(|url| !url.trim().is_empty()) {
             Some(url) => Some(url),
@@ -323,12 +306,9 @@ impl Cli {
             }
             (_, url) => {
                 let mut settings = connect::resolve(url.as_deref(), &env)?;
-                settings.retry_for = self.connect_timeout;
-                if let Some(connector) = &cloudsql {
-                    settings.cloudsql = Some(connector.clone());
-                    if connector.options.iam_auth {
-                        iam_user(&mut settings.pg);
-                    }
+                settings.retry_for = self.connect_timeout.0;
+                if cloudsql.as_ref().is_some_and(|options| options.iam_auth) {
+                    iam_user(&mut settings.pg);
                 }
                 Some(settings)
             }
@@ -338,22 +318,22 @@ impl Cli {
             dir: self.dir,
             database,
             history_table: Table::parse(&self.history_table)?,
-            lock_wait: self.lock_wait,
+            lock_wait: self.lock_wait.0,
             allow_out_of_order: self.allow_out_of_order,
             applied_by: applied_by(),
             session: Session {
-                lock_timeout: self.ddl_lock_timeout,
+                lock_timeout: self.ddl_lock_timeout.0,
                 lock_retries: self.ddl_lock_retries,
-                statement_timeout: self.statement_timeout,
-                progress_interval: self.progress_interval,
+                statement_timeout: self.statement_timeout.map(|span| span.0),
+                progress_interval: self.progress_interval.0,
             },
             cloudsql,
-            backup: self.backup,
-            backup_timeout: self.backup_timeout,
+            backup: self.backup.into(),
+            backup_timeout: self.backup_timeout.0,
         })
     }
 
-    fn cloudsql(&self) -> Result<Option<std::sync::Arc<cloudsql::Connector>>, Error> {
+    fn cloudsql(&self) -> Result<Option<cloudsql::Options>, Error> {
         let instance = self
             .cloudsql_instance
             .as_deref()
@@ -362,7 +342,10 @@ impl Cli {
             let needs = [
                 (self.iam_auth, "--iam-auth (CLOUD_SQL_IAM_AUTH)"),
                 (self.ip_type.is_some(), "--ip-type (CLOUD_SQL_IP_TYPE)"),
-                (self.backup != Backup::Never, "--backup (DB_MIGRATE_BACKUP)"),
+                (
+                    self.backup != BackupArg::Never,
+                    "--backup (DB_MIGRATE_BACKUP)",
+                ),
             ];
             if let Some((_, flag)) = needs.iter().find(|(set, _)| *set) {
                 return Err(Error::Config(format!(
@@ -378,25 +361,18 @@ impl Cli {
             .cloudsql_admin_endpoint
             .clone()
             .filter(|e| !e.trim().is_empty());
-        Ok(Some(std::sync::Arc::new(cloudsql::Connector::new(
-            cloudsql::Options {
-                instance,
-                ip_type: self.ip_type,
-                iam_auth: self.iam_auth,
-                admin_endpoint,
-                port: self.cloudsql_port,
-                key_file: std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from),
-            },
-        ))))
+        Ok(Some(cloudsql::Options {
+            instance,
+            ip_type: self.ip_type.map(IpType::from),
+            iam_auth: self.iam_auth,
+            admin_endpoint,
+            port: self.cloudsql_port,
+            key_file: std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+        }))
     }
 }
-
-/// The subcommands' names, to find the one typed when the rest did not parse.
-const COMMANDS: [&str; 7] = [
-    "up", "down", "status", "verify", "new", "repair", "baseline",
-];
 
 /// Stands for a typed argument that may hold a password, in clap's errors.
 const HIDDEN: &str = "<hidden>";
@@ -425,7 +401,10 @@ fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log:
     let mut line = match error.kind() {
         clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
         | clap::error::ErrorKind::MissingSubcommand => {
-            format!("no command given; name one of {}", COMMANDS.join(", "))
+            format!(
+                "no command given; name one of {}",
+                Command::NAMES.join(", ")
+            )
         }
         _ => text
             .lines()
@@ -448,7 +427,7 @@ fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log:
         format: typed_log_format(args, log_format),
         command: args
             .iter()
-            .find_map(|arg| COMMANDS.into_iter().find(|c| c == arg))
+            .find_map(|arg| Command::NAMES.into_iter().find(|c| c == arg))
             .unwrap_or("-"),
         text,
         error: Error::Config(line),
@@ -472,7 +451,11 @@ fn typed_log_format(args: &[String], variable: Option<&str>) -> log::Format {
             _ => {}
         }
     }
-    let parse = |value: &str| log::Format::from_str(value, false).ok();
+    let parse = |value: &str| {
+        LogFormatArg::from_str(value, false)
+            .ok()
+            .map(log::Format::from)
+    };
     typed
         .and_then(parse)
         .or_else(|| variable.and_then(parse))
@@ -491,7 +474,7 @@ fn iam_user(pg: &mut tokio_postgres::Config) {
     }
 }
 
-fn command(args: CommandArgs) -> Command {
+fn command(args: &CommandArgs) -> Command {
     match args {
         CommandArgs::Up(up) => Command::Up {
             target: up.target.map_or(Target::Latest, Target::Version),
@@ -505,11 +488,15 @@ fn command(args: CommandArgs) -> Command {
             },
             mode: mode(down.dry_run, false),
         },
-        CommandArgs::Status { format } => Command::Status { format },
+        CommandArgs::Status { format } => Command::Status {
+            format: (*format).into(),
+        },
         CommandArgs::Verify => Command::Verify,
-        CommandArgs::New { description } => Command::New { description },
-        CommandArgs::Repair { version } => Command::Repair { version },
-        CommandArgs::Baseline { version } => Command::Baseline { version },
+        CommandArgs::New { description } => Command::New {
+            description: description.clone(),
+        },
+        CommandArgs::Repair { version } => Command::Repair { version: *version },
+        CommandArgs::Baseline { version } => Command::Baseline { version: *version },
     }
 }
 
@@ -569,6 +556,32 @@ fn applied_by() -> String {
     }
 }
 
+/// A length of time on the command line: typed as `90`, `90s`, `1500ms` or `5m`, and shown
+/// so in `--help`'s defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Span, String> {
+        parse_duration(text).map(Span)
+    }
+}
+
+impl std::fmt::Display for Span {
+    /// Whole minutes above one in minutes, other whole seconds in seconds, as the defaults
+    /// have always read in `--help` (60s, 20m); clap parses the text back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match (ms % 1000, ms / 1000) {
+            (0, s) if s > 60 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            (0, s) => write!(f, "{s}s"),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
 /// `90`, `90s`, `1500ms`, `5m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -615,6 +628,23 @@ mod tests {
     }
 
     #[test]
+    fn defaults_show_as_they_are_typed_and_read_back_the_same() {
+        let cases = [
+            (config::DEFAULT_LOCK_WAIT, "60s"),
+            (config::DEFAULT_LOCK_TIMEOUT, "5s"),
+            (config::DEFAULT_PROGRESS_INTERVAL, "10s"),
+            (config::DEFAULT_BACKUP_TIMEOUT, "20m"),
+            (connect::DEFAULT_CONNECT_TIMEOUT, "60s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0s"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(Span(duration).to_string(), text);
+            assert_eq!(text.parse(), Ok(Span(duration)), "{text}");
+        }
+    }
+
+    #[test]
     fn up_flags_become_a_target_and_a_mode() {
         let cases: [(&[&str], Target, Mode); 4] = [
             (&["up"], Target::Latest, Mode::Each),
@@ -629,7 +659,7 @@ mod tests {
         for (args, target, mode) in cases {
             let cli = parse(args).unwrap();
             assert_eq!(
-                command(cli.command),
+                command(&cli.command),
                 Command::Up { target, mode },
                 "{args:?}"
             );
@@ -647,7 +677,7 @@ mod tests {
             (&["down", "--steps", "0"], None),
         ];
         for (args, expected) in cases {
-            let parsed = parse(args).ok().map(|cli| command(cli.command));
+            let parsed = parse(args).ok().map(|cli| command(&cli.command));
             let rollback = parsed.map(|c| match c {
                 Command::Down { rollback, .. } => rollback,
                 other => panic!("{other:?}"),
@@ -748,7 +778,7 @@ mod tests {
             .get_subcommands()
             .map(|c| c.get_name().to_string())
             .collect();
-        assert_eq!(names, COMMANDS);
+        assert_eq!(names, Command::NAMES);
     }
 
     #[test]

@@ -11,12 +11,18 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{CancelToken, Client};
 use tracing::{debug, info, warn};
 
+use crate::attempt::{Failure, failure};
 use crate::cloudsql;
-use crate::error::{Error, describe_db};
+use crate::error::Error;
+use crate::interrupt;
 use crate::tls::{self, SslMode, TlsSettings};
 
 /// Seen in `pg_stat_activity.application_name` unless the settings name another.
 pub const APPLICATION_NAME: &str = "db-migrate";
+
+/// How long the first connection is retried while the server is unreachable, starting up or
+/// out of connection slots, unless `--connect-timeout` says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long one connection attempt may take when PGCONNECT_TIMEOUT does not say.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,19 +57,28 @@ pub struct Settings {
     /// Neither the URL nor PGHOST named a host: `localhost` is only the default, and with a
     /// Cloud SQL instance the connector is the way in.
     pub default_host: bool,
-    /// The Cloud SQL instance, for IAM login and, without a host, the connector.
+    /// The run's Cloud SQL connector ([`Settings::with_cloudsql`]), for IAM login and,
+    /// without a host, the tunnel.
     pub cloudsql: Option<Arc<cloudsql::Connector>>,
 }
 
 /// How a run's connections reach the server.
-enum Way<'a> {
+enum Way {
     /// To `pg`'s host, with TLS as the settings say.
     Direct(tls::Connector),
     /// Through the Cloud SQL connector's tunnel.
-    Tunnel(&'a cloudsql::Connector),
+    Tunnel(Arc<cloudsql::Connector>),
 }
 
 impl Settings {
+    /// These settings with the run's Cloud SQL connector, built from `options` once per run:
+    /// the run's connections, its cancel request and the backup share it, so credentials and
+    /// the client certificate are fetched once.
+    pub fn with_cloudsql(mut self, options: Option<cloudsql::Options>) -> Settings {
+        self.cloudsql = options.map(|options| Arc::new(cloudsql::Connector::new(options)));
+        self
+    }
+
     /// The Cloud SQL connector, when connections go through it.
     pub fn tunnel(&self) -> Option<&cloudsql::Connector> {
         self.cloudsql.as_deref().filter(|_| self.default_host)
@@ -80,39 +95,12 @@ impl Settings {
 
     /// Built once, before any attempt: a missing certificate file is a configuration error
     /// (exit 2), not a connection failure to retry.
-    fn way(&self) -> Result<Way<'_>, Error> {
-        Ok(match self.tunnel() {
+    fn way(&self) -> Result<Way, Error> {
+        let tunnel = self.cloudsql.clone().filter(|_| self.default_host);
+        Ok(match tunnel {
             Some(connector) => Way::Tunnel(connector),
             None => Way::Direct(tls::Connector::new(&self.tls)?),
         })
-    }
-}
-
-/// Why a connection attempt failed, and whether waiting could mend it.
-#[derive(Debug)]
-pub struct Failure {
-    pub error: Error,
-    pub transient: bool,
-}
-
-impl Failure {
-    pub fn fatal(error: Error) -> Failure {
-        Failure {
-            error,
-            transient: false,
-        }
-    }
-}
-
-/// A failed PostgreSQL connection or login, with the reason in words a reader can act on.
-pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
-    Failure {
-        transient: transient(&error),
-        error: Error::Connect {
-            target,
-            reason: reason(&error),
-            source: error,
-        },
     }
 }
 
@@ -197,7 +185,7 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
     Ok(Settings {
         pg,
         tls,
-        retry_for: Duration::from_secs(60),
+        retry_for: DEFAULT_CONNECT_TIMEOUT,
         purpose: "migration",
         default_host,
         cloudsql: None,
@@ -772,16 +760,20 @@ pub async fn open(settings: &Settings) -> Result<Client, Error> {
     unreachable!("the retry loop only ends by returning")
 }
 
-/// Asks the server to cancel what `token`'s session is running, over a connection of the
-/// same kind as the run's.
-pub async fn cancel(settings: &Settings, token: &CancelToken) -> Result<(), String> {
-    match settings.way().map_err(|e| e.to_string())? {
-        Way::Tunnel(connector) => connector.cancel(token).await,
-        Way::Direct(connector) => token
-            .cancel_query(connector)
-            .await
-            .map_err(|e| e.to_string()),
-    }
+/// The request that asks the server to cancel what `token`'s session is running, over a
+/// connection of the same kind as the run's, for a signal to send. Its TLS connector (or
+/// tunnel) is built now, at connect time: a signal during shutdown reads no certificate file.
+pub fn canceller(settings: &Settings, token: CancelToken) -> interrupt::Cancel {
+    let way = settings.way().map_err(|e| e.to_string());
+    Box::pin(async move {
+        match way? {
+            Way::Tunnel(connector) => connector.cancel(&token).await,
+            Way::Direct(connector) => token
+                .cancel_query(connector)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    })
 }
 
 /// One attempt, with libpq's `allow` (plaintext first, TLS when the server insists) done
@@ -835,50 +827,6 @@ async fn attempt(
         None => info!(db = %target, connection = settings.purpose, tls = false, "connected"),
     }
     Ok(client)
-}
-
-fn transient(error: &tokio_postgres::Error) -> bool {
-    if tls::certificate_problem(error).is_some() {
-        return false;
-    }
-    match error.code() {
-        Some(code) => {
-            *code == SqlState::CANNOT_CONNECT_NOW
-                || *code == SqlState::TOO_MANY_CONNECTIONS
-                || code.code().starts_with("08")
-        }
-        None => socket_failure(error),
-    }
-}
-
-/// The socket failed (refused, DNS, timeout, reset, closed by a proxy), as opposed to a
-/// configuration or authentication problem that no retry mends. tokio-postgres exposes its
-/// error kinds only through Display, so the closed-connection and timeout kinds are read
-/// from there.
-fn socket_failure(error: &tokio_postgres::Error) -> bool {
-    if crate::error::causes(error).any(|cause| cause.is::<std::io::Error>()) {
-        return true;
-    }
-    let text = error.to_string();
-    text.starts_with("connection closed") || text.starts_with("timeout")
-}
-
-/// What went wrong, in words a deploy log reader can act on.
-fn reason(error: &tokio_postgres::Error) -> String {
-    if let Some(problem) = tls::certificate_problem(error) {
-        return format!("TLS: {problem}");
-    }
-    match error.code() {
-        Some(code) if *code == SqlState::INVALID_PASSWORD => format!(
-            "authentication failed ({}); check the user and password",
-            describe_db(error)
-        ),
-        Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
-            "the server refused this login ({}); check pg_hba.conf, sslmode and the user",
-            describe_db(error)
-        ),
-        _ => describe_db(error),
-    }
 }
 
 /// ±25 % so that jobs restarted together do not retry in lockstep. The randomness comes

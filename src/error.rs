@@ -1,4 +1,5 @@
-//! The one error type of the library and the exit code each variant means.
+//! The one error type of the library, and the one table of outcomes: how a run ended, as
+//! its exit code and as the `outcome` its summary event names.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -178,7 +179,7 @@ pub enum Error {
 
     /// SIGINT or SIGTERM stopped the run; the running migration was rolled back.
     #[error("stopped by {}; a migration in progress was rolled back and nothing of it recorded", .0.name())]
-    Interrupted(crate::interrupt::Signal),
+    Interrupted(Signal),
 
     /// `verify` found migrations that are not applied yet.
     #[error("{count} migration(s) pending, first {first}; run `db-migrate up`")]
@@ -186,33 +187,36 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error; the table in README.md documents each one.
-    pub fn exit_code(&self) -> u8 {
+    /// How a run that stopped with this error ended. Exhaustive, with no catch-all, so a new
+    /// variant forces a decision about its exit code.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            Error::Apply(_) => 1,
-            Error::InvalidIndex { .. } => 1,
-            Error::TransactionEnded { .. } => 1,
-            Error::HistoryWrite { .. } => 1,
-            Error::ConnectionLost { .. } => 1,
-            Error::LockLost { .. } => 6,
-            Error::Database { .. } => 1,
-            Error::Config(_) => 2,
-            Error::InvalidFile { .. } => 3,
-            Error::Directory { .. } => 3,
-            Error::Drift { .. } => 4,
-            Error::MissingFile { .. } => 4,
-            Error::OutOfOrder { .. } => 4,
-            Error::HistoryNotEmpty { .. } => 4,
-            Error::ForeignHistory { .. } => 4,
-            Error::Connect { .. } => 5,
-            Error::CloudSql { .. } => 5,
-            Error::Backup { .. } => 8,
-            Error::LockTimeout { .. } => 6,
-            Error::DdlLockTimeout { .. } => 6,
-            Error::Pooled { .. } => 2,
-            Error::Interrupted(signal) => 128 + signal.number(),
-            Error::Pending { .. } => 7,
+            Error::Apply(_)
+            | Error::InvalidIndex { .. }
+            | Error::TransactionEnded { .. }
+            | Error::HistoryWrite { .. }
+            | Error::ConnectionLost { .. }
+            | Error::Database { .. } => Outcome::MigrationFailed,
+            Error::Config(_) | Error::Pooled { .. } => Outcome::ConfigError,
+            Error::InvalidFile { .. } | Error::Directory { .. } => Outcome::InvalidMigrations,
+            Error::Drift { .. }
+            | Error::MissingFile { .. }
+            | Error::OutOfOrder { .. }
+            | Error::HistoryNotEmpty { .. }
+            | Error::ForeignHistory { .. } => Outcome::HistoryMismatch,
+            Error::Connect { .. } | Error::CloudSql { .. } => Outcome::ConnectFailed,
+            Error::LockTimeout { .. } | Error::DdlLockTimeout { .. } | Error::LockLost { .. } => {
+                Outcome::LockTimeout
+            }
+            Error::Pending { .. } => Outcome::Pending,
+            Error::Backup { .. } => Outcome::BackupFailed,
+            Error::Interrupted(signal) => Outcome::Interrupted(*signal),
         }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        self.outcome().code()
     }
 
     /// Wraps a database failure that is not a migration's own SQL.
@@ -221,19 +225,85 @@ impl Error {
     }
 }
 
-/// The `outcome` field of a failed run's summary event, by exit code.
-pub fn outcome(exit_code: u8) -> &'static str {
-    match exit_code {
-        1 => "migration_failed",
-        2 => "config_error",
-        3 => "invalid_migrations",
-        4 => "history_mismatch",
-        5 => "connect_failed",
-        6 => "lock_timeout",
-        7 => "pending",
-        8 => "backup_failed",
-        130 | 143 => "interrupted",
-        _ => "failed",
+/// How a run ended: what the summary event's `outcome` field says and what the process
+/// exits with. Success has several names and one code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `up` applied at least one migration.
+    Applied,
+    /// `up` found nothing to apply.
+    UpToDate,
+    /// `down` finished.
+    RolledBack,
+    /// `--dry-run` ran everything and rolled it back.
+    DryRun,
+    /// Any other command succeeded.
+    Ok,
+    MigrationFailed,
+    ConfigError,
+    InvalidMigrations,
+    HistoryMismatch,
+    ConnectFailed,
+    LockTimeout,
+    Pending,
+    BackupFailed,
+    Interrupted(Signal),
+}
+
+impl Outcome {
+    /// The process exit code; README.md's "Exit codes" documents each one.
+    pub fn code(self) -> u8 {
+        self.entry().0
+    }
+
+    /// The summary event's `outcome` field.
+    pub fn as_str(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// The one table of exit codes and outcome names.
+    fn entry(self) -> (u8, &'static str) {
+        match self {
+            Outcome::Applied => (0, "applied"),
+            Outcome::UpToDate => (0, "up_to_date"),
+            Outcome::RolledBack => (0, "rolled_back"),
+            Outcome::DryRun => (0, "dry_run"),
+            Outcome::Ok => (0, "ok"),
+            Outcome::MigrationFailed => (1, "migration_failed"),
+            // clap also exits 2 for usage errors.
+            Outcome::ConfigError => (2, "config_error"),
+            Outcome::InvalidMigrations => (3, "invalid_migrations"),
+            Outcome::HistoryMismatch => (4, "history_mismatch"),
+            Outcome::ConnectFailed => (5, "connect_failed"),
+            Outcome::LockTimeout => (6, "lock_timeout"),
+            Outcome::Pending => (7, "pending"),
+            Outcome::BackupFailed => (8, "backup_failed"),
+            // The shell's convention for a process a signal ended: 130 SIGINT, 143 SIGTERM.
+            Outcome::Interrupted(signal) => (128 + signal.number(), "interrupted"),
+        }
+    }
+}
+
+/// A signal that stops the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+impl Signal {
+    pub fn number(self) -> u8 {
+        match self {
+            Signal::Interrupt => 2,
+            Signal::Terminate => 15,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
     }
 }
 
@@ -356,6 +426,41 @@ mod tests {
         assert!(std::error::Error::source(&wrapped).is_none());
         assert!(causes(&wrapped).any(|cause| cause.is::<Inner>()));
         assert_eq!(causes(&wrapped).count(), 2);
+    }
+
+    #[test]
+    fn every_outcome_is_in_the_readme_exit_code_table() {
+        let readme = include_str!("../README.md");
+        let outcomes = [
+            Outcome::Applied,
+            Outcome::UpToDate,
+            Outcome::RolledBack,
+            Outcome::DryRun,
+            Outcome::Ok,
+            Outcome::MigrationFailed,
+            Outcome::ConfigError,
+            Outcome::InvalidMigrations,
+            Outcome::HistoryMismatch,
+            Outcome::ConnectFailed,
+            Outcome::LockTimeout,
+            Outcome::Pending,
+            Outcome::BackupFailed,
+            Outcome::Interrupted(Signal::Interrupt),
+            Outcome::Interrupted(Signal::Terminate),
+        ];
+        for outcome in outcomes {
+            let (code, name) = (
+                outcome.code().to_string(),
+                format!("`{}`", outcome.as_str()),
+            );
+            let documented = readme.lines().any(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                cells.len() > 3
+                    && cells[1].split(" / ").any(|c| c == code)
+                    && cells[2].split(", ").any(|n| n == name)
+            });
+            assert!(documented, "{outcome:?}: {code} {name}");
+        }
     }
 
     #[test]

@@ -8,59 +8,42 @@
 //! connection.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
-use tokio_postgres::CancelToken;
 use tracing::warn;
 
-use crate::connect::{self, Settings};
-use crate::error::Error;
-
-/// A signal that stops the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Interrupt,
-    Terminate,
-}
-
-impl Signal {
-    pub fn number(self) -> u8 {
-        match self {
-            Signal::Interrupt => 2,
-            Signal::Terminate => 15,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Signal::Interrupt => "SIGINT",
-            Signal::Terminate => "SIGTERM",
-        }
-    }
-}
+use crate::error::{Error, Signal};
 
 /// How long the run may take to roll back and unlock after the first signal before it is
 /// abandoned to the server's own clean-up; well inside Cloud Run's 10 s.
 const GRACE: Duration = Duration::from_secs(6);
 
+/// The cancel request for the statement the run's connection is executing, ready to send:
+/// `connect` builds it when that connection opens, so that sending it during shutdown sets
+/// nothing up (no certificate file is read again). Err says why it could not be sent.
+pub type Cancel = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
 /// Shared between the run and the signal watch: whether a signal came, and how to cancel
 /// the statement the run's connection is executing.
-/// Each is set at most once per run, hence `OnceLock`; it keeps the run's future `Send`.
+/// Both are set at most once per run; `OnceLock` and `Mutex` keep the run's future `Send`.
 #[derive(Default)]
 pub struct Interrupt {
     received: OnceLock<Signal>,
-    cancel: OnceLock<(CancelToken, Settings)>,
+    /// Taken by the first signal, which sends it.
+    cancel: Mutex<Option<Cancel>>,
     /// Wakes waits (lock polling, retry pauses) so a signal ends them at once.
     wake: Notify,
 }
 
 impl Interrupt {
     /// Called once the run's connection is open.
-    pub fn arm(&self, token: CancelToken, settings: Settings) {
-        let _ = self.cancel.set((token, settings));
+    pub fn arm(&self, cancel: Cancel) {
+        let mut slot = self.cancel.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.get_or_insert(cancel);
     }
 
     /// Err when a signal came: checked before each step that would change the database.
@@ -105,18 +88,19 @@ pub async fn guard(
     };
     let _ = interrupt.received.set(received);
     interrupt.wake.notify_waiters();
-    if interrupt.cancel.get().is_none() {
+    let cancel = (interrupt.cancel.lock())
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let Some(cancel) = cancel else {
         // Not connected yet: nothing to roll back or unlock.
         return Err(Error::Interrupted(received));
-    }
+    };
     warn!(
         signal = received.name(),
         "stopping: cancelling the running statement, rolling back, releasing the lock"
     );
-    if let Some((token, settings)) = interrupt.cancel.get() {
-        if let Err(error) = connect::cancel(settings, token).await {
-            warn!(error = %error, "could not send the cancel request; the server rolls back when the connection closes");
-        }
+    if let Err(error) = cancel.await {
+        warn!(error = %error, "could not send the cancel request; the server rolls back when the connection closes");
     }
     let second = tokio::select! {
         // The run finished everything before the signal could stop it: that is the truth

@@ -5,8 +5,10 @@
 //! docs/architecture.md draws the modules and what each owns.
 
 pub mod apply;
+pub mod attempt;
 pub mod cli;
 pub mod cloudsql;
+pub mod config;
 pub mod connect;
 pub mod error;
 pub mod history;
@@ -23,7 +25,7 @@ pub mod tls;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-pub use cli::{Command, Config};
+pub use config::{Command, Config};
 pub use error::Error;
 pub use plan::Mode;
 
@@ -96,6 +98,8 @@ impl Job<'_> {
         let Some(database) = &config.database else {
             return Err(Error::Config("no database given; set DATABASE_URL".into()));
         };
+        // The one Cloud SQL connector of the run, shared by every connection and the backup.
+        let database = &database.clone().with_cloudsql(config.cloudsql.clone());
         self.summary.target = Some(database.target());
         let interrupt = Interrupt::default();
         let work = self.connect(database, &migrations, &interrupt);
@@ -109,7 +113,7 @@ impl Job<'_> {
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
         let client = connect::open(database).await?;
-        interrupt.arm(client.cancel_token(), database.clone());
+        interrupt.arm(connect::canceller(database, client.cancel_token()));
         let table = self.config.history_table.resolve(&client).await?;
         let db = Connected {
             database,
@@ -148,7 +152,7 @@ impl Job<'_> {
             }
             Command::Status { format } => {
                 // A closed stdout (`| head`) is the reader's choice, not a failed run.
-                let json = *format == cli::OutputFormat::Json;
+                let json = *format == config::OutputFormat::Json;
                 let _ = log::print_status(&self.summary.status, json);
                 Ok(())
             }
@@ -221,11 +225,11 @@ impl Job<'_> {
     ) -> Result<(), Error> {
         let config = self.config;
         let wanted = match config.backup {
-            cli::Backup::Never => false,
-            cli::Backup::Auto => !plan.is_empty(),
-            cli::Backup::Always => true,
+            config::Backup::Never => false,
+            config::Backup::Auto => !plan.is_empty(),
+            config::Backup::Always => true,
         };
-        let Some(connector) = config.cloudsql.as_ref().filter(|_| wanted) else {
+        let Some(connector) = db.database.cloudsql.as_deref().filter(|_| wanted) else {
             return Ok(());
         };
         if mode == Mode::DryRun {

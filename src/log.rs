@@ -13,11 +13,11 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::Summary;
-use crate::error::{self, Error};
+use crate::error::{Error, Outcome};
 use crate::plan::Entry;
 
 /// `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Auto,
     Json,
@@ -117,44 +117,39 @@ impl Visit for Fields<'_> {
     }
 }
 
-/// Logs the one summary event that ends every run and returns the exit code. A failure is
-/// logged here and nowhere else, as this event's message.
-pub fn finish(summary: &Summary, result: &Result<(), Error>, started: Instant) -> u8 {
+/// Logs the one summary event that ends every run and returns the exit code: `result` is how
+/// a run that succeeded ended, or why it failed. A failure is logged here and nowhere else,
+/// as this event's message.
+pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Instant) -> u8 {
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let db = summary.target.as_deref().unwrap_or("-");
     let (command, applied, pending) = (summary.command, summary.applied, summary.pending);
     let backup_id = summary.backup.as_deref();
     match result {
-        Ok(()) => {
-            let outcome = match (command, summary.dry_run, applied) {
-                (_, true, _) => "dry_run",
-                ("up", false, 0) => "up_to_date",
-                ("up", false, _) => "applied",
-                ("down", false, _) => "rolled_back",
-                _ => "ok",
-            };
+        Ok(outcome) => {
+            let exit_code = outcome.code();
             tracing::info!(
-                outcome,
+                outcome = outcome.as_str(),
                 command,
                 applied,
                 pending,
                 duration_ms,
-                exit_code = 0,
+                exit_code,
                 db,
                 backup_id,
                 "db-migrate finished"
             );
-            0
+            exit_code
         }
         Err(failure) => {
-            let exit_code = failure.exit_code();
-            let outcome = error::outcome(exit_code);
+            let outcome = failure.outcome();
+            let exit_code = outcome.code();
             let (version, sqlstate) = match failure {
                 Error::Apply(f) => (Some(f.version), Some(f.sqlstate.as_str())),
                 _ => (None, None),
             };
             tracing::error!(
-                outcome,
+                outcome = outcome.as_str(),
                 command,
                 applied,
                 pending,

@@ -19,14 +19,19 @@ fn main() -> ExitCode {
         }
         Err(error) => return ExitCode::from(log::usage(Cli::usage(&error), started)),
     };
-    log::init(cli.log_format);
+    log::init(cli.log_format.into());
     let command = cli.command.name();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| db_migrate::Error::Config(format!("cannot start the runtime: {e}")));
     let (summary, result) = match cli.config().and_then(|config| Ok((config, runtime?))) {
-        Ok((config, runtime)) => runtime.block_on(db_migrate::run(&config)),
+        Ok((config, runtime)) => {
+            let (summary, result) = runtime.block_on(db_migrate::run(&config));
+            let outcome = |()| config.command.outcome(summary.dry_run, summary.applied);
+            let result = result.map(outcome);
+            (summary, result)
+        }
         Err(error) => {
             let summary = Summary {
                 command,

@@ -539,7 +539,7 @@ async fn a_history_table_another_tool_made_is_named_with_the_way_out() {
         let client = db.client().await;
         client.batch_execute(table).await.expect("foreign table");
         let status = db_migrate::Command::Status {
-            format: db_migrate::cli::OutputFormat::Text,
+            format: db_migrate::config::OutputFormat::Text,
         };
         for command in [up(), status] {
             let (_, result) = run(&support::config(&db.url, dir.path(), command)).await;

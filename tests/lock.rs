@@ -233,7 +233,7 @@ async fn concurrent_index_build_reports_its_phase_while_it_waits_for_writers() {
         ),
     ]);
     let first = db_migrate::plan::Target::Version(1);
-    let to_first = db_migrate::cli::Command::Up {
+    let to_first = db_migrate::Command::Up {
         target: first,
         mode: db_migrate::Mode::Each,
     };

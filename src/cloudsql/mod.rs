@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 use tokio_postgres::{CancelToken, Client};
 use tracing::{debug, info};
 
-use crate::connect::Failure;
+use crate::attempt::{self, Failure};
 use crate::error::{Error, causes};
 use certificates::{ClientKey, client_config, make_key};
 use key_file::KeyFileLogin;
@@ -38,6 +38,9 @@ const LOGIN_SCOPE: &str = "https://www.googleapis.com/auth/sqlservice.login";
 
 /// A certificate with less than this left is replaced before the next connection.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(4 * 60);
+
+/// The port an instance's connector listener serves.
+pub const DEFAULT_PORT: u16 = 3307;
 
 /// How long one Admin API or metadata-server request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -78,7 +81,7 @@ impl std::fmt::Display for Instance {
 }
 
 /// Which of the instance's addresses to connect to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpType {
     Public,
     Private,
@@ -193,7 +196,7 @@ impl Connector {
         let (client, connection) = pg
             .connect_raw(stream, tokio_postgres::NoTls)
             .await
-            .map_err(|e| crate::connect::failure(self.target(&pg), e))?;
+            .map_err(|e| attempt::failure(self.target(&pg), e))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 debug!(error = %error, "connection closed");

@@ -25,10 +25,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use db_migrate::Mode;
-use db_migrate::cli::{Command as Cmd, Config};
 use db_migrate::history::Table;
 use db_migrate::plan::Target;
+use db_migrate::{Command as Cmd, Config, Mode};
 use db_migrate::{Error, Summary};
 
 /// A migrations directory holding `files` (name, content).
@@ -72,7 +71,7 @@ pub fn config(url: &str, dir: &Path, command: Cmd) -> Config {
         applied_by: "test".into(),
         session: Default::default(),
         cloudsql: None,
-        backup: db_migrate::cli::Backup::Never,
+        backup: db_migrate::config::Backup::Never,
         backup_timeout: Duration::from_secs(60),
     }
 }

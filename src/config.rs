@@ -1,0 +1,205 @@
+//! What a run will do, as plain data: the command and every setting, resolved. `cli` builds a
+//! [`Config`] from flags and the environment; tests and library users call [`Config::new`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Outcome;
+use crate::history::Table;
+pub use crate::plan::Mode;
+use crate::plan::{Rollback, Target};
+use crate::{cloudsql, connect};
+
+// The defaults of the settings a flag can change: `cli` gives them to clap, which shows them
+// in `--help`, and `Config::new` uses them for what it is not given.
+
+/// The migrations directory.
+pub const DEFAULT_DIR: &str = "migrations";
+/// The history table, `table` or `schema.table`.
+pub const DEFAULT_HISTORY_TABLE: &str = "schema_migrations";
+/// How long to wait for another run's migration lock.
+pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// `lock_timeout` for migration statements.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a migration that hit `lock_timeout` is run again.
+pub const DEFAULT_LOCK_RETRIES: u32 = 5;
+/// How often a long migration logs a progress event.
+pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// How long to wait for the backup before migrating.
+pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Everything a run uses, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub command: Command,
+    pub dir: PathBuf,
+    /// `None` only for `new`, which needs no database.
+    pub database: Option<connect::Settings>,
+    pub history_table: Table,
+    pub lock_wait: Duration,
+    pub allow_out_of_order: bool,
+    /// Recorded in the history's `applied_by` column.
+    pub applied_by: String,
+    /// How migration statements wait, and how the run reports on them.
+    pub session: Session,
+    /// The Cloud SQL instance and how to reach it, when one is named; the run builds its
+    /// connector from this.
+    pub cloudsql: Option<cloudsql::Options>,
+    pub backup: Backup,
+    pub backup_timeout: Duration,
+}
+
+impl Config {
+    /// `command` over the migrations in `dir` against `database` (`None` only for `new`),
+    /// with every other setting at its default.
+    pub fn new(
+        command: Command,
+        dir: impl Into<PathBuf>,
+        database: Option<connect::Settings>,
+    ) -> Config {
+        Config {
+            command,
+            dir: dir.into(),
+            database,
+            // A constant that `default_history_table_is_valid` checks.
+            history_table: Table::parse(DEFAULT_HISTORY_TABLE).expect("a valid table name"),
+            lock_wait: DEFAULT_LOCK_WAIT,
+            allow_out_of_order: false,
+            applied_by: "unknown".to_string(),
+            session: Session::default(),
+            cloudsql: None,
+            backup: Backup::Never,
+            backup_timeout: DEFAULT_BACKUP_TIMEOUT,
+        }
+    }
+}
+
+/// What to do, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Up { target: Target, mode: Mode },
+    Down { rollback: Rollback, mode: Mode },
+    Status { format: OutputFormat },
+    Verify,
+    New { description: String },
+    Repair { version: i64 },
+    Baseline { version: i64 },
+}
+
+impl Command {
+    /// Every command's name, as typed and as the summary event gives it, in the order of the
+    /// variants (and of `--help`).
+    pub const NAMES: [&str; 7] = [
+        "up", "down", "status", "verify", "new", "repair", "baseline",
+    ];
+
+    /// This command's name, one of [`Command::NAMES`].
+    pub fn name(&self) -> &'static str {
+        let [up, down, status, verify, new, repair, baseline] = Command::NAMES;
+        match self {
+            Command::Up { .. } => up,
+            Command::Down { .. } => down,
+            Command::Status { .. } => status,
+            Command::Verify => verify,
+            Command::New { .. } => new,
+            Command::Repair { .. } => repair,
+            Command::Baseline { .. } => baseline,
+        }
+    }
+
+    /// How a run of this command that succeeded ended, from what it did.
+    pub fn outcome(&self, dry_run: bool, applied: usize) -> Outcome {
+        match (self, dry_run, applied) {
+            (_, true, _) => Outcome::DryRun,
+            (Command::Up { .. }, false, 0) => Outcome::UpToDate,
+            (Command::Up { .. }, false, _) => Outcome::Applied,
+            (Command::Down { .. }, false, _) => Outcome::RolledBack,
+            (
+                Command::Status { .. }
+                | Command::Verify
+                | Command::New { .. }
+                | Command::Repair { .. }
+                | Command::Baseline { .. },
+                false,
+                _,
+            ) => Outcome::Ok,
+        }
+    }
+}
+
+/// How `status` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// When to back the instance up before migrating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backup {
+    /// Only when at least one migration will run.
+    Auto,
+    /// Even when nothing is pending.
+    Always,
+    /// Never (the default).
+    Never,
+}
+
+/// Limits and reporting for migration statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    pub lock_timeout: Duration,
+    pub lock_retries: u32,
+    pub statement_timeout: Option<Duration>,
+    pub progress_interval: Duration,
+}
+
+impl Default for Session {
+    fn default() -> Session {
+        Session {
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            lock_retries: DEFAULT_LOCK_RETRIES,
+            statement_timeout: None,
+            progress_interval: DEFAULT_PROGRESS_INTERVAL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_history_table_is_valid() {
+        let config = Config::new(Command::Verify, DEFAULT_DIR, None);
+        assert_eq!(config.history_table.name(), DEFAULT_HISTORY_TABLE);
+    }
+
+    #[test]
+    fn a_run_that_succeeded_is_named_by_its_command_and_what_it_did() {
+        let up = Command::Up {
+            target: Target::Latest,
+            mode: Mode::Each,
+        };
+        let down = Command::Down {
+            rollback: Rollback::All,
+            mode: Mode::Each,
+        };
+        let baseline = Command::Baseline { version: 3 };
+        let cases = [
+            (&up, false, 0, "up_to_date"),
+            (&up, false, 2, "applied"),
+            (&up, true, 0, "dry_run"),
+            (&down, false, 0, "rolled_back"),
+            (&down, false, 1, "rolled_back"),
+            (&down, true, 0, "dry_run"),
+            (&Command::Verify, false, 0, "ok"),
+            (&baseline, false, 3, "ok"),
+        ];
+        for (command, dry_run, applied, name) in cases {
+            let outcome = command.outcome(dry_run, applied);
+            assert_eq!(outcome.as_str(), name, "{command:?} {dry_run} {applied}");
+            assert_eq!(outcome.code(), 0);
+        }
+    }
+}
