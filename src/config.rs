@@ -145,6 +145,19 @@ pub enum Backup {
     Never,
 }
 
+impl Backup {
+    /// Whether a run in `mode` whose plan runs something (or not) backs up first: never a
+    /// dry run.
+    pub fn wanted(self, runs_something: bool, mode: Mode) -> bool {
+        let asked = match self {
+            Backup::Never => false,
+            Backup::Auto => runs_something,
+            Backup::Always => true,
+        };
+        asked && mode != Mode::DryRun
+    }
+}
+
 /// Limits and reporting for migration statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {

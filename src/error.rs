@@ -33,7 +33,7 @@ pub enum Error {
     TransactionEnded {
         version: i64,
         file: PathBuf,
-        refusal: crate::session::Refusal,
+        refusal: Refusal,
     },
 
     /// Another session took the migration lock after a migration released it.
@@ -389,6 +389,50 @@ impl std::fmt::Display for Failure {
                 f,
                 "; statements before it stay applied (no-transaction file), nothing recorded; fix the file and run again"
             )
+        }
+    }
+}
+
+/// Why the server refused a migration, when the refusal is one of ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The file tried to commit the transaction; the guard made that commit fail.
+    CommitRefused,
+    /// The file ended the transaction otherwise (a ROLLBACK), so the savepoint was gone.
+    TransactionEnded,
+    /// The history change found the file had not run whole inside its transaction.
+    NotInTransaction,
+    /// This backend no longer holds the migration lock.
+    LockLost,
+    /// The history row a rollback deletes was not there.
+    RowMissing,
+    /// A `-- no-transaction` file left a transaction open.
+    LeftOpen,
+    /// The statement ran in another server session (this pid): a transaction pooler.
+    OtherSession(i32),
+}
+
+impl Refusal {
+    /// What happened, and what of the migration was kept, for the error message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::CommitRefused => {
+                "it tried to commit the transaction db-migrate runs it in (a COMMIT the file checks did not see); the server refused that commit, so nothing of it was kept and nothing was recorded"
+            }
+            Refusal::TransactionEnded => {
+                "it ended the transaction db-migrate runs it in (a ROLLBACK or similar the file checks did not see): what ran before that was rolled back, the rest of the file ran outside it and was rolled back too unless the file committed it itself; nothing was recorded"
+            }
+            Refusal::NotInTransaction => {
+                "its SQL did not run whole inside its transaction (the file was not sent, or ended early); nothing of it was committed and nothing was recorded"
+            }
+            Refusal::RowMissing => {
+                "its history row was already gone, so the rollback was not committed"
+            }
+            Refusal::LeftOpen => {
+                "it left a transaction open (a BEGIN without COMMIT); the statements since that BEGIN were rolled back and nothing was recorded"
+            }
+            Refusal::LockLost => "the migration lock is no longer held",
+            Refusal::OtherSession(_) => "it ran in another server session",
         }
     }
 }

@@ -212,8 +212,9 @@ pub async fn create(client: &Client, table: &Table) -> Result<(), Error> {
         .map_err(Error::database("creating the history table"))
 }
 
-/// True when the database holds tables of its own: a database the old psql scripts migrated.
-pub async fn has_user_tables(client: &Client) -> Result<bool, Error> {
+/// Warns when the database holds tables of its own but no history: a database the old
+/// psql scripts migrated, which `baseline` adopts.
+pub async fn warn_if_untracked(client: &Client, table: &Table) -> Result<(), Error> {
     let rows = client
         .simple_query(
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -222,7 +223,13 @@ pub async fn has_user_tables(client: &Client) -> Result<bool, Error> {
         )
         .await
         .map_err(Error::database("looking for existing tables"))?;
-    Ok(rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))))
+    if rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))) {
+        warn!(
+            history_table = table.name(),
+            "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
+        );
+    }
+    Ok(())
 }
 
 /// When the migration started, for its `execution_ms` (transaction-local).

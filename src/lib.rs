@@ -23,46 +23,21 @@ pub mod sql;
 pub mod tls;
 
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use config::{Command, Config};
 pub use error::Error;
+pub use log::Summary;
 pub use plan::Mode;
 
 use interrupt::Interrupt;
-use plan::{Direction, Entry, Plan};
+use plan::{Direction, Plan};
 use source::Migration;
-
-/// What a run did, for the summary event; filled in as the run goes, so a failed run still
-/// reports what it completed before the failure.
-#[derive(Debug, Clone, Default)]
-pub struct Summary {
-    /// The subcommand, e.g. `up`.
-    pub command: &'static str,
-    /// `user@host:port/database`.
-    pub target: Option<String>,
-    /// Migrations applied (or rolled back, for `down`).
-    pub applied: usize,
-    /// Migrations still pending when the run ended.
-    pub pending: usize,
-    pub dry_run: bool,
-    /// What `status` found.
-    pub status: Vec<Entry>,
-    /// Files `new` created.
-    pub created: Vec<std::path::PathBuf>,
-    /// The id of the backup taken before migrating.
-    pub backup: Option<String>,
-}
 
 /// Runs one command to completion, and says what it did, also when it failed.
 pub async fn run(config: &Config) -> (Summary, Result<(), Error>) {
-    let mut job = Job {
-        config,
-        summary: Summary {
-            command: config.command.name(),
-            ..Summary::default()
-        },
-    };
+    let summary = Summary::new(config.command.name());
+    let mut job = Job { config, summary };
     let result = job.start().await;
     (job.summary, result)
 }
@@ -169,12 +144,8 @@ impl Job<'_> {
         let (config, client, table) = (self.config, db.client, db.table);
         let recorded = history::applied(client, table, history::Columns::Checks).await?;
         let history_exists = recorded.is_some();
-        let up = matches!(config.command, Command::Up { .. });
-        if !history_exists && up && history::has_user_tables(client).await? {
-            warn!(
-                history_table = table.name(),
-                "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
-            );
+        if !history_exists && matches!(config.command, Command::Up { .. }) {
+            history::warn_if_untracked(client, table).await?;
         }
         let applied = recorded.as_deref().unwrap_or_default();
         let migrations = db.migrations;
@@ -224,17 +195,10 @@ impl Job<'_> {
         mode: Mode,
     ) -> Result<(), Error> {
         let config = self.config;
-        let wanted = match config.backup {
-            config::Backup::Never => false,
-            config::Backup::Auto => !plan.is_empty(),
-            config::Backup::Always => true,
-        };
+        let wanted = config.backup.wanted(!plan.is_empty(), mode);
         let Some(connector) = db.database.cloudsql.as_deref().filter(|_| wanted) else {
             return Ok(());
         };
-        if mode == Mode::DryRun {
-            return Ok(());
-        }
         let description = plan.describe();
         info!(instance = %connector.options.instance, description = %description, "backing up before migrating");
         let id = connector

@@ -12,7 +12,6 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::Summary;
 use crate::error::{Error, Outcome};
 use crate::plan::Entry;
 
@@ -114,6 +113,36 @@ impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.0
             .insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+/// What a run did, for the summary event; filled in as the run goes, so a failed run still
+/// reports what it completed before the failure.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// The subcommand, e.g. `up`.
+    pub command: &'static str,
+    /// `user@host:port/database`.
+    pub target: Option<String>,
+    /// Migrations applied (or rolled back, for `down`).
+    pub applied: usize,
+    /// Migrations still pending when the run ended.
+    pub pending: usize,
+    pub dry_run: bool,
+    /// What `status` found.
+    pub status: Vec<Entry>,
+    /// Files `new` created.
+    pub created: Vec<std::path::PathBuf>,
+    /// The id of the backup taken before migrating.
+    pub backup: Option<String>,
+}
+
+impl Summary {
+    pub fn new(command: &'static str) -> Summary {
+        Summary {
+            command,
+            ..Summary::default()
+        }
     }
 }
 

@@ -32,13 +32,7 @@ fn main() -> ExitCode {
             let result = result.map(outcome);
             (summary, result)
         }
-        Err(error) => {
-            let summary = Summary {
-                command,
-                ..Summary::default()
-            };
-            (summary, Err(error))
-        }
+        Err(error) => (Summary::new(command), Err(error)),
     };
     ExitCode::from(log::finish(&summary, &result, started))
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::history::{ROW_MISSING, STARTED};
 
 /// The savepoint opened right after `BEGIN`; releasing it fails once the transaction ended.
@@ -291,50 +291,6 @@ fn lock_held_sql((class, object): (i32, i32)) -> String {
 fn token() -> String {
     let state = std::collections::hash_map::RandomState::new();
     format!("{:016x}", state.hash_one(std::process::id()))
-}
-
-/// Why the server refused a migration, when the refusal is one of ours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// The file tried to commit the transaction; the guard made that commit fail.
-    CommitRefused,
-    /// The file ended the transaction otherwise (a ROLLBACK), so the savepoint was gone.
-    TransactionEnded,
-    /// The history change found the file had not run whole inside its transaction.
-    NotInTransaction,
-    /// This backend no longer holds the migration lock.
-    LockLost,
-    /// The history row a rollback deletes was not there.
-    RowMissing,
-    /// A `-- no-transaction` file left a transaction open.
-    LeftOpen,
-    /// The statement ran in another server session (this pid): a transaction pooler.
-    OtherSession(i32),
-}
-
-impl Refusal {
-    /// What happened, and what of the migration was kept, for the error message.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Refusal::CommitRefused => {
-                "it tried to commit the transaction db-migrate runs it in (a COMMIT the file checks did not see); the server refused that commit, so nothing of it was kept and nothing was recorded"
-            }
-            Refusal::TransactionEnded => {
-                "it ended the transaction db-migrate runs it in (a ROLLBACK or similar the file checks did not see): what ran before that was rolled back, the rest of the file ran outside it and was rolled back too unless the file committed it itself; nothing was recorded"
-            }
-            Refusal::NotInTransaction => {
-                "its SQL did not run whole inside its transaction (the file was not sent, or ended early); nothing of it was committed and nothing was recorded"
-            }
-            Refusal::RowMissing => {
-                "its history row was already gone, so the rollback was not committed"
-            }
-            Refusal::LeftOpen => {
-                "it left a transaction open (a BEGIN without COMMIT); the statements since that BEGIN were rolled back and nothing was recorded"
-            }
-            Refusal::LockLost => "the migration lock is no longer held",
-            Refusal::OtherSession(_) => "it ran in another server session",
-        }
-    }
 }
 
 /// Recognises our own refusals among the server's errors.

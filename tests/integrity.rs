@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use db_migrate::apply::{self, Context};
-use db_migrate::error::Error;
+use db_migrate::error::{Error, Refusal};
 use db_migrate::history::{self, Table};
 use db_migrate::interrupt::Interrupt;
 use db_migrate::monitor::Monitor;
 use db_migrate::plan::{Direction, Mode, Plan};
-use db_migrate::session::{Limits, Refusal, Session};
+use db_migrate::session::{Limits, Session};
 use db_migrate::source::{Migration, Script};
 use db_migrate::{connect, lock};
 use support::{TestDb, history as recorded, migrations, one, run, tables, up};

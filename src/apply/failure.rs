@@ -3,9 +3,9 @@
 use tokio_postgres::error::SqlState;
 
 use super::{Run, Wrap};
-use crate::error::{Error, Failure};
+use crate::error::{Error, Failure, Refusal};
 use crate::plan::Step;
-use crate::session::{self, Refusal};
+use crate::session;
 use crate::sql;
 
 /// The connection is gone: closed, broken, or ended by the server (a FATAL error such as
