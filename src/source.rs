@@ -65,9 +65,9 @@ const NAME_FIX: &str =
 /// Reads every migration in `dir`, refusing the whole directory at the first bad file so that
 /// nothing runs from a directory that is half right. Files not ending in `.sql` are ignored.
 pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
-    let mut ups: BTreeMap<i64, Script> = BTreeMap::new();
+    // version -> (name, script)
+    let mut ups: BTreeMap<i64, (String, Script)> = BTreeMap::new();
     let mut downs: BTreeMap<i64, (String, Script)> = BTreeMap::new();
-    let mut names: BTreeMap<i64, String> = BTreeMap::new();
     let files = sql_files(dir)?;
     let mut parsed = Vec::with_capacity(files.len());
     for (file_name, path) in &files {
@@ -76,34 +76,25 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
     let paths: Vec<&Path> = files.iter().map(|(_, path)| path.as_path()).collect();
     for (parsed, script) in parsed.into_iter().zip(read_all(&paths)) {
         let script = script?;
-        match parsed.direction {
-            Direction::Up => {
-                if let Some(other) = ups.get(&parsed.version) {
-                    return Err(duplicate(&script.path, &other.path, parsed.version));
-                }
-                names.insert(parsed.version, parsed.name.to_string());
-                ups.insert(parsed.version, script);
-            }
-            Direction::Down => {
-                if let Some((_, other)) = downs.get(&parsed.version) {
-                    return Err(duplicate(&script.path, &other.path, parsed.version));
-                }
-                downs.insert(parsed.version, (parsed.name.to_string(), script));
-            }
+        let files = match parsed.direction {
+            Direction::Up => &mut ups,
+            Direction::Down => &mut downs,
+        };
+        if let Some((_, other)) = files.get(&parsed.version) {
+            return Err(duplicate(&script.path, &other.path, parsed.version));
         }
+        files.insert(parsed.version, (parsed.name.to_string(), script));
     }
-    pair(ups, downs, names)
+    pair(ups, downs)
 }
 
 /// Joins forward and rollback files by version and checks their contents.
 fn pair(
-    ups: BTreeMap<i64, Script>,
+    ups: BTreeMap<i64, (String, Script)>,
     mut downs: BTreeMap<i64, (String, Script)>,
-    mut names: BTreeMap<i64, String>,
 ) -> Result<Vec<Migration>, Error> {
     let mut migrations = Vec::with_capacity(ups.len());
-    for (version, up) in ups {
-        let name = names.remove(&version).unwrap_or_default();
+    for (version, (name, up)) in ups {
         let down = match downs.remove(&version) {
             Some((down_name, script)) if down_name == name => Some(script),
             Some((_, script)) => {
@@ -116,7 +107,14 @@ fn pair(
             }
             None => None,
         };
-        migrations.push(build(version, name, up, down)?);
+        let checksum = checksum(&up.sql);
+        migrations.push(Migration {
+            version,
+            name,
+            checksum,
+            up,
+            down,
+        });
     }
     if let Some((version, (name, script))) = downs.into_iter().next() {
         return Err(invalid(
@@ -125,16 +123,6 @@ fn pair(
         ));
     }
     Ok(migrations)
-}
-
-fn build(version: i64, name: String, up: Script, down: Option<Script>) -> Result<Migration, Error> {
-    Ok(Migration {
-        version,
-        name,
-        checksum: checksum(&up.sql),
-        up,
-        down,
-    })
 }
 
 /// Refuses a script that is empty, holds what only psql understands, or controls the
