@@ -25,7 +25,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use db_migrate::history::Table;
 use db_migrate::plan::Target;
 use db_migrate::{Command as Cmd, Config, Mode};
 use db_migrate::{Error, Summary};
@@ -59,21 +58,10 @@ pub fn copy_of_seed(extra: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// A config as the CLI would build it, for `command` against `url` with migrations in `dir`.
 pub fn config(url: &str, dir: &Path, command: Cmd) -> Config {
-    Config {
-        command,
-        dir: dir.to_path_buf(),
-        database: Some(
-            db_migrate::connect::resolve(Some(url), &Default::default()).expect("test URL parses"),
-        ),
-        history_table: Table::parse("schema_migrations").expect("valid name"),
-        lock_wait: Duration::from_secs(30),
-        allow_out_of_order: false,
-        applied_by: "test".into(),
-        session: Default::default(),
-        cloudsql: None,
-        backup: db_migrate::config::Backup::Never,
-        backup_timeout: Duration::from_secs(60),
-    }
+    let database = db_migrate::connect::resolve(Some(url), &Default::default());
+    let mut config = Config::new(command, dir, Some(database.expect("test URL parses")));
+    config.applied_by = "test".into();
+    config
 }
 
 pub fn up() -> Cmd {

@@ -15,6 +15,13 @@ use super::{SUPERUSER_PASSWORD, TestDb, running};
 /// The real binary, with the environment cleared of anything that would steer it.
 pub fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_db-migrate"));
+    unsteered(&mut command);
+    command
+}
+
+/// Clears `command`'s environment of anything that would steer the binary it runs, also
+/// when it runs it indirectly (through npm).
+pub fn unsteered(command: &mut Command) -> &mut Command {
     for var in steering_variables() {
         command.env_remove(var);
     }
