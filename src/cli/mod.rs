@@ -1,17 +1,23 @@
 //! Every flag and environment variable: `Cli` is what was typed, and [`Cli::config`] turns it
-//! into the [`Config`] a run uses.
+//! into the [`Config`] a run uses. `values` holds the flags' own value types, `usage` what a
+//! refused command line prints, `environment` what is read besides the flags.
+
+mod environment;
+mod usage;
+mod values;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::cloudsql::{self, IpType};
-use crate::config::{self, Backup, Command, Config, Mode, OutputFormat, Session};
+use crate::config::{self, Command, Config, Mode, Session};
+use crate::connect;
 use crate::error::Error;
 use crate::history::Table;
 use crate::plan::{Rollback, Target};
-use crate::{connect, log};
+use environment::{applied_by, dotenv_value};
+pub use values::{BackupArg, IpTypeArg, LogFormatArg, OutputFormatArg, Span, parse_duration};
 
 /// Applies numbered plain-SQL migrations to PostgreSQL, once, before a deploy.
 #[derive(Debug, Parser)]
@@ -199,79 +205,6 @@ pub struct DownArgs {
     dry_run: bool,
 }
 
-/// `--backup`, as typed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum BackupArg {
-    /// Only when at least one migration will run.
-    Auto,
-    /// Even when nothing is pending.
-    Always,
-    /// Never (the default).
-    Never,
-}
-
-impl From<BackupArg> for Backup {
-    fn from(arg: BackupArg) -> Backup {
-        match arg {
-            BackupArg::Auto => Backup::Auto,
-            BackupArg::Always => Backup::Always,
-            BackupArg::Never => Backup::Never,
-        }
-    }
-}
-
-/// `status --format`, as typed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormatArg {
-    Text,
-    Json,
-}
-
-impl From<OutputFormatArg> for OutputFormat {
-    fn from(arg: OutputFormatArg) -> OutputFormat {
-        match arg {
-            OutputFormatArg::Text => OutputFormat::Text,
-            OutputFormatArg::Json => OutputFormat::Json,
-        }
-    }
-}
-
-/// `--log-format`, as typed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormatArg {
-    Auto,
-    Json,
-    Text,
-}
-
-impl From<LogFormatArg> for log::Format {
-    fn from(arg: LogFormatArg) -> log::Format {
-        match arg {
-            LogFormatArg::Auto => log::Format::Auto,
-            LogFormatArg::Json => log::Format::Json,
-            LogFormatArg::Text => log::Format::Text,
-        }
-    }
-}
-
-/// `--ip-type`, as typed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum IpTypeArg {
-    Public,
-    Private,
-    Psc,
-}
-
-impl From<IpTypeArg> for IpType {
-    fn from(arg: IpTypeArg) -> IpType {
-        match arg {
-            IpTypeArg::Public => IpType::Public,
-            IpTypeArg::Private => IpType::Private,
-            IpTypeArg::Psc => IpType::Psc,
-        }
-    }
-}
-
 impl CommandArgs {
     /// The subcommand's name, for the summary event, known even when the rest is invalid.
     pub fn name(&self) -> &'static str {
@@ -374,94 +307,6 @@ impl Cli {
     }
 }
 
-/// Stands for a typed argument that may hold a password, in clap's errors.
-const HIDDEN: &str = "<hidden>";
-
-impl Cli {
-    /// A command line clap refused, for [`log::usage`]: clap's text with every argument that
-    /// may hold a password hidden (clap repeats a stray `postgresql://user:password@...`
-    /// verbatim), and the log format and subcommand read from the arguments by hand.
-    pub fn usage(error: &clap::Error) -> log::Usage {
-        let args: Vec<String> = std::env::args_os()
-            .skip(1)
-            .map(|arg| arg.to_string_lossy().into_owned())
-            .collect();
-        usage(error, &args, std::env::var("LOG_FORMAT").ok().as_deref())
-    }
-}
-
-fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log::Usage {
-    let mut text = error.render().to_string();
-    let mut hidden = false;
-    for arg in args.iter().filter(|arg| may_hold_secret(arg)) {
-        hidden |= text.contains(arg.as_str());
-        text = text.replace(arg.as_str(), HIDDEN);
-    }
-    let mut text = connect::redact(&text);
-    let mut line = match error.kind() {
-        clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        | clap::error::ErrorKind::MissingSubcommand => {
-            format!(
-                "no command given; name one of {}",
-                Command::NAMES.join(", ")
-            )
-        }
-        _ => text
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("error: ")
-            .to_string(),
-    };
-    if let Some(usage) = text.lines().find_map(|l| l.strip_prefix("Usage: ")) {
-        line.push_str(&format!("; usage: {usage}"));
-    }
-    if hidden {
-        let note = format!(
-            "an argument that may hold a password is shown as {HIDDEN}; give the database in DATABASE_URL, not on the command line"
-        );
-        line.push_str(&format!("; {note}"));
-        text.push_str(&format!("note: {note}\n"));
-    }
-    log::Usage {
-        format: typed_log_format(args, log_format),
-        command: args
-            .iter()
-            .find_map(|arg| Command::NAMES.into_iter().find(|c| c == arg))
-            .unwrap_or("-"),
-        text,
-        error: Error::Config(line),
-    }
-}
-
-/// A URL with credentials, a `password=` pair, or anything with an `@`.
-fn may_hold_secret(arg: &str) -> bool {
-    arg.contains("://") || arg.contains('@') || arg.to_ascii_lowercase().contains("password")
-}
-
-/// `--log-format X` or `--log-format=X` as typed (the last one), else LOG_FORMAT, else auto;
-/// a value that is not a format counts as not given.
-fn typed_log_format(args: &[String], variable: Option<&str>) -> log::Format {
-    let mut typed = None;
-    let mut args = args.iter().take_while(|arg| *arg != "--");
-    while let Some(arg) = args.next() {
-        match arg.strip_prefix("--log-format") {
-            Some("") => typed = args.next().map(String::as_str),
-            Some(value) if value.starts_with('=') => typed = Some(&value[1..]),
-            _ => {}
-        }
-    }
-    let parse = |value: &str| {
-        LogFormatArg::from_str(value, false)
-            .ok()
-            .map(log::Format::from)
-    };
-    typed
-        .and_then(parse)
-        .or_else(|| variable.and_then(parse))
-        .unwrap_or(log::Format::Auto)
-}
-
 /// An IAM login's user is the service account's e-mail without `.gserviceaccount.com`; the
 /// full e-mail, the natural thing to paste, is shortened rather than refused.
 fn iam_user(pg: &mut tokio_postgres::Config) {
@@ -508,140 +353,12 @@ fn mode(dry_run: bool, single_transaction: bool) -> Mode {
     }
 }
 
-/// Reads one key from a `.env` file without touching the process environment, so a real
-/// environment variable (already taken by clap) always wins.
-fn dotenv_value(path: &Path, key: &str) -> Result<Option<String>, Error> {
-    let entries = match dotenvy::from_path_iter(path) {
-        Ok(entries) => entries,
-        Err(e) if e.not_found() => return Ok(None),
-        Err(e) => return Err(dotenv_error(path, e)),
-    };
-    for entry in entries {
-        let (name, value) = entry.map_err(|e| dotenv_error(path, e))?;
-        if name == key {
-            return Ok(Some(value));
-        }
-    }
-    Ok(None)
-}
-
-fn dotenv_error(path: &Path, error: dotenvy::Error) -> Error {
-    // dotenvy's parse errors quote the offending line, which may hold a password.
-    let what = match error {
-        dotenvy::Error::LineParse(_, index) => format!("cannot parse it near byte {index}"),
-        dotenvy::Error::Io(e) => e.to_string(),
-        _ => "cannot read it".to_string(),
-    };
-    Error::Config(format!(
-        "{}: {what}; fix the file or set DATABASE_URL in the environment",
-        path.display()
-    ))
-}
-
-/// Who applied a migration: the Cloud Run execution, the Kubernetes pod, or the host.
-fn applied_by() -> String {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    if let Some(execution) = var("CLOUD_RUN_EXECUTION") {
-        return format!("cloud-run/{execution}");
-    }
-    let host = var("HOSTNAME").or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-    });
-    match (var("KUBERNETES_SERVICE_HOST"), host) {
-        (Some(_), Some(pod)) => format!("pod/{pod}"),
-        (None, Some(host)) => host,
-        (_, None) => "unknown".to_string(),
-    }
-}
-
-/// A length of time on the command line: typed as `90`, `90s`, `1500ms` or `5m`, and shown
-/// so in `--help`'s defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span(pub Duration);
-
-impl std::str::FromStr for Span {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Span, String> {
-        parse_duration(text).map(Span)
-    }
-}
-
-impl std::fmt::Display for Span {
-    /// Whole minutes above one in minutes, other whole seconds in seconds, as the defaults
-    /// have always read in `--help` (60s, 20m); clap parses the text back.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = self.0.as_millis();
-        match (ms % 1000, ms / 1000) {
-            (0, s) if s > 60 && s % 60 == 0 => write!(f, "{}m", s / 60),
-            (0, s) => write!(f, "{s}s"),
-            _ => write!(f, "{ms}ms"),
-        }
-    }
-}
-
-/// `90`, `90s`, `1500ms`, `5m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let value: u64 = digits
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a duration; write e.g. 30s, 1500ms or 5m"))?;
-    match unit.trim() {
-        "" | "s" => Ok(Duration::from_secs(value)),
-        "ms" => Ok(Duration::from_millis(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        other => Err(format!("unknown unit \"{other}\"; use ms, s or m")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("db-migrate").chain(args.iter().copied()))
-    }
-
-    #[test]
-    fn durations_take_units() {
-        let cases = [
-            ("90", 90_000),
-            ("90s", 90_000),
-            ("1500ms", 1_500),
-            ("5m", 300_000),
-        ];
-        for (text, ms) in cases {
-            assert_eq!(
-                parse_duration(text),
-                Ok(Duration::from_millis(ms)),
-                "{text}"
-            );
-        }
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5h").is_err());
-    }
-
-    #[test]
-    fn defaults_show_as_they_are_typed_and_read_back_the_same() {
-        let cases = [
-            (config::DEFAULT_LOCK_WAIT, "60s"),
-            (config::DEFAULT_LOCK_TIMEOUT, "5s"),
-            (config::DEFAULT_PROGRESS_INTERVAL, "10s"),
-            (config::DEFAULT_BACKUP_TIMEOUT, "20m"),
-            (connect::DEFAULT_CONNECT_TIMEOUT, "60s"),
-            (Duration::from_millis(1500), "1500ms"),
-            (Duration::ZERO, "0s"),
-        ];
-        for (duration, text) in cases {
-            assert_eq!(Span(duration).to_string(), text);
-            assert_eq!(text.parse(), Ok(Span(duration)), "{text}");
-        }
     }
 
     #[test]
@@ -686,92 +403,6 @@ mod tests {
         }
     }
 
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|a| a.to_string()).collect()
-    }
-
-    #[test]
-    fn usage_errors_hide_arguments_that_may_hold_a_password() {
-        let cases: [&[&str]; 4] = [
-            &["up", "postgresql://bot:S3cret@h/db"],
-            &["up", "host=h password=S3cret"],
-            &["up", "--log-format", "postgresql://bot:S3cret@h/db"],
-            &["status", "--format=x", "bot:S3cret@h"],
-        ];
-        for args in cases {
-            let error = parse(args).unwrap_err();
-            let usage = usage(&error, &strings(args), None);
-            let line = usage.error.to_string();
-            for text in [&usage.text, &line] {
-                assert!(!text.contains("S3cret"), "{args:?}: {text}");
-            }
-            assert!(!line.contains('\n'), "{line}");
-            assert_eq!(usage.error.exit_code(), 2);
-            assert_eq!(usage.command, args[0]);
-        }
-        let stray = usage(
-            &parse(&["up", "postgresql://bot:S3cret@h/db"]).unwrap_err(),
-            &strings(&["up", "postgresql://bot:S3cret@h/db"]),
-            None,
-        );
-        assert!(
-            stray
-                .error
-                .to_string()
-                .contains("give the database in DATABASE_URL"),
-            "{}",
-            stray.error
-        );
-    }
-
-    #[test]
-    fn usage_errors_keep_the_log_format_and_command_that_were_typed() {
-        let cases: [(&[&str], Option<&str>, log::Format); 6] = [
-            (
-                &["up", "--log-format", "json", "--bad"],
-                None,
-                log::Format::Json,
-            ),
-            (
-                &["--log-format=text", "up", "--bad"],
-                Some("json"),
-                log::Format::Text,
-            ),
-            (&["up", "--bad"], Some("json"), log::Format::Json),
-            (
-                &["up", "--log-format", "xml"],
-                Some("text"),
-                log::Format::Text,
-            ),
-            (&["up", "--bad"], None, log::Format::Auto),
-            (
-                &["up", "--", "--log-format", "json"],
-                None,
-                log::Format::Auto,
-            ),
-        ];
-        for (args, variable, format) in cases {
-            let error = parse(args).unwrap_err();
-            let usage = usage(&error, &strings(args), variable);
-            assert_eq!(usage.format, format, "{args:?} {variable:?}");
-            assert_eq!(usage.command, "up", "{args:?}");
-        }
-        let unknown = usage(
-            &parse(&["frobnicate"]).unwrap_err(),
-            &strings(&["frobnicate"]),
-            None,
-        );
-        assert_eq!(unknown.command, "-");
-        assert!(
-            unknown
-                .error
-                .to_string()
-                .starts_with("unrecognized subcommand 'frobnicate'"),
-            "{}",
-            unknown.error
-        );
-    }
-
     #[test]
     fn every_subcommand_is_known_by_name() {
         let names: Vec<_> = <Cli as clap::CommandFactory>::command()
@@ -785,24 +416,5 @@ mod tests {
     fn dry_run_and_single_transaction_conflict() {
         let error = parse(&["up", "--dry-run", "--single-transaction"]).unwrap_err();
         assert_eq!(error.exit_code(), 2);
-    }
-
-    #[test]
-    fn dotenv_supplies_a_missing_value_only_from_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(".env");
-        std::fs::write(
-            &path,
-            "# local\nOTHER=1\nDATABASE_URL=\"postgresql://u@h/d\"\n",
-        )
-        .unwrap();
-        assert_eq!(
-            dotenv_value(&path, "DATABASE_URL").unwrap().as_deref(),
-            Some("postgresql://u@h/d")
-        );
-        assert_eq!(
-            dotenv_value(&dir.path().join("none"), "DATABASE_URL").unwrap(),
-            None
-        );
     }
 }

@@ -1,0 +1,193 @@
+//! A command line clap refused: one line that hides whatever may hold a password, with the
+//! log format and subcommand that were typed, for the summary event.
+
+use clap::ValueEnum;
+
+use super::{Cli, LogFormatArg};
+use crate::config::Command;
+use crate::error::Error;
+use crate::{connect, log};
+
+/// Stands for a typed argument that may hold a password, in clap's errors.
+const HIDDEN: &str = "<hidden>";
+
+impl Cli {
+    /// A command line clap refused, for [`log::usage`]: clap's text with every argument that
+    /// may hold a password hidden (clap repeats a stray `postgresql://user:password@...`
+    /// verbatim), and the log format and subcommand read from the arguments by hand.
+    pub fn usage(error: &clap::Error) -> log::Usage {
+        let args: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|arg| arg.to_string_lossy().into_owned())
+            .collect();
+        usage(error, &args, std::env::var("LOG_FORMAT").ok().as_deref())
+    }
+}
+
+fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log::Usage {
+    let mut text = error.render().to_string();
+    let mut hidden = false;
+    for arg in args.iter().filter(|arg| may_hold_secret(arg)) {
+        hidden |= text.contains(arg.as_str());
+        text = text.replace(arg.as_str(), HIDDEN);
+    }
+    let mut text = connect::redact(&text);
+    let mut line = match error.kind() {
+        clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        | clap::error::ErrorKind::MissingSubcommand => {
+            format!(
+                "no command given; name one of {}",
+                Command::NAMES.join(", ")
+            )
+        }
+        _ => text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string(),
+    };
+    if let Some(usage) = text.lines().find_map(|l| l.strip_prefix("Usage: ")) {
+        line.push_str(&format!("; usage: {usage}"));
+    }
+    if hidden {
+        let note = format!(
+            "an argument that may hold a password is shown as {HIDDEN}; give the database in DATABASE_URL, not on the command line"
+        );
+        line.push_str(&format!("; {note}"));
+        text.push_str(&format!("note: {note}\n"));
+    }
+    log::Usage {
+        format: typed_log_format(args, log_format),
+        command: args
+            .iter()
+            .find_map(|arg| Command::NAMES.into_iter().find(|c| c == arg))
+            .unwrap_or("-"),
+        text,
+        error: Error::Config(line),
+    }
+}
+
+/// A URL with credentials, a `password=` pair, or anything with an `@`.
+fn may_hold_secret(arg: &str) -> bool {
+    arg.contains("://") || arg.contains('@') || arg.to_ascii_lowercase().contains("password")
+}
+
+/// `--log-format X` or `--log-format=X` as typed (the last one), else LOG_FORMAT, else auto;
+/// a value that is not a format counts as not given.
+fn typed_log_format(args: &[String], variable: Option<&str>) -> log::Format {
+    let mut typed = None;
+    let mut args = args.iter().take_while(|arg| *arg != "--");
+    while let Some(arg) = args.next() {
+        match arg.strip_prefix("--log-format") {
+            Some("") => typed = args.next().map(String::as_str),
+            Some(value) if value.starts_with('=') => typed = Some(&value[1..]),
+            _ => {}
+        }
+    }
+    let parse = |value: &str| {
+        LogFormatArg::from_str(value, false)
+            .ok()
+            .map(log::Format::from)
+    };
+    typed
+        .and_then(parse)
+        .or_else(|| variable.and_then(parse))
+        .unwrap_or(log::Format::Auto)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("db-migrate").chain(args.iter().copied()))
+    }
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn usage_errors_hide_arguments_that_may_hold_a_password() {
+        let cases: [&[&str]; 4] = [
+            &["up", "postgresql://bot:S3cret@h/db"],
+            &["up", "host=h password=S3cret"],
+            &["up", "--log-format", "postgresql://bot:S3cret@h/db"],
+            &["status", "--format=x", "bot:S3cret@h"],
+        ];
+        for args in cases {
+            let error = parse(args).unwrap_err();
+            let usage = usage(&error, &strings(args), None);
+            let line = usage.error.to_string();
+            for text in [&usage.text, &line] {
+                assert!(!text.contains("S3cret"), "{args:?}: {text}");
+            }
+            assert!(!line.contains('\n'), "{line}");
+            assert_eq!(usage.error.exit_code(), 2);
+            assert_eq!(usage.command, args[0]);
+        }
+        let stray = usage(
+            &parse(&["up", "postgresql://bot:S3cret@h/db"]).unwrap_err(),
+            &strings(&["up", "postgresql://bot:S3cret@h/db"]),
+            None,
+        );
+        assert!(
+            stray
+                .error
+                .to_string()
+                .contains("give the database in DATABASE_URL"),
+            "{}",
+            stray.error
+        );
+    }
+
+    #[test]
+    fn usage_errors_keep_the_log_format_and_command_that_were_typed() {
+        let cases: [(&[&str], Option<&str>, log::Format); 6] = [
+            (
+                &["up", "--log-format", "json", "--bad"],
+                None,
+                log::Format::Json,
+            ),
+            (
+                &["--log-format=text", "up", "--bad"],
+                Some("json"),
+                log::Format::Text,
+            ),
+            (&["up", "--bad"], Some("json"), log::Format::Json),
+            (
+                &["up", "--log-format", "xml"],
+                Some("text"),
+                log::Format::Text,
+            ),
+            (&["up", "--bad"], None, log::Format::Auto),
+            (
+                &["up", "--", "--log-format", "json"],
+                None,
+                log::Format::Auto,
+            ),
+        ];
+        for (args, variable, format) in cases {
+            let error = parse(args).unwrap_err();
+            let usage = usage(&error, &strings(args), variable);
+            assert_eq!(usage.format, format, "{args:?} {variable:?}");
+            assert_eq!(usage.command, "up", "{args:?}");
+        }
+        let unknown = usage(
+            &parse(&["frobnicate"]).unwrap_err(),
+            &strings(&["frobnicate"]),
+            None,
+        );
+        assert_eq!(unknown.command, "-");
+        assert!(
+            unknown
+                .error
+                .to_string()
+                .starts_with("unrecognized subcommand 'frobnicate'"),
+            "{}",
+            unknown.error
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! The flags' own value types: what clap parses, mapped onto the plain types of `config`,
+//! `log` and `cloudsql`, which know nothing of clap.
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use crate::cloudsql::IpType;
+use crate::config::{Backup, OutputFormat};
+use crate::log;
+
+/// `--backup`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackupArg {
+    /// Only when at least one migration will run.
+    Auto,
+    /// Even when nothing is pending.
+    Always,
+    /// Never (the default).
+    Never,
+}
+
+impl From<BackupArg> for Backup {
+    fn from(arg: BackupArg) -> Backup {
+        match arg {
+            BackupArg::Auto => Backup::Auto,
+            BackupArg::Always => Backup::Always,
+            BackupArg::Never => Backup::Never,
+        }
+    }
+}
+
+/// `status --format`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormatArg {
+    Text,
+    Json,
+}
+
+impl From<OutputFormatArg> for OutputFormat {
+    fn from(arg: OutputFormatArg) -> OutputFormat {
+        match arg {
+            OutputFormatArg::Text => OutputFormat::Text,
+            OutputFormatArg::Json => OutputFormat::Json,
+        }
+    }
+}
+
+/// `--log-format`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    Auto,
+    Json,
+    Text,
+}
+
+impl From<LogFormatArg> for log::Format {
+    fn from(arg: LogFormatArg) -> log::Format {
+        match arg {
+            LogFormatArg::Auto => log::Format::Auto,
+            LogFormatArg::Json => log::Format::Json,
+            LogFormatArg::Text => log::Format::Text,
+        }
+    }
+}
+
+/// `--ip-type`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IpTypeArg {
+    Public,
+    Private,
+    Psc,
+}
+
+impl From<IpTypeArg> for IpType {
+    fn from(arg: IpTypeArg) -> IpType {
+        match arg {
+            IpTypeArg::Public => IpType::Public,
+            IpTypeArg::Private => IpType::Private,
+            IpTypeArg::Psc => IpType::Psc,
+        }
+    }
+}
+
+/// A length of time on the command line: typed as `90`, `90s`, `1500ms` or `5m`, and shown
+/// so in `--help`'s defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Span, String> {
+        parse_duration(text).map(Span)
+    }
+}
+
+impl std::fmt::Display for Span {
+    /// Whole minutes above one in minutes, other whole seconds in seconds, as the defaults
+    /// have always read in `--help` (60s, 20m); clap parses the text back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match (ms % 1000, ms / 1000) {
+            (0, s) if s > 60 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            (0, s) => write!(f, "{s}s"),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
+/// `90`, `90s`, `1500ms`, `5m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration; write e.g. 30s, 1500ms or 5m"))?;
+    match unit.trim() {
+        "" | "s" => Ok(Duration::from_secs(value)),
+        "ms" => Ok(Duration::from_millis(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        other => Err(format!("unknown unit \"{other}\"; use ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config, connect};
+
+    #[test]
+    fn durations_take_units() {
+        let cases = [
+            ("90", 90_000),
+            ("90s", 90_000),
+            ("1500ms", 1_500),
+            ("5m", 300_000),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_millis(ms)),
+                "{text}"
+            );
+        }
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+
+    #[test]
+    fn defaults_show_as_they_are_typed_and_read_back_the_same() {
+        let cases = [
+            (config::DEFAULT_LOCK_WAIT, "60s"),
+            (config::DEFAULT_LOCK_TIMEOUT, "5s"),
+            (config::DEFAULT_PROGRESS_INTERVAL, "10s"),
+            (config::DEFAULT_BACKUP_TIMEOUT, "20m"),
+            (connect::DEFAULT_CONNECT_TIMEOUT, "60s"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::ZERO, "0s"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(Span(duration).to_string(), text);
+            assert_eq!(text.parse(), Ok(Span(duration)), "{text}");
+        }
+    }
+}
