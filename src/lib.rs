@@ -20,7 +20,6 @@ pub mod plan;
 pub mod session;
 pub mod source;
 pub mod sql;
-pub mod tls;
 
 use tokio_postgres::Client;
 use tracing::{info, warn};

@@ -594,7 +594,7 @@ impl Connector {
                     .as_deref()
                     .unwrap_or("https://sqladmin.googleapis.com");
                 // An endpoint whose certificate is not trusted stays so: no retry mends it.
-                if let Some(problem) = crate::tls::certificate_problem(error) {
+                if let Some(problem) = attempt::certificate_problem(error) {
                     return Failure::fatal(self.error(
                         call,
                         format!(

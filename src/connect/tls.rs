@@ -1,13 +1,12 @@
 //! TLS for the database connection with rustls, following libpq's sslmode semantics: which
-//! certificate checks each mode makes, the sslrootcert/sslcert/sslkey files, the
-//! tokio-postgres connector, and plain words for a handshake that failed over a certificate.
+//! certificate checks each mode makes, the sslrootcert/sslcert/sslkey files, and the
+//! tokio-postgres connector. `attempt::certificate_problem` puts a failed handshake in words.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -17,71 +16,14 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
-    AlertDescription, CertificateError, DigitallySignedStruct, ProtocolVersion, RootCertStore,
-    SignatureScheme,
+    CertificateError, DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme,
 };
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
+use super::settings::{SslMode, TlsSettings};
 use crate::error::Error;
-
-/// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    Disable,
-    Allow,
-    #[default]
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-/// Each mode and its libpq spelling, for parsing and printing alike.
-const MODES: [(&str, SslMode); 6] = [
-    ("disable", SslMode::Disable),
-    ("allow", SslMode::Allow),
-    ("prefer", SslMode::Prefer),
-    ("require", SslMode::Require),
-    ("verify-ca", SslMode::VerifyCa),
-    ("verify-full", SslMode::VerifyFull),
-];
-
-impl FromStr for SslMode {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<SslMode, String> {
-        match MODES.iter().find(|(name, _)| *name == text) {
-            Some((_, mode)) => Ok(*mode),
-            None => Err(format!(
-                "sslmode \"{text}\" is not one of disable, allow, prefer, require, verify-ca, verify-full"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = MODES
-            .iter()
-            .find(|(_, mode)| mode == self)
-            .map(|(name, _)| *name);
-        f.write_str(name.unwrap_or("?"))
-    }
-}
-
-/// The TLS part of the connection settings, from the URL or the PG* variables.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsSettings {
-    pub mode: SslMode,
-    /// `sslrootcert`: PEM CA certificate(s) to trust.
-    pub root_cert: Option<PathBuf>,
-    /// `sslcert`: PEM client certificate (chain).
-    pub cert: Option<PathBuf>,
-    /// `sslkey`: PEM private key (PKCS#8 or RSA) for `cert`.
-    pub key: Option<PathBuf>,
-}
 
 /// The mode tokio-postgres itself knows: it has no `allow` (plaintext first, TLS on refusal;
 /// `connect` retries with TLS) and no verify modes, which live in the rustls verifier here.
@@ -504,105 +446,9 @@ fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     rest.split_at_checked(length)
 }
 
-/// What went wrong in a failed connection's TLS, in plain words: a certificate the checks
-/// refused, a client certificate the server refused, a server without TLS. None when TLS was
-/// not the cause. Such a failure repeats on every attempt, so it is not worth retrying.
-pub fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
-    crate::error::causes(error).find_map(|cause| {
-        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return Some(describe(tls));
-        }
-        // tokio-postgres's fixed words for an 'N' answer to SSLRequest under require.
-        (cause.to_string() == "server does not support TLS")
-            .then(|| "server does not accept TLS connections (ssl = off)".to_string())
-    })
-}
-
-fn describe(error: &rustls::Error) -> String {
-    match error {
-        rustls::Error::InvalidCertificate(problem) => describe_certificate(problem),
-        rustls::Error::AlertReceived(alert) => describe_alert(*alert),
-        rustls::Error::NoCertificatesPresented => "server presented no certificate".into(),
-        other => format!("TLS handshake failed: {other}"),
-    }
-}
-
-fn describe_certificate(problem: &CertificateError) -> String {
-    match problem {
-        CertificateError::UnknownIssuer => {
-            "server certificate is not signed by the CA in sslrootcert".into()
-        }
-        CertificateError::NotValidForNameContext {
-            expected,
-            presented,
-        } => format!(
-            "server certificate does not name host {} (it names {}); sslmode=verify-ca checks the CA without the name",
-            expected.to_str(),
-            match presented.as_slice() {
-                [] => "no host".to_string(),
-                names => names
-                    .iter()
-                    .map(|n| bare_name(n))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-        ),
-        CertificateError::NotValidForName => {
-            "server certificate does not name the host connected to".into()
-        }
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-            "server certificate has expired".into()
-        }
-        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-            "server certificate is not valid yet".into()
-        }
-        CertificateError::Revoked => "server certificate is revoked".into(),
-        CertificateError::BadSignature => "server certificate's signature does not verify".into(),
-        other => format!("server certificate refused: {other}"),
-    }
-}
-
-/// `DnsName("db.internal")` or `IpAddress(10.0.0.5)`, as rustls lists presented names, without
-/// the wrapping.
-fn bare_name(presented: &str) -> &str {
-    presented
-        .split_once('(')
-        .and_then(|(_, inner)| inner.strip_suffix(')'))
-        .map_or(presented, |inner| inner.trim_matches('"'))
-}
-
-fn describe_alert(alert: AlertDescription) -> String {
-    match alert {
-        AlertDescription::CertificateRequired => {
-            "server requires a client certificate; set sslcert and sslkey".into()
-        }
-        AlertDescription::BadCertificate
-        | AlertDescription::UnsupportedCertificate
-        | AlertDescription::CertificateRevoked
-        | AlertDescription::CertificateExpired
-        | AlertDescription::CertificateUnknown
-        | AlertDescription::UnknownCA
-        | AlertDescription::AccessDenied => {
-            format!("server rejected the client certificate ({alert:?})")
-        }
-        other => format!("server ended the TLS handshake ({other:?})"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_mode_parses_from_its_libpq_name_and_prints_back() {
-        for (name, mode) in MODES {
-            assert_eq!(name.parse::<SslMode>(), Ok(mode));
-            assert_eq!(mode.to_string(), name);
-        }
-        let error = "verify_full".parse::<SslMode>().unwrap_err();
-        assert!(error.contains("\"verify_full\""), "{error}");
-        assert_eq!(SslMode::default(), SslMode::Prefer);
-    }
 
     #[test]
     fn tokio_postgres_sees_disable_prefer_or_require() {
@@ -757,17 +603,5 @@ mod tests {
             }
         }
         assert_eq!(end_point_hash(b"\x30\x03\x02\x01"), None);
-    }
-
-    #[test]
-    fn presented_names_lose_their_debug_wrapping() {
-        let cases = [
-            ("DnsName(\"db.internal\")", "db.internal"),
-            ("IpAddress(10.0.0.5)", "10.0.0.5"),
-            ("plain", "plain"),
-        ];
-        for (presented, bare) in cases {
-            assert_eq!(bare_name(presented), bare);
-        }
     }
 }
