@@ -1,11 +1,15 @@
-//! The run's connections: the settings (URL, key=value, PG* variables, password files), and
-//! connecting with retries, directly over TLS or through the Cloud SQL connector.
+//! The run's connections. [`Settings`] say what to connect to (URL, key=value, PG* variables,
+//! password files); a [`Dialer`], built from them once per run, opens the migration's
+//! connection with retries, the monitor's, and the cancel request, directly over TLS or
+//! through the Cloud SQL connector.
 
 mod password;
 mod settings;
 pub mod tls;
 mod url;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,152 +24,241 @@ use crate::error::Error;
 use crate::interrupt;
 
 pub use settings::{
-    APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Settings, SslMode, TlsSettings,
-    VARIABLES, resolve, target,
+    APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Route, Settings, SslMode, TlsSettings,
+    VARIABLES, resolve,
 };
 pub use url::redact;
 
-/// How a run's connections reach the server.
+/// What a connection is for: named in its `connected` event, and deciding how long it is
+/// retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The run's connection for the lock, the history and the migrations: retried for
+    /// `--connect-timeout`, since the run cannot start without it.
+    Migration,
+    /// The progress monitor's, opened while a migration runs: tried once, since the
+    /// migration goes on without it.
+    Monitor,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Migration => "migration",
+            Purpose::Monitor => "monitor",
+        }
+    }
+}
+
+/// Opens the run's connections. Built once per run, it holds what they all share: the TLS
+/// configuration read from the certificate files, or the Cloud SQL connector with its
+/// credentials and client certificate; so neither the monitor nor a cancel request during
+/// shutdown sets anything up again.
+pub struct Dialer {
+    pg: tokio_postgres::Config,
+    retry_for: Duration,
+    target: String,
+    way: Way,
+    /// The run's Cloud SQL connector, when an instance is named: the IAM login token, either
+    /// way in, and the backup.
+    cloudsql: Option<Arc<cloudsql::Connector>>,
+}
+
+/// How the connections reach the server.
 enum Way {
     /// To `pg`'s host, with TLS as the settings say.
-    Direct(tls::Connector),
+    Direct {
+        connector: tls::Connector,
+        mode: SslMode,
+    },
     /// Through the Cloud SQL connector's tunnel.
     Tunnel(Arc<cloudsql::Connector>),
 }
 
-impl Settings {
-    /// These settings with the run's Cloud SQL connector, built from `options` once per run:
-    /// the run's connections, its cancel request and the backup share it, so credentials and
-    /// the client certificate are fetched once.
-    pub fn with_cloudsql(mut self, options: Option<cloudsql::Options>) -> Settings {
-        self.cloudsql = options.map(|options| Arc::new(cloudsql::Connector::new(options)));
-        self
-    }
+/// A connection just opened, for its `connected` event.
+struct Opened {
+    client: Client,
+    /// The negotiated TLS version, e.g. `TLSv1.3`; None without TLS.
+    tls_version: Option<String>,
+    /// Without TLS although the settings preferred it: worth a warning.
+    tls_preferred: bool,
+    /// The connector the connection went through, if any.
+    via: Option<&'static str>,
+}
 
-    /// The Cloud SQL connector, when connections go through it.
-    pub fn tunnel(&self) -> Option<&cloudsql::Connector> {
-        self.cloudsql.as_deref().filter(|_| self.default_host)
+/// The task that drives a connection until the client is dropped or the server goes away.
+type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+impl Dialer {
+    /// The run's dialer for `settings`, through the instance `cloudsql` names when the settings
+    /// name no host. Everything the connections share is built here, before any attempt: a
+    /// missing certificate file is a configuration error (exit 2), not a failure to retry.
+    pub fn new(settings: &Settings, cloudsql: Option<cloudsql::Options>) -> Result<Dialer, Error> {
+        let target = settings.target(cloudsql.as_ref());
+        let shared = |options| Arc::new(cloudsql::Connector::new(options));
+        let (way, cloudsql) = match settings.route(cloudsql) {
+            Route::Direct { tls, cloudsql } => {
+                let connector = tls::Connector::new(&tls)?;
+                let mode = tls.mode;
+                (Way::Direct { connector, mode }, cloudsql.map(shared))
+            }
+            Route::CloudSql(options) => {
+                let cloudsql = shared(options);
+                (Way::Tunnel(Arc::clone(&cloudsql)), Some(cloudsql))
+            }
+        };
+        Ok(Dialer {
+            pg: settings.pg.clone(),
+            retry_for: settings.retry_for,
+            target,
+            way,
+            cloudsql,
+        })
     }
 
     /// `user@host:port/database`, or `user@PROJECT:REGION:INSTANCE/database` through the
-    /// connector: how every log line and error names the target.
-    pub fn target(&self) -> String {
-        match self.tunnel() {
-            Some(connector) => connector.target(&self.pg),
-            None => target(&self.pg),
+    /// tunnel: how every log line and error names the target.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The run's Cloud SQL connector, when an instance is named, for the backup.
+    pub fn cloudsql(&self) -> Option<&cloudsql::Connector> {
+        self.cloudsql.as_deref()
+    }
+
+    /// Opens a connection, retrying transient failures (refused, DNS, timeout, a server
+    /// starting up or out of connection slots, a proxy that accepts and closes) with capped
+    /// exponential backoff and jitter for up to the settings' `retry_for` when the purpose
+    /// wants it. Authentication and certificate failures are final at once: retrying them
+    /// only delays the deploy.
+    pub async fn open(&self, purpose: Purpose) -> Result<Client, Error> {
+        let retry_for = match purpose {
+            Purpose::Migration => self.retry_for,
+            Purpose::Monitor => Duration::ZERO,
+        };
+        let deadline = Instant::now() + retry_for;
+        let mut pause = Duration::from_millis(200);
+        for attempt in 1.. {
+            let failure = match self.attempt(purpose).await {
+                Ok(client) => return Ok(client),
+                Err(failure) => failure,
+            };
+            let wait = jitter(pause);
+            if !failure.transient || Instant::now() + wait >= deadline {
+                return Err(failure.error);
+            }
+            warn!(attempt, reason = %failure.error, retry_in_ms = wait.as_millis() as u64, db = %self.target, "cannot connect yet; retrying");
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        unreachable!("the retry loop only ends by returning")
+    }
+
+    /// The request that asks the server to cancel what `token`'s session is running, over a
+    /// connection of the same kind as the run's, for a signal to send. It uses what the dialer
+    /// built: a signal during shutdown reads no certificate file.
+    pub fn canceller(&self, token: CancelToken) -> interrupt::Cancel {
+        match &self.way {
+            Way::Direct { connector, .. } => {
+                let connector = connector.separate();
+                Box::pin(async move {
+                    let cancelled = token.cancel_query(connector).await;
+                    cancelled.map_err(|e| e.to_string())
+                })
+            }
+            Way::Tunnel(cloudsql) => {
+                let cloudsql = Arc::clone(cloudsql);
+                Box::pin(async move { cloudsql.cancel(&token).await })
+            }
         }
     }
 
-    /// Built once, before any attempt: a missing certificate file is a configuration error
-    /// (exit 2), not a connection failure to retry.
-    fn way(&self) -> Result<Way, Error> {
-        let tunnel = self.cloudsql.clone().filter(|_| self.default_host);
-        Ok(match tunnel {
-            Some(connector) => Way::Tunnel(connector),
-            None => Way::Direct(tls::Connector::new(&self.tls)?),
-        })
-    }
-}
-
-/// Opens a connection, retrying transient failures (refused, DNS, timeout, a server starting
-/// up or out of connection slots, a proxy that accepts and closes) with capped exponential
-/// backoff and jitter for up to `settings.retry_for`. Authentication and certificate failures
-/// are final at once: retrying them only delays the deploy.
-pub async fn open(settings: &Settings) -> Result<Client, Error> {
-    let way = settings.way()?;
-    let target = settings.target();
-    let deadline = Instant::now() + settings.retry_for;
-    let mut pause = Duration::from_millis(200);
-    for attempt in 1.. {
-        let result = match &way {
-            Way::Direct(connector) => once(settings, connector).await,
-            Way::Tunnel(cloudsql) => cloudsql.open(&settings.pg).await.inspect(|_| {
+    async fn attempt(&self, purpose: Purpose) -> Result<Client, Failure> {
+        let opened = match &self.way {
+            Way::Direct { connector, mode } => self.direct(connector, *mode).await?,
+            Way::Tunnel(cloudsql) => Opened {
+                client: cloudsql.open(&self.pg).await?,
                 // The connector's TLS is always 1.3 (`cloudsql::certificates::client_config`).
-                info!(db = %target, connection = settings.purpose, tls = true, tls_version = "TLSv1_3", via = "cloudsql-connector", "connected");
-            }),
+                tls_version: Some("TLSv1_3".to_string()),
+                tls_preferred: false,
+                via: Some("cloudsql-connector"),
+            },
         };
-        let failure = match result {
-            Ok(client) => return Ok(client),
-            Err(failure) => failure,
+        self.connected(purpose, &opened);
+        Ok(opened.client)
+    }
+
+    /// One attempt, with libpq's `allow` (plaintext first, TLS when the server insists) done
+    /// here since tokio-postgres has no such mode.
+    async fn direct(&self, connector: &tls::Connector, mode: SslMode) -> Result<Opened, Failure> {
+        let mut pg = std::borrow::Cow::Borrowed(&self.pg);
+        // IAM database login through a socket or a proxy: the token is the password.
+        if let Some(cloudsql) = self.cloudsql.as_ref().filter(|c| c.options.iam_auth) {
+            pg.to_mut().password(cloudsql.login_token().await?);
+        }
+        let result = direct_once(&pg, connector, mode).await;
+        let result = match (mode, &result) {
+            (SslMode::Allow, Err(e))
+                if e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
+            {
+                direct_once(&pg, connector, SslMode::Require).await
+            }
+            _ => result,
         };
-        let wait = jitter(pause);
-        if !failure.transient || Instant::now() + wait >= deadline {
-            return Err(failure.error);
-        }
-        warn!(attempt, reason = %failure.error, retry_in_ms = wait.as_millis() as u64, db = %target, "cannot connect yet; retrying");
-        tokio::time::sleep(wait).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        let (opened, driver) = result.map_err(|e| failure(self.target.clone(), e))?;
+        drive(driver);
+        Ok(opened)
     }
-    unreachable!("the retry loop only ends by returning")
-}
 
-/// The request that asks the server to cancel what `token`'s session is running, over a
-/// connection of the same kind as the run's, for a signal to send. Its TLS connector (or
-/// tunnel) is built now, at connect time: a signal during shutdown reads no certificate file.
-pub fn canceller(settings: &Settings, token: CancelToken) -> interrupt::Cancel {
-    let way = settings.way().map_err(|e| e.to_string());
-    Box::pin(async move {
-        match way? {
-            Way::Tunnel(connector) => connector.cancel(&token).await,
-            Way::Direct(connector) => token
-                .cancel_query(connector)
-                .await
-                .map_err(|e| e.to_string()),
+    /// The one `connected` event of every connection.
+    fn connected(&self, purpose: Purpose, opened: &Opened) {
+        let (db, connection) = (&self.target, purpose.as_str());
+        match &opened.tls_version {
+            Some(version) => {
+                info!(db = %db, connection, tls = true, tls_version = %version, via = opened.via, "connected")
+            }
+            None if opened.tls_preferred => {
+                warn!(db = %db, connection, tls = false, "connected without TLS: the server does not offer it (sslmode=prefer)")
+            }
+            None => info!(db = %db, connection, tls = false, "connected"),
         }
-    })
-}
-
-/// One attempt, with libpq's `allow` (plaintext first, TLS when the server insists) done
-/// here since tokio-postgres has no such mode.
-async fn once(settings: &Settings, connector: &tls::Connector) -> Result<Client, Failure> {
-    let mut settings = std::borrow::Cow::Borrowed(settings);
-    // IAM database login through a socket or a proxy: the token is the password.
-    if let Some(cloudsql) = settings.cloudsql.as_ref().filter(|c| c.options.iam_auth) {
-        let token = cloudsql.login_token().await?;
-        settings.to_mut().pg.password(token);
     }
-    let result = attempt(&settings, connector, settings.tls.mode).await;
-    let result = match (settings.tls.mode, &result) {
-        (SslMode::Allow, Err(e))
-            if e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
-        {
-            attempt(&settings, connector, SslMode::Require).await
-        }
-        _ => result,
-    };
-    result.map_err(|e| failure(settings.target(), e))
 }
 
-async fn attempt(
-    settings: &Settings,
+async fn direct_once(
+    pg: &tokio_postgres::Config,
     connector: &tls::Connector,
     mode: SslMode,
-) -> Result<Client, tokio_postgres::Error> {
+) -> Result<(Opened, Driver), tokio_postgres::Error> {
     // libpq ignores sslmode on unix sockets (Cloud Run's /cloudsql socket among them): the
     // socket never leaves the machine, and the server would refuse the TLS request there.
-    let mode = match settings.pg.get_hosts().first() {
+    let mode = match pg.get_hosts().first() {
         Some(Host::Unix(_)) => SslMode::Disable,
         _ => mode,
     };
-    let mut pg = settings.pg.clone();
+    let mut pg = pg.clone();
     pg.ssl_mode(tls::tokio_mode(mode));
+    // Its own record of the handshake, so that connections opened at the same time (the
+    // monitor's, a cancel request) do not report each other's TLS version.
+    let connector = connector.separate();
     let (client, connection) = pg.connect(connector.clone()).await?;
+    let opened = Opened {
+        client,
+        tls_version: connector.negotiated(),
+        tls_preferred: mode == SslMode::Prefer,
+        via: None,
+    };
+    Ok((opened, Box::pin(connection)))
+}
+
+/// Spawns the task that drives a connection.
+fn drive(driver: Driver) {
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        if let Err(error) = driver.await {
             debug!(error = %error, "connection closed");
         }
     });
-    let target = target(&settings.pg);
-    match connector.negotiated() {
-        Some(version) => {
-            info!(db = %target, connection = settings.purpose, tls = true, tls_version = %version, "connected")
-        }
-        None if mode == SslMode::Prefer => {
-            warn!(db = %target, connection = settings.purpose, tls = false, "connected without TLS: the server does not offer it (sslmode=prefer)")
-        }
-        None => info!(db = %target, connection = settings.purpose, tls = false, "connected"),
-    }
-    Ok(client)
 }
 
 /// ±25 % so that jobs restarted together do not retry in lockstep. The randomness comes

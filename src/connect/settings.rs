@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
@@ -43,21 +42,56 @@ const KEEPALIVE_COUNT: u32 = 3;
 /// bound as the keepalives; on Linux it also caps their probing at 60 s.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Everything needed to open the run's connections.
+/// What the run connects to, as the connection string and the environment say.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub pg: tokio_postgres::Config,
     pub tls: TlsSettings,
     /// How long to keep retrying transient failures of the first connection.
     pub retry_for: Duration,
-    /// What the connection is for, in its log events: `migration` or `monitor`.
-    pub purpose: &'static str,
     /// Neither the URL nor PGHOST named a host: `localhost` is only the default, and with a
-    /// Cloud SQL instance the connector is the way in.
+    /// Cloud SQL instance the tunnel is the way in.
     pub default_host: bool,
-    /// The run's Cloud SQL connector ([`Settings::with_cloudsql`]), for IAM login and,
-    /// without a host, the tunnel.
-    pub cloudsql: Option<Arc<cloudsql::Connector>>,
+}
+
+/// How the run's connections reach the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// To the host the settings name, with TLS as they say. An instance named beside a host
+    /// (a Unix socket, the Auth Proxy) still gives IAM login tokens and the backup.
+    Direct {
+        tls: TlsSettings,
+        cloudsql: Option<cloudsql::Options>,
+    },
+    /// Through mutual TLS straight to the Cloud SQL instance.
+    CloudSql(cloudsql::Options),
+}
+
+impl Settings {
+    /// The route to the server when `cloudsql` names an instance or not: through the tunnel
+    /// only when no host was named.
+    pub fn route(&self, cloudsql: Option<cloudsql::Options>) -> Route {
+        match cloudsql {
+            Some(options) if self.default_host => Route::CloudSql(options),
+            cloudsql => Route::Direct {
+                tls: self.tls.clone(),
+                cloudsql,
+            },
+        }
+    }
+
+    /// `user@host:port/database`, or `user@PROJECT:REGION:INSTANCE/database` through the
+    /// tunnel: how every log line and error names the target.
+    pub fn target(&self, cloudsql: Option<&cloudsql::Options>) -> String {
+        match self.route(cloudsql.cloned()) {
+            Route::CloudSql(options) => {
+                let user = self.pg.get_user().unwrap_or("?");
+                let database = self.pg.get_dbname().unwrap_or(user);
+                format!("{user}@{}/{database}", options.instance)
+            }
+            Route::Direct { .. } => target(&self.pg),
+        }
+    }
 }
 
 /// The environment variables connection settings read, collected by `cli` (the one place that
@@ -142,9 +176,7 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
         pg,
         tls,
         retry_for: DEFAULT_CONNECT_TIMEOUT,
-        purpose: "migration",
         default_host,
-        cloudsql: None,
     })
 }
 
@@ -239,7 +271,7 @@ fn fill_tls(
 }
 
 /// `user@host:port/database`, the way every log line and error names the target.
-pub fn target(config: &tokio_postgres::Config) -> String {
+fn target(config: &tokio_postgres::Config) -> String {
     let user = config.get_user().unwrap_or("?");
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),
@@ -434,6 +466,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(target(&settings.pg), "bot@/cloudsql/p:r:i:5432/videos");
+    }
+
+    #[test]
+    fn the_tunnel_is_the_route_only_to_a_named_instance_without_a_host() {
+        let options = cloudsql::Options {
+            instance: "proj:region:db".parse().unwrap(),
+            ip_type: None,
+            iam_auth: true,
+            admin_endpoint: None,
+            port: cloudsql::DEFAULT_PORT,
+            key_file: None,
+        };
+        let vars = env(&[("PGUSER", "bot"), ("PGDATABASE", "videos")]);
+        let without_host = resolve(None, &vars).unwrap();
+        let route = without_host.route(Some(options.clone()));
+        assert_eq!(route, Route::CloudSql(options.clone()));
+        assert_eq!(
+            without_host.target(Some(&options)),
+            "bot@proj:region:db/videos"
+        );
+        assert_eq!(without_host.target(None), "bot@localhost:5432/videos");
+        let socket = resolve(Some("host=/cloudsql/proj:region:db"), &vars).unwrap();
+        let tls = socket.tls.clone();
+        let route = socket.route(Some(options.clone()));
+        let cloudsql = Some(options);
+        assert_eq!(route, Route::Direct { tls, cloudsql });
     }
 
     #[test]

@@ -59,6 +59,15 @@ impl Connector {
         })
     }
 
+    /// A connector with the same checks and its own record of what its handshakes negotiated,
+    /// for a connection that may be opened while another is.
+    pub fn separate(&self) -> Connector {
+        Connector {
+            config: self.config.clone(),
+            negotiated: Arc::default(),
+        }
+    }
+
     /// The TLS version of the latest connection made through this connector or its clones,
     /// e.g. "TLSv1.3"; None when it went without TLS.
     pub fn negotiated(&self) -> Option<String> {
