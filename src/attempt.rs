@@ -1,7 +1,8 @@
-//! A failed connection attempt: the error to report, and whether waiting could mend it. Both
-//! ways in, a direct connection (`connect`) and the Cloud SQL tunnel (`cloudsql`), classify
-//! their failures here, so that the one retry loop treats them alike; a failed TLS handshake
-//! is put in plain words here too, for the database and the Admin API alike.
+//! A failed connection attempt: the error to report, and whether waiting could mend it.
+//! `connect` (the database, directly or through the Cloud SQL tunnel) and `cloudsql` (the
+//! Google APIs on the way) classify their failures here, so that the one retry loop treats
+//! them alike; a failed TLS handshake is put in plain words here too, for the database and
+//! the Admin API alike. A leaf: it imports only `error`.
 
 use rustls::{AlertDescription, CertificateError};
 use tokio_postgres::error::SqlState;

@@ -98,7 +98,7 @@ impl Job<'_> {
             return Err(Error::Config("no database given; set DATABASE_URL".into()));
         };
         self.summary.target = Some(database.target(config.cloudsql.as_ref()));
-        // The one dialer of the run, shared by every connection; its Cloud SQL connector
+        // The one dialer of the run, shared by every connection; its Cloud SQL client
         // also serves the backup.
         let dialer = &connect::Dialer::new(database, config.cloudsql.clone())?;
         let interrupt = Interrupt::default();
@@ -229,18 +229,18 @@ impl Job<'_> {
             config::Backup::Auto => !plan.is_empty(),
             config::Backup::Always => true,
         };
-        let Some(connector) = db.dialer.cloudsql().filter(|_| wanted) else {
+        let Some(cloudsql) = db.dialer.cloudsql().filter(|_| wanted) else {
             return Ok(());
         };
         if mode == Mode::DryRun {
             return Ok(());
         }
         let description = plan.describe();
-        info!(instance = %connector.options.instance, description = %description, "backing up before migrating");
-        let id = connector
+        info!(instance = %cloudsql.options.instance, description = %description, "backing up before migrating");
+        let id = cloudsql
             .backup(&description, config.backup_timeout, db.interrupt)
             .await?;
-        info!(instance = %connector.options.instance, backup_id = %id, "backup done");
+        info!(instance = %cloudsql.options.instance, backup_id = %id, "backup done");
         self.summary.backup = Some(id);
         Ok(())
     }

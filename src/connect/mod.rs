@@ -1,11 +1,12 @@
 //! The run's connections. [`Settings`] say what to connect to (URL, key=value, PG* variables,
 //! password files); a [`Dialer`], built from them once per run, opens the migration's
 //! connection with retries, the monitor's, and the cancel request, directly over TLS or
-//! through the Cloud SQL connector.
+//! through the Cloud SQL tunnel.
 
 mod password;
 mod settings;
 pub mod tls;
+mod tunnel;
 mod url;
 
 use std::future::Future;
@@ -13,21 +14,29 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{CancelToken, Client};
+use tokio_postgres::{CancelToken, Client, NoTls};
 use tracing::{debug, info, warn};
 
 use crate::attempt::{Failure, failure};
 use crate::cloudsql;
 use crate::error::Error;
 use crate::interrupt;
+use tunnel::Tunnel;
 
 pub use settings::{
     APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Route, Settings, SslMode, TlsSettings,
     VARIABLES, resolve,
 };
 pub use url::redact;
+
+/// How long a cancel request through the tunnel may take to reach the instance: it is sent
+/// during shutdown, which Cloud Run gives 10 s.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a connection is for: named in its `connected` event, and deciding how long it is
 /// retried.
@@ -51,17 +60,17 @@ impl Purpose {
 }
 
 /// Opens the run's connections. Built once per run, it holds what they all share: the TLS
-/// configuration read from the certificate files, or the Cloud SQL connector with its
-/// credentials and client certificate; so neither the monitor nor a cancel request during
-/// shutdown sets anything up again.
+/// configuration read from the certificate files, or the Cloud SQL tunnel with its client
+/// certificate; so neither the monitor nor a cancel request during shutdown sets anything up
+/// again.
 pub struct Dialer {
     pg: tokio_postgres::Config,
     retry_for: Duration,
     target: String,
     way: Way,
-    /// The run's Cloud SQL connector, when an instance is named: the IAM login token, either
-    /// way in, and the backup.
-    cloudsql: Option<Arc<cloudsql::Connector>>,
+    /// The run's client of Google's APIs, when an instance is named: the IAM login token,
+    /// either way in, and the backup.
+    cloudsql: Option<Arc<cloudsql::Admin>>,
 }
 
 /// How the connections reach the server.
@@ -71,8 +80,8 @@ enum Way {
         connector: tls::Connector,
         mode: SslMode,
     },
-    /// Through the Cloud SQL connector's tunnel.
-    Tunnel(Arc<cloudsql::Connector>),
+    /// Through the Cloud SQL tunnel.
+    Tunnel(Arc<Tunnel>),
 }
 
 /// A connection just opened, for its `connected` event.
@@ -95,16 +104,16 @@ impl Dialer {
     /// missing certificate file is a configuration error (exit 2), not a failure to retry.
     pub fn new(settings: &Settings, cloudsql: Option<cloudsql::Options>) -> Result<Dialer, Error> {
         let target = settings.target(cloudsql.as_ref());
-        let shared = |options| Arc::new(cloudsql::Connector::new(options));
         let (way, cloudsql) = match settings.route(cloudsql) {
             Route::Direct { tls, cloudsql } => {
                 let connector = tls::Connector::new(&tls)?;
                 let mode = tls.mode;
-                (Way::Direct { connector, mode }, cloudsql.map(shared))
+                (Way::Direct { connector, mode }, cloudsql.map(admin))
             }
             Route::CloudSql(options) => {
-                let cloudsql = shared(options);
-                (Way::Tunnel(Arc::clone(&cloudsql)), Some(cloudsql))
+                let admin = admin(options);
+                let tunnel = Arc::new(Tunnel::new(Arc::clone(&admin)));
+                (Way::Tunnel(tunnel), Some(admin))
             }
         };
         Ok(Dialer {
@@ -122,8 +131,8 @@ impl Dialer {
         &self.target
     }
 
-    /// The run's Cloud SQL connector, when an instance is named, for the backup.
-    pub fn cloudsql(&self) -> Option<&cloudsql::Connector> {
+    /// The run's client of Google's APIs, when an instance is named, for the backup.
+    pub fn cloudsql(&self) -> Option<&cloudsql::Admin> {
         self.cloudsql.as_deref()
     }
 
@@ -167,48 +176,36 @@ impl Dialer {
                     cancelled.map_err(|e| e.to_string())
                 })
             }
-            Way::Tunnel(cloudsql) => {
-                let cloudsql = Arc::clone(cloudsql);
-                Box::pin(async move { cloudsql.cancel(&token).await })
+            Way::Tunnel(tunnel) => {
+                let tunnel = Arc::clone(tunnel);
+                Box::pin(async move {
+                    let dialled = tunnel.dial(Some(CANCEL_TIMEOUT), None).await;
+                    let stream = dialled.map_err(|f| f.error.to_string())?;
+                    let cancelled = token.cancel_query_raw(stream, NoTls).await;
+                    cancelled.map_err(|e| e.to_string())
+                })
             }
         }
     }
 
     async fn attempt(&self, purpose: Purpose) -> Result<Client, Failure> {
-        let opened = match &self.way {
-            Way::Direct { connector, mode } => self.direct(connector, *mode).await?,
-            Way::Tunnel(cloudsql) => Opened {
-                client: cloudsql.open(&self.pg).await?,
-                // The connector's TLS is always 1.3 (`cloudsql::certificates::client_config`).
-                tls_version: Some("TLSv1_3".to_string()),
-                tls_preferred: false,
-                via: Some("cloudsql-connector"),
-            },
-        };
-        self.connected(purpose, &opened);
-        Ok(opened.client)
-    }
-
-    /// One attempt, with libpq's `allow` (plaintext first, TLS when the server insists) done
-    /// here since tokio-postgres has no such mode.
-    async fn direct(&self, connector: &tls::Connector, mode: SslMode) -> Result<Opened, Failure> {
         let mut pg = std::borrow::Cow::Borrowed(&self.pg);
-        // IAM database login through a socket or a proxy: the token is the password.
+        // IAM database login: the token is the password.
         if let Some(cloudsql) = self.cloudsql.as_ref().filter(|c| c.options.iam_auth) {
             pg.to_mut().password(cloudsql.login_token().await?);
         }
-        let result = direct_once(&pg, connector, mode).await;
-        let result = match (mode, &result) {
-            (SslMode::Allow, Err(e))
-                if e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
-            {
-                direct_once(&pg, connector, SslMode::Require).await
+        let result = match &self.way {
+            Way::Direct { connector, mode } => direct(&pg, connector, *mode).await,
+            Way::Tunnel(tunnel) => {
+                let timeout = pg.get_connect_timeout().copied();
+                let stream = tunnel.dial(timeout, Some(&pg)).await?;
+                inside(&pg, stream).await
             }
-            _ => result,
         };
         let (opened, driver) = result.map_err(|e| failure(self.target.clone(), e))?;
         drive(driver);
-        Ok(opened)
+        self.connected(purpose, &opened);
+        Ok(opened.client)
     }
 
     /// The one `connected` event of every connection.
@@ -223,6 +220,24 @@ impl Dialer {
             }
             None => info!(db = %db, connection, tls = false, "connected"),
         }
+    }
+}
+
+/// A direct connection, with libpq's `allow` (plaintext first, TLS when the server insists)
+/// done here since tokio-postgres has no such mode.
+async fn direct(
+    pg: &tokio_postgres::Config,
+    connector: &tls::Connector,
+    mode: SslMode,
+) -> Result<(Opened, Driver), tokio_postgres::Error> {
+    let result = direct_once(pg, connector, mode).await;
+    match (mode, &result) {
+        (SslMode::Allow, Err(e))
+            if e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
+        {
+            direct_once(pg, connector, SslMode::Require).await
+        }
+        _ => result,
     }
 }
 
@@ -252,6 +267,25 @@ async fn direct_once(
     Ok((opened, Box::pin(connection)))
 }
 
+/// A session inside the tunnel's TLS stream.
+async fn inside(
+    pg: &tokio_postgres::Config,
+    stream: TlsStream<TcpStream>,
+) -> Result<(Opened, Driver), tokio_postgres::Error> {
+    let tls_version = stream.get_ref().1.protocol_version().map(tls::version_name);
+    let mut pg = pg.clone();
+    // The TLS is the tunnel's: tokio-postgres must not ask the server for it again inside.
+    pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let (client, connection) = pg.connect_raw(stream, NoTls).await?;
+    let opened = Opened {
+        client,
+        tls_version,
+        tls_preferred: false,
+        via: Some("cloudsql-connector"),
+    };
+    Ok((opened, Box::pin(connection)))
+}
+
 /// Spawns the task that drives a connection.
 fn drive(driver: Driver) {
     tokio::spawn(async move {
@@ -259,6 +293,13 @@ fn drive(driver: Driver) {
             debug!(error = %error, "connection closed");
         }
     });
+}
+
+/// The run's client of Google's APIs for `options`. The Google crates use rustls without
+/// choosing a crypto provider, so ring, the one this crate uses, is installed first.
+fn admin(options: cloudsql::Options) -> Arc<cloudsql::Admin> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Arc::new(cloudsql::Admin::new(options))
 }
 
 /// ±25 % so that jobs restarted together do not retry in lockstep. The randomness comes

@@ -71,12 +71,16 @@ impl Connector {
     /// The TLS version of the latest connection made through this connector or its clones,
     /// e.g. "TLSv1.3"; None when it went without TLS.
     pub fn negotiated(&self) -> Option<String> {
-        let version = (*lock(&self.negotiated))?;
-        Some(match version {
-            ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
-            ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
-            other => format!("{other:?}"),
-        })
+        (*lock(&self.negotiated)).map(version_name)
+    }
+}
+
+/// A TLS version as logs name it, e.g. `TLSv1.3`, on either way in.
+pub fn version_name(version: ProtocolVersion) -> String {
+    match version {
+        ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+        ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
     }
 }
 
