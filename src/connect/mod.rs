@@ -8,6 +8,7 @@ mod settings;
 pub mod tls;
 mod tunnel;
 mod url;
+mod verifier;
 
 use std::future::Future;
 use std::pin::Pin;

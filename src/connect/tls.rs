@@ -1,6 +1,7 @@
 //! TLS for the database connection with rustls, following libpq's sslmode semantics: which
-//! certificate checks each mode makes, the sslrootcert/sslcert/sslkey files, and the
-//! tokio-postgres connector. `attempt::certificate_problem` puts a failed handshake in words.
+//! certificate checks each mode makes (`verifier` has those rustls lacks), the
+//! sslrootcert/sslcert/sslkey files, and the tokio-postgres connector with its channel
+//! binding. `attempt::certificate_problem` puts a failed handshake in words.
 
 use std::fmt;
 use std::future::Future;
@@ -10,19 +11,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ClientConfig, WebPkiServerVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, DigitallySignedStruct, ProtocolVersion, RootCertStore, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ProtocolVersion, RootCertStore};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 use super::settings::{SslMode, TlsSettings};
+use super::verifier::{Lenient, Verifier};
 use crate::error::Error;
 
 /// The mode tokio-postgres itself knows: it has no `allow` (plaintext first, TLS on refusal;
@@ -141,17 +141,13 @@ fn verifier(
     settings: &TlsSettings,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, Error> {
-    let algorithms = provider.signature_verification_algorithms;
     let Some(path) = &settings.root_cert else {
         return match settings.mode {
             SslMode::VerifyCa | SslMode::VerifyFull => Err(Error::Config(format!(
                 "sslmode={} needs sslrootcert, the PEM file of the CA that signed the server's certificate; set sslrootcert (there is no system CA store to fall back on)",
                 settings.mode
             ))),
-            _ => Ok(Arc::new(Lenient {
-                chain: None,
-                algorithms,
-            })),
+            _ => Ok(Arc::new(Verifier::new(Lenient { chain: None }, provider))),
         };
     };
     let webpki =
@@ -160,10 +156,12 @@ fn verifier(
             .map_err(|e| file_error("sslrootcert", path, &format!("cannot be used: {e}")))?;
     Ok(match settings.mode {
         SslMode::VerifyFull => webpki,
-        _ => Arc::new(Lenient {
-            chain: Some(webpki),
-            algorithms,
-        }),
+        _ => Arc::new(Verifier::new(
+            Lenient {
+                chain: Some(webpki),
+            },
+            provider,
+        )),
     })
 }
 
@@ -242,68 +240,6 @@ fn pem_problem(error: &pem::Error) -> &'static str {
 
 fn file_error(setting: &str, path: &Path, problem: &str) -> Error {
     Error::Config(format!("{setting} file {} {problem}", path.display()))
-}
-
-/// The checks short of verify-full. With `chain` (verify-ca, or a weaker mode given
-/// sslrootcert), the chain must lead to sslrootcert but the name need not match the host: Cloud
-/// SQL's server certificate names project:instance, not the IP address connected to. Without
-/// it (require/prefer/allow and no sslrootcert), libpq encrypts without checking who the
-/// server is. Either way the handshake signatures are checked, so the peer holds the key of
-/// the certificate it presented.
-#[derive(Debug)]
-struct Lenient {
-    chain: Option<Arc<WebPkiServerVerifier>>,
-    /// The provider's, which is what WebPkiServerVerifier checks signatures with too.
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Lenient {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(chain) = &self.chain else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            // rustls checks the name only after the chain, validity and revocation have passed
-            // (webpki/server_verifier.rs), so a name error means all else was fine.
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-
-    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
-        self.chain.as_ref()?.root_hint_subjects()
-    }
 }
 
 impl<S> MakeTlsConnect<S> for Connector
@@ -414,49 +350,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
 /// 5929 section 4.1), as PostgreSQL computes it. None for a signature without a separate hash
 /// (Ed25519, RSA-PSS): the server cannot bind those either, so SCRAM goes without -PLUS.
 fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
-    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
-    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
-    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
-    let oid = signature_algorithm(cert)?;
-    if oid == ECDSA_SHA1 {
-        return Some(Sha256::digest(cert).to_vec());
-    }
-    let (family, last) = oid.split_at(oid.len().checked_sub(1)?);
-    match (family, last) {
-        (RSA, [4 | 5 | 11]) | (ECDSA_SHA2, [2]) => Some(Sha256::digest(cert).to_vec()),
-        (RSA, [12]) | (ECDSA_SHA2, [3]) => Some(Sha384::digest(cert).to_vec()),
-        (RSA, [13]) | (ECDSA_SHA2, [4]) => Some(Sha512::digest(cert).to_vec()),
-        _ => None,
-    }
-}
-
-/// The signatureAlgorithm OID of a DER certificate: SEQUENCE { tbsCertificate,
-/// SEQUENCE { OID, ... }, signature }.
-fn signature_algorithm(cert: &[u8]) -> Option<&[u8]> {
-    let (certificate, _) = der(cert, 0x30)?;
-    let (_, rest) = der(certificate, 0x30)?;
-    let (algorithm, _) = der(rest, 0x30)?;
-    let (oid, _) = der(algorithm, 0x06)?;
-    Some(oid)
-}
-
-/// One DER element of the expected tag: its contents and what follows it.
-fn der(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&first, rest) = input.split_first()?;
-    let (&length, mut rest) = rest.split_first()?;
-    if first != tag {
-        return None;
-    }
-    let length = match length {
-        short @ 0..=0x7f => usize::from(short),
-        0x81..=0x84 => {
-            let (bytes, after) = rest.split_at_checked(usize::from(length & 0x7f))?;
-            rest = after;
-            bytes.iter().fold(0, |n, &b| (n << 8) | usize::from(b))
-        }
-        _ => return None,
+    use x509_cert::der::Decode;
+    use x509_cert::der::oid::ObjectIdentifier;
+    use x509_cert::der::oid::db::rfc5912::{
+        ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, MD_5_WITH_RSA_ENCRYPTION,
+        SHA_1_WITH_RSA_ENCRYPTION, SHA_256_WITH_RSA_ENCRYPTION, SHA_384_WITH_RSA_ENCRYPTION,
+        SHA_512_WITH_RSA_ENCRYPTION,
     };
-    rest.split_at_checked(length)
+    // ecdsa-with-SHA1 (RFC 5758), which const-oid's database does not name.
+    const ECDSA_WITH_SHA_1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.1");
+    let algorithm = x509_cert::Certificate::from_der(cert)
+        .ok()?
+        .signature_algorithm
+        .oid;
+    let signed_with = |oids: &[ObjectIdentifier]| oids.contains(&algorithm);
+    if signed_with(&[
+        MD_5_WITH_RSA_ENCRYPTION,
+        SHA_1_WITH_RSA_ENCRYPTION,
+        ECDSA_WITH_SHA_1,
+        SHA_256_WITH_RSA_ENCRYPTION,
+        ECDSA_WITH_SHA_256,
+    ]) {
+        Some(Sha256::digest(cert).to_vec())
+    } else if signed_with(&[SHA_384_WITH_RSA_ENCRYPTION, ECDSA_WITH_SHA_384]) {
+        Some(Sha384::digest(cert).to_vec())
+    } else if signed_with(&[SHA_512_WITH_RSA_ENCRYPTION, ECDSA_WITH_SHA_512]) {
+        Some(Sha512::digest(cert).to_vec())
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

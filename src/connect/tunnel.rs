@@ -1,19 +1,18 @@
-//! The Cloud SQL tunnel: mutual TLS straight to the instance's connector listener with the
-//! client certificate the Admin API grants, checking the server the way Google's connectors
-//! do; the grant is kept and replaced before its certificate expires.
+//! The Cloud SQL tunnel: mutual TLS 1.3 straight to the instance's connector listener with
+//! the client certificate the Admin API grants, the server checked as `verifier::Instance`
+//! says; the grant is kept and replaced before its certificate expires.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info};
 
+use super::verifier::{self, Verifier};
 use crate::attempt::Failure;
 use crate::cloudsql::{self, Address, Grant};
 use crate::error::Error;
@@ -209,130 +208,19 @@ fn client_config(grant: &Grant) -> Result<rustls::ClientConfig, String> {
     if chain.is_empty() {
         return Err("generateEphemeralCert returned no certificate".into());
     }
-    let verifier = InstanceVerifier {
-        roots: Arc::new(roots),
-        expected_cn: grant.common_name.clone(),
+    let instance = verifier::Instance {
+        roots,
+        common_name: grant.common_name.clone(),
         dns_name: grant.dns_name.clone(),
-        provider: provider.clone(),
     };
+    let verifier = Arc::new(Verifier::new(instance, &provider));
     let key = PrivatePkcs8KeyDer::from(grant.key.pkcs8_der().to_vec());
     let key = PrivateKeyDer::Pkcs8(key);
     rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)
         .map_err(|e| format!("the client certificate: {e}"))
-}
-
-/// Checks the server the way Google's connectors do: the chain must end at the instance's
-/// CA; then a CAS-based instance's certificate names its DNS name, and a legacy
-/// per-instance certificate has `PROJECT:INSTANCE` as its common name.
-#[derive(Debug)]
-struct InstanceVerifier {
-    roots: Arc<rustls::RootCertStore>,
-    expected_cn: String,
-    dns_name: Option<String>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for InstanceVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let certificate = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &certificate,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        if let Some(dns) = &self.dns_name {
-            let named = ServerName::try_from(dns.as_str())
-                .is_ok_and(|name| rustls::client::verify_server_name(&certificate, &name).is_ok());
-            if named {
-                return Ok(ServerCertVerified::assertion());
-            }
-        }
-        match common_name(end_entity) {
-            Some(cn) if cn == self.expected_cn => Ok(ServerCertVerified::assertion()),
-            found => Err(rustls::Error::General(format!(
-                "the server certificate is for {}, not instance {}{}",
-                found.map_or_else(|| "no common name".to_string(), |cn| format!("\"{cn}\"")),
-                self.expected_cn,
-                self.dns_name
-                    .as_ref()
-                    .map(|d| format!(" (or {d})"))
-                    .unwrap_or_default()
-            ))),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        certificate: &CertificateDer<'_>,
-        signature: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            certificate,
-            signature,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// The subject's common name.
-fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
-    use x509_cert::der::Decode;
-    use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
-    let parsed = x509_cert::Certificate::from_der(certificate.as_ref()).ok()?;
-    let cn = x509_cert::der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
-    parsed
-        .tbs_certificate
-        .subject
-        .0
-        .iter()
-        .flat_map(|rdn| rdn.0.iter())
-        .find(|attribute| attribute.oid == cn)
-        .and_then(|attribute| {
-            let value = &attribute.value;
-            value
-                .decode_as::<Utf8StringRef<'_>>()
-                .map(|s| s.as_str().to_string())
-                .or_else(|_| {
-                    value
-                        .decode_as::<PrintableStringRef<'_>>()
-                        .map(|s| s.as_str().to_string())
-                })
-                .ok()
-        })
 }
