@@ -1,11 +1,13 @@
-//! A failed connection attempt: the error to report, and whether waiting could mend it. Both
-//! ways in, a direct connection (`connect`) and the Cloud SQL tunnel (`cloudsql`), classify
-//! their failures here, so that the one retry loop treats them alike.
+//! A failed connection attempt: the error to report, and whether waiting could mend it.
+//! `connect` (the database, directly or through the Cloud SQL tunnel) and `cloudsql` (the
+//! Google APIs on the way) classify their failures here, so that the one retry loop treats
+//! them alike; a failed TLS handshake is put in plain words here too, for the database and
+//! the Admin API alike. A leaf: it imports only `error`.
 
+use rustls::{AlertDescription, CertificateError};
 use tokio_postgres::error::SqlState;
 
 use crate::error::{Error, causes, describe_db};
-use crate::tls;
 
 /// Why a connection attempt failed, and whether waiting could mend it.
 #[derive(Debug)]
@@ -39,7 +41,7 @@ pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
 /// Whether another attempt could succeed: the server is starting, full or unreachable, not
 /// refusing the login or the certificate.
 fn transient(error: &tokio_postgres::Error) -> bool {
-    if tls::certificate_problem(error).is_some() {
+    if certificate_problem(error).is_some() {
         return false;
     }
     match error.code() {
@@ -66,7 +68,7 @@ fn socket_failure(error: &tokio_postgres::Error) -> bool {
 
 /// What went wrong, in words a deploy log reader can act on.
 fn reason(error: &tokio_postgres::Error) -> String {
-    if let Some(problem) = tls::certificate_problem(error) {
+    if let Some(problem) = certificate_problem(error) {
         return format!("TLS: {problem}");
     }
     match error.code() {
@@ -79,5 +81,107 @@ fn reason(error: &tokio_postgres::Error) -> String {
             describe_db(error)
         ),
         _ => describe_db(error),
+    }
+}
+
+/// What went wrong in a failed connection's TLS, in plain words: a certificate the checks
+/// refused, a client certificate the server refused, a server without TLS. None when TLS was
+/// not the cause. Such a failure repeats on every attempt, so it is not worth retrying.
+pub fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    causes(error).find_map(|cause| {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(describe(tls));
+        }
+        // tokio-postgres's fixed words for an 'N' answer to SSLRequest under require.
+        (cause.to_string() == "server does not support TLS")
+            .then(|| "server does not accept TLS connections (ssl = off)".to_string())
+    })
+}
+
+fn describe(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(problem) => describe_certificate(problem),
+        rustls::Error::AlertReceived(alert) => describe_alert(*alert),
+        rustls::Error::NoCertificatesPresented => "server presented no certificate".into(),
+        other => format!("TLS handshake failed: {other}"),
+    }
+}
+
+fn describe_certificate(problem: &CertificateError) -> String {
+    match problem {
+        CertificateError::UnknownIssuer => {
+            "server certificate is not signed by the CA in sslrootcert".into()
+        }
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => format!(
+            "server certificate does not name host {} (it names {}); sslmode=verify-ca checks the CA without the name",
+            expected.to_str(),
+            match presented.as_slice() {
+                [] => "no host".to_string(),
+                names => names
+                    .iter()
+                    .map(|n| bare_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        ),
+        CertificateError::NotValidForName => {
+            "server certificate does not name the host connected to".into()
+        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "server certificate has expired".into()
+        }
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "server certificate is not valid yet".into()
+        }
+        CertificateError::Revoked => "server certificate is revoked".into(),
+        CertificateError::BadSignature => "server certificate's signature does not verify".into(),
+        other => format!("server certificate refused: {other}"),
+    }
+}
+
+/// `DnsName("db.internal")` or `IpAddress(10.0.0.5)`, as rustls lists presented names, without
+/// the wrapping.
+fn bare_name(presented: &str) -> &str {
+    presented
+        .split_once('(')
+        .and_then(|(_, inner)| inner.strip_suffix(')'))
+        .map_or(presented, |inner| inner.trim_matches('"'))
+}
+
+fn describe_alert(alert: AlertDescription) -> String {
+    match alert {
+        AlertDescription::CertificateRequired => {
+            "server requires a client certificate; set sslcert and sslkey".into()
+        }
+        AlertDescription::BadCertificate
+        | AlertDescription::UnsupportedCertificate
+        | AlertDescription::CertificateRevoked
+        | AlertDescription::CertificateExpired
+        | AlertDescription::CertificateUnknown
+        | AlertDescription::UnknownCA
+        | AlertDescription::AccessDenied => {
+            format!("server rejected the client certificate ({alert:?})")
+        }
+        other => format!("server ended the TLS handshake ({other:?})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presented_names_lose_their_debug_wrapping() {
+        let cases = [
+            ("DnsName(\"db.internal\")", "db.internal"),
+            ("IpAddress(10.0.0.5)", "10.0.0.5"),
+            ("plain", "plain"),
+        ];
+        for (presented, bare) in cases {
+            assert_eq!(bare_name(presented), bare);
+        }
     }
 }

@@ -42,8 +42,8 @@ pub struct Config {
     pub applied_by: String,
     /// How migration statements wait, and how the run reports on them.
     pub session: Session,
-    /// The Cloud SQL instance and how to reach it, when one is named; the run builds its
-    /// connector from this.
+    /// The Cloud SQL instance and how to reach it, when one is named; the run's
+    /// `connect::Dialer` is built from this and `database`.
     pub cloudsql: Option<cloudsql::Options>,
     pub backup: Backup,
     pub backup_timeout: Duration,

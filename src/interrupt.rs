@@ -23,8 +23,9 @@ use crate::error::{Error, Signal};
 const GRACE: Duration = Duration::from_secs(6);
 
 /// The cancel request for the statement the run's connection is executing, ready to send:
-/// `connect` builds it when that connection opens, so that sending it during shutdown sets
-/// nothing up (no certificate file is read again). Err says why it could not be sent.
+/// `connect::Dialer` makes it when that connection opens, from the TLS configuration or tunnel
+/// it built for the run, so that sending it during shutdown sets nothing up (no certificate
+/// file is read again). Err says why it could not be sent.
 pub type Cancel = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
 /// Shared between the run and the signal watch: whether a signal came, and how to cancel

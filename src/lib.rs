@@ -20,7 +20,6 @@ pub mod plan;
 pub mod session;
 pub mod source;
 pub mod sql;
-pub mod tls;
 
 use tokio_postgres::Client;
 use tracing::info;
@@ -50,7 +49,7 @@ struct Job<'a> {
 
 /// What the commands that talk to the database share once connected.
 struct Connected<'a> {
-    database: &'a connect::Settings,
+    dialer: &'a connect::Dialer,
     client: &'a Client,
     /// The history table, schema-qualified once for the whole run.
     table: &'a history::Table,
@@ -73,25 +72,26 @@ impl Job<'_> {
         let Some(database) = &config.database else {
             return Err(Error::Config("no database given; set DATABASE_URL".into()));
         };
-        // The one Cloud SQL connector of the run, shared by every connection and the backup.
-        let database = &database.clone().with_cloudsql(config.cloudsql.clone());
-        self.summary.target = Some(database.target());
+        self.summary.target = Some(database.target(config.cloudsql.as_ref()));
+        // The one dialer of the run, shared by every connection; its Cloud SQL client
+        // also serves the backup.
+        let dialer = &connect::Dialer::new(database, config.cloudsql.clone())?;
         let interrupt = Interrupt::default();
-        let work = self.connect(database, &migrations, &interrupt);
+        let work = self.connect(dialer, &migrations, &interrupt);
         interrupt::guard(&interrupt, work).await
     }
 
     async fn connect(
         &mut self,
-        database: &connect::Settings,
+        dialer: &connect::Dialer,
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
-        let client = connect::open(database).await?;
-        interrupt.arm(connect::canceller(database, client.cancel_token()));
+        let client = dialer.open(connect::Purpose::Migration).await?;
+        interrupt.arm(dialer.canceller(client.cancel_token()));
         let table = self.config.history_table.resolve(&client).await?;
         let db = Connected {
-            database,
+            dialer,
             client: &client,
             table: &table,
             migrations,
@@ -196,15 +196,15 @@ impl Job<'_> {
     ) -> Result<(), Error> {
         let config = self.config;
         let wanted = config.backup.wanted(!plan.is_empty(), mode);
-        let Some(connector) = db.database.cloudsql.as_deref().filter(|_| wanted) else {
+        let Some(cloudsql) = db.dialer.cloudsql().filter(|_| wanted) else {
             return Ok(());
         };
         let description = plan.describe();
-        info!(instance = %connector.options.instance, description = %description, "backing up before migrating");
-        let id = connector
+        info!(instance = %cloudsql.options.instance, description = %description, "backing up before migrating");
+        let id = cloudsql
             .backup(&description, config.backup_timeout, db.interrupt)
             .await?;
-        info!(instance = %connector.options.instance, backup_id = %id, "backup done");
+        info!(instance = %cloudsql.options.instance, backup_id = %id, "backup done");
         self.summary.backup = Some(id);
         Ok(())
     }
@@ -228,7 +228,7 @@ impl Job<'_> {
         };
         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
         let pid = session.backend_pid;
-        let mut monitor = monitor::Monitor::new(db.database, pid, interval, timeout);
+        let mut monitor = monitor::Monitor::new(db.dialer, pid, interval, timeout);
         let report = apply::run(&ctx, &mut monitor, plan, mode, history_exists).await;
         self.summary.dry_run = mode == Mode::DryRun;
         self.summary.applied = report.completed;

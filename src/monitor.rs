@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::info;
 
-use crate::connect::{self, Settings};
+use crate::connect::{Dialer, Purpose};
 
 /// What the migration's session was waiting for, seen from outside.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct Sample {
 
 /// Samples the migration session `pid` while `work` runs.
 pub struct Monitor<'a> {
-    settings: &'a Settings,
+    dialer: &'a Dialer,
     pid: i32,
     progress_interval: Duration,
     lock_timeout: Duration,
@@ -38,7 +38,7 @@ pub struct Monitor<'a> {
 
 impl<'a> Monitor<'a> {
     pub fn new(
-        settings: &'a Settings,
+        dialer: &'a Dialer,
         pid: i32,
         progress_interval: Duration,
         lock_timeout: Duration,
@@ -46,7 +46,7 @@ impl<'a> Monitor<'a> {
         // A zero interval would make the progress schedule never advance.
         let floor = Duration::from_millis(50);
         Monitor {
-            settings,
+            dialer,
             pid,
             progress_interval: progress_interval.max(floor),
             // lock_timeout 0 means none: then only progress decides when to look.
@@ -104,10 +104,7 @@ impl<'a> Monitor<'a> {
 
     async fn sample(&mut self) -> Option<Sample> {
         if self.client.is_none() {
-            let mut quick = self.settings.clone();
-            quick.retry_for = Duration::ZERO;
-            quick.purpose = "monitor";
-            self.client = connect::open(&quick).await.ok();
+            self.client = self.dialer.open(Purpose::Monitor).await.ok();
         }
         let client = self.client.as_ref()?;
         let row = client

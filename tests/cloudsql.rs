@@ -113,6 +113,13 @@ async fn up_through_the_connector_with_a_legacy_instance_certificate() {
         format!("postgres@{}/{}", google::CONNECTION_NAME, db.name)
     );
     assert!(google.accepted() >= 1);
+    // Named as the direct way names it, not as rustls's `TLSv1_3`.
+    let connected = support::events(&output.stderr)
+        .into_iter()
+        .find(|e| e["message"] == "connected")
+        .expect("connected event");
+    assert_eq!(connected["tls_version"], "TLSv1.3", "{connected}");
+    assert_eq!(connected["via"], "cloudsql-connector", "{connected}");
 
     let settings = google.calls("connectSettings");
     assert_eq!(settings.len(), 1, "{settings:#?}");

@@ -44,7 +44,7 @@ struct Harness {
     client: Client,
     table: Table,
     session: Session,
-    settings: connect::Settings,
+    dialer: connect::Dialer,
     interrupt: Interrupt,
 }
 
@@ -75,7 +75,11 @@ async fn harness_with(db: &TestDb, client: Client) -> Harness {
         client,
         table,
         session,
-        settings: connect::resolve(Some(&db.url), &Default::default()).expect("url"),
+        dialer: connect::Dialer::new(
+            &connect::resolve(Some(&db.url), &Default::default()).expect("url"),
+            None,
+        )
+        .expect("dialer"),
         interrupt: Interrupt::default(),
     }
 }
@@ -103,7 +107,7 @@ async fn apply(
         interrupt: &h.interrupt,
     };
     let mut monitor = Monitor::new(
-        &h.settings,
+        &h.dialer,
         h.session.backend_pid,
         Duration::from_secs(60),
         Duration::from_secs(5),

@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use certs::{ClientFiles, KeyFormat, Pki};
-use db_migrate::tls::{self, Connector, SslMode, TlsSettings};
+use db_migrate::attempt::certificate_problem;
+use db_migrate::connect::tls::{self, Connector};
+use db_migrate::connect::{SslMode, TlsSettings};
 use support::{SUPERUSER, SUPERUSER_PASSWORD, Server, ServerOptions};
 
 /// The role that logs in with a client certificate instead of a password.
@@ -388,7 +390,7 @@ async fn certificate_problem_says_which_check_failed() {
         let connector = Connector::new(&settings).expect("connector");
         let config = direct_config(tls.server.port, host, settings.mode);
         let error = connect(&config, &connector).await.expect_err("refused");
-        let problem = tls::certificate_problem(&error);
+        let problem = certificate_problem(&error);
         assert!(
             problem.as_deref().is_some_and(|p| p.starts_with(expected)),
             "{problem:?} for {error:?}"
@@ -398,7 +400,7 @@ async fn certificate_problem_says_which_check_failed() {
     let connector = Connector::new(&settings(SslMode::Require, None, None)).expect("connector");
     let error = connect(&plain, &connector).await.expect_err("no TLS there");
     assert!(
-        tls::certificate_problem(&error).is_some_and(|p| p.contains("ssl = off")),
+        certificate_problem(&error).is_some_and(|p| p.contains("ssl = off")),
         "{error:?}"
     );
 }

@@ -9,7 +9,7 @@ use google_cloud_sql_v1::client::{SqlBackupRunsService, SqlOperationsService};
 use google_cloud_sql_v1::model::{self, Operation};
 use tracing::info;
 
-use super::{Connector, Instance, http_status};
+use super::{Admin, Instance, http_status};
 use crate::error::Error;
 use crate::interrupt::Interrupt;
 
@@ -17,7 +17,7 @@ use crate::interrupt::Interrupt;
 const FIRST_POLL: Duration = Duration::from_millis(500);
 const MAX_POLL: Duration = Duration::from_secs(10);
 
-impl Connector {
+impl Admin {
     /// Creates an on-demand backup described as `description`, waits for it for at most
     /// `timeout`, and returns its id.
     pub async fn backup(

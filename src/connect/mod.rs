@@ -1,0 +1,314 @@
+//! The run's connections. [`Settings`] say what to connect to (URL, key=value, PG* variables,
+//! password files); a [`Dialer`], built from them once per run, opens the migration's
+//! connection with retries, the monitor's, and the cancel request, directly over TLS or
+//! through the Cloud SQL tunnel.
+
+mod password;
+mod settings;
+pub mod tls;
+mod tunnel;
+mod url;
+mod verifier;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use tokio_postgres::config::Host;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{CancelToken, Client, NoTls};
+use tracing::{debug, info, warn};
+
+use crate::attempt::{Failure, failure};
+use crate::cloudsql;
+use crate::error::Error;
+use crate::interrupt;
+use tunnel::Tunnel;
+
+pub use settings::{
+    APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Route, Settings, SslMode, TlsSettings,
+    VARIABLES, resolve,
+};
+pub use url::redact;
+
+/// How long a cancel request through the tunnel may take to reach the instance: it is sent
+/// during shutdown, which Cloud Run gives 10 s.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a connection is for: named in its `connected` event, and deciding how long it is
+/// retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The run's connection for the lock, the history and the migrations: retried for
+    /// `--connect-timeout`, since the run cannot start without it.
+    Migration,
+    /// The progress monitor's, opened while a migration runs: tried once, since the
+    /// migration goes on without it.
+    Monitor,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Migration => "migration",
+            Purpose::Monitor => "monitor",
+        }
+    }
+}
+
+/// Opens the run's connections. Built once per run, it holds what they all share: the TLS
+/// configuration read from the certificate files, or the Cloud SQL tunnel with its client
+/// certificate; so neither the monitor nor a cancel request during shutdown sets anything up
+/// again.
+pub struct Dialer {
+    pg: tokio_postgres::Config,
+    retry_for: Duration,
+    target: String,
+    way: Way,
+    /// The run's client of Google's APIs, when an instance is named: the IAM login token,
+    /// either way in, and the backup.
+    cloudsql: Option<Arc<cloudsql::Admin>>,
+}
+
+/// How the connections reach the server.
+enum Way {
+    /// To `pg`'s host, with TLS as the settings say.
+    Direct {
+        connector: tls::Connector,
+        mode: SslMode,
+    },
+    /// Through the Cloud SQL tunnel.
+    Tunnel(Arc<Tunnel>),
+}
+
+/// A connection just opened, for its `connected` event.
+struct Opened {
+    client: Client,
+    /// The negotiated TLS version, e.g. `TLSv1.3`; None without TLS.
+    tls_version: Option<String>,
+    /// Without TLS although the settings preferred it: worth a warning.
+    tls_preferred: bool,
+    /// The connector the connection went through, if any.
+    via: Option<&'static str>,
+}
+
+/// The task that drives a connection until the client is dropped or the server goes away.
+type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+impl Dialer {
+    /// The run's dialer for `settings`, through the instance `cloudsql` names when the settings
+    /// name no host. Everything the connections share is built here, before any attempt: a
+    /// missing certificate file is a configuration error (exit 2), not a failure to retry.
+    pub fn new(settings: &Settings, cloudsql: Option<cloudsql::Options>) -> Result<Dialer, Error> {
+        let target = settings.target(cloudsql.as_ref());
+        let (way, cloudsql) = match settings.route(cloudsql) {
+            Route::Direct { tls, cloudsql } => {
+                let connector = tls::Connector::new(&tls)?;
+                let mode = tls.mode;
+                (Way::Direct { connector, mode }, cloudsql.map(admin))
+            }
+            Route::CloudSql(options) => {
+                let admin = admin(options);
+                let tunnel = Arc::new(Tunnel::new(Arc::clone(&admin)));
+                (Way::Tunnel(tunnel), Some(admin))
+            }
+        };
+        Ok(Dialer {
+            pg: settings.pg.clone(),
+            retry_for: settings.retry_for,
+            target,
+            way,
+            cloudsql,
+        })
+    }
+
+    /// `user@host:port/database`, or `user@PROJECT:REGION:INSTANCE/database` through the
+    /// tunnel: how every log line and error names the target.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The run's client of Google's APIs, when an instance is named, for the backup.
+    pub fn cloudsql(&self) -> Option<&cloudsql::Admin> {
+        self.cloudsql.as_deref()
+    }
+
+    /// Opens a connection, retrying transient failures (refused, DNS, timeout, a server
+    /// starting up or out of connection slots, a proxy that accepts and closes) with capped
+    /// exponential backoff and jitter for up to the settings' `retry_for` when the purpose
+    /// wants it. Authentication and certificate failures are final at once: retrying them
+    /// only delays the deploy.
+    pub async fn open(&self, purpose: Purpose) -> Result<Client, Error> {
+        let retry_for = match purpose {
+            Purpose::Migration => self.retry_for,
+            Purpose::Monitor => Duration::ZERO,
+        };
+        let deadline = Instant::now() + retry_for;
+        let mut pause = Duration::from_millis(200);
+        for attempt in 1.. {
+            let failure = match self.attempt(purpose).await {
+                Ok(client) => return Ok(client),
+                Err(failure) => failure,
+            };
+            let wait = jitter(pause);
+            if !failure.transient || Instant::now() + wait >= deadline {
+                return Err(failure.error);
+            }
+            warn!(attempt, reason = %failure.error, retry_in_ms = wait.as_millis() as u64, db = %self.target, "cannot connect yet; retrying");
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        unreachable!("the retry loop only ends by returning")
+    }
+
+    /// The request that asks the server to cancel what `token`'s session is running, over a
+    /// connection of the same kind as the run's, for a signal to send. It uses what the dialer
+    /// built: a signal during shutdown reads no certificate file.
+    pub fn canceller(&self, token: CancelToken) -> interrupt::Cancel {
+        match &self.way {
+            Way::Direct { connector, .. } => {
+                let connector = connector.separate();
+                Box::pin(async move {
+                    let cancelled = token.cancel_query(connector).await;
+                    cancelled.map_err(|e| e.to_string())
+                })
+            }
+            Way::Tunnel(tunnel) => {
+                let tunnel = Arc::clone(tunnel);
+                Box::pin(async move {
+                    let dialled = tunnel.dial(Some(CANCEL_TIMEOUT), None).await;
+                    let stream = dialled.map_err(|f| f.error.to_string())?;
+                    let cancelled = token.cancel_query_raw(stream, NoTls).await;
+                    cancelled.map_err(|e| e.to_string())
+                })
+            }
+        }
+    }
+
+    async fn attempt(&self, purpose: Purpose) -> Result<Client, Failure> {
+        let mut pg = std::borrow::Cow::Borrowed(&self.pg);
+        // IAM database login: the token is the password.
+        if let Some(cloudsql) = self.cloudsql.as_ref().filter(|c| c.options.iam_auth) {
+            pg.to_mut().password(cloudsql.login_token().await?);
+        }
+        let result = match &self.way {
+            Way::Direct { connector, mode } => direct(&pg, connector, *mode).await,
+            Way::Tunnel(tunnel) => {
+                let timeout = pg.get_connect_timeout().copied();
+                let stream = tunnel.dial(timeout, Some(&pg)).await?;
+                inside(&pg, stream).await
+            }
+        };
+        let (opened, driver) = result.map_err(|e| failure(self.target.clone(), e))?;
+        drive(driver);
+        self.connected(purpose, &opened);
+        Ok(opened.client)
+    }
+
+    /// The one `connected` event of every connection.
+    fn connected(&self, purpose: Purpose, opened: &Opened) {
+        let (db, connection) = (&self.target, purpose.as_str());
+        match &opened.tls_version {
+            Some(version) => {
+                info!(db = %db, connection, tls = true, tls_version = %version, via = opened.via, "connected")
+            }
+            None if opened.tls_preferred => {
+                warn!(db = %db, connection, tls = false, "connected without TLS: the server does not offer it (sslmode=prefer)")
+            }
+            None => info!(db = %db, connection, tls = false, "connected"),
+        }
+    }
+}
+
+/// A direct connection, with libpq's `allow` (plaintext first, TLS when the server insists)
+/// done here since tokio-postgres has no such mode.
+async fn direct(
+    pg: &tokio_postgres::Config,
+    connector: &tls::Connector,
+    mode: SslMode,
+) -> Result<(Opened, Driver), tokio_postgres::Error> {
+    let result = direct_once(pg, connector, mode).await;
+    match (mode, &result) {
+        (SslMode::Allow, Err(e))
+            if e.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
+        {
+            direct_once(pg, connector, SslMode::Require).await
+        }
+        _ => result,
+    }
+}
+
+async fn direct_once(
+    pg: &tokio_postgres::Config,
+    connector: &tls::Connector,
+    mode: SslMode,
+) -> Result<(Opened, Driver), tokio_postgres::Error> {
+    // libpq ignores sslmode on unix sockets (Cloud Run's /cloudsql socket among them): the
+    // socket never leaves the machine, and the server would refuse the TLS request there.
+    let mode = match pg.get_hosts().first() {
+        Some(Host::Unix(_)) => SslMode::Disable,
+        _ => mode,
+    };
+    let mut pg = pg.clone();
+    pg.ssl_mode(tls::tokio_mode(mode));
+    // Its own record of the handshake, so that connections opened at the same time (the
+    // monitor's, a cancel request) do not report each other's TLS version.
+    let connector = connector.separate();
+    let (client, connection) = pg.connect(connector.clone()).await?;
+    let opened = Opened {
+        client,
+        tls_version: connector.negotiated(),
+        tls_preferred: mode == SslMode::Prefer,
+        via: None,
+    };
+    Ok((opened, Box::pin(connection)))
+}
+
+/// A session inside the tunnel's TLS stream.
+async fn inside(
+    pg: &tokio_postgres::Config,
+    stream: TlsStream<TcpStream>,
+) -> Result<(Opened, Driver), tokio_postgres::Error> {
+    let tls_version = stream.get_ref().1.protocol_version().map(tls::version_name);
+    let mut pg = pg.clone();
+    // The TLS is the tunnel's: tokio-postgres must not ask the server for it again inside.
+    pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let (client, connection) = pg.connect_raw(stream, NoTls).await?;
+    let opened = Opened {
+        client,
+        tls_version,
+        tls_preferred: false,
+        via: Some("cloudsql-connector"),
+    };
+    Ok((opened, Box::pin(connection)))
+}
+
+/// Spawns the task that drives a connection.
+fn drive(driver: Driver) {
+    tokio::spawn(async move {
+        if let Err(error) = driver.await {
+            debug!(error = %error, "connection closed");
+        }
+    });
+}
+
+/// The run's client of Google's APIs for `options`. The Google crates use rustls without
+/// choosing a crypto provider, so ring, the one this crate uses, is installed first.
+fn admin(options: cloudsql::Options) -> Arc<cloudsql::Admin> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Arc::new(cloudsql::Admin::new(options))
+}
+
+/// ±25 % so that jobs restarted together do not retry in lockstep. The randomness comes
+/// from std's per-process hash keys: enough for jitter, no dependency.
+fn jitter(pause: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    let spread = (hasher.finish() % 501) as f64 / 1000.0; // 0.0 ..= 0.5
+    pause.mul_f64(0.75 + spread)
+}
