@@ -8,7 +8,7 @@ use crate::error::Outcome;
 use crate::history::Table;
 pub use crate::plan::Mode;
 use crate::plan::{Rollback, Target};
-use crate::{cloudsql, connect};
+use crate::{cloudsql, connect, session};
 
 // The defaults of the settings a flag can change: `cli` gives them to clap, which shows them
 // in `--help`, and `Config::new` uses them for what it is not given.
@@ -165,6 +165,16 @@ pub struct Session {
     pub lock_retries: u32,
     pub statement_timeout: Option<Duration>,
     pub progress_interval: Duration,
+}
+
+impl Session {
+    /// The limits every migration statement runs under.
+    pub fn limits(&self) -> session::Limits {
+        session::Limits {
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
 }
 
 impl Default for Session {

@@ -6,21 +6,11 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::plan;
+pub use crate::plan::Applied;
 use crate::source::{Direction, Migration};
 
 /// PostgreSQL's limit for a name, in bytes (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;
-
-/// One applied migration as the history table records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    pub version: i64,
-    pub name: String,
-    pub checksum: String,
-    /// UTC, RFC 3339; read only for `status` (see [`Columns`]).
-    pub applied_at: Option<String>,
-    pub execution_ms: Option<i64>,
-}
 
 /// The history table's name, kept both as typed and as a quoted SQL identifier, so that the
 /// name never reaches SQL unquoted whatever the user chose.
@@ -378,7 +368,9 @@ pub async fn baseline(
         .batch_execute(&inserts.join(";\n"))
         .await
         .map_err(Error::database("recording the baseline"))?;
-    Ok(adopted.len())
+    let recorded = adopted.len();
+    info!(version, recorded, "baseline recorded; nothing was executed");
+    Ok(recorded)
 }
 
 /// `repair`: replaces the recorded checksum of `version` with its file's.

@@ -30,7 +30,7 @@ pub use log::Summary;
 pub use plan::Mode;
 
 use interrupt::Interrupt;
-use plan::{Direction, Plan};
+use plan::Direction;
 use source::Migration;
 
 /// Runs one command to completion, and says what it did, also when it failed.
@@ -100,10 +100,7 @@ impl Job<'_> {
         if let Command::Status { .. } | Command::Verify = &self.config.command {
             return self.inspect(&db).await;
         }
-        let limits = session::Limits {
-            lock_timeout: self.config.session.lock_timeout,
-            statement_timeout: self.config.session.statement_timeout,
-        };
+        let limits = self.config.session.limits();
         let session = session::Session::prepare(&client, limits, lock::key(&table)).await?;
         let wait = self.config.lock_wait;
         let work = async || self.change(&db, &session).await;
@@ -116,8 +113,7 @@ impl Job<'_> {
             Command::Status { .. } => history::Columns::WithTimes,
             _ => history::Columns::Checks,
         };
-        let applied = history::applied(db.client, db.table, columns).await?;
-        let applied = applied.unwrap_or_default();
+        let applied = (history::applied(db.client, db.table, columns).await?).unwrap_or_default();
         let status = plan::status(db.migrations, &applied);
         self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
         self.summary.status = status;
@@ -162,80 +158,41 @@ impl Job<'_> {
             }
             Command::Baseline { version } => {
                 let (applied, by) = (recorded.as_deref(), &config.applied_by);
-                let count =
-                    history::baseline(client, table, migrations, applied, *version, by).await?;
-                self.summary.applied = count;
-                info!(
-                    version,
-                    recorded = count,
-                    "baseline recorded; nothing was executed"
-                );
+                let count = history::baseline(client, table, migrations, applied, *version, by);
+                self.summary.applied = count.await?;
                 return Ok(());
             }
             Command::Status { .. } | Command::Verify | Command::New { .. } => return Ok(()),
         };
-        if plan.direction == Direction::Up {
-            self.summary.pending = plan.len();
-        }
+        let (up, dry_run) = (plan.direction == Direction::Up, mode == Mode::DryRun);
+        self.summary.ran(up, plan.len(), 0, dry_run);
         // Everything a plan can be refused for is refused before a backup is waited for.
         plan.check(mode)?;
-        self.backup(db, &plan, mode).await?;
+        // Under the migration lock and before anything changes: `auto` only when the plan
+        // runs something, never for a dry run.
+        let wanted = config.backup.wanted(!plan.is_empty(), mode);
+        if let Some(cloudsql) = db.dialer.cloudsql().filter(|_| wanted) {
+            let (description, timeout) = (plan.describe(), config.backup_timeout);
+            let backup = cloudsql.backup(&description, timeout, db.interrupt);
+            self.summary.backup = Some(backup.await?);
+        }
         if plan.is_empty() {
             return Ok(());
         }
-        self.execute(db, session, &plan, mode, history_exists).await
-    }
-
-    /// The backup `--backup` asks for, under the migration lock and before anything changes:
-    /// `auto` only when the plan runs something, never for a dry run.
-    async fn backup(
-        &mut self,
-        db: &Connected<'_>,
-        plan: &Plan<'_>,
-        mode: Mode,
-    ) -> Result<(), Error> {
-        let config = self.config;
-        let wanted = config.backup.wanted(!plan.is_empty(), mode);
-        let Some(cloudsql) = db.dialer.cloudsql().filter(|_| wanted) else {
-            return Ok(());
-        };
-        let description = plan.describe();
-        info!(instance = %cloudsql.options.instance, description = %description, "backing up before migrating");
-        let id = cloudsql
-            .backup(&description, config.backup_timeout, db.interrupt)
-            .await?;
-        info!(instance = %cloudsql.options.instance, backup_id = %id, "backup done");
-        self.summary.backup = Some(id);
-        Ok(())
-    }
-
-    async fn execute(
-        &mut self,
-        db: &Connected<'_>,
-        session: &session::Session,
-        plan: &Plan<'_>,
-        mode: Mode,
-        history_exists: bool,
-    ) -> Result<(), Error> {
-        let limits = &self.config.session;
+        let limits = &config.session;
         let ctx = apply::Context {
-            client: db.client,
-            table: db.table,
+            client,
+            table,
             session,
-            applied_by: &self.config.applied_by,
+            applied_by: &config.applied_by,
             lock_retries: limits.lock_retries,
             interrupt: db.interrupt,
         };
         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
         let pid = session.backend_pid;
         let mut monitor = monitor::Monitor::new(db.dialer, pid, interval, timeout);
-        let report = apply::run(&ctx, &mut monitor, plan, mode, history_exists).await;
-        self.summary.dry_run = mode == Mode::DryRun;
-        self.summary.applied = report.completed;
-        self.summary.pending = match plan.direction {
-            Direction::Up => plan.len() - report.completed,
-            Direction::Down => 0,
-        };
+        let report = apply::run(&ctx, &mut monitor, &plan, mode, history_exists).await;
+        (self.summary).ran(up, plan.len(), report.completed, dry_run);
         report.result
     }
 }

@@ -144,6 +144,14 @@ impl Summary {
             ..Summary::default()
         }
     }
+
+    /// What running a plan of `planned` steps did: `completed` of them stay applied (or
+    /// rolled back); for `up`, the rest are still pending.
+    pub fn ran(&mut self, up: bool, planned: usize, completed: usize, dry_run: bool) {
+        self.dry_run = dry_run;
+        self.applied = completed;
+        self.pending = if up { planned - completed } else { 0 };
+    }
 }
 
 /// Logs the one summary event that ends every run and returns the exit code: `result` is how

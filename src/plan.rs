@@ -3,9 +3,19 @@
 use std::collections::BTreeMap;
 
 use crate::error::Error;
-use crate::history::Applied;
 pub use crate::source::Direction;
 use crate::source::{self, Migration, Script};
+
+/// One applied migration as the history table records it (`history` reads the rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub version: i64,
+    pub name: String,
+    pub checksum: String,
+    /// UTC, RFC 3339; read only for `status`.
+    pub applied_at: Option<String>,
+    pub execution_ms: Option<i64>,
+}
 
 /// How `up` (and `down`) hold their transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

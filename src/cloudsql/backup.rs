@@ -26,6 +26,19 @@ impl Admin {
         timeout: Duration,
         interrupt: &Interrupt,
     ) -> Result<String, Error> {
+        let instance = &self.options.instance;
+        info!(%instance, %description, "backing up before migrating");
+        let id = self.take_backup(description, timeout, interrupt).await?;
+        info!(%instance, backup_id = %id, "backup done");
+        Ok(id)
+    }
+
+    async fn take_backup(
+        &self,
+        description: &str,
+        timeout: Duration,
+        interrupt: &Interrupt,
+    ) -> Result<String, Error> {
         let google = self.google().await.map_err(|f| f.error)?;
         let credentials = google_cloud_auth::credentials::Credentials::from(google.credentials);
         let runs = self.admin(SqlBackupRunsService::builder(), &credentials);
