@@ -180,7 +180,7 @@ impl Dialer {
             Way::Tunnel(tunnel) => {
                 let tunnel = Arc::clone(tunnel);
                 Box::pin(async move {
-                    let dialled = tunnel.dial(Some(CANCEL_TIMEOUT), None).await;
+                    let dialled = tunnel.dial_current(CANCEL_TIMEOUT).await;
                     let stream = dialled.map_err(|f| f.error.to_string())?;
                     let cancelled = token.cancel_query_raw(stream, NoTls).await;
                     cancelled.map_err(|e| e.to_string())
