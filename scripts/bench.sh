@@ -18,6 +18,8 @@
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=scripts/lib/server.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/server.sh"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$ROOT"
 
@@ -112,74 +114,7 @@ build_ours() {
   fi
 }
 
-# --- the throwaway server ---------------------------------------------------------------
-
-WORK=
-PG_PID=
-cleanup() {
-  if [[ -n "$PG_PID" ]]; then
-    # SIGINT is PostgreSQL's fast shutdown: sessions are ended, nothing is kept. After 30 s
-    # SIGQUIT ends it at once; the data directory is deleted anyway.
-    kill -INT "$PG_PID" 2>/dev/null || true
-    local deadline=$((SECONDS + 30))
-    while kill -0 "$PG_PID" 2>/dev/null && ((SECONDS < deadline)); do
-      sleep 0.1
-    done
-    kill -QUIT "$PG_PID" 2>/dev/null || true
-    wait "$PG_PID" 2>/dev/null || true
-  fi
-  [[ -z "$WORK" ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# PostgreSQL refuses to run as root: as root, its programs run as `postgres`.
-AS_SERVER=()
-as_server() {
-  "${AS_SERVER[@]}" "$@"
-}
-
-start_server() {
-  if [[ "$(id -u)" -eq 0 ]]; then
-    id -u postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user to run the server as"
-    AS_SERVER=(setpriv --reuid=postgres --regid=postgres --init-groups --)
-  fi
-  WORK="$(mktemp -d /tmp/db-migrate-bench.XXXXXX)"
-  chmod 755 "$WORK"
-  local pg="$WORK/pg"
-  mkdir -p "$pg"
-  [[ "$(id -u)" -ne 0 ]] || chown postgres: "$pg"
-  printf '%s' "$PASSWORD" >"$pg/pwfile"
-  chmod 644 "$pg/pwfile"
-  as_server "$PG_BIN/initdb" -D "$pg/data" -U postgres --auth=scram-sha-256 -E UTF8 \
-    --no-sync "--pwfile=$pg/pwfile" >/dev/null
-  PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  # The tests' settings: durability off, since the numbers are about the tools. A simple
-  # command, not a function, so that $! is the server (setpriv execs it) and SIGINT reaches it.
-  "${AS_SERVER[@]}" "$PG_BIN/postgres" -D "$pg/data" -p "$PORT" -c listen_addresses=127.0.0.1 \
-    -c "unix_socket_directories=$pg" -c max_connections=200 -c fsync=off \
-    -c synchronous_commit=off -c full_page_writes=off >"$pg/server.log" 2>&1 &
-  PG_PID=$!
-  local deadline=$((SECONDS + 60))
-  until "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PORT"; do
-    if ((SECONDS >= deadline)) || ! kill -0 "$PG_PID" 2>/dev/null; then
-      cat "$pg/server.log" >&2
-      die "PostgreSQL did not start within 60 s; its log is above"
-    fi
-    sleep 0.05
-  done
-  note "PostgreSQL on 127.0.0.1:$PORT"
-}
-
-# A superuser URL with the password (SCRAM) and no TLS, as every tool gets it.
-url() {
-  echo "postgresql://postgres:$PASSWORD@127.0.0.1:$PORT/$1?sslmode=disable"
-}
-
-sql() {
-  "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -d "$(url "$1")" -c "$2"
-}
+# --- the throwaway server: scripts/lib/server.sh -----------------------------------------
 
 # The command that empties database $1: hyperfine's untimed --prepare.
 recreate() {
@@ -495,7 +430,7 @@ main() {
   load_before="$(cut -d ' ' -f 1-3 /proc/loadavg)"
   rm -rf "$RESULTS"
   mkdir -p "$RESULTS"
-  start_server
+  start_server db-migrate-bench
   make_sets
   # (1) and (2): each tool's seed database is emptied before every timed run of (1); the
   # last run leaves it applied for (2).
