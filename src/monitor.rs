@@ -16,11 +16,19 @@ use crate::connect::{Dialer, Purpose};
 pub struct Sample {
     /// `Lock`, `IO`, ... from pg_stat_activity.wait_event_type.
     pub wait_event_type: Option<String>,
-    /// The relation whose lock it waits for.
+    /// The relation whose lock it waits for, and the lock mode it asked for
+    /// (`AccessExclusiveLock`, ...).
     pub relation: Option<String>,
-    /// The first session blocking it, and what that session runs.
+    pub lock_mode: Option<String>,
+    /// The first session blocking it: what it runs (the first 200 characters), its
+    /// application_name and state, and when its current (or last) query started, in UTC,
+    /// and how long ago.
     pub blocker_pid: Option<i32>,
     pub blocker_query: Option<String>,
+    pub blocker_application: Option<String>,
+    pub blocker_state: Option<String>,
+    pub blocker_query_start: Option<String>,
+    pub blocker_running_ms: Option<i64>,
     /// CREATE INDEX progress, when building one.
     pub index_phase: Option<String>,
     pub blocks_done: Option<i64>,
@@ -109,12 +117,16 @@ impl<'a> Monitor<'a> {
         let client = self.client.as_ref()?;
         let row = client
             .query_opt(
-                "SELECT a.wait_event_type,
-                        (SELECT l.relation::regclass::text FROM pg_locks l
-                          WHERE l.pid = a.pid AND NOT l.granted AND l.relation IS NOT NULL LIMIT 1),
-                        b.pid, left(b.query, 200),
+                "SELECT a.wait_event_type, w.relation, w.mode,
+                        b.pid, left(b.query, 200), b.application_name, b.state,
+                        to_char(b.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                        (extract(epoch FROM clock_timestamp() - b.query_start) * 1000)::bigint,
                         p.phase, p.blocks_done, p.blocks_total
                    FROM pg_stat_activity a
+                   LEFT JOIN LATERAL (
+                        SELECT l.relation::regclass::text AS relation, l.mode FROM pg_locks l
+                         WHERE l.pid = a.pid AND NOT l.granted AND l.relation IS NOT NULL
+                         LIMIT 1) w ON true
                    LEFT JOIN pg_stat_activity b ON b.pid = (pg_blocking_pids(a.pid))[1]
                    LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
                   WHERE a.pid = $1",
@@ -125,11 +137,16 @@ impl<'a> Monitor<'a> {
         Some(Sample {
             wait_event_type: row.get(0),
             relation: row.get(1),
-            blocker_pid: row.get(2),
-            blocker_query: row.get(3),
-            index_phase: row.get(4),
-            blocks_done: row.get(5),
-            blocks_total: row.get(6),
+            lock_mode: row.get(2),
+            blocker_pid: row.get(3),
+            blocker_query: row.get(4),
+            blocker_application: row.get(5),
+            blocker_state: row.get(6),
+            blocker_query_start: row.get(7),
+            blocker_running_ms: row.get(8),
+            index_phase: row.get(9),
+            blocks_done: row.get(10),
+            blocks_total: row.get(11),
         })
     }
 }
@@ -142,8 +159,13 @@ fn progress(version: i64, elapsed: Duration, sample: &Sample) {
         elapsed_ms,
         waiting_on_lock,
         relation = sample.relation.as_deref(),
+        lock_mode = sample.lock_mode.as_deref(),
         blocker_pid = sample.blocker_pid,
         blocker_query = sample.blocker_query.as_deref(),
+        blocker_application = sample.blocker_application.as_deref(),
+        blocker_state = sample.blocker_state.as_deref(),
+        blocker_query_start = sample.blocker_query_start.as_deref(),
+        blocker_running_ms = sample.blocker_running_ms,
         index_phase = sample.index_phase.as_deref(),
         blocks_done = sample.blocks_done,
         blocks_total = sample.blocks_total,

@@ -187,6 +187,19 @@ async fn ddl_behind_a_held_table_lock_reports_the_blocker_retries_and_succeeds_o
         e["message"] == "migration could not get a table lock in time; rolled back, retrying"
     });
     assert_eq!(retry["relation"], "video_requests");
+    // What the retry says of the wait: the lock wanted and who holds it, doing what since when.
+    assert_eq!(retry["lock_mode"], "AccessExclusiveLock");
+    assert_eq!(retry["blocker_pid"], holder_pid);
+    assert_eq!(retry["blocker_state"], "idle in transaction");
+    let query = retry["blocker_query"].as_str().unwrap_or_default();
+    assert!(query.contains("LOCK TABLE"), "{retry}");
+    let started = retry["blocker_query_start"].as_str().unwrap_or_default();
+    assert!(started.ends_with('Z') && started.contains('T'), "{retry}");
+    assert!(
+        retry["blocker_running_ms"].as_i64().unwrap_or(-1) >= 0,
+        "{retry}"
+    );
+    assert!(retry["blocker_application"].is_string(), "{retry}");
     holder.batch_execute("COMMIT").await.unwrap();
     let (code, events) = job.finish();
     assert_eq!(code, Some(0), "{events:#?}");

@@ -179,7 +179,13 @@ async fn with_lock_retries(
             version,
             attempt,
             relation = sample.relation.as_deref(),
+            lock_mode = sample.lock_mode.as_deref(),
             blocker_pid = sample.blocker_pid,
+            blocker_query = sample.blocker_query.as_deref(),
+            blocker_application = sample.blocker_application.as_deref(),
+            blocker_state = sample.blocker_state.as_deref(),
+            blocker_query_start = sample.blocker_query_start.as_deref(),
+            blocker_running_ms = sample.blocker_running_ms,
             retry_in_ms = pause.as_millis() as u64,
             "migration could not get a table lock in time; rolled back, retrying"
         );
