@@ -7,7 +7,6 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tracing::info;
 
 use crate::connect::{Dialer, Purpose};
 
@@ -34,6 +33,27 @@ pub struct Sample {
     pub blocks_done: Option<i64>,
     pub blocks_total: Option<i64>,
 }
+
+/// An event with the lock-wait fields of `sample` (what it waits for, and who blocks it, doing
+/// what since when), then `rest` (more fields and the message): the progress event and the
+/// lock-timeout warning name a wait alike.
+macro_rules! lock_wait_event {
+    ($level:expr, $sample:ident, $($rest:tt)*) => {
+        tracing::event!(
+            $level,
+            relation = $sample.relation.as_deref(),
+            lock_mode = $sample.lock_mode.as_deref(),
+            blocker_pid = $sample.blocker_pid,
+            blocker_query = $sample.blocker_query.as_deref(),
+            blocker_application = $sample.blocker_application.as_deref(),
+            blocker_state = $sample.blocker_state.as_deref(),
+            blocker_query_start = $sample.blocker_query_start.as_deref(),
+            blocker_running_ms = $sample.blocker_running_ms,
+            $($rest)*
+        )
+    };
+}
+pub(crate) use lock_wait_event;
 
 /// Samples the migration session `pid` while `work` runs.
 pub struct Monitor<'a> {
@@ -154,18 +174,12 @@ impl<'a> Monitor<'a> {
 fn progress(version: i64, elapsed: Duration, sample: &Sample) {
     let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let waiting_on_lock = sample.wait_event_type.as_deref() == Some("Lock");
-    info!(
+    lock_wait_event!(
+        tracing::Level::INFO,
+        sample,
         version,
         elapsed_ms,
         waiting_on_lock,
-        relation = sample.relation.as_deref(),
-        lock_mode = sample.lock_mode.as_deref(),
-        blocker_pid = sample.blocker_pid,
-        blocker_query = sample.blocker_query.as_deref(),
-        blocker_application = sample.blocker_application.as_deref(),
-        blocker_state = sample.blocker_state.as_deref(),
-        blocker_query_start = sample.blocker_query_start.as_deref(),
-        blocker_running_ms = sample.blocker_running_ms,
         index_phase = sample.index_phase.as_deref(),
         blocks_done = sample.blocks_done,
         blocks_total = sample.blocks_total,

@@ -13,12 +13,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
 use crate::error::Error;
 use crate::history::{self, Elapsed, Table};
 use crate::interrupt::Interrupt;
-use crate::monitor::{Monitor, Sample};
+use crate::monitor::{Monitor, Sample, lock_wait_event};
 use crate::plan::{Direction, Mode, Plan, Step};
 use crate::session::{self, Session};
 use crate::source::Migration;
@@ -175,17 +175,11 @@ async fn with_lock_retries(
         if attempt > run.lock_retries || run.interrupt.check().is_err() {
             return Err(lock_timeout(version, sample, attempt));
         }
-        warn!(
+        lock_wait_event!(
+            tracing::Level::WARN,
+            sample,
             version,
             attempt,
-            relation = sample.relation.as_deref(),
-            lock_mode = sample.lock_mode.as_deref(),
-            blocker_pid = sample.blocker_pid,
-            blocker_query = sample.blocker_query.as_deref(),
-            blocker_application = sample.blocker_application.as_deref(),
-            blocker_state = sample.blocker_state.as_deref(),
-            blocker_query_start = sample.blocker_query_start.as_deref(),
-            blocker_running_ms = sample.blocker_running_ms,
             retry_in_ms = pause.as_millis() as u64,
             "migration could not get a table lock in time; rolled back, retrying"
         );
