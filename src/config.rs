@@ -19,10 +19,11 @@ pub const DEFAULT_DIR: &str = "migrations";
 pub const DEFAULT_HISTORY_TABLE: &str = "schema_migrations";
 /// How long to wait for another run's migration lock.
 pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(60);
-/// `lock_timeout` for migration statements.
-pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
-/// How many times a migration that hit `lock_timeout` is run again.
-pub const DEFAULT_LOCK_RETRIES: u32 = 5;
+/// `lock_timeout` for migration statements: the longest the bot's queries wait behind one
+/// of them that waits for its lock.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long a run waits in all for the table locks its migrations need, before exit 6.
+pub const DEFAULT_DDL_LOCK_WAIT: Duration = Duration::from_secs(3 * 60);
 /// How often a long migration logs a progress event.
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// How long to wait for the backup before migrating.
@@ -162,7 +163,8 @@ impl Backup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Session {
     pub lock_timeout: Duration,
-    pub lock_retries: u32,
+    /// The run's total wait for table locks (`--ddl-lock-wait`).
+    pub ddl_lock_wait: Duration,
     pub statement_timeout: Option<Duration>,
     pub progress_interval: Duration,
 }
@@ -181,7 +183,7 @@ impl Default for Session {
     fn default() -> Session {
         Session {
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
-            lock_retries: DEFAULT_LOCK_RETRIES,
+            ddl_lock_wait: DEFAULT_DDL_LOCK_WAIT,
             statement_timeout: None,
             progress_interval: DEFAULT_PROGRESS_INTERVAL,
         }

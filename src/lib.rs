@@ -185,7 +185,11 @@ impl Job<'_> {
             table,
             session,
             applied_by: &config.applied_by,
-            lock_retries: limits.lock_retries,
+            locks: apply::LockPolicy {
+                timeout: limits.lock_timeout,
+                budget: limits.ddl_lock_wait,
+                progress_interval: limits.progress_interval,
+            },
             interrupt: db.interrupt,
         };
         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
@@ -193,6 +197,7 @@ impl Job<'_> {
         let mut monitor = monitor::Monitor::new(db.dialer, pid, interval, timeout);
         let report = apply::run(&ctx, &mut monitor, &plan, mode, history_exists).await;
         (self.summary).ran(up, plan.len(), report.completed, dry_run);
+        self.summary.locks = Some(report.locks);
         report.result
     }
 }

@@ -12,6 +12,7 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::apply::LockTally;
 use crate::error::{Error, Outcome};
 use crate::plan::Entry;
 
@@ -135,6 +136,8 @@ pub struct Summary {
     pub created: Vec<std::path::PathBuf>,
     /// The id of the backup taken before migrating.
     pub backup: Option<String>,
+    /// What waiting for table locks cost, when migrations ran.
+    pub locks: Option<LockTally>,
 }
 
 impl Summary {
@@ -162,6 +165,9 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
     let db = summary.target.as_deref().unwrap_or("-");
     let (command, applied, pending) = (summary.command, summary.applied, summary.pending);
     let backup_id = summary.backup.as_deref();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let lock_wait_ms = summary.locks.map(|l| ms(l.waited));
+    let longest_lock_stall_ms = summary.locks.map(|l| ms(l.longest_stall));
     match result {
         Ok(outcome) => {
             let exit_code = outcome.code();
@@ -174,6 +180,8 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
                 exit_code,
                 db,
                 backup_id,
+                lock_wait_ms,
+                longest_lock_stall_ms,
                 "db-migrate finished"
             );
             exit_code
@@ -194,6 +202,8 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
                 exit_code,
                 db,
                 backup_id,
+                lock_wait_ms,
+                longest_lock_stall_ms,
                 version,
                 sqlstate,
                 "{failure}"

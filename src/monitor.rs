@@ -28,6 +28,10 @@ pub struct Sample {
     pub blocker_state: Option<String>,
     pub blocker_query_start: Option<String>,
     pub blocker_running_ms: Option<i64>,
+    /// Every session blocking it, as (pid, the start of its transaction in microseconds since
+    /// the epoch, 0 when it has none): the job waits for these transactions to end before it
+    /// asks for the lock again.
+    pub blockers: Vec<(i32, i64)>,
     /// CREATE INDEX progress, when building one.
     pub index_phase: Option<String>,
     pub blocks_done: Option<i64>,
@@ -141,13 +145,17 @@ impl<'a> Monitor<'a> {
                         b.pid, left(b.query, 200), b.application_name, b.state,
                         to_char(b.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
                         (extract(epoch FROM clock_timestamp() - b.query_start) * 1000)::bigint,
-                        p.phase, p.blocks_done, p.blocks_total
+                        p.phase, p.blocks_done, p.blocks_total, k.pids, k.xacts
                    FROM pg_stat_activity a
                    LEFT JOIN LATERAL (
                         SELECT l.relation::regclass::text AS relation, l.mode FROM pg_locks l
                          WHERE l.pid = a.pid AND NOT l.granted AND l.relation IS NOT NULL
                          LIMIT 1) w ON true
                    LEFT JOIN pg_stat_activity b ON b.pid = (pg_blocking_pids(a.pid))[1]
+                   LEFT JOIN LATERAL (
+                        SELECT array_agg(s.pid) AS pids,
+                               array_agg(coalesce((extract(epoch FROM s.xact_start) * 1000000)::int8, 0)) AS xacts
+                          FROM pg_stat_activity s WHERE s.pid = ANY (pg_blocking_pids(a.pid))) k ON true
                    LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
                   WHERE a.pid = $1",
                 &[&self.pid],
@@ -167,8 +175,14 @@ impl<'a> Monitor<'a> {
             index_phase: row.get(9),
             blocks_done: row.get(10),
             blocks_total: row.get(11),
+            blockers: blockers(row.get(12), row.get(13)),
         })
     }
+}
+
+fn blockers(pids: Option<Vec<i32>>, transactions: Option<Vec<i64>>) -> Vec<(i32, i64)> {
+    let (pids, transactions) = (pids.unwrap_or_default(), transactions.unwrap_or_default());
+    pids.into_iter().zip(transactions).collect()
 }
 
 fn progress(version: i64, elapsed: Duration, sample: &Sample) {

@@ -98,6 +98,22 @@ pub fn created_indexes(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// True for a statement that takes its locks in steps with CONCURRENTLY (`CREATE INDEX`,
+/// `DROP INDEX`, `REINDEX`, `REFRESH MATERIALIZED VIEW`, `ALTER TABLE ... DETACH PARTITION`):
+/// its lock never conflicts with the bot's reads and writes, and it then waits for older
+/// transactions to end.
+pub fn waits_without_blocking(statement: &str) -> bool {
+    let starts = ["create", "drop", "reindex", "refresh", "alter"];
+    statements(statement).first().is_some_and(|tokens| {
+        tokens
+            .first()
+            .is_some_and(|first| starts.iter().any(|k| first.is_keyword(statement, k)))
+            && tokens
+                .iter()
+                .any(|t| t.is_keyword(statement, "concurrently"))
+    })
+}
+
 const BOM: &str = "\u{feff}";
 
 /// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
@@ -1153,6 +1169,32 @@ mod tests {
                 expected,
                 "input: {sql:?} at {position}"
             );
+        }
+    }
+
+    #[test]
+    fn concurrently_is_recognised_only_as_a_keyword_of_the_statement() {
+        let concurrent = [
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c)",
+            "create unique index concurrently i on t (c)",
+            "DROP INDEX CONCURRENTLY IF EXISTS i",
+            "REINDEX INDEX CONCURRENTLY i",
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY v",
+            "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
+        ];
+        for statement in concurrent {
+            assert!(waits_without_blocking(statement), "{statement}");
+        }
+        let plain = [
+            "CREATE INDEX i ON t (c)",
+            "ALTER TABLE t ADD COLUMN c int",
+            "CREATE INDEX \"concurrently\" ON t (c)",
+            "-- CONCURRENTLY\nCREATE INDEX i ON t (c)",
+            "COMMENT ON TABLE t IS 'built CONCURRENTLY'",
+            "SELECT 1",
+        ];
+        for statement in plain {
+            assert!(!waits_without_blocking(statement), "{statement}");
         }
     }
 

@@ -141,58 +141,91 @@ async fn lock_of_a_session_that_died_is_gone_for_the_next_run() {
     assert_eq!(history(&admin).await, [1, 2]);
 }
 
-/// The seed applied, plus a third migration that needs an ACCESS EXCLUSIVE lock on
-/// video_requests; returns the directory and a session holding that table's lock.
-async fn blocked_third_migration(
-    db: &support::TestDb,
-) -> (tempfile::TempDir, tokio_postgres::Client, i32) {
-    support::up_ok(db, &seed_dir()).await;
-    let dir = support::copy_of_seed(&[(
-        "003_add_thumbnail_url.sql",
-        "ALTER TABLE video_requests ADD COLUMN thumbnail_url TEXT;",
-    )]);
-    let holder = db.client().await;
-    let pid: i32 = support::one(&holder, "SELECT pg_backend_pid()").await;
-    holder
-        .batch_execute("BEGIN; LOCK TABLE video_requests IN ACCESS EXCLUSIVE MODE")
+/// The bot's report query, left open: a session in a transaction that read video_requests
+/// and so holds ACCESS SHARE on it until it ends. Returns it and its pid.
+async fn long_reader(db: &support::TestDb) -> (tokio_postgres::Client, i32) {
+    let reader = db.client().await;
+    let pid: i32 = support::one(&reader, "SELECT pg_backend_pid()").await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM video_requests")
         .await
         .unwrap();
-    (dir, holder, pid)
+    (reader, pid)
 }
 
-#[tokio::test]
-async fn ddl_behind_a_held_table_lock_reports_the_blocker_retries_and_succeeds_once_released() {
-    let db = support::database().await;
-    let (dir, holder, holder_pid) = blocked_third_migration(&db).await;
+/// Samples, every 10 ms while a job runs, how long any db-migrate session has been waiting
+/// in video_requests' lock queue (`pg_locks.waitstart`), where the bot's queries would queue
+/// behind it.
+struct QueueWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<f64>>,
+}
+
+impl QueueWatch {
+    async fn start(db: &support::TestDb) -> QueueWatch {
+        let client = db.client().await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut waits = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let row = client
+                    .query_one(
+                        "SELECT max(extract(epoch FROM clock_timestamp() - l.waitstart) * 1000)::float8
+                           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                          WHERE NOT l.granted AND a.application_name = 'db-migrate'
+                            AND l.relation = 'video_requests'::regclass",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                waits.extend(row.get::<_, Option<f64>>(0));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            waits
+        });
+        QueueWatch { stop, task }
+    }
+
+    /// Every wait seen, in ms since that wait began.
+    async fn finish(self) -> Vec<f64> {
+        (self.stop).store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// Runs `db-migrate <args>` on `dir` while a long reader holds video_requests, and checks the
+/// never-stall promise: the job asks for its lock, gives up after its lock timeout, waits
+/// outside the lock queue (a bot write goes through meanwhile), names the reader, and
+/// completes once the reader has ended; its session is never seen in the lock queue for
+/// longer than the lock timeout. Returns the job's events.
+async fn waits_out_a_long_reader(
+    db: &support::TestDb,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> Vec<serde_json::Value> {
+    let (reader, reader_pid) = long_reader(db).await;
+    let watch = QueueWatch::start(db).await;
     let mut job = support::Running::spawn(
         binary()
-            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "500ms"])
-            .args(["--ddl-lock-retries", "20", "--progress-interval", "200ms"])
+            .args(args)
+            .args(["--log-format", "json", "--ddl-lock-timeout", "300ms"])
+            .args(["--progress-interval", "200ms"])
             .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir.path()),
+            .env("MIGRATIONS_DIR", dir),
     );
-    let progress = job.wait_for("a progress event naming the blocker", |e| {
-        e["message"] == "migration still running" && e["blocker_pid"] == holder_pid
-    });
-    assert_eq!(progress["version"], 3);
-    assert_eq!(progress["waiting_on_lock"], true);
-    assert_eq!(progress["relation"], "video_requests");
-    assert!(
-        progress["blocker_query"]
+    let retry = job.wait_for("a lock timeout and a wait outside the queue", |e| {
+        e["message"]
             .as_str()
-            .unwrap()
-            .contains("LOCK TABLE")
-    );
-    let retry = job.wait_for("a retry after lock_timeout", |e| {
-        e["message"] == "migration could not get a table lock in time; rolled back, retrying"
+            .is_some_and(|m| m.starts_with("migration could not get a table lock in time"))
     });
-    assert_eq!(retry["relation"], "video_requests");
-    // What the retry says of the wait: the lock wanted and who holds it, doing what since when.
-    assert_eq!(retry["lock_mode"], "AccessExclusiveLock");
-    assert_eq!(retry["blocker_pid"], holder_pid);
-    assert_eq!(retry["blocker_state"], "idle in transaction");
+    // What the event says of the wait: the lock wanted and who holds it, doing what since when.
+    assert_eq!(retry["relation"], "video_requests", "{retry}");
+    assert_eq!(retry["lock_mode"], "AccessExclusiveLock", "{retry}");
+    assert_eq!(retry["blocker_pid"], reader_pid, "{retry}");
+    assert_eq!(retry["blocker_state"], "idle in transaction", "{retry}");
     let query = retry["blocker_query"].as_str().unwrap_or_default();
-    assert!(query.contains("LOCK TABLE"), "{retry}");
+    assert!(query.contains("SELECT count(*)"), "{retry}");
     let started = retry["blocker_query_start"].as_str().unwrap_or_default();
     assert!(started.ends_with('Z') && started.contains('T'), "{retry}");
     assert!(
@@ -200,28 +233,137 @@ async fn ddl_behind_a_held_table_lock_reports_the_blocker_retries_and_succeeds_o
         "{retry}"
     );
     assert!(retry["blocker_application"].is_string(), "{retry}");
-    holder.batch_execute("COMMIT").await.unwrap();
+    assert!(retry["waited_ms"].as_u64().unwrap_or(0) >= 300, "{retry}");
+    let waiting = job.wait_for("a report of the wait outside the queue", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("still waiting, outside the lock queue"))
+    });
+    assert_eq!(waiting["blocker_pid"], reader_pid, "{waiting}");
+    assert_eq!(waiting["relation"], "video_requests", "{waiting}");
+    // The bot writes while the job waits: nothing of the job stands in its way.
+    let bot = db.client().await;
+    bot.batch_execute(
+        "SET statement_timeout = '5s'; \
+         INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+         aspect_ratio, resolution, status) VALUES ('u', 'g', 'c', 'p', 4, '16:9', '720p', 'pending')",
+    )
+    .await
+    .unwrap();
+    reader.batch_execute("COMMIT").await.unwrap();
     let (code, events) = job.finish();
     assert_eq!(code, Some(0), "{events:#?}");
-    assert_eq!(history(&db.client().await).await, [1, 2, 3]);
+    let waits = watch.finish().await;
+    assert!(
+        !waits.is_empty(),
+        "the job was never seen asking for its lock"
+    );
+    let longest = waits.iter().copied().fold(0.0, f64::max);
+    // The lock timeout ends a wait at 300 ms; a sample lands at most a few ms after it.
+    assert!(
+        longest < 300.0 + 150.0,
+        "a wait in the lock queue lasted {longest} ms"
+    );
+    let summary = events.last().unwrap();
+    assert!(
+        summary["lock_wait_ms"].as_u64().unwrap() >= 300,
+        "{summary}"
+    );
+    assert_eq!(summary["longest_lock_stall_ms"], 300, "{summary}");
+    events
+}
+
+const ADD_COLUMN: (&str, &str) = (
+    "003_add_thumbnail_url.sql",
+    "ALTER TABLE video_requests ADD COLUMN thumbnail_url TEXT;",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_behind_a_long_reader_waits_outside_the_lock_queue_and_completes_once_it_ends() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[ADD_COLUMN]);
+    waits_out_a_long_reader(&db, dir.path(), &["up"]).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_behind_a_long_reader_waits_outside_the_lock_queue_and_completes_once_it_ends() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[
+        ADD_COLUMN,
+        (
+            "003_add_thumbnail_url.down.sql",
+            "ALTER TABLE video_requests DROP COLUMN IF EXISTS thumbnail_url;",
+        ),
+    ]);
+    support::up_ok(&db, dir.path()).await;
+    waits_out_a_long_reader(&db, dir.path(), &["down", "--steps", "1"]).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    let columns = support::columns(&client, "video_requests").await;
+    assert!(
+        columns.iter().all(|c| c.0 != "thumbnail_url"),
+        "{columns:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_transaction_statement_behind_a_long_reader_is_tried_again_on_its_own() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[(
+        "003_thumbnails.sql",
+        "-- no-transaction\n\
+         ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS thumbnail_url TEXT;\n\
+         CREATE INDEX CONCURRENTLY IF NOT EXISTS video_requests_user ON video_requests (user_id);\n",
+    )]);
+    waits_out_a_long_reader(&db, dir.path(), &["up"]).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3]);
+    let columns = support::columns(&client, "video_requests").await;
+    assert!(
+        columns.iter().any(|c| c.0 == "thumbnail_url"),
+        "{columns:?}"
+    );
+    let valid: bool = support::one(
+        &client,
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'video_requests_user'::regclass",
+    )
+    .await;
+    assert!(valid);
 }
 
 #[tokio::test]
-async fn ddl_lock_never_released_exits_6_naming_relation_and_blocker() {
+async fn a_lock_still_held_when_the_wait_budget_ends_exits_6_naming_relation_and_holder() {
     let db = support::database().await;
-    let (dir, _holder, holder_pid) = blocked_third_migration(&db).await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[ADD_COLUMN]);
+    let (_reader, reader_pid) = long_reader(&db).await;
     let out = output(
         binary()
-            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "300ms"])
-            .args(["--ddl-lock-retries", "1"])
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "200ms"])
+            .args(["--ddl-lock-wait", "1s"])
             .env("DATABASE_URL", &db.url)
             .env("MIGRATIONS_DIR", dir.path()),
     );
     assert_eq!(out.code, 6, "{}", out.stderr);
     let summary = support::events(&out.stderr).pop().unwrap();
     let message = summary["message"].as_str().unwrap();
-    assert!(message.contains("video_requests"), "{message}");
-    assert!(message.contains(&format!("pid {holder_pid}")), "{message}");
+    for part in [
+        "migration 3 could not get a table lock on video_requests within --ddl-lock-wait",
+        &format!("held by pid {reader_pid}"),
+        "idle in transaction",
+        "SELECT count(*) FROM video_requests",
+        "nothing of it was recorded",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+    assert!(
+        summary["lock_wait_ms"].as_u64().unwrap() >= 1000,
+        "{summary}"
+    );
     let watcher = db.client().await;
     assert_eq!(history(&watcher).await, [1, 2]);
     let column: i64 = support::one(

@@ -1,16 +1,20 @@
 //! Runs a plan: each migration's SQL together with its history change, atomically.
 //!
 //! `pipeline` sends a transactional migration as one round trip, `outside` runs a
-//! `-- no-transaction` file statement by statement, and `failure` turns what the server
-//! answered into the error that names the file.
+//! `-- no-transaction` file statement by statement, `waits` asks for table locks without
+//! stalling the bot, and `failure` turns what the server answered into the error that names
+//! the file.
 
 mod failure;
 mod outside;
 mod pipeline;
+mod waits;
+
+pub use waits::{Policy as LockPolicy, Tally as LockTally};
 
 use std::ops::Deref;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_postgres::Client;
 use tracing::{Instrument, info, info_span};
@@ -18,7 +22,7 @@ use tracing::{Instrument, info, info_span};
 use crate::error::Error;
 use crate::history::{self, Elapsed, Table};
 use crate::interrupt::Interrupt;
-use crate::monitor::{Monitor, Sample, lock_wait_event};
+use crate::monitor::Monitor;
 use crate::plan::{Direction, Mode, Plan, Step};
 use crate::session::{self, Session};
 use crate::source::Migration;
@@ -32,8 +36,8 @@ pub struct Context<'a> {
     pub session: &'a Session,
     /// Recorded in `applied_by`: the Cloud Run execution, Kubernetes pod or host.
     pub applied_by: &'a str,
-    /// How often a migration that hit the DDL lock timeout is tried again.
-    pub lock_retries: u32,
+    /// How migrations ask for table locks.
+    pub locks: LockPolicy,
     pub interrupt: &'a Interrupt,
 }
 
@@ -43,10 +47,9 @@ pub struct Context<'a> {
 pub struct Report {
     pub completed: usize,
     pub result: Result<(), Error>,
+    /// What waiting for table locks cost.
+    pub locks: LockTally,
 }
-
-/// SQLSTATE 55P03, lock_not_available: the statement hit `lock_timeout`.
-const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// Who owns the transaction around one migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +69,18 @@ struct Run<'a> {
     /// The prepared history change, for migrations in a transaction of their own; renewed
     /// when a migration deallocates it.
     prepared: Option<Mutex<history::Statements>>,
+    waits: waits::Waits,
+}
+
+impl Run<'_> {
+    /// Where the run waits for the holders of a table lock.
+    fn place(&self) -> waits::Place<'_> {
+        waits::Place {
+            client: self.client,
+            interrupt: self.interrupt,
+            waits: &self.waits,
+        }
+    }
 }
 
 impl<'a> Deref for Run<'a> {
@@ -92,6 +107,7 @@ pub async fn run(
         direction: plan.direction,
         dry_run: mode == Mode::DryRun,
         prepared: None,
+        waits: waits::Waits::new(ctx.locks),
     };
     let mut completed = 0;
     let result = match mode {
@@ -112,20 +128,15 @@ pub async fn run(
         }
         Mode::Single | Mode::DryRun => {
             if let Err(error) = plan.check_mode(mode) {
+                let locks = run.waits.tally();
                 return Report {
                     completed,
                     result: Err(error),
+                    locks,
                 };
             }
-            let commit = mode == Mode::Single;
-            let result = session::transaction(client, commit, async || {
-                if !history_exists {
-                    history::create(client, ctx.table).await?;
-                }
-                inside(&run, monitor, plan).await
-            })
-            .await;
-            if result.is_ok() && commit {
+            let result = whole(&run, monitor, plan, mode == Mode::Single, history_exists).await;
+            if result.is_ok() && mode == Mode::Single {
                 completed = plan.len();
             }
             result
@@ -137,7 +148,12 @@ pub async fn run(
             "dry run succeeded; everything was rolled back"
         );
     }
-    Report { completed, result }
+    let locks = run.waits.tally();
+    Report {
+        completed,
+        result,
+        locks,
+    }
 }
 
 /// Applies (or rolls back) each migration in its own transaction, in the order given.
@@ -150,62 +166,66 @@ async fn each(
 ) -> Result<(), Error> {
     for step in &plan.steps {
         run.interrupt.check()?;
-        with_lock_retries(run, monitor, *step).await?;
+        one(run, *step, async || {
+            if step.script.no_transaction {
+                return outside::run(run, monitor, *step).await;
+            }
+            // A lock timeout rolled the migration back whole, so it runs again from its start.
+            let (version, place) = (step.migration.version, run.place());
+            let mut attempts = waits::Attempts::new(&place, version, waits::Retry::Yes);
+            loop {
+                attempts.begin();
+                let work = pipeline::run(run, *step, Wrap::Own);
+                let (result, sample) = monitor.watch(version, work).await;
+                if let Some(done) = attempts.end(result, sample).await? {
+                    return Ok(done);
+                }
+            }
+        })
+        .await?;
         *done += 1;
     }
     Ok(())
 }
 
-/// Runs one migration; when it gives up on a table lock (lock_timeout) it has been rolled
-/// back whole, so it is tried again after a pause, up to `lock_retries` more times.
-async fn with_lock_retries(
+/// The whole plan in one transaction, committed or (for the dry run) rolled back; after a
+/// lock timeout all of it is rolled back and runs again once the lock's holders are gone.
+async fn whole(
     run: &Run<'_>,
     monitor: &mut Monitor<'_>,
-    step: Step<'_>,
+    plan: &Plan<'_>,
+    commit: bool,
+    history_exists: bool,
 ) -> Result<(), Error> {
-    let version = step.migration.version;
-    let mut pause = Duration::from_secs(1);
-    for attempt in 1.. {
-        let work = one(run, step, Wrap::Own);
-        let (result, sample) = monitor.watch(version, work).await;
-        if !is_lock_timeout(&result) {
-            return result;
+    let client = run.client;
+    let version = plan.steps.first().map_or(0, |step| step.migration.version);
+    let place = run.place();
+    let mut attempts = waits::Attempts::new(&place, version, waits::Retry::Yes);
+    loop {
+        attempts.begin();
+        let mut blocked = None;
+        let result = session::transaction(client, commit, async || {
+            if !history_exists {
+                history::create(client, run.table).await?;
+            }
+            inside(run, monitor, plan, &mut blocked).await
+        })
+        .await;
+        if let Some(done) = attempts.end(result, blocked).await? {
+            return Ok(done);
         }
-        let sample = sample.unwrap_or_default();
-        if attempt > run.lock_retries || run.interrupt.check().is_err() {
-            return Err(lock_timeout(version, sample, attempt));
-        }
-        lock_wait_event!(
-            tracing::Level::WARN,
-            sample,
-            version,
-            attempt,
-            retry_in_ms = pause.as_millis() as u64,
-            "migration could not get a table lock in time; rolled back, retrying"
-        );
-        run.interrupt.sleep(pause).await?;
-        pause = (pause * 2).min(Duration::from_secs(30));
-    }
-    unreachable!("the retry loop only ends by returning")
-}
-
-fn is_lock_timeout(result: &Result<(), Error>) -> bool {
-    matches!(result, Err(Error::Apply(f)) if f.sqlstate == LOCK_NOT_AVAILABLE)
-}
-
-fn lock_timeout(version: i64, sample: Sample, attempts: u32) -> Error {
-    Error::DdlLockTimeout {
-        version,
-        attempts,
-        relation: sample.relation,
-        blocker_pid: sample.blocker_pid,
     }
 }
 
-/// Runs the plan inside the caller's transaction. A `-- no-transaction` migration cannot be
-/// part of it: the dry run lists it without running it (a real run was refused by
-/// [`Plan::check`]).
-async fn inside(run: &Run<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>) -> Result<(), Error> {
+/// Runs the plan inside the caller's transaction; `blocked` gets the monitor's sample of a
+/// migration that hit its lock timeout. A `-- no-transaction` migration cannot be part of it:
+/// the dry run lists it without running it (a real run was refused by [`Plan::check`]).
+async fn inside(
+    run: &Run<'_>,
+    monitor: &mut Monitor<'_>,
+    plan: &Plan<'_>,
+    blocked: &mut Option<crate::monitor::Sample>,
+) -> Result<(), Error> {
     for step in &plan.steps {
         let migration = step.migration;
         if step.script.no_transaction {
@@ -213,34 +233,31 @@ async fn inside(run: &Run<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>) -> Re
             continue;
         }
         run.interrupt.check()?;
-        let work = one(run, *step, Wrap::Outer);
+        let work = one(run, *step, async || {
+            pipeline::run(run, *step, Wrap::Outer).await
+        });
         let (result, sample) = monitor.watch(migration.version, work).await;
-        if is_lock_timeout(&result) {
-            return Err(lock_timeout(
-                migration.version,
-                sample.unwrap_or_default(),
-                1,
-            ));
+        if waits::is_lock_timeout(&result) {
+            *blocked = sample;
         }
         result?;
     }
     Ok(())
 }
 
-/// Runs one migration (or its rollback) and logs it: a `-- no-transaction` file statement by
-/// statement, anything else as one pipelined transaction.
-async fn one(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<(), Error> {
+/// Runs one migration (or its rollback) in its span and logs that it completed.
+async fn one<T, E>(
+    run: &Run<'_>,
+    step: Step<'_>,
+    work: impl AsyncFnOnce() -> Result<T, E>,
+) -> Result<T, E> {
     let migration = step.migration;
     let span = info_span!("migration", version = migration.version, name = %migration.name);
     async {
         let started = Instant::now();
-        if wrap == Wrap::Own && step.script.no_transaction {
-            outside::run(run, step).await?;
-        } else {
-            pipeline::run(run, step, wrap).await?;
-        }
+        let output = work().await?;
         done(run, step, started);
-        Ok(())
+        Ok(output)
     }
     .instrument(span)
     .await

@@ -6,17 +6,24 @@ use tokio_postgres::Client;
 use tracing::warn;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
+use super::waits::{Attempts, Retry};
 use super::{Run, Wrap};
 use crate::error::Error;
 use crate::history::Elapsed;
+use crate::monitor::Monitor;
 use crate::plan::{Direction, Step};
 use crate::session;
-use crate::sql;
+use crate::sql::{self, Statement};
 
 /// A `-- no-transaction` file: each statement on its own, as CREATE INDEX CONCURRENTLY
 /// requires, then the history change. Statements that completed before a failure stay, which
-/// is why such files must be idempotent.
-pub(super) async fn run(run: &Run<'_>, step: Step<'_>) -> Result<(), Error> {
+/// is why such files must be idempotent; for the same reason a statement that hit its lock
+/// timeout runs again on its own once the lock's holders are gone.
+pub(super) async fn run(
+    run: &Run<'_>,
+    monitor: &mut Monitor<'_>,
+    step: Step<'_>,
+) -> Result<(), Error> {
     let (client, migration, script) = (run.client, step.migration, step.script);
     let started = Instant::now();
     let creates = match run.direction {
@@ -31,13 +38,25 @@ pub(super) async fn run(run: &Run<'_>, step: Step<'_>) -> Result<(), Error> {
     run.session.check_same(session::pid(&open))?;
     rebuild_invalid_indexes(client, &creates).await?;
     for statement in sql::split(&script.sql) {
-        client
-            .batch_execute(statement.text)
-            .await
-            .map_err(|e| match is_connection_lost(&e) {
-                true => connection_lost(step, Wrap::Own, &e),
-                false => failed(step, statement.offset, false, e),
-            })?;
+        let (version, place) = (migration.version, run.place());
+        if sql::waits_without_blocking(statement.text) {
+            let budget = run.waits.remaining().max(run.waits.policy.timeout);
+            let mut attempts = Attempts::new(&place, version, Retry::No);
+            attempts.begin();
+            let work = monitor.watch(version, execute(run, step, &statement));
+            let (result, sample) = with_lock_timeout(run, budget, work).await?;
+            attempts.end(result, sample).await?;
+            continue;
+        }
+        let mut attempts = Attempts::new(&place, version, Retry::Yes);
+        loop {
+            attempts.begin();
+            let work = execute(run, step, &statement);
+            let (result, sample) = monitor.watch(version, work).await;
+            if attempts.end(result, sample).await?.is_some() {
+                break;
+            }
+        }
     }
     if let Some(index) = invalid_indexes(client, &creates).await?.into_iter().next() {
         return Err(Error::InvalidIndex {
@@ -57,6 +76,44 @@ pub(super) async fn run(run: &Run<'_>, step: Step<'_>) -> Result<(), Error> {
         .await
         .map_err(|e| refused(run, step, e, "recording the migration in history"))?;
     Ok(())
+}
+
+async fn execute(run: &Run<'_>, step: Step<'_>, statement: &Statement<'_>) -> Result<(), Error> {
+    run.client
+        .batch_execute(statement.text)
+        .await
+        .map_err(|e| match is_connection_lost(&e) {
+            true => connection_lost(step, Wrap::Own, &e),
+            false => failed(step, statement.offset, false, e),
+        })
+}
+
+/// Runs `work`, a CONCURRENTLY statement, with `lock_timeout` raised to `timeout`: its waits
+/// for older transactions never hold up the bot's queries (its lock conflicts with none of
+/// theirs), and a build cut short by a lock timeout would leave an INVALID index to build
+/// again. The run's own value is restored after it. A value the file set itself is left
+/// alone: the change applies only while the session still has the run's value.
+async fn with_lock_timeout<T>(
+    run: &Run<'_>,
+    timeout: std::time::Duration,
+    work: impl Future<Output = T>,
+) -> Result<T, Error> {
+    let (client, own) = (run.client, run.waits.policy.timeout.as_millis());
+    let set = |from: u128, to: u128| {
+        format!(
+            "SELECT pg_catalog.set_config('lock_timeout', '{to}', false) \
+             FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' AND setting = '{from}'"
+        )
+    };
+    let raised = timeout.as_millis().min(i32::MAX as u128);
+    (client.batch_execute(&set(own, raised)).await).map_err(Error::database(
+        "raising lock_timeout for a CONCURRENTLY statement",
+    ))?;
+    let output = work.await;
+    // Only a lost connection makes this fail, and what follows reports that; the next
+    // migration starts from the run's settings in any case.
+    let _ = client.batch_execute(&set(raised, own)).await;
+    Ok(output)
 }
 
 /// A failed CREATE INDEX CONCURRENTLY leaves an INVALID index that `IF NOT EXISTS` would

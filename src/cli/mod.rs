@@ -60,20 +60,16 @@ pub struct Cli {
     #[arg(long, env = "DB_MIGRATE_CONNECT_TIMEOUT", default_value_t = Span(connect::DEFAULT_CONNECT_TIMEOUT), global = true)]
     pub connect_timeout: Span,
 
-    /// lock_timeout for migration statements: a DDL that cannot get its table lock in time
-    /// gives up instead of queueing the bot's queries behind it.
+    /// lock_timeout for migration statements: the longest the bot's queries wait behind a
+    /// DDL that waits for its table lock; then it is rolled back and tried again once the
+    /// lock's holders are gone.
     #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value_t = Span(config::DEFAULT_LOCK_TIMEOUT), global = true)]
     pub ddl_lock_timeout: Span,
 
-    /// How many times a migration that hit the DDL lock timeout is retried (with backoff)
-    /// before the run gives up with exit 6.
-    #[arg(
-        long,
-        env = "DB_MIGRATE_DDL_LOCK_RETRIES",
-        default_value_t = config::DEFAULT_LOCK_RETRIES,
-        global = true
-    )]
-    pub ddl_lock_retries: u32,
+    /// How long the run waits in all for the table locks its migrations need (attempts and
+    /// the waits between them) before it stops with exit 6.
+    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_WAIT", default_value_t = Span(config::DEFAULT_DDL_LOCK_WAIT), global = true)]
+    pub ddl_lock_wait: Span,
 
     /// statement_timeout for migration statements (default: none).
     #[arg(long, env = "DB_MIGRATE_STATEMENT_TIMEOUT", global = true)]
@@ -256,7 +252,7 @@ impl Cli {
             applied_by: applied_by(),
             session: Session {
                 lock_timeout: self.ddl_lock_timeout.0,
-                lock_retries: self.ddl_lock_retries,
+                ddl_lock_wait: self.ddl_lock_wait.0,
                 statement_timeout: self.statement_timeout.map(|span| span.0),
                 progress_interval: self.progress_interval.0,
             },

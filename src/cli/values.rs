@@ -154,7 +154,8 @@ mod tests {
     fn defaults_show_as_they_are_typed_and_read_back_the_same() {
         let cases = [
             (config::DEFAULT_LOCK_WAIT, "60s"),
-            (config::DEFAULT_LOCK_TIMEOUT, "5s"),
+            (config::DEFAULT_LOCK_TIMEOUT, "200ms"),
+            (config::DEFAULT_DDL_LOCK_WAIT, "3m"),
             (config::DEFAULT_PROGRESS_INTERVAL, "10s"),
             (config::DEFAULT_BACKUP_TIMEOUT, "20m"),
             (connect::DEFAULT_CONNECT_TIMEOUT, "60s"),

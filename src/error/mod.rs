@@ -162,17 +162,20 @@ pub enum Error {
     LockTimeout { waited: Duration },
 
     /// A migration kept hitting `lock_timeout` (SQLSTATE 55P03) on a table another session
-    /// holds; each attempt was rolled back.
+    /// holds until the run's lock wait budget ran out; each attempt was rolled back.
     #[error(
-        "migration {version} could not get a table lock in {attempts} attempt(s){}{}; nothing of it was recorded; end the blocking session or retry when traffic is lower (--ddl-lock-timeout, --ddl-lock-retries)",
+        "migration {version} could not get a table lock{} within --ddl-lock-wait (waited {}, {attempts} attempt(s)){}; nothing of it was recorded; end that session or retry with a longer --ddl-lock-wait",
         .relation.as_ref().map(|r| format!(" on {r}")).unwrap_or_default(),
-        .blocker_pid.map(|p| format!(", blocked by pid {p}")).unwrap_or_default()
+        seconds(*.waited_ms),
+        .blocker.as_ref().map(|b| format!("; {b}")).unwrap_or_default()
     )]
     DdlLockTimeout {
         version: i64,
         attempts: u32,
+        waited_ms: u64,
         relation: Option<String>,
-        blocker_pid: Option<i32>,
+        /// Who held the lock when the run gave up.
+        blocker: Option<Box<Blocker>>,
     },
 
     /// Consecutive transactions ran in different server sessions: a transaction pooler.
@@ -268,6 +271,62 @@ pub fn describe_db(error: &tokio_postgres::Error) -> String {
             }
             text
         }
+    }
+}
+
+/// The session holding a table lock a migration waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    pub pid: i32,
+    pub application: Option<String>,
+    pub state: Option<String>,
+    /// The first 200 characters of its current (or, when idle, last) query.
+    pub query: Option<String>,
+    /// Since its current (or last) query started.
+    pub running_ms: Option<i64>,
+}
+
+/// `held by pid 4242 (psql, idle in transaction, query started 3.2s ago: LOCK TABLE ...)`,
+/// on one line.
+impl std::fmt::Display for Blocker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "held by pid {}", self.pid)?;
+        let mut details = Vec::new();
+        if let Some(application) = self.application.as_deref().filter(|a| !a.is_empty()) {
+            details.push(application.to_string());
+        }
+        if let Some(state) = &self.state {
+            details.push(state.clone());
+        }
+        if let Some(ms) = self.running_ms {
+            details.push(format!("query started {} ago", seconds(ms.max(0) as u64)));
+        }
+        let query = self.query.as_deref().map(one_line).unwrap_or_default();
+        match (details.is_empty(), query.is_empty()) {
+            (true, true) => Ok(()),
+            (true, false) => write!(f, " ({query})"),
+            (false, true) => write!(f, " ({})", details.join(", ")),
+            (false, false) => write!(f, " ({}: {query})", details.join(", ")),
+        }
+    }
+}
+
+/// A query on one line, its whitespace collapsed, cut at 80 characters.
+fn one_line(query: &str) -> String {
+    let words: Vec<&str> = query.split_whitespace().collect();
+    let line = words.join(" ");
+    match line.char_indices().nth(80) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line,
+    }
+}
+
+/// `850ms`, `3.2s`, `4m 05s`.
+fn seconds(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m {:02}s", ms / 60_000, ms % 60_000 / 1000),
     }
 }
 
@@ -380,6 +439,39 @@ mod tests {
         assert!(text.contains("42601"), "{text}");
         assert!(text.contains("hint: check the spelling"), "{text}");
         assert_eq!(error.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_lock_wait_that_ran_out_names_the_relation_and_the_holder_on_one_line() {
+        let error = Error::DdlLockTimeout {
+            version: 3,
+            attempts: 14,
+            waited_ms: 180_250,
+            relation: Some("video_requests".into()),
+            blocker: Some(Box::new(Blocker {
+                pid: 4242,
+                application: Some("psql".into()),
+                state: Some("idle in transaction".into()),
+                query: Some(format!(
+                    "SELECT count(*)\n  FROM   video_requests {}",
+                    "x".repeat(100)
+                )),
+                running_ms: Some(3_200),
+            })),
+        };
+        let text = error.to_string();
+        assert!(
+            text.starts_with(
+                "migration 3 could not get a table lock on video_requests within --ddl-lock-wait \
+                 (waited 3m 00s, 14 attempt(s)); held by pid 4242 (psql, idle in transaction, \
+                 query started 3.2s ago: SELECT count(*) FROM video_requests xxx"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("x...); nothing of it was recorded"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        assert_eq!(error.exit_code(), 6);
+        assert_eq!(seconds(850), "850ms");
     }
 
     #[test]
