@@ -8,7 +8,8 @@
 #     run.googleapis.com/cloudsql-instances annotation; both must agree, and a /cloudsql socket
 #     URL must name an annotated instance), an IAM login's user is the job's service account,
 #     the production jobs back up before migrating (DB_MIGRATE_BACKUP=auto) and the dry run
-#     does not;
+#     does not, and the job's waits (migration lock, backup, table locks) leave 2 minutes of
+#     its time limit for the migrations;
 #   - every db-migrate invocation in them (container args, `gcloud run jobs ... --args`) is
 #     accepted by the binary's own parser, with and without the manifest's own environment;
 #   - the CI pipelines run dry run, migration and bot deploy in that order, with no
@@ -175,6 +176,41 @@ def check_no_literal_secrets(where, container):
         fail(where, "DATABASE_URL holds a password; take it from a secret")
 
 
+# What db-migrate may spend waiting, in seconds, at its defaults: the migration lock
+# (--lock-wait), the backup (--backup-timeout, when it takes one) and table locks
+# (--ddl-lock-wait).
+DEFAULT_WAITS = {"DB_MIGRATE_LOCK_WAIT": 60, "DB_MIGRATE_BACKUP_TIMEOUT": 1200,
+                 "DB_MIGRATE_DDL_LOCK_WAIT": 180}
+
+
+def seconds(text):
+    """A duration as db-migrate reads it: 90, 90s, 1500ms, 5m."""
+    match = re.fullmatch(r"\s*(\d+)(ms|s|m)?\s*", text)
+    if not match:
+        return None
+    value, unit = int(match.group(1)), match.group(2) or "s"
+    return value / 1000 if unit == "ms" else value * 60 if unit == "m" else value
+
+
+def check_waits(where, env, limit):
+    """The job's waits leave at least 2 minutes of its time limit for the migrations, so a
+    long wait ends in its own exit code (6, 8) rather than in SIGTERM at the limit."""
+    total = 0
+    for name, default in DEFAULT_WAITS.items():
+        if name == "DB_MIGRATE_BACKUP_TIMEOUT" and get(env, "DB_MIGRATE_BACKUP", "value") not in ("auto", "always"):
+            continue
+        value = get(env, name, "value")
+        wait = default if value is None else seconds(str(value))
+        if wait is None:
+            fail(where, f"{name}={value} is not a duration (90s, 1500ms, 5m)")
+            return
+        total += wait
+    if total > limit - 120:
+        fail(where, f"the migration lock, backup and table lock waits add up to {total:g} s, which "
+                    f"leaves less than 2 minutes of the {limit} s limit for the migrations; lower "
+                    "DB_MIGRATE_DDL_LOCK_WAIT or DB_MIGRATE_BACKUP_TIMEOUT, or raise the limit")
+
+
 def check_kubernetes(docs):
     jobs = [(p, d) for p, d in docs if d.get("apiVersion") == "batch/v1" and d.get("kind") == "Job"]
     accounts = {get(d, "metadata", "name"): d for p, d in docs
@@ -225,6 +261,8 @@ def check_kubernetes(docs):
                                get(accounts.get(account), "metadata", "annotations",
                                    "iam.gke.io/gcp-service-account"))
             check_no_literal_secrets(cwhere, container)
+            if isinstance(spec.get("activeDeadlineSeconds"), int):
+                check_waits(cwhere, env, spec["activeDeadlineSeconds"])
             argv = argv_of(cwhere, container)
             if argv is not None:
                 check_invocation(cwhere, argv, container)
@@ -280,6 +318,8 @@ def check_cloud_run(docs):
                             + ("but it is unset" if backup is None else f"not {backup!r}"))
             check_cloudsql_env(where, container, instance is not None, task.get("serviceAccountName"))
             check_no_literal_secrets(where, container)
+            if isinstance(task.get("timeoutSeconds"), int):
+                check_waits(where, env, task["timeoutSeconds"])
             argv = argv_of(where, container)
             if argv is None:
                 continue
