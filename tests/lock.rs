@@ -289,6 +289,19 @@ async fn up_behind_a_long_reader_waits_outside_the_lock_queue_and_completes_once
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_transaction_behind_a_long_reader_is_rolled_back_and_run_again_whole() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[
+        ("003_a.sql", "CREATE TABLE thumbnails (id int);"),
+        ("004_b.sql", ADD_COLUMN.1),
+    ]);
+    waits_out_a_long_reader(&db, dir.path(), &["up", "--single-transaction"]).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3, 4]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_behind_a_long_reader_waits_outside_the_lock_queue_and_completes_once_it_ends() {
     let db = support::database().await;
     let dir = support::copy_of_seed(&[

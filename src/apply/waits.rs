@@ -141,8 +141,9 @@ impl<'a> Attempts<'a> {
         let policy = place.waits.policy;
         let took = self.started.elapsed();
         if !is_lock_timeout(&result) {
-            // A request seen waiting that then got its lock stalled the bot that long at most.
-            if sample.as_ref().is_some_and(waits_on_lock) {
+            // A request seen waiting that then got its lock stalled the bot that long at most;
+            // a CONCURRENTLY statement's waits stall no one.
+            if self.retry == Retry::Yes && sample.as_ref().is_some_and(waits_on_lock) {
                 place.waits.add(Duration::ZERO, took.min(policy.timeout));
             }
             return result.map(Some);
