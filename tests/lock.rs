@@ -434,3 +434,71 @@ async fn concurrent_index_build_reports_its_phase_while_it_waits_for_writers() {
     assert_eq!(code, Some(0), "{events:#?}");
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
+
+#[tokio::test]
+async fn statements_that_take_their_locks_in_steps_wait_past_the_lock_timeout_and_complete() {
+    let db = support::database().await;
+    let dir = support::migrations(&[
+        (
+            "001_t.sql",
+            "CREATE TABLE t (id int, v int); INSERT INTO t SELECT i, i FROM generate_series(1, 1000) i;",
+        ),
+        (
+            "002_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n",
+        ),
+        (
+            "003_check.sql",
+            "ALTER TABLE t ADD CONSTRAINT t_v_positive CHECK (v > 0) NOT VALID;\n\
+             ALTER TABLE t VALIDATE CONSTRAINT t_v_positive;\n",
+        ),
+    ]);
+    let first = db_migrate::Command::Up {
+        target: db_migrate::plan::Target::Version(1),
+        mode: db_migrate::Mode::Each,
+    };
+    run(&config(&db.url, dir.path(), first)).await.1.unwrap();
+    // The bot mid-transaction: the concurrent build waits for it to end, and the validation
+    // reads beside its writes.
+    let writer = db.client().await;
+    writer
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1001, 1001)")
+        .await
+        .unwrap();
+    let job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "200ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    // Three lock timeouts into its wait, the build is still waiting, not cut short.
+    let watcher = db.client().await;
+    support::eventually("the build to wait 600 ms for the writer", || async {
+        let waited: Option<f64> = support::one(
+            &watcher,
+            "SELECT max(extract(epoch FROM clock_timestamp() - l.waitstart))::float8
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE NOT l.granted AND a.application_name = 'db-migrate'",
+        )
+        .await;
+        waited.is_some_and(|seconds| seconds > 0.6)
+    })
+    .await;
+    writer.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+    let timed_out = |e: &&serde_json::Value| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("migration could not get a table lock"))
+    };
+    assert!(!events.iter().any(|e| timed_out(&e)), "{events:#?}");
+    assert_eq!(history(&watcher).await, [1, 2, 3]);
+    let valid: bool = support::one(
+        &watcher,
+        "SELECT indisvalid AND convalidated FROM pg_index, pg_constraint
+          WHERE indexrelid = 't_v'::regclass AND conname = 't_v_positive'",
+    )
+    .await;
+    assert!(valid);
+}
