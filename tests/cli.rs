@@ -5,7 +5,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{Output, TestDb, binary, events, migrations, output, seed_dir};
+use support::{Output, TestDb, binary, events, history, migrations, output, seed_dir};
 
 fn db_migrate(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
     output(
@@ -412,15 +412,17 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let npm = |script: &str| {
+    let npm_with = |script: &str, extra: &[&str]| {
         let mut command = Command::new("npm");
         support::unsteered(&mut command)
             .args(["run", "--silent", script])
+            .args(extra)
             .current_dir(work.path())
             .env("PATH", &path)
             .env("LOG_FORMAT", "json");
         output(&mut command)
     };
+    let npm = |script: &str| npm_with(script, &[]);
     let up = npm("db:migrate");
     assert_eq!(up.code, 0, "npm run db:migrate: {}", up.stderr);
     assert_eq!(
@@ -437,6 +439,10 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
         "{}",
         status.stdout
     );
+    // The script's --all gives way to a narrower extent passed after `--`.
+    let last = npm_with("db:migrate:down", &["--", "--steps", "1"]);
+    assert_eq!(last.code, 0, "{}", last.stderr);
+    assert_eq!(history(&db.client().await).await, [1]);
     let down = npm("db:migrate:down");
     assert_eq!(down.code, 0, "{}", down.stderr);
     assert!(support::tables(&db.client().await).await == ["schema_migrations"]);

@@ -185,15 +185,16 @@ pub struct UpArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("how_far").required(true).args(["steps", "to", "all"])))]
+#[command(group(ArgGroup::new("how_far").required(true).multiple(true).args(["steps", "to", "all"])))]
 pub struct DownArgs {
     /// Roll back this many migrations.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "to")]
     steps: Option<u64>,
     /// Roll back every migration newer than this version (0: all).
     #[arg(long)]
     to: Option<i64>,
-    /// Roll back every applied migration.
+    /// Roll back every applied migration; a --steps or --to given as well takes its place
+    /// (`npm run db:migrate:down -- --steps 1`).
     #[arg(long)]
     all: bool,
     /// Run the rollbacks in a transaction that is rolled back.
@@ -380,13 +381,17 @@ mod tests {
     }
 
     #[test]
-    fn down_needs_exactly_one_extent() {
-        let cases: [(&[&str], Option<Rollback>); 6] = [
+    fn down_needs_one_extent_and_all_gives_way_to_a_narrower_one() {
+        let cases: [(&[&str], Option<Rollback>); 9] = [
             (&["down", "--steps", "2"], Some(Rollback::Steps(2))),
             (&["down", "--to", "1"], Some(Rollback::To(1))),
             (&["down", "--all"], Some(Rollback::All)),
             (&["down"], None),
-            (&["down", "--all", "--steps", "1"], None),
+            // The npm script passes --all; what is added after it narrows it, in any order.
+            (&["down", "--all", "--steps", "1"], Some(Rollback::Steps(1))),
+            (&["down", "--to", "2", "--all"], Some(Rollback::To(2))),
+            (&["down", "--steps", "1", "--to", "2"], None),
+            (&["down", "--all", "--steps", "1", "--to", "2"], None),
             (&["down", "--steps", "0"], None),
         ];
         for (args, expected) in cases {
