@@ -8,7 +8,7 @@ use crate::error::Outcome;
 use crate::history::Table;
 pub use crate::plan::Mode;
 use crate::plan::{Rollback, Target};
-use crate::{cloudsql, connect, session};
+use crate::{cloudsql, connect, rules, session};
 
 // The defaults of the settings a flag can change: `cli` gives them to clap, which shows them
 // in `--help`, and `Config::new` uses them for what it is not given.
@@ -26,6 +26,8 @@ pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 pub const DEFAULT_DDL_LOCK_WAIT: Duration = Duration::from_secs(3 * 60);
 /// How often a long migration logs a progress event.
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// A table at or above this many rows is big enough for the hazard rules.
+pub const DEFAULT_HAZARD_ROWS: i64 = 10_000;
 /// How long to wait for the backup before migrating.
 pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
@@ -48,6 +50,8 @@ pub struct Config {
     pub cloudsql: Option<cloudsql::Options>,
     pub backup: Backup,
     pub backup_timeout: Duration,
+    /// What the hazard rules refuse.
+    pub hazards: rules::Limits,
 }
 
 impl Config {
@@ -71,6 +75,10 @@ impl Config {
             cloudsql: None,
             backup: Backup::Never,
             backup_timeout: DEFAULT_BACKUP_TIMEOUT,
+            hazards: rules::Limits {
+                hazard_rows: DEFAULT_HAZARD_ROWS,
+                allow_data_loss: false,
+            },
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod log;
 pub mod monitor;
 pub mod plan;
+pub mod rules;
 pub mod session;
 pub mod source;
 pub mod sql;
@@ -168,6 +169,7 @@ impl Job<'_> {
         self.summary.ran(up, plan.len(), 0, dry_run);
         // Everything a plan can be refused for is refused before a backup is waited for.
         plan.check(mode)?;
+        rules::refuse(client, &plan, config.hazards).await?;
         // Under the migration lock and before anything changes: `auto` only when the plan
         // runs something, never for a dry run.
         let wanted = config.backup.wanted(!plan.is_empty(), mode);

@@ -114,6 +114,21 @@ pub fn waits_without_blocking(statement: &str) -> bool {
     })
 }
 
+/// True when a statement may change or drop existing tables or rows: its first keyword is
+/// one of those the hazard rules weigh (`CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `DELETE`,
+/// `UPDATE`, or `WITH` before a `DELETE` or `UPDATE`). The others (`INSERT`, `SELECT`,
+/// `COMMENT`, `GRANT`, `DO`, ...) need not be parsed.
+pub fn may_change_tables(statement: &str) -> bool {
+    let starts = [
+        "create", "alter", "drop", "truncate", "delete", "update", "with",
+    ];
+    statements(statement).first().is_some_and(|tokens| {
+        tokens
+            .first()
+            .is_some_and(|first| starts.iter().any(|k| first.is_keyword(statement, k)))
+    })
+}
+
 const BOM: &str = "\u{feff}";
 
 /// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).

@@ -16,6 +16,7 @@ use crate::connect;
 use crate::error::Error;
 use crate::history::Table;
 use crate::plan::{Rollback, Target};
+use crate::rules;
 use environment::{applied_by, dotenv_value};
 pub use values::{BackupArg, IpTypeArg, LogFormatArg, OutputFormatArg, Span, parse_duration};
 
@@ -70,6 +71,18 @@ pub struct Cli {
     /// the waits between them) before it stops with exit 6.
     #[arg(long, env = "DB_MIGRATE_DDL_LOCK_WAIT", default_value_t = Span(config::DEFAULT_DDL_LOCK_WAIT), global = true)]
     pub ddl_lock_wait: Span,
+
+    /// A table at or above this many rows is big enough for the hazard rules: a plain
+    /// CREATE INDEX, a rewrite or an in-place validation on it is refused before it runs.
+    #[arg(long, env = "DB_MIGRATE_HAZARD_ROWS", default_value_t = config::DEFAULT_HAZARD_ROWS,
+          value_parser = clap::value_parser!(i64).range(0..), global = true)]
+    pub hazard_rows: i64,
+
+    /// Let a migration or rollback drop a table or column holding data, truncate or delete
+    /// (take a backup first).
+    #[arg(long, env = "DB_MIGRATE_ALLOW_DATA_LOSS", global = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_data_loss: bool,
 
     /// statement_timeout for migration statements (default: none).
     #[arg(long, env = "DB_MIGRATE_STATEMENT_TIMEOUT", global = true)]
@@ -260,6 +273,10 @@ impl Cli {
             cloudsql,
             backup: self.backup.into(),
             backup_timeout: self.backup_timeout.0,
+            hazards: rules::Limits {
+                hazard_rows: self.hazard_rows,
+                allow_data_loss: self.allow_data_loss,
+            },
         })
     }
 

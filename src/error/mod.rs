@@ -178,6 +178,14 @@ pub enum Error {
         blocker: Option<Box<Blocker>>,
     },
 
+    /// A pending statement (or a rollback) would block or rewrite a big table, validate one
+    /// in place, or drop data, and nothing allows it; nothing ran.
+    #[error(
+        "refused before anything ran: {first}{}",
+        if *.count > 1 { format!(" (and {} more; each is logged above)", .count - 1) } else { String::new() }
+    )]
+    Hazard { count: usize, first: String },
+
     /// Consecutive transactions ran in different server sessions: a transaction pooler.
     #[error(
         "the connection goes through a transaction-pooling proxy (server session {first} became {now}), so the migration lock protects nothing; connect directly or through a session-pooling port"
@@ -217,6 +225,7 @@ impl Error {
             }
             Error::Pending { .. } => Outcome::Pending,
             Error::Backup { .. } => Outcome::BackupFailed,
+            Error::Hazard { .. } => Outcome::Hazard,
             Error::Interrupted(signal) => Outcome::Interrupted(*signal),
         }
     }

@@ -23,6 +23,8 @@ pub enum Outcome {
     LockTimeout,
     Pending,
     BackupFailed,
+    /// A statement would block the bot's table or drop data, and nothing allows it.
+    Hazard,
     Interrupted(Signal),
 }
 
@@ -54,6 +56,7 @@ impl Outcome {
             Outcome::LockTimeout => (6, "lock_timeout"),
             Outcome::Pending => (7, "pending"),
             Outcome::BackupFailed => (8, "backup_failed"),
+            Outcome::Hazard => (9, "hazard"),
             // The shell's convention for a process a signal ended: 130 SIGINT, 143 SIGTERM.
             Outcome::Interrupted(signal) => (128 + signal.number(), "interrupted"),
         }
@@ -104,6 +107,7 @@ mod tests {
             Outcome::LockTimeout,
             Outcome::Pending,
             Outcome::BackupFailed,
+            Outcome::Hazard,
             Outcome::Interrupted(Signal::Interrupt),
             Outcome::Interrupted(Signal::Terminate),
         ];

@@ -1,0 +1,497 @@
+//! What a statement does to existing tables, read from PostgreSQL's own parse tree
+//! (libpg_query, through the `pg_query` crate): the grammar the server itself uses, so quoting,
+//! comments and dollar-quoted bodies can never mislead it.
+
+use pg_query::NodeEnum;
+use pg_query::protobuf::{AlterTableType, ConstrType, Node, ObjectType, RangeVar};
+
+/// A table (or other relation) as the statement names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Name {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl Name {
+    fn of(range: &RangeVar) -> Name {
+        Name {
+            schema: Some(range.schemaname.clone()).filter(|s| !s.is_empty()),
+            name: range.relname.clone(),
+        }
+    }
+
+    /// From a dotted list of string nodes (`DROP TABLE a.b`).
+    fn of_list(items: &[Node]) -> Option<Name> {
+        let parts: Vec<String> = items.iter().filter_map(string).collect();
+        match parts.as_slice() {
+            [name] => Some(Name {
+                schema: None,
+                name: name.clone(),
+            }),
+            [.., schema, name] => Some(Name {
+                schema: Some(schema.clone()),
+                name: name.clone(),
+            }),
+            [] => None,
+        }
+    }
+
+    /// The name as SQL would write it, quoted where needed, for `to_regclass`.
+    pub fn sql(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", quote(schema), quote(&self.name)),
+            None => quote(&self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.sql())
+    }
+}
+
+/// An identifier quoted unless it is plain lower case.
+fn quote(identifier: &str) -> String {
+    let plain = identifier
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit()));
+    match plain && !identifier.is_empty() {
+        true => identifier.to_string(),
+        false => format!("\"{}\"", identifier.replace('"', "\"\"")),
+    }
+}
+
+/// One thing a statement does that the rules weigh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Creates a table (or a view, a sequence, an index under its own name): later
+    /// statements of the migration on it touch nothing that existed before.
+    Creates {
+        relation: Name,
+    },
+    /// Builds an index on `table`: without CONCURRENTLY it blocks the table's writes while
+    /// it builds (`CREATE INDEX`, a new PRIMARY KEY or UNIQUE constraint).
+    BuildsIndex {
+        table: Name,
+        concurrently: bool,
+        what: &'static str,
+    },
+    /// Rewrites the whole table under ACCESS EXCLUSIVE (no reads, no writes meanwhile).
+    Rewrites {
+        table: Name,
+        what: &'static str,
+    },
+    /// Reads the whole table to validate it, under a lock that blocks its writes.
+    Validates {
+        table: Name,
+        what: &'static str,
+    },
+    DropsTable {
+        table: Name,
+    },
+    DropsColumn {
+        table: Name,
+        column: String,
+    },
+    Truncates {
+        table: Name,
+    },
+    /// DELETE or UPDATE without WHERE.
+    ChangesAllRows {
+        table: Name,
+        what: &'static str,
+    },
+    /// RENAME of a table or column the running bot still uses by its old name.
+    Renames {
+        table: Name,
+        column: Option<String>,
+        to: String,
+    },
+    /// Fails when run twice (CREATE without IF NOT EXISTS, DROP without IF EXISTS).
+    NotIdempotent {
+        what: &'static str,
+    },
+}
+
+/// The effects of one statement; none when the parser does not accept it (the server will
+/// say why when it runs).
+pub fn effects(statement: &str) -> Vec<Effect> {
+    let Ok(parsed) = pg_query::parse(statement, pg_query::ParserOptions::DEFAULT) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        if let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            statement_effects(node, &mut out);
+        }
+    }
+    out
+}
+
+fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
+    match node {
+        NodeEnum::CreateStmt(create) => {
+            if let Some(relation) = &create.relation {
+                out.push(Effect::Creates {
+                    relation: Name::of(relation),
+                });
+            }
+            if !create.if_not_exists {
+                out.push(Effect::NotIdempotent {
+                    what: "CREATE TABLE without IF NOT EXISTS",
+                });
+            }
+        }
+        NodeEnum::IndexStmt(index) => {
+            if let Some(relation) = &index.relation {
+                let table = Name::of(relation);
+                if !index.idxname.is_empty() {
+                    out.push(Effect::Creates {
+                        relation: Name {
+                            schema: table.schema.clone(),
+                            name: index.idxname.clone(),
+                        },
+                    });
+                }
+                out.push(Effect::BuildsIndex {
+                    table,
+                    concurrently: index.concurrent,
+                    what: "CREATE INDEX",
+                });
+            }
+            if !index.if_not_exists {
+                out.push(Effect::NotIdempotent {
+                    what: "CREATE INDEX without IF NOT EXISTS",
+                });
+            }
+        }
+        NodeEnum::AlterTableStmt(alter) if alter.objtype == ObjectType::ObjectTable as i32 => {
+            let Some(relation) = &alter.relation else {
+                return;
+            };
+            let table = Name::of(relation);
+            for cmd in &alter.cmds {
+                if let Some(NodeEnum::AlterTableCmd(cmd)) = &cmd.node {
+                    alter_effects(&table, cmd, out);
+                }
+            }
+        }
+        NodeEnum::DropStmt(drop) => {
+            if drop.remove_type == ObjectType::ObjectTable as i32 {
+                for object in &drop.objects {
+                    if let Some(NodeEnum::List(list)) = &object.node
+                        && let Some(table) = Name::of_list(&list.items)
+                    {
+                        out.push(Effect::DropsTable { table });
+                    }
+                }
+            }
+            if !drop.missing_ok {
+                out.push(Effect::NotIdempotent {
+                    what: "DROP without IF EXISTS",
+                });
+            }
+        }
+        NodeEnum::TruncateStmt(truncate) => {
+            for relation in &truncate.relations {
+                if let Some(NodeEnum::RangeVar(range)) = &relation.node {
+                    out.push(Effect::Truncates {
+                        table: Name::of(range),
+                    });
+                }
+            }
+        }
+        NodeEnum::DeleteStmt(delete) if delete.where_clause.is_none() => {
+            if let Some(relation) = &delete.relation {
+                out.push(Effect::ChangesAllRows {
+                    table: Name::of(relation),
+                    what: "DELETE without WHERE",
+                });
+            }
+        }
+        NodeEnum::UpdateStmt(update) if update.where_clause.is_none() => {
+            if let Some(relation) = &update.relation {
+                out.push(Effect::ChangesAllRows {
+                    table: Name::of(relation),
+                    what: "UPDATE without WHERE",
+                });
+            }
+        }
+        NodeEnum::RenameStmt(rename) => {
+            let Some(relation) = &rename.relation else {
+                return;
+            };
+            let column = match rename.rename_type {
+                t if t == ObjectType::ObjectTable as i32 => None,
+                t if t == ObjectType::ObjectColumn as i32 => Some(rename.subname.clone()),
+                _ => return,
+            };
+            out.push(Effect::Renames {
+                table: Name::of(relation),
+                column,
+                to: rename.newname.clone(),
+            });
+        }
+        _ => {}
+    }
+}
+
+fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mut Vec<Effect>) {
+    let table = || table.clone();
+    let def = cmd.def.as_ref().and_then(|d| d.node.as_ref());
+    match AlterTableType::try_from(cmd.subtype).unwrap_or(AlterTableType::Undefined) {
+        AlterTableType::AtAddColumn => {
+            if !cmd.missing_ok {
+                out.push(Effect::NotIdempotent {
+                    what: "ADD COLUMN without IF NOT EXISTS",
+                });
+            }
+            if let Some(NodeEnum::ColumnDef(column)) = def {
+                new_column_effects(&table(), column, out);
+            }
+        }
+        AlterTableType::AtAlterColumnType => out.push(Effect::Rewrites {
+            table: table(),
+            what: "ALTER COLUMN ... TYPE",
+        }),
+        AlterTableType::AtSetTableSpace => out.push(Effect::Rewrites {
+            table: table(),
+            what: "SET TABLESPACE",
+        }),
+        AlterTableType::AtSetAccessMethod => out.push(Effect::Rewrites {
+            table: table(),
+            what: "SET ACCESS METHOD",
+        }),
+        AlterTableType::AtSetNotNull => out.push(Effect::Validates {
+            table: table(),
+            what: "SET NOT NULL",
+        }),
+        AlterTableType::AtAddConstraint => {
+            if let Some(NodeEnum::Constraint(constraint)) = def {
+                constraint_effects(&table(), constraint, out);
+            }
+        }
+        AlterTableType::AtDropColumn => {
+            out.push(Effect::DropsColumn {
+                table: table(),
+                column: cmd.name.clone(),
+            });
+            if !cmd.missing_ok {
+                out.push(Effect::NotIdempotent {
+                    what: "DROP COLUMN without IF EXISTS",
+                });
+            }
+        }
+        AlterTableType::AtDropConstraint if !cmd.missing_ok => out.push(Effect::NotIdempotent {
+            what: "DROP CONSTRAINT without IF EXISTS",
+        }),
+        _ => {}
+    }
+}
+
+/// A column added to an existing table: a volatile default, an identity or a stored
+/// generated column fills every row (a rewrite); a CHECK or a key of its own validates or
+/// indexes the table.
+fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out: &mut Vec<Effect>) {
+    let volatile_default = column.raw_default.as_deref().is_some_and(is_volatile);
+    let mut rewrites = volatile_default || !column.identity.is_empty() || column.generated == "s";
+    for constraint in &column.constraints {
+        if let Some(NodeEnum::Constraint(c)) = &constraint.node {
+            match ConstrType::try_from(c.contype).unwrap_or(ConstrType::Undefined) {
+                ConstrType::ConstrDefault => {
+                    rewrites |= c.raw_expr.as_deref().is_some_and(is_volatile);
+                }
+                ConstrType::ConstrIdentity => rewrites = true,
+                ConstrType::ConstrGenerated => rewrites = true,
+                _ => constraint_effects(table, c, out),
+            }
+        }
+    }
+    if rewrites {
+        out.push(Effect::Rewrites {
+            table: table.clone(),
+            what: "ADD COLUMN with a volatile default, identity or stored generated value",
+        });
+    }
+}
+
+fn constraint_effects(
+    table: &Name,
+    constraint: &pg_query::protobuf::Constraint,
+    out: &mut Vec<Effect>,
+) {
+    let table = table.clone();
+    match ConstrType::try_from(constraint.contype).unwrap_or(ConstrType::Undefined) {
+        ConstrType::ConstrCheck if !constraint.skip_validation => out.push(Effect::Validates {
+            table,
+            what: "ADD CONSTRAINT ... CHECK without NOT VALID",
+        }),
+        ConstrType::ConstrForeign if !constraint.skip_validation => out.push(Effect::Validates {
+            table,
+            what: "ADD CONSTRAINT ... FOREIGN KEY without NOT VALID",
+        }),
+        ConstrType::ConstrPrimary | ConstrType::ConstrUnique | ConstrType::ConstrExclusion
+            if constraint.indexname.is_empty() =>
+        {
+            out.push(Effect::BuildsIndex {
+                table,
+                concurrently: false,
+                what: "a PRIMARY KEY, UNIQUE or EXCLUDE constraint without USING INDEX",
+            })
+        }
+        ConstrType::ConstrNotnull => out.push(Effect::Validates {
+            table,
+            what: "a NOT NULL column constraint",
+        }),
+        _ => {}
+    }
+}
+
+/// A default that differs row by row, so PostgreSQL must write it into every existing row:
+/// a call of a function known to be volatile anywhere in the expression.
+fn is_volatile(node: &Node) -> bool {
+    const VOLATILE: [&str; 8] = [
+        "random",
+        "gen_random_uuid",
+        "uuid_generate_v1",
+        "uuid_generate_v4",
+        "uuidv7",
+        "clock_timestamp",
+        "timeofday",
+        "nextval",
+    ];
+    let Some(node) = &node.node else {
+        return false;
+    };
+    node.nodes().into_iter().any(|(n, ..)| match n {
+        pg_query::NodeRef::FuncCall(call) => call
+            .funcname
+            .last()
+            .and_then(string)
+            .is_some_and(|name| VOLATILE.contains(&name.as_str())),
+        _ => false,
+    })
+}
+
+fn string(node: &Node) -> Option<String> {
+    match &node.node {
+        Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(name: &str) -> Name {
+        Name {
+            schema: None,
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn the_seed_rollback_drops_a_table() {
+        assert_eq!(
+            effects("DROP TABLE IF EXISTS video_requests"),
+            [Effect::DropsTable {
+                table: table("video_requests")
+            }]
+        );
+        assert_eq!(
+            effects("drop table public.\"Weird\", b CASCADE"),
+            [
+                Effect::DropsTable {
+                    table: Name {
+                        schema: Some("public".into()),
+                        name: "Weird".into()
+                    }
+                },
+                Effect::DropsTable { table: table("b") },
+                Effect::NotIdempotent {
+                    what: "DROP without IF EXISTS"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn what_blocks_or_rewrites_the_bot_s_table_is_recognised() {
+        let cases: [(&str, &str); 10] = [
+            ("CREATE INDEX i ON t (c)", "BuildsIndex"),
+            ("ALTER TABLE t ALTER COLUMN c TYPE bigint", "Rewrites"),
+            (
+                "ALTER TABLE t ADD COLUMN IF NOT EXISTS c uuid DEFAULT gen_random_uuid()",
+                "Rewrites",
+            ),
+            ("ALTER TABLE t ADD CONSTRAINT k CHECK (c > 0)", "Validates"),
+            (
+                "ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (c) REFERENCES u (id)",
+                "Validates",
+            ),
+            ("ALTER TABLE t ALTER COLUMN c SET NOT NULL", "Validates"),
+            ("ALTER TABLE t ADD PRIMARY KEY (id)", "BuildsIndex"),
+            ("TRUNCATE t", "Truncates"),
+            ("DELETE FROM t", "ChangesAllRows"),
+            ("ALTER TABLE t RENAME COLUMN a TO b", "Renames"),
+        ];
+        for (sql, kind) in cases {
+            let found = effects(sql);
+            assert!(
+                found.iter().any(|e| format!("{e:?}").starts_with(kind)),
+                "{sql}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_safe_forms_are_not_flagged() {
+        let safe = [
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c)",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS c text DEFAULT 'x'",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS c timestamptz DEFAULT now()",
+            "ALTER TABLE t ADD CONSTRAINT k CHECK (c > 0) NOT VALID",
+            "ALTER TABLE t VALIDATE CONSTRAINT k",
+            "DELETE FROM t WHERE id = 1",
+            "UPDATE t SET c = 1 WHERE id = 1",
+            "SELECT 'DROP TABLE t'",
+            "DO $$ BEGIN EXECUTE 'TRUNCATE t'; END $$",
+            "CREATE TABLE IF NOT EXISTS t (id int)",
+        ];
+        for sql in safe {
+            let found: Vec<_> = effects(sql)
+                .into_iter()
+                .filter(|e| !matches!(e, Effect::Creates { .. }))
+                .collect();
+            let index = found.iter().all(|e| {
+                matches!(
+                    e,
+                    Effect::BuildsIndex {
+                        concurrently: true,
+                        ..
+                    }
+                )
+            });
+            assert!(index, "{sql}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_statement_the_parser_refuses_has_no_effects() {
+        assert_eq!(effects("ALTER TABEL t"), []);
+    }
+
+    #[test]
+    fn names_are_quoted_as_sql_writes_them() {
+        assert_eq!(table("video_requests").sql(), "video_requests");
+        assert_eq!(table("Mixed").sql(), "\"Mixed\"");
+        let qualified = Name {
+            schema: Some("app".into()),
+            name: "t\"x".into(),
+        };
+        assert_eq!(qualified.sql(), "app.\"t\"\"x\"");
+    }
+}

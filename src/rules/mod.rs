@@ -1,0 +1,409 @@
+//! Hazards a migration's statements hold for the live bot and its data, known before anything
+//! runs: each statement's effects (`classify`, PostgreSQL's own parser) weighed against the
+//! target's catalog (`facts`: which tables exist and how many rows they hold).
+//!
+//! `up` and `down` call [`refuse`] under the migration lock and before any backup: a statement
+//! that would block or rewrite a big table, validate one in place, or drop data is refused
+//! with exit 9 unless a comment line directly above it says
+//! `-- db-migrate:allow <rule-id> <reason>` (or, for dropped data, the run passes
+//! `--allow-data-loss`).
+
+pub mod classify;
+mod facts;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use tokio_postgres::Client;
+use tracing::warn;
+
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::sql;
+use classify::{Effect, Name};
+
+/// A rule: what it finds, with a stable id users write in allow comments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    IndexWithoutConcurrently,
+    TableRewrite,
+    ValidatesWholeTable,
+    DropsData,
+    RenamesInUse,
+    NotIdempotent,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 6] = [
+        Rule::IndexWithoutConcurrently,
+        Rule::TableRewrite,
+        Rule::ValidatesWholeTable,
+        Rule::DropsData,
+        Rule::RenamesInUse,
+        Rule::NotIdempotent,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Rule::IndexWithoutConcurrently => "index-without-concurrently",
+            Rule::TableRewrite => "table-rewrite",
+            Rule::ValidatesWholeTable => "validates-whole-table",
+            Rule::DropsData => "drops-data",
+            Rule::RenamesInUse => "renames-in-use",
+            Rule::NotIdempotent => "not-idempotent",
+        }
+    }
+
+    pub fn from_id(id: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|rule| rule.id() == id)
+    }
+
+    /// The way out, in one line.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Rule::IndexWithoutConcurrently => {
+                "build it with CREATE INDEX CONCURRENTLY IF NOT EXISTS in a -- no-transaction file"
+            }
+            Rule::TableRewrite => {
+                "add a new column, backfill it in batches and switch over, instead of rewriting the table"
+            }
+            Rule::ValidatesWholeTable => {
+                "add the constraint NOT VALID, then VALIDATE CONSTRAINT in a later migration (it does not block writes)"
+            }
+            Rule::DropsData => {
+                "take a backup first, then allow it: --allow-data-loss, or -- db-migrate:allow drops-data <reason> above the statement"
+            }
+            Rule::RenamesInUse => {
+                "add the new name beside the old one, move the bot over, then drop the old name in a later release"
+            }
+            Rule::NotIdempotent => "write CREATE ... IF NOT EXISTS and DROP ... IF EXISTS",
+        }
+    }
+
+    /// Whether `up` and `down` refuse it before anything runs (the others are reported by
+    /// `plan` only).
+    fn refused(self) -> bool {
+        matches!(
+            self,
+            Rule::IndexWithoutConcurrently
+                | Rule::TableRewrite
+                | Rule::ValidatesWholeTable
+                | Rule::DropsData
+        )
+    }
+}
+
+/// One statement's hazard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: Rule,
+    pub version: i64,
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// The statement's first line.
+    pub statement: String,
+    pub relation: String,
+    /// Rows of the relation (for a dropped column: rows holding a value in it).
+    pub rows: i64,
+    /// What the statement does, e.g. `CREATE INDEX`.
+    pub what: String,
+    /// The reason of an allow comment that silences it.
+    pub allowed: Option<String>,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows = match self.rule {
+            Rule::DropsData => format!("{} row(s) of data", self.rows),
+            _ => format!("{} row(s)", self.rows),
+        };
+        write!(
+            f,
+            "{}:{}:{}: {} ({}) on {} holding {rows}; {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.rule.id(),
+            self.what,
+            self.relation,
+            self.rule.fix()
+        )
+    }
+}
+
+/// What the rules are given besides the plan.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A table at or above this many rows is big enough for the size rules.
+    pub hazard_rows: i64,
+    /// Data loss was accepted for this run (`--allow-data-loss`).
+    pub allow_data_loss: bool,
+}
+
+/// Checks every statement of `plan` against the target's catalog, logs each finding, and
+/// refuses the run (exit 9) when one that `up` and `down` refuse is not allowed.
+pub async fn refuse(client: &Client, plan: &Plan<'_>, limits: Limits) -> Result<(), Error> {
+    let findings = check(client, plan, limits).await?;
+    let mut refused = Vec::new();
+    for finding in findings {
+        let allowed = finding.allowed.is_some()
+            || (finding.rule == Rule::DropsData && limits.allow_data_loss);
+        let message = match (finding.rule.refused(), allowed) {
+            (false, _) => "hazard noted",
+            (true, true) => "hazard allowed",
+            (true, false) => "hazard refused",
+        };
+        warn!(
+            rule = finding.rule.id(),
+            version = finding.version,
+            file = %finding.file.display(),
+            line = finding.line,
+            column = finding.column,
+            relation = %finding.relation,
+            rows = finding.rows,
+            statement = %finding.statement,
+            allowed,
+            reason = finding.allowed.as_deref(),
+            fix = finding.rule.fix(),
+            "{message}"
+        );
+        if finding.rule.refused() && !allowed {
+            refused.push(finding);
+        }
+    }
+    match refused.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::Hazard {
+            count: refused.len(),
+            first: first.to_string(),
+        }),
+    }
+}
+
+/// The findings of every statement of `plan`, in order.
+pub async fn check(
+    client: &Client,
+    plan: &Plan<'_>,
+    limits: Limits,
+) -> Result<Vec<Finding>, Error> {
+    let mut statements = Vec::new();
+    for step in &plan.steps {
+        let script = step.script;
+        for statement in sql::split(&script.sql) {
+            let allows = allows(&script.sql, statement.offset, &script.path)?;
+            let effects = match sql::may_change_tables(statement.text) {
+                true => classify::effects(statement.text),
+                false => Vec::new(),
+            };
+            statements.push((step.migration.version, script, statement, allows, effects));
+        }
+    }
+    // One look at the catalog for every table a hazard could concern.
+    let mut tables: Vec<&Name> = Vec::new();
+    for (.., effects) in &statements {
+        tables.extend(effects.iter().filter_map(sized_table));
+    }
+    let facts = facts::Facts::read(client, &tables, limits.hazard_rows).await?;
+    let mut findings = Vec::new();
+    // Tables dropped or created earlier in the plan are new ones by the time a later
+    // statement reaches them: what the catalog says of the old one does not apply.
+    let mut fresh: HashSet<Name> = HashSet::new();
+    for (version, script, statement, allows, effects) in &statements {
+        let (line, column) = sql::line_col(
+            &script.sql,
+            script.sql[..statement.offset].chars().count() + 1,
+        );
+        for effect in effects {
+            let Some((rule, table, what, column_name)) = weigh(effect) else {
+                if let Effect::Creates { relation } = effect {
+                    fresh.insert(relation.clone());
+                }
+                continue;
+            };
+            if fresh.contains(table) {
+                continue;
+            }
+            let rows = match (rule, column_name) {
+                (Rule::DropsData, Some(column)) => facts.values(client, table, column).await?,
+                _ => facts.rows(table),
+            };
+            let Some(rows) = rows else { continue };
+            let big = rows >= limits.hazard_rows;
+            let hit = match rule {
+                Rule::DropsData => rows > 0,
+                Rule::RenamesInUse => true,
+                Rule::NotIdempotent => false,
+                _ => big,
+            };
+            if matches!(effect, Effect::DropsTable { .. }) {
+                fresh.insert(table.clone());
+            }
+            if !hit {
+                continue;
+            }
+            findings.push(Finding {
+                rule,
+                version: *version,
+                file: script.path.clone(),
+                line,
+                column,
+                statement: statement
+                    .text
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+                relation: table.to_string(),
+                rows,
+                what: what.to_string(),
+                allowed: allows
+                    .iter()
+                    .find(|(r, _)| *r == rule)
+                    .map(|(_, why)| why.clone()),
+            });
+        }
+    }
+    Ok(findings)
+}
+
+/// The rule an effect falls under, the table it concerns, what it does, and the column it
+/// drops.
+fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
+    match effect {
+        Effect::BuildsIndex {
+            table,
+            concurrently: false,
+            what,
+        } => Some((Rule::IndexWithoutConcurrently, table, what, None)),
+        Effect::Rewrites { table, what } => Some((Rule::TableRewrite, table, what, None)),
+        Effect::Validates { table, what } => Some((Rule::ValidatesWholeTable, table, what, None)),
+        Effect::DropsTable { table } => Some((Rule::DropsData, table, "DROP TABLE", None)),
+        Effect::DropsColumn { table, column } => {
+            Some((Rule::DropsData, table, "DROP COLUMN", Some(column.as_str())))
+        }
+        Effect::Truncates { table } => Some((Rule::DropsData, table, "TRUNCATE", None)),
+        Effect::ChangesAllRows { table, what } => Some((Rule::DropsData, table, what, None)),
+        Effect::Renames { table, column, .. } => Some((
+            Rule::RenamesInUse,
+            table,
+            if column.is_some() {
+                "RENAME COLUMN"
+            } else {
+                "RENAME"
+            },
+            None,
+        )),
+        _ => None,
+    }
+}
+
+/// The table whose size an effect's rule depends on.
+fn sized_table(effect: &Effect) -> Option<&Name> {
+    weigh(effect).map(|(_, table, ..)| table)
+}
+
+/// The allow comments directly above the statement at `offset`: the run of `--` comment lines
+/// that ends on the line before it. Each must name a known rule and give a reason.
+fn allows(sql: &str, offset: usize, file: &std::path::Path) -> Result<Vec<(Rule, String)>, Error> {
+    const PREFIX: &str = "db-migrate:allow";
+    let before = &sql[..offset];
+    let mut lines: Vec<&str> = before.split('\n').collect();
+    // What precedes the statement on its own line.
+    let own = lines.pop().unwrap_or_default();
+    if !own.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    let mut line_number = lines.len();
+    while let Some(line) = lines.pop() {
+        let text = line.trim();
+        let Some(comment) = text.strip_prefix("--") else {
+            break;
+        };
+        let comment = comment.trim();
+        if let Some(rest) = comment.strip_prefix(PREFIX) {
+            let mut words = rest.trim().splitn(2, char::is_whitespace);
+            let id = words.next().unwrap_or_default();
+            let reason = words.next().unwrap_or_default().trim();
+            let problem = match (Rule::from_id(id), reason.is_empty()) {
+                (None, _) => Some(format!(
+                    "unknown rule {id:?} in the allow comment; known: {}",
+                    Rule::ALL.map(Rule::id).join(", ")
+                )),
+                (Some(_), true) => Some(format!(
+                    "the allow comment for {id} gives no reason; write -- {PREFIX} {id} <why it is safe>"
+                )),
+                (Some(rule), false) => {
+                    found.push((rule, reason.to_string()));
+                    None
+                }
+            };
+            if let Some(problem) = problem {
+                return Err(Error::InvalidFile {
+                    file: file.to_path_buf(),
+                    problem: format!("line {line_number}: {problem}"),
+                });
+            }
+        }
+        line_number -= 1;
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_read_back() {
+        for rule in Rule::ALL {
+            assert_eq!(Rule::from_id(rule.id()), Some(rule));
+        }
+        assert_eq!(Rule::from_id("drop-data"), None);
+    }
+
+    #[test]
+    fn allow_comments_are_read_from_the_lines_directly_above() {
+        let sql = "SELECT 1;\n-- db-migrate:allow drops-data the table is a cache\n-- other\nDROP TABLE t;\n\nDROP TABLE u;\n";
+        let path = std::path::Path::new("m.sql");
+        let statements = sql::split(sql);
+        let first = allows(sql, statements[1].offset, path).unwrap();
+        assert_eq!(
+            first,
+            [(Rule::DropsData, "the table is a cache".to_string())]
+        );
+        // A blank line ends the run of comments.
+        assert_eq!(allows(sql, statements[2].offset, path).unwrap(), []);
+        assert_eq!(allows(sql, statements[0].offset, path).unwrap(), []);
+    }
+
+    #[test]
+    fn an_allow_comment_needs_a_known_rule_and_a_reason() {
+        let path = std::path::Path::new("m.sql");
+        for (sql, needle) in [
+            (
+                "-- db-migrate:allow drops-data\nDROP TABLE t;",
+                "gives no reason",
+            ),
+            (
+                "-- db-migrate:allow drop-data old\nDROP TABLE t;",
+                "unknown rule \"drop-data\"",
+            ),
+        ] {
+            let offset = sql::split(sql)[0].offset;
+            let error = allows(sql, offset, path).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error}");
+            assert!(error.starts_with("m.sql: line 1: "), "{error}");
+            assert_eq!(
+                Error::InvalidFile {
+                    file: path.into(),
+                    problem: String::new()
+                }
+                .exit_code(),
+                3
+            );
+        }
+    }
+}

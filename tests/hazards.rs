@@ -1,0 +1,201 @@
+//! Hazards refused before anything runs: `up` refuses what would block or rewrite a big
+//! table or drop data, `down` refuses to drop data, unless an allow comment or
+//! `--allow-data-loss` says otherwise.
+
+mod support;
+
+use std::path::Path;
+
+use support::{Output, TestDb, binary, events, history, output, seed_dir};
+
+/// Rows enough to cross the default threshold (10,000).
+const BIG: &str = "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+     aspect_ratio, resolution, status) SELECT 'u' || i, 'g', 'c', 'p', 4, '16:9', '720p', 'pending' \
+     FROM generate_series(1, 12000) i";
+
+fn run(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
+    output(
+        binary()
+            .args(args)
+            .args(["--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
+/// The seed applied and video_requests filled with `rows` (an INSERT ... SELECT).
+async fn seeded(rows: &str) -> TestDb {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    if !rows.is_empty() {
+        db.client().await.batch_execute(rows).await.unwrap();
+    }
+    db
+}
+
+/// The summary's message, after asserting exit 9 and a `hazard refused` event per `rules`.
+fn refused(out: &Output, rules: &[&str]) -> String {
+    assert_eq!(out.code, 9, "{}", out.stderr);
+    let events = events(&out.stderr);
+    let found: Vec<&str> = events
+        .iter()
+        .filter(|e| e["message"] == "hazard refused")
+        .map(|e| e["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, rules, "{}", out.stderr);
+    let summary = events.last().unwrap();
+    assert_eq!(summary["outcome"], "hazard");
+    summary["message"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn up_refuses_each_static_hazard_on_a_big_table_and_runs_nothing() {
+    let db = seeded(BIG).await;
+    let cases = [
+        (
+            "CREATE INDEX IF NOT EXISTS video_requests_prompt ON video_requests (prompt);",
+            "index-without-concurrently",
+        ),
+        (
+            "ALTER TABLE video_requests ALTER COLUMN duration_ms TYPE bigint;",
+            "table-rewrite",
+        ),
+        (
+            "ALTER TABLE video_requests ADD CONSTRAINT prompt_set CHECK (prompt <> '');",
+            "validates-whole-table",
+        ),
+        (
+            "ALTER TABLE video_requests DROP COLUMN IF EXISTS prompt;",
+            "drops-data",
+        ),
+    ];
+    for (statement, rule) in cases {
+        let dir =
+            support::copy_of_seed(&[("003_change.sql", &format!("SELECT 1;\n{statement}\n"))]);
+        let out = run(&db, dir.path(), &["up"]);
+        let message = refused(&out, &[rule]);
+        assert!(
+            message.contains("003_change.sql:2:1: ") && message.contains(rule),
+            "{message}"
+        );
+        assert!(message.contains("video_requests holding"), "{message}");
+        let client = db.client().await;
+        assert_eq!(history(&client).await, [1, 2], "{statement}");
+    }
+    // Nothing of any of them ran.
+    let client = db.client().await;
+    let columns = support::columns(&client, "video_requests").await;
+    assert!(columns.iter().any(|c| c.0 == "prompt" && c.1 == "text"));
+    assert!(
+        columns
+            .iter()
+            .any(|c| c.0 == "duration_ms" && c.1 == "integer")
+    );
+}
+
+#[tokio::test]
+async fn an_allow_comment_silences_exactly_its_statement_and_its_reason_is_logged() {
+    let db = seeded(BIG).await;
+    let dir = support::copy_of_seed(&[(
+        "003_index.sql",
+        "-- db-migrate:allow index-without-concurrently built in the maintenance window\n\
+         CREATE INDEX IF NOT EXISTS video_requests_prompt ON video_requests (prompt);\n\
+         CREATE INDEX IF NOT EXISTS video_requests_channel ON video_requests (channel_id);\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    let message = refused(&out, &["index-without-concurrently"]);
+    assert!(message.contains("003_index.sql:3:1"), "{message}");
+    let allowed: Vec<_> = events(&out.stderr)
+        .into_iter()
+        .filter(|e| e["message"] == "hazard allowed")
+        .collect();
+    assert_eq!(allowed.len(), 1, "{}", out.stderr);
+    assert_eq!(allowed[0]["reason"], "built in the maintenance window");
+    assert_eq!(allowed[0]["line"], 2);
+    // With both allowed, it runs.
+    std::fs::write(
+        dir.path().join("003_index.sql"),
+        "-- db-migrate:allow index-without-concurrently built in the maintenance window\n\
+         CREATE INDEX IF NOT EXISTS video_requests_prompt ON video_requests (prompt);\n\
+         -- db-migrate:allow index-without-concurrently same window\n\
+         CREATE INDEX IF NOT EXISTS video_requests_channel ON video_requests (channel_id);\n",
+    )
+    .unwrap();
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn small_and_new_tables_are_no_hazard() {
+    // Below the threshold, and a table the same migration creates and fills.
+    let db = seeded("").await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_small.sql",
+            "CREATE INDEX IF NOT EXISTS video_requests_prompt ON video_requests (prompt);\n\
+             ALTER TABLE video_requests ALTER COLUMN duration_ms TYPE bigint;\n",
+        ),
+        (
+            "004_new.sql",
+            "CREATE TABLE IF NOT EXISTS renders AS SELECT i AS id FROM generate_series(1, 20000) i;\n\
+             CREATE INDEX IF NOT EXISTS renders_id ON renders (id);\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn down_refuses_to_drop_a_table_with_rows_unless_data_loss_is_allowed() {
+    let db = seeded(
+        "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+         aspect_ratio, resolution, status) VALUES ('u', 'g', 'c', 'p', 4, '16:9', '720p', 'pending')",
+    )
+    .await;
+    let out = run(&db, &seed_dir(), &["down", "--all"]);
+    let message = refused(&out, &["drops-data"]);
+    assert!(
+        message.contains("001_create_video_requests.down.sql")
+            && message
+                .contains("drops-data (DROP TABLE) on video_requests holding 1 row(s) of data")
+            && message.contains("--allow-data-loss"),
+        "{message}"
+    );
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    assert_eq!(support::tables(&client).await.len(), 2);
+    let out = run(&db, &seed_dir(), &["down", "--all", "--allow-data-loss"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&client).await, Vec::<i64>::new());
+}
+
+#[tokio::test]
+async fn down_on_empty_tables_runs_as_the_seed_wrote_it() {
+    let db = seeded("").await;
+    let out = run(&db, &seed_dir(), &["down", "--all"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        support::tables(&db.client().await).await,
+        ["schema_migrations"]
+    );
+}
+
+#[tokio::test]
+async fn an_allow_comment_without_a_reason_is_an_invalid_file() {
+    let db = seeded("").await;
+    let dir = support::copy_of_seed(&[(
+        "003_drop.sql",
+        "-- db-migrate:allow drops-data\nALTER TABLE video_requests DROP COLUMN IF EXISTS prompt;\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("003_drop.sql: line 1: the allow comment for drops-data gives no reason"),
+        "{message}"
+    );
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
