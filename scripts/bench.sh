@@ -96,6 +96,7 @@ install_peers() {
 # musl-gcc already installed), else the static binary only if an earlier build left one.
 build_ours() {
   note "building db-migrate and the floor (release profile)"
+  ensure_libclang
   timeout 1800 cargo build --release --locked >&2
   timeout 1800 cargo build --release --locked --example floor >&2
   local target_dir="${CARGO_TARGET_DIR:-target}"

@@ -33,6 +33,9 @@ fi
 # cc-rs would look for <arch>-linux-musl-gcc first; name the compiler so the choice is plain.
 export "CC_${target//-/_}=musl-gcc"
 
+ensure_libclang
+bindgen_musl_args "$target"
+
 cargo build --release --locked --target "$target" >&2
 
 binary="${CARGO_TARGET_DIR:-target}/$target/release/db-migrate"

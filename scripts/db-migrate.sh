@@ -10,5 +10,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "db-migrate is not installed and cargo is missing to build it; install Rust (https://rustup.rs) or put db-migrate on PATH" >&2
   exit 2
 fi
+# shellcheck source=scripts/lib/common.sh
+source "$root/scripts/lib/common.sh"
+ensure_libclang
 cargo build --release --quiet --locked --manifest-path "$root/Cargo.toml" >&2
 exec "$root/target/release/db-migrate" "$@"

@@ -38,3 +38,23 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root timeout 900 \
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+# The pg_query crate (PostgreSQL's own parser, libpg_query) generates its Rust bindings at
+# build time with bindgen, which loads libclang and reads clang's own headers: Debian's
+# libclang-dev. Installed when missing; LIBCLANG_PATH names another libclang.
+ensure_libclang() {
+  [[ -n "${LIBCLANG_PATH:-}" ]] && return 0
+  if compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null &&
+    compgen -G '/usr/lib/llvm-*/lib/clang/*/include/stdbool.h' >/dev/null; then
+    return 0
+  fi
+  apt_install libclang-dev
+}
+
+# For a musl target bindgen asks libclang to read the C headers as musl's, and it then finds
+# neither clang's own headers (stdbool.h) nor musl's: name both for `target`.
+bindgen_musl_args() {
+  local target="$1" resource
+  resource="$(printf '%s\n' /usr/lib/llvm-*/lib/clang/*/include | sort -V | tail -n 1)"
+  export "BINDGEN_EXTRA_CLANG_ARGS_${target//-/_}=-isystem $resource -isystem /usr/include/${target%%-*}-linux-musl"
+}
