@@ -210,10 +210,6 @@ pub async fn check(
     // statement reaches them: what the catalog says of the old one does not apply.
     let mut fresh: HashSet<Name> = HashSet::new();
     for (version, script, statement, allows, effects) in &statements {
-        let (line, column) = sql::line_col(
-            &script.sql,
-            script.sql[..statement.offset].chars().count() + 1,
-        );
         for effect in effects {
             let Some((rule, table, what, column_name)) = weigh(effect) else {
                 if let Effect::Creates { relation } = effect {
@@ -242,6 +238,10 @@ pub async fn check(
             if !hit {
                 continue;
             }
+            // Only for a finding: counting from the file's start for every statement would
+            // cost a big data file quadratic time.
+            let position = script.sql[..statement.offset].chars().count() + 1;
+            let (line, column) = sql::line_col(&script.sql, position);
             findings.push(Finding {
                 rule,
                 version: *version,
@@ -309,45 +309,41 @@ fn sized_table(effect: &Effect) -> Option<&Name> {
 fn allows(sql: &str, offset: usize, file: &std::path::Path) -> Result<Vec<(Rule, String)>, Error> {
     const PREFIX: &str = "db-migrate:allow";
     let before = &sql[..offset];
-    let mut lines: Vec<&str> = before.split('\n').collect();
+    // Backwards from the statement, lazily: only the lines directly above it are read.
+    let mut lines = before.rsplit('\n');
     // What precedes the statement on its own line.
-    let own = lines.pop().unwrap_or_default();
-    if !own.trim().is_empty() {
+    if !lines.next().unwrap_or_default().trim().is_empty() {
         return Ok(Vec::new());
     }
     let mut found = Vec::new();
-    let mut line_number = lines.len();
-    while let Some(line) = lines.pop() {
-        let text = line.trim();
-        let Some(comment) = text.strip_prefix("--") else {
+    for (back, line) in lines.enumerate() {
+        let Some(comment) = line.trim().strip_prefix("--") else {
             break;
         };
-        let comment = comment.trim();
-        if let Some(rest) = comment.strip_prefix(PREFIX) {
-            let mut words = rest.trim().splitn(2, char::is_whitespace);
-            let id = words.next().unwrap_or_default();
-            let reason = words.next().unwrap_or_default().trim();
-            let problem = match (Rule::from_id(id), reason.is_empty()) {
-                (None, _) => Some(format!(
-                    "unknown rule {id:?} in the allow comment; known: {}",
-                    Rule::ALL.map(Rule::id).join(", ")
-                )),
-                (Some(_), true) => Some(format!(
-                    "the allow comment for {id} gives no reason; write -- {PREFIX} {id} <why it is safe>"
-                )),
-                (Some(rule), false) => {
-                    found.push((rule, reason.to_string()));
-                    None
-                }
-            };
-            if let Some(problem) = problem {
-                return Err(Error::InvalidFile {
-                    file: file.to_path_buf(),
-                    problem: format!("line {line_number}: {problem}"),
-                });
+        let Some(rest) = comment.trim().strip_prefix(PREFIX) else {
+            continue;
+        };
+        let mut words = rest.trim().splitn(2, char::is_whitespace);
+        let id = words.next().unwrap_or_default();
+        let reason = words.next().unwrap_or_default().trim();
+        let problem = match (Rule::from_id(id), reason.is_empty()) {
+            (Some(rule), false) => {
+                found.push((rule, reason.to_string()));
+                continue;
             }
-        }
-        line_number -= 1;
+            (None, _) => format!(
+                "unknown rule {id:?} in the allow comment; known: {}",
+                Rule::ALL.map(Rule::id).join(", ")
+            ),
+            (Some(_), true) => format!(
+                "the allow comment for {id} gives no reason; write -- {PREFIX} {id} <why it is safe>"
+            ),
+        };
+        let line_number = before.matches('\n').count() - back;
+        return Err(Error::InvalidFile {
+            file: file.to_path_buf(),
+            problem: format!("line {line_number}: {problem}"),
+        });
     }
     Ok(found)
 }
