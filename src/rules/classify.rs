@@ -305,6 +305,9 @@ fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out:
                 }
                 ConstrType::ConstrIdentity => rewrites = true,
                 ConstrType::ConstrGenerated => rewrites = true,
+                // A new column is NOT NULL through its default (metadata only since
+                // PostgreSQL 11) or fails at once on a table with rows: no scan either way.
+                ConstrType::ConstrNotnull => {}
                 _ => constraint_effects(table, c, out),
             }
         }
@@ -343,7 +346,7 @@ fn constraint_effects(
         }
         ConstrType::ConstrNotnull => out.push(Effect::Validates {
             table,
-            what: "a NOT NULL column constraint",
+            what: "ADD CONSTRAINT ... NOT NULL",
         }),
         _ => {}
     }
@@ -453,6 +456,7 @@ mod tests {
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c)",
             "ALTER TABLE t ADD COLUMN IF NOT EXISTS c text DEFAULT 'x'",
             "ALTER TABLE t ADD COLUMN IF NOT EXISTS c timestamptz DEFAULT now()",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS c int NOT NULL DEFAULT 0",
             "ALTER TABLE t ADD CONSTRAINT k CHECK (c > 0) NOT VALID",
             "ALTER TABLE t VALIDATE CONSTRAINT k",
             "DELETE FROM t WHERE id = 1",
