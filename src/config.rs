@@ -8,7 +8,7 @@ use crate::error::Outcome;
 use crate::history::Table;
 pub use crate::plan::Mode;
 use crate::plan::{Rollback, Target};
-use crate::{cloudsql, connect, rules, session};
+use crate::{cloudsql, connect, rules, session, trace};
 
 // The defaults of the settings a flag can change: `cli` gives them to clap, which shows them
 // in `--help`, and `Config::new` uses them for what it is not given.
@@ -86,25 +86,52 @@ impl Config {
 /// What to do, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Up { target: Target, mode: Mode },
-    Down { rollback: Rollback, mode: Mode },
-    Status { format: OutputFormat },
+    Up {
+        target: Target,
+        mode: Mode,
+    },
+    Down {
+        rollback: Rollback,
+        mode: Mode,
+    },
+    Status {
+        format: OutputFormat,
+    },
     Verify,
-    New { description: String },
-    Repair { version: i64 },
-    Baseline { version: i64 },
+    New {
+        description: String,
+    },
+    Repair {
+        version: i64,
+    },
+    Baseline {
+        version: i64,
+    },
+    /// Trace what the pending migrations (or the rollbacks) would do, in a transaction that
+    /// is rolled back.
+    Plan {
+        of: PlanOf,
+        format: trace::Format,
+    },
+}
+
+/// What `plan` traces: the migrations `up` would apply, or the rollbacks `down` would run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanOf {
+    Up(Target),
+    Down(Rollback),
 }
 
 impl Command {
     /// Every command's name, as typed and as the summary event gives it, in the order of the
     /// variants (and of `--help`).
-    pub const NAMES: [&str; 7] = [
-        "up", "down", "status", "verify", "new", "repair", "baseline",
+    pub const NAMES: [&str; 8] = [
+        "up", "down", "status", "verify", "new", "repair", "baseline", "plan",
     ];
 
     /// This command's name, one of [`Command::NAMES`].
     pub fn name(&self) -> &'static str {
-        let [up, down, status, verify, new, repair, baseline] = Command::NAMES;
+        let [up, down, status, verify, new, repair, baseline, plan] = Command::NAMES;
         match self {
             Command::Up { .. } => up,
             Command::Down { .. } => down,
@@ -113,6 +140,7 @@ impl Command {
             Command::New { .. } => new,
             Command::Repair { .. } => repair,
             Command::Baseline { .. } => baseline,
+            Command::Plan { .. } => plan,
         }
     }
 
@@ -128,7 +156,8 @@ impl Command {
                 | Command::Verify
                 | Command::New { .. }
                 | Command::Repair { .. }
-                | Command::Baseline { .. },
+                | Command::Baseline { .. }
+                | Command::Plan { .. },
                 false,
                 _,
             ) => Outcome::Ok,

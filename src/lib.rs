@@ -21,6 +21,7 @@ pub mod rules;
 pub mod session;
 pub mod source;
 pub mod sql;
+pub mod trace;
 
 use tokio_postgres::Client;
 use tracing::info;
@@ -132,6 +133,30 @@ impl Job<'_> {
         }
     }
 
+    /// `plan`: the trace of `plan`, printed; exit 9 on a hazard nothing allows.
+    async fn plan(
+        &mut self,
+        client: &Client,
+        plan: &plan::Plan<'_>,
+        format: trace::Format,
+    ) -> Result<(), Error> {
+        plan.check(Mode::DryRun)?;
+        let (limits, budget) = (self.config.hazards, self.config.session.lock_timeout);
+        let report = trace::run(client, plan, limits, budget).await?;
+        // A closed stdout (`| head`) is the reader's choice, not a failed run.
+        let _ = trace::print(&report, format);
+        self.summary.pending = plan.len();
+        let hazards = report.hazards();
+        match hazards.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Hazard {
+                count: hazards.len(),
+                first: first.to_string(),
+                traced: true,
+            }),
+        }
+    }
+
     /// The commands that change the database, run under the migration lock.
     async fn change(
         &mut self,
@@ -162,6 +187,15 @@ impl Job<'_> {
                 let count = history::baseline(client, table, migrations, applied, *version, by);
                 self.summary.applied = count.await?;
                 return Ok(());
+            }
+            Command::Plan { of, format } => {
+                let plan = match of {
+                    config::PlanOf::Up(target) => {
+                        plan::up(migrations, applied, *target, config.allow_out_of_order)?
+                    }
+                    config::PlanOf::Down(rollback) => plan::down(migrations, applied, *rollback)?,
+                };
+                return self.plan(client, &plan, *format).await;
             }
             Command::Status { .. } | Command::Verify | Command::New { .. } => return Ok(()),
         };

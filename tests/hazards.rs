@@ -199,3 +199,141 @@ async fn an_allow_comment_without_a_reason_is_an_invalid_file() {
     );
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
+
+#[tokio::test]
+async fn plan_traces_locks_rewrites_and_rows_and_leaves_everything_as_it_was() {
+    let db = seeded(BIG).await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_slow.sql",
+            "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS thumbnail_url TEXT;\n\
+             SELECT pg_sleep(0.4);\n",
+        ),
+        (
+            "004_rewrite.sql",
+            "-- db-migrate:allow table-rewrite measured here\n\
+             ALTER TABLE video_requests ALTER COLUMN duration_ms TYPE bigint;\n\
+             DELETE FROM video_requests WHERE user_id = 'u1';\n",
+        ),
+        (
+            "005_index.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS video_requests_prompt ON video_requests (prompt);\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 9, "{}", out.stderr);
+    let statements: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(statements.len(), 5, "{}", out.stdout);
+    // The ALTER takes ACCESS EXCLUSIVE and keeps it through the 400 ms sleep after it.
+    let alter = &statements[0];
+    assert_eq!(alter["line"], 1);
+    let lock = &alter["locks"][0];
+    assert_eq!(lock["relation"], "video_requests", "{alter}");
+    assert_eq!(lock["mode"], "AccessExclusiveLock");
+    assert_eq!(lock["blocks"], "reads and writes");
+    assert!(lock["held_after_ms"].as_f64().unwrap() >= 400.0, "{alter}");
+    assert!(lock["relation_bytes"].as_i64().unwrap() > 0, "{alter}");
+    assert_eq!(
+        alter["findings"][0]["rule"], "strong-lock-held-long",
+        "{alter}"
+    );
+    // The type change rewrote the table; its static finding is allowed with its reason.
+    let rewrite = &statements[2];
+    assert_eq!(rewrite["rewrites"][0], "video_requests", "{rewrite}");
+    assert_eq!(rewrite["findings"][0]["rule"], "table-rewrite");
+    assert_eq!(rewrite["findings"][0]["reason"], "measured here");
+    assert_eq!(statements[3]["rows"], 1, "{}", statements[3]);
+    // The concurrent build cannot run in a transaction: checked, not traced.
+    assert_eq!(statements[4]["traced"], false);
+    let summary = events(&out.stderr).pop().unwrap();
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .contains("strong-lock-held-long"),
+        "{summary}"
+    );
+    // Nothing of it stayed.
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    let columns = support::columns(&client, "video_requests").await;
+    assert!(columns.iter().all(|c| c.0 != "thumbnail_url"));
+    assert!(
+        columns
+            .iter()
+            .any(|c| c.0 == "duration_ms" && c.1 == "integer")
+    );
+    let rows: i64 = support::one(&client, "SELECT count(*) FROM video_requests").await;
+    assert_eq!(rows, 12000);
+
+    // For a pull request: one annotation per finding, on its file and line.
+    let out = run(&db, dir.path(), &["plan", "--format", "github"]);
+    assert_eq!(out.code, 9, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("::error file=")
+            && lines[0]
+                .contains("003_slow.sql,line=1,col=1,title=db-migrate strong-lock-held-long::"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("::warning file="), "{}", lines[1]);
+
+    // The text report names each migration, statement, lock and finding.
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 9, "{}", out.stderr);
+    for part in [
+        "migration 3 (",
+        "locks video_requests AccessExclusiveLock (blocks the bot's reads and writes)",
+        "HAZARD strong-lock-held-long",
+        "allowed table-rewrite",
+        "reason: measured here",
+        "rewrites video_requests",
+        "not traced (-- no-transaction)",
+        "5 statement(s), 1 hazard(s)",
+    ] {
+        assert!(out.stdout.contains(part), "{part:?} not in\n{}", out.stdout);
+    }
+
+    // Allowed above the statement that takes the lock, nothing is left to refuse.
+    std::fs::write(
+        dir.path().join("003_slow.sql"),
+        "-- db-migrate:allow strong-lock-held-long the table is idle at night\n\
+         ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS thumbnail_url TEXT;\n\
+         SELECT pg_sleep(0.4);\n",
+    )
+    .unwrap();
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("allowed strong-lock-held-long")
+            && out.stdout.contains("reason: the table is idle at night"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn plan_down_exits_9_on_dropped_data_and_0_when_nothing_is_at_stake() {
+    let db = seeded("").await;
+    let out = run(&db, &seed_dir(), &["plan", "--down", "--all"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("0 hazard(s)"), "{}", out.stdout);
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+             aspect_ratio, resolution, status) VALUES ('u', 'g', 'c', 'p', 4, '16:9', '720p', 'pending')",
+        )
+        .await
+        .unwrap();
+    let out = run(&db, &seed_dir(), &["plan", "--down", "--all"]);
+    assert_eq!(out.code, 9, "{}", out.stderr);
+    assert!(out.stdout.contains("HAZARD drops-data"), "{}", out.stdout);
+    assert_eq!(support::tables(&db.client().await).await.len(), 2);
+}

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::cloudsql::{self, IpType};
-use crate::config::{self, Command, Config, Mode, Session};
+use crate::config::{self, Command, Config, Mode, PlanOf, Session};
 use crate::connect;
 use crate::error::Error;
 use crate::history::Table;
 use crate::plan::{Rollback, Target};
-use crate::rules;
+use crate::{rules, trace};
 use environment::{applied_by, dotenv_value};
 pub use values::{BackupArg, IpTypeArg, LogFormatArg, OutputFormatArg, Span, parse_duration};
 
@@ -182,6 +182,41 @@ pub enum CommandArgs {
         #[arg(long)]
         version: i64,
     },
+    /// Trace what each pending migration (with --down: each rollback) would lock, rewrite
+    /// and delete, in a transaction that is rolled back; exit 9 on a hazard.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("down_extent").multiple(true).args(["steps", "to", "all"])))]
+pub struct PlanArgs {
+    /// Trace the rollbacks `down` would run (with --steps, --to or --all).
+    #[arg(long, requires = "down_extent")]
+    down: bool,
+    /// Without --down: stop after this version.
+    #[arg(long, conflicts_with = "down")]
+    target: Option<i64>,
+    /// With --down: this many rollbacks.
+    #[arg(long, requires = "down", conflicts_with = "to", value_parser = clap::value_parser!(u64).range(1..))]
+    steps: Option<u64>,
+    /// With --down: every migration newer than this version.
+    #[arg(long, requires = "down")]
+    to: Option<i64>,
+    /// With --down: every applied migration.
+    #[arg(long, requires = "down")]
+    all: bool,
+    /// text: a block per migration; json: one object per statement; github: workflow
+    /// annotations on file and line.
+    #[arg(long, value_enum, default_value_t = PlanFormatArg::Text)]
+    format: PlanFormatArg,
+}
+
+/// `plan --format`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormatArg {
+    Text,
+    Json,
+    Github,
 }
 
 #[derive(Debug, Args)]
@@ -335,6 +370,21 @@ fn iam_user(pg: &mut tokio_postgres::Config) {
 
 fn command(args: &CommandArgs) -> Command {
     match args {
+        CommandArgs::Plan(plan) => Command::Plan {
+            of: match (plan.down, plan.steps, plan.to) {
+                (false, ..) => PlanOf::Up(plan.target.map_or(Target::Latest, Target::Version)),
+                (true, Some(steps), _) => PlanOf::Down(Rollback::Steps(
+                    usize::try_from(steps).unwrap_or(usize::MAX),
+                )),
+                (true, None, Some(version)) => PlanOf::Down(Rollback::To(version)),
+                (true, None, None) => PlanOf::Down(Rollback::All),
+            },
+            format: match plan.format {
+                PlanFormatArg::Text => trace::Format::Text,
+                PlanFormatArg::Json => trace::Format::Json,
+                PlanFormatArg::Github => trace::Format::Github,
+            },
+        },
         CommandArgs::Up(up) => Command::Up {
             target: up.target.map_or(Target::Latest, Target::Version),
             mode: mode(up.dry_run, up.single_transaction),

@@ -180,11 +180,17 @@ pub enum Error {
 
     /// A pending statement (or a rollback) would block or rewrite a big table, validate one
     /// in place, or drop data, and nothing allows it; nothing ran.
+    /// `plan` reports the same, found by its trace (rolled back).
     #[error(
-        "refused before anything ran: {first}{}",
-        if *.count > 1 { format!(" (and {} more; each is logged above)", .count - 1) } else { String::new() }
+        "{}: {first}{}",
+        if *.traced { "plan found a hazard" } else { "refused before anything ran" },
+        if *.count > 1 { format!(" (and {} more; each is {} above)", .count - 1, if *.traced { "reported" } else { "logged" }) } else { String::new() }
     )]
-    Hazard { count: usize, first: String },
+    Hazard {
+        count: usize,
+        first: String,
+        traced: bool,
+    },
 
     /// Consecutive transactions ran in different server sessions: a transaction pooler.
     #[error(

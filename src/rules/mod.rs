@@ -28,16 +28,19 @@ pub enum Rule {
     IndexWithoutConcurrently,
     TableRewrite,
     ValidatesWholeTable,
+    /// Found by `plan`'s trace only.
+    StrongLockHeldLong,
     DropsData,
     RenamesInUse,
     NotIdempotent,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 7] = [
         Rule::IndexWithoutConcurrently,
         Rule::TableRewrite,
         Rule::ValidatesWholeTable,
+        Rule::StrongLockHeldLong,
         Rule::DropsData,
         Rule::RenamesInUse,
         Rule::NotIdempotent,
@@ -48,6 +51,7 @@ impl Rule {
             Rule::IndexWithoutConcurrently => "index-without-concurrently",
             Rule::TableRewrite => "table-rewrite",
             Rule::ValidatesWholeTable => "validates-whole-table",
+            Rule::StrongLockHeldLong => "strong-lock-held-long",
             Rule::DropsData => "drops-data",
             Rule::RenamesInUse => "renames-in-use",
             Rule::NotIdempotent => "not-idempotent",
@@ -70,6 +74,9 @@ impl Rule {
             Rule::ValidatesWholeTable => {
                 "add the constraint NOT VALID, then VALIDATE CONSTRAINT in a later migration (it does not block writes)"
             }
+            Rule::StrongLockHeldLong => {
+                "move what runs after it into a migration of its own, so its lock is released at once"
+            }
             Rule::DropsData => {
                 "take a backup first, then allow it: --allow-data-loss, or -- db-migrate:allow drops-data <reason> above the statement"
             }
@@ -82,7 +89,7 @@ impl Rule {
 
     /// Whether `up` and `down` refuse it before anything runs (the others are reported by
     /// `plan` only).
-    fn refused(self) -> bool {
+    pub fn refused(self) -> bool {
         matches!(
             self,
             Rule::IndexWithoutConcurrently
@@ -177,6 +184,7 @@ pub async fn refuse(client: &Client, plan: &Plan<'_>, limits: Limits) -> Result<
         Some(first) => Err(Error::Hazard {
             count: refused.len(),
             first: first.to_string(),
+            traced: false,
         }),
     }
 }
@@ -306,7 +314,11 @@ fn sized_table(effect: &Effect) -> Option<&Name> {
 
 /// The allow comments directly above the statement at `offset`: the run of `--` comment lines
 /// that ends on the line before it. Each must name a known rule and give a reason.
-fn allows(sql: &str, offset: usize, file: &std::path::Path) -> Result<Vec<(Rule, String)>, Error> {
+pub fn allows(
+    sql: &str,
+    offset: usize,
+    file: &std::path::Path,
+) -> Result<Vec<(Rule, String)>, Error> {
     const PREFIX: &str = "db-migrate:allow";
     let before = &sql[..offset];
     // Backwards from the statement, lazily: only the lines directly above it are read.

@@ -1,0 +1,452 @@
+//! `db-migrate plan`: runs a plan's statements one at a time inside one transaction that is
+//! always rolled back, and records what each did: the table locks it took (from `pg_locks`
+//! for the job's own backend, before and after), which of the bot's operations each blocks,
+//! whether it rewrote a table (its relfilenode changed), the rows it touched, its duration,
+//! and how long each lock that blocks the bot stays held to the end of its migration's
+//! transaction. The static rules (`rules::check`) run first, on the catalog as it is.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::json;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::error::{Error, Failure};
+use crate::plan::Plan;
+use crate::rules::{self, Finding, Rule};
+use crate::session;
+use crate::sql;
+
+/// A lock a statement took on a relation that existed before the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lock {
+    pub relation: String,
+    pub mode: String,
+    /// How long it stays held after the statement, to the end of its migration.
+    pub held_after_ms: f64,
+    pub rows: i64,
+    pub bytes: i64,
+}
+
+impl Lock {
+    /// Which of the bot's operations the mode blocks, from PostgreSQL's conflict table: its
+    /// reads take ACCESS SHARE, its writes ROW EXCLUSIVE.
+    pub fn blocks(&self) -> &'static str {
+        match self.mode.as_str() {
+            "AccessExclusiveLock" => "reads and writes",
+            "ExclusiveLock" | "ShareRowExclusiveLock" | "ShareLock" => "writes",
+            _ => "nothing",
+        }
+    }
+}
+
+/// One statement of the plan, traced (or, in a `-- no-transaction` file, only checked).
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub version: i64,
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub first_line: String,
+    pub traced: bool,
+    pub duration_ms: f64,
+    pub locks: Vec<Lock>,
+    pub rewrites: Vec<String>,
+    /// Rows the server reported for it (INSERT, UPDATE, DELETE, ...).
+    pub rows: Option<u64>,
+    pub findings: Vec<Finding>,
+    /// The allow comments above it.
+    allows: Vec<(Rule, String)>,
+}
+
+/// What `plan` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub statements: Vec<Statement>,
+}
+
+impl Report {
+    /// The findings that make `plan` exit 9: those `up`/`down` refuse, and a strong lock
+    /// held long, unless allowed.
+    pub fn hazards(&self) -> Vec<&Finding> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.findings.iter())
+            .filter(|f| blocking(f) && f.allowed.is_none())
+            .collect()
+    }
+}
+
+/// A finding of a rule that makes `plan` exit 9 unless allowed; the others are notes.
+fn blocking(finding: &Finding) -> bool {
+    finding.rule.refused() || finding.rule == Rule::StrongLockHeldLong
+}
+
+/// Traces `plan`; `lock_budget` is how long a lock that blocks the bot may stay held
+/// (`--ddl-lock-timeout`).
+pub async fn run(
+    client: &Client,
+    plan: &Plan<'_>,
+    limits: rules::Limits,
+    lock_budget: std::time::Duration,
+) -> Result<Report, Error> {
+    let findings = rules::check(client, plan, limits).await?;
+    let budget_ms = lock_budget.as_secs_f64() * 1000.0;
+    let mut report = Report::default();
+    session::transaction(client, false, async || {
+        let existing = snapshot(client).await?;
+        for step in &plan.steps {
+            let script = step.script;
+            let mut migration: Vec<(Statement, Snapshot, Snapshot)> = Vec::new();
+            for statement in sql::split(&script.sql) {
+                let position = script.sql[..statement.offset].chars().count() + 1;
+                let (line, column) = sql::line_col(&script.sql, position);
+                let mut traced = Statement {
+                    version: step.migration.version,
+                    file: script.path.clone(),
+                    line,
+                    column,
+                    first_line: statement
+                        .text
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .into(),
+                    traced: !script.no_transaction,
+                    duration_ms: 0.0,
+                    locks: Vec::new(),
+                    rewrites: Vec::new(),
+                    rows: None,
+                    allows: rules::allows(&script.sql, statement.offset, &script.path)?,
+                    findings: (findings.iter())
+                        .filter(|f| {
+                            f.version == step.migration.version
+                                && f.line == line
+                                && f.file == script.path
+                        })
+                        .cloned()
+                        .collect(),
+                };
+                if script.no_transaction {
+                    report.statements.push(traced);
+                    continue;
+                }
+                let before = snapshot(client).await?;
+                let started = Instant::now();
+                let answer = client.simple_query(statement.text).await;
+                traced.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let messages = answer.map_err(|e| {
+                    failed(
+                        step.migration.version,
+                        &script.path,
+                        &script.sql,
+                        statement.offset,
+                        e,
+                    )
+                })?;
+                traced.rows = messages.iter().rev().find_map(|m| match m {
+                    SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+                    _ => None,
+                });
+                let after = snapshot(client).await?;
+                migration.push((traced, before, after));
+            }
+            finish(client, &existing, migration, budget_ms, &mut report).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(report)
+}
+
+/// A migration's statements done: the locks each took, what it rewrote, and how long the
+/// locks that block the bot stay held after it.
+async fn finish(
+    client: &Client,
+    existing: &Snapshot,
+    migration: Vec<(Statement, Snapshot, Snapshot)>,
+    budget_ms: f64,
+    report: &mut Report,
+) -> Result<(), Error> {
+    let durations: Vec<f64> = migration.iter().map(|(s, ..)| s.duration_ms).collect();
+    for (i, (mut statement, before, after)) in migration.into_iter().enumerate() {
+        // An empty sum is -0.0; adding 0.0 makes it print as 0.0.
+        let held_after_ms: f64 = durations[i + 1..].iter().sum::<f64>() + 0.0;
+        let new: BTreeSet<&(String, String)> = after.locks.difference(&before.locks).collect();
+        for (relation, mode) in new {
+            if !existing.files.contains_key(relation) {
+                continue;
+            }
+            let (rows, bytes) = size(client, relation).await?;
+            statement.locks.push(Lock {
+                relation: relation.clone(),
+                mode: mode.clone(),
+                held_after_ms,
+                rows,
+                bytes,
+            });
+        }
+        statement.rewrites = (after.files.iter())
+            .filter(|(relation, file)| {
+                before.files.get(*relation).is_some_and(|old| old != *file)
+                    && existing.files.contains_key(*relation)
+            })
+            .map(|(relation, _)| relation.clone())
+            .collect();
+        let held_long = statement
+            .locks
+            .iter()
+            .find(|lock| lock.blocks() != "nothing" && lock.held_after_ms > budget_ms)
+            .cloned();
+        if let Some(lock) = held_long {
+            statement.findings.push(Finding {
+                rule: Rule::StrongLockHeldLong,
+                version: statement.version,
+                file: statement.file.clone(),
+                line: statement.line,
+                column: statement.column,
+                statement: statement.first_line.clone(),
+                relation: lock.relation.clone(),
+                rows: lock.rows,
+                what: format!(
+                    "{} held {:.0} ms after it, blocking the bot's {}",
+                    lock.mode,
+                    lock.held_after_ms,
+                    lock.blocks()
+                ),
+                allowed: (statement.allows.iter())
+                    .find(|(rule, _)| *rule == Rule::StrongLockHeldLong)
+                    .map(|(_, reason)| reason.clone()),
+            });
+        }
+        report.statements.push(statement);
+    }
+    Ok(())
+}
+
+/// The job's own relation locks, and the relfilenode of every user table.
+#[derive(Debug, Default)]
+struct Snapshot {
+    locks: BTreeSet<(String, String)>,
+    files: HashMap<String, i64>,
+}
+
+async fn snapshot(client: &Client) -> Result<Snapshot, Error> {
+    // Locks on system catalogs (oid < 16384) are the snapshot's own and the server's.
+    let rows = client
+        .query(
+            "SELECT true, l.relation::regclass::text, l.mode, 0::int8 FROM pg_catalog.pg_locks l
+              WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation'
+                AND l.granted AND l.relation >= 16384
+             UNION ALL
+             SELECT false, c.oid::regclass::text, '', c.relfilenode::int8 FROM pg_catalog.pg_class c
+              WHERE c.relkind IN ('r', 'm') AND c.oid >= 16384",
+            &[],
+        )
+        .await
+        .map_err(Error::database(
+            "reading the locks and files of the traced statement",
+        ))?;
+    let mut snapshot = Snapshot::default();
+    for row in rows {
+        let (lock, relation, mode, file): (bool, String, String, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        match lock {
+            true => {
+                snapshot.locks.insert((relation, mode));
+            }
+            false => {
+                snapshot.files.insert(relation, file);
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+async fn size(client: &Client, relation: &str) -> Result<(i64, i64), Error> {
+    let row = client
+        .query_one(
+            "SELECT greatest(c.reltuples, 0)::int8, pg_catalog.pg_total_relation_size(c.oid)
+               FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[&relation],
+        )
+        .await
+        .map_err(Error::database("reading the size of a traced relation"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A statement that failed under the trace, named by file, line and column.
+fn failed(
+    version: i64,
+    file: &std::path::Path,
+    sql: &str,
+    offset: usize,
+    error: tokio_postgres::Error,
+) -> Error {
+    let Some(db) = error.as_db_error() else {
+        return Error::Database {
+            context: "tracing a statement",
+            source: error,
+        };
+    };
+    let position = sql[..offset].chars().count() + 1;
+    Error::Apply(Box::new(Failure {
+        version,
+        file: file.to_path_buf(),
+        position: Some(sql::line_col(sql, position)),
+        sqlstate: db.code().code().to_string(),
+        message: db.message().to_string(),
+        detail: db.detail().map(str::to_string),
+        hint: db.hint().map(str::to_string),
+        atomic: true,
+    }))
+}
+
+/// How `plan` prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A readable block per migration.
+    Text,
+    /// One JSON object per statement.
+    Json,
+    /// GitHub workflow annotations, one per finding.
+    Github,
+}
+
+/// The report on stdout.
+pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            for s in &report.statements {
+                writeln!(out, "{}", json_of(s))?;
+            }
+        }
+        Format::Github => {
+            for f in report.statements.iter().flat_map(|s| s.findings.iter()) {
+                let level = match (f.allowed.is_some(), blocking(f)) {
+                    (false, true) => "error",
+                    _ => "warning",
+                };
+                let message = escape_data(&format!(
+                    "{}: {} on {}; {}",
+                    f.rule.id(),
+                    f.what,
+                    f.relation,
+                    f.rule.fix()
+                ));
+                writeln!(
+                    out,
+                    "::{level} file={},line={},col={},title=db-migrate {}::{message}",
+                    escape_property(&f.file.display().to_string()),
+                    f.line,
+                    f.column,
+                    f.rule.id()
+                )?;
+            }
+        }
+        Format::Text => {
+            let mut version = None;
+            for s in &report.statements {
+                if version != Some(s.version) {
+                    version = Some(s.version);
+                    writeln!(out, "migration {} ({})", s.version, s.file.display())?;
+                }
+                writeln!(out, "  {}:{}  {}", s.line, s.column, s.first_line)?;
+                match s.traced {
+                    true => write!(out, "        {:.1} ms", s.duration_ms)?,
+                    false => write!(out, "        not traced (-- no-transaction)")?,
+                }
+                if let Some(rows) = s.rows {
+                    write!(out, ", {rows} row(s)")?;
+                }
+                writeln!(out)?;
+                for lock in &s.locks {
+                    let blocks = match lock.blocks() {
+                        "nothing" => "blocks none of the bot's queries".to_string(),
+                        what => format!("blocks the bot's {what}"),
+                    };
+                    writeln!(
+                        out,
+                        "        locks {} {} ({blocks}) until {:.1} ms after it; {} rows, {} bytes",
+                        lock.relation, lock.mode, lock.held_after_ms, lock.rows, lock.bytes
+                    )?;
+                }
+                for relation in &s.rewrites {
+                    writeln!(out, "        rewrites {relation}")?;
+                }
+                for f in &s.findings {
+                    let mark = match (f.allowed.is_some(), blocking(f)) {
+                        (true, _) => "allowed",
+                        (false, true) => "HAZARD",
+                        (false, false) => "note",
+                    };
+                    writeln!(
+                        out,
+                        "        {mark} {}: {} on {}",
+                        f.rule.id(),
+                        f.what,
+                        f.relation
+                    )?;
+                    match &f.allowed {
+                        Some(reason) => writeln!(out, "          reason: {reason}")?,
+                        None => writeln!(out, "          fix: {}", f.rule.fix())?,
+                    }
+                }
+            }
+            let hazards = report.hazards().len();
+            writeln!(
+                out,
+                "{} statement(s), {hazards} hazard(s)",
+                report.statements.len()
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn json_of(s: &Statement) -> serde_json::Value {
+    json!({
+        "version": s.version,
+        "file": s.file.display().to_string(),
+        "line": s.line,
+        "column": s.column,
+        "statement": s.first_line,
+        "traced": s.traced,
+        "duration_ms": s.duration_ms,
+        "rows": s.rows,
+        "locks": s.locks.iter().map(|l| json!({
+            "relation": l.relation,
+            "mode": l.mode,
+            "blocks": l.blocks(),
+            "held_after_ms": l.held_after_ms,
+            "relation_rows": l.rows,
+            "relation_bytes": l.bytes,
+        })).collect::<Vec<_>>(),
+        "rewrites": s.rewrites,
+        "findings": s.findings.iter().map(|f| json!({
+            "rule": f.rule.id(),
+            "what": f.what,
+            "relation": f.relation,
+            "rows": f.rows,
+            "allowed": f.allowed.is_some(),
+            "reason": f.allowed,
+            "fix": f.rule.fix(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// GitHub's workflow-command escaping of a message.
+fn escape_data(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// GitHub's workflow-command escaping of a property value (`file=`).
+fn escape_property(text: &str) -> String {
+    escape_data(text).replace(':', "%3A").replace(',', "%2C")
+}
