@@ -323,8 +323,9 @@ def check_cloud_run(docs):
             argv = argv_of(where, container)
             if argv is None:
                 continue
-            if ("--dry-run" in argv) != ("dry-run" in name):
-                fail(where, f"args {argv}: only the *dry-run* job may (and must) pass --dry-run")
+            rehearses = "--dry-run" in argv or argv[:1] == ["plan"]
+            if rehearses != ("dry-run" in name):
+                fail(where, f"args {argv}: only the *dry-run* job may (and must) run plan or up --dry-run")
             check_invocation(where, argv, container)
     return names
 
