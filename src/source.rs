@@ -364,6 +364,20 @@ pub fn checksum(sql: &str) -> String {
         .collect()
 }
 
+/// What `new` writes under the description of a forward file.
+const UP_HINTS: &str = "--
+-- Safe to run twice: CREATE TABLE IF NOT EXISTS, ADD COLUMN IF NOT EXISTS,
+-- CREATE INDEX IF NOT EXISTS. On a table the bot uses, build an index with
+-- CREATE INDEX CONCURRENTLY in a file of its own whose first line is -- no-transaction,
+-- add constraints NOT VALID and VALIDATE them in a later migration, and prefer a new column
+-- to changing a column's type. `db-migrate plan` shows what each statement will lock.
+";
+
+/// What `new` writes under the heading of a rollback file.
+const DOWN_HINTS: &str = "--
+-- Safe to run twice: DROP ... IF EXISTS. Delete this file if the change cannot be undone.
+";
+
 /// Creates `NNN_description.sql` and its `.down.sql` after the newest migration in `dir`,
 /// with the version as wide as the widest existing one (at least three digits).
 pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error> {
@@ -396,8 +410,10 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
     let stem = format!("{version:0width$}_{slug}");
     let up = dir.join(format!("{stem}.sql"));
     let down = dir.join(format!("{stem}.down.sql"));
-    write_new(&up, &format!("-- {description}\n\n"))?;
-    write_new(&down, &format!("-- Rolls back {stem}.sql\n\n"))?;
+    // Comments only (a pending file without a statement is refused until it is written), with
+    // the forms that pass the rules: safe to run twice, and gentle on the bot's big tables.
+    write_new(&up, &format!("-- {description}\n{UP_HINTS}\n"))?;
+    write_new(&down, &format!("-- Rolls back {stem}.sql\n{DOWN_HINTS}\n"))?;
     Ok((up, down))
 }
 

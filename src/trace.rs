@@ -195,6 +195,12 @@ async fn finish(
             })
             .map(|(relation, _)| relation.clone())
             .collect();
+        // A type change the parser flags may be binary compatible (varchar(n) to text): the
+        // trace saw whether the table was rewritten.
+        if statement.rewrites.is_empty() {
+            (statement.findings)
+                .retain(|f| !(f.rule == Rule::TableRewrite && f.what == "ALTER COLUMN ... TYPE"));
+        }
         let held_long = statement
             .locks
             .iter()
@@ -331,13 +337,8 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                     (false, true) => "error",
                     _ => "warning",
                 };
-                let message = escape_data(&format!(
-                    "{}: {} on {}; {}",
-                    f.rule.id(),
-                    f.what,
-                    f.relation,
-                    f.rule.fix()
-                ));
+                let (rule, what, fix) = (f.rule.id(), &f.what, f.rule.fix());
+                let message = escape_data(&format!("{rule}: {what}{}; {fix}", on(f)));
                 writeln!(
                     out,
                     "::{level} file={},line={},col={},title=db-migrate {}::{message}",
@@ -384,13 +385,7 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                         (false, true) => "HAZARD",
                         (false, false) => "note",
                     };
-                    writeln!(
-                        out,
-                        "        {mark} {}: {} on {}",
-                        f.rule.id(),
-                        f.what,
-                        f.relation
-                    )?;
+                    writeln!(out, "        {mark} {}: {}{}", f.rule.id(), f.what, on(f))?;
                     match &f.allowed {
                         Some(reason) => writeln!(out, "          reason: {reason}")?,
                         None => writeln!(out, "          fix: {}", f.rule.fix())?,
@@ -406,6 +401,14 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// ` on video_requests`, or nothing for a finding that concerns no table.
+fn on(finding: &Finding) -> String {
+    match finding.relation.is_empty() {
+        true => String::new(),
+        false => format!(" on {}", finding.relation),
+    }
 }
 
 fn json_of(s: &Statement) -> serde_json::Value {

@@ -337,3 +337,36 @@ async fn plan_down_exits_9_on_dropped_data_and_0_when_nothing_is_at_stake() {
     assert!(out.stdout.contains("HAZARD drops-data"), "{}", out.stdout);
     assert_eq!(support::tables(&db.client().await).await.len(), 2);
 }
+
+#[tokio::test]
+async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites_nothing() {
+    let db = seeded(BIG).await;
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE video_requests ADD COLUMN note varchar(20)")
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_note.sql",
+        "CREATE TABLE renders (id int);\n\
+         ALTER TABLE video_requests ALTER COLUMN note TYPE text;\n",
+    )]);
+    // Static, `up` cannot tell a binary-compatible change from a rewrite, and refuses it.
+    let out = run(&db, dir.path(), &["up"]);
+    refused(&out, &["table-rewrite"]);
+    // The trace sees that varchar(20) to text rewrote nothing.
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("note not-idempotent: CREATE TABLE without IF NOT EXISTS\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("table-rewrite"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("2 statement(s), 0 hazard(s)"),
+        "{}",
+        out.stdout
+    );
+}

@@ -121,6 +121,18 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.relation.is_empty() {
+            return write!(
+                f,
+                "{}:{}:{}: {} ({}); {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.rule.id(),
+                self.what,
+                self.rule.fix()
+            );
+        }
         let rows = match self.rule {
             Rule::DropsData => format!("{} row(s) of data", self.rows),
             _ => format!("{} row(s)", self.rows),
@@ -153,7 +165,11 @@ pub struct Limits {
 pub async fn refuse(client: &Client, plan: &Plan<'_>, limits: Limits) -> Result<(), Error> {
     let findings = check(client, plan, limits).await?;
     let mut refused = Vec::new();
-    for finding in findings {
+    // The idempotency convention is `plan`'s to report; here it would be noise.
+    for finding in findings
+        .into_iter()
+        .filter(|f| f.rule != Rule::NotIdempotent)
+    {
         let allowed = finding.allowed.is_some()
             || (finding.rule == Rule::DropsData && limits.allow_data_loss);
         let message = match (finding.rule.refused(), allowed) {
@@ -218,10 +234,38 @@ pub async fn check(
     // statement reaches them: what the catalog says of the old one does not apply.
     let mut fresh: HashSet<Name> = HashSet::new();
     for (version, script, statement, allows, effects) in &statements {
+        // Line and column only for a finding: counting from the file's start for every
+        // statement would cost a big data file quadratic time.
+        let place = || {
+            let position = script.sql[..statement.offset].chars().count() + 1;
+            sql::line_col(&script.sql, position)
+        };
+        let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
+            let (line, column) = place();
+            Finding {
+                rule,
+                version: *version,
+                file: script.path.clone(),
+                line,
+                column,
+                statement: first_line(statement.text),
+                relation,
+                rows,
+                what: what.to_string(),
+                allowed: allowed(allows, rule),
+            }
+        };
         for effect in effects {
             let Some((rule, table, what, column_name)) = weigh(effect) else {
-                if let Effect::Creates { relation } = effect {
-                    fresh.insert(relation.clone());
+                match effect {
+                    Effect::Creates { relation } => {
+                        fresh.insert(relation.clone());
+                    }
+                    // A convention, not a hazard: no table, no rows, never refused.
+                    Effect::NotIdempotent { what } => {
+                        findings.push(finding(Rule::NotIdempotent, String::new(), 0, what));
+                    }
+                    _ => {}
                 }
                 continue;
             };
@@ -233,47 +277,37 @@ pub async fn check(
                 _ => facts.rows(table),
             };
             let Some(rows) = rows else { continue };
-            let big = rows >= limits.hazard_rows;
             let hit = match rule {
                 Rule::DropsData => rows > 0,
                 Rule::RenamesInUse => true,
-                Rule::NotIdempotent => false,
-                _ => big,
+                _ => rows >= limits.hazard_rows,
             };
             if matches!(effect, Effect::DropsTable { .. }) {
                 fresh.insert(table.clone());
             }
-            if !hit {
-                continue;
+            if hit {
+                findings.push(finding(rule, table.to_string(), rows, what));
             }
-            // Only for a finding: counting from the file's start for every statement would
-            // cost a big data file quadratic time.
-            let position = script.sql[..statement.offset].chars().count() + 1;
-            let (line, column) = sql::line_col(&script.sql, position);
-            findings.push(Finding {
-                rule,
-                version: *version,
-                file: script.path.clone(),
-                line,
-                column,
-                statement: statement
-                    .text
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-                relation: table.to_string(),
-                rows,
-                what: what.to_string(),
-                allowed: allows
-                    .iter()
-                    .find(|(r, _)| *r == rule)
-                    .map(|(_, why)| why.clone()),
-            });
         }
     }
     Ok(findings)
+}
+
+fn first_line(statement: &str) -> String {
+    statement
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The reason of the allow comment for `rule` among `allows`.
+fn allowed(allows: &[(Rule, String)], rule: Rule) -> Option<String> {
+    allows
+        .iter()
+        .find(|(r, _)| *r == rule)
+        .map(|(_, why)| why.clone())
 }
 
 /// The rule an effect falls under, the table it concerns, what it does, and the column it
