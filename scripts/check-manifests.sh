@@ -13,7 +13,8 @@
 #   - every db-migrate invocation in them (container args, `gcloud run jobs ... --args`) is
 #     accepted by the binary's own parser, with and without the manifest's own environment;
 #   - the CI pipelines run dry run, migration and bot deploy in that order, with no
-#     `gcloud sql backups create` step (the production job backs up itself).
+#     `gcloud sql backups create` step (the production job backs up itself); a pull-request
+#     check deploys nothing and runs `db-migrate plan --format github`.
 # Installs its Python tools with pip when they are missing; builds target/debug/db-migrate
 # when it is missing (DB_MIGRATE_BIN names another binary).
 set -euo pipefail
@@ -385,7 +386,11 @@ def check_ci(docs, run_jobs):
         fail("deploy/ci", "no CI pipeline")
     for path, doc in ci:
         steps = []
+        plans = []
         for tokens in ci_commands(path, doc):
+            if tokens and os.path.basename(tokens[0]) == "db-migrate":
+                check_invocation(f"{path} {shlex.join(tokens)}", tokens[1:])
+                plans.append(tokens[1:])
             if tokens[:1] != ["gcloud"]:
                 continue
             words = [t for t in tokens[1:] if not t.startswith("-")]
@@ -406,6 +411,11 @@ def check_ci(docs, run_jobs):
                            "itself (DB_MIGRATE_BACKUP=auto)")
             elif words[:2] == ["run", "deploy"]:
                 steps.append("deploy bot")
+        # A pull-request check runs db-migrate itself and deploys nothing.
+        if not steps and plans:
+            if not any(argv[:1] == ["plan"] and "github" in argv for argv in plans):
+                fail(path, f"runs db-migrate {plans} but no `plan --format github`")
+            continue
         expected = ["execute db-migrate-dry-run", "execute db-migrate", "deploy bot"]
         if steps != expected:
             fail(path, f"pipeline runs {steps}, expected {expected}")
