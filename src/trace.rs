@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde_json::json;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::error::{Error, Failure};
+use crate::error::{Error, Failure, Refusal};
 use crate::plan::Plan;
 use crate::rules::{self, Finding, Rule};
 use crate::session;
@@ -95,6 +95,17 @@ pub async fn run(
     let budget_ms = lock_budget.as_secs_f64() * 1000.0;
     let mut report = Report::default();
     session::transaction(client, false, async || {
+        // A statement must not end the transaction, or what follows it would commit: a
+        // COMMIT fails on the WITH HOLD cursor (as in a real run), and a ROLLBACK is seen
+        // after the statement by the transaction-local mark being gone.
+        let guard = format!(
+            "DECLARE db_migrate_plan_guard CURSOR WITH HOLD FOR \
+             SELECT pg_catalog.current_setting('{}'); \
+             SELECT pg_catalog.set_config('{OPEN}', 'on', true)",
+            session::COMMIT_REFUSED
+        );
+        (client.batch_execute(&guard).await)
+            .map_err(Error::database("guarding the plan's transaction"))?;
         let existing = snapshot(client).await?;
         for step in &plan.steps {
             let script = step.script;
@@ -146,6 +157,7 @@ pub async fn run(
                         e,
                     )
                 })?;
+                still_open(client, step.migration.version, &script.path).await?;
                 traced.rows = messages.iter().rev().find_map(|m| match m {
                     SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
                     _ => None,
@@ -232,6 +244,28 @@ async fn finish(
     Ok(())
 }
 
+/// The transaction-local mark that says the plan's transaction is still the one it opened.
+const OPEN: &str = "db_migrate.plan_transaction";
+
+/// An error when the statement just run ended the plan's transaction.
+async fn still_open(client: &Client, version: i64, file: &std::path::Path) -> Result<(), Error> {
+    let row = client
+        .query_one(
+            &format!("SELECT pg_catalog.current_setting('{OPEN}', true)"),
+            &[],
+        )
+        .await
+        .map_err(Error::database("checking the plan's transaction"))?;
+    match row.get::<_, Option<String>>(0).as_deref() {
+        Some("on") => Ok(()),
+        _ => Err(Error::TransactionEnded {
+            version,
+            file: file.to_path_buf(),
+            refusal: Refusal::TransactionEnded,
+        }),
+    }
+}
+
 /// The job's own relation locks, and the relfilenode of every user table.
 #[derive(Debug, Default)]
 struct Snapshot {
@@ -291,6 +325,13 @@ fn failed(
     offset: usize,
     error: tokio_postgres::Error,
 ) -> Error {
+    if let Some(refusal) = session::refusal(&error) {
+        return Error::TransactionEnded {
+            version,
+            file: file.to_path_buf(),
+            refusal,
+        };
+    }
     let Some(db) = error.as_db_error() else {
         return Error::Database {
             context: "tracing a statement",

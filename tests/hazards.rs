@@ -370,3 +370,17 @@ async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites
         out.stdout
     );
 }
+
+#[tokio::test]
+async fn plan_leaves_schema_and_history_untouched_when_a_file_ends_the_transaction() {
+    let db = seeded("").await;
+    let dir = support::copy_of_seed(&[(
+        "003_commit.sql",
+        "CREATE TABLE IF NOT EXISTS renders (id int);\nCOMMIT;\nCREATE TABLE IF NOT EXISTS later (id int);\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    assert_eq!(support::tables(&client).await.len(), 2);
+}

@@ -825,3 +825,28 @@ async fn a_set_role_in_a_no_transaction_file_does_not_stop_its_history_row() {
     .await;
     assert_eq!(owner, "postgres");
 }
+
+#[tokio::test]
+async fn plan_never_commits_what_a_file_that_ends_its_transaction_runs() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    // The file checks would refuse these; the trace holds even when they are bypassed.
+    for body in [
+        "CREATE TABLE a (i int); COMMIT; CREATE TABLE b (i int)",
+        "CREATE TABLE a (i int); ROLLBACK; CREATE TABLE b (i int)",
+    ] {
+        let m = migration(1, body, None);
+        let plan = Plan::new(Direction::Up, [&m]).unwrap();
+        let limits = db_migrate::rules::Limits {
+            hazard_rows: 10_000,
+            allow_data_loss: false,
+        };
+        let result = db_migrate::trace::run(&h.client, &plan, limits, Duration::from_secs(1)).await;
+        assert!(
+            matches!(result, Err(Error::TransactionEnded { .. })),
+            "{body}: {result:?}"
+        );
+        let client = db.client().await;
+        assert_eq!(tables(&client).await, ["schema_migrations"], "{body}");
+    }
+}
