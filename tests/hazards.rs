@@ -228,6 +228,43 @@ async fn plan_traces_locks_rewrites_and_rows_and_leaves_everything_as_it_was() {
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
     assert_eq!(statements.len(), 5, "{}", out.stdout);
+    // Every field, on every statement.
+    for statement in &statements {
+        for key in [
+            "version",
+            "file",
+            "line",
+            "column",
+            "statement",
+            "traced",
+            "duration_ms",
+            "rows",
+            "locks",
+            "rewrites",
+            "findings",
+        ] {
+            assert!(statement.get(key).is_some(), "{key} missing in {statement}");
+        }
+        for lock in statement["locks"].as_array().unwrap() {
+            for key in [
+                "relation",
+                "mode",
+                "blocks",
+                "held_after_ms",
+                "relation_rows",
+                "relation_bytes",
+            ] {
+                assert!(lock.get(key).is_some(), "{key} missing in {lock}");
+            }
+        }
+        for finding in statement["findings"].as_array().unwrap() {
+            for key in [
+                "rule", "what", "relation", "rows", "allowed", "reason", "fix",
+            ] {
+                assert!(finding.get(key).is_some(), "{key} missing in {finding}");
+            }
+        }
+    }
     // The ALTER takes ACCESS EXCLUSIVE and keeps it through the 400 ms sleep after it.
     let alter = &statements[0];
     assert_eq!(alter["line"], 1);
