@@ -52,6 +52,9 @@ pub struct Config {
     pub backup_timeout: Duration,
     /// What the hazard rules refuse.
     pub hazards: rules::Limits,
+    /// The npm script this run was started by (`npm run db:migrate:down`), so that a refusal
+    /// can say how to run it again.
+    pub npm_script: Option<String>,
 }
 
 impl Config {
@@ -79,6 +82,7 @@ impl Config {
                 hazard_rows: DEFAULT_HAZARD_ROWS,
                 allow_data_loss: false,
             },
+            npm_script: None,
         }
     }
 }

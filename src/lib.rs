@@ -203,7 +203,9 @@ impl Job<'_> {
         self.summary.ran(up, plan.len(), 0, dry_run);
         // Everything a plan can be refused for is refused before a backup is waited for.
         plan.check(mode)?;
-        rules::refuse(client, &plan, config.hazards).await?;
+        rules::refuse(client, &plan, config.hazards)
+            .await
+            .map_err(|error| npm_hint(error, config.npm_script.as_deref()))?;
         // Under the migration lock and before anything changes: `auto` only when the plan
         // runs something, never for a dry run.
         let wanted = config.backup.wanted(!plan.is_empty(), mode);
@@ -235,5 +237,28 @@ impl Job<'_> {
         (self.summary).ran(up, plan.len(), report.completed, dry_run);
         self.summary.locks = Some(report.locks);
         report.result
+    }
+}
+
+/// A refusal of dropped data started by an npm script says how to run that script again with
+/// the data loss allowed.
+fn npm_hint(error: Error, script: Option<&str>) -> Error {
+    match (error, script) {
+        (
+            Error::Hazard {
+                count,
+                first,
+                traced,
+            },
+            Some(script),
+        ) if first.contains("drops-data") => {
+            let first = format!("{first} (here: npm run {script} -- --allow-data-loss)");
+            Error::Hazard {
+                count,
+                first,
+                traced,
+            }
+        }
+        (error, _) => error,
     }
 }

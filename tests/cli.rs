@@ -443,7 +443,26 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
     let last = npm_with("db:migrate:down", &["--", "--steps", "1"]);
     assert_eq!(last.code, 0, "{}", last.stderr);
     assert_eq!(history(&db.client().await).await, [1]);
-    let down = npm("db:migrate:down");
+    // With a request in the table, rolling back everything would lose it: refused, with how
+    // to run the script again once a backup is taken.
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+             aspect_ratio, resolution, status) VALUES ('u', 'g', 'c', 'p', 4, '16:9', '720p', 'pending')",
+        )
+        .await
+        .unwrap();
+    let refused = npm("db:migrate:down");
+    assert_eq!(refused.code, 9, "{}", refused.stderr);
+    let summary = events(&refused.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("(here: npm run db:migrate:down -- --allow-data-loss)"),
+        "{message}"
+    );
+    assert_eq!(history(&db.client().await).await, [1]);
+    let down = npm_with("db:migrate:down", &["--", "--allow-data-loss"]);
     assert_eq!(down.code, 0, "{}", down.stderr);
     assert!(support::tables(&db.client().await).await == ["schema_migrations"]);
 }

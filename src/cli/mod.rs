@@ -312,6 +312,10 @@ impl Cli {
                 hazard_rows: self.hazard_rows,
                 allow_data_loss: self.allow_data_loss,
             },
+            // npm sets this for the scripts it runs.
+            npm_script: std::env::var("npm_lifecycle_event")
+                .ok()
+                .filter(|script| script.starts_with("db:")),
         })
     }
 
