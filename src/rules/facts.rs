@@ -69,7 +69,9 @@ impl Facts {
         self.rows.get(&table.sql()).copied()
     }
 
-    /// Rows of `table` holding a value in `column`, or `None` when either does not exist.
+    /// Rows of `table` holding a value in `column`, or `None` when either does not exist:
+    /// from the planner's statistics when they saw values, else counted, reading the table
+    /// for at most [`COUNT_TIMEOUT`] (then every row counts).
     pub async fn values(
         &self,
         client: &Client,
@@ -82,32 +84,68 @@ impl Facts {
         if rows == 0 {
             return Ok(Some(0));
         }
-        let exists = client
+        // The column, and the planner's share of NULLs in it when the table was analyzed.
+        let row = client
             .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_attribute
-                  WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2 AND NOT attisdropped",
+                "SELECT (SELECT s.null_frac::float8 FROM pg_catalog.pg_stats s
+                          WHERE s.schemaname = n.nspname AND s.tablename = c.relname
+                            AND s.attname = a.attname AND NOT s.inherited)
+                   FROM pg_catalog.pg_attribute a
+                   JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2
+                    AND NOT a.attisdropped",
                 &[&table.sql(), &column],
             )
             .await
             .map_err(Error::database("looking up a dropped column"))?;
-        if exists.is_none() {
+        let Some(row) = row else {
             return Ok(None);
+        };
+        // Statistics that saw values are enough to say the column holds data; statistics
+        // that saw none may be older than the values, so only a count can say it is empty.
+        if let Some(null_frac) = row.get::<_, Option<f64>>(0)
+            && null_frac < 1.0
+        {
+            return Ok(Some(
+                ((rows as f64) * (1.0 - null_frac)).ceil().max(1.0) as i64
+            ));
         }
         let column = Name {
             schema: None,
             name: column.to_string(),
         }
         .sql();
-        let count: i64 = client
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {column} IS NOT NULL LIMIT {VALUES_CAP}) s"
-                ),
-                &[],
-            )
-            .await
-            .map_err(Error::database("counting the values of a dropped column"))?
-            .get(0);
-        Ok(Some(count))
+        // The count reads the table (sharing it with the bot); on a table too big to read in
+        // COUNT_TIMEOUT it stops, and the column counts as holding the table's rows.
+        let count = format!(
+            "BEGIN; SET LOCAL statement_timeout = {}; \
+             SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {column} IS NOT NULL LIMIT {VALUES_CAP}) s; \
+             COMMIT",
+            COUNT_TIMEOUT.as_millis()
+        );
+        match client.simple_query(&count).await {
+            Ok(messages) => Ok(Some(first_value(&messages).unwrap_or(rows))),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                (client.batch_execute("ROLLBACK").await)
+                    .map_err(Error::database("ending the count of a dropped column"))?;
+                Ok(Some(rows))
+            }
+            Err(e) => Err(Error::Database {
+                context: "counting the values of a dropped column",
+                source: e,
+            }),
+        }
     }
+}
+
+/// How long the count of a dropped column's values may read the table.
+const COUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The first column of the first row of a simple query's answer, as a number.
+fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<i64> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    })
 }
