@@ -15,6 +15,16 @@ pub struct Statement<'a> {
     pub line: usize,
 }
 
+impl Statement<'_> {
+    /// 1-based line and column (in characters) where the statement starts in `sql`, the
+    /// text it was split from. Reads back only to the start of its line, so placing every
+    /// statement of a big file stays linear.
+    pub fn place(&self, sql: &str) -> (usize, usize) {
+        let start = sql[..self.offset].rfind('\n').map_or(0, |i| i + 1);
+        (self.line, sql[start..self.offset].chars().count() + 1)
+    }
+}
+
 /// Splits a file into statements at top-level semicolons. Statements containing only
 /// whitespace/comments are dropped.
 pub fn split(sql: &str) -> Vec<Statement<'_>> {
@@ -1183,6 +1193,19 @@ mod tests {
                 line_col(sql, position),
                 expected,
                 "input: {sql:?} at {position}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_statement_is_placed_as_the_server_counts_lines_and_characters() {
+        let sql = "SELECT 1;\n  -- é\n  é_x := 1; SELECT 'ü'; SELECT 3";
+        for statement in split(sql) {
+            let position = sql[..statement.offset].chars().count() + 1;
+            assert_eq!(
+                statement.place(sql),
+                line_col(sql, position),
+                "{statement:?}"
             );
         }
     }

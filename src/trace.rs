@@ -111,8 +111,7 @@ pub async fn run(
             let script = step.script;
             let mut migration: Vec<(Statement, Snapshot, Snapshot)> = Vec::new();
             for statement in sql::split(&script.sql) {
-                let position = script.sql[..statement.offset].chars().count() + 1;
-                let (line, column) = sql::line_col(&script.sql, position);
+                let (line, column) = statement.place(&script.sql);
                 let mut traced = Statement {
                     version: step.migration.version,
                     file: script.path.clone(),

@@ -234,14 +234,8 @@ pub async fn check(
     // statement reaches them: what the catalog says of the old one does not apply.
     let mut fresh: HashSet<Name> = HashSet::new();
     for (version, script, statement, allows, effects) in &statements {
-        // Line and column only for a finding: counting from the file's start for every
-        // statement would cost a big data file quadratic time.
-        let place = || {
-            let position = script.sql[..statement.offset].chars().count() + 1;
-            sql::line_col(&script.sql, position)
-        };
         let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
-            let (line, column) = place();
+            let (line, column) = statement.place(&script.sql);
             Finding {
                 rule,
                 version: *version,
