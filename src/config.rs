@@ -52,6 +52,11 @@ pub struct Config {
     pub backup_timeout: Duration,
     /// What the hazard rules refuse.
     pub hazards: rules::Limits,
+    /// An empty database for `test` and `verify --schema` to replay migrations into,
+    /// instead of one they create (and drop) on the server.
+    pub scratch: Option<connect::Settings>,
+    /// After a successful `up`, write the schema's text (`db-migrate schema`) to this file.
+    pub write_schema: Option<PathBuf>,
     /// The npm script this run was started by (`npm run db:migrate:down`), so that a refusal
     /// can say how to run it again.
     pub npm_script: Option<String>,
@@ -82,6 +87,8 @@ impl Config {
                 hazard_rows: DEFAULT_HAZARD_ROWS,
                 allow_data_loss: false,
             },
+            scratch: None,
+            write_schema: None,
             npm_script: None,
         }
     }
@@ -101,7 +108,10 @@ pub enum Command {
     Status {
         format: OutputFormat,
     },
-    Verify,
+    /// With `schema`, also compare the schema with a replay of the applied migrations.
+    Verify {
+        schema: bool,
+    },
     New {
         description: String,
     },
@@ -117,6 +127,14 @@ pub enum Command {
         of: PlanOf,
         format: trace::Format,
     },
+    /// Rehearse every migration on a scratch database: apply, again, roll back, again,
+    /// re-apply.
+    Test {
+        keep_going: bool,
+        format: OutputFormat,
+    },
+    /// Print the schema of the database as deterministic text.
+    Schema,
 }
 
 /// What `plan` traces: the migrations `up` would apply, or the rollbacks `down` would run.
@@ -129,22 +147,35 @@ pub enum PlanOf {
 impl Command {
     /// Every command's name, as typed and as the summary event gives it, in the order of the
     /// variants (and of `--help`).
-    pub const NAMES: [&str; 8] = [
-        "up", "down", "status", "verify", "new", "repair", "baseline", "plan",
+    pub const NAMES: [&str; 10] = [
+        "up", "down", "status", "verify", "new", "repair", "baseline", "plan", "test", "schema",
     ];
 
     /// This command's name, one of [`Command::NAMES`].
     pub fn name(&self) -> &'static str {
-        let [up, down, status, verify, new, repair, baseline, plan] = Command::NAMES;
+        let [
+            up,
+            down,
+            status,
+            verify,
+            new,
+            repair,
+            baseline,
+            plan,
+            test,
+            schema,
+        ] = Command::NAMES;
         match self {
             Command::Up { .. } => up,
             Command::Down { .. } => down,
             Command::Status { .. } => status,
-            Command::Verify => verify,
+            Command::Verify { .. } => verify,
             Command::New { .. } => new,
             Command::Repair { .. } => repair,
             Command::Baseline { .. } => baseline,
             Command::Plan { .. } => plan,
+            Command::Test { .. } => test,
+            Command::Schema => schema,
         }
     }
 
@@ -157,7 +188,9 @@ impl Command {
             (Command::Down { .. }, false, _) => Outcome::RolledBack,
             (
                 Command::Status { .. }
-                | Command::Verify
+                | Command::Verify { .. }
+                | Command::Test { .. }
+                | Command::Schema
                 | Command::New { .. }
                 | Command::Repair { .. }
                 | Command::Baseline { .. }
@@ -237,7 +270,7 @@ mod tests {
 
     #[test]
     fn default_history_table_is_valid() {
-        let config = Config::new(Command::Verify, DEFAULT_DIR, None);
+        let config = Config::new(Command::Verify { schema: false }, DEFAULT_DIR, None);
         assert_eq!(config.history_table.name(), DEFAULT_HISTORY_TABLE);
     }
 
@@ -259,7 +292,7 @@ mod tests {
             (&down, false, 0, "rolled_back"),
             (&down, false, 1, "rolled_back"),
             (&down, true, 0, "dry_run"),
-            (&Command::Verify, false, 0, "ok"),
+            (&Command::Verify { schema: false }, false, 0, "ok"),
             (&baseline, false, 3, "ok"),
         ];
         for (command, dry_run, applied, name) in cases {

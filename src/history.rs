@@ -51,6 +51,11 @@ impl Table {
         &self.name
     }
 
+    /// The name as SQL: each part quoted; schema-qualified once [`resolve`](Self::resolve)d.
+    pub fn quoted(&self) -> &str {
+        &self.quoted
+    }
+
     /// The same table, schema-qualified: an unqualified name is looked up once, at the start
     /// of the run, as the search path finds it, or else placed in the current schema. From
     /// then on no `SET search_path` in a migration (every pg_dump header has one), nor a

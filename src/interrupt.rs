@@ -41,10 +41,11 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    /// Called once the run's connection is open.
+    /// Called once the run's connection is open, and again when the work moves to another
+    /// one (the scratch database of `test`): a signal cancels what the latest one runs.
     pub fn arm(&self, cancel: Cancel) {
         let mut slot = self.cancel.lock().unwrap_or_else(PoisonError::into_inner);
-        slot.get_or_insert(cancel);
+        *slot = Some(cancel);
     }
 
     /// Err when a signal came: checked before each step that would change the database.

@@ -17,11 +17,16 @@ pub mod lock;
 pub mod log;
 pub mod monitor;
 pub mod plan;
+pub mod rehearsal;
 pub mod rules;
+pub mod schema;
+pub mod scratch;
 pub mod session;
 pub mod source;
 pub mod sql;
 pub mod trace;
+
+use std::io::Write;
 
 use tokio_postgres::Client;
 use tracing::info;
@@ -52,6 +57,8 @@ struct Job<'a> {
 /// What the commands that talk to the database share once connected.
 struct Connected<'a> {
     dialer: &'a connect::Dialer,
+    /// The empty database `--scratch-url` gives, when it does.
+    scratch: Option<&'a connect::Dialer>,
     client: &'a Client,
     /// The history table, schema-qualified once for the whole run.
     table: &'a history::Table,
@@ -78,14 +85,19 @@ impl Job<'_> {
         // The one dialer of the run, shared by every connection; its Cloud SQL client
         // also serves the backup.
         let dialer = &connect::Dialer::new(database, config.cloudsql.clone())?;
+        let scratch = match &config.scratch {
+            Some(settings) => Some(connect::Dialer::new(settings, config.cloudsql.clone())?),
+            None => None,
+        };
         let interrupt = Interrupt::default();
-        let work = self.connect(dialer, &migrations, &interrupt);
+        let work = self.connect(dialer, scratch.as_ref(), &migrations, &interrupt);
         interrupt::guard(&interrupt, work).await
     }
 
     async fn connect(
         &mut self,
         dialer: &connect::Dialer,
+        scratch: Option<&connect::Dialer>,
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
@@ -94,13 +106,29 @@ impl Job<'_> {
         let table = self.config.history_table.resolve(&client).await?;
         let db = Connected {
             dialer,
+            scratch,
             client: &client,
             table: &table,
             migrations,
             interrupt,
         };
-        if let Command::Status { .. } | Command::Verify = &self.config.command {
-            return self.inspect(&db).await;
+        match &self.config.command {
+            Command::Status { .. } | Command::Verify { schema: false } => {
+                return self.inspect(&db).await;
+            }
+            Command::Verify { schema: true } => return self.verify_schema(&db).await,
+            Command::Schema => {
+                let snapshot = schema::read(&client, &table).await?;
+                // A closed stdout (`| head`) is the reader's choice, not a failed run.
+                let _ =
+                    std::io::Write::write_all(&mut std::io::stdout(), snapshot.text().as_bytes());
+                return Ok(());
+            }
+            Command::Test { keep_going, format } => {
+                let json = *format == config::OutputFormat::Json;
+                return self.test(&db, *keep_going, json).await;
+            }
+            _ => {}
         }
         let limits = self.config.session.limits();
         let session = session::Session::prepare(&client, limits, lock::key(&table)).await?;
@@ -120,7 +148,7 @@ impl Job<'_> {
         self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
         self.summary.status = status;
         match &self.config.command {
-            Command::Verify => {
+            Command::Verify { .. } => {
                 plan::verify(db.migrations, &applied, self.config.allow_out_of_order)
             }
             Command::Status { format } => {
@@ -197,7 +225,11 @@ impl Job<'_> {
                 };
                 return self.plan(client, &plan, *format).await;
             }
-            Command::Status { .. } | Command::Verify | Command::New { .. } => return Ok(()),
+            Command::Status { .. }
+            | Command::Verify { .. }
+            | Command::New { .. }
+            | Command::Test { .. }
+            | Command::Schema => return Ok(()),
         };
         let (up, dry_run) = (plan.direction == Direction::Up, mode == Mode::DryRun);
         self.summary.ran(up, plan.len(), 0, dry_run);
@@ -236,8 +268,151 @@ impl Job<'_> {
         let report = apply::run(&ctx, &mut monitor, &plan, mode, history_exists).await;
         (self.summary).ran(up, plan.len(), report.completed, dry_run);
         self.summary.locks = Some(report.locks);
-        report.result
+        report.result?;
+        match &config.write_schema {
+            Some(path) if mode != Mode::DryRun => write_schema(client, table, path).await,
+            _ => Ok(()),
+        }
     }
+
+    /// `test`: every migration rehearsed on a scratch database.
+    async fn test(
+        &mut self,
+        db: &Connected<'_>,
+        keep_going: bool,
+        json: bool,
+    ) -> Result<(), Error> {
+        let migrations = db.migrations;
+        let report = self
+            .on_scratch(db, async |ctx, monitor| {
+                rehearsal::run(ctx, monitor, migrations, keep_going).await
+            })
+            .await?;
+        // A closed stdout (`| head`) is the reader's choice, not a failed run.
+        let _ = rehearsal::print(&report, json);
+        self.summary.applied = report.tested.len();
+        report.result()
+    }
+
+    /// `verify --schema`: the history checked against the files as `verify` checks it, then
+    /// the target's schema compared with a replay of its applied migrations. Read-only on the
+    /// target; pending migrations are `up`'s to apply, not an error here.
+    async fn verify_schema(&mut self, db: &Connected<'_>) -> Result<(), Error> {
+        let (client, table) = (db.client, db.table);
+        let applied = history::applied(client, table, history::Columns::Checks).await?;
+        let applied = applied.unwrap_or_default();
+        plan::check_history(db.migrations, &applied)?;
+        let status = plan::status(db.migrations, &applied);
+        self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
+        let actual = schema::read(client, table).await?;
+        let replay: Vec<&Migration> = (db.migrations.iter())
+            .filter(|m| applied.iter().any(|a| a.version == m.version))
+            .collect();
+        let expected = self
+            .on_scratch(db, async |ctx, monitor| {
+                let plan = plan::Plan::new(Direction::Up, replay)?;
+                let report = apply::run(ctx, monitor, &plan, Mode::Each, false).await;
+                report.result?;
+                schema::read(ctx.client, ctx.table).await
+            })
+            .await?;
+        self.summary.applied = applied.len();
+        let diff = expected.diff(&actual);
+        let target = db.dialer.target().to_string();
+        let mut out = std::io::stdout().lock();
+        let printed = match diff.is_empty() {
+            true => writeln!(
+                out,
+                "the schema of {target} is what its {} applied migration(s) create",
+                applied.len()
+            ),
+            false => writeln!(
+                out,
+                "the schema of {target} differs from what its applied migrations create (- expected, + found):\n{diff}"
+            ),
+        };
+        // A closed stdout (`| head`) is the reader's choice, not a failed run.
+        drop(printed);
+        match diff.changes.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::SchemaDrift {
+                target,
+                changes: diff.changes.len(),
+                first: first
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Runs `work` on a scratch database, as a migration run would: its own session, the
+    /// migration lock, a monitor; the database is dropped (or emptied) afterwards.
+    async fn on_scratch<T>(
+        &self,
+        db: &Connected<'_>,
+        work: impl AsyncFnOnce(&apply::Context<'_>, &mut monitor::Monitor<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let config = self.config;
+        let source = match db.scratch {
+            Some(dialer) => scratch::Source::Given(dialer),
+            None => scratch::Source::Create {
+                client: db.client,
+                dialer: db.dialer,
+            },
+        };
+        let interrupt = db.interrupt;
+        scratch::with(source, db.table, interrupt, async |dialer, client| {
+            let table = config.history_table.resolve(client).await?;
+            let limits = config.session.limits();
+            let session = session::Session::prepare(client, limits, lock::key(&table)).await?;
+            let wait = config.lock_wait;
+            lock::with(client, &table, wait, &session, interrupt, async || {
+                let limits = &config.session;
+                let ctx = apply::Context {
+                    client,
+                    table: &table,
+                    session: &session,
+                    applied_by: &config.applied_by,
+                    locks: apply::LockPolicy {
+                        timeout: limits.lock_timeout,
+                        budget: limits.ddl_lock_wait,
+                        progress_interval: limits.progress_interval,
+                    },
+                    interrupt,
+                };
+                let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
+                let pid = session.backend_pid;
+                let mut monitor = monitor::Monitor::new(dialer, pid, interval, timeout);
+                work(&ctx, &mut monitor).await
+            })
+            .await
+        })
+        .await
+    }
+}
+
+/// Writes the schema's text to `path` after `up --write-schema`: through a file beside it,
+/// renamed over it, so a reader never sees half of it.
+async fn write_schema(
+    client: &Client,
+    table: &history::Table,
+    path: &std::path::Path,
+) -> Result<(), Error> {
+    let text = schema::read(client, table).await?.text();
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, path));
+    written.map_err(|e| {
+        Error::Config(format!(
+            "--write-schema (DB_MIGRATE_WRITE_SCHEMA): cannot write {}: {e}",
+            path.display()
+        ))
+    })?;
+    info!(file = %path.display(), "schema written");
+    Ok(())
 }
 
 /// A refusal of dropped data started by an npm script says how to run that script again with

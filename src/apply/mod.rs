@@ -70,6 +70,9 @@ struct Run<'a> {
     /// when a migration deallocates it.
     prepared: Option<Mutex<history::Statements>>,
     waits: waits::Waits,
+    /// Whether each migration's history change runs with it; not when `test` runs a file a
+    /// second time.
+    record: bool,
 }
 
 impl Run<'_> {
@@ -108,6 +111,7 @@ pub async fn run(
         dry_run: mode == Mode::DryRun,
         prepared: None,
         waits: waits::Waits::new(ctx.locks),
+        record: true,
     };
     let mut completed = 0;
     let result = match mode {
@@ -148,6 +152,27 @@ pub async fn run(
             "dry run succeeded; everything was rolled back"
         );
     }
+    let locks = run.waits.tally();
+    Report {
+        completed,
+        result,
+        locks,
+    }
+}
+
+/// Runs each step's file again, as [`run`] would in `Mode::Each`, but changes no history
+/// row: `test` runs every file a second time to show it is safe to run twice.
+pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>) -> Report {
+    let run = Run {
+        ctx,
+        direction: plan.direction,
+        dry_run: false,
+        prepared: None,
+        waits: waits::Waits::new(ctx.locks),
+        record: false,
+    };
+    let mut completed = 0;
+    let result = each(&run, monitor, plan, &mut completed).await;
     let locks = run.waits.tally();
     Report {
         completed,
@@ -277,6 +302,10 @@ fn history_change(run: &Run<'_>, migration: &Migration, elapsed: Elapsed) -> Str
 fn done(run: &Run<'_>, step: Step<'_>, started: Instant) {
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let (migration, file) = (step.migration, step.script.path.display());
+    if !run.record {
+        info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration ran again, not recorded");
+        return;
+    }
     let message = match (run.direction, run.dry_run) {
         (Direction::Up, false) => "migration applied",
         (Direction::Down, false) => "migration rolled back",

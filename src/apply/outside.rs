@@ -65,6 +65,9 @@ pub(super) async fn run(
             index,
         });
     }
+    if !run.record {
+        return Ok(());
+    }
     let elapsed = Elapsed::Ms(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
     let record = format!(
         "{}; {}",

@@ -71,6 +71,10 @@ async fn send(
         String::new()
     };
     let record = async {
+        if !run.record {
+            // Nothing to record: as if the one row had changed.
+            return Ok(1);
+        }
         match (prepared, run.direction) {
             (Some(statements), Direction::Up) => {
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [

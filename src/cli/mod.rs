@@ -165,8 +165,9 @@ pub enum CommandArgs {
         #[arg(long, value_enum, default_value_t = OutputFormatArg::Text)]
         format: OutputFormatArg,
     },
-    /// Exit 0 only when nothing is pending (7) and nothing drifted (4).
-    Verify,
+    /// Exit 0 only when nothing is pending (7) and nothing drifted (4); with --schema, when
+    /// the schema is what the applied migrations create (4 when not).
+    Verify(VerifyArgs),
     /// Create the next NNN_description.sql and its .down.sql.
     New {
         /// What the migration does, e.g. "add thumbnail url".
@@ -185,6 +186,42 @@ pub enum CommandArgs {
     /// Trace what each pending migration (with --down: each rollback) would lock, rewrite
     /// and delete, in a transaction that is rolled back; exit 9 on a hazard.
     Plan(PlanArgs),
+    /// Rehearse every migration on a scratch database: apply, apply again, roll back, roll
+    /// back again, re-apply, checking the schema after each step.
+    Test(TestArgs),
+    /// Print the database's schema as deterministic SQL-like text (no pg_dump needed).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Also replay the applied migrations into a scratch database and compare its schema
+    /// with this one's: exit 4 on a difference made by hand. Pending migrations are then not
+    /// an error.
+    #[arg(long)]
+    schema: bool,
+    #[command(flatten)]
+    scratch: ScratchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test every migration, not only up to the first failure.
+    #[arg(long)]
+    keep_going: bool,
+    /// text: a line per migration; json: one object for CI.
+    #[arg(long, value_enum, default_value_t = OutputFormatArg::Text)]
+    format: OutputFormatArg,
+    #[command(flatten)]
+    scratch: ScratchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ScratchArgs {
+    /// An empty database to replay the migrations into, instead of creating (and dropping) a
+    /// scratch database on the server DATABASE_URL names; it is emptied again afterwards.
+    #[arg(long, env = "DB_MIGRATE_SCRATCH_URL", hide_env_values = true)]
+    scratch_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +267,10 @@ pub struct UpArgs {
     /// Apply all pending migrations in one transaction: all or none.
     #[arg(long)]
     single_transaction: bool,
+    /// After a successful run, write the schema (`db-migrate schema`) to this file, so a
+    /// change to it shows next to the migration that made it.
+    #[arg(long, env = "DB_MIGRATE_WRITE_SCHEMA")]
+    write_schema: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +296,19 @@ impl CommandArgs {
     pub fn name(&self) -> &'static str {
         command(self).name()
     }
+
+    /// `--scratch-url`, for the commands that take it; empty counts as unset.
+    fn scratch_url(&self) -> Option<&str> {
+        let scratch = match self {
+            CommandArgs::Test(test) => &test.scratch,
+            CommandArgs::Verify(verify) => &verify.scratch,
+            _ => return None,
+        };
+        scratch
+            .scratch_url
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+    }
 }
 
 impl Cli {
@@ -272,6 +326,21 @@ impl Cli {
             .iter()
             .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
             .collect();
+        let scratch = match self.command.scratch_url() {
+            Some(url) => {
+                let mut settings = connect::resolve(Some(url), &env)?;
+                settings.retry_for = self.connect_timeout.0;
+                Some(settings)
+            }
+            None => None,
+        };
+        let write_schema = match &self.command {
+            CommandArgs::Up(up) => up
+                .write_schema
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            _ => None,
+        };
         let database = match (&command, url) {
             (Command::New { .. }, _) => None,
             (_, None)
@@ -312,6 +381,8 @@ impl Cli {
                 hazard_rows: self.hazard_rows,
                 allow_data_loss: self.allow_data_loss,
             },
+            scratch,
+            write_schema,
             // npm sets this for the scripts it runs.
             npm_script: std::env::var("npm_lifecycle_event")
                 .ok()
@@ -404,7 +475,14 @@ fn command(args: &CommandArgs) -> Command {
         CommandArgs::Status { format } => Command::Status {
             format: (*format).into(),
         },
-        CommandArgs::Verify => Command::Verify,
+        CommandArgs::Verify(verify) => Command::Verify {
+            schema: verify.schema,
+        },
+        CommandArgs::Test(test) => Command::Test {
+            keep_going: test.keep_going,
+            format: test.format.into(),
+        },
+        CommandArgs::Schema => Command::Schema,
         CommandArgs::New { description } => Command::New {
             description: description.clone(),
         },

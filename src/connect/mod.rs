@@ -126,6 +126,31 @@ impl Dialer {
         })
     }
 
+    /// A dialer for database `name` on the same server, sharing this one's TLS configuration
+    /// or tunnel and login: the scratch database of `test` and `verify --schema`.
+    pub fn with_database(&self, name: &str) -> Dialer {
+        let mut pg = self.pg.clone();
+        pg.dbname(name);
+        let way = match &self.way {
+            Way::Direct { connector, mode } => Way::Direct {
+                connector: connector.clone(),
+                mode: *mode,
+            },
+            Way::Tunnel(tunnel) => Way::Tunnel(Arc::clone(tunnel)),
+        };
+        let target = match self.target.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => name.to_string(),
+        };
+        Dialer {
+            pg,
+            retry_for: self.retry_for,
+            target,
+            way,
+            cloudsql: self.cloudsql.clone(),
+        }
+    }
+
     /// `user@host:port/database`, or `user@PROJECT:REGION:INSTANCE/database` through the
     /// tunnel: how every log line and error names the target.
     pub fn target(&self) -> &str {

@@ -205,6 +205,29 @@ pub enum Error {
     /// `verify` found migrations that are not applied yet.
     #[error("{count} migration(s) pending, first {first}; run `db-migrate up`")]
     Pending { count: usize, first: i64 },
+
+    /// `db-migrate test` found a migration that does not hold up: its forward file fails run
+    /// twice or changes the schema again, or its rollback does not restore the schema.
+    #[error(
+        "{failed} of {tested} migration(s) failed the test; first: {first}{}",
+        if *.failed > 1 { " (each is reported above)" } else { "" }
+    )]
+    TestFailed {
+        tested: usize,
+        failed: usize,
+        first: String,
+    },
+
+    /// `verify --schema`: the database's schema is not what its applied migrations create.
+    #[error(
+        "the schema of {target} differs from what its applied migrations create: {first}{}; a change made by hand belongs in a migration",
+        if *.changes > 1 { format!(" (and {} more, listed above)", .changes - 1) } else { String::new() }
+    )]
+    SchemaDrift {
+        target: String,
+        changes: usize,
+        first: String,
+    },
 }
 
 impl Error {
@@ -230,6 +253,8 @@ impl Error {
                 Outcome::LockTimeout
             }
             Error::Pending { .. } => Outcome::Pending,
+            Error::TestFailed { .. } => Outcome::TestFailed,
+            Error::SchemaDrift { .. } => Outcome::SchemaDrift,
             Error::Backup { .. } => Outcome::BackupFailed,
             Error::Hazard { .. } => Outcome::Hazard,
             Error::Interrupted(signal) => Outcome::Interrupted(*signal),

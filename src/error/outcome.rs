@@ -25,6 +25,10 @@ pub enum Outcome {
     BackupFailed,
     /// A statement would block the bot's table or drop data, and nothing allows it.
     Hazard,
+    /// `db-migrate test`: a migration failed a step.
+    TestFailed,
+    /// `verify --schema`: the schema is not what the applied migrations create.
+    SchemaDrift,
     Interrupted(Signal),
 }
 
@@ -57,6 +61,8 @@ impl Outcome {
             Outcome::Pending => (7, "pending"),
             Outcome::BackupFailed => (8, "backup_failed"),
             Outcome::Hazard => (9, "hazard"),
+            Outcome::TestFailed => (1, "test_failed"),
+            Outcome::SchemaDrift => (4, "schema_drift"),
             // The shell's convention for a process a signal ended: 130 SIGINT, 143 SIGTERM.
             Outcome::Interrupted(signal) => (128 + signal.number(), "interrupted"),
         }
@@ -108,6 +114,8 @@ mod tests {
             Outcome::Pending,
             Outcome::BackupFailed,
             Outcome::Hazard,
+            Outcome::TestFailed,
+            Outcome::SchemaDrift,
             Outcome::Interrupted(Signal::Interrupt),
             Outcome::Interrupted(Signal::Terminate),
         ];

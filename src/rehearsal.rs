@@ -1,0 +1,411 @@
+//! `db-migrate test`: every migration rehearsed on a scratch database, in order, in five
+//! steps, each checked against a snapshot of the schema:
+//!
+//! 1. apply the forward file, recorded as `up` records it;
+//! 2. run it again, unrecorded: it must succeed and change nothing;
+//! 3. roll it back: the schema must be what it was before step 1;
+//! 4. roll it back again: it must succeed;
+//! 5. apply it again: the schema must be step 1's.
+//!
+//! A migration without a rollback file gets steps 1 and 2 and is reported as not reversible.
+//! The files run exactly as `up` and `down` run them (`apply`), `-- no-transaction` ones too.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+
+use crate::apply::{self, Context};
+use crate::error::Error;
+use crate::history;
+use crate::monitor::Monitor;
+use crate::plan::{Direction, Mode, Plan};
+use crate::schema::{self, Diff, Snapshot};
+use crate::source::Migration;
+
+/// One of the five steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Apply,
+    ApplyAgain,
+    RollBack,
+    RollBackAgain,
+    Reapply,
+}
+
+impl Step {
+    pub fn number(self) -> u8 {
+        match self {
+            Step::Apply => 1,
+            Step::ApplyAgain => 2,
+            Step::RollBack => 3,
+            Step::RollBackAgain => 4,
+            Step::Reapply => 5,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Apply => "apply",
+            Step::ApplyAgain => "apply again",
+            Step::RollBack => "roll back",
+            Step::RollBackAgain => "roll back again",
+            Step::Reapply => "re-apply",
+        }
+    }
+
+    /// What the step failed to show, when its schema check fails.
+    fn broken(self) -> &'static str {
+        match self {
+            Step::ApplyAgain => "running the forward file a second time changed the schema",
+            Step::RollBack => {
+                "the rollback does not restore the schema from before the forward file"
+            }
+            Step::Reapply => {
+                "applying the forward file again gives another schema than the first time"
+            }
+            Step::Apply | Step::RollBackAgain => "the schema changed",
+        }
+    }
+}
+
+/// How a step went.
+#[derive(Debug)]
+pub struct Ran {
+    pub step: Step,
+    pub ms: u64,
+    pub failure: Option<Failure>,
+}
+
+/// Why a step failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The file failed: the error as `up` or `down` would report it.
+    Error(String),
+    /// The file ran but the schema is not what it should be: from the expected schema to the
+    /// one found.
+    Schema(Diff),
+}
+
+/// One migration's rehearsal.
+#[derive(Debug)]
+pub struct Tested {
+    pub version: i64,
+    pub name: String,
+    pub file: PathBuf,
+    pub reversible: bool,
+    pub steps: Vec<Ran>,
+}
+
+impl Tested {
+    /// The step that failed, if one did.
+    pub fn failed(&self) -> Option<&Ran> {
+        self.steps.iter().find(|ran| ran.failure.is_some())
+    }
+
+    /// `002_add_priority.sql step 3 (roll back): ...`, for the error that ends the run.
+    fn describe(&self) -> String {
+        let Some(ran) = self.failed() else {
+            return String::new();
+        };
+        let file = self.file.file_name().unwrap_or_default().to_string_lossy();
+        let why = match &ran.failure {
+            Some(Failure::Error(error)) => error.clone(),
+            Some(Failure::Schema(diff)) => {
+                let first = diff
+                    .changes
+                    .first()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
+                let first = first.lines().next().unwrap_or_default().to_string();
+                format!("{}: {first}", ran.step.broken())
+            }
+            None => String::new(),
+        };
+        format!(
+            "{file} step {} ({}): {why}",
+            ran.step.number(),
+            ran.step.as_str()
+        )
+    }
+}
+
+/// What `test` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub tested: Vec<Tested>,
+    /// Migrations not tested because the run stopped at a failure.
+    pub untested: usize,
+}
+
+impl Report {
+    pub fn failures(&self) -> impl Iterator<Item = &Tested> {
+        self.tested.iter().filter(|t| t.failed().is_some())
+    }
+
+    /// Err naming the first failure, when there is one.
+    pub fn result(&self) -> Result<(), Error> {
+        let failed: Vec<&Tested> = self.failures().collect();
+        match failed.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::TestFailed {
+                tested: self.tested.len(),
+                failed: failed.len(),
+                first: first.describe(),
+            }),
+        }
+    }
+}
+
+/// Rehearses `migrations` in order on the scratch database `ctx.client` is connected to
+/// (empty, its history table created here), stopping at the first failure unless
+/// `keep_going`; then a failed migration is left applied, when it can be, so the ones after
+/// it can still be tested.
+pub async fn run(
+    ctx: &Context<'_>,
+    monitor: &mut Monitor<'_>,
+    migrations: &[Migration],
+    keep_going: bool,
+) -> Result<Report, Error> {
+    // `up` and `down` would refuse these before running anything; so does `test`.
+    Plan::new(Direction::Up, migrations)?.check(Mode::Each)?;
+    let reversible = migrations.iter().filter(|m| m.down.is_some());
+    Plan::new(Direction::Down, reversible)?.check(Mode::Each)?;
+    // Before the first snapshot, so that every snapshot has it (or its schema).
+    history::create(ctx.client, ctx.table).await?;
+    let mut rehearsal = Rehearsal {
+        ctx,
+        monitor,
+        before: schema::read(ctx.client, ctx.table).await?,
+    };
+    let mut report = Report::default();
+    for (i, migration) in migrations.iter().enumerate() {
+        ctx.interrupt.check()?;
+        let tested = rehearsal.migration(migration).await?;
+        let failed = tested.failed().is_some();
+        report.tested.push(tested);
+        if failed && !(keep_going && rehearsal.recover(migration).await?) {
+            report.untested = migrations.len() - i - 1;
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// The scratch database as the rehearsal goes: how to run files there, and its schema
+/// before the migration being tested.
+struct Rehearsal<'a, 'm> {
+    ctx: &'a Context<'a>,
+    monitor: &'a mut Monitor<'m>,
+    before: Snapshot,
+}
+
+impl Rehearsal<'_, '_> {
+    /// The five steps of one migration, up to the first that fails.
+    async fn migration(&mut self, migration: &Migration) -> Result<Tested, Error> {
+        let mut tested = Tested {
+            version: migration.version,
+            name: migration.name.clone(),
+            file: migration.up.path.clone(),
+            reversible: migration.down.is_some(),
+            steps: Vec::new(),
+        };
+        let before = self.before.clone();
+        let mut applied = Snapshot::default();
+        let mut steps = vec![Step::Apply, Step::ApplyAgain];
+        if tested.reversible {
+            steps.extend([Step::RollBack, Step::RollBackAgain, Step::Reapply]);
+        }
+        for step in steps {
+            self.ctx.interrupt.check()?;
+            let started = Instant::now();
+            let ran = self.file(migration, step).await;
+            let failure = match ran {
+                Err(error @ Error::Interrupted(_)) => return Err(error),
+                Err(error) => Some(Failure::Error(error.to_string())),
+                Ok(()) => {
+                    let now = match step {
+                        Step::RollBackAgain => None,
+                        _ => Some(schema::read(self.ctx.client, self.ctx.table).await?),
+                    };
+                    match (step, now) {
+                        (Step::Apply, Some(now)) => {
+                            applied = now;
+                            None
+                        }
+                        (Step::ApplyAgain | Step::Reapply, Some(now)) => differs(&applied, &now),
+                        (Step::RollBack, Some(now)) => differs(&before, &now),
+                        _ => None,
+                    }
+                }
+            };
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let failed = failure.is_some();
+            tested.steps.push(Ran { step, ms, failure });
+            if failed {
+                return Ok(tested);
+            }
+        }
+        self.before = applied;
+        Ok(tested)
+    }
+
+    /// Runs the file `step` runs: recorded as `up`/`down` record it, or (the second runs)
+    /// not recorded at all.
+    async fn file(&mut self, migration: &Migration, step: Step) -> Result<(), Error> {
+        let direction = match step {
+            Step::Apply | Step::ApplyAgain | Step::Reapply => Direction::Up,
+            Step::RollBack | Step::RollBackAgain => Direction::Down,
+        };
+        let plan = Plan::new(direction, [migration])?;
+        let report = match step {
+            Step::Apply | Step::RollBack | Step::Reapply => {
+                apply::run(self.ctx, self.monitor, &plan, Mode::Each, true).await
+            }
+            Step::ApplyAgain | Step::RollBackAgain => {
+                apply::again(self.ctx, self.monitor, &plan).await
+            }
+        };
+        report.result
+    }
+
+    /// After a failed step (with `--keep-going`): leaves the migration applied, as the ones
+    /// after it expect. false when it cannot be.
+    async fn recover(&mut self, migration: &Migration) -> Result<bool, Error> {
+        let (client, table) = (self.ctx.client, self.ctx.table);
+        if !recorded(client, table, migration.version).await? {
+            let plan = Plan::new(Direction::Up, [migration])?;
+            let report = apply::run(self.ctx, self.monitor, &plan, Mode::Each, true).await;
+            if report.result.is_err() {
+                return Ok(false);
+            }
+        }
+        self.before = schema::read(client, table).await?;
+        Ok(true)
+    }
+}
+
+/// The failure of a step whose schema should be `expected` and is `now`.
+fn differs(expected: &Snapshot, now: &Snapshot) -> Option<Failure> {
+    let diff = expected.diff(now);
+    (!diff.is_empty()).then_some(Failure::Schema(diff))
+}
+
+/// Whether the scratch database's history holds `version`.
+async fn recorded(client: &Client, table: &history::Table, version: i64) -> Result<bool, Error> {
+    let query = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE version = $1)",
+        table.quoted()
+    );
+    let row = client
+        .query_one(&query, &[&version])
+        .await
+        .map_err(Error::database("reading the scratch database's history"))?;
+    Ok(row.get(0))
+}
+
+/// Prints the report: a line per migration (and the differences under a failed one) and a
+/// last line that counts, or one JSON object.
+pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", to_json(report))?;
+        return out.flush();
+    }
+    for tested in &report.tested {
+        let label = format!("{:03} {}", tested.version, tested.name);
+        let ms: u64 = tested.steps.iter().map(|s| s.ms).sum();
+        let Some(ran) = tested.failed() else {
+            let note = match tested.reversible {
+                true => String::new(),
+                false => "  (no rollback file: not reversible)".to_string(),
+            };
+            let steps = tested.steps.len();
+            writeln!(out, "ok    {label:<40} {steps} steps {ms:>6} ms{note}")?;
+            continue;
+        };
+        let (number, step) = (ran.step.number(), ran.step.as_str());
+        match &ran.failure {
+            Some(Failure::Error(error)) => {
+                writeln!(out, "FAIL  {label:<40} step {number} ({step}) failed:")?;
+                writeln!(out, "      {error}")?;
+            }
+            Some(Failure::Schema(diff)) => {
+                writeln!(
+                    out,
+                    "FAIL  {label:<40} step {number} ({step}): {}:",
+                    ran.step.broken()
+                )?;
+                writeln!(out, "      (- expected, + found)")?;
+                for line in diff.to_string().lines() {
+                    writeln!(out, "      {line}")?;
+                }
+            }
+            None => {}
+        }
+    }
+    let failed = report.failures().count();
+    let irreversible = report.tested.iter().filter(|t| !t.reversible).count();
+    let mut last = format!(
+        "{} migration(s) tested: {} passed, {failed} failed",
+        report.tested.len(),
+        report.tested.len() - failed
+    );
+    if irreversible > 0 {
+        last.push_str(&format!(", {irreversible} without a rollback file"));
+    }
+    if report.untested > 0 {
+        last.push_str(&format!(
+            "; {} not tested after the failure (--keep-going tests them)",
+            report.untested
+        ));
+    }
+    writeln!(out, "{last}")?;
+    out.flush()
+}
+
+fn to_json(report: &Report) -> Value {
+    let migrations: Vec<Value> = report
+        .tested
+        .iter()
+        .map(|t| {
+            let steps: Vec<Value> = t
+                .steps
+                .iter()
+                .map(|ran| {
+                    let (error, diff) = match &ran.failure {
+                        Some(Failure::Error(error)) => (Some(error.clone()), None),
+                        Some(Failure::Schema(diff)) => (None, Some(diff.to_json())),
+                        None => (None, None),
+                    };
+                    json!({
+                        "step": ran.step.number(),
+                        "name": ran.step.as_str(),
+                        "ok": ran.failure.is_none(),
+                        "ms": ran.ms,
+                        "error": error,
+                        "diff": diff,
+                    })
+                })
+                .collect();
+            json!({
+                "version": t.version,
+                "name": t.name,
+                "file": t.file.display().to_string(),
+                "reversible": t.reversible,
+                "ok": t.failed().is_none(),
+                "steps": steps,
+            })
+        })
+        .collect();
+    let failed = report.failures().count();
+    json!({
+        "tested": report.tested.len(),
+        "passed": report.tested.len() - failed,
+        "failed": failed,
+        "untested": report.untested,
+        "migrations": migrations,
+    })
+}

@@ -1,0 +1,313 @@
+//! The schema of a database as a value: read from the catalogs in one query, compared
+//! (`diff`), and printed as deterministic SQL-like text (`text`).
+//!
+//! What it holds is what a migration can change and a person would review: schemas, tables
+//! and their columns, constraints, indexes (with their validity), views, sequences, functions
+//! and procedures, triggers, types, extensions and row-level security. Left out: the history
+//! table, objects an extension owns (the extension stands for them), owners, grants, comments
+//! and anything volatile (OIDs, a sequence's current value, statistics), so that two databases
+//! migrated the same way read the same.
+
+mod diff;
+mod text;
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Client;
+
+pub use diff::{Change, Diff};
+
+use crate::error::Error;
+use crate::history::Table;
+
+/// What kind of object an entry is, in the order the text prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Extension,
+    Schema,
+    Type,
+    Sequence,
+    Table,
+    Column,
+    Constraint,
+    Index,
+    Trigger,
+    Policy,
+    View,
+    MaterializedView,
+    Function,
+    Procedure,
+}
+
+impl Kind {
+    /// As the catalog query names it.
+    fn parse(text: &str) -> Option<Kind> {
+        Some(match text {
+            "extension" => Kind::Extension,
+            "schema" => Kind::Schema,
+            "type" => Kind::Type,
+            "sequence" => Kind::Sequence,
+            "table" => Kind::Table,
+            "column" => Kind::Column,
+            "constraint" => Kind::Constraint,
+            "index" => Kind::Index,
+            "trigger" => Kind::Trigger,
+            "policy" => Kind::Policy,
+            "view" => Kind::View,
+            "materialized view" => Kind::MaterializedView,
+            "function" => Kind::Function,
+            "procedure" => Kind::Procedure,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Extension => "extension",
+            Kind::Schema => "schema",
+            Kind::Type => "type",
+            Kind::Sequence => "sequence",
+            Kind::Table => "table",
+            Kind::Column => "column",
+            Kind::Constraint => "constraint",
+            Kind::Index => "index",
+            Kind::Trigger => "trigger",
+            Kind::Policy => "policy",
+            Kind::View => "view",
+            Kind::MaterializedView => "materialized view",
+            Kind::Function => "function",
+            Kind::Procedure => "procedure",
+        }
+    }
+}
+
+/// Which object: its kind, the table it belongs to (columns, constraints, indexes, triggers,
+/// policies; empty for the rest), and its name, quoted as SQL would need it. Schema-level
+/// names are schema-qualified; a function's carries its argument types.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub kind: Kind,
+    pub table: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.kind, self.table.is_empty()) {
+            (Kind::Column, false) => write!(f, "column {}.{}", self.table, self.name),
+            (kind, false) => write!(f, "{} {} on {}", kind.as_str(), self.name, self.table),
+            (kind, true) => write!(f, "{} {}", kind.as_str(), self.name),
+        }
+    }
+}
+
+/// One object as the catalogs describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// The column's number in its table (0 for everything else): the order a table's columns
+    /// print in. Compared separately from the definition, as a note.
+    pub position: i32,
+    /// What the object is: a column's type and modifiers, a constraint's or an index's
+    /// definition, a function's `CREATE FUNCTION`, a table's options.
+    pub definition: String,
+}
+
+/// The schema of one database. Ordered maps, so that printing and comparing never depend on
+/// the order the server returned rows in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub objects: BTreeMap<Key, Object>,
+}
+
+impl Snapshot {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The objects of `kind`.
+    pub fn of(&self, kind: Kind) -> impl Iterator<Item = (&Key, &Object)> {
+        self.objects.iter().filter(move |(key, _)| key.kind == kind)
+    }
+
+    /// The objects that belong to `table` and are of `kind`; columns in their table's order.
+    pub fn children(&self, table: &str, kind: Kind) -> Vec<(&Key, &Object)> {
+        let mut children: Vec<_> = self
+            .objects
+            .iter()
+            .filter(|(key, _)| key.kind == kind && key.table == table)
+            .collect();
+        children.sort_by_key(|(key, object)| (object.position, key.name.clone()));
+        children
+    }
+
+    /// What changed from `self` (expected) to `actual`.
+    pub fn diff(&self, actual: &Snapshot) -> Diff {
+        diff::compare(self, actual)
+    }
+
+    /// The snapshot as SQL-like text, sorted and free of volatile values.
+    pub fn text(&self) -> String {
+        text::render(self)
+    }
+}
+
+/// Reads the schema of the database `client` is connected to, without the history `table`
+/// (schema-qualified). One query: a snapshot is taken before and after every step of
+/// `db-migrate test`.
+pub async fn read(client: &Client, table: &Table) -> Result<Snapshot, Error> {
+    let rows = client
+        .query(CATALOG, &[&table.quoted()])
+        .await
+        .map_err(Error::database("reading the schema from the catalogs"))?;
+    let mut snapshot = Snapshot::default();
+    for row in rows {
+        let kind: &str = row.get(0);
+        let Some(kind) = Kind::parse(kind) else {
+            continue;
+        };
+        let key = Key {
+            kind,
+            table: row.get(1),
+            name: row.get(2),
+        };
+        let object = Object {
+            position: row.get::<_, i16>(3).into(),
+            definition: row.get(4),
+        };
+        snapshot.objects.insert(key, object);
+    }
+    Ok(snapshot)
+}
+
+/// The catalog query: one row per object as (kind, table, name, position, definition), all
+/// text built by the server's own deparsers (`pg_get_constraintdef`, `pg_get_indexdef`,
+/// `pg_get_viewdef`, `pg_get_functiondef`, `pg_get_triggerdef`, `pg_get_expr`, `format_type`),
+/// so a definition reads as PostgreSQL would dump it. `$1` is the history table, left out
+/// with everything that belongs to it. System schemas and objects an extension created are
+/// left out too.
+const CATALOG: &str = r#"
+WITH ns AS (
+    SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                      AND d.objid = n.oid AND d.deptype = 'e')
+),
+member AS (
+    SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
+),
+rel AS (
+    SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
+           c.relispartition, c.relpartbound, ns.nspname,
+           pg_catalog.format('%I.%I', ns.nspname, c.relname) AS qualified
+    FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
+    WHERE c.oid IS DISTINCT FROM pg_catalog.to_regclass($1)
+      AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND m.objid = c.oid)
+)
+SELECT 'extension', '', pg_catalog.quote_ident(e.extname), 0::int2,
+       pg_catalog.format('WITH SCHEMA %I VERSION %L', n.nspname, e.extversion)
+FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+UNION ALL
+SELECT 'schema', '', pg_catalog.quote_ident(ns.nspname), 0::int2, '' FROM ns
+UNION ALL
+SELECT 'table', '', r.qualified, 0::int2,
+       pg_catalog.concat_ws(' ',
+           CASE WHEN r.relpersistence = 'u' THEN 'UNLOGGED' END,
+           CASE WHEN r.relispartition THEN 'PARTITION OF ' ||
+               (SELECT pg_catalog.string_agg(i.inhparent::pg_catalog.regclass::text, ', ') FROM pg_catalog.pg_inherits i WHERE i.inhrelid = r.oid)
+               || ' ' || pg_catalog.pg_get_expr(r.relpartbound, r.oid)
+             WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = r.oid) THEN 'INHERITS (' ||
+               (SELECT pg_catalog.string_agg(i.inhparent::pg_catalog.regclass::text, ', ' ORDER BY i.inhseqno) FROM pg_catalog.pg_inherits i WHERE i.inhrelid = r.oid) || ')'
+           END,
+           CASE WHEN r.relkind = 'p' THEN 'PARTITION BY ' || pg_catalog.pg_get_partkeydef(r.oid) END,
+           CASE WHEN r.relkind = 'f' THEN 'FOREIGN' END,
+           CASE WHEN r.relrowsecurity THEN 'ROW LEVEL SECURITY' END,
+           CASE WHEN r.relforcerowsecurity THEN 'FORCE ROW LEVEL SECURITY' END)
+FROM rel r WHERE r.relkind IN ('r', 'p', 'f')
+UNION ALL
+SELECT 'column', r.qualified, pg_catalog.quote_ident(a.attname), a.attnum,
+       pg_catalog.concat_ws(' ',
+           pg_catalog.format_type(a.atttypid, a.atttypmod),
+           CASE WHEN a.attcollation <> t.typcollation THEN 'COLLATE ' ||
+               (SELECT pg_catalog.format('%I.%I', cn.nspname, co.collname) FROM pg_catalog.pg_collation co
+                JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace WHERE co.oid = a.attcollation) END,
+           CASE WHEN a.attnotnull THEN 'NOT NULL' END,
+           CASE WHEN a.attgenerated = 's' THEN 'GENERATED ALWAYS AS (' || pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) || ') STORED'
+                WHEN a.atthasdef THEN 'DEFAULT ' || pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END,
+           CASE a.attidentity WHEN 'a' THEN 'GENERATED ALWAYS AS IDENTITY' WHEN 'd' THEN 'GENERATED BY DEFAULT AS IDENTITY' END)
+FROM rel r
+JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+WHERE r.relkind IN ('r', 'p', 'f')
+UNION ALL
+SELECT 'constraint', r.qualified, pg_catalog.quote_ident(co.conname), 0::int2,
+       pg_catalog.pg_get_constraintdef(co.oid, true)
+FROM pg_catalog.pg_constraint co JOIN rel r ON r.oid = co.conrelid
+UNION ALL
+SELECT 'index', r.qualified, pg_catalog.format('%I.%I', r.nspname, ic.relname), 0::int2,
+       pg_catalog.pg_get_indexdef(i.indexrelid) || CASE WHEN NOT i.indisvalid THEN ' -- INVALID' ELSE '' END
+FROM pg_catalog.pg_index i
+JOIN rel r ON r.oid = i.indrelid
+JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.conindid = i.indexrelid
+                  AND co.conrelid = i.indrelid AND co.contype IN ('p', 'u', 'x'))
+UNION ALL
+SELECT 'trigger', r.qualified, pg_catalog.quote_ident(tg.tgname), 0::int2,
+       pg_catalog.pg_get_triggerdef(tg.oid, true) || CASE tg.tgenabled WHEN 'D' THEN ' -- DISABLED' ELSE '' END
+FROM pg_catalog.pg_trigger tg JOIN rel r ON r.oid = tg.tgrelid
+WHERE NOT tg.tgisinternal
+UNION ALL
+SELECT 'policy', r.qualified, pg_catalog.quote_ident(p.polname), 0::int2,
+       pg_catalog.concat_ws(' ',
+           CASE WHEN p.polpermissive THEN 'AS PERMISSIVE' ELSE 'AS RESTRICTIVE' END,
+           'FOR ' || CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
+           'TO ' || (SELECT pg_catalog.string_agg(CASE WHEN x.role = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(x.role)) END, ', ' ORDER BY 1)
+                     FROM pg_catalog.unnest(p.polroles) AS x(role)),
+           'USING (' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')',
+           'WITH CHECK (' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) || ')')
+FROM pg_catalog.pg_policy p JOIN rel r ON r.oid = p.polrelid
+UNION ALL
+SELECT CASE r.relkind WHEN 'v' THEN 'view' ELSE 'materialized view' END, '', r.qualified, 0::int2,
+       pg_catalog.pg_get_viewdef(r.oid, true)
+FROM rel r WHERE r.relkind IN ('v', 'm')
+UNION ALL
+SELECT 'sequence', '', r.qualified, 0::int2,
+       pg_catalog.format('AS %s START WITH %s INCREMENT BY %s MINVALUE %s MAXVALUE %s CACHE %s%s',
+           pg_catalog.format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, s.seqmin, s.seqmax, s.seqcache,
+           CASE WHEN s.seqcycle THEN ' CYCLE' ELSE '' END)
+       || COALESCE((SELECT ' OWNED BY ' || pg_catalog.format('%s.%I', d.refobjid::pg_catalog.regclass, a.attname)
+                    FROM pg_catalog.pg_depend d
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                    WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = r.oid
+                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype = 'a' LIMIT 1), '')
+FROM rel r JOIN pg_catalog.pg_sequence s ON s.seqrelid = r.oid
+WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                  AND d.objid = r.oid AND d.deptype = 'i')
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, '',
+       pg_catalog.format('%I.%I(%s)', ns.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)), 0::int2,
+       CASE WHEN p.prokind = 'a' THEN 'AGGREGATE' ELSE pg_catalog.pg_get_functiondef(p.oid) END
+FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
+WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                  AND d.objid = p.oid AND d.deptype IN ('e', 'i'))
+UNION ALL
+SELECT 'type', '', pg_catalog.format('%I.%I', ns.nspname, t.typname), 0::int2,
+       CASE t.typtype
+           WHEN 'e' THEN 'AS ENUM (' || COALESCE((SELECT pg_catalog.string_agg(pg_catalog.quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+                                                  FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid), '') || ')'
+           WHEN 'c' THEN 'AS (' || COALESCE((SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname) || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
+                                             FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped), '') || ')'
+           WHEN 'd' THEN pg_catalog.concat_ws(' ', 'DOMAIN AS ' || pg_catalog.format_type(t.typbasetype, t.typtypmod),
+                                              CASE WHEN t.typnotnull THEN 'NOT NULL' END,
+                                              'DEFAULT ' || t.typdefault,
+                                              (SELECT pg_catalog.string_agg(pg_catalog.format('CONSTRAINT %I %s', co.conname, pg_catalog.pg_get_constraintdef(co.oid, true)), ' ' ORDER BY co.conname)
+                                               FROM pg_catalog.pg_constraint co WHERE co.contypid = t.oid))
+           WHEN 'r' THEN 'AS RANGE (SUBTYPE = ' || (SELECT pg_catalog.format_type(rg.rngsubtype, NULL) FROM pg_catalog.pg_range rg WHERE rg.rngtypid = t.oid) || ')'
+           ELSE 'AS ' || t.typtype::text
+       END
+FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
+WHERE t.typtype IN ('e', 'c', 'd', 'r')
+  AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
+"#;

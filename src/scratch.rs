@@ -1,0 +1,182 @@
+//! The scratch database `test` and `verify --schema` replay migrations into: created with a
+//! unique name on the server the run connects to and dropped however the work ends, or one the
+//! user gives (`--scratch-url`), which must be empty and is emptied again afterwards.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, SimpleQueryMessage};
+use tracing::{info, warn};
+
+use crate::connect::{Dialer, Purpose};
+use crate::error::Error;
+use crate::history::Table;
+use crate::interrupt::Interrupt;
+use crate::schema::{self, Kind};
+
+/// Every scratch database's name starts with this, so one left behind by a killed run is
+/// easy to recognise (and safe to drop).
+pub const PREFIX: &str = "db_migrate_scratch_";
+
+/// Where the scratch database comes from.
+pub enum Source<'a> {
+    /// Created on the server `client` is connected to, through `dialer`'s way in.
+    Create {
+        client: &'a Client,
+        dialer: &'a Dialer,
+    },
+    /// An empty database the user named.
+    Given(&'a Dialer),
+}
+
+/// Runs `work` on a scratch database (its dialer and a connection to it, which the
+/// interrupt then cancels statements on), then drops it (or empties a given one), whether
+/// `work` succeeded, failed or was stopped by a signal.
+pub async fn with<T>(
+    source: Source<'_>,
+    table: &Table,
+    interrupt: &Interrupt,
+    work: impl AsyncFnOnce(&Dialer, &Client) -> Result<T, Error>,
+) -> Result<T, Error> {
+    match source {
+        Source::Create { client, dialer } => {
+            let name = create(client, dialer.target()).await?;
+            let scratch = dialer.with_database(&name);
+            let result = async {
+                let connection = scratch.open(Purpose::Migration).await?;
+                interrupt.arm(scratch.canceller(connection.cancel_token()));
+                work(&scratch, &connection).await
+            }
+            .await;
+            drop_database(client, &name).await;
+            result
+        }
+        Source::Given(dialer) => {
+            let connection = dialer.open(Purpose::Migration).await?;
+            check_empty(&connection, dialer.target(), table).await?;
+            interrupt.arm(dialer.canceller(connection.cancel_token()));
+            let result = work(dialer, &connection).await;
+            empty(&connection, dialer.target(), table).await;
+            result
+        }
+    }
+}
+
+/// Creates the scratch database and returns its name.
+async fn create(client: &Client, target: &str) -> Result<String, Error> {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let name = format!(
+        "{PREFIX}{}_{}_{:04x}",
+        since_epoch.as_secs(),
+        std::process::id(),
+        since_epoch.subsec_nanos() & 0xffff
+    );
+    match client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+    {
+        Ok(()) => {
+            info!(database = %name, "scratch database created");
+            Ok(name)
+        }
+        Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            Err(Error::Config(format!(
+                "cannot create a scratch database on {target}: the user may not create databases; grant it CREATEDB, or give an empty database to use with --scratch-url (DB_MIGRATE_SCRATCH_URL)"
+            )))
+        }
+        Err(error) => Err(Error::database("creating the scratch database")(error)),
+    }
+}
+
+/// Drops the scratch database, disconnecting whatever still uses it (PostgreSQL 13 and
+/// later); a failure is logged, not returned: the run's own outcome is what matters.
+async fn drop_database(client: &Client, name: &str) {
+    let version = client
+        .simple_query("SHOW server_version_num")
+        .await
+        .ok()
+        .and_then(|messages| {
+            messages.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse::<i32>().ok()),
+                _ => None,
+            })
+        })
+        .unwrap_or_default();
+    let force = if version >= 130_000 {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    match client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}{force}"))
+        .await
+    {
+        Ok(()) => info!(database = %name, "scratch database dropped"),
+        Err(error) => {
+            warn!(database = %name, error = %crate::error::describe_db(&error), "could not drop the scratch database; drop it by hand")
+        }
+    }
+}
+
+/// A given scratch database must hold nothing but what every new database has: replaying
+/// into one that does would test something else.
+async fn check_empty(client: &Client, target: &str, table: &Table) -> Result<(), Error> {
+    let table = table.resolve(client).await?;
+    let snapshot = schema::read(client, &table).await?;
+    let history = client
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&table.quoted()],
+        )
+        .await
+        .map_err(Error::database(
+            "looking for a history table in the scratch database",
+        ))?
+        .get::<_, bool>(0);
+    let first = snapshot.objects.keys().find(|key| !pristine(key));
+    let what = match (first, history) {
+        (Some(key), _) => key.to_string(),
+        (None, true) => format!("history table {}", table.quoted()),
+        (None, false) => return Ok(()),
+    };
+    Err(Error::Config(format!(
+        "the scratch database {target} is not empty (it has {what}); --scratch-url (DB_MIGRATE_SCRATCH_URL) needs an empty database, which each run leaves empty again"
+    )))
+}
+
+/// What a new database holds: the public schema and PL/pgSQL.
+fn pristine(key: &schema::Key) -> bool {
+    matches!(
+        (key.kind, key.name.as_str()),
+        (Kind::Schema, "public") | (Kind::Extension, "plpgsql")
+    )
+}
+
+/// Empties a given scratch database again: every schema and extension the replay created,
+/// the public schema's contents with it. A failure is logged: the next run says the database
+/// is not empty.
+async fn empty(client: &Client, target: &str, table: &Table) {
+    let Ok(table) = table.resolve(client).await else {
+        return;
+    };
+    let Ok(snapshot) = schema::read(client, &table).await else {
+        warn!(db = %target, "could not read the scratch database to empty it; empty it by hand");
+        return;
+    };
+    let mut statements: Vec<String> = Vec::new();
+    for (key, _) in snapshot.of(Kind::Extension) {
+        if !pristine(key) {
+            statements.push(format!("DROP EXTENSION IF EXISTS {} CASCADE", key.name));
+        }
+    }
+    for (key, _) in snapshot.of(Kind::Schema) {
+        statements.push(format!("DROP SCHEMA IF EXISTS {} CASCADE", key.name));
+    }
+    statements.push(format!("DROP TABLE IF EXISTS {}", table.quoted()));
+    statements.push("CREATE SCHEMA IF NOT EXISTS public".to_string());
+    if let Err(error) = client.batch_execute(&statements.join("; ")).await {
+        warn!(db = %target, error = %crate::error::describe_db(&error), "could not empty the scratch database; empty it by hand");
+    }
+}
