@@ -364,32 +364,37 @@ impl Job<'_> {
             },
         };
         let interrupt = db.interrupt;
-        scratch::with(source, db.table, interrupt, async |dialer, client| {
-            let table = config.history_table.resolve(client).await?;
-            let limits = config.session.limits();
-            let session = session::Session::prepare(client, limits, lock::key(&table)).await?;
-            let wait = config.lock_wait;
-            lock::with(client, &table, wait, &session, interrupt, async || {
-                let limits = &config.session;
-                let ctx = apply::Context {
-                    client,
-                    table: &table,
-                    session: &session,
-                    applied_by: &config.applied_by,
-                    locks: apply::LockPolicy {
-                        timeout: limits.lock_timeout,
-                        budget: limits.ddl_lock_wait,
-                        progress_interval: limits.progress_interval,
-                    },
-                    interrupt,
-                };
-                let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
-                let pid = session.backend_pid;
-                let mut monitor = monitor::Monitor::new(dialer, pid, interval, timeout);
-                work(&ctx, &mut monitor).await
-            })
-            .await
-        })
+        scratch::with(
+            source,
+            &config.history_table,
+            interrupt,
+            async |dialer, client| {
+                let table = config.history_table.resolve(client).await?;
+                let limits = config.session.limits();
+                let session = session::Session::prepare(client, limits, lock::key(&table)).await?;
+                let wait = config.lock_wait;
+                lock::with(client, &table, wait, &session, interrupt, async || {
+                    let limits = &config.session;
+                    let ctx = apply::Context {
+                        client,
+                        table: &table,
+                        session: &session,
+                        applied_by: &config.applied_by,
+                        locks: apply::LockPolicy {
+                            timeout: limits.lock_timeout,
+                            budget: limits.ddl_lock_wait,
+                            progress_interval: limits.progress_interval,
+                        },
+                        interrupt,
+                    };
+                    let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
+                    let pid = session.backend_pid;
+                    let mut monitor = monitor::Monitor::new(dialer, pid, interval, timeout);
+                    work(&ctx, &mut monitor).await
+                })
+                .await
+            },
+        )
         .await
     }
 }

@@ -31,7 +31,8 @@ pub enum Source<'a> {
 
 /// Runs `work` on a scratch database (its dialer and a connection to it, which the
 /// interrupt then cancels statements on), then drops it (or empties a given one), whether
-/// `work` succeeded, failed or was stopped by a signal.
+/// `work` succeeded, failed or was stopped by a signal. `table` is the history table as
+/// configured, not yet resolved: in the scratch database it is looked up there.
 pub async fn with<T>(
     source: Source<'_>,
     table: &Table,

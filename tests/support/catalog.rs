@@ -2,7 +2,7 @@
 
 use tokio_postgres::Client;
 
-use super::{TestDb, eventually};
+use super::{TestDb, connect, eventually, server};
 
 /// The one value a one-row, one-column query returns.
 pub async fn one<T>(client: &Client, query: &str) -> T
@@ -98,4 +98,17 @@ pub async fn running(db: &TestDb, text: &str) {
         },
     )
     .await;
+}
+
+/// Whether a database named `name` exists on the shared server.
+pub async fn database_exists(name: &str) -> bool {
+    let admin = connect(&format!("{}/postgres", server().base_url)).await;
+    let row = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&name],
+        )
+        .await
+        .expect("look for a database");
+    row.get(0)
 }

@@ -1,0 +1,398 @@
+//! `db-migrate test`: every migration rehearsed on a scratch database (apply, apply again,
+//! roll back, roll back again, re-apply), each step checked against the schema; the scratch
+//! database gone afterwards however the run ends.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::{Output, Running, TestDb, binary, events, output, seed_dir};
+
+fn test(db: &TestDb, dir: &Path, extra: &[&str]) -> Output {
+    output(
+        binary()
+            .args(["test", "--log-format", "json"])
+            .args(extra)
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
+/// The scratch database the run created, from its event.
+fn scratch_name(stderr: &str) -> String {
+    let events = events(stderr);
+    let created = events
+        .iter()
+        .find(|e| e["message"] == "scratch database created")
+        .unwrap_or_else(|| panic!("no scratch database created: {stderr}"));
+    created["database"].as_str().unwrap().to_string()
+}
+
+/// The JSON report of a `test --format json` run.
+fn report(out: &Output) -> Value {
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+}
+
+/// The seed plus migration 003 with `up` and (when given) `down`.
+fn with_003(up: &str, down: Option<&str>) -> tempfile::TempDir {
+    let mut files = vec![("003_change.sql", up)];
+    if let Some(down) = down {
+        files.push(("003_change.down.sql", down));
+    }
+    support::copy_of_seed(&files)
+}
+
+/// Asserts that the run failed the test at `step` of 003 and returns its text report.
+fn failed_at(out: &Output, step: &str) -> String {
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let summary = events(&out.stderr).pop().unwrap();
+    assert_eq!(summary["outcome"], "test_failed", "{summary}");
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("003_change.sql {step}")),
+        "{message}"
+    );
+    out.stdout.clone()
+}
+
+#[tokio::test]
+async fn the_seed_migrations_pass_every_step_and_the_scratch_database_is_dropped() {
+    let db = support::database().await;
+    let out = test(&db, &seed_dir(), &["--format", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let report = report(&out);
+    assert_eq!(report["tested"], 2);
+    assert_eq!(report["passed"], 2);
+    for migration in report["migrations"].as_array().unwrap() {
+        let steps: Vec<&str> = migration["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["ok"] == true)
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                "apply",
+                "apply again",
+                "roll back",
+                "roll back again",
+                "re-apply"
+            ],
+            "{migration}"
+        );
+    }
+    assert!(!support::database_exists(&scratch_name(&out.stderr)).await);
+    // The target was not touched: no history table, no table.
+    assert!(support::tables(&db.client().await).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_rollback_that_leaves_an_index_behind_fails_step_3_naming_the_index() {
+    let db = support::database().await;
+    let dir = with_003(
+        "CREATE INDEX IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
+        Some("SELECT 1;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    let text = failed_at(&out, "step 3 (roll back)");
+    assert!(text.contains("FAIL  003 change"), "{text}");
+    assert!(
+        text.contains("the rollback does not restore the schema from before the forward file"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "+ index public.idx_prompt on public.video_requests: CREATE INDEX idx_prompt"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("ok    001 create_video_requests"), "{text}");
+    assert!(!support::database_exists(&scratch_name(&out.stderr)).await);
+}
+
+#[tokio::test]
+async fn a_rollback_that_drops_a_column_the_forward_did_not_add_fails_step_3() {
+    let db = support::database().await;
+    let dir = with_003(
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority integer;\n",
+        Some(
+            "ALTER TABLE video_requests DROP COLUMN IF EXISTS priority;\n\
+             ALTER TABLE video_requests DROP COLUMN IF EXISTS error_message;\n",
+        ),
+    );
+    let out = test(&db, dir.path(), &[]);
+    let text = failed_at(&out, "step 3 (roll back)");
+    assert!(
+        text.contains("- column public.video_requests.error_message: text"),
+        "{text}"
+    );
+    assert!(!text.contains("priority"), "{text}");
+}
+
+#[tokio::test]
+async fn a_forward_file_without_if_not_exists_fails_step_2() {
+    let db = support::database().await;
+    let dir = with_003(
+        "CREATE INDEX idx_prompt ON video_requests (prompt);\n",
+        Some("DROP INDEX IF EXISTS idx_prompt;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    let text = failed_at(&out, "step 2 (apply again)");
+    assert!(
+        text.contains("relation \"idx_prompt\" already exists"),
+        "{text}"
+    );
+    assert!(text.contains("003_change.sql:1:1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_forward_file_that_changes_the_schema_again_fails_step_2() {
+    let db = support::database().await;
+    let dir = with_003(
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority integer;\n\
+         ALTER TABLE video_requests RENAME COLUMN priority TO priority_old;\n",
+        Some("ALTER TABLE video_requests DROP COLUMN IF EXISTS priority_old;\n"),
+    );
+    let out = test(&db, dir.path(), &["--format", "json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let report = report(&out);
+    let step = &report["migrations"][2]["steps"][1];
+    assert_eq!(step["ok"], false, "{report}");
+    assert_eq!(step["step"], 2);
+    // The second run fails outright: priority_old already exists.
+    assert!(
+        step["error"].as_str().unwrap().contains("already exists"),
+        "{step}"
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_without_if_exists_fails_step_4() {
+    let db = support::database().await;
+    let dir = with_003(
+        "CREATE INDEX IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
+        Some("DROP INDEX idx_prompt;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    let text = failed_at(&out, "step 4 (roll back again)");
+    assert!(
+        text.contains("index \"idx_prompt\" does not exist"),
+        "{text}"
+    );
+    assert!(text.contains("003_change.down.sql"), "{text}");
+}
+
+#[tokio::test]
+async fn a_migration_without_a_rollback_gets_two_steps_and_is_reported_not_reversible() {
+    let db = support::database().await;
+    let dir = with_003(
+        "CREATE INDEX IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
+        None,
+    );
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("2 steps") && out.stdout.contains("not reversible"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("3 migration(s) tested: 3 passed, 0 failed, 1 without a rollback file"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn no_transaction_files_run_as_up_runs_them() {
+    let db = support::database().await;
+    let dir = with_003(
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
+        Some("-- no-transaction\nDROP INDEX CONCURRENTLY IF EXISTS idx_prompt;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("ok    003 change"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn keep_going_reports_every_failure_and_stopping_reports_what_was_not_tested() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_a.sql",
+            "CREATE INDEX idx_a ON video_requests (prompt);\n",
+        ),
+        ("003_a.down.sql", "DROP INDEX IF EXISTS idx_a;\n"),
+        (
+            "004_b.sql",
+            "CREATE INDEX IF NOT EXISTS idx_b ON video_requests (status);\n",
+        ),
+        ("004_b.down.sql", "SELECT 1;\n"),
+        (
+            "005_c.sql",
+            "CREATE INDEX IF NOT EXISTS idx_c ON video_requests (user_id);\n",
+        ),
+        ("005_c.down.sql", "DROP INDEX IF EXISTS idx_c;\n"),
+    ]);
+    let out = test(&db, dir.path(), &["--format", "json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let first = report(&out);
+    assert_eq!(
+        (&first["tested"], &first["failed"], &first["untested"]),
+        (&Value::from(3), &Value::from(1), &Value::from(2)),
+        "{first}"
+    );
+    let out = test(&db, dir.path(), &["--format", "json", "--keep-going"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let all = report(&out);
+    assert_eq!(
+        (&all["tested"], &all["failed"], &all["untested"]),
+        (&Value::from(5), &Value::from(2), &Value::from(0)),
+        "{all}"
+    );
+    let failed: Vec<(i64, i64)> = all["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["ok"] == false)
+        .map(|m| {
+            let step = m["steps"].as_array().unwrap().last().unwrap();
+            (
+                m["version"].as_i64().unwrap(),
+                step["step"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(failed, [(3, 2), (4, 3)], "{all}");
+    let summary = events(&out.stderr).pop().unwrap();
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 5 migration(s) failed the test; first: 003_a.sql step 2"),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
+    let db = support::database().await;
+    let dir = with_003(support::SLEEP, Some("SELECT 1;\n"));
+    let mut job = Running::spawn(
+        binary()
+            .args(["test", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let created = job.wait_for("scratch database created", |e| {
+        e["message"] == "scratch database created"
+    });
+    let name = created["database"].as_str().unwrap().to_string();
+    let scratch = TestDb {
+        url: format!("{}/{name}", support::server().base_url),
+        name: name.clone(),
+    };
+    support::running(&scratch, "pg_sleep(300)").await;
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "scratch database dropped"),
+        "{events:#?}"
+    );
+    assert!(!support::database_exists(&name).await);
+}
+
+#[tokio::test]
+async fn a_user_who_may_not_create_databases_is_told_to_give_a_scratch_database() {
+    let db = support::database().await;
+    let admin = db.client().await;
+    admin
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE rehearsal_nocreatedb LOGIN PASSWORD 'pw' NOCREATEDB; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .await
+        .unwrap();
+    let url = format!(
+        "postgresql://rehearsal_nocreatedb:pw@127.0.0.1:{}/{}",
+        support::server().port,
+        db.name
+    );
+    let out = output(
+        binary()
+            .args(["test", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("may not create databases") && message.contains("--scratch-url"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
+    let db = support::database().await;
+    let scratch = support::database().await;
+    let run = |dir: &Path| {
+        output(
+            binary()
+                .args([
+                    "test",
+                    "--log-format",
+                    "json",
+                    "--scratch-url",
+                    &scratch.url,
+                ])
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir),
+        )
+    };
+    let dir = with_003(
+        "CREATE SCHEMA IF NOT EXISTS app;\nCREATE TABLE IF NOT EXISTS app.t (id int);\n",
+        Some("DROP TABLE IF EXISTS app.t;\nDROP SCHEMA IF EXISTS app;\n"),
+    );
+    for _ in 0..2 {
+        let out = run(dir.path());
+        assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+        assert!(
+            !out.stderr.contains("scratch database created"),
+            "{}",
+            out.stderr
+        );
+        let client = scratch.client().await;
+        assert!(support::tables(&client).await.is_empty());
+        let schemas: i64 = support::one(
+            &client,
+            "SELECT count(*) FROM pg_namespace WHERE nspname IN ('public', 'app')",
+        )
+        .await;
+        assert_eq!(schemas, 1);
+    }
+    scratch
+        .client()
+        .await
+        .batch_execute("CREATE TABLE leftover (id int)")
+        .await
+        .unwrap();
+    let out = run(&seed_dir());
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("is not empty (it has table public.leftover)"),
+        "{message}"
+    );
+    support::assert_no_password(&out.stderr);
+}
