@@ -155,10 +155,22 @@ impl Snapshot {
 /// (schema-qualified). One query: a snapshot is taken before and after every step of
 /// `db-migrate test`.
 pub async fn read(client: &Client, table: &Table) -> Result<Snapshot, Error> {
-    let rows = client
-        .query(CATALOG, &[&table.quoted()])
-        .await
-        .map_err(Error::database("reading the schema from the catalogs"))?;
+    // The deparsers leave out the schema of what the search path finds, so a definition
+    // would depend on the session's search_path: pinned to pg_catalog, every name outside it
+    // is schema-qualified, the same in every database and session. READ ONLY: reading the
+    // schema never writes. The three messages travel together; COMMIT ends the transaction
+    // (as a rollback) also when the query failed.
+    let history = table.quoted();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&history];
+    let (open, rows, close) = tokio::join!(
+        client.batch_execute("BEGIN READ ONLY; SET LOCAL search_path TO pg_catalog, pg_temp"),
+        client.query(CATALOG, &params),
+        client.batch_execute("COMMIT"),
+    );
+    let context = "reading the schema from the catalogs";
+    open.map_err(Error::database(context))?;
+    let rows = rows.map_err(Error::database(context))?;
+    close.map_err(Error::database(context))?;
     let mut snapshot = Snapshot::default();
     for row in rows {
         let kind: &str = row.get(0);

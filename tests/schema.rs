@@ -1,0 +1,415 @@
+//! The schema snapshot against the real PostgreSQL: every object kind read from the catalogs
+//! and printed the same way twice and for two databases built the same way; `schema`;
+//! `up --write-schema`; and `verify --schema`, which names what was changed by hand.
+
+mod support;
+
+use std::path::Path;
+
+use db_migrate::history::Table;
+use db_migrate::schema::{self, Key, Kind, Snapshot};
+use support::{Output, TestDb, binary, events, output, seed_dir};
+use tokio_postgres::Client;
+
+/// One object of every kind the snapshot reads, and things it must leave out: an extension's
+/// own functions and types, an identity column's sequence, a history table.
+const EVERY_KIND: &str = r#"
+CREATE EXTENSION IF NOT EXISTS citext;
+CREATE SCHEMA app;
+CREATE TYPE app.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TYPE app.pair AS (a integer, b text);
+CREATE DOMAIN app.url AS text CONSTRAINT url_https CHECK (VALUE LIKE 'https://%');
+CREATE TYPE app.floats AS RANGE (subtype = float8);
+CREATE SEQUENCE app.tickets START 10 INCREMENT 5;
+CREATE TABLE app.t (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text COLLATE "C" NOT NULL DEFAULT 'x',
+    mood app.mood,
+    doubled bigint GENERATED ALWAYS AS (id * 2) STORED,
+    counter serial,
+    email citext,
+    CONSTRAINT name_short CHECK (length(name) < 100)
+);
+CREATE UNIQUE INDEX t_name ON app.t (name) WHERE mood IS NOT NULL;
+CREATE VIEW app.v AS SELECT id, name FROM app.t;
+CREATE MATERIALIZED VIEW app.mv AS SELECT count(*) AS n FROM app.t;
+CREATE FUNCTION app.touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
+CREATE PROCEDURE app.noop() LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE TRIGGER t_touch BEFORE UPDATE ON app.t FOR EACH ROW EXECUTE FUNCTION app.touch();
+ALTER TABLE app.t ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON app.t FOR SELECT TO PUBLIC USING (name = current_user);
+CREATE TABLE app.parted (id integer, at date) PARTITION BY RANGE (at);
+CREATE TABLE app.parted_2026 PARTITION OF app.parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE public.schema_migrations (version bigint PRIMARY KEY);
+"#;
+
+async fn snapshot(client: &Client) -> Snapshot {
+    let table = Table::parse("schema_migrations").unwrap();
+    let table = table.resolve(client).await.unwrap();
+    schema::read(client, &table).await.unwrap()
+}
+
+/// The definition of the object `kind` `name` (on `table`), asserting it is there.
+fn definition<'a>(snapshot: &'a Snapshot, kind: Kind, table: &str, name: &str) -> &'a str {
+    let key = Key {
+        kind,
+        table: table.into(),
+        name: name.into(),
+    };
+    match snapshot.objects.get(&key) {
+        Some(object) => &object.definition,
+        None => panic!("no {key} in:\n{}", snapshot.text()),
+    }
+}
+
+async fn built(sql: &str) -> (TestDb, Snapshot) {
+    let db = support::database().await;
+    let client = db.client().await;
+    client.batch_execute(sql).await.unwrap();
+    let snapshot = snapshot(&client).await;
+    (db, snapshot)
+}
+
+#[tokio::test]
+async fn every_object_kind_is_read_with_its_definition() {
+    let (_db, s) = built(EVERY_KIND).await;
+    let t = "app.t";
+    let expected = [
+        (Kind::Extension, "", "citext", "WITH SCHEMA public VERSION"),
+        (Kind::Schema, "", "app", ""),
+        (Kind::Type, "", "app.mood", "AS ENUM ('sad', 'ok', 'happy')"),
+        (Kind::Type, "", "app.pair", "AS (a integer, b text)"),
+        (
+            Kind::Type,
+            "",
+            "app.url",
+            "DOMAIN AS text CONSTRAINT url_https CHECK",
+        ),
+        (
+            Kind::Type,
+            "",
+            "app.floats",
+            "AS RANGE (SUBTYPE = double precision)",
+        ),
+        (
+            Kind::Sequence,
+            "",
+            "app.tickets",
+            "START WITH 10 INCREMENT BY 5",
+        ),
+        (
+            Kind::Sequence,
+            "",
+            "app.t_counter_seq",
+            "OWNED BY app.t.counter",
+        ),
+        (Kind::Table, "", t, "ROW LEVEL SECURITY"),
+        (
+            Kind::Column,
+            t,
+            "id",
+            "bigint NOT NULL GENERATED ALWAYS AS IDENTITY",
+        ),
+        (
+            Kind::Column,
+            t,
+            "name",
+            "text COLLATE pg_catalog.\"C\" NOT NULL DEFAULT 'x'::text",
+        ),
+        (Kind::Column, t, "mood", "app.mood"),
+        (
+            Kind::Column,
+            t,
+            "doubled",
+            "bigint GENERATED ALWAYS AS ((id * 2)) STORED",
+        ),
+        (
+            Kind::Column,
+            t,
+            "counter",
+            "integer NOT NULL DEFAULT nextval('app.t_counter_seq'::regclass)",
+        ),
+        (Kind::Column, t, "email", "citext"),
+        (Kind::Constraint, t, "t_pkey", "PRIMARY KEY (id)"),
+        (
+            Kind::Constraint,
+            t,
+            "name_short",
+            "CHECK (length(name) < 100)",
+        ),
+        (
+            Kind::Index,
+            t,
+            "app.t_name",
+            "CREATE UNIQUE INDEX t_name ON app.t USING btree (name) WHERE (mood IS NOT NULL)",
+        ),
+        (
+            Kind::Trigger,
+            t,
+            "t_touch",
+            "CREATE TRIGGER t_touch BEFORE UPDATE ON app.t FOR EACH ROW EXECUTE FUNCTION app.touch()",
+        ),
+        (
+            Kind::Policy,
+            t,
+            "own_rows",
+            "AS PERMISSIVE FOR SELECT TO PUBLIC USING ((name = CURRENT_USER))",
+        ),
+        (
+            Kind::View,
+            "",
+            "app.v",
+            "SELECT t.id,\n    t.name\n   FROM app.t;",
+        ),
+        (Kind::MaterializedView, "", "app.mv", "count(*) AS n"),
+        (
+            Kind::Function,
+            "",
+            "app.touch()",
+            "CREATE OR REPLACE FUNCTION app.touch()",
+        ),
+        (
+            Kind::Procedure,
+            "",
+            "app.noop()",
+            "CREATE OR REPLACE PROCEDURE app.noop()",
+        ),
+        (Kind::Table, "", "app.parted", "PARTITION BY RANGE (at)"),
+        (
+            Kind::Table,
+            "",
+            "app.parted_2026",
+            "PARTITION OF app.parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+        ),
+    ];
+    for (kind, table, name, part) in expected {
+        let found = definition(&s, kind, table, name);
+        assert!(
+            found.contains(part),
+            "{kind:?} {name}: {found:?} lacks {part:?}"
+        );
+    }
+    // Left out: the history table, the identity column's sequence, citext's own functions
+    // and type, the table's row type.
+    let names: Vec<String> = s.objects.keys().map(|k| k.to_string()).collect();
+    for absent in [
+        "schema_migrations",
+        "t_id_seq",
+        "citextin",
+        "public.citext",
+        "type app.t",
+    ] {
+        assert!(
+            !names.iter().any(|n| n.contains(absent)),
+            "{absent} in {names:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_text_is_the_same_twice_and_for_two_databases_built_the_same_way() {
+    let (db, first) = built(EVERY_KIND).await;
+    let again = snapshot(&db.client().await).await;
+    let (_other, second) = built(EVERY_KIND).await;
+    assert_eq!(first.text(), again.text());
+    assert_eq!(first.text(), second.text());
+    assert!(first.diff(&second).is_empty());
+    let text = first.text();
+    for line in [
+        "CREATE EXTENSION IF NOT EXISTS citext WITH SCHEMA public VERSION",
+        "CREATE SCHEMA app;",
+        "CREATE TYPE app.mood AS ENUM ('sad', 'ok', 'happy');",
+        "CREATE DOMAIN app.url AS text CONSTRAINT url_https CHECK",
+        "CREATE TABLE app.t (\n    id bigint NOT NULL GENERATED ALWAYS AS IDENTITY,\n    name text",
+        "ALTER TABLE app.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);",
+        "CREATE POLICY own_rows ON app.t AS PERMISSIVE FOR SELECT",
+        "CREATE MATERIALIZED VIEW app.mv AS\n",
+        "CREATE OR REPLACE PROCEDURE app.noop()",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_index_and_a_disabled_trigger_are_marked() {
+    let (db, _) = built(EVERY_KIND).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO app.t (name) VALUES ('a'); ALTER TABLE app.t DISABLE TRIGGER t_touch;",
+        )
+        .await
+        .unwrap();
+    let failed = client
+        .batch_execute("CREATE INDEX CONCURRENTLY t_bad ON app.t ((1 / (id - id)))")
+        .await;
+    assert!(failed.is_err());
+    let s = snapshot(&client).await;
+    assert!(definition(&s, Kind::Index, "app.t", "app.t_bad").ends_with(" -- INVALID"));
+    assert!(definition(&s, Kind::Trigger, "app.t", "t_touch").ends_with(" -- DISABLED"));
+    assert!(
+        s.text().contains("(((1 / (id - id)))); -- INVALID"),
+        "{}",
+        s.text()
+    );
+}
+
+fn run(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
+    output(
+        binary()
+            .args(args)
+            .args(["--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
+#[tokio::test]
+async fn schema_prints_the_same_text_for_two_databases_migrated_the_same_way() {
+    let (a, b) = (support::database().await, support::database().await);
+    for db in [&a, &b] {
+        support::up_ok(db, &seed_dir()).await;
+    }
+    let first = run(&a, &seed_dir(), &["schema"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.stdout, run(&a, &seed_dir(), &["schema"]).stdout);
+    assert_eq!(first.stdout, run(&b, &seed_dir(), &["schema"]).stdout);
+    assert!(
+        first.stdout.contains(
+            "CREATE TABLE public.video_requests (\n    id uuid NOT NULL DEFAULT gen_random_uuid(),"
+        ),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        first
+            .stdout
+            .contains("CREATE INDEX idx_video_requests_status_created")
+    );
+    assert!(
+        !first.stdout.contains("schema_migrations"),
+        "{}",
+        first.stdout
+    );
+}
+
+#[tokio::test]
+async fn up_write_schema_writes_what_schema_prints_and_a_dry_run_writes_nothing() {
+    let db = support::database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("schema.sql");
+    let file_arg = file.to_str().unwrap();
+    let dry = run(
+        &db,
+        &seed_dir(),
+        &["up", "--dry-run", "--write-schema", file_arg],
+    );
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(!file.exists());
+    let out = run(&db, &seed_dir(), &["up", "--write-schema", file_arg]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(written, run(&db, &seed_dir(), &["schema"]).stdout);
+    assert!(written.contains("CREATE TABLE public.video_requests"));
+}
+
+/// `verify --schema`'s exit code, what it printed, and the summary's message.
+fn verify(db: &TestDb, dir: &Path) -> (i32, String, String) {
+    let out = run(db, dir, &["verify", "--schema"]);
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap_or_default().to_string();
+    (out.code, out.stdout, message)
+}
+
+#[tokio::test]
+async fn verify_schema_names_each_change_made_by_hand_and_never_writes_to_the_target() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let client = db.client().await;
+    let before = run(&db, &seed_dir(), &["schema"]).stdout;
+    let (code, text, _) = verify(&db, &seed_dir());
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("is what its 2 applied migration(s) create"),
+        "{text}"
+    );
+    assert_eq!(run(&db, &seed_dir(), &["schema"]).stdout, before);
+    let cases = [
+        (
+            "ALTER TABLE video_requests ADD COLUMN hotfix integer",
+            "+ column public.video_requests.hotfix: integer",
+            "ALTER TABLE video_requests DROP COLUMN hotfix",
+        ),
+        (
+            "DROP INDEX idx_video_requests_user_created",
+            "- index public.idx_video_requests_user_created on public.video_requests: CREATE INDEX",
+            "CREATE INDEX idx_video_requests_user_created ON video_requests (user_id, created_at DESC)",
+        ),
+        (
+            "ALTER TABLE video_requests ALTER COLUMN generate_audio SET DEFAULT false",
+            "~ column public.video_requests.generate_audio: boolean NOT NULL DEFAULT true -> boolean NOT NULL DEFAULT false",
+            "ALTER TABLE video_requests ALTER COLUMN generate_audio SET DEFAULT true",
+        ),
+        (
+            "ALTER TABLE video_requests DROP CONSTRAINT video_requests_resolution_check",
+            "- constraint video_requests_resolution_check on public.video_requests",
+            "ALTER TABLE video_requests ADD CONSTRAINT video_requests_resolution_check CHECK (resolution IN ('720p', '1080p'))",
+        ),
+    ];
+    for (change, named, undo) in cases {
+        client.batch_execute(change).await.unwrap();
+        let (code, text, message) = verify(&db, &seed_dir());
+        assert_eq!(code, 4, "{change}: {text}");
+        assert!(text.contains(named), "{change}: {text}");
+        assert!(message.contains(named), "{change}: {message}");
+        client.batch_execute(undo).await.unwrap();
+        let (code, text, _) = verify(&db, &seed_dir());
+        assert_eq!(code, 0, "after undoing {change}: {text}");
+    }
+    // An index whose build failed is INVALID; the replay's is not.
+    client
+        .batch_execute(
+            "DROP INDEX idx_video_requests_user_created; \
+             INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+             aspect_ratio, resolution, status) VALUES ('u', 'g', 'c', 'p', 4, '16:9', '720p', 'pending')",
+        )
+        .await
+        .unwrap();
+    let failed = client
+        .batch_execute(
+            "CREATE INDEX CONCURRENTLY idx_video_requests_user_created \
+             ON video_requests (user_id, created_at DESC) WHERE 1 / (duration_seconds - 4) = 0",
+        )
+        .await;
+    assert!(failed.is_err());
+    let (code, text, _) = verify(&db, &seed_dir());
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("-- INVALID"), "{text}");
+    // Read-only: the history is what it was, and no scratch database is left.
+    assert_eq!(support::history(&client).await, [1, 2]);
+    let scratch: i64 = support::one(
+        &support::connect(&format!("{}/postgres", support::server().base_url)).await,
+        "SELECT count(*) FROM pg_database WHERE datname LIKE 'db_migrate_scratch_%'",
+    )
+    .await;
+    assert_eq!(scratch, 0);
+}
+
+#[tokio::test]
+async fn verify_schema_holds_on_a_baselined_database_and_with_migrations_pending() {
+    let db = support::database().await;
+    let client = db.client().await;
+    let seed = std::fs::read_to_string(seed_dir().join("001_create_video_requests.sql")).unwrap();
+    client.batch_execute(&seed).await.unwrap();
+    let out = run(&db, &seed_dir(), &["baseline", "--version", "1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (code, text, _) = verify(&db, &seed_dir());
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("is what its 1 applied migration(s) create"),
+        "{text}"
+    );
+    // Migration 2 is pending: `up`'s to apply, not drift.
+    let out = run(&db, &seed_dir(), &["verify"]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+}
