@@ -12,7 +12,8 @@
 #     its time limit for the migrations;
 #   - every db-migrate invocation in them (container args, `gcloud run jobs ... --args`) is
 #     accepted by the binary's own parser, with and without the manifest's own environment;
-#   - the CI pipelines run dry run, migration and bot deploy in that order, with no
+#   - the CI pipelines run dry run, the production schema check (`verify --schema`), migration
+#     and bot deploy in that order, with no
 #     `gcloud sql backups create` step (the production job backs up itself); a pull-request
 #     check deploys nothing and runs `db-migrate plan --format github`.
 # Installs its Python tools with pip when they are missing; builds target/debug/db-migrate
@@ -405,7 +406,7 @@ def check_ci(docs, run_jobs):
                 if words[2] == "execute":
                     if "--wait" not in tokens:
                         fail(path, f"gcloud run jobs execute {job} without --wait")
-                    steps.append(f"execute {job}")
+                    steps.append(f"execute {job}" + (f" {args.replace(',', ' ')}" if args else ""))
             elif words[:3] == ["sql", "backups", "create"]:
                 fail(path, "gcloud sql backups create: unexpected, the production job backs up "
                            "itself (DB_MIGRATE_BACKUP=auto)")
@@ -416,7 +417,8 @@ def check_ci(docs, run_jobs):
             if not any(argv[:1] == ["plan"] and "github" in argv for argv in plans):
                 fail(path, f"runs db-migrate {plans} but no `plan --format github`")
             continue
-        expected = ["execute db-migrate-dry-run", "execute db-migrate", "deploy bot"]
+        expected = ["execute db-migrate-dry-run", "execute db-migrate verify --schema",
+                    "execute db-migrate", "deploy bot"]
         if steps != expected:
             fail(path, f"pipeline runs {steps}, expected {expected}")
 

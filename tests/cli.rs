@@ -439,6 +439,14 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
         "{}",
         status.stdout
     );
+    let test = npm("db:migrate:test");
+    assert_eq!(test.code, 0, "npm run db:migrate:test: {}", test.stderr);
+    assert!(
+        test.stdout
+            .contains("2 migration(s) tested: 2 passed, 0 failed"),
+        "{}",
+        test.stdout
+    );
     // The script's --all gives way to a narrower extent passed after `--`.
     let last = npm_with("db:migrate:down", &["--", "--steps", "1"]);
     assert_eq!(last.code, 0, "{}", last.stderr);

@@ -389,7 +389,9 @@ async fn verify_schema_names_each_change_made_by_hand_and_never_writes_to_the_ta
     assert_eq!(support::history(&client).await, [1, 2]);
     let out = run(&db, &seed_dir(), &["verify", "--schema"]);
     let events = events(&out.stderr);
-    let created = events.iter().find(|e| e["message"] == "scratch database created");
+    let created = events
+        .iter()
+        .find(|e| e["message"] == "scratch database created");
     let scratch = created.unwrap()["database"].as_str().unwrap();
     assert!(!support::database_exists(scratch).await);
 }
