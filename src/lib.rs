@@ -290,7 +290,7 @@ impl Job<'_> {
             .await?;
         // A closed stdout (`| head`) is the reader's choice, not a failed run.
         let _ = rehearsal::print(&report, json);
-        self.summary.applied = report.tested.len();
+        self.summary.tested = Some((report.tested.len(), report.failures().count()));
         report.result()
     }
 
@@ -316,8 +316,8 @@ impl Job<'_> {
                 schema::read(ctx.client, ctx.table).await
             })
             .await?;
-        self.summary.applied = applied.len();
         let diff = expected.diff(&actual);
+        self.summary.schema_changes = Some(diff.changes.len());
         let target = db.dialer.target().to_string();
         let mut out = std::io::stdout().lock();
         let printed = match diff.is_empty() {

@@ -138,6 +138,10 @@ pub struct Summary {
     pub backup: Option<String>,
     /// What waiting for table locks cost, when migrations ran.
     pub locks: Option<LockTally>,
+    /// `test`: migrations tested, and how many of them failed.
+    pub tested: Option<(usize, usize)>,
+    /// `verify --schema`: objects that differ from what the applied migrations create.
+    pub schema_changes: Option<usize>,
 }
 
 impl Summary {
@@ -168,6 +172,8 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let lock_wait_ms = summary.locks.map(|l| ms(l.waited));
     let longest_lock_stall_ms = summary.locks.map(|l| ms(l.longest_stall));
+    let (tested, failed) = (summary.tested.map(|t| t.0), summary.tested.map(|t| t.1));
+    let schema_changes = summary.schema_changes;
     match result {
         Ok(outcome) => {
             let exit_code = outcome.code();
@@ -182,6 +188,9 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
                 backup_id,
                 lock_wait_ms,
                 longest_lock_stall_ms,
+                tested,
+                failed,
+                schema_changes,
                 "db-migrate finished"
             );
             exit_code
@@ -204,6 +213,9 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
                 backup_id,
                 lock_wait_ms,
                 longest_lock_stall_ms,
+                tested,
+                failed,
+                schema_changes,
                 version,
                 sqlstate,
                 "{failure}"

@@ -84,6 +84,12 @@ async fn the_seed_migrations_pass_every_step_and_the_scratch_database_is_dropped
             "{migration}"
         );
     }
+    let summary = events(&out.stderr).pop().unwrap();
+    assert_eq!(
+        (&summary["tested"], &summary["failed"]),
+        (&Value::from(2), &Value::from(0))
+    );
+    assert_eq!(summary["outcome"], "ok");
     assert!(!support::database_exists(&scratch_name(&out.stderr)).await);
     // The target was not touched: no history table, no table.
     assert!(support::tables(&db.client().await).await.is_empty());

@@ -362,6 +362,11 @@ async fn verify_schema_names_each_change_made_by_hand_and_never_writes_to_the_ta
         assert_eq!(code, 4, "{change}: {text}");
         assert!(text.contains(named), "{change}: {text}");
         assert!(message.contains(named), "{change}: {message}");
+        let summary = events(&run(&db, &seed_dir(), &["verify", "--schema"]).stderr)
+            .pop()
+            .unwrap();
+        assert_eq!(summary["schema_changes"], 1, "{change}: {summary}");
+        assert_eq!(summary["outcome"], "schema_drift");
         client.batch_execute(undo).await.unwrap();
         let (code, text, _) = verify(&db, &seed_dir());
         assert_eq!(code, 0, "after undoing {change}: {text}");
