@@ -386,6 +386,20 @@ async fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
         .await;
         assert_eq!(schemas, 1);
     }
+    // With no other database given, `test` needs none.
+    let alone = output(
+        binary()
+            .args([
+                "test",
+                "--log-format",
+                "json",
+                "--scratch-url",
+                &scratch.url,
+            ])
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(alone.code, 0, "{}\n{}", alone.stdout, alone.stderr);
+    assert!(support::tables(&scratch.client().await).await.is_empty());
     scratch
         .client()
         .await

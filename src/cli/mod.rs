@@ -343,6 +343,8 @@ impl Cli {
         };
         let database = match (&command, url) {
             (Command::New { .. }, _) => None,
+            // `test` needs no other database than the one it replays into.
+            (Command::Test { .. }, None) if scratch.is_some() => scratch.clone(),
             (_, None)
                 if cloudsql.is_none()
                     && !env.keys().any(|k| k == "PGHOST" || k == "PGDATABASE") =>
