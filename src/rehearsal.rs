@@ -175,10 +175,12 @@ pub async fn run(
     Plan::new(Direction::Down, reversible)?.check(Mode::Each)?;
     // Before the first snapshot, so that every snapshot has it (or its schema).
     history::create(ctx.client, ctx.table).await?;
+    let mut reader = schema::Reader::new(ctx.client, ctx.table).await?;
     let mut rehearsal = Rehearsal {
         ctx,
         monitor,
-        before: schema::read(ctx.client, ctx.table).await?,
+        before: reader.read().await?,
+        reader,
     };
     let mut report = Report::default();
     for (i, migration) in migrations.iter().enumerate() {
@@ -199,6 +201,7 @@ pub async fn run(
 struct Rehearsal<'a, 'm> {
     ctx: &'a Context<'a>,
     monitor: &'a mut Monitor<'m>,
+    reader: schema::Reader<'a>,
     before: Snapshot,
 }
 
@@ -228,7 +231,7 @@ impl Rehearsal<'_, '_> {
                 Ok(()) => {
                     let now = match step {
                         Step::RollBackAgain => None,
-                        _ => Some(schema::read(self.ctx.client, self.ctx.table).await?),
+                        _ => Some(self.reader.read().await?),
                     };
                     match (step, now) {
                         (Step::Apply, Some(now)) => {
@@ -282,7 +285,7 @@ impl Rehearsal<'_, '_> {
                 return Ok(false);
             }
         }
-        self.before = schema::read(client, table).await?;
+        self.before = self.reader.read().await?;
         Ok(true)
     }
 }

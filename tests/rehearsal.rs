@@ -416,3 +416,15 @@ async fn a_given_scratch_database_must_be_empty_and_is_left_empty() {
     );
     support::assert_no_password(&out.stderr);
 }
+
+#[tokio::test]
+async fn a_migration_that_deallocates_prepared_statements_is_still_tested() {
+    let db = support::database().await;
+    let dir = with_003(
+        "DEALLOCATE ALL;\nCREATE INDEX IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
+        Some("DEALLOCATE ALL;\nDROP INDEX IF EXISTS idx_prompt;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("ok    003 change"), "{}", out.stdout);
+}
