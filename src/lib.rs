@@ -310,6 +310,10 @@ impl Job<'_> {
             .collect();
         let expected = self
             .on_scratch(db, async |ctx, monitor| {
+                info!(
+                    migrations = replay.len(),
+                    "replaying the applied migrations into the scratch database"
+                );
                 let plan = plan::Plan::new(Direction::Up, replay)?;
                 let report = apply::run(ctx, monitor, &plan, Mode::Each, false).await;
                 report.result?;

@@ -320,28 +320,35 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
     for tested in &report.tested {
         let label = format!("{:03} {}", tested.version, tested.name);
         let ms: u64 = tested.steps.iter().map(|s| s.ms).sum();
+        // The steps that ran, the failed one marked: `apply, again, roll back FAILED`.
+        let steps: Vec<String> = (tested.steps.iter())
+            .map(|ran| match (ran.step, &ran.failure) {
+                (Step::ApplyAgain | Step::RollBackAgain, None) => "again".to_string(),
+                (step, None) => step.as_str().to_string(),
+                (step, Some(_)) => format!("{} FAILED", step.as_str()),
+            })
+            .collect();
+        let steps = steps.join(", ");
         let Some(ran) = tested.failed() else {
             let note = match tested.reversible {
-                true => String::new(),
-                false => "  (no rollback file: not reversible)".to_string(),
+                true => "",
+                false => "  (no rollback file: not reversible)",
             };
-            let steps = tested.steps.len();
-            writeln!(out, "ok    {label:<40} {steps} steps {ms:>6} ms{note}")?;
+            writeln!(out, "ok    {label:<36} {steps:<40} {ms:>6} ms{note}")?;
             continue;
         };
+        writeln!(out, "FAIL  {label:<36} {steps}")?;
         let (number, step) = (ran.step.number(), ran.step.as_str());
         match &ran.failure {
             Some(Failure::Error(error)) => {
-                writeln!(out, "FAIL  {label:<40} step {number} ({step}) failed:")?;
-                writeln!(out, "      {error}")?;
+                writeln!(out, "      step {number} ({step}) failed: {error}")?;
             }
             Some(Failure::Schema(diff)) => {
                 writeln!(
                     out,
-                    "FAIL  {label:<40} step {number} ({step}): {}:",
+                    "      step {number} ({step}): {} (- expected, + found):",
                     ran.step.broken()
                 )?;
-                writeln!(out, "      (- expected, + found)")?;
                 for line in diff.to_string().lines() {
                     writeln!(out, "      {line}")?;
                 }
