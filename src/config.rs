@@ -8,7 +8,7 @@ use crate::error::Outcome;
 use crate::history::Table;
 pub use crate::plan::Mode;
 use crate::plan::{Rollback, Target};
-use crate::{cloudsql, connect, rules, session, trace};
+use crate::{cloudsql, connect, rules, schema, session, trace};
 
 // The defaults of the settings a flag can change: `cli` gives them to clap, which shows them
 // in `--help`, and `Config::new` uses them for what it is not given.
@@ -57,6 +57,8 @@ pub struct Config {
     pub scratch: Option<connect::Settings>,
     /// After a successful `up`, write the schema's text (`db-migrate schema`) to this file.
     pub write_schema: Option<PathBuf>,
+    /// What the schema snapshots of `schema`, `test` and `verify --schema` hold.
+    pub schema: schema::Options,
     /// The npm script this run was started by (`npm run db:migrate:down`), so that a refusal
     /// can say how to run it again.
     pub npm_script: Option<String>,
@@ -89,6 +91,7 @@ impl Config {
             },
             scratch: None,
             write_schema: None,
+            schema: schema::Options::default(),
             npm_script: None,
         }
     }

@@ -118,7 +118,7 @@ impl Job<'_> {
             }
             Command::Verify { schema: true } => return self.verify_schema(&db).await,
             Command::Schema => {
-                let snapshot = schema::read(&client, &table).await?;
+                let snapshot = schema::read(&client, &table, self.config.schema).await?;
                 // A closed stdout (`| head`) is the reader's choice, not a failed run.
                 let _ =
                     std::io::Write::write_all(&mut std::io::stdout(), snapshot.text().as_bytes());
@@ -270,7 +270,9 @@ impl Job<'_> {
         self.summary.locks = Some(report.locks);
         report.result?;
         match &config.write_schema {
-            Some(path) if mode != Mode::DryRun => write_schema(client, table, path).await,
+            Some(path) if mode != Mode::DryRun => {
+                write_schema(client, table, path, config.schema).await
+            }
             _ => Ok(()),
         }
     }
@@ -282,10 +284,10 @@ impl Job<'_> {
         keep_going: bool,
         json: bool,
     ) -> Result<(), Error> {
-        let migrations = db.migrations;
+        let (migrations, options) = (db.migrations, self.config.schema);
         let report = self
             .on_scratch(db, async |ctx, monitor| {
-                rehearsal::run(ctx, monitor, migrations, keep_going).await
+                rehearsal::run(ctx, monitor, migrations, keep_going, options).await
             })
             .await?;
         // A closed stdout (`| head`) is the reader's choice, not a failed run.
@@ -304,7 +306,8 @@ impl Job<'_> {
         plan::check_history(db.migrations, &applied)?;
         let status = plan::status(db.migrations, &applied);
         self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
-        let actual = schema::read(client, table).await?;
+        let options = self.config.schema;
+        let actual = schema::read(client, table, options).await?;
         let replay: Vec<&Migration> = (db.migrations.iter())
             .filter(|m| applied.iter().any(|a| a.version == m.version))
             .collect();
@@ -317,7 +320,7 @@ impl Job<'_> {
                 let plan = plan::Plan::new(Direction::Up, replay)?;
                 let report = apply::run(ctx, monitor, &plan, Mode::Each, false).await;
                 report.result?;
-                schema::read(ctx.client, ctx.table).await
+                schema::read(ctx.client, ctx.table, options).await
             })
             .await?;
         let diff = expected.diff(&actual);
@@ -327,8 +330,12 @@ impl Job<'_> {
         let printed = match diff.is_empty() {
             true => writeln!(
                 out,
-                "the schema of {target} is what its {} applied migration(s) create",
-                applied.len()
+                "the schema of {target} is what its {} applied migration(s) create{}",
+                applied.len(),
+                diff.notes
+                    .iter()
+                    .map(|n| format!("\nnote: {n}"))
+                    .collect::<String>()
             ),
             false => writeln!(
                 out,
@@ -409,8 +416,9 @@ async fn write_schema(
     client: &Client,
     table: &history::Table,
     path: &std::path::Path,
+    options: schema::Options,
 ) -> Result<(), Error> {
-    let text = schema::read(client, table).await?.text();
+    let text = schema::read(client, table, options).await?.text();
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, path));

@@ -168,6 +168,7 @@ pub async fn run(
     monitor: &mut Monitor<'_>,
     migrations: &[Migration],
     keep_going: bool,
+    options: schema::Options,
 ) -> Result<Report, Error> {
     // `up` and `down` would refuse these before running anything; so does `test`.
     Plan::new(Direction::Up, migrations)?.check(Mode::Each)?;
@@ -175,7 +176,7 @@ pub async fn run(
     Plan::new(Direction::Down, reversible)?.check(Mode::Each)?;
     // Before the first snapshot, so that every snapshot has it (or its schema).
     history::create(ctx.client, ctx.table).await?;
-    let mut reader = schema::Reader::new(ctx.client, ctx.table).await?;
+    let mut reader = schema::Reader::new(ctx.client, ctx.table, options).await?;
     let mut rehearsal = Rehearsal {
         ctx,
         monitor,

@@ -125,7 +125,7 @@ async fn drop_database(client: &Client, name: &str) {
 /// into one that does would test something else.
 async fn check_empty(client: &Client, target: &str, table: &Table) -> Result<(), Error> {
     let table = table.resolve(client).await?;
-    let snapshot = schema::read(client, &table).await?;
+    let snapshot = schema::read(client, &table, schema::Options::default()).await?;
     let history = client
         .query_one(
             "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
@@ -162,7 +162,7 @@ async fn empty(client: &Client, target: &str, table: &Table) {
     let Ok(table) = table.resolve(client).await else {
         return;
     };
-    let Ok(snapshot) = schema::read(client, &table).await else {
+    let Ok(snapshot) = schema::read(client, &table, schema::Options::default()).await else {
         warn!(db = %target, "could not read the scratch database to empty it; empty it by hand");
         return;
     };

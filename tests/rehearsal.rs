@@ -433,3 +433,36 @@ async fn a_migration_that_deallocates_prepared_statements_is_still_tested() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("ok    003 change"), "{}", out.stdout);
 }
+
+#[tokio::test]
+async fn with_privileges_a_rollback_must_revoke_what_its_migration_granted() {
+    let db = support::database().await;
+    db.client()
+        .await
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE rehearsal_reader NOLOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .await
+        .unwrap();
+    let dir = with_003(
+        "GRANT SELECT ON video_requests TO rehearsal_reader;\n",
+        Some("SELECT 1;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let out = test(&db, dir.path(), &["--privileges"]);
+    let text = failed_at(&out, "step 3 (roll back)");
+    assert!(
+        text.contains("~ privileges on table public.video_requests: ")
+            && text.contains("rehearsal_reader=r/postgres"),
+        "{text}"
+    );
+    // Revoked, the grants are as before the migration.
+    let dir = with_003(
+        "GRANT SELECT ON video_requests TO rehearsal_reader;\n",
+        Some("REVOKE SELECT ON video_requests FROM rehearsal_reader;\n"),
+    );
+    let out = test(&db, dir.path(), &["--privileges"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}

@@ -46,7 +46,9 @@ CREATE TABLE public.schema_migrations (version bigint PRIMARY KEY);
 async fn snapshot(client: &Client) -> Snapshot {
     let table = Table::parse("schema_migrations").unwrap();
     let table = table.resolve(client).await.unwrap();
-    schema::read(client, &table).await.unwrap()
+    schema::read(client, &table, schema::Options::default())
+        .await
+        .unwrap()
 }
 
 /// The definition of the object `kind` `name` (on `table`), asserting it is there.
@@ -418,4 +420,39 @@ async fn verify_schema_holds_on_a_baselined_database_and_with_migrations_pending
     // Migration 2 is pending: `up`'s to apply, not drift.
     let out = run(&db, &seed_dir(), &["verify"]);
     assert_eq!(out.code, 7, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn owners_and_grants_are_compared_only_when_asked() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE schema_reader NOLOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             GRANT SELECT ON video_requests TO schema_reader",
+        )
+        .await
+        .unwrap();
+    let (code, text, _) = verify(&db, &seed_dir());
+    assert_eq!(code, 0, "{text}");
+    let out = run(&db, &seed_dir(), &["verify", "--schema", "--privileges"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("~ privileges on table public.video_requests: OWNER postgres GRANTS postgres=arwdDxt/postgres -> OWNER postgres GRANTS postgres=arwdDxt/postgres schema_reader=r/postgres"),
+        "{}",
+        out.stdout
+    );
+    let printed = run(&db, &seed_dir(), &["schema", "--privileges"]).stdout;
+    assert!(
+        printed.contains("-- privileges on table public.video_requests: OWNER postgres GRANTS"),
+        "{printed}"
+    );
+    assert!(
+        !run(&db, &seed_dir(), &["schema"])
+            .stdout
+            .contains("privileges")
+    );
 }

@@ -190,7 +190,14 @@ pub enum CommandArgs {
     /// back again, re-apply, checking the schema after each step.
     Test(TestArgs),
     /// Print the database's schema as deterministic SQL-like text (no pg_dump needed).
-    Schema,
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Include each object's owner and grants.
+    #[arg(long)]
+    privileges: bool,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +207,9 @@ pub struct VerifyArgs {
     /// an error.
     #[arg(long)]
     schema: bool,
+    /// With --schema: compare owners and grants too.
+    #[arg(long, requires = "schema")]
+    privileges: bool,
     #[command(flatten)]
     scratch: ScratchArgs,
 }
@@ -212,6 +222,9 @@ pub struct TestArgs {
     /// text: a line per migration; json: one object for CI.
     #[arg(long, value_enum, default_value_t = OutputFormatArg::Text)]
     format: OutputFormatArg,
+    /// Check owners and grants too: a rollback must revoke what its migration granted.
+    #[arg(long)]
+    privileges: bool,
     #[command(flatten)]
     scratch: ScratchArgs,
 }
@@ -385,6 +398,14 @@ impl Cli {
             },
             scratch,
             write_schema,
+            schema: crate::schema::Options {
+                privileges: match &self.command {
+                    CommandArgs::Schema(args) => args.privileges,
+                    CommandArgs::Verify(args) => args.privileges,
+                    CommandArgs::Test(args) => args.privileges,
+                    _ => false,
+                },
+            },
             // npm sets this for the scripts it runs.
             npm_script: std::env::var("npm_lifecycle_event")
                 .ok()
@@ -484,7 +505,7 @@ fn command(args: &CommandArgs) -> Command {
             keep_going: test.keep_going,
             format: test.format.into(),
         },
-        CommandArgs::Schema => Command::Schema,
+        CommandArgs::Schema(_) => Command::Schema,
         CommandArgs::New { description } => Command::New {
             description: description.clone(),
         },

@@ -39,6 +39,8 @@ pub enum Kind {
     MaterializedView,
     Function,
     Procedure,
+    /// An object's owner and grants: only when asked for ([`Options::privileges`]).
+    Privileges,
 }
 
 impl Kind {
@@ -59,6 +61,7 @@ impl Kind {
             "materialized view" => Kind::MaterializedView,
             "function" => Kind::Function,
             "procedure" => Kind::Procedure,
+            "privileges" => Kind::Privileges,
             _ => return None,
         })
     }
@@ -79,6 +82,7 @@ impl Kind {
             Kind::MaterializedView => "materialized view",
             Kind::Function => "function",
             Kind::Procedure => "procedure",
+            Kind::Privileges => "privileges",
         }
     }
 }
@@ -98,6 +102,7 @@ impl std::fmt::Display for Key {
         match (self.kind, self.table.is_empty()) {
             (Kind::Column, false) => write!(f, "column {}.{}", self.table, self.name),
             (kind, false) => write!(f, "{} {} on {}", kind.as_str(), self.name, self.table),
+            (Kind::Privileges, true) => write!(f, "privileges on {}", self.name),
             (kind, true) => write!(f, "{} {}", kind.as_str(), self.name),
         }
     }
@@ -153,10 +158,18 @@ impl Snapshot {
     }
 }
 
+/// What a snapshot holds besides the schema itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Each schema's, table's, view's, sequence's and function's owner and grants. Left out
+    /// by default: they depend on who ran the migrations, not on the migrations.
+    pub privileges: bool,
+}
+
 /// Reads the schema of the database `client` is connected to, without the history `table`
 /// (schema-qualified).
-pub async fn read(client: &Client, table: &Table) -> Result<Snapshot, Error> {
-    Reader::new(client, table).await?.read().await
+pub async fn read(client: &Client, table: &Table, options: Options) -> Result<Snapshot, Error> {
+    Reader::new(client, table, options).await?.read().await
 }
 
 /// Reads snapshots of one database again and again, as `test` does before and after every
@@ -166,12 +179,17 @@ pub struct Reader<'a> {
     client: &'a Client,
     statement: Statement,
     history: String,
+    privileges: bool,
 }
 
 const CONTEXT: &str = "reading the schema from the catalogs";
 
 impl<'a> Reader<'a> {
-    pub async fn new(client: &'a Client, table: &Table) -> Result<Reader<'a>, Error> {
+    pub async fn new(
+        client: &'a Client,
+        table: &Table,
+        options: Options,
+    ) -> Result<Reader<'a>, Error> {
         let statement = client
             .prepare(CATALOG)
             .await
@@ -180,6 +198,7 @@ impl<'a> Reader<'a> {
             client,
             statement,
             history: table.quoted().to_string(),
+            privileges: options.privileges,
         })
     }
 
@@ -203,7 +222,7 @@ impl<'a> Reader<'a> {
         // the schema never writes. The three messages travel together; COMMIT ends the
         // transaction (as a rollback) also when the query failed.
         let client = self.client;
-        let params: [&(dyn ToSql + Sync); 1] = [&self.history];
+        let params: [&(dyn ToSql + Sync); 2] = [&self.history, &self.privileges];
         let (open, rows, close) = tokio::join!(
             client.batch_execute("BEGIN READ ONLY; SET LOCAL search_path TO pg_catalog, pg_temp"),
             client.query(&self.statement, &params),
@@ -238,7 +257,8 @@ impl<'a> Reader<'a> {
 /// `pg_get_viewdef`, `pg_get_functiondef`, `pg_get_triggerdef`, `pg_get_expr`, `format_type`),
 /// so a definition reads as PostgreSQL would dump it. `$1` is the history table, left out
 /// with everything that belongs to it. System schemas and objects an extension created are
-/// left out too.
+/// left out too. `$2` asks for owners and grants; the default grants a new object has are
+/// spelled out, so a GRANT undone by a REVOKE reads as it did before.
 const CATALOG: &str = r#"
 WITH ns AS (
     SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
@@ -252,7 +272,7 @@ member AS (
 ),
 rel AS (
     SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
-           c.relispartition, c.relpartbound, ns.nspname,
+           c.relispartition, c.relpartbound, c.relowner, c.relacl, ns.nspname,
            pg_catalog.format('%I.%I', ns.nspname, c.relname) AS qualified
     FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
     WHERE c.oid IS DISTINCT FROM pg_catalog.to_regclass($1)
@@ -364,4 +384,27 @@ FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
 WHERE t.typtype IN ('e', 'c', 'd', 'r')
   AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
   AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
+UNION ALL
+SELECT 'privileges', '', o.object, 0::int2,
+       'OWNER ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(o.owner))
+       || COALESCE(' GRANTS ' || (SELECT pg_catalog.string_agg(x.item::text, ' ' ORDER BY x.item::text)
+                                  FROM pg_catalog.unnest(o.acl) AS x(item)), '')
+FROM (
+    SELECT CASE r.relkind WHEN 'S' THEN 'sequence ' WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view ' ELSE 'table ' END
+           || r.qualified AS object, r.relowner AS owner,
+           COALESCE(r.relacl, pg_catalog.acldefault(CASE r.relkind WHEN 'S' THEN 's' ELSE 'r' END::"char", r.relowner)) AS acl
+    FROM rel r WHERE r.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
+    UNION ALL
+    SELECT 'schema ' || pg_catalog.quote_ident(n.nspname), n.nspowner,
+           COALESCE(n.nspacl, pg_catalog.acldefault('n', n.nspowner))
+    FROM pg_catalog.pg_namespace n JOIN ns ON ns.oid = n.oid
+    UNION ALL
+    SELECT CASE p.prokind WHEN 'p' THEN 'procedure ' ELSE 'function ' END
+           || pg_catalog.format('%I.%I(%s)', ns.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)),
+           p.proowner, COALESCE(p.proacl, pg_catalog.acldefault('f', p.proowner))
+    FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
+    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                      AND d.objid = p.oid AND d.deptype IN ('e', 'i'))
+) o
+WHERE $2
 "#;

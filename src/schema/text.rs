@@ -61,6 +61,12 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
             });
         }
     }
+    let privileges: Vec<String> = (snapshot.of(Kind::Privileges))
+        .map(|(key, object)| format!("-- privileges on {}: {}", key.name, object.definition))
+        .collect();
+    if !privileges.is_empty() {
+        blocks.push(privileges.join("\n"));
+    }
     let mut text = String::from(HEADER);
     for block in blocks {
         text.push_str("\n\n");
