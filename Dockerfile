@@ -52,7 +52,7 @@ RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && BINDGEN_EXTRA_CLANG_ARGS="$(cat /bindgen-args)" \
-        cargo build --release --locked --target "$(cat /rust-target)"
+        cargo build --profile dist --locked --target "$(cat /rust-target)"
 
 COPY src ./src
 # COPY keeps the files' modification times from the build context, which can be older than
@@ -60,8 +60,8 @@ COPY src ./src
 # --version check fails the build if the stub got through all the same.
 RUN touch src/main.rs src/lib.rs \
     && target="$(cat /rust-target)" \
-    && BINDGEN_EXTRA_CLANG_ARGS="$(cat /bindgen-args)" cargo build --release --locked --target "$target" \
-    && cp "target/$target/release/db-migrate" /db-migrate \
+    && BINDGEN_EXTRA_CLANG_ARGS="$(cat /bindgen-args)" cargo build --profile dist --locked --target "$target" \
+    && cp "target/$target/dist/db-migrate" /db-migrate \
     && /db-migrate --version > /version \
     && grep -q '^db-migrate ' /version
 

@@ -103,7 +103,7 @@ build_ours() {
   [[ "$target_dir" == /* ]] || target_dir="$ROOT/$target_dir"
   DBM="$target_dir/release/db-migrate"
   FLOOR="$target_dir/release/examples/floor"
-  DBM_STATIC="$target_dir/x86_64-unknown-linux-musl/release/db-migrate"
+  DBM_STATIC="$target_dir/x86_64-unknown-linux-musl/dist/db-migrate"
   if [[ "$(uname -m)" == x86_64 ]] && command -v musl-gcc >/dev/null &&
     rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
     note "building the static binary (scripts/build-static.sh)"

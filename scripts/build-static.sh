@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the fully static release binary the Dockerfile builds, without Docker: the musl
-# target for this machine's architecture (x86_64-unknown-linux-musl on CI), with ring's C
-# code compiled by Debian's musl-gcc. It installs what is missing (the rustup target, and
+# Builds the fully static binary the Dockerfile builds (the `dist` profile), without Docker:
+# the musl target for this machine's architecture (x86_64-unknown-linux-musl on CI), with
+# ring's C code compiled by Debian's musl-gcc. It installs what is missing (the rustup target, and
 # musl-tools through apt-get as root or with sudo), so it works the same on a clean machine.
 #
 # Usage: scripts/build-static.sh
@@ -36,9 +36,9 @@ export "CC_${target//-/_}=musl-gcc"
 ensure_libclang
 bindgen_musl_args "$target"
 
-cargo build --release --locked --target "$target" >&2
+cargo build --profile dist --locked --target "$target" >&2
 
-binary="${CARGO_TARGET_DIR:-target}/$target/release/db-migrate"
+binary="${CARGO_TARGET_DIR:-target}/$target/dist/db-migrate"
 [[ -x "$binary" ]] || die "cargo succeeded but $binary is missing"
 bytes="$(stat -c %s "$binary")"
 note "$binary: $bytes bytes ($(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }') MiB)"

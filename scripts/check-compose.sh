@@ -207,8 +207,8 @@ for needed in ("docker compose down -v && docker compose up -d", "db-migrate ver
 with open(os.path.join(root, ".env.example"), encoding="utf-8") as f:
     lines = [l.rstrip("\n") for l in f if l.strip() and not l.lstrip().startswith("#")]
 check(
-    lines == ["DATABASE_URL=postgresql://discord_video:dev_password@localhost:5432/discord_video_dev"],
-    ".env.example must hold exactly DATABASE_URL=postgresql://discord_video:dev_password@localhost:5432/discord_video_dev",
+    lines == ["DATABASE_URL=postgresql://discord_video:dev_password@localhost:5432/discord_video_dev?sslmode=disable"],
+    ".env.example must hold exactly DATABASE_URL=postgresql://discord_video:dev_password@localhost:5432/discord_video_dev?sslmode=disable",
 )
 
 for failure in failures:

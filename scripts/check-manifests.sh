@@ -12,8 +12,8 @@
 #     its time limit for the migrations;
 #   - every db-migrate invocation in them (container args, `gcloud run jobs ... --args`) is
 #     accepted by the binary's own parser, with and without the manifest's own environment;
-#   - the CI pipelines run dry run, the production schema check (`verify --schema`), migration
-#     and bot deploy in that order, with no
+#   - the CI pipelines run the staging dry run, staging's migration, the production schema check
+#     (`verify --schema`), production's migration and the bot deploy in that order, with no
 #     `gcloud sql backups create` step (the production job backs up itself); a pull-request
 #     check deploys nothing and runs `db-migrate plan --format github`.
 # Installs its Python tools with pip when they are missing; builds target/debug/db-migrate
@@ -276,6 +276,7 @@ def check_cloud_run(docs):
     if not jobs:
         fail("deploy/cloud-run", "no run.googleapis.com/v1 Job")
     names = set()
+    accounts = {}
     for path, job in jobs:
         name = get(job, "metadata", "name")
         names.add(name)
@@ -329,6 +330,14 @@ def check_cloud_run(docs):
             if rehearses != ("dry-run" in name):
                 fail(where, f"args {argv}: only the *dry-run* job may (and must) run plan or up --dry-run")
             check_invocation(where, argv, container)
+        for container in containers:
+            instance = get(env_map(container), "CLOUD_SQL_INSTANCE", "value")
+            accounts.setdefault(task.get("serviceAccountName"), set()).add(str(instance))
+    # Staging's jobs must not be able to touch production: one service account per instance.
+    for account, instances in accounts.items():
+        if len(instances) > 1:
+            fail("deploy/cloud-run", f"service account {account} runs jobs on {sorted(instances)}: "
+                                     "give each instance's jobs their own")
     return names
 
 
@@ -417,8 +426,8 @@ def check_ci(docs, run_jobs):
             if not any(argv[:1] == ["plan"] and "github" in argv for argv in plans):
                 fail(path, f"runs db-migrate {plans} but no `plan --format github`")
             continue
-        expected = ["execute db-migrate-dry-run", "execute db-migrate verify --schema",
-                    "execute db-migrate", "deploy bot"]
+        expected = ["execute db-migrate-dry-run", "execute db-migrate-staging",
+                    "execute db-migrate verify --schema", "execute db-migrate", "deploy bot"]
         if steps != expected:
             fail(path, f"pipeline runs {steps}, expected {expected}")
 

@@ -125,7 +125,7 @@ running_port() {
 }
 
 database_url() {
-  echo "DATABASE_URL=postgresql://$DB_USER:$DB_PASSWORD@localhost:$1/$DB_NAME"
+  echo "DATABASE_URL=postgresql://$DB_USER:$DB_PASSWORD@localhost:$1/$DB_NAME?sslmode=disable"
 }
 
 # Creates the cluster in a scratch directory and moves it into place only when the database

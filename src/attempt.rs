@@ -14,6 +14,8 @@ use crate::error::{Error, causes, describe_db};
 pub struct Failure {
     pub error: Error,
     pub transient: bool,
+    /// Nothing listens at the address: the server is not running (yet), or it is another port.
+    pub refused: bool,
 }
 
 impl Failure {
@@ -22,13 +24,20 @@ impl Failure {
         Failure {
             error,
             transient: false,
+            refused: false,
         }
     }
 }
 
 /// A failed PostgreSQL connection or login, with the reason in words a reader can act on.
 pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
+    let refused = causes(&error).any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
     Failure {
+        refused,
         transient: transient(&error),
         error: Error::Connect {
             target,

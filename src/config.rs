@@ -8,7 +8,7 @@ use crate::error::Outcome;
 use crate::history::Table;
 pub use crate::plan::Mode;
 use crate::plan::{Rollback, Target};
-use crate::{cloudsql, connect, rules, schema, session, trace};
+use crate::{cloudsql, connect, import, rules, schema, session, trace};
 
 // The defaults of the settings a flag can change: `cli` gives them to clap, which shows them
 // in `--help`, and `Config::new` uses them for what it is not given.
@@ -121,9 +121,9 @@ pub enum Command {
     Repair {
         version: i64,
     },
-    Baseline {
-        version: i64,
-    },
+    /// Record migrations as applied without running them: up to a version, or what another
+    /// tool's history says.
+    Baseline(Baseline),
     /// Trace what the pending migrations (or the rollbacks) would do, in a transaction that
     /// is rolled back.
     Plan {
@@ -138,6 +138,24 @@ pub enum Command {
     },
     /// Print the schema of the database as deterministic text.
     Schema,
+    /// Delete the history row of a migration whose file is gone (`force`: even one whose file
+    /// is there).
+    Forget {
+        version: i64,
+        force: bool,
+    },
+}
+
+/// What `baseline` records as applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baseline {
+    /// Every migration up to and including this version.
+    UpTo(i64),
+    /// What `tool` recorded in its history `table` (its default table when None).
+    From {
+        tool: import::Tool,
+        table: Option<String>,
+    },
 }
 
 /// What `plan` traces: the migrations `up` would apply, or the rollbacks `down` would run.
@@ -150,8 +168,9 @@ pub enum PlanOf {
 impl Command {
     /// Every command's name, as typed and as the summary event gives it, in the order of the
     /// variants (and of `--help`).
-    pub const NAMES: [&str; 10] = [
+    pub const NAMES: [&str; 11] = [
         "up", "down", "status", "verify", "new", "repair", "baseline", "plan", "test", "schema",
+        "forget",
     ];
 
     /// This command's name, one of [`Command::NAMES`].
@@ -167,6 +186,7 @@ impl Command {
             plan,
             test,
             schema,
+            forget,
         ] = Command::NAMES;
         match self {
             Command::Up { .. } => up,
@@ -175,10 +195,11 @@ impl Command {
             Command::Verify { .. } => verify,
             Command::New { .. } => new,
             Command::Repair { .. } => repair,
-            Command::Baseline { .. } => baseline,
+            Command::Baseline(_) => baseline,
             Command::Plan { .. } => plan,
             Command::Test { .. } => test,
             Command::Schema => schema,
+            Command::Forget { .. } => forget,
         }
     }
 
@@ -194,9 +215,10 @@ impl Command {
                 | Command::Verify { .. }
                 | Command::Test { .. }
                 | Command::Schema
+                | Command::Forget { .. }
                 | Command::New { .. }
                 | Command::Repair { .. }
-                | Command::Baseline { .. }
+                | Command::Baseline(_)
                 | Command::Plan { .. },
                 false,
                 _,
@@ -287,7 +309,7 @@ mod tests {
             rollback: Rollback::All,
             mode: Mode::Each,
         };
-        let baseline = Command::Baseline { version: 3 };
+        let baseline = Command::Baseline(Baseline::UpTo(3));
         let cases = [
             (&up, false, 0, "up_to_date"),
             (&up, false, 2, "applied"),

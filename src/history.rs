@@ -161,17 +161,18 @@ async fn foreign(client: &Client, table: &Table) -> Error {
         Err(_) => None,
     }
     .unwrap_or_default();
-    let tool = if columns == "version bigint, dirty boolean" {
-        "golang-migrate"
+    let (tool, from) = if columns == "version bigint, dirty boolean" {
+        ("golang-migrate", "--from golang-migrate")
     } else if columns.starts_with("version character varying") && !columns.contains(',') {
-        "dbmate (or Rails)"
+        ("dbmate (or Rails)", "--from dbmate")
     } else {
-        "another tool"
+        ("another tool", "--version N")
     };
     Error::ForeignHistory {
         table: table.name.clone(),
         tool,
         columns,
+        from,
     }
 }
 
@@ -355,13 +356,11 @@ pub async fn prepare(
 pub async fn baseline(
     client: &Client,
     table: &Table,
-    migrations: &[Migration],
-    applied: Option<&[Applied]>,
-    version: i64,
+    adopted: &[&Migration],
+    history_exists: bool,
     applied_by: &str,
 ) -> Result<usize, Error> {
-    let adopted = plan::baseline(migrations, applied.unwrap_or_default(), version)?;
-    if applied.is_none() {
+    if !history_exists {
         create(client, table).await?;
     }
     let inserts: Vec<String> = adopted
@@ -374,6 +373,7 @@ pub async fn baseline(
         .await
         .map_err(Error::database("recording the baseline"))?;
     let recorded = adopted.len();
+    let version = adopted.iter().map(|m| m.version).max();
     info!(version, recorded, "baseline recorded; nothing was executed");
     Ok(recorded)
 }
@@ -399,6 +399,26 @@ pub async fn repair(
         .await
         .map_err(Error::database("updating the recorded checksum"))?;
     warn!(version, old_checksum = %row.checksum, new_checksum = %file.checksum, "recorded checksum replaced");
+    Ok(())
+}
+
+/// `forget`: deletes the history row of `version` (see [`plan::forget`]) and logs what it
+/// held, so the log keeps what the table no longer does.
+pub async fn forget(
+    client: &Client,
+    table: &Table,
+    migrations: &[Migration],
+    applied: &[Applied],
+    version: i64,
+    force: bool,
+) -> Result<(), Error> {
+    let row = plan::forget(migrations, applied, version, force)?;
+    let query = format!("DELETE FROM {} WHERE version = $1", table.quoted);
+    client
+        .execute(&query, &[&version])
+        .await
+        .map_err(Error::database("deleting the history row"))?;
+    warn!(version, name = %row.name, checksum = %row.checksum, force, "history row forgotten; what the migration changed is still in the database");
     Ok(())
 }
 

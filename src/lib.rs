@@ -12,6 +12,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod history;
+pub mod import;
 pub mod interrupt;
 pub mod lock;
 pub mod log;
@@ -116,7 +117,9 @@ impl Job<'_> {
             Command::Status { .. } | Command::Verify { schema: false } => {
                 return self.inspect(&db).await;
             }
-            Command::Verify { schema: true } => return self.verify_schema(&db).await,
+            // Boxed, as is `test`: their replays would otherwise grow every run's future by
+            // their whole state, and a future is kept on the stack of the thread polling it.
+            Command::Verify { schema: true } => return Box::pin(self.verify_schema(&db)).await,
             Command::Schema => {
                 let snapshot = schema::read(&client, &table, self.config.schema).await?;
                 // A closed stdout (`| head`) is the reader's choice, not a failed run.
@@ -126,7 +129,7 @@ impl Job<'_> {
             }
             Command::Test { keep_going, format } => {
                 let json = *format == config::OutputFormat::Json;
-                return self.test(&db, *keep_going, json).await;
+                return Box::pin(self.test(&db, *keep_going, json)).await;
             }
             _ => {}
         }
@@ -146,6 +149,7 @@ impl Job<'_> {
         let applied = (history::applied(db.client, db.table, columns).await?).unwrap_or_default();
         let status = plan::status(db.migrations, &applied);
         self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
+        self.summary.at_version = applied.iter().map(|a| a.version).max();
         self.summary.status = status;
         match &self.config.command {
             Command::Verify { .. } => {
@@ -210,9 +214,34 @@ impl Job<'_> {
             Command::Repair { version } => {
                 return history::repair(client, table, migrations, applied, *version).await;
             }
-            Command::Baseline { version } => {
-                let (applied, by) = (recorded.as_deref(), &config.applied_by);
-                let count = history::baseline(client, table, migrations, applied, *version, by);
+            Command::Forget { version, force } => {
+                return history::forget(client, table, migrations, applied, *version, *force).await;
+            }
+            Command::Baseline(what) => {
+                let adopted = match what {
+                    config::Baseline::UpTo(version) => {
+                        plan::baseline(migrations, applied, *version)?
+                    }
+                    config::Baseline::From {
+                        tool,
+                        table: theirs,
+                    } => {
+                        let theirs = history::Table::parse(
+                            theirs.as_deref().unwrap_or(tool.default_table()),
+                        )?;
+                        if theirs.resolve(client).await? == *table {
+                            return Err(Error::Config(format!(
+                                "{} keeps its history in {}, db-migrate's history table; give db-migrate its own with --history-table (DB_MIGRATE_HISTORY_TABLE), e.g. db_migrate_history",
+                                tool.name(),
+                                table.name()
+                            )));
+                        }
+                        let recorded = import::applied(client, *tool, &theirs).await?;
+                        plan::adopt(migrations, applied, &recorded, tool.name())?
+                    }
+                };
+                let by = &config.applied_by;
+                let count = history::baseline(client, table, &adopted, history_exists, by);
                 self.summary.applied = count.await?;
                 return Ok(());
             }
@@ -231,10 +260,21 @@ impl Job<'_> {
             | Command::Test { .. }
             | Command::Schema => return Ok(()),
         };
-        let (up, dry_run) = (plan.direction == Direction::Up, mode == Mode::DryRun);
-        self.summary.ran(up, plan.len(), 0, dry_run);
+        let dry_run = mode == Mode::DryRun;
+        self.summary.ran(&plan, 0, applied, migrations, dry_run);
         // Everything a plan can be refused for is refused before a backup is waited for.
         plan.check(mode)?;
+        for migration in plan.unwritten_rollbacks() {
+            let file = migration
+                .down
+                .as_ref()
+                .map(|d| d.path.display().to_string());
+            tracing::warn!(
+                version = migration.version,
+                file,
+                "migration cannot be rolled back yet: its rollback file holds no statement; write it (down refuses to pass this version until then)"
+            );
+        }
         rules::refuse(client, &plan, config.hazards)
             .await
             .map_err(|error| npm_hint(error, config.npm_script.as_deref()))?;
@@ -266,7 +306,7 @@ impl Job<'_> {
         let pid = session.backend_pid;
         let mut monitor = monitor::Monitor::new(db.dialer, pid, interval, timeout);
         let report = apply::run(&ctx, &mut monitor, &plan, mode, history_exists).await;
-        (self.summary).ran(up, plan.len(), report.completed, dry_run);
+        (self.summary).ran(&plan, report.completed, applied, migrations, dry_run);
         self.summary.locks = Some(report.locks);
         report.result?;
         match &config.write_schema {

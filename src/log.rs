@@ -1,5 +1,6 @@
 //! Log setup (Cloud Logging JSON or text, on stderr) and the command output on stdout.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -14,7 +15,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::apply::LockTally;
 use crate::error::{Error, Outcome};
-use crate::plan::Entry;
+use crate::plan::{Applied, Direction, Entry, Plan};
+use crate::source::Migration;
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,10 +127,14 @@ pub struct Summary {
     pub command: &'static str,
     /// `user@host:port/database`.
     pub target: Option<String>,
-    /// Migrations applied (or rolled back, for `down`).
+    /// Migrations applied by this run.
     pub applied: usize,
-    /// Migrations still pending when the run ended.
+    /// Migrations rolled back by this run, once `down` has a plan.
+    pub rolled_back: Option<usize>,
+    /// Migrations on disk not applied when the run ended.
     pub pending: usize,
+    /// The newest applied version when the run ended (for the commands that change history).
+    pub at_version: Option<i64>,
     pub dry_run: bool,
     /// What `status` found.
     pub status: Vec<Entry>,
@@ -152,12 +158,34 @@ impl Summary {
         }
     }
 
-    /// What running a plan of `planned` steps did: `completed` of them stay applied (or
-    /// rolled back); for `up`, the rest are still pending.
-    pub fn ran(&mut self, up: bool, planned: usize, completed: usize, dry_run: bool) {
+    /// What running `plan` did: its first `completed` steps stay applied (or rolled back),
+    /// from the history `before` it over the `migrations` on disk.
+    pub fn ran(
+        &mut self,
+        plan: &Plan<'_>,
+        completed: usize,
+        before: &[Applied],
+        migrations: &[Migration],
+        dry_run: bool,
+    ) {
+        let up = plan.direction == Direction::Up;
+        let mut now: BTreeSet<i64> = before.iter().map(|a| a.version).collect();
+        for step in plan.steps.iter().take(completed) {
+            match up {
+                true => now.insert(step.migration.version),
+                false => now.remove(&step.migration.version),
+            };
+        }
         self.dry_run = dry_run;
-        self.applied = completed;
-        self.pending = if up { planned - completed } else { 0 };
+        (self.applied, self.rolled_back) = if up {
+            (completed, None)
+        } else {
+            (0, Some(completed))
+        };
+        self.pending = (migrations.iter())
+            .filter(|m| !now.contains(&m.version))
+            .count();
+        self.at_version = now.last().copied();
     }
 }
 
@@ -168,6 +196,8 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let db = summary.target.as_deref().unwrap_or("-");
     let (command, applied, pending) = (summary.command, summary.applied, summary.pending);
+    let rolled_back = summary.rolled_back;
+    let at_version = summary.at_version;
     let backup_id = summary.backup.as_deref();
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let lock_wait_ms = summary.locks.map(|l| ms(l.waited));
@@ -181,7 +211,9 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
                 outcome = outcome.as_str(),
                 command,
                 applied,
+                rolled_back,
                 pending,
+                at_version,
                 duration_ms,
                 exit_code,
                 db,
@@ -206,7 +238,9 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
                 outcome = outcome.as_str(),
                 command,
                 applied,
+                rolled_back,
                 pending,
+                at_version,
                 duration_ms,
                 exit_code,
                 db,
@@ -268,27 +302,63 @@ pub fn print_status(entries: &[Entry], json: bool) -> std::io::Result<()> {
                     "state": e.state.as_str(),
                     "applied_at": e.applied_at,
                     "execution_ms": e.execution_ms,
+                    "rollback": e.rollback,
                 })
             })
             .collect();
         writeln!(out, "{}", Value::Array(rows))?;
-    } else {
+        return out.flush();
+    }
+    writeln!(
+        out,
+        "{:<8} {:<8} {:<25} {:>8}  {:<4}  NAME",
+        "VERSION", "STATE", "APPLIED AT", "MS", "DOWN"
+    )?;
+    for e in entries {
+        let down = match e.rollback {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "-",
+        };
         writeln!(
             out,
-            "{:<8} {:<8} {:<25} {:>8}  NAME",
-            "VERSION", "STATE", "APPLIED AT", "MS"
+            "{:<8} {:<8} {:<25} {:>8}  {down:<4}  {}",
+            e.version,
+            e.state.as_str(),
+            e.applied_at.as_deref().unwrap_or("-"),
+            e.execution_ms.map_or("-".to_string(), |ms| ms.to_string()),
+            e.name
         )?;
-        for e in entries {
-            writeln!(
-                out,
-                "{:<8} {:<8} {:<25} {:>8}  {}",
-                e.version,
-                e.state.as_str(),
-                e.applied_at.as_deref().unwrap_or("-"),
-                e.execution_ms.map_or("-".to_string(), |ms| ms.to_string()),
-                e.name
-            )?;
+    }
+    writeln!(out, "{}", status_line(entries))?;
+    out.flush()
+}
+
+/// The last line of `status`: how many migrations are in each state, and the database's
+/// version (the newest applied).
+fn status_line(entries: &[Entry]) -> String {
+    use crate::plan::State;
+    let count = |state: State| entries.iter().filter(|e| e.state == state).count();
+    let mut parts = vec![
+        format!("{} applied", count(State::Applied)),
+        format!("{} pending", count(State::Pending)),
+    ];
+    for (state, word) in [
+        (State::Drift, "changed since applied"),
+        (State::Missing, "missing their file"),
+    ] {
+        if count(state) > 0 {
+            parts.push(format!("{} {word}", count(state)));
         }
     }
-    out.flush()
+    let at = entries
+        .iter()
+        .filter(|e| e.state != State::Pending)
+        .map(|e| e.version)
+        .max();
+    let at = match at {
+        Some(version) => format!("database at version {version}"),
+        None => "nothing applied yet".to_string(),
+    };
+    format!("{}; {at}", parts.join(", "))
 }

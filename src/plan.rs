@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use crate::error::Error;
 pub use crate::source::Direction;
 use crate::source::{self, Migration, Script};
+use crate::sql;
 
 /// One applied migration as the history table records it (`history` reads the rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,14 +95,28 @@ impl<'a> Plan<'a> {
     /// connection work: the content rules for each file the plan runs (for `up` also the
     /// rollback, so a new migration's rollback is checked with it, not first when an
     /// emergency needs it), and a `-- no-transaction` file in a `--single-transaction` run.
+    /// A rollback not written yet (no statement) does not hold `up` back: `down` refuses it.
     pub fn check(&self, mode: Mode) -> Result<(), Error> {
         for step in &self.steps {
             source::check(step.script)?;
             if self.direction == Direction::Up {
-                step.migration.down.iter().try_for_each(source::check)?;
+                let written = step
+                    .migration
+                    .down
+                    .iter()
+                    .filter(|d| !sql::is_empty(&d.sql));
+                written.into_iter().try_for_each(source::check)?;
             }
         }
         self.check_mode(mode)
+    }
+
+    /// The migrations of an `up` plan whose rollback file holds no statement yet: they apply,
+    /// but `down` cannot pass them.
+    pub fn unwritten_rollbacks(&self) -> impl Iterator<Item = &Migration> {
+        let up = self.direction == Direction::Up;
+        (self.steps.iter().map(|step| step.migration))
+            .filter(move |m| up && m.down.as_ref().is_some_and(|d| sql::is_empty(&d.sql)))
     }
 
     /// Refuses a `-- no-transaction` file in a `--single-transaction` run (the dry run lists
@@ -181,6 +196,9 @@ pub struct Entry {
     pub state: State,
     pub applied_at: Option<String>,
     pub execution_ms: Option<i64>,
+    /// Whether `down` can roll it back: a rollback file holding a statement. None when the
+    /// migration's own file is missing.
+    pub rollback: Option<bool>,
 }
 
 /// The migrations `up` applies, oldest first, after checking that history matches the files.
@@ -275,6 +293,7 @@ pub fn status(migrations: &[Migration], applied: &[Applied]) -> Vec<Entry> {
                 state,
                 applied_at: row.and_then(|a| a.applied_at.clone()),
                 execution_ms: row.and_then(|a| a.execution_ms),
+                rollback: file.map(|m| m.down.as_ref().is_some_and(|d| !sql::is_empty(&d.sql))),
             }
         })
         .collect()
@@ -316,6 +335,54 @@ pub fn baseline<'a>(
     Ok(migrations.iter().filter(|m| m.version <= version).collect())
 }
 
+/// What another tool's history says it applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Every migration up to and including this version (golang-migrate keeps only that).
+    UpTo(i64),
+    /// Exactly these versions.
+    Exactly(Vec<i64>),
+}
+
+/// `baseline --from`: the migrations another tool's history says it applied; each must have
+/// its file here, and db-migrate's history must be empty.
+pub fn adopt<'a>(
+    migrations: &'a [Migration],
+    applied: &[Applied],
+    theirs: &Recorded,
+    tool: &str,
+) -> Result<Vec<&'a Migration>, Error> {
+    if !applied.is_empty() {
+        return Err(Error::HistoryNotEmpty {
+            count: applied.len(),
+        });
+    }
+    let versions: Vec<i64> = match theirs {
+        Recorded::UpTo(current) => {
+            if !migrations.iter().any(|m| m.version == *current) {
+                return Err(adopt_missing(tool, *current));
+            }
+            (migrations.iter().map(|m| m.version))
+                .filter(|v| v <= current)
+                .collect()
+        }
+        Recorded::Exactly(versions) => versions.clone(),
+    };
+    versions
+        .iter()
+        .map(|version| {
+            (migrations.iter().find(|m| m.version == *version))
+                .ok_or_else(|| adopt_missing(tool, *version))
+        })
+        .collect()
+}
+
+fn adopt_missing(tool: &str, version: i64) -> Error {
+    Error::Config(format!(
+        "{tool} applied version {version}, which has no file in the migrations directory; point --dir at that tool's migrations (NNN_name.up.sql files are read as they are)"
+    ))
+}
+
 /// `repair`: the file whose checksum replaces the recorded one, or `None` when they match.
 pub fn repair<'a>(
     migrations: &'a [Migration],
@@ -330,6 +397,29 @@ pub fn repair<'a>(
         )));
     };
     Ok((file.checksum != row.checksum).then_some((file, row)))
+}
+
+/// `forget`: the history row of `version`, to delete. Only for a row whose file is gone (a
+/// branch switch on a development database) unless `force`: a migration with its file is
+/// rolled back with `down`, which also undoes its change.
+pub fn forget<'a>(
+    migrations: &[Migration],
+    applied: &'a [Applied],
+    version: i64,
+    force: bool,
+) -> Result<&'a Applied, Error> {
+    let Some(row) = applied.iter().find(|a| a.version == version) else {
+        return Err(Error::Config(format!(
+            "--version {version} is not in the history table, so there is nothing to forget; `db-migrate status` lists what is"
+        )));
+    };
+    match migrations.iter().find(|m| m.version == version) {
+        Some(file) if !force => Err(Error::Config(format!(
+            "migration {version} still has its file ({}); forget is for a history row whose file is gone: roll it back with `db-migrate down`, or pass --force to drop only its row",
+            file.up.path.display()
+        ))),
+        _ => Ok(row),
+    }
 }
 
 /// Refuses history that no longer matches the files: a changed applied file or a missing one.
@@ -493,15 +583,27 @@ mod tests {
     }
 
     #[test]
-    fn an_up_plan_checks_the_rollback_files_too() {
+    fn an_up_plan_checks_the_rollback_files_too_but_lets_an_unwritten_one_through() {
         let mut disk = [migration(1, true)];
         disk[0].down = Some(Script::new(
             "m/001_m1.down.sql".into(),
-            "-- nothing\n".into(),
+            "\\connect other\nDROP TABLE m1;\n".into(),
         ));
         let plan = up(&disk, &[], Target::Latest, false).unwrap();
         let error = plan.check(Mode::Each).unwrap_err();
         assert!(error.to_string().contains("001_m1.down.sql"), "{error}");
+        assert_eq!(plan.unwritten_rollbacks().count(), 0);
+        // Comments only: not written yet. `up` goes ahead; `down` is refused.
+        disk[0].down = Some(Script::new(
+            "m/001_m1.down.sql".into(),
+            "-- nothing yet\n".into(),
+        ));
+        let plan = up(&disk, &[], Target::Latest, false).unwrap();
+        assert!(plan.check(Mode::Each).is_ok());
+        let unwritten: Vec<i64> = plan.unwritten_rollbacks().map(|m| m.version).collect();
+        assert_eq!(unwritten, [1]);
+        let down = down(&disk, &[applied(1)], Rollback::All).unwrap();
+        assert!(down.check(Mode::Each).is_err());
     }
 
     #[test]

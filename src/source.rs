@@ -59,8 +59,7 @@ struct FileName<'a> {
     direction: Direction,
 }
 
-const NAME_FIX: &str =
-    "name it NNN_description.sql (or NNN_description.down.sql), e.g. 003_add_thumbnail_url.sql";
+const NAME_FIX: &str = "name it NNN_description.sql (or .up.sql, and .down.sql for its rollback), e.g. 003_add_thumbnail_url.sql";
 
 /// Reads every migration in `dir`, refusing the whole directory at the first bad file so that
 /// nothing runs from a directory that is half right. Files not ending in `.sql` are ignored.
@@ -184,9 +183,15 @@ pub fn check(script: &Script) -> Result<(), Error> {
 /// back out of a path, and comparing paths, parse them component by component: a fifth of a
 /// no-op run over 5,000 files.
 fn sql_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
-    let entries = fs::read_dir(dir).map_err(|source| Error::Directory {
-        path: dir.to_path_buf(),
-        source,
+    let entries = fs::read_dir(dir).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => Error::NoDirectory {
+            path: dir.to_path_buf(),
+            cwd: std::env::current_dir().unwrap_or_default(),
+        },
+        _ => Error::Directory {
+            path: dir.to_path_buf(),
+            source,
+        },
     })?;
     let mut paths = Vec::new();
     for entry in entries {
@@ -315,12 +320,15 @@ fn read_script(path: &Path, buffer: &mut Vec<u8>) -> Result<Script, Error> {
 }
 
 fn parse_name(file_name: &str) -> Result<FileName<'_>, String> {
-    let (stem, direction) = match file_name.strip_suffix(".down.sql") {
-        Some(stem) => (stem, Direction::Down),
-        None => (
-            file_name.strip_suffix(".sql").unwrap_or(file_name),
-            Direction::Up,
-        ),
+    // golang-migrate's and sqlx's reversible spelling, NNN_name.up.sql, is the same migration
+    // as NNN_name.sql; a directory holding both for one version is refused as a duplicate.
+    let (stem, direction) = if let Some(stem) = file_name.strip_suffix(".down.sql") {
+        (stem, Direction::Down)
+    } else if let Some(stem) = file_name.strip_suffix(".up.sql") {
+        (stem, Direction::Up)
+    } else {
+        let stem = file_name.strip_suffix(".sql").unwrap_or(file_name);
+        (stem, Direction::Up)
     };
     let (digits, name) = stem
         .split_once('_')
@@ -370,12 +378,20 @@ const UP_HINTS: &str = "--
 -- CREATE INDEX IF NOT EXISTS. On a table the bot uses, build an index with
 -- CREATE INDEX CONCURRENTLY in a file of its own whose first line is -- no-transaction,
 -- add constraints NOT VALID and VALIDATE them in a later migration, and prefer a new column
--- to changing a column's type. `db-migrate plan` shows what each statement will lock.
+-- to changing a column's type. `db-migrate plan` shows what each statement will lock, and
+-- `db-migrate test` runs it twice, rolls it back and applies it again on a scratch database.
+--
+-- For example:
+-- ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS thumbnail_url text;
 ";
 
 /// What `new` writes under the heading of a rollback file.
 const DOWN_HINTS: &str = "--
--- Safe to run twice: DROP ... IF EXISTS. Delete this file if the change cannot be undone.
+-- Safe to run twice: DROP ... IF EXISTS. Delete this file if the change cannot be undone;
+-- while it holds no statement, `up` applies the migration and `down` refuses to pass it.
+--
+-- For example:
+-- ALTER TABLE video_requests DROP COLUMN IF EXISTS thumbnail_url;
 ";
 
 /// Creates `NNN_description.sql` and its `.down.sql` after the newest migration in `dir`,
@@ -408,12 +424,20 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
         .unwrap_or(3)
         .max(3);
     let stem = format!("{version:0width$}_{slug}");
-    let up = dir.join(format!("{stem}.sql"));
+    // A directory in golang-migrate's spelling gets its next file in the same spelling.
+    let spelling = match existing.last() {
+        Some(newest) if newest.up.path.to_string_lossy().ends_with(".up.sql") => ".up.sql",
+        _ => ".sql",
+    };
+    let up = dir.join(format!("{stem}{spelling}"));
     let down = dir.join(format!("{stem}.down.sql"));
     // Comments only (a pending file without a statement is refused until it is written), with
     // the forms that pass the rules: safe to run twice, and gentle on the bot's big tables.
     write_new(&up, &format!("-- {description}\n{UP_HINTS}\n"))?;
-    write_new(&down, &format!("-- Rolls back {stem}.sql\n{DOWN_HINTS}\n"))?;
+    write_new(
+        &down,
+        &format!("-- Rolls back {stem}{spelling}\n{DOWN_HINTS}\n"),
+    )?;
     Ok((up, down))
 }
 
@@ -455,6 +479,19 @@ fn invalid(path: &Path, problem: String) -> Error {
 }
 
 fn duplicate(path: &Path, other: &Path, version: i64) -> Error {
+    let spelled = |p: &Path| p.to_string_lossy().ends_with(".up.sql");
+    if spelled(path) != spelled(other) && path.parent() == other.parent() {
+        let (a, b) = (stem_of(path), stem_of(other));
+        if a == b {
+            return invalid(
+                path,
+                format!(
+                    "is the same migration as {}, spelled both NNN_name.sql and NNN_name.up.sql; keep one of the two files",
+                    other.display()
+                ),
+            );
+        }
+    }
     invalid(
         path,
         format!(
@@ -462,6 +499,13 @@ fn duplicate(path: &Path, other: &Path, version: i64) -> Error {
             other.display()
         ),
     )
+}
+
+/// `003_x` of `003_x.sql` and of `003_x.up.sql`.
+fn stem_of(path: &Path) -> String {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let name = name.strip_suffix(".sql").unwrap_or(&name);
+    name.strip_suffix(".up").unwrap_or(name).to_string()
 }
 
 #[cfg(test)]

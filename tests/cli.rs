@@ -92,12 +92,13 @@ async fn status_goes_to_stdout_as_text_or_json() {
     let out = db_migrate(&db, &seed_dir(), &["status"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
     assert!(
-        lines[1].starts_with("1 ") && lines[1].contains("pending"),
+        lines[1].starts_with("1 ") && lines[1].contains("pending") && lines[1].contains(" yes "),
         "{}",
         out.stdout
     );
+    assert_eq!(lines[3], "0 applied, 2 pending; nothing applied yet");
 
     assert_eq!(
         db_migrate(&db, &seed_dir(), &["up", "--target", "1"]).code,
@@ -110,6 +111,12 @@ async fn status_goes_to_stdout_as_text_or_json() {
     assert!(rows[0]["execution_ms"].is_i64());
     assert_eq!(rows[1]["state"], "pending");
     assert!(rows[1]["applied_at"].is_null());
+    assert_eq!(rows[1]["rollback"], true);
+    let out = db_migrate(&db, &seed_dir(), &["status"]);
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("1 applied, 1 pending; database at version 1")
+    );
 }
 
 #[tokio::test]
@@ -356,6 +363,20 @@ async fn dotenv_supplies_database_url_but_the_environment_wins() {
         format!("DATABASE_URL={}\n", db.url),
     )
     .unwrap();
+    // Node's db-migrate package takes the same name; npm puts its bin directory first on
+    // PATH. The wrapper must never run it.
+    let node_bin = work.path().join("node_modules/.bin");
+    std::fs::create_dir_all(&node_bin).unwrap();
+    std::fs::write(
+        node_bin.join("db-migrate"),
+        "#!/bin/sh\necho 0.11.14\nexit 99\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        node_bin.join("db-migrate"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let from_file = output(
         binary()
             .args(["up", "--log-format", "json"])
@@ -425,6 +446,13 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
     let npm = |script: &str| npm_with(script, &[]);
     let up = npm("db:migrate");
     assert_eq!(up.code, 0, "npm run db:migrate: {}", up.stderr);
+    let summary = events(&up.stderr).pop().unwrap();
+    assert_eq!(
+        (&summary["applied"], &summary["pending"]),
+        (&2.into(), &0.into())
+    );
+    assert_eq!(summary["at_version"], 2);
+    assert!(summary.get("rolled_back").is_none(), "{summary}");
     assert_eq!(
         events(&up.stderr)
             .iter()
@@ -434,10 +462,19 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
     );
     let status = npm("db:migrate:status");
     assert_eq!(
-        status.stdout.matches("applied").count(),
+        status
+            .stdout
+            .lines()
+            .filter(|l| l.contains(" applied "))
+            .count(),
         2,
         "{}",
         status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .ends_with("2 applied, 0 pending; database at version 2\n")
     );
     let test = npm("db:migrate:test");
     assert_eq!(test.code, 0, "npm run db:migrate:test: {}", test.stderr);
@@ -451,6 +488,14 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
     let last = npm_with("db:migrate:down", &["--", "--steps", "1"]);
     assert_eq!(last.code, 0, "{}", last.stderr);
     assert_eq!(history(&db.client().await).await, [1]);
+    // The summary's counts are named for what they count.
+    let summary = events(&last.stderr).pop().unwrap();
+    let counts = ["applied", "rolled_back", "pending", "at_version"].map(|k| summary[k].clone());
+    assert_eq!(
+        counts,
+        [0, 1, 1, 1].map(serde_json::Value::from),
+        "{summary}"
+    );
     // With a request in the table, rolling back everything would lose it: refused, with how
     // to run the script again once a backup is taken.
     db.client()
@@ -473,4 +518,84 @@ async fn npm_scripts_run_the_binary_with_dotenv_from_the_working_directory() {
     let down = npm_with("db:migrate:down", &["--", "--allow-data-loss"]);
     assert_eq!(down.code, 0, "{}", down.stderr);
     assert!(support::tables(&db.client().await).await == ["schema_migrations"]);
+}
+
+#[tokio::test]
+async fn dev_sh_starts_the_local_database_and_applies_the_migrations_in_one_command() {
+    // A copy of the repository's scripts and migrations, so that the local database it starts
+    // (in .local-postgres/ beside them, on a free port) is this test's own.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(root.path().join("scripts/lib")).unwrap();
+    for script in [
+        "scripts/dev.sh",
+        "scripts/local-postgres.sh",
+        "scripts/lib/common.sh",
+    ] {
+        std::fs::copy(repo.join(script), root.path().join(script)).unwrap();
+    }
+    std::fs::create_dir(root.path().join("migrations")).unwrap();
+    for entry in std::fs::read_dir(seed_dir()).unwrap() {
+        let entry = entry.unwrap();
+        let to = root.path().join("migrations").join(entry.file_name());
+        std::fs::copy(entry.path(), to).unwrap();
+    }
+    let port = support::free_port().to_string();
+    let dev = |args: &[&str]| {
+        let mut command = Command::new("bash");
+        support::unsteered(&mut command)
+            .arg(root.path().join("scripts/dev.sh"))
+            .args(args)
+            .current_dir(root.path())
+            .env("PGPORT", &port)
+            .env("DB_MIGRATE_BIN", env!("CARGO_BIN_EXE_db-migrate"))
+            .env("LOG_FORMAT", "json");
+        output(&mut command)
+    };
+    let up = dev(&[]);
+    let stop = || {
+        let mut command = Command::new("bash");
+        command
+            .arg(root.path().join("scripts/local-postgres.sh"))
+            .arg("stop")
+            .env("PGPORT", &port);
+        output(&mut command)
+    };
+    if up.code != 0 {
+        stop();
+        panic!("scripts/dev.sh: {}", up.stderr);
+    }
+    let said = format!(
+        "dev.sh: database: postgresql://discord_video@localhost:{port}/discord_video_dev?sslmode=disable"
+    );
+    assert!(up.stderr.contains(&said), "{}", up.stderr);
+    support::assert_no_password(&up.stderr);
+    assert!(!up.stderr.contains("dev_password"), "{}", up.stderr);
+    // The scripts' own notes are plain lines; db-migrate's are JSON.
+    let json: String = (up.stderr.lines())
+        .filter(|l| l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let summary = events(&json).pop().unwrap();
+    assert_eq!(summary["outcome"], "applied", "{summary}");
+    assert_eq!(summary["applied"], 2);
+    // Again, with the database already running: nothing to do.
+    let again = dev(&["status"]);
+    stop();
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again
+            .stdout
+            .lines()
+            .filter(|l| l.contains(" applied "))
+            .count(),
+        2,
+        "{}",
+        again.stdout
+    );
 }

@@ -168,6 +168,21 @@ async fn job_started_before_the_server_waits_for_it() {
         "late server: job finished after {waited:?} with {} retries",
         retries.len()
     );
+    // Said once, at the first refusal: nothing listens there, for how long it will retry,
+    // and how to start a local database.
+    let said: Vec<_> = events
+        .iter()
+        .filter(|e| e["message"] == "nothing listens at the database's address; retrying")
+        .collect();
+    assert_eq!(said.len(), 1, "{events:#?}");
+    assert_eq!(said[0]["address"], format!("127.0.0.1:{port}"));
+    assert_eq!(said[0]["retry_for_s"], 60);
+    assert!(
+        said[0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("scripts/local-postgres.sh start")
+    );
 }
 
 #[tokio::test]

@@ -50,13 +50,14 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "no SQL statement",
         ),
         (
-            &[
-                GOOD,
-                ("002_b.sql", b"SELECT 1;"),
-                ("002_b.down.sql", b"-- irreversible\n"),
-            ],
-            "002_b.down.sql",
-            "no SQL statement",
+            &[GOOD, ("001_a.up.sql", b"CREATE TABLE a (id int);")],
+            "001_a.up.sql",
+            "spelled both NNN_name.sql and NNN_name.up.sql",
+        ),
+        (
+            &[GOOD, ("002_b.up.down.sql", b"SELECT 1;")],
+            "002_b.up.down.sql",
+            "may hold only letters",
         ),
         (
             &[GOOD, ("002_latin1.sql", b"SELECT 'caf\xe9';")],
@@ -285,7 +286,7 @@ async fn new_creates_the_next_pair_after_the_newest_version() {
             "011_add_thumbnail_url.down.sql"
         ]
     );
-    // The new files are placeholders until written: `up` refuses them as empty.
+    // The new files are placeholders until written: `up` refuses the forward one as empty.
     let loaded = db_migrate::source::load(dir.path()).unwrap();
     let error = db_migrate::source::check(&loaded.last().unwrap().up).unwrap_err();
     assert_eq!(error.exit_code(), 3);
@@ -351,4 +352,194 @@ async fn down_to_0_rolls_back_version_0_too() {
     let client = db.client().await;
     assert!(history(&client).await.is_empty());
     assert_eq!(tables(&client).await, ["schema_migrations"]);
+}
+
+#[tokio::test]
+async fn an_unwritten_rollback_does_not_hold_up_back_and_down_refuses_to_pass_it() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_a.sql", "CREATE TABLE a (id int);"),
+        ("002_b.sql", "CREATE TABLE b (id int);"),
+        (
+            "002_b.down.sql",
+            "-- Rolls back 002_b.sql\n-- (not written yet)\n",
+        ),
+    ]);
+    let out = support::output(
+        support::binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let events = support::events(&out.stderr);
+    let warning = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("migration cannot be rolled back yet")
+        })
+        .unwrap_or_else(|| panic!("no warning: {}", out.stderr));
+    assert_eq!(warning["version"], 2);
+    assert_eq!(warning["severity"], "WARNING");
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    let down = Command::Down {
+        rollback: Rollback::Steps(1),
+        mode: Mode::Each,
+    };
+    let (_, result) = run(&config(&db.url, dir.path(), down)).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 3, "{error}");
+    assert!(
+        error.to_string().contains("002_b.down.sql")
+            && error.to_string().contains("no SQL statement"),
+        "{error}"
+    );
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn golang_migrate_up_and_down_files_are_one_migration() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "000001_create_a.up.sql",
+            "CREATE TABLE IF NOT EXISTS a (id int);",
+        ),
+        ("000001_create_a.down.sql", "DROP TABLE IF EXISTS a;"),
+        (
+            "000002_create_b.up.sql",
+            "CREATE TABLE IF NOT EXISTS b (id int);",
+        ),
+        ("000002_create_b.down.sql", "DROP TABLE IF EXISTS b;"),
+    ]);
+    let summary = up_ok(&db, dir.path()).await;
+    assert_eq!(summary.applied, 2);
+    assert_eq!(
+        tables(&db.client().await).await,
+        ["a", "b", "schema_migrations"]
+    );
+    let names: Vec<String> = db
+        .client()
+        .await
+        .query("SELECT name FROM schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["create_a", "create_b"]);
+    let down = Command::Down {
+        rollback: Rollback::All,
+        mode: Mode::Each,
+    };
+    let (_, result) = run(&config(&db.url, dir.path(), down)).await;
+    result.unwrap();
+    assert_eq!(tables(&db.client().await).await, ["schema_migrations"]);
+    // `new` follows the directory's spelling.
+    let new = Command::New {
+        description: "create c".into(),
+    };
+    let (summary, result) = run(&config(&db.url, dir.path(), new)).await;
+    result.unwrap();
+    let names: Vec<String> = summary
+        .created
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["000003_create_c.up.sql", "000003_create_c.down.sql"]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_directory_names_the_working_directory_and_how_to_point_at_one() {
+    let work = tempfile::tempdir().unwrap();
+    let out = support::output(
+        support::binary()
+            .args(["status", "--log-format", "json"])
+            .env("DATABASE_URL", "postgresql://u@127.0.0.1:1/d")
+            .current_dir(work.path()),
+    );
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let summary = support::events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    let cwd = work.path().canonicalize().unwrap();
+    assert!(
+        message.starts_with("no migrations directory migrations (looked for from ")
+            && message.contains(&cwd.display().to_string())
+            && message.contains("--dir")
+            && message.contains("MIGRATIONS_DIR"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn forget_drops_the_history_row_of_a_file_that_is_gone_and_only_that() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);"),
+        ("002_b.sql", "CREATE TABLE IF NOT EXISTS b (id int);"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    // A branch switch: 002's file is gone, its row stays, and every run stops on it.
+    std::fs::remove_file(dir.path().join("002_b.sql")).unwrap();
+    let forget = |args: &[&str]| {
+        support::output(
+            support::binary()
+                .args(["--log-format", "json"])
+                .args(args)
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        )
+    };
+    let stuck = forget(&["up"]);
+    assert_eq!(stuck.code, 4, "{}", stuck.stderr);
+    assert!(
+        stuck.stderr.contains("db-migrate forget --version 2"),
+        "{}",
+        stuck.stderr
+    );
+    let message = |out: &support::Output| {
+        support::events(&out.stderr).pop().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let unknown = forget(&["forget", "--version", "9"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(message(&unknown).contains("not in the history table"));
+    let has_file = forget(&["forget", "--version", "1"]);
+    assert_eq!(has_file.code, 2, "{}", has_file.stderr);
+    assert!(
+        message(&has_file).contains("still has its file"),
+        "{}",
+        has_file.stderr
+    );
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    let out = forget(&["forget", "--version", "2"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let events = support::events(&out.stderr);
+    let audit = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("history row forgotten")
+        })
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert_eq!(
+        (&audit["version"], &audit["name"]),
+        (&2.into(), &"b".into())
+    );
+    assert_eq!(history(&db.client().await).await, [1]);
+    assert_eq!(forget(&["up"]).code, 0);
+    // --force drops the row of a migration whose file is there; its table stays.
+    assert_eq!(forget(&["forget", "--version", "1", "--force"]).code, 0);
+    assert!(history(&db.client().await).await.is_empty());
+    assert!(tables(&db.client().await).await.contains(&"a".to_string()));
 }

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::cloudsql::{self, IpType};
-use crate::config::{self, Command, Config, Mode, PlanOf, Session};
+use crate::config::{self, Baseline, Command, Config, Mode, PlanOf, Session};
 use crate::connect;
 use crate::error::Error;
 use crate::history::Table;
 use crate::plan::{Rollback, Target};
-use crate::{rules, trace};
+use crate::{import, rules, trace};
 use environment::{applied_by, dotenv_value};
 pub use values::{BackupArg, IpTypeArg, LogFormatArg, OutputFormatArg, Span, parse_duration};
 
@@ -29,13 +29,20 @@ pub struct Cli {
         long,
         env = "MIGRATIONS_DIR",
         default_value = config::DEFAULT_DIR,
-        global = true
+        global = true,
+        help_heading = "Migrations"
     )]
     pub dir: PathBuf,
 
     /// postgresql://user:password@host:port/database, or key=value pairs. When unset, a .env
     /// file in the working directory may supply DATABASE_URL.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Connection"
+    )]
     pub database_url: Option<String>,
 
     /// History table, `table` or `schema.table` (quoted as typed).
@@ -43,53 +50,64 @@ pub struct Cli {
         long,
         env = "DB_MIGRATE_HISTORY_TABLE",
         default_value = config::DEFAULT_HISTORY_TABLE,
-        global = true
+        global = true,
+        help_heading = "Migrations"
     )]
     pub history_table: String,
 
     /// How long to wait for another run's migration lock, e.g. 90s, 5m (plain number: seconds).
-    #[arg(long, env = "DB_MIGRATE_LOCK_WAIT", default_value_t = Span(config::DEFAULT_LOCK_WAIT), global = true)]
+    #[arg(long, env = "DB_MIGRATE_LOCK_WAIT", default_value_t = Span(config::DEFAULT_LOCK_WAIT), global = true, help_heading = "Migration run")]
     pub lock_wait: Span,
 
     /// Apply pending migrations older than the newest applied one instead of refusing.
-    #[arg(long, env = "DB_MIGRATE_ALLOW_OUT_OF_ORDER", global = true,
+    #[arg(long, env = "DB_MIGRATE_ALLOW_OUT_OF_ORDER", global = true, help_heading = "Migration run",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_out_of_order: bool,
 
     /// How long to keep retrying the first connection while the database is unreachable,
-    /// starting up or out of connection slots.
-    #[arg(long, env = "DB_MIGRATE_CONNECT_TIMEOUT", default_value_t = Span(connect::DEFAULT_CONNECT_TIMEOUT), global = true)]
-    pub connect_timeout: Span,
+    /// starting up or out of connection slots [default: 60s; 5s on a terminal].
+    #[arg(
+        long,
+        env = "DB_MIGRATE_CONNECT_TIMEOUT",
+        global = true,
+        help_heading = "Connection"
+    )]
+    pub connect_timeout: Option<Span>,
 
     /// lock_timeout for migration statements: the longest the bot's queries wait behind a
     /// DDL that waits for its table lock; then it is rolled back and tried again once the
     /// lock's holders are gone.
-    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value_t = Span(config::DEFAULT_LOCK_TIMEOUT), global = true)]
+    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value_t = Span(config::DEFAULT_LOCK_TIMEOUT), global = true, help_heading = "Migration run")]
     pub ddl_lock_timeout: Span,
 
     /// How long the run waits in all for the table locks its migrations need (attempts and
     /// the waits between them) before it stops with exit 6.
-    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_WAIT", default_value_t = Span(config::DEFAULT_DDL_LOCK_WAIT), global = true)]
+    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_WAIT", default_value_t = Span(config::DEFAULT_DDL_LOCK_WAIT), global = true, help_heading = "Migration run")]
     pub ddl_lock_wait: Span,
 
     /// A table at or above this many rows is big enough for the hazard rules: a plain
     /// CREATE INDEX, a rewrite or an in-place validation on it is refused before it runs.
     #[arg(long, env = "DB_MIGRATE_HAZARD_ROWS", default_value_t = config::DEFAULT_HAZARD_ROWS,
-          value_parser = clap::value_parser!(i64).range(0..), global = true)]
+          value_parser = clap::value_parser!(i64).range(0..), global = true, help_heading = "Migration run")]
     pub hazard_rows: i64,
 
     /// Let a migration or rollback drop a table or column holding data, truncate or delete
     /// (take a backup first).
-    #[arg(long, env = "DB_MIGRATE_ALLOW_DATA_LOSS", global = true,
+    #[arg(long, env = "DB_MIGRATE_ALLOW_DATA_LOSS", global = true, help_heading = "Migration run",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_data_loss: bool,
 
     /// statement_timeout for migration statements (default: none).
-    #[arg(long, env = "DB_MIGRATE_STATEMENT_TIMEOUT", global = true)]
+    #[arg(
+        long,
+        env = "DB_MIGRATE_STATEMENT_TIMEOUT",
+        global = true,
+        help_heading = "Migration run"
+    )]
     pub statement_timeout: Option<Span>,
 
     /// While a migration runs longer than this, log a progress event this often.
-    #[arg(long, env = "DB_MIGRATE_PROGRESS_INTERVAL", default_value_t = Span(config::DEFAULT_PROGRESS_INTERVAL), global = true)]
+    #[arg(long, env = "DB_MIGRATE_PROGRESS_INTERVAL", default_value_t = Span(config::DEFAULT_PROGRESS_INTERVAL), global = true, help_heading = "Migration run")]
     pub progress_interval: Span,
 
     /// Cloud SQL instance PROJECT:REGION:INSTANCE: without a host in DATABASE_URL the job
@@ -147,7 +165,7 @@ pub struct Cli {
     pub backup_timeout: Span,
 
     /// auto: JSON lines when stderr is not a terminal, text when it is.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Auto, global = true)]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Auto, global = true, help_heading = "Logging")]
     pub log_format: LogFormatArg,
 
     #[command(subcommand)]
@@ -157,40 +175,72 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum CommandArgs {
     /// Apply pending migrations, each in its own transaction.
+    #[command(
+        after_help = "Examples:\n  db-migrate up\n  db-migrate up --target 3 --dry-run\n  db-migrate up --write-schema db/schema.sql"
+    )]
     Up(UpArgs),
     /// Roll back applied migrations, newest first.
+    #[command(
+        after_help = "Examples:\n  db-migrate down --steps 1\n  db-migrate down --to 2 --dry-run\n  db-migrate down --all --allow-data-loss"
+    )]
     Down(DownArgs),
     /// Show every version with its state.
+    #[command(after_help = "Examples:\n  db-migrate status\n  db-migrate status --format json")]
     Status {
+        /// text: a table and a line that counts; json: one array for scripts.
         #[arg(long, value_enum, default_value_t = OutputFormatArg::Text)]
         format: OutputFormatArg,
     },
     /// Exit 0 only when nothing is pending (7) and nothing drifted (4); with --schema, when
     /// the schema is what the applied migrations create (4 when not).
+    #[command(after_help = "Examples:\n  db-migrate verify\n  db-migrate verify --schema")]
     Verify(VerifyArgs),
     /// Create the next NNN_description.sql and its .down.sql.
+    #[command(after_help = "Example:\n  db-migrate new \"add thumbnail url\"")]
     New {
         /// What the migration does, e.g. "add thumbnail url".
         description: String,
     },
     /// Record the current checksum of an applied file that was edited on purpose.
     Repair {
+        /// The applied migration whose recorded checksum to replace with its file's.
         #[arg(long)]
         version: i64,
     },
-    /// Record versions up to N as applied without running them (adopting a database).
-    Baseline {
-        #[arg(long)]
-        version: i64,
-    },
+    /// Record versions up to N (or what another tool applied) as applied without running
+    /// them: adopting a database.
+    #[command(
+        after_help = "Examples:\n  db-migrate baseline --version 2\n  db-migrate --history-table db_migrate_history baseline --from golang-migrate"
+    )]
+    Baseline(BaselineArgs),
     /// Trace what each pending migration (with --down: each rollback) would lock, rewrite
     /// and delete, in a transaction that is rolled back; exit 9 on a hazard.
+    #[command(
+        after_help = "Examples:\n  db-migrate plan\n  db-migrate plan --down --steps 1\n  db-migrate plan --format github"
+    )]
     Plan(PlanArgs),
     /// Rehearse every migration on a scratch database: apply, apply again, roll back, roll
     /// back again, re-apply, checking the schema after each step.
+    #[command(
+        after_help = "Examples:\n  db-migrate test\n  db-migrate test --keep-going --format json\n  db-migrate test --scratch-url postgresql://postgres@localhost/scratch"
+    )]
     Test(TestArgs),
     /// Print the database's schema as deterministic SQL-like text (no pg_dump needed).
+    #[command(
+        after_help = "Examples:\n  db-migrate schema > db/schema.sql\n  db-migrate schema --privileges"
+    )]
     Schema(SchemaArgs),
+    /// Delete the history row of a migration whose file is gone (a branch switch on a
+    /// development database); what the migration changed stays.
+    #[command(after_help = "Example:\n  db-migrate forget --version 7")]
+    Forget {
+        /// The version whose history row to delete.
+        #[arg(long)]
+        version: i64,
+        /// Delete the row even though the migration's file is there.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +248,30 @@ pub struct SchemaArgs {
     /// Include each object's owner and grants.
     #[arg(long)]
     privileges: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["version", "from"])))]
+pub struct BaselineArgs {
+    /// Record every version up to and including N.
+    #[arg(long)]
+    version: Option<i64>,
+    /// Record what this tool's history table says it applied; the tool's table is left as it is.
+    #[arg(long, value_enum)]
+    from: Option<ToolArg>,
+    /// The other tool's history table, when not its default (schema_migrations for
+    /// golang-migrate and dbmate, _sqlx_migrations, flyway_schema_history).
+    #[arg(long, requires = "from")]
+    from_table: Option<String>,
+}
+
+/// `baseline --from`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolArg {
+    GolangMigrate,
+    Dbmate,
+    Sqlx,
+    Flyway,
 }
 
 #[derive(Debug, Args)]
@@ -329,6 +403,7 @@ impl Cli {
     /// beyond clap's own `env` attributes.
     pub fn config(self) -> Result<Config, Error> {
         let cloudsql = self.cloudsql()?;
+        let connect_timeout = self.connect_timeout();
         let command = command(&self.command);
         // An empty variable (`DATABASE_URL=` in a manifest) counts as unset.
         let url = match self.database_url.filter(|url| !url.trim().is_empty()) {
@@ -342,7 +417,7 @@ impl Cli {
         let scratch = match self.command.scratch_url() {
             Some(url) => {
                 let mut settings = connect::resolve(Some(url), &env)?;
-                settings.retry_for = self.connect_timeout.0;
+                settings.retry_for = connect_timeout;
                 Some(settings)
             }
             None => None,
@@ -368,7 +443,7 @@ impl Cli {
             }
             (_, url) => {
                 let mut settings = connect::resolve(url.as_deref(), &env)?;
-                settings.retry_for = self.connect_timeout.0;
+                settings.retry_for = connect_timeout;
                 if cloudsql.as_ref().is_some_and(|options| options.iam_auth) {
                     iam_user(&mut settings.pg);
                 }
@@ -411,6 +486,17 @@ impl Cli {
                 .ok()
                 .filter(|script| script.starts_with("db:")),
         })
+    }
+
+    /// `--connect-timeout`, or its default: a job waits for a database that is starting, a
+    /// person at a terminal wants to hear soon that nothing is running.
+    fn connect_timeout(&self) -> std::time::Duration {
+        use std::io::IsTerminal;
+        match self.connect_timeout {
+            Some(span) => span.0,
+            None if std::io::stderr().is_terminal() => connect::TERMINAL_CONNECT_TIMEOUT,
+            None => connect::DEFAULT_CONNECT_TIMEOUT,
+        }
     }
 
     fn cloudsql(&self) -> Result<Option<cloudsql::Options>, Error> {
@@ -506,11 +592,27 @@ fn command(args: &CommandArgs) -> Command {
             format: test.format.into(),
         },
         CommandArgs::Schema(_) => Command::Schema,
+        CommandArgs::Forget { version, force } => Command::Forget {
+            version: *version,
+            force: *force,
+        },
         CommandArgs::New { description } => Command::New {
             description: description.clone(),
         },
         CommandArgs::Repair { version } => Command::Repair { version: *version },
-        CommandArgs::Baseline { version } => Command::Baseline { version: *version },
+        CommandArgs::Baseline(args) => Command::Baseline(match (args.version, args.from) {
+            (Some(version), _) => Baseline::UpTo(version),
+            (None, tool) => Baseline::From {
+                tool: match tool {
+                    Some(ToolArg::Dbmate) => import::Tool::Dbmate,
+                    Some(ToolArg::Sqlx) => import::Tool::Sqlx,
+                    Some(ToolArg::Flyway) => import::Tool::Flyway,
+                    // clap requires --version or --from.
+                    Some(ToolArg::GolangMigrate) | None => import::Tool::GolangMigrate,
+                },
+                table: args.from_table.clone(),
+            },
+        }),
     }
 }
 
@@ -583,6 +685,48 @@ mod tests {
             .map(|c| c.get_name().to_string())
             .collect();
         assert_eq!(names, Command::NAMES);
+    }
+
+    #[test]
+    fn every_flag_has_a_description_and_a_typo_gets_a_suggestion() {
+        let command = <Cli as clap::CommandFactory>::command();
+        for sub in std::iter::once(&command).chain(command.get_subcommands()) {
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {:?} has no description",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        let error = parse(&["stauts"]).unwrap_err().to_string();
+        assert!(
+            error.contains("similar subcommand exists: 'status'"),
+            "{error}"
+        );
+        let error = parse(&["up", "--dry-rnu"]).unwrap_err().to_string();
+        assert!(
+            error.contains("similar argument exists: '--dry-run'"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_subcommand_help_shows_its_own_flags_first_then_the_shared_ones_and_examples() {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        // Global flags reach the subcommands when the command is built, as when parsing.
+        command.build();
+        let help = (command.find_subcommand_mut("up").unwrap())
+            .render_help()
+            .to_string();
+        let (own, connection) = (
+            help.find("--dry-run").unwrap(),
+            help.find("Connection:").unwrap(),
+        );
+        assert!(own < connection, "{help}");
+        assert!(help.find("--database-url").unwrap() > connection, "{help}");
+        assert!(help.contains("Examples:\n  db-migrate up\n"), "{help}");
     }
 
     #[test]

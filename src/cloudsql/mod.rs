@@ -166,6 +166,7 @@ impl Admin {
                     .map_err(|(reason, transient)| Failure {
                         error: self.error("getting the IAM login token", reason),
                         transient,
+                        refused: false,
                     })
             }
             None => self.token(&google.credentials).await,
@@ -188,6 +189,7 @@ impl Admin {
             ))),
             Ok(Err(error)) => Err(Failure {
                 transient: error.is_transient(),
+                refused: false,
                 error: self.error(
                     "getting Google credentials",
                     format!("{}; {}", deepest(&error), credentials_hint()),
@@ -203,6 +205,7 @@ impl Admin {
                     ),
                 ),
                 transient: true,
+                refused: false,
             }),
         }
     }
@@ -310,6 +313,7 @@ impl Admin {
             Some(code) if code == 429 || code >= 500 => Failure {
                 error: self.error(call, format!("HTTP {code}: {message}")),
                 transient: true,
+                refused: false,
             },
             Some(code) => Failure::fatal(self.error(call, format!("HTTP {code}: {message}"))),
             None if error.is_authentication() => Failure::fatal(self.error(
@@ -337,6 +341,7 @@ impl Admin {
                         format!("cannot reach the Admin API at {endpoint} ({message})"),
                     ),
                     transient: true,
+                    refused: false,
                 }
             }
         }

@@ -30,8 +30,8 @@ use crate::interrupt;
 use tunnel::Tunnel;
 
 pub use settings::{
-    APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Route, Settings, SslMode, TlsSettings,
-    VARIABLES, resolve,
+    APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Route, Settings, SslMode,
+    TERMINAL_CONNECT_TIMEOUT, TlsSettings, VARIABLES, resolve,
 };
 pub use url::redact;
 
@@ -183,11 +183,32 @@ impl Dialer {
             if !failure.transient || Instant::now() + wait >= deadline {
                 return Err(failure.error);
             }
+            if attempt == 1 && failure.refused {
+                self.nothing_listens(retry_for);
+            }
             warn!(attempt, reason = %failure.error, retry_in_ms = wait.as_millis() as u64, db = %self.target, "cannot connect yet; retrying");
             tokio::time::sleep(wait).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
         unreachable!("the retry loop only ends by returning")
+    }
+
+    /// Said once, at the first refused connection: the common case of a database that is not
+    /// running, with how long the run will keep trying and, for a local one, how to start it.
+    fn nothing_listens(&self, retry_for: Duration) {
+        let host = match self.pg.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            Some(Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".to_string(),
+        };
+        let port = self.pg.get_ports().first().copied().unwrap_or(5432);
+        let local = ["localhost", "127.0.0.1", "::1"].contains(&host.as_str());
+        let hint = local.then_some(
+            "start the local database with scripts/local-postgres.sh start (or docker compose up -d postgres)",
+        );
+        let address = format!("{host}:{port}");
+        let retry_for_s = retry_for.as_secs();
+        warn!(%address, retry_for_s, hint, db = %self.target, "nothing listens at the database's address; retrying");
     }
 
     /// The request that asks the server to cancel what `token`'s session is running, over a

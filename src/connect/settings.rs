@@ -21,6 +21,10 @@ pub const APPLICATION_NAME: &str = "db-migrate";
 /// out of connection slots, unless `--connect-timeout` says otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The same when stderr is a terminal: a person running a command learns within seconds
+/// that no database is running.
+pub const TERMINAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long one connection attempt may take when PGCONNECT_TIMEOUT does not say.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -91,6 +91,7 @@ impl Tunnel {
                 return Err(Failure {
                     error: self.error("connecting", format!("{address}: {e}")),
                     transient: true,
+                    refused: false,
                 });
             }
             Err(_) => {
@@ -100,6 +101,7 @@ impl Tunnel {
                         format!("{address}: no answer in {}s", timeout.as_secs()),
                     ),
                     transient: true,
+                    refused: false,
                 });
             }
         };
@@ -120,6 +122,7 @@ impl Tunnel {
                 None => Failure {
                     error: self.error("TLS handshake", format!("{address}: {e}")),
                     transient: true,
+                    refused: false,
                 },
             })
     }

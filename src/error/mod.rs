@@ -89,6 +89,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The migrations directory does not exist.
+    #[error(
+        "no migrations directory {} (looked for from {}); pass --dir or set MIGRATIONS_DIR to the directory holding the NNN_description.sql files",
+        .path.display(), .cwd.display()
+    )]
+    NoDirectory { path: PathBuf, cwd: PathBuf },
+
     /// An applied migration's file changed since it was applied.
     #[error(
         "migration {version} ({}) changed after it was applied: recorded checksum {recorded}, file checksum {actual}; restore the file and add a new migration instead, or run `db-migrate repair --version {version}` if the edit was deliberate",
@@ -103,7 +110,7 @@ pub enum Error {
 
     /// An applied migration has no file in the directory.
     #[error(
-        "migration {version} ({name}) is recorded as applied but has no file in the migrations directory; restore the file (or point --dir at the right directory)"
+        "migration {version} ({name}) is recorded as applied but has no file in the migrations directory; restore the file (or point --dir at the right directory), or on a development database whose branch no longer has it, roll it back by hand and run `db-migrate forget --version {version}`"
     )]
     MissingFile { version: i64, name: String },
 
@@ -115,12 +122,14 @@ pub enum Error {
 
     /// A table of the history table's name exists but another tool made it.
     #[error(
-        "the history table {table} was made by {tool}, not db-migrate (columns: {columns}); leave it as it is, give db-migrate a table of its own with --history-table (DB_MIGRATE_HISTORY_TABLE), e.g. db_migrate_history, and record what {tool} already applied with `db-migrate baseline --version N`"
+        "the history table {table} was made by {tool}, not db-migrate (columns: {columns}); leave it as it is, give db-migrate a table of its own with --history-table (DB_MIGRATE_HISTORY_TABLE), e.g. db_migrate_history, and record what {tool} already applied: `db-migrate --history-table db_migrate_history baseline {from}`"
     )]
     ForeignHistory {
         table: String,
         tool: &'static str,
         columns: String,
+        /// How `baseline` adopts what that tool applied: `--from TOOL` or `--version N`.
+        from: &'static str,
     },
 
     /// Baseline asked of a database that already has history.
@@ -242,7 +251,9 @@ impl Error {
             | Error::ConnectionLost { .. }
             | Error::Database { .. } => Outcome::MigrationFailed,
             Error::Config(_) | Error::Pooled { .. } => Outcome::ConfigError,
-            Error::InvalidFile { .. } | Error::Directory { .. } => Outcome::InvalidMigrations,
+            Error::InvalidFile { .. } | Error::Directory { .. } | Error::NoDirectory { .. } => {
+                Outcome::InvalidMigrations
+            }
             Error::Drift { .. }
             | Error::MissingFile { .. }
             | Error::OutOfOrder { .. }

@@ -1,0 +1,214 @@
+//! Adopting a database another tool manages: `baseline --from golang-migrate|dbmate|sqlx|
+//! flyway` reads that tool's history table, created here with each tool's documented DDL, into
+//! db-migrate's own, and leaves the other table as it was.
+
+mod support;
+
+use std::path::Path;
+
+use support::{Output, TestDb, binary, events, migrations, output};
+
+/// db-migrate's own table, beside the other tool's.
+const OURS: &str = "db_migrate_history";
+
+fn run(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
+    output(
+        binary()
+            .args(["--log-format", "json", "--history-table", OURS])
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
+fn message(out: &Output) -> String {
+    let summary = events(&out.stderr).pop().unwrap();
+    summary["message"].as_str().unwrap_or_default().to_string()
+}
+
+async fn ours(db: &TestDb) -> Vec<i64> {
+    let client = db.client().await;
+    let rows = client
+        .query(&format!("SELECT version FROM {OURS} ORDER BY version"), &[])
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// A database where `setup` ran (the other tool's tables and history).
+async fn managed(setup: &str) -> TestDb {
+    let db = support::database().await;
+    db.client().await.batch_execute(setup).await.unwrap();
+    db
+}
+
+const GOLANG_MIGRATE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);";
+
+fn golang_dir() -> tempfile::TempDir {
+    migrations(&[
+        (
+            "000001_create_a.up.sql",
+            "CREATE TABLE IF NOT EXISTS a (id int);",
+        ),
+        ("000001_create_a.down.sql", "DROP TABLE IF EXISTS a;"),
+        (
+            "000002_create_b.up.sql",
+            "CREATE TABLE IF NOT EXISTS b (id int);",
+        ),
+        ("000002_create_b.down.sql", "DROP TABLE IF EXISTS b;"),
+        (
+            "000003_create_c.up.sql",
+            "CREATE TABLE IF NOT EXISTS c (id int);",
+        ),
+        ("000003_create_c.down.sql", "DROP TABLE IF EXISTS c;"),
+    ])
+}
+
+#[tokio::test]
+async fn a_golang_migrate_database_is_named_and_adopted_up_to_its_version() {
+    let db = managed(&format!(
+        "{GOLANG_MIGRATE} INSERT INTO schema_migrations VALUES (2, false); \
+         CREATE TABLE a (id int); CREATE TABLE b (id int);"
+    ))
+    .await;
+    let dir = golang_dir();
+    // With db-migrate's default table, the other tool's is found and the way out named.
+    let found = output(
+        binary()
+            .args(["--log-format", "json", "up"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(found.code, 4, "{}", found.stderr);
+    let text = message(&found);
+    assert!(
+        text.contains("was made by golang-migrate")
+            && text.contains("--history-table db_migrate_history baseline --from golang-migrate"),
+        "{text}"
+    );
+    let out = run(&db, dir.path(), &["baseline", "--from", "golang-migrate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(ours(&db).await, [1, 2]);
+    let theirs: i64 =
+        support::one(&db.client().await, "SELECT count(*) FROM schema_migrations").await;
+    assert_eq!(theirs, 1);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(ours(&db).await, [1, 2, 3]);
+    assert!(
+        support::tables(&db.client().await)
+            .await
+            .contains(&"c".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_dirty_golang_migrate_database_is_refused_with_the_fix() {
+    let db = managed(&format!(
+        "{GOLANG_MIGRATE} INSERT INTO schema_migrations VALUES (2, true);"
+    ))
+    .await;
+    let out = run(
+        &db,
+        golang_dir().path(),
+        &["baseline", "--from", "golang-migrate"],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let text = message(&out);
+    assert!(
+        text.contains("dirty at version 2") && text.contains("migrate force 2"),
+        "{text}"
+    );
+    // Refused before db-migrate's own table was created.
+    assert_eq!(
+        support::tables(&db.client().await).await,
+        ["schema_migrations"]
+    );
+}
+
+#[tokio::test]
+async fn dbmate_sqlx_and_flyway_histories_are_adopted_version_by_version() {
+    let dbmate = "CREATE TABLE IF NOT EXISTS schema_migrations (version varchar(128) PRIMARY KEY); \
+                  INSERT INTO schema_migrations VALUES ('20240101120000'), ('20240301120000');";
+    let sqlx = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (version BIGINT PRIMARY KEY, \
+                description TEXT NOT NULL, installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
+                INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                VALUES (20240101120000, 'a', true, '\\x00', 1), (20240301120000, 'c', true, '\\x00', 1);";
+    let flyway = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
+                  version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
+                  script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
+                  installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
+                  success BOOLEAN NOT NULL); \
+                  INSERT INTO flyway_schema_history VALUES \
+                  (1, '20240101120000', 'a', 'SQL', 'V20240101120000__a.sql', 1, 'u', now(), 1, true), \
+                  (2, NULL, 'view', 'SQL', 'R__view.sql', 1, 'u', now(), 1, true), \
+                  (3, '20240301120000', 'c', 'SQL', 'V20240301120000__c.sql', 1, 'u', now(), 1, true);";
+    // The second of three was never applied (out of order in the other tool): only what its
+    // history says is recorded.
+    let dir = migrations(&[
+        (
+            "20240101120000_a.sql",
+            "CREATE TABLE IF NOT EXISTS a (id int);",
+        ),
+        (
+            "20240201120000_b.sql",
+            "CREATE TABLE IF NOT EXISTS b (id int);",
+        ),
+        (
+            "20240301120000_c.sql",
+            "CREATE TABLE IF NOT EXISTS c (id int);",
+        ),
+    ]);
+    for (tool, setup) in [("dbmate", dbmate), ("sqlx", sqlx), ("flyway", flyway)] {
+        let db = managed(setup).await;
+        let out = run(&db, dir.path(), &["baseline", "--from", tool]);
+        assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
+        assert_eq!(ours(&db).await, [20240101120000, 20240301120000], "{tool}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_it() {
+    let dir = migrations(&[("1_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);")]);
+    let cases = [
+        (
+            "sqlx",
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, \
+             checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
+             INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (1, 'a', false, '\\x00', 1);",
+            "sqlx recorded version 1 as failed",
+        ),
+        (
+            "flyway",
+            "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
+             version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
+             script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
+             installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
+             success BOOLEAN NOT NULL); \
+             INSERT INTO flyway_schema_history VALUES (1, '1.1', 'a', 'SQL', 'V1.1__a.sql', 1, 'u', now(), 1, true);",
+            "recorded version \"1.1\", which is not a whole number",
+        ),
+        (
+            "dbmate",
+            "CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY); \
+             INSERT INTO schema_migrations VALUES ('1'), ('7');",
+            "dbmate applied version 7, which has no file",
+        ),
+        (
+            "flyway",
+            "SELECT 1;",
+            "no flyway history table flyway_schema_history",
+        ),
+    ];
+    for (tool, setup, expected) in cases {
+        let db = managed(setup).await;
+        let out = run(&db, dir.path(), &["baseline", "--from", tool]);
+        assert_eq!(out.code, 2, "{tool}: {}", out.stderr);
+        let text = message(&out);
+        assert!(text.contains(expected), "{tool}: {text}");
+        support::assert_no_password(&out.stderr);
+    }
+}
