@@ -82,6 +82,7 @@ impl Job<'_> {
         let Some(database) = &config.database else {
             return Err(Error::Config("no database given; set DATABASE_URL".into()));
         };
+        let database = &iam_user(database, config.cloudsql.as_ref()).await?;
         self.summary.target = Some(database.target(config.cloudsql.as_ref()));
         // The one dialer of the run, shared by every connection; its Cloud SQL client
         // also serves the backup.
@@ -346,6 +347,7 @@ impl Job<'_> {
         plan::check_history(db.migrations, &applied)?;
         let status = plan::status(db.migrations, &applied);
         self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
+        self.summary.at_version = applied.iter().map(|a| a.version).max();
         let options = self.config.schema;
         let actual = schema::read(client, table, options).await?;
         let replay: Vec<&Migration> = (db.migrations.iter())
@@ -470,6 +472,29 @@ async fn write_schema(
     })?;
     info!(file = %path.display(), "schema written");
     Ok(())
+}
+
+/// The settings with the database user an IAM login logs in as when none was given: the
+/// service account's e-mail without `.gserviceaccount.com`, from the credentials. Refused
+/// before any connection when the credentials cannot tell, rather than logging in as the
+/// operating-system user.
+async fn iam_user(
+    settings: &connect::Settings,
+    cloudsql: Option<&cloudsql::Options>,
+) -> Result<connect::Settings, Error> {
+    let Some(options) = cloudsql.filter(|o| o.iam_auth && settings.default_user) else {
+        return Ok(settings.clone());
+    };
+    let email = cloudsql::service_account(options).await.map_err(|reason| {
+        Error::Config(format!(
+            "--iam-auth (CLOUD_SQL_IAM_AUTH) logs in as the service account, but no database user was given and the credentials do not say which ({reason}); set PGUSER, or the user in DATABASE_URL, to the service account's e-mail without .gserviceaccount.com"
+        ))
+    })?;
+    let user = email.strip_suffix(".gserviceaccount.com").unwrap_or(&email);
+    let mut settings = settings.clone();
+    settings.pg.user(user);
+    info!(user, "IAM login as the credentials' service account");
+    Ok(settings)
 }
 
 /// A refusal of dropped data started by an npm script says how to run that script again with

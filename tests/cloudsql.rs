@@ -402,7 +402,8 @@ async fn iam_login_with_a_key_file_trades_a_signed_assertion_for_a_token() {
     let google = Google::start(Identity::Legacy, server_port());
     let dir = tempfile::tempdir().unwrap();
     let key_file = google.key_file(dir.path());
-    let url = format!("postgresql://migrator%40test-proj.iam@/{}", db.name);
+    // No user named: it is the key file's service account.
+    let url = format!("postgresql:///{}", db.name);
     let mut command = job(&google, &url, &support::seed_dir());
     without_metadata_server(&mut command)
         .env("GOOGLE_APPLICATION_CREDENTIALS", &key_file)
@@ -411,6 +412,11 @@ async fn iam_login_with_a_key_file_trades_a_signed_assertion_for_a_token() {
     let output = checked(&mut command);
     assert_eq!(output.code, 0, "{}", output.stderr);
     assert_eq!(owner_of_video_requests(&admin).await, IAM_USER);
+    let summary = support::events(&output.stderr).pop().unwrap();
+    assert_eq!(
+        summary["db"],
+        format!("{IAM_USER}@{}/{}", google::CONNECTION_NAME, db.name)
+    );
     // One exchange at the key's token_uri, cached for the certificate request and the login.
     let exchanges: Vec<_> = google
         .calls("token")
@@ -420,6 +426,42 @@ async fn iam_login_with_a_key_file_trades_a_signed_assertion_for_a_token() {
     assert_eq!(exchanges.len(), 1, "{exchanges:#?}");
     let certs = google.calls("generateEphemeralCert");
     assert_eq!(certs[0].json()["access_token"], google::LOGIN_TOKEN);
+    // Without a key file, the metadata server's service account (Cloud Run, GKE).
+    let other = support::database().await;
+    admin
+        .batch_execute(&format!(
+            "GRANT ALL ON DATABASE \"{}\" TO \"{IAM_USER}\"",
+            other.name
+        ))
+        .await
+        .unwrap();
+    let url = format!("postgresql:///{}", other.name);
+    let output = checked(
+        job(&google, &url, &support::seed_dir())
+            .env("CLOUD_SQL_IAM_AUTH", "true")
+            .arg("status"),
+    );
+    assert_eq!(output.code, 0, "{}", output.stderr);
+    assert_eq!(google.calls("email").len(), 1);
+    // Neither: refused before any connection, naming PGUSER.
+    let mut command = job(&google, &url, &support::seed_dir());
+    let output = checked(
+        without_metadata_server(&mut command)
+            .env("CLOUD_SQL_IAM_AUTH", "true")
+            .arg("status"),
+    );
+    assert_eq!(output.code, 2, "{}", output.stderr);
+    let summary = support::events(&output.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("set PGUSER") && message.contains("no answer from the metadata server"),
+        "{message}"
+    );
+    assert!(
+        !output.stderr.contains("\"connected\""),
+        "{}",
+        output.stderr
+    );
     drop_iam_user(&admin, IAM_USER).await;
 }
 

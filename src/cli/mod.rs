@@ -536,6 +536,10 @@ impl Cli {
             key_file: std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            // Read by google-cloud-auth too; the IAM user is derived from the same server.
+            metadata_host: std::env::var("GCE_METADATA_HOST")
+                .ok()
+                .filter(|h| !h.is_empty()),
         }))
     }
 }

@@ -106,6 +106,66 @@ pub struct Options {
     pub port: u16,
     /// `GOOGLE_APPLICATION_CREDENTIALS`, for IAM login with a service-account key file.
     pub key_file: Option<std::path::PathBuf>,
+    /// `GCE_METADATA_HOST`: the metadata server, when not Google's own name for it.
+    pub metadata_host: Option<String>,
+}
+
+/// The e-mail of the service account the run logs in as, for an IAM login that names no user:
+/// the key file's `client_email`, or else the metadata server's default service account
+/// (Cloud Run, GKE with Workload Identity). Err says why neither could tell.
+pub async fn service_account(options: &Options) -> Result<String, String> {
+    if let Some(path) = &options.key_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let key: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+        return match key["client_email"].as_str() {
+            Some(email) if key["type"] == "service_account" => Ok(email.to_string()),
+            _ => Err(format!(
+                "the credentials in {} are not a service account's key",
+                path.display()
+            )),
+        };
+    }
+    // reqwest's rustls has no crypto provider of its own, even for plain HTTP: ring, the
+    // one every connection of the run uses (the Dialer installs it too, later).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let host = (options.metadata_host.as_deref()).unwrap_or("metadata.google.internal");
+    let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/email");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| deepest(&e))?;
+    // A new GKE pod's metadata server can take a moment to answer.
+    let mut last = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let sent = client
+            .get(&url)
+            .header("Metadata-Flavor", "Google")
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => {
+                let email = response.text().await.map_err(|e| deepest(&e))?;
+                return Ok(email.trim().to_string());
+            }
+            Ok(response) => last = format!("the metadata server answered {}", response.status()),
+            Err(error) if unresolved(&error) => {
+                return Err(format!(
+                    "no key file, and no metadata server ({host} does not resolve)"
+                ));
+            }
+            Err(error) => {
+                last = format!(
+                    "no answer from the metadata server at {host}: {}",
+                    deepest(&error)
+                )
+            }
+        }
+    }
+    Err(last)
 }
 
 /// The run's client of Google's APIs for one instance: shared by the connections (the

@@ -56,6 +56,9 @@ pub struct Settings {
     /// Neither the URL nor PGHOST named a host: `localhost` is only the default, and with a
     /// Cloud SQL instance the tunnel is the way in.
     pub default_host: bool,
+    /// Neither the URL nor PGUSER named a user: the operating-system user is only libpq's
+    /// default, and an IAM login logs in as the service account instead.
+    pub default_user: bool,
 }
 
 /// How the run's connections reach the server.
@@ -148,6 +151,7 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
             );
         }
     }
+    let default_user = pg.get_user().is_none() && var("PGUSER").is_none();
     // libpq's default user is the operating-system user.
     if let (None, Some(user)) = (pg.get_user(), var("PGUSER").or_else(|| var("USER"))) {
         pg.user(user);
@@ -181,6 +185,7 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
         tls,
         retry_for: DEFAULT_CONNECT_TIMEOUT,
         default_host,
+        default_user,
     })
 }
 
@@ -481,6 +486,7 @@ mod tests {
             admin_endpoint: None,
             port: cloudsql::DEFAULT_PORT,
             key_file: None,
+            metadata_host: None,
         };
         let vars = env(&[("PGUSER", "bot"), ("PGDATABASE", "videos")]);
         let without_host = resolve(None, &vars).unwrap();

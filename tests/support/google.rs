@@ -140,6 +140,7 @@ impl Request {
             _ if p.ends_with("/backupRuns") => "backupRuns.insert",
             _ if p.contains("/operations/") => "operations.get",
             _ if p.ends_with("/token") => "token",
+            _ if p.ends_with("/service-accounts/default/email") => "email",
             _ => "other",
         }
     }
@@ -384,6 +385,7 @@ fn respond(request: &Request, shared: &Shared, identity: Identity) -> (u16, Stri
                 (200, body.to_string())
             }
             "universe/universe-domain" => (200, "googleapis.com".into()),
+            "instance/service-accounts/default/email" => (200, SERVICE_ACCOUNT.into()),
             _ => (404, "not found".into()),
         };
     }
