@@ -124,8 +124,7 @@ impl Job<'_> {
             Command::Schema => {
                 let snapshot = schema::read(&client, &table, self.config.schema).await?;
                 // A closed stdout (`| head`) is the reader's choice, not a failed run.
-                let _ =
-                    std::io::Write::write_all(&mut std::io::stdout(), snapshot.text().as_bytes());
+                let _ = std::io::stdout().write_all(snapshot.text().as_bytes());
                 return Ok(());
             }
             Command::Test { keep_going, format } => {
