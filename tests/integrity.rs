@@ -760,7 +760,10 @@ async fn random_kills_and_terms_never_leave_history_and_schema_disagreeing() {
         .await;
         history_matches_schema(&client, COUNT).await;
         // A job killed before it created the history table recorded nothing.
-        let applied = match tables(&client).await.contains(&"schema_migrations".to_string()) {
+        let applied = match tables(&client)
+            .await
+            .contains(&"schema_migrations".to_string())
+        {
             true => recorded(&client).await.len(),
             false => 0,
         };
