@@ -144,6 +144,11 @@ pub enum Command {
         version: i64,
         force: bool,
     },
+    /// Write another tool's migration directory `src` as ours, into the migrations directory.
+    Import {
+        from: import::Layout,
+        src: PathBuf,
+    },
 }
 
 /// What `baseline` records as applied.
@@ -168,9 +173,9 @@ pub enum PlanOf {
 impl Command {
     /// Every command's name, as typed and as the summary event gives it, in the order of the
     /// variants (and of `--help`).
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 12] = [
         "up", "down", "status", "verify", "new", "repair", "baseline", "plan", "test", "schema",
-        "forget",
+        "forget", "import",
     ];
 
     /// This command's name, one of [`Command::NAMES`].
@@ -187,6 +192,7 @@ impl Command {
             test,
             schema,
             forget,
+            import,
         ] = Command::NAMES;
         match self {
             Command::Up { .. } => up,
@@ -200,6 +206,7 @@ impl Command {
             Command::Test { .. } => test,
             Command::Schema => schema,
             Command::Forget { .. } => forget,
+            Command::Import { .. } => import,
         }
     }
 
@@ -216,6 +223,7 @@ impl Command {
                 | Command::Test { .. }
                 | Command::Schema
                 | Command::Forget { .. }
+                | Command::Import { .. }
                 | Command::New { .. }
                 | Command::Repair { .. }
                 | Command::Baseline(_)

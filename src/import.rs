@@ -1,5 +1,10 @@
-//! Other migration tools' history tables, read so that `baseline --from TOOL` can record in
-//! ours what that tool already applied, leaving theirs as it is.
+//! Other migration tools: their history tables, read so that `baseline --from TOOL` can
+//! record in ours what that tool already applied (leaving theirs as it is), and their
+//! migration directories, which `import --from TOOL` writes as ours.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
@@ -107,4 +112,429 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
         },
         _ => Recorded::Exactly(versions),
     })
+}
+
+/// A migration layout `import --from` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `NNN_name.up.sql` and `NNN_name.down.sql`.
+    GolangMigrate,
+    /// `NNN_name.sql` holding `-- migrate:up` and `-- migrate:down` sections.
+    Dbmate,
+    /// `NNN_name.up.sql` / `.down.sql`, or a lone `NNN_name.sql`.
+    Sqlx,
+    /// `YYYY-MM-DD-HHMMSS_name/up.sql` and `down.sql` directories; `metadata.toml` may say
+    /// `run_in_transaction = false`.
+    Diesel,
+    /// `V1__name.sql`, with `U1__name.sql` to undo it.
+    Flyway,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::GolangMigrate => "golang-migrate",
+            Layout::Dbmate => "dbmate",
+            Layout::Sqlx => "sqlx",
+            Layout::Diesel => "diesel",
+            Layout::Flyway => "flyway",
+        }
+    }
+}
+
+/// One migration read from another tool's directory, ready to write as ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub version: i64,
+    pub name: String,
+    pub up: String,
+    /// None when the other tool had no rollback, or an empty one.
+    pub down: Option<String>,
+    /// Where it came from, for the report.
+    pub source: String,
+    /// What was changed on the way, for the report.
+    pub changes: Vec<String>,
+}
+
+/// Reads `src`, laid out as `layout`, into migrations; refuses (naming the file) what cannot be
+/// carried over: a version that is not a whole number, one version twice, a Flyway repeatable
+/// script.
+pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
+    let mut entries: Vec<PathBuf> = (fs::read_dir(src).map_err(|source| Error::Directory {
+        path: src.to_path_buf(),
+        source,
+    })?)
+    .filter_map(|entry| entry.ok().map(|e| e.path()))
+    .collect();
+    entries.sort();
+    let mut ups: BTreeMap<i64, Imported> = BTreeMap::new();
+    let mut downs: BTreeMap<i64, String> = BTreeMap::new();
+    for path in entries {
+        let file = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if file.starts_with('.') {
+            continue;
+        }
+        let parsed = match layout {
+            Layout::Diesel if path.is_dir() => diesel(&path, &file)?,
+            Layout::Diesel => continue,
+            _ if !file.ends_with(".sql") => continue,
+            Layout::Dbmate => dbmate(&path, &file)?,
+            Layout::GolangMigrate | Layout::Sqlx => reversible(&path, &file)?,
+            Layout::Flyway => flyway(&path, &file)?,
+        };
+        let Some((version, part)) = parsed else {
+            continue;
+        };
+        match part {
+            Part::Down(sql) => {
+                downs.insert(version, sql);
+            }
+            Part::Up(imported) => {
+                if let Some(other) = ups.get(&version) {
+                    return Err(invalid(
+                        &path,
+                        format!("version {version} is also {}; keep one", other.source),
+                    ));
+                }
+                ups.insert(version, imported);
+            }
+        }
+    }
+    let mut migrations = Vec::with_capacity(ups.len());
+    for (version, mut imported) in ups {
+        if let Some(down) = downs.remove(&version) {
+            imported.down = Some(down);
+        }
+        imported.up = own_transaction_removed(&imported.up, &mut imported.changes, "");
+        if let Some(down) = imported.down.take() {
+            let down = own_transaction_removed(&down, &mut imported.changes, "rollback's ");
+            imported.down = (!crate::sql::is_empty(&down)).then_some(down);
+        }
+        if imported.down.is_none() {
+            imported.changes.push("no rollback".into());
+        }
+        migrations.push(imported);
+    }
+    if let Some(version) = downs.keys().next() {
+        return Err(Error::Config(format!(
+            "{} has a rollback for version {version} but no forward file; add it or delete the rollback",
+            src.display()
+        )));
+    }
+    Ok(migrations)
+}
+
+/// Writes `migrations` into `dir` as `NNN_name.sql` and `NNN_name.down.sql`, keeping their
+/// versions (as wide as the widest, at least three digits). Refuses to overwrite a file.
+pub fn write<'a>(
+    dir: &Path,
+    migrations: &'a [Imported],
+) -> Result<Vec<(PathBuf, &'a Imported)>, Error> {
+    fs::create_dir_all(dir).map_err(|source| Error::Directory {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let width = (migrations.iter())
+        .map(|m| m.version.to_string().len())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    let mut planned = Vec::new();
+    for imported in migrations {
+        let stem = format!("{:0width$}_{}", imported.version, imported.name);
+        let up = dir.join(format!("{stem}.sql"));
+        let down = imported
+            .down
+            .as_ref()
+            .map(|sql| (dir.join(format!("{stem}.down.sql")), sql));
+        for path in std::iter::once(&up).chain(down.as_ref().map(|(p, _)| p)) {
+            if path.exists() {
+                return Err(invalid(
+                    path,
+                    "already exists; import into an empty directory".into(),
+                ));
+            }
+        }
+        planned.push((up, &imported.up, down, imported));
+    }
+    let mut written = Vec::new();
+    for (up, sql, down, imported) in planned {
+        write_file(&up, sql)?;
+        if let Some((path, sql)) = down {
+            write_file(&path, sql)?;
+        }
+        written.push((up, imported));
+    }
+    Ok(written)
+}
+
+enum Part {
+    Up(Imported),
+    Down(String),
+}
+
+type Parsed = Option<(i64, Part)>;
+
+fn imported(version: i64, name: &str, up: String, source: &str) -> Imported {
+    Imported {
+        version,
+        name: name.to_string(),
+        up,
+        down: None,
+        source: source.to_string(),
+        changes: Vec::new(),
+    }
+}
+
+/// `NNN_name.up.sql`, `NNN_name.down.sql`, or (sqlx) a lone `NNN_name.sql`.
+fn reversible(path: &Path, file: &str) -> Result<Parsed, Error> {
+    let (stem, down) = match (file.strip_suffix(".down.sql"), file.strip_suffix(".up.sql")) {
+        (Some(stem), _) => (stem, true),
+        (None, Some(stem)) => (stem, false),
+        (None, None) => (file.trim_end_matches(".sql"), false),
+    };
+    let (version, name) = version_and_name(path, stem, '_')?;
+    let sql = read_text(path)?;
+    Ok(Some(match down {
+        true => (version, Part::Down(sql)),
+        false => (version, Part::Up(imported(version, &name, sql, file))),
+    }))
+}
+
+/// dbmate: one file, `-- migrate:up [transaction:false]` then `-- migrate:down`.
+fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
+    let (version, name) = version_and_name(path, file.trim_end_matches(".sql"), '_')?;
+    let text = read_text(path)?;
+    let (mut up, mut down, mut section) = (String::new(), String::new(), None);
+    // Each section has its own options.
+    let (mut up_outside, mut down_outside) = (false, false);
+    for line in text.split_inclusive('\n') {
+        let directive = line.trim_start().strip_prefix("-- migrate:");
+        match directive.map(str::trim) {
+            Some(rest) if rest.starts_with("up") => {
+                up_outside = rest.contains("transaction:false");
+                section = Some(true);
+            }
+            Some(rest) if rest.starts_with("down") => {
+                down_outside = rest.contains("transaction:false");
+                section = Some(false);
+            }
+            _ => match section {
+                Some(true) => up.push_str(line),
+                Some(false) => down.push_str(line),
+                None => {}
+            },
+        }
+    }
+    if section.is_none() {
+        return Err(invalid(
+            path,
+            "has no `-- migrate:up` section; is it a dbmate migration?".into(),
+        ));
+    }
+    let mut imported = imported(
+        version,
+        &name,
+        up.trim_start_matches('\n').to_string(),
+        file,
+    );
+    if up_outside {
+        imported.up = format!("-- no-transaction\n{}", imported.up);
+        imported
+            .changes
+            .push("transaction:false -> -- no-transaction".into());
+    }
+    let down = down.trim_start_matches('\n').to_string();
+    imported.down = Some(match down_outside && !crate::sql::is_empty(&down) {
+        true => format!("-- no-transaction\n{down}"),
+        false => down,
+    });
+    Ok(Some((version, Part::Up(imported))))
+}
+
+/// diesel: `2024-01-02-030405_name/` (or `00000000000000_name/`) with `up.sql`, `down.sql` and
+/// maybe `metadata.toml`.
+fn diesel(path: &Path, file: &str) -> Result<Parsed, Error> {
+    let Some((stamp, name)) = file.split_once('_') else {
+        return Ok(None);
+    };
+    let digits: String = stamp.chars().filter(|c| *c != '-').collect();
+    let version = digits.parse::<i64>().map_err(|_| {
+        invalid(
+            path,
+            "does not start with diesel's YYYY-MM-DD-HHMMSS_ version".into(),
+        )
+    })?;
+    let up = read_text(&path.join("up.sql"))?;
+    let mut imported = imported(version, &slug(name), up, file);
+    let down = path.join("down.sql");
+    if down.exists() {
+        imported.down = Some(read_text(&down)?);
+    }
+    let metadata = fs::read_to_string(path.join("metadata.toml")).unwrap_or_default();
+    let outside = metadata.lines().any(|l| {
+        let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+        l == "run_in_transaction=false"
+    });
+    // The setting covers both of the directory's files.
+    if outside {
+        imported.up = format!("-- no-transaction\n{}", imported.up);
+        if let Some(down) = imported.down.as_mut() {
+            *down = format!("-- no-transaction\n{down}");
+        }
+        imported
+            .changes
+            .push("run_in_transaction = false -> -- no-transaction".into());
+    }
+    Ok(Some((version, Part::Up(imported))))
+}
+
+/// Flyway: `V1__name.sql` and `U1__name.sql`; a repeatable `R__` script has no version.
+fn flyway(path: &Path, file: &str) -> Result<Parsed, Error> {
+    let stem = file.trim_end_matches(".sql");
+    let (kind, rest) = stem.split_at(1.min(stem.len()));
+    if kind == "R" {
+        return Err(invalid(
+            path,
+            "is a Flyway repeatable script, which has no version; turn it into a numbered migration".into(),
+        ));
+    }
+    if kind != "V" && kind != "U" {
+        return Ok(None);
+    }
+    let Some((version, name)) = rest.split_once("__") else {
+        return Err(invalid(
+            path,
+            "is not named V<version>__<description>.sql".into(),
+        ));
+    };
+    let version: i64 = version.replace('_', "").parse().map_err(|_| {
+        invalid(
+            path,
+            format!("has version {version}, which is not a whole number as db-migrate's versions are; renumber it"),
+        )
+    })?;
+    let sql = read_text(path)?;
+    Ok(Some(match kind {
+        "U" => (version, Part::Down(sql)),
+        _ => (version, Part::Up(imported(version, &slug(name), sql, file))),
+    }))
+}
+
+fn version_and_name(path: &Path, stem: &str, separator: char) -> Result<(i64, String), Error> {
+    let (digits, name) = stem.split_once(separator).unwrap_or((stem, ""));
+    let version = digits.parse::<i64>().map_err(|_| {
+        invalid(
+            path,
+            format!("does not start with a whole-number version ({digits:?})"),
+        )
+    })?;
+    let name = match slug(name) {
+        name if name.is_empty() => "migration".to_string(),
+        name => name,
+    };
+    Ok((version, name))
+}
+
+/// A description as db-migrate's file names allow it: letters, digits, `_` and `-`.
+fn slug(name: &str) -> String {
+    let mapped: String = (name.chars())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let parts: Vec<&str> = mapped.split('_').filter(|p| !p.is_empty()).collect();
+    parts.join("_")
+}
+
+/// The file without its own outer `BEGIN; ... COMMIT;`: db-migrate runs each migration in a
+/// transaction of its own, and refuses a file that ends it.
+fn own_transaction_removed(sql: &str, changes: &mut Vec<String>, whose: &str) -> String {
+    let statements = crate::sql::split(sql);
+    let (Some(first), Some(last)) = (statements.first(), statements.last()) else {
+        return sql.to_string();
+    };
+    let words = |text: &str| -> String {
+        let code: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect();
+        code.join(" ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_uppercase()
+    };
+    let begins = [
+        "BEGIN",
+        "BEGIN TRANSACTION",
+        "BEGIN WORK",
+        "START TRANSACTION",
+    ];
+    let commits = [
+        "COMMIT",
+        "END",
+        "COMMIT TRANSACTION",
+        "COMMIT WORK",
+        "END TRANSACTION",
+    ];
+    let (open, close) = (words(first.text), words(last.text));
+    if statements.len() < 2
+        || !begins.contains(&open.trim_end_matches(';'))
+        || !commits.contains(&close.trim_end_matches(';'))
+    {
+        return sql.to_string();
+    }
+    let after = |statement: &crate::sql::Statement<'_>| {
+        let end = statement.offset + statement.text.len();
+        let rest = &sql[end..];
+        end + rest.find(';').map_or(0, |i| i + 1)
+    };
+    let body = &sql[after(first)..last.offset];
+    let tail = &sql[after(last)..];
+    changes.push(format!("{whose}own BEGIN/COMMIT removed"));
+    format!(
+        "{}{}{}",
+        &sql[..first.offset],
+        body.trim_start_matches('\n'),
+        tail.trim_start_matches('\n')
+    )
+}
+
+fn read_text(path: &Path) -> Result<String, Error> {
+    fs::read_to_string(path).map_err(|source| Error::Directory {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    let text = match text.ends_with('\n') {
+        true => text.to_string(),
+        false => format!("{text}\n"),
+    };
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
+        .map_err(|source| Error::Directory {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn invalid(path: &Path, problem: String) -> Error {
+    Error::InvalidFile {
+        file: path.to_path_buf(),
+        problem,
+    }
 }

@@ -77,6 +77,9 @@ impl Job<'_> {
             self.summary.created = vec![up, down];
             return Ok(());
         }
+        if let Command::Import { from, src } = &config.command {
+            return import_directory(*from, src, &config.dir);
+        }
         // Files are checked before any connection: a bad directory never touches the database.
         let migrations = source::load(&config.dir)?;
         let Some(database) = &config.database else {
@@ -258,6 +261,7 @@ impl Job<'_> {
             | Command::Verify { .. }
             | Command::New { .. }
             | Command::Test { .. }
+            | Command::Import { .. }
             | Command::Schema => return Ok(()),
         };
         let dry_run = mode == Mode::DryRun;
@@ -470,6 +474,42 @@ async fn write_schema(
         ))
     })?;
     info!(file = %path.display(), "schema written");
+    Ok(())
+}
+
+/// `import`: another tool's directory written as ours into `dir`, then read back as `up`
+/// would read it; a line per migration says where it came from and what changed.
+fn import_directory(
+    from: import::Layout,
+    src: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<(), Error> {
+    let migrations = import::read(from, src)?;
+    let written = import::write(dir, &migrations)?;
+    source::load(dir)?;
+    let mut out = std::io::stdout().lock();
+    for (path, imported) in &written {
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let changes = match imported.changes.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", imported.changes.join(", ")),
+        };
+        // A closed stdout (`| head`) is the reader's choice, not a failed run.
+        let _ = writeln!(out, "{file:<40} <- {}{changes}", imported.source);
+    }
+    let _ = writeln!(
+        out,
+        "imported {} migration(s) from {} ({}) into {}",
+        written.len(),
+        src.display(),
+        from.name(),
+        dir.display()
+    );
+    info!(
+        imported = written.len(),
+        from = from.name(),
+        "migrations imported"
+    );
     Ok(())
 }
 

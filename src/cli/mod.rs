@@ -241,6 +241,28 @@ pub enum CommandArgs {
         #[arg(long)]
         force: bool,
     },
+    /// Write another tool's migrations (golang-migrate, dbmate, sqlx, diesel, Flyway) into the
+    /// migrations directory as NNN_description.sql files, and say what changed.
+    #[command(
+        after_help = "Examples:\n  db-migrate import --from dbmate db/migrations\n  db-migrate --dir migrations import --from golang-migrate ../old/migrations"
+    )]
+    Import {
+        /// The tool whose layout SRC has.
+        #[arg(long, value_enum)]
+        from: LayoutArg,
+        /// The other tool's migrations directory.
+        src: PathBuf,
+    },
+}
+
+/// `import --from`, as typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayoutArg {
+    GolangMigrate,
+    Dbmate,
+    Sqlx,
+    Diesel,
+    Flyway,
 }
 
 #[derive(Debug, Args)]
@@ -430,7 +452,7 @@ impl Cli {
             _ => None,
         };
         let database = match (&command, url) {
-            (Command::New { .. }, _) => None,
+            (Command::New { .. } | Command::Import { .. }, _) => None,
             // `test` needs no other database than the one it replays into.
             (Command::Test { .. }, None) if scratch.is_some() => scratch.clone(),
             (_, None)
@@ -596,6 +618,16 @@ fn command(args: &CommandArgs) -> Command {
             format: test.format.into(),
         },
         CommandArgs::Schema(_) => Command::Schema,
+        CommandArgs::Import { from, src } => Command::Import {
+            from: match from {
+                LayoutArg::GolangMigrate => import::Layout::GolangMigrate,
+                LayoutArg::Dbmate => import::Layout::Dbmate,
+                LayoutArg::Sqlx => import::Layout::Sqlx,
+                LayoutArg::Diesel => import::Layout::Diesel,
+                LayoutArg::Flyway => import::Layout::Flyway,
+            },
+            src: src.clone(),
+        },
         CommandArgs::Forget { version, force } => Command::Forget {
             version: *version,
             force: *force,

@@ -1,0 +1,282 @@
+//! `import --from`: other tools' migration directories, written here in each tool's documented
+//! layout, become ours; then `up` applies them and `test` rehearses them on a real PostgreSQL.
+
+mod support;
+
+use std::path::Path;
+
+use support::{Output, binary, output};
+
+/// A file's relative path and content.
+type File<'a> = (&'a str, &'a str);
+
+/// Writes `files` (relative path, content) under a new directory.
+fn fixture(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+fn import(tool: &str, src: &Path, dest: &Path) -> Output {
+    output(
+        binary()
+            .args(["import", "--from", tool, "--log-format", "json"])
+            .arg(src)
+            .env("MIGRATIONS_DIR", dest),
+    )
+}
+
+/// The files in `dir`, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap()
+}
+
+/// Imports `src` as `tool`, then applies and rehearses the result on a fresh database.
+async fn imported_and_run(tool: &str, src: &Path) -> (tempfile::TempDir, Output) {
+    let dest = tempfile::tempdir().unwrap();
+    let out = import(tool, src, dest.path());
+    assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
+    let db = support::database().await;
+    for command in ["up", "test"] {
+        let run = output(
+            binary()
+                .args([command, "--log-format", "json"])
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dest.path()),
+        );
+        assert_eq!(
+            run.code, 0,
+            "{tool} {command}: {}\n{}",
+            run.stdout, run.stderr
+        );
+    }
+    (dest, out)
+}
+
+#[tokio::test]
+async fn golang_migrate_files_lose_their_up_suffix_and_their_own_transaction() {
+    let src = fixture(&[
+        (
+            "1_create_users.up.sql",
+            "CREATE TABLE IF NOT EXISTS users (id int);\n",
+        ),
+        ("1_create_users.down.sql", "DROP TABLE IF EXISTS users;\n"),
+        (
+            "2_add_email.up.sql",
+            "BEGIN;\nALTER TABLE users ADD COLUMN IF NOT EXISTS email text;\nCOMMIT;\n",
+        ),
+        (
+            "2_add_email.down.sql",
+            "BEGIN;\nALTER TABLE users DROP COLUMN IF EXISTS email;\nCOMMIT;\n",
+        ),
+    ]);
+    let (dest, out) = imported_and_run("golang-migrate", src.path()).await;
+    assert_eq!(
+        files(dest.path()),
+        [
+            "001_create_users.down.sql",
+            "001_create_users.sql",
+            "002_add_email.down.sql",
+            "002_add_email.sql"
+        ]
+    );
+    assert_eq!(
+        read(dest.path(), "002_add_email.sql"),
+        "ALTER TABLE users ADD COLUMN IF NOT EXISTS email text;\n"
+    );
+    assert!(
+        out.stdout.contains("002_add_email.sql")
+            && out.stdout.contains("<- 2_add_email.up.sql (own BEGIN/COMMIT removed, rollback's own BEGIN/COMMIT removed)"),
+        "{}",
+        out.stdout
+    );
+    let last = format!(
+        "imported 2 migration(s) from {} (golang-migrate) into {}\n",
+        src.path().display(),
+        dest.path().display()
+    );
+    assert!(out.stdout.ends_with(&last), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn dbmate_sections_are_split_and_transaction_false_runs_outside_one() {
+    let src = fixture(&[
+        (
+            "20240101120000_create_users.sql",
+            "-- migrate:up\nCREATE TABLE IF NOT EXISTS users (id int, name text);\n\n-- migrate:down\nDROP TABLE IF EXISTS users;\n",
+        ),
+        (
+            "20240102120000_index_names.sql",
+            "-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY IF NOT EXISTS users_name ON users (name);\n\n-- migrate:down\n",
+        ),
+    ]);
+    let (dest, out) = imported_and_run("dbmate", src.path()).await;
+    assert_eq!(
+        files(dest.path()),
+        [
+            "20240101120000_create_users.down.sql",
+            "20240101120000_create_users.sql",
+            "20240102120000_index_names.sql"
+        ]
+    );
+    assert!(
+        read(dest.path(), "20240102120000_index_names.sql")
+            .starts_with("-- no-transaction\nCREATE INDEX CONCURRENTLY")
+    );
+    assert!(
+        out.stdout
+            .contains("(transaction:false -> -- no-transaction, no rollback)"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[tokio::test]
+async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
+    let sqlx = fixture(&[
+        (
+            "20240101120000_init.sql",
+            "CREATE TABLE IF NOT EXISTS a (id int);\n",
+        ),
+        (
+            "20240102120000_more.up.sql",
+            "CREATE TABLE IF NOT EXISTS b (id int);\n",
+        ),
+        ("20240102120000_more.down.sql", "DROP TABLE IF EXISTS b;\n"),
+    ]);
+    let (dest, _) = imported_and_run("sqlx", sqlx.path()).await;
+    assert_eq!(
+        files(dest.path()),
+        [
+            "20240101120000_init.sql",
+            "20240102120000_more.down.sql",
+            "20240102120000_more.sql"
+        ]
+    );
+    let diesel = fixture(&[
+        (
+            "00000000000000_diesel_initial_setup/up.sql",
+            "CREATE TABLE IF NOT EXISTS setup (id int);\n",
+        ),
+        (
+            "00000000000000_diesel_initial_setup/down.sql",
+            "DROP TABLE IF EXISTS setup;\n",
+        ),
+        (
+            "2024-01-02-030405_create_posts/up.sql",
+            "CREATE TABLE IF NOT EXISTS posts (id int, title text);\n",
+        ),
+        (
+            "2024-01-02-030405_create_posts/down.sql",
+            "DROP TABLE IF EXISTS posts;\n",
+        ),
+        (
+            "2024-01-03-000000_index_titles/up.sql",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS posts_title ON posts (title);\n",
+        ),
+        (
+            "2024-01-03-000000_index_titles/down.sql",
+            "DROP INDEX CONCURRENTLY IF EXISTS posts_title;\n",
+        ),
+        (
+            "2024-01-03-000000_index_titles/metadata.toml",
+            "run_in_transaction = false\n",
+        ),
+    ]);
+    let (dest, _) = imported_and_run("diesel", diesel.path()).await;
+    assert_eq!(
+        files(dest.path()),
+        [
+            "00000000000000_diesel_initial_setup.down.sql",
+            "00000000000000_diesel_initial_setup.sql",
+            "20240102030405_create_posts.down.sql",
+            "20240102030405_create_posts.sql",
+            "20240103000000_index_titles.down.sql",
+            "20240103000000_index_titles.sql"
+        ]
+    );
+    assert!(
+        read(dest.path(), "20240103000000_index_titles.sql").starts_with("-- no-transaction\n")
+    );
+    let flyway = fixture(&[
+        (
+            "V1__Create_person_table.sql",
+            "CREATE TABLE IF NOT EXISTS person (id int, name varchar(100));\n",
+        ),
+        (
+            "U1__Create_person_table.sql",
+            "DROP TABLE IF EXISTS person;\n",
+        ),
+        (
+            "V2__Add_people.sql",
+            "INSERT INTO person (id, name) VALUES (1, 'Axel');\n",
+        ),
+    ]);
+    let (dest, _) = imported_and_run("flyway", flyway.path()).await;
+    assert_eq!(
+        files(dest.path()),
+        [
+            "001_create_person_table.down.sql",
+            "001_create_person_table.sql",
+            "002_add_people.sql"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
+    let cases: [(&str, &[File], &str); 4] = [
+        (
+            "flyway",
+            &[("V1__a.sql", "SELECT 1;"), ("R__view.sql", "SELECT 1;")],
+            "R__view.sql: is a Flyway repeatable script",
+        ),
+        (
+            "flyway",
+            &[("V1.1__a.sql", "SELECT 1;")],
+            "has version 1.1, which is not a whole number",
+        ),
+        (
+            "golang-migrate",
+            &[("1_a.up.sql", "SELECT 1;"), ("01_b.up.sql", "SELECT 1;")],
+            "version 1 is also",
+        ),
+        (
+            "dbmate",
+            &[("1_a.sql", "CREATE TABLE a (id int);")],
+            "has no `-- migrate:up` section",
+        ),
+    ];
+    for (tool, files_, expected) in cases {
+        let src = fixture(files_);
+        let dest = tempfile::tempdir().unwrap();
+        let out = import(tool, src.path(), &dest.path().join("migrations"));
+        assert_eq!(out.code, 3, "{tool}: {}", out.stderr);
+        let summary = support::events(&out.stderr).pop().unwrap();
+        let message = summary["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{tool}: {message}");
+        assert!(
+            !dest.path().join("migrations").exists(),
+            "{tool}: wrote files"
+        );
+    }
+    // Into a directory that already holds one of the files: refused, nothing overwritten.
+    let src = fixture(&[("1_a.up.sql", "SELECT 1;")]);
+    let dest = fixture(&[("001_a.sql", "SELECT 2;")]);
+    let out = import("golang-migrate", src.path(), dest.path());
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(read(dest.path(), "001_a.sql"), "SELECT 2;");
+}
