@@ -30,7 +30,7 @@ pub mod trace;
 use std::io::Write;
 
 use tokio_postgres::Client;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{Command, Config};
 pub use error::Error;
@@ -44,7 +44,11 @@ use source::Migration;
 /// Runs one command to completion, and says what it did, also when it failed.
 pub async fn run(config: &Config) -> (Summary, Result<(), Error>) {
     let summary = Summary::new(config.command.name());
-    let mut job = Job { config, summary };
+    let mut job = Job {
+        config,
+        summary,
+        conflicts: Vec::new(),
+    };
     let result = job.start().await;
     (job.summary, result)
 }
@@ -53,6 +57,8 @@ pub async fn run(config: &Config) -> (Summary, Result<(), Error>) {
 struct Job<'a> {
     config: &'a Config,
     summary: Summary,
+    /// Versions two files claim, which `status` shows.
+    conflicts: Vec<source::Conflict>,
 }
 
 /// What the commands that talk to the database share once connected.
@@ -81,7 +87,31 @@ impl Job<'_> {
             return import_directory(*from, src, &config.dir);
         }
         // Files are checked before any connection: a bad directory never touches the database.
-        let migrations = source::load(&config.dir)?;
+        // `status` shows a version two files claim instead of refusing the directory.
+        let migrations = match &config.command {
+            Command::Status { .. } => {
+                let (migrations, conflicts) = source::load_with_conflicts(&config.dir)?;
+                self.conflicts = conflicts;
+                migrations
+            }
+            _ => match source::load(&config.dir) {
+                Err(Error::DuplicateVersion {
+                    version,
+                    file,
+                    other,
+                    ..
+                }) => {
+                    let applied = self.applied_name(version).await;
+                    return Err(Error::DuplicateVersion {
+                        version,
+                        file,
+                        other,
+                        applied,
+                    });
+                }
+                loaded => loaded?,
+            },
+        };
         let Some(database) = &config.database else {
             return Err(Error::Config("no database given; set DATABASE_URL".into()));
         };
@@ -97,6 +127,21 @@ impl Job<'_> {
         let interrupt = Interrupt::default();
         let work = self.connect(dialer, scratch.as_ref(), &migrations, &interrupt);
         interrupt::guard(&interrupt, work).await
+    }
+
+    /// The name the database's history records for `version`, to say which of two files that
+    /// claim it is applied; None when there is no database to ask or it cannot answer at once.
+    /// Read-only and tried once: the run is failing anyway.
+    async fn applied_name(&self, version: i64) -> Option<String> {
+        let config = self.config;
+        let settings = config.database.as_ref()?;
+        let dialer = connect::Dialer::new(settings, config.cloudsql.clone()).ok()?;
+        let client = dialer.open(connect::Purpose::Monitor).await.ok()?;
+        let table = config.history_table.resolve(&client).await.ok()?;
+        let applied = history::applied(&client, &table, history::Columns::Checks).await;
+        let applied = applied.ok()??;
+        let row = applied.into_iter().find(|a| a.version == version)?;
+        Some(row.name)
     }
 
     async fn connect(
@@ -162,6 +207,24 @@ impl Job<'_> {
                 // A closed stdout (`| head`) is the reader's choice, not a failed run.
                 let json = *format == config::OutputFormat::Json;
                 let _ = log::print_status(&self.summary.status, json);
+                for conflict in &self.conflicts {
+                    let applied = applied.iter().find(|a| a.version == conflict.version);
+                    let applied = match applied {
+                        Some(row) => {
+                            format!("the database has {}_{} applied", row.version, row.name)
+                        }
+                        None => "neither is applied".to_string(),
+                    };
+                    warn!(version = conflict.version, file = %conflict.path.display(), other = %conflict.with.display(), applied, "two files claim one version; give one of them the next free number");
+                    if !json {
+                        let (a, b) = (conflict.with.display(), conflict.path.display());
+                        let _ = writeln!(
+                            std::io::stdout(),
+                            "CONFLICT version {}: {a} and {b}; {applied}",
+                            conflict.version
+                        );
+                    }
+                }
                 Ok(())
             }
             _ => Ok(()),

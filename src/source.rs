@@ -64,9 +64,34 @@ const NAME_FIX: &str = "name it NNN_description.sql (or .up.sql, and .down.sql f
 /// Reads every migration in `dir`, refusing the whole directory at the first bad file so that
 /// nothing runs from a directory that is half right. Files not ending in `.sql` are ignored.
 pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
-    // version -> (name, script)
-    let mut ups: BTreeMap<i64, (String, Script)> = BTreeMap::new();
-    let mut downs: BTreeMap<i64, (String, Script)> = BTreeMap::new();
+    let (ups, downs, conflicts) = collect(dir)?;
+    if let Some(conflict) = conflicts.into_iter().next() {
+        return Err(duplicate(conflict));
+    }
+    pair(ups, downs)
+}
+
+/// Two files that claim one version: `path` and the one read before it, `with`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub version: i64,
+    pub path: PathBuf,
+    pub with: PathBuf,
+}
+
+/// As [`load`], but a version claimed by two files is set aside as a [`Conflict`] (the first
+/// file by name is kept) rather than refused: `status` shows the directory as it is.
+pub fn load_with_conflicts(dir: &Path) -> Result<(Vec<Migration>, Vec<Conflict>), Error> {
+    let (ups, downs, conflicts) = collect(dir)?;
+    Ok((pair(ups, downs)?, conflicts))
+}
+
+/// version -> (name, script)
+type Files = BTreeMap<i64, (String, Script)>;
+
+/// Every file of `dir`, forward and rollback apart; a second file for a version is a conflict.
+fn collect(dir: &Path) -> Result<(Files, Files, Vec<Conflict>), Error> {
+    let (mut ups, mut downs, mut conflicts) = (Files::new(), Files::new(), Vec::new());
     let files = sql_files(dir)?;
     let mut parsed = Vec::with_capacity(files.len());
     for (file_name, path) in &files {
@@ -80,11 +105,16 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
             Direction::Down => &mut downs,
         };
         if let Some((_, other)) = files.get(&parsed.version) {
-            return Err(duplicate(&script.path, &other.path, parsed.version));
+            conflicts.push(Conflict {
+                version: parsed.version,
+                path: script.path.clone(),
+                with: other.path.clone(),
+            });
+            continue;
         }
         files.insert(parsed.version, (parsed.name.to_string(), script));
     }
-    pair(ups, downs)
+    Ok((ups, downs, conflicts))
 }
 
 /// Joins forward and rollback files by version and checks their contents.
@@ -478,7 +508,8 @@ fn invalid(path: &Path, problem: String) -> Error {
     }
 }
 
-fn duplicate(path: &Path, other: &Path, version: i64) -> Error {
+fn duplicate(conflict: Conflict) -> Error {
+    let (path, other) = (conflict.path.as_path(), conflict.with.as_path());
     let spelled = |p: &Path| p.to_string_lossy().ends_with(".up.sql");
     if spelled(path) != spelled(other) && path.parent() == other.parent() {
         let (a, b) = (stem_of(path), stem_of(other));
@@ -492,13 +523,12 @@ fn duplicate(path: &Path, other: &Path, version: i64) -> Error {
             );
         }
     }
-    invalid(
-        path,
-        format!(
-            "version {version} is also used by {}; give one of them the next free number",
-            other.display()
-        ),
-    )
+    Error::DuplicateVersion {
+        version: conflict.version,
+        file: conflict.path,
+        other: conflict.with,
+        applied: None,
+    }
 }
 
 /// `003_x` of `003_x.sql` and of `003_x.up.sql`.

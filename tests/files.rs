@@ -543,3 +543,45 @@ async fn forget_drops_the_history_row_of_a_file_that_is_gone_and_only_that() {
     assert!(history(&db.client().await).await.is_empty());
     assert!(tables(&db.client().await).await.contains(&"a".to_string()));
 }
+
+#[tokio::test]
+async fn two_files_on_one_version_are_shown_by_status_and_the_error_names_the_applied_one() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);"),
+        ("002_b.sql", "CREATE TABLE IF NOT EXISTS b (id int);"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    // A merge brought another branch's 002.
+    std::fs::write(
+        dir.path().join("002_c.sql"),
+        "CREATE TABLE IF NOT EXISTS c (id int);",
+    )
+    .unwrap();
+    let run = |command: &str| {
+        support::output(
+            support::binary()
+                .args([command, "--log-format", "json"])
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        )
+    };
+    let status = run("status");
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let line = format!(
+        "CONFLICT version 2: {} and {}; the database has 2_b applied",
+        dir.path().join("002_b.sql").display(),
+        dir.path().join("002_c.sql").display()
+    );
+    assert!(status.stdout.contains(&line), "{}", status.stdout);
+    let up = run("up");
+    assert_eq!(up.code, 3, "{}", up.stderr);
+    let summary = support::events(&up.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("002_c.sql: version 2 is also used by")
+            && message.contains("(the database has 2_b applied)"),
+        "{message}"
+    );
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}

@@ -89,6 +89,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Two files claim one version.
+    #[error(
+        "{}: version {version} is also used by {}{}; give one of them the next free number",
+        .file.display(), .other.display(),
+        match .applied { Some(name) => format!(" (the database has {version}_{name} applied)"), None => String::new() }
+    )]
+    DuplicateVersion {
+        version: i64,
+        file: PathBuf,
+        other: PathBuf,
+        /// The name the history records for the version, when the database could tell.
+        applied: Option<String>,
+    },
+
     /// The migrations directory does not exist.
     #[error(
         "no migrations directory {} (looked for from {}); pass --dir or set MIGRATIONS_DIR to the directory holding the NNN_description.sql files",
@@ -251,9 +265,10 @@ impl Error {
             | Error::ConnectionLost { .. }
             | Error::Database { .. } => Outcome::MigrationFailed,
             Error::Config(_) | Error::Pooled { .. } => Outcome::ConfigError,
-            Error::InvalidFile { .. } | Error::Directory { .. } | Error::NoDirectory { .. } => {
-                Outcome::InvalidMigrations
-            }
+            Error::InvalidFile { .. }
+            | Error::Directory { .. }
+            | Error::NoDirectory { .. }
+            | Error::DuplicateVersion { .. } => Outcome::InvalidMigrations,
             Error::Drift { .. }
             | Error::MissingFile { .. }
             | Error::OutOfOrder { .. }
