@@ -204,6 +204,12 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
     let longest_lock_stall_ms = summary.locks.map(|l| ms(l.longest_stall));
     let (tested, failed) = (summary.tested.map(|t| t.0), summary.tested.map(|t| t.1));
     let schema_changes = summary.schema_changes;
+    if let (Ok(outcome), true) = (result, std::io::stdout().is_terminal()) {
+        if let Some(sentence) = sentence(summary, *outcome, duration_ms) {
+            // A closed terminal is the reader's choice, not a failed run.
+            let _ = writeln!(std::io::stdout(), "{sentence}");
+        }
+    }
     match result {
         Ok(outcome) => {
             let exit_code = outcome.code();
@@ -257,6 +263,36 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
             exit_code
         }
     }
+}
+
+/// What a run that changed (or would change) the history did, in words, for a person at a
+/// terminal: the last line of `up` and `down`.
+fn sentence(summary: &Summary, outcome: Outcome, duration_ms: u64) -> Option<String> {
+    let at = match summary.at_version {
+        Some(version) => format!("database at version {version}"),
+        None => "nothing applied".to_string(),
+    };
+    let count = |n: usize| match n {
+        1 => "1 migration".to_string(),
+        n => format!("{n} migrations"),
+    };
+    Some(match (summary.command, outcome) {
+        ("up" | "down", Outcome::DryRun) => format!(
+            "dry run: everything ran and was rolled back, nothing changed; {} pending; {at}",
+            summary.pending
+        ),
+        ("up", Outcome::UpToDate) => format!("nothing to apply; {at}"),
+        ("up", _) => format!(
+            "applied {} in {duration_ms} ms; {at}",
+            count(summary.applied)
+        ),
+        ("down", _) => format!(
+            "rolled back {} in {duration_ms} ms; {} pending; {at}",
+            count(summary.rolled_back.unwrap_or_default()),
+            summary.pending
+        ),
+        _ => return None,
+    })
 }
 
 /// A command line clap refused, ready to report; neither `text` nor `error` holds anything
@@ -361,4 +397,55 @@ fn status_line(entries: &[Entry]) -> String {
         None => "nothing applied yet".to_string(),
     };
     format!("{}; {at}", parts.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_and_down_end_with_what_they_did_in_words() {
+        let summary = |command, applied, rolled_back, pending, at_version| Summary {
+            command,
+            applied,
+            rolled_back,
+            pending,
+            at_version,
+            ..Summary::default()
+        };
+        let cases = [
+            (
+                summary("up", 2, None, 0, Some(2)),
+                Outcome::Applied,
+                "applied 2 migrations in 41 ms; database at version 2",
+            ),
+            (
+                summary("up", 1, None, 1, Some(1)),
+                Outcome::Applied,
+                "applied 1 migration in 41 ms; database at version 1",
+            ),
+            (
+                summary("up", 0, None, 0, Some(2)),
+                Outcome::UpToDate,
+                "nothing to apply; database at version 2",
+            ),
+            (
+                summary("up", 0, None, 2, None),
+                Outcome::DryRun,
+                "dry run: everything ran and was rolled back, nothing changed; 2 pending; nothing applied",
+            ),
+            (
+                summary("down", 0, Some(3), 3, None),
+                Outcome::RolledBack,
+                "rolled back 3 migrations in 41 ms; 3 pending; nothing applied",
+            ),
+        ];
+        for (summary, outcome, expected) in cases {
+            assert_eq!(sentence(&summary, outcome, 41).as_deref(), Some(expected));
+        }
+        assert_eq!(
+            sentence(&summary("status", 0, None, 0, None), Outcome::Ok, 1),
+            None
+        );
+    }
 }

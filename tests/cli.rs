@@ -599,3 +599,46 @@ async fn dev_sh_starts_the_local_database_and_applies_the_migrations_in_one_comm
         again.stdout
     );
 }
+
+/// Runs the binary with `args` under a pseudo-terminal (util-linux `script`), as a person at a
+/// terminal runs it; returns everything the terminal showed.
+fn on_a_terminal(db: &TestDb, args: &str) -> String {
+    let command = format!(
+        "{} {args} --log-format json",
+        env!("CARGO_BIN_EXE_db-migrate")
+    );
+    let mut script = Command::new("script");
+    support::unsteered(&mut script)
+        .args(["-qec", &command, "/dev/null"])
+        .env("DATABASE_URL", &db.url)
+        .env("MIGRATIONS_DIR", seed_dir());
+    let out = output(&mut script);
+    assert_eq!(out.code, 0, "{args}: {}", out.stdout);
+    out.stdout
+}
+
+#[tokio::test]
+async fn on_a_terminal_up_and_down_end_with_what_they_did_in_words() {
+    let db = support::database().await;
+    let shown = on_a_terminal(&db, "up");
+    let said = shown
+        .lines()
+        .find(|l| l.starts_with("applied 2 migrations in "));
+    assert!(
+        said.is_some_and(|l| l.trim_end().ends_with(" ms; database at version 2")),
+        "{shown}"
+    );
+    assert!(on_a_terminal(&db, "up").contains("nothing to apply; database at version 2"));
+    let shown = on_a_terminal(&db, "down --steps 1");
+    let said = shown
+        .lines()
+        .find(|l| l.starts_with("rolled back 1 migration in "));
+    assert!(
+        said.is_some_and(|l| l.trim_end().ends_with("; 1 pending; database at version 1")),
+        "{shown}"
+    );
+    // Off a terminal, stdout carries only command output: no sentence.
+    let piped = db_migrate(&db, &seed_dir(), &["up"]);
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert!(piped.stdout.is_empty(), "{}", piped.stdout);
+}
