@@ -41,6 +41,7 @@ pub async fn with<T>(
 ) -> Result<T, Error> {
     match source {
         Source::Create { client, dialer } => {
+            drop_stale(client).await;
             let name = create(client, dialer.target()).await?;
             let scratch = dialer.with_database(&name);
             let result = async {
@@ -88,6 +89,51 @@ async fn create(client: &Client, target: &str) -> Result<String, Error> {
             )))
         }
         Err(error) => Err(Error::database("creating the scratch database")(error)),
+    }
+}
+
+/// How old a scratch database must be before a later run drops it as left behind: a run
+/// killed outright (SIGKILL, a second signal) cannot drop its own.
+const STALE_AFTER_SECS: u64 = 24 * 60 * 60;
+
+/// Drops the scratch databases earlier runs left behind, going by the creation time in their
+/// names: only those over a day old that nobody is connected to (no FORCE), and only where
+/// this user may (an owner's). Failures are ignored: it is housekeeping.
+async fn drop_stale(client: &Client) {
+    let Ok(rows) = client
+        .query(
+            "SELECT d.datname::text FROM pg_catalog.pg_database d WHERE d.datname LIKE 'db\\_migrate\\_scratch\\_%' \
+             AND pg_catalog.pg_has_role(d.datdba, 'MEMBER') \
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid)",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    for row in rows {
+        let name: String = row.get(0);
+        let created = (name.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|epoch| epoch.parse::<u64>().ok());
+        let Some(created) = created.filter(|c| now.saturating_sub(*c) > STALE_AFTER_SECS) else {
+            continue;
+        };
+        // The name is ours, from the pattern above: letters, digits and underscores.
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            continue;
+        }
+        if client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await
+            .is_ok()
+        {
+            info!(database = %name, created, "scratch database left by an earlier run dropped");
+        }
     }
 }
 

@@ -466,3 +466,30 @@ async fn with_privileges_a_rollback_must_revoke_what_its_migration_granted() {
     let out = test(&db, dir.path(), &["--privileges"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
+
+#[tokio::test]
+async fn scratch_databases_left_by_killed_runs_are_dropped_after_a_day() {
+    let db = support::database().await;
+    let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stale = format!("db_migrate_scratch_{}_1_0001", now - 2 * 24 * 60 * 60);
+    let recent = format!("db_migrate_scratch_{}_1_0002", now - 60);
+    for name in [&stale, &recent] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    }
+    let out = test(&db, &seed_dir(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!support::database_exists(&stale).await, "{}", out.stderr);
+    assert!(support::database_exists(&recent).await);
+    // (Which run dropped it is not asserted: the other tests' runs look for stale ones too.)
+    admin
+        .batch_execute(&format!("DROP DATABASE {recent}"))
+        .await
+        .unwrap();
+}
