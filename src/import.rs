@@ -12,6 +12,7 @@ use tokio_postgres::error::SqlState;
 use crate::error::Error;
 use crate::history::Table;
 use crate::plan::Recorded;
+use crate::source::{self, invalid};
 
 /// A tool whose history `baseline --from` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,24 +518,8 @@ fn read_text(path: &Path) -> Result<String, Error> {
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
-    let text = match text.ends_with('\n') {
-        true => text.to_string(),
-        false => format!("{text}\n"),
-    };
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()))
-        .map_err(|source| Error::Directory {
-            path: path.to_path_buf(),
-            source,
-        })
-}
-
-fn invalid(path: &Path, problem: String) -> Error {
-    Error::InvalidFile {
-        file: path.to_path_buf(),
-        problem,
+    match text.ends_with('\n') {
+        true => source::write_new(path, text),
+        false => source::write_new(path, &format!("{text}\n")),
     }
 }

@@ -479,7 +479,8 @@ fn version_width(path: &Path) -> usize {
     name.bytes().take_while(u8::is_ascii_digit).count()
 }
 
-fn write_new(path: &Path, text: &str) -> Result<(), Error> {
+/// Writes a new file, never over an existing one (`new`, and `import`'s migrations).
+pub fn write_new(path: &Path, text: &str) -> Result<(), Error> {
     fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -501,7 +502,8 @@ fn slug(description: &str) -> String {
     words.join("_")
 }
 
-fn invalid(path: &Path, problem: String) -> Error {
+/// The error for a file that cannot be a migration: exit 3, naming it.
+pub fn invalid(path: &Path, problem: String) -> Error {
     Error::InvalidFile {
         file: path.to_path_buf(),
         problem,
