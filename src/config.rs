@@ -62,6 +62,9 @@ pub struct Config {
     /// The npm script this run was started by (`npm run db:migrate:down`), so that a refusal
     /// can say how to run it again.
     pub npm_script: Option<String>,
+    /// `--verbose`: each statement of each migration on the terminal, and the log's
+    /// informational events.
+    pub verbose: bool,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl Config {
             write_schema: None,
             schema: schema::Options::default(),
             npm_script: None,
+            verbose: false,
         }
     }
 }

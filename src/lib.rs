@@ -18,6 +18,7 @@ pub mod lock;
 pub mod log;
 pub mod monitor;
 pub mod plan;
+pub mod progress;
 pub mod rehearsal;
 pub mod rules;
 pub mod schema;
@@ -27,7 +28,7 @@ pub mod source;
 pub mod sql;
 pub mod trace;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use tokio_postgres::Client;
 use tracing::{info, warn};
@@ -357,6 +358,11 @@ impl Job<'_> {
             return Ok(());
         }
         let limits = &config.session;
+        let terminal = log::Terminal::new(config.verbose);
+        let show: &dyn progress::Show = match std::io::stdout().is_terminal() {
+            true => &terminal,
+            false => &progress::Quiet,
+        };
         let ctx = apply::Context {
             client,
             table,
@@ -368,10 +374,11 @@ impl Job<'_> {
                 progress_interval: limits.progress_interval,
             },
             interrupt: db.interrupt,
+            show,
         };
         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
         let pid = session.backend_pid;
-        let mut monitor = monitor::Monitor::new(db.dialer, pid, interval, timeout);
+        let mut monitor = monitor::Monitor::new(db.dialer, pid, interval, timeout, show);
         let report = apply::run(&ctx, &mut monitor, &plan, mode, history_exists).await;
         (self.summary).ran(&plan, report.completed, applied, migrations, dry_run);
         self.summary.locks = Some(report.locks);
@@ -505,10 +512,12 @@ impl Job<'_> {
                             progress_interval: limits.progress_interval,
                         },
                         interrupt,
+                        show: &progress::Quiet,
                     };
                     let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
                     let pid = session.backend_pid;
-                    let mut monitor = monitor::Monitor::new(dialer, pid, interval, timeout);
+                    let show = &progress::Quiet;
+                    let mut monitor = monitor::Monitor::new(dialer, pid, interval, timeout, show);
                     work(&ctx, &mut monitor).await
                 })
                 .await

@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -16,6 +17,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::apply::LockTally;
 use crate::error::{Error, Outcome};
 use crate::plan::{Applied, Direction, Entry, Plan};
+use crate::progress::{self, Done, Running, Show};
 use crate::source::Migration;
 
 /// `--log-format`.
@@ -35,19 +37,83 @@ pub fn json(format: Format) -> bool {
     }
 }
 
+/// How the run's output reads, decided once from `--log-format`, `--verbose` and where
+/// stdout and stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output {
+    /// stdout is a terminal: each migration gets a line as it completes, and the run ends
+    /// with a sentence.
+    pub terminal: bool,
+    /// stderr is a person's terminal (`auto`, no `--verbose`): warnings and the error only,
+    /// in a line each; the informational events are the log's, for `--verbose`.
+    pub person: bool,
+    pub verbose: bool,
+}
+
 /// Installs the global subscriber, writing to stderr; called once, from `main`.
-pub fn init(format: Format) {
+pub fn init(format: Format, verbose: bool) -> Output {
     let json = json(format);
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(Level::INFO);
+    let output = Output {
+        terminal: std::io::stdout().is_terminal(),
+        person: format == Format::Auto && !json && !verbose,
+        verbose,
+    };
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     if json {
         builder
+            .with_max_level(Level::INFO)
             .fmt_fields(JsonFields::new())
             .event_format(CloudLogging)
             .init();
+    } else if output.person {
+        builder
+            .with_max_level(Level::WARN)
+            .event_format(Person)
+            .init();
     } else {
-        builder.with_target(false).init();
+        builder
+            .with_max_level(Level::INFO)
+            .with_target(false)
+            .init();
+    }
+    output
+}
+
+/// A warning or an error in one line for a person: `warning: message (field: value, ...)`.
+struct Person;
+
+impl<S, N> FormatEvent<S, N> for Person
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Map::new();
+        event.record(&mut Fields(&mut fields));
+        let message = match fields.remove("message") {
+            Some(Value::String(message)) => message,
+            _ => String::new(),
+        };
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error",
+            Level::WARN => "warning",
+            _ => "note",
+        };
+        let details: Vec<String> = (fields.iter())
+            .map(|(key, value)| match value {
+                Value::String(text) => format!("{key}: {text}"),
+                other => format!("{key}: {other}"),
+            })
+            .collect();
+        match details.is_empty() {
+            true => writeln!(writer, "{level}: {message}"),
+            false => writeln!(writer, "{level}: {message} ({})", details.join(", ")),
+        }
     }
 }
 
@@ -192,7 +258,12 @@ impl Summary {
 /// Logs the one summary event that ends every run and returns the exit code: `result` is how
 /// a run that succeeded ended, or why it failed. A failure is logged here and nowhere else,
 /// as this event's message.
-pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Instant) -> u8 {
+pub fn finish(
+    summary: &Summary,
+    result: &Result<Outcome, Error>,
+    started: Instant,
+    output: Output,
+) -> u8 {
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let db = summary.target.as_deref().unwrap_or("-");
     let (command, applied, pending) = (summary.command, summary.applied, summary.pending);
@@ -204,7 +275,7 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
     let longest_lock_stall_ms = summary.locks.map(|l| ms(l.longest_stall));
     let (tested, failed) = (summary.tested.map(|t| t.0), summary.tested.map(|t| t.1));
     let schema_changes = summary.schema_changes;
-    if let (Ok(outcome), true) = (result, std::io::stdout().is_terminal()) {
+    if let (Ok(outcome), true) = (result, output.terminal) {
         if let Some(sentence) = sentence(summary, *outcome, duration_ms) {
             // A closed terminal is the reader's choice, not a failed run.
             let _ = writeln!(std::io::stdout(), "{sentence}");
@@ -232,6 +303,11 @@ pub fn finish(summary: &Summary, result: &Result<Outcome, Error>, started: Insta
                 "db-migrate finished"
             );
             exit_code
+        }
+        Err(failure) if output.person => {
+            // A closed terminal is the reader's choice, not a failed run.
+            let _ = writeln!(std::io::stderr(), "error: {failure}");
+            failure.outcome().code()
         }
         Err(failure) => {
             let outcome = failure.outcome();
@@ -291,8 +367,123 @@ fn sentence(summary: &Summary, outcome: Outcome, duration_ms: u64) -> Option<Str
             count(summary.rolled_back.unwrap_or_default()),
             summary.pending
         ),
+        // `verify --schema` prints its own comparison.
+        ("verify", _) if summary.schema_changes.is_none() => {
+            let applied = summary.status.iter().filter(|e| !e.is_pending()).count();
+            format!(
+                "history matches the files: {} applied, none changed; {at}",
+                count(applied)
+            )
+        }
+        ("baseline", _) => format!(
+            "recorded {} as applied without running them",
+            count(summary.applied)
+        ),
         _ => return None,
     })
+}
+
+/// Each migration as a line on stdout as it completes, and one still running on a line that
+/// updates in place: what a person at a terminal reads instead of the log.
+pub struct Terminal {
+    /// Each statement under its migration's line: `--verbose`, and always for a dry run.
+    verbose: bool,
+    /// When the running line was last drawn, while one is on the screen.
+    drawn: Mutex<Option<Instant>>,
+}
+
+impl Terminal {
+    pub fn new(verbose: bool) -> Terminal {
+        Terminal {
+            verbose,
+            drawn: Mutex::new(None),
+        }
+    }
+}
+
+/// How often the running line is redrawn.
+const REDRAW: Duration = Duration::from_secs(1);
+
+impl Show for Terminal {
+    fn running(&self, running: &Running<'_>) {
+        let mut drawn = self.drawn.lock().unwrap_or_else(|p| p.into_inner());
+        if running.elapsed < REDRAW || drawn.is_some_and(|at| at.elapsed() < REDRAW) {
+            return;
+        }
+        *drawn = Some(Instant::now());
+        let doing = match (&running.waiting_for, running.index) {
+            (Some((lock, Some(pid))), _) => format!("waiting for {lock}, held by pid {pid}"),
+            (Some((lock, None)), _) => format!("waiting for {lock}"),
+            (None, Some((phase, done, total))) if total > 0 => {
+                format!("{phase}: {}% of blocks", done * 100 / total)
+            }
+            (None, Some((phase, _, _))) => phase.to_string(),
+            (None, None) => String::new(),
+        };
+        let migration = running.migration;
+        let what = format!("{:03}_{}", migration.version, migration.name);
+        let line = format!(
+            "{:<15} {what:<36} {:>6} s   {doing}",
+            "running",
+            running.elapsed.as_secs()
+        );
+        let mut out = std::io::stdout().lock();
+        // A closed terminal is the reader's choice, not a failed run.
+        let _ = write!(out, "\r\x1b[2K{}", line.trim_end()).and_then(|()| out.flush());
+    }
+
+    fn done(&self, done: &Done<'_>) {
+        let drawn = self.drawn.lock().map(|mut d| d.take()).unwrap_or(None);
+        // A closed terminal is the reader's choice, not a failed run.
+        let _ = print_done(done, drawn.is_some(), self.verbose || done.dry_run);
+    }
+}
+
+fn print_done(done: &Done<'_>, clear: bool, statements: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if clear {
+        write!(out, "\r\x1b[2K")?;
+    }
+    let verb = match (done.recorded, done.dry_run, done.direction) {
+        (false, _, _) => "ran again",
+        (true, false, Direction::Up) => "applied",
+        (true, false, Direction::Down) => "rolled back",
+        (true, true, Direction::Up) => "would apply",
+        (true, true, Direction::Down) => "would roll back",
+    };
+    let commands = done.commands();
+    let file = done
+        .script
+        .path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let ms = done.duration.as_millis();
+    let line = format!(
+        "{verb:<15} {file:<36} {ms:>6} ms  {}",
+        progress::summarize(&commands)
+    );
+    writeln!(out, "{}", line.trim_end())?;
+    if statements {
+        for command in &commands {
+            let text = command.statement.text;
+            let first = text.lines().next().unwrap_or_default();
+            let more = match first.len() < text.len() {
+                true => " …",
+                false => "",
+            };
+            let (first, more) = match first.char_indices().nth(72) {
+                Some((cut, _)) => (&first[..cut], " …"),
+                None => (first, more),
+            };
+            writeln!(
+                out,
+                "    {:<24} line {:<5} {first}{more}",
+                command.tag, command.statement.line
+            )?;
+        }
+    }
+    out.flush()
 }
 
 /// A command line clap refused, ready to report; neither `text` nor `error` holds anything
@@ -317,12 +508,12 @@ pub fn usage(usage: Usage, started: Instant) -> u8 {
         eprint!("{}", usage.text);
         return usage.error.exit_code();
     }
-    init(Format::Json);
+    let output = init(Format::Json, false);
     let summary = Summary {
         command: usage.command,
         ..Summary::default()
     };
-    finish(&summary, &Err(usage.error), started)
+    finish(&summary, &Err(usage.error), started, output)
 }
 
 /// Prints `status` to stdout: a table, or a JSON array for scripts.

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         }
         Err(error) => return ExitCode::from(log::usage(Cli::usage(&error), started)),
     };
-    log::init(cli.log_format.into());
+    let output = log::init(cli.log_format.into(), cli.verbose);
     let command = cli.command.name();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -34,5 +34,5 @@ fn main() -> ExitCode {
         }
         Err(error) => (Summary::new(command), Err(error)),
     };
-    ExitCode::from(log::finish(&summary, &result, started))
+    ExitCode::from(log::finish(&summary, &result, started, output))
 }

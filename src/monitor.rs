@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::connect::{Dialer, Purpose};
+use crate::progress::{Running, Show};
+use crate::source::Migration;
 
 /// What the migration's session was waiting for, seen from outside.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,6 +68,8 @@ pub struct Monitor<'a> {
     progress_interval: Duration,
     lock_timeout: Duration,
     client: Option<Client>,
+    /// Where a person sees the migration still running.
+    show: &'a dyn Show,
 }
 
 impl<'a> Monitor<'a> {
@@ -74,6 +78,7 @@ impl<'a> Monitor<'a> {
         pid: i32,
         progress_interval: Duration,
         lock_timeout: Duration,
+        show: &'a dyn Show,
     ) -> Monitor<'a> {
         // A zero interval would make the progress schedule never advance.
         let floor = Duration::from_millis(50);
@@ -87,6 +92,7 @@ impl<'a> Monitor<'a> {
                 false => lock_timeout.max(floor),
             },
             client: None,
+            show,
         }
     }
 
@@ -96,9 +102,10 @@ impl<'a> Monitor<'a> {
     /// idle session and must not hide who blocked it.
     pub async fn watch<T>(
         &mut self,
-        version: i64,
+        migration: &Migration,
         work: impl Future<Output = T>,
     ) -> (T, Option<Sample>) {
+        let version = migration.version;
         let started = Instant::now();
         let period = self
             .progress_interval
@@ -117,6 +124,7 @@ impl<'a> Monitor<'a> {
                 continue;
             };
             let elapsed = started.elapsed();
+            self.show.running(&running(migration, elapsed, &sample));
             if elapsed >= next_progress {
                 progress(version, elapsed, &sample);
                 while next_progress <= elapsed {
@@ -183,6 +191,23 @@ impl<'a> Monitor<'a> {
 fn blockers(pids: Option<Vec<i32>>, transactions: Option<Vec<i64>>) -> Vec<(i32, i64)> {
     let (pids, transactions) = (pids.unwrap_or_default(), transactions.unwrap_or_default());
     pids.into_iter().zip(transactions).collect()
+}
+
+fn running<'a>(migration: &'a Migration, elapsed: Duration, sample: &'a Sample) -> Running<'a> {
+    let waiting_for = match (&sample.relation, &sample.lock_mode) {
+        (Some(relation), Some(mode)) => Some((format!("{mode} on {relation}"), sample.blocker_pid)),
+        _ => None,
+    };
+    let index = match (&sample.index_phase, sample.blocks_done, sample.blocks_total) {
+        (Some(phase), Some(done), Some(total)) => Some((phase.as_str(), done, total)),
+        _ => None,
+    };
+    Running {
+        migration,
+        elapsed,
+        waiting_for,
+        index,
+    }
 }
 
 fn progress(version: i64, elapsed: Duration, sample: &Sample) {

@@ -139,6 +139,94 @@ pub fn may_change_tables(statement: &str) -> bool {
     })
 }
 
+/// The command tag the server reports for `statement` (`CREATE TABLE`, `INSERT`, `ALTER
+/// DEFAULT PRIVILEGES`, ...), without the row count: tokio-postgres hands over only a
+/// command's count, so the words are read from the statement the way the server names it.
+/// `CREATE TABLE ... AS` and `CREATE MATERIALIZED VIEW` report `SELECT`, as the server does;
+/// a statement it does not know is named by its first keyword.
+pub fn command_tag(statement: &str) -> String {
+    let Some(tokens) = statements(statement).into_iter().next() else {
+        return String::new();
+    };
+    // `(SELECT ...) UNION ...`
+    if tokens.first().is_some_and(|t| t.kind == Kind::Open) {
+        return "SELECT".into();
+    }
+    // The words outside parentheses, in upper case; "" stands for any other token, so
+    // `CREATE TABLE "Quoted"` does not read the next keyword as part of the command.
+    let mut depth = 0usize;
+    let mut words = Vec::new();
+    for token in &tokens {
+        match token.kind {
+            Kind::Open => depth += 1,
+            Kind::Close => depth = depth.saturating_sub(1),
+            _ if depth > 0 => {}
+            Kind::Word => words.push(token.text(statement).to_ascii_uppercase()),
+            _ => words.push(String::new()),
+        }
+    }
+    let word = |i: usize| words.get(i).map_or("", String::as_str);
+    match word(0) {
+        "CREATE" => {
+            let modifiers = [
+                "OR",
+                "REPLACE",
+                "TEMP",
+                "TEMPORARY",
+                "UNLOGGED",
+                "UNIQUE",
+                "GLOBAL",
+                "LOCAL",
+                "TRUSTED",
+                "PROCEDURAL",
+                "RECURSIVE",
+                "CONSTRAINT",
+            ];
+            let at = (1..).find(|&i| !modifiers.contains(&word(i))).unwrap_or(1);
+            let object = object_words(&words, at);
+            let selects = ["TABLE", "MATERIALIZED VIEW"].contains(&object.as_str())
+                && words[at..].iter().any(|w| w == "AS");
+            match (selects, object.as_str()) {
+                (true, _) => "SELECT".into(),
+                (false, "") => "CREATE".into(),
+                (false, object) => format!("CREATE {object}"),
+            }
+        }
+        verb @ ("ALTER" | "DROP") => match object_words(&words, 1) {
+            object if object.is_empty() => verb.into(),
+            object => format!("{verb} {object}"),
+        },
+        // The statement after the common table expressions (their bodies are in parentheses).
+        "WITH" => words[1..]
+            .iter()
+            .find(|w| ["INSERT", "UPDATE", "DELETE", "MERGE", "SELECT"].contains(&w.as_str()))
+            .map_or("SELECT".into(), String::clone),
+        "" | "VALUES" | "TABLE" => "SELECT".into(),
+        "TRUNCATE" | "LOCK" => format!("{} TABLE", word(0)),
+        "REFRESH" => "REFRESH MATERIALIZED VIEW".into(),
+        "SECURITY" => "SECURITY LABEL".into(),
+        "IMPORT" => "IMPORT FOREIGN SCHEMA".into(),
+        "START" => "START TRANSACTION".into(),
+        "END" => "COMMIT".into(),
+        first => first.into(),
+    }
+}
+
+/// The object a CREATE, ALTER or DROP names from word `at` on, as its command tag names it.
+fn object_words(words: &[String], at: usize) -> String {
+    let word = |i: usize| words.get(i).map_or("", String::as_str);
+    let two = || format!("{} {}", word(at), word(at + 1));
+    match (word(at), word(at + 1)) {
+        ("MATERIALIZED" | "EVENT" | "ACCESS" | "DEFAULT" | "LARGE", _) => two(),
+        ("FOREIGN", "DATA") => "FOREIGN DATA WRAPPER".into(),
+        ("FOREIGN", _) => "FOREIGN TABLE".into(),
+        ("TEXT", _) => format!("TEXT SEARCH {}", word(at + 2)),
+        ("OPERATOR", "CLASS" | "FAMILY") | ("USER", "MAPPING") => two(),
+        ("USER" | "GROUP", _) => "ROLE".into(),
+        (object, _) => object.into(),
+    }
+}
+
 const BOM: &str = "\u{feff}";
 
 /// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
@@ -1291,6 +1379,78 @@ mod tests {
             copy_stdio(prefix);
             created_indexes(prefix);
             line_col(prefix, at);
+        }
+    }
+
+    /// Each statement's tag as psql printed it from a PostgreSQL 15 server.
+    #[test]
+    fn command_tag_names_a_statement_as_the_server_does() {
+        let cases = [
+            ("CREATE TEMP TABLE t AS SELECT 1 a", "SELECT"),
+            ("CREATE MATERIALIZED VIEW mv AS SELECT 1 a", "SELECT"),
+            ("WITH x AS (SELECT 1) INSERT INTO t SELECT 2", "INSERT"),
+            ("SELECT 1 INTO TEMP t2", "SELECT"),
+            ("VALUES (1), (2)", "SELECT"),
+            (
+                "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'",
+                "CREATE FUNCTION",
+            ),
+            (
+                "CREATE TABLE tt (a int GENERATED ALWAYS AS (1) STORED)",
+                "CREATE TABLE",
+            ),
+            ("create table \"As\" (a int)", "CREATE TABLE"),
+            (
+                "CREATE CONSTRAINT TRIGGER x AFTER INSERT ON tt FOR EACH ROW EXECUTE FUNCTION f()",
+                "CREATE TRIGGER",
+            ),
+            ("REFRESH MATERIALIZED VIEW mv", "REFRESH MATERIALIZED VIEW"),
+            ("TRUNCATE t", "TRUNCATE TABLE"),
+            (
+                "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC",
+                "ALTER DEFAULT PRIVILEGES",
+            ),
+            (
+                "CREATE TEXT SEARCH CONFIGURATION ts (COPY = english)",
+                "CREATE TEXT SEARCH CONFIGURATION",
+            ),
+            ("CREATE TYPE e AS ENUM ('a')", "CREATE TYPE"),
+            ("ALTER TYPE e ADD VALUE 'b'", "ALTER TYPE"),
+            ("DO $$ begin end $$", "DO"),
+            ("COMMENT ON TABLE t IS 'x'", "COMMENT"),
+            ("DROP INDEX IF EXISTS nope", "DROP INDEX"),
+            ("LOCK TABLE t", "LOCK TABLE"),
+            (
+                "CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (1) TO (2)",
+                "CREATE TABLE",
+            ),
+            ("CREATE OR REPLACE VIEW v AS SELECT 1 a", "CREATE VIEW"),
+            (
+                "CREATE RULE r AS ON INSERT TO v DO INSTEAD NOTHING",
+                "CREATE RULE",
+            ),
+            ("GRANT SELECT ON t TO PUBLIC", "GRANT"),
+            ("CREATE UNLOGGED TABLE u (a int)", "CREATE TABLE"),
+            (
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i ON u (a)",
+                "CREATE INDEX",
+            ),
+            ("update tt set a = 1", "UPDATE"),
+            (
+                "MERGE INTO tt USING s ON tt.a = s.a WHEN NOT MATCHED THEN INSERT VALUES (s.a)",
+                "MERGE",
+            ),
+            (
+                "CREATE FOREIGN DATA WRAPPER w",
+                "CREATE FOREIGN DATA WRAPPER",
+            ),
+            ("SET LOCAL lock_timeout = '1s'", "SET"),
+            ("ALTER TABLE IF EXISTS tt RENAME TO tt2", "ALTER TABLE"),
+            ("-- why\nINSERT INTO t VALUES (1)", "INSERT"),
+            ("(SELECT 1) UNION SELECT 2", "SELECT"),
+        ];
+        for (statement, tag) in cases {
+            assert_eq!(command_tag(statement), tag, "{statement}");
         }
     }
 }

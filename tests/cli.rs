@@ -601,20 +601,151 @@ async fn dev_sh_starts_the_local_database_and_applies_the_migrations_in_one_comm
 }
 
 /// Runs the binary with `args` under a pseudo-terminal (util-linux `script`), as a person at a
-/// terminal runs it; returns everything the terminal showed.
+/// terminal runs it, with JSON logs; returns everything the terminal showed.
 fn on_a_terminal(db: &TestDb, args: &str) -> String {
-    let command = format!(
-        "{} {args} --log-format json",
-        env!("CARGO_BIN_EXE_db-migrate")
-    );
+    let (code, shown) = at_a_terminal(db, &seed_dir(), &format!("{args} --log-format json"));
+    assert_eq!(code, 0, "{args}: {shown}");
+    shown
+}
+
+/// Runs the binary with `args` over the migrations in `dir` under a pseudo-terminal, stdout
+/// and stderr both on it; returns the exit code and what the terminal showed, one entry per
+/// line drawn (a line redrawn in place counts once per drawing).
+fn at_a_terminal(db: &TestDb, dir: &Path, args: &str) -> (i32, String) {
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_db-migrate"));
     let mut script = Command::new("script");
     support::unsteered(&mut script)
         .args(["-qec", &command, "/dev/null"])
         .env("DATABASE_URL", &db.url)
-        .env("MIGRATIONS_DIR", seed_dir());
+        .env("MIGRATIONS_DIR", dir)
+        .env_remove("LOG_FORMAT");
     let out = output(&mut script);
-    assert_eq!(out.code, 0, "{args}: {}", out.stdout);
-    out.stdout
+    let shown = out
+        .stdout
+        .replace("\x1b[2K", "")
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
+    (out.code, shown)
+}
+
+/// The line of `shown` that starts with `verb` and names `file`.
+fn line_of<'a>(shown: &'a str, verb: &str, file: &str) -> &'a str {
+    shown
+        .lines()
+        .find(|l| l.starts_with(verb) && l.contains(file))
+        .unwrap_or_else(|| panic!("no `{verb}` line for {file}:\n{shown}"))
+}
+
+#[tokio::test]
+async fn on_a_terminal_each_migration_gets_a_line_with_what_its_sql_did() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_backfill.sql",
+            "SELECT pg_sleep(1.6);\nCREATE TABLE IF NOT EXISTS priorities (n int);\n\
+             INSERT INTO priorities SELECT generate_series(1, 120);\n",
+        ),
+        (
+            "003_backfill.down.sql",
+            "DROP TABLE IF EXISTS priorities;\n",
+        ),
+    ]);
+    // A dry run lists every statement it ran under its migration, with its tag and line.
+    let (code, shown) = at_a_terminal(&db, dir.path(), "up --dry-run");
+    assert_eq!(code, 0, "{shown}");
+    let line = line_of(&shown, "would apply", "002_add_indexes.sql");
+    assert!(line.ends_with(" ms  CREATE INDEX ×3"), "{line}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("CREATE INDEX")
+                && l.contains("line 3")
+                && l.contains("CREATE INDEX IF NOT EXISTS idx_video_requests_user_created")),
+        "{shown}"
+    );
+    let line = line_of(&shown, "would apply", "003_backfill.sql");
+    assert!(
+        line.ends_with("SELECT 1, CREATE TABLE, INSERT 0 120"),
+        "{line}"
+    );
+    // A command's output, not a log stream: no informational events, no JSON.
+    assert!(!shown.contains("INFO") && !shown.contains('{'), "{shown}");
+    let client = db.client().await;
+    let untouched = "SELECT to_regclass('schema_migrations') IS NULL";
+    assert!(
+        client
+            .query_one(untouched, &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+
+    let (code, shown) = at_a_terminal(&db, dir.path(), "up");
+    assert_eq!(code, 0, "{shown}");
+    let line = line_of(&shown, "applied", "001_create_video_requests.sql");
+    assert!(line.ends_with(" ms  CREATE TABLE"), "{line}");
+    let line = line_of(&shown, "applied", "003_backfill.sql");
+    assert!(
+        line.ends_with("SELECT 1, CREATE TABLE, INSERT 0 120"),
+        "{line}"
+    );
+    // The slow one was shown running, on a line drawn over by its result.
+    let running = line_of(&shown, "running", "003_backfill");
+    assert!(running.trim_end().ends_with(" s"), "{running}");
+    // Statements are listed only on a dry run or with --verbose.
+    assert!(!shown.contains("line 3"), "{shown}");
+    assert!(shown.contains("applied 3 migrations in "), "{shown}");
+
+    let (code, shown) = at_a_terminal(&db, dir.path(), "verify");
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains(
+            "history matches the files: 3 migrations applied, none changed; database at version 3"
+        ),
+        "{shown}"
+    );
+
+    let (code, shown) = at_a_terminal(
+        &db,
+        dir.path(),
+        "down --steps 1 --verbose --allow-data-loss",
+    );
+    assert_eq!(code, 0, "{shown}");
+    let line = line_of(&shown, "rolled back", "003_backfill.down.sql");
+    assert!(line.ends_with(" ms  DROP TABLE"), "{line}");
+    assert!(shown.contains("line 1"), "{shown}");
+
+    // A failure ends with one line that says what failed, nothing of the summary's fields.
+    std::fs::write(
+        dir.path().join("004_broken.sql"),
+        "SELECT 1;\nSELECT 1/0;\n",
+    )
+    .unwrap();
+    let (code, shown) = at_a_terminal(&db, dir.path(), "up");
+    assert_eq!(code, 1, "{shown}");
+    let error = shown
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_default();
+    assert!(error.contains("004_broken.sql:2"), "{shown}");
+    assert!(
+        !shown.contains("outcome") && !shown.contains("ERROR"),
+        "{shown}"
+    );
+
+    // Off a terminal, the JSON event of each migration names its commands.
+    std::fs::remove_file(dir.path().join("004_broken.sql")).unwrap();
+    let piped = db_migrate(
+        &db,
+        dir.path(),
+        &["down", "--steps", "1", "--allow-data-loss"],
+    );
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    let event = events(&piped.stderr)
+        .into_iter()
+        .find(|e| e["message"] == "migration rolled back")
+        .expect("a migration event");
+    assert_eq!(event["commands"], "DROP TABLE", "{event}");
 }
 
 #[tokio::test]

@@ -109,12 +109,14 @@ async fn apply(
             progress_interval: Duration::from_secs(60),
         },
         interrupt: &h.interrupt,
+        show: &db_migrate::progress::Quiet,
     };
     let mut monitor = Monitor::new(
         &h.dialer,
         h.session.backend_pid,
         Duration::from_secs(60),
         Duration::from_secs(5),
+        &db_migrate::progress::Quiet,
     );
     let mode = match how {
         How::Each => Mode::Each,

@@ -24,6 +24,7 @@ use crate::history::{self, Elapsed, Table};
 use crate::interrupt::Interrupt;
 use crate::monitor::Monitor;
 use crate::plan::{Direction, Mode, Plan, Step};
+use crate::progress::{Done, Show};
 use crate::session::{self, Session};
 use crate::source::Migration;
 
@@ -39,6 +40,8 @@ pub struct Context<'a> {
     /// How migrations ask for table locks.
     pub locks: LockPolicy,
     pub interrupt: &'a Interrupt,
+    /// Where each migration is shown as it completes.
+    pub show: &'a dyn Show,
 }
 
 /// What running a plan did: how many of its steps completed (and stay, unless the run was
@@ -201,7 +204,7 @@ async fn each(
             loop {
                 attempts.begin();
                 let work = pipeline::run(run, *step, Wrap::Own);
-                let (result, sample) = monitor.watch(version, work).await;
+                let (result, sample) = monitor.watch(step.migration, work).await;
                 if let Some(done) = attempts.end(result, sample).await? {
                     return Ok(done);
                 }
@@ -254,14 +257,14 @@ async fn inside(
     for step in &plan.steps {
         let migration = step.migration;
         if step.script.no_transaction {
-            info!(version = migration.version, name = %migration.name, "dry run: listed, not executed (it runs outside a transaction)");
+            tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), "dry run: not executed, it runs outside a transaction");
             continue;
         }
         run.interrupt.check()?;
         let work = one(run, *step, async || {
             pipeline::run(run, *step, Wrap::Outer).await
         });
-        let (result, sample) = monitor.watch(migration.version, work).await;
+        let (result, sample) = monitor.watch(migration, work).await;
         if waits::is_lock_timeout(&result) {
             *blocked = sample;
         }
@@ -270,22 +273,39 @@ async fn inside(
     Ok(())
 }
 
-/// Runs one migration (or its rollback) in its span and logs that it completed.
-async fn one<T, E>(
+/// Runs one migration (or its rollback) in its span and reports that it completed; `work`
+/// returns the count each statement of the file reported.
+async fn one<E>(
     run: &Run<'_>,
     step: Step<'_>,
-    work: impl AsyncFnOnce() -> Result<T, E>,
-) -> Result<T, E> {
+    work: impl AsyncFnOnce() -> Result<Vec<u64>, E>,
+) -> Result<(), E> {
     let migration = step.migration;
     let span = info_span!("migration", version = migration.version, name = %migration.name);
     async {
         let started = Instant::now();
-        let output = work().await?;
-        done(run, step, started);
-        Ok(output)
+        let rows = work().await?;
+        done(run, step, started, rows);
+        Ok(())
     }
     .instrument(span)
     .await
+}
+
+/// Runs `text` as one simple query and returns the count each of its statements reported
+/// (0 for those without one); rows a statement returns are read and dropped as they come.
+/// The query is sent on the first poll, so it keeps its place in a pipeline.
+async fn counted(client: &Client, text: &str) -> Result<Vec<u64>, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let stream = client.simple_query_raw(text).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut counts = Vec::new();
+    while let Some(message) = stream.try_next().await? {
+        if let tokio_postgres::SimpleQueryMessage::CommandComplete(rows) = message {
+            counts.push(rows);
+        }
+    }
+    Ok(counts)
 }
 
 /// The history change of one migration as text. Only a transactional migration's is
@@ -299,11 +319,23 @@ fn history_change(run: &Run<'_>, migration: &Migration, elapsed: Elapsed) -> Str
     history::change(table, run.direction, migration, applied_by, elapsed, guard)
 }
 
-fn done(run: &Run<'_>, step: Step<'_>, started: Instant) {
-    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+fn done(run: &Run<'_>, step: Step<'_>, started: Instant, rows: Vec<u64>) {
+    let duration = started.elapsed();
+    let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     let (migration, file) = (step.migration, step.script.path.display());
+    let done = Done {
+        migration,
+        script: step.script,
+        direction: run.direction,
+        dry_run: run.dry_run,
+        recorded: run.record,
+        duration,
+        rows,
+    };
+    run.show.done(&done);
+    let commands = done.summary();
     if !run.record {
-        info!(version = migration.version, name = %migration.name, %file, duration_ms, "migration ran again, not recorded");
+        info!(version = migration.version, name = %migration.name, %file, duration_ms, commands, "migration ran again, not recorded");
         return;
     }
     let message = match (run.direction, run.dry_run) {
@@ -312,5 +344,5 @@ fn done(run: &Run<'_>, step: Step<'_>, started: Instant) {
         (Direction::Up, true) => "dry run: migration would apply",
         (Direction::Down, true) => "dry run: migration would roll back",
     };
-    info!(version = migration.version, name = %migration.name, %file, duration_ms, "{message}");
+    info!(version = migration.version, name = %migration.name, %file, duration_ms, commands, "{message}");
 }

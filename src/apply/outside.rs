@@ -23,7 +23,7 @@ pub(super) async fn run(
     run: &Run<'_>,
     monitor: &mut Monitor<'_>,
     step: Step<'_>,
-) -> Result<(), Error> {
+) -> Result<Vec<u64>, Error> {
     let (client, migration, script) = (run.client, step.migration, step.script);
     let started = Instant::now();
     let creates = match run.direction {
@@ -37,23 +37,25 @@ pub(super) async fn run(
         .map_err(|e| refused(run, step, e, "starting the migration"))?;
     run.session.check_same(session::pid(&open))?;
     rebuild_invalid_indexes(client, &creates).await?;
+    let mut counts = Vec::new();
     for statement in sql::split(&script.sql) {
         let (version, place) = (migration.version, run.place());
         if sql::waits_without_blocking(statement.text) {
             let budget = run.waits.remaining().max(run.waits.policy.timeout);
             let mut attempts = Attempts::new(&place, version, Retry::No);
             attempts.begin();
-            let work = monitor.watch(version, execute(run, step, &statement));
+            let work = monitor.watch(migration, execute(run, step, &statement));
             let (result, sample) = with_lock_timeout(run, budget, work).await?;
-            attempts.end(result, sample).await?;
+            counts.push(attempts.end(result, sample).await?.unwrap_or_default());
             continue;
         }
         let mut attempts = Attempts::new(&place, version, Retry::Yes);
         loop {
             attempts.begin();
             let work = execute(run, step, &statement);
-            let (result, sample) = monitor.watch(version, work).await;
-            if attempts.end(result, sample).await?.is_some() {
+            let (result, sample) = monitor.watch(migration, work).await;
+            if let Some(rows) = attempts.end(result, sample).await? {
+                counts.push(rows);
                 break;
             }
         }
@@ -66,7 +68,7 @@ pub(super) async fn run(
         });
     }
     if !run.record {
-        return Ok(());
+        return Ok(counts);
     }
     let elapsed = Elapsed::Ms(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
     let record = format!(
@@ -78,13 +80,14 @@ pub(super) async fn run(
         .batch_execute(&record)
         .await
         .map_err(|e| refused(run, step, e, "recording the migration in history"))?;
-    Ok(())
+    Ok(counts)
 }
 
-async fn execute(run: &Run<'_>, step: Step<'_>, statement: &Statement<'_>) -> Result<(), Error> {
-    run.client
-        .batch_execute(statement.text)
+/// Runs one statement; returns the count it reported.
+async fn execute(run: &Run<'_>, step: Step<'_>, statement: &Statement<'_>) -> Result<u64, Error> {
+    super::counted(run.client, statement.text)
         .await
+        .map(|counts| counts.first().copied().unwrap_or_default())
         .map_err(|e| match is_connection_lost(&e) {
             true => connection_lost(step, Wrap::Own, &e),
             false => failed(step, statement.offset, false, e),

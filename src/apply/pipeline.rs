@@ -18,7 +18,8 @@ use crate::sql;
 /// reset and the opening with its commit guard; the file sealed by the savepoint's release;
 /// the history change, guarded; and COMMIT, which the server turns into ROLLBACK after any
 /// failure, so nothing of it is kept or recorded, whatever the file contains.
-pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<(), Error> {
+/// Returns the count each of the file's statements reported (see [`file_counts`]).
+pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec<u64>, Error> {
     let prepared = match wrap {
         // A poisoned lock still holds usable statements: nothing panics while holding it.
         Wrap::Own => run
@@ -57,7 +58,7 @@ async fn send(
     step: Step<'_>,
     wrap: Wrap,
     prepared: Option<&history::Statements>,
-) -> Result<(), Error> {
+) -> Result<Vec<u64>, Error> {
     let (client, migration) = (run.client, step.migration);
     let own = wrap == Wrap::Own;
     let (open, body) = (
@@ -97,7 +98,7 @@ async fn send(
     // waits for an answer: the messages travel together.
     let (open, body, record, commit) = tokio::join!(
         client.simple_query(&open),
-        client.batch_execute(&body),
+        super::counted(client, &body),
         record,
         when(own, client.batch_execute("COMMIT")),
     );
@@ -132,10 +133,10 @@ async fn outcome(
     step: Step<'_>,
     wrap: Wrap,
     open: Answer<Vec<SimpleQueryMessage>>,
-    body: Answer<()>,
+    body: Answer<Vec<u64>>,
     record: Answer<u64>,
     commit: Answer<()>,
-) -> Result<(), Error> {
+) -> Result<Vec<u64>, Error> {
     let errors = [
         open.as_ref().err(),
         body.as_ref().err(),
@@ -147,18 +148,10 @@ async fn outcome(
     }
     let open = open.map_err(|e| refused(run, step, e, "starting the migration"))?;
     run.session.check_same(session::pid(&open))?;
-    if let Err(e) = body {
-        if session::refusal(&e).is_some() {
-            return Err(refused(run, step, e, "running the migration"));
-        }
-        let mut error = failed(step, 0, true, e);
-        if let Error::Apply(failure) = &mut error {
-            if failure.position.is_none() && replayable(&failure.sqlstate) {
-                failure.position = locate(run, step.script, wrap).await;
-            }
-        }
-        return Err(error);
-    }
+    let counts = match body {
+        Ok(counts) => counts,
+        Err(e) => return Err(body_failed(run, step, wrap, e).await),
+    };
     let changed = record.map_err(|e| {
         let context = "recording the migration in history";
         refused(run, step, e, context)
@@ -170,7 +163,36 @@ async fn outcome(
         });
     }
     commit.map_err(|e| refused(run, step, e, "committing the migration"))?;
-    Ok(())
+    Ok(file_counts(run, counts))
+}
+
+/// The counts of the file's own statements among those of the whole message, which ends with
+/// the seal's statements; empty when they do not add up.
+fn file_counts(run: &Run<'_>, mut counts: Vec<u64>) -> Vec<u64> {
+    let sealed = sql::split(&run.session.seal()).len();
+    match counts.len().checked_sub(sealed) {
+        Some(file) => {
+            counts.truncate(file);
+            counts
+        }
+        None => Vec::new(),
+    }
+}
+
+/// The error of a file that failed, located in the file.
+async fn body_failed(run: &Run<'_>, step: Step<'_>, wrap: Wrap, e: tokio_postgres::Error) -> Error {
+    {
+        if session::refusal(&e).is_some() {
+            return refused(run, step, e, "running the migration");
+        }
+        let mut error = failed(step, 0, true, e);
+        if let Error::Apply(failure) = &mut error {
+            if failure.position.is_none() && replayable(&failure.sqlstate) {
+                failure.position = locate(run, step.script, wrap).await;
+            }
+        }
+        error
+    }
 }
 
 /// Finds the failing statement when the server gave no position (42P01, 23505, ...): replays

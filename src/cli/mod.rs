@@ -168,6 +168,12 @@ pub struct Cli {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Auto, global = true, help_heading = "Logging")]
     pub log_format: LogFormatArg,
 
+    /// On a terminal, list each statement a migration ran with its command tag, and show the
+    /// log's informational events as well as its warnings.
+    #[arg(short, long, env = "DB_MIGRATE_VERBOSE", global = true, help_heading = "Logging",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: CommandArgs,
 }
@@ -507,6 +513,7 @@ impl Cli {
             npm_script: std::env::var("npm_lifecycle_event")
                 .ok()
                 .filter(|script| script.starts_with("db:")),
+            verbose: self.verbose,
         })
     }
 
