@@ -15,7 +15,14 @@
 # stub crate, so a change under src/ rebuilds only db-migrate itself. A layer rather than a
 # BuildKit cache mount: it works with the classic builder too, and it can be exported with
 # --cache-to/--cache-from on CI machines that start empty, where a cache mount starts empty.
-FROM rust:1-slim-bookworm AS build
+#
+# Both base images are pinned by digest (the tag beside it says which line it follows), so a
+# rebuild of one commit gets the same compiler and the same runtime files, and a tag moved on
+# the registry changes nothing unnoticed. Bump them on purpose, together with a look at the
+# change: `docker buildx imagetools inspect rust:1.91-slim-bookworm` prints a tag's current
+# digest (Renovate and Dependabot's docker ecosystem do it as a pull request).
+# scripts/check-dockerfile.sh refuses a FROM without a digest.
+FROM rust:1.91-slim-bookworm@sha256:8514999d4786ef12efe89239e86b3d0a021b94b9d35108c8efe6c79ca7dc1a65 AS build
 
 # ring and libpg_query (PostgreSQL's parser, the pg_query crate) compile C, which for a musl
 # target needs musl's headers and the musl-gcc wrapper (Debian's musl-tools); pg_query's
@@ -65,7 +72,7 @@ RUN touch src/main.rs src/lib.rs \
     && /db-migrate --version > /version \
     && grep -q '^db-migrate ' /version
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 
 # VERSION is the package version in Cargo.toml (scripts/check-dockerfile.sh checks that they
 # agree); SOURCE is the repository's address, given by the pipeline that builds the image.

