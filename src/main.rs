@@ -7,6 +7,12 @@ use clap::Parser;
 use db_migrate::cli::Cli;
 use db_migrate::{Summary, log};
 
+// The static musl binary (the image's) allocates through mimalloc: with musl's own allocator
+// it ran up to 1.9x slower than the glibc build (BENCHMARKS.md, "The static binary").
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let started = Instant::now();
     let cli = match Cli::try_parse() {
