@@ -154,7 +154,22 @@ impl Job<'_> {
     ) -> Result<(), Error> {
         let client = dialer.open(connect::Purpose::Migration).await?;
         interrupt.arm(dialer.canceller(client.cancel_token()));
-        let table = self.config.history_table.resolve(&client).await?;
+        let config = self.config;
+        let resolve = config.history_table.resolve(&client);
+        // The commands that change the database set up their session in the same round trip
+        // as the history table is found (the lock's key needs only the table's name).
+        let (table, session) = match &config.command {
+            Command::Status { .. }
+            | Command::Verify { .. }
+            | Command::Schema
+            | Command::Test { .. } => (resolve.await?, None),
+            _ => {
+                let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
+                let setup = session::Session::prepare(&client, limits, key);
+                let (table, session) = tokio::try_join!(resolve, setup)?;
+                (table, Some(session))
+            }
+        };
         let db = Connected {
             dialer,
             scratch,
@@ -182,11 +197,19 @@ impl Job<'_> {
             }
             _ => {}
         }
-        let limits = self.config.session.limits();
-        let session = session::Session::prepare(&client, limits, lock::key(&table)).await?;
+        let session = match session {
+            Some(session) => session,
+            None => {
+                let (limits, key) = (config.session.limits(), lock::key(&table));
+                session::Session::prepare(&client, limits, key).await?
+            }
+        };
         let wait = self.config.lock_wait;
-        let work = async || self.change(&db, &session).await;
-        lock::with(&client, &table, wait, &session, interrupt, work).await
+        let read = history::applied(&client, &table, history::Columns::Checks);
+        // Boxed: `change` holds everything a run of migrations does, too much for the stack
+        // of a thread that polls it (a test's has 2 MiB).
+        let work = async |read| Box::pin(self.change(&db, &session, read)).await;
+        lock::with(&client, &table, wait, &session, interrupt, read, work).await
     }
 
     /// `status` and `verify`: read only, no lock, never create the history table.
@@ -256,14 +279,19 @@ impl Job<'_> {
         }
     }
 
-    /// The commands that change the database, run under the migration lock.
+    /// The commands that change the database, run under the migration lock; `read` is the
+    /// history as read just after the lock was taken, when it was read then.
     async fn change(
         &mut self,
         db: &Connected<'_>,
         session: &session::Session,
+        read: Option<Result<Option<Vec<plan::Applied>>, Error>>,
     ) -> Result<(), Error> {
         let (config, client, table) = (self.config, db.client, db.table);
-        let recorded = history::applied(client, table, history::Columns::Checks).await?;
+        let recorded = match read {
+            Some(read) => read?,
+            None => history::applied(client, table, history::Columns::Checks).await?,
+        };
         let history_exists = recorded.is_some();
         if !history_exists && matches!(config.command, Command::Up { .. }) {
             history::warn_if_untracked(client, table).await?;
@@ -499,27 +527,37 @@ impl Job<'_> {
                 let limits = config.session.limits();
                 let session = session::Session::prepare(client, limits, lock::key(&table)).await?;
                 let wait = config.lock_wait;
-                lock::with(client, &table, wait, &session, interrupt, async || {
-                    let limits = &config.session;
-                    let ctx = apply::Context {
-                        client,
-                        table: &table,
-                        session: &session,
-                        applied_by: &config.applied_by,
-                        locks: apply::LockPolicy {
-                            timeout: limits.lock_timeout,
-                            budget: limits.ddl_lock_wait,
-                            progress_interval: limits.progress_interval,
-                        },
-                        interrupt,
-                        show: &progress::Quiet,
-                    };
-                    let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
-                    let pid = session.backend_pid;
-                    let show = &progress::Quiet;
-                    let mut monitor = monitor::Monitor::new(dialer, pid, interval, timeout, show);
-                    work(&ctx, &mut monitor).await
-                })
+                let first = std::future::ready(());
+                lock::with(
+                    client,
+                    &table,
+                    wait,
+                    &session,
+                    interrupt,
+                    first,
+                    async |_| {
+                        let limits = &config.session;
+                        let ctx = apply::Context {
+                            client,
+                            table: &table,
+                            session: &session,
+                            applied_by: &config.applied_by,
+                            locks: apply::LockPolicy {
+                                timeout: limits.lock_timeout,
+                                budget: limits.ddl_lock_wait,
+                                progress_interval: limits.progress_interval,
+                            },
+                            interrupt,
+                            show: &progress::Quiet,
+                        };
+                        let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
+                        let pid = session.backend_pid;
+                        let show = &progress::Quiet;
+                        let mut monitor =
+                            monitor::Monitor::new(dialer, pid, interval, timeout, show);
+                        work(&ctx, &mut monitor).await
+                    },
+                )
                 .await
             },
         )

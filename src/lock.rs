@@ -36,41 +36,50 @@ pub fn key(table: &Table) -> (i32, i32) {
 
 /// Runs `work` while holding the lock, and releases the lock whatever `work` returns. The
 /// lock is only worth anything if it is taken in the `session` that was set up.
-pub async fn with<T>(
+///
+/// `first`, the run's first read (the history), is sent right behind the first try at the
+/// lock, in the same round trip. The server answers it after that try, so when the try took
+/// the lock the answer is current and `work` gets it; else `work` gets `None` and reads again
+/// once it holds the lock.
+pub async fn with<T, R>(
     client: &Client,
     table: &Table,
     wait: Duration,
     session: &Session,
     interrupt: &Interrupt,
-    work: impl AsyncFnOnce() -> Result<T, Error>,
+    first: impl Future<Output = R>,
+    work: impl AsyncFnOnce(Option<R>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = key(table);
-    acquire(client, key, wait, session, interrupt).await?;
-    let result = work().await;
+    let first = acquire(client, key, wait, session, interrupt, first).await?;
+    let result = work(first).await;
     release(client).await;
     result
 }
 
 /// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
-/// deadline and the job can say who it is waiting for.
-async fn acquire(
+/// deadline and the job can say who it is waiting for. Returns `first`'s answer when the first
+/// try took the lock.
+async fn acquire<R>(
     client: &Client,
     key: (i32, i32),
     wait: Duration,
     session: &Session,
     interrupt: &Interrupt,
-) -> Result<(), Error> {
+    first: impl Future<Output = R>,
+) -> Result<Option<R>, Error> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(20);
     let mut announced = false;
+    interrupt.check()?;
+    let (attempt, read) = tokio::join!(try_lock(client, key, session.backend_pid), first);
+    let mut attempt = attempt?;
     loop {
-        interrupt.check()?;
-        match try_lock(client, key, session.backend_pid).await? {
+        match attempt {
+            Attempt::Taken if !announced => return Ok(Some(read)),
             Attempt::Taken => {
-                if announced {
-                    info!(waited_ms = elapsed_ms(started), "migration lock acquired");
-                }
-                return Ok(());
+                info!(waited_ms = elapsed_ms(started), "migration lock acquired");
+                return Ok(None);
             }
             Attempt::OtherSession(now) => return Err(session.pooled(now)),
             Attempt::Held => {}
@@ -88,6 +97,8 @@ async fn acquire(
         };
         interrupt.sleep(pause.min(left)).await?;
         pause = (pause * 2).min(Duration::from_millis(500));
+        interrupt.check()?;
+        attempt = try_lock(client, key, session.backend_pid).await?;
     }
 }
 

@@ -125,6 +125,44 @@ async fn waiting_run_proceeds_once_the_lock_is_released() {
     );
 }
 
+/// The run sends its history read right behind its first try at the lock; when that try
+/// finds the lock held, what it read may be overtaken by the holder, so it reads again.
+#[tokio::test]
+async fn a_run_that_waited_for_the_lock_goes_by_the_history_it_reads_after() {
+    let db = support::database().await;
+    let holder = hold_lock(&db).await;
+    let cfg = config(&db.url, &seed_dir(), up());
+    let waiting = tokio::spawn(async move { run(&cfg).await });
+    let watcher = db.client().await;
+    support::eventually("the run to try the migration lock or finish", || async {
+        let trying: i64 = support::one(
+            &watcher,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate'
+             AND datname = current_database() AND query LIKE '%pg_try_advisory_lock(%'",
+        )
+        .await;
+        trying > 0 || waiting.is_finished()
+    })
+    .await;
+    assert!(!waiting.is_finished(), "the run did not wait for the lock");
+    // Meanwhile the holder records the seed as applied, as another run would have.
+    let migrations = db_migrate::source::load(&seed_dir()).unwrap();
+    let table = Table::parse("schema_migrations").unwrap();
+    let table = table.resolve(&holder).await.unwrap();
+    let adopted: Vec<_> = migrations.iter().collect();
+    db_migrate::history::baseline(&holder, &table, &adopted, false, "another run")
+        .await
+        .unwrap();
+    drop(holder);
+    let (summary, result) = waiting.await.unwrap();
+    result.unwrap();
+    assert_eq!(
+        summary.applied, 0,
+        "went by the history read before the lock"
+    );
+    assert_eq!(history(&watcher).await, [1, 2]);
+}
+
 #[tokio::test]
 async fn lock_of_a_session_that_died_is_gone_for_the_next_run() {
     let db = support::database().await;

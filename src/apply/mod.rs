@@ -119,11 +119,18 @@ pub async fn run(
     let mut completed = 0;
     let result = match mode {
         Mode::Each => {
+            // Sent together: the server creates the table before it parses the statements
+            // that use it, and the run waits one round trip instead of two.
             let prepare = async {
-                if !history_exists {
-                    history::create(client, ctx.table).await?;
-                }
-                history::prepare(client, ctx.table, |v| ctx.session.guard(v)).await
+                let create = async {
+                    match history_exists {
+                        true => Ok(()),
+                        false => history::create(client, ctx.table).await,
+                    }
+                };
+                let prepare = history::prepare(client, ctx.table, |v| ctx.session.guard(v));
+                let ((), statements) = tokio::try_join!(create, prepare)?;
+                Ok(statements)
             };
             match prepare.await {
                 Ok(statements) => {

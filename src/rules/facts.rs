@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 use super::classify::Name;
 use crate::error::Error;
@@ -27,12 +28,13 @@ impl Facts {
         if names.is_empty() {
             return Ok(Facts { rows });
         }
+        // Typed queries: one round trip each, with no statement prepared first.
         let estimates = client
-            .query(
+            .query_typed(
                 "SELECT n, c.reltuples::int8 FROM unnest($1::text[]) AS n
                    JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(n)
                   WHERE c.relkind IN ('r', 'p', 'm')",
-                &[&names],
+                &[(&names, Type::TEXT_ARRAY)],
             )
             .await
             .map_err(Error::database("reading table sizes for the hazard rules"))?;
@@ -53,10 +55,13 @@ impl Facts {
                     format!("(SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {threshold}) s)")
                 })
                 .collect();
-            let row = client
-                .query_one(&format!("SELECT {}", counts.join(", ")), &[])
+            let rows_counted = client
+                .query_typed(&format!("SELECT {}", counts.join(", ")), &[])
                 .await
                 .map_err(Error::database("counting rows for the hazard rules"))?;
+            let Some(row) = rows_counted.first() else {
+                return Ok(Facts { rows });
+            };
             for (i, name) in small.into_iter().enumerate() {
                 rows.insert(name, row.get(i));
             }
@@ -86,7 +91,7 @@ impl Facts {
         }
         // The column, and the planner's share of NULLs in it when the table was analyzed.
         let row = client
-            .query_opt(
+            .query_typed(
                 "SELECT (SELECT s.null_frac::float8 FROM pg_catalog.pg_stats s
                           WHERE s.schemaname = n.nspname AND s.tablename = c.relname
                             AND s.attname = a.attname AND NOT s.inherited)
@@ -95,11 +100,11 @@ impl Facts {
                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2
                     AND NOT a.attisdropped",
-                &[&table.sql(), &column],
+                &[(&table.sql(), Type::TEXT), (&column, Type::TEXT)],
             )
             .await
             .map_err(Error::database("looking up a dropped column"))?;
-        let Some(row) = row else {
+        let Some(row) = row.first() else {
             return Ok(None);
         };
         // Statistics that saw values are enough to say the column holds data; statistics
