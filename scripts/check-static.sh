@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Checks the static binary the image ships, without Docker: builds it with
-# scripts/build-static.sh, checks that it is statically linked and stripped, then runs it as
-# uid/gid 65532 in a chroot holding only what gcr.io/distroless/static-debian12:nonroot holds
-# (CA certificates, /etc/passwd and /etc/group with root and nonroot, /tmp, the nonroot home)
-# plus the /etc/hosts a container runtime mounts: no shell, no libc, no /proc, no /dev. There
-# it runs --version, then status, up and verify against a throwaway PostgreSQL reached as
-# `localhost`, a name that only /etc/hosts resolves (musl has no NSS), and finally status
-# without /etc/hosts, which must fail, so that the check is known to go through that file.
+# scripts/build-static.sh, checks that it is statically linked, stripped and at most 12 MiB,
+# then runs it as uid/gid 65532 in a chroot holding only what
+# gcr.io/distroless/static-debian12:nonroot holds (CA certificates, /etc/passwd and /etc/group
+# with root and nonroot, /tmp, the nonroot home) plus the /etc/hosts a container runtime
+# mounts: no shell, no libc, no /proc, no /dev. There it runs --version, then status, up and
+# verify against a throwaway PostgreSQL reached as `localhost`, a name that only /etc/hosts
+# resolves (musl has no NSS), and finally status without /etc/hosts, which must fail, so that
+# the check is known to go through that file.
 #
 # Usage: scripts/check-static.sh   (as root: chroot needs it; CI runs as root)
 # Exits non-zero when a check fails; the last line is a one-line summary with the size.
@@ -46,6 +47,9 @@ if readelf -SW "$binary" | grep -qw '\.symtab'; then
   fail "$binary is not stripped: it has a .symtab section"
 fi
 note "static and stripped: $bytes bytes ($mib MiB)"
+# The image's binary stays small: 12 MiB at most (BENCHMARKS.md tracks its size).
+readonly MAX_BYTES=$((12 * 1024 * 1024))
+((bytes <= MAX_BYTES)) || fail "$binary is $bytes bytes ($mib MiB), over the 12 MiB limit"
 
 # --- a throwaway PostgreSQL -------------------------------------------------------------
 work="$(mktemp -d)"
