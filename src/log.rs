@@ -17,7 +17,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::apply::LockTally;
 use crate::error::{Error, Outcome};
 use crate::plan::{Applied, Direction, Entry, Plan};
-use crate::progress::{self, Done, Running, Show};
+use crate::progress::{Done, Running, Show};
 use crate::source::Migration;
 
 /// `--log-format`.
@@ -451,7 +451,7 @@ fn print_done(done: &Done<'_>, clear: bool, statements: bool) -> std::io::Result
         (true, true, Direction::Up) => "would apply",
         (true, true, Direction::Down) => "would roll back",
     };
-    let commands = done.commands();
+    let commands = &done.commands;
     let file = done
         .script
         .path
@@ -459,13 +459,10 @@ fn print_done(done: &Done<'_>, clear: bool, statements: bool) -> std::io::Result
         .unwrap_or_default()
         .to_string_lossy();
     let ms = done.duration.as_millis();
-    let line = format!(
-        "{verb:<15} {file:<36} {ms:>6} ms  {}",
-        progress::summarize(&commands)
-    );
+    let line = format!("{verb:<15} {file:<36} {ms:>6} ms  {}", done.summary());
     writeln!(out, "{}", line.trim_end())?;
     if statements {
-        for command in &commands {
+        for command in commands {
             let text = command.statement.text;
             let first = text.lines().next().unwrap_or_default();
             let more = match first.len() < text.len() {

@@ -44,9 +44,9 @@ pub struct Done<'a> {
     /// False when the file ran a second time without a history change (`test`).
     pub recorded: bool,
     pub duration: Duration,
-    /// The count each of the file's statements reported, in order; empty when the server's
-    /// answers could not be matched to the file's statements.
-    pub rows: Vec<u64>,
+    /// Each statement of the file with its command tag ([`commands`]); empty when the
+    /// server's answers could not be matched to the file's statements.
+    pub commands: Vec<Command<'a>>,
 }
 
 /// One statement of a file and what the server said it did.
@@ -57,25 +57,25 @@ pub struct Command<'a> {
     pub tag: String,
 }
 
-impl<'a> Done<'a> {
-    /// Each statement of the file with its command tag; empty when they could not be matched.
-    pub fn commands(&self) -> Vec<Command<'a>> {
-        let statements = sql::split(&self.script.sql);
-        if statements.len() != self.rows.len() {
-            return Vec::new();
-        }
-        let rows = self.rows.iter();
-        (statements.into_iter().zip(rows))
-            .map(|(statement, &rows)| {
-                let tag = tag(&sql::command_tag(statement.text), rows);
-                Command { statement, tag }
-            })
-            .collect()
+/// Each statement of `script` with its command tag, from the count each one reported (`rows`,
+/// in order); empty when the counts do not match the statements one for one.
+pub fn commands<'a>(script: &'a Script, rows: &[u64]) -> Vec<Command<'a>> {
+    let statements = sql::split(&script.sql);
+    if statements.len() != rows.len() {
+        return Vec::new();
     }
+    (statements.into_iter().zip(rows))
+        .map(|(statement, &rows)| {
+            let tag = tag(&sql::command_tag(statement.text), rows);
+            Command { statement, tag }
+        })
+        .collect()
+}
 
+impl Done<'_> {
     /// What the file's SQL did in a few words: `CREATE TABLE, CREATE INDEX ×3, INSERT 0 120`.
     pub fn summary(&self) -> String {
-        summarize(&self.commands())
+        summarize(&self.commands)
     }
 }
 
@@ -131,7 +131,7 @@ fn split_count(tag: &str) -> (&str, Option<u64>) {
 mod tests {
     use super::*;
 
-    fn commands(tags: &[&str]) -> Vec<Command<'static>> {
+    fn tagged(tags: &[&str]) -> Vec<Command<'static>> {
         tags.iter()
             .map(|tag| Command {
                 statement: sql::split("SELECT 1").remove(0),
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn summary_counts_repeats_and_adds_up_rows() {
-        let summary = summarize(&commands(&[
+        let summary = summarize(&tagged(&[
             "CREATE TABLE",
             "CREATE INDEX",
             "INSERT 0 100",
@@ -155,12 +155,12 @@ mod tests {
             summary,
             "CREATE TABLE, CREATE INDEX ×3, INSERT ×2, 120 rows, UPDATE 3"
         );
-        assert_eq!(summarize(&commands(&["INSERT 0 1"])), "INSERT 0 1");
+        assert_eq!(summarize(&tagged(&["INSERT 0 1"])), "INSERT 0 1");
         assert_eq!(summarize(&[]), "");
     }
 
     #[test]
-    fn done_matches_each_statement_to_its_count_or_none_at_all() {
+    fn commands_match_each_statement_to_its_count_or_none_at_all() {
         let migration = Migration {
             version: 1,
             name: "seed".into(),
@@ -171,19 +171,19 @@ mod tests {
             down: None,
             checksum: String::new(),
         };
-        let done = |rows: Vec<u64>| Done {
+        let matched = commands(&migration.up, &[0, 2]);
+        let tags: Vec<&str> = matched.iter().map(|c| c.tag.as_str()).collect();
+        assert_eq!(tags, ["CREATE TABLE", "INSERT 0 2"]);
+        assert_eq!(matched[1].statement.line, 3);
+        let done = Done {
             migration: &migration,
             script: &migration.up,
             direction: Direction::Up,
             dry_run: false,
             recorded: true,
             duration: Duration::ZERO,
-            rows,
+            commands: commands(&migration.up, &[0]),
         };
-        let matched = done(vec![0, 2]);
-        let tags: Vec<String> = matched.commands().into_iter().map(|c| c.tag).collect();
-        assert_eq!(tags, ["CREATE TABLE", "INSERT 0 2"]);
-        assert_eq!(matched.commands()[1].statement.line, 3);
-        assert_eq!(done(vec![0]).summary(), "");
+        assert_eq!(done.summary(), "");
     }
 }

@@ -71,6 +71,10 @@ pub struct Session {
     token: String,
 }
 
+/// How many statements [`Session::seal`] adds after a file: the server's answers to them
+/// follow the file's own.
+pub const SEAL_STATEMENTS: usize = 4;
+
 impl Session {
     /// Applies the run's settings to the session and returns its policy. `lock` is the
     /// migration lock's key, which every migration checks it still holds.
@@ -180,6 +184,7 @@ impl Session {
     /// implicit transaction that followed, is rolled back with it. Starts on a new line after
     /// a `;`, so that a trailing line comment or a missing semicolon cannot swallow it.
     /// `RESET ROLE` lets the history change run as the run's user even after a `SET ROLE`.
+    /// It is [`SEAL_STATEMENTS`] statements long.
     pub fn seal(&self) -> String {
         format!(
             "\n;RELEASE SAVEPOINT {SAVEPOINT}; CLOSE {GUARD}; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
@@ -339,6 +344,18 @@ pub fn pid(messages: &[SimpleQueryMessage]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seal_is_as_many_statements_as_counted() {
+        let session = Session {
+            backend_pid: 1,
+            reset: String::new(),
+            lock_held: String::new(),
+            token: token(),
+        };
+        let seal = session.seal();
+        assert_eq!(crate::sql::split(&seal).len(), SEAL_STATEMENTS, "{seal}");
+    }
 
     #[test]
     fn tokens_differ_between_runs() {

@@ -22,6 +22,25 @@ async fn hold_lock(db: &support::TestDb) -> tokio_postgres::Client {
     holder
 }
 
+/// Returns once the spawned run `waiting` has asked for the migration lock the holder keeps;
+/// fails if it finished instead, as a run that ignored the lock would.
+async fn waits_for_the_lock<T>(
+    watcher: &tokio_postgres::Client,
+    waiting: &tokio::task::JoinHandle<T>,
+) {
+    support::eventually("the run to try the migration lock or finish", || async {
+        let trying: i64 = support::one(
+            watcher,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate'
+             AND datname = current_database() AND query LIKE '%pg_try_advisory_lock(%'",
+        )
+        .await;
+        trying > 0 || waiting.is_finished()
+    })
+    .await;
+    assert!(!waiting.is_finished(), "the run did not wait for the lock");
+}
+
 #[tokio::test]
 async fn sixteen_concurrent_processes_apply_each_migration_exactly_once() {
     let db = support::database().await;
@@ -88,19 +107,7 @@ async fn waiting_run_proceeds_once_the_lock_is_released() {
     let cfg = config(&db.url, &seed_dir(), up());
     let waiting = tokio::spawn(async move { run(&cfg).await });
     let watcher = db.client().await;
-    // The run is waiting once its session has asked for the lock the holder keeps; a run
-    // that ignored the lock would finish instead.
-    support::eventually("the run to try the migration lock or finish", || async {
-        let trying: i64 = support::one(
-            &watcher,
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate'
-             AND datname = current_database() AND query LIKE '%pg_try_advisory_lock(%'",
-        )
-        .await;
-        trying > 0 || waiting.is_finished()
-    })
-    .await;
-    assert!(!waiting.is_finished(), "the run did not wait for the lock");
+    waits_for_the_lock(&watcher, &waiting).await;
     assert!(
         tables(&watcher).await.is_empty(),
         "applied while the lock was held"
@@ -134,17 +141,7 @@ async fn a_run_that_waited_for_the_lock_goes_by_the_history_it_reads_after() {
     let cfg = config(&db.url, &seed_dir(), up());
     let waiting = tokio::spawn(async move { run(&cfg).await });
     let watcher = db.client().await;
-    support::eventually("the run to try the migration lock or finish", || async {
-        let trying: i64 = support::one(
-            &watcher,
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'db-migrate'
-             AND datname = current_database() AND query LIKE '%pg_try_advisory_lock(%'",
-        )
-        .await;
-        trying > 0 || waiting.is_finished()
-    })
-    .await;
-    assert!(!waiting.is_finished(), "the run did not wait for the lock");
+    waits_for_the_lock(&watcher, &waiting).await;
     // Meanwhile the holder records the seed as applied, as another run would have.
     let migrations = db_migrate::source::load(&seed_dir()).unwrap();
     let table = Table::parse("schema_migrations").unwrap();

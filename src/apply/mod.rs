@@ -337,7 +337,7 @@ fn done(run: &Run<'_>, step: Step<'_>, started: Instant, rows: Vec<u64>) {
         dry_run: run.dry_run,
         recorded: run.record,
         duration,
-        rows,
+        commands: crate::progress::commands(step.script, &rows),
     };
     run.show.done(&done);
     let commands = done.summary();

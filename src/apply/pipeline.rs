@@ -163,14 +163,13 @@ async fn outcome(
         });
     }
     commit.map_err(|e| refused(run, step, e, "committing the migration"))?;
-    Ok(file_counts(run, counts))
+    Ok(file_counts(counts))
 }
 
 /// The counts of the file's own statements among those of the whole message, which ends with
 /// the seal's statements; empty when they do not add up.
-fn file_counts(run: &Run<'_>, mut counts: Vec<u64>) -> Vec<u64> {
-    let sealed = sql::split(&run.session.seal()).len();
-    match counts.len().checked_sub(sealed) {
+fn file_counts(mut counts: Vec<u64>) -> Vec<u64> {
+    match counts.len().checked_sub(session::SEAL_STATEMENTS) {
         Some(file) => {
             counts.truncate(file);
             counts
