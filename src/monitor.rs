@@ -115,10 +115,29 @@ impl<'a> Monitor<'a> {
         let mut last = None;
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // The connection is opened alongside the work from half a period on, so that on a
+        // busy server its start-up does not eat into the lock timeout the first sample has
+        // to land within.
+        let dialer = self.dialer;
+        let connecting = async move {
+            tokio::time::sleep(period / 2).await;
+            dialer.open(Purpose::Monitor).await.ok()
+        };
+        tokio::pin!(connecting);
+        let mut connected = self.client.is_some();
         loop {
             tokio::select! {
                 output = &mut work => return (output, last),
-                _ = ticker.tick() => {}
+                client = &mut connecting, if !connected => {
+                    (self.client, connected) = (client, true);
+                    if started.elapsed() < period {
+                        continue;
+                    }
+                }
+                _ = ticker.tick() => if !connected {
+                    // The first sample is taken as soon as the connection is up.
+                    continue;
+                }
             }
             let Some(sample) = self.sample().await else {
                 continue;
