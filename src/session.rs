@@ -7,14 +7,17 @@
 //! therefore travels as three messages, all sent before the first answer comes back (one
 //! round trip per migration):
 //!
-//! 1. [`Session::open`]: `RESET ALL` and the run's own settings, in a transaction committed
-//!    before the migration's `BEGIN` (a transaction takes `default_transaction_read_only`
-//!    from the settings in force when it starts); then a `WITH HOLD` cursor whose query
-//!    fails, so that a `COMMIT` hidden in the file fails and rolls everything back; then a
-//!    savepoint;
+//! 1. [`Session::open`]: `BEGIN`, preceded (for the run's first migration, and after anything
+//!    but a committed one) by `RESET ALL` and the run's own settings in a transaction
+//!    committed before the migration's (a transaction takes `default_transaction_read_only`
+//!    from the settings in force when it starts); then, where the file checks and
+//!    PostgreSQL's parser cannot both vouch that the file never ends its transaction, a
+//!    `WITH HOLD` cursor whose query fails, so that a `COMMIT` hidden in the file fails and
+//!    rolls everything back; then a savepoint;
 //! 2. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
 //!    (which fails if the file ended the transaction, rolling back whatever ran after that in
-//!    the message), `CLOSE` of the cursor, `RESET ROLE` (which `RESET ALL` leaves alone), and a
+//!    the message), `CLOSE` of the cursor, the reset (so the next migration starts clean once
+//!    this one commits), `RESET ROLE` (which `RESET ALL` leaves alone), and a
 //!    transaction-local token;
 //! 3. the history change, whose value goes through [`Session::guard`]: an error unless this
 //!    is the run's server session, the token is set (the file ran whole, inside this
@@ -67,13 +70,35 @@ pub struct Session {
     /// The server process the run's session was set up on; another one means a pooler.
     pub backend_pid: i32,
     reset: String,
+    /// How many statements `reset` is.
+    reset_statements: usize,
     lock_held: String,
     token: String,
+    /// `standard_conforming_strings` as the session starts (see
+    /// [`Session::needs_commit_guard`]).
+    standard_strings: bool,
 }
 
-/// How many statements [`Session::seal`] adds after a file: the server's answers to them
-/// follow the file's own.
-pub const SEAL_STATEMENTS: usize = 4;
+/// How one transactional migration is framed by [`Session::open`] and [`Session::seal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// In a transaction of its own, rather than inside the run's.
+    pub own: bool,
+    /// The session is as the run set it up: the previous migration's seal reset it and
+    /// committed, so the opening needs no reset. Only for a transaction of its own.
+    pub clean: bool,
+    /// With the cursor that makes a COMMIT in the file fail
+    /// ([`Session::needs_commit_guard`]).
+    pub guarded: bool,
+}
+
+/// What [`Session::seal`] appends to a file, and how many statements that is: the server's
+/// answers to them follow the file's own.
+#[derive(Debug, Clone)]
+pub struct Seal {
+    pub text: String,
+    pub statements: usize,
+}
 
 impl Session {
     /// Applies the run's settings to the session and returns its policy. `lock` is the
@@ -88,7 +113,8 @@ impl Session {
         let setup = format!(
             "{}; SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('server_version_num'), \
              CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 \
-             THEN pg_catalog.set_config('client_connection_check_interval', '2000', false) END",
+             THEN pg_catalog.set_config('client_connection_check_interval', '2000', false) END, \
+             pg_catalog.current_setting('standard_conforming_strings')",
             reset_sql(limits, 0)
         );
         let messages = client
@@ -102,12 +128,15 @@ impl Session {
                 .unwrap_or_default()
         };
         let (backend_pid, version) = (value(0), value(1));
+        let standard_strings = row.and_then(|row| row.get(3)) != Some("off");
         let reset = reset_sql(limits, version);
         Ok(Session {
             backend_pid,
+            reset_statements: crate::sql::split(&reset).len(),
             reset,
             lock_held: lock_held_sql(lock),
             token: token(),
+            standard_strings,
         })
     }
 
@@ -136,30 +165,47 @@ impl Session {
         &self.reset
     }
 
-    /// The first message of a transactional migration (see the module docs). `begin`: false
-    /// inside the run's own transaction (`--single-transaction`, the dry run), which then
-    /// also marks the migration's start for its `execution_ms`; in a transaction of its own,
-    /// the transaction's start is the migration's.
-    pub fn open(&self, begin: bool) -> String {
+    /// The first message of a transactional migration (see the module docs), framed by
+    /// `frame`. Inside the run's own transaction (`--single-transaction`, the dry run) it also
+    /// marks the migration's start for its `execution_ms`; in a transaction of its own, the
+    /// transaction's start is the migration's.
+    pub fn open(&self, frame: Frame) -> String {
         let reset = &self.reset;
-        let (reset, mark) = match begin {
+        let (reset, mark) = match (frame.own, frame.clean) {
+            // The previous migration's seal reset the session, and its COMMIT kept that.
+            (true, true) => ("BEGIN".to_string(), String::new()),
             // The reset gets a transaction of its own, committed before the migration's:
             // an explicit one, because a COMMIT that ends the implicit transaction of a
             // multi-statement message makes the server warn "there is no transaction in
             // progress", to the client and into its log, once per migration.
-            true => (format!("BEGIN; {reset}; COMMIT; BEGIN"), String::new()),
-            false => (
+            (true, false) => (format!("BEGIN; {reset}; COMMIT; BEGIN"), String::new()),
+            (false, _) => (
                 reset.clone(),
                 format!(
                     "; SELECT pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)"
                 ),
             ),
         };
-        format!(
-            "{reset}; DECLARE {GUARD} CURSOR WITH HOLD FOR \
-             SELECT pg_catalog.current_setting('{COMMIT_REFUSED}'); \
-             SAVEPOINT {SAVEPOINT}{mark}"
-        )
+        let guard = match frame.guarded {
+            true => format!(
+                "DECLARE {GUARD} CURSOR WITH HOLD FOR \
+                 SELECT pg_catalog.current_setting('{COMMIT_REFUSED}'); "
+            ),
+            false => String::new(),
+        };
+        format!("{reset}; {guard}SAVEPOINT {SAVEPOINT}{mark}")
+    }
+
+    /// Whether a migration's `sql` needs the cursor that makes a COMMIT in it fail (see the
+    /// module docs). The file checks refuse every statement that ends a transaction before
+    /// anything runs, and PostgreSQL's own parser confirms it here; the cursor costs the
+    /// server about a fifth of a small migration's time, so it guards only what the two could
+    /// have missed: text the parser does not accept, a statement it sees ending the
+    /// transaction (the checks were bypassed), and any file when the server reads
+    /// backslashes in strings as escapes (`standard_conforming_strings` off), which neither
+    /// lexer assumes.
+    pub fn needs_commit_guard(&self, sql: &str) -> bool {
+        !self.standard_strings || crate::sql::may_end_transaction(sql)
     }
 
     /// Undoes everything since [`open`](Self::open) but stays in the transaction.
@@ -183,13 +229,27 @@ impl Session {
     /// the transaction, and then whatever the file ran after that in this message, in the
     /// implicit transaction that followed, is rolled back with it. Starts on a new line after
     /// a `;`, so that a trailing line comment or a missing semicolon cannot swallow it.
-    /// `RESET ROLE` lets the history change run as the run's user even after a `SET ROLE`.
-    /// It is [`SEAL_STATEMENTS`] statements long.
-    pub fn seal(&self) -> String {
-        format!(
-            "\n;RELEASE SAVEPOINT {SAVEPOINT}; CLOSE {GUARD}; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
+    /// In a transaction of its own it then resets the session (`RESET ALL` and the run's
+    /// limits), so the history change runs with none of the file's settings and, once
+    /// committed, the next migration starts clean without a reset of its own (after a
+    /// rollback the session is back where the migration found it). `RESET ROLE` lets the
+    /// history change run as the run's user even after a `SET ROLE`.
+    pub fn seal(&self, frame: Frame) -> Seal {
+        let mut text = format!("\n;RELEASE SAVEPOINT {SAVEPOINT}");
+        if frame.guarded {
+            text.push_str(&format!("; CLOSE {GUARD}"));
+        }
+        if frame.own {
+            text.push_str("; ");
+            text.push_str(&self.reset);
+        }
+        text.push_str(&format!(
+            "; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
             self.token
-        )
+        ));
+        let statements =
+            3 + usize::from(frame.guarded) + if frame.own { self.reset_statements } else { 0 };
+        Seal { text, statements }
     }
 
     /// `value` (an SQL expression in the history change), or an error unless this is the
@@ -347,14 +407,70 @@ mod tests {
 
     #[test]
     fn the_seal_is_as_many_statements_as_counted() {
+        let limits = Limits {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: None,
+        };
+        let reset = reset_sql(limits, 150_000);
         let session = Session {
             backend_pid: 1,
-            reset: String::new(),
+            reset_statements: crate::sql::split(&reset).len(),
+            reset,
             lock_held: String::new(),
             token: token(),
+            standard_strings: true,
         };
-        let seal = session.seal();
-        assert_eq!(crate::sql::split(&seal).len(), SEAL_STATEMENTS, "{seal}");
+        for own in [true, false] {
+            for guarded in [true, false] {
+                let frame = Frame {
+                    own,
+                    clean: false,
+                    guarded,
+                };
+                let seal = session.seal(frame);
+                let split = crate::sql::split(&seal.text);
+                assert_eq!(split.len(), seal.statements, "{}", seal.text);
+                assert_eq!(seal.text.contains("RESET ALL"), own, "{}", seal.text);
+                assert_eq!(seal.text.contains("CLOSE"), guarded, "{}", seal.text);
+                // The token is set last: a reset after it would clear it.
+                assert!(split.last().unwrap().text.contains("db_migrate.token"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_clean_session_opens_without_a_reset_and_the_guard_is_optional() {
+        let session = Session {
+            backend_pid: 1,
+            reset: "RESET ALL".into(),
+            reset_statements: 1,
+            lock_held: String::new(),
+            token: token(),
+            standard_strings: true,
+        };
+        let open = |own, clean, guarded| {
+            session.open(Frame {
+                own,
+                clean,
+                guarded,
+            })
+        };
+        assert_eq!(
+            open(true, true, false),
+            "BEGIN; SAVEPOINT db_migrate_migration"
+        );
+        assert!(open(true, false, false).starts_with("BEGIN; RESET ALL; COMMIT; BEGIN; SAVEPOINT"));
+        assert!(open(true, true, true).contains("DECLARE db_migrate_guard CURSOR WITH HOLD"));
+        // Inside the run's transaction the reset and the start mark stay.
+        assert!(open(false, true, false).starts_with("RESET ALL; SAVEPOINT"));
+        assert!(open(false, true, false).contains("db_migrate.started"));
+        assert!(!session.needs_commit_guard("CREATE TABLE a (i int);"));
+        assert!(session.needs_commit_guard("CREATE TABLE a (i int); COMMIT;"));
+        let escaped = Session {
+            standard_strings: false,
+            ..session.clone()
+        };
+        assert!(escaped.needs_commit_guard("CREATE TABLE a (i int);"));
     }
 
     #[test]

@@ -68,6 +68,26 @@ pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
     })
 }
 
+/// Whether the server might see a statement in `sql` that ends or opens a transaction, by
+/// PostgreSQL's own parser (libpg_query): a second opinion on [`transaction_control`], which
+/// the file checks use. True also when the parser does not accept the text, since then it
+/// cannot say.
+pub fn may_end_transaction(sql: &str) -> bool {
+    use pg_query::protobuf::TransactionStmtKind as Kind;
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return true;
+    };
+    parsed.protobuf.stmts.iter().any(
+        |raw| match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(pg_query::NodeEnum::TransactionStmt(t)) => !matches!(
+                t.kind(),
+                Kind::TransStmtSavepoint | Kind::TransStmtRelease | Kind::TransStmtRollbackTo
+            ),
+            _ => false,
+        },
+    )
+}
+
 /// The first `COPY ... FROM STDIN` or `COPY ... TO STDOUT`, as (line, a short description
 /// such as `COPY ... FROM STDIN`). Its data would have to follow the statement over the
 /// protocol, which a plain SQL script cannot do; COPY to or from a file or program is not

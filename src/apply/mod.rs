@@ -14,6 +14,7 @@ pub use waits::{Policy as LockPolicy, Tally as LockTally};
 
 use std::ops::Deref;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio_postgres::Client;
@@ -76,6 +77,9 @@ struct Run<'a> {
     /// Whether each migration's history change runs with it; not when `test` runs a file a
     /// second time.
     record: bool,
+    /// The session is as the run set it up, reset by the last migration's seal and
+    /// committed (see `session::Frame`); false until one has, and after anything else.
+    clean: AtomicBool,
 }
 
 impl Run<'_> {
@@ -115,6 +119,7 @@ pub async fn run(
         prepared: None,
         waits: waits::Waits::new(ctx.locks),
         record: true,
+        clean: AtomicBool::new(false),
     };
     let mut completed = 0;
     let result = match mode {
@@ -180,6 +185,7 @@ pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>
         prepared: None,
         waits: waits::Waits::new(ctx.locks),
         record: false,
+        clean: AtomicBool::new(false),
     };
     let mut completed = 0;
     let result = each(&run, monitor, plan, &mut completed).await;
@@ -203,6 +209,9 @@ async fn each(
         run.interrupt.check()?;
         one(run, *step, async || {
             if step.script.no_transaction {
+                // Its statements run in the session as they are: it starts with a reset, and
+                // what it leaves is the next migration's to reset.
+                run.clean.store(false, Ordering::Relaxed);
                 return outside::run(run, monitor, *step).await;
             }
             // A lock timeout rolled the migration back whole, so it runs again from its start.

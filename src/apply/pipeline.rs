@@ -1,6 +1,8 @@
 //! A transactional migration as one pipeline: every message sent before the first answer
 //! comes back, so a migration costs one round trip.
 
+use std::sync::atomic::Ordering;
+
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
 use tracing::info;
@@ -10,7 +12,7 @@ use super::{Run, Wrap};
 use crate::error::Error;
 use crate::history::{self, Elapsed};
 use crate::plan::{Direction, Step};
-use crate::session;
+use crate::session::{self, Frame};
 use crate::source::Script;
 use crate::sql;
 
@@ -61,9 +63,15 @@ async fn send(
 ) -> Result<Vec<u64>, Error> {
     let (client, migration) = (run.client, step.migration);
     let own = wrap == Wrap::Own;
+    let frame = Frame {
+        own,
+        clean: own && run.clean.load(Ordering::Relaxed),
+        guarded: run.session.needs_commit_guard(&step.script.sql),
+    };
+    let seal = run.session.seal(frame);
     let (open, body) = (
-        run.session.open(own),
-        format!("{}{}", step.script.sql, run.session.seal()),
+        run.session.open(frame),
+        format!("{}{}", step.script.sql, seal.text),
     );
     // Only the text form needs its values spelled out; the prepared one binds them.
     let text = if prepared.is_none() {
@@ -102,7 +110,13 @@ async fn send(
         record,
         when(own, client.batch_execute("COMMIT")),
     );
-    outcome(run, step, wrap, open, body, record, commit).await
+    let result = outcome(run, step, wrap, open, body, record, commit).await;
+    if own {
+        // Committed, the seal's reset stands; after a failure, where the session stands is
+        // the next opening's to settle.
+        run.clean.store(result.is_ok(), Ordering::Relaxed);
+    }
+    result.map(|counts| file_counts(counts, seal.statements))
 }
 
 /// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
@@ -163,13 +177,13 @@ async fn outcome(
         });
     }
     commit.map_err(|e| refused(run, step, e, "committing the migration"))?;
-    Ok(file_counts(counts))
+    Ok(counts)
 }
 
 /// The counts of the file's own statements among those of the whole message, which ends with
-/// the seal's statements; empty when they do not add up.
-fn file_counts(mut counts: Vec<u64>) -> Vec<u64> {
-    match counts.len().checked_sub(session::SEAL_STATEMENTS) {
+/// the seal's `sealed` statements; empty when they do not add up.
+fn file_counts(mut counts: Vec<u64>, sealed: usize) -> Vec<u64> {
+    match counts.len().checked_sub(sealed) {
         Some(file) => {
             counts.truncate(file);
             counts
@@ -203,7 +217,14 @@ async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, us
     let (start, end) = match wrap {
         // The pipeline's COMMIT already ended the failed transaction (as a ROLLBACK); another
         // ROLLBACK would make the server warn.
-        Wrap::Own => (run.session.open(true), "ROLLBACK".to_string()),
+        Wrap::Own => {
+            let frame = Frame {
+                own: true,
+                clean: false,
+                guarded: true,
+            };
+            (run.session.open(frame), "ROLLBACK".to_string())
+        }
         Wrap::Outer => (run.session.rewind(), run.session.rewind()),
     };
     client.batch_execute(&start).await.ok()?;
