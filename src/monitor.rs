@@ -4,6 +4,7 @@
 //! timeout (or the progress interval, when shorter), so quick migrations never pay for it.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -105,8 +106,21 @@ impl<'a> Monitor<'a> {
         migration: &Migration,
         work: impl Future<Output = T>,
     ) -> (T, Option<Sample>) {
-        let version = migration.version;
+        self.watch_each(&[migration], &AtomicUsize::new(0), work)
+            .await
+    }
+
+    /// [`watch`](Self::watch) for `work` that runs `migrations` one after the other (a
+    /// pipeline of them) and counts in `done` those that have completed: what is shown and
+    /// logged names the one running, timed from when the one before it was seen done.
+    pub async fn watch_each<T>(
+        &mut self,
+        migrations: &[&Migration],
+        done: &AtomicUsize,
+        work: impl Future<Output = T>,
+    ) -> (T, Option<Sample>) {
         let started = Instant::now();
+        let (mut current, mut since) = (0, started);
         let period = self
             .progress_interval
             .min(self.lock_timeout / 2)
@@ -142,10 +156,15 @@ impl<'a> Monitor<'a> {
             let Some(sample) = self.sample().await else {
                 continue;
             };
-            let elapsed = started.elapsed();
+            let now = done.load(Ordering::Relaxed).min(migrations.len() - 1);
+            if now != current {
+                (current, since) = (now, Instant::now());
+                next_progress = self.progress_interval;
+            }
+            let (migration, elapsed) = (migrations[current], since.elapsed());
             self.show.running(&running(migration, elapsed, &sample));
             if elapsed >= next_progress {
-                progress(version, elapsed, &sample);
+                progress(migration.version, elapsed, &sample);
                 while next_progress <= elapsed {
                     next_progress += self.progress_interval;
                 }

@@ -49,6 +49,11 @@ pub const LOCK_LOST: &str = "db_migrate.the_migration_lock_is_no_longer_held";
 /// Followed by the server session's pid.
 pub const OTHER_SESSION: &str = "db_migrate.the_migration_landed_in_server_session_";
 pub const LEFT_OPEN: &str = "db_migrate.the_migration_left_a_transaction_open";
+pub const PREVIOUS_NOT_COMMITTED: &str = "db_migrate.the_migration_before_did_not_commit";
+
+/// The session setting a committed migration leaves behind, naming it: set in the
+/// migration's transaction, it is undone with it by a rollback.
+const COMMITTED: &str = "db_migrate.committed";
 
 /// How long the server waits on a migration session that is idle inside a transaction
 /// before ending it: a client lost between a migration's ALTER and its COMMIT otherwise
@@ -90,6 +95,10 @@ pub struct Frame {
     /// With the cursor that makes a COMMIT in the file fail
     /// ([`Session::needs_commit_guard`]).
     pub guarded: bool,
+    /// The migration sent just before this one in the same pipeline, whose commit this one
+    /// requires: its opening fails unless that migration committed (see [`Session::seal`]),
+    /// which leaves its transaction aborted, so nothing of it runs or is kept.
+    pub after: Option<i64>,
 }
 
 /// What [`Session::seal`] appends to a file, and how many statements that is: the server's
@@ -186,6 +195,21 @@ impl Session {
                 ),
             ),
         };
+        // Right after the first BEGIN, before any reset (which would clear the mark); its
+        // row is the session's pid, as the opening's answer is read (see [`pid`]).
+        let reset = match frame.after {
+            Some(version) => reset.replacen(
+                "BEGIN",
+                &format!(
+                    "BEGIN; SELECT CASE WHEN pg_catalog.current_setting('{COMMITTED}', true) = '{}' \
+                     THEN pg_catalog.pg_backend_pid() \
+                     ELSE pg_catalog.current_setting('{PREVIOUS_NOT_COMMITTED}')::int END",
+                    self.committed(version)
+                ),
+                1,
+            ),
+            None => reset,
+        };
         let guard = match frame.guarded {
             true => format!(
                 "DECLARE {GUARD} CURSOR WITH HOLD FOR \
@@ -194,6 +218,12 @@ impl Session {
             false => String::new(),
         };
         format!("{reset}; {guard}SAVEPOINT {SAVEPOINT}{mark}")
+    }
+
+    /// The value of the committed mark for `version`: with the run's token, which no file
+    /// can know.
+    fn committed(&self, version: i64) -> String {
+        format!("{}.{version}", self.token)
     }
 
     /// Whether a migration's `sql` needs the cursor that makes a COMMIT in it fail (see the
@@ -234,7 +264,9 @@ impl Session {
     /// committed, the next migration starts clean without a reset of its own (after a
     /// rollback the session is back where the migration found it). `RESET ROLE` lets the
     /// history change run as the run's user even after a `SET ROLE`.
-    pub fn seal(&self, frame: Frame) -> Seal {
+    /// In a transaction of its own it also leaves the mark that lets the next migration in
+    /// a pipeline see that this one committed (see [`Frame::after`]).
+    pub fn seal(&self, frame: Frame, version: i64) -> Seal {
         let mut text = format!("\n;RELEASE SAVEPOINT {SAVEPOINT}");
         if frame.guarded {
             text.push_str(&format!("; CLOSE {GUARD}"));
@@ -242,13 +274,20 @@ impl Session {
         if frame.own {
             text.push_str("; ");
             text.push_str(&self.reset);
+            text.push_str(&format!(
+                "; SET {COMMITTED} = '{}'",
+                self.committed(version)
+            ));
         }
         text.push_str(&format!(
             "; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
             self.token
         ));
-        let statements =
-            3 + usize::from(frame.guarded) + if frame.own { self.reset_statements } else { 0 };
+        let own = match frame.own {
+            true => self.reset_statements + 1,
+            false => 0,
+        };
+        let statements = 3 + usize::from(frame.guarded) + own;
         Seal { text, statements }
     }
 
@@ -426,8 +465,9 @@ mod tests {
                     own,
                     clean: false,
                     guarded,
+                    after: None,
                 };
-                let seal = session.seal(frame);
+                let seal = session.seal(frame, 7);
                 let split = crate::sql::split(&seal.text);
                 assert_eq!(split.len(), seal.statements, "{}", seal.text);
                 assert_eq!(seal.text.contains("RESET ALL"), own, "{}", seal.text);
@@ -453,6 +493,7 @@ mod tests {
                 own,
                 clean,
                 guarded,
+                after: None,
             })
         };
         assert_eq!(

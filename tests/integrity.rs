@@ -857,3 +857,72 @@ async fn plan_never_commits_what_a_file_that_ends_its_transaction_runs() {
         assert_eq!(tables(&client).await, ["schema_migrations"], "{body}");
     }
 }
+
+#[tokio::test]
+async fn in_one_pipeline_a_failure_keeps_everything_before_it_and_nothing_after_it() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    // Sent as one pipeline: the third fails, and the two after it must not run although
+    // their messages are already on their way.
+    let plan: Vec<Migration> = (1..=5)
+        .map(|v| {
+            let sql = match v {
+                3 => "CREATE TABLE t3 (i int); SELECT 1 / 0".to_string(),
+                v => format!("CREATE TABLE t{v} (i int)"),
+            };
+            migration(v, &sql, None)
+        })
+        .collect();
+    let plan: Vec<&Migration> = plan.iter().collect();
+    let result = apply(&h, &plan, Direction::Up, How::Each).await;
+    match result {
+        Err(Error::Apply(failure)) => assert_eq!(failure.version, 3, "{failure:?}"),
+        other => panic!("expected migration 3 to fail, got {other:?}"),
+    }
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["schema_migrations", "t1", "t2"]);
+    assert_eq!(recorded(&client).await, [1, 2]);
+    // The session is usable and clean afterwards: the rest applies.
+    let rest: Vec<Migration> = (3..=5)
+        .map(|v| migration(v, &format!("CREATE TABLE t{v} (i int)"), None))
+        .collect();
+    let rest: Vec<&Migration> = rest.iter().collect();
+    apply(&h, &rest, Direction::Up, How::Each)
+        .await
+        .expect("the rest");
+    assert_eq!(recorded(&client).await, [1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn a_migration_that_deallocates_the_history_statements_mid_pipeline_is_run_again() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let first = migration(1, "CREATE TABLE a (i int)", None);
+    let second = migration(2, "CREATE TABLE b (i int); DEALLOCATE ALL", None);
+    let third = migration(3, "CREATE TABLE c (i int)", None);
+    apply(&h, &[&first, &second, &third], Direction::Up, How::Each)
+        .await
+        .expect("up");
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["a", "b", "c", "schema_migrations"]);
+    assert_eq!(recorded(&client).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_migration_can_never_commit_after_the_one_before_it_failed() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    // The opening of a migration sent behind another requires that one's committed mark;
+    // a file cannot forge it, not knowing the run's token, and a failure undoes it.
+    let forged = migration(
+        1,
+        "SET db_migrate.committed = 'guess.1'; CREATE TABLE a (i int); SELECT 1 / 0",
+        None,
+    );
+    let next = migration(2, "CREATE TABLE b (i int)", None);
+    let result = apply(&h, &[&forged, &next], Direction::Up, How::Each).await;
+    assert!(matches!(result, Err(Error::Apply(_))), "{result:?}");
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["schema_migrations"]);
+    assert!(recorded(&client).await.is_empty());
+}

@@ -14,10 +14,11 @@ pub use waits::{Policy as LockPolicy, Tally as LockTally};
 
 use std::ops::Deref;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tracing::{Instrument, info, info_span};
 
 use crate::error::Error;
@@ -197,29 +198,80 @@ pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>
     }
 }
 
+/// The most migrations, and the most bytes of SQL, one pipeline carries (see [`window`]).
+const BATCH_MIGRATIONS: usize = 64;
+const BATCH_BYTES: usize = 1 << 20;
+
 /// Applies (or rolls back) each migration in its own transaction, in the order given.
 /// Counts those that completed in `done`; on error, those before it stay applied.
+/// Consecutive transactional migrations travel as one pipeline ([`pipeline::batch`]); the
+/// one that fails there runs on its own from then on, as it would have without the batch.
 async fn each(
     run: &Run<'_>,
     monitor: &mut Monitor<'_>,
     plan: &Plan<'_>,
     done: &mut usize,
 ) -> Result<(), Error> {
-    for step in &plan.steps {
+    let steps = &plan.steps;
+    let mut next = 0;
+    while let Some(step) = steps.get(next) {
         run.interrupt.check()?;
-        one(run, *step, async || {
+        let place = run.place();
+        let (version, batched) = (step.migration.version, window(run, &steps[next..]));
+        let mut attempts = None;
+        if batched > 1 {
+            let statements = prepared(run);
+            let span = info_span!("migrations", from = version);
+            let batch = &steps[next..next + batched];
+            let answered = AtomicUsize::new(0);
+            let work = pipeline::batch(run, batch, statements.as_ref(), &answered);
+            let migrations: Vec<&Migration> = batch.iter().map(|s| s.migration).collect();
+            let watched = monitor.watch_each(&migrations, &answered, work);
+            let (batch, sample) = watched.instrument(span).await;
+            for (counts, took) in batch.done {
+                finished(run, steps[next], took, counts);
+                next += 1;
+                *done += 1;
+            }
+            let Some((error, started)) = batch.failed else {
+                continue;
+            };
+            let step = steps[next];
+            match error {
+                // Rolled back whole: wait out who held the lock, then go on one by one.
+                error if waits::timed_out(&error) => {
+                    let version = step.migration.version;
+                    let mut waited =
+                        waits::Attempts::began(&place, version, waits::Retry::Yes, started);
+                    let span = info_span!("migration", version, name = %step.migration.name);
+                    waited
+                        .end::<Vec<u64>>(Err(error), sample)
+                        .instrument(span)
+                        .await?;
+                    attempts = Some(waited);
+                }
+                // The file deallocated the prepared history change: the migration runs again
+                // on its own, which prepares it again.
+                Error::Database { ref source, .. }
+                    if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {}
+                error => return Err(error),
+            }
+        }
+        let step = steps[next];
+        one(run, step, async || {
             if step.script.no_transaction {
                 // Its statements run in the session as they are: it starts with a reset, and
                 // what it leaves is the next migration's to reset.
                 run.clean.store(false, Ordering::Relaxed);
-                return outside::run(run, monitor, *step).await;
+                return outside::run(run, monitor, step).await;
             }
             // A lock timeout rolled the migration back whole, so it runs again from its start.
-            let (version, place) = (step.migration.version, run.place());
-            let mut attempts = waits::Attempts::new(&place, version, waits::Retry::Yes);
+            let mut attempts = attempts.unwrap_or_else(|| {
+                waits::Attempts::new(&place, step.migration.version, waits::Retry::Yes)
+            });
             loop {
                 attempts.begin();
-                let work = pipeline::run(run, *step, Wrap::Own);
+                let work = pipeline::run(run, step, Wrap::Own);
                 let (result, sample) = monitor.watch(step.migration, work).await;
                 if let Some(done) = attempts.end(result, sample).await? {
                     return Ok(done);
@@ -227,9 +279,36 @@ async fn each(
             }
         })
         .await?;
+        next += 1;
         *done += 1;
     }
     Ok(())
+}
+
+/// The prepared history change, when there is one; `test`'s second runs record nothing
+/// and need none.
+fn prepared(run: &Run<'_>) -> Option<history::Statements> {
+    (run.prepared.as_ref()).map(|cell| cell.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+/// How many of `steps`, from the first, can travel in one pipeline: consecutive
+/// transactional migrations, at most [`BATCH_MIGRATIONS`] and [`BATCH_BYTES`] of SQL
+/// (bounding what is held in memory at once). One means no batch: nor when the history
+/// change is not prepared (its text form is for the migration that deallocated it).
+fn window(run: &Run<'_>, steps: &[Step<'_>]) -> usize {
+    if run.record && run.prepared.is_none() {
+        return 1;
+    }
+    let mut bytes = 0;
+    let mut count = 0;
+    for step in steps.iter().take(BATCH_MIGRATIONS) {
+        bytes += step.script.sql.len();
+        if step.script.no_transaction || (count > 0 && bytes > BATCH_BYTES) {
+            break;
+        }
+        count += 1;
+    }
+    count
 }
 
 /// The whole plan in one transaction, committed or (for the dry run) rolled back; after a
@@ -301,7 +380,7 @@ async fn one<E>(
     async {
         let started = Instant::now();
         let rows = work().await?;
-        done(run, step, started, rows);
+        finished(run, step, started.elapsed(), rows);
         Ok(())
     }
     .instrument(span)
@@ -335,8 +414,8 @@ fn history_change(run: &Run<'_>, migration: &Migration, elapsed: Elapsed) -> Str
     history::change(table, run.direction, migration, applied_by, elapsed, guard)
 }
 
-fn done(run: &Run<'_>, step: Step<'_>, started: Instant, rows: Vec<u64>) {
-    let duration = started.elapsed();
+/// Shows and logs that `step` completed, having taken `duration`.
+fn finished(run: &Run<'_>, step: Step<'_>, duration: std::time::Duration, rows: Vec<u64>) {
     let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
     let (migration, file) = (step.migration, step.script.path.display());
     let done = Done {

@@ -1,7 +1,8 @@
 //! A transactional migration as one pipeline: every message sent before the first answer
 //! comes back, so a migration costs one round trip.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
@@ -61,14 +62,128 @@ async fn send(
     wrap: Wrap,
     prepared: Option<&history::Statements>,
 ) -> Result<Vec<u64>, Error> {
-    let (client, migration) = (run.client, step.migration);
     let own = wrap == Wrap::Own;
     let frame = Frame {
         own,
         clean: own && run.clean.load(Ordering::Relaxed),
         guarded: run.session.needs_commit_guard(&step.script.sql),
+        after: None,
     };
-    let seal = run.session.seal(frame);
+    let (answers, sealed) = exchange(run, step, frame, prepared).await;
+    let result = outcome(run, step, wrap, answers).await;
+    if own {
+        // Committed, the seal's reset stands; after a failure, where the session stands is
+        // the next opening's to settle.
+        run.clean.store(result.is_ok(), Ordering::Relaxed);
+    }
+    result.map(|counts| file_counts(counts, sealed))
+}
+
+/// What [`batch`] did: the migrations that committed, in order, each with the counts its
+/// statements reported and how long it took; and the first failure, if any, of the one
+/// after them (the rest were refused by their openings and left nothing).
+pub(super) struct Batch {
+    pub done: Vec<(Vec<u64>, Duration)>,
+    pub failed: Option<(Error, Instant)>,
+}
+
+/// Sends `steps`, each in a transaction of its own, as one pipeline: every message of every
+/// migration goes out before the first answer comes back, so the server runs them back to
+/// back. Each migration after the first opens with a check that the one before it committed
+/// (see `session::Frame::after`), so a failure stops the rest there, exactly as if they had
+/// been sent one by one: everything before it applied, nothing after it. The history change
+/// is prepared (or not recorded). The failure comes with the moment its migration started.
+/// `answered` counts the migrations whose answers are in, as they come.
+pub(super) async fn batch(
+    run: &Run<'_>,
+    steps: &[Step<'_>],
+    prepared: Option<&history::Statements>,
+    answered: &AtomicUsize,
+) -> Batch {
+    let started = Instant::now();
+    let clean = run.clean.load(Ordering::Relaxed);
+    let frames: Vec<Frame> = (steps.iter().enumerate())
+        .map(|(i, step)| Frame {
+            own: true,
+            // Every one after the first runs only when the one before committed, whose seal
+            // reset the session.
+            clean: clean || i > 0,
+            guarded: run.session.needs_commit_guard(&step.script.sql),
+            after: i
+                .checked_sub(1)
+                .map(|before| steps[before].migration.version),
+        })
+        .collect();
+    let mut exchanges: Vec<_> = (steps.iter().zip(&frames))
+        .map(|(step, frame)| {
+            Box::pin(async move {
+                let answers = exchange(run, *step, *frame, prepared).await;
+                answered.fetch_add(1, Ordering::Relaxed);
+                (answers, Instant::now())
+            })
+        })
+        .collect();
+    // Polled in order, so each sends its messages after those of the one before it.
+    let mut answers: Vec<Option<_>> = exchanges.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (exchange, answer) in exchanges.iter_mut().zip(answers.iter_mut()) {
+            if answer.is_none() {
+                match exchange.as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => *answer = Some(output),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => std::task::Poll::Pending,
+            false => std::task::Poll::Ready(()),
+        }
+    })
+    .await;
+    drop(exchanges);
+    let mut done = Vec::new();
+    let mut previous = started;
+    for (step, answer) in steps.iter().zip(answers) {
+        let Some(((answers, sealed), at)) = answer else {
+            break;
+        };
+        match outcome(run, *step, Wrap::Own, answers).await {
+            Ok(counts) => {
+                done.push((file_counts(counts, sealed), at - previous));
+                previous = at;
+            }
+            Err(error) => {
+                run.clean.store(false, Ordering::Relaxed);
+                return Batch {
+                    done,
+                    failed: Some((error, previous)),
+                };
+            }
+        }
+    }
+    run.clean.store(true, Ordering::Relaxed);
+    Batch { done, failed: None }
+}
+
+/// What the server answered to the four messages of one migration.
+struct Answers {
+    open: Answer<Vec<SimpleQueryMessage>>,
+    body: Answer<Vec<u64>>,
+    record: Answer<u64>,
+    commit: Answer<()>,
+}
+
+/// Sends one migration's messages, framed by `frame`, and collects the answers; with how
+/// many statements the seal added to the file's.
+async fn exchange(
+    run: &Run<'_>,
+    step: Step<'_>,
+    frame: Frame,
+    prepared: Option<&history::Statements>,
+) -> (Answers, usize) {
+    let (client, migration) = (run.client, step.migration);
+    let seal = run.session.seal(frame, migration.version);
     let (open, body) = (
         run.session.open(frame),
         format!("{}{}", step.script.sql, seal.text),
@@ -108,15 +223,15 @@ async fn send(
         client.simple_query(&open),
         super::counted(client, &body),
         record,
-        when(own, client.batch_execute("COMMIT")),
+        when(frame.own, client.batch_execute("COMMIT")),
     );
-    let result = outcome(run, step, wrap, open, body, record, commit).await;
-    if own {
-        // Committed, the seal's reset stands; after a failure, where the session stands is
-        // the next opening's to settle.
-        run.clean.store(result.is_ok(), Ordering::Relaxed);
-    }
-    result.map(|counts| file_counts(counts, seal.statements))
+    let answers = Answers {
+        open,
+        body,
+        record,
+        commit,
+    };
+    (answers, seal.statements)
 }
 
 /// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
@@ -140,17 +255,19 @@ fn changed(messages: &[SimpleQueryMessage]) -> u64 {
 
 type Answer<T> = Result<T, tokio_postgres::Error>;
 
-/// What the answers of [`send`] say, first failure first.
-#[allow(clippy::too_many_arguments)]
+/// What the answers of one migration say, first failure first.
 async fn outcome(
     run: &Run<'_>,
     step: Step<'_>,
     wrap: Wrap,
-    open: Answer<Vec<SimpleQueryMessage>>,
-    body: Answer<Vec<u64>>,
-    record: Answer<u64>,
-    commit: Answer<()>,
+    answers: Answers,
 ) -> Result<Vec<u64>, Error> {
+    let Answers {
+        open,
+        body,
+        record,
+        commit,
+    } = answers;
     let errors = [
         open.as_ref().err(),
         body.as_ref().err(),
@@ -222,6 +339,7 @@ async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, us
                 own: true,
                 clean: false,
                 guarded: true,
+                after: None,
             };
             (run.session.open(frame), "ROLLBACK".to_string())
         }

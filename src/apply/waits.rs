@@ -123,6 +123,23 @@ impl<'a> Attempts<'a> {
         }
     }
 
+    /// The attempts of a migration whose first attempt, begun at `started`, ran in a batch
+    /// with others (see `pipeline::batch`).
+    pub fn began(
+        place: &'a Place<'a>,
+        version: i64,
+        retry: Retry,
+        started: Instant,
+    ) -> Attempts<'a> {
+        Attempts {
+            place,
+            version,
+            retry,
+            count: 1,
+            started,
+        }
+    }
+
     /// Call right before each attempt.
     pub fn begin(&mut self) {
         self.count += 1;
@@ -174,7 +191,12 @@ impl<'a> Attempts<'a> {
 }
 
 pub(super) fn is_lock_timeout<T>(result: &Result<T, Error>) -> bool {
-    matches!(result, Err(Error::Apply(f)) if f.sqlstate == LOCK_NOT_AVAILABLE)
+    result.as_ref().err().is_some_and(timed_out)
+}
+
+/// Whether `error` is a statement that hit its lock timeout.
+pub(super) fn timed_out(error: &Error) -> bool {
+    matches!(error, Error::Apply(f) if f.sqlstate == LOCK_NOT_AVAILABLE)
 }
 
 fn waits_on_lock(sample: &Sample) -> bool {
