@@ -62,6 +62,37 @@ struct Job<'a> {
     conflicts: Vec<source::Conflict>,
 }
 
+/// The migration files, being read or read.
+enum Loading {
+    Read(Result<Vec<Migration>, Error>),
+    Reading(tokio::sync::oneshot::Receiver<Result<Vec<Migration>, Error>>),
+}
+
+impl Loading {
+    /// Starts reading `dir` on a thread of its own.
+    fn start(dir: &std::path::Path) -> Loading {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let owned = dir.to_path_buf();
+        let spawned = std::thread::Builder::new()
+            .name("files".into())
+            .spawn(move || sender.send(source::load(&owned)));
+        match spawned {
+            Ok(_) => Loading::Reading(receiver),
+            // No thread to be had: read them here.
+            Err(_) => Loading::Read(source::load(dir)),
+        }
+    }
+
+    async fn finish(self) -> Result<Vec<Migration>, Error> {
+        match self {
+            Loading::Read(result) => result,
+            Loading::Reading(receiver) => receiver.await.unwrap_or_else(|_| {
+                Err(Error::Config("reading the migration files failed".into()))
+            }),
+        }
+    }
+}
+
 /// What the commands that talk to the database share once connected.
 struct Connected<'a> {
     dialer: &'a connect::Dialer,
@@ -87,32 +118,55 @@ impl Job<'_> {
         if let Command::Import { from, src } = &config.command {
             return import_directory(*from, src, &config.dir);
         }
-        // Files are checked before any connection: a bad directory never touches the database.
-        // `status` shows a version two files claim instead of refusing the directory.
-        let migrations = match &config.command {
+        // The files are read on a thread of their own while the connection opens; whatever
+        // is wrong with them is said first, and then nothing of the run reaches the database
+        // (the connection opened meanwhile is dropped unused). `status` shows a version two
+        // files claim instead of refusing the directory.
+        let loading = match &config.command {
             Command::Status { .. } => {
                 let (migrations, conflicts) = source::load_with_conflicts(&config.dir)?;
                 self.conflicts = conflicts;
-                migrations
+                Loading::Read(Ok(migrations))
             }
-            _ => match source::load(&config.dir) {
-                Err(Error::DuplicateVersion {
-                    version,
-                    file,
-                    other,
-                    ..
-                }) => {
-                    let applied = self.applied_name(version).await;
-                    return Err(Error::DuplicateVersion {
-                        version,
-                        file,
-                        other,
-                        applied,
-                    });
-                }
-                loaded => loaded?,
-            },
+            _ => Loading::start(&config.dir),
         };
+        let dialers = self.dialers().await;
+        let (dialer, scratch) = match dialers {
+            Ok(dialers) => dialers,
+            Err(error) => {
+                self.files(loading).await?;
+                return Err(error);
+            }
+        };
+        let (dialer, scratch) = (&dialer, scratch.as_ref());
+        let interrupt = Interrupt::default();
+        let work = async {
+            let (client, migrations) = {
+                let mut opening = Box::pin(dialer.open(connect::Purpose::Migration));
+                let mut files = Box::pin(self.files(loading));
+                let mut opened = None;
+                let migrations = loop {
+                    tokio::select! {
+                        loaded = &mut files => break loaded?,
+                        client = &mut opening, if opened.is_none() => opened = Some(client),
+                    }
+                };
+                let client = match opened {
+                    Some(client) => client?,
+                    None => opening.await?,
+                };
+                (client, migrations)
+            };
+            // Boxed: what follows is most of the run's state, too much to keep on the stack
+            // of the thread that polls it (a test's has 2 MiB).
+            Box::pin(self.connect(dialer, scratch, client, &migrations, &interrupt)).await
+        };
+        interrupt::guard(&interrupt, work).await
+    }
+
+    /// The run's dialers: the target's and, with `--scratch-url`, the scratch database's.
+    async fn dialers(&mut self) -> Result<(connect::Dialer, Option<connect::Dialer>), Error> {
+        let config = self.config;
         let Some(database) = &config.database else {
             return Err(Error::Config("no database given; set DATABASE_URL".into()));
         };
@@ -120,14 +174,34 @@ impl Job<'_> {
         self.summary.target = Some(database.target(config.cloudsql.as_ref()));
         // The one dialer of the run, shared by every connection; its Cloud SQL client
         // also serves the backup.
-        let dialer = &connect::Dialer::new(database, config.cloudsql.clone())?;
+        let dialer = connect::Dialer::new(database, config.cloudsql.clone())?;
         let scratch = match &config.scratch {
             Some(settings) => Some(connect::Dialer::new(settings, config.cloudsql.clone())?),
             None => None,
         };
-        let interrupt = Interrupt::default();
-        let work = self.connect(dialer, scratch.as_ref(), &migrations, &interrupt);
-        interrupt::guard(&interrupt, work).await
+        Ok((dialer, scratch))
+    }
+
+    /// The migrations `loading` reads; two files for one version are refused naming the one
+    /// the database has applied, when it can say.
+    async fn files(&self, loading: Loading) -> Result<Vec<Migration>, Error> {
+        match loading.finish().await {
+            Err(Error::DuplicateVersion {
+                version,
+                file,
+                other,
+                ..
+            }) => {
+                let applied = self.applied_name(version).await;
+                Err(Error::DuplicateVersion {
+                    version,
+                    file,
+                    other,
+                    applied,
+                })
+            }
+            loaded => loaded,
+        }
     }
 
     /// The name the database's history records for `version`, to say which of two files that
@@ -149,10 +223,10 @@ impl Job<'_> {
         &mut self,
         dialer: &connect::Dialer,
         scratch: Option<&connect::Dialer>,
+        client: Client,
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
-        let client = dialer.open(connect::Purpose::Migration).await?;
         interrupt.arm(dialer.canceller(client.cancel_token()));
         let config = self.config;
         let resolve = config.history_table.resolve(&client);
