@@ -5,7 +5,7 @@
 //! A migration file is arbitrary SQL run in our session, so nothing it does may decide how
 //! the next one runs or whether its history row is written. Each transactional migration
 //! therefore travels as three messages, all sent before the first answer comes back (one
-//! round trip per migration):
+//! round trip per migration, or per batch of them: see `apply::pipeline`):
 //!
 //! 1. [`Session::open`]: `BEGIN`, preceded (for the run's first migration, and after anything
 //!    but a committed one) by `RESET ALL` and the run's own settings in a transaction
