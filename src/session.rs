@@ -179,36 +179,33 @@ impl Session {
     /// marks the migration's start for its `execution_ms`; in a transaction of its own, the
     /// transaction's start is the migration's.
     pub fn open(&self, frame: Frame) -> String {
+        // Right after the first BEGIN, before any reset (which would clear the mark); its
+        // row is the session's pid, as the opening's answer is read (see [`pid`]).
+        let begin = match frame.after {
+            Some(version) => format!(
+                "BEGIN; SELECT CASE WHEN pg_catalog.current_setting('{COMMITTED}', true) = '{}' \
+                 THEN pg_catalog.pg_backend_pid() \
+                 ELSE pg_catalog.current_setting('{PREVIOUS_NOT_COMMITTED}')::int END",
+                self.committed(version)
+            ),
+            None => "BEGIN".to_string(),
+        };
         let reset = &self.reset;
         let (reset, mark) = match (frame.own, frame.clean) {
             // The previous migration's seal reset the session, and its COMMIT kept that.
-            (true, true) => ("BEGIN".to_string(), String::new()),
+            (true, true) => (begin, String::new()),
             // The reset gets a transaction of its own, committed before the migration's:
             // an explicit one, because a COMMIT that ends the implicit transaction of a
             // multi-statement message makes the server warn "there is no transaction in
             // progress", to the client and into its log, once per migration.
-            (true, false) => (format!("BEGIN; {reset}; COMMIT; BEGIN"), String::new()),
+            (true, false) => (format!("{begin}; {reset}; COMMIT; BEGIN"), String::new()),
+            // Inside the run's transaction, which no pipeline of ours shares.
             (false, _) => (
                 reset.clone(),
                 format!(
                     "; SELECT pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)"
                 ),
             ),
-        };
-        // Right after the first BEGIN, before any reset (which would clear the mark); its
-        // row is the session's pid, as the opening's answer is read (see [`pid`]).
-        let reset = match frame.after {
-            Some(version) => reset.replacen(
-                "BEGIN",
-                &format!(
-                    "BEGIN; SELECT CASE WHEN pg_catalog.current_setting('{COMMITTED}', true) = '{}' \
-                     THEN pg_catalog.pg_backend_pid() \
-                     ELSE pg_catalog.current_setting('{PREVIOUS_NOT_COMMITTED}')::int END",
-                    self.committed(version)
-                ),
-                1,
-            ),
-            None => reset,
         };
         let guard = match frame.guarded {
             true => format!(

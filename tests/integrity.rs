@@ -926,3 +926,19 @@ async fn a_migration_can_never_commit_after_the_one_before_it_failed() {
     assert_eq!(tables(&client).await, ["schema_migrations"]);
     assert!(recorded(&client).await.is_empty());
 }
+
+#[tokio::test]
+async fn in_one_pipeline_a_body_that_is_never_sent_stops_the_rest_and_records_nothing_of_it() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    // The driver refuses the second file (a NUL byte) before sending it; its opening and
+    // history change, and the third migration's messages, still go out.
+    let first = migration(1, "CREATE TABLE a (i int)", None);
+    let second = migration(2, "CREATE TABLE b (i int);\0", None);
+    let third = migration(3, "CREATE TABLE c (i int)", None);
+    let result = apply(&h, &[&first, &second, &third], Direction::Up, How::Each).await;
+    assert!(result.is_err(), "{result:?}");
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+    assert_eq!(recorded(&client).await, [1]);
+}
