@@ -2,7 +2,9 @@
 //!
 //! Connects once to `DATABASE_URL` (no TLS, a current-thread runtime, as db-migrate runs),
 //! makes one round trip (`SELECT 1` through the simple query protocol), closes the
-//! connection cleanly and exits. `scripts/bench.sh` times it next to the migration tools;
+//! connection cleanly and exits. With `FLOOR_SQL` naming a file, that round trip sends the
+//! file's text instead, as one simple query: the server's own floor for that SQL, with a
+//! client that costs next to nothing. `scripts/bench.sh` times it next to the migration tools;
 //! see BENCHMARKS.md.
 
 use tokio_postgres::NoTls;
@@ -12,7 +14,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL").map_err(|e| format!("DATABASE_URL: {e}"))?;
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
     let driver = tokio::spawn(connection);
-    client.simple_query("SELECT 1").await?;
+    let sql = match std::env::var_os("FLOOR_SQL") {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => "SELECT 1".to_string(),
+    };
+    client.simple_query(&sql).await?;
     // Dropping the client sends Terminate; the driver then ends, as a tool's would on exit.
     drop(client);
     driver.await??;

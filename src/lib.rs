@@ -93,6 +93,20 @@ impl Loading {
     }
 }
 
+/// What the run's first round trips after connecting bring back (see [`prelude`]).
+enum Prelude {
+    /// The history table, for the commands that only read.
+    ReadOnly(Result<history::Table, Error>),
+    /// The history table, the session set up, and the first try at the lock with the history
+    /// read that went out right behind it (boxed: most of a run's first state).
+    Changing(Result<Box<(history::Table, session::Session, FirstTry)>, Error>),
+}
+
+type FirstTry = (
+    Result<lock::Answer, Error>,
+    Result<Option<Vec<plan::Applied>>, Error>,
+);
+
 /// What the commands that talk to the database share once connected.
 struct Connected<'a> {
     dialer: &'a connect::Dialer,
@@ -141,25 +155,48 @@ impl Job<'_> {
         let (dialer, scratch) = (&dialer, scratch.as_ref());
         let interrupt = Interrupt::default();
         let work = async {
-            let (client, migrations) = {
-                let mut opening = Box::pin(dialer.open(connect::Purpose::Migration));
-                let mut files = Box::pin(self.files(loading));
-                let mut opened = None;
-                let migrations = loop {
-                    tokio::select! {
-                        loaded = &mut files => break loaded?,
-                        client = &mut opening, if opened.is_none() => opened = Some(client),
-                    }
-                };
-                let client = match opened {
-                    Some(client) => client?,
-                    None => opening.await?,
-                };
-                (client, migrations)
+            let mut opening = Box::pin(dialer.open(connect::Purpose::Migration));
+            let mut files = Box::pin(self.files(loading));
+            let mut loaded = None;
+            let opened = loop {
+                tokio::select! {
+                    read = &mut files, if loaded.is_none() => loaded = Some(read?),
+                    client = &mut opening => break client,
+                }
             };
+            let (client, loaded) = match (opened, loaded) {
+                (Ok(client), loaded) => (client, loaded),
+                (Err(error), None) => {
+                    files.await?;
+                    return Err(error);
+                }
+                (Err(error), Some(_)) => return Err(error),
+            };
+            interrupt.arm(dialer.canceller(client.cancel_token()));
+            // The run's first round trips go out while the files are still being read; a
+            // failure among them is still said first, and then the connection is dropped
+            // (with the lock, when the first try took it: it ends with the session).
+            let mut pending = Box::pin(prelude(self.config, &client));
+            let mut early = None;
+            let migrations = match loaded {
+                Some(migrations) => migrations,
+                None => loop {
+                    tokio::select! {
+                        read = &mut files => break read?,
+                        answer = &mut pending, if early.is_none() => early = Some(answer),
+                    }
+                },
+            };
+            let prelude = match early {
+                Some(answer) => answer,
+                None => pending.await,
+            };
+            drop(files);
             // Boxed: what follows is most of the run's state, too much to keep on the stack
             // of the thread that polls it (a test's has 2 MiB).
-            Box::pin(self.connect(dialer, scratch, client, &migrations, &interrupt)).await
+            let connected =
+                self.connect(dialer, scratch, &client, prelude, &migrations, &interrupt);
+            Box::pin(connected).await
         };
         interrupt::guard(&interrupt, work).await
     }
@@ -223,67 +260,55 @@ impl Job<'_> {
         &mut self,
         dialer: &connect::Dialer,
         scratch: Option<&connect::Dialer>,
-        client: Client,
+        client: &Client,
+        prelude: Prelude,
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
-        interrupt.arm(dialer.canceller(client.cancel_token()));
-        let config = self.config;
-        let resolve = config.history_table.resolve(&client);
-        // The commands that change the database set up their session in the same round trip
-        // as the history table is found (the lock's key needs only the table's name).
-        let (table, session) = match &config.command {
-            Command::Status { .. }
-            | Command::Verify { .. }
-            | Command::Schema
-            | Command::Test { .. } => (resolve.await?, None),
-            _ => {
-                let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
-                let setup = session::Session::prepare(&client, limits, key);
-                let (table, session) = tokio::try_join!(resolve, setup)?;
-                (table, Some(session))
+        let (table, changing) = match prelude {
+            Prelude::ReadOnly(table) => (table?, None),
+            Prelude::Changing(prelude) => {
+                let (table, session, first) = *prelude?;
+                (table, Some((session, first)))
             }
         };
         let db = Connected {
             dialer,
             scratch,
-            client: &client,
+            client,
             table: &table,
             migrations,
             interrupt,
         };
-        match &self.config.command {
-            Command::Status { .. } | Command::Verify { schema: false } => {
-                return self.inspect(&db).await;
-            }
-            // Boxed, as is `test`: their replays would otherwise grow every run's future by
-            // their whole state, and a future is kept on the stack of the thread polling it.
-            Command::Verify { schema: true } => return Box::pin(self.verify_schema(&db)).await,
-            Command::Schema => {
-                let snapshot = schema::read(&client, &table, self.config.schema).await?;
-                // A closed stdout (`| head`) is the reader's choice, not a failed run.
-                let _ = std::io::stdout().write_all(snapshot.text().as_bytes());
-                return Ok(());
-            }
-            Command::Test { keep_going, format } => {
-                let json = *format == config::OutputFormat::Json;
-                return Box::pin(self.test(&db, *keep_going, json)).await;
-            }
-            _ => {}
-        }
-        let session = match session {
-            Some(session) => session,
-            None => {
-                let (limits, key) = (config.session.limits(), lock::key(&table));
-                session::Session::prepare(&client, limits, key).await?
-            }
+        let Some((session, first)) = changing else {
+            return self.read_only(&db).await;
         };
         let wait = self.config.lock_wait;
-        let read = history::applied(&client, &table, history::Columns::Checks);
         // Boxed: `change` holds everything a run of migrations does, too much for the stack
         // of a thread that polls it (a test's has 2 MiB).
         let work = async |read| Box::pin(self.change(&db, &session, read)).await;
-        lock::with(&client, &table, wait, &session, interrupt, read, work).await
+        lock::with_first(client, &table, wait, &session, interrupt, first, work).await
+    }
+
+    /// The commands that only read the target: no session set up, no lock.
+    async fn read_only(&mut self, db: &Connected<'_>) -> Result<(), Error> {
+        match &self.config.command {
+            Command::Status { .. } | Command::Verify { schema: false } => self.inspect(db).await,
+            // Boxed, as is `test`: their replays would otherwise grow every run's future by
+            // their whole state, and a future is kept on the stack of the thread polling it.
+            Command::Verify { schema: true } => Box::pin(self.verify_schema(db)).await,
+            Command::Schema => {
+                let snapshot = schema::read(db.client, db.table, self.config.schema).await?;
+                // A closed stdout (`| head`) is the reader's choice, not a failed run.
+                let _ = std::io::stdout().write_all(snapshot.text().as_bytes());
+                Ok(())
+            }
+            Command::Test { keep_going, format } => {
+                let json = *format == config::OutputFormat::Json;
+                Box::pin(self.test(db, *keep_going, json)).await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `status` and `verify`: read only, no lock, never create the history table.
@@ -636,6 +661,33 @@ impl Job<'_> {
             },
         )
         .await
+    }
+}
+
+/// The run's first round trips once connected, made while the files are still being read:
+/// the history table found and, for the commands that change the database, the session set
+/// up (in the same round trip), then the first try at the lock with the history read behind
+/// it. The try waits for the setup's answer: a transaction pooler keeps a pipeline on one
+/// server session, so only a try sent after it can tell that it landed in another one.
+async fn prelude(config: &Config, client: &Client) -> Prelude {
+    let resolve = config.history_table.resolve(client);
+    match &config.command {
+        Command::Status { .. }
+        | Command::Verify { .. }
+        | Command::Schema
+        | Command::Test { .. } => Prelude::ReadOnly(resolve.await),
+        _ => Prelude::Changing(
+            async {
+                let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
+                let setup = session::Session::prepare(client, limits, key);
+                let (table, session) = tokio::try_join!(resolve, setup)?;
+                let tried = lock::first_try(client, &table, &session);
+                let read = history::applied(client, &table, history::Columns::Checks);
+                let first = tokio::join!(tried, read);
+                Ok(Box::new((table, session, first)))
+            }
+            .await,
+        ),
     }
 }
 

@@ -50,6 +50,22 @@ pub async fn with<T, R>(
     first: impl Future<Output = R>,
     work: impl AsyncFnOnce(Option<R>) -> Result<T, Error>,
 ) -> Result<T, Error> {
+    interrupt.check()?;
+    let tried = tokio::join!(first_try(client, table, session), first);
+    with_first(client, table, wait, session, interrupt, tried, work).await
+}
+
+/// As [`with`], when the first try and the read behind it went out earlier: `first` is
+/// [`first_try`]'s answer and the read's.
+pub async fn with_first<T, R>(
+    client: &Client,
+    table: &Table,
+    wait: Duration,
+    session: &Session,
+    interrupt: &Interrupt,
+    first: (Result<Answer, Error>, R),
+    work: impl AsyncFnOnce(Option<R>) -> Result<T, Error>,
+) -> Result<T, Error> {
     let key = key(table);
     let first = acquire(client, key, wait, session, interrupt, first).await?;
     let result = work(first).await;
@@ -57,26 +73,33 @@ pub async fn with<T, R>(
     result
 }
 
+/// The first try at the lock, for a caller that sends more behind it in the same round trip.
+/// It goes out only once the session's setup has answered, in a round trip of its own: a
+/// transaction pooler keeps a pipeline on one server session, so only a try sent after the
+/// setup's answer can find itself in another one (see [`try_lock`]).
+pub async fn first_try(client: &Client, table: &Table, session: &Session) -> Result<Answer, Error> {
+    try_lock(client, key(table), session.backend_pid).await
+}
+
 /// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
-/// deadline and the job can say who it is waiting for. Returns `first`'s answer when the first
-/// try took the lock.
+/// deadline and the job can say who it is waiting for. Returns the read that went out with
+/// the first try when that try took the lock.
 async fn acquire<R>(
     client: &Client,
     key: (i32, i32),
     wait: Duration,
     session: &Session,
     interrupt: &Interrupt,
-    first: impl Future<Output = R>,
+    (answer, read): (Result<Answer, Error>, R),
 ) -> Result<Option<R>, Error> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(20);
     let mut announced = false;
-    interrupt.check()?;
-    let (attempt, read) = tokio::join!(try_lock(client, key, session.backend_pid), first);
-    let mut attempt = attempt?;
+    let mut attempt = answer?.attempt(session.backend_pid);
+    let mut read = Some(read);
     loop {
         match attempt {
-            Attempt::Taken if !announced => return Ok(Some(read)),
+            Attempt::Taken if !announced => return Ok(read.take()),
             Attempt::Taken => {
                 info!(waited_ms = elapsed_ms(started), "migration lock acquired");
                 return Ok(None);
@@ -98,7 +121,9 @@ async fn acquire<R>(
         interrupt.sleep(pause.min(left)).await?;
         pause = (pause * 2).min(Duration::from_millis(500));
         interrupt.check()?;
-        attempt = try_lock(client, key, session.backend_pid).await?;
+        attempt = try_lock(client, key, session.backend_pid)
+            .await?
+            .attempt(session.backend_pid);
     }
 }
 
@@ -111,6 +136,24 @@ enum Attempt {
     OtherSession(i32),
 }
 
+/// The server's answer to one try at the lock: whether it was granted (`None` when the try
+/// ran in a server session other than the run's, and was not made), and which server session
+/// answered.
+pub struct Answer {
+    granted: Option<bool>,
+    pid: Option<i32>,
+}
+
+impl Answer {
+    fn attempt(&self, session_pid: i32) -> Attempt {
+        match (self.granted, self.pid) {
+            (Some(true), _) => Attempt::Taken,
+            (None, Some(pid)) if pid != session_pid => Attempt::OtherSession(pid),
+            _ => Attempt::Held,
+        }
+    }
+}
+
 /// Tries the lock only in the session that was set up: behind a transaction pooler the
 /// statement may land in another server session, where a lock would outlive this run (the
 /// pooler keeps that session open) and protect nothing.
@@ -118,7 +161,7 @@ async fn try_lock(
     client: &Client,
     (class, object): (i32, i32),
     session_pid: i32,
-) -> Result<Attempt, Error> {
+) -> Result<Answer, Error> {
     let query = format!(
         "SELECT CASE WHEN pg_backend_pid() = {session_pid} \
          THEN pg_try_advisory_lock({class}, {object}) END, pg_backend_pid()"
@@ -131,11 +174,9 @@ async fn try_lock(
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    let pid = row.and_then(|r| r.get(1)).and_then(|p| p.parse().ok());
-    Ok(match (row.and_then(|r| r.get(0)), pid) {
-        (Some("t"), _) => Attempt::Taken,
-        (None, Some(pid)) if pid != session_pid => Attempt::OtherSession(pid),
-        _ => Attempt::Held,
+    Ok(Answer {
+        granted: row.and_then(|r| r.get(0)).map(|granted| granted == "t"),
+        pid: row.and_then(|r| r.get(1)).and_then(|p| p.parse().ok()),
     })
 }
 
