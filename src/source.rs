@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
@@ -97,8 +99,7 @@ fn collect(dir: &Path) -> Result<(Files, Files, Vec<Conflict>), Error> {
     for (file_name, path) in &files {
         parsed.push(parse_name(file_name).map_err(|problem| invalid(path, problem))?);
     }
-    let paths: Vec<&Path> = files.iter().map(|(_, path)| path.as_path()).collect();
-    for (parsed, script) in parsed.into_iter().zip(read_all(&paths)) {
+    for (parsed, script) in parsed.into_iter().zip(read_all(dir, &files)) {
         let script = script?;
         let files = match parsed.direction {
             Direction::Up => &mut ups,
@@ -276,18 +277,30 @@ fn not_a_file(path: &Path) -> String {
     }
 }
 
-/// Reads every file, in order. Reading thousands of small files is mostly system calls, so
-/// large directories are split across the machine's cores.
-fn read_all(paths: &[&Path]) -> Vec<Result<Script, Error>> {
+/// Reads every file of `dir` (as (name, path)), in order. Reading thousands of small files
+/// is mostly system calls, so large directories are split across the machine's cores, and
+/// each file is opened by its name relative to the directory, opened once: the kernel then
+/// walks one path component per file, not the whole path.
+fn read_all(dir: &Path, files: &[(String, PathBuf)]) -> Vec<Result<Script, Error>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let dir = match rustix::fs::open(dir, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(errno) => {
+            let source: std::io::Error = errno.into();
+            let path = dir.to_path_buf();
+            return vec![Err(Error::Directory { path, source })];
+        }
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if paths.len() < 256 || threads == 1 {
-        return read_chunk(paths);
+    if files.len() < 256 || threads == 1 {
+        return read_chunk(&dir, files);
     }
-    let chunk = paths.len().div_ceil(threads);
+    let chunk = files.len().div_ceil(threads);
+    let dir = &dir;
     std::thread::scope(|scope| {
-        let readers: Vec<_> = paths
+        let readers: Vec<_> = files
             .chunks(chunk)
-            .map(|part| scope.spawn(move || read_chunk(part)))
+            .map(|part| scope.spawn(move || read_chunk(dir, part)))
             .collect();
         readers
             .into_iter()
@@ -297,23 +310,29 @@ fn read_all(paths: &[&Path]) -> Vec<Result<Script, Error>> {
     })
 }
 
-fn read_chunk(paths: &[&Path]) -> Vec<Result<Script, Error>> {
+fn read_chunk(dir: &OwnedFd, files: &[(String, PathBuf)]) -> Vec<Result<Script, Error>> {
     let mut buffer = vec![0; 64 * 1024];
-    paths
+    files
         .iter()
-        .map(|path| read_script(path, &mut buffer))
+        .map(|(name, path)| read_script(dir, name, path, &mut buffer))
         .collect()
 }
 
 /// Reads one file through `buffer` with one read when it fits: a read from a regular file
 /// comes back short only at its end, which saves the size query and the extra read that
 /// `fs::read` makes (a fifth of a no-op run over 5,000 files is system calls).
-fn read_script(path: &Path, buffer: &mut Vec<u8>) -> Result<Script, Error> {
+fn read_script(
+    dir: &OwnedFd,
+    name: &str,
+    path: &Path,
+    buffer: &mut Vec<u8>,
+) -> Result<Script, Error> {
     let io_error = |source| Error::Directory {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = fs::File::open(path).map_err(io_error)?;
+    let opened = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty());
+    let mut file = fs::File::from(opened.map_err(|errno| io_error(errno.into()))?);
     let mut len = 0;
     loop {
         if len == buffer.len() {
