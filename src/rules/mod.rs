@@ -223,10 +223,28 @@ pub async fn check(
             statements.push((step.migration.version, script, statement, allows, effects));
         }
     }
-    // One look at the catalog for every table a hazard could concern.
+    // One look at the catalog for every table a hazard could concern, but for those the plan
+    // creates (or drops) before the statement reaches them, as the weighing below skips: on
+    // an empty database the seed's indexes are on its own new table, and no look is needed.
     let mut tables: Vec<&Name> = Vec::new();
+    let mut fresh: HashSet<&Name> = HashSet::new();
     for (.., effects) in &statements {
-        tables.extend(effects.iter().filter_map(sized_table));
+        for effect in effects {
+            match sized_table(effect) {
+                None => {
+                    if let Effect::Creates { relation } = effect {
+                        fresh.insert(relation);
+                    }
+                }
+                Some(table) if fresh.contains(table) => {}
+                Some(table) => {
+                    tables.push(table);
+                    if matches!(effect, Effect::DropsTable { .. }) {
+                        fresh.insert(table);
+                    }
+                }
+            }
+        }
     }
     let facts = facts::Facts::read(client, &tables, limits.hazard_rows).await?;
     let mut findings = Vec::new();
