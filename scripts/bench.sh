@@ -161,7 +161,9 @@ make_sets() {
 
 # server_floor SET: the server's own floor for applying SET, as one file: a history table like
 # ours, then every forward file followed by its history row; sent by `psql -c` as one
-# multi-statement query (one transaction, one round trip).
+# multi-statement query (one transaction, one round trip). The server-floor-lean row sends the
+# same file through examples/floor.rs (FLOOR_SQL), a client that costs next to nothing: psql's
+# own start-up is most of the psql row on the seed.
 server_floor() {
   local dir="$WORK/sets/$1" file base
   {
@@ -182,6 +184,7 @@ command_for() {
   case "$tool" in
   floor) echo "DATABASE_URL='$(url postgres)' $FLOOR" ;;
   server-floor) echo "$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -d '$u' -c \"\$(cat $dir/server-floor.sql)\"" ;;
+  server-floor-lean) echo "DATABASE_URL='$u' FLOOR_SQL=$dir/server-floor.sql $FLOOR" ;;
   db-migrate) echo "$DBM --database-url '$u' --dir $dir/db-migrate up" ;;
   db-migrate-static) echo "$DBM_STATIC --database-url '$u' --dir $dir/db-migrate up" ;;
   sqlx) echo "$SQLX migrate run --source $dir/sqlx --database-url '$u'" ;;
@@ -313,7 +316,7 @@ import json, pathlib, sys
 results = pathlib.Path(sys.argv[1])
 PEERS = ["sqlx", "refinery", "dbmate", "psql-loop"]
 OURS = ["db-migrate", "db-migrate-static"]
-ORDER = ["floor", "server-floor"] + OURS + PEERS
+ORDER = ["floor", "server-floor", "server-floor-lean"] + OURS + PEERS
 WORKLOADS = {
     "1": "(1) seed, empty database",
     "2": "(2) no-op, seed applied",
@@ -456,7 +459,7 @@ main() {
   # last run leaves it applied for (2).
   local fresh
   mapfile -t fresh < <(tools)
-  fresh+=(server-floor)
+  fresh+=(server-floor server-floor-lean)
   bench 1 seed "${BENCH_RUNS_FAST:-20}" 1 "${fresh[@]}"
   bench 2 seed "${BENCH_RUNS_FAST:-20}" 0
   rss 2 seed 0
