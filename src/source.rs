@@ -333,6 +333,9 @@ fn not_a_file(path: &Path) -> String {
     }
 }
 
+/// The fewest files worth a reader thread of their own.
+const FILES_PER_READER: usize = 250;
+
 /// Reads every file of `dir` named in `files`, in that order: its name parsed, its text
 /// read, a forward file's checksum taken. Reading thousands of small files is mostly system
 /// calls and, in a container just started, waits on the disk, so large directories are split
@@ -356,7 +359,12 @@ fn read_all(dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
         }
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores * 4).min(16).min(files.len() / 64).max(1);
+    // Each reader costs memory of its own (its allocator arena, its buffer): 500 files on 7
+    // threads peaked 1.7 MiB above 2 threads, for no time gained with the files cached.
+    let threads = (cores * 4)
+        .min(16)
+        .min(files.len() / FILES_PER_READER)
+        .max(1);
     if threads == 1 {
         return read_chunk(&fd, dir, files);
     }
