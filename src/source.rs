@@ -733,6 +733,44 @@ mod tests {
     }
 
     #[test]
+    fn across_reader_threads_the_first_bad_file_by_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for version in 1..=1000 {
+            let sql = format!("CREATE TABLE t_{version} (id int);");
+            std::fs::write(dir.path().join(format!("{version:04}_t{version}.sql")), sql).unwrap();
+        }
+        // Unreadable contents early, a bad name late, in different readers' shares: the bad
+        // name is refused first, as when every name was checked before any file was read.
+        std::fs::write(dir.path().join("0003_t3.sql"), b"SELECT 1;\0").unwrap();
+        std::fs::write(dir.path().join("0999_bad name.sql"), "SELECT 1;").unwrap();
+        let error = load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("0999_bad name.sql"), "{error}");
+        std::fs::remove_file(dir.path().join("0999_bad name.sql")).unwrap();
+        std::fs::write(dir.path().join("0900_t900.sql"), b"SELECT 2;\0").unwrap();
+        let error = load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("0003_t3.sql"), "{error}");
+        // Three files for one version: the first by name is kept, both others conflict with it.
+        std::fs::write(dir.path().join("0003_t3.sql"), "SELECT 3;").unwrap();
+        std::fs::write(dir.path().join("0900_t900.sql"), "SELECT 900;").unwrap();
+        std::fs::write(dir.path().join("0500_b.sql"), "SELECT 5;").unwrap();
+        std::fs::write(dir.path().join("0500_a.sql"), "SELECT 5;").unwrap();
+        let (loaded, conflicts) = load_with_conflicts(dir.path()).unwrap();
+        assert_eq!(loaded.len(), 1000);
+        assert_eq!(loaded[499].name, "a");
+        let names = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+        let found: Vec<(String, String)> = (conflicts.iter())
+            .map(|c| (names(&c.path), names(&c.with)))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("0500_b.sql".to_string(), "0500_a.sql".to_string()),
+                ("0500_t500.sql".to_string(), "0500_a.sql".to_string()),
+            ]
+        );
+    }
+
+    #[test]
     fn slug_keeps_letters_and_digits() {
         assert_eq!(slug("Add thumbnail URL!"), "add_thumbnail_url");
         assert_eq!(slug("  v2 -- index "), "v2_index");
