@@ -123,21 +123,32 @@ pub(super) async fn batch(
             })
         })
         .collect();
-    // Polled in order, so each sends its messages after those of the one before it.
+    // The first pass polls every one in order, so each sends its messages after those of
+    // the one before it. The answers come back in that order too, so from then on only the
+    // first unanswered one can be waiting on the server: each wake polls from there and stops
+    // at the first still pending, instead of polling the whole batch once per answer.
     let mut answers: Vec<Option<_>> = exchanges.iter().map(|_| None).collect();
+    let mut sent = false;
+    let mut head = 0;
     std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (exchange, answer) in exchanges.iter_mut().zip(answers.iter_mut()) {
-            if answer.is_none() {
-                match exchange.as_mut().poll(cx) {
-                    std::task::Poll::Ready(output) => *answer = Some(output),
-                    std::task::Poll::Pending => pending = true,
+        let mut i = head;
+        while i < exchanges.len() {
+            if answers[i].is_none() {
+                match exchanges[i].as_mut().poll(cx) {
+                    std::task::Poll::Ready(output) => answers[i] = Some(output),
+                    std::task::Poll::Pending if sent => break,
+                    std::task::Poll::Pending => {}
                 }
             }
+            if answers[i].is_some() && i == head {
+                head += 1;
+            }
+            i += 1;
         }
-        match pending {
-            true => std::task::Poll::Pending,
-            false => std::task::Poll::Ready(()),
+        sent = true;
+        match head == exchanges.len() {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
         }
     })
     .await;
