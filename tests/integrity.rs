@@ -928,6 +928,37 @@ async fn a_migration_can_never_commit_after_the_one_before_it_failed() {
 }
 
 #[tokio::test]
+async fn a_failure_far_into_a_long_pipeline_keeps_everything_before_it_and_nothing_after() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    // More migrations than the pipeline keeps in flight, so the failing one is sent while
+    // those before it are still being answered, and more are behind it; and three files of
+    // 600 KiB, more than the bytes it keeps in flight, so each waits for room.
+    let padding = format!("-- {}\n", "x".repeat(600 << 10));
+    let plan: Vec<Migration> = (1..=150)
+        .map(|v| match v {
+            100 => migration(v, "CREATE TABLE t100 (i int); SELECT 1 / 0", None),
+            2..=4 => migration(v, &format!("{padding}CREATE TABLE t{v} (i int)"), None),
+            _ => migration(v, &format!("CREATE TABLE t{v} (i int)"), None),
+        })
+        .collect();
+    let refs: Vec<&Migration> = plan.iter().collect();
+    let result = apply(&h, &refs, Direction::Up, How::Each).await;
+    let Err(Error::Apply(failure)) = &result else {
+        panic!("{result:?}");
+    };
+    assert_eq!(failure.version, 100, "{failure:?}");
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, (1..=99).collect::<Vec<i64>>());
+    let made: i64 = one(
+        &client,
+        "SELECT count(*) FROM pg_tables WHERE tablename ~ '^t[0-9]+$'",
+    )
+    .await;
+    assert_eq!(made, 99);
+}
+
+#[tokio::test]
 async fn in_one_pipeline_a_body_that_is_never_sent_stops_the_rest_and_records_nothing_of_it() {
     let db = support::database().await;
     let h = harness(&db).await;

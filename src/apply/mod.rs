@@ -198,10 +198,6 @@ pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>
     }
 }
 
-/// The most migrations, and the most bytes of SQL, one pipeline carries (see [`window`]).
-const BATCH_MIGRATIONS: usize = 64;
-const BATCH_BYTES: usize = 1 << 20;
-
 /// Applies (or rolls back) each migration in its own transaction, in the order given.
 /// Counts those that completed in `done`; on error, those before it stay applied.
 /// Consecutive transactional migrations travel as one pipeline ([`pipeline::batch`]); the
@@ -224,15 +220,18 @@ async fn each(
             let span = info_span!("migrations", from = version);
             let batch = &steps[next..next + batched];
             let answered = AtomicUsize::new(0);
-            let work = pipeline::batch(run, batch, statements.as_ref(), &answered);
+            let work = pipeline::batch(
+                run,
+                batch,
+                statements.as_ref(),
+                &answered,
+                |step, counts, took| finished(run, step, took, counts),
+            );
             let migrations: Vec<&Migration> = batch.iter().map(|s| s.migration).collect();
             let watched = monitor.watch_each(&migrations, &answered, work);
             let (batch, sample) = watched.instrument(span).await;
-            for (counts, took) in batch.done {
-                finished(run, steps[next], took, counts);
-                next += 1;
-                *done += 1;
-            }
+            next += batch.done;
+            *done += batch.done;
             let Some((error, started)) = batch.failed else {
                 continue;
             };
@@ -292,23 +291,16 @@ fn prepared(run: &Run<'_>) -> Option<history::Statements> {
 }
 
 /// How many of `steps`, from the first, can travel in one pipeline: consecutive
-/// transactional migrations, at most [`BATCH_MIGRATIONS`] and [`BATCH_BYTES`] of SQL
-/// (bounding what is held in memory at once). One means no batch: nor when the history
-/// change is not prepared (its text form is for the migration that deallocated it).
+/// transactional migrations. One means no batch: nor when the history change is not
+/// prepared (its text form is for the migration that deallocated it).
 fn window(run: &Run<'_>, steps: &[Step<'_>]) -> usize {
     if run.record && run.prepared.is_none() {
         return 1;
     }
-    let mut bytes = 0;
-    let mut count = 0;
-    for step in steps.iter().take(BATCH_MIGRATIONS) {
-        bytes += step.script.sql.len();
-        if step.script.no_transaction || (count > 0 && bytes > BATCH_BYTES) {
-            break;
-        }
-        count += 1;
-    }
-    count
+    (steps.iter())
+        .take_while(|step| !step.script.no_transaction)
+        .count()
+        .max(1)
 }
 
 /// The whole plan in one transaction, committed or (for the dry run) rolled back; after a
@@ -430,7 +422,7 @@ fn finished(run: &Run<'_>, step: Step<'_>, duration: std::time::Duration, rows: 
     run.show.done(&done);
     let commands = done.summary();
     if !run.record {
-        info!(version = migration.version, name = %migration.name, %file, duration_ms, commands, "migration ran again, not recorded");
+        info!(parent: None, version = migration.version, name = %migration.name, %file, duration_ms, commands, "migration ran again, not recorded");
         return;
     }
     let message = match (run.direction, run.dry_run) {
@@ -439,5 +431,7 @@ fn finished(run: &Run<'_>, step: Step<'_>, duration: std::time::Duration, rows: 
         (Direction::Up, true) => "dry run: migration would apply",
         (Direction::Down, true) => "dry run: migration would roll back",
     };
-    info!(version = migration.version, name = %migration.name, %file, duration_ms, commands, "{message}");
+    // A line of its own, as it is logged from inside a pipeline's span or a migration's
+    // (whose fields it carries itself).
+    info!(parent: None, version = migration.version, name = %migration.name, %file, duration_ms, commands, "{message}");
 }

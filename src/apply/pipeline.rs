@@ -1,7 +1,9 @@
 //! A transactional migration as one pipeline: every message sent before the first answer
 //! comes back, so a migration costs one round trip.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::SimpleQueryMessage;
@@ -79,92 +81,92 @@ async fn send(
     result.map(|counts| file_counts(counts, sealed))
 }
 
-/// What [`batch`] did: the migrations that committed, in order, each with the counts its
-/// statements reported and how long it took; and the first failure, if any, of the one
-/// after them (the rest were refused by their openings and left nothing).
+/// How many migrations, and how many bytes of their SQL, [`batch`] keeps sent and not yet
+/// answered: enough that the server never waits for the job, bounded so that a long plan
+/// is not all held in memory at once.
+const IN_FLIGHT_MIGRATIONS: usize = 64;
+const IN_FLIGHT_BYTES: usize = 1 << 20;
+
+/// What [`batch`] did: how many migrations committed, from the first; and the first
+/// failure, if any, of the one after them (those sent after it were refused by their
+/// openings and left nothing), with the moment it started.
 pub(super) struct Batch {
-    pub done: Vec<(Vec<u64>, Duration)>,
+    pub done: usize,
     pub failed: Option<(Error, Instant)>,
 }
 
-/// Sends `steps`, each in a transaction of its own, as one pipeline: every message of every
-/// migration goes out before the first answer comes back, so the server runs them back to
-/// back. Each migration after the first opens with a check that the one before it committed
-/// (see `session::Frame::after`), so a failure stops the rest there, exactly as if they had
-/// been sent one by one: everything before it applied, nothing after it. The history change
-/// is prepared (or not recorded). The failure comes with the moment its migration started.
-/// `answered` counts the migrations whose answers are in, as they come.
+/// Sends `steps`, each in a transaction of its own, as one pipeline: the next migration's
+/// messages go out while those before it are still running, up to [`IN_FLIGHT_MIGRATIONS`]
+/// and [`IN_FLIGHT_BYTES`] ahead, so the server runs them back to back. Each migration after
+/// the first opens with a check that the one before it committed (see
+/// `session::Frame::after`), so a failure stops the rest there, exactly as if they had been
+/// sent one by one: everything before it applied, nothing after it. The history change is
+/// prepared (or not recorded). `finished` hears of each migration that committed, in order,
+/// with the counts its statements reported and how long it took; `answered` counts the
+/// migrations whose answers are in, as they come.
 pub(super) async fn batch(
     run: &Run<'_>,
     steps: &[Step<'_>],
     prepared: Option<&history::Statements>,
     answered: &AtomicUsize,
+    mut finished: impl FnMut(Step<'_>, Vec<u64>, Duration),
 ) -> Batch {
-    let started = Instant::now();
     let clean = run.clean.load(Ordering::Relaxed);
-    let frames: Vec<Frame> = (steps.iter().enumerate())
-        .map(|(i, step)| Frame {
-            own: true,
-            // Every one after the first runs only when the one before committed, whose seal
-            // reset the session.
-            clean: clean || i > 0,
-            guarded: run.session.needs_commit_guard(&step.script.sql),
-            after: i
-                .checked_sub(1)
-                .map(|before| steps[before].migration.version),
-        })
-        .collect();
-    let mut exchanges: Vec<_> = (steps.iter().zip(&frames))
-        .map(|(step, frame)| {
-            Box::pin(async move {
-                let answers = exchange(run, *step, *frame, prepared).await;
-                answered.fetch_add(1, Ordering::Relaxed);
-                (answers, Instant::now())
-            })
-        })
-        .collect();
-    // The first pass polls every one in order, so each sends its messages after those of
-    // the one before it. The answers come back in that order too, so from then on only the
-    // first unanswered one can be waiting on the server: each wake polls from there and stops
-    // at the first still pending, instead of polling the whole batch once per answer.
-    let mut answers: Vec<Option<_>> = exchanges.iter().map(|_| None).collect();
-    let mut sent = false;
-    let mut head = 0;
-    std::future::poll_fn(|cx| {
-        let mut i = head;
-        while i < exchanges.len() {
-            if answers[i].is_none() {
-                match exchanges[i].as_mut().poll(cx) {
-                    std::task::Poll::Ready(output) => answers[i] = Some(output),
-                    std::task::Poll::Pending if sent => break,
-                    std::task::Poll::Pending => {}
-                }
+    let frame = |i: usize| Frame {
+        own: true,
+        // Every one after the first runs only when the one before committed, whose seal
+        // reset the session.
+        clean: clean || i > 0,
+        guarded: run.session.needs_commit_guard(&steps[i].script.sql),
+        after: i
+            .checked_sub(1)
+            .map(|before| steps[before].migration.version),
+    };
+    let mut flight = VecDeque::new();
+    let (mut sent, mut bytes, mut done) = (0, 0, 0);
+    let mut previous = Instant::now();
+    loop {
+        while let Some(step) = steps.get(sent) {
+            let size = step.script.sql.len();
+            let room = flight.len() < IN_FLIGHT_MIGRATIONS && bytes + size <= IN_FLIGHT_BYTES;
+            if !(flight.is_empty() || room) {
+                break;
             }
-            if answers[i].is_some() && i == head {
-                head += 1;
-            }
-            i += 1;
+            // Its first poll sends its messages, after those of the one before it.
+            let mut exchange = Box::pin(exchange(run, *step, frame(sent), prepared));
+            let ready = std::future::poll_fn(|cx| Poll::Ready(exchange.as_mut().poll(cx))).await;
+            flight.push_back((size, exchange, ready));
+            (sent, bytes) = (sent + 1, bytes + size);
         }
-        sent = true;
-        match head == exchanges.len() {
-            true => std::task::Poll::Ready(()),
-            false => std::task::Poll::Pending,
-        }
-    })
-    .await;
-    drop(exchanges);
-    let mut done = Vec::new();
-    let mut previous = started;
-    for (step, answer) in steps.iter().zip(answers) {
-        let Some(((answers, sealed), at)) = answer else {
+        // The answers come back in the order the migrations went out: only the first one
+        // sent and not yet answered is awaited.
+        let Some((size, exchange, ready)) = flight.pop_front() else {
             break;
         };
-        match outcome(run, *step, Wrap::Own, answers).await {
+        bytes -= size;
+        let (answers, sealed) = match ready {
+            Poll::Ready(output) => output,
+            Poll::Pending => exchange.await,
+        };
+        answered.fetch_add(1, Ordering::Relaxed);
+        let step = steps[done];
+        let result = match answers.failed() {
+            // Nothing of the failure is looked into (which may query) before the answers
+            // of those sent after it are in.
+            true => {
+                drain(&mut flight).await;
+                outcome(run, step, Wrap::Own, answers).await
+            }
+            false => outcome(run, step, Wrap::Own, answers).await,
+        };
+        match result {
             Ok(counts) => {
-                done.push((file_counts(counts, sealed), at - previous));
-                previous = at;
+                let at = Instant::now();
+                finished(step, file_counts(counts, sealed), at - previous);
+                (previous, done) = (at, done + 1);
             }
             Err(error) => {
+                drain(&mut flight).await;
                 run.clean.store(false, Ordering::Relaxed);
                 return Batch {
                     done,
@@ -177,12 +179,29 @@ pub(super) async fn batch(
     Batch { done, failed: None }
 }
 
+/// Awaits the answers of every migration still in `flight`: each was refused by its
+/// opening, as the one before it did not commit.
+async fn drain<F: Future + Unpin>(flight: &mut VecDeque<(usize, F, Poll<F::Output>)>) {
+    for (_, exchange, ready) in flight.drain(..) {
+        if ready.is_pending() {
+            exchange.await;
+        }
+    }
+}
+
 /// What the server answered to the four messages of one migration.
 struct Answers {
     open: Answer<Vec<SimpleQueryMessage>>,
     body: Answer<Vec<u64>>,
     record: Answer<u64>,
     commit: Answer<()>,
+}
+
+impl Answers {
+    /// Whether any of the four is an error.
+    fn failed(&self) -> bool {
+        self.open.is_err() || self.body.is_err() || self.record.is_err() || self.commit.is_err()
+    }
 }
 
 /// Sends one migration's messages, framed by `frame`, and collects the answers; with how
