@@ -61,36 +61,44 @@ impl Table {
     /// then on no `SET search_path` in a migration (every pg_dump header has one), nor a
     /// temporary table of the same name, can send history rows elsewhere.
     pub async fn resolve(&self, client: &Client) -> Result<Table, Error> {
+        Ok(self.locate(client).await?.0)
+    }
+
+    /// [`resolve`](Self::resolve), and whether the table existed then, when the same round
+    /// trip could tell (not for a name given with its schema, which needs none).
+    pub async fn locate(&self, client: &Client) -> Result<(Table, Option<bool>), Error> {
         if self.quoted_schema.is_some() {
-            return Ok(self.clone());
+            return Ok((self.clone(), None));
         }
         // regnamespace's text is the schema's name quoted as needed. No join: on a new
         // connection, planning one over pg_class and pg_namespace costs over a millisecond.
         let query = format!(
             "SELECT coalesce((SELECT c.relnamespace::pg_catalog.regnamespace::text \
-             FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass({})), \
-             pg_catalog.quote_ident(pg_catalog.current_schema()))",
+             FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass({0})), \
+             pg_catalog.quote_ident(pg_catalog.current_schema())), \
+             pg_catalog.to_regclass({0}) IS NOT NULL",
             literal(&self.quoted)
         );
         let messages = client
             .simple_query(&query)
             .await
             .map_err(Error::database("finding the history table's schema"))?;
-        let schema = messages.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        let row = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
             _ => None,
         });
-        let Some(schema) = schema else {
+        let Some(schema) = row.and_then(|row| row.get(0)) else {
             return Err(Error::Config(format!(
                 "the search_path names no schema that exists, so there is nowhere for the history table; pass --history-table schema.{}",
                 self.name
             )));
         };
-        Ok(Table {
+        let table = Table {
             name: self.name.clone(),
             quoted: format!("{schema}.{}", self.quoted),
             quoted_schema: None,
-        })
+        };
+        Ok((table, row.and_then(|row| row.get(1)).map(|v| v == "t")))
     }
 }
 
@@ -211,21 +219,35 @@ pub async fn create(client: &Client, table: &Table) -> Result<(), Error> {
 /// Warns when the database holds tables of its own but no history: a database the old
 /// psql scripts migrated, which `baseline` adopts.
 pub async fn warn_if_untracked(client: &Client, table: &Table) -> Result<(), Error> {
+    warn_untracked(table, untracked(client, table).await?);
+    Ok(())
+}
+
+/// Whether the database has tables while `table` does not exist, as the server sees it when
+/// the query runs: sent in the round trip that takes the lock and reads the history, it
+/// answers for the moment of that read.
+pub async fn untracked(client: &Client, table: &Table) -> Result<bool, Error> {
     let rows = client
-        .simple_query(
+        .simple_query(&format!(
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' \
+             WHERE pg_catalog.to_regclass({}) IS NULL \
+             AND c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' \
              AND n.nspname NOT LIKE 'pg\\_%' LIMIT 1",
-        )
+            literal(&table.quoted)
+        ))
         .await
         .map_err(Error::database("looking for existing tables"))?;
-    if rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))) {
+    Ok(rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))))
+}
+
+/// The warning for a database with tables and no history, when `untracked`.
+pub fn warn_untracked(table: &Table, untracked: bool) {
+    if untracked {
         warn!(
             history_table = table.name(),
             "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
         );
     }
-    Ok(())
 }
 
 /// When the migration started, for its `execution_ms` (transaction-local).

@@ -102,9 +102,13 @@ enum Prelude {
     Changing(Result<Box<(history::Table, session::Session, FirstTry)>, Error>),
 }
 
-type FirstTry = (
-    Result<lock::Answer, Error>,
+type FirstTry = (Result<lock::Answer, Error>, Read);
+
+/// The history as read right behind the lock's first try and, for `up` when the table
+/// looked missing, whether the database has tables of its own (see [`prelude`]).
+type Read = (
     Result<Option<Vec<plan::Applied>>, Error>,
+    Option<Result<bool, Error>>,
 );
 
 /// What the commands that talk to the database share once connected.
@@ -384,16 +388,22 @@ impl Job<'_> {
         &mut self,
         db: &Connected<'_>,
         session: &session::Session,
-        read: Option<Result<Option<Vec<plan::Applied>>, Error>>,
+        read: Option<Read>,
     ) -> Result<(), Error> {
         let (config, client, table) = (self.config, db.client, db.table);
-        let recorded = match read {
-            Some(read) => read?,
-            None => history::applied(client, table, history::Columns::Checks).await?,
+        let (recorded, untracked) = match read {
+            Some((read, untracked)) => (read?, untracked),
+            None => (
+                history::applied(client, table, history::Columns::Checks).await?,
+                None,
+            ),
         };
         let history_exists = recorded.is_some();
         if !history_exists && matches!(config.command, Command::Up { .. }) {
-            history::warn_if_untracked(client, table).await?;
+            match untracked {
+                Some(untracked) => history::warn_untracked(table, untracked?),
+                None => history::warn_if_untracked(client, table).await?,
+            }
         }
         let applied = recorded.as_deref().unwrap_or_default();
         let migrations = db.migrations;
@@ -670,21 +680,30 @@ impl Job<'_> {
 /// it. The try waits for the setup's answer: a transaction pooler keeps a pipeline on one
 /// server session, so only a try sent after it can tell that it landed in another one.
 async fn prelude(config: &Config, client: &Client) -> Prelude {
-    let resolve = config.history_table.resolve(client);
     match &config.command {
         Command::Status { .. }
         | Command::Verify { .. }
         | Command::Schema
-        | Command::Test { .. } => Prelude::ReadOnly(resolve.await),
+        | Command::Test { .. } => Prelude::ReadOnly(config.history_table.resolve(client).await),
         _ => Prelude::Changing(
             async {
                 let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
                 let setup = session::Session::prepare(client, limits, key);
-                let (table, session) = tokio::try_join!(resolve, setup)?;
+                let locate = config.history_table.locate(client);
+                let ((table, exists), session) = tokio::try_join!(locate, setup)?;
                 let tried = lock::first_try(client, &table, &session);
+                // `up` on a database without the history table looks for tables of its own
+                // in the same round trip; the server answers for the moment of the read.
+                let up = matches!(config.command, Command::Up { .. });
+                let untracked = async {
+                    match up && exists == Some(false) {
+                        true => Some(history::untracked(client, &table).await),
+                        false => None,
+                    }
+                };
                 let read = history::applied(client, &table, history::Columns::Checks);
-                let first = tokio::join!(tried, read);
-                Ok(Box::new((table, session, first)))
+                let (tried, untracked, read) = tokio::join!(tried, untracked, read);
+                Ok(Box::new((table, session, (tried, (read, untracked)))))
             }
             .await,
         ),
