@@ -114,3 +114,62 @@ async fn sigkill_mid_migration_leaves_nothing_half_applied_and_the_next_run_proc
     assert_eq!(history(&client).await, [1, 2, 3]);
     assert!(column_exists(&client).await);
 }
+
+#[tokio::test]
+async fn sigterm_stops_a_long_pipeline_even_when_the_cancel_stops_nothing() {
+    let db = support::database().await;
+    // The first migration swallows the cancel and commits; the pipeline must still send
+    // nothing after the signal, so the run stops once those already in flight are answered.
+    let mut files = vec![(
+        "001_patient.sql".to_string(),
+        "DO $$ BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END $$;"
+            .to_string(),
+    )];
+    for v in 2..=200 {
+        files.push((
+            format!("{v:03}_t.sql"),
+            format!("CREATE TABLE t{v} (i int);"),
+        ));
+    }
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
+    let dir = support::migrations(&files);
+    let job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let watcher = db.client().await;
+    eventually("the first migration to be sleeping", || async {
+        let rows = watcher
+            .query(
+                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                 AND application_name = 'db-migrate' AND state = 'active' AND query LIKE '%pg_sleep(60)%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        !rows.is_empty()
+    })
+    .await;
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    let recorded = history(&watcher).await;
+    assert!(
+        !recorded.is_empty() && recorded.len() < 200,
+        "stopped after those in flight, not at the end: {recorded:?}"
+    );
+    assert_eq!(recorded, (1..=recorded.len() as i64).collect::<Vec<_>>());
+    let made: i64 = support::one(
+        &watcher,
+        "SELECT count(*) FROM pg_tables WHERE tablename ~ '^t[0-9]+$'",
+    )
+    .await;
+    assert_eq!(
+        made as usize,
+        recorded.len() - 1,
+        "history and tables agree"
+    );
+    assert!(!migration_lock_held(&watcher).await);
+}

@@ -129,7 +129,10 @@ pub(super) async fn batch(
         while let Some(step) = steps.get(sent) {
             let size = step.script.sql.len();
             let room = flight.len() < IN_FLIGHT_MIGRATIONS && bytes + size <= IN_FLIGHT_BYTES;
-            if !(flight.is_empty() || room) {
+            // After SIGTERM nothing more is sent: a cancel that lands between two statements
+            // (or that a file catches) stops nothing, and the run stops before its next
+            // migration (see `interrupt`).
+            if !(flight.is_empty() || room) || run.interrupt.check().is_err() {
                 break;
             }
             // Its first poll sends its messages, after those of the one before it.
