@@ -12,6 +12,11 @@ const SLOW: &str = "ALTER TABLE video_requests ADD COLUMN slow_marker int;\nSELE
 /// Starts `up` on the seed plus a slow third migration, and waits until its pg_sleep runs.
 async fn job_in_slow_migration(db: &support::TestDb, dir: &std::path::Path) -> Running {
     support::up_ok(db, &support::seed_dir()).await;
+    job_sleeping(db, dir).await
+}
+
+/// Starts `up` on `dir`, and waits until a migration's `pg_sleep(60)` runs.
+async fn job_sleeping(db: &support::TestDb, dir: &std::path::Path) -> Running {
     let job = Running::spawn(
         binary()
             .args(["up", "--log-format", "json"])
@@ -133,25 +138,8 @@ async fn sigterm_stops_a_long_pipeline_even_when_the_cancel_stops_nothing() {
     }
     let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
     let dir = support::migrations(&files);
-    let job = Running::spawn(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
+    let job = job_sleeping(&db, dir.path()).await;
     let watcher = db.client().await;
-    eventually("the first migration to be sleeping", || async {
-        let rows = watcher
-            .query(
-                "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
-                 AND application_name = 'db-migrate' AND state = 'active' AND query LIKE '%pg_sleep(60)%'",
-                &[],
-            )
-            .await
-            .unwrap();
-        !rows.is_empty()
-    })
-    .await;
     job.signal("TERM");
     let (code, events) = job.finish();
     assert_eq!(code, Some(143), "{events:#?}");

@@ -153,16 +153,12 @@ pub(super) async fn batch(
         };
         answered.fetch_add(1, Ordering::Relaxed);
         let step = steps[done];
-        let result = match answers.failed() {
-            // Nothing of the failure is looked into (which may query) before the answers
-            // of those sent after it are in.
-            true => {
-                drain(&mut flight).await;
-                outcome(run, step, Wrap::Own, answers).await
-            }
-            false => outcome(run, step, Wrap::Own, answers).await,
-        };
-        match result {
+        // Nothing of a failure is looked into (which may query) before the answers of
+        // those sent after it are in.
+        if answers.failed() {
+            drain(&mut flight).await;
+        }
+        match outcome(run, step, Wrap::Own, answers).await {
             Ok(counts) => {
                 let at = Instant::now();
                 finished(step, file_counts(counts, sealed), at - previous);
