@@ -170,6 +170,19 @@ pub fn may_change_tables(statement: &str) -> bool {
     })
 }
 
+/// True when a statement starts with `CREATE` and holds no `INDEX` keyword: it creates a
+/// table, view, sequence, function or the like, and builds no index on a table that exists
+/// (only `CREATE [UNIQUE] INDEX` does). The hazard rules parse such a statement only when
+/// something later in the plan could concern what it creates.
+pub fn creates_without_index(statement: &str) -> bool {
+    statements(statement).first().is_some_and(|tokens| {
+        tokens
+            .first()
+            .is_some_and(|first| first.is_keyword(statement, "create"))
+            && !tokens.iter().any(|t| t.is_keyword(statement, "index"))
+    })
+}
+
 /// The command tag the server reports for `statement` (`CREATE TABLE`, `INSERT`, `ALTER
 /// DEFAULT PRIVILEGES`, ...), without the row count: tokio-postgres hands over only a
 /// command's count, so the words are read from the statement the way the server names it.

@@ -127,6 +127,35 @@ async fn an_allow_comment_silences_exactly_its_statement_and_its_reason_is_logge
 }
 
 #[tokio::test]
+async fn create_if_not_exists_on_the_bot_s_big_table_does_not_make_it_new() {
+    // The seed applied without a history (as the npm psql loop did), the table full: the
+    // seed's CREATE TABLE IF NOT EXISTS creates nothing, so 002's index builds block the
+    // live table's writes.
+    let db = seeded(BIG).await;
+    let client = db.client().await;
+    client
+        .batch_execute("DROP TABLE schema_migrations")
+        .await
+        .unwrap();
+    let out = run(&db, &seed_dir(), &["up"]);
+    let message = refused(&out, &["index-without-concurrently"; 3]);
+    assert!(
+        message.contains("002_add_indexes.sql:") && message.contains("video_requests holding"),
+        "{message}"
+    );
+    // Refused before anything ran: the indexes are still there, no history was written.
+    let indexes: i64 = support::one(
+        &client,
+        "SELECT count(*) FROM pg_indexes WHERE tablename = 'video_requests'",
+    )
+    .await;
+    assert_eq!(indexes, 4);
+    let history: Option<String> =
+        support::one(&client, "SELECT to_regclass('schema_migrations')::text").await;
+    assert!(history.is_none() || support::history(&client).await.is_empty());
+}
+
+#[tokio::test]
 async fn small_and_new_tables_are_no_hazard() {
     // Below the threshold, and a table the same migration creates and fills.
     let db = seeded("").await;

@@ -66,10 +66,12 @@ fn quote(identifier: &str) -> String {
 /// One thing a statement does that the rules weigh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Creates a table (or a view, a sequence, an index under its own name): later
-    /// statements of the migration on it touch nothing that existed before.
+    /// Creates a table (or an index under its own name): later statements on it touch
+    /// nothing that existed before. With IF NOT EXISTS it creates nothing when the relation
+    /// is already there, and they touch the old one.
     Creates {
         relation: Name,
+        if_not_exists: bool,
     },
     /// Builds an index on `table`: without CONCURRENTLY it blocks the table's writes while
     /// it builds (`CREATE INDEX`, a new PRIMARY KEY or UNIQUE constraint).
@@ -136,6 +138,7 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
             if let Some(relation) = &create.relation {
                 out.push(Effect::Creates {
                     relation: Name::of(relation),
+                    if_not_exists: create.if_not_exists,
                 });
             }
             if !create.if_not_exists {
@@ -153,6 +156,7 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                             schema: table.schema.clone(),
                             name: index.idxname.clone(),
                         },
+                        if_not_exists: index.if_not_exists,
                     });
                 }
                 out.push(Effect::BuildsIndex {
@@ -481,6 +485,49 @@ mod tests {
             });
             assert!(index, "{sql}: {found:?}");
         }
+    }
+
+    /// `rules::check` parses a CREATE without the INDEX keyword only when the plan holds a
+    /// hazard, relying on it weighing nothing: it may only name what it creates.
+    #[test]
+    fn a_create_without_index_only_names_what_it_creates() {
+        let creates = [
+            "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, u int UNIQUE REFERENCES u (id))",
+            "CREATE TABLE t (LIKE u INCLUDING INDEXES)",
+            "CREATE TABLE p_1 PARTITION OF p FOR VALUES IN (1)",
+            "CREATE TABLE t AS SELECT * FROM u",
+            "CREATE UNLOGGED TABLE t (id int)",
+            "CREATE MATERIALIZED VIEW v AS SELECT * FROM u",
+            "CREATE OR REPLACE VIEW v AS SELECT * FROM u",
+            "CREATE SEQUENCE s",
+            "CREATE TRIGGER g AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()",
+            "CREATE RULE r AS ON DELETE TO t DO INSTEAD NOTHING",
+            "CREATE POLICY p ON t USING (true)",
+            "CREATE STATISTICS s ON a, b FROM t",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM t RETURNING 1'",
+        ];
+        for sql in creates {
+            assert!(crate::sql::creates_without_index(sql), "{sql}");
+            let found = effects(sql);
+            let only_names = found
+                .iter()
+                .all(|e| matches!(e, Effect::Creates { .. } | Effect::NotIdempotent { .. }));
+            assert!(only_names, "{sql}: {found:?}");
+        }
+        for sql in [
+            "CREATE INDEX i ON t (c)",
+            "create unique index on t (c)",
+            "CREATE /* x */ INDEX i ON t (c)",
+        ] {
+            assert!(!crate::sql::creates_without_index(sql), "{sql}");
+        }
+        // A quoted "index" is a name, not the keyword.
+        assert!(crate::sql::creates_without_index(
+            "CREATE TABLE \"index\" (id int)"
+        ));
+        assert!(!crate::sql::creates_without_index(
+            "ALTER TABLE t ADD c int"
+        ));
     }
 
     #[test]

@@ -163,13 +163,10 @@ pub struct Limits {
 /// Checks every statement of `plan` against the target's catalog, logs each finding, and
 /// refuses the run (exit 9) when one that `up` and `down` refuse is not allowed.
 pub async fn refuse(client: &Client, plan: &Plan<'_>, limits: Limits) -> Result<(), Error> {
-    let findings = check(client, plan, limits).await?;
-    let mut refused = Vec::new();
     // The idempotency convention is `plan`'s to report; here it would be noise.
-    for finding in findings
-        .into_iter()
-        .filter(|f| f.rule != Rule::NotIdempotent)
-    {
+    let findings = check(client, plan, limits, false).await?;
+    let mut refused = Vec::new();
+    for finding in findings {
         let allowed = finding.allowed.is_some()
             || (finding.rule == Rule::DropsData && limits.allow_data_loss);
         let message = match (finding.rule.refused(), allowed) {
@@ -205,34 +202,64 @@ pub async fn refuse(client: &Client, plan: &Plan<'_>, limits: Limits) -> Result<
     }
 }
 
-/// The findings of every statement of `plan`, in order.
+/// The findings of every statement of `plan`, in order; those of [`Rule::NotIdempotent`]
+/// only when `conventions` asks for them.
 pub async fn check(
     client: &Client,
     plan: &Plan<'_>,
     limits: Limits,
+    conventions: bool,
 ) -> Result<Vec<Finding>, Error> {
     let mut statements = Vec::new();
+    // A CREATE that builds no index only names what it creates, which matters to a hazard
+    // later in the plan on that name and to nothing else: without the conventions such
+    // statements are parsed only when the plan holds a hazard at all. The parser is most of
+    // what a run of many such files costs in memory.
+    let mut deferred = Vec::new();
     for step in &plan.steps {
         let script = step.script;
         for statement in sql::split(&script.sql) {
             let allows = allows(&script.sql, statement.offset, &script.path)?;
-            let effects = match sql::may_change_tables(statement.text) {
-                true => classify::effects(statement.text),
-                false => Vec::new(),
+            let effects = if !sql::may_change_tables(statement.text) {
+                Vec::new()
+            } else if !conventions && sql::creates_without_index(statement.text) {
+                deferred.push(statements.len());
+                Vec::new()
+            } else {
+                classify::effects(statement.text)
             };
             statements.push((step.migration.version, script, statement, allows, effects));
         }
     }
+    let hazards = statements
+        .iter()
+        .any(|(.., effects)| effects.iter().any(|e| weigh(e).is_some()));
+    if hazards {
+        for i in deferred {
+            statements[i].4 = classify::effects(statements[i].2.text);
+        }
+    }
     // One look at the catalog for every table a hazard could concern, but for those the plan
-    // creates (or drops) before the statement reaches them, as the weighing below skips: on
-    // an empty database the seed's indexes are on its own new table, and no look is needed.
+    // creates (or drops) before the statement reaches them, as the weighing below skips. A
+    // CREATE ... IF NOT EXISTS creates only what is missing, so the look also says whether
+    // it will: the seed's `CREATE TABLE IF NOT EXISTS video_requests` on a database that
+    // already holds the bot's table creates nothing, and the seed's index builds after it
+    // block that table's writes.
     let mut tables: Vec<&Name> = Vec::new();
     let mut fresh: HashSet<&Name> = HashSet::new();
     for (.., effects) in &statements {
         for effect in effects {
             match sized_table(effect) {
                 None => {
-                    if let Effect::Creates { relation } = effect {
+                    if let Effect::Creates {
+                        relation,
+                        if_not_exists,
+                    } = effect
+                        && !fresh.contains(relation)
+                    {
+                        if *if_not_exists {
+                            tables.push(relation);
+                        }
                         fresh.insert(relation);
                     }
                 }
@@ -270,11 +297,16 @@ pub async fn check(
         for effect in effects {
             let Some((rule, table, what, column_name)) = weigh(effect) else {
                 match effect {
-                    Effect::Creates { relation } => {
+                    // Already there, IF NOT EXISTS leaves it as it is.
+                    Effect::Creates {
+                        if_not_exists: true,
+                        relation,
+                    } if !fresh.contains(relation) && facts.rows(relation).is_some() => {}
+                    Effect::Creates { relation, .. } => {
                         fresh.insert(relation.clone());
                     }
                     // A convention, not a hazard: no table, no rows, never refused.
-                    Effect::NotIdempotent { what } => {
+                    Effect::NotIdempotent { what } if conventions => {
                         findings.push(finding(Rule::NotIdempotent, String::new(), 0, what));
                     }
                     _ => {}
