@@ -13,12 +13,12 @@
 //!    from the settings in force when it starts); then, where the file checks and
 //!    PostgreSQL's parser cannot both vouch that the file never ends its transaction, a
 //!    `WITH HOLD` cursor whose query fails, so that a `COMMIT` hidden in the file fails and
-//!    rolls everything back; then a savepoint;
+//!    rolls everything back, and a savepoint;
 //! 2. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
 //!    (which fails if the file ended the transaction, rolling back whatever ran after that in
-//!    the message), `CLOSE` of the cursor, the reset (so the next migration starts clean once
-//!    this one commits), `RESET ROLE` (which `RESET ALL` leaves alone), and a
-//!    transaction-local token;
+//!    the message) and `CLOSE` of the cursor where they were opened, the reset (so the next
+//!    migration starts clean once this one commits), `RESET ROLE` (which `RESET ALL` leaves
+//!    alone), and a transaction-local token;
 //! 3. the history change, whose value goes through [`Session::guard`]: an error unless this
 //!    is the run's server session, the token is set (the file ran whole, inside this
 //!    transaction) and the migration lock is held; then `COMMIT`.
@@ -99,6 +99,19 @@ pub struct Frame {
     /// requires: its opening fails unless that migration committed (see [`Session::seal`]),
     /// which leaves its transaction aborted, so nothing of it runs or is kept.
     pub after: Option<i64>,
+}
+
+impl Frame {
+    /// Whether the migration runs after a savepoint: where the file may end the transaction
+    /// (with the cursor; the savepoint's release then fails and takes down whatever the
+    /// message ran after the file's COMMIT), and inside the run's transaction, which a failed
+    /// migration rewinds to it. A file that neither lexer sees ending the transaction cannot:
+    /// inside `BEGIN`, a `COMMIT` in a function, procedure or `DO` block is an error. A
+    /// savepoint makes each catalog change of the file a subtransaction's: for 500 files of one
+    /// CREATE TABLE each, the run took 206 ms without and 236 ms with.
+    fn savepoint(&self) -> bool {
+        self.guarded || !self.own
+    }
 }
 
 /// What [`Session::seal`] appends to a file, and how many statements that is: the server's
@@ -209,12 +222,16 @@ impl Session {
         };
         let guard = match frame.guarded {
             true => format!(
-                "DECLARE {GUARD} CURSOR WITH HOLD FOR \
-                 SELECT pg_catalog.current_setting('{COMMIT_REFUSED}'); "
+                "; DECLARE {GUARD} CURSOR WITH HOLD FOR \
+                 SELECT pg_catalog.current_setting('{COMMIT_REFUSED}')"
             ),
             false => String::new(),
         };
-        format!("{reset}; {guard}SAVEPOINT {SAVEPOINT}{mark}")
+        let savepoint = match frame.savepoint() {
+            true => format!("; SAVEPOINT {SAVEPOINT}"),
+            false => String::new(),
+        };
+        format!("{reset}{guard}{savepoint}{mark}")
     }
 
     /// The value of the committed mark for `version`: with the run's token, which no file
@@ -252,10 +269,12 @@ impl Session {
         )
     }
 
-    /// Appended to the file's text, in the same message: `RELEASE` fails when the file ended
-    /// the transaction, and then whatever the file ran after that in this message, in the
-    /// implicit transaction that followed, is rolled back with it. Starts on a new line after
-    /// a `;`, so that a trailing line comment or a missing semicolon cannot swallow it.
+    /// Appended to the file's text, in the same message: `RELEASE` (where there is a
+    /// savepoint, see [`Frame`]) fails when the file ended the transaction, and then whatever
+    /// the file ran after that in this message, in the implicit transaction that followed, is
+    /// rolled back with it. Starts on a new line after a `;`, so that a trailing line comment
+    /// or a missing semicolon cannot swallow it; if something swallows it all the same, the
+    /// token is never set and the history change refuses.
     /// In a transaction of its own it then resets the session (`RESET ALL` and the run's
     /// limits), so the history change runs with none of the file's settings and, once
     /// committed, the next migration starts clean without a reset of its own (after a
@@ -264,7 +283,10 @@ impl Session {
     /// In a transaction of its own it also leaves the mark that lets the next migration in
     /// a pipeline see that this one committed (see [`Frame::after`]).
     pub fn seal(&self, frame: Frame, version: i64) -> Seal {
-        let mut text = format!("\n;RELEASE SAVEPOINT {SAVEPOINT}");
+        let mut text = String::from("\n");
+        if frame.savepoint() {
+            text.push_str(&format!(";RELEASE SAVEPOINT {SAVEPOINT}"));
+        }
         if frame.guarded {
             text.push_str(&format!("; CLOSE {GUARD}"));
         }
@@ -284,7 +306,7 @@ impl Session {
             true => self.reset_statements + 1,
             false => 0,
         };
-        let statements = 3 + usize::from(frame.guarded) + own;
+        let statements = 2 + usize::from(frame.savepoint()) + usize::from(frame.guarded) + own;
         Seal { text, statements }
     }
 
@@ -469,6 +491,10 @@ mod tests {
                 assert_eq!(split.len(), seal.statements, "{}", seal.text);
                 assert_eq!(seal.text.contains("RESET ALL"), own, "{}", seal.text);
                 assert_eq!(seal.text.contains("CLOSE"), guarded, "{}", seal.text);
+                // A savepoint where the file may end the transaction, or inside the run's.
+                let savepoint = guarded || !own;
+                assert_eq!(seal.text.contains("RELEASE"), savepoint, "{}", seal.text);
+                assert_eq!(session.open(frame).contains("SAVEPOINT"), savepoint);
                 // The token is set last: a reset after it would clear it.
                 assert!(split.last().unwrap().text.contains("db_migrate.token"));
             }
@@ -493,12 +519,12 @@ mod tests {
                 after: None,
             })
         };
-        assert_eq!(
-            open(true, true, false),
-            "BEGIN; SAVEPOINT db_migrate_migration"
-        );
-        assert!(open(true, false, false).starts_with("BEGIN; RESET ALL; COMMIT; BEGIN; SAVEPOINT"));
-        assert!(open(true, true, true).contains("DECLARE db_migrate_guard CURSOR WITH HOLD"));
+        assert_eq!(open(true, true, false), "BEGIN");
+        assert_eq!(open(true, false, false), "BEGIN; RESET ALL; COMMIT; BEGIN");
+        assert!(open(true, true, true).contains(
+            "BEGIN; DECLARE db_migrate_guard CURSOR WITH HOLD FOR SELECT pg_catalog.current_setting"
+        ));
+        assert!(open(true, true, true).ends_with("; SAVEPOINT db_migrate_migration"));
         // Inside the run's transaction the reset and the start mark stay.
         assert!(open(false, true, false).starts_with("RESET ALL; SAVEPOINT"));
         assert!(open(false, true, false).contains("db_migrate.started"));
