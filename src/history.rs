@@ -216,13 +216,6 @@ pub async fn create(client: &Client, table: &Table) -> Result<(), Error> {
         .map_err(Error::database("creating the history table"))
 }
 
-/// Warns when the database holds tables of its own but no history: a database the old
-/// psql scripts migrated, which `baseline` adopts.
-pub async fn warn_if_untracked(client: &Client, table: &Table) -> Result<(), Error> {
-    warn_untracked(table, untracked(client, table).await?);
-    Ok(())
-}
-
 /// Whether the database has tables while `table` does not exist, as the server sees it when
 /// the query runs: sent in the round trip that takes the lock and reads the history, it
 /// answers for the moment of that read.
@@ -231,7 +224,7 @@ pub async fn untracked(client: &Client, table: &Table) -> Result<bool, Error> {
         .simple_query(&format!(
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE pg_catalog.to_regclass({}) IS NULL \
-             AND c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' \
+             AND c.relkind IN ('r', 'p', 'm') AND n.nspname <> 'information_schema' \
              AND n.nspname NOT LIKE 'pg\\_%' LIMIT 1",
             literal(&table.quoted)
         ))

@@ -399,10 +399,15 @@ impl Job<'_> {
             ),
         };
         let history_exists = recorded.is_some();
+        let mut tables = rules::Tables::Unknown;
         if !history_exists && matches!(config.command, Command::Up { .. }) {
-            match untracked {
-                Some(untracked) => history::warn_untracked(table, untracked?),
-                None => history::warn_if_untracked(client, table).await?,
+            let untracked = match untracked {
+                Some(untracked) => untracked?,
+                None => history::untracked(client, table).await?,
+            };
+            history::warn_untracked(table, untracked);
+            if !untracked {
+                tables = rules::Tables::None;
             }
         }
         let applied = recorded.as_deref().unwrap_or_default();
@@ -480,7 +485,7 @@ impl Job<'_> {
                 "migration cannot be rolled back yet: its rollback file holds no statement; write it (down refuses to pass this version until then)"
             );
         }
-        rules::refuse(client, &plan, config.hazards)
+        rules::refuse(client, &plan, config.hazards, tables)
             .await
             .map_err(|error| npm_hint(error, config.npm_script.as_deref()))?;
         // Under the migration lock and before anything changes: `auto` only when the plan

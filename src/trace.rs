@@ -91,7 +91,7 @@ pub async fn run(
     limits: rules::Limits,
     lock_budget: std::time::Duration,
 ) -> Result<Report, Error> {
-    let findings = rules::check(client, plan, limits, true).await?;
+    let findings = rules::check(client, plan, limits, true, rules::Tables::Unknown).await?;
     let budget_ms = lock_budget.as_secs_f64() * 1000.0;
     let mut report = Report::default();
     session::transaction(client, false, async || {

@@ -160,11 +160,26 @@ pub struct Limits {
     pub allow_data_loss: bool,
 }
 
+/// What the run already knows of the target's tables when the rules look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tables {
+    /// The catalog says: one look for the tables the plan's statements concern.
+    Unknown,
+    /// There were none when the run took the migration lock (`up` on a database without
+    /// history looks): everything the plan creates is new, and nothing is at stake.
+    None,
+}
+
 /// Checks every statement of `plan` against the target's catalog, logs each finding, and
 /// refuses the run (exit 9) when one that `up` and `down` refuse is not allowed.
-pub async fn refuse(client: &Client, plan: &Plan<'_>, limits: Limits) -> Result<(), Error> {
+pub async fn refuse(
+    client: &Client,
+    plan: &Plan<'_>,
+    limits: Limits,
+    tables: Tables,
+) -> Result<(), Error> {
     // The idempotency convention is `plan`'s to report; here it would be noise.
-    let findings = check(client, plan, limits, false).await?;
+    let findings = check(client, plan, limits, false, tables).await?;
     let mut refused = Vec::new();
     for finding in findings {
         let allowed = finding.allowed.is_some()
@@ -209,6 +224,7 @@ pub async fn check(
     plan: &Plan<'_>,
     limits: Limits,
     conventions: bool,
+    known: Tables,
 ) -> Result<Vec<Finding>, Error> {
     let mut statements = Vec::new();
     // A CREATE that builds no index only names what it creates, which matters to a hazard
@@ -272,6 +288,9 @@ pub async fn check(
                 }
             }
         }
+    }
+    if known == Tables::None {
+        tables.clear();
     }
     let facts = facts::Facts::read(client, &tables, limits.hazard_rows).await?;
     let mut findings = Vec::new();
