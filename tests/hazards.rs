@@ -156,6 +156,22 @@ async fn create_if_not_exists_on_the_bot_s_big_table_does_not_make_it_new() {
 }
 
 #[tokio::test]
+async fn a_table_renamed_away_and_created_again_is_new() {
+    // The swap: the big table keeps its rows under another name, and the CREATE ... IF NOT
+    // EXISTS after the rename makes a new, empty one, which its index build cannot block.
+    let db = seeded(BIG).await;
+    let dir = support::copy_of_seed(&[(
+        "003_swap.sql",
+        "ALTER TABLE video_requests RENAME TO video_requests_old;\n\
+         CREATE TABLE IF NOT EXISTS video_requests (id int);\n\
+         CREATE INDEX IF NOT EXISTS video_requests_id ON video_requests (id);\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3]);
+}
+
+#[tokio::test]
 async fn small_and_new_tables_are_no_hazard() {
     // Below the threshold, and a table the same migration creates and fills.
     let db = seeded("").await;

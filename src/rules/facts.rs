@@ -20,8 +20,17 @@ pub(super) struct Facts {
 }
 
 impl Facts {
-    pub async fn read(client: &Client, tables: &[&Name], threshold: i64) -> Result<Facts, Error> {
-        let mut names: Vec<String> = tables.iter().map(|t| t.sql()).collect();
+    /// The rows of `tables`, counted where the estimate is below `threshold`; of `named`,
+    /// only whether each exists (its rows are the planner's estimate, never counted).
+    pub async fn read(
+        client: &Client,
+        tables: &[&Name],
+        named: &[&Name],
+        threshold: i64,
+    ) -> Result<Facts, Error> {
+        let sized: Vec<String> = tables.iter().map(|t| t.sql()).collect();
+        let mut names = sized.clone();
+        names.extend(named.iter().map(|t| t.sql()));
         names.sort();
         names.dedup();
         let mut rows = HashMap::new();
@@ -41,7 +50,7 @@ impl Facts {
         let mut small = Vec::new();
         for row in estimates {
             let (name, estimate): (String, i64) = (row.get(0), row.get(1));
-            if estimate >= threshold {
+            if estimate >= threshold || !sized.contains(&name) {
                 rows.insert(name, estimate);
             } else {
                 small.push(name);

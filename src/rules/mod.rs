@@ -256,12 +256,14 @@ pub async fn check(
         }
     }
     // One look at the catalog for every table a hazard could concern, but for those the plan
-    // creates (or drops) before the statement reaches them, as the weighing below skips. A
-    // CREATE ... IF NOT EXISTS creates only what is missing, so the look also says whether
-    // it will: the seed's `CREATE TABLE IF NOT EXISTS video_requests` on a database that
-    // already holds the bot's table creates nothing, and the seed's index builds after it
-    // block that table's writes.
+    // creates (or drops, or renames away) before the statement reaches them, as the weighing
+    // below skips. A CREATE ... IF NOT EXISTS creates only what is missing, so the look also
+    // says whether it will (`named`: whether it exists, no count): the seed's `CREATE TABLE
+    // IF NOT EXISTS video_requests` on a database that already holds the bot's table creates
+    // nothing, and the seed's index builds after it block that table's writes; the hazards
+    // after it on that name are sized as on any table.
     let mut tables: Vec<&Name> = Vec::new();
+    let mut named: Vec<&Name> = Vec::new();
     let mut fresh: HashSet<&Name> = HashSet::new();
     for (.., effects) in &statements {
         for effect in effects {
@@ -273,16 +275,18 @@ pub async fn check(
                     } = effect
                         && !fresh.contains(relation)
                     {
-                        if *if_not_exists {
-                            tables.push(relation);
+                        match if_not_exists {
+                            true => named.push(relation),
+                            false => {
+                                fresh.insert(relation);
+                            }
                         }
-                        fresh.insert(relation);
                     }
                 }
                 Some(table) if fresh.contains(table) => {}
                 Some(table) => {
                     tables.push(table);
-                    if matches!(effect, Effect::DropsTable { .. }) {
+                    if vacates(effect) {
                         fresh.insert(table);
                     }
                 }
@@ -291,11 +295,12 @@ pub async fn check(
     }
     if known == Tables::None {
         tables.clear();
+        named.clear();
     }
-    let facts = facts::Facts::read(client, &tables, limits.hazard_rows).await?;
+    let facts = facts::Facts::read(client, &tables, &named, limits.hazard_rows).await?;
     let mut findings = Vec::new();
-    // Tables dropped or created earlier in the plan are new ones by the time a later
-    // statement reaches them: what the catalog says of the old one does not apply.
+    // Tables dropped, renamed away or created earlier in the plan are new ones by the time a
+    // later statement reaches them: what the catalog says of the old one does not apply.
     let mut fresh: HashSet<Name> = HashSet::new();
     for (version, script, statement, allows, effects) in &statements {
         let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
@@ -345,7 +350,7 @@ pub async fn check(
                 Rule::RenamesInUse => true,
                 _ => rows >= limits.hazard_rows,
             };
-            if matches!(effect, Effect::DropsTable { .. }) {
+            if vacates(effect) {
                 fresh.insert(table.clone());
             }
             if hit {
@@ -354,6 +359,15 @@ pub async fn check(
         }
     }
     Ok(findings)
+}
+
+/// Whether `effect` leaves no table under its table's name: a CREATE of that name after it
+/// makes a new one, with or without IF NOT EXISTS.
+fn vacates(effect: &Effect) -> bool {
+    matches!(
+        effect,
+        Effect::DropsTable { .. } | Effect::Renames { column: None, .. }
+    )
 }
 
 fn first_line(statement: &str) -> String {
