@@ -58,9 +58,10 @@ pub fn is_no_transaction(sql: &str) -> bool {
         == Some("no-transaction")
 }
 
-/// The first statement that ends or opens a transaction, as (line, keywords in upper case such
-/// as `COMMIT` or `PREPARE TRANSACTION`). Savepoints (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`)
-/// stay inside the transaction, so they are not reported.
+/// The first statement that ends or opens a transaction, or sets the characteristics only its
+/// start may set, as (line, keywords in upper case such as `COMMIT`, `PREPARE TRANSACTION` or
+/// `SET TRANSACTION`). Savepoints (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) stay inside the
+/// transaction, so they are not reported.
 pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
     statements(sql).iter().find_map(|tokens| {
         let keywords = control_keywords(sql, tokens)?;
@@ -701,6 +702,28 @@ fn control_keywords(sql: &str, tokens: &[Token]) -> Option<String> {
         "ROLLBACK" => (!rolls_back_to_savepoint(sql, rest)).then_some(word),
         // `PREPARE name AS ...` is a prepared statement, and its name may be `transaction`:
         // only a string (the transaction's id) after TRANSACTION makes it a two-phase commit.
+        // Isolation, deferrability, snapshot and read-write mode: the server takes them only
+        // before the transaction's first query and outside a savepoint, so whether it did
+        // would depend on what db-migrate runs ahead of the file (a check that the migration
+        // before committed, a cursor, a savepoint), which differs with its place in a run.
+        "SET" => {
+            let rest = keyword(sql, rest, "session")
+                .or_else(|| keyword(sql, rest, "local"))
+                .unwrap_or(rest);
+            let name = rest.first()?;
+            if name.is_keyword(sql, "transaction") {
+                return Some("SET TRANSACTION".into());
+            }
+            let settings = [
+                "transaction_isolation",
+                "transaction_read_only",
+                "transaction_deferrable",
+            ];
+            let name = identifier(sql, name)?;
+            settings
+                .contains(&name.as_str())
+                .then(|| format!("SET {name}"))
+        }
         "PREPARE" => match rest {
             [transaction, id, ..]
                 if transaction.is_keyword(sql, "transaction") && id.kind == Kind::Literal =>
@@ -1215,6 +1238,23 @@ mod tests {
             ("rollback transaction and no chain", (1, "ROLLBACK")),
             ("ROLLBACK WORK;", (1, "ROLLBACK")),
             ("SAVEPOINT a;\nROLLBACK TO a;\nABORT;", (3, "ABORT")),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+                (1, "SET TRANSACTION"),
+            ),
+            ("set transaction snapshot '1'", (1, "SET TRANSACTION")),
+            (
+                "SELECT 1;\nSET LOCAL transaction_isolation = serializable",
+                (2, "SET transaction_isolation"),
+            ),
+            (
+                "SET SESSION \"transaction_read_only\" TO off",
+                (1, "SET transaction_read_only"),
+            ),
+            (
+                "set transaction_deferrable = on",
+                (1, "SET transaction_deferrable"),
+            ),
         ];
         for (sql, (line, keywords)) in cases {
             let expected = Some((line, keywords.to_string()));
@@ -1230,6 +1270,10 @@ mod tests {
             "PREPARE p AS SELECT 1; EXECUTE p; DEALLOCATE p;",
             "PREPARE transaction AS SELECT 1; PREPARE transaction (int) AS SELECT $1;",
             "SELECT prepared FROM t; SELECT 'PREPARE TRANSACTION ''x''';",
+            // Defaults for later transactions, which the reset after each migration undoes.
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE;",
+            "SET default_transaction_isolation = serializable; SET LOCAL lock_timeout = '1s';",
+            "SET search_path = transaction, public; SET \"transaction\".x = 1;",
         ];
         for sql in cases {
             assert_eq!(transaction_control(sql), None, "input: {sql:?}");

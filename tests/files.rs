@@ -87,6 +87,17 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             &[
                 GOOD,
                 (
+                    "002_iso.sql",
+                    b"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;\nCREATE TABLE b (id int);\n",
+                ),
+            ],
+            "002_iso.sql",
+            "line 1: SET TRANSACTION controls the transaction",
+        ),
+        (
+            &[
+                GOOD,
+                (
                     "002_meta.sql",
                     b"\\set ON_ERROR_STOP on\nCREATE TABLE b (id int);\n",
                 ),
