@@ -225,7 +225,7 @@ pub async fn untracked(client: &Client, table: &Table) -> Result<bool, Error> {
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE pg_catalog.to_regclass({}) IS NULL \
              AND c.relkind IN ('r', 'p', 'm') AND n.nspname <> 'information_schema' \
-             AND n.nspname NOT LIKE 'pg\\_%' LIMIT 1",
+             AND NOT pg_catalog.starts_with(n.nspname, 'pg_') LIMIT 1",
             literal(&table.quoted)
         ))
         .await
