@@ -20,8 +20,8 @@ use crate::source::Script;
 use crate::sql;
 
 /// Sends the migration as one pipeline (see `session` for what each part guards): the session
-/// reset and the opening with its commit guard; the file sealed by the savepoint's release;
-/// the history change, guarded; and COMMIT, which the server turns into ROLLBACK after any
+/// reset and the opening (with the commit guard where the file may need it); the file and
+/// its seal; the history change, guarded; and COMMIT, which the server turns into ROLLBACK after any
 /// failure, so nothing of it is kept or recorded, whatever the file contains.
 /// Returns the count each of the file's statements reported (see [`file_counts`]).
 pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec<u64>, Error> {
