@@ -19,7 +19,8 @@ with byte offsets of each statement from its first token to its last (comments a
 excluded), as sql::split reports them.
 
 - mode "parser": valid SQL split by the parser (RawStmt locations). A statement is "control"
-  when it is a TransactionStmt other than SAVEPOINT, RELEASE and ROLLBACK TO; "copy" when it is
+  when it is a TransactionStmt other than SAVEPOINT, RELEASE and ROLLBACK TO, or SET TRANSACTION
+  (or SET transaction_isolation, _read_only, _deferrable); "copy" when it is
   COPY from or to the client (no file name, no PROGRAM); "index" is the name CREATE INDEX gives.
 - mode "scanner": any text the scanner accepts, split at every `;` token. These cases reach
   token sequences the grammar rejects (two strings on one line, a block comment between them),
@@ -332,6 +333,12 @@ def trimmed(tokens, start, end):
 KEEPS_TRANSACTION = {"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"}
 
 
+def sets_transaction(name):
+    """SET TRANSACTION ... and the settings only a transaction's start may change."""
+    settings = {"transaction_isolation", "transaction_read_only", "transaction_deferrable"}
+    return name == "TRANSACTION" or name.startswith("TRANSACTION ") or name in settings
+
+
 def parsed(sql):
     tokens = code_tokens(sql)
     size = len(sql.encode())
@@ -342,6 +349,8 @@ def parsed(sql):
         statement = trimmed(tokens, start, end)
         (node, fields), = raw["stmt"].items()
         if node == "TransactionStmt" and fields["kind"] not in KEEPS_TRANSACTION:
+            statement["control"] = True
+        if node == "VariableSetStmt" and sets_transaction(fields.get("name", "")):
             statement["control"] = True
         if node == "CopyStmt" and "filename" not in fields and not fields.get("is_program"):
             statement["copy"] = True
