@@ -156,32 +156,41 @@ pub fn waits_without_blocking(statement: &str) -> bool {
     })
 }
 
-/// True when a statement may change or drop existing tables or rows: its first keyword is
-/// one of those the hazard rules weigh (`CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `DELETE`,
-/// `UPDATE`, or `WITH` before a `DELETE` or `UPDATE`). The others (`INSERT`, `SELECT`,
-/// `COMMENT`, `GRANT`, `DO`, ...) need not be parsed.
-pub fn may_change_tables(statement: &str) -> bool {
-    let starts = [
-        "create", "alter", "drop", "truncate", "delete", "update", "with",
-    ];
-    statements(statement).first().is_some_and(|tokens| {
-        tokens
-            .first()
-            .is_some_and(|first| starts.iter().any(|k| first.is_keyword(statement, k)))
-    })
+/// What a statement's keywords say of its reach into existing tables, for the hazard rules,
+/// which parse only what may matter to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Its first keyword is none the rules weigh (`INSERT`, `SELECT`, `COMMENT`, `GRANT`,
+    /// `DO`, ...): no parse needed.
+    None,
+    /// `CREATE` without the `INDEX` keyword: a table, view, sequence, function or the like,
+    /// and no index built on a table that exists (only `CREATE [UNIQUE] INDEX` does). It
+    /// only names what it creates, which matters only to a hazard later on that name.
+    Creates,
+    /// `CREATE ... INDEX`, `ALTER`, `DROP`, `TRUNCATE`, `DELETE`, `UPDATE`, or `WITH`
+    /// (before a `DELETE` or `UPDATE`): may change or drop existing tables or rows.
+    Tables,
 }
 
-/// True when a statement starts with `CREATE` and holds no `INDEX` keyword: it creates a
-/// table, view, sequence, function or the like, and builds no index on a table that exists
-/// (only `CREATE [UNIQUE] INDEX` does). The hazard rules parse such a statement only when
-/// something later in the plan could concern what it creates.
-pub fn creates_without_index(statement: &str) -> bool {
-    statements(statement).first().is_some_and(|tokens| {
-        tokens
-            .first()
-            .is_some_and(|first| first.is_keyword(statement, "create"))
-            && !tokens.iter().any(|t| t.is_keyword(statement, "index"))
-    })
+/// The [`Reach`] of `statement`, from one pass of the lexer.
+pub fn reach(statement: &str) -> Reach {
+    let starts = ["alter", "drop", "truncate", "delete", "update", "with"];
+    let Some(tokens) = statements(statement).into_iter().next() else {
+        return Reach::None;
+    };
+    let Some(first) = tokens.first() else {
+        return Reach::None;
+    };
+    if first.is_keyword(statement, "create") {
+        return match tokens.iter().any(|t| t.is_keyword(statement, "index")) {
+            true => Reach::Tables,
+            false => Reach::Creates,
+        };
+    }
+    match starts.iter().any(|k| first.is_keyword(statement, k)) {
+        true => Reach::Tables,
+        false => Reach::None,
+    }
 }
 
 /// The command tag the server reports for `statement` (`CREATE TABLE`, `INSERT`, `ALTER
@@ -700,8 +709,6 @@ fn control_keywords(sql: &str, tokens: &[Token]) -> Option<String> {
         "COMMIT" | "ROLLBACK" if prepared => Some(format!("{word} PREPARED")),
         "COMMIT" => Some(word),
         "ROLLBACK" => (!rolls_back_to_savepoint(sql, rest)).then_some(word),
-        // `PREPARE name AS ...` is a prepared statement, and its name may be `transaction`:
-        // only a string (the transaction's id) after TRANSACTION makes it a two-phase commit.
         // Isolation, deferrability, snapshot and read-write mode: the server takes them only
         // before the transaction's first query and outside a savepoint, so whether it did
         // would depend on what db-migrate runs ahead of the file (a check that the migration
@@ -724,6 +731,8 @@ fn control_keywords(sql: &str, tokens: &[Token]) -> Option<String> {
                 .contains(&name.as_str())
                 .then(|| format!("SET {name}"))
         }
+        // `PREPARE name AS ...` is a prepared statement, and its name may be `transaction`:
+        // only a string (the transaction's id) after TRANSACTION makes it a two-phase commit.
         "PREPARE" => match rest {
             [transaction, id, ..]
                 if transaction.is_keyword(sql, "transaction") && id.kind == Kind::Literal =>

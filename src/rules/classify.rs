@@ -491,6 +491,7 @@ mod tests {
     /// hazard, relying on it weighing nothing: it may only name what it creates.
     #[test]
     fn a_create_without_index_only_names_what_it_creates() {
+        use crate::sql::{Reach, reach};
         let creates = [
             "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY, u int UNIQUE REFERENCES u (id))",
             "CREATE TABLE t (LIKE u INCLUDING INDEXES)",
@@ -507,7 +508,7 @@ mod tests {
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'DELETE FROM t RETURNING 1'",
         ];
         for sql in creates {
-            assert!(crate::sql::creates_without_index(sql), "{sql}");
+            assert_eq!(reach(sql), Reach::Creates, "{sql}");
             let found = effects(sql);
             let only_names = found
                 .iter()
@@ -519,15 +520,12 @@ mod tests {
             "create unique index on t (c)",
             "CREATE /* x */ INDEX i ON t (c)",
         ] {
-            assert!(!crate::sql::creates_without_index(sql), "{sql}");
+            assert_eq!(reach(sql), Reach::Tables, "{sql}");
         }
         // A quoted "index" is a name, not the keyword.
-        assert!(crate::sql::creates_without_index(
-            "CREATE TABLE \"index\" (id int)"
-        ));
-        assert!(!crate::sql::creates_without_index(
-            "ALTER TABLE t ADD c int"
-        ));
+        assert_eq!(reach("CREATE TABLE \"index\" (id int)"), Reach::Creates);
+        assert_eq!(reach("ALTER TABLE t ADD c int"), Reach::Tables);
+        assert_eq!(reach("INSERT INTO t VALUES (1)"), Reach::None);
     }
 
     #[test]

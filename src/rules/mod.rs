@@ -236,13 +236,13 @@ pub async fn check(
         let script = step.script;
         for statement in sql::split(&script.sql) {
             let allows = allows(&script.sql, statement.offset, &script.path)?;
-            let effects = if !sql::may_change_tables(statement.text) {
-                Vec::new()
-            } else if !conventions && sql::creates_without_index(statement.text) {
-                deferred.push(statements.len());
-                Vec::new()
-            } else {
-                classify::effects(statement.text)
+            let effects = match sql::reach(statement.text) {
+                sql::Reach::None => Vec::new(),
+                sql::Reach::Creates if !conventions => {
+                    deferred.push(statements.len());
+                    Vec::new()
+                }
+                _ => classify::effects(statement.text),
             };
             statements.push((step.migration.version, script, statement, allows, effects));
         }
