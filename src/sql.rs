@@ -100,6 +100,21 @@ pub fn may_end_transaction(sql: &str) -> bool {
     )
 }
 
+/// Whether a file that failed with `sqlstate` failed only for running in one transaction with
+/// the migrations before it, as the dry run and `plan` run them: it uses a value an earlier
+/// one added to an enum type (55P04), which PostgreSQL allows only once the transaction that
+/// added it has committed, and `up` commits each migration first. A file that may add such a
+/// value itself is never taken for one: the words `ADD VALUE` anywhere in it, in a comment,
+/// a string or a function body (dynamic SQL) too, since `up` would fail on it as well.
+pub fn awaits_enum_commit(sqlstate: &str, sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    sqlstate == "55P04" && !words.windows(2).any(|w| w == ["add", "value"])
+}
+
 /// The first `COPY ... FROM STDIN` or `COPY ... TO STDOUT`, as (line, a short description
 /// such as `COPY ... FROM STDIN`). Its data would have to follow the statement over the
 /// protocol, which a plain SQL script cannot do; COPY to or from a file or program is not
@@ -831,6 +846,23 @@ mod tests {
         for (sql, expected) in cases {
             assert_eq!(texts(sql), *expected, "input: {sql:?}");
         }
+    }
+
+    #[test]
+    fn only_a_file_that_adds_no_enum_value_awaits_an_earlier_commit() {
+        let uses = "CREATE INDEX i ON jobs (id) WHERE status = 'aborting'";
+        assert!(awaits_enum_commit("55P04", uses));
+        assert!(!awaits_enum_commit("42P01", uses));
+        for adds in [
+            "ALTER TYPE s ADD VALUE 'aborting'; UPDATE jobs SET status = 'aborting'",
+            "alter type s add\n  value if not exists 'x'",
+            "DO $$ BEGIN EXECUTE 'ALTER TYPE s ADD VALUE ''x'''; END $$",
+            "-- add value x first\nSELECT 1",
+        ] {
+            assert!(!awaits_enum_commit("55P04", adds), "{adds}");
+        }
+        // A word that merely contains them is not them.
+        assert!(awaits_enum_commit("55P04", "SELECT readd, value_x FROM t"));
     }
 
     #[test]

@@ -41,7 +41,39 @@ impl Lock {
     }
 }
 
-/// One statement of the plan, traced (or, in a `-- no-transaction` file, only checked).
+/// Why a statement of the plan was only checked, not run under the trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untraced {
+    /// Its file runs outside a transaction (`-- no-transaction`).
+    NoTransaction,
+    /// Its migration uses a value an earlier migration of the plan adds to an enum type,
+    /// which PostgreSQL allows only once that one has committed (55P04): `up` commits each
+    /// migration first, the plan's one transaction cannot.
+    EnumValueUncommitted,
+}
+
+impl Untraced {
+    /// The name JSON gives it.
+    pub fn id(self) -> &'static str {
+        match self {
+            Untraced::NoTransaction => "no_transaction",
+            Untraced::EnumValueUncommitted => "enum_value_uncommitted",
+        }
+    }
+
+    /// What the text report says of it.
+    fn says(self) -> &'static str {
+        match self {
+            Untraced::NoTransaction => "not traced (-- no-transaction)",
+            Untraced::EnumValueUncommitted => {
+                "not traced: its migration uses a value an earlier one adds to an enum type, \
+                 usable only once that one commits (as up commits it)"
+            }
+        }
+    }
+}
+
+/// One statement of the plan, traced (or, where it cannot be, only checked).
 #[derive(Debug, Clone)]
 pub struct Statement {
     pub version: i64,
@@ -49,7 +81,8 @@ pub struct Statement {
     pub line: usize,
     pub column: usize,
     pub first_line: String,
-    pub traced: bool,
+    /// Why it was not traced; `None` when it was.
+    pub untraced: Option<Untraced>,
     pub duration_ms: f64,
     pub locks: Vec<Lock>,
     pub rewrites: Vec<String>,
@@ -107,12 +140,22 @@ pub async fn run(
         (client.batch_execute(&guard).await)
             .map_err(Error::database("guarding the plan's transaction"))?;
         let existing = snapshot(client).await?;
-        for step in &plan.steps {
+        'migrations: for step in &plan.steps {
             let script = step.script;
             let mut migration: Vec<(Statement, Snapshot, Snapshot)> = Vec::new();
-            for statement in sql::split(&script.sql) {
+            let statements = sql::split(&script.sql);
+            // A migration that cannot be traced here is rewound to its savepoint, and the
+            // plan goes on with the next one (see `Untraced::EnumValueUncommitted`).
+            if !script.no_transaction {
+                (client
+                    .batch_execute(&format!("SAVEPOINT {MIGRATION}"))
+                    .await)
+                    .map_err(Error::database("opening the migration's savepoint"))?;
+            }
+            let mut checked = Vec::new();
+            for statement in &statements {
                 let (line, column) = statement.place(&script.sql);
-                let mut traced = Statement {
+                checked.push(Statement {
                     version: step.migration.version,
                     file: script.path.clone(),
                     line,
@@ -124,7 +167,7 @@ pub async fn run(
                         .unwrap_or_default()
                         .trim()
                         .into(),
-                    traced: !script.no_transaction,
+                    untraced: script.no_transaction.then_some(Untraced::NoTransaction),
                     duration_ms: 0.0,
                     locks: Vec::new(),
                     rewrites: Vec::new(),
@@ -138,16 +181,18 @@ pub async fn run(
                         })
                         .cloned()
                         .collect(),
-                };
-                if script.no_transaction {
-                    report.statements.push(traced);
-                    continue;
-                }
+                });
+            }
+            if script.no_transaction {
+                report.statements.extend(checked);
+                continue;
+            }
+            for (statement, mut traced) in statements.iter().zip(checked.iter().cloned()) {
                 let before = snapshot(client).await?;
                 let started = Instant::now();
                 let answer = client.simple_query(statement.text).await;
                 traced.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                let messages = answer.map_err(|e| {
+                let failure = |e| {
                     failed(
                         step.migration.version,
                         &script.path,
@@ -155,7 +200,21 @@ pub async fn run(
                         statement.offset,
                         e,
                     )
-                })?;
+                };
+                let messages = match answer.map_err(failure) {
+                    Ok(messages) => messages,
+                    Err(Error::Apply(f)) if sql::awaits_enum_commit(&f.sqlstate, &script.sql) => {
+                        (client
+                            .batch_execute(&format!("ROLLBACK TO SAVEPOINT {MIGRATION}"))
+                            .await)
+                            .map_err(Error::database("rewinding the migration's savepoint"))?;
+                        let untraced = Some(Untraced::EnumValueUncommitted);
+                        (report.statements)
+                            .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
+                        continue 'migrations;
+                    }
+                    Err(error) => return Err(error),
+                };
                 still_open(client, step.migration.version, &script.path).await?;
                 traced.rows = messages.iter().rev().find_map(|m| match m {
                     SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
@@ -164,6 +223,10 @@ pub async fn run(
                 let after = snapshot(client).await?;
                 migration.push((traced, before, after));
             }
+            (client
+                .batch_execute(&format!("RELEASE SAVEPOINT {MIGRATION}"))
+                .await)
+                .map_err(Error::database("releasing the migration's savepoint"))?;
             finish(client, &existing, migration, budget_ms, &mut report).await?;
         }
         Ok(())
@@ -245,6 +308,9 @@ async fn finish(
 
 /// The transaction-local mark that says the plan's transaction is still the one it opened.
 const OPEN: &str = "db_migrate.plan_transaction";
+
+/// The savepoint each transactional migration of the plan runs after.
+const MIGRATION: &str = "db_migrate_plan_migration";
 
 /// An error when the statement just run ended the plan's transaction.
 async fn still_open(client: &Client, version: i64, file: &std::path::Path) -> Result<(), Error> {
@@ -391,15 +457,21 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
         }
         Format::Text => {
             let mut version = None;
-            for s in &report.statements {
+            for (i, s) in report.statements.iter().enumerate() {
                 if version != Some(s.version) {
                     version = Some(s.version);
                     writeln!(out, "migration {} ({})", s.version, s.file.display())?;
                 }
                 writeln!(out, "  {}:{}  {}", s.line, s.column, s.first_line)?;
-                match s.traced {
-                    true => write!(out, "        {:.1} ms", s.duration_ms)?,
-                    false => write!(out, "        not traced (-- no-transaction)")?,
+                // Why a statement was not traced is said once for its migration.
+                let said = i
+                    .checked_sub(1)
+                    .map(|p| &report.statements[p])
+                    .is_some_and(|p| p.version == s.version && p.untraced == s.untraced);
+                match s.untraced {
+                    None => write!(out, "        {:.1} ms", s.duration_ms)?,
+                    Some(_) if said => write!(out, "        not traced (as above)")?,
+                    Some(why) => write!(out, "        {}", why.says())?,
                 }
                 if let Some(rows) = s.rows {
                     write!(out, ", {rows} row(s)")?;
@@ -458,7 +530,8 @@ fn json_of(s: &Statement) -> serde_json::Value {
         "line": s.line,
         "column": s.column,
         "statement": s.first_line,
-        "traced": s.traced,
+        "traced": s.untraced.is_none(),
+        "not_traced": s.untraced.map(Untraced::id),
         "duration_ms": s.duration_ms,
         "rows": s.rows,
         "locks": s.locks.iter().map(|l| json!({

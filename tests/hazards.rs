@@ -466,3 +466,80 @@ async fn plan_leaves_schema_and_history_untouched_when_a_file_ends_the_transacti
     assert_eq!(history(&client).await, [1, 2]);
     assert_eq!(support::tables(&client).await.len(), 2);
 }
+
+#[tokio::test]
+async fn plan_marks_a_migration_using_an_enum_value_added_earlier_in_it_and_traces_the_rest() {
+    // The type exists (002 applied); 003 adds a value and 004 uses it, which PostgreSQL
+    // allows once 003 has committed: `up` commits it first, the plan's transaction cannot.
+    let db = seeded("").await;
+    let mood = [(
+        "003_mood.sql",
+        "CREATE TYPE mood AS ENUM ('ok');\nCREATE TABLE m (id int, mood mood);\n",
+    )];
+    support::up_ok(&db, support::copy_of_seed(&mood).path()).await;
+    let dir = support::copy_of_seed(&[
+        mood[0],
+        ("004_sad.sql", "ALTER TYPE mood ADD VALUE 'sad';\n"),
+        (
+            "005_use.sql",
+            "CREATE INDEX m_id ON m (id);\nCREATE INDEX m_sad ON m (id) WHERE mood = 'sad';\n",
+        ),
+        ("006_after.sql", "CREATE TABLE after_it (id int);\n"),
+    ]);
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let statements: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let traced: Vec<(i64, bool, serde_json::Value)> = (statements.iter())
+        .map(|s| {
+            let version = s["version"].as_i64().unwrap();
+            (
+                version,
+                s["traced"].as_bool().unwrap(),
+                s["not_traced"].clone(),
+            )
+        })
+        .collect();
+    let untraced = serde_json::json!("enum_value_uncommitted");
+    assert_eq!(
+        traced,
+        [
+            (4, true, serde_json::Value::Null),
+            (5, false, untraced.clone()),
+            (5, false, untraced),
+            (6, true, serde_json::Value::Null),
+        ]
+    );
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("not traced: its migration uses a value an earlier one adds")
+            && out.stdout.contains("not traced (as above)"),
+        "{}",
+        out.stdout
+    );
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3]);
+    assert_eq!(support::tables(&client).await.len(), 3);
+    let values: String = support::one(
+        &client,
+        "SELECT pg_catalog.string_agg(enumlabel, ',')::text FROM pg_catalog.pg_enum \
+         WHERE enumtypid = 'mood'::regtype",
+    )
+    .await;
+    assert_eq!(values, "ok");
+
+    // A migration that adds the value and uses it fails under `up` as well: the plan fails.
+    std::fs::write(
+        dir.path().join("004_sad.sql"),
+        "ALTER TYPE mood ADD VALUE 'sad';\nINSERT INTO m VALUES (1, 'sad');\n",
+    )
+    .unwrap();
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("55P04"), "{}", out.stderr);
+}

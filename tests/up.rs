@@ -255,6 +255,87 @@ async fn dry_run_reports_and_leaves_everything_untouched() {
     assert!(tables(&client).await.is_empty());
 }
 
+/// An enum type the database already has (version 1 applied), a value added to it, and a
+/// migration that uses the value, as PostgreSQL asks: only after the one adding it commits.
+fn enum_value_used_by_the_next_migration(last: &str) -> tempfile::TempDir {
+    migrations(&[
+        (
+            "001_mood.sql",
+            "CREATE TYPE mood AS ENUM ('ok');\nCREATE TABLE m (id int, mood mood);\n",
+        ),
+        ("002_sad.sql", "ALTER TYPE mood ADD VALUE 'sad';\n"),
+        (
+            "003_index.sql",
+            "CREATE INDEX m_sad ON m (id) WHERE mood = 'sad';\n",
+        ),
+        ("004_last.sql", last),
+    ])
+}
+
+#[tokio::test]
+async fn a_dry_run_steps_over_a_new_enum_value_it_cannot_commit_and_rehearses_the_rest() {
+    let db = support::database().await;
+    let client = db.client().await;
+    let values = "SELECT pg_catalog.string_agg(enumlabel, ',' ORDER BY enumsortorder)::text \
+                  FROM pg_catalog.pg_enum WHERE enumtypid = 'mood'::regtype";
+    let first = Command::Up {
+        target: Target::Version(1),
+        mode: Mode::Each,
+    };
+    let dry = Command::Up {
+        target: Target::Latest,
+        mode: Mode::DryRun,
+    };
+    let dir = enum_value_used_by_the_next_migration("CREATE TABLE after_it (id int);\n");
+    run(&config(&db.url, dir.path(), first)).await.1.unwrap();
+
+    // 003 cannot run in the dry run's one transaction; the dry run says so and goes on.
+    let (summary, result) = run(&config(&db.url, dir.path(), dry.clone())).await;
+    result.unwrap();
+    assert!(summary.dry_run);
+    assert_eq!(history(&client).await, [1]);
+    assert_eq!(tables(&client).await, ["m", "schema_migrations"]);
+    assert_eq!(support::one::<String>(&client, values).await, "ok");
+
+    // It went on: a broken migration after it still fails the dry run, at its own version.
+    let broken =
+        enum_value_used_by_the_next_migration("CREATE TABLE after_it (id no_such_type);\n");
+    let (_, result) = run(&config(&db.url, broken.path(), dry.clone())).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 1);
+    assert!(error.to_string().contains("migration 4 failed"), "{error}");
+
+    // A file that adds the value and uses it fails under `up` too, so the dry run fails.
+    let itself = migrations(&[
+        (
+            "001_mood.sql",
+            "CREATE TYPE mood AS ENUM ('ok');\nCREATE TABLE m (id int, mood mood);\n",
+        ),
+        (
+            "002_sad.sql",
+            "ALTER TYPE mood ADD VALUE 'sad';\nINSERT INTO m VALUES (1, 'sad');\n",
+        ),
+    ]);
+    let (_, result) = run(&config(&db.url, itself.path(), dry)).await;
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("55P04"), "{error}");
+
+    // One transaction for real cannot hold it either.
+    let single = Command::Up {
+        target: Target::Latest,
+        mode: Mode::Single,
+    };
+    let (_, result) = run(&config(&db.url, dir.path(), single)).await;
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("55P04"), "{error}");
+    assert_eq!(history(&client).await, [1]);
+
+    // Each in its own transaction, as `up` runs them, it applies.
+    run(&config(&db.url, dir.path(), up())).await.1.unwrap();
+    assert_eq!(history(&client).await, [1, 2, 3, 4]);
+    assert_eq!(support::one::<String>(&client, values).await, "ok,sad");
+}
+
 #[tokio::test]
 async fn down_dry_run_leaves_schema_and_history_in_place() {
     let db = support::database().await;

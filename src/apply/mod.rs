@@ -29,6 +29,7 @@ use crate::plan::{Direction, Mode, Plan, Step};
 use crate::progress::{Done, Show};
 use crate::session::{self, Session};
 use crate::source::Migration;
+use crate::sql;
 
 /// What a run needs besides the plan.
 pub struct Context<'a> {
@@ -334,7 +335,10 @@ async fn whole(
 
 /// Runs the plan inside the caller's transaction; `blocked` gets the monitor's sample of a
 /// migration that hit its lock timeout. A `-- no-transaction` migration cannot be part of it:
-/// the dry run lists it without running it (a real run was refused by [`Plan::check`]).
+/// the dry run lists it without running it (a real run was refused by [`Plan::check`]). Nor
+/// can the dry run rehearse a migration that uses a value an earlier one added to an enum
+/// type, which PostgreSQL allows only once that one has committed: it is rewound and named,
+/// and the rest rehearsed (`--single-transaction` fails on it, as it must).
 async fn inside(
     run: &Run<'_>,
     monitor: &mut Monitor<'_>,
@@ -355,7 +359,16 @@ async fn inside(
         if waits::is_lock_timeout(&result) {
             *blocked = sample;
         }
-        result?;
+        match result {
+            Err(Error::Apply(failure))
+                if run.dry_run && sql::awaits_enum_commit(&failure.sqlstate, &step.script.sql) =>
+            {
+                (run.client.batch_execute(&run.session.rewind()).await)
+                    .map_err(Error::database("rewinding the dry run past a migration"))?;
+                tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), error = %failure.message, "dry run: not rehearsed, it uses a value an earlier migration adds to an enum type, usable only once that one commits (as up commits it)");
+            }
+            result => result?,
+        }
     }
     Ok(())
 }
