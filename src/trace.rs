@@ -403,7 +403,12 @@ fn failed(
             source: error,
         };
     };
-    let position = sql[..offset].chars().count() + 1;
+    // Where the server points inside the statement, or else the statement's start.
+    let within = match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(position)) => *position as usize,
+        _ => 1,
+    };
+    let position = sql[..offset].chars().count() + within;
     Error::Apply(Box::new(Failure {
         version,
         file: file.to_path_buf(),

@@ -541,5 +541,10 @@ async fn plan_marks_a_migration_using_an_enum_value_added_earlier_in_it_and_trac
     .unwrap();
     let out = run(&db, dir.path(), &["plan"]);
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stderr.contains("55P04"), "{}", out.stderr);
+    // Where the server points, as `up` says it: the value, not the statement's start.
+    assert!(
+        out.stderr.contains("004_sad.sql:2:26: 55P04"),
+        "{}",
+        out.stderr
+    );
 }
