@@ -139,6 +139,9 @@ pub struct Report {
     pub tested: Vec<Tested>,
     /// Migrations not tested because the run stopped at a failure.
     pub untested: usize,
+    /// Under `--keep-going`, why it stopped all the same: the failed migration could not be
+    /// left applied for the ones after it.
+    pub stuck: Option<String>,
 }
 
 impl Report {
@@ -190,8 +193,16 @@ pub async fn run(
         let tested = rehearsal.migration(migration).await?;
         let failed = tested.failed().is_some();
         report.tested.push(tested);
-        if failed && !(keep_going && rehearsal.recover(migration).await?) {
+        if !failed {
+            continue;
+        }
+        let stuck = match keep_going {
+            true => rehearsal.recover(migration).await?,
+            false => Some(String::new()),
+        };
+        if let Some(why) = stuck {
             report.untested = migrations.len() - i - 1;
+            report.stuck = (!why.is_empty()).then_some(why);
             break;
         }
     }
@@ -277,18 +288,21 @@ impl Rehearsal<'_, '_> {
     }
 
     /// After a failed step (with `--keep-going`): leaves the migration applied, as the ones
-    /// after it expect. false when it cannot be.
-    async fn recover(&mut self, migration: &Migration) -> Result<bool, Error> {
+    /// after it expect. When it cannot be, why not.
+    async fn recover(&mut self, migration: &Migration) -> Result<Option<String>, Error> {
         let (client, table) = (self.ctx.client, self.ctx.table);
         if !recorded(client, table, migration.version).await? {
             let plan = Plan::new(Direction::Up, [migration])?;
             let report = apply::run(self.ctx, self.monitor, &plan, Mode::Each, true).await;
-            if report.result.is_err() {
-                return Ok(false);
+            if let Err(error) = report.result {
+                return Ok(Some(format!(
+                    "{:03} {} could not be applied again after its failed step: {error}",
+                    migration.version, migration.name
+                )));
             }
         }
         self.before = self.reader.read().await?;
-        Ok(true)
+        Ok(None)
     }
 }
 
@@ -374,11 +388,12 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
     if irreversible > 0 {
         last.push_str(&format!(", {irreversible} without a rollback file"));
     }
-    if report.untested > 0 {
-        last.push_str(&format!(
-            "; {} not tested after the failure (--keep-going tests them)",
-            report.untested
-        ));
+    match (&report.stuck, report.untested) {
+        (_, 0) => {}
+        (Some(why), untested) => last.push_str(&format!("; {untested} not tested: {why}")),
+        (None, untested) => last.push_str(&format!(
+            "; {untested} not tested after the failure (--keep-going tests them)"
+        )),
     }
     writeln!(out, "{last}")?;
     out.flush()
@@ -424,6 +439,7 @@ fn to_json(report: &Report) -> Value {
         "passed": report.tested.len() - failed,
         "failed": failed,
         "untested": report.untested,
+        "stuck": report.stuck,
         "migrations": migrations,
     })
 }

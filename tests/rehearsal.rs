@@ -291,6 +291,45 @@ async fn keep_going_reports_every_failure_and_stopping_reports_what_was_not_test
 }
 
 #[tokio::test]
+async fn keep_going_says_why_it_stopped_when_a_failed_migration_cannot_be_applied_again() {
+    // The rollback adds an overload instead of dropping the function: the schema is not
+    // restored (step 3), and applying the file again then finds its name ambiguous.
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_f.sql",
+            "CREATE OR REPLACE FUNCTION f(a int) RETURNS int LANGUAGE sql AS 'SELECT 1';\n\
+             COMMENT ON FUNCTION f IS 'one';\n",
+        ),
+        (
+            "003_f.down.sql",
+            "CREATE OR REPLACE FUNCTION f(a bigint) RETURNS int LANGUAGE sql AS 'SELECT 2';\n",
+        ),
+        ("004_g.sql", "CREATE TABLE IF NOT EXISTS g (id int);\n"),
+        ("004_g.down.sql", "DROP TABLE IF EXISTS g;\n"),
+    ]);
+    let out = test(&db, dir.path(), &["--keep-going"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let last = out.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("1 not tested: 003 f could not be applied again after its failed step")
+            && last.contains("42725")
+            && !last.contains("--keep-going tests them"),
+        "{}",
+        out.stdout
+    );
+    let out = test(&db, dir.path(), &["--keep-going", "--format", "json"]);
+    let stuck = report(&out)["stuck"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        stuck.starts_with("003 f could not be applied again"),
+        "{stuck}"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
     let db = support::database().await;
     let dir = with_003(support::SLEEP, Some("SELECT 1;\n"));
