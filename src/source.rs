@@ -219,6 +219,12 @@ pub fn check(script: &Script) -> Result<(), Error> {
             "file holds no SQL statement; write the change or delete the file".into(),
         ));
     }
+    if let Some((line, what, closer)) = sql::unterminated(&script.sql) {
+        return Err(invalid(
+            &script.path,
+            format!("line {line}: the {what} opened here is never closed; close it with {closer}"),
+        ));
+    }
     // Before the meta-commands: a pg_dump data section ends its COPY data with `\.`.
     if let Some((line, what)) = sql::copy_stdio(&script.sql) {
         return Err(invalid(

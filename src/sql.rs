@@ -100,6 +100,39 @@ pub fn may_end_transaction(sql: &str) -> bool {
     )
 }
 
+/// A string, quoted identifier, dollar quote or block comment the file opens and never closes,
+/// as (line it opens on, what it is, what closes it). Sent as it is, it would run on into the
+/// statements db-migrate appends to the file, and the server would quote those in its error.
+pub fn unterminated(sql: &str) -> Option<(usize, String, String)> {
+    let last = tokens(sql).last()?;
+    if last.end != sql.len()
+        || !matches!(last.kind, Kind::Literal | Kind::QuotedIdent | Kind::Other)
+    {
+        return None;
+    }
+    // A token that is closed ends where it ends; an open one runs on into whatever follows.
+    let longer = format!("{sql}\n");
+    if lex(&longer, last.start).1 <= sql.len() {
+        return None;
+    }
+    let text = last.text(sql);
+    let (what, closer) = match text.as_bytes() {
+        [b'/', b'*', ..] => ("block comment".to_string(), "*/".to_string()),
+        [b'$', ..] => {
+            let tag = &text[..=text[1..].find('$')? + 1];
+            (format!("dollar quote {tag}"), tag.to_string())
+        }
+        _ if last.kind == Kind::QuotedIdent => ("quoted identifier".into(), "\"".into()),
+        // With backslash escapes off (standard_conforming_strings, on since PostgreSQL 9.1),
+        // `'it\'s'` leaves a quote open: doubling it works whatever the setting.
+        _ => (
+            "string".into(),
+            "' (a quote inside a string is written '')".into(),
+        ),
+    };
+    Some((line_of(sql, last.start), what, closer))
+}
+
 /// Whether a file that failed with `sqlstate` failed only for running in one transaction with
 /// the migrations before it, as the dry run and `plan` run them: it uses a value an earlier
 /// one added to an enum type (55P04), which PostgreSQL allows only once the transaction that
@@ -845,6 +878,40 @@ mod tests {
     fn assert_splits(cases: &[(&str, &[&str])]) {
         for (sql, expected) in cases {
             assert_eq!(texts(sql), *expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn what_a_file_opens_and_never_closes_is_named_with_its_line() {
+        const STRING: &str = "' (a quote inside a string is written '')";
+        let cases = [
+            ("SELECT 'abc", Some((1, "string", STRING))),
+            ("SELECT 1;\nSELECT E'it\\'s", Some((2, "string", STRING))),
+            ("SELECT 'it''", Some((1, "string", STRING))),
+            ("SELECT \"x", Some((1, "quoted identifier", "\""))),
+            (
+                "CREATE FUNCTION f() RETURNS int AS $body$ SELECT 1;",
+                Some((1, "dollar quote $body$", "$body$")),
+            ),
+            (
+                "SELECT 1;\n\n/* a /* nested */",
+                Some((3, "block comment", "*/")),
+            ),
+            ("SELECT 'abc';", None),
+            ("SELECT 'it''s'", None),
+            ("SELECT \"x\"", None),
+            ("SELECT $$ a $$", None),
+            ("SELECT 1 /* c */", None),
+            ("SELECT 1 -- no newline", None),
+            ("SELECT E'x'\n", None),
+            ("SELECT 123", None),
+            ("SELECT 1\n   ", None),
+            ("", None),
+        ];
+        for (sql, expected) in cases {
+            let found = unterminated(sql);
+            let found = found.as_ref().map(|(l, w, c)| (*l, w.as_str(), c.as_str()));
+            assert_eq!(found, expected, "{sql:?}");
         }
     }
 

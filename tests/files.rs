@@ -191,6 +191,37 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "002_shout.SQL",
             "lower-case .sql",
         ),
+        // Sent as they are, these would run on into what db-migrate appends to the file.
+        (
+            &[
+                GOOD,
+                (
+                    "002_body.sql",
+                    b"CREATE TABLE b (id int);
+CREATE FUNCTION f() RETURNS int AS $fn$ SELECT 1;
+",
+                ),
+            ],
+            "002_body.sql",
+            "line 2: the dollar quote $fn$ opened here is never closed; close it with $fn$",
+        ),
+        (
+            &[GOOD, ("002_quote.sql", b"CREATE TABLE b (id int);
+SELECT 'abc;
+")],
+            "002_quote.sql",
+            "line 2: the string opened here is never closed; close it with '",
+        ),
+        (
+            &[
+                GOOD,
+                ("002_b.sql", b"CREATE TABLE b (id int);"),
+                ("002_b.down.sql", b"DROP TABLE b; /* done
+"),
+            ],
+            "002_b.down.sql",
+            "line 1: the block comment opened here is never closed",
+        ),
     ];
     for (files, file, problem) in cases {
         let db = support::database().await;
