@@ -91,6 +91,7 @@ impl Config {
             hazards: rules::Limits {
                 hazard_rows: DEFAULT_HAZARD_ROWS,
                 allow_data_loss: false,
+                lock_timeout: DEFAULT_LOCK_TIMEOUT,
             },
             scratch: None,
             write_schema: None,

@@ -100,6 +100,92 @@ pub fn may_end_transaction(sql: &str) -> bool {
     )
 }
 
+/// What a statement does to `lock_timeout`, the wait the run allows a statement in the lock
+/// queue (where the bot's queries on the same table wait behind it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockTimeout {
+    /// `RESET ALL`, `RESET lock_timeout`, `SET lock_timeout TO DEFAULT`: back to the session's
+    /// default, which is no limit unless the role or database sets one.
+    Reset,
+    /// `SET [SESSION | LOCAL] lock_timeout` to this value (zero: no limit).
+    Set(std::time::Duration),
+    /// A value the statement computes (`set_config('lock_timeout', ...)`) or one not read.
+    Unknown,
+}
+
+/// How `statement` changes `lock_timeout`, if it does (see [`LockTimeout`]).
+pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
+    let tokens = statements(statement).into_iter().next()?;
+    let word = |i: usize| {
+        tokens
+            .get(i)
+            .filter(|t| t.kind == Kind::Word)
+            .map(|t| t.text(statement).to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    match word(0).as_str() {
+        "reset" => match word(1).as_str() {
+            "all" | "lock_timeout" => Some(LockTimeout::Reset),
+            _ => None,
+        },
+        "set" => {
+            let at = usize::from(matches!(word(1).as_str(), "session" | "local"));
+            if word(1 + at) != "lock_timeout" {
+                return None;
+            }
+            // `TO` or `=`, then the value.
+            let value = tokens.get(3 + at)?;
+            let text = value.text(statement);
+            if value.kind == Kind::Word && text.eq_ignore_ascii_case("default") {
+                return Some(LockTimeout::Reset);
+            }
+            let literal = match value.kind {
+                Kind::Literal => text.strip_prefix('\'').and_then(|t| t.strip_suffix('\'')),
+                Kind::Other => Some(text),
+                _ => None,
+            };
+            Some(
+                literal
+                    .and_then(milliseconds)
+                    .map_or(LockTimeout::Unknown, |ms| {
+                        LockTimeout::Set(std::time::Duration::from_millis(ms))
+                    }),
+            )
+        }
+        // `set_config('lock_timeout', ...)` anywhere in it, however its value is computed.
+        _ => tokens
+            .windows(3)
+            .any(|w| {
+                w[0].kind == Kind::Word
+                    && w[0].text(statement).eq_ignore_ascii_case("set_config")
+                    && w[1].kind == Kind::Open
+                    && w[2].kind == Kind::Literal
+                    && w[2].text(statement).eq_ignore_ascii_case("'lock_timeout'")
+            })
+            .then_some(LockTimeout::Unknown),
+    }
+}
+
+/// A time setting's value in milliseconds, as the server reads it: a number alone is
+/// milliseconds, or a number and a unit (`us`, `ms`, `s`, `min`, `h`, `d`).
+fn milliseconds(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let number: f64 = value[..split].parse().ok()?;
+    let per_unit = match value[split..].trim() {
+        "" | "ms" => 1.0,
+        "us" => 0.001,
+        "s" => 1000.0,
+        "min" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => return None,
+    };
+    Some((number * per_unit).ceil() as u64)
+}
+
 /// A string, quoted identifier, dollar quote or block comment the file opens and never closes,
 /// as (line it opens on, what it is, what closes it). Sent as it is, it would run on into the
 /// statements db-migrate appends to the file, and the server would quote those in its error.
@@ -878,6 +964,36 @@ mod tests {
     fn assert_splits(cases: &[(&str, &[&str])]) {
         for (sql, expected) in cases {
             assert_eq!(texts(sql), *expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn what_a_statement_does_to_lock_timeout_is_read_from_its_words() {
+        use std::time::Duration;
+        let ms = |n| Some(LockTimeout::Set(Duration::from_millis(n)));
+        let cases = [
+            ("RESET ALL", Some(LockTimeout::Reset)),
+            ("reset Lock_Timeout", Some(LockTimeout::Reset)),
+            ("SET lock_timeout TO DEFAULT", Some(LockTimeout::Reset)),
+            ("SET lock_timeout = 0", ms(0)),
+            ("SET lock_timeout = 5000", ms(5000)),
+            ("SET LOCAL lock_timeout = '5s'", ms(5000)),
+            ("SET SESSION lock_timeout TO '1min'", ms(60_000)),
+            ("set lock_timeout = '150ms'", ms(150)),
+            ("SET lock_timeout = '2 s'", ms(2000)),
+            ("SET lock_timeout = 'soon'", Some(LockTimeout::Unknown)),
+            (
+                "SELECT pg_catalog.set_config('lock_timeout', '0', false)",
+                Some(LockTimeout::Unknown),
+            ),
+            ("SELECT set_config('search_path', '', false)", None),
+            ("SET statement_timeout = 0", None),
+            ("RESET search_path", None),
+            ("SELECT 'RESET ALL'", None),
+            ("-- SET lock_timeout = 0\nSELECT 1", None),
+        ];
+        for (statement, expected) in cases {
+            assert_eq!(lock_timeout_change(statement), expected, "{statement}");
         }
     }
 

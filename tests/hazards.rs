@@ -548,3 +548,55 @@ async fn plan_marks_a_migration_using_an_enum_value_added_earlier_in_it_and_trac
         out.stderr
     );
 }
+
+#[tokio::test]
+async fn lifting_the_run_s_lock_timeout_is_refused_on_any_table_lowering_it_is_not() {
+    // A RESET ALL would let the ALTER after it wait in the lock queue as long as the
+    // longest transaction on the table, the bot's queries behind it.
+    let db = seeded("").await;
+    for (lift, what) in [
+        ("RESET ALL;", "no limit unless set"),
+        ("SET lock_timeout = 0;", "lock_timeout 0, no limit"),
+        (
+            "SET LOCAL lock_timeout = '5s';",
+            "lock_timeout 5000 ms, above the run's 200 ms",
+        ),
+        (
+            "SELECT set_config('lock_timeout', '0', true);",
+            "a value it computes",
+        ),
+    ] {
+        let text = format!("{lift}\nALTER TABLE video_requests ADD COLUMN IF NOT EXISTS x int;\n");
+        let dir = support::copy_of_seed(&[("003_lift.sql", &text)]);
+        let out = run(&db, dir.path(), &["up"]);
+        let message = refused(&out, &["lifts-lock-timeout"]);
+        assert!(
+            message.contains("003_lift.sql:1:1: lifts-lock-timeout") && message.contains(what),
+            "{lift}: {message}"
+        );
+        assert_eq!(history(&db.client().await).await, [1, 2], "{lift}");
+    }
+    // Lower than the run's is a tighter limit; an allow comment takes the responsibility.
+    let mut files = vec![
+        (
+            "003_lower.sql",
+            "SET lock_timeout = '100ms';\nALTER TABLE video_requests ADD COLUMN IF NOT EXISTS x int;\n",
+        ),
+        (
+            "004_allowed.sql",
+            "-- db-migrate:allow lifts-lock-timeout run at night without the bot\nRESET ALL;\n\
+             ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS y int;\n",
+        ),
+    ];
+    let out = run(&db, support::copy_of_seed(&files).path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
+    // `--ddl-lock-timeout` is where a longer wait is asked for.
+    files.push(("005_five.sql", "SET lock_timeout = '5s';\nSELECT 1;\n"));
+    let dir = support::copy_of_seed(&files);
+    let out = run(&db, dir.path(), &["up"]);
+    refused(&out, &["lifts-lock-timeout"]);
+    let out = run(&db, dir.path(), &["up", "--ddl-lock-timeout", "5s"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4, 5]);
+}

@@ -423,7 +423,9 @@ async fn session_settings_of_one_migration_do_not_reach_the_next() {
             "001_settings.sql",
             "CREATE SCHEMA app;\n\
              DO $$ BEGIN CREATE ROLE dbm_integrity_other; EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n\
-             SET search_path = app;\nSET lock_timeout = 0;\n\
+             SET search_path = app;\n\
+             -- db-migrate:allow lifts-lock-timeout what the next migration must not inherit\n\
+             SET lock_timeout = 0;\n\
              SET default_transaction_read_only = on;\nSET ROLE dbm_integrity_other;",
         ),
         (
@@ -436,7 +438,9 @@ async fn session_settings_of_one_migration_do_not_reach_the_next() {
         ),
         (
             "004_temp.sql",
-            "CREATE TEMP TABLE schema_migrations (version bigint);\nRESET ALL;\nDEALLOCATE ALL;",
+            "CREATE TEMP TABLE schema_migrations (version bigint);\n\
+             -- db-migrate:allow lifts-lock-timeout the reset is what is tested\n\
+             RESET ALL;\nDEALLOCATE ALL;",
         ),
         ("005_after.sql", "CREATE TABLE after_reset (i int);"),
     ])
@@ -494,7 +498,8 @@ async fn the_run_limits_hold_for_every_migration() {
     let dir = migrations(&[
         (
             "001_zero.sql",
-            "SET lock_timeout = 0;\nSET statement_timeout = 0;",
+            "-- db-migrate:allow lifts-lock-timeout what the next migration must not inherit\n\
+             SET lock_timeout = 0;\nSET statement_timeout = 0;",
         ),
         (
             "002_seen.sql",
@@ -847,6 +852,7 @@ async fn plan_never_commits_what_a_file_that_ends_its_transaction_runs() {
         let limits = db_migrate::rules::Limits {
             hazard_rows: 10_000,
             allow_data_loss: false,
+            lock_timeout: Duration::from_millis(200),
         };
         let result = db_migrate::trace::run(&h.client, &plan, limits, Duration::from_secs(1)).await;
         assert!(

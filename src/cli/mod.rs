@@ -498,6 +498,7 @@ impl Cli {
             hazards: rules::Limits {
                 hazard_rows: self.hazard_rows,
                 allow_data_loss: self.allow_data_loss,
+                lock_timeout: self.ddl_lock_timeout.0,
             },
             scratch,
             write_schema,

@@ -33,10 +33,11 @@ pub enum Rule {
     DropsData,
     RenamesInUse,
     NotIdempotent,
+    LiftsLockTimeout,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 7] = [
+    pub const ALL: [Rule; 8] = [
         Rule::IndexWithoutConcurrently,
         Rule::TableRewrite,
         Rule::ValidatesWholeTable,
@@ -44,6 +45,7 @@ impl Rule {
         Rule::DropsData,
         Rule::RenamesInUse,
         Rule::NotIdempotent,
+        Rule::LiftsLockTimeout,
     ];
 
     pub fn id(self) -> &'static str {
@@ -55,6 +57,7 @@ impl Rule {
             Rule::DropsData => "drops-data",
             Rule::RenamesInUse => "renames-in-use",
             Rule::NotIdempotent => "not-idempotent",
+            Rule::LiftsLockTimeout => "lifts-lock-timeout",
         }
     }
 
@@ -84,6 +87,9 @@ impl Rule {
                 "add the new name beside the old one, move the bot over, then drop the old name in a later release"
             }
             Rule::NotIdempotent => "write CREATE ... IF NOT EXISTS and DROP ... IF EXISTS",
+            Rule::LiftsLockTimeout => {
+                "leave lock_timeout to db-migrate: remove the statement, and raise --ddl-lock-timeout for the run if its locks need a longer wait"
+            }
         }
     }
 
@@ -96,6 +102,7 @@ impl Rule {
                 | Rule::TableRewrite
                 | Rule::ValidatesWholeTable
                 | Rule::DropsData
+                | Rule::LiftsLockTimeout
         )
     }
 }
@@ -158,6 +165,8 @@ pub struct Limits {
     pub hazard_rows: i64,
     /// Data loss was accepted for this run (`--allow-data-loss`).
     pub allow_data_loss: bool,
+    /// The run's `lock_timeout` (`--ddl-lock-timeout`): a statement may lower it, not lift it.
+    pub lock_timeout: std::time::Duration,
 }
 
 /// What the run already knows of the target's tables when the rules look.
@@ -318,6 +327,28 @@ pub async fn check(
                 allowed: allowed(allows, rule),
             }
         };
+        // Not a table's size but every table's queue: the statements after it wait for
+        // their locks as long as they must, and the bot's queries wait behind them.
+        let run_ms = limits.lock_timeout.as_millis();
+        let lifted = match sql::lock_timeout_change(statement.text) {
+            Some(sql::LockTimeout::Set(wait)) if wait.is_zero() => {
+                Some("lock_timeout 0, no limit".to_string())
+            }
+            Some(sql::LockTimeout::Set(wait)) => (wait > limits.lock_timeout).then(|| {
+                format!(
+                    "lock_timeout {} ms, above the run's {run_ms} ms",
+                    wait.as_millis()
+                )
+            }),
+            Some(sql::LockTimeout::Reset) => {
+                Some("lock_timeout back to the session's default, no limit unless set".into())
+            }
+            Some(sql::LockTimeout::Unknown) => Some("lock_timeout to a value it computes".into()),
+            None => None,
+        };
+        if let Some(what) = lifted {
+            findings.push(finding(Rule::LiftsLockTimeout, String::new(), 0, &what));
+        }
         for effect in effects {
             let Some((rule, table, what, column_name)) = weigh(effect) else {
                 match effect {
