@@ -599,4 +599,16 @@ async fn lifting_the_run_s_lock_timeout_is_refused_on_any_table_lowering_it_is_n
     let out = run(&db, dir.path(), &["up", "--ddl-lock-timeout", "5s"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(history(&db.client().await).await, [1, 2, 3, 4, 5]);
+
+    // A pg_dump schema as the first migration of an empty database: no one to stall.
+    let empty = support::database().await;
+    let dump = support::migrations(&[(
+        "001_schema.sql",
+        "SET statement_timeout = 0;\nSET lock_timeout = 0;\n\
+         SELECT pg_catalog.set_config('search_path', '', false);\n\
+         CREATE TABLE public.t (id integer NOT NULL);\n\
+         ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n",
+    )]);
+    let out = run(&empty, dump.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }

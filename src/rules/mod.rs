@@ -328,9 +328,15 @@ pub async fn check(
             }
         };
         // Not a table's size but every table's queue: the statements after it wait for
-        // their locks as long as they must, and the bot's queries wait behind them.
+        // their locks as long as they must, and the bot's queries wait behind them. On a
+        // database without tables no one waits (a pg_dump schema as the first migration
+        // starts with `SET lock_timeout = 0`).
         let run_ms = limits.lock_timeout.as_millis();
-        let lifted = match sql::lock_timeout_change(statement.text) {
+        let change = match known {
+            Tables::None => None,
+            Tables::Unknown => sql::lock_timeout_change(statement.text),
+        };
+        let lifted = match change {
             Some(sql::LockTimeout::Set(wait)) if wait.is_zero() => {
                 Some("lock_timeout 0, no limit".to_string())
             }
