@@ -25,8 +25,9 @@ pub struct Lock {
     pub mode: String,
     /// How long it stays held after the statement, to the end of its migration.
     pub held_after_ms: f64,
-    pub rows: i64,
-    pub bytes: i64,
+    /// The relation's rows and bytes once its migration ran; none when the migration dropped it.
+    pub rows: Option<i64>,
+    pub bytes: Option<i64>,
 }
 
 impl Lock {
@@ -139,10 +140,12 @@ pub async fn run(
         );
         (client.batch_execute(&guard).await)
             .map_err(Error::database("guarding the plan's transaction"))?;
-        let existing = snapshot(client).await?;
+        let existing = snapshot(client, None).await?;
+        let names = names(client).await?;
+        let tables: Vec<i64> = existing.files.keys().copied().collect();
         'migrations: for step in &plan.steps {
             let script = step.script;
-            let mut migration: Vec<(Statement, Snapshot, Snapshot)> = Vec::new();
+            let mut migration: Vec<Statement> = Vec::new();
             let statements = sql::split(&script.sql);
             // A migration that cannot be traced here is rewound to its savepoint, and the
             // plan goes on with the next one (see `Untraced::EnumValueUncommitted`).
@@ -187,8 +190,10 @@ pub async fn run(
                 report.statements.extend(checked);
                 continue;
             }
+            // Around each statement: the snapshot after one is the one before the next, as
+            // nothing runs between them (the sizes are read once the migration is done).
+            let mut snapshots = vec![snapshot(client, Some(&tables)).await?];
             for (statement, mut traced) in statements.iter().zip(checked.iter().cloned()) {
-                let before = snapshot(client).await?;
                 let started = Instant::now();
                 let answer = client.simple_query(statement.text).await;
                 traced.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -215,19 +220,37 @@ pub async fn run(
                     }
                     Err(error) => return Err(error),
                 };
-                still_open(client, step.migration.version, &script.path).await?;
+                // Sent together; the snapshot counts only once the check says the statement
+                // left the plan's transaction open.
+                let (open, after) = tokio::join!(
+                    still_open(client, step.migration.version, &script.path),
+                    snapshot(client, Some(&tables))
+                );
+                open?;
+                snapshots.push(after?);
                 traced.rows = messages.iter().rev().find_map(|m| match m {
                     SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
                     _ => None,
                 });
-                let after = snapshot(client).await?;
-                migration.push((traced, before, after));
+                migration.push(traced);
             }
             (client
                 .batch_execute(&format!("RELEASE SAVEPOINT {MIGRATION}"))
                 .await)
                 .map_err(Error::database("releasing the migration's savepoint"))?;
-            finish(client, &existing, migration, budget_ms, &mut report).await?;
+            let before = Before {
+                files: &existing.files,
+                names: &names,
+            };
+            finish(
+                client,
+                before,
+                migration,
+                &snapshots,
+                budget_ms,
+                &mut report,
+            )
+            .await?;
         }
         Ok(())
     })
@@ -239,36 +262,42 @@ pub async fn run(
 /// locks that block the bot stay held after it.
 async fn finish(
     client: &Client,
-    existing: &Snapshot,
-    migration: Vec<(Statement, Snapshot, Snapshot)>,
+    existing: Before<'_>,
+    migration: Vec<Statement>,
+    snapshots: &[Snapshot],
     budget_ms: f64,
     report: &mut Report,
 ) -> Result<(), Error> {
-    let durations: Vec<f64> = migration.iter().map(|(s, ..)| s.duration_ms).collect();
-    for (i, (mut statement, before, after)) in migration.into_iter().enumerate() {
+    let durations: Vec<f64> = migration.iter().map(|s| s.duration_ms).collect();
+    for (i, mut statement) in migration.into_iter().enumerate() {
+        let (before, after) = (&snapshots[i], &snapshots[i + 1]);
         // An empty sum is -0.0; adding 0.0 makes it print as 0.0.
         let held_after_ms: f64 = durations[i + 1..].iter().sum::<f64>() + 0.0;
-        let new: BTreeSet<&(String, String)> = after.locks.difference(&before.locks).collect();
-        for (relation, mode) in new {
+        for (relation, mode) in after.locks.difference(&before.locks) {
             if !existing.files.contains_key(relation) {
                 continue;
             }
-            let (rows, bytes) = size(client, relation).await?;
+            let size = size(client, *relation).await?;
             statement.locks.push(Lock {
-                relation: relation.clone(),
+                relation: existing.name(*relation),
                 mode: mode.clone(),
                 held_after_ms,
-                rows,
-                bytes,
+                rows: size.map(|(rows, _)| rows),
+                bytes: size.map(|(_, bytes)| bytes),
             });
         }
-        statement.rewrites = (after.files.iter())
+        statement
+            .locks
+            .sort_by(|a, b| (&a.relation, &a.mode).cmp(&(&b.relation, &b.mode)));
+        let rewritten: Vec<i64> = (after.files.iter())
             .filter(|(relation, file)| {
                 before.files.get(*relation).is_some_and(|old| old != *file)
                     && existing.files.contains_key(*relation)
             })
-            .map(|(relation, _)| relation.clone())
+            .map(|(relation, _)| *relation)
             .collect();
+        statement.rewrites = rewritten.into_iter().map(|r| existing.name(r)).collect();
+        statement.rewrites.sort();
         // A type change the parser flags may be binary compatible (varchar(n) to text): the
         // trace saw whether the table was rewritten.
         if statement.rewrites.is_empty() {
@@ -289,7 +318,7 @@ async fn finish(
                 column: statement.column,
                 statement: statement.first_line.clone(),
                 relation: lock.relation.clone(),
-                rows: lock.rows,
+                rows: lock.rows.unwrap_or_default(),
                 what: format!(
                     "{} held {:.0} ms after it, blocking the bot's {}",
                     lock.mode,
@@ -331,24 +360,30 @@ async fn still_open(client: &Client, version: i64, file: &std::path::Path) -> Re
     }
 }
 
-/// The job's own relation locks, and the relfilenode of every user table.
+/// The job's own relation locks, and the relfilenode of every user table, by the
+/// relations' oids: their names are read only for what a statement locked or rewrote.
 #[derive(Debug, Default)]
 struct Snapshot {
-    locks: BTreeSet<(String, String)>,
-    files: HashMap<String, i64>,
+    locks: BTreeSet<(i64, String)>,
+    files: HashMap<i64, i64>,
 }
 
-async fn snapshot(client: &Client) -> Result<Snapshot, Error> {
+/// `among`: only these relations (the tables that existed before the plan); every user table
+/// when `None`. What the plan creates is locked until its end and new to the bot: without the
+/// filter each snapshot would carry every lock the plan took so far, hundreds in a long one.
+async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Error> {
     // Locks on system catalogs (oid < 16384) are the snapshot's own and the server's.
     let rows = client
         .query(
-            "SELECT true, l.relation::regclass::text, l.mode, 0::int8 FROM pg_catalog.pg_locks l
+            "SELECT true, l.relation::int8, l.mode, 0::int8 FROM pg_catalog.pg_locks l
               WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation'
                 AND l.granted AND l.relation >= 16384
+                AND ($1::int8[] IS NULL OR l.relation::int8 = ANY ($1::int8[]))
              UNION ALL
-             SELECT false, c.oid::regclass::text, '', c.relfilenode::int8 FROM pg_catalog.pg_class c
-              WHERE c.relkind IN ('r', 'm') AND c.oid >= 16384",
-            &[],
+             SELECT false, c.oid::int8, '', c.relfilenode::int8 FROM pg_catalog.pg_class c
+              WHERE c.relkind IN ('r', 'm') AND c.oid >= 16384
+                AND ($1::int8[] IS NULL OR c.oid::int8 = ANY ($1::int8[]))",
+            &[&among],
         )
         .await
         .map_err(Error::database(
@@ -356,7 +391,7 @@ async fn snapshot(client: &Client) -> Result<Snapshot, Error> {
         ))?;
     let mut snapshot = Snapshot::default();
     for row in rows {
-        let (lock, relation, mode, file): (bool, String, String, i64) =
+        let (lock, relation, mode, file): (bool, i64, String, i64) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
         match lock {
             true => {
@@ -370,16 +405,46 @@ async fn snapshot(client: &Client) -> Result<Snapshot, Error> {
     Ok(snapshot)
 }
 
-async fn size(client: &Client, relation: &str) -> Result<(i64, i64), Error> {
+/// The tables that existed before the plan: their files, and their names then, which is what
+/// the report calls them (a statement may rename or drop one).
+#[derive(Clone, Copy)]
+struct Before<'a> {
+    files: &'a HashMap<i64, i64>,
+    names: &'a HashMap<i64, String>,
+}
+
+impl Before<'_> {
+    fn name(&self, relation: i64) -> String {
+        self.names
+            .get(&relation)
+            .cloned()
+            .unwrap_or_else(|| relation.to_string())
+    }
+}
+
+async fn names(client: &Client) -> Result<HashMap<i64, String>, Error> {
+    let rows = client
+        .query(
+            "SELECT c.oid::int8, c.oid::regclass::text FROM pg_catalog.pg_class c
+              WHERE c.relkind IN ('r', 'm') AND c.oid >= 16384",
+            &[],
+        )
+        .await
+        .map_err(Error::database("reading the names of the tables"))?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// A traced relation's rows and bytes; none when a statement of the plan dropped it.
+async fn size(client: &Client, relation: i64) -> Result<Option<(i64, i64)>, Error> {
     let row = client
-        .query_one(
+        .query_opt(
             "SELECT greatest(c.reltuples, 0)::int8, pg_catalog.pg_total_relation_size(c.oid)
-               FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)",
+               FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
             &[&relation],
         )
         .await
         .map_err(Error::database("reading the size of a traced relation"))?;
-    Ok((row.get(0), row.get(1)))
+    Ok(row.map(|row| (row.get(0), row.get(1))))
 }
 
 /// A statement that failed under the trace, named by file, line and column.
@@ -487,10 +552,14 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                         "nothing" => "blocks none of the bot's queries".to_string(),
                         what => format!("blocks the bot's {what}"),
                     };
+                    let size = match (lock.rows, lock.bytes) {
+                        (Some(rows), Some(bytes)) => format!("{rows} rows, {bytes} bytes"),
+                        _ => "dropped in this migration".to_string(),
+                    };
                     writeln!(
                         out,
-                        "        locks {} {} ({blocks}) until {:.1} ms after it; {} rows, {} bytes",
-                        lock.relation, lock.mode, lock.held_after_ms, lock.rows, lock.bytes
+                        "        locks {} {} ({blocks}) until {:.1} ms after it; {size}",
+                        lock.relation, lock.mode, lock.held_after_ms
                     )?;
                 }
                 for relation in &s.rewrites {

@@ -612,3 +612,37 @@ async fn lifting_the_run_s_lock_timeout_is_refused_on_any_table_lowering_it_is_n
     let out = run(&empty, dump.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn plan_names_a_table_locked_then_dropped_in_its_migration_by_its_name_before_the_plan() {
+    let db = seeded("").await;
+    let dir = support::copy_of_seed(&[(
+        "003_drop.sql",
+        "ALTER TABLE video_requests RENAME TO old_requests;\n\
+         -- db-migrate:allow drops-data the bot moved to another table\n\
+         DROP TABLE old_requests;\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(
+            "locks video_requests AccessExclusiveLock (blocks the bot's reads and writes) \
+             until"
+        ) && out.stdout.contains("; dropped in this migration"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    let first: serde_json::Value =
+        serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    let lock = &first["locks"][0];
+    assert_eq!(
+        (&lock["relation"], &lock["relation_rows"]),
+        (
+            &serde_json::json!("video_requests"),
+            &serde_json::Value::Null
+        ),
+        "{first}"
+    );
+    assert_eq!(support::tables(&db.client().await).await.len(), 2);
+}
