@@ -125,7 +125,14 @@ pub async fn run(
     limits: rules::Limits,
     lock_budget: std::time::Duration,
 ) -> Result<Report, Error> {
-    let findings = rules::check(client, plan, limits, true, rules::Tables::Unknown).await?;
+    // The tables before the plan, by name: what the report calls them, and whether the
+    // database holds any at all (without, the rules weigh nothing, as for `up`).
+    let names = names(client).await?;
+    let known = match names.is_empty() {
+        true => rules::Tables::None,
+        false => rules::Tables::Unknown,
+    };
+    let findings = rules::check(client, plan, limits, true, known).await?;
     let budget_ms = lock_budget.as_secs_f64() * 1000.0;
     let mut report = Report::default();
     session::transaction(client, false, async || {
@@ -141,7 +148,6 @@ pub async fn run(
         (client.batch_execute(&guard).await)
             .map_err(Error::database("guarding the plan's transaction"))?;
         let existing = snapshot(client, None).await?;
-        let names = names(client).await?;
         let tables: Vec<i64> = existing.files.keys().copied().collect();
         'migrations: for step in &plan.steps {
             let script = step.script;

@@ -609,6 +609,9 @@ async fn lifting_the_run_s_lock_timeout_is_refused_on_any_table_lowering_it_is_n
          CREATE TABLE public.t (id integer NOT NULL);\n\
          ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n",
     )]);
+    let out = run(&empty, dump.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("lifts-lock-timeout"), "{}", out.stdout);
     let out = run(&empty, dump.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
