@@ -1,0 +1,102 @@
+"""Writes one SQL text for scripts/bench-server-cost.sh: the history table, then N migrations of
+`CREATE TABLE IF NOT EXISTS t_K (id int)`, each framed as db-migrate frames a transactional
+migration in a transaction of its own (src/session.rs: `Session::open`, `Session::seal`,
+`Session::guard`; clean frames after the first, no cursor, no savepoint), or as a variant of
+that framing. The text runs as one query in single-user mode, so the history insert is a
+prepared statement run with EXECUTE, as the job runs it prepared.
+
+This copies the framing; when session.rs changes what a migration sends, change it here too
+(the statements of a real run are in the server's log with `log_statement = all`).
+
+Usage: framing.py N VARIANT
+"""
+import sys
+
+TOKEN = "c8a14537442747d6"
+RESET = ("RESET ALL; SET lock_timeout = 200; SET statement_timeout = 0; "
+         "SET idle_in_transaction_session_timeout = 60000; "
+         "SET client_connection_check_interval = 2000")
+HISTORY = ('CREATE TABLE IF NOT EXISTS public."schema_migrations" (version BIGINT PRIMARY KEY, '
+           "name TEXT NOT NULL, checksum TEXT NOT NULL, execution_ms BIGINT NOT NULL, "
+           "applied_at TIMESTAMPTZ NOT NULL DEFAULT now(), applied_by TEXT NOT NULL)")
+GUARD_ARMS = (
+    "CASE WHEN pg_catalog.pg_backend_pid() <> pg_catalog.pg_backend_pid() "
+    "THEN pg_catalog.current_setting('db_migrate.other_session_' || pg_catalog.pg_backend_pid())::int "
+    f"WHEN pg_catalog.current_setting('db_migrate.token', true) IS DISTINCT FROM '{TOKEN}' "
+    "THEN pg_catalog.current_setting('db_migrate.not_in_transaction')::int "
+    "WHEN NOT pg_catalog.pg_try_advisory_lock(1, 2) "
+    "THEN pg_catalog.current_setting('db_migrate.lock_lost')::int ")
+ELAPSED = ("(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - "
+           "coalesce(nullif(pg_catalog.current_setting('db_migrate.started', true), '')::timestamptz, "
+           "pg_catalog.transaction_timestamp())) * 1000)::bigint")
+CHECKSUM = "295abe8a0f191556e78229213e8df53aa1e97e9addfc27e26f671c187fa8da32"
+# What each variant leaves out of, or changes in, the framing.
+VARIANTS = {
+    "floor": "every file and history row in one transaction",
+    "transaction": "one transaction per migration, nothing else",
+    "ours": "the framing as session.rs sends it",
+    "no-check": "without the check that the migration before committed",
+    "no-reset": "without the reset",
+    "reset-all-only": "the reset as RESET ALL alone",
+    "mark-in-insert": "the committed mark set inside the history insert",
+    "prepared-check": "the check as EXECUTE of a prepared SELECT",
+    "no-guard": "without the history insert's guard",
+    "savepoint": "with a savepoint around the file",
+}
+
+
+def text(n, variant):
+    guarded = variant not in ("floor", "transaction", "no-guard")
+    guard = GUARD_ARMS
+    if variant == "mark-in-insert":
+        guard += (f"WHEN pg_catalog.set_config('db_migrate.committed', '{TOKEN}.' || $1, false) "
+                  "IS NULL THEN NULL ")
+    value = guard + "ELSE $1 END" if guarded else "$1"
+    elapsed = "0" if variant in ("floor", "transaction") else ELAPSED
+    out = [HISTORY,
+           'PREPARE db_migrate_insert (bigint, text) AS INSERT INTO public."schema_migrations" '
+           f"(version, name, checksum, execution_ms, applied_by) VALUES ({value}, $2, "
+           f"'{CHECKSUM}', {elapsed}, 'bench')"]
+    insert = "EXECUTE db_migrate_insert({0}, 't{0}')"
+    if variant in ("floor", "transaction"):
+        one = variant == "floor"
+        out += ["BEGIN"] if one else []
+        for k in range(1, n + 1):
+            body = [f"CREATE TABLE IF NOT EXISTS t_{k} (id int)", insert.format(k)]
+            out += body if one else ["BEGIN", *body, "COMMIT"]
+        out += ["COMMIT"] if one else []
+        return "; ".join(out) + ";\n\n"
+    reset = "RESET ALL" if variant == "reset-all-only" else RESET
+    out += ["BEGIN", reset, "COMMIT"]
+    check = ("SELECT CASE WHEN pg_catalog.current_setting('db_migrate.committed', true) = {} "
+             "THEN pg_catalog.pg_backend_pid() "
+             "ELSE pg_catalog.current_setting('db_migrate.the_migration_before_did_not_commit')::int END")
+    if variant == "prepared-check":
+        out.append(f"PREPARE db_migrate_after (text) AS {check.format('$1')}")
+    for k in range(1, n + 1):
+        out.append("BEGIN")
+        if k > 1 and variant == "prepared-check":
+            out.append(f"EXECUTE db_migrate_after('{TOKEN}.{k - 1}')")
+        elif k > 1 and variant != "no-check":
+            out.append(check.format(f"'{TOKEN}.{k - 1}'"))
+        file = [f"CREATE TABLE IF NOT EXISTS t_{k} (id int)"]
+        if variant == "savepoint":
+            file = ["SAVEPOINT db_migrate_migration", *file, "RELEASE SAVEPOINT db_migrate_migration"]
+        out += file
+        if variant != "no-reset":
+            out.append(reset)
+        if variant != "mark-in-insert":
+            out.append(f"SET db_migrate.committed = '{TOKEN}.{k}'")
+        out += ["RESET ROLE", f"SET LOCAL db_migrate.token = '{TOKEN}'", insert.format(k), "COMMIT"]
+    return "; ".join(out) + ";\n\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "--list":
+        for name, what in VARIANTS.items():
+            print(f"{name}\t{what}")
+        sys.exit(0)
+    count, name = int(sys.argv[1]), sys.argv[2]
+    if name not in VARIANTS:
+        sys.exit(f"unknown variant {name}; known: {', '.join(VARIANTS)}")
+    sys.stdout.write(text(count, name))
