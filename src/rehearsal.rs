@@ -196,15 +196,14 @@ pub async fn run(
         if !failed {
             continue;
         }
-        let stuck = match keep_going {
-            true => rehearsal.recover(migration).await?,
-            false => Some(String::new()),
-        };
-        if let Some(why) = stuck {
-            report.untested = migrations.len() - i - 1;
-            report.stuck = (!why.is_empty()).then_some(why);
-            break;
+        if keep_going {
+            report.stuck = rehearsal.recover(migration).await?;
+            if report.stuck.is_none() {
+                continue;
+            }
         }
+        report.untested = migrations.len() - i - 1;
+        break;
     }
     Ok(report)
 }

@@ -33,6 +33,13 @@ async fn seeded(rows: &str) -> TestDb {
     db
 }
 
+/// `plan --format json`'s objects, one per statement.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    (out.stdout.lines())
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
 /// The summary's message, after asserting exit 9 and a `hazard refused` event per `rules`.
 fn refused(out: &Output, rules: &[&str]) -> String {
     assert_eq!(out.code, 9, "{}", out.stderr);
@@ -267,11 +274,7 @@ async fn plan_traces_locks_rewrites_and_rows_and_leaves_everything_as_it_was() {
     ]);
     let out = run(&db, dir.path(), &["plan", "--format", "json"]);
     assert_eq!(out.code, 9, "{}", out.stderr);
-    let statements: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let statements = json_lines(&out);
     assert_eq!(statements.len(), 5, "{}", out.stdout);
     // Every field, on every statement.
     for statement in &statements {
@@ -488,11 +491,7 @@ async fn plan_marks_a_migration_using_an_enum_value_added_earlier_in_it_and_trac
     ]);
     let out = run(&db, dir.path(), &["plan", "--format", "json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let statements: Vec<serde_json::Value> = out
-        .stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let statements = json_lines(&out);
     let traced: Vec<(i64, bool, serde_json::Value)> = (statements.iter())
         .map(|s| {
             let version = s["version"].as_i64().unwrap();
@@ -636,8 +635,7 @@ async fn plan_names_a_table_locked_then_dropped_in_its_migration_by_its_name_bef
         out.stdout
     );
     let out = run(&db, dir.path(), &["plan", "--format", "json"]);
-    let first: serde_json::Value =
-        serde_json::from_str(out.stdout.lines().next().unwrap()).unwrap();
+    let first = &json_lines(&out)[0];
     let lock = &first["locks"][0];
     assert_eq!(
         (&lock["relation"], &lock["relation_rows"]),
