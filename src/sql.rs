@@ -29,15 +29,11 @@ impl Statement<'_> {
 /// whitespace/comments are dropped.
 pub fn split(sql: &str) -> Vec<Statement<'_>> {
     let mut lines = LineCounter::new();
-    statements(sql)
-        .iter()
-        .filter_map(|tokens| {
-            let (first, last) = (tokens.first()?, tokens.last()?);
-            Some(Statement {
-                text: &sql[first.start..last.end],
-                offset: first.start,
-                line: lines.line_at(sql, first.start),
-            })
+    spans(sql)
+        .map(|(start, end)| Statement {
+            text: &sql[start..end],
+            offset: start,
+            line: lines.line_at(sql, start),
         })
         .collect()
 }
@@ -63,9 +59,10 @@ pub fn is_no_transaction(sql: &str) -> bool {
 /// `SET TRANSACTION`). Savepoints (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) stay inside the
 /// transaction, so they are not reported.
 pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
-    statements(sql).iter().find_map(|tokens| {
-        let keywords = control_keywords(sql, tokens)?;
-        Some((line_of(sql, tokens.first()?.start), keywords))
+    spans(sql).find_map(|(start, end)| {
+        let statement = &sql[start..end];
+        let keywords = control_keywords(statement, &head(statement, HEAD))?;
+        Some((line_of(sql, start), keywords))
     })
 }
 
@@ -74,19 +71,42 @@ pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
 /// the file checks use. True also when the parser does not accept the text, since then it
 /// cannot say.
 pub fn may_end_transaction(sql: &str) -> bool {
-    use pg_query::protobuf::TransactionStmtKind as Kind;
     // Every statement that opens or ends a transaction starts with one of these keywords,
     // which the server matches in ASCII whatever the case and no escape can spell: text
     // without any of them, anywhere, needs no parse (most files: a parse costs tens of
     // microseconds and the allocations of its tree).
-    let lower = sql.to_ascii_lowercase();
-    let keywords = [
-        "begin", "start", "commit", "end", "rollback", "abort", "prepare",
-    ];
-    if !keywords.iter().any(|k| lower.contains(k)) {
+    if !contains_any_ignore_case(sql, &TRANSACTION_KEYWORDS) {
         return false;
     }
-    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+    // PostgreSQL's scanner splits the text, and only a statement that starts with such a
+    // keyword is parsed: the parse tree of a whole seed file, a single INSERT of many rows,
+    // takes some forty times the text's size. The split ends a statement at any top-level
+    // semicolon, inside a `BEGIN ATOMIC` body too, whose END then reads as a COMMIT: a
+    // guard more, never one fewer. Text that fails to parse as a whole never runs at all.
+    let Ok(statements) = pg_query::split_with_scanner(sql) else {
+        return true;
+    };
+    statements.into_iter().any(|statement| {
+        let first = code(statement).next();
+        first.is_some_and(|first| {
+            TRANSACTION_KEYWORDS
+                .iter()
+                .any(|k| first.is_keyword(statement, k))
+                && ends_transaction(statement)
+        })
+    })
+}
+
+/// The first keyword of every statement that opens or ends a transaction.
+const TRANSACTION_KEYWORDS: [&str; 7] = [
+    "begin", "start", "commit", "end", "rollback", "abort", "prepare",
+];
+
+/// Whether PostgreSQL's parser reads `statement` as one that opens or ends a transaction;
+/// true also when it does not accept it, since then it cannot say.
+fn ends_transaction(statement: &str) -> bool {
+    use pg_query::protobuf::TransactionStmtKind as Kind;
+    let Ok(parsed) = pg_query::parse(statement, pg_query::ParserOptions::DEFAULT) else {
         return true;
     };
     parsed.protobuf.stmts.iter().any(
@@ -98,6 +118,23 @@ pub fn may_end_transaction(sql: &str) -> bool {
             _ => false,
         },
     )
+}
+
+/// Whether `text` contains any of the lower-case ASCII `words`, in any case: lowered a slice
+/// at a time rather than copied whole, as the text may be a seed file of many megabytes.
+fn contains_any_ignore_case(text: &str, words: &[&str]) -> bool {
+    const SLICE: usize = 1 << 16;
+    // Each slice runs on into the next by a word's length, so no word is cut in two.
+    let overlap = words.iter().map(|w| w.len()).max().unwrap_or(0);
+    let bytes = text.as_bytes();
+    let mut lower = Vec::with_capacity(SLICE + overlap);
+    (0..bytes.len()).step_by(SLICE).any(|at| {
+        let end = bytes.len().min(at + SLICE + overlap);
+        lower.clear();
+        lower.extend(bytes[at..end].iter().map(u8::to_ascii_lowercase));
+        let found = |w: &&str| memchr::memmem::find(&lower, w.as_bytes()).is_some();
+        words.iter().any(found)
+    })
 }
 
 /// What a statement does to `lock_timeout`, the wait the run allows a statement in the lock
@@ -115,7 +152,7 @@ pub enum LockTimeout {
 
 /// How `statement` changes `lock_timeout`, if it does (see [`LockTimeout`]).
 pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
-    let tokens = statements(statement).into_iter().next()?;
+    let tokens = head(statement, HEAD);
     let word = |i: usize| {
         tokens
             .get(i)
@@ -153,16 +190,20 @@ pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
             )
         }
         // `set_config('lock_timeout', ...)` anywhere in it, however its value is computed.
-        _ => tokens
-            .windows(3)
-            .any(|w| {
-                w[0].kind == Kind::Word
-                    && w[0].text(statement).eq_ignore_ascii_case("set_config")
-                    && w[1].kind == Kind::Open
-                    && w[2].kind == Kind::Literal
-                    && w[2].text(statement).eq_ignore_ascii_case("'lock_timeout'")
-            })
-            .then_some(LockTimeout::Unknown),
+        _ => {
+            let mut last: [Option<Token>; 2] = [None, None];
+            code(statement)
+                .any(|token| {
+                    let found = matches!(last, [Some(name), Some(open)]
+                        if name.is_keyword(statement, "set_config")
+                            && open.kind == Kind::Open
+                            && token.kind == Kind::Literal
+                            && token.text(statement).eq_ignore_ascii_case("'lock_timeout'"));
+                    last = [last[1], Some(token)];
+                    found
+                })
+                .then_some(LockTimeout::Unknown)
+        }
     }
 }
 
@@ -226,12 +267,16 @@ pub fn unterminated(sql: &str) -> Option<(usize, String, String)> {
 /// value itself is never taken for one: the words `ADD VALUE` anywhere in it, in a comment,
 /// a string or a function body (dynamic SQL) too, since `up` would fail on it as well.
 pub fn awaits_enum_commit(sqlstate: &str, sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    let words: Vec<&str> = lower
+    let mut words = sql
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
-        .collect();
-    sqlstate == "55P04" && !words.windows(2).any(|w| w == ["add", "value"])
+        .filter(|w| !w.is_empty());
+    let mut after_add = false;
+    let adds_value = words.any(|word| {
+        let found = after_add && word.eq_ignore_ascii_case("value");
+        after_add = word.eq_ignore_ascii_case("add");
+        found
+    });
+    sqlstate == "55P04" && !adds_value
 }
 
 /// The first `COPY ... FROM STDIN` or `COPY ... TO STDOUT`, as (line, a short description
@@ -239,9 +284,9 @@ pub fn awaits_enum_commit(sqlstate: &str, sql: &str) -> bool {
 /// protocol, which a plain SQL script cannot do; COPY to or from a file or program is not
 /// reported.
 pub fn copy_stdio(sql: &str) -> Option<(usize, String)> {
-    statements(sql).iter().find_map(|tokens| {
-        let description = copy_stdio_description(sql, tokens)?;
-        Some((line_of(sql, tokens.first()?.start), description))
+    spans(sql).find_map(|(start, end)| {
+        let description = copy_stdio_description(&sql[start..end])?;
+        Some((line_of(sql, start), description))
     })
 }
 
@@ -268,9 +313,11 @@ pub fn line_col(sql: &str, position: usize) -> (usize, usize) {
 
 /// Names of the indexes the file creates, spelled as the catalog will store them.
 pub fn created_indexes(sql: &str) -> Vec<String> {
-    statements(sql)
-        .iter()
-        .filter_map(|tokens| created_index(sql, tokens))
+    spans(sql)
+        .filter_map(|(start, end)| {
+            let statement = &sql[start..end];
+            created_index(statement, &head(statement, HEAD))
+        })
         .collect()
 }
 
@@ -280,14 +327,11 @@ pub fn created_indexes(sql: &str) -> Vec<String> {
 /// transactions to end.
 pub fn waits_without_blocking(statement: &str) -> bool {
     let starts = ["create", "drop", "reindex", "refresh", "alter"];
-    statements(statement).first().is_some_and(|tokens| {
-        tokens
-            .first()
-            .is_some_and(|first| starts.iter().any(|k| first.is_keyword(statement, k)))
-            && tokens
-                .iter()
-                .any(|t| t.is_keyword(statement, "concurrently"))
-    })
+    let mut tokens = code(statement);
+    tokens
+        .next()
+        .is_some_and(|first| starts.iter().any(|k| first.is_keyword(statement, k)))
+        && tokens.any(|t| t.is_keyword(statement, "concurrently"))
 }
 
 /// What a statement's keywords say of its reach into existing tables, for the hazard rules,
@@ -309,14 +353,12 @@ pub enum Reach {
 /// The [`Reach`] of `statement`, from one pass of the lexer.
 pub fn reach(statement: &str) -> Reach {
     let starts = ["alter", "drop", "truncate", "delete", "update", "with"];
-    let Some(tokens) = statements(statement).into_iter().next() else {
-        return Reach::None;
-    };
-    let Some(first) = tokens.first() else {
+    let mut tokens = code(statement);
+    let Some(first) = tokens.next() else {
         return Reach::None;
     };
     if first.is_keyword(statement, "create") {
-        return match tokens.iter().any(|t| t.is_keyword(statement, "index")) {
+        return match tokens.any(|t| t.is_keyword(statement, "index")) {
             true => Reach::Tables,
             false => Reach::Creates,
         };
@@ -333,18 +375,23 @@ pub fn reach(statement: &str) -> Reach {
 /// `CREATE TABLE ... AS` and `CREATE MATERIALIZED VIEW` report `SELECT`, as the server does;
 /// a statement it does not know is named by its first keyword.
 pub fn command_tag(statement: &str) -> String {
-    let Some(tokens) = statements(statement).into_iter().next() else {
-        return String::new();
-    };
-    // `(SELECT ...) UNION ...`
-    if tokens.first().is_some_and(|t| t.kind == Kind::Open) {
-        return "SELECT".into();
+    let mut tokens = code(statement).peekable();
+    match tokens.peek() {
+        None => return String::new(),
+        // `(SELECT ...) UNION ...`
+        Some(t) if t.kind == Kind::Open => return "SELECT".into(),
+        Some(_) => {}
     }
     // The words outside parentheses, in upper case; "" stands for any other token, so
-    // `CREATE TABLE "Quoted"` does not read the next keyword as part of the command.
+    // `CREATE TABLE "Quoted"` does not read the next keyword as part of the command. The
+    // first ones say it all (the AS of CREATE TABLE ... AS, the command after WITH's
+    // parenthesised queries); an INSERT of many rows has a comma outside them for each.
     let mut depth = 0usize;
     let mut words = Vec::new();
-    for token in &tokens {
+    for token in tokens {
+        if words.len() == COMMAND_WORDS {
+            break;
+        }
         match token.kind {
             Kind::Open => depth += 1,
             Kind::Close => depth = depth.saturating_sub(1),
@@ -399,6 +446,9 @@ pub fn command_tag(statement: &str) -> String {
         first => first.into(),
     }
 }
+
+/// How many words outside parentheses [`command_tag`] reads.
+const COMMAND_WORDS: usize = 256;
 
 /// The object a CREATE, ALTER or DROP names from word `at` on, as its command tag names it.
 fn object_words(words: &[String], at: usize) -> String {
@@ -667,30 +717,77 @@ fn dollar_tag_end(b: &[u8], from: usize) -> Option<usize> {
     (b.get(end) == Some(&b'$')).then_some(end)
 }
 
-/// The code tokens (no whitespace or comments) of each non-empty statement.
-fn statements(sql: &str) -> Vec<Vec<Token>> {
+/// Each non-empty statement of `sql` as the span of its code, from its first code token to
+/// the end of its last, found lazily: a statement's tokens are never held, so a file of one
+/// huge INSERT costs no more memory than its text (a token list is several times the text).
+fn spans(sql: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut tokens = tokens(sql);
     let mut splitter = Splitter::default();
-    for token in tokens(sql) {
-        splitter.push(sql, token);
-    }
-    splitter.finish()
+    std::iter::from_fn(move || {
+        for token in tokens.by_ref() {
+            if let Some(span) = splitter.push(sql, token) {
+                return Some(span);
+            }
+        }
+        splitter.take()
+    })
 }
 
+/// The code tokens (no whitespace or comments) of the first statement of `sql`, lazily: what
+/// reads a statement's keywords reads only as far as it needs.
+fn code(sql: &str) -> impl Iterator<Item = Token> + '_ {
+    let mut tokens = tokens(sql);
+    let mut splitter = Splitter::default();
+    std::iter::from_fn(move || {
+        for token in tokens.by_ref() {
+            match token.kind {
+                Kind::Space | Kind::Comment => {}
+                Kind::Semicolon if splitter.at_top() => return None,
+                _ => {
+                    splitter.push(sql, token);
+                    return Some(token);
+                }
+            }
+        }
+        None
+    })
+    .fuse()
+}
+
+/// The first `n` code tokens of the first statement of `sql`, for the readers of leading
+/// keywords.
+fn head(sql: &str, n: usize) -> Vec<Token> {
+    code(sql).take(n).collect()
+}
+
+/// Enough leading tokens for every statement the file checks read by its head: the longest
+/// is `CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS name ON` (9).
+const HEAD: usize = 16;
+
+/// Where statements end: at a semicolon outside parentheses and routine bodies.
 #[derive(Default)]
 struct Splitter {
-    done: Vec<Vec<Token>>,
-    current: Vec<Token>,
+    /// The current statement's first code token's start and its last one's end.
+    span: Option<(usize, usize)>,
     parens: usize,
     body: AtomicBody,
 }
 
 impl Splitter {
-    fn push(&mut self, sql: &str, token: Token) {
+    /// Takes in the next token; returns the statement it ends, if it ends one.
+    fn push(&mut self, sql: &str, token: Token) -> Option<(usize, usize)> {
         match token.kind {
-            Kind::Space | Kind::Comment => {}
-            Kind::Semicolon if self.parens == 0 && self.body.depth == 0 => self.end_statement(),
-            _ => self.push_code(sql, token),
+            Kind::Space | Kind::Comment => None,
+            Kind::Semicolon if self.at_top() => self.take(),
+            _ => {
+                self.push_code(sql, token);
+                None
+            }
         }
+    }
+
+    fn at_top(&self) -> bool {
+        self.parens == 0 && self.body.depth == 0
     }
 
     /// Semicolons inside parentheses stay in the statement, as psql keeps them (rule actions).
@@ -701,21 +798,15 @@ impl Splitter {
             _ => {}
         }
         self.body.code(sql, token, self.parens);
-        self.current.push(token);
+        let start = self.span.map_or(token.start, |(start, _)| start);
+        self.span = Some((start, token.end));
     }
 
-    fn end_statement(&mut self) {
-        let tokens = std::mem::take(&mut self.current);
-        if !tokens.is_empty() {
-            self.done.push(tokens);
-        }
+    /// Ends the current statement: its span, unless it held no code.
+    fn take(&mut self) -> Option<(usize, usize)> {
         self.parens = 0;
         self.body = AtomicBody::default();
-    }
-
-    fn finish(mut self) -> Vec<Vec<Token>> {
-        self.end_statement();
-        self.done
+        self.span.take()
     }
 }
 
@@ -891,10 +982,13 @@ fn rolls_back_to_savepoint(sql: &str, rest: &[Token]) -> bool {
 /// parentheses: a query or a column list sits inside them, and both words are reserved, so no
 /// unquoted table name can be one. The server takes STDIN and STDOUT alike as the client's
 /// side, whichever the direction, so either word counts after either.
-fn copy_stdio_description(sql: &str, tokens: &[Token]) -> Option<String> {
-    let rest = keyword(sql, tokens, "copy")?;
+fn copy_stdio_description(sql: &str) -> Option<String> {
+    let mut tokens = code(sql);
+    if !tokens.next()?.is_keyword(sql, "copy") {
+        return None;
+    }
     let mut parens = 0usize;
-    let at = rest.iter().position(|t| {
+    let direction = tokens.by_ref().find(|t| {
         match t.kind {
             Kind::Open => parens += 1,
             Kind::Close => parens = parens.saturating_sub(1),
@@ -902,9 +996,7 @@ fn copy_stdio_description(sql: &str, tokens: &[Token]) -> Option<String> {
         }
         parens == 0 && (t.is_keyword(sql, "from") || t.is_keyword(sql, "to"))
     })?;
-    let [direction, target, ..] = &rest[at..] else {
-        return None;
-    };
+    let target = tokens.next()?;
     (target.is_keyword(sql, "stdin") || target.is_keyword(sql, "stdout")).then(|| {
         format!(
             "COPY ... {} {}",
@@ -1414,6 +1506,50 @@ mod tests {
         // Text the parser rejects but with no such keyword cannot end a transaction on the
         // server either.
         assert!(!may_end_transaction("SELECT 1 /* unterminated"));
+    }
+
+    #[test]
+    fn only_statements_that_start_with_a_transaction_keyword_are_parsed() {
+        // The keywords inside strings, names and comments, and a statement that starts
+        // with one but is no transaction control.
+        for sql in [
+            "INSERT INTO jobs (state) VALUES ('started'), ('ended'); -- commit later",
+            "CREATE TABLE \"commit\" (\"end\" int);\nPREPARE p AS SELECT 1;",
+            "/* BEGIN */ SELECT 1; SAVEPOINT s; RELEASE s; ROLLBACK TO s",
+        ] {
+            assert!(!may_end_transaction(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1; /* a comment first */ commit;",
+            "INSERT INTO jobs VALUES ('started');\n-- done\n  End;",
+            // The scanner ends a statement inside a routine body too: its END reads as a
+            // COMMIT, which only adds a guard.
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;",
+        ] {
+            assert!(may_end_transaction(sql), "{sql}");
+        }
+        // A seed file's INSERT of many rows holding a keyword is not parsed (its tree would
+        // take some forty times its text), and still answers.
+        let rows = vec!["('started')"; 20_000].join(", ");
+        assert!(!may_end_transaction(&format!(
+            "INSERT INTO jobs (state) VALUES {rows};"
+        )));
+        assert!(may_end_transaction(&format!(
+            "INSERT INTO jobs (state) VALUES {rows}; COMMIT;"
+        )));
+    }
+
+    #[test]
+    fn a_keyword_is_found_across_the_slices_the_text_is_lowered_in() {
+        let words = ["commit", "end"];
+        for at in [0, 65_530, 65_533, 65_536, 131_070] {
+            let mut text = "x".repeat(at);
+            text.push_str("CoMmIt");
+            text.push_str(&"y".repeat(10));
+            assert!(contains_any_ignore_case(&text, &words), "at {at}");
+        }
+        assert!(!contains_any_ignore_case(&"x".repeat(200_000), &words));
+        assert!(!contains_any_ignore_case("", &words));
     }
 
     #[test]
