@@ -733,8 +733,8 @@ fn spans(sql: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
     })
 }
 
-/// The code tokens (no whitespace or comments) of the first statement of `sql`, lazily: what
-/// reads a statement's keywords reads only as far as it needs.
+/// The code tokens (no whitespace or comments) of the first non-empty statement of `sql`,
+/// lazily: what reads a statement's keywords reads only as far as it needs.
 fn code(sql: &str) -> impl Iterator<Item = Token> + '_ {
     let mut tokens = tokens(sql);
     let mut splitter = Splitter::default();
@@ -742,6 +742,7 @@ fn code(sql: &str) -> impl Iterator<Item = Token> + '_ {
         for token in tokens.by_ref() {
             match token.kind {
                 Kind::Space | Kind::Comment => {}
+                Kind::Semicolon if splitter.at_top() && splitter.span.is_none() => {}
                 Kind::Semicolon if splitter.at_top() => return None,
                 _ => {
                     splitter.push(sql, token);
@@ -1537,6 +1538,32 @@ mod tests {
         assert!(may_end_transaction(&format!(
             "INSERT INTO jobs (state) VALUES {rows}; COMMIT;"
         )));
+    }
+
+    #[test]
+    fn a_statement_is_read_from_its_first_code_token_to_its_top_level_semicolon() {
+        let texts =
+            |sql: &str| -> Vec<String> { code(sql).map(|t| t.text(sql).to_string()).collect() };
+        assert_eq!(
+            texts(" ; -- none\n; SELECT (1; 2) ; SELECT 3"),
+            ["SELECT", "(", "1", ";", "2", ")"]
+        );
+        assert_eq!(
+            texts("CREATE FUNCTION f() BEGIN ATOMIC SELECT 1; END; SELECT 2").last(),
+            Some(&"END".to_string())
+        );
+        assert!(texts(" ;; -- only comments").is_empty());
+        // A statement of many rows: the command tag reads its first words only.
+        let rows = vec!["(1, 'a')"; 10_000].join(", ");
+        assert_eq!(
+            command_tag(&format!("INSERT INTO t VALUES {rows}")),
+            "INSERT"
+        );
+        assert_eq!(
+            command_tag("WITH a AS (SELECT 1), b AS (SELECT 2) DELETE FROM t"),
+            "DELETE"
+        );
+        assert_eq!(command_tag("CREATE TABLE t (a) AS SELECT 1"), "SELECT");
     }
 
     #[test]
