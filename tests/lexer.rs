@@ -102,6 +102,16 @@ fn disagreements(case: &Case) -> Vec<String> {
             ));
         }
     }
+    // The commit guard's second opinion may ask for a guard the file does not need, never
+    // miss one: every statement the parser reads as ending or opening the transaction (SET
+    // TRANSACTION and its settings aside, which the file checks alone refuse) counts.
+    let ends = case.statements.iter().any(|s| {
+        let text = &sql[s.at..s.at + s.len];
+        s.control && !text.get(..3).is_some_and(|w| w.eq_ignore_ascii_case("set"))
+    });
+    if ends && !sql::may_end_transaction(sql) {
+        found.push("may_end_transaction misses a statement that ends the transaction".into());
+    }
     let control = sql::transaction_control(sql).map(|(line, _)| line);
     if control != first_line(case, |s| s.control) {
         found.push(format!("transaction_control names line {control:?}"));
