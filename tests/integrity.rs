@@ -814,6 +814,18 @@ async fn an_unqualified_history_table_goes_where_the_search_path_says_at_the_sta
     )
     .await;
     assert_eq!(b, 1);
+    // A second run finds the table where the first made it, its schema quoted as it must be.
+    std::fs::write(dir.path().join("003_c.sql"), "CREATE TABLE c (i int);").expect("003");
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    result.expect("a second up finds the history in \"My App\"");
+    let rows: i64 = one(&client, "SELECT count(*) FROM \"My App\".schema_migrations").await;
+    assert_eq!(rows, 3);
+    let public: i64 = one(
+        &client,
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'schema_migrations'",
+    )
+    .await;
+    assert_eq!(public, 1, "no second history table");
 }
 
 #[tokio::test]
