@@ -127,7 +127,7 @@ fn contains_any_ignore_case(text: &str, words: &[&str]) -> bool {
     // Each slice runs on into the next by a word's length, so no word is cut in two.
     let overlap = words.iter().map(|w| w.len()).max().unwrap_or(0);
     let bytes = text.as_bytes();
-    let mut lower = Vec::with_capacity(SLICE + overlap);
+    let mut lower = Vec::with_capacity(bytes.len().min(SLICE + overlap));
     (0..bytes.len()).step_by(SLICE).any(|at| {
         let end = bytes.len().min(at + SLICE + overlap);
         lower.clear();
