@@ -125,7 +125,17 @@ fn split_uri(body: &str) -> Result<Split, Error> {
         None => (None, body),
     };
     let (location, query) = after.split_once('?').unwrap_or((after, ""));
-    if location.contains('@') {
+    // A password holding `@` and then `?` puts its tail in the query: `x@y?tail@host/db`.
+    // An `@` in a parameter's name, or one followed by a path, is that; an `@` in a value
+    // (`application_name=bot@vm`) is not.
+    let stray_at = query.split('&').any(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        key.contains('@')
+            || value
+                .split_once('@')
+                .is_some_and(|(_, tail)| tail.contains('/'))
+    });
+    if location.contains('@') || stray_at {
         return Err(Error::Config(
             "DATABASE_URL has an @ in its user name or password that is not percent-encoded, so part of the password would be read as the host; percent-encode @ in the password as %40 (p@ss becomes p%40ss)".into(),
         ));
@@ -137,7 +147,8 @@ fn split_uri(body: &str) -> Result<Split, Error> {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = percent_decode(key);
         let password = key == "password";
-        match is_own(&key, after_password)? {
+        // With an `@` anywhere in the query, a key may be the tail of a password.
+        match is_own(&key, after_password || query.contains('@'))? {
             true => own.push((key, percent_decode(value))),
             false => kept.push(pair),
         }
@@ -389,6 +400,14 @@ mod tests {
     }
 
     #[test]
+    fn an_at_sign_in_a_parameter_value_is_kept() {
+        let url = "postgresql://bot:pw@h/videos?application_name=bot@vm&sslmode=disable";
+        let (pg, _) = parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(pg.get_application_name(), Some("bot@vm"));
+        assert_eq!(pg.get_password(), Some(&b"pw"[..]));
+    }
+
+    #[test]
     fn url_mistakes_are_refused_naming_the_fix_without_the_secret() {
         let secret = "S3cret-Sentinel";
         let cases = [
@@ -427,12 +446,25 @@ mod tests {
                 format!("postgresql://bot:{secret}@h/d?passfile=/x"),
                 "`passfile`",
             ),
+            // The password `x@h?secret...&` and `x@h?secret...=y`, not percent-encoded.
+            (
+                "postgresql://bot:x@h?secretsentinel&@127.0.0.1:5432/d".into(),
+                "percent-encode @ in the password as %40",
+            ),
+            (
+                "postgresql://bot:x@h?secret_sentinel=y@127.0.0.1:5432/d".into(),
+                "percent-encode @ in the password as %40",
+            ),
+            (
+                "postgresql://bot:x@h?secret_sentinel=y@z".into(),
+                "not repeated here",
+            ),
         ];
         for (url, fix) in cases {
             let error = parse(&url).unwrap_err();
             let text = error.to_string();
             assert!(text.contains(fix), "{url}: {text}");
-            assert!(!text.contains("S3cret"), "{url}: {text}");
+            assert!(!text.to_lowercase().contains("sentinel"), "{url}: {text}");
             assert!(!text.contains('\n'), "one line: {text}");
             assert_eq!(error.exit_code(), 2, "{url}");
         }
