@@ -290,12 +290,13 @@ pub fn copy_stdio(sql: &str) -> Option<(usize, String)> {
     })
 }
 
-/// The first psql meta-command (a backslash as the first non-blank character of a line,
-/// outside quotes and comments), as (line, command word such as `\set`).
+/// The first psql meta-command (a backslash outside quotes and comments), as (line, command
+/// word such as `\set`). It may end a line of SQL as well as start one (`SELECT ... \gset`,
+/// `\gexec`): PostgreSQL has no backslash outside a quoted text, so the server would refuse
+/// the file wherever it stands, and only after the migrations before it had committed.
 pub fn meta_command(sql: &str) -> Option<(usize, String)> {
     tokens(sql)
-        .filter(|t| t.kind == Kind::Backslash)
-        .find(|t| starts_line(sql, t.start))
+        .find(|t| t.kind == Kind::Backslash)
         .map(|t| (line_of(sql, t.start), command_word(sql, t.start)))
 }
 
@@ -888,19 +889,15 @@ fn line_of(sql: &str, offset: usize) -> usize {
     LineCounter::new().line_at(sql, offset)
 }
 
-fn starts_line(sql: &str, at: usize) -> bool {
-    let line_start = sql[..at].rfind('\n').map_or(0, |p| p + 1);
-    sql[line_start..at]
-        .chars()
-        .all(|c| c.is_whitespace() || c == '\u{feff}')
-}
-
-/// psql reads a command name up to whitespace or the next backslash.
+/// psql reads a command name up to whitespace or the next backslash; `\\` is one of its own.
 fn command_word(sql: &str, at: usize) -> String {
     let rest = &sql[at + 1..];
-    let len = rest
-        .find(|c: char| c.is_whitespace() || c == '\\')
-        .unwrap_or(rest.len());
+    let len = match rest.starts_with('\\') {
+        true => 1,
+        false => rest
+            .find(|c: char| c.is_whitespace() || c == '\\')
+            .unwrap_or(rest.len()),
+    };
     format!("\\{}", &rest[..len])
 }
 
@@ -1737,7 +1734,7 @@ mod tests {
     }
 
     #[test]
-    fn meta_command_finds_a_backslash_starting_a_line_of_code() {
+    fn meta_command_finds_a_backslash_in_code_wherever_it_stands() {
         let cases = [
             ("\\set x 1\nSELECT :x;", Some((1, "\\set"))),
             ("SELECT 1;\n  \\i other.sql\n", Some((2, "\\i"))),
@@ -1750,7 +1747,14 @@ mod tests {
             ("/*\n\\set x\n*/ SELECT 1;", None),
             ("-- \\set x\nSELECT 1;", None),
             ("SELECT \"a\n\\b\";", None),
-            ("SELECT 1 \\gset\n", None),
+            ("SELECT 1 AS x \\gset\n", Some((1, "\\gset"))),
+            (
+                "SELECT 1;\nSELECT format('SELECT %s', 1) \\gexec",
+                Some((2, "\\gexec")),
+            ),
+            ("DROP TABLE t; \\i other.sql", Some((1, "\\i"))),
+            ("SELECT 1 \\\\ SELECT 2;", Some((1, "\\\\"))),
+            ("SELECT '\\gset', E'\\\\', $$\\g$$;", None),
             ("SELECT 1;", None),
         ];
         for (sql, expected) in cases {

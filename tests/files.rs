@@ -116,6 +116,17 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
         (
             &[
                 GOOD,
+                (
+                    "002_gset.sql",
+                    b"CREATE TABLE b (id int);\nSELECT count(*) AS n FROM b \\gset\n",
+                ),
+            ],
+            "002_gset.sql",
+            "line 2: psql meta-command \\gset",
+        ),
+        (
+            &[
+                GOOD,
                 ("002_b.sql", b"SELECT 1;"),
                 ("002_b.down.sql", b"\\connect other\nDROP TABLE b;"),
             ],
