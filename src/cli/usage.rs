@@ -40,12 +40,19 @@ fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log:
                 Command::NAMES.join(", ")
             )
         }
-        _ => text
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("error: ")
-            .to_string(),
+        _ => {
+            let mut lines = text.lines();
+            let first = lines.next().unwrap_or_default();
+            let mut line = first.trim_start_matches("error: ").to_string();
+            // "the following required arguments were not provided:" lists them below.
+            if line.ends_with(':') {
+                let listed: Vec<&str> = (lines.take_while(|l| l.starts_with("  ")))
+                    .map(str::trim)
+                    .collect();
+                line = format!("{line} {}", listed.join(", "));
+            }
+            line
+        }
     };
     if let Some(usage) = text.lines().find_map(|l| l.strip_prefix("Usage: ")) {
         line.push_str(&format!("; usage: {usage}"));
@@ -141,6 +148,18 @@ mod tests {
             "{}",
             stray.error
         );
+    }
+
+    #[test]
+    fn a_missing_argument_is_named_on_the_one_line() {
+        let args: &[&str] = &["repair"];
+        let error = parse(args).unwrap_err();
+        let line = usage(&error, &strings(args), None).error.to_string();
+        assert!(
+            line.contains("were not provided: --version <VERSION>; usage:"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
     }
 
     #[test]
