@@ -412,13 +412,17 @@ impl Job<'_> {
         }
         let applied = recorded.as_deref().unwrap_or_default();
         let migrations = db.migrations;
+        let summary = &mut self.summary;
+        let refused = |_: &Error| summary.standing(migrations, applied);
         let (plan, mode) = match &config.command {
             Command::Up { target, mode } => {
                 let order = config.allow_out_of_order;
-                (plan::up(migrations, applied, *target, order)?, *mode)
+                let plan = plan::up(migrations, applied, *target, order).inspect_err(refused)?;
+                (plan, *mode)
             }
             Command::Down { rollback, mode } => {
-                (plan::down(migrations, applied, *rollback)?, *mode)
+                let plan = plan::down(migrations, applied, *rollback).inspect_err(refused)?;
+                (plan, *mode)
             }
             Command::Repair { version } => {
                 return history::repair(client, table, migrations, applied, *version).await;

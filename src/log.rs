@@ -224,6 +224,17 @@ impl Summary {
         }
     }
 
+    /// Where the database stands when a run is refused before it has a plan (drift, a file
+    /// out of order, a rollback past what is applied): the files not applied and the newest
+    /// version that is.
+    pub fn standing(&mut self, migrations: &[Migration], applied: &[Applied]) {
+        let done: std::collections::HashSet<i64> = applied.iter().map(|a| a.version).collect();
+        self.pending = (migrations.iter())
+            .filter(|m| !done.contains(&m.version))
+            .count();
+        self.at_version = applied.iter().map(|a| a.version).max();
+    }
+
     /// What running `plan` did: its first `completed` steps stay applied (or rolled back),
     /// from the history `before` it over the `migrations` on disk.
     pub fn ran(

@@ -384,10 +384,12 @@ async fn changed_applied_migration_is_rejected_until_repaired() {
     up_ok(&db, dir.path()).await;
     support::append(&dir.path().join("001_a.sql"), "-- a deliberate comment\n");
     std::fs::write(dir.path().join("002_b.sql"), "CREATE TABLE b (id int);").unwrap();
-    let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+    let (summary, result) = run(&config(&db.url, dir.path(), up())).await;
     let error = result.unwrap_err();
     assert_eq!(error.exit_code(), 4);
     assert!(error.to_string().contains("repair --version 1"), "{error}");
+    // The refused run's summary still says where the database stands.
+    assert_eq!((summary.pending, summary.at_version), (1, Some(1)));
     let client = db.client().await;
     assert_eq!(history(&client).await, [1], "nothing applied past drift");
 
