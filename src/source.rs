@@ -263,6 +263,16 @@ pub fn check(script: &Script) -> Result<(), Error> {
             ));
         }
     }
+    if !script.no_transaction
+        && let Some((line, what)) = sql::outside_transaction_only(&script.sql)
+    {
+        return Err(invalid(
+            &script.path,
+            format!(
+                "line {line}: {what} cannot run inside a transaction, and db-migrate runs this file in one; start the file with `-- no-transaction` (its statements then run one by one, so keep them idempotent)"
+            ),
+        ));
+    }
     Ok(())
 }
 

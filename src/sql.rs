@@ -66,6 +66,17 @@ pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
     })
 }
 
+/// The first statement PostgreSQL refuses inside a transaction block, as (line, its leading
+/// keywords such as `CREATE INDEX CONCURRENTLY`): in a file db-migrate runs in a transaction it
+/// can only fail, and only once the migrations before it have committed.
+pub fn outside_transaction_only(sql: &str) -> Option<(usize, String)> {
+    spans(sql).find_map(|(start, end)| {
+        let statement = &sql[start..end];
+        let what = outside_only(statement, &head(statement, HEAD))?;
+        Some((line_of(sql, start), what.to_string()))
+    })
+}
+
 /// Whether the server might see a statement in `sql` that ends or opens a transaction, by
 /// PostgreSQL's own parser (libpg_query): a second opinion on [`transaction_control`], which
 /// the file checks use. True also when the parser does not accept the text, since then it
@@ -901,6 +912,47 @@ fn command_word(sql: &str, at: usize) -> String {
     format!("\\{}", &rest[..len])
 }
 
+/// What of `PreventInTransactionBlock`'s statements `tokens` (a statement's head) starts.
+fn outside_only(sql: &str, tokens: &[Token]) -> Option<&'static str> {
+    let has = |word: &str| tokens.iter().any(|t| t.is_keyword(sql, word));
+    let after = |words: &[&str]| {
+        words
+            .iter()
+            .try_fold(tokens, |rest, word| keyword(sql, rest, word))
+    };
+    let create = after(&["create"]).map(|rest| optional(sql, rest, &["unique"]));
+    if create
+        .and_then(|rest| keyword(sql, rest, "index"))
+        .and_then(|rest| keyword(sql, rest, "concurrently"))
+        .is_some()
+    {
+        return Some("CREATE INDEX CONCURRENTLY");
+    }
+    let found = [
+        (
+            &["drop", "index", "concurrently"][..],
+            "DROP INDEX CONCURRENTLY",
+        ),
+        (&["vacuum"], "VACUUM"),
+        (&["alter", "system"], "ALTER SYSTEM"),
+        (&["create", "database"], "CREATE DATABASE"),
+        (&["drop", "database"], "DROP DATABASE"),
+        (&["create", "tablespace"], "CREATE TABLESPACE"),
+        (&["drop", "tablespace"], "DROP TABLESPACE"),
+        (&["discard", "all"], "DISCARD ALL"),
+    ];
+    if let Some((_, what)) = found.iter().find(|(words, _)| after(words).is_some()) {
+        return Some(what);
+    }
+    if after(&["reindex"]).is_some() && (has("concurrently") || has("system") || has("database")) {
+        return Some("REINDEX CONCURRENTLY, DATABASE or SYSTEM");
+    }
+    if after(&["alter", "table"]).is_some() && has("detach") && has("concurrently") {
+        return Some("DETACH PARTITION CONCURRENTLY");
+    }
+    None
+}
+
 /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] [IF NOT EXISTS] name ON ...`
 fn created_index(sql: &str, tokens: &[Token]) -> Option<String> {
     let rest = keyword(sql, tokens, "create")?;
@@ -1730,6 +1782,48 @@ mod tests {
         ];
         for sql in cases {
             assert_eq!(copy_stdio(sql), None, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn outside_transaction_only_finds_what_a_transaction_block_refuses() {
+        let cases = [
+            (
+                "CREATE INDEX CONCURRENTLY i ON t (x);",
+                Some((1, "CREATE INDEX CONCURRENTLY")),
+            ),
+            (
+                "SELECT 1;\ncreate unique index concurrently if not exists i on t (x);",
+                Some((2, "CREATE INDEX CONCURRENTLY")),
+            ),
+            (
+                "DROP INDEX CONCURRENTLY IF EXISTS i;",
+                Some((1, "DROP INDEX CONCURRENTLY")),
+            ),
+            ("VACUUM (ANALYZE) t;", Some((1, "VACUUM"))),
+            (
+                "ALTER SYSTEM SET work_mem = '8MB';",
+                Some((1, "ALTER SYSTEM")),
+            ),
+            (
+                "REINDEX (VERBOSE) TABLE CONCURRENTLY t;",
+                Some((1, "REINDEX CONCURRENTLY, DATABASE or SYSTEM")),
+            ),
+            (
+                "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY;",
+                Some((1, "DETACH PARTITION CONCURRENTLY")),
+            ),
+            ("CREATE INDEX i ON t (concurrently);", None),
+            ("REINDEX TABLE t;", None),
+            ("REFRESH MATERIALIZED VIEW CONCURRENTLY v;", None),
+            ("ALTER TABLE p DETACH PARTITION p1;", None),
+            ("DO $$ BEGIN EXECUTE 'VACUUM t'; END $$;", None),
+            ("-- VACUUM\nSELECT 'CREATE DATABASE x';", None),
+            ("CREATE TABLE vacuum_log (id int);", None),
+        ];
+        for (sql, expected) in cases {
+            let expected = expected.map(|(line, what)| (line, what.to_string()));
+            assert_eq!(outside_transaction_only(sql), expected, "input: {sql:?}");
         }
     }
 

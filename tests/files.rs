@@ -127,6 +127,17 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
         (
             &[
                 GOOD,
+                (
+                    "002_cic.sql",
+                    b"CREATE TABLE b (id int);\nCREATE INDEX CONCURRENTLY b_id ON b (id);\n",
+                ),
+            ],
+            "002_cic.sql",
+            "line 2: CREATE INDEX CONCURRENTLY cannot run inside a transaction",
+        ),
+        (
+            &[
+                GOOD,
                 ("002_b.sql", b"SELECT 1;"),
                 ("002_b.down.sql", b"\\connect other\nDROP TABLE b;"),
             ],

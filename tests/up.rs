@@ -467,7 +467,7 @@ async fn no_transaction_file_builds_an_index_concurrently() {
 }
 
 #[tokio::test]
-async fn concurrently_in_a_transactional_file_fails_with_a_hint() {
+async fn concurrently_in_a_transactional_file_is_refused_before_anything_runs() {
     let db = support::database().await;
     let dir = migrations(&[
         ("001_t.sql", "CREATE TABLE t (id int);"),
@@ -475,8 +475,19 @@ async fn concurrently_in_a_transactional_file_fails_with_a_hint() {
     ]);
     let (_, result) = run(&config(&db.url, dir.path(), up())).await;
     let error = result.unwrap_err();
-    assert_eq!(error.exit_code(), 1);
-    assert!(error.to_string().contains("-- no-transaction"), "{error}");
+    assert_eq!(error.exit_code(), 3);
+    let text = error.to_string();
+    assert!(
+        text.contains("002_idx.sql") && text.contains("-- no-transaction"),
+        "{text}"
+    );
+    let client = db.client().await;
+    let none: [&str; 0] = [];
+    assert_eq!(
+        tables(&client).await,
+        none,
+        "001 did not run, no history table either"
+    );
 }
 
 #[tokio::test]
