@@ -198,9 +198,24 @@ async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<String> 
 /// with the session a moment later anyway.
 async fn release(client: &Client) {
     let query = "SELECT pg_catalog.pg_advisory_unlock_all()";
+    let mut result = client.simple_query(query).await;
+    // A `-- no-transaction` file that failed inside a transaction it opened itself leaves the
+    // session in that aborted transaction, where nothing runs until it is rolled back.
+    if let Err(error) = &result
+        && error.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+    {
+        result = client.simple_query(&format!("ROLLBACK; {query}")).await;
+    }
     // When the connection is gone the server has already dropped the lock with the session.
-    if let Err(error) = client.simple_query(query).await {
-        warn!(error = %error, "could not release the migration lock; it ends with the session");
+    if let Err(error) = result {
+        let error = match error.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => error.to_string(),
+        };
+        warn!(
+            error,
+            "could not release the migration lock; it ends with the session"
+        );
     }
 }
 

@@ -375,6 +375,10 @@ async fn a_no_transaction_file_that_leaves_a_transaction_open_is_not_recorded() 
         ),
         "{error}"
     );
+    // The file already starts with `-- no-transaction`: the fix is its own BEGIN.
+    let text = error.to_string();
+    assert!(text.contains("with COMMIT, or remove its BEGIN"), "{text}");
+    assert!(!text.contains("start it with"), "{text}");
     let client = db.client().await;
     assert!(recorded(&client).await.is_empty());
     assert_eq!(tables(&client).await, ["a", "schema_migrations"]);

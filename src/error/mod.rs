@@ -31,8 +31,8 @@ pub enum Error {
     /// A migration ended (or tried to end) the transaction the run opened for it, or did not
     /// run whole inside it; the server refused to commit it.
     #[error(
-        "migration {version} ({}): {}; remove the transaction control from the file, or start it with `-- no-transaction` to run it outside a transaction",
-        .file.display(), .refusal.describe()
+        "migration {version} ({}): {}; {}",
+        .file.display(), .refusal.describe(), .refusal.fix()
     )]
     TransactionEnded {
         version: i64,
@@ -480,6 +480,19 @@ impl Refusal {
             }
             Refusal::LockLost => "the migration lock is no longer held",
             Refusal::OtherSession(_) => "it ran in another server session",
+        }
+    }
+
+    /// What to change in the file. Only a `-- no-transaction` file can leave a transaction
+    /// open, so telling it to start with that line would send its author in a circle.
+    pub fn fix(self) -> &'static str {
+        match self {
+            Refusal::LeftOpen => {
+                "end the transaction the file opens with COMMIT, or remove its BEGIN"
+            }
+            _ => {
+                "remove the transaction control from the file, or start it with `-- no-transaction` to run it outside a transaction"
+            }
         }
     }
 }
