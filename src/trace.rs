@@ -489,6 +489,7 @@ fn failed(
         detail: db.detail().map(str::to_string),
         hint: db.hint().map(str::to_string),
         atomic: true,
+        in_own_transaction: false,
     }))
 }
 

@@ -384,6 +384,25 @@ async fn a_no_transaction_file_that_leaves_a_transaction_open_is_not_recorded() 
     assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
 }
 
+#[tokio::test]
+async fn a_no_transaction_file_failing_inside_its_own_transaction_says_what_was_rolled_back() {
+    let db = support::database().await;
+    let dir = migrations(&[(
+        "001_own.sql",
+        "-- no-transaction\nCREATE TABLE a (i int);\nBEGIN;\nCREATE TABLE b (i int);\nSELECT 1/0;\n",
+    )]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    let text = result.expect_err("division by zero").to_string();
+    assert!(text.contains("001_own.sql:5:1"), "{text}");
+    assert!(
+        text.contains("statements since its BEGIN were rolled back"),
+        "{text}"
+    );
+    let client = db.client().await;
+    assert!(recorded(&client).await.is_empty());
+    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+}
+
 /// Applies `files` once in one run and once one migration per run, and returns both
 /// databases' tables with their schemas and the history, which must be the same.
 async fn batched_and_one_by_one(files: &[(&str, &str)]) -> [(Vec<String>, Vec<i64>); 2] {

@@ -106,5 +106,6 @@ pub(super) fn failed(
         detail: db.detail().map(str::to_string),
         hint,
         atomic,
+        in_own_transaction: false,
     }))
 }

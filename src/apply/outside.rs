@@ -54,9 +54,17 @@ pub(super) async fn run(
             attempts.begin();
             let work = execute(run, step, &statement);
             let (result, sample) = monitor.watch(migration, work).await;
-            if let Some(rows) = attempts.end(result, sample).await? {
-                counts.push(rows);
-                break;
+            match attempts.end(result, sample).await {
+                Ok(Some(rows)) => {
+                    counts.push(rows);
+                    break;
+                }
+                Ok(None) => {}
+                Err(Error::Apply(mut failure)) => {
+                    failure.in_own_transaction = in_aborted_transaction(client).await;
+                    return Err(Error::Apply(failure));
+                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -81,6 +89,17 @@ pub(super) async fn run(
         .await
         .map_err(|e| refused(run, step, e, "recording the migration in history"))?;
     Ok(counts)
+}
+
+/// Whether the session is in a transaction that failed: one the file opened with BEGIN,
+/// since the statements of a `-- no-transaction` file otherwise each commit on their own.
+async fn in_aborted_transaction(client: &Client) -> bool {
+    match client.simple_query("SELECT 1").await {
+        Err(error) => {
+            error.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+        }
+        Ok(_) => false,
+    }
 }
 
 /// Runs one statement; returns the count it reported.

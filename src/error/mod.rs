@@ -409,6 +409,9 @@ pub struct Failure {
     pub hint: Option<String>,
     /// False for a `-- no-transaction` file, whose earlier statements stay applied.
     pub atomic: bool,
+    /// A `-- no-transaction` file's statement failed inside a transaction the file opened:
+    /// what ran since its BEGIN was rolled back with it.
+    pub in_own_transaction: bool,
 }
 
 impl std::fmt::Display for Failure {
@@ -431,6 +434,11 @@ impl std::fmt::Display for Failure {
         }
         if self.atomic {
             write!(f, "; rolled back, nothing recorded")
+        } else if self.in_own_transaction {
+            write!(
+                f,
+                "; it failed inside the transaction the file opened, so the statements since its BEGIN were rolled back and those before it stay applied (no-transaction file), nothing recorded; fix the file and run again"
+            )
         } else {
             write!(
                 f,
@@ -512,6 +520,7 @@ mod tests {
             detail: None,
             hint: Some("check the spelling".into()),
             atomic: true,
+            in_own_transaction: false,
         }));
         let text = error.to_string();
         assert!(text.contains("migrations/003_x.sql:4:7"), "{text}");
