@@ -242,8 +242,8 @@ pub fn check(script: &Script) -> Result<(), Error> {
             ),
         ));
     }
-    let control = sql::transaction_control(&script.sql);
-    if let Some((line, keyword)) = control {
+    let uses = sql::transaction_use(&script.sql);
+    if let Some((line, keyword)) = uses.control {
         // Two-phase commit would leave a prepared transaction holding its locks after the
         // run, so it is refused even outside a transaction.
         if keyword.contains("PREPARE") {
@@ -264,7 +264,7 @@ pub fn check(script: &Script) -> Result<(), Error> {
         }
     }
     if !script.no_transaction
-        && let Some((line, what)) = sql::outside_transaction_only(&script.sql)
+        && let Some((line, what)) = uses.outside_only
     {
         return Err(invalid(
             &script.path,

@@ -54,27 +54,49 @@ pub fn is_no_transaction(sql: &str) -> bool {
         == Some("no-transaction")
 }
 
-/// The first statement that ends or opens a transaction, or sets the characteristics only its
-/// start may set, as (line, keywords in upper case such as `COMMIT`, `PREPARE TRANSACTION` or
-/// `SET TRANSACTION`). Savepoints (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) stay inside the
-/// transaction, so they are not reported.
-pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
-    spans(sql).find_map(|(start, end)| {
-        let statement = &sql[start..end];
-        let keywords = control_keywords(statement, &head(statement, HEAD))?;
-        Some((line_of(sql, start), keywords))
-    })
+/// What of a file's statements bears on the transaction db-migrate runs it in, found in one
+/// walk over its statements (the file checks read every pending file, seeds of many
+/// megabytes among them).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TransactionUse {
+    /// The first statement that ends or opens a transaction, or sets the characteristics only
+    /// its start may set, as (line, keywords in upper case such as `COMMIT`, `PREPARE
+    /// TRANSACTION` or `SET TRANSACTION`). Savepoints (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`)
+    /// stay inside the transaction, so they are not reported.
+    pub control: Option<(usize, String)>,
+    /// The first statement PostgreSQL refuses inside a transaction block, as (line, its
+    /// leading keywords such as `CREATE INDEX CONCURRENTLY`): in a file db-migrate runs in a
+    /// transaction it can only fail, and only once the migrations before it have committed.
+    pub outside_only: Option<(usize, String)>,
 }
 
-/// The first statement PostgreSQL refuses inside a transaction block, as (line, its leading
-/// keywords such as `CREATE INDEX CONCURRENTLY`): in a file db-migrate runs in a transaction it
-/// can only fail, and only once the migrations before it have committed.
-pub fn outside_transaction_only(sql: &str) -> Option<(usize, String)> {
-    spans(sql).find_map(|(start, end)| {
+/// See [`TransactionUse`].
+pub fn transaction_use(sql: &str) -> TransactionUse {
+    let mut found = TransactionUse::default();
+    let mut lines = LineCounter::new();
+    for (start, end) in spans(sql) {
         let statement = &sql[start..end];
-        let what = outside_only(statement, &head(statement, HEAD))?;
-        Some((line_of(sql, start), what.to_string()))
-    })
+        let head = head(statement, HEAD);
+        if found.control.is_none()
+            && let Some(keywords) = control_keywords(statement, &head)
+        {
+            found.control = Some((lines.line_at(sql, start), keywords));
+        }
+        if found.outside_only.is_none()
+            && let Some(what) = outside_only(statement, &head)
+        {
+            found.outside_only = Some((lines.line_at(sql, start), what.to_string()));
+        }
+        if found.control.is_some() && found.outside_only.is_some() {
+            break;
+        }
+    }
+    found
+}
+
+/// [`TransactionUse::control`] alone.
+pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
+    transaction_use(sql).control
 }
 
 /// Whether the server might see a statement in `sql` that ends or opens a transaction, by
@@ -1786,7 +1808,7 @@ mod tests {
     }
 
     #[test]
-    fn outside_transaction_only_finds_what_a_transaction_block_refuses() {
+    fn transaction_use_finds_what_a_transaction_block_refuses() {
         let cases = [
             (
                 "CREATE INDEX CONCURRENTLY i ON t (x);",
@@ -1823,7 +1845,11 @@ mod tests {
         ];
         for (sql, expected) in cases {
             let expected = expected.map(|(line, what)| (line, what.to_string()));
-            assert_eq!(outside_transaction_only(sql), expected, "input: {sql:?}");
+            assert_eq!(
+                transaction_use(sql).outside_only,
+                expected,
+                "input: {sql:?}"
+            );
         }
     }
 
