@@ -22,14 +22,12 @@ readonly ROWS="${BENCH_ROWS:-400000}"
 
 command -v python3 >/dev/null || apt_install python3
 [[ -x /usr/bin/time ]] || apt_install time
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
-PG_BIN="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+newest_pg_bin
 
 note "building db-migrate (release profile)"
 ensure_libclang
 timeout 1800 cargo build --release --locked >&2
-target_dir="${CARGO_TARGET_DIR:-target}"
-[[ "$target_dir" == /* ]] || target_dir="$ROOT/$target_dir"
+target_dir="$(target_dir)"
 builds=("release:$target_dir/release/db-migrate")
 static="$target_dir/x86_64-unknown-linux-musl/dist/db-migrate"
 if [[ -x "$static" ]]; then

@@ -21,14 +21,12 @@ readonly RUNS="${BENCH_RUNS:-5}"
 
 command -v hyperfine >/dev/null || apt_install hyperfine
 command -v python3 >/dev/null || apt_install python3
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
-PG_BIN="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+newest_pg_bin
 
 note "building db-migrate (release profile)"
 ensure_libclang
 timeout 1800 cargo build --release --locked >&2
-target_dir="${CARGO_TARGET_DIR:-target}"
-[[ "$target_dir" == /* ]] || target_dir="$ROOT/$target_dir"
+target_dir="$(target_dir)"
 DBM="$target_dir/release/db-migrate"
 
 start_server db-migrate-bench-rehearsal

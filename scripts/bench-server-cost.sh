@@ -18,8 +18,7 @@ readonly COUNT="${BENCH_MIGRATIONS:-200}"
 
 command -v valgrind >/dev/null || apt_install valgrind
 command -v python3 >/dev/null || apt_install python3
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
-PG_BIN="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+newest_pg_bin
 
 # PostgreSQL refuses to run as root: as root, its programs run as `postgres`.
 AS_SERVER=()

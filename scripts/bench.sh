@@ -98,8 +98,8 @@ build_ours() {
   ensure_libclang
   timeout 1800 cargo build --release --locked >&2
   timeout 1800 cargo build --release --locked --example floor >&2
-  local target_dir="${CARGO_TARGET_DIR:-target}"
-  [[ "$target_dir" == /* ]] || target_dir="$ROOT/$target_dir"
+  local target_dir
+  target_dir="$(target_dir)"
   DBM="$target_dir/release/db-migrate"
   FLOOR="$target_dir/release/examples/floor"
   DBM_STATIC="$target_dir/x86_64-unknown-linux-musl/dist/db-migrate"

@@ -54,8 +54,8 @@ binary() {
   ensure_libclang
   note "building db-migrate (cargo build --release; skipped when current)"
   timeout 1800 cargo build --release --locked --quiet >&2
-  local target_dir="${CARGO_TARGET_DIR:-target}"
-  [[ "$target_dir" == /* ]] || target_dir="$ROOT/$target_dir"
+  local target_dir
+  target_dir="$(target_dir)"
   echo "$target_dir/release/db-migrate"
 }
 

@@ -58,3 +58,18 @@ bindgen_musl_args() {
   resource="$(printf '%s\n' /usr/lib/llvm-*/lib/clang/*/include | sort -V | tail -n 1)"
   export "BINDGEN_EXTRA_CLANG_ARGS_${target//-/_}=-isystem $resource -isystem /usr/include/${target%%-*}-linux-musl"
 }
+
+# The cargo target directory as an absolute path (CARGO_TARGET_DIR, else target/ in the
+# repository, which the caller names in ROOT).
+target_dir() {
+  local dir="${CARGO_TARGET_DIR:-target}"
+  [[ "$dir" == /* ]] || dir="$ROOT/$dir"
+  echo "$dir"
+}
+
+# Sets PG_BIN to the newest installed PostgreSQL's server programs, installing PostgreSQL
+# with apt-get when there is none.
+newest_pg_bin() {
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
+  PG_BIN="$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+}
