@@ -224,6 +224,74 @@ async fn down_refuses_to_drop_a_table_with_rows_unless_data_loss_is_allowed() {
 }
 
 #[tokio::test]
+async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
+    let db = seeded("").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE SCHEMA app; CREATE TABLE app.jobs (id int); INSERT INTO app.jobs VALUES (1), (2);
+             CREATE TABLE app.idle (id int);
+             CREATE TYPE prio AS ENUM ('low', 'high');
+             CREATE TABLE tasks (id int PRIMARY KEY, p prio, later prio[]);
+             INSERT INTO tasks VALUES (1, 'low', NULL), (2, NULL, NULL);
+             CREATE TABLE steps (task int REFERENCES tasks); INSERT INTO steps VALUES (1);",
+        )
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "DROP SCHEMA IF EXISTS app CASCADE;",
+            "drops-data (DROP SCHEMA ... CASCADE) on app.jobs holding 2 row(s) of data",
+        ),
+        (
+            "DROP TYPE IF EXISTS prio CASCADE;",
+            "drops-data (DROP TYPE ... CASCADE) on public.tasks.p holding 1 row(s) of data",
+        ),
+        // The table it names, and the one whose foreign key references it.
+        (
+            "TRUNCATE tasks CASCADE;",
+            "\"relation\":\"public.steps\",\"rows\":1",
+        ),
+    ];
+    for (statement, says) in cases {
+        let dir = support::copy_of_seed(&[("003_drop.sql", statement)]);
+        let out = run(&db, dir.path(), &["up"]);
+        let findings = 1 + usize::from(statement.starts_with("TRUNCATE"));
+        let message = refused(&out, &vec!["drops-data"; findings]);
+        assert!(
+            message.contains(says) || out.stderr.contains(says),
+            "{message}"
+        );
+        // `plan` says the same before anything runs.
+        let out = run(&db, dir.path(), &["plan"]);
+        assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("HAZARD drops-data"), "{}", out.stdout);
+    }
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM app.jobs").await, 2);
+    assert_eq!(count("SELECT count(p) FROM tasks").await, 1);
+    assert_eq!(count("SELECT count(*) FROM steps").await, 1);
+    // What holds no data goes without a word: a schema of empty tables, one not there.
+    client
+        .batch_execute("CREATE SCHEMA spare; CREATE TABLE spare.t (id int)")
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_drop.sql",
+        "DROP SCHEMA spare CASCADE;\nDROP SCHEMA IF EXISTS gone CASCADE;",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let spare = "SELECT count(*) FROM pg_namespace WHERE nspname = 'spare'";
+    assert_eq!(count(spare).await, 0);
+}
+
+#[tokio::test]
 async fn down_on_empty_tables_runs_as_the_seed_wrote_it() {
     let db = seeded("").await;
     let out = run(&db, &seed_dir(), &["down", "--all"]);

@@ -3,7 +3,7 @@
 //! comments and dollar-quoted bodies can never mislead it.
 
 use pg_query::NodeEnum;
-use pg_query::protobuf::{AlterTableType, ConstrType, Node, ObjectType, RangeVar};
+use pg_query::protobuf::{AlterTableType, ConstrType, DropBehavior, Node, ObjectType, RangeVar};
 
 /// A table (or other relation) as the statement names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -17,6 +17,14 @@ impl Name {
         Name {
             schema: Some(range.schemaname.clone()).filter(|s| !s.is_empty()),
             name: range.relname.clone(),
+        }
+    }
+
+    /// An unqualified name (a schema's own).
+    pub fn bare(name: &str) -> Name {
+        Name {
+            schema: None,
+            name: name.to_string(),
         }
     }
 
@@ -100,6 +108,12 @@ pub enum Effect {
     Truncates {
         table: Name,
     },
+    /// A DROP ... CASCADE (or TRUNCATE ... CASCADE) whose reach the statement does not name:
+    /// the tables and columns that depend on `object` go with it, found in the catalog.
+    DropsDependents {
+        object: Dropped,
+        what: &'static str,
+    },
     /// DELETE or UPDATE without WHERE.
     ChangesAllRows {
         table: Name,
@@ -115,6 +129,20 @@ pub enum Effect {
     NotIdempotent {
         what: &'static str,
     },
+}
+
+/// An object a DROP or TRUNCATE ... CASCADE takes other objects with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dropped {
+    /// A table, view, materialized view, sequence or foreign table.
+    Relation(Name),
+    Schema(String),
+    /// A type or a domain.
+    Type(Name),
+    Extension(String),
+    /// A table emptied by TRUNCATE ... CASCADE: the tables whose foreign keys reference it
+    /// are emptied too.
+    Referenced(Name),
 }
 
 /// The effects of one statement; none when the parser does not accept it (the server will
@@ -183,7 +211,8 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
             }
         }
         NodeEnum::DropStmt(drop) => {
-            if drop.remove_type == ObjectType::ObjectTable as i32 {
+            let kind = ObjectType::try_from(drop.remove_type).unwrap_or(ObjectType::Undefined);
+            if kind == ObjectType::ObjectTable {
                 for object in &drop.objects {
                     if let Some(NodeEnum::List(list)) = &object.node
                         && let Some(table) = Name::of_list(&list.items)
@@ -192,6 +221,9 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                     }
                 }
             }
+            if drop.behavior == DropBehavior::DropCascade as i32 {
+                drop_cascade_effects(kind, &drop.objects, out);
+            }
             if !drop.missing_ok {
                 out.push(Effect::NotIdempotent {
                     what: "DROP without IF EXISTS",
@@ -199,11 +231,18 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
             }
         }
         NodeEnum::TruncateStmt(truncate) => {
+            let cascade = truncate.behavior == DropBehavior::DropCascade as i32;
             for relation in &truncate.relations {
                 if let Some(NodeEnum::RangeVar(range)) = &relation.node {
                     out.push(Effect::Truncates {
                         table: Name::of(range),
                     });
+                    if cascade {
+                        out.push(Effect::DropsDependents {
+                            object: Dropped::Referenced(Name::of(range)),
+                            what: "TRUNCATE ... CASCADE",
+                        });
+                    }
                 }
             }
         }
@@ -239,6 +278,48 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
             });
         }
         _ => {}
+    }
+}
+
+/// What a DROP ... CASCADE of `objects` of `kind` takes with it, which the statement does not
+/// name: the tables of a schema, the columns of a type, the tables and columns that depend on
+/// a table, view or extension. Kinds whose dependents hold no data of their own (functions,
+/// operators, ...) are left out.
+fn drop_cascade_effects(kind: ObjectType, objects: &[Node], out: &mut Vec<Effect>) {
+    let what = match kind {
+        ObjectType::ObjectTable => "DROP TABLE ... CASCADE",
+        ObjectType::ObjectView => "DROP VIEW ... CASCADE",
+        ObjectType::ObjectMatview => "DROP MATERIALIZED VIEW ... CASCADE",
+        ObjectType::ObjectSequence => "DROP SEQUENCE ... CASCADE",
+        ObjectType::ObjectForeignTable => "DROP FOREIGN TABLE ... CASCADE",
+        ObjectType::ObjectSchema => "DROP SCHEMA ... CASCADE",
+        ObjectType::ObjectType => "DROP TYPE ... CASCADE",
+        ObjectType::ObjectDomain => "DROP DOMAIN ... CASCADE",
+        ObjectType::ObjectExtension => "DROP EXTENSION ... CASCADE",
+        _ => return,
+    };
+    for object in objects {
+        let dropped = match (&object.node, kind) {
+            (Some(NodeEnum::String(name)), ObjectType::ObjectSchema) => {
+                Dropped::Schema(name.sval.clone())
+            }
+            (Some(NodeEnum::String(name)), ObjectType::ObjectExtension) => {
+                Dropped::Extension(name.sval.clone())
+            }
+            (Some(NodeEnum::TypeName(name)), _) => match Name::of_list(&name.names) {
+                Some(name) => Dropped::Type(name),
+                None => continue,
+            },
+            (Some(NodeEnum::List(list)), _) => match Name::of_list(&list.items) {
+                Some(name) => Dropped::Relation(name),
+                None => continue,
+            },
+            _ => continue,
+        };
+        out.push(Effect::DropsDependents {
+            object: dropped,
+            what,
+        });
     }
 }
 
@@ -418,10 +499,74 @@ mod tests {
                     }
                 },
                 Effect::DropsTable { table: table("b") },
+                Effect::DropsDependents {
+                    object: Dropped::Relation(Name {
+                        schema: Some("public".into()),
+                        name: "Weird".into()
+                    }),
+                    what: "DROP TABLE ... CASCADE"
+                },
+                Effect::DropsDependents {
+                    object: Dropped::Relation(table("b")),
+                    what: "DROP TABLE ... CASCADE"
+                },
                 Effect::NotIdempotent {
                     what: "DROP without IF EXISTS"
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_cascade_reaches_what_the_statement_does_not_name() {
+        let dependents = |sql: &str| -> Vec<(Dropped, &'static str)> {
+            effects(sql)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::DropsDependents { object, what } => Some((object, what)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            dependents("DROP SCHEMA IF EXISTS app, \"Other\" CASCADE"),
+            [
+                (Dropped::Schema("app".into()), "DROP SCHEMA ... CASCADE"),
+                (Dropped::Schema("Other".into()), "DROP SCHEMA ... CASCADE"),
+            ]
+        );
+        assert_eq!(
+            dependents("drop type if exists app.prio cascade"),
+            [(
+                Dropped::Type(Name {
+                    schema: Some("app".into()),
+                    name: "prio".into()
+                }),
+                "DROP TYPE ... CASCADE"
+            )]
+        );
+        assert_eq!(
+            dependents("DROP DOMAIN d CASCADE; DROP EXTENSION postgis CASCADE"),
+            [
+                (Dropped::Type(table("d")), "DROP DOMAIN ... CASCADE"),
+                (
+                    Dropped::Extension("postgis".into()),
+                    "DROP EXTENSION ... CASCADE"
+                ),
+            ]
+        );
+        assert_eq!(
+            dependents("TRUNCATE accounts CASCADE"),
+            [(
+                Dropped::Referenced(table("accounts")),
+                "TRUNCATE ... CASCADE"
+            )]
+        );
+        // Without CASCADE the server refuses to drop what others depend on.
+        assert_eq!(dependents("DROP SCHEMA app; DROP TYPE prio RESTRICT"), []);
+        assert_eq!(
+            dependents("TRUNCATE accounts; DROP FUNCTION f() CASCADE"),
+            []
         );
     }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use super::classify::Name;
+use super::classify::{Dropped, Name};
 use crate::error::Error;
 
 /// How far a count of a dropped column's values goes before it says "at least".
@@ -152,6 +152,123 @@ impl Facts {
         }
     }
 }
+
+/// A table, or a column of one, that a DROP or TRUNCATE ... CASCADE takes with the object it
+/// names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Lost {
+    pub table: Name,
+    pub column: Option<String>,
+}
+
+/// What each of `objects` takes with it when dropped with CASCADE (or, for
+/// [`Dropped::Referenced`], emptied), in their order: the tables and columns holding data that
+/// depend on it in `pg_depend` (the graph the server's own DROP follows: a schema's tables, the
+/// columns of a type or of a domain over it, an extension's tables, materialized views over a
+/// table), or that reference it through foreign keys, at any depth. One query for all; an
+/// object that does not exist takes nothing.
+pub(super) async fn dependents(
+    client: &Client,
+    objects: &[&Dropped],
+) -> Result<Vec<Vec<Lost>>, Error> {
+    let mut found = vec![Vec::new(); objects.len()];
+    if objects.is_empty() {
+        return Ok(found);
+    }
+    let (kinds, names): (Vec<&str>, Vec<String>) = objects
+        .iter()
+        .map(|object| match object {
+            Dropped::Relation(name) => ("r", name.sql()),
+            Dropped::Schema(schema) => ("s", Name::bare(schema).sql()),
+            Dropped::Type(name) => ("t", name.sql()),
+            Dropped::Extension(name) => ("e", name.clone()),
+            Dropped::Referenced(name) => ("f", name.sql()),
+        })
+        .unzip();
+    let rows = client
+        .query_typed(
+            DEPENDENTS,
+            &[(&kinds, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+        )
+        .await
+        .map_err(Error::database(
+            "finding what a CASCADE drops for the hazard rules",
+        ))?;
+    for row in rows {
+        let (origin, schema, table, column): (i64, String, String, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let Some(lost) = usize::try_from(origin - 1)
+            .ok()
+            .and_then(|i| found.get_mut(i))
+        else {
+            continue;
+        };
+        lost.push(Lost {
+            table: Name {
+                schema: Some(schema),
+                name: table,
+            },
+            column,
+        });
+    }
+    // A column of a table that goes whole is not lost on its own.
+    for lost in &mut found {
+        let whole: Vec<Name> = (lost.iter())
+            .filter(|l| l.column.is_none())
+            .map(|l| l.table.clone())
+            .collect();
+        lost.retain(|l| l.column.is_none() || !whole.contains(&l.table));
+        lost.sort_by(|a, b| (a.table.sql(), &a.column).cmp(&(b.table.sql(), &b.column)));
+        lost.dedup();
+    }
+    Ok(found)
+}
+
+/// The query of [`dependents`]: `$1` kinds (`r` relation, `s` schema, `t` type, `e` extension,
+/// `f` a table TRUNCATE empties), `$2` their names as SQL writes them (an extension's bare).
+/// Dependencies followed: normal (what CASCADE adds), automatic, internal (a table's row type,
+/// a type's array type), extension membership and partitions.
+const DEPENDENTS: &str = "
+WITH RECURSIVE start(origin, kind, classid, objid) AS (
+    SELECT s.i, s.k,
+           CASE s.k WHEN 's' THEN 'pg_catalog.pg_namespace'::regclass
+                    WHEN 't' THEN 'pg_catalog.pg_type'::regclass
+                    WHEN 'e' THEN 'pg_catalog.pg_extension'::regclass
+                    ELSE 'pg_catalog.pg_class'::regclass END::oid,
+           CASE s.k WHEN 's' THEN pg_catalog.to_regnamespace(s.n)::oid
+                    WHEN 't' THEN pg_catalog.to_regtype(s.n)::oid
+                    WHEN 'e' THEN (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = s.n)
+                    ELSE pg_catalog.to_regclass(s.n)::oid END
+      FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS s(k, n, i)
+), dropped(origin, classid, objid, objsubid) AS (
+    SELECT origin, classid, objid, 0 FROM start WHERE kind <> 'f' AND objid IS NOT NULL
+  UNION
+    SELECT p.origin, d.classid, d.objid, d.objsubid
+      FROM dropped p
+      JOIN pg_catalog.pg_depend d
+        ON d.refclassid = p.classid AND d.refobjid = p.objid
+       AND (p.objsubid = 0 OR d.refobjsubid = p.objsubid)
+     WHERE d.deptype IN ('n', 'a', 'i', 'e', 'x', 'P')
+), emptied(origin, objid) AS (
+    SELECT origin, objid FROM start WHERE kind = 'f' AND objid IS NOT NULL
+  UNION
+    SELECT e.origin, c.conrelid
+      FROM emptied e
+      JOIN pg_catalog.pg_constraint c ON c.confrelid = e.objid AND c.contype = 'f'
+), reached(origin, objid, objsubid) AS (
+    SELECT origin, objid, objsubid FROM dropped
+     WHERE classid = 'pg_catalog.pg_class'::regclass
+  UNION ALL
+    SELECT origin, objid, 0 FROM emptied
+)
+SELECT x.origin, n.nspname::text, c.relname::text, a.attname::text
+  FROM reached x
+  JOIN pg_catalog.pg_class c ON c.oid = x.objid
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = x.objsubid
+ WHERE c.relkind IN ('r', 'p', 'm')
+   AND (x.objsubid = 0 OR (a.attnum > 0 AND NOT a.attisdropped))
+   AND NOT EXISTS (SELECT 1 FROM start s WHERE s.origin = x.origin AND s.objid = x.objid)";
 
 /// How long the count of a dropped column's values may read the table.
 const COUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

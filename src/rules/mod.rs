@@ -256,9 +256,9 @@ pub async fn check(
             statements.push((step.migration.version, script, statement, allows, effects));
         }
     }
-    let hazards = statements
-        .iter()
-        .any(|(.., effects)| effects.iter().any(|e| weigh(e).is_some()));
+    let hazards = statements.iter().any(|(.., effects)| {
+        (effects.iter()).any(|e| weigh(e).is_some() || matches!(e, Effect::DropsDependents { .. }))
+    });
     if hazards {
         for i in deferred {
             statements[i].4 = classify::effects(statements[i].2.text);
@@ -271,7 +271,19 @@ pub async fn check(
     // IF NOT EXISTS video_requests` on a database that already holds the bot's table creates
     // nothing, and the seed's index builds after it block that table's writes; the hazards
     // after it on that name are sized as on any table.
-    let mut tables: Vec<&Name> = Vec::new();
+    // What each DROP ... CASCADE takes with it, from the catalog as it is before the plan.
+    let cascades: Vec<&classify::Dropped> = match known {
+        Tables::None => Vec::new(),
+        Tables::Unknown => (statements.iter())
+            .flat_map(|(.., effects)| effects)
+            .filter_map(|effect| match effect {
+                Effect::DropsDependents { object, .. } => Some(object),
+                _ => None,
+            })
+            .collect(),
+    };
+    let lost = facts::dependents(client, &cascades).await?;
+    let mut tables: Vec<&Name> = lost.iter().flatten().map(|l| &l.table).collect();
     let mut named: Vec<&Name> = Vec::new();
     let mut fresh: HashSet<&Name> = HashSet::new();
     for (.., effects) in &statements {
@@ -311,6 +323,7 @@ pub async fn check(
     // Tables dropped, renamed away or created earlier in the plan are new ones by the time a
     // later statement reaches them: what the catalog says of the old one does not apply.
     let mut fresh: HashSet<Name> = HashSet::new();
+    let mut lost = lost.iter();
     for (version, script, statement, allows, effects) in &statements {
         let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
             let (line, column) = statement.place(&script.sql);
@@ -356,6 +369,29 @@ pub async fn check(
             findings.push(finding(Rule::LiftsLockTimeout, String::new(), 0, &what));
         }
         for effect in effects {
+            if let Effect::DropsDependents { what, .. } = effect {
+                let Some(lost) = lost.next().filter(|_| known == Tables::Unknown) else {
+                    continue;
+                };
+                let (mut rows, mut names) = (0, Vec::new());
+                for l in lost {
+                    let held = match &l.column {
+                        Some(column) => facts.values(client, &l.table, column).await?,
+                        None => facts.rows(&l.table),
+                    };
+                    if let Some(held @ 1..) = held {
+                        rows += held;
+                        names.push(match &l.column {
+                            Some(column) => format!("{}.{}", l.table, Name::bare(column)),
+                            None => l.table.to_string(),
+                        });
+                    }
+                }
+                if rows > 0 {
+                    findings.push(finding(Rule::DropsData, listed(&names), rows, what));
+                }
+                continue;
+            }
             let Some((rule, table, what, column_name)) = weigh(effect) else {
                 match effect {
                     // Already there, IF NOT EXISTS leaves it as it is.
@@ -405,6 +441,17 @@ fn vacates(effect: &Effect) -> bool {
         effect,
         Effect::DropsTable { .. } | Effect::Renames { column: None, .. }
     )
+}
+
+/// Names in a finding: the first three, then how many more.
+fn listed(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [a] => a.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [a, b, c] => format!("{a}, {b} and {c}"),
+        [a, b, c, rest @ ..] => format!("{a}, {b}, {c} and {} more", rest.len()),
+    }
 }
 
 fn first_line(statement: &str) -> String {
