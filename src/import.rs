@@ -215,26 +215,83 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             let down = own_transaction_removed(&down, &mut imported.changes, "rollback's ");
             imported.down = (!crate::sql::is_empty(&down)).then_some(down);
         }
+        if crate::sql::is_empty(&imported.up) {
+            return Err(invalid(
+                &src.join(&imported.source),
+                "holds no SQL statement to apply, which db-migrate refuses to run; write the change or leave the file out".into(),
+            ));
+        }
+        imported.up = outside_marked(&imported.up, &mut imported.changes, "");
+        if let Some(down) = imported.down.take() {
+            imported.down = Some(outside_marked(&down, &mut imported.changes, "rollback: "));
+        }
         if imported.down.is_none() {
             imported.changes.push("no rollback".into());
         }
         migrations.push(imported);
     }
     if let Some(version) = downs.keys().next() {
-        return Err(Error::Config(format!(
-            "{} has a rollback for version {version} but no forward file; add it or delete the rollback",
-            src.display()
-        )));
+        return Err(invalid(
+            src,
+            format!(
+                "has a rollback for version {version} but no forward file; add it or delete the rollback"
+            ),
+        ));
     }
     Ok(migrations)
 }
 
+/// A file that holds a statement PostgreSQL refuses inside a transaction block (`CREATE INDEX
+/// CONCURRENTLY`, ...) ran in the other tool without one (golang-migrate runs a file as it is,
+/// Flyway notices such statements itself); here it needs `-- no-transaction` to run at all.
+fn outside_marked(sql: &str, changes: &mut Vec<String>, whose: &str) -> String {
+    if crate::sql::is_no_transaction(sql) {
+        return sql.to_string();
+    }
+    match crate::sql::transaction_use(sql).outside_only {
+        Some((_, what)) => {
+            changes.push(format!(
+                "{whose}-- no-transaction added ({what} cannot run in a transaction)"
+            ));
+            format!("-- no-transaction\n{sql}")
+        }
+        None => sql.to_string(),
+    }
+}
+
 /// Writes `migrations` into `dir` as `NNN_name.sql` and `NNN_name.down.sql`, keeping their
-/// versions (as wide as the widest, at least three digits). Refuses to overwrite a file.
+/// versions (as wide as the widest, at least three digits), then reads the directory back as
+/// `up` would and checks every file written. Refuses a directory that already holds `.sql`
+/// files, and takes back every file it wrote (and the directory, when it made it) when the
+/// read or a check fails: an import writes all of it or nothing.
 pub fn write<'a>(
     dir: &Path,
     migrations: &'a [Imported],
 ) -> Result<Vec<(PathBuf, &'a Imported)>, Error> {
+    let existed = dir.exists();
+    if existed {
+        let entries = fs::read_dir(dir).map_err(|source| Error::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut held: Vec<String> = (entries.filter_map(|entry| entry.ok()))
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql") && !name.starts_with('.'))
+            .collect();
+        held.sort();
+        if let Some(first) = held.first() {
+            return Err(invalid(
+                dir,
+                format!(
+                    "already holds migration files ({first}{}); import into an empty or new directory",
+                    match held.len() {
+                        1 => String::new(),
+                        n => format!(" and {} more", n - 1),
+                    }
+                ),
+            ));
+        }
+    }
     fs::create_dir_all(dir).map_err(|source| Error::Directory {
         path: dir.to_path_buf(),
         source,
@@ -263,12 +320,34 @@ pub fn write<'a>(
         planned.push((up, &imported.up, down, imported));
     }
     let mut written = Vec::new();
-    for (up, sql, down, imported) in planned {
-        write_file(&up, sql)?;
-        if let Some((path, sql)) = down {
-            write_file(&path, sql)?;
+    let mut files = Vec::new();
+    let wrote = (|| {
+        for (up, sql, down, imported) in planned {
+            write_file(&up, sql)?;
+            files.push(up.clone());
+            if let Some((path, sql)) = down {
+                write_file(&path, sql)?;
+                files.push(path);
+            }
+            written.push((up, imported));
         }
-        written.push((up, imported));
+        // What `up` will say of these files, said now, while they can still be taken back.
+        for migration in source::load(dir)? {
+            source::check(&migration.up)?;
+            if let Some(down) = &migration.down {
+                source::check(down)?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(error) = wrote {
+        for file in &files {
+            let _ = fs::remove_file(file);
+        }
+        if !existed {
+            let _ = fs::remove_dir(dir);
+        }
+        return Err(error);
     }
     Ok(written)
 }
@@ -413,10 +492,14 @@ fn flyway(path: &Path, file: &str) -> Result<Parsed, Error> {
             "is not named V<version>__<description>.sql".into(),
         ));
     };
-    let version: i64 = version.replace('_', "").parse().map_err(|_| {
+    // Flyway reads `_` in a version as `.`: V1_1 is 1.1, which sorts before V2 (dropping the
+    // `_` would make it 11, after V10).
+    let dotted = version.replace('_', ".");
+    let whole = version.bytes().all(|b| b.is_ascii_digit());
+    let version: i64 = (version.parse().ok().filter(|_| whole)).ok_or_else(|| {
         invalid(
             path,
-            format!("has version {version}, which is not a whole number as db-migrate's versions are; renumber it"),
+            format!("has version {dotted}, which is not a whole number as db-migrate's versions are; renumber it (and the version in flyway_schema_history)"),
         )
     })?;
     let sql = read_text(path)?;
@@ -428,7 +511,8 @@ fn flyway(path: &Path, file: &str) -> Result<Parsed, Error> {
 
 fn version_and_name(path: &Path, stem: &str, separator: char) -> Result<(i64, String), Error> {
     let (digits, name) = stem.split_once(separator).unwrap_or((stem, ""));
-    let version = digits.parse::<i64>().map_err(|_| {
+    let unsigned = digits.bytes().all(|b| b.is_ascii_digit());
+    let version = (digits.parse::<i64>().ok().filter(|_| unsigned)).ok_or_else(|| {
         invalid(
             path,
             format!("does not start with a whole-number version ({digits:?})"),

@@ -750,7 +750,6 @@ fn import_directory(
 ) -> Result<(), Error> {
     let migrations = import::read(from, src)?;
     let written = import::write(dir, &migrations)?;
-    source::load(dir)?;
     let mut out = std::io::stdout().lock();
     for (path, imported) in &written {
         let file = path.file_name().unwrap_or_default().to_string_lossy();

@@ -238,7 +238,7 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
 
 #[tokio::test]
 async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
-    let cases: [(&str, &[File], &str); 4] = [
+    let cases: [(&str, &[File], &str); 8] = [
         (
             "flyway",
             &[("V1__a.sql", "SELECT 1;"), ("R__view.sql", "SELECT 1;")],
@@ -258,6 +258,30 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
             "dbmate",
             &[("1_a.sql", "CREATE TABLE a (id int);")],
             "has no `-- migrate:up` section",
+        ),
+        // Flyway reads V1_1 as 1.1, between V1 and V2: as 11 it would run after V10.
+        (
+            "flyway",
+            &[("V1__a.sql", "SELECT 1;"), ("V1_1__b.sql", "SELECT 1;")],
+            "V1_1__b.sql: has version 1.1, which is not a whole number",
+        ),
+        (
+            "golang-migrate",
+            &[("-5_neg.up.sql", "SELECT 1;")],
+            "does not start with a whole-number version (\"-5\")",
+        ),
+        (
+            "dbmate",
+            &[(
+                "1_a.sql",
+                "-- migrate:up\n-- nothing yet\n-- migrate:down\n",
+            )],
+            "1_a.sql: holds no SQL statement to apply",
+        ),
+        (
+            "golang-migrate",
+            &[("2_b.down.sql", "SELECT 1;")],
+            "has a rollback for version 2 but no forward file",
         ),
     ];
     for (tool, files_, expected) in cases {
@@ -279,4 +303,40 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
     let out = import("golang-migrate", src.path(), dest.path());
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert_eq!(read(dest.path(), "001_a.sql"), "SELECT 2;");
+    // Into one that holds another version, or into the source directory itself: refused
+    // before anything is written, so the directory still loads as it did.
+    let other = fixture(&[("002_other.sql", "SELECT 2;")]);
+    let golang = fixture(&[("1_a.up.sql", "SELECT 1;"), ("1_a.down.sql", "SELECT 2;")]);
+    for (src, dest, holds) in [
+        (src.path(), other.path(), "002_other.sql"),
+        (golang.path(), golang.path(), "1_a.down.sql and 1 more"),
+    ] {
+        let before = files(dest);
+        let out = import("golang-migrate", src, dest);
+        assert_eq!(out.code, 3, "{}", out.stderr);
+        let message = support::events(&out.stderr).pop().unwrap()["message"].to_string();
+        assert!(
+            message.contains(&format!("already holds migration files ({holds})")),
+            "{message}"
+        );
+        assert_eq!(files(dest), before);
+    }
+}
+
+#[tokio::test]
+async fn a_statement_refused_in_a_transaction_is_imported_to_run_outside_one() {
+    let src = fixture(&[
+        ("1_t.up.sql", "CREATE TABLE IF NOT EXISTS t (id int);"),
+        ("1_t.down.sql", "DROP TABLE IF EXISTS t;"),
+        (
+            "2_idx.up.sql",
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS t_id ON t (id);",
+        ),
+        ("2_idx.down.sql", "DROP INDEX CONCURRENTLY IF EXISTS t_id;"),
+    ]);
+    let (dir, out) = imported_and_run("golang-migrate", src.path()).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(read(dir.path(), "002_idx.sql").starts_with("-- no-transaction\n"));
+    assert!(read(dir.path(), "002_idx.down.sql").starts_with("-- no-transaction\n"));
+    assert!(!read(dir.path(), "001_t.sql").contains("no-transaction"));
 }
