@@ -46,15 +46,20 @@ impl Tool {
         }
     }
 
-    /// The query that reads the tool's history: (version as text, whether it succeeded).
+    /// The query that reads the tool's history: (version as text, whether it succeeded, the
+    /// row's kind), in the order the tool wrote the rows.
     fn query(self, table: &str) -> String {
         match self {
-            Tool::GolangMigrate => format!("SELECT version::text, NOT dirty FROM {table}"),
-            Tool::Dbmate => format!("SELECT version::text, true FROM {table}"),
-            Tool::Sqlx => format!("SELECT version::text, success FROM {table}"),
-            // Flyway's repeatable scripts (R__) have no version; its baseline row has one.
+            Tool::GolangMigrate => format!("SELECT version::text, NOT dirty, 'SQL' FROM {table}"),
+            Tool::Dbmate => format!("SELECT version::text, true, 'SQL' FROM {table}"),
+            Tool::Sqlx => format!("SELECT version::text, success, 'SQL' FROM {table}"),
+            // Flyway's repeatable scripts (R__) have no version; its schema-creation marker
+            // and the rows `repair` marks deleted apply nothing. A BASELINE row stands for
+            // every version up to its own, an UNDO_* row takes its version back.
             Tool::Flyway => format!(
-                "SELECT version, success FROM {table} WHERE version IS NOT NULL AND type <> 'DELETE'"
+                "SELECT version, success, type FROM {table} \
+                  WHERE version IS NOT NULL AND type NOT IN ('DELETE', 'SCHEMA') \
+                  ORDER BY installed_rank"
             ),
         }
     }
@@ -83,8 +88,9 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
             _ => Error::database("reading the other tool's history")(e),
         })?;
     let mut versions = Vec::with_capacity(rows.len());
+    let mut baseline = None;
     for row in &rows {
-        let (text, ok): (String, bool) = (row.get(0), row.get(1));
+        let (text, ok, kind): (String, bool, String) = (row.get(0), row.get(1), row.get(2));
         let version: i64 = text.trim().parse().map_err(|_| {
             Error::Config(format!(
                 "{} recorded version {text:?}, which is not a whole number as db-migrate's versions are; renumber the files and adopt with baseline --version N instead",
@@ -102,12 +108,20 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
                 ),
             }));
         }
-        versions.push(version);
+        match kind.as_str() {
+            "BASELINE" => baseline = Some(version),
+            undo if undo.starts_with("UNDO") => versions.retain(|v| *v != version),
+            _ => versions.push(version),
+        }
     }
     versions.sort_unstable();
     versions.dedup();
-    Ok(match tool {
-        Tool::GolangMigrate => match versions.last() {
+    Ok(match (tool, baseline) {
+        (_, Some(at)) => Recorded::Baseline {
+            at,
+            then: versions.into_iter().filter(|v| *v > at).collect(),
+        },
+        (Tool::GolangMigrate, None) => match versions.last() {
             Some(current) => Recorded::UpTo(*current),
             None => Recorded::Exactly(Vec::new()),
         },

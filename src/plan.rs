@@ -342,6 +342,9 @@ pub enum Recorded {
     UpTo(i64),
     /// Exactly these versions.
     Exactly(Vec<i64>),
+    /// Flyway's baseline: every migration up to and including `at` (the database held them
+    /// before the tool came), then exactly `then`.
+    Baseline { at: i64, then: Vec<i64> },
 }
 
 /// `baseline --from`: the migrations another tool's history says it applied; each must have
@@ -367,6 +370,10 @@ pub fn adopt<'a>(
                 .collect()
         }
         Recorded::Exactly(versions) => versions.clone(),
+        Recorded::Baseline { at, then } => (migrations.iter().map(|m| m.version))
+            .filter(|v| v <= at)
+            .chain(then.iter().copied())
+            .collect(),
     };
     versions
         .iter()

@@ -169,6 +169,35 @@ async fn dbmate_sqlx_and_flyway_histories_are_adopted_version_by_version() {
 }
 
 #[tokio::test]
+async fn a_flyway_baseline_row_stands_for_every_version_up_to_it_and_an_undo_takes_one_back() {
+    let table = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
+                 version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
+                 script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
+                 installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
+                 success BOOLEAN NOT NULL);";
+    // Flyway adopted the database at 2 (1 and 2 were there before it), then ran 3 and 4, and
+    // undid 4.
+    let db = managed(&format!(
+        "{table} INSERT INTO flyway_schema_history VALUES \
+         (1, '0', '<< Flyway Schema Creation >>', 'SCHEMA', 'public', NULL, 'u', now(), 0, true), \
+         (2, '2', '<< Flyway Baseline >>', 'BASELINE', '<< Flyway Baseline >>', NULL, 'u', now(), 0, true), \
+         (3, '3', 'c', 'SQL', 'V3__c.sql', 1, 'u', now(), 1, true), \
+         (4, '4', 'd', 'SQL', 'V4__d.sql', 1, 'u', now(), 1, true), \
+         (5, '4', 'd', 'UNDO_SQL', 'U4__d.sql', 1, 'u', now(), 1, true);"
+    ))
+    .await;
+    let dir = migrations(&[
+        ("1_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);"),
+        ("2_b.sql", "CREATE TABLE IF NOT EXISTS b (id int);"),
+        ("3_c.sql", "CREATE TABLE IF NOT EXISTS c (id int);"),
+        ("4_d.sql", "CREATE TABLE IF NOT EXISTS d (id int);"),
+    ]);
+    let out = run(&db, dir.path(), &["baseline", "--from", "flyway"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(ours(&db).await, [1, 2, 3]);
+}
+
+#[tokio::test]
 async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_it() {
     let dir = migrations(&[("1_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);")]);
     let cases = [
