@@ -379,14 +379,18 @@ pub enum Reach {
     /// and no index built on a table that exists (only `CREATE [UNIQUE] INDEX` does). It
     /// only names what it creates, which matters only to a hazard later on that name.
     Creates,
-    /// `CREATE ... INDEX`, `ALTER`, `DROP`, `TRUNCATE`, `DELETE`, `UPDATE`, or `WITH`
-    /// (before a `DELETE` or `UPDATE`): may change or drop existing tables or rows.
+    /// `CREATE ... INDEX`, `ALTER`, `DROP`, `TRUNCATE`, `DELETE`, `UPDATE`, `WITH` (before a
+    /// `DELETE` or `UPDATE`), `CLUSTER`, `VACUUM`, `REFRESH` or `REINDEX`: may change, rewrite
+    /// or drop existing tables or rows.
     Tables,
 }
 
 /// The [`Reach`] of `statement`, from one pass of the lexer.
 pub fn reach(statement: &str) -> Reach {
-    let starts = ["alter", "drop", "truncate", "delete", "update", "with"];
+    let starts = [
+        "alter", "drop", "truncate", "delete", "update", "with", "cluster", "vacuum", "refresh",
+        "reindex",
+    ];
     let mut tokens = code(statement);
     let Some(first) = tokens.next() else {
         return Reach::None;

@@ -185,7 +185,7 @@ pub async fn run(
                     findings: (findings.iter())
                         .filter(|f| {
                             f.version == step.migration.version
-                                && f.line == line
+                                && (f.line, f.column) == (line, column)
                                 && f.file == script.path
                         })
                         .cloned()
@@ -254,6 +254,7 @@ pub async fn run(
                 migration,
                 &snapshots,
                 budget_ms,
+                limits.hazard_rows,
                 &mut report,
             )
             .await?;
@@ -272,6 +273,7 @@ async fn finish(
     migration: Vec<Statement>,
     snapshots: &[Snapshot],
     budget_ms: f64,
+    hazard_rows: i64,
     report: &mut Report,
 ) -> Result<(), Error> {
     let durations: Vec<f64> = migration.iter().map(|s| s.duration_ms).collect();
@@ -302,13 +304,39 @@ async fn finish(
             })
             .map(|(relation, _)| *relation)
             .collect();
-        statement.rewrites = rewritten.into_iter().map(|r| existing.name(r)).collect();
+        statement.rewrites = rewritten.iter().map(|r| existing.name(*r)).collect();
         statement.rewrites.sort();
         // A type change the parser flags may be binary compatible (varchar(n) to text): the
         // trace saw whether the table was rewritten.
         if statement.rewrites.is_empty() {
             (statement.findings)
                 .retain(|f| !(f.rule == Rule::TableRewrite && f.what == "ALTER COLUMN ... TYPE"));
+        }
+        // And a rewrite the parser cannot know of (a default calling a volatile function of
+        // the database's own) is still one.
+        if !(statement.findings.iter()).any(|f| f.rule == Rule::TableRewrite) {
+            for relation in &rewritten {
+                let Some(rows) = rows_now(client, *relation, hazard_rows).await? else {
+                    continue;
+                };
+                if rows < hazard_rows {
+                    continue;
+                }
+                statement.findings.push(Finding {
+                    rule: Rule::TableRewrite,
+                    version: statement.version,
+                    file: statement.file.clone(),
+                    line: statement.line,
+                    column: statement.column,
+                    statement: statement.first_line.clone(),
+                    relation: existing.name(*relation),
+                    rows,
+                    what: "the trace saw the table written anew".into(),
+                    allowed: (statement.allows.iter())
+                        .find(|(rule, _)| *rule == Rule::TableRewrite)
+                        .map(|(_, reason)| reason.clone()),
+                });
+            }
         }
         let held_long = statement
             .locks
@@ -438,6 +466,28 @@ async fn names(client: &Client) -> Result<HashMap<i64, String>, Error> {
         .await
         .map_err(Error::database("reading the names of the tables"))?;
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Rows of a table the plan rewrote, as the static rules size one: the planner's estimate
+/// when it reaches `threshold`, else counted up to it; none when the plan dropped it.
+async fn rows_now(client: &Client, relation: i64, threshold: i64) -> Result<Option<i64>, Error> {
+    let context = "sizing a table the plan rewrote";
+    let row = client
+        .query_opt(
+            "SELECT c.oid::regclass::text, c.reltuples::int8 FROM pg_catalog.pg_class c
+              WHERE c.oid = $1::int8::oid",
+            &[&relation],
+        )
+        .await
+        .map_err(Error::database(context))?;
+    let Some(row) = row else { return Ok(None) };
+    let (name, estimate): (String, i64) = (row.get(0), row.get(1));
+    if estimate >= threshold {
+        return Ok(Some(estimate));
+    }
+    let count = format!("SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {threshold}) s");
+    let row = (client.query_one(&count, &[]).await).map_err(Error::database(context))?;
+    Ok(Some(row.get(0)))
 }
 
 /// A traced relation's rows and bytes; none when a statement of the plan dropped it.

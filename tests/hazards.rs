@@ -496,18 +496,41 @@ async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites
     let db = seeded(BIG).await;
     db.client()
         .await
-        .batch_execute("ALTER TABLE video_requests ADD COLUMN note varchar(20)")
+        .batch_execute(
+            "ALTER TABLE video_requests ADD COLUMN note varchar(20);
+             CREATE FUNCTION own_id() RETURNS bigint LANGUAGE sql VOLATILE AS 'SELECT (random() * 10)::bigint'",
+        )
         .await
         .unwrap();
+    // Narrowing a type rewrites the table: refused by both.
+    let narrow = support::copy_of_seed(&[(
+        "003_note.sql",
+        "ALTER TABLE video_requests ALTER COLUMN note TYPE varchar(10);\n",
+    )]);
+    refused(&run(&db, narrow.path(), &["up"]), &["table-rewrite"]);
+    let out = run(&db, narrow.path(), &["plan"]);
+    assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
+    // A default calling the database's own volatile function rewrites it too, which only the
+    // trace can see.
+    let own = support::copy_of_seed(&[(
+        "003_note.sql",
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS n bigint DEFAULT own_id();\n",
+    )]);
+    let out = run(&db, own.path(), &["plan"]);
+    assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(
+            "HAZARD table-rewrite: the trace saw the table written anew on video_requests"
+        ),
+        "{}",
+        out.stdout
+    );
+    // Widening it (varchar(20) to text) changes the catalog alone: `plan` and `up` agree.
     let dir = support::copy_of_seed(&[(
         "003_note.sql",
         "CREATE TABLE renders (id int);\n\
          ALTER TABLE video_requests ALTER COLUMN note TYPE text;\n",
     )]);
-    // Static, `up` cannot tell a binary-compatible change from a rewrite, and refuses it.
-    let out = run(&db, dir.path(), &["up"]);
-    refused(&out, &["table-rewrite"]);
-    // The trace sees that varchar(20) to text rewrote nothing.
     let out = run(&db, dir.path(), &["plan"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(
@@ -522,6 +545,9 @@ async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites
         "{}",
         out.stdout
     );
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3]);
 }
 
 #[tokio::test]

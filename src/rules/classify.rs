@@ -3,7 +3,9 @@
 //! comments and dollar-quoted bodies can never mislead it.
 
 use pg_query::NodeEnum;
-use pg_query::protobuf::{AlterTableType, ConstrType, DropBehavior, Node, ObjectType, RangeVar};
+use pg_query::protobuf::{
+    AlterTableType, ConstrType, DropBehavior, Node, ObjectType, RangeVar, ReindexObjectType,
+};
 
 /// A table (or other relation) as the statement names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -92,6 +94,14 @@ pub enum Effect {
     Rewrites {
         table: Name,
         what: &'static str,
+    },
+    /// ALTER COLUMN ... TYPE: rewrites the table, unless the column's type only widens
+    /// (`varchar(n)` to a longer one or `text`, a `numeric` with more digits): `to` is the new
+    /// type's name and modifiers when the statement gives no USING, collation or array.
+    Retypes {
+        table: Name,
+        column: String,
+        to: Option<(String, Vec<i32>)>,
     },
     /// Reads the whole table to validate it, under a lock that blocks its writes.
     Validates {
@@ -262,6 +272,46 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 });
             }
         }
+        NodeEnum::ClusterStmt(cluster) => {
+            if let Some(relation) = &cluster.relation {
+                out.push(Effect::Rewrites {
+                    table: Name::of(relation),
+                    what: "CLUSTER",
+                });
+            }
+        }
+        NodeEnum::VacuumStmt(vacuum) if vacuum.is_vacuumcmd && option(&vacuum.options, "full") => {
+            for relation in &vacuum.rels {
+                if let Some(NodeEnum::VacuumRelation(v)) = &relation.node
+                    && let Some(range) = &v.relation
+                {
+                    out.push(Effect::Rewrites {
+                        table: Name::of(range),
+                        what: "VACUUM FULL",
+                    });
+                }
+            }
+        }
+        NodeEnum::RefreshMatViewStmt(refresh) if !refresh.concurrent => {
+            if let Some(relation) = &refresh.relation {
+                out.push(Effect::Rewrites {
+                    table: Name::of(relation),
+                    what: "REFRESH MATERIALIZED VIEW without CONCURRENTLY",
+                });
+            }
+        }
+        NodeEnum::ReindexStmt(reindex)
+            if reindex.kind == ReindexObjectType::ReindexObjectTable as i32
+                && !option(&reindex.params, "concurrently") =>
+        {
+            if let Some(relation) = &reindex.relation {
+                out.push(Effect::BuildsIndex {
+                    table: Name::of(relation),
+                    concurrently: false,
+                    what: "REINDEX TABLE",
+                });
+            }
+        }
         NodeEnum::RenameStmt(rename) => {
             let Some(relation) = &rename.relation else {
                 return;
@@ -337,10 +387,17 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
                 new_column_effects(&table(), column, out);
             }
         }
-        AlterTableType::AtAlterColumnType => out.push(Effect::Rewrites {
-            table: table(),
-            what: "ALTER COLUMN ... TYPE",
-        }),
+        AlterTableType::AtAlterColumnType => {
+            let to = match def {
+                Some(NodeEnum::ColumnDef(column)) => new_type(column),
+                _ => None,
+            };
+            out.push(Effect::Retypes {
+                table: table(),
+                column: cmd.name.clone(),
+                to,
+            })
+        }
         AlterTableType::AtSetTableSpace => out.push(Effect::Rewrites {
             table: table(),
             what: "SET TABLESPACE",
@@ -348,6 +405,10 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
         AlterTableType::AtSetAccessMethod => out.push(Effect::Rewrites {
             table: table(),
             what: "SET ACCESS METHOD",
+        }),
+        AlterTableType::AtSetLogged | AlterTableType::AtSetUnLogged => out.push(Effect::Rewrites {
+            table: table(),
+            what: "SET LOGGED or SET UNLOGGED",
         }),
         AlterTableType::AtSetNotNull => out.push(Effect::Validates {
             table: table(),
@@ -376,12 +437,48 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
     }
 }
 
+/// The type an ALTER COLUMN ... TYPE gives, as (name, modifiers): a built-in's name without
+/// `pg_catalog` (`character varying(20)` is `varchar` with 20); none with USING, COLLATE, an
+/// array, or a modifier that is not a plain number.
+fn new_type(column: &pg_query::protobuf::ColumnDef) -> Option<(String, Vec<i32>)> {
+    let type_name = column.type_name.as_ref()?;
+    if column.raw_default.is_some()
+        || column.coll_clause.is_some()
+        || !type_name.array_bounds.is_empty()
+    {
+        return None;
+    }
+    let names: Vec<String> = type_name.names.iter().filter_map(string).collect();
+    let name = match names.as_slice() {
+        [name] => name.clone(),
+        [schema, name] if schema == "pg_catalog" => name.clone(),
+        _ => return None,
+    };
+    let mut modifiers = Vec::new();
+    for node in &type_name.typmods {
+        match &node.node {
+            Some(NodeEnum::AConst(constant)) => match &constant.val {
+                Some(pg_query::protobuf::a_const::Val::Ival(i)) => modifiers.push(i.ival),
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+    Some((name, modifiers))
+}
+
 /// A column added to an existing table: a volatile default, an identity or a stored
 /// generated column fills every row (a rewrite); a CHECK or a key of its own validates or
 /// indexes the table.
 fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out: &mut Vec<Effect>) {
     let volatile_default = column.raw_default.as_deref().is_some_and(is_volatile);
-    let mut rewrites = volatile_default || !column.identity.is_empty() || column.generated == "s";
+    // A serial column's default is nextval() of its new sequence, a value per row.
+    let serial = (column.type_name.as_ref())
+        .and_then(|t| t.names.last())
+        .and_then(string)
+        .is_some_and(|name| SERIAL.contains(&name.as_str()));
+    let mut rewrites =
+        volatile_default || serial || !column.identity.is_empty() || column.generated == "s";
     for constraint in &column.constraints {
         if let Some(NodeEnum::Constraint(c)) = &constraint.node {
             match ConstrType::try_from(c.contype).unwrap_or(ConstrType::Undefined) {
@@ -459,6 +556,37 @@ fn is_volatile(node: &Node) -> bool {
             .last()
             .and_then(string)
             .is_some_and(|name| VOLATILE.contains(&name.as_str())),
+        _ => false,
+    })
+}
+
+/// The type names PostgreSQL expands into an integer column with a sequence's default.
+const SERIAL: [&str; 6] = [
+    "serial",
+    "bigserial",
+    "smallserial",
+    "serial4",
+    "serial8",
+    "serial2",
+];
+
+/// Whether a statement's option list (`VACUUM (FULL)`, `REINDEX (CONCURRENTLY)`) turns on
+/// `name`: given bare, or with a value other than false, off or 0.
+fn option(options: &[Node], name: &str) -> bool {
+    options.iter().any(|node| match &node.node {
+        Some(NodeEnum::DefElem(def)) if def.defname == name => match def.arg.as_deref() {
+            None => true,
+            Some(arg) => !matches!(
+                &arg.node,
+                Some(NodeEnum::String(s)) if matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "0")
+            ) && !matches!(
+                &arg.node,
+                Some(NodeEnum::Boolean(b)) if !b.boolval
+            ) && !matches!(
+                &arg.node,
+                Some(NodeEnum::Integer(i)) if i.ival == 0
+            ),
+        },
         _ => false,
     })
 }
@@ -572,9 +700,20 @@ mod tests {
 
     #[test]
     fn what_blocks_or_rewrites_the_bot_s_table_is_recognised() {
-        let cases: [(&str, &str); 10] = [
+        let cases: [(&str, &str); 18] = [
             ("CREATE INDEX i ON t (c)", "BuildsIndex"),
-            ("ALTER TABLE t ALTER COLUMN c TYPE bigint", "Rewrites"),
+            ("ALTER TABLE t ALTER COLUMN c TYPE bigint", "Retypes"),
+            (
+                "ALTER TABLE t ADD COLUMN IF NOT EXISTS n bigserial",
+                "Rewrites",
+            ),
+            ("ALTER TABLE t SET UNLOGGED", "Rewrites"),
+            ("CLUSTER t USING t_pkey", "Rewrites"),
+            ("VACUUM (FULL, ANALYZE) t", "Rewrites"),
+            ("VACUUM FULL t", "Rewrites"),
+            ("REFRESH MATERIALIZED VIEW m", "Rewrites"),
+            ("REINDEX TABLE t", "BuildsIndex"),
+            ("REINDEX (VERBOSE) TABLE t", "BuildsIndex"),
             (
                 "ALTER TABLE t ADD COLUMN IF NOT EXISTS c uuid DEFAULT gen_random_uuid()",
                 "Rewrites",
@@ -600,6 +739,29 @@ mod tests {
     }
 
     #[test]
+    fn a_type_change_carries_the_new_type_for_the_catalog_to_weigh() {
+        let to = |sql: &str| match effects(sql).into_iter().next() {
+            Some(Effect::Retypes { to, .. }) => to,
+            other => panic!("{sql}: {other:?}"),
+        };
+        let typed = |name: &str, modifiers: &[i32]| Some((name.to_string(), modifiers.to_vec()));
+        assert_eq!(
+            to("ALTER TABLE t ALTER COLUMN c TYPE character varying(200)"),
+            typed("varchar", &[200])
+        );
+        assert_eq!(to("ALTER TABLE t ALTER c TYPE text"), typed("text", &[]));
+        assert_eq!(
+            to("ALTER TABLE t ALTER c TYPE numeric(12, 2)"),
+            typed("numeric", &[12, 2])
+        );
+        // What the catalog alone cannot weigh is a rewrite.
+        assert_eq!(to("ALTER TABLE t ALTER c TYPE text USING c || 'x'"), None);
+        assert_eq!(to("ALTER TABLE t ALTER c TYPE text[]"), None);
+        assert_eq!(to("ALTER TABLE t ALTER c TYPE text COLLATE \"C\""), None);
+        assert_eq!(to("ALTER TABLE t ALTER c TYPE app.text"), None);
+    }
+
+    #[test]
     fn the_safe_forms_are_not_flagged() {
         let safe = [
             "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (c)",
@@ -613,6 +775,11 @@ mod tests {
             "SELECT 'DROP TABLE t'",
             "DO $$ BEGIN EXECUTE 'TRUNCATE t'; END $$",
             "CREATE TABLE IF NOT EXISTS t (id int)",
+            "VACUUM (ANALYZE) t",
+            "VACUUM (FULL false) t",
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY m",
+            "REINDEX TABLE CONCURRENTLY t",
+            "REINDEX (CONCURRENTLY) TABLE t",
         ];
         for sql in safe {
             let found: Vec<_> = effects(sql)

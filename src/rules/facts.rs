@@ -270,6 +270,60 @@ SELECT x.origin, n.nspname::text, c.relname::text, a.attname::text
    AND (x.objsubid = 0 OR (a.attnum > 0 AND NOT a.attisdropped))
    AND NOT EXISTS (SELECT 1 FROM start s WHERE s.origin = x.origin AND s.objid = x.objid)";
 
+/// Whether changing `column` of `table` to the type `to` (name, modifiers) only widens it, so
+/// PostgreSQL changes the catalog and rewrites nothing: false when either is missing or the
+/// change is any other.
+pub(super) async fn widens(
+    client: &Client,
+    table: &Name,
+    column: &str,
+    to: &(String, Vec<i32>),
+) -> Result<bool, Error> {
+    let rows = client
+        .query_typed(
+            "SELECT a.atttypid::regtype::text, a.atttypmod FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2
+                AND NOT a.attisdropped",
+            &[(&table.sql(), Type::TEXT), (&column, Type::TEXT)],
+        )
+        .await
+        .map_err(Error::database(
+            "reading a column's type for the hazard rules",
+        ))?;
+    Ok(rows.first().is_some_and(|row| {
+        let (from, modifier): (String, i32) = (row.get(0), row.get(1));
+        widening(&from, modifier, &to.0, &to.1)
+    }))
+}
+
+/// The changes PostgreSQL makes without a rewrite (its cast is binary, and the new length or
+/// precision holds every old value): `from` as `regtype` prints it with its `atttypmod`, `to`
+/// as the parser names it with its modifiers.
+fn widening(from: &str, from_mod: i32, to: &str, modifiers: &[i32]) -> bool {
+    let to_mod = match (to, modifiers) {
+        (_, []) => -1,
+        ("varchar" | "varbit", [n]) if *n > 0 => n + 4,
+        ("numeric", [p]) if *p > 0 => (p << 16) + 4,
+        ("numeric", [p, s]) if *p > 0 && *s >= 0 => ((p << 16) | s) + 4,
+        _ => return false,
+    };
+    let longer = to_mod == -1 || (from_mod != -1 && to_mod >= from_mod);
+    match (from, to) {
+        ("character varying", "varchar") | ("bit varying", "varbit") => longer,
+        ("character varying" | "text", "text") => true,
+        ("text", "varchar") | ("cidr", "inet") => to_mod == -1,
+        ("numeric", "numeric") => {
+            let scale = |m: i32| (m - 4) & 0xffff;
+            let precision = |m: i32| (m - 4) >> 16;
+            to_mod == -1
+                || (from_mod != -1
+                    && scale(to_mod) == scale(from_mod)
+                    && precision(to_mod) >= precision(from_mod))
+        }
+        _ => false,
+    }
+}
+
 /// How long the count of a dropped column's values may read the table.
 const COUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -279,4 +333,38 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<i64> {
         tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::widening;
+
+    #[test]
+    fn only_a_widening_type_change_is_free() {
+        // varchar(100) is atttypmod 104; numeric(10,2) is (10 << 16 | 2) + 4.
+        let numeric_10_2 = (10 << 16 | 2) + 4;
+        for (from, modifier, to, modifiers, free) in [
+            ("character varying", 104, "varchar", &[200][..], true),
+            ("character varying", 104, "varchar", &[], true),
+            ("character varying", 104, "varchar", &[100], true),
+            ("character varying", 104, "varchar", &[50], false),
+            ("character varying", -1, "varchar", &[50], false),
+            ("character varying", 104, "text", &[], true),
+            ("text", -1, "varchar", &[], true),
+            ("text", -1, "varchar", &[10], false),
+            ("numeric", numeric_10_2, "numeric", &[12, 2], true),
+            ("numeric", numeric_10_2, "numeric", &[12, 3], false),
+            ("numeric", numeric_10_2, "numeric", &[8, 2], false),
+            ("numeric", numeric_10_2, "numeric", &[], true),
+            ("numeric", -1, "numeric", &[12, 2], false),
+            ("integer", -1, "int8", &[], false),
+            ("cidr", -1, "inet", &[], true),
+        ] {
+            assert_eq!(
+                widening(from, modifier, to, modifiers),
+                free,
+                "{from}({modifier}) -> {to}{modifiers:?}"
+            );
+        }
+    }
 }

@@ -413,6 +413,16 @@ pub async fn check(
             if fresh.contains(table) {
                 continue;
             }
+            // A type that only widens is changed in the catalog alone.
+            if let Effect::Retypes {
+                column,
+                to: Some(to),
+                ..
+            } = effect
+                && facts::widens(client, table, column, to).await?
+            {
+                continue;
+            }
             let rows = match (rule, column_name) {
                 (Rule::DropsData, Some(column)) => facts.values(client, table, column).await?,
                 _ => facts.rows(table),
@@ -481,6 +491,9 @@ fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
             what,
         } => Some((Rule::IndexWithoutConcurrently, table, what, None)),
         Effect::Rewrites { table, what } => Some((Rule::TableRewrite, table, what, None)),
+        Effect::Retypes { table, .. } => {
+            Some((Rule::TableRewrite, table, "ALTER COLUMN ... TYPE", None))
+        }
         Effect::Validates { table, what } => Some((Rule::ValidatesWholeTable, table, what, None)),
         Effect::DropsTable { table } => Some((Rule::DropsData, table, "DROP TABLE", None)),
         Effect::DropsColumn { table, column } => {
