@@ -81,6 +81,7 @@ async fn create(client: &Client, target: &str) -> Result<String, Error> {
     {
         Ok(()) => {
             info!(database = %name, "scratch database created");
+            copy_settings(client, &name).await;
             Ok(name)
         }
         Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
@@ -89,6 +90,63 @@ async fn create(client: &Client, target: &str) -> Result<String, Error> {
             )))
         }
         Err(error) => Err(Error::database("creating the scratch database")(error)),
+    }
+}
+
+/// Gives the scratch database the target's own settings (`ALTER DATABASE ... SET`), so the
+/// migrations replay under them: with `search_path = app, public` set on the target, a
+/// `CREATE TABLE widgets` lands in `app` there and must here too. A setting the scratch
+/// database cannot take (a superuser's) is left out with a warning.
+async fn copy_settings(client: &Client, name: &str) {
+    let settings = client
+        .query(
+            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1)
+               FROM pg_catalog.pg_db_role_setting s
+               JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase,
+                    unnest(s.setconfig) AS c
+              WHERE d.datname = pg_catalog.current_database() AND s.setrole = 0",
+            &[],
+        )
+        .await;
+    let settings = match settings {
+        Ok(rows) => rows,
+        Err(error) => {
+            warn!(error = %error, "cannot read the target database's settings for the scratch database");
+            return;
+        }
+    };
+    for row in settings {
+        let (setting, value): (String, String) = (row.get(0), row.get(1));
+        // Setting names are plain words, dotted for an extension's own.
+        let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+        if setting.is_empty() || !setting.chars().all(word) {
+            continue;
+        }
+        let sql = format!(
+            "ALTER DATABASE {name} SET {setting} = {}",
+            setting_value(&setting, &value)
+        );
+        if let Err(error) = client.batch_execute(&sql).await {
+            warn!(setting, error = %error, "the scratch database runs without a setting of the target's");
+        }
+    }
+}
+
+/// A stored setting's value as `ALTER DATABASE ... SET` takes it back. The catalog keeps a
+/// list of names (`search_path`, `temp_tablespaces`) as SQL writes it, each element quoted
+/// where needed: written back as it is, or it would become one name. Anything else is one
+/// string.
+fn setting_value(setting: &str, value: &str) -> String {
+    let list = matches!(
+        setting.to_ascii_lowercase().as_str(),
+        "search_path" | "temp_tablespaces"
+    );
+    let plain = value
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '"' | ',' | ' ' | '.' | '-'));
+    match list && plain {
+        true => value.to_string(),
+        false => format!("'{}'", value.replace('\'', "''")),
     }
 }
 

@@ -423,6 +423,30 @@ async fn verify_schema_holds_on_a_baselined_database_and_with_migrations_pending
 }
 
 #[tokio::test]
+async fn the_replay_runs_under_the_target_database_s_own_settings() {
+    let db = support::database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA app; ALTER DATABASE {} SET search_path = app, public",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("001_widgets.sql"),
+        "CREATE SCHEMA IF NOT EXISTS app;\nCREATE TABLE IF NOT EXISTS widgets (id int);\n",
+    )
+    .unwrap();
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The table went where the database's search_path put it, in the target and the replay.
+    let (code, text, message) = verify(&db, dir.path());
+    assert_eq!(code, 0, "{text}\n{message}");
+}
+
+#[tokio::test]
 async fn owners_and_grants_are_compared_only_when_asked() {
     let db = support::database().await;
     support::up_ok(&db, &seed_dir()).await;
