@@ -299,3 +299,33 @@ async fn job_connections_probe_a_silent_server_within_30_seconds() {
     // Without db-migrate's settings the first probe would come after tokio-postgres's 2 h.
     support::assert_probes_within_30_seconds(job, &db, support::server().port).await;
 }
+
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_is_given_up_on_after_connect_timeout() {
+    // Takes connections and never says a word, as a frozen server or proxy does.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().map_while(Result::ok) {
+            held.push(stream);
+        }
+    });
+    let url = format!("postgresql://u:{SENTINEL}@127.0.0.1:{port}/db?connect_timeout=1");
+    let dir = support::migrations(&[("001_t.sql", "CREATE TABLE IF NOT EXISTS t (id int);")]);
+    let mut job = Running::spawn(
+        binary()
+            .args(["up", "--connect-timeout", "2s", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let summary = job.wait_for("ending the run", |e| e.get("exit_code").is_some());
+    let (code, _) = job.finish();
+    assert_eq!(code, Some(5), "{summary}");
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("no answer to the login within 1s (connect_timeout)"),
+        "{message}"
+    );
+    assert!(!message.contains(SENTINEL), "{message}");
+}

@@ -241,12 +241,33 @@ impl Dialer {
         if let Some(cloudsql) = self.cloudsql.as_ref().filter(|c| c.options.iam_auth) {
             pg.to_mut().password(cloudsql.login_token().await?);
         }
-        let result = match &self.way {
-            Way::Direct { connector, mode } => direct(&pg, connector, *mode).await,
-            Way::Tunnel(tunnel) => {
-                let timeout = pg.get_connect_timeout().copied();
-                let stream = tunnel.dial(timeout, Some(&pg)).await?;
-                inside(&pg, stream).await
+        // tokio-postgres bounds only the TCP connect by connect_timeout; libpq bounds the
+        // whole login with it, and so does this: a server or proxy that accepts and then
+        // never answers would otherwise hold the run for good.
+        let after = pg
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(settings::ATTEMPT_TIMEOUT);
+        let login = async {
+            match &self.way {
+                Way::Direct { connector, mode } => Ok(direct(&pg, connector, *mode).await),
+                Way::Tunnel(tunnel) => {
+                    let stream = tunnel.dial(Some(after), Some(&pg)).await?;
+                    Ok(inside(&pg, stream).await)
+                }
+            }
+        };
+        let result = match tokio::time::timeout(after, login).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Failure {
+                    error: Error::ConnectStalled {
+                        target: self.target.clone(),
+                        after,
+                    },
+                    transient: true,
+                    refused: false,
+                });
             }
         };
         let (opened, driver) = result.map_err(|e| failure(self.target.clone(), e))?;

@@ -26,7 +26,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const TERMINAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long one connection attempt may take when PGCONNECT_TIMEOUT does not say.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// TCP keepalive defaults for every connection of a run, unless the connection string sets
 /// them. A server that vanishes without closing the connection (a network partition, a
