@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub struct Interrupt {
     cancel: Mutex<Option<Cancel>>,
     /// Wakes waits (lock polling, retry pauses) so a signal ends them at once.
     wake: Notify,
+    /// Migrations of the run that committed, counted as each does: what the summary reports
+    /// when the run is abandoned after [`GRACE`] before it could say so itself.
+    completed: AtomicUsize,
 }
 
 impl Interrupt {
@@ -46,6 +50,16 @@ impl Interrupt {
     pub fn arm(&self, cancel: Cancel) {
         let mut slot = self.cancel.lock().unwrap_or_else(PoisonError::into_inner);
         *slot = Some(cancel);
+    }
+
+    /// Counts a migration that committed.
+    pub fn count_completed(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many migrations of the run committed so far.
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::Relaxed)
     }
 
     /// Err when a signal came: checked before each step that would change the database.
@@ -101,19 +115,36 @@ pub async fn guard(
         signal = received.name(),
         "stopping: cancelling the running statement, rolling back, releasing the lock"
     );
-    if let Err(error) = cancel.await {
-        warn!(error = %error, "could not send the cancel request; the server rolls back when the connection closes");
-    }
+    // The grace covers the cancel request too: a server (or proxy) that accepts it and never
+    // answers must not hold the run past it, nor keep a second signal from ending it.
+    let deadline = tokio::time::Instant::now() + GRACE;
     let second = tokio::select! {
-        // The run finished everything before the signal could stop it: that is the truth
-        // to report, not an interruption.
-        result = &mut work => match result {
-            Ok(()) => return Ok(()),
-            Err(_) => None,
-        },
-        _ = tokio::time::sleep(GRACE) => None,
+        sent = cancel => {
+            if let Err(error) = sent {
+                warn!(error = %error, "could not send the cancel request; the server rolls back when the connection closes");
+            }
+            None
+        }
+        _ = tokio::time::sleep_until(deadline) => {
+            warn!("the cancel request got no answer; the server rolls back when the connection closes");
+            None
+        }
         _ = int.recv() => Some(Signal::Interrupt),
         _ = term.recv() => Some(Signal::Terminate),
+    };
+    let second = match second {
+        Some(signal) => Some(signal),
+        None => tokio::select! {
+            // The run finished everything before the signal could stop it: that is the
+            // truth to report, not an interruption.
+            result = &mut work => match result {
+                Ok(()) => return Ok(()),
+                Err(_) => None,
+            },
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = int.recv() => Some(Signal::Interrupt),
+            _ = term.recv() => Some(Signal::Terminate),
+        },
     };
     if let Some(signal) = second {
         // The server rolls back and unlocks when the connection closes with the process.

@@ -202,7 +202,16 @@ impl Job<'_> {
                 self.connect(dialer, scratch, &client, prelude, &migrations, &interrupt);
             Box::pin(connected).await
         };
-        interrupt::guard(&interrupt, work).await
+        let result = interrupt::guard(&interrupt, work).await;
+        // A run abandoned after the signal's grace could not count what committed before it
+        // stopped; the interrupt did, as each migration committed.
+        if matches!(result, Err(Error::Interrupted(_)))
+            && interrupt.completed() > self.summary.steps_completed()
+            && !self.summary.dry_run
+        {
+            self.summary.completed(interrupt.completed());
+        }
+        result
     }
 
     /// The run's dialers: the target's and, with `--scratch-url`, the scratch database's.

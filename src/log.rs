@@ -214,6 +214,18 @@ pub struct Summary {
     pub tested: Option<(usize, usize)>,
     /// `verify --schema`: objects that differ from what the applied migrations create.
     pub schema_changes: Option<usize>,
+    /// What [`Summary::ran`] was given, so the counts can be told again from a number of
+    /// completed steps alone ([`Summary::completed`]).
+    ran: Option<Ran>,
+}
+
+/// A plan's run as versions: those applied before it, the steps in order, the files.
+#[derive(Debug, Clone, Default)]
+struct Ran {
+    up: bool,
+    before: Vec<i64>,
+    steps: Vec<i64>,
+    files: Vec<i64>,
 }
 
 impl Summary {
@@ -245,24 +257,39 @@ impl Summary {
         migrations: &[Migration],
         dry_run: bool,
     ) {
-        let up = plan.direction == Direction::Up;
-        let mut now: BTreeSet<i64> = before.iter().map(|a| a.version).collect();
-        for step in plan.steps.iter().take(completed) {
-            match up {
-                true => now.insert(step.migration.version),
-                false => now.remove(&step.migration.version),
+        self.dry_run = dry_run;
+        self.ran = Some(Ran {
+            up: plan.direction == Direction::Up,
+            before: before.iter().map(|a| a.version).collect(),
+            steps: plan.steps.iter().map(|s| s.migration.version).collect(),
+            files: migrations.iter().map(|m| m.version).collect(),
+        });
+        self.completed(completed);
+    }
+
+    /// The counts once `completed` steps of the plan given to [`Summary::ran`] are done:
+    /// also for a run abandoned before it could report them itself (see
+    /// `Interrupt::completed`). Nothing without a plan.
+    pub fn completed(&mut self, completed: usize) {
+        let Some(ran) = &self.ran else { return };
+        let mut now: BTreeSet<i64> = ran.before.iter().copied().collect();
+        for version in ran.steps.iter().take(completed) {
+            match ran.up {
+                true => now.insert(*version),
+                false => now.remove(version),
             };
         }
-        self.dry_run = dry_run;
-        (self.applied, self.rolled_back) = if up {
-            (completed, None)
-        } else {
-            (0, Some(completed))
+        (self.applied, self.rolled_back) = match ran.up {
+            true => (completed, None),
+            false => (0, Some(completed)),
         };
-        self.pending = (migrations.iter())
-            .filter(|m| !now.contains(&m.version))
-            .count();
+        self.pending = ran.files.iter().filter(|v| !now.contains(v)).count();
         self.at_version = now.last().copied();
+    }
+
+    /// The steps completed by the counts, for comparing with what an abandoned run counted.
+    pub fn steps_completed(&self) -> usize {
+        self.rolled_back.unwrap_or(self.applied)
     }
 }
 

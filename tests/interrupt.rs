@@ -161,3 +161,55 @@ async fn sigterm_stops_a_long_pipeline_even_when_the_cancel_stops_nothing() {
     );
     assert!(!migration_lock_held(&watcher).await);
 }
+
+/// Sends SIGCONT to a stopped server process when dropped, also when the test fails.
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_run_abandoned_after_the_grace_still_reports_what_committed() {
+    let db = support::database().await;
+    let mut files: Vec<(String, String)> = (1..=20)
+        .map(|v| {
+            (
+                format!("{v:03}_t.sql"),
+                format!("CREATE TABLE t{v} (i int);"),
+            )
+        })
+        .collect();
+    files.push(("021_slow.sql".into(), "SELECT pg_sleep(60);".into()));
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
+    let dir = support::migrations(&files);
+    let job = job_sleeping(&db, dir.path()).await;
+    let watcher = db.client().await;
+    // The migration's server process stops answering (frozen, as behind a stalled proxy):
+    // the cancel reaches it but nothing comes back, so the run gives up after its grace.
+    let pid: i32 = support::one(
+        &watcher,
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+          AND application_name = 'db-migrate' AND query LIKE '%pg_sleep(60)%'",
+    )
+    .await;
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = Stopped(pid);
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    drop(stopped);
+    assert_eq!(code, Some(143), "{events:#?}");
+    let summary = events.last().unwrap();
+    assert_eq!(summary["applied"], 20, "{summary}");
+    assert_eq!(summary["at_version"], 20, "{summary}");
+    assert_eq!(summary["pending"], 1, "{summary}");
+    assert_eq!(history(&watcher).await, (1..=20).collect::<Vec<i64>>());
+}

@@ -82,6 +82,9 @@ struct Run<'a> {
     /// The session is as the run set it up, reset by the last migration's seal and
     /// committed (see `session::Frame`); false until one has, and after anything else.
     clean: AtomicBool,
+    /// Each migration commits on its own (`Mode::Each`): one that completed stays, and the
+    /// interrupt counts it for a run it has to abandon.
+    commits: bool,
 }
 
 impl Run<'_> {
@@ -122,6 +125,7 @@ pub async fn run(
         waits: waits::Waits::new(ctx.locks),
         record: true,
         clean: AtomicBool::new(false),
+        commits: mode == Mode::Each,
     };
     let mut completed = 0;
     let result = match mode {
@@ -188,6 +192,7 @@ pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>
         waits: waits::Waits::new(ctx.locks),
         record: false,
         clean: AtomicBool::new(false),
+        commits: false,
     };
     let mut completed = 0;
     let result = each(&run, monitor, plan, &mut completed).await;
@@ -433,6 +438,9 @@ fn finished(run: &Run<'_>, step: Step<'_>, duration: std::time::Duration, rows: 
         commands: crate::progress::commands(step.script, &rows),
     };
     run.show.done(&done);
+    if run.commits {
+        run.interrupt.count_completed();
+    }
     let commands = done.summary();
     if !run.record {
         info!(parent: None, version = migration.version, name = %migration.name, %file, duration_ms, commands, "migration ran again, not recorded");

@@ -162,6 +162,17 @@ pub enum Error {
         source: tokio_postgres::Error,
     },
 
+    /// The server (or a proxy before it) took the connection but did not finish the login
+    /// within `connect_timeout`.
+    #[error(
+        "cannot connect to {target}: no answer to the login within {}s (connect_timeout); the server, or a proxy in front of it, accepts connections but does not answer",
+        .after.as_secs()
+    )]
+    ConnectStalled {
+        target: String,
+        after: std::time::Duration,
+    },
+
     /// The Cloud SQL connector failed at `step`: credentials, permissions, the Admin API, the
     /// TLS handshake with the instance.
     #[error("Cloud SQL instance {instance}: {step}: {reason}")]
@@ -222,7 +233,7 @@ pub enum Error {
     Pooled { first: i32, now: i32 },
 
     /// SIGINT or SIGTERM stopped the run; the running migration was rolled back.
-    #[error("stopped by {}; a migration in progress was rolled back and nothing of it recorded", .0.name())]
+    #[error("stopped by {}; a migration it was running is rolled back and nothing of it recorded", .0.name())]
     Interrupted(Signal),
 
     /// `verify` found migrations that are not applied yet.
@@ -274,7 +285,9 @@ impl Error {
             | Error::OutOfOrder { .. }
             | Error::HistoryNotEmpty { .. }
             | Error::ForeignHistory { .. } => Outcome::HistoryMismatch,
-            Error::Connect { .. } | Error::CloudSql { .. } => Outcome::ConnectFailed,
+            Error::Connect { .. } | Error::ConnectStalled { .. } | Error::CloudSql { .. } => {
+                Outcome::ConnectFailed
+            }
             Error::LockTimeout { .. } | Error::DdlLockTimeout { .. } | Error::LockLost { .. } => {
                 Outcome::LockTimeout
             }
