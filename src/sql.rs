@@ -345,8 +345,9 @@ pub fn line_col(sql: &str, position: usize) -> (usize, usize) {
         })
 }
 
-/// Names of the indexes the file creates, spelled as the catalog will store them.
-pub fn created_indexes(sql: &str) -> Vec<String> {
+/// The indexes the file creates: each name spelled as the catalog will store it, with its
+/// table as the statement writes it (`s.big`, `"My"."T"`), which says the index's schema.
+pub fn created_indexes(sql: &str) -> Vec<(String, Option<String>)> {
     spans(sql)
         .filter_map(|(start, end)| {
             let statement = &sql[start..end];
@@ -980,20 +981,29 @@ fn outside_only(sql: &str, tokens: &[Token]) -> Option<&'static str> {
 }
 
 /// `CREATE [UNIQUE] INDEX [CONCURRENTLY] [IF NOT EXISTS] name ON ...`
-fn created_index(sql: &str, tokens: &[Token]) -> Option<String> {
+fn created_index(sql: &str, tokens: &[Token]) -> Option<(String, Option<String>)> {
     let rest = keyword(sql, tokens, "create")?;
     let rest = optional(sql, rest, &["unique"]);
     let rest = keyword(sql, rest, "index")?;
     let rest = optional(sql, rest, &["concurrently"]);
     let rest = optional(sql, rest, &["if", "not", "exists"]);
     // Without a name the next token is ON; ON is reserved, so it can never be the name.
-    let [name, on, ..] = rest else {
+    let [name, on, table @ ..] = rest else {
         return None;
     };
     if !on.is_keyword(sql, "on") {
         return None;
     }
-    identifier(sql, name)
+    let table = optional(sql, table, &["only"]);
+    let named = |t: &Token| matches!(t.kind, Kind::Word | Kind::QuotedIdent);
+    let table = match table {
+        [schema, dot, name, ..] if named(schema) && dot.text(sql) == "." && named(name) => {
+            Some(sql[schema.start..name.end].to_string())
+        }
+        [name, ..] if named(name) => Some(name.text(sql).to_string()),
+        _ => None,
+    };
+    Some((identifier(sql, name)?, table))
 }
 
 /// What a statement's leading keywords do to the transaction (see `transaction_control`).
@@ -1984,8 +1994,25 @@ mod tests {
             (&long_sql, &[&long[..63]]),
         ];
         for (sql, expected) in cases {
-            assert_eq!(created_indexes(sql), *expected, "input: {sql:?}");
+            let names: Vec<String> = created_indexes(sql).into_iter().map(|(n, _)| n).collect();
+            assert_eq!(names, *expected, "input: {sql:?}");
         }
+        // The table, as written, says the schema the index goes into.
+        let tables: Vec<Option<String>> = created_indexes(
+            "CREATE INDEX CONCURRENTLY IF NOT EXISTS a ON s.big2 (v);\n\
+             CREATE INDEX b ON ONLY \"My\".\"T\" (v);\nCREATE INDEX c ON t(v);",
+        )
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+        assert_eq!(
+            tables,
+            [
+                Some("s.big2".to_string()),
+                Some("\"My\".\"T\"".to_string()),
+                Some("t".to_string())
+            ]
+        );
     }
 
     #[test]

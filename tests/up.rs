@@ -492,39 +492,43 @@ async fn concurrently_in_a_transactional_file_is_refused_before_anything_runs() 
 
 #[tokio::test]
 async fn invalid_index_from_a_failed_concurrent_build_is_dropped_and_rebuilt() {
-    let db = support::database().await;
-    let index = "-- no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n";
-    let dir = migrations(&[
-        (
-            "001_t.sql",
-            "CREATE TABLE t (v int); INSERT INTO t VALUES (1), (1);",
-        ),
-        ("002_idx.sql", index),
-    ]);
-    // Duplicates make the unique build fail and leave t_v behind, INVALID.
-    let (_, result) = run(&config(&db.url, dir.path(), up())).await;
-    assert_eq!(result.unwrap_err().exit_code(), 1);
-    let client = db.client().await;
-    let invalid =
-        "SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indexrelid = to_regclass('t_v')";
-    let count: i64 = client.query_one(invalid, &[]).await.unwrap().get(0);
-    assert_eq!(count, 1, "the failed build leaves an INVALID index");
-    assert_eq!(history(&client).await, [1]);
+    // On the search path, and in a schema off it, where the index goes with its table.
+    for table in ["t", "s.t"] {
+        let db = support::database().await;
+        let index = format!(
+            "-- no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_v ON {table} (v);\n"
+        );
+        let create = format!(
+            "CREATE SCHEMA IF NOT EXISTS s; CREATE TABLE {table} (v int); INSERT INTO {table} VALUES (1), (1);"
+        );
+        let dir = migrations(&[("001_t.sql", &create), ("002_idx.sql", &index)]);
+        // Duplicates make the unique build fail and leave t_v behind, INVALID.
+        let (_, result) = run(&config(&db.url, dir.path(), up())).await;
+        assert_eq!(result.unwrap_err().exit_code(), 1);
+        let client = db.client().await;
+        let invalid = "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                       WHERE NOT i.indisvalid AND c.relname = 't_v'";
+        let count: i64 = client.query_one(invalid, &[]).await.unwrap().get(0);
+        assert_eq!(
+            count, 1,
+            "{table}: the failed build leaves an INVALID index"
+        );
+        assert_eq!(history(&client).await, [1]);
 
-    client.batch_execute("DELETE FROM t").await.unwrap();
-    up_ok(&db, dir.path()).await;
-    let count: i64 = client.query_one(invalid, &[]).await.unwrap().get(0);
-    assert_eq!(
-        count, 0,
-        "IF NOT EXISTS must not have kept the INVALID index"
-    );
-    let valid: bool = support::one(
-        &client,
-        "SELECT indisvalid FROM pg_index WHERE indexrelid = 't_v'::regclass",
-    )
-    .await;
-    assert!(valid);
-    assert_eq!(history(&client).await, [1, 2]);
+        (client.batch_execute(&format!("DELETE FROM {table}")).await).unwrap();
+        up_ok(&db, dir.path()).await;
+        let count: i64 = client.query_one(invalid, &[]).await.unwrap().get(0);
+        assert_eq!(
+            count, 0,
+            "{table}: IF NOT EXISTS must not have kept the INVALID index"
+        );
+        let valid = format!(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = '{}_v'::regclass",
+            table
+        );
+        assert!(support::one::<bool>(&client, &valid).await, "{table}");
+        assert_eq!(history(&client).await, [1, 2]);
+    }
 }
 
 #[tokio::test]

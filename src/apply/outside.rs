@@ -143,7 +143,10 @@ async fn with_lock_timeout<T>(
 
 /// A failed CREATE INDEX CONCURRENTLY leaves an INVALID index that `IF NOT EXISTS` would
 /// then accept as done; drop it so the file builds it again.
-async fn rebuild_invalid_indexes(client: &Client, names: &[String]) -> Result<(), Error> {
+async fn rebuild_invalid_indexes(
+    client: &Client,
+    names: &[(String, Option<String>)],
+) -> Result<(), Error> {
     for index in invalid_indexes(client, names).await? {
         warn!(index = %index, "dropping INVALID index left by an earlier failed build; it is built again");
         client
@@ -154,18 +157,30 @@ async fn rebuild_invalid_indexes(client: &Client, names: &[String]) -> Result<()
     Ok(())
 }
 
-/// The INVALID ones among `names`, resolved through the search path as the file's own
-/// CREATE INDEX would be, each returned schema-qualified and quoted by `regclass`.
-async fn invalid_indexes(client: &Client, names: &[String]) -> Result<Vec<String>, Error> {
+/// The INVALID ones among `names`: the index of that name on its table (resolved through
+/// the search path as the file's own CREATE INDEX resolves it; the index lives in the
+/// table's schema), or by its name alone where the table could not be read off the
+/// statement; each returned schema-qualified and quoted by `regclass`.
+async fn invalid_indexes(
+    client: &Client,
+    names: &[(String, Option<String>)],
+) -> Result<Vec<String>, Error> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
+    let (indexes, tables): (Vec<&str>, Vec<Option<&str>>) = names
+        .iter()
+        .map(|(index, table)| (index.as_str(), table.as_deref()))
+        .unzip();
     let rows = client
         .query(
             "SELECT i.indexrelid::regclass::text FROM pg_index i \
-             WHERE NOT i.indisvalid AND i.indexrelid IN \
-             (SELECT to_regclass(quote_ident(n)) FROM unnest($1::text[]) AS n)",
-            &[&names],
+               JOIN pg_class c ON c.oid = i.indexrelid \
+               JOIN unnest($1::text[], $2::text[]) AS t(n, tab) ON c.relname = t.n \
+              WHERE NOT i.indisvalid \
+                AND CASE WHEN t.tab IS NULL THEN i.indexrelid = to_regclass(quote_ident(t.n)) \
+                         ELSE i.indrelid = to_regclass(t.tab) END",
+            &[&indexes, &tables],
         )
         .await
         .map_err(Error::database("looking for INVALID indexes"))?;
