@@ -101,6 +101,37 @@ async fn up_refuses_each_static_hazard_on_a_big_table_and_runs_nothing() {
 }
 
 #[tokio::test]
+async fn names_resolve_as_the_migration_s_own_search_path_and_renames_make_them() {
+    let db = seeded(BIG).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE SCHEMA app; CREATE TABLE app.big AS SELECT g FROM generate_series(1, 12000) g",
+        )
+        .await
+        .unwrap();
+    for (file, on) in [
+        (
+            "SET search_path TO app, public;\nCREATE INDEX IF NOT EXISTS big_g ON big (g);\n",
+            "on app.big holding ",
+        ),
+        (
+            "ALTER TABLE video_requests RENAME TO vr_old;\nCREATE INDEX IF NOT EXISTS vr_p ON vr_old (prompt);\n",
+            "on video_requests holding ",
+        ),
+    ] {
+        let dir = support::copy_of_seed(&[("003_index.sql", file)]);
+        let message = refused(
+            &run(&db, dir.path(), &["up"]),
+            &["index-without-concurrently"],
+        );
+        assert!(message.contains("003_index.sql:2:1: "), "{message}");
+        assert!(message.contains(on), "{message}");
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
 async fn an_allow_comment_silences_exactly_its_statement_and_its_reason_is_logged() {
     let db = seeded(BIG).await;
     let dir = support::copy_of_seed(&[(

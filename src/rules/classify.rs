@@ -5,6 +5,7 @@
 use pg_query::NodeEnum;
 use pg_query::protobuf::{
     AlterTableType, ConstrType, DropBehavior, Node, ObjectType, RangeVar, ReindexObjectType,
+    VariableSetKind,
 };
 
 /// A table (or other relation) as the statement names it.
@@ -153,6 +154,60 @@ pub enum Dropped {
     /// A table emptied by TRUNCATE ... CASCADE: the tables whose foreign keys reference it
     /// are emptied too.
     Referenced(Name),
+}
+
+/// What a `SET search_path` statement sets: `Some(Some(schemas))` for a list, `Some(None)`
+/// for a return to the session's default (`RESET`, `DEFAULT`), `None` for any other
+/// statement.
+pub fn search_path(statement: &str) -> Option<Option<Vec<String>>> {
+    let parsed = pg_query::parse(statement, pg_query::ParserOptions::DEFAULT).ok()?;
+    let raw = parsed.protobuf.stmts.first()?;
+    let Some(NodeEnum::VariableSetStmt(set)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref())
+    else {
+        return None;
+    };
+    let all = set.kind == VariableSetKind::VarResetAll as i32;
+    if !all && !set.name.eq_ignore_ascii_case("search_path") {
+        return None;
+    }
+    if set.kind != VariableSetKind::VarSetValue as i32 {
+        return Some(None);
+    }
+    let schemas = set
+        .args
+        .iter()
+        .filter_map(|arg| match &arg.node {
+            Some(NodeEnum::AConst(constant)) => match &constant.val {
+                Some(pg_query::protobuf::a_const::Val::Sval(s)) => Some(s.sval.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    Some(Some(schemas))
+}
+
+impl Effect {
+    /// The table (or relation) the effect concerns, to qualify by a search path.
+    pub fn table_mut(&mut self) -> Option<&mut Name> {
+        match self {
+            Effect::Creates { relation, .. } => Some(relation),
+            Effect::BuildsIndex { table, .. }
+            | Effect::Rewrites { table, .. }
+            | Effect::Retypes { table, .. }
+            | Effect::Validates { table, .. }
+            | Effect::DropsTable { table }
+            | Effect::DropsColumn { table, .. }
+            | Effect::Truncates { table }
+            | Effect::ChangesAllRows { table, .. }
+            | Effect::Renames { table, .. } => Some(table),
+            Effect::DropsDependents {
+                object: Dropped::Relation(table) | Dropped::Type(table) | Dropped::Referenced(table),
+                ..
+            } => Some(table),
+            Effect::DropsDependents { .. } | Effect::NotIdempotent { .. } => None,
+        }
+    }
 }
 
 /// The effects of one statement; none when the parser does not accept it (the server will

@@ -11,10 +11,11 @@
 pub mod classify;
 mod facts;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type as PgType;
 use tracing::warn;
 
 use crate::error::Error;
@@ -256,6 +257,7 @@ pub async fn check(
             statements.push((step.migration.version, script, statement, allows, effects));
         }
     }
+    qualify(client, &mut statements).await?;
     let hazards = statements.iter().any(|(.., effects)| {
         (effects.iter()).any(|e| weigh(e).is_some() || matches!(e, Effect::DropsDependents { .. }))
     });
@@ -323,6 +325,8 @@ pub async fn check(
     // Tables dropped, renamed away or created earlier in the plan are new ones by the time a
     // later statement reaches them: what the catalog says of the old one does not apply.
     let mut fresh: HashSet<Name> = HashSet::new();
+    // A table renamed earlier in the plan is the old one under its new name: sized as such.
+    let mut renamed: HashMap<Name, Name> = HashMap::new();
     let mut lost = lost.iter();
     for (version, script, statement, allows, effects) in &statements {
         let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
@@ -413,6 +417,18 @@ pub async fn check(
             if fresh.contains(table) {
                 continue;
             }
+            if let Effect::Renames {
+                column: None, to, ..
+            } = effect
+            {
+                let new = Name {
+                    schema: table.schema.clone(),
+                    name: to.clone(),
+                };
+                let old = renamed.get(table).cloned().unwrap_or_else(|| table.clone());
+                renamed.insert(new, old);
+            }
+            let table = renamed.get(table).unwrap_or(table);
             // A type that only widens is changed in the catalog alone.
             if let Effect::Retypes {
                 column,
@@ -443,6 +459,76 @@ pub async fn check(
     }
     Ok(findings)
 }
+
+/// Unqualified names after a migration's own `SET search_path` resolve through that path, as
+/// the server resolves them when the statement runs, not through the session's: each gets
+/// the first schema on the path that holds a relation of that name (or, when none does, the
+/// first schema on it, where a CREATE puts it). The path lasts to the migration's end (each
+/// migration starts from the run's settings).
+async fn qualify(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), Error> {
+    let mut path: Option<Vec<String>> = None;
+    let mut step = None;
+    // (statement, effect, path) of each unqualified name under a path of the file's own.
+    let mut under: Vec<(usize, usize, Vec<String>)> = Vec::new();
+    for (i, (version, script, statement, _, effects)) in statements.iter_mut().enumerate() {
+        if step != Some((*version, script.path.as_path())) {
+            step = Some((*version, script.path.as_path()));
+            path = None;
+        }
+        // Only a SET or RESET is parsed for it: the parser is what a run of many files costs.
+        let tag = sql::command_tag(statement.text);
+        if (tag == "SET" || tag == "RESET")
+            && let Some(set) = classify::search_path(statement.text)
+        {
+            path = set.map(|schemas| {
+                (schemas.into_iter())
+                    .filter(|s| s != "$user" && s != "pg_catalog" && s != "pg_temp")
+                    .collect()
+            });
+            continue;
+        }
+        let Some(schemas) = path.as_ref().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        for (j, effect) in effects.iter_mut().enumerate() {
+            if effect.table_mut().is_some_and(|t| t.schema.is_none()) {
+                under.push((i, j, schemas.clone()));
+            }
+        }
+    }
+    for (i, j, schemas) in under {
+        let Some(name) = statements[i].4[j].table_mut().map(|t| t.name.clone()) else {
+            continue;
+        };
+        let row = client
+            .query_typed(
+                "SELECT coalesce((SELECT s FROM unnest($2::text[]) WITH ORDINALITY AS p(s, o)
+                                   WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(s) || '.'
+                                         || pg_catalog.quote_ident($1)) IS NOT NULL
+                                   ORDER BY o LIMIT 1), $2[1])",
+                &[(&name, PgType::TEXT), (&schemas, PgType::TEXT_ARRAY)],
+            )
+            .await
+            .map_err(Error::database(
+                "resolving names through a migration's search_path",
+            ))?;
+        let schema: Option<String> = row.first().and_then(|r| r.get(0));
+        if let Some(table) = statements[i].4[j].table_mut() {
+            table.schema = schema;
+        }
+    }
+    Ok(())
+}
+
+/// One statement of a plan, as [`check`] weighs it: its migration's version and script, the
+/// statement, its allow comments, its effects.
+type Checked<'a> = (
+    i64,
+    &'a crate::source::Script,
+    sql::Statement<'a>,
+    Vec<(Rule, String)>,
+    Vec<Effect>,
+);
 
 /// Whether `effect` leaves no table under its table's name: a CREATE of that name after it
 /// makes a new one, with or without IF NOT EXISTS.
