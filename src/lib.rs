@@ -342,7 +342,22 @@ impl Job<'_> {
             Command::Status { format } => {
                 // A closed stdout (`| head`) is the reader's choice, not a failed run.
                 let json = *format == config::OutputFormat::Json;
-                let _ = log::print_status(&self.summary.status, json);
+                // In JSON a conflict is a row of its own (`"state": "conflict"`), so a script
+                // reading only stdout sees it too.
+                let rows: Vec<serde_json::Value> = (self.conflicts.iter())
+                    .filter(|_| json)
+                    .map(|c| {
+                        let applied = applied.iter().find(|a| a.version == c.version);
+                        serde_json::json!({
+                            "version": c.version,
+                            "state": "conflict",
+                            "file": c.path.display().to_string(),
+                            "other": c.with.display().to_string(),
+                            "applied_name": applied.map(|a| a.name.clone()),
+                        })
+                    })
+                    .collect();
+                let _ = log::print_status(&self.summary.status, &rows, json);
                 for conflict in &self.conflicts {
                     let applied = applied.iter().find(|a| a.version == conflict.version);
                     let applied = match applied {

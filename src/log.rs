@@ -551,11 +551,12 @@ pub fn usage(usage: Usage, started: Instant) -> u8 {
     finish(&summary, &Err(usage.error), started, output)
 }
 
-/// Prints `status` to stdout: a table, or a JSON array for scripts.
-pub fn print_status(entries: &[Entry], json: bool) -> std::io::Result<()> {
+/// Prints `status` to stdout: a table, or a JSON array for scripts, which ends with `extra`
+/// (the conflicts' rows).
+pub fn print_status(entries: &[Entry], extra: &[Value], json: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        let rows: Vec<Value> = entries
+        let mut rows: Vec<Value> = entries
             .iter()
             .map(|e| {
                 serde_json::json!({
@@ -568,6 +569,7 @@ pub fn print_status(entries: &[Entry], json: bool) -> std::io::Result<()> {
                 })
             })
             .collect();
+        rows.extend(extra.iter().cloned());
         writeln!(out, "{}", Value::Array(rows))?;
         return out.flush();
     }

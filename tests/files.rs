@@ -638,6 +638,19 @@ async fn two_files_on_one_version_are_shown_by_status_and_the_error_names_the_ap
         dir.path().join("002_c.sql").display()
     );
     assert!(status.stdout.contains(&line), "{}", status.stdout);
+    // A script reading the JSON sees it too.
+    let json = support::output(
+        support::binary()
+            .args(["status", "--format", "json", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let rows: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    let conflict = (rows.as_array().unwrap().iter())
+        .find(|row| row["state"] == "conflict")
+        .unwrap_or_else(|| panic!("no conflict row: {rows}"));
+    assert_eq!(conflict["version"], 2);
+    assert_eq!(conflict["applied_name"], "b");
     let up = run("up");
     assert_eq!(up.code, 3, "{}", up.stderr);
     let summary = support::events(&up.stderr).pop().unwrap();
