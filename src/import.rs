@@ -183,7 +183,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
     .collect();
     entries.sort();
     let mut ups: BTreeMap<i64, Imported> = BTreeMap::new();
-    let mut downs: BTreeMap<i64, String> = BTreeMap::new();
+    let mut downs: BTreeMap<i64, (String, String)> = BTreeMap::new();
     for path in entries {
         let file = path
             .file_name()
@@ -206,7 +206,12 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         };
         match part {
             Part::Down(sql) => {
-                downs.insert(version, sql);
+                if downs.insert(version, (sql, file.clone())).is_some() {
+                    return Err(invalid(
+                        &path,
+                        format!("is a second rollback for version {version}; keep one"),
+                    ));
+                }
             }
             Part::Up(imported) => {
                 if let Some(other) = ups.get(&version) {
@@ -221,7 +226,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
     }
     let mut migrations = Vec::with_capacity(ups.len());
     for (version, mut imported) in ups {
-        if let Some(down) = downs.remove(&version) {
+        if let Some((down, _)) = downs.remove(&version) {
             imported.down = Some(down);
         }
         imported.up = own_transaction_removed(&imported.up, &mut imported.changes, "");
@@ -404,10 +409,13 @@ fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
     let (version, name) = version_and_name(path, file.trim_end_matches(".sql"), '_')?;
     let text = read_text(path)?;
     let (mut up, mut down, mut section) = (String::new(), String::new(), None);
+    let mut before = String::new();
     // Each section has its own options.
     let (mut up_outside, mut down_outside) = (false, false);
     for line in text.split_inclusive('\n') {
-        let directive = line.trim_start().strip_prefix("-- migrate:");
+        // dbmate allows any space after the dashes (`--migrate:up`).
+        let directive = (line.trim_start().strip_prefix("--"))
+            .and_then(|rest| rest.trim_start().strip_prefix("migrate:"));
         match directive.map(str::trim) {
             Some(rest) if rest.starts_with("up") => {
                 up_outside = rest.contains("transaction:false");
@@ -420,7 +428,7 @@ fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
             _ => match section {
                 Some(true) => up.push_str(line),
                 Some(false) => down.push_str(line),
-                None => {}
+                None => before.push_str(line),
             },
         }
     }
@@ -428,6 +436,12 @@ fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
         return Err(invalid(
             path,
             "has no `-- migrate:up` section; is it a dbmate migration?".into(),
+        ));
+    }
+    if !crate::sql::is_empty(&before) {
+        return Err(invalid(
+            path,
+            "has SQL before its `-- migrate:up` line, which belongs to no section; move it into the up or the down section".into(),
         ));
     }
     let mut imported = imported(

@@ -506,7 +506,7 @@ fn parse_name(file_name: &str) -> Result<FileName<'_>, String> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !valid_name {
         return Err(format!(
-            "description \"{name}\" may hold only letters, digits, '_' and '-'; {NAME_FIX}"
+            "description \"{name}\" may hold only ASCII letters, digits, '_' and '-'; {NAME_FIX}"
         ));
     }
     Ok(FileName {

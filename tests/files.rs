@@ -57,7 +57,7 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
         (
             &[GOOD, ("002_b.up.down.sql", b"SELECT 1;")],
             "002_b.up.down.sql",
-            "may hold only letters",
+            "may hold only ASCII letters",
         ),
         (
             &[GOOD, ("002_latin1.sql", b"SELECT 'caf\xe9';")],

@@ -238,7 +238,7 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
 
 #[tokio::test]
 async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
-    let cases: [(&str, &[File], &str); 8] = [
+    let cases: [(&str, &[File], &str); 10] = [
         (
             "flyway",
             &[("V1__a.sql", "SELECT 1;"), ("R__view.sql", "SELECT 1;")],
@@ -282,6 +282,23 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
             "golang-migrate",
             &[("2_b.down.sql", "SELECT 1;")],
             "has a rollback for version 2 but no forward file",
+        ),
+        (
+            "golang-migrate",
+            &[
+                ("1_a.up.sql", "SELECT 1;"),
+                ("1_a.down.sql", "SELECT 1;"),
+                ("1_b.down.sql", "SELECT 2;"),
+            ],
+            "1_b.down.sql: is a second rollback for version 1",
+        ),
+        (
+            "dbmate",
+            &[(
+                "1_a.sql",
+                "CREATE TABLE lost (id int);\n--migrate:up\nSELECT 1;\n-- migrate:down\n",
+            )],
+            "has SQL before its `-- migrate:up` line",
         ),
     ];
     for (tool, files_, expected) in cases {
