@@ -357,6 +357,27 @@ async fn verify_schema_names_each_change_made_by_hand_and_never_writes_to_the_ta
             "- constraint video_requests_resolution_check on public.video_requests",
             "ALTER TABLE video_requests ADD CONSTRAINT video_requests_resolution_check CHECK (resolution IN ('720p', '1080p'))",
         ),
+        // What a table is besides its columns, and what a column is besides its type.
+        (
+            "ALTER TABLE video_requests SET (fillfactor = 50)",
+            "WITH (fillfactor=50)",
+            "ALTER TABLE video_requests RESET (fillfactor)",
+        ),
+        (
+            "ALTER TABLE video_requests REPLICA IDENTITY FULL",
+            "REPLICA IDENTITY FULL",
+            "ALTER TABLE video_requests REPLICA IDENTITY DEFAULT",
+        ),
+        (
+            "COMMENT ON COLUMN video_requests.prompt IS 'what the user asked'",
+            "COMMENT 'what the user asked'",
+            "COMMENT ON COLUMN video_requests.prompt IS NULL",
+        ),
+        (
+            "ALTER TABLE video_requests ALTER COLUMN prompt SET STATISTICS 500",
+            "STATISTICS 500",
+            "ALTER TABLE video_requests ALTER COLUMN prompt SET STATISTICS -1",
+        ),
     ];
     for (change, named, undo) in cases {
         client.batch_execute(change).await.unwrap();

@@ -55,9 +55,9 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
     }
     for kind in [Kind::Function, Kind::Procedure] {
         for (key, object) in snapshot.of(kind) {
-            blocks.push(match object.definition.as_str() {
-                "AGGREGATE" => format!("-- aggregate {}", key.name),
-                body => format!("{};", body.trim_end()),
+            blocks.push(match object.definition.strip_prefix("AGGREGATE ") {
+                Some(parts) => format!("-- aggregate {}: {parts}", key.name),
+                None => format!("{};", object.definition.trim_end()),
             });
         }
     }
