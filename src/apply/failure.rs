@@ -8,17 +8,7 @@ use crate::plan::Step;
 use crate::session;
 use crate::sql;
 
-/// The connection is gone: closed, broken, or ended by the server (a FATAL error such as
-/// 57P01 from pg_terminate_backend or a shutdown).
-pub(super) fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
-    match error.as_db_error() {
-        Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
-        None => {
-            error.is_closed()
-                || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
-        }
-    }
-}
+pub(super) use crate::session::is_connection_lost;
 
 /// What a lost connection left behind, by how the migration in flight was running.
 pub(super) fn connection_lost(step: Step<'_>, wrap: Wrap, error: &tokio_postgres::Error) -> Error {

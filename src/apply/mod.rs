@@ -447,6 +447,9 @@ fn finished(run: &Run<'_>, step: Step<'_>, duration: std::time::Duration, rows: 
         return;
     }
     let message = match (run.direction, run.dry_run) {
+        // `--single-transaction`: nothing is committed before the run's one COMMIT.
+        (Direction::Up, false) if !run.commits => "migration ran; it commits with the run",
+        (Direction::Down, false) if !run.commits => "rollback ran; it commits with the run",
         (Direction::Up, false) => "migration applied",
         (Direction::Down, false) => "migration rolled back",
         (Direction::Up, true) => "dry run: migration would apply",
