@@ -14,7 +14,11 @@
 //!    PostgreSQL's parser cannot both vouch that the file never ends its transaction, a
 //!    `WITH HOLD` cursor whose query fails, so that a `COMMIT` hidden in the file fails and
 //!    rolls everything back, and a savepoint;
-//! 2. the file, followed in the same message by [`Session::seal`]: `RELEASE` of the savepoint
+//!    The opening ends by setting a transaction-local mark;
+//! 2. the file, preceded in the same message by [`Session::fence`], a statement that fails
+//!    unless that mark is set (a cancel or error that stops the opening before its `BEGIN`
+//!    would otherwise let the file run, and commit, on its own as the message's implicit
+//!    transaction), and followed by [`Session::seal`]: `RELEASE` of the savepoint
 //!    (which fails if the file ended the transaction, rolling back whatever ran after that in
 //!    the message) and `CLOSE` of the cursor where they were opened, the reset (so the next
 //!    migration starts clean once this one commits), `RESET ROLE` (which `RESET ALL` leaves
@@ -54,6 +58,10 @@ pub const PREVIOUS_NOT_COMMITTED: &str = "db_migrate.the_migration_before_did_no
 /// The session setting a committed migration leaves behind, naming it: set in the
 /// migration's transaction, it is undone with it by a rollback.
 const COMMITTED: &str = "db_migrate.committed";
+
+/// The transaction-local setting the opening of a migration leaves, naming it, which
+/// [`Session::fence`] requires: gone with the transaction, whichever way it ends.
+const OPENED: &str = "db_migrate.opened";
 
 /// How long the server waits on a migration session that is idle inside a transaction
 /// before ending it: a client lost between a migration's ALTER and its COMMIT otherwise
@@ -191,7 +199,7 @@ impl Session {
     /// `frame`. Inside the run's own transaction (`--single-transaction`, the dry run) it also
     /// marks the migration's start for its `execution_ms`; in a transaction of its own, the
     /// transaction's start is the migration's.
-    pub fn open(&self, frame: Frame) -> String {
+    pub fn open(&self, frame: Frame, version: i64) -> String {
         // Right after the first BEGIN, before any reset (which would clear the mark); its
         // row is the session's pid, as the opening's answer is read (see [`pid`]).
         let begin = match frame.after {
@@ -199,7 +207,7 @@ impl Session {
                 "BEGIN; SELECT CASE WHEN pg_catalog.current_setting('{COMMITTED}', true) = '{}' \
                  THEN pg_catalog.pg_backend_pid() \
                  ELSE pg_catalog.current_setting('{PREVIOUS_NOT_COMMITTED}')::int END",
-                self.committed(version)
+                self.mark(version)
             ),
             None => "BEGIN".to_string(),
         };
@@ -231,12 +239,28 @@ impl Session {
             true => format!("; SAVEPOINT {SAVEPOINT}"),
             false => String::new(),
         };
-        format!("{reset}{guard}{savepoint}{mark}")
+        // Last, after the final BEGIN: set only when the opening ran whole.
+        let opened = format!("; SET LOCAL {OPENED} = '{}'", self.mark(version));
+        format!("{reset}{guard}{savepoint}{mark}{opened}")
     }
 
-    /// The value of the committed mark for `version`: with the run's token, which no file
-    /// can know.
-    fn committed(&self, version: i64) -> String {
+    /// The statement the file's message starts with: it fails unless the opening of
+    /// migration `version` ran whole in this very transaction, so that the file never runs
+    /// outside the transaction its history row commits with. The server takes interrupts
+    /// before each message's first statement: a cancel that lands there fails the opening
+    /// before its BEGIN, and the file's message, already sent, would then run and commit as
+    /// an implicit transaction of its own. Ends with a line break, so the file starts a line.
+    pub fn fence(&self, version: i64) -> String {
+        format!(
+            "SELECT CASE WHEN pg_catalog.current_setting('{OPENED}', true) = '{}' THEN 0 \
+             ELSE pg_catalog.current_setting('{NOT_IN_TRANSACTION}')::int END;\n",
+            self.mark(version)
+        )
+    }
+
+    /// The value of the marks for `version` (committed, opened): with the run's token,
+    /// which no file can know.
+    fn mark(&self, version: i64) -> String {
         format!("{}.{version}", self.token)
     }
 
@@ -293,10 +317,7 @@ impl Session {
         if frame.own {
             text.push_str("; ");
             text.push_str(&self.reset);
-            text.push_str(&format!(
-                "; SET {COMMITTED} = '{}'",
-                self.committed(version)
-            ));
+            text.push_str(&format!("; SET {COMMITTED} = '{}'", self.mark(version)));
         }
         text.push_str(&format!(
             "; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
@@ -512,7 +533,7 @@ mod tests {
                 // A savepoint where the file may end the transaction, or inside the run's.
                 let savepoint = guarded || !own;
                 assert_eq!(seal.text.contains("RELEASE"), savepoint, "{}", seal.text);
-                assert_eq!(session.open(frame).contains("SAVEPOINT"), savepoint);
+                assert_eq!(session.open(frame, 7).contains("SAVEPOINT"), savepoint);
                 // The token is set last: a reset after it would clear it.
                 assert!(split.last().unwrap().text.contains("db_migrate.token"));
             }
@@ -530,12 +551,17 @@ mod tests {
             standard_strings: true,
         };
         let open = |own, clean, guarded| {
-            session.open(Frame {
+            let frame = Frame {
                 own,
                 clean,
                 guarded,
                 after: None,
-            })
+            };
+            // Every opening ends with the mark the file's fence requires.
+            let opened = format!("; SET LOCAL {OPENED} = '{}'", session.mark(3));
+            let open = session.open(frame, 3);
+            assert!(open.ends_with(&opened), "{open}");
+            open.strip_suffix(&opened).unwrap_or_default().to_string()
         };
         assert_eq!(open(true, true, false), "BEGIN");
         assert_eq!(open(true, false, false), "BEGIN; RESET ALL; COMMIT; BEGIN");

@@ -59,10 +59,12 @@ pub(super) fn refused(
 }
 
 /// Turns the server's error into one that names the file, line and column. `offset` is the
-/// byte offset in the file of the text that was sent, since the server counts from there.
+/// byte offset in the file of the text that was sent, and `prefix` how many characters of our
+/// own went before it in the message, since the server counts from the message's start.
 pub(super) fn failed(
     step: Step<'_>,
     offset: usize,
+    prefix: usize,
     atomic: bool,
     error: tokio_postgres::Error,
 ) -> Error {
@@ -75,9 +77,10 @@ pub(super) fn failed(
     let (migration, script) = (step.migration, step.script);
     let before = script.sql[..offset].chars().count();
     let position = match db.position() {
-        Some(tokio_postgres::error::ErrorPosition::Original(position)) => {
-            Some(sql::line_col(&script.sql, before + *position as usize))
-        }
+        Some(tokio_postgres::error::ErrorPosition::Original(position)) => (*position as usize)
+            .checked_sub(prefix)
+            .filter(|&p| p > 0)
+            .map(|p| sql::line_col(&script.sql, before + p)),
         // Sent statement by statement, the failing one is known: name where it starts.
         _ if !atomic => Some(sql::line_col(&script.sql, before + 1)),
         _ => None,

@@ -109,7 +109,7 @@ async fn execute(run: &Run<'_>, step: Step<'_>, statement: &Statement<'_>) -> Re
         .map(|counts| counts.first().copied().unwrap_or_default())
         .map_err(|e| match is_connection_lost(&e) {
             true => connection_lost(step, Wrap::Own, &e),
-            false => failed(step, statement.offset, false, e),
+            false => failed(step, statement.offset, 0, false, e),
         })
 }
 

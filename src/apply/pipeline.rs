@@ -16,7 +16,6 @@ use crate::error::Error;
 use crate::history::{self, Elapsed};
 use crate::plan::{Direction, Step};
 use crate::session::{self, Frame};
-use crate::source::Script;
 use crate::sql;
 
 /// Sends the migration as one pipeline (see `session` for what each part guards): the session
@@ -214,8 +213,13 @@ async fn exchange(
     let (client, migration) = (run.client, step.migration);
     let seal = run.session.seal(frame, migration.version);
     let (open, body) = (
-        run.session.open(frame),
-        format!("{}{}", step.script.sql, seal.text),
+        run.session.open(frame, migration.version),
+        format!(
+            "{}{}{}",
+            run.session.fence(migration.version),
+            step.script.sql,
+            seal.text
+        ),
     );
     // Only the text form needs its values spelled out; the prepared one binds them.
     let text = if prepared.is_none() {
@@ -326,12 +330,13 @@ async fn outcome(
     Ok(counts)
 }
 
-/// The counts of the file's own statements among those of the whole message, which ends with
-/// the seal's `sealed` statements; empty when they do not add up.
+/// The counts of the file's own statements among those of the whole message, which starts
+/// with the fence's one and ends with the seal's `sealed`; empty when they do not add up.
 fn file_counts(mut counts: Vec<u64>, sealed: usize) -> Vec<u64> {
-    match counts.len().checked_sub(sealed) {
+    match counts.len().checked_sub(sealed + 1) {
         Some(file) => {
-            counts.truncate(file);
+            counts.truncate(file + 1);
+            counts.remove(0);
             counts
         }
         None => Vec::new(),
@@ -344,10 +349,12 @@ async fn body_failed(run: &Run<'_>, step: Step<'_>, wrap: Wrap, e: tokio_postgre
         if session::refusal(&e).is_some() {
             return refused(run, step, e, "running the migration");
         }
-        let mut error = failed(step, 0, true, e);
+        // The server counts positions from the fence, which comes before the file.
+        let fence = run.session.fence(step.migration.version).chars().count();
+        let mut error = failed(step, 0, fence, true, e);
         if let Error::Apply(failure) = &mut error {
             if failure.position.is_none() && replayable(&failure.sqlstate) {
-                failure.position = locate(run, step.script, wrap).await;
+                failure.position = locate(run, step, wrap).await;
             }
         }
         error
@@ -358,7 +365,8 @@ async fn body_failed(run: &Run<'_>, step: Step<'_>, wrap: Wrap, e: tokio_postgre
 /// the file statement by statement inside a transaction (or back at the migration's
 /// savepoint) that is rolled back, guarded like the real run. Only after a failure, so a
 /// migration that succeeds stays one round trip.
-async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, usize)> {
+async fn locate(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Option<(usize, usize)> {
+    let script = step.script;
     let client = run.client;
     let (start, end) = match wrap {
         // The pipeline's COMMIT already ended the failed transaction (as a ROLLBACK); another
@@ -370,7 +378,8 @@ async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, us
                 guarded: true,
                 after: None,
             };
-            (run.session.open(frame), "ROLLBACK".to_string())
+            let open = run.session.open(frame, step.migration.version);
+            (open, "ROLLBACK".to_string())
         }
         Wrap::Outer => (run.session.rewind(), run.session.rewind()),
     };
