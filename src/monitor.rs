@@ -2,20 +2,41 @@
 //!
 //! The second connection is opened only once a migration has run for half the DDL lock
 //! timeout (or the progress interval, when shorter), so quick migrations never pay for it.
+//!
+//! It is also how a stalled link is found. The job sends every message of a migration (or of
+//! a batch of them) before it waits, so a server session that sits idle while the job still
+//! waits for answers means they are lost on the way: a frozen proxy, or a flow a NAT dropped
+//! without a word (TCP keepalives take two hours to notice). After [`STALL_AFTER`] of that,
+//! or when the session is gone while the job still waits on it, the monitor ends the session
+//! (its transaction rolls back, the migration lock is released) and closes the job's side of
+//! the connection, so the run stops as on any lost connection instead of hanging.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
+use tracing::warn;
 
 use crate::connect::{Dialer, Purpose};
 use crate::progress::{Running, Show};
 use crate::source::Migration;
 
+/// How long the migration's server session may sit idle, waiting for the job, while the job
+/// waits for its answers, before the link between them is taken for stalled. The server
+/// answers a sent message at once, and a client that reads them back is never that late.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
+
+/// How long one look may take before the monitor's own connection is dropped and opened
+/// again: a look that never ends must not stop the next, nor hide the work ending.
+const LOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the migration's session was waiting for, seen from outside.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sample {
+    /// How long the session has been idle (in a transaction or not), waiting for the next
+    /// message; None while it runs one.
+    pub idle_ms: Option<i64>,
     /// `Lock`, `IO`, ... from pg_stat_activity.wait_event_type.
     pub wait_event_type: Option<String>,
     /// The relation whose lock it waits for, and the lock mode it asked for
@@ -69,6 +90,8 @@ pub struct Monitor<'a> {
     progress_interval: Duration,
     lock_timeout: Duration,
     client: Option<Client>,
+    /// Whether `client` has seen the migration's session.
+    seen: bool,
     /// Where a person sees the migration still running.
     show: &'a dyn Show,
 }
@@ -93,6 +116,7 @@ impl<'a> Monitor<'a> {
                 false => lock_timeout.max(floor),
             },
             client: None,
+            seen: false,
             show,
         }
     }
@@ -153,9 +177,45 @@ impl<'a> Monitor<'a> {
                     continue;
                 }
             }
-            let Some(sample) = self.sample().await else {
-                continue;
+            // The look races the work: a look that hangs on a stalled link of its own
+            // must not keep the run from seeing the work end.
+            let look = tokio::time::timeout(LOOK_TIMEOUT, self.sample());
+            let seen = tokio::select! {
+                output = &mut work => return (output, last),
+                seen = look => seen,
             };
+            // Only a wait longer than the stall: the session may still show the idle time
+            // from before the work's messages reached it.
+            let waited = started.elapsed() >= STALL_AFTER;
+            let sample = match seen {
+                Ok(Some(Seen::Session(sample))) => {
+                    self.seen = true;
+                    *sample
+                }
+                // Gone only counts where this connection saw it before: another server
+                // (a URL naming several) would not know the pid at all.
+                Ok(Some(Seen::Gone)) if waited && self.seen => {
+                    let version = migrations[current].version;
+                    warn!(
+                        version,
+                        pid = self.pid,
+                        "the migration's server session has ended while the job still waits for its answers: the connection has stalled; closing it"
+                    );
+                    self.dialer.sever();
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    // Opened again at the next look.
+                    (self.client, self.seen) = (None, false);
+                    continue;
+                }
+            };
+            let stall = STALL_AFTER.as_millis() as i64;
+            if waited && sample.idle_ms.is_some_and(|idle| idle >= stall) {
+                self.stalled(migrations[current].version, &sample).await;
+                continue;
+            }
             let now = done.load(Ordering::Relaxed).min(migrations.len() - 1);
             if now != current {
                 (current, since) = (now, Instant::now());
@@ -180,7 +240,35 @@ impl<'a> Monitor<'a> {
         }
     }
 
-    async fn sample(&mut self) -> Option<Sample> {
+    /// The link to the migration's session has stalled (see the module docs): ends the
+    /// session, then the job's side of the connection, so the work fails as on a lost one.
+    async fn stalled(&mut self, version: i64, sample: &Sample) {
+        let idle_ms = sample.idle_ms;
+        warn!(
+            version,
+            pid = self.pid,
+            idle_ms,
+            "the migration's server session has waited for the job while the job waited for its answers: the connection has stalled; ending the session and closing the connection"
+        );
+        if let Some(client) = &self.client {
+            let terminate = "SELECT pg_catalog.pg_terminate_backend($1)";
+            let pid: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.pid];
+            let ending = client.execute(terminate, &pid);
+            let failed = match tokio::time::timeout(LOOK_TIMEOUT, ending).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(error)) => Some(crate::error::describe_db(&error)),
+                Err(_) => Some("no answer".to_string()),
+            };
+            // Then its transaction ends by the server's idle_in_transaction_session_timeout,
+            // and the migration lock only with the server's own view of the connection.
+            if let Some(error) = failed {
+                warn!(version, pid = self.pid, error = %error, "could not end the stalled server session");
+            }
+        }
+        self.dialer.sever();
+    }
+
+    async fn sample(&mut self) -> Option<Seen> {
         if self.client.is_none() {
             self.client = self.dialer.open(Purpose::Monitor).await.ok();
         }
@@ -191,7 +279,10 @@ impl<'a> Monitor<'a> {
                         b.pid, left(b.query, 200), b.application_name, b.state,
                         to_char(b.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
                         (extract(epoch FROM clock_timestamp() - b.query_start) * 1000)::bigint,
-                        p.phase, p.blocks_done, p.blocks_total, k.pids, k.xacts
+                        p.phase, p.blocks_done, p.blocks_total, k.pids, k.xacts,
+                        CASE WHEN a.state LIKE 'idle%'
+                             THEN (extract(epoch FROM clock_timestamp() - a.state_change) * 1000)::bigint
+                        END
                    FROM pg_stat_activity a
                    LEFT JOIN LATERAL (
                         SELECT l.relation::regclass::text AS relation, l.mode FROM pg_locks l
@@ -206,9 +297,14 @@ impl<'a> Monitor<'a> {
                   WHERE a.pid = $1",
                 &[&self.pid],
             )
-            .await
-            .ok()??;
-        Some(Sample {
+            .await;
+        let row = match row {
+            Ok(Some(row)) => row,
+            Ok(None) => return Some(Seen::Gone),
+            Err(_) => return None,
+        };
+        Some(Seen::Session(Box::new(Sample {
+            idle_ms: row.get(14),
             wait_event_type: row.get(0),
             relation: row.get(1),
             lock_mode: row.get(2),
@@ -222,8 +318,15 @@ impl<'a> Monitor<'a> {
             blocks_done: row.get(10),
             blocks_total: row.get(11),
             blockers: blockers(row.get(12), row.get(13)),
-        })
+        })))
     }
+}
+
+/// What one look found of the migration's session.
+enum Seen {
+    Session(Box<Sample>),
+    /// No server session has its pid any more: it ended.
+    Gone,
 }
 
 fn blockers(pids: Option<Vec<i32>>, transactions: Option<Vec<i64>>) -> Vec<(i32, i64)> {

@@ -1,6 +1,8 @@
 //! Stopping a run: SIGTERM rolls back and unlocks; SIGKILL leaves nothing that blocks the
 //! next run for long.
 
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
 
 use std::time::Instant;
@@ -212,4 +214,60 @@ async fn a_run_abandoned_after_the_grace_still_reports_what_committed() {
     assert_eq!(summary["at_version"], 20, "{summary}");
     assert_eq!(summary["pending"], 1, "{summary}");
     assert_eq!(history(&watcher).await, (1..=20).collect::<Vec<i64>>());
+}
+
+/// The run's connection stalls after its messages went out: the server answers them all and
+/// waits, idle, for more; the answers never arrive. TCP stays up, so only the monitor, over a
+/// connection of its own, can see it: it ends the server session, which frees the migration
+/// lock, and closes the job's side, so the run stops instead of waiting for good.
+#[tokio::test]
+async fn a_connection_that_stalls_mid_run_is_ended_and_the_run_stops() {
+    let db = support::database().await;
+    let server_port = support::server().port;
+    let proxy = proxy::Proxy::start(server_port);
+    let url = db
+        .url
+        .replace(&format!(":{server_port}/"), &format!(":{}/", proxy.port));
+    assert_ne!(url, db.url);
+    let dir = support::migrations(&[
+        ("001_a.sql", "CREATE TABLE a (i int);"),
+        (
+            "002_slow.sql",
+            "SELECT pg_sleep(1);\nCREATE TABLE b (i int);",
+        ),
+        ("003_c.sql", "CREATE TABLE c (i int);"),
+    ]);
+    let mut job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    support::running(&db, "pg_sleep(1)").await;
+    proxy.freeze();
+    let frozen = Instant::now();
+    job.wait_for("saying the connection stalled", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the connection has stalled"))
+    });
+    let (code, events) = job.finish();
+    eprintln!(
+        "stalled: the run stopped {:?} after the freeze",
+        frozen.elapsed()
+    );
+    assert_eq!(code, Some(1), "{events:#?}");
+    let summary = events.last().unwrap();
+    assert_eq!(summary["outcome"], "migration_failed", "{summary}");
+    let watcher = db.client().await;
+    // The server ran everything it was sent; what the job could not hear, history says.
+    assert_eq!(history(&watcher).await, [1, 2, 3]);
+    assert_eq!(
+        support::tables(&watcher).await,
+        ["a", "b", "c", "schema_migrations"]
+    );
+    eventually("the stalled server session to end", || async {
+        !migration_lock_held(&watcher).await
+    })
+    .await;
 }

@@ -72,6 +72,8 @@ pub struct Dialer {
     /// The run's client of Google's APIs, when an instance is named: the IAM login token,
     /// either way in, and the backup.
     cloudsql: Option<Arc<cloudsql::Admin>>,
+    /// The task driving the latest migration connection, for [`Dialer::sever`].
+    link: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// How the connections reach the server.
@@ -123,6 +125,7 @@ impl Dialer {
             target,
             way,
             cloudsql,
+            link: Default::default(),
         })
     }
 
@@ -148,6 +151,7 @@ impl Dialer {
             target,
             way,
             cloudsql: self.cloudsql.clone(),
+            link: Default::default(),
         }
     }
 
@@ -160,6 +164,16 @@ impl Dialer {
     /// The run's client of Google's APIs, when an instance is named, for the backup.
     pub fn cloudsql(&self) -> Option<&cloudsql::Admin> {
         self.cloudsql.as_deref()
+    }
+
+    /// Closes the job's side of the latest migration connection at once: what waits on it
+    /// fails as on a lost connection. For a link that stalled (see `monitor`), whose close
+    /// the server would never see and whose answers would never come.
+    pub fn sever(&self) {
+        let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = link.as_ref() {
+            task.abort();
+        }
     }
 
     /// Opens a connection, retrying transient failures (refused, DNS, timeout, a server
@@ -271,7 +285,10 @@ impl Dialer {
             }
         };
         let (opened, driver) = result.map_err(|e| failure(self.target.clone(), e))?;
-        drive(driver);
+        let task = drive(driver);
+        if purpose == Purpose::Migration {
+            *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        }
         self.connected(purpose, &opened);
         Ok(opened.client)
     }
@@ -354,13 +371,14 @@ async fn inside(
     Ok((opened, Box::pin(connection)))
 }
 
-/// Spawns the task that drives a connection.
-fn drive(driver: Driver) {
-    tokio::spawn(async move {
+/// Spawns the task that drives a connection; aborting it closes the connection.
+fn drive(driver: Driver) -> tokio::task::AbortHandle {
+    let task = tokio::spawn(async move {
         if let Err(error) = driver.await {
             debug!(error = %error, "connection closed");
         }
     });
+    task.abort_handle()
 }
 
 /// The run's client of Google's APIs for `options`. The Google crates use rustls without

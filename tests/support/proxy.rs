@@ -1,0 +1,97 @@
+//! A TCP proxy in front of the test server whose connections can be frozen: they stay open,
+//! but nothing more passes either way, as through a proxy that hangs or a flow a NAT dropped
+//! without a word. Connections opened after a freeze pass as usual.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Proxy {
+    pub port: u16,
+    /// One flag per connection so far: set, that connection is frozen.
+    frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Forwards connections on a free local port to `target` (a port on 127.0.0.1).
+    pub fn start(target: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let frozen: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flags, stopping) = (Arc::clone(&frozen), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let client = match listener.accept() {
+                    Ok((client, _)) => client,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(_) => return,
+                };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let flag = Arc::new(AtomicBool::new(false));
+                flags.lock().unwrap().push(Arc::clone(&flag));
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let (flag, stopping) = (Arc::clone(&flag), Arc::clone(&stopping));
+                    std::thread::spawn(move || pass(from, to, &flag, &stopping));
+                }
+            }
+        });
+        Proxy { port, frozen, stop }
+    }
+
+    /// Freezes every connection open now.
+    pub fn freeze(&self) {
+        for flag in self.frozen.lock().unwrap().iter() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either closes; frozen, it stops reading (what was read and not
+/// yet passed on is held back too) until the proxy stops.
+fn pass(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, stop: &AtomicBool) {
+    from.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("read timeout");
+    let mut buffer = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        if frozen.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => {
+                if frozen.load(Ordering::Relaxed) {
+                    // Frozen while reading: this chunk never arrives.
+                    continue;
+                }
+                if to.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
