@@ -105,6 +105,7 @@ async fn acquire<R>(
                 return Ok(None);
             }
             Attempt::OtherSession(now) => return Err(session.pooled(now)),
+            Attempt::Shared => return Err(Error::SharedSession),
             Attempt::Held => {}
         }
         if !announced {
@@ -134,20 +135,32 @@ enum Attempt {
     Held,
     /// This transaction ran in another server session (this pid): a transaction pooler.
     OtherSession(i32),
+    /// The run's server session held the lock before the run asked for it: another client
+    /// of a transaction pooler with one server connection took it there.
+    Shared,
 }
 
-/// The server's answer to one try at the lock: whether it was granted (`None` when the try
-/// ran in a server session other than the run's, and was not made), and which server session
+/// The server's answer to one try at the lock: what the try found (`None` when it ran in a
+/// server session other than the run's, and was not made), and which server session
 /// answered.
 pub struct Answer {
-    granted: Option<bool>,
+    found: Option<Found>,
     pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Granted,
+    Held,
+    /// Already held by this very server session.
+    Shared,
 }
 
 impl Answer {
     fn attempt(&self, session_pid: i32) -> Attempt {
-        match (self.granted, self.pid) {
-            (Some(true), _) => Attempt::Taken,
+        match (self.found, self.pid) {
+            (Some(Found::Granted), _) => Attempt::Taken,
+            (Some(Found::Shared), _) => Attempt::Shared,
             (None, Some(pid)) if pid != session_pid => Attempt::OtherSession(pid),
             _ => Attempt::Held,
         }
@@ -156,15 +169,20 @@ impl Answer {
 
 /// Tries the lock only in the session that was set up: behind a transaction pooler the
 /// statement may land in another server session, where a lock would outlive this run (the
-/// pooler keeps that session open) and protect nothing.
+/// pooler keeps that session open) and protect nothing. Nor when that session holds it
+/// already: a session-level advisory lock is granted again to the session that holds it, so
+/// behind a transaction pooler with a single server connection, where every client's
+/// transactions share one server session, the lock another run holds would be granted
+/// here too.
 async fn try_lock(
     client: &Client,
     (class, object): (i32, i32),
     session_pid: i32,
 ) -> Result<Answer, Error> {
     let query = format!(
-        "SELECT CASE WHEN pg_backend_pid() = {session_pid} \
-         THEN pg_try_advisory_lock({class}, {object}) END, pg_backend_pid()"
+        "SELECT CASE WHEN pg_backend_pid() <> {session_pid} THEN NULL WHEN {} THEN 's' \
+         WHEN pg_try_advisory_lock({class}, {object}) THEN 't' ELSE 'f' END, pg_backend_pid()",
+        crate::session::holds_lock_sql((class, object))
     );
     let messages = client
         .simple_query(&query)
@@ -174,8 +192,13 @@ async fn try_lock(
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
+    let found = |value: &str| match value {
+        "t" => Found::Granted,
+        "s" => Found::Shared,
+        _ => Found::Held,
+    };
     Ok(Answer {
-        granted: row.and_then(|r| r.get(0)).map(|granted| granted == "t"),
+        found: row.and_then(|r| r.get(0)).map(found),
         pid: row.and_then(|r| r.get(1)).and_then(|p| p.parse().ok()),
     })
 }

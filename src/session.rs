@@ -54,6 +54,7 @@ pub const LOCK_LOST: &str = "db_migrate.the_migration_lock_is_no_longer_held";
 pub const OTHER_SESSION: &str = "db_migrate.the_migration_landed_in_server_session_";
 pub const LEFT_OPEN: &str = "db_migrate.the_migration_left_a_transaction_open";
 pub const PREVIOUS_NOT_COMMITTED: &str = "db_migrate.the_migration_before_did_not_commit";
+const SHARED: &str = "db_migrate.the_server_session_already_holds_the_migration_lock";
 
 /// The session setting a committed migration leaves behind, naming it: set in the
 /// migration's transaction, it is undone with it by a rollback.
@@ -140,17 +141,26 @@ impl Session {
     ) -> Result<Session, Error> {
         // One round trip: the run's limits apply from here on, to the lock and history
         // reads too; the server's version decides the reset each migration repeats.
+        // First, before the reset touches anything: a server session that holds the
+        // migration lock already is another run's, shared through a transaction pooler with
+        // a single server connection (see `lock::try_lock`); an error skips the rest.
         let setup = format!(
-            "{}; SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('server_version_num'), \
+            "{}; {}; SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('server_version_num'), \
              CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 \
              THEN pg_catalog.set_config('client_connection_check_interval', '2000', false) END, \
              pg_catalog.current_setting('standard_conforming_strings')",
+            not_holding_sql(lock),
             reset_sql(limits, 0)
         );
-        let messages = client
-            .simple_query(&setup)
-            .await
-            .map_err(Error::database("setting up the session"))?;
+        let messages = client.simple_query(&setup).await.map_err(|error| {
+            let shared = error
+                .as_db_error()
+                .is_some_and(|db| db.message().contains(SHARED));
+            match shared {
+                true => Error::SharedSession,
+                false => Error::database("setting up the session")(error),
+            }
+        })?;
         let row = last_row(&messages);
         let value = |i: usize| -> i32 {
             row.and_then(|row| row.get(i))
@@ -447,6 +457,25 @@ fn reset_sql(limits: Limits, server_version: i32) -> String {
 /// `pg_advisory_unlock_all()`.
 fn lock_held_sql((class, object): (i32, i32)) -> String {
     format!("pg_catalog.pg_try_advisory_lock({class}, {object})")
+}
+
+/// True when this server session holds the migration lock `key` already. pg_locks shows
+/// the two-key form's halves in classid and objid, as oids.
+pub fn holds_lock_sql((class, object): (i32, i32)) -> String {
+    format!(
+        "EXISTS (SELECT FROM pg_catalog.pg_locks WHERE locktype = 'advisory' \
+         AND pid = pg_catalog.pg_backend_pid() AND objsubid = 2 \
+         AND classid = ({class}::bigint & 4294967295)::text::oid \
+         AND objid = ({object}::bigint & 4294967295)::text::oid)"
+    )
+}
+
+/// Fails, naming [`SHARED`], when this server session holds the migration lock `key`.
+fn not_holding_sql(key: (i32, i32)) -> String {
+    format!(
+        "SELECT CASE WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int END",
+        holds_lock_sql(key)
+    )
 }
 
 /// A value no file can know in advance, so only [`Session::seal`] sets the token.

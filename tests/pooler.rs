@@ -5,7 +5,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use support::{binary, output, seed_dir, tables};
+use support::{Running, binary, history, output, seed_dir, tables};
 
 /// Starts PgBouncer in transaction mode, round-robin over server connections, in front of
 /// the shared test server; it is killed when the returned guard drops.
@@ -23,6 +23,11 @@ impl Drop for Bouncer {
 }
 
 fn pgbouncer() -> Bouncer {
+    pgbouncer_with(4)
+}
+
+/// [`pgbouncer`] with `pool_size` server connections per database.
+fn pgbouncer_with(pool_size: usize) -> Bouncer {
     let server = support::server();
     let dir = tempfile::tempdir().unwrap();
     let owner = support::server_user();
@@ -46,7 +51,7 @@ fn pgbouncer() -> Bouncer {
         format!(
             "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
              listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
-             pool_mode = transaction\nserver_round_robin = 1\ndefault_pool_size = 4\n\
+             pool_mode = transaction\nserver_round_robin = 1\ndefault_pool_size = {pool_size}\n\
              ignore_startup_parameters = extra_float_digits,options\nlogfile = {}\n",
             server.port,
             users.display(),
@@ -113,4 +118,56 @@ async fn transaction_pooler_is_detected_and_nothing_is_applied() {
         out.stderr
     );
     assert!(tables(&db.client().await).await.is_empty());
+}
+
+/// With one server connection in the pool every client's transactions share one server
+/// session, whose pid never changes, and PostgreSQL grants a session-level advisory lock
+/// again to the session holding it: a second run would be handed the first one's lock.
+#[tokio::test]
+async fn a_second_run_sharing_the_first_ones_server_session_is_refused() {
+    let db = support::database().await;
+    let bouncer = pgbouncer_with(1);
+    let url = format!(
+        "postgresql://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
+        support::SUPERUSER,
+        support::SUPERUSER_PASSWORD,
+        bouncer.port,
+        db.name
+    );
+    support::eventually("pgbouncer to accept connections", || async {
+        tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+    let dir = support::migrations(&[
+        ("001_a.sql", "CREATE TABLE a (i int);"),
+        ("002_slow.sql", "SELECT pg_sleep(2);"),
+        ("003_c.sql", "CREATE TABLE c (i int);"),
+    ]);
+    let first = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    support::running(&db, "pg_sleep(2)").await;
+    // Its transactions wait for the pool's one server connection, then run in the first
+    // run's server session, between the first run's transactions.
+    let second = output(
+        binary()
+            .args(["up", "--log-format", "json", "--lock-wait", "30s"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(second.code, 2, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("already holds the migration lock"),
+        "{}",
+        second.stderr
+    );
+    let (code, events) = first.finish();
+    assert_eq!(code, Some(0), "the first run is left alone: {events:#?}");
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3]);
 }

@@ -232,6 +232,12 @@ pub enum Error {
     )]
     Pooled { first: i32, now: i32 },
 
+    /// The run's server session already held the migration lock: another client shares it.
+    #[error(
+        "the run's server session already holds the migration lock, so another client's transactions run in it too: the connection goes through a transaction-pooling proxy with a single server connection, where the lock protects nothing; connect directly or through a session-pooling port"
+    )]
+    SharedSession,
+
     /// SIGINT or SIGTERM stopped the run; the running migration was rolled back.
     #[error("stopped by {}; a migration it was running is rolled back and nothing of it recorded", .0.name())]
     Interrupted(Signal),
@@ -275,7 +281,7 @@ impl Error {
             | Error::HistoryWrite { .. }
             | Error::ConnectionLost { .. }
             | Error::Database { .. } => Outcome::MigrationFailed,
-            Error::Config(_) | Error::Pooled { .. } => Outcome::ConfigError,
+            Error::Config(_) | Error::Pooled { .. } | Error::SharedSession => Outcome::ConfigError,
             Error::InvalidFile { .. }
             | Error::Directory { .. }
             | Error::NoDirectory { .. }
