@@ -301,7 +301,14 @@ impl<'a> Monitor<'a> {
         let row = match row {
             Ok(Some(row)) => row,
             Ok(None) => return Some(Seen::Gone),
-            Err(_) => return None,
+            Err(error) => {
+                // A monitor connection that was lost (a restarted pooler, a dropped flow) is
+                // opened again at the next look rather than failing every look after it.
+                if crate::session::is_connection_lost(&error) {
+                    (self.client, self.seen) = (None, false);
+                }
+                return None;
+            }
         };
         Some(Seen::Session(Box::new(Sample {
             idle_ms: row.get(14),

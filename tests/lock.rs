@@ -549,3 +549,37 @@ async fn statements_that_take_their_locks_in_steps_wait_past_the_lock_timeout_an
     .await;
     assert!(valid);
 }
+
+/// The monitor's own connection lost mid-migration (a pooler restarted, a flow dropped) is
+/// opened again at the next look: progress goes on being reported.
+#[tokio::test]
+async fn a_lost_monitor_connection_is_opened_again() {
+    let db = support::database().await;
+    let dir = support::migrations(&[("001_slow.sql", "SELECT pg_sleep(4);")]);
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--progress-interval", "200ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    job.wait_for("a first progress event", |e| {
+        e["message"] == "migration still running"
+    });
+    let watcher = db.client().await;
+    let ended: i64 = support::one(
+        &watcher,
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'db-migrate'
+            AND query NOT LIKE '%pg_sleep(4)%') t",
+    )
+    .await;
+    assert_eq!(ended, 1, "the monitor's connection");
+    job.wait_for("the monitor connecting again", |e| {
+        e["connection"] == "monitor"
+    });
+    job.wait_for("progress after it", |e| {
+        e["message"] == "migration still running"
+    });
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+}
