@@ -60,17 +60,18 @@ async fn harness_with(db: &TestDb, client: Client) -> Harness {
         .expect("resolve");
     history::create(&client, &table).await.expect("create");
     let key = lock::key(&table);
-    client
-        .batch_execute(&format!("SELECT pg_advisory_lock({}, {})", key.0, key.1))
-        .await
-        .expect("lock");
     let limits = Limits {
         lock_timeout: Duration::from_secs(5),
         statement_timeout: None,
     };
+    // As the job does: the session first (it refuses one that holds the lock already).
     let session = Session::prepare(&client, limits, key)
         .await
         .expect("session");
+    client
+        .batch_execute(&format!("SELECT pg_advisory_lock({}, {})", key.0, key.1))
+        .await
+        .expect("lock");
     Harness {
         client,
         table,
