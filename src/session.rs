@@ -7,25 +7,26 @@
 //! therefore travels as three messages, all sent before the first answer comes back (one
 //! round trip per migration, or per batch of them: see `apply::pipeline`):
 //!
-//! 1. [`Session::open`]: `BEGIN`, preceded (for the run's first migration, and after anything
-//!    but a committed one) by `RESET ALL` and the run's own settings in a transaction
-//!    committed before the migration's (a transaction takes `default_transaction_read_only`
-//!    from the settings in force when it starts); then, where the file checks and
-//!    PostgreSQL's parser cannot both vouch that the file never ends its transaction, a
-//!    `WITH HOLD` cursor whose query fails, so that a `COMMIT` hidden in the file fails and
-//!    rolls everything back, and a savepoint;
-//!    The opening ends by setting a transaction-local mark;
-//! 2. the file, preceded in the same message by [`Session::fence`], a statement that fails
-//!    unless that mark is set (a cancel or error that stops the opening before its `BEGIN`
-//!    would otherwise let the file run, and commit, on its own as the message's implicit
-//!    transaction), and followed by [`Session::seal`]: `RELEASE` of the savepoint
-//!    (which fails if the file ended the transaction, rolling back whatever ran after that in
-//!    the message) and `CLOSE` of the cursor where they were opened, the reset (so the next
-//!    migration starts clean once this one commits), `RESET ROLE` (which `RESET ALL` leaves
-//!    alone), and a transaction-local token;
-//! 3. the history change, whose value goes through [`Session::guard`]: an error unless this
+//! 1. [`Session::message`]: the opening, then the file, then the seal, as one message. The
+//!    opening is `BEGIN`, preceded (for the run's first migration, and after anything but a
+//!    committed one) by `RESET ALL` and the run's own settings in a transaction committed
+//!    before the migration's (a transaction takes `default_transaction_read_only` from the
+//!    settings in force when it starts); then, where the file checks and PostgreSQL's parser
+//!    cannot both vouch that the file never ends its transaction, a `WITH HOLD` cursor whose
+//!    query fails, so that a `COMMIT` hidden in the file fails and rolls everything back, and
+//!    a savepoint. One message, because the server skips the rest of a message after an
+//!    error, and takes interrupts before a message's first statement: a cancel (SIGTERM's)
+//!    landing before the `BEGIN` of an opening sent on its own would let the file, sent
+//!    behind it, run and commit as an implicit transaction of its own. The seal
+//!    ([`Session::seal`]) is `RELEASE` of the savepoint (which fails if the file ended the
+//!    transaction, rolling back whatever ran after that in the message) and `CLOSE` of the
+//!    cursor where they were opened, the reset (so the next migration starts clean once
+//!    this one commits), `RESET ROLE` (which `RESET ALL` leaves alone), and a
+//!    transaction-local token;
+//! 2. the history change, whose value goes through [`Session::guard`]: an error unless this
 //!    is the run's server session, the token is set (the file ran whole, inside this
-//!    transaction) and the migration lock is held; then `COMMIT`.
+//!    transaction) and the migration lock is held;
+//! 3. `COMMIT`.
 //!
 //! After any error the server skips the rest, and the job rolls the transaction back.
 
@@ -59,10 +60,6 @@ const SHARED: &str = "db_migrate.the_server_session_already_holds_the_migration_
 /// The session setting a committed migration leaves behind, naming it: set in the
 /// migration's transaction, it is undone with it by a rollback.
 const COMMITTED: &str = "db_migrate.committed";
-
-/// The transaction-local setting the opening of a migration leaves, naming it, which
-/// [`Session::fence`] requires: gone with the transaction, whichever way it ends.
-const OPENED: &str = "db_migrate.opened";
 
 /// How long the server waits on a migration session that is idle inside a transaction
 /// before ending it: a client lost between a migration's ALTER and its COMMIT otherwise
@@ -129,6 +126,20 @@ impl Frame {
 pub struct Seal {
     pub text: String,
     pub statements: usize,
+}
+
+/// A migration's message ([`Session::message`]), and where the file's part of it lies: the
+/// server's answers to the opening's statements come before the file's, the seal's after.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub text: String,
+    /// How many statements the opening is.
+    pub opening: usize,
+    /// How many characters come before the file: the server counts error positions from the
+    /// message's start.
+    pub prefix: usize,
+    /// How many statements the seal is.
+    pub sealed: usize,
 }
 
 impl Session {
@@ -205,11 +216,11 @@ impl Session {
         &self.reset
     }
 
-    /// The first message of a transactional migration (see the module docs), framed by
-    /// `frame`. Inside the run's own transaction (`--single-transaction`, the dry run) it also
-    /// marks the migration's start for its `execution_ms`; in a transaction of its own, the
+    /// The opening of a transactional migration (see the module docs), framed by `frame`.
+    /// Inside the run's own transaction (`--single-transaction`, the dry run) it also marks
+    /// the migration's start for its `execution_ms`; in a transaction of its own, the
     /// transaction's start is the migration's.
-    pub fn open(&self, frame: Frame, version: i64) -> String {
+    pub fn open(&self, frame: Frame) -> String {
         // Right after the first BEGIN, before any reset (which would clear the mark); its
         // row is the session's pid, as the opening's answer is read (see [`pid`]).
         let begin = match frame.after {
@@ -249,27 +260,26 @@ impl Session {
             true => format!("; SAVEPOINT {SAVEPOINT}"),
             false => String::new(),
         };
-        // Last, after the final BEGIN: set only when the opening ran whole.
-        let opened = format!("; SET LOCAL {OPENED} = '{}'", self.mark(version));
-        format!("{reset}{guard}{savepoint}{mark}{opened}")
+        format!("{reset}{guard}{savepoint}{mark}")
     }
 
-    /// The statement the file's message starts with: it fails unless the opening of
-    /// migration `version` ran whole in this very transaction, so that the file never runs
-    /// outside the transaction its history row commits with. The server takes interrupts
-    /// before each message's first statement: a cancel that lands there fails the opening
-    /// before its BEGIN, and the file's message, already sent, would then run and commit as
-    /// an implicit transaction of its own. Ends with a line break, so the file starts a line.
-    pub fn fence(&self, version: i64) -> String {
-        format!(
-            "SELECT CASE WHEN pg_catalog.current_setting('{OPENED}', true) = '{}' THEN 0 \
-             ELSE pg_catalog.current_setting('{NOT_IN_TRANSACTION}')::int END;\n",
-            self.mark(version)
-        )
+    /// The message that runs a transactional migration's `file` (see the module docs): its
+    /// opening, framed by `frame`, the file, and its seal.
+    pub fn message(&self, frame: Frame, version: i64, file: &str) -> Message {
+        let open = self.open(frame);
+        let seal = self.seal(frame, version);
+        // The file starts a line of its own.
+        let text = format!("{open};\n{file}{}", seal.text);
+        Message {
+            opening: crate::sql::split(&open).len(),
+            prefix: open.chars().count() + 2,
+            sealed: seal.statements,
+            text,
+        }
     }
 
-    /// The value of the marks for `version` (committed, opened): with the run's token,
-    /// which no file can know.
+    /// The value of the committed mark for `version`: with the run's token, which no file
+    /// can know.
     fn mark(&self, version: i64) -> String {
         format!("{}.{version}", self.token)
     }
@@ -562,9 +572,22 @@ mod tests {
                 // A savepoint where the file may end the transaction, or inside the run's.
                 let savepoint = guarded || !own;
                 assert_eq!(seal.text.contains("RELEASE"), savepoint, "{}", seal.text);
-                assert_eq!(session.open(frame, 7).contains("SAVEPOINT"), savepoint);
+                assert_eq!(session.open(frame).contains("SAVEPOINT"), savepoint);
                 // The token is set last: a reset after it would clear it.
                 assert!(split.last().unwrap().text.contains("db_migrate.token"));
+                // The opening, the file and the seal are one message, a transaction of its
+                // own beginning with it; the file's part is where the counts say.
+                for after in [None, Some(6)] {
+                    let frame = Frame { after, ..frame };
+                    let file = "SELECT 'é';\nSELECT 2;";
+                    let message = session.message(frame, 7, file);
+                    let statements = crate::sql::split(&message.text);
+                    assert_eq!(statements.len(), message.opening + 2 + message.sealed);
+                    assert_eq!(statements[message.opening].text, "SELECT 'é'");
+                    let chars: String = message.text.chars().skip(message.prefix).collect();
+                    assert!(chars.starts_with(file), "{}", message.text);
+                    assert_eq!(message.text.starts_with("BEGIN;"), own, "{}", message.text);
+                }
             }
         }
     }
@@ -586,11 +609,7 @@ mod tests {
                 guarded,
                 after: None,
             };
-            // Every opening ends with the mark the file's fence requires.
-            let opened = format!("; SET LOCAL {OPENED} = '{}'", session.mark(3));
-            let open = session.open(frame, 3);
-            assert!(open.ends_with(&opened), "{open}");
-            open.strip_suffix(&opened).unwrap_or_default().to_string()
+            session.open(frame)
         };
         assert_eq!(open(true, true, false), "BEGIN");
         assert_eq!(open(true, false, false), "BEGIN; RESET ALL; COMMIT; BEGIN");

@@ -736,75 +736,48 @@ async fn history_matches_schema(client: &Client, count: i64) {
 }
 
 /// The server takes interrupts before each message's first statement, so a cancel (SIGTERM)
-/// can fail a migration's opening before its BEGIN while the file's message, pipelined
-/// behind it, is already on its way: that message must not run on its own, where it would
-/// commit as an implicit transaction and leave a table without its history row. The
-/// opening is stood in for by a message that fails at its first statement, as the
-/// interrupted one does; the race itself is what the random kills below look for.
+/// can fail a migration's opening before its BEGIN. Were the file a message of its own,
+/// pipelined behind the opening, it would then run and commit as an implicit transaction of
+/// its own and leave a table without its history row. The opening and the file travel as one
+/// message, BEGIN first, so whatever stops the opening stops the file: here a message whose
+/// BEGIN fails stands in for one interrupted there (the race itself is what the random kills
+/// below look for).
 #[tokio::test]
 async fn a_file_never_runs_when_its_opening_failed_before_begin() {
     use db_migrate::session::Frame;
     let db = support::database().await;
     let h = harness(&db).await;
+    for (clean, after) in [(false, None), (true, None), (true, Some(1))] {
+        let frame = Frame {
+            own: true,
+            clean,
+            guarded: false,
+            after,
+        };
+        let message = h.session.message(frame, 2, "CREATE TABLE t (i int);");
+        let interrupted = message
+            .text
+            .strip_prefix("BEGIN;")
+            .map(|rest| format!("SELECT 1/0;{rest}"))
+            .expect("the message starts with its BEGIN");
+        assert!(h.client.batch_execute(&interrupted).await.is_err());
+        assert_eq!(
+            tables(&h.client).await,
+            ["schema_migrations"],
+            "{message:?}"
+        );
+    }
+    // Whole, it runs.
     let frame = Frame {
         own: true,
         clean: false,
         guarded: false,
         after: None,
     };
-    let body = |version: i64| {
-        format!(
-            "{}CREATE TABLE t_{version} (i int){}",
-            h.session.fence(version),
-            h.session.seal(frame, version).text
-        )
-    };
-    let refused =
-        |result: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>| {
-            let error = result.expect_err("the file's message is refused");
-            db_migrate::session::refusal(&error)
-        };
-
-    // The opening failed before its BEGIN: the file's message is refused whole.
-    assert!(h.client.simple_query("SELECT 1/0").await.is_err());
-    assert_eq!(
-        refused(h.client.simple_query(&body(1)).await),
-        Some(Refusal::NotInTransaction)
-    );
-    assert_eq!(tables(&h.client).await, ["schema_migrations"]);
-
-    // The opening of another migration, or of this one in a transaction that has ended,
-    // does not let it through either.
-    h.client
-        .batch_execute(&h.session.open(frame, 2))
-        .await
-        .expect("opening");
-    assert_eq!(
-        refused(h.client.simple_query(&body(1)).await),
-        Some(Refusal::NotInTransaction)
-    );
-    h.client.batch_execute("ROLLBACK").await.expect("rollback");
-    h.client
-        .batch_execute(&format!("{}; COMMIT", h.session.open(frame, 1)))
-        .await
-        .expect("opening, committed");
-    assert_eq!(
-        refused(h.client.simple_query(&body(1)).await),
-        Some(Refusal::NotInTransaction)
-    );
-    assert_eq!(tables(&h.client).await, ["schema_migrations"]);
-
-    // Opened, it runs.
-    h.client
-        .batch_execute(&h.session.open(frame, 1))
-        .await
-        .expect("opening");
-    h.client
-        .batch_execute(&body(1))
-        .await
-        .expect("the file runs");
+    let message = h.session.message(frame, 2, "CREATE TABLE t (i int);");
+    h.client.batch_execute(&message.text).await.expect("runs");
     h.client.batch_execute("COMMIT").await.expect("commit");
-    assert_eq!(tables(&h.client).await, ["schema_migrations", "t_1"]);
+    assert_eq!(tables(&h.client).await, ["schema_migrations", "t"]);
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::info;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
@@ -15,14 +15,16 @@ use super::{Run, Wrap};
 use crate::error::Error;
 use crate::history::{self, Elapsed};
 use crate::plan::{Direction, Step};
-use crate::session::{self, Frame};
+use crate::session::{self, Frame, Message};
+use crate::source::Script;
 use crate::sql;
 
-/// Sends the migration as one pipeline (see `session` for what each part guards): the session
-/// reset and the opening (with the commit guard where the file may need it); the file and
-/// its seal; the history change, guarded; and COMMIT, which the server turns into ROLLBACK after any
-/// failure, so nothing of it is kept or recorded, whatever the file contains.
-/// Returns the count each of the file's statements reported (see [`file_counts`]).
+/// Sends the migration as one pipeline (see `session` for what each part guards): the
+/// opening (the session reset, with the commit guard where the file may need it), the file
+/// and its seal in one message; the history change, guarded; and COMMIT, which the server
+/// turns into ROLLBACK after any failure, so nothing of it is kept or recorded, whatever the
+/// file contains. Returns the count each of the file's statements reported (see
+/// [`file_counts`]).
 pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec<u64>, Error> {
     let prepared = match wrap {
         // A poisoned lock still holds usable statements: nothing panics while holding it.
@@ -70,14 +72,14 @@ async fn send(
         guarded: run.session.needs_commit_guard(&step.script.sql),
         after: None,
     };
-    let (answers, sealed) = exchange(run, step, frame, prepared).await;
-    let result = outcome(run, step, wrap, answers).await;
+    let (answers, message) = exchange(run, step, frame, prepared).await;
+    let result = outcome(run, step, wrap, answers, &message).await;
     if own {
         // Committed, the seal's reset stands; after a failure, where the session stands is
         // the next opening's to settle.
         run.clean.store(result.is_ok(), Ordering::Relaxed);
     }
-    result.map(|counts| file_counts(counts, sealed))
+    result.map(|counts| file_counts(counts, &message))
 }
 
 /// How many migrations, and how many bytes of their SQL, [`batch`] keeps sent and not yet
@@ -146,7 +148,7 @@ pub(super) async fn batch(
             break;
         };
         bytes -= size;
-        let (answers, sealed) = match ready {
+        let (answers, message) = match ready {
             Poll::Ready(output) => output,
             Poll::Pending => exchange.await,
         };
@@ -157,10 +159,10 @@ pub(super) async fn batch(
         if answers.failed() {
             drain(&mut flight).await;
         }
-        match outcome(run, step, Wrap::Own, answers).await {
+        match outcome(run, step, Wrap::Own, answers, &message).await {
             Ok(counts) => {
                 let at = Instant::now();
-                finished(step, file_counts(counts, sealed), at - previous);
+                finished(step, file_counts(counts, &message), at - previous);
                 (previous, done) = (at, done + 1);
             }
             Err(error) => {
@@ -187,40 +189,38 @@ async fn drain<F: Future + Unpin>(flight: &mut VecDeque<(usize, F, Poll<F::Outpu
     }
 }
 
-/// What the server answered to the four messages of one migration.
+/// What the server answered to the three messages of one migration.
 struct Answers {
-    open: Answer<Vec<SimpleQueryMessage>>,
-    body: Answer<Vec<u64>>,
+    body: Answer<Body>,
     record: Answer<u64>,
     commit: Answer<()>,
 }
 
+/// The answer to a migration's message: the count each statement reported, and the first
+/// value of the opening's last row (the server session's pid, when the opening checks the
+/// migration before; see `session::Frame::after`).
+struct Body {
+    counts: Vec<u64>,
+    opening_row: Option<String>,
+}
+
 impl Answers {
-    /// Whether any of the four is an error.
+    /// Whether any of the three is an error.
     fn failed(&self) -> bool {
-        self.open.is_err() || self.body.is_err() || self.record.is_err() || self.commit.is_err()
+        self.body.is_err() || self.record.is_err() || self.commit.is_err()
     }
 }
 
-/// Sends one migration's messages, framed by `frame`, and collects the answers; with how
-/// many statements the seal added to the file's.
+/// Sends one migration's messages, framed by `frame`, and collects the answers; with the
+/// message, which says where the file's part of the answers lies.
 async fn exchange(
     run: &Run<'_>,
     step: Step<'_>,
     frame: Frame,
     prepared: Option<&history::Statements>,
-) -> (Answers, usize) {
+) -> (Answers, Message) {
     let (client, migration) = (run.client, step.migration);
-    let seal = run.session.seal(frame, migration.version);
-    let (open, body) = (
-        run.session.open(frame, migration.version),
-        format!(
-            "{}{}{}",
-            run.session.fence(migration.version),
-            step.script.sql,
-            seal.text
-        ),
-    );
+    let message = (run.session).message(frame, migration.version, &step.script.sql);
     // Only the text form needs its values spelled out; the prepared one binds them.
     let text = if prepared.is_none() {
         super::history_change(run, migration, Elapsed::Sealed)
@@ -252,19 +252,41 @@ async fn exchange(
     };
     // Each arm sends its message on its first poll, in this order, before any of them
     // waits for an answer: the messages travel together.
-    let (open, body, record, commit) = tokio::join!(
-        client.simple_query(&open),
-        super::counted(client, &body),
+    let (body, record, commit) = tokio::join!(
+        body(client, &message.text, message.opening),
         record,
         when(frame.own, client.batch_execute("COMMIT")),
     );
     let answers = Answers {
-        open,
         body,
         record,
         commit,
     };
-    (answers, seal.statements)
+    (answers, message)
+}
+
+/// Runs a migration's message as one simple query: the count each statement reported, and
+/// the first value of the last row the first `opening` statements returned. Rows of the file's
+/// own statements are read and dropped as they come. Sent on the first poll, so it keeps its
+/// place in a pipeline.
+async fn body(client: &Client, text: &str, opening: usize) -> Result<Body, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let stream = client.simple_query_raw(text).await?;
+    let mut stream = std::pin::pin!(stream);
+    let (mut counts, mut opening_row) = (Vec::new(), None);
+    while let Some(message) = stream.try_next().await? {
+        match message {
+            SimpleQueryMessage::CommandComplete(rows) => counts.push(rows),
+            SimpleQueryMessage::Row(row) if counts.len() < opening => {
+                opening_row = row.get(0).map(str::to_string);
+            }
+            _ => {}
+        }
+    }
+    Ok(Body {
+        counts,
+        opening_row,
+    })
 }
 
 /// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
@@ -294,15 +316,14 @@ async fn outcome(
     step: Step<'_>,
     wrap: Wrap,
     answers: Answers,
+    message: &Message,
 ) -> Result<Vec<u64>, Error> {
     let Answers {
-        open,
         body,
         record,
         commit,
     } = answers;
     let errors = [
-        open.as_ref().err(),
         body.as_ref().err(),
         record.as_ref().err(),
         commit.as_ref().err(),
@@ -310,12 +331,12 @@ async fn outcome(
     if let Some(error) = errors.into_iter().flatten().find(|e| is_connection_lost(e)) {
         return Err(connection_lost(step, wrap, error));
     }
-    let open = open.map_err(|e| refused(run, step, e, "starting the migration"))?;
-    run.session.check_same(session::pid(&open))?;
-    let counts = match body {
-        Ok(counts) => counts,
-        Err(e) => return Err(body_failed(run, step, wrap, e).await),
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return Err(body_failed(run, step, wrap, e, message).await),
     };
+    let pid = body.opening_row.and_then(|pid| pid.parse().ok());
+    run.session.check_same(pid)?;
     let changed = record.map_err(|e| {
         let context = "recording the migration in history";
         refused(run, step, e, context)
@@ -327,46 +348,48 @@ async fn outcome(
         });
     }
     commit.map_err(|e| refused(run, step, e, "committing the migration"))?;
-    Ok(counts)
+    Ok(body.counts)
 }
 
-/// The counts of the file's own statements among those of the whole message, which starts
-/// with the fence's one and ends with the seal's `sealed`; empty when they do not add up.
-fn file_counts(mut counts: Vec<u64>, sealed: usize) -> Vec<u64> {
-    match counts.len().checked_sub(sealed + 1) {
-        Some(file) => {
-            counts.truncate(file + 1);
-            counts.remove(0);
+/// The counts of the file's own statements among those of the whole message, between the
+/// opening's and the seal's; empty when they do not add up.
+fn file_counts(mut counts: Vec<u64>, message: &Message) -> Vec<u64> {
+    match counts.len().checked_sub(message.sealed) {
+        Some(end) if end >= message.opening => {
+            counts.truncate(end);
+            counts.drain(..message.opening);
             counts
         }
-        None => Vec::new(),
+        _ => Vec::new(),
     }
 }
 
-/// The error of a file that failed, located in the file.
-async fn body_failed(run: &Run<'_>, step: Step<'_>, wrap: Wrap, e: tokio_postgres::Error) -> Error {
-    {
-        if session::refusal(&e).is_some() {
-            return refused(run, step, e, "running the migration");
-        }
-        // The server counts positions from the fence, which comes before the file.
-        let fence = run.session.fence(step.migration.version).chars().count();
-        let mut error = failed(step, 0, fence, true, e);
-        if let Error::Apply(failure) = &mut error {
-            if failure.position.is_none() && replayable(&failure.sqlstate) {
-                failure.position = locate(run, step, wrap).await;
-            }
-        }
-        error
+/// The error of a message that failed: one of our refusals, a failure of the opening (a
+/// cancel taken before the file started, say), or the file's, located in the file.
+async fn body_failed(
+    run: &Run<'_>,
+    step: Step<'_>,
+    wrap: Wrap,
+    e: tokio_postgres::Error,
+    message: &Message,
+) -> Error {
+    if session::refusal(&e).is_some() {
+        return refused(run, step, e, "running the migration");
     }
+    let mut error = failed(step, 0, message.prefix, true, e);
+    if let Error::Apply(failure) = &mut error {
+        if failure.position.is_none() && replayable(&failure.sqlstate) {
+            failure.position = locate(run, step.script, wrap).await;
+        }
+    }
+    error
 }
 
 /// Finds the failing statement when the server gave no position (42P01, 23505, ...): replays
 /// the file statement by statement inside a transaction (or back at the migration's
 /// savepoint) that is rolled back, guarded like the real run. Only after a failure, so a
 /// migration that succeeds stays one round trip.
-async fn locate(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Option<(usize, usize)> {
-    let script = step.script;
+async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, usize)> {
     let client = run.client;
     let (start, end) = match wrap {
         // The pipeline's COMMIT already ended the failed transaction (as a ROLLBACK); another
@@ -378,8 +401,7 @@ async fn locate(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Option<(usize, usi
                 guarded: true,
                 after: None,
             };
-            let open = run.session.open(frame, step.migration.version);
-            (open, "ROLLBACK".to_string())
+            (run.session.open(frame), "ROLLBACK".to_string())
         }
         Wrap::Outer => (run.session.rewind(), run.session.rewind()),
     };

@@ -188,15 +188,25 @@ pub const SLEEP: &str = "SELECT pg_sleep(300);\n";
 /// in `db`; then stops the job with SIGTERM.
 pub async fn assert_probes_within_30_seconds(job: Running, db: &TestDb, remote: u16) {
     running(db, "pg_sleep(300)").await;
-    let timers = keepalive_timers(job.pid(), remote);
+    let probing = |timers: &[Option<Duration>]| {
+        !timers.is_empty()
+            && timers
+                .iter()
+                .all(|t| t.is_some_and(|left| left <= Duration::from_secs(30)))
+    };
+    // A connection shows its keepalive timer only once what it sent is acknowledged: the
+    // server, busy in the statement, may hold its ACK back for a delayed-ACK interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut timers = keepalive_timers(job.pid(), remote);
+    while !probing(&timers) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        timers = keepalive_timers(job.pid(), remote);
+    }
     job.signal("TERM");
     let (code, events) = job.finish();
     assert_eq!(code, Some(143), "{events:#?}");
     assert!(
-        !timers.is_empty()
-            && timers
-                .iter()
-                .all(|t| t.is_some_and(|left| left <= Duration::from_secs(30))),
+        probing(&timers),
         "time to the next keepalive probe: {timers:?}"
     );
 }
