@@ -573,29 +573,42 @@ pub fn print_status(entries: &[Entry], extra: &[Value], json: bool) -> std::io::
         writeln!(out, "{}", Value::Array(rows))?;
         return out.flush();
     }
-    writeln!(
+    write!(out, "{}", status_table(entries))?;
+    writeln!(out, "{}", status_line(entries))?;
+    out.flush()
+}
+
+/// `status`'s table, a line per migration, its columns as wide as their widest value.
+fn status_table(entries: &[Entry]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    // As wide as the longest version: timestamped ones (20240131120000) are 14 digits.
+    let wide = (entries.iter().map(|e| e.version.to_string().len()))
+        .max()
+        .unwrap_or_default()
+        .max(8);
+    let _ = writeln!(
         out,
-        "{:<8} {:<8} {:<25} {:>8}  {:<4}  NAME",
+        "{:<wide$} {:<8} {:<25} {:>8}  {:<4}  NAME",
         "VERSION", "STATE", "APPLIED AT", "MS", "DOWN"
-    )?;
+    );
     for e in entries {
         let down = match e.rollback {
             Some(true) => "yes",
             Some(false) => "no",
             None => "-",
         };
-        writeln!(
+        let _ = writeln!(
             out,
-            "{:<8} {:<8} {:<25} {:>8}  {down:<4}  {}",
+            "{:<wide$} {:<8} {:<25} {:>8}  {down:<4}  {}",
             e.version,
             e.state.as_str(),
             e.applied_at.as_deref().unwrap_or("-"),
             e.execution_ms.map_or("-".to_string(), |ms| ms.to_string()),
             e.name
-        )?;
+        );
     }
-    writeln!(out, "{}", status_line(entries))?;
-    out.flush()
+    out
 }
 
 /// The last line of `status`: how many migrations are in each state, and the database's
@@ -630,6 +643,32 @@ fn status_line(entries: &[Entry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_columns_line_up_with_timestamped_versions() {
+        let entry = |version, state| Entry {
+            version,
+            name: "m".into(),
+            state,
+            applied_at: None,
+            execution_ms: None,
+            rollback: Some(true),
+        };
+        let table = status_table(&[
+            entry(1, crate::plan::State::Applied),
+            entry(20240131120000, crate::plan::State::Pending),
+        ]);
+        let columns: Vec<Option<usize>> = table
+            .lines()
+            // Where the second column starts: after the first run of spaces.
+            .map(|line| {
+                let mut chars = line.char_indices().skip_while(|(_, c)| *c != ' ');
+                chars.find(|(_, c)| *c != ' ').map(|(i, _)| i)
+            })
+            .collect();
+        assert_eq!(columns.len(), 3, "{table}");
+        assert!(columns.iter().all(|c| *c == columns[0]), "{table}");
+    }
 
     #[test]
     fn up_and_down_end_with_what_they_did_in_words() {
