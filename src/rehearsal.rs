@@ -97,6 +97,9 @@ pub struct Tested {
     pub name: String,
     pub file: PathBuf,
     pub reversible: bool,
+    /// Whether it has a rollback file at all: one with no statement in it is not
+    /// reversible either, and is named apart.
+    pub has_down_file: bool,
     pub steps: Vec<Ran>,
 }
 
@@ -225,6 +228,7 @@ impl Rehearsal<'_, '_> {
             name: migration.name.clone(),
             file: migration.up.path.clone(),
             reversible: reversible(migration),
+            has_down_file: migration.down.is_some(),
             steps: Vec::new(),
         };
         let before = self.before.clone();
@@ -351,9 +355,10 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
             .collect();
         let steps = steps.join(", ");
         let Some(ran) = tested.failed() else {
-            let note = match tested.reversible {
-                true => "",
-                false => "  (no rollback file: not reversible)",
+            let note = match (tested.reversible, tested.has_down_file) {
+                (true, _) => "",
+                (false, true) => "  (its rollback file holds no statement: not reversible)",
+                (false, false) => "  (no rollback file: not reversible)",
             };
             writeln!(out, "ok    {label:<36} {steps:<40} {ms:>6} ms{note}")?;
             continue;
@@ -385,7 +390,7 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
         report.tested.len() - failed
     );
     if irreversible > 0 {
-        last.push_str(&format!(", {irreversible} without a rollback file"));
+        last.push_str(&format!(", {irreversible} without a rollback"));
     }
     match (&report.stuck, report.untested) {
         (_, 0) => {}

@@ -212,7 +212,22 @@ async fn a_migration_without_a_rollback_gets_two_steps_and_is_reported_not_rever
     );
     assert!(
         out.stdout
-            .contains("3 migration(s) tested: 3 passed, 0 failed, 1 without a rollback file"),
+            .contains("3 migration(s) tested: 3 passed, 0 failed, 1 without a rollback"),
+        "{}",
+        out.stdout
+    );
+    // A rollback file with only comments in it is there, and rolls back nothing.
+    std::fs::write(
+        dir.path().join("003_change.down.sql"),
+        "-- nothing to undo\n",
+    )
+    .unwrap();
+    let db = support::database().await;
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("(its rollback file holds no statement: not reversible)"),
         "{}",
         out.stdout
     );
