@@ -163,6 +163,8 @@ impl<'a> Monitor<'a> {
         };
         tokio::pin!(connecting);
         let mut connected = self.client.is_some();
+        // Once the connection is closed for a stall, the work is about to fail: said once.
+        let mut severed = false;
         loop {
             tokio::select! {
                 output = &mut work => return (output, last),
@@ -194,7 +196,7 @@ impl<'a> Monitor<'a> {
                 }
                 // Gone only counts where this connection saw it before: another server
                 // (a URL naming several) would not know the pid at all.
-                Ok(Some(Seen::Gone)) if waited && self.seen => {
+                Ok(Some(Seen::Gone)) if waited && self.seen && !severed => {
                     let version = migrations[current].version;
                     warn!(
                         version,
@@ -202,6 +204,7 @@ impl<'a> Monitor<'a> {
                         "the migration's server session has ended while the job still waits for its answers: the connection has stalled; closing it"
                     );
                     self.dialer.sever();
+                    severed = true;
                     continue;
                 }
                 Ok(_) => continue,
@@ -212,8 +215,9 @@ impl<'a> Monitor<'a> {
                 }
             };
             let stall = STALL_AFTER.as_millis() as i64;
-            if waited && sample.idle_ms.is_some_and(|idle| idle >= stall) {
+            if waited && !severed && sample.idle_ms.is_some_and(|idle| idle >= stall) {
                 self.stalled(migrations[current].version, &sample).await;
+                severed = true;
                 continue;
             }
             let now = done.load(Ordering::Relaxed).min(migrations.len() - 1);
