@@ -332,7 +332,7 @@ impl Job<'_> {
         };
         let applied = (history::applied(db.client, db.table, columns).await?).unwrap_or_default();
         let status = plan::status(db.migrations, &applied);
-        self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
+        self.summary.pending = Some(status.iter().filter(|e| e.is_pending()).count());
         self.summary.at_version = applied.iter().map(|a| a.version).max();
         self.summary.status = status;
         match &self.config.command {
@@ -394,7 +394,7 @@ impl Job<'_> {
         let report = trace::run(client, plan, limits, budget).await?;
         // A closed stdout (`| head`) is the reader's choice, not a failed run.
         let _ = trace::print(&report, format);
-        self.summary.pending = plan.len();
+        self.summary.pending = Some(plan.len());
         let hazards = report.hazards();
         match hazards.first() {
             None => Ok(()),
@@ -589,7 +589,7 @@ impl Job<'_> {
         let applied = applied.unwrap_or_default();
         plan::check_history(db.migrations, &applied)?;
         let status = plan::status(db.migrations, &applied);
-        self.summary.pending = status.iter().filter(|e| e.is_pending()).count();
+        self.summary.pending = Some(status.iter().filter(|e| e.is_pending()).count());
         self.summary.at_version = applied.iter().map(|a| a.version).max();
         let options = self.config.schema;
         let actual = schema::read(client, table, options).await?;

@@ -197,8 +197,9 @@ pub struct Summary {
     pub applied: usize,
     /// Migrations rolled back by this run, once `down` has a plan.
     pub rolled_back: Option<usize>,
-    /// Migrations on disk not applied when the run ended.
-    pub pending: usize,
+    /// Migrations on disk not applied when the run ended; None when the run never learned
+    /// (it could not connect, or the lock was not free), and the summary leaves it out.
+    pub pending: Option<usize>,
     /// The newest applied version when the run ended (for the commands that change history).
     pub at_version: Option<i64>,
     pub dry_run: bool,
@@ -241,9 +242,11 @@ impl Summary {
     /// version that is.
     pub fn standing(&mut self, migrations: &[Migration], applied: &[Applied]) {
         let done: std::collections::HashSet<i64> = applied.iter().map(|a| a.version).collect();
-        self.pending = (migrations.iter())
-            .filter(|m| !done.contains(&m.version))
-            .count();
+        self.pending = Some(
+            (migrations.iter())
+                .filter(|m| !done.contains(&m.version))
+                .count(),
+        );
         self.at_version = applied.iter().map(|a| a.version).max();
     }
 
@@ -283,7 +286,7 @@ impl Summary {
             true => (completed, None),
             false => (0, Some(completed)),
         };
-        self.pending = ran.files.iter().filter(|v| !now.contains(v)).count();
+        self.pending = Some(ran.files.iter().filter(|v| !now.contains(v)).count());
         self.at_version = now.last().copied();
     }
 
@@ -393,7 +396,7 @@ fn sentence(summary: &Summary, outcome: Outcome, duration_ms: u64) -> Option<Str
     Some(match (summary.command, outcome) {
         ("up" | "down", Outcome::DryRun) => format!(
             "dry run: everything ran and was rolled back, nothing changed; {} pending; {at}",
-            summary.pending
+            summary.pending.unwrap_or_default()
         ),
         ("up", Outcome::UpToDate) => format!("nothing to apply; {at}"),
         ("up", _) => format!(
@@ -403,7 +406,7 @@ fn sentence(summary: &Summary, outcome: Outcome, duration_ms: u64) -> Option<Str
         ("down", _) => format!(
             "rolled back {} in {duration_ms} ms; {} pending; {at}",
             count(summary.rolled_back.unwrap_or_default()),
-            summary.pending
+            summary.pending.unwrap_or_default()
         ),
         // `verify --schema` prints its own comparison.
         ("verify", _) if summary.schema_changes.is_none() => {
@@ -676,7 +679,7 @@ mod tests {
             command,
             applied,
             rolled_back,
-            pending,
+            pending: Some(pending),
             at_version,
             ..Summary::default()
         };

@@ -88,6 +88,8 @@ async fn held_lock_times_out_with_exit_6_and_nothing_applied() {
     let events = support::events(&out.stderr);
     let summary = events.last().unwrap();
     assert_eq!(summary["outcome"], "lock_timeout");
+    // Without the lock it never learned what is pending: left out, not 0.
+    assert!(summary.get("pending").is_none(), "{summary}");
     assert!(
         events.iter().any(|e| e["message"]
             .as_str()
