@@ -116,7 +116,7 @@ async fn second_run_finds_nothing_to_do() {
     let db = support::database().await;
     up_ok(&db, &seed_dir()).await;
     let again = up_ok(&db, &seed_dir()).await;
-    assert_eq!((again.applied, again.pending), (0, 0));
+    assert_eq!((again.applied, again.pending), (0, Some(0)));
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
@@ -152,7 +152,7 @@ async fn up_down_all_up_round_trips() {
     let (summary, result) = run(&config(&db.url, &seed_dir(), down)).await;
     result.unwrap();
     assert_eq!((summary.applied, summary.rolled_back), (0, Some(2)));
-    assert_eq!((summary.pending, summary.at_version), (2, None));
+    assert_eq!((summary.pending, summary.at_version), (Some(2), None));
     let client = db.client().await;
     assert_eq!(tables(&client).await, ["schema_migrations"]);
     assert!(history(&client).await.is_empty());
@@ -204,7 +204,7 @@ async fn failing_third_migration_keeps_the_first_two_and_nothing_of_the_third() 
     let text = error.to_string();
     assert!(text.contains("003_c.sql:4:8"), "{text}");
     assert!(text.contains("42P01"), "{text}");
-    assert_eq!((summary.applied, summary.pending), (2, 1));
+    assert_eq!((summary.applied, summary.pending), (2, Some(1)));
     let client = db.client().await;
     assert_eq!(history(&client).await, [1, 2]);
     assert_eq!(tables(&client).await, ["a", "b", "schema_migrations"]);
@@ -245,7 +245,7 @@ async fn dry_run_reports_and_leaves_everything_untouched() {
     let (summary, result) = run(&config(&db.url, &seed_dir(), dry.clone())).await;
     result.unwrap();
     assert!(summary.dry_run);
-    assert_eq!((summary.applied, summary.pending), (0, 2));
+    assert_eq!((summary.applied, summary.pending), (0, Some(2)));
     let client = db.client().await;
     assert!(tables(&client).await.is_empty());
 
@@ -389,7 +389,7 @@ async fn changed_applied_migration_is_rejected_until_repaired() {
     assert_eq!(error.exit_code(), 4);
     assert!(error.to_string().contains("repair --version 1"), "{error}");
     // The refused run's summary still says where the database stands.
-    assert_eq!((summary.pending, summary.at_version), (1, Some(1)));
+    assert_eq!((summary.pending, summary.at_version), (Some(1), Some(1)));
     let client = db.client().await;
     assert_eq!(history(&client).await, [1], "nothing applied past drift");
 
