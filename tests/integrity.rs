@@ -1060,3 +1060,38 @@ async fn in_one_pipeline_a_body_that_is_never_sent_stops_the_rest_and_records_no
     assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
     assert_eq!(recorded(&client).await, [1]);
 }
+
+/// A `-- no-transaction` file's statements are done when its history row is sent: a lost
+/// answer to that row must not say "not recorded", since the row may have committed. The
+/// connection is lost there for sure by a trigger on the history table that ends its own
+/// session as the row goes in.
+#[tokio::test]
+async fn a_lost_answer_to_a_no_transaction_files_history_row_says_it_may_be_recorded() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "001_trap.sql",
+            "CREATE FUNCTION trap() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$;\n\
+             CREATE TRIGGER trap AFTER INSERT ON schema_migrations \
+             FOR EACH ROW WHEN (NEW.version = 2) EXECUTE FUNCTION trap();\n",
+        ),
+        ("002_b.sql", "-- no-transaction\nCREATE TABLE b (i int);\n"),
+    ]);
+    let out = support::output(
+        support::binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let summary = support::events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("migration 2") && message.contains("may have been written"),
+        "{summary}"
+    );
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, [1]);
+    assert!(tables(&client).await.contains(&"b".to_string()));
+}

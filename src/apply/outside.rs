@@ -84,10 +84,17 @@ pub(super) async fn run(
         run.session.check_outside(),
         super::history_change(run, migration, elapsed)
     );
-    client
-        .batch_execute(&record)
-        .await
-        .map_err(|e| refused(run, step, e, "recording the migration in history"))?;
+    client.batch_execute(&record).await.map_err(|e| {
+        if !is_connection_lost(&e) {
+            return refused(run, step, e, "recording the migration in history");
+        }
+        Error::ConnectionLost {
+            version: migration.version,
+            file: script.path.clone(),
+            cause: crate::error::describe_db(&e),
+            outcome: "all of this -- no-transaction file's statements completed and stay; its history row was sent and may have been written: `db-migrate status` (or the next run) shows whether, and a next run applies the file again if it was not (such files are idempotent)",
+        }
+    })?;
     Ok(counts)
 }
 
