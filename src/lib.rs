@@ -42,6 +42,10 @@ use interrupt::Interrupt;
 use plan::Direction;
 use source::Migration;
 
+/// How long a run waits, at its end, for its connection to read the answers still owed and
+/// close (see `connect::Dialer::close`).
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs one command to completion, and says what it did, also when it failed.
 pub async fn run(config: &Config) -> (Summary, Result<(), Error>) {
     let summary = Summary::new(config.command.name());
@@ -203,6 +207,8 @@ impl Job<'_> {
             Box::pin(connected).await
         };
         let result = interrupt::guard(&interrupt, work).await;
+        // The run's client is gone with `work`: let its connection close properly.
+        dialer.close(CLOSE_WITHIN).await;
         // A run abandoned after the signal's grace could not count what committed before it
         // stopped; the interrupt did, as each migration committed.
         if matches!(result, Err(Error::Interrupted(_)))
@@ -723,7 +729,13 @@ async fn prelude(config: &Config, client: &Client) -> Prelude {
                 let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
                 let setup = session::Session::prepare(client, limits, key);
                 let locate = config.history_table.locate(client);
-                let ((table, exists), session) = tokio::try_join!(locate, setup)?;
+                // Both answers are awaited even when the setup fails: a run that leaves with
+                // the lookup still running on the server, behind a transaction pooler, makes
+                // the pooler close that server session, which may be another run's (the
+                // setup's refusal of a shared session is exactly that case).
+                let (located, session) = tokio::join!(locate, setup);
+                let session = session?;
+                let (table, exists) = located?;
                 let tried = lock::first_try(client, &table, &session);
                 // `up` on a database without the history table looks for tables of its own
                 // in the same round trip; the server answers for the moment of the read.

@@ -140,9 +140,14 @@ async fn a_second_run_sharing_the_first_ones_server_session_is_refused() {
             .is_ok()
     })
     .await;
+    // Many short statements, each its own transaction: the second run's land between them.
+    let slow = format!(
+        "-- no-transaction\n{}",
+        "SELECT pg_sleep(0.004);\n".repeat(1000)
+    );
     let dir = support::migrations(&[
         ("001_a.sql", "CREATE TABLE a (i int);"),
-        ("002_slow.sql", "SELECT pg_sleep(2);"),
+        ("002_slow.sql", &slow),
         ("003_c.sql", "CREATE TABLE c (i int);"),
     ]);
     let first = Running::spawn(
@@ -151,21 +156,24 @@ async fn a_second_run_sharing_the_first_ones_server_session_is_refused() {
             .env("DATABASE_URL", &url)
             .env("MIGRATIONS_DIR", dir.path()),
     );
-    support::running(&db, "pg_sleep(2)").await;
+    support::running(&db, "pg_sleep(0.004)").await;
     // Its transactions wait for the pool's one server connection, then run in the first
-    // run's server session, between the first run's transactions.
-    let second = output(
-        binary()
-            .args(["up", "--log-format", "json", "--lock-wait", "30s"])
-            .env("DATABASE_URL", &url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
-    assert_eq!(second.code, 2, "{}", second.stderr);
-    assert!(
-        second.stderr.contains("already holds the migration lock"),
-        "{}",
-        second.stderr
-    );
+    // run's server session, between the first run's. Refused, it must also leave in a way
+    // that keeps the pooler from closing that session (a query of its still running there).
+    for _ in 0..4 {
+        let second = output(
+            binary()
+                .args(["up", "--log-format", "json", "--lock-wait", "30s"])
+                .env("DATABASE_URL", &url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        );
+        assert_eq!(second.code, 2, "{}", second.stderr);
+        assert!(
+            second.stderr.contains("already holds the migration lock"),
+            "{}",
+            second.stderr
+        );
+    }
     let (code, events) = first.finish();
     assert_eq!(code, Some(0), "the first run is left alone: {events:#?}");
     let client = db.client().await;

@@ -72,8 +72,9 @@ pub struct Dialer {
     /// The run's client of Google's APIs, when an instance is named: the IAM login token,
     /// either way in, and the backup.
     cloudsql: Option<Arc<cloudsql::Admin>>,
-    /// The task driving the latest migration connection, for [`Dialer::sever`].
-    link: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The task driving the latest migration connection, for [`Dialer::sever`] and
+    /// [`Dialer::close`].
+    link: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// How the connections reach the server.
@@ -173,6 +174,18 @@ impl Dialer {
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(task) = link.as_ref() {
             task.abort();
+        }
+    }
+
+    /// Waits, at most `within`, for the latest migration connection to close once its client
+    /// is dropped: its task reads the answers still owed (a pipelined query a failure left
+    /// behind), then says goodbye (Terminate) and closes. A process that exits first drops
+    /// the connection mid-answer, and a transaction pooler then closes the server session it
+    /// was using, which may be another run's (see `lock::try_lock`).
+    pub async fn close(&self, within: Duration) {
+        let task = self.link.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(within, task).await;
         }
     }
 
@@ -287,6 +300,7 @@ impl Dialer {
         let (opened, driver) = result.map_err(|e| failure(self.target.clone(), e))?;
         let task = drive(driver);
         if purpose == Purpose::Migration {
+            // A dropped handle leaves its task running: an earlier connection still closes.
             *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
         self.connected(purpose, &opened);
@@ -372,13 +386,12 @@ async fn inside(
 }
 
 /// Spawns the task that drives a connection; aborting it closes the connection.
-fn drive(driver: Driver) -> tokio::task::AbortHandle {
-    let task = tokio::spawn(async move {
+fn drive(driver: Driver) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         if let Err(error) = driver.await {
             debug!(error = %error, "connection closed");
         }
-    });
-    task.abort_handle()
+    })
 }
 
 /// The run's client of Google's APIs for `options`. The Google crates use rustls without
