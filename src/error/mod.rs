@@ -234,7 +234,7 @@ pub enum Error {
 
     /// The run's server session already held the migration lock: another client shares it.
     #[error(
-        "the run's server session already holds the migration lock, so another client's transactions run in it too: the connection goes through a transaction-pooling proxy with a single server connection, where the lock protects nothing; connect directly or through a session-pooling port"
+        "the run's server session already holds the migration lock, so another client's transactions run in it too (or ran there: a run killed behind the same pooler leaves its lock in that session until the pooler closes it): the connection goes through a transaction-pooling proxy with a single server connection, where the lock protects nothing; connect directly or through a session-pooling port"
     )]
     SharedSession,
 
