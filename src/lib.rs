@@ -207,8 +207,14 @@ impl Job<'_> {
             Box::pin(connected).await
         };
         let result = interrupt::guard(&interrupt, work).await;
-        // The run's client is gone with `work`: let its connection close properly.
-        dialer.close(CLOSE_WITHIN).await;
+        // The run's client is gone with `work`: let its connection close properly. Not after
+        // a signal: a run that stopped cleanly owes nothing, and one abandoned after the grace
+        // would spend the platform's last seconds waiting for answers that are not coming.
+        let within = match interrupt.check() {
+            Ok(()) => CLOSE_WITHIN,
+            Err(_) => std::time::Duration::ZERO,
+        };
+        dialer.close(within).await;
         // A run abandoned after the signal's grace could not count what committed before it
         // stopped; the interrupt did, as each migration committed.
         if matches!(result, Err(Error::Interrupted(_)))
