@@ -271,11 +271,24 @@ impl Session {
         // The file starts a line of its own.
         let text = format!("{open};\n{file}{}", seal.text);
         Message {
-            opening: crate::sql::split(&open).len(),
+            opening: self.opening_statements(frame),
             prefix: open.chars().count() + 2,
             sealed: seal.statements,
             text,
         }
+    }
+
+    /// How many statements [`open`](Self::open) is for `frame`, counted as it builds them
+    /// rather than lexed again for every migration.
+    fn opening_statements(&self, frame: Frame) -> usize {
+        let begin = 1 + usize::from(frame.after.is_some());
+        let reset = match (frame.own, frame.clean) {
+            (true, true) => begin,
+            (true, false) => begin + self.reset_statements + 2,
+            // The reset and the start mark.
+            (false, _) => self.reset_statements + 1,
+        };
+        reset + usize::from(frame.guarded) + usize::from(frame.savepoint())
     }
 
     /// The value of the committed mark for `version`: with the run's token, which no file
@@ -577,8 +590,17 @@ mod tests {
                 assert!(split.last().unwrap().text.contains("db_migrate.token"));
                 // The opening, the file and the seal are one message, a transaction of its
                 // own beginning with it; the file's part is where the counts say.
-                for after in [None, Some(6)] {
-                    let frame = Frame { after, ..frame };
+                for (after, clean) in [
+                    (None, false),
+                    (Some(6), false),
+                    (None, true),
+                    (Some(6), true),
+                ] {
+                    let frame = Frame {
+                        after,
+                        clean,
+                        ..frame
+                    };
                     let file = "SELECT 'é';\nSELECT 2;";
                     let message = session.message(frame, 7, file);
                     let statements = crate::sql::split(&message.text);

@@ -15,6 +15,26 @@ struct Bouncer {
     _dir: tempfile::TempDir,
 }
 
+impl Bouncer {
+    /// The superuser's URL of `db` through this PgBouncer, once it accepts connections.
+    async fn url(&self, db: &support::TestDb) -> String {
+        let url = format!(
+            "postgresql://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
+            support::SUPERUSER,
+            support::SUPERUSER_PASSWORD,
+            self.port,
+            db.name
+        );
+        support::eventually("pgbouncer to accept connections", || async {
+            tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+        })
+        .await;
+        url
+    }
+}
+
 impl Drop for Bouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -81,22 +101,10 @@ fn pgbouncer_with(pool_size: usize) -> Bouncer {
 async fn transaction_pooler_is_detected_and_nothing_is_applied() {
     let db = support::database().await;
     let bouncer = pgbouncer();
-    let url = format!(
-        "postgresql://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
-        support::SUPERUSER,
-        support::SUPERUSER_PASSWORD,
-        bouncer.port,
-        db.name
-    );
+    let url = bouncer.url(&db).await;
     // Open several server connections at once, so that consecutive transactions of one
     // client land on different ones, as they do under real load.
     let mut clients = Vec::new();
-    support::eventually("pgbouncer to accept connections", || async {
-        tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .is_ok()
-    })
-    .await;
     for _ in 0..3 {
         let client = support::connect(&url).await;
         client.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -127,19 +135,7 @@ async fn transaction_pooler_is_detected_and_nothing_is_applied() {
 async fn a_second_run_sharing_the_first_ones_server_session_is_refused() {
     let db = support::database().await;
     let bouncer = pgbouncer_with(1);
-    let url = format!(
-        "postgresql://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
-        support::SUPERUSER,
-        support::SUPERUSER_PASSWORD,
-        bouncer.port,
-        db.name
-    );
-    support::eventually("pgbouncer to accept connections", || async {
-        tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .is_ok()
-    })
-    .await;
+    let url = bouncer.url(&db).await;
     // Many short statements, each its own transaction: the second run's land between them.
     let slow = format!(
         "-- no-transaction\n{}",

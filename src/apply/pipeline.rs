@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::info;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
-use super::{Run, Wrap};
+use super::{Counted, Run, Wrap};
 use crate::error::Error;
 use crate::history::{self, Elapsed};
 use crate::plan::{Direction, Step};
@@ -191,17 +191,11 @@ async fn drain<F: Future + Unpin>(flight: &mut VecDeque<(usize, F, Poll<F::Outpu
 
 /// What the server answered to the three messages of one migration.
 struct Answers {
-    body: Answer<Body>,
+    /// With the first value of the opening's last row: the server session's pid, when the
+    /// opening checks the migration before (see `session::Frame::after`).
+    body: Answer<Counted>,
     record: Answer<u64>,
     commit: Answer<()>,
-}
-
-/// The answer to a migration's message: the count each statement reported, and the first
-/// value of the opening's last row (the server session's pid, when the opening checks the
-/// migration before; see `session::Frame::after`).
-struct Body {
-    counts: Vec<u64>,
-    opening_row: Option<String>,
 }
 
 impl Answers {
@@ -253,7 +247,7 @@ async fn exchange(
     // Each arm sends its message on its first poll, in this order, before any of them
     // waits for an answer: the messages travel together.
     let (body, record, commit) = tokio::join!(
-        body(client, &message.text, message.opening),
+        super::counted(client, &message.text, message.opening),
         record,
         when(frame.own, client.batch_execute("COMMIT")),
     );
@@ -263,30 +257,6 @@ async fn exchange(
         commit,
     };
     (answers, message)
-}
-
-/// Runs a migration's message as one simple query: the count each statement reported, and
-/// the first value of the last row the first `opening` statements returned. Rows of the file's
-/// own statements are read and dropped as they come. Sent on the first poll, so it keeps its
-/// place in a pipeline.
-async fn body(client: &Client, text: &str, opening: usize) -> Result<Body, tokio_postgres::Error> {
-    use futures_util::TryStreamExt;
-    let stream = client.simple_query_raw(text).await?;
-    let mut stream = std::pin::pin!(stream);
-    let (mut counts, mut opening_row) = (Vec::new(), None);
-    while let Some(message) = stream.try_next().await? {
-        match message {
-            SimpleQueryMessage::CommandComplete(rows) => counts.push(rows),
-            SimpleQueryMessage::Row(row) if counts.len() < opening => {
-                opening_row = row.get(0).map(str::to_string);
-            }
-            _ => {}
-        }
-    }
-    Ok(Body {
-        counts,
-        opening_row,
-    })
 }
 
 /// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
@@ -335,7 +305,7 @@ async fn outcome(
         Ok(body) => body,
         Err(e) => return Err(body_failed(run, step, wrap, e, message).await),
     };
-    let pid = body.opening_row.and_then(|pid| pid.parse().ok());
+    let pid = body.leading_row.and_then(|pid| pid.parse().ok());
     run.session.check_same(pid)?;
     let changed = record.map_err(|e| {
         let context = "recording the migration in history";
