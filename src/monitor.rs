@@ -153,12 +153,21 @@ impl<'a> Monitor<'a> {
         let mut last = None;
         tokio::pin!(work);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        // The connection is opened alongside the work from half a period on, so that on a
-        // busy server its start-up does not eat into the lock timeout the first sample has
-        // to land within.
+        // The connection is opened alongside the work once no migration has completed for
+        // half a period, so that on a busy server its start-up does not eat into the lock
+        // timeout the first sample has to land within. Not while a pipeline keeps completing
+        // migrations: a server session started for nothing cost the server as much CPU as 40
+        // of them (500 one-table migrations, 20 alternating rounds: 144.6 -> 138.4 ms median).
         let dialer = self.dialer;
         let connecting = async move {
-            tokio::time::sleep(period / 2).await;
+            let (mut seen, mut since) = (done.load(Ordering::Relaxed), Instant::now());
+            while since.elapsed() < period / 2 {
+                tokio::time::sleep(period / 8).await;
+                let now = done.load(Ordering::Relaxed);
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                }
+            }
             dialer.open(Purpose::Monitor).await.ok()
         };
         tokio::pin!(connecting);

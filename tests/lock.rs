@@ -585,3 +585,38 @@ async fn a_lost_monitor_connection_is_opened_again() {
     let (code, events) = job.finish();
     assert_eq!(code, Some(0), "{events:#?}");
 }
+
+/// The monitor opens its connection only once the run stops completing migrations: a
+/// pipeline of quick ones starts no server session for it, and a migration that then takes
+/// a while, last in the same run, is still watched.
+#[tokio::test]
+async fn the_monitor_connects_only_when_migrations_stop_completing() {
+    let db = support::database().await;
+    // 10 ms each, a second and a half in all: before, the monitor connected a quarter of a
+    // second in; now only the last migration, two seconds long, stops the run that long.
+    let mut files: Vec<(String, String)> = (1..=150)
+        .map(|n| (format!("{n:03}_quick.sql"), "SELECT pg_sleep(0.01);".into()))
+        .collect();
+    files.push(("151_slow.sql".into(), "SELECT pg_sleep(2);".into()));
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, s)| (&n[..], &s[..])).collect();
+    let dir = support::migrations(&files);
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .args(["--progress-interval", "1s", "--ddl-lock-timeout", "2s"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let monitor = job.wait_for("the monitor connecting", |e| e["connection"] == "monitor");
+    let applied = job
+        .seen
+        .iter()
+        .filter(|e| e["message"] == "migration applied")
+        .count();
+    assert_eq!(
+        applied, 150,
+        "applied before the monitor connected: {monitor}"
+    );
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+}
