@@ -241,3 +241,42 @@ async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_i
         support::assert_no_password(&out.stderr);
     }
 }
+
+/// `up` on a database without history warns when it has tables of its own: in `public`, in
+/// a schema of its own, a partitioned table, a materialized view; not for an empty database,
+/// nor for what PostgreSQL itself keeps, a view, or another session's temporary table.
+#[tokio::test]
+async fn up_warns_of_tables_without_history_and_only_then() {
+    const WARNING: &str = "database has tables but no history";
+    let cases = [
+        ("", false),
+        ("CREATE VIEW v AS SELECT 1 AS one", false),
+        ("CREATE TABLE public.bot (id int)", true),
+        ("CREATE SCHEMA app; CREATE TABLE app.bot (id int)", true),
+        ("CREATE TABLE p (id int) PARTITION BY RANGE (id)", true),
+        ("CREATE MATERIALIZED VIEW m AS SELECT 1 AS one", true),
+        (
+            "DROP SCHEMA public CASCADE; CREATE SCHEMA public; CREATE TABLE public.bot (id int)",
+            true,
+        ),
+    ];
+    let dir = migrations(&[("001_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);")]);
+    for (setup, warned) in cases {
+        let db = managed(setup).await;
+        // Another session's temporary table, open while the run looks.
+        let other = db.client().await;
+        other
+            .batch_execute("CREATE TEMP TABLE scratch (id int)")
+            .await
+            .unwrap();
+        let out = run(&db, dir.path(), &["up"]);
+        assert_eq!(out.code, 0, "{setup}: {}", out.stderr);
+        let seen = events(&out.stderr).iter().any(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(WARNING))
+        });
+        assert_eq!(seen, warned, "{setup}: {}", out.stderr);
+        drop(other);
+    }
+}
