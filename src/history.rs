@@ -391,7 +391,10 @@ pub async fn baseline(
     client
         .batch_execute(&inserts.join(";\n"))
         .await
-        .map_err(Error::database("recording the baseline"))?;
+        .map_err(Error::database_sent(
+            "recording the baseline",
+            "recording the baseline, whose rows had been sent as one transaction, so all of them or none were written: `db-migrate status` shows which",
+        ))?;
     let recorded = adopted.len();
     let version = adopted.iter().map(|m| m.version).max();
     info!(version, recorded, "baseline recorded; nothing was executed");
@@ -417,7 +420,10 @@ pub async fn repair(
     client
         .execute(&query, &[&version, &file.checksum])
         .await
-        .map_err(Error::database("updating the recorded checksum"))?;
+        .map_err(Error::database_sent(
+            "updating the recorded checksum",
+            "updating the recorded checksum, whose UPDATE had been sent, so it may have been made: `repair` again says which (it changes nothing when it was)",
+        ))?;
     warn!(version, old_checksum = %row.checksum, new_checksum = %file.checksum, "recorded checksum replaced");
     Ok(())
 }
@@ -437,7 +443,10 @@ pub async fn forget(
     client
         .execute(&query, &[&version])
         .await
-        .map_err(Error::database("deleting the history row"))?;
+        .map_err(Error::database_sent(
+            "deleting the history row",
+            "deleting the history row, whose DELETE had been sent, so it may have been deleted: `db-migrate status` shows whether",
+        ))?;
     warn!(version, name = %row.name, checksum = %row.checksum, force, "history row forgotten; what the migration changed is still in the database");
     Ok(())
 }

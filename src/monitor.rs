@@ -317,7 +317,7 @@ impl<'a> Monitor<'a> {
             Err(error) => {
                 // A monitor connection that was lost (a restarted pooler, a dropped flow) is
                 // opened again at the next look rather than failing every look after it.
-                if crate::session::is_connection_lost(&error) {
+                if crate::error::is_connection_lost(&error) {
                     (self.client, self.seen) = (None, false);
                 }
                 return None;

@@ -408,18 +408,6 @@ impl Session {
     }
 }
 
-/// The connection is gone: closed, broken, or ended by the server (a FATAL error such as
-/// 57P01 from pg_terminate_backend or a shutdown).
-pub fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
-    match error.as_db_error() {
-        Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
-        None => {
-            error.is_closed()
-                || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
-        }
-    }
-}
-
 /// Runs `work` inside one transaction, committed only when `commit` is set and `work`
 /// succeeded: `--single-transaction` commits, the dry run always rolls back. A COMMIT whose
 /// answer the connection lost may have committed, and the error says so.
@@ -438,14 +426,12 @@ pub async fn transaction(
     } else {
         "ROLLBACK"
     };
-    let ended = client.batch_execute(end).await.map_err(|error| {
-        let context = match end == "COMMIT" && is_connection_lost(&error) {
-            true => {
-                "committing the run's one transaction, whose COMMIT had been sent, so it may have committed: every history row exists exactly when it did, and `db-migrate status` shows which"
-            }
-            false => "ending the transaction",
-        };
-        Error::database(context)(error)
+    let ended = client.batch_execute(end).await.map_err(|error| match end {
+        "COMMIT" => Error::database_sent(
+            "ending the transaction",
+            "committing the run's one transaction, whose COMMIT had been sent, so it may have committed: every history row exists exactly when it did, and `db-migrate status` shows which",
+        )(error),
+        _ => Error::database("ending the transaction")(error),
     });
     result.and(ended)
 }

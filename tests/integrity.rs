@@ -1095,3 +1095,79 @@ async fn a_lost_answer_to_a_no_transaction_files_history_row_says_it_may_be_reco
     assert_eq!(recorded(&client).await, [1]);
     assert!(tables(&client).await.contains(&"b".to_string()));
 }
+
+/// `baseline`, `repair` and `forget` each write history in one statement or transaction: a
+/// lost answer must say the change may have been made and how to tell, not read as a plain
+/// failure. The session is ended for sure by a trigger on the history table that ends its own
+/// session as the change goes in (and so the server rolls it back: the test checks that much).
+#[tokio::test]
+async fn a_lost_answer_to_a_history_change_says_it_may_have_been_made() {
+    let db = support::database().await;
+    let dir = migrations(&[("001_a.sql", "SELECT 1;"), ("002_b.sql", "SELECT 2;")]);
+    let client = db.client().await;
+    let table = Table::parse("schema_migrations")
+        .unwrap()
+        .resolve(&client)
+        .await
+        .unwrap();
+    history::create(&client, &table).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE FUNCTION trap() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$",
+        )
+        .await
+        .unwrap();
+    let trap = |event: &str| {
+        format!(
+            "DROP TRIGGER IF EXISTS trap ON schema_migrations; \
+             CREATE TRIGGER trap AFTER {event} ON schema_migrations \
+             FOR EACH ROW EXECUTE FUNCTION trap()"
+        )
+    };
+    let run = |args: &[&str]| {
+        support::output(
+            support::binary()
+                .args(["--log-format", "json"])
+                .args(args)
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        )
+    };
+    let message = |out: &support::Output| {
+        let summary = support::events(&out.stderr).pop().unwrap();
+        summary["message"].as_str().unwrap_or_default().to_string()
+    };
+
+    client.batch_execute(&trap("INSERT")).await.unwrap();
+    let out = run(&["baseline", "--version", "2"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let said = message(&out);
+    assert!(
+        said.contains("all of them or none") && said.contains("db-migrate status"),
+        "{said}"
+    );
+    assert_eq!(recorded(&client).await, Vec::<i64>::new());
+
+    client
+        .batch_execute("DROP TRIGGER trap ON schema_migrations")
+        .await
+        .unwrap();
+    assert_eq!(run(&["baseline", "--version", "2"]).code, 0);
+    support::append(&dir.path().join("002_b.sql"), "-- edited\n");
+    client.batch_execute(&trap("UPDATE")).await.unwrap();
+    let out = run(&["repair", "--version", "2"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let said = message(&out);
+    assert!(said.contains("may have been made"), "{said}");
+
+    client.batch_execute(&trap("DELETE")).await.unwrap();
+    let out = run(&["forget", "--version", "2", "--force"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let said = message(&out);
+    assert!(
+        said.contains("may have been deleted") && said.contains("db-migrate status"),
+        "{said}"
+    );
+    assert_eq!(recorded(&client).await, [1, 2]);
+}

@@ -8,7 +8,7 @@ use crate::plan::Step;
 use crate::session;
 use crate::sql;
 
-pub(super) use crate::session::is_connection_lost;
+pub(super) use crate::error::is_connection_lost;
 
 /// What a lost connection left behind, by how the migration in flight was running.
 pub(super) fn connection_lost(step: Step<'_>, wrap: Wrap, error: &tokio_postgres::Error) -> Error {

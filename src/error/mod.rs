@@ -315,6 +315,31 @@ impl Error {
     pub fn database(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
         move |source| Error::Database { context, source }
     }
+
+    /// [`database`](Self::database) for a change whose statement had been sent: when the
+    /// connection is lost before its answer, the change may have committed, and `lost` (which
+    /// says so, and how to tell) is the context instead.
+    pub fn database_sent(
+        context: &'static str,
+        lost: &'static str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Error {
+        move |source| match is_connection_lost(&source) {
+            true => Error::database(lost)(source),
+            false => Error::database(context)(source),
+        }
+    }
+}
+
+/// The connection is gone: closed, broken, or ended by the server (a FATAL error such as
+/// 57P01 from pg_terminate_backend or a shutdown).
+pub fn is_connection_lost(error: &tokio_postgres::Error) -> bool {
+    match error.as_db_error() {
+        Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
+        None => {
+            error.is_closed()
+                || std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>())
+        }
+    }
 }
 
 /// `error` and the errors that caused it, outermost first. An `io::Error`'s own `source`
