@@ -198,6 +198,12 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             Layout::Diesel => continue,
             _ if !file.ends_with(".sql") => continue,
             Layout::Dbmate => dbmate(&path, &file)?,
+            Layout::GolangMigrate if !file.ends_with(".up.sql") && !file.ends_with(".down.sql") => {
+                return Err(invalid(
+                    &path,
+                    "is not a golang-migrate migration: golang-migrate runs only NAME.up.sql and NAME.down.sql and skips this file, so it never ran; rename it to .up.sql if it should run, or move it out of the directory".into(),
+                ));
+            }
             Layout::GolangMigrate | Layout::Sqlx => reversible(&path, &file)?,
             Layout::Flyway => flyway(&path, &file)?,
         };

@@ -238,7 +238,13 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
 
 #[tokio::test]
 async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
-    let cases: [(&str, &[File], &str); 10] = [
+    let cases: [(&str, &[File], &str); 11] = [
+        // golang-migrate skips a file without .up or .down: it never ran there.
+        (
+            "golang-migrate",
+            &[("1_a.up.sql", "SELECT 1;"), ("2_b.sql", "SELECT 1;")],
+            "2_b.sql: is not a golang-migrate migration",
+        ),
         (
             "flyway",
             &[("V1__a.sql", "SELECT 1;"), ("R__view.sql", "SELECT 1;")],
