@@ -175,13 +175,22 @@ pub struct Imported {
 /// carried over: a version that is not a whole number, one version twice, a Flyway repeatable
 /// script.
 pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
-    let mut entries: Vec<PathBuf> = (fs::read_dir(src).map_err(|source| Error::Directory {
-        path: src.to_path_buf(),
-        source,
-    })?)
-    .filter_map(|entry| entry.ok().map(|e| e.path()))
-    .collect();
-    entries.sort();
+    let mut entries = listed(src)?;
+    // Flyway finds migrations in the subdirectories of its locations too.
+    if layout == Layout::Flyway {
+        let mut below = Vec::new();
+        while let Some(path) = entries.pop() {
+            let hidden = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            match path.is_dir() && !hidden {
+                true => entries.extend(listed(&path)?),
+                false => below.push(path),
+            }
+        }
+        entries = below;
+        entries.sort();
+    }
     let mut ups: BTreeMap<i64, Imported> = BTreeMap::new();
     let mut downs: BTreeMap<i64, (String, String)> = BTreeMap::new();
     for path in entries {
@@ -209,6 +218,16 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         };
         let Some((version, part)) = parsed else {
             continue;
+        };
+        // Named by where it lies in `src`, when that is below it (Flyway).
+        let part = match part {
+            Part::Up(mut imported) => {
+                if let Ok(below) = path.strip_prefix(src) {
+                    imported.source = below.to_string_lossy().into_owned();
+                }
+                Part::Up(imported)
+            }
+            down => down,
         };
         match part {
             Part::Down(sql) => {
@@ -252,6 +271,26 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         }
         if imported.down.is_none() {
             imported.changes.push("no rollback".into());
+        }
+        if layout == Layout::Flyway {
+            let texts = [Some(&imported.up), imported.down.as_ref()];
+            let mut names: Vec<&str> = Vec::new();
+            for name in texts.into_iter().flatten().flat_map(|t| placeholders(t)) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            if !names.is_empty() {
+                let names = names
+                    .iter()
+                    .map(|n| format!("${{{n}}}"))
+                    .collect::<Vec<_>>();
+                let note = format!(
+                    "Flyway placeholder {} left as written: db-migrate runs the text as it is; write the value in",
+                    names.join(", ")
+                );
+                imported.changes.push(note);
+            }
         }
         migrations.push(imported);
     }
@@ -505,6 +544,34 @@ fn diesel(path: &Path, file: &str) -> Result<Parsed, Error> {
             .push("run_in_transaction = false -> -- no-transaction".into());
     }
     Ok(Some((version, Part::Up(imported))))
+}
+
+/// The entries of `dir`, sorted.
+fn listed(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let read = fs::read_dir(dir).map_err(|source| Error::Directory {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut entries: Vec<PathBuf> = read.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    Ok(entries)
+}
+
+/// The names of the Flyway placeholders (`${name}`, Flyway's default syntax) in `sql`, in
+/// order: Flyway replaces them before it runs the file, db-migrate does not.
+fn placeholders(sql: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = sql;
+    while let Some(start) = rest.find("${") {
+        rest = &rest[start + 2..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "_:.-".contains(c)))
+            .unwrap_or(rest.len());
+        if end > 0 && rest[end..].starts_with('}') && !names.contains(&&rest[..end]) {
+            names.push(&rest[..end]);
+        }
+    }
+    names
 }
 
 /// Flyway: `V1__name.sql` and `U1__name.sql`; a repeatable `R__` script has no version.

@@ -224,15 +224,26 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
             "V2__Add_people.sql",
             "INSERT INTO person (id, name) VALUES (1, 'Axel');\n",
         ),
+        // Flyway finds migrations in subdirectories too, and replaces placeholders.
+        (
+            "2024/V3__Comment.sql",
+            "COMMENT ON TABLE person IS 'by ${flyway:user} in ${app_env}';\n",
+        ),
     ]);
-    let (dest, _) = imported_and_run("flyway", flyway.path()).await;
+    let (dest, out) = imported_and_run("flyway", flyway.path()).await;
     assert_eq!(
         files(dest.path()),
         [
             "001_create_person_table.down.sql",
             "001_create_person_table.sql",
-            "002_add_people.sql"
+            "002_add_people.sql",
+            "003_comment.sql"
         ]
+    );
+    assert!(
+        out.stdout.contains("<- 2024/V3__Comment.sql (no rollback, Flyway placeholder ${flyway:user}, ${app_env} left as written"),
+        "{}",
+        out.stdout
     );
 }
 
