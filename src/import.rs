@@ -183,7 +183,9 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             let hidden = path
                 .file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            match path.is_dir() && !hidden {
+            // Not through a symbolic link: one to a directory above would never end.
+            let dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            match dir && !hidden {
                 true => entries.extend(listed(&path)?),
                 false => below.push(path),
             }

@@ -230,6 +230,8 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
             "COMMENT ON TABLE person IS 'by ${flyway:user} in ${app_env}';\n",
         ),
     ]);
+    // A link to the directory itself is not followed (it would never end).
+    std::os::unix::fs::symlink(flyway.path(), flyway.path().join("2024/again")).unwrap();
     let (dest, out) = imported_and_run("flyway", flyway.path()).await;
     assert_eq!(
         files(dest.path()),
