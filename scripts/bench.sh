@@ -164,17 +164,22 @@ make_sets() {
 # multi-statement query (one transaction, one round trip). The server-floor-lean row sends the
 # same file through examples/floor.rs (FLOOR_SQL), a client that costs next to nothing: psql's
 # own start-up is most of the psql row on the seed.
+# The server-floor-each row sends, the same way, each file and its history row in a transaction
+# of its own (BEGIN ... COMMIT): the floor for a tool that commits migration by migration, as
+# every peer and db-migrate do.
 server_floor() {
-  local dir="$WORK/sets/$1" file base
-  {
-    echo "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), execution_ms bigint NOT NULL, applied_by text NOT NULL);"
-    for file in "$dir"/db-migrate/*.sql; do
-      base="$(basename "$file" .sql)"
-      cat "$file"
-      echo ";"
-      echo "INSERT INTO schema_migrations (version, name, checksum, execution_ms, applied_by) VALUES ($((10#${base%%_*})), '${base#*_}', '-', 0, 'floor');"
-    done
-  } >"$dir/server-floor.sql"
+  local dir="$WORK/sets/$1" file base table sql row
+  table="CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), execution_ms bigint NOT NULL, applied_by text NOT NULL);"
+  echo "$table" >"$dir/server-floor.sql"
+  echo "$table" >"$dir/server-floor-each.sql"
+  for file in "$dir"/db-migrate/*.sql; do
+    base="${file##*/}"
+    base="${base%.sql}"
+    sql="$(<"$file")"
+    row="INSERT INTO schema_migrations (version, name, checksum, execution_ms, applied_by) VALUES ($((10#${base%%_*})), '${base#*_}', '-', 0, 'floor');"
+    printf '%s\n;\n%s\n' "$sql" "$row" >>"$dir/server-floor.sql"
+    printf 'BEGIN;\n%s\n;\n%s\nCOMMIT;\n' "$sql" "$row" >>"$dir/server-floor-each.sql"
+  done
 }
 
 # command TOOL SET DATABASE: the shell command that runs TOOL's migrations of SET on DATABASE.
@@ -185,6 +190,7 @@ command_for() {
   floor) echo "DATABASE_URL='$(url postgres)' $FLOOR" ;;
   server-floor) echo "$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -d '$u' -c \"\$(cat $dir/server-floor.sql)\"" ;;
   server-floor-lean) echo "DATABASE_URL='$u' FLOOR_SQL=$dir/server-floor.sql $FLOOR" ;;
+  server-floor-each) echo "DATABASE_URL='$u' FLOOR_SQL=$dir/server-floor-each.sql $FLOOR" ;;
   db-migrate) echo "$DBM --database-url '$u' --dir $dir/db-migrate up" ;;
   db-migrate-static) echo "$DBM_STATIC --database-url '$u' --dir $dir/db-migrate up" ;;
   sqlx) echo "$SQLX migrate run --source $dir/sqlx --database-url '$u'" ;;
@@ -316,7 +322,7 @@ import json, pathlib, sys
 results = pathlib.Path(sys.argv[1])
 PEERS = ["sqlx", "refinery", "dbmate", "psql-loop"]
 OURS = ["db-migrate", "db-migrate-static"]
-ORDER = ["floor", "server-floor", "server-floor-lean"] + OURS + PEERS
+ORDER = ["floor", "server-floor", "server-floor-lean", "server-floor-each"] + OURS + PEERS
 WORKLOADS = {
     "1": "(1) seed, empty database",
     "2": "(2) no-op, seed applied",
@@ -388,6 +394,11 @@ def budget(tool):
         out.append(verdict(ratio <= 0.6, f"({key}) ≤ 0.6× fastest peer: {ratio:.2f}×"))
     server = times[("3", "server-floor")]["median"]
     out.append(verdict(t("3") <= 1.5 * server, f"(3) ≤ 1.5× server floor: {t('3') / server:.2f}×"))
+    each = times.get(("3", "server-floor-each"))
+    if each is not None:
+        out.append(f"- for reference, not a budget: (3) is {t('3') / each['median']:.2f}× a transaction "
+                   f"per migration (server-floor-each), {t('1') / times[('1', 'server-floor-lean')]['median']:.2f}× "
+                   "the lean server floor on (1)")
     if tool == "db-migrate-static" and all((key, "db-migrate") in times for key in WORKLOADS):
         worst = max(t(key) / times[(key, "db-migrate")]["median"] for key in WORKLOADS)
         out.append(verdict(worst <= 1.1, f"within 10% of the glibc build on every workload: worst {worst:.2f}×"))
@@ -459,7 +470,7 @@ main() {
   # last run leaves it applied for (2).
   local fresh
   mapfile -t fresh < <(tools)
-  fresh+=(server-floor server-floor-lean)
+  fresh+=(server-floor server-floor-lean server-floor-each)
   bench 1 seed "${BENCH_RUNS_FAST:-20}" 1 "${fresh[@]}"
   bench 2 seed "${BENCH_RUNS_FAST:-20}" 0
   rss 2 seed 0

@@ -156,8 +156,9 @@ impl<'a> Monitor<'a> {
         // The connection is opened alongside the work once no migration has completed for
         // half a period, so that on a busy server its start-up does not eat into the lock
         // timeout the first sample has to land within. Not while a pipeline keeps completing
-        // migrations: a server session started for nothing cost the server as much CPU as 40
-        // of them (500 one-table migrations, 20 alternating rounds: 144.6 -> 138.4 ms median).
+        // migrations: a server session started for nothing (its start-up and login) took the
+        // server's CPU from them (500 one-table migrations, 20 alternating rounds: 144.6 ->
+        // 138.4 ms median).
         let dialer = self.dialer;
         let connecting = async move {
             let (mut seen, mut since) = (done.load(Ordering::Relaxed), Instant::now());
