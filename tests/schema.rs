@@ -38,6 +38,8 @@ CREATE PROCEDURE app.noop() LANGUAGE sql AS $$ SELECT 1 $$;
 CREATE TRIGGER t_touch BEFORE UPDATE ON app.t FOR EACH ROW EXECUTE FUNCTION app.touch();
 ALTER TABLE app.t ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_rows ON app.t FOR SELECT TO PUBLIC USING (name = current_user);
+CREATE STATISTICS app.t_dependencies (dependencies) ON id, counter FROM app.t;
+CREATE RULE v_insert AS ON INSERT TO app.v DO INSTEAD NOTHING;
 CREATE TABLE app.parted (id integer, at date) PARTITION BY RANGE (at);
 CREATE TABLE app.parted_2026 PARTITION OF app.parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 CREATE TABLE public.schema_migrations (version bigint PRIMARY KEY);
@@ -156,6 +158,18 @@ async fn every_object_kind_is_read_with_its_definition() {
             t,
             "own_rows",
             "AS PERMISSIVE FOR SELECT TO PUBLIC USING ((name = CURRENT_USER))",
+        ),
+        (
+            Kind::Statistics,
+            t,
+            "app.t_dependencies",
+            "CREATE STATISTICS app.t_dependencies (dependencies) ON id, counter FROM app.t",
+        ),
+        (
+            Kind::Rule,
+            "app.v",
+            "v_insert",
+            "ON INSERT TO app.v DO INSTEAD NOTHING",
         ),
         (
             Kind::View,
@@ -377,6 +391,16 @@ async fn verify_schema_names_each_change_made_by_hand_and_never_writes_to_the_ta
             "ALTER TABLE video_requests ALTER COLUMN prompt SET STATISTICS 500",
             "STATISTICS 500",
             "ALTER TABLE video_requests ALTER COLUMN prompt SET STATISTICS -1",
+        ),
+        (
+            "CREATE STATISTICS user_guild (ndistinct) ON user_id, guild_id FROM video_requests",
+            "+ statistics public.user_guild on public.video_requests: CREATE STATISTICS",
+            "DROP STATISTICS user_guild",
+        ),
+        (
+            "CREATE RULE keep AS ON DELETE TO video_requests DO INSTEAD NOTHING",
+            "+ rule keep on public.video_requests",
+            "DROP RULE keep ON video_requests",
         ),
     ];
     for (change, named, undo) in cases {

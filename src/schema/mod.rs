@@ -3,10 +3,11 @@
 //!
 //! What it holds is what a migration can change and a person would review: schemas, tables
 //! and their columns, constraints, indexes (with their validity), views, sequences, functions
-//! and procedures, triggers, types, extensions and row-level security. Left out: the history
-//! table, objects an extension owns (the extension stands for them), owners, grants, comments
-//! and anything volatile (OIDs, a sequence's current value, statistics), so that two databases
-//! migrated the same way read the same.
+//! and procedures, triggers, extended statistics (`CREATE STATISTICS`), rules, types,
+//! extensions and row-level security. Left out: the history table, objects an extension owns
+//! (the extension stands for them), owners, grants, comments and anything volatile (OIDs, a
+//! sequence's current value, the planner's statistics), so that two databases migrated the
+//! same way read the same.
 
 mod diff;
 mod text;
@@ -35,6 +36,10 @@ pub enum Kind {
     Index,
     Trigger,
     Policy,
+    /// An extended statistics object (`CREATE STATISTICS`), named with its schema.
+    Statistics,
+    /// A rule (`CREATE RULE`), other than the one that makes a view a view.
+    Rule,
     View,
     MaterializedView,
     Function,
@@ -57,6 +62,8 @@ impl Kind {
             "index" => Kind::Index,
             "trigger" => Kind::Trigger,
             "policy" => Kind::Policy,
+            "statistics" => Kind::Statistics,
+            "rule" => Kind::Rule,
             "view" => Kind::View,
             "materialized view" => Kind::MaterializedView,
             "function" => Kind::Function,
@@ -78,6 +85,8 @@ impl Kind {
             Kind::Index => "index",
             Kind::Trigger => "trigger",
             Kind::Policy => "policy",
+            Kind::Statistics => "statistics",
+            Kind::Rule => "rule",
             Kind::View => "view",
             Kind::MaterializedView => "materialized view",
             Kind::Function => "function",
@@ -351,6 +360,18 @@ SELECT 'policy', r.qualified, pg_catalog.quote_ident(p.polname), 0::int2,
            'USING (' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')',
            'WITH CHECK (' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) || ')')
 FROM pg_catalog.pg_policy p JOIN rel r ON r.oid = p.polrelid
+UNION ALL
+SELECT 'statistics', r.qualified, pg_catalog.format('%I.%I', sn.nspname, st.stxname), 0::int2,
+       pg_catalog.pg_get_statisticsobjdef(st.oid)
+FROM pg_catalog.pg_statistic_ext st JOIN rel r ON r.oid = st.stxrelid
+JOIN pg_catalog.pg_namespace sn ON sn.oid = st.stxnamespace
+WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass AND m.objid = st.oid)
+UNION ALL
+SELECT 'rule', r.qualified, pg_catalog.quote_ident(rw.rulename), 0::int2,
+       pg_catalog.rtrim(pg_catalog.pg_get_ruledef(rw.oid, true), ';')
+       || CASE rw.ev_enabled WHEN 'D' THEN ' -- DISABLED' ELSE '' END
+FROM pg_catalog.pg_rewrite rw JOIN rel r ON r.oid = rw.ev_class
+WHERE rw.rulename <> '_RETURN'
 UNION ALL
 SELECT CASE r.relkind WHEN 'v' THEN 'view' ELSE 'materialized view' END, '', r.qualified, 0::int2,
        pg_catalog.pg_get_viewdef(r.oid, true)

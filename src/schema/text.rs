@@ -95,7 +95,8 @@ fn table(snapshot: &Snapshot, name: &str, options: &str) -> String {
     lines.join("\n")
 }
 
-/// A table's (or materialized view's) constraints, indexes, triggers and policies.
+/// A table's (or view's) constraints, indexes, triggers, policies, extended statistics and
+/// rules.
 fn children(snapshot: &Snapshot, table: &str) -> Vec<String> {
     let mut lines = Vec::new();
     for (key, object) in snapshot.children(table, Kind::Constraint) {
@@ -114,6 +115,11 @@ fn children(snapshot: &Snapshot, table: &str) -> Vec<String> {
             "CREATE POLICY {} ON {table} {};",
             key.name, object.definition
         ));
+    }
+    for kind in [Kind::Statistics, Kind::Rule] {
+        for (_, object) in snapshot.children(table, kind) {
+            lines.push(statement(&object.definition));
+        }
     }
     lines
 }
