@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{Output, TestDb, binary, events, migrations, output};
+use support::{Output, TestDb, binary, events, migrations, output, summary_message};
 
 /// db-migrate's own table, beside the other tool's.
 const OURS: &str = "db_migrate_history";
@@ -19,11 +19,6 @@ fn run(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
             .env("DATABASE_URL", &db.url)
             .env("MIGRATIONS_DIR", dir),
     )
-}
-
-fn message(out: &Output) -> String {
-    let summary = events(&out.stderr).pop().unwrap();
-    summary["message"].as_str().unwrap_or_default().to_string()
 }
 
 async fn ours(db: &TestDb) -> Vec<i64> {
@@ -80,7 +75,7 @@ async fn a_golang_migrate_database_is_named_and_adopted_up_to_its_version() {
             .env("MIGRATIONS_DIR", dir.path()),
     );
     assert_eq!(found.code, 4, "{}", found.stderr);
-    let text = message(&found);
+    let text = summary_message(&found);
     assert!(
         text.contains("was made by golang-migrate")
             && text.contains("--history-table db_migrate_history baseline --from golang-migrate"),
@@ -114,7 +109,7 @@ async fn a_dirty_golang_migrate_database_is_refused_with_the_fix() {
         &["baseline", "--from", "golang-migrate"],
     );
     assert_eq!(out.code, 2, "{}", out.stderr);
-    let text = message(&out);
+    let text = summary_message(&out);
     assert!(
         text.contains("dirty at version 2") && text.contains("migrate force 2"),
         "{text}"
@@ -236,7 +231,7 @@ async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_i
         let db = managed(setup).await;
         let out = run(&db, dir.path(), &["baseline", "--from", tool]);
         assert_eq!(out.code, 2, "{tool}: {}", out.stderr);
-        let text = message(&out);
+        let text = summary_message(&out);
         assert!(text.contains(expected), "{tool}: {text}");
         support::assert_no_password(&out.stderr);
     }

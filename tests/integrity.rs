@@ -1078,18 +1078,12 @@ async fn a_lost_answer_to_a_no_transaction_files_history_row_says_it_may_be_reco
         ),
         ("002_b.sql", "-- no-transaction\nCREATE TABLE b (i int);\n"),
     ]);
-    let out = support::output(
-        support::binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
+    let out = support::output_json(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    let summary = support::events(&out.stderr).pop().unwrap();
-    let message = summary["message"].as_str().unwrap_or_default();
+    let message = support::summary_message(&out);
     assert!(
         message.contains("migration 2") && message.contains("may have been written"),
-        "{summary}"
+        "{message}"
     );
     let client = db.client().await;
     assert_eq!(recorded(&client).await, [1]);
@@ -1125,19 +1119,8 @@ async fn a_lost_answer_to_a_history_change_says_it_may_have_been_made() {
              FOR EACH ROW EXECUTE FUNCTION trap()"
         )
     };
-    let run = |args: &[&str]| {
-        support::output(
-            support::binary()
-                .args(["--log-format", "json"])
-                .args(args)
-                .env("DATABASE_URL", &db.url)
-                .env("MIGRATIONS_DIR", dir.path()),
-        )
-    };
-    let message = |out: &support::Output| {
-        let summary = support::events(&out.stderr).pop().unwrap();
-        summary["message"].as_str().unwrap_or_default().to_string()
-    };
+    let run = |args: &[&str]| support::output_json(&db, dir.path(), args);
+    let message = support::summary_message;
 
     client.batch_execute(&trap("INSERT")).await.unwrap();
     let out = run(&["baseline", "--version", "2"]);

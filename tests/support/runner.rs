@@ -76,6 +76,23 @@ pub fn output(command: &mut Command) -> Output {
     output
 }
 
+/// Runs the binary to completion on `db` and the migrations in `dir`, logging JSON.
+pub fn output_json(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> Output {
+    output(
+        binary()
+            .args(["--log-format", "json"])
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
+/// The message of a run's last event: its summary, which carries the error when it failed.
+pub fn summary_message(out: &Output) -> String {
+    let summary = events(&out.stderr).pop().unwrap_or_default();
+    summary["message"].as_str().unwrap_or_default().to_string()
+}
+
 /// Fails the test if `text` contains the superuser password.
 pub fn assert_no_password(text: &str) {
     assert!(
