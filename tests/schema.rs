@@ -247,12 +247,14 @@ async fn the_text_is_the_same_twice_and_for_two_databases_built_the_same_way() {
 }
 
 #[tokio::test]
-async fn an_invalid_index_and_a_disabled_trigger_are_marked() {
+async fn an_invalid_index_a_disabled_trigger_and_a_disabled_rule_are_marked() {
     let (db, _) = built(EVERY_KIND).await;
     let client = db.client().await;
     client
         .batch_execute(
-            "INSERT INTO app.t (name) VALUES ('a'); ALTER TABLE app.t DISABLE TRIGGER t_touch;",
+            "INSERT INTO app.t (name) VALUES ('a'); ALTER TABLE app.t DISABLE TRIGGER t_touch; \
+             CREATE RULE t_keep AS ON DELETE TO app.t DO INSTEAD NOTHING; \
+             ALTER TABLE app.t DISABLE RULE t_keep;",
         )
         .await
         .unwrap();
@@ -263,6 +265,12 @@ async fn an_invalid_index_and_a_disabled_trigger_are_marked() {
     let s = snapshot(&client).await;
     assert!(definition(&s, Kind::Index, "app.t", "app.t_bad").ends_with(" -- INVALID"));
     assert!(definition(&s, Kind::Trigger, "app.t", "t_touch").ends_with(" -- DISABLED"));
+    assert!(definition(&s, Kind::Rule, "app.t", "t_keep").ends_with(" -- DISABLED"));
+    assert!(
+        s.text().contains("DO INSTEAD NOTHING; -- DISABLED"),
+        "{}",
+        s.text()
+    );
     assert!(
         s.text().contains("(((1 / (id - id)))); -- INVALID"),
         "{}",
