@@ -522,6 +522,40 @@ async fn with_privileges_a_rollback_must_revoke_what_its_migration_granted() {
 }
 
 #[tokio::test]
+async fn with_privileges_a_rollback_must_undo_column_grants_and_default_privileges() {
+    let db = support::database().await;
+    db.client()
+        .await
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE rehearsal_columns NOLOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .await
+        .unwrap();
+    let up = "GRANT SELECT (prompt) ON video_requests TO rehearsal_columns;\n\
+              ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO rehearsal_columns;\n";
+    let forgotten = [
+        (
+            "ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM rehearsal_columns;\n",
+            "+ privileges on column public.video_requests.prompt: GRANTS rehearsal_columns=r/postgres",
+        ),
+        (
+            "REVOKE SELECT (prompt) ON video_requests FROM rehearsal_columns;\n",
+            "+ privileges on new tables of postgres: GRANTS postgres=arwdDxt/postgres rehearsal_columns=r/postgres",
+        ),
+    ];
+    for (down, left) in forgotten {
+        let dir = with_003(up, Some(down));
+        let out = test(&db, dir.path(), &["--privileges"]);
+        let text = failed_at(&out, "step 3 (roll back)");
+        assert!(text.contains(left), "{down}: {text}");
+    }
+    let both = format!("{}{}", forgotten[0].0, forgotten[1].0);
+    let out = test(&db, with_003(up, Some(&both)).path(), &["--privileges"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}
+
+#[tokio::test]
 async fn scratch_databases_left_by_killed_runs_are_dropped_after_a_day() {
     let db = support::database().await;
     let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;

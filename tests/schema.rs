@@ -533,3 +533,71 @@ async fn owners_and_grants_are_compared_only_when_asked() {
             .contains("privileges")
     );
 }
+
+#[tokio::test]
+async fn column_grants_type_grants_and_default_privileges_are_compared_when_asked() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE schema_columns NOLOGIN; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+             CREATE TYPE public.shade AS ENUM ('dark', 'light')",
+        )
+        .await
+        .unwrap();
+    // Each grant is made by hand, seen, and revoked: revoked, it reads as never granted.
+    let by_hand = [
+        (
+            "GRANT SELECT (prompt) ON video_requests TO schema_columns",
+            "privileges on column public.video_requests.prompt: GRANTS schema_columns=r/postgres",
+            "REVOKE SELECT (prompt) ON video_requests FROM schema_columns",
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO schema_columns",
+            "privileges on new tables of postgres: GRANTS postgres=arwdDxt/postgres schema_columns=r/postgres",
+            "ALTER DEFAULT PRIVILEGES REVOKE SELECT ON TABLES FROM schema_columns",
+        ),
+        (
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE ON SEQUENCES TO schema_columns",
+            "privileges on new sequences of postgres in schema public: GRANTS schema_columns=U/postgres",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE USAGE ON SEQUENCES FROM schema_columns",
+        ),
+    ];
+    for (grant, seen, revoke) in by_hand {
+        client.batch_execute(grant).await.unwrap();
+        let out = run(&db, &seed_dir(), &["verify", "--schema", "--privileges"]);
+        assert_eq!(out.code, 4, "{grant}: {}", out.stderr);
+        // Not in what the migrations create: the target has it in addition.
+        let added = format!("+ {seen}");
+        assert!(out.stdout.contains(&added), "{grant}: {}", out.stdout);
+        let printed = run(&db, &seed_dir(), &["schema", "--privileges"]).stdout;
+        assert!(printed.contains(&format!("-- {seen}\n")), "{printed}");
+        assert!(!run(&db, &seed_dir(), &["schema"]).stdout.contains(seen));
+        client.batch_execute(revoke).await.unwrap();
+    }
+    // A type's grants: USAGE given to PUBLIC by default, spelled out; a grant adds to them.
+    client
+        .batch_execute("GRANT USAGE ON TYPE public.shade TO schema_columns")
+        .await
+        .unwrap();
+    let printed = run(&db, &seed_dir(), &["schema", "--privileges"]).stdout;
+    assert!(
+        printed.starts_with(
+            "-- Schema as db-migrate reads it from the catalogs (`db-migrate schema --privileges`)"
+        ),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("-- privileges on type public.shade: OWNER postgres GRANTS =U/postgres postgres=U/postgres schema_columns=U/postgres"),
+        "{printed}"
+    );
+    // Every grant revoked and the type gone: what the seed creates again, grants and all.
+    client
+        .batch_execute("DROP TYPE public.shade")
+        .await
+        .unwrap();
+    let out = run(&db, &seed_dir(), &["verify", "--schema", "--privileges"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}

@@ -170,7 +170,8 @@ impl Snapshot {
 /// What a snapshot holds besides the schema itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Options {
-    /// Each schema's, table's, view's, sequence's and function's owner and grants. Left out
+    /// Each schema's, table's, view's, sequence's, function's and type's owner and grants, a
+    /// column's own grants and the default privileges (`ALTER DEFAULT PRIVILEGES`). Left out
     /// by default: they depend on who ran the migrations, not on the migrations.
     pub privileges: bool,
 }
@@ -266,8 +267,9 @@ impl<'a> Reader<'a> {
 /// `pg_get_viewdef`, `pg_get_functiondef`, `pg_get_triggerdef`, `pg_get_expr`, `format_type`),
 /// so a definition reads as PostgreSQL would dump it. `$1` is the history table, left out
 /// with everything that belongs to it. System schemas and objects an extension created are
-/// left out too. `$2` asks for owners and grants; the default grants a new object has are
-/// spelled out, so a GRANT undone by a REVOKE reads as it did before.
+/// left out too. `$2` asks for owners and grants (columns' and default privileges too); the
+/// default grants a new object has are spelled out, so a GRANT undone by a REVOKE reads as it
+/// did before.
 const CATALOG: &str = r#"
 WITH ns AS (
     SELECT n.oid, n.nspname FROM pg_catalog.pg_namespace n
@@ -427,9 +429,9 @@ WHERE t.typtype IN ('e', 'c', 'd', 'r')
   AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
 UNION ALL
 SELECT 'privileges', '', o.object, 0::int2,
-       'OWNER ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(o.owner))
-       || COALESCE(' GRANTS ' || (SELECT pg_catalog.string_agg(x.item::text, ' ' ORDER BY x.item::text)
-                                  FROM pg_catalog.unnest(o.acl) AS x(item)), '')
+       pg_catalog.concat_ws(' ', 'OWNER ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(o.owner)),
+           'GRANTS ' || (SELECT pg_catalog.string_agg(x.item::text, ' ' ORDER BY x.item::text)
+                         FROM pg_catalog.unnest(o.acl) AS x(item)))
 FROM (
     SELECT CASE r.relkind WHEN 'S' THEN 'sequence ' WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view ' ELSE 'table ' END
            || r.qualified AS object, r.relowner AS owner,
@@ -446,6 +448,30 @@ FROM (
     FROM pg_catalog.pg_proc p JOIN ns ON ns.oid = p.pronamespace
     WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
                       AND d.objid = p.oid AND d.deptype IN ('e', 'i'))
+    UNION ALL
+    -- A column's own grants (GRANT SELECT (col)); its owner is its table's. A column whose
+    -- grants were all revoked keeps an empty list, which reads as one never granted.
+    SELECT 'column ' || r.qualified || '.' || pg_catalog.quote_ident(a.attname), NULL, a.attacl
+    FROM rel r JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE r.relkind IN ('r', 'p', 'f', 'v', 'm') AND pg_catalog.cardinality(a.attacl) > 0
+    UNION ALL
+    SELECT CASE t.typtype WHEN 'd' THEN 'domain ' ELSE 'type ' END || pg_catalog.format('%I.%I', ns.nspname, t.typname),
+           t.typowner, COALESCE(t.typacl, pg_catalog.acldefault('T', t.typowner))
+    FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
+    WHERE t.typtype IN ('e', 'c', 'd', 'r')
+      AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
+      AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
+    UNION ALL
+    -- ALTER DEFAULT PRIVILEGES: the grants objects get when a role creates them, everywhere or
+    -- in one schema (pg_default_acl is the database's own, as the rest is).
+    SELECT pg_catalog.concat_ws(' ', 'new',
+               CASE d.defaclobjtype WHEN 'r' THEN 'tables' WHEN 'S' THEN 'sequences' WHEN 'f' THEN 'functions'
+                                    WHEN 'T' THEN 'types' WHEN 'n' THEN 'schemas' ELSE d.defaclobjtype::text END,
+               'of', pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(d.defaclrole)),
+               'in schema ' || (SELECT pg_catalog.quote_ident(n.nspname) FROM ns n WHERE n.oid = d.defaclnamespace)),
+           NULL, d.defaclacl
+    FROM pg_catalog.pg_default_acl d
+    WHERE d.defaclnamespace = 0 OR d.defaclnamespace IN (SELECT ns.oid FROM ns)
 ) o
 WHERE $2
 "#;

@@ -1,13 +1,15 @@
 //! A snapshot as SQL-like text for review: one statement per object, in a fixed order (kind,
 //! then name), a table followed by its constraints, indexes, triggers and policies. It reads
-//! like a dump but is not one: owners, grants and data are left out, and a definition is what
-//! the server's deparser gives, so the text changes only when the schema does.
+//! like a dump but is not one: owners and grants (unless asked for) and data are left out, and a
+//! definition is what the server's deparser gives, so the text changes only when the schema does.
 
 use super::{Kind, Snapshot};
 
-/// The first line of every rendering.
+/// The first line of every rendering; the second when owners and grants were asked for.
 const HEADER: &str = "-- Schema as db-migrate reads it from the catalogs (`db-migrate schema`); \
 the history table, owners and grants are left out.";
+const HEADER_PRIVILEGES: &str = "-- Schema as db-migrate reads it from the catalogs \
+(`db-migrate schema --privileges`); the history table is left out.";
 
 pub(super) fn render(snapshot: &Snapshot) -> String {
     let mut blocks: Vec<String> = Vec::new();
@@ -64,10 +66,14 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
     let privileges: Vec<String> = (snapshot.of(Kind::Privileges))
         .map(|(key, object)| format!("-- privileges on {}: {}", key.name, object.definition))
         .collect();
+    let header = match privileges.is_empty() {
+        true => HEADER,
+        false => HEADER_PRIVILEGES,
+    };
     if !privileges.is_empty() {
         blocks.push(privileges.join("\n"));
     }
-    let mut text = String::from(HEADER);
+    let mut text = String::from(header);
     for block in blocks {
         text.push_str("\n\n");
         text.push_str(&block);
