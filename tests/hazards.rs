@@ -265,7 +265,12 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
              CREATE TYPE prio AS ENUM ('low', 'high');
              CREATE TABLE tasks (id int PRIMARY KEY, p prio, later prio[]);
              INSERT INTO tasks VALUES (1, 'low', NULL), (2, NULL, NULL);
-             CREATE TABLE steps (task int REFERENCES tasks); INSERT INTO steps VALUES (1);",
+             CREATE TABLE steps (task int REFERENCES tasks); INSERT INTO steps VALUES (1);
+             CREATE FUNCTION twice(int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 2';
+             CREATE TABLE scores (n int, doubled int GENERATED ALWAYS AS (twice(n)) STORED);
+             INSERT INTO scores (n) VALUES (1);
+             CREATE VIEW recent AS SELECT id FROM tasks;
+             CREATE MATERIALIZED VIEW recent_copy AS SELECT id FROM recent;",
         )
         .await
         .unwrap();
@@ -277,6 +282,16 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
         (
             "DROP TYPE IF EXISTS prio CASCADE;",
             "drops-data (DROP TYPE ... CASCADE) on public.tasks.p holding 1 row(s) of data",
+        ),
+        // The column computed with the function goes with it (an internal part of its
+        // column), as does a materialized view over a view (the view's rule is its part).
+        (
+            "DROP FUNCTION twice(integer) CASCADE;",
+            "drops-data (DROP FUNCTION ... CASCADE) on public.scores.doubled holding 1 row(s) of data",
+        ),
+        (
+            "DROP VIEW recent CASCADE;",
+            "drops-data (DROP VIEW ... CASCADE) on public.recent_copy holding 2 row(s) of data",
         ),
         // The table it names, and the one whose foreign key references it.
         (
@@ -307,6 +322,8 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
     assert_eq!(count("SELECT count(*) FROM app.jobs").await, 2);
     assert_eq!(count("SELECT count(p) FROM tasks").await, 1);
     assert_eq!(count("SELECT count(*) FROM steps").await, 1);
+    assert_eq!(count("SELECT count(doubled) FROM scores").await, 1);
+    assert_eq!(count("SELECT count(*) FROM recent_copy").await, 2);
     // What holds no data goes without a word: a schema of empty tables, one not there.
     client
         .batch_execute("CREATE SCHEMA spare; CREATE TABLE spare.t (id int)")

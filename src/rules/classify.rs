@@ -151,6 +151,13 @@ pub enum Dropped {
     /// A type or a domain.
     Type(Name),
     Extension(String),
+    /// A function, aggregate or routine, with its argument types as SQL writes them (`None`
+    /// when the statement names none: then the name alone must find it). What computes with
+    /// it goes with it: a generated column, a materialized view.
+    Function {
+        name: Name,
+        args: Option<Vec<String>>,
+    },
     /// A table emptied by TRUNCATE ... CASCADE: the tables whose foreign keys reference it
     /// are emptied too.
     Referenced(Name),
@@ -202,7 +209,11 @@ impl Effect {
             | Effect::ChangesAllRows { table, .. }
             | Effect::Renames { table, .. } => Some(table),
             Effect::DropsDependents {
-                object: Dropped::Relation(table) | Dropped::Type(table) | Dropped::Referenced(table),
+                object:
+                    Dropped::Relation(table)
+                    | Dropped::Type(table)
+                    | Dropped::Referenced(table)
+                    | Dropped::Function { name: table, .. },
                 ..
             } => Some(table),
             Effect::DropsDependents { .. } | Effect::NotIdempotent { .. } => None,
@@ -388,8 +399,8 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
 
 /// What a DROP ... CASCADE of `objects` of `kind` takes with it, which the statement does not
 /// name: the tables of a schema, the columns of a type, the tables and columns that depend on
-/// a table, view or extension. Kinds whose dependents hold no data of their own (functions,
-/// operators, ...) are left out.
+/// a table, view, extension or function (a generated column, a materialized view). Kinds
+/// whose dependents hold no data of their own (procedures, operators, ...) are left out.
 fn drop_cascade_effects(kind: ObjectType, objects: &[Node], out: &mut Vec<Effect>) {
     let what = match kind {
         ObjectType::ObjectTable => "DROP TABLE ... CASCADE",
@@ -401,6 +412,9 @@ fn drop_cascade_effects(kind: ObjectType, objects: &[Node], out: &mut Vec<Effect
         ObjectType::ObjectType => "DROP TYPE ... CASCADE",
         ObjectType::ObjectDomain => "DROP DOMAIN ... CASCADE",
         ObjectType::ObjectExtension => "DROP EXTENSION ... CASCADE",
+        ObjectType::ObjectFunction => "DROP FUNCTION ... CASCADE",
+        ObjectType::ObjectAggregate => "DROP AGGREGATE ... CASCADE",
+        ObjectType::ObjectRoutine => "DROP ROUTINE ... CASCADE",
         _ => return,
     };
     for object in objects {
@@ -419,6 +433,22 @@ fn drop_cascade_effects(kind: ObjectType, objects: &[Node], out: &mut Vec<Effect
                 Some(name) => Dropped::Relation(name),
                 None => continue,
             },
+            (Some(NodeEnum::ObjectWithArgs(function)), _) => {
+                let Some(name) = Name::of_list(&function.objname) else {
+                    continue;
+                };
+                let args = match function.args_unspecified {
+                    true => None,
+                    false => {
+                        let types: Option<Vec<String>> =
+                            function.objargs.iter().map(type_sql).collect();
+                        // A `%TYPE` argument is resolved by the server alone: not looked up.
+                        let Some(types) = types else { continue };
+                        Some(types)
+                    }
+                };
+                Dropped::Function { name, args }
+            }
             _ => continue,
         };
         out.push(Effect::DropsDependents {
@@ -646,6 +676,32 @@ fn option(options: &[Node], name: &str) -> bool {
     })
 }
 
+/// A type as an argument list writes it, for `to_regprocedure`: its dotted name quoted, `[]`
+/// when it is an array. The parser has already turned `int` into `pg_catalog.int4`; modifiers
+/// do not take part in a function's signature. `None` for `%TYPE` and `SETOF`.
+fn type_sql(node: &Node) -> Option<String> {
+    let Some(NodeEnum::TypeName(name)) = &node.node else {
+        return None;
+    };
+    if name.pct_type || name.setof {
+        return None;
+    }
+    let parts: Vec<String> = name
+        .names
+        .iter()
+        .filter_map(string)
+        .map(|p| quote(&p))
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let array = match name.array_bounds.is_empty() {
+        true => "",
+        false => "[]",
+    };
+    Some(format!("{}{array}", parts.join(".")))
+}
+
 fn string(node: &Node) -> Option<String> {
     match &node.node {
         Some(NodeEnum::String(s)) => Some(s.sval.clone()),
@@ -745,10 +801,47 @@ mod tests {
                 "TRUNCATE ... CASCADE"
             )]
         );
-        // Without CASCADE the server refuses to drop what others depend on.
+        let function =
+            |schema: Option<&str>, name: &str, args: Option<&[&str]>| Dropped::Function {
+                name: Name {
+                    schema: schema.map(str::to_string),
+                    name: name.into(),
+                },
+                args: args.map(|a| a.iter().map(|t| t.to_string()).collect()),
+            };
+        assert_eq!(
+            dependents(
+                "DROP FUNCTION app.f(int, text[], \"My Type\", double precision) CASCADE; \
+                 DROP FUNCTION g CASCADE; DROP AGGREGATE total(numeric) CASCADE; \
+                 DROP ROUTINE h() CASCADE"
+            ),
+            [
+                (
+                    function(
+                        Some("app"),
+                        "f",
+                        Some(&[
+                            "pg_catalog.int4",
+                            "text[]",
+                            "\"My Type\"",
+                            "pg_catalog.float8"
+                        ])
+                    ),
+                    "DROP FUNCTION ... CASCADE"
+                ),
+                (function(None, "g", None), "DROP FUNCTION ... CASCADE"),
+                (
+                    function(None, "total", Some(&["pg_catalog.numeric"])),
+                    "DROP AGGREGATE ... CASCADE"
+                ),
+                (function(None, "h", Some(&[])), "DROP ROUTINE ... CASCADE"),
+            ]
+        );
+        // Without CASCADE the server refuses to drop what others depend on; a procedure
+        // computes nothing a table holds.
         assert_eq!(dependents("DROP SCHEMA app; DROP TYPE prio RESTRICT"), []);
         assert_eq!(
-            dependents("TRUNCATE accounts; DROP FUNCTION f() CASCADE"),
+            dependents("TRUNCATE accounts; DROP FUNCTION f(); DROP PROCEDURE p() CASCADE"),
             []
         );
     }

@@ -183,12 +183,31 @@ pub(super) async fn dependents(
             Dropped::Type(name) => ("t", name.sql()),
             Dropped::Extension(name) => ("e", name.clone()),
             Dropped::Referenced(name) => ("f", name.sql()),
+            Dropped::Function { name, args: None } => ("q", name.sql()),
+            Dropped::Function {
+                name,
+                args: Some(_),
+            } => ("p", name.sql()),
+        })
+        .unzip();
+    // A function's argument types, one row each: (its object's number, the type).
+    let (of, args): (Vec<i64>, Vec<&str>) = (objects.iter().enumerate())
+        .flat_map(|(i, object)| match object {
+            Dropped::Function {
+                args: Some(args), ..
+            } => args.iter().map(|a| (i as i64 + 1, a.as_str())).collect(),
+            _ => Vec::new(),
         })
         .unzip();
     let rows = client
         .query_typed(
             DEPENDENTS,
-            &[(&kinds, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+            &[
+                (&kinds, Type::TEXT_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+                (&of, Type::INT8_ARRAY),
+                (&args, Type::TEXT_ARRAY),
+            ],
         )
         .await
         .map_err(Error::database(
@@ -225,30 +244,54 @@ pub(super) async fn dependents(
 }
 
 /// The query of [`dependents`]: `$1` kinds (`r` relation, `s` schema, `t` type, `e` extension,
-/// `f` a table TRUNCATE empties), `$2` their names as SQL writes them (an extension's bare).
+/// `f` a table TRUNCATE empties, `p` a function with its argument types, `q` one without),
+/// `$2` their names as SQL writes them (an extension's bare); `$3` and `$4` the argument types,
+/// each with the number of its function. Each type is looked up on its own first: a type that
+/// does not exist makes `to_regprocedure` raise an error, not answer NULL.
 /// Dependencies followed: normal (what CASCADE adds), automatic, internal (a table's row type,
-/// a type's array type), extension membership and partitions.
+/// a type's array type), extension membership and partitions. And up from an internal part
+/// reached on the way, as the server's DROP goes: a view's or a materialized view's rule that
+/// uses what is dropped takes its view, a generated column's expression its column.
 const DEPENDENTS: &str = "
 WITH RECURSIVE start(origin, kind, classid, objid) AS (
     SELECT s.i, s.k,
            CASE s.k WHEN 's' THEN 'pg_catalog.pg_namespace'::regclass
                     WHEN 't' THEN 'pg_catalog.pg_type'::regclass
                     WHEN 'e' THEN 'pg_catalog.pg_extension'::regclass
+                    WHEN 'p' THEN 'pg_catalog.pg_proc'::regclass
+                    WHEN 'q' THEN 'pg_catalog.pg_proc'::regclass
                     ELSE 'pg_catalog.pg_class'::regclass END::oid,
            CASE s.k WHEN 's' THEN pg_catalog.to_regnamespace(s.n)::oid
                     WHEN 't' THEN pg_catalog.to_regtype(s.n)::oid
                     WHEN 'e' THEN (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = s.n)
+                    WHEN 'q' THEN pg_catalog.to_regproc(s.n)::oid
+                    WHEN 'p' THEN
+                        (SELECT CASE WHEN pg_catalog.count(*) = pg_catalog.count(pg_catalog.to_regtype(a.t))
+                                THEN pg_catalog.to_regprocedure(s.n || '(' || coalesce(pg_catalog.string_agg(
+                                    pg_catalog.to_regtype(a.t)::text, ',' ORDER BY a.at), '') || ')')::oid END
+                           FROM unnest($3::int8[], $4::text[]) WITH ORDINALITY AS a(o, t, at)
+                          WHERE a.o = s.i)
                     ELSE pg_catalog.to_regclass(s.n)::oid END
       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS s(k, n, i)
-), dropped(origin, classid, objid, objsubid) AS (
-    SELECT origin, classid, objid, 0 FROM start WHERE kind <> 'f' AND objid IS NOT NULL
+), dropped(origin, classid, objid, objsubid, named) AS (
+    SELECT origin, classid, objid, 0, true FROM start WHERE kind <> 'f' AND objid IS NOT NULL
   UNION
-    SELECT p.origin, d.classid, d.objid, d.objsubid
+    SELECT p.origin, x.classid, x.objid, x.objsubid, false
       FROM dropped p
-      JOIN pg_catalog.pg_depend d
-        ON d.refclassid = p.classid AND d.refobjid = p.objid
-       AND (p.objsubid = 0 OR d.refobjsubid = p.objsubid)
-     WHERE d.deptype IN ('n', 'a', 'i', 'e', 'x', 'P')
+      CROSS JOIN LATERAL (
+          SELECT d.classid, d.objid, d.objsubid
+            FROM pg_catalog.pg_depend d
+           WHERE d.refclassid = p.classid AND d.refobjid = p.objid
+             AND (p.objsubid = 0 OR d.refobjsubid = p.objsubid)
+             AND d.deptype IN ('n', 'a', 'i', 'e', 'x', 'P')
+        UNION ALL
+          -- The server refuses to drop a named internal part; one reached takes its owner.
+          SELECT d.refclassid, d.refobjid, d.refobjsubid
+            FROM pg_catalog.pg_depend d
+           WHERE NOT p.named AND d.classid = p.classid AND d.objid = p.objid
+             AND (p.objsubid = 0 OR d.objsubid = p.objsubid)
+             AND d.deptype = 'i'
+      ) x
 ), emptied(origin, objid) AS (
     SELECT origin, objid FROM start WHERE kind = 'f' AND objid IS NOT NULL
   UNION
