@@ -293,6 +293,15 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
             "DROP VIEW recent CASCADE;",
             "drops-data (DROP VIEW ... CASCADE) on public.recent_copy holding 2 row(s) of data",
         ),
+        // Found through the file's own search_path, in the second schema of it.
+        (
+            "SET search_path TO app, public;\nDROP TYPE prio CASCADE;",
+            "drops-data (DROP TYPE ... CASCADE) on public.tasks.p holding 1 row(s) of data",
+        ),
+        (
+            "SET search_path TO app, public;\nDROP FUNCTION twice(int) CASCADE;",
+            "drops-data (DROP FUNCTION ... CASCADE) on public.scores.doubled holding 1 row(s) of data",
+        ),
         // The table it names, and the one whose foreign key references it.
         (
             "TRUNCATE tasks CASCADE;",

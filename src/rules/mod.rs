@@ -502,9 +502,16 @@ async fn qualify(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), 
         };
         let row = client
             .query_typed(
+                // The first schema of the path holding a relation, a type or a function of
+                // that name (a DROP TYPE or DROP FUNCTION ... CASCADE names one of those).
                 "SELECT coalesce((SELECT s FROM unnest($2::text[]) WITH ORDINALITY AS p(s, o)
-                                   WHERE pg_catalog.to_regclass(pg_catalog.quote_ident(s) || '.'
-                                         || pg_catalog.quote_ident($1)) IS NOT NULL
+                                    JOIN pg_catalog.pg_namespace n ON n.nspname = p.s
+                                   WHERE EXISTS (SELECT FROM pg_catalog.pg_class c
+                                                  WHERE c.relnamespace = n.oid AND c.relname = $1)
+                                      OR EXISTS (SELECT FROM pg_catalog.pg_type t
+                                                  WHERE t.typnamespace = n.oid AND t.typname = $1)
+                                      OR EXISTS (SELECT FROM pg_catalog.pg_proc f
+                                                  WHERE f.pronamespace = n.oid AND f.proname = $1)
                                    ORDER BY o LIMIT 1), $2[1])",
                 &[(&name, PgType::TEXT), (&schemas, PgType::TEXT_ARRAY)],
             )
