@@ -485,6 +485,57 @@ async fn concurrent_index_build_reports_its_phase_while_it_waits_for_writers() {
 }
 
 #[tokio::test]
+async fn a_concurrent_build_that_times_out_counts_its_wait_not_its_build() {
+    let db = support::database().await;
+    // Each row's key takes 5 ms to compute: the build scans 400 rows, about 2 s.
+    let dir = support::migrations(&[
+        (
+            "001_t.sql",
+            "CREATE TABLE t (id int, v int); INSERT INTO t SELECT i, i FROM generate_series(1, 400) i;\n\
+             CREATE FUNCTION slow(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS \
+             $$BEGIN PERFORM pg_sleep(0.005); RETURN $1; END$$;\n",
+        ),
+        (
+            "002_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_slow ON t (slow(v));\n",
+        ),
+    ]);
+    let to_first = db_migrate::Command::Up {
+        target: db_migrate::plan::Target::Version(1),
+        mode: db_migrate::Mode::Each,
+    };
+    run(&config(&db.url, dir.path(), to_first)).await.1.unwrap();
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--progress-interval", "100ms"])
+            .args(["--ddl-lock-wait", "1s"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    job.wait_for("the build scanning the table", |e| {
+        e["index_phase"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("building index"))
+    });
+    // A writer that began during the build: the build waits for it before validating, and
+    // its lock timeout (the whole 1 s budget) runs out there.
+    let writer = db.client().await;
+    writer
+        .batch_execute("BEGIN; UPDATE t SET v = v WHERE id = 1")
+        .await
+        .unwrap();
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(6), "{events:#?}");
+    let summary = events.last().unwrap();
+    // The build's seconds are not a wait: what is reported is at most the budget.
+    let waited = summary["lock_wait_ms"].as_u64().unwrap();
+    assert!((1..=1000).contains(&waited), "{summary}");
+    assert_eq!(summary["longest_lock_stall_ms"], 0, "{summary}");
+    writer.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(history(&db.client().await).await, [1]);
+}
+
+#[tokio::test]
 async fn statements_that_take_their_locks_in_steps_wait_past_the_lock_timeout_and_complete() {
     let db = support::database().await;
     let dir = support::migrations(&[

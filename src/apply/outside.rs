@@ -42,7 +42,10 @@ pub(super) async fn run(
         let (version, place) = (migration.version, run.place());
         if sql::waits_without_blocking(statement.text) {
             let budget = run.waits.remaining().max(run.waits.policy.timeout);
-            let mut attempts = Attempts::new(&place, version, Retry::No);
+            let retry = Retry::No {
+                lock_timeout: budget,
+            };
+            let mut attempts = Attempts::new(&place, version, retry);
             attempts.begin();
             let work = monitor.watch(migration, execute(run, step, &statement));
             let (result, sample) = with_lock_timeout(run, budget, work).await?;

@@ -85,8 +85,8 @@ pub(super) enum Retry {
     /// The attempt can run again from its start: it was rolled back whole, or it is an
     /// idempotent statement of a `-- no-transaction` file.
     Yes,
-    /// Its lock timeout was the rest of the budget (a CONCURRENTLY statement).
-    No,
+    /// Its lock timeout was the rest of the budget (a CONCURRENTLY statement): `lock_timeout`.
+    No { lock_timeout: Duration },
 }
 
 /// Where a wait happens: the migration's own connection, idle between attempts, and the
@@ -165,10 +165,16 @@ impl<'a> Attempts<'a> {
             }
             return result.map(Some);
         }
-        let tally = place.waits.add(took, took.min(policy.timeout));
+        let tally = match self.retry {
+            Retry::Yes => place.waits.add(took, took.min(policy.timeout)),
+            // Only the wait that timed out counts, not the build before it (PostgreSQL bounds
+            // each lock wait of the statement by `lock_timeout`, not the statement), and as
+            // with a wait that ended in its lock, no one queued behind it.
+            Retry::No { lock_timeout } => place.waits.add(took.min(lock_timeout), Duration::ZERO),
+        };
         let sample = sample.unwrap_or_default();
         place.interrupt.check()?;
-        if self.retry == Retry::No || tally.waited >= policy.budget {
+        if matches!(self.retry, Retry::No { .. }) || tally.waited >= policy.budget {
             return Err(gave_up(version, attempt, tally, &sample, &sample));
         }
         let waited_ms = millis(tally.waited);
