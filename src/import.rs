@@ -274,6 +274,14 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         if imported.down.is_none() {
             imported.changes.push("no rollback".into());
         }
+        let texts = [Some(&imported.up), imported.down.as_ref()];
+        if let Some(table) = texts
+            .into_iter()
+            .flatten()
+            .find_map(|text| history_mentioned(layout, text))
+        {
+            imported.changes.push(history_note(layout, table));
+        }
         if layout == Layout::Flyway {
             let texts = [Some(&imported.up), imported.down.as_ref()];
             let mut names: Vec<&str> = Vec::new();
@@ -559,6 +567,36 @@ fn listed(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(entries)
 }
 
+/// The history table `layout`'s tool keeps by default, when `sql` names it (as a whole word,
+/// in any case): a migration that reads or copies it (underway's first migration creates its
+/// own with `LIKE public._sqlx_migrations`) assumes that tool ran it.
+fn history_mentioned(layout: Layout, sql: &str) -> Option<&'static str> {
+    let table = match layout {
+        Layout::GolangMigrate | Layout::Dbmate => "schema_migrations",
+        Layout::Sqlx => "_sqlx_migrations",
+        Layout::Diesel => "__diesel_schema_migrations",
+        Layout::Flyway => "flyway_schema_history",
+    };
+    let lower = sql.to_ascii_lowercase();
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let found = lower.match_indices(table).any(|(at, _)| {
+        !word(lower[..at].chars().next_back()) && !word(lower[at + table.len()..].chars().next())
+    });
+    found.then_some(table)
+}
+
+/// The note for a migration that names its tool's history table `table`.
+fn history_note(layout: Layout, table: &str) -> String {
+    match layout {
+        Layout::GolangMigrate | Layout::Dbmate => format!(
+            "names {table}, the other tool's history table and db-migrate's own by default (--history-table): read what it does with it"
+        ),
+        _ => format!(
+            "names {table}, the other tool's history table, which db-migrate does not keep: it fails (or finds nothing) where only db-migrate ran"
+        ),
+    }
+}
+
 /// The names of the Flyway placeholders (`${name}`, Flyway's default syntax) in `sql`, in
 /// order: Flyway replaces them before it runs the file, db-migrate does not.
 fn placeholders(sql: &str) -> Vec<&str> {
@@ -708,5 +746,22 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     match text.ends_with('\n') {
         true => source::write_new(path, text),
         false => source::write_new(path, &format!("{text}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_table_is_found_as_a_whole_word_in_any_case() {
+        let sqlx = |sql| history_mentioned(Layout::Sqlx, sql);
+        assert_eq!(sqlx("SELECT * FROM _SQLX_Migrations"), Some("_sqlx_migrations"));
+        assert_eq!(sqlx("(LIKE public._sqlx_migrations)"), Some("_sqlx_migrations"));
+        assert_eq!(sqlx("CREATE TABLE my_sqlx_migrations (id int)"), None);
+        assert_eq!(sqlx("CREATE TABLE _sqlx_migrations_old (id int)"), None);
+        let dbmate = history_mentioned(Layout::Dbmate, "DELETE FROM schema_migrations");
+        assert_eq!(dbmate, Some("schema_migrations"));
+        assert_eq!(history_mentioned(Layout::Flyway, "SELECT 1"), None);
     }
 }

@@ -166,6 +166,20 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
             "20240102120000_more.sql"
         ]
     );
+    // A migration that assumes sqlx ran it (as underway's first does) is imported with a note.
+    let sqlx = fixture(&[(
+        "20240921151751_0.sql",
+        "CREATE SCHEMA IF NOT EXISTS q;\n\
+         CREATE TABLE IF NOT EXISTS q._sqlx_migrations (LIKE public._SQLX_migrations INCLUDING ALL);\n",
+    )]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = import("sqlx", sqlx.path(), dest.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("(no rollback, names _sqlx_migrations, the other tool's history table, which db-migrate does not keep"),
+        "{}",
+        out.stdout
+    );
     let diesel = fixture(&[
         (
             "00000000000000_diesel_initial_setup/up.sql",
