@@ -756,8 +756,14 @@ mod tests {
     #[test]
     fn a_history_table_is_found_as_a_whole_word_in_any_case() {
         let sqlx = |sql| history_mentioned(Layout::Sqlx, sql);
-        assert_eq!(sqlx("SELECT * FROM _SQLX_Migrations"), Some("_sqlx_migrations"));
-        assert_eq!(sqlx("(LIKE public._sqlx_migrations)"), Some("_sqlx_migrations"));
+        assert_eq!(
+            sqlx("SELECT * FROM _SQLX_Migrations"),
+            Some("_sqlx_migrations")
+        );
+        assert_eq!(
+            sqlx("(LIKE public._sqlx_migrations)"),
+            Some("_sqlx_migrations")
+        );
         assert_eq!(sqlx("CREATE TABLE my_sqlx_migrations (id int)"), None);
         assert_eq!(sqlx("CREATE TABLE _sqlx_migrations_old (id int)"), None);
         let dbmate = history_mentioned(Layout::Dbmate, "DELETE FROM schema_migrations");

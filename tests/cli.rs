@@ -84,6 +84,25 @@ async fn failed_migration_exits_1_with_file_position_and_sqlstate_in_the_summary
     assert_eq!(summary["version"], 1);
     let message = summary["message"].as_str().unwrap();
     assert!(message.contains("001_bad.sql:2:3"), "{message}");
+    assert!(!message.contains("psql variable"), "{message}");
+}
+
+#[tokio::test]
+async fn a_file_written_for_psql_names_the_variable_psql_would_have_filled_in() {
+    let db = support::database().await;
+    // As graphile-worker-rs writes its schema: a psql variable the server cannot read.
+    let dir = migrations(&[(
+        "001_jobs.sql",
+        "CREATE TABLE :WORKER_SCHEMA.jobs (id bigint, slice int[]);\n",
+    )]);
+    let out = db_migrate(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let message = summary_event(&out)["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("001_jobs.sql:1:14: 42601 syntax error at or near \":\"")
+            && message.contains(":WORKER_SCHEMA is a psql variable, which only psql fills in"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -76,11 +76,14 @@ pub(super) fn failed(
     };
     let (migration, script) = (step.migration, step.script);
     let before = script.sql[..offset].chars().count();
-    let position = match db.position() {
-        Some(tokio_postgres::error::ErrorPosition::Original(position)) => (*position as usize)
-            .checked_sub(prefix)
-            .filter(|&p| p > 0)
-            .map(|p| sql::line_col(&script.sql, before + p)),
+    let at = match db.position() {
+        Some(tokio_postgres::error::ErrorPosition::Original(position)) => {
+            (*position as usize).checked_sub(prefix).filter(|&p| p > 0)
+        }
+        _ => None,
+    };
+    let position = match at {
+        Some(p) => Some(sql::line_col(&script.sql, before + p)),
         // Sent statement by statement, the failing one is known: name where it starts.
         _ if !atomic => Some(sql::line_col(&script.sql, before + 1)),
         _ => None,
@@ -89,6 +92,14 @@ pub(super) fn failed(
     if *db.code() == SqlState::ACTIVE_SQL_TRANSACTION {
         hint =
             Some("start the file with `-- no-transaction` to run it outside a transaction".into());
+    }
+    let text_at = at.and_then(|p| script.sql.char_indices().nth(before + p - 1));
+    if *db.code() == SqlState::SYNTAX_ERROR
+        && let Some(variable) = text_at.and_then(|(i, _)| psql_variable(&script.sql[i..]))
+    {
+        hint = Some(format!(
+            "{variable} is a psql variable, which only psql fills in; db-migrate runs the file as written: write the value in"
+        ));
     }
     Error::Apply(Box::new(Failure {
         version: migration.version,
@@ -101,4 +112,41 @@ pub(super) fn failed(
         atomic,
         in_own_transaction: false,
     }))
+}
+
+/// The psql variable reference `text` starts with (`:name`, `:'name'`, `:"name"`), which
+/// psql replaces before the server sees the text: a syntax error there means the file was
+/// written for psql.
+fn psql_variable(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix(':')?;
+    let name = |s: &str| {
+        s.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
+    let len = match rest.chars().next()? {
+        quote @ ('\'' | '"') => {
+            let inner = name(&rest[1..]);
+            (inner > 0 && rest[1 + inner..].starts_with(quote)).then_some(inner + 2)?
+        }
+        c if c.is_alphabetic() || c == '_' => name(rest),
+        _ => return None,
+    };
+    Some(&text[..1 + len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::psql_variable;
+
+    #[test]
+    fn a_psql_variable_is_named_with_its_quotes() {
+        assert_eq!(psql_variable(":SCHEMA.jobs (id int)"), Some(":SCHEMA"));
+        assert_eq!(psql_variable(":'tenant' || 'x'"), Some(":'tenant'"));
+        assert_eq!(psql_variable(":\"owner\";"), Some(":\"owner\""));
+        // A cast, a slice bound, a lone colon: not a variable.
+        assert_eq!(psql_variable("::int"), None);
+        assert_eq!(psql_variable(":3]"), None);
+        assert_eq!(psql_variable(":'unclosed"), None);
+        assert_eq!(psql_variable("SELECT"), None);
+    }
 }
