@@ -139,6 +139,7 @@ pub enum Command {
     /// re-apply.
     Test {
         keep_going: bool,
+        runs: crate::rehearsal::Runs,
         format: OutputFormat,
     },
     /// Print the schema of the database as deterministic text.

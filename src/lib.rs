@@ -328,9 +328,13 @@ impl Job<'_> {
                 let _ = std::io::stdout().write_all(snapshot.text().as_bytes());
                 Ok(())
             }
-            Command::Test { keep_going, format } => {
+            Command::Test {
+                keep_going,
+                runs,
+                format,
+            } => {
                 let json = *format == config::OutputFormat::Json;
-                Box::pin(self.test(db, *keep_going, json)).await
+                Box::pin(self.test(db, *keep_going, *runs, json)).await
             }
             _ => Ok(()),
         }
@@ -578,12 +582,13 @@ impl Job<'_> {
         &mut self,
         db: &Connected<'_>,
         keep_going: bool,
+        runs: rehearsal::Runs,
         json: bool,
     ) -> Result<(), Error> {
         let (migrations, options) = (db.migrations, self.config.schema);
         let report = self
             .on_scratch(db, async |ctx, monitor| {
-                rehearsal::run(ctx, monitor, migrations, keep_going, options).await
+                rehearsal::run(ctx, monitor, migrations, keep_going, runs, options).await
             })
             .await?;
         // A closed stdout (`| head`) is the reader's choice, not a failed run.

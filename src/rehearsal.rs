@@ -8,7 +8,8 @@
 //! 5. apply it again: the schema must be step 1's.
 //!
 //! A migration without a rollback (no file, or one without a statement yet) gets steps 1 and 2
-//! and is reported as not reversible.
+//! and is reported as not reversible. With [`Runs::Once`] steps 2 and 4 are left out: files
+//! written for a tool that never runs one twice need not survive a second run.
 //! The files run exactly as `up` and `down` run them (`apply`), `-- no-transaction` ones too.
 
 use std::io::Write;
@@ -25,6 +26,16 @@ use crate::monitor::Monitor;
 use crate::plan::{Direction, Mode, Plan};
 use crate::schema::{self, Diff, Snapshot};
 use crate::source::Migration;
+
+/// Whether each file also runs a second time (steps 2 and 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// The seed's ritual: running a file twice must not fail nor change the schema.
+    Twice,
+    /// Each file once per direction, for migrations written for tools that never run a file
+    /// twice (sqlx, diesel, Flyway, golang-migrate, dbmate): reversibility alone is tested.
+    Once,
+}
 
 /// One of the five steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +186,7 @@ pub async fn run(
     monitor: &mut Monitor<'_>,
     migrations: &[Migration],
     keep_going: bool,
+    runs: Runs,
     options: schema::Options,
 ) -> Result<Report, Error> {
     // `up` and `down` would refuse these before running anything; so does `test`.
@@ -193,7 +205,7 @@ pub async fn run(
     let mut report = Report::default();
     for (i, migration) in migrations.iter().enumerate() {
         ctx.interrupt.check()?;
-        let tested = rehearsal.migration(migration).await?;
+        let tested = rehearsal.migration(migration, runs).await?;
         let failed = tested.failed().is_some();
         report.tested.push(tested);
         if !failed {
@@ -221,8 +233,9 @@ struct Rehearsal<'a, 'm> {
 }
 
 impl Rehearsal<'_, '_> {
-    /// The five steps of one migration, up to the first that fails.
-    async fn migration(&mut self, migration: &Migration) -> Result<Tested, Error> {
+    /// The five steps of one migration (three when each file runs once), up to the first
+    /// that fails.
+    async fn migration(&mut self, migration: &Migration, runs: Runs) -> Result<Tested, Error> {
         let mut tested = Tested {
             version: migration.version,
             name: migration.name.clone(),
@@ -236,6 +249,9 @@ impl Rehearsal<'_, '_> {
         let mut steps = vec![Step::Apply, Step::ApplyAgain];
         if tested.reversible {
             steps.extend([Step::RollBack, Step::RollBackAgain, Step::Reapply]);
+        }
+        if runs == Runs::Once {
+            steps.retain(|step| !matches!(step, Step::ApplyAgain | Step::RollBackAgain));
         }
         for step in steps {
             self.ctx.interrupt.check()?;

@@ -16,7 +16,7 @@ use crate::connect;
 use crate::error::Error;
 use crate::history::Table;
 use crate::plan::{Rollback, Target};
-use crate::{import, rules, trace};
+use crate::{import, rehearsal, rules, trace};
 use environment::{applied_by, dotenv_value};
 pub use values::{BackupArg, IpTypeArg, LogFormatArg, OutputFormatArg, Span, parse_duration};
 
@@ -327,6 +327,11 @@ pub struct TestArgs {
     /// Check owners and grants too: a rollback must revoke what its migration granted.
     #[arg(long)]
     privileges: bool,
+    /// Run each file once per direction (apply, roll back, re-apply), leaving out the second
+    /// runs: for migrations written for a tool that never runs a file twice (sqlx, diesel,
+    /// Flyway, golang-migrate, dbmate), which need not be idempotent.
+    #[arg(long)]
+    once: bool,
     #[command(flatten)]
     scratch: ScratchArgs,
 }
@@ -623,6 +628,10 @@ fn command(args: &CommandArgs) -> Command {
         },
         CommandArgs::Test(test) => Command::Test {
             keep_going: test.keep_going,
+            runs: match test.once {
+                true => rehearsal::Runs::Once,
+                false => rehearsal::Runs::Twice,
+            },
             format: test.format.into(),
         },
         CommandArgs::Schema(_) => Command::Schema,
