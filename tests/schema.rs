@@ -247,6 +247,27 @@ async fn the_text_is_the_same_twice_and_for_two_databases_built_the_same_way() {
 }
 
 #[tokio::test]
+async fn the_read_is_not_bounded_by_the_migrations_statement_timeout() {
+    let (db, expected) = built(EVERY_KIND).await;
+    let client = db.client().await;
+    let table = Table::parse("schema_migrations").unwrap();
+    let table = table.resolve(&client).await.unwrap();
+    let mut reader = schema::Reader::new(&client, &table, schema::Options::default())
+        .await
+        .unwrap();
+    // `--statement-timeout` as a run sets it for the session: the catalog query takes more
+    // than a millisecond on any server, so under it the read would be cancelled (57014).
+    client
+        .batch_execute("SET statement_timeout = 1")
+        .await
+        .unwrap();
+    let read = reader.read().await.unwrap();
+    assert_eq!(read.text(), expected.text());
+    let left: String = support::one(&client, "SELECT current_setting('statement_timeout')").await;
+    assert_eq!(left, "1ms");
+}
+
+#[tokio::test]
 async fn an_invalid_index_a_disabled_trigger_and_a_disabled_rule_are_marked() {
     let (db, _) = built(EVERY_KIND).await;
     let client = db.client().await;

@@ -140,8 +140,11 @@ pub async fn run(
                     }
                 };
                 let prepare = history::prepare(client, ctx.table, |v| ctx.session.guard(v));
-                let ((), statements) = tokio::try_join!(create, prepare)?;
-                Ok(statements)
+                // Both answered before either error is taken: when the table could not be
+                // created, that is the error, not the statements' "relation does not exist".
+                let (created, statements) = tokio::join!(create, prepare);
+                created?;
+                statements
             };
             match prepare.await {
                 Ok(statements) => {

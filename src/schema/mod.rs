@@ -229,12 +229,17 @@ impl<'a> Reader<'a> {
         // The deparsers leave out the schema of what the search path finds, so a definition
         // would depend on the session's search_path: pinned to pg_catalog, every name outside
         // it is schema-qualified, the same in every database and session. READ ONLY: reading
-        // the schema never writes. The three messages travel together; COMMIT ends the
-        // transaction (as a rollback) also when the query failed.
+        // the schema never writes. Without a statement timeout: `--statement-timeout` bounds
+        // migration statements, and on a big schema this read can take longer than they may.
+        // The three messages travel together; COMMIT ends the transaction (as a rollback)
+        // also when the query failed.
         let client = self.client;
         let params: [&(dyn ToSql + Sync); 2] = [&self.history, &self.privileges];
         let (open, rows, close) = tokio::join!(
-            client.batch_execute("BEGIN READ ONLY; SET LOCAL search_path TO pg_catalog, pg_temp"),
+            client.batch_execute(
+                "BEGIN READ ONLY; SET LOCAL search_path TO pg_catalog, pg_temp; \
+                 SET LOCAL statement_timeout = 0"
+            ),
             client.query(&self.statement, &params),
             client.batch_execute("COMMIT"),
         );
