@@ -270,7 +270,11 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
              CREATE TABLE scores (n int, doubled int GENERATED ALWAYS AS (twice(n)) STORED);
              INSERT INTO scores (n) VALUES (1);
              CREATE VIEW recent AS SELECT id FROM tasks;
-             CREATE MATERIALIZED VIEW recent_copy AS SELECT id FROM recent;",
+             CREATE MATERIALIZED VIEW recent_copy AS SELECT id FROM recent;
+             DO $$ BEGIN CREATE ROLE hazard_owner NOLOGIN; \
+                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             CREATE TABLE owned_jobs (id int); INSERT INTO owned_jobs VALUES (1), (2), (3);
+             ALTER TABLE owned_jobs OWNER TO hazard_owner;",
         )
         .await
         .unwrap();
@@ -301,6 +305,11 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
         (
             "SET search_path TO app, public;\nDROP FUNCTION twice(int) CASCADE;",
             "drops-data (DROP FUNCTION ... CASCADE) on public.scores.doubled holding 1 row(s) of data",
+        ),
+        // Every table the role owns goes, whether or not CASCADE is written.
+        (
+            "DROP OWNED BY hazard_owner;",
+            "drops-data (DROP OWNED) on public.owned_jobs holding 3 row(s) of data",
         ),
         // The table it names, and the one whose foreign key references it.
         (
@@ -333,6 +342,7 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
     assert_eq!(count("SELECT count(*) FROM steps").await, 1);
     assert_eq!(count("SELECT count(doubled) FROM scores").await, 1);
     assert_eq!(count("SELECT count(*) FROM recent_copy").await, 2);
+    assert_eq!(count("SELECT count(*) FROM owned_jobs").await, 3);
     // What holds no data goes without a word: a schema of empty tables, one not there.
     client
         .batch_execute("CREATE SCHEMA spare; CREATE TABLE spare.t (id int)")

@@ -5,7 +5,7 @@
 use pg_query::NodeEnum;
 use pg_query::protobuf::{
     AlterTableType, ConstrType, DropBehavior, Node, ObjectType, RangeVar, ReindexObjectType,
-    VariableSetKind,
+    RoleSpecType, VariableSetKind,
 };
 
 /// A table (or other relation) as the statement names it.
@@ -158,9 +158,22 @@ pub enum Dropped {
         name: Name,
         args: Option<Vec<String>>,
     },
+    /// Everything a role owns in the database, as DROP OWNED drops it: its tables, and (with
+    /// CASCADE) what depends on what it owns.
+    Owned(Role),
     /// A table emptied by TRUNCATE ... CASCADE: the tables whose foreign keys reference it
     /// are emptied too.
     Referenced(Name),
+}
+
+/// A role as a statement names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Named(String),
+    /// `CURRENT_USER` or `CURRENT_ROLE`.
+    Current,
+    /// `SESSION_USER`.
+    Session,
 }
 
 /// What a `SET search_path` statement sets: `Some(Some(schemas))` for a list, `Some(None)`
@@ -303,6 +316,28 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
             if !drop.missing_ok {
                 out.push(Effect::NotIdempotent {
                     what: "DROP without IF EXISTS",
+                });
+            }
+        }
+        // Drops every object the role owns in this database, its tables with their rows,
+        // whatever the statement's behaviour (CASCADE only adds others' objects that depend
+        // on them).
+        NodeEnum::DropOwnedStmt(drop) => {
+            for role in &drop.roles {
+                let Some(NodeEnum::RoleSpec(spec)) = &role.node else {
+                    continue;
+                };
+                let role = match RoleSpecType::try_from(spec.roletype) {
+                    Ok(RoleSpecType::RolespecCstring) => Role::Named(spec.rolename.clone()),
+                    Ok(RoleSpecType::RolespecCurrentUser | RoleSpecType::RolespecCurrentRole) => {
+                        Role::Current
+                    }
+                    Ok(RoleSpecType::RolespecSessionUser) => Role::Session,
+                    _ => continue,
+                };
+                out.push(Effect::DropsDependents {
+                    object: Dropped::Owned(role),
+                    what: "DROP OWNED",
                 });
             }
         }
@@ -835,6 +870,18 @@ mod tests {
                     "DROP AGGREGATE ... CASCADE"
                 ),
                 (function(None, "h", Some(&[])), "DROP ROUTINE ... CASCADE"),
+            ]
+        );
+        assert_eq!(
+            dependents("DROP OWNED BY app, \"Old Owner\", CURRENT_USER, SESSION_USER CASCADE"),
+            [
+                (Dropped::Owned(Role::Named("app".into())), "DROP OWNED"),
+                (
+                    Dropped::Owned(Role::Named("Old Owner".into())),
+                    "DROP OWNED"
+                ),
+                (Dropped::Owned(Role::Current), "DROP OWNED"),
+                (Dropped::Owned(Role::Session), "DROP OWNED"),
             ]
         );
         // Without CASCADE the server refuses to drop what others depend on; a procedure

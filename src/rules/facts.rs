@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use super::classify::{Dropped, Name};
+use super::classify::{Dropped, Name, Role};
 use crate::error::Error;
 
 /// How far a count of a dropped column's values goes before it says "at least".
@@ -188,6 +188,9 @@ pub(super) async fn dependents(
                 name,
                 args: Some(_),
             } => ("p", name.sql()),
+            Dropped::Owned(Role::Named(role)) => ("o", role.clone()),
+            Dropped::Owned(Role::Current) => ("o", String::new()),
+            Dropped::Owned(Role::Session) => ("O", String::new()),
         })
         .unzip();
     // A function's argument types, one row each: (its object's number, the type).
@@ -244,8 +247,9 @@ pub(super) async fn dependents(
 }
 
 /// The query of [`dependents`]: `$1` kinds (`r` relation, `s` schema, `t` type, `e` extension,
-/// `f` a table TRUNCATE empties, `p` a function with its argument types, `q` one without),
-/// `$2` their names as SQL writes them (an extension's bare); `$3` and `$4` the argument types,
+/// `f` a table TRUNCATE empties, `p` a function with its argument types, `q` one without, `o`
+/// what a role owns (empty: the current user's), `O` what the session user owns), `$2` their
+/// names as SQL writes them (an extension's and a role's bare); `$3` and `$4` the argument types,
 /// each with the number of its function. Each type is looked up on its own first: a type that
 /// does not exist makes `to_regprocedure` raise an error, not answer NULL.
 /// Dependencies followed: normal (what CASCADE adds), automatic, internal (a table's row type,
@@ -260,11 +264,16 @@ WITH RECURSIVE start(origin, kind, classid, objid) AS (
                     WHEN 'e' THEN 'pg_catalog.pg_extension'::regclass
                     WHEN 'p' THEN 'pg_catalog.pg_proc'::regclass
                     WHEN 'q' THEN 'pg_catalog.pg_proc'::regclass
+                    WHEN 'o' THEN 'pg_catalog.pg_authid'::regclass
+                    WHEN 'O' THEN 'pg_catalog.pg_authid'::regclass
                     ELSE 'pg_catalog.pg_class'::regclass END::oid,
            CASE s.k WHEN 's' THEN pg_catalog.to_regnamespace(s.n)::oid
                     WHEN 't' THEN pg_catalog.to_regtype(s.n)::oid
                     WHEN 'e' THEN (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = s.n)
                     WHEN 'q' THEN pg_catalog.to_regproc(s.n)::oid
+                    WHEN 'o' THEN (SELECT r.oid FROM pg_catalog.pg_roles r
+                                    WHERE r.rolname = coalesce(nullif(s.n, ''), current_user))
+                    WHEN 'O' THEN (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = session_user)
                     WHEN 'p' THEN
                         (SELECT CASE WHEN pg_catalog.count(*) = pg_catalog.count(pg_catalog.to_regtype(a.t))
                                 THEN pg_catalog.to_regprocedure(s.n || '(' || coalesce(pg_catalog.string_agg(
@@ -284,6 +293,15 @@ WITH RECURSIVE start(origin, kind, classid, objid) AS (
            WHERE d.refclassid = p.classid AND d.refobjid = p.objid
              AND (p.objsubid = 0 OR d.refobjsubid = p.objsubid)
              AND d.deptype IN ('n', 'a', 'i', 'e', 'x', 'P')
+        UNION ALL
+          -- A role's objects in this database (DROP OWNED): what it owns, from pg_shdepend.
+          SELECT sd.classid, sd.objid, sd.objsubid
+            FROM pg_catalog.pg_shdepend sd
+           WHERE p.classid = 'pg_catalog.pg_authid'::regclass
+             AND sd.refclassid = 'pg_catalog.pg_authid'::regclass AND sd.refobjid = p.objid
+             AND sd.deptype = 'o'
+             AND sd.dbid = (SELECT d.oid FROM pg_catalog.pg_database d
+                             WHERE d.datname = pg_catalog.current_database())
         UNION ALL
           -- The server refuses to drop a named internal part; one reached takes its owner.
           SELECT d.refclassid, d.refobjid, d.refobjsubid
