@@ -42,6 +42,11 @@ CREATE STATISTICS app.t_dependencies (dependencies) ON id, counter FROM app.t;
 CREATE RULE v_insert AS ON INSERT TO app.v DO INSTEAD NOTHING;
 CREATE TABLE app.parted (id integer, at date) PARTITION BY RANGE (at);
 CREATE TABLE app.parted_2026 PARTITION OF app.parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE COLLATION app.german (provider = icu, locale = 'de-DE');
+CREATE PUBLICATION app_changes FOR TABLE app.t;
+CREATE PUBLICATION everything FOR ALL TABLES;
+CREATE FUNCTION app.on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN END$$;
+CREATE EVENT TRIGGER app_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION app.on_ddl();
 CREATE TABLE public.schema_migrations (version bigint PRIMARY KEY);
 "#;
 
@@ -81,6 +86,25 @@ async fn every_object_kind_is_read_with_its_definition() {
     let expected = [
         (Kind::Extension, "", "citext", "WITH SCHEMA public VERSION"),
         (Kind::Schema, "", "app", ""),
+        (
+            Kind::Collation,
+            "",
+            "app.german",
+            "locale de-DE, collisdeterministic true, collprovider i",
+        ),
+        (
+            Kind::EventTrigger,
+            "",
+            "app_ddl",
+            "ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION app.on_ddl()",
+        ),
+        // Published tables as the server lists them: never the history table.
+        (
+            Kind::Publication,
+            "",
+            "app_changes",
+            "pubviaroot false TABLES app.t",
+        ),
         (Kind::Type, "", "app.mood", "AS ENUM ('sad', 'ok', 'happy')"),
         (Kind::Type, "", "app.pair", "AS (a integer, b text)"),
         (
@@ -205,6 +229,13 @@ async fn every_object_kind_is_read_with_its_definition() {
             "{kind:?} {name}: {found:?} lacks {part:?}"
         );
     }
+    let everything = definition(&s, Kind::Publication, "", "everything");
+    assert!(
+        everything.contains("puballtables true")
+            && everything.contains("app.t")
+            && !everything.contains("schema_migrations"),
+        "{everything}"
+    );
     // Left out: the history table, the identity column's sequence, citext's own functions
     // and type, the table's row type.
     let names: Vec<String> = s.objects.keys().map(|k| k.to_string()).collect();

@@ -4,7 +4,7 @@
 //! What it holds is what a migration can change and a person would review: schemas, tables
 //! and their columns, constraints, indexes (with their validity), views, sequences, functions
 //! and procedures, triggers, extended statistics (`CREATE STATISTICS`), rules, types,
-//! extensions and row-level security. Left out: the history table, objects an extension owns
+//! collations, extensions, event triggers, publications and row-level security. Left out: the history table, objects an extension owns
 //! (the extension stands for them), owners, grants, comments and anything volatile (OIDs, a
 //! sequence's current value, the planner's statistics), so that two databases migrated the
 //! same way read the same.
@@ -28,6 +28,8 @@ use crate::history::Table;
 pub enum Kind {
     Extension,
     Schema,
+    /// A collation (`CREATE COLLATION`), named with its schema.
+    Collation,
     Type,
     Sequence,
     Table,
@@ -44,6 +46,10 @@ pub enum Kind {
     MaterializedView,
     Function,
     Procedure,
+    /// An event trigger (`CREATE EVENT TRIGGER`), the database's own.
+    EventTrigger,
+    /// A publication for logical replication, with the tables it publishes.
+    Publication,
     /// An object's owner and grants: only when asked for ([`Options::privileges`]).
     Privileges,
 }
@@ -54,6 +60,7 @@ impl Kind {
         Some(match text {
             "extension" => Kind::Extension,
             "schema" => Kind::Schema,
+            "collation" => Kind::Collation,
             "type" => Kind::Type,
             "sequence" => Kind::Sequence,
             "table" => Kind::Table,
@@ -68,6 +75,8 @@ impl Kind {
             "materialized view" => Kind::MaterializedView,
             "function" => Kind::Function,
             "procedure" => Kind::Procedure,
+            "event trigger" => Kind::EventTrigger,
+            "publication" => Kind::Publication,
             "privileges" => Kind::Privileges,
             _ => return None,
         })
@@ -77,6 +86,7 @@ impl Kind {
         match self {
             Kind::Extension => "extension",
             Kind::Schema => "schema",
+            Kind::Collation => "collation",
             Kind::Type => "type",
             Kind::Sequence => "sequence",
             Kind::Table => "table",
@@ -91,6 +101,8 @@ impl Kind {
             Kind::MaterializedView => "materialized view",
             Kind::Function => "function",
             Kind::Procedure => "procedure",
+            Kind::EventTrigger => "event trigger",
+            Kind::Publication => "publication",
             Kind::Privileges => "privileges",
         }
     }
@@ -432,6 +444,36 @@ FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace
 WHERE t.typtype IN ('e', 'c', 'd', 'r')
   AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_catalog.pg_class c WHERE c.oid = t.typrelid) = 'c')
   AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND m.objid = t.oid)
+UNION ALL
+-- A collation's settings by their catalog names, whatever the server's version has (the ICU
+-- locale is colliculocale in 15 and 16, colllocale from 17): every column but the volatile.
+SELECT 'collation', '', pg_catalog.format('%I.%I', ns.nspname, co.collname), 0::int2,
+       (SELECT pg_catalog.string_agg(j.key || ' ' || j.value, ', ' ORDER BY j.key)
+          FROM pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(co) - 'oid' - 'collname' - 'collnamespace'
+                                          - 'collowner' - 'collversion') AS j
+         WHERE j.value IS NOT NULL)
+FROM pg_catalog.pg_collation co JOIN ns ON ns.oid = co.collnamespace
+WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_collation'::pg_catalog.regclass AND m.objid = co.oid)
+UNION ALL
+SELECT 'event trigger', '', pg_catalog.quote_ident(et.evtname), 0::int2,
+       pg_catalog.concat_ws(' ', 'ON ' || et.evtevent,
+           'WHEN TAG IN (' || (SELECT pg_catalog.string_agg(pg_catalog.quote_literal(t), ', ' ORDER BY t)
+                               FROM pg_catalog.unnest(et.evttags) AS t) || ')',
+           'EXECUTE FUNCTION ' || et.evtfoid::pg_catalog.regprocedure::text,
+           CASE et.evtenabled WHEN 'D' THEN '-- DISABLED' WHEN 'R' THEN '-- ENABLE REPLICA'
+                              WHEN 'A' THEN '-- ENABLE ALWAYS' END)
+FROM pg_catalog.pg_event_trigger et
+WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_event_trigger'::pg_catalog.regclass AND m.objid = et.oid)
+UNION ALL
+-- A publication's options by their catalog names, and the tables it publishes as the server
+-- works them out (FOR ALL TABLES, FOR TABLES IN SCHEMA), the history table left out.
+SELECT 'publication', '', pg_catalog.quote_ident(pb.pubname), 0::int2,
+       (SELECT pg_catalog.string_agg(j.key || ' ' || j.value, ', ' ORDER BY j.key)
+          FROM pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(pb) - 'oid' - 'pubname' - 'pubowner') AS j)
+       || COALESCE(' TABLES ' || (SELECT pg_catalog.string_agg(pt.relid::pg_catalog.regclass::text, ', ' ORDER BY 1)
+                                  FROM pg_catalog.pg_get_publication_tables(pb.pubname) AS pt
+                                  WHERE pt.relid IS DISTINCT FROM pg_catalog.to_regclass($1)), '')
+FROM pg_catalog.pg_publication pb
 UNION ALL
 SELECT 'privileges', '', o.object, 0::int2,
        pg_catalog.concat_ws(' ', 'OWNER ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(o.owner)),

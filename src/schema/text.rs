@@ -29,6 +29,12 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
             blocks.push(format!("CREATE SCHEMA {};", key.name));
         }
     }
+    for (key, object) in snapshot.of(Kind::Collation) {
+        blocks.push(format!(
+            "CREATE COLLATION {} ({});",
+            key.name, object.definition
+        ));
+    }
     for (key, object) in snapshot.of(Kind::Type) {
         blocks.push(match object.definition.strip_prefix("DOMAIN ") {
             Some(domain) => format!("CREATE DOMAIN {} {domain};", key.name),
@@ -62,6 +68,16 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
                 None => format!("{};", object.definition.trim_end()),
             });
         }
+    }
+    for (key, object) in snapshot.of(Kind::EventTrigger) {
+        let sql = format!("CREATE EVENT TRIGGER {} {}", key.name, object.definition);
+        blocks.push(statement(&sql));
+    }
+    for (key, object) in snapshot.of(Kind::Publication) {
+        blocks.push(format!(
+            "-- publication {}: {}",
+            key.name, object.definition
+        ));
     }
     let privileges: Vec<String> = (snapshot.of(Kind::Privileges))
         .map(|(key, object)| format!("-- privileges on {}: {}", key.name, object.definition))
