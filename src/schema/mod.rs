@@ -453,7 +453,10 @@ SELECT 'collation', '', pg_catalog.format('%I.%I', ns.nspname, co.collname), 0::
                                           - 'collowner' - 'collversion') AS j
          WHERE j.value IS NOT NULL)
 FROM pg_catalog.pg_collation co JOIN ns ON ns.oid = co.collnamespace
-WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_collation'::pg_catalog.regclass AND m.objid = co.oid)
+-- initdb's own (800 ICU locales, all in pg_catalog) have oids below 16384: not read at all,
+-- which keeps the snapshot `test` takes after every step as cheap as before.
+WHERE co.oid >= 16384
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_collation'::pg_catalog.regclass AND m.objid = co.oid)
 UNION ALL
 SELECT 'event trigger', '', pg_catalog.quote_ident(et.evtname), 0::int2,
        pg_catalog.concat_ws(' ', 'ON ' || et.evtevent,
