@@ -42,13 +42,16 @@ pub(super) async fn run(
         let (version, place) = (migration.version, run.place());
         if sql::waits_without_blocking(statement.text) {
             let budget = run.waits.remaining().max(run.waits.policy.timeout);
+            let raised = raise_lock_timeout(run, budget).await?;
             let retry = Retry::No {
-                lock_timeout: budget,
+                lock_timeout: raised.in_force,
             };
             let mut attempts = Attempts::new(&place, version, retry);
             attempts.begin();
-            let work = monitor.watch(migration, execute(run, step, &statement));
-            let (result, sample) = with_lock_timeout(run, budget, work).await?;
+            let (result, sample) = monitor
+                .watch(migration, execute(run, step, &statement))
+                .await;
+            raised.restore(run).await;
             counts.push(attempts.end(result, sample).await?.unwrap_or_default());
             continue;
         }
@@ -123,32 +126,63 @@ async fn execute(run: &Run<'_>, step: Step<'_>, statement: &Statement<'_>) -> Re
         })
 }
 
-/// Runs `work`, a CONCURRENTLY statement, with `lock_timeout` raised to `timeout`: its waits
-/// for older transactions never hold up the bot's queries (its lock conflicts with none of
-/// theirs), and a build cut short by a lock timeout would leave an INVALID index to build
-/// again. The run's own value is restored after it. A value the file set itself is left
-/// alone: the change applies only while the session still has the run's value.
-async fn with_lock_timeout<T>(
-    run: &Run<'_>,
-    timeout: std::time::Duration,
-    work: impl Future<Output = T>,
-) -> Result<T, Error> {
-    let (client, own) = (run.client, run.waits.policy.timeout.as_millis());
-    let set = |from: u128, to: u128| {
-        format!(
-            "SELECT pg_catalog.set_config('lock_timeout', '{to}', false) \
-             FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' AND setting = '{from}'"
-        )
-    };
+/// `lock_timeout` raised to `timeout` for a CONCURRENTLY statement: its waits for older
+/// transactions never hold up the bot's queries (its lock conflicts with none of theirs), and
+/// a build cut short by a lock timeout would leave an INVALID index to build again. A value
+/// the file set itself is left alone, and is the one in force: the change applies only while
+/// the session still has the run's value, which [`Raised::restore`] sets back.
+struct Raised {
+    /// The lock timeout the statement runs under (`Duration::MAX` for none).
+    in_force: std::time::Duration,
+    /// What it was raised to, when it was: set back afterwards.
+    to: Option<u128>,
+}
+
+async fn raise_lock_timeout(run: &Run<'_>, timeout: std::time::Duration) -> Result<Raised, Error> {
+    let own = run.waits.policy.timeout.as_millis();
     let raised = timeout.as_millis().min(i32::MAX as u128);
-    (client.batch_execute(&set(own, raised)).await).map_err(Error::database(
+    // The value before, in ms: the run's own is raised; any other is the file's, and stays.
+    let query = format!(
+        "SELECT s.setting, CASE WHEN s.setting = '{own}' \
+                THEN pg_catalog.set_config('lock_timeout', '{raised}', false) END \
+           FROM pg_catalog.pg_settings s WHERE s.name = 'lock_timeout'"
+    );
+    let rows = (run.client.simple_query(&query).await).map_err(Error::database(
         "raising lock_timeout for a CONCURRENTLY statement",
     ))?;
-    let output = work.await;
-    // Only a lost connection makes this fail, and what follows reports that; the next
-    // migration starts from the run's settings in any case.
-    let _ = client.batch_execute(&set(raised, own)).await;
-    Ok(output)
+    let before: Option<u128> = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+        _ => None,
+    });
+    let ms = |ms: u128| match ms {
+        0 => std::time::Duration::MAX,
+        ms => std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
+    };
+    Ok(match before {
+        Some(before) if before != own => Raised {
+            in_force: ms(before),
+            to: None,
+        },
+        _ => Raised {
+            in_force: ms(raised),
+            to: Some(raised),
+        },
+    })
+}
+
+impl Raised {
+    /// Sets the run's own lock timeout back, where it was raised. Only a lost connection
+    /// makes this fail, and what follows reports that; the next migration starts from the
+    /// run's settings in any case.
+    async fn restore(self, run: &Run<'_>) {
+        let Some(raised) = self.to else { return };
+        let own = run.waits.policy.timeout.as_millis();
+        let set = format!(
+            "SELECT pg_catalog.set_config('lock_timeout', '{own}', false) \
+             FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' AND setting = '{raised}'"
+        );
+        let _ = run.client.batch_execute(&set).await;
+    }
 }
 
 /// A failed CREATE INDEX CONCURRENTLY leaves an INVALID index that `IF NOT EXISTS` would
