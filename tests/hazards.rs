@@ -274,7 +274,8 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
              DO $$ BEGIN CREATE ROLE hazard_owner NOLOGIN; \
                   EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              CREATE TABLE owned_jobs (id int); INSERT INTO owned_jobs VALUES (1), (2), (3);
-             ALTER TABLE owned_jobs OWNER TO hazard_owner;",
+             ALTER TABLE owned_jobs OWNER TO hazard_owner;
+             CREATE FUNCTION app.owned_jobs() RETURNS int LANGUAGE sql AS 'SELECT 1';",
         )
         .await
         .unwrap();
@@ -305,6 +306,11 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
         (
             "SET search_path TO app, public;\nDROP FUNCTION twice(int) CASCADE;",
             "drops-data (DROP FUNCTION ... CASCADE) on public.scores.doubled holding 1 row(s) of data",
+        ),
+        // A function of the same name earlier in the path does not hide the table.
+        (
+            "SET search_path TO app, public;\nDROP TABLE owned_jobs;",
+            "drops-data (DROP TABLE) on public.owned_jobs holding 3 row(s) of data",
         ),
         // Every table the role owns goes, whether or not CASCADE is written.
         (

@@ -208,6 +208,22 @@ pub fn search_path(statement: &str) -> Option<Option<Vec<String>>> {
 }
 
 impl Effect {
+    /// What kind of object [`table_mut`](Self::table_mut) names, as a search path finds it:
+    /// `t` a type (or domain), `f` a function, `r` a relation.
+    pub fn named_kind(&self) -> &'static str {
+        match self {
+            Effect::DropsDependents {
+                object: Dropped::Type(_),
+                ..
+            } => "t",
+            Effect::DropsDependents {
+                object: Dropped::Function { .. },
+                ..
+            } => "f",
+            _ => "r",
+        }
+    }
+
     /// The table (or relation) the effect concerns, to qualify by a search path.
     pub fn table_mut(&mut self) -> Option<&mut Name> {
         match self {

@@ -497,23 +497,33 @@ async fn qualify(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), 
         }
     }
     for (i, j, schemas) in under {
-        let Some(name) = statements[i].4[j].table_mut().map(|t| t.name.clone()) else {
+        let effect = &mut statements[i].4[j];
+        let kind = effect.named_kind();
+        let Some(name) = effect.table_mut().map(|t| t.name.clone()) else {
             continue;
         };
         let row = client
             .query_typed(
-                // The first schema of the path holding a relation, a type or a function of
-                // that name (a DROP TYPE or DROP FUNCTION ... CASCADE names one of those).
+                // The first schema of the path holding an object of that name and kind, as
+                // the server looks up a relation, a type (DROP TYPE ... CASCADE) or a
+                // function (DROP FUNCTION ... CASCADE): a function of the table's name in an
+                // earlier schema does not hide the table.
                 "SELECT coalesce((SELECT s FROM unnest($2::text[]) WITH ORDINALITY AS p(s, o)
                                     JOIN pg_catalog.pg_namespace n ON n.nspname = p.s
-                                   WHERE EXISTS (SELECT FROM pg_catalog.pg_class c
-                                                  WHERE c.relnamespace = n.oid AND c.relname = $1)
-                                      OR EXISTS (SELECT FROM pg_catalog.pg_type t
+                                   WHERE CASE $3
+                                         WHEN 't' THEN EXISTS (SELECT FROM pg_catalog.pg_type t
                                                   WHERE t.typnamespace = n.oid AND t.typname = $1)
-                                      OR EXISTS (SELECT FROM pg_catalog.pg_proc f
+                                         WHEN 'f' THEN EXISTS (SELECT FROM pg_catalog.pg_proc f
                                                   WHERE f.pronamespace = n.oid AND f.proname = $1)
+                                         ELSE EXISTS (SELECT FROM pg_catalog.pg_class c
+                                                  WHERE c.relnamespace = n.oid AND c.relname = $1)
+                                         END
                                    ORDER BY o LIMIT 1), $2[1])",
-                &[(&name, PgType::TEXT), (&schemas, PgType::TEXT_ARRAY)],
+                &[
+                    (&name, PgType::TEXT),
+                    (&schemas, PgType::TEXT_ARRAY),
+                    (&kind, PgType::TEXT),
+                ],
             )
             .await
             .map_err(Error::database(
