@@ -365,6 +365,42 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
 }
 
 #[tokio::test]
+async fn tables_and_types_named_like_keywords_are_looked_up_as_names() {
+    let db = seeded("").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE \"user\" (id int, \"order\" int); INSERT INTO \"user\" VALUES (1, 1);
+             CREATE FUNCTION first_byte(\"char\") RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT 1';
+             CREATE TABLE codes (c \"char\", one int GENERATED ALWAYS AS (first_byte(c)) STORED);
+             INSERT INTO codes (c) VALUES ('a');",
+        )
+        .await
+        .unwrap();
+    // `user` and `order` are reserved words, `"char"` a type that `char` (character) is not:
+    // written bare, the look for their rows failed or found another type.
+    for (statement, says) in [
+        (
+            "DROP TABLE \"user\";",
+            "drops-data (DROP TABLE) on \"user\" holding 1 row(s) of data",
+        ),
+        (
+            "ALTER TABLE \"user\" DROP COLUMN \"order\";",
+            "drops-data (DROP COLUMN) on \"user\" holding 1 row(s) of data",
+        ),
+        (
+            "DROP FUNCTION first_byte(\"char\") CASCADE;",
+            "drops-data (DROP FUNCTION ... CASCADE) on public.codes.one holding 1 row(s) of data",
+        ),
+    ] {
+        let dir = support::copy_of_seed(&[("003_drop.sql", statement)]);
+        let message = refused(&run(&db, dir.path(), &["up"]), &["drops-data"]);
+        assert!(message.contains(says), "{statement}: {message}");
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
 async fn down_on_empty_tables_runs_as_the_seed_wrote_it() {
     let db = seeded("").await;
     let out = run(&db, &seed_dir(), &["down", "--all"]);

@@ -62,16 +62,26 @@ impl std::fmt::Display for Name {
     }
 }
 
-/// An identifier quoted unless it is plain lower case.
+/// An identifier quoted unless it is plain lower case and no keyword that would read as one
+/// there: a table named `order` or `user` is `"order"` in SQL (and to `to_regclass`), and a
+/// type named `char` is not `character`. Unreserved keywords read as names everywhere.
 fn quote(identifier: &str) -> String {
     let plain = identifier
         .chars()
         .enumerate()
         .all(|(i, c)| c == '_' || c.is_ascii_lowercase() || (i > 0 && c.is_ascii_digit()));
-    match plain && !identifier.is_empty() {
+    match plain && !identifier.is_empty() && !keyword(identifier) {
         true => identifier.to_string(),
         false => format!("\"{}\"", identifier.replace('"', "\"\"")),
     }
+}
+
+/// Whether `word` is a keyword other than an unreserved one, as PostgreSQL's own scanner
+/// classifies it.
+fn keyword(word: &str) -> bool {
+    let unreserved = pg_query::protobuf::KeywordKind::UnreservedKeyword as i32;
+    pg_query::scan_tokens(word)
+        .is_ok_and(|tokens| tokens.first().is_some_and(|t| t.keyword_kind > unreserved))
 }
 
 /// One thing a statement does that the rules weigh.
@@ -882,7 +892,7 @@ mod tests {
                 ),
                 (function(None, "g", None), "DROP FUNCTION ... CASCADE"),
                 (
-                    function(None, "total", Some(&["pg_catalog.numeric"])),
+                    function(None, "total", Some(&["pg_catalog.\"numeric\""])),
                     "DROP AGGREGATE ... CASCADE"
                 ),
                 (function(None, "h", Some(&[])), "DROP ROUTINE ... CASCADE"),
@@ -1060,6 +1070,13 @@ mod tests {
     fn names_are_quoted_as_sql_writes_them() {
         assert_eq!(table("video_requests").sql(), "video_requests");
         assert_eq!(table("Mixed").sql(), "\"Mixed\"");
+        // Keywords that would not read as names; unreserved ones do.
+        assert_eq!(table("order").sql(), "\"order\"");
+        assert_eq!(table("user").sql(), "\"user\"");
+        assert_eq!(table("char").sql(), "\"char\"");
+        assert_eq!(table("left").sql(), "\"left\"");
+        assert_eq!(table("data").sql(), "data");
+        assert_eq!(table("events").sql(), "events");
         let qualified = Name {
             schema: Some("app".into()),
             name: "t\"x".into(),
