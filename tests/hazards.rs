@@ -275,7 +275,12 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
                   EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              CREATE TABLE owned_jobs (id int); INSERT INTO owned_jobs VALUES (1), (2), (3);
              ALTER TABLE owned_jobs OWNER TO hazard_owner;
-             CREATE FUNCTION app.owned_jobs() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+             CREATE FUNCTION app.owned_jobs() RETURNS int LANGUAGE sql AS 'SELECT 1';
+             CREATE EXTENSION IF NOT EXISTS hstore;
+             CREATE TABLE hstore_notes (id int); INSERT INTO hstore_notes VALUES (1);
+             ALTER EXTENSION hstore ADD TABLE hstore_notes;
+             CREATE SCHEMA helpers; CREATE FUNCTION helpers.h() RETURNS int LANGUAGE sql AS 'SELECT 1';
+             ALTER EXTENSION hstore ADD FUNCTION helpers.h();",
         )
         .await
         .unwrap();
@@ -306,6 +311,11 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
         (
             "SET search_path TO app, public;\nDROP FUNCTION twice(int) CASCADE;",
             "drops-data (DROP FUNCTION ... CASCADE) on public.scores.doubled holding 1 row(s) of data",
+        ),
+        // A member of an extension takes the extension with it, and its other members.
+        (
+            "DROP SCHEMA helpers CASCADE;",
+            "drops-data (DROP SCHEMA ... CASCADE) on public.hstore_notes holding 1 row(s) of data",
         ),
         // A function of the same name earlier in the path does not hide the table.
         (
@@ -349,6 +359,7 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
     assert_eq!(count("SELECT count(doubled) FROM scores").await, 1);
     assert_eq!(count("SELECT count(*) FROM recent_copy").await, 2);
     assert_eq!(count("SELECT count(*) FROM owned_jobs").await, 3);
+    assert_eq!(count("SELECT count(*) FROM hstore_notes").await, 1);
     // What holds no data goes without a word: a schema of empty tables, one not there.
     client
         .batch_execute("CREATE SCHEMA spare; CREATE TABLE spare.t (id int)")

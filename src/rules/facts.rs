@@ -303,12 +303,14 @@ WITH RECURSIVE start(origin, kind, classid, objid) AS (
              AND sd.dbid = (SELECT d.oid FROM pg_catalog.pg_database d
                              WHERE d.datname = pg_catalog.current_database())
         UNION ALL
-          -- The server refuses to drop a named internal part; one reached takes its owner.
+          -- The server refuses to drop a named internal part or extension member; one
+          -- reached takes its owner: the view of a rule, the extension of a member (with
+          -- every other member, tables too).
           SELECT d.refclassid, d.refobjid, d.refobjsubid
             FROM pg_catalog.pg_depend d
            WHERE NOT p.named AND d.classid = p.classid AND d.objid = p.objid
              AND (p.objsubid = 0 OR d.objsubid = p.objsubid)
-             AND d.deptype = 'i'
+             AND d.deptype IN ('i', 'e')
       ) x
 ), emptied(origin, objid) AS (
     SELECT origin, objid FROM start WHERE kind = 'f' AND objid IS NOT NULL
