@@ -43,11 +43,11 @@ CREATE RULE v_insert AS ON INSERT TO app.v DO INSTEAD NOTHING;
 CREATE TABLE app.parted (id integer, at date) PARTITION BY RANGE (at);
 CREATE TABLE app.parted_2026 PARTITION OF app.parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
 CREATE COLLATION app.german (provider = icu, locale = 'de-DE');
-CREATE PUBLICATION app_changes FOR TABLE app.t;
-CREATE PUBLICATION everything FOR ALL TABLES;
 CREATE FUNCTION app.on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$BEGIN END$$;
 CREATE EVENT TRIGGER app_ddl ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION app.on_ddl();
 CREATE TABLE public.schema_migrations (version bigint PRIMARY KEY);
+CREATE PUBLICATION app_changes FOR TABLE app.t, public.schema_migrations;
+CREATE PUBLICATION everything FOR ALL TABLES;
 "#;
 
 async fn snapshot(client: &Client) -> Snapshot {
@@ -296,6 +296,29 @@ async fn the_read_is_not_bounded_by_the_migrations_statement_timeout() {
     assert_eq!(read.text(), expected.text());
     let left: String = support::one(&client, "SELECT current_setting('statement_timeout')").await;
     assert_eq!(left, "1ms");
+}
+
+#[tokio::test]
+async fn lists_read_in_order_whatever_order_they_were_written_in() {
+    let roles = "DO $$ BEGIN CREATE ROLE schema_a NOLOGIN; CREATE ROLE schema_z NOLOGIN; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$;";
+    let build = |tables: &str, to: &str| {
+        format!(
+            "{roles} CREATE TABLE a (id int); CREATE TABLE z (id int);
+             CREATE PUBLICATION p FOR TABLE {tables};
+             CREATE POLICY mine ON a TO {to} USING (true);"
+        )
+    };
+    let (_db, first) = built(&build("z, a", "schema_z, schema_a")).await;
+    let (_other, second) = built(&build("a, z", "schema_a, schema_z")).await;
+    assert_eq!(first.text(), second.text());
+    let publication = definition(&first, Kind::Publication, "", "p");
+    assert!(
+        publication.ends_with("TABLES public.a, public.z"),
+        "{publication}"
+    );
+    let policy = definition(&first, Kind::Policy, "public.a", "mine");
+    assert!(policy.contains("TO schema_a, schema_z"), "{policy}");
 }
 
 #[tokio::test]

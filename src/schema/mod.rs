@@ -374,8 +374,9 @@ SELECT 'policy', r.qualified, pg_catalog.quote_ident(p.polname), 0::int2,
        pg_catalog.concat_ws(' ',
            CASE WHEN p.polpermissive THEN 'AS PERMISSIVE' ELSE 'AS RESTRICTIVE' END,
            'FOR ' || CASE p.polcmd WHEN 'r' THEN 'SELECT' WHEN 'a' THEN 'INSERT' WHEN 'w' THEN 'UPDATE' WHEN 'd' THEN 'DELETE' ELSE 'ALL' END,
-           'TO ' || (SELECT pg_catalog.string_agg(CASE WHEN x.role = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(x.role)) END, ', ' ORDER BY 1)
-                     FROM pg_catalog.unnest(p.polroles) AS x(role)),
+           'TO ' || (SELECT pg_catalog.string_agg(x.name, ', ' ORDER BY x.name)
+                     FROM (SELECT CASE WHEN r.role = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r.role)) END
+                           FROM pg_catalog.unnest(p.polroles) AS r(role)) AS x(name)),
            'USING (' || pg_catalog.pg_get_expr(p.polqual, p.polrelid) || ')',
            'WITH CHECK (' || pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) || ')')
 FROM pg_catalog.pg_policy p JOIN rel r ON r.oid = p.polrelid
@@ -473,7 +474,7 @@ UNION ALL
 SELECT 'publication', '', pg_catalog.quote_ident(pb.pubname), 0::int2,
        (SELECT pg_catalog.string_agg(j.key || ' ' || j.value, ', ' ORDER BY j.key)
           FROM pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(pb) - 'oid' - 'pubname' - 'pubowner') AS j)
-       || COALESCE(' TABLES ' || (SELECT pg_catalog.string_agg(pt.relid::pg_catalog.regclass::text, ', ' ORDER BY 1)
+       || COALESCE(' TABLES ' || (SELECT pg_catalog.string_agg(pt.relid::pg_catalog.regclass::text, ', ' ORDER BY pt.relid::pg_catalog.regclass::text)
                                   FROM pg_catalog.pg_get_publication_tables(pb.pubname) AS pt
                                   WHERE pt.relid IS DISTINCT FROM pg_catalog.to_regclass($1)), '')
 FROM pg_catalog.pg_publication pb
