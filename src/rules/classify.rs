@@ -77,8 +77,12 @@ fn quote(identifier: &str) -> String {
 }
 
 /// Whether `word` is a keyword other than an unreserved one, as PostgreSQL's own scanner
-/// classifies it.
+/// classifies it. Keywords are letters and `_`, none longer than `current_timestamp`: other
+/// words are answered without asking the scanner.
 fn keyword(word: &str) -> bool {
+    if word.len() > 17 || word.bytes().any(|b| b.is_ascii_digit()) {
+        return false;
+    }
     let unreserved = pg_query::protobuf::KeywordKind::UnreservedKeyword as i32;
     pg_query::scan_tokens(word)
         .is_ok_and(|tokens| tokens.first().is_some_and(|t| t.keyword_kind > unreserved))
