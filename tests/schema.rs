@@ -304,17 +304,19 @@ async fn lists_read_in_order_whatever_order_they_were_written_in() {
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;";
     let build = |tables: &str, to: &str| {
         format!(
-            "{roles} CREATE TABLE a (id int); CREATE TABLE z (id int);
+            "{roles} CREATE TABLE a (id int, note text); CREATE TABLE z (id int);
              CREATE PUBLICATION p FOR TABLE {tables};
              CREATE POLICY mine ON a TO {to} USING (true);"
         )
     };
-    let (_db, first) = built(&build("z, a", "schema_z, schema_a")).await;
-    let (_other, second) = built(&build("a, z", "schema_a, schema_z")).await;
+    let filtered = "a (id) WHERE (id > 0)";
+    let (_db, first) = built(&build(&format!("z, {filtered}"), "schema_z, schema_a")).await;
+    let (_other, second) = built(&build(&format!("{filtered}, z"), "schema_a, schema_z")).await;
     assert_eq!(first.text(), second.text());
+    // Each table with the columns it publishes and its row filter.
     let publication = definition(&first, Kind::Publication, "", "p");
     assert!(
-        publication.ends_with("TABLES public.a, public.z"),
+        publication.ends_with("TABLES public.a (id) WHERE (id > 0), public.z (id)"),
         "{publication}"
     );
     let policy = definition(&first, Kind::Policy, "public.a", "mine");
