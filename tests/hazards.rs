@@ -257,6 +257,7 @@ async fn down_refuses_to_drop_a_table_with_rows_unless_data_loss_is_allowed() {
 #[tokio::test]
 async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
     let db = seeded("").await;
+    support::role("hazard_owner").await;
     db.client()
         .await
         .batch_execute(
@@ -271,8 +272,6 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
              INSERT INTO scores (n) VALUES (1);
              CREATE VIEW recent AS SELECT id FROM tasks;
              CREATE MATERIALIZED VIEW recent_copy AS SELECT id FROM recent;
-             DO $$ BEGIN CREATE ROLE hazard_owner NOLOGIN; \
-                  EXCEPTION WHEN duplicate_object THEN NULL; END $$;
              CREATE TABLE owned_jobs (id int); INSERT INTO owned_jobs VALUES (1), (2), (3);
              ALTER TABLE owned_jobs OWNER TO hazard_owner;
              CREATE FUNCTION app.owned_jobs() RETURNS int LANGUAGE sql AS 'SELECT 1';

@@ -491,14 +491,7 @@ async fn a_migration_that_deallocates_prepared_statements_is_still_tested() {
 #[tokio::test]
 async fn with_privileges_a_rollback_must_revoke_what_its_migration_granted() {
     let db = support::database().await;
-    db.client()
-        .await
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE rehearsal_reader NOLOGIN; \
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-        )
-        .await
-        .unwrap();
+    support::role("rehearsal_reader").await;
     let dir = with_003(
         "GRANT SELECT ON video_requests TO rehearsal_reader;\n",
         Some("SELECT 1;\n"),
@@ -524,14 +517,7 @@ async fn with_privileges_a_rollback_must_revoke_what_its_migration_granted() {
 #[tokio::test]
 async fn with_privileges_a_rollback_must_undo_column_grants_and_default_privileges() {
     let db = support::database().await;
-    db.client()
-        .await
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE rehearsal_columns NOLOGIN; \
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-        )
-        .await
-        .unwrap();
+    support::role("rehearsal_columns").await;
     let up = "GRANT SELECT (prompt) ON video_requests TO rehearsal_columns;\n\
               ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO rehearsal_columns;\n";
     let forgotten = [

@@ -300,11 +300,11 @@ async fn the_read_is_not_bounded_by_the_migrations_statement_timeout() {
 
 #[tokio::test]
 async fn lists_read_in_order_whatever_order_they_were_written_in() {
-    let roles = "DO $$ BEGIN CREATE ROLE schema_a NOLOGIN; CREATE ROLE schema_z NOLOGIN; \
-                 EXCEPTION WHEN duplicate_object THEN NULL; END $$;";
+    support::role("schema_a").await;
+    support::role("schema_z").await;
     let build = |tables: &str, to: &str| {
         format!(
-            "{roles} CREATE TABLE a (id int, note text); CREATE TABLE z (id int);
+            "CREATE TABLE a (id int, note text); CREATE TABLE z (id int);
              CREATE PUBLICATION p FOR TABLE {tables};
              CREATE POLICY mine ON a TO {to} USING (true);"
         )
@@ -581,12 +581,9 @@ async fn owners_and_grants_are_compared_only_when_asked() {
     let db = support::database().await;
     support::up_ok(&db, &seed_dir()).await;
     let client = db.client().await;
+    support::role("schema_reader").await;
     client
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE schema_reader NOLOGIN; \
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-             GRANT SELECT ON video_requests TO schema_reader",
-        )
+        .batch_execute("GRANT SELECT ON video_requests TO schema_reader")
         .await
         .unwrap();
     let (code, text, _) = verify(&db, &seed_dir());
@@ -616,12 +613,9 @@ async fn column_grants_type_grants_and_default_privileges_are_compared_when_aske
     let db = support::database().await;
     support::up_ok(&db, &seed_dir()).await;
     let client = db.client().await;
+    support::role("schema_columns").await;
     client
-        .batch_execute(
-            "DO $$ BEGIN CREATE ROLE schema_columns NOLOGIN; \
-             EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-             CREATE TYPE public.shade AS ENUM ('dark', 'light')",
-        )
+        .batch_execute("CREATE TYPE public.shade AS ENUM ('dark', 'light')")
         .await
         .unwrap();
     // Each grant is made by hand, seen, and revoked: revoked, it reads as never granted.

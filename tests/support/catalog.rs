@@ -112,3 +112,17 @@ pub async fn database_exists(name: &str) -> bool {
         .expect("look for a database");
     row.get(0)
 }
+
+/// Creates the role `name` (NOLOGIN) on the shared server unless it is there: roles belong to
+/// the server, not to a test's database, and tests running at once may ask for the same one.
+pub async fn role(name: &str) {
+    let admin = connect(&format!("{}/postgres", server().base_url)).await;
+    let sql = format!(
+        "DO $$ BEGIN CREATE ROLE {name} NOLOGIN; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+    );
+    admin
+        .batch_execute(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("creating role {name}: {e}"));
+}
