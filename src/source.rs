@@ -3,6 +3,7 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
@@ -379,34 +380,52 @@ fn read_all(dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
     // for no time gained with the files cached (the connection is still being opened).
     let most = files.len() / FILES_PER_READER;
     if most <= 1 {
-        return read_chunk(&fd, dir, files);
+        return read_batch(&fd, dir, files, &mut vec![0; 64 * 1024]);
     }
     // Asked only here: the answer reads the cgroup's CPU quota from /proc and /sys.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = (cores * 4).min(16).min(most);
-    let chunk = files.len().div_ceil(threads);
     let fd = &fd;
-    let mut parts = files.chunks(chunk);
-    let first = parts.next().unwrap_or_default();
-    std::thread::scope(|scope| {
-        let readers: Vec<_> = parts
-            .map(|part| scope.spawn(move || read_chunk(fd, dir, part)))
-            .collect();
-        // This thread reads the first part itself rather than wait: one thread (and its
-        // allocator heap) fewer.
-        let mut read = read_chunk(fd, dir, first);
+    // Files are handed out a batch at a time to whichever reader asks next: with more
+    // readers than cores, fixed shares left the run waiting on whichever reader the
+    // scheduler had set aside (5,000 cached files: 17 ms on 8 readers against 8 on 2).
+    let next = AtomicUsize::new(0);
+    let read_batches = || {
+        let mut buffer = vec![0; 64 * 1024];
+        let mut batches = Vec::new();
+        loop {
+            let start = next.fetch_add(READ_BATCH, Ordering::Relaxed);
+            if start >= files.len() {
+                break batches;
+            }
+            let batch = &files[start..files.len().min(start + READ_BATCH)];
+            batches.push((start, read_batch(fd, dir, batch, &mut buffer)));
+        }
+    };
+    let mut batches = std::thread::scope(|scope| {
+        let readers: Vec<_> = (1..threads).map(|_| scope.spawn(read_batches)).collect();
+        // This thread reads as well rather than wait: one thread (and its allocator heap)
+        // fewer.
+        let mut batches = read_batches();
         // A reader only panics if reading does, which would abort the run anyway.
-        read.extend(
-            readers
-                .into_iter()
-                .flat_map(|reader| reader.join().expect("a file reader thread panicked")),
-        );
-        read
-    })
+        for reader in readers {
+            batches.extend(reader.join().expect("a file reader thread panicked"));
+        }
+        batches
+    });
+    batches.sort_unstable_by_key(|(start, _)| *start);
+    batches.into_iter().flat_map(|(_, read)| read).collect()
 }
 
-fn read_chunk(fd: &OwnedFd, dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
-    let mut buffer = vec![0; 64 * 1024];
+/// How many files a reader takes at a time.
+const READ_BATCH: usize = 32;
+
+fn read_batch(
+    fd: &OwnedFd,
+    dir: &Path,
+    files: &[String],
+    buffer: &mut Vec<u8>,
+) -> Vec<Result<Read, (Bad, Error)>> {
     files
         .iter()
         .map(|file_name| {
@@ -414,7 +433,7 @@ fn read_chunk(fd: &OwnedFd, dir: &Path, files: &[String]) -> Vec<Result<Read, (B
             let parsed =
                 parse_name(file_name).map_err(|problem| (Bad::Name, invalid(&path, problem)))?;
             let script =
-                read_script(fd, file_name, path, &mut buffer).map_err(|e| (Bad::Contents, e))?;
+                read_script(fd, file_name, path, buffer).map_err(|e| (Bad::Contents, e))?;
             let checksum = (parsed.direction == Direction::Up).then(|| checksum(&script.sql));
             Ok(Read {
                 version: parsed.version,
@@ -734,24 +753,34 @@ mod tests {
 
     #[test]
     fn large_directories_load_every_file_in_version_order() {
+        // Enough files for several reader threads, each taking batches as it goes.
         let dir = tempfile::tempdir().unwrap();
-        for version in 1..=600 {
+        for version in 1..=1_600 {
             let sql = format!("CREATE TABLE t_{version} (id int);");
             std::fs::write(dir.path().join(format!("{version:04}_t{version}.sql")), sql).unwrap();
+            if version % 3 == 0 {
+                let down = dir.path().join(format!("{version:04}_t{version}.down.sql"));
+                std::fs::write(down, format!("DROP TABLE t_{version};")).unwrap();
+            }
         }
         let big = "-- padding\n".repeat(10_000);
-        std::fs::write(dir.path().join("0601_big.sql"), format!("{big}SELECT 1;")).unwrap();
+        std::fs::write(dir.path().join("1601_big.sql"), format!("{big}SELECT 1;")).unwrap();
         let loaded = load(dir.path()).unwrap();
-        assert_eq!(loaded.len(), 601);
-        for (i, migration) in loaded.iter().take(600).enumerate() {
+        assert_eq!(loaded.len(), 1_601);
+        for (i, migration) in loaded.iter().take(1_600).enumerate() {
             let version = i as i64 + 1;
             assert_eq!(migration.version, version);
+            assert_eq!(migration.name, format!("t{version}"));
             assert_eq!(
                 migration.up.sql,
                 format!("CREATE TABLE t_{version} (id int);")
             );
+            assert_eq!(migration.checksum, checksum(&migration.up.sql));
+            let down = migration.down.as_ref().map(|down| down.sql.as_str());
+            let expected = format!("DROP TABLE t_{version};");
+            assert_eq!(down, (version % 3 == 0).then_some(expected.as_str()));
         }
-        assert_eq!(loaded[600].up.sql.len(), big.len() + "SELECT 1;".len());
+        assert_eq!(loaded[1_600].up.sql.len(), big.len() + "SELECT 1;".len());
     }
 
     #[test]
