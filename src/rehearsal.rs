@@ -416,6 +416,14 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
         )),
     }
     writeln!(out, "{last}")?;
+    let second_run_failed = (report.failures().filter_map(Tested::failed))
+        .any(|ran| matches!(ran.step, Step::ApplyAgain | Step::RollBackAgain));
+    if second_run_failed {
+        writeln!(
+            out,
+            "a second run of a file failed: files written for a tool that runs each file only once (sqlx, diesel, refinery, golang-migrate) are tested with `db-migrate test --once`"
+        )?;
+    }
     out.flush()
 }
 

@@ -550,6 +550,11 @@ async fn once_tests_reversibility_of_files_written_to_run_once() {
     let out = test(&db, dir.path(), &[]);
     let text = failed_at(&out, "step 2 (apply again)");
     assert!(text.contains("relation \"jobs\" already exists"), "{text}");
+    assert!(
+        out.stdout.contains("`db-migrate test --once`"),
+        "{}",
+        out.stdout
+    );
     let out = test(&db, dir.path(), &["--once", "--format", "json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
@@ -566,6 +571,7 @@ async fn once_tests_reversibility_of_files_written_to_run_once() {
     let dir = with_003(up, Some("DROP INDEX jobs_id;\n"));
     let out = test(&db, dir.path(), &["--once"]);
     let text = failed_at(&out, "step 3 (roll back)");
+    assert!(!out.stdout.contains("--once`"), "{}", out.stdout);
     assert!(
         text.contains("003 change") && text.contains("apply, roll back FAILED"),
         "{text}"
