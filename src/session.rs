@@ -88,6 +88,8 @@ pub struct Session {
     /// `standard_conforming_strings` as the session starts (see
     /// [`Session::needs_commit_guard`]).
     standard_strings: bool,
+    /// `server_version_num`.
+    server_version: i32,
 }
 
 /// How one transactional migration is framed by [`Session::open`] and [`Session::seal`].
@@ -188,6 +190,7 @@ impl Session {
             lock_held: lock_held_sql(lock),
             token: token(),
             standard_strings,
+            server_version: version,
         })
     }
 
@@ -307,6 +310,15 @@ impl Session {
     /// lexer assumes.
     pub fn needs_commit_guard(&self, sql: &str) -> bool {
         !self.standard_strings || crate::sql::may_end_transaction(sql)
+    }
+
+    /// A query whose one value is `t` when the transaction it runs in has written anything
+    /// (it took a transaction id), `f` when not.
+    pub fn wrote_sql(&self) -> &'static str {
+        match self.server_version >= 130000 {
+            true => "SELECT pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL",
+            false => "SELECT pg_catalog.txid_current_if_assigned() IS NOT NULL",
+        }
     }
 
     /// Undoes everything since [`open`](Self::open) but stays in the transaction.

@@ -142,6 +142,64 @@ async fn a_rollback_that_drops_a_column_the_forward_did_not_add_fails_step_3() {
     assert!(!text.contains("priority"), "{text}");
 }
 
+/// The `wrote` field of 003's "ran again" events, in order: its forward file's second run,
+/// then its rollback's.
+fn wrote_when_run_again(stderr: &str) -> Vec<bool> {
+    (events(stderr).iter())
+        .filter(|e| e["message"] == "migration ran again, not recorded" && e["version"] == 3)
+        .map(|e| e["wrote"].as_bool().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_run_that_writes_nothing_is_told_from_one_that_does() {
+    // The schema is read again after a second run only when it wrote something: every
+    // change to a catalog takes a transaction id, and the server says whether one was taken.
+    let db = support::database().await;
+    let dir = with_003(
+        "CREATE INDEX IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
+        Some("DROP INDEX IF EXISTS idx_prompt;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(wrote_when_run_again(&out.stderr), [false, false]);
+    // ADD COLUMN IF NOT EXISTS writes the table's row even when the column is there.
+    let dir = with_003(
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority integer;\n",
+        Some("ALTER TABLE video_requests DROP COLUMN IF EXISTS priority;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(wrote_when_run_again(&out.stderr)[0], true);
+    // Rows a second run adds are written too, and the schema is read again: still passes.
+    let dir = with_003(
+        "CREATE TABLE IF NOT EXISTS tags (name text);\nINSERT INTO tags VALUES ('x');\n",
+        Some("DROP TABLE IF EXISTS tags;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(wrote_when_run_again(&out.stderr)[0], true);
+}
+
+#[tokio::test]
+async fn a_rollback_whose_second_run_changes_the_schema_fails_step_4() {
+    let db = support::database().await;
+    let dir = with_003(
+        "CREATE TABLE IF NOT EXISTS tags (name text);\n",
+        Some(
+            "DO $$ BEGIN IF to_regclass('tags') IS NULL THEN \
+             CREATE TABLE tags_gone (id int); END IF; END $$;\n\
+             DROP TABLE IF EXISTS tags;\n",
+        ),
+    );
+    let text = failed_at(&test(&db, dir.path(), &[]), "step 4 (roll back again)");
+    assert!(
+        text.contains("running the rollback a second time changed the schema"),
+        "{text}"
+    );
+    assert!(text.contains("+ table public.tags_gone"), "{text}");
+}
+
 #[tokio::test]
 async fn a_forward_file_without_if_not_exists_fails_step_2() {
     let db = support::database().await;

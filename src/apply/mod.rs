@@ -55,6 +55,10 @@ pub struct Report {
     pub result: Result<(), Error>,
     /// What waiting for table locks cost.
     pub locks: LockTally,
+    /// Whether a migration's transaction wrote anything, or may have: false only for
+    /// [`again`], when the server said no transaction of it took a transaction id, which
+    /// every change to the catalogs (and to anything else) needs.
+    pub wrote: bool,
 }
 
 /// Who owns the transaction around one migration.
@@ -85,6 +89,9 @@ struct Run<'a> {
     /// Each migration commits on its own (`Mode::Each`): one that completed stays, and the
     /// interrupt counts it for a run it has to abandon.
     commits: bool,
+    /// A migration's transaction wrote something, or may have (see [`Report::wrote`]); only
+    /// asked when nothing is recorded, as a history row is a write.
+    wrote: AtomicBool,
 }
 
 impl Run<'_> {
@@ -126,6 +133,7 @@ pub async fn run(
         record: true,
         clean: AtomicBool::new(false),
         commits: mode == Mode::Each,
+        wrote: AtomicBool::new(true),
     };
     let mut completed = 0;
     let result = match mode {
@@ -161,6 +169,7 @@ pub async fn run(
                     completed,
                     result: Err(error),
                     locks,
+                    wrote: true,
                 };
             }
             let result = whole(&run, monitor, plan, mode == Mode::Single, history_exists).await;
@@ -181,11 +190,13 @@ pub async fn run(
         completed,
         result,
         locks,
+        wrote: true,
     }
 }
 
 /// Runs each step's file again, as [`run`] would in `Mode::Each`, but changes no history
-/// row: `test` runs every file a second time to show it is safe to run twice.
+/// row: `test` runs every file a second time to show it is safe to run twice. The report
+/// says whether any of them wrote anything.
 pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>) -> Report {
     let run = Run {
         ctx,
@@ -196,6 +207,7 @@ pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>
         record: false,
         clean: AtomicBool::new(false),
         commits: false,
+        wrote: AtomicBool::new(false),
     };
     let mut completed = 0;
     let result = each(&run, monitor, plan, &mut completed).await;
@@ -204,6 +216,7 @@ pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>
         completed,
         result,
         locks,
+        wrote: run.wrote.load(Ordering::Relaxed),
     }
 }
 
@@ -466,7 +479,9 @@ fn finished(run: &Run<'_>, step: Step<'_>, duration: std::time::Duration, rows: 
     }
     let commands = done.summary();
     if !run.record {
-        info!(parent: None, version = migration.version, name = %migration.name, %file, duration_ms, commands, "migration ran again, not recorded");
+        // Whether the files run again so far wrote anything: `test` runs them one at a time.
+        let wrote = run.wrote.load(Ordering::Relaxed);
+        info!(parent: None, version = migration.version, name = %migration.name, %file, duration_ms, commands, wrote, "migration ran again, not recorded");
         return;
     }
     let message = match (run.direction, run.dry_run) {

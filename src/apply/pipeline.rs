@@ -223,7 +223,16 @@ async fn exchange(
     };
     let record = async {
         if !run.record {
-            // Nothing to record: as if the one row had changed.
+            // Nothing to record: as if the one row had changed. Asked instead, before the
+            // COMMIT: whether the transaction wrote anything.
+            let wrote = client.simple_query(run.session.wrote_sql()).await?;
+            let value = wrote.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            });
+            if value != Some("f") {
+                run.wrote.store(true, Ordering::Relaxed);
+            }
             return Ok(1);
         }
         match (prepared, run.direction) {
