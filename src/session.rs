@@ -571,6 +571,7 @@ mod tests {
             lock_held: String::new(),
             token: token(),
             standard_strings: true,
+            server_version: 150_000,
         };
         for own in [true, false] {
             for guarded in [true, false] {
@@ -626,6 +627,7 @@ mod tests {
             lock_held: String::new(),
             token: token(),
             standard_strings: true,
+            server_version: 150_000,
         };
         let open = |own, clean, guarded| {
             let frame = Frame {
