@@ -159,10 +159,15 @@ impl Snapshot {
 
     /// The objects that belong to `table` and are of `kind`; columns in their table's order.
     pub fn children(&self, table: &str, kind: Kind) -> Vec<(&Key, &Object)> {
-        let mut children: Vec<_> = self
-            .objects
-            .iter()
-            .filter(|(key, _)| key.kind == kind && key.table == table)
+        // Keys sort by kind, then table: a table's children of a kind are one run of them,
+        // found without walking the rest (a diff asks this of every table).
+        let first = Key {
+            kind,
+            table: table.to_string(),
+            name: String::new(),
+        };
+        let mut children: Vec<_> = (self.objects.range(first..))
+            .take_while(|(key, _)| key.kind == kind && key.table == table)
             .collect();
         children.sort_by_key(|(key, object)| (object.position, key.name.clone()));
         children
