@@ -324,6 +324,68 @@ async fn lists_read_in_order_whatever_order_they_were_written_in() {
 }
 
 #[tokio::test]
+async fn comments_are_read_on_every_kind_but_not_on_extensions_members_or_large_objects() {
+    let (db, _) = built(EVERY_KIND).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "COMMENT ON SCHEMA app IS 'the app'; \
+             COMMENT ON INDEX app.t_name IS 'names'; \
+             COMMENT ON CONSTRAINT name_short ON app.t IS 'short'; \
+             COMMENT ON FUNCTION app.touch() IS 'touches'; \
+             COMMENT ON TYPE app.mood IS 'moods'; \
+             COMMENT ON SEQUENCE app.tickets IS 'tickets'; \
+             COMMENT ON COLUMN app.v.name IS 'its name'; \
+             COMMENT ON TRIGGER t_touch ON app.t IS 'on update'; \
+             COMMENT ON TABLE app.t IS 'the table'; \
+             COMMENT ON TABLE public.schema_migrations IS 'history'; \
+             COMMENT ON FUNCTION citext(boolean) IS 'an extension''s'; \
+             SELECT lo_create(4242); COMMENT ON LARGE OBJECT 4242 IS 'data';",
+        )
+        .await
+        .unwrap();
+    let s = snapshot(&client).await;
+    for (name, comment) in [
+        ("schema app", "'the app'"),
+        ("index app.t_name", "'names'"),
+        ("table constraint name_short on app.t", "'short'"),
+        ("function app.touch()", "'touches'"),
+        ("type app.mood", "'moods'"),
+        ("sequence app.tickets", "'tickets'"),
+        ("view column app.v.name", "'its name'"),
+        ("trigger t_touch on app.t", "'on update'"),
+    ] {
+        assert_eq!(definition(&s, Kind::Comment, "", name), comment);
+    }
+    // A table's comment is part of its own definition; the history table is not read.
+    assert!(definition(&s, Kind::Table, "", "app.t").ends_with("COMMENT 'the table'"));
+    // Nothing else: not the history table's, an extension member's or a large object's; the
+    // extension's own comment comes from its control file.
+    let comments: Vec<&str> = (s.of(Kind::Comment))
+        .map(|(k, _)| k.name.as_str())
+        .collect();
+    assert_eq!(
+        comments,
+        [
+            "extension citext",
+            "function app.touch()",
+            "index app.t_name",
+            "schema app",
+            "sequence app.tickets",
+            "table constraint name_short on app.t",
+            "trigger t_touch on app.t",
+            "type app.mood",
+            "view column app.v.name"
+        ]
+    );
+    assert!(
+        s.text().contains("-- comment on index app.t_name: 'names'"),
+        "{}",
+        s.text()
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_index_a_disabled_trigger_and_a_disabled_rule_are_marked() {
     let (db, _) = built(EVERY_KIND).await;
     let client = db.client().await;

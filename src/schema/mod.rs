@@ -50,6 +50,9 @@ pub enum Kind {
     EventTrigger,
     /// A publication for logical replication, with the tables it publishes.
     Publication,
+    /// The comment on an object whose own definition does not carry it (tables', columns'
+    /// and views' do): named by the object's kind and identity, `index public.idx_prompt`.
+    Comment,
     /// An object's owner and grants: only when asked for ([`Options::privileges`]).
     Privileges,
 }
@@ -77,6 +80,7 @@ impl Kind {
             "procedure" => Kind::Procedure,
             "event trigger" => Kind::EventTrigger,
             "publication" => Kind::Publication,
+            "comment" => Kind::Comment,
             "privileges" => Kind::Privileges,
             _ => return None,
         })
@@ -103,6 +107,7 @@ impl Kind {
             Kind::Procedure => "procedure",
             Kind::EventTrigger => "event trigger",
             Kind::Publication => "publication",
+            Kind::Comment => "comment",
             Kind::Privileges => "privileges",
         }
     }
@@ -124,6 +129,7 @@ impl std::fmt::Display for Key {
             (Kind::Column, false) => write!(f, "column {}.{}", self.table, self.name),
             (kind, false) => write!(f, "{} {} on {}", kind.as_str(), self.name, self.table),
             (Kind::Privileges, true) => write!(f, "privileges on {}", self.name),
+            (Kind::Comment, true) => write!(f, "comment on {}", self.name),
             (kind, true) => write!(f, "{} {}", kind.as_str(), self.name),
         }
     }
@@ -506,6 +512,20 @@ SELECT 'publication', '', pg_catalog.quote_ident(pb.pubname), 0::int2,
                                           AND pg_catalog.to_regclass(pg_catalog.format('%I.%I', pt.schemaname, pt.tablename))
                                               IS DISTINCT FROM pg_catalog.to_regclass($1)) AS t(entry)), '')
 FROM pg_catalog.pg_publication pb
+UNION ALL
+-- Comments on everything else the database's own migrations made (an oid past the system's),
+-- named by the object's kind and identity; large objects are data.
+SELECT 'comment', '', o.type || ' ' || o.identity, 0::int2, pg_catalog.quote_literal(dsc.description)
+FROM pg_catalog.pg_description dsc
+CROSS JOIN LATERAL pg_catalog.pg_identify_object(dsc.classoid, dsc.objoid, dsc.objsubid) o
+WHERE dsc.objoid >= 16384
+  AND dsc.classoid <> 'pg_catalog.pg_largeobject'::pg_catalog.regclass
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = dsc.classoid AND m.objid = dsc.objoid)
+  AND (o.schema IS NULL OR o.schema IN (SELECT ns.nspname FROM ns))
+  AND (dsc.classoid <> 'pg_catalog.pg_class'::pg_catalog.regclass
+       OR EXISTS (SELECT 1 FROM rel r WHERE r.oid = dsc.objoid
+                  AND NOT (dsc.objsubid = 0 AND r.relkind IN ('r', 'p', 'f', 'v', 'm'))
+                  AND NOT (dsc.objsubid > 0 AND r.relkind IN ('r', 'p', 'f'))))
 UNION ALL
 SELECT 'privileges', '', o.object, 0::int2,
        pg_catalog.concat_ws(' ', 'OWNER ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(o.owner)),

@@ -79,6 +79,12 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
             key.name, object.definition
         ));
     }
+    let comments: Vec<String> = (snapshot.of(Kind::Comment))
+        .map(|(key, object)| format!("-- comment on {}: {}", key.name, object.definition))
+        .collect();
+    if !comments.is_empty() {
+        blocks.push(comments.join("\n"));
+    }
     let privileges: Vec<String> = (snapshot.of(Kind::Privileges))
         .map(|(key, object)| format!("-- privileges on {}: {}", key.name, object.definition))
         .collect();
