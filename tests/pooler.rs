@@ -12,7 +12,7 @@ use support::{Running, binary, history, output, seed_dir, tables};
 struct Bouncer {
     child: std::process::Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Bouncer {
@@ -35,6 +35,19 @@ impl Bouncer {
     }
 }
 
+impl Bouncer {
+    /// Asserts that PgBouncer is still running, with its log when it is not.
+    fn assert_running(&mut self, when: &str) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let log = std::fs::read_to_string(self.dir.path().join("pgbouncer.log"));
+            panic!(
+                "pgbouncer exited ({status}) {when}:\n{}",
+                log.unwrap_or_default()
+            );
+        }
+    }
+}
+
 impl Drop for Bouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -48,6 +61,12 @@ fn pgbouncer() -> Bouncer {
 
 /// [`pgbouncer`] with `pool_size` server connections per database.
 fn pgbouncer_with(pool_size: usize) -> Bouncer {
+    pgbouncer_in("transaction", pool_size)
+}
+
+/// PgBouncer in `mode` (`session` or `transaction`) with `pool_size` server connections per
+/// database.
+fn pgbouncer_in(mode: &str, pool_size: usize) -> Bouncer {
     let server = support::server();
     let dir = tempfile::tempdir().unwrap();
     let owner = support::server_user();
@@ -71,7 +90,7 @@ fn pgbouncer_with(pool_size: usize) -> Bouncer {
         format!(
             "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
              listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
-             pool_mode = transaction\nserver_round_robin = 1\ndefault_pool_size = {pool_size}\n\
+             pool_mode = {mode}\nserver_round_robin = 1\ndefault_pool_size = {pool_size}\n\
              ignore_startup_parameters = extra_float_digits,options\nlogfile = {}\n",
             server.port,
             users.display(),
@@ -90,11 +109,7 @@ fn pgbouncer_with(pool_size: usize) -> Bouncer {
         .stderr(Stdio::null())
         .spawn()
         .expect("start pgbouncer");
-    Bouncer {
-        child,
-        port,
-        _dir: dir,
-    }
+    Bouncer { child, port, dir }
 }
 
 #[tokio::test]
@@ -174,4 +189,49 @@ async fn a_second_run_sharing_the_first_ones_server_session_is_refused() {
     assert_eq!(code, Some(0), "the first run is left alone: {events:#?}");
     let client = db.client().await;
     assert_eq!(history(&client).await, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn sigterm_through_a_session_pooler_cancels_the_statement_and_the_pooler_stays_up() {
+    // PgBouncer 1.18 drops a cancel request whose client closes before it is forwarded, or
+    // exits on a fatal error (pgbouncer/pgbouncer#801), taking every other client's connection
+    // with it; the job closed it at once, and half of its SIGTERMs did one or the other.
+    let db = support::database().await;
+    let mut bouncer = pgbouncer_in("session", 4);
+    let url = bouncer.url(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("001_sleep.sql"), "SELECT pg_sleep(60);\n").unwrap();
+    let watcher = db.client().await;
+    let sleeping = || async {
+        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state = 'active' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()";
+        watcher
+            .query_one(query, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    for round in 1..=5 {
+        let job = Running::spawn(
+            binary()
+                .args(["up", "--log-format", "json"])
+                .env("DATABASE_URL", &url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        );
+        support::eventually("the migration to be running", || async {
+            sleeping().await == 1
+        })
+        .await;
+        job.signal("TERM");
+        let (code, events) = job.finish();
+        assert_eq!(code, Some(143), "round {round}: {events:#?}");
+        // The run waits for the cancelled statement to end; a cancel request the pooler
+        // dropped left it running past the run's grace period, until the server noticed the
+        // connection gone.
+        assert_eq!(sleeping().await, 0, "round {round}: still running");
+        bouncer.assert_running(&format!("after SIGTERM {round}"));
+    }
+    let client = support::connect(&url).await;
+    client.simple_query("SELECT 1").await.unwrap();
+    assert!(history(&client).await.is_empty());
 }

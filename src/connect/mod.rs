@@ -3,6 +3,7 @@
 //! connection with retries, the monitor's, and the cancel request, directly over TLS or
 //! through the Cloud SQL tunnel.
 
+mod cancel;
 mod password;
 mod settings;
 pub mod tls;
@@ -35,7 +36,7 @@ pub use settings::{
 };
 pub use url::redact;
 
-/// How long a cancel request through the tunnel may take to reach the instance: it is sent
+/// How long a cancel request may take to reach a server (each host, directly): it is sent
 /// during shutdown, which Cloud Run gives 10 s.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -244,19 +245,15 @@ impl Dialer {
     pub fn canceller(&self, token: CancelToken) -> interrupt::Cancel {
         match &self.way {
             Way::Direct { connector, .. } => {
-                let connector = connector.separate();
-                Box::pin(async move {
-                    let cancelled = token.cancel_query(connector).await;
-                    cancelled.map_err(|e| e.to_string())
-                })
+                let (pg, connector) = (self.pg.clone(), connector.separate());
+                Box::pin(cancel::direct(token, pg, connector, CANCEL_TIMEOUT))
             }
             Way::Tunnel(tunnel) => {
                 let tunnel = Arc::clone(tunnel);
                 Box::pin(async move {
                     let dialled = tunnel.dial_current(CANCEL_TIMEOUT).await;
                     let stream = dialled.map_err(|f| f.error.to_string())?;
-                    let cancelled = token.cancel_query_raw(stream, NoTls).await;
-                    cancelled.map_err(|e| e.to_string())
+                    cancel::send(&token, stream, NoTls).await
                 })
             }
         }
