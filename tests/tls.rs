@@ -404,3 +404,49 @@ async fn certificate_problem_says_which_check_failed() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_over_tls_cancels_the_running_statement_before_the_run_exits() {
+    // The cancel request goes over TLS as the run's connection does, and is held open until
+    // the server closes it.
+    let tls = tls_server();
+    let db = support::database_on(&tls.server).await;
+    let files = tls.pki.client_files(CERT_USER, KeyFormat::Pkcs8);
+    let url = format!(
+        "postgresql://{SUPERUSER}:{SUPERUSER_PASSWORD}@localhost:{}/{}?hostaddr=127.0.0.1\
+         &sslmode=verify-full&sslrootcert={}",
+        tls.server.port,
+        db.name,
+        files.root_cert.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("001_sleep.sql"), "SELECT pg_sleep(60);\n").unwrap();
+    // The superuser may watch only from the postgres database without TLS.
+    let watcher = support::connect(&format!("{}/postgres", tls.server.base_url)).await;
+    let sleeping = || async {
+        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND state = 'active' AND query LIKE '%pg_sleep(60)%'";
+        let row = watcher.query_one(query, &[&db.name]).await.unwrap();
+        row.get::<_, i64>(0)
+    };
+    let job = support::Running::spawn(
+        support::binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    support::eventually("the migration to be running", || async {
+        sleeping().await == 1
+    })
+    .await;
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    assert_eq!(sleeping().await, 0, "the statement outlived the run");
+    let warned = (events.iter()).any(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cancel request"))
+    });
+    assert!(!warned, "{events:#?}");
+}
