@@ -216,18 +216,31 @@ async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<String> 
     first_value(&messages).map(str::to_string)
 }
 
-/// Releases every hold of the session's advisory locks: each migration's check of the
-/// migration lock adds one (see `session`), and a lock a migration took for itself would go
-/// with the session a moment later anyway.
+/// Releases every hold of the session's advisory locks (each migration's check of the
+/// migration lock adds one, see `session`; a lock a migration took for itself would go with
+/// the session a moment later anyway), and with `DISCARD ALL` leaves the session as a new one:
+/// through a session pooler that does not reset what it hands on (`server_reset_query`
+/// empty), the next client, the bot's, got the run's `lock_timeout` of 200 ms, its
+/// `idle_in_transaction_session_timeout`, its prepared statements and a migration's
+/// temporary tables.
 async fn release(client: &Client) {
-    let query = "SELECT pg_catalog.pg_advisory_unlock_all()";
+    let query = "DISCARD ALL";
     let mut result = client.simple_query(query).await;
     // A `-- no-transaction` file that failed inside a transaction it opened itself leaves the
-    // session in that aborted transaction, where nothing runs until it is rolled back.
+    // session in that aborted transaction, where nothing runs until it is rolled back; and
+    // one that left a transaction open is in a transaction block, where DISCARD ALL cannot
+    // run. Each on its own: in one message they would be one implicit transaction.
+    let blocked = [
+        tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION,
+        tokio_postgres::error::SqlState::ACTIVE_SQL_TRANSACTION,
+    ];
     if let Err(error) = &result
-        && error.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+        && error.code().is_some_and(|code| blocked.contains(code))
     {
-        result = client.simple_query(&format!("ROLLBACK; {query}")).await;
+        result = match client.simple_query("ROLLBACK").await {
+            Ok(_) => client.simple_query(query).await,
+            Err(error) => Err(error),
+        };
     }
     // When the connection is gone the server has already dropped the lock with the session.
     if let Err(error) = result {

@@ -61,12 +61,12 @@ fn pgbouncer() -> Bouncer {
 
 /// [`pgbouncer`] with `pool_size` server connections per database.
 fn pgbouncer_with(pool_size: usize) -> Bouncer {
-    pgbouncer_in("transaction", pool_size)
+    pgbouncer_in("transaction", pool_size, "")
 }
 
 /// PgBouncer in `mode` (`session` or `transaction`) with `pool_size` server connections per
-/// database.
-fn pgbouncer_in(mode: &str, pool_size: usize) -> Bouncer {
+/// database, and `extra` lines of its configuration.
+fn pgbouncer_in(mode: &str, pool_size: usize, extra: &str) -> Bouncer {
     let server = support::server();
     let dir = tempfile::tempdir().unwrap();
     let owner = support::server_user();
@@ -91,7 +91,7 @@ fn pgbouncer_in(mode: &str, pool_size: usize) -> Bouncer {
             "[databases]\n* = host=127.0.0.1 port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
              listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
              pool_mode = {mode}\nserver_round_robin = 1\ndefault_pool_size = {pool_size}\n\
-             ignore_startup_parameters = extra_float_digits,options\nlogfile = {}\n",
+             ignore_startup_parameters = extra_float_digits,options\nlogfile = {}\n{extra}",
             server.port,
             users.display(),
             dir.path().join("pgbouncer.log").display()
@@ -197,7 +197,7 @@ async fn sigterm_through_a_session_pooler_cancels_the_statement_and_the_pooler_s
     // exits on a fatal error (pgbouncer/pgbouncer#801), taking every other client's connection
     // with it; the job closed it at once, and half of its SIGTERMs did one or the other.
     let db = support::database().await;
-    let mut bouncer = pgbouncer_in("session", 4);
+    let mut bouncer = pgbouncer_in("session", 4, "");
     let url = bouncer.url(&db).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("001_sleep.sql"), "SELECT pg_sleep(60);\n").unwrap();
@@ -234,4 +234,43 @@ async fn sigterm_through_a_session_pooler_cancels_the_statement_and_the_pooler_s
     let client = support::connect(&url).await;
     client.simple_query("SELECT 1").await.unwrap();
     assert!(history(&client).await.is_empty());
+}
+
+#[tokio::test]
+async fn through_a_session_pooler_that_resets_nothing_the_next_client_gets_a_new_session() {
+    // With `server_reset_query` empty, PgBouncer hands the run's server session on as the run
+    // left it: to the bot, its next client.
+    let db = support::database().await;
+    let bouncer = pgbouncer_in("session", 1, "server_reset_query =\n");
+    let url = bouncer.url(&db).await;
+    let temp = "CREATE TEMP TABLE scratch_rows (id int);\n";
+    let dir = support::copy_of_seed(&[("003_temp.sql", temp)]);
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // One server connection: the run's. Read without preparing a statement of our own.
+    let client = support::connect(&url).await;
+    let rows = client
+        .simple_query(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), \
+             current_setting('idle_in_transaction_session_timeout'), \
+             (SELECT count(*) FROM pg_prepared_statements), \
+             to_regclass('pg_temp.scratch_rows') IS NULL, \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid())",
+        )
+        .await
+        .unwrap();
+    let row = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .unwrap();
+    let values: Vec<&str> = (0..6).map(|i| row.get(i).unwrap()).collect();
+    assert_eq!(values, ["0", "0", "0", "0", "t", "0"]);
 }
