@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 use crate::error::{Error, Failure, Refusal};
 use crate::plan::Plan;
@@ -201,7 +201,7 @@ pub async fn run(
             let mut snapshots = vec![snapshot(client, Some(&tables)).await?];
             for (statement, mut traced) in statements.iter().zip(checked.iter().cloned()) {
                 let started = Instant::now();
-                let answer = client.simple_query(statement.text).await;
+                let answer = session::counted(client, statement.text, 0).await;
                 traced.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
                 let failure = |e| {
                     failed(
@@ -212,8 +212,8 @@ pub async fn run(
                         e,
                     )
                 };
-                let messages = match answer.map_err(failure) {
-                    Ok(messages) => messages,
+                let counted = match answer.map_err(failure) {
+                    Ok(counted) => counted,
                     Err(Error::Apply(f)) if sql::awaits_enum_commit(&f.sqlstate, &script.sql) => {
                         (client
                             .batch_execute(&format!("ROLLBACK TO SAVEPOINT {MIGRATION}"))
@@ -234,10 +234,7 @@ pub async fn run(
                 );
                 open?;
                 snapshots.push(after?);
-                traced.rows = messages.iter().rev().find_map(|m| match m {
-                    SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
-                    _ => None,
-                });
+                traced.rows = counted.counts.last().copied();
                 migration.push(traced);
             }
             (client

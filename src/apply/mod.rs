@@ -413,42 +413,6 @@ async fn one<E>(
     .await
 }
 
-/// Runs `text` as one simple query and returns the count each of its statements reported
-/// (0 for those without one), with the first value of the last row the first `leading`
-/// statements returned (a migration's opening: its pid check); other rows are read and
-/// dropped as they come. The query is sent on the first poll, so it keeps its place in a
-/// pipeline.
-async fn counted(
-    client: &Client,
-    text: &str,
-    leading: usize,
-) -> Result<Counted, tokio_postgres::Error> {
-    use futures_util::TryStreamExt;
-    use tokio_postgres::SimpleQueryMessage;
-    let stream = client.simple_query_raw(text).await?;
-    let mut stream = std::pin::pin!(stream);
-    let (mut counts, mut leading_row) = (Vec::new(), None);
-    while let Some(message) = stream.try_next().await? {
-        match message {
-            SimpleQueryMessage::CommandComplete(rows) => counts.push(rows),
-            SimpleQueryMessage::Row(row) if counts.len() < leading => {
-                leading_row = row.get(0).map(str::to_string);
-            }
-            _ => {}
-        }
-    }
-    Ok(Counted {
-        counts,
-        leading_row,
-    })
-}
-
-/// What [`counted`] read.
-struct Counted {
-    counts: Vec<u64>,
-    leading_row: Option<String>,
-}
-
 /// The history change of one migration as text. Only a transactional migration's is
 /// guarded: its checks can still roll it back.
 fn history_change(run: &Run<'_>, migration: &Migration, elapsed: Elapsed) -> String {

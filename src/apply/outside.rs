@@ -120,7 +120,7 @@ async fn in_aborted_transaction(client: &Client) -> bool {
 
 /// Runs one statement; returns the count it reported.
 async fn execute(run: &Run<'_>, step: Step<'_>, statement: &Statement<'_>) -> Result<u64, Error> {
-    super::counted(run.client, statement.text, 0)
+    session::counted(run.client, statement.text, 0)
         .await
         .map(|counted| counted.counts.first().copied().unwrap_or_default())
         .map_err(|e| match is_connection_lost(&e) {

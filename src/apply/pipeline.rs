@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tracing::info;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
-use super::{Counted, Run, Wrap};
+use super::{Run, Wrap};
 use crate::error::Error;
 use crate::history::{self, Elapsed};
 use crate::plan::{Direction, Step};
@@ -193,7 +193,7 @@ async fn drain<F: Future + Unpin>(flight: &mut VecDeque<(usize, F, Poll<F::Outpu
 struct Answers {
     /// With the first value of the opening's last row: the server session's pid, when the
     /// opening checks the migration before (see `session::Frame::after`).
-    body: Answer<Counted>,
+    body: Answer<session::Counted>,
     record: Answer<u64>,
     commit: Answer<()>,
 }
@@ -256,7 +256,7 @@ async fn exchange(
     // Each arm sends its message on its first poll, in this order, before any of them
     // waits for an answer: the messages travel together.
     let (body, record, commit) = tokio::join!(
-        super::counted(client, &message.text, message.opening),
+        session::counted(client, &message.text, message.opening),
         record,
         when(frame.own, client.batch_execute("COMMIT")),
     );
