@@ -439,6 +439,13 @@ async fn an_invalid_index_a_disabled_trigger_and_a_disabled_rule_are_marked() {
     let s = snapshot(&client).await;
     assert!(definition(&s, Kind::Index, "app.t", "app.t_bad").ends_with(" -- INVALID"));
     assert!(definition(&s, Kind::Trigger, "app.t", "t_touch").ends_with(" -- DISABLED"));
+    client
+        .batch_execute("ALTER TABLE app.t ENABLE REPLICA TRIGGER t_touch")
+        .await
+        .unwrap();
+    let replica =
+        definition(&snapshot(&client).await, Kind::Trigger, "app.t", "t_touch").to_string();
+    assert!(replica.ends_with(" -- ENABLE REPLICA"), "{replica}");
     assert!(definition(&s, Kind::Rule, "app.t", "t_keep").ends_with(" -- DISABLED"));
     assert!(
         s.text().contains("DO INSTEAD NOTHING; -- DISABLED"),
@@ -583,6 +590,16 @@ async fn verify_schema_names_each_change_made_by_hand_and_never_writes_to_the_ta
             "CREATE RULE keep AS ON DELETE TO video_requests DO INSTEAD NOTHING",
             "+ rule keep on public.video_requests",
             "DROP RULE keep ON video_requests",
+        ),
+        (
+            "ALTER TABLE video_requests ALTER COLUMN prompt SET (n_distinct = 100)",
+            "text NOT NULL WITH (n_distinct=100)",
+            "ALTER TABLE video_requests ALTER COLUMN prompt RESET (n_distinct)",
+        ),
+        (
+            "ALTER TABLE video_requests CLUSTER ON idx_video_requests_user_created",
+            "-- CLUSTER",
+            "ALTER TABLE video_requests SET WITHOUT CLUSTER",
         ),
         (
             "COMMENT ON INDEX idx_video_requests_user_created IS 'the list command'",

@@ -387,6 +387,7 @@ SELECT 'column', r.qualified, pg_catalog.quote_ident(a.attname), a.attnum,
                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = r.oid
                      AND d.refobjsubid = a.attnum AND d.deptype = 'i'), ''),
            CASE WHEN a.attstattarget >= 0 THEN 'STATISTICS ' || a.attstattarget END,
+           'WITH (' || pg_catalog.array_to_string(a.attoptions, ', ') || ')',
            CASE WHEN a.attstorage <> t.typstorage THEN 'STORAGE ' ||
                CASE a.attstorage WHEN 'p' THEN 'PLAIN' WHEN 'e' THEN 'EXTERNAL' WHEN 'm' THEN 'MAIN' ELSE 'EXTENDED' END END,
            'COMMENT ' || pg_catalog.quote_literal((SELECT dsc.description FROM pg_catalog.pg_description dsc WHERE dsc.objoid = r.oid
@@ -403,6 +404,7 @@ FROM pg_catalog.pg_constraint co JOIN rel r ON r.oid = co.conrelid
 UNION ALL
 SELECT 'index', r.qualified, pg_catalog.format('%I.%I', r.nspname, ic.relname), 0::int2,
        pg_catalog.pg_get_indexdef(i.indexrelid) || CASE WHEN NOT i.indisvalid THEN ' -- INVALID' ELSE '' END
+       || CASE WHEN i.indisclustered THEN ' -- CLUSTER' ELSE '' END
 FROM pg_catalog.pg_index i
 JOIN rel r ON r.oid = i.indrelid
 JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
@@ -410,7 +412,8 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.conindid = 
                   AND co.conrelid = i.indrelid AND co.contype IN ('p', 'u', 'x'))
 UNION ALL
 SELECT 'trigger', r.qualified, pg_catalog.quote_ident(tg.tgname), 0::int2,
-       pg_catalog.pg_get_triggerdef(tg.oid, true) || CASE tg.tgenabled WHEN 'D' THEN ' -- DISABLED' ELSE '' END
+       pg_catalog.pg_get_triggerdef(tg.oid, true) || CASE tg.tgenabled WHEN 'D' THEN ' -- DISABLED'
+           WHEN 'R' THEN ' -- ENABLE REPLICA' WHEN 'A' THEN ' -- ENABLE ALWAYS' ELSE '' END
 FROM pg_catalog.pg_trigger tg JOIN rel r ON r.oid = tg.tgrelid
 WHERE NOT tg.tgisinternal
 UNION ALL
@@ -433,7 +436,8 @@ WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_statis
 UNION ALL
 SELECT 'rule', r.qualified, pg_catalog.quote_ident(rw.rulename), 0::int2,
        pg_catalog.rtrim(pg_catalog.pg_get_ruledef(rw.oid, true), ';')
-       || CASE rw.ev_enabled WHEN 'D' THEN ' -- DISABLED' ELSE '' END
+       || CASE rw.ev_enabled WHEN 'D' THEN ' -- DISABLED' WHEN 'R' THEN ' -- ENABLE REPLICA'
+           WHEN 'A' THEN ' -- ENABLE ALWAYS' ELSE '' END
 FROM pg_catalog.pg_rewrite rw JOIN rel r ON r.oid = rw.ev_class
 WHERE rw.rulename <> '_RETURN'
 UNION ALL
