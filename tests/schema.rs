@@ -340,13 +340,20 @@ async fn comments_are_read_on_every_kind_but_not_on_extensions_members_or_large_
              COMMENT ON TABLE app.t IS 'the table'; \
              COMMENT ON TABLE public.schema_migrations IS 'history'; \
              COMMENT ON FUNCTION citext(boolean) IS 'an extension''s'; \
-             SELECT lo_create(4242); COMMENT ON LARGE OBJECT 4242 IS 'data';",
+             SELECT lo_create(4242); COMMENT ON LARGE OBJECT 4242 IS 'data'; \
+             CREATE TRIGGER h BEFORE UPDATE ON public.schema_migrations \
+                 FOR EACH ROW EXECUTE FUNCTION app.touch(); \
+             COMMENT ON TRIGGER h ON public.schema_migrations IS 'on history'; \
+             CREATE TEMP TABLE tt (id int); \
+             CREATE TRIGGER tt_trg BEFORE UPDATE ON tt FOR EACH ROW EXECUTE FUNCTION app.touch(); \
+             COMMENT ON TRIGGER tt_trg ON tt IS 'on temp'; \
+             COMMENT ON EXTENSION citext IS 'changed'; \
+             ALTER TABLE app.t CLUSTER ON t_pkey;",
         )
         .await
         .unwrap();
     let s = snapshot(&client).await;
     for (name, comment) in [
-        ("schema app", "'the app'"),
         ("index app.t_name", "'names'"),
         ("table constraint name_short on app.t", "'short'"),
         ("function app.touch()", "'touches'"),
@@ -359,18 +366,16 @@ async fn comments_are_read_on_every_kind_but_not_on_extensions_members_or_large_
     }
     // A table's comment is part of its own definition; the history table is not read.
     assert!(definition(&s, Kind::Table, "", "app.t").ends_with("COMMENT 'the table'"));
-    // Nothing else: not the history table's, an extension member's or a large object's; the
-    // extension's own comment comes from its control file.
+    // Nothing else: not a schema's or an extension's, not those on the history table, a
+    // temporary table, an extension member or a large object.
     let comments: Vec<&str> = (s.of(Kind::Comment))
         .map(|(k, _)| k.name.as_str())
         .collect();
     assert_eq!(
         comments,
         [
-            "extension citext",
             "function app.touch()",
             "index app.t_name",
-            "schema app",
             "sequence app.tickets",
             "table constraint name_short on app.t",
             "trigger t_touch on app.t",
@@ -378,6 +383,9 @@ async fn comments_are_read_on_every_kind_but_not_on_extensions_members_or_large_
             "view column app.v.name"
         ]
     );
+    // The primary key is the table's CLUSTER index.
+    let pkey = definition(&s, Kind::Constraint, "app.t", "t_pkey");
+    assert_eq!(pkey, "PRIMARY KEY (id) -- CLUSTER");
     assert!(
         s.text().contains("-- comment on index app.t_name: 'names'"),
         "{}",

@@ -4,10 +4,12 @@
 //! What it holds is what a migration can change and a person would review: schemas, tables
 //! and their columns, constraints, indexes (with their validity), views, sequences, functions
 //! and procedures, triggers, extended statistics (`CREATE STATISTICS`), rules, types,
-//! collations, extensions, event triggers, publications and row-level security. Left out: the history table, objects an extension owns
-//! (the extension stands for them), owners, grants, comments and anything volatile (OIDs, a
-//! sequence's current value, the planner's statistics), so that two databases migrated the
-//! same way read the same.
+//! collations, extensions, event triggers, publications and row-level security, and the
+//! comments on them. Left out: the history table, objects an extension owns (the extension
+//! stands for them), owners and grants (unless asked for), the comments on schemas and
+//! extensions (the `public` schema's and an extension's come from the server and the
+//! extension), and anything volatile (OIDs, a sequence's current value, the planner's
+//! statistics), so that two databases migrated the same way read the same.
 
 mod diff;
 mod text;
@@ -400,6 +402,8 @@ WHERE r.relkind IN ('r', 'p', 'f')
 UNION ALL
 SELECT 'constraint', r.qualified, pg_catalog.quote_ident(co.conname), 0::int2,
        pg_catalog.pg_get_constraintdef(co.oid, true)
+       || CASE WHEN co.contype IN ('p', 'u', 'x') AND EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                    WHERE i.indexrelid = co.conindid AND i.indisclustered) THEN ' -- CLUSTER' ELSE '' END
 FROM pg_catalog.pg_constraint co JOIN rel r ON r.oid = co.conrelid
 UNION ALL
 SELECT 'index', r.qualified, pg_catalog.format('%I.%I', r.nspname, ic.relname), 0::int2,
@@ -538,19 +542,33 @@ SELECT 'publication', '', pg_catalog.quote_ident(pb.pubname), 0::int2,
                                               IS DISTINCT FROM pg_catalog.to_regclass($1)) AS t(entry)), '')
 FROM pg_catalog.pg_publication pb
 UNION ALL
--- Comments on everything else the database's own migrations made (an oid past the system's),
--- named by the object's kind and identity; large objects are data.
+-- Comments on everything else the migrations made, named by the object's kind and identity:
+-- in the schemas read; a trigger's, policy's or rule's (which have no schema of their own) on
+-- a table read; event triggers', publications', foreign servers' and the like made after
+-- initdb. Not a schema's or an extension's (the server's and the extension's own text), nor
+-- a large object's (data).
 SELECT 'comment', '', o.type || ' ' || o.identity, 0::int2, pg_catalog.quote_literal(dsc.description)
 FROM pg_catalog.pg_description dsc
 CROSS JOIN LATERAL pg_catalog.pg_identify_object(dsc.classoid, dsc.objoid, dsc.objsubid) o
-WHERE dsc.objoid >= 16384
-  AND dsc.classoid <> 'pg_catalog.pg_largeobject'::pg_catalog.regclass
+WHERE dsc.objoid >= 16384 AND o.identity IS NOT NULL
+  AND dsc.classoid NOT IN ('pg_catalog.pg_namespace'::pg_catalog.regclass, 'pg_catalog.pg_extension'::pg_catalog.regclass,
+                           'pg_catalog.pg_largeobject'::pg_catalog.regclass)
   AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = dsc.classoid AND m.objid = dsc.objoid)
-  AND (o.schema IS NULL OR o.schema IN (SELECT ns.nspname FROM ns))
-  AND (dsc.classoid <> 'pg_catalog.pg_class'::pg_catalog.regclass
-       OR EXISTS (SELECT 1 FROM rel r WHERE r.oid = dsc.objoid
+  AND CASE dsc.classoid
+      WHEN 'pg_catalog.pg_class'::pg_catalog.regclass THEN
+          EXISTS (SELECT 1 FROM rel r WHERE r.oid = dsc.objoid
                   AND NOT (dsc.objsubid = 0 AND r.relkind IN ('r', 'p', 'f', 'v', 'm'))
-                  AND NOT (dsc.objsubid > 0 AND r.relkind IN ('r', 'p', 'f'))))
+                  AND NOT (dsc.objsubid > 0 AND r.relkind IN ('r', 'p', 'f')))
+      WHEN 'pg_catalog.pg_constraint'::pg_catalog.regclass THEN
+          EXISTS (SELECT 1 FROM pg_catalog.pg_constraint c WHERE c.oid = dsc.objoid
+                  AND (c.conrelid IN (SELECT r.oid FROM rel r) OR c.contypid IN (SELECT t.oid FROM pg_catalog.pg_type t JOIN ns ON ns.oid = t.typnamespace)))
+      WHEN 'pg_catalog.pg_trigger'::pg_catalog.regclass THEN
+          EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t JOIN rel r ON r.oid = t.tgrelid WHERE t.oid = dsc.objoid)
+      WHEN 'pg_catalog.pg_policy'::pg_catalog.regclass THEN
+          EXISTS (SELECT 1 FROM pg_catalog.pg_policy p JOIN rel r ON r.oid = p.polrelid WHERE p.oid = dsc.objoid)
+      WHEN 'pg_catalog.pg_rewrite'::pg_catalog.regclass THEN
+          EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w JOIN rel r ON r.oid = w.ev_class WHERE w.oid = dsc.objoid)
+      ELSE o.schema IS NULL OR o.schema IN (SELECT ns.nspname FROM ns) END
 UNION ALL
 SELECT 'privileges', '', o.object, 0::int2,
        pg_catalog.concat_ws(' ', 'OWNER ' || pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(o.owner)),
