@@ -69,7 +69,11 @@ pub async fn with_first<T, R>(
     let key = key(table);
     let first = acquire(client, key, wait, session, interrupt, first).await?;
     let result = work(first).await;
-    release(client).await;
+    // A run that found its statements in another server session (a transaction pooler's)
+    // sends nothing more: a reset would land in some other client's session.
+    if !matches!(result, Err(Error::Pooled { .. } | Error::SharedSession)) {
+        release(client).await;
+    }
     result
 }
 
