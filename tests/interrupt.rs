@@ -271,3 +271,59 @@ async fn a_connection_that_stalls_mid_run_is_ended_and_the_run_stops() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sigterm_cancels_on_the_host_the_run_reached_when_the_url_names_several() {
+    // The first host closes the run's connection at once, so the run connects to the second;
+    // it then accepts every connection and answers none, as a server that is not the run's
+    // would take its cancel request. The request must reach the second host.
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[("003_slow.sql", SLOW)]);
+    support::up_ok(&db, &support::seed_dir()).await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (i, stream) in silent.incoming().enumerate() {
+            if i > 0 {
+                held.push(stream);
+            }
+        }
+    });
+    let port = support::server().port;
+    let url = db.url.replacen(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{silent_port},127.0.0.1:{port}"),
+        1,
+    );
+    assert_ne!(url, db.url, "{}", db.url);
+    let url = format!(
+        "{url}{}connect_timeout=2",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    let job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let watcher = db.client().await;
+    let sleeping = || async {
+        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state = 'active' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()";
+        watcher
+            .query_one(query, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    eventually("the slow migration to be running", || async {
+        sleeping().await == 1
+    })
+    .await;
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    assert_eq!(sleeping().await, 0, "the statement outlived the run");
+    assert!(!column_exists(&watcher).await);
+}

@@ -1,5 +1,7 @@
 //! The cancel request, sent as libpq sends it: after writing it, the connection stays open
-//! until the server closes it, which it does once it has acted on the request.
+//! until the server closes it, which it does once it has acted on the request. Where the
+//! connection settings could name more than one server, tokio-postgres's own request goes
+//! instead, to the very address the run's connection used, and closes at once.
 //!
 //! tokio-postgres closes its side as soon as the request is written. PgBouncer 1.18 (Debian
 //! 12's) then frees the cancel's client while it is still forwarding the request to the
@@ -66,68 +68,100 @@ impl AsyncWrite for Link {
     }
 }
 
-/// Sends the cancel request for `token` to the server `pg` names, the first of its hosts that
-/// accepts a connection, as the run's own connection was made; each host tried for at most
-/// `within`.
+/// Sends the cancel request for `token` to the server the run's connection reached. Where
+/// `pg` names exactly one address (one host: a Unix socket, an IP address, a `hostaddr`, or
+/// a name with one address), over a connection held open as above; where it could name
+/// several (hosts to choose from, a name with several addresses), tokio-postgres's own
+/// request goes to the very address the connection used, closed at once as before: a cancel
+/// sent to another server would cancel nothing there. Connecting takes at most `within`,
+/// the server's closing at most [`ANSWER_WITHIN`] more.
 pub(super) async fn direct(
     token: CancelToken,
     pg: Config,
     mut connector: Connector,
     within: Duration,
 ) -> Result<(), String> {
-    let (stream, host) = dial(&pg, within).await?;
+    let Some(target) = one_address(&pg).await else {
+        let sent = tokio::time::timeout(within + ANSWER_WITHIN, token.cancel_query(connector));
+        return match sent.await {
+            Ok(sent) => sent.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {}s",
+                (within + ANSWER_WITHIN).as_secs()
+            )),
+        };
+    };
+    let (stream, host) = match tokio::time::timeout(within, target.connect()).await {
+        Ok(connected) => connected.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("no connection within {}s", within.as_secs())),
+    };
     let handshake = <Connector as MakeTlsConnect<Socket>>::make_tls_connect(&mut connector, &host)
         .map_err(|e| e.to_string())?;
     send(&token, stream, handshake).await
 }
 
+/// How long the server may take, once connected, to read a cancel request and close the
+/// connection (TLS handshake included): the run's grace after a signal is 6 s.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
 /// Sends the cancel request for `token` over `stream`, already connected (and, through
-/// `tls`, made TLS when the run's connection was), then waits for the server to close it.
+/// `tls`, made TLS when the run's connection was), then waits, at most [`ANSWER_WITHIN`],
+/// for the server to close it.
 pub(super) async fn send<S, T>(token: &CancelToken, stream: S, tls: T) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     T: TlsConnect<UntilClosed<S>>,
 {
-    let sent = token.cancel_query_raw(UntilClosed(stream), tls).await;
-    sent.map_err(|e| e.to_string())
+    let sent = tokio::time::timeout(
+        ANSWER_WITHIN,
+        token.cancel_query_raw(UntilClosed(stream), tls),
+    );
+    match sent.await {
+        Ok(sent) => sent.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the server did not close the cancel request's connection within {}s",
+            ANSWER_WITHIN.as_secs()
+        )),
+    }
 }
 
-/// Connects to the first of `pg`'s hosts that accepts, with its port (one port for all, or
-/// 5432), by its `hostaddr` when given; a Unix socket directory by its `.s.PGSQL.<port>`.
-/// With the host's name, for the TLS handshake.
-async fn dial(pg: &Config, within: Duration) -> Result<(Link, String), String> {
-    let (ports, addrs) = (pg.get_ports(), pg.get_hostaddrs());
-    let hosts: Vec<(Host, Option<std::net::IpAddr>, u16)> = (pg.get_hosts().iter().enumerate())
-        .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            (host.clone(), addrs.get(i).copied(), port)
+/// The one address `pg` names, when it names one.
+enum Target {
+    Tcp(std::net::SocketAddr, String),
+    Unix(std::path::PathBuf),
+}
+
+impl Target {
+    /// Connects; with the host's name, for the TLS handshake.
+    async fn connect(self) -> io::Result<(Link, String)> {
+        Ok(match self {
+            Target::Tcp(addr, name) => (Link::Tcp(TcpStream::connect(addr).await?), name),
+            Target::Unix(path) => (Link::Unix(UnixStream::connect(path).await?), String::new()),
         })
-        .collect();
-    let mut last = String::from("no host to send the cancel request to");
-    for (host, addr, port) in hosts {
-        let attempt = async move {
-            let stream = match (&host, addr) {
-                (Host::Tcp(_), Some(addr)) => Link::Tcp(TcpStream::connect((addr, port)).await?),
-                (Host::Tcp(name), None) => {
-                    Link::Tcp(TcpStream::connect((name.as_str(), port)).await?)
-                }
-                (Host::Unix(dir), _) => {
-                    Link::Unix(UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?)
-                }
-            };
-            let name = match host {
-                Host::Tcp(name) => name,
-                Host::Unix(_) => String::new(),
-            };
-            Ok::<_, io::Error>((stream, name))
-        };
-        match tokio::time::timeout(within, attempt).await {
-            Ok(Ok(connected)) => return Ok(connected),
-            Ok(Err(error)) => last = error.to_string(),
-            Err(_) => last = format!("no connection within {}s", within.as_secs()),
-        }
     }
-    Err(last)
+}
+
+/// The one address the run's connection can have reached: one host, with its port (one
+/// port for all, or 5432); by its `hostaddr` when given, a Unix socket directory by its
+/// `.s.PGSQL.<port>`, a name when it resolves to exactly one address.
+async fn one_address(pg: &Config) -> Option<Target> {
+    let ([host], addrs) = (pg.get_hosts(), pg.get_hostaddrs()) else {
+        return None;
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    match (host, addrs) {
+        (Host::Unix(dir), []) => Some(Target::Unix(dir.join(format!(".s.PGSQL.{port}")))),
+        (Host::Tcp(name), [addr]) => Some(Target::Tcp((*addr, port).into(), name.clone())),
+        (Host::Tcp(name), []) => {
+            let found = tokio::net::lookup_host((name.as_str(), port)).await.ok()?;
+            let found: Vec<std::net::SocketAddr> = found.collect();
+            match found[..] {
+                [addr] => Some(Target::Tcp(addr, name.clone())),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// A stream whose shutdown waits for the other side to close the connection rather than
