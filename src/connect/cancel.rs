@@ -81,7 +81,8 @@ pub(super) async fn direct(
     mut connector: Connector,
     within: Duration,
 ) -> Result<(), String> {
-    let Some(target) = one_address(&pg).await else {
+    let found = tokio::time::timeout(within, one_address(&pg)).await;
+    let Some(target) = found.ok().flatten() else {
         let sent = tokio::time::timeout(within + ANSWER_WITHIN, token.cancel_query(connector));
         return match sent.await {
             Ok(sent) => sent.map_err(|e| e.to_string()),
