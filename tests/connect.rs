@@ -329,3 +329,43 @@ async fn a_server_that_accepts_and_never_answers_is_given_up_on_after_connect_ti
     );
     assert!(!message.contains(SENTINEL), "{message}");
 }
+
+#[tokio::test]
+async fn a_url_whose_first_host_is_down_connects_to_the_second_within_its_timeout() {
+    // connect_timeout is each host's, as libpq's: the whole attempt once took one timeout,
+    // which the first host's unanswered connect used up, so the second was never reached.
+    let db = support::database().await;
+    // A listener whose queue is full drops new connection requests, as a host that is down
+    // does: each one is retried until its connect_timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut queued = Vec::new();
+    while let Ok(stream) =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300))
+    {
+        queued.push(stream);
+        assert!(queued.len() < 64, "the listener's queue never filled");
+    }
+    let port = support::server().port;
+    let url = db.url.replacen(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{},127.0.0.1:{port}", addr.port()),
+        1,
+    );
+    assert_ne!(url, db.url);
+    let url = format!(
+        "{url}{}connect_timeout=2",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    let out = output(
+        binary()
+            .args(["up", "--connect-timeout", "20s", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    drop(full);
+}

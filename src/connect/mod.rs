@@ -267,11 +267,15 @@ impl Dialer {
         }
         // tokio-postgres bounds only the TCP connect by connect_timeout; libpq bounds the
         // whole login with it, and so does this: a server or proxy that accepts and then
-        // never answers would otherwise hold the run for good.
+        // never answers would otherwise hold the run for good. Each host's, as libpq's: with
+        // the first of two hosts down, its connect took the whole of one timeout, and every
+        // attempt ended before the second host was tried.
+        let hosts = u32::try_from(pg.get_hosts().len().max(1)).unwrap_or(1);
         let after = pg
             .get_connect_timeout()
             .copied()
-            .unwrap_or(settings::ATTEMPT_TIMEOUT);
+            .unwrap_or(settings::ATTEMPT_TIMEOUT)
+            * hosts;
         let login = async {
             match &self.way {
                 Way::Direct { connector, mode } => Ok(direct(&pg, connector, *mode).await),
