@@ -301,29 +301,7 @@ async fn sigterm_cancels_on_the_host_the_run_reached_when_the_url_names_several(
         "{url}{}connect_timeout=2",
         if url.contains('?') { '&' } else { '?' }
     );
-    let job = Running::spawn(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
     let watcher = db.client().await;
-    let sleeping = || async {
-        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND state = 'active' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()";
-        watcher
-            .query_one(query, &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
-    eventually("the slow migration to be running", || async {
-        sleeping().await == 1
-    })
-    .await;
-    job.signal("TERM");
-    let (code, events) = job.finish();
-    assert_eq!(code, Some(143), "{events:#?}");
-    assert_eq!(sleeping().await, 0, "the statement outlived the run");
+    support::sigterm_while_sleeping(&url, dir.path(), &watcher, &db.name).await;
     assert!(!column_exists(&watcher).await);
 }

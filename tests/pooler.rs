@@ -202,33 +202,8 @@ async fn sigterm_through_a_session_pooler_cancels_the_statement_and_the_pooler_s
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("001_sleep.sql"), "SELECT pg_sleep(60);\n").unwrap();
     let watcher = db.client().await;
-    let sleeping = || async {
-        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND state = 'active' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()";
-        watcher
-            .query_one(query, &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
     for round in 1..=5 {
-        let job = Running::spawn(
-            binary()
-                .args(["up", "--log-format", "json"])
-                .env("DATABASE_URL", &url)
-                .env("MIGRATIONS_DIR", dir.path()),
-        );
-        support::eventually("the migration to be running", || async {
-            sleeping().await == 1
-        })
-        .await;
-        job.signal("TERM");
-        let (code, events) = job.finish();
-        assert_eq!(code, Some(143), "round {round}: {events:#?}");
-        // The run waits for the cancelled statement to end; a cancel request the pooler
-        // dropped left it running past the run's grace period, until the server noticed the
-        // connection gone.
-        assert_eq!(sleeping().await, 0, "round {round}: still running");
+        support::sigterm_while_sleeping(&url, dir.path(), &watcher, &db.name).await;
         bouncer.assert_running(&format!("after SIGTERM {round}"));
     }
     let client = support::connect(&url).await;

@@ -156,29 +156,31 @@ async fn a_second_run_that_writes_nothing_is_told_from_one_that_does() {
     // The schema is read again after a second run only when it wrote something: every
     // change to a catalog takes a transaction id, and the server says whether one was taken.
     let db = support::database().await;
-    let dir = with_003(
-        "CREATE INDEX IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
-        Some("DROP INDEX IF EXISTS idx_prompt;\n"),
-    );
-    let out = test(&db, dir.path(), &[]);
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(wrote_when_run_again(&out.stderr), [false, false]);
-    // ALTER TABLE writes the table's row even when IF [NOT] EXISTS finds nothing to do.
-    let dir = with_003(
-        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority integer;\n",
-        Some("ALTER TABLE video_requests DROP COLUMN IF EXISTS priority;\n"),
-    );
-    let out = test(&db, dir.path(), &[]);
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(wrote_when_run_again(&out.stderr), [true, true]);
-    // Rows a second run adds are written too, and the schema is read again: still passes.
-    let dir = with_003(
-        "CREATE TABLE IF NOT EXISTS tags (name text);\nINSERT INTO tags VALUES ('x');\n",
-        Some("DROP TABLE IF EXISTS tags;\n"),
-    );
-    let out = test(&db, dir.path(), &[]);
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    assert_eq!(wrote_when_run_again(&out.stderr), [true, false]);
+    // (forward file, rollback, whether each one's second run wrote)
+    let cases = [
+        (
+            "CREATE INDEX IF NOT EXISTS idx_prompt ON video_requests (prompt);\n",
+            "DROP INDEX IF EXISTS idx_prompt;\n",
+            [false, false],
+        ),
+        // ALTER TABLE writes the table's row even when IF [NOT] EXISTS finds nothing to do.
+        (
+            "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority integer;\n",
+            "ALTER TABLE video_requests DROP COLUMN IF EXISTS priority;\n",
+            [true, true],
+        ),
+        // Rows a second run adds are written too, and the schema is read again: still passes.
+        (
+            "CREATE TABLE IF NOT EXISTS tags (name text);\nINSERT INTO tags VALUES ('x');\n",
+            "DROP TABLE IF EXISTS tags;\n",
+            [true, false],
+        ),
+    ];
+    for (up, down, wrote) in cases {
+        let out = test(&db, with_003(up, Some(down)).path(), &[]);
+        assert_eq!(out.code, 0, "{up}: {}\n{}", out.stdout, out.stderr);
+        assert_eq!(wrote_when_run_again(&out.stderr), wrote, "{up}");
+    }
 }
 
 #[tokio::test]

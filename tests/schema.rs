@@ -324,7 +324,8 @@ async fn lists_read_in_order_whatever_order_they_were_written_in() {
 }
 
 #[tokio::test]
-async fn comments_are_read_on_every_kind_but_not_on_extensions_members_or_large_objects() {
+async fn comments_are_read_on_every_kind_but_not_on_schemas_extensions_their_members_or_large_objects()
+ {
     let (db, _) = built(EVERY_KIND).await;
     let client = db.client().await;
     client

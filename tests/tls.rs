@@ -423,26 +423,7 @@ async fn sigterm_over_tls_cancels_the_running_statement_before_the_run_exits() {
     std::fs::write(dir.path().join("001_sleep.sql"), "SELECT pg_sleep(60);\n").unwrap();
     // The superuser may watch only from the postgres database without TLS.
     let watcher = support::connect(&format!("{}/postgres", tls.server.base_url)).await;
-    let sleeping = || async {
-        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
-                     AND state = 'active' AND query LIKE '%pg_sleep(60)%'";
-        let row = watcher.query_one(query, &[&db.name]).await.unwrap();
-        row.get::<_, i64>(0)
-    };
-    let job = support::Running::spawn(
-        support::binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
-    support::eventually("the migration to be running", || async {
-        sleeping().await == 1
-    })
-    .await;
-    job.signal("TERM");
-    let (code, events) = job.finish();
-    assert_eq!(code, Some(143), "{events:#?}");
-    assert_eq!(sleeping().await, 0, "the statement outlived the run");
+    let events = support::sigterm_while_sleeping(&url, dir.path(), &watcher, &db.name).await;
     let warned = (events.iter()).any(|e| {
         e["message"]
             .as_str()

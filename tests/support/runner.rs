@@ -197,6 +197,42 @@ impl Running {
     }
 }
 
+/// Starts `up` on `dir` (a migration running `pg_sleep(60)`) through `url`, waits until
+/// the sleep runs in `database`, as `watcher` (a connection anywhere on that server) sees,
+/// then stops the run with SIGTERM. Asserts it exited 143 with the statement already gone on
+/// the server, which it is only when the cancel request reached the server the run used.
+/// The run's events.
+pub async fn sigterm_while_sleeping(
+    url: &str,
+    dir: &std::path::Path,
+    watcher: &tokio_postgres::Client,
+    database: &str,
+) -> Vec<serde_json::Value> {
+    let sleeping = || async {
+        let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND state = 'active' AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()";
+        let row = watcher.query_one(query, &[&database]).await.unwrap();
+        row.get::<_, i64>(0)
+    };
+    let job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", url)
+            .env("MIGRATIONS_DIR", dir),
+    );
+    super::eventually("the migration to be running", || async {
+        sleeping().await == 1
+    })
+    .await;
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    // A cancel request that went astray left the statement running past the run's grace
+    // period, until the server noticed the connection gone.
+    assert_eq!(sleeping().await, 0, "the statement outlived the run");
+    events
+}
+
 /// A migration that runs until the test stops it.
 pub const SLEEP: &str = "SELECT pg_sleep(300);\n";
 
