@@ -747,12 +747,19 @@ async fn a_file_never_runs_when_its_opening_failed_before_begin() {
     use db_migrate::session::Frame;
     let db = support::database().await;
     let h = harness(&db).await;
-    for (clean, after) in [(false, None), (true, None), (true, Some(1))] {
+    let cases = [
+        (false, None, None),
+        (true, None, None),
+        (true, Some(1), None),
+        (true, Some(1), Some(0)),
+    ];
+    for (clean, after, prepared) in cases {
         let frame = Frame {
             own: true,
             clean,
             guarded: false,
             after,
+            prepared,
         };
         let message = h.session.message(frame, 2, "CREATE TABLE t (i int);");
         let interrupted = message
@@ -773,6 +780,7 @@ async fn a_file_never_runs_when_its_opening_failed_before_begin() {
         clean: false,
         guarded: false,
         after: None,
+        prepared: None,
     };
     let message = h.session.message(frame, 2, "CREATE TABLE t (i int);");
     h.client.batch_execute(&message.text).await.expect("runs");

@@ -78,7 +78,7 @@ struct Run<'a> {
     dry_run: bool,
     /// The prepared history change, for migrations in a transaction of their own; renewed
     /// when a migration deallocates it.
-    prepared: Option<Mutex<history::Statements>>,
+    prepared: Option<Mutex<Prepared>>,
     waits: waits::Waits,
     /// Whether each migration's history change runs with it; not when `test` runs a file a
     /// second time.
@@ -147,7 +147,7 @@ pub async fn run(
                         false => history::create(client, ctx.table).await,
                     }
                 };
-                let prepare = history::prepare(client, ctx.table, |v| ctx.session.guard(v));
+                let prepare = prepare(client, ctx.table, ctx.session);
                 // Both answered before either error is taken: when the table could not be
                 // created, that is the error, not the statements' "relation does not exist".
                 let (created, statements) = tokio::join!(create, prepare);
@@ -306,9 +306,33 @@ async fn each(
     Ok(())
 }
 
+/// What a run prepares for its migrations in transactions of their own, and prepares again
+/// after a file deallocated it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    /// The history change.
+    history: history::Statements,
+    /// The number of the check that opens each migration of a batch after the first (see
+    /// `session::Frame::prepared`).
+    check: u64,
+}
+
+/// Prepares the history change and the check, sent together.
+async fn prepare(client: &Client, table: &Table, session: &Session) -> Result<Prepared, Error> {
+    let (check, sql) = session.prepare_checks();
+    let checks = client.batch_execute(&sql);
+    let history = history::prepare(client, table, |v| session.guard(v));
+    let (checks, history) = tokio::join!(checks, history);
+    checks.map_err(Error::database("preparing the history statements"))?;
+    Ok(Prepared {
+        history: history?,
+        check,
+    })
+}
+
 /// The prepared history change, when there is one; `test`'s second runs record nothing
 /// and need none.
-fn prepared(run: &Run<'_>) -> Option<history::Statements> {
+fn prepared(run: &Run<'_>) -> Option<Prepared> {
     (run.prepared.as_ref()).map(|cell| cell.lock().unwrap_or_else(|p| p.into_inner()).clone())
 }
 

@@ -11,9 +11,9 @@ use tokio_postgres::error::SqlState;
 use tracing::info;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
-use super::{Run, Wrap};
+use super::{Prepared, Run, Wrap};
 use crate::error::Error;
-use crate::history::{self, Elapsed};
+use crate::history::Elapsed;
 use crate::plan::{Direction, Step};
 use crate::session::{self, Frame, Message};
 use crate::source::Script;
@@ -52,7 +52,7 @@ pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec
     );
     let again = send(run, step, wrap, None).await;
     if let Some(cell) = &run.prepared {
-        let renewed = history::prepare(run.client, run.table, |v| run.session.guard(v)).await?;
+        let renewed = super::prepare(run.client, run.table, run.session).await?;
         *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
     }
     again
@@ -63,7 +63,7 @@ async fn send(
     run: &Run<'_>,
     step: Step<'_>,
     wrap: Wrap,
-    prepared: Option<&history::Statements>,
+    prepared: Option<&Prepared>,
 ) -> Result<Vec<u64>, Error> {
     let own = wrap == Wrap::Own;
     let frame = Frame {
@@ -71,6 +71,7 @@ async fn send(
         clean: own && run.clean.load(Ordering::Relaxed),
         guarded: run.session.needs_commit_guard(&step.script.sql),
         after: None,
+        prepared: None,
     };
     let (answers, message) = exchange(run, step, frame, prepared).await;
     let result = outcome(run, step, wrap, answers, &message).await;
@@ -108,7 +109,7 @@ pub(super) struct Batch {
 pub(super) async fn batch(
     run: &Run<'_>,
     steps: &[Step<'_>],
-    prepared: Option<&history::Statements>,
+    prepared: Option<&Prepared>,
     answered: &AtomicUsize,
     mut finished: impl FnMut(Step<'_>, Vec<u64>, Duration),
 ) -> Batch {
@@ -122,6 +123,8 @@ pub(super) async fn batch(
         after: i
             .checked_sub(1)
             .map(|before| steps[before].migration.version),
+        // Prepared with the history change, and deallocated with it by a file that does so.
+        prepared: prepared.map(|p| p.check),
     };
     let mut flight = VecDeque::new();
     let (mut sent, mut bytes, mut done) = (0, 0, 0);
@@ -211,7 +214,7 @@ async fn exchange(
     run: &Run<'_>,
     step: Step<'_>,
     frame: Frame,
-    prepared: Option<&history::Statements>,
+    prepared: Option<&Prepared>,
 ) -> (Answers, Message) {
     let (client, migration) = (run.client, step.migration);
     let message = (run.session).message(frame, migration.version, &step.script.sql);
@@ -243,11 +246,11 @@ async fn exchange(
                     &migration.checksum,
                     &run.applied_by,
                 ];
-                client.execute(&statements.insert, &params).await
+                client.execute(&statements.history.insert, &params).await
             }
             (Some(statements), Direction::Down) => {
                 client
-                    .execute(&statements.delete, &[&migration.version])
+                    .execute(&statements.history.delete, &[&migration.version])
                     .await
             }
             (None, _) => client.simple_query(&text).await.map(|m| changed(&m)),
@@ -379,6 +382,7 @@ async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, us
                 clean: false,
                 guarded: true,
                 after: None,
+                prepared: None,
             };
             (run.session.open(frame), "ROLLBACK".to_string())
         }
