@@ -331,6 +331,54 @@ async fn a_server_that_accepts_and_never_answers_is_given_up_on_after_connect_ti
 }
 
 #[tokio::test]
+async fn a_url_whose_first_host_never_answers_the_login_connects_to_the_second() {
+    // tokio-postgres tries a URL's hosts itself but bounds only each TCP connect: a first host
+    // that accepted and never answered held every attempt, and the run gave up at
+    // --connect-timeout without trying the second host. Each host now gets connect_timeout
+    // for its whole login, as libpq gives it.
+    let db = support::database().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().map_while(Result::ok) {
+            held.push(stream);
+        }
+    });
+    let port = support::server().port;
+    let url = db.url.replacen(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{silent},127.0.0.1:{port}"),
+        1,
+    );
+    assert_ne!(url, db.url);
+    let url = format!(
+        "{url}{}connect_timeout=1",
+        if url.contains('?') { '&' } else { '?' }
+    );
+    let out = output(
+        binary()
+            .args(["up", "--connect-timeout", "8s", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    // The first host's failure is said, naming it, and never with the password.
+    let next = out
+        .stderr
+        .lines()
+        .find(|line| line.contains("trying the connection string's next host"))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(next.contains(&format!("127.0.0.1:{silent}")), "{next}");
+    assert!(next.contains("no answer to the login within 1s"), "{next}");
+    let password = db.url.split(':').nth(2).and_then(|p| p.split('@').next());
+    if let Some(password) = password.filter(|p| !p.is_empty()) {
+        assert!(!out.stderr.contains(password), "{}", out.stderr);
+    }
+}
+
+#[tokio::test]
 async fn a_url_whose_first_host_is_down_connects_to_the_second_within_its_timeout() {
     // connect_timeout is each host's, as libpq's: the whole attempt once took one timeout,
     // which the first host's unanswered connect used up, so the second was never reached.

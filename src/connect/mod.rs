@@ -4,6 +4,7 @@
 //! through the Cloud SQL tunnel.
 
 mod cancel;
+mod hosts;
 mod password;
 mod settings;
 pub mod tls;
@@ -267,38 +268,33 @@ impl Dialer {
         }
         // tokio-postgres bounds only the TCP connect by connect_timeout; libpq bounds the
         // whole login with it, and so does this: a server or proxy that accepts and then
-        // never answers would otherwise hold the run for good. Each host's, as libpq's: with
-        // the first of two hosts down, its connect took the whole of one timeout, and every
-        // attempt ended before the second host was tried.
-        let hosts = u32::try_from(pg.get_hosts().len().max(1)).unwrap_or(1);
-        let after = pg
+        // never answers would otherwise hold the run for good. Each host's, as libpq's: a
+        // URL's hosts are tried one at a time (see `hosts`), each within its timeout.
+        let each = pg
             .get_connect_timeout()
             .copied()
-            .unwrap_or(settings::ATTEMPT_TIMEOUT)
-            * hosts;
-        let login = async {
-            match &self.way {
-                Way::Direct { connector, mode } => Ok(direct(&pg, connector, *mode).await),
-                Way::Tunnel(tunnel) => {
-                    let stream = tunnel.dial(Some(after), Some(&pg)).await?;
-                    Ok(inside(&pg, stream).await)
+            .unwrap_or(settings::ATTEMPT_TIMEOUT);
+        let (opened, driver) = match &self.way {
+            Way::Direct { connector, mode } => {
+                let hosts = hosts::each(&pg);
+                match hosts.is_empty() {
+                    true => within(&self.target, each, direct(&pg, connector, *mode)).await?,
+                    false => each_host(&hosts, each, connector, *mode).await?,
+                }
+            }
+            Way::Tunnel(tunnel) => {
+                let login = async {
+                    let stream = tunnel.dial(Some(each), Some(&pg)).await?;
+                    inside(&pg, stream)
+                        .await
+                        .map_err(|e| failure(self.target.clone(), e))
+                };
+                match tokio::time::timeout(each, login).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(stalled(&self.target, each)),
                 }
             }
         };
-        let result = match tokio::time::timeout(after, login).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(Failure {
-                    error: Error::ConnectStalled {
-                        target: self.target.clone(),
-                        after,
-                    },
-                    transient: true,
-                    refused: false,
-                });
-            }
-        };
-        let (opened, driver) = result.map_err(|e| failure(self.target.clone(), e))?;
         let task = drive(driver);
         if purpose == Purpose::Migration {
             // A dropped handle leaves its task running: an earlier connection still closes.
@@ -320,6 +316,52 @@ impl Dialer {
             }
             None => info!(db = %db, connection, tls = false, "connected"),
         }
+    }
+}
+
+/// `login` to `target`, given up on as stalled after `after`.
+async fn within<T>(
+    target: &str,
+    after: Duration,
+    login: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(after, login).await {
+        Ok(result) => result.map_err(|e| failure(target.to_string(), e)),
+        Err(_) => Err(stalled(target, after)),
+    }
+}
+
+/// Each of `hosts` in turn until one lets the run in, each within `each`; the last one's
+/// failure when none does.
+async fn each_host(
+    hosts: &[tokio_postgres::Config],
+    each: Duration,
+    connector: &tls::Connector,
+    mode: SslMode,
+) -> Result<(Opened, Driver), Failure> {
+    let mut last = None;
+    for pg in hosts {
+        if let Some(previous) = last.take() {
+            let previous: Failure = previous;
+            info!(reason = %previous.error, "trying the connection string's next host");
+        }
+        match within(&settings::target(pg), each, direct(pg, connector, mode)).await {
+            Ok(opened) => return Ok(opened),
+            Err(failure) => last = Some(failure),
+        }
+    }
+    Err(last.expect("each_host is given at least two hosts"))
+}
+
+/// The failure of a login to `target` that got no answer within `after`.
+fn stalled(target: &str, after: Duration) -> Failure {
+    Failure {
+        error: Error::ConnectStalled {
+            target: target.to_string(),
+            after,
+        },
+        transient: true,
+        refused: false,
     }
 }
 

@@ -280,7 +280,7 @@ fn fill_tls(
 }
 
 /// `user@host:port/database`, the way every log line and error names the target.
-fn target(config: &tokio_postgres::Config) -> String {
+pub(super) fn target(config: &tokio_postgres::Config) -> String {
     let user = config.get_user().unwrap_or("?");
     let host = match config.get_hosts().first() {
         Some(Host::Tcp(host)) => host.clone(),
