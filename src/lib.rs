@@ -740,10 +740,9 @@ async fn prelude(config: &Config, client: &Client) -> Prelude {
                 let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
                 let setup = session::Session::prepare(client, limits, key);
                 let locate = config.history_table.locate(client);
-                // Both answers are awaited even when the setup fails: a run that leaves with
-                // the lookup still running on the server, behind a transaction pooler, makes
-                // the pooler close that server session, which may be another run's (the
-                // setup's refusal of a shared session is exactly that case).
+                // Both answers are awaited even when one fails: a run that leaves with the
+                // other still running on the server, behind a transaction pooler, makes the
+                // pooler close that server session, which may be another run's.
                 let (located, session) = tokio::join!(locate, setup);
                 let session = session?;
                 let (table, exists) = located?;

@@ -77,12 +77,35 @@ pub async fn with_first<T, R>(
     result
 }
 
-/// The first try at the lock, for a caller that sends more behind it in the same round trip.
-/// It goes out only once the session's setup has answered, in a round trip of its own: a
-/// transaction pooler keeps a pipeline on one server session, so only a try sent after the
-/// setup's answer can find itself in another one (see [`try_lock`]).
+/// The first try at the lock, for a caller that sends more behind it in the same round trip;
+/// the session's setup ([`Session::setup`]) goes in the same message, ahead of it. It goes out
+/// only once [`Session::prepare`] has answered, in a round trip of its own: a transaction
+/// pooler keeps a pipeline on one server session, so only a message sent after that answer
+/// can find itself in another one, and the setup's first check then fails it whole, the
+/// settings with it.
 pub async fn first_try(client: &Client, table: &Table, session: &Session) -> Result<Answer, Error> {
-    try_lock(client, key(table), session.backend_pid).await
+    let (class, object) = key(table);
+    let query = format!(
+        "{}; SELECT CASE WHEN pg_try_advisory_lock({class}, {object}) THEN 't' ELSE 'f' END, \
+         pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings')",
+        session.setup()
+    );
+    let messages =
+        client
+            .simple_query(&query)
+            .await
+            .map_err(|error| match session.setup_refused(&error) {
+                Some(refused) => refused,
+                None => {
+                    Error::database("setting up the session and taking the migration lock")(error)
+                }
+            })?;
+    let row = messages.iter().rev().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    session.read_strings(row.and_then(|row| row.get(2)));
+    Ok(Answer::from_row(row))
 }
 
 /// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
@@ -161,6 +184,19 @@ enum Found {
 }
 
 impl Answer {
+    /// From a row of (what the try found, the answering server session's pid).
+    fn from_row(row: Option<&tokio_postgres::SimpleQueryRow>) -> Answer {
+        let found = |value: &str| match value {
+            "t" => Found::Granted,
+            "s" => Found::Shared,
+            _ => Found::Held,
+        };
+        Answer {
+            found: row.and_then(|r| r.get(0)).map(found),
+            pid: row.and_then(|r| r.get(1)).and_then(|p| p.parse().ok()),
+        }
+    }
+
     fn attempt(&self, session_pid: i32) -> Attempt {
         match (self.found, self.pid) {
             (Some(Found::Granted), _) => Attempt::Taken,
@@ -196,15 +232,7 @@ async fn try_lock(
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    let found = |value: &str| match value {
-        "t" => Found::Granted,
-        "s" => Found::Shared,
-        _ => Found::Held,
-    };
-    Ok(Answer {
-        found: row.and_then(|r| r.get(0)).map(found),
-        pid: row.and_then(|r| r.get(1)).and_then(|p| p.parse().ok()),
-    })
+    Ok(Answer::from_row(row))
 }
 
 /// The pid of the session holding the lock, for the log.

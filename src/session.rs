@@ -31,6 +31,7 @@
 //! After any error the server skips the rest, and the job rolls the transaction back.
 
 use std::hash::BuildHasher;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -84,11 +85,14 @@ pub struct Session {
     reset: String,
     /// How many statements `reset` is.
     reset_statements: usize,
+    /// The migration lock's key.
+    lock_key: (i32, i32),
     lock_held: String,
     token: String,
-    /// `standard_conforming_strings` as the session starts (see
-    /// [`Session::needs_commit_guard`]).
-    standard_strings: bool,
+    /// Whether strings read as the lexers read them (`standard_conforming_strings` on) once
+    /// the session was set up, as the first try at the lock reads it ([`Session::read_strings`];
+    /// unknown until then, and then taken as not, see [`Session::needs_commit_guard`]).
+    standard_strings: OnceLock<bool>,
     /// `server_version_num`.
     server_version: i32,
 }
@@ -149,35 +153,22 @@ pub struct Message {
 }
 
 impl Session {
-    /// Applies the run's settings to the session and returns its policy. `lock` is the
-    /// migration lock's key, which every migration checks it still holds.
+    /// Reads what the run's policy depends on (the server session, its server's version,
+    /// how it reads strings) and returns the policy. `lock` is the migration lock's key, which
+    /// every migration checks it still holds. Nothing is set here: the settings go out with
+    /// the first try at the lock ([`Session::setup`]), which only runs where this answer came
+    /// from. Behind a transaction pooler the next statement may land in another server
+    /// session, and settings made here stayed on this one, for the clients sharing it: a run
+    /// that then refused to go on left its 200 ms `lock_timeout` to the bot's transactions.
     pub async fn prepare(
         client: &Client,
         limits: Limits,
         lock: (i32, i32),
     ) -> Result<Session, Error> {
-        // One round trip: the run's limits apply from here on, to the lock and history
-        // reads too; the server's version decides the reset each migration repeats.
-        // First, before the reset touches anything: a server session that holds the
-        // migration lock already is another run's, shared through a transaction pooler with
-        // a single server connection (see `lock::try_lock`); an error skips the rest.
-        let setup = format!(
-            "{}; {}; SELECT pg_catalog.pg_backend_pid(), pg_catalog.current_setting('server_version_num'), \
-             CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 140000 \
-             THEN pg_catalog.set_config('client_connection_check_interval', '2000', false) END, \
-             pg_catalog.current_setting('standard_conforming_strings')",
-            not_holding_sql(lock),
-            reset_sql(limits, 0)
-        );
-        let messages = client.simple_query(&setup).await.map_err(|error| {
-            let shared = error
-                .as_db_error()
-                .is_some_and(|db| db.message().contains(SHARED));
-            match shared {
-                true => Error::SharedSession,
-                false => Error::database("setting up the session")(error),
-            }
-        })?;
+        let read = "SELECT pg_catalog.pg_backend_pid(), \
+             pg_catalog.current_setting('server_version_num')";
+        let messages =
+            (client.simple_query(read).await).map_err(Error::database("setting up the session"))?;
         let row = last_row(&messages);
         let value = |i: usize| -> i32 {
             row.and_then(|row| row.get(i))
@@ -185,17 +176,55 @@ impl Session {
                 .unwrap_or_default()
         };
         let (backend_pid, version) = (value(0), value(1));
-        let standard_strings = row.and_then(|row| row.get(3)) != Some("off");
         let reset = reset_sql(limits, version);
         Ok(Session {
             backend_pid,
             reset_statements: crate::sql::split(&reset).len(),
             reset,
+            lock_key: lock,
             lock_held: lock_held_sql(lock),
             token: token(),
-            standard_strings,
+            standard_strings: OnceLock::new(),
             server_version: version,
         })
+    }
+
+    /// The statements that set the session up, for the message of the first try at the lock
+    /// to begin with; one implicit transaction with it, so that where any of them fails
+    /// nothing of them stays. In order: fails (naming [`OTHER_SESSION`]) unless this is the
+    /// server session [`prepare`](Self::prepare) read, and (naming [`SHARED`]) when that
+    /// session holds the migration lock already, another run's through a transaction pooler
+    /// with a single server connection (see `lock::try_lock`), both before the reset touches
+    /// anything; then `RESET ALL` and the run's limits. How the session then reads strings is
+    /// for the try to ask, after it ([`Session::read_strings`]): a pooler can hand on a
+    /// session another client changed, which the reset puts back.
+    pub fn setup(&self) -> String {
+        format!(
+            "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> {} \
+             THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int \
+             WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int END; {}",
+            self.backend_pid,
+            holds_lock_sql(self.lock_key),
+            self.reset
+        )
+    }
+
+    /// Records `standard_conforming_strings` as [`setup`](Self::setup) left it; the first
+    /// value read stands.
+    pub fn read_strings(&self, value: Option<&str>) {
+        let _ = self.standard_strings.set(value == Some("on"));
+    }
+
+    /// The error [`setup`](Self::setup) refused with, if `error` is one of its refusals.
+    pub fn setup_refused(&self, error: &tokio_postgres::Error) -> Option<Error> {
+        let message = error.as_db_error()?.message();
+        if message.contains(SHARED) {
+            return Some(Error::SharedSession);
+        }
+        match refusal(error)? {
+            Refusal::OtherSession(now) => Some(self.pooled(now)),
+            _ => None,
+        }
     }
 
     /// The advisory lock and the session settings live in one server session. Behind a
@@ -339,7 +368,7 @@ impl Session {
     /// backslashes in strings as escapes (`standard_conforming_strings` off), which neither
     /// lexer assumes.
     pub fn needs_commit_guard(&self, sql: &str) -> bool {
-        !self.standard_strings || crate::sql::may_end_transaction(sql)
+        self.standard_strings.get() != Some(&true) || crate::sql::may_end_transaction(sql)
     }
 
     /// A query whose one value is `t` when the transaction it runs in has written anything
@@ -526,14 +555,6 @@ pub fn holds_lock_sql((class, object): (i32, i32)) -> String {
     )
 }
 
-/// Fails, naming [`SHARED`], when this server session holds the migration lock `key`.
-fn not_holding_sql(key: (i32, i32)) -> String {
-    format!(
-        "SELECT CASE WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int END",
-        holds_lock_sql(key)
-    )
-}
-
 /// The check that the migration before committed: its row is the server session's pid when
 /// the committed mark is `mark` (an SQL text value), else it fails naming
 /// [`PREVIOUS_NOT_COMMITTED`].
@@ -645,9 +666,10 @@ mod tests {
             backend_pid: 1,
             reset_statements: crate::sql::split(&reset).len(),
             reset,
+            lock_key: (1, 2),
             lock_held: String::new(),
             token: token(),
-            standard_strings: true,
+            standard_strings: OnceLock::from(true),
             server_version: 150_000,
         };
         for own in [true, false] {
@@ -708,9 +730,10 @@ mod tests {
             backend_pid: 1,
             reset: "RESET ALL".into(),
             reset_statements: 1,
+            lock_key: (1, 2),
             lock_held: String::new(),
             token: token(),
-            standard_strings: true,
+            standard_strings: OnceLock::from(true),
             server_version: 150_000,
         };
         let open = |own, clean, guarded| {
@@ -735,7 +758,7 @@ mod tests {
         assert!(!session.needs_commit_guard("CREATE TABLE a (i int);"));
         assert!(session.needs_commit_guard("CREATE TABLE a (i int); COMMIT;"));
         let escaped = Session {
-            standard_strings: false,
+            standard_strings: OnceLock::from(false),
             ..session.clone()
         };
         assert!(escaped.needs_commit_guard("CREATE TABLE a (i int);"));

@@ -64,14 +64,25 @@ async fn harness_with(db: &TestDb, client: Client) -> Harness {
         lock_timeout: Duration::from_secs(5),
         statement_timeout: None,
     };
-    // As the job does: the session first (it refuses one that holds the lock already).
+    // As the job does: the session read, then set up with the lock taken (the setup refuses
+    // a session that holds the lock already).
     let session = Session::prepare(&client, limits, key)
         .await
         .expect("session");
-    client
-        .batch_execute(&format!("SELECT pg_advisory_lock({}, {})", key.0, key.1))
+    let rows = client
+        .simple_query(&format!(
+            "{}; SELECT pg_advisory_lock({}, {}), current_setting('standard_conforming_strings')",
+            session.setup(),
+            key.0,
+            key.1
+        ))
         .await
-        .expect("lock");
+        .expect("setup and lock");
+    let strings = rows.iter().rev().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(1),
+        _ => None,
+    });
+    session.read_strings(strings);
     Harness {
         client,
         table,
@@ -1161,4 +1172,30 @@ async fn a_lost_answer_to_a_history_change_says_it_may_have_been_made() {
         "{said}"
     );
     assert_eq!(recorded(&client).await, [1, 2]);
+}
+
+#[tokio::test]
+async fn files_are_guarded_by_how_the_set_up_session_reads_strings() {
+    // A pooler can hand the run a session another client changed. The setup's reset puts it
+    // back, and whether a file needs the commit guard goes by what the reset left.
+    let file = "CREATE TABLE a (i int);";
+    let db = support::database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    let h = harness_with(&db, client).await;
+    assert!(!h.session.needs_commit_guard(file));
+    // Where the database reads backslashes as escapes, which neither lexer assumes, every
+    // file is guarded.
+    let other = support::database().await;
+    let admin = other.client().await;
+    let off = format!(
+        "ALTER DATABASE {} SET standard_conforming_strings = off",
+        other.name
+    );
+    admin.batch_execute(&off).await.unwrap();
+    let h = harness(&other).await;
+    assert!(h.session.needs_commit_guard(file));
 }

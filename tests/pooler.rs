@@ -249,3 +249,54 @@ async fn through_a_session_pooler_that_resets_nothing_the_next_client_gets_a_new
     let values: Vec<&str> = (0..6).map(|i| row.get(i).unwrap()).collect();
     assert_eq!(values, ["0", "0", "0", "0", "t", "0"]);
 }
+
+#[tokio::test]
+async fn a_transaction_pooler_detected_is_left_none_of_the_runs_session_settings() {
+    // The run sets its limits for its session (a 200 ms lock_timeout, no statement_timeout)
+    // and only then can see its transactions move between server sessions. Set where the
+    // pooler sent the setup, they stayed on a server session the bot's transactions share.
+    let db = support::database().await;
+    let bouncer = pgbouncer_with(2);
+    let url = bouncer.url(&db).await;
+    // Both server connections open, so that consecutive transactions alternate between them.
+    let (a, b) = (support::connect(&url).await, support::connect(&url).await);
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // Each server session, as the next client's transactions find it.
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..8 {
+        let rows = a
+            .simple_query(
+                "SELECT pg_backend_pid(), current_setting('lock_timeout'), \
+                 current_setting('statement_timeout')",
+            )
+            .await
+            .unwrap();
+        for message in rows {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                let values = (
+                    row.get(1).unwrap().to_string(),
+                    row.get(2).unwrap().to_string(),
+                );
+                seen.insert(row.get(0).unwrap().to_string(), values);
+            }
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (pid, settings) in &seen {
+        assert_eq!(
+            *settings,
+            ("0".to_string(), "0".to_string()),
+            "server session {pid}"
+        );
+    }
+}
