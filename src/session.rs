@@ -31,8 +31,8 @@
 //! After any error the server skips the rest, and the job rolls the transaction back.
 
 use std::hash::BuildHasher;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -95,6 +95,8 @@ pub struct Session {
     standard_strings: OnceLock<bool>,
     /// `server_version_num`.
     server_version: i32,
+    /// The number of the prepared check ([`Session::prepare_checks`]); 0 while there is none.
+    checks: Arc<AtomicU64>,
 }
 
 /// How one transactional migration is framed by [`Session::open`] and [`Session::seal`].
@@ -186,6 +188,7 @@ impl Session {
             token: token(),
             standard_strings: OnceLock::new(),
             server_version: version,
+            checks: Arc::default(),
         })
     }
 
@@ -330,22 +333,34 @@ impl Session {
         reset + usize::from(frame.guarded) + usize::from(frame.savepoint())
     }
 
-    /// The statement that prepares [`Frame::after`]'s check, once per run, beside the
-    /// history change's, and its number (for [`Frame::prepared`]). Named with the run's
-    /// token, so that a statement a run left in a pooled server session never stands in the
-    /// way of the next run's, and numbered, as `test` prepares again in the same session
-    /// for each step. Run by name, the check costs the server no parse or plan: for 500
-    /// migrations of one CREATE TABLE each, the inline SELECT cost about 18 ms of the run,
-    /// the prepared one about 9.
-    pub fn prepare_checks(&self) -> (u64, String) {
-        static PREPARED: AtomicU64 = AtomicU64::new(0);
-        let number = PREPARED.fetch_add(1, Ordering::Relaxed);
+    /// The number of [`Frame::after`]'s check as prepared in the session (for
+    /// [`Frame::prepared`]), and the statement that prepares it when it is not yet: once per
+    /// session, beside the history change's, which `test` prepares again for each step. Named
+    /// with the run's token, so that a statement a run left in a pooled server session never
+    /// stands in the way of the next run's, and numbered, for [`forget_checks`]
+    /// (Self::forget_checks). Run by name, the check costs the server no parse or plan: for
+    /// 500 migrations of one CREATE TABLE each, the inline SELECT cost about 18 ms of the
+    /// run, the prepared one about 9.
+    pub fn prepare_checks(&self) -> (u64, Option<String>) {
+        static NUMBERS: AtomicU64 = AtomicU64::new(1);
+        let prepared = self.checks.load(Ordering::Relaxed);
+        if prepared != 0 {
+            return (prepared, None);
+        }
+        let number = NUMBERS.fetch_add(1, Ordering::Relaxed);
+        self.checks.store(number, Ordering::Relaxed);
         let sql = format!(
             "PREPARE {}(text) AS {}",
             self.after_statement(number),
             after_check("$1")
         );
-        (number, sql)
+        (number, Some(sql))
+    }
+
+    /// After a file deallocated the session's prepared statements: the check is prepared
+    /// again, under another number, with the history change's.
+    pub fn forget_checks(&self) {
+        self.checks.store(0, Ordering::Relaxed);
     }
 
     /// The name [`prepare_checks`](Self::prepare_checks) gives check `number`.
@@ -671,6 +686,7 @@ mod tests {
             token: token(),
             standard_strings: OnceLock::from(true),
             server_version: 150_000,
+            checks: Arc::default(),
         };
         for own in [true, false] {
             for guarded in [true, false] {
@@ -735,6 +751,7 @@ mod tests {
             token: token(),
             standard_strings: OnceLock::from(true),
             server_version: 150_000,
+            checks: Arc::default(),
         };
         let open = |own, clean, guarded| {
             let frame = Frame {

@@ -320,7 +320,12 @@ struct Prepared {
 /// Prepares the history change and the check, sent together.
 async fn prepare(client: &Client, table: &Table, session: &Session) -> Result<Prepared, Error> {
     let (check, sql) = session.prepare_checks();
-    let checks = client.batch_execute(&sql);
+    let checks = async {
+        match &sql {
+            Some(sql) => client.batch_execute(sql).await,
+            None => Ok(()),
+        }
+    };
     let history = history::prepare(client, table, |v| session.guard(v));
     let (checks, history) = tokio::join!(checks, history);
     checks.map_err(Error::database("preparing the history statements"))?;

@@ -52,6 +52,7 @@ pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec
     );
     let again = send(run, step, wrap, None).await;
     if let Some(cell) = &run.prepared {
+        run.session.forget_checks();
         let renewed = super::prepare(run.client, run.table, run.session).await?;
         *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
     }
