@@ -124,6 +124,27 @@ async fn a_rollback_that_leaves_an_index_behind_fails_step_3_naming_the_index() 
 }
 
 #[tokio::test]
+async fn a_rollback_that_leaves_a_text_search_configuration_behind_fails_step_3() {
+    // The bot searching prompts by words: a configuration of its own, which the rollback
+    // forgets. The snapshot once read no text search objects, and this passed.
+    let db = support::database().await;
+    let dir = with_003(
+        "DO $$ BEGIN\n\
+         IF NOT EXISTS (SELECT FROM pg_ts_config WHERE cfgname = 'prompts') THEN\n\
+         CREATE TEXT SEARCH CONFIGURATION prompts (COPY = english);\n\
+         END IF;\n\
+         END $$;\n",
+        Some("SELECT 1;\n"),
+    );
+    let out = test(&db, dir.path(), &[]);
+    let text = failed_at(&out, "step 3 (roll back)");
+    assert!(
+        text.contains("+ text search configuration public.prompts: PARSER"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_rollback_that_drops_a_column_the_forward_did_not_add_fails_step_3() {
     let db = support::database().await;
     let dir = with_003(

@@ -395,6 +395,112 @@ async fn comments_are_read_on_every_kind_but_not_on_schemas_extensions_their_mem
 }
 
 #[tokio::test]
+async fn casts_operators_text_search_and_foreign_data_objects_are_read() {
+    // Each of these, left behind by a rollback, once passed `test` and `verify --schema`.
+    let (db, before) = built(EVERY_KIND).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION app.mood_of(int) RETURNS app.mood LANGUAGE sql IMMUTABLE AS $$ SELECT 'ok'::app.mood $$;
+             CREATE CAST (int AS app.mood) WITH FUNCTION app.mood_of(int) AS ASSIGNMENT;
+             CREATE FUNCTION app.same(int, int) RETURNS bool LANGUAGE sql IMMUTABLE AS $$ SELECT $1 = $2 $$;
+             CREATE OPERATOR app.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = app.same, COMMUTATOR = OPERATOR(app.===));
+             CREATE TEXT SEARCH DICTIONARY app.plain (TEMPLATE = pg_catalog.simple, STOPWORDS = english);
+             CREATE TEXT SEARCH CONFIGURATION app.prompts (COPY = english);
+             ALTER TEXT SEARCH CONFIGURATION app.prompts ALTER MAPPING FOR asciiword WITH app.plain, english_stem;
+             CREATE FOREIGN DATA WRAPPER elsewhere;
+             CREATE SERVER archive FOREIGN DATA WRAPPER elsewhere OPTIONS (host 'archive.internal');
+             CREATE USER MAPPING FOR PUBLIC SERVER archive OPTIONS (user 'reader', password 'sentinel-password');
+             CREATE FOREIGN TABLE app.old_requests (id int OPTIONS (column_name 'request_id')) SERVER archive OPTIONS (table_name 'requests');
+             ALTER TABLE app.t ALTER COLUMN name SET COMPRESSION pglz;",
+        )
+        .await
+        .unwrap();
+    let s = snapshot(&client).await;
+    let expected = [
+        (
+            Kind::Cast,
+            "",
+            "(integer AS app.mood)",
+            "WITH FUNCTION app.mood_of(integer) AS ASSIGNMENT",
+        ),
+        (
+            Kind::Operator,
+            "",
+            "app.===(integer,integer)",
+            "PROCEDURE app.same(integer,integer) COMMUTATOR app.===(integer,integer)",
+        ),
+        (
+            Kind::TextSearchDictionary,
+            "",
+            "app.plain",
+            "TEMPLATE pg_catalog.simple OPTIONS stopwords = 'english'",
+        ),
+        (Kind::ForeignDataWrapper, "", "elsewhere", ""),
+        (
+            Kind::ForeignServer,
+            "",
+            "archive",
+            "FOREIGN DATA WRAPPER elsewhere OPTIONS (host=archive.internal)",
+        ),
+        (
+            Kind::UserMapping,
+            "",
+            "for PUBLIC server archive",
+            "OPTIONS (password, user)",
+        ),
+        (
+            Kind::Table,
+            "",
+            "app.old_requests",
+            "FOREIGN SERVER archive OPTIONS (table_name=requests)",
+        ),
+        (
+            Kind::Column,
+            "app.old_requests",
+            "id",
+            "integer OPTIONS (column_name=request_id)",
+        ),
+    ];
+    for (kind, table, name, text) in expected {
+        let found = definition(&s, kind, table, name);
+        assert!(found.contains(text), "{kind:?} {name}: {found}");
+    }
+    let mapping = definition(&s, Kind::TextSearchConfiguration, "", "app.prompts");
+    assert!(
+        mapping.starts_with("PARSER pg_catalog.\"default\" MAPPING "),
+        "{mapping}"
+    );
+    assert!(
+        mapping.contains("asciiword WITH app.plain, english_stem,"),
+        "{mapping}"
+    );
+    assert!(definition(&s, Kind::Column, "app.t", "name").ends_with("COMPRESSION pglz"));
+    // A user mapping's values never reach the snapshot or its text.
+    assert!(!s.text().contains("sentinel-password"));
+    // Every one of them is a difference from the schema before.
+    let changed: Vec<String> = before
+        .diff(&s)
+        .changes
+        .iter()
+        .map(|c| c.key().to_string())
+        .collect();
+    for name in [
+        "cast (integer AS app.mood)",
+        "operator app.===(integer,integer)",
+        "text search configuration app.prompts",
+        "server archive",
+        "user mapping for PUBLIC server archive",
+        "column app.t.name",
+    ] {
+        assert!(
+            changed.iter().any(|c| c == name),
+            "{name} not in {changed:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_identity_column_shows_its_sequence_options_that_are_not_the_defaults() {
     let (db, s) = built(EVERY_KIND).await;
     let id = "bigint NOT NULL GENERATED ALWAYS AS IDENTITY";

@@ -52,6 +52,21 @@ pub enum Kind {
     EventTrigger,
     /// A publication for logical replication, with the tables it publishes.
     Publication,
+    /// A cast between two types (`CREATE CAST`), named `(source AS target)`.
+    Cast,
+    /// An operator (`CREATE OPERATOR`), named with its schema and argument types.
+    Operator,
+    /// A text search dictionary, named with its schema.
+    TextSearchDictionary,
+    /// A text search configuration, named with its schema: its parser and each token type's
+    /// dictionaries.
+    TextSearchConfiguration,
+    /// A foreign-data wrapper not made by an extension.
+    ForeignDataWrapper,
+    /// A foreign server (`CREATE SERVER`).
+    ForeignServer,
+    /// A user mapping: the names of its options only, whose values hold passwords.
+    UserMapping,
     /// The comment on an object whose own definition does not carry it (tables', columns'
     /// and views' do): named by the object's kind and identity, `index public.idx_prompt`.
     Comment,
@@ -82,6 +97,13 @@ impl Kind {
             "procedure" => Kind::Procedure,
             "event trigger" => Kind::EventTrigger,
             "publication" => Kind::Publication,
+            "cast" => Kind::Cast,
+            "operator" => Kind::Operator,
+            "text search dictionary" => Kind::TextSearchDictionary,
+            "text search configuration" => Kind::TextSearchConfiguration,
+            "foreign-data wrapper" => Kind::ForeignDataWrapper,
+            "server" => Kind::ForeignServer,
+            "user mapping" => Kind::UserMapping,
             "comment" => Kind::Comment,
             "privileges" => Kind::Privileges,
             _ => return None,
@@ -109,6 +131,13 @@ impl Kind {
             Kind::Procedure => "procedure",
             Kind::EventTrigger => "event trigger",
             Kind::Publication => "publication",
+            Kind::Cast => "cast",
+            Kind::Operator => "operator",
+            Kind::TextSearchDictionary => "text search dictionary",
+            Kind::TextSearchConfiguration => "text search configuration",
+            Kind::ForeignDataWrapper => "foreign-data wrapper",
+            Kind::ForeignServer => "server",
+            Kind::UserMapping => "user mapping",
             Kind::Comment => "comment",
             Kind::Privileges => "privileges",
         }
@@ -212,6 +241,8 @@ pub async fn read(client: &Client, table: &Table, options: Options) -> Result<Sn
 /// (a third of a snapshot's cost on a database of 500 tables).
 pub struct Reader<'a> {
     client: &'a Client,
+    /// The catalog query for the server's version ([`catalog`]).
+    query: String,
     statement: Statement,
     history: String,
     privileges: bool,
@@ -225,12 +256,22 @@ impl<'a> Reader<'a> {
         table: &Table,
         options: Options,
     ) -> Result<Reader<'a>, Error> {
+        let version = client
+            .simple_query("SELECT pg_catalog.current_setting('server_version_num')")
+            .await
+            .map_err(Error::database(CONTEXT))?;
+        let version = version.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse().ok(),
+            _ => None,
+        });
+        let query = catalog(version.unwrap_or_default());
         let statement = client
-            .prepare(CATALOG)
+            .prepare(&query)
             .await
             .map_err(Error::database(CONTEXT))?;
         Ok(Reader {
             client,
+            query,
             statement,
             history: table.quoted().to_string(),
             privileges: options.privileges,
@@ -243,7 +284,7 @@ impl<'a> Reader<'a> {
         match self.once().await {
             Err(error) if error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {
                 self.statement =
-                    (self.client.prepare(CATALOG).await).map_err(Error::database(CONTEXT))?;
+                    (self.client.prepare(&self.query).await).map_err(Error::database(CONTEXT))?;
                 self.once().await.map_err(Error::database(CONTEXT))
             }
             result => result.map_err(Error::database(CONTEXT)),
@@ -300,6 +341,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// [`CATALOG`] for a server of `version` (`server_version_num`): with a column's compression
+/// from 14, which added it.
+fn catalog(version: i32) -> String {
+    let compression = match version >= 140000 {
+        true => {
+            "CASE a.attcompression WHEN 'p' THEN 'COMPRESSION pglz' WHEN 'l' THEN 'COMPRESSION lz4' END,"
+        }
+        false => "",
+    };
+    CATALOG.replace("/*compression*/", compression)
+}
+
 /// The catalog query: one row per object as (kind, table, name, position, definition), all
 /// text built by the server's own deparsers (`pg_get_constraintdef`, `pg_get_indexdef`,
 /// `pg_get_viewdef`, `pg_get_functiondef`, `pg_get_triggerdef`, `pg_get_expr`, `format_type`),
@@ -345,7 +398,11 @@ SELECT 'table', '', r.qualified, 0::int2,
                (SELECT pg_catalog.string_agg(i.inhparent::pg_catalog.regclass::text, ', ' ORDER BY i.inhseqno) FROM pg_catalog.pg_inherits i WHERE i.inhrelid = r.oid) || ')'
            END,
            CASE WHEN r.relkind = 'p' THEN 'PARTITION BY ' || pg_catalog.pg_get_partkeydef(r.oid) END,
-           CASE WHEN r.relkind = 'f' THEN 'FOREIGN' END,
+           CASE WHEN r.relkind = 'f' THEN
+               (SELECT 'FOREIGN SERVER ' || pg_catalog.quote_ident(fs.srvname)
+                       || COALESCE(' OPTIONS (' || pg_catalog.array_to_string(ft.ftoptions, ', ') || ')', '')
+                FROM pg_catalog.pg_foreign_table ft JOIN pg_catalog.pg_foreign_server fs ON fs.oid = ft.ftserver
+                WHERE ft.ftrelid = r.oid) END,
            CASE WHEN r.relrowsecurity THEN 'ROW LEVEL SECURITY' END,
            CASE WHEN r.relforcerowsecurity THEN 'FORCE ROW LEVEL SECURITY' END,
            'WITH (' || pg_catalog.array_to_string(r.reloptions, ', ') || ')',
@@ -392,6 +449,8 @@ SELECT 'column', r.qualified, pg_catalog.quote_ident(a.attname), a.attnum,
            'WITH (' || pg_catalog.array_to_string(a.attoptions, ', ') || ')',
            CASE WHEN a.attstorage <> t.typstorage THEN 'STORAGE ' ||
                CASE a.attstorage WHEN 'p' THEN 'PLAIN' WHEN 'e' THEN 'EXTERNAL' WHEN 'm' THEN 'MAIN' ELSE 'EXTENDED' END END,
+           /*compression*/
+           'OPTIONS (' || pg_catalog.array_to_string(a.attfdwoptions, ', ') || ')',
            'COMMENT ' || pg_catalog.quote_literal((SELECT dsc.description FROM pg_catalog.pg_description dsc WHERE dsc.objoid = r.oid
                AND dsc.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND dsc.objsubid = a.attnum)))
 FROM rel r
@@ -541,6 +600,73 @@ SELECT 'publication', '', pg_catalog.quote_ident(pb.pubname), 0::int2,
                                           AND pg_catalog.to_regclass(pg_catalog.format('%I.%I', pt.schemaname, pt.tablename))
                                               IS DISTINCT FROM pg_catalog.to_regclass($1)) AS t(entry)), '')
 FROM pg_catalog.pg_publication pb
+UNION ALL
+-- Casts, operators, text search objects and foreign-data objects the migrations made:
+-- initdb's own have oids below 16384 or live in pg_catalog, an extension's are its members.
+SELECT 'cast', '', pg_catalog.format('(%s AS %s)', pg_catalog.format_type(c.castsource, NULL),
+                                     pg_catalog.format_type(c.casttarget, NULL)), 0::int2,
+       pg_catalog.concat_ws(' ',
+           CASE c.castmethod WHEN 'f' THEN 'WITH FUNCTION ' || c.castfunc::pg_catalog.regprocedure::text
+                             WHEN 'i' THEN 'WITH INOUT' ELSE 'WITHOUT FUNCTION' END,
+           CASE c.castcontext WHEN 'a' THEN 'AS ASSIGNMENT' WHEN 'i' THEN 'AS IMPLICIT' END)
+FROM pg_catalog.pg_cast c
+WHERE c.oid >= 16384
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND m.objid = c.oid)
+UNION ALL
+SELECT 'operator', '', o.oid::pg_catalog.regoperator::text, 0::int2,
+       pg_catalog.concat_ws(' ', 'PROCEDURE ' || o.oprcode::pg_catalog.regprocedure::text,
+           'COMMUTATOR ' || NULLIF(o.oprcom, 0)::pg_catalog.regoperator::text,
+           'NEGATOR ' || NULLIF(o.oprnegate, 0)::pg_catalog.regoperator::text,
+           'RESTRICT ' || NULLIF(o.oprrest, 0)::pg_catalog.regprocedure::text,
+           'JOIN ' || NULLIF(o.oprjoin, 0)::pg_catalog.regprocedure::text,
+           CASE WHEN o.oprcanhash THEN 'HASHES' END, CASE WHEN o.oprcanmerge THEN 'MERGES' END)
+FROM pg_catalog.pg_operator o JOIN ns ON ns.oid = o.oprnamespace
+WHERE o.oid >= 16384
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_operator'::pg_catalog.regclass AND m.objid = o.oid)
+UNION ALL
+SELECT 'text search dictionary', '', pg_catalog.format('%I.%I', ns.nspname, d.dictname), 0::int2,
+       pg_catalog.concat_ws(' ',
+           'TEMPLATE ' || (SELECT pg_catalog.format('%I.%I', tn.nspname, tp.tmplname) FROM pg_catalog.pg_ts_template tp
+                           JOIN pg_catalog.pg_namespace tn ON tn.oid = tp.tmplnamespace WHERE tp.oid = d.dicttemplate),
+           'OPTIONS ' || d.dictinitoption)
+FROM pg_catalog.pg_ts_dict d JOIN ns ON ns.oid = d.dictnamespace
+WHERE d.oid >= 16384
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_ts_dict'::pg_catalog.regclass AND m.objid = d.oid)
+UNION ALL
+SELECT 'text search configuration', '', pg_catalog.format('%I.%I', ns.nspname, cfg.cfgname), 0::int2,
+       'PARSER ' || (SELECT pg_catalog.format('%I.%I', pn.nspname, pr.prsname) FROM pg_catalog.pg_ts_parser pr
+                     JOIN pg_catalog.pg_namespace pn ON pn.oid = pr.prsnamespace WHERE pr.oid = cfg.cfgparser)
+       || COALESCE(' MAPPING ' || (SELECT pg_catalog.string_agg(tt.alias || ' WITH ' || mp.dicts, ', ' ORDER BY tt.alias)
+                                   FROM (SELECT mm.maptokentype,
+                                                pg_catalog.string_agg(mm.mapdict::pg_catalog.regdictionary::text, ', ' ORDER BY mm.mapseqno) AS dicts
+                                         FROM pg_catalog.pg_ts_config_map mm WHERE mm.mapcfg = cfg.oid
+                                         GROUP BY mm.maptokentype) AS mp
+                                   JOIN pg_catalog.ts_token_type(cfg.cfgparser) AS tt ON tt.tokid = mp.maptokentype), '')
+FROM pg_catalog.pg_ts_config cfg JOIN ns ON ns.oid = cfg.cfgnamespace
+WHERE cfg.oid >= 16384
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_ts_config'::pg_catalog.regclass AND m.objid = cfg.oid)
+UNION ALL
+SELECT 'foreign-data wrapper', '', pg_catalog.quote_ident(w.fdwname), 0::int2,
+       pg_catalog.concat_ws(' ', 'HANDLER ' || NULLIF(w.fdwhandler, 0)::pg_catalog.regprocedure::text,
+           'VALIDATOR ' || NULLIF(w.fdwvalidator, 0)::pg_catalog.regprocedure::text,
+           'OPTIONS (' || pg_catalog.array_to_string(w.fdwoptions, ', ') || ')')
+FROM pg_catalog.pg_foreign_data_wrapper w
+WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_foreign_data_wrapper'::pg_catalog.regclass AND m.objid = w.oid)
+UNION ALL
+SELECT 'server', '', pg_catalog.quote_ident(fs.srvname), 0::int2,
+       pg_catalog.concat_ws(' ', 'TYPE ' || pg_catalog.quote_literal(fs.srvtype),
+           'VERSION ' || pg_catalog.quote_literal(fs.srvversion),
+           'FOREIGN DATA WRAPPER ' || (SELECT pg_catalog.quote_ident(w.fdwname) FROM pg_catalog.pg_foreign_data_wrapper w WHERE w.oid = fs.srvfdw),
+           'OPTIONS (' || pg_catalog.array_to_string(fs.srvoptions, ', ') || ')')
+FROM pg_catalog.pg_foreign_server fs
+WHERE NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_foreign_server'::pg_catalog.regclass AND m.objid = fs.oid)
+UNION ALL
+-- A user mapping's option names only: their values are the remote login's, password and all.
+SELECT 'user mapping', '', pg_catalog.format('for %s server %I',
+           CASE WHEN um.umuser = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(um.usename) END, um.srvname), 0::int2,
+       COALESCE('OPTIONS (' || (SELECT pg_catalog.string_agg(pg_catalog.split_part(x.o, '=', 1), ', ' ORDER BY x.o)
+                                FROM pg_catalog.unnest(um.umoptions) AS x(o)) || ')', '')
+FROM pg_catalog.pg_user_mappings um
 UNION ALL
 -- Comments on everything else the migrations made, named by the object's kind and identity:
 -- in the schemas read; a trigger's, policy's or rule's (which have no schema of their own) on

@@ -79,6 +79,26 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
             key.name, object.definition
         ));
     }
+    for (key, object) in snapshot.of(Kind::Cast) {
+        blocks.push(format!("CREATE CAST {} {};", key.name, object.definition));
+    }
+    let others = [
+        Kind::Operator,
+        Kind::TextSearchDictionary,
+        Kind::TextSearchConfiguration,
+        Kind::ForeignDataWrapper,
+        Kind::ForeignServer,
+        Kind::UserMapping,
+    ];
+    for kind in others {
+        for (key, object) in snapshot.of(kind) {
+            let definition = match object.definition.is_empty() {
+                true => String::new(),
+                false => format!(": {}", object.definition),
+            };
+            blocks.push(format!("-- {key}{definition}"));
+        }
+    }
     let comments: Vec<String> = (snapshot.of(Kind::Comment))
         .map(|(key, object)| format!("-- comment on {}: {}", key.name, object.definition))
         .collect();
