@@ -281,8 +281,18 @@ impl Session {
             // The reset gets a transaction of its own, committed before the migration's:
             // an explicit one, because a COMMIT that ends the implicit transaction of a
             // multi-statement message makes the server warn "there is no transaction in
-            // progress", to the client and into its log, once per migration.
-            (true, false) => (format!("{begin}; {reset}; COMMIT; BEGIN"), String::new()),
+            // progress", to the client and into its log, once per migration. It commits only
+            // in the run's server session: behind a transaction pooler the message may land
+            // in another, one the bot's transactions share, and the run's settings would stay
+            // there when the history change then refuses. The check's row is the pid.
+            (true, false) => (
+                format!(
+                    "{begin}; SELECT CASE WHEN {} ELSE pg_catalog.pg_backend_pid() END; \
+                     {reset}; COMMIT; BEGIN",
+                    self.other_session()
+                ),
+                String::new(),
+            ),
             // Inside the run's transaction, which no pipeline of ours shares.
             (false, _) => (
                 reset.clone(),
@@ -326,7 +336,7 @@ impl Session {
         let begin = 1 + usize::from(frame.after.is_some());
         let reset = match (frame.own, frame.clean) {
             (true, true) => begin,
-            (true, false) => begin + self.reset_statements + 2,
+            (true, false) => begin + self.reset_statements + 3,
             // The reset and the start mark.
             (false, _) => self.reset_statements + 1,
         };
@@ -764,7 +774,13 @@ mod tests {
             session.open(frame)
         };
         assert_eq!(open(true, true, false), "BEGIN");
-        assert_eq!(open(true, false, false), "BEGIN; RESET ALL; COMMIT; BEGIN");
+        // The reset commits only in the run's server session.
+        let unclean = open(true, false, false);
+        assert!(
+            unclean.starts_with("BEGIN; SELECT CASE WHEN pg_catalog.pg_backend_pid() <> 1 THEN"),
+            "{unclean}"
+        );
+        assert!(unclean.ends_with("; RESET ALL; COMMIT; BEGIN"), "{unclean}");
         assert!(open(true, true, true).contains(
             "BEGIN; DECLARE db_migrate_guard CURSOR WITH HOLD FOR SELECT pg_catalog.current_setting"
         ));

@@ -1199,3 +1199,41 @@ async fn files_are_guarded_by_how_the_set_up_session_reads_strings() {
     let h = harness(&other).await;
     assert!(h.session.needs_commit_guard(file));
 }
+
+#[tokio::test]
+async fn a_reset_of_its_own_commits_only_in_the_runs_server_session() {
+    // The first migration's opening resets the session in a transaction of its own. Behind a
+    // transaction pooler it can land in another server session, one the bot's transactions
+    // share: the reset commits only where the run set up, else the run's settings stayed there.
+    use db_migrate::session::Frame;
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let frame = Frame {
+        own: true,
+        clean: false,
+        guarded: false,
+        after: None,
+        prepared: None,
+    };
+    let opening = h.session.open(frame);
+    let elsewhere = db.client().await;
+    let error = elsewhere.batch_execute(&opening).await.unwrap_err();
+    let message = error.as_db_error().map(|e| e.message().to_string());
+    let message = message.unwrap_or_else(|| error.to_string());
+    assert!(
+        message.contains(db_migrate::session::OTHER_SESSION),
+        "{message}"
+    );
+    let rows = elsewhere
+        .simple_query("ROLLBACK; SELECT current_setting('lock_timeout')")
+        .await
+        .unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("0"));
+    // In the run's own session it opens.
+    h.client.batch_execute(&opening).await.expect("opens");
+    h.client.batch_execute("ROLLBACK").await.unwrap();
+}
