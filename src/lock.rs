@@ -67,7 +67,18 @@ pub async fn with_first<T, R>(
     work: impl AsyncFnOnce(Option<R>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = key(table);
-    let first = acquire(client, key, wait, session, interrupt, first).await?;
+    let first = match acquire(client, key, wait, session, interrupt, first).await {
+        Ok(first) => first,
+        // The first try set the session up whatever it found: a run that waited for the lock
+        // in vain, or was stopped while waiting, leaves it as a new one, as a run that held
+        // the lock does (through a session pooler that resets nothing, the bot's next
+        // session got the run's 200 ms lock_timeout).
+        Err(error @ (Error::LockTimeout { .. } | Error::Interrupted(_))) => {
+            release(client).await;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     let result = work(first).await;
     // A run that found its statements in another server session (a transaction pooler's)
     // sends nothing more: a reset would land in some other client's session.

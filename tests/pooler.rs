@@ -300,3 +300,38 @@ async fn a_transaction_pooler_detected_is_left_none_of_the_runs_session_settings
         );
     }
 }
+
+#[tokio::test]
+async fn a_run_that_waited_for_the_lock_in_vain_leaves_its_session_as_a_new_one() {
+    // The first try at the lock sets the session up whatever it finds; a run that then gave
+    // up waiting left without resetting it, and through a session pooler that resets nothing
+    // the next client, the bot's, got the run's 200 ms lock_timeout.
+    let db = support::database().await;
+    let bouncer = pgbouncer_in("session", 1, "server_reset_query =\n");
+    let url = bouncer.url(&db).await;
+    let holder = db.client().await;
+    let table = db_migrate::history::Table::parse("schema_migrations").unwrap();
+    let (class, object) = db_migrate::lock::key(&table);
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_lock({class}, {object})"))
+        .await
+        .unwrap();
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json", "--lock-wait", "1s"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    // One server connection: the run's.
+    let client = support::connect(&url).await;
+    let rows = client
+        .simple_query("SELECT current_setting('lock_timeout')")
+        .await
+        .unwrap();
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("0"));
+}
