@@ -282,10 +282,11 @@ fn fill_tls(
 /// `user@host:port/database`, the way every log line and error names the target.
 pub(super) fn target(config: &tokio_postgres::Config) -> String {
     let user = config.get_user().unwrap_or("?");
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(host)) => host.clone(),
-        Some(Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_string(),
+    let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        (Some(Host::Tcp(host)), _) => host.clone(),
+        (Some(Host::Unix(path)), _) => path.display().to_string(),
+        (None, Some(addr)) => addr.to_string(),
+        (None, None) => "localhost".to_string(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let database = config.get_dbname().unwrap_or(user);
@@ -369,6 +370,13 @@ mod tests {
         .unwrap();
         assert_eq!(target(&settings.pg), "bot@db.internal:6432/videos");
         assert_eq!(settings.pg.get_application_name(), Some(APPLICATION_NAME));
+        // An address alone names the target by it.
+        let settings = resolve(
+            Some("hostaddr=10.0.0.9 port=5433 user=bot password=s3cret-sentinel dbname=videos"),
+            &Environment::new(),
+        )
+        .unwrap();
+        assert_eq!(target(&settings.pg), "bot@10.0.0.9:5433/videos");
     }
 
     #[test]
