@@ -11,7 +11,8 @@
 //!    opening is `BEGIN`, preceded (for the run's first migration, and after anything but a
 //!    committed one) by `RESET ALL` and the run's own settings in a transaction committed
 //!    before the migration's (a transaction takes `default_transaction_read_only` from the
-//!    settings in force when it starts); then, where the file checks and PostgreSQL's parser
+//!    settings in force when it starts), which fails first unless it runs in the run's server
+//!    session, so that the settings commit nowhere else; then, where the file checks and PostgreSQL's parser
 //!    cannot both vouch that the file never ends its transaction, a `WITH HOLD` cursor whose
 //!    query fails, so that a `COMMIT` hidden in the file fails and rolls everything back, and
 //!    a savepoint. One message, because the server skips the rest of a message after an
@@ -155,8 +156,8 @@ pub struct Message {
 }
 
 impl Session {
-    /// Reads what the run's policy depends on (the server session, its server's version,
-    /// how it reads strings) and returns the policy. `lock` is the migration lock's key, which
+    /// Reads what the run's policy depends on (the server session and its server's version)
+    /// and returns the policy. `lock` is the migration lock's key, which
     /// every migration checks it still holds. Nothing is set here: the settings go out with
     /// the first try at the lock ([`Session::setup`]), which only runs where this answer came
     /// from. Behind a transaction pooler the next statement may land in another server
@@ -347,8 +348,8 @@ impl Session {
     /// [`Frame::prepared`]), and the statement that prepares it when it is not yet: once per
     /// session, beside the history change's, which `test` prepares again for each step. Named
     /// with the run's token, so that a statement a run left in a pooled server session never
-    /// stands in the way of the next run's, and numbered, for [`forget_checks`]
-    /// (Self::forget_checks). Run by name, the check costs the server no parse or plan: for
+    /// stands in the way of the next run's, and numbered, for
+    /// [`forget_checks`](Self::forget_checks). Run by name, the check costs the server no parse or plan: for
     /// 500 migrations of one CREATE TABLE each, the inline SELECT cost about 18 ms of the
     /// run, the prepared one about 9.
     pub fn prepare_checks(&self) -> (u64, Option<String>) {

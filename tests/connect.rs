@@ -300,9 +300,9 @@ async fn job_connections_probe_a_silent_server_within_30_seconds() {
     support::assert_probes_within_30_seconds(job, &db, support::server().port).await;
 }
 
-#[tokio::test]
-async fn a_server_that_accepts_and_never_answers_is_given_up_on_after_connect_timeout() {
-    // Takes connections and never says a word, as a frozen server or proxy does.
+/// A port on 127.0.0.1 that takes connections and never says a word, as a frozen server or
+/// proxy does.
+fn silent_listener() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -311,6 +311,26 @@ async fn a_server_that_accepts_and_never_answers_is_given_up_on_after_connect_ti
             held.push(stream);
         }
     });
+    port
+}
+
+/// `db`'s URL with the host at `first` (on 127.0.0.1) listed before the test server, and each
+/// host's `connect_timeout` in seconds.
+fn behind(db: &support::TestDb, first: u16, connect_timeout: u32) -> String {
+    let port = support::server().port;
+    let url = db.url.replacen(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{first},127.0.0.1:{port}"),
+        1,
+    );
+    assert_ne!(url, db.url);
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}connect_timeout={connect_timeout}")
+}
+
+#[tokio::test]
+async fn a_server_that_accepts_and_never_answers_is_given_up_on_after_connect_timeout() {
+    let port = silent_listener();
     let url = format!("postgresql://u:{SENTINEL}@127.0.0.1:{port}/db?connect_timeout=1");
     let dir = support::migrations(&[("001_t.sql", "CREATE TABLE IF NOT EXISTS t (id int);")]);
     let mut job = Running::spawn(
@@ -337,25 +357,8 @@ async fn a_url_whose_first_host_never_answers_the_login_connects_to_the_second()
     // --connect-timeout without trying the second host. Each host now gets connect_timeout
     // for its whole login, as libpq gives it.
     let db = support::database().await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().map_while(Result::ok) {
-            held.push(stream);
-        }
-    });
-    let port = support::server().port;
-    let url = db.url.replacen(
-        &format!("127.0.0.1:{port}"),
-        &format!("127.0.0.1:{silent},127.0.0.1:{port}"),
-        1,
-    );
-    assert_ne!(url, db.url);
-    let url = format!(
-        "{url}{}connect_timeout=1",
-        if url.contains('?') { '&' } else { '?' }
-    );
+    let silent = silent_listener();
+    let url = behind(&db, silent, 1);
     let out = output(
         binary()
             .args(["up", "--connect-timeout", "8s", "--log-format", "json"])
@@ -396,17 +399,7 @@ async fn a_url_whose_first_host_is_down_connects_to_the_second_within_its_timeou
         queued.push(stream);
         assert!(queued.len() < 64, "the listener's queue never filled");
     }
-    let port = support::server().port;
-    let url = db.url.replacen(
-        &format!("127.0.0.1:{port}"),
-        &format!("127.0.0.1:{},127.0.0.1:{port}", addr.port()),
-        1,
-    );
-    assert_ne!(url, db.url);
-    let url = format!(
-        "{url}{}connect_timeout=2",
-        if url.contains('?') { '&' } else { '?' }
-    );
+    let url = behind(&db, addr.port(), 2);
     let out = output(
         binary()
             .args(["up", "--connect-timeout", "20s", "--log-format", "json"])

@@ -1224,15 +1224,10 @@ async fn a_reset_of_its_own_commits_only_in_the_runs_server_session() {
         message.contains(db_migrate::session::OTHER_SESSION),
         "{message}"
     );
-    let rows = elsewhere
-        .simple_query("ROLLBACK; SELECT current_setting('lock_timeout')")
-        .await
-        .unwrap();
-    let value = rows.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-        _ => None,
-    });
-    assert_eq!(value.as_deref(), Some("0"));
+    elsewhere.batch_execute("ROLLBACK").await.unwrap();
+    let lock_timeout: String =
+        support::one(&elsewhere, "SELECT current_setting('lock_timeout')").await;
+    assert_eq!(lock_timeout, "0");
     // In the run's own session it opens.
     h.client.batch_execute(&opening).await.expect("opens");
     h.client.batch_execute("ROLLBACK").await.unwrap();

@@ -112,22 +112,29 @@ fn pgbouncer_in(mode: &str, pool_size: usize, extra: &str) -> Bouncer {
     Bouncer { child, port, dir }
 }
 
-#[tokio::test]
-async fn transaction_pooler_is_detected_and_nothing_is_applied() {
-    let db = support::database().await;
-    let bouncer = pgbouncer();
-    let url = bouncer.url(&db).await;
-    // Open several server connections at once, so that consecutive transactions of one
-    // client land on different ones, as they do under real load.
+/// Makes the pooler at `url` open `count` server connections, by holding a transaction open on
+/// each from a client of its own; returns the first client.
+async fn open_server_connections(url: &str, count: usize) -> tokio_postgres::Client {
     let mut clients = Vec::new();
-    for _ in 0..3 {
-        let client = support::connect(&url).await;
+    for _ in 0..count {
+        let client = support::connect(url).await;
         client.batch_execute("BEGIN; SELECT 1").await.unwrap();
         clients.push(client);
     }
     for client in &clients {
         client.batch_execute("COMMIT").await.unwrap();
     }
+    clients.swap_remove(0)
+}
+
+#[tokio::test]
+async fn transaction_pooler_is_detected_and_nothing_is_applied() {
+    let db = support::database().await;
+    let bouncer = pgbouncer();
+    let url = bouncer.url(&db).await;
+    // Several server connections open, so that consecutive transactions of one client land
+    // on different ones, as they do under real load.
+    open_server_connections(&url, 3).await;
     let out = output(
         binary()
             .args(["up", "--log-format", "json"])
@@ -259,11 +266,7 @@ async fn a_transaction_pooler_detected_is_left_none_of_the_runs_session_settings
     let bouncer = pgbouncer_with(2);
     let url = bouncer.url(&db).await;
     // Both server connections open, so that consecutive transactions alternate between them.
-    let (a, b) = (support::connect(&url).await, support::connect(&url).await);
-    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    a.batch_execute("COMMIT").await.unwrap();
-    b.batch_execute("COMMIT").await.unwrap();
+    let a = open_server_connections(&url, 2).await;
     let out = output(
         binary()
             .args(["up", "--log-format", "json"])
@@ -325,13 +328,7 @@ async fn a_run_that_waited_for_the_lock_in_vain_leaves_its_session_as_a_new_one(
     assert_eq!(out.code, 6, "{}", out.stderr);
     // One server connection: the run's.
     let client = support::connect(&url).await;
-    let rows = client
-        .simple_query("SELECT current_setting('lock_timeout')")
-        .await
-        .unwrap();
-    let value = rows.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-        _ => None,
-    });
-    assert_eq!(value.as_deref(), Some("0"));
+    let lock_timeout: String =
+        support::one(&client, "SELECT current_setting('lock_timeout')").await;
+    assert_eq!(lock_timeout, "0");
 }
