@@ -54,7 +54,10 @@ ENV CC_x86_64_unknown_linux_musl=musl-gcc \
     CC_aarch64_unknown_linux_musl=musl-gcc
 
 WORKDIR /src
+# .cargo/config.toml links the musl binary at a fixed address (see there); the dependencies
+# are built with the same flags, so it comes before them.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo/config.toml ./.cargo/
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
