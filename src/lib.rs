@@ -69,12 +69,21 @@ struct Job<'a> {
 /// The migration files, being read or read.
 enum Loading {
     Read(Result<Vec<Migration>, Error>),
+    /// A directory of few files, listed: they are read when first awaited, on the run's own
+    /// thread (see [`source::few`]).
+    Listed(std::path::PathBuf, Vec<String>),
     Reading(tokio::sync::oneshot::Receiver<Result<Vec<Migration>, Error>>),
 }
 
 impl Loading {
-    /// Starts reading `dir` on a thread of its own.
+    /// Lists `dir` and, when it holds more than a few files, starts reading them on a thread
+    /// of its own.
     fn start(dir: &std::path::Path) -> Loading {
+        match source::few(dir) {
+            Ok(Some(files)) => return Loading::Listed(dir.to_path_buf(), files),
+            Err(error) => return Loading::Read(Err(error)),
+            Ok(None) => {}
+        }
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let owned = dir.to_path_buf();
         let spawned = std::thread::Builder::new()
@@ -90,6 +99,7 @@ impl Loading {
     async fn finish(self) -> Result<Vec<Migration>, Error> {
         match self {
             Loading::Read(result) => result,
+            Loading::Listed(dir, files) => source::load_listed(&dir, files),
             Loading::Reading(receiver) => receiver.await.unwrap_or_else(|_| {
                 Err(Error::Config("reading the migration files failed".into()))
             }),
@@ -140,8 +150,8 @@ impl Job<'_> {
         if let Command::Import { from, src } = &config.command {
             return import_directory(*from, src, &config.dir);
         }
-        // The files are read on a thread of their own while the connection opens; whatever
-        // is wrong with them is said first, and then nothing of the run reaches the database
+        // The files are read while the connection opens (a few on this thread, more on
+        // threads of their own); whatever is wrong with them is said first, and then nothing of the run reaches the database
         // (the connection opened meanwhile is dropped unused). `status` shows a version two
         // files claim instead of refusing the directory.
         let loading = match &config.command {
@@ -166,10 +176,13 @@ impl Job<'_> {
             let mut opening = Box::pin(dialer.open(connect::Purpose::Migration));
             let mut files = Box::pin(self.files(loading));
             let mut loaded = None;
+            // The connection first: its first packets go out before a few listed files are
+            // read, here, while the server starts a session for it.
             let opened = loop {
                 tokio::select! {
-                    read = &mut files, if loaded.is_none() => loaded = Some(read?),
+                    biased;
                     client = &mut opening => break client,
+                    read = &mut files, if loaded.is_none() => loaded = Some(read?),
                 }
             };
             let (client, loaded) = match (opened, loaded) {

@@ -66,7 +66,24 @@ const NAME_FIX: &str = "name it NNN_description.sql (or .up.sql, and .down.sql f
 /// Reads every migration in `dir`, refusing the whole directory at the first bad file so that
 /// nothing runs from a directory that is half right. Files not ending in `.sql` are ignored.
 pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
-    let (ups, downs, conflicts) = collect(dir)?;
+    load_listed(dir, sql_files(dir, usize::MAX)?.unwrap_or_default())
+}
+
+/// The most `.sql` files that [`few`] lists for its caller to read; more are read on threads
+/// of their own.
+pub const FEW_FILES: usize = 16;
+
+/// The names of the `.sql` files in `dir` when there are at most [`FEW_FILES`], for
+/// [`load_listed`]; `None` when there are more, without listing the rest. Reading a few
+/// files costs less than starting a thread to read them (on the seed's directory, a thread
+/// was a tenth of a no-op run's CPU), so a caller reads them itself.
+pub fn few(dir: &Path) -> Result<Option<Vec<String>>, Error> {
+    sql_files(dir, FEW_FILES)
+}
+
+/// As [`load`], for the `.sql` file names that [`few`] listed in `dir`.
+pub fn load_listed(dir: &Path, files: Vec<String>) -> Result<Vec<Migration>, Error> {
+    let (ups, downs, conflicts) = collect(dir, files)?;
     if let Some(conflict) = conflicts.into_iter().next() {
         return Err(duplicate(conflict));
     }
@@ -84,7 +101,8 @@ pub struct Conflict {
 /// As [`load`], but a version claimed by two files is set aside as a [`Conflict`] (the first
 /// file by name is kept) rather than refused: `status` shows the directory as it is.
 pub fn load_with_conflicts(dir: &Path) -> Result<(Vec<Migration>, Vec<Conflict>), Error> {
-    let (ups, downs, conflicts) = collect(dir)?;
+    let files = sql_files(dir, usize::MAX)?.unwrap_or_default();
+    let (ups, downs, conflicts) = collect(dir, files)?;
     Ok((pair(ups, downs)?, conflicts))
 }
 
@@ -99,12 +117,11 @@ struct Read {
     checksum: Option<String>,
 }
 
-/// Every file of `dir`, forward and rollback apart, each in version order; a second file for
-/// a version is a conflict. The files are read in no particular order, several at a time, and
-/// what is refused is the first bad file by name (a bad name before an unreadable file), so
-/// that the error is the same on every machine.
-fn collect(dir: &Path) -> Result<Collected, Error> {
-    let files = sql_files(dir)?;
+/// Every file of `dir` named in `files`, forward and rollback apart, each in version order; a
+/// second file for a version is a conflict. The files are read in no particular order, several
+/// at a time, and what is refused is the first bad file by name (a bad name before an
+/// unreadable file), so that the error is the same on every machine.
+fn collect(dir: &Path, files: Vec<String>) -> Result<Collected, Error> {
     let (mut ups, mut downs) = (Vec::with_capacity(files.len()), Vec::new());
     let mut first_bad: Option<(Bad, &str, Error)> = None;
     for (file_name, read) in files.iter().zip(read_all(dir, &files)) {
@@ -277,11 +294,12 @@ pub fn check(script: &Script) -> Result<(), Error> {
     Ok(())
 }
 
-/// Lists the names of the `.sql` files in `dir`, in no particular order; of the entries that
-/// cannot be migrations, the first by name is refused, so that the error is the same on every
-/// machine. Paths are made by the readers: building 5,000 of them here, and sorting 5,000
-/// names, were a fifth of a no-op run over that many files.
-fn sql_files(dir: &Path) -> Result<Vec<String>, Error> {
+/// Lists the names of the `.sql` files in `dir`, in no particular order, or `None` once there
+/// are more than `most`; of the entries that cannot be migrations, the first by name is
+/// refused, so that the error is the same on every machine. Paths are made by the readers:
+/// building 5,000 of them here, and sorting 5,000 names, were a fifth of a no-op run over that
+/// many files.
+fn sql_files(dir: &Path, most: usize) -> Result<Option<Vec<String>>, Error> {
     let entries = fs::read_dir(dir).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => Error::NoDirectory {
             path: dir.to_path_buf(),
@@ -323,12 +341,13 @@ fn sql_files(dir: &Path) -> Result<Vec<String>, Error> {
                 first_bad = Some((name, error));
             }
             Some(_) => {}
+            None if names.len() == most => return Ok(None),
             None => names.push(name),
         }
     }
     match first_bad {
         Some((_, error)) => Err(error),
-        None => Ok(names),
+        None => Ok(Some(names)),
     }
 }
 
@@ -819,6 +838,43 @@ mod tests {
                 ("0500_t500.sql".to_string(), "0500_a.sql".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn a_few_files_are_listed_for_the_caller_and_read_as_load_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // Other files count for nothing: only `.sql` files are migrations.
+        std::fs::write(dir.path().join("README.md"), "notes").unwrap();
+        for version in 1..=FEW_FILES {
+            let name = format!("{version:03}_t{version}.sql");
+            std::fs::write(dir.path().join(name), format!("SELECT {version};")).unwrap();
+        }
+        let files = few(dir.path())
+            .unwrap()
+            .expect("as many as FEW_FILES are few");
+        assert_eq!(files.len(), FEW_FILES);
+        let listed = load_listed(dir.path(), files).unwrap();
+        let loaded = load(dir.path()).unwrap();
+        let versions = |m: &[Migration]| m.iter().map(|m| m.version).collect::<Vec<_>>();
+        assert_eq!(
+            versions(&listed),
+            (1..=FEW_FILES as i64).collect::<Vec<_>>()
+        );
+        assert_eq!(versions(&listed), versions(&loaded));
+        assert_eq!(listed[3].checksum, loaded[3].checksum);
+        // One more is many: left to the readers' threads, which read them all.
+        std::fs::write(dir.path().join("999_last.sql"), "SELECT 999;").unwrap();
+        assert!(few(dir.path()).unwrap().is_none());
+        assert_eq!(load(dir.path()).unwrap().len(), FEW_FILES + 1);
+        // A bad entry among a few is refused by the listing, as load refuses it.
+        let small = tempfile::tempdir().unwrap();
+        std::fs::write(small.path().join("001_a.sql"), "SELECT 1;").unwrap();
+        std::fs::write(small.path().join("002_b.SQL"), "SELECT 2;").unwrap();
+        let error = few(small.path()).unwrap_err().to_string();
+        assert!(error.contains("002_b.SQL"), "{error}");
+        assert_eq!(error, load(small.path()).unwrap_err().to_string());
+        let missing = few(&small.path().join("nowhere")).unwrap_err().to_string();
+        assert!(missing.contains("nowhere"), "{missing}");
     }
 
     #[test]
