@@ -151,9 +151,9 @@ impl Job<'_> {
             return import_directory(*from, src, &config.dir);
         }
         // The files are read while the connection opens (a few on this thread, more on
-        // threads of their own); whatever is wrong with them is said first, and then nothing of the run reaches the database
-        // (the connection opened meanwhile is dropped unused). `status` shows a version two
-        // files claim instead of refusing the directory.
+        // threads of their own); whatever is wrong with them is said first, and then nothing
+        // of the run reaches the database (the connection opened meanwhile is dropped
+        // unused). `status` shows a version two files claim instead of refusing the directory.
         let loading = match &config.command {
             Command::Status { .. } => {
                 let (migrations, conflicts) = source::load_with_conflicts(&config.dir)?;
