@@ -130,6 +130,15 @@ pub fn may_end_transaction(sql: &str) -> bool {
     })
 }
 
+/// Whether `sql` might drop the session's prepared statements: `DEALLOCATE` anywhere, in
+/// any case, comments and strings too (`DISCARD ALL` would as well, but it cannot run inside
+/// a transaction, where a migration that has prepared statements runs). A yes costs the
+/// migration its place in a pipeline; a no for a file that builds the statement out of sight
+/// (inside a function) costs it a second and a third run, each rolled back, as before.
+pub fn may_deallocate(sql: &str) -> bool {
+    contains_any_ignore_case(sql, &["deallocate"])
+}
+
 /// The first keyword of every statement that opens or ends a transaction.
 const TRANSACTION_KEYWORDS: [&str; 7] = [
     "begin", "start", "commit", "end", "rollback", "abort", "prepare",

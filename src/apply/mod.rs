@@ -342,14 +342,19 @@ fn prepared(run: &Run<'_>) -> Option<Prepared> {
 }
 
 /// How many of `steps`, from the first, can travel in one pipeline: consecutive
-/// transactional migrations. One means no batch: nor when the history change is not
-/// prepared (its text form is for the migration that deallocated it).
+/// transactional migrations that do not deallocate the prepared statements. One means no
+/// batch: nor when the history change is not prepared (its text form is for the migration
+/// that deallocated it).
 fn window(run: &Run<'_>, steps: &[Step<'_>]) -> usize {
     if run.record && run.prepared.is_none() {
         return 1;
     }
+    // A file that may deallocate the prepared statements ends the pipeline before it: the
+    // migrations behind it would open with a check it deallocated. It runs on its own.
     (steps.iter())
-        .take_while(|step| !step.script.no_transaction)
+        .take_while(|step| {
+            !step.script.no_transaction && !crate::sql::may_deallocate(&step.script.sql)
+        })
         .count()
         .max(1)
 }

@@ -37,19 +37,25 @@ pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec
     let Some(statements) = prepared else {
         return send(run, step, wrap, None).await;
     };
-    let first = send(run, step, wrap, Some(&statements)).await;
-    let Err(Error::Database { source, .. }) = &first else {
-        return first;
-    };
-    if source.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
-        return first;
+    // A file that may deallocate them records itself with the history change as text from
+    // the start, so that it runs once; the statements are prepared again after it.
+    if !sql::may_deallocate(&step.script.sql) {
+        let first = send(run, step, wrap, Some(&statements)).await;
+        let Err(Error::Database { source, .. }) = &first else {
+            return first;
+        };
+        if source.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+            return first;
+        }
+        // The file deallocated them all the same (from inside a function): everything was
+        // rolled back; it runs again with the history change as text.
+        info!(
+            version = step.migration.version,
+            "migration deallocated the prepared history statements; running it again"
+        );
     }
-    // The file ran DEALLOCATE ALL: everything was rolled back; run it again with the history
-    // change as text, then prepare the statements again for the migrations after it.
-    info!(
-        version = step.migration.version,
-        "migration deallocated the prepared history statements; running it again"
-    );
+    // Prepared statements are not transactional: a file that deallocated them and failed
+    // leaves them gone too, so they are prepared again whatever its outcome.
     let again = send(run, step, wrap, None).await;
     if let Some(cell) = &run.prepared {
         run.session.forget_checks();
