@@ -237,6 +237,7 @@ async fn each(
         let place = run.place();
         let (version, batched) = (step.migration.version, window(run, &steps[next..]));
         let mut attempts = None;
+        let mut deallocates = false;
         if batched > 1 {
             let statements = prepared(run);
             let span = info_span!("migrations", from = version);
@@ -272,9 +273,16 @@ async fn each(
                     attempts = Some(waited);
                 }
                 // The file deallocated the prepared history change: the migration runs again
-                // on its own, which prepares it again.
+                // on its own, with the change as text, and then prepares it again.
                 Error::Database { ref source, .. }
-                    if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {}
+                    if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) =>
+                {
+                    info!(
+                        version = step.migration.version,
+                        "migration deallocated the prepared history statements; running it again"
+                    );
+                    deallocates = true;
+                }
                 error => return Err(error),
             }
         }
@@ -292,7 +300,7 @@ async fn each(
             });
             loop {
                 attempts.begin();
-                let work = pipeline::run(run, step, Wrap::Own);
+                let work = pipeline::run(run, step, Wrap::Own, deallocates);
                 let (result, sample) = monitor.watch(step.migration, work).await;
                 if let Some(done) = attempts.end(result, sample).await? {
                     return Ok(done);
@@ -408,7 +416,7 @@ async fn inside(
         }
         run.interrupt.check()?;
         let work = one(run, *step, async || {
-            pipeline::run(run, *step, Wrap::Outer).await
+            pipeline::run(run, *step, Wrap::Outer, false).await
         });
         let (result, sample) = monitor.watch(migration, work).await;
         if waits::is_lock_timeout(&result) {

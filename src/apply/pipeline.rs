@@ -24,8 +24,14 @@ use crate::sql;
 /// and its seal in one message; the history change, guarded; and COMMIT, which the server
 /// turns into ROLLBACK after any failure, so nothing of it is kept or recorded, whatever the
 /// file contains. Returns the count each of the file's statements reported (see
-/// [`file_counts`]).
-pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec<u64>, Error> {
+/// [`file_counts`]). `deallocates`: the file is known to deallocate the prepared statements
+/// (it did in a pipeline), so its history change goes as text from the start.
+pub(super) async fn run(
+    run: &Run<'_>,
+    step: Step<'_>,
+    wrap: Wrap,
+    deallocates: bool,
+) -> Result<Vec<u64>, Error> {
     let prepared = match wrap {
         // A poisoned lock still holds usable statements: nothing panics while holding it.
         Wrap::Own => run
@@ -39,7 +45,7 @@ pub(super) async fn run(run: &Run<'_>, step: Step<'_>, wrap: Wrap) -> Result<Vec
     };
     // A file that may deallocate them records itself with the history change as text from
     // the start, so that it runs once; the statements are prepared again after it.
-    if !sql::may_deallocate(&step.script.sql) {
+    if !deallocates && !sql::may_deallocate(&step.script.sql) {
         let first = send(run, step, wrap, Some(&statements)).await;
         let Err(Error::Database { source, .. }) = &first else {
             return first;
