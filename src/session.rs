@@ -375,6 +375,16 @@ impl Session {
     }
 
     /// The name [`prepare_checks`](Self::prepare_checks) gives check `number`.
+    /// Whether `error` says that one of this run's prepared opening checks is missing: a
+    /// file cannot name them (it does not know the run's token) but can drop them all, and
+    /// in another server session, behind a transaction pooler, there are none.
+    pub fn lost_check(&self, error: &tokio_postgres::Error) -> bool {
+        error.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME)
+            && error.as_db_error().is_some_and(|db| {
+                (db.message()).contains(&format!("\"db_migrate_after_{}_", self.token))
+            })
+    }
+
     fn after_statement(&self, number: u64) -> String {
         format!("db_migrate_after_{}_{number}", self.token)
     }

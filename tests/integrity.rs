@@ -1036,6 +1036,35 @@ async fn a_migration_that_deallocates_the_history_statements_mid_pipeline_runs_o
 }
 
 #[tokio::test]
+async fn a_batched_migration_whose_opening_check_is_gone_runs_again_on_its_own() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    // The second file drops only the checks that open the migrations after it, as a
+    // transaction pooler handing the third one another server session would lose them; the
+    // word is built so that the file is still sent in the pipeline. Its own history change
+    // is untouched, so it commits, and the third one's opening finds no check.
+    let hidden = "DO $$ DECLARE s record; BEGIN FOR s IN SELECT name FROM pg_prepared_statements \
+         WHERE name LIKE 'db\\_migrate\\_after\\_%' LOOP \
+         EXECUTE 'DEALL' || 'OCATE ' || quote_ident(s.name); END LOOP; END $$";
+    let plan: Vec<Migration> = (1..=4)
+        .map(|v| match v {
+            2 => migration(v, &format!("CREATE TABLE t2 (i int); {hidden}"), None),
+            _ => migration(v, &format!("CREATE TABLE t{v} (i int)"), None),
+        })
+        .collect();
+    let refs: Vec<&Migration> = plan.iter().collect();
+    apply(&h, &refs, Direction::Up, How::Each)
+        .await
+        .expect("the third runs on its own, in the run's server session");
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, [1, 2, 3, 4]);
+    assert_eq!(
+        tables(&client).await,
+        ["schema_migrations", "t1", "t2", "t3", "t4"]
+    );
+}
+
+#[tokio::test]
 async fn a_migration_can_never_commit_after_the_one_before_it_failed() {
     let db = support::database().await;
     let h = harness(&db).await;

@@ -272,14 +272,16 @@ async fn each(
                         .await?;
                     attempts = Some(waited);
                 }
-                // The file deallocated the prepared history change: the migration runs again
-                // on its own, with the change as text, and then prepares it again.
+                // The file deallocated the prepared history change, or its opening check was
+                // gone (dropped by the file before it, or another server session's): the
+                // migration runs again on its own, with the change as text, whose opening
+                // checks the server session; then the statements are prepared again.
                 Error::Database { ref source, .. }
                     if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) =>
                 {
                     info!(
                         version = step.migration.version,
-                        "migration deallocated the prepared history statements; running it again"
+                        "migration found the prepared statements gone; running it again on its own"
                     );
                     deallocates = true;
                 }

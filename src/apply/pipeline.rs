@@ -61,9 +61,11 @@ pub(super) async fn run(
         );
     }
     // Prepared statements are not transactional: a file that deallocated them and failed
-    // leaves them gone too, so they are prepared again whatever its outcome.
+    // leaves them gone too. They are prepared again once it committed. After a failure the
+    // run stops, or (a lock timeout) runs this migration again the same way; and a refusal
+    // may mean another server session, where they would be left for the bot's transactions.
     let again = send(run, step, wrap, None).await;
-    if let Some(cell) = &run.prepared {
+    if let (Ok(_), Some(cell)) = (&again, &run.prepared) {
         run.session.forget_checks();
         let renewed = super::prepare(run.client, run.table, run.session).await?;
         *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
@@ -370,6 +372,12 @@ async fn body_failed(
 ) -> Error {
     if session::refusal(&e).is_some() {
         return refused(run, step, e, "running the migration");
+    }
+    // Its opening check is missing: nothing of the file ran. Not the file's failure: the
+    // migration runs again on its own, whose opening says whether the server session is
+    // still the run's (see `apply::each`).
+    if run.session.lost_check(&e) {
+        return Error::database("opening the migration")(e);
     }
     let mut error = failed(step, 0, message.prefix, true, e);
     if let Error::Apply(failure) = &mut error {
