@@ -11,8 +11,9 @@
 # Debian's musl-tools (musl-gcc) serves a native build on both architectures. The price is an
 # emulated arm64 build that is several times slower than an amd64 one.
 #
-# Dependencies are cached in an image layer built from Cargo.toml and Cargo.lock alone with a
-# stub crate, so a change under src/ rebuilds only db-migrate itself. A layer rather than a
+# Dependencies are cached in an image layer built from Cargo.toml, Cargo.lock and
+# .cargo/static.toml alone with a stub crate, so a change under src/ rebuilds only db-migrate
+# itself. A layer rather than a
 # BuildKit cache mount: it works with the classic builder too, and it can be exported with
 # --cache-to/--cache-from on CI machines that start empty, where a cache mount starts empty.
 #
@@ -54,15 +55,15 @@ ENV CC_x86_64_unknown_linux_musl=musl-gcc \
     CC_aarch64_unknown_linux_musl=musl-gcc
 
 WORKDIR /src
-# .cargo/config.toml links the musl binary at a fixed address (see there); the dependencies
-# are built with the same flags, so it comes before them.
+# .cargo/static.toml links the musl binary at a fixed address and sets mimalloc's build
+# settings (see there); the dependencies are built with it, so it comes before them.
 COPY Cargo.toml Cargo.lock ./
-COPY .cargo/config.toml ./.cargo/
+COPY .cargo/static.toml ./.cargo/
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && BINDGEN_EXTRA_CLANG_ARGS="$(cat /bindgen-args)" \
-        cargo build --profile dist --locked --target "$(cat /rust-target)"
+        cargo --config .cargo/static.toml build --profile dist --locked --target "$(cat /rust-target)"
 
 COPY src ./src
 # COPY keeps the files' modification times from the build context, which can be older than
@@ -70,7 +71,7 @@ COPY src ./src
 # --version check fails the build if the stub got through all the same.
 RUN touch src/main.rs src/lib.rs \
     && target="$(cat /rust-target)" \
-    && BINDGEN_EXTRA_CLANG_ARGS="$(cat /bindgen-args)" cargo build --profile dist --locked --target "$target" \
+    && BINDGEN_EXTRA_CLANG_ARGS="$(cat /bindgen-args)" cargo --config .cargo/static.toml build --profile dist --locked --target "$target" \
     && cp "target/$target/dist/db-migrate" /db-migrate \
     && /db-migrate --version > /version \
     && grep -q '^db-migrate ' /version

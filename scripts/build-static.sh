@@ -36,7 +36,8 @@ export "CC_${target//-/_}=musl-gcc"
 ensure_libclang
 bindgen_musl_args "$target"
 
-cargo build --profile dist --locked --target "$target" >&2
+# .cargo/static.toml: linked at a fixed address, mimalloc's build settings (see there).
+cargo --config .cargo/static.toml build --profile dist --locked --target "$target" >&2
 
 binary="${CARGO_TARGET_DIR:-target}/$target/dist/db-migrate"
 [[ -x "$binary" ]] || die "cargo succeeded but $binary is missing"

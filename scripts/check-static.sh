@@ -30,7 +30,7 @@ mib="$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1048576 }')"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 
 # --- linking and stripping --------------------------------------------------------------
-# .cargo/config.toml links it at a fixed address rather than as Rust's default static-pie
+# .cargo/static.toml links it at a fixed address rather than as Rust's default static-pie
 # (which `file` calls "static-pie linked"): an ELF of type EXEC, "statically linked". A
 # static-pie binary would still be static, but it relocates itself at every start
 # (BENCHMARKS.md), so this says when the setting stopped applying.
@@ -39,7 +39,7 @@ note "file: $description"
 [[ "$description" =~ statically\ linked ]] ||
   fail "file does not call $binary statically linked: $description"
 readelf -hW "$binary" | grep -Eq 'Type:[[:space:]]+EXEC' ||
-  fail "$binary is position-independent (ELF type DYN); .cargo/config.toml's rustflags did not apply (is RUSTFLAGS set?)"
+  fail "$binary is position-independent (ELF type DYN); .cargo/static.toml's rustflags did not apply (is RUSTFLAGS set?)"
 if readelf -lW "$binary" | grep -q 'Requesting program interpreter'; then
   fail "$binary requests a program interpreter (a dynamic loader)"
 fi
