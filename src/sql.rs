@@ -139,6 +139,11 @@ pub fn may_deallocate(sql: &str) -> bool {
     contains_any_ignore_case(sql, &["deallocate"])
 }
 
+/// [`may_deallocate`] for a `-- no-transaction` file, where `DISCARD ALL` runs too.
+pub fn may_deallocate_outside(sql: &str) -> bool {
+    contains_any_ignore_case(sql, &["deallocate", "discard"])
+}
+
 /// The first keyword of every statement that opens or ends a transaction.
 const TRANSACTION_KEYWORDS: [&str; 7] = [
     "begin", "start", "commit", "end", "rollback", "abort", "prepare",

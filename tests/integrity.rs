@@ -1019,20 +1019,26 @@ async fn a_migration_that_deallocates_the_history_statements_mid_pipeline_runs_o
         None,
     );
     let sixth = migration(6, "CREATE TABLE d (i int)", None);
-    let plan = [&first, &second, &third, &fourth, &fifth, &sixth];
+    // Outside a transaction DISCARD ALL deallocates them too; the one after it must not pay.
+    let seventh = migration(7, "-- no-transaction\nDISCARD ALL;", None);
+    let eighth = migration(8, "SELECT nextval('runs'); CREATE TABLE e (i int)", None);
+    let ninth = migration(9, "CREATE TABLE f (i int)", None);
+    let plan = [
+        &first, &second, &third, &fourth, &fifth, &sixth, &seventh, &eighth, &ninth,
+    ];
     apply(&h, &plan, Direction::Up, How::Each)
         .await
         .expect("up");
     let client = db.client().await;
     assert_eq!(
         tables(&client).await,
-        ["a", "b", "c", "d", "schema_migrations"]
+        ["a", "b", "c", "d", "e", "f", "schema_migrations"]
     );
-    assert_eq!(recorded(&client).await, [1, 2, 3, 4, 5, 6]);
-    // The second and the fourth ran once each; the fifth twice: in the pipeline, whose
-    // history change it made fail, and then on its own with the change as text.
+    assert_eq!(recorded(&client).await, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    // The second, the fourth and the eighth ran once each; the fifth twice: in the pipeline,
+    // whose history change it made fail, and then on its own with the change as text.
     let runs: i64 = one(&client, "SELECT last_value FROM runs").await;
-    assert_eq!(runs, 4);
+    assert_eq!(runs, 5);
 }
 
 #[tokio::test]

@@ -294,7 +294,13 @@ async fn each(
                 // Its statements run in the session as they are: it starts with a reset, and
                 // what it leaves is the next migration's to reset.
                 run.clean.store(false, Ordering::Relaxed);
-                return outside::run(run, monitor, step).await;
+                let done = outside::run(run, monitor, step).await?;
+                // Outside a transaction `DISCARD ALL` runs too: the migrations after it
+                // would each fail their prepared history change and run a second time.
+                if crate::sql::may_deallocate_outside(&step.script.sql) {
+                    renew(run).await?;
+                }
+                return Ok(done);
             }
             // A lock timeout rolled the migration back whole, so it runs again from its start.
             let mut attempts = attempts.unwrap_or_else(|| {
@@ -325,6 +331,17 @@ struct Prepared {
     /// The number of the check that opens each migration of a batch after the first (see
     /// `session::Frame::prepared`).
     check: u64,
+}
+
+/// Prepares the run's statements again, after a migration that may have deallocated them
+/// committed; nothing when the run prepares none.
+async fn renew(run: &Run<'_>) -> Result<(), Error> {
+    if let Some(cell) = &run.prepared {
+        run.session.forget_checks();
+        let renewed = prepare(run.client, run.table, run.session).await?;
+        *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
+    }
+    Ok(())
 }
 
 /// Prepares the history change and the check, sent together.

@@ -65,10 +65,8 @@ pub(super) async fn run(
     // run stops, or (a lock timeout) runs this migration again the same way; and a refusal
     // may mean another server session, where they would be left for the bot's transactions.
     let again = send(run, step, wrap, None).await;
-    if let (Ok(_), Some(cell)) = (&again, &run.prepared) {
-        run.session.forget_checks();
-        let renewed = super::prepare(run.client, run.table, run.session).await?;
-        *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
+    if again.is_ok() {
+        super::renew(run).await?;
     }
     again
 }
