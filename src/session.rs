@@ -374,7 +374,6 @@ impl Session {
         self.checks.store(0, Ordering::Relaxed);
     }
 
-    /// The name [`prepare_checks`](Self::prepare_checks) gives check `number`.
     /// Whether `error` says that one of this run's prepared opening checks is missing: a
     /// file cannot name them (it does not know the run's token) but can drop them all, and
     /// in another server session, behind a transaction pooler, there are none.
@@ -385,6 +384,7 @@ impl Session {
             })
     }
 
+    /// The name [`prepare_checks`](Self::prepare_checks) gives check `number`.
     fn after_statement(&self, number: u64) -> String {
         format!("db_migrate_after_{}_{number}", self.token)
     }

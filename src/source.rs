@@ -69,16 +69,24 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
     load_listed(dir, sql_files(dir, usize::MAX)?.unwrap_or_default())
 }
 
-/// The most `.sql` files that [`few`] lists for its caller to read; more are read on threads
-/// of their own.
+/// The most `.sql` files, and the most bytes in all, that [`few`] lists for its caller to
+/// read; more are read on threads of their own.
 pub const FEW_FILES: usize = 16;
+pub const FEW_BYTES: u64 = 1 << 20;
 
-/// The names of the `.sql` files in `dir` when there are at most [`FEW_FILES`], for
-/// [`load_listed`]; `None` when there are more, without listing the rest. Reading a few
-/// files costs less than starting a thread to read them (on the seed's directory, a thread
-/// was a tenth of a no-op run's CPU), so a caller reads them itself.
+/// The names of the `.sql` files in `dir` when there are at most [`FEW_FILES`] of at most
+/// [`FEW_BYTES`] in all, for [`load_listed`]; `None` otherwise, without listing the rest.
+/// Reading a few files costs less than starting a thread to read them (on the seed's
+/// directory, a thread was a tenth of a no-op run's CPU), so a caller reads them itself,
+/// while the connection opens; a seed file of megabytes would hold the connection up.
 pub fn few(dir: &Path) -> Result<Option<Vec<String>>, Error> {
-    sql_files(dir, FEW_FILES)
+    let Some(files) = sql_files(dir, FEW_FILES)? else {
+        return Ok(None);
+    };
+    // A file that cannot be measured is left to the readers, whose error names it.
+    let size = |name: &String| fs::metadata(dir.join(name)).map_or(u64::MAX, |m| m.len());
+    let bytes = files.iter().map(size).fold(0, u64::saturating_add);
+    Ok((bytes <= FEW_BYTES).then_some(files))
 }
 
 /// As [`load`], for the `.sql` file names that [`few`] listed in `dir`.
@@ -866,6 +874,13 @@ mod tests {
         std::fs::write(dir.path().join("999_last.sql"), "SELECT 999;").unwrap();
         assert!(few(dir.path()).unwrap().is_none());
         assert_eq!(load(dir.path()).unwrap().len(), FEW_FILES + 1);
+        // So is one file of more than FEW_BYTES.
+        let big = tempfile::tempdir().unwrap();
+        let text = format!("-- {}\nSELECT 1;", "x".repeat(FEW_BYTES as usize));
+        std::fs::write(big.path().join("001_seed.sql"), text).unwrap();
+        assert!(few(big.path()).unwrap().is_none());
+        std::fs::write(big.path().join("001_seed.sql"), "SELECT 1;").unwrap();
+        assert_eq!(few(big.path()).unwrap().unwrap(), ["001_seed.sql"]);
         // A bad entry among a few is refused by the listing, as load refuses it.
         let small = tempfile::tempdir().unwrap();
         std::fs::write(small.path().join("001_a.sql"), "SELECT 1;").unwrap();
