@@ -746,6 +746,18 @@ async fn history_matches_schema(client: &Client, count: i64) {
     }
 }
 
+/// The frame of a run's first migration: a transaction of its own, opened with the reset,
+/// without the commit guard or a check of a migration before it.
+fn first_of_run() -> db_migrate::session::Frame {
+    db_migrate::session::Frame {
+        own: true,
+        clean: false,
+        guarded: false,
+        after: None,
+        prepared: None,
+    }
+}
+
 /// The server takes interrupts before each message's first statement, so a cancel (SIGTERM)
 /// can fail a migration's opening before its BEGIN. Were the file a message of its own,
 /// pipelined behind the opening, it would then run and commit as an implicit transaction of
@@ -786,13 +798,7 @@ async fn a_file_never_runs_when_its_opening_failed_before_begin() {
         );
     }
     // Whole, it runs.
-    let frame = Frame {
-        own: true,
-        clean: false,
-        guarded: false,
-        after: None,
-        prepared: None,
-    };
+    let frame = first_of_run();
     let message = h.session.message(frame, 2, "CREATE TABLE t (i int);");
     h.client.batch_execute(&message.text).await.expect("runs");
     h.client.batch_execute("COMMIT").await.expect("commit");
@@ -1261,16 +1267,9 @@ async fn a_reset_of_its_own_commits_only_in_the_runs_server_session() {
     // The first migration's opening resets the session in a transaction of its own. Behind a
     // transaction pooler it can land in another server session, one the bot's transactions
     // share: the reset commits only where the run set up, else the run's settings stayed there.
-    use db_migrate::session::Frame;
     let db = support::database().await;
     let h = harness(&db).await;
-    let frame = Frame {
-        own: true,
-        clean: false,
-        guarded: false,
-        after: None,
-        prepared: None,
-    };
+    let frame = first_of_run();
     let opening = h.session.open(frame);
     let elsewhere = db.client().await;
     let error = elsewhere.batch_execute(&opening).await.unwrap_err();

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use support::{Running, binary, history, output, seed_dir, tables};
+use support::{Running, binary, history, json_command, output, seed_dir, tables};
 
 /// Starts PgBouncer in transaction mode, round-robin over server connections, in front of
 /// the shared test server; it is killed when the returned guard drops.
@@ -135,12 +135,7 @@ async fn transaction_pooler_is_detected_and_nothing_is_applied() {
     // Several server connections open, so that consecutive transactions of one client land
     // on different ones, as they do under real load.
     open_server_connections(&url, 3).await;
-    let out = output(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &url)
-            .env("MIGRATIONS_DIR", seed_dir()),
-    );
+    let out = output(&mut json_command(&url, &seed_dir(), &["up"]));
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
         out.stderr.contains("session-pooling port"),
@@ -168,12 +163,7 @@ async fn a_second_run_sharing_the_first_ones_server_session_is_refused() {
         ("002_slow.sql", &slow),
         ("003_c.sql", "CREATE TABLE c (i int);"),
     ]);
-    let first = Running::spawn(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
+    let first = Running::spawn(&mut json_command(&url, dir.path(), &["up"]));
     support::running(&db, "pg_sleep(0.004)").await;
     // Its transactions wait for the pool's one server connection, then run in the first
     // run's server session, between the first run's. Refused, it must also leave in a way
@@ -227,12 +217,7 @@ async fn through_a_session_pooler_that_resets_nothing_the_next_client_gets_a_new
     let url = bouncer.url(&db).await;
     let temp = "CREATE TEMP TABLE scratch_rows (id int);\n";
     let dir = support::copy_of_seed(&[("003_temp.sql", temp)]);
-    let out = output(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
+    let out = output(&mut json_command(&url, dir.path(), &["up"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     // One server connection: the run's. Read without preparing a statement of our own.
     let client = support::connect(&url).await;
@@ -267,12 +252,7 @@ async fn a_transaction_pooler_detected_is_left_none_of_the_runs_session_settings
     let url = bouncer.url(&db).await;
     // Both server connections open, so that consecutive transactions alternate between them.
     let a = open_server_connections(&url, 2).await;
-    let out = output(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &url)
-            .env("MIGRATIONS_DIR", seed_dir()),
-    );
+    let out = output(&mut json_command(&url, &seed_dir(), &["up"]));
     assert_eq!(out.code, 2, "{}", out.stderr);
     // Each server session, as the next client's transactions find it.
     let mut seen = std::collections::BTreeMap::new();

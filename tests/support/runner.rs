@@ -78,13 +78,19 @@ pub fn output(command: &mut Command) -> Output {
 
 /// Runs the binary to completion on `db` and the migrations in `dir`, logging JSON.
 pub fn output_json(db: &TestDb, dir: &std::path::Path, args: &[&str]) -> Output {
-    output(
-        binary()
-            .args(["--log-format", "json"])
-            .args(args)
-            .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir),
-    )
+    output(&mut json_command(&db.url, dir, args))
+}
+
+/// The binary, set to run `args` on the database at `url` (a pooler's, say) and the
+/// migrations in `dir`, logging JSON.
+pub fn json_command(url: &str, dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = binary();
+    command
+        .args(["--log-format", "json"])
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("MIGRATIONS_DIR", dir);
+    command
 }
 
 /// The message of a run's last event: its summary, which carries the error when it failed.
