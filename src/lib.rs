@@ -737,45 +737,81 @@ impl Job<'_> {
     }
 }
 
-/// The run's first round trips once connected, made while the files are still being read:
-/// the history table found and, for the commands that change the database, the session set
-/// up (in the same round trip), then the first try at the lock with the history read behind
-/// it. The try waits for the setup's answer: a transaction pooler keeps a pipeline on one
-/// server session, so only a try sent after it can tell that it landed in another one.
+/// The run's first round trips once connected, made while the files are still being read.
+/// The commands that only read find the history table. The others also set the session up,
+/// take the lock and read the history (see [`changing`]).
 async fn prelude(config: &Config, client: &Client) -> Prelude {
     match &config.command {
         Command::Status { .. }
         | Command::Verify { .. }
         | Command::Schema
         | Command::Test { .. } => Prelude::ReadOnly(config.history_table.resolve(client).await),
-        _ => Prelude::Changing(
-            async {
-                let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
-                let setup = session::Session::prepare(client, limits, key);
-                let locate = config.history_table.locate(client);
-                // Both answers are awaited even when one fails: a run that leaves with the
-                // other still running on the server, behind a transaction pooler, makes the
-                // pooler close that server session, which may be another run's.
-                let (located, session) = tokio::join!(locate, setup);
-                let session = session?;
-                let (table, exists) = located?;
-                let tried = lock::first_try(client, &table, &session);
-                // `up` on a database without the history table looks for tables of its own
-                // in the same round trip; the server answers for the moment of the read.
-                let up = matches!(config.command, Command::Up { .. });
-                let untracked = async {
-                    match up && exists == Some(false) {
-                        true => Some(history::untracked(client, &table).await),
-                        false => None,
-                    }
-                };
-                let read = history::applied(client, &table, history::Columns::Checks);
-                let (tried, untracked, read) = tokio::join!(tried, untracked, read);
-                Ok(Box::new((table, session, (tried, (read, untracked)))))
-            }
-            .await,
-        ),
+        _ => Prelude::Changing(changing(config, client).await),
     }
+}
+
+/// For the commands that change the database: the history table found, the session set up,
+/// the first try at the lock and the history read behind it.
+///
+/// Connected straight to the server, all of that is one round trip: the server announced the
+/// session's pid when the connection opened, and the setup in the try's message checks it
+/// runs there ([`session::Session::fresh_setup`]); the table is found, and the pid and
+/// version read, in the same pipeline. Through a pooler that check fails (the pid a pooler
+/// announces is its own), nothing is set up, and a second round trip sets the session up as
+/// the first one read it: the try then waits for that answer, since a transaction pooler
+/// keeps a pipeline on one server session, so only a try sent after it can tell that it
+/// landed in another one.
+async fn changing(
+    config: &Config,
+    client: &Client,
+) -> Result<Box<(history::Table, session::Session, FirstTry)>, Error> {
+    let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
+    let given = &config.history_table;
+    let announced = connect::announced_pid(&client.cancel_token()).await;
+    let fresh = async {
+        match announced {
+            Some(pid) => {
+                let tried = lock::first_try_fresh(client, given, pid, limits);
+                // Named as the search path finds it, as `locate` names it, in the same session
+                // at the same moment.
+                let read = history::applied(client, given, history::Columns::Checks);
+                Some(tokio::join!(tried, read))
+            }
+            None => None,
+        }
+    };
+    let setup = session::Session::prepare(client, limits, key);
+    let locate = given.locate(client);
+    // Every answer is awaited even when one fails: a run that leaves with another still
+    // running on the server, behind a transaction pooler, makes the pooler close that server
+    // session, which may be another run's.
+    let (fresh, located, session) = tokio::join!(fresh, locate, setup);
+    let session = session?;
+    let (table, exists) = located?;
+    // `up` on a database without the history table looks for tables of its own; the server
+    // answers for the moment of the read.
+    let up = matches!(config.command, Command::Up { .. });
+    let untracked = async {
+        match up && exists == Some(false) {
+            true => Some(history::untracked(client, &table).await),
+            false => None,
+        }
+    };
+    if let Some((tried, read)) = fresh
+        && let Some((answer, strings)) = tried?
+    {
+        // One server session answered the whole pipeline.
+        if announced != Some(session.backend_pid) {
+            return Err(session.pooled(announced.unwrap_or_default()));
+        }
+        session.read_strings(strings.as_deref());
+        let untracked = untracked.await;
+        return Ok(Box::new((table, session, (Ok(answer), (read, untracked)))));
+    }
+    let tried = lock::first_try(client, &table, &session);
+    let read = history::applied(client, &table, history::Columns::Checks);
+    let (tried, untracked, read) = tokio::join!(tried, untracked, read);
+    Ok(Box::new((table, session, (tried, (read, untracked)))))
 }
 
 /// Writes the schema's text to `path` after `up --write-schema`: through a file beside it,

@@ -12,9 +12,10 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use crate::error::Error;
+use crate::error::Refusal;
 use crate::history::Table;
 use crate::interrupt::Interrupt;
-use crate::session::Session;
+use crate::session::{Limits, Session, refusal};
 
 /// The first half of the advisory lock key: the ASCII bytes "dbmg".
 pub const CLASS_ID: i32 = 0x6462_6d67;
@@ -95,28 +96,59 @@ pub async fn with_first<T, R>(
 /// can find itself in another one, and the setup's first check then fails it whole, the
 /// settings with it.
 pub async fn first_try(client: &Client, table: &Table, session: &Session) -> Result<Answer, Error> {
+    let (answer, strings) = try_first(client, table, &session.setup())
+        .await
+        .map_err(|error| match session.setup_refused(&error) {
+            Some(refused) => refused,
+            None => first_failed(error),
+        })?;
+    session.read_strings(strings.as_deref());
+    Ok(answer)
+}
+
+/// The first try at the lock in the server session the run's connection started, which the
+/// server announced as `pid`, set up by [`Session::fresh_setup`] in the same message: it
+/// needs no round trip before it. `None` when the message ran in another server session
+/// (through a pooler), where it set nothing up and took nothing; the run then sets its
+/// session up with [`first_try`]. Otherwise the answer and `standard_conforming_strings`, for
+/// [`Session::read_strings`].
+pub async fn first_try_fresh(
+    client: &Client,
+    table: &Table,
+    pid: i32,
+    limits: Limits,
+) -> Result<Option<(Answer, Option<String>)>, Error> {
+    match try_first(client, table, &Session::fresh_setup(pid, limits)).await {
+        Ok(tried) => Ok(Some(tried)),
+        Err(error) if matches!(refusal(&error), Some(Refusal::OtherSession(_))) => Ok(None),
+        Err(error) => Err(first_failed(error)),
+    }
+}
+
+/// `setup`, then the first try at the lock, in one message: one implicit transaction, so a
+/// setup that fails takes nothing. The answer, and `standard_conforming_strings` as the setup
+/// left it.
+async fn try_first(
+    client: &Client,
+    table: &Table,
+    setup: &str,
+) -> Result<(Answer, Option<String>), tokio_postgres::Error> {
     let (class, object) = key(table);
     let query = format!(
-        "{}; SELECT CASE WHEN pg_try_advisory_lock({class}, {object}) THEN 't' ELSE 'f' END, \
-         pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings')",
-        session.setup()
+        "{setup}; SELECT CASE WHEN pg_try_advisory_lock({class}, {object}) THEN 't' ELSE 'f' END, \
+         pg_backend_pid(), pg_catalog.current_setting('standard_conforming_strings')"
     );
-    let messages =
-        client
-            .simple_query(&query)
-            .await
-            .map_err(|error| match session.setup_refused(&error) {
-                Some(refused) => refused,
-                None => {
-                    Error::database("setting up the session and taking the migration lock")(error)
-                }
-            })?;
+    let messages = client.simple_query(&query).await?;
     let row = messages.iter().rev().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    session.read_strings(row.and_then(|row| row.get(2)));
-    Ok(Answer::from_row(row))
+    let strings = row.and_then(|row| row.get(2)).map(str::to_string);
+    Ok((Answer::from_row(row), strings))
+}
+
+fn first_failed(error: tokio_postgres::Error) -> Error {
+    Error::database("setting up the session and taking the migration lock")(error)
 }
 
 /// Polls `pg_try_advisory_lock` rather than blocking in `pg_advisory_lock`, so the wait has a
@@ -181,6 +213,7 @@ enum Attempt {
 /// The server's answer to one try at the lock: what the try found (`None` when it ran in a
 /// server session other than the run's, and was not made), and which server session
 /// answered.
+#[derive(Debug)]
 pub struct Answer {
     found: Option<Found>,
     pid: Option<i32>,

@@ -680,3 +680,38 @@ async fn the_monitor_connects_only_when_migrations_stop_completing() {
     let (code, events) = job.finish();
     assert_eq!(code, Some(0), "{events:#?}");
 }
+
+/// The first try at the lock in a session the run's connection started sets the session up
+/// and takes the lock only in the server session whose pid the server announced: elsewhere
+/// (a pooler's announced pid is no server session's) it leaves nothing behind.
+#[tokio::test]
+async fn the_first_try_in_a_new_session_runs_only_in_the_session_the_server_announced() {
+    let db = support::database().await;
+    let client = db.client().await;
+    let watcher = db.client().await;
+    let table = Table::parse("schema_migrations").unwrap();
+    let limits = db_migrate::session::Limits {
+        lock_timeout: Duration::from_millis(1234),
+        statement_timeout: None,
+    };
+    let announced = db_migrate::connect::announced_pid(&client.cancel_token())
+        .await
+        .expect("the server announces its pid");
+    let pid: i32 = support::one(&client, "SELECT pg_backend_pid()").await;
+    assert_eq!(announced, pid);
+    let holders = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = {pid}"
+    );
+    let show = "SELECT current_setting('lock_timeout')";
+
+    let elsewhere = lock::first_try_fresh(&client, &table, pid + 1, limits).await;
+    assert!(matches!(elsewhere, Ok(None)), "{elsewhere:?}");
+    assert_eq!(support::one::<i64>(&watcher, &holders).await, 0);
+    assert_eq!(support::one::<String>(&client, show).await, "0");
+
+    let here = lock::first_try_fresh(&client, &table, announced, limits).await;
+    let (_, strings) = here.unwrap().expect("set up in its own session");
+    assert_eq!(strings.as_deref(), Some("on"));
+    assert_eq!(support::one::<i64>(&watcher, &holders).await, 1);
+    assert_eq!(support::one::<String>(&client, show).await, "1234ms");
+}

@@ -312,3 +312,41 @@ async fn a_run_that_waited_for_the_lock_in_vain_leaves_its_session_as_a_new_one(
         support::one(&client, "SELECT current_setting('lock_timeout')").await;
     assert_eq!(lock_timeout, "0");
 }
+
+/// A run connected straight to the server sets its session up in the session whose pid the
+/// server announced, with no round trip before; through a pooler the announced pid is the
+/// pooler's own, and the run sets the session up as the session itself says it is.
+#[tokio::test]
+async fn the_pid_a_pooler_announces_is_no_server_sessions_and_runs_through_it_still_apply() {
+    let db = support::database().await;
+    let direct = db.client().await;
+    let pid: i32 = support::one(&direct, "SELECT pg_backend_pid()").await;
+    let announced = db_migrate::connect::announced_pid(&direct.cancel_token()).await;
+    assert_eq!(announced, Some(pid));
+
+    // Two server connections: the one this client leaves is given back only when its
+    // connection task next runs, after the run.
+    let bouncer = pgbouncer_in("session", 2, "");
+    let url = bouncer.url(&db).await;
+    let pooled = support::connect(&url).await;
+    let rows = pooled
+        .simple_query("SELECT pg_backend_pid()")
+        .await
+        .unwrap();
+    let server_pid: i32 = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    let announced = db_migrate::connect::announced_pid(&pooled.cancel_token()).await;
+    assert_ne!(announced, Some(server_pid));
+    drop(pooled);
+
+    let out = output(&mut json_command(&url, &seed_dir(), &["up"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tables(&db.client().await).await.len(), 2, "{}", out.stderr);
+}

@@ -431,3 +431,25 @@ async fn sigterm_over_tls_cancels_the_running_statement_before_the_run_exits() {
     });
     assert!(!warned, "{events:#?}");
 }
+
+/// The pid the server announces at login is read back whatever the sslmode, so a run over TLS
+/// sets its session up without a round trip before, as a plaintext one does.
+#[tokio::test]
+async fn the_pid_the_server_announced_is_known_over_tls_in_every_mode() {
+    let tls = tls_server();
+    let files = tls.pki.client_files(CERT_USER, KeyFormat::Pkcs8);
+    for mode in [SslMode::Prefer, SslMode::Require, SslMode::VerifyFull] {
+        let connector =
+            Connector::new(&settings(mode, Some(&files.root_cert), None)).expect("connector");
+        let config = direct_config(tls.server.port, "localhost", mode);
+        let client = connect(&config, &connector).await.expect("TLS connection");
+        assert!(server_sees_tls(&client).await);
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let announced = db_migrate::connect::announced_pid(&client.cancel_token()).await;
+        assert_eq!(announced, Some(pid), "{mode:?}");
+    }
+}

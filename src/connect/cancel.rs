@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_postgres::{CancelToken, Config, Socket};
 
 use super::tls::Connector;
@@ -204,5 +204,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for UntilClosed<S> {
                 _ => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+/// The server session's pid as the server announced it when the connection opened (its
+/// BackendKeyData), or `None` when it announced none. tokio-postgres keeps the pid for the
+/// cancel request and offers no getter for it, so the request is written here into memory
+/// and read back; nothing is sent. Through a pooler this is the pooler's own number, which no
+/// server session has: PgBouncer makes one up for each client.
+pub async fn announced_pid(token: &CancelToken) -> Option<i32> {
+    let mut written = Vec::new();
+    token
+        .cancel_query_raw(Written(&mut written), Passthrough)
+        .await
+        .ok()?;
+    // The request is its last 16 bytes: length 16, code 80877102, pid, secret key.
+    let request = written.get(written.len().checked_sub(16)?..)?;
+    let (head, pid) = (&request[..8], &request[8..12]);
+    let pid = i32::from_be_bytes(pid.try_into().ok()?);
+    (head == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] && pid != 0).then_some(pid)
+}
+
+/// A stream that keeps what is written to it and answers a TLS request with yes (`S`), so
+/// that the cancel request is written whatever `sslmode` the run's connection has.
+struct Written<'a>(&'a mut Vec<u8>);
+
+impl AsyncRead for Written<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        buf.put_slice(b"S");
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Written<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().0.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl TlsStream for Written<'_> {
+    fn channel_binding(&self) -> ChannelBinding {
+        ChannelBinding::none()
+    }
+}
+
+/// The "TLS" of [`announced_pid`]'s request: none, the bytes stay readable.
+struct Passthrough;
+
+impl<'a> TlsConnect<Written<'a>> for Passthrough {
+    type Stream = Written<'a>;
+    type Error = io::Error;
+    type Future = std::future::Ready<Result<Written<'a>, io::Error>>;
+
+    fn connect(self, stream: Written<'a>) -> Self::Future {
+        std::future::ready(Ok(stream))
     }
 }

@@ -4,6 +4,7 @@
 //! through the Cloud SQL tunnel.
 
 mod cancel;
+pub use cancel::announced_pid;
 mod hosts;
 mod password;
 mod settings;
