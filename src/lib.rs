@@ -75,6 +75,10 @@ enum Loading {
     Reading(tokio::sync::oneshot::Receiver<Result<Vec<Migration>, Error>>),
 }
 
+/// How much less CPU time the file readers are given than the run's own thread, as a nice
+/// value (0 to 19; higher is less).
+const READERS_NICE: i32 = 10;
+
 impl Loading {
     /// Lists `dir` and, when it holds more than a few files, starts reading them on a thread
     /// of its own.
@@ -88,7 +92,15 @@ impl Loading {
         let owned = dir.to_path_buf();
         let spawned = std::thread::Builder::new()
             .name("files".into())
-            .spawn(move || sender.send(source::load(&owned)));
+            .spawn(move || {
+                // Below the run's own thread (nice 10; Linux sets it for this thread alone,
+                // and the reader threads it starts inherit it): on two cores the readers kept
+                // the run's thread from sending its login for up to 2 ms after connecting:
+                // a no-op run over 500 cached files took 7.9 ms with them at its priority,
+                // 6.5 ms at nice 10 (BENCHMARKS.md). Refused, the readers are only slower.
+                let _ = rustix::process::setpriority_process(None, READERS_NICE);
+                sender.send(source::load(&owned))
+            });
         match spawned {
             Ok(_) => Loading::Reading(receiver),
             // No thread to be had: read them here.

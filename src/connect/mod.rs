@@ -4,7 +4,6 @@
 //! through the Cloud SQL tunnel.
 
 mod cancel;
-pub use cancel::announced_pid;
 mod hosts;
 mod password;
 mod settings;
@@ -32,6 +31,7 @@ use crate::error::Error;
 use crate::interrupt;
 use tunnel::Tunnel;
 
+pub use cancel::announced_pid;
 pub use settings::{
     APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Route, Settings, SslMode,
     TERMINAL_CONNECT_TIMEOUT, TlsSettings, VARIABLES, resolve,
