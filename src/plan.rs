@@ -1,7 +1,5 @@
 //! Decides what to run from the migrations on disk and the applied history; no I/O.
 
-use std::collections::BTreeMap;
-
 use crate::error::Error;
 pub use crate::source::Direction;
 use crate::source::{self, Migration, Script};
@@ -224,7 +222,7 @@ pub fn up<'a>(
     let newest = applied.iter().map(|a| a.version).max();
     let pending: Vec<&Migration> = migrations
         .iter()
-        .filter(|m| m.version <= limit && !applied_versions.contains_key(&m.version))
+        .filter(|m| m.version <= limit && !applied_versions.contains(m.version))
         .collect();
     if let (Some(newest), false) = (newest, allow_out_of_order) {
         if let Some(early) = pending.iter().find(|m| m.version < newest) {
@@ -263,21 +261,26 @@ pub fn down<'a>(
     };
     // check_history guarantees every applied version has a file.
     let on_disk = by_version(migrations);
-    Plan::new(Direction::Down, chosen.into_iter().map(|v| on_disk[&v]))
+    let file = |v| {
+        on_disk
+            .get(v)
+            .expect("check_history found a file for every applied version")
+    };
+    Plan::new(Direction::Down, chosen.into_iter().map(file))
 }
 
 /// Every version on disk or in history, with its state, oldest first.
 pub fn status(migrations: &[Migration], applied: &[Applied]) -> Vec<Entry> {
     let on_disk = by_version(migrations);
     let recorded = by_version(applied);
-    let mut versions: Vec<i64> = on_disk.keys().chain(recorded.keys()).copied().collect();
+    let mut versions: Vec<i64> = on_disk.versions().chain(recorded.versions()).collect();
     versions.sort_unstable();
     versions.dedup();
     versions
         .into_iter()
         .map(|version| {
-            let file = on_disk.get(&version);
-            let row = recorded.get(&version);
+            let file = on_disk.get(version);
+            let row = recorded.get(version);
             let state = match (file, row) {
                 (Some(m), Some(a)) if m.checksum != a.checksum => State::Drift,
                 (Some(_), Some(_)) => State::Applied,
@@ -433,7 +436,7 @@ pub fn forget<'a>(
 pub fn check_history(migrations: &[Migration], applied: &[Applied]) -> Result<(), Error> {
     let on_disk = by_version(migrations);
     for row in applied {
-        match on_disk.get(&row.version) {
+        match on_disk.get(row.version) {
             None => {
                 return Err(Error::MissingFile {
                     version: row.version,
@@ -470,8 +473,30 @@ impl Versioned for Applied {
     }
 }
 
-fn by_version<T: Versioned>(items: &[T]) -> BTreeMap<i64, &T> {
-    items.iter().map(|item| (item.version(), item)).collect()
+fn by_version<T: Versioned>(items: &[T]) -> ByVersion<'_, T> {
+    let mut sorted: Vec<&T> = items.iter().collect();
+    // Already in order when the files were read: the sort then only confirms it.
+    sorted.sort_by_key(|item| item.version());
+    ByVersion(sorted)
+}
+
+/// Items looked up by version: references sorted by it. Building a `BTreeMap` of 5,000
+/// migrations and 5,000 history rows, and looking each up, was 1 ms of a no-op run's 25.
+struct ByVersion<'a, T>(Vec<&'a T>);
+
+impl<'a, T: Versioned> ByVersion<'a, T> {
+    fn get(&self, version: i64) -> Option<&'a T> {
+        let found = self.0.binary_search_by_key(&version, |item| item.version());
+        found.ok().map(|i| self.0[i])
+    }
+
+    fn contains(&self, version: i64) -> bool {
+        self.get(version).is_some()
+    }
+
+    fn versions(&self) -> impl Iterator<Item = i64> + '_ {
+        self.0.iter().map(|item| item.version())
+    }
 }
 
 #[cfg(test)]

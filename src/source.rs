@@ -114,15 +114,44 @@ pub fn load_with_conflicts(dir: &Path) -> Result<(Vec<Migration>, Vec<Conflict>)
     Ok((pair(ups, downs)?, conflicts))
 }
 
-/// One file as its reader left it: its name parsed, its text read and, for a forward file,
-/// its checksum taken.
-struct Read {
+/// One file as its reader left it, its name parsed and its text read: a forward file as the
+/// migration it starts, checksum taken (its rollback is joined to it later, in place: moving
+/// 5,000 of them into new ones was half a millisecond of a no-op run), or a rollback file.
+enum Read {
+    Up(Migration),
+    Down(Down),
+}
+
+/// A rollback file, until [`pair`] joins it to its forward file.
+struct Down {
     version: i64,
     /// The description part of the file name.
     name: String,
-    direction: Direction,
     script: Script,
-    checksum: Option<String>,
+}
+
+/// What [`by_version`] sorts and sets aside by.
+trait File {
+    fn version(&self) -> i64;
+    fn path(&self) -> &Path;
+}
+
+impl File for Migration {
+    fn version(&self) -> i64 {
+        self.version
+    }
+    fn path(&self) -> &Path {
+        &self.up.path
+    }
+}
+
+impl File for Down {
+    fn version(&self) -> i64 {
+        self.version
+    }
+    fn path(&self) -> &Path {
+        &self.script.path
+    }
 }
 
 /// Every file of `dir` named in `files`, forward and rollback apart, each in version order; a
@@ -132,17 +161,23 @@ struct Read {
 fn collect(dir: &Path, files: Vec<String>) -> Result<Collected, Error> {
     let (mut ups, mut downs) = (Vec::with_capacity(files.len()), Vec::new());
     let mut first_bad: Option<(Bad, &str, Error)> = None;
-    for (file_name, read) in files.iter().zip(read_all(dir, &files)) {
-        match read {
-            Ok(read) if read.direction == Direction::Up => ups.push(read),
-            Ok(read) => downs.push(read),
-            Err((bad, error)) => {
-                let earlier = match &first_bad {
-                    Some((first, name, _)) => (bad, file_name.as_str()) < (*first, *name),
-                    None => true,
-                };
-                if earlier {
-                    first_bad = Some((bad, file_name, error));
+    let mut batches = read_all(dir, &files);
+    // In name order, which is version order when the numbers have one width: the sort by
+    // version below then finds the files in order already, instead of moving each about.
+    batches.sort_unstable_by_key(|(start, _)| *start);
+    for (start, batch) in batches {
+        for (file_name, read) in files[start..].iter().zip(batch) {
+            match read {
+                Ok(Read::Up(migration)) => ups.push(migration),
+                Ok(Read::Down(down)) => downs.push(down),
+                Err((bad, error)) => {
+                    let earlier = match &first_bad {
+                        Some((first, name, _)) => (bad, file_name.as_str()) < (*first, *name),
+                        None => true,
+                    };
+                    if earlier {
+                        first_bad = Some((bad, file_name, error));
+                    }
                 }
             }
         }
@@ -158,7 +193,7 @@ fn collect(dir: &Path, files: Vec<String>) -> Result<Collected, Error> {
 }
 
 /// Forward files, rollback files, and the files set aside as conflicts.
-type Collected = (Vec<Read>, Vec<Read>, Vec<Conflict>);
+type Collected = (Vec<Migration>, Vec<Down>, Vec<Conflict>);
 
 /// What kept a file from being read, in the order they are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -169,38 +204,43 @@ enum Bad {
 
 /// `files` in version order, the first by name kept for a version two files claim and the
 /// others set aside as conflicts with it.
-fn by_version(mut files: Vec<Read>) -> (Vec<Read>, Vec<Conflict>) {
+fn by_version<T: File>(mut files: Vec<T>) -> (Vec<T>, Vec<Conflict>) {
     // File names are compared only between files of one version.
     files.sort_unstable_by(|a, b| {
-        (a.version.cmp(&b.version))
-            .then_with(|| a.script.path.file_name().cmp(&b.script.path.file_name()))
+        (a.version().cmp(&b.version()))
+            .then_with(|| a.path().file_name().cmp(&b.path().file_name()))
     });
-    let mut kept: Vec<Read> = Vec::with_capacity(files.len());
+    if files
+        .windows(2)
+        .all(|pair| pair[0].version() != pair[1].version())
+    {
+        return (files, Vec::new());
+    }
+    let mut kept: Vec<T> = Vec::with_capacity(files.len());
     let mut conflicts = Vec::new();
-    for read in files {
+    for file in files {
         match kept.last() {
-            Some(first) if first.version == read.version => conflicts.push(Conflict {
-                version: read.version,
-                path: read.script.path,
-                with: first.script.path.clone(),
+            Some(first) if first.version() == file.version() => conflicts.push(Conflict {
+                version: file.version(),
+                path: file.path().to_path_buf(),
+                with: first.path().to_path_buf(),
             }),
-            _ => kept.push(read),
+            _ => kept.push(file),
         }
     }
     (kept, conflicts)
 }
 
 /// Joins forward and rollback files (each in version order) by version.
-fn pair(ups: Vec<Read>, downs: Vec<Read>) -> Result<Vec<Migration>, Error> {
-    let mut migrations = Vec::with_capacity(ups.len());
+fn pair(mut ups: Vec<Migration>, downs: Vec<Down>) -> Result<Vec<Migration>, Error> {
     let mut downs = downs.into_iter().peekable();
     // The first rollback file without a forward file, refused once every pair is checked.
     let mut orphan = None;
-    for up in ups {
+    for up in &mut ups {
         while let Some(down) = downs.next_if(|d| d.version < up.version) {
             orphan.get_or_insert(down);
         }
-        let down = match downs.next_if(|d| d.version == up.version) {
+        up.down = match downs.next_if(|d| d.version == up.version) {
             Some(down) if down.name == up.name => Some(down.script),
             Some(down) => {
                 let (version, name) = (up.version, &up.name);
@@ -213,14 +253,6 @@ fn pair(ups: Vec<Read>, downs: Vec<Read>) -> Result<Vec<Migration>, Error> {
             }
             None => None,
         };
-        let checksum = up.checksum.unwrap_or_else(|| checksum(&up.script.sql));
-        migrations.push(Migration {
-            version: up.version,
-            name: up.name,
-            checksum,
-            up: up.script,
-            down,
-        });
     }
     if let Some(down) = orphan.or_else(|| downs.next()) {
         let (version, name) = (down.version, down.name);
@@ -229,7 +261,7 @@ fn pair(ups: Vec<Read>, downs: Vec<Read>) -> Result<Vec<Migration>, Error> {
             format!("rollback file has no forward file; add {version:03}_{name}.sql or delete it"),
         ));
     }
-    Ok(migrations)
+    Ok(ups)
 }
 
 /// Refuses a script that is empty, holds what only psql understands, or controls the
@@ -385,13 +417,14 @@ fn not_a_file(path: &Path) -> String {
 /// The fewest files worth a reader thread of their own.
 const FILES_PER_READER: usize = 500;
 
-/// Reads every file of `dir` named in `files`, in that order: its name parsed, its text
-/// read, a forward file's checksum taken. Reading thousands of small files is mostly system
+/// Reads every file of `dir` named in `files`: its name parsed, its text read, a forward
+/// file's checksum taken. In batches, in no particular order, each with the index in `files`
+/// of its first file. Reading thousands of small files is mostly system
 /// calls and, in a container just started, waits on the disk, so large directories are split
 /// across several threads, more than the machine has cores (cold, 5,000 files took 0.6 s on 2
 /// threads and 0.24 s on 8 here). Each file is opened by its name relative to the directory,
 /// opened once: the kernel then walks one path component per file, not the whole path.
-fn read_all(dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
+fn read_all(dir: &Path, files: &[String]) -> Vec<(usize, Batch)> {
     if files.is_empty() {
         return Vec::new();
     }
@@ -404,7 +437,7 @@ fn read_all(dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
                 path: dir.to_path_buf(),
                 source,
             };
-            return vec![Err((Bad::Contents, error))];
+            return vec![(0, vec![Err((Bad::Contents, error))])];
         }
     };
     // Each reader costs memory of its own (its allocator arena, its buffer): 500 files on 7
@@ -412,7 +445,7 @@ fn read_all(dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
     // for no time gained with the files cached (the connection is still being opened).
     let most = files.len() / FILES_PER_READER;
     if most <= 1 {
-        return read_batch(&fd, dir, files, &mut vec![0; 64 * 1024]);
+        return vec![(0, read_batch(&fd, dir, files, &mut vec![0; 64 * 1024]))];
     }
     // Asked only here: the answer reads the cgroup's CPU quota from /proc and /sys.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -434,7 +467,7 @@ fn read_all(dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
             batches.push((start, read_batch(fd, dir, batch, &mut buffer)));
         }
     };
-    let mut batches = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let readers: Vec<_> = (1..threads).map(|_| scope.spawn(read_batches)).collect();
         // This thread reads as well rather than wait: one thread (and its allocator heap)
         // fewer.
@@ -444,20 +477,16 @@ fn read_all(dir: &Path, files: &[String]) -> Vec<Result<Read, (Bad, Error)>> {
             batches.extend(reader.join().expect("a file reader thread panicked"));
         }
         batches
-    });
-    batches.sort_unstable_by_key(|(start, _)| *start);
-    batches.into_iter().flat_map(|(_, read)| read).collect()
+    })
 }
+
+/// What a reader made of a batch of files, in their order.
+type Batch = Vec<Result<Read, (Bad, Error)>>;
 
 /// How many files a reader takes at a time.
 const READ_BATCH: usize = 32;
 
-fn read_batch(
-    fd: &OwnedFd,
-    dir: &Path,
-    files: &[String],
-    buffer: &mut Vec<u8>,
-) -> Vec<Result<Read, (Bad, Error)>> {
+fn read_batch(fd: &OwnedFd, dir: &Path, files: &[String], buffer: &mut Vec<u8>) -> Batch {
     files
         .iter()
         .map(|file_name| {
@@ -466,13 +495,20 @@ fn read_batch(
                 parse_name(file_name).map_err(|problem| (Bad::Name, invalid(&path, problem)))?;
             let script =
                 read_script(fd, file_name, path, buffer).map_err(|e| (Bad::Contents, e))?;
-            let checksum = (parsed.direction == Direction::Up).then(|| checksum(&script.sql));
-            Ok(Read {
-                version: parsed.version,
-                name: parsed.name.to_string(),
-                direction: parsed.direction,
-                script,
-                checksum,
+            let (version, name) = (parsed.version, parsed.name.to_string());
+            Ok(match parsed.direction {
+                Direction::Up => Read::Up(Migration {
+                    version,
+                    name,
+                    checksum: checksum(&script.sql),
+                    up: script,
+                    down: None,
+                }),
+                Direction::Down => Read::Down(Down {
+                    version,
+                    name,
+                    script,
+                }),
             })
         })
         .collect()
