@@ -812,9 +812,11 @@ async fn changing(
     if let Some((tried, read)) = fresh
         && let Some((answer, strings)) = tried?
     {
-        // One server session answered the whole pipeline.
-        if announced != Some(session.backend_pid) {
-            return Err(session.pooled(announced.unwrap_or_default()));
+        // One server session answered the whole pipeline: the lock was taken in the one
+        // announced, and the session read after it must be that one.
+        if let Some(first) = announced.filter(|pid| *pid != session.backend_pid) {
+            let now = session.backend_pid;
+            return Err(Error::Pooled { first, now });
         }
         session.read_strings(strings.as_deref());
         let untracked = untracked.await;

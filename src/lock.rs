@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::error::Refusal;
 use crate::history::Table;
 use crate::interrupt::Interrupt;
-use crate::session::{Limits, Session, refusal};
+use crate::session::{Limits, Session, refusal, shared_refused};
 
 /// The first half of the advisory lock key: the ASCII bytes "dbmg".
 pub const CLASS_ID: i32 = 0x6462_6d67;
@@ -111,16 +111,24 @@ pub async fn first_try(client: &Client, table: &Table, session: &Session) -> Res
 /// needs no round trip before it. `None` when the message ran in another server session
 /// (through a pooler), where it set nothing up and took nothing; the run then sets its
 /// session up with [`first_try`]. Otherwise the answer and `standard_conforming_strings`, for
-/// [`Session::read_strings`].
+/// [`Session::read_strings`]; as [`first_try`], an error when the session held the lock
+/// already.
 pub async fn first_try_fresh(
     client: &Client,
     table: &Table,
     pid: i32,
     limits: Limits,
 ) -> Result<Option<(Answer, Option<String>)>, Error> {
-    match try_first(client, table, &Session::fresh_setup(pid, limits)).await {
+    match try_first(
+        client,
+        table,
+        &Session::fresh_setup(pid, key(table), limits),
+    )
+    .await
+    {
         Ok(tried) => Ok(Some(tried)),
         Err(error) if matches!(refusal(&error), Some(Refusal::OtherSession(_))) => Ok(None),
+        Err(error) if shared_refused(&error) => Err(Error::SharedSession),
         Err(error) => Err(first_failed(error)),
     }
 }

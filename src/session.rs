@@ -213,19 +213,21 @@ impl Session {
         )
     }
 
-    /// The setup of a server session the run's own connection started: the server announced
-    /// `pid` when the connection opened (`connect::announced_pid`), and this fails, naming
-    /// [`OTHER_SESSION`], unless it runs in the server session that has that pid. That session
-    /// is new, so no other client has used it, and this needs neither the round trip that
-    /// [`prepare`](Self::prepare) makes to learn the pid nor [`setup`](Self::setup)'s look for
-    /// the migration lock already held there (for a new session, a read of the server's lock
-    /// table: 0.13 ms of the server's time here). Through a pooler, whose announced pid is its
-    /// own and no server session's, it fails whole, and the run sets the session up as before.
-    /// Written for any server version: the version is not known yet.
-    pub fn fresh_setup(pid: i32, limits: Limits) -> String {
+    /// The setup of the server session the run's own connection started, whose pid the
+    /// server announced when the connection opened (`connect::announced_pid`): as
+    /// [`setup`](Self::setup), but checked against that pid, so it needs no round trip before
+    /// it to learn it ([`prepare`](Self::prepare)). It fails, naming [`OTHER_SESSION`], unless
+    /// it runs in the session that has that pid: through a pooler, whose announced pid is its
+    /// own, it fails whole, and the run sets the session up as before. The look for the
+    /// migration lock already held there stays: a proxy could hand on its server session's
+    /// own pid and still share that session. Written for any server version: the version is
+    /// not known yet.
+    pub fn fresh_setup(pid: i32, lock: (i32, i32), limits: Limits) -> String {
         format!(
             "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> {pid} \
-             THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int END; {}",
+             THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int \
+             WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int END; {}",
+            holds_lock_sql(lock),
             reset_sql(limits, None)
         )
     }
@@ -238,8 +240,7 @@ impl Session {
 
     /// The error [`setup`](Self::setup) refused with, if `error` is one of its refusals.
     pub fn setup_refused(&self, error: &tokio_postgres::Error) -> Option<Error> {
-        let message = error.as_db_error()?.message();
-        if message.contains(SHARED) {
+        if shared_refused(error) {
             return Some(Error::SharedSession);
         }
         match refusal(error)? {
@@ -657,6 +658,14 @@ pub fn refusal(error: &tokio_postgres::Error) -> Option<Refusal> {
     let released = (code == "25P01" && message.contains("RELEASE SAVEPOINT"))
         || (code == "3B001" && message.contains(SAVEPOINT));
     released.then_some(Refusal::TransactionEnded)
+}
+
+/// Whether a setup refused because its server session held the migration lock already
+/// ([`Session::setup`], [`Session::fresh_setup`]).
+pub fn shared_refused(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.message().contains(SHARED))
 }
 
 /// The last row, which is the final statement's: earlier ones (the reset's) come first.

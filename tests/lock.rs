@@ -714,4 +714,21 @@ async fn the_first_try_in_a_new_session_runs_only_in_the_session_the_server_anno
     assert_eq!(strings.as_deref(), Some("on"));
     assert_eq!(support::one::<i64>(&watcher, &holders).await, 1);
     assert_eq!(support::one::<String>(&client, show).await, "1234ms");
+    // Set for any server version, as the version is not known yet: PostgreSQL 14 has it.
+    let version: String =
+        support::one(&client, "SELECT current_setting('server_version_num')").await;
+    let interval = "SELECT current_setting('client_connection_check_interval', true)";
+    let interval: Option<String> = support::one(&client, interval).await;
+    match version.parse::<i32>().unwrap() >= 140000 {
+        true => assert_eq!(interval.as_deref(), Some("2s")),
+        false => assert_eq!(interval, None),
+    }
+
+    // A session that holds the lock already (a proxy sharing it) is refused, as by the
+    // setup after a round trip.
+    let again = lock::first_try_fresh(&client, &table, announced, limits).await;
+    assert!(
+        matches!(again, Err(db_migrate::error::Error::SharedSession)),
+        "{again:?}"
+    );
 }

@@ -1,6 +1,10 @@
 //! Behind a transaction-pooling proxy the migration lock protects nothing: the job notices
 //! and stops with exit 2. Uses a real PgBouncer in transaction mode.
 
+// Only its announcing proxy is used here.
+#[allow(dead_code)]
+#[path = "support/proxy.rs"]
+mod proxy;
 mod support;
 
 use std::process::{Command, Stdio};
@@ -349,4 +353,26 @@ async fn the_pid_a_pooler_announces_is_no_server_sessions_and_runs_through_it_st
     let out = output(&mut json_command(&url, &seed_dir(), &["up"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(tables(&db.client().await).await.len(), 2, "{}", out.stderr);
+}
+
+/// A proxy that announces a pid no server session has, but a small one (a pooler's random
+/// number may be): the run tries the setup in its first round trip, which refuses to run in
+/// the session that answers, and sets that session up as before, in a second round trip.
+#[tokio::test]
+async fn a_setup_refused_in_the_first_round_trip_is_made_again_in_the_session_the_run_reads() {
+    let db = support::database().await;
+    let server_port = support::server().port;
+    let proxy = proxy::Proxy::announcing(server_port, Some(4242));
+    let url = db
+        .url
+        .replace(&format!(":{server_port}/"), &format!(":{}/", proxy.port));
+    assert_ne!(url, db.url);
+    let through = support::connect(&url).await;
+    let announced = db_migrate::connect::announced_pid(&through.cancel_token()).await;
+    assert_eq!(announced, Some(4242));
+    drop(through);
+
+    let out = output(&mut json_command(&url, &seed_dir(), &["up"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await.len(), 2, "{}", out.stderr);
 }

@@ -208,10 +208,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for UntilClosed<S> {
 }
 
 /// The server session's pid as the server announced it when the connection opened (its
-/// BackendKeyData), or `None` when it announced none. tokio-postgres keeps the pid for the
-/// cancel request and offers no getter for it, so the request is written here into memory
-/// and read back; nothing is sent. Through a pooler this is the pooler's own number, which no
-/// server session has: PgBouncer makes one up for each client.
+/// BackendKeyData), or `None` when it announced none, or one no server process can have.
+/// tokio-postgres keeps the pid for the cancel request and offers no getter for it, so the
+/// request is written here into memory and read back; nothing is sent. Through a pooler this
+/// is the pooler's own number, which no server session has: PgBouncer draws one at random for
+/// each client, almost always above Linux's largest pid ([`PID_MAX`]), and then it is not
+/// taken at all (a setup checked against it would fail, and put an error in the server's log
+/// at every run).
 pub async fn announced_pid(token: &CancelToken) -> Option<i32> {
     let mut written = Vec::new();
     token
@@ -222,8 +225,11 @@ pub async fn announced_pid(token: &CancelToken) -> Option<i32> {
     let request = written.get(written.len().checked_sub(16)?..)?;
     let (head, pid) = (&request[..8], &request[8..12]);
     let pid = i32::from_be_bytes(pid.try_into().ok()?);
-    (head == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] && pid != 0).then_some(pid)
+    (head == [0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e] && (1..=PID_MAX).contains(&pid)).then_some(pid)
 }
+
+/// The largest pid Linux gives a process (`PID_MAX_LIMIT` on 64-bit systems).
+const PID_MAX: i32 = 1 << 22;
 
 /// A stream that keeps what is written to it and answers a TLS request with yes (`S`), so
 /// that the cancel request is written whatever `sslmode` the run's connection has.

@@ -1,6 +1,7 @@
 //! A TCP proxy in front of the test server whose connections can be frozen: they stay open,
 //! but nothing more passes either way, as through a proxy that hangs or a flow a NAT dropped
-//! without a word. Connections opened after a freeze pass as usual.
+//! without a word. Connections opened after a freeze pass as usual. It can also announce a
+//! server process id of its own at login, as a pooler does.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -18,6 +19,12 @@ pub struct Proxy {
 impl Proxy {
     /// Forwards connections on a free local port to `target` (a port on 127.0.0.1).
     pub fn start(target: u16) -> Proxy {
+        Proxy::announcing(target, None)
+    }
+
+    /// As [`start`](Self::start), and with `pid` in place of the server process id the server
+    /// announces at login (its BackendKeyData; plaintext connections only).
+    pub fn announcing(target: u16, pid: Option<i32>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         listener
@@ -41,12 +48,16 @@ impl Proxy {
                 };
                 let flag = Arc::new(AtomicBool::new(false));
                 flags.lock().unwrap().push(Arc::clone(&flag));
-                for (from, to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
+                for (from, to, announce) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        None,
+                    ),
+                    (server, client, pid),
                 ] {
                     let (flag, stopping) = (Arc::clone(&flag), Arc::clone(&stopping));
-                    std::thread::spawn(move || pass(from, to, &flag, &stopping));
+                    std::thread::spawn(move || pass(from, to, &flag, &stopping, announce));
                 }
             }
         });
@@ -68,8 +79,16 @@ impl Drop for Proxy {
 }
 
 /// Copies `from` to `to` until either closes; frozen, it stops reading (what was read and not
-/// yet passed on is held back too) until the proxy stops.
-fn pass(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, stop: &AtomicBool) {
+/// yet passed on is held back too) until the proxy stops. With `announce`, the first
+/// BackendKeyData that passes names that pid instead (the login's answer arrives in one read
+/// on the loopback).
+fn pass(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    frozen: &AtomicBool,
+    stop: &AtomicBool,
+    mut announce: Option<i32>,
+) {
     from.set_read_timeout(Some(Duration::from_millis(20)))
         .expect("read timeout");
     let mut buffer = [0u8; 16 * 1024];
@@ -84,6 +103,14 @@ fn pass(mut from: TcpStream, mut to: TcpStream, frozen: &AtomicBool, stop: &Atom
                 if frozen.load(Ordering::Relaxed) {
                     // Frozen while reading: this chunk never arrives.
                     continue;
+                }
+                let key = [b'K', 0, 0, 0, 12];
+                if let Some(pid) = announce
+                    && let Some(at) = buffer[..n].windows(5).position(|w| w == key)
+                    && at + 9 <= n
+                {
+                    buffer[at + 5..at + 9].copy_from_slice(&pid.to_be_bytes());
+                    announce = None;
                 }
                 if to.write_all(&buffer[..n]).is_err() {
                     break;
