@@ -485,9 +485,14 @@ fn by_version<T: Versioned>(items: &[T]) -> ByVersion<'_, T> {
 struct ByVersion<'a, T>(Vec<&'a T>);
 
 impl<'a, T: Versioned> ByVersion<'a, T> {
+    /// The first item of `version` in the order given (a history table without its primary
+    /// key could hold two rows of one version).
     fn get(&self, version: i64) -> Option<&'a T> {
-        let found = self.0.binary_search_by_key(&version, |item| item.version());
-        found.ok().map(|i| self.0[i])
+        let first = self.0.partition_point(|item| item.version() < version);
+        self.0
+            .get(first)
+            .filter(|item| item.version() == version)
+            .copied()
     }
 
     fn contains(&self, version: i64) -> bool {
