@@ -75,9 +75,20 @@ enum Loading {
     Reading(tokio::sync::oneshot::Receiver<Result<Vec<Migration>, Error>>),
 }
 
-/// How much less CPU time the file readers are given than the run's own thread, as a nice
-/// value (0 to 19; higher is less).
-const READERS_NICE: i32 = 10;
+/// How much less CPU time the file readers are given than the run's own thread: this much
+/// more nice (up to 19, the least).
+const READERS_NICER: i32 = 10;
+
+/// Sets the calling thread [`READERS_NICER`] below the run's own, and the reader threads it
+/// starts with it (Linux sets a nice value for one thread, and new threads inherit it): on
+/// two cores the readers kept the run's thread from sending its login for up to 2 ms after
+/// connecting; a no-op run over 500 cached files took 7.9 ms with them at its priority, 6.5
+/// ms 10 below (BENCHMARKS.md). Refused, the readers are only slower.
+fn readers_below_the_run() {
+    use rustix::process::{getpriority_process, setpriority_process};
+    let nice = getpriority_process(None).unwrap_or(0) + READERS_NICER;
+    let _ = setpriority_process(None, nice.min(19));
+}
 
 impl Loading {
     /// Lists `dir` and, when it holds more than a few files, starts reading them on a thread
@@ -93,12 +104,7 @@ impl Loading {
         let spawned = std::thread::Builder::new()
             .name("files".into())
             .spawn(move || {
-                // Below the run's own thread (nice 10; Linux sets it for this thread alone,
-                // and the reader threads it starts inherit it): on two cores the readers kept
-                // the run's thread from sending its login for up to 2 ms after connecting:
-                // a no-op run over 500 cached files took 7.9 ms with them at its priority,
-                // 6.5 ms at nice 10 (BENCHMARKS.md). Refused, the readers are only slower.
-                let _ = rustix::process::setpriority_process(None, READERS_NICE);
+                readers_below_the_run();
                 sender.send(source::load(&owned))
             });
         match spawned {
@@ -928,5 +934,26 @@ fn npm_hint(error: Error, script: Option<&str>) -> Error {
             }
         }
         (error, _) => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::process::getpriority_process;
+
+    #[test]
+    fn the_file_readers_run_ten_nicer_than_the_run_and_their_own_threads_too() {
+        let run = getpriority_process(None).unwrap();
+        let (reader, started) = std::thread::spawn(|| {
+            super::readers_below_the_run();
+            let started = std::thread::spawn(|| getpriority_process(None).unwrap());
+            (getpriority_process(None).unwrap(), started.join().unwrap())
+        })
+        .join()
+        .unwrap();
+        let expected = (run + super::READERS_NICER).min(19);
+        assert_eq!((reader, started), (expected, expected));
+        // The run's own thread is left as it was.
+        assert_eq!(getpriority_process(None).unwrap(), run);
     }
 }
