@@ -203,14 +203,7 @@ impl Session {
     /// for the try to ask, after it ([`Session::read_strings`]): a pooler can hand on a
     /// session another client changed, which the reset puts back.
     pub fn setup(&self) -> String {
-        format!(
-            "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> {} \
-             THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int \
-             WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int END; {}",
-            self.backend_pid,
-            holds_lock_sql(self.lock_key),
-            self.reset
-        )
+        setup_sql(self.backend_pid, self.lock_key, &self.reset)
     }
 
     /// The setup of the server session the run's own connection started, whose pid the
@@ -223,13 +216,7 @@ impl Session {
     /// own pid and still share that session. Written for any server version: the version is
     /// not known yet.
     pub fn fresh_setup(pid: i32, lock: (i32, i32), limits: Limits) -> String {
-        format!(
-            "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> {pid} \
-             THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int \
-             WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int END; {}",
-            holds_lock_sql(lock),
-            reset_sql(limits, None)
-        )
+        setup_sql(pid, lock, &reset_sql(limits, None))
     }
 
     /// Records `standard_conforming_strings` as [`setup`](Self::setup) left it; the first
@@ -658,6 +645,18 @@ pub fn refusal(error: &tokio_postgres::Error) -> Option<Refusal> {
     let released = (code == "25P01" && message.contains("RELEASE SAVEPOINT"))
         || (code == "3B001" && message.contains(SAVEPOINT));
     released.then_some(Refusal::TransactionEnded)
+}
+
+/// A session's setup: fails (naming [`OTHER_SESSION`]) unless it runs in server session
+/// `pid`, and (naming [`SHARED`]) when that session holds the migration lock `lock` already,
+/// both before `reset` touches anything.
+fn setup_sql(pid: i32, lock: (i32, i32), reset: &str) -> String {
+    format!(
+        "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> {pid} \
+         THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int \
+         WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int END; {reset}",
+        holds_lock_sql(lock),
+    )
 }
 
 /// Whether a setup refused because its server session held the migration lock already

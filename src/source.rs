@@ -210,25 +210,20 @@ fn by_version<T: File>(mut files: Vec<T>) -> (Vec<T>, Vec<Conflict>) {
         (a.version().cmp(&b.version()))
             .then_with(|| a.path().file_name().cmp(&b.path().file_name()))
     });
-    if files
-        .windows(2)
-        .all(|pair| pair[0].version() != pair[1].version())
-    {
-        return (files, Vec::new());
-    }
-    let mut kept: Vec<T> = Vec::with_capacity(files.len());
+    // In place: a directory without conflicts moves nothing.
     let mut conflicts = Vec::new();
-    for file in files {
-        match kept.last() {
-            Some(first) if first.version() == file.version() => conflicts.push(Conflict {
+    files.dedup_by(|file, first| {
+        let same = file.version() == first.version();
+        if same {
+            conflicts.push(Conflict {
                 version: file.version(),
                 path: file.path().to_path_buf(),
                 with: first.path().to_path_buf(),
-            }),
-            _ => kept.push(file),
+            });
         }
-    }
-    (kept, conflicts)
+        same
+    });
+    (files, conflicts)
 }
 
 /// Joins forward and rollback files (each in version order) by version.
