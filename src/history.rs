@@ -1,7 +1,7 @@
 //! The history table (`schema_migrations` by default): its name, creation, rows and updates.
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use crate::error::Error;
@@ -342,33 +342,59 @@ fn literal(text: &str) -> String {
     format!("pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), 'UTF8')")
 }
 
-/// The history change of a migration in a transaction of its own, prepared once per run so
-/// that each migration's row costs the server no parse or plan.
+/// The history change of a migration in a transaction of its own, prepared by name in the
+/// session (SQL's `PREPARE`) so that each migration's row costs the server no parse or plan,
+/// and run with `EXECUTE` in the same message as the migration's `COMMIT` (`session::close`).
 #[derive(Debug, Clone)]
 pub struct Statements {
     /// Parameters: version, name, checksum, applied_by.
-    pub insert: Statement,
+    pub insert: String,
     /// Parameter: version.
-    pub delete: Statement,
+    pub delete: String,
 }
 
-/// Prepares [`insert`] and [`delete`] with `guard` applied, as statements.
-pub async fn prepare(
-    client: &Client,
-    table: &Table,
-    guard: impl Fn(&str) -> String,
-) -> Result<Statements, Error> {
-    let insert = format!(
-        "INSERT INTO {} {COLUMNS} \
-         VALUES ({}, $2::text, $3::text, {}, $4::text)",
-        table.quoted,
-        guard("$1::bigint"),
-        execution_ms(Elapsed::Sealed),
-    );
-    let delete = delete_sql(table, "$1::bigint", guard);
-    let (insert, delete) = tokio::try_join!(client.prepare(&insert), client.prepare(&delete))
-        .map_err(Error::database("preparing the history statements"))?;
-    Ok(Statements { insert, delete })
+impl Statements {
+    /// The statements that prepare [`insert`](Self::insert) and [`delete`](Self::delete) on
+    /// `table`, with `guard` applied, as one text.
+    pub fn prepare(&self, table: &Table, guard: impl Fn(&str) -> String) -> String {
+        format!(
+            "PREPARE {}(bigint, text, text, text) AS INSERT INTO {} {COLUMNS} \
+             VALUES ({}, $2, $3, {}, $4); PREPARE {}(bigint) AS {}",
+            self.insert,
+            table.quoted,
+            guard("$1"),
+            execution_ms(Elapsed::Sealed),
+            self.delete,
+            delete_sql(table, "$1", guard),
+        )
+    }
+
+    /// Runs the prepared insert recording `migration` as applied by `applied_by`.
+    pub fn insert(&self, migration: &Migration, applied_by: &str) -> String {
+        format!(
+            "EXECUTE {}({}, {}, {}, {})",
+            self.insert,
+            migration.version,
+            argument(&migration.name),
+            argument(&migration.checksum),
+            argument(applied_by),
+        )
+    }
+
+    /// Runs the prepared delete of `version`'s row.
+    pub fn delete(&self, version: i64) -> String {
+        format!("EXECUTE {}({version})", self.delete)
+    }
+}
+
+/// A text value for [`Statements`]: quoted as it is when it is made of characters that mean
+/// the same under any session settings, else spelled as [`literal`] spells it.
+fn argument(text: &str) -> String {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b" _-.:/@+=,".contains(&b);
+    match text.bytes().all(plain) {
+        true => format!("'{text}'"),
+        false => literal(text),
+    }
 }
 
 /// `baseline`: records the migrations up to `version` as applied without running them,

@@ -4,11 +4,12 @@
 //!
 //! A migration file is arbitrary SQL run in our session, so nothing it does may decide how
 //! the next one runs or whether its history row is written. Each transactional migration
-//! therefore travels as three messages, all sent before the first answer comes back (one
+//! therefore travels as two messages, both sent before the first answer comes back (one
 //! round trip per migration, or per batch of them: see `apply::pipeline`):
 //!
 //! 1. [`Session::message`]: the opening, then the file, then the seal, as one message. The
-//!    opening is `BEGIN`, preceded (for the run's first migration, and after anything but a
+//!    opening is `BEGIN` (or, for a migration chained behind another, a savepoint: see
+//!    [`Frame::chained`]), preceded (for the run's first migration, and after anything but a
 //!    committed one) by `RESET ALL` and the run's own settings in a transaction committed
 //!    before the migration's (a transaction takes `default_transaction_read_only` from the
 //!    settings in force when it starts), which fails first unless it runs in the run's server
@@ -24,16 +25,18 @@
 //!    cursor where they were opened, the reset (so the next migration starts clean once
 //!    this one commits), `RESET ROLE` (which `RESET ALL` leaves alone), and a
 //!    transaction-local token;
-//! 2. the history change, whose value goes through [`Session::guard`]: an error unless this
-//!    is the run's server session, the token is set (the file ran whole, inside this
-//!    transaction) and the migration lock is held;
-//! 3. `COMMIT`.
+//! 2. [`Session::close`]: the history change, whose value goes through [`Session::guard`] (an
+//!    error unless this is the run's server session, the token is set, so the file ran whole
+//!    inside this transaction, and the migration lock is held), then `COMMIT`, as one message:
+//!    after a failure of the history change the `COMMIT` never runs, and the transaction
+//!    stays aborted, refusing whatever comes after it until the job rolls it back.
 //!
-//! After any error the server skips the rest, and the job rolls the transaction back.
+//! After any error the server skips the rest of its message, and the job rolls the
+//! transaction back.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -57,12 +60,7 @@ pub const LOCK_LOST: &str = "db_migrate.the_migration_lock_is_no_longer_held";
 /// Followed by the server session's pid.
 pub const OTHER_SESSION: &str = "db_migrate.the_migration_landed_in_server_session_";
 pub const LEFT_OPEN: &str = "db_migrate.the_migration_left_a_transaction_open";
-pub const PREVIOUS_NOT_COMMITTED: &str = "db_migrate.the_migration_before_did_not_commit";
 const SHARED: &str = "db_migrate.the_server_session_already_holds_the_migration_lock";
-
-/// The session setting a committed migration leaves behind, naming it: set in the
-/// migration's transaction, it is undone with it by a rollback.
-const COMMITTED: &str = "db_migrate.committed";
 
 /// How long the server waits on a migration session that is idle inside a transaction
 /// before ending it: a client lost between a migration's ALTER and its COMMIT otherwise
@@ -96,8 +94,9 @@ pub struct Session {
     standard_strings: OnceLock<bool>,
     /// `server_version_num`.
     server_version: i32,
-    /// The number of the prepared check ([`Session::prepare_checks`]); 0 while there is none.
-    checks: Arc<AtomicU64>,
+    /// The history change as prepared in the session ([`Session::prepared`]): the table it
+    /// was prepared for and the number its statements' names carry.
+    statements: Arc<Mutex<Option<(String, u64)>>>,
 }
 
 /// How one transactional migration is framed by [`Session::open`] and [`Session::seal`].
@@ -111,13 +110,16 @@ pub struct Frame {
     /// With the cursor that makes a COMMIT in the file fail
     /// ([`Session::needs_commit_guard`]).
     pub guarded: bool,
-    /// The migration sent just before this one in the same pipeline, whose commit this one
-    /// requires: its opening fails unless that migration committed (see [`Session::seal`]),
-    /// which leaves its transaction aborted, so nothing of it runs or is kept.
-    pub after: Option<i64>,
-    /// That check runs as the statement numbered so that [`Session::prepare_checks`]
-    /// prepared: by name, so the server neither parses nor plans it for every migration.
-    pub prepared: Option<u64>,
+    /// Sent in a pipeline right behind the migration before it, whose closing message
+    /// ([`Session::close`]) opens this one's transaction with a `BEGIN` after its `COMMIT`,
+    /// so the opening has no `BEGIN` of its own. It opens with a savepoint instead, which
+    /// fails outside a transaction block: if that migration did not commit, its `COMMIT`
+    /// (and the `BEGIN`) never ran and the session is still in its aborted transaction, or
+    /// the `COMMIT` itself failed and left no transaction at all (the multi-statement message
+    /// is then an implicit block, where `SAVEPOINT` is an error too). Either way nothing of
+    /// this one runs, its history change refuses, and so on for every one behind it: a
+    /// failure stops the pipeline there. Only for a transaction of its own.
+    pub chained: bool,
 }
 
 impl Frame {
@@ -189,7 +191,7 @@ impl Session {
             token: token(),
             standard_strings: OnceLock::new(),
             server_version: version,
-            checks: Arc::default(),
+            statements: Arc::default(),
         })
     }
 
@@ -266,22 +268,11 @@ impl Session {
     /// the migration's start for its `execution_ms`; in a transaction of its own, the
     /// transaction's start is the migration's.
     pub fn open(&self, frame: Frame) -> String {
-        // Right after the first BEGIN, before any reset (which would clear the mark); its
-        // row is the session's pid, as the opening's answer is read (see [`pid`]).
-        let begin = match frame.after {
-            Some(version) if let Some(number) = frame.prepared => format!(
-                "BEGIN; EXECUTE {}('{}')",
-                self.after_statement(number),
-                self.mark(version)
-            ),
-            Some(version) => format!(
-                "BEGIN; {}",
-                after_check(&format!("'{}'", self.mark(version)))
-            ),
-            None => "BEGIN".to_string(),
-        };
+        let begin = "BEGIN".to_string();
         let reset = &self.reset;
         let (reset, mark) = match (frame.own, frame.clean) {
+            // The migration before opened the transaction, once it committed.
+            (true, _) if frame.chained => (String::new(), String::new()),
             // The previous migration's seal reset the session, and its COMMIT kept that.
             (true, true) => (begin, String::new()),
             // The reset gets a transaction of its own, committed before the migration's:
@@ -303,29 +294,49 @@ impl Session {
             (false, _) => (
                 reset.clone(),
                 format!(
-                    "; SELECT pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)"
+                    "SELECT pg_catalog.set_config('{STARTED}', pg_catalog.clock_timestamp()::text, true)"
                 ),
             ),
         };
-        let guard = match frame.guarded {
-            true => format!(
-                "; DECLARE {GUARD} CURSOR WITH HOLD FOR \
+        let mut parts = vec![reset];
+        if frame.guarded {
+            parts.push(format!(
+                "DECLARE {GUARD} CURSOR WITH HOLD FOR \
                  SELECT pg_catalog.current_setting('{COMMIT_REFUSED}')"
-            ),
-            false => String::new(),
-        };
-        let savepoint = match frame.savepoint() {
-            true => format!("; SAVEPOINT {SAVEPOINT}"),
-            false => String::new(),
-        };
-        format!("{reset}{guard}{savepoint}{mark}")
+            ));
+        }
+        if frame.savepoint() || frame.chained {
+            parts.push(format!("SAVEPOINT {SAVEPOINT}"));
+        }
+        // Chained, the savepoint is there only to fail outside a transaction block: released
+        // at once, the file's changes are not a subtransaction's.
+        if frame.chained && !frame.savepoint() {
+            parts.push(format!("RELEASE SAVEPOINT {SAVEPOINT}"));
+        }
+        parts.push(mark);
+        parts.retain(|part| !part.is_empty());
+        parts.join("; ")
+    }
+
+    /// The closing message of a transactional migration (see the module docs): `record`,
+    /// its history change (or, for a run that records nothing, the statement asked instead),
+    /// then in a transaction of its own `COMMIT`, and `BEGIN` when `next`, a migration
+    /// chained behind it ([`Frame::chained`]), follows in the same pipeline. A failure of
+    /// one skips those after it: the `COMMIT` never runs after a refused history change, and
+    /// the next transaction never opens after a failed `COMMIT`.
+    pub fn close(&self, frame: Frame, record: &str, next: bool) -> String {
+        match (frame.own, next) {
+            (true, true) => format!("{record}; COMMIT; BEGIN"),
+            (true, false) => format!("{record}; COMMIT"),
+            (false, _) => record.to_string(),
+        }
     }
 
     /// The message that runs a transactional migration's `file` (see the module docs): its
     /// opening, framed by `frame`, the file, and its seal.
-    pub fn message(&self, frame: Frame, version: i64, file: &str) -> Message {
+    pub fn message(&self, frame: Frame, file: &str) -> Message {
         let open = self.open(frame);
-        let seal = self.seal(frame, version);
+        let seal = self.seal(frame);
         // The file starts a line of its own.
         let text = format!("{open};\n{file}{}", seal.text);
         Message {
@@ -339,65 +350,46 @@ impl Session {
     /// How many statements [`open`](Self::open) is for `frame`, counted as it builds them
     /// rather than lexed again for every migration.
     fn opening_statements(&self, frame: Frame) -> usize {
-        let begin = 1 + usize::from(frame.after.is_some());
         let reset = match (frame.own, frame.clean) {
-            (true, true) => begin,
-            (true, false) => begin + self.reset_statements + 3,
+            // The savepoint, and its release or (guarded, where it stays for the file) the
+            // cursor before it.
+            (true, _) if frame.chained => return 2,
+            (true, true) => 1,
+            (true, false) => 1 + self.reset_statements + 3,
             // The reset and the start mark.
             (false, _) => self.reset_statements + 1,
         };
         reset + usize::from(frame.guarded) + usize::from(frame.savepoint())
     }
 
-    /// The number of [`Frame::after`]'s check as prepared in the session (for
-    /// [`Frame::prepared`]), and the statement that prepares it when it is not yet: once per
-    /// session, beside the history change's, which `test` prepares again for each step. Named
-    /// with the run's token, so that a statement a run left in a pooled server session never
-    /// stands in the way of the next run's, and numbered, for
-    /// [`forget_checks`](Self::forget_checks). Run by name, the check costs the server no parse or plan: for
-    /// 500 migrations of one CREATE TABLE each, the inline SELECT cost about 18 ms of the
-    /// run, the prepared one about 9.
-    pub fn prepare_checks(&self) -> (u64, Option<String>) {
+    /// The number the names of the history change prepared for `table` carry, when it is
+    /// prepared in the session; `test` runs many plans in one session, each needing it.
+    pub fn prepared(&self, table: &str) -> Option<u64> {
+        let statements = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        statements
+            .as_ref()
+            .and_then(|(prepared, number)| (prepared == table).then_some(*number))
+    }
+
+    /// A number for the names of a history change about to be prepared: a new one each time,
+    /// as a failed migration may have left the old names prepared or not. With the run's
+    /// token, a statement a run left in a pooled server session never stands in the way of
+    /// the next run's, and a file cannot name them.
+    pub fn number(&self) -> u64 {
         static NUMBERS: AtomicU64 = AtomicU64::new(1);
-        let prepared = self.checks.load(Ordering::Relaxed);
-        if prepared != 0 {
-            return (prepared, None);
-        }
-        let number = NUMBERS.fetch_add(1, Ordering::Relaxed);
-        self.checks.store(number, Ordering::Relaxed);
-        let sql = format!(
-            "PREPARE {}(text) AS {}",
-            self.after_statement(number),
-            after_check("$1")
-        );
-        (number, Some(sql))
+        NUMBERS.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// After a file deallocated the session's prepared statements: the check is prepared
-    /// again, under another number, with the history change's.
-    pub fn forget_checks(&self) {
-        self.checks.store(0, Ordering::Relaxed);
+    /// The name of prepared statement `what` numbered `number`.
+    pub fn statement(&self, what: &str, number: u64) -> String {
+        format!("db_migrate_{what}_{}_{number}", self.token)
     }
 
-    /// Whether `error` says that one of this run's prepared opening checks is missing: a
-    /// file cannot name them (it does not know the run's token) but can drop them all, and
-    /// in another server session, behind a transaction pooler, there are none.
-    pub fn lost_check(&self, error: &tokio_postgres::Error) -> bool {
-        error.code() == Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME)
-            && error.as_db_error().is_some_and(|db| {
-                (db.message()).contains(&format!("\"db_migrate_after_{}_", self.token))
-            })
-    }
-
-    /// The name [`prepare_checks`](Self::prepare_checks) gives check `number`.
-    fn after_statement(&self, number: u64) -> String {
-        format!("db_migrate_after_{}_{number}", self.token)
-    }
-
-    /// The value of the committed mark for `version`: with the run's token, which no file
-    /// can know.
-    fn mark(&self, version: i64) -> String {
-        format!("{}.{version}", self.token)
+    /// Records that the history change for `table` is prepared under `number`; `None` after
+    /// a file that may have deallocated it.
+    pub fn set_prepared(&self, prepared: Option<(&str, u64)>) {
+        let mut statements = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        *statements = prepared.map(|(table, number)| (table.to_string(), number));
     }
 
     /// Whether a migration's `sql` needs the cursor that makes a COMMIT in it fail (see the
@@ -449,9 +441,7 @@ impl Session {
     /// committed, the next migration starts clean without a reset of its own (after a
     /// rollback the session is back where the migration found it). `RESET ROLE` lets the
     /// history change run as the run's user even after a `SET ROLE`.
-    /// In a transaction of its own it also leaves the mark that lets the next migration in
-    /// a pipeline see that this one committed (see [`Frame::after`]).
-    pub fn seal(&self, frame: Frame, version: i64) -> Seal {
+    pub fn seal(&self, frame: Frame) -> Seal {
         let mut text = String::from("\n");
         if frame.savepoint() {
             text.push_str(&format!(";RELEASE SAVEPOINT {SAVEPOINT}"));
@@ -462,14 +452,13 @@ impl Session {
         if frame.own {
             text.push_str("; ");
             text.push_str(&self.reset);
-            text.push_str(&format!("; SET {COMMITTED} = '{}'", self.mark(version)));
         }
         text.push_str(&format!(
             "; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
             self.token
         ));
         let own = match frame.own {
-            true => self.reset_statements + 1,
+            true => self.reset_statements,
             false => 0,
         };
         let statements = 2 + usize::from(frame.savepoint()) + usize::from(frame.guarded) + own;
@@ -600,17 +589,6 @@ pub fn holds_lock_sql((class, object): (i32, i32)) -> String {
     )
 }
 
-/// The check that the migration before committed: its row is the server session's pid when
-/// the committed mark is `mark` (an SQL text value), else it fails naming
-/// [`PREVIOUS_NOT_COMMITTED`].
-fn after_check(mark: &str) -> String {
-    format!(
-        "SELECT CASE WHEN pg_catalog.current_setting('{COMMITTED}', true) = {mark} \
-         THEN pg_catalog.pg_backend_pid() \
-         ELSE pg_catalog.current_setting('{PREVIOUS_NOT_COMMITTED}')::int END"
-    )
-}
-
 /// A value no file can know in advance, so only [`Session::seal`] sets the token.
 fn token() -> String {
     let state = std::collections::hash_map::RandomState::new();
@@ -736,7 +714,7 @@ mod tests {
             token: token(),
             standard_strings: OnceLock::from(true),
             server_version: 150_000,
-            checks: Arc::default(),
+            statements: Arc::default(),
         };
         for own in [true, false] {
             for guarded in [true, false] {
@@ -744,10 +722,9 @@ mod tests {
                     own,
                     clean: false,
                     guarded,
-                    after: None,
-                    prepared: None,
+                    chained: false,
                 };
-                let seal = session.seal(frame, 7);
+                let seal = session.seal(frame);
                 let split = crate::sql::split(&seal.text);
                 assert_eq!(split.len(), seal.statements, "{}", seal.text);
                 assert_eq!(seal.text.contains("RESET ALL"), own, "{}", seal.text);
@@ -759,32 +736,49 @@ mod tests {
                 // The token is set last: a reset after it would clear it.
                 assert!(split.last().unwrap().text.contains("db_migrate.token"));
                 // The opening, the file and the seal are one message, a transaction of its
-                // own beginning with it; the file's part is where the counts say.
-                for (after, clean, prepared) in [
-                    (None, false, None),
-                    (Some(6), false, None),
-                    (Some(6), false, Some(3)),
-                    (None, true, None),
-                    (Some(6), true, None),
-                    (Some(6), true, Some(3)),
-                ] {
+                // own beginning with it (or, chained, in the one the migration before opened,
+                // behind a savepoint); the file's part is where the counts say.
+                for (chained, clean) in [(false, false), (false, true), (true, true)] {
+                    if chained && !own {
+                        continue;
+                    }
                     let frame = Frame {
-                        after,
+                        chained,
                         clean,
-                        prepared,
                         ..frame
                     };
-                    let opening = session.open(frame);
-                    let by_name = format!("EXECUTE db_migrate_after_{}_3(", session.token);
-                    assert_eq!(opening.contains(&by_name), prepared.is_some() && own);
                     let file = "SELECT 'é';\nSELECT 2;";
-                    let message = session.message(frame, 7, file);
+                    let message = session.message(frame, file);
                     let statements = crate::sql::split(&message.text);
                     assert_eq!(statements.len(), message.opening + 2 + message.sealed);
                     assert_eq!(statements[message.opening].text, "SELECT 'é'");
                     let chars: String = message.text.chars().skip(message.prefix).collect();
                     assert!(chars.starts_with(file), "{}", message.text);
-                    assert_eq!(message.text.starts_with("BEGIN;"), own, "{}", message.text);
+                    let begins = message.text.starts_with("BEGIN;");
+                    assert_eq!(begins, own && !chained, "{}", message.text);
+                    // Chained, nothing runs before the savepoint but the guard's cursor, which
+                    // goes with the message when the savepoint fails.
+                    let first = statements[usize::from(guarded)].text;
+                    assert_eq!(
+                        first == "SAVEPOINT db_migrate_migration",
+                        chained,
+                        "{first}"
+                    );
+                    let commits = message.text.contains("COMMIT");
+                    assert!(!(chained && commits), "{}", message.text);
+                    // The history change, then the COMMIT, and the next one's BEGIN when one
+                    // is chained behind it, in one message.
+                    for next in [false, true] {
+                        let close = session.close(frame, "EXECUTE h(1)", next);
+                        let statements: Vec<&str> =
+                            crate::sql::split(&close).iter().map(|s| s.text).collect();
+                        let expected: &[&str] = match (own, next) {
+                            (true, true) => &["EXECUTE h(1)", "COMMIT", "BEGIN"],
+                            (true, false) => &["EXECUTE h(1)", "COMMIT"],
+                            (false, _) => &["EXECUTE h(1)"],
+                        };
+                        assert_eq!(statements, expected);
+                    }
                 }
             }
         }
@@ -801,15 +795,14 @@ mod tests {
             token: token(),
             standard_strings: OnceLock::from(true),
             server_version: 150_000,
-            checks: Arc::default(),
+            statements: Arc::default(),
         };
         let open = |own, clean, guarded| {
             let frame = Frame {
                 own,
                 clean,
                 guarded,
-                after: None,
-                prepared: None,
+                chained: false,
             };
             session.open(frame)
         };

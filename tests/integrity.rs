@@ -747,14 +747,13 @@ async fn history_matches_schema(client: &Client, count: i64) {
 }
 
 /// The frame of a run's first migration: a transaction of its own, opened with the reset,
-/// without the commit guard or a check of a migration before it.
+/// without the commit guard, not chained behind a migration before it.
 fn first_of_run() -> db_migrate::session::Frame {
     db_migrate::session::Frame {
         own: true,
         clean: false,
         guarded: false,
-        after: None,
-        prepared: None,
+        chained: false,
     }
 }
 
@@ -770,21 +769,12 @@ async fn a_file_never_runs_when_its_opening_failed_before_begin() {
     use db_migrate::session::Frame;
     let db = support::database().await;
     let h = harness(&db).await;
-    let cases = [
-        (false, None, None),
-        (true, None, None),
-        (true, Some(1), None),
-        (true, Some(1), Some(0)),
-    ];
-    for (clean, after, prepared) in cases {
+    for clean in [false, true] {
         let frame = Frame {
-            own: true,
             clean,
-            guarded: false,
-            after,
-            prepared,
+            ..first_of_run()
         };
-        let message = h.session.message(frame, 2, "CREATE TABLE t (i int);");
+        let message = h.session.message(frame, "CREATE TABLE t (i int);");
         let interrupted = message
             .text
             .strip_prefix("BEGIN;")
@@ -799,10 +789,106 @@ async fn a_file_never_runs_when_its_opening_failed_before_begin() {
     }
     // Whole, it runs.
     let frame = first_of_run();
-    let message = h.session.message(frame, 2, "CREATE TABLE t (i int);");
+    let message = h.session.message(frame, "CREATE TABLE t (i int);");
     h.client.batch_execute(&message.text).await.expect("runs");
     h.client.batch_execute("COMMIT").await.expect("commit");
     assert_eq!(tables(&h.client).await, ["schema_migrations", "t"]);
+}
+
+/// A migration chained behind another in a pipeline has no BEGIN of its own: the closing
+/// message of the one before opens its transaction, after that one's COMMIT. When that
+/// COMMIT failed, the session is idle; when the history change before it failed, the COMMIT
+/// never ran and the session is in the failed transaction. Either way the chained message
+/// must run nothing of the file, with or without the commit guard's cursor.
+#[tokio::test]
+async fn a_chained_file_never_runs_unless_the_migration_before_committed() {
+    use db_migrate::session::Frame;
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let nothing = |what: &str| format!("{what}: nothing of the file may stay");
+    for guarded in [false, true] {
+        let frame = Frame {
+            own: true,
+            clean: true,
+            guarded,
+            chained: true,
+        };
+        let message = h.session.message(frame, "CREATE TABLE t (i int);");
+        let idle = h.client.batch_execute(&message.text).await;
+        assert!(idle.is_err(), "idle, guarded {guarded}");
+        assert_eq!(
+            tables(&h.client).await,
+            ["schema_migrations"],
+            "{}",
+            nothing("idle")
+        );
+        let cursors: i64 = one(
+            &h.client,
+            "SELECT count(*) FROM pg_cursors WHERE name = 'db_migrate_guard'",
+        )
+        .await;
+        assert_eq!(cursors, 0, "the guard's cursor went with the message");
+        h.client.batch_execute("BEGIN").await.unwrap();
+        assert!(h.client.batch_execute("SELECT 1 / 0").await.is_err());
+        let failed = h.client.batch_execute(&message.text).await;
+        assert!(
+            failed.is_err(),
+            "in a failed transaction, guarded {guarded}"
+        );
+        h.client.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(
+            tables(&h.client).await,
+            ["schema_migrations"],
+            "{}",
+            nothing("failed")
+        );
+        // In the transaction the closing message before it opened, it runs.
+        h.client.batch_execute("BEGIN").await.unwrap();
+        h.client.batch_execute(&message.text).await.expect("runs");
+        h.client.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
+
+/// A COMMIT can fail after the history change went in (a deferred constraint, a
+/// serialization failure): the migrations pipelined behind it must then not run.
+#[tokio::test]
+async fn in_one_pipeline_a_failed_commit_keeps_nothing_after_it() {
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let plan = [
+        migration(
+            1,
+            "CREATE TABLE p (i int PRIMARY KEY); \
+             CREATE TABLE c (i int REFERENCES p DEFERRABLE INITIALLY DEFERRED)",
+            None,
+        ),
+        // Checked only at COMMIT.
+        migration(2, "INSERT INTO c VALUES (1)", None),
+        migration(3, "CREATE TABLE t3 (i int)", None),
+        migration(4, "CREATE TABLE t4 (i int)", None),
+    ];
+    let refs: Vec<&Migration> = plan.iter().collect();
+    let result = apply(&h, &refs, Direction::Up, How::Each).await;
+    // Named as the file's failure: its deferred constraint.
+    let Err(Error::Apply(failure)) = &result else {
+        panic!("the second must fail at its COMMIT: {result:?}");
+    };
+    assert_eq!((failure.version, failure.sqlstate.as_str()), (2, "23503"));
+    let client = db.client().await;
+    assert_eq!(tables(&client).await, ["c", "p", "schema_migrations"]);
+    assert_eq!(recorded(&client).await, [1]);
+    let rows: i64 = one(&client, "SELECT count(*) FROM c").await;
+    assert_eq!(rows, 0);
+    // The session is out of any transaction: the rest applies once the row is allowed.
+    h.client
+        .batch_execute("INSERT INTO p VALUES (1)")
+        .await
+        .unwrap();
+    let rest: Vec<&Migration> = refs[1..].to_vec();
+    apply(&h, &rest, Direction::Up, How::Each)
+        .await
+        .expect("the rest");
+    assert_eq!(recorded(&client).await, [1, 2, 3, 4]);
 }
 
 #[tokio::test]
@@ -1048,15 +1134,15 @@ async fn a_migration_that_deallocates_the_history_statements_mid_pipeline_runs_o
 }
 
 #[tokio::test]
-async fn a_batched_migration_whose_opening_check_is_gone_runs_again_on_its_own() {
+async fn a_batched_migration_that_drops_the_history_statements_by_name_runs_again_on_its_own() {
     let db = support::database().await;
     let h = harness(&db).await;
-    // The second file drops only the checks that open the migrations after it, as a
-    // transaction pooler handing the third one another server session would lose them; the
-    // word is built so that the file is still sent in the pipeline. Its own history change
-    // is untouched, so it commits, and the third one's opening finds no check.
+    // The second file deallocates the run's prepared history change by name, from inside a
+    // block and with the word built so that no lexer sees it and it is sent in the pipeline.
+    // Its own history change then fails: it is rolled back, runs again on its own with the
+    // change as text, and the ones behind it run once the statements are prepared again.
     let hidden = "DO $$ DECLARE s record; BEGIN FOR s IN SELECT name FROM pg_prepared_statements \
-         WHERE name LIKE 'db\\_migrate\\_after\\_%' LOOP \
+         WHERE name LIKE 'db\\_migrate\\_%' LOOP \
          EXECUTE 'DEALL' || 'OCATE ' || quote_ident(s.name); END LOOP; END $$";
     let plan: Vec<Migration> = (1..=4)
         .map(|v| match v {
@@ -1067,7 +1153,7 @@ async fn a_batched_migration_whose_opening_check_is_gone_runs_again_on_its_own()
     let refs: Vec<&Migration> = plan.iter().collect();
     apply(&h, &refs, Direction::Up, How::Each)
         .await
-        .expect("the third runs on its own, in the run's server session");
+        .expect("the second runs again on its own, then the rest");
     let client = db.client().await;
     assert_eq!(recorded(&client).await, [1, 2, 3, 4]);
     assert_eq!(

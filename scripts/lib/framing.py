@@ -1,8 +1,8 @@
 """Writes one SQL text for scripts/bench-server-cost.sh: the history table, then N migrations of
 `CREATE TABLE IF NOT EXISTS t_K (id int)`, each framed as db-migrate frames a transactional
 migration in a transaction of its own (src/session.rs: `Session::open`, `Session::seal`,
-`Session::guard`; clean frames after the first, no cursor, no savepoint), or as a variant of
-that framing. The text runs as one query in single-user mode, so the history insert is a
+`Session::close`, `Session::guard`; chained frames after the first, no cursor), or as a
+variant of that framing. The text runs as one query in single-user mode, so the history insert is a
 prepared statement run with EXECUTE, as the job runs it prepared.
 
 This copies the framing; when session.rs changes what a migration sends, change it here too
@@ -35,23 +35,18 @@ VARIANTS = {
     "floor": "every file and history row in one transaction",
     "transaction": "one transaction per migration, nothing else",
     "ours": "the framing as session.rs sends it",
-    "no-check": "without the check that the migration before committed",
+    "checked": "before 2026-12-05: each migration's own BEGIN and a prepared check of the one before's committed mark",
+    "no-savepoint": "without the savepoint that keeps a chained file from running outside its transaction",
     "no-reset": "without the reset",
     "reset-all-only": "the reset as RESET ALL alone",
-    "mark-in-insert": "the committed mark set inside the history insert",
-    "prepared-check": "the check as EXECUTE of a prepared SELECT",
     "no-guard": "without the history insert's guard",
-    "savepoint": "with a savepoint around the file",
+    "savepoint": "with the savepoint kept around the file",
 }
 
 
 def text(n, variant):
     guarded = variant not in ("floor", "transaction", "no-guard")
-    guard = GUARD_ARMS
-    if variant == "mark-in-insert":
-        guard += (f"WHEN pg_catalog.set_config('db_migrate.committed', '{TOKEN}.' || $1, false) "
-                  "IS NULL THEN NULL ")
-    value = guard + "ELSE $1 END" if guarded else "$1"
+    value = GUARD_ARMS + "ELSE $1 END" if guarded else "$1"
     elapsed = "0" if variant in ("floor", "transaction") else ELAPSED
     out = [HISTORY,
            'PREPARE db_migrate_insert (bigint, text) AS INSERT INTO public."schema_migrations" '
@@ -68,26 +63,32 @@ def text(n, variant):
         return "; ".join(out) + ";\n\n"
     reset = "RESET ALL" if variant == "reset-all-only" else RESET
     out += ["BEGIN", reset, "COMMIT"]
-    check = ("SELECT CASE WHEN pg_catalog.current_setting('db_migrate.committed', true) = {} "
-             "THEN pg_catalog.pg_backend_pid() "
-             "ELSE pg_catalog.current_setting('db_migrate.the_migration_before_did_not_commit')::int END")
-    if variant == "prepared-check":
-        out.append(f"PREPARE db_migrate_after (text) AS {check.format('$1')}")
+    checked = variant == "checked"
+    if checked:
+        out.append("PREPARE db_migrate_after (text) AS SELECT CASE WHEN "
+                   "pg_catalog.current_setting('db_migrate.committed', true) = $1 "
+                   "THEN pg_catalog.pg_backend_pid() "
+                   "ELSE pg_catalog.current_setting('db_migrate.the_migration_before_did_not_commit')::int END")
     for k in range(1, n + 1):
-        out.append("BEGIN")
-        if k > 1 and variant == "prepared-check":
+        # Chained: the migration before opened this one's transaction after its COMMIT.
+        if checked or k == 1:
+            out.append("BEGIN")
+        if checked and k > 1:
             out.append(f"EXECUTE db_migrate_after('{TOKEN}.{k - 1}')")
-        elif k > 1 and variant != "no-check":
-            out.append(check.format(f"'{TOKEN}.{k - 1}'"))
-        file = [f"CREATE TABLE IF NOT EXISTS t_{k} (id int)"]
-        if variant == "savepoint":
-            file = ["SAVEPOINT db_migrate_migration", *file, "RELEASE SAVEPOINT db_migrate_migration"]
-        out += file
+        if k > 1 and variant == "savepoint":
+            out.append("SAVEPOINT db_migrate_migration")
+        elif k > 1 and variant not in ("checked", "no-savepoint"):
+            out += ["SAVEPOINT db_migrate_migration", "RELEASE SAVEPOINT db_migrate_migration"]
+        out.append(f"CREATE TABLE IF NOT EXISTS t_{k} (id int)")
+        if k > 1 and variant == "savepoint":
+            out.append("RELEASE SAVEPOINT db_migrate_migration")
         if variant != "no-reset":
             out.append(reset)
-        if variant != "mark-in-insert":
+        if checked:
             out.append(f"SET db_migrate.committed = '{TOKEN}.{k}'")
         out += ["RESET ROLE", f"SET LOCAL db_migrate.token = '{TOKEN}'", insert.format(k), "COMMIT"]
+        if not checked and k < n:
+            out.append("BEGIN")
     return "; ".join(out) + ";\n\n"
 
 

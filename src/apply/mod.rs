@@ -272,10 +272,9 @@ async fn each(
                         .await?;
                     attempts = Some(waited);
                 }
-                // The file deallocated the prepared history change, or its opening check was
-                // gone (dropped by the file before it, or another server session's): the
-                // migration runs again on its own, with the change as text, whose opening
-                // checks the server session; then the statements are prepared again.
+                // The file (or one run before it in the session) deallocated the prepared
+                // history change: the migration runs again on its own, with the change as
+                // text; then the statements are prepared again.
                 Error::Database { ref source, .. }
                     if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) =>
                 {
@@ -328,38 +327,38 @@ async fn each(
 struct Prepared {
     /// The history change.
     history: history::Statements,
-    /// The number of the check that opens each migration of a batch after the first (see
-    /// `session::Frame::prepared`).
-    check: u64,
 }
 
 /// Prepares the run's statements again, after a migration that may have deallocated them
 /// committed; nothing when the run prepares none.
 async fn renew(run: &Run<'_>) -> Result<(), Error> {
     if let Some(cell) = &run.prepared {
-        run.session.forget_checks();
+        run.session.set_prepared(None);
         let renewed = prepare(run.client, run.table, run.session).await?;
         *cell.lock().unwrap_or_else(|p| p.into_inner()) = renewed;
     }
     Ok(())
 }
 
-/// Prepares the history change and the check, sent together.
+/// Prepares the history change in the session, unless a plan run before in the same
+/// session (`test` runs one for each step) already did.
 async fn prepare(client: &Client, table: &Table, session: &Session) -> Result<Prepared, Error> {
-    let (check, sql) = session.prepare_checks();
-    let checks = async {
-        match &sql {
-            Some(sql) => client.batch_execute(sql).await,
-            None => Ok(()),
-        }
+    let named = |number| Prepared {
+        history: history::Statements {
+            insert: session.statement("insert", number),
+            delete: session.statement("delete", number),
+        },
     };
-    let history = history::prepare(client, table, |v| session.guard(v));
-    let (checks, history) = tokio::join!(checks, history);
-    checks.map_err(Error::database("preparing the history statements"))?;
-    Ok(Prepared {
-        history: history?,
-        check,
-    })
+    if let Some(number) = session.prepared(table.quoted()) {
+        return Ok(named(number));
+    }
+    let number = session.number();
+    let prepared = named(number);
+    let sql = prepared.history.prepare(table, |v| session.guard(v));
+    (client.batch_execute(&sql).await)
+        .map_err(Error::database("preparing the history statements"))?;
+    session.set_prepared(Some((table.quoted(), number)));
+    Ok(prepared)
 }
 
 /// The prepared history change, when there is one; `test`'s second runs record nothing
@@ -376,8 +375,8 @@ fn window(run: &Run<'_>, steps: &[Step<'_>]) -> usize {
     if run.record && run.prepared.is_none() {
         return 1;
     }
-    // A file that may deallocate the prepared statements ends the pipeline before it: the
-    // migrations behind it would open with a check it deallocated. It runs on its own.
+    // A file that may deallocate the prepared statements ends the pipeline before it: its
+    // own history change would find them gone, and it would run twice. It runs on its own.
     (steps.iter())
         .take_while(|step| {
             !step.script.no_transaction && !crate::sql::may_deallocate(&step.script.sql)

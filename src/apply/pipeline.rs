@@ -21,9 +21,9 @@ use crate::sql;
 
 /// Sends the migration as one pipeline (see `session` for what each part guards): the
 /// opening (the session reset, with the commit guard where the file may need it), the file
-/// and its seal in one message; the history change, guarded; and COMMIT, which the server
-/// turns into ROLLBACK after any failure, so nothing of it is kept or recorded, whatever the
-/// file contains. Returns the count each of the file's statements reported (see
+/// and its seal in one message; the history change, guarded, and COMMIT in another, which
+/// never commits after any failure, so nothing of it is kept or recorded, whatever the file
+/// contains. Returns the count each of the file's statements reported (see
 /// [`file_counts`]). `deallocates`: the file is known to deallocate the prepared statements
 /// (it did in a pipeline), so its history change goes as text from the start.
 pub(super) async fn run(
@@ -83,10 +83,12 @@ async fn send(
         own,
         clean: own && run.clean.load(Ordering::Relaxed),
         guarded: run.session.needs_commit_guard(&step.script.sql),
-        after: None,
-        prepared: None,
+        chained: false,
     };
-    let (answers, message) = exchange(run, step, frame, prepared).await;
+    let (answers, message) = exchange(run, step, frame, prepared, false).await;
+    if own && answers.failed() {
+        settle(run).await;
+    }
     let result = outcome(run, step, wrap, answers, &message).await;
     if own {
         // Committed, the seal's reset stands; after a failure, where the session stands is
@@ -103,8 +105,8 @@ const IN_FLIGHT_MIGRATIONS: usize = 64;
 const IN_FLIGHT_BYTES: usize = 1 << 20;
 
 /// What [`batch`] did: how many migrations committed, from the first; and the first
-/// failure, if any, of the one after them (those sent after it were refused by their
-/// openings and left nothing), with the moment it started.
+/// failure, if any, of the one after them (those sent after it were refused and left
+/// nothing), with the moment it started.
 pub(super) struct Batch {
     pub done: usize,
     pub failed: Option<(Error, Instant)>,
@@ -113,10 +115,10 @@ pub(super) struct Batch {
 /// Sends `steps`, each in a transaction of its own, as one pipeline: the next migration's
 /// messages go out while those before it are still running, up to [`IN_FLIGHT_MIGRATIONS`]
 /// and [`IN_FLIGHT_BYTES`] ahead, so the server runs them back to back. Each migration after
-/// the first opens with a check that the one before it committed (see
-/// `session::Frame::after`), so a failure stops the rest there, exactly as if they had been
-/// sent one by one: everything before it applied, nothing after it. The history change is
-/// prepared (or not recorded). `finished` hears of each migration that committed, in order,
+/// the first runs in a transaction the one before it opened once it committed (see
+/// `session::Frame::chained`), so a failure stops the rest there, exactly as if they had
+/// been sent one by one: everything before it applied, nothing after it. The history change
+/// is prepared (or not recorded). `finished` hears of each migration that committed, in order,
 /// with the counts its statements reported and how long it took; `answered` counts the
 /// migrations whose answers are in, as they come.
 pub(super) async fn batch(
@@ -133,17 +135,15 @@ pub(super) async fn batch(
         // reset the session.
         clean: clean || i > 0,
         guarded: run.session.needs_commit_guard(&steps[i].script.sql),
-        after: i
-            .checked_sub(1)
-            .map(|before| steps[before].migration.version),
-        // Prepared with the history change, and deallocated with it by a file that does so.
-        prepared: prepared.map(|p| p.check),
+        chained: i > 0,
     };
     let mut flight = VecDeque::new();
     let (mut sent, mut bytes, mut done) = (0, 0, 0);
     let mut previous = Instant::now();
+    // Once an answer says a migration failed, nothing more is sent.
+    let mut failing = false;
     loop {
-        while let Some(step) = steps.get(sent) {
+        while let Some(step) = steps.get(sent).filter(|_| !failing) {
             let size = step.script.sql.len();
             let room = flight.len() < IN_FLIGHT_MIGRATIONS && bytes + size <= IN_FLIGHT_BYTES;
             // After SIGTERM nothing more is sent: a cancel that lands between two statements
@@ -152,8 +152,10 @@ pub(super) async fn batch(
             if !(flight.is_empty() || room) || run.interrupt.check().is_err() {
                 break;
             }
-            // Its first poll sends its messages, after those of the one before it.
-            let mut exchange = Box::pin(exchange(run, *step, frame(sent), prepared));
+            // Its first poll sends its messages, after those of the one before it; its closing
+            // message opens the next one's transaction, but for the last.
+            let next = sent + 1 < steps.len();
+            let mut exchange = Box::pin(exchange(run, *step, frame(sent), prepared, next));
             let ready = std::future::poll_fn(|cx| Poll::Ready(exchange.as_mut().poll(cx))).await;
             flight.push_back((size, exchange, ready));
             (sent, bytes) = (sent + 1, bytes + size);
@@ -171,9 +173,11 @@ pub(super) async fn batch(
         answered.fetch_add(1, Ordering::Relaxed);
         let step = steps[done];
         // Nothing of a failure is looked into (which may query) before the answers of
-        // those sent after it are in.
-        if answers.failed() {
+        // those sent after it are in and the session is out of the transaction they left.
+        if answers.failed() && !failing {
+            failing = true;
             drain(&mut flight).await;
+            settle(run).await;
         }
         match outcome(run, step, Wrap::Own, answers, &message).await {
             Ok(counts) => {
@@ -182,7 +186,12 @@ pub(super) async fn batch(
                 (previous, done) = (at, done + 1);
             }
             Err(error) => {
-                drain(&mut flight).await;
+                // Refused on what the answers said (another server session, no history
+                // row written) rather than an error: those behind it went on.
+                if !failing {
+                    drain(&mut flight).await;
+                    settle(run).await;
+                }
                 run.clean.store(false, Ordering::Relaxed);
                 return Batch {
                     done,
@@ -191,116 +200,140 @@ pub(super) async fn batch(
             }
         }
     }
+    if done < steps.len() {
+        // Stopped sending (SIGTERM): the last closing message opened a transaction for a
+        // migration that never went out.
+        settle(run).await;
+    }
     run.clean.store(true, Ordering::Relaxed);
     Batch { done, failed: None }
 }
 
-/// Awaits the answers of every migration still in `flight`: each was refused by its
-/// opening, as the one before it did not commit.
+/// Awaits the answers of every migration still in `flight`, keeping them: each was refused,
+/// as the one before it did not commit (or, when that one's `COMMIT` did and the `BEGIN`
+/// after it was cancelled, it is the failure the batch reports).
 async fn drain<F: Future + Unpin>(flight: &mut VecDeque<(usize, F, Poll<F::Output>)>) {
-    for (_, exchange, ready) in flight.drain(..) {
+    for (_, exchange, ready) in flight.iter_mut() {
         if ready.is_pending() {
-            exchange.await;
+            *ready = Poll::Ready(exchange.await);
         }
     }
 }
 
-/// What the server answered to the three messages of one migration.
-struct Answers {
-    /// With the first value of the opening's last row: the server session's pid, when the
-    /// opening checks the migration before (see `session::Frame::after`).
-    body: Answer<session::Counted>,
-    record: Answer<u64>,
-    commit: Answer<()>,
-}
-
-impl Answers {
-    /// Whether any of the three is an error.
-    fn failed(&self) -> bool {
-        self.body.is_err() || self.record.is_err() || self.commit.is_err()
+/// Ends the transaction a failure left the session in, if any, without a warning: after a
+/// failure of the file or of its history change the `COMMIT` never ran and the transaction
+/// is aborted; after a failed `COMMIT` there is none. The question is asked only then, so a
+/// migration that succeeds stays one round trip. Errors are left to the next statement.
+async fn settle(run: &Run<'_>) {
+    let client = run.client;
+    // In a transaction opened earlier, the question's statement starts after it.
+    let asked = "SELECT pg_catalog.transaction_timestamp() < pg_catalog.statement_timestamp()";
+    let open = match client.simple_query(asked).await {
+        Ok(messages) => first_value(&messages).as_deref() == Some("t"),
+        Err(e) => e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
+    };
+    if open {
+        let _ = client.batch_execute("ROLLBACK").await;
     }
 }
 
+/// What the server answered to the two messages of one migration.
+struct Answers {
+    /// With the first value of the opening's last row: the server session's pid, when the
+    /// opening reads it (see `session::Session::open`).
+    body: Answer<session::Counted>,
+    close: Closing,
+}
+
+impl Answers {
+    /// Whether either is an error.
+    fn failed(&self) -> bool {
+        self.body.is_err() || self.close.error.is_some()
+    }
+}
+
+/// What the server answered to a migration's closing message (`session::Session::close`):
+/// the counts of the statements that completed, in order (the history change, `COMMIT`,
+/// `BEGIN`), the first value the history change returned, and the error that stopped the
+/// rest, if any.
+struct Closing {
+    counts: Vec<u64>,
+    value: Option<String>,
+    error: Option<tokio_postgres::Error>,
+}
+
 /// Sends one migration's messages, framed by `frame`, and collects the answers; with the
-/// message, which says where the file's part of the answers lies.
+/// message, which says where the file's part of the answers lies. `next`: a migration
+/// chained behind this one follows in the pipeline, and the closing message opens its
+/// transaction.
 async fn exchange(
     run: &Run<'_>,
     step: Step<'_>,
     frame: Frame,
     prepared: Option<&Prepared>,
+    next: bool,
 ) -> (Answers, Message) {
     let (client, migration) = (run.client, step.migration);
-    let message = (run.session).message(frame, migration.version, &step.script.sql);
-    // Only the text form needs its values spelled out; the prepared one binds them.
-    let text = if prepared.is_none() {
-        super::history_change(run, migration, Elapsed::Sealed)
-    } else {
-        String::new()
-    };
-    let record = async {
-        if !run.record {
-            // Nothing to record: as if the one row had changed. Asked instead, before the
-            // COMMIT: whether the transaction wrote anything.
-            let wrote = client.simple_query(run.session.wrote_sql()).await?;
-            let value = wrote.iter().find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => row.get(0),
-                _ => None,
-            });
-            if value != Some("f") {
-                run.wrote.store(true, Ordering::Relaxed);
-            }
-            return Ok(1);
+    let message = (run.session).message(frame, &step.script.sql);
+    let record = match (run.record, prepared, run.direction) {
+        // Nothing to record. Asked instead, before the COMMIT: whether the transaction wrote
+        // anything.
+        (false, _, _) => run.session.wrote_sql().to_string(),
+        (true, Some(statements), Direction::Up) => {
+            (statements.history).insert(migration, run.applied_by)
         }
-        match (prepared, run.direction) {
-            (Some(statements), Direction::Up) => {
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] = [
-                    &migration.version,
-                    &migration.name,
-                    &migration.checksum,
-                    &run.applied_by,
-                ];
-                client.execute(&statements.history.insert, &params).await
-            }
-            (Some(statements), Direction::Down) => {
-                client
-                    .execute(&statements.history.delete, &[&migration.version])
-                    .await
-            }
-            (None, _) => client.simple_query(&text).await.map(|m| changed(&m)),
-        }
+        (true, Some(statements), Direction::Down) => statements.history.delete(migration.version),
+        (true, None, _) => super::history_change(run, migration, Elapsed::Sealed),
     };
-    // Each arm sends its message on its first poll, in this order, before any of them
-    // waits for an answer: the messages travel together.
-    let (body, record, commit) = tokio::join!(
+    let close = run.session.close(frame, &record, next);
+    // Each sends its message on its first poll, in this order, before either waits for an
+    // answer: the messages travel together.
+    let (body, close) = tokio::join!(
         session::counted(client, &message.text, message.opening),
-        record,
-        when(frame.own, client.batch_execute("COMMIT")),
+        closing(client, &close),
     );
-    let answers = Answers {
-        body,
-        record,
-        commit,
+    (Answers { body, close }, message)
+}
+
+/// Runs `text` as one simple query and reads its answers into a [`Closing`], keeping what
+/// completed before an error. The query is sent on the first poll.
+async fn closing(client: &tokio_postgres::Client, text: &str) -> Closing {
+    use futures_util::TryStreamExt;
+    let mut answer = Closing {
+        counts: Vec::new(),
+        value: None,
+        error: None,
     };
-    (answers, message)
+    let stream = match client.simple_query_raw(text).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            answer.error = Some(error);
+            return answer;
+        }
+    };
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(SimpleQueryMessage::CommandComplete(rows))) => answer.counts.push(rows),
+            Ok(Some(SimpleQueryMessage::Row(row))) if answer.counts.is_empty() => {
+                answer.value = row.get(0).map(str::to_string);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return answer,
+            Err(error) => {
+                answer.error = Some(error);
+                return answer;
+            }
+        }
+    }
 }
 
-/// Runs `query` only when `condition` holds; a future either way, so it can sit in a join.
-async fn when(
-    condition: bool,
-    query: impl Future<Output = Result<(), tokio_postgres::Error>>,
-) -> Result<(), tokio_postgres::Error> {
-    if condition { query.await } else { Ok(()) }
-}
-
-/// The rows the first statement of a simple query changed: the history change's.
-fn changed(messages: &[SimpleQueryMessage]) -> u64 {
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
-            _ => None,
-        })
-        .unwrap_or_default()
+/// The first value of the first row among `messages`.
+fn first_value(messages: &[SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+        _ => None,
+    })
 }
 
 type Answer<T> = Result<T, tokio_postgres::Error>;
@@ -313,16 +346,8 @@ async fn outcome(
     answers: Answers,
     message: &Message,
 ) -> Result<Vec<u64>, Error> {
-    let Answers {
-        body,
-        record,
-        commit,
-    } = answers;
-    let errors = [
-        body.as_ref().err(),
-        record.as_ref().err(),
-        commit.as_ref().err(),
-    ];
+    let Answers { body, close } = answers;
+    let errors = [body.as_ref().err(), close.error.as_ref()];
     if let Some(error) = errors.into_iter().flatten().find(|e| is_connection_lost(e)) {
         return Err(connection_lost(step, wrap, error));
     }
@@ -332,17 +357,36 @@ async fn outcome(
     };
     let pid = body.leading_row.and_then(|pid| pid.parse().ok());
     run.session.check_same(pid)?;
-    let changed = record.map_err(|e| {
-        let context = "recording the migration in history";
-        refused(run, step, e, context)
-    })?;
-    if run.direction == Direction::Up && changed != 1 {
+    if let Some(e) = close.error {
+        // The counts say which statement it stopped at: the history change, `COMMIT`, or the
+        // `BEGIN` of the migration behind it (cancelled): this one committed then, and the
+        // next one's opening failed, which is the failure its answers show.
+        match close.counts.len() {
+            0 => return Err(refused(run, step, e, "recording the migration in history")),
+            // A deferred constraint, a serialization failure: the file's, rolled back whole.
+            1 if wrap == Wrap::Own
+                && session::refusal(&e).is_none()
+                && e.as_db_error().is_some() =>
+            {
+                return Err(failed(step, 0, 0, true, e));
+            }
+            1 if wrap == Wrap::Own => {
+                return Err(refused(run, step, e, "committing the migration"));
+            }
+            _ => {}
+        }
+    }
+    if !run.record {
+        // As if the one row had changed.
+        if close.value.as_deref() != Some("f") {
+            run.wrote.store(true, Ordering::Relaxed);
+        }
+    } else if run.direction == Direction::Up && close.counts.first() != Some(&1) {
         return Err(Error::HistoryWrite {
             version: step.migration.version,
-            rows: changed,
+            rows: close.counts.first().copied().unwrap_or_default(),
         });
     }
-    commit.map_err(|e| refused(run, step, e, "committing the migration"))?;
     Ok(body.counts)
 }
 
@@ -371,12 +415,6 @@ async fn body_failed(
     if session::refusal(&e).is_some() {
         return refused(run, step, e, "running the migration");
     }
-    // Its opening check is missing: nothing of the file ran. Not the file's failure: the
-    // migration runs again on its own, whose opening says whether the server session is
-    // still the run's (see `apply::each`).
-    if run.session.lost_check(&e) {
-        return Error::database("opening the migration")(e);
-    }
     let mut error = failed(step, 0, message.prefix, true, e);
     if let Error::Apply(failure) = &mut error {
         if failure.position.is_none() && replayable(&failure.sqlstate) {
@@ -393,15 +431,13 @@ async fn body_failed(
 async fn locate(run: &Run<'_>, script: &Script, wrap: Wrap) -> Option<(usize, usize)> {
     let client = run.client;
     let (start, end) = match wrap {
-        // The pipeline's COMMIT already ended the failed transaction (as a ROLLBACK); another
-        // ROLLBACK would make the server warn.
+        // The failed transaction is already ended (`settle`).
         Wrap::Own => {
             let frame = Frame {
                 own: true,
                 clean: false,
                 guarded: true,
-                after: None,
-                prepared: None,
+                chained: false,
             };
             (run.session.open(frame), "ROLLBACK".to_string())
         }
