@@ -404,13 +404,19 @@ impl Session {
         self.standard_strings.get() != Some(&true) || crate::sql::may_end_transaction(sql)
     }
 
-    /// A query whose one value is `t` when the transaction it runs in has written anything
-    /// (it took a transaction id), `f` when not.
-    pub fn wrote_sql(&self) -> &'static str {
-        match self.server_version >= 130000 {
-            true => "SELECT pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL",
-            false => "SELECT pg_catalog.txid_current_if_assigned() IS NOT NULL",
-        }
+    /// A query whose one value is `1` when the transaction it runs in has written anything
+    /// (it took a transaction id), `0` when not: what a run that records nothing asks instead
+    /// of the history change, guarded as that is ([`guard`](Self::guard)), since it stands
+    /// where that stands in a closing message chained to the next migration's transaction.
+    pub fn wrote_sql(&self) -> String {
+        let current = match self.server_version >= 130000 {
+            true => "pg_catalog.pg_current_xact_id_if_assigned()",
+            false => "pg_catalog.txid_current_if_assigned()",
+        };
+        format!(
+            "SELECT {}",
+            self.guard(&format!("({current} IS NOT NULL)::int"))
+        )
     }
 
     /// Undoes everything since [`open`](Self::open) but stays in the transaction.

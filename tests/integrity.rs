@@ -101,7 +101,11 @@ async fn harness_with(db: &TestDb, client: Client) -> Harness {
 #[derive(Clone, Copy)]
 enum How {
     Each,
-    Inside { commit: bool },
+    Inside {
+        commit: bool,
+    },
+    /// As `test` runs each file a second time: in its own transaction, recording nothing.
+    Again,
 }
 
 async fn apply(
@@ -134,6 +138,10 @@ async fn apply(
         How::Each => Mode::Each,
         How::Inside { commit: true } => Mode::Single,
         How::Inside { commit: false } => Mode::DryRun,
+        How::Again => {
+            let plan = Plan::new(direction, plan.iter().copied())?;
+            return apply::again(&ctx, &mut monitor, &plan).await.result;
+        }
     };
     let plan = Plan::new(direction, plan.iter().copied())?;
     apply::run(&ctx, &mut monitor, &plan, mode, true)
@@ -879,6 +887,13 @@ async fn in_one_pipeline_a_failed_commit_keeps_nothing_after_it() {
     assert_eq!(recorded(&client).await, [1]);
     let rows: i64 = one(&client, "SELECT count(*) FROM c").await;
     assert_eq!(rows, 0);
+    // Run again recording nothing (as `test` runs a file a second time), the same holds.
+    let again = apply(&h, &refs[1..], Direction::Up, How::Again).await;
+    assert!(
+        matches!(&again, Err(Error::Apply(f)) if f.version == 2),
+        "{again:?}"
+    );
+    assert_eq!(tables(&client).await, ["c", "p", "schema_migrations"]);
     // The session is out of any transaction: the rest applies once the row is allowed.
     h.client
         .batch_execute("INSERT INTO p VALUES (1)")

@@ -166,7 +166,7 @@ pub(super) async fn batch(
             break;
         };
         bytes -= size;
-        let (answers, message) = match ready {
+        let (mut answers, message) = match ready {
             Poll::Ready(output) => output,
             Poll::Pending => exchange.await,
         };
@@ -179,11 +179,28 @@ pub(super) async fn batch(
             drain(&mut flight).await;
             settle(run).await;
         }
+        // This one committed, and what stopped the `BEGIN` after its `COMMIT` (a cancel) is
+        // why the next one's opening failed: that is the failure to report.
+        let unopened = match &answers.close.error {
+            Some(e) if answers.close.counts.len() >= 2 && e.as_db_error().is_some() => {
+                answers.close.error.take()
+            }
+            _ => None,
+        };
         match outcome(run, step, Wrap::Own, answers, &message).await {
             Ok(counts) => {
                 let at = Instant::now();
                 finished(step, file_counts(counts, &message), at - previous);
                 (previous, done) = (at, done + 1);
+                if let Some(e) = unopened
+                    && let Some(next) = steps.get(done)
+                {
+                    run.clean.store(false, Ordering::Relaxed);
+                    return Batch {
+                        done,
+                        failed: Some((failed(*next, 0, 0, true, e), previous)),
+                    };
+                }
             }
             Err(error) => {
                 // Refused on what the answers said (another server session, no history
@@ -228,12 +245,18 @@ async fn settle(run: &Run<'_>) {
     let client = run.client;
     // In a transaction opened earlier, the question's statement starts after it.
     let asked = "SELECT pg_catalog.transaction_timestamp() < pg_catalog.statement_timestamp()";
-    let open = match client.simple_query(asked).await {
-        Ok(messages) => first_value(&messages).as_deref() == Some("t"),
-        Err(e) => e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION),
-    };
-    if open {
-        let _ = client.batch_execute("ROLLBACK").await;
+    // Asked again when something else stopped the question (SIGTERM's cancel landing on it).
+    for _ in 0..3 {
+        let open = match client.simple_query(asked).await {
+            Ok(messages) => first_value(&messages).as_deref() == Some("t"),
+            Err(e) if e.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) => true,
+            Err(e) if e.as_db_error().is_some() => continue,
+            Err(_) => return,
+        };
+        if open {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        return;
     }
 }
 
@@ -278,7 +301,7 @@ async fn exchange(
     let record = match (run.record, prepared, run.direction) {
         // Nothing to record. Asked instead, before the COMMIT: whether the transaction wrote
         // anything.
-        (false, _, _) => run.session.wrote_sql().to_string(),
+        (false, _, _) => run.session.wrote_sql(),
         (true, Some(statements), Direction::Up) => {
             (statements.history).insert(migration, run.applied_by)
         }
@@ -378,7 +401,7 @@ async fn outcome(
     }
     if !run.record {
         // As if the one row had changed.
-        if close.value.as_deref() != Some("f") {
+        if close.value.as_deref() != Some("0") {
             run.wrote.store(true, Ordering::Relaxed);
         }
     } else if run.direction == Direction::Up && close.counts.first() != Some(&1) {
