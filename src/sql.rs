@@ -130,6 +130,15 @@ pub fn may_end_transaction(sql: &str) -> bool {
     })
 }
 
+/// Whether PostgreSQL's own scanner (libpg_query's) reads `sql` to its end without an error,
+/// so that no string, quoted identifier, dollar quote or comment the file leaves open can run
+/// on into text appended after it: the file checks' lexer ([`unterminated`]) says so too,
+/// but it is ours, and a migration's history change and `COMMIT` may ride behind the file
+/// only on the server's own word (with `standard_conforming_strings` on, as both assume).
+pub fn scans_whole(sql: &str) -> bool {
+    pg_query::split_with_scanner(sql).is_ok()
+}
+
 /// Whether `sql` might drop the session's prepared statements: `DEALLOCATE` anywhere, in
 /// any case, comments and strings too (`DISCARD ALL` would as well, but it cannot run inside
 /// a transaction, where a migration that has prepared statements runs). A yes costs the
@@ -1499,6 +1508,28 @@ mod tests {
                 &["UPDATE t SET begin = 1", "SELECT begin FROM t", "SELECT 2"],
             ),
         ]);
+    }
+
+    #[test]
+    fn the_servers_scanner_refuses_text_that_leaves_a_token_open() {
+        for open in [
+            "SELECT 'a",
+            "SELECT \"a",
+            "SELECT $x$ a",
+            "SELECT 1 /* a",
+            "SELECT E'a\\'",
+        ] {
+            assert!(!scans_whole(open), "{open}");
+        }
+        for closed in [
+            "SELECT 'a'",
+            "SELECT 1; -- a",
+            "SELECT $x$ a $x$",
+            "CREATE TABLE t (i int);\n",
+            "SELECT E'a\\''",
+        ] {
+            assert!(scans_whole(closed), "{closed}");
+        }
     }
 
     #[test]

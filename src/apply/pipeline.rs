@@ -95,7 +95,7 @@ async fn send(
         // the next opening's to settle.
         run.clean.store(result.is_ok(), Ordering::Relaxed);
     }
-    result.map(|counts| file_counts(counts, &message))
+    result.map(|done| file_counts(done.counts, &message))
 }
 
 /// How many migrations, and how many bytes of their SQL, [`batch`] keeps sent and not yet
@@ -166,7 +166,7 @@ pub(super) async fn batch(
             break;
         };
         bytes -= size;
-        let (mut answers, message) = match ready {
+        let (answers, message) = match ready {
             Poll::Ready(output) => output,
             Poll::Pending => exchange.await,
         };
@@ -179,19 +179,13 @@ pub(super) async fn batch(
             drain(&mut flight).await;
             settle(run).await;
         }
-        // This one committed, and what stopped the `BEGIN` after its `COMMIT` (a cancel) is
-        // why the next one's opening failed: that is the failure to report.
-        let unopened = match &answers.close.error {
-            Some(e) if answers.close.counts.len() >= 2 && e.as_db_error().is_some() => {
-                answers.close.error.take()
-            }
-            _ => None,
-        };
         match outcome(run, step, Wrap::Own, answers, &message).await {
-            Ok(counts) => {
+            Ok(Committed { counts, unopened }) => {
                 let at = Instant::now();
                 finished(step, file_counts(counts, &message), at - previous);
                 (previous, done) = (at, done + 1);
+                // What stopped the `BEGIN` after its `COMMIT` (a cancel) is why the next
+                // one's opening failed: that is the failure to report.
                 if let Some(e) = unopened
                     && let Some(next) = steps.get(done)
                 {
@@ -266,6 +260,9 @@ struct Answers {
     /// opening reads it (see `session::Session::open`).
     body: Answer<session::Counted>,
     close: Closing,
+    /// The closing statements rode in the body's message (see [`exchange`]): an error there
+    /// may be any statement's.
+    merged: bool,
 }
 
 impl Answers {
@@ -279,6 +276,7 @@ impl Answers {
 /// the counts of the statements that completed, in order (the history change, `COMMIT`,
 /// `BEGIN`), the first value the history change returned, and the error that stopped the
 /// rest, if any.
+#[derive(Default)]
 struct Closing {
     counts: Vec<u64>,
     value: Option<String>,
@@ -309,13 +307,49 @@ async fn exchange(
         (true, None, _) => super::history_change(run, migration, Elapsed::Sealed),
     };
     let close = run.session.close(frame, &record, next);
+    // Behind a file that PostgreSQL's own scanner reads to its end, which the parser vouches
+    // never ends its transaction (no cursor: see `Session::needs_commit_guard`), nothing can
+    // run on into what follows it: the closing statements then ride in the same message, one
+    // message (and one answer to flush and wake the job for) instead of two. Only with the
+    // history change prepared: a failure's statement is then told by what it is.
+    let merged = run.record && frame.own && !frame.guarded && prepared.is_some();
+    if merged && sql::scans_whole(&step.script.sql) {
+        let text = format!("{}; {close}", message.text);
+        let closing = 2 + usize::from(next);
+        let answers = match session::counted(client, &text, message.opening).await {
+            Ok(mut body) => {
+                let split = body.counts.len().saturating_sub(closing);
+                let counts = body.counts.split_off(split);
+                let close = Closing {
+                    counts,
+                    ..Closing::default()
+                };
+                Answers {
+                    body: Ok(body),
+                    close,
+                    merged: true,
+                }
+            }
+            Err(e) => Answers {
+                body: Err(e),
+                close: Closing::default(),
+                merged: true,
+            },
+        };
+        return (answers, message);
+    }
     // Each sends its message on its first poll, in this order, before either waits for an
     // answer: the messages travel together.
     let (body, close) = tokio::join!(
         session::counted(client, &message.text, message.opening),
         closing(client, &close),
     );
-    (Answers { body, close }, message)
+    let answers = Answers {
+        body,
+        close,
+        merged: false,
+    };
+    (answers, message)
 }
 
 /// Runs `text` as one simple query and reads its answers into a [`Closing`], keeping what
@@ -361,25 +395,57 @@ fn first_value(messages: &[SimpleQueryMessage]) -> Option<String> {
 
 type Answer<T> = Result<T, tokio_postgres::Error>;
 
-/// What the answers of one migration say, first failure first.
+/// A migration that committed: the count each statement of its message reported, and what
+/// stopped the `BEGIN` after its `COMMIT` (a cancel), if anything did: then the migration
+/// chained behind it failed at its opening for that reason.
+struct Committed {
+    counts: Vec<u64>,
+    unopened: Option<tokio_postgres::Error>,
+}
+
+/// What the answers of one migration say, first failure first. Once the session is out of
+/// any transaction the failure left (`settle`), as a merged message's cancel may have to ask
+/// the history table.
 async fn outcome(
     run: &Run<'_>,
     step: Step<'_>,
     wrap: Wrap,
     answers: Answers,
     message: &Message,
-) -> Result<Vec<u64>, Error> {
-    let Answers { body, close } = answers;
+) -> Result<Committed, Error> {
+    let Answers {
+        body,
+        close,
+        merged,
+    } = answers;
     let errors = [body.as_ref().err(), close.error.as_ref()];
     if let Some(error) = errors.into_iter().flatten().find(|e| is_connection_lost(e)) {
         return Err(connection_lost(step, wrap, error));
     }
     let body = match body {
         Ok(body) => body,
+        // One message: the history change's statement gone (a file deallocated it) is the
+        // history change's failure, and a cancel may have stopped the `BEGIN` after the
+        // `COMMIT`, which only the history table can tell; anything else stopped the file,
+        // its seal, the history change (our refusals say so) or the `COMMIT` (a deferred
+        // constraint, the file's), and nothing was kept.
+        Err(e) if merged && e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {
+            return Err(refused(run, step, e, "recording the migration in history"));
+        }
+        Err(e) if merged && e.code() == Some(&SqlState::QUERY_CANCELED) => {
+            if committed(run, step).await? {
+                return Ok(Committed {
+                    counts: Vec::new(),
+                    unopened: Some(e),
+                });
+            }
+            return Err(body_failed(run, step, wrap, e, message).await);
+        }
         Err(e) => return Err(body_failed(run, step, wrap, e, message).await),
     };
     let pid = body.leading_row.and_then(|pid| pid.parse().ok());
     run.session.check_same(pid)?;
+    let mut unopened = None;
     if let Some(e) = close.error {
         // The counts say which statement it stopped at: the history change, `COMMIT`, or the
         // `BEGIN` of the migration behind it (cancelled): this one committed then, and the
@@ -396,7 +462,7 @@ async fn outcome(
             1 if wrap == Wrap::Own => {
                 return Err(refused(run, step, e, "committing the migration"));
             }
-            _ => {}
+            _ => unopened = Some(e),
         }
     }
     if !run.record {
@@ -410,7 +476,27 @@ async fn outcome(
             rows: close.counts.first().copied().unwrap_or_default(),
         });
     }
-    Ok(body.counts)
+    Ok(Committed {
+        counts: body.counts,
+        unopened,
+    })
+}
+
+/// Whether `step` committed, by the history table: only a merged message whose answer is a
+/// cancel needs to ask (see [`outcome`]), and only a run that records does merge.
+async fn committed(run: &Run<'_>, step: Step<'_>) -> Result<bool, Error> {
+    let sql = format!(
+        "SELECT pg_catalog.count(*) FROM {} WHERE version = {}",
+        run.table.quoted(),
+        step.migration.version
+    );
+    let messages = (run.client.simple_query(&sql).await)
+        .map_err(Error::database("reading whether the migration committed"))?;
+    let rows = first_value(&messages).and_then(|v| v.parse::<i64>().ok());
+    Ok(match run.direction {
+        Direction::Up => rows == Some(1),
+        Direction::Down => rows == Some(0),
+    })
 }
 
 /// The counts of the file's own statements among those of the whole message, between the
