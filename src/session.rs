@@ -31,6 +31,10 @@
 //!    after a failure of the history change the `COMMIT` never runs, and the transaction
 //!    stays aborted, refusing whatever comes after it until the job rolls it back.
 //!
+//! Behind a file that PostgreSQL's own scanner reads to its end and that needs no cursor, the
+//! second message rides in the first (`apply::pipeline`): nothing in such a file can run on
+//! into it, and the server flushes its answer and wakes the job once per migration.
+//!
 //! After any error the server skips the rest of its message, and the job rolls the
 //! transaction back.
 
