@@ -323,16 +323,17 @@ fn execution_ms(elapsed: Elapsed) -> String {
 /// The delete removing `version`'s row, as SQL text that raises an error (rolling back the
 /// rollback with it) when there was no such row. `guard` as for [`insert`].
 pub fn delete(table: &Table, version: i64, guard: impl Fn(&str) -> String) -> String {
-    delete_sql(table, &version.to_string(), guard)
+    delete_sql(table, &version.to_string(), "1", guard)
 }
 
-fn delete_sql(table: &Table, version: &str, guard: impl Fn(&str) -> String) -> String {
+/// [`delete`], returning `value` (an integer) when it deleted the one row.
+fn delete_sql(table: &Table, version: &str, value: &str, guard: impl Fn(&str) -> String) -> String {
     format!(
         "WITH deleted AS (DELETE FROM {} WHERE version = {version} RETURNING 1) \
          SELECT CASE WHEN pg_catalog.count(*) <> 1 \
          THEN pg_catalog.current_setting('{ROW_MISSING}')::int ELSE {} END FROM deleted",
         table.quoted,
-        guard("1")
+        guard(value)
     )
 }
 
@@ -355,17 +356,17 @@ pub struct Statements {
 
 impl Statements {
     /// The statements that prepare [`insert`](Self::insert) and [`delete`](Self::delete) on
-    /// `table`, with `guard` applied, as one text.
-    pub fn prepare(&self, table: &Table, guard: impl Fn(&str) -> String) -> String {
+    /// `table`, with `guard` applied, as one text. Each returns one row, `marker`.
+    pub fn prepare(&self, table: &Table, guard: impl Fn(&str) -> String, marker: i64) -> String {
         format!(
             "PREPARE {}(bigint, text, text, text) AS INSERT INTO {} {COLUMNS} \
-             VALUES ({}, $2, $3, {}, $4); PREPARE {}(bigint) AS {}",
+             VALUES ({}, $2, $3, {}, $4) RETURNING {marker}; PREPARE {}(bigint) AS {}",
             self.insert,
             table.quoted,
             guard("$1"),
             execution_ms(Elapsed::Sealed),
             self.delete,
-            delete_sql(table, "$1", guard),
+            delete_sql(table, "$1", &marker.to_string(), guard),
         )
     }
 

@@ -384,6 +384,18 @@ impl Session {
         NUMBERS.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The value the prepared history change returns (see `history::Statements`): no file
+    /// can know it, so a row with it is the history change's, which tells how far a message
+    /// that carries the file and the history change got.
+    pub fn marker(&self) -> i64 {
+        i64::from_str_radix(&self.token[..15], 16).unwrap_or(1)
+    }
+
+    /// Whether an error's `message` names one of the run's prepared statements.
+    pub fn names_statement(&self, message: &str) -> bool {
+        message.contains(&format!("_{}_", self.token)) && message.contains("\"db_migrate_")
+    }
+
     /// The name of prepared statement `what` numbered `number`.
     pub fn statement(&self, what: &str, number: u64) -> String {
         format!("db_migrate_{what}_{}_{number}", self.token)
@@ -844,6 +856,31 @@ mod tests {
     fn tokens_differ_between_runs() {
         assert_ne!(token(), token());
         assert_eq!(token().len(), 16);
+    }
+
+    #[test]
+    fn the_marker_comes_from_the_token_and_names_the_runs_statements() {
+        let session = |token: &str| Session {
+            backend_pid: 1,
+            reset: String::new(),
+            reset_statements: 0,
+            lock_key: (1, 2),
+            lock_held: String::new(),
+            token: token.to_string(),
+            standard_strings: OnceLock::new(),
+            server_version: 150_000,
+            statements: Arc::default(),
+        };
+        let (one, other) = (session("0123456789abcdef"), session("fedcba9876543210"));
+        assert_eq!(one.marker(), 0x0123456789abcde);
+        assert!(other.marker() > 0 && other.marker() != one.marker());
+        let gone = format!(
+            "prepared statement \"{}\" does not exist",
+            one.statement("insert", 3)
+        );
+        assert!(one.names_statement(&gone), "{gone}");
+        assert!(!other.names_statement(&gone), "{gone}");
+        assert!(!one.names_statement("prepared statement \"mine\" does not exist"));
     }
 
     #[test]

@@ -867,11 +867,12 @@ async fn in_one_pipeline_a_failed_commit_keeps_nothing_after_it() {
         migration(
             1,
             "CREATE TABLE p (i int PRIMARY KEY); \
-             CREATE TABLE c (i int REFERENCES p DEFERRABLE INITIALLY DEFERRED)",
+             CREATE TABLE c (i int REFERENCES p DEFERRABLE INITIALLY DEFERRED); \
+             CREATE SEQUENCE runs",
             None,
         ),
-        // Checked only at COMMIT.
-        migration(2, "INSERT INTO c VALUES (1)", None),
+        // Checked only at COMMIT. The sequence counts the file's runs: nextval is not undone.
+        migration(2, "SELECT nextval('runs'); INSERT INTO c VALUES (1)", None),
         migration(3, "CREATE TABLE t3 (i int)", None),
         migration(4, "CREATE TABLE t4 (i int)", None),
     ];
@@ -887,6 +888,9 @@ async fn in_one_pipeline_a_failed_commit_keeps_nothing_after_it() {
     assert_eq!(recorded(&client).await, [1]);
     let rows: i64 = one(&client, "SELECT count(*) FROM c").await;
     assert_eq!(rows, 0);
+    // Known to be the COMMIT's failure, the file is not run again to find a failing line.
+    let runs: i64 = one(&client, "SELECT last_value FROM runs").await;
+    assert_eq!(runs, 1);
     // Run again recording nothing (as `test` runs a file a second time), the same holds.
     let again = apply(&h, &refs[1..], Direction::Up, How::Again).await;
     assert!(

@@ -354,7 +354,7 @@ async fn prepare(client: &Client, table: &Table, session: &Session) -> Result<Pr
     }
     let number = session.number();
     let prepared = named(number);
-    let sql = prepared.history.prepare(table, |v| session.guard(v));
+    let sql = (prepared.history).prepare(table, |v| session.guard(v), session.marker());
     (client.batch_execute(&sql).await)
         .map_err(Error::database("preparing the history statements"))?;
     session.set_prepared(Some((table.quoted(), number)));

@@ -260,9 +260,6 @@ struct Answers {
     /// opening reads it (see `session::Session::open`).
     body: Answer<session::Counted>,
     close: Closing,
-    /// The closing statements rode in the body's message (see [`exchange`]): an error there
-    /// may be any statement's.
-    merged: bool,
 }
 
 impl Answers {
@@ -312,30 +309,13 @@ async fn exchange(
     // run on into what follows it: the closing statements then ride in the same message, one
     // message (and one answer to flush and wake the job for) instead of two. Only with the
     // history change prepared: a failure's statement is then told by what it is.
-    let merged = run.record && frame.own && !frame.guarded && prepared.is_some();
+    // Not after a session whose settings a migration may have left (`standard_conforming_strings`
+    // off from a `-- no-transaction` file reads the next message otherwise): its reset comes
+    // only after the server has read the whole message.
+    let merged = run.record && frame.own && frame.clean && !frame.guarded && prepared.is_some();
     if merged && sql::scans_whole(&step.script.sql) {
         let text = format!("{}; {close}", message.text);
-        let closing = 2 + usize::from(next);
-        let answers = match session::counted(client, &text, message.opening).await {
-            Ok(mut body) => {
-                let split = body.counts.len().saturating_sub(closing);
-                let counts = body.counts.split_off(split);
-                let close = Closing {
-                    counts,
-                    ..Closing::default()
-                };
-                Answers {
-                    body: Ok(body),
-                    close,
-                    merged: true,
-                }
-            }
-            Err(e) => Answers {
-                body: Err(e),
-                close: Closing::default(),
-                merged: true,
-            },
-        };
+        let answers = merged_answers(run, &text, message.opening, 2 + usize::from(next)).await;
         return (answers, message);
     }
     // Each sends its message on its first poll, in this order, before either waits for an
@@ -344,12 +324,75 @@ async fn exchange(
         session::counted(client, &message.text, message.opening),
         closing(client, &close),
     );
-    let answers = Answers {
-        body,
-        close,
-        merged: false,
+    (Answers { body, close }, message)
+}
+
+/// Runs `text`, a migration's message with its closing statements (`closing` of them) at its
+/// end, and reads its answers as if the closing ones had come as a message of their own. A row
+/// with the run's marker (`Session::marker`) is the history change's: once it came, an error
+/// is the `COMMIT`'s or the next `BEGIN`'s, told by how many statements completed after it.
+/// Before it, our refusals and the history change's statement gone are the history change's;
+/// anything else stopped the file or its seal, and nothing was kept.
+async fn merged_answers(run: &Run<'_>, text: &str, leading: usize, closing: usize) -> Answers {
+    use futures_util::TryStreamExt;
+    let marker = run.session.marker().to_string();
+    let (mut counts, mut leading_row, mut marked) = (Vec::new(), None, None);
+    let error = match run.client.simple_query_raw(text).await {
+        Err(e) => Some(e),
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(SimpleQueryMessage::CommandComplete(rows))) => counts.push(rows),
+                    Ok(Some(SimpleQueryMessage::Row(row))) => {
+                        if counts.len() < leading {
+                            leading_row = row.get(0).map(str::to_string);
+                        } else if row.get(0) == Some(marker.as_str()) {
+                            marked = Some(counts.len());
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
+                }
+            }
+        }
     };
-    (answers, message)
+    let at = match (&error, marked) {
+        (None, _) => counts.len().saturating_sub(closing),
+        (Some(_), Some(insert)) => insert,
+        (Some(e), None) if history_failure(run, e) => counts.len(),
+        (Some(_), None) => {
+            let body = Err(error.expect("an error"));
+            return Answers {
+                body,
+                close: Closing::default(),
+            };
+        }
+    };
+    let close = Closing {
+        counts: counts.split_off(at.min(counts.len())),
+        value: None,
+        error,
+    };
+    let body = Ok(session::Counted {
+        counts,
+        leading_row,
+    });
+    Answers { body, close }
+}
+
+/// Whether `error`, from a message holding a file and its history change, is the history
+/// change's: one of our refusals, or its prepared statement gone (a file can fail on a
+/// statement of its own it never prepared).
+fn history_failure(run: &Run<'_>, error: &tokio_postgres::Error) -> bool {
+    if session::refusal(error).is_some() {
+        return true;
+    }
+    error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+        && error
+            .as_db_error()
+            .is_some_and(|db| run.session.names_statement(db.message()))
 }
 
 /// Runs `text` as one simple query and reads its answers into a [`Closing`], keeping what
@@ -403,9 +446,7 @@ struct Committed {
     unopened: Option<tokio_postgres::Error>,
 }
 
-/// What the answers of one migration say, first failure first. Once the session is out of
-/// any transaction the failure left (`settle`), as a merged message's cancel may have to ask
-/// the history table.
+/// What the answers of one migration say, first failure first.
 async fn outcome(
     run: &Run<'_>,
     step: Step<'_>,
@@ -413,34 +454,13 @@ async fn outcome(
     answers: Answers,
     message: &Message,
 ) -> Result<Committed, Error> {
-    let Answers {
-        body,
-        close,
-        merged,
-    } = answers;
+    let Answers { body, close } = answers;
     let errors = [body.as_ref().err(), close.error.as_ref()];
     if let Some(error) = errors.into_iter().flatten().find(|e| is_connection_lost(e)) {
         return Err(connection_lost(step, wrap, error));
     }
     let body = match body {
         Ok(body) => body,
-        // One message: the history change's statement gone (a file deallocated it) is the
-        // history change's failure, and a cancel may have stopped the `BEGIN` after the
-        // `COMMIT`, which only the history table can tell; anything else stopped the file,
-        // its seal, the history change (our refusals say so) or the `COMMIT` (a deferred
-        // constraint, the file's), and nothing was kept.
-        Err(e) if merged && e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {
-            return Err(refused(run, step, e, "recording the migration in history"));
-        }
-        Err(e) if merged && e.code() == Some(&SqlState::QUERY_CANCELED) => {
-            if committed(run, step).await? {
-                return Ok(Committed {
-                    counts: Vec::new(),
-                    unopened: Some(e),
-                });
-            }
-            return Err(body_failed(run, step, wrap, e, message).await);
-        }
         Err(e) => return Err(body_failed(run, step, wrap, e, message).await),
     };
     let pid = body.leading_row.and_then(|pid| pid.parse().ok());
@@ -479,23 +499,6 @@ async fn outcome(
     Ok(Committed {
         counts: body.counts,
         unopened,
-    })
-}
-
-/// Whether `step` committed, by the history table: only a merged message whose answer is a
-/// cancel needs to ask (see [`outcome`]), and only a run that records does merge.
-async fn committed(run: &Run<'_>, step: Step<'_>) -> Result<bool, Error> {
-    let sql = format!(
-        "SELECT pg_catalog.count(*) FROM {} WHERE version = {}",
-        run.table.quoted(),
-        step.migration.version
-    );
-    let messages = (run.client.simple_query(&sql).await)
-        .map_err(Error::database("reading whether the migration committed"))?;
-    let rows = first_value(&messages).and_then(|v| v.parse::<i64>().ok());
-    Ok(match run.direction {
-        Direction::Up => rows == Some(1),
-        Direction::Down => rows == Some(0),
     })
 }
 
