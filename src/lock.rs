@@ -12,10 +12,9 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::error::Refusal;
 use crate::history::Table;
 use crate::interrupt::Interrupt;
-use crate::session::{Limits, Session, refusal, shared_refused};
+use crate::session::{Limits, Session, elsewhere, shared_refused};
 
 /// The first half of the advisory lock key: the ASCII bytes "dbmg".
 pub const CLASS_ID: i32 = 0x6462_6d67;
@@ -127,7 +126,7 @@ pub async fn first_try_fresh(
     .await
     {
         Ok(tried) => Ok(Some(tried)),
-        Err(error) if matches!(refusal(&error), Some(Refusal::OtherSession(_))) => Ok(None),
+        Err(error) if elsewhere(&error) => Ok(None),
         Err(error) if shared_refused(&error) => Err(Error::SharedSession),
         Err(error) => Err(first_failed(error)),
     }
