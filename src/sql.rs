@@ -140,7 +140,9 @@ pub fn scans_whole(sql: &str) -> bool {
     // backslash is what could make a reader disagree on where a string ends: text without
     // any of them leaves nothing open, whoever reads it, and the scanner (whose tables cost
     // the job a third of a megabyte of memory) is not needed.
-    let may_open = sql.bytes().any(|b| matches!(b, b'\'' | b'"' | b'$' | b'\\'));
+    let may_open = sql
+        .bytes()
+        .any(|b| matches!(b, b'\'' | b'"' | b'$' | b'\\'));
     !(may_open || sql.contains("/*")) || pg_query::split_with_scanner(sql).is_ok()
 }
 
