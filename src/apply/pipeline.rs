@@ -141,9 +141,9 @@ pub(super) async fn batch(
     let (mut sent, mut bytes, mut done) = (0, 0, 0);
     let mut previous = Instant::now();
     // Once an answer says a migration failed, nothing more is sent.
-    let mut failing = false;
+    let (mut failing, mut unsent) = (false, false);
     loop {
-        while let Some(step) = steps.get(sent).filter(|_| !failing) {
+        while let Some(step) = steps.get(sent).filter(|_| !failing && !unsent) {
             let size = step.script.sql.len();
             let room = flight.len() < IN_FLIGHT_MIGRATIONS && bytes + size <= IN_FLIGHT_BYTES;
             // After SIGTERM nothing more is sent: a cancel that lands between two statements
@@ -157,6 +157,10 @@ pub(super) async fn batch(
             let next = sent + 1 < steps.len();
             let mut exchange = Box::pin(exchange(run, *step, frame(sent), prepared, next));
             let ready = std::future::poll_fn(|cx| Poll::Ready(exchange.as_mut().poll(cx))).await;
+            // Failed as it was sent (the driver refuses a NUL byte): a message holding the
+            // file and its closing statements went out not at all, so nothing of it breaks
+            // the chain, and the transaction the one before opened would take the next one.
+            unsent = matches!(&ready, Poll::Ready((answers, _)) if answers.failed());
             flight.push_back((size, exchange, ready));
             (sent, bytes) = (sent + 1, bytes + size);
         }
