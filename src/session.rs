@@ -702,38 +702,68 @@ pub fn pid(messages: &[SimpleQueryMessage]) -> Option<i32> {
 
 /// Runs `text` as one simple query and returns the count each of its statements reported
 /// (0 for those without one), with the first value of the last row the first `leading`
-/// statements returned (a migration's opening: its pid check); other rows are read and
-/// dropped as they come, so a file that selects millions of rows costs no memory. The
-/// query is sent on the first poll, so it keeps its place in a pipeline.
+/// statements returned (a migration's opening: its pid check). The query is sent on the
+/// first poll, so it keeps its place in a pipeline.
 pub async fn counted(
     client: &Client,
     text: &str,
     leading: usize,
 ) -> Result<Counted, tokio_postgres::Error> {
-    use futures_util::TryStreamExt;
-    use tokio_postgres::SimpleQueryMessage;
-    let stream = client.simple_query_raw(text).await?;
-    let mut stream = std::pin::pin!(stream);
-    let (mut counts, mut leading_row) = (Vec::new(), None);
-    while let Some(message) = stream.try_next().await? {
-        match message {
-            SimpleQueryMessage::CommandComplete(rows) => counts.push(rows),
-            SimpleQueryMessage::Row(row) if counts.len() < leading => {
-                leading_row = row.get(0).map(str::to_string);
-            }
-            _ => {}
+    let mut leading_row = None;
+    let reply = reply(client, text, |completed, value| {
+        if completed < leading {
+            leading_row = value.map(str::to_string);
         }
-    }
-    Ok(Counted {
-        counts,
-        leading_row,
     })
+    .await;
+    match reply.error {
+        Some(error) => Err(error),
+        None => Ok(Counted {
+            counts: reply.counts,
+            leading_row,
+        }),
+    }
 }
 
 /// What [`counted`] read.
 pub struct Counted {
     pub counts: Vec<u64>,
     pub leading_row: Option<String>,
+}
+
+/// What the server answered to one simple query, as far as it got: the count each statement
+/// that completed reported (0 for those without one), in order, and the error that stopped
+/// the rest, if any.
+pub struct Reply {
+    pub counts: Vec<u64>,
+    pub error: Option<tokio_postgres::Error>,
+}
+
+/// Runs `text` as one simple query and reads its answers into a [`Reply`]. Each row's first
+/// value goes to `row` with how many statements had completed before it (so which statement
+/// returned it), and is then dropped: a file that selects millions of rows costs no memory.
+/// The query is sent on the first poll, so it keeps its place in a pipeline.
+pub async fn reply(client: &Client, text: &str, mut row: impl FnMut(usize, Option<&str>)) -> Reply {
+    use futures_util::TryStreamExt;
+    let mut counts = Vec::new();
+    let stream = match client.simple_query_raw(text).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            let error = Some(error);
+            return Reply { counts, error };
+        }
+    };
+    let mut stream = std::pin::pin!(stream);
+    let error = loop {
+        match stream.try_next().await {
+            Ok(Some(SimpleQueryMessage::CommandComplete(rows))) => counts.push(rows),
+            Ok(Some(SimpleQueryMessage::Row(values))) => row(counts.len(), values.get(0)),
+            Ok(Some(_)) => {}
+            Ok(None) => break None,
+            Err(error) => break Some(error),
+        }
+    };
+    Reply { counts, error }
 }
 
 #[cfg(test)]

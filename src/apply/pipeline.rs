@@ -338,30 +338,17 @@ async fn exchange(
 /// Before it, our refusals and the history change's statement gone are the history change's;
 /// anything else stopped the file or its seal, and nothing was kept.
 async fn merged_answers(run: &Run<'_>, text: &str, leading: usize, closing: usize) -> Answers {
-    use futures_util::TryStreamExt;
     let marker = run.session.marker().to_string();
-    let (mut counts, mut leading_row, mut marked) = (Vec::new(), None, None);
-    let error = match run.client.simple_query_raw(text).await {
-        Err(e) => Some(e),
-        Ok(stream) => {
-            let mut stream = std::pin::pin!(stream);
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(SimpleQueryMessage::CommandComplete(rows))) => counts.push(rows),
-                    Ok(Some(SimpleQueryMessage::Row(row))) => {
-                        if counts.len() < leading {
-                            leading_row = row.get(0).map(str::to_string);
-                        } else if row.get(0) == Some(marker.as_str()) {
-                            marked = Some(counts.len());
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break None,
-                    Err(e) => break Some(e),
-                }
-            }
+    let (mut leading_row, mut marked) = (None, None);
+    let reply = session::reply(run.client, text, |completed, value| {
+        if completed < leading {
+            leading_row = value.map(str::to_string);
+        } else if value == Some(marker.as_str()) {
+            marked = Some(completed);
         }
-    };
+    })
+    .await;
+    let (mut counts, error) = (reply.counts, reply.error);
     let at = match (&error, marked) {
         (None, _) => counts.len().saturating_sub(closing),
         (Some(_), Some(insert)) => insert,
@@ -402,33 +389,17 @@ fn history_failure(run: &Run<'_>, error: &tokio_postgres::Error) -> bool {
 /// Runs `text` as one simple query and reads its answers into a [`Closing`], keeping what
 /// completed before an error. The query is sent on the first poll.
 async fn closing(client: &tokio_postgres::Client, text: &str) -> Closing {
-    use futures_util::TryStreamExt;
-    let mut answer = Closing {
-        counts: Vec::new(),
-        value: None,
-        error: None,
-    };
-    let stream = match client.simple_query_raw(text).await {
-        Ok(stream) => stream,
-        Err(error) => {
-            answer.error = Some(error);
-            return answer;
+    let mut value = None;
+    let reply = session::reply(client, text, |completed, first| {
+        if completed == 0 {
+            value = first.map(str::to_string);
         }
-    };
-    let mut stream = std::pin::pin!(stream);
-    loop {
-        match stream.try_next().await {
-            Ok(Some(SimpleQueryMessage::CommandComplete(rows))) => answer.counts.push(rows),
-            Ok(Some(SimpleQueryMessage::Row(row))) if answer.counts.is_empty() => {
-                answer.value = row.get(0).map(str::to_string);
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => return answer,
-            Err(error) => {
-                answer.error = Some(error);
-                return answer;
-            }
-        }
+    })
+    .await;
+    Closing {
+        counts: reply.counts,
+        value,
+        error: reply.error,
     }
 }
 
