@@ -254,6 +254,9 @@ pub const STARTED: &str = "db_migrate.started";
 /// The unknown setting whose error stands for "the row a rollback deletes was not there".
 pub const ROW_MISSING: &str = "db_migrate.the_history_row_to_delete_is_missing";
 
+/// The unknown setting whose error stands for "the history row was not written".
+pub const ROW_NOT_WRITTEN: &str = "db_migrate.the_history_row_was_not_written";
+
 /// The columns a history insert fills, in the order of its values.
 const COLUMNS: &str = "(version, name, checksum, execution_ms, applied_by)";
 
@@ -356,11 +359,17 @@ pub struct Statements {
 
 impl Statements {
     /// The statements that prepare [`insert`](Self::insert) and [`delete`](Self::delete) on
-    /// `table`, with `guard` applied, as one text. Each returns one row, `marker`.
+    /// `table`, with `guard` applied, as one text. Each returns one row, `marker`, or raises
+    /// an error before the `COMMIT` behind it unless it changed exactly one row: a trigger on
+    /// the history table that skips the row (`RETURN NULL`) then stops the migration instead
+    /// of letting it commit unrecorded, and every migration that commits answers with the
+    /// marker, which is how a message holding several is read (`apply::pipeline`).
     pub fn prepare(&self, table: &Table, guard: impl Fn(&str) -> String, marker: i64) -> String {
         format!(
-            "PREPARE {}(bigint, text, text, text) AS INSERT INTO {} {COLUMNS} \
-             VALUES ({}, $2, $3, {}, $4) RETURNING {marker}; PREPARE {}(bigint) AS {}",
+            "PREPARE {}(bigint, text, text, text) AS WITH recorded AS (INSERT INTO {} {COLUMNS} \
+             VALUES ({}, $2, $3, {}, $4) RETURNING 1) SELECT CASE WHEN pg_catalog.count(*) <> 1 \
+             THEN pg_catalog.current_setting('{ROW_NOT_WRITTEN}')::int ELSE {marker} END \
+             FROM recorded; PREPARE {}(bigint) AS {}",
             self.insert,
             table.quoted,
             guard("$1"),

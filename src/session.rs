@@ -46,7 +46,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::error::{Error, Refusal};
-use crate::history::{ROW_MISSING, STARTED};
+use crate::history::{ROW_MISSING, ROW_NOT_WRITTEN, STARTED};
 
 /// The savepoint opened right after `BEGIN`; releasing it fails once the transaction ended.
 const SAVEPOINT: &str = "db_migrate_migration";
@@ -639,6 +639,7 @@ pub fn refusal(error: &tokio_postgres::Error) -> Option<Refusal> {
         (NOT_IN_TRANSACTION, Refusal::NotInTransaction),
         (LOCK_LOST, Refusal::LockLost),
         (ROW_MISSING, Refusal::RowMissing),
+        (ROW_NOT_WRITTEN, Refusal::RowNotWritten),
         (LEFT_OPEN, Refusal::LeftOpen),
     ];
     if code == "42704" {

@@ -1247,6 +1247,36 @@ async fn in_one_pipeline_a_body_that_is_never_sent_stops_the_rest_and_records_no
     assert_eq!(recorded(&client).await, [1]);
 }
 
+/// A trigger on the history table that skips a migration's row (`RETURN NULL`) stops that
+/// migration before its `COMMIT`: nothing of it stays, rather than its SQL committed with no
+/// row to say so. The migrations behind it, sent in the same pipeline, do not run.
+#[tokio::test]
+async fn a_history_row_a_trigger_skips_stops_its_migration_uncommitted() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        (
+            "001_skip.sql",
+            "CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RETURN NULL; END $$;\n\
+             CREATE TRIGGER skip BEFORE INSERT ON schema_migrations \
+             FOR EACH ROW WHEN (NEW.version = 2) EXECUTE FUNCTION skip();\n\
+             CREATE TABLE a (i int);\n",
+        ),
+        ("002_b.sql", "CREATE TABLE b (i int);\n"),
+        ("003_c.sql", "CREATE TABLE c (i int);\n"),
+    ]);
+    let out = support::output_json(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let message = support::summary_message(&out);
+    assert!(
+        message.contains("migration 2") && message.contains("history row was not written"),
+        "{message}"
+    );
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, [1]);
+    assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
+}
+
 /// A `-- no-transaction` file's statements are done when its history row is sent: a lost
 /// answer to that row must not say "not recorded", since the row may have committed. The
 /// connection is lost there for sure by a trigger on the history table that ends its own

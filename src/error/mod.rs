@@ -505,6 +505,8 @@ pub enum Refusal {
     LockLost,
     /// The history row a rollback deletes was not there.
     RowMissing,
+    /// The history insert changed no row (a trigger or rule on the history table).
+    RowNotWritten,
     /// A `-- no-transaction` file left a transaction open.
     LeftOpen,
     /// The statement ran in another server session (this pid): a transaction pooler.
@@ -527,6 +529,9 @@ impl Refusal {
             Refusal::RowMissing => {
                 "its history row was already gone, so the rollback was not committed"
             }
+            Refusal::RowNotWritten => {
+                "its history row was not written (a trigger or rule on the history table skipped it), so nothing of it was committed"
+            }
             Refusal::LeftOpen => {
                 "it left a transaction open (a BEGIN without COMMIT); the statements since that BEGIN were rolled back and nothing was recorded"
             }
@@ -541,6 +546,12 @@ impl Refusal {
         match self {
             Refusal::LeftOpen => {
                 "end the transaction the file opens with COMMIT, or remove its BEGIN"
+            }
+            Refusal::RowMissing => {
+                "a rollback file must not delete from the history table; check `db-migrate status` and run again"
+            }
+            Refusal::RowNotWritten => {
+                "drop or disable the trigger or rule on the history table that skips its rows, then run again"
             }
             _ => {
                 "remove the transaction control from the file, or start it with `-- no-transaction` to run it outside a transaction"
