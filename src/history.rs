@@ -364,25 +364,38 @@ impl Statements {
     /// the history table that skips the row (`RETURN NULL`) then stops the migration instead
     /// of letting it commit unrecorded, and every migration that commits answers with the
     /// marker, which is how a message holding several is read (`apply::pipeline`).
+    ///
+    /// A migration chained behind another in one pipeline (`session::Frame::chained`) runs in
+    /// a transaction opened by the message before its own, which may hold the whole migration
+    /// before it: the server takes a transaction's start time from the start of the message
+    /// that opened it. Its time is counted from the moment the migration before it was
+    /// recorded instead, which its row says: `applied_at` is when the row was written.
     pub fn prepare(&self, table: &Table, guard: impl Fn(&str) -> String, marker: i64) -> String {
+        let t = &table.quoted;
+        // GREATEST is SQL's own construct, which no search path can shadow.
         format!(
-            "PREPARE {}(bigint, text, text, text) AS WITH recorded AS (INSERT INTO {} {COLUMNS} \
-             VALUES ({}, $2, $3, {}, $4) RETURNING 1) SELECT CASE WHEN pg_catalog.count(*) <> 1 \
+            "PREPARE {}(bigint, text, text, text, bigint) AS WITH recorded AS (INSERT INTO {t} \
+             (version, name, checksum, execution_ms, applied_by, applied_at) \
+             VALUES ({}, $2, $3, (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - \
+             GREATEST(pg_catalog.transaction_timestamp(), \
+             (SELECT p.applied_at FROM {t} p WHERE p.version = $5))) * 1000)::bigint, $4, \
+             pg_catalog.clock_timestamp()) RETURNING 1) \
+             SELECT CASE WHEN pg_catalog.count(*) <> 1 \
              THEN pg_catalog.current_setting('{ROW_NOT_WRITTEN}')::int ELSE {marker} END \
              FROM recorded; PREPARE {}(bigint) AS {}",
             self.insert,
-            table.quoted,
             guard("$1"),
-            execution_ms(Elapsed::Sealed),
             self.delete,
             delete_sql(table, "$1", &marker.to_string(), guard),
         )
     }
 
-    /// Runs the prepared insert recording `migration` as applied by `applied_by`.
-    pub fn insert(&self, migration: &Migration, applied_by: &str) -> String {
+    /// Runs the prepared insert recording `migration` as applied by `applied_by`; `after`:
+    /// the migration it is chained behind, if any (see [`prepare`](Self::prepare)).
+    pub fn insert(&self, migration: &Migration, applied_by: &str, after: Option<i64>) -> String {
+        let after = after.map_or("NULL".to_string(), |version| version.to_string());
         format!(
-            "EXECUTE {}({}, {}, {}, {})",
+            "EXECUTE {}({}, {}, {}, {}, {after})",
             self.insert,
             migration.version,
             argument(&migration.name),

@@ -141,6 +141,35 @@ async fn history_rows_carry_name_checksum_time_and_who() {
     assert_eq!(row.get::<_, String>(4), "test");
 }
 
+/// Each row's `execution_ms` is its own migration's time, however the pipeline sent them:
+/// the migration behind a slow one is chained into a transaction the slow one's message
+/// opened, which the server dates from that message's start.
+#[tokio::test]
+async fn each_execution_time_is_its_own_migrations_behind_a_slow_one() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_a.sql", "SELECT 1;\n"),
+        ("002_slow.sql", "SELECT pg_sleep(1);\n"),
+        ("003_c.sql", "SELECT 3;\n"),
+        ("004_d.sql", "SELECT 4;\n"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT version, execution_ms, applied_at FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ms: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+    assert!(ms[1] >= 1000, "{ms:?}");
+    // A second of someone else's time would be the slow one's.
+    assert!(ms[2] < 1000 && ms[3] < 1000, "{ms:?}");
+    let at: Vec<std::time::SystemTime> = rows.iter().map(|r| r.get(2)).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
+}
+
 #[tokio::test]
 async fn up_down_all_up_round_trips() {
     let db = support::database().await;

@@ -85,7 +85,7 @@ async fn send(
         guarded: run.session.needs_commit_guard(&step.script.sql),
         chained: false,
     };
-    let (answers, message) = exchange(run, step, frame, prepared, false).await;
+    let (answers, message) = exchange(run, step, frame, prepared, (None, false)).await;
     if own && answers.failed() {
         settle(run).await;
     }
@@ -155,7 +155,9 @@ pub(super) async fn batch(
             // Its first poll sends its messages, after those of the one before it; its closing
             // message opens the next one's transaction, but for the last.
             let next = sent + 1 < steps.len();
-            let mut exchange = Box::pin(exchange(run, *step, frame(sent), prepared, next));
+            let after = sent.checked_sub(1).map(|i| steps[i].migration.version);
+            let chain = (after, next);
+            let mut exchange = Box::pin(exchange(run, *step, frame(sent), prepared, chain));
             let ready = std::future::poll_fn(|cx| Poll::Ready(exchange.as_mut().poll(cx))).await;
             // Failed as it was sent (the driver refuses a NUL byte): a message holding the
             // file and its closing statements went out not at all, so nothing of it breaks
@@ -287,13 +289,13 @@ struct Closing {
 /// Sends one migration's messages, framed by `frame`, and collects the answers; with the
 /// message, which says where the file's part of the answers lies. `next`: a migration
 /// chained behind this one follows in the pipeline, and the closing message opens its
-/// transaction.
+/// transaction. `after`: the migration this one is chained behind.
 async fn exchange(
     run: &Run<'_>,
     step: Step<'_>,
     frame: Frame,
     prepared: Option<&Prepared>,
-    next: bool,
+    (after, next): (Option<i64>, bool),
 ) -> (Answers, Message) {
     let (client, migration) = (run.client, step.migration);
     let message = (run.session).message(frame, &step.script.sql);
@@ -302,7 +304,7 @@ async fn exchange(
         // anything.
         (false, _, _) => run.session.wrote_sql(),
         (true, Some(statements), Direction::Up) => {
-            (statements.history).insert(migration, run.applied_by)
+            (statements.history).insert(migration, run.applied_by, after)
         }
         (true, Some(statements), Direction::Down) => statements.history.delete(migration.version),
         (true, None, _) => super::history_change(run, migration, Elapsed::Sealed),
@@ -319,8 +321,9 @@ async fn exchange(
     let merged = run.record && frame.own && frame.clean && !frame.guarded && prepared.is_some();
     if merged && sql::scans_whole(&step.script.sql) {
         let text = format!("{}; {close}", message.text);
-        let answers = merged_answers(run, &text, message.opening, 2 + usize::from(next)).await;
-        return (answers, message);
+        let part = [(message.opening, 2 + usize::from(next))];
+        let mut answers = group_answers(run, &text, &part, &AtomicUsize::new(0)).await;
+        return (answers.remove(0), message);
     }
     // Each sends its message on its first poll, in this order, before either waits for an
     // answer: the messages travel together.
@@ -331,46 +334,97 @@ async fn exchange(
     (Answers { body, close }, message)
 }
 
-/// Runs `text`, a migration's message with its closing statements (`closing` of them) at its
-/// end, and reads its answers as if the closing ones had come as a message of their own. A row
-/// with the run's marker (`Session::marker`) is the history change's: once it came, an error
-/// is the `COMMIT`'s or the next `BEGIN`'s, told by how many statements completed after it.
-/// Before it, our refusals and the history change's statement gone are the history change's;
-/// anything else stopped the file or its seal, and nothing was kept.
-async fn merged_answers(run: &Run<'_>, text: &str, leading: usize, closing: usize) -> Answers {
+/// Runs `text`, the messages of one or more migrations each with its closing statements at
+/// its end (`parts`: how many statements each one's opening and its closing are), and reads
+/// its answers as if each migration's file and closing statements had come as messages of
+/// their own. A row with the run's marker (`Session::marker`) is a history change's: the
+/// prepared one returns it, or raises an error, so every migration that got as far as its
+/// `COMMIT` is marked. Once a migration's row came, an error is its `COMMIT`'s or the next
+/// `BEGIN`'s, told by how many statements completed after it. Before it, our refusals and the
+/// history change's statement gone are the history change's; anything else stopped the file
+/// or its seal, and nothing of it was kept. The server runs nothing of the message after an
+/// error, so there are answers for the migrations up to the one that failed, and no more.
+/// `answered` counts the migrations whose history change ran, as their rows come.
+async fn group_answers(
+    run: &Run<'_>,
+    text: &str,
+    parts: &[(usize, usize)],
+    answered: &AtomicUsize,
+) -> Vec<Answers> {
     let marker = run.session.marker().to_string();
-    let (mut leading_row, mut marked) = (None, None);
+    let mut leading_rows = vec![None; parts.len()];
+    // Where each migration's history change completed, and where the current one began.
+    let (mut marks, mut current, mut start) = (Vec::new(), 0, 0);
     let reply = session::reply(run.client, text, |completed, value| {
-        if completed < leading {
-            leading_row = value.map(str::to_string);
+        // Past the closing statements of the migration before: the next one's rows.
+        while let Some(&mark) = marks.get(current)
+            && completed >= mark + parts[current].1
+            && current + 1 < parts.len()
+        {
+            (current, start) = (current + 1, mark + parts[current].1);
+        }
+        if marks.len() > current {
+            // The closing statements return no other rows.
+        } else if completed - start < parts[current].0 {
+            leading_rows[current] = value.map(str::to_string);
         } else if value == Some(marker.as_str()) {
-            marked = Some(completed);
+            marks.push(completed);
+            answered.fetch_add(1, Ordering::Relaxed);
         }
     })
     .await;
-    let (mut counts, error) = (reply.counts, reply.error);
-    let at = match (&error, marked) {
-        (None, _) => counts.len().saturating_sub(closing),
-        (Some(_), Some(insert)) => insert,
-        (Some(e), None) if history_failure(run, e) => counts.len(),
-        (Some(_), None) => {
-            let body = Err(error.expect("an error"));
-            return Answers {
-                body,
-                close: Closing::default(),
+    let (counts, mut error) = (reply.counts, reply.error);
+    let mut answers = Vec::with_capacity(parts.len());
+    let mut start = 0;
+    for (i, (&(_, closing), leading_row)) in parts.iter().zip(leading_rows).enumerate() {
+        let body = |end: usize| session::Counted {
+            counts: counts[start.min(end)..end].to_vec(),
+            leading_row,
+        };
+        let Some(&mark) = marks.get(i) else {
+            // Stopped before its history change completed: by the change itself (a refusal,
+            // or its statement gone), or by the file or its seal, which then kept nothing.
+            let (body, close) = match error.take() {
+                Some(e) if history_failure(run, &e) => {
+                    let close = Closing {
+                        error: Some(e),
+                        ..Closing::default()
+                    };
+                    (Ok(body(counts.len())), close)
+                }
+                Some(e) => (Err(e), Closing::default()),
+                // Every statement completed, yet no row says the history change ran: as a
+                // history change that changed no row (see `outcome`).
+                None => {
+                    let close = Closing {
+                        counts: vec![0],
+                        ..Closing::default()
+                    };
+                    (Ok(body(counts.len())), close)
+                }
             };
+            answers.push(Answers { body, close });
+            break;
+        };
+        let end = (mark + closing).min(counts.len());
+        // An error now is this migration's `COMMIT`'s or the next `BEGIN`'s, unless all of its
+        // closing statements completed.
+        let stopped = end < mark + closing;
+        let close = Closing {
+            counts: counts[mark..end].to_vec(),
+            value: None,
+            error: if stopped { error.take() } else { None },
+        };
+        answers.push(Answers {
+            body: Ok(body(mark)),
+            close,
+        });
+        if stopped {
+            break;
         }
-    };
-    let close = Closing {
-        counts: counts.split_off(at.min(counts.len())),
-        value: None,
-        error,
-    };
-    let body = Ok(session::Counted {
-        counts,
-        leading_row,
-    });
-    Answers { body, close }
+        start = end;
+    }
+    answers
 }
 
 /// Whether `error`, from a message holding a file and its history change, is the history
