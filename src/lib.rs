@@ -592,6 +592,7 @@ impl Job<'_> {
             },
             interrupt: db.interrupt,
             show,
+            empty: std::sync::atomic::AtomicBool::new(tables == rules::Tables::None),
         };
         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
         let pid = session.backend_pid;
@@ -739,6 +740,8 @@ impl Job<'_> {
                             },
                             interrupt,
                             show: &progress::Quiet,
+                            // A scratch database starts empty (`scratch::with`).
+                            empty: std::sync::atomic::AtomicBool::new(true),
                         };
                         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
                         let pid = session.backend_pid;

@@ -438,6 +438,32 @@ pub fn reach(statement: &str) -> Reach {
     }
 }
 
+/// Whether every statement of `sql` only defines things: it starts with `CREATE`, `ALTER`,
+/// `DROP`, `COMMENT`, `GRANT` or `REVOKE`, and holds no query (no `SELECT` or `VALUES`, no
+/// `AS TABLE` or `AS WITH`, as `CREATE TABLE ... AS` would) and no `EXTENSION` (whose script
+/// may do anything). On tables that hold no rows, such a file takes only the time of its
+/// catalog changes. From the lexer alone: a function's body is a string to it.
+pub fn defines_only(sql: &str) -> bool {
+    let starts = ["create", "alter", "drop", "comment", "grant", "revoke"];
+    let queries = ["select", "values", "extension"];
+    spans(sql).all(|(start, end)| {
+        let statement = &sql[start..end];
+        let mut tokens = code(statement);
+        let Some(first) = tokens.next() else {
+            return true;
+        };
+        let mut after_as = false;
+        starts.iter().any(|k| first.is_keyword(statement, k))
+            && tokens.all(|t| {
+                let query = queries.iter().any(|k| t.is_keyword(statement, k))
+                    || (after_as
+                        && (t.is_keyword(statement, "table") || t.is_keyword(statement, "with")));
+                after_as = t.is_keyword(statement, "as");
+                !query
+            })
+    })
+}
+
 /// The command tag the server reports for `statement` (`CREATE TABLE`, `INSERT`, `ALTER
 /// DEFAULT PRIVILEGES`, ...), without the row count: tokio-postgres hands over only a
 /// command's count, so the words are read from the statement the way the server names it.
@@ -1164,6 +1190,37 @@ fn truncate_identifier(mut name: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_definitions_without_queries_define_only() {
+        for sql in [
+            "CREATE TABLE t (id int PRIMARY KEY, p int REFERENCES q ON DELETE CASCADE);",
+            "CREATE INDEX i ON t (lower(x)); ALTER TABLE t ADD COLUMN c int DEFAULT 0;",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
+            "CREATE TRIGGER g AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f();",
+            "CREATE TYPE mood AS ENUM ('a', 'b'); COMMENT ON TABLE t IS 'select values';",
+            "-- SELECT in a comment\nDROP TABLE IF EXISTS t; GRANT SELECT ON t TO r;",
+            "",
+        ] {
+            // GRANT SELECT names a privilege, yet reads as a query here: refused, which only
+            // costs the grouping.
+            let expected = !sql.contains("GRANT SELECT");
+            assert_eq!(defines_only(sql), expected, "{sql}");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (1);",
+            "CREATE TABLE t AS SELECT generate_series(1, 10);",
+            "CREATE TABLE t AS TABLE s;",
+            "CREATE MATERIALIZED VIEW v AS WITH x AS (SELECT 1) SELECT * FROM x;",
+            "CREATE TABLE t (i int); SELECT pg_sleep(1);",
+            "CREATE EXTENSION postgis;",
+            "DO $$ BEGIN END $$;",
+            "REFRESH MATERIALIZED VIEW v;",
+            "CREATE TABLE t (i int) ; UPDATE t SET i = 1;",
+        ] {
+            assert!(!defines_only(sql), "{sql}");
+        }
+    }
 
     fn texts(sql: &str) -> Vec<&str> {
         split(sql).into_iter().map(|s| s.text).collect()

@@ -126,6 +126,9 @@ async fn apply(
         },
         interrupt: &h.interrupt,
         show: &db_migrate::progress::Quiet,
+        // The files here run on tables with no rows to speak of: those that only define
+        // things go out several to a message, as on an empty database.
+        empty: std::sync::atomic::AtomicBool::new(true),
     };
     let mut monitor = Monitor::new(
         &h.dialer,
@@ -1245,6 +1248,54 @@ async fn in_one_pipeline_a_body_that_is_never_sent_stops_the_rest_and_records_no
     let client = db.client().await;
     assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
     assert_eq!(recorded(&client).await, [1]);
+}
+
+/// Twenty migrations that only define tables, on an empty database: they go several to a
+/// message. One of them fails, either as it runs (its second statement) or as the server
+/// parses the message (a syntax error, which fails the whole message before any of it runs).
+/// Either way the migrations before it are applied and recorded, nothing after it runs, and
+/// the error names its file, line and column.
+#[tokio::test]
+async fn a_failure_among_migrations_sent_in_one_message_names_its_own_file() {
+    for (broken, line_col) in [
+        (
+            "CREATE TABLE t7 (i int);\nCREATE TABLE t7 (i int);\n",
+            "007_t.sql:2:1",
+        ),
+        (
+            "CREATE TABLE t7 (i int);\nCREATE TABLE u7 (i int DEFAULT nope());\n",
+            "007_t.sql:2:32",
+        ),
+        ("CREATE TABLE t7 (i int;\n", "007_t.sql:1:23"),
+        ("\n\nCREATE TABLE t7 (i int,, j int);\n", "007_t.sql:3:24"),
+    ] {
+        let db = support::database().await;
+        let files: Vec<(String, String)> = (1..=20)
+            .map(|v| {
+                let sql = match v {
+                    7 => broken.to_string(),
+                    _ => format!("CREATE TABLE t{v} (i int);\n"),
+                };
+                (format!("{v:03}_t.sql"), sql)
+            })
+            .collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
+        let dir = migrations(&files);
+        let out = support::output_json(&db, dir.path(), &["up"]);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        let message = support::summary_message(&out);
+        assert!(message.contains(line_col), "{line_col}: {message}");
+        let client = db.client().await;
+        assert_eq!(
+            recorded(&client).await,
+            (1..=6).collect::<Vec<i64>>(),
+            "{line_col}"
+        );
+        let mut expected: Vec<String> = (1..=6).map(|v| format!("t{v}")).collect();
+        expected.push("schema_migrations".into());
+        expected.sort();
+        assert_eq!(tables(&client).await, expected, "{line_col}");
+    }
 }
 
 /// A trigger on the history table that skips a migration's row (`RETURN NULL`) stops that

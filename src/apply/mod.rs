@@ -45,6 +45,22 @@ pub struct Context<'a> {
     pub interrupt: &'a Interrupt,
     /// Where each migration is shown as it completes.
     pub show: &'a dyn Show,
+    /// No table held a row when the run began (`up` found a database without tables, or the
+    /// database is a scratch one), and every migration run since only defined things
+    /// (`sql::defines_only`): one more of those takes only its catalog changes' time, so
+    /// [`pipeline::batch`] sends several in one message, where the server holds their answers
+    /// until the last one ran (see [`Context::rows_may_exist`]).
+    pub empty: AtomicBool,
+}
+
+impl Context<'_> {
+    /// Called before `sql` runs: once a migration that does more than define things ran, a
+    /// table may hold rows, and a definition (an index, a constraint) then takes its time.
+    fn rows_may_exist(&self, sql: &str) {
+        if self.empty.load(Ordering::Relaxed) && !crate::sql::defines_only(sql) {
+            self.empty.store(false, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What running a plan did: how many of its steps completed (and stay, unless the run was
@@ -92,6 +108,11 @@ struct Run<'a> {
     /// A migration's transaction wrote something, or may have (see [`Report::wrote`]); only
     /// asked when nothing is recorded, as a history row is a write.
     wrote: AtomicBool,
+    /// Whether migrations may go several to a message (see `pipeline::batch`): not after a
+    /// message of several failed before any of them committed, as a syntax error anywhere in
+    /// it makes it fail (the server parses a whole message before it runs any of it). The
+    /// rest of the run then sends one per message, and meets the failure in its own file.
+    groups: AtomicBool,
 }
 
 impl Run<'_> {
@@ -134,6 +155,7 @@ pub async fn run(
         clean: AtomicBool::new(false),
         commits: mode == Mode::Each,
         wrote: AtomicBool::new(true),
+        groups: AtomicBool::new(true),
     };
     let mut completed = 0;
     let result = match mode {
@@ -208,6 +230,7 @@ pub async fn again(ctx: &Context<'_>, monitor: &mut Monitor<'_>, plan: &Plan<'_>
         clean: AtomicBool::new(false),
         commits: false,
         wrote: AtomicBool::new(false),
+        groups: AtomicBool::new(true),
     };
     let mut completed = 0;
     let result = each(&run, monitor, plan, &mut completed).await;
@@ -288,6 +311,7 @@ async fn each(
             }
         }
         let step = steps[next];
+        run.rows_may_exist(&step.script.sql);
         one(run, step, async || {
             if step.script.no_transaction {
                 // Its statements run in the session as they are: it starts with a reset, and
@@ -395,6 +419,9 @@ async fn whole(
     history_exists: bool,
 ) -> Result<(), Error> {
     let client = run.client;
+    for step in &plan.steps {
+        run.rows_may_exist(&step.script.sql);
+    }
     let version = plan.steps.first().map_or(0, |step| step.migration.version);
     let place = run.place();
     let mut attempts = waits::Attempts::new(&place, version, waits::Retry::Yes);

@@ -104,6 +104,27 @@ async fn send(
 const IN_FLIGHT_MIGRATIONS: usize = 64;
 const IN_FLIGHT_BYTES: usize = 1 << 20;
 
+/// How many migrations, and how many bytes of their files, [`batch`] sends at most as one
+/// message (see [`exchange_group`]). The server flushes its answer and the job wakes once per
+/// message: 500 one-table migrations took 106 ms as a message each and 86 ms sixteen to a
+/// message, against 88 ms all in one, sent by a lean client (BENCHMARKS.md).
+const GROUP_MIGRATIONS: usize = 16;
+const GROUP_BYTES: usize = 64 * 1024;
+
+/// What one message of a [`batch`] brought back: each migration's answers with its message,
+/// from the first up to the first that failed (the server runs nothing of the message after
+/// it); and how many of them were counted as answered while the answers came in.
+struct Unit {
+    entries: Vec<(Answers, Message)>,
+    counted: usize,
+}
+
+impl Unit {
+    fn failed(&self) -> bool {
+        self.entries.iter().any(|(answers, _)| answers.failed())
+    }
+}
+
 /// What [`batch`] did: how many migrations committed, from the first; and the first
 /// failure, if any, of the one after them (those sent after it were refused and left
 /// nothing), with the moment it started.
@@ -138,83 +159,127 @@ pub(super) async fn batch(
         chained: i > 0,
     };
     let mut flight = VecDeque::new();
-    let (mut sent, mut bytes, mut done) = (0, 0, 0);
+    let (mut sent, mut bytes, mut flying, mut done) = (0, 0, 0, 0);
     let mut previous = Instant::now();
     // Once an answer says a migration failed, nothing more is sent.
     let (mut failing, mut unsent) = (false, false);
+    // The next message's migrations and their frames, kept while there is no room for them.
+    let mut next_group: Option<(usize, Vec<Frame>)> = None;
     loop {
-        while let Some(step) = steps.get(sent).filter(|_| !failing && !unsent) {
-            let size = step.script.sql.len();
-            let room = flight.len() < IN_FLIGHT_MIGRATIONS && bytes + size <= IN_FLIGHT_BYTES;
+        while sent < steps.len() && !failing && !unsent {
+            let frames = match next_group.take() {
+                Some((at, frames)) if at == sent => frames,
+                _ => group(run, &steps[sent..], |i| frame(sent + i), prepared),
+            };
+            let end = sent + frames.len();
+            if let [step] = &steps[sent..end] {
+                run.rows_may_exist(&step.script.sql);
+            }
+            let size: usize = steps[sent..end].iter().map(|s| s.script.sql.len()).sum();
+            let room =
+                flying + frames.len() <= IN_FLIGHT_MIGRATIONS && bytes + size <= IN_FLIGHT_BYTES;
             // After SIGTERM nothing more is sent: a cancel that lands between two statements
             // (or that a file catches) stops nothing, and the run stops before its next
             // migration (see `interrupt`).
             if !(flight.is_empty() || room) || run.interrupt.check().is_err() {
+                next_group = Some((sent, frames));
                 break;
             }
-            // Its first poll sends its messages, after those of the one before it; its closing
-            // message opens the next one's transaction, but for the last.
-            let next = sent + 1 < steps.len();
+            // Its first poll sends its messages, after those before it; the closing statements
+            // of its last migration open the next one's transaction, but for the last.
             let after = sent.checked_sub(1).map(|i| steps[i].migration.version);
-            let chain = (after, next);
-            let mut exchange = Box::pin(exchange(run, *step, frame(sent), prepared, chain));
-            let ready = std::future::poll_fn(|cx| Poll::Ready(exchange.as_mut().poll(cx))).await;
+            let chain = (after, end < steps.len());
+            let migrations = frames.len();
+            let unit = dispatch(run, &steps[sent..end], frames, prepared, chain, answered);
+            let mut unit = Box::pin(unit);
+            let ready = std::future::poll_fn(|cx| Poll::Ready(unit.as_mut().poll(cx))).await;
             // Failed as it was sent (the driver refuses a NUL byte): a message holding the
             // file and its closing statements went out not at all, so nothing of it breaks
             // the chain, and the transaction the one before opened would take the next one.
-            unsent = matches!(&ready, Poll::Ready((answers, _)) if answers.failed());
-            flight.push_back((size, exchange, ready));
-            (sent, bytes) = (sent + 1, bytes + size);
+            unsent = matches!(&ready, Poll::Ready(unit) if unit.failed());
+            flight.push_back((migrations, size, unit, ready));
+            (sent, bytes, flying) = (end, bytes + size, flying + migrations);
         }
-        // The answers come back in the order the migrations went out: only the first one
+        // The answers come back in the order the migrations went out: only the first message
         // sent and not yet answered is awaited.
-        let Some((size, exchange, ready)) = flight.pop_front() else {
+        let Some((migrations, size, unit, ready)) = flight.pop_front() else {
             break;
         };
-        bytes -= size;
-        let (answers, message) = match ready {
+        (bytes, flying) = (bytes - size, flying - migrations);
+        let Unit { entries, counted } = match ready {
             Poll::Ready(output) => output,
-            Poll::Pending => exchange.await,
+            Poll::Pending => unit.await,
         };
-        answered.fetch_add(1, Ordering::Relaxed);
-        let step = steps[done];
         // Nothing of a failure is looked into (which may query) before the answers of
         // those sent after it are in and the session is out of the transaction they left.
-        if answers.failed() && !failing {
+        let answered_all = entries.len() == migrations;
+        if !failing && entries.iter().any(|(answers, _)| answers.failed()) {
             failing = true;
             drain(&mut flight).await;
             settle(run).await;
         }
-        match outcome(run, step, Wrap::Own, answers, &message).await {
-            Ok(Committed { counts, unopened }) => {
-                let at = Instant::now();
-                finished(step, file_counts(counts, &message), at - previous);
-                (previous, done) = (at, done + 1);
-                // What stopped the `BEGIN` after its `COMMIT` (a cancel) is why the next
-                // one's opening failed: that is the failure to report.
-                if let Some(e) = unopened
-                    && let Some(next) = steps.get(done)
-                {
+        // A message of several that the server refused before any of them committed: a
+        // syntax error in any one of them does that, as the whole message is parsed before
+        // any of it runs, so the first cannot be blamed. Nothing of them stays; they go
+        // again one to a message, and the failure is met in its own file.
+        let first_failed = |(answers, _): &(Answers, Message)| {
+            (answers.body.as_ref()).is_err_and(|e| e.as_db_error().is_some())
+        };
+        if migrations > 1 && counted == 0 && entries.first().is_some_and(first_failed) {
+            run.groups.store(false, Ordering::Relaxed);
+            run.clean.store(false, Ordering::Relaxed);
+            return Batch { done, failed: None };
+        }
+        answered.fetch_add(entries.len().saturating_sub(counted), Ordering::Relaxed);
+        for (answers, message) in entries {
+            let step = steps[done];
+            match outcome(run, step, Wrap::Own, answers, &message).await {
+                Ok(Committed { counts, unopened }) => {
+                    let at = Instant::now();
+                    finished(step, file_counts(counts, &message), at - previous);
+                    (previous, done) = (at, done + 1);
+                    // What stopped the `BEGIN` after its `COMMIT` (a cancel) is why the next
+                    // one's opening failed: that is the failure to report.
+                    if let Some(e) = unopened
+                        && let Some(next) = steps.get(done)
+                    {
+                        run.clean.store(false, Ordering::Relaxed);
+                        return Batch {
+                            done,
+                            failed: Some((failed(*next, 0, 0, true, e), previous)),
+                        };
+                    }
+                }
+                Err(error) => {
+                    // Refused on what the answers said (another server session, no history
+                    // row written) rather than an error: those behind it went on.
+                    if !failing {
+                        drain(&mut flight).await;
+                        settle(run).await;
+                    }
                     run.clean.store(false, Ordering::Relaxed);
                     return Batch {
                         done,
-                        failed: Some((failed(*next, 0, 0, true, e), previous)),
+                        failed: Some((error, previous)),
                     };
                 }
             }
-            Err(error) => {
-                // Refused on what the answers said (another server session, no history
-                // row written) rather than an error: those behind it went on.
-                if !failing {
-                    drain(&mut flight).await;
-                    settle(run).await;
-                }
-                run.clean.store(false, Ordering::Relaxed);
-                return Batch {
-                    done,
-                    failed: Some((error, previous)),
-                };
+        }
+        if !answered_all {
+            // Every migration of a message that committed answers with its history row, and
+            // one that did not ends the batch above; what else stopped the answers short
+            // leaves the next migration unrecorded, whatever it did.
+            if !failing {
+                drain(&mut flight).await;
+                settle(run).await;
             }
+            run.clean.store(false, Ordering::Relaxed);
+            let version = steps[done].migration.version;
+            let error = Error::HistoryWrite { version, rows: 0 };
+            return Batch {
+                done,
+                failed: Some((error, previous)),
+            };
         }
     }
     if done < steps.len() {
@@ -229,8 +294,8 @@ pub(super) async fn batch(
 /// Awaits the answers of every migration still in `flight`, keeping them: each was refused,
 /// as the one before it did not commit (or, when that one's `COMMIT` did and the `BEGIN`
 /// after it was cancelled, it is the failure the batch reports).
-async fn drain<F: Future + Unpin>(flight: &mut VecDeque<(usize, F, Poll<F::Output>)>) {
-    for (_, exchange, ready) in flight.iter_mut() {
+async fn drain<F: Future + Unpin>(flight: &mut VecDeque<(usize, usize, F, Poll<F::Output>)>) {
+    for (_, _, exchange, ready) in flight.iter_mut() {
         if ready.is_pending() {
             *ready = Poll::Ready(exchange.await);
         }
@@ -286,6 +351,122 @@ struct Closing {
     error: Option<tokio_postgres::Error>,
 }
 
+/// Whether a migration framed by `frame` may carry its closing statements in its own message
+/// (see [`exchange`]), once PostgreSQL's scanner reads its file whole.
+fn mergeable(run: &Run<'_>, frame: Frame, prepared: Option<&Prepared>) -> bool {
+    // Only with the history change prepared: a failure's statement is then told by what it is.
+    // Not after a session whose settings a migration may have left (`standard_conforming_strings`
+    // off from a `-- no-transaction` file reads the next message otherwise): its reset comes
+    // only after the server has read the whole message.
+    run.record && frame.own && frame.clean && !frame.guarded && prepared.is_some()
+}
+
+/// The frames of the migrations of `steps`, from the first, that go out as one message: as
+/// many as [`GROUP_MIGRATIONS`] and [`GROUP_BYTES`] allow whose files carry their closing
+/// statements (see [`mergeable`]) and only define things while every table is empty
+/// (`Context::empty`), or else the first alone. Inside one message the server holds every
+/// answer until the last migration ran, so a migration that could take a while (a lock to
+/// wait for, rows to read) goes in a message of its own, where the job sees it start and
+/// finish, and names it while it waits. A file with a NUL byte, which the driver refuses to
+/// send, goes alone, so that the others still go out.
+fn group(
+    run: &Run<'_>,
+    steps: &[Step<'_>],
+    frame: impl Fn(usize) -> Frame,
+    prepared: Option<&Prepared>,
+) -> Vec<Frame> {
+    let mut frames = vec![frame(0)];
+    let mut bytes = steps[0].script.sql.len();
+    // Every table is empty and each only defines things: each takes its catalog changes'
+    // time, and nothing is lost by learning that one committed only once all have.
+    let fits = |frame: Frame, sql: &str| {
+        mergeable(run, frame, prepared)
+            && !sql.contains('\0')
+            && sql::defines_only(sql)
+            && sql::scans_whole(sql)
+    };
+    let groups = run.empty.load(Ordering::Relaxed) && run.groups.load(Ordering::Relaxed);
+    if !groups || !fits(frames[0], &steps[0].script.sql) {
+        return frames;
+    }
+    for (i, step) in steps.iter().enumerate().take(GROUP_MIGRATIONS).skip(1) {
+        bytes += step.script.sql.len();
+        let frame = frame(i);
+        if bytes > GROUP_BYTES || !fits(frame, &step.script.sql) {
+            break;
+        }
+        frames.push(frame);
+    }
+    frames
+}
+
+/// Sends the migrations of `steps`, framed by `frames`, as one message when they are several
+/// ([`exchange_group`]), or as one migration's messages ([`exchange`]).
+async fn dispatch(
+    run: &Run<'_>,
+    steps: &[Step<'_>],
+    frames: Vec<Frame>,
+    prepared: Option<&Prepared>,
+    chain: (Option<i64>, bool),
+    answered: &AtomicUsize,
+) -> Unit {
+    if let Some(statements) = prepared.filter(|_| steps.len() > 1) {
+        return exchange_group(run, steps, &frames, statements, chain, answered).await;
+    }
+    let (answers, message) = exchange(run, steps[0], frames[0], prepared, chain).await;
+    Unit {
+        entries: vec![(answers, message)],
+        counted: 0,
+    }
+}
+
+/// Sends several migrations, each followed by its closing statements, as one message (see
+/// [`exchange`] for one), and reads each one's answers ([`group_answers`]). Each after the
+/// first is chained behind the one before it, as in separate messages: it runs only in the
+/// transaction that one's `COMMIT` was followed by. `chain`: the migration the first is
+/// chained behind, and whether one follows the last.
+async fn exchange_group(
+    run: &Run<'_>,
+    steps: &[Step<'_>],
+    frames: &[Frame],
+    statements: &Prepared,
+    (mut after, next): (Option<i64>, bool),
+    answered: &AtomicUsize,
+) -> Unit {
+    let (mut text, mut chars) = (String::new(), 0);
+    let mut messages = Vec::with_capacity(steps.len());
+    let mut parts = Vec::with_capacity(steps.len());
+    for (i, (step, &frame)) in steps.iter().zip(frames).enumerate() {
+        let migration = step.migration;
+        let mut message = run.session.message(frame, &step.script.sql);
+        let record = match run.direction {
+            Direction::Up => (statements.history).insert(migration, run.applied_by, after),
+            Direction::Down => statements.history.delete(migration.version),
+        };
+        let chained = next || i + 1 < steps.len();
+        let close = run.session.close(frame, &record, chained);
+        if i > 0 {
+            text.push_str("; ");
+            chars += 2;
+        }
+        // The server counts an error's position from the start of the whole message.
+        message.prefix += chars;
+        let start = text.len();
+        text.push_str(&message.text);
+        text.push_str("; ");
+        text.push_str(&close);
+        chars += text[start..].chars().count();
+        parts.push((message.opening, 2 + usize::from(chained)));
+        messages.push(message);
+        after = Some(migration.version);
+    }
+    let (answers, counted) = group_answers(run, &text, &parts, answered).await;
+    Unit {
+        entries: answers.into_iter().zip(messages).collect(),
+        counted,
+    }
+}
+
 /// Sends one migration's messages, framed by `frame`, and collects the answers; with the
 /// message, which says where the file's part of the answers lies. `next`: a migration
 /// chained behind this one follows in the pipeline, and the closing message opens its
@@ -313,16 +494,11 @@ async fn exchange(
     // Behind a file that PostgreSQL's own scanner reads to its end, which the parser vouches
     // never ends its transaction (no cursor: see `Session::needs_commit_guard`), nothing can
     // run on into what follows it: the closing statements then ride in the same message, one
-    // message (and one answer to flush and wake the job for) instead of two. Only with the
-    // history change prepared: a failure's statement is then told by what it is.
-    // Not after a session whose settings a migration may have left (`standard_conforming_strings`
-    // off from a `-- no-transaction` file reads the next message otherwise): its reset comes
-    // only after the server has read the whole message.
-    let merged = run.record && frame.own && frame.clean && !frame.guarded && prepared.is_some();
-    if merged && sql::scans_whole(&step.script.sql) {
+    // message (and one answer to flush and wake the job for) instead of two.
+    if mergeable(run, frame, prepared) && sql::scans_whole(&step.script.sql) {
         let text = format!("{}; {close}", message.text);
         let part = [(message.opening, 2 + usize::from(next))];
-        let mut answers = group_answers(run, &text, &part, &AtomicUsize::new(0)).await;
+        let (mut answers, _) = group_answers(run, &text, &part, &AtomicUsize::new(0)).await;
         return (answers.remove(0), message);
     }
     // Each sends its message on its first poll, in this order, before either waits for an
@@ -350,7 +526,7 @@ async fn group_answers(
     text: &str,
     parts: &[(usize, usize)],
     answered: &AtomicUsize,
-) -> Vec<Answers> {
+) -> (Vec<Answers>, usize) {
     let marker = run.session.marker().to_string();
     let mut leading_rows = vec![None; parts.len()];
     // Where each migration's history change completed, and where the current one began.
@@ -424,7 +600,7 @@ async fn group_answers(
         }
         start = end;
     }
-    answers
+    (answers, marks.len())
 }
 
 /// Whether `error`, from a message holding a file and its history change, is the history
