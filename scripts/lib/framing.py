@@ -8,7 +8,10 @@ prepared statement run with EXECUTE, as the job runs it prepared.
 This copies the framing; when session.rs changes what a migration sends, change it here too
 (the statements of a real run are in the server's log with `log_statement = all`).
 
-Usage: framing.py N VARIANT
+Usage: framing.py N VARIANT [K]
+With K, the text is cut into messages of K migrations each (after the history table, the
+prepared insert and the run's first reset, which are one message), separated by the ASCII
+record separator (0x1e): examples/floor.rs sends them pipelined, as the job sends its messages.
 """
 import sys
 
@@ -29,6 +32,10 @@ GUARD_ARMS = (
 ELAPSED = ("(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - "
            "coalesce(nullif(pg_catalog.current_setting('db_migrate.started', true), '')::timestamptz, "
            "pg_catalog.transaction_timestamp())) * 1000)::bigint")
+CHAINED_ELAPSED = ("(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - "
+                   "GREATEST(pg_catalog.transaction_timestamp(), (SELECT p.applied_at FROM "
+                   'public."schema_migrations" p WHERE p.version = $1 - 1))) * 1000)::bigint')
+MARKER = "743057692024449122"
 CHECKSUM = "295abe8a0f191556e78229213e8df53aa1e97e9addfc27e26f671c187fa8da32"
 # What each variant leaves out of, or changes in, the framing.
 VARIANTS = {
@@ -41,6 +48,7 @@ VARIANTS = {
     "reset-all-only": "the reset as RESET ALL alone",
     "no-guard": "without the history insert's guard",
     "savepoint": "with the savepoint kept around the file",
+    "plain-insert": "before e803ed8: the history insert without its one-row check and the time of the row before",
 }
 
 
@@ -48,10 +56,19 @@ def text(n, variant):
     guarded = variant not in ("floor", "transaction", "no-guard")
     value = GUARD_ARMS + "ELSE $1 END" if guarded else "$1"
     elapsed = "0" if variant in ("floor", "transaction") else ELAPSED
-    out = [HISTORY,
-           'PREPARE db_migrate_insert (bigint, text) AS INSERT INTO public."schema_migrations" '
-           f"(version, name, checksum, execution_ms, applied_by) VALUES ({value}, $2, "
-           f"'{CHECKSUM}', {elapsed}, 'bench')"]
+    insert = ('INSERT INTO public."schema_migrations" '
+              f"(version, name, checksum, execution_ms, applied_by) VALUES ({value}, $2, "
+              f"'{CHECKSUM}', {elapsed}, 'bench')")
+    if guarded and variant != "plain-insert":
+        # As session.rs prepares it: counted from the row of the migration before (the
+        # version before, here), written at clock_timestamp(), and refused unless one row.
+        insert = ('WITH recorded AS (INSERT INTO public."schema_migrations" '
+                  "(version, name, checksum, execution_ms, applied_by, applied_at) "
+                  f"VALUES ({value}, $2, '{CHECKSUM}', {CHAINED_ELAPSED}, 'bench', "
+                  "pg_catalog.clock_timestamp()) RETURNING 1) SELECT CASE WHEN pg_catalog.count(*) <> 1 "
+                  "THEN pg_catalog.current_setting('db_migrate.the_history_row_was_not_written')::int "
+                  f"ELSE {MARKER} END FROM recorded")
+    out = [HISTORY, f"PREPARE db_migrate_insert (bigint, text) AS {insert}"]
     insert = "EXECUTE db_migrate_insert({0}, 't{0}')"
     if variant in ("floor", "transaction"):
         one = variant == "floor"
@@ -100,4 +117,20 @@ if __name__ == "__main__":
     count, name = int(sys.argv[1]), sys.argv[2]
     if name not in VARIANTS:
         sys.exit(f"unknown variant {name}; known: {', '.join(VARIANTS)}")
-    sys.stdout.write(text(count, name))
+    if len(sys.argv) == 3:
+        sys.stdout.write(text(count, name))
+        sys.exit(0)
+    per = int(sys.argv[3])
+    statements = text(count, name).strip().rstrip(";").split("; ")
+    # A message ends after the BEGIN that follows a COMMIT, as the job's closing statements do.
+    first = statements.index("COMMIT") + 1
+    messages, part, migrations = ["; ".join(statements[:first])], [], 0
+    for statement in statements[first:]:
+        part.append(statement)
+        migrations += statement.startswith("EXECUTE")
+        if statement == "BEGIN" and part[-2:-1] == ["COMMIT"] and migrations % per == 0:
+            messages.append("; ".join(part))
+            part = []
+    if part:
+        messages.append("; ".join(part))
+    sys.stdout.write("\x1e".join(messages))
