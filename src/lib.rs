@@ -215,7 +215,8 @@ impl Job<'_> {
             // The run's first round trips go out while the files are still being read; a
             // failure among them is still said first, and then the connection is dropped
             // (with the lock, when the first try took it: it ends with the session).
-            let mut pending = Box::pin(prelude(self.config, &client));
+            let version = dialer.reported_version();
+            let mut pending = Box::pin(prelude(self.config, &client, version));
             let mut early = None;
             let migrations = match loaded {
                 Some(migrations) => migrations,
@@ -761,13 +762,13 @@ impl Job<'_> {
 /// The run's first round trips once connected, made while the files are still being read.
 /// The commands that only read find the history table. The others also set the session up,
 /// take the lock and read the history (see [`changing`]).
-async fn prelude(config: &Config, client: &Client) -> Prelude {
+async fn prelude(config: &Config, client: &Client, version: Option<i32>) -> Prelude {
     match &config.command {
         Command::Status { .. }
         | Command::Verify { .. }
         | Command::Schema
         | Command::Test { .. } => Prelude::ReadOnly(config.history_table.resolve(client).await),
-        _ => Prelude::Changing(changing(config, client).await),
+        _ => Prelude::Changing(changing(config, client, version).await),
     }
 }
 
@@ -785,6 +786,7 @@ async fn prelude(config: &Config, client: &Client) -> Prelude {
 async fn changing(
     config: &Config,
     client: &Client,
+    version: Option<i32>,
 ) -> Result<Box<(history::Table, session::Session, FirstTry)>, Error> {
     let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
     let given = &config.history_table;
@@ -792,7 +794,7 @@ async fn changing(
     let fresh = async {
         match announced {
             Some(pid) => {
-                let tried = lock::first_try_fresh(client, given, pid, limits);
+                let tried = lock::first_try_fresh(client, given, pid, limits, version);
                 // Named as the search path finds it, as `locate` names it, in the same session
                 // at the same moment.
                 let read = history::applied(client, given, history::Columns::Checks);

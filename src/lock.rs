@@ -117,11 +117,12 @@ pub async fn first_try_fresh(
     table: &Table,
     pid: i32,
     limits: Limits,
+    version: Option<i32>,
 ) -> Result<Option<(Answer, Option<String>)>, Error> {
     match try_first(
         client,
         table,
-        &Session::fresh_setup(pid, key(table), limits),
+        &Session::fresh_setup(pid, key(table), limits, version),
     )
     .await
     {

@@ -704,12 +704,12 @@ async fn the_first_try_in_a_new_session_runs_only_in_the_session_the_server_anno
     );
     let show = "SELECT current_setting('lock_timeout')";
 
-    let elsewhere = lock::first_try_fresh(&client, &table, pid + 1, limits).await;
+    let elsewhere = lock::first_try_fresh(&client, &table, pid + 1, limits, None).await;
     assert!(matches!(elsewhere, Ok(None)), "{elsewhere:?}");
     assert_eq!(support::one::<i64>(&watcher, &holders).await, 0);
     assert_eq!(support::one::<String>(&client, show).await, "0");
 
-    let here = lock::first_try_fresh(&client, &table, announced, limits).await;
+    let here = lock::first_try_fresh(&client, &table, announced, limits, None).await;
     let (_, strings) = here.unwrap().expect("set up in its own session");
     assert_eq!(strings.as_deref(), Some("on"));
     assert_eq!(support::one::<i64>(&watcher, &holders).await, 1);
@@ -717,16 +717,28 @@ async fn the_first_try_in_a_new_session_runs_only_in_the_session_the_server_anno
     // Set for any server version, as the version is not known yet: PostgreSQL 14 has it.
     let version: String =
         support::one(&client, "SELECT current_setting('server_version_num')").await;
-    let interval = "SELECT current_setting('client_connection_check_interval', true)";
-    let interval: Option<String> = support::one(&client, interval).await;
-    match version.parse::<i32>().unwrap() >= 140000 {
+    let interval_sql = "SELECT current_setting('client_connection_check_interval', true)";
+    let interval: Option<String> = support::one(&client, interval_sql).await;
+    let version: i32 = version.parse().unwrap();
+    match version >= 140000 {
         true => assert_eq!(interval.as_deref(), Some("2s")),
         false => assert_eq!(interval, None),
     }
+    // Written for the version the server reported at login, as the job writes it: the
+    // setting is a plain SET, and it is set all the same (the lock is another's here).
+    let other = db.client().await;
+    let token = other.cancel_token();
+    let other_pid = db_migrate::connect::announced_pid(&token).await.unwrap();
+    let reported = Some(version / 10000 * 10000);
+    let tried = lock::first_try_fresh(&other, &table, other_pid, limits, reported).await;
+    assert!(matches!(tried, Ok(Some(_))), "{tried:?}");
+    let interval: Option<String> = support::one(&other, interval_sql).await;
+    assert_eq!(interval, (version >= 140000).then(|| "2s".to_string()));
+    assert_eq!(support::one::<String>(&other, show).await, "1234ms");
 
     // A session that holds the lock already (a proxy sharing it) is refused, as by the
     // setup after a round trip.
-    let again = lock::first_try_fresh(&client, &table, announced, limits).await;
+    let again = lock::first_try_fresh(&client, &table, announced, limits, None).await;
     assert!(
         matches!(again, Err(db_migrate::error::Error::SharedSession)),
         "{again:?}"

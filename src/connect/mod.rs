@@ -78,6 +78,9 @@ pub struct Dialer {
     /// The task driving the latest migration connection, for [`Dialer::sever`] and
     /// [`Dialer::close`].
     link: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The server version the latest migration connection's server reported at login, as
+    /// [`Dialer::reported_version`] gives it; 0 for none.
+    reported: std::sync::atomic::AtomicI32,
 }
 
 /// How the connections reach the server.
@@ -94,6 +97,8 @@ enum Way {
 /// A connection just opened, for its `connected` event.
 struct Opened {
     client: Client,
+    /// The server's version as it reported it at login (see [`reported_version`]).
+    version: Option<i32>,
     /// The negotiated TLS version, e.g. `TLSv1.3`; None without TLS.
     tls_version: Option<String>,
     /// Without TLS although the settings preferred it: worth a warning.
@@ -130,6 +135,7 @@ impl Dialer {
             way,
             cloudsql,
             link: Default::default(),
+            reported: Default::default(),
         })
     }
 
@@ -156,6 +162,7 @@ impl Dialer {
             way,
             cloudsql: self.cloudsql.clone(),
             link: Default::default(),
+            reported: Default::default(),
         }
     }
 
@@ -178,6 +185,15 @@ impl Dialer {
         if let Some(task) = link.as_ref() {
             task.abort();
         }
+    }
+
+    /// The server version the latest migration connection's server reported at login, as
+    /// `server_version_num` reads, to the major version (`150000` for 15.18): what the run's
+    /// first message may set before it has asked the server anything. Through a pooler it is
+    /// the pooler's word, and the run reads the version from the server as well.
+    pub fn reported_version(&self) -> Option<i32> {
+        let version = self.reported.load(std::sync::atomic::Ordering::Relaxed);
+        (version > 0).then_some(version)
     }
 
     /// Waits, at most `within`, for the latest migration connection to close once its client
@@ -300,6 +316,9 @@ impl Dialer {
         if purpose == Purpose::Migration {
             // A dropped handle leaves its task running: an earlier connection still closes.
             *self.link.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+            let version = opened.version.unwrap_or_default();
+            self.reported
+                .store(version, std::sync::atomic::Ordering::Relaxed);
         }
         self.connected(purpose, &opened);
         Ok(opened.client)
@@ -403,6 +422,7 @@ async fn direct_once(
     let (client, connection) = pg.connect(connector.clone()).await?;
     let opened = Opened {
         client,
+        version: reported_version(connection.parameter("server_version")),
         tls_version: connector.negotiated(),
         tls_preferred: mode == SslMode::Prefer,
         via: None,
@@ -422,11 +442,29 @@ async fn inside(
     let (client, connection) = pg.connect_raw(stream, NoTls).await?;
     let opened = Opened {
         client,
+        version: reported_version(connection.parameter("server_version")),
         tls_version,
         tls_preferred: false,
         via: Some("cloudsql-connector"),
     };
     Ok((opened, Box::pin(connection)))
+}
+
+/// A `server_version` as a server reports it at login (`15.18 (Debian 15.18-0+deb12u1)`,
+/// `9.6.24`, `18beta1`) as `server_version_num` reads, to the major version: `150000`,
+/// `90600`, `180000`.
+fn reported_version(reported: Option<&str>) -> Option<i32> {
+    let reported = reported?;
+    let mut numbers = reported
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<i32>().ok());
+    let major = numbers.next()??;
+    match major {
+        10.. => Some(major.checked_mul(10000)?),
+        // Before 10 the major version is two numbers: 9.6.
+        1..=9 => Some(major * 10000 + numbers.next().flatten().unwrap_or(0) * 100),
+        _ => None,
+    }
 }
 
 /// Spawns the task that drives a connection; aborting it closes the connection.
@@ -453,4 +491,24 @@ fn jitter(pause: Duration) -> Duration {
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     let spread = (hasher.finish() % 501) as f64 / 1000.0; // 0.0 ..= 0.5
     pause.mul_f64(0.75 + spread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_versions_read_as_server_version_num_to_the_major() {
+        for (reported, num) in [
+            ("15.18 (Debian 15.18-0+deb12u1)", Some(150000)),
+            ("9.6.24", Some(90600)),
+            ("18beta1", Some(180000)),
+            ("14.0", Some(140000)),
+            ("", None),
+            ("PgBouncer", None),
+        ] {
+            assert_eq!(reported_version(Some(reported)), num, "{reported}");
+        }
+        assert_eq!(reported_version(None), None);
+    }
 }
