@@ -257,9 +257,6 @@ pub const ROW_MISSING: &str = "db_migrate.the_history_row_to_delete_is_missing";
 /// The unknown setting whose error stands for "the history row was not written".
 pub const ROW_NOT_WRITTEN: &str = "db_migrate.the_history_row_was_not_written";
 
-/// The columns a history insert fills, in the order of its values.
-const COLUMNS: &str = "(version, name, checksum, execution_ms, applied_by)";
-
 /// How a history insert learns the migration's execution time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Elapsed {
@@ -289,7 +286,8 @@ pub fn change(
 /// The insert recording `migration` as applied, as SQL text. Text rather than a prepared
 /// statement, because a migration may run `DEALLOCATE ALL`; every value is spelled so that
 /// no setting a migration leaves behind (`standard_conforming_strings`, `client_encoding`,
-/// `search_path`) changes what it means.
+/// `search_path`) changes what it means. Refused as [`Statements::prepare`]'s is unless it
+/// wrote the row.
 ///
 /// `guard` wraps the version's SQL expression; it may raise an error instead (`session`).
 pub fn insert(
@@ -299,14 +297,34 @@ pub fn insert(
     elapsed: Elapsed,
     guard: impl Fn(&str) -> String,
 ) -> String {
-    let execution_ms = execution_ms(elapsed);
-    format!(
-        "INSERT INTO {} {COLUMNS} VALUES ({}, {}, {}, {execution_ms}, {})",
-        table.quoted,
-        guard(&migration.version.to_string()),
+    let version = migration.version.to_string();
+    let values = [
+        guard(&version),
         literal(&migration.name),
         literal(&migration.checksum),
+        execution_ms(elapsed),
         literal(applied_by),
+    ];
+    insert_sql(table, values, &version, "1")
+}
+
+/// An insert of one history row (`values`: its version, name, checksum, execution_ms and
+/// applied_by, as SQL expressions) that answers `value` when it wrote the row for `version`,
+/// and otherwise raises an error, before the `COMMIT` behind it: a trigger on the history
+/// table that skips the row (`RETURN NULL`) or changes its version then stops the migration
+/// instead of letting it commit unrecorded, or recorded under another number. `applied_at`
+/// is the moment the row was written.
+fn insert_sql(table: &Table, values: [String; 5], version: &str, value: &str) -> String {
+    let [v, name, checksum, execution_ms, applied_by] = values;
+    format!(
+        "WITH recorded AS (INSERT INTO {} \
+         (version, name, checksum, execution_ms, applied_by, applied_at) \
+         VALUES ({v}, {name}, {checksum}, {execution_ms}, {applied_by}, \
+         pg_catalog.clock_timestamp()) RETURNING version) \
+         SELECT CASE WHEN pg_catalog.count(*) FILTER (WHERE recorded.version = {version}) <> 1 \
+         THEN pg_catalog.current_setting('{ROW_NOT_WRITTEN}')::int ELSE {value} END \
+         FROM recorded",
+        table.quoted
     )
 }
 
@@ -351,7 +369,8 @@ fn literal(text: &str) -> String {
 /// and run with `EXECUTE` in the same message as the migration's `COMMIT` (`session::close`).
 #[derive(Debug, Clone)]
 pub struct Statements {
-    /// Parameters: version, name, checksum, applied_by.
+    /// Parameters: version, name, checksum, applied_by, and the version of the migration it
+    /// is chained behind (NULL for none).
     pub insert: String,
     /// Parameter: version.
     pub delete: String,
@@ -371,20 +390,24 @@ impl Statements {
     /// that opened it. Its time is counted from the moment the migration before it was
     /// recorded instead, which its row says: `applied_at` is when the row was written.
     pub fn prepare(&self, table: &Table, guard: impl Fn(&str) -> String, marker: i64) -> String {
-        let t = &table.quoted;
         // GREATEST is SQL's own construct, which no search path can shadow.
-        format!(
-            "PREPARE {}(bigint, text, text, text, bigint) AS WITH recorded AS (INSERT INTO {t} \
-             (version, name, checksum, execution_ms, applied_by, applied_at) \
-             VALUES ({}, $2, $3, (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - \
+        let execution_ms = format!(
+            "(pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() - \
              GREATEST(pg_catalog.transaction_timestamp(), \
-             (SELECT p.applied_at FROM {t} p WHERE p.version = $5))) * 1000)::bigint, $4, \
-             pg_catalog.clock_timestamp()) RETURNING 1) \
-             SELECT CASE WHEN pg_catalog.count(*) <> 1 \
-             THEN pg_catalog.current_setting('{ROW_NOT_WRITTEN}')::int ELSE {marker} END \
-             FROM recorded; PREPARE {}(bigint) AS {}",
-            self.insert,
+             (SELECT p.applied_at FROM {} p WHERE p.version = $5))) * 1000)::bigint",
+            table.quoted
+        );
+        let values = [
             guard("$1"),
+            "$2".into(),
+            "$3".into(),
+            execution_ms,
+            "$4".into(),
+        ];
+        format!(
+            "PREPARE {}(bigint, text, text, text, bigint) AS {}; PREPARE {}(bigint) AS {}",
+            self.insert,
+            insert_sql(table, values, "$1", &marker.to_string()),
             self.delete,
             delete_sql(table, "$1", &marker.to_string(), guard),
         )

@@ -1328,6 +1328,61 @@ async fn a_history_row_a_trigger_skips_stops_its_migration_uncommitted() {
     assert_eq!(tables(&client).await, ["a", "schema_migrations"]);
 }
 
+/// The same refusal for every way a history row is written: as text (a file that mentions
+/// `DEALLOCATE` records itself that way), for a row whose version a trigger changes, and for
+/// a `-- no-transaction` file, whose statements stay and whose missing row is said so.
+#[tokio::test]
+async fn a_history_row_a_trigger_skips_or_renumbers_is_refused_on_every_path() {
+    let skip = "CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                BEGIN RETURN NULL; END $$;\n";
+    let renumber = "CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                    BEGIN NEW.version := 99; RETURN NEW; END $$;\n";
+    let trigger = "CREATE TRIGGER skip BEFORE INSERT ON schema_migrations \
+                   FOR EACH ROW WHEN (NEW.version = 2) EXECUTE FUNCTION skip();\n";
+    for (function, second, kept, said) in [
+        (
+            skip,
+            "-- no DEALLOCATE here, only its name\nCREATE TABLE b (i int);\n",
+            false,
+            "history row was not written",
+        ),
+        (
+            renumber,
+            "CREATE TABLE b (i int);\n",
+            false,
+            "history row was not written",
+        ),
+        (
+            skip,
+            "-- no-transaction\nCREATE TABLE b (i int);\n",
+            true,
+            "changed 0 rows",
+        ),
+    ] {
+        let db = support::database().await;
+        let first = format!("{function}{trigger}CREATE TABLE a (i int);\n");
+        let dir = migrations(&[
+            ("001_skip.sql", &first),
+            ("002_b.sql", second),
+            ("003_c.sql", "CREATE TABLE c (i int);\n"),
+        ]);
+        let out = support::output_json(&db, dir.path(), &["up"]);
+        assert_eq!(out.code, 1, "{second}: {}", out.stderr);
+        let message = support::summary_message(&out);
+        assert!(
+            message.contains("migration 2") && message.contains(said),
+            "{second}: {message}"
+        );
+        let client = db.client().await;
+        assert_eq!(recorded(&client).await, [1], "{second}");
+        let mut expected = vec!["a", "schema_migrations"];
+        if kept {
+            expected.insert(1, "b");
+        }
+        assert_eq!(tables(&client).await, expected, "{second}");
+    }
+}
+
 /// A `-- no-transaction` file's statements are done when its history row is sent: a lost
 /// answer to that row must not say "not recorded", since the row may have committed. The
 /// connection is lost there for sure by a trigger on the history table that ends its own

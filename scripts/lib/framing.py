@@ -61,11 +61,12 @@ def text(n, variant):
               f"'{CHECKSUM}', {elapsed}, 'bench')")
     if guarded and variant != "plain-insert":
         # As session.rs prepares it: counted from the row of the migration before (the
-        # version before, here), written at clock_timestamp(), and refused unless one row.
+        # version before, here), written at clock_timestamp(), and refused unless it wrote its row.
         insert = ('WITH recorded AS (INSERT INTO public."schema_migrations" '
                   "(version, name, checksum, execution_ms, applied_by, applied_at) "
                   f"VALUES ({value}, $2, '{CHECKSUM}', {CHAINED_ELAPSED}, 'bench', "
-                  "pg_catalog.clock_timestamp()) RETURNING 1) SELECT CASE WHEN pg_catalog.count(*) <> 1 "
+                  "pg_catalog.clock_timestamp()) RETURNING version) SELECT CASE WHEN "
+                  "pg_catalog.count(*) FILTER (WHERE recorded.version = $1) <> 1 "
                   "THEN pg_catalog.current_setting('db_migrate.the_history_row_was_not_written')::int "
                   f"ELSE {MARKER} END FROM recorded")
     out = [HISTORY, f"PREPARE db_migrate_insert (bigint, text) AS {insert}"]

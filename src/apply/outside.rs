@@ -9,7 +9,7 @@ use tracing::warn;
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
 use super::waits::{Attempts, Retry};
 use super::{Run, Wrap};
-use crate::error::Error;
+use crate::error::{Error, Refusal};
 use crate::history::Elapsed;
 use crate::monitor::Monitor;
 use crate::plan::{Direction, Step};
@@ -94,6 +94,11 @@ pub(super) async fn run(
         super::history_change(run, migration, elapsed)
     );
     client.batch_execute(&record).await.map_err(|e| {
+        // Its statements stay: the row a trigger skipped is a row missing for them.
+        if session::refusal(&e) == Some(Refusal::RowNotWritten) {
+            let version = migration.version;
+            return Error::HistoryWrite { version, rows: 0 };
+        }
         if !is_connection_lost(&e) {
             return refused(run, step, e, "recording the migration in history");
         }
