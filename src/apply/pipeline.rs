@@ -7,7 +7,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::SimpleQueryMessage;
-use tokio_postgres::error::SqlState;
+use tokio_postgres::error::{ErrorPosition, SqlState};
 use tracing::info;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
@@ -218,14 +218,26 @@ pub(super) async fn batch(
             drain(&mut flight).await;
             settle(run).await;
         }
-        // A message of several that the server refused before any of them committed: a
-        // syntax error in any one of them does that, as the whole message is parsed before
-        // any of it runs, so the first cannot be blamed. Nothing of them stays; they go
-        // again one to a message, and the failure is met in its own file.
-        let first_failed = |(answers, _): &(Answers, Message)| {
-            (answers.body.as_ref()).is_err_and(|e| e.as_db_error().is_some())
+        // A message of several that the server refused before any of them committed, for a
+        // syntax error (or any error placed past the first file): the whole message is
+        // parsed before any of it runs, so the first cannot be blamed. Nothing of them
+        // stays; they go again one to a message, and the failure is met in its own file.
+        // Anything else stopped the first as it ran, and is its failure.
+        let elsewhere = |(answers, message): &(Answers, Message)| {
+            let Err(error) = &answers.body else {
+                return false;
+            };
+            let Some(db) = error.as_db_error().filter(|_| !is_connection_lost(error)) else {
+                return false;
+            };
+            let file = message.prefix + steps[done].script.sql.chars().count();
+            let past = |position: &ErrorPosition| match position {
+                ErrorPosition::Original(at) => usize::try_from(*at).is_ok_and(|at| at > file),
+                ErrorPosition::Internal { .. } => false,
+            };
+            *db.code() == SqlState::SYNTAX_ERROR || db.position().is_some_and(past)
         };
-        if migrations > 1 && counted == 0 && entries.first().is_some_and(first_failed) {
+        if migrations > 1 && counted == 0 && entries.first().is_some_and(elsewhere) {
             run.groups.store(false, Ordering::Relaxed);
             run.clean.store(false, Ordering::Relaxed);
             return Batch { done, failed: None };
@@ -258,9 +270,17 @@ pub(super) async fn batch(
                         settle(run).await;
                     }
                     run.clean.store(false, Ordering::Relaxed);
+                    // In a message of several, when it started is not known: a lock timeout
+                    // says it waited that long at least.
+                    let waited = Instant::now().checked_sub(run.locks.timeout);
+                    let started = match (migrations > 1 && super::waits::timed_out(&error), waited)
+                    {
+                        (true, Some(waited)) => waited.min(previous),
+                        _ => previous,
+                    };
                     return Batch {
                         done,
-                        failed: Some((error, previous)),
+                        failed: Some((error, started)),
                     };
                 }
             }
