@@ -1309,6 +1309,45 @@ async fn a_failure_among_migrations_sent_in_one_message_names_its_own_file() {
     }
 }
 
+/// An error raised by a trigger on the history table, as a migration sent with others in one
+/// message records itself, is the history change's, not its file's: every statement of the
+/// file completed, so the message says the recording failed and names no line of the file.
+#[tokio::test]
+async fn an_error_recording_a_migration_sent_with_others_is_not_blamed_on_its_file() {
+    let db = support::database().await;
+    let mut files: Vec<(String, String)> = vec![(
+        "001_t.sql".into(),
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'version % is refused', NEW.version; END $$;\n\
+         CREATE TRIGGER refuse BEFORE INSERT ON schema_migrations \
+         FOR EACH ROW WHEN (NEW.version = 7) EXECUTE FUNCTION refuse();\n"
+            .into(),
+    )];
+    files.extend((2..=20).map(|v| {
+        (
+            format!("{v:03}_t.sql"),
+            format!("CREATE TABLE t{v} (i int);\n"),
+        )
+    }));
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
+    let dir = migrations(&files);
+    let out = support::output_json(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let summary = support::events(&out.stderr).pop().unwrap_or_default();
+    assert_eq!(summary["applied"], 6, "{summary}");
+    let message = support::summary_message(&out);
+    assert!(
+        message.contains("migration 7 (")
+            && message.contains("recording it in history failed: P0001 version 7 is refused")
+            && message.contains("nothing of it was kept")
+            && !message.contains("007_t.sql:"),
+        "{message}"
+    );
+    let client = db.client().await;
+    assert_eq!(recorded(&client).await, (1..7).collect::<Vec<i64>>());
+    assert!(!tables(&client).await.contains(&"t7".to_string()));
+}
+
 /// A trigger on the history table that skips a migration's row (`RETURN NULL`) stops that
 /// migration before its `COMMIT`: nothing of it stays, rather than its SQL committed with no
 /// row to say so. The migrations behind it, sent in the same pipeline, do not run.

@@ -32,16 +32,21 @@ pub(super) fn connection_lost(step: Step<'_>, wrap: Wrap, error: &tokio_postgres
 }
 
 /// Turns one of our own refusals (see `session`) into the error that says what happened;
-/// any other failure outside the file's own SQL is a database error in `context`.
+/// any other failure of what we run around the file (`doing`) names the migration and says
+/// what of it was `kept`.
 pub(super) fn refused(
     run: &Run<'_>,
     step: Step<'_>,
     error: tokio_postgres::Error,
-    context: &'static str,
+    doing: &'static str,
+    kept: &'static str,
 ) -> Error {
     let Some(refusal) = session::refusal(&error) else {
-        return Error::Database {
-            context,
+        return Error::Around {
+            version: step.migration.version,
+            file: step.script.path.clone(),
+            doing,
+            kept,
             source: error,
         };
     };
@@ -55,6 +60,18 @@ pub(super) fn refused(
             file: step.script.path.clone(),
             refusal,
         },
+    }
+}
+
+/// What stayed of a migration whose transaction failed before it committed.
+pub(super) fn rolled_back(wrap: Wrap) -> &'static str {
+    match wrap {
+        Wrap::Own => {
+            "it was rolled back and nothing of it was kept; fix what stopped it (a trigger, rule or constraint on the history table, a deferred constraint) and run again"
+        }
+        Wrap::Outer => {
+            "the run's one transaction was rolled back and nothing of this run was kept; fix what stopped it (a trigger, rule or constraint on the history table, a deferred constraint) and run again"
+        }
     }
 }
 

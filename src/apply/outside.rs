@@ -35,7 +35,7 @@ pub(super) async fn run(
     let open = client
         .simple_query(&open)
         .await
-        .map_err(|e| refused(run, step, e, "starting the migration"))?;
+        .map_err(|e| refused(run, step, e, "starting it", "nothing of it ran"))?;
     run.session.check_same(session::pid(&open))?;
     rebuild_invalid_indexes(client, &creates).await?;
     let mut counts = Vec::new();
@@ -100,7 +100,8 @@ pub(super) async fn run(
             return Error::HistoryWrite { version, rows: 0 };
         }
         if !is_connection_lost(&e) {
-            return refused(run, step, e, "recording the migration in history");
+            let kept = "the statements of this -- no-transaction file completed and stay, and it is not recorded; fix what refused its row (a trigger, rule or constraint on the history table) and run again (such files are idempotent)";
+            return refused(run, step, e, "recording it in history", kept);
         }
         Error::ConnectionLost {
             version: migration.version,

@@ -10,7 +10,7 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tracing::info;
 
-use super::failure::{connection_lost, failed, is_connection_lost, refused};
+use super::failure::{connection_lost, failed, is_connection_lost, refused, rolled_back};
 use super::{Prepared, Run, Wrap};
 use crate::error::Error;
 use crate::history::Elapsed;
@@ -476,7 +476,11 @@ async fn exchange_group(
         text.push_str("; ");
         text.push_str(&close);
         chars += text[start..].chars().count();
-        parts.push((message.opening, 2 + usize::from(chained)));
+        parts.push((
+            message.opening,
+            body_statements(&message, *step),
+            2 + usize::from(chained),
+        ));
         messages.push(message);
         after = Some(migration.version);
     }
@@ -517,7 +521,11 @@ async fn exchange(
     // message (and one answer to flush and wake the job for) instead of two.
     if mergeable(run, frame, prepared) && sql::scans_whole(&step.script.sql) {
         let text = format!("{}; {close}", message.text);
-        let part = [(message.opening, 2 + usize::from(next))];
+        let part = [(
+            message.opening,
+            body_statements(&message, step),
+            2 + usize::from(next),
+        )];
         let (mut answers, _) = group_answers(run, &text, &part, &AtomicUsize::new(0)).await;
         return (answers.remove(0), message);
     }
@@ -530,21 +538,29 @@ async fn exchange(
     (Answers { body, close }, message)
 }
 
+/// How many statements come before a migration's history change in its message: its
+/// opening, its file's (as the lexer splits them, as the server does) and its seal.
+fn body_statements(message: &Message, step: Step<'_>) -> usize {
+    message.opening + sql::split(&step.script.sql).len() + message.sealed
+}
+
 /// Runs `text`, the messages of one or more migrations each with its closing statements at
-/// its end (`parts`: how many statements each one's opening and its closing are), and reads
+/// its end (`parts`: how many statements each one's opening, everything before its history
+/// change, and its closing statements are), and reads
 /// its answers as if each migration's file and closing statements had come as messages of
 /// their own. A row with the run's marker (`Session::marker`) is a history change's: the
 /// prepared one returns it, or raises an error, so every migration that got as far as its
 /// `COMMIT` is marked. Once a migration's row came, an error is its `COMMIT`'s or the next
-/// `BEGIN`'s, told by how many statements completed after it. Before it, our refusals and the
-/// history change's statement gone are the history change's; anything else stopped the file
-/// or its seal, and nothing of it was kept. The server runs nothing of the message after an
+/// `BEGIN`'s, told by how many statements completed after it. Before it, our refusals, the
+/// history change's statement gone, and an error once every statement before the history
+/// change completed (a trigger's on the history table) are the history change's; anything
+/// else stopped the file or its seal, and nothing of it was kept. The server runs nothing of the message after an
 /// error, so there are answers for the migrations up to the one that failed, and no more.
 /// `answered` counts the migrations whose history change ran, as their rows come.
 async fn group_answers(
     run: &Run<'_>,
     text: &str,
-    parts: &[(usize, usize)],
+    parts: &[(usize, usize, usize)],
     answered: &AtomicUsize,
 ) -> (Vec<Answers>, usize) {
     let marker = run.session.marker().to_string();
@@ -554,10 +570,10 @@ async fn group_answers(
     let reply = session::reply(run.client, text, |completed, value| {
         // Past the closing statements of the migration before: the next one's rows.
         while let Some(&mark) = marks.get(current)
-            && completed >= mark + parts[current].1
+            && completed >= mark + parts[current].2
             && current + 1 < parts.len()
         {
-            (current, start) = (current + 1, mark + parts[current].1);
+            (current, start) = (current + 1, mark + parts[current].2);
         }
         if marks.len() > current {
             // The closing statements return no other rows.
@@ -572,7 +588,7 @@ async fn group_answers(
     let (counts, mut error) = (reply.counts, reply.error);
     let mut answers = Vec::with_capacity(parts.len());
     let mut start = 0;
-    for (i, (&(_, closing), leading_row)) in parts.iter().zip(leading_rows).enumerate() {
+    for (i, (&(_, before, closing), leading_row)) in parts.iter().zip(leading_rows).enumerate() {
         let body = |end: usize| session::Counted {
             counts: counts[start.min(end)..end].to_vec(),
             leading_row,
@@ -580,8 +596,9 @@ async fn group_answers(
         let Some(&mark) = marks.get(i) else {
             // Stopped before its history change completed: by the change itself (a refusal,
             // or its statement gone), or by the file or its seal, which then kept nothing.
+            let reached = counts.len().saturating_sub(start) >= before;
             let (body, close) = match error.take() {
-                Some(e) if history_failure(run, &e) => {
+                Some(e) if reached || history_failure(run, &e) => {
                     let close = Closing {
                         error: Some(e),
                         ..Closing::default()
@@ -696,7 +713,15 @@ async fn outcome(
         // `BEGIN` of the migration behind it (cancelled): this one committed then, and the
         // next one's opening failed, which is the failure its answers show.
         match close.counts.len() {
-            0 => return Err(refused(run, step, e, "recording the migration in history")),
+            0 => {
+                return Err(refused(
+                    run,
+                    step,
+                    e,
+                    "recording it in history",
+                    rolled_back(wrap),
+                ));
+            }
             // A deferred constraint, a serialization failure: the file's, rolled back whole.
             1 if wrap == Wrap::Own
                 && session::refusal(&e).is_none()
@@ -705,7 +730,7 @@ async fn outcome(
                 return Err(failed(step, 0, 0, true, e));
             }
             1 if wrap == Wrap::Own => {
-                return Err(refused(run, step, e, "committing the migration"));
+                return Err(refused(run, step, e, "committing it", rolled_back(wrap)));
             }
             _ => unopened = Some(e),
         }
@@ -750,7 +775,7 @@ async fn body_failed(
     message: &Message,
 ) -> Error {
     if session::refusal(&e).is_some() {
-        return refused(run, step, e, "running the migration");
+        return refused(run, step, e, "running it", rolled_back(wrap));
     }
     let mut error = failed(step, 0, message.prefix, true, e);
     if let Error::Apply(failure) = &mut error {

@@ -65,6 +65,23 @@ pub enum Error {
         outcome: &'static str,
     },
 
+    /// The server refused one of the statements db-migrate runs around a migration's file
+    /// (its opening, its history row, its `COMMIT`), for a cause that is not one of ours: a
+    /// trigger, rule or constraint on the history table, a deferred constraint. `kept` says
+    /// what of the migration stayed.
+    #[error(
+        "migration {version} ({}): {doing} failed: {}; {kept}",
+        .file.display(), describe_db(.source)
+    )]
+    Around {
+        version: i64,
+        file: PathBuf,
+        doing: &'static str,
+        kept: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
     /// The database failed outside a migration's own SQL (reading history, recording a row).
     #[error("{context}: {}", describe_db(.source))]
     Database {
@@ -280,6 +297,7 @@ impl Error {
             | Error::TransactionEnded { .. }
             | Error::HistoryWrite { .. }
             | Error::ConnectionLost { .. }
+            | Error::Around { .. }
             | Error::Database { .. } => Outcome::MigrationFailed,
             Error::Config(_) | Error::Pooled { .. } | Error::SharedSession => Outcome::ConfigError,
             Error::InvalidFile { .. }
