@@ -440,9 +440,10 @@ pub fn reach(statement: &str) -> Reach {
 
 /// Whether every statement of `sql` only defines things: it starts with `CREATE`, `ALTER`,
 /// `DROP`, `COMMENT`, `GRANT` or `REVOKE`, and holds no query (no `SELECT` or `VALUES`, no
-/// `AS TABLE` or `AS WITH`, as `CREATE TABLE ... AS` would) and no `EXTENSION` (whose script
-/// may do anything). On tables that hold no rows, such a file takes only the time of its
-/// catalog changes. From the lexer alone: a function's body is a string to it.
+/// `AS TABLE`, `AS WITH` or `AS EXECUTE`, bare or in parentheses, as `CREATE TABLE ... AS`
+/// would) and no `EXTENSION` (whose script may do anything). On tables that hold no rows,
+/// such a file takes only the time of its catalog changes. From the lexer alone: a
+/// function's body is a string to it.
 pub fn defines_only(sql: &str) -> bool {
     let starts = ["create", "alter", "drop", "comment", "grant", "revoke"];
     let queries = ["select", "values", "extension"];
@@ -457,8 +458,11 @@ pub fn defines_only(sql: &str) -> bool {
             && tokens.all(|t| {
                 let query = queries.iter().any(|k| t.is_keyword(statement, k))
                     || (after_as
-                        && (t.is_keyword(statement, "table") || t.is_keyword(statement, "with")));
-                after_as = t.is_keyword(statement, "as");
+                        && ["table", "with", "execute"]
+                            .iter()
+                            .any(|k| t.is_keyword(statement, k)));
+                // `AS (TABLE v)`: the query may stand in parentheses.
+                after_as = t.is_keyword(statement, "as") || (after_as && t.kind == Kind::Open);
                 !query
             })
     })
@@ -1211,6 +1215,10 @@ mod tests {
             "INSERT INTO t VALUES (1);",
             "CREATE TABLE t AS SELECT generate_series(1, 10);",
             "CREATE TABLE t AS TABLE s;",
+            "CREATE TABLE t AS (TABLE s);",
+            "CREATE MATERIALIZED VIEW v AS ((TABLE s));",
+            "CREATE TABLE t AS (WITH x AS (DELETE FROM s RETURNING 1) TABLE x);",
+            "CREATE TABLE t AS EXECUTE p;",
             "CREATE MATERIALIZED VIEW v AS WITH x AS (SELECT 1) SELECT * FROM x;",
             "CREATE TABLE t (i int); SELECT pg_sleep(1);",
             "CREATE EXTENSION postgis;",
