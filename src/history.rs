@@ -309,8 +309,9 @@ pub fn insert(
 }
 
 /// An insert of one history row (`values`: its version, name, checksum, execution_ms and
-/// applied_by, as SQL expressions) that answers `value` when it wrote the row for `version`,
-/// and otherwise raises an error, before the `COMMIT` behind it: a trigger on the history
+/// applied_by, as SQL expressions) that answers `value` and the row's `execution_ms` (which a
+/// message of several migrations, answered at once, reports each one's time by) when it
+/// wrote the row for `version`, and otherwise raises an error, before the `COMMIT` behind it: a trigger on the history
 /// table that skips the row (`RETURN NULL`) or changes its version then stops the migration
 /// instead of letting it commit unrecorded, or recorded under another number. `applied_at`
 /// is the moment the row was written.
@@ -320,10 +321,10 @@ fn insert_sql(table: &Table, values: [String; 5], version: &str, value: &str) ->
         "WITH recorded AS (INSERT INTO {} \
          (version, name, checksum, execution_ms, applied_by, applied_at) \
          VALUES ({v}, {name}, {checksum}, {execution_ms}, {applied_by}, \
-         pg_catalog.clock_timestamp()) RETURNING version) \
+         pg_catalog.clock_timestamp()) RETURNING version, execution_ms) \
          SELECT CASE WHEN pg_catalog.count(*) FILTER (WHERE recorded.version = {version}) <> 1 \
-         THEN pg_catalog.current_setting('{ROW_NOT_WRITTEN}')::int ELSE {value} END \
-         FROM recorded",
+         THEN pg_catalog.current_setting('{ROW_NOT_WRITTEN}')::int ELSE {value} END, \
+         pg_catalog.max(recorded.execution_ms) FROM recorded",
         table.quoted
     )
 }

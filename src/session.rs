@@ -712,9 +712,9 @@ pub async fn counted(
     leading: usize,
 ) -> Result<Counted, tokio_postgres::Error> {
     let mut leading_row = None;
-    let reply = reply(client, text, |completed, value| {
+    let reply = reply(client, text, |completed, values| {
         if completed < leading {
-            leading_row = value.map(str::to_string);
+            leading_row = values.get(0).map(str::to_string);
         }
     })
     .await;
@@ -741,11 +741,15 @@ pub struct Reply {
     pub error: Option<tokio_postgres::Error>,
 }
 
-/// Runs `text` as one simple query and reads its answers into a [`Reply`]. Each row's first
-/// value goes to `row` with how many statements had completed before it (so which statement
-/// returned it), and is then dropped: a file that selects millions of rows costs no memory.
+/// Runs `text` as one simple query and reads its answers into a [`Reply`]. Each row goes to
+/// `row` with how many statements had completed before it (so which statement returned it),
+/// and is then dropped: a file that selects millions of rows costs no memory.
 /// The query is sent on the first poll, so it keeps its place in a pipeline.
-pub async fn reply(client: &Client, text: &str, mut row: impl FnMut(usize, Option<&str>)) -> Reply {
+pub async fn reply(
+    client: &Client,
+    text: &str,
+    mut row: impl FnMut(usize, &tokio_postgres::SimpleQueryRow),
+) -> Reply {
     use futures_util::TryStreamExt;
     let mut counts = Vec::new();
     let stream = match client.simple_query_raw(text).await {
@@ -759,7 +763,7 @@ pub async fn reply(client: &Client, text: &str, mut row: impl FnMut(usize, Optio
     let error = loop {
         match stream.try_next().await {
             Ok(Some(SimpleQueryMessage::CommandComplete(rows))) => counts.push(rows),
-            Ok(Some(SimpleQueryMessage::Row(values))) => row(counts.len(), values.get(0)),
+            Ok(Some(SimpleQueryMessage::Row(values))) => row(counts.len(), &values),
             Ok(Some(_)) => {}
             Ok(None) => break None,
             Err(error) => break Some(error),

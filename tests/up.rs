@@ -170,6 +170,53 @@ async fn each_execution_time_is_its_own_migrations_behind_a_slow_one() {
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{at:?}");
 }
 
+/// Migrations that only define things go several to a message on an empty database, and
+/// their answers come at once: each one's logged time is still its own, the one its history
+/// row has. An event trigger makes the ninth slow (a `COMMENT` waits a fifth of a second).
+#[tokio::test]
+async fn each_logged_time_is_its_own_migrations_in_a_message_of_several() {
+    let db = support::database().await;
+    let mut files = vec![(
+        "001_slow.sql".to_string(),
+        "CREATE FUNCTION slow() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF tg_tag = 'COMMENT' THEN PERFORM pg_sleep(0.2); END IF; END $$;\n\
+         CREATE EVENT TRIGGER slow ON ddl_command_end EXECUTE FUNCTION slow();\n"
+            .to_string(),
+    )];
+    files.extend((2..=12).map(|v| {
+        let mut sql = format!("CREATE TABLE t{v} (i int);\n");
+        if v == 9 {
+            sql.push_str("COMMENT ON TABLE t9 IS 'slow';\n");
+        }
+        (format!("{v:03}_t.sql"), sql)
+    }));
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
+    let dir = migrations(&files);
+    let out = support::output_json(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let logged: Vec<(i64, i64)> = support::events(&out.stderr)
+        .iter()
+        .filter(|e| e["message"] == "migration applied")
+        .map(|e| {
+            (
+                e["version"].as_i64().unwrap(),
+                e["duration_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT version, execution_ms FROM schema_migrations WHERE version > 1 ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let recorded: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(logged[1..], recorded[..], "logged, then recorded");
+    assert!(recorded[7].1 >= 200, "{recorded:?}");
+}
+
 #[tokio::test]
 async fn up_down_all_up_round_trips() {
     let db = support::database().await;

@@ -47,7 +47,7 @@ pub(super) async fn run(
     // the start, so that it runs once; the statements are prepared again after it.
     if !deallocates && !sql::may_deallocate(&step.script.sql) {
         let first = send(run, step, wrap, Some(&statements)).await;
-        let Err(Error::Database { source, .. }) = &first else {
+        let Err(Error::Around { source, .. } | Error::Database { source, .. }) = &first else {
             return first;
         };
         if source.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
@@ -246,9 +246,16 @@ pub(super) async fn batch(
         for (answers, message) in entries {
             let step = steps[done];
             match outcome(run, step, Wrap::Own, answers, &message).await {
-                Ok(Committed { counts, unopened }) => {
+                Ok(Committed {
+                    counts,
+                    took,
+                    unopened,
+                }) => {
+                    // The answers of a message of several come at once: each one's own time
+                    // is the one its history row has.
                     let at = Instant::now();
-                    finished(step, file_counts(counts, &message), at - previous);
+                    let own = took.map_or(at - previous, Duration::from_millis);
+                    finished(step, file_counts(counts, &message), own);
                     (previous, done) = (at, done + 1);
                     // What stopped the `BEGIN` after its `COMMIT` (a cancel) is why the next
                     // one's opening failed: that is the failure to report.
@@ -368,6 +375,8 @@ impl Answers {
 struct Closing {
     counts: Vec<u64>,
     value: Option<String>,
+    /// The `execution_ms` the prepared history insert wrote, when it rode in the message.
+    took: Option<u64>,
     error: Option<tokio_postgres::Error>,
 }
 
@@ -567,7 +576,9 @@ async fn group_answers(
     let mut leading_rows = vec![None; parts.len()];
     // Where each migration's history change completed, and where the current one began.
     let (mut marks, mut current, mut start) = (Vec::new(), 0, 0);
-    let reply = session::reply(run.client, text, |completed, value| {
+    let mut took = Vec::new();
+    let reply = session::reply(run.client, text, |completed, values| {
+        let value = values.get(0);
         // Past the closing statements of the migration before: the next one's rows.
         while let Some(&mark) = marks.get(current)
             && completed >= mark + parts[current].2
@@ -581,6 +592,7 @@ async fn group_answers(
             leading_rows[current] = value.map(str::to_string);
         } else if value == Some(marker.as_str()) {
             marks.push(completed);
+            took.push(values.get(1).and_then(|ms| ms.parse().ok()));
             answered.fetch_add(1, Ordering::Relaxed);
         }
     })
@@ -626,6 +638,7 @@ async fn group_answers(
         let close = Closing {
             counts: counts[mark..end].to_vec(),
             value: None,
+            took: took[i],
             error: if stopped { error.take() } else { None },
         };
         answers.push(Answers {
@@ -657,15 +670,16 @@ fn history_failure(run: &Run<'_>, error: &tokio_postgres::Error) -> bool {
 /// completed before an error. The query is sent on the first poll.
 async fn closing(client: &tokio_postgres::Client, text: &str) -> Closing {
     let mut value = None;
-    let reply = session::reply(client, text, |completed, first| {
+    let reply = session::reply(client, text, |completed, values| {
         if completed == 0 {
-            value = first.map(str::to_string);
+            value = values.get(0).map(str::to_string);
         }
     })
     .await;
     Closing {
         counts: reply.counts,
         value,
+        took: None,
         error: reply.error,
     }
 }
@@ -685,6 +699,8 @@ type Answer<T> = Result<T, tokio_postgres::Error>;
 /// chained behind it failed at its opening for that reason.
 struct Committed {
     counts: Vec<u64>,
+    /// Its own time as its history row has it, when its history change rode in its message.
+    took: Option<u64>,
     unopened: Option<tokio_postgres::Error>,
 }
 
@@ -748,6 +764,7 @@ async fn outcome(
     }
     Ok(Committed {
         counts: body.counts,
+        took: close.took,
         unopened,
     })
 }
