@@ -714,7 +714,7 @@ pub async fn counted(
     let mut leading_row = None;
     let reply = reply(client, text, |completed, values| {
         if completed < leading {
-            leading_row = values.get(0).map(str::to_string);
+            leading_row = values.try_get(0).ok().flatten().map(str::to_string);
         }
     })
     .await;

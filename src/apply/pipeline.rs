@@ -578,7 +578,7 @@ async fn group_answers(
     let (mut marks, mut current, mut start) = (Vec::new(), 0, 0);
     let mut took = Vec::new();
     let reply = session::reply(run.client, text, |completed, values| {
-        let value = values.get(0);
+        let value = values.try_get(0).ok().flatten();
         // Past the closing statements of the migration before: the next one's rows.
         while let Some(&mark) = marks.get(current)
             && completed >= mark + parts[current].2
@@ -592,7 +592,13 @@ async fn group_answers(
             leading_rows[current] = value.map(str::to_string);
         } else if value == Some(marker.as_str()) {
             marks.push(completed);
-            took.push(values.get(1).and_then(|ms| ms.parse().ok()));
+            took.push(
+                values
+                    .try_get(1)
+                    .ok()
+                    .flatten()
+                    .and_then(|ms| ms.parse().ok()),
+            );
             answered.fetch_add(1, Ordering::Relaxed);
         }
     })
@@ -672,7 +678,7 @@ async fn closing(client: &tokio_postgres::Client, text: &str) -> Closing {
     let mut value = None;
     let reply = session::reply(client, text, |completed, values| {
         if completed == 0 {
-            value = values.get(0).map(str::to_string);
+            value = values.try_get(0).ok().flatten().map(str::to_string);
         }
     })
     .await;
