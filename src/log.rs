@@ -355,6 +355,9 @@ pub fn finish(
             let exit_code = outcome.code();
             let (version, sqlstate) = match failure {
                 Error::Apply(f) => (Some(f.version), Some(f.sqlstate.as_str())),
+                Error::Around {
+                    version, source, ..
+                } => (Some(*version), source.code().map(|c| c.code())),
                 _ => (None, None),
             };
             tracing::error!(

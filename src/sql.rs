@@ -38,6 +38,11 @@ pub fn split(sql: &str) -> Vec<Statement<'_>> {
         .collect()
 }
 
+/// How many statements [`split`] finds in `sql`, without collecting them.
+pub fn count(sql: &str) -> usize {
+    spans(sql).count()
+}
+
 /// True when the file holds no statement at all (only whitespace/comments).
 /// An unterminated block comment counts as content, so the server gets to report it.
 pub fn is_empty(sql: &str) -> bool {
@@ -441,12 +446,15 @@ pub fn reach(statement: &str) -> Reach {
 /// Whether every statement of `sql` only defines things: it starts with `CREATE`, `ALTER`,
 /// `DROP`, `COMMENT`, `GRANT` or `REVOKE`, and holds no query (no `SELECT` or `VALUES`, no
 /// `AS TABLE`, `AS WITH` or `AS EXECUTE`, bare or in parentheses, as `CREATE TABLE ... AS`
-/// would) and no `EXTENSION` (whose script may do anything). On tables that hold no rows,
+/// would), no `EXTENSION` (whose script may do anything) and no `TRIGGER` or `RULE` (whose
+/// action runs on a later write, a history row's included). On tables that hold no rows,
 /// such a file takes only the time of its catalog changes. From the lexer alone: a
 /// function's body is a string to it.
 pub fn defines_only(sql: &str) -> bool {
     let starts = ["create", "alter", "drop", "comment", "grant", "revoke"];
-    let queries = ["select", "values", "extension"];
+    // A trigger or rule runs SQL on another's write: one on the history table, or an event
+    // trigger, would run queries as the migrations behind it record themselves.
+    let queries = ["select", "values", "extension", "trigger", "rule"];
     spans(sql).all(|(start, end)| {
         let statement = &sql[start..end];
         let mut tokens = code(statement);
@@ -1201,7 +1209,6 @@ mod tests {
             "CREATE TABLE t (id int PRIMARY KEY, p int REFERENCES q ON DELETE CASCADE);",
             "CREATE INDEX i ON t (lower(x)); ALTER TABLE t ADD COLUMN c int DEFAULT 0;",
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;",
-            "CREATE TRIGGER g AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f();",
             "CREATE TYPE mood AS ENUM ('a', 'b'); COMMENT ON TABLE t IS 'select values';",
             "-- SELECT in a comment\nDROP TABLE IF EXISTS t; GRANT SELECT ON t TO r;",
             "",
@@ -1219,6 +1226,9 @@ mod tests {
             "CREATE MATERIALIZED VIEW v AS ((TABLE s));",
             "CREATE TABLE t AS (WITH x AS (DELETE FROM s RETURNING 1) TABLE x);",
             "CREATE TABLE t AS EXECUTE p;",
+            "CREATE TRIGGER g AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f();",
+            "CREATE EVENT TRIGGER e ON ddl_command_end EXECUTE FUNCTION f();",
+            "CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY t;",
             "CREATE MATERIALIZED VIEW v AS WITH x AS (SELECT 1) SELECT * FROM x;",
             "CREATE TABLE t (i int); SELECT pg_sleep(1);",
             "CREATE EXTENSION postgis;",

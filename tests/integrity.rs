@@ -1335,6 +1335,11 @@ async fn an_error_recording_a_migration_sent_with_others_is_not_blamed_on_its_fi
     assert_eq!(out.code, 1, "{}", out.stderr);
     let summary = support::events(&out.stderr).pop().unwrap_or_default();
     assert_eq!(summary["applied"], 6, "{summary}");
+    assert_eq!(
+        (&summary["version"], &summary["sqlstate"]),
+        (&7.into(), &"P0001".into()),
+        "{summary}"
+    );
     let message = support::summary_message(&out);
     assert!(
         message.contains("migration 7 (")

@@ -337,6 +337,48 @@ async fn up_behind_a_long_reader_waits_outside_the_lock_queue_and_completes_once
     assert_eq!(history(&client).await, [1, 2, 3]);
 }
 
+/// The history insert waits for the history table's lock like any statement of the file:
+/// a session that takes that table while the file runs, and holds it past the lock timeout,
+/// sends the migration (rolled back whole) to wait outside the queue and run again, not to
+/// stop the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_row_behind_a_lock_on_the_history_table_waits_and_runs_again() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let file = "SELECT pg_sleep(0.5) AS lock_me_now;\nCREATE TABLE thumbnails (id int);\n";
+    let dir = support::copy_of_seed(&[("003_a.sql", file)]);
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "300ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    // Taken while the file sleeps: after the run prepared its history statements.
+    let holder = db.client().await;
+    let sleeping = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE query LIKE '%lock_me_now%' AND state = 'active' \
+                    AND pid <> pg_backend_pid()";
+    while support::one::<i64>(&holder, sleeping).await == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    holder
+        .batch_execute("BEGIN; LOCK TABLE schema_migrations IN SHARE MODE")
+        .await
+        .unwrap();
+    let retry = job.wait_for("a lock timeout on the history table", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("migration could not get a table lock in time"))
+    });
+    assert_eq!(retry["version"], 3, "{retry}");
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3]);
+    assert!(tables(&client).await.contains(&"thumbnails".to_string()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_transaction_behind_a_long_reader_is_rolled_back_and_run_again_whole() {
     let db = support::database().await;

@@ -100,7 +100,14 @@ pub(super) async fn run(
             return Error::HistoryWrite { version, rows: 0 };
         }
         if !is_connection_lost(&e) {
-            let kept = "the statements of this -- no-transaction file completed and stay, and it is not recorded; fix what refused its row (a trigger, rule or constraint on the history table) and run again (such files are idempotent)";
+            let kept = match run.direction {
+                Direction::Up => {
+                    "the statements of this -- no-transaction file completed and stay, and it is not recorded; fix what refused its row (a trigger, rule or constraint on the history table) and run again (such files are idempotent)"
+                }
+                Direction::Down => {
+                    "the statements of this -- no-transaction rollback completed and stay, and history still lists it as applied; fix what refused the change (a trigger, rule or constraint on the history table) and run again (such files are idempotent)"
+                }
+            };
             return refused(run, step, e, "recording it in history", kept);
         }
         Error::ConnectionLost {

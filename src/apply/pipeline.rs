@@ -485,11 +485,7 @@ async fn exchange_group(
         text.push_str("; ");
         text.push_str(&close);
         chars += text[start..].chars().count();
-        parts.push((
-            message.opening,
-            body_statements(&message, *step),
-            2 + usize::from(chained),
-        ));
+        parts.push(Part::new(&message, *step, chained));
         messages.push(message);
         after = Some(migration.version);
     }
@@ -530,11 +526,7 @@ async fn exchange(
     // message (and one answer to flush and wake the job for) instead of two.
     if mergeable(run, frame, prepared) && sql::scans_whole(&step.script.sql) {
         let text = format!("{}; {close}", message.text);
-        let part = [(
-            message.opening,
-            body_statements(&message, step),
-            2 + usize::from(next),
-        )];
+        let part = [Part::new(&message, step, next)];
         let (mut answers, _) = group_answers(run, &text, &part, &AtomicUsize::new(0)).await;
         return (answers.remove(0), message);
     }
@@ -547,29 +539,53 @@ async fn exchange(
     (Answers { body, close }, message)
 }
 
-/// How many statements come before a migration's history change in its message: its
-/// opening, its file's (as the lexer splits them, as the server does) and its seal.
-fn body_statements(message: &Message, step: Step<'_>) -> usize {
-    message.opening + sql::split(&step.script.sql).len() + message.sealed
+/// One migration's part of a message that carries its closing statements.
+struct Part<'a> {
+    /// How many statements its opening is.
+    opening: usize,
+    /// Its file, whose statements follow the opening.
+    file: &'a str,
+    /// How many statements its seal is, after the file's.
+    sealed: usize,
+    /// How many closing statements follow: the history change, `COMMIT`, and the next
+    /// migration's `BEGIN` when one is chained behind it.
+    closing: usize,
 }
 
-/// Runs `text`, the messages of one or more migrations each with its closing statements at
-/// its end (`parts`: how many statements each one's opening, everything before its history
-/// change, and its closing statements are), and reads
-/// its answers as if each migration's file and closing statements had come as messages of
-/// their own. A row with the run's marker (`Session::marker`) is a history change's: the
+impl<'a> Part<'a> {
+    fn new(message: &Message, step: Step<'a>, chained: bool) -> Part<'a> {
+        Part {
+            opening: message.opening,
+            file: &step.script.sql,
+            sealed: message.sealed,
+            closing: 2 + usize::from(chained),
+        }
+    }
+
+    /// How many statements come before its history change: the opening's, the file's (as
+    /// the lexer splits them, as the server does; counted only when asked, after a failure)
+    /// and the seal's.
+    fn before_history(&self) -> usize {
+        self.opening + sql::count(self.file) + self.sealed
+    }
+}
+
+/// Runs `text`, the messages of one or more migrations (`parts`) each with its closing
+/// statements at its end, and reads its answers as if each migration's file and closing
+/// statements had come as messages of their own. A row with the run's marker (`Session::marker`) is a history change's: the
 /// prepared one returns it, or raises an error, so every migration that got as far as its
 /// `COMMIT` is marked. Once a migration's row came, an error is its `COMMIT`'s or the next
 /// `BEGIN`'s, told by how many statements completed after it. Before it, our refusals, the
 /// history change's statement gone, and an error once every statement before the history
-/// change completed (a trigger's on the history table) are the history change's; anything
-/// else stopped the file or its seal, and nothing of it was kept. The server runs nothing of the message after an
-/// error, so there are answers for the migrations up to the one that failed, and no more.
+/// change completed (a trigger's on the history table, a lock timeout on it) are the history
+/// change's; anything else stopped the file or its seal, and nothing of it was kept. The
+/// server runs nothing of the message after an error, so there are answers for the
+/// migrations up to the one that failed, and no more.
 /// `answered` counts the migrations whose history change ran, as their rows come.
 async fn group_answers(
     run: &Run<'_>,
     text: &str,
-    parts: &[(usize, usize, usize)],
+    parts: &[Part<'_>],
     answered: &AtomicUsize,
 ) -> (Vec<Answers>, usize) {
     let marker = run.session.marker().to_string();
@@ -581,14 +597,14 @@ async fn group_answers(
         let value = values.try_get(0).ok().flatten();
         // Past the closing statements of the migration before: the next one's rows.
         while let Some(&mark) = marks.get(current)
-            && completed >= mark + parts[current].2
+            && completed >= mark + parts[current].closing
             && current + 1 < parts.len()
         {
-            (current, start) = (current + 1, mark + parts[current].2);
+            (current, start) = (current + 1, mark + parts[current].closing);
         }
         if marks.len() > current {
             // The closing statements return no other rows.
-        } else if completed - start < parts[current].0 {
+        } else if completed - start < parts[current].opening {
             leading_rows[current] = value.map(str::to_string);
         } else if value == Some(marker.as_str()) {
             marks.push(completed);
@@ -606,7 +622,7 @@ async fn group_answers(
     let (counts, mut error) = (reply.counts, reply.error);
     let mut answers = Vec::with_capacity(parts.len());
     let mut start = 0;
-    for (i, (&(_, before, closing), leading_row)) in parts.iter().zip(leading_rows).enumerate() {
+    for (i, (part, leading_row)) in parts.iter().zip(leading_rows).enumerate() {
         let body = |end: usize| session::Counted {
             counts: counts[start.min(end)..end].to_vec(),
             leading_row,
@@ -614,9 +630,9 @@ async fn group_answers(
         let Some(&mark) = marks.get(i) else {
             // Stopped before its history change completed: by the change itself (a refusal,
             // or its statement gone), or by the file or its seal, which then kept nothing.
-            let reached = counts.len().saturating_sub(start) >= before;
+            let reached = || counts.len().saturating_sub(start) >= part.before_history();
             let (body, close) = match error.take() {
-                Some(e) if reached || history_failure(run, &e) => {
+                Some(e) if history_failure(run, &e) || reached() => {
                     let close = Closing {
                         error: Some(e),
                         ..Closing::default()
@@ -637,10 +653,10 @@ async fn group_answers(
             answers.push(Answers { body, close });
             break;
         };
-        let end = (mark + closing).min(counts.len());
+        let end = (mark + part.closing).min(counts.len());
         // An error now is this migration's `COMMIT`'s or the next `BEGIN`'s, unless all of its
         // closing statements completed.
-        let stopped = end < mark + closing;
+        let stopped = end < mark + part.closing;
         let close = Closing {
             counts: counts[mark..end].to_vec(),
             value: None,

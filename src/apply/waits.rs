@@ -200,9 +200,14 @@ pub(super) fn is_lock_timeout<T>(result: &Result<T, Error>) -> bool {
     result.as_ref().err().is_some_and(timed_out)
 }
 
-/// Whether `error` is a statement that hit its lock timeout.
+/// Whether `error` is a statement that hit its lock timeout: one of the file's, or the
+/// history change waiting for the history table.
 pub(super) fn timed_out(error: &Error) -> bool {
-    matches!(error, Error::Apply(f) if f.sqlstate == LOCK_NOT_AVAILABLE)
+    match error {
+        Error::Apply(f) => f.sqlstate == LOCK_NOT_AVAILABLE,
+        Error::Around { source, .. } => source.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE),
+        _ => false,
+    }
 }
 
 fn waits_on_lock(sample: &Sample) -> bool {

@@ -66,7 +66,8 @@ pub enum Error {
     },
 
     /// The server refused one of the statements db-migrate runs around a migration's file
-    /// (its opening, its history row, its `COMMIT`), for a cause that is not one of ours: a
+    /// (a `-- no-transaction` file's opening, the history change, `COMMIT`), for a cause that
+    /// is not one of ours: a
     /// trigger, rule or constraint on the history table, a deferred constraint. `kept` says
     /// what of the migration stayed.
     #[error(
