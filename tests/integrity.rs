@@ -1309,11 +1309,13 @@ async fn a_failure_among_migrations_sent_in_one_message_names_its_own_file() {
     }
 }
 
-/// An error raised by a trigger on the history table, as a migration sent with others in one
-/// message records itself, is the history change's, not its file's: every statement of the
-/// file completed, so the message says the recording failed and names no line of the file.
+/// An error raised by a trigger on the history table, as a migration records itself in the
+/// message that carries its file, is the history change's, not its file's: every statement of
+/// the file completed, so the message says the recording failed and names no line of the file.
+/// (A file that creates a trigger goes alone and ends the grouping of the ones behind it, so
+/// these go one to a message.)
 #[tokio::test]
-async fn an_error_recording_a_migration_sent_with_others_is_not_blamed_on_its_file() {
+async fn an_error_a_history_trigger_raises_is_the_history_changes_not_the_files() {
     let db = support::database().await;
     let mut files: Vec<(String, String)> = vec![(
         "001_t.sql".into(),

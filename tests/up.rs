@@ -172,24 +172,29 @@ async fn each_execution_time_is_its_own_migrations_behind_a_slow_one() {
 
 /// Migrations that only define things go several to a message on an empty database, and
 /// their answers come at once: each one's logged time is still its own, the one its history
-/// row has. An event trigger makes the ninth slow (a `COMMENT` waits a fifth of a second).
+/// row has. An event trigger, there before the run, makes the ninth slow (a `COMMENT` waits
+/// a fifth of a second).
 #[tokio::test]
 async fn each_logged_time_is_its_own_migrations_in_a_message_of_several() {
     let db = support::database().await;
-    let mut files = vec![(
-        "001_slow.sql".to_string(),
-        "CREATE FUNCTION slow() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF tg_tag = 'COMMENT' THEN PERFORM pg_sleep(0.2); END IF; END $$;\n\
-         CREATE EVENT TRIGGER slow ON ddl_command_end EXECUTE FUNCTION slow();\n"
-            .to_string(),
-    )];
-    files.extend((2..=12).map(|v| {
-        let mut sql = format!("CREATE TABLE t{v} (i int);\n");
-        if v == 9 {
-            sql.push_str("COMMENT ON TABLE t9 IS 'slow';\n");
-        }
-        (format!("{v:03}_t.sql"), sql)
-    }));
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION slow() RETURNS event_trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF tg_tag = 'COMMENT' THEN PERFORM pg_sleep(0.2); END IF; END $$; \
+             CREATE EVENT TRIGGER slow ON ddl_command_end EXECUTE FUNCTION slow()",
+        )
+        .await
+        .unwrap();
+    let files: Vec<(String, String)> = (1..=12)
+        .map(|v| {
+            let mut sql = format!("CREATE TABLE t{v} (i int);\n");
+            if v == 9 {
+                sql.push_str("COMMENT ON TABLE t9 IS 'slow';\n");
+            }
+            (format!("{v:03}_t.sql"), sql)
+        })
+        .collect();
     let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
     let dir = migrations(&files);
     let out = support::output_json(&db, dir.path(), &["up"]);
