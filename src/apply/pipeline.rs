@@ -572,16 +572,16 @@ impl<'a> Part<'a> {
 
 /// Runs `text`, the messages of one or more migrations (`parts`) each with its closing
 /// statements at its end, and reads its answers as if each migration's file and closing
-/// statements had come as messages of their own. A row with the run's marker (`Session::marker`) is a history change's: the
-/// prepared one returns it, or raises an error, so every migration that got as far as its
-/// `COMMIT` is marked. Once a migration's row came, an error is its `COMMIT`'s or the next
-/// `BEGIN`'s, told by how many statements completed after it. Before it, our refusals, the
-/// history change's statement gone, and an error once every statement before the history
-/// change completed (a trigger's on the history table, a lock timeout on it) are the history
-/// change's; anything else stopped the file or its seal, and nothing of it was kept. The
-/// server runs nothing of the message after an error, so there are answers for the
-/// migrations up to the one that failed, and no more.
-/// `answered` counts the migrations whose history change ran, as their rows come.
+/// statements had come as messages of their own. A row with the run's marker
+/// (`Session::marker`) is a history change's: the prepared one returns it, or raises an error,
+/// so every migration that got as far as its `COMMIT` is marked. Once a migration's row came,
+/// an error is its `COMMIT`'s or the next `BEGIN`'s, told by how many statements completed
+/// after it. Before it, our refusals, the history change's statement gone, and an error once
+/// every statement before the history change completed (a trigger's on the history table, a
+/// lock timeout on it) are the history change's; anything else stopped the file or its seal,
+/// and nothing of it was kept. The server runs nothing of the message after an error, so there
+/// are answers for the migrations up to the one that failed, and no more. `answered` counts the
+/// migrations whose history change ran, as their rows come.
 async fn group_answers(
     run: &Run<'_>,
     text: &str,

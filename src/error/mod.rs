@@ -67,9 +67,8 @@ pub enum Error {
 
     /// The server refused one of the statements db-migrate runs around a migration's file
     /// (a `-- no-transaction` file's opening, the history change, `COMMIT`), for a cause that
-    /// is not one of ours: a
-    /// trigger, rule or constraint on the history table, a deferred constraint. `kept` says
-    /// what of the migration stayed.
+    /// is not one of ours: a trigger, rule or constraint on the history table, a lock timeout
+    /// on it, a deferred constraint. `kept` says what of the migration stayed.
     #[error(
         "migration {version} ({}): {doing} failed: {}; {kept}",
         .file.display(), describe_db(.source)
