@@ -337,6 +337,36 @@ async fn up_behind_a_long_reader_waits_outside_the_lock_queue_and_completes_once
     assert_eq!(history(&client).await, [1, 2, 3]);
 }
 
+/// A session holding the history table when the run starts stops it before anything ran:
+/// preparing the history insert waits for that table's lock, and the error says whose it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_table_locked_before_the_run_stops_it_and_says_so() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[("003_a.sql", "CREATE TABLE thumbnails (id int);")]);
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE schema_migrations IN SHARE MODE")
+        .await
+        .unwrap();
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "300ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let message = support::summary_message(&out);
+    assert!(
+        message.contains("lock on the history table") && message.contains("nothing was applied"),
+        "{message}"
+    );
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    assert!(!tables(&client).await.contains(&"thumbnails".to_string()));
+}
+
 /// The history insert waits for the history table's lock like any statement of the file:
 /// a session that takes that table while the file runs, and holds it past the lock timeout,
 /// sends the migration (rolled back whole) to wait outside the queue and run again, not to

@@ -379,8 +379,17 @@ async fn prepare(client: &Client, table: &Table, session: &Session) -> Result<Pr
     let number = session.number();
     let prepared = named(number);
     let sql = (prepared.history).prepare(table, |v| session.guard(v), session.marker());
-    (client.batch_execute(&sql).await)
-        .map_err(Error::database("preparing the history statements"))?;
+    (client.batch_execute(&sql).await).map_err(|e| {
+        // Preparing an insert takes the history table's lock as the insert would: a session
+        // holding the table (LOCK TABLE, VACUUM FULL) stops the run here, before anything ran.
+        let context = match e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+            true => {
+                "preparing the history statements waited its lock timeout for another session's lock on the history table (pg_locks names the holder); nothing was applied; run again once it is released"
+            }
+            false => "preparing the history statements",
+        };
+        Error::database(context)(e)
+    })?;
     session.set_prepared(Some((table.quoted(), number)));
     Ok(prepared)
 }
