@@ -311,10 +311,10 @@ pub fn insert(
 /// An insert of one history row (`values`: its version, name, checksum, execution_ms and
 /// applied_by, as SQL expressions) that answers `value` and the row's `execution_ms` (which a
 /// message of several migrations, answered at once, reports each one's time by) when it
-/// wrote the row for `version`, and otherwise raises an error, before the `COMMIT` behind it: a trigger on the history
-/// table that skips the row (`RETURN NULL`) or changes its version then stops the migration
-/// instead of letting it commit unrecorded, or recorded under another number. `applied_at`
-/// is the moment the row was written.
+/// wrote the row for `version`, and otherwise raises an error, before the `COMMIT` behind
+/// it: a trigger on the history table that skips the row (`RETURN NULL`) or changes its
+/// version then stops the migration instead of letting it commit unrecorded, or recorded
+/// under another number. `applied_at` is the moment the row was written.
 fn insert_sql(table: &Table, values: [String; 5], version: &str, value: &str) -> String {
     let [v, name, checksum, execution_ms, applied_by] = values;
     format!(

@@ -714,7 +714,7 @@ pub async fn counted(
     let mut leading_row = None;
     let reply = reply(client, text, |completed, values| {
         if completed < leading {
-            leading_row = values.try_get(0).ok().flatten().map(str::to_string);
+            leading_row = value(values, 0).map(str::to_string);
         }
     })
     .await;
@@ -725,6 +725,12 @@ pub async fn counted(
             leading_row,
         }),
     }
+}
+
+/// Value `i` of `row`: `None` for SQL NULL, and for a row with fewer values (a zero-column
+/// `SELECT` in a file, a rollback's one-value answer where an insert gives two).
+pub fn value(row: &tokio_postgres::SimpleQueryRow, i: usize) -> Option<&str> {
+    row.try_get(i).ok().flatten()
 }
 
 /// What [`counted`] read.

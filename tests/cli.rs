@@ -289,8 +289,8 @@ async fn sentinel_password_never_appears_in_any_output() {
         seed("002_add_indexes.sql"),
     );
     let failing = migrations(&[
-        ("001_create_video_requests.sql", &first),
-        ("002_add_indexes.sql", &second),
+        ("001_create_video_requests.sql", first.as_str()),
+        ("002_add_indexes.sql", second.as_str()),
         ("003_bad.sql", "SELEC 1;"),
     ]);
     let runs: [(&str, &[&str], &Path, i32); 6] = [

@@ -1293,7 +1293,6 @@ async fn a_failure_among_migrations_sent_in_one_message_names_its_own_file() {
                 (format!("{v:03}_t.sql"), sql)
             })
             .collect();
-        let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
         let dir = migrations(&files);
         let out = support::output_json(&db, dir.path(), &["up"]);
         assert_eq!(out.code, 1, "{}", out.stderr);
@@ -1331,7 +1330,6 @@ async fn an_error_a_history_trigger_raises_is_the_history_changes_not_the_files(
             format!("CREATE TABLE t{v} (i int);\n"),
         )
     }));
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
     let dir = migrations(&files);
     let out = support::output_json(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
@@ -1419,7 +1417,7 @@ async fn a_history_row_a_trigger_skips_or_renumbers_is_refused_on_every_path() {
         let db = support::database().await;
         let first = format!("{function}{trigger}CREATE TABLE a (i int);\n");
         let dir = migrations(&[
-            ("001_skip.sql", &first),
+            ("001_skip.sql", first.as_str()),
             ("002_b.sql", second),
             ("003_c.sql", "CREATE TABLE c (i int);\n"),
         ]);

@@ -138,7 +138,6 @@ async fn sigterm_stops_a_long_pipeline_even_when_the_cancel_stops_nothing() {
             format!("CREATE TABLE t{v} (i int);"),
         ));
     }
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
     let dir = support::migrations(&files);
     let job = job_sleeping(&db, dir.path()).await;
     let watcher = db.client().await;
@@ -187,7 +186,6 @@ async fn a_run_abandoned_after_the_grace_still_reports_what_committed() {
         })
         .collect();
     files.push(("021_slow.sql".into(), "SELECT pg_sleep(60);".into()));
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
     let dir = support::migrations(&files);
     let job = job_sleeping(&db, dir.path()).await;
     let watcher = db.client().await;

@@ -195,7 +195,6 @@ async fn each_logged_time_is_its_own_migrations_in_a_message_of_several() {
             (format!("{v:03}_t.sql"), sql)
         })
         .collect();
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (&n[..], &c[..])).collect();
     let dir = migrations(&files);
     let out = support::output_json(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -63,6 +63,17 @@ pub(super) fn refused(
     }
 }
 
+/// Whether `error` says the run's prepared history statements are gone (26000): a file, or
+/// one run before it in the session, deallocated them. Nothing of the migration was kept.
+pub(super) fn statements_gone(error: &Error) -> bool {
+    match error {
+        Error::Around { source, .. } | Error::Database { source, .. } => {
+            source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+        }
+        _ => false,
+    }
+}
+
 /// What stayed of a migration whose transaction failed before it committed.
 pub(super) fn rolled_back(wrap: Wrap) -> &'static str {
     match wrap {

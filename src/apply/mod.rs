@@ -298,9 +298,7 @@ async fn each(
                 // The file (or one run before it in the session) deallocated the prepared
                 // history change: the migration runs again on its own, with the change as
                 // text; then the statements are prepared again.
-                Error::Around { ref source, .. } | Error::Database { ref source, .. }
-                    if source.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) =>
-                {
+                ref error if failure::statements_gone(error) => {
                     info!(
                         version = step.migration.version,
                         "migration found the prepared statements gone; running it again on its own"

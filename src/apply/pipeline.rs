@@ -10,7 +10,9 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tracing::info;
 
-use super::failure::{connection_lost, failed, is_connection_lost, refused, rolled_back};
+use super::failure::{
+    connection_lost, failed, is_connection_lost, refused, rolled_back, statements_gone,
+};
 use super::{Prepared, Run, Wrap};
 use crate::error::Error;
 use crate::history::Elapsed;
@@ -47,10 +49,7 @@ pub(super) async fn run(
     // the start, so that it runs once; the statements are prepared again after it.
     if !deallocates && !sql::may_deallocate(&step.script.sql) {
         let first = send(run, step, wrap, Some(&statements)).await;
-        let Err(Error::Around { source, .. } | Error::Database { source, .. }) = &first else {
-            return first;
-        };
-        if source.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+        if !first.as_ref().is_err_and(statements_gone) {
             return first;
         }
         // The file deallocated them all the same (from inside a function): everything was
@@ -206,18 +205,19 @@ pub(super) async fn batch(
             break;
         };
         (bytes, flying) = (bytes - size, flying - migrations);
-        let Unit { entries, counted } = match ready {
+        let unit = match ready {
             Poll::Ready(output) => output,
             Poll::Pending => unit.await,
         };
         // Nothing of a failure is looked into (which may query) before the answers of
         // those sent after it are in and the session is out of the transaction they left.
-        let answered_all = entries.len() == migrations;
-        if !failing && entries.iter().any(|(answers, _)| answers.failed()) {
+        if !failing && unit.failed() {
             failing = true;
             drain(&mut flight).await;
             settle(run).await;
         }
+        let Unit { entries, counted } = unit;
+        let answered_all = entries.len() == migrations;
         // A message of several that the server refused before any of them committed, for a
         // syntax error (or any error placed past the first file): the whole message is
         // parsed before any of it runs, so the first cannot be blamed. Nothing of them
@@ -594,7 +594,7 @@ async fn group_answers(
     let (mut marks, mut current, mut start) = (Vec::new(), 0, 0);
     let mut took = Vec::new();
     let reply = session::reply(run.client, text, |completed, values| {
-        let value = values.try_get(0).ok().flatten();
+        let value = session::value(values, 0);
         // Past the closing statements of the migration before: the next one's rows.
         while let Some(&mark) = marks.get(current)
             && completed >= mark + parts[current].closing
@@ -608,13 +608,7 @@ async fn group_answers(
             leading_rows[current] = value.map(str::to_string);
         } else if value == Some(marker.as_str()) {
             marks.push(completed);
-            took.push(
-                values
-                    .try_get(1)
-                    .ok()
-                    .flatten()
-                    .and_then(|ms| ms.parse().ok()),
-            );
+            took.push(session::value(values, 1).and_then(|ms| ms.parse().ok()));
             answered.fetch_add(1, Ordering::Relaxed);
         }
     })
@@ -694,7 +688,7 @@ async fn closing(client: &tokio_postgres::Client, text: &str) -> Closing {
     let mut value = None;
     let reply = session::reply(client, text, |completed, values| {
         if completed == 0 {
-            value = values.try_get(0).ok().flatten().map(str::to_string);
+            value = session::value(values, 0).map(str::to_string);
         }
     })
     .await;

@@ -30,7 +30,7 @@ use db_migrate::{Command as Cmd, Config, Mode};
 use db_migrate::{Error, Summary};
 
 /// A migrations directory holding `files` (name, content).
-pub fn migrations(files: &[(&str, &str)]) -> tempfile::TempDir {
+pub fn migrations(files: &[(impl AsRef<Path>, impl AsRef<[u8]>)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, content) in files {
         std::fs::write(dir.path().join(name), content).expect("write migration");
