@@ -180,7 +180,7 @@ pub struct Admin {
 #[derive(Debug, Default)]
 struct State {
     google: Option<Google>,
-    key: Option<Arc<ClientKey>>,
+    key: Option<grant::Key>,
 }
 
 /// Credentials and Admin API clients, built on first use.
@@ -203,6 +203,17 @@ impl Admin {
         Admin {
             options,
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Starts making the run's client key, for a run that will connect through the
+    /// connector: it then takes shape while the run loads credentials and asks for a token,
+    /// instead of after.
+    pub fn start_key(&self) {
+        if let Ok(mut state) = self.state.try_lock() {
+            state
+                .key
+                .get_or_insert_with(|| grant::Key::Making(ClientKey::start()));
         }
     }
 

@@ -124,6 +124,7 @@ impl Dialer {
             }
             Route::CloudSql(options) => {
                 let admin = admin(options);
+                admin.start_key();
                 let tunnel = Arc::new(Tunnel::new(Arc::clone(&admin)));
                 (Way::Tunnel(tunnel), Some(admin))
             }
