@@ -269,6 +269,7 @@ impl Job<'_> {
         // The one dialer of the run, shared by every connection; its Cloud SQL client
         // also serves the backup.
         let dialer = connect::Dialer::new(database, config.cloudsql.clone())?;
+        dialer.start_client_key();
         let scratch = match &config.scratch {
             Some(settings) => Some(connect::Dialer::new(settings, config.cloudsql.clone())?),
             None => None,

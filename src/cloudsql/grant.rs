@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use google_cloud_sql_v1::model;
 
+use tracing::debug;
+use zeroize::Zeroizing;
+
 use super::{Admin, Instance, IpType};
 use crate::attempt::Failure;
 use crate::error::Error;
@@ -51,7 +54,7 @@ pub struct Grant {
 /// The run's client key: RSA-2048, as every Google connector uses; kept in memory only.
 pub struct ClientKey {
     public_pem: String,
-    pkcs8_der: Vec<u8>,
+    pkcs8_der: Zeroizing<Vec<u8>>,
 }
 
 /// A client key on its way: made on threads of its own from the moment the run knows it will
@@ -59,20 +62,21 @@ pub struct ClientKey {
 pub(super) type Making = tokio::sync::oneshot::Receiver<Result<ClientKey, String>>;
 
 impl ClientKey {
-    /// Starts making the run's key on a thread of its own.
+    /// Starts making the run's key on a thread of its own; without one to be had, makes it
+    /// here, as it was made before it had a thread.
     pub(super) fn start() -> Making {
         let (send, receive) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
+        let make = move || send.send(ClientKey::new());
+        if let Err(error) = std::thread::Builder::new()
             .name("client-key".into())
-            .spawn(move || send.send(ClientKey::new()));
-        match spawned {
-            Ok(_) => receive,
-            Err(error) => {
-                let (send, receive) = tokio::sync::oneshot::channel();
-                let _ = send.send(Err(format!("cannot start a thread for it: {error}")));
-                receive
-            }
+            .spawn(make)
+        {
+            debug!(error = %error, "no thread for the client key; making it on the run's");
+            let (send, receive) = tokio::sync::oneshot::channel();
+            let _ = send.send(ClientKey::new());
+            return receive;
         }
+        receive
     }
 
     /// Makes a key here: on this thread and the ones that look for its primes.
@@ -86,7 +90,7 @@ impl ClientKey {
             .map_err(|e| e.to_string())?;
         Ok(ClientKey {
             public_pem,
-            pkcs8_der: pkcs8_der.as_bytes().to_vec(),
+            pkcs8_der: Zeroizing::new(pkcs8_der.as_bytes().to_vec()),
         })
     }
 
@@ -113,37 +117,45 @@ impl std::fmt::Debug for ClientKey {
 /// The most threads that look for the key's primes at once.
 const PRIME_SEEKERS: usize = 4;
 
-/// An RSA-2048 key with exponent 65537, as `RsaPrivateKey::new` makes it (two random 1024-bit
-/// primes with their top two bits set, tested by the same `probably_prime`), but with the
-/// primes looked for on up to one thread a core, the first two that make a key kept. On one
-/// thread a key took 227 ms on average here and up to 934; on two cores, 141 and 349
+/// An RSA-2048 key with exponent 65537 from two random 1024-bit primes with their top two
+/// bits set, each passing the `probably_prime` test `RsaPrivateKey::new` uses (its candidates
+/// are drawn anew each time rather than stepped from one, and `from_p_q` takes the private
+/// exponent modulo the Carmichael function rather than Euler's: both valid), looked for on
+/// up to one thread a core, the first two that make a key kept. On 2 cores a key took 139 ms
+/// on average and 400 at worst, against 204 and 806 for `RsaPrivateKey::new` on one thread
 /// (BENCHMARKS.md, "The Cloud SQL client key").
 fn rsa_2048() -> Result<rsa::RsaPrivateKey, String> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let seekers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let found = Arc::new(AtomicBool::new(false));
     let (send, primes) = std::sync::mpsc::channel();
-    for _ in 0..seekers.clamp(1, PRIME_SEEKERS) {
+    let mut seekers = 0;
+    for _ in 0..cores.clamp(1, PRIME_SEEKERS) {
         let (send, found) = (send.clone(), Arc::clone(&found));
-        // One that cannot start leaves the search to the others; with none, the channel
-        // closes below.
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("client-key".into())
             .spawn(move || seek_primes(&found, &send));
+        seekers += usize::from(spawned.is_ok());
     }
     drop(send);
+    if seekers == 0 {
+        debug!("no thread to look for the client key's primes; one thread makes it");
+        return rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+            .map_err(|e| e.to_string());
+    }
     let exponent = rsa::BigUint::from(65_537_u32);
-    let mut kept: Vec<rsa::BigUint> = Vec::new();
+    let mut kept: Vec<Zeroizing<rsa::BigUint>> = Vec::new();
     let key = loop {
         let prime = match primes.recv() {
-            Ok(Ok(prime)) => prime,
+            Ok(Ok(prime)) => Zeroizing::new(prime),
             Ok(Err(reason)) => break Err(reason),
-            Err(_) => break Err("no thread could look for its primes".into()),
+            Err(_) => break Err("every thread looking for its primes stopped".into()),
         };
         // Two equal primes, or a pair whose totient shares a factor with the exponent, make
         // no key; the next prime found is paired with each kept one.
         let pair = kept.iter().find_map(|other| {
-            rsa::RsaPrivateKey::from_p_q(prime.clone(), other.clone(), exponent.clone()).ok()
+            let (p, q) = (rsa::BigUint::clone(&prime), rsa::BigUint::clone(other));
+            rsa::RsaPrivateKey::from_p_q(p, q, exponent.clone()).ok()
         });
         match pair {
             Some(key) => break Ok(key),
@@ -162,15 +174,16 @@ fn seek_primes(
     primes: &std::sync::mpsc::Sender<Result<rsa::BigUint, String>>,
 ) {
     use rsa::rand_core::{OsRng, RngCore};
-    let mut bytes = [0_u8; 128];
+    // The last candidate's bytes are a prime of the key's.
+    let mut bytes = Zeroizing::new([0_u8; 128]);
     while !found.load(std::sync::atomic::Ordering::Relaxed) {
-        if let Err(error) = OsRng.try_fill_bytes(&mut bytes) {
+        if let Err(error) = OsRng.try_fill_bytes(bytes.as_mut()) {
             let _ = primes.send(Err(format!("no random numbers from the system: {error}")));
             return;
         }
         bytes[0] |= 0b1100_0000;
         bytes[127] |= 1;
-        let candidate = rsa::BigUint::from_bytes_be(&bytes);
+        let candidate = rsa::BigUint::from_bytes_be(bytes.as_ref());
         if num_bigint_dig::prime::probably_prime(&candidate, 20)
             && primes.send(Ok(candidate)).is_err()
         {
@@ -240,23 +253,21 @@ impl Admin {
 
     /// The run's client key: the one [`Admin::start_key`] set making, or made now.
     async fn key(&self) -> Result<Arc<ClientKey>, Failure> {
-        let mut state = self.state.lock().await;
-        let made = match state
-            .key
-            .get_or_insert_with(|| Key::Making(ClientKey::start()))
-        {
+        let mut key = self.key.lock().await;
+        // A wait given up (the attempt timed out) leaves the key in the making for the next.
+        let made = match key.get_or_insert_with(|| Key::Making(ClientKey::start())) {
             Key::Made(key) => return Ok(Arc::clone(key)),
             Key::Making(making) => making
                 .await
                 .unwrap_or_else(|_| Err("its thread ended without one".into())),
         };
         let made = made.map_err(|reason| {
-            state.key = None;
+            *key = None;
             Failure::fatal(self.error("making the client key", reason))
         })?;
-        let key = Arc::new(made);
-        state.key = Some(Key::Made(Arc::clone(&key)));
-        Ok(key)
+        let made = Arc::new(made);
+        *key = Some(Key::Made(Arc::clone(&made)));
+        Ok(made)
     }
 
     /// The address to dial and the DNS name the server's certificate may carry.
@@ -333,7 +344,7 @@ mod tests {
     use rsa::traits::PublicKeyParts;
 
     #[tokio::test]
-    async fn the_client_key_is_rsa_2048_with_exponent_65537_and_its_public_half() {
+    async fn the_client_key_is_rsa_2048_with_exponent_65537_its_public_half_and_ring_takes_it() {
         for _ in 0..3 {
             let key = super::ClientKey::start().await.unwrap().unwrap();
             let private = rsa::RsaPrivateKey::from_pkcs8_der(key.pkcs8_der()).unwrap();
@@ -342,6 +353,9 @@ mod tests {
             private.validate().unwrap();
             let public = rsa::RsaPublicKey::from_public_key_pem(&key.public_pem).unwrap();
             assert_eq!(public, private.to_public_key());
+            // ring, which signs the TLS handshake with it, takes it too.
+            let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec());
+            rustls::crypto::ring::sign::any_supported_type(&der.into()).unwrap();
         }
     }
 }

@@ -175,12 +175,14 @@ pub async fn service_account(options: &Options) -> Result<String, String> {
 pub struct Admin {
     pub options: Options,
     state: Mutex<State>,
+    /// The run's client key, apart from `state`: whoever waits for credentials does not wait
+    /// for the key to be made too.
+    key: Mutex<Option<grant::Key>>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     google: Option<Google>,
-    key: Option<grant::Key>,
 }
 
 /// Credentials and Admin API clients, built on first use.
@@ -203,6 +205,7 @@ impl Admin {
         Admin {
             options,
             state: Mutex::new(State::default()),
+            key: Mutex::new(None),
         }
     }
 
@@ -210,10 +213,8 @@ impl Admin {
     /// connector: it then takes shape while the run loads credentials and asks for a token,
     /// instead of after.
     pub fn start_key(&self) {
-        if let Ok(mut state) = self.state.try_lock() {
-            state
-                .key
-                .get_or_insert_with(|| grant::Key::Making(ClientKey::start()));
+        if let Ok(mut key) = self.key.try_lock() {
+            key.get_or_insert_with(|| grant::Key::Making(ClientKey::start()));
         }
     }
 

@@ -124,7 +124,6 @@ impl Dialer {
             }
             Route::CloudSql(options) => {
                 let admin = admin(options);
-                admin.start_key();
                 let tunnel = Arc::new(Tunnel::new(Arc::clone(&admin)));
                 (Way::Tunnel(tunnel), Some(admin))
             }
@@ -171,6 +170,15 @@ impl Dialer {
     /// tunnel: how every log line and error names the target.
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    /// Starts making what this dialer's first connection needs and takes a while: through
+    /// the Cloud SQL connector, the run's client key, on threads of its own meanwhile. Only
+    /// for the dialer the run connects with first: a scratch database's waits for its own.
+    pub fn start_client_key(&self) {
+        if let (Way::Tunnel(_), Some(admin)) = (&self.way, &self.cloudsql) {
+            admin.start_key();
+        }
     }
 
     /// The run's client of Google's APIs, when an instance is named, for the backup.
