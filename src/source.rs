@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
@@ -66,7 +66,7 @@ const NAME_FIX: &str = "name it NNN_description.sql (or .up.sql, and .down.sql f
 /// Reads every migration in `dir`, refusing the whole directory at the first bad file so that
 /// nothing runs from a directory that is half right. Files not ending in `.sql` are ignored.
 pub fn load(dir: &Path) -> Result<Vec<Migration>, Error> {
-    load_listed(dir, sql_files(dir, usize::MAX)?.unwrap_or_default())
+    migrations(list_and_read(dir)?)
 }
 
 /// The most `.sql` files, and the most bytes in all, that [`few`] lists for its caller to
@@ -91,7 +91,12 @@ pub fn few(dir: &Path) -> Result<Option<Vec<String>>, Error> {
 
 /// As [`load`], for the `.sql` file names that [`few`] listed in `dir`.
 pub fn load_listed(dir: &Path, files: Vec<String>) -> Result<Vec<Migration>, Error> {
-    let (ups, downs, conflicts) = collect(dir, files)?;
+    migrations(read_listed(dir, files))
+}
+
+/// The migrations of the files read in `batches`; a version two files claim is refused.
+fn migrations(batches: Vec<(usize, Batch)>) -> Result<Vec<Migration>, Error> {
+    let (ups, downs, conflicts) = collect(batches)?;
     if let Some(conflict) = conflicts.into_iter().next() {
         return Err(duplicate(conflict));
     }
@@ -109,8 +114,7 @@ pub struct Conflict {
 /// As [`load`], but a version claimed by two files is set aside as a [`Conflict`] (the first
 /// file by name is kept) rather than refused: `status` shows the directory as it is.
 pub fn load_with_conflicts(dir: &Path) -> Result<(Vec<Migration>, Vec<Conflict>), Error> {
-    let files = sql_files(dir, usize::MAX)?.unwrap_or_default();
-    let (ups, downs, conflicts) = collect(dir, files)?;
+    let (ups, downs, conflicts) = collect(list_and_read(dir)?)?;
     Ok((pair(ups, downs)?, conflicts))
 }
 
@@ -154,25 +158,25 @@ impl File for Down {
     }
 }
 
-/// Every file of `dir` named in `files`, forward and rollback apart, each in version order; a
-/// second file for a version is a conflict. The files are read in no particular order, several
-/// at a time, and what is refused is the first bad file by name (a bad name before an
-/// unreadable file), so that the error is the same on every machine.
-fn collect(dir: &Path, files: Vec<String>) -> Result<Collected, Error> {
-    let (mut ups, mut downs) = (Vec::with_capacity(files.len()), Vec::new());
-    let mut first_bad: Option<(Bad, &str, Error)> = None;
-    let mut batches = read_all(dir, &files);
+/// The files of `batches`, forward and rollback apart, each in version order; a second file
+/// for a version is a conflict. The files were read in no particular order, several at a
+/// time, and what is refused is the first bad file by name (a bad name before an unreadable
+/// file), so that the error is the same on every machine.
+fn collect(mut batches: Vec<(usize, Batch)>) -> Result<Collected, Error> {
+    let files = batches.iter().map(|(_, batch)| batch.len()).sum();
+    let (mut ups, mut downs) = (Vec::with_capacity(files), Vec::new());
+    let mut first_bad: Option<(Bad, String, Error)> = None;
     // In name order, which is version order when the numbers have one width: the sort by
     // version below then finds the files in order already, instead of moving each about.
     batches.sort_unstable_by_key(|(start, _)| *start);
-    for (start, batch) in batches {
-        for (file_name, read) in files[start..].iter().zip(batch) {
+    for (_, batch) in batches {
+        for (file_name, read) in batch {
             match read {
                 Ok(Read::Up(migration)) => ups.push(migration),
                 Ok(Read::Down(down)) => downs.push(down),
                 Err((bad, error)) => {
                     let earlier = match &first_bad {
-                        Some((first, name, _)) => (bad, file_name.as_str()) < (*first, *name),
+                        Some((first, name, _)) => (bad, file_name.as_str()) < (*first, name),
                         None => true,
                     };
                     if earlier {
@@ -335,7 +339,15 @@ pub fn check(script: &Script) -> Result<(), Error> {
 /// every machine. Paths are made by the readers: building 5,000 of them here, and sorting
 /// 5,000 names, were a fifth of a no-op run over that many files.
 fn sql_files(dir: &Path, most: usize) -> Result<Option<Vec<String>>, Error> {
-    let entries = fs::read_dir(dir).map_err(|source| match source.kind() {
+    let mut names = Vec::new();
+    let within = each_sql_file(listing(dir)?, dir, most, |name| names.push(name))?;
+    Ok(within.then_some(names))
+}
+
+/// Opens `dir` to be listed; a directory that is not there is said as such, with the
+/// directory the run was started in.
+fn listing(dir: &Path) -> Result<fs::ReadDir, Error> {
+    fs::read_dir(dir).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => Error::NoDirectory {
             path: dir.to_path_buf(),
             cwd: std::env::current_dir().unwrap_or_default(),
@@ -344,14 +356,25 @@ fn sql_files(dir: &Path, most: usize) -> Result<Option<Vec<String>>, Error> {
             path: dir.to_path_buf(),
             source,
         },
-    })?;
-    let mut names = Vec::new();
+    })
+}
+
+/// Hands each `.sql` file name of `entries` (the listing of `dir`) to `each` as it is listed,
+/// as [`sql_files`] lists them; `false` once there were more than `most`, or more than four
+/// times `most` entries of any kind.
+fn each_sql_file(
+    entries: fs::ReadDir,
+    dir: &Path,
+    most: usize,
+    mut each: impl FnMut(String),
+) -> Result<bool, Error> {
+    let mut count = 0;
     let mut first_bad: Option<(String, Error)> = None;
     for (seen, entry) in entries.enumerate() {
         // Other files count too, or a directory of a few migrations among thousands of
         // other files would be listed whole before the connection opens.
         if seen >= most.saturating_mul(4) {
-            return Ok(None);
+            return Ok(false);
         }
         let entry = entry.map_err(|source| Error::Directory {
             path: dir.to_path_buf(),
@@ -381,13 +404,16 @@ fn sql_files(dir: &Path, most: usize) -> Result<Option<Vec<String>>, Error> {
                 first_bad = Some((name, error));
             }
             Some(_) => {}
-            None if names.len() == most => return Ok(None),
-            None => names.push(name),
+            None if count == most => return Ok(false),
+            None => {
+                count += 1;
+                each(name);
+            }
         }
     }
     match first_bad {
         Some((_, error)) => Err(error),
-        None => Ok(Some(names)),
+        None => Ok(true),
     }
 }
 
@@ -412,58 +438,87 @@ fn not_a_file(path: &Path) -> String {
 /// The fewest files worth a reader thread of their own.
 const FILES_PER_READER: usize = 500;
 
-/// Reads every file of `dir` named in `files`: its name parsed, its text read, a forward
-/// file's checksum taken. In batches, in no particular order, each with the index in `files`
-/// of its first file. Reading thousands of small files is mostly system
-/// calls and, in a container just started, waits on the disk, so large directories are split
-/// across several threads, more than the machine has cores (cold, 5,000 files took 0.6 s on 2
-/// threads and 0.24 s on 8 here). Each file is opened by its name relative to the directory,
-/// opened once: the kernel then walks one path component per file, not the whole path.
-fn read_all(dir: &Path, files: &[String]) -> Vec<(usize, Batch)> {
+/// Reads the files of `dir` named in `files` on this thread, as one batch: a few.
+fn read_listed(dir: &Path, files: Vec<String>) -> Vec<(usize, Batch)> {
     if files.is_empty() {
         return Vec::new();
     }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let fd = match rustix::fs::open(dir, flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(errno) => {
-            let source: std::io::Error = errno.into();
-            let error = Error::Directory {
-                path: dir.to_path_buf(),
-                source,
-            };
-            return vec![(0, vec![Err((Bad::Contents, error))])];
-        }
-    };
-    // Each reader costs memory of its own (its allocator arena, its buffer): 500 files on 7
-    // threads peaked 1.7 MiB above 2 threads, and 2 threads 0.3 MiB above this one alone,
-    // for no time gained with the files cached (the connection is still being opened).
-    let most = files.len() / FILES_PER_READER;
-    if most <= 1 {
-        return vec![(0, read_batch(&fd, dir, files, &mut vec![0; 64 * 1024]))];
+    match open_dir(dir) {
+        Ok(fd) => vec![(0, read_batch(&fd, dir, files, &mut vec![0; 64 * 1024]))],
+        Err(error) => vec![(0, vec![(String::new(), Err((Bad::Contents, error)))])],
     }
+}
+
+/// `dir` opened for the readers, which open each file by its name relative to it: the kernel
+/// then walks one path component per file, not the whole path.
+fn open_dir(dir: &Path) -> Result<OwnedFd, Error> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::open(dir, flags, Mode::empty()).map_err(|errno| Error::Directory {
+        path: dir.to_path_buf(),
+        source: errno.into(),
+    })
+}
+
+/// Lists `dir` and reads every `.sql` file in it: its name parsed, its text read, a forward
+/// file's checksum taken. In batches of [`READ_BATCH`] names, in no particular order, each
+/// with its place in the listing. The names go to the readers as they are listed: listing
+/// 5,000 took 2.2 ms here, the kernel walking a hashed directory, while the other core
+/// could be reading. Reading thousands of small files is mostly system calls and, in a
+/// container just started, waits on the disk, so large directories are read by several
+/// threads, more than the machine has cores (cold, 5,000 files took 0.6 s on 2 threads and
+/// 0.24 s on 8 here): one more for every [`FILES_PER_READER`] names listed, up to four a core
+/// and 16 in all, this one among them once it has listed the last. Whatever the listing
+/// refuses is refused rather than what the readers found.
+fn list_and_read(dir: &Path) -> Result<Vec<(usize, Batch)>, Error> {
+    let entries = listing(dir)?;
+    let fd = open_dir(dir)?;
     // Asked only here: the answer reads the cgroup's CPU quota from /proc and /sys.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = (cores * 4).min(16).min(most);
-    let fd = &fd;
-    // Files are handed out a batch at a time to whichever reader asks next: with more
-    // readers than cores, fixed shares left the run waiting on whichever reader the
-    // scheduler had set aside (5,000 cached files: 17 ms on 8 readers against 8 on 2).
-    let next = AtomicUsize::new(0);
-    let read_batches = || {
+    let most = (cores * 4).min(16);
+    let (sender, receiver) = std::sync::mpsc::channel::<(usize, Vec<String>)>();
+    // Batches go to whichever reader asks next: with more readers than cores, fixed shares
+    // left the run waiting on whichever reader the scheduler had set aside (5,000 cached
+    // files: 17 ms on 8 readers against 8 on 2).
+    let receiver = Mutex::new(receiver);
+    let (fd, receiver) = (&fd, &receiver);
+    let read_batches = move || {
         let mut buffer = vec![0; 64 * 1024];
         let mut batches = Vec::new();
         loop {
-            let start = next.fetch_add(READ_BATCH, Ordering::Relaxed);
-            if start >= files.len() {
+            // A reader that panicked while holding the lock ends the run anyway.
+            let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok((start, names)) = next else {
                 break batches;
-            }
-            let batch = &files[start..files.len().min(start + READ_BATCH)];
-            batches.push((start, read_batch(fd, dir, batch, &mut buffer)));
+            };
+            batches.push((start, read_batch(fd, dir, names, &mut buffer)));
         }
     };
     std::thread::scope(|scope| {
-        let readers: Vec<_> = (1..threads).map(|_| scope.spawn(read_batches)).collect();
+        let mut readers = Vec::new();
+        let (mut listed, mut batch) = (0, Vec::with_capacity(READ_BATCH));
+        let listing = each_sql_file(entries, dir, usize::MAX, |name| {
+            batch.push(name);
+            listed += 1;
+            if batch.len() == READ_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_BATCH));
+                // The receiver lives as long as this scope: sending cannot fail.
+                let _ = sender.send((listed - READ_BATCH, full));
+            }
+            // Each reader costs memory of its own (its allocator arena, its buffer): 500
+            // files on 7 threads peaked 1.7 MiB above 2 threads, and 2 threads 0.3 MiB above
+            // this one alone, for no time gained with the files cached.
+            let wanted = (listed / FILES_PER_READER).min(most);
+            if listed % FILES_PER_READER == 0 && readers.len() + 1 < wanted {
+                // No thread to be had: the others, this one among them, read them all.
+                if let Ok(reader) = std::thread::Builder::new().spawn_scoped(scope, read_batches) {
+                    readers.push(reader);
+                }
+            }
+        });
+        if !batch.is_empty() {
+            let _ = sender.send((listed - batch.len(), batch));
+        }
+        drop(sender);
         // This thread reads as well rather than wait: one thread (and its allocator heap)
         // fewer.
         let mut batches = read_batches();
@@ -471,42 +526,51 @@ fn read_all(dir: &Path, files: &[String]) -> Vec<(usize, Batch)> {
         for reader in readers {
             batches.extend(reader.join().expect("a file reader thread panicked"));
         }
-        batches
+        listing.map(|_| batches)
     })
 }
 
-/// What a reader made of a batch of files, in their order.
-type Batch = Vec<Result<Read, (Bad, Error)>>;
+/// What a reader made of a batch of files, in their order: each name with what was read.
+type Batch = Vec<(String, Result<Read, (Bad, Error)>)>;
 
 /// How many files a reader takes at a time.
 const READ_BATCH: usize = 32;
 
-fn read_batch(fd: &OwnedFd, dir: &Path, files: &[String], buffer: &mut Vec<u8>) -> Batch {
+fn read_batch(fd: &OwnedFd, dir: &Path, files: Vec<String>, buffer: &mut Vec<u8>) -> Batch {
     files
-        .iter()
+        .into_iter()
         .map(|file_name| {
-            let path = dir.join(file_name);
-            let parsed =
-                parse_name(file_name).map_err(|problem| (Bad::Name, invalid(&path, problem)))?;
-            let script =
-                read_script(fd, file_name, path, buffer).map_err(|e| (Bad::Contents, e))?;
-            let (version, name) = (parsed.version, parsed.name.to_string());
-            Ok(match parsed.direction {
-                Direction::Up => Read::Up(Migration {
-                    version,
-                    name,
-                    checksum: checksum(&script.sql),
-                    up: script,
-                    down: None,
-                }),
-                Direction::Down => Read::Down(Down {
-                    version,
-                    name,
-                    script,
-                }),
-            })
+            let read = read_file(fd, dir, &file_name, buffer);
+            (file_name, read)
         })
         .collect()
+}
+
+/// One file of a batch: its name parsed, its text read, a forward file's checksum taken.
+fn read_file(
+    fd: &OwnedFd,
+    dir: &Path,
+    file_name: &str,
+    buffer: &mut Vec<u8>,
+) -> Result<Read, (Bad, Error)> {
+    let path = dir.join(file_name);
+    let parsed = parse_name(file_name).map_err(|problem| (Bad::Name, invalid(&path, problem)))?;
+    let script = read_script(fd, file_name, path, buffer).map_err(|e| (Bad::Contents, e))?;
+    let (version, name) = (parsed.version, parsed.name.to_string());
+    Ok(match parsed.direction {
+        Direction::Up => Read::Up(Migration {
+            version,
+            name,
+            checksum: checksum(&script.sql),
+            up: script,
+            down: None,
+        }),
+        Direction::Down => Read::Down(Down {
+            version,
+            name,
+            script,
+        }),
+    })
 }
 
 /// Reads one file through `buffer` with one read when it fits: a read from a regular file
@@ -863,6 +927,15 @@ mod tests {
         std::fs::write(dir.path().join("0900_t900.sql"), b"SELECT 2;\0").unwrap();
         let error = load(dir.path()).unwrap_err().to_string();
         assert!(error.contains("0003_t3.sql"), "{error}");
+        // What the listing refuses is refused, though readers were reading meanwhile and
+        // found an earlier file unreadable.
+        std::fs::create_dir(dir.path().join("0998_folder.sql")).unwrap();
+        let error = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("0998_folder.sql") && error.contains("directory"),
+            "{error}"
+        );
+        std::fs::remove_dir(dir.path().join("0998_folder.sql")).unwrap();
         // Three files for one version: the first by name is kept, both others conflict with it.
         std::fs::write(dir.path().join("0003_t3.sql"), "SELECT 3;").unwrap();
         std::fs::write(dir.path().join("0900_t900.sql"), "SELECT 900;").unwrap();
