@@ -131,8 +131,18 @@ enum Prelude {
     ReadOnly(Result<history::Table, Error>),
     /// The history table, the session set up, and the first try at the lock with the history
     /// read that went out right behind it (boxed: most of a run's first state).
-    Changing(Result<Box<(history::Table, session::Session, FirstTry)>, Error>),
+    Changing(Result<Box<Changing>, Error>),
 }
+
+/// The history table, where the first read found it when it is still to be located (see
+/// [`Connected::unlocated`]), the session set up, and the first try at the lock with the
+/// history read behind it.
+type Changing = (
+    history::Table,
+    Option<Option<u32>>,
+    session::Session,
+    FirstTry,
+);
 
 type FirstTry = (Result<lock::Answer, Error>, Read);
 
@@ -149,10 +159,27 @@ struct Connected<'a> {
     /// The empty database `--scratch-url` gives, when it does.
     scratch: Option<&'a connect::Dialer>,
     client: &'a Client,
-    /// The history table, schema-qualified once for the whole run.
+    /// The history table, schema-qualified once for the whole run, or as given while
+    /// `unlocated`.
     table: &'a history::Table,
+    /// Where the run's first read found an unqualified history table (its OID, if any) when
+    /// it was not located then: a run that writes nothing never asks for its schema.
+    unlocated: Option<Option<u32>>,
     migrations: &'a [Migration],
     interrupt: &'a Interrupt,
+}
+
+impl Connected<'_> {
+    /// The history table, schema-qualified, for a command about to write: located now when the
+    /// run's first read only found it ([`history::Table::locate_found`]).
+    async fn located(&self) -> Result<std::borrow::Cow<'_, history::Table>, Error> {
+        match self.unlocated {
+            Some(found) => Ok(std::borrow::Cow::Owned(
+                self.table.locate_found(self.client, found).await?,
+            )),
+            None => Ok(std::borrow::Cow::Borrowed(self.table)),
+        }
+    }
 }
 
 impl Job<'_> {
@@ -323,11 +350,11 @@ impl Job<'_> {
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
-        let (table, changing) = match prelude {
-            Prelude::ReadOnly(table) => (table?, None),
+        let (table, unlocated, changing) = match prelude {
+            Prelude::ReadOnly(table) => (table?, None, None),
             Prelude::Changing(prelude) => {
-                let (table, session, first) = *prelude?;
-                (table, Some((session, first)))
+                let (table, unlocated, session, first) = *prelude?;
+                (table, unlocated, Some((session, first)))
             }
         };
         let db = Connected {
@@ -335,6 +362,7 @@ impl Job<'_> {
             scratch,
             client,
             table: &table,
+            unlocated,
             migrations,
             interrupt,
         };
@@ -464,13 +492,27 @@ impl Job<'_> {
         read: Option<Read>,
     ) -> Result<(), Error> {
         let (config, client, table) = (self.config, db.client, db.table);
+        let mut unlocated = db.unlocated;
         let (recorded, untracked) = match read {
             Some((read, untracked)) => (read?, untracked),
-            None => (
-                history::applied(client, table, history::Columns::Checks).await?,
-                None,
-            ),
+            // Read again once the lock is held: where the table is found is asked again with
+            // it (another run may have made the table meanwhile).
+            None => {
+                let read = history::applied(client, table, history::Columns::Checks);
+                let found = async {
+                    match unlocated {
+                        Some(_) => Some(table.find(client).await),
+                        None => None,
+                    }
+                };
+                let (read, found) = tokio::join!(read, found);
+                if let Some(found) = found {
+                    unlocated = found?;
+                }
+                (read?, None)
+            }
         };
+        let db = &Connected { unlocated, ..*db };
         let history_exists = recorded.is_some();
         let mut tables = rules::Tables::Unknown;
         if !history_exists && matches!(config.command, Command::Up { .. }) {
@@ -498,12 +540,15 @@ impl Job<'_> {
                 (plan, *mode)
             }
             Command::Repair { version } => {
+                let table = &*db.located().await?;
                 return history::repair(client, table, migrations, applied, *version).await;
             }
             Command::Forget { version, force } => {
+                let table = &*db.located().await?;
                 return history::forget(client, table, migrations, applied, *version, *force).await;
             }
             Command::Baseline(what) => {
+                let table = &*db.located().await?;
                 let adopted = match what {
                     config::Baseline::UpTo(version) => {
                         plan::baseline(migrations, applied, *version)?
@@ -576,6 +621,7 @@ impl Job<'_> {
         if plan.is_empty() {
             return Ok(());
         }
+        let table = &*db.located().await?;
         let limits = &config.session;
         let terminal = log::Terminal::new(config.verbose);
         let show: &dyn progress::Show = match std::io::stdout().is_terminal() {
@@ -778,8 +824,9 @@ async fn prelude(config: &Config, client: &Client, version: Option<i32>) -> Prel
 ///
 /// Connected straight to the server, all of that is one round trip: the server announced the
 /// session's pid when the connection opened, and the setup in the try's message checks it
-/// runs there ([`session::Session::fresh_setup`]); the table is found, and the pid and
-/// version read, in the same pipeline. Through a pooler that check fails (the pid a pooler
+/// runs there ([`session::Session::fresh_setup`]); the table is found (not yet located: see
+/// [`Connected::unlocated`]), and the pid and version read, in the same pipeline. Through a
+/// pooler that check fails (the pid a pooler
 /// announces is its own), nothing is set up, and a second round trip sets the session up as
 /// the first one read it: the try then waits for that answer, since a transaction pooler
 /// keeps a pipeline on one server session, so only a try sent after it can tell that it
@@ -788,7 +835,7 @@ async fn changing(
     config: &Config,
     client: &Client,
     version: Option<i32>,
-) -> Result<Box<(history::Table, session::Session, FirstTry)>, Error> {
+) -> Result<Box<Changing>, Error> {
     let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
     let given = &config.history_table;
     let announced = connect::announced_pid(&client.cancel_token()).await;
@@ -796,32 +843,37 @@ async fn changing(
         match announced {
             Some(pid) => {
                 let tried = lock::first_try_fresh(client, given, pid, limits, version);
-                // Named as the search path finds it, as `locate` names it, in the same session
-                // at the same moment.
+                // Named as the search path finds it; `find` says which table that is, in the
+                // same session right after, and its schema is asked for only when the run is to
+                // write (`Connected::located`, refused if the search path finds another then).
                 let read = history::applied(client, given, history::Columns::Checks);
-                Some(tokio::join!(tried, read))
+                let found = given.find(client);
+                Some(tokio::join!(tried, read, found))
             }
             None => None,
         }
     };
     let setup = session::Session::prepare(client, limits, key);
-    let locate = given.locate(client);
+    let locate = async {
+        match announced {
+            Some(_) => None,
+            None => Some(given.locate(client).await),
+        }
+    };
     // Every answer is awaited even when one fails: a run that leaves with another still
     // running on the server, behind a transaction pooler, makes the pooler close that server
     // session, which may be another run's.
     let (fresh, located, session) = tokio::join!(fresh, locate, setup);
     let session = session?;
-    let (table, exists) = located?;
     // `up` on a database without the history table looks for tables of its own; the server
     // answers for the moment of the read.
     let up = matches!(config.command, Command::Up { .. });
-    let untracked = async {
-        match up && exists == Some(false) {
-            true => Some(history::untracked(client, &table).await),
+    let untracked =
+        async |table: &history::Table, exists: Option<bool>| match up && exists == Some(false) {
+            true => Some(history::untracked(client, table).await),
             false => None,
-        }
-    };
-    if let Some((tried, read)) = fresh
+        };
+    if let Some((tried, read, found)) = fresh
         && let Some((answer, strings)) = tried?
     {
         // One server session answered the whole pipeline: the lock was taken in the one
@@ -831,13 +883,36 @@ async fn changing(
             return Err(Error::Pooled { first, now });
         }
         session.read_strings(strings.as_deref());
-        let untracked = untracked.await;
-        return Ok(Box::new((table, session, (Ok(answer), (read, untracked)))));
+        let found = found?;
+        let exists = found.map(|oid| oid.is_some());
+        // Without the history table the run will write it: located in the same round trip as
+        // the look for tables of the database's own, once the lock is held (while another run
+        // holds it, that run may be making the table; the history is read again after it).
+        let locate = up && exists == Some(false) && answer.taken();
+        let (table, unlocated, untracked) = match (found, locate) {
+            (Some(oid), true) => {
+                let (table, untracked) =
+                    tokio::join!(given.locate_found(client, oid), untracked(given, exists));
+                (table?, None, untracked)
+            }
+            _ => (given.clone(), found, untracked(given, exists).await),
+        };
+        return Ok(Box::new((
+            table,
+            unlocated,
+            session,
+            (Ok(answer), (read, untracked)),
+        )));
     }
+    let (table, exists) = match located {
+        Some(located) => located?,
+        // The fresh try landed elsewhere (a pooler announcing a pid of its own).
+        None => given.locate(client).await?,
+    };
     let tried = lock::first_try(client, &table, &session);
     let read = history::applied(client, &table, history::Columns::Checks);
-    let (tried, untracked, read) = tokio::join!(tried, untracked, read);
-    Ok(Box::new((table, session, (tried, (read, untracked)))))
+    let (tried, untracked, read) = tokio::join!(tried, untracked(&table, exists), read);
+    Ok(Box::new((table, None, session, (tried, (read, untracked)))))
 }
 
 /// Writes the schema's text to `path` after `up --write-schema`: through a file beside it,

@@ -249,6 +249,11 @@ impl Answer {
         }
     }
 
+    /// The try took the lock: what was read behind it is current.
+    pub fn taken(&self) -> bool {
+        self.found == Some(Found::Granted)
+    }
+
     fn attempt(&self, session_pid: i32) -> Attempt {
         match (self.found, self.pid) {
             (Some(Found::Granted), _) => Attempt::Taken,

@@ -1583,3 +1583,49 @@ async fn a_reset_of_its_own_commits_only_in_the_runs_server_session() {
     h.client.batch_execute(&opening).await.expect("opens");
     h.client.batch_execute("ROLLBACK").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_history_table_found_at_the_first_read_is_located_only_if_still_the_same() {
+    let db = support::database().await;
+    let client = db.client().await;
+    let given = Table::parse("schema_migrations").expect("valid name");
+    // None there yet: found as such, and located in the current schema while still none.
+    let missing = given.find(&client).await.expect("find").expect("a look");
+    assert_eq!(missing, None);
+    let located = given.locate_found(&client, missing).await.expect("locate");
+    assert_eq!(located.quoted(), "public.\"schema_migrations\"");
+    client
+        .batch_execute("CREATE TABLE schema_migrations (version bigint)")
+        .await
+        .unwrap();
+    let found = given.find(&client).await.expect("find").expect("a look");
+    assert!(found.is_some());
+    // Created since it was found missing: the rows would go to a table the run never read.
+    let error = given.locate_found(&client, missing).await.unwrap_err();
+    assert!(
+        error.to_string().contains("changed while the run started"),
+        "{error}"
+    );
+    // Another table of that name earlier in the search path, since it was found.
+    client
+        .batch_execute(
+            "CREATE SCHEMA early; CREATE TABLE early.schema_migrations (version bigint); \
+             SET search_path = early, public",
+        )
+        .await
+        .unwrap();
+    let error = given.locate_found(&client, found).await.unwrap_err();
+    assert!(
+        error.to_string().contains("changed while the run started"),
+        "{error}"
+    );
+    client.batch_execute("RESET search_path").await.unwrap();
+    let located = given
+        .locate_found(&client, found)
+        .await
+        .expect("the same table");
+    assert_eq!(located.quoted(), "public.\"schema_migrations\"");
+    // A name given with its schema is no look and no query.
+    let qualified = Table::parse("public.schema_migrations").expect("valid name");
+    assert_eq!(qualified.find(&client).await.expect("find"), None);
+}
