@@ -385,8 +385,9 @@ def budget(tool):
     floor2 = times[("2", "floor")]["median"]
     beaten = [p for p, m in peers("2").items() if m <= t("2")]
     out.append(verdict(t("2") <= 1.3 * floor2 and not beaten,
-                       f"(2) ≤ 1.3× floor and below every peer: {t('2') / floor2:.2f}× floor, "
-                       f"{t('2') / fastest_peer('2'):.2f}× fastest peer"
+                       f"(2) ≤ 1.3× floor and below every peer: {t('2') / floor2:.2f}× floor "
+                       f"({(t('2') - floor2) * 1000:.1f} ms over it; 1.3× allows "
+                       f"{0.3 * floor2 * 1000:.1f}), {t('2') / fastest_peer('2'):.2f}× fastest peer"
                        + (f" (not below {', '.join(beaten)})" if beaten else "")))
     for key in ("1", "3", "4", "5"):
         ratio = t(key) / fastest_peer(key)
