@@ -67,6 +67,13 @@ impl Table {
     /// [`resolve`](Self::resolve), and whether the table existed then, when the same round
     /// trip could tell (not for a name given with its schema, which needs none).
     pub async fn locate(&self, client: &Client) -> Result<(Table, Option<bool>), Error> {
+        let (table, found) = self.locate_oid(client).await?;
+        Ok((table, found.map(|oid| oid.is_some())))
+    }
+
+    /// [`locate`](Self::locate), with where the search path finds the table as
+    /// [`find`](Self::find) says it.
+    async fn locate_oid(&self, client: &Client) -> Result<(Table, Option<Option<u32>>), Error> {
         if self.quoted_schema.is_some() {
             return Ok((self.clone(), None));
         }
@@ -78,7 +85,7 @@ impl Table {
             "SELECT coalesce((pg_catalog.pg_identify_object(\
              'pg_catalog.pg_class'::pg_catalog.regclass, pg_catalog.to_regclass({0}), 0)).schema, \
              pg_catalog.quote_ident(pg_catalog.current_schema())), \
-             pg_catalog.to_regclass({0}) IS NOT NULL",
+             pg_catalog.to_regclass({0})::pg_catalog.oid",
             literal(&self.quoted)
         );
         let messages = client
@@ -100,7 +107,10 @@ impl Table {
             quoted: format!("{schema}.{}", self.quoted),
             quoted_schema: None,
         };
-        Ok((table, row.and_then(|row| row.get(1)).map(|v| v == "t")))
+        let oid = row
+            .and_then(|row| row.get(1))
+            .and_then(|oid| oid.parse().ok());
+        Ok((table, Some(oid)))
     }
 
     /// Where the search path finds an unqualified history table now: its OID, or `None` while
@@ -134,8 +144,7 @@ impl Table {
         if self.quoted_schema.is_some() {
             return Ok(self.clone());
         }
-        let (located, now) = tokio::join!(self.locate(client), self.find(client));
-        let (table, now) = (located?.0, now?);
+        let (table, now) = self.locate_oid(client).await?;
         if now != Some(found) {
             return Err(Error::Config(format!(
                 "the history table {} changed while the run started (a table of that name was created, dropped or renamed in the search path); nothing was applied; run the job again",
@@ -147,7 +156,7 @@ impl Table {
 }
 
 /// The first column of the first row of a simple query's answer.
-fn first_value(messages: &[SimpleQueryMessage]) -> Option<&str> {
+pub fn first_value(messages: &[SimpleQueryMessage]) -> Option<&str> {
     messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(row) => row.get(0),
         _ => None,
@@ -214,10 +223,7 @@ async fn foreign(client: &Client, table: &Table) -> Error {
         literal(&table.quoted)
     );
     let columns = match client.simple_query(&query).await {
-        Ok(messages) => messages.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
-            _ => None,
-        }),
+        Ok(messages) => first_value(&messages).map(str::to_string),
         Err(_) => None,
     }
     .unwrap_or_default();

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::history::Table;
+use crate::history::{Table, first_value};
 use crate::interrupt::Interrupt;
 use crate::session::{Limits, Session, elsewhere, shared_refused};
 
@@ -342,13 +342,6 @@ async fn release(client: &Client) {
             "could not release the migration lock; it ends with the session"
         );
     }
-}
-
-fn first_value(messages: &[SimpleQueryMessage]) -> Option<&str> {
-    messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(row) => row.get(0),
-        _ => None,
-    })
 }
 
 fn elapsed_ms(since: Instant) -> u64 {
