@@ -439,6 +439,37 @@ async fn an_allow_comment_without_a_reason_is_an_invalid_file() {
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
+/// On a database without tables no rule can find anything and no statement is weighed, but
+/// the allow comments are read all the same: a file that a database with tables would refuse
+/// is refused on an empty one too, before anything is created.
+#[tokio::test]
+async fn on_an_empty_database_an_allow_comment_without_a_reason_is_still_refused() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[(
+        "003_index.sql",
+        "-- db-migrate:allow index-without-concurrently\nCREATE INDEX i ON video_requests (prompt);\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "003_index.sql: line 1: the allow comment for index-without-concurrently gives no reason"
+        ),
+        "{message}"
+    );
+    let client = db.client().await;
+    let tables = client
+        .query_one(
+            "SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tables.get::<_, i64>(0), 0, "{}", out.stderr);
+}
+
 #[tokio::test]
 async fn plan_traces_locks_rewrites_and_rows_and_leaves_everything_as_it_was() {
     let db = seeded(BIG).await;
