@@ -46,6 +46,52 @@ use source::Migration;
 /// close (see `connect::Dialer::close`).
 const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Whether the process ends once [`run`] returns (see [`exit_after_run`]).
+static EXITS_AFTER_RUN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells the library that the process exits once [`run`] returns, as the binary's does: what
+/// the run read (the migrations, the history) is then left for the exit to take back at once
+/// rather than freed an allocation at a time (see [`UntilExit`]). A caller that goes on after
+/// the run does not call it.
+pub fn exit_after_run() {
+    EXITS_AFTER_RUN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What a run holds to its end, dropped as any value is unless the process exits after the
+/// run ([`exit_after_run`]): then it is forgotten, and the exit returns its memory. Freeing
+/// 5,000 migrations one allocation at a time, most of them made on the file readers' threads,
+/// took about 0.9 ms at the end of a no-op run, between the lock's release and the close.
+struct UntilExit<T> {
+    value: Option<T>,
+    leave: bool,
+}
+
+impl<T> UntilExit<T> {
+    fn new(value: T) -> UntilExit<T> {
+        let leave = EXITS_AFTER_RUN.load(std::sync::atomic::Ordering::Relaxed);
+        let value = Some(value);
+        UntilExit { value, leave }
+    }
+}
+
+impl<T> std::ops::Deref for UntilExit<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.value
+            .as_ref()
+            .expect("the value is only taken when it is dropped")
+    }
+}
+
+impl<T> Drop for UntilExit<T> {
+    fn drop(&mut self) {
+        if self.leave {
+            std::mem::forget(self.value.take());
+        }
+    }
+}
+
 /// Runs one command to completion, and says what it did, also when it failed.
 pub async fn run(config: &Config) -> (Summary, Result<(), Error>) {
     let summary = Summary::new(config.command.name());
@@ -245,7 +291,7 @@ impl Job<'_> {
             let version = dialer.reported_version();
             let mut pending = Box::pin(prelude(self.config, &client, version));
             let mut early = None;
-            let migrations = match loaded {
+            let migrations = UntilExit::new(match loaded {
                 Some(migrations) => migrations,
                 None => loop {
                     tokio::select! {
@@ -253,7 +299,7 @@ impl Job<'_> {
                         answer = &mut pending, if early.is_none() => early = Some(answer),
                     }
                 },
-            };
+            });
             let prelude = match early {
                 Some(answer) => answer,
                 None => pending.await,
@@ -513,6 +559,7 @@ impl Job<'_> {
             }
         };
         let db = &Connected { unlocated, ..*db };
+        let recorded = UntilExit::new(recorded);
         let history_exists = recorded.is_some();
         let mut tables = rules::Tables::Unknown;
         if !history_exists && matches!(config.command, Command::Up { .. }) {
@@ -1021,6 +1068,27 @@ fn npm_hint(error: Error, script: Option<&str>) -> Error {
 #[cfg(test)]
 mod tests {
     use rustix::process::getpriority_process;
+
+    /// Counts its drops.
+    struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn what_a_run_holds_is_dropped_unless_the_process_exits_after_it() {
+        let drops = std::sync::atomic::AtomicUsize::new(0);
+        let kept = super::UntilExit::new(vec![Counted(&drops), Counted(&drops)]);
+        assert_eq!(kept.len(), 2);
+        drop(kept);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::Relaxed), 2);
+        let value = Some(vec![Counted(&drops)]);
+        drop(super::UntilExit { value, leave: true });
+        assert_eq!(drops.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn the_file_readers_run_ten_nicer_than_the_run_and_their_own_threads_too() {
