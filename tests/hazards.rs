@@ -421,6 +421,16 @@ async fn down_on_empty_tables_runs_as_the_seed_wrote_it() {
     );
 }
 
+/// `up`'s output, after asserting that it refused a file (exit 3) for `reason`.
+fn up_refuses_the_file(db: &TestDb, dir: &Path, reason: &str) -> Output {
+    let out = run(db, dir, &["up"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(message.contains(reason), "{message}");
+    out
+}
+
 #[tokio::test]
 async fn an_allow_comment_without_a_reason_is_an_invalid_file() {
     let db = seeded("").await;
@@ -428,14 +438,8 @@ async fn an_allow_comment_without_a_reason_is_an_invalid_file() {
         "003_drop.sql",
         "-- db-migrate:allow drops-data\nALTER TABLE video_requests DROP COLUMN IF EXISTS prompt;\n",
     )]);
-    let out = run(&db, dir.path(), &["up"]);
-    assert_eq!(out.code, 3, "{}", out.stderr);
-    let summary = events(&out.stderr).pop().unwrap();
-    let message = summary["message"].as_str().unwrap();
-    assert!(
-        message.contains("003_drop.sql: line 1: the allow comment for drops-data gives no reason"),
-        "{message}"
-    );
+    let reason = "003_drop.sql: line 1: the allow comment for drops-data gives no reason";
+    up_refuses_the_file(&db, dir.path(), reason);
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
@@ -449,16 +453,9 @@ async fn on_an_empty_database_an_allow_comment_without_a_reason_is_still_refused
         "003_index.sql",
         "-- db-migrate:allow index-without-concurrently\nCREATE INDEX i ON video_requests (prompt);\n",
     )]);
-    let out = run(&db, dir.path(), &["up"]);
-    assert_eq!(out.code, 3, "{}", out.stderr);
-    let summary = events(&out.stderr).pop().unwrap();
-    let message = summary["message"].as_str().unwrap();
-    assert!(
-        message.contains(
-            "003_index.sql: line 1: the allow comment for index-without-concurrently gives no reason"
-        ),
-        "{message}"
-    );
+    let reason =
+        "003_index.sql: line 1: the allow comment for index-without-concurrently gives no reason";
+    let out = up_refuses_the_file(&db, dir.path(), reason);
     let client = db.client().await;
     let tables = client
         .query_one(
