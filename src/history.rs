@@ -115,10 +115,11 @@ impl Table {
 
     /// Where the search path finds an unqualified history table now: its OID, or `None` while
     /// no table of that name is there; a name given with its schema needs no look (`None`
-    /// without a query, as [`locate`](Self::locate) says nothing of it). A run that changes the database reads this beside the history, in the
-    /// same pipeline, and locates the table only once it is to write
-    /// ([`locate_found`](Self::locate_found)): on a new session the look for the schema cost
-    /// the server 0.3 ms of every no-op run, and a `to_regclass` next to nothing.
+    /// without a query, as [`locate`](Self::locate) says nothing of it). A run that changes
+    /// the database reads this beside the history, in the same pipeline, and locates the table
+    /// only once it is to write ([`locate_found`](Self::locate_found)): on a new session the
+    /// look for the schema cost the server 0.3 ms of every no-op run, and a `to_regclass` next
+    /// to nothing.
     pub async fn find(&self, client: &Client) -> Result<Option<Option<u32>>, Error> {
         if self.quoted_schema.is_some() {
             return Ok(None);
