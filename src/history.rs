@@ -548,7 +548,7 @@ pub async fn repair(
         table.quoted
     );
     client
-        .execute(&query, &[&version, &file.checksum])
+        .execute(&query, &[&version, &file.checksum.as_str()])
         .await
         .map_err(Error::database_sent(
             "updating the recorded checksum",

@@ -434,6 +434,10 @@ pub fn forget<'a>(
 
 /// Refuses history that no longer matches the files: a changed applied file or a missing one.
 pub fn check_history(migrations: &[Migration], applied: &[Applied]) -> Result<(), Error> {
+    if agrees(migrations, applied) {
+        return Ok(());
+    }
+    // Something differs: the first row in the history's own order names it, as before.
     let on_disk = by_version(migrations);
     for row in applied {
         match on_disk.get(row.version) {
@@ -448,13 +452,36 @@ pub fn check_history(migrations: &[Migration], applied: &[Applied]) -> Result<()
                     version: row.version,
                     file: m.up.path.clone(),
                     recorded: row.checksum.clone(),
-                    actual: m.checksum.clone(),
+                    actual: m.checksum.to_string(),
                 });
             }
             Some(_) => {}
         }
     }
     Ok(())
+}
+
+/// Whether every history row has its file with the checksum recorded, walking files and rows
+/// side by side in version order. The usual case, and the one a no-op run over thousands of
+/// applied files waits on once the files are in: looking each row up by version instead (a
+/// binary search over references, 13 steps for 5,000) took 1.1 ms of such a run's 25, the
+/// steps and the checksums far apart in memory. False also when the files are not in strict
+/// version order (only `source` orders them) or the rows not in order after sorting them.
+fn agrees(migrations: &[Migration], applied: &[Applied]) -> bool {
+    if !migrations.is_sorted_by(|a, b| a.version < b.version) {
+        return false;
+    }
+    // The rows come in the server's order: version order unless rows were deleted and
+    // written again (a rollback and a re-apply), and sorting keeps equal versions in order.
+    let mut rows: Vec<&Applied> = applied.iter().collect();
+    rows.sort_by_key(|row| row.version);
+    let mut files = migrations.iter().peekable();
+    rows.into_iter().all(|row| {
+        while files.next_if(|m| m.version < row.version).is_some() {}
+        files
+            .peek()
+            .is_some_and(|m| m.version == row.version && m.checksum == row.checksum)
+    })
 }
 
 trait Versioned {
@@ -518,7 +545,7 @@ mod tests {
             name: format!("m{version}"),
             up: script(".sql"),
             down: with_down.then(|| script(".down.sql")),
-            checksum: format!("sum{version}"),
+            checksum: crate::source::checksum(&format!("sum{version}")),
         }
     }
 
@@ -526,7 +553,7 @@ mod tests {
         Applied {
             version,
             name: format!("m{version}"),
-            checksum: format!("sum{version}"),
+            checksum: crate::source::checksum(&format!("sum{version}")).to_string(),
             applied_at: Some("2026-01-01T00:00:00Z".into()),
             execution_ms: Some(1),
         }

@@ -169,7 +169,7 @@ mod tests {
                 "CREATE TABLE t (a int);\n-- rows\nINSERT INTO t VALUES (1), (2);\n".into(),
             ),
             down: None,
-            checksum: String::new(),
+            checksum: crate::source::checksum(""),
         };
         let matched = commands(&migration.up, &[0, 2]);
         let tags: Vec<&str> = matched.iter().map(|c| c.tag.as_str()).collect();

@@ -127,7 +127,14 @@ fn expected(dir: &Path, applied_by: &str) -> Vec<Row> {
     db_migrate::source::load(dir)
         .expect("valid migrations directory")
         .into_iter()
-        .map(|m| (m.version, m.name, m.checksum, applied_by.to_string()))
+        .map(|m| {
+            (
+                m.version,
+                m.name,
+                m.checksum.to_string(),
+                applied_by.to_string(),
+            )
+        })
         .collect()
 }
 
