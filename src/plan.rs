@@ -470,7 +470,7 @@ pub fn check_history(migrations: &[Migration], applied: &[Applied]) -> Result<()
 /// applied files waits on once the files are in: looking each row up by version instead (a
 /// binary search over references, 13 steps for 5,000) took 1.1 ms of such a run's 25, the
 /// steps and the checksums far apart in memory. False also when the files are not in strict
-/// version order (only `source` orders them) or the rows not in order after sorting them.
+/// version order (only `source` orders them), which the lookup then handles.
 fn agrees(migrations: &[Migration], applied: &[Applied]) -> bool {
     if !migrations.is_sorted_by(|a, b| a.version < b.version) {
         return false;
