@@ -343,17 +343,18 @@ pub fn check(script: &Script) -> Result<(), Error> {
         ));
     }
     let uses = sql::transaction_use(&script.sql);
+    // Two-phase commit would leave a prepared transaction holding its locks after the run, and
+    // its changes out of the database the history row says they are in, so it is refused
+    // even outside a transaction, after a `BEGIN` the file opened itself too.
+    if let Some((line, keyword)) = uses.two_phase {
+        return Err(invalid(
+            &script.path,
+            format!(
+                "line {line}: {keyword} is two-phase commit, which a migration cannot use; remove it"
+            ),
+        ));
+    }
     if let Some((line, keyword)) = uses.control {
-        // Two-phase commit would leave a prepared transaction holding its locks after the
-        // run, so it is refused even outside a transaction.
-        if keyword.contains("PREPARE") {
-            return Err(invalid(
-                &script.path,
-                format!(
-                    "line {line}: {keyword} is two-phase commit, which a migration cannot use; remove it"
-                ),
-            ));
-        }
         if !script.no_transaction {
             return Err(invalid(
                 &script.path,

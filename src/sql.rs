@@ -73,6 +73,10 @@ pub struct TransactionUse {
     /// leading keywords such as `CREATE INDEX CONCURRENTLY`): in a file db-migrate runs in a
     /// transaction it can only fail, and only once the migrations before it have committed.
     pub outside_only: Option<(usize, String)>,
+    /// The first two-phase commit statement (`PREPARE TRANSACTION`, `COMMIT PREPARED`,
+    /// `ROLLBACK PREPARED`), wherever it stands: in a `-- no-transaction` file it may follow a
+    /// `BEGIN` the file is allowed, which [`TransactionUse::control`] reports in its place.
+    pub two_phase: Option<(usize, String)>,
 }
 
 /// See [`TransactionUse`].
@@ -82,17 +86,21 @@ pub fn transaction_use(sql: &str) -> TransactionUse {
     for (start, end) in spans(sql) {
         let statement = &sql[start..end];
         let head = head(statement, HEAD);
-        if found.control.is_none()
+        if (found.control.is_none() || found.two_phase.is_none())
             && let Some(keywords) = control_keywords(statement, &head)
         {
-            found.control = Some((lines.line_at(sql, start), keywords));
+            let line = lines.line_at(sql, start);
+            if found.two_phase.is_none() && keywords.contains("PREPARE") {
+                found.two_phase = Some((line, keywords.clone()));
+            }
+            found.control.get_or_insert((line, keywords));
         }
         if found.outside_only.is_none()
             && let Some(what) = outside_only(statement, &head)
         {
             found.outside_only = Some((lines.line_at(sql, start), what.to_string()));
         }
-        if found.control.is_some() && found.outside_only.is_some() {
+        if found.control.is_some() && found.outside_only.is_some() && found.two_phase.is_some() {
             break;
         }
     }
@@ -1946,6 +1954,29 @@ mod tests {
         ];
         for sql in cases {
             assert_eq!(copy_stdio(sql), None, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn transaction_use_finds_two_phase_commit_behind_other_control() {
+        let cases = [
+            (
+                "BEGIN;\nCREATE TABLE t ();\nPREPARE TRANSACTION 'x';",
+                Some((3, "PREPARE TRANSACTION")),
+            ),
+            (
+                "BEGIN; COMMIT; rollback prepared 'x';",
+                Some((1, "ROLLBACK PREPARED")),
+            ),
+            ("COMMIT PREPARED 'x'; BEGIN;", Some((1, "COMMIT PREPARED"))),
+            ("BEGIN; PREPARE transaction AS SELECT 1; COMMIT;", None),
+            ("BEGIN; SELECT 'PREPARE TRANSACTION ''x'''; COMMIT;", None),
+        ];
+        for (sql, expected) in cases {
+            let found = transaction_use(sql);
+            let expected = expected.map(|(line, what)| (line, what.to_string()));
+            assert_eq!(found.two_phase, expected, "input: {sql:?}");
+            assert!(found.control.is_some(), "input: {sql:?}");
         }
     }
 

@@ -187,6 +187,18 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "two-phase commit",
         ),
         (
+            // A `BEGIN` is a no-transaction file's own to open; what follows it is checked too.
+            &[
+                GOOD,
+                (
+                    "002_2pc.sql",
+                    b"-- no-transaction\nBEGIN;\nCREATE TABLE b (id int);\nPREPARE TRANSACTION 'x';",
+                ),
+            ],
+            "002_2pc.sql",
+            "line 4: PREPARE TRANSACTION is two-phase commit",
+        ),
+        (
             &[
                 GOOD,
                 (
