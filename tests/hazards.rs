@@ -231,6 +231,46 @@ async fn small_and_new_tables_are_no_hazard() {
 }
 
 #[tokio::test]
+async fn filling_in_a_column_added_earlier_in_the_plan_is_no_data_loss() {
+    let db = seeded(&BIG.replace("12000", "3")).await;
+    // Writing a column that holds data still is refused, alone or beside a new one, and so is
+    // a column added with IF NOT EXISTS, which may be an old one.
+    let refused_cases = [
+        "ALTER TABLE video_requests ADD COLUMN priority int;\nUPDATE video_requests SET priority = 0, prompt = '';\n",
+        "ALTER TABLE video_requests ADD COLUMN priority int;\nUPDATE video_requests SET status = 'done';\n",
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority int;\nUPDATE video_requests SET priority = 0;\n",
+    ];
+    for sql in refused_cases {
+        let dir = support::copy_of_seed(&[("003_backfill.sql", sql)]);
+        let message = refused(&run(&db, dir.path(), &["up"]), &["drops-data"]);
+        assert!(message.contains("UPDATE without WHERE"), "{message}");
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    // The backfill of a new column, in its own migration and in the next one of the plan.
+    let dir = support::copy_of_seed(&[
+        (
+            "003_priority.sql",
+            "ALTER TABLE video_requests ADD COLUMN priority int;\n\
+             UPDATE video_requests SET priority = 0;\n\
+             ALTER TABLE video_requests ALTER COLUMN priority SET NOT NULL;\n",
+        ),
+        ("004_rank.sql", "UPDATE video_requests SET priority = 1;\n"),
+    ]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM video_requests WHERE priority = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3);
+}
+
+#[tokio::test]
 async fn down_refuses_to_drop_a_table_with_rows_unless_data_loss_is_allowed() {
     let db = seeded(
         "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \

@@ -139,10 +139,18 @@ pub enum Effect {
         object: Dropped,
         what: &'static str,
     },
-    /// DELETE or UPDATE without WHERE.
+    /// DELETE or UPDATE without WHERE; an UPDATE's `columns` are those its SET writes (none
+    /// for a DELETE).
     ChangesAllRows {
         table: Name,
         what: &'static str,
+        columns: Vec<String>,
+    },
+    /// ADD COLUMN without IF NOT EXISTS: after it the column is a new one, holding its
+    /// default or NULL in every row, so filling it in (a backfill) loses nothing.
+    AddsColumn {
+        table: Name,
+        column: String,
     },
     /// RENAME of a table or column the running bot still uses by its old name.
     Renames {
@@ -250,6 +258,7 @@ impl Effect {
             | Effect::DropsColumn { table, .. }
             | Effect::Truncates { table }
             | Effect::ChangesAllRows { table, .. }
+            | Effect::AddsColumn { table, .. }
             | Effect::Renames { table, .. } => Some(table),
             Effect::DropsDependents {
                 object:
@@ -392,14 +401,22 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 out.push(Effect::ChangesAllRows {
                     table: Name::of(relation),
                     what: "DELETE without WHERE",
+                    columns: Vec::new(),
                 });
             }
         }
         NodeEnum::UpdateStmt(update) if update.where_clause.is_none() => {
             if let Some(relation) = &update.relation {
+                let columns = (update.target_list.iter())
+                    .filter_map(|target| match &target.node {
+                        Some(NodeEnum::ResTarget(target)) => Some(target.name.clone()),
+                        _ => None,
+                    })
+                    .collect();
                 out.push(Effect::ChangesAllRows {
                     table: Name::of(relation),
                     what: "UPDATE without WHERE",
+                    columns,
                 });
             }
         }
@@ -534,6 +551,12 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
                 });
             }
             if let Some(NodeEnum::ColumnDef(column)) = def {
+                if !cmd.missing_ok {
+                    out.push(Effect::AddsColumn {
+                        table: table(),
+                        column: column.colname.clone(),
+                    });
+                }
                 new_column_effects(&table(), column, out);
             }
         }

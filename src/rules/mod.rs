@@ -340,6 +340,9 @@ pub async fn check(
     let mut fresh: HashSet<Name> = HashSet::new();
     // A table renamed earlier in the plan is the old one under its new name: sized as such.
     let mut renamed: HashMap<Name, Name> = HashMap::new();
+    // Columns added earlier in the plan hold only their default or NULL: an UPDATE that
+    // writes nothing else fills them in (a backfill before SET NOT NULL) and loses nothing.
+    let mut added: HashSet<(&Name, &str)> = HashSet::new();
     let mut lost = lost.iter();
     for (version, script, statement, allows, effects) in &statements {
         let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
@@ -408,6 +411,18 @@ pub async fn check(
                     findings.push(finding(Rule::DropsData, listed(&names), rows, what));
                 }
                 continue;
+            }
+            match effect {
+                Effect::AddsColumn { table, column } => {
+                    added.insert((table, column));
+                }
+                Effect::ChangesAllRows { table, columns, .. }
+                    if !columns.is_empty()
+                        && (columns.iter()).all(|c| added.contains(&(table, c.as_str()))) =>
+                {
+                    continue;
+                }
+                _ => {}
             }
             let Some((rule, table, what, column_name)) = weigh(effect) else {
                 match effect {
@@ -616,7 +631,7 @@ fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
             Some((Rule::DropsData, table, "DROP COLUMN", Some(column.as_str())))
         }
         Effect::Truncates { table } => Some((Rule::DropsData, table, "TRUNCATE", None)),
-        Effect::ChangesAllRows { table, what } => Some((Rule::DropsData, table, what, None)),
+        Effect::ChangesAllRows { table, what, .. } => Some((Rule::DropsData, table, what, None)),
         Effect::Renames { table, column, .. } => Some((
             Rule::RenamesInUse,
             table,
