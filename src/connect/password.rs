@@ -36,9 +36,14 @@ pub(super) fn find(
 
 fn read_secret(path: &Path, variable: &str) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|e| {
+        // A value that names no directory and nothing that exists may be the password itself,
+        // set where its file's path belongs: it is not repeated.
+        let shown = match path.parent().is_some_and(|p| !p.as_os_str().is_empty()) || path.exists() {
+            true => path.display().to_string(),
+            false => "a file that is not there (the value is not repeated here: it may be a password)".to_string(),
+        };
         Error::Config(format!(
-            "{variable} names {}, which cannot be read ({e}); mount the secret there or unset {variable}",
-            path.display()
+            "{variable} names {shown}, which cannot be read ({e}); set it to the path of the file holding the password (the password itself goes in PGPASSWORD), or unset {variable}"
         ))
     })
 }
@@ -102,6 +107,23 @@ mod tests {
             found.map(|(_, value)| value.to_string())
         };
         find(&pg, &var)
+    }
+
+    #[test]
+    fn a_password_set_where_its_file_belongs_is_not_repeated() {
+        for variable in ["DATABASE_PASSWORD_FILE", "PGPASSFILE"] {
+            let error = find_in(&[(variable, "Sentinel-pw-9")])
+                .unwrap_err()
+                .to_string();
+            assert!(!error.contains("Sentinel"), "{error}");
+            assert!(error.contains("goes in PGPASSWORD"), "{error}");
+            // A path is shown: it says where the mount was expected.
+            let error = find_in(&[(variable, "/run/secrets/missing")]).unwrap_err();
+            assert!(
+                error.to_string().contains("/run/secrets/missing"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -322,7 +322,7 @@ impl FromStr for SslMode {
         match MODES.iter().find(|(name, _)| *name == text) {
             Some((_, mode)) => Ok(*mode),
             None => Err(format!(
-                "sslmode \"{text}\" is not one of disable, allow, prefer, require, verify-ca, verify-full"
+                "sslmode {text:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
             )),
         }
     }

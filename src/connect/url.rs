@@ -140,6 +140,19 @@ fn split_uri(body: &str) -> Result<Split, Error> {
             "DATABASE_URL has an @ in its user name or password that is not percent-encoded, so part of the password would be read as the host; percent-encode @ in the password as %40 (p@ss becomes p%40ss)".into(),
         ));
     }
+    if let Some(credentials) = credentials {
+        let user = credentials
+            .split_once(':')
+            .map_or(credentials, |(user, _)| user);
+        let user = percent_decode(user);
+        if user.contains(':') {
+            return Err(Error::Config(
+                "DATABASE_URL's user name holds a percent-encoded : (%3A), so the password would be read as part of the user name and printed with it; write user:password@host with the : itself".into(),
+            ));
+        }
+        refuse_pairs("user", &user)?;
+    }
+    refuse_pairs("host or database name", &percent_decode(location))?;
     let mut kept = Vec::new();
     let mut own = Vec::new();
     let mut after_password = false;
@@ -148,7 +161,9 @@ fn split_uri(body: &str) -> Result<Split, Error> {
         let key = percent_decode(key);
         let password = key == "password";
         // With an `@` anywhere in the query, a key may be the tail of a password.
-        match is_own(&key, after_password || query.contains('@'))? {
+        let is_own = is_own(&key, after_password || query.contains('@'))?;
+        refuse_pairs(&key, &percent_decode(value))?;
+        match is_own {
             true => own.push((key, percent_decode(value))),
             false => kept.push(pair),
         }
@@ -193,6 +208,30 @@ fn is_own(key: &str, after_password: bool) -> Result<bool, Error> {
     }))
 }
 
+/// Refuses a value that carries more `key=value` pairs behind a `;`, `,` or `&`: pairs
+/// written with another separator than libpq's (`host=h;port=5432;password=...`, as ADO.NET
+/// and JDBC write them) are read as one value, the host's or the database's, which every log
+/// line prints, password and all. Only the password's value (anything goes) and `options`
+/// (the server's own `-c name=value` list) may hold them.
+fn refuse_pairs(key: &str, value: &str) -> Result<(), Error> {
+    if key == "password" || key == "options" {
+        return Ok(());
+    }
+    let holds_pair = value.match_indices([';', ',', '&']).any(|(at, _)| {
+        let rest = value[at + 1..].trim_start();
+        rest.split_once('=').is_some_and(|(name, _)| {
+            let name = name.trim_end();
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    });
+    match holds_pair {
+        true => Err(Error::Config(format!(
+            "DATABASE_URL's {key} holds more key=value pairs behind a ; , or & (not repeated here: they may hold a password); separate key=value pairs with spaces (host=h port=5432 user=u password=p dbname=d), or write {EXAMPLE}"
+        ))),
+        false => Ok(()),
+    }
+}
+
 fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -223,7 +262,9 @@ fn split_key_values(text: &str) -> Result<Split, Error> {
     let mut after_password = false;
     for (key, value) in key_values(text)? {
         let password = key == "password";
-        if is_own(&key, after_password)? {
+        let is_own = is_own(&key, after_password)?;
+        refuse_pairs(&key, &value)?;
+        if is_own {
             own.push((key, value));
         } else {
             let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
@@ -400,6 +441,23 @@ mod tests {
     }
 
     #[test]
+    fn separators_inside_values_that_hold_no_pairs_are_kept() {
+        let forms = [
+            "host=h1,h2 port=5432,5433 user=bot password='a;b=c,d=e' dbname=videos",
+            "host=h1 user=bot options='-c search_path=app,public -c a.b=x;y=z' dbname=videos",
+            "postgresql://bot:x%3By%3Dz@h1,h2/videos?application_name=bot;blue",
+        ];
+        for form in forms {
+            let (pg, _) = parse(form).unwrap_or_else(|e| panic!("{form}: {e}"));
+            assert_eq!(
+                pg.get_hosts().len(),
+                2 - usize::from(form.contains("options"))
+            );
+            assert_eq!(pg.get_dbname(), Some("videos"), "{form}");
+        }
+    }
+
+    #[test]
     fn an_at_sign_in_a_parameter_value_is_kept() {
         let url = "postgresql://bot:pw@h/videos?application_name=bot@vm&sslmode=disable";
         let (pg, _) = parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -458,6 +516,36 @@ mod tests {
             (
                 "postgresql://bot:x@h?secret_sentinel=y@z".into(),
                 "not repeated here",
+            ),
+            // Pairs written with ADO.NET's or JDBC's separators: one value, the password in it.
+            (
+                format!("host=127.0.0.1;port=5432;user=bot;password={secret};dbname=d"),
+                "DATABASE_URL's host holds more key=value pairs",
+            ),
+            (
+                format!("host=127.0.0.1,port=5432,user=bot,password={secret},dbname=d"),
+                "separate key=value pairs with spaces",
+            ),
+            (
+                format!("postgresql://bot@h/d?sslmode=disable;password={secret}"),
+                "DATABASE_URL's sslmode holds",
+            ),
+            (
+                format!("postgresql://bot@h/d?dbname=d;password={secret}"),
+                "DATABASE_URL's dbname holds",
+            ),
+            (
+                format!("postgresql://bot@h/d;password={secret}"),
+                "DATABASE_URL's host or database name holds",
+            ),
+            (
+                format!("postgresql://bot;password={secret}@h/d"),
+                "DATABASE_URL's user holds",
+            ),
+            // The whole user info percent-encoded as one piece.
+            (
+                format!("postgresql://bot%3A{secret}@h/d"),
+                "percent-encoded : (%3A)",
             ),
         ];
         for (url, fix) in cases {
