@@ -719,6 +719,7 @@ impl Job<'_> {
         json: bool,
     ) -> Result<(), Error> {
         let (migrations, options) = (db.migrations, self.config.schema);
+        rehearsal::refuse_server_wide(migrations, true)?;
         let report = self
             .on_scratch(db, async |ctx, monitor| {
                 rehearsal::run(ctx, monitor, migrations, keep_going, runs, options).await
@@ -746,6 +747,7 @@ impl Job<'_> {
         let replay: Vec<&Migration> = (db.migrations.iter())
             .filter(|m| applied.iter().any(|a| a.version == m.version))
             .collect();
+        rehearsal::refuse_server_wide(replay.iter().copied(), false)?;
         let expected = self
             .on_scratch(db, async |ctx, monitor| {
                 info!(

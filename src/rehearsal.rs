@@ -180,6 +180,28 @@ impl Report {
     }
 }
 
+/// Refuses to replay on a scratch database a migration (with `downs`, or its rollback) that
+/// changes what the server shares between its databases: a role made there stays on the
+/// server after the scratch database is dropped (and the target's next `up` then fails to
+/// make it), and one the target's migrations made already fails the replay.
+pub fn refuse_server_wide<'m>(
+    migrations: impl IntoIterator<Item = &'m Migration>,
+    downs: bool,
+) -> Result<(), Error> {
+    for migration in migrations {
+        let down = migration.down.as_ref().filter(|_| downs);
+        for script in std::iter::once(&migration.up).chain(down) {
+            if let Some((line, what)) = crate::sql::server_wide(&script.sql) {
+                return Err(Error::Config(format!(
+                    "{}:{line}: {what} changes what the server shares between its databases, so it cannot be replayed on a scratch database: it would stay on the server afterwards, or fail where the target's own run made it already; create roles, databases and tablespaces beside the deploy rather than in a migration, or check this set with up alone",
+                    script.path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rehearses `migrations` in order on the scratch database `ctx.client` is connected to
 /// (empty, its history table created here), stopping at the first failure unless
 /// `keep_going`; then a failed migration is left applied, when it can be, so the ones after

@@ -107,6 +107,75 @@ pub fn transaction_use(sql: &str) -> TransactionUse {
     found
 }
 
+/// The first statement of `sql` that changes what the server shares between its databases
+/// (a role or its memberships, a database, a tablespace, the server's settings), as (line,
+/// what it is): a rehearsal on a scratch database of the server cannot undo it. Statements
+/// whose leading keywords may say so are read by PostgreSQL's parser (`CREATE USER MAPPING`
+/// is the database's own, `GRANT ... ON` a privilege, `GRANT role TO role` a membership).
+pub fn server_wide(sql: &str) -> Option<(usize, &'static str)> {
+    use pg_query::NodeEnum as N;
+    use pg_query::protobuf::ObjectType;
+    const SHARED: [&str; 6] = ["role", "user", "group", "database", "tablespace", "system"];
+    let mut lines = LineCounter::new();
+    for (start, end) in spans(sql) {
+        let statement = &sql[start..end];
+        let head = head(statement, 4);
+        let Some(first) = head.first() else { continue };
+        let verb = ["create", "alter", "drop", "grant", "revoke", "comment"]
+            .into_iter()
+            .find(|verb| first.is_keyword(statement, verb));
+        let may = match verb {
+            Some("grant" | "revoke") => true,
+            Some(_) => {
+                (head.iter().skip(1)).any(|t| SHARED.iter().any(|w| t.is_keyword(statement, w)))
+            }
+            None => false,
+        };
+        if !may {
+            continue;
+        }
+        let Ok(parsed) = pg_query::parse(statement, pg_query::ParserOptions::DEFAULT) else {
+            continue;
+        };
+        let shared_object = |kind: i32| {
+            [
+                ObjectType::ObjectRole,
+                ObjectType::ObjectDatabase,
+                ObjectType::ObjectTablespace,
+            ]
+            .iter()
+            .any(|k| *k as i32 == kind)
+        };
+        for raw in &parsed.protobuf.stmts {
+            let what = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+                Some(N::CreateRoleStmt(_)) => "CREATE ROLE",
+                Some(N::AlterRoleStmt(_) | N::AlterRoleSetStmt(_)) => "ALTER ROLE",
+                Some(N::DropRoleStmt(_)) => "DROP ROLE",
+                Some(N::GrantRoleStmt(_)) => "GRANT or REVOKE of a role's membership",
+                Some(N::CreatedbStmt(_)) => "CREATE DATABASE",
+                Some(N::DropdbStmt(_)) => "DROP DATABASE",
+                Some(N::AlterDatabaseStmt(_) | N::AlterDatabaseSetStmt(_)) => "ALTER DATABASE",
+                Some(N::CreateTableSpaceStmt(_)) => "CREATE TABLESPACE",
+                Some(N::DropTableSpaceStmt(_)) => "DROP TABLESPACE",
+                Some(N::AlterTableSpaceOptionsStmt(_)) => "ALTER TABLESPACE",
+                Some(N::AlterSystemStmt(_)) => "ALTER SYSTEM",
+                Some(N::RenameStmt(r)) if shared_object(r.rename_type) => {
+                    "a RENAME of a role, database or tablespace"
+                }
+                Some(N::AlterOwnerStmt(o)) if shared_object(o.object_type) => {
+                    "an OWNER TO of a database or tablespace"
+                }
+                Some(N::CommentStmt(c)) if shared_object(c.objtype) => {
+                    "a COMMENT on a role, database or tablespace"
+                }
+                _ => continue,
+            };
+            return Some((lines.line_at(sql, start), what));
+        }
+    }
+    None
+}
+
 /// [`TransactionUse::control`] alone.
 pub fn transaction_control(sql: &str) -> Option<(usize, String)> {
     transaction_use(sql).control
@@ -1954,6 +2023,50 @@ mod tests {
         ];
         for sql in cases {
             assert_eq!(copy_stdio(sql), None, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn server_wide_finds_what_the_server_shares_between_databases() {
+        let cases = [
+            (
+                "CREATE TABLE t ();\nCREATE ROLE reader NOLOGIN;",
+                Some((2, "CREATE ROLE")),
+            ),
+            (
+                "create user app with password 'x';",
+                Some((1, "CREATE ROLE")),
+            ),
+            (
+                "ALTER ROLE app SET search_path = app;",
+                Some((1, "ALTER ROLE")),
+            ),
+            (
+                "GRANT reader TO app;",
+                Some((1, "GRANT or REVOKE of a role's membership")),
+            ),
+            ("DROP DATABASE IF EXISTS old;", Some((1, "DROP DATABASE"))),
+            (
+                "ALTER DATABASE videos SET timezone = 'UTC';",
+                Some((1, "ALTER DATABASE")),
+            ),
+            (
+                "COMMENT ON ROLE app IS 'x';",
+                Some((1, "a COMMENT on a role, database or tablespace")),
+            ),
+            (
+                "-- no-transaction\nALTER SYSTEM SET work_mem = '8MB';",
+                Some((2, "ALTER SYSTEM")),
+            ),
+            ("GRANT SELECT ON t TO reader;", None),
+            ("CREATE USER MAPPING FOR app SERVER s;", None),
+            ("CREATE TABLE user_roles (role text, database text);", None),
+            ("ALTER TABLE t OWNER TO app;", None),
+            ("DO $$ BEGIN CREATE ROLE r; END $$;", None),
+            ("SELECT 'CREATE ROLE x';", None),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(server_wide(sql), expected, "input: {sql:?}");
         }
     }
 

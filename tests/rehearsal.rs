@@ -570,6 +570,59 @@ async fn a_migration_that_deallocates_prepared_statements_is_still_tested() {
 }
 
 #[tokio::test]
+async fn a_role_a_migration_creates_is_not_replayed_on_the_server_it_would_stay_on() {
+    let db = support::database().await;
+    // Roles belong to the server: the name is this test's own.
+    let role = format!("{}_maker", db.name);
+    let dir = with_003(
+        &format!("CREATE TABLE IF NOT EXISTS t (id int);\nCREATE ROLE {role} NOLOGIN;\n"),
+        Some(&format!(
+            "DROP ROLE IF EXISTS {role};\nDROP TABLE IF EXISTS t;\n"
+        )),
+    );
+    let roles = async || {
+        let client = db.client().await;
+        let sql = "SELECT count(*) FROM pg_roles WHERE rolname = $1";
+        let row = client.query_one(sql, &[&role]).await.unwrap();
+        row.get::<_, i64>(0)
+    };
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(
+        out.code, 2,
+        "{}
+{}",
+        out.stdout, out.stderr
+    );
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("003_change.sql:2: CREATE ROLE changes what the server shares"),
+        "{message}"
+    );
+    assert_eq!(roles().await, 0, "the rehearsal made the role");
+    // `up` makes it; `verify --schema` would replay it where it now is.
+    support::up_ok(&db, dir.path()).await;
+    assert_eq!(roles().await, 1);
+    let verify = output(
+        binary()
+            .args(["verify", "--schema", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(verify.code, 2, "{}", verify.stderr);
+    assert!(
+        verify
+            .stderr
+            .contains("CREATE ROLE changes what the server shares")
+    );
+    db.client()
+        .await
+        .batch_execute(&format!("DROP TABLE t; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn with_privileges_a_rollback_must_revoke_what_its_migration_granted() {
     let db = support::database().await;
     support::role("rehearsal_reader").await;
