@@ -256,7 +256,10 @@ pub enum Error {
     SharedSession,
 
     /// SIGINT or SIGTERM stopped the run; the running migration was rolled back.
-    #[error("stopped by {}; a migration it was running is rolled back and nothing of it recorded", .0.name())]
+    // Said without knowing what was running: no migration may have been (a wait for the lock),
+    // a `-- no-transaction` file keeps what it finished, and over a stalled connection the
+    // server may have committed what the run never heard of. The history says which.
+    #[error("stopped by {}; a migration still running was cancelled and rolled back, unrecorded (statements a -- no-transaction file finished stay); what committed is in the history: run db-migrate status", .0.name())]
     Interrupted(Signal),
 
     /// `verify` found migrations that are not applied yet.
