@@ -700,6 +700,10 @@ impl Job<'_> {
         let mut monitor = monitor::Monitor::new(db.dialer, pid, interval, timeout, show);
         let report = apply::run(&ctx, &mut monitor, &plan, mode, history_exists).await;
         (self.summary).ran(&plan, report.completed, applied, migrations, dry_run);
+        if report.result.as_ref().is_err_and(Error::history_unknown) {
+            // What committed unheard is the history's to say: no count that may be wrong.
+            (self.summary.pending, self.summary.at_version) = (None, None);
+        }
         self.summary.locks = Some(report.locks);
         report.result?;
         match &config.write_schema {

@@ -17,7 +17,7 @@ pub(super) fn connection_lost(step: Step<'_>, wrap: Wrap, error: &tokio_postgres
             "the statements of this -- no-transaction file that completed stay, and it is not recorded; run again (such files are idempotent)"
         }
         (Wrap::Own, false) => {
-            "its COMMIT had already been sent, so it may have committed: its history row exists exactly when it did, and `db-migrate status` (or the next run) shows which"
+            "its COMMIT had already been sent, so it may have committed, and so may any migration sent behind it: each one's history row exists exactly when it did, and `db-migrate status` (or the next run) shows which"
         }
         (Wrap::Outer, false) => {
             "the run's one transaction ends with the connection, so nothing of this run was committed"
@@ -28,6 +28,7 @@ pub(super) fn connection_lost(step: Step<'_>, wrap: Wrap, error: &tokio_postgres
         file: step.script.path.clone(),
         cause: crate::error::describe_db(error),
         outcome,
+        uncertain: wrap == Wrap::Own && !step.script.no_transaction,
     }
 }
 

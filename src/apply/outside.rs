@@ -115,6 +115,7 @@ pub(super) async fn run(
             file: script.path.clone(),
             cause: crate::error::describe_db(&e),
             outcome: "all of this -- no-transaction file's statements completed and stay; its history row was sent and may have been written: `db-migrate status` (or the next run) shows whether, and a next run applies the file again if it was not (such files are idempotent)",
+            uncertain: true,
         }
     })?;
     Ok(counts)

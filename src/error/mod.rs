@@ -63,6 +63,9 @@ pub enum Error {
         file: PathBuf,
         cause: String,
         outcome: &'static str,
+        /// Whether what was sent may have committed unheard: then the run cannot say what is
+        /// applied or pending now, only the history can.
+        uncertain: bool,
     },
 
     /// The server refused one of the statements db-migrate runs around a migration's file
@@ -328,6 +331,18 @@ impl Error {
     }
 
     /// The process exit code for this error.
+    /// Whether the run cannot tell what is applied now: an answer lost after a `COMMIT` or a
+    /// history change went out.
+    pub fn history_unknown(&self) -> bool {
+        matches!(
+            self,
+            Error::ConnectionLost {
+                uncertain: true,
+                ..
+            } | Error::HistoryWrite { .. }
+        )
+    }
+
     pub fn exit_code(&self) -> u8 {
         self.outcome().code()
     }
