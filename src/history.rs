@@ -174,6 +174,83 @@ pub enum Columns {
     WithTimes,
 }
 
+/// After a run that applied (or rolled back) `done`, checks that the history holds what it
+/// held before (`before`) with just those rows added (or removed): a migration that deletes,
+/// truncates or writes history rows itself leaves a history that no longer says what is
+/// applied, and the next run would apply migrations again or skip them. Each row gone or
+/// added is logged with what it held, to put it back by.
+pub async fn check_kept(
+    client: &Client,
+    table: &Table,
+    before: &[Applied],
+    done: &[plan::Step<'_>],
+    direction: Direction,
+) -> Result<(), Error> {
+    let (Some(first), Some(last)) = (done.first(), done.last()) else {
+        return Ok(());
+    };
+    let mut expected: std::collections::BTreeMap<i64, (&str, &str)> = (before.iter())
+        .map(|a| (a.version, (a.name.as_str(), a.checksum.as_str())))
+        .collect();
+    for step in done {
+        let m = step.migration;
+        match direction {
+            Direction::Up => expected.insert(m.version, (m.name.as_str(), m.checksum.as_str())),
+            Direction::Down => expected.remove(&m.version),
+        };
+    }
+    let found = applied(client, table, Columns::Checks)
+        .await?
+        .unwrap_or_default();
+    let found: std::collections::BTreeMap<i64, &Applied> =
+        found.iter().map(|a| (a.version, a)).collect();
+    let mut gone = Vec::new();
+    for (version, (name, checksum)) in &expected {
+        if found.get(version).is_none_or(|a| a.checksum != *checksum) {
+            warn!(version, name, checksum, "history row gone");
+            gone.push(*version);
+        }
+    }
+    let mut added = Vec::new();
+    for (version, row) in &found {
+        if expected
+            .get(version)
+            .is_none_or(|(_, checksum)| row.checksum != *checksum)
+        {
+            let (name, checksum) = (&row.name, &row.checksum);
+            warn!(version, name, checksum, "history row not recorded by a run");
+            added.push(*version);
+        }
+    }
+    let listed = |versions: &[i64]| {
+        let shown: Vec<String> = versions.iter().take(5).map(i64::to_string).collect();
+        let more = versions.len().saturating_sub(5);
+        match more {
+            0 => shown.join(", "),
+            _ => format!("{} and {more} more", shown.join(", ")),
+        }
+    };
+    let what = match (gone.is_empty(), added.is_empty()) {
+        (true, true) => return Ok(()),
+        (false, true) => format!("the rows of versions {} are gone", listed(&gone)),
+        (true, false) => format!(
+            "rows no run recorded are there for versions {}",
+            listed(&added)
+        ),
+        (false, false) => format!(
+            "the rows of versions {} are gone or changed, and rows no run recorded are there for versions {}",
+            listed(&gone),
+            listed(&added)
+        ),
+    };
+    let (first, last) = (first.migration.version, last.migration.version);
+    Err(Error::HistoryChanged {
+        what,
+        first: first.min(last),
+        last: first.max(last),
+    })
+}
+
 /// Reads every applied migration in one round trip; `None` when the table does not exist yet.
 /// Rows come in no particular order; `plan` keys them by version.
 pub async fn applied(

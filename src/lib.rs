@@ -706,6 +706,10 @@ impl Job<'_> {
         }
         self.summary.locks = Some(report.locks);
         report.result?;
+        if !dry_run {
+            let done = &plan.steps[..report.completed.min(plan.steps.len())];
+            history::check_kept(client, table, applied, done, plan.direction).await?;
+        }
         match &config.write_schema {
             Some(path) if mode != Mode::DryRun => {
                 write_schema(client, table, path, config.schema).await

@@ -1633,3 +1633,59 @@ async fn a_history_table_found_at_the_first_read_is_located_only_if_still_the_sa
     let qualified = Table::parse("public.schema_migrations").expect("valid name");
     assert_eq!(qualified.find(&client).await.expect("find"), None);
 }
+
+/// A migration that deletes, truncates or writes history rows itself would leave a history
+/// that no longer says what is applied (the next run applies the deleted versions again): the
+/// run that did it says so, exit 4, and logs each row as it was, to put back.
+#[tokio::test]
+async fn a_migration_that_changes_the_history_rows_is_caught_by_its_run() {
+    let cases = [
+        ("TRUNCATE schema_migrations;", Some(1), None),
+        (
+            "DELETE FROM schema_migrations WHERE version = 1;",
+            Some(1),
+            None,
+        ),
+        (
+            "INSERT INTO schema_migrations VALUES (99, 'ghost', 'x', now(), 0, 'x');",
+            None,
+            Some(99),
+        ),
+    ];
+    for (sql, gone, added) in cases {
+        let db = support::database().await;
+        let dir = migrations(&[
+            ("001_a.sql", "CREATE TABLE a (i int);"),
+            ("002_b.sql", &format!("CREATE TABLE b (i int);\n{sql}")),
+        ]);
+        // 001 applied by a run of its own: the row is there before the run that loses it.
+        let first = migrations(&[("001_a.sql", "CREATE TABLE a (i int);")]);
+        support::up_ok(&db, first.path()).await;
+        // Past the hazard rules, which see a TRUNCATE or DELETE of rows too.
+        let out = support::output_json(&db, dir.path(), &["up", "--allow-data-loss"]);
+        assert_eq!(out.code, 4, "{sql}: {}", out.stderr);
+        let message = support::summary_message(&out);
+        assert!(
+            message.contains("the history table changed under the run")
+                && message.contains("versions 2 to 2"),
+            "{message}"
+        );
+        let events = support::events(&out.stderr);
+        let logged = |event: &str| {
+            (events.iter())
+                .filter(|e| e["message"] == event)
+                .map(|e| e["version"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(logged("history row gone"), Vec::from_iter(gone), "{sql}");
+        let not_recorded = logged("history row not recorded by a run");
+        assert_eq!(not_recorded, Vec::from_iter(added), "{sql}");
+        if gone.is_some() {
+            let row = events.iter().find(|e| e["message"] == "history row gone");
+            assert_eq!(row.unwrap()["name"], "a", "{sql}");
+        }
+        // Migration 2 itself committed with its row.
+        let client = db.client().await;
+        assert!(recorded(&client).await.contains(&2), "{sql}");
+    }
+}

@@ -154,6 +154,13 @@ pub enum Error {
     )]
     OutOfOrder { version: i64, newest: i64 },
 
+    /// After the run, the history no longer holds what it held with the run's own changes:
+    /// a migration of the run deleted, truncated or wrote history rows itself.
+    #[error(
+        "the history table changed under the run: {what}; a migration of this run (versions {first} to {last}) did it, and what the migrations did stays applied; put the history back as the log's `history row gone` and `history row not recorded by a run` events say (the next run would apply the missing versions again), and take the history statements out of that migration"
+    )]
+    HistoryChanged { what: String, first: i64, last: i64 },
+
     /// A table of the history table's name exists but another tool made it.
     #[error(
         "the history table {table} was made by {tool}, not db-migrate (columns: {columns}); leave it as it is, give db-migrate a table of its own with --history-table (DB_MIGRATE_HISTORY_TABLE), e.g. db_migrate_history, and record what {tool} already applied: `db-migrate --history-table db_migrate_history baseline {from}`"
@@ -311,6 +318,7 @@ impl Error {
             | Error::NoDirectory { .. }
             | Error::DuplicateVersion { .. } => Outcome::InvalidMigrations,
             Error::Drift { .. }
+            | Error::HistoryChanged { .. }
             | Error::MissingFile { .. }
             | Error::OutOfOrder { .. }
             | Error::HistoryNotEmpty { .. }
