@@ -102,7 +102,7 @@ pub enum Error {
     InvalidFile { file: PathBuf, problem: String },
 
     /// The migrations directory (or a file in it) cannot be read or written.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {source}{}", .path.display(), access_fix(source))]
     Directory {
         path: PathBuf,
         #[source]
@@ -298,6 +298,16 @@ pub enum Error {
         changes: usize,
         first: String,
     },
+}
+
+/// What to do about an I/O error on the migrations directory, when the error itself says.
+fn access_fix(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "; let the user db-migrate runs as read it (and list its directory): chmod, chown, or the volume's permissions"
+        }
+        _ => "",
+    }
 }
 
 impl Error {
@@ -607,6 +617,26 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_cannot_be_read_for_want_of_permission_says_what_to_change() {
+        let denied = Error::Directory {
+            path: PathBuf::from("migrations/001_a.sql"),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        let text = denied.to_string();
+        assert!(text.starts_with("migrations/001_a.sql: "), "{text}");
+        assert!(
+            text.contains("let the user db-migrate runs as read it"),
+            "{text}"
+        );
+        assert_eq!(denied.exit_code(), 3);
+        let other = Error::Directory {
+            path: PathBuf::from("migrations"),
+            source: std::io::ErrorKind::InvalidData.into(),
+        };
+        assert!(!other.to_string().contains("chmod"), "{other}");
+    }
 
     #[test]
     fn apply_error_names_file_line_column_and_sqlstate() {
