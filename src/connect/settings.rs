@@ -142,6 +142,14 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
             pg.host(host);
         }
     }
+    // `postgresql://user:pw@:5432/db` is most often `${DB_HOST}` substituted while unset: no
+    // name to look up, and retrying the lookup for the whole connect timeout cannot help.
+    let empty = |host: &Host| matches!(host, Host::Tcp(name) if name.trim().is_empty());
+    if pg.get_hosts().iter().any(empty) {
+        return Err(Error::Config(
+            "DATABASE_URL names an empty host (a variable substituted into it while unset?); put the host after the @ (user:password@host:5432/database), or leave the host out for localhost".into(),
+        ));
+    }
     if pg.get_ports().is_empty() {
         if let Some(port) = var("PGPORT") {
             pg.port(
@@ -359,6 +367,25 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_empty_host_is_refused_at_once() {
+        let vars = Environment::new();
+        for url in [
+            "postgresql://bot:pw@:5432/videos",
+            "host='' user=bot dbname=videos",
+            "host=h1,,h2 user=bot",
+        ] {
+            let error = resolve(Some(url), &vars).map(|_| ()).unwrap_err();
+            assert!(
+                error.to_string().contains("names an empty host"),
+                "{url}: {error}"
+            );
+            assert_eq!(error.exit_code(), 2, "{url}");
+        }
+        // No host at all is localhost, as with libpq.
+        assert!(resolve(Some("postgresql:///videos"), &vars).is_ok());
     }
 
     #[test]

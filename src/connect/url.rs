@@ -217,8 +217,12 @@ fn refuse_pairs(key: &str, value: &str) -> Result<(), Error> {
     if key == "password" || key == "options" {
         return Ok(());
     }
-    let holds_pair = value.match_indices([';', ',', '&']).any(|(at, _)| {
-        let rest = value[at + 1..].trim_start();
+    // At the start too: `host= password=...` (a host substituted while unset) reads the next
+    // pair as the host's value, as libpq does.
+    let starts =
+        std::iter::once(0).chain(value.match_indices([';', ',', '&']).map(|(at, _)| at + 1));
+    let holds_pair = starts.into_iter().any(|at| {
+        let rest = value[at..].trim_start();
         rest.split_once('=').is_some_and(|(name, _)| {
             let name = name.trim_end();
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -226,7 +230,7 @@ fn refuse_pairs(key: &str, value: &str) -> Result<(), Error> {
     });
     match holds_pair {
         true => Err(Error::Config(format!(
-            "DATABASE_URL's {key} holds more key=value pairs behind a ; , or & (not repeated here: they may hold a password); separate key=value pairs with spaces (host=h port=5432 user=u password=p dbname=d), or write {EXAMPLE}"
+            "DATABASE_URL's {key} holds key=value pairs (not repeated here: they may hold a password): an empty value before them, or pairs joined by ; , or &; give {key} a value and separate key=value pairs with spaces (host=h port=5432 user=u password=p dbname=d), or write {EXAMPLE}"
         ))),
         false => Ok(()),
     }
@@ -520,7 +524,7 @@ mod tests {
             // Pairs written with ADO.NET's or JDBC's separators: one value, the password in it.
             (
                 format!("host=127.0.0.1;port=5432;user=bot;password={secret};dbname=d"),
-                "DATABASE_URL's host holds more key=value pairs",
+                "DATABASE_URL's host holds key=value pairs",
             ),
             (
                 format!("host=127.0.0.1,port=5432,user=bot,password={secret},dbname=d"),
@@ -528,7 +532,7 @@ mod tests {
             ),
             (
                 format!("postgresql://bot@h/d?sslmode=disable;password={secret}"),
-                "DATABASE_URL's sslmode holds",
+                "DATABASE_URL's sslmode holds key=value pairs",
             ),
             (
                 format!("postgresql://bot@h/d?dbname=d;password={secret}"),
@@ -541,6 +545,11 @@ mod tests {
             (
                 format!("postgresql://bot;password={secret}@h/d"),
                 "DATABASE_URL's user holds",
+            ),
+            // A host substituted while unset: the password read as the host.
+            (
+                format!("host= password={secret} dbname=d"),
+                "give host a value",
             ),
             // The whole user info percent-encoded as one piece.
             (
