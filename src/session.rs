@@ -23,7 +23,7 @@
 //!    ([`Session::seal`]) is `RELEASE` of the savepoint (which fails if the file ended the
 //!    transaction, rolling back whatever ran after that in the message) and `CLOSE` of the
 //!    cursor where they were opened, the reset (so the next migration starts clean once
-//!    this one commits), `RESET ROLE` (which `RESET ALL` leaves alone), and a
+//!    this one commits), `SET SESSION AUTHORIZATION DEFAULT` and `RESET ROLE` (which `RESET ALL` leaves alone), and a
 //!    transaction-local token;
 //! 2. [`Session::close`]: the history change, whose value goes through [`Session::guard`] (an
 //!    error unless this is the run's server session, the token is set, so the file ran whole
@@ -473,7 +473,7 @@ impl Session {
     /// In a transaction of its own it then resets the session (`RESET ALL` and the run's
     /// limits), so the history change runs with none of the file's settings and, once
     /// committed, the next migration starts clean without a reset of its own (after a
-    /// rollback the session is back where the migration found it). `RESET ROLE` lets the
+    /// rollback the session is back where the migration found it). [`RESET_USER`] lets the
     /// history change run as the run's user even after a `SET ROLE`.
     pub fn seal(&self, frame: Frame) -> Seal {
         let mut text = String::from("\n");
@@ -488,14 +488,14 @@ impl Session {
             text.push_str(&self.reset);
         }
         text.push_str(&format!(
-            "; RESET ROLE; SET LOCAL db_migrate.token = '{}'",
+            "; {RESET_USER}; SET LOCAL db_migrate.token = '{}'",
             self.token
         ));
         let own = match frame.own {
             true => self.reset_statements,
             false => 0,
         };
-        let statements = 2 + usize::from(frame.savepoint()) + usize::from(frame.guarded) + own;
+        let statements = 3 + usize::from(frame.savepoint()) + usize::from(frame.guarded) + own;
         Seal { text, statements }
     }
 
@@ -536,7 +536,7 @@ impl Session {
     /// the next migration.
     pub fn check_outside(&self) -> String {
         format!(
-            "RESET ROLE; SELECT CASE \
+            "{RESET_USER}; SELECT CASE \
              WHEN pg_catalog.transaction_timestamp() <> pg_catalog.statement_timestamp() \
              THEN pg_catalog.current_setting('{LEFT_OPEN}')::int END"
         )
@@ -623,6 +623,13 @@ pub fn holds_lock_sql((class, object): (i32, i32)) -> String {
         object as u32, class as u32
     )
 }
+
+/// Back to the user the run logged in as, whatever a file set: `SET SESSION AUTHORIZATION`
+/// commits with its transaction and outlives `RESET ALL` and `RESET ROLE`, so without the
+/// first half the history row, and every migration after it, would run as the role it
+/// named. Any user may go back to the one it logged in as; `RESET ROLE` too, in case a
+/// server version keeps the role across the first.
+const RESET_USER: &str = "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE";
 
 /// A value no file can know in advance, so only [`Session::seal`] sets the token.
 fn token() -> String {

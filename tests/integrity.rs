@@ -1053,6 +1053,46 @@ async fn a_set_role_in_a_no_transaction_file_does_not_stop_its_history_row() {
 }
 
 #[tokio::test]
+async fn a_session_authorization_a_file_sets_does_not_carry_into_the_next_migration() {
+    // `SET SESSION AUTHORIZATION` commits with its transaction, and neither `RESET ALL` nor
+    // `RESET ROLE` undoes it: the migrations after it ran as that role.
+    let db = support::database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE dbm_integrity_auth; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        )
+        .await
+        .expect("role");
+    let dir = migrations(&[
+        (
+            "001_as_role.sql",
+            "SET SESSION AUTHORIZATION dbm_integrity_auth;",
+        ),
+        ("002_after.sql", "CREATE TABLE after_auth (i int);"),
+        (
+            "003_as_role.sql",
+            "-- no-transaction\nSET SESSION AUTHORIZATION dbm_integrity_auth;",
+        ),
+        ("004_after.sql", "CREATE TABLE after_auth_outside (i int);"),
+    ]);
+    let (_, result) = run(&support::config(&db.url, dir.path(), up())).await;
+    result.expect("the role has no rights on the schema or the history table, the run's user has");
+    assert_eq!(recorded(&client).await, [1, 2, 3, 4]);
+    let owners: Vec<String> = client
+        .query(
+            "SELECT tableowner::text FROM pg_tables WHERE tablename LIKE 'after_auth%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("owners")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(owners, ["postgres", "postgres"]);
+}
+
+#[tokio::test]
 async fn plan_never_commits_what_a_file_that_ends_its_transaction_runs() {
     let db = support::database().await;
     let h = harness(&db).await;
