@@ -93,18 +93,23 @@ async fn create(client: &Client, target: &str) -> Result<String, Error> {
     }
 }
 
-/// Gives the scratch database the target's own settings (`ALTER DATABASE ... SET`), so the
+/// Gives the scratch database the target's own settings (`ALTER DATABASE ... SET`) and the
+/// run's user's settings in it (`ALTER ROLE ... IN DATABASE ... SET`, which win), so the
 /// migrations replay under them: with `search_path = app, public` set on the target, a
-/// `CREATE TABLE widgets` lands in `app` there and must here too. A setting the scratch
-/// database cannot take (a superuser's) is left out with a warning.
+/// `CREATE TABLE widgets` lands in `app` there and must here too. Dropping the scratch
+/// database drops both. A setting the scratch database cannot take (a superuser's) is left
+/// out with a warning.
 async fn copy_settings(client: &Client, name: &str) {
     let settings = client
         .query(
-            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1)
+            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), s.setrole <> 0
                FROM pg_catalog.pg_db_role_setting s
                JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase,
                     unnest(s.setconfig) AS c
-              WHERE d.datname = pg_catalog.current_database() AND s.setrole = 0",
+              WHERE d.datname = pg_catalog.current_database()
+                AND s.setrole IN (0, (SELECT r.oid FROM pg_catalog.pg_roles r
+                                       WHERE r.rolname = pg_catalog.current_user()))
+              ORDER BY s.setrole <> 0",
             &[],
         )
         .await;
@@ -116,14 +121,18 @@ async fn copy_settings(client: &Client, name: &str) {
         }
     };
     for row in settings {
-        let (setting, value): (String, String) = (row.get(0), row.get(1));
+        let (setting, value, own): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
         // Setting names are plain words, dotted for an extension's own.
         let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
         if setting.is_empty() || !setting.chars().all(word) {
             continue;
         }
+        let whose = match own {
+            true => format!("ROLE CURRENT_USER IN DATABASE {name}"),
+            false => format!("DATABASE {name}"),
+        };
         let sql = format!(
-            "ALTER DATABASE {name} SET {setting} = {}",
+            "ALTER {whose} SET {setting} = {}",
             setting_value(&setting, &value)
         );
         if let Err(error) = client.batch_execute(&sql).await {

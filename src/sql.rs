@@ -108,24 +108,36 @@ pub fn transaction_use(sql: &str) -> TransactionUse {
 }
 
 /// The first statement of `sql` that changes what the server shares between its databases
-/// (a role or its memberships, a database, a tablespace, the server's settings), as (line,
+/// (a role or its memberships, a database, a tablespace, the server's settings, the
+/// privileges on any of them, a subscription), as (line,
 /// what it is): a rehearsal on a scratch database of the server cannot undo it. Statements
 /// whose leading keywords may say so are read by PostgreSQL's parser (`CREATE USER MAPPING`
 /// is the database's own, `GRANT ... ON` a privilege, `GRANT role TO role` a membership).
 pub fn server_wide(sql: &str) -> Option<(usize, &'static str)> {
     use pg_query::NodeEnum as N;
     use pg_query::protobuf::ObjectType;
-    const SHARED: [&str; 6] = ["role", "user", "group", "database", "tablespace", "system"];
+    const SHARED: [&str; 8] = [
+        "role",
+        "user",
+        "group",
+        "database",
+        "tablespace",
+        "system",
+        "owned",
+        "subscription",
+    ];
     let mut lines = LineCounter::new();
     for (start, end) in spans(sql) {
         let statement = &sql[start..end];
         let head = head(statement, 4);
         let Some(first) = head.first() else { continue };
-        let verb = ["create", "alter", "drop", "grant", "revoke", "comment"]
-            .into_iter()
-            .find(|verb| first.is_keyword(statement, verb));
+        let verb = [
+            "create", "alter", "drop", "grant", "revoke", "comment", "reassign",
+        ]
+        .into_iter()
+        .find(|verb| first.is_keyword(statement, verb));
         let may = match verb {
-            Some("grant" | "revoke") => true,
+            Some("grant" | "revoke" | "reassign") => true,
             Some(_) => {
                 (head.iter().skip(1)).any(|t| SHARED.iter().any(|w| t.is_keyword(statement, w)))
             }
@@ -168,6 +180,23 @@ pub fn server_wide(sql: &str) -> Option<(usize, &'static str)> {
                 Some(N::CommentStmt(c)) if shared_object(c.objtype) => {
                     "a COMMENT on a role, database or tablespace"
                 }
+                // The privileges on a database, a tablespace or a setting are kept once for
+                // the whole server: replayed, they would be granted or revoked on the target's
+                // own database (a REVOKE CONNECT and its rollback's GRANT undone the other way).
+                Some(N::GrantStmt(g))
+                    if shared_object(g.objtype)
+                        || g.objtype == ObjectType::ObjectParameterAcl as i32 =>
+                {
+                    "a GRANT or REVOKE on a database, tablespace or setting"
+                }
+                Some(N::DropOwnedStmt(_)) => "DROP OWNED",
+                Some(N::ReassignOwnedStmt(_)) => "REASSIGN OWNED",
+                // A subscription is server-wide too, and starts replicating once made.
+                Some(
+                    N::CreateSubscriptionStmt(_)
+                    | N::AlterSubscriptionStmt(_)
+                    | N::DropSubscriptionStmt(_),
+                ) => "a SUBSCRIPTION",
                 _ => continue,
             };
             return Some((lines.line_at(sql, start), what));
@@ -2058,7 +2087,31 @@ mod tests {
                 "-- no-transaction\nALTER SYSTEM SET work_mem = '8MB';",
                 Some((2, "ALTER SYSTEM")),
             ),
+            (
+                "REVOKE CONNECT ON DATABASE videos FROM PUBLIC;",
+                Some((1, "a GRANT or REVOKE on a database, tablespace or setting")),
+            ),
+            (
+                "GRANT CREATE ON TABLESPACE pg_default TO app;",
+                Some((1, "a GRANT or REVOKE on a database, tablespace or setting")),
+            ),
+            (
+                "GRANT SET ON PARAMETER work_mem TO app;",
+                Some((1, "a GRANT or REVOKE on a database, tablespace or setting")),
+            ),
+            ("DROP OWNED BY app;", Some((1, "DROP OWNED"))),
+            (
+                "REASSIGN OWNED BY app TO postgres;",
+                Some((1, "REASSIGN OWNED")),
+            ),
+            (
+                "CREATE SUBSCRIPTION s CONNECTION 'host=h' PUBLICATION p;",
+                Some((1, "a SUBSCRIPTION")),
+            ),
             ("GRANT SELECT ON t TO reader;", None),
+            ("GRANT USAGE ON SCHEMA app TO reader;", None),
+            ("REVOKE ALL ON ALL TABLES IN SCHEMA app FROM PUBLIC;", None),
+            ("DROP TABLE owned;", None),
             ("CREATE USER MAPPING FOR app SERVER s;", None),
             ("CREATE TABLE user_roles (role text, database text);", None),
             ("ALTER TABLE t OWNER TO app;", None),

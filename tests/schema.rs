@@ -811,6 +811,51 @@ async fn the_replay_runs_under_the_target_database_s_own_settings() {
 }
 
 #[tokio::test]
+async fn the_replay_runs_under_the_user_s_own_settings_in_the_target_database() {
+    // `ALTER ROLE ... IN DATABASE ... SET` (what managed services' consoles write) wins over
+    // the database's own setting, so the replay needs it too.
+    let db = support::database().await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA app; ALTER DATABASE {0} SET search_path = public; \
+             ALTER ROLE CURRENT_USER IN DATABASE {0} SET search_path = app, public",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("001_widgets.sql"),
+        "CREATE SCHEMA IF NOT EXISTS app;\nCREATE TABLE IF NOT EXISTS widgets (id int);\n",
+    )
+    .unwrap();
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let schema: String = client
+        .query_one(
+            "SELECT schemaname::text FROM pg_tables WHERE tablename = 'widgets'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schema, "app");
+    let (code, text, message) = verify(&db, dir.path());
+    assert_eq!(code, 0, "{text}\n{message}");
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase \
+             WHERE s.setdatabase <> 0 AND d.oid IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "no setting outlives the scratch database");
+}
+
+#[tokio::test]
 async fn owners_and_grants_are_compared_only_when_asked() {
     let db = support::database().await;
     support::up_ok(&db, &seed_dir()).await;
