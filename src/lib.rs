@@ -672,7 +672,15 @@ impl Job<'_> {
             self.summary.backup = Some(backup.await?);
         }
         if plan.is_empty() {
-            return Ok(());
+            // A schema file kept beside the migrations is written on every `up` that
+            // succeeds, so one that went stale (a pull on a database migrated without the
+            // flag) is brought up to date by the next.
+            return match &config.write_schema {
+                Some(path) if mode != Mode::DryRun => {
+                    write_schema(client, &*db.located().await?, path, config.schema).await
+                }
+                _ => Ok(()),
+            };
         }
         let table = &*db.located().await?;
         let limits = &config.session;

@@ -631,6 +631,11 @@ async fn up_write_schema_writes_what_schema_prints_and_a_dry_run_writes_nothing(
     let written = std::fs::read_to_string(&file).unwrap();
     assert_eq!(written, run(&db, &seed_dir(), &["schema"]).stdout);
     assert!(written.contains("CREATE TABLE public.video_requests"));
+    // With nothing left to apply the file is still brought up to date.
+    std::fs::remove_file(&file).unwrap();
+    let again = run(&db, &seed_dir(), &["up", "--write-schema", file_arg]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
 }
 
 /// `verify --schema`'s exit code, what it printed, and the summary's message.
