@@ -271,6 +271,60 @@ async fn filling_in_a_column_added_earlier_in_the_plan_is_no_data_loss() {
 }
 
 #[tokio::test]
+async fn a_type_change_that_rounds_or_cuts_values_is_data_loss_on_a_table_of_any_size() {
+    let db = seeded(&BIG.replace("12000", "3")).await;
+    for (sql, what) in [
+        (
+            "ALTER TABLE video_requests ALTER COLUMN created_at TYPE date;\n",
+            "dropping each value's time of day",
+        ),
+        (
+            "ALTER TABLE video_requests ALTER COLUMN created_at TYPE timestamptz(0);\n",
+            "fewer digits of a second",
+        ),
+    ] {
+        let dir = support::copy_of_seed(&[("003_narrow.sql", sql)]);
+        let message = refused(&run(&db, dir.path(), &["up"]), &["drops-data"]);
+        assert!(
+            message.contains(what)
+                && message.contains("video_requests.created_at holding 3 row(s)"),
+            "{message}"
+        );
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    // Widening, or naming the type the column has already, loses nothing.
+    let dir = support::copy_of_seed(&[(
+        "003_same.sql",
+        "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE int4;\n\
+         ALTER TABLE video_requests ALTER COLUMN duration_ms TYPE bigint;\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn naming_the_type_a_column_has_already_is_no_rewrite_on_a_big_table() {
+    let db = seeded(BIG).await;
+    let dir = support::copy_of_seed(&[(
+        "003_same.sql",
+        "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE integer;\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = support::copy_of_seed(&[
+        (
+            "003_same.sql",
+            "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE integer;\n",
+        ),
+        (
+            "004_wider.sql",
+            "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE bigint;\n",
+        ),
+    ]);
+    refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+}
+
+#[tokio::test]
 async fn down_refuses_to_drop_a_table_with_rows_unless_data_loss_is_allowed() {
     let db = seeded(
         "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \

@@ -333,30 +333,58 @@ SELECT x.origin, n.nspname::text, c.relname::text, a.attname::text
    AND (x.objsubid = 0 OR (a.attnum > 0 AND NOT a.attisdropped))
    AND NOT EXISTS (SELECT 1 FROM start s WHERE s.origin = x.origin AND s.objid = x.objid)";
 
-/// Whether changing `column` of `table` to the type `to` (name, modifiers) only widens it, so
-/// PostgreSQL changes the catalog and rewrites nothing: false when either is missing or the
-/// change is any other.
-pub(super) async fn widens(
+/// What changing a column's type does to the table and its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retype {
+    /// The same type, or one that only widens it: PostgreSQL changes the catalog alone.
+    Free,
+    /// A rewrite of the table, every value converted as it was.
+    Rewrite,
+    /// A rewrite that rounds or cuts values (what, for the finding): the old ones are lost.
+    Lossy(&'static str),
+}
+
+/// What changing `column` of `table` to the type `to` (name, modifiers) does; a rewrite when
+/// either is missing or the change is not known to be free.
+pub(super) async fn retype(
     client: &Client,
     table: &Name,
     column: &str,
     to: &(String, Vec<i32>),
-) -> Result<bool, Error> {
+) -> Result<Retype, Error> {
     let rows = client
         .query_typed(
-            "SELECT a.atttypid::regtype::text, a.atttypmod FROM pg_catalog.pg_attribute a
+            "SELECT a.atttypid::regtype::text, a.atttypmod,
+                    pg_catalog.to_regtype($3)::text
+               FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2
                 AND NOT a.attisdropped",
-            &[(&table.sql(), Type::TEXT), (&column, Type::TEXT)],
+            &[
+                (&table.sql(), Type::TEXT),
+                (&column, Type::TEXT),
+                (&to.0, Type::TEXT),
+            ],
         )
         .await
         .map_err(Error::database(
             "reading a column's type for the hazard rules",
         ))?;
-    Ok(rows.first().is_some_and(|row| {
-        let (from, modifier): (String, i32) = (row.get(0), row.get(1));
-        widening(&from, modifier, &to.0, &to.1)
-    }))
+    let Some(row) = rows.first() else {
+        return Ok(Retype::Rewrite);
+    };
+    let (from, modifier, resolved): (String, i32, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    if widening(&from, modifier, &to.0, &to.1)
+        || (resolved.as_deref() == Some(from.as_str()) && to.1.is_empty() && modifier == -1)
+    {
+        return Ok(Retype::Free);
+    }
+    Ok(
+        match resolved.and_then(|to_name| lossy(&from, modifier, &to_name, &to.1)) {
+            Some(what) => Retype::Lossy(what),
+            None => Retype::Rewrite,
+        },
+    )
 }
 
 /// The changes PostgreSQL makes without a rewrite (its cast is binary, and the new length or
@@ -387,6 +415,64 @@ fn widening(from: &str, from_mod: i32, to: &str, modifiers: &[i32]) -> bool {
     }
 }
 
+/// The conversions PostgreSQL makes without an error that change the values themselves,
+/// both types as `regtype` prints them (`to` with the statement's modifiers): the old
+/// values are gone once it commits. A conversion that can only fail (a shorter `varchar`, a
+/// smaller integer) loses nothing: the statement stops instead.
+fn lossy(from: &str, from_mod: i32, to: &str, modifiers: &[i32]) -> Option<&'static str> {
+    const WHOLE: [&str; 3] = ["smallint", "integer", "bigint"];
+    const FRACTIONAL: [&str; 4] = ["numeric", "real", "double precision", "money"];
+    const TIMESTAMPS: [&str; 2] = ["timestamp without time zone", "timestamp with time zone"];
+    if WHOLE.contains(&to) && FRACTIONAL.contains(&from) {
+        return Some("ALTER COLUMN ... TYPE to a whole number, rounding each value");
+    }
+    if (to == "real" && ["double precision", "numeric", "integer", "bigint"].contains(&from))
+        || (to == "double precision" && ["numeric", "bigint"].contains(&from))
+    {
+        return Some("ALTER COLUMN ... TYPE to a float, rounding values to its precision");
+    }
+    if to == "date" && TIMESTAMPS.contains(&from) {
+        return Some("ALTER COLUMN ... TYPE date, dropping each value's time of day");
+    }
+    if to.starts_with("time ") && (TIMESTAMPS.contains(&from) || from == "date") {
+        return Some("ALTER COLUMN ... TYPE time, dropping each value's date");
+    }
+    if to == "numeric" {
+        // numeric(p) keeps no fraction; numeric(p, s) keeps s digits of it.
+        let scale = match modifiers {
+            [_] => Some(0),
+            [_, s] => Some(*s),
+            _ => None,
+        };
+        let from_scale = match from {
+            "numeric" if from_mod != -1 => Some((from_mod - 4) & 0xffff),
+            "numeric" | "real" | "double precision" => None,
+            _ => return None,
+        };
+        if let Some(scale) = scale
+            && from_scale.is_none_or(|from_scale| scale < from_scale)
+        {
+            return Some("ALTER COLUMN ... TYPE numeric with fewer decimals, rounding each value");
+        }
+        return None;
+    }
+    // timestamp(p), time(p), interval(p): fractional seconds kept to p digits (6 unless given).
+    let precise = TIMESTAMPS.contains(&to) || to.starts_with("time ") || to == "interval";
+    if precise && let [p] = modifiers {
+        let from_precision = match from_mod {
+            -1 => 6,
+            m => m & 0xffff,
+        };
+        let same_family = from == to || (TIMESTAMPS.contains(&to) && TIMESTAMPS.contains(&from));
+        if same_family && *p < from_precision {
+            return Some(
+                "ALTER COLUMN ... TYPE with fewer digits of a second, rounding each value",
+            );
+        }
+    }
+    None
+}
+
 /// How long the count of a dropped column's values may read the table.
 const COUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -400,7 +486,56 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::widening;
+    use super::{lossy, widening};
+
+    #[test]
+    fn a_type_change_that_rounds_or_cuts_values_is_lossy() {
+        let numeric_10_2 = (10 << 16 | 2) + 4;
+        for (from, modifier, to, modifiers, is_lossy) in [
+            ("numeric", -1, "integer", &[][..], true),
+            ("double precision", -1, "bigint", &[], true),
+            ("numeric", numeric_10_2, "numeric", &[10, 0], true),
+            ("numeric", numeric_10_2, "numeric", &[12], true),
+            ("numeric", -1, "numeric", &[12, 2], true),
+            ("numeric", numeric_10_2, "numeric", &[12, 2], false),
+            ("numeric", numeric_10_2, "numeric", &[12, 4], false),
+            ("integer", -1, "numeric", &[12, 2], false),
+            ("timestamp with time zone", -1, "date", &[], true),
+            (
+                "timestamp without time zone",
+                -1,
+                "time without time zone",
+                &[],
+                true,
+            ),
+            (
+                "timestamp with time zone",
+                -1,
+                "timestamp with time zone",
+                &[0],
+                true,
+            ),
+            (
+                "timestamp with time zone",
+                3,
+                "timestamp with time zone",
+                &[6],
+                false,
+            ),
+            ("double precision", -1, "real", &[], true),
+            ("integer", -1, "bigint", &[], false),
+            ("bigint", -1, "integer", &[], false),
+            ("text", -1, "character varying", &[3], false),
+            ("integer", -1, "text", &[], false),
+            ("date", -1, "timestamp with time zone", &[], false),
+        ] {
+            assert_eq!(
+                lossy(from, modifier, to, modifiers).is_some(),
+                is_lossy,
+                "{from}({modifier}) -> {to}{modifiers:?}"
+            );
+        }
+    }
 
     #[test]
     fn only_a_widening_type_change_is_free() {

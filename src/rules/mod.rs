@@ -457,15 +457,24 @@ pub async fn check(
                 renamed.insert(new, old);
             }
             let table = renamed.get(table).unwrap_or(table);
-            // A type that only widens is changed in the catalog alone.
+            // A type that only widens is changed in the catalog alone; one that rounds or
+            // cuts values loses the old ones, whatever the table's size.
             if let Effect::Retypes {
                 column,
                 to: Some(to),
                 ..
             } = effect
-                && facts::widens(client, table, column, to).await?
             {
-                continue;
+                match facts::retype(client, table, column, to).await? {
+                    facts::Retype::Free => continue,
+                    facts::Retype::Lossy(what) => {
+                        if let Some(held @ 1..) = facts.values(client, table, column).await? {
+                            let name = format!("{}.{}", table, Name::bare(column));
+                            findings.push(finding(Rule::DropsData, name, held, what));
+                        }
+                    }
+                    facts::Retype::Rewrite => {}
+                }
             }
             let rows = match (rule, column_name) {
                 (Rule::DropsData, Some(column)) => facts.values(client, table, column).await?,
