@@ -342,6 +342,14 @@ pub fn check(script: &Script) -> Result<(), Error> {
             ),
         ));
     }
+    if let Some((line, what)) = sql::releases_lock(&script.sql) {
+        return Err(invalid(
+            &script.path,
+            format!(
+                "line {line}: {what} releases the migration lock, which would let another run apply the same migrations at the same time; remove it (db-migrate releases the lock, and resets the session, when the run ends)"
+            ),
+        ));
+    }
     let uses = sql::transaction_use(&script.sql);
     // Two-phase commit would leave a prepared transaction holding its locks after the run, and
     // its changes out of the database the history row says they are in, so it is refused

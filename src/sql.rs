@@ -464,6 +464,34 @@ pub fn copy_stdio(sql: &str) -> Option<(usize, String)> {
     })
 }
 
+/// The first statement that releases the session's advisory locks, the migration lock among
+/// them, as (line, what): `DISCARD ALL`, or a call of `pg_advisory_unlock_all` outside quotes
+/// and comments. Released in the middle of a migration, the lock lets a second run start on
+/// the same pending migrations while this one is still applying them. A call hidden in a
+/// function body or a `DO` block is not seen (the run's guard then stops this run, not the
+/// other).
+pub fn releases_lock(sql: &str) -> Option<(usize, &'static str)> {
+    if !contains_any_ignore_case(sql, &["pg_advisory_unlock_all", "discard"]) {
+        return None;
+    }
+    spans(sql).find_map(|(start, end)| {
+        let statement = &sql[start..end];
+        let mut code = code(statement);
+        let first = code.next()?;
+        let what = match first.is_keyword(statement, "discard") {
+            true => code
+                .next()
+                .filter(|t| t.is_keyword(statement, "all"))
+                .map(|_| "DISCARD ALL"),
+            false => std::iter::once(first)
+                .chain(code)
+                .any(|t| t.is_keyword(statement, "pg_advisory_unlock_all"))
+                .then_some("pg_advisory_unlock_all()"),
+        }?;
+        Some((line_of(sql, start), what))
+    })
+}
+
 /// The first psql meta-command (a backslash outside quotes and comments), as (line, command
 /// word such as `\set`). It may end a line of SQL as well as start one (`SELECT ... \gset`,
 /// `\gexec`): PostgreSQL has no backslash outside a quoted text, so the server would refuse
@@ -2052,6 +2080,34 @@ mod tests {
         ];
         for sql in cases {
             assert_eq!(copy_stdio(sql), None, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn releases_lock_finds_what_lets_go_of_the_migration_lock() {
+        let cases = [
+            ("CREATE TABLE t ();\nDISCARD ALL;", Some((2, "DISCARD ALL"))),
+            ("discard all", Some((1, "DISCARD ALL"))),
+            (
+                "SELECT 1;\n\nselect PG_ADVISORY_UNLOCK_ALL();",
+                Some((3, "pg_advisory_unlock_all()")),
+            ),
+            (
+                "SELECT pg_catalog.pg_advisory_unlock_all();",
+                Some((1, "pg_advisory_unlock_all()")),
+            ),
+            ("DISCARD PLANS; DISCARD TEMP;", None),
+            ("SELECT 'pg_advisory_unlock_all()';", None),
+            ("-- DISCARD ALL\nSELECT 1;", None),
+            ("SELECT pg_advisory_unlock(1, 2);", None),
+            ("CREATE TABLE discard (all_of int);", None),
+            (
+                "DO $$ BEGIN PERFORM pg_advisory_unlock_all(); END $$;",
+                None,
+            ),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(releases_lock(sql), expected, "input: {sql:?}");
         }
     }
 

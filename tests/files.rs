@@ -187,6 +187,25 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "two-phase commit",
         ),
         (
+            &[
+                GOOD,
+                (
+                    "002_unlock.sql",
+                    b"CREATE TABLE b (id int);\nSELECT pg_advisory_unlock_all();",
+                ),
+            ],
+            "002_unlock.sql",
+            "line 2: pg_advisory_unlock_all() releases the migration lock",
+        ),
+        (
+            &[
+                GOOD,
+                ("002_discard.sql", b"-- no-transaction\nDISCARD ALL;"),
+            ],
+            "002_discard.sql",
+            "line 2: DISCARD ALL releases the migration lock",
+        ),
+        (
             // A `BEGIN` is a no-transaction file's own to open; what follows it is checked too.
             &[
                 GOOD,
