@@ -325,6 +325,46 @@ async fn naming_the_type_a_column_has_already_is_no_rewrite_on_a_big_table() {
 }
 
 #[tokio::test]
+async fn set_not_null_behind_a_validated_check_is_no_finding() {
+    let db = seeded(BIG).await;
+    (db.client().await)
+        .batch_execute("UPDATE video_requests SET operation_name = 'op', gcs_prefix = 'g'")
+        .await
+        .unwrap();
+    let steps = [
+        (
+            "003_check.sql",
+            "ALTER TABLE video_requests ADD CONSTRAINT op_nn CHECK (operation_name IS NOT NULL) NOT VALID;\n",
+        ),
+        (
+            "004_validate.sql",
+            "ALTER TABLE video_requests VALIDATE CONSTRAINT op_nn;\n",
+        ),
+    ];
+    let dir = support::copy_of_seed(&steps);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The documented way, finished: the read is skipped, so nothing to refuse.
+    let mut finished = steps.to_vec();
+    finished.push((
+        "005_not_null.sql",
+        "ALTER TABLE video_requests ALTER COLUMN operation_name SET NOT NULL;\n\
+         ALTER TABLE video_requests DROP CONSTRAINT op_nn;\n",
+    ));
+    let dir = support::copy_of_seed(&finished);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // A column no CHECK vouches for is still read whole.
+    finished.push((
+        "006_prefix.sql",
+        "ALTER TABLE video_requests ALTER COLUMN gcs_prefix SET NOT NULL;\n",
+    ));
+    let dir = support::copy_of_seed(&finished);
+    let message = refused(&run(&db, dir.path(), &["up"]), &["validates-whole-table"]);
+    assert!(message.contains("006_prefix.sql"), "{message}");
+}
+
+#[tokio::test]
 async fn down_refuses_to_drop_a_table_with_rows_unless_data_loss_is_allowed() {
     let db = seeded(
         "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \

@@ -118,10 +118,13 @@ pub enum Effect {
         column: String,
         to: Option<(String, Vec<i32>)>,
     },
-    /// Reads the whole table to validate it, under a lock that blocks its writes.
+    /// Reads the whole table to validate it, under a lock that blocks its writes; `not_null`
+    /// is the column of a `SET NOT NULL`, which a validated `CHECK (column IS NOT NULL)`
+    /// spares the read.
     Validates {
         table: Name,
         what: &'static str,
+        not_null: Option<String>,
     },
     DropsTable {
         table: Name,
@@ -586,6 +589,7 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
         AlterTableType::AtSetNotNull => out.push(Effect::Validates {
             table: table(),
             what: "SET NOT NULL",
+            not_null: Some(cmd.name.clone()),
         }),
         AlterTableType::AtAddConstraint => {
             if let Some(NodeEnum::Constraint(constraint)) = def {
@@ -685,10 +689,12 @@ fn constraint_effects(
         ConstrType::ConstrCheck if !constraint.skip_validation => out.push(Effect::Validates {
             table,
             what: "ADD CONSTRAINT ... CHECK without NOT VALID",
+            not_null: None,
         }),
         ConstrType::ConstrForeign if !constraint.skip_validation => out.push(Effect::Validates {
             table,
             what: "ADD CONSTRAINT ... FOREIGN KEY without NOT VALID",
+            not_null: None,
         }),
         ConstrType::ConstrPrimary | ConstrType::ConstrUnique | ConstrType::ConstrExclusion
             if constraint.indexname.is_empty() =>
@@ -702,6 +708,7 @@ fn constraint_effects(
         ConstrType::ConstrNotnull => out.push(Effect::Validates {
             table,
             what: "ADD CONSTRAINT ... NOT NULL",
+            not_null: None,
         }),
         _ => {}
     }

@@ -387,6 +387,33 @@ pub(super) async fn retype(
     )
 }
 
+/// Whether `column` of `table` needs no read to be made NOT NULL: it is already, or a
+/// validated `CHECK (column IS NOT NULL)` proves it holds no NULL (the documented way to
+/// make a big table's column NOT NULL without blocking its writes for the read).
+pub(super) async fn proven_not_null(
+    client: &Client,
+    table: &Name,
+    column: &str,
+) -> Result<bool, Error> {
+    let rows = client
+        .query_typed(
+            "SELECT a.attnotnull OR EXISTS (
+                    SELECT FROM pg_catalog.pg_constraint c
+                     WHERE c.conrelid = a.attrelid AND c.contype = 'c' AND c.convalidated
+                       AND pg_catalog.pg_get_constraintdef(c.oid)
+                           = 'CHECK ((' || pg_catalog.quote_ident(a.attname) || ' IS NOT NULL))')
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2
+                AND NOT a.attisdropped",
+            &[(&table.sql(), Type::TEXT), (&column, Type::TEXT)],
+        )
+        .await
+        .map_err(Error::database(
+            "reading a column's constraints for the hazard rules",
+        ))?;
+    Ok(rows.first().is_some_and(|row| row.get(0)))
+}
+
 /// The changes PostgreSQL makes without a rewrite (its cast is binary, and the new length or
 /// precision holds every old value): `from` as `regtype` prints it with its `atttypmod`, `to`
 /// as the parser names it with its modifiers.

@@ -476,6 +476,15 @@ pub async fn check(
                     facts::Retype::Rewrite => {}
                 }
             }
+            // PostgreSQL 12 and later skip the read when a validated CHECK proves it.
+            if let Effect::Validates {
+                not_null: Some(column),
+                ..
+            } = effect
+                && facts::proven_not_null(client, table, column).await?
+            {
+                continue;
+            }
             let rows = match (rule, column_name) {
                 (Rule::DropsData, Some(column)) => facts.values(client, table, column).await?,
                 _ => facts.rows(table),
@@ -634,7 +643,9 @@ fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
         Effect::Retypes { table, .. } => {
             Some((Rule::TableRewrite, table, "ALTER COLUMN ... TYPE", None))
         }
-        Effect::Validates { table, what } => Some((Rule::ValidatesWholeTable, table, what, None)),
+        Effect::Validates { table, what, .. } => {
+            Some((Rule::ValidatesWholeTable, table, what, None))
+        }
         Effect::DropsTable { table } => Some((Rule::DropsData, table, "DROP TABLE", None)),
         Effect::DropsColumn { table, column } => {
             Some((Rule::DropsData, table, "DROP COLUMN", Some(column.as_str())))
