@@ -224,6 +224,13 @@ pub async fn run(
                             .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
                         continue 'migrations;
                     }
+                    Err(Error::Apply(f)) if f.sqlstate == "55P03" => {
+                        return Err(Error::PlanLockTimeout {
+                            version: f.version,
+                            file: f.file,
+                            message: format!("{} {}", f.sqlstate, f.message),
+                        });
+                    }
                     Err(error) => return Err(error),
                 };
                 // Sent together; the snapshot counts only once the check says the statement

@@ -839,6 +839,31 @@ async fn plan_leaves_schema_and_history_untouched_when_a_file_ends_the_transacti
 }
 
 #[tokio::test]
+async fn plan_gives_up_on_a_lock_another_session_holds_with_exit_6() {
+    let db = seeded("").await;
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM video_requests")
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_priority.sql",
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority int;\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    let summary = events(&out.stderr).pop().unwrap();
+    assert_eq!(summary["outcome"], "lock_timeout");
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("plan could not trace migration 3") && message.contains("55P03"),
+        "{message}"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
 async fn plan_marks_a_migration_using_an_enum_value_added_earlier_in_it_and_traces_the_rest() {
     // The type exists (002 applied); 003 adds a value and 004 uses it, which PostgreSQL
     // allows once 003 has committed: `up` commits it first, the plan's transaction cannot.

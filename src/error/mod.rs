@@ -239,6 +239,19 @@ pub enum Error {
         blocker: Option<Box<Blocker>>,
     },
 
+    /// `plan` met a table lock another session held past the run's `lock_timeout`: it takes
+    /// real locks on the database it reads, so it gives up at once rather than wait in the
+    /// queue in front of the bot's queries. Nothing changed (the trace is rolled back).
+    #[error(
+        "plan could not trace migration {version} ({}): another session holds a lock it needs past --ddl-lock-timeout ({message}); nothing changed; run plan again once that session is done",
+        .file.display()
+    )]
+    PlanLockTimeout {
+        version: i64,
+        file: PathBuf,
+        message: String,
+    },
+
     /// A pending statement (or a rollback) would block or rewrite a big table, validate one
     /// in place, or drop data, and nothing allows it; nothing ran.
     /// `plan` reports the same, found by its trace (rolled back).
@@ -336,9 +349,10 @@ impl Error {
             Error::Connect { .. } | Error::ConnectStalled { .. } | Error::CloudSql { .. } => {
                 Outcome::ConnectFailed
             }
-            Error::LockTimeout { .. } | Error::DdlLockTimeout { .. } | Error::LockLost { .. } => {
-                Outcome::LockTimeout
-            }
+            Error::LockTimeout { .. }
+            | Error::DdlLockTimeout { .. }
+            | Error::PlanLockTimeout { .. }
+            | Error::LockLost { .. } => Outcome::LockTimeout,
             Error::Pending { .. } => Outcome::Pending,
             Error::TestFailed { .. } => Outcome::TestFailed,
             Error::SchemaDrift { .. } => Outcome::SchemaDrift,
@@ -705,7 +719,15 @@ mod tests {
 
     #[test]
     fn exit_codes_follow_the_documented_table() {
-        let cases: [(Error, u8); 8] = [
+        let cases: [(Error, u8); 9] = [
+            (
+                Error::PlanLockTimeout {
+                    version: 3,
+                    file: "003_a.sql".into(),
+                    message: "55P03 canceling statement due to lock timeout".into(),
+                },
+                6,
+            ),
             (
                 Error::CloudSql {
                     instance: "p:r:i".into(),
