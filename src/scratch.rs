@@ -75,6 +75,12 @@ async fn create(client: &Client, target: &str) -> Result<String, Error> {
         std::process::id(),
         since_epoch.subsec_nanos() & 0xffff
     );
+    // A statement_timeout set on the user or the database is meant for the bot's queries;
+    // copying a big template can take longer, and failing there is no failed migration.
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(Error::database("preparing to create the scratch database"))?;
     match client
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await

@@ -861,6 +861,21 @@ async fn the_replay_runs_under_the_user_s_own_settings_in_the_target_database() 
 }
 
 #[tokio::test]
+async fn a_statement_timeout_set_on_the_database_does_not_fail_the_scratch_database() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    (db.client().await)
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET statement_timeout = '20ms'",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let (code, text, message) = verify(&db, &seed_dir());
+    assert_eq!(code, 0, "{text}\n{message}");
+}
+
+#[tokio::test]
 async fn owners_and_grants_are_compared_only_when_asked() {
     let db = support::database().await;
     support::up_ok(&db, &seed_dir()).await;

@@ -250,6 +250,21 @@ pub struct Reader<'a> {
 
 const CONTEXT: &str = "reading the schema from the catalogs";
 
+/// Prepares the catalog query without a statement timeout, as it runs (see
+/// [`Reader::once`]): parsing it can outlast a `statement_timeout` set on the user or the
+/// database for the bot. The prepared statement outlives the transaction.
+async fn prepare(client: &Client, query: &str) -> Result<Statement, Error> {
+    let (open, statement, close) = tokio::join!(
+        client.batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = 0"),
+        client.prepare(query),
+        client.batch_execute("COMMIT"),
+    );
+    open.map_err(Error::database(CONTEXT))?;
+    let statement = statement.map_err(Error::database(CONTEXT))?;
+    close.map_err(Error::database(CONTEXT))?;
+    Ok(statement)
+}
+
 impl<'a> Reader<'a> {
     pub async fn new(
         client: &'a Client,
@@ -265,10 +280,7 @@ impl<'a> Reader<'a> {
             _ => None,
         });
         let query = catalog(version.unwrap_or_default());
-        let statement = client
-            .prepare(&query)
-            .await
-            .map_err(Error::database(CONTEXT))?;
+        let statement = prepare(client, &query).await?;
         Ok(Reader {
             client,
             query,
@@ -283,8 +295,7 @@ impl<'a> Reader<'a> {
     pub async fn read(&mut self) -> Result<Snapshot, Error> {
         match self.once().await {
             Err(error) if error.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) => {
-                self.statement =
-                    (self.client.prepare(&self.query).await).map_err(Error::database(CONTEXT))?;
+                self.statement = prepare(self.client, &self.query).await?;
                 self.once().await.map_err(Error::database(CONTEXT))
             }
             result => result.map_err(Error::database(CONTEXT)),
