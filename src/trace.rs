@@ -574,7 +574,7 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                     (false, true) => "error",
                     _ => "warning",
                 };
-                let (rule, what, fix) = (f.rule.id(), &f.what, f.rule.fix());
+                let (rule, what, fix) = (f.rule.id(), &f.what, f.rule.fix_for(&f.what));
                 let message = escape_data(&format!("{rule}: {what}{}; {fix}", on(f)));
                 writeln!(
                     out,
@@ -635,7 +635,7 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                     writeln!(out, "        {mark} {}: {}{}", f.rule.id(), f.what, on(f))?;
                     match &f.allowed {
                         Some(reason) => writeln!(out, "          reason: {reason}")?,
-                        None => writeln!(out, "          fix: {}", f.rule.fix())?,
+                        None => writeln!(out, "          fix: {}", f.rule.fix_for(&f.what))?,
                     }
                 }
             }
@@ -685,7 +685,7 @@ fn json_of(s: &Statement) -> serde_json::Value {
             "rows": f.rows,
             "allowed": f.allowed.is_some(),
             "reason": f.allowed,
-            "fix": f.rule.fix(),
+            "fix": f.rule.fix_for(&f.what),
         })).collect::<Vec<_>>(),
     })
 }

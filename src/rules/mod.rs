@@ -94,6 +94,24 @@ impl Rule {
         }
     }
 
+    /// [`fix`](Self::fix) for a finding of what `what` says the statement does: the general
+    /// fix of a rule does not fit every statement it finds (a view is not backfilled, and
+    /// `VACUUM FULL` has nothing to switch over to).
+    pub fn fix_for(self, what: &str) -> &'static str {
+        match (self, what) {
+            (Rule::TableRewrite, what) if what.starts_with("REFRESH MATERIALIZED VIEW") => {
+                "refresh it with REFRESH MATERIALIZED VIEW CONCURRENTLY (the view needs a unique index), which lets the bot read it meanwhile"
+            }
+            (Rule::TableRewrite, "VACUUM FULL" | "CLUSTER") => {
+                "leave it out of the migration: compact the table with pg_repack beside the deploy, which holds its strong lock only at the end"
+            }
+            (Rule::IndexWithoutConcurrently, "REINDEX TABLE") => {
+                "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
+            }
+            _ => self.fix(),
+        }
+    }
+
     /// Whether `up` and `down` refuse it before anything runs (the others are reported by
     /// `plan` only).
     pub fn refused(self) -> bool {
@@ -138,7 +156,7 @@ impl std::fmt::Display for Finding {
                 self.column,
                 self.rule.id(),
                 self.what,
-                self.rule.fix()
+                self.rule.fix_for(&self.what)
             );
         }
         let rows = match self.rule {
@@ -154,7 +172,7 @@ impl std::fmt::Display for Finding {
             self.rule.id(),
             self.what,
             self.relation,
-            self.rule.fix()
+            self.rule.fix_for(&self.what)
         )
     }
 }
@@ -210,7 +228,7 @@ pub async fn refuse(
             statement = %finding.statement,
             allowed,
             reason = finding.allowed.as_deref(),
-            fix = finding.rule.fix(),
+            fix = finding.rule.fix_for(&finding.what),
             "{message}"
         );
         if finding.rule.refused() && !allowed {
@@ -729,6 +747,17 @@ mod tests {
             assert_eq!(Rule::from_id(rule.id()), Some(rule));
         }
         assert_eq!(Rule::from_id("drop-data"), None);
+    }
+
+    #[test]
+    fn a_fix_fits_the_statement_it_is_for() {
+        let rewrite = Rule::TableRewrite;
+        let view = rewrite.fix_for("REFRESH MATERIALIZED VIEW without CONCURRENTLY");
+        assert!(view.contains("CONCURRENTLY"), "{view}");
+        assert!(rewrite.fix_for("VACUUM FULL").contains("pg_repack"));
+        assert_eq!(rewrite.fix_for("SET TABLESPACE"), rewrite.fix());
+        let reindex = Rule::IndexWithoutConcurrently.fix_for("REINDEX TABLE");
+        assert!(reindex.contains("REINDEX TABLE CONCURRENTLY"), "{reindex}");
     }
 
     #[test]
