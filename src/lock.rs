@@ -12,7 +12,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::history::{Table, first_value};
+use crate::history::Table;
 use crate::interrupt::Interrupt;
 use crate::session::{Limits, Session, elsewhere, shared_refused};
 
@@ -187,15 +187,19 @@ async fn acquire<R>(
             Attempt::Held => {}
         }
         if !announced {
-            let holder = holder(client, key).await.unwrap_or_default();
+            let holder = holder(client, key).await;
             info!(
-                holder_pid = holder,
+                holder_pid = holder.as_ref().map(|h| h.pid.as_str()).unwrap_or_default(),
                 "waiting for the migration lock held by another run"
             );
             announced = true;
         }
         let Some(left) = wait.checked_sub(started.elapsed()).filter(|l| !l.is_zero()) else {
-            return Err(Error::LockTimeout { waited: wait });
+            let holder = holder(client, key).await.and_then(|h| h.other);
+            return Err(Error::LockTimeout {
+                waited: wait,
+                holder,
+            });
         };
         interrupt.sleep(pause.min(left)).await?;
         pause = (pause * 2).min(Duration::from_millis(500));
@@ -293,16 +297,44 @@ async fn try_lock(
 }
 
 /// The pid of the session holding the lock, for the log.
-async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<String> {
-    // pg_locks shows the two-key form's halves in classid and objid, as oids.
+async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<Holder> {
+    // pg_locks shows the two-key form's halves in classid and objid, as oids. The session's
+    // application_name says whether it is a run like this one (a user who sees only their
+    // own sessions' details gets NULL for others, and the holder is taken for a run).
     let query = format!(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND classid = ({class}::bigint & 4294967295)::text::oid \
-         AND objid = ({object}::bigint & 4294967295)::text::oid AND objsubid = 2"
+        "SELECT l.pid::text, coalesce(a.application_name <> pg_catalog.current_setting('application_name'), false)::text, \
+                coalesce(a.application_name, ''), coalesce(a.state, '') \
+           FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+          WHERE l.locktype = 'advisory' AND l.granted \
+            AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+            AND l.classid = ({class}::bigint & 4294967295)::text::oid \
+            AND l.objid = ({object}::bigint & 4294967295)::text::oid AND l.objsubid = 2"
     );
     let messages = client.simple_query(&query).await.ok()?;
-    first_value(&messages).map(str::to_string)
+    let row = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    })?;
+    let text = |i: usize| row.get(i).unwrap_or_default().to_string();
+    let pid = text(0);
+    let other = (text(1) == "true").then(|| {
+        format!(
+            "the lock is held by server session {pid} (application_name '{}', {}), which is not a db-migrate run: a run behind a transaction-pooling proxy left it in a session the proxy gave to another client; end that session (SELECT pg_terminate_backend({pid})) and run again",
+            text(2),
+            match text(3).as_str() {
+                "" => "state unknown".to_string(),
+                state => format!("state {state}"),
+            }
+        )
+    });
+    Some(Holder { pid, other })
+}
+
+/// Who holds the migration lock.
+struct Holder {
+    pid: String,
+    /// What to say of a holder that is not a db-migrate run.
+    other: Option<String>,
 }
 
 /// Releases every hold of the session's advisory locks (each migration's check of the

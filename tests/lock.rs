@@ -77,7 +77,7 @@ async fn sixteen_concurrent_processes_apply_each_migration_exactly_once() {
 #[tokio::test]
 async fn held_lock_times_out_with_exit_6_and_nothing_applied() {
     let db = support::database().await;
-    let _holder = hold_lock(&db).await;
+    let holder = hold_lock(&db).await;
     let out = output(
         binary()
             .args(["up", "--lock-wait", "1s", "--log-format", "json"])
@@ -100,6 +100,33 @@ async fn held_lock_times_out_with_exit_6_and_nothing_applied() {
         out.stderr
     );
     assert!(tables(&db.client().await).await.is_empty());
+    // The holder above is no run of db-migrate (a session a pooler handed on, as far as the
+    // run can tell): the message names it and how to end it. One that is a run is waited for.
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("which is not a db-migrate run")
+            && message.contains("pg_terminate_backend("),
+        "{message}"
+    );
+    drop(holder);
+    let run_like = hold_lock(&db).await;
+    run_like
+        .batch_execute("SET application_name = 'db-migrate'")
+        .await
+        .unwrap();
+    let out = output(
+        binary()
+            .args(["up", "--lock-wait", "1s", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    let summary = support::events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("another db-migrate run held the migration lock"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -215,12 +215,18 @@ pub enum Error {
     )]
     Backup { instance: String, reason: String },
 
-    /// Another run held the migration lock for longer than `--lock-wait`.
+    /// Another run held the migration lock for longer than `--lock-wait`; `holder` says who
+    /// when it is not a run (a pooled session an earlier run left it in).
     #[error(
-        "another db-migrate run held the migration lock for {}s; wait for it to finish or raise --lock-wait",
-        .waited.as_secs()
+        "{} for {}s; {}",
+        if .holder.is_some() { "the migration lock stayed taken" } else { "another db-migrate run held the migration lock" },
+        .waited.as_secs(),
+        .holder.as_deref().unwrap_or("wait for it to finish or raise --lock-wait")
     )]
-    LockTimeout { waited: Duration },
+    LockTimeout {
+        waited: Duration,
+        holder: Option<String>,
+    },
 
     /// A migration kept hitting `lock_timeout` (SQLSTATE 55P03) on a table another session
     /// holds until the run's lock wait budget ran out; each attempt was rolled back.
@@ -761,6 +767,7 @@ mod tests {
             (
                 Error::LockTimeout {
                     waited: Duration::from_secs(1),
+                    holder: None,
                 },
                 6,
             ),
