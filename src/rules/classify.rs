@@ -717,12 +717,18 @@ fn constraint_effects(
 /// A default that differs row by row, so PostgreSQL must write it into every existing row:
 /// a call of a function known to be volatile anywhere in the expression.
 fn is_volatile(node: &Node) -> bool {
-    const VOLATILE: [&str; 8] = [
+    // PostgreSQL's own, and those of the extensions a default most often calls (uuid-ossp,
+    // pgcrypto, pg_uuidv7).
+    const VOLATILE: [&str; 12] = [
         "random",
+        "random_normal",
         "gen_random_uuid",
         "uuid_generate_v1",
+        "uuid_generate_v1mc",
         "uuid_generate_v4",
+        "uuid_generate_v7",
         "uuidv7",
+        "gen_random_bytes",
         "clock_timestamp",
         "timeofday",
         "nextval",
@@ -955,7 +961,7 @@ mod tests {
 
     #[test]
     fn what_blocks_or_rewrites_the_bot_s_table_is_recognised() {
-        let cases: [(&str, &str); 18] = [
+        let cases: [(&str, &str); 20] = [
             ("CREATE INDEX i ON t (c)", "BuildsIndex"),
             ("ALTER TABLE t ALTER COLUMN c TYPE bigint", "Retypes"),
             (
@@ -971,6 +977,14 @@ mod tests {
             ("REINDEX (VERBOSE) TABLE t", "BuildsIndex"),
             (
                 "ALTER TABLE t ADD COLUMN IF NOT EXISTS c uuid DEFAULT gen_random_uuid()",
+                "Rewrites",
+            ),
+            (
+                "ALTER TABLE t ADD COLUMN c uuid DEFAULT public.uuid_generate_v1mc()",
+                "Rewrites",
+            ),
+            (
+                "ALTER TABLE t ADD COLUMN c bytea DEFAULT gen_random_bytes(8)",
                 "Rewrites",
             ),
             ("ALTER TABLE t ADD CONSTRAINT k CHECK (c > 0)", "Validates"),
