@@ -492,6 +492,13 @@ pub fn releases_lock(sql: &str) -> Option<(usize, &'static str)> {
     })
 }
 
+/// Whether `sql` calls `setval` outside quotes and comments: a sequence's value is not
+/// transactional, so a rollback leaves the value it set (`plan`, which rolls its trace back,
+/// would leave the bot's next insert a key that exists).
+pub fn calls_setval(sql: &str) -> bool {
+    contains_any_ignore_case(sql, &["setval"]) && tokens(sql).any(|t| t.is_keyword(sql, "setval"))
+}
+
 /// The first psql meta-command (a backslash outside quotes and comments), as (line, command
 /// word such as `\set`). It may end a line of SQL as well as start one (`SELECT ... \gset`,
 /// `\gexec`): PostgreSQL has no backslash outside a quoted text, so the server would refuse
@@ -2081,6 +2088,17 @@ mod tests {
         for sql in cases {
             assert_eq!(copy_stdio(sql), None, "input: {sql:?}");
         }
+    }
+
+    #[test]
+    fn calls_setval_sees_the_call_and_not_its_name_in_text() {
+        assert!(calls_setval("SELECT setval('s', 5);"));
+        assert!(calls_setval(
+            "select pg_catalog.SETVAL('s', max(id)) from t;"
+        ));
+        assert!(!calls_setval("SELECT 'setval';"));
+        assert!(!calls_setval("-- setval\nSELECT 1;"));
+        assert!(!calls_setval("SELECT nextval('s');"));
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub enum Untraced {
     /// which PostgreSQL allows only once that one has committed (55P04): `up` commits each
     /// migration first, the plan's one transaction cannot.
     EnumValueUncommitted,
+    /// Its migration calls `setval`, which a rollback does not undo: traced, it would leave
+    /// the sequence where the migration set it, behind keys the bot has used.
+    Setval,
 }
 
 impl Untraced {
@@ -59,6 +62,7 @@ impl Untraced {
         match self {
             Untraced::NoTransaction => "no_transaction",
             Untraced::EnumValueUncommitted => "enum_value_uncommitted",
+            Untraced::Setval => "setval",
         }
     }
 
@@ -69,6 +73,9 @@ impl Untraced {
             Untraced::EnumValueUncommitted => {
                 "not traced: its migration uses a value an earlier one adds to an enum type, \
                  usable only once that one commits (as up commits it)"
+            }
+            Untraced::Setval => {
+                "not traced: its migration calls setval(), whose value a rollback does not undo"
             }
         }
     }
@@ -153,9 +160,14 @@ pub async fn run(
             let script = step.script;
             let mut migration: Vec<Statement> = Vec::new();
             let statements = sql::split(&script.sql);
+            let untraced = match script.no_transaction {
+                true => Some(Untraced::NoTransaction),
+                false if sql::calls_setval(&script.sql) => Some(Untraced::Setval),
+                false => None,
+            };
             // A migration that cannot be traced here is rewound to its savepoint, and the
             // plan goes on with the next one (see `Untraced::EnumValueUncommitted`).
-            if !script.no_transaction {
+            if untraced.is_none() {
                 (client
                     .batch_execute(&format!("SAVEPOINT {MIGRATION}"))
                     .await)
@@ -176,7 +188,7 @@ pub async fn run(
                         .unwrap_or_default()
                         .trim()
                         .into(),
-                    untraced: script.no_transaction.then_some(Untraced::NoTransaction),
+                    untraced,
                     duration_ms: 0.0,
                     locks: Vec::new(),
                     rewrites: Vec::new(),
@@ -192,7 +204,7 @@ pub async fn run(
                         .collect(),
                 });
             }
-            if script.no_transaction {
+            if untraced.is_some() {
                 report.statements.extend(checked);
                 continue;
             }

@@ -839,6 +839,27 @@ async fn plan_leaves_schema_and_history_untouched_when_a_file_ends_the_transacti
 }
 
 #[tokio::test]
+async fn plan_leaves_a_sequence_a_migration_sets_where_it_was() {
+    let db = seeded("CREATE SEQUENCE job_ids; SELECT setval('job_ids', 100);").await;
+    let dir = support::copy_of_seed(&[(
+        "003_reset.sql",
+        "CREATE TABLE IF NOT EXISTS jobs (id int);\nSELECT setval('job_ids', 1, false);\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("not traced: its migration calls setval()"),
+        "{}",
+        out.stdout
+    );
+    let client = db.client().await;
+    let last: i64 = support::one(&client, "SELECT last_value FROM job_ids").await;
+    assert_eq!(last, 100, "the bot's next id would be one it has used");
+    assert_eq!(history(&client).await, [1, 2]);
+}
+
+#[tokio::test]
 async fn plan_gives_up_on_a_lock_another_session_holds_with_exit_6() {
     let db = seeded("").await;
     let holder = db.client().await;
