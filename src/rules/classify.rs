@@ -88,6 +88,13 @@ fn keyword(word: &str) -> bool {
         .is_ok_and(|tokens| tokens.first().is_some_and(|t| t.keyword_kind > unreserved))
 }
 
+/// What a statement does, for the statements whose finding has a fix of its own
+/// (`Rule::fix_for`).
+pub const CLUSTER: &str = "CLUSTER";
+pub const VACUUM_FULL: &str = "VACUUM FULL";
+pub const REFRESH_VIEW: &str = "REFRESH MATERIALIZED VIEW without CONCURRENTLY";
+pub const REINDEX_TABLE: &str = "REINDEX TABLE";
+
 /// One thing a statement does that the rules weigh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -427,7 +434,7 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
             if let Some(relation) = &cluster.relation {
                 out.push(Effect::Rewrites {
                     table: Name::of(relation),
-                    what: "CLUSTER",
+                    what: CLUSTER,
                 });
             }
         }
@@ -438,7 +445,7 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 {
                     out.push(Effect::Rewrites {
                         table: Name::of(range),
-                        what: "VACUUM FULL",
+                        what: VACUUM_FULL,
                     });
                 }
             }
@@ -447,7 +454,7 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
             if let Some(relation) = &refresh.relation {
                 out.push(Effect::Rewrites {
                     table: Name::of(relation),
-                    what: "REFRESH MATERIALIZED VIEW without CONCURRENTLY",
+                    what: REFRESH_VIEW,
                 });
             }
         }
@@ -459,7 +466,7 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 out.push(Effect::BuildsIndex {
                     table: Name::of(relation),
                     concurrently: false,
-                    what: "REINDEX TABLE",
+                    what: REINDEX_TABLE,
                 });
             }
         }

@@ -99,13 +99,13 @@ impl Rule {
     /// `VACUUM FULL` has nothing to switch over to).
     pub fn fix_for(self, what: &str) -> &'static str {
         match (self, what) {
-            (Rule::TableRewrite, what) if what.starts_with("REFRESH MATERIALIZED VIEW") => {
+            (Rule::TableRewrite, classify::REFRESH_VIEW) => {
                 "refresh it with REFRESH MATERIALIZED VIEW CONCURRENTLY (the view needs a unique index), which lets the bot read it meanwhile"
             }
-            (Rule::TableRewrite, "VACUUM FULL" | "CLUSTER") => {
+            (Rule::TableRewrite, classify::VACUUM_FULL | classify::CLUSTER) => {
                 "leave it out of the migration: compact the table with pg_repack beside the deploy, which holds its strong lock only at the end"
             }
-            (Rule::IndexWithoutConcurrently, "REINDEX TABLE") => {
+            (Rule::IndexWithoutConcurrently, classify::REINDEX_TABLE) => {
                 "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
             }
             _ => self.fix(),
@@ -752,11 +752,11 @@ mod tests {
     #[test]
     fn a_fix_fits_the_statement_it_is_for() {
         let rewrite = Rule::TableRewrite;
-        let view = rewrite.fix_for("REFRESH MATERIALIZED VIEW without CONCURRENTLY");
+        let view = rewrite.fix_for(classify::REFRESH_VIEW);
         assert!(view.contains("CONCURRENTLY"), "{view}");
-        assert!(rewrite.fix_for("VACUUM FULL").contains("pg_repack"));
+        assert!(rewrite.fix_for(classify::VACUUM_FULL).contains("pg_repack"));
         assert_eq!(rewrite.fix_for("SET TABLESPACE"), rewrite.fix());
-        let reindex = Rule::IndexWithoutConcurrently.fix_for("REINDEX TABLE");
+        let reindex = Rule::IndexWithoutConcurrently.fix_for(classify::REINDEX_TABLE);
         assert!(reindex.contains("REINDEX TABLE CONCURRENTLY"), "{reindex}");
     }
 
