@@ -42,6 +42,7 @@ pub struct Sample {
     /// The relation whose lock it waits for, and the lock mode it asked for
     /// (`AccessExclusiveLock`, ...).
     pub relation: Option<String>,
+    pub relation_oid: Option<u32>,
     pub lock_mode: Option<String>,
     /// The first session blocking it: what it runs (the first 200 characters), its
     /// application_name and state, and when its current (or last) query started, in UTC,
@@ -52,6 +53,9 @@ pub struct Sample {
     pub blocker_state: Option<String>,
     pub blocker_query_start: Option<String>,
     pub blocker_running_ms: Option<i64>,
+    /// When the one holding it is a prepared transaction (no session has it; it ends only with
+    /// `COMMIT PREPARED` or `ROLLBACK PREPARED`), its global identifier.
+    pub blocker_prepared: Option<String>,
     /// Every session blocking it, as (pid, the start of its transaction in microseconds since
     /// the epoch, 0 when it has none): the job waits for these transactions to end before it
     /// asks for the lock again.
@@ -77,6 +81,7 @@ macro_rules! lock_wait_event {
             blocker_state = $sample.blocker_state.as_deref(),
             blocker_query_start = $sample.blocker_query_start.as_deref(),
             blocker_running_ms = $sample.blocker_running_ms,
+            blocker_prepared = $sample.blocker_prepared.as_deref(),
             $($rest)*
         )
     };
@@ -243,11 +248,13 @@ impl<'a> Monitor<'a> {
                     next_progress += self.progress_interval;
                 }
             }
-            let blocked = sample.blocker_pid.is_some();
+            // Waiting for a lock, whoever holds it: a prepared transaction has no session
+            // for `blocker_pid` to name.
+            let blocked = sample.blocker_pid.is_some() || sample.relation_oid.is_some();
             if blocked
                 || last
                     .as_ref()
-                    .is_none_or(|l: &Sample| l.blocker_pid.is_none())
+                    .is_none_or(|l: &Sample| l.blocker_pid.is_none() && l.relation_oid.is_none())
             {
                 last = Some(sample);
             }
@@ -296,10 +303,12 @@ impl<'a> Monitor<'a> {
                         p.phase, p.blocks_done, p.blocks_total, k.pids, k.xacts,
                         CASE WHEN a.state LIKE 'idle%'
                              THEN (extract(epoch FROM clock_timestamp() - a.state_change) * 1000)::bigint
-                        END
+                        END,
+                        w.oid
                    FROM pg_stat_activity a
                    LEFT JOIN LATERAL (
-                        SELECT l.relation::regclass::text AS relation, l.mode FROM pg_locks l
+                        SELECT l.relation::regclass::text AS relation, l.relation AS oid, l.mode
+                          FROM pg_locks l
                          WHERE l.pid = a.pid AND NOT l.granted AND l.relation IS NOT NULL
                          LIMIT 1) w ON true
                    LEFT JOIN pg_stat_activity b ON b.pid = (pg_blocking_pids(a.pid))[1]
@@ -328,6 +337,7 @@ impl<'a> Monitor<'a> {
             idle_ms: row.get(14),
             wait_event_type: row.get(0),
             relation: row.get(1),
+            relation_oid: row.get(15),
             lock_mode: row.get(2),
             blocker_pid: row.get(3),
             blocker_query: row.get(4),
@@ -335,6 +345,7 @@ impl<'a> Monitor<'a> {
             blocker_state: row.get(6),
             blocker_query_start: row.get(7),
             blocker_running_ms: row.get(8),
+            blocker_prepared: None,
             index_phase: row.get(9),
             blocks_done: row.get(10),
             blocks_total: row.get(11),

@@ -496,6 +496,121 @@ async fn a_no_transaction_statement_behind_a_long_reader_is_tried_again_on_its_o
     assert!(valid);
 }
 
+fn lock_timed_out(event: &serde_json::Value) -> bool {
+    event["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("migration could not get a table lock in time"))
+}
+
+/// A second report query that began while the job waited for the first still holds the table
+/// when the first ends: the job goes on waiting, outside the queue, for it instead of asking
+/// again and queueing the bot behind it for another lock timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_took_over_from_the_one_waited_for_is_waited_for_too() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[ADD_COLUMN]);
+    let (first, first_pid) = long_reader(&db).await;
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "300ms"])
+            .args(["--progress-interval", "200ms", "--ddl-lock-wait", "60s"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    job.wait_for("a lock timeout naming the first reader", |e| {
+        lock_timed_out(e) && e["blocker_pid"] == first_pid
+    });
+    let (second, second_pid) = long_reader(&db).await;
+    let watcher = db.client().await;
+    // Older than one lock timeout, as a report query is by the time the first ends.
+    support::eventually(
+        "the second reader to have held the table 600 ms",
+        || async {
+            let age: f64 = support::one(
+                &watcher,
+                &format!(
+                    "SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8 \
+                   FROM pg_stat_activity WHERE pid = {second_pid}"
+                ),
+            )
+            .await;
+            age > 0.6
+        },
+    )
+    .await;
+    let watch = QueueWatch::start(&db).await;
+    first.batch_execute("COMMIT").await.unwrap();
+    let timeouts = job.seen.iter().filter(|e| lock_timed_out(e)).count();
+    let waiting = job.wait_for("the wait to name the second reader", |e| {
+        lock_timed_out(e) || e["blocker_pid"] == second_pid
+    });
+    assert!(!lock_timed_out(&waiting), "asked again: {waiting}");
+    assert_eq!(waiting["relation"], "video_requests", "{waiting}");
+    second.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+    assert_eq!(
+        events.iter().filter(|e| lock_timed_out(e)).count(),
+        timeouts,
+        "asked for the lock while the second reader held it: {events:#?}"
+    );
+    let waits = watch.finish().await;
+    let longest = waits.iter().copied().fold(0.0, f64::max);
+    // The one request after both readers ended waits for nothing.
+    assert!(
+        longest < 150.0,
+        "a wait in the lock queue lasted {longest} ms"
+    );
+    assert_eq!(history(&watcher).await, [1, 2, 3]);
+}
+
+/// A forgotten prepared transaction holds the table: no session has it, so nothing ends it
+/// while the job waits. The job waits outside the queue, not asking again every lock timeout,
+/// and exit 6 names the transaction and how to end it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_transaction_holding_the_table_is_named_and_not_asked_again() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[ADD_COLUMN]);
+    let holder = db.client().await;
+    holder
+        .batch_execute(
+            "BEGIN; SELECT count(*) FROM video_requests; PREPARE TRANSACTION 'nightly ''export''';",
+        )
+        .await
+        .unwrap();
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "200ms"])
+            .args(["--ddl-lock-wait", "2s"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    holder
+        .batch_execute("ROLLBACK PREPARED 'nightly ''export'''")
+        .await
+        .unwrap();
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    let events = support::events(&out.stderr);
+    let message = events.last().unwrap()["message"].as_str().unwrap();
+    for part in [
+        "held by the prepared transaction 'nightly ''export''' (prepared ",
+        "ends only with COMMIT PREPARED or ROLLBACK PREPARED 'nightly ''export'''",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message}");
+    }
+    // One attempt, or two when the monitor had not looked yet at the first: never one every
+    // lock timeout for two seconds.
+    let timeouts = events.iter().filter(|e| lock_timed_out(e)).count();
+    assert!(
+        (1..=2).contains(&timeouts),
+        "{timeouts} attempts: {events:#?}"
+    );
+    let watcher = db.client().await;
+    assert_eq!(history(&watcher).await, [1, 2]);
+}
+
 #[tokio::test]
 async fn a_lock_still_held_when_the_wait_budget_ends_exits_6_naming_relation_and_holder() {
     let db = support::database().await;

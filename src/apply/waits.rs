@@ -214,10 +214,16 @@ fn waits_on_lock(sample: &Sample) -> bool {
     sample.wait_event_type.as_deref() == Some("Lock")
 }
 
-/// Waits until the transactions that blocked the attempt have ended, then a moment of jitter,
-/// so that a lock asked for again meets as few holders as possible. Without a sample that
-/// names them (the attempt ended before the monitor looked), waits one lock timeout and a
-/// jitter. Returns the blocker still there when the budget ran out.
+/// Waits until the transactions that blocked the attempt have ended, and no other transaction
+/// that has held a conflicting lock on the relation for longer than one attempt's lock
+/// timeout is left, then a moment of jitter, so that a lock asked for again meets as few
+/// holders as possible. (Asking again while such a transaction still holds the table would
+/// only queue the bot behind the job for another lock timeout: two overlapping report queries
+/// had the job ask every 400 ms for the whole budget. Younger holders are left out: the bot's
+/// own short transactions hold the table at almost any instant, and end within the attempt's
+/// wait.) Without a sample that names the relation (the attempt ended before the monitor
+/// looked), waits one lock timeout and a jitter. Returns the holder still there when the
+/// budget ran out.
 async fn wait_out(
     place: &Place<'_>,
     version: i64,
@@ -233,13 +239,13 @@ async fn wait_out(
         .filter(|(_, transaction)| *transaction != 0)
         .copied()
         .collect();
-    if known.is_empty() {
+    if known.is_empty() && sample.relation_oid.is_none() {
         let pause = (policy.timeout + jitter).min(left());
         place.interrupt.sleep(pause).await?;
         return Ok(None);
     }
     loop {
-        let Some(still) = holding(place.client, sample, &known).await? else {
+        let Some(still) = holding(place.client, sample, &known, policy.timeout).await? else {
             place.interrupt.sleep(jitter).await?;
             return Ok(None);
         };
@@ -262,24 +268,56 @@ async fn wait_out(
     }
 }
 
-/// The oldest of the `known` blocking transactions that is still running, described for the
-/// log and the error, with the relation and mode `sample` waited for.
+/// The oldest transaction still in the way, described for the log and the error, with the
+/// relation and mode `sample` waited for: one of the `known` blocking transactions, or one
+/// that holds a lock on the relation in a mode conflicting with the one asked for and began
+/// more than `timeout` ago, or a prepared transaction holding such a lock.
 async fn holding(
     client: &Client,
     sample: &Sample,
     known: &[(i32, i64)],
+    timeout: Duration,
 ) -> Result<Option<Sample>, Error> {
     let (pids, transactions): (Vec<i32>, Vec<i64>) = known.iter().copied().unzip();
+    let conflicting = conflicting(sample.lock_mode.as_deref().unwrap_or_default());
+    let timeout_ms = timeout.as_secs_f64() * 1000.0;
     let row = client
         .query_opt(
-            "SELECT s.pid, left(s.query, 200), s.application_name, s.state,
+            "WITH held AS (
+                  SELECT l.pid, l.virtualtransaction FROM pg_catalog.pg_locks l
+                   WHERE l.granted AND l.locktype = 'relation' AND l.relation = $3
+                     AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                                        WHERE datname = pg_catalog.current_database())
+                     AND l.mode = ANY ($4::text[]))
+             SELECT s.pid, left(s.query, 200), s.application_name, s.state,
                     to_char(s.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                    (extract(epoch FROM clock_timestamp() - s.query_start) * 1000)::bigint
+                    (extract(epoch FROM clock_timestamp() - s.query_start) * 1000)::bigint,
+                    NULL::text, s.xact_start
                FROM pg_catalog.pg_stat_activity s
-               JOIN unnest($1::int4[], $2::int8[]) AS b(pid, xact) ON s.pid = b.pid
-              WHERE (extract(epoch FROM s.xact_start) * 1000000)::int8 = b.xact
-              ORDER BY s.xact_start LIMIT 1",
-            &[&pids, &transactions],
+              WHERE s.pid <> pg_catalog.pg_backend_pid()
+                AND (EXISTS (SELECT FROM unnest($1::int4[], $2::int8[]) AS b(pid, xact)
+                              WHERE b.pid = s.pid
+                                AND (extract(epoch FROM s.xact_start) * 1000000)::int8 = b.xact)
+                     OR s.pid IN (SELECT pid FROM held)
+                        AND s.xact_start < clock_timestamp() - $5::float8 * interval '1 millisecond')
+             UNION ALL
+             SELECT 0, NULL, p.owner, NULL,
+                    to_char(p.prepared AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    (extract(epoch FROM clock_timestamp() - p.prepared) * 1000)::bigint,
+                    p.gid, p.prepared
+               FROM pg_catalog.pg_prepared_xacts p
+              WHERE p.transaction IN (
+                    SELECT x.transactionid FROM pg_catalog.pg_locks x JOIN held h
+                        ON h.pid IS NULL AND x.virtualtransaction = h.virtualtransaction
+                     WHERE x.locktype = 'transactionid')
+              ORDER BY 8 LIMIT 1",
+            &[
+                &pids,
+                &transactions,
+                &sample.relation_oid,
+                &conflicting,
+                &timeout_ms,
+            ],
         )
         .await
         .map_err(Error::database(
@@ -292,8 +330,41 @@ async fn holding(
         blocker_state: row.get(3),
         blocker_query_start: row.get(4),
         blocker_running_ms: row.get(5),
+        blocker_prepared: row.get(6),
         ..sample.clone()
     }))
+}
+
+/// The table lock modes that conflict with `mode` (as `pg_locks.mode` names them): the table
+/// in PostgreSQL's documentation, "Conflicting Lock Modes". An unknown mode is taken for the
+/// strongest.
+fn conflicting(mode: &str) -> Vec<&'static str> {
+    const MODES: [&str; 8] = [
+        "AccessShareLock",
+        "RowShareLock",
+        "RowExclusiveLock",
+        "ShareUpdateExclusiveLock",
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    ];
+    // Row i: the modes mode i conflicts with, one bit each, AccessShareLock lowest.
+    const CONFLICTS: [u8; 8] = [
+        0b1000_0000,
+        0b1100_0000,
+        0b1111_0000,
+        0b1111_1000,
+        0b1110_1100,
+        0b1111_1100,
+        0b1111_1110,
+        0b1111_1111,
+    ];
+    let row = MODES.iter().position(|m| *m == mode).unwrap_or(7);
+    (MODES.iter().enumerate())
+        .filter(|(i, _)| CONFLICTS[row] & (1 << i) != 0)
+        .map(|(_, m)| *m)
+        .collect()
 }
 
 /// Exit 6: what the migration waited for, and `still`, who holds it now.
@@ -310,6 +381,7 @@ fn gave_up(version: i64, attempts: u32, tally: Tally, sample: &Sample, still: &S
                 state: still.blocker_state.clone(),
                 query: still.blocker_query.clone(),
                 running_ms: still.blocker_running_ms,
+                prepared: still.blocker_prepared.clone(),
             })
         }),
     }
@@ -330,6 +402,44 @@ pub(super) fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_modes_conflict_as_postgresql_documents() {
+        assert_eq!(conflicting("AccessShareLock"), ["AccessExclusiveLock"]);
+        assert_eq!(
+            conflicting("RowExclusiveLock"),
+            [
+                "ShareLock",
+                "ShareRowExclusiveLock",
+                "ExclusiveLock",
+                "AccessExclusiveLock"
+            ]
+        );
+        assert_eq!(
+            conflicting("ShareLock"),
+            [
+                "RowExclusiveLock",
+                "ShareUpdateExclusiveLock",
+                "ShareRowExclusiveLock",
+                "ExclusiveLock",
+                "AccessExclusiveLock"
+            ]
+        );
+        assert_eq!(conflicting("ExclusiveLock").len(), 7);
+        assert_eq!(conflicting("AccessExclusiveLock").len(), 8);
+        assert_eq!(conflicting("SIReadLock").len(), 8);
+        // The table is symmetric.
+        for a in [
+            "AccessShareLock",
+            "RowShareLock",
+            "ShareUpdateExclusiveLock",
+            "ShareRowExclusiveLock",
+        ] {
+            for b in conflicting(a) {
+                assert!(conflicting(b).contains(&a), "{a} {b}");
+            }
+        }
+    }
 
     #[test]
     fn jitter_stays_below_its_bound() {

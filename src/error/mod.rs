@@ -468,12 +468,34 @@ pub struct Blocker {
     pub query: Option<String>,
     /// Since its current (or last) query started.
     pub running_ms: Option<i64>,
+    /// A prepared transaction's global identifier: no session holds it (`pid` is 0), and it
+    /// ends only with `COMMIT PREPARED` or `ROLLBACK PREPARED`; `running_ms` is then since it
+    /// was prepared and `application` its owner.
+    pub prepared: Option<String>,
 }
 
 /// `held by pid 4242 (psql, idle in transaction, query started 3.2s ago: LOCK TABLE ...)`,
 /// on one line.
 impl std::fmt::Display for Blocker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(gid) = &self.prepared {
+            // As a string literal the fix can be pasted from; a control character stays visible.
+            let gid: String = (gid.chars())
+                .map(|c| match c {
+                    '\'' => "''".to_string(),
+                    c if c.is_control() => c.escape_default().to_string(),
+                    c => c.to_string(),
+                })
+                .collect();
+            write!(f, "held by the prepared transaction '{gid}'")?;
+            if let Some(ms) = self.running_ms {
+                write!(f, " (prepared {} ago)", seconds(ms.max(0) as u64))?;
+            }
+            return write!(
+                f,
+                ", which ends only with COMMIT PREPARED or ROLLBACK PREPARED '{gid}'"
+            );
+        }
         write!(f, "held by pid {}", self.pid)?;
         let mut details = Vec::new();
         if let Some(application) = self.application.as_deref().filter(|a| !a.is_empty()) {
@@ -694,6 +716,7 @@ mod tests {
                     "x".repeat(100)
                 )),
                 running_ms: Some(3_200),
+                prepared: None,
             })),
         };
         let text = error.to_string();
@@ -709,6 +732,23 @@ mod tests {
         assert!(!text.contains('\n'), "{text}");
         assert_eq!(error.exit_code(), 6);
         assert_eq!(seconds(850), "850ms");
+    }
+
+    #[test]
+    fn a_prepared_transaction_holding_the_lock_is_named_with_how_to_end_it() {
+        let blocker = Blocker {
+            pid: 0,
+            application: Some("app".into()),
+            state: None,
+            query: None,
+            running_ms: Some(65_000),
+            prepared: Some("batch 'nightly'\n7".into()),
+        };
+        assert_eq!(
+            blocker.to_string(),
+            "held by the prepared transaction 'batch ''nightly''\\n7' (prepared 1m 05s ago), \
+             which ends only with COMMIT PREPARED or ROLLBACK PREPARED 'batch ''nightly''\\n7'"
+        );
     }
 
     #[test]
