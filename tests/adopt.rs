@@ -95,6 +95,9 @@ async fn a_golang_migrate_database_is_named_and_adopted_up_to_its_version() {
             .await
             .contains(&"c".to_string())
     );
+    // golang-migrate's table stays, and no migration made it: it is no drift.
+    let out = run(&db, dir.path(), &["verify", "--schema"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[tokio::test]
@@ -155,11 +158,27 @@ async fn dbmate_sqlx_and_flyway_histories_are_adopted_version_by_version() {
             "CREATE TABLE IF NOT EXISTS c (id int);",
         ),
     ]);
+    let applied = "CREATE TABLE a (id int); CREATE TABLE c (id int);";
     for (tool, setup) in [("dbmate", dbmate), ("sqlx", sqlx), ("flyway", flyway)] {
-        let db = managed(setup).await;
+        let db = managed(&format!("{setup} {applied}")).await;
         let out = run(&db, dir.path(), &["baseline", "--from", tool]);
         assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
         assert_eq!(ours(&db).await, [20240101120000, 20240301120000], "{tool}");
+        // The other tool's table is no drift; a table no migration made still is.
+        let out = run(&db, dir.path(), &["verify", "--schema"]);
+        assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
+        db.client()
+            .await
+            .batch_execute("CREATE TABLE hotfix (id int)")
+            .await
+            .unwrap();
+        let out = run(&db, dir.path(), &["verify", "--schema"]);
+        assert_eq!(out.code, 4, "{tool}: {}", out.stderr);
+        assert!(
+            summary_message(&out).contains("hotfix"),
+            "{tool}: {}",
+            out.stderr
+        );
     }
 }
 
