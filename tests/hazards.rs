@@ -302,6 +302,51 @@ async fn a_type_change_that_rounds_or_cuts_values_is_data_loss_on_a_table_of_any
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// Whether adding a column rewrites the table can hang on the catalog: a domain with a CHECK
+/// is checked row by row, and a default calling a volatile function of the database's own
+/// is a value per row. A domain without constraints and a stable or immutable call are not.
+#[tokio::test]
+async fn a_new_column_of_a_checked_domain_or_with_a_volatile_default_of_the_database_s_is_a_rewrite()
+ {
+    let db = seeded(BIG).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE DOMAIN positive AS integer CHECK (VALUE > 0); \
+             CREATE DOMAIN label AS text; \
+             CREATE SCHEMA codes; \
+             CREATE FUNCTION codes.next() RETURNS text LANGUAGE plpgsql VOLATILE \
+                 AS 'BEGIN RETURN md5(random()::text); END'; \
+             CREATE FUNCTION fixed() RETURNS text LANGUAGE plpgsql IMMUTABLE \
+                 AS 'BEGIN RETURN ''x''; END';",
+        )
+        .await
+        .unwrap();
+    for (sql, what) in [
+        (
+            "ALTER TABLE video_requests ADD COLUMN score positive;",
+            "ADD COLUMN of a domain with constraints",
+        ),
+        (
+            "ALTER TABLE video_requests ADD COLUMN code text DEFAULT codes.next();",
+            "ADD COLUMN with a default calling a volatile function",
+        ),
+    ] {
+        let dir = support::copy_of_seed(&[("003_add.sql", sql)]);
+        let message = refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+        assert!(message.contains(what), "{sql}: {message}");
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    let dir = support::copy_of_seed(&[(
+        "003_add.sql",
+        "ALTER TABLE video_requests ADD COLUMN note label, \
+         ADD COLUMN fixed_code text DEFAULT fixed(), \
+         ADD COLUMN seen_at timestamptz DEFAULT now();",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
 #[tokio::test]
 async fn naming_the_type_a_column_has_already_is_no_rewrite_on_a_big_table() {
     let db = seeded(BIG).await;
@@ -784,8 +829,8 @@ async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites
     refused(&run(&db, narrow.path(), &["up"]), &["table-rewrite"]);
     let out = run(&db, narrow.path(), &["plan"]);
     assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
-    // A default calling the database's own volatile function rewrites it too, which only the
-    // trace can see.
+    // A default calling the database's own volatile function rewrites it too: the catalog
+    // says so, to `up` as to `plan`.
     let own = support::copy_of_seed(&[(
         "003_note.sql",
         "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS n bigint DEFAULT own_id();\n",
@@ -794,11 +839,12 @@ async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites
     assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stdout.contains(
-            "HAZARD table-rewrite: the trace saw the table written anew on video_requests"
+            "HAZARD table-rewrite: ADD COLUMN with a default calling a volatile function on video_requests"
         ),
         "{}",
         out.stdout
     );
+    refused(&run(&db, own.path(), &["up"]), &["table-rewrite"]);
     // Widening it (varchar(20) to text) changes the catalog alone: `plan` and `up` agree.
     let dir = support::copy_of_seed(&[(
         "003_note.sql",

@@ -162,6 +162,15 @@ pub enum Effect {
         table: Name,
         column: String,
     },
+    /// ADD COLUMN whose rewrite only the catalog can tell: of a type that may be a domain
+    /// with constraints (PostgreSQL writes every row to check them), or with a default that
+    /// calls functions the rules do not know, any of which may be volatile. `of_type` is the
+    /// type as SQL writes it; `calls` each called function's schema (when named) and name.
+    MayRewrite {
+        table: Name,
+        of_type: Option<String>,
+        calls: Vec<(Option<String>, String)>,
+    },
     /// RENAME of a table or column the running bot still uses by its old name.
     Renames {
         table: Name,
@@ -269,6 +278,7 @@ impl Effect {
             | Effect::Truncates { table }
             | Effect::ChangesAllRows { table, .. }
             | Effect::AddsColumn { table, .. }
+            | Effect::MayRewrite { table, .. }
             | Effect::Renames { table, .. } => Some(table),
             Effect::DropsDependents {
                 object:
@@ -683,7 +693,68 @@ fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out:
             table: table.clone(),
             what: "ADD COLUMN with a volatile default, identity or stored generated value",
         });
+        return;
     }
+    // The types the parser qualifies itself (`int` is `pg_catalog.int4`) and the common ones
+    // it leaves as written are no domains (pg_catalog comes first in any search path that
+    // does not name it); an array of a domain checks nothing.
+    let of_type = (column.type_name.as_ref())
+        .filter(|t| t.array_bounds.is_empty())
+        .filter(|t| match t.names.as_slice() {
+            [name] => string(name).is_none_or(|n| !BASE_TYPES.contains(&n.as_str())),
+            [schema, ..] => string(schema).is_none_or(|s| s != "pg_catalog"),
+            [] => false,
+        })
+        .and_then(|t| {
+            type_sql(&Node {
+                node: Some(NodeEnum::TypeName(t.clone())),
+            })
+        });
+    let mut calls = Vec::new();
+    let defaults = (column.raw_default.iter().map(|d| &**d)).chain(
+        (column.constraints.iter()).filter_map(|c| match &c.node {
+            Some(NodeEnum::Constraint(c))
+                if ConstrType::try_from(c.contype) == Ok(ConstrType::ConstrDefault) =>
+            {
+                c.raw_expr.as_deref()
+            }
+            _ => None,
+        }),
+    );
+    for default in defaults {
+        calls.extend(
+            (called(default).into_iter()).filter(|(schema, name)| {
+                schema.is_some() || !STABLE_CALLS.contains(&name.as_str())
+            }),
+        );
+    }
+    if of_type.is_some() || !calls.is_empty() {
+        out.push(Effect::MayRewrite {
+            table: table.clone(),
+            of_type,
+            calls,
+        });
+    }
+}
+
+/// The functions `node` calls, each as its schema (when named) and name.
+fn called(node: &Node) -> Vec<(Option<String>, String)> {
+    let Some(node) = &node.node else {
+        return Vec::new();
+    };
+    (node.nodes().into_iter())
+        .filter_map(|(n, ..)| match n {
+            pg_query::NodeRef::FuncCall(call) => {
+                let parts: Vec<String> = call.funcname.iter().filter_map(string).collect();
+                match parts.as_slice() {
+                    [name] => Some((None, name.clone())),
+                    [.., schema, name] => Some((Some(schema.clone()), name.clone())),
+                    [] => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn constraint_effects(
@@ -752,6 +823,30 @@ fn is_volatile(node: &Node) -> bool {
         _ => false,
     })
 }
+
+/// PostgreSQL's own types that the parser leaves as written, unqualified.
+const BASE_TYPES: [&str; 10] = [
+    "text",
+    "uuid",
+    "jsonb",
+    "json",
+    "bytea",
+    "date",
+    "timestamptz",
+    "timetz",
+    "inet",
+    "cidr",
+];
+
+/// PostgreSQL's own functions a default most often calls that are not volatile.
+const STABLE_CALLS: [&str; 6] = [
+    "now",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "current_setting",
+    "jsonb_build_object",
+    "json_build_object",
+];
 
 /// The type names PostgreSQL expands into an integer column with a sequence's default.
 const SERIAL: [&str; 6] = [
@@ -1035,6 +1130,37 @@ mod tests {
         assert_eq!(to("ALTER TABLE t ALTER c TYPE text[]"), None);
         assert_eq!(to("ALTER TABLE t ALTER c TYPE text COLLATE \"C\""), None);
         assert_eq!(to("ALTER TABLE t ALTER c TYPE app.text"), None);
+    }
+
+    #[test]
+    fn a_new_column_the_catalog_must_weigh_names_its_type_and_calls() {
+        let may = |sql: &str| match effects(sql).as_slice() {
+            [Effect::MayRewrite { of_type, calls, .. }] => Some((of_type.clone(), calls.clone())),
+            [] => None,
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert_eq!(
+            may("ALTER TABLE t ADD COLUMN IF NOT EXISTS c app.\"Positive\""),
+            Some((Some("app.\"Positive\"".into()), vec![]))
+        );
+        assert_eq!(
+            may("ALTER TABLE t ADD COLUMN IF NOT EXISTS c text DEFAULT lower(codes.next(now()))"),
+            Some((
+                None,
+                vec![
+                    (None, "lower".into()),
+                    (Some("codes".into()), "next".into())
+                ]
+            ))
+        );
+        for plain in [
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS c int",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS c text[] DEFAULT '{}'",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS c timestamptz DEFAULT now()",
+            "ALTER TABLE t ADD COLUMN IF NOT EXISTS c pg_catalog.text",
+        ] {
+            assert_eq!(may(plain), None, "{plain}");
+        }
     }
 
     #[test]

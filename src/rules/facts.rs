@@ -387,6 +387,54 @@ pub(super) async fn retype(
     )
 }
 
+/// Why adding a column of the type `of_type`, with a default calling `calls`, rewrites the
+/// table, or `None` when it does not: PostgreSQL writes every row when the type is a domain
+/// with constraints (to check them, even with no default) or when
+/// the default calls a volatile function (a value per row). A function name with several
+/// volatilities among its overloads counts as volatile.
+pub(super) async fn add_column_rewrites(
+    client: &Client,
+    of_type: Option<&str>,
+    calls: &[(Option<String>, String)],
+) -> Result<Option<&'static str>, Error> {
+    let (schemas, names): (Vec<String>, Vec<String>) = (calls.iter())
+        .map(|(schema, name)| (schema.clone().unwrap_or_default(), name.clone()))
+        .unzip();
+    let rows = client
+        .query_typed(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_type t
+                             WHERE t.oid = pg_catalog.to_regtype($1) AND t.typtype = 'd'
+                               AND (t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint c
+                                                             WHERE c.contypid = t.oid))),
+                    EXISTS (SELECT FROM pg_catalog.pg_proc p
+                              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                              JOIN unnest($2::text[], $3::text[]) AS f(schema, name)
+                                ON p.proname = f.name
+                             WHERE p.provolatile = 'v'
+                               AND (f.schema = n.nspname
+                                    OR f.schema = '' AND pg_catalog.pg_function_is_visible(p.oid)))",
+            &[
+                (&of_type, Type::TEXT),
+                (&schemas, Type::TEXT_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .map_err(Error::database(
+            "reading a new column's type and default for the hazard rules",
+        ))?;
+    let (domain, volatile) = rows
+        .first()
+        .map_or((false, false), |r| (r.get(0), r.get(1)));
+    Ok(if domain {
+        Some("ADD COLUMN of a domain with constraints")
+    } else if volatile {
+        Some("ADD COLUMN with a default calling a volatile function")
+    } else {
+        None
+    })
+}
+
 /// Whether `column` of `table` needs no read to be made NOT NULL: it is already, or a
 /// validated `CHECK (column IS NOT NULL)` proves it holds no NULL (the documented way to
 /// make a big table's column NOT NULL without blocking its writes for the read).

@@ -516,6 +516,17 @@ pub async fn check(
             if vacates(effect) {
                 fresh.insert(table.clone());
             }
+            // Only the catalog tells whether the type is a domain that checks something, or
+            // a function the default calls is volatile; asked only of a table that size.
+            let what = match effect {
+                Effect::MayRewrite { of_type, calls, .. } if hit => {
+                    match facts::add_column_rewrites(client, of_type.as_deref(), calls).await? {
+                        Some(what) => what,
+                        None => continue,
+                    }
+                }
+                _ => what,
+            };
             if hit {
                 findings.push(finding(rule, table.to_string(), rows, what));
             }
@@ -661,6 +672,12 @@ fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
         Effect::Retypes { table, .. } => {
             Some((Rule::TableRewrite, table, "ALTER COLUMN ... TYPE", None))
         }
+        Effect::MayRewrite { table, .. } => Some((
+            Rule::TableRewrite,
+            table,
+            "ADD COLUMN of a domain with constraints, or with a default calling a volatile function",
+            None,
+        )),
         Effect::Validates { table, what, .. } => {
             Some((Rule::ValidatesWholeTable, table, what, None))
         }
