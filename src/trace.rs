@@ -212,6 +212,16 @@ pub async fn run(
             // nothing runs between them (the sizes are read once the migration is done).
             let mut snapshots = vec![snapshot(client, Some(&tables)).await?];
             for (statement, mut traced) in statements.iter().zip(checked.iter().cloned()) {
+                // What the parser cannot see into may drop or empty a table: what each held
+                // is read before it, to compare with what is left after.
+                let opaque = matches!(
+                    sql::command_tag(statement.text).split(' ').next(),
+                    Some("DO" | "CALL" | "SELECT" | "EXECUTE")
+                );
+                let held = match opaque {
+                    true => Some(contents(client, &tables).await?),
+                    false => None,
+                };
                 let started = Instant::now();
                 let answer = session::counted(client, statement.text, 0).await;
                 traced.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -253,6 +263,25 @@ pub async fn run(
                 );
                 open?;
                 snapshots.push(after?);
+                if let Some(held) = held {
+                    let lost = lost(client, &held, &tables, &names).await?;
+                    for (relation, rows, what) in lost {
+                        traced.findings.push(Finding {
+                            rule: Rule::DropsData,
+                            version: traced.version,
+                            file: traced.file.clone(),
+                            line: traced.line,
+                            column: traced.column,
+                            statement: traced.first_line.clone(),
+                            relation,
+                            rows,
+                            what: what.into(),
+                            allowed: (traced.allows.iter())
+                                .find(|(rule, _)| *rule == Rule::DropsData)
+                                .map(|(_, reason)| reason.clone()),
+                        });
+                    }
+                }
                 traced.rows = counted.counts.last().copied();
                 migration.push(traced);
             }
@@ -453,6 +482,85 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
         }
     }
     Ok(snapshot)
+}
+
+/// What a table that existed before the plan holds, to tell what a statement took of it.
+#[derive(Debug, Clone, Copy)]
+struct Contents {
+    /// Whether its file has any page: an empty table loses nothing.
+    pages: bool,
+    /// The planner's estimate of its rows (0 when never counted).
+    estimate: i64,
+    /// Rows this transaction has deleted from it so far.
+    deleted: i64,
+    file: i64,
+}
+
+/// [`Contents`] of each of `among` that still exists.
+async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Contents>, Error> {
+    let rows = client
+        .query(
+            "SELECT c.oid::int8, pg_catalog.pg_relation_size(c.oid) > 0,
+                    greatest(c.reltuples, 0)::int8, coalesce(x.n_tup_del, 0)::int8,
+                    c.relfilenode::int8
+               FROM pg_catalog.pg_class c
+               LEFT JOIN pg_catalog.pg_stat_xact_user_tables x ON x.relid = c.oid
+              WHERE c.oid::int8 = ANY ($1::int8[]) AND c.relkind IN ('r', 'm')",
+            &[&among],
+        )
+        .await
+        .map_err(Error::database("reading what the tables hold"))?;
+    Ok((rows.iter())
+        .map(|row| {
+            let contents = Contents {
+                pages: row.get(1),
+                estimate: row.get(2),
+                deleted: row.get(3),
+                file: row.get(4),
+            };
+            (row.get(0), contents)
+        })
+        .collect())
+}
+
+/// The tables that held rows before a statement the parser cannot see into (`held`) and
+/// that it dropped, or emptied (deleted rows from, or gave a new file, and left without
+/// any): each by its name before the plan, with about how many rows it lost, and what the
+/// trace saw. `up` cannot see this; the trace can.
+async fn lost(
+    client: &Client,
+    held: &HashMap<i64, Contents>,
+    among: &[i64],
+    names: &HashMap<i64, String>,
+) -> Result<Vec<(String, i64, &'static str)>, Error> {
+    let now = contents(client, among).await?;
+    let name = |relation: &i64| names.get(relation).cloned().unwrap_or_default();
+    let mut lost = Vec::new();
+    for (relation, before) in held.iter().filter(|(_, c)| c.pages) {
+        let Some(after) = now.get(relation) else {
+            let rows = before.estimate.max(1);
+            lost.push((name(relation), rows, "the trace saw the table dropped"));
+            continue;
+        };
+        if after.deleted == before.deleted && after.file == before.file {
+            continue;
+        }
+        let context = "reading what the tables hold";
+        let now_named = (client.query_one("SELECT $1::int8::oid::regclass::text", &[relation]))
+            .await
+            .map_err(Error::database(context))?;
+        let empty = format!(
+            "SELECT NOT EXISTS (SELECT FROM {})",
+            now_named.get::<_, String>(0)
+        );
+        let row = (client.query_one(&empty, &[]).await).map_err(Error::database(context))?;
+        if row.get(0) {
+            let rows = (after.deleted - before.deleted).max(before.estimate).max(1);
+            lost.push((name(relation), rows, "the trace saw every row deleted"));
+        }
+    }
+    lost.sort();
+    Ok(lost)
 }
 
 /// The tables that existed before the plan: their files, and their names then, which is what

@@ -790,6 +790,63 @@ async fn plan_traces_locks_rewrites_and_rows_and_leaves_everything_as_it_was() {
     );
 }
 
+/// What a `DO` block drops or empties only the trace can see: `plan` reports it as data loss
+/// (exit 9) as it would a `DROP TABLE` it could read, unless an allow comment says why; a
+/// dropped empty table and a `DELETE` that leaves rows are no finding.
+#[tokio::test]
+async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
+    let db = seeded(BIG).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE archive (id int); INSERT INTO archive VALUES (1), (2), (3); \
+             CREATE TABLE scratch (id int);",
+        )
+        .await
+        .unwrap();
+    for (before, statement, finding) in [
+        (
+            "",
+            "DO $$ BEGIN EXECUTE 'DROP TABLE ' || 'archive'; END $$;\n",
+            "HAZARD drops-data: the trace saw the table dropped on archive",
+        ),
+        (
+            "",
+            "DO $$ BEGIN DELETE FROM video_requests; END $$;\n",
+            "HAZARD drops-data: the trace saw every row deleted on video_requests",
+        ),
+        (
+            "SELECT count(*) FROM (SELECT 1) s;\n",
+            "DO $$ BEGIN TRUNCATE archive; END $$;\n",
+            "HAZARD drops-data: the trace saw every row deleted on archive",
+        ),
+    ] {
+        let sql = format!("{before}{statement}");
+        let dir = support::copy_of_seed(&[("003_cleanup.sql", sql.as_str())]);
+        let out = run(&db, dir.path(), &["plan"]);
+        assert_eq!(out.code, 9, "{sql}\n{}\n{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains(finding), "{sql}\n{}", out.stdout);
+        let allowed = format!(
+            "{before}-- db-migrate:allow drops-data archived to cold storage first\n{statement}"
+        );
+        let dir = support::copy_of_seed(&[("003_cleanup.sql", allowed.as_str())]);
+        let out = run(&db, dir.path(), &["plan"]);
+        assert_eq!(out.code, 0, "{allowed}\n{}\n{}", out.stdout, out.stderr);
+    }
+    let dir = support::copy_of_seed(&[(
+        "003_cleanup.sql",
+        "DO $$ BEGIN DROP TABLE scratch; DELETE FROM video_requests WHERE user_id = 'u1'; END $$;\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("drops-data"), "{}", out.stdout);
+    // All of it was rolled back.
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    let archived: i64 = support::one(&client, "SELECT count(*) FROM archive").await;
+    assert_eq!(archived, 3);
+}
+
 #[tokio::test]
 async fn plan_down_exits_9_on_dropped_data_and_0_when_nothing_is_at_stake() {
     let db = seeded("").await;
