@@ -369,6 +369,39 @@ async fn naming_the_type_a_column_has_already_is_no_rewrite_on_a_big_table() {
     refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
 }
 
+/// `VALIDATE CONSTRAINT` blocks no writes only in a transaction of its own: in the one that
+/// added the constraint `NOT VALID` (the same `ALTER`, or the same migration) it reads the
+/// whole table under the lock the `ADD` took.
+#[tokio::test]
+async fn validating_a_constraint_in_the_transaction_that_added_it_not_valid_is_refused() {
+    let db = seeded(BIG).await;
+    let add = "ALTER TABLE video_requests ADD CONSTRAINT positive_duration \
+               CHECK (duration_seconds > 0) NOT VALID";
+    let validate = "ALTER TABLE video_requests VALIDATE CONSTRAINT positive_duration";
+    for sql in [
+        format!("{add};\n{validate};\n"),
+        format!("{add}, VALIDATE CONSTRAINT positive_duration;\n"),
+    ] {
+        let dir = support::copy_of_seed(&[("003_check.sql", sql.as_str())]);
+        let message = refused(&run(&db, dir.path(), &["up"]), &["validates-whole-table"]);
+        assert!(
+            message.contains("VALIDATE CONSTRAINT in the transaction that added it NOT VALID")
+                && message.contains("move VALIDATE CONSTRAINT into a migration of its own"),
+            "{sql}: {message}"
+        );
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    let add_file = format!("{add};\n");
+    let validate_file = format!("{validate};\n");
+    let dir = support::copy_of_seed(&[
+        ("003_check.sql", add_file.as_str()),
+        ("004_validate.sql", validate_file.as_str()),
+    ]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
+}
+
 #[tokio::test]
 async fn set_not_null_behind_a_validated_check_is_no_finding() {
     let db = seeded(BIG).await;

@@ -171,6 +171,18 @@ pub enum Effect {
         of_type: Option<String>,
         calls: Vec<(Option<String>, String)>,
     },
+    /// ADD CONSTRAINT ... NOT VALID of a named CHECK or FOREIGN KEY: the lock it takes is
+    /// held to the end of its transaction.
+    AddsNotValid {
+        table: Name,
+        constraint: String,
+    },
+    /// VALIDATE CONSTRAINT: reads the whole table, under a lock that blocks no writes unless
+    /// its transaction added the constraint and still holds that statement's lock.
+    ValidatesConstraint {
+        table: Name,
+        constraint: String,
+    },
     /// RENAME of a table or column the running bot still uses by its old name.
     Renames {
         table: Name,
@@ -279,6 +291,8 @@ impl Effect {
             | Effect::ChangesAllRows { table, .. }
             | Effect::AddsColumn { table, .. }
             | Effect::MayRewrite { table, .. }
+            | Effect::AddsNotValid { table, .. }
+            | Effect::ValidatesConstraint { table, .. }
             | Effect::Renames { table, .. } => Some(table),
             Effect::DropsDependents {
                 object:
@@ -611,8 +625,22 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
         AlterTableType::AtAddConstraint => {
             if let Some(NodeEnum::Constraint(constraint)) = def {
                 constraint_effects(&table(), constraint, out);
+                let checks = matches!(
+                    ConstrType::try_from(constraint.contype),
+                    Ok(ConstrType::ConstrCheck | ConstrType::ConstrForeign)
+                );
+                if checks && constraint.skip_validation && !constraint.conname.is_empty() {
+                    out.push(Effect::AddsNotValid {
+                        table: table(),
+                        constraint: constraint.conname.clone(),
+                    });
+                }
             }
         }
+        AlterTableType::AtValidateConstraint => out.push(Effect::ValidatesConstraint {
+            table: table(),
+            constraint: cmd.name.clone(),
+        }),
         AlterTableType::AtDropColumn => {
             out.push(Effect::DropsColumn {
                 table: table(),

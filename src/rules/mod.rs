@@ -23,6 +23,11 @@ use crate::plan::Plan;
 use crate::sql;
 use classify::{Effect, Name};
 
+/// What a `VALIDATE CONSTRAINT` in the transaction that added the constraint `NOT VALID`
+/// does: the finding's `what`, and the key of its own fix.
+const VALIDATE_WITH_ADD: &str =
+    "VALIDATE CONSTRAINT in the transaction that added it NOT VALID, under that ADD's lock";
+
 /// A rule: what it finds, with a stable id users write in allow comments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
@@ -104,6 +109,9 @@ impl Rule {
             }
             (Rule::TableRewrite, classify::VACUUM_FULL | classify::CLUSTER) => {
                 "leave it out of the migration: compact the table with pg_repack beside the deploy, which holds its strong lock only at the end"
+            }
+            (Rule::ValidatesWholeTable, VALIDATE_WITH_ADD) => {
+                "move VALIDATE CONSTRAINT into a migration of its own, after the one that adds the constraint NOT VALID (its lock then blocks no writes)"
             }
             (Rule::IndexWithoutConcurrently, classify::REINDEX_TABLE) => {
                 "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
@@ -361,8 +369,16 @@ pub async fn check(
     // Columns added earlier in the plan hold only their default or NULL: an UPDATE that
     // writes nothing else fills them in (a backfill before SET NOT NULL) and loses nothing.
     let mut added: HashSet<(&Name, &str)> = HashSet::new();
+    // Constraints added NOT VALID in the migration's transaction so far: validating one in
+    // it reads the table under the lock that ADD took (ACCESS EXCLUSIVE for a CHECK).
+    let mut not_valid: HashSet<(&Name, &str)> = HashSet::new();
+    let mut transaction = None;
     let mut lost = lost.iter();
     for (version, script, statement, allows, effects) in &statements {
+        if transaction != Some(*version) || script.no_transaction {
+            not_valid.clear();
+            transaction = Some(*version);
+        }
         let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
             let (line, column) = statement.place(&script.sql);
             Finding {
@@ -433,6 +449,14 @@ pub async fn check(
             match effect {
                 Effect::AddsColumn { table, column } => {
                     added.insert((table, column));
+                }
+                Effect::AddsNotValid { table, constraint } => {
+                    not_valid.insert((table, constraint));
+                }
+                Effect::ValidatesConstraint { table, constraint }
+                    if !not_valid.contains(&(table, constraint.as_str())) =>
+                {
+                    continue;
                 }
                 Effect::ChangesAllRows { table, columns, .. }
                     if !columns.is_empty()
@@ -671,6 +695,9 @@ fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
         Effect::Rewrites { table, what } => Some((Rule::TableRewrite, table, what, None)),
         Effect::Retypes { table, .. } => {
             Some((Rule::TableRewrite, table, "ALTER COLUMN ... TYPE", None))
+        }
+        Effect::ValidatesConstraint { table, .. } => {
+            Some((Rule::ValidatesWholeTable, table, VALIDATE_WITH_ADD, None))
         }
         Effect::MayRewrite { table, .. } => Some((
             Rule::TableRewrite,
