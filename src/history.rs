@@ -36,6 +36,15 @@ impl Table {
                 "--history-table part \"{long}\" is longer than PostgreSQL's 63-byte limit for names; choose a shorter name"
             )));
         }
+        // The server's own schemas take no table of ours: pg_catalog refuses one (after the
+        // run had connected and locked), pg_temp_N and pg_toast are the server's.
+        if let [schema, _] = parts.as_slice()
+            && (schema.starts_with("pg_") || *schema == "information_schema")
+        {
+            return Err(Error::Config(format!(
+                "--history-table \"{name}\" names the system schema \"{schema}\"; put the history table in a schema of the database's own, e.g. public.schema_migrations"
+            )));
+        }
         let quoted: Vec<String> = parts
             .iter()
             .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
@@ -694,5 +703,20 @@ mod tests {
             let error = Table::parse(name).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{name}");
         }
+    }
+
+    #[test]
+    fn a_history_table_in_a_system_schema_is_refused_before_connecting() {
+        for name in [
+            "pg_catalog.h",
+            "information_schema.h",
+            "pg_toast.h",
+            "pg_temp.h",
+        ] {
+            let error = Table::parse(name).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{name}");
+            assert!(error.to_string().contains("system schema"), "{error}");
+        }
+        assert!(Table::parse("pgx.h").is_ok());
     }
 }
