@@ -788,7 +788,7 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
     let slug = slug(description);
     if slug.is_empty() {
         return Err(Error::Config(format!(
-            "\"{description}\" has no letters or digits to name a migration; describe the change, e.g. \"add thumbnail url\""
+            "\"{description}\" has no ASCII letters or digits, the only ones a migration's file name takes; describe the change with some, e.g. \"add thumbnail url\""
         )));
     }
     fs::create_dir_all(dir).map_err(|source| Error::Directory {
@@ -850,14 +850,33 @@ pub fn write_new(path: &Path, text: &str) -> Result<(), Error> {
         })
 }
 
-/// `"Add thumbnail URL!"` -> `add_thumbnail_url`.
+/// The longest slug `new` writes: with the version and `.down.sql` the file name stays far
+/// below the 255 bytes file systems take (a paragraph given as the description failed with
+/// the OS's "File name too long").
+const SLUG_MAX: usize = 80;
+
+/// `"Add thumbnail URL!"` -> `add_thumbnail_url`; whole words up to [`SLUG_MAX`] bytes (the
+/// first word cut there when it alone is longer).
 fn slug(description: &str) -> String {
     let lower = description.to_lowercase();
-    let words: Vec<&str> = lower
+    let mut slug = String::new();
+    for word in lower
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| !w.is_empty())
-        .collect();
-    words.join("_")
+    {
+        let sep = usize::from(!slug.is_empty());
+        if slug.len() + sep + word.len() > SLUG_MAX {
+            if slug.is_empty() {
+                slug.push_str(&word[..SLUG_MAX]);
+            }
+            break;
+        }
+        if sep == 1 {
+            slug.push('_');
+        }
+        slug.push_str(word);
+    }
+    slug
 }
 
 /// The error for a file that cannot be a migration: exit 3, naming it.
@@ -1098,5 +1117,10 @@ mod tests {
         assert_eq!(slug("Add thumbnail URL!"), "add_thumbnail_url");
         assert_eq!(slug("  v2 -- index "), "v2_index");
         assert_eq!(slug("!!"), "");
+        assert_eq!(slug("добавить колонку"), "");
+        let long = slug(&"add the thumbnail column ".repeat(20));
+        assert!(long.len() <= SLUG_MAX && long.starts_with("add_the_thumbnail_column_add"));
+        assert!(!long.ends_with('_'), "{long}");
+        assert_eq!(slug(&"x".repeat(300)), "x".repeat(SLUG_MAX));
     }
 }
