@@ -108,8 +108,9 @@ pub async fn guard(
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     let Some(cancel) = cancel else {
-        // Not connected yet: nothing to roll back or unlock.
-        return Err(Error::Interrupted(received));
+        // Not connected yet: nothing to roll back or unlock. (A scratch database's
+        // connection arms it too, so this is before the run's first.)
+        return Err(Error::InterruptedUnconnected(received));
     };
     warn!(
         signal = received.name(),

@@ -303,3 +303,36 @@ async fn sigterm_cancels_on_the_host_the_run_reached_when_the_url_names_several(
     support::sigterm_while_sleeping(&url, dir.path(), &watcher, &db.name).await;
     assert!(!column_exists(&watcher).await);
 }
+
+/// A signal while the connection is still being retried: the summary says that nothing ran,
+/// not that a migration was rolled back.
+#[tokio::test]
+async fn sigterm_while_the_connection_is_retried_says_nothing_ran() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut job = Running::spawn(
+        support::binary()
+            .args(["up", "--log-format", "json"])
+            .env(
+                "DATABASE_URL",
+                format!("postgresql://u:pw@127.0.0.1:{port}/db"),
+            )
+            .env("MIGRATIONS_DIR", support::seed_dir()),
+    );
+    job.wait_for("a connection retry", |e| {
+        e["message"] == "cannot connect yet; retrying"
+    });
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    let summary = events.last().unwrap();
+    assert_eq!(summary["outcome"], "interrupted", "{summary}");
+    assert_eq!(
+        summary["message"],
+        "stopped by SIGTERM before the connection to the database opened; nothing ran",
+        "{summary}"
+    );
+}

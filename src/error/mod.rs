@@ -291,6 +291,11 @@ pub enum Error {
     #[error("stopped by {}; a migration still running was cancelled and rolled back, unrecorded (statements a -- no-transaction file finished stay); what committed is in the history: run db-migrate status", .0.name())]
     Interrupted(Signal),
 
+    /// SIGINT or SIGTERM came before the run's connection to the database was open (while it
+    /// was retried, say): nothing reached the database.
+    #[error("stopped by {} before the connection to the database opened; nothing ran", .0.name())]
+    InterruptedUnconnected(Signal),
+
     /// `verify` found migrations that are not applied yet.
     #[error("{count} migration(s) pending, first {first}; run `db-migrate up`")]
     Pending { count: usize, first: i64 },
@@ -364,7 +369,9 @@ impl Error {
             Error::SchemaDrift { .. } => Outcome::SchemaDrift,
             Error::Backup { .. } => Outcome::BackupFailed,
             Error::Hazard { .. } => Outcome::Hazard,
-            Error::Interrupted(signal) => Outcome::Interrupted(*signal),
+            Error::Interrupted(signal) | Error::InterruptedUnconnected(signal) => {
+                Outcome::Interrupted(*signal)
+            }
         }
     }
 
