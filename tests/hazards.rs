@@ -75,6 +75,10 @@ async fn up_refuses_each_static_hazard_on_a_big_table_and_runs_nothing() {
             "ALTER TABLE video_requests DROP COLUMN IF EXISTS prompt;",
             "drops-data",
         ),
+        (
+            "REINDEX INDEX idx_video_requests_user_created;",
+            "index-without-concurrently",
+        ),
     ];
     for (statement, rule) in cases {
         let dir =
@@ -98,6 +102,31 @@ async fn up_refuses_each_static_hazard_on_a_big_table_and_runs_nothing() {
             .iter()
             .any(|c| c.0 == "duration_ms" && c.1 == "integer")
     );
+}
+
+/// REINDEX INDEX names an index: the rules weigh its table, and the fix is its own.
+#[tokio::test]
+async fn reindexing_an_index_of_a_big_table_is_weighed_by_that_table() {
+    let db = seeded(BIG).await;
+    let dir = support::copy_of_seed(&[(
+        "003_reindex.sql",
+        "REINDEX INDEX public.idx_video_requests_user_created;\n",
+    )]);
+    let message = refused(
+        &run(&db, dir.path(), &["up"]),
+        &["index-without-concurrently"],
+    );
+    assert!(
+        message.contains("(REINDEX INDEX) on public.video_requests holding")
+            && message.contains("REINDEX INDEX CONCURRENTLY in a -- no-transaction file"),
+        "{message}"
+    );
+    let dir = support::copy_of_seed(&[(
+        "003_reindex.sql",
+        "-- no-transaction\nREINDEX INDEX CONCURRENTLY idx_video_requests_user_created;\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 #[tokio::test]

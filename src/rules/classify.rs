@@ -94,6 +94,7 @@ pub const CLUSTER: &str = "CLUSTER";
 pub const VACUUM_FULL: &str = "VACUUM FULL";
 pub const REFRESH_VIEW: &str = "REFRESH MATERIALIZED VIEW without CONCURRENTLY";
 pub const REINDEX_TABLE: &str = "REINDEX TABLE";
+pub const REINDEX_INDEX: &str = "REINDEX INDEX";
 
 /// One thing a statement does that the rules weigh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +183,12 @@ pub enum Effect {
     ValidatesConstraint {
         table: Name,
         constraint: String,
+    },
+    /// REINDEX INDEX without CONCURRENTLY: blocks the writes of the index's table (and the
+    /// reads that would use the index) while it builds; the table is found in the catalog,
+    /// where the effect becomes a [`BuildsIndex`](Effect::BuildsIndex) on it.
+    ReindexesIndex {
+        index: Name,
     },
     /// RENAME of a table or column the running bot still uses by its old name.
     Renames {
@@ -293,6 +300,7 @@ impl Effect {
             | Effect::MayRewrite { table, .. }
             | Effect::AddsNotValid { table, .. }
             | Effect::ValidatesConstraint { table, .. }
+            | Effect::ReindexesIndex { index: table }
             | Effect::Renames { table, .. } => Some(table),
             Effect::DropsDependents {
                 object:
@@ -491,6 +499,16 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                     table: Name::of(relation),
                     concurrently: false,
                     what: REINDEX_TABLE,
+                });
+            }
+        }
+        NodeEnum::ReindexStmt(reindex)
+            if reindex.kind == ReindexObjectType::ReindexObjectIndex as i32
+                && !option(&reindex.params, "concurrently") =>
+        {
+            if let Some(relation) = &reindex.relation {
+                out.push(Effect::ReindexesIndex {
+                    index: Name::of(relation),
                 });
             }
         }
@@ -1209,6 +1227,7 @@ mod tests {
             "VACUUM (FULL false) t",
             "REFRESH MATERIALIZED VIEW CONCURRENTLY m",
             "REINDEX TABLE CONCURRENTLY t",
+            "REINDEX INDEX CONCURRENTLY i",
             "REINDEX (CONCURRENTLY) TABLE t",
         ];
         for sql in safe {

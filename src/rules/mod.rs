@@ -116,6 +116,9 @@ impl Rule {
             (Rule::IndexWithoutConcurrently, classify::REINDEX_TABLE) => {
                 "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
             }
+            (Rule::IndexWithoutConcurrently, classify::REINDEX_INDEX) => {
+                "rebuild it with REINDEX INDEX CONCURRENTLY in a -- no-transaction file"
+            }
             _ => self.fix(),
         }
     }
@@ -297,6 +300,9 @@ pub async fn check(
         }
     }
     qualify(client, &mut statements).await?;
+    if known == Tables::Unknown {
+        index_tables(client, &mut statements).await?;
+    }
     let hazards = statements.iter().any(|(.., effects)| {
         (effects.iter()).any(|e| weigh(e).is_some() || matches!(e, Effect::DropsDependents { .. }))
     });
@@ -638,6 +644,43 @@ async fn qualify(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), 
 
 /// One statement of a plan, as [`check`] weighs it: its migration's version and script, the
 /// statement, its allow comments, its effects.
+/// Turns each REINDEX INDEX into the index build it is on the index's table, found in the
+/// catalog; one of an index the catalog does not hold yet (the plan creates it) weighs
+/// nothing.
+async fn index_tables(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), Error> {
+    for (.., effects) in statements.iter_mut() {
+        let mut resolved = Vec::with_capacity(effects.len());
+        for effect in effects.drain(..) {
+            let Effect::ReindexesIndex { index } = &effect else {
+                resolved.push(effect);
+                continue;
+            };
+            let rows = client
+                .query_typed(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_index i
+                       JOIN pg_catalog.pg_class c ON c.oid = i.indrelid
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE i.indexrelid = pg_catalog.to_regclass($1)",
+                    &[(&index.sql(), PgType::TEXT)],
+                )
+                .await
+                .map_err(Error::database("finding the table of a reindexed index"))?;
+            if let Some(row) = rows.first() {
+                resolved.push(Effect::BuildsIndex {
+                    table: Name {
+                        schema: Some(row.get(0)),
+                        name: row.get(1),
+                    },
+                    concurrently: false,
+                    what: classify::REINDEX_INDEX,
+                });
+            }
+        }
+        *effects = resolved;
+    }
+    Ok(())
+}
+
 type Checked<'a> = (
     i64,
     &'a crate::source::Script,
