@@ -487,7 +487,8 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
 /// What a table that existed before the plan holds, to tell what a statement took of it.
 #[derive(Debug, Clone, Copy)]
 struct Contents {
-    /// Whether its file has any page: an empty table loses nothing.
+    /// Whether its file has any page: an empty table loses nothing. (A table another
+    /// session dropped meanwhile has no size: none.)
     pages: bool,
     /// The planner's estimate of its rows (0 when never counted).
     estimate: i64,
@@ -500,7 +501,7 @@ struct Contents {
 async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Contents>, Error> {
     let rows = client
         .query(
-            "SELECT c.oid::int8, pg_catalog.pg_relation_size(c.oid) > 0,
+            "SELECT c.oid::int8, coalesce(pg_catalog.pg_relation_size(c.oid) > 0, false),
                     greatest(c.reltuples, 0)::int8, coalesce(x.n_tup_del, 0)::int8,
                     c.relfilenode::int8
                FROM pg_catalog.pg_class c
