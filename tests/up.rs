@@ -433,6 +433,16 @@ async fn down_dry_run_leaves_schema_and_history_in_place() {
         tables(&client).await,
         ["schema_migrations", "video_requests"]
     );
+    // The log says what it would roll back, not what it would apply.
+    let out = support::output_json(&db, &seed_dir(), &["down", "--all", "--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let events = support::events(&out.stderr);
+    let done = (events.iter())
+        .find(|e| e["message"] == "dry run succeeded; everything was rolled back")
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert_eq!(done["would_roll_back"], 2, "{done}");
+    assert!(done["would_apply"].is_null(), "{done}");
+    assert_eq!(history(&client).await, [1, 2]);
 }
 
 #[tokio::test]

@@ -202,10 +202,11 @@ pub async fn run(
         }
     };
     if result.is_ok() && run.dry_run {
-        info!(
-            would_apply = plan.len(),
-            "dry run succeeded; everything was rolled back"
-        );
+        let message = "dry run succeeded; everything was rolled back";
+        match run.direction {
+            Direction::Up => info!(would_apply = plan.len(), "{message}"),
+            Direction::Down => info!(would_roll_back = plan.len(), "{message}"),
+        }
     }
     let locks = run.waits.tally();
     Report {
