@@ -92,6 +92,7 @@ impl Config {
                 hazard_rows: DEFAULT_HAZARD_ROWS,
                 allow_data_loss: false,
                 lock_timeout: DEFAULT_LOCK_TIMEOUT,
+                one_transaction: false,
             },
             scratch: None,
             write_schema: None,

@@ -426,6 +426,20 @@ async fn validating_a_constraint_in_the_transaction_that_added_it_not_valid_is_r
         ("003_check.sql", add_file.as_str()),
         ("004_validate.sql", validate_file.as_str()),
     ]);
+    // In a run of one transaction the ADD's lock is still held when the next migration
+    // validates.
+    for flag in ["--single-transaction", "--dry-run"] {
+        let message = refused(
+            &run(&db, dir.path(), &["up", flag]),
+            &["validates-whole-table"],
+        );
+        assert!(
+            message.contains("VALIDATE CONSTRAINT in the run's one transaction")
+                && message.contains("up --target N"),
+            "{flag}: {message}"
+        );
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
     let out = run(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);

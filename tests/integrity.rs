@@ -1109,6 +1109,7 @@ async fn plan_never_commits_what_a_file_that_ends_its_transaction_runs() {
             hazard_rows: 10_000,
             allow_data_loss: false,
             lock_timeout: Duration::from_millis(200),
+            one_transaction: false,
         };
         let result = db_migrate::trace::run(&h.client, &plan, limits, Duration::from_secs(1)).await;
         assert!(

@@ -483,6 +483,10 @@ impl Cli {
                 Some(settings)
             }
         };
+        let one_transaction = matches!(
+            command,
+            Command::Up { mode, .. } | Command::Down { mode, .. } if mode != Mode::Each
+        );
         Ok(Config {
             command,
             dir: self.dir,
@@ -504,6 +508,7 @@ impl Cli {
                 hazard_rows: self.hazard_rows,
                 allow_data_loss: self.allow_data_loss,
                 lock_timeout: self.ddl_lock_timeout.0,
+                one_transaction,
             },
             scratch,
             write_schema,

@@ -28,6 +28,10 @@ use classify::{Effect, Name};
 const VALIDATE_WITH_ADD: &str =
     "VALIDATE CONSTRAINT in the transaction that added it NOT VALID, under that ADD's lock";
 
+/// The same in a run of one transaction (`--single-transaction`, `--dry-run`), the `ADD` in
+/// an earlier migration of the run: its lock is held until the run ends.
+const VALIDATE_IN_RUN: &str = "VALIDATE CONSTRAINT in the run's one transaction, under the lock of an earlier migration's ADD ... NOT VALID";
+
 /// A rule: what it finds, with a stable id users write in allow comments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
@@ -113,6 +117,9 @@ impl Rule {
             (Rule::ValidatesWholeTable, VALIDATE_WITH_ADD) => {
                 "move VALIDATE CONSTRAINT into a migration of its own, after the one that adds the constraint NOT VALID (its lock then blocks no writes)"
             }
+            (Rule::ValidatesWholeTable, VALIDATE_IN_RUN) => {
+                "apply up to the migration that adds the constraint NOT VALID first (up --target N), then the rest, or run without --single-transaction: VALIDATE then blocks no writes"
+            }
             (Rule::IndexWithoutConcurrently, classify::REINDEX_TABLE) => {
                 "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
             }
@@ -197,6 +204,9 @@ pub struct Limits {
     pub allow_data_loss: bool,
     /// The run's `lock_timeout` (`--ddl-lock-timeout`): a statement may lower it, not lift it.
     pub lock_timeout: std::time::Duration,
+    /// The run applies its migrations in one transaction (`--single-transaction`,
+    /// `--dry-run`): a lock one takes is held through the others.
+    pub one_transaction: bool,
 }
 
 /// What the run already knows of the target's tables when the rules look.
@@ -375,13 +385,15 @@ pub async fn check(
     // Columns added earlier in the plan hold only their default or NULL: an UPDATE that
     // writes nothing else fills them in (a backfill before SET NOT NULL) and loses nothing.
     let mut added: HashSet<(&Name, &str)> = HashSet::new();
-    // Constraints added NOT VALID in the migration's transaction so far: validating one in
-    // it reads the table under the lock that ADD took (ACCESS EXCLUSIVE for a CHECK).
-    let mut not_valid: HashSet<(&Name, &str)> = HashSet::new();
+    // Constraints added NOT VALID in the transaction so far, with the version that added
+    // each: validating one in it reads the table under the lock that ADD took (ACCESS
+    // EXCLUSIVE for a CHECK). A run of one transaction is one transaction throughout.
+    let mut not_valid: HashMap<(&Name, &str), i64> = HashMap::new();
     let mut transaction = None;
     let mut lost = lost.iter();
     for (version, script, statement, allows, effects) in &statements {
-        if transaction != Some(*version) || script.no_transaction {
+        let next = transaction != Some(*version) && !limits.one_transaction;
+        if next || script.no_transaction {
             not_valid.clear();
             transaction = Some(*version);
         }
@@ -457,10 +469,10 @@ pub async fn check(
                     added.insert((table, column));
                 }
                 Effect::AddsNotValid { table, constraint } => {
-                    not_valid.insert((table, constraint));
+                    not_valid.insert((table, constraint), *version);
                 }
                 Effect::ValidatesConstraint { table, constraint }
-                    if !not_valid.contains(&(table, constraint.as_str())) =>
+                    if !not_valid.contains_key(&(table, constraint.as_str())) =>
                 {
                     continue;
                 }
@@ -472,7 +484,7 @@ pub async fn check(
                 }
                 _ => {}
             }
-            let Some((rule, table, what, column_name)) = weigh(effect) else {
+            let Some((rule, table, mut what, column_name)) = weigh(effect) else {
                 match effect {
                     // Already there, IF NOT EXISTS leaves it as it is.
                     Effect::Creates {
@@ -492,6 +504,11 @@ pub async fn check(
             };
             if fresh.contains(table) {
                 continue;
+            }
+            if let Effect::ValidatesConstraint { table, constraint } = effect
+                && not_valid.get(&(table, constraint.as_str())) != Some(version)
+            {
+                what = VALIDATE_IN_RUN;
             }
             if let Effect::Renames {
                 column: None, to, ..
