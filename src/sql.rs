@@ -381,6 +381,39 @@ pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
     }
 }
 
+/// Whether `statement` may change the session's time zone: `SET [SESSION | LOCAL] TimeZone`
+/// or `TIME ZONE`, `RESET TimeZone` or `ALL`, or `set_config('TimeZone', ...)` anywhere in
+/// it.
+pub fn changes_time_zone(statement: &str) -> bool {
+    let tokens = head(statement, HEAD);
+    let word = |i: usize| {
+        tokens
+            .get(i)
+            .filter(|t| t.kind == Kind::Word)
+            .map(|t| t.text(statement).to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    match word(0).as_str() {
+        "reset" => matches!(word(1).as_str(), "all" | "timezone"),
+        "set" => {
+            let at = usize::from(matches!(word(1).as_str(), "session" | "local"));
+            word(1 + at) == "timezone" || (word(1 + at) == "time" && word(2 + at) == "zone")
+        }
+        _ => {
+            let mut last: [Option<Token>; 2] = [None, None];
+            code(statement).any(|token| {
+                let found = matches!(last, [Some(name), Some(open)]
+                    if name.is_keyword(statement, "set_config")
+                        && open.kind == Kind::Open
+                        && token.kind == Kind::Literal
+                        && token.text(statement).eq_ignore_ascii_case("'timezone'"));
+                last = [last[1], Some(token)];
+                found
+            })
+        }
+    }
+}
+
 /// A time setting's value in milliseconds, as the server reads it: a number alone is
 /// milliseconds, or a number and a unit (`us`, `ms`, `s`, `min`, `h`, `d`).
 fn milliseconds(value: &str) -> Option<u64> {
@@ -1388,6 +1421,28 @@ mod tests {
     fn assert_splits(cases: &[(&str, &[&str])]) {
         for (sql, expected) in cases {
             assert_eq!(texts(sql), *expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn a_change_of_the_time_zone_is_read_from_its_words() {
+        for statement in [
+            "SET TIME ZONE 'Europe/Berlin'",
+            "set local timezone = 'America/New_York'",
+            "SET SESSION TimeZone TO DEFAULT",
+            "RESET timezone",
+            "RESET ALL",
+            "SELECT pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false)",
+        ] {
+            assert!(changes_time_zone(statement), "{statement}");
+        }
+        for statement in [
+            "SET lock_timeout = 0",
+            "ALTER TABLE t ALTER COLUMN c TYPE timestamp with time zone",
+            "SELECT now() AT TIME ZONE 'UTC'",
+            "SELECT set_config('search_path', 'timezone', false)",
+        ] {
+            assert!(!changes_time_zone(statement), "{statement}");
         }
     }
 

@@ -445,6 +445,42 @@ async fn validating_a_constraint_in_the_transaction_that_added_it_not_valid_is_r
     assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
 }
 
+/// PostgreSQL 12 and later change `timestamp` to `timestamptz` in the catalog alone when the
+/// session's time zone is UTC (Cloud SQL's default); under another zone, or after a file sets
+/// one, every row is rewritten under ACCESS EXCLUSIVE.
+#[tokio::test]
+async fn a_timestamp_gains_its_zone_without_a_rewrite_only_under_utc() {
+    let db = seeded(BIG).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "ALTER TABLE video_requests ADD COLUMN queued_at timestamp DEFAULT '2026-01-01 12:00'",
+        )
+        .await
+        .unwrap();
+    let zone = |zone: &str| format!("ALTER DATABASE {} SET timezone = '{zone}'", db.name);
+    let file = "ALTER TABLE video_requests ALTER COLUMN queued_at TYPE timestamptz;\n";
+    let dir = support::copy_of_seed(&[("003_zone.sql", file)]);
+    client
+        .batch_execute(&zone("America/New_York"))
+        .await
+        .unwrap();
+    refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+    client.batch_execute(&zone("Etc/UTC")).await.unwrap();
+    let set_first = format!("SET TIME ZONE 'Europe/Berlin';\n{file}");
+    let set_dir = support::copy_of_seed(&[("003_zone.sql", set_first.as_str())]);
+    refused(&run(&db, set_dir.path(), &["up"]), &["table-rewrite"]);
+    assert_eq!(history(&client).await, [1, 2]);
+    let file_node = "SELECT relfilenode FROM pg_class WHERE relname = 'video_requests'";
+    let before: u32 = client.query_one(file_node, &[]).await.unwrap().get(0);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&client).await, [1, 2, 3]);
+    // What the rule let pass was no rewrite: the table kept its file.
+    let after: u32 = client.query_one(file_node, &[]).await.unwrap().get(0);
+    assert_eq!(before, after);
+}
+
 #[tokio::test]
 async fn set_not_null_behind_a_validated_check_is_no_finding() {
     let db = seeded(BIG).await;

@@ -351,11 +351,14 @@ pub(super) async fn retype(
     table: &Name,
     column: &str,
     to: &(String, Vec<i32>),
+    zone_kept: bool,
 ) -> Result<Retype, Error> {
     let rows = client
         .query_typed(
             "SELECT a.atttypid::regtype::text, a.atttypmod,
-                    pg_catalog.to_regtype($3)::text
+                    pg_catalog.to_regtype($3)::text,
+                    pg_catalog.current_setting('TimeZone'),
+                    pg_catalog.current_setting('server_version_num')::int4
                FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attname = $2
                 AND NOT a.attisdropped",
@@ -374,8 +377,14 @@ pub(super) async fn retype(
     };
     let (from, modifier, resolved): (String, i32, Option<String>) =
         (row.get(0), row.get(1), row.get(2));
+    let (zone, version): (String, i32) = (row.get(3), row.get(4));
+    // PostgreSQL 12 and later turn a timestamp into a timestamptz (or back) in the catalog
+    // alone when the session's time zone is UTC, as Cloud SQL's is unless set otherwise: the
+    // stored values are the same. Not when a statement of the plan changed the zone first.
+    let utc = zone_kept && version >= 120_000 && is_utc(&zone);
     if widening(&from, modifier, &to.0, &to.1)
         || (resolved.as_deref() == Some(from.as_str()) && to.1.is_empty() && modifier == -1)
+        || (utc && zone_flip(&from, modifier, resolved.as_deref(), &to.1))
     {
         return Ok(Retype::Free);
     }
@@ -465,6 +474,50 @@ pub(super) async fn proven_not_null(
 /// The changes PostgreSQL makes without a rewrite (its cast is binary, and the new length or
 /// precision holds every old value): `from` as `regtype` prints it with its `atttypmod`, `to`
 /// as the parser names it with its modifiers.
+/// The time zones whose offset from UTC is zero and always was: PostgreSQL's test for a
+/// timestamp conversion without a rewrite (`TimestampTimestampTzRequiresRewrite`) asks for a
+/// zone with one offset, zero. `Europe/London` or `Africa/Abidjan` had others.
+const UTC_ZONES: [&str; 18] = [
+    "UTC",
+    "UCT",
+    "Universal",
+    "Zulu",
+    "GMT",
+    "GMT0",
+    "GMT+0",
+    "GMT-0",
+    "Greenwich",
+    "Etc/UTC",
+    "Etc/UCT",
+    "Etc/Universal",
+    "Etc/Zulu",
+    "Etc/GMT",
+    "Etc/GMT0",
+    "Etc/GMT+0",
+    "Etc/GMT-0",
+    "Etc/Greenwich",
+];
+
+/// Whether the `TimeZone` setting `zone` is UTC under any of its names.
+fn is_utc(zone: &str) -> bool {
+    UTC_ZONES.iter().any(|utc| utc.eq_ignore_ascii_case(zone))
+}
+
+/// Whether `from` (with its modifier) to `to` (resolved, with the statement's modifiers) is
+/// `timestamp` to `timestamptz` or back, keeping at least its fractional digits.
+fn zone_flip(from: &str, from_mod: i32, to: Option<&str>, modifiers: &[i32]) -> bool {
+    const TIMESTAMPS: [&str; 2] = ["timestamp without time zone", "timestamp with time zone"];
+    let Some(to) = to else {
+        return false;
+    };
+    let kept = match modifiers {
+        [] => true,
+        [digits] => from_mod != -1 && *digits >= from_mod,
+        _ => false,
+    };
+    from != to && TIMESTAMPS.contains(&from) && TIMESTAMPS.contains(&to) && kept
+}
+
 fn widening(from: &str, from_mod: i32, to: &str, modifiers: &[i32]) -> bool {
     let to_mod = match (to, modifiers) {
         (_, []) => -1,
@@ -561,7 +614,43 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{lossy, widening};
+    use super::{is_utc, lossy, widening, zone_flip};
+
+    #[test]
+    fn a_timestamp_changes_zone_in_the_catalog_alone_under_utc_keeping_its_digits() {
+        const PLAIN: &str = "timestamp without time zone";
+        const ZONED: &str = "timestamp with time zone";
+        for (from, modifier, to, modifiers, free) in [
+            (PLAIN, -1, Some(ZONED), &[][..], true),
+            (ZONED, -1, Some(PLAIN), &[], true),
+            (PLAIN, 3, Some(ZONED), &[3], true),
+            (PLAIN, 3, Some(ZONED), &[6], true),
+            (PLAIN, 3, Some(ZONED), &[], true),
+            (PLAIN, 6, Some(ZONED), &[3], false),
+            (PLAIN, -1, Some(ZONED), &[3], false),
+            (PLAIN, -1, Some(PLAIN), &[], false),
+            (PLAIN, -1, Some("date"), &[], false),
+            (PLAIN, -1, None, &[], false),
+        ] {
+            assert_eq!(
+                zone_flip(from, modifier, to, modifiers),
+                free,
+                "{from}({modifier}) to {to:?}{modifiers:?}"
+            );
+        }
+        for zone in ["UTC", "utc", "Etc/UTC", "GMT", "Zulu"] {
+            assert!(is_utc(zone), "{zone}");
+        }
+        for zone in [
+            "Europe/London",
+            "Africa/Abidjan",
+            "America/New_York",
+            "UTC+1",
+            "",
+        ] {
+            assert!(!is_utc(zone), "{zone}");
+        }
+    }
 
     #[test]
     fn a_type_change_that_rounds_or_cuts_values_is_lossy() {

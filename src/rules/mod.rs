@@ -390,8 +390,12 @@ pub async fn check(
     // EXCLUSIVE for a CHECK). A run of one transaction is one transaction throughout.
     let mut not_valid: HashMap<(&Name, &str), i64> = HashMap::new();
     let mut transaction = None;
+    // No statement of the plan so far has changed the session's time zone (a `SET` lasts
+    // into the migrations after it): a timestamp conversion is judged under the run's own.
+    let mut zone_kept = true;
     let mut lost = lost.iter();
     for (version, script, statement, allows, effects) in &statements {
+        zone_kept &= !sql::changes_time_zone(statement.text);
         let next = transaction != Some(*version) && !limits.one_transaction;
         if next || script.no_transaction {
             not_valid.clear();
@@ -530,7 +534,7 @@ pub async fn check(
                 ..
             } = effect
             {
-                match facts::retype(client, table, column, to).await? {
+                match facts::retype(client, table, column, to, zone_kept).await? {
                     facts::Retype::Free => continue,
                     facts::Retype::Lossy(what) => {
                         if let Some(held @ 1..) = facts.values(client, table, column).await? {
