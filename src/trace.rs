@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Failure, Refusal};
 use crate::plan::Plan;
-use crate::rules::{self, Finding, Rule};
+use crate::rules::{self, Finding, RowCount, Rule};
 use crate::session;
 use crate::sql;
 
@@ -275,6 +275,8 @@ pub async fn run(
                             statement: traced.first_line.clone(),
                             relation,
                             rows,
+                            // What the table held before: the planner's estimate.
+                            row_count: RowCount::Estimated,
                             what: what.into(),
                             allowed: (traced.allows.iter())
                                 .find(|(rule, _)| *rule == Rule::DropsData)
@@ -361,7 +363,8 @@ async fn finish(
         // the database's own) is still one.
         if !(statement.findings.iter()).any(|f| f.rule == Rule::TableRewrite) {
             for relation in &rewritten {
-                let Some(rows) = rows_now(client, *relation, hazard_rows).await? else {
+                let Some((rows, row_count)) = rows_now(client, *relation, hazard_rows).await?
+                else {
                     continue;
                 };
                 if rows < hazard_rows {
@@ -376,6 +379,7 @@ async fn finish(
                     statement: statement.first_line.clone(),
                     relation: existing.name(*relation),
                     rows,
+                    row_count,
                     what: "the trace saw the table written anew".into(),
                     allowed: (statement.allows.iter())
                         .find(|(rule, _)| *rule == Rule::TableRewrite)
@@ -398,6 +402,7 @@ async fn finish(
                 statement: statement.first_line.clone(),
                 relation: lock.relation.clone(),
                 rows: lock.rows.unwrap_or_default(),
+                row_count: RowCount::Estimated,
                 what: format!(
                     "{} held {:.0} ms after it, blocking the bot's {}",
                     lock.mode,
@@ -595,7 +600,11 @@ async fn names(client: &Client) -> Result<HashMap<i64, String>, Error> {
 
 /// Rows of a table the plan rewrote, as the static rules size one: the planner's estimate
 /// when it reaches `threshold`, else counted up to it; none when the plan dropped it.
-async fn rows_now(client: &Client, relation: i64, threshold: i64) -> Result<Option<i64>, Error> {
+async fn rows_now(
+    client: &Client,
+    relation: i64,
+    threshold: i64,
+) -> Result<Option<(i64, RowCount)>, Error> {
     let context = "sizing a table the plan rewrote";
     let row = client
         .query_opt(
@@ -608,11 +617,12 @@ async fn rows_now(client: &Client, relation: i64, threshold: i64) -> Result<Opti
     let Some(row) = row else { return Ok(None) };
     let (name, estimate): (String, i64) = (row.get(0), row.get(1));
     if estimate >= threshold {
-        return Ok(Some(estimate));
+        return Ok(Some((estimate, RowCount::Estimated)));
     }
     let count = format!("SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {threshold}) s");
     let row = (client.query_one(&count, &[]).await).map_err(Error::database(context))?;
-    Ok(Some(row.get(0)))
+    let count: i64 = row.get(0);
+    Ok(Some((count, RowCount::capped(count, threshold))))
 }
 
 /// A traced relation's rows and bytes; none when a statement of the plan dropped it.
@@ -804,6 +814,7 @@ fn json_of(s: &Statement) -> serde_json::Value {
             "what": f.what,
             "relation": f.relation,
             "rows": f.rows,
+            "rows_known": f.row_count.id(),
             "allowed": f.allowed.is_some(),
             "reason": f.allowed,
             "fix": f.rule.fix_for(&f.what),

@@ -445,6 +445,50 @@ async fn validating_a_constraint_in_the_transaction_that_added_it_not_valid_is_r
     assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
 }
 
+/// A table's rows are the planner's estimate when it reaches the threshold, else counted, but
+/// never past it: the finding says which.
+#[tokio::test]
+async fn a_finding_says_whether_its_rows_are_estimated_or_a_count_cut_off() {
+    let db = seeded("").await;
+    let client = db.client().await;
+    // The estimate stale at 0 while the table holds 12,000 rows.
+    client
+        .batch_execute(
+            "ALTER TABLE video_requests SET (autovacuum_enabled = false); ANALYZE video_requests",
+        )
+        .await
+        .unwrap();
+    client.batch_execute(BIG).await.unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_index.sql",
+        "CREATE INDEX prompt_idx ON video_requests (prompt);\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    let message = refused(&out, &["index-without-concurrently"]);
+    assert!(
+        message.contains("on video_requests holding at least 10000 row(s)"),
+        "{message}"
+    );
+    let event = |out: &Output| {
+        let events = events(&out.stderr);
+        let refusal = events.iter().find(|e| e["message"] == "hazard refused");
+        refusal.unwrap()["rows_known"].clone()
+    };
+    assert_eq!(event(&out), "at_least");
+    client
+        .batch_execute("ANALYZE video_requests")
+        .await
+        .unwrap();
+    let out = run(&db, dir.path(), &["up"]);
+    let message = refused(&out, &["index-without-concurrently"]);
+    assert!(
+        message.contains("on video_requests holding about 12000 row(s)"),
+        "{message}"
+    );
+    assert_eq!(event(&out), "estimated");
+    assert_eq!(history(&client).await, [1, 2]);
+}
+
 /// PostgreSQL 12 and later change `timestamp` to `timestamptz` in the catalog alone when the
 /// session's time zone is UTC (Cloud SQL's default); under another zone, or after a file sets
 /// one, every row is rewritten under ACCESS EXCLUSIVE.

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use super::RowCount;
 use super::classify::{Dropped, Name, Role};
 use crate::error::Error;
 
@@ -16,7 +17,7 @@ const VALUES_CAP: i64 = 1_000_000;
 
 pub(super) struct Facts {
     /// Rows of each existing table, by its SQL name; absent tables are missing.
-    rows: HashMap<String, i64>,
+    rows: HashMap<String, (i64, RowCount)>,
 }
 
 impl Facts {
@@ -51,7 +52,7 @@ impl Facts {
         for row in estimates {
             let (name, estimate): (String, i64) = (row.get(0), row.get(1));
             if estimate >= threshold || !sized.contains(&name) {
-                rows.insert(name, estimate);
+                rows.insert(name, (estimate, RowCount::Estimated));
             } else {
                 small.push(name);
             }
@@ -72,14 +73,15 @@ impl Facts {
                 return Ok(Facts { rows });
             };
             for (i, name) in small.into_iter().enumerate() {
-                rows.insert(name, row.get(i));
+                let count: i64 = row.get(i);
+                rows.insert(name, (count, RowCount::capped(count, threshold)));
             }
         }
         Ok(Facts { rows })
     }
 
-    /// Rows of `table`, or `None` when it does not exist.
-    pub fn rows(&self, table: &Name) -> Option<i64> {
+    /// Rows of `table`, and how they were had, or `None` when it does not exist.
+    pub fn rows(&self, table: &Name) -> Option<(i64, RowCount)> {
         self.rows.get(&table.sql()).copied()
     }
 
@@ -91,12 +93,12 @@ impl Facts {
         client: &Client,
         table: &Name,
         column: &str,
-    ) -> Result<Option<i64>, Error> {
-        let Some(rows) = self.rows(table) else {
+    ) -> Result<Option<(i64, RowCount)>, Error> {
+        let Some((rows, row_count)) = self.rows(table) else {
             return Ok(None);
         };
         if rows == 0 {
-            return Ok(Some(0));
+            return Ok(Some((0, row_count)));
         }
         // The column, and the planner's share of NULLs in it when the table was analyzed.
         let row = client
@@ -121,9 +123,8 @@ impl Facts {
         if let Some(null_frac) = row.get::<_, Option<f64>>(0)
             && null_frac < 1.0
         {
-            return Ok(Some(
-                ((rows as f64) * (1.0 - null_frac)).ceil().max(1.0) as i64
-            ));
+            let held = ((rows as f64) * (1.0 - null_frac)).ceil().max(1.0) as i64;
+            return Ok(Some((held, RowCount::Estimated)));
         }
         let column = Name {
             schema: None,
@@ -139,11 +140,14 @@ impl Facts {
             COUNT_TIMEOUT.as_millis()
         );
         match client.simple_query(&count).await {
-            Ok(messages) => Ok(Some(first_value(&messages).unwrap_or(rows))),
+            Ok(messages) => Ok(Some(match first_value(&messages) {
+                Some(count) => (count, RowCount::capped(count, VALUES_CAP)),
+                None => (rows, row_count),
+            })),
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
                 (client.batch_execute("ROLLBACK").await)
                     .map_err(Error::database("ending the count of a dropped column"))?;
-                Ok(Some(rows))
+                Ok(Some((rows, row_count)))
             }
             Err(e) => Err(Error::Database {
                 context: "counting the values of a dropped column",

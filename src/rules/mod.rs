@@ -144,6 +144,48 @@ impl Rule {
     }
 }
 
+/// How a finding's row count was had: the catalog's numbers are estimates, and a count stops
+/// at its cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RowCount {
+    #[default]
+    Counted,
+    /// The planner's estimate (`pg_class.reltuples`, `pg_stats`).
+    Estimated,
+    /// A count that reached its cap: at least this many.
+    AtLeast,
+}
+
+impl RowCount {
+    /// A count of at most `cap` rows that came to `count`.
+    pub fn capped(count: i64, cap: i64) -> RowCount {
+        match count >= cap {
+            true => RowCount::AtLeast,
+            false => RowCount::Counted,
+        }
+    }
+
+    /// As the JSON events and `plan --format json` give it.
+    pub fn id(self) -> &'static str {
+        match self {
+            RowCount::Counted => "counted",
+            RowCount::Estimated => "estimated",
+            RowCount::AtLeast => "at_least",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            RowCount::Counted => "",
+            RowCount::Estimated => "about ",
+            RowCount::AtLeast => "at least ",
+        }
+    }
+}
+
+/// The rows of a finding that concerns no table.
+const NO_ROWS: (i64, RowCount) = (0, RowCount::Counted);
+
 /// One statement's hazard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -157,6 +199,8 @@ pub struct Finding {
     pub relation: String,
     /// Rows of the relation (for a dropped column: rows holding a value in it).
     pub rows: i64,
+    /// Whether `rows` is a count, an estimate or a floor.
+    pub row_count: RowCount,
     /// What the statement does, e.g. `CREATE INDEX`.
     pub what: String,
     /// The reason of an allow comment that silences it.
@@ -177,9 +221,10 @@ impl std::fmt::Display for Finding {
                 self.rule.fix_for(&self.what)
             );
         }
+        let at = self.row_count.prefix();
         let rows = match self.rule {
-            Rule::DropsData => format!("{} row(s) of data", self.rows),
-            _ => format!("{} row(s)", self.rows),
+            Rule::DropsData => format!("{at}{} row(s) of data", self.rows),
+            _ => format!("{at}{} row(s)", self.rows),
         };
         write!(
             f,
@@ -246,6 +291,7 @@ pub async fn refuse(
             column = finding.column,
             relation = %finding.relation,
             rows = finding.rows,
+            rows_known = finding.row_count.id(),
             statement = %finding.statement,
             allowed,
             reason = finding.allowed.as_deref(),
@@ -401,21 +447,23 @@ pub async fn check(
             not_valid.clear();
             transaction = Some(*version);
         }
-        let finding = |rule: Rule, relation: String, rows: i64, what: &str| {
-            let (line, column) = statement.place(&script.sql);
-            Finding {
-                rule,
-                version: *version,
-                file: script.path.clone(),
-                line,
-                column,
-                statement: first_line(statement.text),
-                relation,
-                rows,
-                what: what.to_string(),
-                allowed: allowed(allows, rule),
-            }
-        };
+        let finding =
+            |rule: Rule, relation: String, (rows, row_count): (i64, RowCount), what: &str| {
+                let (line, column) = statement.place(&script.sql);
+                Finding {
+                    rule,
+                    version: *version,
+                    file: script.path.clone(),
+                    line,
+                    column,
+                    statement: first_line(statement.text),
+                    relation,
+                    rows,
+                    row_count,
+                    what: what.to_string(),
+                    allowed: allowed(allows, rule),
+                }
+            };
         // Not a table's size but every table's queue: the statements after it wait for
         // their locks as long as they must, and the bot's queries wait behind them. On a
         // database without tables no one waits (a pg_dump schema as the first migration
@@ -442,21 +490,27 @@ pub async fn check(
             None => None,
         };
         if let Some(what) = lifted {
-            findings.push(finding(Rule::LiftsLockTimeout, String::new(), 0, &what));
+            findings.push(finding(
+                Rule::LiftsLockTimeout,
+                String::new(),
+                NO_ROWS,
+                &what,
+            ));
         }
         for effect in effects {
             if let Effect::DropsDependents { what, .. } = effect {
                 let Some(lost) = lost.next().filter(|_| known == Tables::Unknown) else {
                     continue;
                 };
-                let (mut rows, mut names) = (0, Vec::new());
+                let (mut rows, mut count, mut names) = (0, RowCount::Counted, Vec::new());
                 for l in lost {
                     let held = match &l.column {
                         Some(column) => facts.values(client, &l.table, column).await?,
                         None => facts.rows(&l.table),
                     };
-                    if let Some(held @ 1..) = held {
+                    if let Some((held @ 1.., how)) = held {
                         rows += held;
+                        count = count.max(how);
                         names.push(match &l.column {
                             Some(column) => format!("{}.{}", l.table, Name::bare(column)),
                             None => l.table.to_string(),
@@ -464,7 +518,12 @@ pub async fn check(
                     }
                 }
                 if rows > 0 {
-                    findings.push(finding(Rule::DropsData, listed(&names), rows, what));
+                    findings.push(finding(
+                        Rule::DropsData,
+                        listed(&names),
+                        (rows, count),
+                        what,
+                    ));
                 }
                 continue;
             }
@@ -500,7 +559,7 @@ pub async fn check(
                     }
                     // A convention, not a hazard: no table, no rows, never refused.
                     Effect::NotIdempotent { what } if conventions => {
-                        findings.push(finding(Rule::NotIdempotent, String::new(), 0, what));
+                        findings.push(finding(Rule::NotIdempotent, String::new(), NO_ROWS, what));
                     }
                     _ => {}
                 }
@@ -537,7 +596,7 @@ pub async fn check(
                 match facts::retype(client, table, column, to, zone_kept).await? {
                     facts::Retype::Free => continue,
                     facts::Retype::Lossy(what) => {
-                        if let Some(held @ 1..) = facts.values(client, table, column).await? {
+                        if let Some(held @ (1.., _)) = facts.values(client, table, column).await? {
                             let name = format!("{}.{}", table, Name::bare(column));
                             findings.push(finding(Rule::DropsData, name, held, what));
                         }
@@ -558,7 +617,9 @@ pub async fn check(
                 (Rule::DropsData, Some(column)) => facts.values(client, table, column).await?,
                 _ => facts.rows(table),
             };
-            let Some(rows) = rows else { continue };
+            let Some((rows, row_count)) = rows else {
+                continue;
+            };
             let hit = match rule {
                 Rule::DropsData => rows > 0,
                 Rule::RenamesInUse => true,
@@ -579,7 +640,7 @@ pub async fn check(
                 _ => what,
             };
             if hit {
-                findings.push(finding(rule, table.to_string(), rows, what));
+                findings.push(finding(rule, table.to_string(), (rows, row_count), what));
             }
         }
     }
