@@ -343,9 +343,12 @@ async fn a_new_column_of_a_checked_domain_or_with_a_volatile_default_of_the_data
         .batch_execute(
             "CREATE DOMAIN positive AS integer CHECK (VALUE > 0); \
              CREATE DOMAIN label AS text; \
+             CREATE DOMAIN token AS uuid DEFAULT gen_random_uuid(); \
+             CREATE DOMAIN session_token AS token; \
              CREATE SCHEMA codes; \
              CREATE FUNCTION codes.next() RETURNS text LANGUAGE plpgsql VOLATILE \
                  AS 'BEGIN RETURN md5(random()::text); END'; \
+             CREATE DOMAIN code AS text DEFAULT codes.next(); \
              CREATE FUNCTION fixed() RETURNS text LANGUAGE plpgsql IMMUTABLE \
                  AS 'BEGIN RETURN ''x''; END';",
         )
@@ -360,6 +363,19 @@ async fn a_new_column_of_a_checked_domain_or_with_a_volatile_default_of_the_data
             "ALTER TABLE video_requests ADD COLUMN code text DEFAULT codes.next();",
             "ADD COLUMN with a default calling a volatile function",
         ),
+        // Without a default of its own the column takes its domain's, or a base domain's.
+        (
+            "ALTER TABLE video_requests ADD COLUMN token token;",
+            "ADD COLUMN of a domain whose default calls a volatile function",
+        ),
+        (
+            "ALTER TABLE video_requests ADD COLUMN token session_token;",
+            "ADD COLUMN of a domain whose default calls a volatile function",
+        ),
+        (
+            "ALTER TABLE video_requests ADD COLUMN invite code;",
+            "ADD COLUMN of a domain whose default calls a volatile function",
+        ),
     ] {
         let dir = support::copy_of_seed(&[("003_add.sql", sql)]);
         let message = refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
@@ -370,10 +386,35 @@ async fn a_new_column_of_a_checked_domain_or_with_a_volatile_default_of_the_data
         "003_add.sql",
         "ALTER TABLE video_requests ADD COLUMN note label, \
          ADD COLUMN fixed_code text DEFAULT fixed(), \
-         ADD COLUMN seen_at timestamptz DEFAULT now();",
+         ADD COLUMN seen_at timestamptz DEFAULT now(), \
+         ADD COLUMN token token DEFAULT '00000000-0000-0000-0000-000000000000';",
     )]);
+    let file_node = "SELECT relfilenode FROM pg_class WHERE relname = 'video_requests'";
+    let client = db.client().await;
+    let before: u32 = client.query_one(file_node, &[]).await.unwrap().get(0);
     let out = run(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // What passed was no rewrite; the domain's volatile default, allowed, is one.
+    let after: u32 = client.query_one(file_node, &[]).await.unwrap().get(0);
+    assert_eq!(before, after);
+    let dir = support::copy_of_seed(&[
+        (
+            "003_add.sql",
+            "ALTER TABLE video_requests ADD COLUMN note label, \
+             ADD COLUMN fixed_code text DEFAULT fixed(), \
+             ADD COLUMN seen_at timestamptz DEFAULT now(), \
+             ADD COLUMN token token DEFAULT '00000000-0000-0000-0000-000000000000';",
+        ),
+        (
+            "004_token.sql",
+            "-- db-migrate:allow table-rewrite measured: the domain's default is a rewrite\n\
+             ALTER TABLE video_requests ADD COLUMN session session_token;",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rewritten: u32 = client.query_one(file_node, &[]).await.unwrap().get(0);
+    assert_ne!(before, rewritten);
 }
 
 #[tokio::test]

@@ -166,11 +166,14 @@ pub enum Effect {
     /// ADD COLUMN whose rewrite only the catalog can tell: of a type that may be a domain
     /// with constraints (PostgreSQL writes every row to check them), or with a default that
     /// calls functions the rules do not know, any of which may be volatile. `of_type` is the
-    /// type as SQL writes it; `calls` each called function's schema (when named) and name.
+    /// type as SQL writes it; `calls` each called function's schema (when named) and name;
+    /// `own_default` whether the column has a default of its own (a domain's default, which
+    /// may be volatile too, applies only when it has not).
     MayRewrite {
         table: Name,
         of_type: Option<String>,
         calls: Vec<(Option<String>, String)>,
+        own_default: bool,
     },
     /// ADD CONSTRAINT ... NOT VALID of a named CHECK or FOREIGN KEY: the lock it takes is
     /// held to the end of its transaction.
@@ -757,6 +760,7 @@ fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out:
             })
         });
     let mut calls = Vec::new();
+    let mut own_default = false;
     let defaults = (column.raw_default.iter().map(|d| &**d)).chain(
         (column.constraints.iter()).filter_map(|c| match &c.node {
             Some(NodeEnum::Constraint(c))
@@ -768,19 +772,44 @@ fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out:
         }),
     );
     for default in defaults {
-        calls.extend(
-            (called(default).into_iter()).filter(|(schema, name)| {
-                schema.is_some() || !STABLE_CALLS.contains(&name.as_str())
-            }),
-        );
+        own_default = true;
+        calls.extend(unknown_calls(default));
     }
     if of_type.is_some() || !calls.is_empty() {
         out.push(Effect::MayRewrite {
             table: table.clone(),
             of_type,
             calls,
+            own_default,
         });
     }
+}
+
+/// A function called: its schema (when named) and name.
+pub(super) type Call = (Option<String>, String);
+
+/// The functions `node` calls that may be volatile: all but the common stable ones.
+fn unknown_calls(node: &Node) -> Vec<Call> {
+    (called(node).into_iter())
+        .filter(|(schema, name)| schema.is_some() || !STABLE_CALLS.contains(&name.as_str()))
+        .collect()
+}
+
+/// What a default expression the catalog holds as text (a domain's `typdefault`) calls:
+/// whether a function known to be volatile, and the others that may be; `None` when it does
+/// not parse.
+pub(super) fn default_calls(default: &str) -> Option<(bool, Vec<Call>)> {
+    let text = format!("SELECT {default}");
+    let parsed = pg_query::parse(&text, pg_query::ParserOptions::DEFAULT).ok()?;
+    let statement = parsed.protobuf.stmts.first()?.stmt.as_ref()?;
+    let Some(NodeEnum::SelectStmt(select)) = &statement.node else {
+        return None;
+    };
+    let Some(NodeEnum::ResTarget(target)) = &select.target_list.first()?.node else {
+        return None;
+    };
+    let expression = target.val.as_deref()?;
+    Some((is_volatile(expression), unknown_calls(expression)))
 }
 
 /// The functions `node` calls, each as its schema (when named) and name.
@@ -1176,6 +1205,16 @@ mod tests {
         assert_eq!(to("ALTER TABLE t ALTER c TYPE text[]"), None);
         assert_eq!(to("ALTER TABLE t ALTER c TYPE text COLLATE \"C\""), None);
         assert_eq!(to("ALTER TABLE t ALTER c TYPE app.text"), None);
+    }
+
+    #[test]
+    fn a_default_the_catalog_holds_as_text_says_what_it_calls() {
+        let calls = |sql: &str| default_calls(sql).map(|(volatile, calls)| (volatile, calls.len()));
+        assert_eq!(calls("gen_random_uuid()"), Some((true, 1)));
+        assert_eq!(calls("codes.next()"), Some((false, 1)));
+        assert_eq!(calls("now()"), Some((false, 0)));
+        assert_eq!(calls("'x'::text"), Some((false, 0)));
+        assert_eq!(calls("nosuch syntax ("), None);
     }
 
     #[test]

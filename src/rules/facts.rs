@@ -402,50 +402,87 @@ pub(super) async fn retype(
 
 /// Why adding a column of the type `of_type`, with a default calling `calls`, rewrites the
 /// table, or `None` when it does not: PostgreSQL writes every row when the type is a domain
-/// with constraints (to check them, even with no default) or when
-/// the default calls a volatile function (a value per row). A function name with several
-/// volatilities among its overloads counts as volatile.
+/// with constraints, its own or a base domain's (to check them, even with no default), or
+/// when the default calls a volatile function (a value per row); without a default of its
+/// own (`own_default`) the column takes the domain's, read from the catalog and weighed the
+/// same way. A function name with several volatilities among its overloads counts as
+/// volatile.
 pub(super) async fn add_column_rewrites(
     client: &Client,
     of_type: Option<&str>,
     calls: &[(Option<String>, String)],
+    own_default: bool,
 ) -> Result<Option<&'static str>, Error> {
+    const DOMAIN_DEFAULT: &str = "ADD COLUMN of a domain whose default calls a volatile function";
+    let looked = match of_type {
+        None => Vec::new(),
+        Some(_) => client
+            .query_typed(
+                "WITH RECURSIVE domain AS (
+                 SELECT t.oid, t.typbasetype, t.typnotnull, t.typdefault, 1 AS depth
+                   FROM pg_catalog.pg_type t
+                  WHERE t.oid = pg_catalog.to_regtype($1) AND t.typtype = 'd'
+                 UNION ALL
+                 SELECT b.oid, b.typbasetype, b.typnotnull, b.typdefault, d.depth + 1
+                   FROM domain d JOIN pg_catalog.pg_type b ON b.oid = d.typbasetype
+                  WHERE b.typtype = 'd')
+             SELECT EXISTS (SELECT FROM domain d
+                             WHERE d.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint c
+                                                            WHERE c.contypid = d.oid)),
+                    (SELECT d.typdefault FROM domain d WHERE d.typdefault IS NOT NULL
+                      ORDER BY d.depth LIMIT 1)",
+                &[(&of_type, Type::TEXT)],
+            )
+            .await
+            .map_err(Error::database(
+                "reading a new column's type for the hazard rules",
+            ))?,
+    };
+    let (checked, domain_default): (bool, Option<String>) = looked
+        .first()
+        .map_or((false, None), |r| (r.get(0), r.get(1)));
+    if checked {
+        return Ok(Some("ADD COLUMN of a domain with constraints"));
+    }
+    let mut from_domain = Vec::new();
+    if let Some(default) = domain_default.filter(|_| !own_default) {
+        // A default that no longer parses here (a newer server's syntax) is weighed as one
+        // calling something volatile: the rule cannot tell.
+        match super::classify::default_calls(&default) {
+            Some((false, calls)) => from_domain = calls,
+            _ => return Ok(Some(DOMAIN_DEFAULT)),
+        }
+    }
+    // The column's own default calls `calls`; without one, it takes the domain's.
+    let (calls, what) = match own_default {
+        true => (
+            calls,
+            "ADD COLUMN with a default calling a volatile function",
+        ),
+        false => (from_domain.as_slice(), DOMAIN_DEFAULT),
+    };
+    if calls.is_empty() {
+        return Ok(None);
+    }
     let (schemas, names): (Vec<String>, Vec<String>) = (calls.iter())
         .map(|(schema, name)| (schema.clone().unwrap_or_default(), name.clone()))
         .unzip();
     let rows = client
         .query_typed(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_type t
-                             WHERE t.oid = pg_catalog.to_regtype($1) AND t.typtype = 'd'
-                               AND (t.typnotnull OR EXISTS (SELECT FROM pg_catalog.pg_constraint c
-                                                             WHERE c.contypid = t.oid))),
-                    EXISTS (SELECT FROM pg_catalog.pg_proc p
-                              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                              JOIN unnest($2::text[], $3::text[]) AS f(schema, name)
-                                ON p.proname = f.name
-                             WHERE p.provolatile = 'v'
-                               AND (f.schema = n.nspname
-                                    OR f.schema = '' AND pg_catalog.pg_function_is_visible(p.oid)))",
-            &[
-                (&of_type, Type::TEXT),
-                (&schemas, Type::TEXT_ARRAY),
-                (&names, Type::TEXT_ARRAY),
-            ],
+            "SELECT FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+               JOIN unnest($1::text[], $2::text[]) AS f(schema, name) ON p.proname = f.name
+              WHERE p.provolatile = 'v'
+                AND (f.schema = n.nspname
+                     OR f.schema = '' AND pg_catalog.pg_function_is_visible(p.oid))
+              LIMIT 1",
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await
         .map_err(Error::database(
-            "reading a new column's type and default for the hazard rules",
+            "reading a new column's default for the hazard rules",
         ))?;
-    let (domain, volatile) = rows
-        .first()
-        .map_or((false, false), |r| (r.get(0), r.get(1)));
-    Ok(if domain {
-        Some("ADD COLUMN of a domain with constraints")
-    } else if volatile {
-        Some("ADD COLUMN with a default calling a volatile function")
-    } else {
-        None
-    })
+    Ok((!rows.is_empty()).then_some(what))
 }
 
 /// Whether `column` of `table` needs no read to be made NOT NULL: it is already, or a

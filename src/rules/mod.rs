@@ -631,8 +631,15 @@ pub async fn check(
             // Only the catalog tells whether the type is a domain that checks something, or
             // a function the default calls is volatile; asked only of a table that size.
             let what = match effect {
-                Effect::MayRewrite { of_type, calls, .. } if hit => {
-                    match facts::add_column_rewrites(client, of_type.as_deref(), calls).await? {
+                Effect::MayRewrite {
+                    of_type,
+                    calls,
+                    own_default,
+                    ..
+                } if hit => {
+                    let of_type = of_type.as_deref();
+                    let rewrites = facts::add_column_rewrites(client, of_type, calls, *own_default);
+                    match rewrites.await? {
                         Some(what) => what,
                         None => continue,
                     }
