@@ -342,6 +342,7 @@ async fn a_new_column_of_a_checked_domain_or_with_a_volatile_default_of_the_data
         .await
         .batch_execute(
             "CREATE DOMAIN positive AS integer CHECK (VALUE > 0); \
+             CREATE DOMAIN rank AS positive; \
              CREATE DOMAIN label AS text; \
              CREATE DOMAIN token AS uuid DEFAULT gen_random_uuid(); \
              CREATE DOMAIN session_token AS token; \
@@ -357,6 +358,10 @@ async fn a_new_column_of_a_checked_domain_or_with_a_volatile_default_of_the_data
     for (sql, what) in [
         (
             "ALTER TABLE video_requests ADD COLUMN score positive;",
+            "ADD COLUMN of a domain with constraints",
+        ),
+        (
+            "ALTER TABLE video_requests ADD COLUMN rank rank;",
             "ADD COLUMN of a domain with constraints",
         ),
         (
