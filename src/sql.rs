@@ -327,13 +327,7 @@ pub enum LockTimeout {
 /// How `statement` changes `lock_timeout`, if it does (see [`LockTimeout`]).
 pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
     let tokens = head(statement, HEAD);
-    let word = |i: usize| {
-        tokens
-            .get(i)
-            .filter(|t| t.kind == Kind::Word)
-            .map(|t| t.text(statement).to_ascii_lowercase())
-            .unwrap_or_default()
-    };
+    let word = |i: usize| lower_word(statement, &tokens, i);
     match word(0).as_str() {
         "reset" => match word(1).as_str() {
             "all" | "lock_timeout" => Some(LockTimeout::Reset),
@@ -364,21 +358,32 @@ pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
             )
         }
         // `set_config('lock_timeout', ...)` anywhere in it, however its value is computed.
-        _ => {
-            let mut last: [Option<Token>; 2] = [None, None];
-            code(statement)
-                .any(|token| {
-                    let found = matches!(last, [Some(name), Some(open)]
-                        if name.is_keyword(statement, "set_config")
-                            && open.kind == Kind::Open
-                            && token.kind == Kind::Literal
-                            && token.text(statement).eq_ignore_ascii_case("'lock_timeout'"));
-                    last = [last[1], Some(token)];
-                    found
-                })
-                .then_some(LockTimeout::Unknown)
-        }
+        _ => calls_set_config(statement, "'lock_timeout'").then_some(LockTimeout::Unknown),
     }
+}
+
+/// The `i`th token of `tokens` (the head of `statement`) in lower case when it is a word,
+/// else empty.
+fn lower_word(statement: &str, tokens: &[Token], i: usize) -> String {
+    (tokens.get(i))
+        .filter(|t| t.kind == Kind::Word)
+        .map(|t| t.text(statement).to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Whether `statement` calls `set_config` with `quoted` (the setting's name as a literal,
+/// quotes and all) as its first argument.
+fn calls_set_config(statement: &str, quoted: &str) -> bool {
+    let mut last: [Option<Token>; 2] = [None, None];
+    code(statement).any(|token| {
+        let found = matches!(last, [Some(name), Some(open)]
+            if name.is_keyword(statement, "set_config")
+                && open.kind == Kind::Open
+                && token.kind == Kind::Literal
+                && token.text(statement).eq_ignore_ascii_case(quoted));
+        last = [last[1], Some(token)];
+        found
+    })
 }
 
 /// Whether `statement` may change the session's time zone: `SET [SESSION | LOCAL] TimeZone`
@@ -386,31 +391,14 @@ pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
 /// it.
 pub fn changes_time_zone(statement: &str) -> bool {
     let tokens = head(statement, HEAD);
-    let word = |i: usize| {
-        tokens
-            .get(i)
-            .filter(|t| t.kind == Kind::Word)
-            .map(|t| t.text(statement).to_ascii_lowercase())
-            .unwrap_or_default()
-    };
+    let word = |i: usize| lower_word(statement, &tokens, i);
     match word(0).as_str() {
         "reset" => matches!(word(1).as_str(), "all" | "timezone"),
         "set" => {
             let at = usize::from(matches!(word(1).as_str(), "session" | "local"));
             word(1 + at) == "timezone" || (word(1 + at) == "time" && word(2 + at) == "zone")
         }
-        _ => {
-            let mut last: [Option<Token>; 2] = [None, None];
-            code(statement).any(|token| {
-                let found = matches!(last, [Some(name), Some(open)]
-                    if name.is_keyword(statement, "set_config")
-                        && open.kind == Kind::Open
-                        && token.kind == Kind::Literal
-                        && token.text(statement).eq_ignore_ascii_case("'timezone'"));
-                last = [last[1], Some(token)];
-                found
-            })
-        }
+        _ => calls_set_config(statement, "'timezone'"),
     }
 }
 
