@@ -512,9 +512,6 @@ pub(super) async fn proven_not_null(
     Ok(rows.first().is_some_and(|row| row.get(0)))
 }
 
-/// The changes PostgreSQL makes without a rewrite (its cast is binary, and the new length or
-/// precision holds every old value): `from` as `regtype` prints it with its `atttypmod`, `to`
-/// as the parser names it with its modifiers.
 /// The time zones whose offset from UTC is zero and always was: PostgreSQL's test for a
 /// timestamp conversion without a rewrite (`TimestampTimestampTzRequiresRewrite`) asks for a
 /// zone with one offset, zero. `Europe/London` or `Africa/Abidjan` had others.
@@ -559,6 +556,9 @@ fn zone_flip(from: &str, from_mod: i32, to: Option<&str>, modifiers: &[i32]) -> 
     from != to && TIMESTAMPS.contains(&from) && TIMESTAMPS.contains(&to) && kept
 }
 
+/// The changes PostgreSQL makes without a rewrite (its cast is binary, and the new length or
+/// precision holds every old value): `from` as `regtype` prints it with its `atttypmod`, `to`
+/// as the parser names it with its modifiers.
 fn widening(from: &str, from_mod: i32, to: &str, modifiers: &[i32]) -> bool {
     let to_mod = match (to, modifiers) {
         (_, []) => -1,
