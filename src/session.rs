@@ -265,6 +265,11 @@ impl Session {
         }
     }
 
+    /// The server's version, as `server_version_num` gives it (`160004`).
+    pub fn server_version(&self) -> i32 {
+        self.server_version
+    }
+
     /// The error for a statement that ran in server session `now`, not the run's.
     pub fn pooled(&self, now: i32) -> Error {
         Error::Pooled {

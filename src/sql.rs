@@ -566,6 +566,51 @@ pub fn waits_without_blocking(statement: &str) -> bool {
         && tokens.any(|t| t.is_keyword(statement, "concurrently"))
 }
 
+/// Whether a statement of a `-- no-transaction` file may share its message with a check
+/// sent before it: the two then run in one implicit transaction block, in one server
+/// session even behind a transaction pooler, so the statement runs in the run's session
+/// (with its `lock_timeout` and its lock) or not at all. Only statements that take table
+/// locks and do the same inside a transaction block as outside one: `VACUUM`, `CLUSTER` and
+/// `REINDEX` (refused inside one on a partitioned table, which the text does not show),
+/// `CALL` (its procedure may commit), a `DO` whose text says COMMIT or ROLLBACK, what
+/// PostgreSQL refuses inside a transaction block, and `ALTER TYPE ... VALUE` before
+/// PostgreSQL 12 (`server_version`) go alone; so does `LOCK`, refused outside a transaction
+/// block, unless the file opened one (`in_block`).
+pub fn shares_message(statement: &str, in_block: bool, server_version: i32) -> bool {
+    let head = head(statement, HEAD);
+    if outside_only(statement, &head).is_some() || waits_without_blocking(statement) {
+        return false;
+    }
+    let word = |i: usize| lower_word(statement, &head, i);
+    match word(0).as_str() {
+        "create" | "drop" => !matches!(word(1).as_str(), "database" | "subscription"),
+        "alter" => match word(1).as_str() {
+            "database" | "subscription" | "system" => false,
+            "type" => {
+                server_version >= 120_000 || !head.iter().any(|t| t.is_keyword(statement, "value"))
+            }
+            _ => true,
+        },
+        "truncate" | "insert" | "update" | "delete" | "merge" | "with" | "select" | "comment"
+        | "grant" | "revoke" | "refresh" | "analyze" | "security" => true,
+        "lock" => in_block,
+        "do" => !contains_any_ignore_case(statement, &["commit", "rollback"]),
+        _ => false,
+    }
+}
+
+/// `Some(true)` for a statement that opens a transaction block (`BEGIN`, `START
+/// TRANSACTION`), `Some(false)` for one that ends it (`COMMIT`, `END`, `ROLLBACK`, `ABORT`,
+/// `PREPARE TRANSACTION`), else `None`: what a `-- no-transaction` file's statements do to
+/// the block [`shares_message`] asks about.
+pub fn opens_block(statement: &str) -> Option<bool> {
+    match control_keywords(statement, &head(statement, HEAD))?.as_str() {
+        "BEGIN" | "START" => Some(true),
+        "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "PREPARE TRANSACTION" => Some(false),
+        _ => None,
+    }
+}
+
 /// What a statement's keywords say of its reach into existing tables, for the hazard rules,
 /// which parse only what may matter to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1855,6 +1900,99 @@ mod tests {
         ];
         for (sql, expected) in cases {
             assert_eq!(is_empty(sql), expected, "input: {sql:?}");
+        }
+    }
+
+    #[test]
+    fn only_what_runs_alike_inside_a_transaction_block_shares_a_message_with_the_check() {
+        let cases = [
+            ("ALTER TABLE t ADD COLUMN c int", true),
+            ("alter table t alter column c set not null", true),
+            ("CREATE INDEX i ON t (c)", true),
+            ("DROP TABLE t", true),
+            ("TRUNCATE t", true),
+            ("UPDATE t SET c = 1 WHERE id < 1000", true),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT count(*) FROM d",
+                true,
+            ),
+            ("INSERT INTO t VALUES (1)", true),
+            ("REFRESH MATERIALIZED VIEW v", true),
+            ("DO $$ BEGIN UPDATE t SET c = 1; END $$", true),
+            ("ALTER TYPE mood ADD VALUE 'b'", true),
+            // PostgreSQL refuses these inside a transaction block.
+            ("CREATE INDEX CONCURRENTLY i ON t (c)", false),
+            ("DROP INDEX CONCURRENTLY i", false),
+            ("REFRESH MATERIALIZED VIEW CONCURRENTLY v", false),
+            ("ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY", false),
+            ("VACUUM t", false),
+            ("CREATE DATABASE d", false),
+            ("DROP DATABASE d", false),
+            ("ALTER DATABASE d SET TABLESPACE s", false),
+            ("CREATE TABLESPACE s LOCATION '/x'", false),
+            ("ALTER SYSTEM SET work_mem = '8MB'", false),
+            ("CREATE SUBSCRIPTION s CONNECTION '' PUBLICATION p", false),
+            ("DROP SUBSCRIPTION s", false),
+            ("DISCARD ALL", false),
+            // Refused inside one on a partitioned table, or may commit.
+            ("REINDEX TABLE p", false),
+            ("CLUSTER t", false),
+            ("CALL fill()", false),
+            (
+                "DO $$ BEGIN INSERT INTO t VALUES (1); COMMIT; END $$",
+                false,
+            ),
+            ("do $$ begin rollback; end $$", false),
+            // Transaction control and settings.
+            ("BEGIN", false),
+            ("COMMIT", false),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
+            ("SET lock_timeout = '1s'", false),
+            ("SAVEPOINT a", false),
+            // Refused outside a transaction block.
+            ("LOCK TABLE t", false),
+            ("", false),
+            ("-- nothing", false),
+        ];
+        for (statement, expected) in cases {
+            assert_eq!(
+                shares_message(statement, false, 160_000),
+                expected,
+                "{statement:?}"
+            );
+        }
+        assert!(shares_message("LOCK TABLE t IN SHARE MODE", true, 160_000));
+        // Before PostgreSQL 12 a new enum value cannot be added inside a transaction block.
+        assert!(!shares_message(
+            "ALTER TYPE mood ADD VALUE 'b'",
+            false,
+            110_000
+        ));
+        assert!(shares_message(
+            "ALTER TYPE mood RENAME TO m",
+            false,
+            110_000
+        ));
+    }
+
+    #[test]
+    fn opens_block_follows_begin_and_its_ends_not_savepoints() {
+        let cases = [
+            ("BEGIN", Some(true)),
+            ("start transaction isolation level serializable", Some(true)),
+            ("COMMIT", Some(false)),
+            ("END", Some(false)),
+            ("ROLLBACK", Some(false)),
+            ("ABORT", Some(false)),
+            ("PREPARE TRANSACTION 'x'", Some(false)),
+            ("ROLLBACK TO SAVEPOINT a", None),
+            ("SAVEPOINT a", None),
+            ("COMMIT PREPARED 'x'", None),
+            ("SET TRANSACTION READ ONLY", None),
+            ("SELECT 1", None),
+        ];
+        for (statement, expected) in cases {
+            assert_eq!(opens_block(statement), expected, "{statement:?}");
         }
     }
 

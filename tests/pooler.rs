@@ -376,3 +376,49 @@ async fn a_setup_refused_in_the_first_round_trip_is_made_again_in_the_session_th
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(history(&db.client().await).await.len(), 2, "{}", out.stderr);
 }
+
+/// Behind a transaction pooler each statement of a `-- no-transaction` file is a transaction
+/// of its own, which can land in another server session: one without the run's
+/// `lock_timeout` (or lock), where a statement waiting for its table lock queues the bot's
+/// queries behind it for as long as it waits. Every statement that can run inside a
+/// transaction carries the check of the run's session in its own message: it runs there, or
+/// not at all.
+#[tokio::test]
+async fn no_statement_of_a_no_transaction_file_runs_outside_the_runs_server_session() {
+    let db = support::database().await;
+    let bouncer = pgbouncer_with(2);
+    let url = bouncer.url(&db).await;
+    let direct = db.client().await;
+    direct
+        .batch_execute("CREATE TABLE ran (pid int, lock_timeout text)")
+        .await
+        .unwrap();
+    let record = "INSERT INTO ran SELECT pg_backend_pid(), current_setting('lock_timeout')";
+    let file = format!("-- no-transaction\n{record} FROM pg_sleep(1);\n{record};\n");
+    let dir = support::migrations(&[("001_where.sql", file)]);
+    // The bot's transactions: one holds the first server connection while the run sets up
+    // on the second, another takes the second as the file's first statement leaves it, and
+    // the run's next statement gets the first one.
+    let first = support::connect(&url).await;
+    first.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let run = Running::spawn(&mut json_command(&url, dir.path(), &["up"]));
+    support::running(&db, "pg_sleep(1)").await;
+    let second = support::connect(&url).await;
+    second.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    first.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = run.finish();
+    second.batch_execute("COMMIT").await.unwrap();
+    let rows = direct
+        .query("SELECT pid, lock_timeout FROM ran", &[])
+        .await
+        .unwrap();
+    let ran: Vec<(i32, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(ran.len(), 1, "the second statement ran elsewhere: {ran:?}");
+    assert_eq!(ran[0].1, "200ms");
+    assert_eq!(code, Some(2), "{events:#?}");
+    let last = events.last().unwrap();
+    let message = last["message"].as_str().unwrap();
+    let expected = format!("server session {} became", ran[0].0);
+    assert!(message.contains(&expected), "{message}");
+    assert!(history(&direct).await.is_empty());
+}

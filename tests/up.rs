@@ -556,6 +556,61 @@ async fn no_transaction_file_builds_an_index_concurrently() {
     assert_eq!(valid, 2);
 }
 
+/// What PostgreSQL refuses inside a transaction block, and a procedure or `DO` that commits,
+/// run alone: the session check that goes before every other statement of such a file, in
+/// the same message, would make that one message a transaction block.
+#[tokio::test]
+async fn a_no_transaction_file_runs_what_only_runs_outside_a_transaction_block() {
+    let db = support::database().await;
+    let file = "-- no-transaction
+CREATE TABLE t (i int);
+CREATE TABLE parted (i int) PARTITION BY RANGE (i);
+CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+CREATE INDEX parted_i ON parted (i);
+REINDEX TABLE parted;
+CREATE PROCEDURE fill() LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO t VALUES (1); COMMIT; INSERT INTO t VALUES (2); END $$;
+CALL fill();
+DO $$ BEGIN INSERT INTO t VALUES (3); COMMIT; END $$;
+VACUUM (ANALYZE) t;
+CLUSTER;
+CREATE TYPE mood AS ENUM ('a');
+ALTER TYPE mood ADD VALUE 'b';
+BEGIN;
+LOCK TABLE t IN SHARE MODE;
+INSERT INTO t VALUES (4);
+COMMIT;
+";
+    let dir = migrations(&[("001_alone.sql", file)]);
+    up_ok(&db, dir.path()).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1]);
+    let values: Vec<i32> = client
+        .query("SELECT i FROM t ORDER BY i", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(values, [1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_lock_outside_a_transaction_block_of_a_no_transaction_file_is_still_refused() {
+    // The check before it would make its message a transaction block; the server's own
+    // error stands.
+    let db = support::database().await;
+    let file = "-- no-transaction\nCREATE TABLE t (i int);\nLOCK TABLE t;\n";
+    let dir = migrations(&[("001_lock.sql", file)]);
+    let error = run(&config(&db.url, dir.path(), up())).await.1.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("001_lock.sql:3:1"), "{text}");
+    assert!(
+        text.contains("can only be used in transaction blocks"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn concurrently_in_a_transactional_file_is_refused_before_anything_runs() {
     let db = support::database().await;

@@ -39,6 +39,11 @@ pub(super) async fn run(
     run.session.check_same(session::pid(&open))?;
     rebuild_invalid_indexes(client, &creates).await?;
     let mut counts = Vec::new();
+    // Whether the file opened a transaction block and has not ended it yet.
+    let mut in_block = false;
+    // Sets the run's lock timeout back where a CONCURRENTLY statement's raise may still
+    // stand: its own message may have gone to another server session than the raise's.
+    let mut unrestored: Vec<u128> = Vec::new();
     for statement in sql::split(&script.sql) {
         let (version, place) = (migration.version, run.place());
         if sql::waits_without_blocking(statement.text) {
@@ -50,20 +55,30 @@ pub(super) async fn run(
             let mut attempts = Attempts::new(&place, version, retry);
             attempts.begin();
             let (result, sample) = monitor
-                .watch(migration, execute(run, step, &statement))
+                .watch(migration, execute(run, step, &statement, None))
                 .await;
+            unrestored.extend(raised.to);
             raised.restore(run).await;
             counts.push(attempts.end(result, sample).await?.unwrap_or_default());
             continue;
         }
+        let checked = sql::shares_message(statement.text, in_block, run.session.server_version());
+        let ours = match checked {
+            true => Some(Ours::new(run, &unrestored)),
+            false => None,
+        };
         let mut attempts = Attempts::new(&place, version, Retry::Yes);
         loop {
             attempts.begin();
-            let work = execute(run, step, &statement);
+            let work = execute(run, step, &statement, ours.as_ref());
             let (result, sample) = monitor.watch(migration, work).await;
             match attempts.end(result, sample).await {
                 Ok(Some(rows)) => {
                     counts.push(rows);
+                    in_block = sql::opens_block(statement.text).unwrap_or(in_block);
+                    if checked {
+                        unrestored.clear();
+                    }
                     break;
                 }
                 Ok(None) => {}
@@ -132,14 +147,53 @@ async fn in_aborted_transaction(client: &Client) -> bool {
     }
 }
 
-/// Runs one statement; returns the count it reported.
-async fn execute(run: &Run<'_>, step: Step<'_>, statement: &Statement<'_>) -> Result<u64, Error> {
-    session::counted(run.client, statement.text, 0)
+/// Our statements that go before one of the file's in its message: the check that this is
+/// the run's server session and that it holds the lock (see [`sql::shares_message`]), and
+/// the lock timeout set back where a raise may still stand. Outside a transaction each
+/// statement is a transaction of its own, which a transaction pooler may send to another
+/// server session, one without the run's `lock_timeout`, where a statement waiting for its
+/// lock would hold up the bot's queries for as long as it waits.
+struct Ours {
+    /// Each statement ends with `;` and a line break.
+    text: String,
+    statements: usize,
+}
+
+impl Ours {
+    /// `unrestored`: the values a CONCURRENTLY statement's raise may have left standing.
+    fn new(run: &Run<'_>, unrestored: &[u128]) -> Ours {
+        let mut text = format!("{};\n", run.session.check_lock());
+        if !unrestored.is_empty() {
+            text.push_str(&restore_sql(run, unrestored));
+            text.push_str(";\n");
+        }
+        let statements = 1 + usize::from(!unrestored.is_empty());
+        Ours { text, statements }
+    }
+}
+
+/// Runs one statement, behind `ours` in its message when given; returns the count it
+/// reported.
+async fn execute(
+    run: &Run<'_>,
+    step: Step<'_>,
+    statement: &Statement<'_>,
+    ours: Option<&Ours>,
+) -> Result<u64, Error> {
+    let (prefix, leading) = ours.map_or(("", 0), |o| (o.text.as_str(), o.statements));
+    let text = format!("{prefix}{}", statement.text);
+    session::counted(run.client, &text, leading)
         .await
-        .map(|counted| counted.counts.first().copied().unwrap_or_default())
-        .map_err(|e| match is_connection_lost(&e) {
-            true => connection_lost(step, Wrap::Own, &e),
-            false => failed(step, statement.offset, 0, false, e),
+        .map(|counted| counted.counts.get(leading).copied().unwrap_or_default())
+        .map_err(|e| {
+            if session::refusal(&e).is_some() {
+                let kept = "the statements of this -- no-transaction file before this one completed and stay, and it is not recorded";
+                return refused(run, step, e, "checking its server session", kept);
+            }
+            match is_connection_lost(&e) {
+                true => connection_lost(step, Wrap::Own, &e),
+                false => failed(step, statement.offset, prefix.len(), false, e),
+            }
         })
 }
 
@@ -191,15 +245,23 @@ impl Raised {
     /// Sets the run's own lock timeout back, where it was raised. Only a lost connection
     /// makes this fail, and what follows reports that; the next migration starts from the
     /// run's settings in any case.
-    async fn restore(self, run: &Run<'_>) {
-        let Some(raised) = self.to else { return };
-        let own = run.waits.policy.timeout.as_millis();
-        let set = format!(
-            "SELECT pg_catalog.set_config('lock_timeout', '{own}', false) \
-             FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' AND setting = '{raised}'"
-        );
-        let _ = run.client.batch_execute(&set).await;
+    async fn restore(&self, run: &Run<'_>) {
+        if let Some(raised) = self.to {
+            let _ = run.client.batch_execute(&restore_sql(run, &[raised])).await;
+        }
     }
+}
+
+/// The statement that sets the run's own lock timeout back in a session where it still has
+/// one of the `raised` values (in ms): any other is the file's own.
+fn restore_sql(run: &Run<'_>, raised: &[u128]) -> String {
+    let own = run.waits.policy.timeout.as_millis();
+    let raised: Vec<String> = raised.iter().map(|ms| format!("'{ms}'")).collect();
+    format!(
+        "SELECT pg_catalog.set_config('lock_timeout', '{own}', false) \
+         FROM pg_catalog.pg_settings WHERE name = 'lock_timeout' AND setting IN ({})",
+        raised.join(", ")
+    )
 }
 
 /// A failed CREATE INDEX CONCURRENTLY leaves an INVALID index that `IF NOT EXISTS` would

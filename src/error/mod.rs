@@ -42,7 +42,7 @@ pub enum Error {
 
     /// Another session took the migration lock after a migration released it.
     #[error(
-        "another session took the migration lock by migration {version}, after a migration released it (pg_advisory_unlock_all(), DISCARD ALL); migration {version} was rolled back or not started, nothing of it was recorded, and the run stopped so two runs never migrate at once; remove that call and run again"
+        "another session took the migration lock by migration {version}, after a migration released it (pg_advisory_unlock_all(), DISCARD ALL); migration {version} was rolled back or not started (statements a -- no-transaction file completed stay), nothing of it was recorded, and the run stopped so two runs never migrate at once; remove that call and run again"
     )]
     LockLost { version: i64 },
 
