@@ -358,8 +358,19 @@ pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
             )
         }
         // `set_config('lock_timeout', ...)` anywhere in it, however its value is computed.
-        _ => calls_set_config(statement, "'lock_timeout'").then_some(LockTimeout::Unknown),
+        _ => (calls_set_config(statement, "'lock_timeout'")
+            || may_set_unseen(statement, &tokens, &["lock_timeout"]))
+        .then_some(LockTimeout::Unknown),
     }
+}
+
+/// Whether `statement` may change a setting (`names`, lower case) where its words do not
+/// show it: a `DO` block whose body names the setting (a `SET`, `set_config` or `EXECUTE`
+/// inside it is one literal to the lexer), or an `UPDATE` of `pg_settings` that names it.
+fn may_set_unseen(statement: &str, tokens: &[Token], names: &[&str]) -> bool {
+    let first = lower_word(statement, tokens, 0);
+    let settings = first == "update" && contains_any_ignore_case(statement, &["pg_settings"]);
+    (first == "do" || settings) && contains_any_ignore_case(statement, names)
 }
 
 /// The `i`th token of `tokens` (the head of `statement`) in lower case when it is a word,
@@ -398,7 +409,10 @@ pub fn changes_time_zone(statement: &str) -> bool {
             let at = usize::from(matches!(word(1).as_str(), "session" | "local"));
             word(1 + at) == "timezone" || (word(1 + at) == "time" && word(2 + at) == "zone")
         }
-        _ => calls_set_config(statement, "'timezone'"),
+        _ => {
+            calls_set_config(statement, "'timezone'")
+                || may_set_unseen(statement, &tokens, &["timezone", "time zone"])
+        }
     }
 }
 
@@ -1466,6 +1480,9 @@ mod tests {
             "RESET timezone",
             "RESET ALL",
             "SELECT pg_catalog.set_config('TimeZone', 'Asia/Tokyo', false)",
+            "DO $$ BEGIN SET TIME ZONE 'Europe/Berlin'; END $$",
+            "DO $$ BEGIN EXECUTE format('SET timezone = %L', 'Asia/Tokyo'); END $$",
+            "UPDATE pg_settings SET setting = 'Asia/Tokyo' WHERE name = 'TimeZone'",
         ] {
             assert!(changes_time_zone(statement), "{statement}");
         }
@@ -1474,6 +1491,7 @@ mod tests {
             "ALTER TABLE t ALTER COLUMN c TYPE timestamp with time zone",
             "SELECT now() AT TIME ZONE 'UTC'",
             "SELECT set_config('search_path', 'timezone', false)",
+            "DO $$ BEGIN UPDATE t SET c = 1; END $$",
         ] {
             assert!(!changes_time_zone(statement), "{statement}");
         }
@@ -1498,6 +1516,24 @@ mod tests {
                 "SELECT pg_catalog.set_config('lock_timeout', '0', false)",
                 Some(LockTimeout::Unknown),
             ),
+            (
+                "DO $$ BEGIN SET lock_timeout = 0; ALTER TABLE t ADD c int; END $$",
+                Some(LockTimeout::Unknown),
+            ),
+            (
+                "DO $$BEGIN PERFORM set_config('Lock_Timeout', '0', false); END$$",
+                Some(LockTimeout::Unknown),
+            ),
+            (
+                "DO $x$ BEGIN EXECUTE 'SET lock_timeout TO 0'; END $x$",
+                Some(LockTimeout::Unknown),
+            ),
+            (
+                "UPDATE pg_catalog.pg_settings SET setting = '0' WHERE name = 'lock_timeout'",
+                Some(LockTimeout::Unknown),
+            ),
+            ("DO $$ BEGIN ALTER TABLE t ADD c int; END $$", None),
+            ("UPDATE t SET lock_timeout = 0", None),
             ("SELECT set_config('search_path', '', false)", None),
             ("SET statement_timeout = 0", None),
             ("RESET search_path", None),

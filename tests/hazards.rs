@@ -1283,6 +1283,14 @@ async fn lifting_the_run_s_lock_timeout_is_refused_on_any_table_lowering_it_is_n
             "SELECT set_config('lock_timeout', '0', true);",
             "a value it computes",
         ),
+        (
+            "DO $$ BEGIN SET lock_timeout = 0; END $$;",
+            "inside a DO block or pg_settings",
+        ),
+        (
+            "UPDATE pg_settings SET setting = '0' WHERE name = 'lock_timeout';",
+            "inside a DO block or pg_settings",
+        ),
     ] {
         let text = format!("{lift}\nALTER TABLE video_requests ADD COLUMN IF NOT EXISTS x int;\n");
         let dir = support::copy_of_seed(&[("003_lift.sql", &text)]);

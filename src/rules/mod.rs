@@ -489,7 +489,9 @@ pub async fn check(
             Some(sql::LockTimeout::Reset) => {
                 Some("lock_timeout back to the session's default, no limit unless set".into())
             }
-            Some(sql::LockTimeout::Unknown) => Some("lock_timeout to a value it computes".into()),
+            Some(sql::LockTimeout::Unknown) => Some(
+                "lock_timeout to a value it computes, or inside a DO block or pg_settings".into(),
+            ),
             None => None,
         };
         if let Some(what) = lifted {
