@@ -139,23 +139,40 @@ async fn names_resolve_as_the_migration_s_own_search_path_and_renames_make_them(
         )
         .await
         .unwrap();
-    for (file, on) in [
+    for (file, at, on) in [
         (
             "SET search_path TO app, public;\nCREATE INDEX IF NOT EXISTS big_g ON big (g);\n",
+            "003_index.sql:2:1: ",
             "on app.big holding ",
         ),
         (
             "ALTER TABLE video_requests RENAME TO vr_old;\nCREATE INDEX IF NOT EXISTS vr_p ON vr_old (prompt);\n",
+            "003_index.sql:2:1: ",
             "on video_requests holding ",
+        ),
+        // A table moved to another schema is followed there, as a renamed one is.
+        (
+            "CREATE SCHEMA IF NOT EXISTS archive;\nALTER TABLE app.big SET SCHEMA archive;\n\
+             CREATE INDEX IF NOT EXISTS big_g ON archive.big (g);\n",
+            "003_index.sql:3:1: ",
+            "on app.big holding ",
         ),
     ] {
         let dir = support::copy_of_seed(&[("003_index.sql", file)]);
-        let message = refused(
-            &run(&db, dir.path(), &["up"]),
-            &["index-without-concurrently"],
-        );
-        assert!(message.contains("003_index.sql:2:1: "), "{message}");
+        let out = run(&db, dir.path(), &["up"]);
+        let message = refused(&out, &["index-without-concurrently"]);
+        assert!(message.contains(at), "{message}");
         assert!(message.contains(on), "{message}");
+        if file.contains("SET SCHEMA") {
+            // And the bot's unqualified name no longer finds it: noted as a rename is.
+            let noted = events(&out.stderr).into_iter().any(|e| {
+                e["message"] == "hazard noted"
+                    && e["rule"] == "renames-in-use"
+                    && e["line"] == 2
+                    && e["relation"] == "app.big"
+            });
+            assert!(noted, "{}", out.stderr);
+        }
     }
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }

@@ -193,11 +193,14 @@ pub enum Effect {
     ReindexesIndex {
         index: Name,
     },
-    /// RENAME of a table or column the running bot still uses by its old name.
+    /// RENAME of a table or column the running bot still uses by its old name, or a table
+    /// moved to another schema (`SET SCHEMA`), where the bot's unqualified name no longer
+    /// finds it. `to` is the new name, in the table's schema unless the statement moves it
+    /// (a column's new name carries no schema).
     Renames {
         table: Name,
         column: Option<String>,
-        to: String,
+        to: Name,
     },
     /// Fails when run twice (CREATE without IF NOT EXISTS, DROP without IF EXISTS).
     NotIdempotent {
@@ -524,10 +527,28 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 t if t == ObjectType::ObjectColumn as i32 => Some(rename.subname.clone()),
                 _ => return,
             };
+            let table = Name::of(relation);
+            let to = Name {
+                schema: table.schema.clone(),
+                name: rename.newname.clone(),
+            };
+            out.push(Effect::Renames { table, column, to });
+        }
+        NodeEnum::AlterObjectSchemaStmt(moved)
+            if moved.object_type == ObjectType::ObjectTable as i32 =>
+        {
+            let Some(relation) = &moved.relation else {
+                return;
+            };
+            let to = Name {
+                schema: Some(moved.newschema.clone()),
+                name: relation.relname.clone(),
+            };
+            let table = Name::of(relation);
             out.push(Effect::Renames {
-                table: Name::of(relation),
-                column,
-                to: rename.newname.clone(),
+                table,
+                column: None,
+                to,
             });
         }
         _ => {}
@@ -1138,7 +1159,7 @@ mod tests {
 
     #[test]
     fn what_blocks_or_rewrites_the_bot_s_table_is_recognised() {
-        let cases: [(&str, &str); 20] = [
+        let cases: [(&str, &str); 21] = [
             ("CREATE INDEX i ON t (c)", "BuildsIndex"),
             ("ALTER TABLE t ALTER COLUMN c TYPE bigint", "Retypes"),
             (
@@ -1174,6 +1195,7 @@ mod tests {
             ("TRUNCATE t", "Truncates"),
             ("DELETE FROM t", "ChangesAllRows"),
             ("ALTER TABLE t RENAME COLUMN a TO b", "Renames"),
+            ("ALTER TABLE t SET SCHEMA archive", "Renames"),
         ];
         for (sql, kind) in cases {
             let found = effects(sql);

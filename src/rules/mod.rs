@@ -582,10 +582,7 @@ pub async fn check(
                 column: None, to, ..
             } = effect
             {
-                let new = Name {
-                    schema: table.schema.clone(),
-                    name: to.clone(),
-                };
+                let new = to.clone();
                 let old = renamed.get(table).cloned().unwrap_or_else(|| table.clone());
                 renamed.insert(new, old);
             }
@@ -851,13 +848,13 @@ fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
         }
         Effect::Truncates { table } => Some((Rule::DropsData, table, "TRUNCATE", None)),
         Effect::ChangesAllRows { table, what, .. } => Some((Rule::DropsData, table, what, None)),
-        Effect::Renames { table, column, .. } => Some((
+        Effect::Renames { table, column, to } => Some((
             Rule::RenamesInUse,
             table,
-            if column.is_some() {
-                "RENAME COLUMN"
-            } else {
-                "RENAME"
+            match column {
+                Some(_) => "RENAME COLUMN",
+                None if to.name == table.name && to.schema != table.schema => "SET SCHEMA",
+                None => "RENAME",
             },
             None,
         )),
