@@ -150,6 +150,12 @@ async fn names_resolve_as_the_migration_s_own_search_path_and_renames_make_them(
             "003_index.sql:2:1: ",
             "on video_requests holding ",
         ),
+        (
+            "SET search_path TO app, public;\nALTER TABLE big RENAME TO big2;\n\
+             CREATE INDEX IF NOT EXISTS big_g ON big2 (g);\n",
+            "003_index.sql:3:1: ",
+            "on app.big holding ",
+        ),
         // A table moved to another schema is followed there, as a renamed one is.
         (
             "CREATE SCHEMA IF NOT EXISTS archive;\nALTER TABLE app.big SET SCHEMA archive;\n\

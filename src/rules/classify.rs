@@ -195,8 +195,8 @@ pub enum Effect {
     },
     /// RENAME of a table or column the running bot still uses by its old name, or a table
     /// moved to another schema (`SET SCHEMA`), where the bot's unqualified name no longer
-    /// finds it. `to` is the new name, in the table's schema unless the statement moves it
-    /// (a column's new name carries no schema).
+    /// finds it. `to` is the new name; its schema is set only by a move (a renamed table
+    /// stays in its schema, which is resolved later, through the file's search path).
     Renames {
         table: Name,
         column: Option<String>,
@@ -527,12 +527,11 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 t if t == ObjectType::ObjectColumn as i32 => Some(rename.subname.clone()),
                 _ => return,
             };
-            let table = Name::of(relation);
-            let to = Name {
-                schema: table.schema.clone(),
-                name: rename.newname.clone(),
-            };
-            out.push(Effect::Renames { table, column, to });
+            out.push(Effect::Renames {
+                table: Name::of(relation),
+                column,
+                to: Name::bare(&rename.newname),
+            });
         }
         NodeEnum::AlterObjectSchemaStmt(moved)
             if moved.object_type == ObjectType::ObjectTable as i32 =>

@@ -582,7 +582,10 @@ pub async fn check(
                 column: None, to, ..
             } = effect
             {
-                let new = to.clone();
+                let new = Name {
+                    schema: to.schema.clone().or_else(|| table.schema.clone()),
+                    name: to.name.clone(),
+                };
                 let old = renamed.get(table).cloned().unwrap_or_else(|| table.clone());
                 renamed.insert(new, old);
             }
@@ -853,7 +856,7 @@ fn weigh(effect: &Effect) -> Option<(Rule, &Name, &'static str, Option<&str>)> {
             table,
             match column {
                 Some(_) => "RENAME COLUMN",
-                None if to.name == table.name && to.schema != table.schema => "SET SCHEMA",
+                None if to.schema.is_some() => "SET SCHEMA",
                 None => "RENAME",
             },
             None,
