@@ -13,7 +13,9 @@
 //!    committed one) by `RESET ALL` and the run's own settings in a transaction committed
 //!    before the migration's (a transaction takes `default_transaction_read_only` from the
 //!    settings in force when it starts), which fails first unless it runs in the run's server
-//!    session, so that the settings commit nowhere else; then, where the file checks and PostgreSQL's parser
+//!    session, so that the settings commit nowhere else (after a committed migration that
+//!    was not chained, the `BEGIN` is followed by that check alone: the file never runs in
+//!    another server session, without the run's `lock_timeout`); then, where the file checks and PostgreSQL's parser
 //!    cannot both vouch that the file never ends its transaction, a `WITH HOLD` cursor whose
 //!    query fails, so that a `COMMIT` hidden in the file fails and rolls everything back, and
 //!    a savepoint. One message, because the server skips the rest of a message after an
@@ -294,8 +296,17 @@ impl Session {
         let (reset, mark) = match (frame.own, frame.clean) {
             // The migration before opened the transaction, once it committed.
             (true, _) if frame.chained => (String::new(), String::new()),
-            // The previous migration's seal reset the session, and its COMMIT kept that.
-            (true, true) => (begin, String::new()),
+            // The previous migration's seal reset the session, and its COMMIT kept that. Not
+            // chained, this transaction opens in a message of its own, which a transaction
+            // pooler may send to another server session, without the run's lock_timeout:
+            // the file runs only once the check (whose row is the pid) passed.
+            (true, true) => (
+                format!(
+                    "{begin}; SELECT CASE WHEN {} ELSE pg_catalog.pg_backend_pid() END",
+                    self.other_session()
+                ),
+                String::new(),
+            ),
             // The reset gets a transaction of its own, committed before the migration's:
             // an explicit one, because a COMMIT that ends the implicit transaction of a
             // multi-statement message makes the server warn "there is no transaction in
@@ -375,7 +386,7 @@ impl Session {
             // The savepoint, and its release or (guarded, where it stays for the file) the
             // cursor before it.
             (true, _) if frame.chained => return 2,
-            (true, true) => 1,
+            (true, true) => 2,
             (true, false) => 1 + self.reset_statements + 3,
             // The reset and the start mark.
             (false, _) => self.reset_statements + 1,
@@ -902,7 +913,13 @@ mod tests {
             };
             session.open(frame)
         };
-        assert_eq!(open(true, true, false), "BEGIN");
+        // A transaction opened in a message of its own checks the server session first.
+        let clean = open(true, true, false);
+        assert!(
+            clean.starts_with("BEGIN; SELECT CASE WHEN pg_catalog.pg_backend_pid() <> 1 THEN"),
+            "{clean}"
+        );
+        assert!(clean.ends_with("ELSE pg_catalog.pg_backend_pid() END"), "{clean}");
         // The reset commits only in the run's server session.
         let unclean = open(true, false, false);
         assert!(
@@ -911,7 +928,7 @@ mod tests {
         );
         assert!(unclean.ends_with("; RESET ALL; COMMIT; BEGIN"), "{unclean}");
         assert!(open(true, true, true).contains(
-            "BEGIN; DECLARE db_migrate_guard CURSOR WITH HOLD FOR SELECT pg_catalog.current_setting"
+            "END; DECLARE db_migrate_guard CURSOR WITH HOLD FOR SELECT pg_catalog.current_setting"
         ));
         assert!(open(true, true, true).ends_with("; SAVEPOINT db_migrate_migration"));
         // Inside the run's transaction the reset and the start mark stay.

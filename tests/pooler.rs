@@ -422,3 +422,46 @@ async fn no_statement_of_a_no_transaction_file_runs_outside_the_runs_server_sess
     assert!(message.contains(&expected), "{message}");
     assert!(history(&direct).await.is_empty());
 }
+
+/// A migration that ran alone (here one that says `DEALLOCATE`) leaves the session reset by
+/// its seal, and the next one opens its transaction in a message of its own, which a
+/// transaction pooler may send to another server session: one without the run's
+/// `lock_timeout`, where the file would wait for its locks as long as they are held before
+/// its history change found the session wrong and rolled it back. The opening checks the
+/// session before the file runs.
+#[tokio::test]
+async fn a_migration_opening_after_one_that_ran_alone_checks_its_server_session_first() {
+    let db = support::database().await;
+    let bouncer = pgbouncer_with(2);
+    let url = bouncer.url(&db).await;
+    let direct = db.client().await;
+    // A sequence advances whatever rolls back.
+    direct
+        .batch_execute("CREATE SEQUENCE elsewhere")
+        .await
+        .unwrap();
+    let next = "SELECT CASE WHEN current_setting('lock_timeout') <> '200ms' \
+                THEN nextval('elsewhere') END;\nCREATE TABLE next (i int);\n";
+    let dir = support::migrations(&[
+        ("001_alone.sql", "DEALLOCATE ALL;\nSELECT pg_sleep(1);\n"),
+        ("002_next.sql", next),
+    ]);
+    // As in the test above: the bot's transactions move the run to the other server
+    // connection between the two migrations.
+    let first = support::connect(&url).await;
+    first.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let run = Running::spawn(&mut json_command(&url, dir.path(), &["up"]));
+    support::running(&db, "pg_sleep(1)").await;
+    let second = support::connect(&url).await;
+    second.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    first.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = run.finish();
+    second.batch_execute("COMMIT").await.unwrap();
+    let called: bool = support::one(&direct, "SELECT is_called FROM elsewhere").await;
+    assert!(
+        !called,
+        "002's file ran in another server session: {events:#?}"
+    );
+    assert_eq!(code, Some(2), "{events:#?}");
+    assert_eq!(history(&direct).await, [1]);
+}
