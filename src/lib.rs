@@ -515,12 +515,13 @@ impl Job<'_> {
     async fn plan(
         &mut self,
         client: &Client,
+        session: &session::Session,
         plan: &plan::Plan<'_>,
         format: trace::Format,
     ) -> Result<(), Error> {
         plan.check(Mode::DryRun)?;
         let (limits, budget) = (self.config.hazards, self.config.session.lock_timeout);
-        let report = trace::run(client, plan, limits, budget).await?;
+        let report = trace::run(client, session, plan, limits, budget).await?;
         // A closed stdout (`| head`) is the reader's choice, not a failed run.
         let _ = trace::print(&report, format);
         self.summary.pending = Some(plan.len());
@@ -636,7 +637,7 @@ impl Job<'_> {
                     }
                     config::PlanOf::Down(rollback) => plan::down(migrations, applied, *rollback)?,
                 };
-                return self.plan(client, &plan, *format).await;
+                return self.plan(client, session, &plan, *format).await;
             }
             Command::Status { .. }
             | Command::Verify { .. }

@@ -300,13 +300,7 @@ impl Session {
             // chained, this transaction opens in a message of its own, which a transaction
             // pooler may send to another server session, without the run's lock_timeout:
             // the file runs only once the check (whose row is the pid) passed.
-            (true, true) => (
-                format!(
-                    "{begin}; SELECT CASE WHEN {} ELSE pg_catalog.pg_backend_pid() END",
-                    self.other_session()
-                ),
-                String::new(),
-            ),
+            (true, true) => (format!("{begin}; {}", self.check_session()), String::new()),
             // The reset gets a transaction of its own, committed before the migration's:
             // an explicit one, because a COMMIT that ends the implicit transaction of a
             // multi-statement message makes the server warn "there is no transaction in
@@ -315,11 +309,7 @@ impl Session {
             // in another, one the bot's transactions share, and the run's settings would stay
             // there when the history change then refuses. The check's row is the pid.
             (true, false) => (
-                format!(
-                    "{begin}; SELECT CASE WHEN {} ELSE pg_catalog.pg_backend_pid() END; \
-                     {reset}; COMMIT; BEGIN",
-                    self.other_session()
-                ),
+                format!("{begin}; {}; {reset}; COMMIT; BEGIN", self.check_session()),
                 String::new(),
             ),
             // Inside the run's transaction, which no pipeline of ours shares.
@@ -468,6 +458,14 @@ impl Session {
         format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}")
     }
 
+    /// An error unless this is the run's server session; its one row is (backend pid).
+    pub fn check_session(&self) -> String {
+        format!(
+            "SELECT CASE WHEN {} ELSE pg_catalog.pg_backend_pid() END",
+            self.other_session()
+        )
+    }
+
     /// The check before a `-- no-transaction` migration, whose statements cannot be rolled
     /// back: an error unless this is the run's server session and it holds the lock. Its one
     /// row is (backend pid).
@@ -564,13 +562,23 @@ impl Session {
 /// answer the connection lost may have committed, and the error says so.
 pub async fn transaction(
     client: &Client,
+    session: &Session,
     commit: bool,
     work: impl AsyncFnOnce() -> Result<(), Error>,
 ) -> Result<(), Error> {
-    client
-        .batch_execute("BEGIN")
-        .await
-        .map_err(Error::database("opening the transaction"))?;
+    // Behind a transaction pooler the transaction may open in another server session,
+    // without the run's lock_timeout (or lock), where every statement of the run would
+    // then wait for its locks as long as they are held: it opens only in the run's.
+    let open = format!("BEGIN; {}", session.check_session());
+    let opened = match client.simple_query(&open).await {
+        Ok(rows) => session.check_same(pid(&rows)),
+        Err(error) => Err((session.setup_refused(&error))
+            .unwrap_or_else(|| Error::database("opening the transaction")(error))),
+    };
+    if let Err(error) = opened {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(error);
+    }
     let result = work().await;
     let end = if result.is_ok() && commit {
         "COMMIT"
@@ -919,7 +927,10 @@ mod tests {
             clean.starts_with("BEGIN; SELECT CASE WHEN pg_catalog.pg_backend_pid() <> 1 THEN"),
             "{clean}"
         );
-        assert!(clean.ends_with("ELSE pg_catalog.pg_backend_pid() END"), "{clean}");
+        assert!(
+            clean.ends_with("ELSE pg_catalog.pg_backend_pid() END"),
+            "{clean}"
+        );
         // The reset commits only in the run's server session.
         let unclean = open(true, false, false);
         assert!(

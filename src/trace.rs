@@ -128,6 +128,7 @@ fn blocking(finding: &Finding) -> bool {
 /// (`--ddl-lock-timeout`).
 pub async fn run(
     client: &Client,
+    session: &session::Session,
     plan: &Plan<'_>,
     limits: rules::Limits,
     lock_budget: std::time::Duration,
@@ -142,7 +143,7 @@ pub async fn run(
     let findings = rules::check(client, plan, limits, true, known).await?;
     let budget_ms = lock_budget.as_secs_f64() * 1000.0;
     let mut report = Report::default();
-    session::transaction(client, false, async || {
+    session::transaction(client, session, false, async || {
         // A statement must not end the transaction, or what follows it would commit: a
         // COMMIT fails on the WITH HOLD cursor (as in a real run), and a ROLLBACK is seen
         // after the statement by the transaction-local mark being gone.

@@ -1117,7 +1117,9 @@ async fn plan_never_commits_what_a_file_that_ends_its_transaction_runs() {
             lock_timeout: Duration::from_millis(200),
             one_transaction: false,
         };
-        let result = db_migrate::trace::run(&h.client, &plan, limits, Duration::from_secs(1)).await;
+        let result =
+            db_migrate::trace::run(&h.client, &h.session, &plan, limits, Duration::from_secs(1))
+                .await;
         assert!(
             matches!(result, Err(Error::TransactionEnded { .. })),
             "{body}: {result:?}"
@@ -1635,6 +1637,53 @@ async fn a_reset_of_its_own_commits_only_in_the_runs_server_session() {
     // In the run's own session it opens.
     h.client.batch_execute(&opening).await.expect("opens");
     h.client.batch_execute("ROLLBACK").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_run_s_one_transaction_and_the_plan_s_open_only_in_the_run_s_server_session() {
+    // `--single-transaction`, the dry run and `plan` open one transaction and run every file
+    // in it. Behind a transaction pooler its BEGIN can land in another server session, one
+    // without the run's lock_timeout, where each statement would wait for its locks as long
+    // as they are held: the transaction opens only where the run set up.
+    let db = support::database().await;
+    let h = harness(&db).await;
+    let elsewhere = db.client().await;
+    elsewhere
+        .batch_execute("CREATE SEQUENCE ran")
+        .await
+        .unwrap();
+    let mut worked = false;
+    let result = db_migrate::session::transaction(&elsewhere, &h.session, true, async || {
+        worked = true;
+        Ok(())
+    })
+    .await;
+    assert!(matches!(result, Err(Error::Pooled { .. })), "{result:?}");
+    assert!(!worked);
+    let m = migration(1, "SELECT nextval('ran');", None);
+    let plan = Plan::new(Direction::Up, [&m]).unwrap();
+    let limits = db_migrate::rules::Limits {
+        hazard_rows: 10_000,
+        allow_data_loss: false,
+        lock_timeout: Duration::from_millis(200),
+        one_transaction: false,
+    };
+    let result = db_migrate::trace::run(
+        &elsewhere,
+        &h.session,
+        &plan,
+        limits,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(matches!(result, Err(Error::Pooled { .. })), "{result:?}");
+    let called: bool = one(&elsewhere, "SELECT is_called FROM ran").await;
+    // (Read in the session it landed in: left outside any transaction.)
+    assert!(!called, "the plan's file ran in another server session");
+    // In the run's own session both open.
+    let result =
+        db_migrate::session::transaction(&h.client, &h.session, false, async || Ok(())).await;
+    assert!(result.is_ok(), "{result:?}");
 }
 
 #[tokio::test]

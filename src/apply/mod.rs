@@ -436,7 +436,7 @@ async fn whole(
     loop {
         attempts.begin();
         let mut blocked = None;
-        let result = session::transaction(client, commit, async || {
+        let result = session::transaction(client, run.session, commit, async || {
             if !history_exists {
                 history::create(client, run.table).await?;
             }
