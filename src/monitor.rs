@@ -304,7 +304,7 @@ impl<'a> Monitor<'a> {
                         CASE WHEN a.state LIKE 'idle%'
                              THEN (extract(epoch FROM clock_timestamp() - a.state_change) * 1000)::bigint
                         END,
-                        w.oid
+                        w.oid, q.gid, q.owner, q.since, q.ms
                    FROM pg_stat_activity a
                    LEFT JOIN LATERAL (
                         SELECT l.relation::regclass::text AS relation, l.relation AS oid, l.mode
@@ -317,6 +317,20 @@ impl<'a> Monitor<'a> {
                                array_agg(coalesce((extract(epoch FROM s.xact_start) * 1000000)::int8, 0)) AS xacts
                           FROM pg_stat_activity s WHERE s.pid = ANY (pg_blocking_pids(a.pid))) k ON true
                    LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
+                   LEFT JOIN LATERAL (
+                        SELECT x.gid, x.owner,
+                               to_char(x.prepared AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS since,
+                               (extract(epoch FROM clock_timestamp() - x.prepared) * 1000)::bigint AS ms
+                          FROM pg_prepared_xacts x
+                         WHERE b.pid IS NULL AND 0 = ANY (pg_blocking_pids(a.pid))
+                           AND (x.transaction IN (SELECT l.transactionid FROM pg_locks l
+                                                   WHERE l.pid = a.pid AND NOT l.granted
+                                                     AND l.locktype = 'transactionid')
+                                OR x.transaction IN (SELECT t.transactionid FROM pg_locks t
+                                                       JOIN pg_locks h ON h.virtualtransaction = t.virtualtransaction
+                                                      WHERE t.locktype = 'transactionid' AND h.pid IS NULL
+                                                        AND h.granted AND h.relation = w.oid))
+                         ORDER BY x.prepared LIMIT 1) q ON true
                   WHERE a.pid = $1",
                 &[&self.pid],
             )
@@ -333,19 +347,23 @@ impl<'a> Monitor<'a> {
                 return None;
             }
         };
+        let prepared: Option<String> = row.get(16);
         Some(Seen::Session(Box::new(Sample {
             idle_ms: row.get(14),
             wait_event_type: row.get(0),
             relation: row.get(1),
             relation_oid: row.get(15),
             lock_mode: row.get(2),
-            blocker_pid: row.get(3),
+            // A prepared transaction has no session: pid 0, as pg_blocking_pids gives it.
+            blocker_pid: row
+                .get::<_, Option<i32>>(3)
+                .or(prepared.as_ref().map(|_| 0)),
             blocker_query: row.get(4),
-            blocker_application: row.get(5),
+            blocker_application: row.get::<_, Option<String>>(5).or(row.get(17)),
             blocker_state: row.get(6),
-            blocker_query_start: row.get(7),
-            blocker_running_ms: row.get(8),
-            blocker_prepared: None,
+            blocker_query_start: row.get::<_, Option<String>>(7).or(row.get(18)),
+            blocker_running_ms: row.get::<_, Option<i64>>(8).or(row.get(19)),
+            blocker_prepared: prepared,
             index_phase: row.get(9),
             blocks_done: row.get(10),
             blocks_total: row.get(11),

@@ -698,6 +698,58 @@ async fn concurrent_index_build_reports_its_phase_while_it_waits_for_writers() {
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
+/// A concurrent build waits for every transaction that wrote to its table, a forgotten
+/// prepared one too, which has no session: pg_blocking_pids names it 0, and the progress
+/// events named no one. They name the prepared transaction, its owner and its age.
+#[tokio::test]
+async fn a_concurrent_build_waiting_for_a_prepared_transaction_names_it_while_it_waits() {
+    let db = support::database().await;
+    let dir = support::migrations(&[
+        (
+            "001_t.sql",
+            "CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1);",
+        ),
+        (
+            "002_idx.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n",
+        ),
+    ]);
+    let to_first = db_migrate::Command::Up {
+        target: db_migrate::plan::Target::Version(1),
+        mode: db_migrate::Mode::Each,
+    };
+    run(&config(&db.url, dir.path(), to_first)).await.1.unwrap();
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; UPDATE t SET v = v; PREPARE TRANSACTION 'nightly fix'")
+        .await
+        .unwrap();
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--progress-interval", "200ms"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let progress = job.wait_for("a progress event naming the prepared transaction", |e| {
+        e["message"] == "migration still running" && e["blocker_prepared"].is_string()
+    });
+    holder
+        .batch_execute("ROLLBACK PREPARED 'nightly fix'")
+        .await
+        .unwrap();
+    assert_eq!(progress["blocker_prepared"], "nightly fix", "{progress}");
+    assert_eq!(progress["blocker_pid"], 0, "{progress}");
+    assert_eq!(
+        progress["blocker_application"],
+        support::SUPERUSER,
+        "{progress}"
+    );
+    assert!(progress["blocker_running_ms"].is_i64(), "{progress}");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
 #[tokio::test]
 async fn a_concurrent_build_that_times_out_counts_its_wait_not_its_build() {
     let db = support::database().await;
