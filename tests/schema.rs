@@ -791,6 +791,41 @@ async fn verify_schema_holds_on_a_baselined_database_and_with_migrations_pending
     assert_eq!(out.code, 7, "{}", out.stderr);
 }
 
+/// A database restored from pg_dump: the dump writes `v IN ('a', 'b')` on a varchar column
+/// as a cast of the whole array, which the restore parses into a cast of each element. The
+/// same check, not drift; a different list still is.
+#[tokio::test]
+async fn verify_schema_holds_on_a_database_restored_from_a_dump() {
+    let migration = "CREATE TABLE t (v varchar(10) CHECK (v IN ('a', 'b')));\n\
+                     CREATE INDEX t_v ON t (v) WHERE v IN ('a', 'b');\n";
+    let dir = support::migrations(&[("001_t.sql", migration)]);
+    // What pg_dump writes for them, as a restore runs it.
+    let restored = |values: &str| {
+        format!(
+            "CREATE TABLE public.t (v character varying(10), CONSTRAINT t_v_check CHECK (((v)::text = ANY ((ARRAY[{values}])::text[]))));\n\
+             CREATE INDEX t_v ON public.t USING btree (v) WHERE ((v)::text = ANY ((ARRAY[{values}])::text[]));"
+        )
+    };
+    let same = "'a'::character varying, 'b'::character varying";
+    let other = "'a'::character varying, 'c'::character varying";
+    for (values, drift) in [(same, false), (other, true)] {
+        let db = support::database().await;
+        let client = db.client().await;
+        client.batch_execute(&restored(values)).await.unwrap();
+        let out = run(&db, dir.path(), &["baseline", "--version", "1"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let (code, text, message) = verify(&db, dir.path());
+        match drift {
+            false => assert_eq!(code, 0, "{text}\n{message}"),
+            true => {
+                assert_ne!(code, 0, "{text}");
+                assert!(text.contains("~ constraint t_v_check on public.t"), "{text}");
+                assert!(text.contains("~ index public.t_v on public.t"), "{text}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_replay_runs_under_the_target_database_s_own_settings() {
     let db = support::database().await;

@@ -134,7 +134,7 @@ pub(super) fn compare(expected: &Snapshot, actual: &Snapshot) -> Diff {
                 key: key.clone(),
                 before: before.definition.clone(),
             }),
-            Some(after) if after.definition != before.definition => {
+            Some(after) if !same_definition(&before.definition, &after.definition) => {
                 diff.changes.push(Change::Changed {
                     key: key.clone(),
                     before: before.definition.clone(),
@@ -160,6 +160,135 @@ pub(super) fn compare(expected: &Snapshot, actual: &Snapshot) -> Diff {
         }
     }
     diff
+}
+
+/// Whether two definitions say the same, where they may differ only in where the server put
+/// an array's cast. `v IN ('a', 'b')` on a `varchar` column is stored as
+/// `v::text = ANY (ARRAY['a'::character varying, 'b'::character varying]::text[])`; that text,
+/// as pg_dump writes it and a restore parses it again, becomes a cast of each element
+/// (`ARRAY['a'::character varying::text, 'b'::character varying::text]`): the same check,
+/// which a database restored from a dump would otherwise show as changed.
+fn same_definition(a: &str, b: &str) -> bool {
+    a == b || (a.contains("ARRAY[") && b.contains("ARRAY[") && elements_cast(a) == elements_cast(b))
+}
+
+/// `text` with each cast of an array of literals (`ARRAY['a'::t, 'b'::t]::u[]`, or as the
+/// deparser writes it without its pretty flag, `(ARRAY['a'::t, 'b'::t])::u[]`) moved onto
+/// the elements, as a restore leaves it (`ARRAY['a'::t::u, 'b'::t::u]`, or
+/// `ARRAY[('a'::t)::u, ('b'::t)::u]`). Anything else stays as it is.
+fn elements_cast(text: &str) -> String {
+    let b = text.as_bytes();
+    let (mut out, mut copied, mut i) = (String::with_capacity(text.len()), 0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                i = after_quoted(b, i);
+                continue;
+            }
+            b'A' if b[i..].starts_with(b"ARRAY[")
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')) =>
+            {
+                if let Some((start, end, moved)) = array_cast(text, i) {
+                    out.push_str(&text[copied..start]);
+                    out.push_str(&moved);
+                    (copied, i) = (end, end);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// The index just past the quoted text (a literal or an identifier) starting at `at`.
+fn after_quoted(b: &[u8], at: usize) -> usize {
+    let quote = b[at];
+    let mut j = at + 1;
+    while j < b.len() {
+        if b[j] == quote {
+            if b.get(j + 1) == Some(&quote) {
+                j += 2;
+                continue;
+            }
+            return j + 1;
+        }
+        j += 1;
+    }
+    b.len()
+}
+
+/// For the `ARRAY[` at `at`: (start, end, text) of the array and its cast rewritten with the
+/// cast on each element, when the elements are all casts of literals and a cast to an
+/// array type follows.
+fn array_cast(text: &str, at: usize) -> Option<(usize, usize, String)> {
+    let b = text.as_bytes();
+    let open = at + "ARRAY".len();
+    let (mut depth, mut j, mut from) = (0usize, open + 1, open + 1);
+    let mut elements = Vec::new();
+    let close = loop {
+        match *b.get(j)? {
+            b'\'' | b'"' => {
+                j = after_quoted(b, j);
+                continue;
+            }
+            b'[' | b'(' => depth += 1,
+            b']' if depth == 0 => break j,
+            b']' | b')' => depth = depth.checked_sub(1)?,
+            b',' if depth == 0 => {
+                elements.push(text[from..j].trim());
+                from = j + 1;
+            }
+            _ => {}
+        }
+        j += 1;
+    };
+    elements.push(text[from..close].trim());
+    let literal = |e: &str| {
+        e.starts_with('\'') && {
+            let rest = &e[after_quoted(e.as_bytes(), 0)..];
+            rest.starts_with("::") && !rest.contains(['\'', '"'])
+        }
+    };
+    if !elements.iter().all(|e| literal(e)) {
+        return None;
+    }
+    let wrapped = at > 0 && b[at - 1] == b'(' && b[close + 1..].starts_with(b")::");
+    let start_of_type = match wrapped {
+        true => close + 4,
+        false if b[close + 1..].starts_with(b"::") => close + 3,
+        false => return None,
+    };
+    // The type runs to its `[]`; a typmod's parentheses may come before it.
+    let (mut depth, mut k) = (0usize, start_of_type);
+    let end_of_type = loop {
+        match *b.get(k)? {
+            b'[' if depth == 0 && b.get(k + 1) == Some(&b']') => break k,
+            b'(' => depth += 1,
+            b')' => depth = depth.checked_sub(1)?,
+            b',' | b'\'' | b'[' | b']' if depth == 0 => return None,
+            _ => {}
+        }
+        k += 1;
+    };
+    let element_type = &text[start_of_type..end_of_type];
+    if element_type.trim().is_empty() {
+        return None;
+    }
+    let cast: Vec<String> = (elements.iter())
+        .map(|e| match wrapped {
+            true => format!("({e})::{element_type}"),
+            false => format!("{e}::{element_type}"),
+        })
+        .collect();
+    let start = if wrapped { at - 1 } else { at };
+    Some((
+        start,
+        end_of_type + 2,
+        format!("ARRAY[{}]", cast.join(", ")),
+    ))
 }
 
 /// A note when the columns `table` has in both snapshots come in another order.
@@ -239,6 +368,45 @@ mod tests {
         );
         assert!(diff.notes.is_empty());
         assert!(before.diff(&before).is_empty());
+    }
+
+    #[test]
+    fn an_array_cast_onto_its_elements_by_a_restore_is_the_same_definition() {
+        // As the server deparses a constraint (pretty) and an index (not), built from the
+        // migration and after pg_dump and a restore.
+        let pairs = [
+            (
+                "CHECK (s::text = ANY (ARRAY['a'::character varying, 'b'::character varying]::text[]))",
+                "CHECK (s::text = ANY (ARRAY['a'::character varying::text, 'b'::character varying::text]))",
+            ),
+            (
+                "CREATE INDEX i ON public.t USING btree (v) WHERE ((v)::text = ANY ((ARRAY['a'::character varying, 'it''s'::character varying(10)])::text[]))",
+                "CREATE INDEX i ON public.t USING btree (v) WHERE ((v)::text = ANY (ARRAY[('a'::character varying)::text, ('it''s'::character varying(10))::text]))",
+            ),
+        ];
+        for (built, restored) in pairs {
+            assert!(same_definition(built, restored), "{built}");
+            assert!(same_definition(restored, built), "{built}");
+            assert_eq!(elements_cast(restored), restored);
+        }
+        // Other values, or what is not a cast of literals, still differ.
+        let differ = [
+            (
+                "CHECK (s::text = ANY (ARRAY['a'::character varying, 'b'::character varying]::text[]))",
+                "CHECK (s::text = ANY (ARRAY['a'::character varying::text, 'c'::character varying::text]))",
+            ),
+            (
+                "CHECK (s::text = ANY (ARRAY[lower('A'::text), 'b'::text]::text[]))",
+                "CHECK (s::text = ANY (ARRAY[lower('A'::text)::text, 'b'::text::text]))",
+            ),
+            (
+                "CHECK (s <> 'ARRAY[''a''::t]::u[]'::text)",
+                "CHECK (s <> 'ARRAY[''a''::t::u]'::text)",
+            ),
+        ];
+        for (a, b) in differ {
+            assert!(!same_definition(a, b), "{a}");
+        }
     }
 
     #[test]
