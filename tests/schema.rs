@@ -819,7 +819,10 @@ async fn verify_schema_holds_on_a_database_restored_from_a_dump() {
             false => assert_eq!(code, 0, "{text}\n{message}"),
             true => {
                 assert_ne!(code, 0, "{text}");
-                assert!(text.contains("~ constraint t_v_check on public.t"), "{text}");
+                assert!(
+                    text.contains("~ constraint t_v_check on public.t"),
+                    "{text}"
+                );
                 assert!(text.contains("~ index public.t_v on public.t"), "{text}");
             }
         }

@@ -596,6 +596,21 @@ COMMIT;
 }
 
 #[tokio::test]
+async fn concurrently_inside_a_no_transaction_file_s_own_begin_says_to_move_it_out() {
+    let db = support::database().await;
+    let file = "-- no-transaction\nCREATE TABLE t (i int);\nBEGIN;\nCREATE INDEX CONCURRENTLY t_i ON t (i);\nCOMMIT;\n";
+    let dir = migrations(&[("001_index.sql", file)]);
+    let error = run(&config(&db.url, dir.path(), up())).await.1.unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("001_index.sql:4:1"), "{text}");
+    assert!(
+        text.contains("move it out of the file's own BEGIN ... COMMIT"),
+        "{text}"
+    );
+    assert!(!text.contains("start the file with"), "{text}");
+}
+
+#[tokio::test]
 async fn a_lock_outside_a_transaction_block_of_a_no_transaction_file_is_still_refused() {
     // The check before it would make its message a transaction block; the server's own
     // error stands.

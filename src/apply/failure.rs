@@ -119,8 +119,13 @@ pub(super) fn failed(
     };
     let mut hint = db.hint().map(str::to_string);
     if *db.code() == SqlState::ACTIVE_SQL_TRANSACTION {
-        hint =
-            Some("start the file with `-- no-transaction` to run it outside a transaction".into());
+        hint = Some(match script.no_transaction {
+            // Then only the file's own BEGIN put it inside one.
+            true => "move it out of the file's own BEGIN ... COMMIT".into(),
+            false => {
+                "start the file with `-- no-transaction` to run it outside a transaction".into()
+            }
+        });
     }
     let text_at = at.and_then(|p| script.sql.char_indices().nth(before + p - 1));
     if *db.code() == SqlState::SYNTAX_ERROR
