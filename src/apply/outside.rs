@@ -59,7 +59,10 @@ pub(super) async fn run(
                 .await;
             unrestored.extend(raised.to);
             raised.restore(run).await;
-            counts.push(attempts.end(result, sample).await?.unwrap_or_default());
+            match attempts.end(result, sample).await {
+                Ok(rows) => counts.push(rows.unwrap_or_default()),
+                Err(error) => return Err(in_own_transaction(client, error).await),
+            }
             continue;
         }
         let checked = sql::shares_message(statement.text, in_block, run.session.server_version());
@@ -82,11 +85,7 @@ pub(super) async fn run(
                     break;
                 }
                 Ok(None) => {}
-                Err(Error::Apply(mut failure)) => {
-                    failure.in_own_transaction = in_aborted_transaction(client).await;
-                    return Err(Error::Apply(failure));
-                }
-                Err(error) => return Err(error),
+                Err(error) => return Err(in_own_transaction(client, error).await),
             }
         }
     }
@@ -134,6 +133,18 @@ pub(super) async fn run(
         }
     })?;
     Ok(counts)
+}
+
+/// A statement's failure, marked when it left the file's own transaction failed (what ran
+/// since its BEGIN is then rolled back, not kept).
+async fn in_own_transaction(client: &Client, error: Error) -> Error {
+    match error {
+        Error::Apply(mut failure) => {
+            failure.in_own_transaction = in_aborted_transaction(client).await;
+            Error::Apply(failure)
+        }
+        error => error,
+    }
 }
 
 /// Whether the session is in a transaction that failed: one the file opened with BEGIN,
