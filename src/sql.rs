@@ -584,8 +584,10 @@ pub fn waits_without_blocking(statement: &str) -> bool {
 /// sent before it: the two then run in one implicit transaction block, in one server
 /// session even behind a transaction pooler, so the statement runs in the run's session
 /// (with its `lock_timeout` and its lock) or not at all. Only statements that take table
-/// locks and do the same inside a transaction block as outside one: `VACUUM`, `CLUSTER` and
+/// locks or change the session's settings, and do the same inside a transaction block as
+/// outside one: `VACUUM`, `CLUSTER` and
 /// `REINDEX` (refused inside one on a partitioned table, which the text does not show),
+/// `DEALLOCATE` (the run's own prepared statements go with it) and `DISCARD`,
 /// `CALL` (its procedure may commit), a `DO` whose text says COMMIT or ROLLBACK, what
 /// PostgreSQL refuses inside a transaction block, and `ALTER TYPE ... VALUE` before
 /// PostgreSQL 12 (`server_version`) go alone; so does `LOCK`, refused outside a transaction
@@ -607,6 +609,11 @@ pub fn shares_message(statement: &str, in_block: bool, server_version: i32) -> b
         },
         "truncate" | "insert" | "update" | "delete" | "merge" | "with" | "select" | "comment"
         | "grant" | "revoke" | "refresh" | "analyze" | "security" => true,
+        // A setting lasts in the server session it lands in: the file's next statements
+        // (checked, so in the run's session) run under it, and the bot's transactions, which a
+        // transaction pooler gives another server session, do not. `SET TRANSACTION` is
+        // refused with the file.
+        "set" | "reset" => true,
         "lock" => in_block,
         "do" => !contains_any_ignore_case(statement, &["commit", "rollback"]),
         _ => false,
@@ -1979,11 +1986,15 @@ mod tests {
                 false,
             ),
             ("do $$ begin rollback; end $$", false),
-            // Transaction control and settings.
+            // Transaction control.
             ("BEGIN", false),
             ("COMMIT", false),
-            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
-            ("SET lock_timeout = '1s'", false),
+            // Settings, which last in the session they land in.
+            ("SET lock_timeout = '1s'", true),
+            ("set search_path = app, public", true),
+            ("RESET ALL", true),
+            ("DEALLOCATE ALL", false),
+            ("DISCARD PLANS", false),
             ("SAVEPOINT a", false),
             // Refused outside a transaction block.
             ("LOCK TABLE t", false),

@@ -595,6 +595,59 @@ COMMIT;
     assert_eq!(values, [1, 2, 3, 4]);
 }
 
+/// A `SET` of a `-- no-transaction` file runs in the same message as the session check, one
+/// implicit transaction block: the setting still lasts past it, for the file's next
+/// statements (checked ones and those that run alone alike), and the next migration starts
+/// from the run's settings again.
+#[tokio::test]
+async fn a_no_transaction_file_s_settings_last_for_its_next_statements() {
+    let db = support::database().await;
+    let file = "-- no-transaction
+CREATE SCHEMA app;
+SET search_path = app;
+CREATE TABLE placed (i int);
+SET maintenance_work_mem = '3MB';
+INSERT INTO placed SELECT 1 WHERE current_setting('maintenance_work_mem') = '3MB';
+CREATE INDEX CONCURRENTLY placed_i ON placed (i);
+RESET search_path;
+CREATE TABLE after_reset (i int);
+SET search_path = app;
+";
+    let dir = migrations(&[
+        ("001_settings.sql", file),
+        ("002_next.sql", "CREATE TABLE next (i int);\n"),
+    ]);
+    up_ok(&db, dir.path()).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2]);
+    let placed: Vec<String> = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relname IN ('placed', 'placed_i', 'after_reset', 'next') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            "app.placed",
+            "app.placed_i",
+            "public.after_reset",
+            "public.next"
+        ]
+    );
+    let rows: i64 = support::one(&client, "SELECT count(*) FROM app.placed").await;
+    assert_eq!(
+        rows, 1,
+        "the INSERT ran without the file's maintenance_work_mem"
+    );
+}
+
 #[tokio::test]
 async fn concurrently_inside_a_no_transaction_file_s_own_begin_says_to_move_it_out() {
     let db = support::database().await;

@@ -375,7 +375,6 @@ impl Error {
         }
     }
 
-    /// The process exit code for this error.
     /// Whether the run cannot tell what is applied now: an answer lost after a `COMMIT` or a
     /// history change went out.
     pub fn history_unknown(&self) -> bool {
@@ -388,6 +387,7 @@ impl Error {
         )
     }
 
+    /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         self.outcome().code()
     }

@@ -736,8 +736,6 @@ async fn qualify(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), 
     Ok(())
 }
 
-/// One statement of a plan, as [`check`] weighs it: its migration's version and script, the
-/// statement, its allow comments, its effects.
 /// Turns each REINDEX INDEX into the index build it is on the index's table, found in the
 /// catalog; one of an index the catalog does not hold yet (the plan creates it) weighs
 /// nothing.
@@ -775,6 +773,8 @@ async fn index_tables(client: &Client, statements: &mut [Checked<'_>]) -> Result
     Ok(())
 }
 
+/// One statement of a plan, as [`check`] weighs it: its migration's version and script, the
+/// statement, its allow comments, its effects.
 type Checked<'a> = (
     i64,
     &'a crate::source::Script,
