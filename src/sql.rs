@@ -587,8 +587,10 @@ pub fn waits_without_blocking(statement: &str) -> bool {
 /// locks or change the session's settings, and do the same inside a transaction block as
 /// outside one: `VACUUM`, `CLUSTER` and
 /// `REINDEX` (refused inside one on a partitioned table, which the text does not show),
-/// `DEALLOCATE` (the run's own prepared statements go with it) and `DISCARD`,
-/// `CALL` (its procedure may commit), a `DO` whose text says COMMIT or ROLLBACK, what
+/// `ANALYZE` (of several tables, each in a transaction of its own only outside one),
+/// `DEALLOCATE` (the run's own prepared statements go with it) and `DISCARD`, `SET
+/// TRANSACTION` (only before the transaction's first query), `CALL` (its procedure may
+/// commit), a `DO` whose text says COMMIT, ROLLBACK or CALL, what
 /// PostgreSQL refuses inside a transaction block, and `ALTER TYPE ... VALUE` before
 /// PostgreSQL 12 (`server_version`) go alone; so does `LOCK`, refused outside a transaction
 /// block, unless the file opened one (`in_block`).
@@ -608,14 +610,21 @@ pub fn shares_message(statement: &str, in_block: bool, server_version: i32) -> b
             _ => true,
         },
         "truncate" | "insert" | "update" | "delete" | "merge" | "with" | "select" | "comment"
-        | "grant" | "revoke" | "refresh" | "analyze" | "security" => true,
+        | "grant" | "revoke" | "refresh" | "security" => true,
         // A setting lasts in the server session it lands in: the file's next statements
         // (checked, so in the run's session) run under it, and the bot's transactions, which a
-        // transaction pooler gives another server session, do not. `SET TRANSACTION` is
-        // refused with the file.
-        "set" | "reset" => true,
+        // transaction pooler gives another server session, do not. Not the transaction's own
+        // characteristics, which must come before its first query, and the check is one.
+        "set" | "reset" => {
+            let name = match word(1).as_str() {
+                "local" | "session" => word(2),
+                name => name.to_string(),
+            };
+            name != "transaction" && !name.starts_with("transaction_")
+        }
         "lock" => in_block,
-        "do" => !contains_any_ignore_case(statement, &["commit", "rollback"]),
+        // A procedure it calls may commit, which it may do only outside a transaction block.
+        "do" => !contains_any_ignore_case(statement, &["commit", "rollback", "call"]),
         _ => false,
     }
 }
@@ -1993,6 +2002,13 @@ mod tests {
             ("SET lock_timeout = '1s'", true),
             ("set search_path = app, public", true),
             ("RESET ALL", true),
+            ("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", true),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
+            ("set local transaction_isolation = 'serializable'", false),
+            ("SET transaction_read_only = on", false),
+            ("ANALYZE", false),
+            ("ANALYZE t", false),
+            ("DO $$ BEGIN CALL backfill(); END $$", false),
             ("DEALLOCATE ALL", false),
             ("DISCARD PLANS", false),
             ("SAVEPOINT a", false),

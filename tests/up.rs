@@ -572,13 +572,19 @@ CREATE PROCEDURE fill() LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO t VALUES (1); COMMIT; INSERT INTO t VALUES (2); END $$;
 CALL fill();
 DO $$ BEGIN INSERT INTO t VALUES (3); COMMIT; END $$;
+DO $$ BEGIN CALL fill(); END $$;
 VACUUM (ANALYZE) t;
+ANALYZE;
 CLUSTER;
 CREATE TYPE mood AS ENUM ('a');
 ALTER TYPE mood ADD VALUE 'b';
 BEGIN;
 LOCK TABLE t IN SHARE MODE;
 INSERT INTO t VALUES (4);
+COMMIT;
+BEGIN;
+SET TRANSACTION ISOLATION LEVEL SERIALIZABLE;
+INSERT INTO t SELECT 5 WHERE current_setting('transaction_isolation') = 'serializable';
 COMMIT;
 ";
     let dir = migrations(&[("001_alone.sql", file)]);
@@ -592,7 +598,7 @@ COMMIT;
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(values, [1, 2, 3, 4]);
+    assert_eq!(values, [1, 1, 2, 2, 3, 4, 5]);
 }
 
 /// A `SET` of a `-- no-transaction` file runs in the same message as the session check, one

@@ -118,7 +118,11 @@ pub(super) fn failed(
         _ => None,
     };
     let mut hint = db.hint().map(str::to_string);
-    if *db.code() == SqlState::ACTIVE_SQL_TRANSACTION {
+    // 25001 also stands for a SET TRANSACTION after the transaction's first query, which the
+    // server's own message says how to fix.
+    if *db.code() == SqlState::ACTIVE_SQL_TRANSACTION
+        && db.message().contains("inside a transaction block")
+    {
         hint = Some(match script.no_transaction {
             // Then only the file's own BEGIN put it inside one.
             true => "move it out of the file's own BEGIN ... COMMIT".into(),

@@ -66,7 +66,7 @@ pub(super) async fn run(
             continue;
         }
         let checked = sql::shares_message(statement.text, in_block, run.session.server_version());
-        let ours = match checked {
+        let mut ours = match checked {
             true => Some(Ours::new(run, &unrestored)),
             false => None,
         };
@@ -75,11 +75,19 @@ pub(super) async fn run(
             attempts.begin();
             let work = execute(run, step, &statement, ours.as_ref());
             let (result, sample) = monitor.watch(migration, work).await;
+            if ours.is_some() && !in_block && result.as_ref().is_err_and(runs_only_alone) {
+                // What the text did not show (an extension's statement, a procedure a
+                // function calls) refused the check's transaction block: the message was
+                // rolled back whole, so the statement runs again alone, as it did before
+                // statements were checked.
+                ours = None;
+                continue;
+            }
             match attempts.end(result, sample).await {
                 Ok(Some(rows)) => {
                     counts.push(rows);
                     in_block = sql::opens_block(statement.text).unwrap_or(in_block);
-                    if checked {
+                    if ours.is_some() {
                         unrestored.clear();
                     }
                     break;
@@ -147,6 +155,13 @@ async fn in_own_transaction(client: &Client, error: Error) -> Error {
     }
 }
 
+/// Whether a statement failed only for sharing its message with the check: PostgreSQL runs
+/// it only outside a transaction block (25001), or what it called committed (2D000).
+fn runs_only_alone(error: &Error) -> bool {
+    matches!(error, Error::Apply(failure)
+        if matches!(failure.sqlstate.as_str(), "25001" | "2D000"))
+}
+
 /// Whether the session is in a transaction that failed: one the file opened with BEGIN,
 /// since the statements of a `-- no-transaction` file otherwise each commit on their own.
 async fn in_aborted_transaction(client: &Client) -> bool {
@@ -197,7 +212,8 @@ async fn execute(
         .await
         .map(|counted| counted.counts.get(leading).copied().unwrap_or_default())
         .map_err(|e| {
-            if session::refusal(&e).is_some() {
+            // Only the check refuses this way; a statement sent alone fails as the file's.
+            if ours.is_some() && session::refusal(&e).is_some() {
                 let kept = "the statements of this -- no-transaction file before this one completed and stay, and it is not recorded";
                 return refused(run, step, e, "checking its server session", kept);
             }
