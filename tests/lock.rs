@@ -496,6 +496,35 @@ async fn a_no_transaction_statement_behind_a_long_reader_is_tried_again_on_its_o
     assert!(valid);
 }
 
+/// Inside a `-- no-transaction` file's own `BEGIN ... COMMIT`, a lock timeout fails the
+/// file's transaction: the block is rolled back and, once the reader is gone, runs again from
+/// its `BEGIN`, so what it wrote before the `ALTER` is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_transaction_file_s_own_block_behind_a_long_reader_runs_again_from_its_begin() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[(
+        "003_thumbnails.sql",
+        "-- no-transaction\n\
+         CREATE TABLE IF NOT EXISTS audit (note text);\n\
+         BEGIN;\n\
+         INSERT INTO audit VALUES ('thumbnails');\n\
+         ALTER TABLE video_requests ADD COLUMN thumbnail_url TEXT;\n\
+         COMMIT;\n\
+         CREATE INDEX CONCURRENTLY IF NOT EXISTS video_requests_user ON video_requests (user_id);\n",
+    )]);
+    waits_out_a_long_reader(&db, dir.path(), &["up"]).await;
+    let client = db.client().await;
+    assert_eq!(history(&client).await, [1, 2, 3]);
+    let notes: i64 = support::one(&client, "SELECT count(*) FROM audit").await;
+    assert_eq!(notes, 1);
+    let columns = support::columns(&client, "video_requests").await;
+    assert!(
+        columns.iter().any(|c| c.0 == "thumbnail_url"),
+        "{columns:?}"
+    );
+}
+
 fn lock_timed_out(event: &serde_json::Value) -> bool {
     event["message"]
         .as_str()

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 use tracing::warn;
 
 use super::failure::{connection_lost, failed, is_connection_lost, refused};
-use super::waits::{Attempts, Retry};
+use super::waits::{Attempts, Retry, is_lock_timeout};
 use super::{Run, Wrap};
 use crate::error::{Error, Refusal};
 use crate::history::Elapsed;
@@ -19,7 +19,8 @@ use crate::sql::{self, Statement};
 /// A `-- no-transaction` file: each statement on its own, as CREATE INDEX CONCURRENTLY
 /// requires, then the history change. Statements that completed before a failure stay, which
 /// is why such files must be idempotent; for the same reason a statement that hit its lock
-/// timeout runs again on its own once the lock's holders are gone.
+/// timeout runs again on its own once the lock's holders are gone (inside the file's own
+/// `BEGIN ... COMMIT`, the block was rolled back with it and runs again from its `BEGIN`).
 pub(super) async fn run(
     run: &Run<'_>,
     monitor: &mut Monitor<'_>,
@@ -39,13 +40,21 @@ pub(super) async fn run(
     run.session.check_same(session::pid(&open))?;
     rebuild_invalid_indexes(client, &creates).await?;
     let mut counts = Vec::new();
-    // Whether the file opened a transaction block and has not ended it yet.
-    let mut in_block = false;
+    // Where the file opened a transaction block it has not ended yet: a lock timeout inside
+    // it rolls the block back, which then runs again from its BEGIN.
+    let mut block: Option<Block> = None;
+    // The attempts a block rolled back for a lock timeout made, while it runs again.
+    let mut pending_block: Option<u32> = None;
     // Sets the run's lock timeout back where a CONCURRENTLY statement's raise may still
     // stand: its own message may have gone to another server session than the raise's.
     let mut unrestored: Vec<u128> = Vec::new();
-    for statement in sql::split(&script.sql) {
-        let (version, place) = (migration.version, run.place());
+    let (version, place) = (migration.version, run.place());
+    let statements = sql::split(&script.sql);
+    let mut next = 0;
+    'statements: while let Some(statement) = statements.get(next) {
+        let at = next;
+        next += 1;
+        let in_block = block.is_some();
         if sql::waits_without_blocking(statement.text) {
             let budget = run.waits.remaining().max(run.waits.policy.timeout);
             let raised = raise_lock_timeout(run, budget).await?;
@@ -55,7 +64,7 @@ pub(super) async fn run(
             let mut attempts = Attempts::new(&place, version, retry);
             attempts.begin();
             let (result, sample) = monitor
-                .watch(migration, execute(run, step, &statement, None))
+                .watch(migration, execute(run, step, statement, None))
                 .await;
             unrestored.extend(raised.to);
             raised.restore(run).await;
@@ -70,10 +79,11 @@ pub(super) async fn run(
             true => Some(Ours::new(run, &unrestored)),
             false => None,
         };
-        let mut attempts = Attempts::new(&place, version, Retry::Yes);
+        let earlier = block.as_ref().map_or(0, |b| b.attempts);
+        let mut attempts = Attempts::new(&place, version, Retry::Yes).after(earlier);
         loop {
             attempts.begin();
-            let work = execute(run, step, &statement, ours.as_ref());
+            let work = execute(run, step, statement, ours.as_ref());
             let (result, sample) = monitor.watch(migration, work).await;
             if ours.is_some() && !in_block && result.as_ref().is_err_and(runs_only_alone) {
                 // What the text did not show (an extension's statement, a procedure a
@@ -83,10 +93,41 @@ pub(super) async fn run(
                 ours = None;
                 continue;
             }
+            if let Some(opened) = block.as_ref().filter(|_| is_lock_timeout(&result)) {
+                // The file's transaction failed with it: rolled back, and once the lock's
+                // holders are gone it runs again from its BEGIN, as a migration in a
+                // transaction of the run's own would.
+                (client.batch_execute("ROLLBACK").await).map_err(Error::database(
+                    "rolling back the file's own transaction after a lock timeout",
+                ))?;
+                match attempts.end(result, sample).await {
+                    Ok(_) => {
+                        next = opened.begin;
+                        counts.truncate(opened.counts);
+                        unrestored.clone_from(&opened.unrestored);
+                        let attempts = attempts.count();
+                        block = None;
+                        pending_block = Some(attempts);
+                        continue 'statements;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
             match attempts.end(result, sample).await {
                 Ok(Some(rows)) => {
                     counts.push(rows);
-                    in_block = sql::opens_block(statement.text).unwrap_or(in_block);
+                    match sql::opens_block(statement.text) {
+                        Some(true) if block.is_none() => {
+                            block = Some(Block {
+                                begin: at,
+                                counts: counts.len() - 1,
+                                unrestored: unrestored.clone(),
+                                attempts: pending_block.take().unwrap_or(0),
+                            });
+                        }
+                        Some(false) => block = None,
+                        _ => {}
+                    }
                     if ours.is_some() {
                         unrestored.clear();
                     }
@@ -153,6 +194,18 @@ async fn in_own_transaction(client: &Client, error: Error) -> Error {
         }
         error => error,
     }
+}
+
+/// A transaction block a `-- no-transaction` file opened and has not ended yet.
+struct Block {
+    /// The index of its BEGIN among the file's statements.
+    begin: usize,
+    /// How many statement counts there were before it.
+    counts: usize,
+    /// The lock timeouts to set back when it began.
+    unrestored: Vec<u128>,
+    /// The attempts at it that a lock timeout rolled back.
+    attempts: u32,
 }
 
 /// Whether a statement failed only for sharing its message with the check: PostgreSQL runs

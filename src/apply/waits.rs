@@ -140,6 +140,18 @@ impl<'a> Attempts<'a> {
         }
     }
 
+    /// Counting on from `earlier` attempts (a `-- no-transaction` file's own transaction
+    /// block, run again from its BEGIN).
+    pub fn after(mut self, earlier: u32) -> Attempts<'a> {
+        self.count = earlier;
+        self
+    }
+
+    /// How many attempts were begun.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
     /// Call right before each attempt.
     pub fn begin(&mut self) {
         self.count += 1;
