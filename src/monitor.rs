@@ -329,10 +329,13 @@ impl<'a> Monitor<'a> {
                                 OR x.transaction IN (SELECT t.transactionid FROM pg_locks t
                                                        JOIN pg_locks h ON h.virtualtransaction = t.virtualtransaction
                                                       WHERE t.locktype = 'transactionid' AND h.pid IS NULL
-                                                        AND h.granted AND h.relation = w.oid))
+                                                        AND h.granted AND h.relation = w.oid
+                                                        AND h.database = (SELECT oid FROM pg_database
+                                                                           WHERE datname = current_database())
+                                                        AND w.mode || ' ' || h.mode = ANY ($2::text[])))
                          ORDER BY x.prepared LIMIT 1) q ON true
                   WHERE a.pid = $1",
-                &[&self.pid],
+                &[&self.pid, &*CONFLICTS],
             )
             .await;
         let row = match row {
@@ -415,4 +418,92 @@ fn progress(version: i64, elapsed: Duration, sample: &Sample) {
         blocks_total = sample.blocks_total,
         "migration still running"
     );
+}
+
+/// The table lock modes that conflict with `mode` (as `pg_locks.mode` names them): the table
+/// in PostgreSQL's documentation, "Conflicting Lock Modes". An unknown mode is taken for the
+/// strongest.
+pub fn conflicting(mode: &str) -> Vec<&'static str> {
+    const MODES: [&str; 8] = [
+        "AccessShareLock",
+        "RowShareLock",
+        "RowExclusiveLock",
+        "ShareUpdateExclusiveLock",
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    ];
+    // Row i: the modes mode i conflicts with, one bit each, AccessShareLock lowest.
+    const CONFLICTS: [u8; 8] = [
+        0b1000_0000,
+        0b1100_0000,
+        0b1111_0000,
+        0b1111_1000,
+        0b1110_1100,
+        0b1111_1100,
+        0b1111_1110,
+        0b1111_1111,
+    ];
+    let row = MODES.iter().position(|m| *m == mode).unwrap_or(7);
+    (MODES.iter().enumerate())
+        .filter(|(i, _)| CONFLICTS[row] & (1 << i) != 0)
+        .map(|(_, m)| *m)
+        .collect()
+}
+
+/// Every pair of table lock modes that conflict, as "wanted held": what a prepared
+/// transaction must hold of a relation to be the one a waiting statement waits for.
+static CONFLICTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let modes = conflicting("AccessExclusiveLock");
+    (modes.iter())
+        .flat_map(|wanted| {
+            conflicting(wanted)
+                .into_iter()
+                .map(move |held| format!("{wanted} {held}"))
+        })
+        .collect()
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_modes_conflict_as_postgresql_documents() {
+        assert_eq!(conflicting("AccessShareLock"), ["AccessExclusiveLock"]);
+        assert_eq!(
+            conflicting("RowExclusiveLock"),
+            [
+                "ShareLock",
+                "ShareRowExclusiveLock",
+                "ExclusiveLock",
+                "AccessExclusiveLock"
+            ]
+        );
+        assert_eq!(
+            conflicting("ShareLock"),
+            [
+                "RowExclusiveLock",
+                "ShareUpdateExclusiveLock",
+                "ShareRowExclusiveLock",
+                "ExclusiveLock",
+                "AccessExclusiveLock"
+            ]
+        );
+        assert_eq!(conflicting("ExclusiveLock").len(), 7);
+        assert_eq!(conflicting("AccessExclusiveLock").len(), 8);
+        assert_eq!(conflicting("SIReadLock").len(), 8);
+        // The table is symmetric.
+        for a in [
+            "AccessShareLock",
+            "RowShareLock",
+            "ShareUpdateExclusiveLock",
+            "ShareRowExclusiveLock",
+        ] {
+            for b in conflicting(a) {
+                assert!(conflicting(b).contains(&a), "{a} {b}");
+            }
+        }
+    }
 }

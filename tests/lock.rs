@@ -779,6 +779,55 @@ async fn a_concurrent_build_waiting_for_a_prepared_transaction_names_it_while_it
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
+/// Of two forgotten prepared transactions on the table, the progress events name the one
+/// whose lock the migration waits for, not the older one holding a lock that does not
+/// conflict with it.
+#[tokio::test]
+async fn a_migration_waiting_in_the_queue_names_the_prepared_transaction_it_waits_for() {
+    let db = support::database().await;
+    let dir = support::migrations(&[
+        (
+            "001_t.sql",
+            "CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1);",
+        ),
+        ("002_idx.sql", "CREATE INDEX t_v ON t (v);\n"),
+    ]);
+    let to_first = db_migrate::Command::Up {
+        target: db_migrate::plan::Target::Version(1),
+        mode: db_migrate::Mode::Each,
+    };
+    run(&config(&db.url, dir.path(), to_first)).await.1.unwrap();
+    let holder = db.client().await;
+    // A reader's ACCESS SHARE does not conflict with CREATE INDEX's SHARE; the writer's ROW
+    // EXCLUSIVE does.
+    holder
+        .batch_execute(
+            "BEGIN; SELECT * FROM t; PREPARE TRANSACTION 'old report';
+             BEGIN; UPDATE t SET v = v; PREPARE TRANSACTION 'nightly repair'",
+        )
+        .await
+        .unwrap();
+    let mut job = support::Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--progress-interval", "200ms"])
+            .args(["--ddl-lock-timeout", "3s"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let progress = job.wait_for("a progress event naming a prepared transaction", |e| {
+        e["message"] == "migration still running" && e["blocker_prepared"].is_string()
+    });
+    for gid in ["nightly repair", "old report"] {
+        let rollback = format!("ROLLBACK PREPARED '{gid}'");
+        holder.batch_execute(&rollback).await.unwrap();
+    }
+    assert_eq!(progress["blocker_prepared"], "nightly repair", "{progress}");
+    assert_eq!(progress["relation"], "t", "{progress}");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(0), "{events:#?}");
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
 #[tokio::test]
 async fn a_concurrent_build_that_times_out_counts_its_wait_not_its_build() {
     let db = support::database().await;

@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Blocker, Error};
 use crate::interrupt::Interrupt;
-use crate::monitor::{Sample, lock_wait_event};
+use crate::monitor::{Sample, conflicting, lock_wait_event};
 
 /// SQLSTATE 55P03, lock_not_available: the statement hit `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
@@ -347,38 +347,6 @@ async fn holding(
     }))
 }
 
-/// The table lock modes that conflict with `mode` (as `pg_locks.mode` names them): the table
-/// in PostgreSQL's documentation, "Conflicting Lock Modes". An unknown mode is taken for the
-/// strongest.
-fn conflicting(mode: &str) -> Vec<&'static str> {
-    const MODES: [&str; 8] = [
-        "AccessShareLock",
-        "RowShareLock",
-        "RowExclusiveLock",
-        "ShareUpdateExclusiveLock",
-        "ShareLock",
-        "ShareRowExclusiveLock",
-        "ExclusiveLock",
-        "AccessExclusiveLock",
-    ];
-    // Row i: the modes mode i conflicts with, one bit each, AccessShareLock lowest.
-    const CONFLICTS: [u8; 8] = [
-        0b1000_0000,
-        0b1100_0000,
-        0b1111_0000,
-        0b1111_1000,
-        0b1110_1100,
-        0b1111_1100,
-        0b1111_1110,
-        0b1111_1111,
-    ];
-    let row = MODES.iter().position(|m| *m == mode).unwrap_or(7);
-    (MODES.iter().enumerate())
-        .filter(|(i, _)| CONFLICTS[row] & (1 << i) != 0)
-        .map(|(_, m)| *m)
-        .collect()
-}
-
 /// Exit 6: what the migration waited for, and `still`, who holds it now.
 fn gave_up(version: i64, attempts: u32, tally: Tally, sample: &Sample, still: &Sample) -> Error {
     Error::DdlLockTimeout {
@@ -414,44 +382,6 @@ pub(super) fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lock_modes_conflict_as_postgresql_documents() {
-        assert_eq!(conflicting("AccessShareLock"), ["AccessExclusiveLock"]);
-        assert_eq!(
-            conflicting("RowExclusiveLock"),
-            [
-                "ShareLock",
-                "ShareRowExclusiveLock",
-                "ExclusiveLock",
-                "AccessExclusiveLock"
-            ]
-        );
-        assert_eq!(
-            conflicting("ShareLock"),
-            [
-                "RowExclusiveLock",
-                "ShareUpdateExclusiveLock",
-                "ShareRowExclusiveLock",
-                "ExclusiveLock",
-                "AccessExclusiveLock"
-            ]
-        );
-        assert_eq!(conflicting("ExclusiveLock").len(), 7);
-        assert_eq!(conflicting("AccessExclusiveLock").len(), 8);
-        assert_eq!(conflicting("SIReadLock").len(), 8);
-        // The table is symmetric.
-        for a in [
-            "AccessShareLock",
-            "RowShareLock",
-            "ShareUpdateExclusiveLock",
-            "ShareRowExclusiveLock",
-        ] {
-            for b in conflicting(a) {
-                assert!(conflicting(b).contains(&a), "{a} {b}");
-            }
-        }
-    }
 
     #[test]
     fn jitter_stays_below_its_bound() {
