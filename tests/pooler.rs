@@ -421,6 +421,11 @@ async fn no_statement_of_a_no_transaction_file_runs_outside_the_runs_server_sess
     let expected = format!("server session {} became", ran[0].0);
     assert!(message.contains(&expected), "{message}");
     assert!(history(&direct).await.is_empty());
+    // What of the file stays is said beside the refusal, which says nothing of the file.
+    let kept = events.iter().find(|e| {
+        (e["message"].as_str()).is_some_and(|m| m.contains("before line 3 completed and stay"))
+    });
+    assert!(kept.is_some_and(|e| e["version"] == 1), "{events:#?}");
 }
 
 /// A migration that ran alone (here one that says `DEALLOCATE`) leaves the session reset by

@@ -134,7 +134,11 @@ pub(super) async fn run(
                     break;
                 }
                 Ok(None) => {}
-                Err(error) => return Err(in_own_transaction(client, error).await),
+                Err(error) => {
+                    let from = block.as_ref().map_or(at, |b| b.begin);
+                    kept_beside_refusal(step, &error, from > 0, statements[from].line);
+                    return Err(in_own_transaction(client, error).await);
+                }
             }
         }
     }
@@ -193,6 +197,20 @@ async fn in_own_transaction(client: &Client, error: Error) -> Error {
             Error::Apply(failure)
         }
         error => error,
+    }
+}
+
+/// The check's refusal (another server session) says nothing of the file: what of it ran
+/// before `line` (the refused statement, or the BEGIN of the block it was in) stays, and is
+/// logged beside it.
+fn kept_beside_refusal(step: Step<'_>, error: &Error, ran: bool, line: usize) {
+    if matches!(error, Error::Pooled { .. }) && ran {
+        warn!(
+            version = step.migration.version,
+            file = %step.script.path.display(),
+            line,
+            "the statements of this -- no-transaction file before line {line} completed and stay; it is not recorded, and the next run applies it again (such files are idempotent)"
+        );
     }
 }
 
