@@ -358,19 +358,27 @@ pub fn lock_timeout_change(statement: &str) -> Option<LockTimeout> {
             )
         }
         // `set_config('lock_timeout', ...)` anywhere in it, however its value is computed.
-        _ => (calls_set_config(statement, "'lock_timeout'")
-            || may_set_unseen(statement, &tokens, &["lock_timeout"]))
+        // Most statements never name it: the text is searched first, the tokens only then.
+        _ => (contains_any_ignore_case(statement, &["lock_timeout"])
+            && (calls_set_config(statement, Some("'lock_timeout'"))
+                || may_set_unseen(statement, &tokens, &["lock_timeout"])))
         .then_some(LockTimeout::Unknown),
     }
 }
 
 /// Whether `statement` may change a setting (`names`, lower case) where its words do not
 /// show it: a `DO` block whose body names the setting (a `SET`, `set_config` or `EXECUTE`
-/// inside it is one literal to the lexer), or an `UPDATE` of `pg_settings` that names it.
+/// inside it is one literal to the lexer), an `UPDATE` of `pg_settings` (a `WITH` one too),
+/// or a `set_config` of a name it computes (`SELECT set_config(name, ...) FROM pg_settings
+/// WHERE name = ...`), that names it.
 fn may_set_unseen(statement: &str, tokens: &[Token], names: &[&str]) -> bool {
     let first = lower_word(statement, tokens, 0);
-    let settings = first == "update" && contains_any_ignore_case(statement, &["pg_settings"]);
-    (first == "do" || settings) && contains_any_ignore_case(statement, names)
+    let settings = || {
+        contains_any_ignore_case(statement, &["pg_settings"])
+            && code(statement).any(|t| t.is_keyword(statement, "update"))
+    };
+    contains_any_ignore_case(statement, names)
+        && (first == "do" || settings() || calls_set_config(statement, None))
 }
 
 /// The `i`th token of `tokens` (the head of `statement`) in lower case when it is a word,
@@ -383,15 +391,19 @@ fn lower_word(statement: &str, tokens: &[Token], i: usize) -> String {
 }
 
 /// Whether `statement` calls `set_config` with `quoted` (the setting's name as a literal,
-/// quotes and all) as its first argument.
-fn calls_set_config(statement: &str, quoted: &str) -> bool {
+/// quotes and all) as its first argument, or with `None`, a first argument that is not a
+/// literal (a name it computes).
+fn calls_set_config(statement: &str, quoted: Option<&str>) -> bool {
     let mut last: [Option<Token>; 2] = [None, None];
     code(statement).any(|token| {
         let found = matches!(last, [Some(name), Some(open)]
-            if name.is_keyword(statement, "set_config")
-                && open.kind == Kind::Open
-                && token.kind == Kind::Literal
-                && token.text(statement).eq_ignore_ascii_case(quoted));
+        if name.is_keyword(statement, "set_config")
+            && open.kind == Kind::Open
+            && match quoted {
+                Some(quoted) => token.kind == Kind::Literal
+                    && token.text(statement).eq_ignore_ascii_case(quoted),
+                None => token.kind != Kind::Literal,
+            });
         last = [last[1], Some(token)];
         found
     })
@@ -410,7 +422,7 @@ pub fn changes_time_zone(statement: &str) -> bool {
             word(1 + at) == "timezone" || (word(1 + at) == "time" && word(2 + at) == "zone")
         }
         _ => {
-            calls_set_config(statement, "'timezone'")
+            calls_set_config(statement, Some("'timezone'"))
                 || may_set_unseen(statement, &tokens, &["timezone", "time zone"])
         }
     }
@@ -1499,6 +1511,8 @@ mod tests {
             "DO $$ BEGIN SET TIME ZONE 'Europe/Berlin'; END $$",
             "DO $$ BEGIN EXECUTE format('SET timezone = %L', 'Asia/Tokyo'); END $$",
             "UPDATE pg_settings SET setting = 'Asia/Tokyo' WHERE name = 'TimeZone'",
+            "WITH s AS (UPDATE pg_settings SET setting = 'UTC' WHERE name = 'TimeZone' RETURNING 1) SELECT 1",
+            "SELECT set_config(name, 'Asia/Tokyo', false) FROM pg_settings WHERE name = 'TimeZone'",
         ] {
             assert!(changes_time_zone(statement), "{statement}");
         }
@@ -1507,6 +1521,7 @@ mod tests {
             "ALTER TABLE t ALTER COLUMN c TYPE timestamp with time zone",
             "SELECT now() AT TIME ZONE 'UTC'",
             "SELECT set_config('search_path', 'timezone', false)",
+            "SELECT name, setting FROM pg_settings WHERE name = 'TimeZone'",
             "DO $$ BEGIN UPDATE t SET c = 1; END $$",
         ] {
             assert!(!changes_time_zone(statement), "{statement}");
@@ -1548,8 +1563,20 @@ mod tests {
                 "UPDATE pg_catalog.pg_settings SET setting = '0' WHERE name = 'lock_timeout'",
                 Some(LockTimeout::Unknown),
             ),
+            (
+                "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'lock_timeout'",
+                Some(LockTimeout::Unknown),
+            ),
+            (
+                "WITH s AS (UPDATE pg_settings SET setting = '0' WHERE name = 'lock_timeout' RETURNING 1) SELECT 1",
+                Some(LockTimeout::Unknown),
+            ),
             ("DO $$ BEGIN ALTER TABLE t ADD c int; END $$", None),
             ("UPDATE t SET lock_timeout = 0", None),
+            (
+                "SELECT setting FROM pg_settings WHERE name = 'lock_timeout'",
+                None,
+            ),
             ("SELECT set_config('search_path', '', false)", None),
             ("SET statement_timeout = 0", None),
             ("RESET search_path", None),

@@ -1308,11 +1308,15 @@ async fn lifting_the_run_s_lock_timeout_is_refused_on_any_table_lowering_it_is_n
         ),
         (
             "DO $$ BEGIN SET lock_timeout = 0; END $$;",
-            "inside a DO block or pg_settings",
+            "inside a DO block, pg_settings",
         ),
         (
             "UPDATE pg_settings SET setting = '0' WHERE name = 'lock_timeout';",
-            "inside a DO block or pg_settings",
+            "inside a DO block, pg_settings",
+        ),
+        (
+            "SELECT set_config(name, '0', false) FROM pg_settings WHERE name = 'lock_timeout';",
+            "a computed set_config",
         ),
     ] {
         let text = format!("{lift}\nALTER TABLE video_requests ADD COLUMN IF NOT EXISTS x int;\n");

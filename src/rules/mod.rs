@@ -490,7 +490,7 @@ pub async fn check(
                 Some("lock_timeout back to the session's default, no limit unless set".into())
             }
             Some(sql::LockTimeout::Unknown) => Some(
-                "lock_timeout to a value it computes, or inside a DO block or pg_settings".into(),
+                "lock_timeout to a value it computes, or inside a DO block, pg_settings or a computed set_config".into(),
             ),
             None => None,
         };
