@@ -445,6 +445,38 @@ async fn a_new_column_of_a_checked_domain_or_with_a_volatile_default_of_the_data
     assert_ne!(before, rewritten);
 }
 
+/// After a migration's own `SET search_path`, a new column's type and the functions its
+/// default calls are the ones that path finds, not the ones the run's would.
+#[tokio::test]
+async fn a_new_column_s_type_and_default_resolve_along_the_migration_s_search_path() {
+    let db = seeded(BIG).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE SCHEMA app; \
+             CREATE DOMAIN app.positive AS integer CHECK (VALUE > 0); \
+             CREATE FUNCTION app.next_code() RETURNS text LANGUAGE plpgsql VOLATILE \
+                 AS 'BEGIN RETURN md5(random()::text); END';",
+        )
+        .await
+        .unwrap();
+    for (sql, what) in [
+        (
+            "SET search_path = app, public;\nALTER TABLE video_requests ADD COLUMN score positive;",
+            "ADD COLUMN of a domain with constraints",
+        ),
+        (
+            "SET search_path = app, public;\nALTER TABLE video_requests ADD COLUMN code text DEFAULT next_code();",
+            "ADD COLUMN with a default calling a volatile function",
+        ),
+    ] {
+        let dir = support::copy_of_seed(&[("003_add.sql", sql)]);
+        let message = refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+        assert!(message.contains(what), "{sql}: {message}");
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
 #[tokio::test]
 async fn naming_the_type_a_column_has_already_is_no_rewrite_on_a_big_table() {
     let db = seeded(BIG).await;

@@ -168,12 +168,15 @@ pub enum Effect {
     /// calls functions the rules do not know, any of which may be volatile. `of_type` is the
     /// type as SQL writes it; `calls` each called function's schema (when named) and name;
     /// `own_default` whether the column has a default of its own (a domain's default, which
-    /// may be volatile too, applies only when it has not).
+    /// may be volatile too, applies only when it has not); `path` the schemas of the
+    /// migration's own `SET search_path` before it, where its unqualified names resolve
+    /// (empty: the run's).
     MayRewrite {
         table: Name,
         of_type: Option<String>,
         calls: Vec<(Option<String>, String)>,
         own_default: bool,
+        path: Vec<String>,
     },
     /// ADD CONSTRAINT ... NOT VALID of a named CHECK or FOREIGN KEY: the lock it takes is
     /// held to the end of its transaction.
@@ -801,6 +804,7 @@ fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out:
             of_type,
             calls,
             own_default,
+            path: Vec::new(),
         });
     }
 }

@@ -406,14 +406,24 @@ pub(super) async fn retype(
 /// when the default calls a volatile function (a value per row); without a default of its
 /// own (`own_default`) the column takes the domain's, read from the catalog and weighed the
 /// same way. A function name with several volatilities among its overloads counts as
-/// volatile.
+/// volatile. Unqualified names resolve along `path` (a migration's own search path, after
+/// `pg_catalog`) before the run's; a function of that name in any schema of either counts.
 pub(super) async fn add_column_rewrites(
     client: &Client,
     of_type: Option<&str>,
     calls: &[(Option<String>, String)],
     own_default: bool,
+    path: &[String],
 ) -> Result<Option<&'static str>, Error> {
     const DOMAIN_DEFAULT: &str = "ADD COLUMN of a domain whose default calls a volatile function";
+    // The schemas an unqualified type name is looked for in, in order, before the run's
+    // search path: pg_catalog first, as the server does when the path does not name it.
+    let type_path: Vec<&str> = match of_type {
+        Some(name) if !path.is_empty() && !name.contains('.') => std::iter::once("pg_catalog")
+            .chain(path.iter().map(String::as_str))
+            .collect(),
+        _ => Vec::new(),
+    };
     let looked = match of_type {
         None => Vec::new(),
         Some(_) => client
@@ -421,7 +431,14 @@ pub(super) async fn add_column_rewrites(
                 "WITH RECURSIVE domain AS (
                  SELECT t.oid, t.typbasetype, t.typnotnull, t.typdefault, 1 AS depth
                    FROM pg_catalog.pg_type t
-                  WHERE t.oid = pg_catalog.to_regtype($1) AND t.typtype = 'd'
+                  WHERE t.oid = coalesce(
+                          (SELECT pg_catalog.to_regtype(pg_catalog.quote_ident(p.s) || '.' || $1)
+                             FROM unnest($2::text[]) WITH ORDINALITY AS p(s, o)
+                            WHERE pg_catalog.to_regtype(pg_catalog.quote_ident(p.s) || '.' || $1)
+                                  IS NOT NULL
+                            ORDER BY p.o LIMIT 1),
+                          pg_catalog.to_regtype($1))
+                    AND t.typtype = 'd'
                  UNION ALL
                  SELECT b.oid, b.typbasetype, b.typnotnull, b.typdefault, d.depth + 1
                    FROM domain d JOIN pg_catalog.pg_type b ON b.oid = d.typbasetype
@@ -431,7 +448,7 @@ pub(super) async fn add_column_rewrites(
                                                             WHERE c.contypid = d.oid)),
                     (SELECT d.typdefault FROM domain d WHERE d.typdefault IS NOT NULL
                       ORDER BY d.depth LIMIT 1)",
-                &[(&of_type, Type::TEXT)],
+                &[(&of_type, Type::TEXT), (&type_path, Type::TEXT_ARRAY)],
             )
             .await
             .map_err(Error::database(
@@ -474,9 +491,14 @@ pub(super) async fn add_column_rewrites(
                JOIN unnest($1::text[], $2::text[]) AS f(schema, name) ON p.proname = f.name
               WHERE p.provolatile = 'v'
                 AND (f.schema = n.nspname
-                     OR f.schema = '' AND pg_catalog.pg_function_is_visible(p.oid))
+                     OR f.schema = '' AND (pg_catalog.pg_function_is_visible(p.oid)
+                                           OR n.nspname = ANY ($3::text[])))
               LIMIT 1",
-            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+            &[
+                (&schemas, Type::TEXT_ARRAY),
+                (&names, Type::TEXT_ARRAY),
+                (&path, Type::TEXT_ARRAY),
+            ],
         )
         .await
         .map_err(Error::database(

@@ -640,10 +640,12 @@ pub async fn check(
                     of_type,
                     calls,
                     own_default,
+                    path,
                     ..
                 } if hit => {
                     let of_type = of_type.as_deref();
-                    let rewrites = facts::add_column_rewrites(client, of_type, calls, *own_default);
+                    let rewrites =
+                        facts::add_column_rewrites(client, of_type, calls, *own_default, path);
                     match rewrites.await? {
                         Some(what) => what,
                         None => continue,
@@ -660,7 +662,8 @@ pub async fn check(
 }
 
 /// Unqualified names after a migration's own `SET search_path` resolve through that path, as
-/// the server resolves them when the statement runs, not through the session's: each gets
+/// the server resolves them when the statement runs, not through the session's (a new
+/// column's type and the functions its default calls are looked up along it later): each gets
 /// the first schema on the path that holds a relation of that name (or, when none does, the
 /// first schema on it, where a CREATE puts it). The path lasts to the migration's end (each
 /// migration starts from the run's settings).
@@ -690,6 +693,9 @@ async fn qualify(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), 
             continue;
         };
         for (j, effect) in effects.iter_mut().enumerate() {
+            if let Effect::MayRewrite { path, .. } = effect {
+                path.clone_from(schemas);
+            }
             if effect.table_mut().is_some_and(|t| t.schema.is_none()) {
                 under.push((i, j, schemas.clone()));
             }
