@@ -209,8 +209,10 @@ pub async fn run(
                 report.statements.extend(checked);
                 continue;
             }
-            // Around each statement: the snapshot after one is the one before the next, as
-            // nothing runs between them (the sizes are read once the migration is done).
+            // Around each statement: the snapshot after one is the one before the next (the
+            // sizes are read once the migration is done). What runs between them is the
+            // trace's own reads of tables, whose ACCESS SHARE locks are set apart, by the
+            // statement whose diff they would show in.
             let mut snapshots = vec![snapshot(client, Some(&tables)).await?];
             for (statement, mut traced) in statements.iter().zip(checked.iter().cloned()) {
                 // What the parser cannot see into may drop or empty a table: what each held
@@ -220,7 +222,14 @@ pub async fn run(
                     Some("DO" | "CALL" | "SELECT" | "EXECUTE")
                 );
                 let held = match opaque {
-                    true => Some(contents(client, &tables).await?),
+                    true => {
+                        let mut held = contents(client, &tables).await?;
+                        let read = rows_held(client, &mut held, statement.text).await?;
+                        if let Some(last) = snapshots.last_mut() {
+                            last.read.extend(read);
+                        }
+                        Some(held)
+                    }
                     false => None,
                 };
                 let started = Instant::now();
@@ -265,7 +274,10 @@ pub async fn run(
                 open?;
                 snapshots.push(after?);
                 if let Some(held) = held {
-                    let lost = lost(client, &held, &tables, &names).await?;
+                    let (lost, read) = lost(client, &held, &tables, &names).await?;
+                    if let Some(last) = snapshots.last_mut() {
+                        last.read.extend(read);
+                    }
                     for (relation, rows, what) in lost {
                         traced.findings.push(Finding {
                             rule: Rule::DropsData,
@@ -330,7 +342,8 @@ async fn finish(
         // An empty sum is -0.0; adding 0.0 makes it print as 0.0.
         let held_after_ms: f64 = durations[i + 1..].iter().sum::<f64>() + 0.0;
         for (relation, mode) in after.locks.difference(&before.locks) {
-            if !existing.files.contains_key(relation) {
+            let ours = mode == "AccessShareLock" && before.read.contains(relation);
+            if !existing.files.contains_key(relation) || ours {
                 continue;
             }
             let size = size(client, *relation).await?;
@@ -451,6 +464,9 @@ async fn still_open(client: &Client, version: i64, file: &std::path::Path) -> Re
 struct Snapshot {
     locks: BTreeSet<(i64, String)>,
     files: HashMap<i64, i64>,
+    /// The tables the trace itself read after the snapshot, before the next statement ran:
+    /// their ACCESS SHARE locks are the trace's, not that statement's.
+    read: BTreeSet<i64>,
 }
 
 /// `among`: only these relations (the tables that existed before the plan); every user table
@@ -491,11 +507,15 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
 }
 
 /// What a table that existed before the plan holds, to tell what a statement took of it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Contents {
-    /// Whether its file has any page: an empty table loses nothing. (A table another
-    /// session dropped meanwhile has no size: none.)
+    /// Whether it may hold a row: its file has a page (an empty table loses nothing; a table
+    /// another session dropped meanwhile has no size: none), and, where the statement names
+    /// it and its pages may hold only dead rows, it has one ([`rows_held`]).
     pages: bool,
+    /// Its name, unquoted and unqualified, and as the server reads it.
+    relname: String,
+    regclass: String,
     /// The planner's estimate of its rows (0 when never counted).
     estimate: i64,
     /// Rows this transaction has deleted from it so far.
@@ -509,7 +529,7 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
         .query(
             "SELECT c.oid::int8, coalesce(pg_catalog.pg_relation_size(c.oid) > 0, false),
                     greatest(c.reltuples, 0)::int8, coalesce(x.n_tup_del, 0)::int8,
-                    c.relfilenode::int8
+                    c.relfilenode::int8, c.relname::text, c.oid::regclass::text
                FROM pg_catalog.pg_class c
                LEFT JOIN pg_catalog.pg_stat_xact_user_tables x ON x.relid = c.oid
               WHERE c.oid::int8 = ANY ($1::int8[]) AND c.relkind IN ('r', 'm')",
@@ -521,6 +541,8 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
         .map(|row| {
             let contents = Contents {
                 pages: row.get(1),
+                relname: row.get(5),
+                regclass: row.get(6),
                 estimate: row.get(2),
                 deleted: row.get(3),
                 file: row.get(4),
@@ -528,6 +550,39 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
             (row.get(0), contents)
         })
         .collect())
+}
+
+/// Whether the tables with pages that `statement` names hold a row, in one query: pages may
+/// hold only dead rows (a table emptied earlier in the plan, or before it and not vacuumed
+/// since), and dropping such a table loses no data. Returns the tables read (the trace's
+/// own ACCESS SHARE locks). A table the text does not name (a name built at run time) is
+/// taken to hold rows when it has pages.
+async fn rows_held(
+    client: &Client,
+    held: &mut HashMap<i64, Contents>,
+    statement: &str,
+) -> Result<Vec<i64>, Error> {
+    let text = statement.to_ascii_lowercase();
+    let unsure: Vec<i64> = (held.iter())
+        .filter(|(_, c)| c.pages && text.contains(&c.relname.to_ascii_lowercase()))
+        .map(|(relation, _)| *relation)
+        .collect();
+    if unsure.is_empty() {
+        return Ok(unsure);
+    }
+    let columns: Vec<String> = (unsure.iter())
+        .map(|relation| format!("EXISTS (SELECT FROM {})", held[relation].regclass))
+        .collect();
+    let row = (client
+        .query_one(&format!("SELECT {}", columns.join(", ")), &[])
+        .await)
+        .map_err(Error::database("reading whether the tables hold rows"))?;
+    for (i, relation) in unsure.iter().enumerate() {
+        if let Some(contents) = held.get_mut(relation) {
+            contents.pages = row.get(i);
+        }
+    }
+    Ok(unsure)
 }
 
 /// The tables that held rows before a statement the parser cannot see into (`held`) and
@@ -539,8 +594,9 @@ async fn lost(
     held: &HashMap<i64, Contents>,
     among: &[i64],
     names: &HashMap<i64, String>,
-) -> Result<Vec<(String, i64, &'static str)>, Error> {
+) -> Result<(Vec<(String, i64, &'static str)>, Vec<i64>), Error> {
     let now = contents(client, among).await?;
+    let mut read = Vec::new();
     let name = |relation: &i64| names.get(relation).cloned().unwrap_or_default();
     let mut lost = Vec::new();
     for (relation, before) in held.iter().filter(|(_, c)| c.pages) {
@@ -553,21 +609,16 @@ async fn lost(
             continue;
         }
         let context = "reading what the tables hold";
-        let now_named = (client.query_one("SELECT $1::int8::oid::regclass::text", &[relation]))
-            .await
-            .map_err(Error::database(context))?;
-        let empty = format!(
-            "SELECT NOT EXISTS (SELECT FROM {})",
-            now_named.get::<_, String>(0)
-        );
+        let empty = format!("SELECT NOT EXISTS (SELECT FROM {})", after.regclass);
         let row = (client.query_one(&empty, &[]).await).map_err(Error::database(context))?;
+        read.push(*relation);
         if row.get(0) {
             let rows = (after.deleted - before.deleted).max(before.estimate).max(1);
             lost.push((name(relation), rows, "the trace saw every row deleted"));
         }
     }
     lost.sort();
-    Ok(lost)
+    Ok((lost, read))
 }
 
 /// The tables that existed before the plan: their files, and their names then, which is what

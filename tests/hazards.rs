@@ -1057,7 +1057,9 @@ async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
         .await
         .batch_execute(
             "CREATE TABLE archive (id int); INSERT INTO archive VALUES (1), (2), (3); \
-             CREATE TABLE scratch (id int);",
+             CREATE TABLE scratch (id int); \
+             CREATE TABLE emptied (id int); INSERT INTO emptied VALUES (1), (2); \
+             DELETE FROM emptied;",
         )
         .await
         .unwrap();
@@ -1090,13 +1092,17 @@ async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
         let out = run(&db, dir.path(), &["plan"]);
         assert_eq!(out.code, 0, "{allowed}\n{}\n{}", out.stdout, out.stderr);
     }
+    // A table whose rows were deleted keeps its pages until a vacuum: the trace asks whether
+    // one is left before the block, and its own read is no lock of the block's.
     let dir = support::copy_of_seed(&[(
         "003_cleanup.sql",
-        "DO $$ BEGIN DROP TABLE scratch; DELETE FROM video_requests WHERE user_id = 'u1'; END $$;\n",
+        "DO $$ BEGIN DROP TABLE scratch; DROP TABLE emptied; \
+         DELETE FROM video_requests WHERE user_id = 'u1'; END $$;\n",
     )]);
     let out = run(&db, dir.path(), &["plan"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(!out.stdout.contains("drops-data"), "{}", out.stdout);
+    assert!(!out.stdout.contains("AccessShareLock"), "{}", out.stdout);
     // All of it was rolled back.
     let client = db.client().await;
     assert_eq!(history(&client).await, [1, 2]);
