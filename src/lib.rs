@@ -460,7 +460,18 @@ impl Job<'_> {
             _ => history::Columns::Checks,
         };
         let applied = (history::applied(db.client, db.table, columns).await?).unwrap_or_default();
-        let status = plan::status(db.migrations, &applied);
+        let mut status = plan::status(db.migrations, &applied);
+        // An applied version two files claim is shown as such, by the name history records,
+        // not compared with the file kept (the first by name), which may well be the one that
+        // did not run.
+        for entry in &mut status {
+            let claimed = self.conflicts.iter().any(|c| c.version == entry.version);
+            let row = applied.iter().find(|a| a.version == entry.version);
+            if let Some(row) = row.filter(|_| claimed) {
+                entry.state = plan::State::Conflict;
+                entry.name.clone_from(&row.name);
+            }
+        }
         self.summary.pending = Some(status.iter().filter(|e| e.is_pending()).count());
         self.summary.at_version = applied.iter().map(|a| a.version).max();
         self.summary.status = status;

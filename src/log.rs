@@ -600,7 +600,7 @@ fn status_table(entries: &[Entry]) -> String {
         .max(8);
     let _ = writeln!(
         out,
-        "{:<wide$} {:<8} {:<25} {:>8}  {:<4}  NAME",
+        "{:<wide$} {:<9} {:<25} {:>8}  {:<4}  NAME",
         "VERSION", "STATE", "APPLIED AT", "MS", "DOWN"
     );
     for e in entries {
@@ -611,7 +611,7 @@ fn status_table(entries: &[Entry]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<wide$} {:<8} {:<25} {:>8}  {down:<4}  {}",
+            "{:<wide$} {:<9} {:<25} {:>8}  {down:<4}  {}",
             e.version,
             e.state.as_str(),
             e.applied_at.as_deref().unwrap_or("-"),
@@ -634,6 +634,7 @@ fn status_line(entries: &[Entry]) -> String {
     for (state, word) in [
         (State::Drift, "changed since applied"),
         (State::Missing, "missing their file"),
+        (State::Conflict, "claimed by two files"),
     ] {
         if count(state) > 0 {
             parts.push(format!("{} {word}", count(state)));

@@ -167,6 +167,9 @@ pub enum State {
     Drift,
     /// Applied, but the file is gone.
     Missing,
+    /// Applied, and two files claim its version: which of them ran is not the file's to say
+    /// (`status` names the one the history records).
+    Conflict,
 }
 
 impl Entry {
@@ -182,6 +185,8 @@ impl State {
             State::Pending => "pending",
             State::Drift => "drift",
             State::Missing => "missing",
+            // Not "conflict": in JSON that is the row naming both files.
+            State::Conflict => "two_files",
         }
     }
 }

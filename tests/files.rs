@@ -682,6 +682,25 @@ async fn two_files_on_one_version_are_shown_by_status_and_the_error_names_the_ap
         .unwrap_or_else(|| panic!("no conflict row: {rows}"));
     assert_eq!(conflict["version"], 2);
     assert_eq!(conflict["applied_name"], "b");
+    // The file kept (the first by name) may be the one that never ran: its version is shown
+    // as claimed twice, by the name history records, not as the kept file changed since.
+    let earlier = dir.path().join("0002_z.sql");
+    std::fs::write(&earlier, "CREATE TABLE IF NOT EXISTS z (id int);").unwrap();
+    let status = run("status");
+    std::fs::remove_file(&earlier).unwrap();
+    let row = (status.stdout.lines())
+        .find(|l| l.starts_with("2 "))
+        .unwrap_or_default();
+    assert!(
+        row.contains("two_files") && row.ends_with(" b"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        (status.stdout).contains("1 applied, 0 pending, 1 claimed by two files"),
+        "{}",
+        status.stdout
+    );
     let up = run("up");
     assert_eq!(up.code, 3, "{}", up.stderr);
     let summary = support::events(&up.stderr).pop().unwrap();
