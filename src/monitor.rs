@@ -330,8 +330,8 @@ impl<'a> Monitor<'a> {
                                                        JOIN pg_locks h ON h.virtualtransaction = t.virtualtransaction
                                                       WHERE t.locktype = 'transactionid' AND h.pid IS NULL
                                                         AND h.granted AND h.relation = w.oid
-                                                        AND h.database = (SELECT oid FROM pg_database
-                                                                           WHERE datname = current_database())
+                                                        AND h.database IN (0, (SELECT oid FROM pg_database
+                                                                                WHERE datname = current_database()))
                                                         AND w.mode || ' ' || h.mode = ANY ($2::text[])))
                          ORDER BY x.prepared LIMIT 1) q ON true
                   WHERE a.pid = $1",

@@ -601,8 +601,8 @@ pub fn waits_without_blocking(statement: &str) -> bool {
 /// `REINDEX` (refused inside one on a partitioned table, which the text does not show),
 /// `ANALYZE` (of several tables, each in a transaction of its own only outside one),
 /// `DEALLOCATE` (the run's own prepared statements go with it) and `DISCARD`, `SET
-/// TRANSACTION` (only before the transaction's first query), `CALL` (its procedure may
-/// commit), a `DO` whose text says COMMIT, ROLLBACK or CALL, what
+/// TRANSACTION` (only before the transaction's first query) and, inside the file's own
+/// block, any `SET`, `CALL` (its procedure may commit), what
 /// PostgreSQL refuses inside a transaction block, and `ALTER TYPE ... VALUE` before
 /// PostgreSQL 12 (`server_version`) go alone; so does `LOCK`, refused outside a transaction
 /// block, unless the file opened one (`in_block`).
@@ -625,8 +625,11 @@ pub fn shares_message(statement: &str, in_block: bool, server_version: i32) -> b
         | "grant" | "revoke" | "refresh" | "security" => true,
         // A setting lasts in the server session it lands in: the file's next statements
         // (checked, so in the run's session) run under it, and the bot's transactions, which a
-        // transaction pooler gives another server session, do not. Not the transaction's own
-        // characteristics, which must come before its first query, and the check is one.
+        // transaction pooler gives another server session, do not. Not inside the file's own
+        // block, which keeps its server session anyway, and where the check's query would
+        // come before a SET TRANSACTION that must come first; nor the transaction's own
+        // characteristics.
+        "set" | "reset" if in_block => false,
         "set" | "reset" => {
             let name = match word(1).as_str() {
                 "local" | "session" => word(2),
@@ -635,8 +638,9 @@ pub fn shares_message(statement: &str, in_block: bool, server_version: i32) -> b
             name != "transaction" && !name.starts_with("transaction_")
         }
         "lock" => in_block,
-        // A procedure it calls may commit, which it may do only outside a transaction block.
-        "do" => !contains_any_ignore_case(statement, &["commit", "rollback", "call"]),
+        // One that commits (itself or in a procedure it calls) is refused inside the check's
+        // transaction block (2D000) before anything of it stays, and is sent again alone.
+        "do" => true,
         _ => false,
     }
 }
@@ -2017,11 +2021,11 @@ mod tests {
             ("REINDEX TABLE p", false),
             ("CLUSTER t", false),
             ("CALL fill()", false),
-            (
-                "DO $$ BEGIN INSERT INTO t VALUES (1); COMMIT; END $$",
-                false,
-            ),
-            ("do $$ begin rollback; end $$", false),
+            // A DO that commits is refused inside the block before any of it stays, and
+            // sent again alone (apply::outside); a word that only looks like it is no reason
+            // to go unchecked.
+            ("DO $$ BEGIN INSERT INTO t VALUES (1); COMMIT; END $$", true),
+            ("do $$ begin alter table commits add c int; end $$", true),
             // Transaction control.
             ("BEGIN", false),
             ("COMMIT", false),
@@ -2035,7 +2039,7 @@ mod tests {
             ("SET transaction_read_only = on", false),
             ("ANALYZE", false),
             ("ANALYZE t", false),
-            ("DO $$ BEGIN CALL backfill(); END $$", false),
+            ("DO $$ BEGIN CALL backfill(); END $$", true),
             ("DEALLOCATE ALL", false),
             ("DISCARD PLANS", false),
             ("SAVEPOINT a", false),
@@ -2052,6 +2056,12 @@ mod tests {
             );
         }
         assert!(shares_message("LOCK TABLE t IN SHARE MODE", true, 160_000));
+        // Inside the file's block a SET may come before its SET TRANSACTION.
+        assert!(!shares_message(
+            "SET LOCAL lock_timeout = '5s'",
+            true,
+            160_000
+        ));
         // Before PostgreSQL 12 a new enum value cannot be added inside a transaction block.
         assert!(!shares_message(
             "ALTER TYPE mood ADD VALUE 'b'",

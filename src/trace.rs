@@ -224,7 +224,8 @@ pub async fn run(
                 let held = match opaque {
                     true => {
                         let mut held = contents(client, &tables).await?;
-                        let read = rows_held(client, &mut held, statement.text).await?;
+                        let at = (step.migration.version, script.path.as_path());
+                        let read = rows_held(client, &mut held, statement.text, at).await?;
                         if let Some(last) = snapshots.last_mut() {
                             last.read.extend(read);
                         }
@@ -516,6 +517,8 @@ struct Contents {
     /// Its name, unquoted and unqualified, and as the server reads it.
     relname: String,
     regclass: String,
+    /// Whether a read sees all its rows: the run may read it, and no row security hides any.
+    readable: bool,
     /// The planner's estimate of its rows (0 when never counted).
     estimate: i64,
     /// Rows this transaction has deleted from it so far.
@@ -529,7 +532,8 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
         .query(
             "SELECT c.oid::int8, coalesce(pg_catalog.pg_relation_size(c.oid) > 0, false),
                     greatest(c.reltuples, 0)::int8, coalesce(x.n_tup_del, 0)::int8,
-                    c.relfilenode::int8, c.relname::text, c.oid::regclass::text
+                    c.relfilenode::int8, c.relname::text, c.oid::regclass::text,
+                    NOT c.relrowsecurity AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
                FROM pg_catalog.pg_class c
                LEFT JOIN pg_catalog.pg_stat_xact_user_tables x ON x.relid = c.oid
               WHERE c.oid::int8 = ANY ($1::int8[]) AND c.relkind IN ('r', 'm')",
@@ -543,6 +547,7 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
                 pages: row.get(1),
                 relname: row.get(5),
                 regclass: row.get(6),
+                readable: row.get(7),
                 estimate: row.get(2),
                 deleted: row.get(3),
                 file: row.get(4),
@@ -555,16 +560,18 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
 /// Whether the tables with pages that `statement` names hold a row, in one query: pages may
 /// hold only dead rows (a table emptied earlier in the plan, or before it and not vacuumed
 /// since), and dropping such a table loses no data. Returns the tables read (the trace's
-/// own ACCESS SHARE locks). A table the text does not name (a name built at run time) is
-/// taken to hold rows when it has pages.
+/// own ACCESS SHARE locks). A table the text does not name (a name built at run time), or
+/// one whose rows a read may not all see, is taken to hold rows when it has pages. A table
+/// another session holds past the lock timeout stops the plan as the statement would have.
 async fn rows_held(
     client: &Client,
     held: &mut HashMap<i64, Contents>,
     statement: &str,
+    (version, file): (i64, &std::path::Path),
 ) -> Result<Vec<i64>, Error> {
     let text = statement.to_ascii_lowercase();
     let unsure: Vec<i64> = (held.iter())
-        .filter(|(_, c)| c.pages && text.contains(&c.relname.to_ascii_lowercase()))
+        .filter(|(_, c)| c.pages && c.readable && text.contains(&c.relname.to_ascii_lowercase()))
         .map(|(relation, _)| *relation)
         .collect();
     if unsure.is_empty() {
@@ -576,7 +583,14 @@ async fn rows_held(
     let row = (client
         .query_one(&format!("SELECT {}", columns.join(", ")), &[])
         .await)
-        .map_err(Error::database("reading whether the tables hold rows"))?;
+        .map_err(|e| match e.code() {
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => Error::PlanLockTimeout {
+                version,
+                file: file.to_path_buf(),
+                message: crate::error::describe_db(&e),
+            },
+            _ => Error::database("reading whether the tables hold rows")(e),
+        })?;
     for (i, relation) in unsure.iter().enumerate() {
         if let Some(contents) = held.get_mut(relation) {
             contents.pages = row.get(i);

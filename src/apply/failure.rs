@@ -119,9 +119,11 @@ pub(super) fn failed(
     };
     let mut hint = db.hint().map(str::to_string);
     // 25001 also stands for a SET TRANSACTION after the transaction's first query, which the
-    // server's own message says how to fix.
+    // server's own message says how to fix. Told apart by the server's routine, whatever the
+    // language of its messages (an extension's refusal has a routine of its own).
     if *db.code() == SqlState::ACTIVE_SQL_TRANSACTION
-        && db.message().contains("inside a transaction block")
+        && (db.routine() == Some("PreventInTransactionBlock")
+            || db.message().contains("inside a transaction block"))
     {
         hint = Some(match script.no_transaction {
             // Then only the file's own BEGIN put it inside one.

@@ -100,6 +100,7 @@ pub(super) async fn run(
                 (client.batch_execute("ROLLBACK").await).map_err(Error::database(
                     "rolling back the file's own transaction after a lock timeout",
                 ))?;
+                attempts.since(opened.began);
                 match attempts.end(result, sample).await {
                     Ok(_) => {
                         next = opened.begin;
@@ -120,6 +121,7 @@ pub(super) async fn run(
                         Some(true) if block.is_none() => {
                             block = Some(Block {
                                 begin: at,
+                                began: Instant::now(),
                                 counts: counts.len() - 1,
                                 unrestored: unrestored.clone(),
                                 attempts: pending_block.take().unwrap_or(0),
@@ -218,6 +220,8 @@ fn kept_beside_refusal(step: Step<'_>, error: &Error, ran: bool, line: usize) {
 struct Block {
     /// The index of its BEGIN among the file's statements.
     begin: usize,
+    /// When its BEGIN completed: what a lock timeout rolls back dates from then.
+    began: Instant,
     /// How many statement counts there were before it.
     counts: usize,
     /// The lock timeouts to set back when it began.

@@ -147,6 +147,13 @@ impl<'a> Attempts<'a> {
         self
     }
 
+    /// Dates the attempt from `started`: a lock timeout in a `-- no-transaction` file's own
+    /// block rolls back all of the block, begun then, and all of it counts as waited, as a
+    /// migration's whole attempt does.
+    pub fn since(&mut self, started: Instant) {
+        self.started = started;
+    }
+
     /// How many attempts were begun.
     pub fn count(&self) -> u32 {
         self.count
