@@ -727,27 +727,35 @@ async fn concurrent_index_build_reports_its_phase_while_it_waits_for_writers() {
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
-/// A concurrent build waits for every transaction that wrote to its table, a forgotten
-/// prepared one too, which has no session: pg_blocking_pids names it 0, and the progress
-/// events named no one. They name the prepared transaction, its owner and its age.
-#[tokio::test]
-async fn a_concurrent_build_waiting_for_a_prepared_transaction_names_it_while_it_waits() {
-    let db = support::database().await;
+/// A directory of two migrations, the first (`001_t.sql`: a table `t` of one row) applied to
+/// `db`, the second (`002_idx.sql`, `second`) pending.
+async fn one_row_applied_then(db: &support::TestDb, second: &str) -> tempfile::TempDir {
     let dir = support::migrations(&[
         (
             "001_t.sql",
             "CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1);",
         ),
-        (
-            "002_idx.sql",
-            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n",
-        ),
+        ("002_idx.sql", second),
     ]);
     let to_first = db_migrate::Command::Up {
         target: db_migrate::plan::Target::Version(1),
         mode: db_migrate::Mode::Each,
     };
     run(&config(&db.url, dir.path(), to_first)).await.1.unwrap();
+    dir
+}
+
+/// A concurrent build waits for every transaction that wrote to its table, a forgotten
+/// prepared one too, which has no session: pg_blocking_pids names it 0, and the progress
+/// events named no one. They name the prepared transaction, its owner and its age.
+#[tokio::test]
+async fn a_concurrent_build_waiting_for_a_prepared_transaction_names_it_while_it_waits() {
+    let db = support::database().await;
+    let dir = one_row_applied_then(
+        &db,
+        "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n",
+    )
+    .await;
     let holder = db.client().await;
     holder
         .batch_execute("BEGIN; UPDATE t SET v = v; PREPARE TRANSACTION 'nightly fix'")
@@ -785,18 +793,7 @@ async fn a_concurrent_build_waiting_for_a_prepared_transaction_names_it_while_it
 #[tokio::test]
 async fn a_migration_waiting_in_the_queue_names_the_prepared_transaction_it_waits_for() {
     let db = support::database().await;
-    let dir = support::migrations(&[
-        (
-            "001_t.sql",
-            "CREATE TABLE t (id int, v int); INSERT INTO t VALUES (1, 1);",
-        ),
-        ("002_idx.sql", "CREATE INDEX t_v ON t (v);\n"),
-    ]);
-    let to_first = db_migrate::Command::Up {
-        target: db_migrate::plan::Target::Version(1),
-        mode: db_migrate::Mode::Each,
-    };
-    run(&config(&db.url, dir.path(), to_first)).await.1.unwrap();
+    let dir = one_row_applied_then(&db, "CREATE INDEX t_v ON t (v);\n").await;
     let holder = db.client().await;
     // A reader's ACCESS SHARE does not conflict with CREATE INDEX's SHARE; the writer's ROW
     // EXCLUSIVE does.
