@@ -377,6 +377,27 @@ async fn a_setup_refused_in_the_first_round_trip_is_made_again_in_the_session_th
     assert_eq!(history(&db.client().await).await.len(), 2, "{}", out.stderr);
 }
 
+/// Runs `up` on `dir` through a pooler of two server connections and moves it from one to
+/// the other while its `pg_sleep(1)` runs: the bot's transactions hold the first server
+/// connection while the run sets up on the second, another takes the second as the run's
+/// statement leaves it, and what the run sends next gets the first one.
+async fn moved_during_pg_sleep(
+    db: &support::TestDb,
+    url: &str,
+    dir: &std::path::Path,
+) -> (Option<i32>, Vec<serde_json::Value>) {
+    let first = support::connect(url).await;
+    first.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let run = Running::spawn(&mut json_command(url, dir, &["up"]));
+    support::running(db, "pg_sleep(1)").await;
+    let second = support::connect(url).await;
+    second.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    first.batch_execute("COMMIT").await.unwrap();
+    let finished = run.finish();
+    second.batch_execute("COMMIT").await.unwrap();
+    finished
+}
+
 /// Behind a transaction pooler each statement of a `-- no-transaction` file is a transaction
 /// of its own, which can land in another server session: one without the run's
 /// `lock_timeout` (or lock), where a statement waiting for its table lock queues the bot's
@@ -396,18 +417,7 @@ async fn no_statement_of_a_no_transaction_file_runs_outside_the_runs_server_sess
     let record = "INSERT INTO ran SELECT pg_backend_pid(), current_setting('lock_timeout')";
     let file = format!("-- no-transaction\n{record} FROM pg_sleep(1);\n{record};\n");
     let dir = support::migrations(&[("001_where.sql", file)]);
-    // The bot's transactions: one holds the first server connection while the run sets up
-    // on the second, another takes the second as the file's first statement leaves it, and
-    // the run's next statement gets the first one.
-    let first = support::connect(&url).await;
-    first.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    let run = Running::spawn(&mut json_command(&url, dir.path(), &["up"]));
-    support::running(&db, "pg_sleep(1)").await;
-    let second = support::connect(&url).await;
-    second.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    first.batch_execute("COMMIT").await.unwrap();
-    let (code, events) = run.finish();
-    second.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = moved_during_pg_sleep(&db, &url, dir.path()).await;
     let rows = direct
         .query("SELECT pid, lock_timeout FROM ran", &[])
         .await
@@ -451,17 +461,7 @@ async fn a_migration_opening_after_one_that_ran_alone_checks_its_server_session_
         ("001_alone.sql", "DEALLOCATE ALL;\nSELECT pg_sleep(1);\n"),
         ("002_next.sql", next),
     ]);
-    // As in the test above: the bot's transactions move the run to the other server
-    // connection between the two migrations.
-    let first = support::connect(&url).await;
-    first.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    let run = Running::spawn(&mut json_command(&url, dir.path(), &["up"]));
-    support::running(&db, "pg_sleep(1)").await;
-    let second = support::connect(&url).await;
-    second.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    first.batch_execute("COMMIT").await.unwrap();
-    let (code, events) = run.finish();
-    second.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = moved_during_pg_sleep(&db, &url, dir.path()).await;
     let called: bool = support::one(&direct, "SELECT is_called FROM elsewhere").await;
     assert!(
         !called,
