@@ -223,9 +223,11 @@ pub async fn run(
                 );
                 let held = match opaque {
                     true => {
-                        let mut held = contents(client, &tables).await?;
                         let at = (step.migration.version, script.path.as_path());
-                        let read = rows_held(client, &mut held, statement.text, at).await?;
+                        let held = contents(client, &tables).await;
+                        let mut held = held.map_err(|e| gave_up_on_lock(e, at))?;
+                        let read = rows_held(client, &mut held, statement.text).await;
+                        let read = read.map_err(|e| gave_up_on_lock(e, at))?;
                         if let Some(last) = snapshots.last_mut() {
                             last.read.extend(read);
                         }
@@ -275,7 +277,9 @@ pub async fn run(
                 open?;
                 snapshots.push(after?);
                 if let Some(held) = held {
-                    let (lost, read) = lost(client, &held, &tables, &names).await?;
+                    let at = (step.migration.version, script.path.as_path());
+                    let lost = lost(client, &held, &tables, &names).await;
+                    let (lost, read) = lost.map_err(|e| gave_up_on_lock(e, at))?;
                     if let Some(last) = snapshots.last_mut() {
                         last.read.extend(read);
                     }
@@ -561,13 +565,11 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
 /// hold only dead rows (a table emptied earlier in the plan, or before it and not vacuumed
 /// since), and dropping such a table loses no data. Returns the tables read (the trace's
 /// own ACCESS SHARE locks). A table the text does not name (a name built at run time), or
-/// one whose rows a read may not all see, is taken to hold rows when it has pages. A table
-/// another session holds past the lock timeout stops the plan as the statement would have.
+/// one whose rows a read may not all see, is taken to hold rows when it has pages.
 async fn rows_held(
     client: &Client,
     held: &mut HashMap<i64, Contents>,
     statement: &str,
-    (version, file): (i64, &std::path::Path),
 ) -> Result<Vec<i64>, Error> {
     let text = statement.to_ascii_lowercase();
     let unsure: Vec<i64> = (held.iter())
@@ -583,20 +585,31 @@ async fn rows_held(
     let row = (client
         .query_one(&format!("SELECT {}", columns.join(", ")), &[])
         .await)
-        .map_err(|e| match e.code() {
-            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => Error::PlanLockTimeout {
-                version,
-                file: file.to_path_buf(),
-                message: crate::error::describe_db(&e),
-            },
-            _ => Error::database("reading whether the tables hold rows")(e),
-        })?;
+        .map_err(Error::database("reading whether the tables hold rows"))?;
     for (i, relation) in unsure.iter().enumerate() {
         if let Some(contents) = held.get_mut(relation) {
             contents.pages = row.get(i);
         }
     }
     Ok(unsure)
+}
+
+/// The trace's own reads of the tables around a statement (their sizes, whether a row is
+/// left) wait for the same locks the statement would: a table another session holds past
+/// the lock timeout stops `plan` as the statement would have (exit 6), not as a failure.
+fn gave_up_on_lock(error: Error, (version, file): (i64, &std::path::Path)) -> Error {
+    match error {
+        Error::Database { source, .. }
+            if source.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            Error::PlanLockTimeout {
+                version,
+                file: file.to_path_buf(),
+                message: crate::error::describe_db(&source),
+            }
+        }
+        error => error,
+    }
 }
 
 /// The tables that held rows before a statement the parser cannot see into (`held`) and

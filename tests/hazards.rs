@@ -1247,6 +1247,19 @@ async fn plan_gives_up_on_a_lock_another_session_holds_with_exit_6() {
         "{message}"
     );
     holder.batch_execute("ROLLBACK").await.unwrap();
+    // A block the parser cannot see into is traced after the trace asks the tables it names
+    // whether a row is left: that read, too, gives up with exit 6 rather than queue.
+    holder
+        .batch_execute("BEGIN; LOCK TABLE video_requests IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_priority.sql",
+        "DO $$ BEGIN ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority int; END $$;\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    holder.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 

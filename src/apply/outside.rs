@@ -104,7 +104,8 @@ pub(super) async fn run(
                 match attempts.end(result, sample).await {
                     Ok(_) => {
                         next = opened.begin;
-                        counts.truncate(opened.counts);
+                        // A count a statement: those before the BEGIN stay.
+                        counts.truncate(opened.begin);
                         unrestored.clone_from(&opened.unrestored);
                         let attempts = attempts.count();
                         block = None;
@@ -122,7 +123,6 @@ pub(super) async fn run(
                             block = Some(Block {
                                 begin: at,
                                 began: Instant::now(),
-                                counts: counts.len() - 1,
                                 unrestored: unrestored.clone(),
                                 attempts: pending_block.take().unwrap_or(0),
                             });
@@ -222,8 +222,6 @@ struct Block {
     begin: usize,
     /// When its BEGIN completed: what a lock timeout rolls back dates from then.
     began: Instant,
-    /// How many statement counts there were before it.
-    counts: usize,
     /// The lock timeouts to set back when it began.
     unrestored: Vec<u128>,
     /// The attempts at it that a lock timeout rolled back.
