@@ -17,7 +17,8 @@ async fn job_in_slow_migration(db: &support::TestDb, dir: &std::path::Path) -> R
     job_sleeping(db, dir).await
 }
 
-/// Starts `up` on `dir`, and waits until a migration's `pg_sleep(60)` runs.
+/// Starts `up` on `dir`, and waits until a migration's `pg_sleep(60)` runs: sleeping, not
+/// only sent, since a cancel that lands before a `DO` block enters its handler is not caught.
 async fn job_sleeping(db: &support::TestDb, dir: &std::path::Path) -> Running {
     let job = Running::spawn(
         binary()
@@ -30,7 +31,8 @@ async fn job_sleeping(db: &support::TestDb, dir: &std::path::Path) -> Running {
         let rows = watcher
             .query(
                 "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
-                 AND application_name = 'db-migrate' AND state = 'active' AND query LIKE '%pg_sleep(60)%'",
+                 AND application_name = 'db-migrate' AND state = 'active' AND wait_event = 'PgSleep'
+                 AND query LIKE '%pg_sleep(60)%'",
                 &[],
             )
             .await
