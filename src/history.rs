@@ -381,6 +381,31 @@ pub async fn untracked(client: &Client, table: &Table) -> Result<bool, Error> {
     Ok(rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))))
 }
 
+/// The refusal for a history table named in a schema that does not exist, on a database
+/// that has tables: `up` would create the schema, find no history in it and apply every file
+/// again, so a mistyped `--history-table` schema is far likelier than a wish. On an empty
+/// database the schema is created as before.
+pub async fn refuse_missing_schema(client: &Client, table: &Table) -> Result<(), Error> {
+    let Some(schema) = &table.quoted_schema else {
+        return Ok(());
+    };
+    let rows = client
+        .simple_query(&format!(
+            "SELECT 1 WHERE pg_catalog.to_regnamespace({}) IS NULL",
+            literal(schema)
+        ))
+        .await
+        .map_err(Error::database("looking for the history table's schema"))?;
+    if !rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))) {
+        return Ok(());
+    }
+    let name = &table.name;
+    let typed = name.split('.').next().unwrap_or_default();
+    Err(Error::Config(format!(
+        "--history-table \"{name}\": schema \"{typed}\" does not exist and the database already has tables, so no history would be found and every migration would run again; check the name, or create the schema first to keep the history there"
+    )))
+}
+
 /// The warning for a database with tables and no history, when `untracked`.
 pub fn warn_untracked(table: &Table, untracked: bool) {
     if untracked {

@@ -585,6 +585,9 @@ impl Job<'_> {
                 Some(untracked) => untracked?,
                 None => history::untracked(client, table).await?,
             };
+            if untracked {
+                history::refuse_missing_schema(client, table).await?;
+            }
             history::warn_untracked(table, untracked);
             if !untracked {
                 tables = rules::Tables::None;

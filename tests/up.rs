@@ -786,3 +786,34 @@ async fn history_table_name_is_configurable_and_schema_qualified() {
     assert_eq!(count, 2);
     run(&cfg).await.1.unwrap();
 }
+
+#[tokio::test]
+async fn a_history_table_in_a_schema_that_does_not_exist_is_refused_on_a_database_with_tables() {
+    let db = support::database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE kept (i int)")
+        .await
+        .unwrap();
+    let mut cfg = config(&db.url, &seed_dir(), up());
+    cfg.history_table = db_migrate::history::Table::parse("opps.schema_migrations").unwrap();
+    let error = run(&cfg).await.1.expect_err("refused");
+    let text = error.to_string();
+    assert_eq!(error.exit_code(), 2, "{text}");
+    assert!(
+        text.contains("opps.schema_migrations") && text.contains("schema \"opps\" does not exist"),
+        "{text}"
+    );
+    let made: i64 = support::one(
+        &client,
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 'opps'",
+    )
+    .await;
+    assert_eq!(made, 0, "nothing created");
+    assert_eq!(tables(&client).await, ["kept"]);
+    // The schema made on purpose takes the history.
+    client.batch_execute("CREATE SCHEMA opps").await.unwrap();
+    run(&cfg).await.1.unwrap();
+    let count: i64 = support::one(&client, "SELECT count(*) FROM opps.schema_migrations").await;
+    assert_eq!(count, 2);
+}
