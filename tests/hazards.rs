@@ -590,6 +590,88 @@ async fn a_finding_says_whether_its_rows_are_estimated_or_a_count_cut_off() {
     assert_eq!(history(&client).await, [1, 2]);
 }
 
+/// No index is built CONCURRENTLY on a partitioned table, nor a foreign key added NOT VALID
+/// (before PostgreSQL 18): the fixes say what works there, and that way passes the rules.
+#[tokio::test]
+async fn a_partitioned_table_gets_the_fixes_that_work_on_one_and_they_pass() {
+    let db = seeded("").await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE renders (id int, request_id uuid) PARTITION BY RANGE (id);
+             CREATE TABLE renders_1 PARTITION OF renders FOR VALUES FROM (0) TO (6000);
+             CREATE TABLE renders_2 PARTITION OF renders FOR VALUES FROM (6000) TO (20000);
+             INSERT INTO renders SELECT i, NULL FROM generate_series(0, 11999) i;",
+        )
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_renders.sql",
+        "CREATE INDEX IF NOT EXISTS renders_request ON renders (request_id);
+         ALTER TABLE renders ADD CONSTRAINT renders_request_fk FOREIGN KEY (request_id) REFERENCES video_requests (id);
+",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    refused(
+        &out,
+        &["index-without-concurrently", "validates-whole-table"],
+    );
+    let fixes: Vec<String> = (events(&out.stderr).iter())
+        .filter(|e| e["message"] == "hazard refused")
+        .map(|e| e["fix"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        fixes[0].contains("ON ONLY") && fixes[0].contains("ATTACH PARTITION"),
+        "{fixes:?}"
+    );
+    assert!(
+        fixes[1].contains("NOT VALID to each partition"),
+        "{fixes:?}"
+    );
+    assert_eq!(history(&client).await, [1, 2]);
+    let partition = |n: usize| {
+        format!(
+            "ALTER TABLE renders_{n} ADD CONSTRAINT renders_{n}_request_fk FOREIGN KEY (request_id) \
+             REFERENCES video_requests (id) NOT VALID;\n"
+        )
+    };
+    let (fk_1, fk_2) = (partition(1), partition(2));
+    let dir = support::copy_of_seed(&[
+        (
+            "003_renders_index.sql",
+            "CREATE INDEX IF NOT EXISTS renders_request ON ONLY renders (request_id);\n",
+        ),
+        (
+            "004_renders_partitions.sql",
+            "-- no-transaction\n\
+             CREATE INDEX CONCURRENTLY IF NOT EXISTS renders_1_request ON renders_1 (request_id);\n\
+             ALTER INDEX renders_request ATTACH PARTITION renders_1_request;\n\
+             CREATE INDEX CONCURRENTLY IF NOT EXISTS renders_2_request ON renders_2 (request_id);\n\
+             ALTER INDEX renders_request ATTACH PARTITION renders_2_request;\n",
+        ),
+        ("005_renders_keys.sql", &format!("{fk_1}{fk_2}")),
+        (
+            "006_renders_validate.sql",
+            "ALTER TABLE renders_1 VALIDATE CONSTRAINT renders_1_request_fk;\n\
+             ALTER TABLE renders_2 VALIDATE CONSTRAINT renders_2_request_fk;\n",
+        ),
+        (
+            "007_renders_key.sql",
+            "-- db-migrate:allow validates-whole-table the partitions' keys are validated (006)\n\
+             ALTER TABLE renders ADD CONSTRAINT renders_request_fk FOREIGN KEY (request_id) REFERENCES video_requests (id);\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&client).await, [1, 2, 3, 4, 5, 6, 7]);
+    let valid: bool = support::one(
+        &client,
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'renders_request'::regclass",
+    )
+    .await;
+    assert!(valid, "every partition's index attached");
+}
+
 /// PostgreSQL 12 and later change `timestamp` to `timestamptz` in the catalog alone when the
 /// session's time zone is UTC (Cloud SQL's default); under another zone, or after a file sets
 /// one, every row is rewritten under ACCESS EXCLUSIVE.

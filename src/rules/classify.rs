@@ -95,6 +95,15 @@ pub const VACUUM_FULL: &str = "VACUUM FULL";
 pub const REFRESH_VIEW: &str = "REFRESH MATERIALIZED VIEW without CONCURRENTLY";
 pub const REINDEX_TABLE: &str = "REINDEX TABLE";
 pub const REINDEX_INDEX: &str = "REINDEX INDEX";
+pub const INDEX_ON_PARTITIONED: &str = "CREATE INDEX on a partitioned table";
+pub const FOREIGN_KEY_ON_PARTITIONED: &str =
+    "ADD CONSTRAINT ... FOREIGN KEY on a partitioned table";
+/// What a statement does that reads as [`INDEX_ON_PARTITIONED`] or
+/// [`FOREIGN_KEY_ON_PARTITIONED`] when its table is partitioned.
+pub const CREATE_INDEX: &str = "CREATE INDEX";
+/// On a partitioned table it builds nothing: an invalid index that partitions' are attached to.
+pub const CREATE_INDEX_ON_ONLY: &str = "CREATE INDEX ... ON ONLY";
+pub const ADD_FOREIGN_KEY: &str = "ADD CONSTRAINT ... FOREIGN KEY without NOT VALID";
 
 /// One thing a statement does that the rules weigh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,7 +378,10 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 out.push(Effect::BuildsIndex {
                     table,
                     concurrently: index.concurrent,
-                    what: "CREATE INDEX",
+                    what: match relation.inh {
+                        true => CREATE_INDEX,
+                        false => CREATE_INDEX_ON_ONLY,
+                    },
                 });
             }
             if !index.if_not_exists {
@@ -870,7 +882,7 @@ fn constraint_effects(
         }),
         ConstrType::ConstrForeign if !constraint.skip_validation => out.push(Effect::Validates {
             table,
-            what: "ADD CONSTRAINT ... FOREIGN KEY without NOT VALID",
+            what: ADD_FOREIGN_KEY,
             not_null: None,
         }),
         ConstrType::ConstrPrimary | ConstrType::ConstrUnique | ConstrType::ConstrExclusion

@@ -3,7 +3,7 @@
 //! count, cut off at the hazard threshold, only where the planner's estimate (`reltuples`)
 //! is below it or missing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -18,6 +18,9 @@ const VALUES_CAP: i64 = 1_000_000;
 pub(super) struct Facts {
     /// Rows of each existing table, by its SQL name; absent tables are missing.
     rows: HashMap<String, (i64, RowCount)>,
+    /// The partitioned ones among them, whose fixes differ (no index is built on one
+    /// CONCURRENTLY, and no foreign key added NOT VALID before PostgreSQL 18).
+    partitioned: HashSet<String>,
 }
 
 impl Facts {
@@ -34,14 +37,14 @@ impl Facts {
         names.extend(named.iter().map(|t| t.sql()));
         names.sort();
         names.dedup();
-        let mut rows = HashMap::new();
+        let (mut rows, mut partitioned) = (HashMap::new(), HashSet::new());
         if names.is_empty() {
-            return Ok(Facts { rows });
+            return Ok(Facts { rows, partitioned });
         }
         // Typed queries: one round trip each, with no statement prepared first.
         let estimates = client
             .query_typed(
-                "SELECT n, c.reltuples::int8 FROM unnest($1::text[]) AS n
+                "SELECT n, c.reltuples::int8, c.relkind = 'p' FROM unnest($1::text[]) AS n
                    JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(n)
                   WHERE c.relkind IN ('r', 'p', 'm')",
                 &[(&names, Type::TEXT_ARRAY)],
@@ -51,6 +54,9 @@ impl Facts {
         let mut small = Vec::new();
         for row in estimates {
             let (name, estimate): (String, i64) = (row.get(0), row.get(1));
+            if row.get::<_, bool>(2) {
+                partitioned.insert(name.clone());
+            }
             if estimate >= threshold || !sized.contains(&name) {
                 rows.insert(name, (estimate, RowCount::Estimated));
             } else {
@@ -70,14 +76,19 @@ impl Facts {
                 .await
                 .map_err(Error::database("counting rows for the hazard rules"))?;
             let Some(row) = rows_counted.first() else {
-                return Ok(Facts { rows });
+                return Ok(Facts { rows, partitioned });
             };
             for (i, name) in small.into_iter().enumerate() {
                 let count: i64 = row.get(i);
                 rows.insert(name, (count, RowCount::capped(count, threshold)));
             }
         }
-        Ok(Facts { rows })
+        Ok(Facts { rows, partitioned })
+    }
+
+    /// Whether `table` is a partitioned table.
+    pub fn partitioned(&self, table: &Name) -> bool {
+        self.partitioned.contains(&table.sql())
     }
 
     /// Rows of `table`, and how they were had, or `None` when it does not exist.

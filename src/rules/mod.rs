@@ -126,6 +126,12 @@ impl Rule {
             (Rule::IndexWithoutConcurrently, classify::REINDEX_INDEX) => {
                 "rebuild it with REINDEX INDEX CONCURRENTLY in a -- no-transaction file"
             }
+            (Rule::IndexWithoutConcurrently, classify::INDEX_ON_PARTITIONED) => {
+                "CONCURRENTLY cannot build it on a partitioned table: create it with CREATE INDEX IF NOT EXISTS ... ON ONLY the table (reads no rows), then in a -- no-transaction file build each partition's with CREATE INDEX CONCURRENTLY and ALTER INDEX ... ATTACH PARTITION it; the table's index is valid once all are attached"
+            }
+            (Rule::ValidatesWholeTable, classify::FOREIGN_KEY_ON_PARTITIONED) => {
+                "a partitioned table takes no NOT VALID foreign key before PostgreSQL 18: add it NOT VALID to each partition and VALIDATE each in a later migration, then add it to the partitioned table, which takes over the partitions' keys without reading them (allow that statement: -- db-migrate:allow validates-whole-table <reason>)"
+            }
             _ => self.fix(),
         }
     }
@@ -650,6 +656,18 @@ pub async fn check(
                         Some(what) => what,
                         None => continue,
                     }
+                }
+                _ => what,
+            };
+            // What the general fix proposes is not possible on a partitioned table, and what
+            // this one proposes builds no index there.
+            let what = match what {
+                classify::CREATE_INDEX_ON_ONLY if facts.partitioned(table) => continue,
+                classify::CREATE_INDEX if facts.partitioned(table) => {
+                    classify::INDEX_ON_PARTITIONED
+                }
+                classify::ADD_FOREIGN_KEY if facts.partitioned(table) => {
+                    classify::FOREIGN_KEY_ON_PARTITIONED
                 }
                 _ => what,
             };
