@@ -488,16 +488,33 @@ pub fn unterminated(sql: &str) -> Option<(usize, String, String)> {
 /// value itself is never taken for one: the words `ADD VALUE` anywhere in it, in a comment,
 /// a string or a function body (dynamic SQL) too, since `up` would fail on it as well.
 pub fn awaits_enum_commit(sqlstate: &str, sql: &str) -> bool {
+    sqlstate == "55P04" && !adds_enum_value(sql)
+}
+
+/// Whether the words `ADD VALUE` stand anywhere in `sql`.
+fn adds_enum_value(sql: &str) -> bool {
     let mut words = sql
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty());
     let mut after_add = false;
-    let adds_value = words.any(|word| {
+    words.any(|word| {
         let found = after_add && word.eq_ignore_ascii_case("value");
         after_add = word.eq_ignore_ascii_case("add");
         found
-    });
-    sqlstate == "55P04" && !adds_value
+    })
+}
+
+/// Whether a file that failed with `sqlstate` may have failed only for what the
+/// `-- no-transaction` migrations before it (`skipped`, their SQL) make, which the dry run
+/// and `plan` list without running: a relation, column, index, function, type or schema not
+/// found (42P01, 42703, 42704, 42883, 3F000), or, after one that adds a value to an enum type,
+/// a value the type does not take (22P02). `up` runs those migrations first.
+pub fn awaits_skipped(sqlstate: &str, skipped: &[&str]) -> bool {
+    match sqlstate {
+        "42P01" | "42703" | "42704" | "42883" | "3F000" => !skipped.is_empty(),
+        "22P02" => skipped.iter().any(|sql| adds_enum_value(sql)),
+        _ => false,
+    }
 }
 
 /// The first `COPY ... FROM STDIN` or `COPY ... TO STDOUT`, as (line, a short description
@@ -1641,6 +1658,17 @@ mod tests {
         }
         // A word that merely contains them is not them.
         assert!(awaits_enum_commit("55P04", "SELECT readd, value_x FROM t"));
+    }
+
+    #[test]
+    fn what_a_skipped_no_transaction_migration_makes_is_awaited_only_after_one() {
+        let index = "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);";
+        let value = "-- no-transaction\nALTER TYPE mood ADD VALUE 'calm';";
+        assert!(awaits_skipped("42704", &[index]));
+        assert!(!awaits_skipped("42704", &[]));
+        assert!(!awaits_skipped("22P02", &[index]));
+        assert!(awaits_skipped("22P02", &[index, value]));
+        assert!(!awaits_skipped("23505", &[index, value]));
     }
 
     #[test]

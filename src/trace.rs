@@ -54,6 +54,10 @@ pub enum Untraced {
     /// Its migration calls `setval`, which a rollback does not undo: traced, it would leave
     /// the sequence where the migration set it, behind keys the bot has used.
     Setval,
+    /// Its migration fails on something not found (an index, a table, an enum value) after a
+    /// `-- no-transaction` migration of the plan, which the plan does not run and which may
+    /// make it: `up` runs that one first.
+    AwaitsNoTransaction,
 }
 
 impl Untraced {
@@ -63,6 +67,7 @@ impl Untraced {
             Untraced::NoTransaction => "no_transaction",
             Untraced::EnumValueUncommitted => "enum_value_uncommitted",
             Untraced::Setval => "setval",
+            Untraced::AwaitsNoTransaction => "awaits_no_transaction",
         }
     }
 
@@ -76,6 +81,10 @@ impl Untraced {
             }
             Untraced::Setval => {
                 "not traced: its migration calls setval(), whose value a rollback does not undo"
+            }
+            Untraced::AwaitsNoTransaction => {
+                "not traced: its migration fails on what may be made by a -- no-transaction \
+                 migration before it, which plan does not run (up runs that one first)"
             }
         }
     }
@@ -157,6 +166,8 @@ pub async fn run(
             .map_err(Error::database("guarding the plan's transaction"))?;
         let existing = snapshot(client, None).await?;
         let tables: Vec<i64> = existing.files.keys().copied().collect();
+        // The files not run, whose objects later migrations may not find.
+        let mut skipped: Vec<&str> = Vec::new();
         'migrations: for step in &plan.steps {
             let script = step.script;
             let mut migration: Vec<Statement> = Vec::new();
@@ -206,6 +217,9 @@ pub async fn run(
                 });
             }
             if untraced.is_some() {
+                if script.no_transaction {
+                    skipped.push(&script.sql);
+                }
                 report.statements.extend(checked);
                 continue;
             }
@@ -255,6 +269,18 @@ pub async fn run(
                             .await)
                             .map_err(Error::database("rewinding the migration's savepoint"))?;
                         let untraced = Some(Untraced::EnumValueUncommitted);
+                        (report.statements)
+                            .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
+                        continue 'migrations;
+                    }
+                    Err(Error::Apply(f)) if sql::awaits_skipped(&f.sqlstate, &skipped) => {
+                        (client
+                            .batch_execute(&format!("ROLLBACK TO SAVEPOINT {MIGRATION}"))
+                            .await)
+                            .map_err(Error::database("rewinding the migration's savepoint"))?;
+                        tracing::warn!(version = f.version, file = %f.file.display(), sqlstate = %f.sqlstate, error = %f.message, "plan: not traced, it fails on what may be made by a -- no-transaction migration before it, which plan does not run (up runs that one first)");
+                        skipped.push(&script.sql);
+                        let untraced = Some(Untraced::AwaitsNoTransaction);
                         (report.statements)
                             .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
                         continue 'migrations;

@@ -1346,6 +1346,52 @@ async fn plan_gives_up_on_a_lock_another_session_holds_with_exit_6() {
 }
 
 #[tokio::test]
+async fn plan_marks_a_migration_needing_a_no_transaction_file_before_it_and_traces_the_rest() {
+    let db = seeded("").await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_tenants.sql",
+            "CREATE TABLE tenants (id text NOT NULL);\n",
+        ),
+        (
+            "004_tenants_id.sql",
+            "-- no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS tenants_id ON tenants (id);\n",
+        ),
+        (
+            "005_tenants_key.sql",
+            "ALTER TABLE tenants ADD CONSTRAINT tenants_pkey PRIMARY KEY USING INDEX tenants_id;\n",
+        ),
+        ("006_after.sql", "CREATE TABLE after_it (id int);\n"),
+    ]);
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let traced: Vec<(i64, serde_json::Value)> = (json_lines(&out).iter())
+        .map(|s| (s["version"].as_i64().unwrap(), s["not_traced"].clone()))
+        .collect();
+    assert_eq!(
+        traced,
+        [
+            (3, serde_json::Value::Null),
+            (4, serde_json::json!("no_transaction")),
+            (5, serde_json::json!("awaits_no_transaction")),
+            (6, serde_json::Value::Null),
+        ]
+    );
+    let warned = events(&out.stderr)
+        .into_iter()
+        .any(|e| e["version"] == 5 && e["sqlstate"] == "42704" && e["severity"] == "WARNING");
+    assert!(warned, "{}", out.stderr);
+    // Without a -- no-transaction file before it, a missing object is the migration's fault.
+    let dir = support::copy_of_seed(&[(
+        "003_tenants_key.sql",
+        "ALTER TABLE tenants ADD CONSTRAINT tenants_pkey PRIMARY KEY USING INDEX tenants_id;\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
+#[tokio::test]
 async fn plan_marks_a_migration_using_an_enum_value_added_earlier_in_it_and_traces_the_rest() {
     // The type exists (002 applied); 003 adds a value and 004 uses it, which PostgreSQL
     // allows once 003 has committed: `up` commits it first, the plan's transaction cannot.

@@ -352,6 +352,50 @@ fn enum_value_used_by_the_next_migration(last: &str) -> tempfile::TempDir {
     ])
 }
 
+/// A table, its unique index built concurrently (`-- no-transaction`), the primary key that
+/// takes the index over, and `last`.
+fn key_over_an_index_built_outside_a_transaction(last: &str) -> tempfile::TempDir {
+    migrations(&[
+        (
+            "001_tenants.sql",
+            "CREATE TABLE tenants (id text NOT NULL);\n",
+        ),
+        (
+            "002_tenants_id.sql",
+            "-- no-transaction\nCREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS tenants_id ON tenants (id);\n",
+        ),
+        (
+            "003_tenants_key.sql",
+            "ALTER TABLE tenants ADD CONSTRAINT tenants_pkey PRIMARY KEY USING INDEX tenants_id;\n",
+        ),
+        ("004_last.sql", last),
+    ])
+}
+
+#[tokio::test]
+async fn a_dry_run_steps_over_what_needs_a_no_transaction_file_it_does_not_run() {
+    let db = support::database().await;
+    let client = db.client().await;
+    let dry = Command::Up {
+        target: Target::Latest,
+        mode: Mode::DryRun,
+    };
+    let dir = key_over_an_index_built_outside_a_transaction("CREATE TABLE after_it (id int);\n");
+    let (summary, result) = run(&config(&db.url, dir.path(), dry.clone())).await;
+    result.unwrap();
+    assert!(summary.dry_run);
+    assert!(tables(&client).await.is_empty());
+    // It went on: a broken migration after it still fails the dry run, at its own version.
+    let broken = key_over_an_index_built_outside_a_transaction("CREATE TABLE after_it (id int;\n");
+    let (_, result) = run(&config(&db.url, broken.path(), dry)).await;
+    let error = result.unwrap_err();
+    assert_eq!(error.exit_code(), 1);
+    assert!(error.to_string().contains("migration 4 failed"), "{error}");
+    // `up` runs 002 first, and 003 finds the index.
+    run(&config(&db.url, dir.path(), up())).await.1.unwrap();
+    assert_eq!(history(&client).await, [1, 2, 3, 4]);
+}
+
 #[tokio::test]
 async fn a_dry_run_steps_over_a_new_enum_value_it_cannot_commit_and_rehearses_the_rest() {
     let db = support::database().await;

@@ -461,10 +461,13 @@ async fn inside(
     plan: &Plan<'_>,
     blocked: &mut Option<crate::monitor::Sample>,
 ) -> Result<(), Error> {
+    // The files the dry run did not run, whose objects later migrations may not find.
+    let mut skipped: Vec<&str> = Vec::new();
     for step in &plan.steps {
         let migration = step.migration;
         if step.script.no_transaction {
             tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), "dry run: not executed, it runs outside a transaction");
+            skipped.push(&step.script.sql);
             continue;
         }
         run.interrupt.check()?;
@@ -482,6 +485,14 @@ async fn inside(
                 (run.client.batch_execute(&run.session.rewind()).await)
                     .map_err(Error::database("rewinding the dry run past a migration"))?;
                 tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), error = %failure.message, "dry run: not rehearsed, it uses a value an earlier migration adds to an enum type, usable only once that one commits (as up commits it)");
+            }
+            Err(Error::Apply(failure))
+                if run.dry_run && sql::awaits_skipped(&failure.sqlstate, &skipped) =>
+            {
+                (run.client.batch_execute(&run.session.rewind()).await)
+                    .map_err(Error::database("rewinding the dry run past a migration"))?;
+                tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), sqlstate = %failure.sqlstate, error = %failure.message, "dry run: not rehearsed, it fails on what may be made by a -- no-transaction migration before it, which the dry run does not run (up runs that one first)");
+                skipped.push(&step.script.sql);
             }
             result => result?,
         }
