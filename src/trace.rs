@@ -28,18 +28,57 @@ pub struct Lock {
     /// The relation's rows and bytes once its migration ran; none when the migration dropped it.
     pub rows: Option<i64>,
     pub bytes: Option<i64>,
+    /// Already held from an earlier migration of the plan, so not seen taken in `pg_locks`:
+    /// `up` runs this migration in a transaction of its own, where the statement takes it.
+    pub earlier: bool,
 }
 
 impl Lock {
-    /// Which of the bot's operations the mode blocks, from PostgreSQL's conflict table: its
-    /// reads take ACCESS SHARE, its writes ROW EXCLUSIVE.
+    /// Which of the bot's operations the mode blocks.
     pub fn blocks(&self) -> &'static str {
-        match self.mode.as_str() {
-            "AccessExclusiveLock" => "reads and writes",
-            "ExclusiveLock" | "ShareRowExclusiveLock" | "ShareLock" => "writes",
-            _ => "nothing",
-        }
+        blocks(&self.mode)
     }
+}
+
+/// Which of the bot's operations a lock `mode` blocks, from PostgreSQL's conflict table: its
+/// reads take ACCESS SHARE, its writes ROW EXCLUSIVE.
+fn blocks(mode: &str) -> &'static str {
+    match mode {
+        "AccessExclusiveLock" => "reads and writes",
+        "ExclusiveLock" | "ShareRowExclusiveLock" | "ShareLock" => "writes",
+        _ => "nothing",
+    }
+}
+
+/// Of `held` (locks that block the bot, held from earlier migrations of the plan), those the
+/// statement takes again: a lock already held is no new row in `pg_locks`, so the trace would
+/// give it to the earlier migration alone, while `up` runs each migration in a transaction
+/// of its own, where this statement takes it and holds it to its migration's end. By the
+/// lock levels of the statement's kind (`classify::strong_locks`), its tables looked up
+/// before it runs (a rename moves the name).
+async fn earlier_locks(
+    client: &Client,
+    statement: &str,
+    held: &BTreeSet<(i64, String)>,
+) -> Result<Vec<(i64, String)>, Error> {
+    let wanted = rules::classify::strong_locks(statement);
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = wanted.iter().map(|(name, _)| name.sql()).collect();
+    let rows = client
+        .query(
+            "SELECT pg_catalog.to_regclass(n)::oid::int8 FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i) ORDER BY i",
+            &[&names],
+        )
+        .await
+        .map_err(Error::database("looking up the tables a statement locks"))?;
+    Ok((rows.iter().zip(&wanted))
+        .filter_map(|(row, (_, mode))| {
+            let lock = (row.get::<_, Option<i64>>(0)?, mode.to_string());
+            held.contains(&lock).then_some(lock)
+        })
+        .collect())
 }
 
 /// Why a statement of the plan was only checked, not run under the trace.
@@ -108,6 +147,9 @@ pub struct Statement {
     pub findings: Vec<Finding>,
     /// The allow comments above it.
     allows: Vec<(Rule, String)>,
+    /// The locks that block the bot which it takes again, already held from an earlier
+    /// migration of the plan (see `earlier_locks`).
+    again: Vec<(i64, String)>,
 }
 
 /// What `plan` found.
@@ -206,6 +248,7 @@ pub async fn run(
                     rewrites: Vec::new(),
                     rows: None,
                     allows: rules::allows(&script.sql, statement.offset, &script.path)?,
+                    again: Vec::new(),
                     findings: (findings.iter())
                         .filter(|f| {
                             f.version == step.migration.version
@@ -228,7 +271,18 @@ pub async fn run(
             // trace's own reads of tables, whose ACCESS SHARE locks are set apart, by the
             // statement whose diff they would show in.
             let mut snapshots = vec![snapshot(client, Some(&tables)).await?];
+            // The locks that block the bot held from earlier migrations of the plan, and those
+            // of them this migration's statements take again (each at the first that does).
+            let inherited: BTreeSet<(i64, String)> = (snapshots[0].locks.iter())
+                .filter(|(_, mode)| blocks(mode) != "nothing")
+                .cloned()
+                .collect();
+            let mut claimed: BTreeSet<(i64, String)> = BTreeSet::new();
             for (statement, mut traced) in statements.iter().zip(checked.iter().cloned()) {
+                if !inherited.is_empty() {
+                    let again = earlier_locks(client, statement.text, &inherited).await?;
+                    traced.again = again.into_iter().filter(|l| claimed.insert(l.clone())).collect();
+                }
                 // What the parser cannot see into may drop or empty a table: what each held
                 // is read before it, to compare with what is left after.
                 let opaque = matches!(
@@ -372,7 +426,9 @@ async fn finish(
         let (before, after) = (&snapshots[i], &snapshots[i + 1]);
         // An empty sum is -0.0; adding 0.0 makes it print as 0.0.
         let held_after_ms: f64 = durations[i + 1..].iter().sum::<f64>() + 0.0;
-        for (relation, mode) in after.locks.difference(&before.locks) {
+        let taken = (after.locks.difference(&before.locks)).map(|lock| (lock, false));
+        let again = statement.again.iter().map(|lock| (lock, true));
+        for ((relation, mode), earlier) in taken.chain(again).collect::<Vec<_>>() {
             let ours = mode == "AccessShareLock" && before.read.contains(relation);
             if !existing.files.contains_key(relation) || ours {
                 continue;
@@ -384,6 +440,7 @@ async fn finish(
                 held_after_ms,
                 rows: size.map(|(rows, _)| rows),
                 bytes: size.map(|(_, bytes)| bytes),
+                earlier,
             });
         }
         statement
@@ -853,9 +910,15 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                         (Some(rows), Some(bytes)) => format!("{rows} rows, {bytes} bytes"),
                         _ => "dropped in this migration".to_string(),
                     };
+                    let earlier = match lock.earlier {
+                        true => {
+                            " (held already from an earlier migration of the plan; up takes it here)"
+                        }
+                        false => "",
+                    };
                     writeln!(
                         out,
-                        "        locks {} {} ({blocks}) until {:.1} ms after it; {size}",
+                        "        locks {} {} ({blocks}){earlier} until {:.1} ms after it; {size}",
                         lock.relation, lock.mode, lock.held_after_ms
                     )?;
                 }
@@ -912,6 +975,7 @@ fn json_of(s: &Statement) -> serde_json::Value {
             "held_after_ms": l.held_after_ms,
             "relation_rows": l.rows,
             "relation_bytes": l.bytes,
+            "held_from_earlier_migration": l.earlier,
         })).collect::<Vec<_>>(),
         "rewrites": s.rewrites,
         "findings": s.findings.iter().map(|f| json!({

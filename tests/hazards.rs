@@ -1027,6 +1027,7 @@ async fn plan_traces_locks_rewrites_and_rows_and_leaves_everything_as_it_was() {
                 "held_after_ms",
                 "relation_rows",
                 "relation_bytes",
+                "held_from_earlier_migration",
             ] {
                 assert!(lock.get(key).is_some(), "{key} missing in {lock}");
             }
@@ -1127,6 +1128,46 @@ async fn plan_traces_locks_rewrites_and_rows_and_leaves_everything_as_it_was() {
         "{}",
         out.stdout
     );
+}
+
+/// The plan is one transaction, so a lock an earlier migration of it took is held already
+/// when a later one takes it again, and `pg_locks` shows nothing new; `up` runs the later one
+/// in a transaction of its own, where it takes the lock and holds it to its end.
+#[tokio::test]
+async fn plan_finds_a_lock_held_long_that_an_earlier_migration_of_the_plan_took_first() {
+    let db = seeded("").await;
+    let later = |after: &str| {
+        support::copy_of_seed(&[
+            (
+                "003_a.sql",
+                "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS a int;\n",
+            ),
+            ("004_b.sql", after),
+        ])
+    };
+    let dir = later(
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS b int;\nSELECT pg_sleep(0.4);\n",
+    );
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
+    let statements = json_lines(&out);
+    let b = &statements[1];
+    assert_eq!(b["version"], 4, "{b}");
+    let lock = &b["locks"][0];
+    assert_eq!(lock["mode"], "AccessExclusiveLock", "{b}");
+    assert_eq!(lock["held_from_earlier_migration"], true, "{b}");
+    assert!(lock["held_after_ms"].as_f64().unwrap() >= 400.0, "{b}");
+    assert_eq!(b["findings"][0]["rule"], "strong-lock-held-long", "{b}");
+    // 003 took it first, and held it no time after.
+    assert_eq!(
+        statements[0]["locks"][0]["held_from_earlier_migration"],
+        false
+    );
+    // A later statement that takes no lock blocking the bot is held to nothing.
+    let dir = later("UPDATE video_requests SET a = 1 WHERE a IS NULL;\nSELECT pg_sleep(0.4);\n");
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
 /// What a `DO` block drops or empties only the trace can see: `plan` reports it as data loss

@@ -333,6 +333,144 @@ impl Effect {
     }
 }
 
+/// PostgreSQL's table lock modes by their number (`LOCKMODE`), as `pg_locks` names them.
+const LOCK_MODES: [&str; 9] = [
+    "",
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
+];
+
+/// The lock that blocks the bot's queries (SHARE or stronger) which a statement takes on each
+/// table it names, by PostgreSQL's lock levels, for the statements migrations take such locks
+/// with (`ALTER TABLE` by its strongest subcommand, `CREATE INDEX`, `CREATE TRIGGER`,
+/// `TRUNCATE`, `DROP TABLE`, renames, `SET SCHEMA`, `LOCK`, `REFRESH MATERIALIZED VIEW`,
+/// `CLUSTER`). `plan` sees locks in `pg_locks`; this is for the one lock it cannot see there:
+/// one its transaction already holds, from an earlier migration of the plan, taken again
+/// (no new row). A mode guessed wrong is one the transaction does not hold, and is not shown.
+pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
+    let Ok(parsed) = pg_query::parse(statement, pg_query::ParserOptions::DEFAULT) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(Name, usize)> = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        let ranges = |nodes: &[Node]| -> Vec<Name> {
+            (nodes.iter())
+                .filter_map(|n| match &n.node {
+                    Some(NodeEnum::RangeVar(range)) => Some(Name::of(range)),
+                    _ => None,
+                })
+                .collect()
+        };
+        match node {
+            NodeEnum::AlterTableStmt(alter) if alter.objtype == ObjectType::ObjectTable as i32 => {
+                let level = (alter.cmds.iter())
+                    .filter_map(|cmd| match &cmd.node {
+                        Some(NodeEnum::AlterTableCmd(cmd)) => Some(alter_level(cmd)),
+                        _ => None,
+                    })
+                    .max();
+                if let (Some(relation), Some(level)) = (&alter.relation, level) {
+                    out.push((Name::of(relation), level));
+                }
+            }
+            NodeEnum::IndexStmt(index) if !index.concurrent => {
+                out.extend(index.relation.as_ref().map(|r| (Name::of(r), 5)));
+            }
+            NodeEnum::CreateTrigStmt(trigger) => {
+                out.extend(trigger.relation.as_ref().map(|r| (Name::of(r), 6)));
+            }
+            NodeEnum::TruncateStmt(truncate) => {
+                out.extend(ranges(&truncate.relations).into_iter().map(|n| (n, 8)));
+            }
+            NodeEnum::LockStmt(lock) => {
+                let mode = usize::try_from(lock.mode).unwrap_or_default();
+                out.extend(ranges(&lock.relations).into_iter().map(|n| (n, mode)));
+            }
+            NodeEnum::DropStmt(drop) if drop.remove_type == ObjectType::ObjectTable as i32 => {
+                for object in &drop.objects {
+                    if let Some(NodeEnum::List(list)) = &object.node
+                        && let Some(name) = Name::of_list(&list.items)
+                    {
+                        out.push((name, 8));
+                    }
+                }
+            }
+            // A table's rename names it in rename_type; a column's or constraint's in
+            // relation_type.
+            NodeEnum::RenameStmt(rename)
+                if rename.rename_type == ObjectType::ObjectTable as i32
+                    || rename.relation_type == ObjectType::ObjectTable as i32 =>
+            {
+                out.extend(rename.relation.as_ref().map(|r| (Name::of(r), 8)));
+            }
+            NodeEnum::AlterObjectSchemaStmt(moved)
+                if moved.object_type == ObjectType::ObjectTable as i32 =>
+            {
+                out.extend(moved.relation.as_ref().map(|r| (Name::of(r), 8)));
+            }
+            NodeEnum::RefreshMatViewStmt(refresh) => {
+                let mode = if refresh.concurrent { 7 } else { 8 };
+                out.extend(refresh.relation.as_ref().map(|r| (Name::of(r), mode)));
+            }
+            NodeEnum::ClusterStmt(cluster) => {
+                out.extend(cluster.relation.as_ref().map(|r| (Name::of(r), 8)));
+            }
+            _ => {}
+        }
+    }
+    (out.into_iter())
+        .filter(|(_, mode)| (5..LOCK_MODES.len()).contains(mode))
+        .map(|(name, mode)| (name, LOCK_MODES[mode]))
+        .collect()
+}
+
+/// The lock mode (`LOCK_MODES`' number) an `ALTER TABLE` subcommand takes, as PostgreSQL's
+/// `AlterTableGetLockLevel` gives it; ACCESS EXCLUSIVE for all it does not list lower.
+fn alter_level(cmd: &pg_query::protobuf::AlterTableCmd) -> usize {
+    use AlterTableType as At;
+    let kind = At::try_from(cmd.subtype).unwrap_or(At::Undefined);
+    match kind {
+        At::AtSetStatistics
+        | At::AtClusterOn
+        | At::AtDropCluster
+        | At::AtSetOptions
+        | At::AtResetOptions
+        | At::AtValidateConstraint
+        | At::AtAttachPartition
+        | At::AtDetachPartitionFinalize => 4,
+        At::AtDetachPartition => match &cmd.def.as_ref().and_then(|d| d.node.as_ref()) {
+            Some(NodeEnum::PartitionCmd(partition)) if partition.concurrent => 4,
+            _ => 8,
+        },
+        At::AtEnableTrig
+        | At::AtEnableAlwaysTrig
+        | At::AtEnableReplicaTrig
+        | At::AtEnableTrigAll
+        | At::AtEnableTrigUser
+        | At::AtDisableTrig
+        | At::AtDisableTrigAll
+        | At::AtDisableTrigUser => 6,
+        At::AtAddConstraint => match &cmd.def.as_ref().and_then(|d| d.node.as_ref()) {
+            Some(NodeEnum::Constraint(constraint))
+                if constraint.contype == ConstrType::ConstrForeign as i32 =>
+            {
+                6
+            }
+            _ => 8,
+        },
+        _ => 8,
+    }
+}
+
 /// The effects of one statement; none when the parser does not accept it (the server will
 /// say why when it runs).
 pub fn effects(statement: &str) -> Vec<Effect> {
@@ -1032,6 +1170,46 @@ mod tests {
             schema: None,
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn the_strong_lock_a_statement_takes_again_is_read_from_its_kind() {
+        let locks = |sql: &str| -> Vec<(String, &str)> {
+            (strong_locks(sql).into_iter())
+                .map(|(name, mode)| (name.to_string(), mode))
+                .collect()
+        };
+        let t = |mode| vec![("t".to_string(), mode)];
+        assert_eq!(
+            locks("ALTER TABLE t ADD COLUMN b int"),
+            t("AccessExclusiveLock")
+        );
+        assert_eq!(
+            locks("ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (b) REFERENCES u"),
+            t("ShareRowExclusiveLock")
+        );
+        assert_eq!(
+            locks("ALTER TABLE t VALIDATE CONSTRAINT f, ADD COLUMN c int"),
+            t("AccessExclusiveLock")
+        );
+        assert!(locks("ALTER TABLE t VALIDATE CONSTRAINT f").is_empty());
+        assert_eq!(locks("CREATE INDEX i ON t (b)"), t("ShareLock"));
+        assert!(locks("CREATE INDEX CONCURRENTLY i ON t (b)").is_empty());
+        assert_eq!(locks("LOCK TABLE t IN EXCLUSIVE MODE"), t("ExclusiveLock"));
+        assert!(locks("LOCK TABLE t IN ROW EXCLUSIVE MODE").is_empty());
+        assert_eq!(
+            locks("TRUNCATE a.t, u"),
+            vec![
+                ("a.t".to_string(), "AccessExclusiveLock"),
+                ("u".to_string(), "AccessExclusiveLock")
+            ]
+        );
+        assert_eq!(locks("ALTER TABLE t RENAME TO u"), t("AccessExclusiveLock"));
+        assert_eq!(
+            locks("ALTER TABLE t RENAME b TO c"),
+            t("AccessExclusiveLock")
+        );
+        assert!(locks("UPDATE t SET b = 1").is_empty());
     }
 
     #[test]
