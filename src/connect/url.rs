@@ -208,10 +208,11 @@ fn is_own(key: &str, after_password: bool) -> Result<bool, Error> {
     }))
 }
 
-/// Refuses a value that carries more `key=value` pairs behind a `;`, `,` or `&`: pairs
-/// written with another separator than libpq's (`host=h;port=5432;password=...`, as ADO.NET
-/// and JDBC write them) are read as one value, the host's or the database's, which every log
-/// line prints, password and all. Only the password's value (anything goes) and `options`
+/// Refuses a value that carries more `key=value` pairs behind a `;`, `,`, `&` or white space:
+/// pairs written with another separator than libpq's (`host=h;port=5432;password=...`, as
+/// ADO.NET and JDBC write them), or appended to a URL after a space (`postgresql://u@h/d
+/// password=...`), are read as one value, the host's or the database's, which every log line
+/// prints, password and all. Only the password's value (anything goes) and `options`
 /// (the server's own `-c name=value` list) may hold them.
 fn refuse_pairs(key: &str, value: &str) -> Result<(), Error> {
     if key == "password" || key == "options" {
@@ -219,8 +220,11 @@ fn refuse_pairs(key: &str, value: &str) -> Result<(), Error> {
     }
     // At the start too: `host= password=...` (a host substituted while unset) reads the next
     // pair as the host's value, as libpq does.
-    let starts =
-        std::iter::once(0).chain(value.match_indices([';', ',', '&']).map(|(at, _)| at + 1));
+    let starts = std::iter::once(0).chain(
+        value
+            .match_indices([';', ',', '&', ' ', '\t', '\n', '\r'])
+            .map(|(at, _)| at + 1),
+    );
     let holds_pair = starts.into_iter().any(|at| {
         let rest = value[at..].trim_start();
         rest.split_once('=').is_some_and(|(name, _)| {
@@ -230,7 +234,7 @@ fn refuse_pairs(key: &str, value: &str) -> Result<(), Error> {
     });
     match holds_pair {
         true => Err(Error::Config(format!(
-            "DATABASE_URL's {key} holds key=value pairs (not repeated here: they may hold a password): an empty value before them, or pairs joined by ; , or &; give {key} a value and separate key=value pairs with spaces (host=h port=5432 user=u password=p dbname=d), or write {EXAMPLE}"
+            "DATABASE_URL's {key} holds key=value pairs (not repeated here: they may hold a password): an empty value before them, pairs joined by ; , or &, or pairs after a space in a URL; give {key} a value and separate key=value pairs with spaces (host=h port=5432 user=u password=p dbname=d), or write {EXAMPLE}"
         ))),
         false => Ok(()),
     }
@@ -545,6 +549,27 @@ mod tests {
             (
                 format!("postgresql://bot;password={secret}@h/d"),
                 "DATABASE_URL's user holds",
+            ),
+            // Pairs appended to a URL after a space: the database name, the path, a value.
+            (
+                format!("postgresql://bot@h:5432/d password={secret}"),
+                "DATABASE_URL's host or database name holds",
+            ),
+            (
+                format!("postgresql://bot@h/d?sslmode=disable password={secret}"),
+                "DATABASE_URL's sslmode holds",
+            ),
+            (
+                format!("postgresql://bot@h/d?sslrootcert=/x\tpassword={secret}"),
+                "DATABASE_URL's sslrootcert holds",
+            ),
+            (
+                format!("postgresql://bot@h/d?host=127.0.0.1 password={secret}"),
+                "DATABASE_URL's host holds",
+            ),
+            (
+                format!("postgresql://bot@h/d?dbname=d%20password={secret}"),
+                "DATABASE_URL's dbname holds",
             ),
             // A host substituted while unset: the password read as the host.
             (
