@@ -21,6 +21,7 @@ use tracing::warn;
 use crate::connect::{Dialer, Purpose};
 use crate::progress::{Running, Show};
 use crate::source::Migration;
+use crate::sql;
 
 /// How long the migration's server session may sit idle, waiting for the job, while the job
 /// waits for its answers, before the link between them is taken for stalled. The server
@@ -361,7 +362,10 @@ impl<'a> Monitor<'a> {
             blocker_pid: row
                 .get::<_, Option<i32>>(3)
                 .or(prepared.as_ref().map(|_| 0)),
-            blocker_query: row.get(4),
+            blocker_query: row
+                .get::<_, Option<String>>(4)
+                .as_deref()
+                .map(sql::without_literals),
             blocker_application: row.get::<_, Option<String>>(5).or(row.get(17)),
             blocker_state: row.get(6),
             blocker_query_start: row.get::<_, Option<String>>(7).or(row.get(18)),

@@ -517,6 +517,23 @@ pub fn awaits_skipped(sqlstate: &str, skipped: &[&str]) -> bool {
     }
 }
 
+/// `query`, another session's as `pg_stat_activity` shows it, with each string literal and
+/// dollar-quoted body written `'?'` and each comment dropped: what the job logs of a session
+/// that blocks it must not carry a password or token that session sent (`ALTER ROLE ...
+/// PASSWORD '...'`, a value it inserts). Its words, names and numbers stay, to tell what it
+/// runs. A literal cut off by the server's `track_activity_query_size` runs to the end.
+pub fn without_literals(query: &str) -> String {
+    let mut out = String::with_capacity(query.len());
+    for token in tokens(query) {
+        match token.kind {
+            Kind::Literal => out.push_str("'?'"),
+            Kind::Comment => out.push(' '),
+            _ => out.push_str(token.text(query)),
+        }
+    }
+    out
+}
+
 /// The first `COPY ... FROM STDIN` or `COPY ... TO STDOUT`, as (line, a short description
 /// such as `COPY ... FROM STDIN`). Its data would have to follow the statement over the
 /// protocol, which a plain SQL script cannot do; COPY to or from a file or program is not
@@ -1658,6 +1675,29 @@ mod tests {
         }
         // A word that merely contains them is not them.
         assert!(awaits_enum_commit("55P04", "SELECT readd, value_x FROM t"));
+    }
+
+    #[test]
+    fn another_session_s_query_is_logged_without_its_literals_and_comments() {
+        for (query, kept) in [
+            (
+                "ALTER ROLE bot PASSWORD 'sentinel'",
+                "ALTER ROLE bot PASSWORD '?'",
+            ),
+            (
+                "INSERT INTO t VALUES (1, E'a\\'sentinel', $x$sentinel$x$) -- sentinel",
+                "INSERT INTO t VALUES (1, '?', '?')  ",
+            ),
+            (
+                "SELECT /* sentinel */ \"col\" FROM t WHERE k = $1",
+                "SELECT   \"col\" FROM t WHERE k = $1",
+            ),
+            // Cut off inside the literal.
+            ("UPDATE t SET token = 'sentin", "UPDATE t SET token = '?'"),
+            ("SELECT U&'sentinel'", "SELECT '?'"),
+        ] {
+            assert_eq!(without_literals(query), kept, "{query}");
+        }
     }
 
     #[test]

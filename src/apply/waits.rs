@@ -344,7 +344,10 @@ async fn holding(
         ))?;
     Ok(row.map(|row| Sample {
         blocker_pid: row.get(0),
-        blocker_query: row.get(1),
+        blocker_query: row
+            .get::<_, Option<String>>(1)
+            .as_deref()
+            .map(crate::sql::without_literals),
         blocker_application: row.get(2),
         blocker_state: row.get(3),
         blocker_query_start: row.get(4),
