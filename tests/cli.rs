@@ -205,7 +205,7 @@ fn usage_errors_end_with_the_same_summary_event_as_other_configuration_errors() 
         keys
     };
     // The flag, the variable, and auto (stderr is a pipe here) all mean JSON.
-    let cases: [(&[&str], Option<&str>, &str, &str); 6] = [
+    let cases: [(&[&str], Option<&str>, &str, &str); 7] = [
         (
             &["frobnicate", "--log-format", "json"],
             None,
@@ -225,6 +225,12 @@ fn usage_errors_end_with_the_same_summary_event_as_other_configuration_errors() 
             "unexpected argument '--no-such-flag'",
         ),
         (&["down", "--log-format=json"], None, "down", "--steps"),
+        (
+            &["up", "--ddl-lock-timeout", "0ms", "--log-format", "json"],
+            None,
+            "up",
+            "0 turns PostgreSQL's lock_timeout off",
+        ),
         (&["--log-format", "json"], None, "-", "no command given"),
         (
             &["verify", "extra"],

@@ -77,7 +77,8 @@ pub struct Cli {
     /// lock_timeout for migration statements: the longest the bot's queries wait behind a
     /// DDL that waits for its table lock; then it is rolled back and tried again once the
     /// lock's holders are gone.
-    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value_t = Span(config::DEFAULT_LOCK_TIMEOUT), global = true, help_heading = "Migration run")]
+    #[arg(long, env = "DB_MIGRATE_DDL_LOCK_TIMEOUT", default_value_t = Span(config::DEFAULT_LOCK_TIMEOUT), global = true, help_heading = "Migration run",
+          value_parser = values::lock_timeout)]
     pub ddl_lock_timeout: Span,
 
     /// How long the run waits in all for the table locks its migrations need (attempts and

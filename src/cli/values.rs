@@ -108,6 +108,18 @@ impl std::fmt::Display for Span {
     }
 }
 
+/// A [`Span`] for `--ddl-lock-timeout`, which must not be 0: PostgreSQL reads a
+/// `lock_timeout` of 0 as none, and a migration would wait in the lock queue as long as it
+/// must, every query of the bot on the table behind it.
+pub fn lock_timeout(text: &str) -> Result<Span, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(
+            "0 turns PostgreSQL's lock_timeout off, so a migration would queue for its lock with the bot's queries behind it; give the longest the bot may wait, e.g. 200ms".into(),
+        ),
+        duration => Ok(Span(duration)),
+    }
+}
+
 /// `90`, `90s`, `1500ms`, `5m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
