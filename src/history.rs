@@ -24,6 +24,14 @@ pub struct Table {
 impl Table {
     /// Accepts `table` or `schema.table`; each part is quoted, so case is kept as typed.
     pub fn parse(name: &str) -> Result<Table, Error> {
+        // A name with a newline or a space at its end (a variable written with one) would be
+        // another table, quoted as typed: no history found in it, every file applied again.
+        if name.trim() != name || name.chars().any(char::is_control) {
+            return Err(Error::Config(format!(
+                "--history-table \"{}\" has white space at an end or a control character, which would name another table than the one meant; write the name alone, e.g. schema_migrations",
+                name.escape_debug()
+            )));
+        }
         let parts: Vec<&str> = name.split('.').collect();
         if parts.len() > 2 || parts.iter().any(|p| p.trim().is_empty()) {
             return Err(Error::Config(format!(
@@ -728,6 +736,22 @@ mod tests {
             let error = Table::parse(name).unwrap_err();
             assert_eq!(error.exit_code(), 2, "{name}");
         }
+        // Another table than the one meant, quoted as typed.
+        for name in [
+            "schema_migrations\n",
+            " schema_migrations",
+            "ops.h ",
+            "ops.\th",
+        ] {
+            let error = Table::parse(name).unwrap_err();
+            let text = error.to_string();
+            assert_eq!(error.exit_code(), 2, "{name:?}");
+            assert!(
+                text.contains("white space") && !text.contains('\n'),
+                "{text}"
+            );
+        }
+        assert!(Table::parse("ops.Migration History").is_ok());
     }
 
     #[test]
