@@ -68,6 +68,12 @@ impl Table {
         &self.name
     }
 
+    /// The schema the table was named in, as typed (`ops` of `ops.history`); `None` for a
+    /// name the search path placed.
+    pub fn given_schema(&self) -> Option<&str> {
+        (self.quoted_schema.as_ref()).and_then(|_| self.name.split('.').next())
+    }
+
     /// The name as SQL: each part quoted; schema-qualified once [`resolve`](Self::resolve)d.
     pub fn quoted(&self) -> &str {
         &self.quoted

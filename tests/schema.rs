@@ -791,6 +791,36 @@ async fn verify_schema_holds_on_a_baselined_database_and_with_migrations_pending
     assert_eq!(out.code, 7, "{}", out.stderr);
 }
 
+/// `up` makes the history table's schema when it is missing: the replay's scratch database
+/// has it, a target not migrated yet does not, and that alone is no drift. A schema that holds
+/// more than the history is compared.
+#[tokio::test]
+async fn the_history_table_s_own_schema_is_no_drift() {
+    let db = support::database().await;
+    let history = ["--history-table", "ops.history"];
+    let gate = |db: &TestDb, args: &[&str]| {
+        let out = run(db, &seed_dir(), &[history.as_slice(), args].concat());
+        (out.code, out.stdout, out.stderr)
+    };
+    let (code, text, stderr) = gate(&db, &["verify", "--schema"]);
+    assert_eq!(code, 0, "{text}{stderr}");
+    let (code, _, stderr) = gate(&db, &["up"]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, text, stderr) = gate(&db, &["verify", "--schema", "--privileges"]);
+    assert_eq!(code, 0, "{text}{stderr}");
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE ops.by_hand (i int)")
+        .await
+        .unwrap();
+    let (code, text, _) = gate(&db, &["verify", "--schema"]);
+    assert_eq!(code, 4, "{text}");
+    assert!(
+        text.contains("by_hand") && text.contains("schema ops"),
+        "{text}"
+    );
+}
+
 /// A database restored from pg_dump: the dump writes `v IN ('a', 'b')` on a varchar column
 /// as a cast of the whole array, which the restore parses into a cast of each element. The
 /// same check, not drift; a different list still is.

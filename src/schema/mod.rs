@@ -245,6 +245,8 @@ pub struct Reader<'a> {
     query: String,
     statement: Statement,
     history: String,
+    /// The schema `--history-table` named, when it named one.
+    history_schema: Option<String>,
     privileges: bool,
 }
 
@@ -286,6 +288,7 @@ impl<'a> Reader<'a> {
             query,
             statement,
             history: table.quoted().to_string(),
+            history_schema: table.given_schema().map(str::to_string),
             privileges: options.privileges,
         })
     }
@@ -318,7 +321,8 @@ impl<'a> Reader<'a> {
         // The three messages travel together; COMMIT ends the transaction (as a rollback)
         // also when the query failed.
         let client = self.client;
-        let params: [&(dyn ToSql + Sync); 2] = [&self.history, &self.privileges];
+        let params: [&(dyn ToSql + Sync); 3] =
+            [&self.history, &self.privileges, &self.history_schema];
         let (open, rows, close) = tokio::join!(
             client.batch_execute(
                 "BEGIN READ ONLY; SET LOCAL search_path TO pg_catalog, pg_temp; \
@@ -387,6 +391,24 @@ WITH ns AS (
 member AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
 ),
+-- The schema the history table was named in (`$3`, `ops` of `--history-table ops.history`)
+-- while it holds nothing else (no other relation than the table's indexes, no function, no
+-- type but the table's row type and its array): `up` made it for the table, a database not
+-- migrated yet lacks it, and neither side is drift. Only a schema so named: one the search
+-- path chose may be another in the scratch database.
+history_only AS (
+    SELECT ns.oid FROM ns
+    WHERE ns.nspname = $3::text
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relnamespace = ns.oid
+                      AND c.oid IS DISTINCT FROM pg_catalog.to_regclass($1)
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indexrelid = c.oid
+                                      AND i.indrelid = pg_catalog.to_regclass($1)))
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.pronamespace = ns.oid)
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE t.typnamespace = ns.oid
+                      AND t.typrelid IS DISTINCT FROM pg_catalog.to_regclass($1)
+                      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.oid = t.typelem
+                                      AND e.typrelid = pg_catalog.to_regclass($1)))
+),
 rel AS (
     SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity,
            c.relispartition, c.relpartbound, c.relowner, c.relacl, c.reloptions, c.relreplident, ns.nspname,
@@ -404,6 +426,7 @@ SELECT 'extension', '', pg_catalog.quote_ident(e.extname), 0::int2,
 FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
 UNION ALL
 SELECT 'schema', '', pg_catalog.quote_ident(ns.nspname), 0::int2, '' FROM ns
+WHERE ns.oid NOT IN (SELECT h.oid FROM history_only h)
 UNION ALL
 SELECT 'table', '', r.qualified, 0::int2,
        pg_catalog.concat_ws(' ',
@@ -726,6 +749,7 @@ FROM (
     SELECT 'schema ' || pg_catalog.quote_ident(n.nspname), n.nspowner,
            COALESCE(n.nspacl, pg_catalog.acldefault('n', n.nspowner))
     FROM pg_catalog.pg_namespace n JOIN ns ON ns.oid = n.oid
+    WHERE n.oid NOT IN (SELECT h.oid FROM history_only h)
     UNION ALL
     SELECT CASE p.prokind WHEN 'p' THEN 'procedure ' ELSE 'function ' END
            || pg_catalog.format('%I.%I(%s)', ns.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)),
