@@ -62,6 +62,17 @@ pub(super) fn parse(url: &str) -> Result<(tokio_postgres::Config, Vec<(String, S
 /// parameter name that cannot be part of a password: the input holds one.
 fn split(url: &str) -> Result<Split, Error> {
     let text = unquote(url)?;
+    // Quotes around nothing (`DATABASE_URL=""` kept by docker's --env-file) would otherwise
+    // read as libpq's empty string: every default, localhost included.
+    if text.is_empty() {
+        let what = match url.trim().is_empty() {
+            true => "is empty",
+            false => "holds only quotes",
+        };
+        return Err(Error::Config(format!(
+            "DATABASE_URL {what}, no database; set it to the connection string ({EXAMPLE}), or leave it unset to use PGHOST/PGDATABASE"
+        )));
+    }
     match uri_body(text)? {
         Some(body) => split_uri(body),
         None => split_key_values(text),
@@ -571,6 +582,10 @@ mod tests {
                 format!("postgresql://bot@h/d?dbname=d%20password={secret}"),
                 "DATABASE_URL's dbname holds",
             ),
+            // Quotes around nothing.
+            ("\"\"".into(), "holds only quotes"),
+            (" '' ".into(), "holds only quotes"),
+            (" ".into(), "DATABASE_URL is empty"),
             // A host substituted while unset: the password read as the host.
             (
                 format!("host= password={secret} dbname=d"),
