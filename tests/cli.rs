@@ -205,7 +205,7 @@ fn usage_errors_end_with_the_same_summary_event_as_other_configuration_errors() 
         keys
     };
     // The flag, the variable, and auto (stderr is a pipe here) all mean JSON.
-    let cases: [(&[&str], Option<&str>, &str, &str); 7] = [
+    let cases: [(&[&str], Option<&str>, &str, &str); 8] = [
         (
             &["frobnicate", "--log-format", "json"],
             None,
@@ -230,6 +230,18 @@ fn usage_errors_end_with_the_same_summary_event_as_other_configuration_errors() 
             None,
             "up",
             "0 turns PostgreSQL's lock_timeout off",
+        ),
+        (
+            &[
+                "test",
+                "--scratch-url",
+                "mysql://x@h/d",
+                "--log-format",
+                "json",
+            ],
+            None,
+            "test",
+            "--scratch-url (DB_MIGRATE_SCRATCH_URL) is a mysql:// URL",
         ),
         (&["--log-format", "json"], None, "-", "no command given"),
         (

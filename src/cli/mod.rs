@@ -450,7 +450,14 @@ impl Cli {
             .collect();
         let scratch = match self.command.scratch_url() {
             Some(url) => {
-                let mut settings = connect::resolve(Some(url), &env)?;
+                // The connection string's errors name DATABASE_URL, the one they are about
+                // elsewhere; here they are about this one.
+                let mut settings = connect::resolve(Some(url), &env).map_err(|e| match e {
+                    Error::Config(text) => Error::Config(
+                        text.replace("DATABASE_URL", "--scratch-url (DB_MIGRATE_SCRATCH_URL)"),
+                    ),
+                    e => e,
+                })?;
                 settings.retry_for = connect_timeout;
                 Some(settings)
             }
