@@ -718,9 +718,12 @@ fn parse_name(file_name: &str) -> Result<FileName<'_>, String> {
         let stem = file_name.strip_suffix(".sql").unwrap_or(file_name);
         (stem, Direction::Up)
     };
-    let (digits, name) = stem
-        .split_once('_')
-        .ok_or_else(|| format!("file name has no NNN_ version prefix; {NAME_FIX}"))?;
+    let (digits, name) = stem.split_once('_').ok_or_else(|| {
+        match !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()) {
+            true => format!("file name has a version but no _description after it; {NAME_FIX}"),
+            false => format!("file name has no NNN_ version prefix; {NAME_FIX}"),
+        }
+    })?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
             "file name does not start with a version number; {NAME_FIX}"
@@ -962,6 +965,7 @@ mod tests {
             "001_.sql",
             "001_has space.sql",
             "99999999999999999999_big.sql",
+            "001.sql",
         ] {
             let problem = parse_name(file).expect_err(file);
             assert!(
@@ -969,6 +973,9 @@ mod tests {
                 "{file}: {problem}"
             );
         }
+        // A version alone lacks the description, not the version.
+        let problem = parse_name("001.sql").unwrap_err();
+        assert!(problem.contains("no _description"), "{problem}");
     }
 
     #[test]
