@@ -393,6 +393,15 @@ pub fn write<'a>(
         }
         planned.push((up, &imported.up, down, imported));
     }
+    // Each file to write, with the file it comes from and which part of it.
+    let origins: Vec<(PathBuf, String, &str)> = (planned.iter())
+        .flat_map(|(up, _, down, imported)| {
+            let up = (up.clone(), imported.source.clone(), "forward");
+            let down = (down.as_ref())
+                .map(|(path, _)| (path.clone(), imported.source.clone(), "rollback"));
+            std::iter::once(up).chain(down)
+        })
+        .collect();
     let mut written = Vec::new();
     let mut files = Vec::new();
     let wrote = (|| {
@@ -421,7 +430,22 @@ pub fn write<'a>(
         if !existed {
             let _ = fs::remove_dir(dir);
         }
-        return Err(error);
+        // The file the error names is gone again: name the one it came from.
+        return Err(match error {
+            Error::InvalidFile { file, problem } => {
+                match origins.iter().find(|(path, _, _)| *path == file) {
+                    Some((path, source, part)) => Error::InvalidFile {
+                        file: PathBuf::from(source),
+                        problem: format!(
+                            "{problem} (in its {part} migration as imported, lines counted from where that part starts; it would have been {}; nothing was written)",
+                            path.file_name().unwrap_or_default().to_string_lossy()
+                        ),
+                    },
+                    None => Error::InvalidFile { file, problem },
+                }
+            }
+            error => error,
+        });
     }
     Ok(written)
 }

@@ -265,7 +265,7 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
 
 #[tokio::test]
 async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
-    let cases: [(&str, &[File], &str); 11] = [
+    let cases: [(&str, &[File], &str); 12] = [
         // golang-migrate skips a file without .up or .down: it never ran there.
         (
             "golang-migrate",
@@ -332,6 +332,15 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
                 "CREATE TABLE lost (id int);\n--migrate:up\nSELECT 1;\n-- migrate:down\n",
             )],
             "has SQL before its `-- migrate:up` line",
+        ),
+        // A file the checks refuse is named as it was given, not as it would have been written.
+        (
+            "dbmate",
+            &[(
+                "20230820132267_notify.sql",
+                "-- migrate:up\nSELECT 1;\nend $$;\n-- migrate:down\n",
+            )],
+            "20230820132267_notify.sql: line 2: the dollar quote $$ opened here is never closed",
         ),
     ];
     for (tool, files_, expected) in cases {
