@@ -340,7 +340,7 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
                 "20230820132267_notify.sql",
                 "-- migrate:up\nSELECT 1;\nend $$;\n-- migrate:down\n",
             )],
-            "20230820132267_notify.sql: line 2: the dollar quote $$ opened here is never closed",
+            "20230820132267_notify.sql: line 2: the dollar quote $$ opened here is never closed; close it with $$ (in its forward migration as imported",
         ),
     ];
     for (tool, files_, expected) in cases {
