@@ -297,6 +297,13 @@ pub async fn applied(
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_COLUMN) => {
             return Err(foreign(client, table).await);
         }
+        // An index, a sequence or a composite type of that name.
+        Err(e) if e.code() == Some(&SqlState::WRONG_OBJECT_TYPE) => {
+            return Err(Error::Config(format!(
+                "--history-table \"{}\" names an existing index, sequence or type, not a table; choose another name, e.g. db_migrate_history",
+                table.name
+            )));
+        }
         Err(e) => return Err(Error::database("reading the history table")(e)),
     };
     let rows = messages.iter().filter_map(|m| match m {

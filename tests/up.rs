@@ -832,6 +832,22 @@ async fn history_table_name_is_configurable_and_schema_qualified() {
 }
 
 #[tokio::test]
+async fn a_history_table_named_like_an_existing_index_is_a_configuration_error() {
+    let db = support::database().await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE TABLE kept (i int); CREATE INDEX kept_i ON kept (i)")
+        .await
+        .unwrap();
+    let mut cfg = config(&db.url, &seed_dir(), up());
+    cfg.history_table = db_migrate::history::Table::parse("kept_i").unwrap();
+    let error = run(&cfg).await.1.expect_err("refused");
+    assert_eq!(error.exit_code(), 2, "{error}");
+    assert!(error.to_string().contains("not a table"), "{error}");
+    assert_eq!(tables(&client).await, ["kept"]);
+}
+
+#[tokio::test]
 async fn a_history_table_in_a_schema_that_does_not_exist_is_refused_on_a_database_with_tables() {
     let db = support::database().await;
     let client = db.client().await;
