@@ -504,17 +504,46 @@ fn adds_enum_value(sql: &str) -> bool {
     })
 }
 
-/// Whether a file that failed with `sqlstate` may have failed only for what the
-/// `-- no-transaction` migrations before it (`skipped`, their SQL) make, which the dry run
-/// and `plan` list without running: a relation, column, index, function, type or schema not
-/// found (42P01, 42703, 42704, 42883, 3F000), or, after one that adds a value to an enum type,
-/// a value the type does not take (22P02). `up` runs those migrations first.
-pub fn awaits_skipped(sqlstate: &str, skipped: &[&str]) -> bool {
-    match sqlstate {
-        "42P01" | "42703" | "42704" | "42883" | "3F000" => !skipped.is_empty(),
-        "22P02" => skipped.iter().any(|sql| adds_enum_value(sql)),
-        _ => false,
+/// Whether a file that failed with `sqlstate` and `message` may have failed only for what the
+/// migrations before it that were not run (`skipped`, their SQL: `-- no-transaction` files,
+/// which the dry run and `plan` list without running, and those `plan` could not trace) make:
+/// a relation, column, index, function, type or schema not found (42P01, 42703, 42704,
+/// 42883, 3F000), or an enum value the type does not take (22P02), whose name, the first one
+/// the message quotes (a function's: the word before its parenthesis), a skipped file names
+/// as a word. Anything else, a message that names nothing so (a translated one), or a name no
+/// skipped file holds, is the migration's own failure.
+pub fn awaits_skipped(sqlstate: &str, message: &str, skipped: &[&str]) -> bool {
+    if !matches!(
+        sqlstate,
+        "42P01" | "42703" | "42704" | "42883" | "3F000" | "22P02"
+    ) {
+        return false;
     }
+    let quoted = message
+        .split('"')
+        .nth(1)
+        .filter(|_| message.matches('"').count() >= 2);
+    let called = || {
+        let before = message.split('(').next()?;
+        before.split_whitespace().last()
+    };
+    let Some(name) = quoted.or_else(|| (sqlstate == "42883").then(called).flatten()) else {
+        return false;
+    };
+    // A qualified name is looked for by its last part, as a file may name it unqualified.
+    let name = name.rsplit('.').next().unwrap_or(name).to_lowercase();
+    if name.is_empty() {
+        return false;
+    }
+    let is_word = |c: char| c.is_alphanumeric() || c == '_' || c == '$';
+    skipped.iter().any(|sql| {
+        let sql = sql.to_lowercase();
+        sql.match_indices(&name).any(|(at, _)| {
+            let before = sql[..at].chars().next_back();
+            let after = sql[at + name.len()..].chars().next();
+            !before.is_some_and(is_word) && !after.is_some_and(is_word)
+        })
+    })
 }
 
 /// `query`, another session's as `pg_stat_activity` shows it, with each string literal and
@@ -1702,13 +1731,59 @@ mod tests {
 
     #[test]
     fn what_a_skipped_no_transaction_migration_makes_is_awaited_only_after_one() {
-        let index = "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);";
+        let index = "-- no-transaction\nCREATE INDEX CONCURRENTLY tenants_id ON t (c);";
         let value = "-- no-transaction\nALTER TYPE mood ADD VALUE 'calm';";
-        assert!(awaits_skipped("42704", &[index]));
-        assert!(!awaits_skipped("42704", &[]));
-        assert!(!awaits_skipped("22P02", &[index]));
-        assert!(awaits_skipped("22P02", &[index, value]));
-        assert!(!awaits_skipped("23505", &[index, value]));
+        let missing = "index \"tenants_id\" does not exist";
+        assert!(awaits_skipped("42704", missing, &[index]));
+        assert!(awaits_skipped(
+            "42704",
+            "index \"public.tenants_id\" does not exist",
+            &[index]
+        ));
+        assert!(!awaits_skipped("42704", missing, &[]));
+        assert!(!awaits_skipped("42704", missing, &[value]));
+        // A name the skipped file does not hold, or holds only inside a longer word.
+        assert!(!awaits_skipped(
+            "42704",
+            "role \"analytics\" does not exist",
+            &[index]
+        ));
+        assert!(!awaits_skipped(
+            "42704",
+            "index \"tenants\" does not exist",
+            &[index]
+        ));
+        assert!(!awaits_skipped(
+            "42703",
+            "column \"bogus\" of relation \"t\" does not exist",
+            &[index]
+        ));
+        assert!(!awaits_skipped(
+            "42883",
+            "function uuid_generate_v4() does not exist",
+            &[index]
+        ));
+        let function = "-- no-transaction\nCREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";\nSELECT uuid_generate_v4();";
+        assert!(awaits_skipped(
+            "42883",
+            "function uuid_generate_v4() does not exist",
+            &[function]
+        ));
+        let enum_value = "invalid input value for enum mood: \"calm\"";
+        assert!(awaits_skipped("22P02", enum_value, &[index, value]));
+        assert!(!awaits_skipped("22P02", enum_value, &[index]));
+        // Nothing named, another error, a translated message without quotes.
+        assert!(!awaits_skipped(
+            "42883",
+            "operator does not exist: integer = text",
+            &[index]
+        ));
+        assert!(!awaits_skipped("23505", missing, &[index]));
+        assert!(!awaits_skipped(
+            "42704",
+            "l'index «tenants_id» n'existe pas",
+            &[index]
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Failure, Refusal};
-use crate::plan::Plan;
+use crate::plan::{Direction, Plan};
 use crate::rules::{self, Finding, RowCount, Rule};
 use crate::session;
 use crate::sql;
@@ -93,9 +93,9 @@ pub enum Untraced {
     /// Its migration calls `setval`, which a rollback does not undo: traced, it would leave
     /// the sequence where the migration set it, behind keys the bot has used.
     Setval,
-    /// Its migration fails on something not found (an index, a table, an enum value) after a
-    /// `-- no-transaction` migration of the plan, which the plan does not run and which may
-    /// make it: `up` runs that one first.
+    /// Its migration fails on something not found (an index, a table, an enum value) that a
+    /// migration of the plan before it names, one the plan did not run (`-- no-transaction`,
+    /// or untraced itself): `up` runs that one first.
     AwaitsNoTransaction,
 }
 
@@ -122,8 +122,8 @@ impl Untraced {
                 "not traced: its migration calls setval(), whose value a rollback does not undo"
             }
             Untraced::AwaitsNoTransaction => {
-                "not traced: its migration fails on what may be made by a -- no-transaction \
-                 migration before it, which plan does not run (up runs that one first)"
+                "not traced: its migration fails on something a migration before it names, \
+                 which plan did not run (up runs that one first)"
             }
         }
     }
@@ -260,9 +260,7 @@ pub async fn run(
                 });
             }
             if untraced.is_some() {
-                if script.no_transaction {
-                    skipped.push(&script.sql);
-                }
+                skipped.push(&script.sql);
                 report.statements.extend(checked);
                 continue;
             }
@@ -322,17 +320,21 @@ pub async fn run(
                             .batch_execute(&format!("ROLLBACK TO SAVEPOINT {MIGRATION}"))
                             .await)
                             .map_err(Error::database("rewinding the migration's savepoint"))?;
+                        skipped.push(&script.sql);
                         let untraced = Some(Untraced::EnumValueUncommitted);
                         (report.statements)
                             .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
                         continue 'migrations;
                     }
-                    Err(Error::Apply(f)) if sql::awaits_skipped(&f.sqlstate, &skipped) => {
+                    Err(Error::Apply(f))
+                        if plan.direction == Direction::Up
+                            && sql::awaits_skipped(&f.sqlstate, &f.message, &skipped) =>
+                    {
                         (client
                             .batch_execute(&format!("ROLLBACK TO SAVEPOINT {MIGRATION}"))
                             .await)
                             .map_err(Error::database("rewinding the migration's savepoint"))?;
-                        tracing::warn!(version = f.version, file = %f.file.display(), sqlstate = %f.sqlstate, error = %f.message, "plan: not traced, it fails on what may be made by a -- no-transaction migration before it, which plan does not run (up runs that one first)");
+                        tracing::warn!(version = f.version, file = %f.file.display(), sqlstate = %f.sqlstate, error = %f.message, "plan: not traced, it fails on something a migration before it that plan did not run names (up runs that one first)");
                         skipped.push(&script.sql);
                         let untraced = Some(Untraced::AwaitsNoTransaction);
                         (report.statements)
