@@ -26,9 +26,10 @@ impl Table {
     pub fn parse(name: &str) -> Result<Table, Error> {
         // A name with a newline or a space at its end (a variable written with one) would be
         // another table, quoted as typed: no history found in it, every file applied again.
-        if name.trim() != name || name.chars().any(char::is_control) {
+        let padded = name.split('.').any(|part| part.trim() != part);
+        if padded || name.chars().any(char::is_control) {
             return Err(Error::Config(format!(
-                "--history-table \"{}\" has white space at an end or a control character, which would name another table than the one meant; write the name alone, e.g. schema_migrations",
+                "--history-table \"{}\" has white space at an end of a part or a control character, which would name another table than the one meant; write the name alone, e.g. schema_migrations",
                 name.escape_debug()
             )));
         }
@@ -753,6 +754,8 @@ mod tests {
         for name in [
             "schema_migrations\n",
             " schema_migrations",
+            "ops. h",
+            "ops .h",
             "ops.h ",
             "ops.\th",
         ] {

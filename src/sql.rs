@@ -554,10 +554,16 @@ pub fn awaits_skipped(sqlstate: &str, message: &str, skipped: &[&str]) -> bool {
 pub fn without_literals(query: &str) -> String {
     let mut out = String::with_capacity(query.len());
     for token in tokens(query) {
+        let text = token.text(query);
         match token.kind {
             Kind::Literal => out.push_str("'?'"),
+            // A block comment cut off before its end lexes as `/` alone: drop the rest.
             Kind::Comment => out.push(' '),
-            _ => out.push_str(token.text(query)),
+            _ if text.starts_with("/*") => {
+                out.push(' ');
+                break;
+            }
+            _ => out.push_str(text),
         }
     }
     out
@@ -1721,8 +1727,9 @@ mod tests {
                 "SELECT /* sentinel */ \"col\" FROM t WHERE k = $1",
                 "SELECT   \"col\" FROM t WHERE k = $1",
             ),
-            // Cut off inside the literal.
+            // Cut off inside the literal, or inside a comment.
             ("UPDATE t SET token = 'sentin", "UPDATE t SET token = '?'"),
+            ("SELECT 1 /* token sentinel", "SELECT 1  "),
             ("SELECT U&'sentinel'", "SELECT '?'"),
         ] {
             assert_eq!(without_literals(query), kept, "{query}");

@@ -439,7 +439,11 @@ fn alter_level(cmd: &pg_query::protobuf::AlterTableCmd) -> usize {
     use AlterTableType as At;
     let kind = At::try_from(cmd.subtype).unwrap_or(At::Undefined);
     match kind {
+        // Most relation options (fillfactor, autovacuum_*, parallel_workers) are SHARE UPDATE
+        // EXCLUSIVE; a guess too low only misses a lock, one too high would be a false finding.
         At::AtSetStatistics
+        | At::AtSetRelOptions
+        | At::AtResetRelOptions
         | At::AtClusterOn
         | At::AtDropCluster
         | At::AtSetOptions
@@ -1193,6 +1197,7 @@ mod tests {
             t("AccessExclusiveLock")
         );
         assert!(locks("ALTER TABLE t VALIDATE CONSTRAINT f").is_empty());
+        assert!(locks("ALTER TABLE t SET (autovacuum_vacuum_scale_factor = 0.01)").is_empty());
         assert_eq!(locks("CREATE INDEX i ON t (b)"), t("ShareLock"));
         assert!(locks("CREATE INDEX CONCURRENTLY i ON t (b)").is_empty());
         assert_eq!(locks("LOCK TABLE t IN EXCLUSIVE MODE"), t("ExclusiveLock"));
