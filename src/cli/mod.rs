@@ -428,7 +428,7 @@ impl CommandArgs {
         scratch
             .scratch_url
             .as_deref()
-            .filter(|url| !url.trim().is_empty())
+            .filter(|url| !connect::is_blank(url))
     }
 }
 
@@ -439,10 +439,12 @@ impl Cli {
         let cloudsql = self.cloudsql()?;
         let connect_timeout = self.connect_timeout();
         let command = command(&self.command);
-        // An empty variable (`DATABASE_URL=` in a manifest) counts as unset.
-        let url = match self.database_url.filter(|url| !url.trim().is_empty()) {
+        // An empty variable (`DATABASE_URL=` in a manifest, or `""` kept by docker's
+        // --env-file) counts as unset.
+        let url = match self.database_url.filter(|url| !connect::is_blank(url)) {
             Some(url) => Some(url),
-            None => dotenv_value(Path::new(".env"), "DATABASE_URL")?,
+            None => dotenv_value(Path::new(".env"), "DATABASE_URL")?
+                .filter(|url| !connect::is_blank(url)),
         };
         let env: connect::Environment = connect::VARIABLES
             .iter()

@@ -36,7 +36,7 @@ pub use settings::{
     APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, Environment, Route, Settings, SslMode,
     TERMINAL_CONNECT_TIMEOUT, TlsSettings, VARIABLES, resolve,
 };
-pub use url::redact;
+pub use url::{is_blank, redact};
 
 /// How long a cancel request may take to reach a server (each host, directly): it is sent
 /// during shutdown, which Cloud Run gives 10 s.

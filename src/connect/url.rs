@@ -79,6 +79,13 @@ fn split(url: &str) -> Result<Split, Error> {
     }
 }
 
+/// Whether a connection string is empty, or quotes around nothing (`DATABASE_URL=""`, as
+/// docker's `--env-file` keeps it): such a value counts as unset, and the PG* variables say
+/// where to connect.
+pub fn is_blank(text: &str) -> bool {
+    unquote(text).is_ok_and(str::is_empty)
+}
+
 /// Drops one pair of matching quotes around the whole value: docker's `--env-file` and some
 /// secret stores keep them (`DATABASE_URL="postgresql://..."`). A lone opening quote is
 /// refused rather than taken into a parameter name or the host.
