@@ -159,18 +159,19 @@ fn split_uri(body: &str) -> Result<Split, Error> {
         ));
     }
     if let Some(credentials) = credentials {
-        let user = credentials
+        let user_raw = credentials
             .split_once(':')
             .map_or(credentials, |(user, _)| user);
-        let user = percent_decode(user);
+        let user = percent_decode(user_raw);
         if user.contains(':') {
             return Err(Error::Config(
                 "DATABASE_URL's user name holds a percent-encoded : (%3A), so the password would be read as part of the user name and printed with it; write user:password@host with the : itself".into(),
             ));
         }
         refuse_pairs("user", &user)?;
+        refuse_pairs_after("user", user_raw, true)?;
     }
-    refuse_pairs("host or database name", &percent_decode(location))?;
+    refuse_pairs_in_uri("host or database name", location)?;
     let mut kept = Vec::new();
     let mut own = Vec::new();
     let mut after_password = false;
@@ -180,7 +181,7 @@ fn split_uri(body: &str) -> Result<Split, Error> {
         let password = key == "password";
         // With an `@` anywhere in the query, a key may be the tail of a password.
         let is_own = is_own(&key, after_password || query.contains('@'))?;
-        refuse_pairs(&key, &percent_decode(value))?;
+        refuse_pairs_in_uri(&key, value)?;
         match is_own {
             true => own.push((key, percent_decode(value))),
             false => kept.push(pair),
@@ -233,23 +234,40 @@ fn is_own(key: &str, after_password: bool) -> Result<bool, Error> {
 /// prints, password and all. Only the password's value (anything goes) and `options`
 /// (the server's own `-c name=value` list) may hold them.
 fn refuse_pairs(key: &str, value: &str) -> Result<(), Error> {
+    refuse_pairs_after(key, value, false)
+}
+
+/// [`refuse_pairs`] for a part of a URI as written, before its percent-decoding: a URI holds
+/// no white space of its own, so any `name=` after one is a pair appended to it.
+fn refuse_pairs_in_uri(key: &str, raw: &str) -> Result<(), Error> {
+    refuse_pairs_after(key, raw, true)?;
+    refuse_pairs(key, &percent_decode(raw))
+}
+
+fn refuse_pairs_after(key: &str, value: &str, any_after_space: bool) -> Result<(), Error> {
     if key == "password" || key == "options" {
         return Ok(());
     }
     // At the start too: `host= password=...` (a host substituted while unset) reads the next
     // pair as the host's value, as libpq does.
-    let starts = std::iter::once(0).chain(
-        value
-            .match_indices([';', ',', '&', ' ', '\t', '\n', '\r'])
-            .map(|(at, _)| at + 1),
-    );
-    let holds_pair = starts.into_iter().any(|at| {
+    let is_name = |name: &str| {
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let joined =
+        std::iter::once(0).chain(value.match_indices([';', ',', '&']).map(|(at, _)| at + 1));
+    let pair_at = |at: usize, known_only: bool| {
         let rest = value[at..].trim_start();
         rest.split_once('=').is_some_and(|(name, _)| {
             let name = name.trim_end();
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            is_name(name)
+                && (!known_only || OWN_KEYS.contains(&name) || DRIVER_KEYS.contains(&name))
         })
-    });
+    };
+    // After white space only a parameter this tool or libpq knows counts: a value may hold a
+    // space and an `=` of its own (application_name='deploy run=42').
+    let spaced = (value.match_indices(char::is_whitespace)).map(|(at, space)| at + space.len());
+    let holds_pair = joined.into_iter().any(|at| pair_at(at, false))
+        || spaced.into_iter().any(|at| pair_at(at, !any_after_space));
     match holds_pair {
         true => Err(Error::Config(format!(
             "DATABASE_URL's {key} holds key=value pairs (not repeated here: they may hold a password): an empty value before them, pairs joined by ; , or &, or pairs after a space in a URL; give {key} a value and separate key=value pairs with spaces (host=h port=5432 user=u password=p dbname=d), or write {EXAMPLE}"
@@ -472,6 +490,9 @@ mod tests {
             "host=h1,h2 port=5432,5433 user=bot password='a;b=c,d=e' dbname=videos",
             "host=h1 user=bot options='-c search_path=app,public -c a.b=x;y=z' dbname=videos",
             "postgresql://bot:x%3By%3Dz@h1,h2/videos?application_name=bot;blue",
+            // A space and an `=` of the value's own, not a parameter's.
+            "host=h1,h2 user=bot application_name='deploy run=42' dbname=videos",
+            "postgresql://bot@h1,h2/videos?application_name=deploy%20run%3D42",
         ];
         for form in forms {
             let (pg, _) = parse(form).unwrap_or_else(|e| panic!("{form}: {e}"));
@@ -593,6 +614,11 @@ mod tests {
             ("\"\"".into(), "holds only quotes"),
             (" '' ".into(), "holds only quotes"),
             (" ".into(), "DATABASE_URL is empty"),
+            // A misspelled parameter after a space in a URL is a pair all the same.
+            (
+                format!("postgresql://bot@h/d pasword={secret}"),
+                "DATABASE_URL's host or database name holds",
+            ),
             // A host substituted while unset: the password read as the host.
             (
                 format!("host= password={secret} dbname=d"),
