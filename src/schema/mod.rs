@@ -391,11 +391,12 @@ WITH ns AS (
 member AS (
     SELECT d.classid, d.objid FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
 ),
--- The schema the history table was named in (`$3`, `ops` of `--history-table ops.history`)
--- while it holds nothing else (no other relation than the table's indexes, no function, no
--- type but the table's row type and its array): `up` made it for the table, a database not
--- migrated yet lacks it, and neither side is drift. Only a schema so named: one the search
--- path chose may be another in the scratch database.
+-- The schema the history table was named in (`$3`, `ops` of `--history-table ops.history`):
+-- `up` makes it for the table, and a database not migrated yet lacks it. It is never listed
+-- itself (what it holds is, as anywhere), and its owner and grants only while it holds
+-- nothing else (no other relation than the table's indexes, no function, no type but the
+-- table's row type and its array). Only a schema so named: one the search path chose may
+-- be another in the scratch database.
 history_only AS (
     SELECT ns.oid FROM ns
     WHERE ns.nspname = $3::text
@@ -426,7 +427,7 @@ SELECT 'extension', '', pg_catalog.quote_ident(e.extname), 0::int2,
 FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
 UNION ALL
 SELECT 'schema', '', pg_catalog.quote_ident(ns.nspname), 0::int2, '' FROM ns
-WHERE ns.oid NOT IN (SELECT h.oid FROM history_only h)
+WHERE ns.nspname IS DISTINCT FROM $3::text
 UNION ALL
 SELECT 'table', '', r.qualified, 0::int2,
        pg_catalog.concat_ws(' ',
