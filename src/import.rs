@@ -437,7 +437,7 @@ pub fn write<'a>(
                     Some((path, source, part)) => Error::InvalidFile {
                         file: PathBuf::from(source),
                         problem: format!(
-                            "{problem} (in its {part} migration as imported, lines counted from where that part starts; it would have been {}; nothing was written)",
+                            "{problem} (in its {part} migration as imported, lines counted in the text import made of it, which would have been {}; nothing was written)",
                             path.file_name().unwrap_or_default().to_string_lossy()
                         ),
                     },
