@@ -607,14 +607,19 @@ async fn a_partitioned_table_gets_the_fixes_that_work_on_one_and_they_pass() {
         .unwrap();
     let dir = support::copy_of_seed(&[(
         "003_renders.sql",
-        "CREATE INDEX IF NOT EXISTS renders_request ON renders (request_id);
-         ALTER TABLE renders ADD CONSTRAINT renders_request_fk FOREIGN KEY (request_id) REFERENCES video_requests (id);
-",
+        "CREATE INDEX IF NOT EXISTS renders_request ON renders (request_id);\n\
+         ALTER TABLE renders ADD CONSTRAINT renders_request_fk FOREIGN KEY (request_id) \
+         REFERENCES video_requests (id);\n\
+         ALTER TABLE renders ADD CONSTRAINT renders_unique UNIQUE (id);\n",
     )]);
     let out = run(&db, dir.path(), &["up"]);
     refused(
         &out,
-        &["index-without-concurrently", "validates-whole-table"],
+        &[
+            "index-without-concurrently",
+            "validates-whole-table",
+            "index-without-concurrently",
+        ],
     );
     let fixes: Vec<String> = (events(&out.stderr).iter())
         .filter(|e| e["message"] == "hazard refused")
@@ -626,6 +631,10 @@ async fn a_partitioned_table_gets_the_fixes_that_work_on_one_and_they_pass() {
     );
     assert!(
         fixes[1].contains("NOT VALID to each partition"),
+        "{fixes:?}"
+    );
+    assert!(
+        fixes[2].contains("PRIMARY KEY USING INDEX, then add the key"),
         "{fixes:?}"
     );
     assert_eq!(history(&client).await, [1, 2]);
@@ -660,10 +669,30 @@ async fn a_partitioned_table_gets_the_fixes_that_work_on_one_and_they_pass() {
             "-- db-migrate:allow validates-whole-table the partitions' keys are validated (006)\n\
              ALTER TABLE renders ADD CONSTRAINT renders_request_fk FOREIGN KEY (request_id) REFERENCES video_requests (id);\n",
         ),
+        (
+            "008_renders_partition_keys.sql",
+            "-- no-transaction\n\
+             CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS renders_1_id ON renders_1 (id);\n\
+             ALTER TABLE renders_1 ADD CONSTRAINT renders_1_unique UNIQUE USING INDEX renders_1_id;\n\
+             CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS renders_2_id ON renders_2 (id);\n\
+             ALTER TABLE renders_2 ADD CONSTRAINT renders_2_unique UNIQUE USING INDEX renders_2_id;\n",
+        ),
+        (
+            "009_renders_unique.sql",
+            "-- db-migrate:allow index-without-concurrently the partitions' keys are there (008)\n\
+             ALTER TABLE renders ADD CONSTRAINT renders_unique UNIQUE (id);\n",
+        ),
     ]);
     let out = run(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(history(&client).await, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(history(&client).await, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    // The partitioned table's key took over the partitions' instead of building its own.
+    let indexes: i64 = support::one(
+        &client,
+        "SELECT count(*) FROM pg_index WHERE indisunique AND indrelid IN ('renders_1'::regclass, 'renders_2'::regclass)",
+    )
+    .await;
+    assert_eq!(indexes, 2);
     let valid: bool = support::one(
         &client,
         "SELECT indisvalid FROM pg_index WHERE indexrelid = 'renders_request'::regclass",

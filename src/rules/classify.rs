@@ -104,6 +104,8 @@ pub const CREATE_INDEX: &str = "CREATE INDEX";
 /// On a partitioned table it builds nothing: an invalid index that partitions' are attached to.
 pub const CREATE_INDEX_ON_ONLY: &str = "CREATE INDEX ... ON ONLY";
 pub const ADD_FOREIGN_KEY: &str = "ADD CONSTRAINT ... FOREIGN KEY without NOT VALID";
+pub const ADD_KEY: &str = "a PRIMARY KEY, UNIQUE or EXCLUDE constraint without USING INDEX";
+pub const KEY_ON_PARTITIONED: &str = "a PRIMARY KEY or UNIQUE constraint on a partitioned table";
 
 /// One thing a statement does that the rules weigh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1033,7 +1035,7 @@ fn constraint_effects(
             out.push(Effect::BuildsIndex {
                 table,
                 concurrently: false,
-                what: "a PRIMARY KEY, UNIQUE or EXCLUDE constraint without USING INDEX",
+                what: ADD_KEY,
             })
         }
         ConstrType::ConstrNotnull => out.push(Effect::Validates {

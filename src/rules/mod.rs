@@ -129,6 +129,9 @@ impl Rule {
             (Rule::IndexWithoutConcurrently, classify::INDEX_ON_PARTITIONED) => {
                 "CONCURRENTLY cannot build it on a partitioned table: create it with CREATE INDEX IF NOT EXISTS ... ON ONLY the table (reads no rows), then in a -- no-transaction file build each partition's with CREATE INDEX CONCURRENTLY and ALTER INDEX ... ATTACH PARTITION it; the table's index is valid once all are attached"
             }
+            (Rule::IndexWithoutConcurrently, classify::KEY_ON_PARTITIONED) => {
+                "no index is built CONCURRENTLY on a partitioned table, nor a constraint added USING INDEX: in a -- no-transaction file build each partition's unique index with CREATE UNIQUE INDEX CONCURRENTLY, make it the partition's key with ALTER TABLE <partition> ADD CONSTRAINT ... PRIMARY KEY USING INDEX, then add the key to the partitioned table, which takes over the partitions' keys without building (allow that statement: -- db-migrate:allow index-without-concurrently <reason>)"
+            }
             (Rule::ValidatesWholeTable, classify::FOREIGN_KEY_ON_PARTITIONED) => {
                 "a partitioned table takes no NOT VALID foreign key before PostgreSQL 18: add it NOT VALID to each partition and VALIDATE each in a later migration, then add it to the partitioned table, which takes over the partitions' keys without reading them (allow that statement: -- db-migrate:allow validates-whole-table <reason>)"
             }
@@ -669,6 +672,7 @@ pub async fn check(
                 classify::ADD_FOREIGN_KEY if facts.partitioned(table) => {
                     classify::FOREIGN_KEY_ON_PARTITIONED
                 }
+                classify::ADD_KEY if facts.partitioned(table) => classify::KEY_ON_PARTITIONED,
                 _ => what,
             };
             if hit {
