@@ -428,16 +428,8 @@ fn progress(version: i64, elapsed: Duration, sample: &Sample) {
 /// in PostgreSQL's documentation, "Conflicting Lock Modes". An unknown mode is taken for the
 /// strongest.
 pub fn conflicting(mode: &str) -> Vec<&'static str> {
-    const MODES: [&str; 8] = [
-        "AccessShareLock",
-        "RowShareLock",
-        "RowExclusiveLock",
-        "ShareUpdateExclusiveLock",
-        "ShareLock",
-        "ShareRowExclusiveLock",
-        "ExclusiveLock",
-        "AccessExclusiveLock",
-    ];
+    // AccessShareLock first: the modes by their number, less the 0 that is none.
+    let modes = &crate::rules::classify::LOCK_MODES[1..];
     // Row i: the modes mode i conflicts with, one bit each, AccessShareLock lowest.
     const CONFLICTS: [u8; 8] = [
         0b1000_0000,
@@ -449,8 +441,8 @@ pub fn conflicting(mode: &str) -> Vec<&'static str> {
         0b1111_1110,
         0b1111_1111,
     ];
-    let row = MODES.iter().position(|m| *m == mode).unwrap_or(7);
-    (MODES.iter().enumerate())
+    let row = modes.iter().position(|m| *m == mode).unwrap_or(7);
+    (modes.iter().enumerate())
         .filter(|(i, _)| CONFLICTS[row] & (1 << i) != 0)
         .map(|(_, m)| *m)
         .collect()

@@ -335,8 +335,9 @@ impl Effect {
     }
 }
 
-/// PostgreSQL's table lock modes by their number (`LOCKMODE`), as `pg_locks` names them.
-const LOCK_MODES: [&str; 9] = [
+/// PostgreSQL's table lock modes by their number (`LOCKMODE`, 0 for none), as `pg_locks`
+/// names them.
+pub const LOCK_MODES: [&str; 9] = [
     "",
     "AccessShareLock",
     "RowShareLock",
