@@ -66,16 +66,22 @@ async fn earlier_locks(
         return Ok(Vec::new());
     }
     let names: Vec<String> = wanted.iter().map(|(name, _)| name.sql()).collect();
+    // A partitioned table's lock goes to each of its partitions as well, and only those are
+    // tables the trace watches.
     let rows = client
         .query(
-            "SELECT pg_catalog.to_regclass(n)::oid::int8 FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i) ORDER BY i",
+            "SELECT u.i, r.oid::int8 FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i)
+               CROSS JOIN LATERAL (SELECT pg_catalog.to_regclass(u.n) AS oid
+                                   UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(u.n)) t) r
+              WHERE r.oid IS NOT NULL",
             &[&names],
         )
         .await
         .map_err(Error::database("looking up the tables a statement locks"))?;
-    Ok((rows.iter().zip(&wanted))
-        .filter_map(|(row, (_, mode))| {
-            let lock = (row.get::<_, Option<i64>>(0)?, mode.to_string());
+    Ok((rows.iter())
+        .filter_map(|row| {
+            let at = usize::try_from(row.get::<_, i64>(0)).ok()?.checked_sub(1)?;
+            let lock = (row.get::<_, i64>(1), wanted.get(at)?.1.to_string());
             held.contains(&lock).then_some(lock)
         })
         .collect())

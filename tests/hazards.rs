@@ -1199,6 +1199,61 @@ async fn plan_finds_a_lock_held_long_that_an_earlier_migration_of_the_plan_took_
     assert_eq!(history(&db.client().await).await, [1, 2]);
 }
 
+/// The same on a partitioned table, whose lock the trace sees on its partitions, and on the
+/// table a foreign key references.
+#[tokio::test]
+async fn plan_finds_a_lock_taken_again_on_partitions_and_on_a_referenced_table() {
+    let db = seeded("").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE renders (id int, request_id uuid) PARTITION BY RANGE (id);
+             CREATE TABLE renders_1 PARTITION OF renders FOR VALUES FROM (0) TO (100);",
+        )
+        .await
+        .unwrap();
+    let key = "ALTER TABLE renders ADD CONSTRAINT renders_request_fk FOREIGN KEY (request_id) \
+               REFERENCES video_requests (id);\n";
+    for (first, then, relation, mode) in [
+        (
+            "ALTER TABLE renders ADD COLUMN IF NOT EXISTS a int;\n",
+            "ALTER TABLE renders ADD COLUMN IF NOT EXISTS b int;\n",
+            "renders_1",
+            "AccessExclusiveLock",
+        ),
+        (
+            "ALTER TABLE video_requests ADD CONSTRAINT self_fk FOREIGN KEY (id) \
+             REFERENCES video_requests (id) NOT VALID;\n",
+            key,
+            "video_requests",
+            "ShareRowExclusiveLock",
+        ),
+    ] {
+        let dir = support::copy_of_seed(&[
+            ("003_first.sql", first),
+            ("004_then.sql", &format!("{then}SELECT pg_sleep(0.4);\n")),
+        ]);
+        let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+        assert_eq!(out.code, 9, "{then}{}\n{}", out.stdout, out.stderr);
+        let statements = json_lines(&out);
+        let again = &statements[1];
+        assert_eq!(again["version"], 4, "{again}");
+        let held: Vec<&serde_json::Value> = (again["locks"].as_array().unwrap().iter())
+            .filter(|l| l["held_from_earlier_migration"] == true)
+            .collect();
+        assert!(
+            held.iter()
+                .any(|l| l["relation"] == relation && l["mode"] == mode),
+            "{again}"
+        );
+        assert_eq!(
+            again["findings"][0]["rule"], "strong-lock-held-long",
+            "{again}"
+        );
+    }
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}
+
 /// What a `DO` block drops or empties only the trace can see: `plan` reports it as data loss
 /// (exit 9) as it would a `DROP TABLE` it could read, unless an allow comment says why; a
 /// dropped empty table and a `DELETE` that leaves rows are no finding.

@@ -384,6 +384,17 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
                 if let (Some(relation), Some(level)) = (&alter.relation, level) {
                     out.push((Name::of(relation), level));
                 }
+                // A foreign key takes SHARE ROW EXCLUSIVE on the table it references too.
+                for cmd in &alter.cmds {
+                    if let Some(NodeEnum::AlterTableCmd(cmd)) = &cmd.node
+                        && let Some(NodeEnum::Constraint(constraint)) =
+                            cmd.def.as_ref().and_then(|d| d.node.as_ref())
+                        && constraint.contype == ConstrType::ConstrForeign as i32
+                        && let Some(referenced) = &constraint.pktable
+                    {
+                        out.push((Name::of(referenced), 6));
+                    }
+                }
             }
             NodeEnum::IndexStmt(index) if !index.concurrent => {
                 out.extend(index.relation.as_ref().map(|r| (Name::of(r), 5)));
@@ -1193,7 +1204,10 @@ mod tests {
         );
         assert_eq!(
             locks("ALTER TABLE t ADD CONSTRAINT f FOREIGN KEY (b) REFERENCES u"),
-            t("ShareRowExclusiveLock")
+            vec![
+                ("t".to_string(), "ShareRowExclusiveLock"),
+                ("u".to_string(), "ShareRowExclusiveLock")
+            ]
         );
         assert_eq!(
             locks("ALTER TABLE t VALIDATE CONSTRAINT f, ADD COLUMN c int"),
