@@ -481,13 +481,54 @@ pub fn unterminated(sql: &str) -> Option<(usize, String, String)> {
     Some((line_of(sql, last.start), what, closer))
 }
 
+/// Why a migration that failed in the dry run's or `plan`'s one transaction failed only for
+/// being rehearsed there, not for anything `up` would meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RehearsalOnly {
+    /// [`awaits_enum_commit`].
+    EnumCommit,
+    /// [`awaits_skipped`].
+    Skipped,
+}
+
+impl RehearsalOnly {
+    /// Why, for the warning that names the migration.
+    pub fn why(self) -> &'static str {
+        match self {
+            RehearsalOnly::EnumCommit => {
+                "it uses a value an earlier migration adds to an enum type, usable only once that one commits (as up commits it)"
+            }
+            RehearsalOnly::Skipped => {
+                "it fails on something a migration before it names that was not run (up runs that one first)"
+            }
+        }
+    }
+}
+
+/// Whether the file `sql`, failed with `sqlstate` and `message` where the rehearsal ran it
+/// after the migrations before it (`skipped`: those it did not run; `up`: rehearsing `up`, not
+/// a rollback), failed only for being rehearsed; the caller rewinds it, names it, and counts
+/// it among the ones not run.
+pub fn rehearsal_only(
+    sqlstate: &str,
+    message: &str,
+    sql: &str,
+    skipped: &[&str],
+    up: bool,
+) -> Option<RehearsalOnly> {
+    if awaits_enum_commit(sqlstate, sql) {
+        return Some(RehearsalOnly::EnumCommit);
+    }
+    (up && awaits_skipped(sqlstate, message, skipped)).then_some(RehearsalOnly::Skipped)
+}
+
 /// Whether a file that failed with `sqlstate` failed only for running in one transaction with
 /// the migrations before it, as the dry run and `plan` run them: it uses a value an earlier
 /// one added to an enum type (55P04), which PostgreSQL allows only once the transaction that
 /// added it has committed, and `up` commits each migration first. A file that may add such a
 /// value itself is never taken for one: the words `ADD VALUE` anywhere in it, in a comment,
 /// a string or a function body (dynamic SQL) too, since `up` would fail on it as well.
-pub fn awaits_enum_commit(sqlstate: &str, sql: &str) -> bool {
+fn awaits_enum_commit(sqlstate: &str, sql: &str) -> bool {
     sqlstate == "55P04" && !adds_enum_value(sql)
 }
 
@@ -512,7 +553,7 @@ fn adds_enum_value(sql: &str) -> bool {
 /// the message quotes (a function's: the word before its parenthesis), a skipped file names
 /// as a word. Anything else, a message that names nothing so (a translated one), or a name no
 /// skipped file holds, is the migration's own failure.
-pub fn awaits_skipped(sqlstate: &str, message: &str, skipped: &[&str]) -> bool {
+fn awaits_skipped(sqlstate: &str, message: &str, skipped: &[&str]) -> bool {
     if !matches!(
         sqlstate,
         "42P01" | "42703" | "42704" | "42883" | "3F000" | "22P02"

@@ -321,38 +321,33 @@ pub async fn run(
                 };
                 let counted = match answer.map_err(failure) {
                     Ok(counted) => counted,
-                    Err(Error::Apply(f)) if sql::awaits_enum_commit(&f.sqlstate, &script.sql) => {
+                    Err(Error::Apply(f)) => {
+                        let up = plan.direction == Direction::Up;
+                        let (sqlstate, message) = (&f.sqlstate, &f.message);
+                        let why = sql::rehearsal_only(sqlstate, message, &script.sql, &skipped, up);
+                        let Some(why) = why else {
+                            return Err(match f.sqlstate == "55P03" {
+                                true => Error::PlanLockTimeout {
+                                    version: f.version,
+                                    file: f.file,
+                                    message: format!("{} {}", f.sqlstate, f.message),
+                                },
+                                false => Error::Apply(f),
+                            });
+                        };
                         (client
                             .batch_execute(&format!("ROLLBACK TO SAVEPOINT {MIGRATION}"))
                             .await)
                             .map_err(Error::database("rewinding the migration's savepoint"))?;
+                        tracing::warn!(version = f.version, file = %f.file.display(), sqlstate = %f.sqlstate, error = %f.message, "plan: not traced, {}", why.why());
                         skipped.push(&script.sql);
-                        let untraced = Some(Untraced::EnumValueUncommitted);
-                        (report.statements)
-                            .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
-                        continue 'migrations;
-                    }
-                    Err(Error::Apply(f))
-                        if plan.direction == Direction::Up
-                            && sql::awaits_skipped(&f.sqlstate, &f.message, &skipped) =>
-                    {
-                        (client
-                            .batch_execute(&format!("ROLLBACK TO SAVEPOINT {MIGRATION}"))
-                            .await)
-                            .map_err(Error::database("rewinding the migration's savepoint"))?;
-                        tracing::warn!(version = f.version, file = %f.file.display(), sqlstate = %f.sqlstate, error = %f.message, "plan: not traced, it fails on something a migration before it that plan did not run names (up runs that one first)");
-                        skipped.push(&script.sql);
-                        let untraced = Some(Untraced::AwaitsNoTransaction);
-                        (report.statements)
-                            .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
-                        continue 'migrations;
-                    }
-                    Err(Error::Apply(f)) if f.sqlstate == "55P03" => {
-                        return Err(Error::PlanLockTimeout {
-                            version: f.version,
-                            file: f.file,
-                            message: format!("{} {}", f.sqlstate, f.message),
+                        let untraced = Some(match why {
+                            sql::RehearsalOnly::EnumCommit => Untraced::EnumValueUncommitted,
+                            sql::RehearsalOnly::Skipped => Untraced::AwaitsNoTransaction,
                         });
+                        (report.statements)
+                            .extend(checked.into_iter().map(|s| Statement { untraced, ..s }));
+                        continue 'migrations;
                     }
                     Err(error) => return Err(error),
                 };

@@ -479,22 +479,17 @@ async fn inside(
             *blocked = sample;
         }
         match result {
-            Err(Error::Apply(failure))
-                if run.dry_run && sql::awaits_enum_commit(&failure.sqlstate, &step.script.sql) =>
-            {
+            Err(Error::Apply(failure)) if run.dry_run => {
+                let (sqlstate, message) = (&failure.sqlstate, &failure.message);
+                let up = run.direction == Direction::Up;
+                let sql = &step.script.sql;
+                let Some(why) = sql::rehearsal_only(sqlstate, message, sql, &skipped, up) else {
+                    return Err(Error::Apply(failure));
+                };
                 (run.client.batch_execute(&run.session.rewind()).await)
                     .map_err(Error::database("rewinding the dry run past a migration"))?;
-                tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), error = %failure.message, "dry run: not rehearsed, it uses a value an earlier migration adds to an enum type, usable only once that one commits (as up commits it)");
-            }
-            Err(Error::Apply(failure))
-                if run.dry_run
-                    && run.direction == Direction::Up
-                    && sql::awaits_skipped(&failure.sqlstate, &failure.message, &skipped) =>
-            {
-                (run.client.batch_execute(&run.session.rewind()).await)
-                    .map_err(Error::database("rewinding the dry run past a migration"))?;
-                tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), sqlstate = %failure.sqlstate, error = %failure.message, "dry run: not rehearsed, it fails on something a -- no-transaction migration before it names, which the dry run does not run (up runs that one first)");
-                skipped.push(&step.script.sql);
+                tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), sqlstate = %failure.sqlstate, error = %failure.message, "dry run: not rehearsed, {}", why.why());
+                skipped.push(sql);
             }
             result => result?,
         }
