@@ -965,6 +965,8 @@ async fn changing(
         // One server session answered the whole pipeline: the lock was taken in the one
         // announced, and the session read after it must be that one.
         if let Some(first) = announced.filter(|pid| *pid != session.backend_pid) {
+            // The setup (and perhaps the lock) went into the announced session.
+            lock::release_in(client, first).await;
             let now = session.backend_pid;
             return Err(Error::Pooled { first, now });
         }

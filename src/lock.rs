@@ -67,6 +67,8 @@ pub async fn with_first<T, R>(
     work: impl AsyncFnOnce(Option<R>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = key(table);
+    // A first try that did not fail set the run's server session up.
+    let set_up = first.0.is_ok();
     let first = match acquire(client, key, wait, session, interrupt, first).await {
         Ok(first) => first,
         // The first try set the session up whatever it found: a run that waited for the lock
@@ -77,15 +79,74 @@ pub async fn with_first<T, R>(
             release(client).await;
             return Err(error);
         }
+        Err(error @ Error::Pooled { first, .. }) if set_up => {
+            release_in(client, first).await;
+            return Err(error);
+        }
         Err(error) => return Err(error),
     };
     let result = work(first).await;
-    // A run that found its statements in another server session (a transaction pooler's)
-    // sends nothing more: a reset would land in some other client's session.
-    if !matches!(result, Err(Error::Pooled { .. } | Error::SharedSession)) {
-        release(client).await;
+    match result {
+        // A plain reset would land in whichever server session the pooler picks.
+        Err(Error::Pooled { first, .. }) => release_in(client, first).await,
+        // The session is another client's as much as the run's: its settings and lock may
+        // be another run's.
+        Err(Error::SharedSession) => {}
+        _ => release(client).await,
     }
     result
+}
+
+/// How long a run behind a transaction pooler goes on asking for its own server session to
+/// put it back ([`release_in`]).
+const RELEASE_IN_WAIT: Duration = Duration::from_secs(3);
+
+/// Puts server session `pid` back as [`release`] would, for a run that learned it is behind
+/// a transaction pooler after setting that session up: left as it was, the pooler hands the
+/// run's 200 ms `lock_timeout`, and any migration lock it took there, to other clients'
+/// transactions (the bot's) until it closes the session. The pooler picks a server session
+/// for each transaction, so the message, which does nothing outside `pid`, goes again until
+/// it lands there or [`RELEASE_IN_WAIT`] has passed.
+pub async fn release_in(client: &Client, pid: i32) {
+    let query = crate::session::discard_in(pid);
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    let mut tries = 0;
+    let left = loop {
+        tries += 1;
+        let error = match client.simple_query(&query).await {
+            Ok(_) => {
+                return info!(
+                    server_session = pid,
+                    tries, "the run's server session was reset"
+                );
+            }
+            Err(error) => error,
+        };
+        match crate::session::refusal(&error) {
+            Some(crate::error::Refusal::OtherSession(_)) => {}
+            // A transaction the run left open keeps the connection on one server session
+            // (and, failed, refuses everything): ended, the next message may go elsewhere.
+            _ if error.code()
+                == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION) =>
+            {
+                if let Err(error) = client.simple_query("ROLLBACK").await {
+                    break described(&error);
+                }
+            }
+            _ => break described(&error),
+        }
+        if started.elapsed() >= RELEASE_IN_WAIT {
+            break format!("{tries} tries landed in other server sessions");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    };
+    warn!(
+        server_session = pid,
+        error = left,
+        "could not reset the run's server session through the pooler: it keeps the run's settings (its lock_timeout among them) and any migration lock the run took until the pooler closes it; end it with SELECT pg_terminate_backend({pid})"
+    );
 }
 
 /// The first try at the lock, for a caller that sends more behind it in the same round trip;
@@ -365,14 +426,19 @@ async fn release(client: &Client) {
     }
     // When the connection is gone the server has already dropped the lock with the session.
     if let Err(error) = result {
-        let error = match error.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => error.to_string(),
-        };
+        let error = described(&error);
         warn!(
             error,
             "could not release the migration lock; it ends with the session"
         );
+    }
+}
+
+/// The server's code and message, or the client's error, for a warning.
+fn described(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
     }
 }
 

@@ -704,6 +704,20 @@ fn setup_sql(pid: i32, lock: (i32, i32), reset: &str) -> String {
     )
 }
 
+/// What `DISCARD ALL` does, statement by statement as PostgreSQL documents it, behind a check
+/// that fails the whole message unless it runs in server session `pid`: `DISCARD ALL` itself
+/// refuses to run in the transaction the check needs. For a run that learned it is behind a
+/// transaction pooler only after its setup (and perhaps the lock) went into that session,
+/// which the pooler goes on handing to other clients' transactions.
+pub fn discard_in(pid: i32) -> String {
+    format!(
+        "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> {pid} \
+         THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int END; \
+         CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; \
+         SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+    )
+}
+
 /// Whether [`Session::fresh_setup`] refused because it ran in another server session than the
 /// one announced.
 pub fn elsewhere(error: &tokio_postgres::Error) -> bool {

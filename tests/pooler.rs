@@ -288,6 +288,100 @@ async fn a_transaction_pooler_detected_is_left_none_of_the_runs_session_settings
     }
 }
 
+/// `client`'s server session through a transaction pooler, kept for it by a transaction
+/// left open.
+async fn pinned(client: &tokio_postgres::Client) -> String {
+    let rows = client
+        .simple_query("BEGIN; SELECT pg_backend_pid()")
+        .await
+        .unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_run_that_finds_the_pooler_after_its_setup_puts_that_server_session_back() {
+    // The run sets its session up, and learns it is behind a transaction pooler only when a
+    // later transaction lands in another server session. The pooler goes on handing the one
+    // set up to the bot's transactions; left as it was, they ran with the run's 200 ms
+    // lock_timeout. Here the order is forced: the lock, held elsewhere, keeps the run trying
+    // for it in the session it set up, while clients of the pooler hold the others.
+    let db = support::database().await;
+    let bouncer = pgbouncer_with(2);
+    let url = bouncer.url(&db).await;
+    let holder = db.client().await;
+    let table = db_migrate::history::Table::parse("schema_migrations").unwrap();
+    let (class, object) = db_migrate::lock::key(&table);
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_lock({class}, {object})"))
+        .await
+        .unwrap();
+    let first = support::connect(&url).await;
+    let other = pinned(&first).await;
+    let run = Running::spawn(&mut json_command(
+        &url,
+        &seed_dir(),
+        &["up", "--lock-wait", "60s"],
+    ));
+    let trying = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND pid::text <> '{other}' AND pid <> pg_backend_pid() \
+         AND query LIKE '%pg_try_advisory_lock%'"
+    );
+    support::eventually("the run to try for the lock", || async {
+        support::one::<i64>(&holder, &trying).await == 1
+    })
+    .await;
+    let set_up: String = support::one(
+        &holder,
+        &format!(
+            "SELECT pid::text FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid::text <> '{other}' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .await;
+    // Its session held by a second client, the first one's freed: the run's next try lands
+    // there, and the run stops.
+    let second = support::connect(&url).await;
+    assert_eq!(pinned(&second).await, set_up);
+    first.batch_execute("COMMIT").await.unwrap();
+    // Anything but that COMMIT there is the run's: its try, then its tries to reset.
+    let moved = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid::text = '{other}' AND query <> 'COMMIT'"
+    );
+    support::eventually("the run to go to the other session", || async {
+        support::one::<i64>(&holder, &moved).await == 1
+    })
+    .await;
+    second.batch_execute("COMMIT").await.unwrap();
+    let (code, events) = run.finish();
+    assert_eq!(code, Some(2), "{events:#?}");
+    let reset = events
+        .iter()
+        .find(|e| e["message"] == "the run's server session was reset");
+    assert!(reset.is_some(), "{events:#?}");
+    // Each server session, as the next client's transactions find it.
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..8 {
+        for message in first
+            .simple_query("SELECT pg_backend_pid(), current_setting('lock_timeout')")
+            .await
+            .unwrap()
+        {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                let (pid, value) = (row.get(0).unwrap(), row.get(1).unwrap());
+                seen.insert(pid.to_string(), value.to_string());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[&set_up], "0", "{seen:?}");
+}
+
 #[tokio::test]
 async fn a_run_that_waited_for_the_lock_in_vain_leaves_its_session_as_a_new_one() {
     // The first try at the lock sets the session up whatever it finds; a run that then gave
