@@ -327,15 +327,29 @@ pub async fn applied(
 /// say which tool, and the fix keeps that tool's history intact.
 async fn foreign(client: &Client, table: &Table) -> Error {
     let query = format!(
-        "SELECT pg_catalog.string_agg(attname || ' ' || pg_catalog.format_type(atttypid, atttypmod), ', ' ORDER BY attnum) \
-         FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass({}) AND attnum > 0 AND NOT attisdropped",
+        "SELECT pg_catalog.string_agg(attname || ' ' || pg_catalog.format_type(atttypid, atttypmod), ', ' ORDER BY attnum), \
+         (SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           WHERE c.oid = pg_catalog.to_regclass({0})) \
+         FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass({0}) AND attnum > 0 AND NOT attisdropped",
         literal(&table.quoted)
     );
-    let columns = match client.simple_query(&query).await {
-        Ok(messages) => first_value(&messages).map(str::to_string),
+    let row = match client.simple_query(&query).await {
+        Ok(messages) => messages.into_iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        }),
         Err(_) => None,
+    };
+    let value = |i: usize| row.as_ref().and_then(|r| r.get(i)).unwrap_or_default();
+    let (columns, schema) = (value(0).to_string(), value(1));
+    // An unqualified name the search path finds in pg_catalog first (`pg_class`): refused as
+    // the name given with that schema is (`Table::parse`).
+    if schema.starts_with("pg_") || schema == "information_schema" {
+        return Error::Config(format!(
+            "--history-table \"{}\" is {schema}.{}, in the system schema \"{schema}\", which the search path finds first; put the history table in a schema of the database's own under another name, e.g. public.schema_migrations",
+            table.name, table.name
+        ));
     }
-    .unwrap_or_default();
     let (tool, from) = if columns == "version bigint, dirty boolean" {
         ("golang-migrate", "--from golang-migrate")
     } else if columns.starts_with("version character varying") && !columns.contains(',') {

@@ -855,6 +855,30 @@ async fn a_history_table_named_like_an_existing_index_is_a_configuration_error()
 }
 
 #[tokio::test]
+async fn a_history_table_the_search_path_finds_among_the_system_catalogs_is_a_configuration_error()
+{
+    // pg_catalog comes first in every search path: `pg_class` is the catalog.
+    let db = support::database().await;
+    let client = db.client().await;
+    for name in ["pg_class", "pg_namespace"] {
+        for command in [
+            up(),
+            Command::Status {
+                format: db_migrate::config::OutputFormat::Text,
+            },
+        ] {
+            let mut cfg = config(&db.url, &seed_dir(), command);
+            cfg.history_table = db_migrate::history::Table::parse(name).unwrap();
+            let error = run(&cfg).await.1.expect_err("refused");
+            let text = error.to_string();
+            assert_eq!(error.exit_code(), 2, "{text}");
+            assert!(text.contains(&format!("is pg_catalog.{name}")), "{text}");
+        }
+    }
+    assert!(tables(&client).await.is_empty());
+}
+
+#[tokio::test]
 async fn a_history_table_in_a_schema_that_does_not_exist_is_refused_on_a_database_with_tables() {
     let db = support::database().await;
     let client = db.client().await;
