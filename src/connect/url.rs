@@ -138,6 +138,13 @@ fn uri_body(text: &str) -> Result<Option<&str>, Error> {
 /// query is one of the password or user name that was not percent-encoded, and the rest of
 /// the password would be taken for the host and printed in every log line.
 fn split_uri(body: &str) -> Result<Split, Error> {
+    // The protocol ends each of its strings with a NUL: a server could only refuse the
+    // connection, after the whole --connect-timeout of tries.
+    if percent_decode(body).contains('\0') {
+        return Err(Error::Config(
+            "DATABASE_URL holds a percent-encoded NUL (%00), which no part of a PostgreSQL connection can carry; remove it".into(),
+        ));
+    }
     let (credentials, after) = match body.split_once('@') {
         Some((credentials, after)) => (Some(credentials), after),
         None => (None, body),
@@ -461,6 +468,23 @@ mod tests {
         let text = error.to_string();
         assert!(!text.contains("s3cret-sentinel"), "{text}");
         assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_percent_encoded_nul_is_refused_wherever_it_stands() {
+        for url in [
+            "postgresql://bot:pw@db/videos%00",
+            "postgresql://bot%00:pw@db/videos",
+            "postgresql://bot:p%00w-sentinel@db/videos",
+            "postgresql://bot:pw@db%00/videos",
+            "postgresql://bot:pw@db/videos?application_name=a%00b",
+        ] {
+            let error = parse(url).unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains("NUL (%00)"), "{url}: {text}");
+            assert!(!text.contains("sentinel"), "{text}");
+            assert_eq!(error.exit_code(), 2);
+        }
     }
 
     #[test]
