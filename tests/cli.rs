@@ -689,7 +689,7 @@ async fn on_a_terminal_each_migration_gets_a_line_with_what_its_sql_did() {
     let dir = support::copy_of_seed(&[
         (
             "003_backfill.sql",
-            "SELECT pg_sleep(1.6);\nCREATE TABLE IF NOT EXISTS priorities (n int);\n\
+            "SELECT pg_sleep(2.5);\nCREATE TABLE IF NOT EXISTS priorities (n int);\n\
              INSERT INTO priorities SELECT generate_series(1, 120);\n",
         ),
         (

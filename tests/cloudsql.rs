@@ -467,7 +467,7 @@ async fn iam_login_with_a_key_file_trades_a_signed_assertion_for_a_token() {
 
 #[tokio::test]
 async fn a_certificate_about_to_expire_is_replaced_for_the_next_connection() {
-    let slow = [("001_slow.sql", "SELECT pg_sleep(0.6);\n")];
+    let slow = [("001_slow.sql", "SELECT pg_sleep(2);\n")];
     for (lifetime, expected) in [(3 * 60, 2), (3600, 1)] {
         let db = support::database().await;
         let dir = support::migrations(&slow);

@@ -640,11 +640,11 @@ async fn a_prepared_transaction_holding_the_table_is_named_and_not_asked_again()
     ] {
         assert!(message.contains(part), "{part:?} not in {message}");
     }
-    // One attempt, or two when the monitor had not looked yet at the first: never one every
-    // lock timeout for two seconds.
+    // One attempt, or two or three when the monitor, connecting anew for each, had not looked
+    // yet at the first ones (a loaded machine): never one every lock timeout for two seconds.
     let timeouts = events.iter().filter(|e| lock_timed_out(e)).count();
     assert!(
-        (1..=2).contains(&timeouts),
+        (1..=3).contains(&timeouts),
         "{timeouts} attempts: {events:#?}"
     );
     let watcher = db.client().await;
