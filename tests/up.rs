@@ -456,10 +456,18 @@ async fn a_dry_run_steps_over_a_new_enum_value_it_cannot_commit_and_rehearses_th
         target: Target::Latest,
         mode: Mode::Single,
     };
-    let (_, result) = run(&config(&db.url, dir.path(), single)).await;
+    let (_, result) = run(&config(&db.url, dir.path(), single.clone())).await;
     let error = result.unwrap_err();
-    assert!(error.to_string().contains("55P04"), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("55P04"), "{text}");
+    assert!(text.contains("run without --single-transaction"), "{text}");
     assert_eq!(history(&client).await, [1]);
+    // A file that adds the value and uses it is told the server's own hint.
+    let fresh = support::database().await;
+    let (_, result) = run(&config(&fresh.url, itself.path(), single)).await;
+    let text = result.unwrap_err().to_string();
+    assert!(text.contains("55P04"), "{text}");
+    assert!(!text.contains("--single-transaction"), "{text}");
 
     // Each in its own transaction, as `up` runs them, it applies.
     run(&config(&db.url, dir.path(), up())).await.1.unwrap();

@@ -491,6 +491,20 @@ async fn inside(
                 tracing::warn!(version = migration.version, name = %migration.name, file = %step.script.path.display(), sqlstate = %failure.sqlstate, error = %failure.message, "dry run: not rehearsed, {}", why.why());
                 skipped.push(sql);
             }
+            // `--single-transaction` cannot run such a set at all: say so rather than the
+            // server's hint, which asks for a commit the flag rules out.
+            Err(Error::Apply(mut failure)) => {
+                let (sqlstate, message) = (&failure.sqlstate, &failure.message);
+                let sql = &step.script.sql;
+                if sql::rehearsal_only(sqlstate, message, sql, &[], false)
+                    == Some(sql::RehearsalOnly::EnumCommit)
+                {
+                    failure.hint = Some(
+                        "it uses a value an earlier migration of this run adds to an enum type, which PostgreSQL allows only once that one has committed: run without --single-transaction, or apply the migration that adds the value first (--target)".into(),
+                    );
+                }
+                return Err(Error::Apply(failure));
+            }
             result => result?,
         }
     }
