@@ -353,7 +353,9 @@ pub const LOCK_MODES: [&str; 9] = [
 /// table it names, by PostgreSQL's lock levels, for the statements migrations take such locks
 /// with (`ALTER TABLE` by its strongest subcommand, `CREATE INDEX`, `CREATE TRIGGER`,
 /// `TRUNCATE`, `DROP TABLE`, renames, `SET SCHEMA`, `LOCK`, `REFRESH MATERIALIZED VIEW`,
-/// `CLUSTER`). `plan` sees locks in `pg_locks`; this is for the one lock it cannot see there:
+/// `CLUSTER`, `REINDEX TABLE`, a new table's foreign keys and a new partition's parent,
+/// policies, rules, and dropping or renaming a trigger, policy or rule). What a `DO` block
+/// runs is not read. `plan` sees locks in `pg_locks`; this is for the one lock it cannot see there:
 /// one its transaction already holds, from an earlier migration of the plan, taken again
 /// (no new row). A mode guessed wrong is one the transaction does not hold, and is not shown.
 pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
@@ -437,6 +439,66 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
             }
             NodeEnum::ClusterStmt(cluster) => {
                 out.extend(cluster.relation.as_ref().map(|r| (Name::of(r), 8)));
+            }
+            // A new table's foreign keys take SHARE ROW EXCLUSIVE on the tables they
+            // reference, and a new partition ACCESS EXCLUSIVE on its parent.
+            NodeEnum::CreateStmt(create) => {
+                let columns = (create.table_elts.iter()).flat_map(|element| match &element.node {
+                    Some(NodeEnum::ColumnDef(column)) => column.constraints.as_slice(),
+                    _ => &[],
+                });
+                let constraints = (create.table_elts.iter()).chain(&create.constraints);
+                for node in constraints.chain(columns) {
+                    if let Some(NodeEnum::Constraint(constraint)) = &node.node
+                        && constraint.contype == ConstrType::ConstrForeign as i32
+                        && let Some(referenced) = &constraint.pktable
+                    {
+                        out.push((Name::of(referenced), 6));
+                    }
+                }
+                if create.partbound.is_some() {
+                    out.extend(ranges(&create.inh_relations).into_iter().map(|n| (n, 8)));
+                }
+            }
+            NodeEnum::ReindexStmt(reindex)
+                if reindex.kind == ReindexObjectType::ReindexObjectTable as i32
+                    && !option(&reindex.params, "concurrently") =>
+            {
+                out.extend(reindex.relation.as_ref().map(|r| (Name::of(r), 5)));
+            }
+            NodeEnum::CreatePolicyStmt(policy) => {
+                out.extend(policy.table.as_ref().map(|r| (Name::of(r), 8)));
+            }
+            NodeEnum::AlterPolicyStmt(policy) => {
+                out.extend(policy.table.as_ref().map(|r| (Name::of(r), 8)));
+            }
+            NodeEnum::RuleStmt(rule) => {
+                out.extend(rule.relation.as_ref().map(|r| (Name::of(r), 8)));
+            }
+            // `DROP TRIGGER t ON tbl` names [schema,] table, trigger.
+            NodeEnum::DropStmt(drop)
+                if [
+                    ObjectType::ObjectTrigger,
+                    ObjectType::ObjectPolicy,
+                    ObjectType::ObjectRule,
+                ]
+                .iter()
+                .any(|kind| drop.remove_type == *kind as i32) =>
+            {
+                for object in &drop.objects {
+                    if let Some(NodeEnum::List(list)) = &object.node
+                        && let Some((_, table)) = list.items.split_last()
+                        && let Some(name) = Name::of_list(table)
+                    {
+                        out.push((name, 8));
+                    }
+                }
+            }
+            NodeEnum::RenameStmt(rename)
+                if rename.rename_type == ObjectType::ObjectTrigger as i32
+                    || rename.rename_type == ObjectType::ObjectPolicy as i32 =>
+            {
+                out.extend(rename.relation.as_ref().map(|r| (Name::of(r), 8)));
             }
             _ => {}
         }
@@ -1232,6 +1294,37 @@ mod tests {
             t("AccessExclusiveLock")
         );
         assert!(locks("UPDATE t SET b = 1").is_empty());
+        let u = |mode| vec![("u".to_string(), mode)];
+        for create in [
+            "CREATE TABLE n (b int REFERENCES u)",
+            "CREATE TABLE n (b int, FOREIGN KEY (b) REFERENCES u (id))",
+            "CREATE TABLE n (b int, CONSTRAINT f FOREIGN KEY (b) REFERENCES u)",
+        ] {
+            assert_eq!(locks(create), u("ShareRowExclusiveLock"), "{create}");
+        }
+        assert!(locks("CREATE TABLE n (b int)").is_empty());
+        assert!(locks("CREATE TABLE n () INHERITS (u)").is_empty());
+        assert_eq!(
+            locks("CREATE TABLE n PARTITION OF u FOR VALUES FROM (1) TO (2)"),
+            u("AccessExclusiveLock")
+        );
+        assert_eq!(locks("REINDEX TABLE t"), t("ShareLock"));
+        assert!(locks("REINDEX TABLE CONCURRENTLY t").is_empty());
+        for statement in [
+            "CREATE POLICY p ON t USING (true)",
+            "ALTER POLICY p ON t USING (false)",
+            "CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY x",
+            "DROP TRIGGER g ON t",
+            "DROP POLICY IF EXISTS p ON t",
+            "DROP RULE r ON t",
+            "ALTER TRIGGER g ON t RENAME TO h",
+        ] {
+            assert_eq!(locks(statement), t("AccessExclusiveLock"), "{statement}");
+        }
+        assert_eq!(
+            locks("DROP TRIGGER g ON a.t"),
+            vec![("a.t".to_string(), "AccessExclusiveLock")]
+        );
     }
 
     #[test]
