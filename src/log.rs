@@ -321,11 +321,11 @@ pub fn finish(
     let longest_lock_stall_ms = summary.locks.map(|l| ms(l.longest_stall));
     let (tested, failed) = (summary.tested.map(|t| t.0), summary.tested.map(|t| t.1));
     let schema_changes = summary.schema_changes;
-    if let (Ok(outcome), true) = (result, output.terminal) {
-        if let Some(sentence) = sentence(summary, *outcome, duration_ms) {
-            // A closed terminal is the reader's choice, not a failed run.
-            let _ = writeln!(std::io::stdout(), "{sentence}");
-        }
+    if let (Ok(outcome), true) = (result, output.terminal)
+        && let Some(sentence) = sentence(summary, *outcome, duration_ms)
+    {
+        // A closed terminal is the reader's choice, not a failed run.
+        let _ = writeln!(std::io::stdout(), "{sentence}");
     }
     match result {
         Ok(outcome) => {

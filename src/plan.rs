@@ -233,13 +233,13 @@ pub fn up<'a>(
         .iter()
         .filter(|m| m.version <= limit && applied_versions.binary_search(&m.version).is_err())
         .collect();
-    if let (Some(newest), false) = (newest, allow_out_of_order) {
-        if let Some(early) = pending.iter().find(|m| m.version < newest) {
-            return Err(Error::OutOfOrder {
-                version: early.version,
-                newest,
-            });
-        }
+    if let (Some(newest), false) = (newest, allow_out_of_order)
+        && let Some(early) = pending.iter().find(|m| m.version < newest)
+    {
+        return Err(Error::OutOfOrder {
+            version: early.version,
+            newest,
+        });
     }
     Plan::new(Direction::Up, pending)
 }

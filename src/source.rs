@@ -362,15 +362,15 @@ pub fn check(script: &Script) -> Result<(), Error> {
             ),
         ));
     }
-    if let Some((line, keyword)) = uses.control {
-        if !script.no_transaction {
-            return Err(invalid(
-                &script.path,
-                format!(
-                    "line {line}: {keyword} controls the transaction, which db-migrate owns; remove it (or start the file with `-- no-transaction` to run it outside one)"
-                ),
-            ));
-        }
+    if let Some((line, keyword)) = uses.control
+        && !script.no_transaction
+    {
+        return Err(invalid(
+            &script.path,
+            format!(
+                "line {line}: {keyword} controls the transaction, which db-migrate owns; remove it (or start the file with `-- no-transaction` to run it outside one)"
+            ),
+        ));
     }
     if !script.no_transaction
         && let Some((line, what)) = uses.outside_only

@@ -811,10 +811,11 @@ async fn body_failed(
         return refused(run, step, e, "running it", rolled_back(wrap));
     }
     let mut error = failed(step, 0, message.prefix, true, e);
-    if let Error::Apply(failure) = &mut error {
-        if failure.position.is_none() && replayable(&failure.sqlstate) {
-            failure.position = locate(run, step.script, wrap).await;
-        }
+    if let Error::Apply(failure) = &mut error
+        && failure.position.is_none()
+        && replayable(&failure.sqlstate)
+    {
+        failure.position = locate(run, step.script, wrap).await;
     }
     error
 }

@@ -52,10 +52,10 @@ impl KeyFileLogin {
     /// expires.
     pub(super) async fn token(&self) -> Result<String, (String, bool)> {
         let mut cached = self.cached.lock().await;
-        if let Some((token, good_until)) = cached.as_ref() {
-            if std::time::Instant::now() < *good_until {
-                return Ok(token.clone());
-            }
+        if let Some((token, good_until)) = cached.as_ref()
+            && std::time::Instant::now() < *good_until
+        {
+            return Ok(token.clone());
         }
         let assertion = self.assertion().await?;
         let (token, lifetime) = self.exchange(&assertion).await?;

@@ -150,14 +150,13 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
             "DATABASE_URL names an empty host (a variable substituted into it while unset?); put the host after the @ (user:password@host:5432/database), or leave the host out for localhost".into(),
         ));
     }
-    if pg.get_ports().is_empty() {
-        if let Some(port) = var("PGPORT") {
-            pg.port(
-                port.parse().map_err(|_| {
-                    Error::Config(format!("PGPORT \"{port}\" is not a port number"))
-                })?,
-            );
-        }
+    if pg.get_ports().is_empty()
+        && let Some(port) = var("PGPORT")
+    {
+        pg.port(
+            port.parse()
+                .map_err(|_| Error::Config(format!("PGPORT \"{port}\" is not a port number")))?,
+        );
     }
     let default_user = pg.get_user().is_none() && var("PGUSER").is_none();
     // libpq's default user is the operating-system user.
@@ -183,10 +182,10 @@ pub fn resolve(url: Option<&str>, env: &Environment) -> Result<Settings, Error> 
         pg.connect_timeout(Duration::from_secs(seconds.max(1)));
     }
     fill_tls(&mut tls, mode_given, &var)?;
-    if pg.get_password().is_none() {
-        if let Some(password) = password::find(&pg, &var)? {
-            pg.password(password);
-        }
+    if pg.get_password().is_none()
+        && let Some(password) = password::find(&pg, &var)?
+    {
+        pg.password(password);
     }
     Ok(Settings {
         pg,
