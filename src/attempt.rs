@@ -47,6 +47,32 @@ pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
     }
 }
 
+/// A failure of the run's first queries, as the connection's own when the connection ended
+/// under them: a session pooler with no server connection free answers the login itself and
+/// closes the connection once its `query_wait_timeout` passes (PgBouncer: 08P01), and a
+/// server that goes away then does the same. Nothing of the run had been done; the error
+/// otherwise read as a failed migration, exit 1.
+pub fn first_queries(target: &str, error: Error) -> Error {
+    let Error::Database { source, context } = error else {
+        return error;
+    };
+    let ended = match source.code() {
+        Some(code) => code.code().starts_with("08"),
+        None => socket_failure(&source),
+    };
+    if !ended {
+        return Error::Database { source, context };
+    }
+    Error::Connect {
+        target: target.to_string(),
+        reason: format!(
+            "the connection ended before the first queries were answered ({}); behind a pooler, one with no server connection free closes it so (PgBouncer's query_wait_timeout): run again once the pool has room, or give the job a pool or port of its own",
+            describe_db(&source)
+        ),
+        source,
+    }
+}
+
 /// Whether another attempt could succeed: the server is starting, full or unreachable, not
 /// refusing the login or the certificate.
 fn transient(error: &tokio_postgres::Error) -> bool {

@@ -402,10 +402,11 @@ impl Job<'_> {
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
+        let early = |error| attempt::first_queries(dialer.target(), error);
         let (table, unlocated, changing) = match prelude {
-            Prelude::ReadOnly(table) => (table?, None, None),
+            Prelude::ReadOnly(table) => (table.map_err(early)?, None, None),
             Prelude::Changing(prelude) => {
-                let (table, unlocated, session, first) = *prelude?;
+                let (table, unlocated, session, first) = *prelude.map_err(early)?;
                 (table, unlocated, Some((session, first)))
             }
         };

@@ -383,6 +383,27 @@ async fn a_run_that_finds_the_pooler_after_its_setup_puts_that_server_session_ba
 }
 
 #[tokio::test]
+async fn a_pooler_with_no_server_connection_free_is_a_failed_connection() {
+    // PgBouncer answers the login itself and closes the connection once its
+    // query_wait_timeout passes without a server connection: nothing of the run was done.
+    let db = support::database().await;
+    let bouncer = pgbouncer_in("session", 1, "query_wait_timeout = 1\n");
+    let url = bouncer.url(&db).await;
+    let holder = support::connect(&url).await;
+    holder.simple_query("SELECT 1").await.unwrap();
+    for command in ["status", "up"] {
+        let out = output(&mut json_command(&url, &seed_dir(), &[command]));
+        assert_eq!(out.code, 5, "{command}: {}", out.stderr);
+        let message = support::summary_message(&out);
+        assert!(
+            message.contains("the connection ended before the first queries were answered"),
+            "{message}"
+        );
+    }
+    assert!(tables(&db.client().await).await.is_empty());
+}
+
+#[tokio::test]
 async fn a_run_that_waited_for_the_lock_in_vain_leaves_its_session_as_a_new_one() {
     // The first try at the lock sets the session up whatever it finds; a run that then gave
     // up waiting left without resetting it, and through a session pooler that resets nothing
