@@ -48,19 +48,15 @@ pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
 }
 
 /// A failure of the run's first queries, as the connection's own when the connection ended
-/// under them: a session pooler with no server connection free answers the login itself and
-/// closes the connection once its `query_wait_timeout` passes (PgBouncer: 08P01), and a
-/// server that goes away then does the same. Nothing of the run had been done; the error
-/// otherwise read as a failed migration, exit 1.
-pub fn first_queries(target: &str, error: Error) -> Error {
+/// under them (`closed`): a session pooler with no server connection free answers the login
+/// itself and closes the connection once its `query_wait_timeout` passes (PgBouncer: 08P01),
+/// and a server shutting down or ending the session does the same (57P01, 57P02). Nothing of
+/// the run had been done; the error otherwise read as a failed migration, exit 1.
+pub fn first_queries(target: &str, error: Error, closed: bool) -> Error {
     let Error::Database { source, context } = error else {
         return error;
     };
-    let ended = match source.code() {
-        Some(code) => code.code().starts_with("08"),
-        None => socket_failure(&source),
-    };
-    if !ended {
+    if !closed {
         return Error::Database { source, context };
     }
     Error::Connect {

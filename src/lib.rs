@@ -402,7 +402,7 @@ impl Job<'_> {
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
-        let early = |error| attempt::first_queries(dialer.target(), error);
+        let early = |error| attempt::first_queries(dialer.target(), error, client.is_closed());
         let (table, unlocated, changing) = match prelude {
             Prelude::ReadOnly(table) => (table.map_err(early)?, None, None),
             Prelude::Changing(prelude) => {
@@ -426,7 +426,17 @@ impl Job<'_> {
         // Boxed: `change` holds everything a run of migrations does, too much for the stack
         // of a thread that polls it (a test's has 2 MiB).
         let work = async |read| Box::pin(self.change(&db, &session, read)).await;
-        lock::with_first(client, &table, wait, &session, interrupt, first, work).await
+        lock::with_first(
+            client,
+            &table,
+            wait,
+            &session,
+            interrupt,
+            first,
+            Some(dialer),
+            work,
+        )
+        .await
     }
 
     /// The commands that only read the target: no session set up, no lock.
@@ -861,6 +871,7 @@ impl Job<'_> {
                     &session,
                     interrupt,
                     first,
+                    Some(dialer),
                     async |_| {
                         let limits = &config.session;
                         let ctx = apply::Context {
@@ -967,7 +978,10 @@ async fn changing(
         // announced, and the session read after it must be that one.
         if let Some(first) = announced.filter(|pid| *pid != session.backend_pid) {
             // The setup (and perhaps the lock) went into the announced session.
-            lock::release_in(client, first).await;
+            let key = (!answer.taken()).then_some(key);
+            // Without the dialer here: a proxy that forwarded the server's pid is seldom a
+            // pooler that hands out the connection released last.
+            lock::release_in(client, first, key, None).await;
             let now = session.backend_pid;
             return Err(Error::Pooled { first, now });
         }

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
+use crate::connect::{Dialer, Purpose};
 use crate::error::Error;
 use crate::history::Table;
 use crate::interrupt::Interrupt;
@@ -41,6 +42,7 @@ pub fn key(table: &Table) -> (i32, i32) {
 /// lock, in the same round trip. The server answers it after that try, so when the try took
 /// the lock the answer is current and `work` gets it; else `work` gets `None` and reads again
 /// once it holds the lock.
+#[allow(clippy::too_many_arguments)]
 pub async fn with<T, R>(
     client: &Client,
     table: &Table,
@@ -48,15 +50,19 @@ pub async fn with<T, R>(
     session: &Session,
     interrupt: &Interrupt,
     first: impl Future<Output = R>,
+    pin: Option<&Dialer>,
     work: impl AsyncFnOnce(Option<R>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     interrupt.check()?;
     let tried = tokio::join!(first_try(client, table, session), first);
-    with_first(client, table, wait, session, interrupt, tried, work).await
+    with_first(client, table, wait, session, interrupt, tried, pin, work).await
 }
 
 /// As [`with`], when the first try and the read behind it went out earlier: `first` is
 /// [`first_try`]'s answer and the read's.
+/// `pin`: the run's dialer, which opens another connection to the target for
+/// [`release_in`].
+#[allow(clippy::too_many_arguments)]
 pub async fn with_first<T, R>(
     client: &Client,
     table: &Table,
@@ -64,6 +70,7 @@ pub async fn with_first<T, R>(
     session: &Session,
     interrupt: &Interrupt,
     first: (Result<Answer, Error>, R),
+    pin: Option<&Dialer>,
     work: impl AsyncFnOnce(Option<R>) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let key = key(table);
@@ -79,8 +86,15 @@ pub async fn with_first<T, R>(
             release(client).await;
             return Err(error);
         }
+        // Never taken here: a lock that session holds now is another run's.
         Err(error @ Error::Pooled { first, .. }) if set_up => {
-            release_in(client, first).await;
+            release_in(client, first, Some(key), pin).await;
+            return Err(error);
+        }
+        Err(error @ Error::SharedSession) => return Err(error),
+        // A try that failed (a cancel landing on it is a database error) after the setup.
+        Err(error) if set_up && !client.is_closed() => {
+            release(client).await;
             return Err(error);
         }
         Err(error) => return Err(error),
@@ -88,7 +102,7 @@ pub async fn with_first<T, R>(
     let result = work(first).await;
     match result {
         // A plain reset would land in whichever server session the pooler picks.
-        Err(Error::Pooled { first, .. }) => release_in(client, first).await,
+        Err(Error::Pooled { first, .. }) => release_in(client, first, None, pin).await,
         // The session is another client's as much as the run's: its settings and lock may
         // be another run's.
         Err(Error::SharedSession) => {}
@@ -101,52 +115,117 @@ pub async fn with_first<T, R>(
 /// put it back ([`release_in`]).
 const RELEASE_IN_WAIT: Duration = Duration::from_secs(3);
 
+/// How many server sessions [`release_in`] holds busy at most, each for at most
+/// [`RELEASE_IN_WAIT`]: the bot's transactions wait for them when the pool is full.
+const PINS: usize = 4;
+
 /// Puts server session `pid` back as [`release`] would, for a run that learned it is behind
 /// a transaction pooler after setting that session up: left as it was, the pooler hands the
 /// run's 200 ms `lock_timeout`, and any migration lock it took there, to other clients'
 /// transactions (the bot's) until it closes the session. The pooler picks a server session
 /// for each transaction, so the message, which does nothing outside `pid`, goes again until
-/// it lands there or [`RELEASE_IN_WAIT`] has passed.
-pub async fn release_in(client: &Client, pid: i32) {
-    let query = crate::session::discard_in(pid);
+/// it lands there or [`RELEASE_IN_WAIT`] has passed. `lock`: the migration lock's key when
+/// the run never took it, so that a session another run has set up since is left alone
+/// ([`crate::session::discard_in`]).
+///
+/// A pooler gives an idle client the server connection released last (PgBouncer's default),
+/// so on a quiet pool every try would land in the session the one before landed in: a
+/// session two tries in a row landed in is held busy from a connection of its own (`pin`,
+/// at most [`PINS`]), in a transaction left open until the end, and the next try goes
+/// elsewhere; one that lands in the run's own session resets it from there.
+pub async fn release_in(client: &Client, pid: i32, lock: Option<(i32, i32)>, pin: Option<&Dialer>) {
+    let query = crate::session::discard_in(pid, lock);
     let started = Instant::now();
     let mut pause = Duration::from_millis(5);
     let mut tries = 0;
+    let mut pins: Vec<Client> = Vec::new();
+    let mut last = None;
+    // Each answer within what is left of the wait: a try or a pin queued at a pooler whose
+    // server connections are all busy waits for one.
+    let within = async |query: &str, on: &Client| {
+        let left = RELEASE_IN_WAIT.saturating_sub(started.elapsed());
+        tokio::time::timeout(left, on.simple_query(query))
+            .await
+            .ok()
+    };
     let left = loop {
         tries += 1;
-        let error = match client.simple_query(&query).await {
-            Ok(_) => {
-                return info!(
-                    server_session = pid,
-                    tries, "the run's server session was reset"
-                );
-            }
-            Err(error) => error,
+        let error = match within(&query, client).await {
+            Some(Ok(_)) => break None,
+            Some(Err(error)) => error,
+            None => break Some(Some(format!("{tries} tries, the last unanswered"))),
         };
+        if shared_refused(&error) {
+            break Some(None);
+        }
         match crate::session::refusal(&error) {
-            Some(crate::error::Refusal::OtherSession(_)) => {}
+            // Twice in the same session: the pooler hands out the one released last.
+            Some(crate::error::Refusal::OtherSession(now))
+                if pins.len() < PINS && last.replace(now) == Some(now) =>
+            {
+                // Given the session the try just left, unless another client took it.
+                let Some(other) = open(pin).await else {
+                    continue;
+                };
+                let held = within("BEGIN; SELECT pg_catalog.pg_backend_pid()", &other).await;
+                let held = held.and_then(Result::ok);
+                let held = held.as_deref().and_then(crate::history::first_value);
+                // The run's own: reset from there. Whatever else it holds is rolled back at
+                // the end (a client that leaves inside a transaction makes the pooler close
+                // that server session, which may be another run's by now).
+                if held.and_then(|p| p.parse::<i32>().ok()) == Some(pid) {
+                    match within(&format!("{query}; COMMIT"), &other).await {
+                        Some(Ok(_)) => break None,
+                        Some(Err(error)) if shared_refused(&error) => {
+                            pins.push(other);
+                            break Some(None);
+                        }
+                        _ => {}
+                    }
+                }
+                pins.push(other);
+            }
+            Some(crate::error::Refusal::OtherSession(now)) => last = Some(now),
+            // A cancel (SIGTERM) that landed on a try: only what had run of it stays.
+            _ if error.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {}
             // A transaction the run left open keeps the connection on one server session
             // (and, failed, refuses everything): ended, the next message may go elsewhere.
             _ if error.code()
                 == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION) =>
             {
                 if let Err(error) = client.simple_query("ROLLBACK").await {
-                    break described(&error);
+                    break Some(Some(described(&error)));
                 }
             }
-            _ => break described(&error),
+            _ => break Some(Some(described(&error))),
         }
         if started.elapsed() >= RELEASE_IN_WAIT {
-            break format!("{tries} tries landed in other server sessions");
+            break Some(Some(format!(
+                "{tries} tries landed in other server sessions"
+            )));
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
     };
-    warn!(
-        server_session = pid,
-        error = left,
-        "could not reset the run's server session through the pooler: it keeps the run's settings (its lock_timeout among them) and any migration lock the run took until the pooler closes it; end it with SELECT pg_terminate_backend({pid})"
-    );
+    // The sessions held go back to the pool as they were.
+    for other in pins {
+        let _ = other.simple_query("ROLLBACK").await;
+    }
+    match left {
+        None => info!(
+            server_session = pid,
+            tries, "the run's server session was reset"
+        ),
+        Some(None) => info!(
+            server_session = pid,
+            "the run's server session holds another run's migration lock now, which set it up again; left as it is"
+        ),
+        Some(Some(error)) => warn!(
+            server_session = pid,
+            error,
+            "could not reset the run's server session through the pooler: it keeps the run's settings (its lock_timeout among them) and any migration lock the run took until the pooler closes it; end it with SELECT pg_terminate_backend({pid})"
+        ),
+    }
 }
 
 /// The first try at the lock, for a caller that sends more behind it in the same round trip;
@@ -432,6 +511,11 @@ async fn release(client: &Client) {
             "could not release the migration lock; it ends with the session"
         );
     }
+}
+
+/// Another connection from `dialer`, tried once.
+async fn open(dialer: Option<&Dialer>) -> Option<Client> {
+    dialer?.open(Purpose::Reset).await.ok()
 }
 
 /// The server's code and message, or the client's error, for a warning.

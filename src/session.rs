@@ -709,10 +709,23 @@ fn setup_sql(pid: i32, lock: (i32, i32), reset: &str) -> String {
 /// refuses to run in the transaction the check needs. For a run that learned it is behind a
 /// transaction pooler only after its setup (and perhaps the lock) went into that session,
 /// which the pooler goes on handing to other clients' transactions.
-pub fn discard_in(pid: i32) -> String {
+///
+/// `lock`: the migration lock's key when the run never took it. Then a session that holds it
+/// holds another run's, which set the session up after this one (its setup checked that the
+/// session held no lock): the check fails, naming [`SHARED`], and nothing of the other run's
+/// is touched.
+pub fn discard_in(pid: i32, lock: Option<(i32, i32)>) -> String {
+    let others = match lock {
+        Some(lock) => format!(
+            "WHEN {} THEN pg_catalog.current_setting('{SHARED}')::int ",
+            holds_lock_sql(lock)
+        ),
+        None => String::new(),
+    };
     format!(
         "SELECT CASE WHEN pg_catalog.pg_backend_pid() <> {pid} \
-         THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int END; \
+         THEN pg_catalog.current_setting('{OTHER_SESSION}' || pg_catalog.pg_backend_pid())::int \
+         {others}END; \
          CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; UNLISTEN *; \
          SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
     )

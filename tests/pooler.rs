@@ -309,9 +309,37 @@ async fn a_run_that_finds_the_pooler_after_its_setup_puts_that_server_session_ba
     // later transaction lands in another server session. The pooler goes on handing the one
     // set up to the bot's transactions; left as it was, they ran with the run's 200 ms
     // lock_timeout. Here the order is forced: the lock, held elsewhere, keeps the run trying
-    // for it in the session it set up, while clients of the pooler hold the others.
+    // for it in the session it set up, while clients of the pooler hold the others. PgBouncer
+    // hands out idle server connections round robin here, last released first by default.
+    for order in ["", "server_round_robin = 0\n"] {
+        let (events, settings) = moved_after_setup(order, false).await;
+        assert!(
+            events
+                .iter()
+                .any(|e| e["message"] == "the run's server session was reset"),
+            "{order}{events:#?}"
+        );
+        assert_eq!(settings, "0", "{order}");
+    }
+    // Another run took the lock in that session since (emulated by a client of the pooler):
+    // its lock and settings are its own, and stay.
+    let (events, settings) = moved_after_setup("", true).await;
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("holds another run's migration lock now"))),
+        "{events:#?}"
+    );
+    assert_eq!(settings, "200ms");
+}
+
+/// Runs `up` through a transaction pooler of two server connections, `extra` added to its
+/// configuration, so that the run sets its session up in one and its next try lands in the
+/// other; with `other_run`, the session set up takes the migration lock in between, as
+/// another run's would. Returns the run's events and `lock_timeout` in the session set up.
+async fn moved_after_setup(extra: &str, other_run: bool) -> (Vec<serde_json::Value>, String) {
     let db = support::database().await;
-    let bouncer = pgbouncer_with(2);
+    let bouncer = pgbouncer_in("transaction", 2, extra);
     let url = bouncer.url(&db).await;
     let holder = db.client().await;
     let table = db_migrate::history::Table::parse("schema_migrations").unwrap();
@@ -327,10 +355,11 @@ async fn a_run_that_finds_the_pooler_after_its_setup_puts_that_server_session_ba
         &seed_dir(),
         &["up", "--lock-wait", "60s"],
     ));
+    // The polling try's own text: not the first try, which sets the session up.
     let trying = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
          AND pid::text <> '{other}' AND pid <> pg_backend_pid() \
-         AND query LIKE '%pg_try_advisory_lock%'"
+         AND query LIKE '%THEN ''s''%pg_try_advisory_lock%'"
     );
     support::eventually("the run to try for the lock", || async {
         support::one::<i64>(&holder, &trying).await == 1
@@ -348,6 +377,14 @@ async fn a_run_that_finds_the_pooler_after_its_setup_puts_that_server_session_ba
     // there, and the run stops.
     let second = support::connect(&url).await;
     assert_eq!(pinned(&second).await, set_up);
+    if other_run {
+        holder
+            .batch_execute(&format!("SELECT pg_advisory_unlock({class}, {object})"))
+            .await
+            .unwrap();
+        let take = format!("SELECT pg_advisory_lock({class}, {object})");
+        second.simple_query(&take).await.unwrap();
+    }
     first.batch_execute("COMMIT").await.unwrap();
     // Anything but that COMMIT there is the run's: its try, then its tries to reset.
     let moved = format!(
@@ -360,26 +397,32 @@ async fn a_run_that_finds_the_pooler_after_its_setup_puts_that_server_session_ba
     second.batch_execute("COMMIT").await.unwrap();
     let (code, events) = run.finish();
     assert_eq!(code, Some(2), "{events:#?}");
-    let reset = events
-        .iter()
-        .find(|e| e["message"] == "the run's server session was reset");
-    assert!(reset.is_some(), "{events:#?}");
-    // Each server session, as the next client's transactions find it.
-    let mut seen = std::collections::BTreeMap::new();
-    for _ in 0..8 {
-        for message in first
-            .simple_query("SELECT pg_backend_pid(), current_setting('lock_timeout')")
-            .await
-            .unwrap()
-        {
-            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
-                let (pid, value) = (row.get(0).unwrap(), row.get(1).unwrap());
-                seen.insert(pid.to_string(), value.to_string());
-            }
-        }
-    }
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_eq!(seen[&set_up], "0", "{seen:?}");
+    // The session set up, as the next client's transaction finds it: read in the first
+    // client's transaction if it lands there, else in the second's, which then must.
+    let reader = match pinned(&first).await == set_up {
+        true => &first,
+        false => &second,
+    };
+    let rows = reader
+        .simple_query("SELECT pg_backend_pid()::text, current_setting('lock_timeout')")
+        .await
+        .unwrap();
+    let row = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let (pid, setting) = (row.unwrap().get(0).unwrap(), row.unwrap().get(1).unwrap());
+    assert_eq!(pid, set_up, "{extra} {other_run} {events:#?}");
+    let held: i64 = support::one(
+        &holder,
+        &format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid::text = '{set_up}'"
+        ),
+    )
+    .await;
+    assert_eq!(held, i64::from(other_run), "the lock in the session set up");
+    first.batch_execute("COMMIT").await.unwrap();
+    (events, setting.to_string())
 }
 
 #[tokio::test]

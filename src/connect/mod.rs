@@ -52,6 +52,9 @@ pub enum Purpose {
     /// The progress monitor's, opened while a migration runs: tried once, since the
     /// migration goes on without it.
     Monitor,
+    /// One that holds a server session of a transaction pooler busy, so that the run's own
+    /// connection is sent to another (`lock::release_in`): tried once.
+    Reset,
 }
 
 impl Purpose {
@@ -59,6 +62,7 @@ impl Purpose {
         match self {
             Purpose::Migration => "migration",
             Purpose::Monitor => "monitor",
+            Purpose::Reset => "reset",
         }
     }
 }
@@ -225,7 +229,7 @@ impl Dialer {
     pub async fn open(&self, purpose: Purpose) -> Result<Client, Error> {
         let retry_for = match purpose {
             Purpose::Migration => self.retry_for,
-            Purpose::Monitor => Duration::ZERO,
+            Purpose::Monitor | Purpose::Reset => Duration::ZERO,
         };
         let deadline = Instant::now() + retry_for;
         let mut pause = Duration::from_millis(200);

@@ -386,16 +386,20 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
                 if let (Some(relation), Some(level)) = (&alter.relation, level) {
                     out.push((Name::of(relation), level));
                 }
-                // A foreign key takes SHARE ROW EXCLUSIVE on the table it references too.
+                // A foreign key takes SHARE ROW EXCLUSIVE on the table it references too, as a
+                // constraint of its own or of a new column.
                 for cmd in &alter.cmds {
-                    if let Some(NodeEnum::AlterTableCmd(cmd)) = &cmd.node
-                        && let Some(NodeEnum::Constraint(constraint)) =
-                            cmd.def.as_ref().and_then(|d| d.node.as_ref())
-                        && constraint.contype == ConstrType::ConstrForeign as i32
-                        && let Some(referenced) = &constraint.pktable
-                    {
-                        out.push((Name::of(referenced), 6));
-                    }
+                    let Some(NodeEnum::AlterTableCmd(cmd)) = &cmd.node else {
+                        continue;
+                    };
+                    let Some(def) = cmd.def.as_deref() else {
+                        continue;
+                    };
+                    let constraints = match &def.node {
+                        Some(NodeEnum::ColumnDef(column)) => column.constraints.as_slice(),
+                        _ => std::slice::from_ref(def),
+                    };
+                    out.extend(foreign_keys(constraints).map(|name| (name, 6)));
                 }
             }
             NodeEnum::IndexStmt(index) if !index.concurrent => {
@@ -448,14 +452,7 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
                     _ => &[],
                 });
                 let constraints = (create.table_elts.iter()).chain(&create.constraints);
-                for node in constraints.chain(columns) {
-                    if let Some(NodeEnum::Constraint(constraint)) = &node.node
-                        && constraint.contype == ConstrType::ConstrForeign as i32
-                        && let Some(referenced) = &constraint.pktable
-                    {
-                        out.push((Name::of(referenced), 6));
-                    }
-                }
+                out.extend(foreign_keys(constraints.chain(columns)).map(|name| (name, 6)));
                 if create.partbound.is_some() {
                     out.extend(ranges(&create.inh_relations).into_iter().map(|n| (n, 8)));
                 }
@@ -495,8 +492,13 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
                 }
             }
             NodeEnum::RenameStmt(rename)
-                if rename.rename_type == ObjectType::ObjectTrigger as i32
-                    || rename.rename_type == ObjectType::ObjectPolicy as i32 =>
+                if [
+                    ObjectType::ObjectTrigger,
+                    ObjectType::ObjectPolicy,
+                    ObjectType::ObjectRule,
+                ]
+                .iter()
+                .any(|kind| rename.rename_type == *kind as i32) =>
             {
                 out.extend(rename.relation.as_ref().map(|r| (Name::of(r), 8)));
             }
@@ -507,6 +509,18 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
         .filter(|(_, mode)| (5..LOCK_MODES.len()).contains(mode))
         .map(|(name, mode)| (name, LOCK_MODES[mode]))
         .collect()
+}
+
+/// The tables the foreign keys among `constraints` reference.
+fn foreign_keys<'a>(constraints: impl IntoIterator<Item = &'a Node>) -> impl Iterator<Item = Name> {
+    constraints.into_iter().filter_map(|node| match &node.node {
+        Some(NodeEnum::Constraint(constraint))
+            if constraint.contype == ConstrType::ConstrForeign as i32 =>
+        {
+            constraint.pktable.as_ref().map(Name::of)
+        }
+        _ => None,
+    })
 }
 
 /// The lock mode (`LOCK_MODES`' number) an `ALTER TABLE` subcommand takes, as PostgreSQL's
@@ -1303,6 +1317,13 @@ mod tests {
             assert_eq!(locks(create), u("ShareRowExclusiveLock"), "{create}");
         }
         assert!(locks("CREATE TABLE n (b int)").is_empty());
+        assert_eq!(
+            locks("ALTER TABLE t ADD COLUMN b int REFERENCES u"),
+            vec![
+                ("t".to_string(), "AccessExclusiveLock"),
+                ("u".to_string(), "ShareRowExclusiveLock")
+            ]
+        );
         assert!(locks("CREATE TABLE n () INHERITS (u)").is_empty());
         assert_eq!(
             locks("CREATE TABLE n PARTITION OF u FOR VALUES FROM (1) TO (2)"),
@@ -1318,6 +1339,7 @@ mod tests {
             "DROP POLICY IF EXISTS p ON t",
             "DROP RULE r ON t",
             "ALTER TRIGGER g ON t RENAME TO h",
+            "ALTER RULE r ON t RENAME TO s",
         ] {
             assert_eq!(locks(statement), t("AccessExclusiveLock"), "{statement}");
         }
