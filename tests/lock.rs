@@ -413,7 +413,7 @@ async fn a_history_table_locked_before_the_run_stops_it_and_says_so() {
 async fn a_history_row_behind_a_lock_on_the_history_table_waits_and_runs_again() {
     let db = support::database().await;
     support::up_ok(&db, &seed_dir()).await;
-    let file = "SELECT pg_sleep(0.5) AS lock_me_now;\nCREATE TABLE thumbnails (id int);\n";
+    let file = "SELECT pg_sleep(2) AS lock_me_now;\nCREATE TABLE thumbnails (id int);\n";
     let dir = support::copy_of_seed(&[("003_a.sql", file)]);
     let mut job = support::Running::spawn(
         binary()
