@@ -164,26 +164,29 @@ pub async fn release_in(client: &Client, pid: i32, lock: Option<(i32, i32)>, pin
                 if pins.len() < PINS && last.replace(now) == Some(now) =>
             {
                 // Given the session the try just left, unless another client took it.
-                let Some(other) = open(pin).await else {
-                    continue;
-                };
-                let held = within("BEGIN; SELECT pg_catalog.pg_backend_pid()", &other).await;
-                let held = held.and_then(Result::ok);
-                let held = held.as_deref().and_then(crate::history::first_value);
-                // The run's own: reset from there. Whatever else it holds is rolled back at
-                // the end (a client that leaves inside a transaction makes the pooler close
-                // that server session, which may be another run's by now).
-                if held.and_then(|p| p.parse::<i32>().ok()) == Some(pid) {
-                    match within(&format!("{query}; COMMIT"), &other).await {
+                let left = RELEASE_IN_WAIT.saturating_sub(started.elapsed());
+                let opened = tokio::time::timeout(left, open(pin)).await.ok().flatten();
+                if let Some(other) = opened {
+                    let held = within("BEGIN; SELECT pg_catalog.pg_backend_pid()", &other).await;
+                    let held = held.and_then(Result::ok);
+                    let held = held.as_deref().and_then(crate::history::first_value);
+                    let own = held.and_then(|p| p.parse::<i32>().ok()) == Some(pid);
+                    // The run's own: reset from there. Whatever else it holds is rolled back
+                    // at the end (a client that leaves inside a transaction makes the pooler
+                    // close that server session, which may be another run's by now).
+                    let reset = match own {
+                        true => within(&format!("{query}; COMMIT"), &other).await,
+                        false => None,
+                    };
+                    match reset {
                         Some(Ok(_)) => break None,
                         Some(Err(error)) if shared_refused(&error) => {
                             pins.push(other);
                             break Some(None);
                         }
-                        _ => {}
+                        _ => pins.push(other),
                     }
                 }
-                pins.push(other);
             }
             Some(crate::error::Refusal::OtherSession(now)) => last = Some(now),
             // A cancel (SIGTERM) that landed on a try: only what had run of it stays.
