@@ -67,12 +67,14 @@ async fn earlier_locks(
     }
     let names: Vec<String> = wanted.iter().map(|(name, _)| name.sql()).collect();
     // A partitioned table's lock goes to each of its partitions as well, and only those are
-    // tables the trace watches.
+    // tables the trace watches; an index's to its table (REINDEX INDEX, DROP INDEX).
     let rows = client
         .query(
             "SELECT u.i, r.oid::int8 FROM unnest($1::text[]) WITH ORDINALITY AS u(n, i)
                CROSS JOIN LATERAL (SELECT pg_catalog.to_regclass(u.n) AS oid
-                                   UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(u.n)) t) r
+                                   UNION SELECT t.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(u.n)) t
+                                   UNION SELECT x.indrelid::pg_catalog.regclass FROM pg_catalog.pg_index x
+                                          WHERE x.indexrelid = pg_catalog.to_regclass(u.n)) r
               WHERE r.oid IS NOT NULL",
             &[&names],
         )

@@ -1242,6 +1242,13 @@ async fn plan_finds_a_lock_taken_again_on_partitions_and_on_a_referenced_table()
             "video_requests",
             "AccessExclusiveLock",
         ),
+        // An index's lock, on its table.
+        (
+            "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS a int;\n",
+            "DROP INDEX IF EXISTS idx_video_requests_guild_created;\n",
+            "video_requests",
+            "AccessExclusiveLock",
+        ),
     ] {
         let dir = support::copy_of_seed(&[
             ("003_first.sql", first),

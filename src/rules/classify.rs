@@ -353,9 +353,9 @@ pub const LOCK_MODES: [&str; 9] = [
 /// table it names, by PostgreSQL's lock levels, for the statements migrations take such locks
 /// with (`ALTER TABLE` by its strongest subcommand, `CREATE INDEX`, `CREATE TRIGGER`,
 /// `TRUNCATE`, `DROP TABLE`, renames, `SET SCHEMA`, `LOCK`, `REFRESH MATERIALIZED VIEW`,
-/// `CLUSTER`, `REINDEX TABLE`, a new table's foreign keys and a new partition's parent,
-/// policies, rules, and dropping or renaming a trigger, policy or rule). What a `DO` block
-/// runs is not read. `plan` sees locks in `pg_locks`; this is for the one lock it cannot see there:
+/// `CLUSTER`, `REINDEX`, `DROP INDEX`, a new table's foreign keys and a new partition's
+/// parent, policies, rules, and dropping or renaming a trigger, policy or rule; an index is
+/// named for its table). What a `DO` block runs is not read. `plan` sees locks in `pg_locks`; this is for the one lock it cannot see there:
 /// one its transaction already holds, from an earlier migration of the plan, taken again
 /// (no new row). A mode guessed wrong is one the transaction does not hold, and is not shown.
 pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
@@ -457,11 +457,24 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
                     out.extend(ranges(&create.inh_relations).into_iter().map(|n| (n, 8)));
                 }
             }
+            // An index's name stands for its table here (`trace::earlier_locks`).
             NodeEnum::ReindexStmt(reindex)
-                if reindex.kind == ReindexObjectType::ReindexObjectTable as i32
+                if (reindex.kind == ReindexObjectType::ReindexObjectTable as i32
+                    || reindex.kind == ReindexObjectType::ReindexObjectIndex as i32)
                     && !option(&reindex.params, "concurrently") =>
             {
                 out.extend(reindex.relation.as_ref().map(|r| (Name::of(r), 5)));
+            }
+            NodeEnum::DropStmt(drop)
+                if drop.remove_type == ObjectType::ObjectIndex as i32 && !drop.concurrent =>
+            {
+                for object in &drop.objects {
+                    if let Some(NodeEnum::List(list)) = &object.node
+                        && let Some(name) = Name::of_list(&list.items)
+                    {
+                        out.push((name, 8));
+                    }
+                }
             }
             NodeEnum::CreatePolicyStmt(policy) => {
                 out.extend(policy.table.as_ref().map(|r| (Name::of(r), 8)));
@@ -1331,6 +1344,12 @@ mod tests {
         );
         assert_eq!(locks("REINDEX TABLE t"), t("ShareLock"));
         assert!(locks("REINDEX TABLE CONCURRENTLY t").is_empty());
+        // An index's name, which the trace looks up as its table.
+        let i = |mode| vec![("i".to_string(), mode)];
+        assert_eq!(locks("REINDEX INDEX i"), i("ShareLock"));
+        assert!(locks("REINDEX INDEX CONCURRENTLY i").is_empty());
+        assert_eq!(locks("DROP INDEX IF EXISTS i"), i("AccessExclusiveLock"));
+        assert!(locks("DROP INDEX CONCURRENTLY i").is_empty());
         for statement in [
             "CREATE POLICY p ON t USING (true)",
             "ALTER POLICY p ON t USING (false)",
