@@ -288,6 +288,19 @@ async fn a_transaction_pooler_detected_is_left_none_of_the_runs_session_settings
     }
 }
 
+/// A client straight to `db` holding the migration lock of the default history table, and
+/// the lock's key.
+async fn holding_the_lock(db: &support::TestDb) -> (tokio_postgres::Client, (i32, i32)) {
+    let holder = db.client().await;
+    let table = db_migrate::history::Table::parse("schema_migrations").unwrap();
+    let (class, object) = db_migrate::lock::key(&table);
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_lock({class}, {object})"))
+        .await
+        .unwrap();
+    (holder, (class, object))
+}
+
 /// `client`'s server session through a transaction pooler, kept for it by a transaction
 /// left open.
 async fn pinned(client: &tokio_postgres::Client) -> String {
@@ -341,13 +354,7 @@ async fn moved_after_setup(extra: &str, other_run: bool) -> (Vec<serde_json::Val
     let db = support::database().await;
     let bouncer = pgbouncer_in("transaction", 2, extra);
     let url = bouncer.url(&db).await;
-    let holder = db.client().await;
-    let table = db_migrate::history::Table::parse("schema_migrations").unwrap();
-    let (class, object) = db_migrate::lock::key(&table);
-    holder
-        .batch_execute(&format!("SELECT pg_advisory_lock({class}, {object})"))
-        .await
-        .unwrap();
+    let (holder, (class, object)) = holding_the_lock(&db).await;
     let first = support::connect(&url).await;
     let other = pinned(&first).await;
     let run = Running::spawn(&mut json_command(
@@ -454,13 +461,7 @@ async fn a_run_that_waited_for_the_lock_in_vain_leaves_its_session_as_a_new_one(
     let db = support::database().await;
     let bouncer = pgbouncer_in("session", 1, "server_reset_query =\n");
     let url = bouncer.url(&db).await;
-    let holder = db.client().await;
-    let table = db_migrate::history::Table::parse("schema_migrations").unwrap();
-    let (class, object) = db_migrate::lock::key(&table);
-    holder
-        .batch_execute(&format!("SELECT pg_advisory_lock({class}, {object})"))
-        .await
-        .unwrap();
+    let (_holder, _) = holding_the_lock(&db).await;
     let out = output(
         binary()
             .args(["up", "--log-format", "json", "--lock-wait", "1s"])

@@ -499,9 +499,15 @@ async fn inside(
                 if sql::rehearsal_only(sqlstate, message, sql, &[], false)
                     == Some(sql::RehearsalOnly::EnumCommit)
                 {
-                    failure.hint = Some(
-                        "it uses a value an earlier migration of this run adds to an enum type, which PostgreSQL allows only once that one has committed: run without --single-transaction, or apply the migration that adds the value first (--target)".into(),
-                    );
+                    let first = match run.direction {
+                        Direction::Up => {
+                            ", or apply the migration that adds the value first (--target)"
+                        }
+                        Direction::Down => "",
+                    };
+                    failure.hint = Some(format!(
+                        "it uses a value an earlier migration of this run adds to an enum type, which PostgreSQL allows only once that one has committed: run without --single-transaction{first}"
+                    ));
                 }
                 return Err(Error::Apply(failure));
             }
