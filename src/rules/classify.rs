@@ -415,12 +415,26 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
                 let mode = usize::try_from(lock.mode).unwrap_or_default();
                 out.extend(ranges(&lock.relations).into_iter().map(|n| (n, mode)));
             }
-            NodeEnum::DropStmt(drop) if drop.remove_type == ObjectType::ObjectTable as i32 => {
+            // A table or an index (named for its table, see `ReindexStmt`) is the whole name;
+            // `DROP TRIGGER t ON tbl` (a policy, a rule) names [schema,] table, trigger.
+            NodeEnum::DropStmt(drop) => {
+                let on_table = match ObjectType::try_from(drop.remove_type) {
+                    Ok(ObjectType::ObjectTable) => false,
+                    Ok(ObjectType::ObjectIndex) if !drop.concurrent => false,
+                    Ok(
+                        ObjectType::ObjectTrigger
+                        | ObjectType::ObjectPolicy
+                        | ObjectType::ObjectRule,
+                    ) => true,
+                    _ => continue,
+                };
                 for object in &drop.objects {
-                    if let Some(NodeEnum::List(list)) = &object.node
-                        && let Some(name) = Name::of_list(&list.items)
-                    {
-                        out.push((name, 8));
+                    if let Some(NodeEnum::List(list)) = &object.node {
+                        let items = match on_table {
+                            true => list.items.split_last().map_or(&[][..], |(_, table)| table),
+                            false => &list.items[..],
+                        };
+                        out.extend(Name::of_list(items).map(|name| (name, 8)));
                     }
                 }
             }
@@ -465,17 +479,6 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
             {
                 out.extend(reindex.relation.as_ref().map(|r| (Name::of(r), 5)));
             }
-            NodeEnum::DropStmt(drop)
-                if drop.remove_type == ObjectType::ObjectIndex as i32 && !drop.concurrent =>
-            {
-                for object in &drop.objects {
-                    if let Some(NodeEnum::List(list)) = &object.node
-                        && let Some(name) = Name::of_list(&list.items)
-                    {
-                        out.push((name, 8));
-                    }
-                }
-            }
             NodeEnum::CreatePolicyStmt(policy) => {
                 out.extend(policy.table.as_ref().map(|r| (Name::of(r), 8)));
             }
@@ -484,25 +487,6 @@ pub fn strong_locks(statement: &str) -> Vec<(Name, &'static str)> {
             }
             NodeEnum::RuleStmt(rule) => {
                 out.extend(rule.relation.as_ref().map(|r| (Name::of(r), 8)));
-            }
-            // `DROP TRIGGER t ON tbl` names [schema,] table, trigger.
-            NodeEnum::DropStmt(drop)
-                if [
-                    ObjectType::ObjectTrigger,
-                    ObjectType::ObjectPolicy,
-                    ObjectType::ObjectRule,
-                ]
-                .iter()
-                .any(|kind| drop.remove_type == *kind as i32) =>
-            {
-                for object in &drop.objects {
-                    if let Some(NodeEnum::List(list)) = &object.node
-                        && let Some((_, table)) = list.items.split_last()
-                        && let Some(name) = Name::of_list(table)
-                    {
-                        out.push((name, 8));
-                    }
-                }
             }
             NodeEnum::RenameStmt(rename)
                 if [
@@ -1350,6 +1334,11 @@ mod tests {
         assert!(locks("REINDEX INDEX CONCURRENTLY i").is_empty());
         assert_eq!(locks("DROP INDEX IF EXISTS i"), i("AccessExclusiveLock"));
         assert!(locks("DROP INDEX CONCURRENTLY i").is_empty());
+        assert_eq!(
+            locks("DROP TABLE IF EXISTS a.t"),
+            vec![("a.t".to_string(), "AccessExclusiveLock")]
+        );
+        assert!(locks("DROP VIEW t").is_empty());
         for statement in [
             "CREATE POLICY p ON t USING (true)",
             "ALTER POLICY p ON t USING (false)",
