@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
 use db_migrate::cli::Cli;
 use db_migrate::{Summary, log};
 
@@ -17,7 +16,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     // One run, and the process ends: what it read goes back with the exit.
     db_migrate::exit_after_run();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => {
             // --help and --version: clap's text on stdout, exit 0. Nothing to do if stdout

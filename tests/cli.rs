@@ -187,6 +187,82 @@ async fn exit_codes_for_usage_configuration_and_connection_problems() {
     }
 }
 
+/// A flag overrides its environment variable even when the variable's value is bad (clap
+/// checked it anyway, clap-rs/clap#5588), and a bad variable with no flag over it is named as
+/// the variable, not as the flag the user never typed.
+#[tokio::test]
+async fn a_flag_overrides_a_bad_environment_variable_and_a_bad_variable_is_named() {
+    let db = support::database().await;
+    let dir = migrations(&[("001_a.sql", "CREATE TABLE a (id int);\n")]);
+    let run = |args: &[&str], variable: (&str, &str)| {
+        output(
+            binary()
+                .args(args)
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path())
+                .env(variable.0, variable.1),
+        )
+    };
+    let overridden: [(&[&str], (&str, &str)); 5] = [
+        (
+            &["--lock-wait", "5s", "up"],
+            ("DB_MIGRATE_LOCK_WAIT", "abc"),
+        ),
+        (&["up", "--lock-wait=5s"], ("DB_MIGRATE_LOCK_WAIT", "abc")),
+        (&["up", "--log-format", "json"], ("LOG_FORMAT", "xml")),
+        (
+            &["-v", "up", "--log-format", "json"],
+            ("DB_MIGRATE_VERBOSE", "maybe"),
+        ),
+        (
+            &["up", "--hazard-rows", "10", "--log-format", "json"],
+            ("DB_MIGRATE_HAZARD_ROWS", "-1"),
+        ),
+    ];
+    for (args, variable) in overridden {
+        let out = run(args, variable);
+        assert_eq!(out.code, 0, "{args:?} {variable:?}: {}", out.stderr);
+    }
+    assert_eq!(history(&db.client().await).await, [1]);
+    let named: [(&[&str], (&str, &str), &str); 3] = [
+        (
+            &["up", "--log-format", "json"],
+            ("DB_MIGRATE_LOCK_WAIT", "abc"),
+            "invalid value 'abc' in DB_MIGRATE_LOCK_WAIT (the environment variable of --lock-wait): \"abc\" is not a duration",
+        ),
+        (
+            &["up", "--log-format", "json"],
+            ("DB_MIGRATE_VERBOSE", "maybe"),
+            "in DB_MIGRATE_VERBOSE (the environment variable of --verbose)",
+        ),
+        (
+            &["up"],
+            ("LOG_FORMAT", "xml"),
+            "invalid value 'xml' in LOG_FORMAT (the environment variable of --log-format); possible values: auto, json, text",
+        ),
+    ];
+    for (args, variable, says) in named {
+        let out = run(args, variable);
+        assert_eq!(out.code, 2, "{args:?} {variable:?}: {}", out.stderr);
+        let summary = summary_event(&out);
+        let message = summary["message"].as_str().unwrap();
+        assert!(message.contains(says), "{variable:?}: {message}");
+    }
+    // Typed, a bad value is still the flag's, with the values it takes.
+    let typed = run(&["up", "--log-format", "xml"], ("LOG_FORMAT", "json"));
+    assert_eq!(typed.code, 2, "{}", typed.stderr);
+    let message = summary_event(&typed)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with(
+            "invalid value 'xml' for '--log-format <LOG_FORMAT>'; possible values: auto, json, text"
+        ),
+        "{message}"
+    );
+}
+
 #[test]
 fn usage_errors_end_with_the_same_summary_event_as_other_configuration_errors() {
     let run = |args: &[&str], log_format: Option<&str>| {

@@ -26,6 +26,13 @@ impl Cli {
 
 fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log::Usage {
     let mut text = error.render().to_string();
+    if let Some((typed_as, variable)) = from_environment(error, args) {
+        // clap names the flag though the value came from its variable, which the flag would
+        // have overridden.
+        let flag = typed_as.split(' ').next().unwrap_or_default();
+        let source = format!("in {variable} (the environment variable of {flag})");
+        text = text.replacen(&format!("for '{typed_as}'"), &source, 1);
+    }
     let mut hidden = false;
     for arg in args.iter().filter(|arg| may_hold_secret(arg)) {
         hidden |= text.contains(arg.as_str());
@@ -44,6 +51,13 @@ fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log:
             let mut lines = text.lines();
             let first = lines.next().unwrap_or_default();
             let mut line = first.trim_start_matches("error: ").to_string();
+            // clap lists an enumerated flag's values on the line below its refusal.
+            if let Some(values) = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("[possible values: "))
+            {
+                line = format!("{line}; possible values: {}", values.trim_end_matches(']'));
+            }
             // "the following required arguments were not provided:" lists them below.
             if line.ends_with(':') {
                 let listed: Vec<&str> = (lines.take_while(|l| l.starts_with("  ")))
@@ -73,6 +87,53 @@ fn usage(error: &clap::Error, args: &[String], log_format: Option<&str>) -> log:
         text,
         error: Error::Config(line),
     }
+}
+
+/// For a value refused in the environment variable of an argument not typed on the command
+/// line: the argument as clap names it (`--lock-wait <LOCK_WAIT>`) and the variable. A typed
+/// argument takes nothing from its variable ([`Cli::parse_args`]), and a default is never
+/// refused, so the value can only have come from there.
+fn from_environment(error: &clap::Error, args: &[String]) -> Option<(String, String)> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(typed_as)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = typed_as.split(' ').next()?.strip_prefix("--")?;
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    let command = Cli::command();
+    let every = (command.get_arguments()).chain(
+        command
+            .get_subcommands()
+            .flat_map(|sub| sub.get_arguments()),
+    );
+    let arg = every
+        .filter(|arg| arg.get_long() == Some(long))
+        .find(|arg| arg.get_env().is_some())?;
+    let variable = arg.get_env()?.to_string_lossy().into_owned();
+    (!typed(arg, &args)).then(|| (typed_as.clone(), variable))
+}
+
+/// Whether `arg` is on the command line `args` (the program's name left out), before any
+/// `--`: as `--name`, `--name=value`, or its short name alone or in a cluster (`-v`, `-hv`).
+pub(super) fn typed(arg: &clap::Arg, args: &[std::ffi::OsString]) -> bool {
+    let long = arg.get_long().map(|long| format!("--{long}"));
+    let short = arg.get_short();
+    let args = args.iter().map(|a| a.to_string_lossy());
+    args.take_while(|a| a != "--").any(|a| {
+        let as_long = long.as_deref().is_some_and(|long| {
+            a.strip_prefix(long)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+        });
+        let clustered = a.strip_prefix('-').filter(|rest| !rest.starts_with('-'));
+        as_long || short.is_some_and(|c| clustered.is_some_and(|rest| rest.contains(c)))
+    })
 }
 
 /// A URL with credentials, a `password=` pair, or anything with an `@`.
@@ -106,10 +167,9 @@ fn typed_log_format(args: &[String], variable: Option<&str>) -> log::Format {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("db-migrate").chain(args.iter().copied()))
+        Cli::parse_args(std::iter::once("db-migrate").chain(args.iter().copied()))
     }
 
     fn strings(args: &[&str]) -> Vec<String> {
