@@ -239,7 +239,8 @@ impl Job<'_> {
         if let Command::New { description } = &config.command {
             let (up, down) = source::create(&config.dir, description)?;
             info!(file = %up.display(), rollback = %down.display(), "migration created");
-            println!("{}\n{}", up.display(), down.display());
+            // A closed stdout is the reader's choice: the files are made.
+            let _ = writeln!(std::io::stdout(), "{}\n{}", up.display(), down.display());
             self.summary.created = vec![up, down];
             return Ok(());
         }

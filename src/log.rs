@@ -57,7 +57,11 @@ pub fn init(format: Format, verbose: bool) -> Output {
         person: format == Format::Auto && !json && !verbose,
         verbose,
     };
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // A write that fails (stderr a pipe its reader closed: `2>&1 | head`) is dropped: the
+    // subscriber would otherwise report it with `eprintln!`, which panics on the same closed
+    // pipe, and the run aborted (exit 134) between two migrations.
+    let builder =
+        (tracing_subscriber::fmt().with_writer(std::io::stderr)).log_internal_errors(false);
     if json {
         builder
             .with_max_level(Level::INFO)
@@ -551,7 +555,8 @@ pub struct Usage {
 /// terminal, clap's text.
 pub fn usage(usage: Usage, started: Instant) -> u8 {
     if !json(usage.format) {
-        eprint!("{}", usage.text);
+        // Nothing to do if stderr is closed.
+        let _ = write!(std::io::stderr(), "{}", usage.text);
         return usage.error.exit_code();
     }
     let output = init(Format::Json, false);

@@ -187,6 +187,48 @@ async fn exit_codes_for_usage_configuration_and_connection_problems() {
     }
 }
 
+/// A log reader that goes away (`2>&1 | head`) leaves the run to finish: every write to the
+/// closed pipe fails, and the subscriber reported the first with `eprintln!`, which panicked
+/// and aborted the run (exit 134) between two migrations. So does a closed stdout for `new`.
+#[tokio::test]
+async fn a_closed_log_pipe_does_not_stop_the_run() {
+    let db = support::database().await;
+    let files: Vec<(String, String)> = (1..=20)
+        .map(|v| {
+            (
+                format!("{v:03}_t{v}.sql"),
+                format!("CREATE TABLE t{v} (id int);\n"),
+            )
+        })
+        .collect();
+    let dir = migrations(&files);
+    for format in ["json", "text"] {
+        let mut child = binary()
+            .args(["up", "--log-format", format])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the run writes anything: its every log write fails.
+        drop(child.stderr.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "{format}: {status}");
+    }
+    assert_eq!(history(&db.client().await).await.len(), 20);
+    let mut new = binary()
+        .args(["new", "add_things", "--log-format", "json"])
+        .env("MIGRATIONS_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(new.stdout.take());
+    assert_eq!(new.wait().unwrap().code(), Some(0));
+    assert!(dir.path().join("021_add_things.sql").exists());
+}
+
 /// A flag overrides its environment variable even when the variable's value is bad (clap
 /// checked it anyway, clap-rs/clap#5588), and a bad variable with no flag over it is named as
 /// the variable, not as the flag the user never typed.
