@@ -218,9 +218,9 @@ pub enum Error {
     /// Another run held the migration lock for longer than `--lock-wait`; `holder` says who
     /// when it is not a run (a pooled session an earlier run left it in).
     #[error(
-        "{} for {}s; {}",
+        "{} for {}; {}",
         if .holder.is_some() { "the migration lock stayed taken" } else { "another db-migrate run held the migration lock" },
-        .waited.as_secs(),
+        seconds(u64::try_from(.waited.as_millis()).unwrap_or(u64::MAX)),
         .holder.as_deref().unwrap_or("wait for it to finish or raise --lock-wait")
     )]
     LockTimeout {
@@ -739,6 +739,19 @@ mod tests {
         assert!(!text.contains('\n'), "{text}");
         assert_eq!(error.exit_code(), 6);
         assert_eq!(seconds(850), "850ms");
+    }
+
+    #[test]
+    fn a_lock_wait_under_a_second_is_not_said_as_0s() {
+        let error = Error::LockTimeout {
+            waited: Duration::from_millis(300),
+            holder: None,
+        };
+        let text = error.to_string();
+        assert!(
+            text.starts_with("another db-migrate run held the migration lock for 300ms; "),
+            "{text}"
+        );
     }
 
     #[test]
