@@ -137,8 +137,17 @@ impl Tested {
                     .first()
                     .map(|c| c.to_string())
                     .unwrap_or_default();
-                let first = first.lines().next().unwrap_or_default().to_string();
-                format!("{}: {first}", ran.step.broken())
+                // A definition over several lines follows its first line's colon there.
+                let first = first
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_end_matches(':');
+                let more = match diff.changes.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more change(s); the report lists them)", n - 1),
+                };
+                format!("{}: {first}{more}", ran.step.broken())
             }
             None => String::new(),
         };

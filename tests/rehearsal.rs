@@ -124,6 +124,42 @@ async fn a_rollback_that_leaves_an_index_behind_fails_step_3_naming_the_index() 
 }
 
 #[tokio::test]
+async fn a_rollback_that_leaves_a_table_behind_is_summed_up_in_one_whole_line() {
+    // A table's columns, key and index are changes of their own: the summary's one line once
+    // ended at a colon after the table's empty definition ("+ table public.threads: ") and
+    // said nothing of the rest.
+    let db = support::database().await;
+    let dir = with_003(
+        "CREATE TABLE threads (id int PRIMARY KEY, title text);\n\
+         CREATE INDEX threads_title ON threads (title);\n",
+        Some("DROP TABLE IF EXISTS theads;\n"),
+    );
+    let out = test(&db, dir.path(), &["--once"]);
+    failed_at(&out, "step 3 (roll back)");
+    let summary = events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(
+            "the rollback does not restore the schema from before the forward file: \
+             + table public.threads (and 4 more change(s); the report lists them)"
+        ),
+        "{message}"
+    );
+    // The report's lines: the table's name alone, then its columns, key and index.
+    let text = &out.stdout;
+    assert!(
+        text.lines().any(|l| l.trim() == "+ table public.threads"),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_end().ends_with(':') && l.contains("+ table")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn a_rollback_that_leaves_a_text_search_configuration_behind_fails_step_3() {
     // The bot searching prompts by words: a configuration of its own, which the rollback
     // forgets. The snapshot once read no text search objects, and this passed.

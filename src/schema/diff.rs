@@ -65,6 +65,9 @@ impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let one = |text: &str| !text.trim_end().contains('\n');
         match self {
+            // A table is its name: its columns and constraints are changes of their own.
+            Change::Added { key, after } if after.trim().is_empty() => write!(f, "+ {key}"),
+            Change::Removed { key, before } if before.trim().is_empty() => write!(f, "- {key}"),
             Change::Added { key, after } if one(after) => write!(f, "+ {key}: {}", after.trim()),
             Change::Removed { key, before } if one(before) => {
                 write!(f, "- {key}: {}", before.trim())
