@@ -267,6 +267,12 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
                 "holds no SQL statement to apply, which db-migrate refuses to run; write the change or leave the file out".into(),
             ));
         }
+        if layout == Layout::GolangMigrate {
+            imported.up = morph_marked(&imported.up, &mut imported.changes, "");
+            if let Some(down) = imported.down.take() {
+                imported.down = Some(morph_marked(&down, &mut imported.changes, "rollback: "));
+            }
+        }
         imported.up = outside_marked(&imported.up, &mut imported.changes, "");
         if let Some(down) = imported.down.take() {
             imported.down = Some(outside_marked(&down, &mut imported.changes, "rollback: "));
@@ -313,6 +319,23 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         ));
     }
     Ok(migrations)
+}
+
+/// morph (Mattermost's migration runner, on golang-migrate's file names) runs a file whose
+/// first line is `-- morph:nontransactional` outside a transaction: here that is
+/// `-- no-transaction`, which that line is made into. Left as it was, it would be a comment,
+/// and the file would run inside a transaction (an `ALTER TYPE ... ADD VALUE` used after it,
+/// or a long backfill meant to commit in parts).
+fn morph_marked(sql: &str, changes: &mut Vec<String>, whose: &str) -> String {
+    let body = sql.strip_prefix(crate::sql::BOM).unwrap_or(sql);
+    let (first, rest) = body.split_once('\n').unwrap_or((body, ""));
+    if first.trim() != "-- morph:nontransactional" {
+        return sql.to_string();
+    }
+    changes.push(format!(
+        "{whose}-- morph:nontransactional -> -- no-transaction"
+    ));
+    format!("-- no-transaction\n{rest}")
 }
 
 /// A file that holds a statement PostgreSQL refuses inside a transaction block (`CREATE INDEX

@@ -935,7 +935,7 @@ fn object_words(words: &[String], at: usize) -> String {
     }
 }
 
-const BOM: &str = "\u{feff}";
+pub const BOM: &str = "\u{feff}";
 
 /// PostgreSQL silently truncates longer identifiers (NAMEDATALEN - 1).
 const MAX_IDENTIFIER_BYTES: usize = 63;

@@ -399,3 +399,52 @@ async fn a_statement_refused_in_a_transaction_is_imported_to_run_outside_one() {
     assert!(read(dir.path(), "002_idx.down.sql").starts_with("-- no-transaction\n"));
     assert!(!read(dir.path(), "001_t.sql").contains("no-transaction"));
 }
+
+/// morph (Mattermost's runner on golang-migrate's names) runs a file marked
+/// `-- morph:nontransactional` outside a transaction; imported, the mark was a comment and the
+/// file ran in one, where an enum value it adds cannot be used before it commits (55P04).
+#[tokio::test]
+async fn a_morph_nontransactional_file_is_imported_to_run_outside_a_transaction() {
+    let src = fixture(&[
+        (
+            "000001_status.up.sql",
+            "CREATE TYPE status AS ENUM ('open');\nCREATE TABLE tickets (s status);\n",
+        ),
+        (
+            "000001_status.down.sql",
+            "DROP TABLE IF EXISTS tickets;\nDROP TYPE IF EXISTS status;\n",
+        ),
+        (
+            "000002_closed.up.sql",
+            "-- morph:nontransactional\nALTER TYPE status ADD VALUE IF NOT EXISTS 'closed';\n\
+             INSERT INTO tickets VALUES ('closed');\n",
+        ),
+        (
+            "000002_closed.down.sql",
+            "-- morph:nontransactional\nDELETE FROM tickets WHERE s = 'closed';\n",
+        ),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = import("golang-migrate", src.path(), dir.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Not `test`: a rollback cannot take an enum's value back.
+    let db = support::database().await;
+    let up = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    for file in ["002_closed.sql", "002_closed.down.sql"] {
+        let text = read(dir.path(), file);
+        assert!(text.starts_with("-- no-transaction\n"), "{file}: {text}");
+        assert!(!text.contains("morph"), "{file}: {text}");
+    }
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("002_closed.sql")
+            && l.contains("-- morph:nontransactional -> -- no-transaction")),
+        "{}",
+        out.stdout
+    );
+}
