@@ -729,6 +729,7 @@ impl Job<'_> {
             interrupt: db.interrupt,
             show,
             empty: std::sync::atomic::AtomicBool::new(tables == rules::Tables::None),
+            scratch: false,
         };
         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
         let pid = session.backend_pid;
@@ -889,6 +890,7 @@ impl Job<'_> {
                             show: &progress::Quiet,
                             // A scratch database starts empty (`scratch::with`).
                             empty: std::sync::atomic::AtomicBool::new(true),
+                            scratch: true,
                         };
                         let (interval, timeout) = (limits.progress_interval, limits.lock_timeout);
                         let pid = session.backend_pid;

@@ -90,6 +90,26 @@ async fn the_seed_migrations_pass_every_step_and_the_scratch_database_is_dropped
         (&Value::from(2), &Value::from(0))
     );
     assert_eq!(summary["outcome"], "ok");
+    // Replays say where they ran: a log reader counting "migration applied" counts deploys.
+    let messages: Vec<String> = events(&out.stderr)
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect();
+    let replayed = |m: &str| messages.iter().filter(|x| *x == m).count();
+    assert_eq!(
+        replayed("migration applied to the scratch database"),
+        4,
+        "{messages:?}"
+    );
+    assert_eq!(
+        replayed("migration rolled back on the scratch database"),
+        2,
+        "{messages:?}"
+    );
+    assert_eq!(
+        replayed("migration applied") + replayed("migration rolled back"),
+        0
+    );
     assert!(!support::database_exists(&scratch_name(&out.stderr)).await);
     // The target was not touched: no history table, no table.
     assert!(support::tables(&db.client().await).await.is_empty());

@@ -51,6 +51,9 @@ pub struct Context<'a> {
     /// [`pipeline::batch`] sends several in one message, where the server holds their answers
     /// until the last one ran (see [`Context::rows_may_exist`]).
     pub empty: AtomicBool,
+    /// The database is a scratch one `test` or `verify --schema` replays the migrations into:
+    /// their events say so, as a log reader counting "migration applied" counts deploys.
+    pub scratch: bool,
 }
 
 impl Context<'_> {
@@ -572,6 +575,8 @@ fn finished(run: &Run<'_>, step: Step<'_>, duration: std::time::Duration, rows: 
         return;
     }
     let message = match (run.direction, run.dry_run) {
+        (Direction::Up, _) if run.scratch => "migration applied to the scratch database",
+        (Direction::Down, _) if run.scratch => "migration rolled back on the scratch database",
         // `--single-transaction`: nothing is committed before the run's one COMMIT.
         (Direction::Up, false) if !run.commits => "migration ran; it commits with the run",
         (Direction::Down, false) if !run.commits => "rollback ran; it commits with the run",
