@@ -129,6 +129,7 @@ async fn apply(
         // The files here run on tables with no rows to speak of: those that only define
         // things go out several to a message, as on an empty database.
         empty: std::sync::atomic::AtomicBool::new(true),
+        scratch: false,
     };
     let mut monitor = Monitor::new(
         &h.dialer,
