@@ -27,6 +27,10 @@ pub struct Lock {
     pub held_after_ms: f64,
     /// The relation's rows and bytes once its migration ran; none when the migration dropped it.
     pub rows: Option<i64>,
+    /// How `rows` was had: the planner's estimate, or a count (capped at `--hazard-rows`) for
+    /// a table never counted, whose estimate says nothing (`reltuples` -1: read as 0, a table
+    /// holding rows was shown as empty).
+    pub row_count: RowCount,
     pub bytes: Option<i64>,
     /// Already held from an earlier migration of the plan, so not seen taken in `pg_locks`:
     /// `up` runs this migration in a transaction of its own, where the statement takes it.
@@ -438,13 +442,14 @@ async fn finish(
             if !existing.files.contains_key(relation) || ours {
                 continue;
             }
-            let size = size(client, *relation).await?;
+            let size = size(client, *relation, hazard_rows).await?;
             statement.locks.push(Lock {
                 relation: existing.name(*relation),
                 mode: mode.clone(),
                 held_after_ms,
-                rows: size.map(|(rows, _)| rows),
-                bytes: size.map(|(_, bytes)| bytes),
+                rows: size.map(|(rows, _, _)| rows),
+                row_count: size.map_or(RowCount::Estimated, |(_, how, _)| how),
+                bytes: size.map(|(_, _, bytes)| bytes),
                 earlier,
             });
         }
@@ -509,7 +514,7 @@ async fn finish(
                 statement: statement.first_line.clone(),
                 relation: lock.relation.clone(),
                 rows: lock.rows.unwrap_or_default(),
-                row_count: RowCount::Estimated,
+                row_count: lock.row_count,
                 what: format!(
                     "{} held {:.0} ms after it, blocking the bot's {}",
                     lock.mode,
@@ -792,17 +797,34 @@ async fn rows_now(
     Ok(Some((count, RowCount::capped(count, threshold))))
 }
 
-/// A traced relation's rows and bytes; none when a statement of the plan dropped it.
-async fn size(client: &Client, relation: i64) -> Result<Option<(i64, i64)>, Error> {
+/// A traced relation's rows (and how they were had) and bytes; none when a statement of the
+/// plan dropped it. A table never counted (`reltuples` -1, as before its first `ANALYZE` or
+/// `VACUUM`) is counted, up to `cap` rows.
+async fn size(
+    client: &Client,
+    relation: i64,
+    cap: i64,
+) -> Result<Option<(i64, RowCount, i64)>, Error> {
+    let context = "reading the size of a traced relation";
     let row = client
         .query_opt(
-            "SELECT greatest(c.reltuples, 0)::int8, pg_catalog.pg_total_relation_size(c.oid)
+            "SELECT c.reltuples::int8, pg_catalog.pg_total_relation_size(c.oid),
+                    c.relkind IN ('r', 'm') AND c.reltuples < 0, c.oid::regclass::text
                FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
             &[&relation],
         )
         .await
-        .map_err(Error::database("reading the size of a traced relation"))?;
-    Ok(row.map(|row| (row.get(0), row.get(1))))
+        .map_err(Error::database(context))?;
+    let Some(row) = row else { return Ok(None) };
+    let (estimate, bytes, uncounted, name): (i64, i64, bool, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if !uncounted {
+        return Ok(Some((estimate.max(0), RowCount::Estimated, bytes)));
+    }
+    let count = format!("SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {cap}) s");
+    let row = (client.query_one(&count, &[]).await).map_err(Error::database(context))?;
+    let count: i64 = row.get(0);
+    Ok(Some((count, RowCount::capped(count, cap), bytes)))
 }
 
 /// A statement that failed under the trace, named by file, line and column.
@@ -912,6 +934,9 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                         what => format!("blocks the bot's {what}"),
                     };
                     let size = match (lock.rows, lock.bytes) {
+                        (Some(rows), Some(bytes)) if lock.row_count == RowCount::AtLeast => {
+                            format!("at least {rows} rows, {bytes} bytes")
+                        }
                         (Some(rows), Some(bytes)) => format!("{rows} rows, {bytes} bytes"),
                         _ => "dropped in this migration".to_string(),
                     };
@@ -979,6 +1004,7 @@ fn json_of(s: &Statement) -> serde_json::Value {
             "blocks": l.blocks(),
             "held_after_ms": l.held_after_ms,
             "relation_rows": l.rows,
+            "relation_row_count": l.row_count.id(),
             "relation_bytes": l.bytes,
             "held_from_earlier_migration": l.earlier,
         })).collect::<Vec<_>>(),

@@ -1755,3 +1755,58 @@ async fn a_migration_that_returns_millions_of_rows_is_planned_and_applied_in_lit
     }
     assert_eq!(history(&db.client().await).await, [1]);
 }
+
+#[tokio::test]
+async fn plan_counts_the_rows_of_a_table_never_analyzed_instead_of_showing_none() {
+    // A table filled and never vacuumed or analyzed has reltuples -1; read as 0, `plan`
+    // showed a table holding rows as empty.
+    let db = seeded("").await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE jobs (id int);\n\
+             INSERT INTO jobs SELECT g FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let never: f32 = (client
+        .query_one("SELECT reltuples FROM pg_class WHERE relname = 'jobs'", &[])
+        .await)
+        .unwrap()
+        .get(0);
+    assert!(never < 0.0, "{never}");
+    let dir =
+        support::copy_of_seed(&[("003_jobs.sql", "ALTER TABLE jobs ADD COLUMN state text;\n")]);
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let lock = &json_lines(&out)[0]["locks"][0];
+    assert_eq!(
+        (
+            &lock["relation"],
+            &lock["relation_rows"],
+            &lock["relation_row_count"]
+        ),
+        (
+            &serde_json::json!("jobs"),
+            &serde_json::json!(30),
+            &serde_json::json!("counted")
+        ),
+        "{lock}"
+    );
+    let out = run(&db, dir.path(), &["plan", "--hazard-rows", "20"]);
+    assert!(
+        out.stdout.contains("; at least 20 rows, "),
+        "{}",
+        out.stdout
+    );
+    // The plan's transaction was rolled back.
+    let columns: i64 = (client
+        .query_one(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attnum > 0",
+            &[],
+        )
+        .await)
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 1);
+}
