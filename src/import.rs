@@ -242,9 +242,27 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             }
             Part::Up(imported) => {
                 if let Some(other) = ups.get(&version) {
+                    // Named by their leading digits, as the other tool read them.
+                    let digits = |source: &str| {
+                        let name = source.rsplit('/').next().unwrap_or(source);
+                        name.chars()
+                            .take_while(char::is_ascii_digit)
+                            .collect::<String>()
+                    };
+                    let mut both = [digits(&other.source), digits(&imported.source)];
+                    both.sort();
+                    let fix = match both[0] != both[1] {
+                        true => format!(
+                            "{} tells {:?} and {:?} apart by their text, db-migrate reads both as the number {version}; rename one to a free version before importing",
+                            layout.name(),
+                            both[0],
+                            both[1]
+                        ),
+                        false => "keep one".to_string(),
+                    };
                     return Err(invalid(
                         &path,
-                        format!("version {version} is also {}; keep one", other.source),
+                        format!("version {version} is also {}; {fix}", other.source),
                     ));
                 }
                 ups.insert(version, imported);

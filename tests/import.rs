@@ -448,3 +448,31 @@ async fn a_morph_nontransactional_file_is_imported_to_run_outside_a_transaction(
         out.stdout
     );
 }
+
+/// diesel tells versions apart by their text: Lemmy has both `00000000000000_...` and
+/// `000000000000000_...`. Both are 0 here; the refusal said "keep one", which would delete a
+/// real migration, and now says why they collide and what to do.
+#[test]
+fn versions_that_differ_only_in_leading_zeros_are_refused_saying_why() {
+    let src = fixture(&[
+        ("00000000000000_diesel_initial_setup/up.sql", "SELECT 1;\n"),
+        ("000000000000000_forbid_diesel_cli/up.sql", "SELECT 2;\n"),
+        (
+            "2019-02-26-002946_create_user/up.sql",
+            "CREATE TABLE u (id int);\n",
+        ),
+    ]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = import("diesel", src.path(), &dest.path().join("m"));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let summary = support::events(&out.stderr).pop().unwrap();
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "diesel tells \"00000000000000\" and \"000000000000000\" apart by their text, \
+             db-migrate reads both as the number 0; rename one to a free version before importing"
+        ),
+        "{message}"
+    );
+    assert!(!dest.path().join("m").exists());
+}
