@@ -446,28 +446,33 @@ pub fn check_history(migrations: &[Migration], applied: &[Applied]) -> Result<()
     if agrees(migrations, applied) {
         return Ok(());
     }
-    // Something differs: the first row in the history's own order names it, as before.
+    // Something differs: the first row in the history's own order names it, as before, and
+    // says how many others do.
     let on_disk = by_version(migrations);
-    for row in applied {
-        match on_disk.get(row.version) {
-            None => {
-                return Err(Error::MissingFile {
-                    version: row.version,
-                    name: row.name.clone(),
-                });
-            }
-            Some(m) if m.checksum != row.checksum => {
-                return Err(Error::Drift {
-                    version: row.version,
-                    file: m.up.path.clone(),
-                    recorded: row.checksum.clone(),
-                    actual: m.checksum.to_string(),
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
+    let disagrees = |row: &&Applied| {
+        on_disk
+            .get(row.version)
+            .is_none_or(|m| m.checksum != row.checksum)
+    };
+    let mut problems = applied.iter().filter(disagrees);
+    let Some(row) = problems.next() else {
+        return Ok(());
+    };
+    let more = problems.count();
+    Err(match on_disk.get(row.version) {
+        None => Error::MissingFile {
+            version: row.version,
+            name: row.name.clone(),
+            more,
+        },
+        Some(m) => Error::Drift {
+            version: row.version,
+            file: m.up.path.clone(),
+            recorded: row.checksum.clone(),
+            actual: m.checksum.to_string(),
+            more,
+        },
+    })
 }
 
 /// Whether every history row has its file with the checksum recorded, walking files and rows
@@ -598,6 +603,32 @@ mod tests {
             assert_eq!(error.exit_code(), 4, "{error}");
             assert!(error.to_string().contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn the_first_history_problem_says_how_many_others_there_are() {
+        let disk = [migration(1, true), migration(2, true)];
+        let mut changed = applied(1);
+        changed.checksum = "other".into();
+        let history = [changed, applied(2), applied(3), applied(4)];
+        let error = check_history(&disk, &history).unwrap_err().to_string();
+        assert!(
+            error.starts_with("migration 1 (m/001_m1.sql) changed after it was applied"),
+            "{error}"
+        );
+        assert!(
+            error.ends_with(
+                "; 2 more history row(s) disagree with the files: `db-migrate status` lists them"
+            ),
+            "{error}"
+        );
+        let alone = check_history(&disk, &[applied(1), applied(3)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            alone.ends_with("`db-migrate forget --version 3`"),
+            "{alone}"
+        );
     }
 
     #[test]

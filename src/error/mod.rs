@@ -132,21 +132,29 @@ pub enum Error {
 
     /// An applied migration's file changed since it was applied.
     #[error(
-        "migration {version} ({}) changed after it was applied: recorded checksum {recorded}, file checksum {actual}; restore the file and add a new migration instead, or run `db-migrate repair --version {version}` if the edit was deliberate",
-        .file.display()
+        "migration {version} ({}) changed after it was applied: recorded checksum {recorded}, file checksum {actual}; restore the file and add a new migration instead, or run `db-migrate repair --version {version}` if the edit was deliberate{}",
+        .file.display(), more_problems(*.more)
     )]
     Drift {
         version: i64,
         file: PathBuf,
         recorded: String,
         actual: String,
+        /// Other history rows that disagree with the files, after this first one.
+        more: usize,
     },
 
     /// An applied migration has no file in the directory.
     #[error(
-        "migration {version} ({name}) is recorded as applied but has no file in the migrations directory; restore the file (or point --dir at the right directory), or on a development database whose branch no longer has it, roll it back by hand and run `db-migrate forget --version {version}`"
+        "migration {version} ({name}) is recorded as applied but has no file in the migrations directory; restore the file (or point --dir at the right directory), or on a development database whose branch no longer has it, roll it back by hand and run `db-migrate forget --version {version}`{}",
+        more_problems(*.more)
     )]
-    MissingFile { version: i64, name: String },
+    MissingFile {
+        version: i64,
+        name: String,
+        /// As for [`Error::Drift`].
+        more: usize,
+    },
 
     /// A pending migration sorts before one that is already applied.
     #[error(
@@ -534,6 +542,16 @@ fn one_line(query: &str) -> String {
     }
 }
 
+/// What ends the first history problem's message when there are others.
+fn more_problems(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(
+            "; {n} more history row(s) disagree with the files: `db-migrate status` lists them"
+        ),
+    }
+}
+
 /// `850ms`, `3.2s`, `4m 05s`.
 fn seconds(ms: u64) -> String {
     match ms {
@@ -836,6 +854,7 @@ mod tests {
                 Error::MissingFile {
                     version: 1,
                     name: "a".into(),
+                    more: 0,
                 },
                 4,
             ),
