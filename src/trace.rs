@@ -156,6 +156,10 @@ pub struct Statement {
     pub rewrites: Vec<String>,
     /// Rows the server reported for it (INSERT, UPDATE, DELETE, ...).
     pub rows: Option<u64>,
+    /// The rows it deleted from each table that existed before the plan, when it deleted
+    /// from more than one: a foreign key's `ON DELETE CASCADE` (or a trigger) took rows of
+    /// tables the statement does not name, which its own row count does not show.
+    pub deleted: Vec<(String, i64)>,
     pub findings: Vec<Finding>,
     /// The allow comments above it.
     allows: Vec<(Rule, String)>,
@@ -259,6 +263,7 @@ pub async fn run(
                     locks: Vec::new(),
                     rewrites: Vec::new(),
                     rows: None,
+                    deleted: Vec::new(),
                     allows: rules::allows(&script.sql, statement.offset, &script.path)?,
                     again: Vec::new(),
                     findings: (findings.iter())
@@ -465,6 +470,15 @@ async fn finish(
             .collect();
         statement.rewrites = rewritten.iter().map(|r| existing.name(*r)).collect();
         statement.rewrites.sort();
+        let mut deleted: Vec<(String, i64)> = (after.deleted.iter())
+            .map(|(relation, rows)| (relation, rows - before.deleted.get(relation).unwrap_or(&0)))
+            .filter(|(_, rows)| *rows > 0)
+            .map(|(relation, rows)| (existing.name(*relation), rows))
+            .collect();
+        if deleted.len() > 1 {
+            deleted.sort();
+            statement.deleted = deleted;
+        }
         // A type change the parser flags may be binary compatible (varchar(n) to text): the
         // trace saw whether the table was rewritten.
         if statement.rewrites.is_empty() {
@@ -562,6 +576,8 @@ async fn still_open(client: &Client, version: i64, file: &std::path::Path) -> Re
 struct Snapshot {
     locks: BTreeSet<(i64, String)>,
     files: HashMap<i64, i64>,
+    /// Rows the plan's transaction deleted from each table so far, where it deleted any.
+    deleted: HashMap<i64, i64>,
     /// The tables the trace itself read after the snapshot, before the next statement ran:
     /// their ACCESS SHARE locks are the trace's, not that statement's.
     read: BTreeSet<i64>,
@@ -574,14 +590,19 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
     // Locks on system catalogs (oid < 16384) are the snapshot's own and the server's.
     let rows = client
         .query(
-            "SELECT true, l.relation::int8, l.mode, 0::int8 FROM pg_catalog.pg_locks l
+            "SELECT 'lock', l.relation::int8, l.mode, 0::int8 FROM pg_catalog.pg_locks l
               WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation'
                 AND l.granted AND l.relation >= 16384
                 AND ($1::int8[] IS NULL OR l.relation::int8 = ANY ($1::int8[]))
              UNION ALL
-             SELECT false, c.oid::int8, '', c.relfilenode::int8 FROM pg_catalog.pg_class c
+             SELECT 'file', c.oid::int8, '', c.relfilenode::int8 FROM pg_catalog.pg_class c
               WHERE c.relkind IN ('r', 'm') AND c.oid >= 16384
-                AND ($1::int8[] IS NULL OR c.oid::int8 = ANY ($1::int8[]))",
+                AND ($1::int8[] IS NULL OR c.oid::int8 = ANY ($1::int8[]))
+             UNION ALL
+             SELECT 'deleted', c.oid::int8, '', pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid)
+               FROM pg_catalog.pg_class c
+              WHERE $1::int8[] IS NOT NULL AND c.oid::int8 = ANY ($1::int8[])
+                AND pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) > 0",
             &[&among],
         )
         .await
@@ -590,14 +611,17 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
         ))?;
     let mut snapshot = Snapshot::default();
     for row in rows {
-        let (lock, relation, mode, file): (bool, i64, String, i64) =
+        let (kind, relation, mode, number): (String, i64, String, i64) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
-        match lock {
-            true => {
+        match kind.as_str() {
+            "lock" => {
                 snapshot.locks.insert((relation, mode));
             }
-            false => {
-                snapshot.files.insert(relation, file);
+            "file" => {
+                snapshot.files.insert(relation, number);
+            }
+            _ => {
+                snapshot.deleted.insert(relation, number);
             }
         }
     }
@@ -955,6 +979,17 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                 for relation in &s.rewrites {
                     writeln!(out, "        rewrites {relation}")?;
                 }
+                if !s.deleted.is_empty() {
+                    let tables: Vec<String> = (s.deleted.iter())
+                        .map(|(relation, rows)| format!("{relation} {rows}"))
+                        .collect();
+                    writeln!(
+                        out,
+                        "        deletes rows of {} tables (foreign keys' ON DELETE CASCADE, or triggers): {}",
+                        tables.len(),
+                        tables.join(", ")
+                    )?;
+                }
                 for f in &s.findings {
                     let mark = match (f.allowed.is_some(), blocking(f)) {
                         (true, _) => "allowed",
@@ -1009,6 +1044,10 @@ fn json_of(s: &Statement) -> serde_json::Value {
             "held_from_earlier_migration": l.earlier,
         })).collect::<Vec<_>>(),
         "rewrites": s.rewrites,
+        "deleted": s.deleted.iter().map(|(relation, rows)| json!({
+            "relation": relation,
+            "rows": rows,
+        })).collect::<Vec<_>>(),
         "findings": s.findings.iter().map(|f| json!({
             "rule": f.rule.id(),
             "what": f.what,

@@ -1810,3 +1810,67 @@ async fn plan_counts_the_rows_of_a_table_never_analyzed_instead_of_showing_none(
         .get(0);
     assert_eq!(columns, 1);
 }
+
+#[tokio::test]
+async fn plan_shows_the_rows_a_delete_takes_from_other_tables_through_foreign_keys() {
+    // Lemmy's remove_admin deleted one user, and with it, through ON DELETE CASCADE, its
+    // communities, posts and comments: plan said "1 row(s)" and nothing more.
+    let db = seeded("").await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text);\n\
+             CREATE TABLE posts (id int PRIMARY KEY, author int REFERENCES users ON DELETE CASCADE);\n\
+             CREATE TABLE comments (id int PRIMARY KEY, post int REFERENCES posts ON DELETE CASCADE);\n\
+             INSERT INTO users VALUES (1, 'admin'), (2, 'bot');\n\
+             INSERT INTO posts SELECT g, 1 + g % 2 FROM generate_series(1, 10) g;\n\
+             INSERT INTO comments SELECT g, 1 + g % 10 FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[
+        (
+            "003_remove_admin.sql",
+            "DELETE FROM users WHERE name = 'admin';\n",
+        ),
+        (
+            "004_one_comment.sql",
+            "DELETE FROM comments WHERE id = 2;\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let statements = json_lines(&out);
+    assert_eq!(statements[0]["rows"], 1, "{}", statements[0]);
+    assert_eq!(
+        statements[0]["deleted"],
+        serde_json::json!([
+            {"relation": "comments", "rows": 15},
+            {"relation": "posts", "rows": 5},
+            {"relation": "users", "rows": 1},
+        ]),
+        "{}",
+        statements[0]
+    );
+    // A delete of one table's rows alone says nothing more than its row count.
+    assert_eq!(statements[1]["rows"], 1, "{}", statements[1]);
+    assert_eq!(
+        statements[1]["deleted"],
+        serde_json::json!([]),
+        "{}",
+        statements[1]
+    );
+    let out = run(&db, dir.path(), &["plan"]);
+    assert!(
+        out.stdout.contains(
+            "deletes rows of 3 tables (foreign keys' ON DELETE CASCADE, or triggers): \
+             comments 15, posts 5, users 1"
+        ),
+        "{}",
+        out.stdout
+    );
+    let users: i64 = (client.query_one("SELECT count(*) FROM comments", &[]).await)
+        .unwrap()
+        .get(0);
+    assert_eq!(users, 30, "the plan's transaction was rolled back");
+}
