@@ -56,7 +56,16 @@ pub fn first_queries(target: &str, error: Error, closed: bool) -> Error {
     let Error::Database { source, context } = error else {
         return error;
     };
-    if !closed {
+    // The connection may not be seen closed yet when the error is: the pooler's error and
+    // its end of the connection arrive together, and the client reads the one before the
+    // other (a full run of tests/pooler.rs here saw it). An error that ends the
+    // session says so itself: FATAL, or a connection exception (class 08); so does the
+    // client's own error for a connection that closed.
+    let ends = source.is_closed()
+        || (source.as_db_error()).is_some_and(|db| {
+            matches!(db.severity(), "FATAL" | "PANIC") || db.code().code().starts_with("08")
+        });
+    if !closed && !ends {
         return Error::Database { source, context };
     }
     Error::Connect {
@@ -109,6 +118,10 @@ fn reason(error: &tokio_postgres::Error) -> String {
         ),
         Some(code) if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
             "the server refused this login ({}); check pg_hba.conf, sslmode and the user",
+            describe_db(error)
+        ),
+        Some(code) if *code == SqlState::INVALID_CATALOG_NAME => format!(
+            "{}; check the database name in the URL, or create the database (createdb, or CREATE DATABASE as a user allowed to)",
             describe_db(error)
         ),
         _ => describe_db(error),
