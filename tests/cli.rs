@@ -490,6 +490,25 @@ async fn wrong_password_fails_at_once_naming_authentication() {
 }
 
 #[tokio::test]
+async fn a_database_that_does_not_exist_is_named_with_what_to_do() {
+    let db = support::database().await;
+    let missing = db.url.replace(&db.name, "no_such_db");
+    let out = output(
+        binary()
+            .args(["up", "--log-format", "json", "--connect-timeout", "0"])
+            .env("DATABASE_URL", missing)
+            .env("MIGRATIONS_DIR", seed_dir()),
+    );
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    let summary = summary_event(&out);
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("3D000 database \"no_such_db\" does not exist; check the database name in the URL, or create the database"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn existing_tables_without_history_warn_about_baseline() {
     let db = support::database().await;
     db.client()
