@@ -717,12 +717,17 @@ fn flyway(path: &Path, file: &str) -> Result<Parsed, Error> {
 
 fn version_and_name(path: &Path, stem: &str, separator: char) -> Result<(i64, String), Error> {
     let (digits, name) = stem.split_once(separator).unwrap_or((stem, ""));
-    let unsigned = digits.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
     let version = (digits.parse::<i64>().ok().filter(|_| unsigned)).ok_or_else(|| {
-        invalid(
-            path,
-            format!("does not start with a whole-number version ({digits:?})"),
-        )
+        let why = match unsigned {
+            // Ory's 20-digit versions (20150100000001000000): more than a version holds here.
+            true => format!(
+                "has version {digits}, larger than db-migrate's versions go (at most {}); import a copy of the directory with the files renumbered in the same order",
+                i64::MAX
+            ),
+            false => format!("does not start with a whole-number version ({digits:?})"),
+        };
+        invalid(path, why)
     })?;
     let name = match slug(name) {
         name if name.is_empty() => "migration".to_string(),

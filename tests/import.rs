@@ -476,3 +476,23 @@ fn versions_that_differ_only_in_leading_zeros_are_refused_saying_why() {
     );
     assert!(!dest.path().join("m").exists());
 }
+
+/// Ory Kratos numbers its files with 20 digits (20150100000001000000), more than a version
+/// holds here: the refusal said the file "does not start with a whole-number version".
+#[test]
+fn a_version_too_large_is_refused_as_too_large() {
+    let src = fixture(&[(
+        "20150100000001000000_networks.up.sql",
+        "CREATE TABLE networks (id uuid);\n",
+    )]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = import("golang-migrate", src.path(), &dest.path().join("m"));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let message = support::summary_message(&out);
+    assert!(
+        message.contains(
+            "has version 20150100000001000000, larger than db-migrate's versions go (at most 9223372036854775807); import a copy of the directory with the files renumbered in the same order"
+        ),
+        "{message}"
+    );
+}
