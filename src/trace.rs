@@ -966,7 +966,7 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                     };
                     let earlier = match lock.earlier {
                         true => {
-                            " (held already from an earlier migration of the plan; up takes it here)"
+                            " (held already from an earlier migration of the plan; the run takes it here)"
                         }
                         false => "",
                     };
