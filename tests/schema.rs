@@ -603,6 +603,11 @@ async fn schema_prints_the_same_text_for_two_databases_migrated_the_same_way() {
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(first.stdout, run(&a, &seed_dir(), &["schema"]).stdout);
     assert_eq!(first.stdout, run(&b, &seed_dir(), &["schema"]).stdout);
+    // It reads the database alone: no migrations directory is needed.
+    let nowhere = tempfile::tempdir().unwrap();
+    let without = run(&a, &nowhere.path().join("migrations"), &["schema"]);
+    assert_eq!(without.code, 0, "{}", without.stderr);
+    assert_eq!(without.stdout, first.stdout);
     assert!(
         first.stdout.contains(
             "CREATE TABLE public.video_requests (\n    id uuid NOT NULL DEFAULT gen_random_uuid(),"
