@@ -546,10 +546,12 @@ impl Job<'_> {
     ) -> Result<(), Error> {
         plan.check(Mode::DryRun)?;
         let (limits, budget) = (self.config.hazards, self.config.session.lock_timeout);
-        let report = trace::run(client, session, plan, limits, budget).await?;
-        // A closed stdout (`| head`) is the reader's choice, not a failed run.
+        let (report, traced) = trace::run_partly(client, session, plan, limits, budget).await;
+        // A closed stdout (`| head`) is the reader's choice, not a failed run. What was
+        // traced before a failure is printed with its findings; the failure ends the run.
         let _ = trace::print(&report, format);
         self.summary.pending = Some(plan.len());
+        traced?;
         let hazards = report.hazards();
         match hazards.first() {
             None => Ok(()),

@@ -200,6 +200,33 @@ pub async fn run(
     limits: rules::Limits,
     lock_budget: std::time::Duration,
 ) -> Result<Report, Error> {
+    let (report, result) = run_partly(client, session, plan, limits, lock_budget).await;
+    result.map(|()| report)
+}
+
+/// [`run`], with what was traced before a failure: the migrations before the one that
+/// failed, and their findings, which `plan` prints before the error (a hazard of an earlier
+/// migration was lost with the rest of the trace when a later one failed).
+pub async fn run_partly(
+    client: &Client,
+    session: &session::Session,
+    plan: &Plan<'_>,
+    limits: rules::Limits,
+    lock_budget: std::time::Duration,
+) -> (Report, Result<(), Error>) {
+    let mut report = Report::default();
+    let result = traced(client, session, plan, limits, lock_budget, &mut report).await;
+    (report, result)
+}
+
+async fn traced(
+    client: &Client,
+    session: &session::Session,
+    plan: &Plan<'_>,
+    limits: rules::Limits,
+    lock_budget: std::time::Duration,
+    report: &mut Report,
+) -> Result<(), Error> {
     // The tables before the plan, by name: what the report calls them, and whether the
     // database holds any at all (without, the rules weigh nothing, as for `up`).
     let names = names(client).await?;
@@ -209,7 +236,6 @@ pub async fn run(
     };
     let findings = rules::check(client, plan, limits, true, known).await?;
     let budget_ms = lock_budget.as_secs_f64() * 1000.0;
-    let mut report = Report::default();
     session::transaction(client, session, false, async || {
         // A statement must not end the transaction, or what follows it would commit: a
         // COMMIT fails on the WITH HOLD cursor (as in a real run), and a ROLLBACK is seen
@@ -414,14 +440,13 @@ pub async fn run(
                 &snapshots,
                 budget_ms,
                 limits.hazard_rows,
-                &mut report,
+                &mut *report,
             )
             .await?;
         }
         Ok(())
     })
-    .await?;
-    Ok(report)
+    .await
 }
 
 /// A migration's statements done: the locks each took, what it rewrote, and how long the

@@ -1874,3 +1874,38 @@ async fn plan_shows_the_rows_a_delete_takes_from_other_tables_through_foreign_ke
         .get(0);
     assert_eq!(users, 30, "the plan's transaction was rolled back");
 }
+
+#[tokio::test]
+async fn plan_prints_what_it_traced_and_found_before_a_later_migration_fails() {
+    // A hazard in 003 was lost with the rest of the trace when 004 failed: plan printed
+    // only the failure, while up refused 003's hazard.
+    let db = seeded("INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, aspect_ratio, resolution, status) VALUES ('u', 'g', 'c', 'p', 4, '16:9', '720p', 'pending')").await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_drop.sql",
+            "ALTER TABLE video_requests DROP COLUMN prompt;\n",
+        ),
+        ("004_broken.sql", "SELECT 1/0;\n"),
+    ]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("003_drop.sql"), "{}", out.stdout);
+    assert!(out.stdout.contains("HAZARD drops-data"), "{}", out.stdout);
+    let message = support::summary_message(&out);
+    assert!(message.contains("22012"), "{message}");
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let statements = json_lines(&out);
+    assert_eq!(statements.len(), 1, "{}", out.stdout);
+    assert_eq!(
+        statements[0]["findings"][0]["rule"], "drops-data",
+        "{}",
+        out.stdout
+    );
+    // Rolled back: the column is there.
+    let client = db.client().await;
+    let prompt: i64 = (client.query_one("SELECT count(*) FROM pg_attribute WHERE attrelid = 'video_requests'::regclass AND attname = 'prompt'", &[]).await)
+        .unwrap()
+        .get(0);
+    assert_eq!(prompt, 1);
+}
