@@ -550,7 +550,6 @@ impl Job<'_> {
         // A closed stdout (`| head`) is the reader's choice, not a failed run. What was
         // traced before a failure is printed with its findings; the failure ends the run.
         let _ = trace::print(&report, format);
-        self.summary.pending = Some(plan.len());
         traced?;
         let hazards = report.hazards();
         match hazards.first() {
@@ -667,6 +666,10 @@ impl Job<'_> {
                     }
                     config::PlanOf::Down(rollback) => plan::down(migrations, applied, *rollback)?,
                 };
+                // What is on disk and not applied, as every command says it: not the steps
+                // of the plan (a rollback's, or up to --target).
+                let status = plan::status(migrations, applied);
+                self.summary.pending = Some(status.iter().filter(|e| e.is_pending()).count());
                 return self.plan(client, session, &plan, *format).await;
             }
             Command::Status { .. }

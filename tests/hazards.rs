@@ -1909,3 +1909,23 @@ async fn plan_prints_what_it_traced_and_found_before_a_later_migration_fails() {
         .get(0);
     assert_eq!(prompt, 1);
 }
+
+#[tokio::test]
+async fn plan_says_what_is_pending_not_how_many_steps_it_plans() {
+    // `plan --down --all` said pending=2 for the two applied migrations it would roll back.
+    let db = seeded("").await;
+    let dir = support::copy_of_seed(&[
+        ("003_a.sql", "CREATE TABLE a (id int);\n"),
+        ("004_b.sql", "CREATE TABLE b (id int);\n"),
+    ]);
+    for args in [
+        &["plan"][..],
+        &["plan", "--target", "3"],
+        &["plan", "--down", "--all", "--allow-data-loss"],
+    ] {
+        let out = run(&db, dir.path(), args);
+        assert_eq!(out.code, 0, "{args:?}: {}\n{}", out.stdout, out.stderr);
+        let summary = events(&out.stderr).pop().unwrap();
+        assert_eq!(summary["pending"], 2, "{args:?}: {summary}");
+    }
+}
