@@ -92,6 +92,9 @@ pub struct Ran {
     pub step: Step,
     pub ms: u64,
     pub failure: Option<Failure>,
+    /// What the schema check noted without failing the step: a rollback that put a column
+    /// back at the end of its table, as `verify --schema` notes it.
+    pub notes: Vec<String>,
 }
 
 /// Why a step failed.
@@ -291,9 +294,9 @@ impl Rehearsal<'_, '_> {
             self.ctx.interrupt.check()?;
             let started = Instant::now();
             let ran = self.file(migration, step).await;
-            let failure = match ran {
+            let (failure, notes) = match ran {
                 Err(error @ Error::Interrupted(_)) => return Err(error),
-                Err(error) => Some(Failure::Error(error.to_string())),
+                Err(error) => (Some(Failure::Error(error.to_string())), Vec::new()),
                 Ok(wrote) => {
                     // A second run that wrote nothing changed no catalog: the schema is the
                     // one read after the first. Most second runs are such (IF NOT EXISTS,
@@ -305,17 +308,22 @@ impl Rehearsal<'_, '_> {
                     match (step, now) {
                         (Step::Apply, Some(now)) => {
                             applied = now;
-                            None
+                            (None, Vec::new())
                         }
                         (Step::ApplyAgain | Step::Reapply, Some(now)) => differs(&applied, &now),
                         (Step::RollBack | Step::RollBackAgain, Some(now)) => differs(&before, &now),
-                        _ => None,
+                        _ => (None, Vec::new()),
                     }
                 }
             };
             let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let failed = failure.is_some();
-            tested.steps.push(Ran { step, ms, failure });
+            tested.steps.push(Ran {
+                step,
+                ms,
+                failure,
+                notes,
+            });
             if failed {
                 return Ok(tested);
             }
@@ -369,9 +377,13 @@ fn reversible(migration: &Migration) -> bool {
 }
 
 /// The failure of a step whose schema should be `expected` and is `now`.
-fn differs(expected: &Snapshot, now: &Snapshot) -> Option<Failure> {
+/// The step's failure when the schema differs, else what the comparison noted.
+fn differs(expected: &Snapshot, now: &Snapshot) -> (Option<Failure>, Vec<String>) {
     let diff = expected.diff(now);
-    (!diff.is_empty()).then_some(Failure::Schema(diff))
+    match diff.is_empty() {
+        true => (None, diff.notes),
+        false => (Some(Failure::Schema(diff)), Vec::new()),
+    }
 }
 
 /// Whether the scratch database's history holds `version`.
@@ -414,6 +426,18 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
                 (false, false) => "  (no rollback file: not reversible)",
             };
             writeln!(out, "ok    {label:<36} {steps:<40} {ms:>6} ms{note}")?;
+            // Each once, at the first step that noted it (a second rollback notes it again).
+            let mut said: Vec<&String> = Vec::new();
+            for ran in &tested.steps {
+                for note in &ran.notes {
+                    if said.contains(&note) {
+                        continue;
+                    }
+                    let (number, step) = (ran.step.number(), ran.step.as_str());
+                    writeln!(out, "      note: step {number} ({step}): {note}")?;
+                    said.push(note);
+                }
+            }
             continue;
         };
         writeln!(out, "FAIL  {label:<36} {steps}")?;
@@ -482,6 +506,7 @@ fn to_json(report: &Report) -> Value {
                         "step": ran.step.number(),
                         "name": ran.step.as_str(),
                         "ok": ran.failure.is_none(),
+                        "notes": ran.notes,
                         "ms": ran.ms,
                         "error": error,
                         "diff": diff,

@@ -795,3 +795,40 @@ async fn scratch_databases_left_by_killed_runs_are_dropped_after_a_day() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_rollback_that_puts_a_column_back_at_the_end_passes_with_a_note() {
+    // verify --schema notes a table whose columns came back in another order; test said
+    // nothing of it (Ory Kratos's 022 drops a column its rollback adds again, last).
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_change.sql",
+            "ALTER TABLE video_requests DROP COLUMN IF EXISTS prompt;\n",
+        ),
+        (
+            "003_change.down.sql",
+            "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS prompt text NOT NULL DEFAULT '';\n\
+             ALTER TABLE video_requests ALTER COLUMN prompt DROP DEFAULT;\n",
+        ),
+    ]);
+    let out = test(&db, dir.path(), &["--allow-data-loss"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with(
+            "      note: step 3 (roll back): the columns of table public.video_requests are in another order: (id, "
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.stdout.matches("note: ").count(), 1, "{}", out.stdout);
+    let out = test(&db, dir.path(), &["--allow-data-loss", "--format", "json"]);
+    let report = report(&out);
+    let steps = report["migrations"][2]["steps"].as_array().unwrap();
+    let note = steps[2]["notes"][0].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("the columns of table public.video_requests are in another order"),
+        "{report}"
+    );
+    assert_eq!(steps[0]["notes"], serde_json::json!([]), "{report}");
+}
