@@ -61,9 +61,15 @@ pub fn first_queries(target: &str, error: Error, closed: bool) -> Error {
     // other (a full run of tests/pooler.rs here saw it). An error that ends the
     // session says so itself: FATAL, or a connection exception (class 08); so does the
     // client's own error for a connection that closed.
+    // The severity as sent untranslated (`V`, PostgreSQL 9.6+), or as a pooler spells it.
     let ends = source.is_closed()
         || (source.as_db_error()).is_some_and(|db| {
-            matches!(db.severity(), "FATAL" | "PANIC") || db.code().code().starts_with("08")
+            use tokio_postgres::error::Severity;
+            matches!(
+                db.parsed_severity(),
+                Some(Severity::Fatal | Severity::Panic)
+            ) || matches!(db.severity(), "FATAL" | "PANIC")
+                || db.code().code().starts_with("08")
         });
     if !closed && !ends {
         return Error::Database { source, context };

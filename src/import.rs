@@ -251,7 +251,10 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
                     };
                     let mut both = [digits(&other.source), digits(&imported.source)];
                     both.sort();
-                    let fix = match both[0] != both[1] {
+                    // Only where the other tool keeps versions as text: golang-migrate and
+                    // sqlx read them as numbers too, and refuse such a pair themselves.
+                    let as_text = matches!(layout, Layout::Diesel | Layout::Dbmate);
+                    let fix = match as_text && both[0] != both[1] {
                         true => format!(
                             "{} tells {:?} and {:?} apart by their text, db-migrate reads both as the number {version}; rename one to a free version before importing",
                             layout.name(),

@@ -858,7 +858,9 @@ async fn size(
     let row = client
         .query_opt(
             "SELECT c.reltuples::int8, pg_catalog.pg_total_relation_size(c.oid),
-                    c.relkind IN ('r', 'm') AND c.reltuples < 0, c.oid::regclass::text
+                    c.reltuples < 0 AND (c.relkind = 'r' OR c.relkind = 'm' AND c.relispopulated)
+                    AND pg_catalog.has_table_privilege(c.oid, 'SELECT'),
+                    c.oid::regclass::text
                FROM pg_catalog.pg_class c WHERE c.oid = $1::int8::oid",
             &[&relation],
         )
@@ -870,6 +872,9 @@ async fn size(
     if !uncounted {
         return Ok(Some((estimate.max(0), RowCount::Estimated, bytes)));
     }
+    // Counted where the run may read it (a lock needs no SELECT), and a materialized view
+    // only once populated: reading one that is not fails.
+    let cap = cap.max(1);
     let count = format!("SELECT count(*) FROM (SELECT 1 FROM {name} LIMIT {cap}) s");
     let row = (client.query_one(&count, &[]).await).map_err(Error::database(context))?;
     let count: i64 = row.get(0);
@@ -1010,7 +1015,7 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                         .collect();
                     writeln!(
                         out,
-                        "        deletes rows of {} tables (foreign keys' ON DELETE CASCADE, or triggers): {}",
+                        "        deletes rows from {} tables (a foreign key's ON DELETE CASCADE, a trigger, partitions): {}",
                         tables.len(),
                         tables.join(", ")
                     )?;

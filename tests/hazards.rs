@@ -1863,7 +1863,7 @@ async fn plan_shows_the_rows_a_delete_takes_from_other_tables_through_foreign_ke
     let out = run(&db, dir.path(), &["plan"]);
     assert!(
         out.stdout.contains(
-            "deletes rows of 3 tables (foreign keys' ON DELETE CASCADE, or triggers): \
+            "deletes rows from 3 tables (a foreign key's ON DELETE CASCADE, a trigger, partitions): \
              comments 15, posts 5, users 1"
         ),
         "{}",
@@ -1928,4 +1928,34 @@ async fn plan_says_what_is_pending_not_how_many_steps_it_plans() {
         let summary = events(&out.stderr).pop().unwrap();
         assert_eq!(summary["pending"], 2, "{args:?}: {summary}");
     }
+}
+
+#[tokio::test]
+async fn plan_sizes_an_unpopulated_materialized_view_without_reading_it() {
+    // Never populated, its reltuples is -1; counting its rows for the hazard rules failed
+    // ("has not been populated") and stopped plan and up alike, exit 1.
+    let db = seeded("").await;
+    let client = db.client().await;
+    client
+        .batch_execute("CREATE MATERIALIZED VIEW mv AS SELECT 1 AS x WITH NO DATA;")
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_mv.sql",
+        "ALTER MATERIALIZED VIEW mv RENAME COLUMN x TO y;\n",
+    )]);
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert!(
+        out.code == 0 || out.code == 9,
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let lock = &json_lines(&out)[0]["locks"][0];
+    assert_eq!(lock["relation"], "mv", "{lock}");
+    assert_eq!(lock["relation_row_count"], "estimated", "{lock}");
+    // up's hazard rules counted it too, and failed before anything ran.
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&client).await, [1, 2, 3]);
 }

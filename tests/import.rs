@@ -475,6 +475,15 @@ fn versions_that_differ_only_in_leading_zeros_are_refused_saying_why() {
         "{message}"
     );
     assert!(!dest.path().join("m").exists());
+    // golang-migrate reads versions as numbers too, and refuses such a pair itself.
+    let src = fixture(&[
+        ("1_a.up.sql", "SELECT 1;\n"),
+        ("01_b.up.sql", "SELECT 2;\n"),
+    ]);
+    let out = import("golang-migrate", src.path(), &dest.path().join("g"));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let message = support::summary_message(&out);
+    assert!(message.ends_with("; keep one"), "{message}");
 }
 
 /// Ory Kratos numbers its files with 20 digits (20150100000001000000), more than a version

@@ -44,7 +44,8 @@ impl Facts {
         // Typed queries: one round trip each, with no statement prepared first.
         let estimates = client
             .query_typed(
-                "SELECT n, c.reltuples::int8, c.relkind = 'p' FROM unnest($1::text[]) AS n
+                "SELECT n, c.reltuples::int8, c.relkind = 'p', NOT c.relispopulated
+                   FROM unnest($1::text[]) AS n
                    JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(n)
                   WHERE c.relkind IN ('r', 'p', 'm')",
                 &[(&names, Type::TEXT_ARRAY)],
@@ -56,6 +57,11 @@ impl Facts {
             let (name, estimate): (String, i64) = (row.get(0), row.get(1));
             if row.get::<_, bool>(2) {
                 partitioned.insert(name.clone());
+            }
+            // A materialized view made WITH NO DATA holds none, and reading it fails.
+            if row.get::<_, bool>(3) {
+                rows.insert(name, (0, RowCount::Counted));
+                continue;
             }
             if estimate >= threshold || !sized.contains(&name) {
                 rows.insert(name, (estimate, RowCount::Estimated));
