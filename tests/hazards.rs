@@ -129,6 +129,48 @@ async fn reindexing_an_index_of_a_big_table_is_weighed_by_that_table() {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// A column added NOT NULL is NOT NULL at once: a SET NOT NULL on it in a later migration of
+/// the same run reads nothing, as it reads nothing in a run of its own. A column added
+/// without it is read whole by the SET NOT NULL, in any run.
+#[tokio::test]
+async fn set_not_null_on_a_column_the_plan_added_not_null_reads_nothing() {
+    let db = seeded(BIG).await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_add.sql",
+            "ALTER TABLE video_requests ADD COLUMN last_used int NOT NULL DEFAULT 0;\n",
+        ),
+        (
+            "004_set.sql",
+            "ALTER TABLE video_requests ALTER COLUMN last_used SET NOT NULL;\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
+    let dir = support::copy_of_seed(&[
+        (
+            "003_add.sql",
+            "ALTER TABLE video_requests ADD COLUMN last_used int NOT NULL DEFAULT 0;\n",
+        ),
+        (
+            "004_set.sql",
+            "ALTER TABLE video_requests ALTER COLUMN last_used SET NOT NULL;\n",
+        ),
+        (
+            "005_add.sql",
+            "ALTER TABLE video_requests ADD COLUMN seen int DEFAULT 0;\n",
+        ),
+        (
+            "006_set.sql",
+            "ALTER TABLE video_requests ALTER COLUMN seen SET NOT NULL;\n",
+        ),
+    ]);
+    let message = refused(&run(&db, dir.path(), &["up"]), &["validates-whole-table"]);
+    assert!(message.contains("006_set.sql:1:1: "), "{message}");
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
+}
+
 #[tokio::test]
 async fn names_resolve_as_the_migration_s_own_search_path_and_renames_make_them() {
     let db = seeded(BIG).await;

@@ -169,10 +169,12 @@ pub enum Effect {
         columns: Vec<String>,
     },
     /// ADD COLUMN without IF NOT EXISTS: after it the column is a new one, holding its
-    /// default or NULL in every row, so filling it in (a backfill) loses nothing.
+    /// default or NULL in every row, so filling it in (a backfill) loses nothing. `not_null`:
+    /// added `NOT NULL` (or as the primary key), so a later `SET NOT NULL` has nothing to read.
     AddsColumn {
         table: Name,
         column: String,
+        not_null: bool,
     },
     /// ADD COLUMN whose rewrite only the catalog can tell: of a type that may be a domain
     /// with constraints (PostgreSQL writes every row to check them), or with a default that
@@ -871,9 +873,16 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
             }
             if let Some(NodeEnum::ColumnDef(column)) = def {
                 if !cmd.missing_ok {
+                    let not_null = column.is_not_null
+                        || column.constraints.iter().any(|c| {
+                            matches!(&c.node, Some(NodeEnum::Constraint(c))
+                                if matches!(ConstrType::try_from(c.contype),
+                                    Ok(ConstrType::ConstrNotnull | ConstrType::ConstrPrimary)))
+                        });
                     out.push(Effect::AddsColumn {
                         table: table(),
                         column: column.colname.clone(),
+                        not_null,
                     });
                 }
                 new_column_effects(&table(), column, out);

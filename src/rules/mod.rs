@@ -440,6 +440,9 @@ pub async fn check(
     // Columns added earlier in the plan hold only their default or NULL: an UPDATE that
     // writes nothing else fills them in (a backfill before SET NOT NULL) and loses nothing.
     let mut added: HashSet<(&Name, &str)> = HashSet::new();
+    // Of those, the ones added NOT NULL: a later SET NOT NULL on one finds it so already and
+    // reads nothing, as it does on a column the catalog says is NOT NULL before the plan.
+    let mut added_not_null: HashSet<(&Name, &str)> = HashSet::new();
     // Constraints added NOT VALID in the transaction so far, with the version that added
     // each: validating one in it reads the table under the lock that ADD took (ACCESS
     // EXCLUSIVE for a CHECK). A run of one transaction is one transaction throughout.
@@ -542,8 +545,22 @@ pub async fn check(
                 continue;
             }
             match effect {
-                Effect::AddsColumn { table, column } => {
+                Effect::AddsColumn {
+                    table,
+                    column,
+                    not_null,
+                } => {
                     added.insert((table, column));
+                    if *not_null {
+                        added_not_null.insert((table, column));
+                    }
+                }
+                Effect::Validates {
+                    table,
+                    not_null: Some(column),
+                    ..
+                } if added_not_null.contains(&(table, column.as_str())) => {
+                    continue;
                 }
                 Effect::AddsNotValid { table, constraint } => {
                     not_valid.insert((table, constraint), *version);
