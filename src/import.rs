@@ -23,6 +23,9 @@ pub enum Tool {
     Dbmate,
     /// `_sqlx_migrations (version bigint, success boolean, ...)`: a row per migration run.
     Sqlx,
+    /// `__diesel_schema_migrations (version varchar(50), run_on timestamp)`: a row per
+    /// applied version, written as its directory's name has it, without the dashes.
+    Diesel,
     /// `flyway_schema_history (version varchar, success boolean, ...)`: a row per script run.
     Flyway,
 }
@@ -33,6 +36,7 @@ impl Tool {
             Tool::GolangMigrate => "golang-migrate",
             Tool::Dbmate => "dbmate",
             Tool::Sqlx => "sqlx",
+            Tool::Diesel => "diesel",
             Tool::Flyway => "flyway",
         }
     }
@@ -42,6 +46,7 @@ impl Tool {
         match self {
             Tool::GolangMigrate | Tool::Dbmate => "schema_migrations",
             Tool::Sqlx => "_sqlx_migrations",
+            Tool::Diesel => "__diesel_schema_migrations",
             Tool::Flyway => "flyway_schema_history",
         }
     }
@@ -53,6 +58,7 @@ impl Tool {
             Tool::GolangMigrate => format!("SELECT version::text, NOT dirty, 'SQL' FROM {table}"),
             Tool::Dbmate => format!("SELECT version::text, true, 'SQL' FROM {table}"),
             Tool::Sqlx => format!("SELECT version::text, success, 'SQL' FROM {table}"),
+            Tool::Diesel => format!("SELECT version::text, true, 'SQL' FROM {table}"),
             // Flyway's repeatable scripts (R__) have no version; its schema-creation marker
             // and the rows `repair` marks deleted apply nothing. A BASELINE row stands for
             // every version up to its own, an UNDO_* row takes its version back.
@@ -129,6 +135,9 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
     })
 }
 
+/// What a migration that held no statement is given, so that it runs and its version stays.
+const NO_OP: &str = "SELECT 1; -- imported without a statement";
+
 /// A migration layout `import --from` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -195,6 +204,9 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
     }
     let mut ups: BTreeMap<i64, Imported> = BTreeMap::new();
     let mut downs: BTreeMap<i64, (String, String)> = BTreeMap::new();
+    // The order the other tool runs them in, where that is not by number: diesel orders
+    // versions as text, dbmate files by name. (key, version, source) of each migration.
+    let mut order: Vec<(String, i64, String)> = Vec::new();
     for path in entries {
         let file = path
             .file_name()
@@ -268,8 +280,41 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
                         format!("version {version} is also {}; {fix}", other.source),
                     ));
                 }
+                let key = match layout {
+                    Layout::Diesel => file.split('_').next().unwrap_or("").replace('-', ""),
+                    Layout::Dbmate => file.clone(),
+                    _ => String::new(),
+                };
+                order.push((key, version, imported.source.clone()));
                 ups.insert(version, imported);
             }
+        }
+    }
+    if matches!(layout, Layout::Diesel | Layout::Dbmate) {
+        order.sort();
+        if let Some(pair) = order.windows(2).find(|pair| pair[0].1 > pair[1].1) {
+            let ((first_key, first, source), (next_key, next, next_source)) = (&pair[0], &pair[1]);
+            let how = match layout {
+                Layout::Diesel => "diesel orders versions as text",
+                _ => "dbmate orders files by name",
+            };
+            // diesel's own names grew four digits (YYYY-MM-DD-HHMMSS-NNNN) in version 2.2.
+            let lengths = match layout == Layout::Diesel && first_key.len() != next_key.len() {
+                true => format!(
+                    " (here they differ in length: {} digits against {})",
+                    first_key.len(),
+                    next_key.len()
+                ),
+                false => String::new(),
+            };
+            return Err(invalid(
+                &src.join(source),
+                format!(
+                    "is version {first}, above the {next} of {next_source}, which {} runs after it ({how}); db-migrate runs versions by number, so it would run them the other way round; import a copy of the directory with the versions renamed so that their numbers keep {}'s order{lengths}",
+                    layout.name(),
+                    layout.name()
+                ),
+            ));
         }
     }
     let mut migrations = Vec::with_capacity(ups.len());
@@ -278,14 +323,26 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             imported.down = Some(down);
         }
         imported.up = own_transaction_removed(&imported.up, &mut imported.changes, "");
+        // A rollback without a statement is no rollback, but it is said to be there.
+        let mut empty_down = false;
         if let Some(down) = imported.down.take() {
             let down = own_transaction_removed(&down, &mut imported.changes, "rollback's ");
-            imported.down = (!crate::sql::is_empty(&down)).then_some(down);
+            let statements = !crate::sql::is_empty(&down);
+            // dbmate writes an empty `-- migrate:down` section for no rollback.
+            empty_down = !statements && !down.trim().is_empty();
+            imported.down = statements.then_some(down);
         }
+        // The other tool ran such a file and recorded its version; db-migrate refuses a file
+        // without a statement (a forgotten `new`), so it gets one that does nothing, and its
+        // version stays for `baseline --from` to find.
         if crate::sql::is_empty(&imported.up) {
-            return Err(invalid(
-                &src.join(&imported.source),
-                "holds no SQL statement to apply, which db-migrate refuses to run; write the change or leave the file out".into(),
+            let end = match imported.up.is_empty() || imported.up.ends_with('\n') {
+                true => "",
+                false => "\n",
+            };
+            imported.up = format!("{}{end}{NO_OP}\n", imported.up);
+            (imported.changes).push(format!(
+                "no statement: {NO_OP} added, as db-migrate runs no file without one"
             ));
         }
         if layout == Layout::GolangMigrate {
@@ -299,7 +356,10 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             imported.down = Some(outside_marked(&down, &mut imported.changes, "rollback: "));
         }
         if imported.down.is_none() {
-            imported.changes.push("no rollback".into());
+            imported.changes.push(match empty_down {
+                true => "no rollback (the rollback holds no statement)".into(),
+                false => "no rollback".into(),
+            });
         }
         let texts = [Some(&imported.up), imported.down.as_ref()];
         if let Some(table) = texts
@@ -815,11 +875,10 @@ fn read_text(path: &Path) -> Result<String, Error> {
     })
 }
 
+/// The text as the other tool had it (but for the changes the report lists): a file's bytes
+/// are its checksum.
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
-    match text.ends_with('\n') {
-        true => source::write_new(path, text),
-        false => source::write_new(path, &format!("{text}\n")),
-    }
+    source::write_new(path, text)
 }
 
 #[cfg(test)]

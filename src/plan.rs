@@ -398,7 +398,7 @@ pub fn adopt<'a>(
 
 fn adopt_missing(tool: &str, version: i64) -> Error {
     Error::Config(format!(
-        "{tool} applied version {version}, which has no file in the migrations directory; point --dir at that tool's migrations (NNN_name.up.sql files are read as they are)"
+        "{tool} applied version {version}, which has no file in the migrations directory; point --dir at the directory `db-migrate import --from {tool}` wrote (or the tool's own, when its files are NNN_name.up.sql, which are read as they are), with a file for every version {tool} applied"
     ))
 }
 

@@ -1,5 +1,5 @@
 //! Adopting a database another tool manages: `baseline --from golang-migrate|dbmate|sqlx|
-//! flyway` reads that tool's history table, created here with each tool's documented DDL, into
+//! diesel|flyway` reads that tool's history table, created here with each tool's documented DDL, into
 //! db-migrate's own, and leaves the other table as it was.
 
 mod support;
@@ -125,7 +125,7 @@ async fn a_dirty_golang_migrate_database_is_refused_with_the_fix() {
 }
 
 #[tokio::test]
-async fn dbmate_sqlx_and_flyway_histories_are_adopted_version_by_version() {
+async fn dbmate_sqlx_diesel_and_flyway_histories_are_adopted_version_by_version() {
     let dbmate = "CREATE TABLE IF NOT EXISTS schema_migrations (version varchar(128) PRIMARY KEY); \
                   INSERT INTO schema_migrations VALUES ('20240101120000'), ('20240301120000');";
     let sqlx = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (version BIGINT PRIMARY KEY, \
@@ -158,8 +158,21 @@ async fn dbmate_sqlx_and_flyway_histories_are_adopted_version_by_version() {
             "CREATE TABLE IF NOT EXISTS c (id int);",
         ),
     ]);
+    // diesel's own DDL (diesel_migrations' setup), versions as its directory names have them
+    // without the dashes.
+    let diesel = "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (\
+                  version VARCHAR(50) PRIMARY KEY NOT NULL, \
+                  run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+                  INSERT INTO __diesel_schema_migrations (version) \
+                  VALUES ('20240101120000'), ('20240301120000');";
     let applied = "CREATE TABLE a (id int); CREATE TABLE c (id int);";
-    for (tool, setup) in [("dbmate", dbmate), ("sqlx", sqlx), ("flyway", flyway)] {
+    let tools = [
+        ("dbmate", dbmate),
+        ("sqlx", sqlx),
+        ("diesel", diesel),
+        ("flyway", flyway),
+    ];
+    for (tool, setup) in tools {
         let db = managed(&format!("{setup} {applied}")).await;
         let out = run(&db, dir.path(), &["baseline", "--from", tool]);
         assert_eq!(out.code, 0, "{tool}: {}", out.stderr);

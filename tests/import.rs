@@ -265,7 +265,7 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
 
 #[tokio::test]
 async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
-    let cases: [(&str, &[File], &str); 12] = [
+    let cases: [(&str, &[File], &str); 13] = [
         // golang-migrate skips a file without .up or .down: it never ran there.
         (
             "golang-migrate",
@@ -303,13 +303,24 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
             &[("-5_neg.up.sql", "SELECT 1;")],
             "does not start with a whole-number version (\"-5\")",
         ),
+        // diesel runs versions in the order of their text, dbmate files in the order of their
+        // names: as numbers these run the other way round. (diesel 2.2 names its directories
+        // YYYY-MM-DD-HHMMSS-NNNN_, four digits more than before.)
+        (
+            "diesel",
+            &[
+                ("2026-03-09-005927-0000_add_archives/up.sql", "SELECT 1;"),
+                ("2026-03-29-120000_add_devices/up.sql", "SELECT 2;"),
+            ],
+            "2026-03-09-005927-0000_add_archives: is version 202603090059270000, above the 20260329120000 of 2026-03-29-120000_add_devices, which diesel runs after it (diesel orders versions as text); db-migrate runs versions by number, so it would run them the other way round; import a copy of the directory with the versions renamed so that their numbers keep diesel's order (here they differ in length: 18 digits against 14)",
+        ),
         (
             "dbmate",
-            &[(
-                "1_a.sql",
-                "-- migrate:up\n-- nothing yet\n-- migrate:down\n",
-            )],
-            "1_a.sql: holds no SQL statement to apply",
+            &[
+                ("1_a.sql", "-- migrate:up\nSELECT 1;\n"),
+                ("10_b.sql", "-- migrate:up\nSELECT 2;\n"),
+            ],
+            "10_b.sql: is version 10, above the 1 of 1_a.sql, which dbmate runs after it (dbmate orders files by name)",
         ),
         (
             "golang-migrate",
@@ -380,6 +391,54 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
         );
         assert_eq!(files(dest), before);
     }
+}
+
+/// What the other tool ran is written as it was: a migration without a statement (sqlx and
+/// dbmate run and record it) gets one that does nothing, so that its version stays for
+/// `baseline --from`; a rollback without one is no rollback, and says why; a file's bytes are
+/// kept, final newline or none, so its checksum is the file's.
+#[tokio::test]
+async fn a_migration_without_a_statement_keeps_its_version_and_files_keep_their_bytes() {
+    let src = fixture(&[
+        (
+            "20220624180013_grant.up.sql",
+            "-- Add up migration script here\n\n",
+        ),
+        ("20220624180013_grant.down.sql", "-- nothing to undo\n"),
+        (
+            "20220701000000_t.up.sql",
+            "CREATE TABLE IF NOT EXISTS t (id int);",
+        ),
+        ("20220701000000_t.down.sql", "DROP TABLE IF EXISTS t;"),
+    ]);
+    let (dest, out) = imported_and_run("sqlx", src.path()).await;
+    assert!(
+        out.stdout.contains(
+            "(no statement: SELECT 1; -- imported without a statement added, as db-migrate runs no file without one, no rollback (the rollback holds no statement))"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        files(dest.path()),
+        [
+            "20220624180013_grant.sql",
+            "20220701000000_t.down.sql",
+            "20220701000000_t.sql"
+        ]
+    );
+    assert_eq!(
+        read(dest.path(), "20220624180013_grant.sql"),
+        "-- Add up migration script here\n\nSELECT 1; -- imported without a statement\n"
+    );
+    assert_eq!(
+        read(dest.path(), "20220701000000_t.sql"),
+        "CREATE TABLE IF NOT EXISTS t (id int);"
+    );
+    assert_eq!(
+        read(dest.path(), "20220701000000_t.down.sql"),
+        "DROP TABLE IF EXISTS t;"
+    );
 }
 
 #[tokio::test]

@@ -289,7 +289,8 @@ pub struct BaselineArgs {
     #[arg(long, value_enum)]
     from: Option<ToolArg>,
     /// The other tool's history table, when not its default (schema_migrations for
-    /// golang-migrate and dbmate, _sqlx_migrations, flyway_schema_history).
+    /// golang-migrate and dbmate, _sqlx_migrations, __diesel_schema_migrations,
+    /// flyway_schema_history).
     #[arg(long, requires = "from")]
     from_table: Option<String>,
 }
@@ -300,6 +301,7 @@ pub enum ToolArg {
     GolangMigrate,
     Dbmate,
     Sqlx,
+    Diesel,
     Flyway,
 }
 
@@ -697,6 +699,7 @@ fn command(args: &CommandArgs) -> Command {
                 tool: match tool {
                     Some(ToolArg::Dbmate) => import::Tool::Dbmate,
                     Some(ToolArg::Sqlx) => import::Tool::Sqlx,
+                    Some(ToolArg::Diesel) => import::Tool::Diesel,
                     Some(ToolArg::Flyway) => import::Tool::Flyway,
                     // clap requires --version or --from.
                     Some(ToolArg::GolangMigrate) | None => import::Tool::GolangMigrate,
