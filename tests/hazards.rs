@@ -632,6 +632,32 @@ async fn a_finding_says_whether_its_rows_are_estimated_or_a_count_cut_off() {
     assert_eq!(history(&client).await, [1, 2]);
 }
 
+/// A dropped column's values on a table below the threshold are counted, as the table's rows
+/// are: the statistics' share of NULLs is for big tables.
+#[tokio::test]
+async fn a_dropped_column_of_a_small_table_has_its_values_counted() {
+    let db = seeded(
+        "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+         aspect_ratio, resolution, status, error_message) SELECT 'u' || i, 'g', 'c', 'p', 4, \
+         '16:9', '720p', 'pending', CASE WHEN i <= 4 THEN 'e' END FROM generate_series(1, 20) i; \
+         ANALYZE video_requests",
+    )
+    .await;
+    let dir = support::copy_of_seed(&[(
+        "003_drop.sql",
+        "ALTER TABLE video_requests DROP COLUMN error_message;\n",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    let message = refused(&out, &["drops-data"]);
+    assert!(
+        message.contains("(DROP COLUMN) on video_requests holding 4 row(s) of data"),
+        "{message}"
+    );
+    let events = events(&out.stderr);
+    let refusal = events.iter().find(|e| e["message"] == "hazard refused");
+    assert_eq!(refusal.unwrap()["rows_known"], "counted");
+}
+
 /// No index is built CONCURRENTLY on a partitioned table, nor a foreign key added NOT VALID
 /// (before PostgreSQL 18): the fixes say what works there, and that way passes the rules.
 #[tokio::test]

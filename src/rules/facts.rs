@@ -135,9 +135,11 @@ impl Facts {
         let Some(row) = row.first() else {
             return Ok(None);
         };
-        // Statistics that saw values are enough to say the column holds data; statistics
-        // that saw none may be older than the values, so only a count can say it is empty.
-        if let Some(null_frac) = row.get::<_, Option<f64>>(0)
+        // On a big table, statistics that saw values are enough to say the column holds
+        // data; statistics that saw none may be older than the values, so only a count can
+        // say it is empty. A table below the threshold was counted, and so is the column.
+        if row_count != RowCount::Counted
+            && let Some(null_frac) = row.get::<_, Option<f64>>(0)
             && null_frac < 1.0
         {
             let held = ((rows as f64) * (1.0 - null_frac)).ceil().max(1.0) as i64;
