@@ -516,20 +516,12 @@ fn print_done(done: &Done<'_>, clear: bool, statements: bool) -> std::io::Result
     writeln!(out, "{}", line.trim_end())?;
     if statements {
         for command in commands {
-            let text = command.statement.text;
-            let first = text.lines().next().unwrap_or_default();
-            let more = match first.len() < text.len() {
-                true => " …",
-                false => "",
-            };
-            let (first, more) = match first.char_indices().nth(72) {
-                Some((cut, _)) => (&first[..cut], " …"),
-                None => (first, more),
-            };
             writeln!(
                 out,
-                "    {:<24} line {:<5} {first}{more}",
-                command.tag, command.statement.line
+                "    {:<24} line {:<5} {}",
+                command.tag,
+                command.statement.line,
+                crate::sql::headline(command.statement.text, 72)
             )?;
         }
     }

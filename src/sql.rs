@@ -49,6 +49,26 @@ pub fn is_empty(sql: &str) -> bool {
     tokens(sql).all(|t| matches!(t.kind, Kind::Space | Kind::Comment | Kind::Semicolon))
 }
 
+/// A statement on one line for a person to recognise it by: runs of white space (line
+/// breaks among them) made one space, cut after `max` characters with ` …`. Its first line
+/// alone is often `ALTER TABLE name`, without what the statement does.
+pub fn headline(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+        if out.chars().count() > max {
+            break;
+        }
+    }
+    match out.char_indices().nth(max) {
+        Some((cut, _)) => format!("{} …", out[..cut].trim_end()),
+        None => out,
+    }
+}
+
 /// True when the file's first line is the directive `-- no-transaction`.
 pub fn is_no_transaction(sql: &str) -> bool {
     let sql = sql.strip_prefix(BOM).unwrap_or(sql);
@@ -2285,6 +2305,18 @@ mod tests {
         for (statement, expected) in cases {
             assert_eq!(opens_block(statement), expected, "{statement:?}");
         }
+    }
+
+    #[test]
+    fn a_headline_is_the_statement_on_one_line_cut_at_its_length() {
+        assert_eq!(
+            headline("ALTER TABLE script\n    ALTER COLUMN schema TYPE json", 100),
+            "ALTER TABLE script ALTER COLUMN schema TYPE json"
+        );
+        assert_eq!(headline("SELECT  1", 100), "SELECT 1");
+        assert_eq!(headline("SELECT abcdef", 9), "SELECT ab …");
+        assert_eq!(headline("SELECT 'ééé'", 9), "SELECT 'é …");
+        assert_eq!(headline("SELECT a\n  FROM b", 7), "SELECT …");
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub struct Statement {
     pub file: PathBuf,
     pub line: usize,
     pub column: usize,
-    pub first_line: String,
+    pub headline: String,
     /// Why it was not traced; `None` when it was.
     pub untraced: Option<Untraced>,
     pub duration_ms: f64,
@@ -277,13 +277,7 @@ async fn traced(
                     file: script.path.clone(),
                     line,
                     column,
-                    first_line: statement
-                        .text
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .into(),
+                    headline: sql::headline(statement.text, rules::HEADLINE),
                     untraced,
                     duration_ms: 0.0,
                     locks: Vec::new(),
@@ -410,7 +404,7 @@ async fn traced(
                             file: traced.file.clone(),
                             line: traced.line,
                             column: traced.column,
-                            statement: traced.first_line.clone(),
+                            statement: traced.headline.clone(),
                             relation,
                             rows,
                             // What the table held before: the planner's estimate.
@@ -527,7 +521,7 @@ async fn finish(
                     file: statement.file.clone(),
                     line: statement.line,
                     column: statement.column,
-                    statement: statement.first_line.clone(),
+                    statement: statement.headline.clone(),
                     relation: existing.name(*relation),
                     rows,
                     row_count,
@@ -550,7 +544,7 @@ async fn finish(
                 file: statement.file.clone(),
                 line: statement.line,
                 column: statement.column,
-                statement: statement.first_line.clone(),
+                statement: statement.headline.clone(),
                 relation: lock.relation.clone(),
                 rows: lock.rows.unwrap_or_default(),
                 row_count: lock.row_count,
@@ -967,7 +961,7 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                     version = Some(s.version);
                     writeln!(out, "migration {} ({})", s.version, s.file.display())?;
                 }
-                writeln!(out, "  {}:{}  {}", s.line, s.column, s.first_line)?;
+                writeln!(out, "  {}:{}  {}", s.line, s.column, s.headline)?;
                 // Why a statement was not traced is said once for its migration.
                 let said = i
                     .checked_sub(1)
@@ -1013,9 +1007,17 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
                     let tables: Vec<String> = (s.deleted.iter())
                         .map(|(relation, rows)| format!("{relation} {rows}"))
                         .collect();
+                    // A DELETE names one table; the others are what it reached. A DO block or a
+                    // function may delete from each itself.
+                    let delete = (s.headline.split_whitespace().next())
+                        .is_some_and(|word| word.eq_ignore_ascii_case("DELETE"));
+                    let how = match delete {
+                        true => " (a foreign key's ON DELETE CASCADE, a trigger, partitions)",
+                        false => "",
+                    };
                     writeln!(
                         out,
-                        "        deletes rows from {} tables (a foreign key's ON DELETE CASCADE, a trigger, partitions): {}",
+                        "        deletes rows from {} tables{how}: {}",
                         tables.len(),
                         tables.join(", ")
                     )?;
@@ -1058,7 +1060,7 @@ fn json_of(s: &Statement) -> serde_json::Value {
         "file": s.file.display().to_string(),
         "line": s.line,
         "column": s.column,
-        "statement": s.first_line,
+        "statement": s.headline,
         "traced": s.untraced.is_none(),
         "not_traced": s.untraced.map(Untraced::id),
         "duration_ms": s.duration_ms,

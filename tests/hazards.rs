@@ -1892,24 +1892,36 @@ async fn plan_shows_the_rows_a_delete_takes_from_other_tables_through_foreign_ke
              CREATE TABLE comments (id int PRIMARY KEY, post int REFERENCES posts ON DELETE CASCADE);\n\
              INSERT INTO users VALUES (1, 'admin'), (2, 'bot');\n\
              INSERT INTO posts SELECT g, 1 + g % 2 FROM generate_series(1, 10) g;\n\
-             INSERT INTO comments SELECT g, 1 + g % 10 FROM generate_series(1, 30) g;",
+             INSERT INTO comments SELECT g, 1 + g % 10 FROM generate_series(1, 30) g;\n\
+             CREATE TABLE a (id int); CREATE TABLE b (id int);\n\
+             INSERT INTO a VALUES (1), (2); INSERT INTO b VALUES (1), (2);",
         )
         .await
         .unwrap();
     let dir = support::copy_of_seed(&[
         (
             "003_remove_admin.sql",
-            "DELETE FROM users WHERE name = 'admin';\n",
+            "DELETE FROM users\n  WHERE name = 'admin';\n",
         ),
         (
             "004_one_comment.sql",
             "DELETE FROM comments WHERE id = 2;\n",
+        ),
+        // A DO block deletes from each table itself.
+        (
+            "005_cleanup.sql",
+            "DO $$ BEGIN DELETE FROM a WHERE id = 1; DELETE FROM b WHERE id = 1; END $$;\n",
         ),
     ]);
     let out = run(&db, dir.path(), &["plan", "--format", "json"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let statements = json_lines(&out);
     assert_eq!(statements[0]["rows"], 1, "{}", statements[0]);
+    // The statement on one line, not its first line alone.
+    assert_eq!(
+        statements[0]["statement"],
+        "DELETE FROM users WHERE name = 'admin'"
+    );
     assert_eq!(
         statements[0]["deleted"],
         serde_json::json!([
@@ -1934,6 +1946,12 @@ async fn plan_shows_the_rows_a_delete_takes_from_other_tables_through_foreign_ke
             "deletes rows from 3 tables (a foreign key's ON DELETE CASCADE, a trigger, partitions): \
              comments 15, posts 5, users 1"
         ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("deletes rows from 2 tables: a 1, b 1\n"),
         "{}",
         out.stdout
     );

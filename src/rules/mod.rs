@@ -192,6 +192,9 @@ impl RowCount {
     }
 }
 
+/// How much of a statement a finding and `plan` show.
+pub const HEADLINE: usize = 120;
+
 /// The rows of a finding that concerns no table.
 const NO_ROWS: (i64, RowCount) = (0, RowCount::Counted);
 
@@ -203,7 +206,7 @@ pub struct Finding {
     pub file: PathBuf,
     pub line: usize,
     pub column: usize,
-    /// The statement's first line.
+    /// The statement on one line ([`sql::headline`], at most [`HEADLINE`] characters).
     pub statement: String,
     pub relation: String,
     /// Rows of the relation (for a dropped column: rows holding a value in it).
@@ -471,7 +474,7 @@ pub async fn check(
                     file: script.path.clone(),
                     line,
                     column,
-                    statement: first_line(statement.text),
+                    statement: sql::headline(statement.text, HEADLINE),
                     relation,
                     rows,
                     row_count,
@@ -846,15 +849,6 @@ fn listed(names: &[String]) -> String {
         [a, b, c] => format!("{a}, {b} and {c}"),
         [a, b, c, rest @ ..] => format!("{a}, {b}, {c} and {} more", rest.len()),
     }
-}
-
-fn first_line(statement: &str) -> String {
-    statement
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
 }
 
 /// The reason of the allow comment for `rule` among `allows`.
