@@ -2,13 +2,13 @@
 //! unique name on the server the run connects to and dropped however the work ends, or one the
 //! user gives (`--scratch-url`), which must be empty and is emptied again afterwards.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tracing::{info, warn};
 
-use crate::connect::{Dialer, Purpose};
+use crate::connect::{CLEANUP_RETRY, Dialer, Purpose};
 use crate::error::Error;
 use crate::history::Table;
 use crate::interrupt::Interrupt;
@@ -42,7 +42,15 @@ pub async fn with<T>(
     match source {
         Source::Create { client, dialer } => {
             drop_stale(client).await;
-            let name = create(client, dialer.target()).await?;
+            let name = scratch_name();
+            if let Err(error) = create(client, &name, dialer.target()).await {
+                // A CREATE DATABASE whose answer the connection lost may have created it.
+                if matches!(&error, Error::Database { source, .. } if source.as_db_error().is_none())
+                {
+                    drop_database(client, dialer, &name, Created::Maybe).await;
+                }
+                return Err(error);
+            }
             let scratch = dialer.with_database(&name);
             let result = async {
                 let connection = scratch.open(Purpose::Migration).await?;
@@ -50,7 +58,7 @@ pub async fn with<T>(
                 work(&scratch, &connection).await
             }
             .await;
-            drop_database(client, &name).await;
+            drop_database(client, dialer, &name, Created::Yes).await;
             result
         }
         Source::Given(dialer) => {
@@ -64,17 +72,22 @@ pub async fn with<T>(
     }
 }
 
-/// Creates the scratch database and returns its name.
-async fn create(client: &Client, target: &str) -> Result<String, Error> {
+/// A new scratch database's name: the time it was made (for [`drop_stale`]), the process,
+/// and a few bits of the clock to tell apart two made in one second.
+fn scratch_name() -> String {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let name = format!(
+    format!(
         "{PREFIX}{}_{}_{:04x}",
         since_epoch.as_secs(),
         std::process::id(),
         since_epoch.subsec_nanos() & 0xffff
-    );
+    )
+}
+
+/// Creates the scratch database `name`.
+async fn create(client: &Client, name: &str, target: &str) -> Result<(), Error> {
     // A statement_timeout set on the user or the database is meant for the bot's queries;
     // copying a big template can take longer, and failing there is no failed migration.
     client
@@ -87,8 +100,8 @@ async fn create(client: &Client, target: &str) -> Result<String, Error> {
     {
         Ok(()) => {
             info!(database = %name, "scratch database created");
-            copy_settings(client, &name).await;
-            Ok(name)
+            copy_settings(client, name).await;
+            Ok(())
         }
         Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
             Err(Error::Config(format!(
@@ -210,34 +223,75 @@ async fn drop_stale(client: &Client) {
     }
 }
 
+/// Whether the scratch database is there to drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Created {
+    Yes,
+    /// Its CREATE DATABASE was sent and the answer lost.
+    Maybe,
+}
+
+/// How long a drop may wait for its answer on the run's connection before it is tried on a
+/// new one: a link that has stalled would hold it for as long as it stays so.
+const DROP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Drops the scratch database, disconnecting whatever still uses it (PostgreSQL 13 and
-/// later); a failure is logged, not returned: the run's own outcome is what matters.
-async fn drop_database(client: &Client, name: &str) {
-    let version = client
-        .simple_query("SHOW server_version_num")
-        .await
-        .ok()
-        .and_then(|messages| {
-            messages.iter().find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse::<i32>().ok()),
-                _ => None,
-            })
-        })
-        .unwrap_or_default();
-    let force = if version >= 130_000 {
-        " WITH (FORCE)"
-    } else {
-        ""
+/// later), on the run's connection, or on a new one when that one was lost (or gives no
+/// answer within [`DROP_TIMEOUT`]); a failure is logged, not returned: the run's own outcome
+/// is what matters.
+async fn drop_database(client: &Client, dialer: &Dialer, name: &str, created: Created) {
+    let failed = match tokio::time::timeout(DROP_TIMEOUT, drop_on(client, name)).await {
+        Ok(Ok(())) => None,
+        // The server's refusal: a new connection would be refused the same.
+        Ok(Err(error)) if error.as_db_error().is_some() => {
+            return cannot_drop(name, &crate::error::describe_db(&error));
+        }
+        Ok(Err(error)) => Some(crate::error::describe_db(&error)),
+        Err(_) => Some(format!("no answer within {}s", DROP_TIMEOUT.as_secs())),
     };
-    match client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}{force}"))
-        .await
-    {
-        Ok(()) => info!(database = %name, "scratch database dropped"),
-        Err(error) => {
-            warn!(database = %name, error = %crate::error::describe_db(&error), "could not drop the scratch database; drop it by hand")
+    if let Some(lost) = failed {
+        info!(database = %name, error = %lost, "the connection that made the scratch database is lost; dropping it over a new one");
+        let dropped = async {
+            let fresh = dialer
+                .open(Purpose::Cleanup)
+                .await
+                .map_err(|e| e.to_string())?;
+            drop_on(&fresh, name)
+                .await
+                .map_err(|e| crate::error::describe_db(&e))
+        };
+        match tokio::time::timeout(DROP_TIMEOUT + CLEANUP_RETRY, dropped).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return cannot_drop(name, &error),
+            Err(_) => return cannot_drop(name, "no answer"),
         }
     }
+    match created {
+        Created::Yes => info!(database = %name, "scratch database dropped"),
+        Created::Maybe => info!(database = %name, "scratch database dropped, if it was made"),
+    }
+}
+
+/// `DROP DATABASE IF EXISTS name`, with FORCE where the server has it.
+async fn drop_on(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    let messages = client.simple_query("SHOW server_version_num").await?;
+    let version = (messages.iter())
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse::<i32>().ok()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let force = match version >= 130_000 {
+        true => " WITH (FORCE)",
+        false => "",
+    };
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}{force}"))
+        .await
+}
+
+fn cannot_drop(name: &str, error: &str) {
+    warn!(database = %name, error = %error, "could not drop the scratch database; drop it by hand");
 }
 
 /// A given scratch database must hold nothing but what every new database has: replaying

@@ -512,6 +512,54 @@ async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
     assert!(!support::database_exists(&name).await);
 }
 
+/// The connection that made the scratch database is lost while the replay runs: the database
+/// is dropped over a new one, not left behind with a warning.
+#[tokio::test]
+async fn a_scratch_database_is_dropped_over_a_new_connection_when_the_run_s_is_lost() {
+    let db = support::database().await;
+    let dir = with_003(support::SLEEP, Some("SELECT 1;\n"));
+    let mut job = Running::spawn(
+        binary()
+            .args(["test", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let created = job.wait_for("scratch database created", |e| {
+        e["message"] == "scratch database created"
+    });
+    let name = created["database"].as_str().unwrap().to_string();
+    let scratch = TestDb {
+        url: format!("{}/{name}", support::server().base_url),
+        name: name.clone(),
+    };
+    support::running(&scratch, "pg_sleep(300)").await;
+    // The run's session on the target ends, then the replay's.
+    let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;
+    for database in [&db.name, &name] {
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[database],
+            )
+            .await
+            .unwrap();
+    }
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(1), "{events:#?}");
+    assert!(
+        (events.iter()).any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("dropping it over a new one"))),
+        "{events:#?}"
+    );
+    assert!(
+        (events.iter()).any(|e| e["message"] == "scratch database dropped"),
+        "{events:#?}"
+    );
+    assert!(!support::database_exists(&name).await);
+}
+
 #[tokio::test]
 async fn a_user_who_may_not_create_databases_is_told_to_give_a_scratch_database() {
     let db = support::database().await;

@@ -55,7 +55,13 @@ pub enum Purpose {
     /// One that holds a server session of a transaction pooler busy, so that the run's own
     /// connection is sent to another (`lock::release_in`): tried once.
     Reset,
+    /// One that drops the scratch database when the connection that made it is lost: retried
+    /// for [`CLEANUP_RETRY`] at most, since a database left behind is the run's litter.
+    Cleanup,
 }
+
+/// How long a [`Purpose::Cleanup`] connection is retried.
+pub const CLEANUP_RETRY: Duration = Duration::from_secs(10);
 
 impl Purpose {
     fn as_str(self) -> &'static str {
@@ -63,6 +69,7 @@ impl Purpose {
             Purpose::Migration => "migration",
             Purpose::Monitor => "monitor",
             Purpose::Reset => "reset",
+            Purpose::Cleanup => "cleanup",
         }
     }
 }
@@ -230,6 +237,7 @@ impl Dialer {
         let retry_for = match purpose {
             Purpose::Migration => self.retry_for,
             Purpose::Monitor | Purpose::Reset => Duration::ZERO,
+            Purpose::Cleanup => self.retry_for.min(CLEANUP_RETRY),
         };
         let deadline = Instant::now() + retry_for;
         let mut pause = Duration::from_millis(200);
