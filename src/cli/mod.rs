@@ -211,7 +211,7 @@ pub enum CommandArgs {
     /// Record the current checksum of an applied file that was edited on purpose.
     Repair {
         /// The applied migration whose recorded checksum to replace with its file's.
-        #[arg(long)]
+        #[arg(long, value_parser = values::version)]
         version: i64,
     },
     /// Record versions up to N (or what another tool applied) as applied without running
@@ -242,7 +242,7 @@ pub enum CommandArgs {
     #[command(after_help = "Example:\n  db-migrate forget --version 7")]
     Forget {
         /// The version whose history row to delete.
-        #[arg(long)]
+        #[arg(long, value_parser = values::version)]
         version: i64,
         /// Delete the row even though the migration's file is there.
         #[arg(long)]
@@ -283,7 +283,7 @@ pub struct SchemaArgs {
 #[command(group(ArgGroup::new("what").required(true).args(["version", "from"])))]
 pub struct BaselineArgs {
     /// Record every version up to and including N.
-    #[arg(long)]
+    #[arg(long, value_parser = values::version)]
     version: Option<i64>,
     /// Record what this tool's history table says it applied; the tool's table is left as it is.
     #[arg(long, value_enum)]
@@ -354,13 +354,13 @@ pub struct PlanArgs {
     #[arg(long, requires = "down_extent")]
     down: bool,
     /// Without --down: stop after this version.
-    #[arg(long, conflicts_with = "down")]
+    #[arg(long, conflicts_with = "down", value_parser = values::version)]
     target: Option<i64>,
     /// With --down: this many rollbacks.
     #[arg(long, requires = "down", conflicts_with = "to", value_parser = clap::value_parser!(u64).range(1..))]
     steps: Option<u64>,
     /// With --down: every migration newer than this version.
-    #[arg(long, requires = "down")]
+    #[arg(long, requires = "down", value_parser = values::version)]
     to: Option<i64>,
     /// With --down: every applied migration.
     #[arg(long, requires = "down")]
@@ -382,7 +382,7 @@ pub enum PlanFormatArg {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Stop after this version.
-    #[arg(long)]
+    #[arg(long, value_parser = values::version)]
     target: Option<i64>,
     /// Run the pending migrations in a transaction that is rolled back.
     #[arg(long, conflicts_with = "single_transaction")]
@@ -403,7 +403,7 @@ pub struct DownArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "to")]
     steps: Option<u64>,
     /// Roll back every migration newer than this version (0: all).
-    #[arg(long)]
+    #[arg(long, value_parser = values::version)]
     to: Option<i64>,
     /// Roll back every applied migration; a --steps or --to given as well takes its place
     /// (`npm run db:migrate:down -- --steps 1`).

@@ -120,6 +120,24 @@ pub fn lock_timeout(text: &str) -> Result<Span, String> {
     }
 }
 
+/// A migration's version, as `--target`, `--to` and `--version` take it: the whole number a
+/// file's name starts with. A diesel version typed with its dashes is told how it reads here.
+pub fn version(text: &str) -> Result<i64, String> {
+    if let Ok(version) = text.trim().parse() {
+        return Ok(version);
+    }
+    let dashed = text.contains('-') && text.chars().all(|c| c.is_ascii_digit() || c == '-');
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    match dashed && digits.parse::<i64>().is_ok() {
+        true => Err(format!(
+            "a version is a whole number: {digits}, without the dashes"
+        )),
+        false => Err(
+            "a version is the whole number a migration file's name starts with, e.g. 3 for 003_add_indexes.sql".into(),
+        ),
+    }
+}
+
 /// `90`, `90s`, `1500ms`, `5m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -142,6 +160,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use crate::{config, connect};
+
+    #[test]
+    fn a_version_is_a_whole_number_and_a_dashed_one_is_told_how_it_reads() {
+        assert_eq!(version("20200802025026"), Ok(20200802025026));
+        assert_eq!(
+            version("2020-08-02-025026"),
+            Err("a version is a whole number: 20200802025026, without the dashes".into())
+        );
+        assert!(
+            version("v3")
+                .unwrap_err()
+                .contains("e.g. 3 for 003_add_indexes.sql")
+        );
+        assert!(version("-").unwrap_err().contains("e.g. 3 for"));
+    }
 
     #[test]
     fn durations_take_units() {
