@@ -549,7 +549,11 @@ impl Job<'_> {
         let (report, traced) = trace::run_partly(client, session, plan, limits, budget).await;
         // A closed stdout (`| head`) is the reader's choice, not a failed run. What was
         // traced before a failure is printed with its findings; the failure ends the run.
-        let _ = trace::print(&report, format);
+        // A failure before any statement was traced leaves nothing to print ("0 statement(s)"
+        // would read as a plan with nothing in it).
+        if traced.is_ok() || !report.statements.is_empty() {
+            let _ = trace::print(&report, format);
+        }
         traced?;
         let hazards = report.hazards();
         match hazards.first() {

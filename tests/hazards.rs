@@ -1994,6 +1994,11 @@ async fn plan_prints_what_it_traced_and_found_before_a_later_migration_fails() {
         .unwrap()
         .get(0);
     assert_eq!(prompt, 1);
+    // A failure in the first migration leaves nothing traced to print.
+    let dir = support::copy_of_seed(&[("003_broken.sql", "SELECT 1/0;\n")]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout, "", "{}", out.stderr);
 }
 
 #[tokio::test]
