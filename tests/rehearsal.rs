@@ -481,8 +481,9 @@ async fn keep_going_says_why_it_stopped_when_a_failed_migration_cannot_be_applie
     );
 }
 
-#[tokio::test]
-async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
+/// A `test` whose replay sleeps in 003 on its scratch database: the job, the target
+/// database, the migrations and the scratch database's name, once the sleep runs.
+async fn sleeping_in_scratch() -> (Running, TestDb, tempfile::TempDir, String) {
     let db = support::database().await;
     let dir = with_003(support::SLEEP, Some("SELECT 1;\n"));
     let mut job = Running::spawn(
@@ -500,6 +501,12 @@ async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
         name: name.clone(),
     };
     support::running(&scratch, "pg_sleep(300)").await;
+    (job, db, dir, name)
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
+    let (job, _db, _dir, name) = sleeping_in_scratch().await;
     job.signal("TERM");
     let (code, events) = job.finish();
     assert_eq!(code, Some(143), "{events:#?}");
@@ -516,23 +523,7 @@ async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
 /// is dropped over a new one, not left behind with a warning.
 #[tokio::test]
 async fn a_scratch_database_is_dropped_over_a_new_connection_when_the_run_s_is_lost() {
-    let db = support::database().await;
-    let dir = with_003(support::SLEEP, Some("SELECT 1;\n"));
-    let mut job = Running::spawn(
-        binary()
-            .args(["test", "--log-format", "json"])
-            .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
-    let created = job.wait_for("scratch database created", |e| {
-        e["message"] == "scratch database created"
-    });
-    let name = created["database"].as_str().unwrap().to_string();
-    let scratch = TestDb {
-        url: format!("{}/{name}", support::server().base_url),
-        name: name.clone(),
-    };
-    support::running(&scratch, "pg_sleep(300)").await;
+    let (job, db, _dir, name) = sleeping_in_scratch().await;
     // The run's session on the target ends, then the replay's.
     let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;
     for database in [&db.name, &name] {
