@@ -341,9 +341,9 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
                 false => "\n",
             };
             imported.up = format!("{}{end}{NO_OP}\n", imported.up);
-            (imported.changes).push(format!(
-                "no statement: {NO_OP} added, as db-migrate runs no file without one"
-            ));
+            (imported.changes).push(
+                "no statement, so SELECT 1; was added (db-migrate runs no file without one)".into(),
+            );
         }
         if layout == Layout::GolangMigrate {
             imported.up = morph_marked(&imported.up, &mut imported.changes, "");

@@ -414,7 +414,7 @@ async fn a_migration_without_a_statement_keeps_its_version_and_files_keep_their_
     let (dest, out) = imported_and_run("sqlx", src.path()).await;
     assert!(
         out.stdout.contains(
-            "(no statement: SELECT 1; -- imported without a statement added, as db-migrate runs no file without one, no rollback (the rollback holds no statement))"
+            "(no statement, so SELECT 1; was added (db-migrate runs no file without one), no rollback (the rollback holds no statement))"
         ),
         "{}",
         out.stdout
