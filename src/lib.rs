@@ -588,7 +588,8 @@ impl Job<'_> {
                         None => None,
                     }
                 };
-                let (read, found) = tokio::join!(read, found);
+                let both = async { tokio::join!(read, found) };
+                let (read, found) = monitor::guarded(db.dialer, session.backend_pid, both).await;
                 if let Some(found) = found {
                     unlocated = found?;
                 }
@@ -698,7 +699,8 @@ impl Job<'_> {
                 "migration cannot be rolled back yet: its rollback file holds no statement; write it (down refuses to pass this version until then)"
             );
         }
-        rules::refuse(client, &plan, config.hazards, tables)
+        let refused = rules::refuse(client, &plan, config.hazards, tables);
+        monitor::guarded(db.dialer, session.backend_pid, refused)
             .await
             .map_err(|error| npm_hint(error, config.npm_script.as_deref()))?;
         // Under the migration lock and before anything changes: `auto` only when the plan

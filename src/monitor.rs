@@ -379,6 +379,79 @@ impl<'a> Monitor<'a> {
     }
 }
 
+/// Runs `work`, a query of the run's own on its migration connection (server session `pid`)
+/// outside a migration: the history read under the lock, the hazard rules' counts. The
+/// monitor does not watch those; here, once [`STALL_AFTER`] has passed without the answer, a
+/// connection of its own looks every [`LOOK_EVERY`] whether that session sits idle, waiting
+/// for the job, while the job waits for it: a stalled link, ended as the monitor ends one
+/// (the session, then the job's side), so that `work` fails as on a lost connection instead
+/// of holding the migration lock for as long as the link stays stalled. A quick query never
+/// opens that connection.
+pub async fn guarded<T>(dialer: &Dialer, pid: i32, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    tokio::select! {
+        output = &mut work => return output,
+        _ = tokio::time::sleep(STALL_AFTER) => {}
+    }
+    let mut client: Option<Client> = None;
+    // Gone only counts where the look saw the session before: another server (a URL naming
+    // several) would not know the pid at all.
+    let mut seen = false;
+    loop {
+        let look = async {
+            if client.is_none() {
+                client = dialer.open(Purpose::Monitor).await.ok();
+            }
+            let client = client.as_ref()?;
+            let row = client
+                .query_opt(
+                    "SELECT a.state LIKE 'idle%' AND a.state_change < clock_timestamp() - $2::float8 * interval '1 ms'
+                       FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1",
+                    &[&pid, &(STALL_AFTER.as_millis() as f64)],
+                )
+                .await;
+            Some(row.map(|row| row.map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))))
+        };
+        let looked = tokio::select! {
+            output = &mut work => return output,
+            looked = tokio::time::timeout(LOOK_TIMEOUT, look) => looked,
+        };
+        let stalled = match looked {
+            Ok(Some(Ok(Some(idle)))) => {
+                seen = true;
+                idle
+            }
+            Ok(Some(Ok(None))) => seen,
+            // No look this time (no connection, an error, no answer): another later.
+            _ => {
+                client = None;
+                false
+            }
+        };
+        // Idle past the stall, or gone, while the job still waits on it.
+        if stalled {
+            warn!(
+                pid,
+                "the run's server session waits for the job while the job waits for its answer: the connection has stalled; ending the session and closing the connection"
+            );
+            if let Some(client) = &client {
+                let pid: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&pid];
+                let ending = client.execute("SELECT pg_catalog.pg_terminate_backend($1)", &pid);
+                let _ = tokio::time::timeout(LOOK_TIMEOUT, ending).await;
+            }
+            dialer.sever();
+            return work.await;
+        }
+        tokio::select! {
+            output = &mut work => return output,
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+    }
+}
+
+/// How often [`guarded`] looks once it has begun to.
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+
 /// What one look found of the migration's session.
 enum Seen {
     Session(Box<Sample>),

@@ -272,6 +272,53 @@ async fn a_connection_that_stalls_mid_run_is_ended_and_the_run_stops() {
     .await;
 }
 
+/// The same stall outside any migration, while the hazard rules count a table's rows under
+/// the migration lock: no monitor runs then, and the run waited for as long as the link
+/// stayed stalled, holding the lock.
+#[tokio::test]
+async fn a_connection_that_stalls_while_the_rules_count_rows_is_ended_and_the_run_stops() {
+    let db = support::database().await;
+    support::up_ok(&db, &support::seed_dir()).await;
+    let server_port = support::server().port;
+    let proxy = proxy::Proxy::start(server_port);
+    let url = db
+        .url
+        .replace(&format!(":{server_port}/"), &format!(":{}/", proxy.port));
+    let dir = support::copy_of_seed(&[(
+        "003_index.sql",
+        "CREATE INDEX IF NOT EXISTS prompt_idx ON video_requests (prompt);\n",
+    )]);
+    // The count waits behind this lock, so the stall lands while it runs.
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE video_requests IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json", "--ddl-lock-timeout", "60s"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    support::running(&db, "count(*) FROM (SELECT 1 FROM").await;
+    proxy.freeze();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let mut job = job;
+    job.wait_for("saying the connection stalled", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the connection has stalled"))
+    });
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(1), "{events:#?}");
+    let watcher = db.client().await;
+    assert_eq!(history(&watcher).await, [1, 2]);
+    eventually("the stalled server session to end", || async {
+        !migration_lock_held(&watcher).await
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sigterm_cancels_on_the_host_the_run_reached_when_the_url_names_several() {
     // The first host closes the run's connection at once, so the run connects to the second;
