@@ -757,7 +757,8 @@ impl Job<'_> {
         report.result?;
         if !dry_run {
             let done = &plan.steps[..report.completed.min(plan.steps.len())];
-            history::check_kept(client, table, applied, done, plan.direction).await?;
+            let kept = history::check_kept(client, table, applied, done, plan.direction);
+            monitor::guarded(db.dialer, pid, kept).await?;
         }
         match &config.write_schema {
             Some(path) if mode != Mode::DryRun => {

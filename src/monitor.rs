@@ -262,6 +262,12 @@ impl<'a> Monitor<'a> {
         }
     }
 
+    /// [`guarded`] on the migration's session: for what the run asks there between
+    /// migrations (creating the history table, preparing its statements).
+    pub async fn guard<T>(&self, work: impl Future<Output = T>) -> T {
+        guarded(self.dialer, self.pid, work).await
+    }
+
     /// The link to the migration's session has stalled (see the module docs): ends the
     /// session, then the job's side of the connection, so the work fails as on a lost one.
     async fn stalled(&mut self, version: i64, sample: &Sample) {
@@ -386,7 +392,9 @@ impl<'a> Monitor<'a> {
 /// for the job, while the job waits for it: a stalled link, ended as the monitor ends one
 /// (the session, then the job's side), so that `work` fails as on a lost connection instead
 /// of holding the migration lock for as long as the link stays stalled. A quick query never
-/// opens that connection.
+/// opens that connection. `work` must be the run waiting on the server, not on itself: the
+/// hazard rules parse between their queries, quickly (the parser is skipped for what cannot
+/// concern them), and a file written meanwhile would be taken for a stall.
 pub async fn guarded<T>(dialer: &Dialer, pid: i32, work: impl Future<Output = T>) -> T {
     tokio::pin!(work);
     tokio::select! {

@@ -179,7 +179,7 @@ pub async fn run(
                 created?;
                 statements
             };
-            match prepare.await {
+            match monitor.guard(prepare).await {
                 Ok(statements) => {
                     run.prepared = Some(Mutex::new(statements));
                     each(&run, monitor, plan, &mut completed).await
