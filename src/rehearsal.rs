@@ -260,6 +260,9 @@ pub async fn run(
     Ok(report)
 }
 
+/// What a connection lost during a replay leaves: nothing of the target, no verdict.
+const SCRATCH_LOST: &str = "that was the scratch database, which is dropped: the test did not finish, and no migration failed it; run it again";
+
 /// The scratch database as the rehearsal goes: how to run files there, and its schema
 /// before the migration being tested.
 struct Rehearsal<'a, 'm> {
@@ -296,6 +299,25 @@ impl Rehearsal<'_, '_> {
             let ran = self.file(migration, step).await;
             let (failure, notes) = match ran {
                 Err(error @ Error::Interrupted(_)) => return Err(error),
+                // A lost connection to the scratch database fails the run, not the migration:
+                // CI must not report a network blip as a broken file.
+                Err(Error::ConnectionLost {
+                    version,
+                    file,
+                    cause,
+                    ..
+                }) => {
+                    return Err(Error::ConnectionLost {
+                        version,
+                        file,
+                        cause,
+                        outcome: SCRATCH_LOST,
+                        uncertain: false,
+                    });
+                }
+                Err(error @ Error::Database { .. }) if error.connection_closed() => {
+                    return Err(error);
+                }
                 Err(error) => (Some(Failure::Error(error.to_string())), Vec::new()),
                 Ok(wrote) => {
                     // A second run that wrote nothing changed no catalog: the schema is the

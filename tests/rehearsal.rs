@@ -551,6 +551,32 @@ async fn a_scratch_database_is_dropped_over_a_new_connection_when_the_run_s_is_l
     assert!(!support::database_exists(&name).await);
 }
 
+/// The scratch database's connection is lost mid-replay: the run fails (exit 1) as on a lost
+/// connection, and says that no migration failed the test.
+#[tokio::test]
+async fn a_lost_scratch_connection_fails_the_run_and_blames_no_migration() {
+    let (job, _db, _dir, name) = sleeping_in_scratch().await;
+    let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(1), "{events:#?}");
+    let summary = events.last().unwrap();
+    assert_ne!(summary["outcome"], "test_failed", "{summary}");
+    let message = summary["message"].as_str().unwrap();
+    assert!(
+        message.contains("the test did not finish, and no migration failed it"),
+        "{message}"
+    );
+    assert!(!support::database_exists(&name).await);
+}
+
 #[tokio::test]
 async fn a_user_who_may_not_create_databases_is_told_to_give_a_scratch_database() {
     let db = support::database().await;

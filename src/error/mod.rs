@@ -383,6 +383,15 @@ impl Error {
         }
     }
 
+    /// Whether a query failed because its connection closed (or broke), not because the
+    /// server refused it.
+    pub fn connection_closed(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => source.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+
     /// Whether the run cannot tell what is applied now: an answer lost after a `COMMIT` or a
     /// history change went out.
     pub fn history_unknown(&self) -> bool {
