@@ -278,22 +278,7 @@ impl<'a> Monitor<'a> {
             idle_ms,
             "the migration's server session has waited for the job while the job waited for its answers: the connection has stalled; ending the session and closing the connection"
         );
-        if let Some(client) = &self.client {
-            let terminate = "SELECT pg_catalog.pg_terminate_backend($1)";
-            let pid: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.pid];
-            let ending = client.execute(terminate, &pid);
-            let failed = match tokio::time::timeout(LOOK_TIMEOUT, ending).await {
-                Ok(Ok(_)) => None,
-                Ok(Err(error)) => Some(crate::error::describe_db(&error)),
-                Err(_) => Some("no answer".to_string()),
-            };
-            // Then its transaction ends by the server's idle_in_transaction_session_timeout,
-            // and the migration lock only with the server's own view of the connection.
-            if let Some(error) = failed {
-                warn!(version, pid = self.pid, error = %error, "could not end the stalled server session");
-            }
-        }
-        self.dialer.sever();
+        end_stalled(self.dialer, self.client.as_ref(), self.pid).await;
     }
 
     async fn sample(&mut self) -> Option<Seen> {
@@ -442,12 +427,7 @@ pub async fn guarded<T>(dialer: &Dialer, pid: i32, work: impl Future<Output = T>
                 pid,
                 "the run's server session waits for the job while the job waits for its answer: the connection has stalled; ending the session and closing the connection"
             );
-            if let Some(client) = &client {
-                let pid: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&pid];
-                let ending = client.execute("SELECT pg_catalog.pg_terminate_backend($1)", &pid);
-                let _ = tokio::time::timeout(LOOK_TIMEOUT, ending).await;
-            }
-            dialer.sever();
+            end_stalled(dialer, client.as_ref(), pid).await;
             return work.await;
         }
         tokio::select! {
@@ -455,6 +435,28 @@ pub async fn guarded<T>(dialer: &Dialer, pid: i32, work: impl Future<Output = T>
             _ = tokio::time::sleep(LOOK_EVERY) => {}
         }
     }
+}
+
+/// Ends the stalled server session `pid` from `client` (the watching connection, when one is
+/// open), then closes the job's side of the connection, so what waits on it fails as on a
+/// lost one.
+async fn end_stalled(dialer: &Dialer, client: Option<&Client>, pid: i32) {
+    if let Some(client) = client {
+        let terminate = "SELECT pg_catalog.pg_terminate_backend($1)";
+        let pids: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&pid];
+        let ending = client.execute(terminate, &pids);
+        let failed = match tokio::time::timeout(LOOK_TIMEOUT, ending).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(crate::error::describe_db(&error)),
+            Err(_) => Some("no answer".to_string()),
+        };
+        // Then its transaction ends by the server's idle_in_transaction_session_timeout,
+        // and the migration lock only with the server's own view of the connection.
+        if let Some(error) = failed {
+            warn!(pid, error = %error, "could not end the stalled server session");
+        }
+    }
+    dialer.sever();
 }
 
 /// How often [`guarded`] looks once it has begun to.

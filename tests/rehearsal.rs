@@ -504,6 +504,19 @@ async fn sleeping_in_scratch() -> (Running, TestDb, tempfile::TempDir, String) {
     (job, db, dir, name)
 }
 
+/// Ends every session on database `name` but the caller's.
+async fn end_sessions(name: &str) {
+    let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
     let (job, _db, _dir, name) = sleeping_in_scratch().await;
@@ -525,17 +538,8 @@ async fn sigterm_stops_the_test_and_the_scratch_database_is_dropped() {
 async fn a_scratch_database_is_dropped_over_a_new_connection_when_the_run_s_is_lost() {
     let (job, db, _dir, name) = sleeping_in_scratch().await;
     // The run's session on the target ends, then the replay's.
-    let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;
-    for database in [&db.name, &name] {
-        admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = $1 AND pid <> pg_backend_pid()",
-                &[database],
-            )
-            .await
-            .unwrap();
-    }
+    end_sessions(&db.name).await;
+    end_sessions(&name).await;
     let (code, events) = job.finish();
     assert_eq!(code, Some(1), "{events:#?}");
     assert!(
@@ -556,15 +560,7 @@ async fn a_scratch_database_is_dropped_over_a_new_connection_when_the_run_s_is_l
 #[tokio::test]
 async fn a_lost_scratch_connection_fails_the_run_and_blames_no_migration() {
     let (job, _db, _dir, name) = sleeping_in_scratch().await;
-    let admin = support::connect(&format!("{}/postgres", support::server().base_url)).await;
-    admin
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND pid <> pg_backend_pid()",
-            &[&name],
-        )
-        .await
-        .unwrap();
+    end_sessions(&name).await;
     let (code, events) = job.finish();
     assert_eq!(code, Some(1), "{events:#?}");
     let summary = events.last().unwrap();
