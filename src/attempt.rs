@@ -52,10 +52,20 @@ pub fn failure(target: String, error: tokio_postgres::Error) -> Failure {
 /// itself and closes the connection once its `query_wait_timeout` passes (PgBouncer: 08P01),
 /// and a server shutting down or ending the session does the same (57P01, 57P02). Nothing of
 /// the run had been done; the error otherwise read as a failed migration, exit 1.
-pub fn first_queries(target: &str, error: Error, closed: bool) -> Error {
+pub fn first_queries(target: &str, error: Error, closed: bool, stalled: bool) -> Error {
     let Error::Database { source, context } = error else {
         return error;
     };
+    if stalled {
+        return Error::Connect {
+            target: target.to_string(),
+            reason: format!(
+                "the link stalled before the first queries were answered ({}): the server's session sat idle, waiting for the job, while the job waited for its answers (a proxy that hangs, or a flow a NAT dropped), so the run ended that session; nothing ran: run again",
+                describe_db(&source)
+            ),
+            source,
+        };
+    }
     // The connection may not be seen closed yet when the error is: the pooler's error and
     // its end of the connection arrive together, and the client reads the one before the
     // other (a full run of tests/pooler.rs here saw it). An error that ends the

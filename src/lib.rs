@@ -207,6 +207,9 @@ type Read = (
 /// What the commands that talk to the database share once connected.
 struct Connected<'a> {
     dialer: &'a connect::Dialer,
+    /// The run's connection as opened, for guarding what the commands that set up no session
+    /// ask.
+    login: Option<monitor::Login>,
     /// The empty database `--scratch-url` gives, when it does.
     scratch: Option<&'a connect::Dialer>,
     client: &'a Client,
@@ -272,6 +275,7 @@ impl Job<'_> {
         let (dialer, scratch) = (&dialer, scratch.as_ref());
         let interrupt = Interrupt::default();
         let work = async {
+            let opening_from = std::time::SystemTime::now();
             let mut opening = Box::pin(dialer.open(connect::Purpose::Migration));
             let mut files = Box::pin(self.files(loading));
             let mut loaded = None;
@@ -293,12 +297,22 @@ impl Job<'_> {
                 }
                 (Err(error), Some(_)) => return Err(error),
             };
+            let login = connect::announced_pid(&client.cancel_token())
+                .await
+                .map(|pid| monitor::Login {
+                    pid,
+                    from: opening_from,
+                    to: std::time::SystemTime::now(),
+                });
             interrupt.arm(dialer.canceller(client.cancel_token()));
             // The run's first round trips go out while the files are still being read; a
             // failure among them is still said first, and then the connection is dropped
             // (with the lock, when the first try took it: it ends with the session).
             let version = dialer.reported_version();
-            let mut pending = Box::pin(prelude(self.config, &client, version));
+            // One round trip, guarded: behind a link that hangs it would hold the lock (when
+            // the try took it) for as long as the link does.
+            let pending = prelude(self.config, &client, version);
+            let mut pending = Box::pin(monitor::guarded_login(dialer, login, pending));
             let mut early = None;
             let migrations = UntilExit::new(match loaded {
                 Some(migrations) => migrations,
@@ -316,8 +330,14 @@ impl Job<'_> {
             drop(files);
             // Boxed: what follows is most of the run's state, too much to keep on the stack
             // of the thread that polls it (a test's has 2 MiB).
-            let connected =
-                self.connect(dialer, scratch, &client, prelude, &migrations, &interrupt);
+            let connected = self.connect(
+                (dialer, login),
+                scratch,
+                &client,
+                prelude,
+                &migrations,
+                &interrupt,
+            );
             Box::pin(connected).await
         };
         let result = interrupt::guard(&interrupt, work).await;
@@ -398,14 +418,17 @@ impl Job<'_> {
 
     async fn connect(
         &mut self,
-        dialer: &connect::Dialer,
+        (dialer, login): (&connect::Dialer, Option<monitor::Login>),
         scratch: Option<&connect::Dialer>,
         client: &Client,
         prelude: Prelude,
         migrations: &[Migration],
         interrupt: &Interrupt,
     ) -> Result<(), Error> {
-        let early = |error| attempt::first_queries(dialer.target(), error, client.is_closed());
+        let early = |error| {
+            let (closed, stalled) = (client.is_closed(), dialer.severed());
+            attempt::first_queries(dialer.target(), error, closed, stalled)
+        };
         let (table, unlocated, changing) = match prelude {
             Prelude::ReadOnly(table) => (table.map_err(early)?, None, None),
             Prelude::Changing(prelude) => {
@@ -415,6 +438,7 @@ impl Job<'_> {
         };
         let db = Connected {
             dialer,
+            login,
             scratch,
             client,
             table: &table,
@@ -473,7 +497,9 @@ impl Job<'_> {
             Command::Status { .. } => history::Columns::WithTimes,
             _ => history::Columns::Checks,
         };
-        let applied = (history::applied(db.client, db.table, columns).await?).unwrap_or_default();
+        let read = history::applied(db.client, db.table, columns);
+        let applied = monitor::guarded_login(db.dialer, db.login, read).await;
+        let applied = applied?.unwrap_or_default();
         let mut status = plan::status(db.migrations, &applied);
         // An applied version two files claim is shown as such, by the name history records,
         // not compared with the file kept (the first by name), which may well be the one that

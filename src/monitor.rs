@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::Client;
 use tracing::warn;
@@ -381,6 +381,46 @@ impl<'a> Monitor<'a> {
 /// hazard rules parse between their queries, quickly (the parser is skipped for what cannot
 /// concern them), and a file written meanwhile would be taken for a stall.
 pub async fn guarded<T>(dialer: &Dialer, pid: i32, work: impl Future<Output = T>) -> T {
+    watched(dialer, pid, None, work).await
+}
+
+/// The run's connection before its session is set up: the pid the server announced at
+/// login, and when the connection was being opened, by this machine's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Login {
+    pub pid: i32,
+    pub from: SystemTime,
+    pub to: SystemTime,
+}
+
+/// [`guarded`] for what the run asks before its session is set up and has read its own pid
+/// back (its first message; `status`'s and `verify`'s history read): `login`'s pid is all it
+/// knows of its session then, and behind a pooler that pid is the pooler's, or another
+/// client's real session. So the session must also show itself as the run's: the run's
+/// application_name (the look connects with the same settings) and a start within the
+/// connection's opening, by the server's clock set against this machine's. A session that
+/// cannot be told apart is never ended; the run then waits on, as it would have, and says so.
+pub async fn guarded_login<T>(
+    dialer: &Dialer,
+    login: Option<Login>,
+    work: impl Future<Output = T>,
+) -> T {
+    match login {
+        Some(login) => watched(dialer, login.pid, Some(login), work).await,
+        None => work.await,
+    }
+}
+
+/// How far a session's start may lie outside the connection's opening, by the server's clock
+/// set against the job's: the look's own round trip, and clocks read a moment apart.
+const LOGIN_MARGIN_S: f64 = 1.0;
+
+async fn watched<T>(
+    dialer: &Dialer,
+    pid: i32,
+    login: Option<Login>,
+    work: impl Future<Output = T>,
+) -> T {
     tokio::pin!(work);
     tokio::select! {
         output = &mut work => return output,
@@ -390,17 +430,35 @@ pub async fn guarded<T>(dialer: &Dialer, pid: i32, work: impl Future<Output = T>
     // Gone only counts where the look saw the session before: another server (a URL naming
     // several) would not know the pid at all.
     let mut seen = false;
+    let mut said = false;
+    let epoch = |time: SystemTime| {
+        time.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64())
+    };
+    let (from, to) = match login {
+        Some(login) => (
+            Some(epoch(login.from) - LOGIN_MARGIN_S),
+            Some(epoch(login.to) + LOGIN_MARGIN_S),
+        ),
+        None => (None, None),
+    };
     loop {
         let look = async {
             if client.is_none() {
                 client = dialer.open(Purpose::Monitor).await.ok();
             }
             let client = client.as_ref()?;
+            let now = epoch(SystemTime::now());
             let row = client
                 .query_opt(
                     "SELECT a.state LIKE 'idle%' AND a.state_change < clock_timestamp() - $2::float8 * interval '1 ms'
-                       FROM pg_catalog.pg_stat_activity a WHERE a.pid = $1",
-                    &[&pid, &(STALL_AFTER.as_millis() as f64)],
+                       FROM pg_catalog.pg_stat_activity a
+                      WHERE a.pid = $1
+                        AND ($3::float8 IS NULL
+                             OR a.application_name = pg_catalog.current_setting('application_name')
+                                AND a.backend_start - (pg_catalog.clock_timestamp() - pg_catalog.to_timestamp($5::float8))
+                                    BETWEEN pg_catalog.to_timestamp($3::float8) AND pg_catalog.to_timestamp($4::float8))",
+                    &[&pid, &(STALL_AFTER.as_millis() as f64), &from, &to, &now],
                 )
                 .await;
             Some(row.map(|row| row.map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))))
@@ -412,22 +470,34 @@ pub async fn guarded<T>(dialer: &Dialer, pid: i32, work: impl Future<Output = T>
         let stalled = match looked {
             Ok(Some(Ok(Some(idle)))) => {
                 seen = true;
-                idle
+                idle.then_some(true)
             }
-            Ok(Some(Ok(None))) => seen,
+            // Gone: the session ended, and only the job's side is left to close.
+            Ok(Some(Ok(None))) if seen => Some(false),
+            Ok(Some(Ok(None))) => {
+                if !said && login.is_some() {
+                    said = true;
+                    warn!(
+                        pid,
+                        "no answer from the server for 10 s, and the server session announced at login is not one the run can tell is its own (a pooler's?): the run waits on; the connection's keepalives end a link that dropped"
+                    );
+                }
+                None
+            }
             // No look this time (no connection, an error, no answer): another later.
             _ => {
                 client = None;
-                false
+                None
             }
         };
         // Idle past the stall, or gone, while the job still waits on it.
-        if stalled {
+        if let Some(idle) = stalled {
             warn!(
                 pid,
                 "the run's server session waits for the job while the job waits for its answer: the connection has stalled; ending the session and closing the connection"
             );
-            end_stalled(dialer, client.as_ref(), pid).await;
+            let client = client.as_ref().filter(|_| idle);
+            end_stalled(dialer, client, pid).await;
             return work.await;
         }
         tokio::select! {

@@ -319,6 +319,105 @@ async fn a_connection_that_stalls_while_the_rules_count_rows_is_ended_and_the_ru
     .await;
 }
 
+/// The link hangs right after the login, so the run's first message (the session's setup,
+/// the lock's first try, the history read) never arrives: the run knows only the pid the
+/// server announced, and its session sits idle. That session shows itself as the run's (its
+/// application_name, its start within the connection's opening), so it is ended and the run
+/// stops, where it waited for as long as the link hung.
+#[tokio::test]
+async fn a_link_that_hangs_before_the_first_answer_is_ended_and_the_run_stops() {
+    let db = support::database().await;
+    let server_port = support::server().port;
+    let watcher = db.client().await;
+    for args in [&["up"][..], &["status"]] {
+        let proxy = proxy::Proxy::freezing_after_login(server_port, None);
+        let url = db
+            .url
+            .replace(&format!(":{server_port}/"), &format!(":{}/", proxy.port));
+        let mut job = Running::spawn(
+            binary()
+                .args(args)
+                .args(["--log-format", "json"])
+                .env("DATABASE_URL", &url)
+                .env("MIGRATIONS_DIR", support::seed_dir()),
+        );
+        job.wait_for("saying the connection stalled", |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("the connection has stalled"))
+        });
+        let (code, events) = job.finish();
+        assert_eq!(code, Some(5), "{args:?}: {events:#?}");
+        let summary = events.last().unwrap();
+        assert_eq!(summary["outcome"], "connect_failed", "{summary}");
+        let message = summary["message"].as_str().unwrap();
+        assert!(message.contains("the link stalled"), "{message}");
+        assert!(support::tables(&watcher).await.is_empty());
+        eventually("the stalled server session to end", || async {
+            let query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                         AND pid <> pg_backend_pid()";
+            watcher
+                .query_one(query, &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        })
+        .await;
+    }
+}
+
+/// The same hang behind a proxy that announces another session's pid, one that looks like a
+/// run's (its application_name is db-migrate's): it started before this connection opened, so
+/// it is not ended, and the run says it waits on.
+#[tokio::test]
+async fn a_hang_before_the_first_answer_never_ends_a_session_the_run_cannot_tell_is_its_own() {
+    let db = support::database().await;
+    let server_port = support::server().port;
+    let other = db.client().await;
+    other
+        .batch_execute("SET application_name = 'db-migrate'")
+        .await
+        .unwrap();
+    let pid: i32 = other
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Older than the run's connection by more than clocks read a moment apart could blur.
+    eventually("the other session to be 2 s old", || async {
+        let query = "SELECT clock_timestamp() - backend_start > interval '2 s' \
+                     FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+        other.query_one(query, &[]).await.unwrap().get::<_, bool>(0)
+    })
+    .await;
+    let proxy = proxy::Proxy::freezing_after_login(server_port, Some(pid));
+    let url = db
+        .url
+        .replace(&format!(":{server_port}/"), &format!(":{}/", proxy.port));
+    let mut job = Running::spawn(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &url)
+            .env("MIGRATIONS_DIR", support::seed_dir()),
+    );
+    job.wait_for("saying it cannot tell its session", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not one the run can tell is its own"))
+    });
+    job.signal("KILL");
+    let (code, events) = job.finish();
+    assert_eq!(code, None, "{events:#?}");
+    assert!(
+        !events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("has stalled"))),
+        "{events:#?}"
+    );
+    other.batch_execute("SELECT 1").await.unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_cancels_on_the_host_the_run_reached_when_the_url_names_several() {
     // The first host closes the run's connection at once, so the run connects to the second;

@@ -33,12 +33,14 @@ pub(super) async fn run(
         Direction::Down => Vec::new(),
     };
     let open = format!("{}; {}", run.session.reset(), run.session.check_lock());
-    let open = client
-        .simple_query(&open)
-        .await
-        .map_err(|e| refused(run, step, e, "starting it", "nothing of it ran"))?;
+    // Its own messages, outside the monitor's watch of the statements: guarded against a
+    // stalled link as well.
+    let open = monitor.guard(client.simple_query(&open)).await;
+    let open = open.map_err(|e| refused(run, step, e, "starting it", "nothing of it ran"))?;
     run.session.check_same(session::pid(&open))?;
-    rebuild_invalid_indexes(client, &creates).await?;
+    monitor
+        .guard(rebuild_invalid_indexes(client, &creates))
+        .await?;
     let mut counts = Vec::new();
     // Where the file opened a transaction block it has not ended yet: a lock timeout inside
     // it rolls the block back, which then runs again from its BEGIN.
@@ -144,7 +146,8 @@ pub(super) async fn run(
             }
         }
     }
-    if let Some(index) = invalid_indexes(client, &creates).await?.into_iter().next() {
+    let invalid = monitor.guard(invalid_indexes(client, &creates)).await?;
+    if let Some(index) = invalid.into_iter().next() {
         return Err(Error::InvalidIndex {
             version: migration.version,
             file: script.path.clone(),

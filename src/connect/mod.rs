@@ -92,6 +92,8 @@ pub struct Dialer {
     /// The server version the latest migration connection's server reported at login, as
     /// [`Dialer::reported_version`] gives it; 0 for none.
     reported: std::sync::atomic::AtomicI32,
+    /// Whether [`Dialer::sever`] closed a migration connection.
+    severed: std::sync::atomic::AtomicBool,
 }
 
 /// How the connections reach the server.
@@ -146,6 +148,7 @@ impl Dialer {
             way,
             cloudsql,
             link: Default::default(),
+            severed: Default::default(),
             reported: Default::default(),
         })
     }
@@ -173,6 +176,7 @@ impl Dialer {
             way,
             cloudsql: self.cloudsql.clone(),
             link: Default::default(),
+            severed: Default::default(),
             reported: Default::default(),
         }
     }
@@ -204,7 +208,14 @@ impl Dialer {
         let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(task) = link.as_ref() {
             task.abort();
+            (self.severed).store(true, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// Whether [`Dialer::sever`] closed a migration connection: what failed on it failed
+    /// for a stalled link.
+    pub fn severed(&self) -> bool {
+        self.severed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The server version the latest migration connection's server reported at login, as

@@ -25,6 +25,17 @@ impl Proxy {
     /// As [`start`](Self::start), and with `pid` in place of the server process id the server
     /// announces at login (its BackendKeyData; plaintext connections only).
     pub fn announcing(target: u16, pid: Option<i32>) -> Proxy {
+        Proxy::open(target, pid, false)
+    }
+
+    /// As [`announcing`](Self::announcing), and the first connection freezes as soon as the
+    /// login's last answer (its first ReadyForQuery) has passed: the client's first query
+    /// never arrives. Later connections pass as usual.
+    pub fn freezing_after_login(target: u16, pid: Option<i32>) -> Proxy {
+        Proxy::open(target, pid, true)
+    }
+
+    fn open(target: u16, pid: Option<i32>, freeze_first: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         listener
@@ -47,17 +58,23 @@ impl Proxy {
                     continue;
                 };
                 let flag = Arc::new(AtomicBool::new(false));
-                flags.lock().unwrap().push(Arc::clone(&flag));
-                for (from, to, announce) in [
+                let first = {
+                    let mut flags = flags.lock().unwrap();
+                    flags.push(Arc::clone(&flag));
+                    flags.len() == 1
+                };
+                for (from, to, announce, login) in [
                     (
                         client.try_clone().unwrap(),
                         server.try_clone().unwrap(),
                         None,
+                        false,
                     ),
-                    (server, client, pid),
+                    (server, client, pid, freeze_first && first),
                 ] {
                     let (flag, stopping) = (Arc::clone(&flag), Arc::clone(&stopping));
-                    std::thread::spawn(move || pass(from, to, &flag, &stopping, announce));
+                    let rules = Rules { announce, login };
+                    std::thread::spawn(move || pass(from, to, &flag, &stopping, rules));
                 }
             }
         });
@@ -78,16 +95,26 @@ impl Drop for Proxy {
     }
 }
 
+/// What one direction of a connection does besides passing bytes on.
+struct Rules {
+    /// The first BackendKeyData that passes names this pid instead.
+    announce: Option<i32>,
+    /// The connection freezes once the first ReadyForQuery has passed.
+    login: bool,
+}
+
 /// Copies `from` to `to` until either closes; frozen, it stops reading (what was read and not
-/// yet passed on is held back too) until the proxy stops. With `announce`, the first
-/// BackendKeyData that passes names that pid instead (the login's answer arrives in one read
-/// on the loopback).
+/// yet passed on is held back too) until the proxy stops. The login's answer arrives in one
+/// read on the loopback, which is what `rules` look at.
 fn pass(
     mut from: TcpStream,
     mut to: TcpStream,
     frozen: &AtomicBool,
     stop: &AtomicBool,
-    mut announce: Option<i32>,
+    Rules {
+        mut announce,
+        mut login,
+    }: Rules,
 ) {
     from.set_read_timeout(Some(Duration::from_millis(20)))
         .expect("read timeout");
@@ -111,6 +138,12 @@ fn pass(
                 {
                     buffer[at + 5..at + 9].copy_from_slice(&pid.to_be_bytes());
                     announce = None;
+                }
+                let ready = [b'Z', 0, 0, 0, 5];
+                if login && buffer[..n].windows(5).any(|w| w == ready) {
+                    // Frozen before the client can answer: its next message is dropped.
+                    frozen.store(true, Ordering::Relaxed);
+                    login = false;
                 }
                 if to.write_all(&buffer[..n]).is_err() {
                     break;
