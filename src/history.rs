@@ -442,12 +442,41 @@ pub async fn refuse_missing_schema(client: &Client, table: &Table) -> Result<(),
     )))
 }
 
+/// The refusal for a database with tables and no history when one of them is another
+/// tool's history table (its name, and for `schema_migrations` its columns, say whose): a
+/// database adopted from that tool with `--history-table` given but `baseline --from` not
+/// yet run. Applying the files would run again what that tool applied, most of which was
+/// not written to run twice.
+pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Error> {
+    let query = "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),                 CASE c.relname WHEN 'flyway_schema_history' THEN 'flyway'                      WHEN '_sqlx_migrations' THEN 'sqlx'                      WHEN '__diesel_schema_migrations' THEN 'diesel'                      WHEN 'schema_migrations' THEN CASE a.columns WHEN 'version dirty' THEN 'golang-migrate'                                                                  WHEN 'version' THEN 'dbmate' END END            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace            CROSS JOIN LATERAL (SELECT pg_catalog.string_agg(attname, ' ' ORDER BY attnum) AS columns                                  FROM pg_catalog.pg_attribute                                 WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) a           WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'             AND (c.relnamespace = '2200' OR c.relnamespace >= '16384')             AND c.relname IN ('flyway_schema_history', '_sqlx_migrations', '__diesel_schema_migrations', 'schema_migrations')             AND (c.relname <> 'schema_migrations' OR a.columns IN ('version dirty', 'version'))           ORDER BY n.nspname, c.relname LIMIT 1";
+    let rows = client
+        .query(query, &[])
+        .await
+        .map_err(Error::database("looking for another tool's history table"))?;
+    let Some(row) = rows.first() else {
+        return Ok(());
+    };
+    let tool = match row.get::<_, Option<&str>>(1) {
+        Some("flyway") => "flyway",
+        Some("sqlx") => "sqlx",
+        Some("diesel") => "diesel",
+        Some("golang-migrate") => "golang-migrate",
+        Some("dbmate") => "dbmate",
+        _ => return Ok(()),
+    };
+    Err(Error::OtherToolsHistory {
+        history: table.name.clone(),
+        tool,
+        table: row.get(0),
+    })
+}
+
 /// The warning for a database with tables and no history, when `untracked`.
 pub fn warn_untracked(table: &Table, untracked: bool) {
     if untracked {
         warn!(
             history_table = table.name(),
-            "database has tables but no history; if the old scripts migrated it, run `db-migrate baseline --version N` first (applying anyway: files are idempotent by rule)"
+            "database has tables but no history; if these migrations made them (old scripts, another tool), adopt it first with `db-migrate baseline --version N` (or `--from TOOL`); applying every file now"
         );
     }
 }

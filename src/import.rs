@@ -60,11 +60,12 @@ impl Tool {
             Tool::Sqlx => format!("SELECT version::text, success, 'SQL' FROM {table}"),
             Tool::Diesel => format!("SELECT version::text, true, 'SQL' FROM {table}"),
             // Flyway's repeatable scripts (R__) have no version; its schema-creation marker
-            // and the rows `repair` marks deleted apply nothing. A BASELINE row stands for
-            // every version up to its own, an UNDO_* row takes its version back.
+            // applies nothing. A BASELINE row stands for every version up to its own; an
+            // UNDO_* row takes its version back, and so does the DELETE row `flyway repair`
+            // writes for a migration whose file is gone (Flyway then counts it not applied).
             Tool::Flyway => format!(
                 "SELECT version, success, type FROM {table} \
-                  WHERE version IS NOT NULL AND type NOT IN ('DELETE', 'SCHEMA') \
+                  WHERE version IS NOT NULL AND type <> 'SCHEMA' \
                   ORDER BY installed_rank"
             ),
         }
@@ -116,7 +117,9 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
         }
         match kind.as_str() {
             "BASELINE" => baseline = Some(version),
-            undo if undo.starts_with("UNDO") => versions.retain(|v| *v != version),
+            undo if undo.starts_with("UNDO") || undo == "DELETE" => {
+                versions.retain(|v| *v != version)
+            }
             _ => versions.push(version),
         }
     }

@@ -633,6 +633,7 @@ impl Job<'_> {
             };
             if untracked {
                 history::refuse_missing_schema(client, table).await?;
+                history::refuse_other_tools(client, table).await?;
             }
             history::warn_untracked(table, untracked);
             if !untracked {

@@ -196,21 +196,24 @@ async fn dbmate_sqlx_diesel_and_flyway_histories_are_adopted_version_by_version(
 }
 
 #[tokio::test]
-async fn a_flyway_baseline_row_stands_for_every_version_up_to_it_and_an_undo_takes_one_back() {
+async fn a_flyway_baseline_row_stands_for_every_version_up_to_it_and_an_undo_or_a_delete_takes_one_back()
+ {
     let table = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
                  version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
                  script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
                  installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
                  success BOOLEAN NOT NULL);";
-    // Flyway adopted the database at 2 (1 and 2 were there before it), then ran 3 and 4, and
-    // undid 4.
+    // Flyway adopted the database at 2 (1 and 2 were there before it), then ran 3, 4 and 5,
+    // undid 4, and `flyway repair` marked 5 deleted (its file was gone).
     let db = managed(&format!(
         "{table} INSERT INTO flyway_schema_history VALUES \
          (1, '0', '<< Flyway Schema Creation >>', 'SCHEMA', 'public', NULL, 'u', now(), 0, true), \
          (2, '2', '<< Flyway Baseline >>', 'BASELINE', '<< Flyway Baseline >>', NULL, 'u', now(), 0, true), \
          (3, '3', 'c', 'SQL', 'V3__c.sql', 1, 'u', now(), 1, true), \
          (4, '4', 'd', 'SQL', 'V4__d.sql', 1, 'u', now(), 1, true), \
-         (5, '4', 'd', 'UNDO_SQL', 'U4__d.sql', 1, 'u', now(), 1, true);"
+         (5, '4', 'd', 'UNDO_SQL', 'U4__d.sql', 1, 'u', now(), 1, true), \
+         (6, '5', 'e', 'SQL', 'V5__e.sql', 1, 'u', now(), 1, true), \
+         (7, '5', 'e', 'DELETE', 'V5__e.sql', NULL, 'u', now(), 0, true);"
     ))
     .await;
     let dir = migrations(&[
@@ -218,6 +221,7 @@ async fn a_flyway_baseline_row_stands_for_every_version_up_to_it_and_an_undo_tak
         ("2_b.sql", "CREATE TABLE IF NOT EXISTS b (id int);"),
         ("3_c.sql", "CREATE TABLE IF NOT EXISTS c (id int);"),
         ("4_d.sql", "CREATE TABLE IF NOT EXISTS d (id int);"),
+        ("5_e.sql", "CREATE TABLE IF NOT EXISTS e (id int);"),
     ]);
     let out = run(&db, dir.path(), &["baseline", "--from", "flyway"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -266,6 +270,49 @@ async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_i
         let text = summary_message(&out);
         assert!(text.contains(expected), "{tool}: {text}");
         support::assert_no_password(&out.stderr);
+    }
+}
+
+/// `up` with `--history-table` on a database another tool migrated, before `baseline --from`:
+/// refused, naming that tool's table and the command, with nothing run; a table of that name
+/// and another shape (db-migrate's own, elsewhere) is not another tool's.
+#[tokio::test]
+async fn up_refuses_a_database_with_another_tools_history_and_none_of_its_own() {
+    let dir = golang_dir();
+    let cases = [
+        (
+            "CREATE SCHEMA app; CREATE TABLE app.schema_migrations (version varchar(128) PRIMARY KEY); \
+             INSERT INTO app.schema_migrations VALUES ('1'); CREATE TABLE a (id int);",
+            Some(("dbmate", "app.schema_migrations")),
+        ),
+        (
+            &format!(
+                "{GOLANG_MIGRATE} INSERT INTO schema_migrations VALUES (1, false); CREATE TABLE a (id int);"
+            ),
+            Some(("golang-migrate", "public.schema_migrations")),
+        ),
+        (
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, success BOOLEAN NOT NULL); CREATE TABLE a (id int);",
+            Some(("sqlx", "public._sqlx_migrations")),
+        ),
+        (
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text, checksum text); CREATE TABLE a (id int);",
+            None,
+        ),
+    ];
+    for (setup, refused) in cases {
+        let db = managed(setup).await;
+        let before = support::tables(&db.client().await).await;
+        let out = run(&db, dir.path(), &["up"]);
+        let Some((tool, table)) = refused else {
+            assert_eq!(out.code, 0, "{setup}: {}", out.stderr);
+            continue;
+        };
+        assert_eq!(out.code, 4, "{setup}: {}", out.stderr);
+        let text = summary_message(&out);
+        let command = format!("baseline --from {tool} --from-table {table}");
+        assert!(text.contains(&command), "{text}");
+        assert_eq!(support::tables(&db.client().await).await, before, "{setup}");
     }
 }
 

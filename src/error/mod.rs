@@ -181,6 +181,17 @@ pub enum Error {
         from: &'static str,
     },
 
+    /// `up` on a database with no history of db-migrate's but another tool's history table:
+    /// the files would apply again what that tool applied.
+    #[error(
+        "the database has no history in {history} but {tool}'s history table {table}: running the files would apply again what {tool} applied; adopt it first with `db-migrate baseline --from {tool} --from-table {table}` (with the same --history-table), then run up; nothing ran"
+    )]
+    OtherToolsHistory {
+        history: String,
+        tool: &'static str,
+        table: String,
+    },
+
     /// Baseline asked of a database that already has history.
     #[error(
         "the history table already records {count} migration(s); baseline is only for a database without history"
@@ -364,7 +375,8 @@ impl Error {
             | Error::MissingFile { .. }
             | Error::OutOfOrder { .. }
             | Error::HistoryNotEmpty { .. }
-            | Error::ForeignHistory { .. } => Outcome::HistoryMismatch,
+            | Error::ForeignHistory { .. }
+            | Error::OtherToolsHistory { .. } => Outcome::HistoryMismatch,
             Error::Connect { .. } | Error::ConnectStalled { .. } | Error::CloudSql { .. } => {
                 Outcome::ConnectFailed
             }
