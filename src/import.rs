@@ -206,7 +206,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         entries.sort();
     }
     let mut ups: BTreeMap<i64, Imported> = BTreeMap::new();
-    let mut downs: BTreeMap<i64, (String, String)> = BTreeMap::new();
+    let mut downs: BTreeMap<i64, (String, Vec<String>)> = BTreeMap::new();
     // The order the other tool runs them in, where that is not by number: diesel orders
     // versions as text, dbmate files by name. (key, version, source) of each migration.
     let mut order: Vec<(String, i64, String)> = Vec::new();
@@ -247,8 +247,8 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             down => down,
         };
         match part {
-            Part::Down(sql) => {
-                if downs.insert(version, (sql, file.clone())).is_some() {
+            Part::Down(sql, notes) => {
+                if downs.insert(version, (sql, notes)).is_some() {
                     return Err(invalid(
                         &path,
                         format!("is a second rollback for version {version}; keep one"),
@@ -322,8 +322,9 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
     }
     let mut migrations = Vec::with_capacity(ups.len());
     for (version, mut imported) in ups {
-        if let Some((down, _)) = downs.remove(&version) {
+        if let Some((down, notes)) = downs.remove(&version) {
             imported.down = Some(down);
+            imported.changes.extend(notes);
         }
         imported.up = own_transaction_removed(&imported.up, &mut imported.changes, "");
         // A rollback without a statement is no rollback, but it is said to be there.
@@ -559,7 +560,8 @@ pub fn write<'a>(
 
 enum Part {
     Up(Imported),
-    Down(String),
+    /// A rollback's text, and what was changed on the way (for its migration's line).
+    Down(String, Vec<String>),
 }
 
 type Parsed = Option<(i64, Part)>;
@@ -585,7 +587,7 @@ fn reversible(path: &Path, file: &str) -> Result<Parsed, Error> {
     let (version, name) = version_and_name(path, stem, '_')?;
     let sql = read_text(path)?;
     Ok(Some(match down {
-        true => (version, Part::Down(sql)),
+        true => (version, Part::Down(sql, Vec::new())),
         false => (version, Part::Up(imported(version, &name, sql, file))),
     }))
 }
@@ -775,10 +777,55 @@ fn flyway(path: &Path, file: &str) -> Result<Parsed, Error> {
         )
     })?;
     let sql = read_text(path)?;
+    let (sql, note) = flyway_outside(path, file, sql)?;
+    let whose = if kind == "U" { "rollback: " } else { "" };
+    let notes: Vec<String> = note.into_iter().map(|n| format!("{whose}{n}")).collect();
     Ok(Some(match kind {
-        "U" => (version, Part::Down(sql)),
-        _ => (version, Part::Up(imported(version, &slug(name), sql, file))),
+        "U" => (version, Part::Down(sql, notes)),
+        _ => {
+            let mut imported = imported(version, &slug(name), sql, file);
+            imported.changes = notes;
+            (version, Part::Up(imported))
+        }
     }))
+}
+
+/// Flyway runs a script outside a transaction when its script configuration says
+/// `executeInTransaction=false`: in a file beside it named after it plus `.conf`, or in a
+/// `-- flyway:executeInTransaction=false` comment among its first lines. Here that is
+/// `-- no-transaction`, put first; left out, the file would run in a transaction (an enum
+/// value added and used, a backfill meant to commit in parts) and fail or hold its locks.
+fn flyway_outside(path: &Path, file: &str, sql: String) -> Result<(String, Option<String>), Error> {
+    let setting = |line: &str| {
+        let (key, value) = line.split_once('=')?;
+        (key.trim() == "executeInTransaction").then(|| value.trim().eq_ignore_ascii_case("false"))
+    };
+    let conf = path.with_file_name(format!("{file}.conf"));
+    let from_conf = match fs::read_to_string(&conf) {
+        Ok(text) => text.lines().find_map(setting),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(invalid(&conf, format!("cannot be read: {e}"))),
+    };
+    let from_comment = || {
+        let body = sql.strip_prefix(crate::sql::BOM).unwrap_or(&sql);
+        body.lines()
+            .map(str::trim)
+            .take_while(|line| line.is_empty() || line.starts_with("--"))
+            .filter_map(|line| line.strip_prefix("--")?.trim().strip_prefix("flyway:"))
+            .find_map(setting)
+    };
+    let (outside, whence) = match from_conf {
+        Some(outside) => (outside, format!("{file}.conf")),
+        None => (
+            from_comment().unwrap_or(false),
+            "its -- flyway: comment".to_string(),
+        ),
+    };
+    if !outside || crate::sql::is_no_transaction(&sql) {
+        return Ok((sql, None));
+    }
+    let note = format!("executeInTransaction=false ({whence}) -> -- no-transaction");
+    Ok((format!("-- no-transaction\n{sql}"), Some(note)))
 }
 
 fn version_and_name(path: &Path, stem: &str, separator: char) -> Result<(i64, String), Error> {

@@ -508,6 +508,76 @@ async fn a_morph_nontransactional_file_is_imported_to_run_outside_a_transaction(
     );
 }
 
+/// Flyway runs a script outside a transaction when its script configuration says
+/// `executeInTransaction=false`, in `V2__x.sql.conf` beside it or in a `-- flyway:` comment
+/// at its top; imported without it, the file ran in one and failed (55P04).
+#[tokio::test]
+async fn a_flyway_script_configured_outside_a_transaction_is_imported_to_run_outside_one() {
+    let src = fixture(&[
+        (
+            "V1__status.sql",
+            "CREATE TYPE status AS ENUM ('open');\nCREATE TABLE tickets (s status);\n",
+        ),
+        (
+            "V2__closed.sql",
+            "ALTER TYPE status ADD VALUE IF NOT EXISTS 'closed';\n\
+             INSERT INTO tickets VALUES ('closed');\n",
+        ),
+        (
+            "V2__closed.sql.conf",
+            "# outside\nexecuteInTransaction = false\n",
+        ),
+        (
+            "V3__held.sql",
+            "-- The value is used at once.\n-- flyway:executeInTransaction=false\n\
+             ALTER TYPE status ADD VALUE IF NOT EXISTS 'held';\n\
+             INSERT INTO tickets VALUES ('held');\n",
+        ),
+        ("U3__held.sql", "DELETE FROM tickets WHERE s = 'held';\n"),
+        ("U3__held.sql.conf", "executeInTransaction=false\n"),
+        ("V4__plain.sql", "CREATE TABLE other (i int);\n"),
+        ("V4__plain.sql.conf", "executeInTransaction=true\n"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = import("flyway", src.path(), dir.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let db = support::database().await;
+    let up = output(
+        binary()
+            .args(["up", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    for file in ["002_closed.sql", "003_held.sql", "003_held.down.sql"] {
+        let text = read(dir.path(), file);
+        assert!(text.starts_with("-- no-transaction\n"), "{file}: {text}");
+    }
+    assert!(!read(dir.path(), "004_plain.sql").contains("no-transaction"));
+    for (line, said) in [
+        (
+            "002_closed.sql",
+            "executeInTransaction=false (V2__closed.sql.conf) -> -- no-transaction",
+        ),
+        (
+            "003_held.sql",
+            "rollback: executeInTransaction=false (U3__held.sql.conf)",
+        ),
+        (
+            "003_held.sql",
+            "executeInTransaction=false (its -- flyway: comment)",
+        ),
+    ] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with(line) && l.contains(said)),
+            "{line}: {said}\n{}",
+            out.stdout
+        );
+    }
+}
+
 /// diesel tells versions apart by their text: Lemmy has both `00000000000000_...` and
 /// `000000000000000_...`. Both are 0 here; the refusal said "keep one", which would delete a
 /// real migration, and now says why they collide and what to do.
