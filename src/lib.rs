@@ -475,9 +475,9 @@ impl Job<'_> {
             Command::Verify { schema: true } => Box::pin(self.verify_schema(db)).await,
             Command::Schema => {
                 let snapshot = schema::read(db.client, db.table, self.config.schema).await?;
-                // A closed stdout (`| head`) is the reader's choice, not a failed run.
-                let _ = std::io::stdout().write_all(snapshot.text().as_bytes());
-                Ok(())
+                let mut out = std::io::stdout().lock();
+                let text = snapshot.text();
+                log::written(out.write_all(text.as_bytes()).and_then(|()| out.flush()))
             }
             Command::Test {
                 keep_going,
@@ -537,7 +537,7 @@ impl Job<'_> {
                         })
                     })
                     .collect();
-                let _ = log::print_status(&self.summary.status, &rows, json);
+                log::written(log::print_status(&self.summary.status, &rows, json))?;
                 for conflict in &self.conflicts {
                     let applied = applied.iter().find(|a| a.version == conflict.version);
                     let applied = match applied {
@@ -573,14 +573,16 @@ impl Job<'_> {
         plan.check(Mode::DryRun)?;
         let (limits, budget) = (self.config.hazards, self.config.session.lock_timeout);
         let (report, traced) = trace::run_partly(client, session, plan, limits, budget).await;
-        // A closed stdout (`| head`) is the reader's choice, not a failed run. What was
-        // traced before a failure is printed with its findings; the failure ends the run.
+        // What was traced before a failure is printed with its findings; the failure ends
+        // the run, and a failed write (not a closed stdout) when nothing else does.
         // A failure before any statement was traced leaves nothing to print ("0 statement(s)"
         // would read as a plan with nothing in it).
+        let mut printed = Ok(());
         if traced.is_ok() || !report.statements.is_empty() {
-            let _ = trace::print(&report, format);
+            printed = log::written(trace::print(&report, format));
         }
         traced?;
+        printed?;
         let hazards = report.hazards();
         match hazards.first() {
             None => Ok(()),
@@ -810,10 +812,9 @@ impl Job<'_> {
                 rehearsal::run(ctx, monitor, migrations, keep_going, runs, options).await
             })
             .await?;
-        // A closed stdout (`| head`) is the reader's choice, not a failed run.
-        let _ = rehearsal::print(&report, json);
+        let printed = log::written(rehearsal::print(&report, json));
         self.summary.tested = Some((report.tested.len(), report.failures().count()));
-        report.result()
+        report.result().and(printed)
     }
 
     /// `verify --schema`: the history checked against the files as `verify` checks it, then
@@ -864,10 +865,9 @@ impl Job<'_> {
                 "the schema of {target} differs from what its applied migrations create (- expected, + found):\n{diff}"
             ),
         };
-        // A closed stdout (`| head`) is the reader's choice, not a failed run.
-        drop(printed);
+        let printed = log::written(printed.and_then(|()| out.flush()));
         match diff.changes.first() {
-            None => Ok(()),
+            None => printed,
             Some(first) => Err(Error::SchemaDrift {
                 target,
                 changes: diff.changes.len(),

@@ -559,6 +559,20 @@ pub fn usage(usage: Usage, started: Instant) -> u8 {
     finish(&summary, &Err(usage.error), started, output)
 }
 
+/// What writing a command's output to stdout came to. A reader that closed it (`| head`)
+/// made its choice, and the run stands; any other failure (a full disk under `> file`, an
+/// I/O error) lost output a script or a file was to get, and the run fails saying so.
+pub fn written(result: std::io::Result<()>) -> Result<(), Error> {
+    match result {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Config(format!(
+                "cannot write the output to stdout: {error}; what was written is incomplete: send it where it fits"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Prints `status` to stdout: a table, or a JSON array for scripts, which ends with `extra`
 /// (the conflicts' rows).
 pub fn print_status(entries: &[Entry], extra: &[Value], json: bool) -> std::io::Result<()> {

@@ -4,11 +4,12 @@
 
 mod support;
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use db_migrate::history::Table;
 use db_migrate::schema::{self, Key, Kind, Snapshot};
-use support::{Output, TestDb, binary, events, output, seed_dir};
+use support::{Output, TestDb, binary, events, output, seed_dir, summary_message};
 use tokio_postgres::Client;
 
 /// One object of every kind the snapshot reads, and things it must leave out: an extension's
@@ -650,6 +651,86 @@ async fn up_write_schema_writes_what_schema_prints_and_a_dry_run_writes_nothing(
     let again = run(&db, &seed_dir(), &["up", "--write-schema", file_arg]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+}
+
+/// `--write-schema` through a symbolic link writes the link's target, leaving the link; a
+/// device or a directory there is refused before anything runs.
+#[tokio::test]
+async fn up_write_schema_writes_through_a_link_and_refuses_what_is_not_a_file() {
+    let db = support::database().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("real")).unwrap();
+    let target = dir.path().join("real/schema.sql");
+    std::fs::write(&target, "old").unwrap();
+    let link = dir.path().join("schema.sql");
+    std::os::unix::fs::symlink("real/schema.sql", &link).unwrap();
+    let out = run(
+        &db,
+        &seed_dir(),
+        &["up", "--write-schema", link.to_str().unwrap()],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let written = std::fs::read_to_string(&target).unwrap();
+    assert!(
+        written.contains("CREATE TABLE public.video_requests"),
+        "{written}"
+    );
+    let empty = support::database().await;
+    for (path, what) in [
+        ("/dev/null", "is a device"),
+        (dir.path().to_str().unwrap(), "is a directory"),
+    ] {
+        let out = run(&empty, &seed_dir(), &["up", "--write-schema", path]);
+        assert_eq!(out.code, 2, "{path}: {}", out.stderr);
+        let text = summary_message(&out);
+        assert!(text.contains(what), "{text}");
+        assert!(
+            support::tables(&empty.client().await).await.is_empty(),
+            "{path}"
+        );
+    }
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+}
+
+/// Output that cannot be written (a full disk under `> file`) fails the run: a script reading
+/// `status --format json` or a file `schema` writes would otherwise get nothing with exit 0.
+#[tokio::test]
+async fn output_that_cannot_be_written_fails_the_run() {
+    let db = support::database().await;
+    support::up_ok(&db, &seed_dir()).await;
+    for args in [
+        &["schema"][..],
+        &["status", "--format", "json"],
+        &["status"],
+        &["verify", "--schema"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = output(
+            binary()
+                .args(args)
+                .args(["--log-format", "json"])
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", seed_dir())
+                .stdout(full),
+        );
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        let text = summary_message(&out);
+        assert!(text.contains("cannot write the output to stdout"), "{text}");
+    }
 }
 
 /// `verify --schema`'s exit code, what it printed, and the summary's message.

@@ -497,6 +497,7 @@ impl Cli {
                 .filter(|p| !p.as_os_str().is_empty()),
             _ => None,
         };
+        let write_schema = write_schema.map(schema_file).transpose()?;
         let database = match (&command, url) {
             (Command::New { .. } | Command::Import { .. }, _) => None,
             // `test` needs no other database than the one it replays into.
@@ -716,6 +717,57 @@ fn mode(dry_run: bool, single_transaction: bool) -> Mode {
         (false, true) => Mode::Single,
         (false, false) => Mode::Each,
     }
+}
+
+/// `--write-schema`'s path as the file is written: the schema goes to a file beside it and
+/// is renamed over it, which would replace a symbolic link itself (so the link's target is
+/// written, as `>` would) and a device, pipe or directory (refused, before anything runs).
+fn schema_file(path: PathBuf) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut target = path.clone();
+    // A link to a link: followed as the kernel does, to a limit.
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let to = std::fs::read_link(&target).map_err(|e| cannot(&path, &e))?;
+                target = match target.parent() {
+                    Some(parent) => parent.join(to),
+                    None => to,
+                };
+            }
+            Ok(meta) => {
+                let kind = meta.file_type();
+                let what = if kind.is_file() {
+                    return Ok(target);
+                } else if kind.is_dir() {
+                    "a directory"
+                } else if kind.is_char_device() || kind.is_block_device() {
+                    "a device"
+                } else if kind.is_fifo() {
+                    "a pipe"
+                } else {
+                    "not a regular file"
+                };
+                return Err(Error::Config(format!(
+                    "--write-schema (DB_MIGRATE_WRITE_SCHEMA) {} is {what}; it is replaced by a file holding the schema, so give the path of a file (it need not exist yet)",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(target),
+            Err(e) => return Err(cannot(&path, &e)),
+        }
+    }
+    Err(Error::Config(format!(
+        "--write-schema (DB_MIGRATE_WRITE_SCHEMA) {}: too many symbolic links; give the path of a file",
+        path.display()
+    )))
+}
+
+fn cannot(path: &std::path::Path, error: &std::io::Error) -> Error {
+    Error::Config(format!(
+        "--write-schema (DB_MIGRATE_WRITE_SCHEMA) {}: {error}; give the path of a file it can write",
+        path.display()
+    ))
 }
 
 #[cfg(test)]
