@@ -89,7 +89,11 @@ async fn up_refuses_each_static_hazard_on_a_big_table_and_runs_nothing() {
             message.contains("003_change.sql:2:1: ") && message.contains(rule),
             "{message}"
         );
-        assert!(message.contains("video_requests holding"), "{message}");
+        assert!(
+            message.contains("video_requests holding")
+                || message.contains("video_requests.prompt holding"),
+            "{message}"
+        );
         let client = db.client().await;
         assert_eq!(history(&client).await, [1, 2], "{statement}");
     }
@@ -643,17 +647,29 @@ async fn a_dropped_column_of_a_small_table_has_its_values_counted() {
          ANALYZE video_requests",
     )
     .await;
+    // One statement dropping two columns: each finding names its column.
     let dir = support::copy_of_seed(&[(
         "003_drop.sql",
-        "ALTER TABLE video_requests DROP COLUMN error_message;\n",
+        "ALTER TABLE video_requests DROP COLUMN error_message, DROP COLUMN prompt;\n",
     )]);
     let out = run(&db, dir.path(), &["up"]);
-    let message = refused(&out, &["drops-data"]);
+    let message = refused(&out, &["drops-data", "drops-data"]);
     assert!(
-        message.contains("(DROP COLUMN) on video_requests holding 4 row(s) of data"),
+        message.contains("(DROP COLUMN) on video_requests.error_message holding 4 row(s) of data"),
         "{message}"
     );
     let events = events(&out.stderr);
+    let relations: Vec<_> = (events.iter())
+        .filter(|e| e["message"] == "hazard refused")
+        .map(|e| (e["relation"].as_str().unwrap(), e["rows"].as_i64()))
+        .collect();
+    assert_eq!(
+        relations,
+        [
+            ("video_requests.error_message", Some(4)),
+            ("video_requests.prompt", Some(20))
+        ]
+    );
     let refusal = events.iter().find(|e| e["message"] == "hazard refused");
     assert_eq!(refusal.unwrap()["rows_known"], "counted");
 }
@@ -1011,7 +1027,7 @@ async fn tables_and_types_named_like_keywords_are_looked_up_as_names() {
         ),
         (
             "ALTER TABLE \"user\" DROP COLUMN \"order\";",
-            "drops-data (DROP COLUMN) on \"user\" holding 1 row(s) of data",
+            "drops-data (DROP COLUMN) on \"user\".\"order\" holding 1 row(s) of data",
         ),
         (
             "DROP FUNCTION first_byte(\"char\") CASCADE;",

@@ -593,7 +593,11 @@ pub async fn check(
                     }
                     // A convention, not a hazard: no table, no rows, never refused.
                     Effect::NotIdempotent { what } if conventions => {
-                        findings.push(finding(Rule::NotIdempotent, String::new(), NO_ROWS, what));
+                        let note = finding(Rule::NotIdempotent, String::new(), NO_ROWS, what);
+                        // One note for a statement that does it to several columns.
+                        if !findings.contains(&note) {
+                            findings.push(note);
+                        }
                     }
                     _ => {}
                 }
@@ -696,7 +700,12 @@ pub async fn check(
                 _ => what,
             };
             if hit {
-                findings.push(finding(rule, table.to_string(), (rows, row_count), what));
+                // A dropped column is named: one statement may drop several.
+                let relation = match (rule, column_name) {
+                    (Rule::DropsData, Some(column)) => format!("{}.{}", table, Name::bare(column)),
+                    _ => table.to_string(),
+                };
+                findings.push(finding(rule, relation, (rows, row_count), what));
             }
         }
     }
