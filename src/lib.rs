@@ -842,7 +842,7 @@ impl Job<'_> {
                 );
                 let plan = plan::Plan::new(Direction::Up, replay)?;
                 let report = apply::run(ctx, monitor, &plan, Mode::Each, false).await;
-                report.result?;
+                report.result.map_err(rehearsal::replay_failed)?;
                 schema::read(ctx.client, ctx.table, options).await
             })
             .await?;

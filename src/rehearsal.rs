@@ -50,16 +50,6 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn number(self) -> u8 {
-        match self {
-            Step::Apply => 1,
-            Step::ApplyAgain => 2,
-            Step::RollBack => 3,
-            Step::RollBackAgain => 4,
-            Step::Reapply => 5,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Apply => "apply",
@@ -90,6 +80,8 @@ impl Step {
 #[derive(Debug)]
 pub struct Ran {
     pub step: Step,
+    /// Its place among the steps run: `--once` runs three of the five.
+    pub number: u8,
     pub ms: u64,
     pub failure: Option<Failure>,
     /// What the schema check noted without failing the step: a rollback that put a column
@@ -154,11 +146,7 @@ impl Tested {
             }
             None => String::new(),
         };
-        format!(
-            "{file} step {} ({}): {why}",
-            ran.step.number(),
-            ran.step.as_str()
-        )
+        format!("{file} step {} ({}): {why}", ran.number, ran.step.as_str())
     }
 }
 
@@ -261,6 +249,31 @@ pub async fn run(
 }
 
 /// What a connection lost during a replay leaves: nothing of the target, no verdict.
+/// What a failure of `verify --schema`'s replay is said as: a lost connection as the scratch
+/// database's (no migration failed, and the target's history is not in question), anything
+/// else as the replay's, which touched nothing of the target.
+pub fn replay_failed(error: Error) -> Error {
+    match error {
+        Error::ConnectionLost {
+            version,
+            file,
+            cause,
+            ..
+        } => Error::ConnectionLost {
+            version,
+            file,
+            cause,
+            outcome: REPLAY_LOST,
+            uncertain: false,
+        },
+        error @ (Error::Interrupted(_) | Error::InterruptedUnconnected(_)) => error,
+        error if error.connection_closed() => error,
+        error => Error::Replay(Box::new(error)),
+    }
+}
+
+const REPLAY_LOST: &str = "that was the scratch database of verify --schema's replay, which is dropped: the target was not touched and the check did not finish; run it again";
+
 const SCRATCH_LOST: &str = "that was the scratch database, which is dropped: the test did not finish, and no migration failed it; run it again";
 
 /// The scratch database as the rehearsal goes: how to run files there, and its schema
@@ -293,7 +306,7 @@ impl Rehearsal<'_, '_> {
         if runs == Runs::Once {
             steps.retain(|step| !matches!(step, Step::ApplyAgain | Step::RollBackAgain));
         }
-        for step in steps {
+        for (step, number) in steps.into_iter().zip(1..) {
             self.ctx.interrupt.check()?;
             let started = Instant::now();
             let ran = self.file(migration, step).await;
@@ -342,6 +355,7 @@ impl Rehearsal<'_, '_> {
             let failed = failure.is_some();
             tested.steps.push(Ran {
                 step,
+                number,
                 ms,
                 failure,
                 notes,
@@ -455,7 +469,7 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
                     if said.contains(&note) {
                         continue;
                     }
-                    let (number, step) = (ran.step.number(), ran.step.as_str());
+                    let (number, step) = (ran.number, ran.step.as_str());
                     writeln!(out, "      note: step {number} ({step}): {note}")?;
                     said.push(note);
                 }
@@ -463,7 +477,7 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
             continue;
         };
         writeln!(out, "FAIL  {label:<36} {steps}")?;
-        let (number, step) = (ran.step.number(), ran.step.as_str());
+        let (number, step) = (ran.number, ran.step.as_str());
         match &ran.failure {
             Some(Failure::Error(error)) => {
                 writeln!(out, "      step {number} ({step}) failed: {error}")?;
@@ -525,7 +539,7 @@ fn to_json(report: &Report) -> Value {
                         None => (None, None),
                     };
                     json!({
-                        "step": ran.step.number(),
+                        "step": ran.number,
                         "name": ran.step.as_str(),
                         "ok": ran.failure.is_none(),
                         "notes": ran.notes,

@@ -733,6 +733,29 @@ async fn output_that_cannot_be_written_fails_the_run() {
     }
 }
 
+/// A migration that needs what was made by hand on the target (here its schema) fails in
+/// `verify --schema`'s replay: said as the replay's failure, not as a deploy's.
+#[tokio::test]
+async fn a_replay_that_fails_says_it_was_the_replay() {
+    let db = support::database().await;
+    db.client()
+        .await
+        .batch_execute("CREATE SCHEMA app")
+        .await
+        .unwrap();
+    let dir = support::migrations(&[("001_t.sql", "CREATE TABLE IF NOT EXISTS app.t (i int);")]);
+    support::up_ok(&db, dir.path()).await;
+    let (code, _, message) = verify(&db, dir.path());
+    assert_eq!(code, 1, "{message}");
+    assert!(
+        message
+            .starts_with("replaying the applied migrations into the scratch database: migration 1"),
+        "{message}"
+    );
+    assert!(message.contains("3F000"), "{message}");
+    assert!(message.contains("the target was not touched"), "{message}");
+}
+
 /// `verify --schema`'s exit code, what it printed, and the summary's message.
 fn verify(db: &TestDb, dir: &Path) -> (i32, String, String) {
     let out = run(db, dir, &["verify", "--schema"]);

@@ -68,6 +68,12 @@ pub enum Error {
         uncertain: bool,
     },
 
+    /// `verify --schema`'s replay of the applied migrations failed on the scratch database.
+    #[error(
+        "replaying the applied migrations into the scratch database: {0}; the target was not touched: the replay builds the schema from the files alone, so what a migration needs (a schema, an extension, a setting) must come from one before it"
+    )]
+    Replay(Box<Error>),
+
     /// The server refused one of the statements db-migrate runs around a migration's file
     /// (a `-- no-transaction` file's opening, the history change, `COMMIT`), for a cause that
     /// is not one of ours: a trigger, rule or constraint on the history table, a lock timeout
@@ -364,6 +370,7 @@ impl Error {
             | Error::HistoryWrite { .. }
             | Error::ConnectionLost { .. }
             | Error::Around { .. }
+            | Error::Replay(_)
             | Error::Database { .. } => Outcome::MigrationFailed,
             Error::Config(_) | Error::Pooled { .. } | Error::SharedSession => Outcome::ConfigError,
             Error::InvalidFile { .. }
