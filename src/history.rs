@@ -702,7 +702,14 @@ pub async fn baseline(
         ))?;
     let recorded = adopted.len();
     let version = adopted.iter().map(|m| m.version).max();
-    info!(version, recorded, "baseline recorded; nothing was executed");
+    match recorded {
+        // An adopted tool's history with no version in it (a fresh golang-migrate table).
+        0 => info!(
+            recorded,
+            "baseline recorded nothing: there was no applied version to adopt; nothing was executed"
+        ),
+        _ => info!(version, recorded, "baseline recorded; nothing was executed"),
+    }
     Ok(recorded)
 }
 

@@ -518,7 +518,7 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
     if second_run_failed {
         writeln!(
             out,
-            "a second run of a file failed: files written for a tool that runs each file only once (sqlx, diesel, refinery, golang-migrate) are tested with `db-migrate test --once`"
+            "a second run of a file failed: files written for a tool that runs each file only once (sqlx, diesel, refinery, golang-migrate, dbmate, Flyway) are tested with `db-migrate test --once`"
         )?;
     }
     out.flush()

@@ -305,6 +305,36 @@ async fn a_flag_overrides_a_bad_environment_variable_and_a_bad_variable_is_named
     );
 }
 
+/// A connection string's error names where it came from: the flag, the variable or `.env`.
+#[test]
+fn a_bad_connection_string_is_named_as_it_was_given() {
+    let bad = "postgresql://u:Wr0ng@Secret@host/db";
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, variable, dotenv, named) in [
+        (true, None, false, "--database-url has an @"),
+        (false, Some(bad), false, "DATABASE_URL has an @"),
+        (false, None, true, "DATABASE_URL in .env has an @"),
+    ] {
+        if dotenv {
+            std::fs::write(dir.path().join(".env"), format!("DATABASE_URL={bad}\n")).unwrap();
+        }
+        let mut command = binary();
+        command.current_dir(dir.path()).env_remove("DATABASE_URL");
+        command.args(["status", "--log-format", "json"]);
+        if flag {
+            command.args(["--database-url", bad]);
+        }
+        if let Some(value) = variable {
+            command.env("DATABASE_URL", value);
+        }
+        let out = output(&mut command);
+        assert_eq!(out.code, 2, "{named}: {}", out.stderr);
+        let message = summary_event(&out)["message"].as_str().unwrap().to_string();
+        assert!(message.starts_with(named), "{message}");
+        assert!(!out.stderr.contains("Secret"), "{}", out.stderr);
+    }
+}
+
 #[test]
 fn usage_errors_end_with_the_same_summary_event_as_other_configuration_errors() {
     let run = |args: &[&str], log_format: Option<&str>| {

@@ -466,10 +466,21 @@ impl Cli {
         let command = command(&self.command);
         // An empty variable (`DATABASE_URL=` in a manifest, or `""` kept by docker's
         // --env-file) counts as unset.
-        let url = match self.database_url.filter(|url| !connect::is_blank(url)) {
-            Some(url) => Some(url),
-            None => dotenv_value(Path::new(".env"), "DATABASE_URL")?
-                .filter(|url| !connect::is_blank(url)),
+        // Where the connection string came from, for its errors to name what was typed.
+        let variable = std::env::var("DATABASE_URL").ok();
+        let (url, given) = match self.database_url.filter(|url| !connect::is_blank(url)) {
+            Some(url) if variable.as_ref() != Some(&url) => (Some(url), "--database-url"),
+            Some(url) => (Some(url), "DATABASE_URL"),
+            None => {
+                let url = dotenv_value(Path::new(".env"), "DATABASE_URL")?
+                    .filter(|url| !connect::is_blank(url));
+                let given = if url.is_some() {
+                    "DATABASE_URL in .env"
+                } else {
+                    "DATABASE_URL"
+                };
+                (url, given)
+            }
         };
         let env: connect::Environment = connect::VARIABLES
             .iter()
@@ -511,7 +522,13 @@ impl Cli {
                 ));
             }
             (_, url) => {
-                let mut settings = connect::resolve(url.as_deref(), &env)?;
+                let resolved = connect::resolve(url.as_deref(), &env).map_err(|e| match e {
+                    Error::Config(text) if text.starts_with("DATABASE_URL") => {
+                        Error::Config(text.replacen("DATABASE_URL", given, 1))
+                    }
+                    e => e,
+                });
+                let mut settings = resolved?;
                 settings.retry_for = connect_timeout;
                 if cloudsql.as_ref().is_some_and(|options| options.iam_auth) {
                     iam_user(&mut settings.pg);

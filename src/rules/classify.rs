@@ -90,6 +90,9 @@ fn keyword(word: &str) -> bool {
 
 /// What a statement does, for the statements whose finding has a fix of its own
 /// (`Rule::fix_for`).
+/// `ALTER COLUMN ... SET NOT NULL`, whose fix is a validated CHECK first.
+pub const SET_NOT_NULL: &str = "SET NOT NULL";
+
 pub const CLUSTER: &str = "CLUSTER";
 pub const VACUUM_FULL: &str = "VACUUM FULL";
 pub const REFRESH_VIEW: &str = "REFRESH MATERIALIZED VIEW without CONCURRENTLY";
@@ -913,7 +916,7 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
         }),
         AlterTableType::AtSetNotNull => out.push(Effect::Validates {
             table: table(),
-            what: "SET NOT NULL",
+            what: SET_NOT_NULL,
             not_null: Some(cmd.name.clone()),
         }),
         AlterTableType::AtAddConstraint => {

@@ -114,6 +114,9 @@ impl Rule {
             (Rule::TableRewrite, classify::VACUUM_FULL | classify::CLUSTER) => {
                 "leave it out of the migration: compact the table with pg_repack beside the deploy, which holds its strong lock only at the end"
             }
+            (Rule::ValidatesWholeTable, classify::SET_NOT_NULL) => {
+                "add CHECK (column IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT it in a later migration (it does not block writes), then SET NOT NULL, which the validated check spares the read (PostgreSQL 12+), and drop the check"
+            }
             (Rule::ValidatesWholeTable, VALIDATE_WITH_ADD) => {
                 "move VALIDATE CONSTRAINT into a migration of its own, after the one that adds the constraint NOT VALID (its lock then blocks no writes)"
             }
