@@ -60,7 +60,7 @@ pub fn first_queries(target: &str, error: Error, closed: bool, stalled: bool) ->
         return Error::Connect {
             target: target.to_string(),
             reason: format!(
-                "the link stalled before the first queries were answered ({}): the server's session sat idle, waiting for the job, while the job waited for its answers (a proxy that hangs, or a flow a NAT dropped), so the run ended that session; nothing ran: run again",
+                "the link stalled before the run's queries were answered ({}): no answer came while the server's session waited, idle, for the job (a proxy that hangs, or a flow a NAT dropped), so the run closed the connection and ended that session where it could; nothing was applied: run again (a lock the session held is freed when the server ends it)",
                 describe_db(&source)
             ),
             source,

@@ -448,26 +448,54 @@ pub async fn refuse_missing_schema(client: &Client, table: &Table) -> Result<(),
 /// yet run. Applying the files would run again what that tool applied, most of which was
 /// not written to run twice.
 pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Error> {
-    let query = "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname),                 CASE c.relname WHEN 'flyway_schema_history' THEN 'flyway'                      WHEN '_sqlx_migrations' THEN 'sqlx'                      WHEN '__diesel_schema_migrations' THEN 'diesel'                      WHEN 'schema_migrations' THEN CASE a.columns WHEN 'version dirty' THEN 'golang-migrate'                                                                  WHEN 'version' THEN 'dbmate' END END            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace            CROSS JOIN LATERAL (SELECT pg_catalog.string_agg(attname, ' ' ORDER BY attnum) AS columns                                  FROM pg_catalog.pg_attribute                                 WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) a           WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'             AND (c.relnamespace = '2200' OR c.relnamespace >= '16384')             AND c.relname IN ('flyway_schema_history', '_sqlx_migrations', '__diesel_schema_migrations', 'schema_migrations')             AND (c.relname <> 'schema_migrations' OR a.columns IN ('version dirty', 'version'))           ORDER BY n.nspname, c.relname LIMIT 1";
-    let rows = client
-        .query(query, &[])
+    // Where the run would find its own history: the search path's schemas and the one the
+    // history table names. A service's table in a schema of its own (Supabase keeps GoTrue's
+    // `auth.schema_migrations`) is that service's history, not this project's.
+    let own = match &table.quoted_schema {
+        Some(schema) => format!("OR n.oid = pg_catalog.to_regnamespace({})", literal(schema)),
+        None => String::new(),
+    };
+    let query = format!(
+        "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), \
+                CASE c.relname WHEN 'flyway_schema_history' THEN 'flyway' \
+                     WHEN '_sqlx_migrations' THEN 'sqlx' \
+                     WHEN '__diesel_schema_migrations' THEN 'diesel' \
+                     WHEN 'schema_migrations' THEN CASE a.columns WHEN 'version dirty' THEN 'golang-migrate' \
+                                                                 WHEN 'version' THEN 'dbmate' END END \
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+           CROSS JOIN LATERAL (SELECT pg_catalog.string_agg(attname, ' ' ORDER BY attnum) AS columns \
+                                 FROM pg_catalog.pg_attribute \
+                                WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) a \
+          WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' \
+            AND (n.nspname = ANY (pg_catalog.current_schemas(false)) {own}) \
+            AND c.relname IN ('flyway_schema_history', '_sqlx_migrations', '__diesel_schema_migrations', 'schema_migrations') \
+            AND (c.relname <> 'schema_migrations' OR a.columns IN ('version dirty', 'version')) \
+          ORDER BY n.nspname, c.relname LIMIT 1"
+    );
+    let messages = client
+        .simple_query(&query)
         .await
         .map_err(Error::database("looking for another tool's history table"))?;
-    let Some(row) = rows.first() else {
+    let Some(row) = messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    }) else {
         return Ok(());
     };
-    let tool = match row.get::<_, Option<&str>>(1) {
-        Some("flyway") => "flyway",
-        Some("sqlx") => "sqlx",
-        Some("diesel") => "diesel",
-        Some("golang-migrate") => "golang-migrate",
-        Some("dbmate") => "dbmate",
+    let (tool, from) = match row.get(1) {
+        Some("flyway") => ("flyway", "flyway"),
+        Some("sqlx") => ("sqlx", "sqlx"),
+        Some("diesel") => ("diesel", "diesel"),
+        Some("golang-migrate") => ("golang-migrate", "golang-migrate"),
+        // Rails keeps the same table.
+        Some("dbmate") => ("dbmate (or Rails)", "dbmate"),
         _ => return Ok(()),
     };
     Err(Error::OtherToolsHistory {
         history: table.name.clone(),
         tool,
-        table: row.get(0),
+        from,
+        table: row.get(0).unwrap_or_default().to_string(),
     })
 }
 

@@ -423,6 +423,13 @@ fn morph_marked(sql: &str, changes: &mut Vec<String>, whose: &str) -> String {
     format!("-- no-transaction\n{rest}")
 }
 
+/// `sql` with `-- no-transaction` as its first line. A byte order mark goes: read as white
+/// space only at the start of a file, it would begin the statement on the line after.
+fn marked(sql: &str) -> String {
+    let body = sql.strip_prefix(crate::sql::BOM).unwrap_or(sql);
+    format!("-- no-transaction\n{body}")
+}
+
 /// A file that holds a statement PostgreSQL refuses inside a transaction block (`CREATE INDEX
 /// CONCURRENTLY`, ...) ran in the other tool without one (golang-migrate runs a file as it is,
 /// Flyway notices such statements itself); here it needs `-- no-transaction` to run at all.
@@ -435,7 +442,7 @@ fn outside_marked(sql: &str, changes: &mut Vec<String>, whose: &str) -> String {
             changes.push(format!(
                 "{whose}-- no-transaction added ({what} cannot run in a transaction)"
             ));
-            format!("-- no-transaction\n{sql}")
+            marked(sql)
         }
         None => sql.to_string(),
     }
@@ -802,6 +809,17 @@ fn flyway_outside(path: &Path, file: &str, sql: String) -> Result<(String, Optio
     };
     let conf = path.with_file_name(format!("{file}.conf"));
     let from_conf = match fs::read_to_string(&conf) {
+        Ok(text)
+            if text.lines().any(|line| {
+                let (key, value) = line.split_once('=').unwrap_or_default();
+                key.trim() == "shouldExecute" && !value.trim().eq_ignore_ascii_case("true")
+            }) =>
+        {
+            return Err(invalid(
+                &conf,
+                "sets shouldExecute, which Flyway decides as it runs (per environment); db-migrate runs every file: remove the setting, or leave the script out of the import".into(),
+            ));
+        }
         Ok(text) => text.lines().find_map(setting),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(invalid(&conf, format!("cannot be read: {e}"))),
@@ -825,7 +843,7 @@ fn flyway_outside(path: &Path, file: &str, sql: String) -> Result<(String, Optio
         return Ok((sql, None));
     }
     let note = format!("executeInTransaction=false ({whence}) -> -- no-transaction");
-    Ok((format!("-- no-transaction\n{sql}"), Some(note)))
+    Ok((marked(&sql), Some(note)))
 }
 
 fn version_and_name(path: &Path, stem: &str, separator: char) -> Result<(i64, String), Error> {

@@ -301,7 +301,9 @@ impl Job<'_> {
                 .await
                 .map(|pid| monitor::Login {
                     pid,
-                    from: opening_from,
+                    // The attempt that succeeded: runs started together, retrying, would
+                    // otherwise share a window.
+                    from: dialer.attempted().unwrap_or(opening_from),
                     to: std::time::SystemTime::now(),
                 });
             interrupt.arm(dialer.canceller(client.cancel_token()));
@@ -499,6 +501,11 @@ impl Job<'_> {
         };
         let read = history::applied(db.client, db.table, columns);
         let applied = monitor::guarded_login(db.dialer, db.login, read).await;
+        // A link the guard closed for a stall: a failure to connect, as in the first message.
+        let applied = applied.map_err(|error| match db.dialer.severed() {
+            true => attempt::first_queries(db.dialer.target(), error, true, true),
+            false => error,
+        });
         let applied = applied?.unwrap_or_default();
         let mut status = plan::status(db.migrations, &applied);
         // An applied version two files claim is shown as such, by the name history records,

@@ -449,33 +449,35 @@ async fn watched<T>(
             }
             let client = client.as_ref()?;
             let now = epoch(SystemTime::now());
+            // Whether the session is idle past the stall, and whether it shows itself as the
+            // run's (always, without `login`).
             let row = client
                 .query_opt(
-                    "SELECT a.state LIKE 'idle%' AND a.state_change < clock_timestamp() - $2::float8 * interval '1 ms'
+                    "SELECT a.state LIKE 'idle%' AND a.state_change < clock_timestamp() - $2::float8 * interval '1 ms',
+                            $3::float8 IS NULL
+                            OR a.application_name = pg_catalog.current_setting('application_name')
+                               AND a.backend_start - (pg_catalog.clock_timestamp() - pg_catalog.to_timestamp($5::float8))
+                                   BETWEEN pg_catalog.to_timestamp($3::float8) AND pg_catalog.to_timestamp($4::float8)
                        FROM pg_catalog.pg_stat_activity a
-                      WHERE a.pid = $1
-                        AND ($3::float8 IS NULL
-                             OR a.application_name = pg_catalog.current_setting('application_name')
-                                AND a.backend_start - (pg_catalog.clock_timestamp() - pg_catalog.to_timestamp($5::float8))
-                                    BETWEEN pg_catalog.to_timestamp($3::float8) AND pg_catalog.to_timestamp($4::float8))",
+                      WHERE a.pid = $1",
                     &[&pid, &(STALL_AFTER.as_millis() as f64), &from, &to, &now],
                 )
                 .await;
-            Some(row.map(|row| row.map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))))
+            let flag = |row: &tokio_postgres::Row, i| row.get::<_, Option<bool>>(i) == Some(true);
+            Some(row.map(|row| row.map(|r| (flag(&r, 0), flag(&r, 1)))))
         };
         let looked = tokio::select! {
             output = &mut work => return output,
             looked = tokio::time::timeout(LOOK_TIMEOUT, look) => looked,
         };
         let stalled = match looked {
-            Ok(Some(Ok(Some(idle)))) => {
+            Ok(Some(Ok(Some((idle, true))))) => {
                 seen = true;
-                idle.then_some(true)
+                idle.then_some(Stalled::Idle)
             }
-            // Gone: the session ended, and only the job's side is left to close.
-            Ok(Some(Ok(None))) if seen => Some(false),
-            Ok(Some(Ok(None))) => {
-                if !said && login.is_some() {
+            // Not one it can tell is its own (after a clock that jumped, too): left alone.
+            Ok(Some(Ok(Some((_, false))))) => {
+                if !said {
                     said = true;
                     warn!(
                         pid,
@@ -484,19 +486,33 @@ async fn watched<T>(
                 }
                 None
             }
-            // No look this time (no connection, an error, no answer): another later.
+            // Gone from the server the look saw it on: only the job's side is left to close.
+            Ok(Some(Ok(None))) if seen => Some(Stalled::Gone),
+            Ok(Some(Ok(None))) => None,
+            // No look this time (no connection, an error, no answer): another later, over a
+            // connection that may reach another host of the URL, which must see it again.
             _ => {
-                client = None;
+                (client, seen) = (None, false);
                 None
             }
         };
-        // Idle past the stall, or gone, while the job still waits on it.
-        if let Some(idle) = stalled {
-            warn!(
-                pid,
-                "the run's server session waits for the job while the job waits for its answer: the connection has stalled; ending the session and closing the connection"
-            );
-            let client = client.as_ref().filter(|_| idle);
+        if let Some(stalled) = stalled {
+            let client = match stalled {
+                Stalled::Idle => {
+                    warn!(
+                        pid,
+                        "the run's server session waits for the job while the job waits for its answer: the connection has stalled; ending the session and closing the connection"
+                    );
+                    client.as_ref()
+                }
+                Stalled::Gone => {
+                    warn!(
+                        pid,
+                        "the run's server session is gone while the job waits for its answer: the connection has stalled; closing it"
+                    );
+                    None
+                }
+            };
             end_stalled(dialer, client, pid).await;
             return work.await;
         }
@@ -527,6 +543,14 @@ async fn end_stalled(dialer: &Dialer, client: Option<&Client>, pid: i32) {
         }
     }
     dialer.sever();
+}
+
+/// What [`watched`] found of a session the job still waits on.
+enum Stalled {
+    /// Idle past [`STALL_AFTER`], waiting for the job.
+    Idle,
+    /// No longer on the server.
+    Gone,
 }
 
 /// How often [`guarded`] looks once it has begun to.

@@ -266,9 +266,21 @@ pub fn replay_failed(error: Error) -> Error {
             outcome: REPLAY_LOST,
             uncertain: false,
         },
-        error @ (Error::Interrupted(_) | Error::InterruptedUnconnected(_)) => error,
-        error if error.connection_closed() => error,
-        error => Error::Replay(Box::new(error)),
+        Error::Apply(failure) => {
+            // Something the migration names is not there: made by hand on the target.
+            let missing = ["42P01", "3F000", "42704", "42883", "42703"];
+            let hint = match missing.contains(&failure.sqlstate.as_str()) {
+                true => {
+                    ": the replay builds the schema from the files alone, so what a migration needs (a schema, an extension, a type) must come from one before it"
+                }
+                false => "",
+            };
+            Error::Replay {
+                source: Box::new(Error::Apply(failure)),
+                hint,
+            }
+        }
+        error => error,
     }
 }
 

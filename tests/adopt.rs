@@ -280,10 +280,19 @@ async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_i
 async fn up_refuses_a_database_with_another_tools_history_and_none_of_its_own() {
     let dir = golang_dir();
     let cases = [
+        // dbmate's table in a schema the search path names (measure's set does so).
         (
             "CREATE SCHEMA app; CREATE TABLE app.schema_migrations (version varchar(128) PRIMARY KEY); \
-             INSERT INTO app.schema_migrations VALUES ('1'); CREATE TABLE a (id int);",
+             INSERT INTO app.schema_migrations VALUES ('1'); CREATE TABLE a (id int); \
+             DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET search_path = app, public', current_database()); END $$;",
             Some(("dbmate", "app.schema_migrations")),
+        ),
+        // A service's own history in a schema off the search path: Supabase's GoTrue keeps
+        // auth.schema_migrations in every project.
+        (
+            "CREATE SCHEMA auth; CREATE TABLE auth.schema_migrations (version varchar(255) PRIMARY KEY); \
+             INSERT INTO auth.schema_migrations VALUES ('20171026211738'); CREATE TABLE auth.users (id int);",
+            None,
         ),
         (
             &format!(

@@ -537,6 +537,13 @@ async fn a_flyway_script_configured_outside_a_transaction_is_imported_to_run_out
         ("U3__held.sql.conf", "executeInTransaction=false\n"),
         ("V4__plain.sql", "CREATE TABLE other (i int);\n"),
         ("V4__plain.sql.conf", "executeInTransaction=true\n"),
+        // Saved with a byte order mark, which must not end up before the statement.
+        (
+            "V5__bom.sql",
+            "\u{feff}ALTER TYPE status ADD VALUE IF NOT EXISTS 'bom';\n\
+             INSERT INTO tickets VALUES ('bom');\n",
+        ),
+        ("V5__bom.sql.conf", "executeInTransaction=false\n"),
     ]);
     let dir = tempfile::tempdir().unwrap();
     let out = import("flyway", src.path(), dir.path());
@@ -554,6 +561,22 @@ async fn a_flyway_script_configured_outside_a_transaction_is_imported_to_run_out
         assert!(text.starts_with("-- no-transaction\n"), "{file}: {text}");
     }
     assert!(!read(dir.path(), "004_plain.sql").contains("no-transaction"));
+    // shouldExecute is Flyway's to decide per environment: refused, naming the file.
+    let skipped = fixture(&[
+        ("V1__a.sql", "SELECT 1;\n"),
+        ("V1__a.sql.conf", "shouldExecute=${run_it}\n"),
+    ]);
+    let refused = import(
+        "flyway",
+        skipped.path(),
+        tempfile::tempdir().unwrap().path(),
+    );
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("V1__a.sql.conf"),
+        "{}",
+        refused.stderr
+    );
     for (line, said) in [
         (
             "002_closed.sql",

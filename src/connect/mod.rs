@@ -94,6 +94,8 @@ pub struct Dialer {
     reported: std::sync::atomic::AtomicI32,
     /// Whether [`Dialer::sever`] closed a migration connection.
     severed: std::sync::atomic::AtomicBool,
+    /// When the latest migration connection's last attempt began, by this machine's clock.
+    attempted: std::sync::Mutex<Option<std::time::SystemTime>>,
 }
 
 /// How the connections reach the server.
@@ -149,6 +151,7 @@ impl Dialer {
             cloudsql,
             link: Default::default(),
             severed: Default::default(),
+            attempted: Default::default(),
             reported: Default::default(),
         })
     }
@@ -177,6 +180,7 @@ impl Dialer {
             cloudsql: self.cloudsql.clone(),
             link: Default::default(),
             severed: Default::default(),
+            attempted: Default::default(),
             reported: Default::default(),
         }
     }
@@ -210,6 +214,12 @@ impl Dialer {
             task.abort();
             (self.severed).store(true, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// When the latest migration connection's last attempt began: its server session
+    /// started after that.
+    pub fn attempted(&self) -> Option<std::time::SystemTime> {
+        *self.attempted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether [`Dialer::sever`] closed a migration connection: what failed on it failed
@@ -253,6 +263,10 @@ impl Dialer {
         let deadline = Instant::now() + retry_for;
         let mut pause = Duration::from_millis(200);
         for attempt in 1.. {
+            if purpose == Purpose::Migration {
+                let now = std::time::SystemTime::now();
+                *self.attempted.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+            }
             let failure = match self.attempt(purpose).await {
                 Ok(client) => return Ok(client),
                 Err(failure) => failure,

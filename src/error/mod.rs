@@ -70,9 +70,13 @@ pub enum Error {
 
     /// `verify --schema`'s replay of the applied migrations failed on the scratch database.
     #[error(
-        "replaying the applied migrations into the scratch database: {0}; the target was not touched: the replay builds the schema from the files alone, so what a migration needs (a schema, an extension, a setting) must come from one before it"
+        "replaying the applied migrations into the scratch database: {source}; the target was not touched{hint}"
     )]
-    Replay(Box<Error>),
+    Replay {
+        source: Box<Error>,
+        /// Why a replay fails where the deploy did not, when the failure says so.
+        hint: &'static str,
+    },
 
     /// The server refused one of the statements db-migrate runs around a migration's file
     /// (a `-- no-transaction` file's opening, the history change, `COMMIT`), for a cause that
@@ -190,11 +194,13 @@ pub enum Error {
     /// `up` on a database with no history of db-migrate's but another tool's history table:
     /// the files would apply again what that tool applied.
     #[error(
-        "the database has no history in {history} but {tool}'s history table {table}: running the files would apply again what {tool} applied; adopt it first with `db-migrate baseline --from {tool} --from-table {table}` (with the same --history-table), then run up; nothing ran"
+        "the database has no history in {history} but {tool}'s history table {table}: running the files would apply again what {tool} applied; adopt it first with `db-migrate baseline --from {from} --from-table {table}` (with the same --history-table), then run up; nothing ran"
     )]
     OtherToolsHistory {
         history: String,
         tool: &'static str,
+        /// `baseline --from`'s value for it.
+        from: &'static str,
         table: String,
     },
 
@@ -370,7 +376,7 @@ impl Error {
             | Error::HistoryWrite { .. }
             | Error::ConnectionLost { .. }
             | Error::Around { .. }
-            | Error::Replay(_)
+            | Error::Replay { .. }
             | Error::Database { .. } => Outcome::MigrationFailed,
             Error::Config(_) | Error::Pooled { .. } | Error::SharedSession => Outcome::ConfigError,
             Error::InvalidFile { .. }
