@@ -46,11 +46,17 @@ fn read(dir: &Path, name: &str) -> String {
 
 /// Imports `src` as `tool`, then applies and rehearses the result on a fresh database.
 async fn imported_and_run(tool: &str, src: &Path) -> (tempfile::TempDir, Output) {
+    imported_then(tool, src, &["up", "test"]).await
+}
+
+/// Imports `src` as `tool`, then runs each of `commands` on the result on a fresh database,
+/// asserting each succeeds; the directory written and the import's output.
+async fn imported_then(tool: &str, src: &Path, commands: &[&str]) -> (tempfile::TempDir, Output) {
     let dest = tempfile::tempdir().unwrap();
     let out = import(tool, src, dest.path());
     assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
     let db = support::database().await;
-    for command in ["up", "test"] {
+    for &command in commands {
         let run = output(
             binary()
                 .args([command, "--log-format", "json"])
@@ -483,18 +489,8 @@ async fn a_morph_nontransactional_file_is_imported_to_run_outside_a_transaction(
             "-- morph:nontransactional\nDELETE FROM tickets WHERE s = 'closed';\n",
         ),
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = import("golang-migrate", src.path(), dir.path());
-    assert_eq!(out.code, 0, "{}", out.stderr);
     // Not `test`: a rollback cannot take an enum's value back.
-    let db = support::database().await;
-    let up = output(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
-    assert_eq!(up.code, 0, "{}", up.stderr);
+    let (dir, out) = imported_then("golang-migrate", src.path(), &["up"]).await;
     for file in ["002_closed.sql", "002_closed.down.sql"] {
         let text = read(dir.path(), file);
         assert!(text.starts_with("-- no-transaction\n"), "{file}: {text}");
@@ -545,17 +541,7 @@ async fn a_flyway_script_configured_outside_a_transaction_is_imported_to_run_out
         ),
         ("V5__bom.sql.conf", "executeInTransaction=false\n"),
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let out = import("flyway", src.path(), dir.path());
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let db = support::database().await;
-    let up = output(
-        binary()
-            .args(["up", "--log-format", "json"])
-            .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
-    assert_eq!(up.code, 0, "{}", up.stderr);
+    let (dir, out) = imported_then("flyway", src.path(), &["up"]).await;
     for file in ["002_closed.sql", "003_held.sql", "003_held.down.sql"] {
         let text = read(dir.path(), file);
         assert!(text.starts_with("-- no-transaction\n"), "{file}: {text}");
