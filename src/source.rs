@@ -808,6 +808,13 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
             ))
         })?,
     };
+    // A directory of timestamp versions (dbmate's, sqlx's, diesel's habit) gets the time now,
+    // as those tools write it: two branches that each add a migration then seldom collide,
+    // where one past the newest would give both the same number.
+    let version = match existing.last() {
+        Some(newest) if is_timestamp(newest.version) => version.max(timestamp_now()),
+        _ => version,
+    };
     let width = existing
         .iter()
         .map(|m| version_width(&m.up.path))
@@ -830,6 +837,33 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
         &format!("-- Rolls back {stem}{spelling}\n{DOWN_HINTS}\n"),
     )?;
     Ok((up, down))
+}
+
+/// Whether `version` reads as a UTC time written YYYYMMDDHHMMSS.
+fn is_timestamp(version: i64) -> bool {
+    let part = |at: u32| (version / 10_i64.pow(at)) % 100;
+    (10_000_000_000_000..100_000_000_000_000).contains(&version)
+        && (1970..=2999).contains(&(version / 10_000_000_000))
+        && (1..=12).contains(&part(8))
+        && (1..=31).contains(&part(6))
+        && part(4) < 24
+        && part(2) < 60
+        && part(0) < 60
+}
+
+/// The time now in UTC as a version, YYYYMMDDHHMMSS.
+fn timestamp_now() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    let fields = [
+        i64::from(u8::from(now.month())),
+        i64::from(now.day()),
+        i64::from(now.hour()),
+        i64::from(now.minute()),
+        i64::from(now.second()),
+    ];
+    (fields.iter()).fold(i64::from(now.year()), |version, field| {
+        version * 100 + field
+    })
 }
 
 fn version_width(path: &Path) -> usize {
@@ -1129,5 +1163,15 @@ mod tests {
         assert!(long.len() <= SLUG_MAX && long.starts_with("add_the_thumbnail_column_add"));
         assert!(!long.ends_with('_'), "{long}");
         assert_eq!(slug(&"x".repeat(300)), "x".repeat(SLUG_MAX));
+    }
+
+    #[test]
+    fn timestamp_versions_are_told_from_counters() {
+        assert!(is_timestamp(20230902192641));
+        assert!(!is_timestamp(20231302192641), "month 13");
+        assert!(!is_timestamp(12));
+        assert!(!is_timestamp(99999999999999));
+        assert!(is_timestamp(timestamp_now()));
+        assert!(timestamp_now() > 20261201000000);
     }
 }

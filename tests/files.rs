@@ -387,6 +387,34 @@ async fn new_creates_the_next_pair_after_the_newest_version() {
     assert_eq!(error.exit_code(), 3);
 }
 
+/// In a directory of timestamp versions (dbmate's, sqlx's), `new` writes the time now, as
+/// those tools do, so that two branches seldom pick the same number; a version in the future
+/// is still passed.
+#[tokio::test]
+async fn new_in_a_directory_of_timestamps_writes_the_time_now() {
+    for (newest, later) in [("20230902192641", true), ("29990101000000", false)] {
+        let name = format!("{newest}_a.sql");
+        let dir = migrations(&[(name.as_str(), "SELECT 1;")]);
+        let new = Command::New {
+            description: "b".into(),
+        };
+        let (summary, result) = run(&config("postgresql://u@localhost/d", dir.path(), new)).await;
+        result.unwrap();
+        let file = summary.created[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let version: i64 = file.split('_').next().unwrap().parse().unwrap();
+        let newest: i64 = newest.parse().unwrap();
+        match later {
+            // A date this year or later, not the one past the newest.
+            true => assert!(version > 20261200000000 && version != newest + 1, "{file}"),
+            false => assert_eq!(version, newest + 1, "{file}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn directories_and_dangling_links_named_like_migrations_are_refused() {
     let db = support::database().await;
