@@ -223,9 +223,17 @@ pub async fn check_kept(
             Direction::Down => expected.remove(&m.version),
         };
     }
-    let found = applied(client, table, Columns::Checks)
-        .await?
-        .unwrap_or_default();
+    let found = match applied(client, table, Columns::Checks).await {
+        Ok(found) => found.unwrap_or_default(),
+        // Everything the run did is already committed: said so, not a bare failed read.
+        Err(Error::Database { source, .. }) if crate::error::is_connection_lost(&source) => {
+            return Err(Error::Database {
+                context: "every migration of the run committed (the summary counts them), but the connection was lost reading the history back to check it; `db-migrate verify` checks it",
+                source,
+            });
+        }
+        Err(error) => return Err(error),
+    };
     let found: std::collections::BTreeMap<i64, &Applied> =
         found.iter().map(|a| (a.version, a)).collect();
     let mut gone = Vec::new();
