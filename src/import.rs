@@ -206,7 +206,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         entries.sort();
     }
     let mut ups: BTreeMap<i64, Imported> = BTreeMap::new();
-    let mut downs: BTreeMap<i64, (String, Vec<String>)> = BTreeMap::new();
+    let mut downs: BTreeMap<i64, (String, Vec<String>, String)> = BTreeMap::new();
     // The order the other tool runs them in, where that is not by number: diesel orders
     // versions as text, dbmate files by name. (key, version, source) of each migration.
     let mut order: Vec<(String, i64, String)> = Vec::new();
@@ -248,7 +248,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         };
         match part {
             Part::Down(sql, notes) => {
-                if downs.insert(version, (sql, notes)).is_some() {
+                if downs.insert(version, (sql, notes, file.clone())).is_some() {
                     return Err(invalid(
                         &path,
                         format!("is a second rollback for version {version}; keep one"),
@@ -322,9 +322,16 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
     }
     let mut migrations = Vec::with_capacity(ups.len());
     for (version, mut imported) in ups {
-        if let Some((down, notes)) = downs.remove(&version) {
+        if let Some((down, notes, file)) = downs.remove(&version) {
             imported.down = Some(down);
             imported.changes.extend(notes);
+            // Paired by version: a rollback named otherwise (Ente's `3_drop_x.down.sql`
+            // beside `3_add_y.up.sql`) is named on the line, as it is renamed.
+            if !matches!(layout, Layout::Dbmate | Layout::Diesel)
+                && described(&file) != imported.name
+            {
+                imported.changes.push(format!("rollback from {file}"));
+            }
         }
         imported.up = own_transaction_removed(&imported.up, &mut imported.changes, "");
         // A rollback without a statement is no rollback, but it is said to be there.
@@ -421,6 +428,21 @@ fn morph_marked(sql: &str, changes: &mut Vec<String>, whose: &str) -> String {
         "{whose}-- morph:nontransactional -> -- no-transaction"
     ));
     format!("-- no-transaction\n{rest}")
+}
+
+/// What a separate rollback file's name describes, as a migration's name is made from it:
+/// after its version (`3_name.down.sql`, `U3__name.sql`), without the suffix.
+fn described(file: &str) -> String {
+    let stem = file.trim_end_matches(".sql").trim_end_matches(".down");
+    let rest = stem.trim_start_matches(|c: char| c.is_ascii_alphabetic() || c.is_ascii_digit());
+    let rest = rest
+        .strip_prefix("__")
+        .or_else(|| rest.strip_prefix('_'))
+        .unwrap_or(rest);
+    match slug(rest) {
+        name if name.is_empty() => "migration".to_string(),
+        name => name,
+    }
 }
 
 /// `sql` with `-- no-transaction` as its first line. A byte order mark goes: read as white

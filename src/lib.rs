@@ -506,7 +506,15 @@ impl Job<'_> {
             true => attempt::first_queries(db.dialer.target(), error, true, true),
             false => error,
         });
-        let applied = applied?.unwrap_or_default();
+        let applied = applied?;
+        // No history of its own: another tool's table says what `up` would refuse.
+        if applied.is_none()
+            && let Err(other @ Error::OtherToolsHistory { .. }) =
+                history::refuse_other_tools(db.client, db.table).await
+        {
+            warn!("{other}");
+        }
+        let applied = applied.unwrap_or_default();
         let mut status = plan::status(db.migrations, &applied);
         // An applied version two files claim is shown as such, by the name history records,
         // not compared with the file kept (the first by name), which may well be the one that

@@ -587,6 +587,35 @@ async fn a_flyway_script_configured_outside_a_transaction_is_imported_to_run_out
     }
 }
 
+/// A rollback is paired with its forward file by version; one named otherwise (Ente's
+/// `30_..._down.sql` beside another description) is said on the line, as it is renamed.
+#[test]
+fn a_rollback_named_otherwise_is_said_on_its_line() {
+    let src = fixture(&[
+        ("1_add_a.up.sql", "CREATE TABLE a (i int);\n"),
+        ("1_drop_a.down.sql", "DROP TABLE a;\n"),
+        ("2_b.up.sql", "CREATE TABLE b (i int);\n"),
+        ("2_b.down.sql", "DROP TABLE b;\n"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = import("golang-migrate", src.path(), dir.path());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = |file: &str| {
+        let found = out.stdout.lines().find(|l| l.starts_with(file));
+        found.unwrap_or_default().to_string()
+    };
+    assert!(
+        line("001_add_a.sql").contains("rollback from 1_drop_a.down.sql"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !line("002_b.sql").contains("rollback from"),
+        "{}",
+        out.stdout
+    );
+}
+
 /// diesel tells versions apart by their text: Lemmy has both `00000000000000_...` and
 /// `000000000000000_...`. Both are 0 here; the refusal said "keep one", which would delete a
 /// real migration, and now says why they collide and what to do.
