@@ -275,7 +275,6 @@ impl Job<'_> {
         let (dialer, scratch) = (&dialer, scratch.as_ref());
         let interrupt = Interrupt::default();
         let work = async {
-            let opening_from = std::time::SystemTime::now();
             let mut opening = Box::pin(dialer.open(connect::Purpose::Migration));
             let mut files = Box::pin(self.files(loading));
             let mut loaded = None;
@@ -299,12 +298,14 @@ impl Job<'_> {
             };
             let login = connect::announced_pid(&client.cancel_token())
                 .await
-                .map(|pid| monitor::Login {
-                    pid,
-                    // The attempt that succeeded: runs started together, retrying, would
-                    // otherwise share a window.
-                    from: dialer.attempted().unwrap_or(opening_from),
-                    to: std::time::SystemTime::now(),
+                .and_then(|pid| {
+                    Some(monitor::Login {
+                        pid,
+                        // The attempt that succeeded: runs started together, retrying,
+                        // would otherwise share a window.
+                        from: dialer.attempted()?,
+                        to: std::time::SystemTime::now(),
+                    })
                 });
             interrupt.arm(dialer.canceller(client.cancel_token()));
             // The run's first round trips go out while the files are still being read; a
@@ -313,7 +314,8 @@ impl Job<'_> {
             let version = dialer.reported_version();
             // One round trip, guarded: behind a link that hangs it would hold the lock (when
             // the try took it) for as long as the link does.
-            let pending = prelude(self.config, &client, version);
+            let announced = login.map(|login| login.pid);
+            let pending = prelude(self.config, &client, version, announced);
             let mut pending = Box::pin(monitor::guarded_login(dialer, login, pending));
             let mut early = None;
             let migrations = UntilExit::new(match loaded {
@@ -966,13 +968,19 @@ impl Job<'_> {
 /// The run's first round trips once connected, made while the files are still being read.
 /// The commands that only read find the history table. The others also set the session up,
 /// take the lock and read the history (see [`changing`]).
-async fn prelude(config: &Config, client: &Client, version: Option<i32>) -> Prelude {
+/// `announced` is the pid the server announced at login, if it did.
+async fn prelude(
+    config: &Config,
+    client: &Client,
+    version: Option<i32>,
+    announced: Option<i32>,
+) -> Prelude {
     match &config.command {
         Command::Status { .. }
         | Command::Verify { .. }
         | Command::Schema
         | Command::Test { .. } => Prelude::ReadOnly(config.history_table.resolve(client).await),
-        _ => Prelude::Changing(changing(config, client, version).await),
+        _ => Prelude::Changing(changing(config, client, version, announced).await),
     }
 }
 
@@ -992,10 +1000,10 @@ async fn changing(
     config: &Config,
     client: &Client,
     version: Option<i32>,
+    announced: Option<i32>,
 ) -> Result<Box<Changing>, Error> {
     let (limits, key) = (config.session.limits(), lock::key(&config.history_table));
     let given = &config.history_table;
-    let announced = connect::announced_pid(&client.cancel_token()).await;
     let fresh = async {
         match announced {
             Some(pid) => {
