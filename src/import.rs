@@ -295,7 +295,10 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
     }
     if matches!(layout, Layout::Diesel | Layout::Dbmate) {
         order.sort();
-        if let Some(pair) = order.windows(2).find(|pair| pair[0].1 > pair[1].1) {
+        if layout == Layout::Diesel && disordered(&order).is_some() {
+            widen(src, &mut order, &mut ups)?;
+        }
+        if let Some(pair) = disordered(&order) {
             let ((first_key, first, source), (next_key, next, next_source)) = (&pair[0], &pair[1]);
             let how = match layout {
                 Layout::Diesel => "diesel orders versions as text",
@@ -679,6 +682,56 @@ fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
         false => down,
     });
     Ok(Some((version, Part::Up(imported))))
+}
+
+/// The first neighbours of `order` (sorted as the other tool runs them) whose numbers run the
+/// other way.
+fn disordered(order: &[(String, i64, String)]) -> Option<&[(String, i64, String)]> {
+    order.windows(2).find(|pair| pair[0].1 > pair[1].1)
+}
+
+/// diesel 2.2 names new directories `YYYY-MM-DD-HHMMSS-NNNN_` (18 digits) where older ones
+/// have 14, and projects keep writing both (ChirpStack's 2025-11-11-140459-0000 runs between
+/// 2025-10-01-085546 and 2026-01-28-120000): read as numbers, every 18-digit version runs
+/// last. Widened with zeros on the right to the longest width, the numbers keep diesel's
+/// text order, and `baseline --from diesel` finds a version diesel recorded in 14 digits the
+/// same way. Only a set whose order needs it is widened, so a set imported before keeps its
+/// versions. Two names that widen to one number stay refused.
+fn widen(
+    src: &Path,
+    order: &mut [(String, i64, String)],
+    ups: &mut BTreeMap<i64, Imported>,
+) -> Result<(), Error> {
+    let width = order.iter().map(|(key, ..)| key.len()).max().unwrap_or(0);
+    // Past 18 digits a version no longer fits db-migrate's bigint; refused as it was.
+    if width > 18 {
+        return Ok(());
+    }
+    let mut widened = BTreeMap::new();
+    for (key, version, source) in order.iter_mut() {
+        let Some(mut imported) = ups.remove(version) else {
+            continue;
+        };
+        let wide = *version * 10_i64.pow((width - key.len()) as u32);
+        if wide != *version {
+            imported.changes.push(format!(
+                "version {version} -> {wide}, widened to {width} digits to keep diesel's order"
+            ));
+        }
+        imported.version = wide;
+        if let Some(other) = widened.insert(wide, imported) {
+            return Err(invalid(
+                &src.join(source.as_str()),
+                format!(
+                    "is version {wide} once the versions are widened to {width} digits to keep diesel's order, as is {}; rename one to a free version before importing",
+                    other.source
+                ),
+            ));
+        }
+        *version = wide;
+    }
+    *ups = widened;
+    Ok(())
 }
 
 /// diesel: `2024-01-02-030405_name/` (or `00000000000000_name/`) with `up.sql`, `down.sql` and

@@ -387,13 +387,26 @@ pub fn adopt<'a>(
             .chain(then.iter().copied())
             .collect(),
     };
+    let find = |version: i64| migrations.iter().find(|m| m.version == version);
     versions
         .iter()
         .map(|version| {
-            (migrations.iter().find(|m| m.version == *version))
+            find(*version)
+                .or_else(|| widened(migrations, *version, tool).and_then(find))
                 .ok_or_else(|| adopt_missing(tool, *version))
         })
         .collect()
+}
+
+/// A version diesel recorded in 14 digits, as `import --from diesel` widened it to the
+/// directory's width where 14- and 18-digit names had to keep diesel's order.
+fn widened(migrations: &[Migration], version: i64, tool: &str) -> Option<i64> {
+    let digits = |v: i64| v.checked_ilog10().map_or(1, |d| d + 1);
+    let width = digits(migrations.iter().map(|m| m.version).max()?);
+    let short = digits(version);
+    (tool == "diesel" && short < width)
+        .then(|| version.checked_mul(10_i64.checked_pow(width - short)?))
+        .flatten()
 }
 
 fn adopt_missing(tool: &str, version: i64) -> Error {

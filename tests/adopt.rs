@@ -367,3 +367,95 @@ async fn up_warns_of_tables_without_history_and_only_then() {
         drop(other);
     }
 }
+
+/// diesel 2.2 names directories in 18 digits (`YYYY-MM-DD-HHMMSS-NNNN_`) and projects keep
+/// writing 14-digit ones beside them, as ChirpStack does; diesel runs them in the order of their
+/// text. Imported, the versions are widened so that their numbers keep that order (each file
+/// here needs the one before it), and `baseline --from diesel` finds the versions diesel
+/// recorded in either width.
+#[tokio::test]
+async fn a_diesel_set_of_14_and_18_digit_names_keeps_diesel_order_and_is_adopted() {
+    let src = tempfile::tempdir().unwrap();
+    for (dir, sql) in [
+        (
+            "00000000000000_diesel_initial_setup",
+            "CREATE TABLE IF NOT EXISTS setup (id int);",
+        ),
+        (
+            "2025-10-01-085546_devices",
+            "CREATE TABLE devices (id int);",
+        ),
+        (
+            "2025-11-11-140459-0000_add_f_cnt",
+            "ALTER TABLE devices ADD COLUMN f_cnt int;",
+        ),
+        (
+            "2026-01-28-120000_rename_f_cnt",
+            "ALTER TABLE devices RENAME COLUMN f_cnt TO f_cnt_up;",
+        ),
+    ] {
+        std::fs::create_dir(src.path().join(dir)).unwrap();
+        std::fs::write(src.path().join(dir).join("up.sql"), sql).unwrap();
+    }
+    let dest = tempfile::tempdir().unwrap();
+    let dir = dest.path().join("migrations");
+    let out = output(
+        binary()
+            .args(["import", "--from", "diesel", "--log-format", "json"])
+            .arg(src.path())
+            .env("MIGRATIONS_DIR", &dir),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "000000000000000000_diesel_initial_setup.sql",
+            "202510010855460000_devices.sql",
+            "202511111404590000_add_f_cnt.sql",
+            "202601281200000000_rename_f_cnt.sql",
+        ]
+    );
+    assert!(
+        out.stdout
+            .contains("version 20260128120000 -> 202601281200000000, widened to 18 digits"),
+        "{}",
+        out.stdout
+    );
+    // diesel ran the first three, recording each version as its directory names it.
+    let db = managed(
+        "CREATE TABLE __diesel_schema_migrations (\
+         version VARCHAR(50) PRIMARY KEY NOT NULL, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         INSERT INTO __diesel_schema_migrations (version) \
+         VALUES ('00000000000000'), ('20251001085546'), ('202511111404590000'); \
+         CREATE TABLE setup (id int); CREATE TABLE devices (id int, f_cnt int);",
+    )
+    .await;
+    let out = run(&db, &dir, &["baseline", "--from", "diesel"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(ours(&db).await, [0, 202510010855460000, 202511111404590000]);
+    let out = run(&db, &dir, &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        ours(&db).await,
+        [
+            0,
+            202510010855460000,
+            202511111404590000,
+            202601281200000000
+        ]
+    );
+    let renamed: i64 = support::one(
+        &db.client().await,
+        "SELECT count(*) FROM information_schema.columns WHERE column_name = 'f_cnt_up'",
+    )
+    .await;
+    assert_eq!(renamed, 1);
+    let out = run(&db, &dir, &["verify"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

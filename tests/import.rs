@@ -309,16 +309,18 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
             &[("-5_neg.up.sql", "SELECT 1;")],
             "does not start with a whole-number version (\"-5\")",
         ),
-        // diesel runs versions in the order of their text, dbmate files in the order of their
-        // names: as numbers these run the other way round. (diesel 2.2 names its directories
-        // YYYY-MM-DD-HHMMSS-NNNN_, four digits more than before.)
+        // diesel runs versions in the order of their text: a set of 14- and 18-digit names
+        // (diesel 2.2 writes YYYY-MM-DD-HHMMSS-NNNN_) is widened to keep it, unless two names
+        // then become one number. dbmate runs files in the order of their names: as numbers
+        // these run the other way round.
         (
             "diesel",
             &[
-                ("2026-03-09-005927-0000_add_archives/up.sql", "SELECT 1;"),
-                ("2026-03-29-120000_add_devices/up.sql", "SELECT 2;"),
+                ("2025-12-01-000000-0000_c/up.sql", "SELECT 1;"),
+                ("2026-01-28-120000_a/up.sql", "SELECT 2;"),
+                ("2026-01-28-120000-0000_b/up.sql", "SELECT 3;"),
             ],
-            "2026-03-09-005927-0000_add_archives: is version 202603090059270000, above the 20260329120000 of 2026-03-29-120000_add_devices, which diesel runs after it (diesel orders versions as text); db-migrate runs versions by number, so it would run them the other way round; import a copy of the directory with the versions renamed so that their numbers keep diesel's order (here they differ in length: 18 digits against 14)",
+            "2026-01-28-120000-0000_b: is version 202601281200000000 once the versions are widened to 18 digits to keep diesel's order, as is 2026-01-28-120000_a; rename one",
         ),
         (
             "dbmate",
