@@ -167,6 +167,8 @@ pub enum Baseline {
     From {
         tool: import::Tool,
         table: Option<String>,
+        /// Record files that differ from what the tool ran, by its checksum (with a warning).
+        accept_edited: bool,
     },
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use sha2::Digest;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
@@ -140,6 +141,89 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
 
 /// What a migration that held no statement is given, so that it runs and its version stays.
 const NO_OP: &str = "SELECT 1; -- imported without a statement";
+
+/// The versions of `adopted` whose file is not the text the other tool ran, by the checksum it
+/// recorded: sqlx's SHA-384 of the file's bytes, Flyway's CRC32 of its lines. Such a file was
+/// edited since (or read by sqlx with `ignored-chars`), and baseline would record it as it is
+/// now. What `import` adds on the way (the `-- no-transaction` line, a `SELECT 1;` for a file
+/// without a statement) is taken off before comparing. The other tools keep no checksum.
+pub async fn edited_since(
+    client: &Client,
+    tool: Tool,
+    table: &Table,
+    adopted: &[&source::Migration],
+) -> Result<Vec<i64>, Error> {
+    let table = table.quoted();
+    let query = match tool {
+        Tool::Sqlx => format!("SELECT version::text, checksum FROM {table} WHERE success"),
+        // A later row of a version (run again after an undo, or `flyway repair`) wins.
+        Tool::Flyway => format!(
+            "SELECT version, int4send(checksum) FROM {table} \
+              WHERE type = 'SQL' AND success AND checksum IS NOT NULL ORDER BY installed_rank"
+        ),
+        _ => return Ok(Vec::new()),
+    };
+    let rows = (client.query(&query, &[]).await)
+        .map_err(Error::database("reading the other tool's checksums"))?;
+    let recorded: BTreeMap<i64, Vec<u8>> = rows
+        .iter()
+        // Flyway's repeatable scripts have no version.
+        .filter_map(|r| {
+            let version: Option<String> = r.try_get(0).ok()?;
+            Some((version?.trim().parse().ok()?, r.try_get(1).ok()?))
+        })
+        .collect();
+    let fingerprint = |text: &str| -> Vec<u8> {
+        match tool {
+            Tool::Sqlx => sha2::Sha384::digest(text.as_bytes()).to_vec(),
+            // Flyway adds up each line without its line break, after a byte order mark.
+            _ => {
+                let mut crc = crc32fast::Hasher::new();
+                for piece in text.split(['\r', '\n']) {
+                    crc.update(piece.as_bytes());
+                }
+                crc.finalize().to_be_bytes().to_vec()
+            }
+        }
+    };
+    Ok(adopted
+        .iter()
+        .filter(|m| {
+            recorded.get(&m.version).is_some_and(|theirs| {
+                !as_run(&m.up.sql, tool)
+                    .iter()
+                    .any(|text| fingerprint(text) == *theirs)
+            })
+        })
+        .map(|m| m.version)
+        .collect())
+}
+
+/// The texts the other tool may have run for a file that reads `text` here: as it is, without
+/// what `import` added to it, and (for sqlx, which hashes the bytes) with the byte order mark
+/// that db-migrate drops when it reads a file.
+fn as_run(text: &str, tool: Tool) -> Vec<String> {
+    let mut texts = vec![text.to_string()];
+    if let Some(rest) = text.strip_prefix("-- no-transaction\n") {
+        texts.push(rest.to_string());
+    }
+    let added = format!("{NO_OP}\n");
+    for index in 0..texts.len() {
+        if let Some(body) = texts[index].strip_suffix(&added).map(str::to_string) {
+            if let Some(short) = body.strip_suffix('\n') {
+                texts.push(short.to_string());
+            }
+            texts.push(body);
+        }
+    }
+    if tool == Tool::Sqlx {
+        let marked: Vec<String> = (texts.iter())
+            .map(|t| format!("{}{t}", crate::sql::BOM))
+            .collect();
+        texts.extend(marked);
+    }
+    texts
+}
 
 /// A migration layout `import --from` reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

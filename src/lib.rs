@@ -690,6 +690,7 @@ impl Job<'_> {
                     config::Baseline::From {
                         tool,
                         table: theirs,
+                        accept_edited,
                     } => {
                         let theirs = history::Table::parse(
                             theirs.as_deref().unwrap_or(tool.default_table()),
@@ -702,7 +703,30 @@ impl Job<'_> {
                             )));
                         }
                         let recorded = import::applied(client, *tool, &theirs).await?;
-                        plan::adopt(migrations, applied, &recorded, tool.name())?
+                        let adopted = plan::adopt(migrations, applied, &recorded, tool.name())?;
+                        let edited = import::edited_since(client, *tool, &theirs, &adopted);
+                        let edited = edited.await?;
+                        if let Some(first) = edited.first() {
+                            let file = (adopted.iter().find(|m| m.version == *first))
+                                .map(|m| m.up.path.clone())
+                                .unwrap_or_default();
+                            if !accept_edited {
+                                return Err(Error::EditedSinceRun {
+                                    tool: tool.name(),
+                                    version: *first,
+                                    file,
+                                    more: edited.len() - 1,
+                                });
+                            }
+                            tracing::warn!(
+                                versions = ?edited,
+                                "{} migration(s) differ from what {} ran, by its checksum (first {}); recorded as they are now (--accept-edited): check the schema with `db-migrate verify --schema`",
+                                edited.len(),
+                                tool.name(),
+                                file.display()
+                            );
+                        }
+                        adopted
                     }
                 };
                 let by = &config.applied_by;

@@ -132,16 +132,17 @@ async fn dbmate_sqlx_diesel_and_flyway_histories_are_adopted_version_by_version(
                 description TEXT NOT NULL, installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), \
                 success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
                 INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-                VALUES (20240101120000, 'a', true, '\\x00', 1), (20240301120000, 'c', true, '\\x00', 1);";
+                VALUES (20240101120000, 'a', true, sha384('CREATE TABLE IF NOT EXISTS a (id int);'), 1), \
+                       (20240301120000, 'c', true, sha384('CREATE TABLE IF NOT EXISTS c (id int);'), 1);";
     let flyway = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
                   version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
                   script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
                   installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
                   success BOOLEAN NOT NULL); \
                   INSERT INTO flyway_schema_history VALUES \
-                  (1, '20240101120000', 'a', 'SQL', 'V20240101120000__a.sql', 1, 'u', now(), 1, true), \
+                  (1, '20240101120000', 'a', 'SQL', 'V20240101120000__a.sql', 182216076, 'u', now(), 1, true), \
                   (2, NULL, 'view', 'SQL', 'R__view.sql', 1, 'u', now(), 1, true), \
-                  (3, '20240301120000', 'c', 'SQL', 'V20240301120000__c.sql', 1, 'u', now(), 1, true);";
+                  (3, '20240301120000', 'c', 'SQL', 'V20240301120000__c.sql', 1387322445, 'u', now(), 1, true);";
     // The second of three was never applied (out of order in the other tool): only what its
     // history says is recorded.
     let dir = migrations(&[
@@ -209,7 +210,7 @@ async fn a_flyway_baseline_row_stands_for_every_version_up_to_it_and_an_undo_or_
         "{table} INSERT INTO flyway_schema_history VALUES \
          (1, '0', '<< Flyway Schema Creation >>', 'SCHEMA', 'public', NULL, 'u', now(), 0, true), \
          (2, '2', '<< Flyway Baseline >>', 'BASELINE', '<< Flyway Baseline >>', NULL, 'u', now(), 0, true), \
-         (3, '3', 'c', 'SQL', 'V3__c.sql', 1, 'u', now(), 1, true), \
+         (3, '3', 'c', 'SQL', 'V3__c.sql', 1387322445, 'u', now(), 1, true), \
          (4, '4', 'd', 'SQL', 'V4__d.sql', 1, 'u', now(), 1, true), \
          (5, '4', 'd', 'UNDO_SQL', 'U4__d.sql', 1, 'u', now(), 1, true), \
          (6, '5', 'e', 'SQL', 'V5__e.sql', 1, 'u', now(), 1, true), \
@@ -458,4 +459,82 @@ async fn a_diesel_set_of_14_and_18_digit_names_keeps_diesel_order_and_is_adopted
     assert_eq!(renamed, 1);
     let out = run(&db, &dir, &["verify"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// sqlx and Flyway record a checksum of each file they ran (SHA-384 of its bytes; CRC32 of its
+/// lines). A file edited since is not adopted as if it had run: exit 4 and nothing recorded,
+/// unless `--accept-edited`, which names it. What `import` adds on the way is no edit: the
+/// `-- no-transaction` line over Flyway's CONCURRENTLY file, the `SELECT 1;` given a file
+/// without a statement. Nor is a CRLF file, whose line breaks Flyway's checksum leaves out.
+#[tokio::test]
+async fn a_file_edited_after_sqlx_or_flyway_ran_it_is_refused_unless_accepted() {
+    let dir = migrations(&[
+        (
+            "1_a.sql",
+            "-- the first table\r\nCREATE TABLE IF NOT EXISTS a (id int);\r\n",
+        ),
+        (
+            "2_a_id.sql",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS a_id ON a (id);\n",
+        ),
+        (
+            "3_c.sql",
+            "CREATE TABLE IF NOT EXISTS c (id int, edited int);",
+        ),
+        (
+            "4_nothing.sql",
+            "-- nothing here\nSELECT 1; -- imported without a statement\n",
+        ),
+    ]);
+    let sqlx = "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, \
+                description TEXT NOT NULL, installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
+                INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES \
+                (1, 'a', true, sha384(convert_to(E'-- the first table\\r\\nCREATE TABLE IF NOT EXISTS a (id int);\\r\\n', 'UTF8')), 1), \
+                (2, 'a id', true, sha384(convert_to(E'-- no-transaction\\nCREATE INDEX CONCURRENTLY IF NOT EXISTS a_id ON a (id);\\n', 'UTF8')), 1), \
+                (3, 'c', true, sha384('CREATE TABLE IF NOT EXISTS c (id int);'), 1), \
+                (4, 'nothing', true, sha384(convert_to(E'-- nothing here\\n', 'UTF8')), 1);";
+    // Checksums as Flyway computes them (java.util.zip.CRC32 over each line read).
+    let flyway = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
+                  version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
+                  script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
+                  installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
+                  success BOOLEAN NOT NULL); \
+                  INSERT INTO flyway_schema_history VALUES \
+                  (1, '1', 'a', 'SQL', 'V1__a.sql', 1098132616, 'u', now(), 1, true), \
+                  (2, '2', 'a id', 'SQL', 'V2__a_id.sql', 678834272, 'u', now(), 1, true), \
+                  (3, '3', 'c', 'SQL', 'V3__c.sql', 1387322445, 'u', now(), 1, true), \
+                  (4, '4', 'nothing', 'SQL', 'V4__nothing.sql', 552342527, 'u', now(), 1, true);";
+    let schema = "CREATE TABLE a (id int); CREATE INDEX a_id ON a (id); CREATE TABLE c (id int);";
+    for (tool, setup) in [("sqlx", sqlx), ("flyway", flyway)] {
+        let db = managed(&format!("{setup} {schema}")).await;
+        let out = run(&db, dir.path(), &["baseline", "--from", tool]);
+        assert_eq!(out.code, 4, "{tool}: {}", out.stderr);
+        let text = summary_message(&out);
+        assert!(
+            text.contains(&format!("{tool} ran migration 3 from another text than"))
+                && text.contains("3_c.sql")
+                && text.contains("--accept-edited")
+                && !text.contains("more migration"),
+            "{tool}: {text}"
+        );
+        let recorded: Option<String> = support::one(
+            &db.client().await,
+            &format!("SELECT to_regclass('{OURS}')::text"),
+        )
+        .await;
+        assert_eq!(recorded, None, "{tool}: the history table was made");
+        let out = run(
+            &db,
+            dir.path(),
+            &["baseline", "--from", tool, "--accept-edited"],
+        );
+        assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
+        assert_eq!(ours(&db).await, [1, 2, 3, 4], "{tool}");
+        let warned = events(&out.stderr).into_iter().any(|e| {
+            e["severity"] == "WARNING"
+                && e["message"].as_str().is_some_and(|m| m.contains("3_c.sql"))
+        });
+        assert!(warned, "{tool}: {}", out.stderr);
+    }
 }

@@ -293,6 +293,10 @@ pub struct BaselineArgs {
     /// flyway_schema_history).
     #[arg(long, requires = "from")]
     from_table: Option<String>,
+    /// Record the files as they are even where sqlx's or Flyway's checksum says the file
+    /// differs from what that tool ran (edited since); each is named in a warning.
+    #[arg(long, requires = "from")]
+    accept_edited: bool,
 }
 
 /// `baseline --from`, as typed.
@@ -723,6 +727,7 @@ fn command(args: &CommandArgs) -> Command {
                     Some(ToolArg::GolangMigrate) | None => import::Tool::GolangMigrate,
                 },
                 table: args.from_table.clone(),
+                accept_edited: args.accept_edited,
             },
         }),
     }

@@ -204,6 +204,19 @@ pub enum Error {
         table: String,
     },
 
+    /// `baseline --from`: a file differs from what the other tool ran, by its checksum.
+    #[error(
+        "{tool} ran migration {version} from another text than {} holds now (the checksum {tool} recorded differs){}: the file was edited after {tool} applied it, or import changed it (said on its line); restore the file as {tool} ran it, or if the database holds what the files say now, adopt with `db-migrate baseline --from {tool} --accept-edited`; nothing was recorded",
+        .file.display(), more_edited(*.more)
+    )]
+    EditedSinceRun {
+        tool: &'static str,
+        version: i64,
+        file: PathBuf,
+        /// Other migrations that differ, after this first one.
+        more: usize,
+    },
+
     /// Baseline asked of a database that already has history.
     #[error(
         "the history table already records {count} migration(s); baseline is only for a database without history"
@@ -389,7 +402,8 @@ impl Error {
             | Error::OutOfOrder { .. }
             | Error::HistoryNotEmpty { .. }
             | Error::ForeignHistory { .. }
-            | Error::OtherToolsHistory { .. } => Outcome::HistoryMismatch,
+            | Error::OtherToolsHistory { .. }
+            | Error::EditedSinceRun { .. } => Outcome::HistoryMismatch,
             Error::Connect { .. } | Error::ConnectStalled { .. } | Error::CloudSql { .. } => {
                 Outcome::ConnectFailed
             }
@@ -577,6 +591,13 @@ fn one_line(query: &str) -> String {
 }
 
 /// What ends the first history problem's message when there are others.
+fn more_edited(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        n => format!(", and {n} more migration(s) likewise"),
+    }
+}
+
 fn more_problems(more: usize) -> String {
     match more {
         0 => String::new(),
