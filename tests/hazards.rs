@@ -264,13 +264,16 @@ async fn an_allow_comment_silences_exactly_its_statement_and_its_reason_is_logge
 
 #[tokio::test]
 async fn create_if_not_exists_on_the_bot_s_big_table_does_not_make_it_new() {
-    // The seed applied without a history (as the npm psql loop did), the table full: the
-    // seed's CREATE TABLE IF NOT EXISTS creates nothing, so 002's index builds block the
-    // live table's writes.
+    // The seed's table made without a history or its indexes (as the npm psql loop did with
+    // 001 alone), the table full: the seed's CREATE TABLE IF NOT EXISTS creates nothing, so
+    // 002's index builds block the live table's writes.
     let db = seeded(BIG).await;
     let client = db.client().await;
     client
-        .batch_execute("DROP TABLE schema_migrations")
+        .batch_execute(
+            "DROP TABLE schema_migrations; DROP INDEX idx_video_requests_user_created, \
+             idx_video_requests_status_created, idx_video_requests_guild_created",
+        )
         .await
         .unwrap();
     let out = run(&db, &seed_dir(), &["up"]);
@@ -285,7 +288,7 @@ async fn create_if_not_exists_on_the_bot_s_big_table_does_not_make_it_new() {
         "SELECT count(*) FROM pg_indexes WHERE tablename = 'video_requests'",
     )
     .await;
-    assert_eq!(indexes, 4);
+    assert_eq!(indexes, 1);
     let history: Option<String> =
         support::one(&client, "SELECT to_regclass('schema_migrations')::text").await;
     assert!(history.is_none() || support::history(&client).await.is_empty());
@@ -332,11 +335,11 @@ async fn small_and_new_tables_are_no_hazard() {
 async fn filling_in_a_column_added_earlier_in_the_plan_is_no_data_loss() {
     let db = seeded(&BIG.replace("12000", "3")).await;
     // Writing a column that holds data still is refused, alone or beside a new one, and so is
-    // a column added with IF NOT EXISTS, which may be an old one.
+    // a column added with IF NOT EXISTS that the table has already.
     let refused_cases = [
         "ALTER TABLE video_requests ADD COLUMN priority int;\nUPDATE video_requests SET priority = 0, prompt = '';\n",
         "ALTER TABLE video_requests ADD COLUMN priority int;\nUPDATE video_requests SET status = 'done';\n",
-        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS priority int;\nUPDATE video_requests SET priority = 0;\n",
+        "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS prompt text;\nUPDATE video_requests SET prompt = '';\n",
     ];
     for sql in refused_cases {
         let dir = support::copy_of_seed(&[("003_backfill.sql", sql)]);
@@ -344,7 +347,8 @@ async fn filling_in_a_column_added_earlier_in_the_plan_is_no_data_loss() {
         assert!(message.contains("UPDATE without WHERE"), "{message}");
     }
     assert_eq!(history(&db.client().await).await, [1, 2]);
-    // The backfill of a new column, in its own migration and in the next one of the plan.
+    // The backfill of a new column, in its own migration and in the next one of the plan;
+    // IF NOT EXISTS adds a new one where the table does not have it (Harbor's 052).
     let dir = support::copy_of_seed(&[
         (
             "003_priority.sql",
@@ -352,7 +356,11 @@ async fn filling_in_a_column_added_earlier_in_the_plan_is_no_data_loss() {
              UPDATE video_requests SET priority = 0;\n\
              ALTER TABLE video_requests ALTER COLUMN priority SET NOT NULL;\n",
         ),
-        ("004_rank.sql", "UPDATE video_requests SET priority = 1;\n"),
+        (
+            "004_rank.sql",
+            "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS rank int;\n\
+             UPDATE video_requests SET priority = 1, rank = 2;\n",
+        ),
     ]);
     let out = run(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -366,6 +374,51 @@ async fn filling_in_a_column_added_earlier_in_the_plan_is_no_data_loss() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 3);
+}
+
+/// Harbor repeats its index statements in later releases, and Zed adds columns with their
+/// foreign key inline: on a big table neither builds nor reads anything, so neither is a
+/// finding. An index of a new name is built, and a new column with a default (even DEFAULT
+/// NULL) has its foreign key checked row by row.
+#[tokio::test]
+async fn an_index_already_there_and_a_new_column_s_foreign_key_read_nothing() {
+    let db = seeded(BIG).await;
+    let users = (
+        "003_users.sql",
+        "CREATE TABLE users (id text PRIMARY KEY);\n",
+    );
+    for (sql, rule) in [
+        (
+            "CREATE INDEX IF NOT EXISTS idx_video_requests_prompt ON video_requests (prompt);\n",
+            "index-without-concurrently",
+        ),
+        (
+            "ALTER TABLE video_requests ADD COLUMN owner text DEFAULT NULL REFERENCES users (id);\n",
+            "validates-whole-table",
+        ),
+        // Dropped first, the index is built again.
+        (
+            "DROP INDEX IF EXISTS idx_video_requests_user_created;\n\
+             CREATE INDEX IF NOT EXISTS idx_video_requests_user_created \
+             ON video_requests (user_id, created_at DESC);\n",
+            "index-without-concurrently",
+        ),
+    ] {
+        let dir = support::copy_of_seed(&[users, ("004_more.sql", sql)]);
+        refused(&run(&db, dir.path(), &["up"]), &[rule]);
+    }
+    let dir = support::copy_of_seed(&[
+        users,
+        (
+            "004_more.sql",
+            "CREATE INDEX IF NOT EXISTS idx_video_requests_user_created \
+             ON video_requests (user_id, created_at DESC);\n\
+             ALTER TABLE video_requests ADD COLUMN owner text REFERENCES users (id);\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
 }
 
 #[tokio::test]

@@ -171,13 +171,16 @@ pub enum Effect {
         what: &'static str,
         columns: Vec<String>,
     },
-    /// ADD COLUMN without IF NOT EXISTS: after it the column is a new one, holding its
-    /// default or NULL in every row, so filling it in (a backfill) loses nothing. `not_null`:
-    /// added `NOT NULL` (or as the primary key), so a later `SET NOT NULL` has nothing to read.
+    /// ADD COLUMN: after it the column is a new one, holding its default or NULL in every
+    /// row, so filling it in (a backfill) loses nothing. `not_null`: added `NOT NULL` (or as
+    /// the primary key), so a later `SET NOT NULL` has nothing to read. With IF NOT EXISTS it
+    /// is new only where the table does not have it yet (Harbor's `ADD COLUMN IF NOT EXISTS
+    /// revision` then `UPDATE schedule SET revision = 0`).
     AddsColumn {
         table: Name,
         column: String,
         not_null: bool,
+        if_not_exists: bool,
     },
     /// ADD COLUMN whose rewrite only the catalog can tell: of a type that may be a domain
     /// with constraints (PostgreSQL writes every row to check them), or with a default that
@@ -875,19 +878,18 @@ fn alter_effects(table: &Name, cmd: &pg_query::protobuf::AlterTableCmd, out: &mu
                 });
             }
             if let Some(NodeEnum::ColumnDef(column)) = def {
-                if !cmd.missing_ok {
-                    let not_null = column.is_not_null
-                        || column.constraints.iter().any(|c| {
-                            matches!(&c.node, Some(NodeEnum::Constraint(c))
-                                if matches!(ConstrType::try_from(c.contype),
-                                    Ok(ConstrType::ConstrNotnull | ConstrType::ConstrPrimary)))
-                        });
-                    out.push(Effect::AddsColumn {
-                        table: table(),
-                        column: column.colname.clone(),
-                        not_null,
+                let not_null = column.is_not_null
+                    || column.constraints.iter().any(|c| {
+                        matches!(&c.node, Some(NodeEnum::Constraint(c))
+                            if matches!(ConstrType::try_from(c.contype),
+                                Ok(ConstrType::ConstrNotnull | ConstrType::ConstrPrimary)))
                     });
-                }
+                out.push(Effect::AddsColumn {
+                    table: table(),
+                    column: column.colname.clone(),
+                    not_null,
+                    if_not_exists: cmd.missing_ok,
+                });
                 new_column_effects(&table(), column, out);
             }
         }
@@ -989,6 +991,16 @@ fn new_type(column: &pg_query::protobuf::ColumnDef) -> Option<(String, Vec<i32>)
 /// A column added to an existing table: a volatile default, an identity or a stored
 /// generated column fills every row (a rewrite); a CHECK or a key of its own validates or
 /// indexes the table.
+/// Whether a column definition gives a default, as a DEFAULT clause or otherwise.
+fn has_default(column: &pg_query::protobuf::ColumnDef) -> bool {
+    column.raw_default.is_some()
+        || column.cooked_default.is_some()
+        || column.constraints.iter().any(|c| {
+            matches!(&c.node, Some(NodeEnum::Constraint(c))
+                if ConstrType::try_from(c.contype) == Ok(ConstrType::ConstrDefault))
+        })
+}
+
 fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out: &mut Vec<Effect>) {
     let volatile_default = column.raw_default.as_deref().is_some_and(is_volatile);
     // A serial column's default is nextval() of its new sequence, a value per row.
@@ -1009,6 +1021,10 @@ fn new_column_effects(table: &Name, column: &pg_query::protobuf::ColumnDef, out:
                 // A new column is NOT NULL through its default (metadata only since
                 // PostgreSQL 11) or fails at once on a table with rows: no scan either way.
                 ConstrType::ConstrNotnull => {}
+                // A new column without a default is NULL in every row: PostgreSQL marks its
+                // foreign key valid without reading the table (2,000,000 rows: 3.8 ms; with
+                // a default, even DEFAULT NULL, 173-510 ms).
+                ConstrType::ConstrForeign if !has_default(column) => {}
                 _ => constraint_effects(table, c, out),
             }
         }

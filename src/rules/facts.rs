@@ -44,10 +44,11 @@ impl Facts {
         // Typed queries: one round trip each, with no statement prepared first.
         let estimates = client
             .query_typed(
-                "SELECT n, c.reltuples::int8, c.relkind = 'p', NOT c.relispopulated
+                "SELECT n, c.reltuples::int8, c.relkind = 'p', NOT c.relispopulated,
+                        c.relkind IN ('i', 'I')
                    FROM unnest($1::text[]) AS n
                    JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(n)
-                  WHERE c.relkind IN ('r', 'p', 'm')",
+                  WHERE c.relkind IN ('r', 'p', 'm', 'i', 'I')",
                 &[(&names, Type::TEXT_ARRAY)],
             )
             .await
@@ -55,6 +56,13 @@ impl Facts {
         let mut small = Vec::new();
         for row in estimates {
             let (name, estimate): (String, i64) = (row.get(0), row.get(1));
+            // An index is only ever named (CREATE INDEX IF NOT EXISTS): whether it exists.
+            if row.get::<_, bool>(4) {
+                if !sized.contains(&name) {
+                    rows.insert(name, (estimate.max(0), RowCount::Estimated));
+                }
+                continue;
+            }
             if row.get::<_, bool>(2) {
                 partitioned.insert(name.clone());
             }
@@ -100,6 +108,28 @@ impl Facts {
     /// Rows of `table`, and how they were had, or `None` when it does not exist.
     pub fn rows(&self, table: &Name) -> Option<(i64, RowCount)> {
         self.rows.get(&table.sql()).copied()
+    }
+
+    /// Whether `table` has `column` (false when the table does not exist).
+    pub async fn has_column(
+        &self,
+        client: &Client,
+        table: &Name,
+        column: &str,
+    ) -> Result<bool, Error> {
+        if self.rows(table).is_none() {
+            return Ok(false);
+        }
+        let rows = client
+            .query_typed(
+                "SELECT 1 FROM pg_catalog.pg_attribute
+                  WHERE attrelid = pg_catalog.to_regclass($1) AND attname = $2
+                    AND NOT attisdropped",
+                &[(&table.sql(), Type::TEXT), (&column, Type::TEXT)],
+            )
+            .await
+            .map_err(Error::database("looking up a column added IF NOT EXISTS"))?;
+        Ok(!rows.is_empty())
     }
 
     /// Rows of `table` holding a value in `column`, or `None` when either does not exist:
