@@ -373,7 +373,9 @@ fn catalog(version: i32) -> String {
 /// `pg_get_viewdef`, `pg_get_functiondef`, `pg_get_triggerdef`, `pg_get_expr`, `format_type`),
 /// so a definition reads as PostgreSQL would dump it. `$1` is the history table, left out
 /// with everything that belongs to it, and so is another tool's history table, known by its
-/// columns (golang-migrate's, dbmate's, sqlx's, diesel's, Flyway's, as `baseline --from` reads them):
+/// columns (golang-migrate's, dbmate's, sqlx's, diesel's, Flyway's, as `baseline --from` reads them;
+/// `relnatts` counts dropped columns too, so a table under its tool's own name is looked at
+/// whatever it says: Harbor's migrations add a column to golang-migrate's and drop it again):
 /// a database adopted from that tool keeps it, and no migration made it. System schemas and objects an extension created are
 /// left out too. `$2` asks for owners and grants (columns' and default privileges too); the
 /// default grants a new object has are spelled out, so a GRANT undone by a REVOKE reads as it
@@ -417,7 +419,8 @@ rel AS (
     FROM pg_catalog.pg_class c JOIN ns ON ns.oid = c.relnamespace
     WHERE c.oid IS DISTINCT FROM pg_catalog.to_regclass($1)
       AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND m.objid = c.oid)
-      AND NOT (c.relkind = 'r' AND c.relnatts IN (1, 2, 6, 10) AND (
+      AND NOT (c.relkind = 'r' AND (c.relnatts IN (1, 2, 6, 10)
+               OR c.relname IN ('schema_migrations', '_sqlx_migrations', '__diesel_schema_migrations', 'flyway_schema_history')) AND (
           SELECT pg_catalog.string_agg(a.attname || ' ' || pg_catalog.format_type(a.atttypid, a.atttypmod), ', ' ORDER BY a.attnum)
             FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
           ) ~ '^(version bigint, dirty boolean|version character varying(\(\d+\))?|version character varying\(50\), run_on timestamp without time zone|version bigint, description text, installed_on timestamp with time zone, success boolean, checksum bytea, execution_time bigint|installed_rank integer, version character varying\(50\), description character varying\(200\), type character varying\(20\), script character varying\(1000\), checksum integer, installed_by character varying\(100\), installed_on timestamp without time zone, execution_time integer, success boolean)$')
