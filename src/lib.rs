@@ -509,11 +509,15 @@ impl Job<'_> {
             false => error,
         });
         let applied = applied?;
-        // No history of its own: another tool's table says what `up` would refuse.
+        // No history of its own: another tool's table says what `up` would refuse. `verify`
+        // fails on it as `up` would, rather than ask for the `up` that refuses.
         if applied.is_none()
             && let Err(other @ Error::OtherToolsHistory { .. }) =
                 history::refuse_other_tools(db.client, db.table).await
         {
+            if matches!(self.config.command, Command::Verify { .. }) {
+                return Err(other);
+            }
             warn!("{other}");
         }
         let applied = applied.unwrap_or_default();

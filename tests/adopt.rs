@@ -333,10 +333,18 @@ async fn up_refuses_a_database_with_another_tools_history_and_none_of_its_own() 
         let text = summary_message(&out);
         let command = format!("baseline --from {tool} --from-table {table}");
         assert!(text.contains(&command), "{text}");
-        // `status` says the same, as a warning.
+        // `status` says the same, as a warning; `verify` fails on it as `up` does, where it
+        // would otherwise ask for the `up` that refuses.
         let status = run(&db, dir.path(), &["status"]);
         assert_eq!(status.code, 0, "{}", status.stderr);
         assert!(status.stderr.contains(&command), "{}", status.stderr);
+        let verify = run(&db, dir.path(), &["verify"]);
+        assert_eq!(verify.code, 4, "{}", verify.stderr);
+        assert!(
+            summary_message(&verify).contains(&command),
+            "{}",
+            verify.stderr
+        );
         assert_eq!(support::tables(&db.client().await).await, before, "{setup}");
     }
 }
