@@ -421,6 +421,32 @@ async fn an_index_already_there_and_a_new_column_s_foreign_key_read_nothing() {
     assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
 }
 
+/// Harbor's 071 and 080 both make one column bigint: in one run, the second finds it bigint
+/// already and rewrites nothing. A change to yet another type still rewrites.
+#[tokio::test]
+async fn a_type_change_made_earlier_in_the_plan_is_not_made_again() {
+    let db = seeded(BIG).await;
+    let first = (
+        "003_bigint.sql",
+        "-- db-migrate:allow table-rewrite in the maintenance window\n\
+         ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE bigint;\n",
+    );
+    let other = (
+        "004_again.sql",
+        "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE numeric;\n",
+    );
+    let dir = support::copy_of_seed(&[first, other]);
+    refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+    let again = (
+        "004_again.sql",
+        "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE BIGINT;\n",
+    );
+    let dir = support::copy_of_seed(&[first, again]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(history(&db.client().await).await, [1, 2, 3, 4]);
+}
+
 #[tokio::test]
 async fn a_type_change_that_rounds_or_cuts_values_is_data_loss_on_a_table_of_any_size() {
     let db = seeded(&BIG.replace("12000", "3")).await;

@@ -458,6 +458,8 @@ pub async fn check(
     // into the migrations after it): a timestamp conversion is judged under the run's own.
     // Only a type change asks, so the statements are read for it only in a plan with one.
     let mut zone_kept = true;
+    // The type each column was last changed to by the plan, as written.
+    let mut retyped: HashMap<(Name, String), (String, Vec<i32>)> = HashMap::new();
     let retypes = (statements.iter())
         .any(|(.., effects)| effects.iter().any(|e| matches!(e, Effect::Retypes { .. })));
     let mut lost = lost.iter();
@@ -532,6 +534,12 @@ pub async fn check(
         for effect in effects {
             if builds_nothing && matches!(effect, Effect::BuildsIndex { .. }) {
                 continue;
+            }
+            // A column dropped or added again is no longer of the type a change gave it.
+            if let Effect::AddsColumn { table, column, .. }
+            | Effect::DropsColumn { table, column } = effect
+            {
+                retyped.remove(&(renamed.get(table).unwrap_or(table).clone(), column.clone()));
             }
             if let Effect::DropsDependents { what, .. } = effect {
                 let Some(lost) = lost.next().filter(|_| known == Tables::Unknown) else {
@@ -658,6 +666,13 @@ pub async fn check(
                 ..
             } = effect
             {
+                // The same change earlier in the plan left the column of that type already:
+                // Harbor's 071 and 080 both make vulnerability_record.id bigint.
+                let key = (table.clone(), column.clone());
+                if retyped.get(&key) == Some(to) {
+                    continue;
+                }
+                retyped.insert(key, to.clone());
                 match facts::retype(client, table, column, to, zone_kept).await? {
                     facts::Retype::Free => continue,
                     facts::Retype::Lossy(what) => {
