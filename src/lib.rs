@@ -735,7 +735,7 @@ impl Job<'_> {
                 };
                 let by = &config.applied_by;
                 let count = history::baseline(client, table, &adopted, history_exists, by);
-                self.summary.applied = count.await?;
+                self.summary.recorded = Some(count.await?);
                 return Ok(());
             }
             Command::Plan { of, format } => {

@@ -218,6 +218,8 @@ pub struct Summary {
     pub tested: Option<(usize, usize)>,
     /// `verify --schema`: objects that differ from what the applied migrations create.
     pub schema_changes: Option<usize>,
+    /// `baseline`: migrations recorded as applied without running them (none is `applied`).
+    pub recorded: Option<usize>,
     /// What [`Summary::ran`] was given, so the counts can be told again from a number of
     /// completed steps alone ([`Summary::completed`]).
     ran: Option<Ran>,
@@ -325,6 +327,7 @@ pub fn finish(
     let longest_lock_stall_ms = summary.locks.map(|l| ms(l.longest_stall));
     let (tested, failed) = (summary.tested.map(|t| t.0), summary.tested.map(|t| t.1));
     let schema_changes = summary.schema_changes;
+    let recorded = summary.recorded;
     if let (Ok(outcome), true) = (result, output.terminal)
         && let Some(sentence) = sentence(summary, *outcome, duration_ms)
     {
@@ -350,6 +353,7 @@ pub fn finish(
                 tested,
                 failed,
                 schema_changes,
+                recorded,
                 "db-migrate finished"
             );
             exit_code
@@ -385,6 +389,7 @@ pub fn finish(
                 tested,
                 failed,
                 schema_changes,
+                recorded,
                 version,
                 sqlstate,
                 "{failure}"
@@ -430,7 +435,7 @@ fn sentence(summary: &Summary, outcome: Outcome, duration_ms: u64) -> Option<Str
         }
         ("baseline", _) => format!(
             "recorded {} as applied without running them",
-            count(summary.applied)
+            count(summary.recorded.unwrap_or_default())
         ),
         _ => return None,
     })

@@ -84,6 +84,12 @@ async fn a_golang_migrate_database_is_named_and_adopted_up_to_its_version() {
     let out = run(&db, dir.path(), &["baseline", "--from", "golang-migrate"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(ours(&db).await, [1, 2]);
+    // Recorded, not applied: nothing ran.
+    let summary = events(&out.stderr).pop().unwrap();
+    assert_eq!(
+        (summary["recorded"].as_u64(), summary["applied"].as_u64()),
+        (Some(2), Some(0))
+    );
     let theirs: i64 =
         support::one(&db.client().await, "SELECT count(*) FROM schema_migrations").await;
     assert_eq!(theirs, 1);
