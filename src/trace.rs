@@ -416,7 +416,13 @@ async fn traced(
                         });
                     }
                 }
-                traced.rows = counted.counts.last().copied();
+                // The server reports no count for a DO block or a CALL, whatever they touch:
+                // its 0 would read as "touched nothing" (Harbor's 050 inserts 13,000 rows in
+                // one). The snapshot's deletions above still show what it deleted.
+                traced.rows = match sql::command_tag(statement.text).as_str() {
+                    "DO" | "CALL" => None,
+                    _ => counted.counts.last().copied(),
+                };
                 migration.push(traced);
             }
             (client

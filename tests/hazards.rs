@@ -1479,6 +1479,8 @@ async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
         let out = run(&db, dir.path(), &["plan"]);
         assert_eq!(out.code, 9, "{sql}\n{}\n{}", out.stdout, out.stderr);
         assert!(out.stdout.contains(finding), "{sql}\n{}", out.stdout);
+        // The server counts no rows for a DO block: none are claimed.
+        assert!(!out.stdout.contains(" 0 row(s)"), "{sql}\n{}", out.stdout);
         let allowed = format!(
             "{before}-- db-migrate:allow drops-data archived to cold storage first\n{statement}"
         );
