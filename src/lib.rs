@@ -590,10 +590,12 @@ impl Job<'_> {
         session: &session::Session,
         plan: &plan::Plan<'_>,
         format: trace::Format,
+        missing: Option<&history::Table>,
     ) -> Result<(), Error> {
         plan.check(Mode::DryRun)?;
         let (limits, budget) = (self.config.hazards, self.config.session.lock_timeout);
-        let (report, traced) = trace::run_partly(client, session, plan, limits, budget).await;
+        let traced = trace::run_partly(client, session, plan, limits, budget, missing);
+        let (report, traced) = traced.await;
         // What was traced before a failure is printed with its findings; the failure ends
         // the run, and a failed write (not a closed stdout) when nothing else does.
         // A failure before any statement was traced leaves nothing to print ("0 statement(s)"
@@ -749,7 +751,8 @@ impl Job<'_> {
                 // of the plan (a rollback's, or up to --target).
                 let status = plan::status(migrations, applied);
                 self.summary.pending = Some(status.iter().filter(|e| e.is_pending()).count());
-                return self.plan(client, session, &plan, *format).await;
+                let missing = (!history_exists).then_some(table);
+                return self.plan(client, session, &plan, *format, missing).await;
             }
             Command::Status { .. }
             | Command::Verify { .. }

@@ -13,6 +13,7 @@ use serde_json::json;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Failure, Refusal};
+use crate::history;
 use crate::plan::{Direction, Plan};
 use crate::rules::{self, Finding, RowCount, Rule};
 use crate::session;
@@ -192,30 +193,34 @@ fn blocking(finding: &Finding) -> bool {
 }
 
 /// Traces `plan`; `lock_budget` is how long a lock that blocks the bot may stay held
-/// (`--ddl-lock-timeout`).
-pub async fn run(
-    client: &Client,
-    session: &session::Session,
-    plan: &Plan<'_>,
-    limits: rules::Limits,
-    lock_budget: std::time::Duration,
-) -> Result<Report, Error> {
-    let (report, result) = run_partly(client, session, plan, limits, lock_budget).await;
-    result.map(|()| report)
-}
-
-/// [`run`], with what was traced before a failure: the migrations before the one that
-/// failed, and their findings, which `plan` prints before the error (a hazard of an earlier
-/// migration was lost with the rest of the trace when a later one failed).
+/// (`--ddl-lock-timeout`). What was traced before a failure comes back too: the migrations
+/// before the one that failed, and their findings, which `plan` prints before the error (a
+/// hazard of an earlier migration was lost with the rest of the trace when a later one
+/// failed).
+///
+/// `missing`: the history table, when the database has none yet. `up` creates it before the
+/// first migration, so the trace does too, in its transaction: a migration that uses it
+/// (Harbor's add a column to golang-migrate's `schema_migrations`, db-migrate's default
+/// name) finds it as `up` would.
 pub async fn run_partly(
     client: &Client,
     session: &session::Session,
     plan: &Plan<'_>,
     limits: rules::Limits,
     lock_budget: std::time::Duration,
+    missing: Option<&history::Table>,
 ) -> (Report, Result<(), Error>) {
     let mut report = Report::default();
-    let result = traced(client, session, plan, limits, lock_budget, &mut report).await;
+    let result = traced(
+        client,
+        session,
+        plan,
+        limits,
+        lock_budget,
+        missing,
+        &mut report,
+    )
+    .await;
     (report, result)
 }
 
@@ -225,6 +230,7 @@ async fn traced(
     plan: &Plan<'_>,
     limits: rules::Limits,
     lock_budget: std::time::Duration,
+    missing: Option<&history::Table>,
     report: &mut Report,
 ) -> Result<(), Error> {
     // The tables before the plan, by name: what the report calls them, and whether the
@@ -248,6 +254,9 @@ async fn traced(
         );
         (client.batch_execute(&guard).await)
             .map_err(Error::database("guarding the plan's transaction"))?;
+        if let Some(table) = missing {
+            history::create(client, table).await?;
+        }
         let existing = snapshot(client, None).await?;
         let tables: Vec<i64> = existing.files.keys().copied().collect();
         // The files not run, whose objects later migrations may not find.

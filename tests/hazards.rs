@@ -1444,6 +1444,26 @@ async fn plan_finds_a_lock_taken_again_on_partitions_and_on_a_referenced_table()
 /// What a `DO` block drops or empties only the trace can see: `plan` reports it as data loss
 /// (exit 9) as it would a `DROP TABLE` it could read, unless an allow comment says why; a
 /// dropped empty table and a `DELETE` that leaves rows are no finding.
+/// `up` creates its history table before the first migration, so a migration may use it
+/// (Harbor's 030 adds a column to `schema_migrations`, db-migrate's default name); `plan` on
+/// an empty database traces it as `up` runs it, and leaves nothing behind.
+#[tokio::test]
+async fn plan_on_an_empty_database_traces_a_migration_that_uses_the_history_table() {
+    let db = support::database().await;
+    let dir = support::migrations(&[
+        ("001_t.sql", "CREATE TABLE t (id int);\n"),
+        (
+            "002_data_version.sql",
+            "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS data_version int;\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(support::tables(&db.client().await).await.is_empty());
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
 #[tokio::test]
 async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
     let db = seeded(BIG).await;
