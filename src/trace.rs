@@ -192,8 +192,20 @@ fn blocking(finding: &Finding) -> bool {
     finding.rule.refused() || finding.rule == Rule::StrongLockHeldLong
 }
 
-/// Traces `plan`; `lock_budget` is how long a lock that blocks the bot may stay held
-/// (`--ddl-lock-timeout`). What was traced before a failure comes back too: the migrations
+/// Traces `plan` on a database with its history table; `lock_budget` is how long a lock
+/// that blocks the bot may stay held (`--ddl-lock-timeout`).
+pub async fn run(
+    client: &Client,
+    session: &session::Session,
+    plan: &Plan<'_>,
+    limits: rules::Limits,
+    lock_budget: std::time::Duration,
+) -> Result<Report, Error> {
+    let (report, result) = run_partly(client, session, plan, limits, lock_budget, None).await;
+    result.map(|()| report)
+}
+
+/// [`run`], for any database. What was traced before a failure comes back too: the migrations
 /// before the one that failed, and their findings, which `plan` prints before the error (a
 /// hazard of an earlier migration was lost with the rest of the trace when a later one
 /// failed).
