@@ -52,6 +52,45 @@ impl Tool {
         }
     }
 
+    /// The tool `baseline --from` names so.
+    pub fn named(from: &str) -> Option<Tool> {
+        [
+            Tool::GolangMigrate,
+            Tool::Dbmate,
+            Tool::Sqlx,
+            Tool::Diesel,
+            Tool::Flyway,
+        ]
+        .into_iter()
+        .find(|tool| tool.name() == from)
+    }
+
+    /// The history table as the tool creates it, under `table` (quoted): what a replay of
+    /// migrations that use it starts from.
+    pub fn create_sql(self, table: &str) -> String {
+        let columns = match self {
+            Tool::GolangMigrate => "version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL",
+            Tool::Dbmate => "version varchar(128) PRIMARY KEY",
+            Tool::Sqlx => {
+                "version bigint PRIMARY KEY, description text NOT NULL, \
+                 installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL, \
+                 checksum bytea NOT NULL, execution_time bigint NOT NULL"
+            }
+            Tool::Diesel => {
+                "version varchar(50) PRIMARY KEY NOT NULL, \
+                 run_on timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"
+            }
+            Tool::Flyway => {
+                "installed_rank integer NOT NULL PRIMARY KEY, version varchar(50), \
+                 description varchar(200) NOT NULL, type varchar(20) NOT NULL, \
+                 script varchar(1000) NOT NULL, checksum integer, \
+                 installed_by varchar(100) NOT NULL, installed_on timestamp NOT NULL DEFAULT now(), \
+                 execution_time integer NOT NULL, success boolean NOT NULL"
+            }
+        };
+        format!("CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    }
+
     /// The query that reads the tool's history: (version as text, whether it succeeded, the
     /// row's kind), in the order the tool wrote the rows.
     fn query(self, table: &str) -> String {

@@ -882,8 +882,25 @@ impl Job<'_> {
             .filter(|m| applied.iter().any(|a| a.version == m.version))
             .collect();
         rehearsal::refuse_server_wide(replay.iter().copied(), false)?;
+        // A database adopted from another tool keeps that tool's history table, and its
+        // migrations may use it (Harbor's add a column to golang-migrate's and drop it
+        // again): the replay starts with the table as that tool creates it. The snapshots
+        // leave such a table out on both sides.
+        let theirs = match history::refuse_other_tools(client, table).await {
+            Err(Error::OtherToolsHistory { from, table, .. }) => {
+                import::Tool::named(from).map(|tool| tool.create_sql(&table))
+            }
+            Err(error) => return Err(error),
+            Ok(()) => None,
+        };
         let expected = self
             .on_scratch(db, async |ctx, monitor| {
+                if let Some(create) = &theirs {
+                    // In a schema the scratch database lacks, the replay goes without it.
+                    if let Err(error) = ctx.client.batch_execute(create).await {
+                        warn!(%error, "the other tool's history table was not made in the scratch database");
+                    }
+                }
                 info!(
                     migrations = replay.len(),
                     "replaying the applied migrations into the scratch database"

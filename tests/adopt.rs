@@ -563,3 +563,32 @@ async fn a_file_edited_after_sqlx_or_flyway_ran_it_is_refused_unless_accepted() 
         assert!(warned, "{tool}: {}", out.stderr);
     }
 }
+
+/// Harbor's migrations add a column to golang-migrate's history table and drop it again. Once
+/// adopted, `verify --schema` replays them into a scratch database that starts with that table
+/// as golang-migrate creates it, so the replay runs as golang-migrate ran it.
+#[tokio::test]
+async fn verify_schema_replays_migrations_that_use_the_adopted_tool_s_table() {
+    let dir = migrations(&[
+        ("1_a.up.sql", "CREATE TABLE a (id int);"),
+        (
+            "2_data_version.up.sql",
+            "ALTER TABLE schema_migrations ADD COLUMN data_version int;",
+        ),
+        (
+            "3_drop_data_version.up.sql",
+            "ALTER TABLE schema_migrations DROP COLUMN data_version;",
+        ),
+    ]);
+    let db = managed(&format!(
+        "{GOLANG_MIGRATE} INSERT INTO schema_migrations VALUES (3, false); \
+         CREATE TABLE a (id int); \
+         ALTER TABLE schema_migrations ADD COLUMN data_version int; \
+         ALTER TABLE schema_migrations DROP COLUMN data_version;"
+    ))
+    .await;
+    let out = run(&db, dir.path(), &["baseline", "--from", "golang-migrate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(&db, dir.path(), &["verify", "--schema"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}
