@@ -871,6 +871,11 @@ impl Job<'_> {
     async fn verify_schema(&mut self, db: &Connected<'_>) -> Result<(), Error> {
         let (client, table) = (db.client, db.table);
         let applied = history::applied(client, table, history::Columns::Checks).await?;
+        // As `verify` without --schema: another tool's history and none of ours is adopted
+        // first (the replay would compare nothing with every table).
+        if applied.is_none() {
+            history::refuse_other_tools(client, table).await?;
+        }
         let applied = applied.unwrap_or_default();
         plan::check_history(db.migrations, &applied)?;
         let status = plan::status(db.migrations, &applied);
@@ -887,11 +892,14 @@ impl Job<'_> {
         // again): the replay starts with the table as that tool creates it. The snapshots
         // leave such a table out on both sides.
         let theirs = match history::refuse_other_tools(client, table).await {
-            Err(Error::OtherToolsHistory { from, table, .. }) => {
+            // Unless a migration creates it (a project's own `schema_migrations`).
+            Err(Error::OtherToolsHistory { from, table, .. })
+                if !replay.iter().any(|m| creates_table(&m.up.sql, &table)) =>
+            {
                 import::Tool::named(from).map(|tool| tool.create_sql(&table))
             }
+            Err(Error::OtherToolsHistory { .. }) | Ok(()) => None,
             Err(error) => return Err(error),
-            Ok(()) => None,
         };
         let expected = self
             .on_scratch(db, async |ctx, monitor| {
@@ -1011,6 +1019,21 @@ impl Job<'_> {
         )
         .await
     }
+}
+
+/// Whether `sql` has a CREATE TABLE naming `qualified`'s table (`schema.table`, as quoted
+/// by the server): a migration that makes a table of the name another tool uses.
+fn creates_table(sql: &str, qualified: &str) -> bool {
+    let name = qualified
+        .rsplit('.')
+        .next()
+        .unwrap_or(qualified)
+        .trim_matches('"');
+    let name = name.to_lowercase();
+    sql::split(sql).iter().any(|statement| {
+        sql::command_tag(statement.text) == "CREATE TABLE"
+            && statement.text.to_lowercase().contains(&name)
+    })
 }
 
 /// The run's first round trips once connected, made while the files are still being read.

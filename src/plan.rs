@@ -403,8 +403,10 @@ pub fn adopt<'a>(
 fn widened(migrations: &[Migration], version: i64, tool: &str) -> Option<i64> {
     let digits = |v: i64| v.checked_ilog10().map_or(1, |d| d + 1);
     let width = digits(migrations.iter().map(|m| m.version).max()?);
+    // Only in a directory import widened: every version (but diesel's initial 0) that wide.
+    let uniform = (migrations.iter()).all(|m| m.version == 0 || digits(m.version) == width);
     let short = digits(version);
-    (tool == "diesel" && short < width)
+    (tool == "diesel" && uniform && short < width)
         .then(|| version.checked_mul(10_i64.checked_pow(width - short)?))
         .flatten()
 }

@@ -344,13 +344,12 @@ async fn up_refuses_a_database_with_another_tools_history_and_none_of_its_own() 
         let status = run(&db, dir.path(), &["status"]);
         assert_eq!(status.code, 0, "{}", status.stderr);
         assert!(status.stderr.contains(&command), "{}", status.stderr);
-        let verify = run(&db, dir.path(), &["verify"]);
-        assert_eq!(verify.code, 4, "{}", verify.stderr);
-        assert!(
-            summary_message(&verify).contains(&command),
-            "{}",
-            verify.stderr
-        );
+        for args in [&["verify"][..], &["verify", "--schema"]] {
+            let verify = run(&db, dir.path(), args);
+            assert_eq!(verify.code, 4, "{args:?}: {}", verify.stderr);
+            let text = summary_message(&verify);
+            assert!(text.contains(&command), "{args:?}: {text}");
+        }
         assert_eq!(support::tables(&db.client().await).await, before, "{setup}");
     }
 }

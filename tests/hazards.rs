@@ -340,6 +340,10 @@ async fn filling_in_a_column_added_earlier_in_the_plan_is_no_data_loss() {
         "ALTER TABLE video_requests ADD COLUMN priority int;\nUPDATE video_requests SET priority = 0, prompt = '';\n",
         "ALTER TABLE video_requests ADD COLUMN priority int;\nUPDATE video_requests SET status = 'done';\n",
         "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS prompt text;\nUPDATE video_requests SET prompt = '';\n",
+        // Renamed into the name earlier in the plan: the column is there, with its data.
+        "ALTER TABLE video_requests RENAME COLUMN prompt TO prompt_text;\n\
+         ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS prompt_text text;\n\
+         UPDATE video_requests SET prompt_text = '';\n",
     ];
     for sql in refused_cases {
         let dir = support::copy_of_seed(&[("003_backfill.sql", sql)]);
@@ -396,12 +400,25 @@ async fn an_index_already_there_and_a_new_column_s_foreign_key_read_nothing() {
             "ALTER TABLE video_requests ADD COLUMN owner text DEFAULT NULL REFERENCES users (id);\n",
             "validates-whole-table",
         ),
-        // Dropped first, the index is built again.
+        // Dropped first, the index is built again; so it is after a column of the table was
+        // dropped (which may take the index with it).
         (
             "DROP INDEX IF EXISTS idx_video_requests_user_created;\n\
              CREATE INDEX IF NOT EXISTS idx_video_requests_user_created \
              ON video_requests (user_id, created_at DESC);\n",
             "index-without-concurrently",
+        ),
+        (
+            "ALTER TABLE video_requests DROP COLUMN IF EXISTS legacy;\n\
+             CREATE INDEX IF NOT EXISTS idx_video_requests_user_created \
+             ON video_requests (user_id, created_at DESC);\n",
+            "index-without-concurrently",
+        ),
+        // Beside another subcommand, PostgreSQL 12 checks the new column's key.
+        (
+            "ALTER TABLE video_requests ADD COLUMN owner text REFERENCES users (id), \
+             ADD COLUMN flag int;\n",
+            "validates-whole-table",
         ),
     ] {
         let dir = support::copy_of_seed(&[users, ("004_more.sql", sql)]);
@@ -436,6 +453,19 @@ async fn a_type_change_made_earlier_in_the_plan_is_not_made_again() {
         "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE numeric;\n",
     );
     let dir = support::copy_of_seed(&[first, other]);
+    refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+    // A change in between that is not read (USING) leaves the column of a type unknown.
+    let using = (
+        "004_using.sql",
+        "-- db-migrate:allow table-rewrite in the maintenance window\n\
+         ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE int \
+         USING duration_seconds::int;\n",
+    );
+    let back = (
+        "005_back.sql",
+        "ALTER TABLE video_requests ALTER COLUMN duration_seconds TYPE bigint;\n",
+    );
+    let dir = support::copy_of_seed(&[first, using, back]);
     refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
     let again = (
         "004_again.sql",

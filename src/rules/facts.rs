@@ -110,6 +110,27 @@ impl Facts {
         self.rows.get(&table.sql()).copied()
     }
 
+    /// Whether `index` is an index of `table`, each name resolved as the server resolves it:
+    /// an index lives in its table's schema, so one of that name elsewhere on the search
+    /// path is not the one CREATE INDEX IF NOT EXISTS finds.
+    pub async fn index_on(
+        &self,
+        client: &Client,
+        index: &Name,
+        table: &Name,
+    ) -> Result<bool, Error> {
+        let rows = client
+            .query_typed(
+                "SELECT 1 FROM pg_catalog.pg_index
+                  WHERE indexrelid = pg_catalog.to_regclass($1)
+                    AND indrelid = pg_catalog.to_regclass($2)",
+                &[(&index.sql(), Type::TEXT), (&table.sql(), Type::TEXT)],
+            )
+            .await
+            .map_err(Error::database("looking up an index created IF NOT EXISTS"))?;
+        Ok(!rows.is_empty())
+    }
+
     /// Whether `table` has `column` (false when the table does not exist).
     pub async fn has_column(
         &self,

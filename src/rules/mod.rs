@@ -460,6 +460,9 @@ pub async fn check(
     let mut zone_kept = true;
     // The type each column was last changed to by the plan, as written.
     let mut retyped: HashMap<(Name, String), (String, Vec<i32>)> = HashMap::new();
+    // Columns a RENAME COLUMN of the plan made: an ADD COLUMN IF NOT EXISTS of one adds
+    // nothing, though the catalog before the plan lacks it.
+    let mut renamed_into: HashSet<(Name, String)> = HashSet::new();
     let retypes = (statements.iter())
         .any(|(.., effects)| effects.iter().any(|e| matches!(e, Effect::Retypes { .. })));
     let mut lost = lost.iter();
@@ -522,24 +525,52 @@ pub async fn check(
                 &what,
             ));
         }
-        // CREATE INDEX IF NOT EXISTS of an index the catalog has builds nothing (Harbor
-        // repeats its index statements in later releases), unless an earlier statement of
-        // the plan names it: it may drop or rename it first, as the seed's 002 does.
-        let builds_nothing = effects.iter().any(|e| {
-            matches!(e, Effect::Creates { relation, if_not_exists: true }
-                if !fresh.contains(relation)
-                    && facts.rows(relation).is_some()
-                    && !named_before(&statements[..at], &relation.name))
-        });
+        // CREATE INDEX IF NOT EXISTS of an index the catalog has on the statement's table
+        // builds nothing (Harbor repeats its index statements in later releases), unless an
+        // earlier statement of the plan may have dropped it (see `may_drop_index`).
+        let mut builds_nothing = false;
+        if let [
+            Effect::Creates {
+                relation,
+                if_not_exists: true,
+            },
+            Effect::BuildsIndex { table, .. },
+            ..,
+        ] = effects.as_slice()
+            && !fresh.contains(relation)
+            && !fresh.contains(table)
+            && !renamed.contains_key(table)
+            && facts.rows(relation).is_some()
+            && !may_drop_index(&statements[..at], &relation.name, table)
+        {
+            builds_nothing = facts.index_on(client, relation, table).await?;
+        }
         for effect in effects {
             if builds_nothing && matches!(effect, Effect::BuildsIndex { .. }) {
                 continue;
             }
-            // A column dropped or added again is no longer of the type a change gave it.
-            if let Effect::AddsColumn { table, column, .. }
-            | Effect::DropsColumn { table, column } = effect
-            {
-                retyped.remove(&(renamed.get(table).unwrap_or(table).clone(), column.clone()));
+            // A column dropped or added again, or changed to a type not read here, is no
+            // longer of the type a change gave it; a renamed one is another column.
+            match effect {
+                Effect::AddsColumn { table, column, .. }
+                | Effect::DropsColumn { table, column }
+                | Effect::Retypes {
+                    table,
+                    column,
+                    to: None,
+                } => {
+                    retyped.remove(&(renamed.get(table).unwrap_or(table).clone(), column.clone()));
+                }
+                Effect::Renames {
+                    table,
+                    column: Some(_),
+                    to,
+                } => {
+                    let table = renamed.get(table).unwrap_or(table);
+                    retyped.retain(|(t, _), _| t != table);
+                    renamed_into.insert((table.clone(), to.name.clone()));
+                }
+                _ => {}
             }
             if let Effect::DropsDependents { what, .. } = effect {
                 let Some(lost) = lost.next().filter(|_| known == Tables::Unknown) else {
@@ -583,6 +614,9 @@ pub async fn check(
                         && !fresh.contains(table)
                         && (added.contains(&(table, column.as_str()))
                             || known == Tables::None
+                            || (renamed_into.iter()).any(|(t, c)| {
+                                t == renamed.get(table).unwrap_or(table) && c == column
+                            })
                             || facts
                                 .has_column(client, renamed.get(table).unwrap_or(table), column)
                                 .await?);
@@ -910,11 +944,22 @@ fn allowed(allows: &[(Rule, String)], rule: Rule) -> Option<String> {
         .map(|(_, why)| why.clone())
 }
 
-/// Whether a statement among `earlier` names `name` (an index's), in any case: one that
-/// drops or renames it, in a DO block too.
-fn named_before(earlier: &[Checked<'_>], name: &str) -> bool {
+/// Whether a statement among `earlier` may have dropped the index `name` of `table`: one
+/// that names it (DROP INDEX, a rename, a constraint dropped), drops a column of the table
+/// (its indexes go with it), drops anything CASCADE, or runs code (a DO block, a CALL).
+fn may_drop_index(earlier: &[Checked<'_>], name: &str, table: &Name) -> bool {
     let name = name.to_lowercase();
-    (earlier.iter()).any(|(.., statement, _, _)| statement.text.to_lowercase().contains(&name))
+    earlier.iter().any(|(.., statement, _, effects)| {
+        let text = statement.text.to_lowercase();
+        text.contains(&name)
+            || text.contains("cascade")
+            || matches!(sql::command_tag(statement.text).as_str(), "DO" | "CALL")
+            || (effects.iter()).any(|e| match e {
+                Effect::DropsColumn { table: t, .. } => t.name == table.name,
+                Effect::DropsDependents { .. } => true,
+                _ => false,
+            })
+    })
 }
 
 /// The rule an effect falls under, the table it concerns, what it does, and the column it
