@@ -456,6 +456,19 @@ pub async fn refuse_missing_schema(client: &Client, table: &Table) -> Result<(),
 /// yet run. Applying the files would run again what that tool applied, most of which was
 /// not written to run twice.
 pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Error> {
+    refuse_history_elsewhere(client, table, true).await
+}
+
+/// [`refuse_other_tools`], and db-migrate's own history under another name than `table`
+/// (a database adopted or migrated with `--history-table db_migrate_history`, the flag
+/// forgotten this time): a second history next to it would drift apart from the first.
+/// `others`: whether other tools' tables count too (not for `baseline`, which adopts them).
+pub async fn refuse_history_elsewhere(
+    client: &Client,
+    table: &Table,
+    others: bool,
+) -> Result<(), Error> {
+    const OURS: &str = "version name checksum applied_at execution_ms applied_by";
     // Where the run would find its own history: the search path's schemas and the one the
     // history table names. A service's table in a schema of its own (Supabase keeps GoTrue's
     // `auth.schema_migrations`) is that service's history, not this project's.
@@ -463,12 +476,20 @@ pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Er
         Some(schema) => format!("OR n.oid = pg_catalog.to_regnamespace({})", literal(schema)),
         None => String::new(),
     };
+    let theirs = match others {
+        true => {
+            "OR (c.relname IN ('flyway_schema_history', '_sqlx_migrations', '__diesel_schema_migrations', 'schema_migrations') \
+                     AND (c.relname <> 'schema_migrations' OR a.columns IN ('version dirty', 'version')))"
+        }
+        false => "",
+    };
     let query = format!(
         "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname), \
-                CASE c.relname WHEN 'flyway_schema_history' THEN 'flyway' \
-                     WHEN '_sqlx_migrations' THEN 'sqlx' \
-                     WHEN '__diesel_schema_migrations' THEN 'diesel' \
-                     WHEN 'schema_migrations' THEN CASE a.columns WHEN 'version dirty' THEN 'golang-migrate' \
+                CASE WHEN a.columns = '{OURS}' THEN 'db-migrate' \
+                     WHEN c.relname = 'flyway_schema_history' THEN 'flyway' \
+                     WHEN c.relname = '_sqlx_migrations' THEN 'sqlx' \
+                     WHEN c.relname = '__diesel_schema_migrations' THEN 'diesel' \
+                     WHEN c.relname = 'schema_migrations' THEN CASE a.columns WHEN 'version dirty' THEN 'golang-migrate' \
                                                                  WHEN 'version' THEN 'dbmate' END END \
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
            CROSS JOIN LATERAL (SELECT pg_catalog.string_agg(attname, ' ' ORDER BY attnum) AS columns \
@@ -476,9 +497,10 @@ pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Er
                                 WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) a \
           WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' \
             AND (n.nspname = ANY (pg_catalog.current_schemas(false)) {own}) \
-            AND c.relname IN ('flyway_schema_history', '_sqlx_migrations', '__diesel_schema_migrations', 'schema_migrations') \
-            AND (c.relname <> 'schema_migrations' OR a.columns IN ('version dirty', 'version')) \
-          ORDER BY n.nspname, c.relname LIMIT 1"
+            AND c.oid IS DISTINCT FROM pg_catalog.to_regclass({}) \
+            AND (a.columns = '{OURS}' {theirs}) \
+          ORDER BY a.columns = '{OURS}' DESC, n.nspname, c.relname LIMIT 1",
+        literal(&table.quoted)
     );
     let messages = client
         .simple_query(&query)
@@ -490,7 +512,14 @@ pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Er
     }) else {
         return Ok(());
     };
+    let found = row.get(0).unwrap_or_default().to_string();
     let (tool, from) = match row.get(1) {
+        Some("db-migrate") => {
+            return Err(Error::HistoryElsewhere {
+                history: table.name.clone(),
+                table: found,
+            });
+        }
         Some("flyway") => ("flyway", "flyway"),
         Some("sqlx") => ("sqlx", "sqlx"),
         Some("diesel") => ("diesel", "diesel"),
@@ -503,7 +532,7 @@ pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Er
         history: table.name.clone(),
         tool,
         from,
-        table: row.get(0).unwrap_or_default().to_string(),
+        table: found,
     })
 }
 

@@ -512,7 +512,7 @@ impl Job<'_> {
         // No history of its own: another tool's table says what `up` would refuse. `verify`
         // fails on it as `up` would, rather than ask for the `up` that refuses.
         if applied.is_none()
-            && let Err(other @ Error::OtherToolsHistory { .. }) =
+            && let Err(other @ (Error::OtherToolsHistory { .. } | Error::HistoryElsewhere { .. })) =
                 history::refuse_other_tools(db.client, db.table).await
         {
             if matches!(self.config.command, Command::Verify { .. }) {
@@ -689,6 +689,10 @@ impl Job<'_> {
             }
             Command::Baseline(what) => {
                 let table = &*db.located().await?;
+                // A second history beside one kept under another name would drift from it.
+                if !history_exists {
+                    history::refuse_history_elsewhere(client, table, false).await?;
+                }
                 let adopted = match what {
                     config::Baseline::UpTo(version) => {
                         plan::baseline(migrations, applied, *version)?
@@ -898,7 +902,7 @@ impl Job<'_> {
             {
                 import::Tool::named(from).map(|tool| tool.create_sql(&table))
             }
-            Err(Error::OtherToolsHistory { .. }) | Ok(()) => None,
+            Err(Error::OtherToolsHistory { .. } | Error::HistoryElsewhere { .. }) | Ok(()) => None,
             Err(error) => return Err(error),
         };
         let expected = self

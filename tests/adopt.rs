@@ -591,3 +591,41 @@ async fn verify_schema_replays_migrations_that_use_the_adopted_tool_s_table() {
     let out = run(&db, dir.path(), &["verify", "--schema"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
+
+/// A database migrated with `--history-table`, the flag forgotten this time: `up` and
+/// `baseline` name the table instead of starting a second history beside it (which `baseline`
+/// did, taking advice meant for another tool's table), `status` warns.
+#[tokio::test]
+async fn a_history_kept_under_another_name_is_named_when_the_flag_is_forgotten() {
+    let db = support::database().await;
+    let dir = golang_dir();
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let before = support::tables(&db.client().await).await;
+    let forgotten = |args: &[&str]| {
+        output(
+            binary()
+                .args(["--log-format", "json"])
+                .args(args)
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        )
+    };
+    for args in [&["up"][..], &["baseline", "--version", "3"], &["verify"]] {
+        let out = forgotten(args);
+        assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
+        let text = summary_message(&out);
+        assert!(
+            text.contains("db-migrate's history table public.db_migrate_history")
+                && text.contains("--history-table"),
+            "{args:?}: {text}"
+        );
+    }
+    let status = forgotten(&["status"]);
+    assert!(
+        status.stderr.contains("public.db_migrate_history"),
+        "{}",
+        status.stderr
+    );
+    assert_eq!(support::tables(&db.client().await).await, before);
+}

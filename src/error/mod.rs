@@ -204,6 +204,12 @@ pub enum Error {
         table: String,
     },
 
+    /// No history in the table named, but db-migrate's own under another name.
+    #[error(
+        "the database has no history in {history} but db-migrate's history table {table}: it was adopted or migrated with --history-table {table}; pass the same --history-table (or DB_MIGRATE_HISTORY_TABLE) to every command, or this one would start a second history beside it; nothing ran"
+    )]
+    HistoryElsewhere { history: String, table: String },
+
     /// `baseline --from`: a file differs from what the other tool ran, by its checksum.
     #[error(
         "{tool} ran migration {version} from another text than {} holds now (the checksum {tool} recorded differs){}: the file was edited after {tool} applied it, or import changed it (said on its line); restore the file as {tool} ran it, or if the database holds what the files say now, adopt with `db-migrate baseline --from {tool} --accept-edited`; nothing was recorded",
@@ -403,7 +409,8 @@ impl Error {
             | Error::HistoryNotEmpty { .. }
             | Error::ForeignHistory { .. }
             | Error::OtherToolsHistory { .. }
-            | Error::EditedSinceRun { .. } => Outcome::HistoryMismatch,
+            | Error::EditedSinceRun { .. }
+            | Error::HistoryElsewhere { .. } => Outcome::HistoryMismatch,
             Error::Connect { .. } | Error::ConnectStalled { .. } | Error::CloudSql { .. } => {
                 Outcome::ConnectFailed
             }
