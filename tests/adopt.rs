@@ -37,6 +37,17 @@ async fn managed(setup: &str) -> TestDb {
     db
 }
 
+/// Flyway's history table, as Flyway creates it on PostgreSQL: a literal, for `concat!`.
+macro_rules! flyway_history {
+    () => {
+        "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
+         version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
+         script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
+         installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
+         success BOOLEAN NOT NULL);"
+    };
+}
+
 const GOLANG_MIGRATE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);";
 
 fn golang_dir() -> tempfile::TempDir {
@@ -151,15 +162,14 @@ async fn dbmate_sqlx_diesel_and_flyway_histories_are_adopted_version_by_version(
                 INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
                 VALUES (20240101120000, 'a', true, sha384('CREATE TABLE IF NOT EXISTS a (id int);'), 1), \
                        (20240301120000, 'c', true, sha384('CREATE TABLE IF NOT EXISTS c (id int);'), 1);";
-    let flyway = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
-                  version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
-                  script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
-                  installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
-                  success BOOLEAN NOT NULL); \
+    let flyway = concat!(
+        flyway_history!(),
+        " \
                   INSERT INTO flyway_schema_history VALUES \
                   (1, '20240101120000', 'a', 'SQL', 'V20240101120000__a.sql', 182216076, 'u', now(), 1, true), \
                   (2, NULL, 'view', 'SQL', 'R__view.sql', 1, 'u', now(), 1, true), \
-                  (3, '20240301120000', 'c', 'SQL', 'V20240301120000__c.sql', 1387322445, 'u', now(), 1, true);";
+                  (3, '20240301120000', 'c', 'SQL', 'V20240301120000__c.sql', 1387322445, 'u', now(), 1, true);"
+    );
     // The second of three was never applied (out of order in the other tool): only what its
     // history says is recorded.
     let dir = migrations(&[
@@ -216,11 +226,7 @@ async fn dbmate_sqlx_diesel_and_flyway_histories_are_adopted_version_by_version(
 #[tokio::test]
 async fn a_flyway_baseline_row_stands_for_every_version_up_to_it_and_an_undo_or_a_delete_takes_one_back()
  {
-    let table = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
-                 version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
-                 script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
-                 installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
-                 success BOOLEAN NOT NULL);";
+    let table = flyway_history!();
     // Flyway adopted the database at 2 (1 and 2 were there before it), then ran 3, 4 and 5,
     // undid 4, and `flyway repair` marked 5 deleted (its file was gone).
     let db = managed(&format!(
@@ -261,12 +267,11 @@ async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_i
         ),
         (
             "flyway",
-            "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
-             version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
-             script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
-             installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
-             success BOOLEAN NOT NULL); \
-             INSERT INTO flyway_schema_history VALUES (1, '1.1', 'a', 'SQL', 'V1.1__a.sql', 1, 'u', now(), 1, true);",
+            concat!(
+                flyway_history!(),
+                " \
+             INSERT INTO flyway_schema_history VALUES (1, '1.1', 'a', 'SQL', 'V1.1__a.sql', 1, 'u', now(), 1, true);"
+            ),
             "recorded version \"1.1\", which is not a whole number",
         ),
         (
@@ -519,16 +524,15 @@ async fn a_file_edited_after_sqlx_or_flyway_ran_it_is_refused_unless_accepted() 
                 (3, 'c', true, sha384('CREATE TABLE IF NOT EXISTS c (id int);'), 1), \
                 (4, 'nothing', true, sha384(convert_to(E'-- nothing here\\n', 'UTF8')), 1);";
     // Checksums as Flyway computes them (java.util.zip.CRC32 over each line read).
-    let flyway = "CREATE TABLE flyway_schema_history (installed_rank INT NOT NULL PRIMARY KEY, \
-                  version VARCHAR(50), description VARCHAR(200) NOT NULL, type VARCHAR(20) NOT NULL, \
-                  script VARCHAR(1000) NOT NULL, checksum INTEGER, installed_by VARCHAR(100) NOT NULL, \
-                  installed_on TIMESTAMP NOT NULL DEFAULT now(), execution_time INTEGER NOT NULL, \
-                  success BOOLEAN NOT NULL); \
+    let flyway = concat!(
+        flyway_history!(),
+        " \
                   INSERT INTO flyway_schema_history VALUES \
                   (1, '1', 'a', 'SQL', 'V1__a.sql', 1098132616, 'u', now(), 1, true), \
                   (2, '2', 'a id', 'SQL', 'V2__a_id.sql', 678834272, 'u', now(), 1, true), \
                   (3, '3', 'c', 'SQL', 'V3__c.sql', 1387322445, 'u', now(), 1, true), \
-                  (4, '4', 'nothing', 'SQL', 'V4__nothing.sql', 552342527, 'u', now(), 1, true);";
+                  (4, '4', 'nothing', 'SQL', 'V4__nothing.sql', 552342527, 'u', now(), 1, true);"
+    );
     let schema = "CREATE TABLE a (id int); CREATE INDEX a_id ON a (id); CREATE TABLE c (id int);";
     for (tool, setup) in [("sqlx", sqlx), ("flyway", flyway)] {
         let db = managed(&format!("{setup} {schema}")).await;
