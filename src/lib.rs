@@ -742,6 +742,9 @@ impl Job<'_> {
                 let by = &config.applied_by;
                 let count = history::baseline(client, table, &adopted, history_exists, by);
                 self.summary.recorded = Some(count.await?);
+                // Where the database stands now, as every command says it.
+                self.summary.at_version = adopted.iter().map(|m| m.version).max();
+                self.summary.pending = Some(migrations.len() - adopted.len());
                 return Ok(());
             }
             Command::Plan { of, format } => {

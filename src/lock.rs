@@ -332,7 +332,8 @@ async fn acquire<R>(
         if !announced {
             let holder = holder(client, key).await;
             info!(
-                holder_pid = holder.as_ref().map(|h| h.pid.as_str()).unwrap_or_default(),
+                // A number in JSON, as every other pid the logs give.
+                holder_pid = holder.as_ref().and_then(|h| h.pid.parse::<i64>().ok()),
                 "waiting for the migration lock held by another run"
             );
             announced = true;

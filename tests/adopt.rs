@@ -101,6 +101,11 @@ async fn a_golang_migrate_database_is_named_and_adopted_up_to_its_version() {
         (summary["recorded"].as_u64(), summary["applied"].as_u64()),
         (Some(2), Some(0))
     );
+    // Where the database stands: at 2, with 3 to apply.
+    assert_eq!(
+        (summary["at_version"].as_u64(), summary["pending"].as_u64()),
+        (Some(2), Some(1))
+    );
     let theirs: i64 =
         support::one(&db.client().await, "SELECT count(*) FROM schema_migrations").await;
     assert_eq!(theirs, 1);

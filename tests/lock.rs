@@ -95,7 +95,7 @@ async fn held_lock_times_out_with_exit_6_and_nothing_applied() {
             .as_str()
             .unwrap_or_default()
             .contains("waiting for the migration lock")
-            && e["holder_pid"].is_string()),
+            && e["holder_pid"].is_u64()),
         "{}",
         out.stderr
     );
