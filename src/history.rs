@@ -528,6 +528,15 @@ pub async fn refuse_history_elsewhere(
         Some("dbmate") => ("dbmate (or Rails)", "dbmate"),
         _ => return Ok(()),
     };
+    // A table without a row: that tool applied nothing, and the files run as it would run
+    // them (ChirpStack's empty `__diesel_schema_migrations` was refused as if it had).
+    let rows = client
+        .simple_query(&format!("SELECT 1 FROM {found} LIMIT 1"))
+        .await
+        .map_err(Error::database("reading another tool's history table"))?;
+    if !rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))) {
+        return Ok(());
+    }
     Err(Error::OtherToolsHistory {
         history: table.name.clone(),
         tool,

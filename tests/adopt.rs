@@ -329,8 +329,15 @@ async fn up_refuses_a_database_with_another_tools_history_and_none_of_its_own() 
             Some(("golang-migrate", "public.schema_migrations")),
         ),
         (
-            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, success BOOLEAN NOT NULL); CREATE TABLE a (id int);",
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, success BOOLEAN NOT NULL); \
+             INSERT INTO _sqlx_migrations VALUES (1, true); CREATE TABLE a (id int);",
             Some(("sqlx", "public._sqlx_migrations")),
+        ),
+        // A table without a row: that tool applied nothing (ChirpStack's empty diesel table).
+        (
+            "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, \
+             run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); CREATE TABLE a (id int);",
+            None,
         ),
         (
             "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, name text, checksum text); CREATE TABLE a (id int);",
