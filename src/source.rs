@@ -813,6 +813,13 @@ pub fn create(dir: &Path, description: &str) -> Result<(PathBuf, PathBuf), Error
     // where one past the newest would give both the same number.
     let version = match existing.last() {
         Some(newest) if is_timestamp(newest.version) => version.max(timestamp_now()),
+        // diesel 2.2's YYYYMMDDHHMMSSNNNN, as `import --from diesel` keeps or widens them.
+        Some(newest)
+            if newest.version >= 100_000_000_000_000_000
+                && is_timestamp(newest.version / 10_000) =>
+        {
+            version.max(timestamp_now() * 10_000)
+        }
         _ => version,
     };
     let width = existing

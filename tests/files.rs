@@ -387,12 +387,16 @@ async fn new_creates_the_next_pair_after_the_newest_version() {
     assert_eq!(error.exit_code(), 3);
 }
 
-/// In a directory of timestamp versions (dbmate's, sqlx's), `new` writes the time now, as
-/// those tools do, so that two branches seldom pick the same number; a version in the future
-/// is still passed.
+/// In a directory of timestamp versions (dbmate's, sqlx's, diesel 2.2's 18 digits), `new`
+/// writes the time now, as those tools do, so that two branches seldom pick the same number;
+/// a version in the future is still passed.
 #[tokio::test]
 async fn new_in_a_directory_of_timestamps_writes_the_time_now() {
-    for (newest, later) in [("20230902192641", true), ("29990101000000", false)] {
+    for (newest, later) in [
+        ("20230902192641", true),
+        ("29990101000000", false),
+        ("202606151411140000", true),
+    ] {
         let name = format!("{newest}_a.sql");
         let dir = migrations(&[(name.as_str(), "SELECT 1;")]);
         let new = Command::New {
@@ -407,12 +411,22 @@ async fn new_in_a_directory_of_timestamps_writes_the_time_now() {
             .into_owned();
         let version: i64 = file.split('_').next().unwrap().parse().unwrap();
         let newest: i64 = newest.parse().unwrap();
+        // As wide as the newest.
+        let this_month = 20261200000000 * 10_i64.pow(newest_width(&file, newest) - 14);
         match later {
             // A date this year or later, not the one past the newest.
-            true => assert!(version > 20261200000000 && version != newest + 1, "{file}"),
+            true => assert!(version > this_month && version != newest + 1, "{file}"),
             false => assert_eq!(version, newest + 1, "{file}"),
         }
     }
+}
+
+/// The digits of `newest`, which `file` (the new one) must have too.
+fn newest_width(file: &str, newest: i64) -> u32 {
+    let width = newest.checked_ilog10().unwrap_or(0) + 1;
+    let digits = file.bytes().take_while(u8::is_ascii_digit).count();
+    assert_eq!(digits, width as usize, "{file}");
+    width
 }
 
 #[tokio::test]
