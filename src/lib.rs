@@ -878,11 +878,15 @@ impl Job<'_> {
     async fn verify_schema(&mut self, db: &Connected<'_>) -> Result<(), Error> {
         let (client, table) = (db.client, db.table);
         let applied = history::applied(client, table, history::Columns::Checks).await?;
-        // As `verify` without --schema: another tool's history and none of ours is adopted
-        // first (the replay would compare nothing with every table).
-        if applied.is_none() {
-            history::refuse_other_tools(client, table).await?;
-        }
+        // Another tool's history table, looked for once. With none of ours, it is adopted
+        // first, as `verify` without --schema says (the replay would compare nothing with
+        // every table); beside ours, the replay needs it (below).
+        let other = match history::refuse_other_tools(client, table).await {
+            Ok(()) => None,
+            Err(other @ Error::OtherToolsHistory { .. }) if applied.is_some() => Some(other),
+            Err(Error::HistoryElsewhere { .. }) if applied.is_some() => None,
+            Err(error) => return Err(error),
+        };
         let applied = applied.unwrap_or_default();
         plan::check_history(db.migrations, &applied)?;
         let status = plan::status(db.migrations, &applied);
@@ -898,15 +902,14 @@ impl Job<'_> {
         // migrations may use it (Harbor's add a column to golang-migrate's and drop it
         // again): the replay starts with the table as that tool creates it. The snapshots
         // leave such a table out on both sides.
-        let theirs = match history::refuse_other_tools(client, table).await {
+        let theirs = match other {
             // Unless a migration creates it (a project's own `schema_migrations`).
-            Err(Error::OtherToolsHistory { from, table, .. })
-                if !replay.iter().any(|m| creates_table(&m.up.sql, &table)) =>
+            Some(Error::OtherToolsHistory { from, table, .. })
+                if !replay.iter().any(|m| sql::creates_table(&m.up.sql, &table)) =>
             {
                 import::Tool::named(from).map(|tool| tool.create_sql(&table))
             }
-            Err(Error::OtherToolsHistory { .. } | Error::HistoryElsewhere { .. }) | Ok(()) => None,
-            Err(error) => return Err(error),
+            _ => None,
         };
         let expected = self
             .on_scratch(db, async |ctx, monitor| {
@@ -1026,21 +1029,6 @@ impl Job<'_> {
         )
         .await
     }
-}
-
-/// Whether `sql` has a CREATE TABLE naming `qualified`'s table (`schema.table`, as quoted
-/// by the server): a migration that makes a table of the name another tool uses.
-fn creates_table(sql: &str, qualified: &str) -> bool {
-    let name = qualified
-        .rsplit('.')
-        .next()
-        .unwrap_or(qualified)
-        .trim_matches('"');
-    let name = name.to_lowercase();
-    sql::split(sql).iter().any(|statement| {
-        sql::command_tag(statement.text) == "CREATE TABLE"
-            && statement.text.to_lowercase().contains(&name)
-    })
 }
 
 /// The run's first round trips once connected, made while the files are still being read.

@@ -1582,8 +1582,37 @@ fn truncate_identifier(mut name: String) -> String {
     name
 }
 
+/// Whether `sql` has a CREATE TABLE naming `qualified`'s table (`schema.table`, as quoted
+/// by the server): a migration that makes a table of the name another tool uses.
+pub fn creates_table(sql: &str, qualified: &str) -> bool {
+    let name = qualified
+        .rsplit('.')
+        .next()
+        .unwrap_or(qualified)
+        .trim_matches('"');
+    let name = name.to_lowercase();
+    split(sql).iter().any(|statement| {
+        command_tag(statement.text) == "CREATE TABLE"
+            && statement.text.to_lowercase().contains(&name)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_table_created_is_told_from_one_only_used() {
+        let name = "public.schema_migrations";
+        assert!(super::creates_table(
+            "SELECT 1;\nCREATE TABLE IF NOT EXISTS Schema_Migrations (version text);",
+            name
+        ));
+        assert!(!super::creates_table(
+            "ALTER TABLE schema_migrations ADD COLUMN data_version int;",
+            name
+        ));
+        assert!(!super::creates_table("CREATE TABLE other (id int);", name));
+    }
+
     use super::*;
 
     #[test]
