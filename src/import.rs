@@ -184,8 +184,9 @@ const NO_OP: &str = "SELECT 1; -- imported without a statement";
 /// The versions of `adopted` whose file is not the text the other tool ran, by the checksum it
 /// recorded: sqlx's SHA-384 of the file's bytes, Flyway's CRC32 of its lines. Such a file was
 /// edited since (or read by sqlx with `ignored-chars`), and baseline would record it as it is
-/// now. What `import` adds on the way (the `-- no-transaction` line, a `SELECT 1;` for a file
-/// without a statement) is taken off before comparing. The other tools keep no checksum.
+/// now. What `import` changes on the way (the `-- no-transaction` line, a `SELECT 1;` for a file
+/// without a statement, the file's own `BEGIN` and `COMMIT` commented out) is undone before
+/// comparing. The other tools keep no checksum.
 pub async fn edited_since(
     client: &Client,
     tool: Tool,
@@ -239,7 +240,7 @@ pub async fn edited_since(
 }
 
 /// The texts the other tool may have run for a file that reads `text` here: as it is, without
-/// what `import` added to it, and (for sqlx, which hashes the bytes) with the byte order mark
+/// what `import` added to it, with the `BEGIN` and `COMMIT` it commented out put back, and (for sqlx, which hashes the bytes) with the byte order mark
 /// that db-migrate drops when it reads a file.
 fn as_run(text: &str, tool: Tool) -> Vec<String> {
     let mut texts = vec![text.to_string()];
@@ -255,6 +256,8 @@ fn as_run(text: &str, tool: Tool) -> Vec<String> {
             texts.push(body);
         }
     }
+    let restored: Vec<String> = texts.iter().filter_map(|t| uncommented(t)).collect();
+    texts.extend(restored);
     if tool == Tool::Sqlx {
         let marked: Vec<String> = (texts.iter())
             .map(|t| format!("{}{t}", crate::sql::BOM))
@@ -1080,8 +1083,10 @@ fn slug(name: &str) -> String {
     parts.join("_")
 }
 
-/// The file without its own outer `BEGIN; ... COMMIT;`: db-migrate runs each migration in a
-/// transaction of its own, and refuses a file that ends it.
+/// The file with its own outer `BEGIN; ... COMMIT;` commented out: db-migrate runs each
+/// migration in a transaction of its own, and refuses a file that ends it. Commented out rather
+/// than removed, so that `baseline --from` can still compare the file with the checksum sqlx or
+/// Flyway recorded of it.
 fn own_transaction_removed(sql: &str, changes: &mut Vec<String>, whose: &str) -> String {
     let statements = crate::sql::split(sql);
     let (Some(first), Some(last)) = (statements.first(), statements.last()) else {
@@ -1123,15 +1128,48 @@ fn own_transaction_removed(sql: &str, changes: &mut Vec<String>, whose: &str) ->
         let rest = &sql[end..];
         end + rest.find(';').map_or(0, |i| i + 1)
     };
-    let body = &sql[after(first)..last.offset];
-    let tail = &sql[after(last)..];
-    changes.push(format!("{whose}own BEGIN/COMMIT removed"));
+    let (open, close) = (
+        &sql[first.offset..after(first)],
+        &sql[last.offset..after(last)],
+    );
+    // Never the case for the words above; a comment cannot hold its own end.
+    if open.contains(COMMENTED.1) || close.contains(COMMENTED.1) {
+        return sql.to_string();
+    }
+    changes.push(format!("{whose}own BEGIN/COMMIT commented out"));
     format!(
-        "{}{}{}",
+        "{}{}{open}{}{}{}{close}{}{}",
         &sql[..first.offset],
-        body.trim_start_matches('\n'),
-        tail.trim_start_matches('\n')
+        COMMENTED.0,
+        COMMENTED.1,
+        &sql[after(first)..last.offset],
+        COMMENTED.0,
+        COMMENTED.1,
+        &sql[after(last)..],
     )
+}
+
+/// How `import` comments out a file's own `BEGIN` and `COMMIT`, in place and byte for byte, so
+/// that the text the other tool ran (and checksummed) can be had back: [`uncommented`].
+const COMMENTED: (&str, &str) = ("/* commented out by db-migrate import: ", " */");
+
+/// `text` with what `import` commented out put back, if it commented anything out.
+fn uncommented(text: &str) -> Option<String> {
+    let (open, close) = COMMENTED;
+    if !text.contains(open) {
+        return None;
+    }
+    let mut back = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(open) {
+        let inner = &rest[at + open.len()..];
+        let end = inner.find(close)?;
+        back.push_str(&rest[..at]);
+        back.push_str(&inner[..end]);
+        rest = &inner[end + close.len()..];
+    }
+    back.push_str(rest);
+    Some(back)
 }
 
 fn read_text(path: &Path) -> Result<String, Error> {
@@ -1167,5 +1205,27 @@ mod tests {
         let dbmate = history_mentioned(Layout::Dbmate, "DELETE FROM schema_migrations");
         assert_eq!(dbmate, Some("schema_migrations"));
         assert_eq!(history_mentioned(Layout::Flyway, "SELECT 1"), None);
+    }
+
+    #[test]
+    fn a_file_s_own_transaction_is_commented_out_and_can_be_had_back() {
+        let file =
+            "-- adds email\nbegin transaction ;\n\nALTER TABLE users ADD email text;\nCOMMIT;\n\n";
+        let mut changes = Vec::new();
+        let imported = own_transaction_removed(file, &mut changes, "");
+        assert_eq!(
+            imported,
+            "-- adds email\n/* commented out by db-migrate import: begin transaction ; */\n\n\
+             ALTER TABLE users ADD email text;\n/* commented out by db-migrate import: COMMIT; */\n\n"
+        );
+        assert_eq!(changes, ["own BEGIN/COMMIT commented out"]);
+        let script = crate::source::Script::new("1_add_email.sql".into(), imported.clone());
+        assert!(crate::source::check(&script).is_ok());
+        assert!(as_run(&imported, Tool::Flyway).contains(&file.to_string()));
+        let noted = format!("-- no-transaction\n{imported}");
+        assert!(as_run(&noted, Tool::Sqlx).contains(&file.to_string()));
+        // A comment written by hand is the file's own text.
+        let unclosed = "/* commented out by db-migrate import: BEGIN;\nSELECT 1;";
+        assert_eq!(uncommented(unclosed), None);
     }
 }

@@ -579,6 +579,61 @@ async fn a_file_edited_after_sqlx_or_flyway_ran_it_is_refused_unless_accepted() 
     }
 }
 
+/// A sqlx or Flyway file with its own `BEGIN`/`COMMIT`: `import` comments them out, and
+/// `baseline --from` puts them back before comparing, so the file is no edit. Edited after
+/// that tool ran it, it still is one.
+#[tokio::test]
+async fn a_file_s_own_transaction_commented_out_by_import_is_no_edit() {
+    let wrapped = "BEGIN;\nCREATE TABLE IF NOT EXISTS b (id int);\nCOMMIT;\n";
+    let src = migrations(&[
+        ("1_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);\n"),
+        ("2_b.sql", wrapped),
+    ]);
+    let dest = tempfile::tempdir().unwrap();
+    let dir = dest.path().join("migrations");
+    let out = output(
+        binary()
+            .args(["import", "--from", "sqlx", "--log-format", "json"])
+            .arg(src.path())
+            .env("MIGRATIONS_DIR", &dir),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let file = dir.join("002_b.sql");
+    assert!(!std::fs::read_to_string(&file).unwrap().starts_with("BEGIN"));
+    let db = managed(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, \
+         checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
+         INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES \
+         (1, 'a', true, sha384(convert_to(E'CREATE TABLE IF NOT EXISTS a (id int);\\n', 'UTF8')), 1), \
+         (2, 'b', true, sha384(convert_to(E'BEGIN;\\nCREATE TABLE IF NOT EXISTS b (id int);\\nCOMMIT;\\n', 'UTF8')), 1); \
+         CREATE TABLE a (id int); CREATE TABLE b (id int);",
+    )
+    .await;
+    let edited = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("(id int)", "(id bigint)");
+    std::fs::write(&file, edited).unwrap();
+    let out = run(&db, &dir, &["baseline", "--from", "sqlx"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        summary_message(&out).contains("002_b.sql"),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = output(
+        binary()
+            .args(["import", "--from", "sqlx", "--log-format", "json"])
+            .arg(src.path())
+            .env("MIGRATIONS_DIR", &dir),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(&db, &dir, &["baseline", "--from", "sqlx"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(ours(&db).await, [1, 2]);
+}
+
 /// Harbor's migrations add a column to golang-migrate's history table and drop it again. Once
 /// adopted, `verify --schema` replays them into a scratch database that starts with that table
 /// as golang-migrate creates it, so the replay runs as golang-migrate ran it.

@@ -101,11 +101,13 @@ async fn golang_migrate_files_lose_their_up_suffix_and_their_own_transaction() {
     );
     assert_eq!(
         read(dest.path(), "002_add_email.sql"),
-        "ALTER TABLE users ADD COLUMN IF NOT EXISTS email text;\n"
+        "/* commented out by db-migrate import: BEGIN; */\n\
+         ALTER TABLE users ADD COLUMN IF NOT EXISTS email text;\n\
+         /* commented out by db-migrate import: COMMIT; */\n"
     );
     assert!(
         out.stdout.contains("002_add_email.sql")
-            && out.stdout.contains("<- 2_add_email.up.sql (own BEGIN/COMMIT removed, rollback's own BEGIN/COMMIT removed)"),
+            && out.stdout.contains("<- 2_add_email.up.sql (own BEGIN/COMMIT commented out, rollback's own BEGIN/COMMIT commented out)"),
         "{}",
         out.stdout
     );
