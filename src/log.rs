@@ -82,6 +82,11 @@ pub fn init(format: Format, verbose: bool) -> Output {
     output
 }
 
+/// The field an event may carry with its whole line for a person, which [`Person`] prints
+/// in place of the message and the other fields (a hazard's dozen fields read as a sentence),
+/// and JSON leaves out: the other fields hold it all.
+pub const PERSON: &str = "person";
+
 /// A warning or an error in one line for a person: `warning: message (field: value, ...)`.
 struct Person;
 
@@ -98,14 +103,17 @@ where
     ) -> fmt::Result {
         let mut fields = Map::new();
         event.record(&mut Fields(&mut fields));
-        let message = match fields.remove("message") {
-            Some(Value::String(message)) => message,
-            _ => String::new(),
-        };
         let level = match *event.metadata().level() {
             Level::ERROR => "error",
             Level::WARN => "warning",
             _ => "note",
+        };
+        if let Some(Value::String(text)) = fields.remove(PERSON) {
+            return writeln!(writer, "{level}: {text}");
+        }
+        let message = match fields.remove("message") {
+            Some(Value::String(message)) => message,
+            _ => String::new(),
         };
         let details: Vec<String> = (fields.iter())
             .map(|(key, value)| match value {
@@ -153,6 +161,7 @@ where
             }
         }
         event.record(&mut Fields(&mut object));
+        object.remove(PERSON);
         writeln!(writer, "{}", Value::Object(object))
     }
 }

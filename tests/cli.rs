@@ -850,6 +850,54 @@ fn line_of<'a>(shown: &'a str, verb: &str, file: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `{verb}` line for {file}:\n{shown}"))
 }
 
+/// A hazard at a person's terminal is one sentence: where, what, on what, and the fix (left
+/// out once it is allowed). The JSON event keeps its fields and nothing more.
+#[tokio::test]
+async fn on_a_terminal_a_hazard_reads_as_a_sentence() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[(
+        "003_drop_prompt.sql",
+        "ALTER TABLE video_requests DROP COLUMN prompt;\n",
+    )]);
+    assert_eq!(
+        db_migrate(&db, dir.path(), &["up", "--target", "2"]).code,
+        0
+    );
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO video_requests (user_id, guild_id, channel_id, prompt, duration_seconds, \
+             aspect_ratio, resolution, status) VALUES ('u', 'g', 'c', 'p', 4, '16:9', '720p', 'pending')",
+        )
+        .await
+        .unwrap();
+    let expected = "warning: hazard refused: 003_drop_prompt.sql:1:1: drops-data (DROP COLUMN) \
+                    on video_requests.prompt holding 1 row(s) of data; take a backup first";
+    let (code, shown) = at_a_terminal(&db, dir.path(), "up");
+    assert_eq!(code, 9, "{shown}");
+    assert!(
+        shown.lines().any(|l| l.ends_with("above the statement")
+            && l.starts_with("warning: hazard refused: ")
+            && l.contains(&expected["warning: hazard refused: ".len()..])),
+        "{shown}"
+    );
+    assert!(!shown.contains("rows_known"), "{shown}");
+    let (code, shown) = at_a_terminal(&db, dir.path(), "up --dry-run --allow-data-loss");
+    assert_eq!(code, 0, "{shown}");
+    let allowed = shown
+        .lines()
+        .find(|l| l.starts_with("warning: hazard allowed (--allow-data-loss): "))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(allowed.ends_with("1 row(s) of data"), "{allowed}");
+    let out = db_migrate(&db, dir.path(), &["up", "--dry-run"]);
+    let event = events(&out.stderr)
+        .into_iter()
+        .find(|e| e["message"] == "hazard refused")
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert_eq!(event["rule"], "drops-data");
+    assert!(event.get("person").is_none(), "{event}");
+}
+
 #[tokio::test]
 async fn on_a_terminal_each_migration_gets_a_line_with_what_its_sql_did() {
     let db = support::database().await;

@@ -222,36 +222,34 @@ pub struct Finding {
     pub allowed: Option<String>,
 }
 
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.relation.is_empty() {
-            return write!(
-                f,
-                "{}:{}:{}: {} ({}); {}",
-                self.file.display(),
-                self.line,
-                self.column,
-                self.rule.id(),
-                self.what,
-                self.rule.fix_for(&self.what)
-            );
-        }
-        let at = self.row_count.prefix();
-        let rows = match self.rule {
-            Rule::DropsData => format!("{at}{} row(s) of data", self.rows),
-            _ => format!("{at}{} row(s)", self.rows),
-        };
-        write!(
-            f,
-            "{}:{}:{}: {} ({}) on {} holding {rows}; {}",
+impl Finding {
+    /// Where and what, without the fix: `file:line:column: rule (what) on relation holding N
+    /// row(s)`.
+    pub fn found(&self) -> String {
+        let at = format!(
+            "{}:{}:{}: {} ({})",
             self.file.display(),
             self.line,
             self.column,
             self.rule.id(),
-            self.what,
-            self.relation,
-            self.rule.fix_for(&self.what)
-        )
+            self.what
+        );
+        if self.relation.is_empty() {
+            return at;
+        }
+        let known = self.row_count.prefix();
+        let rows = match self.rule {
+            Rule::DropsData => format!("{known}{} row(s) of data", self.rows),
+            _ => format!("{known}{} row(s)", self.rows),
+        };
+        format!("{at} on {} holding {rows}", self.relation)
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fix = self.rule.fix_for(&self.what);
+        write!(f, "{}; {fix}", self.found())
     }
 }
 
@@ -298,7 +296,14 @@ pub async fn refuse(
             (true, true) => "hazard allowed",
             (true, false) => "hazard refused",
         };
+        // At a person's terminal the line `log::Person` prints instead of the fields.
+        let person = match (&finding.allowed, allowed && finding.rule.refused()) {
+            (Some(reason), _) => format!("{message} ({reason}): {}", finding.found()),
+            (None, true) => format!("{message} (--allow-data-loss): {}", finding.found()),
+            (None, false) => format!("{message}: {finding}"),
+        };
         warn!(
+            person,
             rule = finding.rule.id(),
             version = finding.version,
             file = %finding.file.display(),
