@@ -472,9 +472,17 @@ pub async fn refuse_history_elsewhere(
     // Where the run would find its own history: the search path's schemas and the one the
     // history table names. A service's table in a schema of its own (Supabase keeps GoTrue's
     // `auth.schema_migrations`) is that service's history, not this project's.
+    // And for a name without a schema, db-migrate's own table of that name in any schema: a
+    // search path changed since (UPchieve's `ALTER ROLE ... SET search_path = upchieve`)
+    // leaves the history where it was and out of reach, and every file would run again. A
+    // schema in the name says where the history is, and is the way to keep another
+    // project's db-migrate history, of the same name in another schema, apart.
     let own = match &table.quoted_schema {
         Some(schema) => format!("OR n.oid = pg_catalog.to_regnamespace({})", literal(schema)),
-        None => String::new(),
+        None => format!(
+            "OR (c.relname = {} AND a.columns = '{OURS}')",
+            literal(&table.name)
+        ),
     };
     let theirs = match others {
         true => {

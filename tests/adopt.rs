@@ -663,6 +663,53 @@ async fn verify_schema_replays_migrations_that_use_the_adopted_tool_s_table() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
+/// The search path changed after migrating (UPchieve's `ALTER ROLE ... SET search_path =
+/// upchieve`): the history stays in `public`, out of reach. `up` and `verify` name it
+/// instead of starting a second history and running every file again; naming it with its
+/// schema works, and a schema-qualified name keeps another project's history apart.
+#[tokio::test]
+async fn a_history_the_search_path_no_longer_reaches_is_named() {
+    let db = support::database().await;
+    let dir = golang_dir();
+    let plain = |args: &[&str]| {
+        output(
+            binary()
+                .args(["--log-format", "json"])
+                .args(args)
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        )
+    };
+    assert_eq!(plain(&["up"]).code, 0);
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA app; CREATE TABLE app.t (id int); \
+             ALTER DATABASE \"{}\" SET search_path = app",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let before = support::tables(&client).await;
+    for args in [&["up"][..], &["verify"]] {
+        let out = plain(args);
+        assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
+        let text = summary_message(&out);
+        assert!(
+            text.contains("db-migrate's history table public.schema_migrations")
+                && text.contains("search path"),
+            "{args:?}: {text}"
+        );
+    }
+    assert_eq!(support::tables(&client).await, before);
+    let named = ["--history-table", "public.schema_migrations"];
+    let out = plain(&[&named[..], &["verify"]].concat());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // Another project's history, named with its schema: this one starts its own.
+    let out = plain(&["--history-table", "app.schema_migrations", "up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
 /// A database migrated with `--history-table`, the flag forgotten this time: `up` and
 /// `baseline` name the table instead of starting a second history beside it (which `baseline`
 /// did, taking advice meant for another tool's table), `status` warns.

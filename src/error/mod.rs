@@ -206,7 +206,7 @@ pub enum Error {
 
     /// No history in the table named, but db-migrate's own under another name.
     #[error(
-        "the database has no history in {history} but db-migrate's history table {table}: it was adopted or migrated with --history-table {table}; pass the same --history-table (or DB_MIGRATE_HISTORY_TABLE) to every command, or this one would start a second history beside it; nothing ran"
+        "the database has no history in {history} but db-migrate's history table {table}: it was adopted or migrated with --history-table {table}, or the search path no longer reaches it; pass --history-table {table} (or DB_MIGRATE_HISTORY_TABLE) to every command, or this one would start a second history beside it (if that table is another project's, name this one's with its schema: --history-table SCHEMA.NAME); nothing ran"
     )]
     HistoryElsewhere { history: String, table: String },
 
