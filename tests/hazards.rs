@@ -191,6 +191,13 @@ async fn names_resolve_as_the_migration_s_own_search_path_and_renames_make_them(
             "003_index.sql:2:1: ",
             "on app.big holding ",
         ),
+        // pg_dump's form of it, which files copied from a dump keep (UPchieve's).
+        (
+            "SELECT pg_catalog.set_config('search_path', 'app', false);\n\
+             CREATE INDEX IF NOT EXISTS big_g ON big (g);\n",
+            "003_index.sql:2:1: ",
+            "on app.big holding ",
+        ),
         (
             "ALTER TABLE video_requests RENAME TO vr_old;\nCREATE INDEX IF NOT EXISTS vr_p ON vr_old (prompt);\n",
             "003_index.sql:2:1: ",

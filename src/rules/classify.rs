@@ -270,9 +270,10 @@ pub enum Role {
 pub fn search_path(statement: &str) -> Option<Option<Vec<String>>> {
     let parsed = pg_query::parse(statement, pg_query::ParserOptions::DEFAULT).ok()?;
     let raw = parsed.protobuf.stmts.first()?;
-    let Some(NodeEnum::VariableSetStmt(set)) = raw.stmt.as_ref().and_then(|s| s.node.as_ref())
-    else {
-        return None;
+    let set = match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+        Some(NodeEnum::VariableSetStmt(set)) => set,
+        Some(NodeEnum::SelectStmt(select)) => return set_config(select).map(Some),
+        _ => return None,
     };
     let all = set.kind == VariableSetKind::VarResetAll as i32;
     if !all && !set.name.eq_ignore_ascii_case("search_path") {
@@ -293,6 +294,74 @@ pub fn search_path(statement: &str) -> Option<Option<Vec<String>>> {
         })
         .collect();
     Some(Some(schemas))
+}
+
+/// The schemas of `SELECT [pg_catalog.]set_config('search_path', 'a, "B"', is_local)`, the
+/// form `pg_dump` writes and files copied from it keep: the list as the server reads it.
+fn set_config(select: &pg_query::protobuf::SelectStmt) -> Option<Vec<String>> {
+    let [target] = select.target_list.as_slice() else {
+        return None;
+    };
+    let Some(NodeEnum::ResTarget(target)) = &target.node else {
+        return None;
+    };
+    let Some(NodeEnum::FuncCall(call)) = target.val.as_ref().and_then(|v| v.node.as_ref()) else {
+        return None;
+    };
+    let name: Vec<String> = call.funcname.iter().filter_map(string).collect();
+    if !matches!(name.as_slice(), [f] | [_, f] if f == "set_config")
+        || name
+            .first()
+            .is_some_and(|s| name.len() == 2 && s != "pg_catalog")
+    {
+        return None;
+    }
+    let text = |node: &Node| match &node.node {
+        Some(NodeEnum::AConst(constant)) => match &constant.val {
+            Some(pg_query::protobuf::a_const::Val::Sval(s)) => Some(s.sval.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let [setting, value, _] = call.args.as_slice() else {
+        return None;
+    };
+    if !text(setting)?.eq_ignore_ascii_case("search_path") {
+        return None;
+    }
+    Some(schema_list(&text(value)?))
+}
+
+/// A `search_path` value as the server splits it: commas between names, a double-quoted name
+/// kept as written (`""` for a quote), another folded to lower case.
+fn schema_list(value: &str) -> Vec<String> {
+    let mut schemas = Vec::new();
+    let mut chars = value.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    '"' => break,
+                    c => name.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                name.push(c);
+            }
+            name = name.trim_end().to_lowercase();
+        }
+        while chars.next_if(|c| *c != ',').is_some() {}
+        if !name.is_empty() {
+            schemas.push(name);
+        }
+        if chars.next().is_none() {
+            return schemas;
+        }
+    }
 }
 
 impl Effect {
@@ -1304,6 +1373,39 @@ mod tests {
             schema: None,
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn a_search_path_is_read_from_set_and_from_set_config() {
+        let path = |sql: &str| search_path(sql).flatten();
+        let list = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
+        assert_eq!(
+            path("SET search_path TO app, public"),
+            list(&["app", "public"])
+        );
+        assert_eq!(
+            path(
+                "SELECT pg_catalog.set_config('search_path', 'App, \"My \"\"s\"\" \" ,public', false)"
+            ),
+            list(&["app", "My \"s\" ", "public"])
+        );
+        assert_eq!(
+            path("select set_config('search_path', 'upchieve', true)"),
+            list(&["upchieve"])
+        );
+        assert_eq!(
+            path("SELECT set_config('search_path', '', false)"),
+            list(&[])
+        );
+        assert_eq!(path("SELECT set_config('work_mem', '1GB', false)"), None);
+        assert_eq!(
+            path("SELECT other.set_config('search_path', 'x', false)"),
+            None
+        );
+        assert_eq!(
+            path("SELECT set_config('search_path', 'x', false), 1"),
+            None
+        );
     }
 
     #[test]

@@ -809,9 +809,15 @@ async fn qualify(client: &Client, statements: &mut [Checked<'_>]) -> Result<(), 
             step = Some((*version, script.path.as_path()));
             path = None;
         }
-        // Only a SET or RESET is parsed for it: the parser is what a run of many files costs.
+        // Only a SET, a RESET or a SELECT of set_config is parsed for it: the parser is what
+        // a run of many files costs.
         let tag = sql::command_tag(statement.text);
-        if (tag == "SET" || tag == "RESET")
+        let set_config = || {
+            tag == "SELECT"
+                && (statement.text.as_bytes().windows(10))
+                    .any(|w| w.eq_ignore_ascii_case(b"set_config"))
+        };
+        if (tag == "SET" || tag == "RESET" || set_config())
             && let Some(set) = classify::search_path(statement.text)
         {
             path = set.map(|schemas| {
