@@ -358,6 +358,13 @@ async fn foreign(client: &Client, table: &Table) -> Error {
             table.name, table.name
         ));
     }
+    // Adopted from that tool with `--history-table`, the flag forgotten this time: the
+    // history already kept is the one to name, not `baseline` again (Coder's audit).
+    if let Err(elsewhere @ Error::HistoryElsewhere { .. }) =
+        refuse_history_elsewhere(client, table, false).await
+    {
+        return elsewhere;
+    }
     let (tool, from) = if columns == "version bigint, dirty boolean" {
         ("golang-migrate", "--from golang-migrate")
     } else if columns.starts_with("version character varying") && !columns.contains(',') {

@@ -663,6 +663,34 @@ async fn verify_schema_replays_migrations_that_use_the_adopted_tool_s_table() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
+/// Adopted from golang-migrate with `--history-table`, the flag forgotten this time: the
+/// default name finds golang-migrate's table, and the refusal names db-migrate's history
+/// kept beside it, not `baseline` again (Coder's audit).
+#[tokio::test]
+async fn a_forgotten_flag_after_adoption_names_the_history_kept() {
+    let db = managed(&format!(
+        "{GOLANG_MIGRATE} INSERT INTO schema_migrations VALUES (2, false); \
+         CREATE TABLE a (id int); CREATE TABLE b (id int);"
+    ))
+    .await;
+    let dir = golang_dir();
+    let out = run(&db, dir.path(), &["baseline", "--from", "golang-migrate"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = output(
+        binary()
+            .args(["--log-format", "json", "up"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let text = summary_message(&out);
+    assert!(
+        text.contains("--history-table public.db_migrate_history") && !text.contains("baseline"),
+        "{text}"
+    );
+    assert_eq!(ours(&db).await, [1, 2]);
+}
+
 /// The search path changed after migrating (UPchieve's `ALTER ROLE ... SET search_path =
 /// upchieve`): the history stays in `public`, out of reach. `up` and `verify` name it
 /// instead of starting a second history and running every file again; naming it with its
