@@ -345,6 +345,16 @@ impl Job<'_> {
             Box::pin(connected).await
         };
         let result = interrupt::guard(&interrupt, work).await;
+        // `test` and `verify --schema` run their migrations on the scratch database, which is
+        // gone: the target's history has nothing of them to look up.
+        let scratch = matches!(
+            self.config.command,
+            Command::Test { .. } | Command::Verify { schema: true }
+        );
+        let result = match result {
+            Err(Error::Interrupted(signal)) if scratch => Err(Error::InterruptedOnScratch(signal)),
+            result => result,
+        };
         // The run's client is gone with `work`: let its connection close properly. Not after
         // a signal: a run that stopped cleanly owes nothing, and one abandoned after the grace
         // would spend the platform's last seconds waiting for answers that are not coming.

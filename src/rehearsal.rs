@@ -343,7 +343,12 @@ impl Rehearsal<'_, '_> {
                 Err(error @ Error::Database { .. }) if error.connection_closed() => {
                     return Err(error);
                 }
-                Err(error) => (Some(Failure::Error(error.to_string())), Vec::new()),
+                Err(error) => {
+                    // A statement the signal cancelled (57014) failed for the signal, not for
+                    // its file.
+                    self.ctx.interrupt.check()?;
+                    (Some(Failure::Error(error.to_string())), Vec::new())
+                }
                 Ok(wrote) => {
                     // A second run that wrote nothing changed no catalog: the schema is the
                     // one read after the first. Most second runs are such (IF NOT EXISTS,

@@ -484,3 +484,49 @@ async fn sigterm_while_the_connection_is_retried_says_nothing_ran() {
         "{summary}"
     );
 }
+
+/// SIGTERM during `test`: the statement it cancelled on the scratch database is no failure of
+/// the migration. The run says it was stopped, that the target was not touched, and reports
+/// no migration as failed (Coder's audit saw `FAIL ... 57014` and `"failed": 1`).
+#[tokio::test]
+async fn sigterm_during_test_fails_no_migration() {
+    let db = support::database().await;
+    let dir = support::copy_of_seed(&[("003_slow.sql", SLOW)]);
+    let job = Running::spawn(
+        binary()
+            .args(["test", "--once", "--log-format", "json"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    let watcher = db.client().await;
+    eventually(
+        "the slow migration to be running on the scratch database",
+        || async {
+            let rows = watcher
+                .query(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'db-migrate'
+                 AND state = 'active' AND wait_event = 'PgSleep' AND query LIKE '%pg_sleep(60)%'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            !rows.is_empty()
+        },
+    )
+    .await;
+    job.signal("TERM");
+    let (code, events) = job.finish();
+    assert_eq!(code, Some(143), "{events:#?}");
+    let summary = events.last().unwrap();
+    assert_eq!(summary["outcome"], "interrupted", "{summary}");
+    let message = summary["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("scratch database") && message.contains("no migration failed"),
+        "{message}"
+    );
+    assert!(summary.get("failed").is_none_or(|f| f == 0), "{summary}");
+    let client = db.client().await;
+    let untouched: bool =
+        support::one(&client, "SELECT to_regclass('schema_migrations') IS NULL").await;
+    assert!(untouched, "the target was not touched");
+}

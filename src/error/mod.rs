@@ -341,6 +341,10 @@ pub enum Error {
     #[error("stopped by {}; a migration still running was cancelled and rolled back, unrecorded (statements a -- no-transaction file finished stay); what committed is in the history: run db-migrate status", .0.name())]
     Interrupted(Signal),
 
+    /// SIGINT or SIGTERM stopped `test` or `verify --schema`'s replay on the scratch database.
+    #[error("stopped by {}; what ran was on the scratch database, which is dropped: the target was not touched, and no migration failed; run it again", .0.name())]
+    InterruptedOnScratch(Signal),
+
     /// SIGINT or SIGTERM came before the run's connection to the database was open (while it
     /// was retried, say): nothing reached the database.
     #[error("stopped by {} before the connection to the database opened; nothing ran", .0.name())]
@@ -423,9 +427,9 @@ impl Error {
             Error::SchemaDrift { .. } => Outcome::SchemaDrift,
             Error::Backup { .. } => Outcome::BackupFailed,
             Error::Hazard { .. } => Outcome::Hazard,
-            Error::Interrupted(signal) | Error::InterruptedUnconnected(signal) => {
-                Outcome::Interrupted(*signal)
-            }
+            Error::Interrupted(signal)
+            | Error::InterruptedUnconnected(signal)
+            | Error::InterruptedOnScratch(signal) => Outcome::Interrupted(*signal),
         }
     }
 
