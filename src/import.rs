@@ -463,14 +463,25 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             }
         }
         imported.up = own_transaction_removed(&imported.up, &mut imported.changes, "");
-        // A rollback without a statement is no rollback, but it is said to be there.
-        let mut empty_down = false;
+        // An empty rollback is no rollback (dbmate writes an empty `-- migrate:down` section
+        // for none), but it is said to be there. One that holds only comments was written to
+        // undo nothing (Coder's "It's not possible to drop enum values" rollbacks), and the
+        // other tool ran it so: it gets a statement that does nothing, as a forward file does.
         if let Some(down) = imported.down.take() {
             let down = own_transaction_removed(&down, &mut imported.changes, "rollback's ");
             let statements = !crate::sql::is_empty(&down);
-            // dbmate writes an empty `-- migrate:down` section for no rollback.
-            empty_down = !statements && !down.trim().is_empty();
-            imported.down = statements.then_some(down);
+            imported.down = match (statements, down.trim().is_empty()) {
+                (true, _) => Some(down),
+                (false, true) => None,
+                (false, false) => {
+                    let end = if down.ends_with('\n') { "" } else { "\n" };
+                    (imported.changes).push(format!(
+                        "rollback holds no statement, so SELECT 1; was added: rolling back runs nothing, as {} ran it",
+                        layout.name()
+                    ));
+                    Some(format!("{down}{end}{NO_OP}\n"))
+                }
+            };
         }
         // The other tool ran such a file and recorded its version; db-migrate refuses a file
         // without a statement (a forgotten `new`), so it gets one that does nothing, and its
@@ -496,10 +507,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             imported.down = Some(outside_marked(&down, &mut imported.changes, "rollback: "));
         }
         if imported.down.is_none() {
-            imported.changes.push(match empty_down {
-                true => "no rollback (the rollback holds no statement)".into(),
-                false => "no rollback".into(),
-            });
+            imported.changes.push("no rollback".into());
         }
         let texts = [Some(&imported.up), imported.down.as_ref()];
         if let Some(table) = texts

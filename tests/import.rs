@@ -405,8 +405,9 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
 
 /// What the other tool ran is written as it was: a migration without a statement (sqlx and
 /// dbmate run and record it) gets one that does nothing, so that its version stays for
-/// `baseline --from`; a rollback without one is no rollback, and says why; a file's bytes are
-/// kept, final newline or none, so its checksum is the file's.
+/// `baseline --from`; so does a rollback of comments alone, written to undo nothing (Coder's),
+/// while an empty one is no rollback, and says why; a file's bytes are kept, final newline or
+/// none, so its checksum is the file's.
 #[tokio::test]
 async fn a_migration_without_a_statement_keeps_its_version_and_files_keep_their_bytes() {
     let src = fixture(&[
@@ -420,22 +421,33 @@ async fn a_migration_without_a_statement_keeps_its_version_and_files_keep_their_
             "CREATE TABLE IF NOT EXISTS t (id int);",
         ),
         ("20220701000000_t.down.sql", "DROP TABLE IF EXISTS t;"),
+        (
+            "20220702000000_u.up.sql",
+            "CREATE TABLE IF NOT EXISTS u (id int);",
+        ),
+        ("20220702000000_u.down.sql", "\n"),
     ]);
     let (dest, out) = imported_and_run("sqlx", src.path()).await;
     assert!(
         out.stdout.contains(
-            "(no statement, so SELECT 1; was added (db-migrate runs no file without one), no rollback (the rollback holds no statement))"
-        ),
+            "(rollback holds no statement, so SELECT 1; was added: rolling back runs nothing, as sqlx ran it, no statement, so SELECT 1; was added (db-migrate runs no file without one))"
+        ) && out.stdout.contains("<- 20220702000000_u.up.sql (no rollback)"),
         "{}",
         out.stdout
     );
     assert_eq!(
         files(dest.path()),
         [
+            "20220624180013_grant.down.sql",
             "20220624180013_grant.sql",
             "20220701000000_t.down.sql",
-            "20220701000000_t.sql"
+            "20220701000000_t.sql",
+            "20220702000000_u.sql"
         ]
+    );
+    assert_eq!(
+        read(dest.path(), "20220624180013_grant.down.sql"),
+        "-- nothing to undo\nSELECT 1; -- imported without a statement\n"
     );
     assert_eq!(
         read(dest.path(), "20220624180013_grant.sql"),
