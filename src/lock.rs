@@ -463,7 +463,7 @@ async fn holder(client: &Client, (class, object): (i32, i32)) -> Option<Holder> 
     let pid = text(0);
     let other = (text(1) == "true").then(|| {
         format!(
-            "the lock is held by server session {pid} (application_name '{}', {}), which is not a db-migrate run: a run behind a transaction-pooling proxy left it in a session the proxy gave to another client; end that session (SELECT pg_terminate_backend({pid})) and run again",
+            "the lock is held by server session {pid} (application_name '{}', {}), which is not a db-migrate run: another program holds this lock key, or a run behind a transaction-pooling proxy left it in a session the proxy gave to another client; if it is no job of yours, end that session (SELECT pg_terminate_backend({pid})) and run again",
             text(2),
             match text(3).as_str() {
                 "" => "state unknown".to_string(),

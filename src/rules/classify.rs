@@ -264,6 +264,9 @@ pub enum Role {
     Session,
 }
 
+/// The `what` of a `CREATE INDEX` without a name, which IF NOT EXISTS cannot be given.
+pub const UNNAMED_INDEX: &str = "CREATE INDEX without a name";
+
 /// What a `SET search_path` statement sets: `Some(Some(schemas))` for a list, `Some(None)`
 /// for a return to the session's default (`RESET`, `DEFAULT`), `None` for any other
 /// statement.
@@ -691,8 +694,12 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 });
             }
             if !index.if_not_exists {
+                // IF NOT EXISTS needs a name: without one, each run builds another index.
                 out.push(Effect::NotIdempotent {
-                    what: "CREATE INDEX without IF NOT EXISTS",
+                    what: match index.idxname.is_empty() {
+                        true => UNNAMED_INDEX,
+                        false => "CREATE INDEX without IF NOT EXISTS",
+                    },
                 });
             }
         }
@@ -1373,6 +1380,29 @@ mod tests {
             schema: None,
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn an_index_without_a_name_is_told_to_take_one() {
+        let not_idempotent = |sql: &str| -> Vec<&'static str> {
+            (effects(sql).into_iter())
+                .filter_map(|e| match e {
+                    Effect::NotIdempotent { what } => Some(what),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            not_idempotent("CREATE UNIQUE INDEX ON t (a)"),
+            [UNNAMED_INDEX]
+        );
+        assert_eq!(
+            not_idempotent("CREATE INDEX t_a ON t (a)"),
+            ["CREATE INDEX without IF NOT EXISTS"]
+        );
+        assert!(not_idempotent("CREATE INDEX IF NOT EXISTS t_a ON t (a)").is_empty());
+        let fix = super::super::Rule::NotIdempotent.fix_for(UNNAMED_INDEX);
+        assert!(fix.starts_with("name the index"), "{fix}");
     }
 
     #[test]

@@ -123,6 +123,9 @@ impl Rule {
             (Rule::ValidatesWholeTable, VALIDATE_IN_RUN) => {
                 "apply up to the migration that adds the constraint NOT VALID first (up --target N), then the rest, or run without --single-transaction: VALIDATE then blocks no writes"
             }
+            (Rule::NotIdempotent, classify::UNNAMED_INDEX) => {
+                "name the index and write CREATE INDEX IF NOT EXISTS name (without a name each run builds another index)"
+            }
             (Rule::IndexWithoutConcurrently, classify::REINDEX_TABLE) => {
                 "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
             }
