@@ -361,7 +361,7 @@ async fn foreign(client: &Client, table: &Table) -> Error {
     // Adopted from that tool with `--history-table`, the flag forgotten this time: the
     // history already kept is the one to name, not `baseline` again (Coder's audit).
     if let Err(elsewhere @ Error::HistoryElsewhere { .. }) =
-        refuse_history_elsewhere(client, table, false).await
+        refuse_history_elsewhere(client, table, false, &[]).await
     {
         return elsewhere;
     }
@@ -457,13 +457,72 @@ pub async fn refuse_missing_schema(client: &Client, table: &Table) -> Result<(),
     )))
 }
 
+/// For a history table named without a schema: db-migrate's own table of that name in a
+/// schema the search path does not reach, holding a row of one of `files` as this directory
+/// has it. A search path changed since the run that made it (UPchieve's `ALTER ROLE ... SET
+/// search_path = upchieve`) leaves the history where it was and out of reach, and every file
+/// would run again. Another project's history of the same name in its own schema, sharing
+/// the database, holds none of this directory's rows and is left alone.
+async fn out_of_reach(
+    client: &Client,
+    table: &Table,
+    files: &[Migration],
+) -> Result<Option<String>, Error> {
+    const OURS: &str = "version name checksum applied_at execution_ms applied_by";
+    if table.quoted_schema.is_some() || files.is_empty() {
+        return Ok(None);
+    }
+    let candidates = client
+        .query_typed(
+            &format!(
+                "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                  WHERE c.relname = $1 AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't' \
+                    AND NOT n.nspname = ANY (pg_catalog.current_schemas(true)) \
+                    AND (SELECT pg_catalog.string_agg(attname, ' ' ORDER BY attnum) \
+                           FROM pg_catalog.pg_attribute \
+                          WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) = '{OURS}' \
+                  ORDER BY n.nspname"
+            ),
+            &[(&table.name, tokio_postgres::types::Type::TEXT)],
+        )
+        .await
+        .map_err(Error::database("looking for the history table in other schemas"))?;
+    let versions: Vec<i64> = files.iter().map(|m| m.version).collect();
+    let checksums: Vec<&str> = files.iter().map(|m| m.checksum.as_str()).collect();
+    for candidate in candidates {
+        let found: String = candidate.get(0);
+        let rows = client
+            .query_typed(
+                &format!(
+                    "SELECT 1 FROM {found} WHERE (version, checksum) IN \
+                     (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::text[]))) LIMIT 1"
+                ),
+                &[
+                    (&versions, tokio_postgres::types::Type::INT8_ARRAY),
+                    (&checksums, tokio_postgres::types::Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+            .map_err(Error::database("reading a history table in another schema"))?;
+        if !rows.is_empty() {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
 /// The refusal for a database with tables and no history when one of them is another
 /// tool's history table (its name, and for `schema_migrations` its columns, say whose): a
 /// database adopted from that tool with `--history-table` given but `baseline --from` not
 /// yet run. Applying the files would run again what that tool applied, most of which was
 /// not written to run twice.
-pub async fn refuse_other_tools(client: &Client, table: &Table) -> Result<(), Error> {
-    refuse_history_elsewhere(client, table, true).await
+pub async fn refuse_other_tools(
+    client: &Client,
+    table: &Table,
+    files: &[Migration],
+) -> Result<(), Error> {
+    refuse_history_elsewhere(client, table, true, files).await
 }
 
 /// [`refuse_other_tools`], and db-migrate's own history under another name than `table`
@@ -474,22 +533,15 @@ pub async fn refuse_history_elsewhere(
     client: &Client,
     table: &Table,
     others: bool,
+    files: &[Migration],
 ) -> Result<(), Error> {
     const OURS: &str = "version name checksum applied_at execution_ms applied_by";
     // Where the run would find its own history: the search path's schemas and the one the
     // history table names. A service's table in a schema of its own (Supabase keeps GoTrue's
     // `auth.schema_migrations`) is that service's history, not this project's.
-    // And for a name without a schema, db-migrate's own table of that name in any schema: a
-    // search path changed since (UPchieve's `ALTER ROLE ... SET search_path = upchieve`)
-    // leaves the history where it was and out of reach, and every file would run again. A
-    // schema in the name says where the history is, and is the way to keep another
-    // project's db-migrate history, of the same name in another schema, apart.
     let own = match &table.quoted_schema {
         Some(schema) => format!("OR n.oid = pg_catalog.to_regnamespace({})", literal(schema)),
-        None => format!(
-            "OR (c.relname = {} AND a.columns = '{OURS}')",
-            literal(&table.name)
-        ),
+        None => String::new(),
     };
     let theirs = match others {
         true => {
@@ -525,7 +577,13 @@ pub async fn refuse_history_elsewhere(
         SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     }) else {
-        return Ok(());
+        return match out_of_reach(client, table, files).await? {
+            Some(found) => Err(Error::HistoryElsewhere {
+                history: table.name.clone(),
+                table: found,
+            }),
+            None => Ok(()),
+        };
     };
     let found = row.get(0).unwrap_or_default().to_string();
     let (tool, from) = match row.get(1) {

@@ -523,7 +523,7 @@ impl Job<'_> {
         // fails on it as `up` would, rather than ask for the `up` that refuses.
         if applied.is_none()
             && let Err(other @ (Error::OtherToolsHistory { .. } | Error::HistoryElsewhere { .. })) =
-                history::refuse_other_tools(db.client, db.table).await
+                history::refuse_other_tools(db.client, db.table, db.migrations).await
         {
             if matches!(self.config.command, Command::Verify { .. }) {
                 return Err(other);
@@ -668,7 +668,7 @@ impl Job<'_> {
             };
             if untracked {
                 history::refuse_missing_schema(client, table).await?;
-                history::refuse_other_tools(client, table).await?;
+                history::refuse_other_tools(client, table, db.migrations).await?;
             }
             history::warn_untracked(table, untracked);
             if !untracked {
@@ -701,7 +701,7 @@ impl Job<'_> {
                 let table = &*db.located().await?;
                 // A second history beside one kept under another name would drift from it.
                 if !history_exists {
-                    history::refuse_history_elsewhere(client, table, false).await?;
+                    history::refuse_history_elsewhere(client, table, false, migrations).await?;
                 }
                 let adopted = match what {
                     config::Baseline::UpTo(version) => {
@@ -891,7 +891,7 @@ impl Job<'_> {
         // Another tool's history table, looked for once. With none of ours, it is adopted
         // first, as `verify` without --schema says (the replay would compare nothing with
         // every table); beside ours, the replay needs it (below).
-        let other = match history::refuse_other_tools(client, table).await {
+        let other = match history::refuse_other_tools(client, table, db.migrations).await {
             Ok(()) => None,
             Err(other @ Error::OtherToolsHistory { .. }) if applied.is_some() => Some(other),
             Err(Error::HistoryElsewhere { .. }) if applied.is_some() => None,

@@ -736,6 +736,29 @@ async fn a_history_the_search_path_no_longer_reaches_is_named() {
     // Another project's history, named with its schema: this one starts its own.
     let out = plain(&["--history-table", "app.schema_migrations", "up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // Two projects sharing a database: another's history of the same name, out of the search
+    // path, holds none of this directory's rows and stops nothing.
+    let shared = support::database().await;
+    let other = migrations(&[("1_z.sql", "CREATE TABLE IF NOT EXISTS other.z (id int);")]);
+    shared
+        .client()
+        .await
+        .batch_execute("CREATE SCHEMA other")
+        .await
+        .unwrap();
+    let project = |dir: &Path, args: &[&str]| {
+        output(
+            binary()
+                .args(["--log-format", "json"])
+                .args(args)
+                .env("DATABASE_URL", &shared.url)
+                .env("MIGRATIONS_DIR", dir),
+        )
+    };
+    let history = ["--history-table", "other.schema_migrations", "up"];
+    assert_eq!(project(other.path(), &history).code, 0);
+    let out = project(dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
 /// A database migrated with `--history-table`, the flag forgotten this time: `up` and
