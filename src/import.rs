@@ -1111,36 +1111,25 @@ fn own_transaction_removed(sql: &str, changes: &mut Vec<String>, whose: &str) ->
             .join(" ")
             .to_uppercase()
     };
-    let begins = [
-        "BEGIN",
-        "BEGIN TRANSACTION",
-        "BEGIN WORK",
-        "START TRANSACTION",
-    ];
-    let commits = [
-        "COMMIT",
-        "END",
-        "COMMIT TRANSACTION",
-        "COMMIT WORK",
-        "END TRANSACTION",
-    ];
     let (open, close) = (words(first.text), words(last.text));
     if statements.len() < 2
-        || !begins.contains(&open.trim_end_matches(';'))
-        || !commits.contains(&close.trim_end_matches(';'))
+        || !BEGINS.contains(&open.trim_end_matches(';'))
+        || !COMMITS.contains(&close.trim_end_matches(';'))
     {
         return sql.to_string();
     }
+    // The statement's end, with its `;`: past white space and comments, not one inside a
+    // comment (`BEGIN -- open; see JIRA` ends at the `;` on the next line).
     let after = |statement: &crate::sql::Statement<'_>| {
         let end = statement.offset + statement.text.len();
-        let rest = &sql[end..];
-        end + rest.find(';').map_or(0, |i| i + 1)
+        end + semicolon_after(&sql[end..])
     };
     let (open, close) = (
         &sql[first.offset..after(first)],
         &sql[last.offset..after(last)],
     );
-    // Never the case for the words above; a comment cannot hold its own end.
+    // A block comment inside (`BEGIN /* tx */;`) would end the one that comments it out: the
+    // file is left as it was, and refused as db-migrate refuses transaction control.
     if open.contains(COMMENTED.1) || close.contains(COMMENTED.1) {
         return sql.to_string();
     }
@@ -1161,7 +1150,49 @@ fn own_transaction_removed(sql: &str, changes: &mut Vec<String>, whose: &str) ->
 /// that the text the other tool ran (and checksummed) can be had back: [`uncommented`].
 const COMMENTED: (&str, &str) = ("/* commented out by db-migrate import: ", " */");
 
-/// `text` with what `import` commented out put back, if it commented anything out.
+/// The statements `import` comments out when they open and close a whole file.
+const BEGINS: [&str; 4] = [
+    "BEGIN",
+    "BEGIN TRANSACTION",
+    "BEGIN WORK",
+    "START TRANSACTION",
+];
+const COMMITS: [&str; 5] = [
+    "COMMIT",
+    "END",
+    "COMMIT TRANSACTION",
+    "COMMIT WORK",
+    "END TRANSACTION",
+];
+
+/// How far past `rest`'s start the `;` that ends a statement is, through white space and
+/// comments; 0 when the next thing is not one.
+fn semicolon_after(rest: &str) -> usize {
+    let mut at = 0;
+    loop {
+        let tail = &rest[at..];
+        let trimmed = tail.trim_start();
+        at += tail.len() - trimmed.len();
+        if trimmed.starts_with(';') {
+            return at + 1;
+        } else if trimmed.starts_with("--") {
+            match trimmed.find('\n') {
+                Some(end) => at += end + 1,
+                None => return 0,
+            }
+        } else if trimmed.starts_with("/*") {
+            match trimmed.find("*/") {
+                Some(end) => at += end + 2,
+                None => return 0,
+            }
+        } else {
+            return 0;
+        }
+    }
+}
+
+/// `text` with the `BEGIN` and `COMMIT` that `import` commented out put back, if it commented
+/// them out: only those, so that the marker copied onto other text by hand is that text's.
 fn uncommented(text: &str) -> Option<String> {
     let (open, close) = COMMENTED;
     if !text.contains(open) {
@@ -1172,6 +1203,16 @@ fn uncommented(text: &str) -> Option<String> {
     while let Some(at) = rest.find(open) {
         let inner = &rest[at + open.len()..];
         let end = inner.find(close)?;
+        let words: Vec<String> = (inner[..end].lines())
+            .filter_map(|l| l.split("--").next())
+            .flat_map(str::split_whitespace)
+            .map(str::to_uppercase)
+            .collect();
+        let words = words.join(" ");
+        let statement = words.trim_end_matches(';').trim_end();
+        if !BEGINS.contains(&statement) && !COMMITS.contains(&statement) {
+            return None;
+        }
         back.push_str(&rest[..at]);
         back.push_str(&inner[..end]);
         rest = &inner[end + close.len()..];
@@ -1235,5 +1276,16 @@ mod tests {
         // A comment written by hand is the file's own text.
         let unclosed = "/* commented out by db-migrate import: BEGIN;\nSELECT 1;";
         assert_eq!(uncommented(unclosed), None);
+        let copied = "/* commented out by db-migrate import: CREATE EXTENSION x; */\nSELECT 1;";
+        assert_eq!(uncommented(copied), None);
+        // The `;` that ends BEGIN is the one after its comment, not one inside it.
+        let file = "BEGIN -- open; see JIRA\n;\nSELECT 2;\nCOMMIT;\n";
+        let imported = own_transaction_removed(file, &mut Vec::new(), "");
+        assert_eq!(
+            imported,
+            "/* commented out by db-migrate import: BEGIN -- open; see JIRA\n; */\nSELECT 2;\n\
+             /* commented out by db-migrate import: COMMIT; */\n"
+        );
+        assert_eq!(uncommented(&imported).as_deref(), Some(file));
     }
 }

@@ -345,8 +345,10 @@ impl Rehearsal<'_, '_> {
                 }
                 Err(error) => {
                     // A statement the signal cancelled (57014) failed for the signal, not for
-                    // its file.
-                    self.ctx.interrupt.check()?;
+                    // its file; any other failure is the file's, signal or none.
+                    if matches!(&error, Error::Apply(f) if f.sqlstate == "57014") {
+                        self.ctx.interrupt.check()?;
+                    }
                     (Some(Failure::Error(error.to_string())), Vec::new())
                 }
                 Ok(wrote) => {

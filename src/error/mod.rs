@@ -342,7 +342,7 @@ pub enum Error {
     Interrupted(Signal),
 
     /// SIGINT or SIGTERM stopped `test` or `verify --schema`'s replay on the scratch database.
-    #[error("stopped by {}; what ran was on the scratch database, which is dropped: the target was not touched, and no migration failed; run it again", .0.name())]
+    #[error("stopped by {} before the check finished; what ran was on the scratch database, not the target, which was not touched; run it again", .0.name())]
     InterruptedOnScratch(Signal),
 
     /// SIGINT or SIGTERM came before the run's connection to the database was open (while it

@@ -335,13 +335,15 @@ fn set_config(select: &pg_query::protobuf::SelectStmt) -> Option<Vec<String>> {
     Some(schema_list(&text(value)?))
 }
 
-/// A `search_path` value as the server splits it: commas between names, a double-quoted name
-/// kept as written (`""` for a quote), another folded to lower case.
+/// A `search_path` value as the server splits it (`SplitIdentifierString`): commas between
+/// names, a double-quoted name kept as written (`""` for a quote), another with A-Z folded to
+/// lower case, each cut to 63 bytes.
 fn schema_list(value: &str) -> Vec<String> {
+    let space = |c: &char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b');
     let mut schemas = Vec::new();
     let mut chars = value.chars().peekable();
     loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        while chars.next_if(space).is_some() {}
         let mut name = String::new();
         if chars.next_if_eq(&'"').is_some() {
             while let Some(c) = chars.next() {
@@ -355,9 +357,12 @@ fn schema_list(value: &str) -> Vec<String> {
             while let Some(c) = chars.next_if(|c| *c != ',') {
                 name.push(c);
             }
-            name = name.trim_end().to_lowercase();
+            name = name.trim_end_matches(|c| space(&c)).to_ascii_lowercase();
         }
         while chars.next_if(|c| *c != ',').is_some() {}
+        while name.len() > 63 {
+            name.pop();
+        }
         if !name.is_empty() {
             schemas.push(name);
         }
@@ -1423,6 +1428,16 @@ mod tests {
             path("select set_config('search_path', 'upchieve', true)"),
             list(&["upchieve"])
         );
+        // Only A-Z fold, as the server folds an unquoted name.
+        assert_eq!(
+            path("SELECT set_config('search_path', 'ÄRger', false)"),
+            list(&["Ärger"])
+        );
+        let long = format!(
+            "SELECT set_config('search_path', '{}', false)",
+            "s".repeat(70)
+        );
+        assert_eq!(path(&long), Some(vec!["s".repeat(63)]));
         assert_eq!(
             path("SELECT set_config('search_path', '', false)"),
             list(&[])
