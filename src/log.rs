@@ -75,13 +75,12 @@ pub fn init(format: Format, verbose: bool) -> Output {
             .init();
     } else {
         // Every field but `person`, which says the others again as a sentence.
-        let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
-            match field.name() {
+        let fields =
+            tracing_subscriber::fmt::format::debug_fn(|writer, field, value| match field.name() {
                 PERSON => Ok(()),
                 "message" => write!(writer, "{value:?}"),
                 name => write!(writer, " {name}={value:?}"),
-            }
-        });
+            });
         builder
             .with_max_level(Level::INFO)
             .with_target(false)
