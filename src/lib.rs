@@ -939,7 +939,23 @@ impl Job<'_> {
                 schema::read(ctx.client, ctx.table, options).await
             })
             .await?;
-        let diff = expected.diff(&actual);
+        let mut diff = expected.diff(&actual);
+        // Enum values a migration not applied adds: left by its rollback (`down` past it),
+        // since PostgreSQL cannot drop them, and added again, IF NOT EXISTS, when it is.
+        diff.enum_values_left(|_, added| {
+            let adds = |m: &&Migration| {
+                let text = m.up.sql.to_ascii_uppercase();
+                text.contains("ADD VALUE") && added.iter().all(|v| m.up.sql.contains(v))
+            };
+            let mut pending = (db.migrations.iter())
+                .filter(|m| !applied.iter().any(|a| a.version == m.version));
+            pending.find(adds).map(|m| {
+                format!(
+                    "added by migration {}, which is not applied: its rollback left them, since PostgreSQL cannot drop an enum value",
+                    m.version
+                )
+            })
+        });
         self.summary.schema_changes = Some(diff.changes.len());
         let target = db.dialer.target().to_string();
         let mut out = std::io::stdout().lock();

@@ -284,6 +284,9 @@ pub fn replay_failed(error: Error) -> Error {
     }
 }
 
+/// Why a rollback that leaves the enum values its migration added passes.
+const ENUM_VALUES_LEFT: &str = "added by the migration and left by its rollback, as they must be: PostgreSQL cannot drop an enum value";
+
 const REPLAY_LOST: &str = "that was the scratch database of verify --schema's replay, which is dropped: the target was not touched and the check did not finish; run it again";
 
 const SCRATCH_LOST: &str = "that was the scratch database, which is dropped: the test did not finish, and no migration failed it; run it again";
@@ -365,7 +368,14 @@ impl Rehearsal<'_, '_> {
                             (None, Vec::new())
                         }
                         (Step::ApplyAgain | Step::Reapply, Some(now)) => differs(&applied, &now),
-                        (Step::RollBack | Step::RollBackAgain, Some(now)) => differs(&before, &now),
+                        (Step::RollBack | Step::RollBackAgain, Some(now)) => {
+                            let mut diff = before.diff(&now);
+                            diff.enum_values_left(|_, _| Some(ENUM_VALUES_LEFT.into()));
+                            match diff.is_empty() {
+                                true => (None, diff.notes),
+                                false => (Some(Failure::Schema(diff)), Vec::new()),
+                            }
+                        }
                         _ => (None, Vec::new()),
                     }
                 }

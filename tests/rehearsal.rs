@@ -895,3 +895,64 @@ async fn a_rollback_that_puts_a_column_back_at_the_end_passes_with_a_note() {
     );
     assert_eq!(steps[0]["notes"], serde_json::json!([]), "{report}");
 }
+
+/// An enum value a migration adds stays after its rollback: PostgreSQL cannot drop one, and
+/// Coder's rollbacks say so in a comment. `test` notes it and passes; `verify --schema` after
+/// a real `down` notes it too, naming the migration that adds it again. A value added by
+/// hand, which no migration adds, is still drift.
+#[tokio::test]
+async fn an_enum_value_a_rollback_cannot_drop_is_a_note_not_a_failure() {
+    let db = support::database().await;
+    let dir = support::migrations(&[
+        (
+            "001_kind.sql",
+            "DO $$ BEGIN CREATE TYPE kind AS ENUM ('a'); EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n",
+        ),
+        ("001_kind.down.sql", "DROP TYPE IF EXISTS kind;\n"),
+        (
+            "002_kind_b.sql",
+            "ALTER TYPE kind ADD VALUE IF NOT EXISTS 'b';\n",
+        ),
+        (
+            "002_kind_b.down.sql",
+            "-- PostgreSQL cannot drop an enum value\nSELECT 1;\n",
+        ),
+    ]);
+    let out = test(&db, dir.path(), &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(
+            "type public.kind keeps 'b': added by the migration and left by its rollback"
+        ),
+        "{}",
+        out.stdout
+    );
+    let run = |args: &[&str]| {
+        output(
+            binary()
+                .args(args)
+                .args(["--log-format", "json"])
+                .env("DATABASE_URL", &db.url)
+                .env("MIGRATIONS_DIR", dir.path()),
+        )
+    };
+    assert_eq!(run(&["up"]).code, 0);
+    assert_eq!(run(&["down", "--steps", "1"]).code, 0);
+    let out = run(&["verify", "--schema"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(
+            "note: type public.kind keeps 'b': added by migration 2, which is not applied"
+        ),
+        "{}",
+        out.stdout
+    );
+    db.client()
+        .await
+        .batch_execute("ALTER TYPE kind ADD VALUE 'by_hand'")
+        .await
+        .unwrap();
+    let out = run(&["verify", "--schema"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("'by_hand'"), "{}", out.stdout);
+}

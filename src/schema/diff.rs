@@ -116,6 +116,74 @@ impl Diff {
     }
 }
 
+impl Diff {
+    /// Takes out each enum type changed only by values added to it, where `why` explains
+    /// those values (given the type and them, each as its quoted literal), and notes it
+    /// instead. PostgreSQL cannot drop an enum value: a rollback of a migration that added
+    /// one leaves it, and only recreating the type (a rewrite of every table that uses it)
+    /// takes it out, which most projects rightly do not do.
+    pub fn enum_values_left(&mut self, why: impl Fn(&Key, &[&str]) -> Option<String>) {
+        let mut notes = Vec::new();
+        self.changes.retain(|change| {
+            let Change::Changed { key, before, after } = change else {
+                return true;
+            };
+            if key.kind != Kind::Type {
+                return true;
+            }
+            let (Some(was), Some(now)) = (enum_values(before), enum_values(after)) else {
+                return true;
+            };
+            // The values there before, in their order, with others among them.
+            let mut kept = was.iter().peekable();
+            let mut added = Vec::new();
+            for value in &now {
+                match kept.peek() {
+                    Some(next) if *next == value => {
+                        kept.next();
+                    }
+                    _ => added.push(*value),
+                }
+            }
+            if kept.peek().is_some() || added.is_empty() {
+                return true;
+            }
+            match why(key, &added) {
+                Some(reason) => {
+                    notes.push(format!("{key} keeps {}: {reason}", added.join(", ")));
+                    false
+                }
+                None => true,
+            }
+        });
+        self.notes.extend(notes);
+    }
+}
+
+/// The values of an enum type's definition (`AS ENUM ('a', 'b')`), each as its literal.
+fn enum_values(definition: &str) -> Option<Vec<&str>> {
+    let list = definition.strip_prefix("AS ENUM (")?.strip_suffix(')')?;
+    let b = list.as_bytes();
+    let (mut values, mut i) = (Vec::new(), 0);
+    while i < b.len() {
+        let start = i;
+        if b[i] == b'E' {
+            i += 1;
+        }
+        if b.get(i) != Some(&b'\'') {
+            return None;
+        }
+        i = after_quoted(b, i);
+        values.push(&list[start..i]);
+        match list[i..].strip_prefix(", ") {
+            Some(_) => i += 2,
+            None if i == b.len() => {}
+            None => return None,
+        }
+    }
+    Some(values)
+}
+
 /// Every change, one per line (a long definition on the lines after it), then the notes.
 impl fmt::Display for Diff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -336,6 +404,31 @@ mod tests {
             snapshot.objects.insert(key, object);
         }
         snapshot
+    }
+
+    #[test]
+    fn enum_values_added_and_left_are_a_note_when_explained() {
+        let ty = |values: &str| snapshot(&[(Kind::Type, "", "public.kind", 0, values)]);
+        let before = ty("AS ENUM ('a', 'b')");
+        let explained = |_: &Key, added: &[&str]| Some(format!("{} explained", added.len()));
+        // Values added before, between and after the old ones, one with a quote in it.
+        let mut diff = before.diff(&ty("AS ENUM ('z', 'a', 'it''s', 'b', E'c\\\\d')"));
+        diff.enum_values_left(explained);
+        assert!(diff.is_empty(), "{diff}");
+        assert_eq!(
+            diff.notes,
+            ["type public.kind keeps 'z', 'it''s', E'c\\\\d': 3 explained"]
+        );
+        // A value gone, or the old ones in another order, is a change still.
+        for after in ["AS ENUM ('a')", "AS ENUM ('b', 'a', 'c')"] {
+            let mut diff = before.diff(&ty(after));
+            diff.enum_values_left(explained);
+            assert_eq!(diff.changes.len(), 1, "{after}");
+        }
+        // As is one left unexplained.
+        let mut diff = before.diff(&ty("AS ENUM ('a', 'b', 'c')"));
+        diff.enum_values_left(|_, _| None);
+        assert_eq!(diff.changes.len(), 1);
     }
 
     #[test]
