@@ -169,6 +169,8 @@ pub enum Baseline {
         table: Option<String>,
         /// Record files that differ from what the tool ran, by its checksum (with a warning).
         accept_edited: bool,
+        /// Leave out recorded versions without a file here (with a warning).
+        ignore_missing: bool,
     },
 }
 

@@ -711,6 +711,7 @@ impl Job<'_> {
                         tool,
                         table: theirs,
                         accept_edited,
+                        ignore_missing,
                     } => {
                         let theirs = history::Table::parse(
                             theirs.as_deref().unwrap_or(tool.default_table()),
@@ -723,7 +724,21 @@ impl Job<'_> {
                             )));
                         }
                         let recorded = import::applied(client, *tool, &theirs).await?;
-                        let adopted = plan::adopt(migrations, applied, &recorded, tool.name())?;
+                        let (adopted, missing) = plan::adopt(
+                            migrations,
+                            applied,
+                            &recorded,
+                            tool.name(),
+                            *ignore_missing,
+                        )?;
+                        if !missing.is_empty() {
+                            tracing::warn!(
+                                versions = ?missing,
+                                "{} version(s) {} recorded have no file here and were left out (--ignore-missing)",
+                                missing.len(),
+                                tool.name()
+                            );
+                        }
                         let edited = import::edited_since(client, *tool, &theirs, &adopted);
                         let edited = edited.await?;
                         if let Some(first) = edited.first() {

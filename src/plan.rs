@@ -360,13 +360,15 @@ pub enum Recorded {
 }
 
 /// `baseline --from`: the migrations another tool's history says it applied; each must have
-/// its file here, and db-migrate's history must be empty.
+/// its file here (unless `ignore_missing`, which leaves out the ones without and returns
+/// their versions), and db-migrate's history must be empty.
 pub fn adopt<'a>(
     migrations: &'a [Migration],
     applied: &[Applied],
     theirs: &Recorded,
     tool: &str,
-) -> Result<Vec<&'a Migration>, Error> {
+    ignore_missing: bool,
+) -> Result<(Vec<&'a Migration>, Vec<i64>), Error> {
     if !applied.is_empty() {
         return Err(Error::HistoryNotEmpty {
             count: applied.len(),
@@ -388,14 +390,29 @@ pub fn adopt<'a>(
             .collect(),
     };
     let find = |version: i64| migrations.iter().find(|m| m.version == version);
-    versions
-        .iter()
-        .map(|version| {
-            find(*version)
-                .or_else(|| widened(migrations, *version, tool).and_then(find))
-                .ok_or_else(|| adopt_missing(tool, *version))
-        })
-        .collect()
+    let (mut adopted, mut missing) = (Vec::new(), Vec::new());
+    for version in versions {
+        match find(version).or_else(|| widened(migrations, version, tool).and_then(find)) {
+            Some(migration) => adopted.push(migration),
+            None => missing.push(version),
+        }
+    }
+    match missing.as_slice() {
+        [] => Ok((adopted, missing)),
+        _ if ignore_missing => Ok((adopted, missing)),
+        [one] => Err(adopt_missing(tool, *one)),
+        [first, more @ ..] => {
+            let shown: Vec<String> = (more.iter().take(4)).map(i64::to_string).collect();
+            let rest = match more.len() > 4 {
+                true => format!(" and {} more", more.len() - 4),
+                false => String::new(),
+            };
+            Err(Error::Config(format!(
+                "{tool} applied versions {first}, {}{rest}, which have no file in the migrations directory; if their files were deleted on purpose ({tool} passes over such rows), adopt the rest with `baseline --from {tool} --ignore-missing`; otherwise point --dir at the directory `db-migrate import --from {tool}` wrote, with a file for every version {tool} applied",
+                shown.join(", ")
+            )))
+        }
+    }
 }
 
 /// A version diesel recorded in 14 digits, as `import --from diesel` widened it to the
@@ -413,7 +430,7 @@ fn widened(migrations: &[Migration], version: i64, tool: &str) -> Option<i64> {
 
 fn adopt_missing(tool: &str, version: i64) -> Error {
     Error::Config(format!(
-        "{tool} applied version {version}, which has no file in the migrations directory; point --dir at the directory `db-migrate import --from {tool}` wrote (or the tool's own, when its files are NNN_name.up.sql, which are read as they are), with a file for every version {tool} applied"
+        "{tool} applied version {version}, which has no file in the migrations directory; if its file was deleted on purpose, adopt the rest with `baseline --from {tool} --ignore-missing`; otherwise point --dir at the directory `db-migrate import --from {tool}` wrote (or the tool's own, when its files are NNN_name.up.sql, which are read as they are), with a file for every version {tool} applied"
     ))
 }
 

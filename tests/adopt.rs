@@ -301,6 +301,44 @@ async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_i
     }
 }
 
+/// crates.io's diesel history holds versions that never had a directory (copied from an older
+/// table; diesel passes over them). Every such version is named, and `--ignore-missing`
+/// adopts the rest, naming those left out.
+#[tokio::test]
+async fn versions_without_a_file_are_all_named_and_may_be_left_out() {
+    let dir = migrations(&[("1_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);")]);
+    let db = managed(
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('1'), ('7'), ('8'); \
+         CREATE TABLE a (id int);",
+    )
+    .await;
+    let out = run(&db, dir.path(), &["baseline", "--from", "diesel"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let text = summary_message(&out);
+    assert!(
+        text.contains("diesel applied versions 7, 8, which have no file")
+            && text.contains("--ignore-missing"),
+        "{text}"
+    );
+    let out = run(
+        &db,
+        dir.path(),
+        &["baseline", "--from", "diesel", "--ignore-missing"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(ours(&db).await, [1]);
+    let warned = events(&out.stderr).into_iter().any(|e| {
+        e["severity"] == "WARNING"
+            && e["versions"] == "[7, 8]"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("left out"))
+    });
+    assert!(warned, "{}", out.stderr);
+}
+
 /// `up` with `--history-table` on a database another tool migrated, before `baseline --from`:
 /// refused, naming that tool's table and the command, with nothing run; a table of that name
 /// and another shape (db-migrate's own, elsewhere) is not another tool's.

@@ -297,6 +297,10 @@ pub struct BaselineArgs {
     /// differs from what that tool ran (edited since); each is named in a warning.
     #[arg(long, requires = "from")]
     accept_edited: bool,
+    /// Leave out the versions the other tool recorded that have no file here (deleted on
+    /// purpose); each is named in a warning.
+    #[arg(long, requires = "from")]
+    ignore_missing: bool,
 }
 
 /// `baseline --from`, as typed.
@@ -728,6 +732,7 @@ fn command(args: &CommandArgs) -> Command {
                 },
                 table: args.from_table.clone(),
                 accept_edited: args.accept_edited,
+                ignore_missing: args.ignore_missing,
             },
         }),
     }
