@@ -766,11 +766,17 @@ fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
     let mut before = String::new();
     // Each section has its own options.
     let (mut up_outside, mut down_outside) = (false, false);
+    // dbmate allows any space after the dashes (`--migrate:up`), none before them: an
+    // indented marker (a formatter's, inside a statement) is SQL of its section to it.
+    fn directive(line: &str) -> Option<&str> {
+        (line.strip_prefix("--")).and_then(|rest| rest.trim_start().strip_prefix("migrate:"))
+    }
+    let mut indented = false;
     for line in text.split_inclusive('\n') {
-        // dbmate allows any space after the dashes (`--migrate:up`).
-        let directive = (line.trim_start().strip_prefix("--"))
-            .and_then(|rest| rest.trim_start().strip_prefix("migrate:"));
-        match directive.map(str::trim) {
+        if line.starts_with(char::is_whitespace) && directive(line.trim_start()).is_some() {
+            indented = true;
+        }
+        match directive(line).map(str::trim) {
             Some(rest) if rest.starts_with("up") => {
                 up_outside = rest.contains("transaction:false");
                 section = Some(true);
@@ -804,6 +810,11 @@ fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
         up.trim_start_matches('\n').to_string(),
         file,
     );
+    if indented {
+        (imported.changes).push(
+            "an indented `-- migrate:` line is SQL to dbmate, so it stays in its section".into(),
+        );
+    }
     if up_outside {
         imported.up = format!("-- no-transaction\n{}", imported.up);
         imported

@@ -119,6 +119,32 @@ async fn golang_migrate_files_lose_their_up_suffix_and_their_own_transaction() {
     assert!(out.stdout.ends_with(&last), "{}", out.stdout);
 }
 
+/// dbmate reads a `-- migrate:` line only at the start of a line (UPchieve's formatter had
+/// indented one into a statement): an indented one stays in its section, as dbmate runs it,
+/// and its line says so.
+#[tokio::test]
+async fn an_indented_dbmate_marker_stays_in_its_section() {
+    let src = fixture(&[(
+        "20240101120000_t.sql",
+        "-- migrate:up\nCREATE TABLE IF NOT EXISTS t (\n  id int\n    -- migrate:down\n);\n\n-- migrate:down\nDROP TABLE IF EXISTS t;\n",
+    )]);
+    let (dest, out) = imported_and_run("dbmate", src.path()).await;
+    assert_eq!(
+        read(dest.path(), "20240101120000_t.sql"),
+        "CREATE TABLE IF NOT EXISTS t (\n  id int\n    -- migrate:down\n);\n\n"
+    );
+    assert_eq!(
+        read(dest.path(), "20240101120000_t.down.sql"),
+        "DROP TABLE IF EXISTS t;\n"
+    );
+    assert!(
+        out.stdout
+            .contains("an indented `-- migrate:` line is SQL to dbmate"),
+        "{}",
+        out.stdout
+    );
+}
+
 #[tokio::test]
 async fn dbmate_sections_are_split_and_transaction_false_runs_outside_one() {
     let src = fixture(&[
