@@ -2204,3 +2204,17 @@ async fn plan_sizes_an_unpopulated_materialized_view_without_reading_it() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(history(&client).await, [1, 2, 3]);
 }
+
+/// One finding per rule, statement and relation: three column types changed in one ALTER
+/// rewrite the table once (UPchieve's `users` was named three times).
+#[tokio::test]
+async fn a_statement_that_rewrites_a_table_is_refused_once_for_it() {
+    let db = seeded(BIG).await;
+    let dir = support::copy_of_seed(&[(
+        "003_types.sql",
+        "ALTER TABLE video_requests ALTER COLUMN user_id TYPE varchar(40), \
+         ALTER COLUMN guild_id TYPE varchar(40), ALTER COLUMN channel_id TYPE varchar(40);\n",
+    )]);
+    let message = refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+    assert!(message.contains("003_types.sql:1:1: "), "{message}");
+}

@@ -793,6 +793,20 @@ pub async fn check(
             }
         }
     }
+    // One finding per rule, statement and relation: an ALTER TABLE that changes three
+    // columns' types rewrites its table once, and a TRUNCATE ... CASCADE that names a table
+    // its cascade also reaches empties it once (UPchieve's audit saw each said again).
+    let mut seen = HashSet::new();
+    findings.retain(|f| {
+        seen.insert((
+            f.rule,
+            f.version,
+            f.file.clone(),
+            f.line,
+            f.column,
+            f.relation.clone(),
+        ))
+    });
     Ok(findings)
 }
 
