@@ -21,6 +21,16 @@ fn run(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
     )
 }
 
+/// `import --from tool src` into `dir`.
+fn imported(tool: &str, src: &Path, dir: &Path) -> Output {
+    output(
+        binary()
+            .args(["import", "--from", tool, "--log-format", "json"])
+            .arg(src)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
 async fn ours(db: &TestDb) -> Vec<i64> {
     let client = db.client().await;
     let rows = client
@@ -479,12 +489,7 @@ async fn a_diesel_set_of_14_and_18_digit_names_keeps_diesel_order_and_is_adopted
     }
     let dest = tempfile::tempdir().unwrap();
     let dir = dest.path().join("migrations");
-    let out = output(
-        binary()
-            .args(["import", "--from", "diesel", "--log-format", "json"])
-            .arg(src.path())
-            .env("MIGRATIONS_DIR", &dir),
-    );
+    let out = imported("diesel", src.path(), &dir);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -629,12 +634,7 @@ async fn a_file_s_own_transaction_commented_out_by_import_is_no_edit() {
     ]);
     let dest = tempfile::tempdir().unwrap();
     let dir = dest.path().join("migrations");
-    let out = output(
-        binary()
-            .args(["import", "--from", "sqlx", "--log-format", "json"])
-            .arg(src.path())
-            .env("MIGRATIONS_DIR", &dir),
-    );
+    let out = imported("sqlx", src.path(), &dir);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let file = dir.join("002_b.sql");
     assert!(!std::fs::read_to_string(&file).unwrap().starts_with("BEGIN"));
@@ -660,12 +660,7 @@ async fn a_file_s_own_transaction_commented_out_by_import_is_no_edit() {
         out.stderr
     );
     std::fs::remove_dir_all(&dir).unwrap();
-    let out = output(
-        binary()
-            .args(["import", "--from", "sqlx", "--log-format", "json"])
-            .arg(src.path())
-            .env("MIGRATIONS_DIR", &dir),
-    );
+    let out = imported("sqlx", src.path(), &dir);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = run(&db, &dir, &["baseline", "--from", "sqlx"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
