@@ -916,3 +916,22 @@ async fn a_history_table_in_a_schema_that_does_not_exist_is_refused_on_a_databas
     let count: i64 = support::one(&client, "SELECT count(*) FROM opps.schema_migrations").await;
     assert_eq!(count, 2);
 }
+
+/// A migration that drops the history table (a rollback's `DROP SCHEMA ... CASCADE` that
+/// reaches it, in UPchieve's audit) is rolled back, and the message says why its row had
+/// nowhere to go, not that a trigger or constraint refused it.
+#[tokio::test]
+async fn a_migration_that_drops_the_history_table_is_rolled_back_saying_so() {
+    let db = support::database().await;
+    up_ok(&db, &seed_dir()).await;
+    let dir = support::copy_of_seed(&[("003_drop.sql", "DROP TABLE schema_migrations;\n")]);
+    let out = support::output_json(&db, dir.path(), &["up", "--allow-data-loss"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let message = support::summary_message(&out);
+    assert!(
+        message.contains("the migration itself dropped or renamed the history table")
+            && !message.contains("a trigger"),
+        "{message}"
+    );
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+}

@@ -87,6 +87,19 @@ pub(super) fn rolled_back(wrap: Wrap) -> &'static str {
     }
 }
 
+/// What stayed of a migration whose own SQL dropped or renamed the history table (a rollback
+/// that drops its schema with CASCADE): its row had nowhere to go.
+pub(super) fn history_gone(wrap: Wrap) -> &'static str {
+    match wrap {
+        Wrap::Own => {
+            "the migration itself dropped or renamed the history table (a DROP SCHEMA ... CASCADE that reaches it, say), so it was rolled back and nothing of it was kept; keep the history table out of what the file drops"
+        }
+        Wrap::Outer => {
+            "the migration itself dropped or renamed the history table (a DROP SCHEMA ... CASCADE that reaches it, say), so the run's one transaction was rolled back and nothing of this run was kept; keep the history table out of what the file drops"
+        }
+    }
+}
+
 /// Turns the server's error into one that names the file, line and column. `offset` is the
 /// byte offset in the file of the text that was sent, and `prefix` how many characters of our
 /// own went before it in the message, since the server counts from the message's start.

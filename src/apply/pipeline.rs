@@ -11,7 +11,8 @@ use tokio_postgres::error::{ErrorPosition, SqlState};
 use tracing::info;
 
 use super::failure::{
-    connection_lost, failed, is_connection_lost, refused, rolled_back, statements_gone,
+    connection_lost, failed, history_gone, is_connection_lost, refused, rolled_back,
+    statements_gone,
 };
 use super::{Prepared, Run, Wrap};
 use crate::error::Error;
@@ -745,6 +746,16 @@ async fn outcome(
         // `BEGIN` of the migration behind it (cancelled): this one committed then, and the
         // next one's opening failed, which is the failure its answers show.
         match close.counts.len() {
+            // The history table gone under its row: the file dropped (or renamed) it.
+            0 if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+                return Err(refused(
+                    run,
+                    step,
+                    e,
+                    "recording it in history",
+                    history_gone(wrap),
+                ));
+            }
             0 => {
                 return Err(refused(
                     run,
