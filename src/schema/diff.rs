@@ -77,9 +77,14 @@ impl fmt::Display for Change {
             }
             Change::Added { key, after } => write!(f, "+ {key}:\n{}", indent(after)),
             Change::Removed { key, before } => write!(f, "- {key}:\n{}", indent(before)),
+            // A function's body re-indented reads as the same text twice: said at the top.
             Change::Changed { key, before, after } => write!(
                 f,
-                "~ {key}:\n    before:\n{}\n    after:\n{}",
+                "~ {key}{}:\n    before:\n{}\n    after:\n{}",
+                match before.split_whitespace().eq(after.split_whitespace()) {
+                    true => " (in white space only)",
+                    false => "",
+                },
                 indent(before),
                 indent(after)
             ),
@@ -404,6 +409,24 @@ mod tests {
             snapshot.objects.insert(key, object);
         }
         snapshot
+    }
+
+    #[test]
+    fn a_definition_changed_in_white_space_only_says_so() {
+        let function = |body: &str| snapshot(&[(Kind::Function, "", "public.f()", 0, body)]);
+        let before = function("CREATE FUNCTION f()\nBEGIN\n  RETURN 1;\nEND\n");
+        let diff = before.diff(&function(
+            "CREATE FUNCTION f()\nBEGIN\n      RETURN 1;\nEND\n",
+        ));
+        assert!(
+            diff.to_string()
+                .starts_with("~ function public.f() (in white space only):\n")
+        );
+        let diff = before.diff(&function("CREATE FUNCTION f()\nBEGIN\n  RETURN 2;\nEND\n"));
+        assert!(
+            diff.to_string().starts_with("~ function public.f():\n"),
+            "{diff}"
+        );
     }
 
     #[test]
