@@ -957,10 +957,16 @@ impl Job<'_> {
         let mut diff = expected.diff(&actual);
         // Enum values a migration not applied adds: left by its rollback (`down` past it),
         // since PostgreSQL cannot drop them, and added again, IF NOT EXISTS, when it is.
-        diff.enum_values_left(|_, added| {
+        diff.enum_values_left(|key, added| {
+            let (schema, name) = schema::split_name(&key.name);
             let adds = |m: &&Migration| {
-                let text = m.up.sql.to_ascii_uppercase();
-                text.contains("ADD VALUE") && added.iter().all(|v| m.up.sql.contains(v))
+                let adds = rules::classify::enum_values_added(&m.up.sql);
+                added.iter().all(|value| {
+                    let value = schema::literal_value(value);
+                    adds.iter().any(|(s, n, v)| {
+                        *n == name && *v == value && s.as_ref().is_none_or(|s| *s == schema)
+                    })
+                })
             };
             let mut pending = (db.migrations.iter())
                 .filter(|m| !applied.iter().any(|a| a.version == m.version));

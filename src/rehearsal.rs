@@ -370,7 +370,13 @@ impl Rehearsal<'_, '_> {
                         (Step::ApplyAgain | Step::Reapply, Some(now)) => differs(&applied, &now),
                         (Step::RollBack | Step::RollBackAgain, Some(now)) => {
                             let mut diff = before.diff(&now);
-                            diff.enum_values_left(|_, _| Some(ENUM_VALUES_LEFT.into()));
+                            // Only values the forward file added: in the type as it left it.
+                            diff.enum_values_left(|key, added| {
+                                let def = &applied.objects.get(key)?.definition;
+                                let had = schema::enum_values(def)?;
+                                let all = added.iter().all(|v| had.contains(v));
+                                all.then(|| ENUM_VALUES_LEFT.into())
+                            });
                             match diff.is_empty() {
                                 true => (None, diff.notes),
                                 false => (Some(Failure::Schema(diff)), Vec::new()),

@@ -906,9 +906,10 @@ async fn an_enum_value_a_rollback_cannot_drop_is_a_note_not_a_failure() {
     let dir = support::migrations(&[
         (
             "001_kind.sql",
-            "DO $$ BEGIN CREATE TYPE kind AS ENUM ('a'); EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n",
+            "DO $$ BEGIN CREATE TYPE kind AS ENUM ('a'); CREATE TYPE other AS ENUM ('a'); \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$;\n",
         ),
-        ("001_kind.down.sql", "DROP TYPE IF EXISTS kind;\n"),
+        ("001_kind.down.sql", "DROP TYPE IF EXISTS kind, other;\n"),
         (
             "002_kind_b.sql",
             "ALTER TYPE kind ADD VALUE IF NOT EXISTS 'b';\n",
@@ -947,6 +948,15 @@ async fn an_enum_value_a_rollback_cannot_drop_is_a_note_not_a_failure() {
         "{}",
         out.stdout
     );
+    // The value the pending migration adds, but to another type: drift.
+    db.client()
+        .await
+        .batch_execute("ALTER TYPE other ADD VALUE 'b'")
+        .await
+        .unwrap();
+    let out = run(&["verify", "--schema"]);
+    assert_eq!(out.code, 4, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("~ type public.other"), "{}", out.stdout);
     db.client()
         .await
         .batch_execute("ALTER TYPE kind ADD VALUE 'by_hand'")

@@ -264,6 +264,32 @@ pub enum Role {
     Session,
 }
 
+/// What each `ALTER TYPE ... ADD VALUE IF NOT EXISTS` of `sql` adds: the type's schema (when
+/// named), its name and the value. `verify --schema` takes a value left on the target for a
+/// rollback's leftover only where a pending migration adds it so, and will again.
+pub fn enum_values_added(sql: &str) -> Vec<(Option<String>, String, String)> {
+    let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) else {
+        return Vec::new();
+    };
+    (parsed.protobuf.stmts.iter())
+        .filter_map(|raw| match raw.stmt.as_ref()?.node.as_ref()? {
+            NodeEnum::AlterEnumStmt(alter)
+                if alter.skip_if_new_val_exists && alter.old_val.is_empty() =>
+            {
+                let parts: Vec<String> = alter.type_name.iter().filter_map(string).collect();
+                match parts.as_slice() {
+                    [name] => Some((None, name.clone(), alter.new_val.clone())),
+                    [.., schema, name] => {
+                        Some((Some(schema.clone()), name.clone(), alter.new_val.clone()))
+                    }
+                    [] => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The `what` of a `CREATE INDEX` without a name, which IF NOT EXISTS cannot be given.
 pub const UNNAMED_INDEX: &str = "CREATE INDEX without a name";
 
@@ -1385,6 +1411,22 @@ mod tests {
             schema: None,
             name: name.into(),
         }
+    }
+
+    #[test]
+    fn the_enum_values_a_file_adds_if_not_there_are_read() {
+        let added = enum_values_added(
+            "ALTER TYPE app.kind ADD VALUE IF NOT EXISTS 'it''s';\n\
+             -- ADD VALUE 'c'\nALTER TYPE kind ADD VALUE 'd';\n\
+             ALTER TYPE \"Kind\" ADD VALUE IF NOT EXISTS 'e' BEFORE 'a';",
+        );
+        assert_eq!(
+            added,
+            [
+                (Some("app".into()), "kind".into(), "it's".into()),
+                (None, "Kind".into(), "e".into())
+            ]
+        );
     }
 
     #[test]

@@ -793,9 +793,10 @@ pub async fn check(
             }
         }
     }
-    // One finding per rule, statement and relation: an ALTER TABLE that changes three
-    // columns' types rewrites its table once, and a TRUNCATE ... CASCADE that names a table
-    // its cascade also reaches empties it once (UPchieve's audit saw each said again).
+    // One finding per rule, statement, relation and kind of change: an ALTER TABLE that
+    // changes three columns' types rewrites its table once, and a TRUNCATE ... CASCADE that
+    // names a table its cascade also reaches empties it once (UPchieve's audit saw each said
+    // again).
     let mut seen = HashSet::new();
     findings.retain(|f| {
         seen.insert((
@@ -805,6 +806,7 @@ pub async fn check(
             f.line,
             f.column,
             f.relation.clone(),
+            f.what.clone(),
         ))
     });
     Ok(findings)

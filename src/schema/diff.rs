@@ -81,7 +81,7 @@ impl fmt::Display for Change {
             Change::Changed { key, before, after } => write!(
                 f,
                 "~ {key}{}:\n    before:\n{}\n    after:\n{}",
-                match before.split_whitespace().eq(after.split_whitespace()) {
+                match same_lines(before, after) {
                     true => " (in white space only)",
                     false => "",
                 },
@@ -90,6 +90,15 @@ impl fmt::Display for Change {
             ),
         }
     }
+}
+
+/// The same lines, each without the white space around it, blank ones left out: a body
+/// indented again. Not the same: a space inside a line, or two lines joined.
+fn same_lines(a: &str, b: &str) -> bool {
+    fn lines(text: &str) -> impl Iterator<Item = &str> {
+        (text.lines().map(str::trim)).filter(|l| !l.is_empty())
+    }
+    lines(a).eq(lines(b))
 }
 
 fn indent(text: &str) -> String {
@@ -165,8 +174,45 @@ impl Diff {
     }
 }
 
+/// A literal as `quote_literal` writes it (`'it''s'`, `E'a\\b'`), read back.
+pub fn literal_value(literal: &str) -> String {
+    let (escaped, inner) = match literal.strip_prefix('E') {
+        Some(rest) => (true, rest),
+        None => (false, literal),
+    };
+    let inner = inner.strip_prefix('\'').and_then(|i| i.strip_suffix('\''));
+    let inner = inner.unwrap_or(literal).replace("''", "'");
+    match escaped {
+        true => inner.replace("\\\\", "\\"),
+        false => inner,
+    }
+}
+
+/// `schema.name` as the catalog query writes a key's name (each part quoted where it must
+/// be), as the two names.
+pub fn split_name(qualified: &str) -> (String, String) {
+    let unquote = |part: &str| match part.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+        Some(inner) => inner.replace("\"\"", "\""),
+        None => part.to_string(),
+    };
+    // The last dot outside quotes.
+    let mut quoted = false;
+    let mut at = None;
+    for (i, c) in qualified.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => at = Some(i),
+            _ => {}
+        }
+    }
+    match at {
+        Some(i) => (unquote(&qualified[..i]), unquote(&qualified[i + 1..])),
+        None => (String::new(), unquote(qualified)),
+    }
+}
+
 /// The values of an enum type's definition (`AS ENUM ('a', 'b')`), each as its literal.
-fn enum_values(definition: &str) -> Option<Vec<&str>> {
+pub fn enum_values(definition: &str) -> Option<Vec<&str>> {
     let list = definition.strip_prefix("AS ENUM (")?.strip_suffix(')')?;
     let b = list.as_bytes();
     let (mut values, mut i) = (Vec::new(), 0);
@@ -412,6 +458,17 @@ mod tests {
     }
 
     #[test]
+    fn literals_and_qualified_names_are_read_back() {
+        assert_eq!(literal_value("'it''s'"), "it's");
+        assert_eq!(literal_value("E'a\\\\b'"), "a\\b");
+        assert_eq!(
+            split_name("public.\"My.Type\"\"\""),
+            ("public".into(), "My.Type\"".into())
+        );
+        assert_eq!(split_name("app.kind"), ("app".into(), "kind".into()));
+    }
+
+    #[test]
     fn a_definition_changed_in_white_space_only_says_so() {
         let function = |body: &str| snapshot(&[(Kind::Function, "", "public.f()", 0, body)]);
         let before = function("CREATE FUNCTION f()\nBEGIN\n  RETURN 1;\nEND\n");
@@ -422,11 +479,17 @@ mod tests {
             diff.to_string()
                 .starts_with("~ function public.f() (in white space only):\n")
         );
-        let diff = before.diff(&function("CREATE FUNCTION f()\nBEGIN\n  RETURN 2;\nEND\n"));
-        assert!(
-            diff.to_string().starts_with("~ function public.f():\n"),
-            "{diff}"
-        );
+        for other in [
+            "CREATE FUNCTION f()\nBEGIN\n  RETURN 2;\nEND\n",
+            "CREATE FUNCTION f()\nBEGIN  RETURN 1;\nEND\n",
+            "CREATE FUNCTION f()\nBEGIN\n  RETURN  1;\nEND\n",
+        ] {
+            let diff = before.diff(&function(other));
+            assert!(
+                diff.to_string().starts_with("~ function public.f():\n"),
+                "{diff}"
+            );
+        }
     }
 
     #[test]

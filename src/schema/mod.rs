@@ -20,7 +20,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-pub use diff::{Change, Diff};
+pub use diff::{Change, Diff, enum_values, literal_value, split_name};
 
 use crate::error::Error;
 use crate::history::Table;
