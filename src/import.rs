@@ -178,6 +178,13 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
     })
 }
 
+/// The rollback files the tools write for a new migration, before anyone fills them in:
+/// sqlx's `migrate add -r`, diesel's `migration generate`.
+const ROLLBACK_TEMPLATES: [&str; 2] = [
+    "-- Add down migration script here",
+    "-- This file should undo anything in `up.sql`",
+];
+
 /// What a migration that held no statement is given, so that it runs and its version stays.
 const NO_OP: &str = "SELECT 1; -- imported without a statement";
 
@@ -470,7 +477,9 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         if let Some(down) = imported.down.take() {
             let down = own_transaction_removed(&down, &mut imported.changes, "rollback's ");
             let statements = !crate::sql::is_empty(&down);
-            imported.down = match (statements, down.trim().is_empty()) {
+            // The tools' own templates, left as written, are no rollback either.
+            let template = ROLLBACK_TEMPLATES.contains(&down.trim());
+            imported.down = match (statements, down.trim().is_empty() || template) {
                 (true, _) => Some(down),
                 (false, true) => None,
                 (false, false) => {

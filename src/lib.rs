@@ -731,14 +731,6 @@ impl Job<'_> {
                             tool.name(),
                             *ignore_missing,
                         )?;
-                        if !missing.is_empty() {
-                            tracing::warn!(
-                                versions = ?missing,
-                                "{} version(s) {} recorded have no file here and were left out (--ignore-missing)",
-                                missing.len(),
-                                tool.name()
-                            );
-                        }
                         let edited = import::edited_since(client, *tool, &theirs, &adopted);
                         let edited = edited.await?;
                         if let Some(first) = edited.first() {
@@ -759,6 +751,14 @@ impl Job<'_> {
                                 edited.len(),
                                 tool.name(),
                                 file.display()
+                            );
+                        }
+                        if !missing.is_empty() {
+                            tracing::warn!(
+                                versions = ?missing,
+                                "{} version(s) {} recorded have no file here and were left out (--ignore-missing)",
+                                missing.len(),
+                                tool.name()
                             );
                         }
                         adopted

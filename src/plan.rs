@@ -376,8 +376,9 @@ pub fn adopt<'a>(
     }
     let versions: Vec<i64> = match theirs {
         Recorded::UpTo(current) => {
+            // golang-migrate keeps one version: there is nothing to leave out.
             if !migrations.iter().any(|m| m.version == *current) {
-                return Err(adopt_missing(tool, *current));
+                return Err(adopt_missing(tool, *current, false));
             }
             (migrations.iter().map(|m| m.version))
                 .filter(|v| v <= current)
@@ -397,10 +398,31 @@ pub fn adopt<'a>(
             None => missing.push(version),
         }
     }
+    let newest = migrations
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(i64::MIN);
     match missing.as_slice() {
         [] => Ok((adopted, missing)),
+        // A version past every file is a directory behind the database (an older checkout):
+        // left out, its file, once it came, would run again.
+        _ if ignore_missing && missing.iter().any(|v| *v > newest) => {
+            let ahead = missing
+                .iter()
+                .filter(|v| **v > newest)
+                .min()
+                .copied()
+                .unwrap_or_default();
+            Err(Error::Config(format!(
+                "{tool} applied version {ahead}, newer than every file in the migrations directory, which is behind the database (an older checkout?); --ignore-missing leaves out only versions whose files were deleted; update the directory and run again"
+            )))
+        }
+        _ if ignore_missing && adopted.is_empty() => Err(Error::Config(format!(
+            "none of the versions {tool} applied has a file in the migrations directory; point --dir at the directory `db-migrate import --from {tool}` wrote"
+        ))),
         _ if ignore_missing => Ok((adopted, missing)),
-        [one] => Err(adopt_missing(tool, *one)),
+        [one] => Err(adopt_missing(tool, *one, true)),
         [first, more @ ..] => {
             let shown: Vec<String> = (more.iter().take(4)).map(i64::to_string).collect();
             let rest = match more.len() > 4 {
@@ -408,7 +430,7 @@ pub fn adopt<'a>(
                 false => String::new(),
             };
             Err(Error::Config(format!(
-                "{tool} applied versions {first}, {}{rest}, which have no file in the migrations directory; if their files were deleted on purpose ({tool} passes over such rows), adopt the rest with `baseline --from {tool} --ignore-missing`; otherwise point --dir at the directory `db-migrate import --from {tool}` wrote, with a file for every version {tool} applied",
+                "{tool} applied versions {first}, {}{rest}, which have no file in the migrations directory; if their files were deleted on purpose, adopt the rest with `baseline --from {tool} --ignore-missing`; otherwise point --dir at the directory `db-migrate import --from {tool}` wrote, with a file for every version {tool} applied",
                 shown.join(", ")
             )))
         }
@@ -428,9 +450,15 @@ fn widened(migrations: &[Migration], version: i64, tool: &str) -> Option<i64> {
         .flatten()
 }
 
-fn adopt_missing(tool: &str, version: i64) -> Error {
+fn adopt_missing(tool: &str, version: i64, may_leave_out: bool) -> Error {
+    let leave_out = match may_leave_out {
+        true => format!(
+            "if its file was deleted on purpose, adopt the rest with `baseline --from {tool} --ignore-missing`; otherwise "
+        ),
+        false => String::new(),
+    };
     Error::Config(format!(
-        "{tool} applied version {version}, which has no file in the migrations directory; if its file was deleted on purpose, adopt the rest with `baseline --from {tool} --ignore-missing`; otherwise point --dir at the directory `db-migrate import --from {tool}` wrote (or the tool's own, when its files are NNN_name.up.sql, which are read as they are), with a file for every version {tool} applied"
+        "{tool} applied version {version}, which has no file in the migrations directory; {leave_out}point --dir at the directory `db-migrate import --from {tool}` wrote (or the tool's own, when its files are NNN_name.up.sql, which are read as they are), with a file for every version {tool} applied"
     ))
 }
 

@@ -316,12 +316,15 @@ async fn a_failed_row_a_fractional_version_or_a_missing_file_is_refused_naming_i
 /// adopts the rest, naming those left out.
 #[tokio::test]
 async fn versions_without_a_file_are_all_named_and_may_be_left_out() {
-    let dir = migrations(&[("1_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);")]);
+    let dir = migrations(&[
+        ("1_a.sql", "CREATE TABLE IF NOT EXISTS a (id int);"),
+        ("9_b.sql", "CREATE TABLE IF NOT EXISTS b (id int);"),
+    ]);
     let db = managed(
         "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
          run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
-         INSERT INTO __diesel_schema_migrations (version) VALUES ('1'), ('7'), ('8'); \
-         CREATE TABLE a (id int);",
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('1'), ('7'), ('8'), ('9'); \
+         CREATE TABLE a (id int); CREATE TABLE b (id int);",
     )
     .await;
     let out = run(&db, dir.path(), &["baseline", "--from", "diesel"]);
@@ -338,7 +341,7 @@ async fn versions_without_a_file_are_all_named_and_may_be_left_out() {
         &["baseline", "--from", "diesel", "--ignore-missing"],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(ours(&db).await, [1]);
+    assert_eq!(ours(&db).await, [1, 9]);
     let warned = events(&out.stderr).into_iter().any(|e| {
         e["severity"] == "WARNING"
             && e["versions"] == "[7, 8]"
@@ -347,6 +350,22 @@ async fn versions_without_a_file_are_all_named_and_may_be_left_out() {
                 .is_some_and(|m| m.contains("left out"))
     });
     assert!(warned, "{}", out.stderr);
+    // A version past every file is a directory behind the database, not a file deleted.
+    let behind = managed(
+        "CREATE TABLE __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY, \
+         run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
+         INSERT INTO __diesel_schema_migrations (version) VALUES ('1'), ('9'), ('10'); \
+         CREATE TABLE a (id int);",
+    )
+    .await;
+    let args = ["baseline", "--from", "diesel", "--ignore-missing"];
+    let out = run(&behind, dir.path(), &args);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        summary_message(&out).contains("version 10, newer than every file"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// `up` with `--history-table` on a database another tool migrated, before `baseline --from`:

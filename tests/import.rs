@@ -452,12 +452,21 @@ async fn a_migration_without_a_statement_keeps_its_version_and_files_keep_their_
             "CREATE TABLE IF NOT EXISTS u (id int);",
         ),
         ("20220702000000_u.down.sql", "\n"),
+        (
+            "20220703000000_v.up.sql",
+            "CREATE TABLE IF NOT EXISTS v (id int);",
+        ),
+        (
+            "20220703000000_v.down.sql",
+            "-- Add down migration script here\n",
+        ),
     ]);
     let (dest, out) = imported_and_run("sqlx", src.path()).await;
     assert!(
         out.stdout.contains(
             "(rollback holds no statement, so SELECT 1; was added: rolling back runs nothing, as sqlx ran it, no statement, so SELECT 1; was added (db-migrate runs no file without one))"
-        ) && out.stdout.contains("<- 20220702000000_u.up.sql (no rollback)"),
+        ) && out.stdout.contains("<- 20220702000000_u.up.sql (no rollback)")
+            && out.stdout.contains("<- 20220703000000_v.up.sql (no rollback)"),
         "{}",
         out.stdout
     );
@@ -468,7 +477,8 @@ async fn a_migration_without_a_statement_keeps_its_version_and_files_keep_their_
             "20220624180013_grant.sql",
             "20220701000000_t.down.sql",
             "20220701000000_t.sql",
-            "20220702000000_u.sql"
+            "20220702000000_u.sql",
+            "20220703000000_v.sql"
         ]
     );
     assert_eq!(

@@ -934,4 +934,26 @@ async fn a_migration_that_drops_the_history_table_is_rolled_back_saying_so() {
         "{message}"
     );
     assert_eq!(history(&db.client().await).await, [1, 2]);
+    // A table a trigger on the history table writes to, dropped: that is not the history
+    // table gone.
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE audit_events (v bigint); \
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN INSERT INTO audit_events VALUES (NEW.version); RETURN NEW; END $$; \
+             CREATE TRIGGER audit AFTER INSERT ON schema_migrations \
+             FOR EACH ROW EXECUTE FUNCTION audit();",
+        )
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[("003_drop.sql", "DROP TABLE audit_events;\n")]);
+    let out = support::output_json(&db, dir.path(), &["up", "--allow-data-loss"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let message = support::summary_message(&out);
+    assert!(
+        message.contains("audit_events") && !message.contains("dropped or renamed the history"),
+        "{message}"
+    );
+    assert_eq!(history(&client).await, [1, 2]);
 }

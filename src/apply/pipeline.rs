@@ -746,8 +746,15 @@ async fn outcome(
         // `BEGIN` of the migration behind it (cancelled): this one committed then, and the
         // next one's opening failed, which is the failure its answers show.
         match close.counts.len() {
-            // The history table gone under its row: the file dropped (or renamed) it.
-            0 if e.code() == Some(&SqlState::UNDEFINED_TABLE) => {
+            // The history table gone under its row: the file dropped (or renamed) it. Not a
+            // table a trigger on it writes to: that error comes with a context.
+            0 if e.code() == Some(&SqlState::UNDEFINED_TABLE)
+                && (e.as_db_error()).is_some_and(|db| {
+                    db.where_().is_none()
+                        && (run.ctx.table.name().rsplit('.').next())
+                            .is_some_and(|bare| db.message().contains(bare))
+                }) =>
+            {
                 return Err(refused(
                     run,
                     step,
