@@ -457,6 +457,10 @@ pub async fn refuse_missing_schema(client: &Client, table: &Table) -> Result<(),
     )))
 }
 
+/// db-migrate's history columns, in order, as `pg_attribute` lists them: how its table is
+/// told from another tool's of any name.
+const OURS: &str = "version name checksum applied_at execution_ms applied_by";
+
 /// For a history table named without a schema: db-migrate's own table of that name in a
 /// schema the search path does not reach, holding a row of one of `files` as this directory
 /// has it. A search path changed since the run that made it (UPchieve's `ALTER ROLE ... SET
@@ -468,7 +472,6 @@ async fn out_of_reach(
     table: &Table,
     files: &[Migration],
 ) -> Result<Option<String>, Error> {
-    const OURS: &str = "version name checksum applied_at execution_ms applied_by";
     if table.quoted_schema.is_some() || files.is_empty() {
         return Ok(None);
     }
@@ -535,7 +538,6 @@ pub async fn refuse_history_elsewhere(
     others: bool,
     files: &[Migration],
 ) -> Result<(), Error> {
-    const OURS: &str = "version name checksum applied_at execution_ms applied_by";
     // Where the run would find its own history: the search path's schemas and the one the
     // history table names. A service's table in a schema of its own (Supabase keeps GoTrue's
     // `auth.schema_migrations`) is that service's history, not this project's.
