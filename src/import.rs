@@ -767,74 +767,114 @@ fn reversible(path: &Path, file: &str) -> Result<Parsed, Error> {
     }))
 }
 
-/// dbmate: one file, `-- migrate:up [transaction:false]` then `-- migrate:down`.
+/// Go's `\s`, which dbmate's patterns use: ASCII white space only.
+fn go_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0c' | '\r')
+}
+
+/// What follows `--` (any white space) `migrate:WORD` at the very start of `line`.
+fn dbmate_marker<'a>(line: &'a str, word: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix("--")?.trim_start_matches(go_space);
+    rest.strip_prefix("migrate:")?.strip_prefix(word)
+}
+
+/// dbmate's up marker, `(?m)^--\s*migrate:up(\s*$|\s+\S+)`: white space or the line's end
+/// after `up`, so `-- migrate:upgrade` is a comment.
+fn dbmate_up(line: &str) -> bool {
+    dbmate_marker(line, "up").is_some_and(|rest| rest.is_empty() || rest.starts_with(go_space))
+}
+
+/// dbmate's down marker, `(?m)^--\s*migrate:down(\s*$|\s+\S+)$`: nothing after `down` but white
+/// space, or one option and the line's end (`-- migrate:down transaction:false`).
+fn dbmate_down(line: &str) -> bool {
+    let Some(rest) = dbmate_marker(line, "down") else {
+        return false;
+    };
+    let rest = rest.strip_suffix('\n').unwrap_or(rest);
+    let option = rest.trim_start_matches(go_space);
+    option.is_empty() || (option.len() < rest.len() && !option.contains(go_space))
+}
+
+/// Whether a marker line sets `transaction:false`: dbmate splits the line at white space and
+/// reads each `key:value` word, the last of a key counting.
+fn dbmate_outside(line: &str) -> bool {
+    let mut transaction = None;
+    for word in line.split(go_space) {
+        let mut pair = word.split(':');
+        if let (Some("transaction"), Some(value), None) = (pair.next(), pair.next(), pair.next()) {
+            transaction = Some(value);
+        }
+    }
+    transaction == Some("false")
+}
+
+/// dbmate: one file, `-- migrate:up [transaction:false]` then `-- migrate:down`, split where
+/// dbmate splits it: the up section runs from the first up marker to the first down marker,
+/// the down section from there to the end, so any other marker is a comment of its section.
 fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
     let (version, name) = version_and_name(path, file.trim_end_matches(".sql"), '_')?;
     let text = read_text(path)?;
-    let (mut up, mut down, mut section) = (String::new(), String::new(), None);
-    let mut before = String::new();
-    // Each section has its own options.
-    let (mut up_outside, mut down_outside) = (false, false);
-    // dbmate allows any space after the dashes (`--migrate:up`), none before them: an
-    // indented marker (a formatter's, inside a statement) is SQL of its section to it.
-    fn directive(line: &str) -> Option<&str> {
-        (line.strip_prefix("--")).and_then(|rest| rest.trim_start().strip_prefix("migrate:"))
-    }
-    let mut indented = false;
-    for line in text.split_inclusive('\n') {
-        if line.starts_with(char::is_whitespace) && directive(line.trim_start()).is_some() {
-            indented = true;
-        }
-        match directive(line).map(str::trim) {
-            Some(rest) if rest.starts_with("up") => {
-                up_outside = rest.contains("transaction:false");
-                section = Some(true);
-            }
-            Some(rest) if rest.starts_with("down") => {
-                down_outside = rest.contains("transaction:false");
-                section = Some(false);
-            }
-            _ => match section {
-                Some(true) => up.push_str(line),
-                Some(false) => down.push_str(line),
-                None => before.push_str(line),
-            },
-        }
-    }
-    if section.is_none() {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let Some(up_at) = lines.iter().position(|line| dbmate_up(line)) else {
         return Err(invalid(
             path,
             "has no `-- migrate:up` section; is it a dbmate migration?".into(),
         ));
+    };
+    let Some(down_at) = lines.iter().position(|line| dbmate_down(line)) else {
+        return Err(invalid(
+            path,
+            "has no `-- migrate:down` line, without which dbmate refuses to run the file; add one (with nothing under it when there is no rollback)".into(),
+        ));
+    };
+    if down_at < up_at {
+        return Err(invalid(
+            path,
+            "has its `-- migrate:down` line before its `-- migrate:up` line, an order dbmate refuses to run; put the up section first".into(),
+        ));
     }
-    if !crate::sql::is_empty(&before) {
+    if !crate::sql::is_empty(&lines[..up_at].concat()) {
         return Err(invalid(
             path,
             "has SQL before its `-- migrate:up` line, which belongs to no section; move it into the up or the down section".into(),
         ));
     }
+    let up = lines[up_at + 1..down_at].concat();
+    let down = lines[down_at + 1..].concat();
     let mut imported = imported(
         version,
         &name,
         up.trim_start_matches('\n').to_string(),
         file,
     );
-    if indented {
-        (imported.changes).push(
-            "an indented `-- migrate:` line is SQL to dbmate, so it stays in its section".into(),
-        );
+    // A line that looks like a marker to a reader less exact than dbmate's (indented, a second
+    // one, `-- migrate:downgrade`) stays SQL of its section, as dbmate runs it.
+    let looks_like_marker = |line: &str| {
+        let line = line.trim_start();
+        line.strip_prefix("--")
+            .is_some_and(|rest| rest.trim_start().starts_with("migrate:"))
+    };
+    let others = (lines.iter().enumerate())
+        .filter(|(at, line)| *at != up_at && *at != down_at && looks_like_marker(line))
+        .count();
+    if others > 0 {
+        imported.changes.push(format!(
+            "{others} other `-- migrate:` line(s) (indented, repeated or misspelled) are comments to dbmate, so they stay in their sections"
+        ));
     }
-    if up_outside {
+    if dbmate_outside(lines[up_at]) {
         imported.up = format!("-- no-transaction\n{}", imported.up);
         imported
             .changes
             .push("transaction:false -> -- no-transaction".into());
     }
     let down = down.trim_start_matches('\n').to_string();
-    imported.down = Some(match down_outside && !crate::sql::is_empty(&down) {
-        true => format!("-- no-transaction\n{down}"),
-        false => down,
-    });
+    imported.down = Some(
+        match dbmate_outside(lines[down_at]) && !crate::sql::is_empty(&down) {
+            true => format!("-- no-transaction\n{down}"),
+            false => down,
+        },
+    );
     Ok(Some((version, Part::Up(imported))))
 }
 

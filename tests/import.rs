@@ -119,27 +119,30 @@ async fn golang_migrate_files_lose_their_up_suffix_and_their_own_transaction() {
     assert!(out.stdout.ends_with(&last), "{}", out.stdout);
 }
 
-/// dbmate reads a `-- migrate:` line only at the start of a line (UPchieve's formatter had
-/// indented one into a statement): an indented one stays in its section, as dbmate runs it,
-/// and its line says so.
+/// dbmate splits a file at its first up marker and its first down marker, each at the start of
+/// a line and followed by white space or the line's end: an indented one (UPchieve's formatter
+/// had indented one into a statement), a misspelled one (`-- migrate:downgrade`) and any marker
+/// after the first of its kind are comments of their section, as dbmate runs them, and the
+/// file's line says so.
 #[tokio::test]
-async fn an_indented_dbmate_marker_stays_in_its_section() {
+async fn only_the_markers_dbmate_reads_split_a_dbmate_file() {
     let src = fixture(&[(
         "20240101120000_t.sql",
-        "-- migrate:up\nCREATE TABLE IF NOT EXISTS t (\n  id int\n    -- migrate:down\n);\n\n-- migrate:down\nDROP TABLE IF EXISTS t;\n",
+        "-- migrate:up\nCREATE TABLE IF NOT EXISTS t (\n  id int\n    -- migrate:down\n);\n-- migrate:downgrade\n-- migrate:upgrade\n-- migrate:down\nDROP TABLE IF EXISTS t;\n-- migrate:up\nDROP TABLE IF EXISTS u;\n",
     )]);
     let (dest, out) = imported_and_run("dbmate", src.path()).await;
     assert_eq!(
         read(dest.path(), "20240101120000_t.sql"),
-        "CREATE TABLE IF NOT EXISTS t (\n  id int\n    -- migrate:down\n);\n\n"
+        "CREATE TABLE IF NOT EXISTS t (\n  id int\n    -- migrate:down\n);\n-- migrate:downgrade\n-- migrate:upgrade\n"
     );
     assert_eq!(
         read(dest.path(), "20240101120000_t.down.sql"),
-        "DROP TABLE IF EXISTS t;\n"
+        "DROP TABLE IF EXISTS t;\n-- migrate:up\nDROP TABLE IF EXISTS u;\n"
     );
     assert!(
-        out.stdout
-            .contains("an indented `-- migrate:` line is SQL to dbmate"),
+        out.stdout.contains(
+            "4 other `-- migrate:` line(s) (indented, repeated or misspelled) are comments to dbmate"
+        ),
         "{}",
         out.stdout
     );
@@ -299,7 +302,7 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
 
 #[tokio::test]
 async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
-    let cases: [(&str, &[File], &str); 13] = [
+    let cases: [(&str, &[File], &str); 15] = [
         // golang-migrate skips a file without .up or .down: it never ran there.
         (
             "golang-migrate",
@@ -325,6 +328,23 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
             "dbmate",
             &[("1_a.sql", "CREATE TABLE a (id int);")],
             "has no `-- migrate:up` section",
+        ),
+        // dbmate refuses to run a file without a down marker, or with it first.
+        (
+            "dbmate",
+            &[(
+                "1_a.sql",
+                "-- migrate:up\nSELECT 1;\n-- migrate:downgrade\nSELECT 2;\n",
+            )],
+            "1_a.sql: has no `-- migrate:down` line, without which dbmate refuses to run the file",
+        ),
+        (
+            "dbmate",
+            &[(
+                "1_a.sql",
+                "-- migrate:down\nSELECT 2;\n-- migrate:up\nSELECT 1;\n",
+            )],
+            "1_a.sql: has its `-- migrate:down` line before its `-- migrate:up` line",
         ),
         // Flyway reads V1_1 as 1.1, between V1 and V2: as 11 it would run after V10.
         (
@@ -353,8 +373,8 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
         (
             "dbmate",
             &[
-                ("1_a.sql", "-- migrate:up\nSELECT 1;\n"),
-                ("10_b.sql", "-- migrate:up\nSELECT 2;\n"),
+                ("1_a.sql", "-- migrate:up\nSELECT 1;\n-- migrate:down\n"),
+                ("10_b.sql", "-- migrate:up\nSELECT 2;\n-- migrate:down\n"),
             ],
             "10_b.sql: is version 10, above the 1 of 1_a.sql, which dbmate runs after it (dbmate orders files by name)",
         ),
