@@ -956,4 +956,21 @@ async fn a_migration_that_drops_the_history_table_is_rolled_back_saying_so() {
         "{message}"
     );
     assert_eq!(history(&client).await, [1, 2]);
+    // A -- no-transaction file that drops it: its statements stay, and it says so.
+    client
+        .batch_execute("DROP TRIGGER audit ON schema_migrations")
+        .await
+        .unwrap();
+    let dir = support::copy_of_seed(&[(
+        "003_drop.sql",
+        "-- no-transaction\nDROP TABLE schema_migrations;\n",
+    )]);
+    let out = support::output_json(&db, dir.path(), &["up", "--allow-data-loss"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let message = support::summary_message(&out);
+    assert!(
+        message.contains("completed and stay, and they dropped or renamed the history table")
+            && !message.contains("a trigger"),
+        "{message}"
+    );
 }

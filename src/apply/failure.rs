@@ -87,6 +87,18 @@ pub(super) fn rolled_back(wrap: Wrap) -> &'static str {
     }
 }
 
+/// Whether the history change failed because the history table is gone under it: the file
+/// dropped (or renamed) it. Not a table a trigger on it writes to: that error comes with a
+/// context.
+pub(super) fn is_history_gone(run: &Run<'_>, error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::UNDEFINED_TABLE)
+        && (error.as_db_error()).is_some_and(|db| {
+            db.where_().is_none()
+                && (run.ctx.table.name().rsplit('.').next())
+                    .is_some_and(|bare| db.message().contains(bare))
+        })
+}
+
 /// What stayed of a migration whose own SQL dropped or renamed the history table (a rollback
 /// that drops its schema with CASCADE): its row had nowhere to go.
 pub(super) fn history_gone(wrap: Wrap) -> &'static str {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use tokio_postgres::Client;
 use tracing::warn;
 
-use super::failure::{connection_lost, failed, is_connection_lost, refused};
+use super::failure::{connection_lost, failed, is_connection_lost, is_history_gone, refused};
 use super::waits::{Attempts, Retry, is_lock_timeout};
 use super::{Run, Wrap};
 use crate::error::{Error, Refusal};
@@ -170,6 +170,17 @@ pub(super) async fn run(
         if session::refusal(&e) == Some(Refusal::RowNotWritten) {
             let version = migration.version;
             return Error::HistoryWrite { version, rows: 0 };
+        }
+        if is_history_gone(run, &e) {
+            let kept = match run.direction {
+                Direction::Up => {
+                    "the statements of this -- no-transaction file completed and stay, and they dropped or renamed the history table (a DROP SCHEMA ... CASCADE that reaches it, say), so it is not recorded; keep the history table out of what the file drops"
+                }
+                Direction::Down => {
+                    "the statements of this -- no-transaction rollback completed and stay, and they dropped or renamed the history table (a DROP SCHEMA ... CASCADE that reaches it, say), so every migration's history row went with it; keep the history table out of what the file drops, and look with `db-migrate status` before running again"
+                }
+            };
+            return refused(run, step, e, "recording it in history", kept);
         }
         if !is_connection_lost(&e) {
             let kept = match run.direction {

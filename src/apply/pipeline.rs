@@ -11,8 +11,8 @@ use tokio_postgres::error::{ErrorPosition, SqlState};
 use tracing::info;
 
 use super::failure::{
-    connection_lost, failed, history_gone, is_connection_lost, refused, rolled_back,
-    statements_gone,
+    connection_lost, failed, history_gone, is_connection_lost, is_history_gone, refused,
+    rolled_back, statements_gone,
 };
 use super::{Prepared, Run, Wrap};
 use crate::error::Error;
@@ -746,15 +746,7 @@ async fn outcome(
         // `BEGIN` of the migration behind it (cancelled): this one committed then, and the
         // next one's opening failed, which is the failure its answers show.
         match close.counts.len() {
-            // The history table gone under its row: the file dropped (or renamed) it. Not a
-            // table a trigger on it writes to: that error comes with a context.
-            0 if e.code() == Some(&SqlState::UNDEFINED_TABLE)
-                && (e.as_db_error()).is_some_and(|db| {
-                    db.where_().is_none()
-                        && (run.ctx.table.name().rsplit('.').next())
-                            .is_some_and(|bare| db.message().contains(bare))
-                }) =>
-            {
+            0 if is_history_gone(run, &e) => {
                 return Err(refused(
                     run,
                     step,
