@@ -1618,6 +1618,30 @@ async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites
         out.stdout
     );
     refused(&run(&db, own.path(), &["up"]), &["table-rewrite"]);
+    // For a pull request, what refuses the plan is annotated first, and the notes of one rule
+    // in one file once (GitHub shows only the first few of each level): not 70 notes before it.
+    let noisy = support::copy_of_seed(&[(
+        "003_note.sql",
+        "CREATE TABLE r1 (id int);\nCREATE TABLE r2 (id int);\nCREATE TABLE r3 (id int);\n\
+         ALTER TABLE video_requests ALTER COLUMN note TYPE varchar(10);\n",
+    )]);
+    let out = run(&db, noisy.path(), &["plan", "--format", "github"]);
+    assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("::error file=")
+            && lines[0].contains("003_note.sql,line=4,col=1,title=db-migrate table-rewrite::"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[1].starts_with("::notice file=")
+            && lines[1].contains("003_note.sql,line=1,col=1,title=db-migrate not-idempotent::")
+            && lines[1].contains("(also at line(s) 2, 3)"),
+        "{}",
+        out.stdout
+    );
     // Widening it (varchar(20) to text) changes the catalog alone: `plan` and `up` agree.
     let dir = support::copy_of_seed(&[(
         "003_note.sql",
