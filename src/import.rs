@@ -246,6 +246,93 @@ pub async fn edited_since(
         .collect())
 }
 
+/// [`crate::history::refuse_other_tools`], then [`refuse_out_of_reach`]: for a database with
+/// no history of ours.
+pub async fn refuse_other_histories(
+    client: &Client,
+    table: &Table,
+    files: &[source::Migration],
+) -> Result<(), Error> {
+    crate::history::refuse_other_tools(client, table, files).await?;
+    refuse_out_of_reach(client, table, files).await
+}
+
+/// For a history table named without a schema, on a database with no history of ours: another
+/// tool's history table in a schema the search path does not reach (a `search_path` set on
+/// the role or database since that tool ran: UPchieve's `ALTER ROLE ... SET search_path`
+/// hid dbmate's `public.schema_migrations`), where every version it applied has its file
+/// here, and for sqlx and Flyway one file's checksum at least says it ran these files. Applying them would
+/// run again what that tool ran. golang-migrate keeps one number, which another service's
+/// table in its own schema may share, so it is not looked for; nor are tables another
+/// service keeps for its own migrations, which name no file of this directory.
+pub async fn refuse_out_of_reach(
+    client: &Client,
+    table: &Table,
+    files: &[source::Migration],
+) -> Result<(), Error> {
+    if table.given_schema().is_some() || files.is_empty() {
+        return Ok(());
+    }
+    let candidates = client
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.relname IN ('schema_migrations', '_sqlx_migrations', \
+                                  '__diesel_schema_migrations', 'flyway_schema_history') \
+                AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't' \
+                AND NOT n.nspname = ANY (pg_catalog.current_schemas(true)) \
+                AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema' \
+                AND (c.relname <> 'schema_migrations' \
+                     OR (SELECT pg_catalog.string_agg(attname, ' ' ORDER BY attnum) \
+                           FROM pg_catalog.pg_attribute \
+                          WHERE attrelid = c.oid AND attnum > 0 AND NOT attisdropped) = 'version') \
+              ORDER BY n.nspname, c.relname",
+            &[],
+        )
+        .await
+        .map_err(Error::database(
+            "looking for other tools' history tables in other schemas",
+        ))?;
+    for row in candidates {
+        let (schema, name): (String, String) = (row.get(0), row.get(1));
+        let tool = match name.as_str() {
+            "_sqlx_migrations" => Tool::Sqlx,
+            "__diesel_schema_migrations" => Tool::Diesel,
+            "flyway_schema_history" => Tool::Flyway,
+            _ => Tool::Dbmate,
+        };
+        let Ok(theirs) = Table::parse(&format!("{schema}.{name}")) else {
+            continue;
+        };
+        // Not that tool's (a table of other columns), or a history that says a migration
+        // failed: not taken for this directory's.
+        let recorded = match applied(client, tool, &theirs).await {
+            Ok(recorded @ Recorded::Exactly(_)) => recorded,
+            Ok(Recorded::Baseline { at, then }) if !then.is_empty() => {
+                Recorded::Baseline { at, then }
+            }
+            _ => continue,
+        };
+        let Ok((adopted, _)) = crate::plan::adopt(files, &[], &recorded, tool.name(), false) else {
+            continue;
+        };
+        // One file whose checksum matches says these are this directory's files; another
+        // service's table with versions 1, 2, 3 matches none of them.
+        if adopted.is_empty()
+            || edited_since(client, tool, &theirs, &adopted).await?.len() == adopted.len()
+        {
+            continue;
+        }
+        return Err(Error::OtherToolsHistory {
+            history: table.name().to_string(),
+            tool: tool.name(),
+            from: tool.name(),
+            table: theirs.name().to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// The texts the other tool may have run for a file that reads `text` here: as it is, without
 /// what `import` added to it, with the `BEGIN` and `COMMIT` it commented out put back, and (for sqlx, which hashes the bytes) with the byte order mark
 /// that db-migrate drops when it reads a file.

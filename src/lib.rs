@@ -523,7 +523,7 @@ impl Job<'_> {
         // fails on it as `up` would, rather than ask for the `up` that refuses.
         if applied.is_none()
             && let Err(other @ (Error::OtherToolsHistory { .. } | Error::HistoryElsewhere { .. })) =
-                history::refuse_other_tools(db.client, db.table, db.migrations).await
+                import::refuse_other_histories(db.client, db.table, db.migrations).await
         {
             if matches!(self.config.command, Command::Verify { .. }) {
                 return Err(other);
@@ -668,7 +668,7 @@ impl Job<'_> {
             };
             if untracked {
                 history::refuse_missing_schema(client, table).await?;
-                history::refuse_other_tools(client, table, db.migrations).await?;
+                import::refuse_other_histories(client, table, db.migrations).await?;
             }
             history::warn_untracked(table, untracked);
             if !untracked {
@@ -907,6 +907,10 @@ impl Job<'_> {
         // first, as `verify` without --schema says (the replay would compare nothing with
         // every table); beside ours, the replay needs it (below).
         let other = match history::refuse_other_tools(client, table, db.migrations).await {
+            Ok(()) if applied.is_none() => {
+                import::refuse_out_of_reach(client, table, db.migrations).await?;
+                None
+            }
             Ok(()) => None,
             Err(other @ Error::OtherToolsHistory { .. }) if applied.is_some() => Some(other),
             Err(Error::HistoryElsewhere { .. }) if applied.is_some() => None,

@@ -809,6 +809,112 @@ async fn a_history_the_search_path_no_longer_reaches_is_named() {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// The search path changed after another tool migrated (UPchieve's role was given
+/// `search_path = upchieve` while dbmate's `schema_migrations` stays in `public`): `up` names
+/// that tool's table out of reach and how to adopt it, instead of running every file again;
+/// sqlx's likewise when a file's checksum says it ran these files. Another service's table
+/// out of reach, holding versions this directory lacks, or none of its checksums, stops nothing.
+#[tokio::test]
+async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
+    let dir = migrations(&[
+        (
+            "20240101120000_a.sql",
+            "CREATE TABLE IF NOT EXISTS app.a (id int);",
+        ),
+        ("20240301120000_c.sql", "INSERT INTO app.a VALUES (1);"),
+    ]);
+    let sqlx = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (version BIGINT PRIMARY KEY, \
+                description TEXT NOT NULL, installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), \
+                success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
+                INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                VALUES (20240101120000, 'a', true, sha384('CREATE TABLE IF NOT EXISTS app.a (id int);'), 1);";
+    let cases = [
+        (
+            "dbmate",
+            "CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY); \
+             INSERT INTO schema_migrations VALUES ('20240101120000'), ('20240301120000');",
+            "public.schema_migrations",
+            0,
+        ),
+        // sqlx ran the first file only: the second is pending once adopted.
+        ("sqlx", sqlx, "public._sqlx_migrations", 7),
+    ];
+    for (tool, history, table, verified) in cases {
+        let db = managed(&format!(
+            "CREATE SCHEMA app; CREATE TABLE app.a (id int); INSERT INTO app.a VALUES (1); {history}"
+        ))
+        .await;
+        let client = db.client().await;
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" SET search_path = app",
+                db.name
+            ))
+            .await
+            .unwrap();
+        let plain = |args: &[&str]| {
+            output(
+                binary()
+                    .args(["--log-format", "json"])
+                    .args(args)
+                    .env("DATABASE_URL", &db.url)
+                    .env("MIGRATIONS_DIR", dir.path()),
+            )
+        };
+        let before = support::tables(&client).await;
+        for args in [&["up"][..], &["verify"]] {
+            let out = plain(args);
+            assert_eq!(out.code, 4, "{tool} {args:?}: {}", out.stderr);
+            let text = summary_message(&out);
+            assert!(
+                text.contains(&format!("{tool}'s history table {table}"))
+                    && text.contains(&format!("baseline --from {tool} --from-table {table}")),
+                "{tool} {args:?}: {text}"
+            );
+        }
+        assert_eq!(
+            support::tables(&client).await,
+            before,
+            "{tool}: nothing ran"
+        );
+        let rows: i64 = support::one(&client, "SELECT count(*) FROM app.a").await;
+        assert_eq!(rows, 1, "{tool}");
+        // The advice works.
+        let out = plain(&["baseline", "--from", tool, "--from-table", table]);
+        assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
+        let out = plain(&["verify"]);
+        assert_eq!(out.code, verified, "{tool}: {}", out.stderr);
+    }
+    // Another service's tables out of reach: versions this directory lacks, or a sqlx
+    // history whose checksums match none of its files.
+    let db = managed(
+        "CREATE SCHEMA app; CREATE TABLE app.t (id int); \
+         CREATE SCHEMA svc; CREATE TABLE svc.schema_migrations (version varchar(128) PRIMARY KEY); \
+         INSERT INTO svc.schema_migrations VALUES ('20240101120000'), ('20170101000000'); \
+         CREATE SCHEMA q; CREATE TABLE q._sqlx_migrations (version BIGINT PRIMARY KEY, \
+         description TEXT NOT NULL, installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), \
+         success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
+         INSERT INTO q._sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20240101120000, 'x', true, sha384('CREATE TABLE x ();'), 1);",
+    )
+    .await;
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET search_path = app",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let out = output(
+        binary()
+            .args(["--log-format", "json", "up"])
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir.path()),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
 /// A database migrated with `--history-table`, the flag forgotten this time: `up` and
 /// `baseline` name the table instead of starting a second history beside it (which `baseline`
 /// did, taking advice meant for another tool's table), `status` warns.
