@@ -40,6 +40,28 @@ async fn ours(db: &TestDb) -> Vec<i64> {
     rows.iter().map(|r| r.get(0)).collect()
 }
 
+/// Runs the binary with db-migrate's default history table.
+fn plain(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
+    output(
+        binary()
+            .args(["--log-format", "json"])
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .env("MIGRATIONS_DIR", dir),
+    )
+}
+
+/// Sets the database's search path to schema `app` only, as UPchieve's role setting did.
+async fn search_path_app(db: &TestDb) {
+    (db.client().await)
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET search_path = app",
+            db.name
+        ))
+        .await
+        .unwrap();
+}
+
 /// A database where `setup` ran (the other tool's tables and history).
 async fn managed(setup: &str) -> TestDb {
     let db = support::database().await;
@@ -747,16 +769,8 @@ async fn a_forgotten_flag_after_adoption_names_the_history_kept() {
 async fn a_history_the_search_path_no_longer_reaches_is_named() {
     let db = support::database().await;
     let dir = golang_dir();
-    let plain = |args: &[&str]| {
-        output(
-            binary()
-                .args(["--log-format", "json"])
-                .args(args)
-                .env("DATABASE_URL", &db.url)
-                .env("MIGRATIONS_DIR", dir.path()),
-        )
-    };
-    assert_eq!(plain(&["up"]).code, 0);
+    let here = |args: &[&str]| plain(&db, dir.path(), args);
+    assert_eq!(here(&["up"]).code, 0);
     let client = db.client().await;
     client
         .batch_execute(&format!(
@@ -768,7 +782,7 @@ async fn a_history_the_search_path_no_longer_reaches_is_named() {
         .unwrap();
     let before = support::tables(&client).await;
     for args in [&["up"][..], &["verify"]] {
-        let out = plain(args);
+        let out = here(args);
         assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
         let text = summary_message(&out);
         assert!(
@@ -779,10 +793,10 @@ async fn a_history_the_search_path_no_longer_reaches_is_named() {
     }
     assert_eq!(support::tables(&client).await, before);
     let named = ["--history-table", "public.schema_migrations"];
-    let out = plain(&[&named[..], &["verify"]].concat());
+    let out = here(&[&named[..], &["verify"]].concat());
     assert_eq!(out.code, 0, "{}", out.stderr);
     // Another project's history, named with its schema: this one starts its own.
-    let out = plain(&["--history-table", "app.schema_migrations", "up"]);
+    let out = here(&["--history-table", "app.schema_migrations", "up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // Two projects sharing a database: another's history of the same name, out of the search
     // path, holds none of this directory's rows and stops nothing.
@@ -794,15 +808,7 @@ async fn a_history_the_search_path_no_longer_reaches_is_named() {
         .batch_execute("CREATE SCHEMA other")
         .await
         .unwrap();
-    let project = |dir: &Path, args: &[&str]| {
-        output(
-            binary()
-                .args(["--log-format", "json"])
-                .args(args)
-                .env("DATABASE_URL", &shared.url)
-                .env("MIGRATIONS_DIR", dir),
-        )
-    };
+    let project = |dir: &Path, args: &[&str]| plain(&shared, dir, args);
     let history = ["--history-table", "other.schema_migrations", "up"];
     assert_eq!(project(other.path(), &history).code, 0);
     let out = project(dir.path(), &["up"]);
@@ -844,26 +850,12 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
             "CREATE SCHEMA app; CREATE TABLE app.a (id int); INSERT INTO app.a VALUES (1); {history}"
         ))
         .await;
+        search_path_app(&db).await;
         let client = db.client().await;
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE \"{}\" SET search_path = app",
-                db.name
-            ))
-            .await
-            .unwrap();
-        let plain = |args: &[&str]| {
-            output(
-                binary()
-                    .args(["--log-format", "json"])
-                    .args(args)
-                    .env("DATABASE_URL", &db.url)
-                    .env("MIGRATIONS_DIR", dir.path()),
-            )
-        };
+        let here = |args: &[&str]| plain(&db, dir.path(), args);
         let before = support::tables(&client).await;
         for args in [&["up"][..], &["verify"]] {
-            let out = plain(args);
+            let out = here(args);
             assert_eq!(out.code, 4, "{tool} {args:?}: {}", out.stderr);
             let text = summary_message(&out);
             assert!(
@@ -880,9 +872,9 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
         let rows: i64 = support::one(&client, "SELECT count(*) FROM app.a").await;
         assert_eq!(rows, 1, "{tool}");
         // The advice works.
-        let out = plain(&["baseline", "--from", tool, "--from-table", table]);
+        let out = here(&["baseline", "--from", tool, "--from-table", table]);
         assert_eq!(out.code, 0, "{tool}: {}", out.stderr);
-        let out = plain(&["verify"]);
+        let out = here(&["verify"]);
         assert_eq!(out.code, verified, "{tool}: {}", out.stderr);
     }
     // Another service's tables out of reach: versions this directory lacks, or a sqlx
@@ -898,20 +890,8 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
          VALUES (20240101120000, 'x', true, sha384('CREATE TABLE x ();'), 1);",
     )
     .await;
-    let client = db.client().await;
-    client
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" SET search_path = app",
-            db.name
-        ))
-        .await
-        .unwrap();
-    let out = output(
-        binary()
-            .args(["--log-format", "json", "up"])
-            .env("DATABASE_URL", &db.url)
-            .env("MIGRATIONS_DIR", dir.path()),
-    );
+    search_path_app(&db).await;
+    let out = plain(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
@@ -925,15 +905,7 @@ async fn a_history_kept_under_another_name_is_named_when_the_flag_is_forgotten()
     let out = run(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let before = support::tables(&db.client().await).await;
-    let forgotten = |args: &[&str]| {
-        output(
-            binary()
-                .args(["--log-format", "json"])
-                .args(args)
-                .env("DATABASE_URL", &db.url)
-                .env("MIGRATIONS_DIR", dir.path()),
-        )
-    };
+    let forgotten = |args: &[&str]| plain(&db, dir.path(), args);
     for args in [&["up"][..], &["baseline", "--version", "3"], &["verify"]] {
         let out = forgotten(args);
         assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
