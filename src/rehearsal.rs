@@ -267,11 +267,14 @@ pub fn replay_failed(error: Error) -> Error {
             uncertain: false,
         },
         Error::Apply(failure) => {
-            // Something the migration names is not there: made by hand on the target.
+            // Something the migration names is not there: made by hand on the target, or
+            // out of reach of a search path set on the database or role since the migrations
+            // ran, which the scratch database takes from the target (UPchieve's
+            // `ALTER ROLE ... SET search_path = upchieve`).
             let missing = ["42P01", "3F000", "42704", "42883", "42703"];
             let hint = match missing.contains(&failure.sqlstate.as_str()) {
                 true => {
-                    ": the replay builds the schema from the files alone, so what a migration needs (a schema, an extension, a type) must come from one before it"
+                    ": the replay builds the schema from the files alone, so what a migration needs (a schema, an extension, a type) must come from one before it; and a search_path set on the database or role (ALTER DATABASE or ALTER ROLE ... SET search_path) after the migrations ran is in force from the replay's first file, where it may name a schema not made yet or pass over one: set the path a migration needs in the migration itself"
                 }
                 false => "",
             };

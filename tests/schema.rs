@@ -754,6 +754,43 @@ async fn a_replay_that_fails_says_it_was_the_replay() {
     );
     assert!(message.contains("3F000"), "{message}");
     assert!(message.contains("the target was not touched"), "{message}");
+    // A search path set on the database after migrating is the scratch database's from the
+    // replay's first file, where its schema is not made yet: the message says that too.
+    let db = support::database().await;
+    let dir = support::migrations(&[
+        (
+            "001_ext.sql",
+            "CREATE EXTENSION IF NOT EXISTS citext;\nCREATE SCHEMA IF NOT EXISTS app;\n",
+        ),
+        (
+            "002_t.sql",
+            "CREATE TABLE app.users (id int, email citext);\n",
+        ),
+    ]);
+    support::up_ok(&db, dir.path()).await;
+    (db.client().await)
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET search_path = app",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let out = run(
+        &db,
+        dir.path(),
+        &[
+            "--history-table",
+            "public.schema_migrations",
+            "verify",
+            "--schema",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let message = summary_message(&out);
+    assert!(
+        message.contains("3F000") && message.contains("a search_path set on the database or role"),
+        "{message}"
+    );
 }
 
 /// `verify --schema`'s exit code, what it printed, and the summary's message.
