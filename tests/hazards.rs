@@ -199,22 +199,23 @@ async fn names_resolve_as_the_migration_s_own_search_path_and_renames_make_them(
             "on app.big holding ",
         ),
         (
+            // Sized as the table it was, named as the file names it (crates.io's 108).
             "ALTER TABLE video_requests RENAME TO vr_old;\nCREATE INDEX IF NOT EXISTS vr_p ON vr_old (prompt);\n",
             "003_index.sql:2:1: ",
-            "on video_requests holding ",
+            "on vr_old holding ",
         ),
         (
             "SET search_path TO app, public;\nALTER TABLE big RENAME TO big2;\n\
              CREATE INDEX IF NOT EXISTS big_g ON big2 (g);\n",
             "003_index.sql:3:1: ",
-            "on app.big holding ",
+            "on app.big2 holding ",
         ),
         // A table moved to another schema is followed there, as a renamed one is.
         (
             "CREATE SCHEMA IF NOT EXISTS archive;\nALTER TABLE app.big SET SCHEMA archive;\n\
              CREATE INDEX IF NOT EXISTS big_g ON archive.big (g);\n",
             "003_index.sql:3:1: ",
-            "on app.big holding ",
+            "on archive.big holding ",
         ),
     ] {
         let dir = support::copy_of_seed(&[("003_index.sql", file)]);

@@ -699,6 +699,9 @@ pub async fn check(
                 let old = renamed.get(table).cloned().unwrap_or_else(|| table.clone());
                 renamed.insert(new, old);
             }
+            // The catalog knows a table renamed earlier in the plan by its old name; the
+            // finding names it as the file does (crates.io's 108 named the old one).
+            let written = table;
             let table = renamed.get(table).unwrap_or(table);
             // A type that only widens is changed in the catalog alone; one that rounds or
             // cuts values loses the old ones, whatever the table's size.
@@ -719,7 +722,7 @@ pub async fn check(
                     facts::Retype::Free => continue,
                     facts::Retype::Lossy(what) => {
                         if let Some(held @ (1.., _)) = facts.values(client, table, column).await? {
-                            let name = format!("{}.{}", table, Name::bare(column));
+                            let name = format!("{}.{}", written, Name::bare(column));
                             findings.push(finding(Rule::DropsData, name, held, what));
                         }
                     }
@@ -786,8 +789,10 @@ pub async fn check(
             if hit {
                 // A dropped column is named: one statement may drop several.
                 let relation = match (rule, column_name) {
-                    (Rule::DropsData, Some(column)) => format!("{}.{}", table, Name::bare(column)),
-                    _ => table.to_string(),
+                    (Rule::DropsData, Some(column)) => {
+                        format!("{}.{}", written, Name::bare(column))
+                    }
+                    _ => written.to_string(),
                 };
                 findings.push(finding(rule, relation, (rows, row_count), what));
             }
