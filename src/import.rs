@@ -200,6 +200,16 @@ pub async fn edited_since(
     table: &Table,
     adopted: &[&source::Migration],
 ) -> Result<Vec<i64>, Error> {
+    Ok(compared(client, tool, table, adopted).await?.0)
+}
+
+/// [`edited_since`], and how many of `adopted` have a recorded checksum that matches.
+async fn compared(
+    client: &Client,
+    tool: Tool,
+    table: &Table,
+    adopted: &[&source::Migration],
+) -> Result<(Vec<i64>, usize), Error> {
     let table = table.quoted();
     let query = match tool {
         Tool::Sqlx => format!("SELECT version::text, checksum FROM {table} WHERE success"),
@@ -208,7 +218,7 @@ pub async fn edited_since(
             "SELECT version, int4send(checksum) FROM {table} \
               WHERE type = 'SQL' AND success AND checksum IS NOT NULL ORDER BY installed_rank"
         ),
-        _ => return Ok(Vec::new()),
+        _ => return Ok((Vec::new(), 0)),
     };
     let rows = (client.query(&query, &[]).await)
         .map_err(Error::database("reading the other tool's checksums"))?;
@@ -233,17 +243,20 @@ pub async fn edited_since(
             }
         }
     };
-    Ok(adopted
-        .iter()
-        .filter(|m| {
-            recorded.get(&m.version).is_some_and(|theirs| {
-                !as_run(&m.up.sql, tool)
-                    .iter()
-                    .any(|text| fingerprint(text) == *theirs)
-            })
-        })
-        .map(|m| m.version)
-        .collect())
+    let (mut edited, mut matched) = (Vec::new(), 0);
+    for m in adopted {
+        let Some(theirs) = recorded.get(&m.version) else {
+            continue;
+        };
+        match as_run(&m.up.sql, tool)
+            .iter()
+            .any(|text| fingerprint(text) == *theirs)
+        {
+            true => matched += 1,
+            false => edited.push(m.version),
+        }
+    }
+    Ok((edited, matched))
 }
 
 /// [`crate::history::refuse_other_tools`], then [`refuse_out_of_reach`]: for a database with
@@ -316,14 +329,16 @@ pub async fn refuse_out_of_reach(
         let Ok((adopted, _)) = crate::plan::adopt(files, &[], &recorded, tool.name(), false) else {
             continue;
         };
-        // One file whose checksum matches says these are this directory's files; another
-        // service's table with versions 1, 2, 3 matches none of them.
+        // For the tools that keep a checksum, one file whose checksum matches says these are
+        // this directory's files; another service's table with versions 1, 2, 3 matches none
+        // of them (and a BASELINE or Java migration's row has none to match).
+        let checked = matches!(tool, Tool::Sqlx | Tool::Flyway);
         if adopted.is_empty()
-            || edited_since(client, tool, &theirs, &adopted).await?.len() == adopted.len()
+            || (checked && compared(client, tool, &theirs, &adopted).await?.1 == 0)
         {
             continue;
         }
-        return Err(Error::OtherToolsHistory {
+        return Err(Error::OtherToolsOutOfReach {
             history: table.name().to_string(),
             tool: tool.name(),
             from: tool.name(),
@@ -882,11 +897,12 @@ fn dbmate_down(line: &str) -> bool {
     option.is_empty() || (option.len() < rest.len() && !option.contains(go_space))
 }
 
-/// Whether a marker line sets `transaction:false`: dbmate splits the line at white space and
-/// reads each `key:value` word, the last of a key counting.
+/// Whether a marker line sets `transaction:false`: dbmate trims the line (Go's TrimSpace,
+/// Unicode white space), splits it at ASCII white space and reads each `key:value` word, the
+/// last of a key counting.
 fn dbmate_outside(line: &str) -> bool {
     let mut transaction = None;
-    for word in line.split(go_space) {
+    for word in line.trim().split(go_space) {
         let mut pair = word.split(':');
         if let (Some("transaction"), Some(value), None) = (pair.next(), pair.next(), pair.next()) {
             transaction = Some(value);
@@ -920,10 +936,15 @@ fn dbmate(path: &Path, file: &str) -> Result<Parsed, Error> {
             "has its `-- migrate:down` line before its `-- migrate:up` line, an order dbmate refuses to run; put the up section first".into(),
         ));
     }
-    if !crate::sql::is_empty(&lines[..up_at].concat()) {
+    // dbmate allows blank lines and `--` comments there, nothing else.
+    let before_up = |line: &&str| {
+        let line = line.trim_start_matches(go_space);
+        line.is_empty() || line.starts_with("--")
+    };
+    if !lines[..up_at].iter().all(before_up) {
         return Err(invalid(
             path,
-            "has SQL before its `-- migrate:up` line, which belongs to no section; move it into the up or the down section".into(),
+            "has a line before its `-- migrate:up` line that is neither blank nor a `--` comment, which dbmate refuses to run; move it into the up or the down section".into(),
         ));
     }
     let up = lines[up_at + 1..down_at].concat();

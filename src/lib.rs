@@ -522,8 +522,11 @@ impl Job<'_> {
         // No history of its own: another tool's table says what `up` would refuse. `verify`
         // fails on it as `up` would, rather than ask for the `up` that refuses.
         if applied.is_none()
-            && let Err(other @ (Error::OtherToolsHistory { .. } | Error::HistoryElsewhere { .. })) =
-                import::refuse_other_histories(db.client, db.table, db.migrations).await
+            && let Err(
+                other @ (Error::OtherToolsHistory { .. }
+                | Error::OtherToolsOutOfReach { .. }
+                | Error::HistoryElsewhere { .. }),
+            ) = import::refuse_other_histories(db.client, db.table, db.migrations).await
         {
             if matches!(self.config.command, Command::Verify { .. }) {
                 return Err(other);

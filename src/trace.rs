@@ -6,7 +6,7 @@
 //! transaction. The static rules (`rules::check`) run first, on the catalog as it is.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
@@ -965,35 +965,37 @@ pub fn print(report: &Report, format: Format) -> std::io::Result<()> {
         }
         Format::Github => {
             // GitHub shows only the first few annotations of each level a step prints: what
-            // refuses the plan comes first, then what was allowed, and a note (the rules'
-            // advice, such as not-idempotent) once per rule and file, naming its other lines,
-            // so that 70 notes cannot hide a hazard.
+            // refuses the plan comes first, then what was allowed and the renames the running
+            // bot meets, and a note (the rules' advice, such as not-idempotent) once per rule,
+            // file and kind of change, naming its other lines, so that 70 notes cannot hide a
+            // hazard.
             let findings: Vec<&Finding> = (report.statements.iter())
                 .flat_map(|s| s.findings.iter())
                 .collect();
             let level = |f: &Finding| match (f.allowed.is_some(), blocking(f)) {
                 (false, true) => "error",
-                (true, _) => "warning",
-                (false, false) => "notice",
+                (true, true) => "warning",
+                _ if f.rule == Rule::RenamesInUse => "warning",
+                _ => "notice",
+            };
+            let alike = |a: &Finding, b: &Finding| {
+                level(a) == "notice"
+                    && level(b) == "notice"
+                    && (a.rule, &a.file, &a.what) == (b.rule, &b.file, &b.what)
             };
             for wanted in ["error", "warning", "notice"] {
-                let mut said: Vec<(Rule, &Path)> = Vec::new();
-                for f in findings.iter().filter(|f| level(f) == wanted) {
-                    let mut more = String::new();
-                    if wanted == "notice" {
-                        if said.contains(&(f.rule, f.file.as_path())) {
-                            continue;
-                        }
-                        said.push((f.rule, f.file.as_path()));
-                        let lines: Vec<String> = (findings.iter())
-                            .filter(|o| level(o) == wanted && o.rule == f.rule && o.file == f.file)
-                            .skip(1)
-                            .map(|o| o.line.to_string())
-                            .collect();
-                        if !lines.is_empty() {
-                            more = format!(" (also at line(s) {})", lines.join(", "));
-                        }
+                for (i, f) in findings.iter().enumerate() {
+                    if level(f) != wanted || findings[..i].iter().any(|o| alike(o, f)) {
+                        continue;
                     }
+                    let others: Vec<String> = (findings[i + 1..].iter())
+                        .filter(|o| alike(o, f))
+                        .map(|o| format!("{}{}", o.line, on(o)))
+                        .collect();
+                    let more = match others.is_empty() {
+                        true => String::new(),
+                        false => format!(" (also at line(s) {})", others.join(", ")),
+                    };
                     let (rule, what, fix) = (f.rule.id(), &f.what, f.rule.fix_for(&f.what));
                     let message = escape_data(&format!("{rule}: {what}{}{more}; {fix}", on(f)));
                     writeln!(

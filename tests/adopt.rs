@@ -860,7 +860,8 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
             let text = summary_message(&out);
             assert!(
                 text.contains(&format!("{tool}'s history table {table}"))
-                    && text.contains(&format!("baseline --from {tool} --from-table {table}")),
+                    && text.contains(&format!("baseline --from {tool} --from-table {table}"))
+                    && text.contains("--history-table SCHEMA.NAME"),
                 "{tool} {args:?}: {text}"
             );
         }
@@ -877,9 +878,9 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
         let out = here(&["verify"]);
         assert_eq!(out.code, verified, "{tool}: {}", out.stderr);
     }
-    // Another service's tables out of reach: versions this directory lacks, or a sqlx
-    // history whose checksums match none of its files.
-    let db = managed(
+    // Another service's tables out of reach: versions this directory lacks, or a sqlx or
+    // Flyway history whose checksums match none of its files (Flyway's BASELINE has none).
+    let db = managed(concat!(
         "CREATE SCHEMA app; CREATE TABLE app.t (id int); \
          CREATE SCHEMA svc; CREATE TABLE svc.schema_migrations (version varchar(128) PRIMARY KEY); \
          INSERT INTO svc.schema_migrations VALUES ('20240101120000'), ('20170101000000'); \
@@ -887,8 +888,13 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
          description TEXT NOT NULL, installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), \
          success BOOLEAN NOT NULL, checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
          INSERT INTO q._sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (20240101120000, 'x', true, sha384('CREATE TABLE x ();'), 1);",
-    )
+         VALUES (20240101120000, 'x', true, sha384('CREATE TABLE x ();'), 1); \
+         CREATE SCHEMA f; SET search_path = f; ",
+        flyway_history!(),
+        " INSERT INTO flyway_schema_history VALUES \
+         (1, '20240101120000', 'base', 'BASELINE', 'base', NULL, 'u', now(), 1, true), \
+         (2, '20240301120000', 'c', 'SQL', 'V20240301120000__c.sql', 123, 'u', now(), 1, true);",
+    ))
     .await;
     search_path_app(&db).await;
     let out = plain(&db, dir.path(), &["up"]);

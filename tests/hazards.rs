@@ -1624,22 +1624,30 @@ async fn plan_notes_what_is_not_idempotent_and_knows_a_type_change_that_rewrites
     let noisy = support::copy_of_seed(&[(
         "003_note.sql",
         "CREATE TABLE r1 (id int);\nCREATE TABLE r2 (id int);\nCREATE TABLE r3 (id int);\n\
-         ALTER TABLE video_requests ALTER COLUMN note TYPE varchar(10);\n",
+         ALTER TABLE video_requests ALTER COLUMN note TYPE varchar(10);\n\
+         ALTER TABLE video_requests RENAME COLUMN prompt TO prompt_text;\n",
     )]);
     let out = run(&db, noisy.path(), &["plan", "--format", "github"]);
     assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
     assert!(
         lines[0].starts_with("::error file=")
             && lines[0].contains("003_note.sql,line=4,col=1,title=db-migrate table-rewrite::"),
         "{}",
         out.stdout
     );
+    // A rename the running bot meets is a warning of its own.
     assert!(
-        lines[1].starts_with("::notice file=")
-            && lines[1].contains("003_note.sql,line=1,col=1,title=db-migrate not-idempotent::")
-            && lines[1].contains("(also at line(s) 2, 3)"),
+        lines[1].starts_with("::warning file=")
+            && lines[1].contains("003_note.sql,line=5,col=1,title=db-migrate renames-in-use::"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[2].starts_with("::notice file=")
+            && lines[2].contains("003_note.sql,line=1,col=1,title=db-migrate not-idempotent::")
+            && lines[2].contains("(also at line(s) 2, 3)"),
         "{}",
         out.stdout
     );

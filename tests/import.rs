@@ -302,7 +302,7 @@ async fn sqlx_diesel_and_flyway_layouts_become_numbered_files() {
 
 #[tokio::test]
 async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_written() {
-    let cases: [(&str, &[File], &str); 15] = [
+    let cases: [(&str, &[File], &str); 16] = [
         // golang-migrate skips a file without .up or .down: it never ran there.
         (
             "golang-migrate",
@@ -398,7 +398,16 @@ async fn what_cannot_be_carried_over_is_refused_naming_the_file_and_nothing_is_w
                 "1_a.sql",
                 "CREATE TABLE lost (id int);\n--migrate:up\nSELECT 1;\n-- migrate:down\n",
             )],
-            "has SQL before its `-- migrate:up` line",
+            "has a line before its `-- migrate:up` line that is neither blank nor a `--` comment",
+        ),
+        // A block comment too: dbmate allows only blank lines and `--` comments there.
+        (
+            "dbmate",
+            &[(
+                "1_a.sql",
+                "/* header */\n-- migrate:up\nSELECT 1;\n-- migrate:down\n",
+            )],
+            "has a line before its `-- migrate:up` line that is neither blank nor a `--` comment",
         ),
         // A file the checks refuse is named as it was given, not as it would have been written.
         (

@@ -174,7 +174,7 @@ pub(super) async fn run(
         if is_history_gone(run, &e) {
             let kept = match run.direction {
                 Direction::Up => {
-                    "the statements of this -- no-transaction file completed and stay, and they dropped or renamed the history table (a DROP SCHEMA ... CASCADE that reaches it, say), so it is not recorded; keep the history table out of what the file drops"
+                    "the statements of this -- no-transaction file completed and stay, and they dropped or renamed the history table (a DROP SCHEMA ... CASCADE that reaches it, say), so every migration's history row went with it and this one's was never written; keep the history table out of what the file drops, and look with `db-migrate status` before running again"
                 }
                 Direction::Down => {
                     "the statements of this -- no-transaction rollback completed and stay, and they dropped or renamed the history table (a DROP SCHEMA ... CASCADE that reaches it, say), so every migration's history row went with it; keep the history table out of what the file drops, and look with `db-migrate status` before running again"

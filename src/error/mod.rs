@@ -204,6 +204,19 @@ pub enum Error {
         table: String,
     },
 
+    /// No history of db-migrate's, and another tool's history table out of the search path's
+    /// reach that records this directory's files (`import::refuse_out_of_reach`).
+    #[error(
+        "the database has no history in {history}, and {tool}'s history table {table}, in a schema the search path does not reach (a search_path set on the database or role since {tool} ran?), records versions of these files: running them would apply again what {tool} applied; if this database holds what {tool} applied, adopt it first with `db-migrate baseline --from {from} --from-table {table}` (with the same --history-table), then run up; if that table is another service's, name this project's history table with its schema (--history-table SCHEMA.NAME) and run again; nothing ran"
+    )]
+    OtherToolsOutOfReach {
+        history: String,
+        tool: &'static str,
+        /// `baseline --from`'s value for it.
+        from: &'static str,
+        table: String,
+    },
+
     /// No history in the table named, but db-migrate's own under another name.
     #[error(
         "the database has no history in {history} but db-migrate's history table {table}: it was adopted or migrated with --history-table {table}, or the search path no longer reaches it; pass --history-table {table} (or DB_MIGRATE_HISTORY_TABLE) to every command, or this one would start a second history beside it (if that table is another project's, name this one's with its schema: --history-table SCHEMA.NAME); nothing ran"
@@ -413,6 +426,7 @@ impl Error {
             | Error::HistoryNotEmpty { .. }
             | Error::ForeignHistory { .. }
             | Error::OtherToolsHistory { .. }
+            | Error::OtherToolsOutOfReach { .. }
             | Error::EditedSinceRun { .. }
             | Error::HistoryElsewhere { .. } => Outcome::HistoryMismatch,
             Error::Connect { .. } | Error::ConnectStalled { .. } | Error::CloudSql { .. } => {
