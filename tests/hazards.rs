@@ -662,6 +662,31 @@ async fn naming_the_type_a_column_has_already_is_no_rewrite_on_a_big_table() {
     refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
 }
 
+/// ADD COLUMN IF NOT EXISTS of a column the table has already does nothing, so neither its
+/// rewrite nor its constraint's index build happens (Kestra's V3_3 adds again a stored
+/// generated column that V1_11 added); a column the table lacks is still weighed.
+#[tokio::test]
+async fn adding_a_column_the_table_has_already_is_no_hazard_on_a_big_table() {
+    let db = seeded(BIG).await;
+    let again = "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS prompt text \
+                 GENERATED ALWAYS AS ('p') STORED UNIQUE;\n";
+    let dir = support::copy_of_seed(&[("003_again.sql", again)]);
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("0 hazard(s)"), "{}", out.stdout);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = support::copy_of_seed(&[
+        ("003_again.sql", again),
+        (
+            "004_new.sql",
+            "ALTER TABLE video_requests ADD COLUMN IF NOT EXISTS prompt_len int \
+             GENERATED ALWAYS AS (length(prompt)) STORED;\n",
+        ),
+    ]);
+    refused(&run(&db, dir.path(), &["up"]), &["table-rewrite"]);
+}
+
 /// `VALIDATE CONSTRAINT` blocks no writes only in a transaction of its own: in the one that
 /// added the constraint `NOT VALID` (the same `ALTER`, or the same migration) it reads the
 /// whole table under the lock the `ADD` took.

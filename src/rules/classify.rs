@@ -181,6 +181,10 @@ pub enum Effect {
         column: String,
         not_null: bool,
         if_not_exists: bool,
+        /// How many of the effects after this one are the new column's (its rewrite, its
+        /// constraints' scans and index builds): none of them happens when IF NOT EXISTS
+        /// finds the column there.
+        then: usize,
     },
     /// ADD COLUMN whose rewrite only the catalog can tell: of a type that may be a domain
     /// with constraints (PostgreSQL writes every row to check them), or with a default that
@@ -1000,13 +1004,19 @@ fn alter_effects(
                             if matches!(ConstrType::try_from(c.contype),
                                 Ok(ConstrType::ConstrNotnull | ConstrType::ConstrPrimary)))
                     });
+                let at = out.len();
                 out.push(Effect::AddsColumn {
                     table: table(),
                     column: column.colname.clone(),
                     not_null,
                     if_not_exists: cmd.missing_ok,
+                    then: 0,
                 });
                 new_column_effects(&table(), column, alone, out);
+                let count = out.len() - at - 1;
+                if let Some(Effect::AddsColumn { then, .. }) = out.get_mut(at) {
+                    *then = count;
+                }
             }
         }
         AlterTableType::AtAlterColumnType => {

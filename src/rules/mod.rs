@@ -553,7 +553,14 @@ pub async fn check(
         {
             builds_nothing = facts.index_on(client, relation, table).await?;
         }
+        // The effects of a column that ADD COLUMN IF NOT EXISTS finds there already: none
+        // happens (Kestra's V3_3 adds again a stored generated column V1_11 added).
+        let mut skip = 0;
         for effect in effects {
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
             if builds_nothing && matches!(effect, Effect::BuildsIndex { .. }) {
                 continue;
             }
@@ -615,6 +622,7 @@ pub async fn check(
                     column,
                     not_null,
                     if_not_exists,
+                    then,
                 } => {
                     // IF NOT EXISTS adds nothing where the column is there: in the catalog
                     // before the plan (under the table's name then), or added by the plan.
@@ -628,7 +636,9 @@ pub async fn check(
                             || facts
                                 .has_column(client, renamed.get(table).unwrap_or(table), column)
                                 .await?);
-                    if !there {
+                    if there {
+                        skip = *then;
+                    } else {
                         added.insert((table, column));
                         if *not_null {
                             added_not_null.insert((table, column));
