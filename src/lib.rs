@@ -664,7 +664,17 @@ impl Job<'_> {
         let recorded = UntilExit::new(recorded);
         let history_exists = recorded.is_some();
         let mut tables = rules::Tables::Unknown;
-        if !history_exists && matches!(config.command, Command::Up { .. }) {
+        // `plan` of what `up` would run stops where `up` stops (atuin's audit: a plan that
+        // passed the staging gate for an `up` that then refused).
+        let applies = matches!(
+            config.command,
+            Command::Up { .. }
+                | Command::Plan {
+                    of: config::PlanOf::Up(_),
+                    ..
+                }
+        );
+        if !history_exists && applies {
             let untracked = match untracked {
                 Some(untracked) => untracked?,
                 None => history::untracked(client, table).await?,

@@ -124,6 +124,17 @@ async fn a_golang_migrate_database_is_named_and_adopted_up_to_its_version() {
             && text.contains("--history-table db_migrate_history baseline --from golang-migrate"),
         "{text}"
     );
+    // With its own table named and not adopted yet, `plan` stops where `up` does (atuin's
+    // audit: a plan that passed the staging gate for an `up` that then refused).
+    for args in [&["up"][..], &["plan"]] {
+        let out = run(&db, dir.path(), args);
+        assert_eq!(out.code, 4, "{args:?}: {}", out.stderr);
+        let text = summary_message(&out);
+        assert!(
+            text.contains("golang-migrate's history table") && text.contains("nothing ran"),
+            "{args:?}: {text}"
+        );
+    }
     let out = run(&db, dir.path(), &["baseline", "--from", "golang-migrate"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(ours(&db).await, [1, 2]);
