@@ -576,6 +576,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         // for none), but it is said to be there. One that holds only comments was written to
         // undo nothing (Coder's "It's not possible to drop enum values" rollbacks), and the
         // other tool ran it so: it gets a statement that does nothing, as a forward file does.
+        let mut template_left_out = false;
         if let Some(down) = imported.down.take() {
             let down = own_transaction_removed(&down, &mut imported.changes, "rollback's ");
             let statements = !crate::sql::is_empty(&down);
@@ -583,6 +584,16 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
             let template = ROLLBACK_TEMPLATES.contains(&down.trim());
             imported.down = match (statements, down.trim().is_empty() || template) {
                 (true, _) => Some(down),
+                // Said apart: the other tool ran it as a no-op, and `down` will refuse here
+                // (Hyperswitch keeps it on its enum migrations).
+                (false, true) if template => {
+                    template_left_out = true;
+                    (imported.changes).push(format!(
+                        "its rollback is {}'s untouched template, left out so that `down` refuses it rather than delete the row while the change stays; write the .down.sql (SELECT 1; if undoing nothing is right)",
+                        layout.name()
+                    ));
+                    None
+                }
                 (false, true) => None,
                 (false, false) => {
                     let end = if down.ends_with('\n') { "" } else { "\n" };
@@ -617,7 +628,7 @@ pub fn read(layout: Layout, src: &Path) -> Result<Vec<Imported>, Error> {
         if let Some(down) = imported.down.take() {
             imported.down = Some(outside_marked(&down, &mut imported.changes, "rollback: "));
         }
-        if imported.down.is_none() {
+        if imported.down.is_none() && !template_left_out {
             imported.changes.push("no rollback".into());
         }
         let texts = [Some(&imported.up), imported.down.as_ref()];
