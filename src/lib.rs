@@ -953,8 +953,10 @@ impl Job<'_> {
             }
             _ => None,
         };
+        let elsewhere = scratch::schemas_made_elsewhere(client, &replay).await;
         let expected = self
             .on_scratch(db, async |ctx, monitor| {
+                scratch::make_schemas(ctx.client, &elsewhere).await?;
                 if let Some(create) = &theirs {
                     // In a schema the scratch database lacks, the replay goes without it.
                     if let Err(error) = ctx.client.batch_execute(create).await {

@@ -160,6 +160,57 @@ async fn copy_settings(client: &Client, name: &str) {
     }
 }
 
+/// The schemas of the target's search path (set on its database or role, which the scratch
+/// database takes too) that exist there and that no migration of `replay` creates: made by
+/// hand or by the application (a sqlx or Flyway service started with `search_path = app`).
+/// Without them in the scratch database, the replay's unqualified names land in `public`
+/// and every table reads as drift. A schema a migration creates is left to it: made before,
+/// it would take what the first migrations made elsewhere when they ran (UPchieve's
+/// extensions). Read failures and files that cannot be parsed leave the list empty.
+pub async fn schemas_made_elsewhere(
+    client: &Client,
+    replay: &[&crate::source::Migration],
+) -> Vec<String> {
+    let mut created = Vec::new();
+    for migration in replay {
+        match crate::rules::classify::schemas_created(&migration.up.sql) {
+            Some(names) => created.extend(names),
+            None => return Vec::new(),
+        }
+    }
+    let rows = client
+        .query(
+            "SELECT s::text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) AS s \
+              WHERE s <> 'public'",
+            &[],
+        )
+        .await;
+    match rows {
+        Ok(rows) => (rows.iter().map(|r| r.get::<_, String>(0)))
+            .filter(|name| !created.contains(name))
+            .collect(),
+        Err(error) => {
+            warn!(%error, "cannot read the target's search path for the scratch database");
+            Vec::new()
+        }
+    }
+}
+
+/// Creates `schemas` in the scratch database, before the replay.
+pub async fn make_schemas(client: &Client, schemas: &[String]) -> Result<(), Error> {
+    for schema in schemas {
+        let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
+        (client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {quoted}"))
+            .await)
+            .map_err(Error::database(
+                "creating a schema of the search path in the scratch database",
+            ))?;
+        info!(schema = %schema, "schema of the target's search path, made by no migration, created in the scratch database");
+    }
+    Ok(())
+}
+
 /// A stored setting's value as `ALTER DATABASE ... SET` takes it back. The catalog keeps a
 /// list of names (`search_path`, `temp_tablespaces`) as SQL writes it, each element quoted
 /// where needed: written back as it is, or it would become one name. Anything else is one

@@ -793,6 +793,50 @@ async fn a_replay_that_fails_says_it_was_the_replay() {
     );
 }
 
+/// A search path set on the database that names a schema no migration makes (made by hand,
+/// or by the application, as Kestra's Flyway and sqlx services expect): the replay makes it
+/// first, so the tables land where `up` put them, not all in `public` as drift (Kestra's
+/// audit). A schema a migration makes is left to it.
+#[tokio::test]
+async fn a_search_path_schema_no_migration_makes_is_made_for_the_replay() {
+    let db = support::database().await;
+    (db.client().await)
+        .batch_execute(&format!(
+            "CREATE SCHEMA app; ALTER DATABASE \"{}\" SET search_path = app, public",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let dir = support::migrations(&[
+        (
+            "001_t.sql",
+            "CREATE TABLE t (id int);\nCREATE INDEX t_id ON t (id);\n",
+        ),
+        (
+            "002_own.sql",
+            "CREATE SCHEMA own;\nCREATE TABLE own.u (id int);\n",
+        ),
+    ]);
+    support::up_ok(&db, dir.path()).await;
+    let client = db.client().await;
+    let schema: String = support::one(
+        &client,
+        "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 't'",
+    )
+    .await;
+    assert_eq!(schema, "app");
+    let (code, text, message) = verify(&db, dir.path());
+    assert_eq!(code, 0, "{text}\n{message}");
+    // A table made by hand in it is still drift.
+    client
+        .batch_execute("CREATE TABLE app.hand (id int)")
+        .await
+        .unwrap();
+    let (code, text, _) = verify(&db, dir.path());
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("app.hand"), "{text}");
+}
+
 /// `verify --schema`'s exit code, what it printed, and the summary's message.
 fn verify(db: &TestDb, dir: &Path) -> (i32, String, String) {
     let out = run(db, dir, &["verify", "--schema"]);

@@ -294,6 +294,27 @@ pub fn enum_values_added(sql: &str) -> Vec<(Option<String>, String, String)> {
         .collect()
 }
 
+/// The schemas `sql` creates (`CREATE SCHEMA name`, or `CREATE SCHEMA AUTHORIZATION role`,
+/// named after the role); `None` when that cannot be told (it does not parse, or names the
+/// schema after `CURRENT_USER`).
+pub fn schemas_created(sql: &str) -> Option<Vec<String>> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
+    let mut names = Vec::new();
+    for raw in &parsed.protobuf.stmts {
+        if let Some(NodeEnum::CreateSchemaStmt(create)) =
+            raw.stmt.as_ref().and_then(|s| s.node.as_ref())
+        {
+            let name = match (create.schemaname.as_str(), &create.authrole) {
+                ("", Some(role)) if !role.rolename.is_empty() => role.rolename.clone(),
+                ("", _) => return None,
+                (name, _) => name.to_string(),
+            };
+            names.push(name);
+        }
+    }
+    Some(names)
+}
+
 /// The `what` of a `CREATE INDEX` without a name, which IF NOT EXISTS cannot be given.
 pub const UNNAMED_INDEX: &str = "CREATE INDEX without a name";
 
@@ -1415,6 +1436,26 @@ fn string(node: &Node) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schemas_a_migration_creates_are_told() {
+        let sql = "CREATE SCHEMA IF NOT EXISTS app;\nCREATE SCHEMA \"Mixed\";\n\
+                   CREATE SCHEMA AUTHORIZATION bot;\nCREATE TABLE app.t (i int);";
+        assert_eq!(
+            schemas_created(sql),
+            Some(vec![
+                "app".to_string(),
+                "Mixed".to_string(),
+                "bot".to_string()
+            ])
+        );
+        assert_eq!(
+            schemas_created("CREATE SCHEMA AUTHORIZATION CURRENT_USER;"),
+            None
+        );
+        assert_eq!(schemas_created("CREATE TABLE t (i int);"), Some(Vec::new()));
+        assert_eq!(schemas_created("CREATE SCHEMA ("), None);
+    }
 
     fn table(name: &str) -> Name {
         Name {
