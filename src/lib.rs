@@ -900,8 +900,11 @@ impl Job<'_> {
     ) -> Result<(), Error> {
         let (migrations, options) = (db.migrations, self.config.schema);
         rehearsal::refuse_server_wide(migrations, true)?;
+        let all: Vec<&Migration> = migrations.iter().collect();
+        let elsewhere = scratch::schemas_made_elsewhere(db.client, &all).await;
         let report = self
             .on_scratch(db, async |ctx, monitor| {
+                scratch::make_schemas(ctx.client, &elsewhere).await?;
                 rehearsal::run(ctx, monitor, migrations, keep_going, runs, options).await
             })
             .await?;

@@ -196,7 +196,7 @@ pub async fn schemas_made_elsewhere(
     }
 }
 
-/// Creates `schemas` in the scratch database, before the replay.
+/// Creates `schemas` in the scratch database, before `test` or the replay.
 pub async fn make_schemas(client: &Client, schemas: &[String]) -> Result<(), Error> {
     for schema in schemas {
         let quoted = format!("\"{}\"", schema.replace('"', "\"\""));

@@ -835,6 +835,13 @@ async fn a_search_path_schema_no_migration_makes_is_made_for_the_replay() {
     let (code, text, _) = verify(&db, dir.path());
     assert_eq!(code, 4, "{text}");
     assert!(text.contains("app.hand"), "{text}");
+    // `test` rehearses with it too: a migration naming it runs there as it ran on the target.
+    let named = support::migrations(&[
+        ("001_v.sql", "CREATE TABLE IF NOT EXISTS app.v (id int);\n"),
+        ("001_v.down.sql", "DROP TABLE IF EXISTS app.v;\n"),
+    ]);
+    let out = run(&db, named.path(), &["test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
 /// `verify --schema`'s exit code, what it printed, and the summary's message.
