@@ -140,7 +140,10 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
         let (text, ok, kind): (String, bool, String) = (row.get(0), row.get(1), row.get(2));
         let version: i64 = text.trim().parse().map_err(|_| {
             Error::Config(format!(
-                "{} recorded version {text:?}, which is not a whole number as db-migrate's versions are; renumber the files and adopt with baseline --version N instead",
+                "{} recorded version {text:?}, which is not a whole number as db-migrate's versions are; renumber the files to whole numbers in {}'s order (as `import` says) and adopt with `baseline --version N`, N the renumbered last version {} applied, leaving {}'s history table as it is (rewritten, it breaks that tool's own runs)",
+                tool.name(),
+                tool.name(),
+                tool.name(),
                 tool.name()
             ))
         })?;
@@ -199,8 +202,17 @@ pub async fn edited_since(
     tool: Tool,
     table: &Table,
     adopted: &[&source::Migration],
-) -> Result<Vec<i64>, Error> {
+) -> Result<Vec<Edited>, Error> {
     Ok(compared(client, tool, table, adopted).await?.0)
+}
+
+/// A migration whose file differs from what the other tool ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edited {
+    pub version: i64,
+    /// Only in its line endings (CRLF against LF): a checkout that converts them (git's
+    /// `core.autocrlf`), not an edit of its SQL.
+    pub line_endings: bool,
 }
 
 /// [`edited_since`], and how many of `adopted` have a recorded checksum that matches.
@@ -209,7 +221,7 @@ async fn compared(
     tool: Tool,
     table: &Table,
     adopted: &[&source::Migration],
-) -> Result<(Vec<i64>, usize), Error> {
+) -> Result<(Vec<Edited>, usize), Error> {
     let table = table.quoted();
     let query = match tool {
         Tool::Sqlx => format!("SELECT version::text, checksum FROM {table} WHERE success"),
@@ -248,13 +260,20 @@ async fn compared(
         let Some(theirs) = recorded.get(&m.version) else {
             continue;
         };
-        match as_run(&m.up.sql, tool)
-            .iter()
-            .any(|text| fingerprint(text) == *theirs)
-        {
-            true => matched += 1,
-            false => edited.push(m.version),
+        let texts = as_run(&m.up.sql, tool);
+        if texts.iter().any(|text| fingerprint(text) == *theirs) {
+            matched += 1;
+            continue;
         }
+        let other_endings = |text: &String| match text.contains("\r\n") {
+            true => text.replace("\r\n", "\n"),
+            false => text.replace('\n', "\r\n"),
+        };
+        let line_endings = (texts.iter()).any(|text| fingerprint(&other_endings(text)) == *theirs);
+        edited.push(Edited {
+            version: m.version,
+            line_endings,
+        });
     }
     Ok((edited, matched))
 }
@@ -1168,7 +1187,7 @@ fn flyway(path: &Path, file: &str) -> Result<Parsed, Error> {
     let version: i64 = (version.parse().ok().filter(|_| whole)).ok_or_else(|| {
         invalid(
             path,
-            format!("has version {dotted}, which is not a whole number as db-migrate's versions are; renumber it (and the version in flyway_schema_history)"),
+            format!("has version {dotted}, which is not a whole number as db-migrate's versions are; give every such file a whole number that keeps Flyway's order (V<a>_<b> as V<a*1000+b>: V1_1 as V1001, V3_2 as V3002), import again, and adopt with `baseline --version N`, N the renumbered last version Flyway applied (an application that still runs Flyway at startup then finds versions it does not know: turn that off first)"),
         )
     })?;
     let sql = read_text(path)?;

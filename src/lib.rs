@@ -747,19 +747,21 @@ impl Job<'_> {
                         let edited = import::edited_since(client, *tool, &theirs, &adopted);
                         let edited = edited.await?;
                         if let Some(first) = edited.first() {
-                            let file = (adopted.iter().find(|m| m.version == *first))
+                            let file = (adopted.iter().find(|m| m.version == first.version))
                                 .map(|m| m.up.path.clone())
                                 .unwrap_or_default();
                             if !accept_edited {
                                 return Err(Error::EditedSinceRun {
                                     tool: tool.name(),
-                                    version: *first,
+                                    version: first.version,
                                     file,
                                     more: edited.len() - 1,
+                                    line_endings: first.line_endings,
                                 });
                             }
+                            let versions: Vec<i64> = edited.iter().map(|e| e.version).collect();
                             tracing::warn!(
-                                versions = ?edited,
+                                versions = ?versions,
                                 "{} migration(s) differ from what {} ran, by its checksum (first {}); recorded as they are now (--accept-edited): check the schema with `db-migrate verify --schema`",
                                 edited.len(),
                                 tool.name(),

@@ -200,8 +200,17 @@ impl Visit for Fields<'_> {
         self.0.insert(field.name().into(), value.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), format!("{value:?}").into());
+        let text = format!("{value:?}");
+        // A list of numbers (`versions = ?missing`) reads as JSON already: an array for the
+        // machines, not a string to parse again.
+        let value = match text.starts_with('[') {
+            true => match serde_json::from_str::<Value>(&text) {
+                Ok(array @ Value::Array(_)) => array,
+                _ => text.into(),
+            },
+            false => text.into(),
+        };
+        self.0.insert(field.name().into(), value);
     }
 }
 
@@ -600,6 +609,10 @@ pub fn written(result: std::io::Result<()>) -> Result<(), Error> {
 pub fn print_status(entries: &[Entry], extra: &[Value], json: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
+        let at = (entries.iter())
+            .filter(|e| e.state != crate::plan::State::Pending)
+            .map(|e| e.version)
+            .max();
         let mut rows: Vec<Value> = entries
             .iter()
             .map(|e| {
@@ -610,6 +623,7 @@ pub fn print_status(entries: &[Entry], extra: &[Value], json: bool) -> std::io::
                     "applied_at": e.applied_at,
                     "execution_ms": e.execution_ms,
                     "rollback": e.rollback,
+                    "out_of_order": out_of_order(e, at),
                 })
             })
             .collect();
@@ -655,6 +669,12 @@ fn status_table(entries: &[Entry]) -> String {
     out
 }
 
+/// Whether a pending migration is older than the database's version `at` (Kestra's
+/// backports), which `up` and `verify` refuse without --allow-out-of-order.
+fn out_of_order(entry: &Entry, at: Option<i64>) -> bool {
+    entry.state == crate::plan::State::Pending && at.is_some_and(|at| entry.version < at)
+}
+
 /// The last line of `status`: how many migrations are in each state, and the database's
 /// version (the newest applied).
 fn status_line(entries: &[Entry]) -> String {
@@ -678,6 +698,12 @@ fn status_line(entries: &[Entry]) -> String {
         .filter(|e| e.state != State::Pending)
         .map(|e| e.version)
         .max();
+    let late = (entries.iter()).filter(|e| out_of_order(e, at)).count();
+    if late > 0 {
+        parts.push(format!(
+            "{late} of them out of order (older than the database's version: `up` and `verify` refuse them without --allow-out-of-order)"
+        ));
+    }
     let at = match at {
         Some(version) => format!("database at version {version}"),
         None => "nothing applied yet".to_string(),
@@ -713,6 +739,26 @@ mod tests {
             .collect();
         assert_eq!(columns.len(), 3, "{table}");
         assert!(columns.iter().all(|c| *c == columns[0]), "{table}");
+    }
+
+    #[test]
+    fn status_counts_pending_migrations_older_than_the_database() {
+        let entry = |version, state| Entry {
+            version,
+            name: "m".into(),
+            state,
+            applied_at: None,
+            execution_ms: None,
+            rollback: Some(true),
+        };
+        use crate::plan::State::{Applied, Pending};
+        let line = status_line(&[entry(1, Pending), entry(2, Applied), entry(3, Pending)]);
+        assert_eq!(
+            line,
+            "1 applied, 2 pending, 1 of them out of order (older than the database's version: `up` and `verify` refuse them without --allow-out-of-order); database at version 2"
+        );
+        let line = status_line(&[entry(1, Applied), entry(2, Pending)]);
+        assert!(!line.contains("out of order"), "{line}");
     }
 
     #[test]

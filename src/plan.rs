@@ -493,10 +493,19 @@ pub fn forget<'a>(
         )));
     };
     match migrations.iter().find(|m| m.version == version) {
-        Some(file) if !force => Err(Error::Config(format!(
-            "migration {version} still has its file ({}); forget is for a history row whose file is gone: roll it back with `db-migrate down`, or pass --force to drop only its row",
-            file.up.path.display()
-        ))),
+        Some(file) if !force => {
+            // Without a rollback file, `down` refuses it too (Kestra's audit).
+            let undo = match file.down {
+                Some(_) => "roll it back with `db-migrate down`",
+                None => {
+                    "it has no rollback file, so write its .down.sql and roll it back with `db-migrate down`"
+                }
+            };
+            Err(Error::Config(format!(
+                "migration {version} still has its file ({}); forget is for a history row whose file is gone: {undo}, or pass --force to drop only its row",
+                file.up.path.display()
+            )))
+        }
         _ => Ok(row),
     }
 }
@@ -631,6 +640,28 @@ mod tests {
 
     fn versions(plan: &Plan) -> Vec<i64> {
         plan.steps.iter().map(|s| s.migration.version).collect()
+    }
+
+    #[test]
+    fn forget_of_a_migration_with_its_file_says_how_to_roll_it_back() {
+        let applied = [applied(1), applied(2)];
+        let files = [migration(1, true), migration(2, false)];
+        let message = |version| {
+            forget(&files, &applied, version, false)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            message(1).contains(": roll it back with `db-migrate down`"),
+            "{}",
+            message(1)
+        );
+        assert!(
+            message(2).contains("it has no rollback file, so write its .down.sql"),
+            "{}",
+            message(2)
+        );
+        assert_eq!(forget(&files, &applied, 2, true).unwrap().version, 2);
     }
 
     #[test]

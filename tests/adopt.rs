@@ -377,7 +377,7 @@ async fn versions_without_a_file_are_all_named_and_may_be_left_out() {
     assert_eq!(ours(&db).await, [1, 9]);
     let warned = events(&out.stderr).into_iter().any(|e| {
         e["severity"] == "WARNING"
-            && e["versions"] == "[7, 8]"
+            && e["versions"] == serde_json::json!([7, 8])
             && e["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("left out"))
@@ -672,6 +672,34 @@ async fn a_file_edited_after_sqlx_or_flyway_ran_it_is_refused_unless_accepted() 
         });
         assert!(warned, "{tool}: {}", out.stderr);
     }
+}
+
+/// A file that differs from what sqlx ran only in its line endings (a checkout with git's
+/// `core.autocrlf`) is still refused, since sqlx hashes the bytes, and the refusal says that
+/// this is all that differs (atuin's audit).
+#[tokio::test]
+async fn a_file_that_differs_from_sqlx_s_only_in_line_endings_is_said_so() {
+    let dir = migrations(&[(
+        "1_a.sql",
+        "-- the first table\r\nCREATE TABLE IF NOT EXISTS a (id int);\r\n",
+    )]);
+    let db = managed(
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, \
+         checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL); \
+         INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES \
+         (1, 'a', true, sha384(convert_to(E'-- the first table\\nCREATE TABLE IF NOT EXISTS a (id int);\\n', 'UTF8')), 1); \
+         CREATE TABLE a (id int);",
+    )
+    .await;
+    let out = run(&db, dir.path(), &["baseline", "--from", "sqlx"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let text = summary_message(&out);
+    assert!(
+        text.contains("sqlx ran migration 1 from another text")
+            && text.contains("only its line endings differ, CRLF against LF"),
+        "{text}"
+    );
 }
 
 /// A sqlx or Flyway file with its own `BEGIN`/`COMMIT`: `import` comments them out, and

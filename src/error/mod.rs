@@ -225,8 +225,8 @@ pub enum Error {
 
     /// `baseline --from`: a file differs from what the other tool ran, by its checksum.
     #[error(
-        "{tool} ran migration {version} from another text than {} holds now (the checksum {tool} recorded differs){}: the file was edited after {tool} applied it, or import changed it (said on its line); restore the file as {tool} ran it, or if the database holds what the files say now, adopt with `db-migrate baseline --from {tool} --accept-edited`; nothing was recorded",
-        .file.display(), more_edited(*.more)
+        "{tool} ran migration {version} from another text than {} holds now (the checksum {tool} recorded differs{}){}: the file was edited after {tool} applied it, or import changed it (said on its line); restore the file as {tool} ran it, or if the database holds what the files say now, adopt with `db-migrate baseline --from {tool} --accept-edited`; nothing was recorded",
+        .file.display(), endings_only(*.line_endings), more_edited(*.more)
     )]
     EditedSinceRun {
         tool: &'static str,
@@ -234,6 +234,8 @@ pub enum Error {
         file: PathBuf,
         /// Other migrations that differ, after this first one.
         more: usize,
+        /// The first differs only in its line endings.
+        line_endings: bool,
     },
 
     /// Baseline asked of a database that already has history.
@@ -616,6 +618,15 @@ fn one_line(query: &str) -> String {
 }
 
 /// What ends the first history problem's message when there are others.
+fn endings_only(line_endings: bool) -> &'static str {
+    match line_endings {
+        true => {
+            "; only its line endings differ, CRLF against LF, as a checkout that converts them makes (git's core.autocrlf)"
+        }
+        false => "",
+    }
+}
+
 fn more_edited(more: usize) -> String {
     match more {
         0 => String::new(),
