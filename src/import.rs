@@ -140,7 +140,7 @@ pub async fn applied(client: &Client, tool: Tool, table: &Table) -> Result<Recor
         let (text, ok, kind): (String, bool, String) = (row.get(0), row.get(1), row.get(2));
         let version: i64 = text.trim().parse().map_err(|_| {
             Error::Config(format!(
-                "{} recorded version {text:?}, which is not a whole number as db-migrate's versions are; renumber the files to whole numbers in {}'s order (as `import` says) and adopt with `baseline --version N`, N the renumbered last version {} applied, leaving {}'s history table as it is (rewritten, it breaks that tool's own runs)",
+                "{} recorded version {text:?}, which is not a whole number as db-migrate's versions are; renumber every file to a whole number that keeps {}'s order (as `import` says) and adopt with `baseline --version N`, N the renumbered last version {} applied, leaving {}'s history table as it is (rewritten, it breaks that tool's own runs)",
                 tool.name(),
                 tool.name(),
                 tool.name(),
@@ -1187,7 +1187,7 @@ fn flyway(path: &Path, file: &str) -> Result<Parsed, Error> {
     let version: i64 = (version.parse().ok().filter(|_| whole)).ok_or_else(|| {
         invalid(
             path,
-            format!("has version {dotted}, which is not a whole number as db-migrate's versions are; give every such file a whole number that keeps Flyway's order (V<a>_<b> as V<a*1000+b>: V1_1 as V1001, V3_2 as V3002), import again, and adopt with `baseline --version N`, N the renumbered last version Flyway applied (an application that still runs Flyway at startup then finds versions it does not know: turn that off first)"),
+            format!("has version {dotted}, which is not a whole number as db-migrate's versions are; give every file a whole number that keeps Flyway's order, the whole ones too (V<a> as V<a*1000>, V<a>_<b> as V<a*1000+b>: V1 as V1000, V1_1 as V1001, V2 as V2000), import again, and adopt with `baseline --version N`, N the renumbered last version Flyway applied (an application that still runs Flyway at startup then finds versions it does not know: turn that off first)"),
         )
     })?;
     let sql = read_text(path)?;

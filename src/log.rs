@@ -203,9 +203,12 @@ impl Visit for Fields<'_> {
         let text = format!("{value:?}");
         // A list of numbers (`versions = ?missing`) reads as JSON already: an array for the
         // machines, not a string to parse again.
+        // Only a list of whole numbers: `%` fields come here too, and a name that reads as
+        // JSON (a schema called `[1]`) stays the string it is.
+        let numbers = |items: &Vec<Value>| items.iter().all(|v| v.is_i64() || v.is_u64());
         let value = match text.starts_with('[') {
             true => match serde_json::from_str::<Value>(&text) {
-                Ok(array @ Value::Array(_)) => array,
+                Ok(Value::Array(items)) if numbers(&items) => Value::Array(items),
                 _ => text.into(),
             },
             false => text.into(),
@@ -680,10 +683,20 @@ fn out_of_order(entry: &Entry, at: Option<i64>) -> bool {
 fn status_line(entries: &[Entry]) -> String {
     use crate::plan::State;
     let count = |state: State| entries.iter().filter(|e| e.state == state).count();
-    let mut parts = vec![
-        format!("{} applied", count(State::Applied)),
-        format!("{} pending", count(State::Pending)),
-    ];
+    let at = entries
+        .iter()
+        .filter(|e| e.state != State::Pending)
+        .map(|e| e.version)
+        .max();
+    let late = (entries.iter()).filter(|e| out_of_order(e, at)).count();
+    let pending = match late {
+        0 => format!("{} pending", count(State::Pending)),
+        late => format!(
+            "{} pending ({late} of them out of order, older than the database's version: `up` and `verify` refuse them without --allow-out-of-order)",
+            count(State::Pending)
+        ),
+    };
+    let mut parts = vec![format!("{} applied", count(State::Applied)), pending];
     for (state, word) in [
         (State::Drift, "changed since applied"),
         (State::Missing, "missing their file"),
@@ -692,17 +705,6 @@ fn status_line(entries: &[Entry]) -> String {
         if count(state) > 0 {
             parts.push(format!("{} {word}", count(state)));
         }
-    }
-    let at = entries
-        .iter()
-        .filter(|e| e.state != State::Pending)
-        .map(|e| e.version)
-        .max();
-    let late = (entries.iter()).filter(|e| out_of_order(e, at)).count();
-    if late > 0 {
-        parts.push(format!(
-            "{late} of them out of order (older than the database's version: `up` and `verify` refuse them without --allow-out-of-order)"
-        ));
     }
     let at = match at {
         Some(version) => format!("database at version {version}"),
@@ -755,7 +757,7 @@ mod tests {
         let line = status_line(&[entry(1, Pending), entry(2, Applied), entry(3, Pending)]);
         assert_eq!(
             line,
-            "1 applied, 2 pending, 1 of them out of order (older than the database's version: `up` and `verify` refuse them without --allow-out-of-order); database at version 2"
+            "1 applied, 2 pending (1 of them out of order, older than the database's version: `up` and `verify` refuse them without --allow-out-of-order); database at version 2"
         );
         let line = status_line(&[entry(1, Applied), entry(2, Pending)]);
         assert!(!line.contains("out of order"), "{line}");

@@ -166,34 +166,52 @@ async fn copy_settings(client: &Client, name: &str) {
 /// Without them in the scratch database, the replay's unqualified names land in `public`
 /// and every table reads as drift. A schema a migration creates is left to it: made before,
 /// it would take what the first migrations made elsewhere when they ran (UPchieve's
-/// extensions). Read failures and files that cannot be parsed leave the list empty.
+/// extensions), or fail its `CREATE SCHEMA`. So is one named in a migration that may create
+/// it out of sight (a `DO` block, a `CALL`, a file that does not parse), one an extension
+/// owns (its own script makes it), and the user's own (`"$user"`, which names whoever runs
+/// the check, not who migrated). A read failure leaves the list empty.
 pub async fn schemas_made_elsewhere(
     client: &Client,
     replay: &[&crate::source::Migration],
 ) -> Vec<String> {
-    let mut created = Vec::new();
-    for migration in replay {
-        match crate::rules::classify::schemas_created(&migration.up.sql) {
-            Some(names) => created.extend(names),
-            None => return Vec::new(),
-        }
-    }
     let rows = client
         .query(
             "SELECT s::text FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) AS s \
-              WHERE s <> 'public'",
+              WHERE s <> 'public' AND s <> current_user \
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                                 WHERE d.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass \
+                                   AND d.objid = (SELECT n.oid FROM pg_catalog.pg_namespace n \
+                                                   WHERE n.nspname = s) \
+                                   AND d.deptype = 'e')",
             &[],
         )
         .await;
-    match rows {
-        Ok(rows) => (rows.iter().map(|r| r.get::<_, String>(0)))
-            .filter(|name| !created.contains(name))
-            .collect(),
+    let candidates: Vec<String> = match rows {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
         Err(error) => {
             warn!(%error, "cannot read the target's search path for the scratch database");
-            Vec::new()
+            return Vec::new();
         }
-    }
+    };
+    let made = |name: &str| {
+        replay.iter().any(|migration| {
+            let sql = &migration.up.sql;
+            match crate::rules::classify::schemas_created(sql) {
+                Some(created) => created.iter().any(|c| c == name),
+                None => names(sql).any(|word| word == name),
+            }
+        })
+    };
+    candidates.into_iter().filter(|name| !made(name)).collect()
+}
+
+/// The words of `sql` (letters, digits, `_` and `$`, in string literals too, as in
+/// `format('%I', 'app')`), as written and in lower case, as the server folds an unquoted
+/// name: what may name a schema. A schema named with other characters is not found so.
+fn names(sql: &str) -> impl Iterator<Item = String> + '_ {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .filter(|word| !word.is_empty())
+        .flat_map(|word| [word.to_string(), word.to_lowercase()])
 }
 
 /// Creates `schemas` in the scratch database, before `test` or the replay.

@@ -844,6 +844,53 @@ async fn a_search_path_schema_no_migration_makes_is_made_for_the_replay() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
+/// The schemas of the search path the scratch database is not given: one a migration makes
+/// out of sight (a `DO` block's `EXECUTE`, which made it twice), the checking user's own
+/// (`"$user"` names whoever runs the check), and one an extension owns (left out of both
+/// snapshots on the target only).
+#[tokio::test]
+async fn search_path_schemas_a_migration_an_extension_or_the_user_owns_are_not_made_twice() {
+    let db = support::database().await;
+    (db.client().await)
+        .batch_execute(&format!(
+            "CREATE SCHEMA ext_s; CREATE EXTENSION IF NOT EXISTS pgcrypto; \
+             ALTER EXTENSION pgcrypto ADD SCHEMA ext_s; \
+             ALTER DATABASE \"{}\" SET search_path = app, \"$user\", ext_s, public",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let dir = support::migrations(&[
+        (
+            "001_app.sql",
+            "DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', 'app'); END $$;\n",
+        ),
+        ("002_t.sql", "CREATE TABLE widgets (id int);\n"),
+        (
+            "003_public.sql",
+            "ALTER TABLE app.widgets ADD COLUMN note text;\n",
+        ),
+    ]);
+    support::up_ok(&db, dir.path()).await;
+    // The user's own schema, made after migrating (PostgreSQL 15's advice for a new role).
+    (db.client().await)
+        .batch_execute("DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', current_user); END $$")
+        .await
+        .unwrap();
+    // What was made by hand is listed, and nothing else: no `- schema ext_s` made in the
+    // scratch database as a plain one, no table moved.
+    let (code, text, message) = verify(&db, dir.path());
+    assert_eq!(code, 4, "{text}\n{message}");
+    let lines: Vec<&str> = (text.lines())
+        .filter(|l| l.starts_with("+ ") || l.starts_with("- "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("+ extension pgcrypto") && lines[1].starts_with("+ schema "),
+        "{text}"
+    );
+}
+
 /// `verify --schema`'s exit code, what it printed, and the summary's message.
 fn verify(db: &TestDb, dir: &Path) -> (i32, String, String) {
     let out = run(db, dir, &["verify", "--schema"]);

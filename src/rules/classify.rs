@@ -295,21 +295,29 @@ pub fn enum_values_added(sql: &str) -> Vec<(Option<String>, String, String)> {
 }
 
 /// The schemas `sql` creates (`CREATE SCHEMA name`, or `CREATE SCHEMA AUTHORIZATION role`,
-/// named after the role); `None` when that cannot be told (it does not parse, or names the
-/// schema after `CURRENT_USER`).
+/// named after the role); `None` when that cannot be told: it does not parse, names the
+/// schema after `CURRENT_USER`, or may make or rename one out of sight (a `DO` block's
+/// `EXECUTE`, a `CALL`, `ALTER SCHEMA ... RENAME`).
 pub fn schemas_created(sql: &str) -> Option<Vec<String>> {
     let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).ok()?;
     let mut names = Vec::new();
     for raw in &parsed.protobuf.stmts {
-        if let Some(NodeEnum::CreateSchemaStmt(create)) =
-            raw.stmt.as_ref().and_then(|s| s.node.as_ref())
-        {
-            let name = match (create.schemaname.as_str(), &create.authrole) {
-                ("", Some(role)) if !role.rolename.is_empty() => role.rolename.clone(),
-                ("", _) => return None,
-                (name, _) => name.to_string(),
-            };
-            names.push(name);
+        match raw.stmt.as_ref().and_then(|s| s.node.as_ref()) {
+            Some(NodeEnum::CreateSchemaStmt(create)) => {
+                let name = match (create.schemaname.as_str(), &create.authrole) {
+                    ("", Some(role)) if !role.rolename.is_empty() => role.rolename.clone(),
+                    ("", _) => return None,
+                    (name, _) => name.to_string(),
+                };
+                names.push(name);
+            }
+            Some(NodeEnum::DoStmt(_) | NodeEnum::CallStmt(_)) => return None,
+            Some(NodeEnum::RenameStmt(rename))
+                if rename.rename_type == ObjectType::ObjectSchema as i32 =>
+            {
+                return None;
+            }
+            _ => {}
         }
     }
     Some(names)
@@ -1453,6 +1461,13 @@ mod tests {
             schemas_created("CREATE SCHEMA AUTHORIZATION CURRENT_USER;"),
             None
         );
+        for hidden in [
+            "DO $$ BEGIN EXECUTE format('CREATE SCHEMA %I', 'app'); END $$;",
+            "CALL make_schemas();",
+            "ALTER SCHEMA old RENAME TO app;",
+        ] {
+            assert_eq!(schemas_created(hidden), None, "{hidden}");
+        }
         assert_eq!(schemas_created("CREATE TABLE t (i int);"), Some(Vec::new()));
         assert_eq!(schemas_created("CREATE SCHEMA ("), None);
     }
