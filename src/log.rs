@@ -717,16 +717,20 @@ fn status_line(entries: &[Entry]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn status_columns_line_up_with_timestamped_versions() {
-        let entry = |version, state| Entry {
+    /// A status row of `version` in `state`.
+    fn entry(version: i64, state: crate::plan::State) -> Entry {
+        Entry {
             version,
             name: "m".into(),
             state,
             applied_at: None,
             execution_ms: None,
             rollback: Some(true),
-        };
+        }
+    }
+
+    #[test]
+    fn status_columns_line_up_with_timestamped_versions() {
         let table = status_table(&[
             entry(1, crate::plan::State::Applied),
             entry(20240131120000, crate::plan::State::Pending),
@@ -745,14 +749,6 @@ mod tests {
 
     #[test]
     fn status_counts_pending_migrations_older_than_the_database() {
-        let entry = |version, state| Entry {
-            version,
-            name: "m".into(),
-            state,
-            applied_at: None,
-            execution_ms: None,
-            rollback: Some(true),
-        };
         use crate::plan::State::{Applied, Pending};
         let line = status_line(&[entry(1, Pending), entry(2, Applied), entry(3, Pending)]);
         assert_eq!(

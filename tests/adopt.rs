@@ -51,17 +51,6 @@ fn plain(db: &TestDb, dir: &Path, args: &[&str]) -> Output {
     )
 }
 
-/// Sets the database's search path to schema `app` only, as UPchieve's role setting did.
-async fn search_path_app(db: &TestDb) {
-    (db.client().await)
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" SET search_path = app",
-            db.name
-        ))
-        .await
-        .unwrap();
-}
-
 /// A database where `setup` ran (the other tool's tables and history).
 async fn managed(setup: &str) -> TestDb {
     let db = support::database().await;
@@ -812,13 +801,10 @@ async fn a_history_the_search_path_no_longer_reaches_is_named() {
     assert_eq!(here(&["up"]).code, 0);
     let client = db.client().await;
     client
-        .batch_execute(&format!(
-            "CREATE SCHEMA app; CREATE TABLE app.t (id int); \
-             ALTER DATABASE \"{}\" SET search_path = app",
-            db.name
-        ))
+        .batch_execute("CREATE SCHEMA app; CREATE TABLE app.t (id int)")
         .await
         .unwrap();
+    db.set_search_path("app").await;
     let before = support::tables(&client).await;
     for args in [&["up"][..], &["verify"]] {
         let out = here(args);
@@ -889,7 +875,7 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
             "CREATE SCHEMA app; CREATE TABLE app.a (id int); INSERT INTO app.a VALUES (1); {history}"
         ))
         .await;
-        search_path_app(&db).await;
+        db.set_search_path("app").await;
         let client = db.client().await;
         let here = |args: &[&str]| plain(&db, dir.path(), args);
         let before = support::tables(&client).await;
@@ -935,7 +921,7 @@ async fn another_tools_history_the_search_path_no_longer_reaches_is_named() {
          (2, '20240301120000', 'c', 'SQL', 'V20240301120000__c.sql', 123, 'u', now(), 1, true);",
     ))
     .await;
-    search_path_app(&db).await;
+    db.set_search_path("app").await;
     let out = plain(&db, dir.path(), &["up"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }

@@ -768,13 +768,7 @@ async fn a_replay_that_fails_says_it_was_the_replay() {
         ),
     ]);
     support::up_ok(&db, dir.path()).await;
-    (db.client().await)
-        .batch_execute(&format!(
-            "ALTER DATABASE \"{}\" SET search_path = app",
-            db.name
-        ))
-        .await
-        .unwrap();
+    db.set_search_path("app").await;
     let out = run(
         &db,
         dir.path(),
@@ -801,12 +795,10 @@ async fn a_replay_that_fails_says_it_was_the_replay() {
 async fn a_search_path_schema_no_migration_makes_is_made_for_the_replay() {
     let db = support::database().await;
     (db.client().await)
-        .batch_execute(&format!(
-            "CREATE SCHEMA app; ALTER DATABASE \"{}\" SET search_path = app, public",
-            db.name
-        ))
+        .batch_execute("CREATE SCHEMA app")
         .await
         .unwrap();
+    db.set_search_path("app, public").await;
     let dir = support::migrations(&[
         (
             "001_t.sql",
@@ -852,14 +844,13 @@ async fn a_search_path_schema_no_migration_makes_is_made_for_the_replay() {
 async fn search_path_schemas_a_migration_an_extension_or_the_user_owns_are_not_made_twice() {
     let db = support::database().await;
     (db.client().await)
-        .batch_execute(&format!(
+        .batch_execute(
             "CREATE SCHEMA ext_s; CREATE EXTENSION IF NOT EXISTS pgcrypto; \
-             ALTER EXTENSION pgcrypto ADD SCHEMA ext_s; \
-             ALTER DATABASE \"{}\" SET search_path = app, \"$user\", ext_s, public",
-            db.name
-        ))
+             ALTER EXTENSION pgcrypto ADD SCHEMA ext_s;",
+        )
         .await
         .unwrap();
+    db.set_search_path("app, \"$user\", ext_s, public").await;
     let dir = support::migrations(&[
         (
             "001_app.sql",

@@ -284,6 +284,18 @@ impl TestDb {
     pub async fn client(&self) -> Client {
         connect(&self.url).await
     }
+
+    /// Sets the database's own `search_path` (`ALTER DATABASE ... SET`), as a role or DBA
+    /// would after migrating: new sessions take it, this test's runs too.
+    pub async fn set_search_path(&self, path: &str) {
+        (self.client().await)
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{}\" SET search_path = {path}",
+                self.name
+            ))
+            .await
+            .unwrap();
+    }
 }
 
 /// Connects and drives the connection on the current runtime.
