@@ -709,6 +709,69 @@ pub fn created_indexes(sql: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// For a `DELETE FROM pg_enum` statement, a query of what it deletes: one row per label, its
+/// type's OID and the label. The statement's own WITH, target, USING and WHERE are kept as
+/// written, its RETURNING is left out. `None` for any other statement, and for `WHERE
+/// CURRENT OF` (a cursor's row, which no query outside the cursor's transaction can find).
+pub fn enum_labels_deleted(statement: &str) -> Option<String> {
+    let tokens: Vec<Token> = code(statement).collect();
+    let (mut depth, mut at) = (0_usize, std::collections::HashMap::new());
+    for (i, token) in tokens.iter().enumerate() {
+        match token.kind {
+            Kind::Open => depth += 1,
+            Kind::Close => depth = depth.saturating_sub(1),
+            Kind::Word if depth == 0 => {
+                let word = token.text(statement).to_ascii_lowercase();
+                // The first of each at the top level: a WITH query's own are in parentheses.
+                if ["delete", "using", "where", "returning"].contains(&word.as_str()) {
+                    at.entry(word).or_insert(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    let delete = *at.get("delete")?;
+    let from = tokens.get(delete + 1)?;
+    if !from.is_keyword(statement, "from") {
+        return None;
+    }
+    let end = tokens.last()?.end;
+    // Where the clause starting at token `i` ends: at the next clause that follows it.
+    let clause_end = |i: usize, next: &[&str]| {
+        (next.iter().filter_map(|word| at.get(*word)))
+            .filter(|&&j| j > i)
+            .min()
+            .map_or(end, |&j| tokens[j].start)
+    };
+    let text = |i: usize, next: &[&str]| {
+        let start = tokens.get(i + 1).map_or(end, |t| t.start);
+        statement[start..clause_end(i, next).max(start)].trim()
+    };
+    let target = text(delete + 1, &["using", "where", "returning"]);
+    let mut query = format!(
+        "{}SELECT enumtypid, enumlabel::pg_catalog.text FROM {target}",
+        &statement[..tokens[delete].start]
+    );
+    if let Some(&using) = at.get("using").filter(|&&i| i > delete) {
+        query.push_str(", ");
+        query.push_str(text(using, &["where", "returning"]));
+    }
+    if let Some(&r#where) = at.get("where").filter(|&&i| i > delete) {
+        let current_of = tokens
+            .get(r#where + 1)
+            .is_some_and(|t| t.is_keyword(statement, "current"))
+            && tokens
+                .get(r#where + 2)
+                .is_some_and(|t| t.is_keyword(statement, "of"));
+        if current_of {
+            return None;
+        }
+        query.push_str(" WHERE ");
+        query.push_str(text(r#where, &["returning"]));
+    }
+    Some(query)
+}
+
 /// True for a statement that takes its locks in steps with CONCURRENTLY (`CREATE INDEX`,
 /// `DROP INDEX`, `REINDEX`, `REFRESH MATERIALIZED VIEW`, `ALTER TABLE ... DETACH PARTITION`):
 /// its lock never conflicts with the bot's reads and writes, and it then waits for older
@@ -1614,6 +1677,40 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_delete_from_pg_enum_is_read_as_a_query_of_the_labels_it_deletes() {
+        let cases = [
+            (
+                "DELETE FROM pg_enum WHERE enumlabel = 'x' AND enumtypid = (SELECT oid FROM pg_type WHERE typname = 'e')",
+                "SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_enum WHERE enumlabel = 'x' AND enumtypid = (SELECT oid FROM pg_type WHERE typname = 'e')",
+            ),
+            (
+                "delete from pg_catalog.pg_enum e using pg_type t where e.enumtypid = t.oid and t.typname = 'e' returning e.oid",
+                "SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_catalog.pg_enum e, pg_type t WHERE e.enumtypid = t.oid and t.typname = 'e'",
+            ),
+            (
+                "WITH t AS (SELECT oid FROM pg_type WHERE typname = 'e') DELETE FROM pg_enum WHERE enumtypid IN (SELECT oid FROM t)",
+                "WITH t AS (SELECT oid FROM pg_type WHERE typname = 'e') SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_enum WHERE enumtypid IN (SELECT oid FROM t)",
+            ),
+            (
+                "DELETE FROM pg_enum /* every label */",
+                "SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_enum",
+            ),
+        ];
+        for (statement, query) in cases {
+            assert_eq!(
+                enum_labels_deleted(statement).as_deref(),
+                Some(query),
+                "{statement}"
+            );
+        }
+        assert_eq!(
+            enum_labels_deleted("DELETE FROM pg_enum WHERE CURRENT OF c"),
+            None
+        );
+        assert_eq!(enum_labels_deleted("SELECT 1"), None);
+    }
 
     #[test]
     fn only_definitions_without_queries_define_only() {

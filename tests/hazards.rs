@@ -1147,6 +1147,81 @@ async fn a_cascade_that_takes_data_the_statement_does_not_name_is_refused() {
     assert_eq!(count(spare).await, 0);
 }
 
+/// PostgreSQL has no statement that takes a label out of an enum type, so rollbacks of ADD
+/// VALUE delete it from `pg_enum` (Hyperswitch has a dozen). A row still holding the label
+/// then makes its table unreadable (`invalid internal value for enum`): drops-data.
+#[tokio::test]
+async fn deleting_an_enum_label_that_rows_hold_is_refused() {
+    let db = seeded("").await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('calm', 'angry', 'gone');
+             CREATE DOMAIN mood_d AS mood;
+             CREATE TABLE feelings (id int, m mood, ms mood[], d mood_d);
+             INSERT INTO feelings VALUES (1, 'calm', NULL, NULL), (2, 'angry', NULL, NULL),
+                 (3, NULL, '{angry,calm}', NULL), (4, NULL, NULL, 'angry'), (5, NULL, '{calm}', NULL);",
+        )
+        .await
+        .unwrap();
+    let hyperswitch = "DELETE FROM pg_enum\nWHERE enumlabel = 'angry'\nAND enumtypid = (SELECT oid FROM pg_type WHERE typname = 'mood');";
+    let dir = support::copy_of_seed(&[("003_drop_angry.sql", hyperswitch)]);
+    let out = run(&db, dir.path(), &["up"]);
+    let message = refused(&out, &["drops-data"; 3]);
+    assert!(
+        message.contains("drops-data (DELETE FROM pg_enum of a label that rows hold) on public.feelings.d holding 1 row(s) of data"),
+        "{message}"
+    );
+    for column in [
+        "\"relation\":\"public.feelings.m\",\"rows\":1",
+        "\"relation\":\"public.feelings.ms\",\"rows\":1",
+    ] {
+        assert!(out.stderr.contains(column), "{column}: {}", out.stderr);
+    }
+    assert!(
+        out.stderr.contains("move the rows to another label first"),
+        "{}",
+        out.stderr
+    );
+    let out = run(&db, dir.path(), &["plan"]);
+    assert_eq!(out.code, 9, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("HAZARD drops-data"), "{}", out.stdout);
+    // Nothing ran: the label is there and every row reads.
+    let angry = "SELECT count(*) FROM feelings WHERE m = 'angry' OR 'angry' = ANY (ms) OR d::mood = 'angry'";
+    assert_eq!(
+        client.query_one(angry, &[]).await.unwrap().get::<_, i64>(0),
+        3
+    );
+    assert_eq!(history(&client).await, [1, 2]);
+    // The form with USING and RETURNING, aliased, finds what it deletes the same way.
+    let using = "DELETE FROM pg_catalog.pg_enum AS e USING pg_type t\nWHERE e.enumtypid = t.oid AND t.typname = 'mood' AND e.enumlabel = 'calm'\nRETURNING e.oid;";
+    let dir = support::copy_of_seed(&[("003_drop_calm.sql", using)]);
+    let out = run(&db, dir.path(), &["up"]);
+    refused(&out, &["drops-data"; 2]);
+    assert!(
+        out.stderr
+            .contains("\"relation\":\"public.feelings.ms\",\"rows\":2"),
+        "{}",
+        out.stderr
+    );
+    // A label no row holds goes without a word, and so does one of another type.
+    let dir = support::copy_of_seed(&[(
+        "003_drop_gone.sql",
+        "DELETE FROM pg_enum WHERE enumlabel IN ('gone', 'angry') AND enumtypid = 'mood'::regtype AND enumlabel <> 'angry';",
+    )]);
+    let out = run(&db, dir.path(), &["up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let labels = "SELECT count(*) FROM pg_enum WHERE enumtypid = 'mood'::regtype";
+    assert_eq!(
+        client
+            .query_one(labels, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        2
+    );
+}
+
 #[tokio::test]
 async fn tables_and_types_named_like_keywords_are_looked_up_as_names() {
     let db = seeded("").await;

@@ -109,6 +109,9 @@ pub const CREATE_INDEX_ON_ONLY: &str = "CREATE INDEX ... ON ONLY";
 pub const ADD_FOREIGN_KEY: &str = "ADD CONSTRAINT ... FOREIGN KEY without NOT VALID";
 pub const ADD_KEY: &str = "a PRIMARY KEY, UNIQUE or EXCLUDE constraint without USING INDEX";
 pub const KEY_ON_PARTITIONED: &str = "a PRIMARY KEY or UNIQUE constraint on a partitioned table";
+/// A `DELETE FROM pg_enum` of labels that rows still hold: the server then cannot read those
+/// rows (`invalid internal value for enum`), so the table is unreadable, not just smaller.
+pub const DELETE_ENUM_LABEL: &str = "DELETE FROM pg_enum of a label that rows hold";
 
 /// One thing a statement does that the rules weigh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +235,10 @@ pub enum Effect {
     NotIdempotent {
         what: &'static str,
     },
+    /// `DELETE FROM pg_enum`, the way to take a label out of an enum type that PostgreSQL
+    /// has no statement for (Hyperswitch's rollbacks of `ADD VALUE`): which labels go, and
+    /// which columns hold them, only the catalog and the tables can tell.
+    DeletesEnumLabels,
 }
 
 /// An object a DROP or TRUNCATE ... CASCADE takes other objects with.
@@ -474,7 +481,9 @@ impl Effect {
                     | Dropped::Function { name: table, .. },
                 ..
             } => Some(table),
-            Effect::DropsDependents { .. } | Effect::NotIdempotent { .. } => None,
+            Effect::DropsDependents { .. }
+            | Effect::NotIdempotent { .. }
+            | Effect::DeletesEnumLabels => None,
         }
     }
 }
@@ -839,6 +848,13 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                     }
                 }
             }
+        }
+        NodeEnum::DeleteStmt(delete)
+            if delete.relation.as_ref().is_some_and(|r| {
+                r.relname == "pg_enum" && ["", "pg_catalog"].contains(&r.schemaname.as_str())
+            }) =>
+        {
+            out.push(Effect::DeletesEnumLabels);
         }
         NodeEnum::DeleteStmt(delete) if delete.where_clause.is_none() => {
             if let Some(relation) = &delete.relation {
@@ -1795,7 +1811,7 @@ mod tests {
 
     #[test]
     fn what_blocks_or_rewrites_the_bot_s_table_is_recognised() {
-        let cases: [(&str, &str); 21] = [
+        let cases: [(&str, &str); 22] = [
             ("CREATE INDEX i ON t (c)", "BuildsIndex"),
             ("ALTER TABLE t ALTER COLUMN c TYPE bigint", "Retypes"),
             (
@@ -1830,6 +1846,10 @@ mod tests {
             ("ALTER TABLE t ADD PRIMARY KEY (id)", "BuildsIndex"),
             ("TRUNCATE t", "Truncates"),
             ("DELETE FROM t", "ChangesAllRows"),
+            (
+                "DELETE FROM pg_catalog.pg_enum WHERE enumlabel = 'x'",
+                "DeletesEnumLabels",
+            ),
             ("ALTER TABLE t RENAME COLUMN a TO b", "Renames"),
             ("ALTER TABLE t SET SCHEMA archive", "Renames"),
         ];

@@ -227,6 +227,82 @@ impl Facts {
     }
 }
 
+/// The columns holding enum labels that `deleted` (a query of type OIDs and labels, from
+/// [`crate::sql::enum_labels_deleted`]) finds, with the rows of each holding one: a column of
+/// the enum, of an array of it, or of a domain over either. The query is the statement's own
+/// WHERE run read-only, so a WITH that writes fails here instead of writing; then, or when it
+/// fails for any other reason, the labels cannot be told and none is found (the statement
+/// still fails or deletes when it runs, as written). Each count reads its table for at most
+/// [`COUNT_TIMEOUT`], then the column counts as holding at least one row.
+pub(super) async fn labels_in_use(
+    client: &Client,
+    deleted: &str,
+) -> Result<Vec<(Name, String, (i64, RowCount))>, Error> {
+    let columns = format!(
+        "WITH deleted(typ, label) AS ({deleted})
+         SELECT n.nspname::text, c.relname::text, a.attname::text, t.typcategory = 'A',
+                pg_catalog.array_agg(DISTINCT d.label)
+           FROM pg_catalog.pg_attribute a
+           JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+           -- The element of an array, and then the type under a domain.
+           JOIN pg_catalog.pg_type b
+             ON b.oid = CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END
+           JOIN deleted d ON d.typ IN (b.oid, b.typbasetype)
+          WHERE c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition
+            AND a.attnum > 0 AND NOT a.attisdropped
+          GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3"
+    );
+    let timeout = COUNT_TIMEOUT.as_millis();
+    let read_only = format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout}");
+    let context = "finding the rows that hold the enum labels a DELETE FROM pg_enum deletes";
+    (client.batch_execute(&read_only).await).map_err(Error::database(context))?;
+    let found = client.query(&columns, &[]).await;
+    (client.batch_execute("ROLLBACK").await).map_err(Error::database(context))?;
+    let found = match found {
+        Ok(rows) => rows,
+        Err(error) => {
+            tracing::warn!(error = %error, "the enum labels a DELETE FROM pg_enum deletes could not be told, so no rows holding them are counted");
+            return Ok(Vec::new());
+        }
+    };
+    let mut held = Vec::new();
+    for row in found {
+        let table = Name {
+            schema: Some(row.get(0)),
+            name: row.get(1),
+        };
+        let column: String = row.get(2);
+        let (array, labels): (bool, Vec<String>) = (row.get(3), row.get(4));
+        let name = Name::bare(&column).sql();
+        let holds = match array {
+            true => format!("{name}::pg_catalog.text[] OPERATOR(pg_catalog.&&) $1"),
+            false => format!("{name}::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1)"),
+        };
+        let count = format!(
+            "SELECT pg_catalog.count(*) FROM (SELECT FROM {table} WHERE {holds} LIMIT {VALUES_CAP}) s"
+        );
+        (client.batch_execute(&read_only).await).map_err(Error::database(context))?;
+        let counted = client
+            .query_typed(&count, &[(&labels, Type::TEXT_ARRAY)])
+            .await;
+        (client.batch_execute("ROLLBACK").await).map_err(Error::database(context))?;
+        let rows = match counted {
+            Ok(rows) => rows.first().map_or(0, |row| row.get::<_, i64>(0)),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+                held.push((table, column, (1, RowCount::AtLeast)));
+                continue;
+            }
+            Err(e) => return Err(Error::database(context)(e)),
+        };
+        if rows > 0 {
+            held.push((table, column, (rows, RowCount::capped(rows, VALUES_CAP))));
+        }
+    }
+    Ok(held)
+}
+
 /// A table, or a column of one, that a DROP or TRUNCATE ... CASCADE takes with the object it
 /// names.
 #[derive(Debug, Clone, PartialEq, Eq)]

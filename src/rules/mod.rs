@@ -126,6 +126,9 @@ impl Rule {
             (Rule::NotIdempotent, classify::UNNAMED_INDEX) => {
                 "name the index and write CREATE INDEX IF NOT EXISTS name (without a name each run builds another index)"
             }
+            (Rule::DropsData, classify::DELETE_ENUM_LABEL) => {
+                "move the rows to another label first (UPDATE ... SET column = 'other' WHERE column = 'label'), in the migration itself or before it; a row left holding a deleted label makes its whole table unreadable (invalid internal value for enum)"
+            }
             (Rule::IndexWithoutConcurrently, classify::REINDEX_TABLE) => {
                 "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
             }
@@ -383,7 +386,13 @@ pub async fn check(
         index_tables(client, &mut statements).await?;
     }
     let hazards = statements.iter().any(|(.., effects)| {
-        (effects.iter()).any(|e| weigh(e).is_some() || matches!(e, Effect::DropsDependents { .. }))
+        (effects.iter()).any(|e| {
+            weigh(e).is_some()
+                || matches!(
+                    e,
+                    Effect::DropsDependents { .. } | Effect::DeletesEnumLabels
+                )
+        })
     });
     if hazards {
         for i in deferred {
@@ -613,6 +622,24 @@ pub async fn check(
                         (rows, count),
                         what,
                     ));
+                }
+                continue;
+            }
+            // The rows that would hold a label no longer in the catalog, which the server
+            // then cannot read (Hyperswitch's rollbacks of ADD VALUE).
+            if let Effect::DeletesEnumLabels = effect {
+                let deleted = (known == Tables::Unknown)
+                    .then(|| sql::enum_labels_deleted(statement.text))
+                    .flatten();
+                if let Some(deleted) = deleted {
+                    for (table, column, held) in facts::labels_in_use(client, &deleted).await? {
+                        if fresh.contains(&table) {
+                            continue;
+                        }
+                        let relation = format!("{table}.{}", Name::bare(&column));
+                        let what = classify::DELETE_ENUM_LABEL;
+                        findings.push(finding(Rule::DropsData, relation, held, what));
+                    }
                 }
                 continue;
             }
