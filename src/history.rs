@@ -620,14 +620,20 @@ pub async fn refuse_history_elsewhere(
     })
 }
 
-/// The warning for a database with tables and no history, when `untracked`.
-pub fn warn_untracked(table: &Table, untracked: bool) {
-    if untracked {
-        warn!(
-            history_table = table.name(),
-            "database has tables but no history; if these migrations made them (old scripts, another tool), adopt it first with `db-migrate baseline --version N` (or `--from TOOL`); applying every file now"
-        );
+/// The warning for a database with tables and no history, when `untracked`; `applying`: the
+/// run is `up` itself, not `plan` of it, which applies nothing.
+pub fn warn_untracked(table: &Table, untracked: bool, applying: bool) {
+    if !untracked {
+        return;
     }
+    let what = match applying {
+        true => "applying every file now",
+        false => "the plan applies every file",
+    };
+    warn!(
+        history_table = table.name(),
+        "database has tables but no history; if these migrations made them (old scripts, another tool), adopt it first with `db-migrate baseline --version N` (or `--from TOOL`); {what}"
+    );
 }
 
 /// When the migration started, for its `execution_ms` (transaction-local).

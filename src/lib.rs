@@ -683,7 +683,8 @@ impl Job<'_> {
                 history::refuse_missing_schema(client, table).await?;
                 import::refuse_other_histories(client, table, db.migrations).await?;
             }
-            history::warn_untracked(table, untracked);
+            let applying = matches!(config.command, Command::Up { .. });
+            history::warn_untracked(table, untracked, applying);
             if !untracked {
                 tables = rules::Tables::None;
             }

@@ -487,14 +487,22 @@ async fn up_warns_of_tables_without_history_and_only_then() {
             .batch_execute("CREATE TEMP TABLE scratch (id int)")
             .await
             .unwrap();
+        let warning = |out: &support::Output| {
+            (events(&out.stderr).iter())
+                .filter_map(|e| e["message"].as_str().map(str::to_string))
+                .find(|m| m.starts_with(WARNING))
+        };
+        // `plan` says the same of the files, without claiming to apply them.
+        let out = run(&db, dir.path(), &["plan"]);
+        assert_eq!(out.code, 0, "{setup}: {}", out.stderr);
+        let seen = warning(&out);
+        assert_eq!(seen.is_some(), warned, "{setup}: {}", out.stderr);
+        assert!(seen.is_none_or(|m| m.ends_with("; the plan applies every file")));
         let out = run(&db, dir.path(), &["up"]);
         assert_eq!(out.code, 0, "{setup}: {}", out.stderr);
-        let seen = events(&out.stderr).iter().any(|e| {
-            e["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(WARNING))
-        });
-        assert_eq!(seen, warned, "{setup}: {}", out.stderr);
+        let seen = warning(&out);
+        assert_eq!(seen.is_some(), warned, "{setup}: {}", out.stderr);
+        assert!(seen.is_none_or(|m| m.ends_with("; applying every file now")));
         drop(other);
     }
 }
