@@ -1045,7 +1045,10 @@ impl Job<'_> {
     ) -> Result<T, Error> {
         let config = self.config;
         let source = match db.scratch {
-            Some(dialer) => scratch::Source::Given(dialer),
+            Some(dialer) => scratch::Source::Given {
+                dialer,
+                target: db.client,
+            },
             None => scratch::Source::Create {
                 client: db.client,
                 dialer: db.dialer,

@@ -25,8 +25,12 @@ pub enum Source<'a> {
         client: &'a Client,
         dialer: &'a Dialer,
     },
-    /// An empty database the user named.
-    Given(&'a Dialer),
+    /// An empty database the user named; `target`: a connection to the run's database,
+    /// whose settings the replay takes.
+    Given {
+        dialer: &'a Dialer,
+        target: &'a Client,
+    },
 }
 
 /// Runs `work` on a scratch database (its dialer and a connection to it, which the
@@ -61,7 +65,11 @@ pub async fn with<T>(
             drop_database(client, dialer, &name, Created::Yes).await;
             result
         }
-        Source::Given(dialer) => {
+        Source::Given { dialer, target } => {
+            // The database is the user's, so the target's settings are given to each session
+            // of the run rather than stored on it (Kestra's `search_path` read as drift
+            // through a given database).
+            let dialer = &dialer.with_settings(&session_settings(target).await);
             let connection = dialer.open(Purpose::Migration).await?;
             check_empty(&connection, dialer.target(), table).await?;
             interrupt.arm(dialer.canceller(connection.cancel_token()));
@@ -119,9 +127,47 @@ async fn create(client: &Client, name: &str, target: &str) -> Result<(), Error> 
 /// database drops both. A setting the scratch database cannot take (a superuser's) is left
 /// out with a warning.
 async fn copy_settings(client: &Client, name: &str) {
+    for TargetSetting {
+        setting,
+        value,
+        own,
+        ..
+    } in target_settings(client).await
+    {
+        let whose = match own {
+            true => format!("ROLE CURRENT_USER IN DATABASE {name}"),
+            false => format!("DATABASE {name}"),
+        };
+        let sql = format!(
+            "ALTER {whose} SET {setting} = {}",
+            setting_value(&setting, &value)
+        );
+        if let Err(error) = client.batch_execute(&sql).await {
+            warn!(setting, error = %error, "the scratch database runs without a setting of the target's");
+        }
+    }
+}
+
+/// A setting stored for the target database (`ALTER DATABASE ... SET`), or for the run's user
+/// in it (`own`: `ALTER ROLE ... IN DATABASE ... SET`, which wins).
+struct TargetSetting {
+    setting: String,
+    value: String,
+    own: bool,
+    /// Whether any user may set it in a session (pg_settings' `user` context, or an
+    /// extension's dotted setting the server does not know yet).
+    anyone: bool,
+}
+
+/// The target's stored settings, the database's before the user's; none when they cannot
+/// be read (with a warning).
+async fn target_settings(client: &Client) -> Vec<TargetSetting> {
     let settings = client
         .query(
-            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), s.setrole <> 0
+            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), s.setrole <> 0,
+                    coalesce((SELECT p.context = 'user' FROM pg_catalog.pg_settings p
+                               WHERE p.name = pg_catalog.lower(split_part(c, '=', 1))),
+                             strpos(c, '.') BETWEEN 1 AND strpos(c, '='))
                FROM pg_catalog.pg_db_role_setting s
                JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase,
                     unnest(s.setconfig) AS c
@@ -136,28 +182,45 @@ async fn copy_settings(client: &Client, name: &str) {
         Ok(rows) => rows,
         Err(error) => {
             warn!(error = %error, "cannot read the target database's settings for the scratch database");
-            return;
+            return Vec::new();
         }
     };
-    for row in settings {
-        let (setting, value, own): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
-        // Setting names are plain words, dotted for an extension's own.
-        let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
-        if setting.is_empty() || !setting.chars().all(word) {
-            continue;
-        }
-        let whose = match own {
-            true => format!("ROLE CURRENT_USER IN DATABASE {name}"),
-            false => format!("DATABASE {name}"),
-        };
-        let sql = format!(
-            "ALTER {whose} SET {setting} = {}",
-            setting_value(&setting, &value)
-        );
-        if let Err(error) = client.batch_execute(&sql).await {
-            warn!(setting, error = %error, "the scratch database runs without a setting of the target's");
+    // Setting names are plain words, dotted for an extension's own.
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    (settings.iter())
+        .map(|row| TargetSetting {
+            setting: row.get(0),
+            value: row.get(1),
+            own: row.get(2),
+            anyone: row.get(3),
+        })
+        .filter(|s| !s.setting.is_empty() && s.setting.chars().all(word))
+        .collect()
+}
+
+/// The target's settings as a session of a given scratch database takes them at login, the
+/// user's after the database's. One only a superuser may set would refuse the login, so it
+/// is left out with a warning.
+async fn session_settings(client: &Client) -> Vec<(String, String)> {
+    let mut settings = Vec::new();
+    for TargetSetting {
+        setting,
+        value,
+        anyone,
+        ..
+    } in target_settings(client).await
+    {
+        match anyone {
+            true => settings.push((setting, value)),
+            false => {
+                warn!(
+                    setting,
+                    "the scratch database runs without a setting of the target's that only a superuser may set"
+                )
+            }
         }
     }
+    settings
 }
 
 /// The schemas of the target's search path (set on its database or role, which the scratch

@@ -836,6 +836,58 @@ async fn a_search_path_schema_no_migration_makes_is_made_for_the_replay() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
+/// A scratch database the user gives (`--scratch-url`) takes the target's settings for the
+/// run, the user's own in it over the database's, without keeping them: Kestra's search path
+/// replayed there put every table in `public` and read as drift.
+#[tokio::test]
+async fn a_given_scratch_database_replays_under_the_target_s_settings_and_keeps_none() {
+    let (db, scratch) = (support::database().await, support::database().await);
+    let client = db.client().await;
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA app; ALTER DATABASE {0} SET search_path = public; \
+             ALTER ROLE CURRENT_USER IN DATABASE {0} SET search_path = app, \"$user\", public; \
+             ALTER DATABASE {0} SET work_mem = '8MB'; \
+             ALTER DATABASE {0} SET log_min_duration_statement = 1000",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let dir = support::migrations(&[("001_t.sql", "CREATE TABLE t (id int);\n")]);
+    support::up_ok(&db, dir.path()).await;
+    let schema: String = support::one(
+        &client,
+        "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = 't'",
+    )
+    .await;
+    assert_eq!(schema, "app");
+    let out = run(
+        &db,
+        dir.path(),
+        &["verify", "--schema", "--scratch-url", &scratch.url],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // One only a superuser may set would refuse the login: left out, and said.
+    assert!(
+        out.stderr
+            .contains("\"setting\":\"log_min_duration_statement\""),
+        "{}",
+        out.stderr
+    );
+    let scratch_client = scratch.client().await;
+    assert!(support::tables(&scratch_client).await.is_empty());
+    let kept: i64 = support::one(
+        &scratch_client,
+        &format!(
+            "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase \
+              WHERE d.datname = '{}'",
+            scratch.name
+        ),
+    )
+    .await;
+    assert_eq!(kept, 0);
+}
+
 /// The schemas of the search path the scratch database is not given: one a migration makes
 /// out of sight (a `DO` block's `EXECUTE`, which made it twice), the checking user's own
 /// (`"$user"` names whoever runs the check), and one an extension owns (left out of both

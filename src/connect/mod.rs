@@ -161,16 +161,44 @@ impl Dialer {
     pub fn with_database(&self, name: &str) -> Dialer {
         let mut pg = self.pg.clone();
         pg.dbname(name);
+        let target = match self.target.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => name.to_string(),
+        };
+        self.with_pg(pg, target)
+    }
+
+    /// This dialer, its connections started with `settings` (name and value) as well, as
+    /// `-c name=value` options of the login: a session's `RESET ALL` keeps them, as it keeps
+    /// a database's own settings. For a scratch database the user gives, which takes the
+    /// target's settings for the run without keeping them.
+    pub fn with_settings(&self, settings: &[(String, String)]) -> Dialer {
+        let mut pg = self.pg.clone();
+        let mut options = pg.get_options().unwrap_or_default().to_string();
+        // The server splits the options at white space; a backslash keeps the next character.
+        let escaped = |text: &str| {
+            text.chars().fold(String::new(), |mut out, c| {
+                if c == '\\' || c.is_whitespace() {
+                    out.push('\\');
+                }
+                out.push(c);
+                out
+            })
+        };
+        for (name, value) in settings {
+            options.push_str(&format!(" -c {}={}", escaped(name), escaped(value)));
+        }
+        pg.options(options.trim_start());
+        self.with_pg(pg, self.target.clone())
+    }
+
+    fn with_pg(&self, pg: tokio_postgres::Config, target: String) -> Dialer {
         let way = match &self.way {
             Way::Direct { connector, mode } => Way::Direct {
                 connector: connector.clone(),
                 mode: *mode,
             },
             Way::Tunnel(tunnel) => Way::Tunnel(Arc::clone(tunnel)),
-        };
-        let target = match self.target.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => name.to_string(),
         };
         Dialer {
             pg,
