@@ -1733,6 +1733,47 @@ async fn a_history_table_found_at_the_first_read_is_located_only_if_still_the_sa
     assert_eq!(qualified.find(&client).await.expect("find"), None);
 }
 
+/// After a run the history is checked against what it should hold by a digest the server
+/// takes, so that a run applying one file to a long history reads no rows back: it says yes
+/// for the history as the runs left it and no for any row gone, added or changed.
+#[tokio::test]
+async fn the_history_digest_tells_a_kept_history_from_a_changed_one() {
+    let db = support::database().await;
+    let dir = migrations(&[
+        ("001_a.sql", "CREATE TABLE a (i int);"),
+        ("002_b.sql", "CREATE TABLE b (i int);"),
+        ("010_c.sql", "CREATE TABLE c (i int);"),
+    ]);
+    support::up_ok(&db, dir.path()).await;
+    let client = db.client().await;
+    let table = Table::parse("schema_migrations").expect("valid name");
+    let rows: Vec<(i64, String)> = (client
+        .query("SELECT version, checksum FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .iter())
+    .map(|row| (row.get(0), row.get(1)))
+    .collect();
+    let mut expected: Vec<(i64, &str)> = rows.iter().map(|(v, c)| (*v, c.as_str())).collect();
+    expected.sort();
+    let holds = async |expected: &[(i64, &str)]| {
+        history::holds_exactly(&client, &table, expected)
+            .await
+            .unwrap()
+    };
+    assert!(holds(&expected).await);
+    assert!(!holds(&expected[..2]).await);
+    let mut changed = expected.clone();
+    changed[1].1 = "0000";
+    assert!(!holds(&changed).await);
+    client
+        .batch_execute("DELETE FROM schema_migrations")
+        .await
+        .unwrap();
+    assert!(holds(&[]).await);
+    assert!(!holds(&expected).await);
+}
+
 /// A migration that deletes, truncates or writes history rows itself would leave a history
 /// that no longer says what is applied (the next run applies the deleted versions again): the
 /// run that did it says so, exit 4, and logs each row as it was, to put back.
