@@ -711,52 +711,56 @@ pub fn created_indexes(sql: &str) -> Vec<(String, Option<String>)> {
 
 /// For a `DELETE FROM pg_enum` statement, a query of what it deletes: one row per label, its
 /// type's OID and the label. The statement's own WITH, target, USING and WHERE are kept as
-/// written, its RETURNING is left out. `None` for any other statement, and for `WHERE
-/// CURRENT OF` (a cursor's row, which no query outside the cursor's transaction can find).
-pub fn enum_labels_deleted(statement: &str) -> Option<String> {
+/// written, each on lines of its own (a `--` comment ending one cannot swallow the next), its
+/// RETURNING is left out; `reference` is how they name `pg_enum` (its alias), which the
+/// selected columns are qualified with, as a USING list may have columns of those names too.
+/// `None` for any other statement, and for `WHERE CURRENT OF` (a cursor's row, which no query
+/// outside the cursor's transaction can find).
+pub fn enum_labels_deleted(statement: &str, reference: &str) -> Option<String> {
     let tokens: Vec<Token> = code(statement).collect();
-    let (mut depth, mut at) = (0_usize, std::collections::HashMap::new());
+    let (mut depth, mut delete, mut at) = (0_usize, None, std::collections::HashMap::new());
     for (i, token) in tokens.iter().enumerate() {
         match token.kind {
             Kind::Open => depth += 1,
             Kind::Close => depth = depth.saturating_sub(1),
+            // The statement's own DELETE is the one FROM follows (a WITH query may be named
+            // `delete`), and its clauses come after it (a WITH query's CYCLE has a USING).
+            Kind::Word if depth == 0 && delete.is_none() => {
+                let from = tokens
+                    .get(i + 1)
+                    .is_some_and(|t| t.is_keyword(statement, "from"));
+                if token.is_keyword(statement, "delete") && from {
+                    delete = Some(i);
+                }
+            }
             Kind::Word if depth == 0 => {
                 let word = token.text(statement).to_ascii_lowercase();
-                // The first of each at the top level: a WITH query's own are in parentheses.
-                if ["delete", "using", "where", "returning"].contains(&word.as_str()) {
+                if ["using", "where", "returning"].contains(&word.as_str()) {
                     at.entry(word).or_insert(i);
                 }
             }
             _ => {}
         }
     }
-    let delete = *at.get("delete")?;
-    let from = tokens.get(delete + 1)?;
-    if !from.is_keyword(statement, "from") {
-        return None;
-    }
+    let delete = delete?;
     let end = tokens.last()?.end;
-    // Where the clause starting at token `i` ends: at the next clause that follows it.
-    let clause_end = |i: usize, next: &[&str]| {
-        (next.iter().filter_map(|word| at.get(*word)))
-            .filter(|&&j| j > i)
-            .min()
-            .map_or(end, |&j| tokens[j].start)
-    };
-    let text = |i: usize, next: &[&str]| {
+    // The text of the clause whose keyword is token `i`, to the next clause or the end.
+    let clause = |i: usize, next: &[&str]| {
         let start = tokens.get(i + 1).map_or(end, |t| t.start);
-        statement[start..clause_end(i, next).max(start)].trim()
+        let stop = (next.iter().filter_map(|word| at.get(*word)))
+            .min()
+            .map_or(end, |&j| tokens[j].start);
+        &statement[start..stop.max(start)]
     };
-    let target = text(delete + 1, &["using", "where", "returning"]);
     let mut query = format!(
-        "{}SELECT enumtypid, enumlabel::pg_catalog.text FROM {target}",
-        &statement[..tokens[delete].start]
+        "{}SELECT {reference}.enumtypid, {reference}.enumlabel::pg_catalog.text\nFROM {}\n",
+        &statement[..tokens[delete].start],
+        clause(delete + 1, &["using", "where", "returning"]),
     );
-    if let Some(&using) = at.get("using").filter(|&&i| i > delete) {
-        query.push_str(", ");
-        query.push_str(text(using, &["where", "returning"]));
+    if let Some(&using) = at.get("using") {
+        query.push_str(&format!(", {}\n", clause(using, &["where", "returning"])));
     }
-    if let Some(&r#where) = at.get("where").filter(|&&i| i > delete) {
+    if let Some(&r#where) = at.get("where") {
         let current_of = tokens
             .get(r#where + 1)
             .is_some_and(|t| t.is_keyword(statement, "current"))
@@ -766,8 +770,7 @@ pub fn enum_labels_deleted(statement: &str) -> Option<String> {
         if current_of {
             return None;
         }
-        query.push_str(" WHERE ");
-        query.push_str(text(r#where, &["returning"]));
+        query.push_str(&format!("WHERE {}\n", clause(r#where, &["returning"])));
     }
     Some(query)
 }
@@ -1683,33 +1686,32 @@ mod tests {
         let cases = [
             (
                 "DELETE FROM pg_enum WHERE enumlabel = 'x' AND enumtypid = (SELECT oid FROM pg_type WHERE typname = 'e')",
-                "SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_enum WHERE enumlabel = 'x' AND enumtypid = (SELECT oid FROM pg_type WHERE typname = 'e')",
+                "pg_enum",
+                "SELECT pg_enum.enumtypid, pg_enum.enumlabel::pg_catalog.text\nFROM pg_enum \nWHERE enumlabel = 'x' AND enumtypid = (SELECT oid FROM pg_type WHERE typname = 'e')\n",
             ),
             (
-                "delete from pg_catalog.pg_enum e using pg_type t where e.enumtypid = t.oid and t.typname = 'e' returning e.oid",
-                "SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_catalog.pg_enum e, pg_type t WHERE e.enumtypid = t.oid and t.typname = 'e'",
+                "delete from pg_catalog.pg_enum e -- the labels\nusing pg_type t where e.enumtypid = t.oid and t.typname = 'e' returning e.oid",
+                "e",
+                "SELECT e.enumtypid, e.enumlabel::pg_catalog.text\nFROM pg_catalog.pg_enum e -- the labels\n\n, pg_type t \nWHERE e.enumtypid = t.oid and t.typname = 'e' \n",
             ),
             (
-                "WITH t AS (SELECT oid FROM pg_type WHERE typname = 'e') DELETE FROM pg_enum WHERE enumtypid IN (SELECT oid FROM t)",
-                "WITH t AS (SELECT oid FROM pg_type WHERE typname = 'e') SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_enum WHERE enumtypid IN (SELECT oid FROM t)",
+                "WITH delete AS (SELECT oid FROM pg_type WHERE typname = 'e') DELETE FROM pg_enum WHERE enumtypid IN (SELECT oid FROM delete)",
+                "pg_enum",
+                "WITH delete AS (SELECT oid FROM pg_type WHERE typname = 'e') SELECT pg_enum.enumtypid, pg_enum.enumlabel::pg_catalog.text\nFROM pg_enum \nWHERE enumtypid IN (SELECT oid FROM delete)\n",
             ),
             (
                 "DELETE FROM pg_enum /* every label */",
-                "SELECT enumtypid, enumlabel::pg_catalog.text FROM pg_enum",
+                "pg_enum",
+                "SELECT pg_enum.enumtypid, pg_enum.enumlabel::pg_catalog.text\nFROM pg_enum\n",
             ),
         ];
-        for (statement, query) in cases {
-            assert_eq!(
-                enum_labels_deleted(statement).as_deref(),
-                Some(query),
-                "{statement}"
-            );
+        for (statement, reference, query) in cases {
+            let read = enum_labels_deleted(statement, reference);
+            assert_eq!(read.as_deref(), Some(query), "{statement}");
         }
-        assert_eq!(
-            enum_labels_deleted("DELETE FROM pg_enum WHERE CURRENT OF c"),
-            None
-        );
-        assert_eq!(enum_labels_deleted("SELECT 1"), None);
+        let current = "DELETE FROM pg_enum WHERE CURRENT OF c";
+        assert_eq!(enum_labels_deleted(current, "pg_enum"), None);
+        assert_eq!(enum_labels_deleted("SELECT 1", "pg_enum"), None);
     }
 
     #[test]

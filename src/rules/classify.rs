@@ -112,6 +112,10 @@ pub const KEY_ON_PARTITIONED: &str = "a PRIMARY KEY or UNIQUE constraint on a pa
 /// A `DELETE FROM pg_enum` of labels that rows still hold: the server then cannot read those
 /// rows (`invalid internal value for enum`), so the table is unreadable, not just smaller.
 pub const DELETE_ENUM_LABEL: &str = "DELETE FROM pg_enum of a label that rows hold";
+/// A `DELETE FROM pg_enum` whose labels, or the rows holding them, could not be told (its
+/// clauses did not run as a query, or the counts ran out of time): refused all the same.
+pub const DELETE_ENUM_UNTOLD: &str =
+    "DELETE FROM pg_enum whose labels, or the rows holding them, could not be told";
 
 /// One thing a statement does that the rules weigh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,8 +241,11 @@ pub enum Effect {
     },
     /// `DELETE FROM pg_enum`, the way to take a label out of an enum type that PostgreSQL
     /// has no statement for (Hyperswitch's rollbacks of `ADD VALUE`): which labels go, and
-    /// which columns hold them, only the catalog and the tables can tell.
-    DeletesEnumLabels,
+    /// which columns hold them, only the catalog and the tables can tell. `reference`: how
+    /// the statement's own clauses name `pg_enum` (its alias, or the table's name), as SQL.
+    DeletesEnumLabels {
+        reference: String,
+    },
 }
 
 /// An object a DROP or TRUNCATE ... CASCADE takes other objects with.
@@ -483,7 +490,7 @@ impl Effect {
             } => Some(table),
             Effect::DropsDependents { .. }
             | Effect::NotIdempotent { .. }
-            | Effect::DeletesEnumLabels => None,
+            | Effect::DeletesEnumLabels { .. } => None,
         }
     }
 }
@@ -854,7 +861,15 @@ fn statement_effects(node: &NodeEnum, out: &mut Vec<Effect>) {
                 r.relname == "pg_enum" && ["", "pg_catalog"].contains(&r.schemaname.as_str())
             }) =>
         {
-            out.push(Effect::DeletesEnumLabels);
+            if let Some(relation) = &delete.relation {
+                let reference = match &relation.alias {
+                    Some(alias) => &alias.aliasname,
+                    None => &relation.relname,
+                };
+                out.push(Effect::DeletesEnumLabels {
+                    reference: Name::bare(reference).sql(),
+                });
+            }
         }
         NodeEnum::DeleteStmt(delete) if delete.where_clause.is_none() => {
             if let Some(relation) = &delete.relation {

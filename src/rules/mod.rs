@@ -127,7 +127,10 @@ impl Rule {
                 "name the index and write CREATE INDEX IF NOT EXISTS name (without a name each run builds another index)"
             }
             (Rule::DropsData, classify::DELETE_ENUM_LABEL) => {
-                "move the rows to another label first (UPDATE ... SET column = 'other' WHERE column = 'label'), in the migration itself or before it; a row left holding a deleted label makes its whole table unreadable (invalid internal value for enum)"
+                "move the rows to another label before the run (UPDATE ... SET column = 'other' WHERE column = 'label'); rows left holding a deleted label can no longer be read (SELECT * and pg_dump of the table fail). Moved in the same file, they are still counted as they are before the run: allow the DELETE there with -- db-migrate:allow drops-data <reason>"
+            }
+            (Rule::DropsData, classify::DELETE_ENUM_UNTOLD) => {
+                "write it as DELETE FROM pg_enum WHERE enumtypid = 'type'::regtype AND enumlabel = 'label', or, once no row holds the labels, allow it: -- db-migrate:allow drops-data <reason>"
             }
             (Rule::IndexWithoutConcurrently, classify::REINDEX_TABLE) => {
                 "rebuild it with REINDEX TABLE CONCURRENTLY in a -- no-transaction file"
@@ -390,7 +393,7 @@ pub async fn check(
             weigh(e).is_some()
                 || matches!(
                     e,
-                    Effect::DropsDependents { .. } | Effect::DeletesEnumLabels
+                    Effect::DropsDependents { .. } | Effect::DeletesEnumLabels { .. }
                 )
         })
     });
@@ -626,20 +629,34 @@ pub async fn check(
                 continue;
             }
             // The rows that would hold a label no longer in the catalog, which the server
-            // then cannot read (Hyperswitch's rollbacks of ADD VALUE).
-            if let Effect::DeletesEnumLabels = effect {
-                let deleted = (known == Tables::Unknown)
-                    .then(|| sql::enum_labels_deleted(statement.text))
-                    .flatten();
-                if let Some(deleted) = deleted {
-                    for (table, column, held) in facts::labels_in_use(client, &deleted).await? {
-                        if fresh.contains(&table) {
-                            continue;
-                        }
+            // then cannot read (Hyperswitch's rollbacks of ADD VALUE). What cannot be told is
+            // refused as well: the loss cannot be undone.
+            if let Effect::DeletesEnumLabels { reference } = effect {
+                if known == Tables::None {
+                    continue;
+                }
+                let held = match sql::enum_labels_deleted(statement.text, reference) {
+                    Some(deleted) => facts::labels_in_use(client, &deleted).await?,
+                    None => facts::Held {
+                        columns: Vec::new(),
+                        untold: true,
+                    },
+                };
+                for (table, column, rows) in held.columns {
+                    // Dropped earlier in the plan: gone with its rows by then.
+                    let gone = fresh.iter().any(|f| {
+                        f.name == table.name
+                            && (f.schema.as_ref()).is_none_or(|s| Some(s) == table.schema.as_ref())
+                    });
+                    if !gone {
                         let relation = format!("{table}.{}", Name::bare(&column));
                         let what = classify::DELETE_ENUM_LABEL;
-                        findings.push(finding(Rule::DropsData, relation, held, what));
+                        findings.push(finding(Rule::DropsData, relation, rows, what));
                     }
+                }
+                if held.untold {
+                    let what = classify::DELETE_ENUM_UNTOLD;
+                    findings.push(finding(Rule::DropsData, String::new(), NO_ROWS, what));
                 }
                 continue;
             }
