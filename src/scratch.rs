@@ -69,9 +69,20 @@ pub async fn with<T>(
             // The database is the user's, so the target's settings are given to each session
             // of the run rather than stored on it (Kestra's `search_path` read as drift
             // through a given database).
-            let dialer = &dialer.with_settings(&session_settings(target).await);
-            let connection = dialer.open(Purpose::Migration).await?;
-            check_empty(&connection, dialer.target(), table).await?;
+            let plain = dialer.open(Purpose::Migration).await?;
+            check_empty(&plain, dialer.target(), table).await?;
+            let settings = session_settings(target, &plain).await;
+            // Without settings to give, the connection that looked is the run's.
+            let settled;
+            let (dialer, connection) = match settings.is_empty() {
+                true => (dialer, plain),
+                false => {
+                    drop(plain);
+                    settled = dialer.with_settings(&settings);
+                    let connection = settled.open(Purpose::Migration).await?;
+                    (&settled, connection)
+                }
+            };
             interrupt.arm(dialer.canceller(connection.cancel_token()));
             let result = work(dialer, &connection).await;
             empty(&connection, dialer.target(), table).await;
@@ -130,13 +141,14 @@ async fn copy_settings(client: &Client, name: &str) {
     for TargetSetting {
         setting,
         value,
-        own,
-        ..
+        scope,
     } in target_settings(client).await
     {
-        let whose = match own {
-            true => format!("ROLE CURRENT_USER IN DATABASE {name}"),
-            false => format!("DATABASE {name}"),
+        let whose = match scope {
+            Scope::Database => format!("DATABASE {name}"),
+            Scope::RoleInDatabase => format!("ROLE CURRENT_USER IN DATABASE {name}"),
+            // The same user logs in there, on the same server: it has them already.
+            Scope::Role => continue,
         };
         let sql = format!(
             "ALTER {whose} SET {setting} = {}",
@@ -148,33 +160,39 @@ async fn copy_settings(client: &Client, name: &str) {
     }
 }
 
-/// A setting stored for the target database (`ALTER DATABASE ... SET`), or for the run's user
-/// in it (`own`: `ALTER ROLE ... IN DATABASE ... SET`, which wins).
+/// Where a stored setting of the target applies, in the order PostgreSQL lets each override
+/// the one before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// `ALTER DATABASE ... SET`.
+    Database,
+    /// `ALTER ROLE ... SET`, for the run's user in every database.
+    Role,
+    /// `ALTER ROLE ... IN DATABASE ... SET`, for the run's user in the target.
+    RoleInDatabase,
+}
+
+/// A setting stored for the target database or the run's user, and where it applies.
 struct TargetSetting {
     setting: String,
     value: String,
-    own: bool,
-    /// Whether any user may set it in a session (pg_settings' `user` context, or an
-    /// extension's dotted setting the server does not know yet).
-    anyone: bool,
+    scope: Scope,
 }
 
-/// The target's stored settings, the database's before the user's; none when they cannot
-/// be read (with a warning).
+/// The target's stored settings for the run's user, in the order they apply (each later one
+/// wins); none when they cannot be read (with a warning).
 async fn target_settings(client: &Client) -> Vec<TargetSetting> {
     let settings = client
         .query(
-            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), s.setrole <> 0,
-                    coalesce((SELECT p.context = 'user' FROM pg_catalog.pg_settings p
-                               WHERE p.name = pg_catalog.lower(split_part(c, '=', 1))),
-                             strpos(c, '.') BETWEEN 1 AND strpos(c, '='))
-               FROM pg_catalog.pg_db_role_setting s
-               JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase,
-                    unnest(s.setconfig) AS c
-              WHERE d.datname = pg_catalog.current_database()
+            "SELECT split_part(c, '=', 1), substr(c, strpos(c, '=') + 1),
+                    CASE WHEN s.setdatabase = 0 THEN 1 WHEN s.setrole = 0 THEN 0 ELSE 2 END AS scope
+               FROM pg_catalog.pg_db_role_setting s, unnest(s.setconfig) AS c
+              WHERE s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                           WHERE d.datname = pg_catalog.current_database()))
                 AND s.setrole IN (0, (SELECT r.oid FROM pg_catalog.pg_roles r
                                        WHERE r.rolname = pg_catalog.current_user()))
-              ORDER BY s.setrole <> 0",
+                AND (s.setdatabase <> 0 OR s.setrole <> 0)
+              ORDER BY scope",
             &[],
         )
         .await;
@@ -191,32 +209,46 @@ async fn target_settings(client: &Client) -> Vec<TargetSetting> {
         .map(|row| TargetSetting {
             setting: row.get(0),
             value: row.get(1),
-            own: row.get(2),
-            anyone: row.get(3),
+            scope: match row.get::<_, i32>(2) {
+                0 => Scope::Database,
+                1 => Scope::Role,
+                _ => Scope::RoleInDatabase,
+            },
         })
         .filter(|s| !s.setting.is_empty() && s.setting.chars().all(word))
         .collect()
 }
 
-/// The target's settings as a session of a given scratch database takes them at login, the
-/// user's after the database's. One only a superuser may set would refuse the login, so it
-/// is left out with a warning.
-async fn session_settings(client: &Client) -> Vec<(String, String)> {
+/// The target's settings as the sessions of a given scratch database take them at login.
+/// Each is tried on `scratch` first (`set_config`, rolled back): at login one the server
+/// refuses (a value it rejects, a text search configuration the empty database lacks, one
+/// only a superuser may set, a parameter an older server does not know) would refuse the
+/// login itself. An extension's or an application's own setting (a dotted name, which may
+/// hold a secret such as a JWT key) is not sent to the other database. Each left out is said.
+async fn session_settings(target: &Client, scratch: &Client) -> Vec<(String, String)> {
     let mut settings = Vec::new();
-    for TargetSetting {
-        setting,
-        value,
-        anyone,
-        ..
-    } in target_settings(client).await
-    {
-        match anyone {
-            true => settings.push((setting, value)),
-            false => {
-                warn!(
-                    setting,
-                    "the scratch database runs without a setting of the target's that only a superuser may set"
-                )
+    for TargetSetting { setting, value, .. } in target_settings(target).await {
+        if setting.contains('.') {
+            warn!(
+                setting,
+                "the scratch database runs without a setting of the target's: an application's own, not sent to another database"
+            );
+            continue;
+        }
+        let tried = async {
+            scratch.batch_execute("BEGIN").await?;
+            let set = (scratch.query(
+                "SELECT pg_catalog.set_config($1, $2, true)",
+                &[&setting, &value],
+            ))
+            .await;
+            scratch.batch_execute("ROLLBACK").await?;
+            set.map(|_| ())
+        };
+        match tried.await {
+            Ok(()) => settings.push((setting, value)),
+            Err(error) => {
+                warn!(setting, error = %error, "the scratch database runs without a setting of the target's")
             }
         }
     }

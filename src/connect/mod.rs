@@ -169,12 +169,12 @@ impl Dialer {
     }
 
     /// This dialer, its connections started with `settings` (name and value) as well, as
-    /// `-c name=value` options of the login: a session's `RESET ALL` keeps them, as it keeps
-    /// a database's own settings. For a scratch database the user gives, which takes the
-    /// target's settings for the run without keeping them.
+    /// `-c name=value` options of the login, before the URL's own: a session's `RESET ALL`
+    /// keeps them, as it keeps a database's own settings. For a scratch database the user
+    /// gives, which takes the target's settings for the run without keeping them.
     pub fn with_settings(&self, settings: &[(String, String)]) -> Dialer {
         let mut pg = self.pg.clone();
-        let mut options = pg.get_options().unwrap_or_default().to_string();
+        let mut options = String::new();
         // The server splits the options at white space; a backslash keeps the next character.
         let escaped = |text: &str| {
             text.chars().fold(String::new(), |mut out, c| {
@@ -186,9 +186,11 @@ impl Dialer {
             })
         };
         for (name, value) in settings {
-            options.push_str(&format!(" -c {}={}", escaped(name), escaped(value)));
+            options.push_str(&format!("-c {}={} ", escaped(name), escaped(value)));
         }
-        pg.options(options.trim_start());
+        // The URL's own options come last, and so win: what the user wrote for this database.
+        options.push_str(pg.get_options().unwrap_or_default());
+        pg.options(options.trim_end());
         self.with_pg(pg, self.target.clone())
     }
 
