@@ -906,8 +906,7 @@ impl Job<'_> {
         let all: Vec<&Migration> = migrations.iter().collect();
         let elsewhere = scratch::schemas_made_elsewhere(db.client, &all).await;
         let report = self
-            .on_scratch(db, async |ctx, monitor| {
-                scratch::make_schemas(ctx.client, &elsewhere).await?;
+            .on_scratch(db, &elsewhere, async |ctx, monitor| {
                 rehearsal::run(ctx, monitor, migrations, keep_going, runs, options).await
             })
             .await?;
@@ -961,8 +960,7 @@ impl Job<'_> {
         };
         let elsewhere = scratch::schemas_made_elsewhere(client, &replay).await;
         let expected = self
-            .on_scratch(db, async |ctx, monitor| {
-                scratch::make_schemas(ctx.client, &elsewhere).await?;
+            .on_scratch(db, &elsewhere, async |ctx, monitor| {
                 if let Some(create) = &theirs {
                     // In a schema the scratch database lacks, the replay goes without it.
                     if let Err(error) = ctx.client.batch_execute(create).await {
@@ -1037,10 +1035,14 @@ impl Job<'_> {
     }
 
     /// Runs `work` on a scratch database, as a migration run would: its own session, the
-    /// migration lock, a monitor; the database is dropped (or emptied) afterwards.
+    /// migration lock, a monitor; the database is dropped (or emptied) afterwards. `schemas`
+    /// are made there first (see [`scratch::schemas_made_elsewhere`]): before the history
+    /// table is looked for, which a search path naming only them would otherwise find nowhere
+    /// to be (Authelia's audit).
     async fn on_scratch<T>(
         &self,
         db: &Connected<'_>,
+        schemas: &[String],
         work: impl AsyncFnOnce(&apply::Context<'_>, &mut monitor::Monitor<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let config = self.config;
@@ -1060,6 +1062,7 @@ impl Job<'_> {
             &config.history_table,
             interrupt,
             async |dialer, client| {
+                scratch::make_schemas(client, schemas).await?;
                 let table = config.history_table.resolve(client).await?;
                 let limits = config.session.limits();
                 let session = session::Session::prepare(client, limits, lock::key(&table)).await?;

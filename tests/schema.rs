@@ -836,6 +836,28 @@ async fn a_search_path_schema_no_migration_makes_is_made_for_the_replay() {
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
 }
 
+/// A search path naming only a schema made by hand (Authelia's `search_path = authelia`):
+/// the history table goes there on the target, and in the scratch database the schema is
+/// made before the history table is looked for, which found nowhere for it and refused.
+#[tokio::test]
+async fn a_search_path_of_one_schema_made_by_hand_holds_the_replay_s_history_too() {
+    let db = support::database().await;
+    (db.client().await)
+        .batch_execute("CREATE SCHEMA authelia")
+        .await
+        .unwrap();
+    db.set_search_path("authelia").await;
+    let dir = support::migrations(&[
+        ("001_t.sql", "CREATE TABLE IF NOT EXISTS t (id int);\n"),
+        ("001_t.down.sql", "DROP TABLE IF EXISTS t;\n"),
+    ]);
+    support::up_ok(&db, dir.path()).await;
+    let (code, text, message) = verify(&db, dir.path());
+    assert_eq!(code, 0, "{text}\n{message}");
+    let out = run(&db, dir.path(), &["test"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}
+
 /// A scratch database the user gives (`--scratch-url`) takes the target's settings for the
 /// run, the user's own in it over the database's, without keeping them: Kestra's search path
 /// replayed there put every table in `public` and read as drift.
