@@ -821,7 +821,7 @@ impl Job<'_> {
             tracing::warn!(
                 version = migration.version,
                 file,
-                "migration cannot be rolled back yet: its rollback file holds no statement; write it (down refuses to pass this version until then)"
+                "migration cannot be rolled back yet: its rollback file holds no statement; write it, or SELECT 1; if undoing nothing is right (down refuses to pass this version until then)"
             );
         }
         let refused = rules::refuse(client, &plan, config.hazards, tables);

@@ -133,11 +133,11 @@ impl<'a> Plan<'a> {
 
 fn no_rollback(migration: &Migration) -> Error {
     let version = migration.version;
+    let name = crate::source::rollback_name(&migration.up.path);
     Error::InvalidFile {
         file: migration.up.path.clone(),
         problem: format!(
-            "has no rollback file, so down cannot pass version {version}; write {:03}_{}.down.sql or roll back less",
-            version, migration.name
+            "has no rollback file, so down cannot pass version {version}; write {name} (SELECT 1; if undoing nothing is right) or roll back less"
         ),
     }
 }

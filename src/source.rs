@@ -285,25 +285,36 @@ fn pair(mut ups: Vec<Migration>, downs: Vec<Down>) -> Result<Vec<Migration>, Err
         up.down = match downs.next_if(|d| d.version == up.version) {
             Some(down) if down.name == up.name => Some(down.script),
             Some(down) => {
-                let (version, name) = (up.version, &up.name);
+                let name = rollback_name(&up.up.path);
                 return Err(invalid(
                     &down.script.path,
-                    format!(
-                        "rollback file does not match its forward file; name it {version:03}_{name}.down.sql"
-                    ),
+                    format!("rollback file does not match its forward file; name it {name}"),
                 ));
             }
             None => None,
         };
     }
     if let Some(down) = orphan.or_else(|| downs.next()) {
-        let (version, name) = (down.version, down.name);
+        let name = file_name(&down.script.path);
+        let name = name.strip_suffix(".down.sql").unwrap_or(&name);
         return Err(invalid(
             &down.script.path,
-            format!("rollback file has no forward file; add {version:03}_{name}.sql or delete it"),
+            format!("rollback file has no forward file; add {name}.sql or delete it"),
         ));
     }
     Ok(ups)
+}
+
+/// The name of a file's last component, as written (lossy where it is not UTF-8).
+fn file_name(path: &Path) -> String {
+    (path.file_name()).map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// The rollback file's name for the forward file at `forward`: its own name, digits as
+/// written (`0013_codes.sql` is rolled back by `0013_codes.down.sql`).
+pub fn rollback_name(forward: &Path) -> String {
+    let name = file_name(forward);
+    format!("{}.down.sql", name.strip_suffix(".sql").unwrap_or(&name))
 }
 
 /// Refuses a script that is empty, holds what only psql understands, or controls the
@@ -312,11 +323,19 @@ fn pair(mut ups: Vec<Migration>, downs: Vec<Down>) -> Result<Vec<Migration>, Err
 /// runs: an applied file was checked when it ran, and any later edit is drift, so checking
 /// only these keeps a run over thousands of applied files from lexing each one.
 pub fn check(script: &Script) -> Result<(), Error> {
-    // An empty rollback would delete the history row and undo nothing.
+    // An empty rollback would delete the history row and undo nothing: nobody may have
+    // written it yet (dbmate's empty down section, a generated template). Deleting it is no
+    // way out (down then has no rollback), so the way to say "nothing to undo" is named.
     if sql::is_empty(&script.sql) {
+        let fix = match file_name(&script.path).ends_with(".down.sql") {
+            true => {
+                "write the statements that undo the migration, or SELECT 1; if undoing nothing is right (down then deletes only the history row)"
+            }
+            false => "write the change or delete the file",
+        };
         return Err(invalid(
             &script.path,
-            "file holds no SQL statement; write the change or delete the file".into(),
+            format!("file holds no SQL statement; {fix}"),
         ));
     }
     if let Some((line, what, closer)) = sql::unterminated(&script.sql) {

@@ -23,7 +23,7 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
         (
             &[GOOD, ("002_x.down.sql", b"SELECT 1;")],
             "002_x.down.sql",
-            "no forward file",
+            "no forward file; add 002_x.sql or delete it",
         ),
         (
             &[
@@ -32,7 +32,7 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
                 ("002_y.down.sql", b"SELECT 1;"),
             ],
             "002_y.down.sql",
-            "does not match",
+            "does not match its forward file; name it 002_x.down.sql",
         ),
         (
             &[GOOD, ("create_users.sql", b"SELECT 1;")],
@@ -531,7 +531,23 @@ async fn an_unwritten_rollback_does_not_hold_up_back_and_down_refuses_to_pass_it
     assert_eq!(error.exit_code(), 3, "{error}");
     assert!(
         error.to_string().contains("002_b.down.sql")
-            && error.to_string().contains("no SQL statement"),
+            && error.to_string().contains("no SQL statement")
+            && error
+                .to_string()
+                .contains("or SELECT 1; if undoing nothing is right"),
+        "{error}"
+    );
+    assert_eq!(history(&db.client().await).await, [1, 2]);
+    // Deleted, it is no rollback at all: the way out is still named.
+    std::fs::remove_file(dir.path().join("002_b.down.sql")).unwrap();
+    let down = Command::Down {
+        rollback: Rollback::Steps(1),
+        mode: Mode::Each,
+    };
+    let (_, result) = run(&config(&db.url, dir.path(), down)).await;
+    let error = result.unwrap_err().to_string();
+    assert!(
+        error.contains("write 002_b.down.sql (SELECT 1; if undoing nothing is right)"),
         "{error}"
     );
     assert_eq!(history(&db.client().await).await, [1, 2]);
