@@ -750,7 +750,12 @@ fn parse_name(file_name: &str) -> Result<FileName<'_>, String> {
     }
     let version = digits
         .parse::<i64>()
-        .map_err(|_| format!("version {digits} is too large (at most {})", i64::MAX))?;
+        .map_err(|_| {
+            format!(
+                "version {digits} is too large (at most {}, 19 digits); renumber the files with fewer digits, keeping their order (e.g. without a leading part they all share)",
+                i64::MAX
+            )
+        })?;
     let valid_name = !name.is_empty()
         && name
             .bytes()

@@ -45,6 +45,11 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "NNN_description.sql",
         ),
         (
+            &[GOOD, ("20150100000001000000_networks.sql", b"SELECT 1;")],
+            "20150100000001000000_networks.sql",
+            "is too large (at most 9223372036854775807, 19 digits); renumber the files",
+        ),
+        (
             &[GOOD, ("002_empty.sql", b"-- nothing yet\n\n")],
             "002_empty.sql",
             "no SQL statement",
