@@ -662,14 +662,14 @@ pub async fn refuse_history_elsewhere(
 }
 
 /// The warning for a database with tables and no history, when `untracked`; `applying`: the
-/// run is `up` itself, not `plan` of it, which applies nothing.
+/// run is `up` itself, not `plan` of it or a dry run, which apply nothing.
 pub fn warn_untracked(table: &Table, untracked: bool, applying: bool) {
     if !untracked {
         return;
     }
     let what = match applying {
-        true => "applying every file now",
-        false => "the plan applies every file",
+        true => "applying the files now as if none had run",
+        false => "the plan applies the files as if none had run",
     };
     warn!(
         history_table = table.name(),

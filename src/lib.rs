@@ -683,7 +683,8 @@ impl Job<'_> {
                 history::refuse_missing_schema(client, table).await?;
                 import::refuse_other_histories(client, table, db.migrations).await?;
             }
-            let applying = matches!(config.command, Command::Up { .. });
+            let applying =
+                matches!(config.command, Command::Up { mode, .. } if mode != Mode::DryRun);
             history::warn_untracked(table, untracked, applying);
             if !untracked {
                 tables = rules::Tables::None;
