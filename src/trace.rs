@@ -484,6 +484,11 @@ async fn finish(
     let durations: Vec<f64> = migration.iter().map(|s| s.duration_ms).collect();
     for (i, mut statement) in migration.into_iter().enumerate() {
         let (before, after) = (&snapshots[i], &snapshots[i + 1]);
+        // As the statement names it: the name the table had just before it ran.
+        let name = |relation: i64| match before.names.get(&relation) {
+            Some(name) => name.clone(),
+            None => existing.name(relation),
+        };
         // An empty sum is -0.0; adding 0.0 makes it print as 0.0.
         let held_after_ms: f64 = durations[i + 1..].iter().sum::<f64>() + 0.0;
         let taken = (after.locks.difference(&before.locks)).map(|lock| (lock, false));
@@ -495,7 +500,7 @@ async fn finish(
             }
             let size = size(client, *relation, hazard_rows).await?;
             statement.locks.push(Lock {
-                relation: existing.name(*relation),
+                relation: name(*relation),
                 mode: mode.clone(),
                 held_after_ms,
                 rows: size.map(|(rows, _, _)| rows),
@@ -514,12 +519,12 @@ async fn finish(
             })
             .map(|(relation, _)| *relation)
             .collect();
-        statement.rewrites = rewritten.iter().map(|r| existing.name(*r)).collect();
+        statement.rewrites = rewritten.iter().map(|r| name(*r)).collect();
         statement.rewrites.sort();
         let mut deleted: Vec<(String, i64)> = (after.deleted.iter())
             .map(|(relation, rows)| (relation, rows - before.deleted.get(relation).unwrap_or(&0)))
             .filter(|(_, rows)| *rows > 0)
-            .map(|(relation, rows)| (existing.name(*relation), rows))
+            .map(|(relation, rows)| (name(*relation), rows))
             .collect();
         if deleted.len() > 1 {
             deleted.sort();
@@ -549,7 +554,7 @@ async fn finish(
                     line: statement.line,
                     column: statement.column,
                     statement: statement.headline.clone(),
-                    relation: existing.name(*relation),
+                    relation: name(*relation),
                     rows,
                     row_count,
                     what: "the trace saw the table written anew".into(),
@@ -622,6 +627,9 @@ async fn still_open(client: &Client, version: i64, file: &std::path::Path) -> Re
 struct Snapshot {
     locks: BTreeSet<(i64, String)>,
     files: HashMap<i64, i64>,
+    /// Each table's name at the snapshot: one renamed earlier in the plan is named as the
+    /// statements after the rename name it (Kratos's and Authelia's audits).
+    names: HashMap<i64, String>,
     /// Rows the plan's transaction deleted from each table so far, where it deleted any.
     deleted: HashMap<i64, i64>,
     /// The tables the trace itself read after the snapshot, before the next statement ran:
@@ -641,7 +649,8 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
                 AND l.granted AND l.relation >= 16384
                 AND ($1::int8[] IS NULL OR l.relation::int8 = ANY ($1::int8[]))
              UNION ALL
-             SELECT 'file', c.oid::int8, '', c.relfilenode::int8 FROM pg_catalog.pg_class c
+             SELECT 'file', c.oid::int8, c.oid::pg_catalog.regclass::text, c.relfilenode::int8
+               FROM pg_catalog.pg_class c
               WHERE c.relkind IN ('r', 'm') AND c.oid >= 16384
                 AND ($1::int8[] IS NULL OR c.oid::int8 = ANY ($1::int8[]))
              UNION ALL
@@ -665,6 +674,7 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
             }
             "file" => {
                 snapshot.files.insert(relation, number);
+                snapshot.names.insert(relation, mode);
             }
             _ => {
                 snapshot.deleted.insert(relation, number);

@@ -2113,6 +2113,29 @@ async fn plan_names_a_table_locked_then_dropped_in_its_migration_by_its_name_bef
     assert_eq!(support::tables(&db.client().await).await.len(), 2);
 }
 
+/// A table renamed earlier in the plan is named in a later migration's lock line as that
+/// migration names it, not by its name before the plan (Kratos's and Authelia's audits).
+#[tokio::test]
+async fn plan_names_a_table_renamed_earlier_in_the_plan_by_its_new_name() {
+    let db = seeded("").await;
+    let dir = support::copy_of_seed(&[
+        (
+            "003_rename.sql",
+            "ALTER TABLE video_requests RENAME TO requests;\n",
+        ),
+        (
+            "004_add.sql",
+            "ALTER TABLE requests ADD COLUMN note text;\n",
+        ),
+    ]);
+    let out = run(&db, dir.path(), &["plan", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let statements = json_lines(&out);
+    let locked = |i: usize| statements[i]["locks"][0]["relation"].clone();
+    assert_eq!(locked(0), "video_requests", "{}", out.stdout);
+    assert_eq!(locked(1), "requests", "{}", out.stdout);
+}
+
 #[tokio::test]
 async fn a_migration_that_returns_millions_of_rows_is_planned_and_applied_in_little_memory() {
     // Its rows are counted and dropped as they come. `plan` kept every one: 900 MB for five
