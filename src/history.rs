@@ -295,23 +295,29 @@ pub async fn check_kept(
 }
 
 /// Whether the history holds exactly the `expected` versions and checksums (in version order):
-/// the count of its rows and a SHA-256 of `version:checksum` lines in version order, taken by
-/// the server and compared with the same taken here. An absent checksum reads as empty, as
-/// [`applied`] reads it.
+/// the count of its rows and a SHA-256 of `version:length:checksum` lines in version order,
+/// taken by the server and compared with the same taken here. An absent checksum reads as
+/// empty, as [`applied`] reads it.
 pub async fn holds_exactly(
     client: &Client,
     table: &Table,
     expected: &[(i64, &str)],
 ) -> Result<bool, tokio_postgres::Error> {
+    use sha2::{Digest, Sha256};
+    // Each checksum's length before it, so that no text in one row reads as the next row.
     let mut lines = String::with_capacity(expected.len() * 80);
     for (version, checksum) in expected {
-        lines.push_str(&format!("{version}:{checksum}\n"));
+        lines.push_str(&format!("{version}:{}:{checksum}\n", checksum.len()));
     }
-    let want = crate::source::checksum(&lines);
+    let want: String = (Sha256::digest(lines.as_bytes()).iter())
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     let query = format!(
         "SELECT pg_catalog.count(*), pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(\
-           coalesce(pg_catalog.string_agg(version::text || ':' || coalesce(checksum, '') || E'\\n', '' \
-                    ORDER BY version), ''), 'UTF8')), 'hex') FROM {}",
+           coalesce(pg_catalog.string_agg(version::text || ':' \
+                    || pg_catalog.octet_length(coalesce(checksum, '')) || ':' \
+                    || coalesce(checksum, '') || E'\\n', '' ORDER BY version), ''), 'UTF8')), 'hex') \
+           FROM {}",
         table.quoted
     );
     let messages = client.simple_query(&query).await?;

@@ -223,15 +223,25 @@ async fn target_settings(client: &Client) -> Vec<TargetSetting> {
 /// Each is tried on `scratch` first (`set_config`, rolled back): at login one the server
 /// refuses (a value it rejects, a text search configuration the empty database lacks, one
 /// only a superuser may set, a parameter an older server does not know) would refuse the
-/// login itself. An extension's or an application's own setting (a dotted name, which may
-/// hold a secret such as a JWT key) is not sent to the other database. Each left out is said.
+/// login itself; so would a library to load (`*_preload_libraries`) that server lacks, which
+/// set_config cannot tell, so those are left out. An extension's or an application's own
+/// setting (a dotted name, which may hold a secret such as a JWT key) is not sent to the other
+/// database. Each left out is said.
 async fn session_settings(target: &Client, scratch: &Client) -> Vec<(String, String)> {
     let mut settings = Vec::new();
     for TargetSetting { setting, value, .. } in target_settings(target).await {
         if setting.contains('.') {
             warn!(
                 setting,
-                "the scratch database runs without a setting of the target's: an application's own, not sent to another database"
+                "the scratch database runs without a setting of the target's: an extension's or application's own (it may hold a secret), not sent to another database"
+            );
+            continue;
+        }
+        // A library the scratch server lacks refuses the login, which set_config cannot tell.
+        if setting.to_ascii_lowercase().ends_with("_preload_libraries") {
+            warn!(
+                setting,
+                "the scratch database runs without a setting of the target's: libraries loaded at login, which that server may lack"
             );
             continue;
         }

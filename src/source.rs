@@ -311,10 +311,9 @@ fn file_name(path: &Path) -> String {
 }
 
 /// The rollback file's name for the forward file at `forward`: its own name, digits as
-/// written (`0013_codes.sql` is rolled back by `0013_codes.down.sql`).
+/// written (`0013_codes.sql`, or `0013_codes.up.sql`, is rolled back by `0013_codes.down.sql`).
 pub fn rollback_name(forward: &Path) -> String {
-    let name = file_name(forward);
-    format!("{}.down.sql", name.strip_suffix(".sql").unwrap_or(&name))
+    format!("{}.down.sql", stem_of(forward))
 }
 
 /// Refuses a script that is empty, holds what only psql understands, or controls the

@@ -45,6 +45,14 @@ async fn every_bad_file_is_refused_naming_the_file_and_the_database_is_untouched
             "NNN_description.sql",
         ),
         (
+            &[
+                ("001_a.up.sql", b"CREATE TABLE a (id int);"),
+                ("001_b.down.sql", b"SELECT 1;"),
+            ],
+            "001_b.down.sql",
+            "does not match its forward file; name it 001_a.down.sql",
+        ),
+        (
             &[GOOD, ("20150100000001000000_networks.sql", b"SELECT 1;")],
             "20150100000001000000_networks.sql",
             "is too large (at most 9223372036854775807, 19 digits); renumber the files",

@@ -242,25 +242,31 @@ const LABELS_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The columns holding enum labels that `deleted` (a query of type OIDs and labels, from
 /// [`crate::sql::enum_labels_deleted`]) finds, with the rows of each holding one. A column
-/// holds them when its type is the enum, a domain over it, an array of either (each compared
-/// as text), or anything else built on them (a domain over an array, a range, a composite
-/// type: then every row with a value counts, as the planner's estimate would). The query is
-/// the statement's own, run read-only, so a WITH that writes fails here instead of writing.
-/// Each count reads its table for at most [`COUNT_TIMEOUT`], then counts as at least one row;
-/// so does a table the run may not read.
+/// holds them when its type is the enum or an array of it, through domains (each compared as
+/// text), or anything else built on them (a range, a multirange, a composite type: then
+/// every row with a value counts). Temporary tables (another session's), unpopulated
+/// materialized views and foreign tables are left out. The query is the statement's own, run
+/// read-only, so a WITH that writes fails here instead of writing. Each count reads its table
+/// for at most [`COUNT_TIMEOUT`], then counts as at least one row; so does a table the run may
+/// not read.
 pub(super) async fn labels_in_use(client: &Client, deleted: &str) -> Result<Held, Error> {
     let columns = format!(
-        "WITH RECURSIVE deleted(typ, label) AS ({deleted}
+        "WITH RECURSIVE db_migrate_deleted(typ, label) AS ({deleted}
          ),
          -- Which type holds which: a domain its base, an array its element, a range its
          -- subtype, a composite type (a table's row type too) its attributes' types.
-         contains(outer_type, inner_type, kind) AS (
+         db_migrate_contains(outer_type, inner_type, kind) AS (
              SELECT t.oid, t.typbasetype, 'd' FROM pg_catalog.pg_type t WHERE t.typtype = 'd'
            UNION ALL
              SELECT t.oid, t.typelem, 'a' FROM pg_catalog.pg_type t
               WHERE t.typcategory = 'A' AND t.typelem <> 0
            UNION ALL
              SELECT r.rngtypid, r.rngsubtype, 'o' FROM pg_catalog.pg_range r
+           UNION ALL
+             -- A multirange (PostgreSQL 14) its range: read through JSON, which names no
+             -- column an older server lacks.
+             SELECT (pg_catalog.to_jsonb(r) ->> 'rngmultitypid')::oid, r.rngtypid, 'o'
+               FROM pg_catalog.pg_range r WHERE pg_catalog.to_jsonb(r) ? 'rngmultitypid'
            UNION ALL
              SELECT t.oid, a.atttypid, 'o' FROM pg_catalog.pg_type t
                JOIN pg_catalog.pg_attribute a
@@ -269,20 +275,20 @@ pub(super) async fn labels_in_use(client: &Client, deleted: &str) -> Result<Held
          ),
          -- Every type holding one of the enums, and how its values show the labels: 'e' as
          -- the label (the enum, a domain over it), 'a' as an array of them, 'o' otherwise.
-         holding(oid, how, enum) AS (
-             SELECT DISTINCT typ, 'e', typ FROM deleted
+         db_migrate_holding(oid, how, enum) AS (
+             SELECT DISTINCT typ, 'e', typ FROM db_migrate_deleted
            UNION
              SELECT c.outer_type,
                     CASE WHEN c.kind = 'd' THEN h.how
                          WHEN c.kind = 'a' AND h.how = 'e' THEN 'a'
                          ELSE 'o' END,
                     h.enum
-               FROM holding h JOIN contains c ON c.inner_type = h.oid
+               FROM db_migrate_holding h JOIN db_migrate_contains c ON c.inner_type = h.oid
          )
          SELECT n.nspname::text, c.relname::text, a.attname::text, c.relkind = 'p', h.how,
                 pg_catalog.array_agg(DISTINCT d.label)
-           FROM holding h
-           JOIN deleted d ON d.typ = h.enum
+           FROM db_migrate_holding h
+           JOIN db_migrate_deleted d ON d.typ = h.enum
            JOIN pg_catalog.pg_attribute a ON a.atttypid = h.oid
            JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -293,11 +299,21 @@ pub(super) async fn labels_in_use(client: &Client, deleted: &str) -> Result<Held
     );
     let timeout = COUNT_TIMEOUT.as_millis();
     // The planner's cost guess for the recursive query turned JIT compiling on: 0.6 s of it
-    // for a query of 3 ms.
-    let read_only =
-        format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout}; SET LOCAL jit = off");
+    // for a query of 3 ms (`jit` is PostgreSQL 11's). Row security off: a table it would
+    // filter fails the count, which then counts as holding rows, rather than reading as empty.
+    let read_only = format!(
+        "BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout}; SET LOCAL row_security = off; \
+         SELECT pg_catalog.set_config('jit', 'off', true) WHERE pg_catalog.current_setting('jit', true) IS NOT NULL"
+    );
     let context = "finding the rows that hold the enum labels a DELETE FROM pg_enum deletes";
-    (client.batch_execute(&read_only).await).map_err(Error::database(context))?;
+    let begin = async || {
+        let begun = client.batch_execute(&read_only).await;
+        if begun.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        begun.map_err(Error::database(context))
+    };
+    begin().await?;
     let found = client.query(&columns, &[]).await;
     (client.batch_execute("ROLLBACK").await).map_err(Error::database(context))?;
     let mut held = Held {
@@ -343,12 +359,13 @@ pub(super) async fn labels_in_use(client: &Client, deleted: &str) -> Result<Held
                 format!("{name}::pg_catalog.text[] OPERATOR(pg_catalog.&&) $1"),
                 &[(&labels, Type::TEXT_ARRAY)],
             ),
-            _ => (format!("{name} IS NOT NULL"), &[]),
+            // IS NOT NULL of a composite value asks that every field be set.
+            _ => (format!("{name} IS DISTINCT FROM NULL"), &[]),
         };
         let count = format!(
             "SELECT pg_catalog.count(*) FROM (SELECT FROM {only}{table} WHERE {holds} LIMIT {VALUES_CAP}) s"
         );
-        (client.batch_execute(&read_only).await).map_err(Error::database(context))?;
+        begin().await?;
         let counted = client.query_typed(&count, params).await;
         (client.batch_execute("ROLLBACK").await).map_err(Error::database(context))?;
         let count = match counted {

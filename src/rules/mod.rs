@@ -642,17 +642,13 @@ pub async fn check(
                         untold: true,
                     },
                 };
+                // Counted as the catalog stands before the plan: a table the plan renamed
+                // still holds its rows, and one it dropped is said too rather than guessed at
+                // by name across schemas.
                 for (table, column, rows) in held.columns {
-                    // Dropped earlier in the plan: gone with its rows by then.
-                    let gone = fresh.iter().any(|f| {
-                        f.name == table.name
-                            && (f.schema.as_ref()).is_none_or(|s| Some(s) == table.schema.as_ref())
-                    });
-                    if !gone {
-                        let relation = format!("{table}.{}", Name::bare(&column));
-                        let what = classify::DELETE_ENUM_LABEL;
-                        findings.push(finding(Rule::DropsData, relation, rows, what));
-                    }
+                    let relation = format!("{table}.{}", Name::bare(&column));
+                    let what = classify::DELETE_ENUM_LABEL;
+                    findings.push(finding(Rule::DropsData, relation, rows, what));
                 }
                 if held.untold {
                     let what = classify::DELETE_ENUM_UNTOLD;
