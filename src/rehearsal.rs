@@ -545,7 +545,7 @@ pub fn print(report: &Report, json: bool) -> std::io::Result<()> {
     }
     match (&report.stuck, report.untested) {
         (_, 0) => {}
-        (Some(why), untested) => last.push_str(&format!("; {untested} not tested: {why}")),
+        (Some(why), untested) => last.push_str(&format!("; {untested} not tested, because {why}")),
         (None, untested) => last.push_str(&format!(
             "; {untested} not tested after the failure (--keep-going tests them)"
         )),
