@@ -146,7 +146,7 @@ fn migrations(batches: Vec<Batch>) -> Result<Vec<Migration>, Error> {
     if let Some(conflict) = conflicts.into_iter().next() {
         return Err(duplicate(conflict));
     }
-    pair(ups, downs)
+    pair(ups, downs, &[])
 }
 
 /// Two files that claim one version: `path` and the one read before it, `with`.
@@ -161,7 +161,7 @@ pub struct Conflict {
 /// file by name is kept) rather than refused: `status` shows the directory as it is.
 pub fn load_with_conflicts(dir: &Path) -> Result<(Vec<Migration>, Vec<Conflict>), Error> {
     let (ups, downs, conflicts) = collect(list_and_read(dir)?)?;
-    Ok((pair(ups, downs)?, conflicts))
+    Ok((pair(ups, downs, &conflicts)?, conflicts))
 }
 
 /// One file as its reader left it, its name parsed and its text read: a forward file as the
@@ -273,8 +273,15 @@ fn by_version<T: File>(mut parts: Vec<&mut Vec<Option<T>>>) -> (Vec<T>, Vec<Conf
     (files, conflicts)
 }
 
-/// Joins forward and rollback files (each in version order) by version.
-fn pair(mut ups: Vec<Migration>, downs: Vec<Down>) -> Result<Vec<Migration>, Error> {
+/// Joins forward and rollback files (each in version order) by version. A rollback whose
+/// name is that of a forward file set aside as a conflict (`status` shows the directory as
+/// it is) belongs to that one, not to the kept file it does not match: a name spelled with a
+/// leading zero (`0191_copy.sql` beside `191_sessions.sql`) sorts first and is kept.
+fn pair(
+    mut ups: Vec<Migration>,
+    downs: Vec<Down>,
+    conflicts: &[Conflict],
+) -> Result<Vec<Migration>, Error> {
     let mut downs = downs.into_iter().peekable();
     // The first rollback file without a forward file, refused once every pair is checked.
     let mut orphan = None;
@@ -284,6 +291,15 @@ fn pair(mut ups: Vec<Migration>, downs: Vec<Down>) -> Result<Vec<Migration>, Err
         }
         up.down = match downs.next_if(|d| d.version == up.version) {
             Some(down) if down.name == up.name => Some(down.script),
+            Some(down)
+                if conflicts.iter().any(|c| {
+                    c.version == down.version
+                        && stem_of(&c.path).split_once('_').map(|(_, name)| name)
+                            == Some(&*down.name)
+                }) =>
+            {
+                None
+            }
             Some(down) => {
                 let name = rollback_name(&up.up.path);
                 return Err(invalid(
