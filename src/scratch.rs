@@ -303,7 +303,7 @@ pub async fn schemas_made_elsewhere(
             let sql = &migration.up.sql;
             match crate::rules::classify::schemas_created(sql) {
                 Some(created) => created.iter().any(|c| c == name),
-                None => names(sql).any(|word| word == name),
+                None => names(&crate::sql::without_comments(sql)).any(|word| word == name),
             }
         })
     };
@@ -313,6 +313,7 @@ pub async fn schemas_made_elsewhere(
 /// The words of `sql` (letters, digits, `_` and `$`, in string literals too, as in
 /// `format('%I', 'app')`), as written and in lower case, as the server folds an unquoted
 /// name: what may name a schema. A schema named with other characters is not found so.
+/// Given the text without its comments.
 fn names(sql: &str) -> impl Iterator<Item = String> + '_ {
     sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .filter(|word| !word.is_empty())

@@ -709,6 +709,34 @@ pub fn created_indexes(sql: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// `sql` without its comments, those inside dollar-quoted bodies (a `DO` block's, a
+/// function's, whose language shares SQL's comments) too, each left as a space: the text a
+/// scan for the words a file may use as names reads (River's `-- River's ...` inside a DO
+/// block named no schema `river`). String literals stay, as `format('%I', 'app')` names one.
+pub fn without_comments(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    for token in tokens(sql) {
+        let text = token.text(sql);
+        match token.kind {
+            Kind::Comment => out.push(' '),
+            Kind::Literal if text.starts_with('$') => {
+                // `$tag$body$tag$`: the tag is the text up to the second `$`.
+                let open = text[1..].find('$').map(|i| i + 2);
+                match open {
+                    Some(open) if text.len() >= 2 * open && text.ends_with(&text[..open]) => {
+                        out.push_str(&text[..open]);
+                        out.push_str(&without_comments(&text[open..text.len() - open]));
+                        out.push_str(&text[..open]);
+                    }
+                    _ => out.push_str(text),
+                }
+            }
+            _ => out.push_str(text),
+        }
+    }
+    out
+}
+
 /// For a `DELETE FROM pg_enum` statement, a query of what it deletes: one row per label, its
 /// type's OID and the label. The statement's own WITH, target, USING and WHERE are kept as
 /// written, each on lines of its own (a `--` comment ending one cannot swallow the next), its
@@ -1680,6 +1708,15 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn comments_are_left_out_in_dollar_quoted_bodies_too() {
+        let sql = "DO $body$ BEGIN -- River's\n  PERFORM 'app'; /* x */ END $body$; -- tail\nSELECT $$a -- b$$";
+        assert_eq!(
+            without_comments(sql),
+            "DO $body$ BEGIN  \n  PERFORM 'app';   END $body$;  \nSELECT $$a  $$"
+        );
+    }
 
     #[test]
     fn a_delete_from_pg_enum_is_read_as_a_query_of_the_labels_it_deletes() {

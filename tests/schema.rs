@@ -847,9 +847,15 @@ async fn a_search_path_of_one_schema_made_by_hand_holds_the_replay_s_history_too
         .await
         .unwrap();
     db.set_search_path("authelia").await;
+    // A DO block whose comment names the schema (River's `-- River's ...`) makes none.
     let dir = support::migrations(&[
         ("001_t.sql", "CREATE TABLE IF NOT EXISTS t (id int);\n"),
         ("001_t.down.sql", "DROP TABLE IF EXISTS t;\n"),
+        (
+            "002_do.sql",
+            "DO $body$\nBEGIN\n  -- Authelia's own table, kept\n  PERFORM 1;\nEND\n$body$;\n",
+        ),
+        ("002_do.down.sql", "SELECT 1;\n"),
     ]);
     support::up_ok(&db, dir.path()).await;
     let (code, text, message) = verify(&db, dir.path());
