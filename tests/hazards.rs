@@ -1660,6 +1660,13 @@ async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
             "DO $$ BEGIN TRUNCATE archive; END $$;\n",
             "HAZARD drops-data: the trace saw every row deleted on archive",
         ),
+        // Made again under its name, but without its rows.
+        (
+            "",
+            "DO $$ BEGIN ALTER TABLE archive RENAME TO archive_old; CREATE TABLE archive (id int); \
+             DROP TABLE archive_old; END $$;\n",
+            "HAZARD drops-data: the trace saw the table dropped on archive",
+        ),
     ] {
         let sql = format!("{before}{statement}");
         let dir = support::copy_of_seed(&[("003_cleanup.sql", sql.as_str())]);
@@ -1677,10 +1684,13 @@ async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
     }
     // A table whose rows were deleted keeps its pages until a vacuum: the trace asks whether
     // one is left before the block, and its own read is no lock of the block's.
+    // And a table rebuilt with its rows copied over (River's 005) lost none of them.
     let dir = support::copy_of_seed(&[(
         "003_cleanup.sql",
         "DO $$ BEGIN DROP TABLE scratch; DROP TABLE emptied; \
-         DELETE FROM video_requests WHERE user_id = 'u1'; END $$;\n",
+         DELETE FROM video_requests WHERE user_id = 'u1'; \
+         ALTER TABLE archive RENAME TO archive_old; CREATE TABLE archive (id int); \
+         INSERT INTO archive SELECT * FROM archive_old; DROP TABLE archive_old; END $$;\n",
     )]);
     let out = run(&db, dir.path(), &["plan"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
