@@ -553,7 +553,7 @@ fn awaits_enum_commit(sqlstate: &str, sql: &str) -> bool {
 }
 
 /// Whether the words `ADD VALUE` stand anywhere in `sql`.
-fn adds_enum_value(sql: &str) -> bool {
+pub fn adds_enum_value(sql: &str) -> bool {
     let mut words = sql
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty());

@@ -450,6 +450,13 @@ async fn a_dry_run_steps_over_a_new_enum_value_it_cannot_commit_and_rehearses_th
     let (_, result) = run(&config(&db.url, itself.path(), dry)).await;
     let error = result.unwrap_err();
     assert!(error.to_string().contains("55P04"), "{error}");
+    // Told how to split it, not the server's hint to commit in between.
+    assert!(
+        error
+            .to_string()
+            .contains("move the ALTER TYPE ... ADD VALUE into a migration of its own"),
+        "{error}"
+    );
 
     // One transaction for real cannot hold it either.
     let single = Command::Up {
@@ -462,12 +469,13 @@ async fn a_dry_run_steps_over_a_new_enum_value_it_cannot_commit_and_rehearses_th
     assert!(text.contains("55P04"), "{text}");
     assert!(text.contains("run without --single-transaction"), "{text}");
     assert_eq!(history(&client).await, [1]);
-    // A file that adds the value and uses it is told the server's own hint.
+    // A file that adds the value and uses it is told to split it, under one transaction too.
     let fresh = support::database().await;
     let (_, result) = run(&config(&fresh.url, itself.path(), single)).await;
     let text = result.unwrap_err().to_string();
     assert!(text.contains("55P04"), "{text}");
     assert!(!text.contains("--single-transaction"), "{text}");
+    assert!(text.contains("a migration of its own"), "{text}");
 
     // Each in its own transaction, as `up` runs them, it applies.
     run(&config(&db.url, dir.path(), up())).await.1.unwrap();

@@ -158,6 +158,14 @@ pub(super) fn failed(
             }
         });
     }
+    // A file that adds an enum value and uses it: the server's hint asks for a commit between
+    // the two, which db-migrate's transaction around the file rules out (River's 004 to 006
+    // in one file).
+    if db.code().code() == "55P04" && sql::adds_enum_value(&script.sql) && !script.no_transaction {
+        hint = Some(
+            "the file adds the value and uses it, and PostgreSQL lets a new value be used only once the transaction that added it has committed: move the ALTER TYPE ... ADD VALUE into a migration of its own before this one (or start the file with `-- no-transaction`, when nothing else in it needs a transaction)".into(),
+        );
+    }
     let text_at = at.and_then(|p| script.sql.char_indices().nth(before + p - 1));
     if *db.code() == SqlState::SYNTAX_ERROR
         && let Some(variable) = text_at.and_then(|(i, _)| psql_variable(&script.sql[i..]))
