@@ -73,7 +73,12 @@ impl fmt::Display for Change {
                 write!(f, "- {key}: {}", before.trim())
             }
             Change::Changed { key, before, after } if one(before) && one(after) => {
-                write!(f, "~ {key}: {} -> {}", before.trim(), after.trim())
+                // An empty side is a plain one: a logged table that is no partition.
+                let side = |text: &str| match text.trim() {
+                    "" => "(plain)".to_string(),
+                    text => text.to_string(),
+                };
+                write!(f, "~ {key}: {} -> {}", side(before), side(after))
             }
             Change::Added { key, after } => write!(f, "+ {key}:\n{}", indent(after)),
             Change::Removed { key, before } => write!(f, "- {key}:\n{}", indent(before)),
@@ -466,6 +471,16 @@ mod tests {
             ("public".into(), "My.Type\"".into())
         );
         assert_eq!(split_name("app.kind"), ("app".into(), "kind".into()));
+    }
+
+    #[test]
+    fn a_table_made_logged_again_shows_what_it_is_now() {
+        let table = |definition: &str| snapshot(&[(Kind::Table, "", "public.t", 0, definition)]);
+        let diff = table("UNLOGGED").diff(&table(""));
+        assert_eq!(
+            diff.to_string().trim_end(),
+            "~ table public.t: UNLOGGED -> (plain)"
+        );
     }
 
     #[test]
