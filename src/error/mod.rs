@@ -383,7 +383,7 @@ pub enum Error {
 
     /// `verify --schema`: the database's schema is not what its applied migrations create.
     #[error(
-        "the schema of {target} differs from what its applied migrations create: {first}{}; a change made by hand belongs in a migration",
+        "the schema of {target} differs from what its applied migrations create: {first}{}; a change made by hand belongs in a migration, and one a rollback left behind (it undid less than its migration did) in that rollback",
         if *.changes > 1 { format!(" (and {} more, listed above)", .changes - 1) } else { String::new() }
     )]
     SchemaDrift {
