@@ -714,6 +714,12 @@ pub fn created_indexes(sql: &str) -> Vec<(String, Option<String>)> {
 /// scan for the words a file may use as names reads (River's `-- River's ...` inside a DO
 /// block named no schema `river`). String literals stay, as `format('%I', 'app')` names one.
 pub fn without_comments(sql: &str) -> String {
+    uncommented(sql, 0)
+}
+
+/// [`without_comments`], `depth` bodies deep: past a few, a body is kept as it is (a body
+/// quoted in a body quoted in a body is no migration's).
+fn uncommented(sql: &str, depth: usize) -> String {
     let mut out = String::with_capacity(sql.len());
     for token in tokens(sql) {
         let text = token.text(sql);
@@ -723,9 +729,11 @@ pub fn without_comments(sql: &str) -> String {
                 // `$tag$body$tag$`: the tag is the text up to the second `$`.
                 let open = text[1..].find('$').map(|i| i + 2);
                 match open {
-                    Some(open) if text.len() >= 2 * open && text.ends_with(&text[..open]) => {
+                    Some(open)
+                        if depth < 4 && text.len() >= 2 * open && text.ends_with(&text[..open]) =>
+                    {
                         out.push_str(&text[..open]);
-                        out.push_str(&without_comments(&text[open..text.len() - open]));
+                        out.push_str(&uncommented(&text[open..text.len() - open], depth + 1));
                         out.push_str(&text[..open]);
                     }
                     _ => out.push_str(text),

@@ -269,7 +269,7 @@ async fn traced(
         if let Some(table) = missing {
             history::create(client, table).await?;
         }
-        let existing = snapshot(client, None).await?;
+        let existing = snapshot(client, None, &names).await?;
         let tables: Vec<i64> = existing.files.keys().copied().collect();
         // The files not run, whose objects later migrations may not find.
         let mut skipped: Vec<&str> = Vec::new();
@@ -326,7 +326,7 @@ async fn traced(
             // sizes are read once the migration is done). What runs between them is the
             // trace's own reads of tables, whose ACCESS SHARE locks are set apart, by the
             // statement whose diff they would show in.
-            let mut snapshots = vec![snapshot(client, Some(&tables)).await?];
+            let mut snapshots = vec![snapshot(client, Some(&tables), &names).await?];
             // The locks that block the bot held from earlier migrations of the plan, and those
             // of them this migration's statements take again (each at the first that does).
             let inherited: BTreeSet<(i64, String)> = (snapshots[0].locks.iter())
@@ -407,13 +407,13 @@ async fn traced(
                 // left the plan's transaction open.
                 let (open, after) = tokio::join!(
                     still_open(client, step.migration.version, &script.path),
-                    snapshot(client, Some(&tables))
+                    snapshot(client, Some(&tables), &names)
                 );
                 open?;
                 snapshots.push(after?);
                 if let Some(held) = held {
                     let at = (step.migration.version, script.path.as_path());
-                    let lost = lost(client, &held, &tables, &names).await;
+                    let lost = lost(client, &held, &tables).await;
                     let (lost, read) = lost.map_err(|e| gave_up_on_lock(e, at))?;
                     if let Some(last) = snapshots.last_mut() {
                         last.read.extend(read);
@@ -640,7 +640,11 @@ struct Snapshot {
 /// `among`: only these relations (the tables that existed before the plan); every user table
 /// when `None`. What the plan creates is locked until its end and new to the bot: without the
 /// filter each snapshot would carry every lock the plan took so far, hundreds in a long one.
-async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Error> {
+async fn snapshot(
+    client: &Client,
+    among: Option<&[i64]>,
+    named: &HashMap<i64, String>,
+) -> Result<Snapshot, Error> {
     // Locks on system catalogs (oid < 16384) are the snapshot's own and the server's.
     let rows = client
         .query(
@@ -674,7 +678,11 @@ async fn snapshot(client: &Client, among: Option<&[i64]>) -> Result<Snapshot, Er
             }
             "file" => {
                 snapshot.files.insert(relation, number);
-                snapshot.names.insert(relation, mode);
+                // Kept only where it differs from the name before the plan: a long plan on a
+                // database of thousands of tables keeps every snapshot to its migration's end.
+                if named.get(&relation) != Some(&mode) {
+                    snapshot.names.insert(relation, mode);
+                }
             }
             _ => {
                 snapshot.deleted.insert(relation, number);
@@ -694,6 +702,8 @@ struct Contents {
     /// Its name, unquoted and unqualified, and as the server reads it.
     relname: String,
     regclass: String,
+    /// Its schema's name, unquoted.
+    schema: String,
     /// Whether a read sees all its rows: the run may read it, and no row security hides any.
     readable: bool,
     /// The planner's estimate of its rows (0 when never counted).
@@ -710,7 +720,8 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
             "SELECT c.oid::int8, coalesce(pg_catalog.pg_relation_size(c.oid) > 0, false),
                     greatest(c.reltuples, 0)::int8, coalesce(x.n_tup_del, 0)::int8,
                     c.relfilenode::int8, c.relname::text, c.oid::regclass::text,
-                    NOT c.relrowsecurity AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
+                    NOT c.relrowsecurity AND pg_catalog.has_table_privilege(c.oid, 'SELECT'),
+                    (SELECT n.nspname::text FROM pg_catalog.pg_namespace n WHERE n.oid = c.relnamespace)
                FROM pg_catalog.pg_class c
                LEFT JOIN pg_catalog.pg_stat_xact_user_tables x ON x.relid = c.oid
               WHERE c.oid::int8 = ANY ($1::int8[]) AND c.relkind IN ('r', 'm')",
@@ -725,6 +736,7 @@ async fn contents(client: &Client, among: &[i64]) -> Result<HashMap<i64, Content
                 relname: row.get(5),
                 regclass: row.get(6),
                 readable: row.get(7),
+                schema: row.get(8),
                 estimate: row.get(2),
                 deleted: row.get(3),
                 file: row.get(4),
@@ -787,22 +799,21 @@ fn gave_up_on_lock(error: Error, (version, file): (i64, &std::path::Path)) -> Er
 
 /// The tables that held rows before a statement the parser cannot see into (`held`) and
 /// that it dropped, or emptied (deleted rows from, or gave a new file, and left without
-/// any): each by its name before the plan, with about how many rows it lost, and what the
-/// trace saw. `up` cannot see this; the trace can.
+/// any): each by its name just before the statement (as its lock lines name it), with about
+/// how many rows it lost, and what the trace saw. `up` cannot see this; the trace can.
 async fn lost(
     client: &Client,
     held: &HashMap<i64, Contents>,
     among: &[i64],
-    names: &HashMap<i64, String>,
 ) -> Result<(Vec<(String, i64, &'static str)>, Vec<i64>), Error> {
     let now = contents(client, among).await?;
     let mut read = Vec::new();
-    let name = |relation: &i64| names.get(relation).cloned().unwrap_or_default();
+    let name = |relation: &i64| held[relation].regclass.clone();
     let mut lost = Vec::new();
     for (relation, before) in held.iter().filter(|(_, c)| c.pages) {
         let Some(after) = now.get(relation) else {
             let rows = before.estimate.max(1);
-            if !rebuilt(client, &before.regclass, rows).await? {
+            if !rebuilt(client, before, among).await? {
                 lost.push((name(relation), rows, "the trace saw the table dropped"));
             }
             continue;
@@ -823,23 +834,32 @@ async fn lost(
     Ok((lost, read))
 }
 
-/// Whether a table dropped by the statement was rebuilt under the name it had before the
-/// plan: another table carries that name now and holds at least `rows` (what the dropped one
-/// held). River's 005 and Authelia's rebuilds rename the table away, create it again, copy
-/// the rows over and drop the old one, in one DO block or statement by statement; the rows
-/// are not lost. A table made again without them is still a finding.
-async fn rebuilt(client: &Client, regclass: &str, rows: i64) -> Result<bool, Error> {
+/// Whether a table dropped by the statement was rebuilt under the name it had just before
+/// it: a table the plan made (none of `among`, the tables there before the plan) now carries
+/// that schema and name, and holds at least the rows the planner estimated the dropped one
+/// held (the rows themselves are not compared). River's 005 renames its table away, creates
+/// it again, copies the rows over and drops the old one, in one DO block. A table never
+/// counted (no estimate) is not taken as rebuilt, nor is one made again without its rows.
+async fn rebuilt(client: &Client, dropped: &Contents, among: &[i64]) -> Result<bool, Error> {
+    if dropped.estimate <= 0 {
+        return Ok(false);
+    }
     let context = "reading what the tables hold";
     let found = client
-        .query_one(
-            "SELECT pg_catalog.to_regclass($1)::pg_catalog.text",
-            &[&regclass],
+        .query(
+            "SELECT c.oid::pg_catalog.regclass::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                AND c.oid::int8 <> ALL ($3::int8[])
+                AND pg_catalog.has_table_privilege(c.oid, 'SELECT')",
+            &[&dropped.schema, &dropped.relname, &among],
         )
         .await
         .map_err(Error::database(context))?;
-    let Some(table) = found.get::<_, Option<String>>(0) else {
+    let Some(table) = found.first().map(|row| row.get::<_, String>(0)) else {
         return Ok(false);
     };
+    let rows = dropped.estimate;
     let count = format!("SELECT pg_catalog.count(*) FROM (SELECT FROM {table} LIMIT {rows}) s");
     let row = (client.query_one(&count, &[]).await).map_err(Error::database(context))?;
     Ok(row.get::<_, i64>(0) >= rows)

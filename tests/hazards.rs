@@ -1637,7 +1637,7 @@ async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
     db.client()
         .await
         .batch_execute(
-            "CREATE TABLE archive (id int); INSERT INTO archive VALUES (1), (2), (3); \
+            "CREATE TABLE archive (id int); INSERT INTO archive VALUES (1), (2), (3); ANALYZE archive; \
              CREATE TABLE scratch (id int); \
              CREATE TABLE emptied (id int); INSERT INTO emptied VALUES (1), (2); \
              DELETE FROM emptied;",
@@ -1660,11 +1660,17 @@ async fn plan_reports_a_table_a_do_block_drops_or_empties_as_data_loss() {
             "DO $$ BEGIN TRUNCATE archive; END $$;\n",
             "HAZARD drops-data: the trace saw every row deleted on archive",
         ),
-        // Made again under its name, but without its rows.
+        // Made again under its name, but without its rows, or with one of them.
         (
             "",
             "DO $$ BEGIN ALTER TABLE archive RENAME TO archive_old; CREATE TABLE archive (id int); \
              DROP TABLE archive_old; END $$;\n",
+            "HAZARD drops-data: the trace saw the table dropped on archive",
+        ),
+        (
+            "",
+            "DO $$ BEGIN ALTER TABLE archive RENAME TO archive_old; CREATE TABLE archive (id int); \
+             INSERT INTO archive SELECT * FROM archive_old LIMIT 1; DROP TABLE archive_old; END $$;\n",
             "HAZARD drops-data: the trace saw the table dropped on archive",
         ),
     ] {

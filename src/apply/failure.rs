@@ -158,10 +158,16 @@ pub(super) fn failed(
             }
         });
     }
-    // A file that adds an enum value and uses it: the server's hint asks for a commit between
-    // the two, which db-migrate's transaction around the file rules out (River's 004 to 006
-    // in one file).
-    if db.code().code() == "55P04" && sql::adds_enum_value(&script.sql) && !script.no_transaction {
+    // A file that adds an enum value and uses it (the value the message quotes is one the
+    // file names): the server's hint asks for a commit between the two, which db-migrate's
+    // transaction around the file rules out (River's 004 to 006 in one file).
+    let label = (db.message().split('"').nth(1)).map(|label| format!("'{label}'"));
+    let adds_it = label.is_some_and(|label| script.sql.contains(&label));
+    if db.code().code() == "55P04"
+        && adds_it
+        && sql::adds_enum_value(&script.sql)
+        && !script.no_transaction
+    {
         hint = Some(
             "the file adds the value and uses it, and PostgreSQL lets a new value be used only once the transaction that added it has committed: move the ALTER TYPE ... ADD VALUE into a migration of its own before this one (or start the file with `-- no-transaction`, when nothing else in it needs a transaction)".into(),
         );

@@ -511,6 +511,11 @@ async fn inside(
                     failure.hint = Some(format!(
                         "it uses a value an earlier migration of this run adds to an enum type, which PostgreSQL allows only once that one has committed: run without --single-transaction{first}"
                     ));
+                } else if failure.sqlstate == "55P04"
+                    && let Some(hint) = failure.hint.as_mut().filter(|h| h.contains("ADD VALUE"))
+                {
+                    // Split as told, the two files would still share the run's transaction.
+                    hint.push_str(", and run without --single-transaction");
                 }
                 return Err(Error::Apply(failure));
             }

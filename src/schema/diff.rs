@@ -73,9 +73,10 @@ impl fmt::Display for Change {
                 write!(f, "- {key}: {}", before.trim())
             }
             Change::Changed { key, before, after } if one(before) && one(after) => {
-                // An empty side is a plain one: a logged table that is no partition.
+                // An empty side: nothing of what the definition lists (a logged table with no
+                // options, comment or partitioning, a user mapping without options).
                 let side = |text: &str| match text.trim() {
-                    "" => "(plain)".to_string(),
+                    "" => "(none)".to_string(),
                     text => text.to_string(),
                 };
                 write!(f, "~ {key}: {} -> {}", side(before), side(after))
@@ -479,7 +480,7 @@ mod tests {
         let diff = table("UNLOGGED").diff(&table(""));
         assert_eq!(
             diff.to_string().trim_end(),
-            "~ table public.t: UNLOGGED -> (plain)"
+            "~ table public.t: UNLOGGED -> (none)"
         );
     }
 
